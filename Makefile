@@ -1,0 +1,43 @@
+# har-kit: the README's two commands are `make main` and `make test`; both set everything up first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
+PROFILE ?= quick
+export MPLBACKEND := agg
+export PYTHONHASHSEED := 0
+
+.PHONY: setup main test export clean-nbs check-export check-clean pytest nbtest
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name 'Python 3 (har-kit)'
+	rm -f $(VENV)/.installed-* && touch $@
+
+## the main job: regenerate every table on the embedded synthetic benchmark, on CPU
+main: setup
+	$(BIN)/har-kit reproduce --profile $(PROFILE)
+
+## the tests: exported modules and cleaned notebooks match what is committed, then pytest and nbdev_test
+test: setup check-export check-clean pytest nbtest
+
+check-export:
+	$(BIN)/nbdev_export
+	@git status --porcelain -- har_kit | grep . && { echo "har_kit/ differs from what nbs/ exports: run nbdev_export and commit both"; exit 1; } || echo "nbdev_export: no diff"
+
+check-clean:
+	$(BIN)/nbdev_clean
+	@git status --porcelain -- nbs | grep . && { echo "nbs/ is not clean: run nbdev_clean and commit"; exit 1; } || echo "nbdev_clean: no diff"
+
+pytest:
+	$(BIN)/python -m pytest tests -q
+
+nbtest:
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+export:
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean

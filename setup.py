@@ -1,0 +1,31 @@
+"Packaging for har_kit: everything is read from settings.ini (nbdev 2 layout)."
+from configparser import ConfigParser
+import setuptools
+
+config = ConfigParser(delimiters=['='])
+config.read('settings.ini', encoding='utf-8')
+cfg = config['DEFAULT']
+requirements = cfg.get('requirements', '').split()
+dev_requirements = cfg.get('dev_requirements', '').split()
+
+# The section notebooks ship inside the wheel as `har_kit.notebooks`, so `pip install har_kit` followed by
+# `har-kit run` / `har-kit reproduce` works without a clone.
+packages = setuptools.find_packages(include=['har_kit', 'har_kit.*']) + ['har_kit.notebooks']
+
+setuptools.setup(
+    name=cfg['lib_name'], version=cfg['version'], description=cfg['description'],
+    author=cfg['author'], author_email=cfg['author_email'], license='Apache Software License 2.0',
+    url=cfg['git_url'], keywords=cfg['keywords'].split(), project_urls={'Source': cfg['git_url']},
+    classifiers=['Development Status :: 3 - Alpha', 'Intended Audience :: Science/Research',
+                 'License :: OSI Approved :: Apache Software License', 'Natural Language :: English',
+                 'Topic :: Scientific/Engineering :: Image Recognition'] +
+                [f'Programming Language :: Python :: 3.{v}' for v in range(int(cfg['min_python'].split('.')[1]), 14)],
+    packages=packages, package_dir={'har_kit.notebooks': cfg['nbs_path']},
+    package_data={'har_kit.notebooks': ['*.ipynb']}, include_package_data=True,
+    install_requires=requirements, extras_require={'dev': dev_requirements},
+    python_requires='>=' + cfg['min_python'],
+    long_description=open('README.md', encoding='utf-8').read(), long_description_content_type='text/markdown',
+    zip_safe=False,
+    entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
+                  'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+)

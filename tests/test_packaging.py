@@ -1,0 +1,39 @@
+"Packaging: settings.ini and environment.yml list the same requirements; the console script is wired."
+import configparser, re, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings_reqs():
+    c = configparser.ConfigParser(delimiters=['='])
+    c.read(ROOT/'settings.ini')
+    return c['DEFAULT']['requirements'].split() + c['DEFAULT']['dev_requirements'].split()
+
+
+def _env_reqs():
+    lines = (ROOT/'environment.yml').read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.strip() == '- pip:')
+    return [l.strip()[2:] for l in lines[start+1:] if l.strip().startswith('- ') and l.strip() != '- -e .']
+
+
+def test_environment_yml_matches_settings_ini():
+    assert sorted(_settings_reqs()) == sorted(_env_reqs())
+
+
+def test_known_good_pins():
+    reqs = _settings_reqs()
+    for pin in ('torch==2.14.1', 'torchvision==0.29.1', 'nbdev==2.4.14', 'execnb<0.2'):
+        assert pin in reqs, pin
+    assert any(re.fullmatch(r'fastcore.*<2', r) for r in reqs)
+
+
+def test_settings_keep_parameters_tag():
+    c = configparser.ConfigParser(delimiters=['='])
+    c.read(ROOT/'settings.ini')
+    assert 'tags' in c['DEFAULT']['allowed_cell_metadata_keys'].split()
+
+
+def test_console_script_help():
+    from har_kit.cli import main, usage
+    assert main([]) == 0 and 'reproduce' in usage()

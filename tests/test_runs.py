@@ -1,0 +1,68 @@
+"The papermill spine: injected parameters reach the notebook; failures leave no `done`; done runs are skipped."
+import json, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from har_kit.core import load_json
+from har_kit.runs import RunFailed, run_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _nb(path, cells):
+    path.write_text(json.dumps({'cells': [
+        {'cell_type': 'code', 'metadata': {'tags': tags} if tags else {}, 'source': src, 'outputs': [], 'execution_count': None}
+        for src, tags in cells],
+        'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
+        'nbformat': 4, 'nbformat_minor': 5}))
+    return path
+
+
+def test_injected_parameter_reaches_notebook(tmp_path):
+    nb = _nb(tmp_path/'p.ipynb', [('epochs = 1\nname = "tiny"\nout_dir = None', ['parameters']),
+                                  ('from har_kit.core import save_metrics\nsave_metrics({"epochs": epochs, "name": name}, out_dir)', None)])
+    out = run_notebook(nb, {'epochs': 5, 'name': 'real'}, tmp_path/'run', progress=False)
+    assert load_json(out/'metrics.json') == {'epochs': 5, 'name': 'real'}
+    assert load_json(out/'params.json') == {'epochs': 5, 'name': 'real'}
+    assert (out/'done').exists() and load_json(out/'env.json')['packages']['torch']
+
+
+def test_failed_cell_keeps_notebook_and_writes_no_done(tmp_path):
+    nb = _nb(tmp_path/'f.ipynb', [('out_dir = None', ['parameters']), ('raise ValueError("bad field: labels")', None)])
+    with pytest.raises(RunFailed, match='bad field: labels'):
+        run_notebook(nb, {}, tmp_path/'run', progress=False)
+    assert not (tmp_path/'run'/'done').exists()
+    assert (tmp_path/'run'/'notebook.ipynb').exists()
+
+
+def test_done_run_is_skipped(tmp_path):
+    nb = _nb(tmp_path/'c.ipynb', [('out_dir = None', ['parameters']),
+                                  ('import pathlib\nfrom har_kit.core import save_metrics\n'
+                                   'p = pathlib.Path(out_dir)/"count"\np.write_text(str(int(p.read_text()) + 1 if p.exists() else 1))\n'
+                                   'save_metrics({"ok": 1}, out_dir)', None)])
+    run_notebook(nb, {}, tmp_path/'run', progress=False)
+    run_notebook(nb, {}, tmp_path/'run', progress=False)
+    assert (tmp_path/'run'/'count').read_text() == '1'
+
+
+def test_section_notebooks_keep_parameters_tag():
+    "Every section notebook (not infrastructure or index) has exactly one cell tagged `parameters` with out_dir."
+    for nb in sorted((ROOT/'nbs').glob('0[1-7]*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        tagged = [c for c in cells if 'parameters' in c.get('metadata', {}).get('tags', [])]
+        assert len(tagged) == 1, f'{nb.name}: {len(tagged)} cells tagged parameters'
+        assert 'out_dir' in ''.join(tagged[0]['source']), f'{nb.name}: parameters cell lacks out_dir'
+
+
+def test_cli_run_end_to_end(tmp_path):
+    nb = _nb(tmp_path/'e.ipynb', [('lr = 0.1\nout_dir = None', ['parameters']),
+                                  ('from har_kit.core import save_metrics\nsave_metrics({"lr": lr}, out_dir)', None)])
+    exe = Path(sys.executable).parent/'har-kit'
+    r = subprocess.run([str(exe), 'run', str(nb), '-p', 'lr', '0.003', '--out', str(tmp_path/'run')],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_json(tmp_path/'run'/'metrics.json') == {'lr': 0.003}
+    bad = _nb(tmp_path/'b.ipynb', [('out_dir = None', ['parameters']), ('1/0', None)])
+    r = subprocess.run([str(exe), 'run', str(bad), '--out', str(tmp_path/'bad')], capture_output=True, text=True)
+    assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr
