@@ -40,4 +40,4 @@ nbtest:
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 export:
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python tools/nb2readme.py

@@ -37,3 +37,16 @@ def test_settings_keep_parameters_tag():
 def test_console_script_help():
     from har_kit.cli import main, usage
     assert main([]) == 0 and 'reproduce' in usage()
+
+
+def test_readme_is_rendered_from_index():
+    "README.md is nbs/index.ipynb rendered by tools/nb2readme.py (run it after editing the index notebook)."
+    r = subprocess.run([sys.executable, str(ROOT/'tools'/'nb2readme.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT/'README.md').read_text()
+    assert 'make main' in readme and 'make test' in readme
+    ci = [l.strip() for l in (ROOT/'.ci'/'run').read_text().splitlines() if l.strip() and not l.startswith('#')]
+    assert ci[-1] == 'make test', ci

@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Render nbs/index.ipynb as README.md (nbdev_readme needs quarto, which cannot be installed offline).
+
+    python tools/nb2readme.py            # write README.md
+    python tools/nb2readme.py --check    # exit 1 if README.md is stale
+
+Markdown cells are copied; code cells become ```python blocks (cells marked `#| hide` are skipped);
+text/markdown outputs of executed cells are kept. Standard library only.
+"""
+import json, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def render(nb_path=ROOT/'nbs'/'index.ipynb') -> str:
+    "README text for the index notebook."
+    nb = json.loads(Path(nb_path).read_text())
+    parts = ['<!-- generated from nbs/index.ipynb by tools/nb2readme.py: edit the notebook, not this file -->']
+    for c in nb['cells']:
+        src = ''.join(c['source']).strip('\n')
+        if c['cell_type'] == 'markdown':
+            parts.append(src)
+        elif c['cell_type'] == 'code' and src and not src.lstrip().startswith('#| hide'):
+            parts.append('```python\n' + src + '\n```')
+            for o in c.get('outputs', []):
+                data = o.get('data', {})
+                if 'text/markdown' in data: parts.append(''.join(data['text/markdown']))
+                elif 'text' in o or 'text/plain' in data: parts.append('```\n' + ''.join(o.get('text') or data['text/plain']).rstrip() + '\n```')
+    return '\n\n'.join(parts) + '\n'
+
+
+if __name__ == '__main__':
+    text = render()
+    if '--check' in sys.argv:
+        ok = (ROOT/'README.md').exists() and (ROOT/'README.md').read_text() == text
+        print('README.md is up to date' if ok else 'README.md is stale: run python tools/nb2readme.py')
+        sys.exit(0 if ok else 1)
+    (ROOT/'README.md').write_text(text)
