@@ -62,8 +62,9 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
     params = dict(params or {})
     save_json(params, out/'params.json')
     save_json(env_info(), out/'env.json')
-    env_backup = {k: os.environ.get(k) for k in ('MPLBACKEND', 'HAR_KIT_RUN_DIR')}
-    os.environ.update(MPLBACKEND='agg', HAR_KIT_RUN_DIR=str(out.resolve()))
+    # the kernel inherits this process's environment: force a headless matplotlib backend once (never restored, so
+    # concurrent runs from the multi-device executor see a stable environment)
+    os.environ['MPLBACKEND'] = 'agg'
     try:
         with open(out/'log.txt', 'w') as log:
             pm.execute_notebook(str(nb), str(out/'notebook.ipynb'), parameters={**params, 'out_dir': str(out.resolve())},
@@ -71,10 +72,6 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
                                 stdout_file=log, stderr_file=log, execution_timeout=timeout)
     except pm.PapermillExecutionError as e:
         raise RunFailed(out, f'cell {e.exec_count} raised {e.ename}: {e.evalue}') from None
-    finally:
-        for k, v in env_backup.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
     if not (out/'metrics.json').exists():
         raise RunFailed(out, 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)')
     with atomic_write(out/'done') as f: f.write(time.strftime('%Y-%m-%dT%H:%M:%S\n'))
