@@ -1,0 +1,385 @@
+"""Tests of har_kit.data: the three real readers on hand-written files in the exact on-disk layouts (written here with
+scipy.io.savemat / json, independently of the module's own writers), the Dataset contract, the transforms and the
+real PA-100K sample when it is present."""
+import json, os, warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from har_kit.core import KitError, UNSPECIFIED
+from har_kit import data as D
+
+SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).parents[1]/'..'/'shared'/'data'/'pa100k-sample')
+
+
+# ---------------------------------------------------------------- hand-written fixtures
+def _img(path, h=32, w=16, value=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((h, w, 3), 90 if value is None else value, np.uint8)
+    Image.fromarray(arr).save(path)
+
+def _cell(strings, row=False):
+    a = np.empty((1, len(strings)) if row else (len(strings), 1), dtype=object)
+    a.ravel()[:] = list(strings)
+    return a
+
+def write_pa100k(root, n=(4, 2, 2), C=3, names_row=False, images=True, seed=0, **override):
+    "PA-100K layout by hand: annotation.mat + data/*.jpg; `override` replaces/adds .mat fields (None deletes)."
+    rng = np.random.default_rng(seed)
+    root = Path(root); k = 0; md = {'attributes': _cell([f'attr{i}' for i in range(C)])}
+    for sp, m in zip(('train', 'val', 'test'), n):
+        names = [f'{k + i + 1:06d}.jpg' for i in range(m)]; k += m
+        y = rng.integers(0, 2, (m, C)).astype(np.uint8); y[:, 0] = 1   # no all-zero rows
+        md[f'{sp}_images_name'] = _cell(names, row=names_row); md[f'{sp}_label'] = y
+        if images:
+            for nm in names: _img(root/'data'/nm)
+    for key, v in override.items():
+        if v is None: md.pop(key)
+        else: md[key] = v
+    root.mkdir(parents=True, exist_ok=True)
+    sio.savemat(root/'annotation.mat', md)
+    return root, md
+
+def write_rap(root, N=10, C=92, partion_shape=(1, 5), struct_array=False, images=True, seed=0, **override):
+    "RAP v1 layout by hand: RAP_annotation.mat (struct of cells, 5 partitions of 1-based indices) + RAP_dataset/."
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    names = [f'CAM01_2014-02-15_{i:04d}.png' for i in range(N)]
+    y = rng.integers(0, 2, (N, C)).astype(float); y[:, 1] = 1; y[0, 0] = 2   # one 'uncertain' gender
+    parts = []
+    for p in range(5):
+        perm = rng.permutation(N)
+        parts.append({'train_index': (np.sort(perm[:N - 3]) + 1.)[None], 'test_index': (np.sort(perm[N - 3:]) + 1.)[None]})
+    if struct_array:
+        dt = [('train_index', object), ('test_index', object)]
+        pa = np.empty(partion_shape, dtype=dt)
+        for i, p in enumerate(parts): pa.ravel()[i] = (p['train_index'], p['test_index'])
+    else:
+        pa = np.empty(partion_shape, dtype=object)
+        for i, p in enumerate(parts): pa.ravel()[i] = p
+    st = {'imagesname': _cell(names), 'label': y, 'attribute_eng': _cell([f'a{i}' for i in range(C)]), 'partion': pa}
+    for key, v in override.items():
+        if v is None: st.pop(key)
+        else: st[key] = v
+    root.mkdir(parents=True, exist_ok=True)
+    sio.savemat(root/'RAP_annotation.mat', {'RAP_annotation': st})
+    if images:
+        for nm in names: _img(root/'RAP_dataset'/nm)
+    return root, names, y, parts
+
+ATTRS14 = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans', 'longPants',
+           'skirt', 'faceMask', 'logo', 'stripe']
+
+def write_wider(root, images=True, trainval=None, test=None):
+    "WIDER-Attribute layout by hand: two JSON files + Image/<split>/<scene>/<name>.jpg (64 x 96 scenes)."
+    root = Path(root)
+    a = [1, -1, 0] + [1] * 11
+    trainval = trainval if trainval is not None else [
+        {'file_name': 'train/0--Parade/0_Parade_1.jpg', 'scene_id': 0,
+         'targets': [{'attribute': a, 'bbox': [10, 5, 20, 40]}, {'attribute': [-1] * 14, 'bbox': [80, 30, 30, 50]}]},
+        {'file_name': 'val/0--Parade/0_Parade_2.jpg', 'scene_id': 0, 'targets': [{'attribute': [1] * 14, 'bbox': [0, 0, 10, 10]}]}]
+    test = test if test is not None else [
+        {'file_name': 'test/1--Handshaking/1_H_3.jpg', 'scene_id': 1, 'targets': [{'attribute': [-1] * 14, 'bbox': [5.5, 4.2, 20, 30]}]}]
+    head = {'attribute_id_map': {str(i): n for i, n in enumerate(ATTRS14)}, 'scene_id_map': {'0': 'Parade', '1': 'Handshaking'}}
+    root.mkdir(parents=True, exist_ok=True)
+    (root/'wider_attribute_trainval.json').write_text(json.dumps({'images': trainval, **head}))
+    (root/'wider_attribute_test.json').write_text(json.dumps({'images': test, **head}))
+    if images:
+        for im in trainval + test: _img(root/'Image'/im['file_name'], 64, 96)
+    return root
+
+
+# ---------------------------------------------------------------- PA-100K
+@pytest.mark.parametrize('names_row', [False, True])
+def test_pa100k_reads_both_cell_orientations(tmp_path, names_row):
+    root, md = write_pa100k(tmp_path, names_row=names_row)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        data = D.read_pa100k(root)
+    assert data.attributes == ['attr0', 'attr1', 'attr2']
+    assert [len(data.split(s)) for s in ('train', 'val', 'test')] == [4, 2, 2]
+    np.testing.assert_array_equal(data.labels('val'), md['val_label'])
+    assert data.labels().dtype == np.int8
+    assert data.split('test')[1].image == root/'data'/'000008.jpg'
+    assert data.split('test')[1].box is None and data.split('test')[1].mask is None
+
+def test_pa100k_char_matrix_and_double_labels(tmp_path):
+    # a writer that stores names as a char matrix and labels as double must read the same
+    root, md = write_pa100k(tmp_path, train_images_name=np.array(['000001.jpg', '000002.jpg', '000003.jpg', '000004.jpg']))
+    md2 = sio.loadmat(root/'annotation.mat')
+    sio.savemat(root/'annotation.mat', {**{k: v for k, v in md2.items() if not k.startswith('__')},
+                                        'train_label': md['train_label'].astype(float)})
+    data = D.read_pa100k(root)
+    assert [s.meta['file_name'] for s in data.split('train')] == ['000001.jpg', '000002.jpg', '000003.jpg', '000004.jpg']
+    np.testing.assert_array_equal(data.labels('train'), md['train_label'])
+
+def test_pa100k_missing_root_and_file(tmp_path):
+    with pytest.raises(KitError, match='HydraPlus-Net'): D.read_pa100k(tmp_path/'absent')
+    with pytest.raises(KitError, match=r'annotation\.mat: file not found'): D.read_pa100k(tmp_path)
+
+def test_pa100k_missing_field_named(tmp_path):
+    root, _ = write_pa100k(tmp_path, val_label=None)
+    with pytest.raises(KitError, match='missing field.*val_label'): D.read_pa100k(root)
+
+def test_pa100k_misspelled_field_hint(tmp_path):
+    root, md = write_pa100k(tmp_path, test_images_name=None, text_images_name=_cell(['000007.jpg', '000008.jpg']))
+    with pytest.raises(KitError, match=r"test_images_name.*unexpected field 'text_images_name' \(a misspelling of 'test_images_name'\?\)"):
+        D.read_pa100k(root)
+
+def test_pa100k_count_mismatch(tmp_path):
+    root, _ = write_pa100k(tmp_path, train_label=np.ones((3, 3), np.uint8))
+    with pytest.raises(KitError, match='train_images_name has 4 entries but train_label has 3 rows'): D.read_pa100k(root)
+
+def test_pa100k_empty_name(tmp_path):
+    names = _cell(['000007.jpg', '']); names[1, 0] = np.zeros((0, 0), np.uint8)
+    root, _ = write_pa100k(tmp_path, test_images_name=names)
+    with pytest.raises(KitError, match='test_images_name has 1 empty entry'): D.read_pa100k(root)
+
+def test_pa100k_bad_label_value(tmp_path):
+    y = np.ones((2, 3), np.uint8); y[1, 2] = 3
+    root, _ = write_pa100k(tmp_path, val_label=y)
+    with pytest.raises(KitError, match='val_label holds value 3 at row 2, column 3'): D.read_pa100k(root)
+
+def test_pa100k_missing_images_listed(tmp_path):
+    root, _ = write_pa100k(tmp_path)
+    for nm in ('000002.jpg', '000005.jpg'): (root/'data'/nm).unlink()
+    with pytest.raises(KitError, match=r'2 of 8 listed images are missing .*000002\.jpg, 000005\.jpg'): D.read_pa100k(root)
+    assert len(D.read_pa100k(root, check_images=False)) == 8
+
+def test_pa100k_warns_overlap_zero_row_unused(tmp_path):
+    root, md = write_pa100k(tmp_path)
+    y = md['train_label'].copy(); y[3] = 0
+    names = _cell(['000001.jpg', '000002.jpg', '000003.jpg', '000005.jpg'])   # 000005 is also in val; 000004 unused
+    write_pa100k(tmp_path, train_label=y, train_images_name=names)
+    with pytest.warns(UserWarning) as rec: D.read_pa100k(root)
+    msgs = ' | '.join(str(w.message) for w in rec)
+    assert 'more than one split (e.g. 000005.jpg' in msgs
+    assert '1 all-zero label rows' in msgs
+    assert 'in no split (e.g. 000004.jpg)' in msgs
+
+
+# ---------------------------------------------------------------- RAP v1
+@pytest.mark.parametrize('shape,struct_array', [((1, 5), False), ((5, 1), False), ((1, 5), True)])
+def test_rap_partitions_and_protocol(tmp_path, shape, struct_array):
+    root, names, y, parts = write_rap(tmp_path, partion_shape=shape, struct_array=struct_array)
+    data = D.read_rap(root, partition=3)
+    assert data.splits == ['train', 'test']
+    assert len(data.attributes) == 51 and data.attributes[-1] == 'a50'
+    tr = (parts[3]['train_index'].ravel() - 1).astype(int)
+    assert [s.meta['file_name'] for s in data.split('train')] == [names[i] for i in tr]
+    expect = np.where(y[tr, :51] == 2, UNSPECIFIED, y[tr, :51]).astype(np.int8)
+    np.testing.assert_array_equal(data.labels('train'), expect)
+    assert data.meta['n_uncertain'] == 1
+    assert len(D.read_rap(root, n_attributes=None).attributes) == 92
+
+def test_rap_uncertain_switch(tmp_path):
+    root, names, y, parts = write_rap(tmp_path)
+    keep, neg = D.read_rap(root), D.read_rap(root, unspecified='negative')
+    k = keep.labels() == UNSPECIFIED
+    assert k.sum() == (y[np.concatenate([(parts[0][f'{s}_index'].ravel() - 1).astype(int) for s in ('train', 'test')]), :51] == 2).sum() >= 1
+    assert (neg.labels()[k] == 0).all() and (neg.labels()[~k] == keep.labels()[~k]).all()
+
+def test_rap_errors(tmp_path):
+    root, *_ = write_rap(tmp_path/'a')
+    with pytest.raises(KitError, match=r'partition=5 .* use 0\.\.4'): D.read_rap(root, partition=5)
+    with pytest.raises(KitError, match='n_attributes=93'): D.read_rap(root, n_attributes=93)
+    root, *_ = write_rap(tmp_path/'b', label=np.zeros((9, 92)))
+    with pytest.raises(KitError, match='label is 9 x 92 but imagesname has 10'): D.read_rap(root)
+    root, *_ = write_rap(tmp_path/'c', partion=None)
+    with pytest.raises(KitError, match='neither partion nor partition'): D.read_rap(root)
+    root, *_ = write_rap(tmp_path/'d', attribute_eng=None)
+    with pytest.raises(KitError, match="no field 'attribute_eng'"): D.read_rap(root)
+    bad = np.empty((1, 5), dtype=object)
+    for i in range(5): bad[0, i] = {'train_index': np.array([[0., 1.]]), 'test_index': np.array([[2.]])}
+    root, *_ = write_rap(tmp_path/'e', partion=bad)
+    with pytest.raises(KitError, match='1-based'): D.read_rap(root)
+    (tmp_path/'f').mkdir(); sio.savemat(tmp_path/'f'/'RAP_annotation.mat', {'other': np.ones(2)})
+    with pytest.raises(KitError, match='no variable RAP_annotation'): D.read_rap(tmp_path/'f')
+    with pytest.raises(KitError, match='rap.idealtest.org'): D.read_rap(tmp_path/'absent')
+
+def test_mat_v73_refused(tmp_path):
+    (tmp_path/'annotation.mat').write_bytes(b'MATLAB 7.3 MAT-file, HDF5 schema 1.00 .'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(512))
+    with pytest.raises(KitError, match='v7.3'): D.read_pa100k(tmp_path)
+
+
+# ---------------------------------------------------------------- WIDER-Attribute
+def test_wider_reads_targets_and_labels(tmp_path):
+    root = write_wider(tmp_path)
+    data = D.read_wider(root)
+    assert len(data.attributes) == 14 and data.attributes[4] == 'Tshiirt'
+    assert data.splits == ['train', 'val', 'test'] and len(data) == 4
+    s = data.split('train')[0]
+    assert s.box == (10., 5., 20., 40.) and s.meta['target'] == 0 and s.meta['scene'] == 'Parade'
+    assert s.image == root/'Image'/'train'/'0--Parade'/'0_Parade_1.jpg'
+    assert list(s.labels[:3]) == [1, 0, UNSPECIFIED]
+    neg = D.read_wider(root, unspecified='negative')
+    assert list(neg.split('train')[0].labels[:3]) == [1, 0, 0] and neg.meta['unspecified'] == 'negative'
+
+@pytest.mark.parametrize('target,match', [
+    ({'attribute': [1] * 13, 'bbox': [0, 0, 5, 5]}, r'images\[0\]\.targets\[0\]\.attribute must be 14 values'),
+    ({'attribute': [2] + [1] * 13, 'bbox': [0, 0, 5, 5]}, r'attribute must be 14 values in \{1, -1, 0\}'),
+    ({'attribute': [1] * 14, 'bbox': [0, 0, 5]}, r'bbox must be \[x, y, w, h\]'),
+])
+def test_wider_bad_targets(tmp_path, target, match):
+    root = write_wider(tmp_path, trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0, 'targets': [target]}])
+    with pytest.raises(KitError, match=match): D.read_wider(root)
+
+def test_wider_other_errors_and_warnings(tmp_path):
+    with pytest.raises(KitError, match='WIDERAttribute'): D.read_wider(tmp_path/'absent')
+    root = write_wider(tmp_path/'a', trainval=[{'file_name': 'other/x.jpg', 'scene_id': 0, 'targets': []}])
+    with pytest.raises(KitError, match='must start with train/, val/ or test/'): D.read_wider(root)
+    root = write_wider(tmp_path/'b'); (root/'wider_attribute_test.json').unlink()
+    with pytest.raises(KitError, match=r'wider_attribute_test\.json: file not found'): D.read_wider(root)
+    root = write_wider(tmp_path/'c', trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0, 'targets': [
+        {'attribute': [0] * 14, 'bbox': [0, 0, 5, 5]}, {'attribute': [1] * 14, 'bbox': [0, 0, 0, 5]}]}])
+    with pytest.warns(UserWarning) as rec: data = D.read_wider(root)
+    msgs = ' | '.join(str(w.message) for w in rec)
+    assert 'dropped 1 target(s)' in msgs and 'every attribute unspecified' in msgs
+    assert len(data.split('train')) == 1 and data.meta['dropped_boxes'] == 1
+
+
+# ---------------------------------------------------------------- masks, Dataset, transforms, loaders
+def test_masks_found_and_cropped_with_clipped_box(tmp_path):
+    root = write_wider(tmp_path)
+    m = np.zeros((64, 96), np.uint8); m[10:20, 12:18] = 255
+    D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 0).parent.mkdir(parents=True)
+    Image.fromarray(m).save(D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 0))
+    Image.fromarray(m).save(D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 1))
+    assert D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 1) == root/'masks'/'train'/'0--Parade'/'0_Parade_1_1.png'
+    with pytest.warns(UserWarning, match='2 of 4 samples have no mask'): data = D.read_wider(root)
+    tr = data.split('train')
+    ds = D.HarDataset(tr, with_mask=True)
+    it = ds[0]
+    assert it['image'].shape == (3, 40, 20) and it['mask'].shape == (1, 40, 20)
+    assert it['mask'].sum().item() == 10 * 6 and it['mask'][0, 5, 2].item() == 1.0   # mask moved with the crop (x-10, y-5)
+    assert it['labels'].dtype == torch.float32 and it['labels'][2].item() == -1
+    it1 = ds[1]                                                 # box [80, 30, 30, 50] clipped to the 96 x 64 scene
+    assert it1['image'].shape == (3, 34, 16) and it1['index'] == 1
+    with pytest.raises(KitError, match='have no mask'): D.HarDataset(data.samples, with_mask=True)
+    assert D.read_wider(root, mask_dir=False).samples[0].mask is None
+
+def test_dataset_full_scene_with_box(tmp_path):
+    data = D.read_wider(write_wider(tmp_path))
+    it = D.HarDataset(data.split('test'), D.dahar_transforms(False, scale=0.25), crop_to_box=False, with_box=True)[0]
+    assert it['image'].shape == (3, 64, 64)
+    torch.testing.assert_close(it['box'], torch.tensor([5 * 64 / 96, 4 * 64 / 64, 26 * 64 / 96, 35 * 64 / 64]))
+    with pytest.raises(KitError, match='crop_to_box=False'): D.HarDataset(data.samples, with_box=True)
+
+def test_box_outside_image(tmp_path):
+    root = write_wider(tmp_path, trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0,
+                                            'targets': [{'attribute': [1] * 14, 'bbox': [200, 0, 5, 5]}]}])
+    with pytest.raises(KitError, match='outside the 96x64 image'): D.HarDataset(D.read_wider(root))[0]
+
+@pytest.mark.parametrize('tf,shape', [
+    (lambda: D.dahar_transforms(True), (3, 224, 224)),
+    (lambda: D.dahar_transforms(False), (3, 256, 256)),
+    (lambda: D.dahar_transforms(False, five_crop=True), (5, 3, 224, 224)),
+    (lambda: D.dahar_transforms(True, aspect=2), (3, 224, 112)),
+    (lambda: D.dahar_transforms(False, aspect=2), (3, 256, 128)),
+    (lambda: D.campar_transforms(True), (3, 256, 192)),
+    (lambda: D.campar_transforms(False), (3, 256, 192)),
+    (lambda: D.dahar_transforms(True, scale=0.25), (3, 56, 56)),
+    (lambda: D.dahar_transforms(False, scale=0.25), (3, 64, 64)),
+    (lambda: D.campar_transforms(False, scale=0.25), (3, 64, 48)),
+])
+def test_transform_shapes(tf, shape):
+    img = tv_tensors.Image(torch.randint(0, 256, (3, 150, 70), dtype=torch.uint8))
+    out, mask = tf()(img, tv_tensors.Mask(torch.zeros(1, 150, 70, dtype=torch.uint8)))
+    assert tuple(out.shape) == shape and out.dtype == torch.float32
+    assert tuple(mask.shape) == shape[:-3] + (1,) + shape[-2:] and mask.dtype == torch.uint8
+
+def test_eval_normalises_with_imagenet_stats():
+    white = tv_tensors.Image(torch.full((3, 20, 20), 255, dtype=torch.uint8))
+    out = D.campar_transforms(False, scale=0.1)(white)
+    torch.testing.assert_close(out[:, 0, 0], (1 - torch.tensor(D.IMAGENET_MEAN)) / torch.tensor(D.IMAGENET_STD))
+
+def test_five_crop_corners_and_centre():
+    x = tv_tensors.Image(torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16).repeat(1, 3, 1, 1)[0])
+    st = D.FiveCropStack((4, 4))(x)
+    assert st.shape == (5, 3, 4, 4)
+    assert [st[k, 0, 0, 0].item() for k in range(5)] == [0, 12, 12 * 16, 12 * 16 + 12, 6 * 16 + 6]
+
+@pytest.mark.parametrize('make', [lambda: D.dahar_transforms(True, scale=0.5, jitter=0), lambda: D.dahar_transforms(True, aspect=2, scale=0.5, jitter=0),
+                                  lambda: D.campar_transforms(True, scale=0.5)])
+def test_mask_follows_image(make):
+    sq = torch.zeros(1, 90, 60, dtype=torch.uint8); sq[:, 5:40, 10:30] = 255
+    torch.manual_seed(0)
+    tf = make()
+    for _ in range(20):
+        o, m = tf(tv_tensors.Image(sq.repeat(3, 1, 1)), tv_tensors.Mask(sq))
+        agree = ((o[0] > 0) == (m[0] > 127)).float().mean().item()
+        assert agree > 0.95, agree
+
+def test_corner_centre_crop_sizes_and_positions():
+    torch.manual_seed(0)
+    cc = D.CornerCenterCrop([20, 10], aspect=2)
+    seen = set()
+    for _ in range(200):
+        p = cc.make_params([tv_tensors.Image(torch.zeros(3, 20, 10))])
+        assert (p['height'], p['width']) in {(20, 10), (10, 5)}
+        seen.add((p['top'], p['left'], p['height']))
+    assert {(0, 0, 10), (0, 5, 10), (10, 0, 10), (10, 5, 10), (5, 2, 10), (0, 0, 20)} <= seen
+
+def test_make_loader_batches_and_seeded_order(tmp_path):
+    root, _ = write_pa100k(tmp_path, n=(6, 2, 2))
+    data = D.read_pa100k(root)
+    dl = D.make_loader(data.split('train'), D.campar_transforms(True, scale=0.25), batch_size=4, shuffle=True, seed=3)
+    b = next(iter(dl))
+    assert b['image'].shape == (4, 3, 64, 48) and b['labels'].shape == (4, 3) and b['index'].shape == (4,)
+    order = lambda s: torch.cat([b['index'] for b in D.make_loader(data, D.campar_transforms(False, scale=0.1), 3, True, seed=s)]).tolist()
+    assert order(1) == order(1) and sorted(order(1)) == list(range(10)) and order(1) != order(2)
+    with pytest.raises(KitError, match='no samples'): D.make_loader([], None, 2, False)
+
+def test_load_dataset_with_root_and_kind_check(tmp_path):
+    root, _ = write_pa100k(tmp_path)
+    assert len(D.load_dataset('pa100k', root)) == 8
+    with pytest.raises(KitError, match="kind='peta'"): D.load_dataset('peta', root)
+
+
+# ---------------------------------------------------------------- the synthetic generator writes what the readers read
+def test_synthetic_sets_read_back(tmp_path):
+    synth = pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/01a_synth.ipynb) not exported yet')
+    for kind in ('wider', 'rap', 'pa100k'):
+        root = synth.make_synthetic(kind, tmp_path/kind, n=10, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            data = D.READERS[kind](root)
+        assert len(data) >= 10 and all(s.mask is not None for s in data.samples)
+        assert all('distractors' in s.meta for s in data.samples)
+        it = D.HarDataset(data, D.dahar_transforms(False, aspect=2 if kind == 'rap' else 1, scale=0.25), with_mask=True)[0]
+        assert it['mask'].shape[-2:] == it['image'].shape[-2:] and 0 < it['mask'].mean() < 1
+
+def test_load_dataset_synthetic_default(tmp_path, monkeypatch):
+    pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/01a_synth.ipynb) not exported yet')
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        data = D.load_dataset('pa100k')
+    assert data.splits == ['train', 'val', 'test'] and str(data.root).startswith(str(tmp_path))
+
+
+# ---------------------------------------------------------------- the real PA-100K sample
+real = pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(),
+                          reason=f'real PA-100K sample not found at {SAMPLE} (set HAR_KIT_PA100K_SAMPLE to its folder)')
+
+@real
+def test_real_pa100k_sample():
+    with pytest.warns(UserWarning) as rec: data = D.read_pa100k(SAMPLE)
+    msgs = ' | '.join(str(w.message) for w in rec)
+    assert [len(data.split(s)) for s in ('train', 'val', 'test')] == [1600, 200, 200]
+    assert len(data.attributes) == 26 and data.attributes[0] == 'Female'
+    assert "001600.jpg in ['train', 'val']" in msgs and '1 all-zero label rows' in msgs and '002000.jpg' in msgs
+    assert data.split('train')[0].meta['file_name'] == '000001.jpg' and data.split('test')[0].meta['file_name'] == '001800.jpg'
+    assert set(np.unique(data.labels())) == {0, 1}
+    it = D.HarDataset(data.split('val')[:2], D.campar_transforms(False, scale=0.25))[1]
+    assert it['image'].shape == (3, 64, 48)
+
+@real
+def test_real_pa100k_malformed_rejected():
+    with pytest.raises(KitError, match=r"annotation_malformed\.mat: test_images_name has 1 empty entry \(first at position 1\).*text_images_name"):
+        D.read_pa100k(SAMPLE, annotation='annotation_malformed.mat')
