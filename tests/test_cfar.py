@@ -1,0 +1,122 @@
+"Tests of har_kit.cfar: the exactness of the implicit encoding of Eq. 17-18, the dictionary, phase 2 and bad input."
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from har_kit.core import KitError
+from har_kit import cfar
+
+
+def _grid_r(n=30, m=6, seed=0):
+    "Confidences on a 1/64 grid: with alpha a power of two every stored confidence is exact in float32."
+    return np.random.default_rng(seed).integers(0, 65, size=(n, m)) / 64
+
+
+@pytest.mark.parametrize('p_t,alpha,lam', [(.5, 4., .25), (.25, 16., .01), (.75, 1., 1.)])
+def test_library_sweeps_equal_numpy_normal_equations(p_t, alpha, lam):
+    r = _grid_r()
+    rng = np.random.default_rng(1)
+    x0, y0 = rng.random((30, 3)) * .01, rng.random((6, 3)) * .01
+    lib = cfar.fit_latent_factors(r, 3, lam, alpha, p_t, iterations=4, init=(x0, y0), dtype=np.float64, num_threads=1)
+    xr, yr = cfar.als_reference(r, x0, y0, p_t, alpha, lam, iterations=4)
+    np.testing.assert_allclose(lib.x_f, xr, atol=1e-9)
+    np.testing.assert_allclose(lib.y_f, yr, atol=1e-9)
+    assert lib.objective == pytest.approx(cfar.eq18_objective(r, xr, yr, p_t, alpha, lam), rel=1e-10)
+
+
+def test_converged_factors_are_a_stationary_point_of_eq18():
+    r = np.random.default_rng(2).random((40, 7))       # arbitrary confidences (float32 rounding of c only)
+    kw = dict(p_t=.5, alpha=10., regularization=.1)
+    lf = cfar.fit_latent_factors(r, 4, kw['regularization'], kw['alpha'], kw['p_t'], iterations=4000, dtype=np.float64, num_threads=1)
+    gx, gy = cfar.eq18_gradient(r, lf.x_f, lf.y_f, **kw)   # ALS converges linearly: many cheap sweeps
+    assert max(abs(gx).max(), abs(gy).max()) < 1e-4
+    # the naive encoding (only liked entries, library alpha) is not a minimiser of Eq. 18
+    from implicit.cpu.als import AlternatingLeastSquares
+    als = AlternatingLeastSquares(factors=4, regularization=.1, alpha=10., use_cg=False, iterations=400,
+                                  dtype=np.float64, num_threads=1, random_state=0)
+    als.fit(sp.csr_matrix(np.where(r >= .5, r, 0)), show_progress=False)
+    ngx, ngy = cfar.eq18_gradient(r, als.user_factors, als.item_factors, **kw)
+    assert max(abs(ngx).max(), abs(ngy).max()) > 100 * max(abs(gx).max(), abs(gy).max(), 1e-6)
+    assert cfar.eq18_objective(r, als.user_factors, als.item_factors, **kw) > lf.objective
+
+
+def test_implicit_loss_maps_to_eq18():
+    from implicit.cpu import _als
+    r = _grid_r(seed=3); r[:4] = 0                     # some entries missing from the CSR
+    cui = cfar.confidence_matrix(r, .5, 4.)
+    assert cui.nnz < r.size
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(6, 3))
+    loss = _als.calculate_loss(cui, x, y, .3, num_threads=1)
+    assert cfar.implicit_loss_to_eq18(loss, cui) == pytest.approx(cfar.eq18_objective(r, x, y, .5, 4., .3), rel=1e-6)
+
+
+def test_confidence_matrix_encoding():
+    m = cfar.confidence_matrix(np.array([[0., .25, .5, 1.]]), p_t=.5, alpha=2.)
+    np.testing.assert_array_equal(m.toarray(), [[0, -1.5, 2, 3]])
+    m = cfar.confidence_matrix(np.array([[0., .25]]), p_t=0., alpha=2.)   # p_t = 0: r = 0 is preferred, stored +1
+    np.testing.assert_array_equal(m.toarray(), [[1, 1.5]])
+
+
+@pytest.mark.parametrize('bad,match', [(np.array([[np.nan, .5]]), 'non-finite'), (np.array([[1.5, .5]]), 'outside'),
+                                       (np.array([.5, .5]), 'matrix')])
+def test_bad_confidences(bad, match):
+    with pytest.raises(KitError, match=match): cfar.fit_latent_factors(bad)
+
+
+def test_bad_hyperparameters():
+    r = _grid_r()
+    with pytest.raises(KitError, match='p_t'): cfar.confidence_matrix(r, p_t=2.)
+    with pytest.raises(KitError, match='alpha'): cfar.confidence_matrix(r, alpha=-1.)
+    with pytest.raises(KitError, match='factors'): cfar.fit_latent_factors(r, factors=0)
+    lf = cfar.fit_latent_factors(r, 3, num_threads=1)
+    with pytest.raises(KitError, match='K <= N'): cfar.build_dictionary(r, lf.x_f, n_prototypes=31)
+    with pytest.raises(KitError, match='rows'): cfar.build_dictionary(r, lf.x_f[:5], n_prototypes=3)
+
+
+def test_never_positive_attribute_is_documented_not_fatal():
+    r = _grid_r(); r[:, 2] = np.minimum(r[:, 2], .3)
+    with pytest.warns(UserWarning, match=r'\[2\]'):
+        lf = cfar.fit_latent_factors(r, 3, num_threads=1)
+    assert lf.never_positive == [2]
+    d = cfar.build_dictionary(r, lf.x_f, 4)
+    assert np.abs(cfar.infer_confidence(d, lf.y_f, r)[:, 2]).max() < .2
+
+
+def test_dictionary_values_are_cluster_means():
+    r = _grid_r(n=50, m=5)
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    d = cfar.build_dictionary(r, x, 5)
+    lab = d.nearest(r)
+    for k in range(5):
+        if (lab == k).any(): np.testing.assert_allclose(d.values[k], x[lab == k].mean(0))
+    assert d.counts.sum() == 50
+    y_f = np.random.default_rng(1).normal(size=(5, 3))
+    np.testing.assert_allclose(cfar.infer_confidence(d, y_f, r), d.values[lab] @ y_f.T)
+
+
+def test_cfar_beats_phase1_and_round_trips(tmp_path):
+    l, y = cfar.synthetic_phase1(1500, 12, 6, seed=1)
+    cfg = cfar.CFARConfig(num_threads=1)
+    model = cfar.fit_cfar(l[:1000], y[:1000], cfg)
+    from har_kit.metrics import pedestrian_metrics
+    ma0 = pedestrian_metrics(cfar.sigmoid(l[1000:]), y[1000:])['mA']
+    ma = pedestrian_metrics(cfar.sigmoid(model.logits(l[1000:])), y[1000:])['mA']
+    assert ma > ma0 + 0.01
+    f = model.save(tmp_path/'c'/'cfar.pt')
+    np.testing.assert_allclose(cfar.CFAR.load(f).logits(l[1000:]), model.logits(l[1000:]), atol=1e-6)
+
+
+def test_phase2_identity_init_and_unspecified_mask():
+    h = cfar.CFARHead(4)
+    l = torch.randn(3, 4)
+    torch.testing.assert_close(h(torch.randn(3, 4), l), l)
+    y = np.full((64, 4), -1, np.int8); y[:, 0] = 1                 # only attribute 0 specified
+    l = np.zeros((64, 4), np.float32)
+    head, losses = cfar.train_phase2(np.zeros_like(l), l, y, epochs=20, lr=.1)
+    out = head(torch.zeros(1, 4), torch.zeros(1, 4))[0]
+    assert out[0] > 1 and torch.allclose(out[1:], torch.zeros(3), atol=1e-6)   # masked attributes never trained
+    with pytest.raises(KitError, match='shape'): cfar.train_phase2(l[:, :2], l, y)
