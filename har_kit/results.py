@@ -130,7 +130,9 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
 def _campar(variant, dataset): return spec('campar', variant, dataset=dataset)
-def _cfar(dataset): return spec('cfar', 'campar_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset)
+def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
+    return spec('cfar', 'campar_fusion_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
+                phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])
 
 def _two(variant_fn):
     return {**{f'PA100K {c}': (variant_fn('pa100k'), m) for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]},
