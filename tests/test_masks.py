@@ -1,0 +1,205 @@
+"Masks: target selection on constructed detections, the four sources through `make_masks`, cache resume, bad input."
+import dataclasses, json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from har_kit.core import KitError, load_json
+from har_kit.data import HarDataset, read_wider, tiny_fixture
+from har_kit.masks import (BoxSource, MaskRCNNSource, attach_masks, cli, make_masks, mask_cache_dir, mask_iou,
+                           mask_quality, read_mask, sample_key, select_target, summed_feature_outline, write_mask)
+
+
+def _person(x0, y0, x1, y1, size=(40, 40), p=0.9):
+    m = np.zeros(size, np.float32); m[y0:y1, x0:x1] = p
+    return m
+
+
+# ---------------------------------------------------------------- target selection (pure)
+def test_overlapping_people_pick_the_target_not_the_higher_scored_neighbour():
+    target, neigh = _person(10, 5, 20, 25), _person(16, 8, 30, 30)
+    t = select_target((10, 5, 10, 20), (40, 40), [[16, 8, 30, 30], [10, 5, 20, 25]], np.stack([neigh, target]))
+    assert (t.det, t.reason, t.clipped) == (1, None, False)
+    assert (t.mask == (target > .5)).all()
+
+
+def test_big_person_behind_covering_the_box_is_not_chosen():
+    # a large person whose box contains the target box: high inside-fraction is not enough, the IoU is low
+    behind = _person(0, 0, 40, 40)
+    t = select_target((10, 10, 8, 8), (40, 40), [[0, 0, 40, 40]], behind[None])
+    assert t.det is None and t.reason.startswith('no detection matched')
+    assert t.mask.sum() == 64
+
+
+def test_mask_is_cut_to_the_box_and_binarized():
+    soft = _person(10, 5, 20, 25, p=0.4); soft[5:25, 10:15] = 0.8   # only the left half is above 0.5
+    t = select_target((8, 0, 14, 30), (40, 40), [[10, 5, 20, 25]], soft[None])
+    assert t.det == 0 and t.mask.sum() == 5 * 20 and not t.mask[:, 15:].any()
+    t = select_target((12, 5, 8, 20), (40, 40), [[10, 5, 20, 25]], _person(10, 5, 20, 25)[None])
+    assert t.mask.sum() == 8 * 20 and not t.mask[:, :12].any()
+
+
+def test_none_found_falls_back_to_the_box():
+    t = select_target((10, 5, 10, 20), (40, 40), np.zeros((0, 4)), np.zeros((0, 40, 40)))
+    assert (t.det, t.reason) == (None, 'no person detected') and t.mask.sum() == 200
+    # a detection whose mask is empty inside the box never matches, whatever its box
+    empty = np.zeros((1, 40, 40)); empty[0, 30:, 30:] = 1
+    t = select_target((10, 5, 10, 20), (40, 40), [[10, 5, 20, 25]], empty)
+    assert t.det is None and t.mask.sum() == 200
+
+
+def test_box_partly_outside_is_clipped_and_flagged_fully_outside_is_an_error():
+    target = _person(0, 5, 20, 25)
+    t = select_target((-5, 5, 25, 20), (40, 40), [[0, 5, 20, 25]], target[None])
+    assert (t.det, t.clipped) == (0, True) and (t.mask == (target > .5)).all()
+    t = select_target((30, 30, 20, 20), (40, 40), np.zeros((0, 4)), np.zeros((0, 40, 40)))
+    assert t.clipped and t.mask.sum() == 100
+    with pytest.raises(KitError, match='scene.jpg#3.*outside'):
+        select_target((45, 0, 5, 5), (40, 40), np.zeros((0, 4)), np.zeros((0, 40, 40)), where='scene.jpg#3')
+
+
+# ---------------------------------------------------------------- sources and cache on a tiny WIDER fixture
+@pytest.fixture
+def wider(tmp_path):
+    root = tiny_fixture('wider', tmp_path/'wider', n=6)
+    return read_wider(root)
+
+
+def test_four_sources_through_one_call(wider, tmp_path):
+    gt = make_masks(wider, 'renderer', tmp_path/'c', progress=False)
+    box = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    assert sorted(gt) == list(range(len(wider.samples))) and all(p.exists() for p in gt.values())
+    q = mask_quality(wider, box, gt)
+    assert len(q) == len(wider.samples) and 0 < q.iou.mean() < 1   # the fixture's person is narrower than its box
+    assert q.iou.min() > 0.3
+    user = tmp_path/'user'
+    for i, p in gt.items(): write_mask(read_mask(p), user/f'{sample_key(wider.samples[i], wider.root)}.png')
+    d = make_masks(wider, 'directory', tmp_path/'c', directory=user, progress=False)
+    assert (mask_quality(wider, d, gt).iou == 1).all() and d.report['notes'] == []
+    rc = make_masks(wider, 'maskrcnn', tmp_path/'c', weights=None, indices=[0, 1], progress=False,
+                    min_size=64, max_size=96, box_detections_per_img=5)
+    assert sorted(rc) == [0, 1] and all(p.exists() for p in rc.values())
+    r = rc.report
+    assert r['fallbacks'] == len(r['fallback_samples']) and all(f['reason'] for f in r['fallback_samples'])
+    # four different cache folders under one dataset folder
+    folders = {m.directory for m in (gt, box, d, rc)}
+    assert len(folders) == 4 and len({f.parent for f in folders}) == 1
+    assert load_json(rc.directory/'report.json')['n'] == 2
+
+
+def test_masks_feed_the_dataset(wider, tmp_path):
+    box = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    data = attach_masks(wider, box)
+    assert data.samples[3].mask == box[3] and wider.samples[3].mask != box[3]
+    item = HarDataset(data, with_mask=True)[0]
+    assert item['mask'].shape[-2:] == item['image'].shape[-2:] and item['mask'].min() == 1   # the box, cropped
+
+
+def test_rerun_skips_and_deleted_masks_are_recomputed(wider, tmp_path):
+    first = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    assert (first.report['computed'], first.report['cached']) == (len(wider.samples), 0)
+    again = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    assert (again.report['computed'], again.report['cached']) == (0, len(wider.samples))
+    first[2].unlink()
+    assert make_masks(wider, 'none', tmp_path/'c', progress=False).report['computed'] == 1
+
+
+def test_same_image_and_box_twice_share_one_mask(wider, tmp_path):
+    dup = dataclasses.replace(wider, samples=wider.samples + [dataclasses.replace(wider.samples[0], split='val')])
+    m = make_masks(dup, 'none', tmp_path/'c', progress=False)
+    n = len(wider.samples)
+    assert m[n] == m[0] and (m.report['n'], m.report['computed']) == (n + 1, n)
+
+
+class _Crash(BoxSource):
+    "Box source that dies on its second batch, like an interrupted run."
+    calls = 0
+    def __call__(self, jobs):
+        self.calls += 1
+        if self.calls == 2: raise RuntimeError('interrupted')
+        return super().__call__(jobs)
+
+
+def test_interrupted_run_resumes_where_it_stopped(wider, tmp_path):
+    with pytest.raises(RuntimeError, match='interrupted'):
+        make_masks(wider, _Crash(), tmp_path/'c', batch_size=2, progress=False)
+    folder = mask_cache_dir(wider, BoxSource(), tmp_path/'c')
+    done = len(list(folder.rglob('*.png')))
+    assert done == 4 and not list(folder.rglob('*.tmp'))   # 2 images x 2 targets, no half-written file
+    # a log line cut mid-write is ignored and its sample redone
+    with open(folder/'log.jsonl', 'a') as f: f.write('{"key": "Image/tra')
+    r = make_masks(wider, 'none', tmp_path/'c', batch_size=2, progress=False).report
+    assert (r['cached'], r['computed']) == (done, len(wider.samples) - done)
+    assert all(json.loads(l) for l in (folder/'log.jsonl').read_text().splitlines()[-2:])
+
+
+def test_box_partly_outside_is_recorded_and_fully_outside_names_the_image(wider, tmp_path):
+    s = wider.samples
+    part = dataclasses.replace(wider, samples=[dataclasses.replace(s[0], box=(-10, -10, 40, 40))] + s[1:])
+    r = make_masks(part, 'none', tmp_path/'c', progress=False).report
+    assert r['clipped'] == [0]
+    out = dataclasses.replace(wider, samples=[dataclasses.replace(s[0], box=(500, 500, 10, 10))] + s[1:])
+    with pytest.raises(KitError, match=f'{s[0].image.name}.*outside'):
+        make_masks(out, 'none', tmp_path/'c2', progress=False)
+
+
+def test_unreadable_image_is_an_error_naming_it(wider, tmp_path):
+    wider.samples[0].image.write_bytes(b'garbage')
+    with pytest.raises(KitError, match=f'{wider.samples[0].image.name}: cannot read'):
+        make_masks(wider, 'none', tmp_path/'c', progress=False)
+
+
+def test_directory_sizes_missing_and_box_sized_masks(wider, tmp_path):
+    s0 = wider.samples[0]
+    user = tmp_path/'user'
+    x, y, w, h = (int(v) for v in s0.box)
+    write_mask(np.ones((h, w), bool), user/f'{sample_key(s0, wider.root)}.png')      # box-sized: pasted into the box
+    d = make_masks(wider, 'directory', tmp_path/'c', directory=user, indices=[0], progress=False)
+    m = read_mask(d[0])
+    assert m.shape == Image.open(s0.image).size[::-1] and m.sum() == w * h and d.report['notes']
+    write_mask(np.ones((7, 5), bool), user/f'{sample_key(wider.samples[1], wider.root)}.png')
+    with pytest.raises(KitError, match='5x7'):
+        make_masks(wider, 'directory', tmp_path/'c', directory=user, indices=[1], progress=False)
+    with pytest.raises(KitError, match='no mask PNG for 1 of 1'):
+        make_masks(wider, 'directory', tmp_path/'c', directory=user, indices=[2], progress=False)
+    with pytest.raises(KitError, match='renderer source only works'):
+        make_masks(dataclasses.replace(wider, samples=[dataclasses.replace(s0, mask=None)]), 'renderer',
+                   tmp_path/'c', progress=False)
+
+
+def test_random_maskrcnn_is_deterministic_and_keyed_by_its_settings():
+    a = MaskRCNNSource(weights=None, min_size=64, max_size=96, box_detections_per_img=5)
+    b = MaskRCNNSource(weights=None, min_size=64, max_size=96, box_detections_per_img=5)
+    assert a.key == b.key != MaskRCNNSource(weights=None, min_size=80).key
+    im = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    (ba, ma), = a.detect([im]); (bb, mb), = b.detect([im])
+    assert np.array_equal(ba, bb) and np.array_equal(ma, mb) and ma.shape[1:] == (48, 40)
+
+
+def test_cli(wider, tmp_path, capsys):
+    assert cli(['--dataset', 'wider', '--root', str(wider.root), '--source', 'none', '--cache-dir', str(tmp_path/'c')]) == 0
+    assert f'{len(wider.samples)} masks ({len(wider.samples)} computed, 0 cached)' in capsys.readouterr().out
+    assert cli(['--dataset', 'wider', '--root', str(wider.root), '--source', 'directory',
+                '--directory', str(tmp_path/'nope'), '--cache-dir', str(tmp_path/'c')]) == 2
+    assert 'no such folder' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- quality and Fig. 4 (pure)
+def test_mask_iou():
+    a, b = _person(0, 0, 10, 10) > 0, _person(5, 0, 15, 10) > 0
+    assert mask_iou(a, b) == pytest.approx(50 / 150) and mask_iou(a, a) == 1.0
+    assert mask_iou(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0 and mask_iou(a, ~a) == 0.0
+
+
+def test_summed_feature_outline_recovers_a_blob_and_keeps_at_most_half():
+    f = torch.rand(16, 8, 6) * 0.1; f[:, :, :3] += 1.0        # the 'person' covers exactly half of the map
+    s, o = summed_feature_outline(f)
+    assert s.shape == (8, 6) and torch.equal(o, f[0] > 0.5)
+    f = torch.zeros(16, 8, 6); f[:, 2:6, 2:4] = 1.0             # a small one on an empty background
+    assert torch.equal(summed_feature_outline(f)[1], f[0] > 0)
+    s, o = summed_feature_outline(np.random.default_rng(0).normal(size=(3, 4, 9, 5)))
+    assert o.shape == (3, 9, 5) and (o.flatten(1).sum(1) == 22).all()
+    with pytest.raises(KitError, match='expected'):
+        summed_feature_outline(torch.zeros(3, 3))
