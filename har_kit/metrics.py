@@ -10,7 +10,7 @@ from .core import UNSPECIFIED, KitError
 
 # %% auto #0
 __all__ = ['AP_VARIANTS', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'check_inputs', 'mean_ap', 'pr_points', 'harmonic_f1',
-           'pedestrian_metrics']
+           'pedestrian_metrics', 'distraction_bin', 'grouped_metrics']
 
 # %% ../nbs/00a_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -170,3 +170,18 @@ def pedestrian_metrics(scores, labels,        # (N, C) probabilities in [0, 1]; 
                 threshold=float(threshold), rule=rule, zero_division=zero_division, unspecified=unspecified,
                 f1_convention='harmonic mean of mean instance precision and recall (Eq. 25)',
                 n_samples=int(rows.sum()), n_attributes=int(s.shape[1]))
+
+# %% ../nbs/00a_metrics.ipynb #c036
+def distraction_bin(level, cap=3):  # number of distractors (None/missing -> 'unknown')
+    "Bin label of a distraction level: '0', '1', ..., and 'cap+' for `level >= cap`."
+    if level is None: return 'unknown'
+    level = int(level)
+    return f'{cap}+' if level >= cap else str(level)
+
+def grouped_metrics(metric_fn, scores, labels, groups,  # e.g. mean_ap; (N, C); (N, C); (N,) group label per sample
+                    min_size=1):                        # groups smaller than this are skipped
+    "Apply `metric_fn(scores, labels)` to each group of samples; return {group: result} in sorted group order."
+    s, y = np.asarray(scores), np.asarray(labels)
+    g = np.asarray([str(x) for x in groups])
+    if len(g) != len(s): raise KitError(f'groups has {len(g)} entries but scores has {len(s)} samples')
+    return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
