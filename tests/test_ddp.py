@@ -1,0 +1,85 @@
+"DDP: two gloo processes on CPU (launched as torchrun would: RANK/WORLD_SIZE env) match one process on the same data."
+import json, os, socket, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class Clean(Dataset):
+    "Deterministic toy samples (no read-time noise: the processes' RNG streams differ from one process's)."
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 8, 8, generator=g)
+        self.y = (self.x.mean((2, 3)) @ torch.randn(3, 3, generator=torch.Generator().manual_seed(7)).T > 0).float()
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return dict(image=self.x[i], labels=self.y[i], index=i)
+
+
+class Net(nn.Module):  # no BatchNorm: per-process batch statistics would differ from the global batch's
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8, 3)
+    def forward(self, x): return dict(logits=self.head(self.backbone(x)))
+
+
+def bce(out, batch):
+    l = nn.functional.binary_cross_entropy_with_logits(out['logits'], batch['labels'])
+    return dict(loss=l, bce=l.detach())
+
+
+def acc(scores, labels): return dict(acc=float(((scores > 0.5) == (labels > 0.5)).mean()))
+
+
+def job(out):
+    "The same script for 1 and 2 processes: train_eval on fixed data, rank 0 saves weights, history, predictions."
+    from har_kit.engine import TrainConfig, is_main_process, train_eval
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Net()
+    loaders = dict(train=DataLoader(Clean(64, 0), 16, shuffle=True), val=DataLoader(Clean(30, 1), 8),
+                   test=DataLoader(Clean(21, 2), 4))  # 21: uneven shards, padded by the sampler, gathered back
+    cfg = TrainConfig(epochs=3, lr=0.2, momentum=0.9, scheduler='cosine', backbone_lr_mult=0.5, monitor='acc',
+                      device='cpu', progress=False, seed=1)
+    res = train_eval(model, bce, loaders, cfg, out, acc)
+    if is_main_process():
+        torch.save(model.state_dict(), Path(out)/'final.pt')
+        np.savez(Path(out)/'pred.npz', **{f'{k}_{a}': v for k, p in res['predictions'].items() for a, v in p.items()})
+        (Path(out)/'result.json').write_text(json.dumps(dict(metrics=res['metrics'], history=res['history'])))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    job(tmp_path/'one')
+    env = {**os.environ, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(_free_port()), 'WORLD_SIZE': '2',
+           'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(Path(__file__).parent) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path/'two')], env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), '\n'.join(logs)
+    a, b = torch.load(tmp_path/'one'/'final.pt'), torch.load(tmp_path/'two'/'final.pt')
+    for k in a: torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    ra, rb = (json.loads((tmp_path/d/'result.json').read_text()) for d in ('one', 'two'))
+    assert [r['epoch'] for r in rb['history']] == [1, 2, 3]
+    for ha, hb in zip(ra['history'], rb['history']):
+        assert ha.keys() == hb.keys() and all(ha[k] == pytest.approx(hb[k], rel=1e-5, abs=1e-6) for k in ha)
+    assert ra['metrics'].keys() == rb['metrics'].keys()
+    for k in ra['metrics']: assert ra['metrics'][k] == pytest.approx(rb['metrics'][k])
+    pa, pb = np.load(tmp_path/'one'/'pred.npz'), np.load(tmp_path/'two'/'pred.npz')
+    assert pb['test_scores'].shape == (21, 3)
+    for k in pa.files: np.testing.assert_allclose(pa[k], pb[k], atol=1e-5)
+    # only rank 0 wrote: one history, one set of checkpoints
+    assert sorted(p.name for p in (tmp_path/'two'/'checkpoints').iterdir()) == ['best.pt', 'last.pt']
+    assert torch.load(tmp_path/'two'/'checkpoints'/'last.pt', weights_only=True)['world_size'] == 2
+
+
+if __name__ == '__main__':
+    job(sys.argv[1])

@@ -1,0 +1,193 @@
+"The training engine: exact resume after an interruption, checkpoints, errors, five-crop prediction, sharding."
+import csv, json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import har_kit.engine as E
+from har_kit.core import KitError
+from har_kit.engine import TrainConfig, fit, load_checkpoint, predict, shard_loader, train_eval
+
+torch.set_num_threads(1)
+
+
+class Toy(Dataset):
+    "3 attributes of random 3x8x8 images; read-time noise from the global torch RNG, like an augmentation."
+    def __init__(self, n=48, noise=0.1, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 8, 8, generator=g)
+        self.y = (self.x.mean((2, 3)) @ torch.randn(3, 3, generator=torch.Generator().manual_seed(7)).T > 0).float()
+        self.noise = noise
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i):
+        return dict(image=self.x[i] + self.noise * torch.randn(3, 8, 8), labels=self.y[i], index=i)
+
+
+class Net(nn.Module):
+    def __init__(self, bn=False):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), *( [nn.BatchNorm2d(6)] if bn else []), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.drop, self.head = nn.Dropout(0.3), nn.Linear(6, 3)
+    def forward(self, x): return dict(logits=self.head(self.drop(self.backbone(x))))
+
+
+def bce(out, batch):
+    l = nn.functional.binary_cross_entropy_with_logits(out['logits'], batch['labels'])
+    return dict(loss=l, bce=l.detach())
+
+
+def acc(scores, labels): return dict(acc=float(((scores > 0.5) == (labels > 0.5)).mean()), per_class=np.zeros(3))
+
+
+TRAIN, VAL = DataLoader(Toy(48), 8, shuffle=True), DataLoader(Toy(20, noise=0, seed=1), 8)
+STEPS = 6 + 3  # criterion calls per epoch: 6 train batches + 3 val batches
+
+CONFIGS = {
+    'sgd-step-bn': dict(optimizer='sgd', lr=0.1, scheduler='step', step_size=1, gamma=0.5, backbone_lr_mult=0.1, monitor='acc'),
+    'adam-plateau-fp16': dict(optimizer='adam', lr=0.01, scheduler='plateau', patience=0, amp='fp16', grad_clip=1.0,
+                              monitor='val_loss'),
+    'adamw-cosine-bf16-cl': dict(optimizer='adamw', lr=0.01, scheduler='cosine', amp='bf16', channels_last=True,
+                                 weight_decay=0.01, monitor='acc'),
+}
+
+
+def run(tmp, name, kw, crash_at=None, epochs=4):
+    torch.manual_seed(123)
+    model, calls = Net(bn='bn' in name), []
+    def crit(out, batch):
+        calls.append(1)
+        if len(calls) == crash_at: raise RuntimeError('simulated crash')
+        return bce(out, batch)
+    cfg = TrainConfig(epochs=epochs, device='cpu', progress=False, seed=3, **kw)
+    hist = fit(model, crit, TRAIN, cfg, tmp/name, VAL, acc)
+    return model, hist, len(calls)
+
+
+def same_weights(a, b): return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, name):
+    ref, ref_hist, _ = run(tmp_path, 'ref-' + name, CONFIGS[name])
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        run(tmp_path, 'int-' + name, CONFIGS[name], crash_at=2 * STEPS + 4)  # crash inside epoch 3
+    assert len(json.loads((tmp_path/('int-' + name)/'history.json').read_text())) == 2
+    res, res_hist, calls = run(tmp_path, 'int-' + name, CONFIGS[name])
+    assert calls == 2 * STEPS  # only epochs 3 and 4 ran
+    assert res_hist == ref_hist
+    assert same_weights(ref, res)
+    a = load_checkpoint(tmp_path/('ref-' + name)/'checkpoints'/'last.pt')
+    b = load_checkpoint(tmp_path/('int-' + name)/'checkpoints'/'last.pt')
+    assert a['scheduler'] == b['scheduler'] and a['scaler'] == b['scaler'] and a['best'] == b['best']
+
+
+def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
+    "The equality above is not vacuous: skipping the RNG restore changes the result (noise and dropout)."
+    kw = CONFIGS['sgd-step-bn']
+    ref, ref_hist, _ = run(tmp_path, 'ref', kw)
+    with pytest.raises(RuntimeError): run(tmp_path, 'int', kw, crash_at=2 * STEPS + 4)
+    monkeypatch.setattr(E, 'set_rng_state', lambda state: None)
+    res, res_hist, _ = run(tmp_path, 'int', kw)
+    assert not same_weights(ref, res) and res_hist[:2] == ref_hist[:2] and res_hist[2:] != ref_hist[2:]
+
+
+def test_checkpoints_history_and_best(tmp_path):
+    model, hist, _ = run(tmp_path, 'r', CONFIGS['sgd-step-bn'], epochs=3)
+    ck = tmp_path/'r'/'checkpoints'
+    last = torch.load(ck/'last.pt', weights_only=True)
+    best = torch.load(ck/'best.pt', weights_only=True)
+    assert last['epoch'] == 3 and len(last['rng']) == 1 and last['config']['optimizer'] == 'sgd'
+    accs = [r['val_acc'] for r in hist]
+    assert best['epoch'] == 1 + int(np.argmax(accs)) and best['best']['value'] == max(accs)
+    assert [r['epoch'] for r in hist] == [1, 2, 3]
+    assert set(hist[0]) == {'epoch', 'lr', 'loss', 'train_bce', 'val_loss', 'val_acc'}  # arrays left out
+    assert [r['lr'] for r in hist] == pytest.approx([0.1, 0.05, 0.025])
+    assert json.loads((tmp_path/'r'/'history.json').read_text()) == hist
+    rows = list(csv.DictReader(open(tmp_path/'r'/'history.csv')))
+    assert len(rows) == 3 and float(rows[2]['val_acc']) == pytest.approx(hist[2]['val_acc'])
+    assert not list(ck.glob('.*.tmp')) and not list((tmp_path/'r').glob('.*.tmp'))
+    # a finished run resumes to the same history without training
+    again, hist2, calls = run(tmp_path, 'r', CONFIGS['sgd-step-bn'], epochs=3)
+    assert calls == 0 and hist2 == hist and same_weights(model, again)
+
+
+def test_backbone_gets_its_own_lr():
+    opt = E.make_optimizer(Net(), TrainConfig(lr=0.1, backbone_lr_mult=0.1))
+    assert [(g['name'], round(g['lr'], 6), len(g['params'])) for g in opt.param_groups] == [('backbone', 0.01, 2), ('head', 0.1, 2)]
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    def crit(out, batch):
+        parts = bce(out, batch)
+        return dict(loss=parts['loss'] * float('inf'), bce=parts['bce'])
+    with pytest.raises(KitError, match=r'non-finite loss at epoch 1, step 1 \(loss=inf, bce=.*lower the learning rate'):
+        fit(Net(), crit, TRAIN, TrainConfig(progress=False, device='cpu'), tmp_path)
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(KitError, match='TrainConfig.scheduler'): TrainConfig(scheduler='exp')
+    with pytest.raises(KitError, match='TrainConfig.amp'): TrainConfig(amp='fp8')
+    with pytest.raises(KitError, match="monitor='mAP' is not in the epoch record"):
+        fit(Net(), bce, TRAIN, TrainConfig(progress=False, monitor='mAP'), tmp_path/'a', VAL, acc)
+    with pytest.raises(KitError, match="scheduler='plateau' needs monitor"):
+        fit(Net(), bce, TRAIN, TrainConfig(progress=False, scheduler='plateau', monitor='mAP'), tmp_path/'b')
+    tuples = DataLoader([(torch.zeros(3, 8, 8), torch.zeros(3))] * 4, 2)
+    with pytest.raises(KitError, match="dict batches with 'image' and 'labels'"):
+        fit(Net(), bce, tuples, TrainConfig(progress=False), tmp_path/'c')
+    with pytest.raises(KitError, match="'logits'"):
+        predict(nn.Conv2d(3, 3, 1), VAL)
+    with pytest.raises(KitError, match="yielded no batches"):
+        fit(Net(), bce, DataLoader(Toy(0), 4), TrainConfig(progress=False), tmp_path/"e")
+    run(tmp_path, 'd', CONFIGS['sgd-step-bn'], epochs=1)
+    with pytest.raises(KitError, match=r"another config \(lr: 0.1 -> 0.2\)"):
+        run(tmp_path, 'd', {**CONFIGS['sgd-step-bn'], 'lr': 0.2}, epochs=1)
+
+
+class Crops(Dataset):
+    def __init__(self, base, k=5): self.base, self.k = base, k
+    def __len__(self): return len(self.base)
+    def __getitem__(self, i):
+        x = self.base[i]['image']
+        return dict(image=torch.stack([x.roll(s, -1) for s in range(self.k)]), labels=self.base[i]['labels'])
+
+
+def test_predict_averages_crops():
+    torch.manual_seed(0)
+    m, data = Net().eval(), Crops(Toy(11, noise=0))
+    p = predict(m, DataLoader(data, 4))
+    with torch.no_grad(): logits = torch.stack([m(data[i]['image'])['logits'] for i in range(11)])  # (11, 5, 3)
+    np.testing.assert_allclose(p['scores'], torch.sigmoid(logits).mean(1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(p['logits'], logits.mean(1).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(p['labels'], Toy(11).y.numpy())
+    assert all(v.shape == (11, 3) and v.dtype == np.float32 for v in p.values())
+
+
+def test_shards_partition_the_global_batch(monkeypatch):
+    "With W processes, step t's shards together are exactly the 1-process batch t (what makes DDP == 1 process)."
+    def batches(rank, world):
+        monkeypatch.setattr(E, '_world', lambda: (rank, world))
+        dl = shard_loader(TRAIN, seed=5); E.set_epoch(dl, 5, 2)
+        return [b['index'].tolist() for b in dl]
+    one = batches(0, 1)
+    r0, r1 = batches(0, 2), batches(1, 2)
+    assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(b) for b in one]
+    assert all(len(b) == 4 for b in r0)
+    monkeypatch.setattr(E, '_world', lambda: (0, 3))
+    with pytest.raises(KitError, match='batch_size=8 is not divisible by WORLD_SIZE=3'): shard_loader(TRAIN)
+
+
+def test_train_eval_uses_best_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    crops = DataLoader(Crops(Toy(10, noise=0, seed=2)), 5)
+    out = train_eval(model, bce, dict(train=TRAIN, val=VAL, test_crops=crops),
+                     TrainConfig(epochs=3, lr=0.2, progress=False, monitor='acc', device='cpu'), tmp_path, acc)
+    assert set(out['metrics']) == {'val', 'test_crops'} and set(out['predictions']['test_crops']) == {'scores', 'logits', 'labels'}
+    best = max(out['history'], key=lambda r: r['val_acc'])
+    assert out['epoch'] == best['epoch'] and out['metrics']['val']['acc'] == pytest.approx(best['val_acc'])
+    w = load_checkpoint(tmp_path/'checkpoints'/'best.pt')['model']
+    assert all(torch.equal(w[k], v) for k, v in model.state_dict().items())
