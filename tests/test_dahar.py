@@ -1,0 +1,116 @@
+"Da-HAR: every Table 3 variant trains and evaluates on CPU, a run resumes exactly, mask supervision teaches the mask, the notebook runs as a run."
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from har_kit.core import KitError, load_json
+from har_kit.data import dahar_transforms, make_loader, read_rap, read_wider, tiny_fixture
+from har_kit.dahar import (VARIANTS, DaHarLoss, dahar_config, dahar_variant, mask_mass_on_target, pos_ratio,
+                           predict_masks, train_variant)
+
+torch.set_num_threads(1)
+SMALL = dict(arch='resnet-tiny', scale=0.25, batch_size=4)
+
+
+@pytest.fixture(scope='module')
+def wider(tmp_path_factory):
+    return read_wider(tiny_fixture('wider', tmp_path_factory.mktemp('wider'), n=12))
+
+
+def _cfg(epochs=1, **kw):
+    return dahar_config(epochs=epochs, lr=0.01, device='cpu', progress=False, **kw)
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
+    res = train_variant(name, wider, tmp_path/name, _cfg(), **SMALL)
+    m = res['metrics']
+    assert 0 <= m['mAP_full'] <= 1 and 0 <= m['mAP_crops'] <= 1
+    assert set(m['ap_full']) == set(wider.attributes)
+    assert math.isfinite(m['final_train_loss']) and m['epochs'] == 1
+    assert (tmp_path/name/'checkpoints'/'last.pt').exists()
+    assert 'val' in res['loaders'] and res['loaders']['crops'].dataset.transform is not None
+    # the loader for the five-crop protocol yields (N, 5, 3, H, W)
+    assert next(iter(res['loaders']['crops']))['image'].dim() == 5
+
+
+def test_table3_training_options(wider, tmp_path):
+    "Rows 6-7 of Table 3: ignore 0-labeled, and the validation split in training (no val loader left)."
+    res = train_variant('dahar', wider, tmp_path/'r7', _cfg(), ignore_unspecified=True, train_splits=['train', 'val'], **SMALL)
+    assert 'val' not in res['loaders']
+    assert len(res['loaders']['train'].dataset) == len(wider.split('train', 'val'))
+    for loss in ('weighted', 'mixed'):
+        r = train_variant('baseline', wider, tmp_path/loss, _cfg(), loss=loss, **SMALL)
+        assert math.isfinite(r['metrics']['final_train_loss'])
+
+
+def test_rap_like_uses_pedestrian_metrics(tmp_path):
+    rap = read_rap(tiny_fixture('rap', tmp_path/'rap', n=16))
+    res = train_variant('dahar', rap, tmp_path/'run', _cfg(), loss='mixed', **SMALL)
+    m = res['metrics']
+    assert {'mA', 'acc', 'prec', 'rec', 'f1', 'crops'} <= set(m)
+    img = next(iter(res['loaders']['train']))['image']
+    assert img.shape[-2] == 2 * img.shape[-1]  # RAP keeps height / width = 2
+
+
+def test_dahar_run_resumes(wider, tmp_path):
+    "An interrupted Da-HAR run (1 of 2 epochs) resumed from last.pt ends with the weights of an uninterrupted run."
+    straight = train_variant('dahar', wider, tmp_path/'straight', _cfg(2), **SMALL)
+    first = train_variant('dahar', wider, tmp_path/'resumed', _cfg(1), **SMALL)
+    resumed = train_variant('dahar', wider, tmp_path/'resumed', _cfg(2), **SMALL)
+    assert [h['epoch'] for h in resumed['history']] == [1, 2]
+    assert resumed['history'][0]['loss'] == pytest.approx(first['history'][0]['loss'])
+    assert resumed['history'][1]['loss'] == pytest.approx(straight['history'][1]['loss'], rel=1e-5)
+    a, b = straight['model'].state_dict(), resumed['model'].state_dict()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    assert resumed['metrics']['mAP_full'] == pytest.approx(straight['metrics']['mAP_full'], abs=1e-6)
+
+
+def test_mask_supervision_teaches_the_mask(wider):
+    "Overfitting one batch: with the mask loss the masked-attention mask moves onto the target; without it, it does not learn the person."
+    torch.manual_seed(0)
+    loader = make_loader(wider.split('train'), dahar_transforms(False, scale=0.25), 8, False, with_mask=True)
+    batch = next(iter(loader))
+    y = torch.as_tensor(batch['labels'])
+    masses = {}
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        net = dahar_variant('dahar', y.shape[1], 'resnet-tiny')
+        crit = DaHarLoss('bce', mask_weight=weight)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        net.train()
+        for _ in range(30):
+            opt.zero_grad(); crit(net(batch['image']), batch)['loss'].backward(); opt.step()
+        out = predict_masks(net, loader)
+        masses[weight] = float(mask_mass_on_target(out['pred'], out['gt']).mean())
+        chance = float(out['gt'].flatten(1).mean(1).mean())
+    assert masses[5.0] > chance + 0.2, (masses, chance)
+    assert masses[5.0] > masses[0.0] + 0.15, (masses, chance)
+
+
+def test_bad_inputs_name_the_field(wider, tmp_path):
+    with pytest.raises(KitError, match='unknown Da-HAR variant'):
+        train_variant('srn', wider, tmp_path, _cfg(), **SMALL)
+    with pytest.raises(KitError, match='eval_split|no split'):
+        train_variant('baseline', wider, tmp_path, _cfg(), eval_split='holdout', **SMALL)
+    with pytest.raises(KitError, match='needs pos_ratio'):
+        DaHarLoss('weighted')
+    with pytest.raises(KitError, match='predict_masks needs'):
+        predict_masks(dahar_variant('fusion', 5, 'resnet-tiny'), None)
+    np.testing.assert_allclose(pos_ratio(np.array([[1, -1], [0, 1]]), True), [0.5, 1.0])
+
+
+def test_notebook_runs_as_a_har_kit_run(tmp_path):
+    "The section notebook through papermill (`har-kit run dahar`): baseline and Da-HAR end to end, metrics.json per variant."
+    from har_kit.runs import run_notebook
+    out = run_notebook('dahar', dict(variants=['baseline', 'dahar'], epochs=1, fig5=False, batch_size=32), tmp_path/'run',
+                       progress=False)
+    m = load_json(out/'metrics.json')
+    assert set(m) == {'baseline', 'dahar', '_meta'}
+    for v in ('baseline', 'dahar'):
+        assert 0 <= m[v]['mAP_full'] <= 1 and 0 <= m[v]['mAP_crops'] <= 1
+        assert (out/v/'checkpoints'/'last.pt').exists()
+    assert m['_meta']['dataset'] == 'wider' and m['_meta']['synthetic'] and (out/'done').exists()

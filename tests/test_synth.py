@@ -1,0 +1,190 @@
+"The synthetic distraction benchmark: real on-disk formats, masks, determinism, correlations, caching, CLI."
+import hashlib, json, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+from PIL import Image
+
+from har_kit.core import KitError, UNSPECIFIED
+from har_kit.synth import (ATTRIBUTES, MAX_LEVEL, RAP_ATTRIBUTES, WIDER_ATTRIBUTES, cli, ensure_synthetic,
+                           make_rng, make_synthetic, mask_file, person_labels, read_synth_meta, render,
+                           sample_person, target_meta)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _digest(root):
+    "Hash of every file under root, leaving out the creation time in .mat headers and the sidecar's timing."
+    h = hashlib.sha256()
+    for p in sorted(root.rglob('*')):
+        if p.is_file() and p.name != 'synth_meta.json':
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes()[128 if p.suffix == '.mat' else 0:])  # a .mat header holds its creation time
+    meta = json.loads((root/'synth_meta.json').read_text()); meta['stats'].pop('seconds')
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = make_synthetic('rap', tmp_path/'a', n=12, seed=3, progress=False)
+    b = make_synthetic('rap', tmp_path/'b', n=12, seed=3, progress=False)
+    c = make_synthetic('rap', tmp_path/'c', n=12, seed=4, progress=False)
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_parallel_workers_give_the_same_set(tmp_path):
+    a = make_synthetic('pa100k', tmp_path/'a', n=20, seed=1, workers=1, progress=False)
+    b = make_synthetic('pa100k', tmp_path/'b', n=20, seed=1, workers=2, progress=False)
+    assert _digest(a) == _digest(b)
+
+
+def test_wider_format_and_masks(tmp_path):
+    root = make_synthetic('wider', tmp_path/'w', n=30, size=96, seed=0, progress=False)
+    tv = json.loads((root/'wider_attribute_trainval.json').read_text())
+    te = json.loads((root/'wider_attribute_test.json').read_text())
+    assert [tv['attribute_id_map'][str(i)] for i in range(14)] == WIDER_ATTRIBUTES
+    assert {im['file_name'].split('/')[0] for im in tv['images']} == {'train', 'val'}
+    assert {im['file_name'].split('/')[0] for im in te['images']} == {'test'}
+    assert len(tv['images']) + len(te['images']) == 30
+    for im in tv['images'] + te['images']:
+        assert str(im['scene_id']) in tv['scene_id_map'] and im['targets']
+        img = Image.open(root/'Image'/im['file_name'])
+        assert img.format == 'JPEG' and img.size == (128, 96)
+        for t, tg in enumerate(im['targets']):
+            assert len(tg['attribute']) == 14 and set(tg['attribute']) <= {1, -1, 0}
+            x, y, w, h = tg['bbox']
+            assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 128 and y + h <= 96
+            m = Image.open(mask_file(root, im['file_name'], t))
+            assert m.mode == 'L' and m.size == img.size
+            a = np.asarray(m)
+            assert set(np.unique(a)) <= {0, 255}
+            ys, xs = np.nonzero(a)
+            if len(xs):  # visible pixels lie inside the target's (amodal) box
+                assert xs.min() >= x and xs.max() < x + w and ys.min() >= y and ys.max() < y + h
+
+
+def test_wider_unspecified_where_evidence_is_hidden(tmp_path):
+    clean = make_synthetic('wider', tmp_path/'d0', n=40, distractors=0, size=96, progress=False)
+    busy = make_synthetic('wider', tmp_path/'d4', n=40, distractors=4, size=96, progress=False)
+    u0 = np.mean(read_synth_meta(clean)['stats']['unspecified_ratio'])
+    u4 = np.mean(read_synth_meta(busy)['stats']['unspecified_ratio'])
+    assert 0 < u0 < u4 < .6, (u0, u4)
+
+
+def test_rap_format(tmp_path):
+    root = make_synthetic('rap', tmp_path/'r', n=40, seed=2, progress=False)
+    r = sio.loadmat(root/'RAP_annotation.mat')['RAP_annotation']
+    assert set(r.dtype.names) >= {'imagesname', 'label', 'attribute_eng', 'partion'}
+    lab = r['label'][0, 0]
+    assert lab.shape == (40, 92) and lab.dtype == np.float64 and set(np.unique(lab)) <= {0., 1., 2.}
+    assert set(np.unique(lab[:, 1:])) <= {0., 1.}  # only Female may be 2 ("uncertain")
+    assert [x[0] for x in r['attribute_eng'][0, 0][:, 0]] == RAP_ATTRIBUTES
+    names = [x[0] for x in r['imagesname'][0, 0][:, 0]]
+    assert all((root/'RAP_dataset'/n).exists() for n in names)
+    part = r['partion'][0, 0]
+    assert part.shape == (5, 1)
+    for p in part[:, 0]:
+        tr, te = p['train_index'][0, 0].ravel(), p['test_index'][0, 0].ravel()
+        assert len(tr) == 32 and sorted(np.concatenate([tr, te]).astype(int)) == list(range(1, 41))
+    img = Image.open(root/'RAP_dataset'/names[0])
+    assert img.size == (48, 96) and Image.open(mask_file(root, names[0], 0)).size == (48, 96)
+
+
+def test_pa100k_format(tmp_path):
+    root = make_synthetic('pa100k', tmp_path/'p', n=50, size=64, progress=False)
+    m = sio.loadmat(root/'annotation.mat')
+    assert [x[0] for x in m['attributes'][:, 0]] == ATTRIBUTES['pa100k']
+    sizes = {sp: m[f'{sp}_label'].shape for sp in ('train', 'val', 'test')}
+    assert sizes == {'train': (40, 26), 'val': (5, 26), 'test': (5, 26)}
+    assert all(m[f'{sp}_label'].dtype == np.uint8 for sp in sizes)
+    assert m['test_images_name'][-1, 0][0] == '000050.jpg'
+    assert Image.open(root/'data'/'000001.jpg').size == (32, 64)
+
+
+@pytest.mark.parametrize('kind', ['wider', 'rap', 'pa100k'])
+def test_real_readers_read_the_synthetic_sets(tmp_path, kind):
+    data_mod = pytest.importorskip('har_kit.data')
+    root = make_synthetic(kind, tmp_path/kind, n=24, seed=5, progress=False)
+    reader = {'wider': data_mod.read_wider, 'rap': data_mod.read_rap, 'pa100k': data_mod.read_pa100k}[kind]
+    data = reader(root)
+    meta = read_synth_meta(root)
+    assert len(data.samples) == meta['stats']['targets']
+    assert all(s.mask is not None and s.mask.exists() for s in data.samples)
+    s = data.samples[0]
+    assert s.meta['distractors'] == target_meta(meta, s.meta['file_name'], s.meta.get('target', 0))['distractors']
+    y = data.labels()
+    assert y.dtype == np.int8 and set(np.unique(y)) <= {1, 0, UNSPECIFIED}
+    want = np.array(meta['stats']['pos_ratio'][:len(data.attributes)])
+    np.testing.assert_allclose(np.nan_to_num(data.pos_ratio()), want, atol=1e-3)
+
+
+def test_attribute_model_correlations_and_rare_tail():
+    rng = make_rng(0, 99)
+    people = [sample_person(rng) for _ in range(20000)]
+    y = np.stack([person_labels('rap', p) for p in people]).astype(float)
+    ratio = y.mean(0)
+    assert (ratio[:51] > .01).all(), [RAP_ATTRIBUTES[i] for i in np.nonzero(ratio[:51] <= .01)[0]]
+    assert (ratio[51:] < .01).all() and (ratio[51:] > 0).all()
+    col = {a: y[:, i].astype(bool) for i, a in enumerate(RAP_ATTRIBUTES)}
+    fem, skirt = col['Female'], col['Skirt'] | col['ShortSkirt'] | col['Dress']
+    assert skirt[fem].mean() > 20 * skirt[~fem].mean()
+    assert col['Suit-Up'][col['Clerk']].mean() > 5 * col['Suit-Up'][~col['Clerk']].mean()       # Clerk <-> suit
+    bags = col['PlasticBag'] | col['PaperBag']
+    assert bags[col['Customer']].mean() > 5 * bags[~col['Customer']].mean()                    # Customer <-> bags
+    assert not (col['Clerk'] & (col['Backpack'] | col['HandBag'])).any()                        # clerks carry no bag
+
+
+def test_masks_are_visible_pixels_and_distractors_hide_the_target():
+    vis = {0: [], MAX_LEVEL: []}
+    for lvl in vis:
+        for i in range(40):
+            img, info = render(make_rng(7, lvl, i), 'rap', 96, lvl)
+            t = info[0]
+            assert t['mask'].shape == img.shape[:2] and t['mask'].any()
+            vis[lvl].append(t['visible'])
+            assert t['people'] >= lvl and t['objects'] == lvl
+    assert np.mean(vis[0]) > .95 and np.mean(vis[MAX_LEVEL]) < np.mean(vis[0]) - .1
+
+
+def test_bad_input_is_named(tmp_path):
+    with pytest.raises(KitError, match='kind'): make_synthetic('peta', tmp_path/'x')
+    with pytest.raises(KitError, match='distractors'): make_synthetic('rap', tmp_path/'x', distractors=-2)
+    with pytest.raises(KitError, match='n='): make_synthetic('rap', tmp_path/'x', n=2)
+    with pytest.raises(KitError, match='size'): make_synthetic('rap', tmp_path/'x', size=8)
+    make_synthetic('pa100k', tmp_path/'y', n=10, progress=False)
+    with pytest.raises(KitError, match='not empty'): make_synthetic('pa100k', tmp_path/'y', n=10)
+    with pytest.raises(KitError, match='synth_meta.json'): read_synth_meta(tmp_path)
+    with pytest.raises(KitError, match='profile'): ensure_synthetic('rap', 'enormous')
+
+
+_RACE = '''
+import sys
+from har_kit.synth import ensure_synthetic
+print(ensure_synthetic("pa100k", "tiny", seed=0, root=sys.argv[1]))
+'''
+
+def test_ensure_synthetic_is_atomic_under_a_race(tmp_path):
+    dest = tmp_path/'cache'/'pa100k-tiny-s0'
+    procs = [subprocess.Popen([sys.executable, '-c', _RACE, str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert {o[0].strip() for o in outs} == {str(dest)}
+    assert (dest/'done').exists() and (dest/'annotation.mat').exists()
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # the loser's temporary copy is gone
+    before = (dest/'annotation.mat').stat().st_mtime_ns
+    assert ensure_synthetic('pa100k', 'tiny', root=dest) == dest
+    assert (dest/'annotation.mat').stat().st_mtime_ns == before   # cached, not regenerated
+
+
+def test_cli_prints_statistics(tmp_path, capsys):
+    assert cli(['pa100k', '--root', str(tmp_path/'p'), '--n', '20', '--distractors', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'Female' in out and 'imbalance' in out and '20 images' in out
+    assert cli(['pa100k', '--root', str(tmp_path/'p'), '--n', '20']) == 2  # not empty
+    assert 'not empty' in capsys.readouterr().err
+    from har_kit.cli import main
+    assert main(['synth', 'rap', '--root', str(tmp_path/'r'), '--n', '10']) == 0
+    assert read_synth_meta(tmp_path/'r')['params']['n'] == 10
