@@ -1,0 +1,150 @@
+"CAM-PAR (har_kit.campar): Eq. 9-16 on small tensors, the MCA fusion, the four Table 2 variants trained by the engine."
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from har_kit.core import KitError, UNSPECIFIED
+from har_kit.campar import (VARIANTS, CamParLoss, MCAFusion, attribute_activation, attribute_angles, bce_eq13,
+                            campar_train_config, campar_variant, class_activation_map, disentangled_features,
+                            l_shared, l_specific, l_specific_materialised, l_specific_public, load_campar,
+                            positive_angles, save_build_params)
+from har_kit.engine import predict, train_eval
+from har_kit.metrics import pedestrian_metrics
+
+torch.set_num_threads(1)
+
+
+def _maps(n=3, m=6, c=10, h=5, w=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, h, w, generator=g), torch.randn(m, c, generator=g), torch.randn(m, generator=g)
+
+
+def test_eq12_matches_materialised_computation():
+    f, w, b = _maps()
+    a = attribute_activation(f, w)
+    cam = class_activation_map(a)
+    # literal Eq. 11-12, written out here independently of the module: f_d = CAM_j * f, GAP, w_j^T . + b_j
+    fd = torch.stack([cam[:, j:j + 1] * f for j in range(w.shape[0])], 1)          # (N, M, C, H, W)
+    direct = torch.stack([fd[:, j].mean((2, 3)) @ w[j] for j in range(w.shape[0])], 1) + b
+    torch.testing.assert_close(l_specific(cam, a, b), direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l_specific_materialised(cam, f, w, b), direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((disentangled_features(cam, f) * w).sum(-1) + b, direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l_shared(a, b), F.linear(f.mean((2, 3)), w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_public_code_formula_differs_from_eq12():
+    f, w, _ = _maps(seed=1)
+    a = attribute_activation(f, w); cam = class_activation_map(a)
+    pub = l_specific_public(cam, f, w)
+    torch.testing.assert_close(pub, disentangled_features(cam, f) @ w.sum(0), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(pub, l_specific(cam, a), atol=1e-2)
+
+
+def test_cam_normalisation_and_all_zero_guard():
+    f, w, _ = _maps()
+    cam = class_activation_map(attribute_activation(f, w))
+    peak = cam.flatten(2).amax(-1)
+    assert ((peak == 1) | (peak == 0)).all() and (cam >= 0).all()
+    leaf = torch.rand(2, 3, 4, 4, requires_grad=True)
+    a = -leaf                                                   # every map non-positive: the guarded case
+    c = class_activation_map(a)
+    assert c.abs().sum() == 0
+    (c.sum() + l_specific(c, a).sum()).backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_mca_fusion_width_and_resolution():
+    mca = MCAFusion([32, 64, 128])
+    assert (mca.out_channels, mca.latent) == (128, 32)
+    feats = [torch.randn(2, 32, 8, 6), torch.randn(2, 64, 4, 3), torch.randn(2, 128, 2, 2)]
+    out = mca(feats)
+    assert out.shape == (2, 128, 8, 6) and (out >= 0).all()
+    assert MCAFusion([32, 64, 128], out_channels=16, fuse_at='deepest')(feats).shape == (2, 16, 2, 2)
+    with pytest.raises(KitError, match='fuse_at'): MCAFusion([32, 64, 128], fuse_at='middle')
+    with pytest.raises(KitError, match='3 stages'): mca(feats[:2])
+
+
+def test_resnet50_fusion_width_is_2048():
+    mca = MCAFusion([512, 1024, 2048])
+    assert mca.out_channels == 2048 and mca.project[0][0].out_channels == 2048
+
+
+def test_loss_eq13_eq16():
+    lg = torch.tensor([[1.5, -0.5, 0.3], [0.2, 0.1, -2.0]])
+    y = torch.tensor([[1., 0., UNSPECIFIED], [0., 1., 1.]])
+    per = F.binary_cross_entropy_with_logits(lg, (y == 1).float(), reduction='none')
+    torch.testing.assert_close(bce_eq13(lg, y), per.sum(1).mean())
+    torch.testing.assert_close(bce_eq13(lg, y, ignore_unspecified=True), (per * (y != UNSPECIFIED)).sum(1).mean())
+    r = torch.tensor([0.2, 0.5, 0.9])
+    wt = torch.where(y == 1, torch.exp(1 - r), torch.exp(r))
+    torch.testing.assert_close(bce_eq13(lg, y, pos_ratio=r), (per * wt).sum(1).mean())
+    parts = CamParLoss()({'logits_shared': lg, 'logits_specific': -lg, 'logits': lg}, {'labels': y})
+    torch.testing.assert_close(parts['loss'], bce_eq13(lg, y) + bce_eq13(-lg, y))
+
+
+def test_variant_errors():
+    with pytest.raises(KitError, match='campar_fusion'): campar_variant('campar+cfar', 5, arch='resnet-tiny')
+    with pytest.raises(KitError, match='predict'): campar_variant('campar', 5, arch='resnet-tiny', predict='max')
+    with pytest.raises(KitError, match='num_attributes'): campar_variant('campar', 0, arch='resnet-tiny')
+    with pytest.raises(KitError, match='optimizer'): campar_train_config('lbfgs')
+
+
+def test_theta_never_above_90_for_cam_features():
+    model = campar_variant('campar', 5, arch='resnet-tiny').eval()
+    with torch.no_grad(): th = attribute_angles(model, torch.randn(4, 3, 64, 48))
+    ok = torch.isfinite(th)
+    assert ok.any() and (th[ok] <= 90 + 1e-3).all()
+
+
+class _Toy(torch.utils.data.Dataset):
+    "Learnable toy set: attribute j is on when channel (j % 3) of the top / bottom half is bright."
+    def __init__(self, n, m, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 64, 48, generator=g) * 0.3
+        self.y = (torch.rand(n, m, generator=g) < 0.4).float()
+        for j in range(m):
+            rows = slice(0, 32) if j < 3 else slice(32, 64)
+            self.x[:, j % 3, rows] += self.y[:, j, None, None] * 1.5
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
+
+
+def _loader(ds, shuffle):
+    return torch.utils.data.DataLoader(ds, batch_size=8, shuffle=shuffle, drop_last=shuffle,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_variant_trains_evaluates_and_reloads(name, tmp_path):
+    m = 5
+    loaders = {'train': _loader(_Toy(64, m, 0), True), 'test': _loader(_Toy(32, m, 1), False)}
+    torch.manual_seed(0)
+    model = campar_variant(name, m, arch='resnet-tiny')
+    save_build_params(model, tmp_path/name)
+    cfg = campar_train_config('adam', epochs=5, lr=3e-3, device='cpu', progress=False)
+    res = train_eval(model, CamParLoss(), loaders, cfg, tmp_path/name, lambda s, y: pedestrian_metrics(s, y))
+    hist = [h['loss'] for h in res['history']]
+    assert all(np.isfinite(hist)) and hist[-1] < hist[0], hist
+    if VARIANTS[name]['cam']: assert 'train_specific' in res['history'][0]
+    met = res['metrics']['test']
+    assert all(0 <= met[k] <= 1 for k in ('mA', 'acc', 'prec', 'rec', 'f1'))
+    assert met['mA'] > 0.75, met['mA']      # the toy attributes are learnable: every variant must beat the prior (0.5)
+    assert (tmp_path/name/'checkpoints'/'best.pt').exists()
+    assert json.loads((tmp_path/name/'model.json').read_text())['variant'] == name
+    back = load_campar(tmp_path, name)
+    np.testing.assert_allclose(predict(back, loaders['test'])['logits'], res['predictions']['test']['logits'], atol=1e-5)
+    out = back(next(iter(loaders['test']))['image'])
+    assert ('logits_specific' in out) == VARIANTS[name]['cam']
+    if VARIANTS[name]['cam']:
+        torch.testing.assert_close(out['logits'], out['logits_specific'])
+        pa = positive_angles(back, loaders['test'])
+        assert len(pa['theta']) + pa['dropped'] == int(loaders['test'].dataset.y.sum())
+
+
+def test_load_campar_errors(tmp_path):
+    with pytest.raises(KitError, match='model.json'): load_campar(tmp_path, 'campar')
+    save_build_params(campar_variant('campar', 3, arch='resnet-tiny'), tmp_path/'campar')
+    with pytest.raises(KitError, match='best.pt'): load_campar(tmp_path, 'campar')
