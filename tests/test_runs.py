@@ -66,3 +66,14 @@ def test_cli_run_end_to_end(tmp_path):
     bad = _nb(tmp_path/'b.ipynb', [('out_dir = None', ['parameters']), ('1/0', None)])
     r = subprocess.run([str(exe), 'run', str(bad), '--out', str(tmp_path/'bad')], capture_output=True, text=True)
     assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr
+
+
+def test_parameters_cells_parse_with_papermill():
+    "papermill must parse every parameter line (an '=' inside a comment breaks its parser, and `har-kit run` help)."
+    import papermill as pm
+    for nb in sorted((ROOT/'nbs').glob('0[1-7]*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        src = next(''.join(c['source']) for c in cells if 'parameters' in c.get('metadata', {}).get('tags', []))
+        names = [l.split('=')[0].strip() for l in src.splitlines() if '=' in l and not l.lstrip().startswith('#')]
+        parsed = pm.inspect_notebook(str(nb))
+        assert [n for n in names if n not in parsed] == [], nb.name
