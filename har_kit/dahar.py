@@ -15,13 +15,14 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .core import UNSPECIFIED, KitError, get_device, seed_everything
 from .backbones import resnet_taps
+from .metrics import dataset_metric, metrics_by_distraction
+from .bench import complexity, count_params, format_table, plain_baseline
 
 # %% auto #0
 __all__ = ['VARIANTS', 'LOSSES', 'ASPECT', 'init_new_block', 'SelfMaskBlock', 'FusionBlock', 'ConfidenceAttention',
-           'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'count_params', 'bce_loss', 'weighted_bce_loss',
-           'mixed_loss', 'mask_loss', 'pos_ratio', 'DaHarLoss', 'dahar_config', 'metric_fn_for', 'dahar_loaders',
-           'summarize_metrics', 'train_variant', 'predict_masks', 'mask_mass_on_target', 'plot_fig5',
-           'measure_complexity']
+           'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'bce_loss', 'weighted_bce_loss', 'mixed_loss', 'mask_loss',
+           'pos_ratio', 'DaHarLoss', 'dahar_config', 'dahar_loaders', 'summarize_metrics', 'train_variant',
+           'predict_masks', 'mask_mass_on_target', 'plot_fig5']
 
 # %% ../nbs/03_dahar.ipynb #c006
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -217,10 +218,6 @@ def dahar_variant(name: str = 'dahar',      # a key of VARIANTS
     if name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
     return DaHar(resnet_taps(arch, weights=weights), num_classes, **{**VARIANTS[name], **kwargs})
 
-def count_params(module: nn.Module):  # any module
-    "Number of parameters of a module."
-    return sum(p.numel() for p in module.parameters())
-
 # %% ../nbs/03_dahar.ipynb #c031
 def _targets(labels, ignore_unspecified):  # (N, C) labels in {1, 0, -1}; the switch
     "Targets in {0, 1} and a keep-mask: unspecified entries masked out (ignore) or read as negative."
@@ -331,12 +328,6 @@ def dahar_config(epochs: int = 30,             # training epochs (not given in t
     return TrainConfig(epochs=epochs, optimizer='sgd', lr=lr, momentum=momentum, weight_decay=weight_decay,
                        scheduler='step', step_size=lr_step, gamma=gamma, **kwargs)
 
-def metric_fn_for(dataset: str):  # 'wider', 'rap' or 'pa100k'
-    "The paper's metric for a dataset kind: WIDER-Attribute mAP, else the pedestrian label/instance metrics."
-    from har_kit.metrics import mean_ap, pedestrian_metrics
-    if dataset not in ASPECT: raise KitError(f'dataset={dataset!r}: choose one of {", ".join(ASPECT)}')
-    return mean_ap if dataset == 'wider' else pedestrian_metrics
-
 def dahar_loaders(data,                        # har_kit.data.AttributeData
                   train_splits=('train',),     # splits trained on
                   eval_split: str = 'test',    # split scored (Full and Crops)
@@ -398,8 +389,12 @@ def train_variant(name: str,                   # a key of VARIANTS
     crit = DaHarLoss(loss, w, mix, mask_weight if needs_mask else 0.0, ignore_unspecified)
     loaders = dahar_loaders(data, train_splits, eval_split, scale, batch_size, needs_mask, num_workers, config.seed)
     t0 = time.time()
-    res = train_eval(model, crit, loaders, config, run_dir, metric_fn_for(data.name), use_best=False)
+    res = train_eval(model, crit, loaders, config, run_dir, dataset_metric(data.name), use_best=False)
     metrics = summarize_metrics(res['metrics']['full'], res['metrics']['crops'], data.attributes, data.name)
+    full = res['predictions']['full']   # the headline metric per distraction level of the scored targets (synthetic sets)
+    levels = [s.meta.get('distractors') for s in data.split(eval_split)]
+    if any(l is not None for l in levels):
+        metrics['by_distractors'] = metrics_by_distraction(data.name, full['scores'], full['labels'], levels)
     metrics.update(params_M=count_params(model) / 1e6, epochs=res['epoch'],
                    final_train_loss=res['history'][-1].get('loss') if res['history'] else None,
                    seconds=round(time.time() - t0, 2))
@@ -448,39 +443,3 @@ def plot_fig5(images, gt, without, with_,      # (K, 3, H, W) normalised images;
     for a in axes.ravel(): a.set_xticks([]); a.set_yticks([])
     fig.tight_layout()
     return fig
-
-# %% ../nbs/03_dahar.ipynb #c050
-def measure_complexity(model, baseline,        # two models following the contract (dict output with 'logits')
-                       input_size=(224, 224),  # H, W of the input
-                       batch_size: int = 1,    # images per inference call (paper: 1)
-                       train_batch: int = 2,   # images per timed training step
-                       repeats: int = 10,      # timed repetitions (median reported), after two warm-up calls each
-                       device='cpu'):          # device of both models
-    "Parameters (M), median per-image inference latency (ms) and training-step time of `model` vs `baseline`, interleaved."
-    dev = torch.device(device)
-    x, xt = torch.randn(batch_size, 3, *input_size, device=dev), torch.randn(train_batch, 3, *input_size, device=dev)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
-    def infer(m):
-        m.eval()
-        with torch.no_grad(): m(x)
-        sync()
-    def step(m):
-        m.train(); m.zero_grad(set_to_none=True)
-        m(xt)['logits'].sum().backward(); sync()
-    def timed(fn, m):
-        t0 = time.perf_counter(); fn(m); return time.perf_counter() - t0
-    for m in (baseline, model): m.to(dev)
-    for fn in (infer, step):
-        for m in (baseline, model): fn(m); fn(m)
-    t = {k: [] for k in ('b_inf', 'm_inf', 'b_step', 'm_step')}
-    for _ in range(repeats):
-        t['b_inf'].append(timed(infer, baseline)); t['m_inf'].append(timed(infer, model))
-        t['b_step'].append(timed(step, baseline)); t['m_step'].append(timed(step, model))
-    med = {k: float(np.median(v)) for k, v in t.items()}
-    return dict(params_baseline_M=count_params(baseline) / 1e6, params_M=count_params(model) / 1e6,
-                latency_baseline_ms=1e3 * med['b_inf'] / batch_size, latency_ms=1e3 * med['m_inf'] / batch_size,
-                latency_ratio=med['m_inf'] / med['b_inf'],
-                train_step_baseline_ms=1e3 * med['b_step'], train_step_ms=1e3 * med['m_step'],
-                train_step_ratio=med['m_step'] / med['b_step'],
-                input_size=list(input_size), batch_size=batch_size, train_batch=train_batch, repeats=repeats,
-                device=str(dev), threads=torch.get_num_threads())

@@ -9,8 +9,9 @@ import numpy as np
 from .core import UNSPECIFIED, KitError
 
 # %% auto #0
-__all__ = ['AP_VARIANTS', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'check_inputs', 'mean_ap', 'pr_points', 'harmonic_f1',
-           'pedestrian_metrics', 'distraction_bin', 'grouped_metrics']
+__all__ = ['AP_VARIANTS', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'HEADLINE', 'check_inputs', 'mean_ap', 'pr_points',
+           'harmonic_f1', 'pedestrian_metrics', 'distraction_bin', 'grouped_metrics', 'dataset_metric',
+           'metrics_by_distraction']
 
 # %% ../nbs/00a_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -185,3 +186,20 @@ def grouped_metrics(metric_fn, scores, labels, groups,  # e.g. mean_ap; (N, C); 
     g = np.asarray([str(x) for x in groups])
     if len(g) != len(s): raise KitError(f'groups has {len(g)} entries but scores has {len(s)} samples')
     return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
+
+# %% ../nbs/00a_metrics.ipynb #c039
+HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1')}  # numbers kept per distraction bin
+
+def dataset_metric(kind: str):  # 'wider', 'rap' or 'pa100k'
+    "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics`."
+    if kind not in HEADLINE: raise KitError(f'dataset={kind!r}: choose one of {", ".join(HEADLINE)}')
+    return mean_ap if kind == 'wider' else pedestrian_metrics
+
+def metrics_by_distraction(kind, scores, labels,  # dataset kind; (N, C) scores and labels of the scored split
+                           levels, cap=3):        # (N,) distractors overlapping each target (None = unknown)
+    "Headline metrics of `kind` per distraction bin: {'0': {'mAP': .., 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
+    bins = [distraction_bin(l, cap) for l in levels]
+    out = {}
+    for k, m in grouped_metrics(dataset_metric(kind), scores, labels, bins).items():
+        if k != 'unknown': out[k] = {**{h: m[h] for h in HEADLINE[kind]}, 'n': bins.count(k)}
+    return out

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import KitError, outputs_root, repo_root, save_json
-from .results import TABLES, RunSpec, row_runs, run_layout, run_path
+from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_layout, run_path
 from .runs import RunFailed, is_done, run_notebook
 
 # %% auto #0
-__all__ = ['PROFILES', 'shared_sample_root', 'PlannedRun', 'plan', 'missing_roots', 'describe', 'execute', 'render_tables', 'cli']
+__all__ = ['PROFILES', 'shared_sample_root', 'PlannedRun', 'default_tables', 'plan', 'missing_roots', 'describe', 'execute',
+           'render_tables', 'cli']
 
 # %% ../nbs/07_reproduce.ipynb #c006
 PROFILES = {
@@ -34,6 +35,7 @@ PROFILES = {
         '_about': 'the real PA100K sample (1,600 train / 200 val / 200 test real images), resnet-small from scratch',
         '_data': 'pa100k-sample',
         '_datasets': ['pa100k'],
+        '_tables': ['real_pa100k'],
         'campar': dict(arch='resnet-small', weights=None, scale=0.5, epochs=10, batch_size=32, device='auto'),
         'cfar': dict(device='auto'),
     },
@@ -76,12 +78,19 @@ def _dataset_root(profile, dataset, data_roots):
         return str(root) if root else None
     return None
 
+def default_tables(profile, studies=False) -> list:
+    "The tables a profile regenerates by default: its paper tables, plus the studies when asked."
+    keys = PROFILES[profile].get('_tables') or list(PAPER_TABLES) + (list(STUDY_TABLES) if studies else [])
+    return [k for k in keys if TABLES[k].in_profile(profile)]
+
 def plan(tables=None, profile='quick', seeds=1, data_roots=None, root=None, device=None) -> list:
-    "Expand the tables (keys; None = all) into PlannedRuns for `seeds` seeds, dependencies first."
+    "Expand the tables (keys; None = the profile's defaults) into PlannedRuns, dependencies first."
     if profile not in PROFILES: raise KitError(f'unknown profile {profile!r}: choose one of {", ".join(PROFILES)}')
-    keys = tables or list(TABLES)
+    keys = tables or default_tables(profile)
     bad = [k for k in keys if k not in TABLES]
     if bad: raise KitError(f'unknown table(s) {bad}: choose from {", ".join(TABLES)}')
+    off = [k for k in keys if not TABLES[k].in_profile(profile)]
+    if off: raise KitError(f'table(s) {off} are not part of profile {profile!r} (see Table.profiles)')
     prof, root, layout = PROFILES[profile], Path(root or outputs_root()), run_layout()
     allowed = prof.get('_datasets')
     runs, order = {}, []
@@ -104,7 +113,7 @@ def plan(tables=None, profile='quick', seeds=1, data_roots=None, root=None, devi
     for k in keys:
         for row in TABLES[k].rows:
             for s in row_runs(row):
-                for seed in range(seeds): add(s, seed, (k, row.key))
+                for seed in range(max(seeds, TABLES[k].seeds)): add(s, seed, (k, row.key))
     return order
 
 # %% ../nbs/07_reproduce.ipynb #c012
@@ -182,7 +191,8 @@ def _parse_roots(pairs):
 def cli(argv=None):
     "`har-kit reproduce [TABLE ...] --profile P [--data-root NAME=PATH ...] [--device D] [--seeds N] [--dry-run]`."
     ap = argparse.ArgumentParser(prog='har-kit reproduce', description=cli.__doc__)
-    ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: all): {", ".join(TABLES)}')
+    ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
+    ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread one per device")
@@ -192,7 +202,8 @@ def cli(argv=None):
     a = ap.parse_args(argv)
     try:
         devices = a.device.split(',') if a.device else None
-        runs = plan(a.tables or None, a.profile, a.seeds, _parse_roots(a.data_root), a.out,
+        keys = a.tables or default_tables(a.profile, a.studies)
+        runs = plan(keys, a.profile, a.seeds, _parse_roots(a.data_root), a.out,
                     device=devices[0] if devices and len(devices) == 1 else None)
         if a.dry_run:
             print(f'# profile {a.profile}: {PROFILES[a.profile]["_about"]}; {len(runs)} runs')
@@ -204,7 +215,7 @@ def cli(argv=None):
                            ' '.join(f'{d}=PATH' for d in missing_roots(runs)))
         t0 = time.time()
         status = execute(runs, devices if devices and len(devices) > 1 else None)
-        tables_run = render_tables(a.profile, a.out, a.tables or None)
+        tables_run = render_tables(a.profile, a.out)
     except KitError as e:
         print(f'har-kit reproduce: {e}', file=sys.stderr); return 2
     except RunFailed as e:

@@ -11,10 +11,11 @@ from pathlib import Path
 from .core import KitError, atomic_write, load_json, outputs_root, save_json
 
 # %% auto #0
-__all__ = ['WIDER_COLUMNS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_T1', 'CAMPAR_T2', 'TABLES', 'PROFILE_NOTES', 'RunSpec',
+__all__ = ['WIDER_COLUMNS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_T1', 'CAMPAR_T2', 'PAPER_TABLES', 'TABLES',
+           'DISTRACTION_BINS', 'DISTRACTION', 'MATRIX', 'REAL_PA100K', 'STUDY_TABLES', 'PROFILE_NOTES', 'RunSpec',
            'spec', 'Row', 'Table', 'row_runs', 'column_source', 'run_layout', 'run_path', 'seed_dirs', 'collect',
            'table_rows', 'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
-           'plot_curves']
+           'plot_distraction', 'plot_curves']
 
 # %% ../nbs/06_results.ipynb #c006
 @dataclass(frozen=True)
@@ -58,8 +59,13 @@ class Table:
     rows: list
     conventions: str = ''         # metric conventions stated in the header (AP variant, F1, threshold rule)
     percent: bool = True          # our fractions are shown x100 like the paper's
+    seeds: int = 1                # minimum seeds per run (a study that needs error bars asks for more)
+    profiles: tuple = ()          # profiles the table belongs to (empty = every profile)
+    figure: str = ''              # file name of the table's figure in the tables directory, if it has one
 
-    def reproduced(self): return [r for r in self.rows if r.run is not None]
+    def reproduced(self): return [r for r in self.rows if row_runs(r)]
+    def has_reported(self): return any(isinstance(v, (int, float)) for r in self.rows for v in r.reported.values())
+    def in_profile(self, profile): return not self.profiles or profile in self.profiles
 
 # %% ../nbs/06_results.ipynb #c008
 WIDER_COLUMNS = {  # paper column -> WIDER-Attribute attribute name (attribute_id_map of the real set)
@@ -179,9 +185,57 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
     Row('campar_fusion_cfar', '+ CAM-PAR + fusion + CFAR', _reported(_C2_COLS, [82.08, 79.48]), _cfar('rap'), _C2_METRICS),
 ], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)')
 
-TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
+PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
+TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
 # %% ../nbs/06_results.ipynb #c022
+DISTRACTION_BINS = ['0', '1', '2', '3+']
+
+def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
+
+DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the target (WIDER-like test set)',
+                    'har-kit study (Da-HAR\'s claim, Sec. "Coarse-to-fine Distraction-Aware Learning")',
+                    [f'{b} distractors' for b in DISTRACTION_BINS], [
+    Row('dahar_baseline', 'Da-HAR baseline (SRN w/o SR)', {}, spec('dahar', 'baseline', dataset='wider'), _by_level('mAP')),
+    Row('dahar', 'Da-HAR', {}, spec('dahar', 'dahar', dataset='wider'), _by_level('mAP')),
+    Row('campar_baseline', 'CAM-PAR baseline [15]', {}, _campar('baseline', 'wider'), _by_level('mAP')),
+    Row('campar', 'CAM-PAR + fusion', {}, _campar('campar_fusion', 'wider'), _by_level('mAP')),
+], conventions='AP: VOC-style interpolated per distraction bin of the test targets; 3 seeds', seeds=3,
+   profiles=('quick',), figure='distraction.png')
+
+# %% ../nbs/06_results.ipynb #c024
+_MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
+
+def _matrix_row(spec_fn):
+    return {'WIDER mAP': (spec_fn('wider'), 'mAP'), 'RAP mA': (spec_fn('rap'), 'mA'), 'RAP F1': (spec_fn('rap'), 'f1'),
+            'PA100K mA': (spec_fn('pa100k'), 'mA'), 'PA100K F1': (spec_fn('pa100k'), 'f1')}
+
+def _dahar_on(d):  # the published configurations: BCE everywhere (Table 2 o.), no 0-label ignoring (Table 3 row 5)
+    return spec('dahar', 'dahar', dataset=d) if d == 'wider' else spec('dahar', 'dahar', dataset=d, loss='bce')
+
+MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: method x dataset', _MX_COLS, [
+    Row('dahar', 'Da-HAR', _reported(_MX_COLS, [87.1, 73.78, 80.50, None, None]),
+        None, {**_matrix_row(_dahar_on), 'WIDER mAP': (_dahar_on('wider'), 'mAP_full')}),
+    Row('campar', 'CAM-PAR + fusion', _reported(_MX_COLS, [None, 81.18, 79.18, None, None]),
+        None, _matrix_row(lambda d: _campar('campar_fusion', d))),
+    Row('campar_cfar', 'CAM-PAR + fusion + CFAR', _reported(_MX_COLS, [None, 82.08, 79.48, 82.45, 87.56]),
+        None, _matrix_row(_cfar)),
+], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5')
+
+# %% ../nbs/06_results.ipynb #c026
+_RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
+_RP = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
+REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
+    Row('baseline', 'Baseline [15]', _reported(_RP_COLS, [79.38, 78.56, None, None, 86.55]), _campar('baseline', 'pa100k'), _RP),
+    Row('campar', 'CAM-PAR + fusion', {}, _campar('campar_fusion', 'pa100k'), _RP),
+    Row('campar_cfar', 'CAM-PAR + fusion + CFAR (Our work)', _reported(_RP_COLS, [82.45, 79.66, None, None, 87.56]), _cfar('pa100k'), _RP),
+], conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; 3 seeds', seeds=3,
+   profiles=('sample', 'paper'))
+
+STUDY_TABLES = {t.key: t for t in (DISTRACTION, MATRIX, REAL_PA100K)}
+TABLES.update(STUDY_TABLES)
+
+# %% ../nbs/06_results.ipynb #c028
 def run_layout(tables=None) -> dict:
     "RunSpec key -> (table key, row dir name) of the first row needing it; a dependency is named after its user."
     layout = {}
@@ -199,7 +253,7 @@ def run_path(root, profile, spec: RunSpec, seed: int, layout=None) -> Path:  # r
     table, row = (layout or run_layout())[spec.key()]
     return Path(root)/profile/table/row/f'seed{seed}'
 
-# %% ../nbs/06_results.ipynb #c025
+# %% ../nbs/06_results.ipynb #c031
 def _dig(d, path):
     for part in path.split('.'):
         if not isinstance(d, dict) or part not in d: return None
@@ -228,7 +282,7 @@ def collect(table: Table, root=None, profile='quick') -> dict:
                                              n=len(vals), values=vals)
     return cells
 
-# %% ../nbs/06_results.ipynb #c027
+# %% ../nbs/06_results.ipynb #c033
 PROFILE_NOTES = {
     'quick': 'synthetic stand-in data (the kit\'s procedural WIDER-/RAP-/PA100K-like benchmark), small backbone and '
              'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s: only the orderings are.',
@@ -242,9 +296,9 @@ def _fmt(v, digits=2):
 
 def table_rows(table: Table, cells: dict) -> list:
     "Rendered rows: [label, kind, *column strings] with kind in reported / ours / Δ."
-    out = []
+    out, with_reported = [], table.has_reported()
     for row in table.rows:
-        out.append([row.label, 'reported', *[_fmt(row.reported.get(c)) for c in table.columns]])
+        if with_reported: out.append([row.label, 'reported', *[_fmt(row.reported.get(c)) for c in table.columns]])
         if not row_runs(row): continue
         ours, delta = [], []
         for c in table.columns:
@@ -255,14 +309,16 @@ def table_rows(table: Table, cells: dict) -> list:
             delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
         ns = sorted({cells[(row.key, c)]['n'] for c in table.columns if (row.key, c) in cells})
         out.append([row.label, f'ours (n={"/".join(map(str, ns)) or 0})', *ours])
-        out.append([row.label, 'Δ', *delta])
+        if with_reported: out.append([row.label, 'Δ', *delta])
     return out
 
 def header(table: Table, profile: str) -> str:
     "The lines above a rendered table: source, profile and conventions."
+    legend = ("*reported* = the paper's number; *ours* = mean ± sd over seeds (n = finished seeds); "
+              "Δ = ours − reported; *missing* = no finished run.") if table.has_reported() else \
+             '*ours* = mean ± sd over seeds (n = finished seeds); the papers report no such numbers; *missing* = no finished run.'
     return (f'{table.title} — {table.source}. Profile `{profile}`: {PROFILE_NOTES.get(profile, "")} '
-            f'Conventions: {table.conventions}. *reported* = the paper\'s number; *ours* = mean ± sd over seeds '
-            f'(n = finished seeds); Δ = ours − reported; *missing* = no finished run.')
+            f'Conventions: {table.conventions}. {legend}')
 
 def to_markdown(table, rows, profile):
     "Markdown rendering (header paragraph + pipe table)."
@@ -298,7 +354,7 @@ def render(table: Table, root=None, profile='quick', out=None) -> dict:
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
     return dict(texts=texts, cells=cells, rows=rows)
 
-# %% ../nbs/06_results.ipynb #c031
+# %% ../nbs/06_results.ipynb #c037
 def plot_ablation(table: Table, cells: dict, column: str, ax=None):
     "Bars of reported vs ours (mean ± sd) for one column of an ablation table."
     import matplotlib.pyplot as plt
@@ -327,6 +383,31 @@ def plot_per_attribute(table: Table, cells: dict, row_key: str, ax=None):
     ax.set_xticks(list(xs)); ax.set_xticklabels(cols, rotation=45, ha='right'); ax.set_ylabel('AP (%)')
     ax.set_title(f'{table.source}: {row.label}'); ax.legend()
     return ax
+
+def plot_distraction(table: Table, cells: dict, pairs=(('dahar', 'dahar_baseline'), ('campar', 'campar_baseline'))):
+    "Metric vs distraction level per model (mean ± sd over seeds), and each method's gain over its baseline."
+    import matplotlib.pyplot as plt
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+    xs = range(len(table.columns))
+    for row in table.rows:
+        m = [cells.get((row.key, c), {}).get('mean', float('nan')) for c in table.columns]
+        e = [cells.get((row.key, c), {}).get('sd') or 0 for c in table.columns]
+        ax.errorbar(xs, m, yerr=e, marker='o', capsize=3, label=row.label)
+    for method, base in pairs:
+        g, ge = [], []
+        for c in table.columns:
+            a, b = cells.get((method, c)), cells.get((base, c))
+            if a and b and len(a['values']) == len(b['values']):   # paired by seed
+                d = [x - y for x, y in zip(a['values'], b['values'])]
+                g.append(statistics.fmean(d)); ge.append(statistics.stdev(d) if len(d) > 1 else 0)
+            else: g.append(float('nan')); ge.append(0)
+        label = next(r.label for r in table.rows if r.key == method)
+        ax2.errorbar(xs, g, yerr=ge, marker='o', capsize=3, label=f'{label} − baseline')
+    for a in (ax, ax2): a.set_xticks(list(xs)); a.set_xticklabels([c.split()[0] for c in table.columns]); a.set_xlabel('distractors overlapping the target')
+    ax.set_ylabel('mAP (%)'); ax.set_title('metric vs distraction (mean ± sd over seeds)'); ax.legend(fontsize=7)
+    ax2.axhline(0, color='k', lw=0.8); ax2.set_ylabel('gain (mAP points)'); ax2.set_title('gain over its own baseline (paired by seed)'); ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 def plot_curves(root=None, profile='quick', ax=None, metric=None):
     "Training curves (loss per epoch) of every finished run under a profile that wrote history.json files."

@@ -5,12 +5,22 @@
     python tools/nb2readme.py --check    # exit 1 if README.md is stale
 
 Markdown cells are copied; code cells become ```python blocks (cells marked `#| hide` are skipped);
-text/markdown outputs of executed cells are kept. Standard library only.
+text/markdown outputs of executed cells are kept. A markdown line `<!-- include: PATH -->` (PATH relative to the
+repository) is replaced by that file's text, so README shows the committed reference tables without copying
+their numbers into the notebook. Standard library only.
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+INCLUDE = re.compile(r'^<!-- include: (?P<path>\S+) -->$', re.M)
+
+
+def _include(m):
+    path = ROOT/m['path']
+    return path.read_text().strip('\n') if path.exists() else f'*({m["path"]} not generated yet: run `make main`)*'
 
 
 def render(nb_path=ROOT/'nbs'/'index.ipynb') -> str:
@@ -20,7 +30,7 @@ def render(nb_path=ROOT/'nbs'/'index.ipynb') -> str:
     for c in nb['cells']:
         src = ''.join(c['source']).strip('\n')
         if c['cell_type'] == 'markdown':
-            parts.append(src)
+            parts.append(INCLUDE.sub(_include, src))
         elif c['cell_type'] == 'code' and src and not src.lstrip().startswith('#| hide'):
             parts.append('```python\n' + src + '\n```')
             for o in c.get('outputs', []):
