@@ -7,7 +7,7 @@ PROFILE ?= quick
 export MPLBACKEND := agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup main test export clean-nbs check-export check-clean pytest nbtest
+.PHONY: setup main studies sample test export check-export check-clean pytest nbtest
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP):
 ## the main job: regenerate every table on the embedded synthetic benchmark, on CPU
 main: setup
 	$(BIN)/har-kit reproduce --profile $(PROFILE)
+
+## the studies beyond the papers (distraction study, method x dataset matrix) on the same profile, reusing shared runs
+studies: setup
+	$(BIN)/har-kit reproduce --profile $(PROFILE) --studies
+
+## the real-image table on the PA100K sample beside the clone (../shared/data/pa100k-sample or $$HAR_KIT_PA100K_SAMPLE)
+sample: setup
+	$(BIN)/har-kit reproduce --profile sample
 
 ## the tests: exported modules and cleaned notebooks match what is committed, then pytest and nbdev_test
 test: setup check-export check-clean pytest nbtest

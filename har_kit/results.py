@@ -62,6 +62,7 @@ class Table:
     seeds: int = 1                # minimum seeds per run (a study that needs error bars asks for more)
     profiles: tuple = ()          # profiles the table belongs to (empty = every profile)
     figure: str = ''              # file name of the table's figure in the tables directory, if it has one
+    param_columns: dict = field(default_factory=dict)  # text column -> run parameter shown in our rows ('backbone': 'arch')
 
     def reproduced(self): return [r for r in self.rows if row_runs(r)]
     def has_reported(self): return any(isinstance(v, (int, float)) for r in self.rows for v in r.reported.values())
@@ -155,7 +156,8 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
     Row('dafl', 'DAFL [5]', _reported(_C1_COLS, ['ResNet50', 83.54, 80.13, 88.09, 83.72, None, 80.29])),
     Row('ours', 'Our work', _reported(_C1_COLS, ['ResNet50', 82.45, 79.66, 87.56, 82.08, 67.32, 79.48]),
         None, _two(_cfar)),
-], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)')
+], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
+   param_columns={'backbone': 'arch'})
 
 # %% ../nbs/06_results.ipynb #c016
 def row_runs(row: Row) -> list:
@@ -280,6 +282,10 @@ def collect(table: Table, root=None, profile='quick') -> dict:
             if vals:
                 cells[(row.key, col)] = dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None,
                                              n=len(vals), values=vals)
+        for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
+            dirs = [d for s in row_runs(row) for d in seed_dirs(root, profile, s, layout)]
+            if dirs and (dirs[0]/'params.json').exists():
+                cells[(row.key, col)] = dict(text=str(load_json(dirs[0]/'params.json').get(param, '?')))
     return cells
 
 # %% ../nbs/06_results.ipynb #c033
@@ -303,11 +309,12 @@ def table_rows(table: Table, cells: dict) -> list:
         ours, delta = [], []
         for c in table.columns:
             cell, rep = cells.get((row.key, c)), row.reported.get(c)
+            if cell and 'text' in cell: ours.append(cell['text']); delta.append(''); continue
             if column_source(row, c) is None: ours.append(_fmt(rep) if isinstance(rep, str) else ''); delta.append(''); continue
             if cell is None: ours.append('missing'); delta.append(''); continue
             ours.append(_fmt(cell['mean']) + (f' ± {cell["sd"]:.2f}' if cell['sd'] is not None else ''))
             delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
-        ns = sorted({cells[(row.key, c)]['n'] for c in table.columns if (row.key, c) in cells})
+        ns = sorted({cells[(row.key, c)]['n'] for c in table.columns if 'n' in cells.get((row.key, c), {})})
         out.append([row.label, f'ours (n={"/".join(map(str, ns)) or 0})', *ours])
         if with_reported: out.append([row.label, 'Δ', *delta])
     return out
