@@ -4,8 +4,7 @@
 
 # %% ../nbs/00b_runs.ipynb #c002
 from __future__ import annotations
-import argparse, json, os, sys, time
-from importlib import resources
+import argparse, importlib.util, json, os, sys, time
 from pathlib import Path
 
 from .core import KitError, atomic_write, env_info, load_json, outputs_root, repo_root, save_json
@@ -18,7 +17,10 @@ def notebooks_dir():
     "The directory holding the section notebooks (the clone's `nbs/`, else the copies inside the wheel)."
     root = repo_root()
     if root: return root/'nbs'
-    return Path(resources.files('har_kit.notebooks'))
+    spec = importlib.util.find_spec('har_kit.notebooks')   # a data-only (namespace) package inside the wheel
+    if spec is None or not spec.submodule_search_locations:
+        raise KitError('the section notebooks were not found: reinstall har_kit from a wheel or run from a clone')
+    return Path(list(spec.submodule_search_locations)[0])
 
 def find_notebook(name):  # path, file name ('03_dahar.ipynb') or section name ('dahar')
     "Resolve a notebook name to its path, or raise `KitError` listing the available notebooks."
