@@ -32,11 +32,11 @@ PROFILES = {
         'cfar': dict(profile='quick', device='cpu'),
     },
     'sample': {
-        '_about': 'the real PA100K sample (1,600 train / 200 val / 200 test real images), resnet-tiny from scratch, half-size inputs',
+        '_about': 'the real PA100K sample (1,600 train / 200 val / 200 test real images), resnet-tiny from scratch, 3/8-size inputs',
         '_data': 'pa100k-sample',
         '_datasets': ['pa100k'],
         '_tables': ['real_pa100k'],
-        'campar': dict(arch='resnet-tiny', weights=None, scale=0.5, epochs=6, batch_size=32, optimizer='adam', lr=1e-3,
+        'campar': dict(arch='resnet-tiny', weights=None, scale=0.375, epochs=5, batch_size=32, optimizer='adam', lr=1e-3,
                        device='auto'),
         'cfar': dict(device='auto'),
     },
