@@ -22,6 +22,12 @@ class KitError(ValueError):
     "Bad input or configuration: the message names the file/field/parameter and what to do."
 
 # %% ../nbs/00_core.ipynb #c009
+def _read_umask():
+    "The process umask (os.umask can only be read by setting it, so this runs once, at import)."
+    m = os.umask(0); os.umask(m); return m
+_UMASK = _read_umask()
+def _umask(): return _UMASK
+
 @contextlib.contextmanager
 def atomic_path(path):  # final destination; the block writes to the yielded temporary path
     "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error."
@@ -31,6 +37,7 @@ def atomic_path(path):  # final destination; the block writes to the yielded tem
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp): os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file open()'s mode
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
