@@ -154,6 +154,15 @@ class MaskSource:
     def key(self): return self.name
     def check(self, items): pass  # validate the (key, sample) pairs before any work; raise `KitError`
     def __call__(self, jobs): raise NotImplementedError(f'{type(self).__name__} must implement __call__(jobs)')
+    def per_target(self, jobs,   # [(image path, [(key, Sample), ...]), ...]
+                   target_mask): # (img, size, key, sample, box, clipped, n_targets) -> TargetMask
+        "The loop every file-based source shares: per image its size, per target its clipped box, one `TargetMask` each."
+        out = []
+        for img, items in jobs:
+            size = image_size(img)
+            out.append([target_mask(img, size, key, s, *clip_box(s.box, size, _where(img, key)), len(items))
+                        for key, s in items])
+        return out
 
 def _where(img, key): return f'{img} (mask {key})'
 
@@ -161,14 +170,7 @@ class BoxSource(MaskSource):
     "Source `none`: the target's box itself (the whole image for an unboxed pedestrian crop)."
     name = 'none'
     def __call__(self, jobs):
-        out = []
-        for img, items in jobs:
-            size = image_size(img)
-            out.append([])
-            for key, s in items:
-                box, clipped = clip_box(s.box, size, _where(img, key))
-                out[-1].append(TargetMask(box_mask(box, size), clipped=clipped))
-        return out
+        return self.per_target(jobs, lambda img, size, key, s, box, clipped, n: TargetMask(box_mask(box, size), clipped=clipped))
 
 class RendererSource(MaskSource):
     "Source `renderer`: the synthetic generator's ground-truth person mask (`Sample.mask`), cropped to the box."
@@ -179,14 +181,8 @@ class RendererSource(MaskSource):
                                    f'{missing[:3]}: the renderer source only works on har_kit.synth datasets; '
                                    "use source='maskrcnn', 'directory' or 'none'")
     def __call__(self, jobs):
-        out = []
-        for img, items in jobs:
-            size = image_size(img)
-            out.append([])
-            for key, s in items:
-                box, clipped = clip_box(s.box, size, _where(img, key))
-                out[-1].append(TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped))
-        return out
+        return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
+                               TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped))
 
 class DirectorySource(MaskSource):
     "Source `directory`: PNG masks the user already has, one per target, named by `sample_key` (or image stem)."
@@ -210,23 +206,19 @@ class DirectorySource(MaskSource):
                                    + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
                                    '(see har_kit.masks.sample_key) or <image stem>.png for single-target images')
     def __call__(self, jobs):
-        out = []
-        for img, items in jobs:
-            size = image_size(img)
-            out.append([])
-            for key, s in items:
-                box, clipped = clip_box(s.box, size, _where(img, key))
-                path, note = self.path(key, len(items) == 1), None
-                m = read_mask(path)
-                bh, bw = box[3] - box[1], box[2] - box[0]
-                if m.shape == (bh, bw) and m.shape != tuple(size):
-                    full = np.zeros(size, bool); full[box[1]:box[3], box[0]:box[2]] = m
-                    m, note = full, f'{path.name}: box-sized {bw}x{bh} mask pasted into the box'
-                elif m.shape != tuple(size):
-                    raise KitError(f'{path}: mask is {m.shape[1]}x{m.shape[0]}, but its image {img} is '
-                                   f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
-                out[-1].append(TargetMask(m & box_mask(box, size), clipped=clipped, note=note))
-        return out
+        return self.per_target(jobs, self._target_mask)
+    def _target_mask(self, img, size, key, s, box, clipped, n):
+        "A user's PNG for one target: image-sized, or box-sized and pasted into the box; any other size is an error."
+        path, note = self.path(key, n == 1), None
+        m = read_mask(path)
+        bh, bw = box[3] - box[1], box[2] - box[0]
+        if m.shape == (bh, bw) and m.shape != tuple(size):
+            full = np.zeros(size, bool); full[box[1]:box[3], box[0]:box[2]] = m
+            m, note = full, f'{path.name}: box-sized {bw}x{bh} mask pasted into the box'
+        elif m.shape != tuple(size):
+            raise KitError(f'{path}: mask is {m.shape[1]}x{m.shape[0]}, but its image {img} is '
+                           f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
+        return TargetMask(m & box_mask(box, size), clipped=clipped, note=note)
 
 # %% ../nbs/02_masks.ipynb #c019
 PERSON = 1  # COCO category id of "person" in torchvision's detection models
