@@ -118,7 +118,7 @@ def check_parameters(notebook, params: dict | None) -> dict:  # notebook name/pa
     for name, value in (params or {}).items():
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise KitError(f'parameter name {name!r} is not a Python identifier: a parameter name is a plain name '
-                           f'such as epochs (names of {Path(str(notebook)).stem}: {", ".join(declared) or "none"})')
+                           f'such as epochs (names of {Path(str(notebook)).stem}: {", ".join(n for n in declared if n != "out_dir") or "none"})')
         if name == 'out_dir': raise KitError("parameter 'out_dir' is set by the runner: pass the run directory with --out (out_dir=)")
         if name not in declared:
             close = difflib.get_close_matches(name, list(declared), n=1)
@@ -297,9 +297,14 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
                  force: bool = False, progress: bool = True, timeout: int | None = None, threads: int | None = None):
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above)."
     import papermill as pm
-    from nbclient.exceptions import DeadKernelError
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     nb = find_notebook(notebook)
     params = check_parameters(nb, params)                       # before anything is created or run
+    try: KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
+                       f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
     env = kernel_env(out_dir or '.', threads)
     out = Path(out_dir) if out_dir else outputs_root()/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
     out = out.resolve()
@@ -323,6 +328,11 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
                     else: msg = f'cell {e.exec_count} raised {e.ename}: {e.evalue}'
                     _fail(out, msg, e.exec_count)
                     raise RunFailed(out, msg) from None
+                except CellTimeoutError:
+                    cell = _cell_of(out/'notebook.running.ipynb')
+                    _finish_notebook(out, started, log)
+                    msg = f'cell {cell} ran longer than timeout={timeout} s and was stopped; rerun with a larger timeout (it resumes here)'
+                    _fail(out, msg, cell); raise RunFailed(out, msg) from None
                 except DeadKernelError:
                     cell = _cell_of(out/'notebook.running.ipynb')
                     _finish_notebook(out, started, log)

@@ -164,6 +164,21 @@ def test_disk_full_in_the_kernel_is_named(tmp_path, monkeypatch):
         run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
 
 
+def test_cell_timeout_is_one_line(tmp_path, monkeypatch):
+    from nbclient.exceptions import CellTimeoutError
+    def slow(outp, params): raise CellTimeoutError('Cell execution timed out')
+    _fake(monkeypatch, slow)
+    with pytest.raises(RunFailed, match='ran longer than timeout=5 s'):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False, timeout=5)
+    assert run_status(tmp_path/'run')['state'] == 'failed'
+
+
+def test_unknown_kernel_names_the_installed_ones(tmp_path):
+    with pytest.raises(KitError, match=r"kernel_name='nope' .*installed kernels: .*python3"):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False, kernel_name='nope')
+    assert not (tmp_path/'run').exists()
+
+
 def test_no_metrics_means_failed_not_done(tmp_path, monkeypatch):
     _fake(monkeypatch, lambda outp, params: None)
     with pytest.raises(RunFailed, match='wrote no metrics.json'):
