@@ -148,17 +148,19 @@ def run_lock(out_dir):  # the run directory (created if needed)
     "Hold the run directory's exclusive lock for the block, or raise `KitError` naming the process that holds it."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     path = out/'.lock'
-    while True:
+    for attempt in range(100):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            if attempt < 5: time.sleep(0.05); continue          # a `run_status` probe holds it for microseconds
             raise KitError(f'{out} is in use by another run ({_holder(path)}): wait for it to finish, or pass another '
                            'run directory (--out)') from None
         try: same = os.stat(path).st_ino == os.fstat(fd).st_ino     # the directory may have been moved aside meanwhile
         except FileNotFoundError: same = False
         if same: break
         os.close(fd)
+    else: raise KitError(f'{out}: could not take its lock (the directory keeps being moved); retry')
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
