@@ -96,10 +96,14 @@ def test_other_parameters_are_refused_and_force_moves_the_old_run_aside(tmp_path
     with pytest.raises(KitError, match=r'other parameters \(differs in: seed: 0 -> 1\).*--force'):
         run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False)
     assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 0}
+    (tmp_path/'run'/'checkpoints').mkdir(); (tmp_path/'run'/'checkpoints'/'last.pt').write_bytes(b'seed 0 weights')
     run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False, force=True)
     assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 1}
+    assert not (tmp_path/'run'/'checkpoints').exists()           # the new run cannot resume the old one's checkpoint
     (aside,) = tmp_path.glob('run.old-*')
     assert load_json(aside/'metrics.json') == {'seed': 0} and (aside/'done').exists()
+    assert (aside/'checkpoints'/'last.pt').read_bytes() == b'seed 0 weights'
+    assert load_json(aside/'params.json') == {'seed': 0}
 
 
 def test_done_run_with_same_parameters_is_skipped(tmp_path, monkeypatch):
