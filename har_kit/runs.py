@@ -211,7 +211,7 @@ def kernel_env(out_dir, threads=None):  # the run directory; intra-op threads (N
                 HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                 PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
 
-def _same(a, b): return json.dumps(to_jsonable(a), sort_keys=True) == json.dumps(to_jsonable(b), sort_keys=True)
+def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
 def _prepare(out, params, force):
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
