@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_engine.ipynb #c002
 from __future__ import annotations
-import atexit, contextlib, csv, dataclasses, io, math, os, random, warnings
+import atexit, contextlib, csv, dataclasses, hashlib, io, json, math, os, random, warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from .core import KitError, atomic_path, atomic_write, get_device, save_json, seed_everything
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'TrainConfig', 'dist_env', 'is_main_process', 'setup_device', 'shard_loader',
-           'set_epoch', 'param_groups', 'make_optimizer', 'make_scheduler', 'autocast', 'to_device', 'predict',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'write_history', 'fit', 'train_eval']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'dist_env', 'is_main_process', 'setup_device',
+           'shard_loader', 'set_epoch', 'param_groups', 'make_optimizer', 'make_scheduler', 'autocast', 'to_device',
+           'predict', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'check_identity',
+           'write_history', 'fit', 'train_eval']
 
 # %% ../nbs/00d_engine.ipynb #c008
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -43,6 +44,7 @@ class TrainConfig:
     amp: str = 'none'             # autocast precision: 'none' | 'bf16' | 'fp16' (fp16 adds a GradScaler)
     channels_last: bool = False   # model and 4-D image batches in channels_last memory format
     grad_clip: float = 0.0        # max global gradient norm (0: no clipping)
+    max_loss_ratio: float = 1000.0  # divergence: stop when a step's loss > this x max(first step's loss, 1) (0: off)
     device: str = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' (under torchrun: cuda:LOCAL_RANK)
     seed: int = 0                 # seeds python/numpy/torch and the per-epoch shuffling
     monitor: str = 'val_loss'     # epoch-record key for best.pt and 'plateau' (e.g. 'mA', 'mAP')
@@ -63,7 +65,7 @@ class TrainConfig:
         need(isinstance(self.epochs, (int, np.integer)) and self.epochs >= 0, 'epochs', 'must be an integer >= 0')
         for f in ('lr', 'backbone_lr_mult', 'gamma'):
             need(isinstance(getattr(self, f), (int, float)) and getattr(self, f) > 0, f, 'must be a number > 0')
-        for f in ('momentum', 'weight_decay', 'grad_clip'):
+        for f in ('momentum', 'weight_decay', 'grad_clip', 'max_loss_ratio'):
             need(isinstance(getattr(self, f), (int, float)) and getattr(self, f) >= 0, f, 'must be a number >= 0')
         for f, lo in (('step_size', 1), ('log_every', 1), ('patience', 0)):
             need(isinstance(getattr(self, f), (int, np.integer)) and getattr(self, f) >= lo, f, f'must be an integer >= {lo}')
@@ -259,20 +261,84 @@ def set_rng_state(state):  # a dict from `rng_state`
     torch.set_rng_state(state['torch'])
     if state['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
-def save_checkpoint(state, path):  # dict of tensors and primitive containers; destination file
-    "`torch.save` to a temporary name, then rename onto `path`."
-    with atomic_path(path) as tmp: torch.save(state, tmp)
+CHECKPOINT_FORMAT = 'har-kit-checkpoint/2'  # the tag of a hashed checkpoint file
+
+def save_checkpoint(state,  # dict of tensors and primitive containers
+                    path):  # destination file
+    "Serialise `state`, store it beside its SHA-256 and a format tag; write to a temporary name, then rename."
+    buf = io.BytesIO(); torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapped = dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
+                   payload=torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    with atomic_path(path) as tmp: torch.save(wrapped, tmp)
     return Path(path)
 
-def load_checkpoint(path, map_location='cpu'):  # a file written by `save_checkpoint`
-    "Load a checkpoint with `torch.load(..., weights_only=True)`; errors name the file."
+def load_checkpoint(path,                # a file written by `save_checkpoint`
+                    map_location='cpu'): # device of the loaded tensors
+    "Check the content hash, then load with `torch.load(..., weights_only=True)`; every error names the file."
     path = Path(path)
     if not path.exists(): raise KitError(f'{path}: checkpoint not found')
-    try: return torch.load(path, map_location=map_location, weights_only=True)
+    fix = 'delete it (or pass resume=False) to start over'
+    try: outer = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise KitError(f'{path}: cannot load checkpoint ({type(e).__name__}: {e}); delete it to start over') from None
+        raise KitError(f'{path}: cannot load checkpoint, the file is damaged ({type(e).__name__}: {e}); {fix}') from None
+    if not (isinstance(outer, dict) and outer.get('format') == CHECKPOINT_FORMAT):
+        raise KitError(f'{path}: not a {CHECKPOINT_FORMAT} file (no content hash: an older har-kit or another program '
+                       f'wrote it); {fix}')
+    payload = outer['payload'].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != outer['sha256']:
+        raise KitError(f'{path}: content hash mismatch, the checkpoint is corrupted; {fix}')
+    try: return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise KitError(f'{path}: cannot load checkpoint ({type(e).__name__}: {e}); {fix}') from None
 
 # %% ../nbs/00d_engine.ipynb #c031
+_RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume')  # config fields a resume may change
+
+def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
+
+def check_identity(ck,           # a loaded checkpoint dict (with 'config' and 'params')
+                   cfg,          # the TrainConfig of this run
+                   params,       # this run's own parameters (JSON-able dict) or None
+                   path):        # the checkpoint's file, for the message
+    "Refuse a checkpoint written with another config or other run parameters."
+    saved, fix = ck.get('config', {}), 'use a new run_dir, or set resume=False to start over'
+    diff = [f'{k}: {saved[k]!r} -> {v!r}' for k, v in cfg.to_dict().items()
+            if k in saved and k not in _RESUME_FREE and saved[k] != v]
+    if diff: raise KitError(f'{path} was written with another config ({", ".join(diff)}): {fix}')
+    old, new, absent = _canon(ck.get('params')), _canon(params), '<absent>'
+    diff = [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}' for k in sorted(set(old) | set(new))
+            if old.get(k, absent) != new.get(k, absent)]
+    if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
+
+def _any_process(flag, device):
+    "The sum over processes of a local count (every process gets the same answer, so they stop together)."
+    t = torch.tensor([float(flag)], device=device)
+    if _world()[1] > 1: dist.all_reduce(t)
+    return t.item()
+
+def _check_loss(loss, parts, epoch, step, lr, device, limit):  # limit: divergence bound or None
+    "Stop when a step's loss is non-finite or above `limit`, naming the epoch, step and loss parts."
+    v = loss.detach().float()
+    finite = bool(torch.isfinite(v).all())
+    code = 0 if finite and (limit is None or float(v) <= limit) else (1 if finite else 2)
+    if _any_process(code, device) > 0:
+        desc = ', '.join(f'{k}={float(v.detach() if torch.is_tensor(v) else v):.4g}' for k, v in parts.items()
+                         if not torch.is_tensor(v) or v.numel() == 1)
+        what = 'non-finite loss' if code != 1 else f'diverged loss (above {limit:.4g} = max_loss_ratio x the first loss)'
+        raise KitError(f'{what} at epoch {epoch}, step {step} ({desc or "on another process"}): lower the learning '
+                       f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
+                       f'nothing of epoch {epoch} is saved')
+
+def _check_state(model, epoch, device):
+    "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if _any_process(len(bad), device) > 0:
+        names = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '') or "another process's tensors"
+        raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
+                       'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
+
+# %% ../nbs/00d_engine.ipynb #c033
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -290,16 +356,7 @@ def write_history(history, run_dir):  # list of per-epoch dicts; directory
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
-def _check_finite(loss, parts, epoch, step, lr, device):
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=device)
-    if _world()[1] > 1: dist.all_reduce(bad)  # every process stops together
-    if bad.item() > 0:
-        desc = ', '.join(f'{k}={float(v.detach() if torch.is_tensor(v) else v):.4g}' for k, v in parts.items()
-                         if not torch.is_tensor(v) or v.numel() == 1)
-        raise KitError(f'non-finite loss at epoch {epoch}, step {step} ({desc or "on another process"}): lower the '
-                       f'learning rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch')
-
-def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch):
+def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
     sums, count = {}, 0
     bar = tqdm(loader, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, disable=not (cfg.progress and is_main_process()))
@@ -309,7 +366,10 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch):
             parts = criterion(net(batch['image']), batch)
         if not isinstance(parts, dict) or 'loss' not in parts:
             raise KitError("the criterion must return a dict with 'loss' (CONTRIBUTING.md, Models)")
-        _check_finite(parts['loss'], parts, epoch, step, optimizer.param_groups[-1]['lr'], device)
+        first = guard.get('first_loss')
+        limit = cfg.max_loss_ratio * max(first, 1.0) if cfg.max_loss_ratio > 0 and first is not None else None
+        _check_loss(parts['loss'], parts, epoch, step, optimizer.param_groups[-1]['lr'], device, limit)
+        if first is None: guard['first_loss'] = float(parts['loss'].detach())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts['loss'].float()).backward()
         if cfg.grad_clip > 0:
@@ -332,19 +392,15 @@ def _monitor(rec, cfg):
         if k in rec: return True, rec[k]
     return False, None
 
-def _restore(ck, model, optimizer, scheduler, scaler, cfg, path):
-    saved = ck.get('config', {})
-    diff = [k for k, v in cfg.to_dict().items()
-            if k in saved and k not in ('epochs', 'device', 'progress', 'log_every', 'resume') and saved[k] != v]
-    if diff: raise KitError(f'{path} was written with another config ({", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in diff)}): '
-                            'use a new run_dir, or delete the checkpoint (or set resume=False) to start over')
+def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
+    check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
     if scheduler is not None and ck['scheduler']: scheduler.load_state_dict(ck['scheduler'])
     if ck['scaler']: scaler.load_state_dict(ck['scaler'])
     rank, world = _world()
     if len(ck['rng']) == world: set_rng_state(ck['rng'][rank])
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
-    return ck['epoch'], list(ck['history']), ck['best']
+    return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
 
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
         criterion,        # (out, batch) -> {'loss': scalar, **parts}
@@ -352,7 +408,8 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         config,           # a TrainConfig, or a dict of its fields
         run_dir,          # checkpoints/, history.json and history.csv go here
         val_loader=None,  # optional DataLoader evaluated after every epoch
-        evaluate=None):   # optional (scores, labels) -> dict of metrics, recorded as val_<name>
+        evaluate=None,    # optional (scores, labels) -> dict of metrics, recorded as val_<name>
+        params=None):     # the caller's run parameters (JSON-able dict), stored in checkpoints and checked on resume
     "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
@@ -366,16 +423,19 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, cfg); scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16')
-    start, history, best = 0, [], None
+    start, history, best, guard = 0, [], None, {}
     if cfg.resume and (ckdir/'last.pt').exists():
-        start, history, best = _restore(load_checkpoint(ckdir/'last.pt', device), model, optimizer, scheduler, scaler, cfg, ckdir/'last.pt')
+        start, history, best, guard = _restore(load_checkpoint(ckdir/'last.pt', device), model, optimizer, scheduler,
+                                               scaler, cfg, params, ckdir/'last.pt')
+    elif rank == 0:  # a fresh start: no checkpoint of an earlier run may be taken for this one's
+        for f in ('last.pt', 'best.pt'): (ckdir/f).unlink(missing_ok=True)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=cfg.find_unused_parameters)
     loader = shard_loader(train_loader, cfg.seed)
     for epoch in range(start + 1, cfg.epochs + 1):
         set_epoch(loader, cfg.seed, epoch)
         rec = dict(epoch=epoch, lr=optimizer.param_groups[-1]['lr'])
-        rec.update(_train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch))
+        rec.update(_train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard))
         if val_loader is not None:
             res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
             if res['loss'] is not None: rec['val_loss'] = res['loss']
@@ -391,36 +451,40 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         improved = val_loader is None or (value is not None and (best is None or best['value'] is None or
                                           (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
         if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
+        _check_state(model, epoch, device)
         history.append(rec)
         rngs = [rng_state()]
         if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state())
         if rank == 0:
             weights = model.state_dict()
-            if improved: save_checkpoint(dict(epoch=epoch, model=weights, best=best), ckdir/'best.pt')
+            ident = dict(config=cfg.to_dict(), params=_canon(params))
+            if improved: save_checkpoint(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')
             save_checkpoint(dict(epoch=epoch, model=weights, optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict() if scheduler is not None else {},
                                  scaler=scaler.state_dict() if scaler.is_enabled() else {}, rng=rngs, history=history,
-                                 best=best, config=cfg.to_dict(), world_size=world), ckdir/'last.pt')
+                                 best=best, world_size=world, first_loss=guard.get('first_loss'), **ident), ckdir/'last.pt')
             write_history(history, run_dir)
         if world > 1: dist.barrier()
     return history
 
-# %% ../nbs/00d_engine.ipynb #c040
+# %% ../nbs/00d_engine.ipynb #c042
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}
                config,           # a TrainConfig or a dict of its fields
                run_dir,          # where checkpoints and history go
                metric_fn,        # (scores, labels) -> dict of metrics; also the per-epoch `evaluate`
-               use_best=True):   # evaluate best.pt (True) or the last epoch's weights
+               use_best=True,    # evaluate best.pt (True) or the last epoch's weights
+               params=None):     # the caller's run parameters, checked against the checkpoints (see `fit`)
     "Fit on loaders['train'], reload best.pt, evaluate every other loader: {'metrics', 'history', 'predictions', 'epoch'}."
     if 'train' not in loaders: raise KitError(f"loaders needs a 'train' DataLoader; got keys {sorted(loaders)}")
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
-    history = fit(model, criterion, loaders['train'], cfg, run_dir, loaders.get('val'), metric_fn)
+    history = fit(model, criterion, loaders['train'], cfg, run_dir, loaders.get('val'), metric_fn, params)
     device, ck = setup_device(cfg.device), Path(run_dir)/'checkpoints'/'best.pt'
     epoch = history[-1]['epoch'] if history else 0
     if use_best and ck.exists():
-        best = load_checkpoint(ck, device); model.load_state_dict(best['model']); epoch = best['epoch']
+        best = load_checkpoint(ck, device); check_identity(best, cfg, params, ck)
+        model.load_state_dict(best['model']); epoch = best['epoch']
     preds = {k: predict(model, ldr, device, cfg.amp, cfg.channels_last, cfg.progress) for k, ldr in loaders.items() if k != 'train'}
     metrics = {k: metric_fn(p['scores'], p['labels']) for k, p in preds.items()}
     return dict(metrics=metrics, history=history, predictions=preds, epoch=epoch)
