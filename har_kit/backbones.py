@@ -12,7 +12,7 @@ from torchvision.models import resnet as tvr
 from .core import KitError
 
 # %% auto #0
-__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resnet_taps']
+__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'resnet_taps']
 
 # %% ../nbs/00c_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -67,17 +67,30 @@ def taps_from_torchvision(net: torchvision.models.ResNet, arch: str = ''):  # an
     "Wrap an existing torchvision ResNet (e.g. one you fine-tuned) as `ResNetTaps`, sharing its modules."
     return ResNetTaps(*_split_torchvision(net), arch=arch)
 
+def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
+                    weights):    # None, 'DEFAULT', a member name ('IMAGENET1K_V1'), 'ResNet50_Weights.IMAGENET1K_V1' or the enum member
+    "The torchvision weights enum member that `weights` names for `arch` (None for None); nothing is downloaded."
+    if weights is None: return None
+    enum = torchvision.models.get_model_weights(arch)
+    if isinstance(weights, enum): return weights
+    name = str(weights).split('.')[-1] if isinstance(weights, str) else None
+    if name == 'DEFAULT': return enum.DEFAULT
+    if name in enum.__members__: return enum[name]
+    raise KitError(f'weights={weights!r} is not a {enum.__name__} weight: choose None, "DEFAULT" or one of '
+                   f'{", ".join(enum.__members__)} (the papers\' code loaded torchvision\'s original "IMAGENET1K_V1")')
+
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
-                weights=None,            # None, 'DEFAULT' or a torchvision weights name such as 'IMAGENET1K_V2'
+                weights=None,            # None, 'DEFAULT' or a torchvision weights name ('IMAGENET1K_V1', 'IMAGENET1K_V2')
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
     "Build a `ResNetTaps` backbone, asking torchvision for pretrained weights when `weights` is given."
     if arch in SMALL_ARCHES:
         if weights is not None:
             raise KitError(f'arch={arch!r} has no pretrained weights: pass weights=None, or use a torchvision arch '
-                           f'({", ".join(TORCHVISION_ARCHES)}) with weights="DEFAULT"')
+                           f'({", ".join(TORCHVISION_ARCHES)}) with weights="IMAGENET1K_V1"')
         stem, stages, channels = _small_resnet(*SMALL_ARCHES[arch])
     elif arch in TORCHVISION_ARCHES:
-        stem, stages, channels = _split_torchvision(torchvision.models.get_model(arch, weights=weights))
+        net = torchvision.models.get_model(arch, weights=resolve_weights(arch, weights))
+        stem, stages, channels = _split_torchvision(net)
     else:
         raise KitError(f'unknown arch {arch!r}: choose one of {", ".join(TORCHVISION_ARCHES + tuple(SMALL_ARCHES))}')
     if last_stride not in (1, 2): raise KitError(f'last_stride must be 1 or 2, got {last_stride!r}')
