@@ -22,8 +22,8 @@ from .losses import bce_loss, mask_loss, mixed_loss, pos_ratio, weighted_bce_los
 # %% auto #0
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'ASPECT', 'init_new_block', 'SelfMaskBlock',
            'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table',
-           'DaHarLoss', 'dahar_config', 'dahar_loaders', 'summarize_metrics', 'train_variant', 'predict_masks',
-           'mask_mass_on_target', 'plot_fig5']
+           'DaHarLoss', 'dahar_config', 'dahar_loaders', 'summarize_metrics', 'train_variant', 'save_variant_model',
+           'predict_masks', 'mask_mass_on_target', 'plot_fig5']
 
 # %% ../nbs/03_dahar.ipynb #c006
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -394,7 +394,25 @@ def train_variant(name: str,                   # a key of VARIANTS
     metrics.update(params_M=count_params(model) / 1e6, epochs=res['epoch'],
                    final_train_loss=res['history'][-1].get('loss') if res['history'] else None,
                    seconds=round(time.time() - t0, 2))
+    metrics['model_file'] = save_variant_model(run_dir, model, model_kwargs, data, scale, res['predictions'].get('val')).name
     return dict(model=model, metrics=metrics, history=res['history'], loaders=loaders, seconds=metrics['seconds'])
+
+def save_variant_model(run_dir,                # the variant's directory: <run_dir>/model.pt is written
+                       model,                  # the trained DaHar
+                       model_kwargs: dict,     # dahar_variant's keyword arguments (JSON values) that rebuild it
+                       data,                   # har_kit.data.AttributeData it was trained on (attribute names, kind)
+                       scale: float,           # input-size factor of the run
+                       val=None):              # engine predictions on the val split ({'scores', 'labels'}) or None
+    "Save the self-describing `model.pt` (har_kit.predict.save_model): builder, kwargs, attributes, the Full input size, thresholds."
+    from har_kit.data import IMAGENET_MEAN, IMAGENET_STD
+    from har_kit.metrics import choose_thresholds
+    from har_kit.predict import save_model
+    aspect = ASPECT.get(data.name, 1)
+    size = (max(1, round(256 * scale)), max(1, round(256 / aspect * scale)))   # the "Full" evaluation resize
+    th = choose_thresholds(val['scores'], val['labels'])['thresholds'] if val is not None else None
+    return save_model(Path(run_dir)/'model.pt', model, builder='har_kit.dahar:dahar_variant', kwargs=model_kwargs,
+                      attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
 # %% ../nbs/03_dahar.ipynb #c043
 @torch.no_grad()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_engine.ipynb #c002
 from __future__ import annotations
-import atexit, contextlib, csv, dataclasses, hashlib, io, json, math, os, random, warnings
+import atexit, contextlib, csv, dataclasses, datetime, hashlib, io, json, math, os, random, warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,16 @@ def is_main_process():
     "True on rank 0 and outside torchrun: the process that writes files."
     return (_world()[0] if dist.is_available() and dist.is_initialized() else dist_env()[0]) == 0
 
+def _teardown(timeout_s=120):  # seconds to wait for the other processes
+    "At exit: meet every process at a barrier, then end the group (one that exits first would cut the others' links)."
+    if not (dist.is_available() and dist.is_initialized()): return
+    try:
+        if dist.get_backend() == 'gloo': dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else: dist.barrier()
+    except Exception as e:  # another process died: its own error says why; still end this one's group
+        warnings.warn(f'process group teardown: not every process reached the exit barrier ({type(e).__name__}: {e})')
+    dist.destroy_process_group()
+
 def setup_device(device='auto'):  # a `TrainConfig.device` value
     "Resolve the device; under torchrun (WORLD_SIZE > 1) also start the process group (nccl on CUDA, gloo on CPU)."
     rank, world, local = dist_env()
@@ -110,7 +120,7 @@ def setup_device(device='auto'):  # a `TrainConfig.device` value
         if dev.type == 'cuda': dev = torch.device('cuda', local); torch.cuda.set_device(dev)
         if not dist.is_initialized():
             dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-            atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+            atexit.register(_teardown)
     return dev
 
 # %% ../nbs/00d_engine.ipynb #c015

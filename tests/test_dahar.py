@@ -32,6 +32,12 @@ def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
     assert set(m['ap_full']) == set(wider.attributes)
     assert math.isfinite(m['final_train_loss']) and m['epochs'] == 1
     assert (tmp_path/name/'checkpoints'/'last.pt').exists()
+    from har_kit.predict import load_model
+    loaded = load_model(tmp_path/name/'model.pt')   # rebuilt from builder + JSON kwargs, same outputs
+    assert loaded.attributes == list(wider.attributes) and len(loaded.thresholds) == len(wider.attributes)
+    x = torch.randn(2, 3, *loaded.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x)['logits'], res['model'].eval().cpu()(x)['logits'])
     assert 'val' in res['loaders'] and res['loaders']['crops'].dataset.transform is not None
     # the loader for the five-crop protocol yields (N, 5, 3, H, W)
     assert next(iter(res['loaders']['crops']))['image'].dim() == 5
