@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .core import UNSPECIFIED, KitError, get_device, seed_everything
+from .core import UNSPECIFIED, KitError, atomic_path, get_device, seed_everything
 from .backbones import resnet_taps
 from .metrics import dataset_metric, metrics_by_distraction
 from .bench import complexity, count_params, format_table, plain_baseline
@@ -23,7 +23,7 @@ from .losses import bce_loss, mask_loss, mixed_loss, pos_ratio, weighted_bce_los
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'ASPECT', 'init_new_block', 'SelfMaskBlock',
            'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table',
            'DaHarLoss', 'dahar_config', 'dahar_loaders', 'summarize_metrics', 'train_variant', 'save_variant_model',
-           'predict_masks', 'mask_mass_on_target', 'plot_fig5']
+           'target_mass', 'mass_by_level', 'predict_masks', 'mask_mass_on_target', 'plot_fig5']
 
 # %% ../nbs/03_dahar.ipynb #c006
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -391,6 +391,11 @@ def train_variant(name: str,                   # a key of VARIANTS
     levels = [s.meta.get('distractors') for s in data.split(eval_split)]
     if any(l is not None for l in levels):
         metrics['by_distractors'] = metrics_by_distraction(data.name, full['scores'], full['labels'], levels)
+        if all(s.mask is not None for s in data.split(eval_split)):   # where the maps look, per level (issue 17)
+            from har_kit.data import dahar_transforms, make_loader
+            ml = make_loader(data.split(eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), scale), batch_size,
+                             False, with_mask=True, num_workers=num_workers)
+            metrics['target_mass_by_distractors'] = mass_by_level(target_mass(model, ml, next(model.parameters()).device), levels)
     metrics.update(params_M=count_params(model) / 1e6, epochs=res['epoch'],
                    final_train_loss=res['history'][-1].get('loss') if res['history'] else None,
                    seconds=round(time.time() - t0, 2))
@@ -414,7 +419,38 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                       attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
-# %% ../nbs/03_dahar.ipynb #c043
+# %% ../nbs/03_dahar.ipynb #c038
+def _share(m, g):  # (N, K, h, w) non-negative maps; (N, 1, H, W) person masks
+    "Per image, the share of the maps' mass on the person (mean over the K maps)."
+    g = F.adaptive_avg_pool2d(g.float(), m.shape[-2:]).to(m.device)
+    return ((m.float() * g).flatten(2).sum(-1) / m.float().flatten(2).sum(-1).clamp_min(1e-8)).mean(1).cpu()
+
+@torch.no_grad()
+def target_mass(model,                         # a DaHar variant
+                loader,                        # DataLoader whose 4-D batches carry 'mask' (with_mask=True)
+                device='cpu'):                 # device to run on
+    "Per image: shares of mass on the target of the mask branch ('mask'), attention ('attention'), last self-mask, and 'chance'."
+    model.eval().to(device)
+    rows = dict(mask=[], attention=[], self_mask=[], chance=[])
+    for b in loader:
+        if 'mask' not in b: raise KitError("target_mass: the loader's batches have no 'mask': build it with with_mask=True")
+        out, g = model(b['image'].to(device)), b['mask'].float()
+        if 'mask_logits' in out: rows['mask'].append(_share(torch.sigmoid(out['mask_logits']), g))
+        rows['attention'].append(_share(out['attention'], g))
+        if out['self_masks']: rows['self_mask'].append(_share(out['self_masks'][-1], g))
+        rows['chance'].append(g.flatten(1).mean(1))
+    return {k: torch.cat(v).numpy() for k, v in rows.items() if v}
+
+def mass_by_level(shares: dict,                # from target_mass: name -> (N,) shares
+                  levels,                      # (N,) distraction level per image (None: unknown, skipped)
+                  cap: int = 3):               # levels >= cap share one bin
+    "Mean share per distraction bin, JSON-able: {'0': {'n': .., 'attention': .., 'mask': .., ...}, ...}."
+    from har_kit.metrics import distraction_bin
+    bins = np.array([distraction_bin(l, cap) for l in levels])
+    return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
+            for b in sorted(set(bins) - {'unknown'})}
+
+# %% ../nbs/03_dahar.ipynb #c046
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -436,7 +472,7 @@ def mask_mass_on_target(pred, gt):            # (N, 1, h, w) predicted masks in 
     if pred.shape != gt.shape: raise KitError(f'mask_mass_on_target: pred {tuple(pred.shape)} and gt {tuple(gt.shape)} differ')
     return ((pred * gt).flatten(1).sum(1) / pred.flatten(1).sum(1).clamp_min(1e-8)).numpy()
 
-# %% ../nbs/03_dahar.ipynb #c045
+# %% ../nbs/03_dahar.ipynb #c048
 def plot_fig5(images, gt, without, with_,      # (K, 3, H, W) normalised images; (K, 1, h, w) person masks; masks w/o and with supervision
               titles=None):                    # optional list of K row titles (e.g. distraction levels)
     "Fig. 5 analogue: rows of (input, person mask, mask w/o and with supervision, each contrast-stretched); returns the figure."

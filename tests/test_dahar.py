@@ -146,3 +146,7 @@ def test_notebook_runs_as_a_har_kit_run(tmp_path):
         assert 0 <= m[v]['mAP_full'] <= 1 and 0 <= m[v]['mAP_crops'] <= 1
         assert (out/v/'checkpoints'/'last.pt').exists()
     assert m['_meta']['dataset'] == 'wider' and m['_meta']['synthetic'] and (out/'done').exists()
+    tm = m['dahar']['target_mass_by_distractors']   # where the maps look, per distraction level (JSON in metrics.json)
+    assert tm and all(r['n'] > 0 and 0 <= r['attention'] <= 1 and 0 <= r['mask'] <= 1 and 0 < r['chance'] < 1 for r in tm.values())
+    assert 'mask' not in next(iter(m['baseline']['target_mass_by_distractors'].values()))
+    assert (out/'dahar'/'model.pt').exists() and m['_meta']['partition'] is None
