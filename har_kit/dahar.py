@@ -255,7 +255,7 @@ def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
     with torch.device('meta'):
         return {r: {v: count_params(dahar_variant(v, num_attributes, arch, reading=r)) / 1e6 for v in names} for r in READINGS}
 
-# %% ../nbs/03_dahar.ipynb #c032
+# %% ../nbs/03_dahar.ipynb #c033
 LOSSES = ('bce', 'weighted', 'mixed')
 
 class DaHarLoss(nn.Module):
@@ -303,7 +303,7 @@ class DaHarLoss(nn.Module):
             res['mask'] = ml.detach()
         return res
 
-# %% ../nbs/03_dahar.ipynb #c036
+# %% ../nbs/03_dahar.ipynb #c037
 ASPECT = {'wider': 1, 'rap': 2, 'pa100k': 2}  # height / width of the network input per dataset kind (RAP: 2)
 
 def dahar_config(epochs: int = 30,             # training epochs (not given in the paper)
@@ -419,7 +419,7 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                       attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
-# %% ../nbs/03_dahar.ipynb #c038
+# %% ../nbs/03_dahar.ipynb #c039
 def _share(m, g):  # (N, K, h, w) non-negative maps; (N, 1, H, W) person masks
     "Per image, the share of the maps' mass on the person (mean over the K maps)."
     g = F.adaptive_avg_pool2d(g.float(), m.shape[-2:]).to(m.device)
@@ -450,7 +450,7 @@ def mass_by_level(shares: dict,                # from target_mass: name -> (N,) 
     return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
             for b in sorted(set(bins) - {'unknown'})}
 
-# %% ../nbs/03_dahar.ipynb #c046
+# %% ../nbs/03_dahar.ipynb #c048
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -472,7 +472,7 @@ def mask_mass_on_target(pred, gt):            # (N, 1, h, w) predicted masks in 
     if pred.shape != gt.shape: raise KitError(f'mask_mass_on_target: pred {tuple(pred.shape)} and gt {tuple(gt.shape)} differ')
     return ((pred * gt).flatten(1).sum(1) / pred.flatten(1).sum(1).clamp_min(1e-8)).numpy()
 
-# %% ../nbs/03_dahar.ipynb #c048
+# %% ../nbs/03_dahar.ipynb #c050
 def plot_fig5(images, gt, without, with_,      # (K, 3, H, W) normalised images; (K, 1, h, w) person masks; masks w/o and with supervision
               titles=None):                    # optional list of K row titles (e.g. distraction levels)
     "Fig. 5 analogue: rows of (input, person mask, mask w/o and with supervision, each contrast-stretched); returns the figure."

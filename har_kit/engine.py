@@ -348,7 +348,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/00d_engine.ipynb #c033
+# %% ../nbs/00d_engine.ipynb #c034
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -477,7 +477,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         if world > 1: dist.barrier()
     return history
 
-# %% ../nbs/00d_engine.ipynb #c042
+# %% ../nbs/00d_engine.ipynb #c043
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}
