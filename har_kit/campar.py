@@ -72,19 +72,25 @@ class MCAFusion(nn.Module):
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
                  out_channels: int | None = None,  # projection width; None = in_channels[-1] (the thesis's change)
                  latent: int | None = None,        # width of the shared latent vector V; None = min(in_channels)
-                 fuse_at: str = 'shallowest'):     # common resolution: 'shallowest' (finest) or 'deepest' map
+                 fuse_at: str = 'shallowest',      # common resolution: 'shallowest' (finest) or 'deepest' map
+                 project_deepest: bool = True):    # 1x1 conv on the deepest stage too; False: BN + ReLU only (public code)
         super().__init__()
         if fuse_at not in ('shallowest', 'deepest'):
             raise KitError(f"fuse_at={fuse_at!r}: use 'shallowest' or 'deepest'")
-        self.in_channels, self.fuse_at = list(in_channels), fuse_at
+        self.in_channels, self.fuse_at, self.project_deepest = list(in_channels), fuse_at, project_deepest
         self.out_channels = out_channels or self.in_channels[-1]
+        if not project_deepest and self.out_channels != self.in_channels[-1]:
+            raise KitError(f'project_deepest=False keeps the deepest stage at its {self.in_channels[-1]} channels: '
+                           f'out_channels={self.out_channels} needs project_deepest=True')
         self.latent = latent or min(self.in_channels)
         L, O = self.latent, self.out_channels
         self.squeeze = nn.ModuleList(nn.Sequential(nn.Conv2d(c, L, 1), nn.BatchNorm2d(L), nn.ReLU(inplace=True))
                                      for c in self.in_channels)
         self.gate = nn.ModuleList(nn.Conv2d(L, c, 1) for c in self.in_channels)
         self.project = nn.ModuleList(nn.Sequential(nn.Conv2d(c, O, 1, bias=False), nn.BatchNorm2d(O), nn.ReLU(inplace=True))
-                                     for c in self.in_channels)
+                                     if project_deepest or i < len(self.in_channels) - 1 else
+                                     nn.Sequential(nn.BatchNorm2d(O), nn.ReLU(inplace=True))
+                                     for i, c in enumerate(self.in_channels))
 
     def forward(self, feats: list[torch.Tensor]):  # stage maps, shallow to deep
         if len(feats) != len(self.in_channels):
@@ -157,7 +163,8 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                    logit_bn: bool = False,    # BatchNorm1d on the logits ([15])
                    predict: str = 'specific', # `logits` of the CAM variants: 'specific', 'shared', 'mean'
                    fuse_at: str = 'shallowest',  # MCA common resolution
-                   latent: int | None = None,    # MCA latent width (None = shallowest fused stage's width)
+                   latent: int | None = None,    # MCA latent width (None = shallowest fused stage's width; SPOL/public code 128)
+                   project_deepest: bool = True, # MCA: 1x1 conv on c5 too; False: BN + ReLU only (public code)
                    detach_cam: bool = False,     # stop gradients through the CAM
                    last_stride: int = 2):        # 1 = finer c5 (not used by the thesis)
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `save_build_params`)."
@@ -167,12 +174,12 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
         raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
     v = VARIANTS[name]
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
-    fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at) if v['fusion'] else None
+    fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest) if v['fusion'] else None
     model = CamParNet(backbone, num_attributes, cam=v['cam'], fusion=fusion, logit_bn=logit_bn,
                       predict=predict, detach_cam=detach_cam)
     model.build_params = dict(variant=name, num_attributes=num_attributes, arch=arch, logit_bn=logit_bn,
                               predict=predict, fuse_at=fuse_at, latent=latent, detach_cam=detach_cam,
-                              last_stride=last_stride)
+                              last_stride=last_stride, project_deepest=project_deepest)
     return model
 
 # %% ../nbs/04_campar.ipynb #c028
