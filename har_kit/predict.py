@@ -4,18 +4,22 @@
 
 # %% ../nbs/09_predict.ipynb #c002
 from __future__ import annotations
-import dataclasses, datetime, hashlib, importlib, json, math, struct
+import argparse, contextlib, csv, dataclasses, datetime, glob, hashlib, importlib, io, json, sys, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from .core import KitError, atomic_path
+from .core import KitError, atomic_path, atomic_write, get_device, save_json
+from .metrics import THRESHOLD_RULES, apply_threshold, check_threshold
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'model_digest', 'save_model', 'LoadedModel', 'find_model_file', 'read_model_file',
-           'check_attributes', 'load_model']
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'IMAGE_SUFFIXES', 'model_digest', 'save_model', 'LoadedModel', 'find_model_file',
+           'read_model_file', 'check_attributes', 'load_model', 'resolve_thresholds', 'collect_images', 'read_image',
+           'check_images', 'preprocess', 'Predictor', 'write_predictions', 'format_record']
 
 # %% ../nbs/09_predict.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -217,3 +221,163 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     th = meta.get('thresholds')
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),
                        tuple(meta['std']), None if th is None else np.asarray(th, float), meta, extra, path)
+
+# %% ../nbs/09_predict.ipynb #c019
+def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
+    "Per-attribute thresholds from a file, in the model's attribute order."
+    try:
+        text = Path(path).read_text(encoding='utf-8')
+        table = (json.loads(text) if Path(path).suffix.lower() == '.json' else
+                 {r['attribute']: r['threshold'] for r in csv.DictReader(io.StringIO(text))})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise KitError(f'{path}: cannot read thresholds ({type(e).__name__}: {e}); write JSON {{"attribute": threshold}} '
+                       'or a CSV with columns attribute,threshold') from None
+    if not isinstance(table, dict): raise KitError(f'{path}: expected a JSON object {{"attribute": threshold, ...}}')
+    missing, unknown = [n for n in names if n not in table], [n for n in table if n not in names]
+    if missing or unknown:
+        raise KitError(f'{path}: thresholds must name every model attribute exactly once; missing {missing[:5]}, '
+                       f'unknown {unknown[:5]}')
+    try: t = np.array([float(table[n]) for n in names])
+    except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
+    return t
+
+def resolve_thresholds(spec,                 # None, a number, 'val', or a JSON/CSV file of per-attribute thresholds
+                       model: LoadedModel):  # the loaded model (names; stored val thresholds)
+    "One threshold per attribute (C,) and a description of where it came from."
+    names, C = model.attributes, len(model.attributes)
+    if spec is None: spec = 0.5
+    if isinstance(spec, str) and spec.strip().lower() == 'val':
+        if model.thresholds is None:
+            raise KitError(f"{model.path}: threshold 'val' but the model stores no validation thresholds (trained "
+                           'without a validation split); pass a number or a file')
+        t, what = np.asarray(model.thresholds, float), 'val (per-attribute, chosen on the validation split)'
+    elif isinstance(spec, (str, Path)) and not _is_number(spec):
+        if not Path(spec).is_file(): raise KitError(f"threshold {spec!r}: not a number, 'val' or an existing file")
+        t, what = _threshold_file(spec, names), f'per-attribute from {spec}'
+    else:
+        t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
+    if not np.all((t >= 0) & (t <= 1)): raise KitError(f'threshold {spec!r}: thresholds must lie in [0, 1]')
+    return t, what
+
+def _is_number(x):
+    try: float(x); return True
+    except (TypeError, ValueError): return False
+
+# %% ../nbs/09_predict.ipynb #c022
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+def collect_images(specs):  # file paths, folders and glob patterns
+    "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
+    out = []
+    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
+        p = Path(spec)
+        if p.is_file(): found = [p]
+        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif any(c in str(spec) for c in '*?['):
+            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        else: raise KitError(f'{spec}: no such image file or folder')
+        if not found: raise KitError(f'{spec}: matches no image ({", ".join(IMAGE_SUFFIXES)})')
+        out += found
+    return list(dict.fromkeys(out))
+
+def read_image(path):  # an image file
+    "Decode an image to (H, W, 3) uint8 RGB; 16/32-bit greyscale scaled from its range; errors name the file."
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+                a = np.asarray(im, np.float64)
+                top = 65535. if im.mode.startswith('I;16') else max(float(a.max()), 1.)
+                return np.repeat((np.clip(a / top, 0, 1) * 255 + .5).astype(np.uint8)[..., None], 3, 2)
+            return np.asarray(im.convert('RGB'))
+    except (OSError, ValueError, UnidentifiedImageError) as e:
+        raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e})') from None
+
+def check_images(paths):  # image files
+    "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
+    from PIL import Image
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im: im.size
+        except Exception as e: bad.append(f'{p} ({type(e).__name__})')
+    if bad: raise KitError(f'{len(bad)} of {len(paths)} images cannot be read: {"; ".join(bad[:5])}'
+                           + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
+    return list(paths)
+
+def preprocess(image,         # (H, W, 3) uint8 RGB
+               input_size,    # network input (height, width)
+               mean, std):    # per-channel normalisation
+    "Resize (bilinear, antialiased) and normalise one image into a (3, h, w) float tensor, as the sections' evaluation transform."
+    from torchvision.transforms import v2
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    x = v2.functional.resize(x, list(input_size), antialias=True).float() / 255
+    return v2.functional.normalize(x, list(mean), list(std))
+
+# %% ../nbs/09_predict.ipynb #c025
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
+    def __len__(self): return len(self.paths)
+    def __getitem__(self, i): return preprocess(read_image(self.paths[i]), self.size, self.mean, self.std)
+
+class Predictor:
+    "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
+    def __init__(self, model,               # a model file / run directory, or a `LoadedModel`
+                 threshold=0.5,             # 0.5, a number, 'val' or a per-attribute file (see `resolve_thresholds`)
+                 device='auto',             # 'auto', 'cpu', 'cuda', ...
+                 batch_size: int = 16,      # images per forward pass
+                 variant=None,              # variant inside a run directory
+                 trusted=()):               # further packages whose builders may be called (see `load_model`)
+        self.device = get_device(device)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, trusted=trusted)
+        self.model = self.loaded.model.to(self.device).eval()
+        self.attributes = self.loaded.attributes
+        self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded)
+        if not (isinstance(batch_size, int) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
+        self.batch_size = batch_size
+
+    def tensor(self, images):  # list of paths or (H, W, 3) uint8 arrays
+        "The preprocessed batch (N, 3, h, w)."
+        lm = self.loaded
+        return torch.stack([preprocess(read_image(i) if isinstance(i, (str, Path)) else np.asarray(i), lm.input_size, lm.mean, lm.std)
+                            for i in images])
+
+    @torch.no_grad()
+    def probabilities(self, images, progress=False):  # paths (files, folders, globs) or (H, W, 3) uint8 arrays
+        "(N, C) sigmoid probabilities, in the order of `images`."
+        if all(isinstance(i, (str, Path)) for i in images):
+            lm = self.loaded
+            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
+            batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
+        else: batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
+        out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
+
+    def predict(self, images, progress=True):  # files, folders and globs (or arrays)
+        "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
+        paths = check_images(collect_images(images)) if all(isinstance(i, (str, Path)) for i in images) else list(images)
+        probs = self.probabilities(paths, progress)
+        dec = apply_threshold(probs, self.thresholds, '>=')
+        return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
+                     predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
+                     probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
+                for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
+
+# %% ../nbs/09_predict.ipynb #c026
+def write_predictions(records,          # `Predictor.predict` output
+                      predictor: Predictor,
+                      out_dir):         # folder for predictions.csv and predictions.json
+    "Write predictions.csv and predictions.json atomically; return their paths."
+    out_dir, names = Path(out_dir), predictor.attributes
+    with atomic_write(out_dir/'predictions.csv', newline='') as f:
+        w = csv.writer(f); w.writerow(['image', 'predicted', *names])
+        for r in records: w.writerow([r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)])
+    meta = dict(model=str(predictor.loaded.path), threshold=predictor.threshold_source, rule='>=',
+                thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names)
+    save_json(dict(**meta, images=records), out_dir/'predictions.json')
+    return out_dir/'predictions.csv', out_dir/'predictions.json'
+
+def format_record(r, top=None):  # a record of `Predictor.predict`; at most this many names
+    "One printed line: the image and its predicted attributes with their probabilities."
+    names = r['predicted'][:top] if top else r['predicted']
+    return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
