@@ -17,9 +17,11 @@ from .core import KitError, atomic_path, atomic_write, get_device, save_json
 from .metrics import THRESHOLD_RULES, apply_threshold, check_threshold
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'IMAGE_SUFFIXES', 'model_digest', 'save_model', 'LoadedModel', 'find_model_file',
-           'read_model_file', 'check_attributes', 'load_model', 'resolve_thresholds', 'collect_images', 'read_image',
-           'check_images', 'preprocess', 'Predictor', 'write_predictions', 'format_record']
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'IMAGE_SUFFIXES', 'EXPORT_FORMATS', 'model_digest', 'save_model', 'LoadedModel',
+           'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'resolve_thresholds',
+           'collect_images', 'read_image', 'check_images', 'preprocess', 'Predictor', 'write_predictions',
+           'format_record', 'model_maps', 'plot_explanation', 'explain', 'ProbabilityModel', 'export_model', 'cli',
+           'export_cli']
 
 # %% ../nbs/09_predict.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -310,7 +312,7 @@ def preprocess(image,         # (H, W, 3) uint8 RGB
                mean, std):    # per-channel normalisation
     "Resize (bilinear, antialiased) and normalise one image into a (3, h, w) float tensor, as the sections' evaluation transform."
     from torchvision.transforms import v2
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)        # a copy: PIL arrays are read-only
     x = v2.functional.resize(x, list(input_size), antialias=True).float() / 255
     return v2.functional.normalize(x, list(mean), list(std))
 
@@ -381,3 +383,200 @@ def format_record(r, top=None):  # a record of `Predictor.predict`; at most this
     "One printed line: the image and its predicted attributes with their probabilities."
     names = r['predicted'][:top] if top else r['predicted']
     return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
+
+# %% ../nbs/09_predict.ipynb #c029
+@torch.no_grad()
+def model_maps(model, images):  # a contract model; (N, 3, h, w) preprocessed batch
+    "Logits and maps: per-attribute maps (N, C, h', w') with their kind, and global maps {name: (N, 1, h', w')}."
+    out = model(images)
+    per_attr, kind = None, None
+    if out.get('cam') is not None: per_attr, kind = out['cam'], 'CAM'
+    elif out.get('attention') is not None: per_attr, kind = out['attention'], 'attention'
+    elif hasattr(model, 'feature_map') and hasattr(model, 'classifier'):
+        from har_kit.campar import attribute_activation, class_activation_map
+        per_attr, kind = class_activation_map(attribute_activation(model.feature_map(images), model.classifier.weight)), 'CAM'
+    stages = list(getattr(model, 'self_masks', {}) or {})
+    glob_maps = {f'self-mask (stage {int(stages[i]) + 1 if i < len(stages) else i})': m
+                 for i, m in enumerate(out.get('self_masks') or [])}
+    if out.get('mask_logits') is not None: glob_maps['mask branch'] = torch.sigmoid(out['mask_logits'])
+    if per_attr is None and not glob_maps:
+        raise KitError(f'{type(model).__name__} returns no maps to explain (expected cam, attention, self_masks or mask_logits)')
+    return dict(logits=out['logits'], attribute_maps=per_attr, kind=kind, global_maps=glob_maps)
+
+def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None; panel title
+    ax.imshow(image)
+    if m is not None:
+        m = F.interpolate(m[None, None].float(), size=image.shape[:2], mode='bilinear', align_corners=False)[0, 0]
+        ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap='jet', alpha=.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8); ax.axis('off')
+
+# %% ../nbs/09_predict.ipynb #c030
+def plot_explanation(image,              # (H, W, 3) uint8: the network input shown under the maps
+                     maps: dict,         # `model_maps` output for this one image (tensors without the batch axis)
+                     probabilities,      # (C,) probabilities
+                     decisions,          # (C,) bool decisions
+                     attributes,         # names
+                     max_attributes=6,   # attribute panels at most (predicted ones, most probable first)
+                     title=None):        # figure title (e.g. the file name)
+    "One figure: the image, the global maps, then one labelled overlay per predicted attribute (top-3 when none)."
+    import matplotlib.pyplot as plt
+    order = [j for j in np.argsort(-probabilities) if decisions[j]][:max_attributes]
+    shown = order or list(np.argsort(-probabilities)[:3])
+    panels = [('input', None)] + list(maps['global_maps'].items())
+    if maps['attribute_maps'] is not None:
+        panels += [(f"{attributes[j]} {probabilities[j]:.2f}{'' if decisions[j] else ' (not predicted)'}\n{maps['kind']}",
+                    maps['attribute_maps'][j]) for j in shown]
+    ncols = min(len(panels), 5); nrows = -(-len(panels) // ncols)
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, (2.1 * h / w + .5) * nrows + .3), squeeze=False)
+    for ax, (name, m) in zip(axes.flat, panels): _overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name)
+    for ax in axes.flat[len(panels):]: ax.axis('off')
+    if title: fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) uint8
+    x = x.cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
+
+# %% ../nbs/09_predict.ipynb #c031
+def explain(predictor: Predictor,   # a Predictor (model, thresholds, device)
+            images,                 # files, folders, globs
+            out_dir,                # folder for one PNG per image
+            max_attributes=6,       # attribute panels per figure
+            progress=True):         # tqdm progress
+    "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths."
+    import matplotlib.pyplot as plt
+    paths, lm, out = check_images(collect_images(images)), predictor.loaded, []
+    for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
+        x = predictor.tensor([p]).to(predictor.device)
+        maps = model_maps(predictor.model, x)
+        probs = torch.sigmoid(maps['logits'].float())[0].cpu().numpy()
+        one = dict(kind=maps['kind'], attribute_maps=None if maps['attribute_maps'] is None else maps['attribute_maps'][0].cpu(),
+                   global_maps={k: v[0].cpu() for k, v in maps['global_maps'].items()})
+        fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
+                               lm.attributes, max_attributes, title=Path(p).name)
+        dest = Path(out_dir)/f'{i:04d}_{Path(p).stem}.png'
+        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110)
+        plt.close(fig); out.append(dest)
+    return out
+
+# %% ../nbs/09_predict.ipynb #c035
+class ProbabilityModel(nn.Module):
+    "Deployment wrapper: `images` (N, 3, h, w) normalised -> `probabilities` (N, C) = sigmoid(logits)."
+    def __init__(self, model: nn.Module):  # a contract model (returns {'logits': ...})
+        super().__init__(); self.model = model
+    def forward(self, images): return torch.sigmoid(self.model(images)['logits'])
+
+EXPORT_FORMATS = ('onnx', 'torchscript')
+
+def _sidecar(lm, fmt):  # LoadedModel; format
+    return dict(format=fmt, input='images', output='probabilities', attributes=lm.attributes,
+                input_size=list(lm.input_size), mean=list(lm.mean), std=list(lm.std), rule='>=',
+                thresholds=None if lm.thresholds is None else lm.thresholds.tolist(), source=str(lm.path),
+                builder=lm.meta['builder'], layout='NCHW float32, RGB in [0, 1] then (x - mean) / std')
+
+def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
+    "The exported model's probabilities on x (numpy), or None when onnxruntime is missing."
+    if fmt == 'torchscript': return torch.jit.load(str(path)).eval()(x).detach().numpy()
+    try: import onnxruntime as ort
+    except ImportError: return None
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    return sess.run(['probabilities'], {'images': x.numpy()})[0]
+
+# %% ../nbs/09_predict.ipynb #c036
+def _write_onnx(wrapper, x, tmp, meta):  # ProbabilityModel; example batch; temporary path; sidecar dict
+    import onnx
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(wrapper, (x,), str(tmp), input_names=['images'], output_names=['probabilities'], dynamo=True,
+                          external_data=False, dynamic_shapes={'images': {0: torch.export.Dim('batch')}}, verbose=False)
+    m = onnx.load(str(tmp))
+    onnx.helper.set_model_props(m, {'har_kit': json.dumps(meta)})
+    onnx.save(m, str(tmp))
+
+def _write_torchscript(wrapper, x, tmp, meta):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(wrapper, x)
+        torch.jit.save(traced, str(tmp), _extra_files={'har_kit.json': json.dumps(meta)})
+
+def export_model(model,                # model file / run dir, or a LoadedModel
+                 out,                  # destination file (.onnx / .pt)
+                 format='onnx',        # 'onnx' or 'torchscript'
+                 variant=None,         # variant inside a run directory
+                 tol=1e-4,             # largest allowed |exported - PyTorch| on the check batch
+                 trusted=()):          # further builder packages (see `load_model`)
+    "Export the probability wrapper (atomic, with a JSON sidecar) and check it against PyTorch; return a report dict."
+    if format not in EXPORT_FORMATS: raise KitError(f'format={format!r}: choose one of {EXPORT_FORMATS}')
+    lm = model if isinstance(model, LoadedModel) else load_model(model, variant, trusted=trusted)
+    wrapper, meta, out = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format), Path(out)
+    g = torch.Generator().manual_seed(0)
+    x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
+    with atomic_path(out) as tmp:
+        (_write_onnx if format == 'onnx' else _write_torchscript)(wrapper, x, tmp, meta)
+        with torch.no_grad(): ref = wrapper(x_check).numpy()
+        got = _run_exported(tmp, format, x_check)
+        diff = None if got is None else float(np.abs(got - ref).max())
+        if diff is not None and not diff <= tol:
+            raise KitError(f'{out}: the exported model differs from PyTorch by {diff:.3g} (> tol={tol}); not written')
+    save_json({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,
+                                     note=None if diff is not None else 'onnxruntime not installed: not checked')},
+              out.with_name(out.name + '.json'))
+    return dict(path=out, sidecar=out.with_name(out.name + '.json'), max_abs_diff=diff, format=format)
+
+# %% ../nbs/09_predict.ipynb #c039
+def _predict_parser():
+    ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '
+                                 '(<run_dir>/<variant>/model.pt).')
+    ap.add_argument('model', help='model file, variant directory or run directory')
+    ap.add_argument('images', nargs='+', help='image files, folders (searched recursively) or glob patterns')
+    ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
+    ap.add_argument('--threshold', default='0.5', help="0.5 (default), a number, 'val' (per-attribute thresholds "
+                    'chosen on the validation split, stored in the model) or a JSON/CSV file of per-attribute thresholds')
+    ap.add_argument('--out', default='predictions', help='folder for predictions.csv / .json (default ./predictions)')
+    ap.add_argument('--batch-size', type=int, default=16)
+    ap.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
+    ap.add_argument('--explain', action='store_true', help='also save, per image, the maps of where the model looked')
+    ap.add_argument('--max-attributes', type=int, default=6, help='attribute panels per explanation figure')
+    ap.add_argument('--top', type=int, default=None, help='print at most this many attributes per image')
+    ap.add_argument('--quiet', action='store_true', help='do not print one line per image')
+    return ap
+
+def cli(argv=None):  # arguments after `har-kit predict`
+    "Entry point of `har-kit predict`."
+    a = _predict_parser().parse_args(argv)
+    try:
+        pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant)
+        records = pred.predict(a.images, progress=not a.quiet)
+        if not a.quiet:
+            for r in records: print(format_record(r, a.top))
+        csv_path, json_path = write_predictions(records, pred, a.out)
+        print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
+        if a.explain:
+            pngs = explain(pred, a.images, Path(a.out)/'explain', a.max_attributes, progress=not a.quiet)
+            print(f'explanations: {len(pngs)} figures in {Path(a.out)/"explain"}')
+    except KitError as e:
+        print(f'har-kit predict: {e}', file=sys.stderr); return 2
+    return 0
+
+# %% ../nbs/09_predict.ipynb #c040
+def export_cli(argv=None):  # arguments after `har-kit export`
+    "Entry point of `har-kit export`."
+    ap = argparse.ArgumentParser(prog='har-kit export', description='Export a saved model (probabilities out, named '
+                                 'input/output, dynamic batch) as ONNX or TorchScript, checked against PyTorch.')
+    ap.add_argument('model', help='model file, variant directory or run directory')
+    ap.add_argument('--format', choices=EXPORT_FORMATS, default='onnx')
+    ap.add_argument('--out', default=None, help='destination file (default: next to the model, model.onnx / model.ts.pt)')
+    ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
+    ap.add_argument('--tol', type=float, default=1e-4, help='largest allowed |exported - PyTorch| on the check batch')
+    a = ap.parse_args(argv)
+    try:
+        path = find_model_file(a.model, a.variant)
+        out = Path(a.out) if a.out else path.with_name(path.stem + ('.onnx' if a.format == 'onnx' else '.ts.pt'))
+        rep = export_model(path, out, a.format, tol=a.tol)
+        diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
+        print(f"wrote {rep['path']} ({a.format}; {diff} against PyTorch) and {rep['sidecar']}")
+    except KitError as e:
+        print(f'har-kit export: {e}', file=sys.stderr); return 2
+    return 0
