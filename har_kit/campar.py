@@ -22,8 +22,8 @@ __all__ = ['VARIANTS', 'PLATEAU_MONITORS', 'SELECTIONS', 'attribute_activation',
            'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'CamParNet',
            'campar_variant', 'bce_eq13', 'CamParLoss', 'save_build_params', 'load_campar', 'attribute_angles',
            'positive_angles', 'plot_theta', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval',
-           'carve_validation', 'EpochSelector', 'selected_epoch', 'balanced_thresholds', 'dataset_scorer', 'metric_row',
-           'variant_kwargs', 'save_campar']
+           'carve_validation', 'EpochSelector', 'selected_epoch', 'dataset_scorer', 'metric_row', 'variant_kwargs',
+           'save_campar']
 
 # %% ../nbs/04_campar.ipynb #c006
 def attribute_activation(f: torch.Tensor,       # (N, C, H, W) encoder feature map F_l(x)
@@ -379,19 +379,6 @@ def selected_epoch(history, key):  # the engine's epoch records; the evaluated m
     if not vals: raise KitError(f'no epoch record has val_{key}: nothing was evaluated, so no epoch can be selected')
     best = max(v for _, v in vals)
     return next(e for e, v in vals if v == best), best
-
-def balanced_thresholds(scores, labels,  # (N, M) validation probabilities and labels (-1 unspecified)
-                        grid=None):  # candidate thresholds; None = 0.02, 0.04, ..., 0.98
-    "Per-attribute threshold maximising the attribute's mA (mean of positive and negative recall) on a val split; 0.5 where undefined."
-    grid = np.linspace(0.02, 0.98, 49) if grid is None else np.asarray(grid, float)
-    s, y = np.asarray(scores, float), np.asarray(labels)
-    out = np.full(s.shape[1], 0.5)
-    for j in range(s.shape[1]):
-        pos, neg = y[:, j] == 1, y[:, j] == 0
-        if pos.any() and neg.any():
-            ma = [(s[pos, j] >= t).mean() + (s[neg, j] < t).mean() for t in grid]
-            out[j] = grid[int(np.argmax(ma))]
-    return out
 
 # %% ../nbs/04_campar.ipynb #c044
 def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
