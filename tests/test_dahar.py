@@ -7,8 +7,9 @@ import torch
 
 from har_kit.core import KitError, load_json
 from har_kit.data import dahar_transforms, make_loader, read_rap, read_wider, tiny_fixture
-from har_kit.dahar import (VARIANTS, DaHarLoss, dahar_config, dahar_variant, mask_mass_on_target, pos_ratio,
-                           predict_masks, train_variant)
+from har_kit.dahar import (PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_config, dahar_variant, mask_mass_on_target,
+                           param_table, predict_masks, train_variant)
+from har_kit.losses import pos_ratio
 
 torch.set_num_threads(1)
 SMALL = dict(arch='resnet-tiny', scale=0.25, batch_size=4)
@@ -31,9 +32,40 @@ def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
     assert set(m['ap_full']) == set(wider.attributes)
     assert math.isfinite(m['final_train_loss']) and m['epochs'] == 1
     assert (tmp_path/name/'checkpoints'/'last.pt').exists()
+    from har_kit.predict import load_model
+    loaded = load_model(tmp_path/name/'model.pt')   # rebuilt from builder + JSON kwargs, same outputs
+    assert loaded.attributes == list(wider.attributes) and len(loaded.thresholds) == len(wider.attributes)
+    x = torch.randn(2, 3, *loaded.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x)['logits'], res['model'].eval().cpu()(x)['logits'])
     assert 'val' in res['loaders'] and res['loaders']['crops'].dataset.transform is not None
     # the loader for the five-crop protocol yields (N, 5, 3, H, W)
     assert next(iter(res['loaders']['crops']))['image'].dim() == 5
+
+
+def test_paper_reading_matches_the_reported_parameter_counts():
+    "ResNet-101, 14 attributes (weights=None, meta device, no forward): Da-HAR within 1% of 52.4M, baseline 45.4M."
+    counts = param_table(14, 'resnet101')
+    assert abs(counts['paper']['dahar'] / PAPER_PARAMS_M['dahar'] - 1) < 0.01
+    assert counts['paper']['baseline'] == pytest.approx(PAPER_PARAMS_M['baseline'], abs=0.1)
+    assert counts['paper']['coarse_to_fine'] < counts['paper']['dahar']  # the first reading had it the other way round
+    assert counts['bottleneck']['dahar'] == pytest.approx(46.8, abs=0.1)  # the first reading stays available
+    with torch.device('meta'):
+        assert len(dahar_variant('dahar_bottleneck', 14).self_masks) == 3 and len(dahar_variant('dahar', 14).self_masks) == 4
+    with pytest.raises(KitError, match='num_attributes'): dahar_variant('dahar', num_classes=14)
+
+
+def test_paper_params_are_the_papers():
+    "PAPER_PARAMS_M is parsed against the paper's text (Computational Complexity Analysis), not retyped."
+    import re
+    from pathlib import Path
+    found = [p/'shared'/'papers'/'da-har_aaai2020.md' for p in Path(__file__).resolve().parents[1:4]]
+    paper = next((p for p in found if p.exists()), None)
+    if paper is None: pytest.skip('../shared/papers/da-har_aaai2020.md not present')
+    text = paper.read_text()
+    base = re.search(r'baseline network has ([\d.]+)M parameters', text).group(1)
+    full = re.search(r'\(Da-HAR\) has ([\d.]+)M parameters', text).group(1)
+    assert PAPER_PARAMS_M == {'baseline': float(base), 'dahar': float(full)}
 
 
 def test_table3_training_options(wider, tmp_path):

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from har_kit.engine import load_checkpoint
+
 
 class Clean(Dataset):
     "Deterministic toy samples (no read-time noise: the processes' RNG streams differ from one process's)."
@@ -65,7 +67,7 @@ def test_two_processes_match_one(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     logs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), '\n'.join(logs)
-    a, b = torch.load(tmp_path/'one'/'final.pt'), torch.load(tmp_path/'two'/'final.pt')
+    a, b = (torch.load(tmp_path/d/'final.pt', weights_only=True) for d in ('one', 'two'))
     for k in a: torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     ra, rb = (json.loads((tmp_path/d/'result.json').read_text()) for d in ('one', 'two'))
     assert [r['epoch'] for r in rb['history']] == [1, 2, 3]
@@ -78,7 +80,7 @@ def test_two_processes_match_one(tmp_path):
     for k in pa.files: np.testing.assert_allclose(pa[k], pb[k], atol=1e-5)
     # only rank 0 wrote: one history, one set of checkpoints
     assert sorted(p.name for p in (tmp_path/'two'/'checkpoints').iterdir()) == ['best.pt', 'last.pt']
-    assert torch.load(tmp_path/'two'/'checkpoints'/'last.pt', weights_only=True)['world_size'] == 2
+    assert load_checkpoint(tmp_path/'two'/'checkpoints'/'last.pt')['world_size'] == 2
 
 
 if __name__ == '__main__':

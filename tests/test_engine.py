@@ -98,8 +98,8 @@ def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
 def test_checkpoints_history_and_best(tmp_path):
     model, hist, _ = run(tmp_path, 'r', CONFIGS['sgd-step-bn'], epochs=3)
     ck = tmp_path/'r'/'checkpoints'
-    last = torch.load(ck/'last.pt', weights_only=True)
-    best = torch.load(ck/'best.pt', weights_only=True)
+    last = load_checkpoint(ck/'last.pt')
+    best = load_checkpoint(ck/'best.pt')
     assert last['epoch'] == 3 and len(last['rng']) == 1 and last['config']['optimizer'] == 'sgd'
     accs = [r['val_acc'] for r in hist]
     assert best['epoch'] == 1 + int(np.argmax(accs)) and best['best']['value'] == max(accs)

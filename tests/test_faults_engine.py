@@ -1,0 +1,126 @@
+"Engine faults (issue 13): corrupted or foreign checkpoints, changed parameters on resume, divergence, non-finite state."
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from har_kit.core import KitError
+from har_kit.engine import TrainConfig, fit, load_checkpoint, save_checkpoint, train_eval
+
+torch.set_num_threads(1)
+
+
+class Toy(Dataset):
+    def __init__(self, n=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 8, 8, generator=g)
+        self.y = (self.x.mean((2, 3)) > 0).float()
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return dict(image=self.x[i], labels=self.y[i], index=i)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(6, 3)
+    def forward(self, x): return dict(logits=self.head(self.backbone(x)))
+
+
+def bce(out, batch): return dict(loss=nn.functional.binary_cross_entropy_with_logits(out['logits'], batch['labels']))
+
+
+TRAIN = DataLoader(Toy(), 8, shuffle=True)
+
+
+def run(d, epochs=2, params=None, **kw):
+    torch.manual_seed(0)
+    return fit(Net(), bce, TRAIN, TrainConfig(epochs=epochs, progress=False, device='cpu', **kw), d, params=params)
+
+
+def flip(path):
+    raw = bytearray(Path(path).read_bytes()); raw[len(raw) // 2] ^= 0x10; Path(path).write_bytes(bytes(raw))
+
+
+def test_flipped_byte_is_refused_naming_the_file(tmp_path):
+    run(tmp_path, 1)
+    flip(tmp_path/'checkpoints'/'last.pt')
+    with pytest.raises(KitError, match=r'last\.pt: (content hash mismatch|cannot load checkpoint)'):
+        run(tmp_path, 2)
+
+
+def test_checkpoint_without_hash_is_refused(tmp_path):
+    (tmp_path/'checkpoints').mkdir()
+    torch.save(dict(epoch=1, model={}), tmp_path/'checkpoints'/'last.pt')
+    with pytest.raises(KitError, match='last.pt: not a har-kit-checkpoint/2 file'): run(tmp_path, 2)
+
+
+def test_changed_parameters_refuse_resume_and_fresh_start_is_explicit(tmp_path):
+    run(tmp_path, 1, params=dict(sample_weighting=True))
+    with pytest.raises(KitError, match=r'other parameters \(sample_weighting: True -> False\)'):
+        run(tmp_path, 2, params=dict(sample_weighting=False))
+    hist = run(tmp_path, 2, params=dict(sample_weighting=False), resume=False)  # explicit fresh start
+    assert [r['epoch'] for r in hist] == [1, 2]
+    assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['params'] == dict(sample_weighting=False)
+    assert len(run(tmp_path, 2, params=dict(sample_weighting=False))) == 2  # and it resumes with its own
+
+
+class Tiny(nn.Module):
+    "The CPU profile's backbone with a linear head: at lr 30 its BCE runs to 1e8 within four epochs, staying finite."
+    def __init__(self):
+        super().__init__()
+        from har_kit.backbones import resnet_taps
+        self.backbone, self.head = resnet_taps('resnet-tiny'), nn.Linear(128, 3)
+    def forward(self, x): return dict(logits=self.head(self.backbone(x)[-1].mean((2, 3))))
+
+
+def test_divergence_stops_and_keeps_nothing_non_finite(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(KitError, match=r'(diverged loss \(above|non-finite (loss|values)).*nothing of epoch \d is saved'):
+        fit(Tiny(), bce, TRAIN, TrainConfig(epochs=4, lr=30.0, progress=False), tmp_path)
+    for f in (tmp_path/'checkpoints').glob('*.pt'):
+        ck = load_checkpoint(f)
+        assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+
+
+class Blows(Net):
+    "A BatchNorm running variance that turns inf in epoch 2, while the loss stays finite."
+    def __init__(self):
+        super().__init__(); self.calls = 0
+    def forward(self, x):
+        self.calls += self.training
+        if self.calls > len(TRAIN): self.backbone[1].running_var.fill_(float('inf'))
+        return super().forward(x)
+
+
+def test_non_finite_buffer_stops_before_saving(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(KitError, match=r'non-finite values after epoch 2 in backbone\.1\.running_var'):
+        fit(Blows(), bce, TRAIN, TrainConfig(epochs=3, progress=False), tmp_path)
+    assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['epoch'] == 1
+
+
+def test_best_checkpoint_of_other_parameters_is_not_evaluated(tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, progress=False)
+    train_eval(Net(), bce, dict(train=TRAIN), cfg, tmp_path/'a', lambda s, l: {}, params=dict(x=1))
+    (tmp_path/'b'/'checkpoints').mkdir(parents=True)
+    ck = load_checkpoint(tmp_path/'a'/'checkpoints'/'last.pt')
+    save_checkpoint(ck, tmp_path/'b'/'checkpoints'/'last.pt')
+    save_checkpoint({**load_checkpoint(tmp_path/'a'/'checkpoints'/'best.pt'), 'params': dict(x=2)},
+                    tmp_path/'b'/'checkpoints'/'best.pt')
+    with pytest.raises(KitError, match=r'best\.pt was trained with other parameters \(x: 2 -> 1\)'):
+        train_eval(Net(), bce, dict(train=TRAIN), cfg, tmp_path/'b', lambda s, l: {}, params=dict(x=1))
+
+
+def test_every_torch_load_of_these_modules_is_weights_only():
+    root = Path(__file__).parents[1]/'har_kit'
+    for mod in ('engine', 'backbones', 'dahar', 'losses'):
+        f = root/f'{mod}.py'
+        if not f.exists(): continue
+        for call in re.findall(r'torch\.load\(([^()]*(?:\([^()]*\)[^()]*)*)\)', f.read_text()):
+            assert 'weights_only=True' in call, f'{f.name}: torch.load({call})'

@@ -1,0 +1,56 @@
+"One losses module: Eq. 1 = Eq. 13 literal form, Eq. 2, [15]'s weighting, mixed limits, mask loss, the unspecified switch."
+import numpy as np
+import pytest
+import torch
+
+from har_kit.core import KitError
+from har_kit.losses import (bce_loss, eq2_weights, mask_loss, mixed_loss, pos_ratio, sample_weights_15, targets,
+                            weighted_bce_loss)
+
+torch.set_num_threads(1)
+LOGITS = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+LABELS = torch.tensor([[1, 0, -1], [0, 1, 1], [-1, 0, 0], [1, 1, 0], [0, 0, 1]])
+
+
+def literal(weight=lambda i, j: 1.0, ignore=False):
+    p = torch.sigmoid(LOGITS).double()
+    tot = 0.0
+    for i in range(5):
+        for j in range(3):
+            y = int(LABELS[i, j])
+            if ignore and y == -1: continue
+            tot -= weight(i, j) * float(torch.log(p[i, j]) if y == 1 else torch.log(1 - p[i, j]))
+    return tot / 5
+
+
+@pytest.mark.parametrize('ignore', [False, True])
+def test_bce_is_the_papers_sum_over_attributes(ignore):
+    assert float(bce_loss(LOGITS, LABELS, ignore)) == pytest.approx(literal(ignore=ignore), rel=1e-5)
+
+
+def test_eq2_and_15_weightings():
+    r = pos_ratio(LABELS.numpy())
+    np.testing.assert_allclose(r, [2 / 5, 2 / 5, 2 / 5])
+    np.testing.assert_allclose(pos_ratio(LABELS.numpy(), True), [2 / 4, 2 / 5, 2 / 4])
+    w2 = lambda i, j: 1 / (2 * r[j]) if LABELS[i, j] == 1 else 1 / (2 * (1 - r[j]))
+    assert float(weighted_bce_loss(LOGITS, LABELS, r)) == pytest.approx(literal(w2), rel=1e-5)
+    assert float(bce_loss(LOGITS, LABELS, weight=eq2_weights(LABELS, r))) == pytest.approx(literal(w2), rel=1e-5)
+    w15 = lambda i, j: np.exp(1 - r[j]) if LABELS[i, j] == 1 else np.exp(r[j])
+    assert float(bce_loss(LOGITS, LABELS, weight=sample_weights_15(LABELS, r))) == pytest.approx(literal(w15), rel=1e-5)
+
+
+def test_mixed_limits_and_errors():
+    r = pos_ratio(LABELS.numpy())
+    assert float(mixed_loss(LOGITS, LABELS, r, 1.0)) == pytest.approx(float(bce_loss(LOGITS, LABELS)))
+    assert float(mixed_loss(LOGITS, LABELS, r, 0.0)) == pytest.approx(float(weighted_bce_loss(LOGITS, LABELS, r)))
+    with pytest.raises(KitError, match=r'\[0, 1\]'): mixed_loss(LOGITS, LABELS, r, -0.1)
+    with pytest.raises(KitError, match='non-empty'): pos_ratio(np.zeros((0, 3)))
+    with pytest.raises(KitError, match="batch\\['mask'\\]"): mask_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 4, 4))
+
+
+def test_targets_and_mask_loss():
+    y, keep = targets(LABELS, True)
+    assert y.min() == 0 and keep.sum() == 13
+    m = torch.zeros(1, 1, 4, 4); m[..., :2, :] = 1
+    good = torch.full((1, 1, 2, 2), 30.) * (m[..., ::2, ::2] * 2 - 1)
+    assert float(mask_loss(good, m)) < 1e-6 < float(mask_loss(-good, m))
