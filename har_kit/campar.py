@@ -16,6 +16,7 @@ from .core import KitError, UNSPECIFIED, load_json, save_json
 from .backbones import resnet_taps
 from .engine import TrainConfig, load_checkpoint, save_checkpoint
 from .metrics import dataset_metric, metrics_by_distraction
+from . import losses
 
 # %% auto #0
 __all__ = ['VARIANTS', 'PLATEAU_MONITORS', 'SELECTIONS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared',
@@ -187,15 +188,9 @@ def bce_eq13(logits: torch.Tensor,          # (N, M) logits
              labels: torch.Tensor,          # (N, M) labels in {1, 0, UNSPECIFIED}
              ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
              pos_ratio: torch.Tensor | None = None):  # (M,) positive ratio r_j for [15]'s weighting, or None
-    "Eq. 13: BCE summed over attributes, averaged over images."
-    labels = labels.to(logits.dtype)
-    target = (labels == 1).to(logits.dtype)
-    w = torch.ones_like(logits)
-    if ignore_unspecified: w = w * (labels != UNSPECIFIED).to(logits.dtype)
-    if pos_ratio is not None:
-        r = torch.as_tensor(pos_ratio, dtype=logits.dtype, device=logits.device)
-        w = w * torch.where(target > 0, torch.exp(1 - r), torch.exp(r))
-    return (F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction='none').sum(1)).mean()
+    "Eq. 13: BCE summed over attributes, averaged over images (`har_kit.losses.bce_loss`), optionally [15]-weighted."
+    w = None if pos_ratio is None else losses.sample_weights_15(labels, np.asarray(pos_ratio)).to(logits.device)
+    return losses.bce_loss(logits, labels, ignore_unspecified, w)
 
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
@@ -362,6 +357,7 @@ class EpochSelector:
                  key: str,                # the metric to maximise ('mA' or 'mAP')
                  path):                   # where the selected weights go (e.g. <variant>/checkpoints/selected.pt)
         self.model, self.metric_fn, self.key, self.path = model, metric_fn, key, Path(path)
+        if not (self.path.parent/'last.pt').exists(): self.path.unlink(missing_ok=True)   # a fresh start: nothing kept is ours
         self.best = load_checkpoint(self.path)['value'] if self.path.exists() else None   # resumed run: keep its best
 
     def __call__(self, scores, labels):

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, seed_everything
+from . import losses
 
 # %% auto #0
 __all__ = ['check_confidences', 'preference_confidence', 'confidence_matrix', 'eq18_objective', 'eq18_gradient', 'als_reference',
@@ -246,16 +247,15 @@ class _Rows(torch.utils.data.Dataset):
 
 def loss2(logits, labels,              # (N, M) fc_2 logits; labels in {1, 0, UNSPECIFIED}
           ignore_unspecified=False):   # True: unspecified entries leave the loss; False: read as negatives ([15])
-    "Loss_2 of Eq. 20: BCE of the final logits, averaged over the counted entries."
-    keep = (labels != UNSPECIFIED).float() if ignore_unspecified else torch.ones_like(labels)
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, (labels == 1).float(), reduction='none')
-    return (bce * keep).sum() / keep.sum().clamp(min=1)
+    "Loss_2 of Eq. 20: the BCE of Eq. 13 on the final logits (`har_kit.losses.bce_loss`: summed over attributes, mean over images)."
+    return losses.bce_loss(logits, labels, ignore_unspecified)
 
 def train_phase2(r_hat, l_specific, labels,  # (N, M) each: Eq. 19 confidences, frozen phase-1 logits, labels (-1 unspecified)
                  epochs=30, lr=1e-2, batch_size=256, init='identity', seed=0, show_progress=False,
                  ignore_unspecified=False,   # see `loss2`
                  run_dir=None,               # where the engine keeps checkpoints/history (None: a temporary directory)
-                 device='cpu'):              # phase 2 is tiny: the CPU is the default
+                 device='cpu',               # phase 2 is tiny: the CPU is the default
+                 params=None):               # what the fit depends on beyond its config (checked by the engine on resume)
     "Fit fc_2 by minimising Loss_2 (Eq. 20) on cached phase-1 outputs with `har_kit.engine.fit`; returns (head in eval mode, epoch losses)."
     import tempfile
     from har_kit.engine import TrainConfig, fit
@@ -269,7 +269,7 @@ def train_phase2(r_hat, l_specific, labels,  # (N, M) each: Eq. 19 confidences, 
                       device=device, seed=seed, progress=show_progress)
     crit = lambda out, batch: {'loss': loss2(out['logits'], batch['labels'], ignore_unspecified)}
     with tempfile.TemporaryDirectory() as tmp:
-        history = fit(_Phase2Net(head), crit, loader, cfg, run_dir if run_dir is not None else tmp)
+        history = fit(_Phase2Net(head), crit, loader, cfg, run_dir if run_dir is not None else tmp, params=params)
     return head.cpu().eval(), [h['loss'] for h in history]
 
 # %% ../nbs/05_cfar.ipynb #c033
@@ -365,7 +365,7 @@ def fit_cfar(l_specific, labels,      # (N, M) frozen phase-1 logits and labels 
     d = build_dictionary(r, lf.x_f, c.n_prototypes, c.seed)
     r_hat = infer_confidence(d, lf.y_f, r) if c.use_r_hat else np.zeros_like(r)
     head, losses = train_phase2(r_hat, l_specific, labels, c.epochs, c.lr, c.batch_size, c.init, c.seed, show_progress,
-                                c.ignore_unspecified, run_dir)
+                                c.ignore_unspecified, run_dir, params=dataclasses.asdict(c))
     info = dict(objective=lf.objective, als_seconds=lf.seconds, als_sweeps=lf.sweeps, als_converged=lf.converged,
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=losses)
     return CFAR(c, lf.y_f, d, head, info)
