@@ -222,3 +222,16 @@ def test_uncertain_labels_are_negative_in_metric_as_in_loss():
     as_negative = pedestrian_metrics(s, np.where(y == UNSPECIFIED, 0, y))
     assert row['mA'] == pytest.approx(as_negative['mA']) and row['ma_per_attr']['b'] == pytest.approx(0.75)
     assert dataset_scorer('rap', ignore_unspecified=True)(s, y)['mA'] == pytest.approx(pedestrian_metrics(s, y)['mA'])
+
+
+def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):
+    "weights='IMAGENET1K_V1' (the paper profile) asks torchvision for its original weights; nothing downloads here."
+    import torchvision
+    seen = {}
+    real = torchvision.models.get_model
+    def fake(arch, weights=None, **kw):
+        seen['weights'] = weights
+        return real(arch, weights=None, **kw)
+    monkeypatch.setattr(torchvision.models, 'get_model', fake)
+    campar_variant('baseline', 5, arch='resnet18', weights='IMAGENET1K_V1')
+    assert seen['weights'] == torchvision.models.ResNet18_Weights.IMAGENET1K_V1
