@@ -156,15 +156,15 @@ def implicit_loss_to_eq18(loss, cui):  # implicit's `calculate_loss` value; the 
     return float(loss * (np.abs(v).sum() + n * m - cui.nnz) + v[v < 0].sum())
 
 # %% ../nbs/05_cfar.ipynb #c021
-def benchmark_als(rows=100_000, n_attributes=51, factors=8, iterations=15, use_cg=False, num_threads=1, seed=0,
+def benchmark_als(rows=100_000, num_attributes=51, factors=8, iterations=15, use_cg=False, num_threads=1, seed=0,
                   tol=None):  # as `fit_latent_factors`: with a tol, `iterations` is the most sweeps
-    "Time `fit_latent_factors` on random (rows, n_attributes) confidences: wall and process-CPU seconds of the fit."
-    r = np.random.default_rng(seed).random((rows, n_attributes))
+    "Time `fit_latent_factors` on random (rows, num_attributes) confidences: wall and process-CPU seconds of the fit."
+    r = np.random.default_rng(seed).random((rows, num_attributes))
     c0 = time.process_time()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         lf = fit_latent_factors(r, factors, iterations=iterations, use_cg=use_cg, num_threads=num_threads, seed=seed, tol=tol)
-    return dict(rows=rows, n_attributes=n_attributes, factors=factors, iterations=iterations, use_cg=use_cg, tol=tol,
+    return dict(rows=rows, n_attributes=num_attributes, factors=factors, iterations=iterations, use_cg=use_cg, tol=tol,
                 sweeps=lf.sweeps, converged=lf.converged, seconds=lf.seconds, cpu_seconds=time.process_time() - c0,
                 objective=lf.objective, warnings=[str(x.message) for x in w])
 
@@ -209,27 +209,27 @@ def infer_confidence(dictionary, y_f, r):  # AttributeSetDictionary; (M, D) attr
     return dictionary.values[dictionary.nearest(r)] @ np.asarray(y_f, np.float64).T
 
 # %% ../nbs/05_cfar.ipynb #c027
-def synthetic_phase1(n=2000, n_attributes=12, n_sets=6,  # samples, attributes M, prototype attribute sets
+def synthetic_phase1(n=2000, num_attributes=12, n_sets=6,  # samples, attributes M, prototype attribute sets
                      noise=(0.5, 3.0), seed=0):           # logit noise sd of the first/last attribute; seed
     "Synthetic phase-1 outputs: labels from a few prototype attribute sets, logits = 2(2y-1) + per-attribute noise."
     rng = np.random.default_rng(seed)
-    probs = rng.beta(0.3, 0.3, size=(n_sets, n_attributes))
+    probs = rng.beta(0.3, 0.3, size=(n_sets, num_attributes))
     z = rng.integers(n_sets, size=n)
-    labels = (rng.random((n, n_attributes)) < probs[z]).astype(np.int8)
-    logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], n_attributes)
+    labels = (rng.random((n, num_attributes)) < probs[z]).astype(np.int8)
+    logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], num_attributes)
     return logits.astype(np.float32), labels
 
 # %% ../nbs/05_cfar.ipynb #c030
 class CFARHead(nn.Module):
     "Eq. 20's fc_2: one linear layer on concat(r_hat, l_specific) -> M final logits."
-    def __init__(self, n_attributes: int,  # M
+    def __init__(self, num_attributes: int,  # M
                  init: str = 'identity'):   # 'identity' (start as l_specific, r_hat weights 0) or 'default'
         super().__init__()
-        self.fc2 = nn.Linear(2 * n_attributes, n_attributes)
+        self.fc2 = nn.Linear(2 * num_attributes, num_attributes)
         if init == 'identity':
             with torch.no_grad():
                 self.fc2.weight.zero_(); self.fc2.bias.zero_()
-                self.fc2.weight[:, n_attributes:] = torch.eye(n_attributes)
+                self.fc2.weight[:, num_attributes:] = torch.eye(num_attributes)
         elif init != 'default': raise KitError(f"init={init!r}: use 'identity' or 'default'")
 
     def forward(self, r_hat, l_specific):  # (N, M) each
