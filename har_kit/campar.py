@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import KitError, UNSPECIFIED, load_json, save_json
 from .backbones import resnet_taps
-from .engine import TrainConfig, load_checkpoint, save_checkpoint
+from .engine import TrainConfig, load_checkpoint, save_checkpoint, is_main_process
 from .metrics import dataset_metric, metrics_by_distraction
 from . import losses
 
@@ -365,7 +365,7 @@ class EpochSelector:
         v = m.get(self.key)
         if v is not None and np.isfinite(v) and (self.best is None or v > self.best):
             self.best = float(v)
-            save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
+            if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
         return m
 
 def selected_epoch(history, key):  # the engine's epoch records; the evaluated metric ('mA' or 'mAP')

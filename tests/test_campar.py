@@ -235,3 +235,16 @@ def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):
     monkeypatch.setattr(torchvision.models, 'get_model', fake)
     campar_variant('baseline', 5, arch='resnet18', weights='IMAGENET1K_V1')
     assert seen['weights'] == torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+
+
+def test_a_fresh_start_forgets_a_stale_selection(tmp_path):
+    "A selected.pt left by an earlier run (no last.pt beside it) is not taken for this run's best epoch."
+    from har_kit.campar import EpochSelector
+    from har_kit.engine import save_checkpoint
+    model = campar_variant('campar', 3, arch='resnet-tiny')
+    path = tmp_path/'checkpoints'/'selected.pt'
+    save_checkpoint(dict(model=model.state_dict(), value=0.99, key='mA'), path)
+    assert EpochSelector(model, pedestrian_metrics, 'mA', path).best is None and not path.exists()
+    save_checkpoint(dict(model=model.state_dict(), value=0.42, key='mA'), path)
+    save_checkpoint(dict(epoch=1), tmp_path/'checkpoints'/'last.pt')          # a run in progress: resumed
+    assert EpochSelector(model, pedestrian_metrics, 'mA', path).best == 0.42
