@@ -165,3 +165,20 @@ def test_cfar_predictor_equals_the_numpy_path_and_survives_a_weights_only_load(t
     with torch.no_grad(): out = pred(x)
     np.testing.assert_allclose(out['logits'].numpy(), fitted.logits(ls), atol=1e-5)
     np.testing.assert_allclose(out['logits_specific'].numpy(), ls, atol=0)
+
+
+def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
+    "A CFAR variant's model.pt (phase 1 + extra['cfar']) comes back through load_model and exports to TorchScript."
+    from har_kit.campar import campar_variant, save_campar
+    from har_kit.predict import load_model, export_model
+    l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
+    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4))
+    phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
+    save_campar(phase1, tmp_path/'campar_cfar', list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted))
+    lm = load_model(tmp_path, 'campar_cfar')
+    assert isinstance(lm.model, cfar.CFARPredictor)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        np.testing.assert_allclose(lm.model(x)['logits'].numpy(), fitted.logits(phase1(x)['logits_specific'].numpy()), atol=1e-5)
+    rep = export_model(lm, tmp_path/'cfar.ts', 'torchscript')
+    assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4
