@@ -14,13 +14,17 @@ from torch import nn
 
 from .core import KitError, UNSPECIFIED, load_json, save_json
 from .backbones import resnet_taps
-from .engine import TrainConfig, load_checkpoint
+from .engine import TrainConfig, load_checkpoint, save_checkpoint, is_main_process
+from .metrics import dataset_metric, metrics_by_distraction
+from . import losses
 
 # %% auto #0
-__all__ = ['VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared', 'disentangled_features',
-           'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'CamParNet', 'campar_variant', 'bce_eq13',
-           'CamParLoss', 'save_build_params', 'load_campar', 'attribute_angles', 'positive_angles', 'plot_theta',
-           'campar_train_config']
+__all__ = ['VARIANTS', 'PLATEAU_MONITORS', 'SELECTIONS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared',
+           'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'CamParNet',
+           'campar_variant', 'bce_eq13', 'CamParLoss', 'save_build_params', 'load_campar', 'attribute_angles',
+           'positive_angles', 'plot_theta', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval',
+           'carve_validation', 'EpochSelector', 'selected_epoch', 'dataset_scorer', 'metric_row', 'variant_kwargs',
+           'save_campar']
 
 # %% ../nbs/04_campar.ipynb #c006
 def attribute_activation(f: torch.Tensor,       # (N, C, H, W) encoder feature map F_l(x)
@@ -69,33 +73,41 @@ class MCAFusion(nn.Module):
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
                  out_channels: int | None = None,  # projection width; None = in_channels[-1] (the thesis's change)
                  latent: int | None = None,        # width of the shared latent vector V; None = min(in_channels)
-                 fuse_at: str = 'shallowest'):     # common resolution: 'shallowest' (finest) or 'deepest' map
+                 fuse_at: str = 'shallowest',      # common resolution: 'shallowest' (finest) or 'deepest' map
+                 project_deepest: bool = True):    # 1x1 conv on the deepest stage too; False: BN + ReLU only (public code)
         super().__init__()
         if fuse_at not in ('shallowest', 'deepest'):
             raise KitError(f"fuse_at={fuse_at!r}: use 'shallowest' or 'deepest'")
-        self.in_channels, self.fuse_at = list(in_channels), fuse_at
+        self.in_channels, self.fuse_at, self.project_deepest = list(in_channels), fuse_at, project_deepest
         self.out_channels = out_channels or self.in_channels[-1]
+        if not project_deepest and self.out_channels != self.in_channels[-1]:
+            raise KitError(f'project_deepest=False keeps the deepest stage at its {self.in_channels[-1]} channels: '
+                           f'out_channels={self.out_channels} needs project_deepest=True')
         self.latent = latent or min(self.in_channels)
         L, O = self.latent, self.out_channels
         self.squeeze = nn.ModuleList(nn.Sequential(nn.Conv2d(c, L, 1), nn.BatchNorm2d(L), nn.ReLU(inplace=True))
                                      for c in self.in_channels)
         self.gate = nn.ModuleList(nn.Conv2d(L, c, 1) for c in self.in_channels)
         self.project = nn.ModuleList(nn.Sequential(nn.Conv2d(c, O, 1, bias=False), nn.BatchNorm2d(O), nn.ReLU(inplace=True))
-                                     for c in self.in_channels)
+                                     if project_deepest or i < len(self.in_channels) - 1 else
+                                     nn.Sequential(nn.BatchNorm2d(O), nn.ReLU(inplace=True))
+                                     for i, c in enumerate(self.in_channels))
 
     def forward(self, feats: list[torch.Tensor]):  # stage maps, shallow to deep
         if len(feats) != len(self.in_channels):
             raise KitError(f'MCAFusion built for {len(self.in_channels)} stages, got {len(feats)} maps')
-        v = math.prod(sq(F.adaptive_avg_pool2d(x, 1)) for sq, x in zip(self.squeeze, feats))   # shared latent V
+        v = torch.ones(1, device=feats[0].device, dtype=feats[0].dtype)
+        for i, sq in enumerate(self.squeeze): v = v * sq(F.adaptive_avg_pool2d(feats[i], 1))   # shared latent V
+        gated = [feats[i] * torch.sigmoid(g(v)) for i, g in enumerate(self.gate)]
         size = feats[0 if self.fuse_at == 'shallowest' else -1].shape[-2:]
-        out = None
-        for x, g, p in zip(feats, self.gate, self.project):
-            y = p(x * torch.sigmoid(g(v)))
+        out = torch.ones(1, device=feats[0].device, dtype=feats[0].dtype)
+        for i, p in enumerate(self.project):
+            y = p(gated[i])
             if y.shape[-2:] != size: y = F.interpolate(y, size=size, mode='bilinear', align_corners=False)
-            out = y if out is None else out * y
+            out = out * y
         return out
 
-# %% ../nbs/04_campar.ipynb #c020
+# %% ../nbs/04_campar.ipynb #c022
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -137,7 +149,7 @@ class CamParNet(nn.Module):
     def forward(self, x):  # images (N, 3, H, W)
         return self.heads(self.feature_map(x))
 
-# %% ../nbs/04_campar.ipynb #c021
+# %% ../nbs/04_campar.ipynb #c023
 VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it reproduces)
     'baseline':      dict(cam=False, fusion=False, row='ResNet-50 baseline [15]'),
     'fusion':        dict(cam=False, fusion=True,  row='+ Fusion'),
@@ -152,7 +164,8 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                    logit_bn: bool = False,    # BatchNorm1d on the logits ([15])
                    predict: str = 'specific', # `logits` of the CAM variants: 'specific', 'shared', 'mean'
                    fuse_at: str = 'shallowest',  # MCA common resolution
-                   latent: int | None = None,    # MCA latent width (None = shallowest fused stage's width)
+                   latent: int | None = None,    # MCA latent width (None = shallowest fused stage's width; SPOL/public code 128)
+                   project_deepest: bool = True, # MCA: 1x1 conv on c5 too; False: BN + ReLU only (public code)
                    detach_cam: bool = False,     # stop gradients through the CAM
                    last_stride: int = 2):        # 1 = finer c5 (not used by the thesis)
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `save_build_params`)."
@@ -162,28 +175,22 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
         raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
     v = VARIANTS[name]
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
-    fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at) if v['fusion'] else None
+    fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest) if v['fusion'] else None
     model = CamParNet(backbone, num_attributes, cam=v['cam'], fusion=fusion, logit_bn=logit_bn,
                       predict=predict, detach_cam=detach_cam)
     model.build_params = dict(variant=name, num_attributes=num_attributes, arch=arch, logit_bn=logit_bn,
                               predict=predict, fuse_at=fuse_at, latent=latent, detach_cam=detach_cam,
-                              last_stride=last_stride)
+                              last_stride=last_stride, project_deepest=project_deepest)
     return model
 
-# %% ../nbs/04_campar.ipynb #c026
+# %% ../nbs/04_campar.ipynb #c028
 def bce_eq13(logits: torch.Tensor,          # (N, M) logits
              labels: torch.Tensor,          # (N, M) labels in {1, 0, UNSPECIFIED}
              ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
              pos_ratio: torch.Tensor | None = None):  # (M,) positive ratio r_j for [15]'s weighting, or None
-    "Eq. 13: BCE summed over attributes, averaged over images."
-    labels = labels.to(logits.dtype)
-    target = (labels == 1).to(logits.dtype)
-    w = torch.ones_like(logits)
-    if ignore_unspecified: w = w * (labels != UNSPECIFIED).to(logits.dtype)
-    if pos_ratio is not None:
-        r = torch.as_tensor(pos_ratio, dtype=logits.dtype, device=logits.device)
-        w = w * torch.where(target > 0, torch.exp(1 - r), torch.exp(r))
-    return (F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction='none').sum(1)).mean()
+    "Eq. 13: BCE summed over attributes, averaged over images (`har_kit.losses.bce_loss`), optionally [15]-weighted."
+    w = None if pos_ratio is None else losses.sample_weights_15(labels, np.asarray(pos_ratio)).to(logits.device)
+    return losses.bce_loss(logits, labels, ignore_unspecified, w)
 
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
@@ -200,7 +207,7 @@ class CamParLoss(nn.Module):
             parts['specific'] = bce_eq13(out['logits_specific'], y, self.ignore_unspecified, self.pos_ratio)
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/04_campar.ipynb #c030
+# %% ../nbs/04_campar.ipynb #c032
 def save_build_params(model: CamParNet, variant_dir):  # a model from `campar_variant`; `<run_dir>/<variant>`
     "Write `model.json` (the `campar_variant` arguments) into the variant's directory; return its path."
     if not hasattr(model, 'build_params'):
@@ -210,15 +217,22 @@ def save_build_params(model: CamParNet, variant_dir):  # a model from `campar_va
 def _state_dict(ckpt):
     if isinstance(ckpt, dict):
         for k in ('model', 'state_dict', 'model_state'):
-            if isinstance(ckpt.get(k), dict): return ckpt[k]
+            if isinstance(ckpt.get(k), dict): ckpt = ckpt[k]; break
+    if ckpt and all(k.startswith('model.') for k in ckpt):   # trained through a view such as FusionAtBackboneLr
+        ckpt = {k[len('model.'):]: v for k, v in ckpt.items()}
     return ckpt
 
-def load_campar(run_dir,                 # run directory holding `<variant>/model.json` and `<variant>/checkpoints/`
+def load_campar(run_dir,                 # run directory holding `<variant>/model.pt` (or `model.json` + `checkpoints/`)
                 variant: str,            # e.g. 'campar' or 'campar_fusion'
-                which: str = 'best',     # checkpoint name: 'best' or 'last'
+                which: str = 'model',    # 'model': model.pt (else the selected / best checkpoint); or 'selected', 'best', 'last'
                 map_location='cpu'):     # where the tensors are loaded
-    "Rebuild a trained CAM-PAR variant from a run directory, in eval mode."
+    "Rebuild a trained CAM-PAR variant from a run directory, in eval mode (a thin wrapper of `har_kit.predict.load_model`)."
     vdir = Path(run_dir)/variant
+    if which == 'model':
+        if (vdir/'model.pt').exists():
+            from har_kit.predict import load_model
+            return load_model(vdir/'model.pt', map_location=map_location).model.eval()
+        which = 'selected' if (vdir/'checkpoints'/'selected.pt').exists() else 'best'
     params = load_json(vdir/'model.json')
     ckpt_path = vdir/'checkpoints'/f'{which}.pt'
     if not ckpt_path.exists():
@@ -230,7 +244,7 @@ def load_campar(run_dir,                 # run directory holding `<variant>/mode
     model.load_state_dict(_state_dict(load_checkpoint(ckpt_path, map_location)))
     return model.eval()
 
-# %% ../nbs/04_campar.ipynb #c034
+# %% ../nbs/04_campar.ipynb #c036
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -278,17 +292,134 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/04_campar.ipynb #c038
-def campar_train_config(optimizer: str = 'sgd',   # 'sgd' ([15], our tables) or 'adam' (Rethinking_of_PAR code)
-                        epochs: int = 30,         # [15]: 30
-                        lr: float | None = None,  # head lr; None = 0.1 (sgd) / 1e-4 (adam)
-                        validate: bool = False,   # a val split exists: monitor val mA, else the training loss
-                        **overrides):             # any other `TrainConfig` field (device, seed, amp, progress, ...)
-    "The `TrainConfig` of the strong baseline [15] ('sgd') or of its public code ('adam')."
+# %% ../nbs/04_campar.ipynb #c040
+PLATEAU_MONITORS = {'eval_loss': 'val_loss', 'train_loss': 'loss'}   # plateau_on -> engine monitor name
+SELECTIONS = ('[15]', 'held-out')
+
+def campar_train_config(optimizer: str = 'sgd',        # 'sgd' ([15], our tables) or 'adam' (Rethinking_of_PAR code)
+                        epochs: int = 30,              # [15]: 30
+                        lr: float | None = None,       # head lr; None = 0.1 (sgd) / 1e-4 (adam)
+                        plateau_on: str = 'train_loss',  # 'eval_loss' ([15]) or 'train_loss'
+                        **overrides):                  # any other `TrainConfig` field (device, seed, amp, progress, ...)
+    "The `TrainConfig` of the strong baseline [15] ('sgd') or of its public code ('adam'), plateau on `plateau_on`."
     recipes = {'sgd': dict(optimizer='sgd', lr=0.1, backbone_lr_mult=0.1, momentum=0.9, weight_decay=5e-4),
                'adam': dict(optimizer='adam', lr=1e-4, backbone_lr_mult=1.0, momentum=0.9, weight_decay=5e-4)}
     if optimizer not in recipes: raise KitError(f"optimizer={optimizer!r}: use 'sgd' ([15]) or 'adam' (Rethinking_of_PAR)")
-    cfg = dict(recipes[optimizer], epochs=epochs, scheduler='plateau', gamma=0.1, patience=4,
-               monitor='mA' if validate else 'loss')
+    if plateau_on not in PLATEAU_MONITORS: raise KitError(f"plateau_on={plateau_on!r}: use 'eval_loss' ([15]) or 'train_loss'")
+    cfg = dict(recipes[optimizer], epochs=epochs, scheduler='plateau', gamma=0.1, patience=4, monitor=PLATEAU_MONITORS[plateau_on])
     if lr is not None: cfg['lr'] = lr
     return TrainConfig(**{**cfg, **overrides})
+
+class FusionAtBackboneLr(nn.Module):
+    "Training view of a `CamParNet`: its `backbone` (for the engine's lr groups) is the encoder plus the MCA fusion."
+    def __init__(self, model: nn.Module):  # a `CamParNet` with a fusion
+        super().__init__()
+        self.model = model
+
+    @property
+    def backbone(self):
+        return nn.ModuleList([m for m in (self.model.backbone, self.model.fusion) if m is not None])
+
+    def forward(self, x): return self.model(x)
+
+def split_train_eval(data,                    # an `AttributeData`
+                     train_splits,            # e.g. ['train'], ['train', 'val'] or ['trainval']
+                     selection='held-out',    # '[15]' or 'held-out' (see above)
+                     val_fraction=0.0,        # 'held-out' without a val split: fraction carved from the training images
+                     seed=0):                 # seed of the carve
+    "(train samples, eval samples or None, eval split name) for a selection mode; 'trainval' = train + val."
+    if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
+    if isinstance(train_splits, str): train_splits = [train_splits]
+    names = []
+    for n in train_splits:
+        names += ([n] if n in data.splits else [s for s in ('train', 'val') if s in data.splits]) if n == 'trainval' else [n]
+    train = data.split(*dict.fromkeys(names))
+    if selection == '[15]': return train, data.split('test'), 'test'
+    if 'val' in data.splits and 'val' not in names: return train, data.split('val'), 'val'
+    if not 0 <= val_fraction < 1: raise KitError(f'val_fraction={val_fraction}: use a fraction in [0, 1) of the training images')
+    if val_fraction == 0: return train, None, None
+    return (*carve_validation(train, val_fraction, seed), f'carved {val_fraction:g} of {"+".join(names)}')
+
+def carve_validation(samples,   # training samples
+                     fraction,  # share held out, in (0, 1)
+                     seed=0):   # seed of the draw
+    "Split `samples` into (train, val) by a seeded random draw of round(fraction * N) validation samples."
+    n_val = int(round(fraction * len(samples)))
+    if not 0 < n_val < len(samples):
+        raise KitError(f'val_fraction={fraction} of {len(samples)} training images leaves {n_val} for validation: choose a larger fraction or 0')
+    pick = set(np.random.default_rng(seed).permutation(len(samples))[:n_val].tolist())
+    return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
+
+class EpochSelector:
+    "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path`."
+    def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
+                 metric_fn,               # (scores, labels) -> dict of metrics
+                 key: str,                # the metric to maximise ('mA' or 'mAP')
+                 path):                   # where the selected weights go (e.g. <variant>/checkpoints/selected.pt)
+        self.model, self.metric_fn, self.key, self.path = model, metric_fn, key, Path(path)
+        if not (self.path.parent/'last.pt').exists(): self.path.unlink(missing_ok=True)   # a fresh start: nothing kept is ours
+        self.best = load_checkpoint(self.path)['value'] if self.path.exists() else None   # resumed run: keep its best
+
+    def __call__(self, scores, labels):
+        m = self.metric_fn(scores, labels)
+        v = m.get(self.key)
+        if v is not None and np.isfinite(v) and (self.best is None or v > self.best):
+            self.best = float(v)
+            if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
+        return m
+
+def selected_epoch(history, key):  # the engine's epoch records; the evaluated metric ('mA' or 'mAP')
+    "The first epoch with the best `val_<key>` in `history` (what `EpochSelector` kept), with its value."
+    vals = [(r['epoch'], r.get('val_' + key)) for r in history]
+    vals = [(e, v) for e, v in vals if v is not None and np.isfinite(v)]
+    if not vals: raise KitError(f'no epoch record has val_{key}: nothing was evaluated, so no epoch can be selected')
+    best = max(v for _, v in vals)
+    return next(e for e, v in vals if v == best), best
+
+# %% ../nbs/04_campar.ipynb #c044
+def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
+    y = np.asarray(labels)
+    return y if ignore_unspecified or dataset == 'wider' else np.where(y == UNSPECIFIED, 0, y)
+
+def dataset_scorer(dataset: str,                   # 'rap', 'pa100k' or 'wider'
+                   ignore_unspecified: bool = False):  # the loss's switch (see above)
+    "(scores, labels) -> the dataset's own metric dict, unspecified labels read as the loss reads them."
+    fn = dataset_metric(dataset)
+    return lambda scores, labels: fn(scores, _metric_labels(dataset, labels, ignore_unspecified))
+
+def metric_row(dataset: str,                       # 'rap', 'pa100k' or 'wider'
+               scores, labels,                     # (N, M) probabilities and labels of the scored split
+               attributes,                         # the M attribute names
+               levels=None,                        # (N,) distraction levels of the targets (synthetic sets), or None
+               ignore_unspecified: bool = False):  # the loss's switch (see above)
+    "One model's row: headline metrics, per-attribute scores (`ma_per_attr` or `ap`) and `by_distractors`."
+    y = _metric_labels(dataset, labels, ignore_unspecified)
+    m = dataset_metric(dataset)(scores, y)
+    per = 'ap' if dataset == 'wider' else 'ma_per_attr'
+    row = {k: m[k] for k in (('mAP',) if dataset == 'wider' else ('mA', 'acc', 'prec', 'rec', 'f1'))}
+    row[per] = dict(zip(attributes, m[per]))
+    if levels is not None and any(l is not None for l in levels):
+        row['by_distractors'] = metrics_by_distraction(dataset, scores, y, levels)
+    return row
+
+# %% ../nbs/04_campar.ipynb #c048
+def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
+    "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
+    if not hasattr(model, 'build_params'):
+        raise KitError('model has no build_params: build it with campar_variant(...) so it can be rebuilt')
+    kw = dict(model.build_params)
+    return dict(name=kw.pop('variant'), **kw, weights=None)
+
+def save_campar(model: CamParNet,          # a trained model from `campar_variant`
+                variant_dir,               # `<run_dir>/<variant>`
+                attributes,                # attribute names, in output order
+                input_size,                # network input (height, width)
+                thresholds=None,           # (M,) val-chosen thresholds, or None (0.5)
+                dataset=None,              # dataset kind (provenance)
+                extra=None):               # tensors / plain values stored with it (e.g. CFAR's state)
+    "Write `<variant_dir>/model.pt` with `har_kit.predict.save_model`; return its path."
+    from har_kit.predict import save_model
+    from har_kit.data import IMAGENET_MEAN, IMAGENET_STD
+    return save_model(Path(variant_dir)/'model.pt', model, builder='har_kit.campar:campar_variant',
+                      kwargs=variant_kwargs(model), attributes=list(attributes), input_size=list(input_size),
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, thresholds=thresholds, dataset=dataset, extra=extra)

@@ -9,17 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import expit
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, seed_everything
+from . import losses
 
 # %% auto #0
-__all__ = ['check_confidences', 'sigmoid', 'preference_confidence', 'confidence_matrix', 'eq18_objective', 'eq18_gradient',
-           'als_reference', 'LatentFactors', 'fit_latent_factors', 'implicit_loss_to_eq18', 'benchmark_als',
-           'AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead',
-           'train_phase2', 'CFARConfig', 'CFAR', 'fit_cfar', 'phase1_outputs', 'plot_dictionary']
+__all__ = ['check_confidences', 'preference_confidence', 'confidence_matrix', 'eq18_objective', 'eq18_gradient', 'als_reference',
+           'LatentFactors', 'fit_latent_factors', 'implicit_loss_to_eq18', 'benchmark_als', 'AttributeSetDictionary',
+           'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'loss2', 'train_phase2',
+           'CFARConfig', 'CFAR', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
+           'plot_dictionary']
 
 # %% ../nbs/05_cfar.ipynb #c006
 def check_confidences(r, name='r'):  # (N, M) array of phase-1 confidences sigma(l_specific); its name in errors
@@ -34,13 +37,8 @@ def check_confidences(r, name='r'):  # (N, M) array of phase-1 confidences sigma
                        'sigmoid outputs in [0, 1]; check the phase-1 network (diverged training?)')
     if r.min() < 0 or r.max() > 1:
         raise KitError(f'{name} has values in [{r.min():.4g}, {r.max():.4g}], outside [0, 1]: pass '
-                       'r = sigmoid(l_specific), not the logits themselves')
+                       'r = expit(l_specific), not the logits themselves')
     return r
-
-def sigmoid(x):  # logits (any shape)
-    "Numerically stable logistic function in float64."
-    x = np.asarray(x, np.float64)
-    return np.exp(-np.logaddexp(0, -x))
 
 def preference_confidence(r,           # (N, M) confidences in [0, 1]
                           p_t=0.5,     # preference threshold p^t
@@ -97,41 +95,59 @@ class LatentFactors:
     objective: float
     seconds: float
     never_positive: list
+    sweeps: int = 0                 # ALS sweeps run
+    converged: bool | None = None   # relative change under `tol` (None: a fixed number of sweeps was asked for)
+    objectives: list = dataclasses.field(default_factory=list)  # Eq. 18 after each sweep (with a `tol` only)
 
 def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 1] of the training images
                        factors=8,           # latent dimension D
                        regularization=0.1,  # lambda of Eq. 18
                        alpha=10.,           # alpha of Eq. 17
                        p_t=0.5,             # p^t of Eq. 17
-                       iterations=15,       # ALS sweeps
+                       iterations=15,       # ALS sweeps (with `tol`: the most sweeps)
                        use_cg=False,        # implicit's approximate conjugate-gradient rows instead of exact solves
                        seed=0,              # seeds the library's random initial factors
                        num_threads=0,       # implicit's threads (0 = all cores)
                        dtype=np.float32,    # factor precision (float64 for the exactness test)
                        init=None,           # optional (x_f, y_f) starting factors
-                       show_progress=False):
+                       show_progress=False,
+                       tol=None):           # stop when |J_prev - J| / J_prev < tol (Eq. 18's J); None: `iterations` sweeps
     "Minimise Eq. 18 with implicit's CPU ALS (images = users, attributes = items) on `confidence_matrix`."
     from threadpoolctl import threadpool_limits
     r = check_confidences(r)
     if not (isinstance(factors, (int, np.integer)) and factors >= 1): raise KitError(f'factors={factors}: D must be an integer >= 1')
     if not regularization >= 0: raise KitError(f'regularization={regularization}: lambda of Eq. 18 must be >= 0')
+    if not (isinstance(iterations, (int, np.integer)) and iterations >= 1): raise KitError(f'iterations={iterations}: ALS needs an integer >= 1 sweeps')
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0): raise KitError(f'als_tol={tol!r}: use a relative change > 0 (e.g. 1e-4), or None for a fixed number of sweeps')
     cui = confidence_matrix(r, p_t, alpha)
     never = [int(j) for j in np.flatnonzero((r >= p_t).sum(0) == 0)]
     if never: warnings.warn(f'attributes {never} have r < p_t={p_t} for every training image: their factors only learn '
                             '"absent" (r_hat ~ 0); fc_2 still sees their l_specific')
+    objective = lambda: eq18_objective(r, als.user_factors, als.item_factors, p_t, alpha, regularization)
     with threadpool_limits(1, 'blas'):
         from implicit.cpu.als import AlternatingLeastSquares
         als = AlternatingLeastSquares(factors=int(factors), regularization=regularization, alpha=1.0, dtype=dtype,
-                                      use_cg=use_cg, iterations=iterations, num_threads=num_threads, random_state=seed)
+                                      use_cg=use_cg, iterations=int(iterations) if tol is None else 1,
+                                      num_threads=num_threads, random_state=seed)
         if init is not None: als.user_factors, als.item_factors = (np.array(a, dtype=dtype) for a in init)
-        t0 = time.perf_counter()
-        try: als.fit(cui, show_progress=show_progress)
+        t0, sweeps, history, converged = time.perf_counter(), 0, [], None
+        try:
+            if tol is None: als.fit(cui, show_progress=show_progress); sweeps = int(iterations)
+            else:
+                converged = False
+                for sweeps in tqdm(range(1, int(iterations) + 1), desc='ALS', leave=False, disable=not show_progress):
+                    als.fit(cui, show_progress=False)      # one sweep from the current factors
+                    history.append(objective())
+                    if sweeps > 1 and abs(history[-2] - history[-1]) <= tol * abs(history[-2]): converged = True; break
         except ValueError as e:
             raise KitError(f'implicit ALS failed ({e}) with factors={factors}, regularization={regularization}: '
                            f'increase regularization or use factors <= {r.shape[1]} (the number of attributes)') from None
         secs = time.perf_counter() - t0
+    if converged is False:
+        warnings.warn(f'ALS stopped after {sweeps} sweeps with the Eq. 18 objective still changing by '
+                      f'{abs(history[-2] - history[-1]) / abs(history[-2]):.2g} > tol={tol}: raise als_max_iterations')
     x, y = np.asarray(als.user_factors), np.asarray(als.item_factors)
-    return LatentFactors(x, y, eq18_objective(r, x, y, p_t, alpha, regularization), secs, never)
+    return LatentFactors(x, y, eq18_objective(r, x, y, p_t, alpha, regularization), secs, never, sweeps, converged, history)
 
 def implicit_loss_to_eq18(loss, cui):  # implicit's `calculate_loss` value; the CSR matrix it was computed on
     "Undo implicit's loss normalisation: Eq. 18 = loss * (sum|v| + N*M - nnz) - sum of |v| over the negative entries."
@@ -139,16 +155,20 @@ def implicit_loss_to_eq18(loss, cui):  # implicit's `calculate_loss` value; the 
     v = cui.data.astype(np.float64)
     return float(loss * (np.abs(v).sum() + n * m - cui.nnz) + v[v < 0].sum())
 
-# %% ../nbs/05_cfar.ipynb #c019
-def benchmark_als(rows=100_000, n_attributes=51, factors=8, iterations=15, use_cg=False, num_threads=1, seed=0):
-    "Time `fit_latent_factors` on random (rows, n_attributes) confidences: wall and process-CPU seconds of the fit."
-    r = np.random.default_rng(seed).random((rows, n_attributes))
+# %% ../nbs/05_cfar.ipynb #c021
+def benchmark_als(rows=100_000, num_attributes=51, factors=8, iterations=15, use_cg=False, num_threads=1, seed=0,
+                  tol=None):  # as `fit_latent_factors`: with a tol, `iterations` is the most sweeps
+    "Time `fit_latent_factors` on random (rows, num_attributes) confidences: wall and process-CPU seconds of the fit."
+    r = np.random.default_rng(seed).random((rows, num_attributes))
     c0 = time.process_time()
-    lf = fit_latent_factors(r, factors, iterations=iterations, use_cg=use_cg, num_threads=num_threads, seed=seed)
-    return dict(rows=rows, n_attributes=n_attributes, factors=factors, iterations=iterations, use_cg=use_cg,
-                seconds=lf.seconds, cpu_seconds=time.process_time() - c0, objective=lf.objective)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        lf = fit_latent_factors(r, factors, iterations=iterations, use_cg=use_cg, num_threads=num_threads, seed=seed, tol=tol)
+    return dict(rows=rows, n_attributes=num_attributes, factors=factors, iterations=iterations, use_cg=use_cg, tol=tol,
+                sweeps=lf.sweeps, converged=lf.converged, seconds=lf.seconds, cpu_seconds=time.process_time() - c0,
+                objective=lf.objective, warnings=[str(x.message) for x in w])
 
-# %% ../nbs/05_cfar.ipynb #c022
+# %% ../nbs/05_cfar.ipynb #c024
 @dataclasses.dataclass
 class AttributeSetDictionary:
     "Fig. 6: prototype keys (K, M) in confidence space and values (K, D), the mean image factor of each key's cluster."
@@ -188,55 +208,71 @@ def infer_confidence(dictionary, y_f, r):  # AttributeSetDictionary; (M, D) attr
     "Eq. 19, read with pv_k: r_hat_ij = pv_k(i)^T y_f_j, k(i) the nearest key of sample i."
     return dictionary.values[dictionary.nearest(r)] @ np.asarray(y_f, np.float64).T
 
-# %% ../nbs/05_cfar.ipynb #c025
-def synthetic_phase1(n=2000, n_attributes=12, n_sets=6,  # samples, attributes M, prototype attribute sets
+# %% ../nbs/05_cfar.ipynb #c027
+def synthetic_phase1(n=2000, num_attributes=12, n_sets=6,  # samples, attributes M, prototype attribute sets
                      noise=(0.5, 3.0), seed=0):           # logit noise sd of the first/last attribute; seed
     "Synthetic phase-1 outputs: labels from a few prototype attribute sets, logits = 2(2y-1) + per-attribute noise."
     rng = np.random.default_rng(seed)
-    probs = rng.beta(0.3, 0.3, size=(n_sets, n_attributes))
+    probs = rng.beta(0.3, 0.3, size=(n_sets, num_attributes))
     z = rng.integers(n_sets, size=n)
-    labels = (rng.random((n, n_attributes)) < probs[z]).astype(np.int8)
-    logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], n_attributes)
+    labels = (rng.random((n, num_attributes)) < probs[z]).astype(np.int8)
+    logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], num_attributes)
     return logits.astype(np.float32), labels
 
-# %% ../nbs/05_cfar.ipynb #c028
+# %% ../nbs/05_cfar.ipynb #c030
 class CFARHead(nn.Module):
     "Eq. 20's fc_2: one linear layer on concat(r_hat, l_specific) -> M final logits."
-    def __init__(self, n_attributes: int,  # M
+    def __init__(self, num_attributes: int,  # M
                  init: str = 'identity'):   # 'identity' (start as l_specific, r_hat weights 0) or 'default'
         super().__init__()
-        self.fc2 = nn.Linear(2 * n_attributes, n_attributes)
+        self.fc2 = nn.Linear(2 * num_attributes, num_attributes)
         if init == 'identity':
             with torch.no_grad():
                 self.fc2.weight.zero_(); self.fc2.bias.zero_()
-                self.fc2.weight[:, n_attributes:] = torch.eye(n_attributes)
+                self.fc2.weight[:, num_attributes:] = torch.eye(num_attributes)
         elif init != 'default': raise KitError(f"init={init!r}: use 'identity' or 'default'")
 
     def forward(self, r_hat, l_specific):  # (N, M) each
         return self.fc2(torch.cat([r_hat, l_specific], 1))
 
+class _Phase2Net(nn.Module):
+    "The engine's view of fc_2: a batch 'image' is the row concat(r_hat, l_specific)."
+    def __init__(self, head): super().__init__(); self.head = head
+    def forward(self, x): return {'logits': self.head.fc2(x)}
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, x, y): self.x, self.y = x, y
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
+
+def loss2(logits, labels,              # (N, M) fc_2 logits; labels in {1, 0, UNSPECIFIED}
+          ignore_unspecified=False):   # True: unspecified entries leave the loss; False: read as negatives ([15])
+    "Loss_2 of Eq. 20: the BCE of Eq. 13 on the final logits (`har_kit.losses.bce_loss`: summed over attributes, mean over images)."
+    return losses.bce_loss(logits, labels, ignore_unspecified)
+
 def train_phase2(r_hat, l_specific, labels,  # (N, M) each: Eq. 19 confidences, frozen phase-1 logits, labels (-1 unspecified)
-                 epochs=30, lr=1e-2, batch_size=256, init='identity', seed=0, show_progress=False):
-    "Fit fc_2 by minimising Loss_2 (Eq. 20, BCE) on cached phase-1 outputs; returns (head in eval mode, epoch losses)."
-    seed_everything(seed)
+                 epochs=30, lr=1e-2, batch_size=256, init='identity', seed=0, show_progress=False,
+                 ignore_unspecified=False,   # see `loss2`
+                 run_dir=None,               # where the engine keeps checkpoints/history (None: a temporary directory)
+                 device='cpu',               # phase 2 is tiny: the CPU is the default
+                 params=None):               # what the fit depends on beyond its config (checked by the engine on resume)
+    "Fit fc_2 by minimising Loss_2 (Eq. 20) on cached phase-1 outputs with `har_kit.engine.fit`; returns (head in eval mode, epoch losses)."
+    import tempfile
+    from har_kit.engine import TrainConfig, fit
     r_hat, l, y = (torch.as_tensor(np.asarray(a, np.float32)) for a in (r_hat, l_specific, labels))
     if not (r_hat.shape == l.shape == y.shape and l.ndim == 2):
         raise KitError(f'r_hat {tuple(r_hat.shape)}, l_specific {tuple(l.shape)} and labels {tuple(y.shape)} must share one (N, M) shape')
+    seed_everything(seed)
     head = CFARHead(l.shape[1], init)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    g, losses = torch.Generator().manual_seed(seed), []
-    for _ in tqdm(range(epochs), disable=not show_progress, desc='phase 2'):
-        perm, tot = torch.randperm(len(y), generator=g), 0.
-        for s in range(0, len(y), batch_size):
-            i = perm[s:s + batch_size]
-            keep = (y[i] != UNSPECIFIED).float()
-            bce = nn.functional.binary_cross_entropy_with_logits(head(r_hat[i], l[i]), (y[i] == 1).float(), reduction='none')
-            loss = (bce * keep).sum() / keep.sum().clamp(min=1)
-            opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(i)
-        losses.append(tot / len(y))
-    return head.eval(), losses
+    loader = torch.utils.data.DataLoader(_Rows(torch.cat([r_hat, l], 1), y), batch_size=batch_size, shuffle=True)
+    cfg = TrainConfig(epochs=epochs, optimizer='adam', lr=lr, momentum=0.9, weight_decay=0.0, scheduler='none', monitor='loss',
+                      device=device, seed=seed, progress=show_progress)
+    crit = lambda out, batch: {'loss': loss2(out['logits'], batch['labels'], ignore_unspecified)}
+    with tempfile.TemporaryDirectory() as tmp:
+        history = fit(_Phase2Net(head), crit, loader, cfg, run_dir if run_dir is not None else tmp, params=params)
+    return head.cpu().eval(), [h['loss'] for h in history]
 
-# %% ../nbs/05_cfar.ipynb #c031
+# %% ../nbs/05_cfar.ipynb #c033
 @dataclasses.dataclass
 class CFARConfig:
     "CFAR hyperparameters (the thesis gives none; defaults from our search on synthetic phase-1 outputs)."
@@ -245,13 +281,15 @@ class CFARConfig:
     alpha: float = 10.             # alpha of Eq. 17
     p_t: float = 0.5               # preference threshold p^t of Eq. 17
     n_prototypes: int = 16         # K keys of the dictionary (Fig. 6)
-    iterations: int = 15           # ALS sweeps
+    iterations: int = 1000         # ALS sweeps at most (`tol` None: exactly)
+    tol: float | None = 1e-4       # stop when Eq. 18's relative change falls under it (None: `iterations` sweeps)
     use_cg: bool = False           # implicit's approximate CG rows instead of exact solves
     epochs: int = 30               # phase-2 epochs
     lr: float = 1e-2               # phase-2 Adam learning rate
     batch_size: int = 256          # phase-2 batch size
     init: str = 'identity'         # fc_2 initialisation: 'identity' or 'default'
     use_r_hat: bool = True         # False: control, fc_2 sees zeros instead of r_hat
+    ignore_unspecified: bool = False  # Loss_2: unspecified labels as negatives (False, [15]) or masked out
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
@@ -262,7 +300,7 @@ class CFAR:
 
     def r_hat(self, l_specific):  # (N, M) phase-1 logits
         "Eq. 19 confidences through the dictionary (no per-image optimisation; zeros for the control)."
-        r_hat = infer_confidence(self.dictionary, self.y_f, check_confidences(sigmoid(l_specific), 'sigmoid(l_specific)'))
+        r_hat = infer_confidence(self.dictionary, self.y_f, check_confidences(expit(l_specific), 'expit(l_specific)'))
         return r_hat if self.config.use_r_hat else np.zeros_like(r_hat)
 
     def logits(self, l_specific):  # (N, M) phase-1 logits
@@ -271,35 +309,97 @@ class CFAR:
             return self.head(torch.as_tensor(self.r_hat(l_specific), dtype=torch.float32),
                              torch.as_tensor(np.asarray(l_specific), dtype=torch.float32)).numpy()
 
+    def state(self):
+        "Everything inference needs as tensors and plain values (a `torch.load(weights_only=True)`-safe dict)."
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+        return dict(format='har-kit-cfar', version=1, config=dataclasses.asdict(self.config), y_f=t(self.y_f),
+                    keys=t(self.dictionary.keys), values=t(self.dictionary.values), counts=t(self.dictionary.counts.astype(np.int64)),
+                    head={k: v.detach().cpu() for k, v in self.head.state_dict().items()}, info=_plain_info(self.info))
+
+    @classmethod
+    def from_state(cls, s, where='CFAR state'):  # a dict from `state`; what to name in errors
+        "Rebuild a CFAR from `state()` (e.g. a model file's `extra['cfar']`); `KitError` naming the field on anything wrong."
+        if not isinstance(s, dict) or s.get('format') != 'har-kit-cfar':
+            raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); write it with CFAR.save / a 05_cfar run')
+        try:
+            arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
+            config = CFARConfig(**s['config'])
+            head = CFARHead(arr['y_f'].shape[0], 'default'); head.load_state_dict(s['head'])
+            d = AttributeSetDictionary(arr['keys'], arr['values'], arr['counts'])
+        except (KeyError, AttributeError, TypeError, RuntimeError) as e:
+            raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); write it again with CFAR.save') from None
+        if d.keys.shape[1] != arr['y_f'].shape[0] or d.values.shape != (len(d.keys), arr['y_f'].shape[1]):
+            raise KitError(f'{where}: keys {d.keys.shape}, values {d.values.shape} and y_f {arr["y_f"].shape} do not fit together')
+        return cls(config, arr['y_f'], d, head.eval(), dict(s.get('info', {})))
+
     def save(self, path):  # destination file (e.g. <run>/<variant>/checkpoints/cfar.pt)
-        "Write everything inference needs to one file, atomically; return the path."
-        state = dict(config=dataclasses.asdict(self.config), y_f=self.y_f, keys=self.dictionary.keys,
-                     values=self.dictionary.values, counts=self.dictionary.counts, head=self.head.state_dict(), info=self.info)
-        with atomic_path(path) as tmp: torch.save(state, tmp)
+        "Write everything inference needs to one file, atomically (tensors and plain values only); return the path."
+        with atomic_path(path) as tmp: torch.save(self.state(), tmp)
         return Path(path)
 
     @classmethod
     def load(cls, path):  # a file written by `CFAR.save`
-        "Read a CFAR written by `save`."
+        "Read a CFAR written by `save` with `torch.load(weights_only=True)`: a file holding code is refused."
         path = Path(path)
         if not path.exists(): raise KitError(f'{path}: no CFAR checkpoint (written by CFAR.save, e.g. by a 05_cfar run)')
-        s = torch.load(path, map_location='cpu', weights_only=False)
-        head = CFARHead(len(s['y_f']), 'default'); head.load_state_dict(s['head'])
-        return cls(CFARConfig(**s['config']), s['y_f'], AttributeSetDictionary(s['keys'], s['values'], s['counts']), head.eval(), s['info'])
+        try: s = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise KitError(f'{path}: not a loadable CFAR file ({type(e).__name__}: {str(e)[:160]}); only tensors and plain '
+                           'values are read (weights_only=True): write it again with CFAR.save') from None
+        return cls.from_state(s, str(path))
+
+def _plain_info(info):  # fit information: numbers, lists, strings
+    "The fit information as plain Python values (numpy scalars and arrays converted)."
+    if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
+    if isinstance(info, (list, tuple, np.ndarray)): return [_plain_info(v) for v in info]
+    if isinstance(info, np.generic): return info.item()
+    return info
 
 def fit_cfar(l_specific, labels,      # (N, M) frozen phase-1 logits and labels of the training images
-             config: CFARConfig | None = None, show_progress=False):
+             config: CFARConfig | None = None, show_progress=False,
+             run_dir=None):           # where the engine keeps phase 2's checkpoints/history (None: temporary)
     "CAM-PAR's second phase: factors (Eq. 17-18), dictionary (Fig. 6), r_hat (Eq. 19), fc_2 (Eq. 20)."
     c = config or CFARConfig()
-    r = check_confidences(sigmoid(l_specific), 'sigmoid(l_specific)')
-    lf = fit_latent_factors(r, c.factors, c.regularization, c.alpha, c.p_t, c.iterations, c.use_cg, c.seed, c.num_threads)
+    r = check_confidences(expit(l_specific), 'expit(l_specific)')
+    lf = fit_latent_factors(r, c.factors, c.regularization, c.alpha, c.p_t, c.iterations, c.use_cg, c.seed, c.num_threads, tol=c.tol)
     d = build_dictionary(r, lf.x_f, c.n_prototypes, c.seed)
     r_hat = infer_confidence(d, lf.y_f, r) if c.use_r_hat else np.zeros_like(r)
-    head, losses = train_phase2(r_hat, l_specific, labels, c.epochs, c.lr, c.batch_size, c.init, c.seed, show_progress)
-    info = dict(objective=lf.objective, als_seconds=lf.seconds, never_positive=lf.never_positive, phase2_loss=losses)
+    head, losses = train_phase2(r_hat, l_specific, labels, c.epochs, c.lr, c.batch_size, c.init, c.seed, show_progress,
+                                c.ignore_unspecified, run_dir, params=dataclasses.asdict(c))
+    info = dict(objective=lf.objective, als_seconds=lf.seconds, als_sweeps=lf.sweeps, als_converged=lf.converged,
+                als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=losses)
     return CFAR(c, lf.y_f, d, head, info)
 
-# %% ../nbs/05_cfar.ipynb #c037
+# %% ../nbs/05_cfar.ipynb #c039
+class CFARPredictor(nn.Module):
+    "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
+    def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
+                 cfar: CFAR):               # the fitted second phase
+        super().__init__()
+        self.phase1, self.head, self.use_r_hat = phase1, cfar.head, bool(cfar.config.use_r_hat)
+        for name, a in (('keys', cfar.dictionary.keys), ('values', cfar.dictionary.values), ('y_f', cfar.y_f)):
+            self.register_buffer(name, torch.as_tensor(np.asarray(a), dtype=torch.float64))
+
+    def forward(self, x):  # images (N, 3, H, W)
+        out = self.phase1(x)
+        l = out['logits_specific']
+        r = torch.sigmoid(l.double())
+        if self.use_r_hat:   # Eq. 19 through the nearest prototype key (Fig. 6)
+            d = (r ** 2).sum(1, keepdim=True) - 2 * r @ self.keys.T + (self.keys ** 2).sum(1)
+            r_hat = self.values[d.argmin(1)] @ self.y_f.T
+        else: r_hat = torch.zeros_like(r)
+        return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
+
+def cfar_extra(cfar: CFAR):  # a fitted CFAR
+    "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
+    return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
+
+def cfar_predictor(model, extra, meta):  # the rebuilt phase-1 network; the model file's `extra` and `meta`
+    "Called by `har_kit.predict.load_model` for CFAR model files: phase 1 + CFAR as one `CFARPredictor`."
+    if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
+    return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
+
+# %% ../nbs/05_cfar.ipynb #c044
 @torch.inference_mode()
 def phase1_outputs(model, loader, device='cpu', progress=False):  # CAM-PAR model; DataLoader of dict batches; device; tqdm
     "Frozen phase-1 outputs over `loader`: {'l_specific', 'logits', 'labels'} as (N, M) numpy arrays."
@@ -313,7 +413,7 @@ def phase1_outputs(model, loader, device='cpu', progress=False):  # CAM-PAR mode
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/05_cfar.ipynb #c042
+# %% ../nbs/05_cfar.ipynb #c049
 def plot_dictionary(cfar: CFAR, attributes=None, max_attributes=51):  # fitted CFAR; attribute names; columns shown
     "Seaborn heatmaps of the prototype keys p_k and of their r_hat = pv_k^T y_f (Fig. 6); returns the figure."
     import matplotlib.pyplot as plt, seaborn as sns

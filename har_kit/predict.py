@@ -4,18 +4,24 @@
 
 # %% ../nbs/09_predict.ipynb #c002
 from __future__ import annotations
-import dataclasses, datetime, hashlib, importlib, json, math, struct
+import argparse, contextlib, csv, dataclasses, datetime, glob, hashlib, importlib, io, json, sys, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from .core import KitError, atomic_path
+from .core import KitError, atomic_path, atomic_write, get_device, save_json
+from .metrics import THRESHOLD_RULES, apply_threshold, check_threshold
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'model_digest', 'save_model', 'LoadedModel', 'find_model_file', 'read_model_file',
-           'check_attributes', 'load_model']
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'IMAGE_SUFFIXES', 'EXPORT_FORMATS', 'model_digest', 'save_model', 'LoadedModel',
+           'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'resolve_thresholds',
+           'collect_images', 'read_image', 'check_images', 'preprocess', 'Predictor', 'write_predictions',
+           'format_record', 'model_maps', 'plot_explanation', 'explain', 'ProbabilityModel', 'export_model', 'cli',
+           'export_cli']
 
 # %% ../nbs/09_predict.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -217,3 +223,360 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     th = meta.get('thresholds')
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),
                        tuple(meta['std']), None if th is None else np.asarray(th, float), meta, extra, path)
+
+# %% ../nbs/09_predict.ipynb #c019
+def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
+    "Per-attribute thresholds from a file, in the model's attribute order."
+    try:
+        text = Path(path).read_text(encoding='utf-8')
+        table = (json.loads(text) if Path(path).suffix.lower() == '.json' else
+                 {r['attribute']: r['threshold'] for r in csv.DictReader(io.StringIO(text))})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise KitError(f'{path}: cannot read thresholds ({type(e).__name__}: {e}); write JSON {{"attribute": threshold}} '
+                       'or a CSV with columns attribute,threshold') from None
+    if not isinstance(table, dict): raise KitError(f'{path}: expected a JSON object {{"attribute": threshold, ...}}')
+    missing, unknown = [n for n in names if n not in table], [n for n in table if n not in names]
+    if missing or unknown:
+        raise KitError(f'{path}: thresholds must name every model attribute exactly once; missing {missing[:5]}, '
+                       f'unknown {unknown[:5]}')
+    try: t = np.array([float(table[n]) for n in names])
+    except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
+    return t
+
+def resolve_thresholds(spec,                 # None, a number, 'val', or a JSON/CSV file of per-attribute thresholds
+                       model: LoadedModel):  # the loaded model (names; stored val thresholds)
+    "One threshold per attribute (C,) and a description of where it came from."
+    names, C = model.attributes, len(model.attributes)
+    if spec is None: spec = 0.5
+    if isinstance(spec, str) and spec.strip().lower() == 'val':
+        if model.thresholds is None:
+            raise KitError(f"{model.path}: threshold 'val' but the model stores no validation thresholds (trained "
+                           'without a validation split); pass a number or a file')
+        t, what = np.asarray(model.thresholds, float), 'val (per-attribute, chosen on the validation split)'
+    elif isinstance(spec, (str, Path)) and not _is_number(spec):
+        if not Path(spec).is_file(): raise KitError(f"threshold {spec!r}: not a number, 'val' or an existing file")
+        t, what = _threshold_file(spec, names), f'per-attribute from {spec}'
+    else:
+        t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
+    if not np.all((t >= 0) & (t <= 1)): raise KitError(f'threshold {spec!r}: thresholds must lie in [0, 1]')
+    return t, what
+
+def _is_number(x):
+    try: float(x); return True
+    except (TypeError, ValueError): return False
+
+# %% ../nbs/09_predict.ipynb #c022
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+def collect_images(specs):  # file paths, folders and glob patterns
+    "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
+    out = []
+    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
+        p = Path(spec)
+        if p.is_file(): found = [p]
+        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif any(c in str(spec) for c in '*?['):
+            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        else: raise KitError(f'{spec}: no such image file or folder')
+        if not found: raise KitError(f'{spec}: matches no image ({", ".join(IMAGE_SUFFIXES)})')
+        out += found
+    return list(dict.fromkeys(out))
+
+def read_image(path):  # an image file
+    "Decode an image to (H, W, 3) uint8 RGB; 16/32-bit greyscale scaled from its range; errors name the file."
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+                a = np.asarray(im, np.float64)
+                top = 65535. if im.mode.startswith('I;16') else max(float(a.max()), 1.)
+                return np.repeat((np.clip(a / top, 0, 1) * 255 + .5).astype(np.uint8)[..., None], 3, 2)
+            return np.asarray(im.convert('RGB'))
+    except (OSError, ValueError, UnidentifiedImageError) as e:
+        raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e})') from None
+
+def check_images(paths):  # image files
+    "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
+    from PIL import Image
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im: im.size
+        except Exception as e: bad.append(f'{p} ({type(e).__name__})')
+    if bad: raise KitError(f'{len(bad)} of {len(paths)} images cannot be read: {"; ".join(bad[:5])}'
+                           + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
+    return list(paths)
+
+def preprocess(image,         # (H, W, 3) uint8 RGB
+               input_size,    # network input (height, width)
+               mean, std):    # per-channel normalisation
+    "Resize (bilinear, antialiased) and normalise one image into a (3, h, w) float tensor, as the sections' evaluation transform."
+    from torchvision.transforms import v2
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)        # a copy: PIL arrays are read-only
+    x = v2.functional.resize(x, list(input_size), antialias=True).float() / 255
+    return v2.functional.normalize(x, list(mean), list(std))
+
+# %% ../nbs/09_predict.ipynb #c025
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
+    def __len__(self): return len(self.paths)
+    def __getitem__(self, i): return preprocess(read_image(self.paths[i]), self.size, self.mean, self.std)
+
+class Predictor:
+    "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
+    def __init__(self, model,               # a model file / run directory, or a `LoadedModel`
+                 threshold=0.5,             # 0.5, a number, 'val' or a per-attribute file (see `resolve_thresholds`)
+                 device='auto',             # 'auto', 'cpu', 'cuda', ...
+                 batch_size: int = 16,      # images per forward pass
+                 variant=None,              # variant inside a run directory
+                 trusted=()):               # further packages whose builders may be called (see `load_model`)
+        self.device = get_device(device)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, trusted=trusted)
+        self.model = self.loaded.model.to(self.device).eval()
+        self.attributes = self.loaded.attributes
+        self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded)
+        if not (isinstance(batch_size, int) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
+        self.batch_size = batch_size
+
+    def tensor(self, images):  # list of paths or (H, W, 3) uint8 arrays
+        "The preprocessed batch (N, 3, h, w)."
+        lm = self.loaded
+        return torch.stack([preprocess(read_image(i) if isinstance(i, (str, Path)) else np.asarray(i), lm.input_size, lm.mean, lm.std)
+                            for i in images])
+
+    @torch.no_grad()
+    def probabilities(self, images, progress=False):  # paths (files, folders, globs) or (H, W, 3) uint8 arrays
+        "(N, C) sigmoid probabilities, in the order of `images`."
+        if all(isinstance(i, (str, Path)) for i in images):
+            lm = self.loaded
+            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
+            batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
+        else: batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
+        out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
+
+    def predict(self, images, progress=True):  # files, folders and globs (or arrays)
+        "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
+        paths = check_images(collect_images(images)) if all(isinstance(i, (str, Path)) for i in images) else list(images)
+        probs = self.probabilities(paths, progress)
+        dec = apply_threshold(probs, self.thresholds, '>=')
+        return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
+                     predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
+                     probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
+                for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
+
+# %% ../nbs/09_predict.ipynb #c026
+def write_predictions(records,          # `Predictor.predict` output
+                      predictor: Predictor,
+                      out_dir):         # folder for predictions.csv and predictions.json
+    "Write predictions.csv and predictions.json atomically; return their paths."
+    out_dir, names = Path(out_dir), predictor.attributes
+    with atomic_write(out_dir/'predictions.csv', newline='') as f:
+        w = csv.writer(f); w.writerow(['image', 'predicted', *names])
+        for r in records: w.writerow([r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)])
+    meta = dict(model=str(predictor.loaded.path), threshold=predictor.threshold_source, rule='>=',
+                thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names)
+    save_json(dict(**meta, images=records), out_dir/'predictions.json')
+    return out_dir/'predictions.csv', out_dir/'predictions.json'
+
+def format_record(r, top=None):  # a record of `Predictor.predict`; at most this many names
+    "One printed line: the image and its predicted attributes with their probabilities."
+    names = r['predicted'][:top] if top else r['predicted']
+    return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
+
+# %% ../nbs/09_predict.ipynb #c029
+@torch.no_grad()
+def model_maps(model, images):  # a contract model; (N, 3, h, w) preprocessed batch
+    "Logits and maps: per-attribute maps (N, C, h', w') with their kind, and global maps {name: (N, 1, h', w')}."
+    out = model(images)
+    per_attr, kind = None, None
+    if out.get('cam') is not None: per_attr, kind = out['cam'], 'CAM'
+    elif out.get('attention') is not None: per_attr, kind = out['attention'], 'attention'
+    elif hasattr(model, 'feature_map') and hasattr(model, 'classifier'):
+        from har_kit.campar import attribute_activation, class_activation_map
+        per_attr, kind = class_activation_map(attribute_activation(model.feature_map(images), model.classifier.weight)), 'CAM'
+    stages = list(getattr(model, 'self_masks', {}) or {})
+    glob_maps = {f'self-mask (stage {int(stages[i]) + 1 if i < len(stages) else i})': m
+                 for i, m in enumerate(out.get('self_masks') or [])}
+    if out.get('mask_logits') is not None: glob_maps['mask branch'] = torch.sigmoid(out['mask_logits'])
+    if per_attr is None and not glob_maps:
+        raise KitError(f'{type(model).__name__} returns no maps to explain (expected cam, attention, self_masks or mask_logits)')
+    return dict(logits=out['logits'], attribute_maps=per_attr, kind=kind, global_maps=glob_maps)
+
+def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None; panel title
+    ax.imshow(image)
+    if m is not None:
+        m = F.interpolate(m[None, None].float(), size=image.shape[:2], mode='bilinear', align_corners=False)[0, 0]
+        ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap='jet', alpha=.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8); ax.axis('off')
+
+# %% ../nbs/09_predict.ipynb #c030
+def plot_explanation(image,              # (H, W, 3) uint8: the network input shown under the maps
+                     maps: dict,         # `model_maps` output for this one image (tensors without the batch axis)
+                     probabilities,      # (C,) probabilities
+                     decisions,          # (C,) bool decisions
+                     attributes,         # names
+                     max_attributes=6,   # attribute panels at most (predicted ones, most probable first)
+                     title=None):        # figure title (e.g. the file name)
+    "One figure: the image, the global maps, then one labelled overlay per predicted attribute (top-3 when none)."
+    import matplotlib.pyplot as plt
+    order = [j for j in np.argsort(-probabilities) if decisions[j]][:max_attributes]
+    shown = order or list(np.argsort(-probabilities)[:3])
+    panels = [('input', None)] + list(maps['global_maps'].items())
+    if maps['attribute_maps'] is not None:
+        panels += [(f"{attributes[j]} {probabilities[j]:.2f}{'' if decisions[j] else ' (not predicted)'}\n{maps['kind']}",
+                    maps['attribute_maps'][j]) for j in shown]
+    ncols = min(len(panels), 5); nrows = -(-len(panels) // ncols)
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, (2.1 * h / w + .5) * nrows + .3), squeeze=False)
+    for ax, (name, m) in zip(axes.flat, panels): _overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name)
+    for ax in axes.flat[len(panels):]: ax.axis('off')
+    if title: fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) uint8
+    x = x.cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
+
+# %% ../nbs/09_predict.ipynb #c031
+def explain(predictor: Predictor,   # a Predictor (model, thresholds, device)
+            images,                 # files, folders, globs
+            out_dir,                # folder for one PNG per image
+            max_attributes=6,       # attribute panels per figure
+            progress=True):         # tqdm progress
+    "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths."
+    import matplotlib.pyplot as plt
+    paths, lm, out = check_images(collect_images(images)), predictor.loaded, []
+    for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
+        x = predictor.tensor([p]).to(predictor.device)
+        maps = model_maps(predictor.model, x)
+        probs = torch.sigmoid(maps['logits'].float())[0].cpu().numpy()
+        one = dict(kind=maps['kind'], attribute_maps=None if maps['attribute_maps'] is None else maps['attribute_maps'][0].cpu(),
+                   global_maps={k: v[0].cpu() for k, v in maps['global_maps'].items()})
+        fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
+                               lm.attributes, max_attributes, title=Path(p).name)
+        dest = Path(out_dir)/f'{i:04d}_{Path(p).stem}.png'
+        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110)
+        plt.close(fig); out.append(dest)
+    return out
+
+# %% ../nbs/09_predict.ipynb #c035
+class ProbabilityModel(nn.Module):
+    "Deployment wrapper: `images` (N, 3, h, w) normalised -> `probabilities` (N, C) = sigmoid(logits)."
+    def __init__(self, model: nn.Module):  # a contract model (returns {'logits': ...})
+        super().__init__(); self.model = model
+    def forward(self, images): return torch.sigmoid(self.model(images)['logits'])
+
+EXPORT_FORMATS = ('onnx', 'torchscript')
+
+def _sidecar(lm, fmt):  # LoadedModel; format
+    return dict(format=fmt, input='images', output='probabilities', attributes=lm.attributes,
+                input_size=list(lm.input_size), mean=list(lm.mean), std=list(lm.std), rule='>=',
+                thresholds=None if lm.thresholds is None else lm.thresholds.tolist(), source=str(lm.path),
+                builder=lm.meta['builder'], layout='NCHW float32, RGB in [0, 1] then (x - mean) / std')
+
+def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
+    "The exported model's probabilities on x (numpy), or None when onnxruntime is missing."
+    if fmt == 'torchscript': return torch.jit.load(str(path)).eval()(x).detach().numpy()
+    try: import onnxruntime as ort
+    except ImportError: return None
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    return sess.run(['probabilities'], {'images': x.numpy()})[0]
+
+# %% ../nbs/09_predict.ipynb #c036
+def _write_onnx(wrapper, x, tmp, meta):  # ProbabilityModel; example batch; temporary path; sidecar dict
+    import onnx
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(wrapper, (x,), str(tmp), input_names=['images'], output_names=['probabilities'], dynamo=True,
+                          external_data=False, dynamic_shapes={'images': {0: torch.export.Dim('batch')}}, verbose=False)
+    m = onnx.load(str(tmp))
+    onnx.helper.set_model_props(m, {'har_kit': json.dumps(meta)})
+    onnx.save(m, str(tmp))
+
+def _write_torchscript(wrapper, x, tmp, meta):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(wrapper, x)
+        torch.jit.save(traced, str(tmp), _extra_files={'har_kit.json': json.dumps(meta)})
+
+def export_model(model,                # model file / run dir, or a LoadedModel
+                 out,                  # destination file (.onnx / .pt)
+                 format='onnx',        # 'onnx' or 'torchscript'
+                 variant=None,         # variant inside a run directory
+                 tol=1e-4,             # largest allowed |exported - PyTorch| on the check batch
+                 trusted=()):          # further builder packages (see `load_model`)
+    "Export the probability wrapper (atomic, with a JSON sidecar) and check it against PyTorch; return a report dict."
+    if format not in EXPORT_FORMATS: raise KitError(f'format={format!r}: choose one of {EXPORT_FORMATS}')
+    lm = model if isinstance(model, LoadedModel) else load_model(model, variant, trusted=trusted)
+    wrapper, meta, out = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format), Path(out)
+    g = torch.Generator().manual_seed(0)
+    x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
+    with atomic_path(out) as tmp:
+        (_write_onnx if format == 'onnx' else _write_torchscript)(wrapper, x, tmp, meta)
+        with torch.no_grad(): ref = wrapper(x_check).numpy()
+        got = _run_exported(tmp, format, x_check)
+        diff = None if got is None else float(np.abs(got - ref).max())
+        if diff is not None and not diff <= tol:
+            raise KitError(f'{out}: the exported model differs from PyTorch by {diff:.3g} (> tol={tol}); not written')
+    save_json({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,
+                                     note=None if diff is not None else 'onnxruntime not installed: not checked')},
+              out.with_name(out.name + '.json'))
+    return dict(path=out, sidecar=out.with_name(out.name + '.json'), max_abs_diff=diff, format=format)
+
+# %% ../nbs/09_predict.ipynb #c039
+def _predict_parser():
+    ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '
+                                 '(<run_dir>/<variant>/model.pt).')
+    ap.add_argument('model', help='model file, variant directory or run directory')
+    ap.add_argument('images', nargs='+', help='image files, folders (searched recursively) or glob patterns')
+    ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
+    ap.add_argument('--threshold', default='0.5', help="0.5 (default), a number, 'val' (per-attribute thresholds "
+                    'chosen on the validation split, stored in the model) or a JSON/CSV file of per-attribute thresholds')
+    ap.add_argument('--out', default='predictions', help='folder for predictions.csv / .json (default ./predictions)')
+    ap.add_argument('--batch-size', type=int, default=16)
+    ap.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
+    ap.add_argument('--explain', action='store_true', help='also save, per image, the maps of where the model looked')
+    ap.add_argument('--max-attributes', type=int, default=6, help='attribute panels per explanation figure')
+    ap.add_argument('--top', type=int, default=None, help='print at most this many attributes per image')
+    ap.add_argument('--quiet', action='store_true', help='do not print one line per image')
+    return ap
+
+def cli(argv=None):  # arguments after `har-kit predict`
+    "Entry point of `har-kit predict`."
+    a = _predict_parser().parse_args(argv)
+    try:
+        pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant)
+        records = pred.predict(a.images, progress=not a.quiet)
+        if not a.quiet:
+            for r in records: print(format_record(r, a.top))
+        csv_path, json_path = write_predictions(records, pred, a.out)
+        print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
+        if a.explain:
+            pngs = explain(pred, a.images, Path(a.out)/'explain', a.max_attributes, progress=not a.quiet)
+            print(f'explanations: {len(pngs)} figures in {Path(a.out)/"explain"}')
+    except KitError as e:
+        print(f'har-kit predict: {e}', file=sys.stderr); return 2
+    return 0
+
+# %% ../nbs/09_predict.ipynb #c040
+def export_cli(argv=None):  # arguments after `har-kit export`
+    "Entry point of `har-kit export`."
+    ap = argparse.ArgumentParser(prog='har-kit export', description='Export a saved model (probabilities out, named '
+                                 'input/output, dynamic batch) as ONNX or TorchScript, checked against PyTorch.')
+    ap.add_argument('model', help='model file, variant directory or run directory')
+    ap.add_argument('--format', choices=EXPORT_FORMATS, default='onnx')
+    ap.add_argument('--out', default=None, help='destination file (default: next to the model, model.onnx / model.ts.pt)')
+    ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
+    ap.add_argument('--tol', type=float, default=1e-4, help='largest allowed |exported - PyTorch| on the check batch')
+    a = ap.parse_args(argv)
+    try:
+        path = find_model_file(a.model, a.variant)
+        out = Path(a.out) if a.out else path.with_name(path.stem + ('.onnx' if a.format == 'onnx' else '.ts.pt'))
+        rep = export_model(path, out, a.format, tol=a.tol)
+        diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
+        print(f"wrote {rep['path']} ({a.format}; {diff} against PyTorch) and {rep['sidecar']}")
+    except KitError as e:
+        print(f'har-kit export: {e}', file=sys.stderr); return 2
+    return 0

@@ -147,4 +147,104 @@ def test_variant_trains_evaluates_and_reloads(name, tmp_path):
 def test_load_campar_errors(tmp_path):
     with pytest.raises(KitError, match='model.json'): load_campar(tmp_path, 'campar')
     save_build_params(campar_variant('campar', 3, arch='resnet-tiny'), tmp_path/'campar')
-    with pytest.raises(KitError, match='best.pt'): load_campar(tmp_path, 'campar')
+    with pytest.raises(KitError, match="best.pt"): load_campar(tmp_path, "campar")
+
+
+# --- issue 16: the paper protocol's readings -------------------------------------------------------------------
+
+def test_fusion_at_the_paper_width_counts_as_the_public_code():
+    "ResNet-50 CAM-PAR + Fusion at latent 128 with c5 BN-only (the public code): 4.08M fusion parameters."
+    model = campar_variant('campar_fusion', 51, arch='resnet50', latent=128, project_deepest=False)
+    n = sum(p.numel() for p in model.fusion.parameters())
+    assert n == 4_080_256 and model.fusion.latent == 128
+    assert sum(p.numel() for p in MCAFusion([512, 1024, 2048], latent=512).parameters()) == 11_030_528   # the kit's old reading
+
+
+def test_mca_fusion_compiles_with_torchscript():
+    mca = MCAFusion([8, 16, 32], latent=4, project_deepest=False).eval()
+    feats = [torch.randn(2, 8, 16, 12), torch.randn(2, 16, 8, 6), torch.randn(2, 32, 4, 3)]
+    scripted = torch.jit.script(mca)
+    torch.testing.assert_close(scripted(feats), mca(feats))
+
+
+def test_fusion_lr_backbone_moves_only_the_lr_group():
+    from har_kit.campar import FusionAtBackboneLr
+    from har_kit.engine import param_groups
+    model = campar_variant('campar_fusion', 5, arch='resnet-tiny')
+    groups = {g['name']: {id(p) for p in g['params']} for g in param_groups(FusionAtBackboneLr(model), 0.1, 0.1)}
+    assert {id(p) for p in model.fusion.parameters()} <= groups['backbone']
+    assert groups['head'] == {id(p) for p in model.classifier.parameters()}
+    assert set(FusionAtBackboneLr(model).state_dict()) == {'model.' + k for k in model.state_dict()}
+
+
+def test_selection_on_test_keeps_the_best_epoch(tmp_path):
+    "'[15]' selection: the epoch with the best eval-split mA is the one restored, and it is found again from history."
+    from har_kit.campar import EpochSelector, selected_epoch
+    from har_kit.engine import fit, load_checkpoint
+    m = 5
+    train, test = _loader(_Toy(64, m, 0), True), _loader(_Toy(32, m, 1), False)
+    torch.manual_seed(0)
+    model = campar_variant('campar', m, arch='resnet-tiny')
+    score = lambda s, y: pedestrian_metrics(s, y)
+    sel = EpochSelector(model, score, 'mA', tmp_path/'checkpoints'/'selected.pt')
+    cfg = campar_train_config('adam', epochs=4, lr=3e-2, plateau_on='eval_loss', device='cpu', progress=False)
+    hist = fit(model, CamParLoss(), train, cfg, tmp_path, test, sel)
+    epoch, value = selected_epoch(hist, 'mA')
+    assert value == max(h['val_mA'] for h in hist) and sel.best == pytest.approx(value)
+    model.load_state_dict(load_checkpoint(sel.path)['model'])
+    assert score(predict(model, test)['scores'], predict(model, test)['labels'])['mA'] == pytest.approx(value, abs=1e-6)
+    # a resumed selector starts from the kept value, never from scratch
+    assert EpochSelector(model, score, 'mA', sel.path).best == pytest.approx(value)
+
+
+def test_split_train_eval_modes():
+    from types import SimpleNamespace
+    from har_kit.campar import split_train_eval
+    pa = SimpleNamespace(splits=['train', 'val', 'test'], split=lambda *n: [f'{s}{i}' for s in n for i in range(10)])
+    rap = SimpleNamespace(splits=['train', 'test'], split=lambda *n: [f'{s}{i}' for s in n for i in range(10)])
+    tr, ev, name = split_train_eval(pa, ['trainval'], '[15]')
+    assert (len(tr), name, ev[0]) == (20, 'test', 'test0')
+    assert split_train_eval(rap, ['trainval'], '[15]')[0] == rap.split('train')      # RAP: trainval is train
+    assert split_train_eval(pa, ['train'], 'held-out')[2] == 'val'
+    assert split_train_eval(rap, ['train'], 'held-out')[1:] == (None, None)          # last epoch
+    tr, ev, name = split_train_eval(rap, ['train'], 'held-out', val_fraction=0.3, seed=1)
+    assert (len(tr), len(ev), set(tr) & set(ev)) == (7, 3, set()) and 'carved' in name
+    assert split_train_eval(rap, ['train'], 'held-out', val_fraction=0.3, seed=1)[1] == ev   # seeded
+    with pytest.raises(KitError, match='selection'): split_train_eval(rap, ['train'], 'test')
+    with pytest.raises(KitError, match='val_fraction'): split_train_eval(rap, ['train'], 'held-out', val_fraction=1.5)
+
+
+def test_uncertain_labels_are_negative_in_metric_as_in_loss():
+    from har_kit.campar import metric_row, dataset_scorer
+    s = np.array([[.9, .2], [.4, .7], [.6, .9]])
+    y = np.array([[1, 0], [0, UNSPECIFIED], [1, 1]])
+    row = metric_row('rap', s, y, ['a', 'b'])
+    as_negative = pedestrian_metrics(s, np.where(y == UNSPECIFIED, 0, y))
+    assert row['mA'] == pytest.approx(as_negative['mA']) and row['ma_per_attr']['b'] == pytest.approx(0.75)
+    assert dataset_scorer('rap', ignore_unspecified=True)(s, y)['mA'] == pytest.approx(pedestrian_metrics(s, y)['mA'])
+
+
+def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):
+    "weights='IMAGENET1K_V1' (the paper profile) asks torchvision for its original weights; nothing downloads here."
+    import torchvision
+    seen = {}
+    real = torchvision.models.get_model
+    def fake(arch, weights=None, **kw):
+        seen['weights'] = weights
+        return real(arch, weights=None, **kw)
+    monkeypatch.setattr(torchvision.models, 'get_model', fake)
+    campar_variant('baseline', 5, arch='resnet18', weights='IMAGENET1K_V1')
+    assert seen['weights'] == torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+
+
+def test_a_fresh_start_forgets_a_stale_selection(tmp_path):
+    "A selected.pt left by an earlier run (no last.pt beside it) is not taken for this run's best epoch."
+    from har_kit.campar import EpochSelector
+    from har_kit.engine import save_checkpoint
+    model = campar_variant('campar', 3, arch='resnet-tiny')
+    path = tmp_path/'checkpoints'/'selected.pt'
+    save_checkpoint(dict(model=model.state_dict(), value=0.99, key='mA'), path)
+    assert EpochSelector(model, pedestrian_metrics, 'mA', path).best is None and not path.exists()
+    save_checkpoint(dict(model=model.state_dict(), value=0.42, key='mA'), path)
+    save_checkpoint(dict(epoch=1), tmp_path/'checkpoints'/'last.pt')          # a run in progress: resumed
+    assert EpochSelector(model, pedestrian_metrics, 'mA', path).best == 0.42

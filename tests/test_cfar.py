@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from scipy.special import expit
 
 from har_kit.core import KitError
 from har_kit import cfar
@@ -103,8 +104,8 @@ def test_cfar_beats_phase1_and_round_trips(tmp_path):
     cfg = cfar.CFARConfig(num_threads=1)
     model = cfar.fit_cfar(l[:1000], y[:1000], cfg)
     from har_kit.metrics import pedestrian_metrics
-    ma0 = pedestrian_metrics(cfar.sigmoid(l[1000:]), y[1000:])['mA']
-    ma = pedestrian_metrics(cfar.sigmoid(model.logits(l[1000:])), y[1000:])['mA']
+    ma0 = pedestrian_metrics(expit(l[1000:]), y[1000:])['mA']
+    ma = pedestrian_metrics(expit(model.logits(l[1000:])), y[1000:])['mA']
     assert ma > ma0 + 0.01
     f = model.save(tmp_path/'c'/'cfar.pt')
     np.testing.assert_allclose(cfar.CFAR.load(f).logits(l[1000:]), model.logits(l[1000:]), atol=1e-6)
@@ -116,7 +117,68 @@ def test_phase2_identity_init_and_unspecified_mask():
     torch.testing.assert_close(h(torch.randn(3, 4), l), l)
     y = np.full((64, 4), -1, np.int8); y[:, 0] = 1                 # only attribute 0 specified
     l = np.zeros((64, 4), np.float32)
-    head, losses = cfar.train_phase2(np.zeros_like(l), l, y, epochs=20, lr=.1)
+    head, losses = cfar.train_phase2(np.zeros_like(l), l, y, epochs=20, lr=.1, ignore_unspecified=True)
     out = head(torch.zeros(1, 4), torch.zeros(1, 4))[0]
     assert out[0] > 1 and torch.allclose(out[1:], torch.zeros(3), atol=1e-6)   # masked attributes never trained
     with pytest.raises(KitError, match='shape'): cfar.train_phase2(l[:, :2], l, y)
+
+
+def test_unspecified_labels_are_negatives_by_default_in_phase2():
+    y = np.full((64, 2), -1, np.int8); y[:, 0] = 1
+    l = np.zeros((64, 2), np.float32)
+    head, _ = cfar.train_phase2(np.zeros_like(l), l, y, epochs=20, lr=.1)
+    out = head(torch.zeros(1, 2), torch.zeros(1, 2))[0]
+    assert out[0] > 1 and out[1] < -1                               # read as negatives ([15], CAM-PAR's rule)
+
+
+def test_als_runs_until_the_eq18_objective_converges():
+    "Issue 16: ALS stops when the relative change of Eq. 18 falls under tol, and records the sweeps."
+    r = expit(3 * np.random.default_rng(3).normal(size=(200, 10)))
+    tol = 1e-4
+    lf = cfar.fit_latent_factors(r, 4, .1, 10., .5, iterations=2000, num_threads=1, tol=tol)
+    o = lf.objectives
+    assert lf.converged and lf.sweeps == len(o) < 2000
+    assert abs(o[-2] - o[-1]) <= tol * o[-2] and abs(o[-3] - o[-2]) > tol * o[-3]   # stopped at the first sweep under tol
+    assert lf.objective == pytest.approx(o[-1], rel=1e-9)
+    fixed = cfar.fit_latent_factors(r, 4, .1, 10., .5, iterations=15, num_threads=1)
+    assert lf.objective < fixed.objective and fixed.converged is None and fixed.sweeps == 15
+    with pytest.warns(UserWarning, match='als_max_iterations'):
+        short = cfar.fit_latent_factors(r, 4, .1, 10., .5, iterations=3, num_threads=1, tol=1e-12)
+    assert (short.sweeps, short.converged) == (3, False)
+
+
+def test_fit_cfar_records_sweeps():
+    l, y = cfar.synthetic_phase1(300, 6, 3, seed=0)
+    m = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, tol=1e-3, iterations=500, n_prototypes=4))
+    assert m.info['als_converged'] and 1 < m.info['als_sweeps'] == len(m.info['als_objectives'])
+
+
+def test_cfar_predictor_equals_the_numpy_path_and_survives_a_weights_only_load(tmp_path):
+    from har_kit.campar import campar_variant
+    l, y = cfar.synthetic_phase1(300, 5, 3, seed=0)
+    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=3, n_prototypes=4))
+    phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
+    x = torch.randn(4, 3, 64, 48)
+    with torch.no_grad(): ls = phase1(x)['logits_specific'].numpy()
+    torch.save(cfar.cfar_extra(fitted), tmp_path/'extra.pt')
+    pred = cfar.cfar_predictor(phase1, torch.load(tmp_path/'extra.pt', weights_only=True), {})
+    with torch.no_grad(): out = pred(x)
+    np.testing.assert_allclose(out['logits'].numpy(), fitted.logits(ls), atol=1e-5)
+    np.testing.assert_allclose(out['logits_specific'].numpy(), ls, atol=0)
+
+
+def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
+    "A CFAR variant's model.pt (phase 1 + extra['cfar']) comes back through load_model and exports to TorchScript."
+    from har_kit.campar import campar_variant, save_campar
+    from har_kit.predict import load_model, export_model
+    l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
+    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4))
+    phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
+    save_campar(phase1, tmp_path/'campar_cfar', list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted))
+    lm = load_model(tmp_path, 'campar_cfar')
+    assert isinstance(lm.model, cfar.CFARPredictor)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        np.testing.assert_allclose(lm.model(x)['logits'].numpy(), fitted.logits(phase1(x)['logits_specific'].numpy()), atol=1e-5)
+    rep = export_model(lm, tmp_path/'cfar.ts', 'torchscript')
+    assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4

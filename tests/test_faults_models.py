@@ -1,0 +1,114 @@
+"Fault catalogue of the model sections (campar, cfar): bad files and bad parameters end in a clear KitError, never in code run."
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from har_kit import campar, cfar
+from har_kit.core import KitError
+
+torch.set_num_threads(1)
+
+
+class _RunsCode:
+    "Unpickling this object calls os.system: a crafted checkpoint."
+    def __reduce__(self):
+        import os
+        return (os.system, ('touch /tmp/har_kit_pwned_cfar',))
+
+
+@pytest.fixture(scope='module')
+def fitted():
+    l, y = cfar.synthetic_phase1(200, 4, 2, seed=0)
+    return cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=3, tol=None, iterations=5))
+
+
+def test_cfar_load_refuses_a_pickle_that_runs_code(tmp_path):
+    marker = Path('/tmp/har_kit_pwned_cfar')
+    marker.unlink(missing_ok=True)
+    f = tmp_path/'cfar.pt'
+    torch.save({'format': 'har-kit-cfar', 'info': _RunsCode()}, f)
+    with pytest.raises(KitError, match='weights_only=True'): cfar.CFAR.load(f)
+    with open(f, 'wb') as fh: pickle.dump({'y_f': _RunsCode()}, fh)
+    with pytest.raises(KitError, match=str(f)): cfar.CFAR.load(f)
+    assert not marker.exists()
+
+
+def test_cfar_file_round_trips_with_weights_only(fitted, tmp_path):
+    f = fitted.save(tmp_path/'c.pt')
+    state = torch.load(f, weights_only=True)                 # plain tensors and values only
+    assert isinstance(state['y_f'], torch.Tensor) and isinstance(state['config'], dict)
+    l, _ = cfar.synthetic_phase1(20, 4, 2, seed=5)
+    np.testing.assert_allclose(cfar.CFAR.load(f).logits(l), fitted.logits(l), atol=1e-6)
+
+
+@pytest.mark.parametrize('damage,match', [
+    ('truncate', 'not a loadable CFAR file'),
+    ('not_cfar', 'not a CFAR state'),
+    ('missing_head', 'incomplete or inconsistent'),
+    ('shapes', 'do not fit together'),
+])
+def test_damaged_cfar_files_are_refused(fitted, tmp_path, damage, match):
+    f = fitted.save(tmp_path/'c.pt')
+    if damage == 'truncate': f.write_bytes(f.read_bytes()[:100])
+    else:
+        s = fitted.state()
+        if damage == 'not_cfar': s = {'model': s['head']}
+        if damage == 'missing_head': del s['head']
+        if damage == 'shapes': s['keys'] = s['keys'][:, :2]
+        torch.save(s, f)
+    with pytest.raises(KitError, match=match): cfar.CFAR.load(f)
+
+
+def test_missing_cfar_file(tmp_path):
+    with pytest.raises(KitError, match='no CFAR checkpoint'): cfar.CFAR.load(tmp_path/'nope.pt')
+
+
+def test_model_sections_load_only_with_weights_only():
+    "Every torch.load in the model sections' modules reads with weights_only=True."
+    import har_kit
+    root = Path(har_kit.__file__).parent
+    for mod in ('campar.py', 'cfar.py'):
+        for call in re.findall(r'torch\.load\([^)]*\)', (root/mod).read_text()):
+            assert 'weights_only=True' in call, (mod, call)
+
+
+@pytest.mark.parametrize('kw,match', [
+    (dict(tol=-1.), 'als_tol'), (dict(tol='1e-4'), 'als_tol'), (dict(iterations=0), 'iterations'), (dict(factors=0), 'factors')])
+def test_bad_als_parameters(kw, match):
+    r = np.random.default_rng(0).random((10, 4))
+    with pytest.raises(KitError, match=match): cfar.fit_latent_factors(r, **{'factors': 2, **kw})
+
+
+def test_diverged_phase1_logits_are_refused():
+    l, y = cfar.synthetic_phase1(50, 4, 2, seed=0)
+    l[3, 1] = np.nan
+    with pytest.raises(KitError, match='non-finite'): cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1))
+
+
+def test_cfar_predictor_without_state():
+    with pytest.raises(KitError, match="'cfar'"): cfar.cfar_predictor(torch.nn.Identity(), {}, {})
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: campar.campar_variant('campar', 0, arch='resnet-tiny'), 'num_attributes'),
+    (lambda: campar.campar_variant('nope', 3, arch='resnet-tiny'), 'unknown CAM-PAR variant'),
+    (lambda: campar.campar_train_config(plateau_on='val_mA'), 'plateau_on'),
+    (lambda: campar.MCAFusion([4, 8, 16], out_channels=32, project_deepest=False), 'project_deepest'),
+    (lambda: campar.MCAFusion([4, 8, 16])([torch.randn(1, 4, 4, 4)]), '3 stages'),
+    (lambda: campar.carve_validation(list(range(5)), 0.05), 'val_fraction'),
+])
+def test_bad_model_parameters(call, match):
+    with pytest.raises(KitError, match=match): call()
+
+
+def test_load_campar_without_a_trained_variant(tmp_path):
+    with pytest.raises(KitError, match='model.json'): campar.load_campar(tmp_path, 'campar')
+    campar.save_build_params(campar.campar_variant('campar', 3, arch='resnet-tiny'), tmp_path/'campar')
+    with pytest.raises(KitError, match='best.pt'): campar.load_campar(tmp_path, 'campar')
+    (tmp_path/'campar'/'checkpoints').mkdir()
+    (tmp_path/'campar'/'checkpoints'/'best.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(KitError, match='best.pt'): campar.load_campar(tmp_path, 'campar')
