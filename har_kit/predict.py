@@ -478,7 +478,10 @@ def _sidecar(lm, fmt):  # LoadedModel; format
 
 def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
     "The exported model's probabilities on x (numpy), or None when onnxruntime is missing."
-    if fmt == 'torchscript': return torch.jit.load(str(path)).eval()(x).detach().numpy()
+    if fmt == 'torchscript':
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)                # torch.jit is deprecated, still supported
+            return torch.jit.load(str(path)).eval()(x).detach().numpy()
     try: import onnxruntime as ort
     except ImportError: return None
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
