@@ -188,6 +188,8 @@ def read_model_file(path, map_location='cpu'):  # a file written by save_model
     try: ok = model_digest(blob['meta'], blob['state_dict'], blob['extra']) == blob['sha256']
     except (KeyError, KitError, TypeError, AttributeError): ok = False
     if not ok: raise KitError(f'{path}: content hash mismatch: the file is corrupted; save it again from its run')
+    missing = [k for k in ('builder', 'kwargs', 'attributes', 'input_size', 'mean', 'std') if k not in blob['meta']]
+    if missing: raise KitError(f'{path}: the model file lacks {missing}; save it with har_kit.predict.save_model')
     return blob
 
 # %% ../nbs/09_predict.ipynb #c013
@@ -243,11 +245,14 @@ def _threshold_file(path, names):  # JSON or CSV file; the model's attribute nam
     except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
     return t
 
-def resolve_thresholds(spec,                 # None, a number, 'val', or a JSON/CSV file of per-attribute thresholds
+def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV file, or a (C,) sequence
                        model: LoadedModel):  # the loaded model (names; stored val thresholds)
     "One threshold per attribute (C,) and a description of where it came from."
     names, C = model.attributes, len(model.attributes)
     if spec is None: spec = 0.5
+    if isinstance(spec, (list, tuple, np.ndarray, torch.Tensor)):
+        t = check_threshold(spec, C)
+        return np.broadcast_to(np.asarray(t, float), (C,)).copy(), 'per-attribute (given)'
     if isinstance(spec, str) and spec.strip().lower() == 'val':
         if model.thresholds is None:
             raise KitError(f"{model.path}: threshold 'val' but the model stores no validation thresholds (trained "
@@ -329,9 +334,11 @@ class Predictor:
                  device='auto',             # 'auto', 'cpu', 'cuda', ...
                  batch_size: int = 16,      # images per forward pass
                  variant=None,              # variant inside a run directory
+                 attributes=None,           # expected attribute names (None: no check)
                  trusted=()):               # further packages whose builders may be called (see `load_model`)
         self.device = get_device(device)
-        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, trusted=trusted)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, attributes=attributes, trusted=trusted)
+        if isinstance(model, LoadedModel): check_attributes(model.attributes, attributes, model.path)
         self.model = self.loaded.model.to(self.device).eval()
         self.attributes = self.loaded.attributes
         self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded)
