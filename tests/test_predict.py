@@ -131,8 +131,9 @@ def test_composite_predictor_from_extra(tmp_path, monkeypatch):
 # ---- Predictor, CLI, explain, export ----
 from PIL import Image
 
-from har_kit.predict import (Predictor, cli, collect_images, explain, export_cli, export_model, model_maps, read_image,
-                             resolve_thresholds)
+from har_kit.explain import explain, model_maps
+from har_kit.export import cli as export_cli, export_model
+from har_kit.predict import Predictor, cli, collect_images, read_image, resolve_thresholds
 
 SAMPLE = Path(__file__).resolve().parents[1].parent.parent/'shared'/'data'/'pa100k-sample'
 SAMPLE = SAMPLE if SAMPLE.is_dir() else Path('/work/shared/data/pa100k-sample')
