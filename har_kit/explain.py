@@ -33,7 +33,10 @@ def model_maps(model, images):  # a contract model; (N, 3, h, w) preprocessed ba
                  for i, m in enumerate(out.get('self_masks') or [])}
     if out.get('mask_logits') is not None: glob_maps['mask branch'] = torch.sigmoid(out['mask_logits'])
     if per_attr is None and not glob_maps:
-        raise KitError(f'{type(model).__name__} returns no maps to explain (expected cam, attention, self_masks or mask_logits)')
+        inner = next((m for m in model.children() if hasattr(m, 'backbone')), None)   # a composite's network
+        if inner is None:
+            raise KitError(f'{type(model).__name__} returns no maps to explain (expected cam, attention, self_masks or mask_logits)')
+        return {**model_maps(inner, images), 'logits': out['logits']}
     return dict(logits=out['logits'], attribute_maps=per_attr, kind=kind, global_maps=glob_maps)
 
 def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None; panel title

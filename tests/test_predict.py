@@ -256,3 +256,21 @@ def test_real_sample_images_predict(tmp_path):
     paths = [s.image for s in data.split('test')[:6]]
     recs = Predictor(f).predict(paths, progress=False)
     assert len(recs) == len(paths) and set(recs[0]['probabilities']) == set(data.attributes)
+
+
+class _LogitsOnly(nn.Module):  # a composite that returns only its own logits (as CFAR's predictor does)
+    def __init__(self, net):
+        super().__init__(); self.phase1 = net
+    def forward(self, x): return {'logits': self.phase1(x)['logits'] + 1}
+
+
+def test_model_maps_of_a_composite_use_its_network():
+    net = _campar()[0]
+    x = torch.randn(1, 3, 64, 32)
+    m = model_maps(_LogitsOnly(net), x)
+    assert m['kind'] == 'CAM' and torch.equal(m['logits'], net(x)['logits'] + 1)
+    with pytest.raises(KitError, match='no maps'): model_maps(_Plain(), x)
+
+
+class _Plain(nn.Module):
+    def forward(self, x): return {'logits': x.mean((2, 3))}
