@@ -206,6 +206,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
                attributes=None,       # expected attribute names (None: no check)
                trusted=()):           # further top-level packages whose builders may be called
     "Rebuild a model saved by `save_model`: `LoadedModel` with the network in eval mode."
+    if isinstance(map_location, str): get_device(map_location)      # a clear error when CUDA is asked for but absent
     path = find_model_file(path_or_run_dir, variant)
     blob = read_model_file(path, map_location)
     meta, extra = blob['meta'], blob['extra']
