@@ -45,7 +45,10 @@ def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
 
 # %% ../nbs/09b_export.ipynb #c007
 def _write_onnx(wrapper, x, tmp, meta):  # ProbabilityModel; example batch; temporary path; sidecar dict
-    import onnx
+    try: import onnx, onnxscript
+    except ImportError as e:
+        raise KitError(f'--format onnx needs the onnx and onnxscript packages ({e}): pip install onnx onnxscript '
+                       'onnxruntime (onnxruntime checks the export), or use --format torchscript') from None
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(wrapper, (x,), str(tmp), input_names=['images'], output_names=['probabilities'], dynamo=True,
