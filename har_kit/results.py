@@ -522,12 +522,12 @@ def protocol_card(table: Table, root=None, profile='quick') -> dict:
             if not same:
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason=choice_reason(profile, nb, param)))
-    card['header'] = _protocol_header(runs)
+    card['header'] = _protocol_header(runs, {nb for nb, decl in table.protocol.items() if 'weights' in decl})
     return card
 
-def _protocol_header(runs) -> str:
+def _protocol_header(runs, weighted) -> str:  # the table's runs; notebooks whose `weights` the protocol declares
     if not runs: return 'Weights, partitions, selection: no runs yet.'
-    w = Counter(_show(p['weights']) if p.get('weights') else 'None (from scratch)' for _, _, _, p in runs if 'weights' in p)
+    w = Counter(_show(p['weights']) if p.get('weights') else 'None (from scratch)' for nb, _, _, p in runs if nb in weighted and 'weights' in p)
     parts = [f'Weights: {", ".join(w) or "not a parameter"}.']
     rap = [p for _, _, _, p in runs if p.get('dataset') == 'rap']
     if rap:
