@@ -176,7 +176,7 @@ def throughput(model,                       # a throwaway model (train=True upda
     return dict(images_per_s=batch_size / ms * 1e3, step_ms=ms, peak_mem_mib=peak, batch_size=batch_size,
                 input_size=list(input_size), train=train, amp=amp or 'none', channels_last=channels_last, device=str(dev))
 
-# %% ../nbs/00e_bench.ipynb #c019
+# %% ../nbs/00e_bench.ipynb #c020
 def available_cpus():
     "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
     try: return len(os.sched_getaffinity(0))
@@ -285,7 +285,7 @@ def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/00e_bench.ipynb #c022
+# %% ../nbs/00e_bench.ipynb #c024
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')

@@ -84,7 +84,7 @@ class Paper:
     datasets: tuple = ()          # only for runs on these dataset kinds (empty: every run)
     across: bool = False          # `value` is a list the runs should cover together (e.g. RAP's five partitions)
 
-# %% ../nbs/06_results.ipynb #c010
+# %% ../nbs/06_results.ipynb #c011
 _REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100K datasets')
 
 def dahar_protocol(**extra):  # per-table additions or overrides, e.g. partition=Paper(...)
@@ -111,7 +111,7 @@ def dahar_protocol(**extra):  # per-table additions or overrides, e.g. partition
 _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li et al. 2016a)": 5 random partitions, averaged',
                              datasets=('rap',), across=True))
 
-# %% ../nbs/06_results.ipynb #c012
+# %% ../nbs/06_results.ipynb #c013
 def campar_protocol(**extra):  # per-table additions or overrides
     "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `04_campar`/`05_cfar` parameter names."
     train = {
@@ -142,7 +142,7 @@ def campar_protocol(**extra):  # per-table additions or overrides
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
-# %% ../nbs/06_results.ipynb #c014
+# %% ../nbs/06_results.ipynb #c015
 WIDER_COLUMNS = {  # paper column -> WIDER-Attribute attribute name (attribute_id_map of the real set)
     'Male': 'Male', 'Long Hair': 'longHair', 'Sunglasses': 'sunglass', 'Hat': 'Hat', 'T-shirt': 'Tshiirt',
     'Long Sleeve': 'longSleeve', 'Formal': 'formal', 'Shorts': 'shorts', 'Jeans': 'jeans', 'Long Pants': 'longPants',
@@ -168,7 +168,7 @@ DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'D
 ], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized',
    protocol=dahar_protocol())
 
-# %% ../nbs/06_results.ipynb #c016
+# %% ../nbs/06_results.ipynb #c017
 _T2_COLS = ['loss', 'mA', 'Acc', 'Prec', 'Rec', 'F1']
 _PED = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
 
@@ -194,7 +194,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
 ], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes',
    protocol=dahar_protocol(**_RAP5), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
 
-# %% ../nbs/06_results.ipynb #c018
+# %% ../nbs/06_results.ipynb #c019
 _T3_COLS = ['crops', 'full']
 _T3_METRICS = {'crops': 'mAP_crops', 'full': 'mAP_full'}
 
@@ -210,7 +210,7 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
 ], conventions='AP: VOC-style interpolated; crops = average over five crops; full = whole patch resized to the input size',
    protocol=dahar_protocol(), compare={k: 'baseline' for k in ('fusion', 'self_mask', 'coarse_to_fine', 'dahar', 'dahar_ignore0', 'dahar_trainval')})
 
-# %% ../nbs/06_results.ipynb #c020
+# %% ../nbs/06_results.ipynb #c021
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
 def _campar(variant, dataset): return spec('campar', variant, dataset=dataset)
@@ -238,7 +238,7 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
 ], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
    param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
-# %% ../nbs/06_results.ipynb #c022
+# %% ../nbs/06_results.ipynb #c023
 def row_runs(row: Row) -> list:
     "The distinct RunSpecs a row's columns come from."
     specs = [row.run] if row.run else []
@@ -254,7 +254,7 @@ def column_source(row: Row, column):  # -> (RunSpec, dotted metric path) or None
     if m is None: return None
     return m if isinstance(m, tuple) else (row.run, m)
 
-# %% ../nbs/06_results.ipynb #c024
+# %% ../nbs/06_results.ipynb #c025
 _C2_COLS = ['mA', 'F1']
 _C2_METRICS = {'mA': 'mA', 'F1': 'f1'}
 
@@ -270,7 +270,7 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
-# %% ../nbs/06_results.ipynb #c028
+# %% ../nbs/06_results.ipynb #c029
 DISTRACTION_BINS = ['0', '1', '2', '3+']
 
 def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
@@ -286,7 +286,7 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/06_results.ipynb #c030
+# %% ../nbs/06_results.ipynb #c031
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
@@ -306,7 +306,7 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
 ], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5',
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/06_results.ipynb #c032
+# %% ../nbs/06_results.ipynb #c033
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -319,7 +319,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 STUDY_TABLES = {t.key: t for t in (DISTRACTION, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/06_results.ipynb #c034
+# %% ../nbs/06_results.ipynb #c035
 def run_layout(tables=None) -> dict:
     "RunSpec key -> (table key, row dir name) of the first row needing it; a dependency is named after its user."
     layout = {}
@@ -337,7 +337,7 @@ def run_path(root, profile, spec: RunSpec, seed: int, layout=None) -> Path:  # r
     table, row = (layout or run_layout())[spec.key()]
     return Path(root)/profile/table/row/f'seed{seed}'
 
-# %% ../nbs/06_results.ipynb #c037
+# %% ../nbs/06_results.ipynb #c038
 SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
                    'held-out': 'held-out (epoch chosen on a validation split carved from training, or the last epoch)'}
 
@@ -427,7 +427,7 @@ def collect(table: Table, root=None, profile='quick') -> dict:
                 cells[(row.key, col)] = dict(text=str(run_params(runs[0][1], runs[0][0].notebook).get(param, '?')))
     return cells
 
-# %% ../nbs/06_results.ipynb #c039
+# %% ../nbs/06_results.ipynb #c040
 def paired_interval(a: dict, b: dict, level: float = 0.95):  # cell summaries (`collect`) of a row and of its baseline
     "Mean and t-interval of the per-seed differences a - b over the seeds both have; None without a common seed."
     bv = dict(zip(b['seeds'], b['values']))
@@ -444,7 +444,7 @@ def _fmt_interval(iv):
     if iv['lo'] is None: return f'{iv["mean"]:+.2f} (n=1: no interval)'
     return f'{iv["mean"]:+.2f} [{iv["lo"]:+.2f}, {iv["hi"]:+.2f}]' + (' *' if iv['exceeds'] else '')
 
-# %% ../nbs/06_results.ipynb #c042
+# %% ../nbs/06_results.ipynb #c044
 CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
     '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
                        "row is shown beside it when run)"},
@@ -567,7 +567,7 @@ def card_csv(card: dict) -> str:  # from `protocol_card`
         for x in card[kind]: w.writerow([kind, x.split(' ', 1)[0], x.split('`')[1], '', '', x.split('= ', 1)[1] if '= ' in x else '', ''])
     return buf.getvalue()
 
-# %% ../nbs/06_results.ipynb #c044
+# %% ../nbs/06_results.ipynb #c047
 PROFILE_NOTES = {
     'quick': 'synthetic stand-in data (the kit\'s procedural WIDER-/RAP-/PA100K-like benchmark), small backbone and '
              'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s: only the orderings are.',
@@ -668,7 +668,7 @@ def render(table: Table, root=None, profile='quick', out=None) -> dict:
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
-# %% ../nbs/06_results.ipynb #c048
+# %% ../nbs/06_results.ipynb #c051
 def plot_ablation(table: Table, cells: dict, column: str, ax=None):
     "Bars of reported vs ours (mean ± sd) for one column of an ablation table."
     import matplotlib.pyplot as plt
