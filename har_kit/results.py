@@ -4,7 +4,8 @@
 
 # %% ../nbs/06_results.ipynb #c002
 from __future__ import annotations
-import csv, io, json, math, statistics
+import ast, csv, functools, io, json, math, statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +13,13 @@ from .core import KitError, atomic_write, load_json, outputs_root, save_json
 
 # %% auto #0
 __all__ = ['WIDER_COLUMNS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_T1', 'CAMPAR_T2', 'PAPER_TABLES', 'TABLES',
-           'DISTRACTION_BINS', 'DISTRACTION', 'MATRIX', 'REAL_PA100K', 'STUDY_TABLES', 'PROFILE_NOTES', 'RunSpec',
-           'spec', 'Row', 'Table', 'row_runs', 'column_source', 'run_layout', 'run_path', 'seed_dirs', 'collect',
-           'table_rows', 'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
-           'plot_distraction', 'plot_curves']
+           'DISTRACTION_BINS', 'DISTRACTION', 'MATRIX', 'REAL_PA100K', 'STUDY_TABLES', 'SELECTION_MODES',
+           'CHOICE_REASONS', 'PROFILE_NOTES', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol',
+           'campar_protocol', 'row_runs', 'column_source', 'run_layout', 'run_path', 'run_dirs', 'seed_dirs',
+           'notebook_defaults', 'run_params', 'selection_of', 'missing_reason', 'collect', 'paired_interval',
+           'choice_reason', 'table_runs', 'protocol_card', 'card_markdown', 'card_csv', 'table_rows', 'header',
+           'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction',
+           'plot_curves']
 
 # %% ../nbs/06_results.ipynb #c006
 @dataclass(frozen=True)
@@ -63,12 +67,82 @@ class Table:
     profiles: tuple = ()          # profiles the table belongs to (empty = every profile)
     figure: str = ''              # file name of the table's figure in the tables directory, if it has one
     param_columns: dict = field(default_factory=dict)  # text column -> run parameter shown in our rows ('backbone': 'arch')
+    protocol: dict = field(default_factory=dict)  # notebook -> {parameter: Paper}: the papers' protocol for this table's runs
+    compare: dict = field(default_factory=dict)   # row key -> key of the baseline row it is compared with (paired by seed)
 
     def reproduced(self): return [r for r in self.rows if row_runs(r)]
     def has_reported(self): return any(isinstance(v, (int, float)) for r in self.rows for v in r.reported.values())
     def in_profile(self, profile): return not self.profiles or profile in self.profiles
 
 # %% ../nbs/06_results.ipynb #c008
+@dataclass(frozen=True)
+class Paper:
+    "One parameter of a paper's protocol: its value in the notebook's terms and where the text (or the code it defers to) says so."
+    value: object                 # the paper's value, in the section notebook's parameter terms
+    source: str                   # a short quote or pointer: section, table, or the baseline code the paper defers to
+    open: bool = False            # True: the paper leaves this choice open (the card lists the runs' value as a choice)
+    datasets: tuple = ()          # only for runs on these dataset kinds (empty: every run)
+    across: bool = False          # `value` is a list the runs should cover together (e.g. RAP's five partitions)
+
+# %% ../nbs/06_results.ipynb #c011
+_REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100K datasets')
+
+def dahar_protocol(**extra):  # per-table additions or overrides, e.g. partition=Paper(...)
+    "Da-HAR's training protocol as its text states it, in `03_dahar`'s parameter names."
+    return {'dahar': {
+        'data_root': _REAL,
+        'arch': Paper('resnet101', '"We utilize a ResNet-101 model ... pre-trained on the ImageNet dataset"'),
+        'weights': Paper('IMAGENET1K_V1', 'ImageNet pre-training; torchvision\'s weights of 2019 are IMAGENET1K_V1'),
+        'scale': Paper(1.0, '"resize the input images to 256x256 ... resized to 224x224"'),
+        'optimizer': Paper('sgd', '"The stochastic gradient descent algorithm is utilized"'),
+        'batch_size': Paper(32, '"with a batch size of 32"'),
+        'lr': Paper(0.003, '"The initial learning rate is set to 0.003"'),
+        'momentum': Paper(0.9, '"a momentum of 0.9"'),
+        'weight_decay': Paper(5e-4, '"a weight decay of 0.0005"'),
+        'gamma': Paper(0.1, '"gamma is set to 0.1"'),
+        'lr_step': Paper(None, 'gamma is given, the decay step is not', open=True),
+        'epochs': Paper(None, 'not stated', open=True),
+        'train_splits': Paper(['train'], 'Table 1 caption: the validation set is not trained on (except Table 3, last row)'),
+        'ignore_unspecified': Paper(False, 'Table 3: 0-labels are negatives unless a row says "ignore 0-labeled"'),
+        'amp': Paper('none', 'fp32 on "a single NVIDIA 1080Ti GPU" (not stated; the card shows what ran)'),
+        'device': Paper('cuda', '"a single NVIDIA 1080Ti GPU"'),
+        **extra}}
+
+_RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li et al. 2016a)": 5 random partitions, averaged',
+                             datasets=('rap',), across=True))
+
+# %% ../nbs/06_results.ipynb #c013
+def campar_protocol(**extra):  # per-table additions or overrides
+    "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `04_campar`/`05_cfar` parameter names."
+    train = {
+        'data_root': _REAL,
+        'arch': Paper('resnet50', '5.2: "we used ResNet50 as an encoder ... pre-trained on ImageNet"'),
+        'weights': Paper('IMAGENET1K_V1', 'public CAM-PAR code: resnet50-19c8e357.pth = IMAGENET1K_V1'),
+        'scale': Paper(1.0, '[15]: 256x192 inputs'),
+        'optimizer': Paper('sgd', '[15]: SGD, momentum 0.9, weight decay 5e-4'),
+        'lr': Paper(None, '[15]: 0.1 head / 0.01 backbone (None = that default)'),
+        'epochs': Paper(30, '[15]: 30 epochs'),
+        'batch_size': Paper(64, '[15]: batch 64'),
+        'train_splits': Paper(['trainval'], '[15]: TRAIN_SPLIT trainval'),
+        'logit_bn': Paper(True, '[15] and the public code: Linear + BatchNorm1d on the logits'),
+        'sample_weighting': Paper(True, '[15]: weighted BCE'),
+        'plateau_on': Paper('eval_loss', '[15]: ReduceLROnPlateau on the evaluation loss'),
+        'selection': Paper('[15]', '[15]: keeps the epoch of best test-split mA (selected on test)'),
+        'fusion_width': Paper(128, 'SPOL / public code: MCA latent width 128'),
+        'fusion_lr': Paper('backbone', 'SPOL / public code: fusion trained at the backbone\'s learning rate'),
+        'amp': Paper('none', 'not stated (fp32)'),
+        'device': Paper('cuda', 'GPU training'),
+        **extra}
+    cfar = {'data_root': _REAL,
+            'als_tol': Paper(None, 'Eq. 18 is minimised; no tolerance stated', open=True),
+            'factors': Paper(None, 'D of Eq. 18: not stated', open=True),
+            'regularization': Paper(None, 'lambda of Eq. 18: not stated', open=True),
+            'alpha': Paper(None, 'alpha of Eq. 17: not stated', open=True),
+            'n_prototypes': Paper(None, 'K prototypes: not stated', open=True),
+            'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
+    return {'campar': train, 'cfar': cfar}
+
+# %% ../nbs/06_results.ipynb #c015
 WIDER_COLUMNS = {  # paper column -> WIDER-Attribute attribute name (attribute_id_map of the real set)
     'Male': 'Male', 'Long Hair': 'longHair', 'Sunglasses': 'sunglass', 'Hat': 'Hat', 'T-shirt': 'Tshiirt',
     'Long Sleeve': 'longSleeve', 'Formal': 'formal', 'Shorts': 'shorts', 'Jeans': 'jeans', 'Long Pants': 'longPants',
@@ -91,9 +165,10 @@ DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'D
     Row('dahar', 'Da-HAR (Ours)', _reported(_T1_COLS, [97, 89, 76, 96, 85, 97, 86, 92, 81, 97, 87, 79, 91, 70, 87.3]),
         _DAHAR_FULL, {**{c: f'ap_full.{a}' for c, a in WIDER_COLUMNS.items()}, 'mAP': 'mAP_full'},
         'full protocol, 0-labels ignored in training (Table 3 row 6)'),
-], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized')
+], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized',
+   protocol=dahar_protocol())
 
-# %% ../nbs/06_results.ipynb #c010
+# %% ../nbs/06_results.ipynb #c017
 _T2_COLS = ['loss', 'mA', 'Acc', 'Prec', 'Rec', 'F1']
 _PED = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
 
@@ -116,9 +191,10 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
       for l, loss, v in [('o', 'bce', ['o.', 73.78, 68.67, 84.54, 76.84, 80.50]),
                          ('w', 'weighted', ['w.', 84.28, 59.84, 66.50, 84.13, 74.28]),
                          ('m', 'mixed', ['m.', 79.44, 68.86, 80.14, 81.30, 80.72])]],
-], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes')
+], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes',
+   protocol=dahar_protocol(**_RAP5), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
 
-# %% ../nbs/06_results.ipynb #c012
+# %% ../nbs/06_results.ipynb #c019
 _T3_COLS = ['crops', 'full']
 _T3_METRICS = {'crops': 'mAP_crops', 'full': 'mAP_full'}
 
@@ -131,12 +207,15 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
     Row('dahar_ignore0', 'Da-HAR + ignore 0-labeled', _reported(_T3_COLS, [86.5, 87.3]), _DAHAR_FULL, _T3_METRICS),
     Row('dahar_trainval', 'Da-HAR + ignore 0-labeled + validation set', _reported(_T3_COLS, [87.2, 88.0]),
         spec('dahar', 'dahar', dataset='wider', ignore_unspecified=True, train_splits=['train', 'val']), _T3_METRICS),
-], conventions='AP: VOC-style interpolated; crops = average over five crops; full = whole patch resized to the input size')
+], conventions='AP: VOC-style interpolated; crops = average over five crops; full = whole patch resized to the input size',
+   protocol=dahar_protocol(), compare={k: 'baseline' for k in ('fusion', 'self_mask', 'coarse_to_fine', 'dahar', 'dahar_ignore0', 'dahar_trainval')})
 
-# %% ../nbs/06_results.ipynb #c014
+# %% ../nbs/06_results.ipynb #c021
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
 def _campar(variant, dataset): return spec('campar', variant, dataset=dataset)
+_RAP5C = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP v1 ships 5 random partitions; the thesis does not say which it used',
+                              datasets=('rap',), across=True))
 def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
     return spec('cfar', 'campar_fusion_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
                 phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])
@@ -157,9 +236,9 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
     Row('ours', 'Our work', _reported(_C1_COLS, ['ResNet50', 82.45, 79.66, 87.56, 82.08, 67.32, 79.48]),
         None, _two(_cfar)),
 ], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
-   param_columns={'backbone': 'arch'})
+   param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
-# %% ../nbs/06_results.ipynb #c016
+# %% ../nbs/06_results.ipynb #c023
 def row_runs(row: Row) -> list:
     "The distinct RunSpecs a row's columns come from."
     specs = [row.run] if row.run else []
@@ -175,7 +254,7 @@ def column_source(row: Row, column):  # -> (RunSpec, dotted metric path) or None
     if m is None: return None
     return m if isinstance(m, tuple) else (row.run, m)
 
-# %% ../nbs/06_results.ipynb #c018
+# %% ../nbs/06_results.ipynb #c025
 _C2_COLS = ['mA', 'F1']
 _C2_METRICS = {'mA': 'mA', 'F1': 'f1'}
 
@@ -185,12 +264,13 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
     Row('campar', '+ CAM-PAR', _reported(_C2_COLS, [79.54, 79.04]), _campar('campar', 'rap'), _C2_METRICS),
     Row('campar_fusion', '+ CAM-PAR + fusion', _reported(_C2_COLS, [81.18, 79.18]), _campar('campar_fusion', 'rap'), _C2_METRICS),
     Row('campar_fusion_cfar', '+ CAM-PAR + fusion + CFAR', _reported(_C2_COLS, [82.08, 79.48]), _cfar('rap'), _C2_METRICS),
-], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)')
+], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
+   protocol=campar_protocol(**_RAP5C), compare={k: 'baseline' for k in ('fusion', 'campar', 'campar_fusion', 'campar_fusion_cfar')})
 
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
-# %% ../nbs/06_results.ipynb #c022
+# %% ../nbs/06_results.ipynb #c029
 DISTRACTION_BINS = ['0', '1', '2', '3+']
 
 def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
@@ -203,9 +283,10 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
     Row('campar_baseline', 'CAM-PAR baseline [15]', {}, _campar('baseline', 'wider'), _by_level('mAP')),
     Row('campar', 'CAM-PAR + fusion', {}, _campar('campar_fusion', 'wider'), _by_level('mAP')),
 ], conventions='AP: VOC-style interpolated per distraction bin of the test targets; 3 seeds', seeds=3,
-   profiles=('quick',), figure='distraction.png')
+   profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
+   compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/06_results.ipynb #c024
+# %% ../nbs/06_results.ipynb #c031
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
@@ -222,9 +303,10 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
         None, _matrix_row(lambda d: _campar('campar_fusion', d))),
     Row('campar_cfar', 'CAM-PAR + fusion + CFAR', _reported(_MX_COLS, [None, 82.08, 79.48, 82.45, 87.56]),
         None, _matrix_row(_cfar)),
-], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5')
+], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5',
+   protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/06_results.ipynb #c026
+# %% ../nbs/06_results.ipynb #c033
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -232,12 +314,12 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
     Row('campar', 'CAM-PAR + fusion', {}, _campar('campar_fusion', 'pa100k'), _RP),
     Row('campar_cfar', 'CAM-PAR + fusion + CFAR (Our work)', _reported(_RP_COLS, [82.45, 79.66, None, None, 87.56]), _cfar('pa100k'), _RP),
 ], conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; 3 seeds', seeds=3,
-   profiles=('sample', 'paper'))
+   profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
 STUDY_TABLES = {t.key: t for t in (DISTRACTION, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/06_results.ipynb #c028
+# %% ../nbs/06_results.ipynb #c035
 def run_layout(tables=None) -> dict:
     "RunSpec key -> (table key, row dir name) of the first row needing it; a dependency is named after its user."
     layout = {}
@@ -255,40 +337,237 @@ def run_path(root, profile, spec: RunSpec, seed: int, layout=None) -> Path:  # r
     table, row = (layout or run_layout())[spec.key()]
     return Path(root)/profile/table/row/f'seed{seed}'
 
-# %% ../nbs/06_results.ipynb #c031
+# %% ../nbs/06_results.ipynb #c038
+SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
+                   'held-out': 'held-out (epoch chosen on a validation split carved from training, or the last epoch)'}
+
 def _dig(d, path):
     for part in path.split('.'):
         if not isinstance(d, dict) or part not in d: return None
         d = d[part]
     return d
 
+def run_dirs(root, profile, spec, layout=None):
+    "Every seed directory of a run, finished or not."
+    base = run_path(root, profile, spec, 0, layout).parent
+    return sorted(p for p in base.glob('seed*') if p.is_dir()) if base.exists() else []
+
 def seed_dirs(root, profile, spec, layout=None):
     "Finished seed directories of a run (those holding `done`)."
-    base = run_path(root, profile, spec, 0, layout).parent
-    return sorted(p for p in base.glob('seed*') if (p/'done').exists()) if base.exists() else []
+    return [p for p in run_dirs(root, profile, spec, layout) if (p/'done').exists()]
+
+@functools.lru_cache(maxsize=None)
+def _defaults(notebook):
+    from har_kit import runs
+    if hasattr(runs, 'notebook_parameters'):
+        try: return dict(runs.notebook_parameters(notebook))
+        except KitError: return {}
+    try: nb = json.loads(runs.find_notebook(notebook).read_text())
+    except KitError: return {}
+    out = {}
+    for c in nb['cells']:
+        if 'parameters' not in c.get('metadata', {}).get('tags', []): continue
+        for node in ast.parse(''.join(c['source'])).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try: out[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError: out[node.targets[0].id] = ast.unparse(node.value)
+    return out
+
+def notebook_defaults(notebook: str) -> dict:  # section name ('dahar') or notebook path
+    "The defaults of a section notebook's `parameters` cell ({} when the notebook is not found)."
+    return dict(_defaults(notebook))
+
+def run_params(run_dir, notebook: str) -> dict:  # a seed directory; the section notebook it ran
+    "The parameters a run ran with: its `params.json` over the notebook's defaults."
+    p = Path(run_dir)/'params.json'
+    return {**notebook_defaults(notebook), **(load_json(p) if p.exists() else {})}
+
+def selection_of(params: dict) -> str:  # a run's effective parameters
+    "A run's epoch-selection mode: its `selection` parameter, else `'held-out'` (the kit never selects on test)."
+    return str(params.get('selection', 'held-out'))
+
+def _mode_key(m): return (list(SELECTION_MODES).index(m) if m in SELECTION_MODES else len(SELECTION_MODES), m)
+
+def missing_reason(dirs) -> str:  # the seed directories of a run (`run_dirs`)
+    "Why a run has no finished seed: 'no run', 'failed: <first line of the error>' (from failed.json) or 'not done'."
+    if not dirs: return 'no run'
+    for d in dirs:
+        if (d/'failed.json').exists():
+            try: err = str(load_json(d/'failed.json').get('error', '')).strip()
+            except KitError: err = 'failed.json unreadable'
+            first = (err.splitlines() or ['(no message)'])[0].replace('|', '/')
+            return f'failed: {first[:77] + "..." if len(first) > 80 else first}'
+    return 'not done'
+
+def _summary(vals, seeds, mode):
+    return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
+                values=vals, seeds=seeds, mode=mode)
 
 def collect(table: Table, root=None, profile='quick') -> dict:
-    "(row key, column) -> {'mean', 'sd', 'n', 'values'} for every reproduced cell with at least one finished seed."
+    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason."
     root, layout, cells = Path(root or outputs_root()), run_layout(), {}
     for row in table.rows:
         for col in table.columns:
             src = column_source(row, col)
             if src is None: continue
             spec_, path = src
-            vals = []
+            by_mode = {}
             for d in seed_dirs(root, profile, spec_, layout):
                 v = _dig(load_json(d/'metrics.json').get(spec_.variant, {}), path)
-                if isinstance(v, (int, float)) and math.isfinite(v): vals.append(float(v) * (100 if table.percent else 1))
-            if vals:
-                cells[(row.key, col)] = dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None,
-                                             n=len(vals), values=vals)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    vs, ss = by_mode.setdefault(selection_of(run_params(d, spec_.notebook)), ([], []))
+                    vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name)
+            for i, m in enumerate(sorted(by_mode, key=_mode_key)):
+                cells[(row.key, col, m)] = _summary(*by_mode[m], m)
+                if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
+            if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, spec_, layout))
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
-            dirs = [d for s in row_runs(row) for d in seed_dirs(root, profile, s, layout)]
-            if dirs and (dirs[0]/'params.json').exists():
-                cells[(row.key, col)] = dict(text=str(load_json(dirs[0]/'params.json').get(param, '?')))
+            runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s, layout)]
+            if runs and (runs[0][1]/'params.json').exists():
+                cells[(row.key, col)] = dict(text=str(run_params(runs[0][1], runs[0][0].notebook).get(param, '?')))
     return cells
 
-# %% ../nbs/06_results.ipynb #c033
+# %% ../nbs/06_results.ipynb #c040
+def paired_interval(a: dict, b: dict, level: float = 0.95):  # cell summaries (`collect`) of a row and of its baseline
+    "Mean and t-interval of the per-seed differences a - b over the seeds both have; None without a common seed."
+    bv = dict(zip(b['seeds'], b['values']))
+    d = [x - bv[s] for s, x in zip(a['seeds'], a['values']) if s in bv]
+    if not d: return None
+    m = statistics.fmean(d)
+    if len(d) < 2: return dict(mean=m, n=1, lo=None, hi=None, exceeds=None)
+    from scipy.stats import t
+    h = float(t.ppf(0.5 + level / 2, len(d) - 1)) * statistics.stdev(d) / math.sqrt(len(d))
+    return dict(mean=m, n=len(d), lo=m - h, hi=m + h, exceeds=bool(m - h > 0 or m + h < 0))
+
+def _fmt_interval(iv):
+    if iv is None: return 'no common seed'
+    if iv['lo'] is None: return f'{iv["mean"]:+.2f} (n=1: no interval)'
+    return f'{iv["mean"]:+.2f} [{iv["lo"]:+.2f}, {iv["hi"]:+.2f}]' + (' *' if iv['exceeds'] else '')
+
+# %% ../nbs/06_results.ipynb #c044
+CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
+    '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
+                       "row is shown beside it when run)"},
+    'quick': {
+        'data_root': "synthetic stand-in data (the kit's procedural WIDER-/RAP-/PA100K-like sets): CPU-sized, no download",
+        'arch': 'CPU: resnet-tiny (shallow, narrow, BasicBlock) trains in seconds',
+        'weights': 'from scratch: resnet-tiny has no ImageNet weights, and nothing downloads in CI',
+        'scale': 'CPU: 1/4-size inputs', 'epochs': 'CPU budget: the whole profile runs in minutes',
+        'batch_size': 'small synthetic sets on CPU', 'device': 'CPU (CI and laptops)',
+        'lr': "from scratch: the papers' rates are for ImageNet-initialised backbones",
+        'optimizer': "from scratch: Adam with one rate for every layer ([15]'s SGD gives the backbone a tenth of the "
+                     "head's rate, which suits pretrained weights)",
+        'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs'},
+    'sample': {
+        'data_root': 'the real PA100K sample beside the project (1,600 / 200 / 200 images), not the full set',
+        'arch': 'CPU: resnet-tiny trains in minutes', 'weights': 'from scratch: resnet-tiny has no ImageNet weights',
+        'scale': 'CPU: 3/8-size inputs', 'epochs': 'CPU budget: three seeds of the table in minutes',
+        'batch_size': 'CPU', 'device': "'auto': the GPU when there is one, else the CPU",
+        'lr': "from scratch: the papers' rates are for ImageNet-initialised backbones",
+        'optimizer': 'from scratch: Adam with one rate for every layer',
+        'train_splits': 'the sample keeps its val split for epoch selection'},
+}
+
+def choice_reason(profile: str, notebook: str, param: str) -> str:  # the profile, section notebook and parameter
+    "The declared reason a profile departs from the papers on a parameter, or a statement that none is declared."
+    for table in (CHOICE_REASONS.get(profile, {}), CHOICE_REASONS['*']):
+        for k in (f'{notebook}.{param}', param):
+            if k in table: return table[k]
+    return f'set by the `{profile}` profile or on the command line; no reason declared (results.CHOICE_REASONS)'
+
+def _norm(param, v):
+    if param == 'data_root': return 'synthetic' if v in (None, '') else 'real'
+    if param == 'train_splits' and isinstance(v, (list, tuple)):
+        return tuple(sorted({x for s in v for x in (('train', 'val') if s == 'trainval' else (s,))}))
+    if isinstance(v, list): return tuple(v)
+    if isinstance(v, float): return float(f'{v:.10g}')
+    return v
+
+def _show(v):
+    if isinstance(v, (list, tuple)): return '[' + ', '.join(_show(x) for x in v) + ']'
+    return 'None' if v is None else str(v)
+
+def _values(counter):
+    if len(counter) == 1: return _show(next(iter(counter)))
+    return ', '.join(f'{_show(v)} ({n} runs)' for v, n in counter.most_common())
+
+def table_runs(table: Table, root=None, profile='quick') -> list:
+    "(notebook, row-defining parameter names, seed directory, effective parameters) of every run of a table with a params.json."
+    root, layout, out, seen = Path(root or outputs_root()), run_layout(), [], set()
+    def add(s):
+        for _, dep in s.needs: add(dep)
+        if s.key() in seen: return
+        seen.add(s.key())
+        for d in run_dirs(root, profile, s, layout):
+            if (d/'params.json').exists(): out.append((s.notebook, set(s.kwargs), d, run_params(d, s.notebook)))
+    for row in table.rows:
+        for s in row_runs(row): add(s)
+    return out
+
+def protocol_card(table: Table, root=None, profile='quick') -> dict:
+    "The table's runs against its declared protocol: {'runs', 'done', 'differs': [...], 'open': [...], 'unchecked': [...], 'header'}."
+    runs = table_runs(table, root, profile)
+    card = dict(runs=len(runs), done=sum((d/'done').exists() for _, _, d, _ in runs), differs=[], open=[], unchecked=[])
+    for nb, decl in table.protocol.items():
+        mine = [(rowp, p) for n, rowp, _, p in runs if n == nb]
+        for param, paper in decl.items():
+            rel = [p for rowp, p in mine if param not in rowp and (not paper.datasets or p.get('dataset') in paper.datasets)]
+            if not rel: continue
+            if any(param not in p for p in rel): card['unchecked'].append(f'{nb} `{param}`'); continue
+            got = Counter(_norm(param, p[param]) for p in rel)
+            if paper.open: card['open'].append(f'{nb} `{param}` = {_values(got)}'); continue
+            want = _norm(param, paper.value)
+            if paper.across: same, shown = set(got) == set(want), _show(sorted(got))
+            else: same, shown = set(got) == {want}, _values(got)
+            if not same:
+                card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
+                                            runs=shown, reason=choice_reason(profile, nb, param)))
+    card['header'] = _protocol_header(runs, {nb for nb, decl in table.protocol.items() if 'weights' in decl})
+    return card
+
+def _protocol_header(runs, weighted) -> str:  # the table's runs; notebooks whose `weights` the protocol declares
+    if not runs: return 'Weights, partitions, selection: no runs yet.'
+    w = Counter(_show(p['weights']) if p.get('weights') else 'None (from scratch)' for nb, _, _, p in runs if nb in weighted and 'weights' in p)
+    parts = [f'Weights: {", ".join(w) or "not a parameter"}.']
+    rap = [p for _, _, _, p in runs if p.get('dataset') == 'rap']
+    if rap:
+        ps = sorted({p['partition'] for p in rap if 'partition' in p})
+        if len(ps) > 1: parts.append(f'RAP: mean ± sd over partitions {", ".join(map(str, ps))} (and seeds).')
+        elif ps: parts.append(f'RAP: partition {ps[0]} only.')
+        else: parts.append("RAP: the reader's one split (no partition parameter).")
+    modes = sorted({selection_of(p) for _, _, _, p in runs}, key=_mode_key)
+    parts.append('Selection: ' + ('; '.join(SELECTION_MODES.get(m, m) for m in modes)) +
+                 (' (both shown, one row each)' if len(modes) > 1 else '') + '.')
+    return ' '.join(parts)
+
+def card_markdown(card: dict) -> str:  # from `protocol_card`
+    "The protocol card as Markdown, rendered under its table."
+    if not card['runs']: return '**Protocol card**: no runs of this table yet, so nothing to compare with the papers\' protocol.\n'
+    lines = [f'**Protocol card** ({card["runs"]} runs, {card["done"]} finished; generated from their `params.json` against '
+             'the protocol declared with this table):', '']
+    if card['differs']:
+        lines += ['| notebook | parameter | paper | these runs | reason |', '|---|---|---|---|---|']
+        lines += [f'| {d["notebook"]} | `{d["parameter"]}` | {d["paper"]} ({d["source"]}) | {d["runs"]} | {d["reason"]} |'
+                  for d in card['differs']]
+    for note in _card_notes(card): lines += ['', note]
+    return '\n'.join(lines) + '\n'
+
+def _card_notes(card):
+    notes = [] if card['differs'] else ['The runs follow every parameter the papers state.']
+    if card['open']: notes.append('Left open by the papers: ' + '; '.join(card['open']) + '.')
+    if card['unchecked']: notes.append('Declared but not (yet) parameters of the notebooks, so not checked: ' + ', '.join(card['unchecked']) + '.')
+    return notes
+
+def card_csv(card: dict) -> str:  # from `protocol_card`
+    "The protocol card as CSV: one line per differing, open or unchecked parameter."
+    buf = io.StringIO(); w = csv.writer(buf)
+    w.writerow(['kind', 'notebook', 'parameter', 'paper', 'source', 'runs', 'reason'])
+    for d in card['differs']: w.writerow(['differs', d['notebook'], d['parameter'], d['paper'], d['source'], d['runs'], d['reason']])
+    for kind in ('open', 'unchecked'):
+        for x in card[kind]: w.writerow([kind, x.split(' ', 1)[0], x.split('`')[1], '', '', x.split('= ', 1)[1] if '= ' in x else '', ''])
+    return buf.getvalue()
+
+# %% ../nbs/06_results.ipynb #c047
 PROFILE_NOTES = {
     'quick': 'synthetic stand-in data (the kit\'s procedural WIDER-/RAP-/PA100K-like benchmark), small backbone and '
              'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s: only the orderings are.',
@@ -300,39 +579,58 @@ def _fmt(v, digits=2):
     if v is None: return '-'
     return v if isinstance(v, str) else f'{v:.{digits}f}'
 
+def _row_modes(table, row, cells):
+    return sorted({k[2] for k in cells if len(k) == 3 and k[0] == row.key and k[2] != 'missing'}, key=_mode_key)
+
 def table_rows(table: Table, cells: dict) -> list:
-    "Rendered rows: [label, kind, *column strings] with kind in reported / ours / Δ."
+    "Rendered rows: [label, kind, *column strings] with kind in reported / ours / Δ / Δ vs baseline."
     out, with_reported = [], table.has_reported()
+    all_modes = {k[2] for k in cells if len(k) == 3 and k[2] != 'missing'}
+    labels = {r.key: r.label for r in table.rows}
     for row in table.rows:
         if with_reported: out.append([row.label, 'reported', *[_fmt(row.reported.get(c)) for c in table.columns]])
         if not row_runs(row): continue
-        ours, delta = [], []
-        for c in table.columns:
-            cell, rep = cells.get((row.key, c)), row.reported.get(c)
-            if cell and 'text' in cell: ours.append(cell['text']); delta.append(''); continue
-            if column_source(row, c) is None: ours.append(_fmt(rep) if isinstance(rep, str) else ''); delta.append(''); continue
-            if cell is None: ours.append('missing'); delta.append(''); continue
-            ours.append(_fmt(cell['mean']) + (f' ± {cell["sd"]:.2f}' if cell['sd'] is not None else ''))
-            delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
-        ns = sorted({cells[(row.key, c)]['n'] for c in table.columns if 'n' in cells.get((row.key, c), {})})
-        out.append([row.label, f'ours (n={"/".join(map(str, ns)) or 0})', *ours])
-        if with_reported: out.append([row.label, 'Δ', *delta])
+        for mode in _row_modes(table, row, cells) or [None]:
+            ours, delta, vs = [], [], []
+            said = set()
+            for c in table.columns:
+                cell, rep = cells.get((row.key, c) if mode is None else (row.key, c, mode)), row.reported.get(c)
+                text = cells.get((row.key, c))
+                if text and 'text' in text: ours.append(text['text']); delta.append(''); vs.append(''); continue
+                if column_source(row, c) is None: ours.append(_fmt(rep) if isinstance(rep, str) else ''); delta.append(''); vs.append(''); continue
+                if cell is None:
+                    why = cells.get((row.key, c, 'missing'), 'not in this mode')
+                    short = why.split(':')[0]
+                    ours.append(why if short not in said else short); said.add(short); delta.append(''); vs.append(''); continue
+                ours.append(_fmt(cell['mean']) + (f' ± {cell["sd"]:.2f}' if cell['sd'] is not None else ''))
+                delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
+                base = table.compare.get(row.key)
+                b = cells.get((base, c, cell['mode'])) if base else None
+                vs.append(_fmt_interval(paired_interval(cell, b)) if b else '')
+            ns = sorted({cells[k]['n'] for k in [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
+                         if 'n' in cells.get(k, {})})
+            tag = f', {"[15]: selected on test" if mode == "[15]" else mode}' if len(all_modes) > 1 and mode else ''
+            out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0})', *ours])
+            if with_reported: out.append([row.label, f'Δ{tag}', *delta])
+            if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
 
-def header(table: Table, profile: str) -> str:
-    "The lines above a rendered table: source, profile and conventions."
+def header(table: Table, profile: str, card: dict | None = None) -> str:
+    "The lines above a rendered table: source, profile, weights / partitions / selection, conventions, legend."
     legend = ("*reported* = the paper's number; *ours* = mean ± sd over seeds (n = finished seeds); "
-              "Δ = ours − reported; *missing* = no finished run.") if table.has_reported() else \
-             '*ours* = mean ± sd over seeds (n = finished seeds); the papers report no such numbers; *missing* = no finished run.'
+              "Δ = ours − reported") if table.has_reported() else \
+             '*ours* = mean ± sd over seeds (n = finished seeds); the papers report no such numbers'
+    if table.compare: legend += '; Δ vs baseline = paired difference over seeds [95% t-interval], * = exceeds seed noise'
+    legend += '; a cell without a finished run says why (no run / failed: error / not done).'
     return (f'{table.title} — {table.source}. Profile `{profile}`: {PROFILE_NOTES.get(profile, "")} '
-            f'Conventions: {table.conventions}. {legend}')
+            + (f'{card["header"]} ' if card else '') + f'Conventions: {table.conventions}. {legend}')
 
-def to_markdown(table, rows, profile):
-    "Markdown rendering (header paragraph + pipe table)."
+def to_markdown(table, rows, profile, card=None):
+    "Markdown rendering (header paragraph + pipe table + protocol card)."
     cols = ['method', ''] + list(table.columns)
-    lines = [f'### {table.title}', '', header(table, profile), '', '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    lines = [f'### {table.title}', '', header(table, profile, card), '', '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(str(x) for x in r) + ' |' for r in rows]
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines) + '\n' + ('\n' + card_markdown(card) if card else '')
 
 def to_csv(table, rows):
     "CSV rendering (one line per rendered row)."
@@ -340,28 +638,37 @@ def to_csv(table, rows):
     w.writerow(['method', 'kind', *table.columns]); w.writerows(rows)
     return buf.getvalue()
 
-def to_latex(table, rows, profile):
-    "LaTeX tabular rendering with the header as caption."
-    esc = lambda s: str(s).replace('%', r'\%').replace('&', r'\&').replace('_', r'\_').replace('#', r'\#').replace('±', r'$\pm$').replace('Δ', r'$\Delta$')
-    lines = [r'\begin{table}', r'\centering', r'\caption{' + esc(header(table, profile)) + '}',
+def _tex(s): return str(s).replace('%', r'\%').replace('&', r'\&').replace('_', r'\_').replace('#', r'\#').replace('±', r'$\pm$').replace('Δ', r'$\Delta$').replace('`', '')
+
+def to_latex(table, rows, profile, card=None):
+    "LaTeX tabular rendering with the header as caption; the protocol card as a second tabular."
+    lines = [r'\begin{table}', r'\centering', r'\caption{' + _tex(header(table, profile, card)) + '}',
              r'\begin{tabular}{ll' + 'r' * len(table.columns) + '}', r'\hline',
-             ' & '.join(['method', ''] + [esc(c) for c in table.columns]) + r' \\', r'\hline']
-    lines += [' & '.join(esc(x) for x in r) + r' \\' for r in rows]
-    lines += [r'\hline', r'\end{tabular}', r'\end{table}']
+             ' & '.join(['method', ''] + [_tex(c) for c in table.columns]) + r' \\', r'\hline']
+    lines += [' & '.join(_tex(x) for x in r) + r' \\' for r in rows]
+    lines += [r'\hline', r'\end{tabular}']
+    if card and card['differs']:
+        lines += [r'\par\smallskip Protocol card: where these runs differ from the papers.\par',
+                  r'\begin{tabular}{lllll}', r'\hline', r'notebook & parameter & paper & these runs & reason \\', r'\hline']
+        lines += [' & '.join(_tex(d[k]) for k in ('notebook', 'parameter', 'paper', 'runs', 'reason')) + r' \\' for d in card['differs']]
+        lines += [r'\hline', r'\end{tabular}']
+    if card and card['runs']: lines += [r'\par ' + _tex(n) for n in _card_notes(card)]
+    lines.append(r'\end{table}')
     return '\n'.join(lines) + '\n'
 
 def render(table: Table, root=None, profile='quick', out=None) -> dict:
-    "Render one table as Markdown, CSV and LaTeX into `out` (default <root>/<profile>/tables); return texts and cells."
+    "Render one table (and its protocol card) as Markdown, CSV and LaTeX into `out` (default <root>/<profile>/tables)."
     root = Path(root or outputs_root())
-    cells = collect(table, root, profile)
+    cells, card = collect(table, root, profile), protocol_card(table, root, profile)
     rows = table_rows(table, cells)
-    texts = {'md': to_markdown(table, rows, profile), 'csv': to_csv(table, rows), 'tex': to_latex(table, rows, profile)}
+    texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows),
+             'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card)}
     out = Path(out or root/profile/'tables')
     for ext, text in texts.items():
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
-    return dict(texts=texts, cells=cells, rows=rows)
+    return dict(texts=texts, cells=cells, rows=rows, card=card)
 
-# %% ../nbs/06_results.ipynb #c037
+# %% ../nbs/06_results.ipynb #c051
 def plot_ablation(table: Table, cells: dict, column: str, ax=None):
     "Bars of reported vs ours (mean ± sd) for one column of an ablation table."
     import matplotlib.pyplot as plt

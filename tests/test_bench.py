@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from har_kit import bench
 from har_kit.bench import build_model, cli, complexity, count_params, plain_baseline
 from har_kit.cli import main
 from har_kit.core import KitError
@@ -39,7 +40,7 @@ def test_complexity_structure_and_ratios():
         assert isinstance(r[k], (int, float)) and 0 < r[k] < math.inf, k
     assert r['params'] - r['params_baseline'] == 128 * 4 + 4
     assert r['params_ratio'] == pytest.approx(r['params'] / r['params_baseline'])
-    assert r['latency_ratio'] == pytest.approx(r['latency_ms'] / r['latency_ms_baseline'])
+    assert r['latency_ratio_range'][0] <= r['latency_ratio'] <= r['latency_ratio_range'][1]   # median of per-repeat ratios
     assert r['device'] == 'cpu' and r['input_size'] == [3, 32, 32] and r['iters'] == 3
     assert 'train_ratio' not in complexity(model, base, train_step=False, **SMALL)
 
@@ -72,3 +73,39 @@ def test_cli_writes_table_and_json(tmp_path, capsys):
     assert all(0 < r[k] < math.inf for r in rows.values() for k in ('latency_ratio', 'train_ratio'))
     text = capsys.readouterr().out
     assert 'infer ms' in text and 'resnet-small' in text and str(out) in text
+
+
+def test_interleaved_rotates_the_order_and_ratios_are_per_repeat():
+    calls = []
+    fns = [lambda n=n: calls.append(n) for n in 'AB' + 'C']
+    times = bench._interleaved(fns, lambda f: (f(), 1.0)[1], warmup=0, iters=3)
+    assert calls == list('ABC' 'BCA' 'CAB') and [len(t) for t in times] == [3, 3, 3]
+    r = bench.ratio_stats([2.0, 3.0, 10.0], [1.0, 1.0, 1.0])
+    assert r['median'] == 3.0 and r['range'] == [2.0, 10.0] and r['iqr'][0] <= 3.0 <= r['iqr'][1]
+
+
+def test_compare_models_times_all_against_one_baseline():
+    rows = bench.compare_models({'a': Branchy(), 'b': plain_baseline('resnet-tiny', 5)}, plain_baseline('resnet-tiny', 5), **SMALL)
+    assert list(rows) == ['a', 'b'] and rows['b']['params_ratio'] == 1.0
+    for r in rows.values():
+        assert r['latency_ratio_range'][0] <= r['latency_ratio'] <= r['latency_ratio_range'][1]
+        assert r['train_ratio_iqr'][0] <= r['train_ratio'] <= r['train_ratio_iqr'][1]
+
+
+def test_builder_without_its_arguments_is_a_kit_error(capsys):
+    with pytest.raises(KitError, match=r'cannot be called with no arguments.*pass its arguments as JSON'):
+        main(['bench', '--model', 'har_kit.bench:PlainClassifier', '--iters', '1'])
+
+
+def test_throughput_and_data_pipeline(monkeypatch):
+    t = bench.throughput(plain_baseline('resnet-tiny', 5), (3, 32, 32), 2, train=True, amp='bf16', channels_last=True, warmup=0, iters=1)
+    assert t['images_per_s'] > 0 and t['amp'] == 'bf16' and t['channels_last']
+    assert bench.loader_options(0) == dict(num_workers=0, pin_memory=False)
+    monkeypatch.setenv('HAR_KIT_WORKERS', '3')
+    assert bench.default_workers() == 3 and bench.loader_options()['num_workers'] == 3
+    monkeypatch.setenv('HAR_KIT_WORKERS', 'many')
+    with pytest.raises(KitError, match='HAR_KIT_WORKERS'): bench.default_workers()
+    res = bench.data_bench('dahar', bench.synthetic_samples(4, (64, 32)), workers=[0], batch_size=2, batches=1, model_batch=1,
+                           model_iters=1, arch='resnet-tiny')
+    assert res['input_size'] == [3, 224, 224] and res['model'] == 'plain resnet-tiny'
+    assert res['ratio']['0'] == pytest.approx(res['data_images_per_s']['0'] / res['model_train_images_per_s'])

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from har_kit.core import save_json
-from har_kit.results import CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, render, row_runs, run_layout, run_path
+from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, paired_interval, render, row_runs,
+                              run_layout, run_path)
 
 PAPERS = Path(__file__).resolve().parents[1].parent/'shared'/'papers'
 needs_papers = pytest.mark.skipif(not PAPERS.exists(), reason=f'paper texts not found at {PAPERS} (they live beside the clone)')
@@ -51,17 +52,91 @@ def test_shared_runs_and_unique_layout():
     assert t1.key() == t3.key()
 
 
+def _numbers(cells): return {k: v for k, v in cells.items() if len(k) == 2}
+
+
 def test_missing_is_missing_never_zero(tmp_path):
     out = render(CAMPAR_T2, tmp_path, 'quick')
-    assert out['cells'] == {}
-    assert '| missing | missing |' in out['texts']['md'] and 'NOT comparable' in out['texts']['md']
+    assert _numbers(out['cells']) == {}
+    assert '| no run | no run |' in out['texts']['md'] and 'NOT comparable' in out['texts']['md']
     # one seed of one row: its cells filled, the rest still missing, sd absent with n=1
     spec = CAMPAR_T2.rows[0].run
     d = run_path(tmp_path, 'quick', spec, 0)
     save_json({'baseline': {'mA': 0.7, 'f1': 0.6}}, d/'metrics.json')
-    assert render(CAMPAR_T2, tmp_path, 'quick')['cells'] == {}, 'a run without done must not count'
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    assert _numbers(out['cells']) == {}, 'a run without done must not count'
+    assert out['cells'][('baseline', 'mA', 'missing')] == 'not done'
     (d/'done').write_text('')
     out = render(CAMPAR_T2, tmp_path, 'quick')
     assert out['cells'][('baseline', 'mA')]['mean'] == pytest.approx(70.0)
-    assert 'ours (n=1)' in out['texts']['md'] and out['texts']['md'].count('| missing') == 8
-    for ext in ('md', 'csv', 'tex'): assert (tmp_path/'quick'/'tables'/f'campar_t2.{ext}').exists()
+    assert 'ours (n=1)' in out['texts']['md'] and out['texts']['md'].count('| no run') == 8
+    for ext in ('md', 'csv', 'tex', 'card.csv'): assert (tmp_path/'quick'/'tables'/f'campar_t2.{ext}').exists()
+
+
+def _run(root, profile, spec, seed, params, metrics=None, failed=None):
+    d = run_path(root, profile, spec, seed)
+    save_json({**spec.kwargs, **params, 'seed': seed}, d/'params.json')
+    if failed: save_json({'error': failed, 'cell': 3, 'time': 0}, d/'failed.json')
+    if metrics is not None: save_json({spec.variant: metrics}, d/'metrics.json'); (d/'done').write_text('')
+    return d
+
+
+QUICK = dict(arch='resnet-tiny', weights=None, scale=0.25, epochs=3, batch_size=32, optimizer='adam', lr=1e-3, device='cpu')
+
+
+def test_failed_run_says_why(tmp_path):
+    _run(tmp_path, 'quick', CAMPAR_T2.rows[1].run, 0, QUICK,
+         failed="ModuleNotFoundError: No module named 'nbdev'\nTraceback (most recent call last)")
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    assert out['cells'][('fusion', 'mA', 'missing')] == "failed: ModuleNotFoundError: No module named 'nbdev'"
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | ours'))
+    assert "failed: ModuleNotFoundError: No module named 'nbdev' | failed |" in line
+
+
+def test_protocol_card_lists_every_difference_with_its_reason(tmp_path):
+    for s in range(2): _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s, QUICK, {'mA': 0.7, 'f1': 0.6})
+    card = render(CAMPAR_T2, tmp_path, 'quick')['card']
+    diff = {d['parameter']: d for d in card['differs']}
+    assert {'data_root', 'arch', 'weights', 'scale', 'optimizer', 'epochs', 'batch_size', 'device', 'lr'} <= set(diff)
+    assert diff['arch']['paper'] == 'resnet50' and diff['arch']['runs'] == 'resnet-tiny' and 'CPU' in diff['arch']['reason']
+    assert diff['weights']['paper'] == 'IMAGENET1K_V1' and diff['lr']['runs'] == '0.001'
+    assert 'variants' not in diff and 'dataset' not in diff   # row-defining parameters are the paper's by construction
+    md = (tmp_path/'quick'/'tables'/'campar_t2.md').read_text()
+    assert '**Protocol card** (2 runs, 2 finished' in md and '| campar | `arch` | resnet50' in md
+    assert 'Weights: None (from scratch).' in md and 'Selection: held-out' in md
+    assert 'arch,resnet50' in (tmp_path/'quick'/'tables'/'campar_t2.card.csv').read_text()
+    # a run that follows the paper in a parameter drops it from the card; undeclared reasons say so
+    _run(tmp_path, 'paper', CAMPAR_T2.rows[0].run, 0, dict(QUICK, arch='resnet50', weights='IMAGENET1K_V1'), {'mA': 0.7, 'f1': 0.6})
+    paper = {d['parameter']: d for d in render(CAMPAR_T2, tmp_path, 'paper')['card']['differs']}
+    assert 'arch' not in paper and 'weights' not in paper and 'no reason declared' in paper['scale']['reason']
+
+
+def test_rap_partitions_and_both_selection_modes(tmp_path):
+    spec = CAMPAR_T2.rows[0].run
+    for part in range(5):
+        _run(tmp_path, 'paper', spec, part, dict(QUICK, partition=part, selection='held-out'), {'mA': 0.70 + part / 100, 'f1': 0.6})
+    d = run_path(tmp_path, 'paper', spec, 0).parent
+    for part in range(5):   # the [15]-selected replicate of each run, in its own directory
+        e = d/f'seed{part}.sel15'
+        save_json({**spec.kwargs, **QUICK, 'partition': part, 'selection': '[15]', 'seed': part}, e/'params.json')
+        save_json({'baseline': {'mA': 0.72 + part / 100, 'f1': 0.6}}, e/'metrics.json'); (e/'done').write_text('')
+    out = render(CAMPAR_T2, tmp_path, 'paper')
+    md = out['texts']['md']
+    assert 'RAP: mean ± sd over partitions 0, 1, 2, 3, 4' in md and 'both shown' in md
+    assert '| baseline | ours, [15]: selected on test (n=5) | 74.00 ± 1.58 |' in md
+    assert '| baseline | ours, held-out (n=5) | 72.00 ± 1.58 |' in md
+    assert 'partition' not in {x['parameter'] for x in out['card']['differs']}
+
+
+def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):
+    base, fus = CAMPAR_T2.rows[0].run, CAMPAR_T2.rows[1].run
+    for s, (a, b) in enumerate([(0.70, 0.75), (0.72, 0.76), (0.71, 0.77)]):
+        _run(tmp_path, 'quick', base, s, QUICK, {'mA': a, 'f1': 0.5})
+        _run(tmp_path, 'quick', fus, s, QUICK, {'mA': b, 'f1': 0.5 + (s - 1) / 100})
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | Δ vs baseline'))
+    iv = paired_interval(out['cells'][('fusion', 'mA')], out['cells'][('baseline', 'mA')])
+    assert iv['n'] == 3 and iv['mean'] == pytest.approx(5.0) and iv['exceeds']
+    cells = line.strip(' |').split(' | ')
+    assert cells[2].endswith('*') and not cells[3].endswith('*')   # mA beyond seed noise, F1 not
+    assert paired_interval(dict(values=[1.0], seeds=['seed0']), dict(values=[0.0], seeds=['seed0']))['lo'] is None
