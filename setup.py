@@ -7,6 +7,7 @@ config.read('settings.ini', encoding='utf-8')
 cfg = config['DEFAULT']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('export', 'cluster')}
 
 # The section notebooks ship inside the wheel as `har_kit.notebooks`, so `pip install har_kit` followed by
 # `har-kit run` / `har-kit reproduce` works without a clone.
@@ -22,7 +23,7 @@ setuptools.setup(
                 [f'Programming Language :: Python :: 3.{v}' for v in range(int(cfg['min_python'].split('.')[1]), 14)],
     packages=packages, package_dir={'har_kit.notebooks': cfg['nbs_path']},
     package_data={'har_kit.notebooks': ['*.ipynb']}, include_package_data=True,
-    install_requires=requirements, extras_require={'dev': dev_requirements},
+    install_requires=requirements, extras_require={'dev': dev_requirements, **extras},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(), long_description_content_type='text/markdown',
     zip_safe=False,

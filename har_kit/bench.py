@@ -22,17 +22,17 @@ __all__ = ['PIPELINES', 'PlainClassifier', 'plain_baseline', 'count_params', 'ra
 class PlainClassifier(nn.Module):
     "Backbone taps -> global average pooling of c5 -> linear classifier to C logits."
     def __init__(self, backbone,     # a `har_kit.backbones.ResNetTaps`
-                 num_classes: int):  # number of attributes C
+                 num_attributes: int):  # number of attributes C
         super().__init__()
-        self.backbone, self.fc = backbone, nn.Linear(backbone.channels[-1], num_classes)
+        self.backbone, self.fc = backbone, nn.Linear(backbone.channels[-1], num_attributes)
     def forward(self, x): return dict(logits=self.fc(self.backbone(x)[-1].mean((2, 3))))
 
 def plain_baseline(arch: str = 'resnet50',  # resnet18/34/50/101/152, resnet-tiny, resnet-small
-                   num_classes: int = 14,   # number of attributes C
+                   num_attributes: int = 14,   # number of attributes C
                    weights=None):           # torchvision weights for the backbone (None: random init)
-    "The plain-backbone baseline: `PlainClassifier(resnet_taps(arch, weights), num_classes)`."
+    "The plain-backbone baseline: `PlainClassifier(resnet_taps(arch, weights), num_attributes)`."
     from har_kit.backbones import resnet_taps
-    return PlainClassifier(resnet_taps(arch, weights=weights), num_classes)
+    return PlainClassifier(resnet_taps(arch, weights=weights), num_attributes)
 
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
@@ -330,7 +330,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
     p.add_argument('--model', action='append', default=[], help='package.module:builder[JSON kwargs]; repeatable')
     p.add_argument('--arch', action='append', default=[], help='plain backbone to measure when no --model (default resnet50)')
     p.add_argument('--baseline', default='resnet50', help='arch of the plain baseline')
-    p.add_argument('--num-classes', type=int, default=14)
+    p.add_argument('--num-attributes', type=int, default=14)
     p.add_argument('--input-size', type=int, nargs=3, default=[3, 224, 224], metavar=('C', 'H', 'W'))
     p.add_argument('--device', default='cpu')
     p.add_argument('--batch-size', type=int, default=1)
@@ -358,8 +358,8 @@ def cli(argv=None):  # arguments after `har-kit bench`
         return 0
     specs = {s: s for s in a.model}
     models = {s: build_model(s) for s in a.model} or \
-             {f'plain {n}': plain_baseline(n, a.num_classes) for n in (a.arch or ['resnet50'])}
-    baseline = plain_baseline(a.baseline, a.num_classes)
+             {f'plain {n}': plain_baseline(n, a.num_attributes) for n in (a.arch or ['resnet50'])}
+    baseline = plain_baseline(a.baseline, a.num_attributes)
     rows = compare_models(models, baseline, tuple(a.input_size), a.device, a.batch_size, a.warmup, a.iters, not a.no_train_step)
     for r in rows.values(): r['baseline'] = f'plain {a.baseline}'
     print(f'baseline: plain {a.baseline} ({count_params(baseline) / 1e6:.2f}M parameters), input {a.batch_size}x'

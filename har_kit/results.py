@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_results.ipynb #c002
 from __future__ import annotations
-import ast, csv, functools, io, json, math, statistics
+import ast, csv, functools, io, json, math, re, statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,10 +347,12 @@ def _dig(d, path):
         d = d[part]
     return d
 
+_SEED_DIR = re.compile(r'seed\d+(?:\.(?!old-)[\w\[\]-]+)*')   # seed<k>[.<replicate>]; not a run moved aside by --force (seed0.old-<time>)
+
 def run_dirs(root, profile, spec, layout=None):
     "Every seed directory of a run, finished or not."
     base = run_path(root, profile, spec, 0, layout).parent
-    return sorted(p for p in base.glob('seed*') if p.is_dir()) if base.exists() else []
+    return sorted(p for p in base.glob('seed*') if p.is_dir() and _SEED_DIR.fullmatch(p.name)) if base.exists() else []
 
 def seed_dirs(root, profile, spec, layout=None):
     "Finished seed directories of a run (those holding `done`)."
@@ -729,6 +731,7 @@ def plot_curves(root=None, profile='quick', ax=None, metric=None):
     ax = ax or plt.subplots(figsize=(7, 3))[1]
     base = Path(root or outputs_root())/profile
     for h in sorted(base.glob('*/*/seed*/**/history.json')):
+        if not _SEED_DIR.fullmatch(h.relative_to(base).parts[2]): continue   # a run moved aside by --force
         hist = load_json(h)
         hist = hist.get('epochs', hist) if isinstance(hist, dict) else hist
         ys = [e.get(metric or 'train_loss', e.get('loss')) for e in hist if isinstance(e, dict)]
