@@ -164,17 +164,21 @@ _REFUSED = ('F',)
 
 def image_problem(path):  # image file
     "None when the file looks like a complete image the kit can read, else what is wrong (a short phrase)."
-    try: size = os.path.getsize(path)
-    except OSError: return 'missing'
-    if size == 0: return 'empty file (0 bytes)'
     try:
-        with Image.open(path) as im: fmt, mode = im.format, im.mode
+        with open(path, 'rb') as f:
+            head = f.read(32); size = f.seek(0, 2)
+            f.seek(max(0, size - 4096)); tail = f.read()
+    except FileNotFoundError: return 'missing'
+    except OSError as e: return f'cannot be opened ({e})'
+    if size == 0: return 'empty file (0 bytes)'
+    if head.startswith(b'\xff\xd8\xff'):   # JPEG: complete when its end-of-image marker is there
+        return None if b'\xff\xd9' in tail else 'truncated JPEG (no end-of-image marker)'
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):   # PNG: complete when its IEND chunk is there
+        return None if b'IEND' in tail[-64:] else 'truncated PNG (no IEND chunk)'
+    try:
+        with Image.open(path) as im: mode = im.mode
     except Exception as e: return f'not a readable image ({type(e).__name__}: {e})'
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
-    with open(path, 'rb') as f:
-        f.seek(max(0, size - 4096)); tail = f.read()
-    if fmt == 'JPEG' and b'\xff\xd9' not in tail: return 'truncated JPEG (no end-of-image marker)'
-    if fmt == 'PNG' and b'IEND' not in tail[-64:]: return 'truncated PNG (no IEND chunk)'
     return None
 
 def load_rgb(path):  # image file
@@ -222,9 +226,9 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
                          labels,      # (N, C) labels in {0, 1, 2}
                          partitions): # list of (train_idx, test_idx) 0-based index arrays
     "Write a RAP v1 `RAP_annotation.mat`: struct with imagesname, label, attribute_eng and 1-based partion."
-    parts = np.empty((1, len(partitions)), dtype=object)
+    parts = np.empty((len(partitions), 1), dtype=object)   # a 5 x 1 cell, as in RAP v1's file
     for k, (tr, te) in enumerate(partitions):
-        parts[0, k] = {'train_index': np.asarray(tr, float).reshape(1, -1) + 1, 'test_index': np.asarray(te, float).reshape(1, -1) + 1}
+        parts[k, 0] = {'train_index': np.asarray(tr, float).reshape(1, -1) + 1, 'test_index': np.asarray(te, float).reshape(1, -1) + 1}
     return _savemat(path, {'RAP_annotation': {'imagesname': _cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': _cell(attributes), 'partion': parts}})
 

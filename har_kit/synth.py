@@ -12,30 +12,20 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, data_root, load_json, save_json
+from .formats import (MASK_DIR, PA100K_ATTRIBUTES, RAP_ATTRIBUTES_51, WIDER_ATTRIBUTES, mask_path, write_pa100k_annotation,
+                             write_rap_annotation, write_wider_annotation)
 
 # %% auto #0
-__all__ = ['KINDS', 'MAX_LEVEL', 'SYNTH_VERSION', 'WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'PALETTE',
-           'COMMON_COLOURS', 'RARE_COLOURS', 'RARE_P', 'RAP_RARE', 'RAP_ATTRIBUTES', 'ATTRIBUTES', 'SKIN', 'HAIR',
-           'JEANS', 'OCCLUDER', 'BODY_W', 'WIDER_SCENES', 'PROFILES', 'SynthRng', 'make_rng', 'sample_person',
-           'person_labels', 'Canvas', 'draw_person', 'render', 'wider_code', 'mask_file', 'label_stats', 'format_stats',
-           'make_synthetic', 'read_synth_meta', 'target_meta', 'synthetic_dir', 'ensure_synthetic', 'cli']
+__all__ = ['KINDS', 'MAX_LEVEL', 'SYNTH_VERSION', 'PALETTE', 'COMMON_COLOURS', 'RARE_COLOURS', 'RARE_P', 'RAP_RARE',
+           'RAP_ATTRIBUTES', 'ATTRIBUTES', 'SKIN', 'HAIR', 'JEANS', 'OCCLUDER', 'BODY_W', 'WIDER_SCENES', 'PROFILES',
+           'SynthRng', 'make_rng', 'sample_person', 'person_labels', 'Canvas', 'draw_person', 'render', 'wider_code',
+           'mask_file', 'label_stats', 'format_stats', 'make_synthetic', 'read_synth_meta', 'target_meta',
+           'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/01a_synth.ipynb #c006
 KINDS = ('wider', 'rap', 'pa100k')
 MAX_LEVEL = 4  # distraction levels 0..MAX_LEVEL ("heavy" = 4 surrounding people + 4 similar objects per target)
 SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
-WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
-                    'longPants', 'skirt', 'faceMask', 'logo', 'stripe']
-PA100K_ATTRIBUTES = ['Female', 'AgeOver60', 'Age18-60', 'AgeLess18', 'Front', 'Side', 'Back', 'Hat', 'Glasses',
-                     'HandBag', 'ShoulderBag', 'Backpack', 'HoldObjectsInFront', 'ShortSleeve', 'LongSleeve',
-                     'UpperStride', 'UpperLogo', 'UpperPlaid', 'UpperSplice', 'LowerStripe', 'LowerPattern',
-                     'LongCoat', 'Trousers', 'Shorts', 'Skirt&Dress', 'boots']
-RAP_ATTRIBUTES_51 = ['Female', 'AgeLess16', 'Age17-30', 'Age31-45', 'BodyFat', 'BodyNormal', 'BodyThin', 'Customer',
-    'Clerk', 'BaldHead', 'LongHair', 'BlackHair', 'Hat', 'Glasses', 'Muffler', 'Shirt', 'Sweater', 'Vest', 'TShirt',
-    'Cotton', 'Jacket', 'Suit-Up', 'Tight', 'ShortSleeve', 'LongTrousers', 'Skirt', 'ShortSkirt', 'Dress', 'Jeans',
-    'TightTrousers', 'LeatherShoes', 'SportShoes', 'Boots', 'ClothShoes', 'CasualShoes', 'Backpack', 'SSBag',
-    'HandBag', 'Box', 'PlasticBag', 'PaperBag', 'HandTrunk', 'OtherAttchment', 'Calling', 'Talking', 'Gathering',
-    'Holding', 'Pusing', 'Pulling', 'CarryingbyArm', 'CarryingbyHand']
 PALETTE = {  # common colours, then the rare ones that only the RAP extras name
     'black': (28, 28, 32), 'white': (232, 232, 226), 'grey': (125, 125, 128), 'navy': (32, 42, 88),
     'red': (178, 34, 38), 'blue': (45, 95, 182), 'green': (44, 120, 62), 'brown': (112, 72, 42),
@@ -593,12 +583,8 @@ _LAYOUT = {'wider': ('Image', 'wider_attribute_trainval.json'), 'rap': ('RAP_dat
            'pa100k': ('data', 'annotation.mat')}
 
 def mask_file(root, name, target_index=0):  # dataset root, image name as in the annotation, target index
-    "Where the ground-truth mask of a target lives (the data module's `mask_path` when present)."
-    try:
-        from har_kit.data import mask_path
-        return Path(mask_path(root, name, target_index))
-    except ImportError:
-        return Path(root) / 'masks' / f'{Path(name).with_suffix("")}_{target_index}.png'
+    "Where the ground-truth mask of a target lives: `har_kit.formats.mask_path` under the default mask root `ROOT/masks`."
+    return mask_path(Path(root) / MASK_DIR, name, target_index)
 
 def _save(img: Image.Image, path: Path, **kw):
     "Save an image to a temporary name next to `path`, then rename it into place."
@@ -665,35 +651,22 @@ def format_stats(stats, max_rows=None):  # a dict from `label_stats`
 
 # %% ../nbs/01a_synth.ipynb #c034
 def _write_annotations(kind, root, recs, seed):
-    "Write the real annotation file(s) of a kind from the per-image records."
-    import scipy.io as sio
+    "Write the real annotation file(s) of a kind from the per-image records, through `har_kit.formats`' writers."
     names = ATTRIBUTES[kind]
-    def cell(strings, shape=None):
-        a = np.empty((len(strings), 1), dtype=object); a[:, 0] = list(strings); return a
     if kind == 'wider':
-        for fname, splits in (('wider_attribute_trainval.json', ('train', 'val')), ('wider_attribute_test.json', ('test',))):
-            imgs = [dict(file_name=r['name'], scene_id=r['scene_id'],
-                         targets=[dict(attribute=t['attribute'], bbox=t['bbox']) for t in r['targets']])
-                    for r in recs if r['split'] in splits]
-            save_json(dict(images=imgs, attribute_id_map={str(i): a for i, a in enumerate(names)},
-                           scene_id_map={str(i): s for i, s in WIDER_SCENES.items()}), root / fname)
+        imgs = [dict(file_name=r['name'], scene_id=r['scene_id'], targets=[dict(attribute=t['attribute'], bbox=t['bbox']) for t in r['targets']])
+                for r in recs]
+        write_wider_annotation(root, names, imgs, WIDER_SCENES)
     elif kind == 'rap':
         lab = np.array([r['targets'][0]['attribute'] for r in recs], dtype=np.float64)
-        prng = np.random.default_rng([seed, _KIND_CODE[kind], 10 ** 9])
-        part = np.empty((5, 1), dtype=object)
-        for p in range(5):
-            perm = prng.permutation(len(recs)); k = int(round(.8 * len(recs)))
-            part[p, 0] = dict(train_index=(np.sort(perm[:k]) + 1).astype(np.float64)[None],
-                              test_index=(np.sort(perm[k:]) + 1).astype(np.float64)[None])
-        struct = dict(imagesname=cell([r['name'] for r in recs]), label=lab, attribute_eng=cell(names), partion=part)
-        with atomic_path(root / 'RAP_annotation.mat') as tmp: sio.savemat(tmp, {'RAP_annotation': struct}, appendmat=False)
+        prng, k = np.random.default_rng([seed, _KIND_CODE[kind], 10 ** 9]), int(round(.8 * len(recs)))
+        perms = [prng.permutation(len(recs)) for _ in range(5)]
+        write_rap_annotation(root / 'RAP_annotation.mat', names, [r['name'] for r in recs], lab,
+                             [(np.sort(p[:k]), np.sort(p[k:])) for p in perms])
     else:
-        d = {'attributes': cell(names)}
-        for sp in ('train', 'val', 'test'):
-            rs = [r for r in recs if r['split'] == sp]
-            d[f'{sp}_images_name'] = cell([r['name'] for r in rs])
-            d[f'{sp}_label'] = np.array([r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))
-        with atomic_path(root / 'annotation.mat') as tmp: sio.savemat(tmp, d, appendmat=False)
+        split = {sp: [r for r in recs if r['split'] == sp] for sp in ('train', 'val', 'test')}
+        write_pa100k_annotation(root / 'annotation.mat', names, {sp: ([r['name'] for r in rs], np.array(
+            [r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))) for sp, rs in split.items()})
 
 # %% ../nbs/01a_synth.ipynb #c035
 def _labels_internal(kind, recs):  # records -> (N_targets, C) int8 in 1 / 0 / UNSPECIFIED
@@ -725,7 +698,6 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
     workers = workers or (min(2, os.cpu_count() or 1) if n > 400 else 1)
-    mask_file(root, 'x.jpg')  # import the mask naming (har_kit.data) once, before any worker starts
     bar = dict(total=n, desc=f'synth {kind}', disable=not progress, leave=False)
     if workers > 1:
         ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else None)

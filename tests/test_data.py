@@ -120,7 +120,8 @@ def test_pa100k_char_matrix_and_double_labels(tmp_path):
 
 def test_pa100k_missing_root_and_file(tmp_path):
     with pytest.raises(KitError, match='HydraPlus-Net'): D.read_pa100k(tmp_path/'absent')
-    with pytest.raises(KitError, match=r'annotation\.mat: file not found'): D.read_pa100k(tmp_path)
+    with pytest.raises(KitError, match=r'no known pa100k layout found\. Looked for published: annotation/annotation\.mat.*Found: nothing'):
+        D.read_pa100k(tmp_path)
 
 def test_pa100k_missing_field_named(tmp_path):
     root, _ = write_pa100k(tmp_path, val_label=None)
@@ -167,7 +168,7 @@ def test_pa100k_warns_overlap_zero_row_unused(tmp_path):
 @pytest.mark.parametrize('shape,struct_array', [((1, 5), False), ((5, 1), False), ((1, 5), True)])
 def test_rap_partitions_and_protocol(tmp_path, shape, struct_array):
     root, names, y, parts = write_rap(tmp_path, partion_shape=shape, struct_array=struct_array)
-    data = D.read_rap(root, partition=3)
+    data = D.read_rap(root, partition=3, uncertain='unspecified')
     assert data.splits == ['train', 'test']
     assert len(data.attributes) == 51 and data.attributes[-1] == 'a50'
     tr = (parts[3]['train_index'].ravel() - 1).astype(int)
@@ -179,7 +180,10 @@ def test_rap_partitions_and_protocol(tmp_path, shape, struct_array):
 
 def test_rap_uncertain_switch(tmp_path):
     root, names, y, parts = write_rap(tmp_path)
-    keep, neg = D.read_rap(root), D.read_rap(root, unspecified='negative')
+    keep, neg = D.read_rap(root, uncertain='unspecified'), D.read_rap(root)   # default: [15]'s rule, 2 -> 0
+    assert neg.meta['uncertain'] == 'negative' and keep.meta['uncertain'] == 'unspecified'
+    np.testing.assert_array_equal(D.read_rap(root, unspecified='keep').labels(), keep.labels())   # the older switch
+    np.testing.assert_array_equal(D.read_rap(root, unspecified='negative').labels(), neg.labels())
     k = keep.labels() == UNSPECIFIED
     assert k.sum() == (y[np.concatenate([(parts[0][f'{s}_index'].ravel() - 1).astype(int) for s in ('train', 'test')]), :51] == 2).sum() >= 1
     assert (neg.labels()[k] == 0).all() and (neg.labels()[~k] == keep.labels()[~k]).all()
@@ -198,12 +202,12 @@ def test_rap_errors(tmp_path):
     for i in range(5): bad[0, i] = {'train_index': np.array([[0., 1.]]), 'test_index': np.array([[2.]])}
     root, *_ = write_rap(tmp_path/'e', partion=bad)
     with pytest.raises(KitError, match='1-based'): D.read_rap(root)
-    (tmp_path/'f').mkdir(); sio.savemat(tmp_path/'f'/'RAP_annotation.mat', {'other': np.ones(2)})
+    (tmp_path/'f'/'RAP_dataset').mkdir(parents=True); sio.savemat(tmp_path/'f'/'RAP_annotation.mat', {'other': np.ones(2)})
     with pytest.raises(KitError, match='no variable RAP_annotation'): D.read_rap(tmp_path/'f')
     with pytest.raises(KitError, match='rap.idealtest.org'): D.read_rap(tmp_path/'absent')
 
 def test_mat_v73_refused(tmp_path):
-    (tmp_path/'annotation.mat').write_bytes(b'MATLAB 7.3 MAT-file, HDF5 schema 1.00 .'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(512))
+    (tmp_path/'data').mkdir(); (tmp_path/'annotation.mat').write_bytes(b'MATLAB 7.3 MAT-file, HDF5 schema 1.00 .'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(512))
     with pytest.raises(KitError, match='v7.3'): D.read_pa100k(tmp_path)
 
 
@@ -234,7 +238,7 @@ def test_wider_other_errors_and_warnings(tmp_path):
     root = write_wider(tmp_path/'a', trainval=[{'file_name': 'other/x.jpg', 'scene_id': 0, 'targets': []}])
     with pytest.raises(KitError, match='must start with train/, val/ or test/'): D.read_wider(root)
     root = write_wider(tmp_path/'b'); (root/'wider_attribute_test.json').unlink()
-    with pytest.raises(KitError, match=r'wider_attribute_test\.json: file not found'): D.read_wider(root)
+    with pytest.raises(KitError, match=r'no known wider layout found.*Found: Image/, wider_attribute_trainval\.json'): D.read_wider(root)
     root = write_wider(tmp_path/'c', trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0, 'targets': [
         {'attribute': [0] * 14, 'bbox': [0, 0, 5, 5]}, {'attribute': [1] * 14, 'bbox': [0, 0, 0, 5]}]}])
     with pytest.warns(UserWarning) as rec: data = D.read_wider(root)
@@ -247,10 +251,10 @@ def test_wider_other_errors_and_warnings(tmp_path):
 def test_masks_found_and_cropped_with_clipped_box(tmp_path):
     root = write_wider(tmp_path)
     m = np.zeros((64, 96), np.uint8); m[10:20, 12:18] = 255
-    D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 0).parent.mkdir(parents=True)
-    Image.fromarray(m).save(D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 0))
-    Image.fromarray(m).save(D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 1))
-    assert D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 1) == root/'masks'/'train'/'0--Parade'/'0_Parade_1_1.png'
+    D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 0).parent.mkdir(parents=True)
+    Image.fromarray(m).save(D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 0))
+    Image.fromarray(m).save(D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 1))
+    assert D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 1) == root/'masks'/'train'/'0--Parade'/'0_Parade_1_1.png'
     with pytest.warns(UserWarning, match='2 of 4 samples have no mask'): data = D.read_wider(root)
     tr = data.split('train')
     ds = D.HarDataset(tr, with_mask=True)
