@@ -19,14 +19,14 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, repo_root, save_json
-from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, default_mask_root, detect_layout,
+from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, dataset_kind, default_mask_root, detect_layout,
                              explicit_layout, image_file, image_problem, load_rgb, mask_path, write_csv_annotation,
                              write_fixture, write_pa100k_annotation, write_rap_annotation, write_wider_annotation)
 
 # %% auto #0
-__all__ = ['SYNTH_META', 'PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'WIDER_FILES', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'CSV_SPLITS', 'READERS', 'Sample', 'AttributeData', 'attach_masks', 'dataset_issues', 'read_pa100k',
-           'read_rap', 'read_wider', 'tiny_fixture', 'label_stats', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack',
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'WIDER_FILES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CSV_SPLITS',
+           'READERS', 'Sample', 'AttributeData', 'attach_masks', 'dataset_issues', 'read_pa100k', 'read_rap',
+           'read_wider', 'tiny_fixture', 'label_stats', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack',
            'dahar_transforms', 'campar_transforms', 'make_loader', 'show_samples', 'read_csv_dataset', 'to_csv_dataset',
            'check_dataset', 'format_check', 'cli', 'load_dataset']
 
@@ -80,8 +80,6 @@ class AttributeData:
         return f'AttributeData({self.name!r}, {len(self.attributes)} attributes, {counts}, root={str(self.root)!r})'
 
 # %% ../nbs/01_data.ipynb #c010
-SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set writes next to its annotation
-
 def attach_masks(data: AttributeData, mask_fn):  # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
     return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])

@@ -14,10 +14,11 @@ from PIL import Image
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write
 
 # %% auto #0
-__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'PA100K_SPLITS',
-           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout',
-           'image_file', 'default_mask_root', 'mask_path', 'image_problem', 'load_rgb', 'write_pa100k_annotation',
-           'write_rap_annotation', 'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
+__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'SYNTH_META',
+           'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout',
+           'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'image_problem', 'load_rgb',
+           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'write_csv_annotation',
+           'write_fixture']
 
 # %% ../nbs/00f_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -144,6 +145,7 @@ def image_file(images,  # the image folder
 
 # %% ../nbs/00f_formats.ipynb #c015
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
+SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
 def default_mask_root(kind,  # dataset kind
                       root): # dataset root
