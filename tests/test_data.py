@@ -387,3 +387,52 @@ def test_real_pa100k_sample():
 def test_real_pa100k_malformed_rejected():
     with pytest.raises(KitError, match=r"annotation_malformed\.mat: test_images_name has 1 empty entry \(first at position 1\).*text_images_name"):
         D.read_pa100k(SAMPLE, annotation='annotation_malformed.mat')
+
+
+# ---------------------------------------------------------------- the generic csv kind and `har-kit data check`
+@pytest.mark.parametrize('kind', ['wider', 'rap', 'pa100k'])
+def test_csv_round_trip(kind, tmp_path):
+    src = D.tiny_fixture(kind, tmp_path/kind, n=6, layout='published')
+    data = D.load_dataset(kind, src)
+    out = D.to_csv_dataset(data, tmp_path/'csv', progress=False)
+    back = D.load_dataset('csv', out)
+    assert back.attributes == data.attributes and back.splits == data.splits
+    np.testing.assert_array_equal(back.labels(), data.labels())
+    assert back.meta['layout'] == 'published' and back.meta['masks_attached'] == len(back)
+    item = D.HarDataset(back, with_mask=True)[0]
+    assert item['mask'].shape[-2:] == item['image'].shape[-2:]
+    if kind == 'wider':   # boxed targets became crops of their box
+        assert Image.open(back.samples[1].image).size == tuple(int(v) for v in data.samples[1].box[2:])
+
+def test_csv_header_and_empty_file(tmp_path):
+    root = D.tiny_fixture('csv', tmp_path/'c', n=6)
+    (root/'labels.csv').write_text('file,split,a\n')
+    with pytest.raises(KitError, match=r"header \['file', 'split', 'a'\] must be image,split"): D.read_csv_dataset(root)
+    (root/'labels.csv').write_text('image,split,a\n')
+    with pytest.raises(KitError, match='no rows after the header'): D.read_csv_dataset(root)
+
+def test_data_check_sample_option_and_report(tmp_path):
+    root = D.tiny_fixture('wider', tmp_path/'w', n=6, layout='published')
+    rep = D.check_dataset('wider', root, sample=2, progress=False)
+    assert rep['ok'] and rep['images']['checked'] == 2 and rep['images']['listed'] == 6
+    assert rep['layout']['layout'] == 'published' and rep['splits'] == {'train': 4, 'val': 4, 'test': 4}
+    assert len(rep['attributes']) == 14 and all(a['unspecified'] >= 0 for a in rep['attributes'])
+    with pytest.raises(KitError, match='sample=0'): D.check_dataset('wider', root, sample=0, progress=False)
+
+@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
+def test_data_check_on_the_real_sample_prints_its_known_flaws(capsys):
+    assert D.cli(['check', 'pa100k', str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert 'splits: train 1600, val 200, test 200; 26 attributes' in out
+    assert '001600.jpg in [\'train\', \'val\']' in out and '1 all-zero label rows (e.g. 001600.jpg in train)' in out
+    assert 'images without labels), e.g. 002000.jpg' in out and '1999 checked: 0 missing, 0 unreadable' in out
+
+@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
+def test_real_sample_converts_to_csv(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        real = D.read_pa100k(SAMPLE)
+        back = D.load_dataset('csv', D.to_csv_dataset(real, tmp_path/'pa100k-csv', progress=False))
+    assert [len(back.split(s)) for s in ('train', 'val', 'test')] == [1600, 200, 200]
+    np.testing.assert_array_equal(back.labels(), real.labels())
+    assert back.samples[0].image.read_bytes() == real.samples[0].image.read_bytes()
