@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, repo_root, save_json
-from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, dataset_kind, default_mask_root, detect_layout,
+from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, clip_box, read_synth_meta, dataset_kind, default_mask_root, detect_layout,
                              explicit_layout, image_file, image_problem, load_rgb, mask_path, write_csv_annotation,
                              write_fixture, write_pa100k_annotation, write_rap_annotation, write_wider_annotation)
 
@@ -104,17 +104,11 @@ def _find_masks(data: AttributeData, mask_dir):
     return found
 
 def _apply_synth_meta(data: AttributeData):
-    "Copy per-target records of `ROOT/synth_meta.json` (when present) into `Sample.meta`."
-    p = data.root/SYNTH_META
-    if not p.exists(): return data
-    try: obj = json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise KitError(f'{p}: not valid JSON ({e}); regenerate the synthetic set') from None
-    images = obj.get('images') if isinstance(obj, dict) else None
-    if not isinstance(images, dict): raise KitError(f'{p}: expected an object with an "images" map (file_name -> record); regenerate the set')
+    "Copy per-target records of the synthetic sidecar (`har_kit.formats.read_synth_meta`, when present) into `Sample.meta`."
+    if not (data.root/SYNTH_META).exists(): return data
+    images = read_synth_meta(data.root)['images']
     for s in data.samples:
-        rec = images.get(s.meta['file_name'])
-        if rec is None: continue
-        targets, t = rec.get('targets') or [], s.meta.get('target', 0)
+        targets, t = (images.get(s.meta['file_name']) or {}).get('targets') or [], s.meta.get('target', 0)
         if t < len(targets) and isinstance(targets[t], dict): s.meta.update(targets[t])
     return data
 
@@ -486,13 +480,9 @@ def label_stats(data: AttributeData, *splits):  # dataset; split names (none = a
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
 # %% ../nbs/01_data.ipynb #c047
-def _clip_box(box, W, H, where):
-    "Clip an (x, y, w, h) box to a W x H image, rounding outwards; (x0, y0, x1, y1) ints."
-    x, y, w, h = box
-    x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
-    x1, y1 = min(W, math.ceil(x + w)), min(H, math.ceil(y + h))
-    if x1 <= x0 or y1 <= y0: raise KitError(f'{where}: box {tuple(box)} lies outside the {W}x{H} image')
-    return x0, y0, x1, y1
+def _clip_box(box, W, H, where):  # (x, y, w, h); image width and height; names the image in errors
+    "Integer (x0, y0, x1, y1) of a box clipped to a W x H image (`har_kit.formats.clip_box`)."
+    return clip_box(box, (H, W), where)[0]
 
 class HarDataset(Dataset):
     "Torch dataset over `Sample`s yielding {'image', 'labels', 'mask' (optional), 'index'}."
@@ -508,7 +498,8 @@ class HarDataset(Dataset):
             miss = [s for s in self.samples if s.mask is None]
             if miss:
                 raise KitError(f'HarDataset(with_mask=True): {len(miss)} of {len(self.samples)} samples have no mask (first: {miss[0].image}); '
-                               'make masks with the masks section (har_kit.masks) and attach them with attach_masks, or pass with_mask=False')
+                               'write them with `har-kit masks --dataset KIND --root ROOT --source box|maskrcnn` (to ROOT/masks, which the readers '
+                               'attach unasked) or har_kit.masks.make_masks, or pass with_mask=False')
 
     def __len__(self): return len(self.samples)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00f_formats.ipynb #c002
 from __future__ import annotations
-import csv, importlib, json, os
+import csv, importlib, json, math, os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +16,9 @@ from .core import KitError, UNSPECIFIED, atomic_path, atomic_write
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'SYNTH_META',
            'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout',
-           'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'image_problem', 'load_rgb',
-           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'write_csv_annotation',
-           'write_fixture']
+           'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'read_synth_meta', 'target_meta',
+           'clip_box', 'image_problem', 'load_rgb', 'write_pa100k_annotation', 'write_rap_annotation',
+           'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/00f_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -161,6 +161,40 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
 # %% ../nbs/00f_formats.ipynb #c018
+def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
+    "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
+    p = Path(root)/SYNTH_META
+    if not p.exists():
+        raise KitError(f'{p}: not found; {root} was not written by har_kit.synth.make_synthetic (real datasets have no sidecar)')
+    try: meta = json.loads(p.read_text())
+    except json.JSONDecodeError as e: raise KitError(f'{p}: not valid JSON ({e}); regenerate the synthetic set') from None
+    if not isinstance(meta, dict) or meta.get('generator') != 'har_kit.synth' or not isinstance(meta.get('images'), dict):
+        raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
+    return meta
+
+def target_meta(meta, name, target_index=0):  # sidecar dict, image name as in the annotation, target index
+    "The per-target record of one image (distractors, people, objects, visible) from a sidecar."
+    try: return meta['images'][name]['targets'][target_index]
+    except (KeyError, IndexError, TypeError):
+        raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
+
+# %% ../nbs/00f_formats.ipynb #c021
+def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
+             size,         # (H, W) of the image
+             where='box'): # what to call the box in error messages (e.g. the image file and target)
+    "Integer `(x0, y0, x1, y1)` of `box` clipped to the image, and whether clipping changed it."
+    H, W = size
+    if box is None: return (0, 0, W, H), False
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise KitError(f'{where}: box {tuple(box)} is not a valid (x, y, w, h) with w, h > 0; fix or drop the annotation')
+    raw = (math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h))
+    x0, y0, x1, y1 = max(raw[0], 0), max(raw[1], 0), min(raw[2], W), min(raw[3], H)
+    if x1 <= x0 or y1 <= y0:
+        raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
+    return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
+
+# %% ../nbs/00f_formats.ipynb #c024
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
@@ -196,7 +230,7 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/00f_formats.ipynb #c021
+# %% ../nbs/00f_formats.ipynb #c027
 def _cell(strings):
     "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
     a = np.empty((len(strings), 1), dtype=object)
@@ -256,7 +290,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/00f_formats.ipynb #c023
+# %% ../nbs/00f_formats.ipynb #c029
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}

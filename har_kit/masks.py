@@ -15,30 +15,15 @@ from tqdm.auto import tqdm
 
 from .core import KitError, atomic_path, data_root, get_device, save_json
 from .data import attach_masks as _attach_samples, load_dataset
-from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, load_rgb, mask_path
+from .formats import DATASET_KINDS, SYNTH_META, clip_box, default_mask_root, load_rgb, mask_path
 
 # %% auto #0
-__all__ = ['PERSON', 'clip_box', 'box_mask', 'TargetMask', 'box_iou', 'select_target', 'image_size', 'read_image', 'read_mask',
-           'write_mask', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource',
-           'MaskRCNNSource', 'mask_source', 'MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou',
-           'mask_quality', 'summed_feature_outline', 'cli']
+__all__ = ['PERSON', 'box_mask', 'TargetMask', 'box_iou', 'select_target', 'image_size', 'read_image', 'read_mask', 'write_mask',
+           'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource', 'MaskRCNNSource',
+           'mask_source', 'MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality',
+           'summed_feature_outline', 'cli']
 
 # %% ../nbs/02_masks.ipynb #c006
-def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
-             size,         # (H, W) of the image
-             where='box'): # what to call the box in error messages (e.g. the image file and target)
-    "Integer `(x0, y0, x1, y1)` of `box` clipped to the image, and whether clipping changed it."
-    H, W = size
-    if box is None: return (0, 0, W, H), False
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise KitError(f'{where}: box {tuple(box)} is not a valid (x, y, w, h) with w, h > 0; fix or drop the annotation')
-    raw = (math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h))
-    x0, y0, x1, y1 = max(raw[0], 0), max(raw[1], 0), min(raw[2], W), min(raw[3], H)
-    if x1 <= x0 or y1 <= y0:
-        raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
-    return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
-
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
     "Boolean (H, W) mask that is True inside the box: the `none` source, and every source's fallback."

@@ -5,6 +5,7 @@
 # %% ../nbs/01a_synth.ipynb #c003
 from __future__ import annotations
 import argparse, math, multiprocessing as mp, os, random, shutil, sys, time, uuid
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,15 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, data_root, load_json, save_json
-from .formats import (MASK_DIR, PA100K_ATTRIBUTES, RAP_ATTRIBUTES_51, WIDER_ATTRIBUTES, mask_path, write_pa100k_annotation,
+from .formats import (MASK_DIR, PA100K_ATTRIBUTES, RAP_ATTRIBUTES_51, SYNTH_META, WIDER_ATTRIBUTES, mask_path,
+                             read_synth_meta, target_meta, write_pa100k_annotation,
                              write_rap_annotation, write_wider_annotation)
 
 # %% auto #0
 __all__ = ['KINDS', 'MAX_LEVEL', 'SYNTH_VERSION', 'PALETTE', 'COMMON_COLOURS', 'RARE_COLOURS', 'RARE_P', 'RAP_RARE',
            'RAP_ATTRIBUTES', 'ATTRIBUTES', 'SKIN', 'HAIR', 'JEANS', 'OCCLUDER', 'BODY_W', 'WIDER_SCENES', 'PROFILES',
            'SynthRng', 'make_rng', 'sample_person', 'person_labels', 'Canvas', 'draw_person', 'render', 'wider_code',
-           'mask_file', 'label_stats', 'format_stats', 'make_synthetic', 'read_synth_meta', 'target_meta',
-           'synthetic_dir', 'ensure_synthetic', 'cli']
+           'mask_file', 'label_stats', 'format_stats', 'make_synthetic', 'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/01a_synth.ipynb #c006
 KINDS = ('wider', 'rap', 'pa100k')
@@ -244,41 +245,45 @@ def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height,
         cv.line([(x - w * .25, y + .02 * h), (x, y - .005 * h), (x + w * .25, y + .02 * h)], _shade(s['bag_col'], .7), max(1, .008 * h))
         cv.poly([(x - w * .4, y + .02 * h), (x + w * .4, y + .02 * h), (x + w * .5, y + .02 * h + hh), (x - w * .5, y + .02 * h + hh)], s['bag_col'])
 
-def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, height (pixels)
-                base_id=1):        # region ids base_id, base_id+1, base_id+2 = head, upper body, lower body
-    "Draw one person into the canvas; return the three region ids used."
-    HEAD, UP, LOW = base_id, base_id + 1, base_id + 2
-    r = h * (.085 if s['age'] == 'child' else .068)
-    bw, view, d = BODY_W[s['body']], s['view'], s['facing']
-    vf = .62 if view == 'side' else 1.
-    top = fy - h; hy = top + r; ysh = top + 2 * r + .025 * h
-    yhip = ysh + (.27 if s['age'] == 'child' else .3) * h
-    shoe_h = .035 * h; yank = fy - shoe_h; leg = yank - yhip
-    up, lo = s['upper'], s['lower']
-    sw = .12 * h * bw * vf * (.86 if s['tight'] else 1) * (1.14 if up == 'cotton' else 1) * (.85 if up == 'vest' else 1)
-    hw = .095 * h * bw * vf
-    lw = .042 * h * bw * (.78 if lo == 'tight_trousers' else 1)
-    st, skin, hair, upc, loc = s['stride'] * h, s['skin'], s['hair_col'], s['up_col'], s['low_col']
-    if view == 'side': feet, hips = [cx - st * 1.4, cx + st * 1.4], [cx - .25 * hw, cx + .25 * hw]
-    else: feet, hips = [cx - .045 * h * bw - st * .5, cx + .045 * h * bw + st * .5], [cx - hw * .5, cx + hw * .5]
-    # behind the body: long hair (front/side), backpack body (front), pulled suitcase
+def _geometry(s, cx, fy, h):  # person facts; centre x, foot y, height (pixels)
+    "The figure's measurements, in pixels: head, shoulders, hips, ankles, widths of torso, hips and legs, feet and hips x."
+    g = SimpleNamespace(cx=cx, fy=fy, h=h, r=h * (.085 if s['age'] == 'child' else .068), bw=BODY_W[s['body']],
+                        view=s['view'], d=s['facing'], up=s['upper'], lo=s['lower'], skin=s['skin'], hair=s['hair_col'],
+                        upc=s['up_col'], loc=s['low_col'])
+    g.vf = .62 if g.view == 'side' else 1.
+    g.top = fy - h; g.hy = g.top + g.r; g.ysh = g.top + 2 * g.r + .025 * h
+    g.yhip = g.ysh + (.27 if s['age'] == 'child' else .3) * h
+    g.shoe_h = .035 * h; g.yank = fy - g.shoe_h; g.leg = g.yank - g.yhip
+    g.sw = .12 * h * g.bw * g.vf * (.86 if s['tight'] else 1) * (1.14 if g.up == 'cotton' else 1) * (.85 if g.up == 'vest' else 1)
+    g.hw = .095 * h * g.bw * g.vf
+    g.lw = .042 * h * g.bw * (.78 if g.lo == 'tight_trousers' else 1)
+    st = s['stride'] * h
+    if g.view == 'side': g.feet, g.hips = [cx - st * 1.4, cx + st * 1.4], [cx - .25 * g.hw, cx + .25 * g.hw]
+    else: g.feet, g.hips = [cx - .045 * h * g.bw - st * .5, cx + .045 * h * g.bw + st * .5], [cx - g.hw * .5, cx + g.hw * .5]
+    return g
+
+def _draw_behind(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
+    "What is behind the body: long hair (front/side), a backpack's body (front), a pulled suitcase."
+    cx, h, r, hy, ysh, yhip, fy, d = g.cx, g.h, g.r, g.hy, g.ysh, g.yhip, g.fy, g.d
     cv.rid = HEAD
-    if s['hair'] == 'long' and view != 'back':
-        cv.poly([(cx - r * 1.05, hy), (cx + r * 1.05, hy), (cx + r * 1.2, ysh + .1 * h), (cx - r * 1.2, ysh + .1 * h)], hair)
+    if s['hair'] == 'long' and g.view != 'back':
+        cv.poly([(cx - r * 1.05, hy), (cx + r * 1.05, hy), (cx + r * 1.2, ysh + .1 * h), (cx - r * 1.2, ysh + .1 * h)], g.hair)
     cv.rid = UP
-    if s['backpack'] and view == 'front':
-        cv.rect(cx - sw * 1.12, ysh + .03 * h, cx + sw * 1.12, yhip - .03 * h, s['bag_col'])
+    if s['backpack'] and g.view == 'front':
+        cv.rect(cx - g.sw * 1.12, ysh + .03 * h, cx + g.sw * 1.12, yhip - .03 * h, s['bag_col'])
     if s['pulling']:
         cv.rid = OCCLUDER
         tx = cx - d * .2 * h
         cv.poly([(tx - .06 * h, fy - .2 * h), (tx + .05 * h, fy - .22 * h), (tx + .06 * h, fy - .01 * h), (tx - .05 * h, fy)], s['acc_col'])
         cv.line([(tx, fy - .21 * h), (cx - d * .1 * h, yhip + .04 * h)], (60, 60, 60), max(1, .01 * h))
-    # legs and lower garment
-    cv.rid = LOW
+
+def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
+    "Legs, the lower garment (trousers, jeans, shorts, skirts, dress) and its stripes or pattern."
+    cx, h, hw, lw, yhip, yank, leg, lo, loc = g.cx, g.h, g.hw, g.lw, g.yhip, g.yank, g.leg, g.lo, g.loc
     trousers = lo in ('trousers', 'jeans', 'tight_trousers')
-    for hx, fx in zip(hips, feet):
+    for hx, fx in zip(g.hips, g.feet):
         pts = [(hx - lw, yhip), (hx + lw, yhip), (fx + lw * .85, yank), (fx - lw * .85, yank)]
-        cv.poly(pts, loc if trousers else skin)
+        cv.poly(pts, loc if trousers else g.skin)
         if lo == 'shorts':
             k = .42
             cv.poly([(hx - lw, yhip), (hx + lw, yhip), (hx + (fx - hx) * k + lw * 1.05, yhip + leg * k), (hx + (fx - hx) * k - lw * 1.05, yhip + leg * k)], loc)
@@ -290,10 +295,10 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
             o = lw * .75 * (1 if hx > cx else -1)
             cv.line([(hx + o, yhip), (hx + (fx - hx) * end + o * .9, yhip + leg * end)], s['low_col2'], max(1, lw * .35))
     if trousers or lo == 'shorts':
-        cv.poly([(hips[0] - lw, yhip - .01 * h), (hips[1] + lw, yhip - .01 * h), (cx, yhip + .07 * h)], loc)
+        cv.poly([(g.hips[0] - lw, yhip - .01 * h), (g.hips[1] + lw, yhip - .01 * h), (cx, yhip + .07 * h)], loc)
     if lo in ('skirt', 'short_skirt', 'dress'):
         k = {'skirt': .55, 'short_skirt': .3, 'dress': .62}[lo]
-        fl = hw * 1.05 + .08 * h * bw * k * vf
+        fl = hw * 1.05 + .08 * h * g.bw * k * g.vf
         cv.poly([(cx - hw * 1.05, yhip - .01 * h), (cx + hw * 1.05, yhip - .01 * h), (cx + fl, yhip + leg * k), (cx - fl, yhip + leg * k)], loc)
         if s['lower_pattern'] == 'stripe':
             for t in (.35, .7): cv.line([(cx - hw - (fl - hw) * t, yhip + leg * k * t), (cx + hw + (fl - hw) * t, yhip + leg * k * t)], s['low_col2'], max(1, .012 * h))
@@ -302,19 +307,25 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
         for _ in range(6):
             x = cx + rr.uniform(-1, 1) * hw; y = yhip + rr.uniform(.05, .4) * leg
             cv.ell(x, y, .012 * h, .012 * h, s['low_col2'])
-    # shoes
-    for fx in feet:
+
+def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
+    "Shoes (sport, leather, cloth, casual) or boots on both feet."
+    h, lw, yank, shoe_h = g.h, g.lw, g.yank, g.shoe_h
+    for fx in g.feet:
         sh = s['shoes']
-        if sh == 'boots': cv.rect(fx - lw * 1.05, yank - .12 * h, fx + lw * 1.05, fy, _shade(s['shoe_col'], .7))
+        if sh == 'boots': cv.rect(fx - lw * 1.05, yank - .12 * h, fx + lw * 1.05, g.fy, _shade(s['shoe_col'], .7))
         col = {'sport': (236, 236, 236), 'leather': (22, 20, 20)}.get(sh, s['shoe_col'] if sh != 'cloth' else _shade(s['shoe_col'], .6))
-        cv.ell(fx + d * lw * .3 * (view == 'side'), yank + shoe_h * .5, lw * 1.2, shoe_h * .6, col)
+        cv.ell(fx + g.d * lw * .3 * (g.view == 'side'), yank + shoe_h * .5, lw * 1.2, shoe_h * .6, col)
         if sh == 'sport': cv.line([(fx - lw * .8, yank + shoe_h * .5), (fx + lw * .8, yank + shoe_h * .5)], s['shoe_col'], 1)
         if sh == 'leather': cv.ell(fx + lw * .4, yank + shoe_h * .3, .5, .5, (200, 200, 200))
-    # neck, torso and its garment
+
+def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
+    "Neck, torso and upper garment with its pattern and front details (collar, tie, logo), straps, bags and muffler."
+    cx, h, sw, hw, ysh, yhip, up, upc, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc, g.d
     cv.rid = HEAD
-    cv.rect(cx - .022 * h, ysh - .03 * h, cx + .022 * h, ysh + .01 * h, skin)
+    cv.rect(cx - .022 * h, ysh - .03 * h, cx + .022 * h, ysh + .01 * h, g.skin)
     cv.rid = UP
-    ybot = yhip + (leg * .55 if up == 'coat' else .01 * h)
+    ybot = yhip + (g.leg * .55 if up == 'coat' else .01 * h)
     def xs(y):  # torso half-width at height y
         return sw + (hw * 1.02 - sw) * (y - ysh) / max(ybot - ysh, 1)
     cv.poly([(cx - sw, ysh), (cx + sw, ysh), (cx + xs(ybot), ybot), (cx - xs(ybot), ybot)], upc)
@@ -326,34 +337,42 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
             cv.line([(cx - xs(y), y), (cx + xs(y), y)], s['up_col2'], max(1, period * (.45 if pat == 'stripe' else .22)))
         if pat == 'plaid':
             for x in np.linspace(cx - hw * .8, cx + hw * .8, 4): cv.line([(x, ysh + 1), (x, ybot - 1)], s['up_col2'], max(1, period * .22))
-    front = view == 'front'
     if up == 'cotton':
         for y in np.arange(ysh + .05 * h, ybot - 1, .05 * h): cv.line([(cx - xs(y), y), (cx + xs(y), y)], _shade(upc, .72), 1)
     if up == 'sweater':
         cv.rect(cx - xs(ybot) - .5, ybot - .03 * h, cx + xs(ybot) + .5, ybot, _shade(upc, .75))
     if up == 'coat':
         cv.line([(cx - xs(yhip), yhip - .02 * h), (cx + xs(yhip), yhip - .02 * h)], _shade(upc, .6), max(1, .012 * h))
-    if front:
-        if up == 'suit':
-            cv.poly([(cx - .04 * h, ysh), (cx + .04 * h, ysh), (cx, ysh + .13 * h)], (236, 236, 236))
-            cv.line([(cx, ysh + .01 * h), (cx, ysh + .11 * h)], s['acc_col'], max(1, .016 * h))
-        elif up == 'shirt':
-            cv.poly([(cx - .045 * h, ysh), (cx, ysh + .035 * h), (cx - .012 * h, ysh)], _shade(upc, 1.35))
-            cv.poly([(cx + .045 * h, ysh), (cx, ysh + .035 * h), (cx + .012 * h, ysh)], _shade(upc, 1.35))
-            cv.line([(cx, ysh + .035 * h), (cx, ybot)], _shade(upc, .75), 1)
-        elif up in ('tshirt', 'dress'): cv.ell(cx, ysh, .03 * h, .018 * h, skin)
-        elif up == 'vest': cv.poly([(cx - .035 * h, ysh), (cx + .035 * h, ysh), (cx, ysh + .06 * h)], skin)
-        elif up in ('jacket', 'coat'):
-            cv.line([(cx, ysh), (cx, ybot)], (150, 150, 150) if up == 'jacket' else _shade(upc, .6), 1)
-            cv.rect(cx - .04 * h, ysh - .012 * h, cx + .04 * h, ysh + .01 * h, _shade(upc, .8))
-        if s['logo']:
-            lc, lx, ly, ls = _contrast(upc) if s['acc_col'][1] > 120 else s['acc_col'], cx + .02 * h * (1 if s['acc_col'][0] > 128 else -1), ysh + .085 * h, .026 * h
-            shape = s['acc_col'][2] % 3
-            if shape == 0: cv.ell(lx, ly, ls, ls, lc)
-            elif shape == 1: cv.rect(lx - ls, ly - ls, lx + ls, ly + ls, lc)
-            else: cv.poly([(lx, ly - ls * 1.2), (lx + ls * 1.2, ly + ls), (lx - ls * 1.2, ly + ls)], lc)
-        if s['backpack']:
-            for sx in (-1, 1): cv.line([(cx + sx * sw * .6, ysh), (cx + sx * sw * .55, ysh + .16 * h)], _shade(s['bag_col'], .6), max(1, .012 * h))
+    if g.view == 'front': _draw_front(cv, s, g, ybot)
+    _draw_worn_bags(cv, s, g)
+
+def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the upper garment
+    "What only the front shows: collar, tie or neckline, zip, logo, backpack straps."
+    cx, h, sw, ysh, up, upc = g.cx, g.h, g.sw, g.ysh, g.up, g.upc
+    if up == 'suit':
+        cv.poly([(cx - .04 * h, ysh), (cx + .04 * h, ysh), (cx, ysh + .13 * h)], (236, 236, 236))
+        cv.line([(cx, ysh + .01 * h), (cx, ysh + .11 * h)], s['acc_col'], max(1, .016 * h))
+    elif up == 'shirt':
+        cv.poly([(cx - .045 * h, ysh), (cx, ysh + .035 * h), (cx - .012 * h, ysh)], _shade(upc, 1.35))
+        cv.poly([(cx + .045 * h, ysh), (cx, ysh + .035 * h), (cx + .012 * h, ysh)], _shade(upc, 1.35))
+        cv.line([(cx, ysh + .035 * h), (cx, ybot)], _shade(upc, .75), 1)
+    elif up in ('tshirt', 'dress'): cv.ell(cx, ysh, .03 * h, .018 * h, g.skin)
+    elif up == 'vest': cv.poly([(cx - .035 * h, ysh), (cx + .035 * h, ysh), (cx, ysh + .06 * h)], g.skin)
+    elif up in ('jacket', 'coat'):
+        cv.line([(cx, ysh), (cx, ybot)], (150, 150, 150) if up == 'jacket' else _shade(upc, .6), 1)
+        cv.rect(cx - .04 * h, ysh - .012 * h, cx + .04 * h, ysh + .01 * h, _shade(upc, .8))
+    if s['logo']:
+        lc, lx, ly, ls = _contrast(upc) if s['acc_col'][1] > 120 else s['acc_col'], cx + .02 * h * (1 if s['acc_col'][0] > 128 else -1), ysh + .085 * h, .026 * h
+        shape = s['acc_col'][2] % 3
+        if shape == 0: cv.ell(lx, ly, ls, ls, lc)
+        elif shape == 1: cv.rect(lx - ls, ly - ls, lx + ls, ly + ls, lc)
+        else: cv.poly([(lx, ly - ls * 1.2), (lx + ls * 1.2, ly + ls), (lx - ls * 1.2, ly + ls)], lc)
+    if s['backpack']:
+        for sx in (-1, 1): cv.line([(cx + sx * sw * .6, ysh), (cx + sx * sw * .55, ysh + .16 * h)], _shade(s['bag_col'], .6), max(1, .012 * h))
+
+def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
+    "A backpack seen from the side or back, a single-shoulder bag, a muffler."
+    cx, h, sw, hw, ysh, yhip, view, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.view, g.d
     if s['backpack'] and view != 'front':
         bx = cx if view == 'back' else cx - d * (sw + .03 * h)
         cv.rect(bx - sw * (.72 if view == 'back' else .45), ysh + .03 * h, bx + sw * (.72 if view == 'back' else .45), yhip - .03 * h, s['bag_col'])
@@ -365,9 +384,12 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
     if s['muffler']:
         cv.ell(cx, ysh + .005 * h, max(sw * .5, .04 * h), .02 * h, s['acc_col'])
         cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
-    # arms: (shoulder, elbow, hand) per arm
-    aw = .036 * h * bw * (.82 if s['tight'] else 1)
-    sx_l, sx_r = (cx - sw + aw * .5, cx + sw - aw * .5) if view != 'side' else (cx, cx)
+
+def _arm_poses(s, g):  # facts, `_geometry`
+    "(shoulder, elbow, hand) of each arm after the actions (holding, pushing, pulling, calling, carrying), and the acting arm."
+    cx, h, ysh, yhip, d = g.cx, g.h, g.ysh, g.yhip, g.d
+    aw = .036 * h * g.bw * (.82 if s['tight'] else 1)
+    sx_l, sx_r = (cx - g.sw + aw * .5, cx + g.sw - aw * .5) if g.view != 'side' else (cx, cx)
     y0 = ysh + .02 * h
     sw_ = s['swing'] * h
     arms = [[(sx_l, y0), (sx_l - .02 * h, ysh + .15 * h), (sx_l - .02 * h + sw_, yhip + .03 * h)],
@@ -378,19 +400,25 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
     if s['pushing']:
         for i in (0, 1): arms[i][1:] = [(cx + d * .1 * h, ysh + .13 * h), (cx + d * .24 * h, yhip - .02 * h)]
     if s['pulling']: arms[1 - R][1:] = [(cx - d * .04 * h, ysh + .15 * h), (cx - d * .1 * h, yhip + .04 * h)]
-    if s['calling']: arms[R][1:] = [(arms[R][0][0] + d * .04 * h, ysh + .12 * h), (cx + d * r * .9, hy + r * .2)]
+    if s['calling']: arms[R][1:] = [(arms[R][0][0] + d * .04 * h, ysh + .12 * h), (cx + d * g.r * .9, g.hy + g.r * .2)]
     if s['carry_arm']: arms[1 - R][1:] = [(arms[1 - R][0][0] - d * .03 * h, ysh + .15 * h), (arms[1 - R][0][0] + d * .03 * h, ysh + .13 * h)]
+    return arms, R, aw
+
+def _draw_arms(cv, s, g, arms, R, aw):  # canvas, facts, `_geometry`, `_arm_poses` output
+    "Both arms (the far one hidden from the side unless it reaches forward), sleeves and hands."
     sleeve = s['sleeve']
-    order = [0, 1] if view != 'side' else [1 - R, R]
-    for i in order:
+    for i in ([0, 1] if g.view != 'side' else [1 - R, R]):
         (x0, y0_), (x1, y1), (x2, y2) = arms[i]
-        if view == 'side' and i != R and not (s['pushing'] or s['holding']): continue  # far arm hidden by the torso
-        if sleeve == 'long': cv.line([(x0, y0_), (x1, y1), (x2, y2)], upc, aw)
+        if g.view == 'side' and i != R and not (s['pushing'] or s['holding']): continue  # far arm hidden by the torso
+        if sleeve == 'long': cv.line([(x0, y0_), (x1, y1), (x2, y2)], g.upc, aw)
         else:
-            cv.line([(x0, y0_), (x1, y1), (x2, y2)], skin, aw * .85)
-            if sleeve == 'short': cv.line([(x0, y0_), (x0 + (x1 - x0) * .6, y0_ + (y1 - y0_) * .6)], upc, aw * 1.1)
-        cv.ell(x2, y2, aw * .55, aw * .55, skin)
-    # hand-held things
+            cv.line([(x0, y0_), (x1, y1), (x2, y2)], g.skin, aw * .85)
+            if sleeve == 'short': cv.line([(x0, y0_), (x0 + (x1 - x0) * .6, y0_ + (y1 - y0_) * .6)], g.upc, aw * 1.1)
+        cv.ell(x2, y2, aw * .55, aw * .55, g.skin)
+
+def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm poses and acting arm, upper-body region id
+    "Hand-held things (bags, a box, an object, an umbrella-like 'other'), and the separate suitcase and cart (occluders)."
+    cx, h, ysh, yhip, fy, d = g.cx, g.h, g.ysh, g.yhip, g.fy, g.d
     hands = [arms[0][2], arms[1][2]]
     free = [i for i in (0, 1) if not (s['calling'] and i == R) and not (s['pulling'] and i == 1 - R) and not s['holding'] and not s['pushing']]
     carried = [w for w in ('handbag', 'plastic', 'paper') if s[w] and not (w == 'handbag' and s['carry_arm'])]
@@ -407,7 +435,7 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
         cv.poly([(x - .015 * h, y + .05 * h), (x + .015 * h, y + .05 * h), (x + .02 * h, y + .3 * h), (x - .005 * h, y + .3 * h)], _shade(s['acc_col'], .6))
     if s['trunk'] and not s['pulling']:
         cv.rid = OCCLUDER
-        tx = cx + (1 if d > 0 else -1) * (sw + .09 * h)
+        tx = cx + (1 if d > 0 else -1) * (g.sw + .09 * h)
         cv.rect(tx - .055 * h, fy - .21 * h, tx + .055 * h, fy, s['acc_col']); cv.line([(tx - .02 * h, fy - .21 * h), (tx + .02 * h, fy - .21 * h)], (40, 40, 40), max(1, .01 * h))
         cv.rid = UP
     if s['pushing']:
@@ -417,8 +445,10 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
         cv.rect(px + d * .04 * h, yhip + .04 * h, px + d * .3 * h, fy - .07 * h, s['acc_col'])
         for wx in (px + d * .08 * h, px + d * .26 * h): cv.ell(wx, fy - .035 * h, .035 * h, .035 * h, (30, 30, 30))
         cv.rid = UP
-    # head, hair, face and head accessories
-    cv.rid = HEAD
+
+def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and acting arm (region: head)
+    "Head, hair, face (eyes, nose, mouth), glasses, face mask, hat, and a phone at the ear."
+    cx, h, r, hy, ysh, d, view, skin, hair = g.cx, g.h, g.r, g.hy, g.ysh, g.d, g.view, g.skin, g.hair
     cv.ell(cx, hy, r * .85, r, skin)
     if view == 'back':
         if s['hair'] != 'bald': cv.ell(cx, hy, r * .88, r * 1.02, hair)
@@ -441,10 +471,25 @@ def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, hei
             x0, x1 = (cx - r * .62, cx + r * .62) if view == 'front' else sorted((cx, cx + d * r * .88))
             cv.rect(x0, hy + r * .15, x1, hy + r * .85, (225, 232, 240))
     if s['hat']:
-        cv.ell(cx, top + r * .42, r * 1.3, r * .26, s['hat_col'])
-        cv.chord(cx, top + r * .45, r * .88, r * .55, 180, 360, s['hat_col'])
+        cv.ell(cx, g.top + r * .42, r * 1.3, r * .26, s['hat_col'])
+        cv.chord(cx, g.top + r * .45, r * .88, r * .55, 180, 360, s['hat_col'])
     if s['calling']:
         x, y = arms[R][2]; cv.rect(x - .01 * h, y - .03 * h, x + .01 * h, y + .01 * h, (20, 20, 25))
+
+def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, height (pixels)
+                base_id=1):        # region ids base_id, base_id+1, base_id+2 = head, upper body, lower body
+    "Draw one person into the canvas, back to front; return the three region ids used."
+    HEAD, UP, LOW = base_id, base_id + 1, base_id + 2
+    g = _geometry(s, cx, fy, h)
+    _draw_behind(cv, s, g, HEAD, UP)
+    cv.rid = LOW
+    _draw_legs(cv, s, g); _draw_shoes(cv, s, g)
+    _draw_torso(cv, s, g, HEAD, UP)
+    arms, R, aw = _arm_poses(s, g)
+    _draw_arms(cv, s, g, arms, R, aw)
+    _draw_carried(cv, s, g, arms, R, UP)
+    cv.rid = HEAD
+    _draw_head(cv, s, g, arms, R)
     return HEAD, UP, LOW
 
 # %% ../nbs/01a_synth.ipynb #c021
@@ -715,25 +760,11 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                 attributes=ATTRIBUTES[kind], mask_naming='har_kit.synth.mask_file(root, name, target_index)',
                 images={r['name']: dict(split=r['split'], level=r['level'], targets=[t['meta'] for t in r['targets']]) for r in recs},
                 stats=stats)
-    save_json(meta, root / 'synth_meta.json')
+    save_json(meta, root / SYNTH_META)
     return root
 
 # %% ../nbs/01a_synth.ipynb #c037
-def read_synth_meta(root):  # a directory written by make_synthetic / ensure_synthetic
-    "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
-    p = Path(root) / 'synth_meta.json'
-    if not p.exists():
-        raise KitError(f'{p}: not found; {root} was not written by har_kit.synth.make_synthetic (real datasets have no sidecar)')
-    meta = load_json(p)
-    if meta.get('generator') != 'har_kit.synth' or 'images' not in meta:
-        raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
-    return meta
-
-def target_meta(meta, name, target_index=0):  # sidecar dict, image name as in the annotation, target index
-    "The per-target record of one image (distractors, people, objects, visible) from a sidecar."
-    try: return meta['images'][name]['targets'][target_index]
-    except (KeyError, IndexError):
-        raise KitError(f'synth_meta.json has no target {target_index} for image {name!r}') from None
+#| export
 
 # %% ../nbs/01a_synth.ipynb #c040
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=2000, rap=5000, pa100k=5000),
