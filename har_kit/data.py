@@ -204,7 +204,7 @@ def _check_images(samples, where, image_dir):
 def _same_file_across_splits(samples):
     "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
     by_name = {}
-    for s in samples: by_name.setdefault(Path(s.image).name, {})[s.image] = s.split
+    for s in samples: by_name.setdefault(os.path.basename(s.image), {})[s.image] = s.split
     out = []
     for group in by_name.values():
         if len(set(group.values())) < 2: continue
@@ -826,6 +826,7 @@ def cli(argv=None):  # arguments after `har-kit data`
     c.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
     c.add_argument('--json', default=None, help='also write the report as JSON to this file')
     a = p.parse_args(argv)
+    if a.partition is not None and a.kind != 'rap': p.error('--partition is for rap only')
     try:
         rep = check_dataset(a.kind, a.root, sample=a.sample, **({'partition': a.partition} if a.partition is not None else {}))
         if a.json: save_json(rep, a.json)
