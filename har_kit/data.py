@@ -816,7 +816,7 @@ def format_check(rep):  # a report from `check_dataset`
     return '\n'.join(lines)
 
 def cli(argv=None):  # arguments after `har-kit data`
-    "`har-kit data check KIND ROOT [--sample N] [--json FILE]`: check a dataset on disk; exit 1 when it has errors."
+    "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
     sub = p.add_subparsers(dest='command', required=True)
     c = sub.add_parser('check', help='check layout, annotation and every image of a dataset; print a summary')
@@ -825,10 +825,20 @@ def cli(argv=None):  # arguments after `har-kit data`
     c.add_argument('--sample', type=int, default=None, help='decode only N images drawn at random (default: all)')
     c.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
     c.add_argument('--json', default=None, help='also write the report as JSON to this file')
+    v = sub.add_parser('convert', help='write a dataset in the generic csv format (labels.csv + images/)')
+    v.add_argument('kind', choices=[k for k in DATASET_KINDS if k != 'csv'], help='dataset kind to read')
+    v.add_argument('root', help='dataset root')
+    v.add_argument('dest', help='new folder for the csv dataset')
+    v.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
     a = p.parse_args(argv)
     if a.partition is not None and a.kind != 'rap': p.error('--partition is for rap only')
+    kw = {'partition': a.partition} if a.partition is not None else {}
     try:
-        rep = check_dataset(a.kind, a.root, sample=a.sample, **({'partition': a.partition} if a.partition is not None else {}))
+        if a.command == 'convert':
+            out = to_csv_dataset(dataset_kind(a.kind).reader(a.root, **kw), a.dest)
+            print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
+            return 0
+        rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)
         if a.json: save_json(rep, a.json)
     except KitError as e:
         print(f'har-kit data: {e}', file=sys.stderr); return 2

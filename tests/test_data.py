@@ -436,3 +436,10 @@ def test_real_sample_converts_to_csv(tmp_path):
     assert [len(back.split(s)) for s in ('train', 'val', 'test')] == [1600, 200, 200]
     np.testing.assert_array_equal(back.labels(), real.labels())
     assert back.samples[0].image.read_bytes() == real.samples[0].image.read_bytes()
+
+def test_data_convert_command(tmp_path, capsys):
+    src = D.tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
+    assert D.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 0
+    assert "-p dataset csv -p data_root" in capsys.readouterr().out
+    assert D.cli(['check', 'csv', str(tmp_path/'out')]) == 0
+    assert D.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 2 and 'is not empty' in capsys.readouterr().err
