@@ -183,9 +183,10 @@ def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotati
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
     if root is None or not Path(root).expanduser().is_dir(): detect_layout(kind, root)   # raises the usual message
-    _, files, images = LAYOUTS[kind][-1]
-    return explicit_layout(kind, Path(root).expanduser(), annotation if annotation is not None else files,
-                           image_dir if image_dir is not None else images)
+    root = Path(root).expanduser()
+    have = lambda files, images: (all((root/f).is_file() for f in files) if annotation is None else (root/images).is_dir())
+    _, files, images = next((l for l in LAYOUTS[kind] if have(*l[1:])), LAYOUTS[kind][-1])   # the missing half: as found
+    return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
 def _check_images(samples, where, image_dir):
     "Raise a `KitError` listing listed images that are missing or fail the cheap header check (`image_problem`)."
