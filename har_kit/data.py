@@ -9,26 +9,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image as PILImage
-from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
-
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, repo_root, save_json
-from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, clip_box, read_synth_meta, dataset_kind, default_mask_root, detect_layout,
-                             explicit_layout, image_file, image_problem, load_rgb, mask_path, write_csv_annotation,
-                             write_fixture, write_pa100k_annotation, write_rap_annotation, write_wider_annotation)
+from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, clip_box, dataset_kind,
+                             default_mask_root, detect_layout, explicit_layout, image_file, image_problem, load_rgb,
+                             mask_path, read_synth_meta, write_csv_annotation, write_fixture, write_pa100k_annotation,
+                             write_rap_annotation, write_wider_annotation)
+from .loading import (IMAGENET_MEAN, IMAGENET_STD, CornerCenterCrop, FiveCropStack, HarDataset, _sz,
+                             campar_transforms, dahar_transforms, make_loader, show_samples)   # re-exported: one Dataset
 
 # %% auto #0
-__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'WIDER_FILES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CSV_SPLITS',
-           'READERS', 'Sample', 'AttributeData', 'attach_masks', 'dataset_issues', 'read_pa100k', 'read_rap',
-           'read_wider', 'tiny_fixture', 'label_stats', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack',
-           'dahar_transforms', 'campar_transforms', 'make_loader', 'show_samples', 'read_csv_dataset', 'to_csv_dataset',
-           'check_dataset', 'format_check', 'cli', 'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'WIDER_FILES', 'CSV_SPLITS', 'READERS', 'Sample',
+           'AttributeData', 'attach_masks', 'dataset_issues', 'read_pa100k', 'read_rap', 'read_wider', 'tiny_fixture',
+           'label_stats', 'read_csv_dataset', 'to_csv_dataset', 'check_dataset', 'format_check', 'cli', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #c006
 @dataclass
@@ -480,179 +475,7 @@ def label_stats(data: AttributeData, *splits):  # dataset; split names (none = a
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/01_data.ipynb #c047
-def _clip_box(box, W, H, where):  # (x, y, w, h); image width and height; names the image in errors
-    "Integer (x0, y0, x1, y1) of a box clipped to a W x H image (`har_kit.formats.clip_box`)."
-    return clip_box(box, (H, W), where)[0]
-
-class HarDataset(Dataset):
-    "Torch dataset over `Sample`s yielding {'image', 'labels', 'mask' (optional), 'index'}."
-    def __init__(self, samples,           # list of `Sample` (or an `AttributeData`)
-                 transform=None,          # callable on (Image[, Mask][, BoundingBoxes]); None = to float in [0, 1]
-                 with_mask=False,         # also load and return each sample's mask
-                 crop_to_box=True,        # cut the sample's box (and mask) out of the image before the transform
-                 with_box=False):         # return the (transformed) box; needs crop_to_box=False
-        self.samples = list(samples.samples if isinstance(samples, AttributeData) else samples)
-        self.transform, self.with_mask, self.crop_to_box, self.with_box = transform, with_mask, crop_to_box, with_box
-        if with_box and crop_to_box: raise KitError('HarDataset: with_box=True needs crop_to_box=False (a cropped sample is its box)')
-        if with_mask:
-            miss = [s for s in self.samples if s.mask is None]
-            if miss:
-                raise KitError(f'HarDataset(with_mask=True): {len(miss)} of {len(self.samples)} samples have no mask (first: {miss[0].image}); '
-                               'write them with `har-kit masks --dataset KIND --root ROOT --source box|maskrcnn` (to ROOT/masks, which the readers '
-                               'attach unasked) or har_kit.masks.make_masks, or pass with_mask=False')
-
-    def __len__(self): return len(self.samples)
-
-    def load(self, i):  # sample index
-        "The (cropped) image as `tv_tensors.Image`, its mask as `tv_tensors.Mask` or None, its box or None."
-        s = self.samples[i]
-        img = load_rgb(s.image)
-        H, W = img.shape[:2]
-        mask = None
-        if self.with_mask:
-            try:
-                with PILImage.open(s.mask) as mk: mask = np.asarray(mk.convert('L'))
-            except (OSError, ValueError) as e: raise KitError(f'{s.mask}: cannot read mask ({e})') from None
-        box = None
-        if s.box is not None:
-            x0, y0, x1, y1 = _clip_box(s.box, W, H, str(s.image))
-            if self.crop_to_box:
-                img = img[y0:y1, x0:x1]
-                if mask is not None and mask.shape == (H, W): mask = mask[y0:y1, x0:x1]
-            else: box = (x0, y0, x1, y1)
-        if mask is not None and mask.shape != img.shape[:2]:
-            raise KitError(f'{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but must match the image ({W}x{H}) or the clipped box')
-        img = tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))
-        mask = None if mask is None else tv_tensors.Mask(torch.from_numpy(mask.copy())[None])
-        if box is not None and self.with_box: box = tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format='XYXY', canvas_size=(H, W))
-        else: box = None
-        return img, mask, box
-
-    def __getitem__(self, i):
-        img, mask, box = self.load(i)
-        ins = [x for x in (img, mask, box) if x is not None]
-        outs = self.transform(*ins) if self.transform is not None else tuple(ins)
-        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        _f = lambda t: t.as_subclass(torch.Tensor).float() / 255 if t.dtype == torch.uint8 else t.as_subclass(torch.Tensor).float()
-        d = {'image': _f(outs.pop(0))}
-        if mask is not None: d['mask'] = _f(outs.pop(0))
-        if box is not None: d['box'] = outs.pop(0).as_subclass(torch.Tensor).float().reshape(-1, 4)[0]
-        d['labels'] = torch.from_numpy(self.samples[i].labels.astype(np.float32))
-        d['index'] = i
-        return d
-
-# %% ../nbs/01_data.ipynb #c051
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-def _sz(v, scale): return max(1, int(round(v * scale)))
-
-def _spatial_size(flat_inputs):
-    for x in flat_inputs:
-        if isinstance(x, (tv_tensors.Image, tv_tensors.Mask, PILImage.Image)) or (isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.TVTensor)):
-            return TF.get_size(x)
-    raise KitError('transform needs an image input')
-
-class CornerCenterCrop(v2.Transform):
-    "Da-HAR's multi-scale crop: a window of height drawn from `sizes` (width = height / aspect) at a corner or the centre."
-    def __init__(self, sizes,      # crop heights in pixels, drawn uniformly
-                 aspect=1):        # height / width of the window (1 WIDER, 2 RAP)
-        super().__init__()
-        self.sizes, self.aspect = [int(s) for s in sizes], aspect
-
-    def make_params(self, flat_inputs):
-        H, W = _spatial_size(flat_inputs)
-        h = min(H, self.sizes[int(torch.randint(len(self.sizes), ()))])
-        w = min(W, max(1, int(round(h / self.aspect))))
-        pos = int(torch.randint(5, ()))   # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre
-        top = {0: 0, 1: 0, 2: H - h, 3: H - h, 4: (H - h) // 2}[pos]
-        left = {0: 0, 1: W - w, 2: 0, 3: W - w, 4: (W - w) // 2}[pos]
-        return dict(top=top, left=left, height=h, width=w)
-
-    def transform(self, inpt, params): return self._call_kernel(TF.crop, inpt, **params)
-
-class FiveCropStack(torch.nn.Module):
-    "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
-    def __init__(self, size):  # (height, width) of each crop
-        super().__init__(); self.size = tuple(size)
-
-    def forward(self, *inputs):
-        outs = []
-        for x in inputs:
-            if isinstance(x, tv_tensors.BoundingBoxes): raise KitError('five-crop evaluation does not take boxes: use crop_to_box=True')
-            H, W = TF.get_size(x); h, w = self.size
-            crops = [TF.crop(x, t, l, h, w) for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))]
-            st = torch.stack([c.as_subclass(torch.Tensor) for c in crops])
-            outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-def _to_float_normalized():
-    return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-
-def dahar_transforms(train: bool,     # training augmentation, else evaluation
-                     aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
-                     scale=1.0,       # size factor (0.25 for the quick CPU profile)
-                     five_crop=False, # evaluation: five-crop stack (5, 3, H, W) instead of the direct 256 resize
-                     jitter=0.3):     # colour jitter strength (brightness, contrast, saturation)
-    "Da-HAR's transforms (§Implementation Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
-    if aspect not in (1, 2): raise KitError(f'dahar_transforms: aspect={aspect!r}; use 1 (WIDER-Attribute) or 2 (RAP)')
-    base = (_sz(256, scale), _sz(256 / aspect, scale))
-    out = (_sz(224, scale), _sz(224 / aspect, scale))
-    if train:
-        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop([_sz(s, scale) for s in (256, 224, 192, 168, 128)], aspect),
-                           v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
-    return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
-
-def campar_transforms(train: bool,  # training augmentation, else evaluation
-                      scale=1.0):   # size factor (0.25 -> 64 x 48)
-    "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
-    size = (_sz(256, scale), _sz(192, scale))
-    aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
-    return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
-
-# %% ../nbs/01_data.ipynb #c061
-def _worker_init(worker_id):
-    np.random.seed(torch.initial_seed() % 2**32)
-
-def make_loader(samples,          # list of `Sample` or an `AttributeData`
-                transform,        # e.g. dahar_transforms(True, scale=0.25)
-                batch_size,       # samples per batch
-                shuffle,          # reshuffle every epoch (training)
-                with_mask=False,  # also yield 'mask'
-                num_workers=0,    # DataLoader worker processes
-                crop_to_box=True, # cut WIDER targets out of their scene
-                drop_last=False,  # drop the last incomplete batch
-                seed=0,           # seed of the shuffling generator
-                **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
-    "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts."
-    ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box)
-    if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
-    g = torch.Generator(); g.manual_seed(int(seed))
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-                      generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
-
-# %% ../nbs/01_data.ipynb #c065
-def show_samples(data: AttributeData, n=8, split=None, ncols=4, with_mask=True, seed=0):  # dataset; how many; split (None = all); grid width; overlay masks; which samples
-    "A grid of target crops (mask overlaid in red when present) titled with their positive attributes; the figure."
-    import matplotlib.pyplot as plt
-    ss = data.split(split) if split else data.samples
-    idx = np.random.default_rng(seed).choice(len(ss), size=min(n, len(ss)), replace=False)
-    pick = [ss[i] for i in sorted(idx)]
-    wm = with_mask and all(s.mask is not None for s in pick)
-    ds = HarDataset(pick, with_mask=wm)
-    rows = math.ceil(len(pick) / ncols)
-    fig, axes = plt.subplots(rows, ncols, figsize=(2.2 * ncols, 2.8 * rows), squeeze=False)
-    for ax in axes.ravel(): ax.axis('off')
-    for k, s in enumerate(pick):
-        d, ax = ds[k], axes.ravel()[k]
-        ax.imshow(d['image'].permute(1, 2, 0))
-        if wm: ax.imshow(np.ma.masked_where(d['mask'][0] < .5, d['mask'][0]), cmap='autumn', alpha=.35, vmin=0, vmax=1)
-        pos = [a for a, v in zip(data.attributes, s.labels) if v == 1]
-        ax.set_title(f'{s.split}: ' + ', '.join(pos[:3]) + ('…' if len(pos) > 3 else ''), fontsize=7)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/01_data.ipynb #c069
+# %% ../nbs/01_data.ipynb #c048
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -691,7 +514,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if check_images: _check_images(samples, str(path), lay.images)
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
-# %% ../nbs/01_data.ipynb #c071
+# %% ../nbs/01_data.ipynb #c050
 def _place(src, dst, link):  # existing file; destination; try a hard link first
     "Hard-link (when `link` and possible) or copy `src` to `dst`."
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -704,7 +527,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
     "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
     img = load_rgb(s.image)
     H, W = img.shape[:2]
-    x0, y0, x1, y1 = _clip_box(s.box, W, H, str(s.image))
+    x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]
     dst.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(img[y0:y1, x0:x1]).save(dst, format='PNG')
     if mask_dst is not None:
@@ -745,7 +568,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01_data.ipynb #c074
+# %% ../nbs/01_data.ipynb #c053
 def _decode_problem(path):  # an image file
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
@@ -846,7 +669,7 @@ def cli(argv=None):  # arguments after `har-kit data`
     print(format_check(rep))
     return 0 if rep['ok'] else 1
 
-# %% ../nbs/01_data.ipynb #c079
+# %% ../nbs/01_data.ipynb #c058
 READERS = {'wider': read_wider, 'rap': read_rap, 'pa100k': read_pa100k, 'csv': read_csv_dataset}
 
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
