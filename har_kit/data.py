@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, repo_root, save_json
 from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, clip_box, dataset_kind,
-                             default_mask_root, detect_layout, explicit_layout, image_file, image_problem, load_rgb,
+                             default_mask_root, detect_layout, explicit_layout, image_file, image_problem, load_grey, load_rgb,
                              mask_path, read_synth_meta, write_csv_annotation, write_fixture, write_pa100k_annotation,
                              write_rap_annotation, write_wider_annotation)
 from .loading import (IMAGENET_MEAN, IMAGENET_STD, CornerCenterCrop, FiveCropStack, HarDataset, _sz,
@@ -531,7 +531,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
     dst.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(img[y0:y1, x0:x1]).save(dst, format='PNG')
     if mask_dst is not None:
-        with PILImage.open(s.mask) as mk: m = np.asarray(mk.convert('L'))
+        m = load_grey(s.mask)
         if m.shape == (H, W): m = m[y0:y1, x0:x1]
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')

@@ -17,7 +17,7 @@ from .core import KitError, UNSPECIFIED, atomic_path, atomic_write
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'SYNTH_META',
            'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout',
            'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'read_synth_meta', 'target_meta',
-           'clip_box', 'image_problem', 'load_rgb', 'write_pa100k_annotation', 'write_rap_annotation',
+           'clip_box', 'image_problem', 'load_rgb', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
            'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/00f_formats.ipynb #c005
@@ -230,7 +230,18 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/00f_formats.ipynb #c027
+# %% ../nbs/00f_formats.ipynb #c025
+def load_grey(path):  # a mask (or any image) file
+    "The image as a uint8 (H, W) grey array, 16-bit scaled to 8 bits like `load_rgb`: what masks are read with."
+    try:
+        with Image.open(path) as im:
+            if im.mode in _REFUSED: raise KitError(f'{path}: mode {im.mode} (floating-point pixels) is not supported; write masks as 8-bit PNG')
+            if im.mode in _SIXTEEN: return (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+            return np.asarray(im.convert('L'))
+    except KitError: raise
+    except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
+
+# %% ../nbs/00f_formats.ipynb #c028
 def _cell(strings):
     "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
     a = np.empty((len(strings), 1), dtype=object)
@@ -290,7 +301,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/00f_formats.ipynb #c029
+# %% ../nbs/00f_formats.ipynb #c030
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}

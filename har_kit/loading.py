@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .core import KitError
-from .formats import clip_box, load_rgb
+from .formats import clip_box, load_grey, load_rgb
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms',
@@ -48,9 +48,7 @@ class HarDataset(Dataset):
         H, W = img.shape[:2]
         mask = None
         if self.with_mask:
-            try:
-                with PILImage.open(s.mask) as mk: mask = np.asarray(mk.convert('L'))
-            except (OSError, ValueError) as e: raise KitError(f'{s.mask}: cannot read mask ({e})') from None
+            mask = load_grey(s.mask)
         box = None
         if s.box is not None:
             x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .core import KitError, atomic_path, data_root, get_device, save_json
 from .data import attach_masks as _attach_samples, load_dataset
-from .formats import DATASET_KINDS, SYNTH_META, clip_box, default_mask_root, load_rgb, mask_path
+from .formats import DATASET_KINDS, SYNTH_META, clip_box, default_mask_root, load_grey, load_rgb, mask_path
 
 # %% auto #0
 __all__ = ['PERSON', 'box_mask', 'TargetMask', 'box_iou', 'select_target', 'image_size', 'read_image', 'read_mask', 'write_mask',
@@ -100,10 +100,7 @@ def read_image(path):  # an image file
 def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as person)
               size=None):  # expected (H, W); None = any
     "Binary (H, W) mask from a PNG; `KitError` naming the file when unreadable or of the wrong size."
-    try:
-        with Image.open(path) as im: m = np.asarray(im.convert('L')) >= 128
-    except (OSError, UnidentifiedImageError) as e:
-        raise KitError(f'{path}: cannot read this mask ({e}); delete it so it is recomputed, or replace it') from None
+    m = load_grey(path) >= 128   # 16-bit masks scaled like images (`har_kit.formats.load_grey`)
     if size is not None and m.shape != tuple(size):
         raise KitError(f'{path}: mask is {m.shape[1]}x{m.shape[0]} but its image is {size[1]}x{size[0]}; '
                        'masks must have the size of their image (or of the target box)')

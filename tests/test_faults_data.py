@@ -202,3 +202,12 @@ def test_data_check_fails_on_missing_and_undecodable_images(tmp_path, capsys):
     assert rep['images']['missing'] == 1 and rep['ok'] is False
     (tmp_path/'empty').mkdir()
     assert cli(['check', 'rap', str(tmp_path/'empty')]) == 1 and 'no known rap layout' in capsys.readouterr().out
+
+
+def test_sixteen_bit_mask_is_scaled_not_clipped(tmp_path):
+    "A 16-bit mask PNG (0..65535) -> read as its 8-bit scale (repaired): a faint 16-bit value is not 'person'."
+    from har_kit.masks import read_mask
+    a = np.zeros((8, 8), np.uint16); a[:, :4] = 65535; a[:, 4:] = 300      # 300/65535: background, not person
+    Image.fromarray(a).save(tmp_path/'m.png')
+    m = read_mask(tmp_path/'m.png')
+    assert m[:, :4].all() and not m[:, 4:].any()
