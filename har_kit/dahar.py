@@ -16,6 +16,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from .core import UNSPECIFIED, KitError, atomic_path, get_device, seed_everything
 from .backbones import resnet_taps
 from .metrics import dataset_metric, metrics_by_distraction
+from .formats import DATASET_KINDS
 from .bench import complexity, count_params, format_table, plain_baseline
 from .losses import bce_loss, mask_loss, mixed_loss, pos_ratio, weighted_bce_loss
 
@@ -304,7 +305,7 @@ class DaHarLoss(nn.Module):
         return res
 
 # %% ../nbs/03_dahar.ipynb #c037
-ASPECT = {'wider': 1, 'rap': 2, 'pa100k': 2}  # height / width of the network input per dataset kind (RAP: 2)
+ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
 def dahar_config(epochs: int = 30,             # training epochs (not given in the paper)
                  lr: float = 0.003,            # initial learning rate (paper)

@@ -62,7 +62,7 @@ def test_bad_arguments():
 
 def test_cli_writes_table_and_json(tmp_path, capsys):
     out = tmp_path/'b.json'
-    rc = main(['bench', '--model', 'har_kit.bench:plain_baseline{"arch": "resnet-small", "num_classes": 14}',
+    rc = main(['bench', '--model', 'har_kit.bench:plain_baseline{"arch": "resnet-small", "num_attributes": 14}',
                '--model', 'har_kit.bench:plain_baseline{"arch": "resnet-tiny"}', '--baseline', 'resnet-tiny',
                '--input-size', '3', '32', '32', '--warmup', '0', '--iters', '2', '--out', str(out)])
     assert rc == 0
