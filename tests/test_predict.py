@@ -16,7 +16,7 @@ PRE = dict(input_size=(64, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0
 
 def _dahar(seed=0):
     from har_kit.dahar import dahar_variant
-    kw = dict(name='dahar', num_classes=4, arch='resnet-tiny', weights=None)
+    kw = dict(name='dahar', num_attributes=4, arch='resnet-tiny', weights=None)
     torch.manual_seed(seed)
     return dahar_variant(**kw).eval(), 'har_kit.dahar:dahar_variant', kw
 
@@ -207,7 +207,7 @@ def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
 
 
 @pytest.mark.parametrize('make, kind, panels', [
-    (_dahar, 'attention', ['self-mask (stage 1)', 'self-mask (stage 2)', 'self-mask (stage 3)', 'mask branch']),
+    (_dahar, 'attention', ['self-mask (stage 1)', 'self-mask (stage 2)', 'self-mask (stage 3)', 'self-mask (stage 4)', 'mask branch']),
     (_campar, 'CAM', [])])
 def test_model_maps(make, kind, panels):
     net = make()[0]
