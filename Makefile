@@ -7,7 +7,7 @@ PROFILE ?= quick
 export MPLBACKEND := agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup main studies sample test export check-export check-clean pytest nbtest
+.PHONY: setup main studies sample test export check-export check-clean pytest nbtest gpu-check
 
 setup: $(STAMP)
 
@@ -42,10 +42,15 @@ check-clean:
 	@git status --porcelain -- nbs | grep . && { echo "nbs/ is not clean: run nbdev_clean and commit"; exit 1; } || echo "nbdev_clean: no diff"
 
 pytest:
-	$(BIN)/python -m pytest tests -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q
 
+## two notebooks at a time, one thread each: parallel jobs must not oversubscribe the cores
 nbtest:
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 export:
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python tools/nb2readme.py
+
+## the paper-size GPU check on whatever GPU it finds -> outputs/reference/gpu/report.{json,md} (ARGS=--cpu-tiny: CPU rehearsal)
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) tools/gpu_check.py $(ARGS)
