@@ -225,7 +225,7 @@ def describe(runs) -> str:
         if r.deps: lines.append('    after: ' + ', '.join(str(Path(*d.parts[-3:])) for d in r.deps))
     return '\n'.join(lines)
 
-# %% ../nbs/07_reproduce.ipynb #c022
+# %% ../nbs/07_reproduce.ipynb #c023
 def run_planned(r: PlannedRun, dev=None):  # dev: a device replacing the planned one (one of --device's list)
     "Execute one planned run with `run_notebook` (its parameters, directory and thread count)."
     return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
@@ -278,7 +278,7 @@ def execute(runs, devices=None, progress=True, run_fn=None, jobs=None, on_change
     bar.close()
     return status
 
-# %% ../nbs/07_reproduce.ipynb #c026
+# %% ../nbs/07_reproduce.ipynb #c027
 def status_path(root, profile) -> Path: return Path(root)/profile/'status.json'
 
 _ACTIVE_SLURM = {'PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'RESIZING', 'REQUEUE_HOLD'}
@@ -345,7 +345,7 @@ def status_cli(argv=None):
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] else 0
 
-# %% ../nbs/07_reproduce.ipynb #c029
+# %% ../nbs/07_reproduce.ipynb #c030
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -422,7 +422,9 @@ def submit(runs, executor, profile=None, root=None, render=True, run_fn=None, dr
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
     ids, actions, jobs = {}, [], []
     def send(fn, name, after, kind):
-        if native: executor.update_parameters(slurm_additional_parameters={'dependency': f'{kind}:' + ':'.join(after)} if after else {})
+        if native:   # a run whose dependency failed is cancelled rather than left pending
+            executor.update_parameters(slurm_additional_parameters={'dependency': f'{kind}:' + ':'.join(after),
+                                                                    'kill-on-invalid-dep': 'yes'} if after else {})
         executor.update_parameters(name=f'har-kit:{name}')
         return executor.submit(fn)
     for r in runs:
@@ -455,7 +457,7 @@ def describe_jobs(actions) -> str:
     return '\n'.join(f'{a["action"]:<7} {a["name"]}' + (f' [job {a["job_id"]}]' if a.get('job_id') else '') +
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') for a in actions)
 
-# %% ../nbs/07_reproduce.ipynb #c033
+# %% ../nbs/07_reproduce.ipynb #c034
 def render_tables(profile, root=None, tables=None, progress=False):
     "Run the results notebook for a profile (always re-rendered); return its run directory."
     root = Path(root or outputs_root())
