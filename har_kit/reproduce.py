@@ -493,7 +493,7 @@ def cli(argv=None):
     ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
     ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
-    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU (CI rehearsal; outputs under OUT/smoke)')
+    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU (the CI rehearsal; outputs go to OUT/smoke)')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them")
     ap.add_argument('--jobs', type=int, help="runs executed at once (default: one per device; on CPU, the cores divided by the profile's threads per run)")
@@ -513,7 +513,7 @@ def cli(argv=None):
     a = ap.parse_args(argv)
     try:
         devices = a.device.split(',') if a.device else None
-        root = Path(a.out or outputs_root()) / ('smoke' if a.smoke and not a.out else '')
+        root = Path(a.out or outputs_root()) / ('smoke' if a.smoke else '')   # never beside real paper runs
         keys = a.tables or default_tables(a.profile, a.studies)
         runs = plan(keys, a.profile, a.seeds, _parse_roots(a.data_root), root,
                     device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
@@ -540,6 +540,7 @@ def cli(argv=None):
             n = sum(1 for x in actions if x['action'] == 'submit')
             print(f'har-kit reproduce: {n} jobs submitted ({ex.cluster}); follow them with: har-kit status --profile {a.profile}' +
                   (f' --out {root}' if a.out or a.smoke else ''))
+            return 0
             return 0
         save_status(runs, root, a.profile)
         status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs,

@@ -60,10 +60,15 @@ def test_paper_json_plan_follows_the_papers():
 def test_smoke_changes_only_size_and_length():
     assert all(set(v) <= SMOKE_KEYS for k, v in SMOKE.items() if not k.startswith('_'))
     paper, smoke = _json_plan('--out', '/tmp/o'), _json_plan('--smoke', '--out', '/tmp/o')
-    rel = lambda r, x: str(Path(x).relative_to('/tmp/o'))
+    assert all(s['out_dir'].startswith('/tmp/o/smoke/paper/') for s in smoke)   # never beside real paper runs
+    rel = lambda x, root: str(Path(x).relative_to(root))
     assert [r['name'] for r in smoke] == [r['name'] for r in paper]
     for s, p in zip(smoke, paper):
-        assert s['notebook'] == p['notebook'] and s['deps'] == p['deps'] and s['dims'] == p['dims']
+        assert s['notebook'] == p['notebook'] and s['dims'] == p['dims']
+        assert [rel(d, '/tmp/o/smoke') for d in s['deps']] == [rel(d, '/tmp/o') for d in p['deps']]
+        for name in ('campar_run',):   # parameters that name another run's directory
+            if name in p['params']:
+                s['params'][name], p['params'][name] = rel(s['params'][name], '/tmp/o/smoke'), rel(p['params'][name], '/tmp/o')
         assert {k: v for k, v in s['params'].items() if k not in SMOKE_KEYS} == \
                {k: v for k, v in p['params'].items() if k not in SMOKE_KEYS}, s['name']
         assert s['params'].get('device', 'cpu') == 'cpu'
