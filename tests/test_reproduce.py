@@ -139,3 +139,10 @@ def test_sample_profile_only_plans_pa100k_rows():
     cfar = [r for r in runs if r.spec.notebook == 'cfar']
     campar = {str(r.out_dir): r for r in runs if r.spec.notebook == 'campar'}
     assert all(c.params['scale'] == campar[c.params['campar_run']].params['scale'] for c in cfar)
+
+
+def test_every_subcommand_resolves_to_its_function():
+    import importlib
+    from har_kit.cli import CLI_FUNCTIONS, SUBCOMMANDS
+    for name, (module, _) in SUBCOMMANDS.items():
+        assert callable(getattr(importlib.import_module(module), CLI_FUNCTIONS.get(name, 'cli'), None)), name
