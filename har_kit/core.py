@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'KitError', 'atomic_path', 'atomic_write', 'to_jsonable', 'save_json', 'load_json', 'seed_everything',
-           'get_device', 'repo_root', 'outputs_root', 'data_root', 'run_dir', 'save_metrics', 'env_info']
+__all__ = ['UNSPECIFIED', 'KitError', 'atomic_path', 'atomic_write', 'to_jsonable', 'save_json', 'load_json', 'kit_threads',
+           'seed_everything', 'get_device', 'repo_root', 'outputs_root', 'data_root', 'run_dir', 'save_metrics',
+           'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -81,13 +82,22 @@ def load_json(path):  # JSON file written by `save_json` (or by hand)
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
 
 # %% ../nbs/00_core.ipynb #c016
+def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
+    "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked."
+    t = threads if threads is not None else os.environ.get('HAR_KIT_THREADS') or 1
+    try: t = int(t)
+    except (TypeError, ValueError): t = 0
+    if t < 1: raise KitError(f'threads / $HAR_KIT_THREADS must be a whole number >= 1, got {threads if threads is not None else os.environ.get("HAR_KIT_THREADS")!r}')
+    return t
+
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
-    "Seed every random generator the kit uses."
+    "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
     try:
         import torch
         torch.manual_seed(seed)
         if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+        if os.environ.get('HAR_KIT_THREADS'): torch.set_num_threads(kit_threads())
     except ImportError: pass
     return seed
 
@@ -108,19 +118,37 @@ def repo_root():
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
 def outputs_root():
-    "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`)."
-    if os.environ.get('HAR_KIT_OUTPUTS'): return Path(os.environ['HAR_KIT_OUTPUTS'])
-    return (repo_root() or Path.cwd())/'outputs'
+    "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute."
+    if os.environ.get('HAR_KIT_OUTPUTS'): return Path(os.environ['HAR_KIT_OUTPUTS']).expanduser().resolve()
+    root = repo_root()
+    return root/'outputs' if root else (Path.cwd()/'outputs').resolve()
 
 def data_root():
-    "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./data`)."
-    if os.environ.get('HAR_KIT_DATA'): return Path(os.environ['HAR_KIT_DATA'])
-    return (repo_root() or Path.cwd())/'data'
+    "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute."
+    if os.environ.get('HAR_KIT_DATA'): return Path(os.environ['HAR_KIT_DATA']).expanduser().resolve()
+    root = repo_root()
+    return root/'data' if root else (Path.cwd()/'har-kit-data').resolve()
 
 # %% ../nbs/00_core.ipynb #c022
+def _notebook_globals():
+    "The namespace of the notebook (or script) calling into the kit: the innermost frame whose module is `__main__`."
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_globals.get('__name__') == '__main__': return f.f_globals
+        f = f.f_back
+    return None
+
+_PROCESS_RUN_DIR = {}
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
-    "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else a new temp dir."
-    d = out_dir or os.environ.get('HAR_KIT_RUN_DIR') or tempfile.mkdtemp(prefix='har-kit-run-')
+    "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
+    d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
+    if not d:
+        ns = _notebook_globals()
+        store = ns if ns is not None else _PROCESS_RUN_DIR
+        d = store.get('_har_kit_run_dir')
+        if d is None or not Path(d).is_dir():
+            d = store['_har_kit_run_dir'] = tempfile.mkdtemp(prefix='har-kit-run-')
+            print(f'out_dir is None: this notebook writes its outputs to {d}')
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -129,6 +157,17 @@ def save_metrics(metrics: dict, out_dir=None):  # flat or nested dict of numbers
     if not isinstance(metrics, dict) or not metrics:
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
+
+def save_figure(fig,            # a matplotlib Figure
+                name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
+                out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
+                dpi: int = 100):  # resolution of the PNG
+    "Save `fig` as a PNG in the run directory, atomically (temp name, then rename); the figure stays open to show."
+    if not name or Path(name).name != name:
+        raise KitError(f'save_figure: name={name!r} must be a plain file name (no folders), e.g. "fig5_masks.png"')
+    path = run_dir(out_dir)/(name if name.endswith('.png') else name + '.png')
+    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+    return path
 
 # %% ../nbs/00_core.ipynb #c025
 def _git(*args, cwd=None):

@@ -4,13 +4,16 @@
 
 # %% ../nbs/00b_runs.ipynb #c002
 from __future__ import annotations
-import argparse, importlib.util, json, os, sys, time
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, importlib.util, json, keyword, os, socket, sys, time
 from pathlib import Path
 
-from .core import KitError, atomic_write, env_info, load_json, outputs_root, repo_root, save_json
+from .core import (KitError, atomic_write, data_root, env_info, kit_threads, load_json, outputs_root, repo_root,
+                          save_json, to_jsonable)
 
 # %% auto #0
-__all__ = ['notebooks_dir', 'find_notebook', 'parse_value', 'RunFailed', 'is_done', 'run_notebook', 'cli']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter',
+           'check_parameters', 'parse_value', 'parse_params', 'run_lock', 'RunFailed', 'is_done', 'kernel_env',
+           'timing_summary', 'run_notebook', 'run_status', 'cli']
 
 # %% ../nbs/00b_runs.ipynb #c005
 def notebooks_dir():
@@ -34,6 +37,98 @@ def find_notebook(name):  # path, file name ('03_dahar.ipynb') or section name (
     raise KitError(f'notebook {name!r} not found in {d}; available: {", ".join(c.stem for c in cands)}')
 
 # %% ../nbs/00b_runs.ipynb #c008
+class Unparsed(str):
+    "The source text of a parameter default that is not a literal (any value is accepted for it)."
+
+def notebook_parameters(notebook) -> dict:  # path, file name or section name
+    "The names and defaults of the notebook's `parameters` cell, in order (`{}` when it has none)."
+    nb = find_notebook(notebook)
+    try: cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
+    except (json.JSONDecodeError, KeyError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
+    tagged = [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
+    if not tagged: return {}
+    src = ''.join(tagged[0]['source']) if isinstance(tagged[0]['source'], list) else tagged[0]['source']
+    try: tree = ast.parse(src)
+    except SyntaxError as e: raise KitError(f'{nb}: the parameters cell does not parse ({e})') from None
+    out = {}
+    for st in tree.body:
+        if isinstance(st, (ast.Assign, ast.AnnAssign)):
+            targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+            if st.value is None: continue
+            for t in targets:
+                if not isinstance(t, ast.Name): continue
+                try: out[t.id] = ast.literal_eval(st.value)
+                except (ValueError, SyntaxError, TypeError): out[t.id] = Unparsed(ast.get_source_segment(src, st.value) or '')
+    return out
+
+# %% ../nbs/00b_runs.ipynb #c011
+POSITIVE = ('batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
+            'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows')
+NON_NEGATIVE = ('epochs', 'phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
+                'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition')
+_PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
+
+def _type_name(v): return {bool: 'true/false', int: 'a whole number', float: 'a number', str: 'a string',
+                           list: 'a list', tuple: 'a list', dict: 'a dict'}.get(type(v), type(v).__name__)
+
+def check_parameter(name, value, default, where='parameter'):  # name, given value, notebook default
+    "Return `value` checked (and an int widened to float for a float default) against `default`, or raise `KitError`."
+    bad = lambda what: KitError(f'{where} {name!r}: {what}')
+    if isinstance(default, Unparsed) or default is None:
+        try: json.dumps(to_jsonable(value))
+        except (TypeError, ValueError, KitError): raise bad(f'{value!r} is not a plain value (number, string, bool, list, dict or null)') from None
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool): raise bad(f'expects true or false (default {default}), got {value!r}')
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f'expects a whole number (default {default}), got {_type_name(value)} {value!r}')
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f'expects a number (default {default}), got {_type_name(value)} {value!r}'
+                      + (' (write it without quotes)' if isinstance(value, str) else ''))
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str): raise bad(f'expects a string (default {default!r}), got {_type_name(value)} {value!r}')
+    elif isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise bad(f'expects a list (default {list(default)!r}), got {_type_name(value)} {value!r}; '
+                      f"write a list, e.g. -p {name} '[{value}]'")
+        value = list(value)
+        kinds = {type(d) for d in default}
+        if len(kinds) == 1 and kinds <= {str, int, float}:
+            want = kinds.pop()
+            wrong = [v for v in value if not (isinstance(v, want) and not isinstance(v, bool)
+                                               or want is float and isinstance(v, int) and not isinstance(v, bool))]
+            if wrong: raise bad(f'expects a list of {_type_name(default[0])[2:] if want is not int else "whole number"}s '
+                                f'(default {list(default)!r}), got {wrong[0]!r} in {value!r}')
+    elif isinstance(default, dict):
+        if not isinstance(value, dict): raise bad(f'expects a dict (default {default!r}), got {_type_name(value)} {value!r}')
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
+        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
+    try: json.dumps(to_jsonable(value, name))
+    except TypeError: raise bad(f'{value!r} is not a plain value') from None
+    return value
+
+def check_parameters(notebook, params: dict | None) -> dict:  # notebook name/path; {name: value}
+    "Validate names (identifiers the notebook declares) and values (their defaults' types); return the checked dict."
+    declared = notebook_parameters(notebook)
+    out = {}
+    for name, value in (params or {}).items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise KitError(f'parameter name {name!r} is not a Python identifier: a parameter name is a plain name '
+                           f'such as epochs (names of {Path(str(notebook)).stem}: {", ".join(declared) or "none"})')
+        if name == 'out_dir': raise KitError("parameter 'out_dir' is set by the runner: pass the run directory with --out (out_dir=)")
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            raise KitError(f'unknown parameter {name!r} for notebook {find_notebook(notebook).name}'
+                           + (f' (did you mean {close[0]!r}?)' if close else '')
+                           + f'; its parameters: {", ".join(n for n in declared if n != "out_dir") or "none"}')
+        out[name] = check_parameter(name, value, declared[name])
+    return out
+
+# %% ../nbs/00b_runs.ipynb #c014
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
     "Interpret a command-line parameter value as a YAML scalar/list (int, float, bool, None, list or str)."
     import yaml
@@ -41,7 +136,52 @@ def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command
     except yaml.YAMLError: return text
     return text if isinstance(v, (dict,)) and not text.strip().startswith('{') else v
 
-# %% ../nbs/00b_runs.ipynb #c011
+def parse_params(notebook, pairs) -> dict:  # notebook; [(name, text), ...] from `-p NAME VALUE`
+    "Command-line `-p` pairs to values: verbatim text for string defaults, YAML for the rest."
+    declared = notebook_parameters(notebook)
+    return {n: (v if isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed) else parse_value(v))
+            for n, v in (pairs or [])}
+
+# %% ../nbs/00b_runs.ipynb #c017
+@contextlib.contextmanager
+def run_lock(out_dir):  # the run directory (created if needed)
+    "Hold the run directory's exclusive lock for the block, or raise `KitError` naming the process that holds it."
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    path = out/'.lock'
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise KitError(f'{out} is in use by another run ({_holder(path)}): wait for it to finish, or pass another '
+                           'run directory (--out)') from None
+        try: same = os.stat(path).st_ino == os.fstat(fd).st_ino     # the directory may have been moved aside meanwhile
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                                     started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))).encode())
+        yield path
+    finally: os.close(fd)
+
+def _holder(lock_path):
+    try: h = json.loads(Path(lock_path).read_text() or '{}')
+    except (OSError, json.JSONDecodeError): h = {}
+    return f"pid {h.get('pid', '?')} on {h.get('host', '?')}, started {h.get('started', '?')}"
+
+def _is_locked(out_dir):
+    path = Path(out_dir)/'.lock'
+    if not path.exists(): return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError: return _holder(path)
+        fcntl.flock(fd, fcntl.LOCK_UN); return None
+    finally: os.close(fd)
+
+# %% ../nbs/00b_runs.ipynb #c020
 class RunFailed(RuntimeError):
     "A notebook run that did not finish: names the run directory and the failing cell's error."
     def __init__(self, out_dir, message):
@@ -52,48 +192,186 @@ def is_done(out_dir):  # a run directory
     "True when the run directory holds a `done` marker."
     return (Path(out_dir)/'done').exists()
 
+def _kernel_manager(env, cwd):
+    "A kernel manager class that starts the kernel with `env` added to this process's environment, in `cwd`."
+    from jupyter_client.manager import AsyncKernelManager
+    class RunKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw['env'] = {**os.environ, **(kw.get('env') or {}), **env}
+            kw['cwd'] = str(cwd)
+            return await super().start_kernel(**kw)
+    return RunKernelManager
+
+def kernel_env(out_dir, threads=None):  # the run directory; intra-op threads (None: $HAR_KIT_THREADS or 1)
+    "The environment variables a run's kernel gets on top of this process's."
+    t = str(kit_threads(threads))
+    return dict(HAR_KIT_OUTPUTS=str(outputs_root()), HAR_KIT_DATA=str(data_root()), HAR_KIT_RUN_DIR=str(Path(out_dir).resolve()),
+                HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
+                PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
+
+def _same(a, b): return json.dumps(to_jsonable(a), sort_keys=True) == json.dumps(to_jsonable(b), sort_keys=True)
+
+def _prepare(out, params, force):
+    "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
+    entries = [p for p in out.iterdir() if p.name != '.lock']
+    if not entries: return 'run'
+    old = None
+    if (out/'params.json').exists():
+        try: old = load_json(out/'params.json')
+        except KitError: old = None
+    if not force:
+        if old is None:
+            raise KitError(f'{out} is not empty and holds no readable params.json: pass an empty or new run directory '
+                           '(--out), or force=True (--force) to move its contents aside')
+        if not _same(old, params):
+            diff = sorted(set(old) ^ set(params) | {k for k in set(old) & set(params) if not _same(old[k], params[k])})
+            raise KitError(f'{out} holds a run with other parameters (differs in: '
+                           + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
+                           + '): pass another run directory (--out), or --force to move the old run aside and rerun')
+        if is_done(out): return 'skip'
+        for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
+        for tmp in out.rglob('*.tmp'):
+            with contextlib.suppress(OSError): tmp.unlink()
+        return 'run'
+    aside = out.with_name(f'{out.name}.old-{time.strftime("%Y%m%d-%H%M%S")}')
+    n = 1
+    while aside.exists(): aside = out.with_name(f'{out.name}.old-{time.strftime("%Y%m%d-%H%M%S")}-{n}'); n += 1
+    aside.mkdir()
+    for p in entries: os.replace(p, aside/p.name)
+    print(f'har-kit run: moved the previous run of {out} aside to {aside}', file=sys.stderr)
+    return 'run'
+
+def _cell_of(nb_path):
+    "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
+    try: cells = json.loads(Path(nb_path).read_text())['cells']
+    except (OSError, json.JSONDecodeError, KeyError): return None
+    started = [c for c in cells if c.get('cell_type') == 'code' and c.get('metadata', {}).get('papermill', {}).get('start_time')]
+    if not started: return None
+    return started[-1].get('execution_count') or sum(1 for c in started)
+
+def timing_summary(notebook_path, started=None):  # executed notebook; time.time() when the runner started it
+    "Seconds for kernel start, the first cell that imports, and each executed cell, from papermill's cell metadata."
+    cells = json.loads(Path(notebook_path).read_text())['cells']
+    parse = lambda t: datetime.datetime.fromisoformat(t.replace('Z', '+00:00')).timestamp() if t else None
+    rows = []
+    for i, c in enumerate(cells):
+        pm = c.get('metadata', {}).get('papermill', {})
+        if c.get('cell_type') != 'code' or pm.get('duration') is None: continue
+        src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+        first = next((l for l in src.splitlines() if l.strip() and not l.startswith('#|')), '')[:70]
+        imports = any(l.startswith(('import ', 'from ')) and ' __future__ ' not in l for l in src.splitlines())
+        rows.append(dict(cell=i, execution_count=c.get('execution_count'), seconds=round(pm['duration'], 3),
+                         start=parse(pm.get('start_time')), first_line=first, imports=imports))
+    first_start = next((r['start'] for r in rows if r['start']), None)
+    kernel = round(first_start - started, 3) if started and first_start else None
+    cells_s = round(sum(r['seconds'] for r in rows), 3)
+    for r in rows: r.pop('start')
+    imports = next((r['seconds'] for r in rows if r['imports']), None)
+    for r in rows: r.pop('imports')
+    return dict(kernel_start_seconds=kernel, imports_seconds=imports,
+                cells_seconds=cells_s, total_seconds=round(time.time() - started, 3) if started else None,
+                slowest=sorted(rows, key=lambda r: -r['seconds'])[:5], cells=rows)
+
+def _finish_notebook(out, started, log):
+    "Rename the executed notebook into place (if it is whole) and write `timing.json` and the log's totals."
+    running, final = out/'notebook.running.ipynb', out/'notebook.ipynb'
+    if not running.exists(): return
+    try: json.loads(running.read_text())
+    except (json.JSONDecodeError, OSError): return            # torn: leave it under its temporary name
+    os.replace(running, final)
+    try:
+        t = timing_summary(final, started)
+        save_json(t, out/'timing.json')
+        log.write(f"\n[har-kit] kernel start {t['kernel_start_seconds']} s, first imports {t['imports_seconds']} s, "
+                  f"cells {t['cells_seconds']} s, total {t['total_seconds']} s; slowest: "
+                  + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
+    except (OSError, KeyError, ValueError): pass
+
+def _fail(out, error, cell=None):
+    with contextlib.suppress(OSError, KitError):
+        save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z')), out/'failed.json')
+
+def _disk_full(e): return isinstance(e, OSError) and e.errno == errno.ENOSPC
+
 def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name: str = 'python3',
-                 force: bool = False, progress: bool = True, timeout: int | None = None):
+                 force: bool = False, progress: bool = True, timeout: int | None = None, threads: int | None = None):
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above)."
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     nb = find_notebook(notebook)
+    params = check_parameters(nb, params)                       # before anything is created or run
+    env = kernel_env(out_dir or '.', threads)
     out = Path(out_dir) if out_dir else outputs_root()/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
-    if is_done(out) and not force: return out
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ('done', 'metrics.json'): (out/stale).unlink(missing_ok=True)
-    params = dict(params or {})
-    save_json(params, out/'params.json')
-    save_json(env_info(), out/'env.json')
-    # the kernel inherits this process's environment: force a headless matplotlib backend once (never restored, so
-    # concurrent runs from the multi-device executor see a stable environment)
-    os.environ['MPLBACKEND'] = 'agg'
+    out = out.resolve()
+    env['HAR_KIT_RUN_DIR'] = str(out)
     try:
-        with open(out/'log.txt', 'w') as log:
-            pm.execute_notebook(str(nb), str(out/'notebook.ipynb'), parameters={**params, 'out_dir': str(out.resolve())},
-                                kernel_name=kernel_name, cwd=str(out), progress_bar=progress,
-                                stdout_file=log, stderr_file=log, execution_timeout=timeout)
-    except pm.PapermillExecutionError as e:
-        raise RunFailed(out, f'cell {e.exec_count} raised {e.ename}: {e.evalue}') from None
-    if not (out/'metrics.json').exists():
-        raise RunFailed(out, 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)')
-    with atomic_write(out/'done') as f: f.write(time.strftime('%Y-%m-%dT%H:%M:%S\n'))
-    return out
+        with run_lock(out):
+            if _prepare(out, params, force) == 'skip': return out
+            save_json(params, out/'params.json')
+            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS'])}, out/'env.json')
+            started = time.time()
+            with open(out/'log.txt', 'a') as log:
+                log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}\n'); log.flush()
+                try:
+                    pm.execute_notebook(str(nb), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
+                                        kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
+                                        execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out))
+                except pm.PapermillExecutionError as e:
+                    _finish_notebook(out, started, log)
+                    if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
+                        msg = f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: it resumes here'
+                    else: msg = f'cell {e.exec_count} raised {e.ename}: {e.evalue}'
+                    _fail(out, msg, e.exec_count)
+                    raise RunFailed(out, msg) from None
+                except DeadKernelError:
+                    cell = _cell_of(out/'notebook.running.ipynb')
+                    _finish_notebook(out, started, log)
+                    msg = (f'the kernel died while running cell {cell} (out of memory, or killed); the notebook up to '
+                           'the last finished cell, its checkpoints and log.txt are kept: rerun to resume')
+                    _fail(out, msg, cell); raise RunFailed(out, msg) from None
+                except KeyboardInterrupt:
+                    _finish_notebook(out, started, log); _fail(out, 'interrupted (Ctrl-C)', _cell_of(out/'notebook.ipynb')); raise
+                _finish_notebook(out, started, log)
+            if not (out/'metrics.json').exists():
+                msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'
+                _fail(out, msg); raise RunFailed(out, msg)
+            with atomic_write(out/'done') as f: f.write(time.strftime('%Y-%m-%dT%H:%M:%S\n'))
+            return out
+    except OSError as e:
+        if not _disk_full(e): raise
+        kept = ', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.'))) if out.exists() else 'nothing'
+        _fail(out, f'disk full: {e}')
+        raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: it resumes here') from None
 
-# %% ../nbs/00b_runs.ipynb #c015
-def _params(pairs):
-    return {name: parse_value(value) for name, value in (pairs or [])}
+# %% ../nbs/00b_runs.ipynb #c024
+def run_status(out_dir) -> dict:  # a run directory
+    "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
+    out = Path(out_dir)
+    holder = _is_locked(out) if out.is_dir() else None
+    if holder: return dict(state='running', error=None, holder=holder)
+    if is_done(out): return dict(state='done', error=None, time=(out/'done').read_text().strip(), metrics=str(out/'metrics.json'))
+    if (out/'failed.json').exists():
+        try: f = load_json(out/'failed.json')
+        except KitError as e: f = dict(error=str(e))
+        return dict(state='failed', error=f.get('error'), cell=f.get('cell'), time=f.get('time'))
+    if (out/'params.json').exists():
+        return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
+    return dict(state='missing', error=None)
 
+# %% ../nbs/00b_runs.ipynb #c027
 def cli(argv=None):
-    "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force]`: execute one section notebook as a run."
+    "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N]`: execute one section notebook as a run."
     ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)
     ap.add_argument('notebook', help="path, file name or section name ('dahar', '03_dahar.ipynb')")
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='parameter to inject (repeatable)')
-    ap.add_argument('--out', help='run directory (default: outputs/runs/<notebook>-<time>)')
+    ap.add_argument('--out', help='run directory (default: $HAR_KIT_OUTPUTS/runs/<notebook>-<time>)')
     ap.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
-    ap.add_argument('--force', action='store_true', help='rerun even if the run directory is already done')
+    ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside)')
+    ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')
     a = ap.parse_args(argv)
     try:
-        out = run_notebook(a.notebook, _params(a.param), a.out, kernel_name=a.kernel, force=a.force)
+        params = parse_params(a.notebook, a.param)
+        out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads)
     except (KitError, RunFailed) as e:
         print(f'har-kit run: {e}', file=sys.stderr); return 1
     print(f'har-kit run: done -> {out}')

@@ -1,0 +1,210 @@
+"""Fault catalogue of the run side (issue 13): each test tries one fault and states the clear outcome.
+
+Most tests replace papermill's executor with a fake (no kernel, milliseconds); the last ones start real kernels.
+"""
+import errno, json, os
+from pathlib import Path
+
+import papermill
+import pytest
+
+from har_kit.core import KitError, load_json
+from har_kit.runs import RunFailed, check_parameters, cli, notebook_parameters, run_lock, run_notebook, run_status
+
+
+def _nb(path, params_src='seed = 0\nbatch_size = 8\nthreshold = 0.5\nvariants = ["a", "b"]\nextra = None\nout_dir = None',
+        body='from har_kit.core import save_metrics\nsave_metrics({"seed": seed}, out_dir)'):
+    path.write_text(json.dumps({'cells': [
+        {'cell_type': 'code', 'metadata': {'tags': ['parameters']}, 'source': params_src, 'outputs': [], 'execution_count': None},
+        {'cell_type': 'code', 'metadata': {}, 'source': body, 'outputs': [], 'execution_count': None}],
+        'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
+        'nbformat': 4, 'nbformat_minor': 5}))
+    return path
+
+
+def _fake(monkeypatch, behaviour=None):
+    "Replace papermill's executor: write the output notebook (as papermill does) and metrics, then `behaviour`."
+    calls = []
+    def execute(inp, outp, parameters=None, **kw):
+        calls.append(dict(parameters))
+        nb = json.loads(Path(inp).read_text())
+        for c in nb['cells']: c['metadata']['papermill'] = {'status': 'completed', 'duration': 0.01,
+                                                             'start_time': '2026-01-01T00:00:00', 'end_time': None}
+        Path(outp).write_text(json.dumps(nb))
+        if behaviour: behaviour(Path(outp), parameters)
+        else: (Path(parameters['out_dir'])/'metrics.json').write_text(json.dumps({'seed': parameters.get('seed', 0)}))
+    monkeypatch.setattr(papermill, 'execute_notebook', execute)
+    return calls
+
+
+# --- parameters: checked before anything runs ---------------------------------------------------------------------
+
+def test_unknown_name_is_refused_with_close_match_and_nothing_created(tmp_path):
+    nb = _nb(tmp_path/'n.ipynb')
+    with pytest.raises(KitError, match=r"unknown parameter 'sead'.*did you mean 'seed'.*seed, batch_size"):
+        run_notebook(nb, {'sead': 1}, tmp_path/'run', progress=False)
+    assert not (tmp_path/'run').exists()
+
+
+def test_parameter_name_cannot_inject_code(tmp_path, capsys):
+    "The exploit of issue 13: a name holding code is refused before any kernel starts; the command never runs."
+    nb, marker = _nb(tmp_path/'n.ipynb'), tmp_path/'pwned'
+    assert cli([str(nb), '-p', f"__import__('os').system('touch {marker}'); z", '1', '--out', str(tmp_path/'run')]) == 1
+    assert 'not a Python identifier' in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path/'run').exists()
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'seed': 'abc'}, "'seed': expects a whole number \\(default 0\\), got a string 'abc'"),
+    ({'batch_size': 0}, "'batch_size': must be at least 1"),
+    ({'seed': {'a': 1}}, "'seed': expects a whole number \\(default 0\\), got a dict"),
+    ({'threshold': '0.5'}, "'threshold': expects a number .*without quotes"),
+    ({'variants': 'campar'}, "'variants': expects a list .*'\\[campar\\]'"),
+    ({'out_dir': '/x'}, 'set by the runner'),
+])
+def test_bad_values_get_clear_errors(tmp_path, params, message):
+    with pytest.raises(KitError, match=message):
+        check_parameters(_nb(tmp_path/'n.ipynb'), params)
+
+
+def test_none_default_accepts_plain_values_and_ints_widen_to_float(tmp_path):
+    nb = _nb(tmp_path/'n.ipynb')
+    assert check_parameters(nb, {'extra': {'k': [1, 'x']}, 'threshold': 1}) == {'extra': {'k': [1, 'x']}, 'threshold': 1.0}
+    assert notebook_parameters(nb)['variants'] == ['a', 'b']
+
+
+def test_cli_reads_values_by_the_defaults_type(tmp_path, capsys):
+    assert cli([str(_nb(tmp_path/'n.ipynb')), '-p', 'seed', 'abc', '--out', str(tmp_path/'r')]) == 1
+    assert "expects a whole number" in capsys.readouterr().err and not (tmp_path/'r').exists()
+
+
+# --- one writer, no result lost ------------------------------------------------------------------------------------
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    calls = _fake(monkeypatch)
+    with run_lock(tmp_path/'run'):
+        with pytest.raises(KitError, match=rf'in use by another run \(pid {os.getpid()} on .*, started '):
+            run_notebook(_nb(tmp_path/'n.ipynb'), {'seed': 1}, tmp_path/'run', progress=False)
+        assert run_status(tmp_path/'run')['state'] == 'running'
+    assert calls == []
+
+
+def test_other_parameters_are_refused_and_force_moves_the_old_run_aside(tmp_path, monkeypatch):
+    _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb')
+    run_notebook(nb, {'seed': 0}, tmp_path/'run', progress=False)
+    with pytest.raises(KitError, match=r'other parameters \(differs in: seed: 0 -> 1\).*--force'):
+        run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False)
+    assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 0}
+    run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False, force=True)
+    assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 1}
+    (aside,) = tmp_path.glob('run.old-*')
+    assert load_json(aside/'metrics.json') == {'seed': 0} and (aside/'done').exists()
+
+
+def test_done_run_with_same_parameters_is_skipped(tmp_path, monkeypatch):
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb')
+    run_notebook(nb, {'seed': 2}, tmp_path/'run', progress=False)
+    run_notebook(nb, {'seed': 2}, tmp_path/'run', progress=False)
+    assert len(calls) == 1
+
+
+def test_foreign_nonempty_directory_is_refused(tmp_path, monkeypatch):
+    _fake(monkeypatch)
+    (tmp_path/'mine').mkdir(); (tmp_path/'mine'/'thesis.tex').write_text('x')
+    with pytest.raises(KitError, match='not empty and holds no readable params.json'):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'mine', progress=False)
+    assert (tmp_path/'mine'/'thesis.tex').read_text() == 'x'
+
+
+# --- nothing half-written ------------------------------------------------------------------------------------------
+
+def test_failed_cell_keeps_the_whole_notebook_and_writes_failed_json(tmp_path, monkeypatch):
+    def fail(outp, params):
+        raise papermill.PapermillExecutionError(1, 2, 'raise ValueError', 'ValueError', 'bad field: labels', [])
+    _fake(monkeypatch, fail)
+    with pytest.raises(RunFailed, match='cell 2 raised ValueError: bad field: labels'):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
+    run = tmp_path/'run'
+    json.loads((run/'notebook.ipynb').read_text())          # whole, under its final name
+    assert not (run/'notebook.running.ipynb').exists() and not (run/'done').exists()
+    f = load_json(run/'failed.json')
+    assert f['cell'] == 2 and 'bad field' in f['error'] and f['time']
+    assert run_status(run)['state'] == 'failed' and 'bad field' in run_status(run)['error']
+
+
+def test_stale_temporaries_are_cleaned_on_the_next_start(tmp_path, monkeypatch):
+    _fake(monkeypatch)
+    nb, run = _nb(tmp_path/'n.ipynb'), tmp_path/'run'
+    run.mkdir(); (run/'params.json').write_text('{"seed": 3}')
+    (run/'notebook.running.ipynb').write_text('{"cells": [')            # torn by a kill
+    (run/'.metrics.json.abc.tmp').write_text('{"se')
+    (run/'checkpoints').mkdir(); (run/'checkpoints'/'.last.pt.x.tmp').write_bytes(b'\0' * 10)
+    assert run_status(run)['state'] == 'failed' and 'interrupted' in run_status(run)['error']
+    run_notebook(nb, {'seed': 3}, run, progress=False)
+    assert sorted(p.name for p in run.rglob('*') if p.name.endswith('.tmp') or 'running' in p.name) == []
+    assert run_status(run)['state'] == 'done'
+
+
+def test_disk_full_in_the_runner_is_one_line(tmp_path, monkeypatch):
+    def full(outp, params): raise OSError(errno.ENOSPC, 'No space left on device', str(outp))
+    _fake(monkeypatch, full)
+    with pytest.raises(RunFailed) as e:
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
+    msg = str(e.value)
+    assert '\n' not in msg and 'disk is full' in msg and 'kept: ' in msg and 'params.json' in msg
+
+
+def test_disk_full_in_the_kernel_is_named(tmp_path, monkeypatch):
+    def full(outp, params):
+        raise papermill.PapermillExecutionError(3, 5, 'save', 'OSError', '[Errno 28] No space left on device', [])
+    _fake(monkeypatch, full)
+    with pytest.raises(RunFailed, match='the disk is full .*cell 5'):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
+
+
+def test_no_metrics_means_failed_not_done(tmp_path, monkeypatch):
+    _fake(monkeypatch, lambda outp, params: None)
+    with pytest.raises(RunFailed, match='wrote no metrics.json'):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
+    assert run_status(tmp_path/'run')['state'] == 'failed'
+
+
+def test_run_status_missing(tmp_path):
+    assert run_status(tmp_path/'never') == {'state': 'missing', 'error': None}
+
+
+# --- real kernels --------------------------------------------------------------------------------------------------
+
+def test_dead_kernel_is_one_line_and_keeps_the_notebook(tmp_path):
+    nb = _nb(tmp_path/'k.ipynb', 'out_dir = None', 'print("before")')
+    cells = json.loads(nb.read_text())
+    cells['cells'].append({'cell_type': 'code', 'metadata': {}, 'source': 'import os, signal\nos.kill(os.getpid(), signal.SIGKILL)',
+                           'outputs': [], 'execution_count': None})
+    nb.write_text(json.dumps(cells))
+    with pytest.raises(RunFailed) as e:
+        run_notebook(nb, {}, tmp_path/'run', progress=False, timeout=60)
+    msg = str(e.value)
+    assert '\n' not in msg and 'kernel died while running cell 4' in msg
+    kept = json.loads((tmp_path/'run'/'notebook.ipynb').read_text())
+    assert 'before' in json.dumps(kept['cells'][2]['outputs'])
+    assert load_json(tmp_path/'run'/'failed.json')['cell'] == 4
+
+
+def test_kernel_sees_the_launchers_folders_threads_and_keeps_figures(tmp_path, monkeypatch):
+    "Inside the kernel (cwd = run dir) data_root/outputs_root are the launcher's; threads fixed; figures kept."
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'data')); monkeypatch.setenv('HAR_KIT_OUTPUTS', str(tmp_path/'outs'))
+    monkeypatch.setenv('MPLBACKEND', 'agg')                      # as the Makefile exports it
+    body = ('import os, torch, matplotlib.pyplot as plt\nfrom har_kit.core import data_root, outputs_root, save_figure, save_metrics\n'
+            'fig, ax = plt.subplots(figsize=(2, 1)); ax.plot([0, 1])\nsave_figure(fig, "curve", out_dir)\n'
+            'save_metrics(dict(data=str(data_root()), outputs=str(outputs_root()), cwd=os.getcwd(), '
+            'threads=torch.get_num_threads(), omp=os.environ["OMP_NUM_THREADS"]), out_dir)')
+    run = run_notebook(_nb(tmp_path/'f.ipynb', 'out_dir = None', body), {}, tmp_path/'run', progress=False, threads=2)
+    m = load_json(run/'metrics.json')
+    assert m == dict(data=str(tmp_path/'data'), outputs=str(tmp_path/'outs'), cwd=str(run), threads=2, omp='2')
+    outs = json.dumps(json.loads((run/'notebook.ipynb').read_text())['cells'][-1]['outputs'])
+    assert 'image/png' in outs and (run/'curve.png').read_bytes()[:4] == b'\x89PNG'
+    t = load_json(run/'timing.json')
+    assert t['kernel_start_seconds'] > 0 and t['imports_seconds'] >= 0 and len(t['cells']) == 3   # with papermill's injected cell
+    assert '[har-kit] kernel start' in (run/'log.txt').read_text()

@@ -1,0 +1,126 @@
+"""The wheel stands alone (issue 14): what the shipped code imports is a requirement, and an installed wheel runs a
+notebook outside any clone, with its outputs and data where `har_kit.core` documents them.
+
+The fresh environment reuses the cached torch & co.: a venv without pip gets the wheel (`pip --python ... --no-deps`)
+and a `.pth` line naming this environment's site-packages (a plain path line: the editable install's finder there
+is not loaded, so `import har_kit` is the wheel's). Offline, about 20 s.
+"""
+import ast, configparser, json, os, re, site, subprocess, sys, sysconfig, zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _top_level_imports(src):
+    "Top-level modules imported by code that runs when the cell/module runs (not inside defs or try/except ImportError)."
+    try: tree = ast.parse(src)
+    except SyntaxError: return set()
+    mods = set()
+    def visit(nodes):
+        for n in nodes:
+            if isinstance(n, ast.Import): mods.update(a.name.split('.')[0] for a in n.names)
+            elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module: mods.add(n.module.split('.')[0])
+            elif isinstance(n, ast.Try):
+                guarded = any(isinstance(h.type, ast.Name) and h.type.id in ('ImportError', 'ModuleNotFoundError', 'Exception')
+                              or isinstance(h.type, ast.Tuple) and any(getattr(e, 'id', '') in ('ImportError', 'ModuleNotFoundError') for e in h.type.elts)
+                              for h in n.handlers)
+                if not guarded: visit(n.body)
+                visit(n.finalbody)
+            elif isinstance(n, (ast.If, ast.With, ast.For)): visit(n.body); visit(getattr(n, 'orelse', []))
+    visit(tree.body)
+    return mods
+
+
+def _code(nb):
+    for c in json.loads(nb.read_text())['cells']:
+        if c['cell_type'] != 'code': continue
+        src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+        yield '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines())
+
+
+def _closure(reqs):
+    "Distribution names reachable from `reqs` through installed metadata (extras ignored)."
+    norm = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    seen, todo = set(), [norm(re.split(r'[<>=!~ ;\[]', r)[0]) for r in reqs]
+    while todo:
+        n = todo.pop()
+        if n in seen: continue
+        seen.add(n)
+        try: deps = metadata.requires(n) or []
+        except metadata.PackageNotFoundError: continue
+        todo += [norm(re.split(r'[<>=!~ ;\[(]', d)[0]) for d in deps if 'extra ==' not in d]
+    return seen
+
+
+def test_runtime_imports_are_runtime_requirements():
+    "Every module the package and the shipped notebooks import when they run comes with `pip install har_kit`."
+    c = configparser.ConfigParser(delimiters=['=']); c.read(ROOT/'settings.ini')
+    have = _closure(c['DEFAULT']['requirements'].split())
+    dists = metadata.packages_distributions()
+    norm = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    missing = {}
+    sources = [(p.name, p.read_text()) for p in (ROOT/'har_kit').glob('*.py')]
+    sources += [(nb.name, src) for nb in sorted((ROOT/'nbs').glob('*.ipynb')) for src in _code(nb)]
+    for where, src in sources:
+        for mod in _top_level_imports(src):
+            if mod in sys.stdlib_module_names or mod in ('har_kit', '__future__'): continue
+            names = {norm(d) for d in dists.get(mod, [mod])}
+            if not names & have: missing.setdefault(mod, where)
+    assert missing == {}, f'imported at run time but not in settings.ini requirements (nor pulled by them): {missing}'
+
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory):
+    d = tmp_path_factory.mktemp('wheel')
+    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(d), str(ROOT)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return next(d.glob('har_kit-*.whl'))
+
+
+def test_wheel_declares_the_notebook_runtime(wheel):
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith('METADATA'))
+    reqs = [l.split(':', 1)[1].strip() for l in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+            if l.startswith('Requires-Dist:') and 'extra ==' not in l]
+    for pin in ('nbdev==2.4.14', 'execnb<0.2', 'papermill>=2.6', 'ipykernel>=6.29'):
+        assert pin in reqs, (pin, reqs)
+    assert any(r.startswith('fastcore') and '<2' in r for r in reqs)
+
+
+def test_installed_wheel_runs_a_notebook_outside_the_clone(wheel, tmp_path):
+    venv, work = tmp_path/'venv', tmp_path/'work'
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('PYTHON', 'HAR_KIT_', 'VIRTUAL_ENV', 'JUPYTER'))}
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, env=env)
+    py = venv/'bin'/'python'
+    r = subprocess.run([sys.executable, '-m', 'pip', '--python', str(py), 'install', '--no-deps', '--no-index', str(wheel)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and (venv/'bin'/'har-kit').exists(), (r.stdout + r.stderr)[-2000:]
+    purelib = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, 'cached-deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    work.mkdir()
+    nb = work/'tiny.ipynb'
+    nb.write_text(json.dumps({'cells': [
+        {'cell_type': 'code', 'metadata': {'tags': ['parameters']}, 'source': 'x = 1\nout_dir = None', 'outputs': [], 'execution_count': None},
+        {'cell_type': 'code', 'metadata': {}, 'source': (
+            'import har_kit, matplotlib.pyplot as plt\nfrom nbdev.showdoc import show_doc\nfrom fastcore.test import test_eq\n'
+            'from har_kit.core import data_root, outputs_root, repo_root, save_figure, save_metrics\n'
+            'from har_kit.runs import find_notebook\n'
+            'fig, ax = plt.subplots(figsize=(2, 1)); ax.plot([0, x])\nsave_figure(fig, "fig", out_dir)\n'
+            'save_metrics(dict(x=x, har_kit=har_kit.__file__, repo=repo_root(), data=str(data_root()), '
+            'outputs=str(outputs_root()), dahar=str(find_notebook("dahar"))), out_dir)'), 'outputs': [], 'execution_count': None}],
+        'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
+        'nbformat': 4, 'nbformat_minor': 5}))
+    env['PATH'] = f'{venv/"bin"}:/usr/bin:/bin'
+    r = subprocess.run([str(venv/'bin'/'har-kit'), 'run', str(nb), '-p', 'x', '3'], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    (run,) = (work/'outputs'/'runs').iterdir()                  # the documented place: ./outputs of the command
+    m = json.loads((run/'metrics.json').read_text())
+    assert m['x'] == 3 and m['repo'] is None and m['har_kit'].startswith(purelib)
+    assert m['data'] == str(work/'har-kit-data') and m['outputs'] == str(work/'outputs')
+    assert m['dahar'] == str(Path(purelib)/'har_kit'/'notebooks'/'03_dahar.ipynb')
+    assert (run/'fig.png').exists() and (run/'done').exists() and f'done -> {run}' in r.stdout
