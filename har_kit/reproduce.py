@@ -16,8 +16,8 @@ from .runs import RunFailed, is_done, run_notebook, run_status
 # %% auto #0
 __all__ = ['PROFILES', 'SMOKE_KEYS', 'SMOKE', 'LAUNCHER_OPTIONS', 'shared_sample_root', 'PlannedRun', 'default_tables',
            'run_dir_name', 'plan', 'missing_roots', 'check_roots', 'describe', 'run_planned', 'default_jobs', 'execute',
-           'status_path', 'job_queued', 'run_states', 'save_status', 'format_status', 'status_cli', 'wait_for',
-           'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'render_tables', 'cli']
+           'status_path', 'job_file', 'job_queued', 'run_states', 'save_status', 'format_status', 'status_cli',
+           'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'render_tables', 'cli']
 
 # %% ../nbs/07_reproduce.ipynb #c006
 PROFILES = {
@@ -292,7 +292,12 @@ def _pid_alive(pid):
     except ProcessLookupError: return False
     except PermissionError: return True
 
-def job_queued(job: dict) -> bool:  # a run's job.json
+def job_file(out_dir) -> Path:  # a run directory
+    "Where a run's scheduler job is recorded: `<run dir>.job.json`, beside the run directory (which stays the run's own)."
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + '.job.json')
+
+def job_queued(job: dict) -> bool:  # a run's job record
     "True while the scheduler job recorded for a run is pending or running."
     if job.get('cluster') in ('local', 'debug'): return _pid_alive(int(job['job_id']))
     import submitit
@@ -305,9 +310,10 @@ def run_states(runs) -> list:
     for rec in recs:
         st = run_status(rec['out_dir'])
         rec['state'], rec['error'] = st['state'], st.get('error')
-        job = Path(rec['out_dir'])/'job.json'
+        job = job_file(rec['out_dir'])
         rec['job'] = load_json(job) if job.exists() else None
-        if rec['state'] == 'missing' and rec['job'] and job_queued(rec['job']): rec['state'] = 'queued'
+        if rec['state'] in ('missing', 'failed') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
+            rec['state'], rec['error'] = 'queued', None
         by_dir[rec['out_dir']] = rec
     for rec in recs:
         bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
@@ -364,8 +370,8 @@ def wait_for(dirs, poll=0.5, need_done=True) -> dict:
         states = {}
         for d in dirs:
             s = run_status(d)['state']
-            if s in ('missing', 'running') and (d/'job.json').exists() and not is_done(d) and not job_queued(load_json(d/'job.json')):
-                s = 'failed'
+            if s not in ('done', 'running') and job_file(d).exists():   # its job decides: alive (maybe requeued) or gone
+                s = 'waiting' if job_queued(load_json(job_file(d))) else 'failed'
             states[d] = s
         bad = [d for d, s in states.items() if s == 'failed']
         if bad and need_done: raise KitError(f'run {bad[0]}, which this run needs, failed: see its failed.json / log.txt')
@@ -421,7 +427,7 @@ def make_executor(folder, cluster=None, gpus=1, time=24 * 60, cpus=None, partiti
     return ex
 
 def submit(runs, executor, profile=None, root=None, render=True, run_fn=None, dry_run=False) -> list:
-    "Submit every run neither done nor queued as one job with its dependencies; record `job.json`; return one action per run."
+    "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json`; return one action per run."
     cluster = getattr(executor, 'cluster', 'local')
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
     ids, actions, jobs = {}, [], []
@@ -433,7 +439,7 @@ def submit(runs, executor, profile=None, root=None, render=True, run_fn=None, dr
         return executor.submit(fn)
     for r in runs:
         if is_done(r.out_dir): actions.append(dict(name=r.name, action='done')); continue
-        jf = r.out_dir/'job.json'
+        jf = job_file(r.out_dir)
         if jf.exists() and job_queued(load_json(jf)):
             ids[r.out_dir] = load_json(jf)['job_id']
             actions.append(dict(name=r.name, action='queued', job_id=ids[r.out_dir])); continue
@@ -444,7 +450,6 @@ def submit(runs, executor, profile=None, root=None, render=True, run_fn=None, dr
         job = send(RunJob(r, not native, run_fn), r.name, after, 'afterok')
         info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
                     submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
-        r.out_dir.mkdir(parents=True, exist_ok=True)
         save_json(info, jf)
         ids[r.out_dir] = info['job_id']
         actions.append(dict(name=r.name, action='submit', after=after, job_id=info['job_id'], job=job))

@@ -7,7 +7,7 @@ import cloudpickle
 import pytest
 
 from har_kit.core import atomic_write, load_json
-from har_kit.reproduce import make_executor, plan, submit, wait_for
+from har_kit.reproduce import job_file, make_executor, plan, submit
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the jobs' processes cannot import this test file
 
@@ -64,7 +64,7 @@ def test_plan_with_dependency_runs_to_completion_once(tmp_path):
     acts = submit(runs, _executor(tmp_path), run_fn=_quick)
     assert [a['action'] for a in acts] == ['submit', 'submit'] and acts[1]['after'] == [acts[0]['job_id']]
     for a in acts: a['job'].result()
-    assert all((r.out_dir/'done').exists() and load_json(r.out_dir/'job.json')['job_id'] for r in runs)
+    assert all((r.out_dir/'done').exists() and load_json(job_file(r.out_dir))['job_id'] for r in runs)
     log = _lines(tmp_path)
     assert [l[1] for l in log] == ['start', 'end', 'start', 'end'] and log[0][0] == runs[0].name  # CFAR after CAM-PAR
     again = submit(runs, _executor(tmp_path), run_fn=_quick)
