@@ -314,6 +314,10 @@ def run_states(runs) -> list:
         rec['job'] = load_json(job) if job.exists() else None
         if rec['state'] in ('missing', 'failed') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
             rec['state'], rec['error'] = 'queued', None
+        t = Path(rec['out_dir'])/'timing.json'   # where the run's time went (written by run_notebook)
+        if t.exists():
+            t = load_json(t)
+            rec['seconds'] = {k: t.get(f'{k}_seconds') for k in ('total', 'kernel_start', 'imports', 'cells')}
         by_dir[rec['out_dir']] = rec
     for rec in recs:
         bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
@@ -324,14 +328,19 @@ def save_status(runs, root, profile) -> dict:
     "Write `<root>/<profile>/status.json` for the planned runs (atomically); return it."
     recs = run_states(runs)
     counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'failed', 'running', 'queued', 'missing')}
-    st = dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, runs=recs)
+    seconds = {k: round(sum((r.get('seconds') or {}).get(k) or 0 for r in recs), 1) for k in ('total', 'kernel_start', 'imports', 'cells')}
+    st = dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, seconds=seconds, runs=recs)
     save_json(st, status_path(root, profile))
     return st
 
 def format_status(st) -> str:
     "The status as text: counts, then one line per run that is not done."
+    t = st.get('seconds') or {}
     lines = [f'profile {st["profile"]}: ' + ', '.join(f'{n} {s}' for s, n in st['counts'].items() if n) +
              f' of {len(st["runs"])} runs ({st["updated"]})']
+    if t.get('total'):
+        lines.append(f'  run time, summed over runs: {t["total"]:.0f} s (kernel start {t["kernel_start"]:.0f} s, '
+                     f'first imports {t["imports"]:.0f} s, cells {t["cells"]:.0f} s)')
     for r in st['runs']:
         if r['state'] != 'done':
             job = f' [job {r["job"]["job_id"]}]' if r.get('job') else ''
