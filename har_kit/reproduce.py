@@ -303,13 +303,16 @@ def job_queued(job: dict) -> bool:  # a run's job record
     import submitit
     return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
 
-def run_states(runs) -> list:
+def run_states(runs, errors=None) -> list:  # PlannedRuns or records of a saved status; {name: error} of this session
     "One record per planned run: its plan record plus `state`, `error` and its scheduler job (if any)."
     recs = [dict(r.record() if isinstance(r, PlannedRun) else r) for r in runs]
     by_dir = {}
     for rec in recs:
-        st = run_status(rec['out_dir'])
+        st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
         rec['state'], rec['error'] = st['state'], st.get('error')
+        # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
+        err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
+        if rec['state'] == 'missing' and err and not err.startswith('not started'): rec['state'], rec['error'] = 'failed', err
         job = job_file(rec['out_dir'])
         rec['job'] = load_json(job) if job.exists() else None
         if rec['state'] in ('missing', 'failed') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
@@ -324,9 +327,9 @@ def run_states(runs) -> list:
         if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
     return recs
 
-def save_status(runs, root, profile) -> dict:
+def save_status(runs, root, profile, errors=None) -> dict:
     "Write `<root>/<profile>/status.json` for the planned runs (atomically); return it."
-    recs = run_states(runs)
+    recs = run_states(runs, errors)
     counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'failed', 'running', 'queued', 'missing')}
     seconds = {k: round(sum((r.get('seconds') or {}).get(k) or 0 for r in recs), 1) for k in ('total', 'kernel_start', 'imports', 'cells')}
     st = dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, seconds=seconds, runs=recs)
@@ -562,15 +565,17 @@ def cli(argv=None):
             return 0
         save_status(runs, root, a.profile)
         status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs,
-                         on_change=lambda s: save_status(runs, root, a.profile))
-        save_status(runs, root, a.profile)
+                         on_change=lambda s: save_status(runs, root, a.profile, s['failed']))
+        st = save_status(runs, root, a.profile, status['failed'])
         tables_run = render_tables(a.profile, root)
     except KitError as e:
         print(f'har-kit reproduce: {e}', file=sys.stderr); return 2
     except RunFailed as e:
         print(f'har-kit reproduce: rendering failed: {e}', file=sys.stderr); return 1
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
-          f'{len(status["failed"])} failed in {time.time() - t0:.0f}s; tables in {tables_run.parent}; '
+          f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
+          f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '
+          f'tables in {tables_run.parent}; '
           f'status: har-kit status --profile {a.profile}' + (f' --out {root}' if a.out or a.smoke else ''))
     for name, err in status['failed'].items(): print(f'  FAILED {name}: {err}', file=sys.stderr)
     return 1 if status['failed'] else 0

@@ -149,3 +149,13 @@ def test_every_subcommand_resolves_to_its_function():  # read from the sources: 
         assert spec, f'{name}: module {module} not found'
         defs = {n.name for n in ast.parse(Path(spec.origin).read_text()).body if isinstance(n, ast.FunctionDef)}
         assert CLI_FUNCTIONS.get(name, 'cli') in defs, f'{name}: {module} has no {CLI_FUNCTIONS.get(name, "cli")}(argv)'
+
+
+def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path):
+    from har_kit.core import KitError
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)[:1]
+    def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 04_campar.ipynb")
+    st = save_status(runs, tmp_path, 'quick', execute(runs, run_fn=refused, progress=False)['failed'])
+    assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
+    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert 'fusion_width' in r.stdout   # kept when the status is refreshed
