@@ -147,7 +147,14 @@ def _all_dims(prof, spec):  # own dimensions plus those inherited from the runs 
     dims.update(_own_dims(prof, spec))
     return dims
 
-def plan(tables=None, profile='quick', seeds=1, data_roots=None, root=None, device=None, smoke=False) -> list:
+def plan(tables=None,      # table keys; None: the profile's default tables
+         profile='quick',  # 'quick', 'sample' or 'paper'
+         seeds=1,          # seeds per run (at least each table's own `seeds`)
+         data_roots=None,  # {'wider'|'rap'|'pa100k': root} for real-data profiles
+         root=None,        # outputs root (None: `outputs_root()`); runs go to <root>/<profile>/...
+         device=None,      # one device for every run (None: the profile's)
+         smoke=False       # paper profile only: the same runs with `SMOKE`'s sizes (CI rehearsal)
+        ) -> list:
     "Expand the tables (keys; None = the profile's defaults) into PlannedRuns, dependencies first."
     if profile not in PROFILES: raise KitError(f'unknown profile {profile!r}: choose one of {", ".join(PROFILES)}')
     if smoke and profile != 'paper': raise KitError(f'--smoke rehearses the paper profile; got --profile {profile}')
@@ -242,7 +249,13 @@ def default_jobs(runs, devices=None) -> int:
     if not on_cpu: return 1
     return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
 
-def execute(runs, devices=None, progress=True, run_fn=None, jobs=None, on_change=None) -> dict:
+def execute(runs,            # PlannedRuns, dependencies first (`plan`)
+            devices=None,    # devices the workers take in turn (None: each run's own)
+            progress=True,   # tqdm bar over runs
+            run_fn=None,     # (run, device) -> anything; raises on failure (None: `run_planned`)
+            jobs=None,       # runs at once (None: `default_jobs`)
+            on_change=None   # called with the status dict after each finished run
+           ) -> dict:
     "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}}."
     from tqdm.auto import tqdm
     run_fn = run_fn or run_planned
@@ -303,7 +316,9 @@ def job_queued(job: dict) -> bool:  # a run's job record
     import submitit
     return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
 
-def run_states(runs, errors=None) -> list:  # PlannedRuns or records of a saved status; {name: error} of this session
+def run_states(runs,         # PlannedRuns, or the run records of a saved status
+               errors=None   # {run name: error} of this session (errors raised before a run directory existed)
+              ) -> list:
     "One record per planned run: its plan record plus `state`, `error` and its scheduler job (if any)."
     recs = [dict(r.record() if isinstance(r, PlannedRun) else r) for r in runs]
     by_dir = {}
@@ -428,8 +443,17 @@ LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit paramet
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
 }
 
-def make_executor(folder, cluster=None, gpus=1, time=24 * 60, cpus=None, partition=None, account=None, qos=None,
-                  mem_gb=None, extra=None):
+def make_executor(folder,          # submitit's folder (job scripts, pickles, logs)
+                  cluster=None,    # 'slurm', 'local' or None (detect)
+                  gpus=1,          # GPUs per job
+                  time=24 * 60,    # time limit per job, minutes (past it: requeued, resumes)
+                  cpus=None,       # CPUs per job
+                  partition=None,  # SLURM partition
+                  account=None,    # SLURM account
+                  qos=None,        # SLURM quality of service
+                  mem_gb=None,     # memory per job
+                  extra=None       # any other submitit parameters
+                 ):
     "A submitit executor: `cluster` 'slurm', 'local' or None (detect); one job = one run with `gpus` GPUs, `time` minutes."
     try: import submitit
     except ImportError: raise KitError("--launcher submitit needs submitit: pip install 'har_kit[cluster]'") from None
@@ -438,7 +462,14 @@ def make_executor(folder, cluster=None, gpus=1, time=24 * 60, cpus=None, partiti
     ex.update_parameters(**{LAUNCHER_OPTIONS[k]: v for k, v in opts.items() if v is not None}, **(extra or {}))
     return ex
 
-def submit(runs, executor, profile=None, root=None, render=True, run_fn=None, dry_run=False) -> list:
+def submit(runs,           # PlannedRuns, dependencies first
+           executor,       # `make_executor(...)`; None in a dry run
+           profile=None,   # with `root` and `render`: also submit the tables job, after all runs
+           root=None,      # outputs root of the runs
+           render=True,    # submit the tables job
+           run_fn=None,    # (run, device) -> anything (None: `run_planned`)
+           dry_run=False   # only say what would be submitted
+          ) -> list:
     "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json`; return one action per run."
     cluster = getattr(executor, 'cluster', 'local')
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
@@ -553,7 +584,7 @@ def cli(argv=None):
         t0 = time.time()
         if a.launcher == 'submitit':
             opts = {'gpus': 0 if a.smoke else 1, **_launcher_options(a)}
-            ex = make_executor(root/a.profile/'jobs', **opts)
+            ex = None if a.dry_run else make_executor(root/a.profile/'jobs', **opts)   # a dry run creates nothing
             actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run)
             print(describe_jobs(actions))
             if a.dry_run: return 0

@@ -159,3 +159,26 @@ def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path):
     assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
     r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
     assert 'fusion_width' in r.stdout   # kept when the status is refreshed
+
+
+def test_devices_are_spread_over_concurrent_runs(tmp_path):
+    import threading, time
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)[:4]
+    seen, live, peak, lock = [], set(), [0], threading.Lock()
+    def run_fn(r, dev):
+        with lock: seen.append(dev); live.add(dev); peak[0] = max(peak[0], len(live))
+        time.sleep(0.2)
+        with lock: live.discard(dev)
+        r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
+    execute(runs, devices=['cuda:0', 'cuda:1'], run_fn=run_fn, progress=False)
+    assert sorted(seen) == ['cuda:0', 'cuda:0', 'cuda:1', 'cuda:1'] and peak[0] == 2   # one run per device at a time
+
+
+def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path):
+    r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local',
+                        '--dry-run', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6 and all(l.startswith('submit') for l in lines)   # 5 runs + the tables job
+    assert 'after <campar_t2/campar_fusion' in lines[4] or 'after <campar_t1' in lines[4]
+    assert not (tmp_path/'quick').exists()
