@@ -50,7 +50,9 @@ PROFILES = {
         '_data': 'real',
         '_threads': 8,
         '_partitions': {'rap': 5},                        # RAP v1 ships 5 random partitions: every RAP run on each
-        '_selections': {'campar': ['[15]', 'held-out']},  # CAM-PAR epoch selection: [15]'s (on test) and held-out
+        # CAM-PAR epoch selection, each mode with the parameters it implies: [15]'s (best test-split mA; its plateau
+        # watches the test loss) and held-out (a tenth of the training images carved out as the validation split)
+        '_selections': {'campar': {'[15]': dict(val_fraction=0.0), 'held-out': dict(val_fraction=0.1)}},
         '_by_dataset': {'campar': {'rap': dict(train_splits=['trainval']),            # [15]: TRAIN_SPLIT trainval
                                    'pa100k': dict(train_splits=['train', 'val'])}},
         # pseudo ground-truth person masks for Da-HAR's mask supervision, where the readers look by default
@@ -141,6 +143,12 @@ def _own_dims(prof, spec):  # the dimensions a spec varies over by itself: name 
     if spec.notebook in prof.get('_selections', {}): dims['selection'] = list(prof['_selections'][spec.notebook])
     return dims
 
+def _dim_params(prof, spec, dims):  # the parameters a run's own dimension values set
+    own = _own_dims(prof, spec)
+    p = {k: v for k, v in dims.items() if k in own}
+    if 'selection' in p: p.update(prof['_selections'][spec.notebook][p['selection']])
+    return p
+
 def _all_dims(prof, spec):  # own dimensions plus those inherited from the runs it needs
     dims = {}
     for _, dep in spec.needs: dims.update(_all_dims(prof, dep))
@@ -191,7 +199,7 @@ def plan(tables=None,      # table keys; None: the profile's default tables
             if any(d is None for _, d in deps): return None
             ds = spec.kwargs.get('dataset')
             params = {**nb_params(spec.notebook, ds), **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.params}, 'seed': seed}
-            params.update({k: v for k, v in dims.items() if k in _own_dims(prof, spec)})   # the notebook's own dimensions
+            params.update(_dim_params(prof, spec, dims))   # the notebook's own dimensions (and what they imply)
             if 'dataset' in params and prof['_data'] != 'synthetic':
                 params['data_root'] = _dataset_root(profile, params['dataset'], data_roots)
             for name, dep in deps: params[name] = str(dep.out_dir)
@@ -362,7 +370,8 @@ def format_status(st) -> str:
     for r in st['runs']:
         if r['state'] != 'done':
             job = f' [job {r["job"]["job_id"]}]' if r.get('job') else ''
-            lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {r["error"]}' if r.get('error') else ''))
+            err = ' / '.join(str(r.get('error') or '').split('\n')[:3])   # a multi-line error on one line
+            lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
     return '\n'.join(lines)
 
 def status_cli(argv=None):

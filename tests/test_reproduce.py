@@ -41,9 +41,12 @@ def test_paper_json_plan_follows_the_papers():
         assert (p['logit_bn'], p['plateau_on'], p['fusion_width'], p['fusion_lr']) == (True, 'eval_loss', 128, 'backbone')
         assert p['train_splits'] == {'rap': ['trainval'], 'pa100k': ['train', 'val']}[p['dataset']]
         assert r['out_dir'].endswith({'[15]': '-sel15', 'held-out': '-selheldout'}[p['selection']])
+        assert p['val_fraction'] == {'[15]': 0.0, 'held-out': 0.1}[p['selection']]   # held-out: a carved validation split
     # both selection modes for every CAM-PAR configuration, every RAP run on each of the 5 partitions
     configs = {}
-    for r in campar: configs.setdefault(json.dumps({k: v for k, v in r['params'].items() if k != 'selection'}), set()).add(r['params']['selection'])
+    for r in campar:
+        configs.setdefault(json.dumps({k: v for k, v in r['params'].items() if k not in ('selection', 'val_fraction')}),
+                           set()).add(r['params']['selection'])
     assert configs and all(s == {'[15]', 'held-out'} for s in configs.values())
     rap = [r for r in runs if r['params'].get('dataset') == 'rap' and r['notebook'] != 'masks']
     assert sorted({r['params']['partition'] for r in rap}) == [0, 1, 2, 3, 4]
