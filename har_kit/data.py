@@ -4,26 +4,26 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import difflib, json, math, os, tempfile, warnings
+import argparse, csv, difflib, hashlib, json, math, os, shutil, sys, tempfile, time, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image as PILImage
-from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, repo_root, save_json
+from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, clip_box, dataset_kind,
+                             default_mask_root, detect_layout, explicit_layout, image_file, image_problem, load_rgb,
+                             mask_path, read_synth_meta, write_csv_annotation, write_fixture, write_pa100k_annotation,
+                             write_rap_annotation, write_wider_annotation)
+from .loading import (IMAGENET_MEAN, IMAGENET_STD, CornerCenterCrop, FiveCropStack, HarDataset, _sz,
+                             campar_transforms, dahar_transforms, make_loader, show_samples)   # re-exported: one Dataset
 
 # %% auto #0
-__all__ = ['MASK_DIR', 'SYNTH_META', 'PA100K_HOW', 'RAP_HOW', 'WIDER_HOW', 'WIDER_FILES', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'READERS', 'Sample', 'AttributeData', 'mask_path', 'attach_masks', 'read_pa100k', 'write_pa100k_annotation',
-           'write_rap_annotation', 'write_wider_annotation', 'read_rap', 'read_wider', 'tiny_fixture', 'label_stats',
-           'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms', 'campar_transforms', 'make_loader',
-           'show_samples', 'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'WIDER_FILES', 'CSV_SPLITS', 'READERS', 'Sample',
+           'AttributeData', 'attach_masks', 'dataset_issues', 'read_pa100k', 'read_rap', 'read_wider', 'tiny_fixture',
+           'label_stats', 'read_csv_dataset', 'to_csv_dataset', 'check_dataset', 'format_check', 'cli', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #c006
 @dataclass
@@ -75,47 +75,35 @@ class AttributeData:
         return f'AttributeData({self.name!r}, {len(self.attributes)} attributes, {counts}, root={str(self.root)!r})'
 
 # %% ../nbs/01_data.ipynb #c010
-MASK_DIR = 'masks'            # mask folder name beside the image folder
-SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set writes next to its annotation
-
-def mask_path(root, file_name, target_index=0, mask_dir=None):  # dataset root; image name as in the annotation; target; folder override
-    "The PNG mask of target `target_index` of image `file_name`: `ROOT/masks/<file_name stem>_<target>.png`."
-    rel = Path(file_name)
-    if rel.is_absolute() or '..' in rel.parts: raise KitError(f'mask_path: file_name {file_name!r} must be relative to the image folder')
-    folder = Path(mask_dir) if mask_dir else Path(root)/MASK_DIR
-    return folder/rel.parent/f'{rel.stem}_{int(target_index)}.png'
-
 def attach_masks(data: AttributeData, mask_fn):  # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
     return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])
 
+def _sample_mask(folder, s):  # mask root; a Sample
+    "`mask_path` of a sample under `folder`."
+    return mask_path(folder, s.meta['file_name'], s.meta.get('target', 0))
+
 def _find_masks(data: AttributeData, mask_dir):
-    "Attach `mask_path` masks that exist on disk; warn when only some exist."
+    "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist; warn when only some exist."
     if mask_dir is False: return data
-    folder = Path(mask_dir) if mask_dir else data.root/MASK_DIR
+    folder = Path(mask_dir) if mask_dir else default_mask_root(data.name, data.root)
     if not folder.is_dir():
         if mask_dir: raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
         return data
-    found = attach_masks(data, lambda s: p if (p := mask_path(data.root, s.meta['file_name'], s.meta.get('target', 0), folder)).exists() else None)
+    found = attach_masks(data, lambda s: p if (p := _sample_mask(folder, s)).exists() else None)
     miss = [s for s in found.samples if s.mask is None]
+    found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(miss))
     if miss:
         warnings.warn(f'{folder}: {len(miss)} of {len(found.samples)} samples have no mask '
-                      f'(e.g. {mask_path(data.root, miss[0].meta["file_name"], miss[0].meta.get("target", 0), folder)}); '
-                      'they get mask=None')
+                      f'(e.g. {_sample_mask(folder, miss[0])}); they get mask=None')
     return found
 
 def _apply_synth_meta(data: AttributeData):
-    "Copy per-target records of `ROOT/synth_meta.json` (when present) into `Sample.meta`."
-    p = data.root/SYNTH_META
-    if not p.exists(): return data
-    try: obj = json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise KitError(f'{p}: not valid JSON ({e}); regenerate the synthetic set') from None
-    images = obj.get('images') if isinstance(obj, dict) else None
-    if not isinstance(images, dict): raise KitError(f'{p}: expected an object with an "images" map (file_name -> record); regenerate the set')
+    "Copy per-target records of the synthetic sidecar (`har_kit.formats.read_synth_meta`, when present) into `Sample.meta`."
+    if not (data.root/SYNTH_META).exists(): return data
+    images = read_synth_meta(data.root)['images']
     for s in data.samples:
-        rec = images.get(s.meta['file_name'])
-        if rec is None: continue
-        targets, t = rec.get('targets') or [], s.meta.get('target', 0)
+        targets, t = (images.get(s.meta['file_name']) or {}).get('targets') or [], s.meta.get('target', 0)
         if t < len(targets) and isinstance(targets[t], dict): s.meta.update(targets[t])
     return data
 
@@ -186,34 +174,74 @@ def _index_vector(value, where, n):  # 1-based index array; "file: field"; numbe
     return a - 1
 
 # %% ../nbs/01_data.ipynb #c017
-def _check_root(root, name, how):
-    "The dataset root as a Path, or a `KitError` saying where to get the dataset."
-    if root is None: raise KitError(f'{name}: root is None; pass the dataset folder. {how}')
+def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
+    "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
+    if annotation is None and image_dir is None: return detect_layout(kind, root)
+    if root is None or not Path(root).expanduser().is_dir(): detect_layout(kind, root)   # raises the usual message
     root = Path(root).expanduser()
-    if not root.is_dir(): raise KitError(f'{name}: dataset root {str(root)!r} does not exist or is not a folder. {how}')
-    return root
+    have = lambda files, images: (all((root/f).is_file() for f in files) if annotation is None else (root/images).is_dir())
+    _, files, images = next((l for l in LAYOUTS[kind] if have(*l[1:])), LAYOUTS[kind][-1])   # the missing half: as found
+    return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
 def _check_images(samples, where, image_dir):
-    "Raise a `KitError` listing the first missing image files and their count."
+    "Raise a `KitError` listing listed images that are missing or fail the cheap header check (`image_problem`)."
     paths = list(dict.fromkeys(s.image for s in samples))
-    missing = [p for p in paths if not p.exists()]
+    bad = [(p, q) for p in paths if (q := image_problem(p))]
+    missing = [p for p, q in bad if q == 'missing']
     if missing:
         first = ', '.join(str(p.name) for p in missing[:5])
         raise KitError(f'{where}: {len(missing)} of {len(paths)} listed images are missing under {image_dir} (first: {first}). '
                        'Point root at the complete dataset folder, or pass check_images=False to skip this check')
+    if bad:
+        first = '; '.join(f'{p}: {q}' for p, q in bad[:3])
+        raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
+                       '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
 
-def _warn_suspicious(samples, where, rows_desc='all-zero label rows'):
-    "Warn about images in more than one split and about label rows with no positive (and no specified) entry."
-    seen = {}
-    for s in samples: seen.setdefault(str(s.meta['file_name']), set()).add(s.split)
-    multi = {k: v for k, v in seen.items() if len(v) > 1}
-    if multi:
-        k = next(iter(multi))
-        warnings.warn(f'{where}: {len(multi)} image(s) appear in more than one split (e.g. {k} in {sorted(multi[k])}): '
+def _same_file_across_splits(samples):
+    "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
+    by_name = {}
+    for s in samples: by_name.setdefault(os.path.basename(s.image), {})[s.image] = s.split
+    out = []
+    for group in by_name.values():
+        if len(set(group.values())) < 2: continue
+        sizes = {}
+        for p, sp in group.items():
+            try: sizes.setdefault(os.path.getsize(p), []).append((p, sp))
+            except OSError: continue
+        for same in sizes.values():
+            digests = {}
+            for p, sp in same: digests.setdefault(hashlib.sha1(Path(p).read_bytes()).hexdigest(), []).append((p, sp))
+            out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
+    return out
+
+def dataset_issues(samples,              # `Sample`s of every split
+                   empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
+    "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
+    splits, count = {}, {}
+    for s in samples:
+        name = str(s.meta.get('file_name', s.image))
+        splits.setdefault(name, set()).add(s.split)
+        key = (name, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
+    if empty_row == 'no-positive': zero = [s for s in samples if not (s.labels == 1).any()]
+    else: zero = [s for s in samples if s.meta.get('n_unspecified', -1) == len(s.labels)]
+    return dict(in_two_splits=[dict(image=k, splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
+                same_file_in_two_splits=_same_file_across_splits(samples),
+                duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
+                all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
+
+def _warn_issues(issues, where, rows_desc='all-zero label rows'):
+    "One warning per kind of issue found by `dataset_issues`, with its count and a first example."
+    if (m := issues['in_two_splits']):
+        warnings.warn(f'{where}: {len(m)} image(s) appear in more than one split (e.g. {m[0]["image"]} in {m[0]["splits"]}): '
                       'evaluation may leak training data')
-    zero = [s for s in samples if not (s.labels == 1).any()]
-    if zero:
-        warnings.warn(f'{where}: {len(zero)} {rows_desc} (e.g. {zero[0].meta["file_name"]} in {zero[0].split}): '
+    if (m := issues['same_file_in_two_splits']):
+        warnings.warn(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
+                      f'(e.g. {" and ".join(m[0])}): evaluation may leak training data')
+    if (m := issues['duplicates']):
+        warnings.warn(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
+                      f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice')
+    if (m := issues['all_zero_rows']):
+        warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
 
 def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; 'keep' or 'negative'
@@ -223,18 +251,28 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
 # %% ../nbs/01_data.ipynb #c019
-PA100K_HOW = ('PA-100K (Liu et al., ICCV 2017) is obtained from the HydraPlus-Net authors (github.com/xh-liu/HydraPlus-Net); '
-              'expected layout: ROOT/annotation.mat and ROOT/data/<image name>.')
-_PA_SPLITS = ('train', 'val', 'test')
+PA100K_HOW = DATASET_KINDS['pa100k'].how
+_PA_SPLITS = PA100K_SPLITS
 
-def read_pa100k(root,                       # folder holding annotation.mat and data/
-                annotation='annotation.mat',  # annotation file name under root
-                image_dir='data',           # image folder under root
-                check_images=True,          # fail when listed images are missing; warn about unused image files
-                mask_dir=None):             # None: ROOT/masks when present; a folder; False: no masks
+def _unused_images(images, used):  # image folder; set of names (relative to it) the annotation lists
+    "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
+    out = []
+    for dirpath, dirs, files in os.walk(images):
+        dirs[:] = sorted(d for d in dirs if d != MASK_DIR)
+        rel = os.path.relpath(dirpath, images)
+        out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(_IMAGE_EXT)]
+    return [n for n in out if n not in used]
+
+_IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+
+def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
+                annotation=None,     # annotation file under root; None: detected
+                image_dir=None,      # image folder under root; None: detected
+                check_images=True,   # fail when listed images are missing or unreadable; warn about unused image files
+                mask_dir=None):      # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
     "Read PA-100K's `annotation.mat` into an `AttributeData` with splits train/val/test (80k/10k/10k on the full set)."
-    root = _check_root(root, 'read_pa100k', PA100K_HOW)
-    path = root/annotation
+    lay = _layout('pa100k', root, annotation, image_dir)
+    root, path = lay.root, lay.annotation
     m = _loadmat(path, PA100K_HOW)
     need = ['attributes'] + [f'{s}_images_name' for s in _PA_SPLITS] + [f'{s}_label' for s in _PA_SPLITS]
     extra = [k for k in m if k not in need]
@@ -257,81 +295,51 @@ def read_pa100k(root,                       # folder holding annotation.mat and 
         if empty:
             raise KitError(f'{path}: {sp}_images_name has {len(empty)} empty entr{"y" if len(empty) == 1 else "ies"} '
                            f'(first at position {empty[0]}); names and labels cannot be aligned safely (get a clean copy){note}')
-        samples += [Sample(root/image_dir/n, labels[i].astype(np.int8), sp, meta=dict(file_name=n, row=i))
-                    for i, n in enumerate(names)]
+        samples += [Sample(image_file(lay.images, n, f'{path}: {sp}_images_name[{i + 1}]'), labels[i].astype(np.int8), sp,
+                           meta=dict(file_name=n, row=i)) for i, n in enumerate(names)]
     if extra: warnings.warn(f'{path}: ignoring{note[1:]}')
-    data = AttributeData('pa100k', root, attrs, samples, meta=dict(annotation=str(path)))
-    _warn_suspicious(samples, str(path))
+    data = AttributeData('pa100k', root, attrs, samples, meta=lay.record())
+    _warn_issues(dataset_issues(samples), str(path))
     if check_images:
-        _check_images(samples, str(path), root/image_dir)
-        used = {s.meta['file_name'] for s in samples}
-        unused = sorted(e.name for e in os.scandir(root/image_dir) if e.is_file() and e.name not in used)
-        if unused: warnings.warn(f'{root/image_dir}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
+        _check_images(samples, str(path), lay.images)
+        unused = _unused_images(lay.images, {s.meta['file_name'] for s in samples})
+        if unused: warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
 # %% ../nbs/01_data.ipynb #c021
-def _cell(strings):
-    "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
-    a = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings): a[i, 0] = str(s)
-    return a
+RAP_HOW = DATASET_KINDS['rap'].how
+UNCERTAIN_RULES = ('negative', 'unspecified')
 
-def _savemat(path, mdict):
-    import scipy.io
-    with atomic_path(path) as tmp:
-        with open(tmp, 'wb') as f: scipy.io.savemat(f, mdict)
-    return Path(path)
+def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; the older name `unspecified` ('keep' | 'negative')
+    "The one rule for RAP's label 2, from `uncertain` (or the older `unspecified` switch, when given)."
+    if unspecified is not None:
+        old = {'keep': 'unspecified', 'negative': 'negative'}.get(unspecified)
+        if old is None: raise KitError(f"unspecified={unspecified!r}: use 'keep' or 'negative' (or the newer uncertain='unspecified' | 'negative')")
+        uncertain = old
+    if uncertain not in UNCERTAIN_RULES:
+        raise KitError(f"uncertain={uncertain!r}: use 'negative' (RAP's label 2 read as 0, as [15]) or 'unspecified' (kept as -1; the loss decides)")
+    return uncertain
 
-def write_pa100k_annotation(path,        # annotation.mat to write
-                            attributes,  # C attribute names
-                            splits):     # {'train'|'val'|'test': (names, (N, C) 0/1 labels)}
-    "Write a PA-100K `annotation.mat` (cells of names, uint8 label matrices)."
-    md = {'attributes': _cell(attributes)}
-    for sp in _PA_SPLITS:
-        names, labels = splits.get(sp, ([], np.zeros((0, len(attributes)))))
-        md[f'{sp}_images_name'] = _cell(names)
-        md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
-    return _savemat(path, md)
+def _partition_index(partition, n, where):  # the reader's `partition`; partitions in the file; the field, for messages
+    "`partition` checked to be an integer 0..n-1."
+    if isinstance(partition, bool) or not isinstance(partition, (int, np.integer)):
+        raise KitError(f'partition={partition!r} must be an integer 0..{n - 1} (RAP v1 has {n} partitions), not {type(partition).__name__}')
+    if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
+    return int(partition)
 
-def write_rap_annotation(path,        # RAP_annotation.mat to write
-                         attributes,  # attribute_eng names (92 in RAP v1)
-                         names,       # image file names under RAP_dataset/
-                         labels,      # (N, C) labels in {0, 1, 2}
-                         partitions): # list of (train_idx, test_idx) 0-based index arrays
-    "Write a RAP v1 `RAP_annotation.mat`: struct with imagesname, label, attribute_eng and 1-based partion."
-    parts = np.empty((1, len(partitions)), dtype=object)
-    for k, (tr, te) in enumerate(partitions):
-        parts[0, k] = {'train_index': np.asarray(tr, float).reshape(1, -1) + 1, 'test_index': np.asarray(te, float).reshape(1, -1) + 1}
-    return _savemat(path, {'RAP_annotation': {'imagesname': _cell(names), 'label': np.asarray(labels, float),
-                                              'attribute_eng': _cell(attributes), 'partion': parts}})
-
-def write_wider_annotation(root,        # dataset root; writes wider_attribute_{trainval,test}.json there
-                           attributes,  # 14 attribute names, index order
-                           images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
-                           scenes=None):  # {scene_id: name}
-    "Write WIDER-Attribute's two JSON files, splitting `images` by the train/val/test prefix of `file_name`."
-    head = {'attribute_id_map': {str(i): a for i, a in enumerate(attributes)},
-            'scene_id_map': {str(k): v for k, v in (scenes or {}).items()}}
-    for fname, prefixes in (('wider_attribute_trainval.json', ('train', 'val')), ('wider_attribute_test.json', ('test',))):
-        imgs = [im for im in images if Path(im['file_name']).parts[0] in prefixes]
-        with atomic_write(Path(root)/fname) as f: json.dump({'images': imgs, **head}, f)
-    return Path(root)
-
-# %% ../nbs/01_data.ipynb #c023
-RAP_HOW = ('RAP v1 (Li et al. 2016, "A richly annotated dataset for pedestrian attribute recognition") is obtained '
-           'from its authors on request (rap.idealtest.org); expected layout: ROOT/RAP_annotation.mat and ROOT/RAP_dataset/<image name>.')
-
-def read_rap(root,                          # folder holding RAP_annotation.mat and RAP_dataset/
-             partition=0,                   # which of the 5 random partitions (0-based)
-             n_attributes=51,               # first columns kept (51 = the standard protocol); None = all
-             unspecified='keep',            # label 2 ('uncertain') -> UNSPECIFIED ('keep') or 0 ('negative')
-             annotation='RAP_annotation.mat', # annotation file name under root
-             image_dir='RAP_dataset',       # image folder under root
-             check_images=True,             # fail when listed images are missing
-             mask_dir=None):                # None: ROOT/masks when present; a folder; False: no masks
+def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
+             partition=0,          # which of the 5 random partitions (0-based integer 0..4)
+             n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
+             uncertain='negative', # label 2 ('uncertain'): 'negative' (read as 0, [15]'s reading) or 'unspecified' (-1)
+             annotation=None,      # annotation file under root; None: detected
+             image_dir=None,       # image folder under root; None: detected
+             check_images=True,    # fail when listed images are missing or unreadable
+             mask_dir=None,        # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
+             unspecified=None):    # older name of `uncertain`: 'keep' (= 'unspecified') or 'negative'; None: use `uncertain`
     "Read RAP v1's `RAP_annotation.mat` into an `AttributeData` with splits train/test of one partition."
-    root = _check_root(root, 'read_rap', RAP_HOW)
-    path = root/annotation
+    rule = _rap_rule(uncertain, unspecified)
+    lay = _layout('rap', root, annotation, image_dir)
+    root, path = lay.root, lay.annotation
     m = _loadmat(path, RAP_HOW)
     if 'RAP_annotation' not in m: raise KitError(f'{path}: no variable RAP_annotation (found: {", ".join(m) or "none"}). {RAP_HOW}')
     st, w = m['RAP_annotation'], f'{path}: RAP_annotation'
@@ -348,27 +356,25 @@ def read_rap(root,                          # folder holding RAP_annotation.mat 
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty: raise KitError(f'{w}.imagesname has {len(empty)} empty entries (first at {empty[0]}); get a clean copy')
     if n_attributes is not None:
-        if not 1 <= int(n_attributes) <= len(attrs):
-            raise KitError(f'n_attributes={n_attributes} but {path} has {len(attrs)} attributes: use 1..{len(attrs)} or None')
+        if isinstance(n_attributes, bool) or not isinstance(n_attributes, (int, np.integer)) or not 1 <= n_attributes <= len(attrs):
+            raise KitError(f'n_attributes={n_attributes!r} but {path} has {len(attrs)} attributes: use an integer 1..{len(attrs)} or None')
         attrs, labels = attrs[:int(n_attributes)], labels[:, :int(n_attributes)]
     parts = np.asarray(parts, dtype=object).ravel() if np.asarray(parts).dtype == object else np.asarray(parts).ravel()
-    if not 0 <= partition < len(parts):
-        raise KitError(f'partition={partition} but {w}.partion has {len(parts)} partitions: use 0..{len(parts) - 1}')
+    partition = _partition_index(partition, len(parts), f'{w}.partion')
     p, wp = parts[partition], f'{w}.partion{{{partition + 1}}}'
     idx = {sp: _index_vector(_field(p, f'{sp}_index', wp), f'{wp}.{sp}_index', len(names)) for sp in ('train', 'test')}
     n_unc = int((labels == 2).sum())
-    y = _unspecified_policy(np.where(labels == 2, UNSPECIFIED, labels).astype(np.int8), unspecified)
-    samples = [Sample(root/image_dir/names[i], y[i], sp, meta=dict(file_name=names[i], row=int(i)))
+    y = np.where(labels == 2, 0 if rule == 'negative' else UNSPECIFIED, labels).astype(np.int8)
+    samples = [Sample(image_file(lay.images, names[i], f'{w}.imagesname{{{i + 1}}}'), y[i], sp, meta=dict(file_name=names[i], row=int(i)))
                for sp in ('train', 'test') for i in idx[sp]]
-    data = AttributeData('rap', root, attrs, samples,
-                         meta=dict(annotation=str(path), partition=partition, n_uncertain=n_unc, unspecified=unspecified))
-    _warn_suspicious(samples, f'{path} (partition {partition})')
-    if check_images: _check_images(samples, str(path), root/image_dir)
+    data = AttributeData('rap', root, attrs, samples, meta=dict(**lay.record(), partition=partition, n_uncertain=n_unc,
+                                                               uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
+    _warn_issues(dataset_issues(samples), f'{path} (partition {partition})')
+    if check_images: _check_images(samples, str(path), lay.images)
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
-# %% ../nbs/01_data.ipynb #c025
-WIDER_HOW = ('WIDER-Attribute (Li et al., ECCV 2016) is obtained from the authors\' page (mmlab.ie.cuhk.edu.hk/projects/WIDERAttribute); '
-             'expected layout: ROOT/wider_attribute_trainval.json, ROOT/wider_attribute_test.json and ROOT/Image/<file_name>.')
+# %% ../nbs/01_data.ipynb #c023
+WIDER_HOW = DATASET_KINDS['wider'].how
 WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -379,129 +385,86 @@ def _wider_attr_names(idmap, where):
     if keys != list(range(len(idmap))): raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", found {keys}')
     return [str(idmap[str(k)]) for k in keys]
 
-def read_wider(root,                   # folder holding the two JSON files and Image/
-               unspecified='keep',     # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
-               files=WIDER_FILES,      # annotation files under root
-               image_dir='Image',      # image folder under root
-               check_images=True,      # fail when listed images are missing
-               mask_dir=None):         # None: ROOT/masks when present; a folder; False: no masks
+def _load_json(path):  # an annotation file
+    "A JSON annotation file as Python objects; `KitError` for a missing file, bytes that are not UTF-8, or bad JSON."
+    if not path.exists(): raise KitError(f'{path}: file not found. {WIDER_HOW}')
+    raw = path.read_bytes()
+    try: text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise KitError(f'{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); JSON files must be UTF-8: '
+                       f're-encode it, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.json`') from None
+    try: return json.loads(text)
+    except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
+
+def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` entry; its name for messages; ...
+    "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
+    fn = im.get('file_name') if isinstance(im, dict) else None
+    if not isinstance(fn, str) or not fn: raise KitError(f'{w}.file_name is missing or empty')
+    split = Path(fn).parts[0]
+    if split not in ('train', 'val', 'test'): raise KitError(f'{w}.file_name {fn!r} must start with train/, val/ or test/')
+    image = image_file(images, fn, f'{w}.file_name')
+    targets = im.get('targets')
+    if not isinstance(targets, list): raise KitError(f'{w}.targets must be a list')
+    out, dropped = [], 0
+    for t, tg in enumerate(targets):
+        wt = f'{w}.targets[{t}]'
+        a, b = (tg.get('attribute'), tg.get('bbox')) if isinstance(tg, dict) else (None, None)
+        if not isinstance(a, list) or len(a) != C or any(v not in _WIDER_MAP or isinstance(v, bool) for v in a):
+            raise KitError(f'{wt}.attribute must be {C} values in {{1, -1, 0}} (attribute_id_map has {C} names), found {a!r}')
+        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in b):
+            raise KitError(f'{wt}.bbox must be [x, y, w, h] (4 finite numbers), found {b!r}')
+        if b[2] <= 0 or b[3] <= 0: dropped += 1; continue
+        y = _unspecified_policy(np.array([_WIDER_MAP[v] for v in a], np.int8), unspecified)
+        sid = im.get('scene_id')
+        out.append(Sample(image, y, split, box=tuple(float(v) for v in b),
+                          meta=dict(file_name=fn, target=t, scene_id=sid, scene=scene_map.get(str(sid)),
+                                    n_unspecified=int(sum(v == 0 for v in a)))))
+    return out, dropped
+
+def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
+               unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
+               files=None,           # the two annotation files under root; None: detected
+               image_dir=None,       # image folder under root; None: detected
+               check_images=True,    # fail when listed images are missing or unreadable
+               mask_dir=None):       # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
     "Read WIDER-Attribute's JSON annotations into an `AttributeData`: one sample per target, splits train/val/test."
-    root = _check_root(root, 'read_wider', WIDER_HOW)
     _unspecified_policy(np.zeros(1, np.int8), unspecified)
+    lay = _layout('wider', root, files, image_dir)
+    root = lay.root
     attrs, scene_map, samples, dropped = None, {}, [], 0
-    for fname in files:
-        path = root/fname
-        if not path.exists(): raise KitError(f'{path}: file not found. {WIDER_HOW}')
-        try: obj = json.loads(path.read_text())
-        except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
+    for path in lay.files:
+        obj = _load_json(path)
         for k in ('images', 'attribute_id_map'):
             if not isinstance(obj, dict) or k not in obj: raise KitError(f'{path}: missing field {k!r}. {WIDER_HOW}')
         names = _wider_attr_names(obj['attribute_id_map'], str(path))
-        if attrs is not None and names != attrs: raise KitError(f'{path}: attribute_id_map differs from that of {files[0]}')
-        attrs, C = names, len(names)
+        if attrs is not None and names != attrs: raise KitError(f'{path}: attribute_id_map differs from that of {lay.files[0].name}')
+        attrs = names
         scene_map.update({str(k): v for k, v in (obj.get('scene_id_map') or {}).items()})
         if not isinstance(obj['images'], list): raise KitError(f'{path}: images must be a list')
         for i, im in enumerate(obj['images']):
-            w = f'{path}: images[{i}]'
-            fn = im.get('file_name') if isinstance(im, dict) else None
-            if not isinstance(fn, str) or not fn: raise KitError(f'{w}.file_name is missing or empty')
-            split = Path(fn).parts[0]
-            if split not in ('train', 'val', 'test'): raise KitError(f'{w}.file_name {fn!r} must start with train/, val/ or test/')
-            targets = im.get('targets')
-            if not isinstance(targets, list): raise KitError(f'{w}.targets must be a list')
-            for t, tg in enumerate(targets):
-                wt = f'{w}.targets[{t}]'
-                a, b = (tg.get('attribute'), tg.get('bbox')) if isinstance(tg, dict) else (None, None)
-                if not isinstance(a, list) or len(a) != C or any(v not in _WIDER_MAP or isinstance(v, bool) for v in a):
-                    raise KitError(f'{wt}.attribute must be {C} values in {{1, -1, 0}} (attribute_id_map has {C} names), found {a!r}')
-                if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in b):
-                    raise KitError(f'{wt}.bbox must be [x, y, w, h] (4 finite numbers), found {b!r}')
-                if b[2] <= 0 or b[3] <= 0: dropped += 1; continue
-                y = _unspecified_policy(np.array([_WIDER_MAP[v] for v in a], np.int8), unspecified)
-                sid = im.get('scene_id')
-                samples.append(Sample(root/image_dir/fn, y, split, box=tuple(float(v) for v in b),
-                                      meta=dict(file_name=fn, target=t, scene_id=sid, scene=scene_map.get(str(sid)),
-                                                n_unspecified=int(sum(v == 0 for v in a)))))
+            ss, d = _wider_targets(im, f'{path}: images[{i}]', len(attrs), lay.images, unspecified, scene_map)
+            samples += ss; dropped += d
     if dropped: warnings.warn(f'{root}: dropped {dropped} target(s) whose bbox has zero width or height')
     order = {'train': 0, 'val': 1, 'test': 2}
     samples.sort(key=lambda s: order[s.split])   # stable: file order within a split
-    data = AttributeData('wider', root, attrs, samples, meta=dict(unspecified=unspecified, dropped_boxes=dropped))
-    _warn_suspicious_wider(samples, str(root))
-    if check_images: _check_images(samples, str(root), root/image_dir)
+    data = AttributeData('wider', root, attrs, samples, meta=dict(**lay.record(), unspecified=unspecified, dropped_boxes=dropped))
+    _warn_issues(dataset_issues(samples, 'all-unspecified'), str(root),
+                 'target(s) have every attribute unspecified (all-zero rows)')
+    if check_images: _check_images(samples, str(root), lay.images)
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
-def _warn_suspicious_wider(samples, where):
-    "WIDER's flavour of the checks: a file in two splits; targets with every attribute unspecified."
-    empty = [s for s in samples if s.meta['n_unspecified'] == len(s.labels)]
-    if empty: warnings.warn(f'{where}: {len(empty)} target(s) have every attribute unspecified (all-zero rows, '
-                            f'e.g. {empty[0].meta["file_name"]} target {empty[0].meta["target"]})')
+# %% ../nbs/01_data.ipynb #c025
+def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
+                 root,         # folder to write into (created)
+                 n=12,         # images (WIDER: scenes with two targets each)
+                 seed=0,       # random seed
+                 masks=True,   # also write masks at `mask_path`
+                 layout='root-level'):  # a layout of `kind` (`har_kit.formats.LAYOUTS`); 'published' as the archives unpack
+    "Write a tiny dataset in the exact on-disk format of `kind` (for tests and demos); return its root (`write_fixture`)."
+    if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
+    return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/01_data.ipynb #c027
-_FIX_ATTRS = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
-              'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],  # RAP's 92 columns
-              'wider': ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
-                        'longPants', 'skirt', 'faceMask', 'logo', 'stripe']}   # WIDER's attribute_id_map
-
-def _person(rng, h, w, y):  # image height/width; label row
-    "A noise background with a coloured upright 'person' whose colours follow the labels; (image, mask)."
-    img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-    mask = np.zeros((h, w), np.uint8)
-    y0, y1, x0, x1 = h // 8, h - h // 8, w // 4, w - w // 4
-    img[y0:y1, x0:x1] = [200 * (y[0] == 1) + 40, 60 + 150 * (y[1] == 1), 60 + 150 * (y[-1] == 1)]
-    mask[y0:y1, x0:x1] = 255
-    return img, mask
-
-def _save_img(arr, path):
-    with atomic_path(path) as tmp: PILImage.fromarray(arr).save(tmp, format='PNG' if path.suffix == '.png' else 'JPEG')
-
-def tiny_fixture(kind,       # 'pa100k', 'rap' or 'wider'
-                 root,       # folder to write into (created)
-                 n=12,       # images (WIDER: scenes with two targets each)
-                 seed=0,     # random seed
-                 masks=True):  # also write masks at `mask_path`
-    "Write a tiny dataset in the exact on-disk format of `kind` (for tests and demos); return its root."
-    root, rng = Path(root), np.random.default_rng(seed)
-    attrs = _FIX_ATTRS.get(kind)
-    if attrs is None: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(_FIX_ATTRS)}')
-    C = len(attrs)
-    Y = rng.integers(0, 2, (n, C)); Y[np.arange(n), rng.integers(0, C, n)] = 1   # at least one positive per row
-    if kind in ('pa100k', 'rap'):
-        names = [f'{i + 1:06d}.{"jpg" if kind == "pa100k" else "png"}' for i in range(n)]
-        img_dir = root/('data' if kind == 'pa100k' else 'RAP_dataset')
-        for i, nm in enumerate(names):
-            img, mk = _person(rng, 48, 24, Y[i])
-            _save_img(img, img_dir/nm)
-            if masks: _save_img(mk, mask_path(root, nm, 0))
-        if kind == 'pa100k':
-            a, b = int(n * .6), int(n * .8)
-            write_pa100k_annotation(root/'annotation.mat', attrs, {'train': (names[:a], Y[:a]), 'val': (names[a:b], Y[a:b]),
-                                                                   'test': (names[b:], Y[b:])})
-        else:
-            Yr = Y.copy(); Yr[0, 0] = 2                                   # one 'uncertain' gender
-            perms = [rng.permutation(n) for _ in range(5)]
-            write_rap_annotation(root/'RAP_annotation.mat', attrs, names, Yr, [(p[: int(n * .75)], p[int(n * .75):]) for p in perms])
-        return root
-    if kind == 'wider':
-        images = []
-        for i in range(n):
-            fn = f'{["train", "val", "test"][i % 3]}/0--Parade/0_Parade_{i}.jpg'
-            H, W = 64, 96
-            scene = rng.integers(0, 80, (H, W, 3), dtype=np.uint8)
-            targets = []
-            for t, x in enumerate((4, 52)):
-                y = np.where(rng.random(C) < .2, 0, np.where(rng.random(C) < .5, 1, -1))
-                img, mk = _person(rng, 56, 36, (y == 1).astype(int))
-                scene[4:60, x:x + 36] = img
-                if masks:
-                    full = np.zeros((H, W), np.uint8); full[4:60, x:x + 36] = mk
-                    _save_img(full, mask_path(root, fn, t))
-                targets.append({'attribute': [int(v) for v in y], 'bbox': [x, 4, 36, 56]})
-            _save_img(scene, root/'Image'/fn)
-            images.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
-        return write_wider_annotation(root, attrs, images, {0: 'Parade'})
-    raise KitError(f'tiny_fixture: kind={kind!r}')
-
-# %% ../nbs/01_data.ipynb #c042
+# %% ../nbs/01_data.ipynb #c044
 def label_stats(data: AttributeData, *splits):  # dataset; split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
     import pandas as pd
@@ -512,193 +475,211 @@ def label_stats(data: AttributeData, *splits):  # dataset; split names (none = a
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/01_data.ipynb #c045
-def _clip_box(box, W, H, where):
-    "Clip an (x, y, w, h) box to a W x H image, rounding outwards; (x0, y0, x1, y1) ints."
-    x, y, w, h = box
-    x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
-    x1, y1 = min(W, math.ceil(x + w)), min(H, math.ceil(y + h))
-    if x1 <= x0 or y1 <= y0: raise KitError(f'{where}: box {tuple(box)} lies outside the {W}x{H} image')
-    return x0, y0, x1, y1
+# %% ../nbs/01_data.ipynb #c048
+CSV_SPLITS = ('train', 'val', 'test', 'trainval')
+_CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
-class HarDataset(Dataset):
-    "Torch dataset over `Sample`s yielding {'image', 'labels', 'mask' (optional), 'index'}."
-    def __init__(self, samples,           # list of `Sample` (or an `AttributeData`)
-                 transform=None,          # callable on (Image[, Mask][, BoundingBoxes]); None = to float in [0, 1]
-                 with_mask=False,         # also load and return each sample's mask
-                 crop_to_box=True,        # cut the sample's box (and mask) out of the image before the transform
-                 with_box=False):         # return the (transformed) box; needs crop_to_box=False
-        self.samples = list(samples.samples if isinstance(samples, AttributeData) else samples)
-        self.transform, self.with_mask, self.crop_to_box, self.with_box = transform, with_mask, crop_to_box, with_box
-        if with_box and crop_to_box: raise KitError('HarDataset: with_box=True needs crop_to_box=False (a cropped sample is its box)')
-        if with_mask:
-            miss = [s for s in self.samples if s.mask is None]
-            if miss:
-                raise KitError(f'HarDataset(with_mask=True): {len(miss)} of {len(self.samples)} samples have no mask (first: {miss[0].image}); '
-                               'make masks with the masks section (har_kit.masks) and attach them with attach_masks, or pass with_mask=False')
+def read_csv_dataset(root,               # dataset folder: labels.csv and images/ (see `har_kit.formats.LAYOUTS`)
+                     annotation=None,    # the CSV under root; None: labels.csv
+                     image_dir=None,     # image folder under root; None: images
+                     check_images=True,  # fail when listed images are missing or unreadable
+                     mask_dir=None):     # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
+    "Read the generic format (a CSV of image, split and one 1/0/-1 column per attribute) into an `AttributeData`."
+    lay = _layout('csv', root, annotation, image_dir)
+    path = lay.annotation
+    raw = path.read_bytes()
+    try: text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e: raise KitError(f'{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); save the CSV as UTF-8') from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows: raise KitError(f'{path}: empty file; the first line must be: image,split,<attribute>,...')
+    head = [h.strip() for h in rows[0]]
+    attrs = head[2:]
+    if head[:2] != ['image', 'split'] or not attrs or '' in attrs or len(set(attrs)) != len(attrs):
+        raise KitError(f'{path}: header {head} must be image,split followed by distinct, non-empty attribute names')
+    samples = []
+    for ln, r in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in r): continue
+        w = f'{path}: line {ln}'
+        if len(r) != len(head): raise KitError(f'{w} has {len(r)} fields but the header has {len(head)}')
+        name, split = r[0].strip(), r[1].strip()
+        if not name: raise KitError(f'{w}: empty image name')
+        if split not in CSV_SPLITS: raise KitError(f'{w}: split {split!r} must be one of {", ".join(CSV_SPLITS)}')
+        bad = [(a, v) for a, v in zip(attrs, r[2:]) if v.strip() not in _CSV_VALUES]
+        if bad: raise KitError(f'{w}: column {bad[0][0]!r} holds {bad[0][1]!r}; labels must be 1, 0 or -1 (unspecified)')
+        y = np.array([_CSV_VALUES[v.strip()] for v in r[2:]], np.int8)
+        samples.append(Sample(image_file(lay.images, name, f'{w} (image)'), y, split, meta=dict(file_name=name, row=ln)))
+    if not samples: raise KitError(f'{path}: no rows after the header')
+    data = AttributeData('csv', lay.root, attrs, samples, meta=lay.record())
+    _warn_issues(dataset_issues(samples), str(path))
+    if check_images: _check_images(samples, str(path), lay.images)
+    return _apply_synth_meta(_find_masks(data, mask_dir))
 
-    def __len__(self): return len(self.samples)
+# %% ../nbs/01_data.ipynb #c050
+def _place(src, dst, link):  # existing file; destination; try a hard link first
+    "Hard-link (when `link` and possible) or copy `src` to `dst`."
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try: os.link(src, dst); return
+        except OSError: pass
+    shutil.copyfile(src, dst)
 
-    def load(self, i):  # sample index
-        "The (cropped) image as `tv_tensors.Image`, its mask as `tv_tensors.Mask` or None, its box or None."
-        s = self.samples[i]
-        try:
-            with PILImage.open(s.image) as im: img = np.asarray(im.convert('RGB'))
-        except (OSError, ValueError) as e: raise KitError(f'{s.image}: cannot read image ({e})') from None
-        H, W = img.shape[:2]
-        mask = None
-        if self.with_mask:
-            try:
-                with PILImage.open(s.mask) as mk: mask = np.asarray(mk.convert('L'))
-            except (OSError, ValueError) as e: raise KitError(f'{s.mask}: cannot read mask ({e})') from None
-        box = None
-        if s.box is not None:
-            x0, y0, x1, y1 = _clip_box(s.box, W, H, str(s.image))
-            if self.crop_to_box:
-                img = img[y0:y1, x0:x1]
-                if mask is not None and mask.shape == (H, W): mask = mask[y0:y1, x0:x1]
-            else: box = (x0, y0, x1, y1)
-        if mask is not None and mask.shape != img.shape[:2]:
-            raise KitError(f'{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but must match the image ({W}x{H}) or the clipped box')
-        img = tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))
-        mask = None if mask is None else tv_tensors.Mask(torch.from_numpy(mask.copy())[None])
-        if box is not None and self.with_box: box = tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format='XYXY', canvas_size=(H, W))
-        else: box = None
-        return img, mask, box
+def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its mask PNG (or None)
+    "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
+    img = load_rgb(s.image)
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(img[y0:y1, x0:x1]).save(dst, format='PNG')
+    if mask_dst is not None:
+        with PILImage.open(s.mask) as mk: m = np.asarray(mk.convert('L'))
+        if m.shape == (H, W): m = m[y0:y1, x0:x1]
+        mask_dst.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(m).save(mask_dst, format='PNG')
 
-    def __getitem__(self, i):
-        img, mask, box = self.load(i)
-        ins = [x for x in (img, mask, box) if x is not None]
-        outs = self.transform(*ins) if self.transform is not None else tuple(ins)
-        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        _f = lambda t: t.as_subclass(torch.Tensor).float() / 255 if t.dtype == torch.uint8 else t.as_subclass(torch.Tensor).float()
-        d = {'image': _f(outs.pop(0))}
-        if mask is not None: d['mask'] = _f(outs.pop(0))
-        if box is not None: d['box'] = outs.pop(0).as_subclass(torch.Tensor).float().reshape(-1, 4)[0]
-        d['labels'] = torch.from_numpy(self.samples[i].labels.astype(np.float32))
-        d['index'] = i
-        return d
+def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...)`)
+                   dest,            # new folder for the generic dataset (must not exist or be empty)
+                   link=True,       # hard-link image files where possible (else copy)
+                   masks=True,      # also carry attached masks over to dest's default mask root
+                   progress=True):  # tqdm bar
+    "Write `data` in the generic `csv` format (boxed targets cut out as PNG crops); return `dest`."
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()): raise KitError(f'{dest} is not empty: choose a new folder for the converted dataset')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
+    try:
+        images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
+        for s in tqdm(data.samples, desc=f'to csv ({data.name})', unit='sample', disable=not progress):
+            fn = Path(s.meta.get('file_name') or Path(s.image).name)
+            name = (fn.with_suffix('').as_posix() + f'_t{s.meta.get("target", 0)}.png') if s.box is not None else fn.as_posix()
+            mdst = mask_path(mroot, name, 0) if masks and s.mask is not None else None
+            if name not in placed:
+                if s.box is not None: _crop_target(s, image_file(images, name, str(s.image)), mdst)
+                else:
+                    _place(s.image, image_file(images, name, str(s.image)), link)
+                    if mdst is not None: _place(s.mask, mdst, False)
+                placed.add(name)
+            rows.append((name, s.split, s.labels))
+        write_csv_annotation(tmp/'labels.csv', data.attributes, rows)
+        save_json(dict(converted_from=data.name, root=str(data.root), samples=len(rows), **{k: v for k, v in data.meta.items()
+                  if isinstance(v, (str, int, float, bool, type(None)))}), tmp/'converted_from.json')
+        if dest.exists(): dest.rmdir()
+        os.rename(tmp, dest)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
-# %% ../nbs/01_data.ipynb #c049
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# %% ../nbs/01_data.ipynb #c053
+def _decode_problem(path):  # an image file
+    "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
+    if (q := image_problem(path)): return q
+    try:
+        with PILImage.open(path) as im: im.load()
+    except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
+    return None
 
-def _sz(v, scale): return max(1, int(round(v * scale)))
+def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
+                  root,           # dataset root
+                  sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
+                  progress=True,  # tqdm bar over the images
+                  **reader_kw):   # passed to the reader (partition=, annotation=, ...)
+    "Check a dataset on disk: layout, annotation, every image (exists and decodes), splits, labels; a report dict."
+    t0 = time.time()
+    rep = dict(kind=kind, root=str(root), errors=[], warnings=[], layout=None)
+    try:
+        reader = dataset_kind(kind).reader
+        rep['layout'] = (detect_layout(kind, root) if not {'annotation', 'files', 'image_dir'} & set(reader_kw) else None)
+        rep['layout'] = rep['layout'].record() if rep['layout'] else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            data = reader(root, check_images=False, mask_dir=False, **reader_kw)
+    except KitError as e:
+        rep['errors'].append(str(e)); rep.update(ok=False, seconds=round(time.time() - t0, 2)); return rep
+    rep['warnings'] += [str(w.message) for w in caught]
+    rep['layout'] = rep['layout'] or {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
+    rep['splits'] = {sp: len(data.split(sp)) for sp in data.splits}
+    y = data.labels()
+    rep['attributes'] = [dict(name=a, pos_ratio=None if np.isnan(r) else round(float(r), 4), unspecified=int(u))
+                         for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
+    rep['issues'] = {k: len(v) for k, v in dataset_issues(data.samples, 'all-unspecified' if kind == 'wider' else 'no-positive').items()}
+    paths = list(dict.fromkeys(s.image for s in data.samples))
+    if sample is not None:
+        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
+            raise KitError(f'sample={sample!r}: pass a positive number of images, or None for all')
+        pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
+        paths = [paths[i] for i in sorted(pick)]
+    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p))]
+    missing = [str(p) for p, q in bad if q == 'missing']
+    unreadable = [f'{p}: {q}' for p, q in bad if q != 'missing']
+    rep['images'] = dict(listed=len(dict.fromkeys(s.image for s in data.samples)), checked=len(paths),
+                         missing=len(missing), unreadable=len(unreadable))
+    if missing: rep['errors'].append(f'{len(missing)} listed image(s) do not exist (labels without images), e.g. ' + ', '.join(missing[:3]))
+    rep['errors'] += unreadable
+    images = Path(rep['layout'].get('images', ''))
+    unused = _unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []
+    rep['images']['without_labels'] = len(unused)
+    if unused: rep['warnings'].append(f'{images}: {len(unused)} image file(s) are in no split (images without labels), e.g. {unused[0]}')
+    rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
+    return rep
 
-def _spatial_size(flat_inputs):
-    for x in flat_inputs:
-        if isinstance(x, (tv_tensors.Image, tv_tensors.Mask, PILImage.Image)) or (isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.TVTensor)):
-            return TF.get_size(x)
-    raise KitError('transform needs an image input')
+def format_check(rep):  # a report from `check_dataset`
+    "The report as the text `har-kit data check` prints."
+    lines = [f'{rep["kind"]} at {rep["root"]}']
+    if rep.get('layout'): lines.append(f"layout: {rep['layout'].get('layout')} (annotation {rep['layout'].get('annotation')}, images {rep['layout'].get('images')})")
+    if 'splits' in rep:
+        lines.append('splits: ' + ', '.join(f'{k} {v}' for k, v in rep['splits'].items()) + f'; {len(rep["attributes"])} attributes')
+        im = rep['images']
+        lines.append(f'images: {im["listed"]} listed, {im["checked"]} checked: {im["missing"]} missing, {im["unreadable"]} unreadable; '
+                     f'{im["without_labels"]} without labels')
+        lines.append(f'{"attribute":<22}{"pos %":>7}{"unspecified":>13}')
+        for a in rep['attributes']:
+            pos = '-' if a['pos_ratio'] is None else f"{100 * a['pos_ratio']:.1f}"
+            lines.append(f"{a['name'][:21]:<22}{pos:>7}{a['unspecified']:>13}")
+        lines.append('issues: ' + ', '.join(f'{k.replace("_", " ")} {v}' for k, v in rep['issues'].items()))
+    lines += [f'warning: {w}' for w in rep['warnings']] + [f'error: {e}' for e in rep['errors']]
+    lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
+    return '\n'.join(lines)
 
-class CornerCenterCrop(v2.Transform):
-    "Da-HAR's multi-scale crop: a window of height drawn from `sizes` (width = height / aspect) at a corner or the centre."
-    def __init__(self, sizes,      # crop heights in pixels, drawn uniformly
-                 aspect=1):        # height / width of the window (1 WIDER, 2 RAP)
-        super().__init__()
-        self.sizes, self.aspect = [int(s) for s in sizes], aspect
+def cli(argv=None):  # arguments after `har-kit data`
+    "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
+    p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
+    sub = p.add_subparsers(dest='command', required=True)
+    c = sub.add_parser('check', help='check layout, annotation and every image of a dataset; print a summary')
+    c.add_argument('kind', choices=list(DATASET_KINDS), help='dataset kind')
+    c.add_argument('root', help='dataset root (the folder the archive unpacked to)')
+    c.add_argument('--sample', type=int, default=None, help='decode only N images drawn at random (default: all)')
+    c.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
+    c.add_argument('--json', default=None, help='also write the report as JSON to this file')
+    v = sub.add_parser('convert', help='write a dataset in the generic csv format (labels.csv + images/)')
+    v.add_argument('kind', choices=[k for k in DATASET_KINDS if k != 'csv'], help='dataset kind to read')
+    v.add_argument('root', help='dataset root')
+    v.add_argument('dest', help='new folder for the csv dataset')
+    v.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
+    a = p.parse_args(argv)
+    if a.partition is not None and a.kind != 'rap': p.error('--partition is for rap only')
+    kw = {'partition': a.partition} if a.partition is not None else {}
+    try:
+        if a.command == 'convert':
+            out = to_csv_dataset(dataset_kind(a.kind).reader(a.root, **kw), a.dest)
+            print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
+            return 0
+        rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)
+        if a.json: save_json(rep, a.json)
+    except KitError as e:
+        print(f'har-kit data: {e}', file=sys.stderr); return 2
+    print(format_check(rep))
+    return 0 if rep['ok'] else 1
 
-    def make_params(self, flat_inputs):
-        H, W = _spatial_size(flat_inputs)
-        h = min(H, self.sizes[int(torch.randint(len(self.sizes), ()))])
-        w = min(W, max(1, int(round(h / self.aspect))))
-        pos = int(torch.randint(5, ()))   # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre
-        top = {0: 0, 1: 0, 2: H - h, 3: H - h, 4: (H - h) // 2}[pos]
-        left = {0: 0, 1: W - w, 2: 0, 3: W - w, 4: (W - w) // 2}[pos]
-        return dict(top=top, left=left, height=h, width=w)
+# %% ../nbs/01_data.ipynb #c058
+READERS = {'wider': read_wider, 'rap': read_rap, 'pa100k': read_pa100k, 'csv': read_csv_dataset}
 
-    def transform(self, inpt, params): return self._call_kernel(TF.crop, inpt, **params)
-
-class FiveCropStack(torch.nn.Module):
-    "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
-    def __init__(self, size):  # (height, width) of each crop
-        super().__init__(); self.size = tuple(size)
-
-    def forward(self, *inputs):
-        outs = []
-        for x in inputs:
-            if isinstance(x, tv_tensors.BoundingBoxes): raise KitError('five-crop evaluation does not take boxes: use crop_to_box=True')
-            H, W = TF.get_size(x); h, w = self.size
-            crops = [TF.crop(x, t, l, h, w) for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))]
-            st = torch.stack([c.as_subclass(torch.Tensor) for c in crops])
-            outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-def _to_float_normalized():
-    return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-
-def dahar_transforms(train: bool,     # training augmentation, else evaluation
-                     aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
-                     scale=1.0,       # size factor (0.25 for the quick CPU profile)
-                     five_crop=False, # evaluation: five-crop stack (5, 3, H, W) instead of the direct 256 resize
-                     jitter=0.3):     # colour jitter strength (brightness, contrast, saturation)
-    "Da-HAR's transforms (§Implementation Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
-    if aspect not in (1, 2): raise KitError(f'dahar_transforms: aspect={aspect!r}; use 1 (WIDER-Attribute) or 2 (RAP)')
-    base = (_sz(256, scale), _sz(256 / aspect, scale))
-    out = (_sz(224, scale), _sz(224 / aspect, scale))
-    if train:
-        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop([_sz(s, scale) for s in (256, 224, 192, 168, 128)], aspect),
-                           v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
-    return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
-
-def campar_transforms(train: bool,  # training augmentation, else evaluation
-                      scale=1.0):   # size factor (0.25 -> 64 x 48)
-    "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
-    size = (_sz(256, scale), _sz(192, scale))
-    aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
-    return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
-
-# %% ../nbs/01_data.ipynb #c059
-def _worker_init(worker_id):
-    np.random.seed(torch.initial_seed() % 2**32)
-
-def make_loader(samples,          # list of `Sample` or an `AttributeData`
-                transform,        # e.g. dahar_transforms(True, scale=0.25)
-                batch_size,       # samples per batch
-                shuffle,          # reshuffle every epoch (training)
-                with_mask=False,  # also yield 'mask'
-                num_workers=0,    # DataLoader worker processes
-                crop_to_box=True, # cut WIDER targets out of their scene
-                drop_last=False,  # drop the last incomplete batch
-                seed=0,           # seed of the shuffling generator
-                **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
-    "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts."
-    ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box)
-    if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
-    g = torch.Generator(); g.manual_seed(int(seed))
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-                      generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
-
-# %% ../nbs/01_data.ipynb #c063
-def show_samples(data: AttributeData, n=8, split=None, ncols=4, with_mask=True, seed=0):  # dataset; how many; split (None = all); grid width; overlay masks; which samples
-    "A grid of target crops (mask overlaid in red when present) titled with their positive attributes; the figure."
-    import matplotlib.pyplot as plt
-    ss = data.split(split) if split else data.samples
-    idx = np.random.default_rng(seed).choice(len(ss), size=min(n, len(ss)), replace=False)
-    pick = [ss[i] for i in sorted(idx)]
-    wm = with_mask and all(s.mask is not None for s in pick)
-    ds = HarDataset(pick, with_mask=wm)
-    rows = math.ceil(len(pick) / ncols)
-    fig, axes = plt.subplots(rows, ncols, figsize=(2.2 * ncols, 2.8 * rows), squeeze=False)
-    for ax in axes.ravel(): ax.axis('off')
-    for k, s in enumerate(pick):
-        d, ax = ds[k], axes.ravel()[k]
-        ax.imshow(d['image'].permute(1, 2, 0))
-        if wm: ax.imshow(np.ma.masked_where(d['mask'][0] < .5, d['mask'][0]), cmap='autumn', alpha=.35, vmin=0, vmax=1)
-        pos = [a for a, v in zip(data.attributes, s.labels) if v == 1]
-        ax.set_title(f'{s.split}: ' + ', '.join(pos[:3]) + ('…' if len(pos) > 3 else ''), fontsize=7)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/01_data.ipynb #c067
-READERS = {'wider': read_wider, 'rap': read_rap, 'pa100k': read_pa100k}
-
-def load_dataset(kind,           # 'wider', 'rap' or 'pa100k'
+def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)
                  seed=0,         # synthetic seed (root=None only)
                  **reader_kw):   # passed to the reader (unspecified=, partition=, mask_dir=, ...)
     "Read a dataset of `kind` from `root`, or the synthetic set of that kind (generated once, then cached)."
     if kind not in READERS: raise KitError(f'load_dataset: kind={kind!r}; use one of {sorted(READERS)}')
+    if root is None and kind == 'csv': raise KitError("load_dataset('csv'): the generic kind has no synthetic set; pass root=<folder with labels.csv and images/>")
     if root is None:
         try: from har_kit.synth import ensure_synthetic
         except ImportError as e: raise KitError(f'load_dataset({kind!r}, root=None) needs har_kit.synth ({e}); pass root=<dataset folder>') from None

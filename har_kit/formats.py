@@ -4,7 +4,7 @@
 
 # %% ../nbs/00f_formats.ipynb #c002
 from __future__ import annotations
-import csv, importlib, json, os
+import csv, importlib, json, math, os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +14,11 @@ from PIL import Image
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write
 
 # %% auto #0
-__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'PA100K_SPLITS',
-           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout',
-           'image_file', 'default_mask_root', 'mask_path', 'image_problem', 'load_rgb', 'write_pa100k_annotation',
-           'write_rap_annotation', 'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
+__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'SYNTH_META',
+           'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout',
+           'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'read_synth_meta', 'target_meta',
+           'clip_box', 'image_problem', 'load_rgb', 'write_pa100k_annotation', 'write_rap_annotation',
+           'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/00f_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -144,6 +145,7 @@ def image_file(images,  # the image folder
 
 # %% ../nbs/00f_formats.ipynb #c015
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
+SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
 def default_mask_root(kind,  # dataset kind
                       root): # dataset root
@@ -159,22 +161,60 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
 # %% ../nbs/00f_formats.ipynb #c018
+def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
+    "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
+    p = Path(root)/SYNTH_META
+    if not p.exists():
+        raise KitError(f'{p}: not found; {root} was not written by har_kit.synth.make_synthetic (real datasets have no sidecar)')
+    try: meta = json.loads(p.read_text())
+    except json.JSONDecodeError as e: raise KitError(f'{p}: not valid JSON ({e}); regenerate the synthetic set') from None
+    if not isinstance(meta, dict) or meta.get('generator') != 'har_kit.synth' or not isinstance(meta.get('images'), dict):
+        raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
+    return meta
+
+def target_meta(meta, name, target_index=0):  # sidecar dict, image name as in the annotation, target index
+    "The per-target record of one image (distractors, people, objects, visible) from a sidecar."
+    try: return meta['images'][name]['targets'][target_index]
+    except (KeyError, IndexError, TypeError):
+        raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
+
+# %% ../nbs/00f_formats.ipynb #c021
+def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
+             size,         # (H, W) of the image
+             where='box'): # what to call the box in error messages (e.g. the image file and target)
+    "Integer `(x0, y0, x1, y1)` of `box` clipped to the image, and whether clipping changed it."
+    H, W = size
+    if box is None: return (0, 0, W, H), False
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise KitError(f'{where}: box {tuple(box)} is not a valid (x, y, w, h) with w, h > 0; fix or drop the annotation')
+    raw = (math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h))
+    x0, y0, x1, y1 = max(raw[0], 0), max(raw[1], 0), min(raw[2], W), min(raw[3], H)
+    if x1 <= x0 or y1 <= y0:
+        raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
+    return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
+
+# %% ../nbs/00f_formats.ipynb #c024
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
 def image_problem(path):  # image file
     "None when the file looks like a complete image the kit can read, else what is wrong (a short phrase)."
-    try: size = os.path.getsize(path)
-    except OSError: return 'missing'
-    if size == 0: return 'empty file (0 bytes)'
     try:
-        with Image.open(path) as im: fmt, mode = im.format, im.mode
+        with open(path, 'rb') as f:
+            head = f.read(32); size = f.seek(0, 2)
+            f.seek(max(0, size - 4096)); tail = f.read()
+    except FileNotFoundError: return 'missing'
+    except OSError as e: return f'cannot be opened ({e})'
+    if size == 0: return 'empty file (0 bytes)'
+    if head.startswith(b'\xff\xd8\xff'):   # JPEG: complete when its end-of-image marker is there
+        return None if b'\xff\xd9' in tail else 'truncated JPEG (no end-of-image marker)'
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):   # PNG: complete when its IEND chunk is there
+        return None if b'IEND' in tail[-64:] else 'truncated PNG (no IEND chunk)'
+    try:
+        with Image.open(path) as im: mode = im.mode
     except Exception as e: return f'not a readable image ({type(e).__name__}: {e})'
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
-    with open(path, 'rb') as f:
-        f.seek(max(0, size - 4096)); tail = f.read()
-    if fmt == 'JPEG' and b'\xff\xd9' not in tail: return 'truncated JPEG (no end-of-image marker)'
-    if fmt == 'PNG' and b'IEND' not in tail[-64:]: return 'truncated PNG (no IEND chunk)'
     return None
 
 def load_rgb(path):  # image file
@@ -190,7 +230,7 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/00f_formats.ipynb #c021
+# %% ../nbs/00f_formats.ipynb #c027
 def _cell(strings):
     "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
     a = np.empty((len(strings), 1), dtype=object)
@@ -222,9 +262,9 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
                          labels,      # (N, C) labels in {0, 1, 2}
                          partitions): # list of (train_idx, test_idx) 0-based index arrays
     "Write a RAP v1 `RAP_annotation.mat`: struct with imagesname, label, attribute_eng and 1-based partion."
-    parts = np.empty((1, len(partitions)), dtype=object)
+    parts = np.empty((len(partitions), 1), dtype=object)   # a 5 x 1 cell, as in RAP v1's file
     for k, (tr, te) in enumerate(partitions):
-        parts[0, k] = {'train_index': np.asarray(tr, float).reshape(1, -1) + 1, 'test_index': np.asarray(te, float).reshape(1, -1) + 1}
+        parts[k, 0] = {'train_index': np.asarray(tr, float).reshape(1, -1) + 1, 'test_index': np.asarray(te, float).reshape(1, -1) + 1}
     return _savemat(path, {'RAP_annotation': {'imagesname': _cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': _cell(attributes), 'partion': parts}})
 
@@ -250,7 +290,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/00f_formats.ipynb #c023
+# %% ../nbs/00f_formats.ipynb #c029
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}

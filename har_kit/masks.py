@@ -14,29 +14,16 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .core import KitError, atomic_path, data_root, get_device, save_json
+from .data import attach_masks as _attach_samples, load_dataset
+from .formats import DATASET_KINDS, SYNTH_META, clip_box, default_mask_root, load_rgb, mask_path
 
 # %% auto #0
-__all__ = ['PERSON', 'clip_box', 'box_mask', 'TargetMask', 'box_iou', 'select_target', 'image_size', 'read_image', 'read_mask',
-           'write_mask', 'sample_key', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource', 'MaskRCNNSource',
+__all__ = ['PERSON', 'box_mask', 'TargetMask', 'box_iou', 'select_target', 'image_size', 'read_image', 'read_mask', 'write_mask',
+           'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource', 'MaskRCNNSource',
            'mask_source', 'MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality',
            'summed_feature_outline', 'cli']
 
 # %% ../nbs/02_masks.ipynb #c006
-def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
-             size,         # (H, W) of the image
-             where='box'): # what to call the box in error messages (e.g. the image file and target)
-    "Integer `(x0, y0, x1, y1)` of `box` clipped to the image, and whether clipping changed it."
-    H, W = size
-    if box is None: return (0, 0, W, H), False
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise KitError(f'{where}: box {tuple(box)} is not a valid (x, y, w, h) with w, h > 0; fix or drop the annotation')
-    raw = (math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h))
-    x0, y0, x1, y1 = max(raw[0], 0), max(raw[1], 0), min(raw[2], W), min(raw[3], H)
-    if x1 <= x0 or y1 <= y0:
-        raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
-    return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
-
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
     "Boolean (H, W) mask that is True inside the box: the `none` source, and every source's fallback."
@@ -107,11 +94,8 @@ def image_size(path):  # an image file
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
 def read_image(path):  # an image file
-    "RGB image as a uint8 (H, W, 3) array; `KitError` naming the file when it cannot be read."
-    try:
-        with Image.open(path) as im: return np.array(im.convert('RGB'))
-    except (OSError, UnidentifiedImageError) as e:
-        raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
+    "RGB image as a uint8 (H, W, 3) array (`har_kit.formats.load_rgb`: 16-bit grey scaled, not clipped); `KitError` naming the file."
+    return load_rgb(path)
 
 def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as person)
               size=None):  # expected (H, W); None = any
@@ -147,6 +131,18 @@ def sample_key(sample,     # a `har_kit.data.Sample`
     if sample.box is not None: return stem + '__box' + '_'.join(f'{float(v):g}' for v in sample.box)
     return stem
 
+def target_of(sample,     # a `har_kit.data.Sample`
+              root=None): # the dataset root (for samples a reader did not make)
+    "(image name relative to its image folder, target index): what `har_kit.formats.mask_path` needs for a sample."
+    meta = sample.meta or {}
+    name = meta.get('file_name')
+    if name is None:
+        p = Path(sample.image)
+        try: name = p.relative_to(root).as_posix() if root is not None else None
+        except ValueError: name = None
+        if name is None: name = f'_ext/{_sha8(p.parent.resolve())}/{p.name}'
+    return str(name), int(meta.get('target', meta.get('target_index', 0)) or 0)
+
 class MaskSource:
     "Interface of a mask source: `key` names its cache folder; `source(jobs)` gives one `TargetMask` per target."
     name = 'source'
@@ -167,8 +163,8 @@ class MaskSource:
 def _where(img, key): return f'{img} (mask {key})'
 
 class BoxSource(MaskSource):
-    "Source `none`: the target's box itself (the whole image for an unboxed pedestrian crop)."
-    name = 'none'
+    "Source `box` (alias `none`): the target's box itself (the whole image for an unboxed pedestrian crop)."
+    name = 'box'
     def __call__(self, jobs):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n: TargetMask(box_mask(box, size), clipped=clipped))
 
@@ -193,15 +189,16 @@ class DirectorySource(MaskSource):
             raise KitError(f'directory={str(directory)!r}: no such folder of mask PNGs; pass the folder that holds them')
     @property
     def key(self): return f'directory-{_sha8(self.directory.resolve())}'
-    def path(self, key, single=True):  # a sample's key; whether its image has only this target
-        "The PNG for a sample key, or None."
-        cands = [self.directory/f'{key}.png'] + ([self.directory/f'{key.split("__")[0]}.png',
+    def path(self, key, single=True, sample=None):  # a sample's key; whether its image has only this target; the Sample
+        "The PNG for a sample: the kit's `mask_path` layout, `<sample key>.png`, or (single target) `<image stem>.png`; or None."
+        cands = ([mask_path(self.directory, *target_of(sample))] if sample is not None and (sample.meta or {}).get('file_name') else [])
+        cands += [self.directory/f'{key}.png'] + ([self.directory/f'{key.split("__")[0]}.png',
                                                    self.directory/f'{Path(key.split("__")[0]).name}.png'] if single else [])
         return next((c for c in cands if c.exists()), None)
     def check(self, items):
         per_image = {}
         for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
-        missing = [k for k, s in items if self.path(k, per_image[s.image] == 1) is None]
+        missing = [k for k, s in items if self.path(k, per_image[s.image] == 1, s) is None]
         if missing: raise KitError(f'{self.directory}: no mask PNG for {len(missing)} of {len(items)} samples, e.g. '
                                    + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
                                    '(see har_kit.masks.sample_key) or <image stem>.png for single-target images')
@@ -209,7 +206,7 @@ class DirectorySource(MaskSource):
         return self.per_target(jobs, self._target_mask)
     def _target_mask(self, img, size, key, s, box, clipped, n):
         "A user's PNG for one target: image-sized, or box-sized and pasted into the box; any other size is an error."
-        path, note = self.path(key, n == 1), None
+        path, note = self.path(key, n == 1, s), None
         m = read_mask(path)
         bh, bw = box[3] - box[1], box[2] - box[0]
         if m.shape == (bh, bw) and m.shape != tuple(size):
@@ -242,14 +239,36 @@ class MaskRCNNSource(MaskSource):
     def key(self):
         spec = dict(arch=self.arch, weights=str(self.weights), seed=self.seed if self.weights is None else None,
                     score=self.score_thresh, **self.select_kw, **self.model_kw)
-        return f'maskrcnn-{self.weights or "random"}-{_sha8(json.dumps(spec, sort_keys=True))}'
+        w = f'file{_sha8(Path(self.weights).resolve())}' if self._weights_file() else (self.weights or 'random')
+        return f'maskrcnn-{w}-{_sha8(json.dumps(spec, sort_keys=True))}'
+    def _weights_file(self):
+        "The weights as a local file path, or None when they are torchvision weights (or None)."
+        w = self.weights
+        if w is None or not isinstance(w, (str, Path)): return None
+        if Path(w).suffix in ('.pth', '.pt') or Path(w).is_file():
+            if not Path(w).is_file(): raise KitError(f'weights={str(w)!r}: no such file; pass the Mask R-CNN state-dict file you downloaded')
+            return Path(w)
+        return None
+    def _offline(self, e):
+        "The `KitError` for weights that could not be fetched: what happened and what to do instead."
+        import torchvision
+        try: url = torchvision.models.get_model_weights(self.arch)[str(self.weights)].url
+        except Exception: url = f'the {self.arch} weights {self.weights!r}'
+        return KitError(f'Mask R-CNN weights {self.weights!r} could not be fetched ({type(e).__name__}: {e}). Without network: '
+                        f'download {url} on another machine and pass its path as the weights (har-kit masks --weights FILE, '
+                        "02_masks maskrcnn_weights=FILE), or use another source (--source box, renderer or directory)")
     def build(self):
-        "Build (once) the torchvision model in eval mode on the source's device."
+        "Build (once) the torchvision model in eval mode on the source's device; weights from torchvision or a file."
         if self.model is None:
             import torchvision
+            file = self._weights_file()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                net = torchvision.models.get_model(self.arch, weights=self.weights, weights_backbone=None, **self.model_kw)
+                try: net = torchvision.models.get_model(self.arch, weights=None if file else self.weights, weights_backbone=None, **self.model_kw)
+                except (OSError, RuntimeError) as e: raise self._offline(e) from None
+            if file is not None:
+                try: net.load_state_dict(torch.load(file, map_location='cpu', weights_only=True))
+                except Exception as e: raise KitError(f'{file}: not a {self.arch} state dict ({type(e).__name__}: {str(e)[:200]})') from None
             self.model = net.eval().to(self.device)
         return self.model
     @torch.inference_mode()
@@ -270,11 +289,11 @@ class MaskRCNNSource(MaskSource):
                         for key, s in items])
         return out
 
-_SOURCES = {'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource, 'maskrcnn': MaskRCNNSource}
+_SOURCES = {'box': BoxSource, 'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource, 'maskrcnn': MaskRCNNSource}
 
-def mask_source(name,            # 'renderer', 'maskrcnn', 'directory' or 'none'
+def mask_source(name,            # 'renderer', 'maskrcnn', 'directory', 'box' (or its alias 'none')
                 device='cpu',    # maskrcnn: where the model runs
-                weights='DEFAULT',  # maskrcnn: torchvision weights (None = random, nothing downloads)
+                weights='DEFAULT',  # maskrcnn: torchvision weights, a state-dict file, or None (random, nothing downloads)
                 directory=None,  # directory: the folder of PNG masks
                 **kw):           # maskrcnn: more `MaskRCNNSource` / torchvision builder arguments
     "Build the named mask source."
@@ -315,60 +334,81 @@ def _append_log(path, recs):
     with open(path, 'a') as f:
         f.write(head + ''.join(json.dumps(r) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
 
+def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
+    "Where `make_masks` writes: `mask_root`, else a per-source cache folder, else the dataset's default mask root."
+    if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
+    if mask_root is not None: return Path(mask_root)
+    if cache_dir is not None: return mask_cache_dir(data, src, cache_dir)
+    out = default_mask_root(data.name, data.root)
+    if (Path(data.root)/SYNTH_META).exists() and src.name != 'renderer':
+        raise KitError(f'{out} holds the synthetic set\'s ground-truth masks; write source {src.name!r} elsewhere: '
+                       'pass mask_root=<folder> (har-kit masks --mask-root) and give the readers mask_dir=<folder>')
+    return out
+
+def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
+    "Run the source on a batch, write each mask atomically (a ground-truth file is left where it is); the log records."
+    results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
+    new = []
+    for (img, idx), tms in zip(chunk, results, strict=True):
+        for i, tm in zip(idx, tms, strict=True):
+            dst = mask_path(out, *rels[i])
+            if samples[i].mask is None or Path(samples[i].mask).resolve() != dst.resolve(): write_mask(tm.mask, dst)
+            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info()))
+            recs[new[-1]['key']] = new[-1]
+    return new
+
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
-               source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'none', or a `MaskSource`
-               cache_dir=None,      # cache root; None = data_root()/'masks'
+               source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
+               mask_root=None,      # where to write; None: the dataset's default mask root (readers attach it unasked)
                device='cpu',        # maskrcnn: 'cpu', 'cuda', 'auto'
                batch_size=4,        # images per source call (per forward pass for maskrcnn)
-               weights='DEFAULT',   # maskrcnn: torchvision weights; None = random (tests)
+               weights='DEFAULT',   # maskrcnn: torchvision weights, a state-dict file; None = random (tests)
                directory=None,      # directory: the folder of PNG masks
                indices=None,        # sample indices to make masks for; None = all
                progress=True,       # show a tqdm bar
+               cache_dir=None,      # instead of mask_root: a cache root holding one folder per dataset and source
                **source_kw):        # maskrcnn: more options (score_thresh, min_size, ...)
-    "Compute (or take from the cache) one target mask per sample; return a `MaskSet` index -> PNG path."
+    "Compute (or take from the log) one target mask per sample at `mask_path`; return a `MaskSet` index -> PNG path."
     src = source if isinstance(source, MaskSource) else mask_source(source, device=device, weights=weights,
                                                                       directory=directory, **source_kw)
-    if int(batch_size) < 1: raise KitError(f'batch_size={batch_size!r}: must be a positive integer')
+    if isinstance(batch_size, bool) or int(batch_size) < 1: raise KitError(f'batch_size={batch_size!r}: must be a positive integer')
     samples = data.samples
     indices = list(range(len(samples))) if indices is None else [int(i) for i in indices]
     bad = [i for i in indices if not 0 <= i < len(samples)]
     if bad: raise KitError(f'indices {bad[:5]} out of range for {data.name} ({len(samples)} samples)')
-    keys = {i: sample_key(samples[i], data.root) for i in indices}
-    first = {}                                   # one mask per key: the same image and box listed twice share it
-    for i in indices: first.setdefault(keys[i], i)
-    out = mask_cache_dir(data, src, cache_dir); out.mkdir(parents=True, exist_ok=True)
-    log = out/'log.jsonl'
-    recs = _read_log(log)
-    todo = [i for k, i in first.items() if not (k in recs and (out/f'{k}.png').exists())]
+    out = _mask_root(data, src, mask_root, cache_dir)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise KitError(f'cannot write masks to {out} ({e}); pass mask_root=<writable folder> and give the readers mask_dir=<that folder>') from None
+    keys, rels = {i: sample_key(samples[i], data.root) for i in indices}, {i: target_of(samples[i], data.root) for i in indices}
+    first = {}                                   # one mask per image and target: an entry listed twice shares it
+    for i in indices: first.setdefault(rels[i], i)
+    log, recs = out/'log.jsonl', _read_log(out/'log.jsonl')
+    def _done(i):  # written by this source and still there
+        dst = mask_path(out, *rels[i]); r = recs.get(dst.relative_to(out).as_posix())
+        return r is not None and r.get('source', src.key) == src.key and dst.exists()
+    todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
     groups = {}
     for i in todo: groups.setdefault(Path(samples[i].image), []).append(i)
     groups, bs = list(groups.items()), int(batch_size)
     with tqdm(total=len(todo), desc=f'masks:{src.name}', unit='mask', disable=not progress or not todo) as bar:
         for b in range(0, len(groups), bs):
-            chunk = groups[b:b + bs]
-            results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
-            new = []
-            for (img, idx), tms in zip(chunk, results, strict=True):
-                for i, tm in zip(idx, tms, strict=True):
-                    write_mask(tm.mask, out/f'{keys[i]}.png')
-                    new.append(dict(key=keys[i], **tm.info())); recs[keys[i]] = new[-1]
-            _append_log(log, new)
-            bar.update(len(new))
-    fb = [dict(index=i, key=keys[i], reason=recs[keys[i]]['reason']) for i in indices if recs[keys[i]].get('reason')]
-    report = dict(dataset=data.name, root=str(data.root), source=src.name, key=src.key, n=len(indices),
+            new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs)
+            _append_log(log, new); bar.update(len(new))
+    rec = {i: recs[mask_path(out, *rels[i]).relative_to(out).as_posix()] for i in indices}
+    fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
+    report = dict(dataset=data.name, root=str(data.root), mask_root=str(out), source=src.name, key=src.key, n=len(indices),
                   computed=len(todo), cached=len(first) - len(todo), fallbacks=len(fb), fallback_samples=fb,
-                  clipped=[i for i in indices if recs[keys[i]].get('clipped')],
-                  notes=[dict(index=i, note=recs[keys[i]]['note']) for i in indices if recs[keys[i]].get('note')])
+                  clipped=[i for i in indices if rec[i].get('clipped')],
+                  notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
     save_json(report, out/'report.json')
-    return MaskSet({i: out/f'{keys[i]}.png' for i in indices}, report, out)
+    return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)
 
 def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
-    from har_kit.data import attach_masks as _attach
     pos = {id(s): i for i, s in enumerate(data.samples)}
-    return _attach(data, lambda s: masks.get(pos[id(s)], s.mask))
+    return _attach_samples(data, lambda s: masks.get(pos[id(s)], s.mask))
 
 # %% ../nbs/02_masks.ipynb #c026
 def mask_iou(a,  # (H, W) bool
@@ -405,15 +445,16 @@ def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '
                                 '(Da-HAR "supervision without ground truth").')
-    p.add_argument('--dataset', required=True, choices=['wider', 'rap', 'pa100k'], help='dataset format')
+    p.add_argument('--dataset', required=True, choices=list(DATASET_KINDS), help='dataset kind')
     p.add_argument('--root', default=None, help='dataset root (default: the cached synthetic set)')
     p.add_argument('--profile', default='tiny', help='synthetic profile when --root is not given')
     p.add_argument('--source', default='maskrcnn', choices=list(_SOURCES), help='mask source')
     p.add_argument('--directory', default=None, help="folder of PNG masks for --source directory")
-    p.add_argument('--cache-dir', default=None, help='cache root (default: $HAR_KIT_DATA/masks)')
+    p.add_argument('--mask-root', default=None, help="where to write (default: ROOT/masks, which the readers attach unasked)")
+    p.add_argument('--cache-dir', default=None, help='instead of --mask-root: a cache root with one folder per dataset and source')
     p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda'")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass')
-    p.add_argument('--weights', default='DEFAULT', help="Mask R-CNN weights: DEFAULT (COCO) or 'none' (random)")
+    p.add_argument('--weights', default='DEFAULT', help="Mask R-CNN weights: DEFAULT (COCO), a downloaded .pth file, or 'none' (random)")
     p.add_argument('--score-thresh', type=float, default=0.5, help='least person detection score')
     p.add_argument('--min-size', type=int, default=None, help="Mask R-CNN's resize (torchvision default 800)")
     a = p.parse_args(argv)
@@ -421,14 +462,15 @@ def cli(argv=None):  # arguments after `har-kit masks`
     if a.source == 'maskrcnn':
         kw = dict(score_thresh=a.score_thresh, **({'min_size': a.min_size} if a.min_size else {}))
     try:
-        from har_kit.data import load_dataset
         data = load_dataset(a.dataset, root=a.root, profile=a.profile)
-        masks = make_masks(data, a.source, cache_dir=a.cache_dir, device=a.device, batch_size=a.batch_size,
+        masks = make_masks(data, a.source, mask_root=a.mask_root, cache_dir=a.cache_dir, device=a.device, batch_size=a.batch_size,
                            weights=None if str(a.weights).lower() == 'none' else a.weights, directory=a.directory, **kw)
     except KitError as e:
         print(f'har-kit masks: {e}', file=sys.stderr); return 2
     r = masks.report
     print(f'{masks.directory}\n{r["n"]} masks ({r["computed"]} computed, {r["cached"]} cached); '
           f'{r["fallbacks"]} fell back to the box; {len(r["clipped"])} boxes clipped to the image')
+    if masks.directory == default_mask_root(data.name, data.root): print('the readers attach these masks with no argument')
+    else: print(f"to train with them, read the dataset with mask_dir='{masks.directory}' (section notebooks: -p mask_dir {masks.directory})")
     for f in r['fallback_samples'][:10]: print(f'  fallback #{f["index"]} {f["key"]}: {f["reason"]}')
     return 0

@@ -5,6 +5,7 @@
 # %% ../nbs/01a_synth.ipynb #c003
 from __future__ import annotations
 import argparse, math, multiprocessing as mp, os, random, shutil, sys, time, uuid
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -12,570 +13,22 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_path, data_root, load_json, save_json
+from .synth_people import *   # the attribute model (01b_synth_people)
+from .synth_render import *   # people, scenes and masks (01b_synth_render)
+from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
+from .synth_render import WIDER_SCENES, render
+from .formats import (MASK_DIR, PA100K_ATTRIBUTES, RAP_ATTRIBUTES_51, SYNTH_META, WIDER_ATTRIBUTES, mask_path,
+                             read_synth_meta, target_meta, write_pa100k_annotation,
+                             write_rap_annotation, write_wider_annotation)
 
 # %% auto #0
-__all__ = ['KINDS', 'MAX_LEVEL', 'SYNTH_VERSION', 'WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'PALETTE',
-           'COMMON_COLOURS', 'RARE_COLOURS', 'RARE_P', 'RAP_RARE', 'RAP_ATTRIBUTES', 'ATTRIBUTES', 'SKIN', 'HAIR',
-           'JEANS', 'OCCLUDER', 'BODY_W', 'WIDER_SCENES', 'PROFILES', 'SynthRng', 'make_rng', 'sample_person',
-           'person_labels', 'Canvas', 'draw_person', 'render', 'wider_code', 'mask_file', 'label_stats', 'format_stats',
-           'make_synthetic', 'read_synth_meta', 'target_meta', 'synthetic_dir', 'ensure_synthetic', 'cli']
+__all__ = ['SYNTH_VERSION', 'PROFILES', 'wider_code', 'mask_file', 'label_stats', 'format_stats', 'make_synthetic',
+           'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/01a_synth.ipynb #c006
-KINDS = ('wider', 'rap', 'pa100k')
-MAX_LEVEL = 4  # distraction levels 0..MAX_LEVEL ("heavy" = 4 surrounding people + 4 similar objects per target)
 SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
-WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
-                    'longPants', 'skirt', 'faceMask', 'logo', 'stripe']
-PA100K_ATTRIBUTES = ['Female', 'AgeOver60', 'Age18-60', 'AgeLess18', 'Front', 'Side', 'Back', 'Hat', 'Glasses',
-                     'HandBag', 'ShoulderBag', 'Backpack', 'HoldObjectsInFront', 'ShortSleeve', 'LongSleeve',
-                     'UpperStride', 'UpperLogo', 'UpperPlaid', 'UpperSplice', 'LowerStripe', 'LowerPattern',
-                     'LongCoat', 'Trousers', 'Shorts', 'Skirt&Dress', 'boots']
-RAP_ATTRIBUTES_51 = ['Female', 'AgeLess16', 'Age17-30', 'Age31-45', 'BodyFat', 'BodyNormal', 'BodyThin', 'Customer',
-    'Clerk', 'BaldHead', 'LongHair', 'BlackHair', 'Hat', 'Glasses', 'Muffler', 'Shirt', 'Sweater', 'Vest', 'TShirt',
-    'Cotton', 'Jacket', 'Suit-Up', 'Tight', 'ShortSleeve', 'LongTrousers', 'Skirt', 'ShortSkirt', 'Dress', 'Jeans',
-    'TightTrousers', 'LeatherShoes', 'SportShoes', 'Boots', 'ClothShoes', 'CasualShoes', 'Backpack', 'SSBag',
-    'HandBag', 'Box', 'PlasticBag', 'PaperBag', 'HandTrunk', 'OtherAttchment', 'Calling', 'Talking', 'Gathering',
-    'Holding', 'Pusing', 'Pulling', 'CarryingbyArm', 'CarryingbyHand']
-PALETTE = {  # common colours, then the rare ones that only the RAP extras name
-    'black': (28, 28, 32), 'white': (232, 232, 226), 'grey': (125, 125, 128), 'navy': (32, 42, 88),
-    'red': (178, 34, 38), 'blue': (45, 95, 182), 'green': (44, 120, 62), 'brown': (112, 72, 42),
-    'beige': (200, 182, 142), 'yellow': (222, 190, 44),
-    'Purple': (122, 42, 150), 'Orange': (240, 128, 22), 'Pink': (242, 150, 192), 'Cyan': (40, 200, 210),
-    'Lime': (168, 230, 40), 'Magenta': (222, 30, 172), 'Teal': (0, 112, 112), 'Olive': (112, 112, 22),
-    'Maroon': (100, 12, 30), 'Gold': (212, 175, 55), 'Lavender': (190, 170, 232), 'Coral': (250, 120, 100)}
-COMMON_COLOURS = ['black', 'white', 'grey', 'navy', 'red', 'blue', 'green', 'brown', 'beige', 'yellow']
-_RARE = list(PALETTE)[10:]
-RARE_COLOURS = {'up': _RARE[:12], 'low': _RARE[:10], 'shoes': _RARE[:8], 'hat': _RARE[:5], 'bag': _RARE[:6]}
-RARE_P = 0.004  # probability of each rare colour, per garment
-RAP_RARE = [f'{part}-{c}' for part, cs in RARE_COLOURS.items() for c in cs]
-RAP_ATTRIBUTES = RAP_ATTRIBUTES_51 + RAP_RARE
-ATTRIBUTES = {'wider': WIDER_ATTRIBUTES, 'rap': RAP_ATTRIBUTES, 'pa100k': PA100K_ATTRIBUTES}
 
-# %% ../nbs/01a_synth.ipynb #c009
-class SynthRng(random.Random):
-    "The generator's random source: Python's Mersenne Twister (fast scalar draws) plus a numpy Generator for arrays."
-    def __init__(self, *key):  # integers, e.g. (seed, kind code, image index); same key -> same stream
-        k = 0
-        for v in key: k = k * 1_000_003 + int(v)
-        super().__init__(k)
-        self.np = np.random.default_rng([int(v) for v in key])
-    def integers(self, lo, hi=None):
-        "An integer in [lo, hi) (or [0, lo)), as numpy's `Generator.integers`."
-        return self.randrange(lo) if hi is None else self.randrange(lo, hi)
-
-def make_rng(*key):  # integers identifying the stream, e.g. (seed, kind code, image index)
-    "A `SynthRng` for one image (or one test): the only source of randomness of the renderer."
-    return SynthRng(*key)
-
-def _pick(rng, options: dict):  # {value: weight}
-    "Draw one key of `options` with probability proportional to its weight."
-    u = rng.random() * sum(options.values())
-    for k, w in options.items():
-        u -= w
-        if u < 0: return k
-    return k
-
-def _colour(rng, s, part, common=COMMON_COLOURS):  # person dict (records rare picks), garment part, allowed colours
-    "A jittered RGB colour for a garment; with probability RARE_P per rare colour, a rare one (recorded in s['rare'])."
-    rare = RARE_COLOURS.get(part, [])
-    if rare and rng.random() < RARE_P * len(rare):
-        name = rare[int(rng.integers(len(rare)))]
-        s['rare'][part] = name
-    else: name = common[int(rng.integers(len(common)))]
-    return tuple(min(255, max(0, v + rng.randrange(-14, 15))) for v in PALETTE[name])
-
-SKIN = [(241, 200, 170), (224, 172, 130), (190, 135, 95), (141, 96, 66), (96, 64, 44)]
-HAIR = {'black': (20, 18, 18), 'brown': (92, 60, 34), 'blond': (205, 170, 100), 'grey': (165, 165, 165)}
-JEANS = [(52, 72, 122), (72, 102, 152), (40, 52, 82), (98, 128, 170)]
-
-# %% ../nbs/01a_synth.ipynb #c010
-def sample_person(rng,               # a `SynthRng` (see `make_rng`)
-                  season=None,       # 'summer' | 'winter' | None (drawn)
-                  formal_bias=0.0):  # extra probability of formal wear (a WIDER "meeting" scene)
-    "Draw one person's latent visual facts from the correlated attribute model (a plain dict)."
-    b = lambda p: bool(rng.random() < p)
-    season = season or ('summer' if b(.5) else 'winter')
-    summer = season == 'summer'
-    s = dict(season=season, rare={})
-    s['female'] = f = b(.5)
-    s['age'] = age = _pick(rng, {'child': .06, 'young': .5, 'middle': .3, 'old': .14})
-    s['role'] = role = ('customer' if b(.2) else 'none') if age == 'child' else _pick(rng, {'clerk': .08, 'customer': .25, 'none': .67})
-    clerk, cust = role == 'clerk', role == 'customer'
-    s['body'] = _pick(rng, {'thin': .25, 'normal': .6, 'fat': .15} if age in ('child', 'young') else {'thin': .12, 'normal': .55, 'fat': .33})
-    bald = .25 if age in ('middle', 'old') else .01
-    s['hair'] = _pick(rng, {'long': .7, 'short': .3}) if f else _pick(rng, {'long': .05, 'short': .95 - bald, 'bald': bald})
-    s['hair_col'] = HAIR['grey' if age == 'old' and b(.7) else _pick(rng, {'black': .7, 'brown': .2, 'blond': .1})]
-    s['skin'] = SKIN[int(rng.integers(len(SKIN)))]
-    formal = age != 'child' and (b(.75) if clerk else b(.05 + (.1 if age == 'middle' else 0) + formal_bias))
-    dress = f and not formal and b(.12 if summer else .04)
-    if formal: up = 'suit'
-    elif dress: up = 'dress'
-    elif clerk: up = 'shirt'
-    elif summer: up = _pick(rng, {'tshirt': .55, 'shirt': .2, 'vest': .1, 'sweater': .05, 'jacket': .1})
-    else: up = _pick(rng, {'tshirt': .05, 'shirt': .1, 'sweater': .2, 'jacket': .3, 'cotton': .2, 'coat': .15})
-    s['upper'] = up
-    s['sleeve'] = {'tshirt': 'short', 'vest': 'none', 'dress': 'none' if b(.5) else 'short',
-                   'shirt': 'short' if summer and b(.4) else 'long'}.get(up, 'long')
-    s['logo'] = up not in ('suit', 'coat', 'dress') and b({'tshirt': .45, 'sweater': .2, 'jacket': .15}.get(up, .05))
-    s['pattern'] = 'plain' if up == 'suit' else _pick(rng, {'plain': .75, 'stripe': .1, 'plaid': .07, 'splice': .08})
-    s['tight'] = up in ('tshirt', 'shirt', 'sweater', 'vest') and b(.2 if f and age == 'young' else .06)
-    if dress: lo = 'dress'
-    elif formal: lo = 'skirt' if f and b(.2) else 'trousers'
-    elif f: lo = _pick(rng, {'skirt': .14, 'short_skirt': .12 if summer else .03, 'shorts': .18 if summer else .02,
-                             'jeans': .3, 'tight_trousers': .16, 'trousers': .25})
-    else: lo = _pick(rng, {'skirt': .005, 'shorts': .3 if summer else .03, 'jeans': .35, 'tight_trousers': .04, 'trousers': .35})
-    s['lower'] = lo
-    s['lower_pattern'] = _pick(rng, {'plain': .88, 'stripe': .05, 'pattern': .07}) if lo in ('trousers', 'skirt', 'short_skirt', 'shorts', 'tight_trousers') else 'plain'
-    s['shoes'] = _pick(rng, {'leather': .8, 'casual': .2}) if formal else _pick(rng, {
-        'sport': .45 if age in ('child', 'young') else .25, 'boots': .03 if summer else (.35 if f else .15),
-        'leather': .12, 'cloth': .15, 'casual': .2})
-    s['hat'] = b(.12 if summer else .25)
-    s['glasses'] = _pick(rng, {'none': .8, 'glasses': .2 if age in ('middle', 'old') else .08, 'sunglasses': .12 if summer else .02})
-    s['face_mask'] = b(.02 if summer else .08)
-    s['muffler'] = b(.01 if summer else .22)
-    s['backpack'] = not clerk and b({'child': .5, 'young': .3}.get(age, .1))
-    s['ssbag'] = not clerk and not s['backpack'] and b(.18)
-    s['handbag'] = not clerk and b(.3 if f else .04)
-    s['plastic'] = (cust and b(.6)) or (not cust and not clerk and b(.03))
-    s['paper'] = (cust and b(.35)) or (not cust and not clerk and b(.02))
-    s['box'] = b(.15 if clerk else .03)
-    s['trunk'] = not clerk and b(.04)
-    s['other'] = not clerk and not s['box'] and b(.05)   # a closed umbrella
-    s['calling'] = b(.05)
-    s['talking'] = not s['calling'] and b(.04)            # open mouth
-    s['gathering'] = b(.04)                               # drawn as two companions beside the target
-    s['pulling'] = s['trunk'] and b(.6)
-    s['pushing'] = not s['box'] and not s['pulling'] and b(.015)
-    s['holding'] = s['box'] or (not s['calling'] and b(.05))
-    s['carry_arm'] = s['handbag'] and b(.35)
-    s['carry_hand'] = (s['handbag'] and not s['carry_arm']) or s['plastic'] or s['paper'] or (s['trunk'] and not s['pulling'])
-    s['view'] = 'side' if s['pushing'] else _pick(rng, {'front': .45, 'side': .25, 'back': .3})
-    s['facing'] = 1 if b(.5) else -1
-    s['stride'], s['swing'] = float(rng.uniform(0, .07)), float(rng.uniform(-.04, .04))
-    suit_cols = ['black', 'navy', 'grey']
-    s['up_col'] = _colour(rng, s, 'up', suit_cols if up == 'suit' else COMMON_COLOURS)
-    s['up_col2'] = _colour(rng, {'rare': {}}, 'none')
-    s['low_col'] = s['up_col'] if lo == 'dress' else (JEANS[int(rng.integers(4))] if lo == 'jeans' else
-                   _colour(rng, s, 'low', suit_cols if formal else COMMON_COLOURS))
-    s['low_col2'] = _colour(rng, {'rare': {}}, 'none')
-    s['shoe_col'] = _colour(rng, s, 'shoes', ['black', 'brown', 'grey', 'navy', 'white', 'red'])
-    s['hat_col'] = _colour(rng, s, 'hat') if s['hat'] else None
-    has_bag = s['backpack'] or s['ssbag'] or s['handbag']
-    s['bag_col'] = _colour(rng, s, 'bag') if has_bag else _colour(rng, {'rare': {}}, 'none')
-    s['acc_col'] = _colour(rng, {'rare': {}}, 'none')
-    return s
-
-# %% ../nbs/01a_synth.ipynb #c013
-def person_labels(kind, s):  # 'wider' | 'rap' | 'pa100k'; a person from `sample_person`
-    "The 0/1 ground-truth label vector of one person for a dataset kind (unspecified is decided later, by visibility)."
-    up, lo, g = s['upper'], s['lower'], s['glasses']
-    longp = lo in ('trousers', 'jeans', 'tight_trousers')
-    if kind == 'wider':
-        v = [not s['female'], s['hair'] == 'long', g == 'sunglasses', s['hat'], up == 'tshirt', s['sleeve'] == 'long',
-             up == 'suit', lo == 'shorts', lo == 'jeans', longp, lo in ('skirt', 'short_skirt', 'dress'),
-             s['face_mask'], s['logo'], s['pattern'] == 'stripe']
-    elif kind == 'pa100k':
-        v = [s['female'], s['age'] == 'old', s['age'] in ('young', 'middle'), s['age'] == 'child',
-             s['view'] == 'front', s['view'] == 'side', s['view'] == 'back', s['hat'], g != 'none', s['handbag'],
-             s['ssbag'], s['backpack'], s['holding'], s['sleeve'] != 'long', s['sleeve'] == 'long',
-             s['pattern'] == 'stripe', s['logo'], s['pattern'] == 'plaid', s['pattern'] == 'splice',
-             s['lower_pattern'] == 'stripe', s['lower_pattern'] == 'pattern', up == 'coat', longp, lo == 'shorts',
-             lo in ('skirt', 'short_skirt', 'dress'), s['shoes'] == 'boots']
-    elif kind == 'rap':
-        a, sh = s['age'], s['shoes']
-        v = [s['female'], a == 'child', a == 'young', a == 'middle', s['body'] == 'fat', s['body'] == 'normal',
-             s['body'] == 'thin', s['role'] == 'customer', s['role'] == 'clerk', s['hair'] == 'bald',
-             s['hair'] == 'long', s['hair'] != 'bald' and s['hair_col'] == HAIR['black'], s['hat'], g != 'none',
-             s['muffler'], up == 'shirt', up == 'sweater', up == 'vest', up == 'tshirt', up == 'cotton',
-             up in ('jacket', 'coat'), up == 'suit', s['tight'], s['sleeve'] != 'long', longp, lo == 'skirt',
-             lo == 'short_skirt', lo == 'dress', lo == 'jeans', lo == 'tight_trousers', sh == 'leather', sh == 'sport',
-             sh == 'boots', sh == 'cloth', sh == 'casual', s['backpack'], s['ssbag'], s['handbag'], s['box'],
-             s['plastic'], s['paper'], s['trunk'], s['other'], s['calling'], s['talking'], s['gathering'],
-             s['holding'], s['pushing'], s['pulling'], s['carry_arm'], s['carry_hand']]
-        v += [s['rare'].get(part) == c for part, cs in RARE_COLOURS.items() for c in cs]
-    else: raise KitError(f'kind={kind!r}: expected one of {KINDS}')
-    return np.array(v, dtype=np.int8)
-
-# %% ../nbs/01a_synth.ipynb #c016
-OCCLUDER = 254  # id-map value of non-person objects drawn in front of people
-
-class Canvas:
-    "An RGB image and its region-id map, drawn together (PIL, no anti-aliasing, so they agree pixel for pixel)."
-    def __init__(self, width, height, colour=(128, 128, 128)):  # size in pixels, background colour
-        self.rgb = Image.new('RGB', (int(width), int(height)), colour)
-        self.ids = Image.new('L', (int(width), int(height)), 0)
-        self._d, self._m = ImageDraw.Draw(self.rgb), ImageDraw.Draw(self.ids)
-        self.rid = 0  # region id written by the next shapes
-    def poly(self, pts, col):
-        "Filled polygon."
-        self._d.polygon(pts, fill=col); self._m.polygon(pts, fill=self.rid)
-    def rect(self, x0, y0, x1, y1, col):
-        "Filled axis-aligned rectangle."
-        box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
-        self._d.rectangle(box, fill=col); self._m.rectangle(box, fill=self.rid)
-    def ell(self, cx, cy, rx, ry, col, outline=None):
-        "Filled (or, with `outline` width, ring) ellipse."
-        box = [cx - max(rx, .5), cy - max(ry, .5), cx + max(rx, .5), cy + max(ry, .5)]
-        if outline: self._d.ellipse(box, outline=col, width=outline); self._m.ellipse(box, outline=self.rid, width=outline)
-        else: self._d.ellipse(box, fill=col); self._m.ellipse(box, fill=self.rid)
-    def line(self, pts, col, w=1):
-        "Polyline of width `w` with round joints."
-        w = max(1, int(round(w)))
-        self._d.line(pts, fill=col, width=w, joint='curve'); self._m.line(pts, fill=self.rid, width=w, joint='curve')
-    def chord(self, cx, cy, rx, ry, a0, a1, col):
-        "Filled chord of an ellipse between angles a0 and a1 (degrees)."
-        box = [cx - rx, cy - ry, cx + rx, cy + ry]
-        self._d.chord(box, a0, a1, fill=col); self._m.chord(box, a0, a1, fill=self.rid)
-    def id_array(self):
-        "The region-id map as a (H, W) uint8 array."
-        return np.asarray(self.ids)
-
-BODY_W = {'thin': .8, 'normal': 1., 'fat': 1.35}
-
-def _shade(c, f):  # colour, factor (<1 darker, >1 lighter)
-    return tuple(int(min(255, max(0, v * f))) for v in c)
-
-def _contrast(c):  # a colour that stands out on c
-    return (235, 235, 235) if sum(c) < 330 else (30, 30, 30)
-
-# %% ../nbs/01a_synth.ipynb #c017
-def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height, 'handbag'|'plastic'|'paper'
-    "Draw a bag hanging from a hand."
-    if what == 'plastic':
-        col = _shade((236, 236, 228), 1 + .04 * (s['acc_col'][0] / 255 - .5)); w, hh = .08 * h, .11 * h
-        cv.poly([(x - w * .4, y), (x + w * .4, y), (x + w * .6, y + hh), (x - w * .6, y + hh)], col)
-        cv.line([(x - w * .3, y + hh * .3), (x, y - .01 * h), (x + w * .3, y + hh * .3)], _shade(col, .8), 1)
-    elif what == 'paper':
-        w, hh = .075 * h, .1 * h
-        cv.rect(x - w / 2, y + .015 * h, x + w / 2, y + .015 * h + hh, (160, 118, 70))
-        cv.line([(x - w / 2, y + .035 * h), (x + w / 2, y + .035 * h)], (120, 85, 50), 1)
-    else:
-        w, hh = .085 * h, .07 * h
-        cv.line([(x - w * .25, y + .02 * h), (x, y - .005 * h), (x + w * .25, y + .02 * h)], _shade(s['bag_col'], .7), max(1, .008 * h))
-        cv.poly([(x - w * .4, y + .02 * h), (x + w * .4, y + .02 * h), (x + w * .5, y + .02 * h + hh), (x - w * .5, y + .02 * h + hh)], s['bag_col'])
-
-def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, height (pixels)
-                base_id=1):        # region ids base_id, base_id+1, base_id+2 = head, upper body, lower body
-    "Draw one person into the canvas; return the three region ids used."
-    HEAD, UP, LOW = base_id, base_id + 1, base_id + 2
-    r = h * (.085 if s['age'] == 'child' else .068)
-    bw, view, d = BODY_W[s['body']], s['view'], s['facing']
-    vf = .62 if view == 'side' else 1.
-    top = fy - h; hy = top + r; ysh = top + 2 * r + .025 * h
-    yhip = ysh + (.27 if s['age'] == 'child' else .3) * h
-    shoe_h = .035 * h; yank = fy - shoe_h; leg = yank - yhip
-    up, lo = s['upper'], s['lower']
-    sw = .12 * h * bw * vf * (.86 if s['tight'] else 1) * (1.14 if up == 'cotton' else 1) * (.85 if up == 'vest' else 1)
-    hw = .095 * h * bw * vf
-    lw = .042 * h * bw * (.78 if lo == 'tight_trousers' else 1)
-    st, skin, hair, upc, loc = s['stride'] * h, s['skin'], s['hair_col'], s['up_col'], s['low_col']
-    if view == 'side': feet, hips = [cx - st * 1.4, cx + st * 1.4], [cx - .25 * hw, cx + .25 * hw]
-    else: feet, hips = [cx - .045 * h * bw - st * .5, cx + .045 * h * bw + st * .5], [cx - hw * .5, cx + hw * .5]
-    # behind the body: long hair (front/side), backpack body (front), pulled suitcase
-    cv.rid = HEAD
-    if s['hair'] == 'long' and view != 'back':
-        cv.poly([(cx - r * 1.05, hy), (cx + r * 1.05, hy), (cx + r * 1.2, ysh + .1 * h), (cx - r * 1.2, ysh + .1 * h)], hair)
-    cv.rid = UP
-    if s['backpack'] and view == 'front':
-        cv.rect(cx - sw * 1.12, ysh + .03 * h, cx + sw * 1.12, yhip - .03 * h, s['bag_col'])
-    if s['pulling']:
-        cv.rid = OCCLUDER
-        tx = cx - d * .2 * h
-        cv.poly([(tx - .06 * h, fy - .2 * h), (tx + .05 * h, fy - .22 * h), (tx + .06 * h, fy - .01 * h), (tx - .05 * h, fy)], s['acc_col'])
-        cv.line([(tx, fy - .21 * h), (cx - d * .1 * h, yhip + .04 * h)], (60, 60, 60), max(1, .01 * h))
-    # legs and lower garment
-    cv.rid = LOW
-    trousers = lo in ('trousers', 'jeans', 'tight_trousers')
-    for hx, fx in zip(hips, feet):
-        pts = [(hx - lw, yhip), (hx + lw, yhip), (fx + lw * .85, yank), (fx - lw * .85, yank)]
-        cv.poly(pts, loc if trousers else skin)
-        if lo == 'shorts':
-            k = .42
-            cv.poly([(hx - lw, yhip), (hx + lw, yhip), (hx + (fx - hx) * k + lw * 1.05, yhip + leg * k), (hx + (fx - hx) * k - lw * 1.05, yhip + leg * k)], loc)
-        if lo == 'jeans':
-            cv.line([(hx, yhip + .02 * h), (fx, yank)], _shade(loc, 1.45), 1)
-            cv.ell(hx + (fx - hx) * .5, yhip + leg * .5, lw * .5, leg * .08, _shade(loc, 1.25))
-        if s['lower_pattern'] == 'stripe' and lo in ('trousers', 'tight_trousers', 'shorts'):
-            end = .42 if lo == 'shorts' else 1.
-            o = lw * .75 * (1 if hx > cx else -1)
-            cv.line([(hx + o, yhip), (hx + (fx - hx) * end + o * .9, yhip + leg * end)], s['low_col2'], max(1, lw * .35))
-    if trousers or lo == 'shorts':
-        cv.poly([(hips[0] - lw, yhip - .01 * h), (hips[1] + lw, yhip - .01 * h), (cx, yhip + .07 * h)], loc)
-    if lo in ('skirt', 'short_skirt', 'dress'):
-        k = {'skirt': .55, 'short_skirt': .3, 'dress': .62}[lo]
-        fl = hw * 1.05 + .08 * h * bw * k * vf
-        cv.poly([(cx - hw * 1.05, yhip - .01 * h), (cx + hw * 1.05, yhip - .01 * h), (cx + fl, yhip + leg * k), (cx - fl, yhip + leg * k)], loc)
-        if s['lower_pattern'] == 'stripe':
-            for t in (.35, .7): cv.line([(cx - hw - (fl - hw) * t, yhip + leg * k * t), (cx + hw + (fl - hw) * t, yhip + leg * k * t)], s['low_col2'], max(1, .012 * h))
-    if s['lower_pattern'] == 'pattern':
-        rr = make_rng(int(sum(loc)))
-        for _ in range(6):
-            x = cx + rr.uniform(-1, 1) * hw; y = yhip + rr.uniform(.05, .4) * leg
-            cv.ell(x, y, .012 * h, .012 * h, s['low_col2'])
-    # shoes
-    for fx in feet:
-        sh = s['shoes']
-        if sh == 'boots': cv.rect(fx - lw * 1.05, yank - .12 * h, fx + lw * 1.05, fy, _shade(s['shoe_col'], .7))
-        col = {'sport': (236, 236, 236), 'leather': (22, 20, 20)}.get(sh, s['shoe_col'] if sh != 'cloth' else _shade(s['shoe_col'], .6))
-        cv.ell(fx + d * lw * .3 * (view == 'side'), yank + shoe_h * .5, lw * 1.2, shoe_h * .6, col)
-        if sh == 'sport': cv.line([(fx - lw * .8, yank + shoe_h * .5), (fx + lw * .8, yank + shoe_h * .5)], s['shoe_col'], 1)
-        if sh == 'leather': cv.ell(fx + lw * .4, yank + shoe_h * .3, .5, .5, (200, 200, 200))
-    # neck, torso and its garment
-    cv.rid = HEAD
-    cv.rect(cx - .022 * h, ysh - .03 * h, cx + .022 * h, ysh + .01 * h, skin)
-    cv.rid = UP
-    ybot = yhip + (leg * .55 if up == 'coat' else .01 * h)
-    def xs(y):  # torso half-width at height y
-        return sw + (hw * 1.02 - sw) * (y - ysh) / max(ybot - ysh, 1)
-    cv.poly([(cx - sw, ysh), (cx + sw, ysh), (cx + xs(ybot), ybot), (cx - xs(ybot), ybot)], upc)
-    pat = s['pattern']
-    if pat == 'splice': cv.poly([(cx, ysh), (cx + sw, ysh), (cx + xs(ybot), ybot), (cx, ybot)], s['up_col2'])
-    if pat in ('stripe', 'plaid'):
-        period = max(3., .045 * h)
-        for y in np.arange(ysh + period * .6, ybot - 1, period):
-            cv.line([(cx - xs(y), y), (cx + xs(y), y)], s['up_col2'], max(1, period * (.45 if pat == 'stripe' else .22)))
-        if pat == 'plaid':
-            for x in np.linspace(cx - hw * .8, cx + hw * .8, 4): cv.line([(x, ysh + 1), (x, ybot - 1)], s['up_col2'], max(1, period * .22))
-    front = view == 'front'
-    if up == 'cotton':
-        for y in np.arange(ysh + .05 * h, ybot - 1, .05 * h): cv.line([(cx - xs(y), y), (cx + xs(y), y)], _shade(upc, .72), 1)
-    if up == 'sweater':
-        cv.rect(cx - xs(ybot) - .5, ybot - .03 * h, cx + xs(ybot) + .5, ybot, _shade(upc, .75))
-    if up == 'coat':
-        cv.line([(cx - xs(yhip), yhip - .02 * h), (cx + xs(yhip), yhip - .02 * h)], _shade(upc, .6), max(1, .012 * h))
-    if front:
-        if up == 'suit':
-            cv.poly([(cx - .04 * h, ysh), (cx + .04 * h, ysh), (cx, ysh + .13 * h)], (236, 236, 236))
-            cv.line([(cx, ysh + .01 * h), (cx, ysh + .11 * h)], s['acc_col'], max(1, .016 * h))
-        elif up == 'shirt':
-            cv.poly([(cx - .045 * h, ysh), (cx, ysh + .035 * h), (cx - .012 * h, ysh)], _shade(upc, 1.35))
-            cv.poly([(cx + .045 * h, ysh), (cx, ysh + .035 * h), (cx + .012 * h, ysh)], _shade(upc, 1.35))
-            cv.line([(cx, ysh + .035 * h), (cx, ybot)], _shade(upc, .75), 1)
-        elif up in ('tshirt', 'dress'): cv.ell(cx, ysh, .03 * h, .018 * h, skin)
-        elif up == 'vest': cv.poly([(cx - .035 * h, ysh), (cx + .035 * h, ysh), (cx, ysh + .06 * h)], skin)
-        elif up in ('jacket', 'coat'):
-            cv.line([(cx, ysh), (cx, ybot)], (150, 150, 150) if up == 'jacket' else _shade(upc, .6), 1)
-            cv.rect(cx - .04 * h, ysh - .012 * h, cx + .04 * h, ysh + .01 * h, _shade(upc, .8))
-        if s['logo']:
-            lc, lx, ly, ls = _contrast(upc) if s['acc_col'][1] > 120 else s['acc_col'], cx + .02 * h * (1 if s['acc_col'][0] > 128 else -1), ysh + .085 * h, .026 * h
-            shape = s['acc_col'][2] % 3
-            if shape == 0: cv.ell(lx, ly, ls, ls, lc)
-            elif shape == 1: cv.rect(lx - ls, ly - ls, lx + ls, ly + ls, lc)
-            else: cv.poly([(lx, ly - ls * 1.2), (lx + ls * 1.2, ly + ls), (lx - ls * 1.2, ly + ls)], lc)
-        if s['backpack']:
-            for sx in (-1, 1): cv.line([(cx + sx * sw * .6, ysh), (cx + sx * sw * .55, ysh + .16 * h)], _shade(s['bag_col'], .6), max(1, .012 * h))
-    if s['backpack'] and view != 'front':
-        bx = cx if view == 'back' else cx - d * (sw + .03 * h)
-        cv.rect(bx - sw * (.72 if view == 'back' else .45), ysh + .03 * h, bx + sw * (.72 if view == 'back' else .45), yhip - .03 * h, s['bag_col'])
-        cv.rect(bx - sw * .4, yhip - .12 * h, bx + sw * .4, yhip - .05 * h, _shade(s['bag_col'], 1.3))
-    if s['ssbag']:
-        sx = -d if view != 'side' else -1
-        cv.line([(cx + sx * sw * .7, ysh), (cx - sx * hw * 1.05, yhip - .03 * h)], _shade(s['bag_col'], .55), max(1, .01 * h))
-        cv.rect(cx - sx * (hw + .01 * h) - .04 * h, yhip - .06 * h, cx - sx * (hw + .01 * h) + .04 * h, yhip + .04 * h, s['bag_col'])
-    if s['muffler']:
-        cv.ell(cx, ysh + .005 * h, max(sw * .5, .04 * h), .02 * h, s['acc_col'])
-        cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
-    # arms: (shoulder, elbow, hand) per arm
-    aw = .036 * h * bw * (.82 if s['tight'] else 1)
-    sx_l, sx_r = (cx - sw + aw * .5, cx + sw - aw * .5) if view != 'side' else (cx, cx)
-    y0 = ysh + .02 * h
-    sw_ = s['swing'] * h
-    arms = [[(sx_l, y0), (sx_l - .02 * h, ysh + .15 * h), (sx_l - .02 * h + sw_, yhip + .03 * h)],
-            [(sx_r, y0), (sx_r + .02 * h, ysh + .15 * h), (sx_r + .02 * h - sw_, yhip + .03 * h)]]
-    R = 1 if d > 0 else 0  # the arm on the facing side does the action
-    if s['holding'] or s['box']:
-        for i, sg in ((0, -1), (1, 1)): arms[i][1:] = [(arms[i][0][0] + sg * .01 * h, ysh + .14 * h), (cx + sg * .045 * h, ysh + .19 * h)]
-    if s['pushing']:
-        for i in (0, 1): arms[i][1:] = [(cx + d * .1 * h, ysh + .13 * h), (cx + d * .24 * h, yhip - .02 * h)]
-    if s['pulling']: arms[1 - R][1:] = [(cx - d * .04 * h, ysh + .15 * h), (cx - d * .1 * h, yhip + .04 * h)]
-    if s['calling']: arms[R][1:] = [(arms[R][0][0] + d * .04 * h, ysh + .12 * h), (cx + d * r * .9, hy + r * .2)]
-    if s['carry_arm']: arms[1 - R][1:] = [(arms[1 - R][0][0] - d * .03 * h, ysh + .15 * h), (arms[1 - R][0][0] + d * .03 * h, ysh + .13 * h)]
-    sleeve = s['sleeve']
-    order = [0, 1] if view != 'side' else [1 - R, R]
-    for i in order:
-        (x0, y0_), (x1, y1), (x2, y2) = arms[i]
-        if view == 'side' and i != R and not (s['pushing'] or s['holding']): continue  # far arm hidden by the torso
-        if sleeve == 'long': cv.line([(x0, y0_), (x1, y1), (x2, y2)], upc, aw)
-        else:
-            cv.line([(x0, y0_), (x1, y1), (x2, y2)], skin, aw * .85)
-            if sleeve == 'short': cv.line([(x0, y0_), (x0 + (x1 - x0) * .6, y0_ + (y1 - y0_) * .6)], upc, aw * 1.1)
-        cv.ell(x2, y2, aw * .55, aw * .55, skin)
-    # hand-held things
-    hands = [arms[0][2], arms[1][2]]
-    free = [i for i in (0, 1) if not (s['calling'] and i == R) and not (s['pulling'] and i == 1 - R) and not s['holding'] and not s['pushing']]
-    carried = [w for w in ('handbag', 'plastic', 'paper') if s[w] and not (w == 'handbag' and s['carry_arm'])]
-    for j, w in enumerate(carried):
-        x, y = hands[free[j % len(free)]] if free else (cx + d * .2 * h, yhip)
-        _hand_bag(cv, s, x, y, h, w)
-    if s['carry_arm']:
-        x, y = arms[1 - R][1]; _hand_bag(cv, s, x, y, h, 'handbag')
-    if s['box']: cv.rect(cx - .075 * h, ysh + .12 * h, cx + .075 * h, ysh + .25 * h, (170, 125, 75)); cv.line([(cx, ysh + .12 * h), (cx, ysh + .25 * h)], (210, 190, 150), 1)
-    elif s['holding']: cv.rect(cx - .03 * h, ysh + .15 * h, cx + .03 * h, ysh + .22 * h, s['acc_col'])
-    if s['other']:
-        x, y = hands[free[-1]] if free else hands[0]
-        cv.line([(x, y), (x + .02 * h, fy - .02 * h)], (40, 40, 40), max(1, .01 * h))
-        cv.poly([(x - .015 * h, y + .05 * h), (x + .015 * h, y + .05 * h), (x + .02 * h, y + .3 * h), (x - .005 * h, y + .3 * h)], _shade(s['acc_col'], .6))
-    if s['trunk'] and not s['pulling']:
-        cv.rid = OCCLUDER
-        tx = cx + (1 if d > 0 else -1) * (sw + .09 * h)
-        cv.rect(tx - .055 * h, fy - .21 * h, tx + .055 * h, fy, s['acc_col']); cv.line([(tx - .02 * h, fy - .21 * h), (tx + .02 * h, fy - .21 * h)], (40, 40, 40), max(1, .01 * h))
-        cv.rid = UP
-    if s['pushing']:
-        cv.rid = OCCLUDER
-        px = cx + d * .25 * h
-        cv.line([(px, yhip - .02 * h), (px + d * .05 * h, yhip + .05 * h)], (50, 50, 50), max(1, .01 * h))
-        cv.rect(px + d * .04 * h, yhip + .04 * h, px + d * .3 * h, fy - .07 * h, s['acc_col'])
-        for wx in (px + d * .08 * h, px + d * .26 * h): cv.ell(wx, fy - .035 * h, .035 * h, .035 * h, (30, 30, 30))
-        cv.rid = UP
-    # head, hair, face and head accessories
-    cv.rid = HEAD
-    cv.ell(cx, hy, r * .85, r, skin)
-    if view == 'back':
-        if s['hair'] != 'bald': cv.ell(cx, hy, r * .88, r * 1.02, hair)
-        if s['hair'] == 'long': cv.poly([(cx - r * .9, hy), (cx + r * .9, hy), (cx + r * 1.05, ysh + .1 * h), (cx - r * 1.05, ysh + .1 * h)], hair)
-    else:
-        if s['hair'] != 'bald': cv.chord(cx, hy - r * .12, r * .9, r * .95, 180, 360, hair)
-        ey = hy - r * .02; er = max(.6, r * .12)
-        eyes = [cx - r * .35, cx + r * .35] if view == 'front' else [cx + d * r * .45]
-        for ex in eyes: cv.ell(ex, ey, er, er, (25, 20, 20))
-        if view == 'side': cv.poly([(cx + d * r * .8, ey), (cx + d * r * 1.05, ey + r * .3), (cx + d * r * .8, ey + r * .35)], skin)
-        mx = cx + (d * r * .5 if view == 'side' else 0)
-        if s['talking']: cv.ell(mx, hy + r * .5, r * .2, r * .17, (70, 20, 25))
-        else: cv.line([(mx - r * .2, hy + r * .5), (mx + r * .2, hy + r * .5)], (120, 60, 60), 1)
-        if s['glasses'] == 'sunglasses':
-            x0, x1 = (cx - r * .72, cx + r * .72) if view == 'front' else sorted((cx + d * r * .1, cx + d * r * .8))
-            cv.rect(x0, ey - r * .2, x1, ey + r * .2, (15, 15, 20))
-        elif s['glasses'] == 'glasses':
-            for ex in eyes: cv.ell(ex, ey, r * .28, r * .24, (40, 40, 45), outline=1)
-        if s['face_mask']:
-            x0, x1 = (cx - r * .62, cx + r * .62) if view == 'front' else sorted((cx, cx + d * r * .88))
-            cv.rect(x0, hy + r * .15, x1, hy + r * .85, (225, 232, 240))
-    if s['hat']:
-        cv.ell(cx, top + r * .42, r * 1.3, r * .26, s['hat_col'])
-        cv.chord(cx, top + r * .45, r * .88, r * .55, 180, 360, s['hat_col'])
-    if s['calling']:
-        x, y = arms[R][2]; cv.rect(x - .01 * h, y - .03 * h, x + .01 * h, y + .01 * h, (20, 20, 25))
-    return HEAD, UP, LOW
-
-# %% ../nbs/01a_synth.ipynb #c021
-_SCENES = {0: ('Street', {}), 1: ('Parade', {'crowd': 1}), 2: ('Meeting', {'formal_bias': .3}),
-           3: ('Market', {}), 4: ('Park', {'season': 'summer'})}
-WIDER_SCENES = {i: n for i, (n, _) in _SCENES.items()}
-
-def _similar(rng, s):  # a look-alike of person s: about half of its facts redrawn
-    "A person that shares about half of the target's visual facts (a similar-looking distractor)."
-    t = sample_person(rng, season=s['season'])
-    out = dict(s)
-    for k in t:
-        if rng.random() < .5: out[k] = t[k]
-    out['rare'] = dict(t['rare'])
-    return out
-
-def _background(cv, rng, level, W, H):
-    "Wall and floor, then 3*level clutter shapes (rectangles, ellipses, poles, striped or checked patches)."
-    wall = tuple(rng.randrange(90, 230) for _ in range(3)); floor = _shade(wall, rng.uniform(.55, .8))
-    hz = H * rng.uniform(.5, .75)
-    cv.rid = 0
-    for k in range(6):  # a cheap vertical gradient on the wall
-        cv.rect(0, hz * k / 6, W, hz * (k + 1) / 6, _shade(wall, 1 + .04 * (k - 3)))
-    cv.rect(0, hz, W, H, floor)
-    for _ in range(3 * level):
-        col = tuple(rng.randrange(256) for _ in range(3))
-        x, y = rng.uniform(0, W), rng.uniform(0, H); a, b = rng.uniform(.04, .3) * W, rng.uniform(.04, .3) * H
-        t = rng.integers(5)
-        if t == 0: cv.rect(x, y, x + a, y + b, col)
-        elif t == 1: cv.ell(x, y, a / 2, b / 2, col)
-        elif t == 2: cv.line([(x, 0), (x + rng.uniform(-.1, .1) * W, H)], col, max(1, .02 * W))
-        else:
-            col2 = _contrast(col); step = max(2., H * .03)
-            cv.rect(x, y, x + a, y + b, col)
-            for yy in np.arange(y, y + b, step * 2): cv.line([(x, yy), (x + a, yy)], col2, max(1, step * .7))
-            if t == 4:
-                for xx in np.arange(x, x + a, step * 2): cv.line([(xx, y), (xx, y + b)], col2, max(1, step * .7))
-
-def _object(cv, rng, x, fy, h):
-    "A distracting object near a person of height h: bag, hat, box, striped panel, logo panel, umbrella or suitcase."
-    col = tuple(rng.randrange(256) for _ in range(3)); t = rng.randrange(7)
-    if t == 0: cv.poly([(x - .05 * h, fy - .12 * h), (x + .05 * h, fy - .12 * h), (x + .07 * h, fy), (x - .07 * h, fy)], col); cv.line([(x - .03 * h, fy - .12 * h), (x, fy - .17 * h), (x + .03 * h, fy - .12 * h)], _shade(col, .6), 1)
-    elif t == 1: y = fy - rng.uniform(.2, .9) * h; cv.ell(x, y, .09 * h, .02 * h, col); cv.chord(x, y, .06 * h, .05 * h, 180, 360, col)
-    elif t == 2: cv.rect(x - .08 * h, fy - .15 * h, x + .08 * h, fy, (170 + int(rng.integers(-20, 20)), 125, 75))
-    elif t in (3, 4):
-        y = fy - rng.uniform(.3, 1.) * h; a, b = .12 * h, .16 * h
-        cv.rect(x - a, y - b, x + a, y + b, col)
-        if t == 3:
-            for yy in np.arange(y - b, y + b, .045 * h): cv.line([(x - a, yy), (x + a, yy)], _contrast(col), max(1, .02 * h))
-        else: cv.ell(x, y, .03 * h, .03 * h, _contrast(col))
-    elif t == 5: cv.line([(x, fy), (x + .03 * h, fy - .45 * h)], (40, 40, 40), max(1, .012 * h)); cv.poly([(x, fy - .1 * h), (x + .03 * h, fy - .1 * h), (x + .035 * h, fy - .4 * h)], col)
-    else: cv.rect(x - .06 * h, fy - .22 * h, x + .06 * h, fy, col)
-
-# %% ../nbs/01a_synth.ipynb #c022
-def render(rng,                 # a `SynthRng` (one per image: the output is deterministic per seed and index)
-           kind, size, level,   # dataset kind, image height in pixels, distraction level 0..
-           scene=0):            # WIDER-like scene type (key of WIDER_SCENES)
-    "Render one image: returns (rgb uint8 (H, W, 3), [per-target dict(facts, labels 0/1, box, mask, visible, ...)])."
-    opts = _SCENES[scene][1] if kind == 'wider' else {}
-    H = int(size); W = int(round(size * 4 / 3)) if kind == 'wider' else int(size) // 2
-    season = opts.get('season') or ('summer' if rng.random() < .5 else 'winter')
-    cv = Canvas(W, H)
-    _background(cv, rng, level, W, H)
-    items = []  # (depth, order, ('person', facts, cx, fy, h, target_index) | ('object', x, fy, h))
-    if kind == 'wider':
-        n_t = _pick(rng, {1: .3, 2: .3, 3: .25, 4: .15}) + opts.get('crowd', 0)
-        targets = []
-        for t in range(n_t):
-            s = sample_person(rng, season=season, formal_bias=opts.get('formal_bias', 0.))
-            h = H * rng.uniform(.5, .85) * (.72 if s['age'] == 'child' else 1)
-            lo_ = max(.78 * H, h + 1)
-            fy = rng.uniform(lo_, max(1.03 * H, lo_ + 1))   # feet may leave the image; the head stays inside
-            targets.append((s, float(rng.uniform(.08, .92) * W), float(fy), float(h)))
-    else:
-        s = sample_person(rng, season=season)
-        h = H * rng.uniform(.84, .95)
-        targets = [(s, W / 2 + rng.uniform(-.06, .06) * W, H - rng.uniform(.01, .05) * H, h)]
-    info = []
-    for t, (s, cx, fy, h) in enumerate(targets):
-        items.append((fy, 0, ('person', s, cx, fy, h, t)))
-        n_people = level + (2 if s['gathering'] else 0)
-        for j in range(n_people):
-            ds = _similar(rng, s) if rng.random() < .4 else sample_person(rng, season=season)
-            side = -1 if (j + (rng.random() < .5)) % 2 else 1
-            dx = cx + side * rng.uniform(.1, .5) * h
-            dh = h * rng.uniform(.85, 1.12)
-            front = rng.random() < .5
-            items.append((fy + (1 if front else -1) * rng.uniform(.5, 3), 1, ('person', ds, dx, fy + rng.uniform(-.04, .04) * h, dh, None)))
-        for j in range(level):
-            front = rng.random() < .3
-            ox = cx + rng.uniform(-.6, .6) * h
-            items.append((fy + (1 if front else -1) * rng.uniform(.5, 3), 2, ('object', ox, fy + rng.uniform(-.1, .03) * h, h)))
-        info.append(dict(facts=s, labels=person_labels(kind, s), level=int(level), people=n_people, objects=int(level)))
-    items.sort(key=lambda it: (it[0], it[1]))
-    pid, full = 0, {}
-    for _, _, it in items:
-        if it[0] == 'object':
-            cv.rid = OCCLUDER; _object(cv, rng, *it[1:])
-        else:
-            _, s, cx, fy, h, t = it
-            pid += 1
-            ids = draw_person(cv, s, cx, fy, h, base_id=3 * ((pid - 1) % 83) + 1)
-            if t is not None:  # the target's amodal silhouette = its pixels right after it is drawn
-                m = cv.id_array()
-                full[t] = (ids, [int((m == i).sum()) for i in ids], np.isin(m, ids))
-    m = cv.id_array()
-    for t, (ids, counts, amodal) in full.items():
-        mask = np.isin(m, ids)
-        vis = [float((m == i).sum()) / c if c else 0. for i, c in zip(ids, counts)]
-        ys, xs_ = np.nonzero(amodal)
-        s, cx, fy, h = targets[t]
-        # rows of the lower body cut off by the bottom border also count as not visible
-        yhip = fy - h + 2 * h * (.085 if s['age'] == 'child' else .068) + .325 * h
-        vis[2] *= float(np.clip((min(fy, H) - yhip) / max(fy - yhip, 1), 0, 1))
-        info[t].update(mask=mask, visible=float(mask.sum()) / max(int(amodal.sum()), 1), region_visible=vis,
-                       box=[int(xs_.min()), int(ys.min()), int(xs_.max() - xs_.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs_) else [0, 0, 1, 1])
-    img = np.asarray(cv.rgb).astype(np.float32) * rng.uniform(.75, 1.15)
-    img += rng.np.normal(0, rng.uniform(2, 6), img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8), info
-
-# %% ../nbs/01a_synth.ipynb #c027
+# %% ../nbs/01a_synth.ipynb #c008
 _WIDER_REGION = [None, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 0, 1, 1]  # region of each WIDER attribute (head/upper/lower)
 
 def wider_code(labels, facts, visible, region_visible, rng, omit_p=.02):  # 0/1 labels, facts, visibility, Generator
@@ -587,18 +40,14 @@ def wider_code(labels, facts, visible, region_visible, rng, omit_p=.02):  # 0/1 
         if hidden or rng.random() < omit_p: out[c] = 0
     return out.tolist()
 
-# %% ../nbs/01a_synth.ipynb #c030
+# %% ../nbs/01a_synth.ipynb #c011
 _KIND_CODE = {'wider': 1, 'rap': 2, 'pa100k': 3}
 _LAYOUT = {'wider': ('Image', 'wider_attribute_trainval.json'), 'rap': ('RAP_dataset', 'RAP_annotation.mat'),
            'pa100k': ('data', 'annotation.mat')}
 
 def mask_file(root, name, target_index=0):  # dataset root, image name as in the annotation, target index
-    "Where the ground-truth mask of a target lives (the data module's `mask_path` when present)."
-    try:
-        from har_kit.data import mask_path
-        return Path(mask_path(root, name, target_index))
-    except ImportError:
-        return Path(root) / 'masks' / f'{Path(name).with_suffix("")}_{target_index}.png'
+    "Where the ground-truth mask of a target lives: `har_kit.formats.mask_path` under the default mask root `ROOT/masks`."
+    return mask_path(Path(root) / MASK_DIR, name, target_index)
 
 def _save(img: Image.Image, path: Path, **kw):
     "Save an image to a temporary name next to `path`, then rename it into place."
@@ -641,7 +90,7 @@ def _render_item(job):
             distractors=d['level'], people=d['people'], objects=d['objects'], visible=round(d['visible'], 4))))
     return dict(name=name, scene_id=sid, split=_split_of(kind, i, n), level=level, targets=targets)
 
-# %% ../nbs/01a_synth.ipynb #c032
+# %% ../nbs/01a_synth.ipynb #c013
 def label_stats(labels, names):  # (N, C) int labels, 1 / 0 / UNSPECIFIED; attribute names
     "Per-attribute positive ratio (among specified), unspecified ratio, imbalance ratio 1:k, and co-occurrence P(j|i)."
     y = np.asarray(labels)
@@ -663,39 +112,26 @@ def format_stats(stats, max_rows=None):  # a dict from `label_stats`
         rows.append(f'{a:<16}{100 * stats["pos_ratio"][i]:>7.1f}{imb:>11}{100 * stats["unspecified_ratio"][i]:>10.1f}')
     return '\n'.join(rows)
 
-# %% ../nbs/01a_synth.ipynb #c034
+# %% ../nbs/01a_synth.ipynb #c015
 def _write_annotations(kind, root, recs, seed):
-    "Write the real annotation file(s) of a kind from the per-image records."
-    import scipy.io as sio
+    "Write the real annotation file(s) of a kind from the per-image records, through `har_kit.formats`' writers."
     names = ATTRIBUTES[kind]
-    def cell(strings, shape=None):
-        a = np.empty((len(strings), 1), dtype=object); a[:, 0] = list(strings); return a
     if kind == 'wider':
-        for fname, splits in (('wider_attribute_trainval.json', ('train', 'val')), ('wider_attribute_test.json', ('test',))):
-            imgs = [dict(file_name=r['name'], scene_id=r['scene_id'],
-                         targets=[dict(attribute=t['attribute'], bbox=t['bbox']) for t in r['targets']])
-                    for r in recs if r['split'] in splits]
-            save_json(dict(images=imgs, attribute_id_map={str(i): a for i, a in enumerate(names)},
-                           scene_id_map={str(i): s for i, s in WIDER_SCENES.items()}), root / fname)
+        imgs = [dict(file_name=r['name'], scene_id=r['scene_id'], targets=[dict(attribute=t['attribute'], bbox=t['bbox']) for t in r['targets']])
+                for r in recs]
+        write_wider_annotation(root, names, imgs, WIDER_SCENES)
     elif kind == 'rap':
         lab = np.array([r['targets'][0]['attribute'] for r in recs], dtype=np.float64)
-        prng = np.random.default_rng([seed, _KIND_CODE[kind], 10 ** 9])
-        part = np.empty((5, 1), dtype=object)
-        for p in range(5):
-            perm = prng.permutation(len(recs)); k = int(round(.8 * len(recs)))
-            part[p, 0] = dict(train_index=(np.sort(perm[:k]) + 1).astype(np.float64)[None],
-                              test_index=(np.sort(perm[k:]) + 1).astype(np.float64)[None])
-        struct = dict(imagesname=cell([r['name'] for r in recs]), label=lab, attribute_eng=cell(names), partion=part)
-        with atomic_path(root / 'RAP_annotation.mat') as tmp: sio.savemat(tmp, {'RAP_annotation': struct}, appendmat=False)
+        prng, k = np.random.default_rng([seed, _KIND_CODE[kind], 10 ** 9]), int(round(.8 * len(recs)))
+        perms = [prng.permutation(len(recs)) for _ in range(5)]
+        write_rap_annotation(root / 'RAP_annotation.mat', names, [r['name'] for r in recs], lab,
+                             [(np.sort(p[:k]), np.sort(p[k:])) for p in perms])
     else:
-        d = {'attributes': cell(names)}
-        for sp in ('train', 'val', 'test'):
-            rs = [r for r in recs if r['split'] == sp]
-            d[f'{sp}_images_name'] = cell([r['name'] for r in rs])
-            d[f'{sp}_label'] = np.array([r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))
-        with atomic_path(root / 'annotation.mat') as tmp: sio.savemat(tmp, d, appendmat=False)
+        split = {sp: [r for r in recs if r['split'] == sp] for sp in ('train', 'val', 'test')}
+        write_pa100k_annotation(root / 'annotation.mat', names, {sp: ([r['name'] for r in rs], np.array(
+            [r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))) for sp, rs in split.items()})
 
-# %% ../nbs/01a_synth.ipynb #c035
+# %% ../nbs/01a_synth.ipynb #c016
 def _labels_internal(kind, recs):  # records -> (N_targets, C) int8 in 1 / 0 / UNSPECIFIED
     y = np.array([t['attribute'] for r in recs for t in r['targets']], dtype=np.int64)
     if kind == 'wider': return np.select([y == 1, y == -1], [1, 0], UNSPECIFIED).astype(np.int8)
@@ -725,7 +161,6 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
     workers = workers or (min(2, os.cpu_count() or 1) if n > 400 else 1)
-    mask_file(root, 'x.jpg')  # import the mask naming (har_kit.data) once, before any worker starts
     bar = dict(total=n, desc=f'synth {kind}', disable=not progress, leave=False)
     if workers > 1:
         ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else None)
@@ -743,27 +178,13 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                 attributes=ATTRIBUTES[kind], mask_naming='har_kit.synth.mask_file(root, name, target_index)',
                 images={r['name']: dict(split=r['split'], level=r['level'], targets=[t['meta'] for t in r['targets']]) for r in recs},
                 stats=stats)
-    save_json(meta, root / 'synth_meta.json')
+    save_json(meta, root / SYNTH_META)
     return root
 
-# %% ../nbs/01a_synth.ipynb #c037
-def read_synth_meta(root):  # a directory written by make_synthetic / ensure_synthetic
-    "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
-    p = Path(root) / 'synth_meta.json'
-    if not p.exists():
-        raise KitError(f'{p}: not found; {root} was not written by har_kit.synth.make_synthetic (real datasets have no sidecar)')
-    meta = load_json(p)
-    if meta.get('generator') != 'har_kit.synth' or 'images' not in meta:
-        raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
-    return meta
+# %% ../nbs/01a_synth.ipynb #c018
+#| export
 
-def target_meta(meta, name, target_index=0):  # sidecar dict, image name as in the annotation, target index
-    "The per-target record of one image (distractors, people, objects, visible) from a sidecar."
-    try: return meta['images'][name]['targets'][target_index]
-    except (KeyError, IndexError):
-        raise KitError(f'synth_meta.json has no target {target_index} for image {name!r}') from None
-
-# %% ../nbs/01a_synth.ipynb #c040
+# %% ../nbs/01a_synth.ipynb #c021
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=2000, rap=5000, pa100k=5000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
@@ -804,7 +225,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01a_synth.ipynb #c046
+# %% ../nbs/01a_synth.ipynb #c027
 def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')

@@ -120,7 +120,8 @@ def test_pa100k_char_matrix_and_double_labels(tmp_path):
 
 def test_pa100k_missing_root_and_file(tmp_path):
     with pytest.raises(KitError, match='HydraPlus-Net'): D.read_pa100k(tmp_path/'absent')
-    with pytest.raises(KitError, match=r'annotation\.mat: file not found'): D.read_pa100k(tmp_path)
+    with pytest.raises(KitError, match=r'no known pa100k layout found\. Looked for published: annotation/annotation\.mat.*Found: nothing'):
+        D.read_pa100k(tmp_path)
 
 def test_pa100k_missing_field_named(tmp_path):
     root, _ = write_pa100k(tmp_path, val_label=None)
@@ -167,7 +168,7 @@ def test_pa100k_warns_overlap_zero_row_unused(tmp_path):
 @pytest.mark.parametrize('shape,struct_array', [((1, 5), False), ((5, 1), False), ((1, 5), True)])
 def test_rap_partitions_and_protocol(tmp_path, shape, struct_array):
     root, names, y, parts = write_rap(tmp_path, partion_shape=shape, struct_array=struct_array)
-    data = D.read_rap(root, partition=3)
+    data = D.read_rap(root, partition=3, uncertain='unspecified')
     assert data.splits == ['train', 'test']
     assert len(data.attributes) == 51 and data.attributes[-1] == 'a50'
     tr = (parts[3]['train_index'].ravel() - 1).astype(int)
@@ -179,7 +180,10 @@ def test_rap_partitions_and_protocol(tmp_path, shape, struct_array):
 
 def test_rap_uncertain_switch(tmp_path):
     root, names, y, parts = write_rap(tmp_path)
-    keep, neg = D.read_rap(root), D.read_rap(root, unspecified='negative')
+    keep, neg = D.read_rap(root, uncertain='unspecified'), D.read_rap(root)   # default: [15]'s rule, 2 -> 0
+    assert neg.meta['uncertain'] == 'negative' and keep.meta['uncertain'] == 'unspecified'
+    np.testing.assert_array_equal(D.read_rap(root, unspecified='keep').labels(), keep.labels())   # the older switch
+    np.testing.assert_array_equal(D.read_rap(root, unspecified='negative').labels(), neg.labels())
     k = keep.labels() == UNSPECIFIED
     assert k.sum() == (y[np.concatenate([(parts[0][f'{s}_index'].ravel() - 1).astype(int) for s in ('train', 'test')]), :51] == 2).sum() >= 1
     assert (neg.labels()[k] == 0).all() and (neg.labels()[~k] == keep.labels()[~k]).all()
@@ -198,12 +202,12 @@ def test_rap_errors(tmp_path):
     for i in range(5): bad[0, i] = {'train_index': np.array([[0., 1.]]), 'test_index': np.array([[2.]])}
     root, *_ = write_rap(tmp_path/'e', partion=bad)
     with pytest.raises(KitError, match='1-based'): D.read_rap(root)
-    (tmp_path/'f').mkdir(); sio.savemat(tmp_path/'f'/'RAP_annotation.mat', {'other': np.ones(2)})
+    (tmp_path/'f'/'RAP_dataset').mkdir(parents=True); sio.savemat(tmp_path/'f'/'RAP_annotation.mat', {'other': np.ones(2)})
     with pytest.raises(KitError, match='no variable RAP_annotation'): D.read_rap(tmp_path/'f')
     with pytest.raises(KitError, match='rap.idealtest.org'): D.read_rap(tmp_path/'absent')
 
 def test_mat_v73_refused(tmp_path):
-    (tmp_path/'annotation.mat').write_bytes(b'MATLAB 7.3 MAT-file, HDF5 schema 1.00 .'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(512))
+    (tmp_path/'data').mkdir(); (tmp_path/'annotation.mat').write_bytes(b'MATLAB 7.3 MAT-file, HDF5 schema 1.00 .'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(512))
     with pytest.raises(KitError, match='v7.3'): D.read_pa100k(tmp_path)
 
 
@@ -234,7 +238,7 @@ def test_wider_other_errors_and_warnings(tmp_path):
     root = write_wider(tmp_path/'a', trainval=[{'file_name': 'other/x.jpg', 'scene_id': 0, 'targets': []}])
     with pytest.raises(KitError, match='must start with train/, val/ or test/'): D.read_wider(root)
     root = write_wider(tmp_path/'b'); (root/'wider_attribute_test.json').unlink()
-    with pytest.raises(KitError, match=r'wider_attribute_test\.json: file not found'): D.read_wider(root)
+    with pytest.raises(KitError, match=r'no known wider layout found.*Found: Image/, wider_attribute_trainval\.json'): D.read_wider(root)
     root = write_wider(tmp_path/'c', trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0, 'targets': [
         {'attribute': [0] * 14, 'bbox': [0, 0, 5, 5]}, {'attribute': [1] * 14, 'bbox': [0, 0, 0, 5]}]}])
     with pytest.warns(UserWarning) as rec: data = D.read_wider(root)
@@ -247,10 +251,10 @@ def test_wider_other_errors_and_warnings(tmp_path):
 def test_masks_found_and_cropped_with_clipped_box(tmp_path):
     root = write_wider(tmp_path)
     m = np.zeros((64, 96), np.uint8); m[10:20, 12:18] = 255
-    D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 0).parent.mkdir(parents=True)
-    Image.fromarray(m).save(D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 0))
-    Image.fromarray(m).save(D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 1))
-    assert D.mask_path(root, 'train/0--Parade/0_Parade_1.jpg', 1) == root/'masks'/'train'/'0--Parade'/'0_Parade_1_1.png'
+    D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 0).parent.mkdir(parents=True)
+    Image.fromarray(m).save(D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 0))
+    Image.fromarray(m).save(D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 1))
+    assert D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 1) == root/'masks'/'train'/'0--Parade'/'0_Parade_1_1.png'
     with pytest.warns(UserWarning, match='2 of 4 samples have no mask'): data = D.read_wider(root)
     tr = data.split('train')
     ds = D.HarDataset(tr, with_mask=True)
@@ -383,3 +387,59 @@ def test_real_pa100k_sample():
 def test_real_pa100k_malformed_rejected():
     with pytest.raises(KitError, match=r"annotation_malformed\.mat: test_images_name has 1 empty entry \(first at position 1\).*text_images_name"):
         D.read_pa100k(SAMPLE, annotation='annotation_malformed.mat')
+
+
+# ---------------------------------------------------------------- the generic csv kind and `har-kit data check`
+@pytest.mark.parametrize('kind', ['wider', 'rap', 'pa100k'])
+def test_csv_round_trip(kind, tmp_path):
+    src = D.tiny_fixture(kind, tmp_path/kind, n=6, layout='published')
+    data = D.load_dataset(kind, src)
+    out = D.to_csv_dataset(data, tmp_path/'csv', progress=False)
+    back = D.load_dataset('csv', out)
+    assert back.attributes == data.attributes and back.splits == data.splits
+    np.testing.assert_array_equal(back.labels(), data.labels())
+    assert back.meta['layout'] == 'published' and back.meta['masks_attached'] == len(back)
+    item = D.HarDataset(back, with_mask=True)[0]
+    assert item['mask'].shape[-2:] == item['image'].shape[-2:]
+    if kind == 'wider':   # boxed targets became crops of their box
+        assert Image.open(back.samples[1].image).size == tuple(int(v) for v in data.samples[1].box[2:])
+
+def test_csv_header_and_empty_file(tmp_path):
+    root = D.tiny_fixture('csv', tmp_path/'c', n=6)
+    (root/'labels.csv').write_text('file,split,a\n')
+    with pytest.raises(KitError, match=r"header \['file', 'split', 'a'\] must be image,split"): D.read_csv_dataset(root)
+    (root/'labels.csv').write_text('image,split,a\n')
+    with pytest.raises(KitError, match='no rows after the header'): D.read_csv_dataset(root)
+
+def test_data_check_sample_option_and_report(tmp_path):
+    root = D.tiny_fixture('wider', tmp_path/'w', n=6, layout='published')
+    rep = D.check_dataset('wider', root, sample=2, progress=False)
+    assert rep['ok'] and rep['images']['checked'] == 2 and rep['images']['listed'] == 6
+    assert rep['layout']['layout'] == 'published' and rep['splits'] == {'train': 4, 'val': 4, 'test': 4}
+    assert len(rep['attributes']) == 14 and all(a['unspecified'] >= 0 for a in rep['attributes'])
+    with pytest.raises(KitError, match='sample=0'): D.check_dataset('wider', root, sample=0, progress=False)
+
+@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
+def test_data_check_on_the_real_sample_prints_its_known_flaws(capsys):
+    assert D.cli(['check', 'pa100k', str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert 'splits: train 1600, val 200, test 200; 26 attributes' in out
+    assert '001600.jpg in [\'train\', \'val\']' in out and '1 all-zero label rows (e.g. 001600.jpg in train)' in out
+    assert 'images without labels), e.g. 002000.jpg' in out and '1999 checked: 0 missing, 0 unreadable' in out
+
+@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
+def test_real_sample_converts_to_csv(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        real = D.read_pa100k(SAMPLE)
+        back = D.load_dataset('csv', D.to_csv_dataset(real, tmp_path/'pa100k-csv', progress=False))
+    assert [len(back.split(s)) for s in ('train', 'val', 'test')] == [1600, 200, 200]
+    np.testing.assert_array_equal(back.labels(), real.labels())
+    assert back.samples[0].image.read_bytes() == real.samples[0].image.read_bytes()
+
+def test_data_convert_command(tmp_path, capsys):
+    src = D.tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
+    assert D.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 0
+    assert "-p dataset csv -p data_root" in capsys.readouterr().out
+    assert D.cli(['check', 'csv', str(tmp_path/'out')]) == 0
+    assert D.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 2 and 'is not empty' in capsys.readouterr().err

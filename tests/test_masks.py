@@ -1,4 +1,4 @@
-"Masks: target selection on constructed detections, the four sources through `make_masks`, cache resume, bad input."
+"Masks: target selection on constructed detections, the four sources through `make_masks`, cache resume, bad input,\nand the one mask convention: what `make_masks` writes, every reader attaches, for every dataset kind and source."
 import dataclasses, json
 
 import numpy as np
@@ -7,9 +7,11 @@ import torch
 from PIL import Image
 
 from har_kit.core import KitError, load_json
-from har_kit.data import HarDataset, read_wider, tiny_fixture
+from har_kit.data import HarDataset, load_dataset, read_wider, tiny_fixture
+from har_kit.formats import DATASET_KINDS, default_mask_root, mask_path, write_fixture
 from har_kit.masks import (BoxSource, MaskRCNNSource, attach_masks, cli, make_masks, mask_cache_dir, mask_iou,
-                           mask_quality, read_mask, sample_key, select_target, summed_feature_outline, write_mask)
+                           mask_quality, read_mask, sample_key, select_target, summed_feature_outline, target_of,
+                           write_mask)
 
 
 def _person(x0, y0, x1, y1, size=(40, 40), p=0.9):
@@ -68,17 +70,17 @@ def wider(tmp_path):
 
 
 def test_four_sources_through_one_call(wider, tmp_path):
-    gt = make_masks(wider, 'renderer', tmp_path/'c', progress=False)
-    box = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    gt = make_masks(wider, 'renderer', cache_dir=tmp_path/'c', progress=False)
+    box = make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
     assert sorted(gt) == list(range(len(wider.samples))) and all(p.exists() for p in gt.values())
     q = mask_quality(wider, box, gt)
     assert len(q) == len(wider.samples) and 0 < q.iou.mean() < 1   # the fixture's person is narrower than its box
     assert q.iou.min() > 0.3
     user = tmp_path/'user'
     for i, p in gt.items(): write_mask(read_mask(p), user/f'{sample_key(wider.samples[i], wider.root)}.png')
-    d = make_masks(wider, 'directory', tmp_path/'c', directory=user, progress=False)
+    d = make_masks(wider, 'directory', cache_dir=tmp_path/'c', directory=user, progress=False)
     assert (mask_quality(wider, d, gt).iou == 1).all() and d.report['notes'] == []
-    rc = make_masks(wider, 'maskrcnn', tmp_path/'c', weights=None, indices=[0, 1], progress=False,
+    rc = make_masks(wider, 'maskrcnn', cache_dir=tmp_path/'c', weights=None, indices=[0, 1], progress=False,
                     min_size=64, max_size=96, box_detections_per_img=5)
     assert sorted(rc) == [0, 1] and all(p.exists() for p in rc.values())
     r = rc.report
@@ -90,7 +92,7 @@ def test_four_sources_through_one_call(wider, tmp_path):
 
 
 def test_masks_feed_the_dataset(wider, tmp_path):
-    box = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    box = make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
     data = attach_masks(wider, box)
     assert data.samples[3].mask == box[3] and wider.samples[3].mask != box[3]
     item = HarDataset(data, with_mask=True)[0]
@@ -98,17 +100,17 @@ def test_masks_feed_the_dataset(wider, tmp_path):
 
 
 def test_rerun_skips_and_deleted_masks_are_recomputed(wider, tmp_path):
-    first = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    first = make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
     assert (first.report['computed'], first.report['cached']) == (len(wider.samples), 0)
-    again = make_masks(wider, 'none', tmp_path/'c', progress=False)
+    again = make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
     assert (again.report['computed'], again.report['cached']) == (0, len(wider.samples))
     first[2].unlink()
-    assert make_masks(wider, 'none', tmp_path/'c', progress=False).report['computed'] == 1
+    assert make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False).report['computed'] == 1
 
 
 def test_same_image_and_box_twice_share_one_mask(wider, tmp_path):
     dup = dataclasses.replace(wider, samples=wider.samples + [dataclasses.replace(wider.samples[0], split='val')])
-    m = make_masks(dup, 'none', tmp_path/'c', progress=False)
+    m = make_masks(dup, 'none', cache_dir=tmp_path/'c', progress=False)
     n = len(wider.samples)
     assert m[n] == m[0] and (m.report['n'], m.report['computed']) == (n + 1, n)
 
@@ -124,13 +126,13 @@ class _Crash(BoxSource):
 
 def test_interrupted_run_resumes_where_it_stopped(wider, tmp_path):
     with pytest.raises(RuntimeError, match='interrupted'):
-        make_masks(wider, _Crash(), tmp_path/'c', batch_size=2, progress=False)
+        make_masks(wider, _Crash(), cache_dir=tmp_path/'c', batch_size=2, progress=False)
     folder = mask_cache_dir(wider, BoxSource(), tmp_path/'c')
     done = len(list(folder.rglob('*.png')))
     assert done == 4 and not list(folder.rglob('*.tmp'))   # 2 images x 2 targets, no half-written file
     # a log line cut mid-write is ignored and its sample redone
     with open(folder/'log.jsonl', 'a') as f: f.write('{"key": "Image/tra')
-    r = make_masks(wider, 'none', tmp_path/'c', batch_size=2, progress=False).report
+    r = make_masks(wider, 'none', cache_dir=tmp_path/'c', batch_size=2, progress=False).report
     assert (r['cached'], r['computed']) == (done, len(wider.samples) - done)
     assert all(json.loads(l) for l in (folder/'log.jsonl').read_text().splitlines()[-2:])
 
@@ -138,17 +140,17 @@ def test_interrupted_run_resumes_where_it_stopped(wider, tmp_path):
 def test_box_partly_outside_is_recorded_and_fully_outside_names_the_image(wider, tmp_path):
     s = wider.samples
     part = dataclasses.replace(wider, samples=[dataclasses.replace(s[0], box=(-10, -10, 40, 40))] + s[1:])
-    r = make_masks(part, 'none', tmp_path/'c', progress=False).report
+    r = make_masks(part, 'none', cache_dir=tmp_path/'c', progress=False).report
     assert r['clipped'] == [0]
     out = dataclasses.replace(wider, samples=[dataclasses.replace(s[0], box=(500, 500, 10, 10))] + s[1:])
     with pytest.raises(KitError, match=f'{s[0].image.name}.*outside'):
-        make_masks(out, 'none', tmp_path/'c2', progress=False)
+        make_masks(out, 'none', cache_dir=tmp_path/'c2', progress=False)
 
 
 def test_unreadable_image_is_an_error_naming_it(wider, tmp_path):
     wider.samples[0].image.write_bytes(b'garbage')
     with pytest.raises(KitError, match=f'{wider.samples[0].image.name}: cannot read'):
-        make_masks(wider, 'none', tmp_path/'c', progress=False)
+        make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
 
 
 def test_directory_sizes_missing_and_box_sized_masks(wider, tmp_path):
@@ -156,17 +158,17 @@ def test_directory_sizes_missing_and_box_sized_masks(wider, tmp_path):
     user = tmp_path/'user'
     x, y, w, h = (int(v) for v in s0.box)
     write_mask(np.ones((h, w), bool), user/f'{sample_key(s0, wider.root)}.png')      # box-sized: pasted into the box
-    d = make_masks(wider, 'directory', tmp_path/'c', directory=user, indices=[0], progress=False)
+    d = make_masks(wider, 'directory', cache_dir=tmp_path/'c', directory=user, indices=[0], progress=False)
     m = read_mask(d[0])
     assert m.shape == Image.open(s0.image).size[::-1] and m.sum() == w * h and d.report['notes']
     write_mask(np.ones((7, 5), bool), user/f'{sample_key(wider.samples[1], wider.root)}.png')
     with pytest.raises(KitError, match='5x7'):
-        make_masks(wider, 'directory', tmp_path/'c', directory=user, indices=[1], progress=False)
+        make_masks(wider, 'directory', cache_dir=tmp_path/'c', directory=user, indices=[1], progress=False)
     with pytest.raises(KitError, match='no mask PNG for 1 of 1'):
-        make_masks(wider, 'directory', tmp_path/'c', directory=user, indices=[2], progress=False)
+        make_masks(wider, 'directory', cache_dir=tmp_path/'c', directory=user, indices=[2], progress=False)
     with pytest.raises(KitError, match='renderer source only works'):
         make_masks(dataclasses.replace(wider, samples=[dataclasses.replace(s0, mask=None)]), 'renderer',
-                   tmp_path/'c', progress=False)
+                   cache_dir=tmp_path/'c', progress=False)
 
 
 def test_random_maskrcnn_is_deterministic_and_keyed_by_its_settings():
@@ -203,3 +205,42 @@ def test_summed_feature_outline_recovers_a_blob_and_keeps_at_most_half():
     assert o.shape == (3, 9, 5) and (o.flatten(1).sum(1) == 22).all()
     with pytest.raises(KitError, match='expected'):
         summed_feature_outline(torch.zeros(3, 3))
+
+
+# ---------------------------------------------------------------- one mask convention: writer and readers agree
+_RCNN = dict(min_size=32, max_size=64, box_detections_per_img=3, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
+
+@pytest.mark.parametrize('kind', list(DATASET_KINDS))
+def test_every_source_is_attached_by_the_readers_with_no_argument(kind, tmp_path):
+    root = write_fixture(kind, tmp_path/kind, n_images=6, layout='published')
+    data = load_dataset(kind, root)
+    n = len(data)
+    assert data.meta['masks_attached'] == n                       # the fixture's ground truth, at the default root
+    user = tmp_path/'user'                                        # a user's folder in the kit's own convention
+    for s in data.samples: write_mask(read_mask(s.mask), mask_path(user, *target_of(s)))
+    runs = [('renderer', {}), ('directory', dict(directory=user)), ('box', {}), ('maskrcnn', dict(weights=None, **_RCNN))]
+    for source, kw in runs:
+        m = make_masks(data, source, progress=False, **kw)
+        assert m.directory == default_mask_root(kind, root) and m.report['computed'] == n
+        back = load_dataset(kind, root)                            # what a training section does: no mask argument
+        assert back.meta['masks_attached'] == n, source
+        assert [s.mask for s in back.samples] == [m[i] for i in range(n)]
+        assert len(HarDataset(back, with_mask=True)[0]['mask'].shape) == 3
+    elsewhere = make_masks(data, 'box', mask_root=tmp_path/'m', progress=False)
+    assert load_dataset(kind, root, mask_dir=tmp_path/'m').meta['masks_attached'] == n
+    assert elsewhere.report['mask_root'] == str(tmp_path/'m')
+
+
+def test_another_source_replaces_the_masks_and_a_rerun_takes_them_from_the_log(tmp_path):
+    data = load_dataset('pa100k', write_fixture('pa100k', tmp_path/'pa', n_images=6))
+    assert make_masks(data, 'box', progress=False).report['computed'] == 6
+    assert make_masks(data, 'box', progress=False).report['cached'] == 6
+    m = make_masks(data, 'maskrcnn', weights=None, progress=False, **_RCNN)
+    assert m.report['computed'] == 6                               # the box masks were another source's
+
+
+def test_synthetic_ground_truth_is_not_overwritten(tmp_path):
+    root = write_fixture('wider', tmp_path/'w', n_images=6)
+    (root/'synth_meta.json').write_text('{"generator": "har_kit.synth", "images": {}}')
+    with pytest.raises(KitError, match="ground-truth masks; write source 'box' elsewhere: pass mask_root"):
+        make_masks(load_dataset('wider', root), 'box', progress=False)

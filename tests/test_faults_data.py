@@ -1,0 +1,204 @@
+"""Fault catalogue of the data side (issue 13): each test plants one fault in a small dataset and states the outcome.
+Outcomes: a `KitError` naming the file/entry and what to do (refused), a warning naming the entry (reported), or the
+right result (repaired). Every fault is found when the dataset is read or checked, before any training starts."""
+import json, sys, warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+from PIL import Image
+
+from har_kit.core import KitError
+from har_kit.data import (HarDataset, check_dataset, cli, read_csv_dataset, read_pa100k, read_rap, read_wider,
+                          to_csv_dataset)
+from har_kit.formats import write_fixture
+from har_kit.masks import make_masks
+
+
+def _warnings(fn):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); fn()
+    return ' | '.join(str(x.message) for x in w)
+
+def _wider(tmp_path, n=6):
+    root = write_fixture('wider', tmp_path/'w', n_images=n, layout='root-level')
+    return root, json.loads((root/'wider_attribute_test.json').read_text())
+
+def _pa(tmp_path, n=10):
+    return write_fixture('pa100k', tmp_path/'p', n_images=n, layout='root-level')
+
+def _edit_pa(root, **fields):
+    m = sio.loadmat(root/'annotation.mat'); m = {k: v for k, v in m.items() if not k.startswith('__')}
+    m.update(fields); sio.savemat(root/'annotation.mat', m)
+
+def _cell(names):
+    a = np.empty((len(names), 1), dtype=object); a[:, 0] = names; return a
+
+
+# ---------------------------------------------------------------- reading outside the dataset: refused
+def test_wider_name_climbing_out_of_the_image_folder_is_refused(tmp_path):
+    "A WIDER file_name `test/../../../outside/secret.jpg` -> KitError naming the JSON entry; nothing outside is opened."
+    root, j = _wider(tmp_path)
+    j['images'][0]['file_name'] = 'test/../../../outside/secret.jpg'
+    (root/'wider_attribute_test.json').write_text(json.dumps(j))
+    with pytest.raises(KitError, match=r"wider_attribute_test\.json: images\[0\]\.file_name: image name 'test/\.\./\.\./\.\./outside/secret\.jpg' points outside"):
+        read_wider(root)
+
+
+def test_absolute_pa100k_name_is_refused(tmp_path):
+    "An absolute PA-100K image name -> KitError naming the field and position."
+    root = _pa(tmp_path)
+    _edit_pa(root, test_images_name=_cell(['/etc/passwd', '000010.jpg']))
+    with pytest.raises(KitError, match=r"test_images_name\[1\]: image name '/etc/passwd' points outside"): read_pa100k(root)
+
+
+def test_rap_and_csv_names_outside_are_refused(tmp_path):
+    "RAP imagesname and CSV image entries with `..` -> KitError naming the entry."
+    m = sio.loadmat(write_fixture('rap', tmp_path/'r', n_images=6, layout='root-level')/'RAP_annotation.mat')
+    st = m['RAP_annotation']; st['imagesname'][0, 0][2, 0] = np.array(['../../x.png'])
+    sio.savemat(tmp_path/'r'/'RAP_annotation.mat', {'RAP_annotation': st})
+    with pytest.raises(KitError, match=r"imagesname\{3\}: image name '\.\./\.\./x\.png' points outside"): read_rap(tmp_path/'r')
+    root = write_fixture('csv', tmp_path/'c', n_images=6)
+    lines = (root/'labels.csv').read_text().splitlines(); lines[2] = '../x.jpg' + lines[2][lines[2].index(','):]
+    (root/'labels.csv').write_text('\n'.join(lines) + '\n')
+    with pytest.raises(KitError, match=r'labels\.csv: line 3 \(image\): image name .* points outside'): read_csv_dataset(root)
+
+
+# ---------------------------------------------------------------- bad images: found at read time, not after training
+@pytest.mark.parametrize('damage,what', [(lambda b: b'', 'empty file'), (lambda b: b[:len(b) // 2], 'truncated JPEG'),
+                                         (lambda b: b'not an image at all', 'not a readable image')])
+def test_damaged_image_is_found_when_the_dataset_is_read(tmp_path, damage, what):
+    "A zero-byte, cut-short or non-image file -> KitError from the reader (header check), naming the file."
+    root = _pa(tmp_path)
+    p = root/'data'/'000009.jpg'; p.write_bytes(damage(p.read_bytes()))
+    with pytest.raises(KitError, match=f'1 of 10 listed images are unreadable.*000009.jpg: {what}'): read_pa100k(root)
+    assert len(read_pa100k(root, check_images=False)) == 10          # the check can be skipped explicitly
+
+
+def test_sixteen_bit_png_reaches_the_model_as_its_pixels_not_white(tmp_path):
+    "A 16-bit grey PNG -> scaled to 8 bits (repaired); before, PIL's convert('RGB') made it all white."
+    root = write_fixture('rap', tmp_path/'r', n_images=6, layout='root-level', masks=False)
+    data = read_rap(root)
+    a = np.linspace(0, 65535, 48 * 24).astype(np.uint16).reshape(48, 24)
+    Image.fromarray(a).save(data.samples[0].image)
+    img = HarDataset(data.samples[:1])[0]['image']
+    assert img.shape == (3, 48, 24) and 0.3 < float(img.mean()) < 0.7 and float(img.min()) == 0.0
+
+
+def test_float_image_is_refused(tmp_path):
+    "A floating-point (mode F) TIFF -> KitError at read time: no scale can be assumed."
+    root = write_fixture('csv', tmp_path/'c', n_images=6)
+    lines = (root/'labels.csv').read_text().splitlines(); lines[1] = 'f.tif' + lines[1][lines[1].index(','):]
+    (root/'labels.csv').write_text('\n'.join(lines) + '\n')
+    Image.fromarray(np.full((8, 4), 0.5, np.float32)).save(root/'images'/'f.tif')
+    with pytest.raises(KitError, match='f.tif: mode F'): read_csv_dataset(root)
+
+
+# ---------------------------------------------------------------- duplicates: reported
+def test_duplicate_image_within_a_split_is_reported(tmp_path):
+    "The same PA-100K name twice in train -> warning 'listed more than once in one split'."
+    root = _pa(tmp_path)
+    m = sio.loadmat(root/'annotation.mat')
+    names = [str(x[0][0]) for x in m['train_images_name']]; names[1] = names[0]
+    _edit_pa(root, train_images_name=_cell(names))
+    assert f'listed more than once in one split (e.g. {names[0]} target 0 2 times in train)' in _warnings(lambda: read_pa100k(root))
+
+
+def test_duplicate_wider_entry_is_reported(tmp_path):
+    "A WIDER image entry repeated -> warning naming it (its targets would count twice)."
+    root, j = _wider(tmp_path)
+    j['images'].append(j['images'][0]); (root/'wider_attribute_test.json').write_text(json.dumps(j))
+    assert f'e.g. {j["images"][0]["file_name"]} target 0 2 times in test' in _warnings(lambda: read_wider(root))
+
+
+def test_one_file_under_train_and_test_is_reported(tmp_path):
+    "The same image bytes under train/ and test/ (different names) -> warning naming both files."
+    root, j = _wider(tmp_path)
+    tr = json.loads((root/'wider_attribute_trainval.json').read_text())
+    src = root/'Image'/tr['images'][0]['file_name']
+    dst_name = 'test/0--Parade/' + Path(tr['images'][0]['file_name']).name
+    (root/'Image'/dst_name).write_bytes(src.read_bytes())
+    j['images'].append(dict(tr['images'][0], file_name=dst_name)); (root/'wider_attribute_test.json').write_text(json.dumps(j))
+    msg = _warnings(lambda: read_wider(root))
+    assert 'listed in two splits under different names with identical bytes' in msg and dst_name in msg
+
+
+def test_image_in_two_splits_and_all_zero_row_are_reported(tmp_path):
+    "PA-100K's sample flaw planted: one name in train and val, an all-zero row -> two warnings; data check lists them."
+    root = _pa(tmp_path)
+    m = sio.loadmat(root/'annotation.mat')
+    tr = [str(x[0][0]) for x in m['train_images_name']]; lab = m['train_label'].copy(); lab[-1] = 0
+    va = [str(x[0][0]) for x in m['val_images_name']]; va[0] = tr[-1]
+    _edit_pa(root, train_label=lab, val_images_name=_cell(va))
+    msg = _warnings(lambda: read_pa100k(root))
+    assert 'appear in more than one split' in msg and '1 all-zero label rows' in msg
+    rep = check_dataset('pa100k', root, progress=False)
+    assert rep['issues']['in_two_splits'] == 1 and rep['issues']['all_zero_rows'] == 1 and rep['images']['without_labels'] == 1
+
+
+# ---------------------------------------------------------------- raw crashes turned into KitErrors
+@pytest.mark.parametrize('bad', ['0', 0.0, True, None])
+def test_rap_partition_of_the_wrong_type_is_refused(tmp_path, bad):
+    "RAP partition='0' (a string from a command line), a float, a bool or None -> KitError, not a TypeError."
+    root = write_fixture('rap', tmp_path/'r', n_images=6, layout='root-level')
+    with pytest.raises(KitError, match=r'partition=.* must be an integer 0\.\.4'): read_rap(root, partition=bad)
+
+
+def test_latin1_wider_json_is_refused_with_the_fix(tmp_path):
+    "A latin-1 encoded WIDER JSON -> KitError 'not UTF-8' with the byte offset and an iconv command."
+    root, j = _wider(tmp_path)
+    j['scene_id_map'] = {'0': 'Défilé'}
+    (root/'wider_attribute_test.json').write_bytes(json.dumps(j, ensure_ascii=False).encode('latin-1'))
+    with pytest.raises(KitError, match=r'wider_attribute_test\.json: not UTF-8 \(byte 0xe9 at offset \d+\).*iconv -f latin1'):
+        read_wider(root)
+
+
+def test_maskrcnn_without_network_says_what_to_do(tmp_path, monkeypatch):
+    "Mask R-CNN COCO weights that cannot download -> KitError naming the URL, `--weights FILE` and other sources."
+    import urllib.error
+    import torchvision.models._api as api
+    def offline(*a, **k): raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(api, 'load_state_dict_from_url', offline)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch'))
+    data = read_pa100k(_pa(tmp_path, 6))
+    with pytest.raises(KitError, match=r'could not be fetched \(URLError.*download https://download\.pytorch\.org/models/maskrcnn.*--weights FILE.*--source box'):
+        make_masks(data, 'maskrcnn', mask_root=tmp_path/'m', progress=False)
+    with pytest.raises(KitError, match='no such file'):
+        make_masks(data, 'maskrcnn', mask_root=tmp_path/'m', weights=str(tmp_path/'nope.pth'), progress=False)
+
+
+def test_csv_bad_value_names_line_and_column(tmp_path):
+    "A CSV label 2 (or 'yes') -> KitError naming the line and the attribute column."
+    root = write_fixture('csv', tmp_path/'c', n_images=6)
+    lines = (root/'labels.csv').read_text().splitlines(); lines[3] = lines[3].rsplit(',', 1)[0] + ',2'
+    (root/'labels.csv').write_text('\n'.join(lines) + '\n')
+    with pytest.raises(KitError, match=r"line 4: column 'LongSleeve' holds '2'; labels must be 1, 0 or -1"): read_csv_dataset(root)
+
+
+def test_mask_dir_that_is_not_a_folder_is_refused(tmp_path):
+    "mask_dir pointing nowhere -> KitError (never silently no masks)."
+    with pytest.raises(KitError, match='is not a folder'): read_pa100k(_pa(tmp_path), mask_dir=tmp_path/'nope')
+
+
+def test_convert_into_a_non_empty_folder_is_refused(tmp_path):
+    "to_csv_dataset into a folder with files -> KitError; nothing is half-written."
+    data = read_pa100k(_pa(tmp_path))
+    (tmp_path/'out').mkdir(); (tmp_path/'out'/'x').touch()
+    with pytest.raises(KitError, match='is not empty'): to_csv_dataset(data, tmp_path/'out', progress=False)
+    assert [p.name for p in (tmp_path/'out').iterdir()] == ['x']
+
+
+# ---------------------------------------------------------------- har-kit data check: errors make it fail
+def test_data_check_fails_on_missing_and_undecodable_images(tmp_path, capsys):
+    "Missing image (labels without image) and an image that does not decode -> listed as errors, exit status 1."
+    root = _pa(tmp_path)
+    (root/'data'/'000002.jpg').unlink()
+    p = root/'data'/'000003.jpg'; b = bytearray(p.read_bytes()); b[200:-10] = bytes(len(b) - 210); p.write_bytes(bytes(b))
+    assert cli(['check', 'pa100k', str(root), '--json', str(tmp_path/'r.json')]) == 1
+    out = capsys.readouterr().out
+    assert '1 listed image(s) do not exist' in out and '000002.jpg' in out and 'FAILED' in out
+    rep = json.loads((tmp_path/'r.json').read_text())
+    assert rep['images']['missing'] == 1 and rep['ok'] is False
+    (tmp_path/'empty').mkdir()
+    assert cli(['check', 'rap', str(tmp_path/'empty')]) == 1 and 'no known rap layout' in capsys.readouterr().out
