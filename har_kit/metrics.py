@@ -9,9 +9,10 @@ import numpy as np
 from .core import UNSPECIFIED, KitError
 
 # %% auto #0
-__all__ = ['AP_VARIANTS', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'HEADLINE', 'check_inputs', 'mean_ap', 'pr_points',
-           'harmonic_f1', 'pedestrian_metrics', 'distraction_bin', 'grouped_metrics', 'dataset_metric',
-           'metrics_by_distraction']
+__all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'THRESHOLD_CRITERIA', 'HEADLINE',
+           'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points', 'harmonic_f1', 'check_threshold',
+           'apply_threshold', 'pedestrian_metrics', 'choose_thresholds', 'distraction_bin', 'grouped_metrics',
+           'dataset_metric', 'metrics_by_distraction']
 
 # %% ../nbs/00a_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -81,21 +82,31 @@ def _average_precision(s, y, variant, block=8):  # validated (N, C) arrays; AP v
         with np.errstate(invalid='ignore', divide='ignore'): ap[sl] = (gain * curve).sum(1) / n_pos[sl]
     return ap, n_pos
 
+DEGENERATE_RULES = ('exclude', 'include')  # columns without a specified negative: left out of the mean, or AP 1.0
+
+def degenerate_columns(labels, rule='exclude'):  # (N, C) validated int8 labels; a DEGENERATE_RULES entry
+    "Attributes with no specified positive / no specified negative, by index, with the rule applied to them."
+    return dict(no_positive=np.flatnonzero(~(labels == 1).any(0)).tolist(),
+                no_negative=np.flatnonzero(~(labels == 0).any(0)).tolist(), rule=rule)
+
 def mean_ap(scores, labels,               # (N, C) scores (any monotone scale); (N, C) labels in {1, 0, -1}
-            variant='interpolated'):      # 'interpolated' (VOC2010+/SRN WIDER code) or 'non_interpolated' (sklearn)
-    "WIDER-Attribute mAP: per-attribute AP over specified labels, mean over attributes with a positive."
+            variant='interpolated',       # 'interpolated' (VOC2010+/SRN WIDER code) or 'non_interpolated' (sklearn)
+            degenerate='exclude'):        # attributes without a negative: 'exclude' from the mean, or 'include' (AP 1)
+    "WIDER-Attribute mAP: per-attribute AP over specified labels, mean over attributes with a positive and a negative."
     if variant not in AP_VARIANTS: raise KitError(f'variant={variant!r}: choose one of {AP_VARIANTS}')
+    if degenerate not in DEGENERATE_RULES: raise KitError(f'degenerate={degenerate!r}: choose one of {DEGENERATE_RULES}')
     s, y = check_inputs(scores, labels)
     if (y == UNSPECIFIED).all(): raise KitError('labels: every entry is unspecified (-1), nothing to score')
     ap, n_pos = _average_precision(s, y, variant)
-    ok = n_pos > 0
+    ok = (n_pos > 0) & (((y == 0).any(0)) | (degenerate == 'include'))
     return dict(mAP=float(ap[ok].mean()) if ok.any() else None,
                 ap=[float(a) if k else None for a, k in zip(ap, ok)],
                 variant=variant,
-                excluded=np.flatnonzero(~ok).tolist(),       # attributes without a specified positive (AP undefined)
+                excluded=np.flatnonzero(~ok).tolist(),       # attributes left out of the mean (AP None)
+                degenerate=degenerate_columns(y, degenerate),
                 n_pos=n_pos.astype(int), n_specified=(y != UNSPECIFIED).sum(0).astype(int))
 
-# %% ../nbs/00a_metrics.ipynb #c016
+# %% ../nbs/00a_metrics.ipynb #c018
 def pr_points(scores, labels):  # (N,) scores and (N,) labels in {1, 0, -1} of one attribute
     "Recall, precision and interpolated (envelope) precision at each distinct score of one attribute."
     s, y = check_inputs(np.ravel(_numpy(scores, 'scores')), np.ravel(_numpy(labels, 'labels')))
@@ -109,7 +120,7 @@ def _step_area(p):  # output of `pr_points`
     r = np.concatenate([[0.], p['recall']])
     return float((np.diff(r) * p['precision']).sum()), float((np.diff(r) * p['interpolated']).sum())
 
-# %% ../nbs/00a_metrics.ipynb #c020
+# %% ../nbs/00a_metrics.ipynb #c022
 THRESHOLD_RULES = ('>=', '>')                       # Eq. 1 of the thesis; the Strong-Baseline / SRN code
 UNSPECIFIED_MODES = ('ignore', 'negative', 'error')  # how pedestrian_metrics treats labels equal to UNSPECIFIED
 
@@ -123,9 +134,23 @@ def harmonic_f1(prec, rec):  # mean instance precision and recall (fractions or 
 def _ratio(num, den, zero_division):  # arrays of counts; value for 0/0
     return np.where(den > 0, num / np.maximum(den, 1), float(zero_division))
 
-# %% ../nbs/00a_metrics.ipynb #c024
+def check_threshold(threshold, n_attributes):  # one number, or a (C,) sequence of per-attribute thresholds; C
+    "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a wrong length or non-finite value."
+    try: t = None if isinstance(threshold, (str, bytes)) else np.asarray(_numpy(threshold, 'threshold'), dtype=np.float64)
+    except (TypeError, ValueError, KitError): t = None
+    if t is None or t.ndim > 1 or (t.ndim == 1 and len(t) != n_attributes) or not np.isfinite(t).all():
+        raise KitError(f'threshold={threshold!r:.120}: must be a finite number or {n_attributes} finite numbers '
+                       '(one per attribute)')
+    return float(t) if t.ndim == 0 else t
+
+def apply_threshold(scores, threshold, rule='>='):  # (N, C) scores; a `check_threshold` value; THRESHOLD_RULES entry
+    "Binary decisions (N, C): score >= threshold (Eq. 1) or > threshold, per attribute when `threshold` is (C,)."
+    if rule not in THRESHOLD_RULES: raise KitError(f'rule={rule!r}: choose one of {THRESHOLD_RULES}')
+    return (scores >= threshold) if rule == '>=' else (scores > threshold)
+
+# %% ../nbs/00a_metrics.ipynb #c026
 def pedestrian_metrics(scores, labels,        # (N, C) probabilities in [0, 1]; (N, C) labels in {1, 0, -1}
-                       threshold=0.5,         # p_t of the thesis' Eq. 1
+                       threshold=0.5,         # p_t of Eq. 1: one number, or a (C,) array of per-attribute thresholds
                        rule='>=',             # '>=' (Eq. 1: p >= p_t is positive) or '>' (Strong-Baseline code)
                        zero_division=0.0,     # value of a 0/0 ratio (instance and per-attribute); 0 or 1
                        unspecified='ignore'): # labels -1: 'ignore' (masked out), 'negative' (read as 0), 'error'
@@ -134,16 +159,14 @@ def pedestrian_metrics(scores, labels,        # (N, C) probabilities in [0, 1]; 
     if unspecified not in UNSPECIFIED_MODES:
         raise KitError(f'unspecified={unspecified!r}: choose one of {UNSPECIFIED_MODES}')
     if zero_division not in (0, 1): raise KitError(f'zero_division={zero_division!r}: use 0 or 1')
-    try: finite = np.isfinite(float(threshold))
-    except (TypeError, ValueError): finite = False
-    if not finite: raise KitError(f'threshold={threshold!r}: must be a finite number')
     s, y = check_inputs(scores, labels, probabilities=True)
+    threshold = check_threshold(threshold, s.shape[1])
     unspec = y == UNSPECIFIED
     if unspec.any() and unspecified == 'error':
         raise KitError(f'labels: {int(unspec.sum())} unspecified (-1) entries; pass unspecified="ignore" or "negative"')
     if unspecified == 'negative': y, unspec = np.where(unspec, 0, y).astype(np.int8), np.zeros_like(unspec)
     if unspec.all(): raise KitError('labels: every entry is unspecified (-1), nothing to score')
-    pred = (s >= threshold) if rule == '>=' else (s > threshold)
+    pred = apply_threshold(s, threshold, rule)
     gt, known = y == 1, ~unspec
     pred &= known                                       # a prediction on an unspecified entry is ignored
     tp, fp = (gt & pred).sum(0), (~gt & known & pred).sum(0)
@@ -168,11 +191,46 @@ def pedestrian_metrics(scores, labels,        # (N, C) probabilities in [0, 1]; 
                 acc_per_attr=_ratio(tp + tn, P + N, zero_division),
                 prec_per_attr=_ratio(tp, tp + fp, zero_division),
                 rec_per_attr=_ratio(tp, P, zero_division),
-                threshold=float(threshold), rule=rule, zero_division=zero_division, unspecified=unspecified,
+                degenerate=degenerate_columns(y, 'exclude'),
+                threshold=threshold if np.ndim(threshold) == 0 else threshold.tolist(), rule=rule, zero_division=zero_division, unspecified=unspecified,
                 f1_convention='harmonic mean of mean instance precision and recall (Eq. 25)',
                 n_samples=int(rows.sum()), n_attributes=int(s.shape[1]))
 
-# %% ../nbs/00a_metrics.ipynb #c036
+# %% ../nbs/00a_metrics.ipynb #c037
+THRESHOLD_CRITERIA = ('f1', 'balanced_accuracy')
+
+def _best_threshold(s, y, criterion, default):  # (n,) scores and (n,) labels in {0, 1} of one attribute
+    "The threshold maximising the criterion over cuts between distinct scores, and the criterion's value there."
+    u = np.unique(s)                                              # ascending distinct scores
+    cand = np.r_[u[0] / 2, (u[:-1] + u[1:]) / 2, (u[-1] + 1) / 2]   # everything positive ... nothing positive
+    idx = np.searchsorted(u, s)                                   # sample i is positive for the cuts cand[:idx+1]
+    P, N = int(y.sum()), int((1 - y).sum())
+    tp = np.cumsum(np.bincount(idx, weights=y, minlength=len(cand))[::-1])[::-1]      # positives with score > cand
+    fp = np.cumsum(np.bincount(idx, weights=1 - y, minlength=len(cand))[::-1])[::-1]
+    crit = (2 * tp / (2 * tp + fp + (P - tp)) if criterion == 'f1' else (tp / P + (N - fp) / N) / 2)
+    best = np.flatnonzero(np.isclose(crit, crit.max(), rtol=0, atol=1e-12))
+    k = best[np.argmin(np.abs(cand[best] - default))]
+    return float(cand[k]), float(crit[k])
+
+def choose_thresholds(scores, labels,          # (N, C) validation probabilities; (N, C) labels in {1, 0, -1}
+                      criterion='f1',          # 'f1' (per-attribute F1) or 'balanced_accuracy' (mA term, Eq. 21)
+                      default=0.5):            # threshold kept for degenerate attributes; tie-breaker
+    "Per-attribute thresholds maximising `criterion` on a validation split: dict(thresholds (C,), score, degenerate, ...)."
+    if criterion not in THRESHOLD_CRITERIA: raise KitError(f'criterion={criterion!r}: choose one of {THRESHOLD_CRITERIA}')
+    if not (isinstance(default, (int, float, np.number)) and not isinstance(default, bool) and 0 <= default <= 1):
+        raise KitError(f'default={default!r:.60}: one threshold in [0, 1]')
+    default = float(default)
+    s, y = check_inputs(scores, labels, probabilities=True)
+    th, score = np.full(s.shape[1], default), np.full(s.shape[1], np.nan)
+    deg = degenerate_columns(y, 'default threshold')
+    for c in range(s.shape[1]):
+        if c in deg['no_positive'] or c in deg['no_negative']: continue
+        m = y[:, c] != UNSPECIFIED
+        th[c], score[c] = _best_threshold(s[m, c], (y[m, c] == 1).astype(np.float64), criterion, default)
+    return dict(thresholds=th, criterion=criterion, score=[None if np.isnan(v) else float(v) for v in score],
+                degenerate=deg, default=default, n_samples=int(s.shape[0]))
+
+# %% ../nbs/00a_metrics.ipynb #c045
 def distraction_bin(level, cap=3):  # number of distractors (None/missing -> 'unknown')
     "Bin label of a distraction level: '0', '1', ..., and 'cap+' for `level >= cap`."
     if level is None: return 'unknown'
@@ -187,10 +245,10 @@ def grouped_metrics(metric_fn, scores, labels, groups,  # e.g. mean_ap; (N, C); 
     if len(g) != len(s): raise KitError(f'groups has {len(g)} entries but scores has {len(s)} samples')
     return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
 
-# %% ../nbs/00a_metrics.ipynb #c039
-HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1')}  # numbers kept per distraction bin
+# %% ../nbs/00a_metrics.ipynb #c048
+HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1'), 'csv': ('mA', 'f1')}  # numbers kept per distraction bin
 
-def dataset_metric(kind: str):  # 'wider', 'rap' or 'pa100k'
+def dataset_metric(kind: str):  # 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
     "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics`."
     if kind not in HEADLINE: raise KitError(f'dataset={kind!r}: choose one of {", ".join(HEADLINE)}')
     return mean_ap if kind == 'wider' else pedestrian_metrics

@@ -1,0 +1,276 @@
+"Model file (save_model / load_model), Predictor, explain and export."
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from har_kit.core import KitError
+from har_kit.predict import LoadedModel, load_model, model_digest, save_model
+
+NAMES = ['hat', 'bag', 'skirt', 'boots']
+PRE = dict(input_size=(64, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _dahar(seed=0):
+    from har_kit.dahar import dahar_variant
+    kw = dict(name='dahar', num_classes=4, arch='resnet-tiny', weights=None)
+    torch.manual_seed(seed)
+    return dahar_variant(**kw).eval(), 'har_kit.dahar:dahar_variant', kw
+
+
+def _campar(seed=0):
+    from har_kit.campar import campar_variant
+    kw = dict(name='campar_fusion', num_attributes=4, arch='resnet-tiny', weights=None)
+    torch.manual_seed(seed)
+    return campar_variant(**kw).eval(), 'har_kit.campar:campar_variant', kw
+
+
+def _save(path, net, builder, kw, **more):
+    return save_model(path, net, builder=builder, kwargs=kw, attributes=NAMES, **{**PRE, **more})
+
+
+@pytest.mark.parametrize('make', [_dahar, _campar])
+def test_round_trip_same_outputs(tmp_path, make):
+    net, builder, kw = make()
+    f = _save(tmp_path/'run'/'v'/'model.pt', net, builder, kw, thresholds=[0.5, 0.3, 0.7, 0.5], dataset='pa100k')
+    lm = load_model(tmp_path/'run', variant='v')
+    assert isinstance(lm, LoadedModel) and lm.path == f and not lm.model.training
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        assert torch.equal(lm.model(x)['logits'], net(x)['logits'])
+    assert lm.attributes == NAMES and lm.input_size == (64, 32) and lm.meta['dataset'] == 'pa100k'
+    np.testing.assert_allclose(lm.thresholds, [0.5, 0.3, 0.7, 0.5])
+    assert load_model(f).thresholds is not None and load_model(tmp_path/'run').path == f   # the only variant
+
+
+def test_pretrained_request_is_not_replayed(tmp_path, monkeypatch):
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, builder, {**kw, 'weights': 'IMAGENET1K_V1'})
+    calls = []
+    import har_kit.dahar as dahar
+    real = dahar.dahar_variant
+    monkeypatch.setattr(dahar, 'dahar_variant', lambda **k: calls.append(k) or real(**k))
+    lm = load_model(f)
+    assert calls[0]['weights'] is None and lm.meta['pretrained'] == 'IMAGENET1K_V1'
+
+
+@pytest.mark.parametrize('where', [0.1, 0.5, 0.9, 'truncate', 'empty'])
+def test_corrupted_file_is_refused_naming_it(tmp_path, where):
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, builder, kw)
+    b = bytearray(f.read_bytes())
+    if where == 'truncate': b = b[:len(b) // 2]
+    elif where == 'empty': b = b''
+    else: b[int(len(b) * where)] ^= 0x55
+    bad = tmp_path/'corrupt.pt'; bad.write_bytes(bytes(b))
+    with pytest.raises(KitError, match='corrupt.pt'): load_model(bad)
+
+
+def test_flipped_weight_value_fails_the_hash(tmp_path):
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, builder, kw)
+    blob = torch.load(f, weights_only=True)
+    k = next(k for k, v in blob['state_dict'].items() if v.is_floating_point() and v.numel())
+    blob['state_dict'][k].view(-1)[0] += 1e-3            # a valid file whose content changed
+    torch.save(blob, tmp_path/'edited.pt')
+    with pytest.raises(KitError, match='edited.pt.*hash mismatch'): load_model(tmp_path/'edited.pt')
+
+
+def test_checks_on_save_and_load(tmp_path):
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, builder, kw)
+    with pytest.raises(KitError, match='4 attributes but 3 were expected'): load_model(f, attributes=NAMES[:3])
+    with pytest.raises(KitError, match='another order'): load_model(f, attributes=NAMES[::-1])
+    for bad, match in [(dict(thresholds=[0.5] * 3), 'thresholds'), (dict(thresholds=[1.5] * 4), 'thresholds'),
+                       (dict(input_size=(64,)), 'input_size'), (dict(mean=(0, 0)), 'mean'),
+                       (dict(dataset=object()), 'dataset'), (dict(extra={'x': object()}), 'extra.x')]:
+        with pytest.raises(KitError, match=match): _save(tmp_path/'bad.pt', net, builder, kw, **bad)
+    with pytest.raises(KitError, match='builder'): _save(tmp_path/'bad.pt', net, 'dahar_variant', kw)
+    with torch.no_grad(): next(net.parameters()).view(-1)[0] = float('nan')
+    with pytest.raises(KitError, match='NaN'): _save(tmp_path/'bad.pt', net, builder, kw)
+    assert not (tmp_path/'bad.pt').exists() and not list(tmp_path.glob('.*tmp'))
+    with pytest.raises(KitError, match='variants with a model here'): load_model(tmp_path, variant='nope')
+    ck = tmp_path/'ckpt.pt'; torch.save({'model': net.state_dict()}, ck)
+    with pytest.raises(KitError, match='not a har-kit model file'): load_model(ck)
+
+
+def test_untrusted_builder_is_not_called(tmp_path):
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, builder, kw)
+    blob = torch.load(f, weights_only=True)
+    blob['meta']['builder'] = 'os:system'; blob['meta']['kwargs'] = {'command': 'touch ' + str(tmp_path/'pwned')}
+    blob['sha256'] = model_digest(blob['meta'], blob['state_dict'], blob['extra'])
+    torch.save(blob, tmp_path/'evil.pt')
+    with pytest.raises(KitError, match='only har_kit builders'): load_model(tmp_path/'evil.pt')
+    assert not (tmp_path/'pwned').exists()
+
+
+class _Scaled(nn.Module):
+    def __init__(self, net, scale):
+        super().__init__(); self.net, self.scale = net, scale
+    def forward(self, x):
+        out = self.net(x); return {**out, 'logits': out['logits'] * self.scale}
+
+
+def _wrap(model, extra, meta):  # a composite predictor builder, as CFAR's would be
+    return _Scaled(model, extra['scale'])
+
+
+def test_composite_predictor_from_extra(tmp_path, monkeypatch):
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, builder, kw, extra={'predictor': 'test_predict:_wrap', 'scale': torch.tensor(2.)})
+    with pytest.raises(KitError, match="trusted=\\('test_predict',\\)"): load_model(f)
+    lm = load_model(f, trusted=('test_predict',))
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad(): torch.testing.assert_close(lm.model(x)['logits'], 2 * net(x)['logits'])
+
+
+# ---- Predictor, CLI, explain, export ----
+from PIL import Image
+
+from har_kit.explain import explain, model_maps
+from har_kit.export import cli as export_cli, export_model
+from har_kit.predict import Predictor, cli, collect_images, read_image, resolve_thresholds
+
+SAMPLE = Path(__file__).resolve().parents[1].parent.parent/'shared'/'data'/'pa100k-sample'
+SAMPLE = SAMPLE if SAMPLE.is_dir() else Path('/work/shared/data/pa100k-sample')
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path/'imgs'; (d/'sub').mkdir(parents=True)
+    for name in ('a.png', 'b.jpg', 'sub/c.png'):
+        Image.fromarray(rng.integers(0, 255, (50, 30, 3), dtype=np.uint8)).save(d/name)
+    return d
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    net, builder, kw = _dahar()
+    return _save(tmp_path/'run'/'dahar'/'model.pt', net, builder, kw, thresholds=[0.5, 0.3, 0.7, 0.5])
+
+
+def test_predictor_batches_and_orders(images, model_file):
+    p = Predictor(model_file, threshold='val', batch_size=2)
+    recs = p.predict([images], progress=False)
+    assert [Path(r['image']).name for r in recs] == ['a.png', 'b.jpg', 'c.png']
+    probs = p.probabilities([r['image'] for r in recs])
+    p1 = Predictor(model_file, threshold='val', batch_size=1).probabilities([r['image'] for r in recs])
+    np.testing.assert_allclose(probs, p1, atol=1e-6)                  # batching does not change a probability
+    for r, pr in zip(recs, probs):
+        assert r['predicted'] == [n for n, q, t in sorted(zip(NAMES, pr, [0.5, 0.3, 0.7, 0.5]), key=lambda z: -z[1]) if q >= t]
+
+
+def test_threshold_specs(tmp_path, model_file):
+    lm = load_model(model_file)
+    (tmp_path/'t.csv').write_text('attribute,threshold\nhat,0.1\nbag,0.2\nskirt,0.3\nboots,0.4\n')
+    assert resolve_thresholds(tmp_path/'t.csv', lm)[0].tolist() == [.1, .2, .3, .4]
+    (tmp_path/'bad.json').write_text('{"hat": 0.1, "bag": 0.2, "skirt": 0.3, "boots": 0.4, "cap": 0.5}')
+    with pytest.raises(KitError, match="bad.json.*unknown \\['cap'\\]"): resolve_thresholds(tmp_path/'bad.json', lm)
+    (tmp_path/'junk.json').write_text('{not json')
+    with pytest.raises(KitError, match='junk.json'): resolve_thresholds(tmp_path/'junk.json', lm)
+    net, builder, kw = _dahar()
+    no_val = load_model(_save(tmp_path/'nv.pt', net, builder, kw))
+    with pytest.raises(KitError, match="nv.pt.*no validation thresholds"): resolve_thresholds('val', no_val)
+
+
+def test_bad_images_named_before_any_work(tmp_path, images, model_file):
+    (images/'broken.jpg').write_bytes(b'\xff\xd8 truncated')
+    with pytest.raises(KitError, match='broken.jpg'): Predictor(model_file).predict([images], progress=False)
+    with pytest.raises(KitError, match='nothing.png: no such'): collect_images([tmp_path/'nothing.png'])
+    with pytest.raises(KitError, match='matches no image'): collect_images([str(tmp_path/'*.tif')])
+
+
+def test_sixteen_bit_png_is_not_white(tmp_path):
+    a = (np.linspace(0, 65535, 600).reshape(20, 30)).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path/'g16.png')
+    g = read_image(tmp_path/'g16.png')
+    assert g.dtype == np.uint8 and g.shape == (20, 30, 3) and g.min() == 0 and g.max() == 255 and 100 < g.mean() < 155
+
+
+def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
+    out = tmp_path/'out'
+    assert cli([str(model_file.parent.parent), str(images/'*.png'), '--threshold', '0.4', '--out', str(out), '--explain']) == 0
+    printed = capsys.readouterr().out
+    assert 'a.png' in printed and 'threshold 0.4 for every attribute' in printed
+    rows = (out/'predictions.csv').read_text().splitlines()
+    assert rows[0] == 'image,predicted,hat,bag,skirt,boots' and len(rows) == 2
+    js = json.loads((out/'predictions.json').read_text())
+    assert js['thresholds'] == {n: 0.4 for n in NAMES} and len(js['images']) == 1
+    assert [p.name for p in (out/'explain').iterdir()] == ['0000_a.png']
+    assert cli([str(model_file), str(tmp_path/'nope.jpg'), '--out', str(tmp_path/'o2')]) == 2
+    assert 'nope.jpg' in capsys.readouterr().err and not (tmp_path/'o2').exists()
+
+
+@pytest.mark.parametrize('make, kind, panels', [
+    (_dahar, 'attention', ['self-mask (stage 1)', 'self-mask (stage 2)', 'self-mask (stage 3)', 'mask branch']),
+    (_campar, 'CAM', [])])
+def test_model_maps(make, kind, panels):
+    net = make()[0]
+    m = model_maps(net, torch.randn(2, 3, 64, 32))
+    assert m['kind'] == kind and m['attribute_maps'].shape[:2] == (2, 4) and list(m['global_maps']) == panels
+    assert float(m['attribute_maps'].min()) >= 0
+
+
+def test_model_maps_of_a_plain_classifier():
+    from har_kit.campar import campar_variant
+    m = model_maps(campar_variant('baseline', 4, 'resnet-tiny').eval(), torch.randn(1, 3, 64, 32))
+    assert m['kind'] == 'CAM' and m['attribute_maps'].shape[:2] == (1, 4)
+
+
+@pytest.mark.parametrize('make', [_dahar, _campar])
+def test_export_matches_pytorch(tmp_path, make):
+    "ONNX (onnxruntime) and TorchScript against PyTorch on one batch: max |diff| < 1e-4, named input/output."
+    pytest.importorskip('onnxruntime')
+    import onnxruntime as ort
+    net, builder, kw = make()
+    f = _save(tmp_path/'m.pt', net, builder, kw)
+    x = torch.randn(5, 3, 64, 32)
+    with torch.no_grad(): ref = torch.sigmoid(net(x)['logits']).numpy()
+    rep = export_model(f, tmp_path/'m.onnx', 'onnx')
+    sess = ort.InferenceSession(str(rep['path']), providers=['CPUExecutionProvider'])
+    assert [i.name for i in sess.get_inputs()] == ['images'] and [o.name for o in sess.get_outputs()] == ['probabilities']
+    assert np.abs(sess.run(None, {'images': x.numpy()})[0] - ref).max() < 1e-4
+    assert json.loads(rep['sidecar'].read_text())['attributes'] == NAMES
+    ts = export_model(f, tmp_path/'m.ts.pt', 'torchscript')
+    assert np.abs(torch.jit.load(str(ts['path']))(x).detach().numpy() - ref).max() < 1e-4
+
+
+def test_export_cli_errors(tmp_path, model_file, capsys):
+    assert export_cli([str(tmp_path/'none.pt')]) == 2 and 'none.pt' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA100K sample not present')
+def test_real_sample_images_predict(tmp_path):
+    "The real PA100K sample's images go through collect/check/read/predict (any model of its attribute count)."
+    from har_kit.data import read_pa100k
+    data = read_pa100k(SAMPLE)
+    from har_kit.campar import campar_variant
+    kw = dict(name='campar', num_attributes=len(data.attributes), arch='resnet-tiny', weights=None)
+    f = save_model(tmp_path/'m.pt', campar_variant(**kw).eval(), builder='har_kit.campar:campar_variant', kwargs=kw,
+                   attributes=data.attributes, **PRE)
+    paths = [s.image for s in data.split('test')[:6]]
+    recs = Predictor(f).predict(paths, progress=False)
+    assert len(recs) == len(paths) and set(recs[0]['probabilities']) == set(data.attributes)
+
+
+class _LogitsOnly(nn.Module):  # a composite that returns only its own logits (as CFAR's predictor does)
+    def __init__(self, net):
+        super().__init__(); self.phase1 = net
+    def forward(self, x): return {'logits': self.phase1(x)['logits'] + 1}
+
+
+def test_model_maps_of_a_composite_use_its_network():
+    net = _campar()[0]
+    x = torch.randn(1, 3, 64, 32)
+    m = model_maps(_LogitsOnly(net), x)
+    assert m['kind'] == 'CAM' and torch.equal(m['logits'], net(x)['logits'] + 1)
+    with pytest.raises(KitError, match='no maps'): model_maps(_Plain(), x)
+
+
+class _Plain(nn.Module):
+    def forward(self, x): return {'logits': x.mean((2, 3))}
