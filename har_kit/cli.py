@@ -19,10 +19,10 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'data': ('har_kit.data', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT)'),
     'status': ('har_kit.reproduce', "where each run of a profile stands: done, failed (with the cell's error), missing"),
     'predict': ('har_kit.predict', 'attribute names, probabilities and decisions for images, from a trained model'),
-    'export': ('har_kit.predict', 'export a trained model to ONNX or TorchScript (probabilities out)'),
+    'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),
 }
 
-CLI_FUNCTIONS = {'status': 'status_cli', 'export': 'export_cli'}  # subcommands whose module's function is not `cli`
+CLI_FUNCTIONS = {'status': 'status_cli'}  # subcommands whose module's function is not `cli`
 
 def usage():
     "The top-level help text."
