@@ -31,5 +31,7 @@ def test_paper_smoke_rehearsal(tmp_path):
     for key in PAPER_TABLES:
         rows = (tables/f'{key}.md').read_text().split('**Protocol card**')[0].split('|---|')[-1]
         assert not any(why in rows for why in ('no run', 'failed:', 'not done')), (key, rows)   # every cell filled
-    t2 = (tables/'campar_t2.md').read_text()
-    assert 'selected on test' in t2 and 'held-out' in t2   # both selection modes, labelled
+    t2 = (tables/'campar_t2.md').read_text().split('**Protocol card**')[0]
+    for row in ('| baseline |', '| + CAM-PAR + fusion + CFAR |'):   # both selection modes, labelled, CFAR included
+        ours = [l for l in t2.splitlines() if l.startswith(row) and '| ours' in l]
+        assert any('selected on test' in l for l in ours) and any('held-out' in l for l in ours), (row, ours)
