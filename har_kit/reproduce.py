@@ -15,9 +15,10 @@ from .runs import RunFailed, is_done, run_notebook, run_status
 
 # %% auto #0
 __all__ = ['PROFILES', 'SMOKE_KEYS', 'SMOKE', 'LAUNCHER_OPTIONS', 'shared_sample_root', 'PlannedRun', 'default_tables',
-           'run_dir_name', 'plan', 'missing_roots', 'check_roots', 'describe', 'run_planned', 'default_jobs', 'execute',
-           'status_path', 'job_file', 'job_queued', 'run_states', 'save_status', 'format_status', 'status_cli',
-           'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'render_tables', 'cli']
+           'run_dir_name', 'plan', 'missing_roots', 'check_roots', 'describe', 'stale_params', 'run_planned',
+           'default_jobs', 'execute', 'status_path', 'job_file', 'job_queued', 'run_states', 'save_status',
+           'format_status', 'status_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs',
+           'render_tables', 'cli']
 
 # %% ../nbs/07_reproduce.ipynb #c006
 PROFILES = {
@@ -245,10 +246,19 @@ def describe(runs) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/07_reproduce.ipynb #c023
-def run_planned(r: PlannedRun, dev=None):  # dev: a device replacing the planned one (one of --device's list)
+def stale_params(r: PlannedRun) -> list:
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside)."
+    p = r.out_dir/'params.json'
+    if not p.exists(): return []
+    old, new = load_json(p), json.loads(json.dumps(r.params, default=str))
+    return sorted(k for k in set(old) | set(new) if k != 'device' and old.get(k) != new.get(k))
+
+def run_planned(r: PlannedRun,   # the run
+                dev=None,        # a device replacing the planned one (one of --device's list)
+                force=False):    # a run directory holding other parameters: move it aside and rerun
     "Execute one planned run with `run_notebook` (its parameters, directory and thread count)."
     return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
-                        progress=False, threads=r.threads)
+                        progress=False, threads=r.threads, force=force and bool(stale_params(r)))
 
 def default_jobs(runs, devices=None) -> int:
     "Concurrent runs: one per device when several are given; on CPU, the cores divided by the runs' threads."
@@ -262,17 +272,19 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             progress=True,   # tqdm bar over runs
             run_fn=None,     # (run, device) -> anything; raises on failure (None: `run_planned`)
             jobs=None,       # runs at once (None: `default_jobs`)
-            on_change=None   # called with the status dict after each finished run
+            on_change=None,  # called with the status dict after each finished run
+            force=False      # rerun runs whose directory holds other parameters (moved aside), done or not
            ) -> dict:
     "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}}."
     from tqdm.auto import tqdm
-    run_fn = run_fn or run_planned
+    run_fn = run_fn or (lambda r, dev: run_planned(r, dev, force))
     devices = list(devices or [None])
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
     free = [devices[i % len(devices)] for i in range(jobs)]
     status = {'done': [], 'skipped': [], 'failed': {}}
     pending = list(runs)
-    finished = {r.out_dir for r in runs if is_done(r.out_dir)}
+    stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
+    finished = {d for d, diff in stale.items() if not diff}      # done with the planned parameters
     failed = set()
     bar = tqdm(total=len(runs), desc='runs', disable=not progress)
     def work(r, dev):
@@ -284,6 +296,10 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             for r in list(pending):
                 if r.out_dir in finished:
                     pending.remove(r); status['skipped'].append(r.name); bar.update(); continue
+                if stale.get(r.out_dir) and not force:   # never reported as done: its results are of other parameters
+                    pending.remove(r); failed.add(r.out_dir); bar.update()
+                    status['failed'][r.name] = (f'finished with other parameters ({", ".join(stale[r.out_dir])}): '
+                                                'pass --force to rerun it (the old run is moved aside)'); continue
                 if any(d in failed for d in r.deps):
                     pending.remove(r); failed.add(r.out_dir)
                     status['failed'][r.name] = 'not started: a run it needs failed'; bar.update(); continue
@@ -303,7 +319,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     bar.close()
     return status
 
-# %% ../nbs/07_reproduce.ipynb #c027
+# %% ../nbs/07_reproduce.ipynb #c029
 def status_path(root, profile) -> Path: return Path(root)/profile/'status.json'
 
 _ACTIVE_SLURM = {'PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'RESIZING', 'REQUEUE_HOLD'}
@@ -333,6 +349,10 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
     for rec in recs:
         st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
         rec['state'], rec['error'] = st['state'], st.get('error')
+        if st['state'] == 'done' and 'params' in rec and (Path(rec['out_dir'])/'params.json').exists():
+            old = load_json(Path(rec['out_dir'])/'params.json')
+            diff = sorted(k for k in set(old) | set(rec['params']) if k != 'device' and old.get(k) != rec['params'].get(k))
+            if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
         # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
         if rec['state'] == 'missing' and err and not err.startswith('not started'): rec['state'], rec['error'] = 'failed', err
@@ -353,7 +373,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
 def save_status(runs, root, profile, errors=None) -> dict:
     "Write `<root>/<profile>/status.json` for the planned runs (atomically); return it."
     recs = run_states(runs, errors)
-    counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'failed', 'running', 'queued', 'missing')}
+    counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'stale', 'failed', 'running', 'queued', 'missing')}
     seconds = {k: round(sum((r.get('seconds') or {}).get(k) or 0 for r in recs), 1) for k in ('total', 'kernel_start', 'imports', 'cells')}
     st = dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, seconds=seconds, runs=recs)
     save_json(st, status_path(root, profile))
@@ -391,7 +411,7 @@ def status_cli(argv=None):
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] else 0
 
-# %% ../nbs/07_reproduce.ipynb #c030
+# %% ../nbs/07_reproduce.ipynb #c032
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -420,12 +440,14 @@ class RunJob:
     run: PlannedRun
     wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
     run_fn: object = None       # (run, device) -> anything; None: `run_planned`
+    force: bool = False         # the run directory holds other parameters: move it aside and rerun
 
     def __call__(self):
         if self.wait_deps: wait_for(self.run.deps)
         elif not all(is_done(d) for d in self.run.deps):   # the scheduler's afterok should have made sure of it
             raise KitError(f'{self.run.name} started before the runs it needs were done: {self.run.deps}')
-        (self.run_fn or run_planned)(self.run, None)
+        if self.run_fn: self.run_fn(self.run, None)
+        else: run_planned(self.run, None, self.force)
         return str(self.run.out_dir)
 
     def checkpoint(self, *args, **kwargs):  # submitit calls this on preemption / time limit, then requeues
@@ -477,12 +499,13 @@ def submit(runs,           # PlannedRuns, dependencies first
            root=None,      # outputs root of the runs
            render=True,    # submit the tables job
            run_fn=None,    # (run, device) -> anything (None: `run_planned`)
-           dry_run=False   # only say what would be submitted
+           dry_run=False,  # only say what would be submitted
+           force=False     # resubmit runs whose directory holds other parameters (moved aside when they start)
           ) -> list:
     "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json`; return one action per run."
     cluster = getattr(executor, 'cluster', 'local')
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
-    ids, actions, jobs = {}, [], []
+    ids, actions, blocked = {}, [], set()
     def send(fn, name, after, kind):
         if native:   # a run whose dependency failed is cancelled rather than left pending
             executor.update_parameters(slurm_additional_parameters={'dependency': f'{kind}:' + ':'.join(after),
@@ -490,7 +513,15 @@ def submit(runs,           # PlannedRuns, dependencies first
         executor.update_parameters(name=f'har-kit:{name}')
         return executor.submit(fn)
     for r in runs:
-        if is_done(r.out_dir): actions.append(dict(name=r.name, action='done')); continue
+        if is_done(r.out_dir):
+            diff = stale_params(r)
+            if not diff: actions.append(dict(name=r.name, action='done')); continue
+            if not force:
+                blocked.add(r.out_dir)
+                actions.append(dict(name=r.name, action='stale', note=f'finished with other parameters ({", ".join(diff)}): --force resubmits it'))
+                continue
+        if any(d in blocked for d in r.deps):
+            blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
         jf = job_file(r.out_dir)
         if jf.exists() and job_queued(load_json(jf)):
             ids[r.out_dir] = load_json(jf)['job_id']
@@ -499,7 +530,7 @@ def submit(runs,           # PlannedRuns, dependencies first
         if dry_run:
             ids[r.out_dir] = f'<{r.name}>'
             actions.append(dict(name=r.name, action='submit', after=after)); continue
-        job = send(RunJob(r, not native, run_fn), r.name, after, 'afterok')
+        job = send(RunJob(r, not native, run_fn, force), r.name, after, 'afterok')
         info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
                     submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
         save_json(info, jf)
@@ -516,9 +547,10 @@ def submit(runs,           # PlannedRuns, dependencies first
 def describe_jobs(actions) -> str:
     "One line per run: done, queued (job id) or submitted/to submit, after which jobs."
     return '\n'.join(f'{a["action"]:<7} {a["name"]}' + (f' [job {a["job_id"]}]' if a.get('job_id') else '') +
-                     (f' after {", ".join(a["after"])}' if a.get('after') else '') for a in actions)
+                     (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
+                     for a in actions)
 
-# %% ../nbs/07_reproduce.ipynb #c034
+# %% ../nbs/07_reproduce.ipynb #c036
 def render_tables(profile, root=None, tables=None, progress=False):
     "Run the results notebook for a profile (always re-rendered); return its run directory."
     root = Path(root or outputs_root())
@@ -561,6 +593,7 @@ def cli(argv=None):
     ap.add_argument('--seeds', type=int, default=1, help='seeds per run (rows report mean ± sd)')
     ap.add_argument('--out', help='outputs root (default: outputs/)')
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
+    ap.add_argument('--force', action='store_true', help='rerun runs whose directory holds other parameters (e.g. after a profile changed); the old runs are moved aside')
     ap.add_argument('--json', action='store_true', help='with --dry-run: one JSON object per run (notebook, params, out_dir, deps)')
     g = ap.add_argument_group('scheduler (--launcher submitit)')
     g.add_argument('--launcher', default='local', choices=['local', 'submitit'], help='local: run here; submitit: one scheduler job per run')
@@ -594,7 +627,7 @@ def cli(argv=None):
         if a.launcher == 'submitit':
             opts = {'gpus': 0 if a.smoke else 1, **_launcher_options(a)}
             ex = None if a.dry_run else make_executor(root/a.profile/'jobs', **opts)   # a dry run creates nothing
-            actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run)
+            actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run, force=a.force)
             print(describe_jobs(actions))
             if a.dry_run: return 0
             save_status(runs, root, a.profile)
@@ -604,7 +637,7 @@ def cli(argv=None):
             return 0
             return 0
         save_status(runs, root, a.profile)
-        status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs,
+        status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs, force=a.force,
                          on_change=lambda s: save_status(runs, root, a.profile, s['failed']))
         st = save_status(runs, root, a.profile, status['failed'])
         tables_run = render_tables(a.profile, root)
