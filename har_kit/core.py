@@ -131,24 +131,24 @@ def data_root():
 
 # %% ../nbs/00_core.ipynb #c022
 def _notebook_globals():
-    "The namespace of the notebook (or script) calling into the kit: the innermost frame whose module is `__main__`."
+    "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
     while f is not None:
-        if f.f_globals.get('__name__') == '__main__': return f.f_globals
+        g = f.f_globals
+        if g.get('__name__') == '__main__': return g if 'get_ipython' in g else None
         f = f.f_back
     return None
 
-_PROCESS_RUN_DIR = {}
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
     if not d:
-        ns = _notebook_globals()
-        store = ns if ns is not None else _PROCESS_RUN_DIR
-        d = store.get('_har_kit_run_dir')
+        ns = _notebook_globals()                  # outside a notebook (scripts, tests): a fresh folder per call
+        d = ns.get('_har_kit_run_dir') if ns is not None else None
         if d is None or not Path(d).is_dir():
-            d = store['_har_kit_run_dir'] = tempfile.mkdtemp(prefix='har-kit-run-')
-            print(f'out_dir is None: this notebook writes its outputs to {d}')
+            d = tempfile.mkdtemp(prefix='har-kit-run-')
+            if ns is not None: ns['_har_kit_run_dir'] = d
+            print(f'out_dir is None: outputs go to {d}')
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 

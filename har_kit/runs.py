@@ -118,7 +118,7 @@ def check_parameters(notebook, params: dict | None) -> dict:  # notebook name/pa
     for name, value in (params or {}).items():
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise KitError(f'parameter name {name!r} is not a Python identifier: a parameter name is a plain name '
-                           f'such as epochs (names of {Path(str(notebook)).stem}: {", ".join(declared) or "none"})')
+                           f'such as epochs (names of {Path(str(notebook)).stem}: {", ".join(n for n in declared if n != "out_dir") or "none"})')
         if name == 'out_dir': raise KitError("parameter 'out_dir' is set by the runner: pass the run directory with --out (out_dir=)")
         if name not in declared:
             close = difflib.get_close_matches(name, list(declared), n=1)
@@ -148,17 +148,19 @@ def run_lock(out_dir):  # the run directory (created if needed)
     "Hold the run directory's exclusive lock for the block, or raise `KitError` naming the process that holds it."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     path = out/'.lock'
-    while True:
+    for attempt in range(100):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            if attempt < 5: time.sleep(0.05); continue          # a `run_status` probe holds it for microseconds
             raise KitError(f'{out} is in use by another run ({_holder(path)}): wait for it to finish, or pass another '
                            'run directory (--out)') from None
         try: same = os.stat(path).st_ino == os.fstat(fd).st_ino     # the directory may have been moved aside meanwhile
         except FileNotFoundError: same = False
         if same: break
         os.close(fd)
+    else: raise KitError(f'{out}: could not take its lock (the directory keeps being moved); retry')
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
@@ -209,7 +211,7 @@ def kernel_env(out_dir, threads=None):  # the run directory; intra-op threads (N
                 HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                 PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
 
-def _same(a, b): return json.dumps(to_jsonable(a), sort_keys=True) == json.dumps(to_jsonable(b), sort_keys=True)
+def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
 def _prepare(out, params, force):
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
@@ -293,45 +295,56 @@ def _fail(out, error, cell=None):
 
 def _disk_full(e): return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
+def _execute(nb, out, params, env, kernel_name, progress, timeout):
+    "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    started = time.time()
+    with open(out/'log.txt', 'a') as log:
+        log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}\n'); log.flush()
+        def stop(msg, cell):
+            _finish_notebook(out, started, log); _fail(out, msg, cell)
+            return RunFailed(out, msg)
+        try:
+            pm.execute_notebook(str(nb), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
+                                kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
+                                execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out))
+        except pm.PapermillExecutionError as e:
+            if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
+                raise stop(f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: '
+                           'it resumes here', e.exec_count) from None
+            raise stop(f'cell {e.exec_count} raised {e.ename}: {e.evalue}', e.exec_count) from None
+        except CellTimeoutError:
+            cell = _cell_of(out/'notebook.running.ipynb')
+            raise stop(f'cell {cell} ran longer than timeout={timeout} s and was stopped; rerun with a larger timeout '
+                       '(it resumes here)', cell) from None
+        except DeadKernelError:
+            cell = _cell_of(out/'notebook.running.ipynb')
+            raise stop(f'the kernel died while running cell {cell} (out of memory, or killed); the notebook up to the '
+                       'last finished cell, its checkpoints and log.txt are kept: rerun to resume', cell) from None
+        except KeyboardInterrupt:
+            stop('interrupted (Ctrl-C)', _cell_of(out/'notebook.running.ipynb')); raise
+        _finish_notebook(out, started, log)
+
 def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name: str = 'python3',
                  force: bool = False, progress: bool = True, timeout: int | None = None, threads: int | None = None):
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above)."
-    import papermill as pm
-    from nbclient.exceptions import DeadKernelError
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
     params = check_parameters(nb, params)                       # before anything is created or run
-    env = kernel_env(out_dir or '.', threads)
+    try: KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
+                       f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
     out = Path(out_dir) if out_dir else outputs_root()/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
     out = out.resolve()
-    env['HAR_KIT_RUN_DIR'] = str(out)
+    env = kernel_env(out, threads)
     try:
         with run_lock(out):
             if _prepare(out, params, force) == 'skip': return out
             save_json(params, out/'params.json')
             save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS'])}, out/'env.json')
-            started = time.time()
-            with open(out/'log.txt', 'a') as log:
-                log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}\n'); log.flush()
-                try:
-                    pm.execute_notebook(str(nb), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
-                                        kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
-                                        execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out))
-                except pm.PapermillExecutionError as e:
-                    _finish_notebook(out, started, log)
-                    if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
-                        msg = f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: it resumes here'
-                    else: msg = f'cell {e.exec_count} raised {e.ename}: {e.evalue}'
-                    _fail(out, msg, e.exec_count)
-                    raise RunFailed(out, msg) from None
-                except DeadKernelError:
-                    cell = _cell_of(out/'notebook.running.ipynb')
-                    _finish_notebook(out, started, log)
-                    msg = (f'the kernel died while running cell {cell} (out of memory, or killed); the notebook up to '
-                           'the last finished cell, its checkpoints and log.txt are kept: rerun to resume')
-                    _fail(out, msg, cell); raise RunFailed(out, msg) from None
-                except KeyboardInterrupt:
-                    _finish_notebook(out, started, log); _fail(out, 'interrupted (Ctrl-C)', _cell_of(out/'notebook.ipynb')); raise
-                _finish_notebook(out, started, log)
+            _execute(nb, out, params, env, kernel_name, progress, timeout)
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'
                 _fail(out, msg); raise RunFailed(out, msg)
@@ -341,7 +354,8 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
         if not _disk_full(e): raise
         kept = ', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.'))) if out.exists() else 'nothing'
         _fail(out, f'disk full: {e}')
-        raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: it resumes here') from None
+        raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
+                        'it resumes here') from None
 
 # %% ../nbs/00b_runs.ipynb #c024
 def run_status(out_dir) -> dict:  # a run directory

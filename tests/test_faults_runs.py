@@ -96,10 +96,14 @@ def test_other_parameters_are_refused_and_force_moves_the_old_run_aside(tmp_path
     with pytest.raises(KitError, match=r'other parameters \(differs in: seed: 0 -> 1\).*--force'):
         run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False)
     assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 0}
+    (tmp_path/'run'/'checkpoints').mkdir(); (tmp_path/'run'/'checkpoints'/'last.pt').write_bytes(b'seed 0 weights')
     run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False, force=True)
     assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 1}
+    assert not (tmp_path/'run'/'checkpoints').exists()           # the new run cannot resume the old one's checkpoint
     (aside,) = tmp_path.glob('run.old-*')
     assert load_json(aside/'metrics.json') == {'seed': 0} and (aside/'done').exists()
+    assert (aside/'checkpoints'/'last.pt').read_bytes() == b'seed 0 weights'
+    assert load_json(aside/'params.json') == {'seed': 0}
 
 
 def test_done_run_with_same_parameters_is_skipped(tmp_path, monkeypatch):
@@ -162,6 +166,21 @@ def test_disk_full_in_the_kernel_is_named(tmp_path, monkeypatch):
     _fake(monkeypatch, full)
     with pytest.raises(RunFailed, match='the disk is full .*cell 5'):
         run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
+
+
+def test_cell_timeout_is_one_line(tmp_path, monkeypatch):
+    from nbclient.exceptions import CellTimeoutError
+    def slow(outp, params): raise CellTimeoutError('Cell execution timed out')
+    _fake(monkeypatch, slow)
+    with pytest.raises(RunFailed, match='ran longer than timeout=5 s'):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False, timeout=5)
+    assert run_status(tmp_path/'run')['state'] == 'failed'
+
+
+def test_unknown_kernel_names_the_installed_ones(tmp_path):
+    with pytest.raises(KitError, match=r"kernel_name='nope' .*installed kernels: .*python3"):
+        run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False, kernel_name='nope')
+    assert not (tmp_path/'run').exists()
 
 
 def test_no_metrics_means_failed_not_done(tmp_path, monkeypatch):

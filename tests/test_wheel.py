@@ -115,6 +115,7 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(wheel, tmp_path):
         'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
         'nbformat': 4, 'nbformat_minor': 5}))
     env['PATH'] = f'{venv/"bin"}:/usr/bin:/bin'
+    env['JUPYTER_DATA_DIR'] = str(tmp_path/'jupyter')             # no user-level kernelspec: `python3` is the venv's
     r = subprocess.run([str(venv/'bin'/'har-kit'), 'run', str(nb), '-p', 'x', '3'], cwd=work, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
