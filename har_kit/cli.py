@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib, sys
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'usage', 'main']
+__all__ = ['SUBCOMMANDS', 'CLI_FUNCTIONS', 'usage', 'main']
 
 # %% ../nbs/08_cli.ipynb #c004
 SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
@@ -16,7 +16,13 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'masks': ('har_kit.masks', 'compute and cache pseudo ground-truth person masks for a dataset'),
     'reproduce': ('har_kit.reproduce', "regenerate the papers' tables (profiles quick, sample, paper)"),
     'bench': ('har_kit.bench', 'complexity benchmark: parameters and latency against a plain torchvision backbone'),
+    'data': ('har_kit.data', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT)'),
+    'status': ('har_kit.reproduce', "where each run of a profile stands: done, failed (with the cell's error), missing"),
+    'predict': ('har_kit.predict', 'attribute names, probabilities and decisions for images, from a trained model'),
+    'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),
 }
+
+CLI_FUNCTIONS = {'status': 'status_cli'}  # subcommands whose module's function is not `cli`
 
 def usage():
     "The top-level help text."
@@ -34,4 +40,4 @@ def main(argv=None):
     if name not in SUBCOMMANDS:
         print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    return module.cli(rest) or 0
+    return getattr(module, CLI_FUNCTIONS.get(name, 'cli'))(rest) or 0

@@ -4,17 +4,20 @@
 
 # %% ../nbs/07_reproduce.ipynb #c002
 from __future__ import annotations
-import argparse, json, os, sys, threading, time
+import argparse, itertools, json, os, sys, threading, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import KitError, outputs_root, repo_root, save_json
+from .core import KitError, load_json, outputs_root, repo_root, save_json
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_layout, run_path
-from .runs import RunFailed, is_done, run_notebook
+from .runs import RunFailed, is_done, run_notebook, run_status
 
 # %% auto #0
-__all__ = ['PROFILES', 'shared_sample_root', 'PlannedRun', 'default_tables', 'plan', 'missing_roots', 'describe', 'execute',
+__all__ = ['PROFILES', 'SMOKE_KEYS', 'SMOKE', 'LAUNCHER_OPTIONS', 'shared_sample_root', 'PlannedRun', 'default_tables',
+           'run_dir_name', 'plan', 'missing_roots', 'check_roots', 'describe', 'stale_params', 'run_planned',
+           'default_jobs', 'execute', 'status_path', 'job_file', 'job_queued', 'run_states', 'save_status',
+           'format_status', 'status_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs',
            'render_tables', 'cli']
 
 # %% ../nbs/07_reproduce.ipynb #c006
@@ -22,6 +25,7 @@ PROFILES = {
     'quick': {
         '_about': 'synthetic benchmark (quick sets), resnet-tiny from scratch, 1/4-size inputs, CPU, 3 epochs',
         '_data': 'synthetic',
+        '_threads': 1,
         # Da-HAR: the paper's SGD recipe with a from-scratch learning rate; Fig. 5 is drawn by the notebook's own run
         'dahar': dict(profile='quick', arch='resnet-tiny', weights=None, scale=0.25, epochs=3, batch_size=32,
                       lr=0.03, fig5=False, device='cpu'),
@@ -34,19 +38,34 @@ PROFILES = {
     'sample': {
         '_about': 'the real PA100K sample (1,600 train / 200 val / 200 test real images), resnet-tiny from scratch, 3/8-size inputs',
         '_data': 'pa100k-sample',
+        '_threads': 1,
         '_datasets': ['pa100k'],
         '_tables': ['real_pa100k'],
         'campar': dict(arch='resnet-tiny', weights=None, scale=0.375, epochs=5, batch_size=32, optimizer='adam', lr=1e-3,
                        device='auto'),
-        'cfar': dict(device='auto'),
+        'cfar': dict(scale=0.375, device='auto'),   # phase 2 sees the inputs phase 1 was trained on
     },
     'paper': {
-        '_about': "real datasets, the papers' backbones (ImageNet weights via torchvision), full inputs, GPU",
+        '_about': "real datasets, the papers' backbones (torchvision's IMAGENET1K_V1 weights), full inputs, GPU; "
+                  "RAP over its 5 partitions; CAM-PAR selected both as [15] (on test) and on held-out data",
         '_data': 'real',
-        'dahar': dict(arch='resnet101', weights='DEFAULT', scale=1.0, epochs=30, batch_size=32, lr=0.003,
-                      device='cuda'),
-        'campar': dict(arch='resnet50', weights='DEFAULT', scale=1.0, epochs=30, batch_size=64, device='cuda'),
-        'cfar': dict(device='cuda'),
+        '_threads': 8,
+        '_partitions': {'rap': 5},                        # RAP v1 ships 5 random partitions: every RAP run on each
+        # CAM-PAR epoch selection, each mode with the parameters it implies: [15]'s (best test-split mA; its plateau
+        # watches the test loss) and held-out (a tenth of the training images carved out as the validation split)
+        '_selections': {'campar': {'[15]': dict(val_fraction=0.0), 'held-out': dict(val_fraction=0.1)}},
+        '_by_dataset': {'campar': {'rap': dict(train_splits=['trainval']),            # [15]: TRAIN_SPLIT trainval
+                                   'pa100k': dict(train_splits=['train', 'val'])}},
+        # pseudo ground-truth person masks for Da-HAR's mask supervision, where the readers look by default
+        'masks': dict(source='maskrcnn', maskrcnn_weights='DEFAULT', maskrcnn_min_size=800,   # torchvision's resize
+                      fig4_arch='resnet101', fig4_weights='IMAGENET1K_V1', fig4_size=224, device='cuda'),
+        # Fig. 5 (a second Da-HAR without mask supervision) is drawn by the notebook's own run, not by every table run
+        'dahar': dict(arch='resnet101', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=32, lr=0.003,
+                      fig5=False, device='cuda'),
+        'campar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=64, logit_bn=True,
+                       plateau_on='eval_loss', fusion_width=128, fusion_lr='backbone', device='cuda'),
+        'cfar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, batch_size=64, als_tol=1e-4,
+                     als_max_iterations=1000, device='cuda'),
     },
 }
 
@@ -57,6 +76,24 @@ def shared_sample_root():
     return (root.parent/'shared'/'data'/'pa100k-sample') if root else None
 
 # %% ../nbs/07_reproduce.ipynb #c008
+SMOKE_KEYS = frozenset({
+    'arch', 'weights', 'scale', 'batch_size', 'device', 'num_workers',      # backbone (and its weights), input size
+    'epochs', 'phase2_epochs', 'als_max_iterations', 'bench', 'bench_rows',  # lengths, benchmark sizes
+    'source', 'maskrcnn_weights', 'maskrcnn_min_size',                       # masks: no COCO weights in CI
+    'fig4_arch', 'fig4_weights', 'fig4_size',                                # Fig. 4's backbone and input size
+})
+
+SMOKE = {  # notebook -> overrides of the paper profile in smoke mode (keys from SMOKE_KEYS only)
+    '_threads': 1,
+    'masks': dict(source='box', maskrcnn_weights=None, maskrcnn_min_size=128, fig4_arch='resnet18', fig4_weights=None,
+                  fig4_size=64, device='cpu'),
+    'dahar': dict(arch='resnet-tiny', weights=None, scale=0.25, epochs=1, batch_size=8, device='cpu'),
+    'campar': dict(arch='resnet-tiny', weights=None, scale=0.25, epochs=1, batch_size=8, device='cpu'),
+    'cfar': dict(arch='resnet-tiny', weights=None, scale=0.25, batch_size=8, phase2_epochs=1, als_max_iterations=3,
+                 bench_rows=64, device='cpu'),
+}
+
+# %% ../nbs/07_reproduce.ipynb #c011
 @dataclass
 class PlannedRun:
     "One notebook execution: what, with which parameters, where, and after which other runs."
@@ -66,9 +103,17 @@ class PlannedRun:
     params: dict
     deps: list = field(default_factory=list)   # out_dirs of runs that must be done first
     rows: list = field(default_factory=list)   # (table, row) pairs this run fills
+    dims: dict = field(default_factory=dict)   # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
+    threads: int = 1                           # the kernel's intra-op thread count (the profile's `_threads`)
 
     @property
     def name(self): return str(Path(*self.out_dir.parts[-3:]))
+
+    def record(self) -> dict:
+        "The run as plain data (what `--dry-run --json` prints)."
+        return dict(name=self.name, notebook=self.spec.notebook, params=self.params, out_dir=str(self.out_dir),
+                    deps=[str(d) for d in self.deps], rows=[f'{t}/{k}' for t, k in self.rows], seed=self.seed,
+                    dims=self.dims, threads=self.threads)
 
 def _dataset_root(profile, dataset, data_roots):
     kind = PROFILES[profile]['_data']
@@ -84,43 +129,112 @@ def default_tables(profile, studies=False) -> list:
     keys = PROFILES[profile].get('_tables') or list(PAPER_TABLES) + (list(STUDY_TABLES) if studies else [])
     return [k for k in keys if TABLES[k].in_profile(profile)]
 
-def plan(tables=None, profile='quick', seeds=1, data_roots=None, root=None, device=None) -> list:
+def _slug(v): return ''.join(c for c in str(v) if c.isalnum())
+
+def run_dir_name(seed, dims=None) -> str:
+    "`seed<S>` plus the plan dimensions: `seed0-part3-sel15`."
+    dims = dims or {}
+    return f'seed{seed}' + (f'-part{dims["partition"]}' if 'partition' in dims else '') + \
+           (f'-sel{_slug(dims["selection"])}' if 'selection' in dims else '')
+
+def _own_dims(prof, spec):  # the dimensions a spec varies over by itself: name -> values
+    dims = {}
+    n = prof.get('_partitions', {}).get(spec.kwargs.get('dataset'))
+    if n: dims['partition'] = list(range(n))
+    if spec.notebook in prof.get('_selections', {}): dims['selection'] = list(prof['_selections'][spec.notebook])
+    return dims
+
+def _dim_params(prof, spec, dims):  # the parameters a run's own dimension values set
+    own = _own_dims(prof, spec)
+    p = {k: v for k, v in dims.items() if k in own}
+    if 'selection' in p: p.update(prof['_selections'][spec.notebook][p['selection']])
+    return p
+
+def _all_dims(prof, spec):  # own dimensions plus those inherited from the runs it needs
+    dims = {}
+    for _, dep in spec.needs: dims.update(_all_dims(prof, dep))
+    dims.update(_own_dims(prof, spec))
+    return dims
+
+def plan(tables=None,      # table keys; None: the profile's default tables
+         profile='quick',  # 'quick', 'sample' or 'paper'
+         seeds=1,          # seeds per run (at least each table's own `seeds`)
+         data_roots=None,  # {'wider'|'rap'|'pa100k': root} for real-data profiles
+         root=None,        # outputs root (None: `outputs_root()`); runs go to <root>/<profile>/...
+         device=None,      # one device for every run (None: the profile's)
+         smoke=False       # paper profile only: the same runs with `SMOKE`'s sizes (CI rehearsal)
+        ) -> list:
     "Expand the tables (keys; None = the profile's defaults) into PlannedRuns, dependencies first."
     if profile not in PROFILES: raise KitError(f'unknown profile {profile!r}: choose one of {", ".join(PROFILES)}')
+    if smoke and profile != 'paper': raise KitError(f'--smoke rehearses the paper profile; got --profile {profile}')
     keys = tables or default_tables(profile)
     bad = [k for k in keys if k not in TABLES]
     if bad: raise KitError(f'unknown table(s) {bad}: choose from {", ".join(TABLES)}')
     off = [k for k in keys if not TABLES[k].in_profile(profile)]
     if off: raise KitError(f'table(s) {off} are not part of profile {profile!r} (see Table.profiles)')
     prof, root, layout = PROFILES[profile], Path(root or outputs_root()), run_layout()
+    threads = SMOKE['_threads'] if smoke else prof.get('_threads', 1)
     allowed = prof.get('_datasets')
     runs, order = {}, []
-    def add(spec, seed, row):
+    def nb_params(notebook, dataset=None):
+        p = {**prof[notebook], **prof.get('_by_dataset', {}).get(notebook, {}).get(dataset, {})}
+        if smoke: p.update(SMOKE[notebook])
+        if device: p['device'] = device
+        return p
+    def masks_run(dataset):  # the masks step of a dataset (paper profile): one run, no seed
+        key = ('masks', dataset)
+        if key not in runs:
+            params = {**nb_params('masks', dataset), 'dataset': dataset,
+                      'data_root': _dataset_root(profile, dataset, data_roots)}
+            spec_ = RunSpec('masks', (('dataset', dataset),), 'masks')
+            runs[key] = PlannedRun(spec_, 0, root/profile/'masks'/dataset, params, threads=threads)
+            order.append(runs[key])
+        return runs[key]
+    def add(spec, seed, dims, row):
         if spec.notebook not in prof: return None
         if allowed and spec.kwargs.get('dataset') not in allowed: return None
-        key = (spec.key(), seed)
+        key = (spec.key(), seed, tuple(sorted(dims.items())))
         if key not in runs:
-            deps = [(name, add(dep, seed, None)) for name, dep in spec.needs]
+            deps = [(name, add(dep, seed, {k: v for k, v in dims.items() if k in _all_dims(prof, dep)}, None))
+                    for name, dep in spec.needs]
             if any(d is None for _, d in deps): return None
-            params = {**prof[spec.notebook], **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.params}, 'seed': seed}
-            if device: params['device'] = device
+            ds = spec.kwargs.get('dataset')
+            params = {**nb_params(spec.notebook, ds), **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.params}, 'seed': seed}
+            params.update(_dim_params(prof, spec, dims))   # the notebook's own dimensions (and what they imply)
             if 'dataset' in params and prof['_data'] != 'synthetic':
                 params['data_root'] = _dataset_root(profile, params['dataset'], data_roots)
             for name, dep in deps: params[name] = str(dep.out_dir)
-            runs[key] = PlannedRun(spec, seed, run_path(root, profile, spec, seed, layout), params, [d.out_dir for _, d in deps])
+            dep_dirs = [d.out_dir for _, d in deps]
+            if spec.notebook == 'dahar' and 'masks' in prof: dep_dirs.insert(0, masks_run(ds).out_dir)
+            out = run_path(root, profile, spec, seed, layout).parent/run_dir_name(seed, dims)
+            runs[key] = PlannedRun(spec, seed, out, params, dep_dirs, dims=dict(dims), threads=threads)
             order.append(runs[key])
         if row: runs[key].rows.append(row)
         return runs[key]
     for k in keys:
         for row in TABLES[k].rows:
             for s in row_runs(row):
-                for seed in range(max(seeds, TABLES[k].seeds)): add(s, seed, (k, row.key))
+                dims = _all_dims(prof, s)
+                for seed in range(max(seeds, TABLES[k].seeds)):
+                    for combo in itertools.product(*dims.values()):
+                        add(s, seed, dict(zip(dims, combo)), (k, row.key))
     return order
 
-# %% ../nbs/07_reproduce.ipynb #c012
+# %% ../nbs/07_reproduce.ipynb #c019
 def missing_roots(runs) -> list:
     "Datasets a real-data plan needs but has no root for."
     return sorted({r.params['dataset'] for r in runs if 'data_root' in r.params and not r.params['data_root']})
+
+def check_roots(runs) -> dict:
+    "Detect the layout of every dataset root the runs read (`har_kit.formats.detect_layout`); one KitError for all."
+    from har_kit.formats import detect_layout
+    roots = {(r.params['dataset'], r.params['data_root']) for r in runs if r.params.get('data_root')}
+    found, errors = {}, []
+    for kind, root in sorted(roots):
+        try: found[kind] = detect_layout(kind, root)
+        except KitError as e: errors.append(f'--data-root {kind}={root}: {e}')
+    if errors: raise KitError('dataset roots are not usable; nothing was started:\n  ' + '\n  '.join(errors))
+    return found
 
 def describe(runs) -> str:
     "One block per run: directory, notebook, parameters, dependencies, rows it fills."
@@ -131,29 +245,61 @@ def describe(runs) -> str:
         if r.deps: lines.append('    after: ' + ', '.join(str(Path(*d.parts[-3:])) for d in r.deps))
     return '\n'.join(lines)
 
-# %% ../nbs/07_reproduce.ipynb #c015
-def execute(runs, devices=None, progress=True, run_fn=None) -> dict:
+# %% ../nbs/07_reproduce.ipynb #c023
+def stale_params(r: PlannedRun) -> list:
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside)."
+    p = r.out_dir/'params.json'
+    if not p.exists(): return []
+    old, new = load_json(p), json.loads(json.dumps(r.params, default=str))
+    return sorted(k for k in set(old) | set(new) if k != 'device' and old.get(k) != new.get(k))
+
+def run_planned(r: PlannedRun,   # the run
+                dev=None,        # a device replacing the planned one (one of --device's list)
+                force=False):    # a run directory holding other parameters: move it aside and rerun
+    "Execute one planned run with `run_notebook` (its parameters, directory and thread count)."
+    return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
+                        progress=False, threads=r.threads, force=force and bool(stale_params(r)))
+
+def default_jobs(runs, devices=None) -> int:
+    "Concurrent runs: one per device when several are given; on CPU, the cores divided by the runs' threads."
+    if devices and len(devices) > 1: return len(devices)
+    on_cpu = (devices or [None])[0] in (None, 'cpu') and all(r.params.get('device', 'cpu') == 'cpu' for r in runs)
+    if not on_cpu: return 1
+    return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
+
+def execute(runs,            # PlannedRuns, dependencies first (`plan`)
+            devices=None,    # devices the workers take in turn (None: each run's own)
+            progress=True,   # tqdm bar over runs
+            run_fn=None,     # (run, device) -> anything; raises on failure (None: `run_planned`)
+            jobs=None,       # runs at once (None: `default_jobs`)
+            on_change=None,  # called with the status dict after each finished run
+            force=False      # rerun runs whose directory holds other parameters (moved aside), done or not
+           ) -> dict:
     "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}}."
     from tqdm.auto import tqdm
-    run_fn = run_fn or (lambda r, dev: run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})},
-                                                    r.out_dir, progress=False))
+    run_fn = run_fn or (lambda r, dev: run_planned(r, dev, force))
     devices = list(devices or [None])
-    free = list(devices)
+    jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
+    free = [devices[i % len(devices)] for i in range(jobs)]
     status = {'done': [], 'skipped': [], 'failed': {}}
     pending = list(runs)
-    finished = {r.out_dir for r in runs if is_done(r.out_dir)}
+    stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
+    finished = {d for d, diff in stale.items() if not diff}      # done with the planned parameters
     failed = set()
-    lock = threading.Lock()
     bar = tqdm(total=len(runs), desc='runs', disable=not progress)
     def work(r, dev):
         try: run_fn(r, dev); return r, dev, None
-        except (RunFailed, KitError, Exception) as e: return r, dev, e
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        except Exception as e: return r, dev, e
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         active = set()
         while pending or active:
             for r in list(pending):
                 if r.out_dir in finished:
                     pending.remove(r); status['skipped'].append(r.name); bar.update(); continue
+                if stale.get(r.out_dir) and not force:   # never reported as done: its results are of other parameters
+                    pending.remove(r); failed.add(r.out_dir); bar.update()
+                    status['failed'][r.name] = (f'finished with other parameters ({", ".join(stale[r.out_dir])}): '
+                                                'pass --force to rerun it (the old run is moved aside)'); continue
                 if any(d in failed for d in r.deps):
                     pending.remove(r); failed.add(r.out_dir)
                     status['failed'][r.name] = 'not started: a run it needs failed'; bar.update(); continue
@@ -165,15 +311,246 @@ def execute(runs, devices=None, progress=True, run_fn=None) -> dict:
             done_f, active = wait(active, return_when=FIRST_COMPLETED)
             for f in done_f:
                 r, dev, err = f.result()
-                with lock:
-                    free.append(dev)
-                    if err is None: finished.add(r.out_dir); status['done'].append(r.name)
-                    else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
+                free.append(dev)
+                if err is None: finished.add(r.out_dir); status['done'].append(r.name)
+                else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
                 bar.update()
+                if on_change: on_change(status)
     bar.close()
     return status
 
-# %% ../nbs/07_reproduce.ipynb #c019
+# %% ../nbs/07_reproduce.ipynb #c029
+def status_path(root, profile) -> Path: return Path(root)/profile/'status.json'
+
+_ACTIVE_SLURM = {'PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'RESIZING', 'REQUEUE_HOLD'}
+
+def _pid_alive(pid):
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True
+
+def job_file(out_dir) -> Path:  # a run directory
+    "Where a run's scheduler job is recorded: `<run dir>.job.json`, beside the run directory (which stays the run's own)."
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + '.job.json')
+
+def job_queued(job: dict) -> bool:  # a run's job record
+    "True while the scheduler job recorded for a run is pending or running."
+    if job.get('cluster') in ('local', 'debug'): return _pid_alive(int(job['job_id']))
+    import submitit
+    return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
+
+def run_states(runs,         # PlannedRuns, or the run records of a saved status
+               errors=None   # {run name: error} of this session (errors raised before a run directory existed)
+              ) -> list:
+    "One record per planned run: its plan record plus `state`, `error` and its scheduler job (if any)."
+    recs = [dict(r.record() if isinstance(r, PlannedRun) else r) for r in runs]
+    by_dir = {}
+    for rec in recs:
+        st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
+        rec['state'], rec['error'] = st['state'], st.get('error')
+        if st['state'] == 'done' and 'params' in rec and (Path(rec['out_dir'])/'params.json').exists():
+            old = load_json(Path(rec['out_dir'])/'params.json')
+            diff = sorted(k for k in set(old) | set(rec['params']) if k != 'device' and old.get(k) != rec['params'].get(k))
+            if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
+        # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
+        err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
+        if rec['state'] == 'missing' and err and not err.startswith('not started'): rec['state'], rec['error'] = 'failed', err
+        job = job_file(rec['out_dir'])
+        rec['job'] = load_json(job) if job.exists() else None
+        if rec['state'] in ('missing', 'failed') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
+            rec['state'], rec['error'] = 'queued', None
+        t = Path(rec['out_dir'])/'timing.json'   # where the run's time went (written by run_notebook)
+        if t.exists():
+            t = load_json(t)
+            rec['seconds'] = {k: t.get(f'{k}_seconds') for k in ('total', 'kernel_start', 'imports', 'cells')}
+        by_dir[rec['out_dir']] = rec
+    for rec in recs:
+        bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
+        if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
+    return recs
+
+def save_status(runs, root, profile, errors=None) -> dict:
+    "Write `<root>/<profile>/status.json` for the planned runs (atomically); return it."
+    recs = run_states(runs, errors)
+    counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'stale', 'failed', 'running', 'queued', 'missing')}
+    seconds = {k: round(sum((r.get('seconds') or {}).get(k) or 0 for r in recs), 1) for k in ('total', 'kernel_start', 'imports', 'cells')}
+    st = dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, seconds=seconds, runs=recs)
+    save_json(st, status_path(root, profile))
+    return st
+
+def format_status(st) -> str:
+    "The status as text: counts, then one line per run that is not done."
+    t = st.get('seconds') or {}
+    lines = [f'profile {st["profile"]}: ' + ', '.join(f'{n} {s}' for s, n in st['counts'].items() if n) +
+             f' of {len(st["runs"])} runs ({st["updated"]})']
+    if t.get('total'):
+        lines.append(f'  run time, summed over runs: {t["total"]:.0f} s (kernel start {t["kernel_start"]:.0f} s, '
+                     f'first imports {t["imports"]:.0f} s, cells {t["cells"]:.0f} s)')
+    for r in st['runs']:
+        if r['state'] != 'done':
+            job = f' [job {r["job"]["job_id"]}]' if r.get('job') else ''
+            err = ' / '.join(str(r.get('error') or '').split('\n')[:3])   # a multi-line error on one line
+            lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
+    return '\n'.join(lines)
+
+def status_cli(argv=None):
+    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/missing)."
+    ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
+    ap.add_argument('--profile', default='quick', choices=list(PROFILES))
+    ap.add_argument('--out', help='outputs root (default: outputs/)')
+    ap.add_argument('--json', action='store_true', help='print the status as JSON')
+    a = ap.parse_args(argv)
+    root = Path(a.out or outputs_root())
+    p = status_path(root, a.profile)
+    try:
+        runs = load_json(p)['runs'] if p.exists() else plan(None, a.profile, root=root)
+        st = save_status(runs, root, a.profile)
+    except KitError as e:
+        print(f'har-kit status: {e}', file=sys.stderr); return 2
+    print(json.dumps(st, indent=1) if a.json else format_status(st))
+    return 1 if st['counts']['failed'] else 0
+
+# %% ../nbs/07_reproduce.ipynb #c032
+def _stop_children():
+    "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
+    import psutil
+    kids = psutil.Process().children(recursive=True)
+    for k in kids: k.terminate()
+    psutil.wait_procs(kids, timeout=30)
+
+def wait_for(dirs, poll=0.5, need_done=True) -> dict:
+    "Wait until every run directory is done or failed (a job that ended without `done` counts as failed)."
+    dirs = [Path(d) for d in dirs]
+    while True:
+        states = {}
+        for d in dirs:
+            s = run_status(d)['state']
+            if s not in ('done', 'running') and job_file(d).exists():   # its job decides: alive (maybe requeued) or gone
+                s = 'waiting' if job_queued(load_json(job_file(d))) else 'failed'
+            states[d] = s
+        bad = [d for d, s in states.items() if s == 'failed']
+        if bad and need_done: raise KitError(f'run {bad[0]}, which this run needs, failed: see its failed.json / log.txt')
+        if all(s in ('done', 'failed') for s in states.values()): return states
+        time.sleep(poll)
+
+@dataclass
+class RunJob:
+    "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
+    run: PlannedRun
+    wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
+    run_fn: object = None       # (run, device) -> anything; None: `run_planned`
+    force: bool = False         # the run directory holds other parameters: move it aside and rerun
+
+    def __call__(self):
+        if self.wait_deps: wait_for(self.run.deps)
+        elif not all(is_done(d) for d in self.run.deps):   # the scheduler's afterok should have made sure of it
+            raise KitError(f'{self.run.name} started before the runs it needs were done: {self.run.deps}')
+        if self.run_fn: self.run_fn(self.run, None)
+        else: run_planned(self.run, None, self.force)
+        return str(self.run.out_dir)
+
+    def checkpoint(self, *args, **kwargs):  # submitit calls this on preemption / time limit, then requeues
+        from submitit.helpers import DelayedSubmission
+        _stop_children()
+        return DelayedSubmission(self, *args, **kwargs)
+
+@dataclass
+class RenderJob:
+    "The results job: after every run has finished (done or failed), render the profile's tables."
+    profile: str
+    root: str
+    dirs: list
+    wait_deps: bool = False
+    def __call__(self):
+        if self.wait_deps: wait_for(self.dirs, need_done=False)
+        return str(render_tables(self.profile, self.root))
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+        return DelayedSubmission(self, *args, **kwargs)
+
+LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
+    'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
+    'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
+}
+
+def make_executor(folder,          # submitit's folder (job scripts, pickles, logs)
+                  cluster=None,    # 'slurm', 'local' or None (detect)
+                  gpus=1,          # GPUs per job
+                  time=24 * 60,    # time limit per job, minutes (past it: requeued, resumes)
+                  cpus=None,       # CPUs per job
+                  partition=None,  # SLURM partition
+                  account=None,    # SLURM account
+                  qos=None,        # SLURM quality of service
+                  mem_gb=None,     # memory per job
+                  extra=None       # any other submitit parameters
+                 ):
+    "A submitit executor: `cluster` 'slurm', 'local' or None (detect); one job = one run with `gpus` GPUs, `time` minutes."
+    try: import submitit
+    except ImportError: raise KitError("--launcher submitit needs submitit: pip install 'har_kit[cluster]'") from None
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    opts = dict(gpus=gpus, time=time, cpus=cpus, partition=partition, account=account, qos=qos, mem_gb=mem_gb)
+    ex.update_parameters(**{LAUNCHER_OPTIONS[k]: v for k, v in opts.items() if v is not None}, **(extra or {}))
+    return ex
+
+def submit(runs,           # PlannedRuns, dependencies first
+           executor,       # `make_executor(...)`; None in a dry run
+           profile=None,   # with `root` and `render`: also submit the tables job, after all runs
+           root=None,      # outputs root of the runs
+           render=True,    # submit the tables job
+           run_fn=None,    # (run, device) -> anything (None: `run_planned`)
+           dry_run=False,  # only say what would be submitted
+           force=False     # resubmit runs whose directory holds other parameters (moved aside when they start)
+          ) -> list:
+    "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json`; return one action per run."
+    cluster = getattr(executor, 'cluster', 'local')
+    native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
+    ids, actions, blocked = {}, [], set()
+    def send(fn, name, after, kind):
+        if native:   # a run whose dependency failed is cancelled rather than left pending
+            executor.update_parameters(slurm_additional_parameters={'dependency': f'{kind}:' + ':'.join(after),
+                                                                    'kill-on-invalid-dep': 'yes'} if after else {})
+        executor.update_parameters(name=f'har-kit:{name}')
+        return executor.submit(fn)
+    for r in runs:
+        if is_done(r.out_dir):
+            diff = stale_params(r)
+            if not diff: actions.append(dict(name=r.name, action='done')); continue
+            if not force:
+                blocked.add(r.out_dir)
+                actions.append(dict(name=r.name, action='stale', note=f'finished with other parameters ({", ".join(diff)}): --force resubmits it'))
+                continue
+        if any(d in blocked for d in r.deps):
+            blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
+        jf = job_file(r.out_dir)
+        if jf.exists() and job_queued(load_json(jf)):
+            ids[r.out_dir] = load_json(jf)['job_id']
+            actions.append(dict(name=r.name, action='queued', job_id=ids[r.out_dir])); continue
+        after = [ids[d] for d in r.deps if d in ids]
+        if dry_run:
+            ids[r.out_dir] = f'<{r.name}>'
+            actions.append(dict(name=r.name, action='submit', after=after)); continue
+        job = send(RunJob(r, not native, run_fn, force), r.name, after, 'afterok')
+        info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
+                    submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
+        save_json(info, jf)
+        ids[r.out_dir] = info['job_id']
+        actions.append(dict(name=r.name, action='submit', after=after, job_id=info['job_id'], job=job))
+    if render and profile and any(a['action'] != 'done' for a in actions):
+        after = list(ids.values())
+        if dry_run: actions.append(dict(name=f'{profile}/tables', action='submit', after=after))
+        else:
+            job = send(RenderJob(profile, str(root), [str(r.out_dir) for r in runs], not native), f'{profile}/tables', after, 'afterany')
+            actions.append(dict(name=f'{profile}/tables', action='submit', after=after, job_id=str(job.job_id), job=job))
+    return actions
+
+def describe_jobs(actions) -> str:
+    "One line per run: done, queued (job id) or submitted/to submit, after which jobs."
+    return '\n'.join(f'{a["action"]:<7} {a["name"]}' + (f' [job {a["job_id"]}]' if a.get('job_id') else '') +
+                     (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
+                     for a in actions)
+
+# %% ../nbs/07_reproduce.ipynb #c036
 def render_tables(profile, root=None, tables=None, progress=False):
     "Run the results notebook for a profile (always re-rendered); return its run directory."
     root = Path(root or outputs_root())
@@ -189,39 +566,89 @@ def _parse_roots(pairs):
         roots[k] = v
     return roots
 
+def _launcher_options(a):
+    opts = {}
+    if a.launcher_config:
+        import yaml
+        p = Path(a.launcher_config)
+        if not p.exists(): raise KitError(f'--launcher-config {p}: no such file')
+        opts = yaml.safe_load(p.read_text()) or {}
+        bad = sorted(set(opts) - set(LAUNCHER_OPTIONS))
+        if not isinstance(opts, dict) or bad:
+            raise KitError(f'--launcher-config {p}: unknown key(s) {bad}; allowed: {", ".join(LAUNCHER_OPTIONS)}')
+    for k in LAUNCHER_OPTIONS:
+        if getattr(a, k, None) is not None: opts[k] = getattr(a, k)
+    return opts
+
 def cli(argv=None):
-    "`har-kit reproduce [TABLE ...] --profile P [--data-root NAME=PATH ...] [--device D] [--seeds N] [--dry-run]`."
+    "`har-kit reproduce [TABLE ...] --profile P [--smoke] [--data-root NAME=PATH ...] [--jobs N] [--launcher L] [--dry-run [--json]]`."
     ap = argparse.ArgumentParser(prog='har-kit reproduce', description=cli.__doc__)
     ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
     ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
+    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU (the CI rehearsal; outputs go to OUT/smoke)')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
-    ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread one per device")
+    ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them")
+    ap.add_argument('--jobs', type=int, help="runs executed at once (default: one per device; on CPU, the cores divided by the profile's threads per run)")
     ap.add_argument('--seeds', type=int, default=1, help='seeds per run (rows report mean ± sd)')
     ap.add_argument('--out', help='outputs root (default: outputs/)')
-    ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters and exit')
+    ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
+    ap.add_argument('--force', action='store_true', help='rerun runs whose directory holds other parameters (e.g. after a profile changed); the old runs are moved aside')
+    ap.add_argument('--json', action='store_true', help='with --dry-run: one JSON object per run (notebook, params, out_dir, deps)')
+    g = ap.add_argument_group('scheduler (--launcher submitit)')
+    g.add_argument('--launcher', default='local', choices=['local', 'submitit'], help='local: run here; submitit: one scheduler job per run')
+    g.add_argument('--cluster', choices=['slurm', 'local'], help='submitit executor (default: slurm when sbatch is found, else local)')
+    g.add_argument('--partition', help='SLURM partition'); g.add_argument('--account', help='SLURM account')
+    g.add_argument('--qos', help='SLURM quality of service')
+    g.add_argument('--time', type=int, help='time limit per job in minutes (default 1440; a job past it is requeued and resumes)')
+    g.add_argument('--gpus', type=int, help='GPUs per job (default 1)'); g.add_argument('--cpus', type=int, help='CPUs per job')
+    g.add_argument('--mem-gb', dest='mem_gb', type=float, help='memory per job (GB)')
+    g.add_argument('--launcher-config', help=f'YAML/JSON file with any of: {", ".join(LAUNCHER_OPTIONS)}')
     a = ap.parse_args(argv)
     try:
         devices = a.device.split(',') if a.device else None
+        root = Path(a.out or outputs_root()) / ('smoke' if a.smoke else '')   # never beside real paper runs
         keys = a.tables or default_tables(a.profile, a.studies)
-        runs = plan(keys, a.profile, a.seeds, _parse_roots(a.data_root), a.out,
-                    device=devices[0] if devices and len(devices) == 1 else None)
-        if a.dry_run:
-            print(f'# profile {a.profile}: {PROFILES[a.profile]["_about"]}; {len(runs)} runs')
+        runs = plan(keys, a.profile, a.seeds, _parse_roots(a.data_root), root,
+                    device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
+        if a.dry_run and a.launcher == 'local':
+            if a.json:
+                for r in runs: print(json.dumps(r.record()))
+                return 0
+            print(f'# profile {a.profile}{" (smoke)" if a.smoke else ""}: {PROFILES[a.profile]["_about"]}; {len(runs)} runs')
             print(describe(runs))
             if missing_roots(runs): print(f'# needs --data-root for: {", ".join(missing_roots(runs))}')
             return 0
         if missing_roots(runs):
             raise KitError(f'profile {a.profile!r} needs dataset roots: pass --data-root ' +
                            ' '.join(f'{d}=PATH' for d in missing_roots(runs)))
+        if not a.dry_run: check_roots(runs)
         t0 = time.time()
-        status = execute(runs, devices if devices and len(devices) > 1 else None)
-        tables_run = render_tables(a.profile, a.out)
+        if a.launcher == 'submitit':
+            opts = {'gpus': 0 if a.smoke else 1, **_launcher_options(a)}
+            ex = None if a.dry_run else make_executor(root/a.profile/'jobs', **opts)   # a dry run creates nothing
+            actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run, force=a.force)
+            print(describe_jobs(actions))
+            if a.dry_run: return 0
+            save_status(runs, root, a.profile)
+            n = sum(1 for x in actions if x['action'] == 'submit')
+            print(f'har-kit reproduce: {n} jobs submitted ({ex.cluster}); follow them with: har-kit status --profile {a.profile}' +
+                  (f' --out {root}' if a.out or a.smoke else ''))
+            return 0
+            return 0
+        save_status(runs, root, a.profile)
+        status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs, force=a.force,
+                         on_change=lambda s: save_status(runs, root, a.profile, s['failed']))
+        st = save_status(runs, root, a.profile, status['failed'])
+        tables_run = render_tables(a.profile, root)
     except KitError as e:
         print(f'har-kit reproduce: {e}', file=sys.stderr); return 2
     except RunFailed as e:
         print(f'har-kit reproduce: rendering failed: {e}', file=sys.stderr); return 1
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
-          f'{len(status["failed"])} failed in {time.time() - t0:.0f}s; tables in {tables_run.parent}')
+          f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
+          f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '
+          f'tables in {tables_run.parent}; '
+          f'status: har-kit status --profile {a.profile}' + (f' --out {root}' if a.out or a.smoke else ''))
     for name, err in status['failed'].items(): print(f'  FAILED {name}: {err}', file=sys.stderr)
     return 1 if status['failed'] else 0

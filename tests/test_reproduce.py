@@ -1,25 +1,97 @@
-"The reproduce runner: the paper protocol dry-runs, failures are isolated, an interrupted reproduce resumes."
-import subprocess, sys
+"""The reproduce runner: the paper protocol dry-runs (as text and JSON), smoke mode changes only size keys, data roots
+are checked before any kernel starts, failures are isolated, an interrupted reproduce resumes, status is recorded."""
+import json, subprocess, sys
 from pathlib import Path
 
-from har_kit.reproduce import PROFILES, execute, missing_roots, plan
+from har_kit.core import save_json
+from har_kit.reproduce import (PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan, save_status,
+                               status_path)
 from har_kit.runs import RunFailed
 
 EXE = str(Path(sys.executable).parent/'har-kit')
+ROOTS = ['--data-root', 'wider=/data/WIDER', '--data-root', 'rap=/data/RAP', '--data-root', 'pa100k=/data/PA100K']
+
+
+def _json_plan(*args):
+    r = subprocess.run([EXE, 'reproduce', '--profile', 'paper', '--dry-run', '--json', *ROOTS, *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
 
 
 def test_paper_dry_run_lists_full_protocol():
     r = subprocess.run([EXE, 'reproduce', '--profile', 'paper', '--dry-run', '--data-root', 'wider=/data/WIDER'],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert 'arch="resnet101"' in r.stdout and 'arch="resnet50"' in r.stdout and 'weights="DEFAULT"' in r.stdout
+    assert 'arch="resnet101"' in r.stdout and 'arch="resnet50"' in r.stdout and 'weights="IMAGENET1K_V1"' in r.stdout
+    assert ' weights="DEFAULT"' not in r.stdout
     assert 'data_root="/data/WIDER"' in r.stdout and 'needs --data-root for: pa100k, rap' in r.stdout
-    assert r.stdout.count('[cfar]') == 2
+    assert r.stdout.count('[cfar]') == 2 * (1 + 5)   # PA100K + RAP's 5 partitions, each in both selection modes
+
+
+def test_paper_json_plan_follows_the_papers():
+    runs = _json_plan()
+    assert all({'notebook', 'params', 'out_dir', 'deps'} <= set(r) for r in runs)
+    by_dir = {r['out_dir']: r for r in runs}
+    assert all(d in by_dir for r in runs for d in r['deps'])
+    assert all(r['params']['weights'] == 'IMAGENET1K_V1' for r in runs if r['notebook'] in ('dahar', 'campar', 'cfar'))
+    campar = [r for r in runs if r['notebook'] == 'campar']
+    for r in campar:
+        p = r['params']
+        assert (p['logit_bn'], p['plateau_on'], p['fusion_width'], p['fusion_lr']) == (True, 'eval_loss', 128, 'backbone')
+        assert p['train_splits'] == {'rap': ['trainval'], 'pa100k': ['train', 'val']}[p['dataset']]
+        assert r['out_dir'].endswith({'[15]': '-sel15', 'held-out': '-selheldout'}[p['selection']])
+        assert p['val_fraction'] == {'[15]': 0.0, 'held-out': 0.1}[p['selection']]   # held-out: a carved validation split
+    # both selection modes for every CAM-PAR configuration, every RAP run on each of the 5 partitions
+    configs = {}
+    for r in campar:
+        configs.setdefault(json.dumps({k: v for k, v in r['params'].items() if k not in ('selection', 'val_fraction')}),
+                           set()).add(r['params']['selection'])
+    assert configs and all(s == {'[15]', 'held-out'} for s in configs.values())
+    rap = [r for r in runs if r['params'].get('dataset') == 'rap' and r['notebook'] != 'masks']
+    assert sorted({r['params']['partition'] for r in rap}) == [0, 1, 2, 3, 4]
+    assert all(f"-part{r['params']['partition']}" in Path(r['out_dir']).name for r in rap)
+    cfar = [r for r in runs if r['notebook'] == 'cfar']
+    assert all(r['params']['als_tol'] > 0 and r['params']['campar_run'] in r['deps'] for r in cfar)
+    assert all(Path(r['params']['campar_run']).name == Path(r['out_dir']).name for r in cfar)  # same partition, selection
+    masks = {r['params']['dataset']: r for r in runs if r['notebook'] == 'masks'}
+    assert set(masks) == {'wider', 'rap'}
+    assert all(m['params']['source'] == 'maskrcnn' and m['params']['maskrcnn_weights'] == 'DEFAULT' for m in masks.values())
+    assert all(masks[r['params']['dataset']]['out_dir'] in r['deps'] for r in runs if r['notebook'] == 'dahar')
+
+
+def test_smoke_changes_only_size_and_length():
+    assert all(set(v) <= SMOKE_KEYS for k, v in SMOKE.items() if not k.startswith('_'))
+    paper, smoke = _json_plan('--out', '/tmp/o'), _json_plan('--smoke', '--out', '/tmp/o')
+    assert all(s['out_dir'].startswith('/tmp/o/smoke/paper/') for s in smoke)   # never beside real paper runs
+    rel = lambda x, root: str(Path(x).relative_to(root))
+    assert [r['name'] for r in smoke] == [r['name'] for r in paper]
+    for s, p in zip(smoke, paper):
+        assert s['notebook'] == p['notebook'] and s['dims'] == p['dims']
+        assert [rel(d, '/tmp/o/smoke') for d in s['deps']] == [rel(d, '/tmp/o') for d in p['deps']]
+        for name in ('campar_run',):   # parameters that name another run's directory
+            if name in p['params']:
+                s['params'][name], p['params'][name] = rel(s['params'][name], '/tmp/o/smoke'), rel(p['params'][name], '/tmp/o')
+        assert {k: v for k, v in s['params'].items() if k not in SMOKE_KEYS} == \
+               {k: v for k, v in p['params'].items() if k not in SMOKE_KEYS}, s['name']
+        assert s['params'].get('device', 'cpu') == 'cpu'
 
 
 def test_paper_without_roots_is_refused_with_names(tmp_path):
     r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'paper', '--out', str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and 'rap=PATH' in r.stderr
+
+
+def test_bad_data_root_is_named_before_any_kernel(tmp_path):
+    from har_kit.formats import write_fixture
+    write_fixture('rap', tmp_path/'rap', n_images=8)
+    (tmp_path/'pa100k').mkdir(); (tmp_path/'pa100k'/'readme.txt').write_text('not a dataset')
+    r = subprocess.run([EXE, 'reproduce', 'campar_t1', '--profile', 'paper', '--smoke', '--out', str(tmp_path/'out'),
+                        '--data-root', f'rap={tmp_path/"rap"}', '--data-root', f'pa100k={tmp_path/"pa100k"}'],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert 'pa100k=' in r.stderr and 'readme.txt' in r.stderr and 'rap=' not in r.stderr.split('nothing was started')[1]
+    assert not (tmp_path/'out').exists()   # no run directory, no status: nothing started
 
 
 def test_interrupted_reproduce_resumes(tmp_path):
@@ -29,17 +101,87 @@ def test_interrupted_reproduce_resumes(tmp_path):
         calls.append(r.name)
         if len(calls) == 4: raise KeyboardInterrupt  # the machine goes away mid-run
         r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
-    try: execute(runs, run_fn=interrupted, progress=False)
+    try: execute(runs, run_fn=interrupted, progress=False, jobs=1)
     except KeyboardInterrupt: pass
     assert len(calls) == 4
     second = []
     status = execute(runs, run_fn=lambda r, dev: (second.append(r.name), r.out_dir.mkdir(parents=True, exist_ok=True),
-                                                  (r.out_dir/'done').write_text('')), progress=False)
+                                                  (r.out_dir/'done').write_text('')), progress=False, jobs=1)
     assert len(status['skipped']) == 3 and len(second) == len(runs) - 3 == len(status['done'])
     assert calls[3] in second   # the interrupted run is redone
+
+
+def test_default_jobs_from_cores_and_threads(monkeypatch):
+    monkeypatch.setattr('os.cpu_count', lambda: 8)
+    quick = plan(['campar_t2'], 'quick')
+    assert default_jobs(quick) == 8 // PROFILES['quick']['_threads']
+    assert default_jobs(quick, ['cuda:0', 'cuda:1']) == 2
+    assert default_jobs(plan(['campar_t2'], 'paper', data_roots={'rap': '/r'})) == 1   # one GPU: one run at a time
+
+
+def test_status_names_failures_and_blocked_runs(tmp_path):
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    def run_fn(r, dev):
+        r.out_dir.mkdir(parents=True, exist_ok=True)
+        if r.spec.variant == 'campar_fusion':
+            save_json(dict(error='cell 12 raised RuntimeError: out of memory', cell=12, time='t'), r.out_dir/'failed.json')
+            raise RunFailed(r.out_dir, 'out of memory')
+        (r.out_dir/'done').write_text('')
+    execute(runs, run_fn=run_fn, progress=False, jobs=1)
+    save_status(runs, tmp_path, 'quick')
+    assert json.loads(status_path(tmp_path, 'quick').read_text())['counts']['done'] == 3
+    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert '3 done, 1 failed, 1 missing' in r.stdout and 'out of memory' in r.stdout and 'which failed' in r.stdout
 
 
 def test_sample_profile_only_plans_pa100k_rows():
     runs = plan(profile='sample')
     assert runs and {r.params['dataset'] for r in runs} == {'pa100k'}
     assert all(r.params.get('data_root') for r in runs) or missing_roots(runs) == ['pa100k']
+    cfar = [r for r in runs if r.spec.notebook == 'cfar']
+    campar = {str(r.out_dir): r for r in runs if r.spec.notebook == 'campar'}
+    assert all(c.params['scale'] == campar[c.params['campar_run']].params['scale'] for c in cfar)
+
+
+def test_every_subcommand_resolves_to_its_function():  # read from the sources: importing them all takes seconds
+    import ast, importlib.util
+    from har_kit.cli import CLI_FUNCTIONS, SUBCOMMANDS
+    for name, (module, _) in SUBCOMMANDS.items():
+        spec = importlib.util.find_spec(module)
+        assert spec, f'{name}: module {module} not found'
+        defs = {n.name for n in ast.parse(Path(spec.origin).read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert CLI_FUNCTIONS.get(name, 'cli') in defs, f'{name}: {module} has no {CLI_FUNCTIONS.get(name, "cli")}(argv)'
+
+
+def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path):
+    from har_kit.core import KitError
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)[:1]
+    def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 04_campar.ipynb")
+    st = save_status(runs, tmp_path, 'quick', execute(runs, run_fn=refused, progress=False)['failed'])
+    assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
+    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert 'fusion_width' in r.stdout   # kept when the status is refreshed
+
+
+def test_devices_are_spread_over_concurrent_runs(tmp_path):
+    import threading, time
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)[:4]
+    seen, live, peak, lock = [], set(), [0], threading.Lock()
+    def run_fn(r, dev):
+        with lock: seen.append(dev); live.add(dev); peak[0] = max(peak[0], len(live))
+        time.sleep(0.2)
+        with lock: live.discard(dev)
+        r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
+    execute(runs, devices=['cuda:0', 'cuda:1'], run_fn=run_fn, progress=False)
+    assert sorted(seen) == ['cuda:0', 'cuda:0', 'cuda:1', 'cuda:1'] and peak[0] == 2   # one run per device at a time
+
+
+def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path):
+    r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local',
+                        '--dry-run', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6 and all(l.startswith('submit') for l in lines)   # 5 runs + the tables job
+    assert 'after <campar_t2/campar_fusion' in lines[4] or 'after <campar_t1' in lines[4]
+    assert not (tmp_path/'quick').exists()
