@@ -347,7 +347,7 @@ def _dig(d, path):
         d = d[part]
     return d
 
-_SEED_DIR = re.compile(r'seed\d+(?:\.(?!old-)[\w\[\]-]+)*')   # seed<k>[.<replicate>]; not a run moved aside by --force (seed0.old-<time>)
+_SEED_DIR = re.compile(r'seed\d+(?:-[a-z]+[\w\[\]]*)*')   # seed<k>[-part<p>][-sel<mode>]; not a run moved aside by --force (<dir>.old-<time>)
 
 def run_dirs(root, profile, spec, layout=None):
     "Every seed directory of a run, finished or not."
@@ -386,6 +386,9 @@ def run_params(run_dir, notebook: str) -> dict:  # a seed directory; the section
 
 def selection_of(params: dict) -> str:  # a run's effective parameters
     "A run's epoch-selection mode: its `selection` parameter, else `'held-out'` (the kit never selects on test)."
+    if 'selection' not in params and params.get('campar_run'):   # CFAR: the mode of the CAM-PAR run it froze
+        p = Path(params['campar_run'])/'params.json'
+        if p.exists(): return selection_of(load_json(p))
     return str(params.get('selection', 'held-out'))
 
 def _mode_key(m): return (list(SELECTION_MODES).index(m) if m in SELECTION_MODES else len(SELECTION_MODES), m)
