@@ -117,7 +117,7 @@ def test_rap_partitions_and_both_selection_modes(tmp_path):
         _run(tmp_path, 'paper', spec, part, dict(QUICK, partition=part, selection='held-out'), {'mA': 0.70 + part / 100, 'f1': 0.6})
     d = run_path(tmp_path, 'paper', spec, 0).parent
     for part in range(5):   # the [15]-selected replicate of each run, in its own directory
-        e = d/f'seed{part}.sel15'
+        e = d/f'seed{part}-sel15'   # named like reproduce.run_dir_name: seed<S>[-part<P>][-sel<mode>]
         save_json({**spec.kwargs, **QUICK, 'partition': part, 'selection': '[15]', 'seed': part}, e/'params.json')
         save_json({'baseline': {'mA': 0.72 + part / 100, 'f1': 0.6}}, e/'metrics.json'); (e/'done').write_text('')
     out = render(CAMPAR_T2, tmp_path, 'paper')
