@@ -563,7 +563,7 @@ def _parse_roots(pairs):
         if '=' not in p: raise KitError(f'--data-root expects NAME=PATH (e.g. wider=/data/wider), got {p!r}')
         k, v = p.split('=', 1)
         if k not in ('wider', 'rap', 'pa100k'): raise KitError(f'--data-root name must be wider, rap or pa100k, got {k!r}')
-        roots[k] = v
+        roots[k] = str(Path(v).expanduser().resolve())   # absolute: kernels start in their run directories
     return roots
 
 def _launcher_options(a):

@@ -338,6 +338,8 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
                        f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
     out = Path(out_dir) if out_dir else outputs_root()/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
     out = out.resolve()
+    rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
+    if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
     env = kernel_env(out, threads)
     try:
         with run_lock(out):

@@ -114,6 +114,19 @@ def test_done_run_with_same_parameters_is_skipped(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+def test_torchrun_ranks_above_zero_never_touch_the_run_directory(tmp_path, monkeypatch):
+    "Under torchrun every rank executes the notebook; rank 0 owns the run dir, rank k writes <run>.rank<k> (no lock clash)."
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb')
+    monkeypatch.setenv('RANK', '1')
+    with run_lock(tmp_path/'run'):   # rank 0 holds the run directory meanwhile
+        out = run_notebook(nb, {'seed': 2}, tmp_path/'run', progress=False)
+    assert out == (tmp_path/'run.rank1').resolve() and calls[0]['out_dir'] == str(out)
+    monkeypatch.setenv('RANK', '0')
+    assert run_notebook(nb, {'seed': 2}, tmp_path/'run', progress=False) == (tmp_path/'run').resolve()
+    assert (tmp_path/'run'/'done').exists() and len(calls) == 2
+
+
 def test_foreign_nonempty_directory_is_refused(tmp_path, monkeypatch):
     _fake(monkeypatch)
     (tmp_path/'mine').mkdir(); (tmp_path/'mine'/'thesis.tex').write_text('x')

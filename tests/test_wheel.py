@@ -90,8 +90,10 @@ def test_wheel_declares_the_notebook_runtime(wheel):
     assert any(r.startswith('fastcore') and '<2' in r for r in reqs)
 
 
-def test_installed_wheel_runs_a_notebook_outside_the_clone(wheel, tmp_path):
-    venv, work = tmp_path/'venv', tmp_path/'work'
+@pytest.fixture(scope='module')
+def installed(wheel, tmp_path_factory):
+    "A fresh venv outside the clone with the wheel installed (dependencies from this environment): (venv, purelib, env)."
+    venv = tmp_path_factory.mktemp('wheel-env')/'venv'
     env = {k: v for k, v in os.environ.items() if not k.startswith(('PYTHON', 'HAR_KIT_', 'VIRTUAL_ENV', 'JUPYTER'))}
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, env=env)
     py = venv/'bin'/'python'
@@ -101,6 +103,13 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(wheel, tmp_path):
     purelib = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, 'cached-deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    env['PATH'] = f'{venv/"bin"}:/usr/bin:/bin'
+    env['JUPYTER_DATA_DIR'] = str(venv.parent/'jupyter')           # no user-level kernelspec: `python3` is the venv's
+    return venv, purelib, env
+
+
+def test_installed_wheel_runs_a_notebook_outside_the_clone(installed, tmp_path):
+    (venv, purelib, env), work = installed, tmp_path/'work'
     work.mkdir()
     nb = work/'tiny.ipynb'
     nb.write_text(json.dumps({'cells': [
@@ -114,8 +123,6 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(wheel, tmp_path):
             'outputs=str(outputs_root()), dahar=str(find_notebook("dahar"))), out_dir)'), 'outputs': [], 'execution_count': None}],
         'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
         'nbformat': 4, 'nbformat_minor': 5}))
-    env['PATH'] = f'{venv/"bin"}:/usr/bin:/bin'
-    env['JUPYTER_DATA_DIR'] = str(tmp_path/'jupyter')             # no user-level kernelspec: `python3` is the venv's
     r = subprocess.run([str(venv/'bin'/'har-kit'), 'run', str(nb), '-p', 'x', '3'], cwd=work, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -125,3 +132,22 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(wheel, tmp_path):
     assert m['data'] == str(work/'har-kit-data') and m['outputs'] == str(work/'outputs')
     assert m['dahar'] == str(Path(purelib)/'har_kit'/'notebooks'/'03_dahar.ipynb')
     assert (run/'fig.png').exists() and (run/'done').exists() and f'done -> {run}' in r.stdout
+
+
+def test_installed_wheel_reproduces_a_table_from_its_shipped_notebooks(installed, tmp_path):
+    "`har-kit reproduce` from the wheel: Da-HAR Table 1 in the paper profile's smoke mode on a published-layout WIDER fixture"
+    " (the masks step and the Da-HAR run execute the notebooks shipped in the wheel), rendered by the shipped results notebook."
+    (venv, purelib, env), work = installed, tmp_path/'work'
+    work.mkdir()
+    env = {**env, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    subprocess.run([str(venv/'bin'/'python'), '-c', "from har_kit.formats import write_fixture; write_fixture('wider', 'wider')"],
+                   cwd=work, env=env, check=True, capture_output=True)
+    r = subprocess.run([str(venv/'bin'/'har-kit'), 'reproduce', 'dahar_t1', '--profile', 'paper', '--smoke',
+                        '--data-root', 'wider=wider'], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    status = json.loads((work/'outputs'/'smoke'/'paper'/'status.json').read_text())
+    assert status['counts']['done'] == len(status['runs']) >= 2 and {x['notebook'] for x in status['runs']} >= {'masks', 'dahar'}
+    env_json = json.loads(next((work/'outputs'/'smoke'/'paper').glob('dahar_t1/*/seed0/env.json')).read_text())
+    assert env_json['packages']['har_kit'] and 'git_commit' not in env_json   # the wheel, not a clone
+    md = (work/'outputs'/'smoke'/'paper'/'tables'/'dahar_t1.md').read_text()
+    assert '**Protocol card**' in md and '| Da-HAR (Ours) | ours (n=1) |' in md   # the row filled by the run
