@@ -450,6 +450,12 @@ def _fmt_interval(iv):
     return f'{iv["mean"]:+.2f} [{iv["lo"]:+.2f}, {iv["hi"]:+.2f}]' + (' *' if iv['exceeds'] else '')
 
 # %% ../nbs/06_results.ipynb #c044
+_CPU_CAMPAR = {  # the CPU profiles' CAM-PAR recipe (from scratch, Adam, a few epochs) where the paper profile follows [15] / the public code
+    'campar.logit_bn': "the CPU recipe as calibrated in the first build (from-scratch Adam); not re-tuned with [15]'s logit BatchNorm",
+    'campar.fusion_width': "None: the latent width follows the backbone's shallowest fused stage, which fits resnet-tiny's narrow stages (128 is sized for ResNet-50)",
+    'campar.fusion_lr': 'Adam with one learning rate for every layer: the fusion group gets the same rate either way',
+    'campar.plateau_on': 'a few epochs from scratch: the training loss needs no held-out split to decide a decay'}
+
 CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
     '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
                        "row is shown beside it when run)"},
@@ -462,7 +468,8 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'lr': "from scratch: the papers' rates are for ImageNet-initialised backbones",
         'optimizer': "from scratch: Adam with one rate for every layer ([15]'s SGD gives the backbone a tenth of the "
                      "head's rate, which suits pretrained weights)",
-        'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs'},
+        'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs',
+        'train_splits': 'the synthetic sets keep their val split for held-out epoch selection', **_CPU_CAMPAR},
     'sample': {
         'data_root': 'the real PA100K sample beside the project (1,600 / 200 / 200 images), not the full set',
         'arch': 'CPU: resnet-tiny trains in minutes', 'weights': 'from scratch: resnet-tiny has no ImageNet weights',
@@ -470,7 +477,7 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'batch_size': 'CPU', 'device': "'auto': the GPU when there is one, else the CPU",
         'lr': "from scratch: the papers' rates are for ImageNet-initialised backbones",
         'optimizer': 'from scratch: Adam with one rate for every layer',
-        'train_splits': 'the sample keeps its val split for epoch selection'},
+        'train_splits': 'the sample keeps its val split for epoch selection', **_CPU_CAMPAR},
 }
 
 def choice_reason(profile: str, notebook: str, param: str) -> str:  # the profile, section notebook and parameter
