@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_reproduce.ipynb #c002
 from __future__ import annotations
-import argparse, itertools, json, os, sys, threading, time
+import argparse, itertools, json, os, shutil, sys, threading, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,8 +554,10 @@ def describe_jobs(actions) -> str:
 def render_tables(profile, root=None, tables=None, progress=False):
     "Run the results notebook for a profile (always re-rendered); return its run directory."
     root = Path(root or outputs_root())
-    return run_notebook('results', dict(profile=profile, runs_root=str(root), tables=tables), root/profile/'tables'/'run',
-                        force=True, progress=progress)
+    run = root/profile/'tables'/'run'
+    if run.is_dir() and not run_status(run)['state'] == 'running':   # rendering stats only: replaced, never kept aside
+        shutil.rmtree(run)
+    return run_notebook('results', dict(profile=profile, runs_root=str(root), tables=tables), run, progress=progress)
 
 def _parse_roots(pairs):
     roots = {}
