@@ -256,9 +256,9 @@ def stale_params(r: PlannedRun) -> list:
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)
                 force=False):    # a run directory holding other parameters: move it aside and rerun
-    "Execute one planned run with `run_notebook` (its parameters, directory and thread count)."
+    "Execute one planned run with `run_notebook` (its parameters, directory and thread count), as a batch: demonstration cells skipped."
     return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
-                        progress=False, threads=r.threads, force=force and bool(stale_params(r)))
+                        progress=False, threads=r.threads, force=force and bool(stale_params(r)), demos=False)
 
 def default_jobs(runs, devices=None) -> int:
     "Concurrent runs: one per device when several are given; on CPU, the cores divided by the runs' threads."

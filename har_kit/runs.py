@@ -11,9 +11,9 @@ from .core import (KitError, atomic_write, data_root, env_info, kit_threads, loa
                           save_json, to_jsonable)
 
 # %% auto #0
-__all__ = ['POSITIVE', 'NON_NEGATIVE', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter',
-           'check_parameters', 'parse_value', 'parse_params', 'run_lock', 'RunFailed', 'is_done', 'kernel_env',
-           'timing_summary', 'run_notebook', 'run_status', 'cli']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'DEMO_TAG', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters',
+           'check_parameter', 'check_parameters', 'parse_value', 'parse_params', 'run_lock', 'RunFailed', 'is_done',
+           'kernel_env', 'timing_summary', 'batch_copy', 'run_notebook', 'run_status', 'cli']
 
 # %% ../nbs/00b_runs.ipynb #c005
 def notebooks_dir():
@@ -295,18 +295,34 @@ def _fail(out, error, cell=None):
 
 def _disk_full(e): return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
-def _execute(nb, out, params, env, kernel_name, progress, timeout):
+DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by batch runs (`demos=False`)
+
+def batch_copy(nb, dest) -> int:  # the notebook; where to write the copy
+    "Write `nb` to `dest` with each `demo`-tagged code cell replaced by a one-line note; return how many were replaced."
+    d = json.loads(Path(nb).read_text())
+    n = 0
+    for c in d['cells']:
+        if c.get('cell_type') == 'code' and DEMO_TAG in c.get('metadata', {}).get('tags', []):
+            c['source'], c['outputs'], n = f'# demonstration skipped in this batch run (cell tag {DEMO_TAG!r})', [], n + 1
+    with atomic_write(dest) as f: json.dump(d, f)
+    return n
+
+def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     started = time.time()
-    with open(out/'log.txt', 'a') as log:
-        log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}\n'); log.flush()
+    source = nb if demos else out/'.batch-source.ipynb'
+    skipped = 0 if demos else batch_copy(nb, source)
+    with open(out/'log.txt', 'a') as log, contextlib.ExitStack() as cleanup:
+        if not demos: cleanup.callback(lambda: source.unlink(missing_ok=True))
+        log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}'
+                  + (f' batch: {skipped} demonstration cells skipped' if not demos else '') + '\n'); log.flush()
         def stop(msg, cell):
             _finish_notebook(out, started, log); _fail(out, msg, cell)
             return RunFailed(out, msg)
         try:
-            pm.execute_notebook(str(nb), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
+            pm.execute_notebook(str(source), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
                                 kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
                                 execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out))
         except pm.PapermillExecutionError as e:
@@ -327,8 +343,9 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout):
         _finish_notebook(out, started, log)
 
 def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name: str = 'python3',
-                 force: bool = False, progress: bool = True, timeout: int | None = None, threads: int | None = None):
-    "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above)."
+                 force: bool = False, progress: bool = True, timeout: int | None = None, threads: int | None = None,
+                 demos: bool = True):
+    "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
     params = check_parameters(nb, params)                       # before anything is created or run
@@ -345,8 +362,8 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
         with run_lock(out):
             if _prepare(out, params, force) == 'skip': return out
             save_json(params, out/'params.json')
-            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS'])}, out/'env.json')
-            _execute(nb, out, params, env, kernel_name, progress, timeout)
+            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos}, out/'env.json')
+            _execute(nb, out, params, env, kernel_name, progress, timeout, demos)
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'
                 _fail(out, msg); raise RunFailed(out, msg)
@@ -359,7 +376,7 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel_name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/00b_runs.ipynb #c024
+# %% ../nbs/00b_runs.ipynb #c026
 def run_status(out_dir) -> dict:  # a run directory
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
     out = Path(out_dir)
@@ -374,9 +391,9 @@ def run_status(out_dir) -> dict:  # a run directory
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
     return dict(state='missing', error=None)
 
-# %% ../nbs/00b_runs.ipynb #c027
+# %% ../nbs/00b_runs.ipynb #c029
 def cli(argv=None):
-    "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N]`: execute one section notebook as a run."
+    "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch]`: execute one section notebook as a run."
     ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)
     ap.add_argument('notebook', help="path, file name or section name ('dahar', '03_dahar.ipynb')")
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='parameter to inject (repeatable)')
@@ -384,10 +401,11 @@ def cli(argv=None):
     ap.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside)')
     ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')
+    ap.add_argument('--batch', action='store_true', help="skip the notebook's demonstration cells (tag 'demo'), as har-kit reproduce does")
     a = ap.parse_args(argv)
     try:
         params = parse_params(a.notebook, a.param)
-        out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads)
+        out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads, demos=not a.batch)
     except (KitError, RunFailed) as e:
         print(f'har-kit run: {e}', file=sys.stderr); return 1
     print(f'har-kit run: done -> {out}')

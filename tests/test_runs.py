@@ -77,3 +77,34 @@ def test_parameters_cells_parse_with_papermill():
         names = [l.split('=')[0].strip() for l in src.splitlines() if '=' in l and not l.lstrip().startswith('#')]
         parsed = pm.inspect_notebook(str(nb))
         assert [n for n in names if n not in parsed] == [], nb.name
+
+
+def _names(src):
+    "Names a cell defines and names it reads (IPython magics and shell lines dropped)."
+    import ast, builtins
+    tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    made, read = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name): (made if isinstance(n.ctx, (ast.Store, ast.Del)) else read).add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): made.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)): made.update((a.asname or a.name).split('.')[0] for a in n.names)
+        elif isinstance(n, ast.arg): made.add(n.arg)
+    return made, read - set(dir(builtins))
+
+
+def test_demo_cells_define_nothing_the_run_needs():
+    "Batch runs skip cells tagged `demo`: no other cell of a section notebook may read a name only a demo cell defines."
+    from har_kit.runs import DEMO_TAG
+    tagged = 0
+    for nb in sorted((ROOT/'nbs').glob('0[1-7]*.ipynb')):
+        cells = [c for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+        demo = [DEMO_TAG in c.get('metadata', {}).get('tags', []) for c in cells]
+        names = [_names(''.join(c['source'])) for c in cells]
+        by_run = set().union(*(m for (m, _), d in zip(names, demo) if not d))
+        by_demo = set().union(*(m for (m, _), d in zip(names, demo) if d))
+        for c, (_, read), d in zip(cells, names, demo):
+            if d: continue
+            missing = (read & by_demo) - by_run
+            assert not missing, f'{nb.name}: cell {c.get("id")} reads {sorted(missing)}, defined only in demo cells'
+        tagged += sum(demo)
+    assert tagged >= 40, tagged   # the four experiment notebooks tag their demonstrations

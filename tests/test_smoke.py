@@ -4,9 +4,11 @@ written in the published layouts, and renders the five paper tables from those r
 import json, os, subprocess, sys, time
 from pathlib import Path
 
+from har_kit.core import load_json
 from har_kit.formats import write_fixture
 from har_kit.reproduce import plan
 from har_kit.results import PAPER_TABLES
+from har_kit.runs import run_notebook
 
 EXE = str(Path(sys.executable).parent/'har-kit')
 
@@ -35,3 +37,16 @@ def test_paper_smoke_rehearsal(tmp_path):
     for row in ('| baseline |', '| + CAM-PAR + fusion + CFAR |'):   # both selection modes, labelled, CFAR included
         ours = [l for l in t2.splitlines() if l.startswith(row) and '| ours' in l]
         assert any('selected on test' in l for l in ours) and any('held-out' in l for l in ours), (row, ours)
+
+    # batch runs skip the demonstration cells; executing one run again with them must give the same metrics
+    one = next(p for p in planned if p.spec.notebook == 'dahar')
+    again = run_notebook(one.spec.notebook, one.params, tmp_path/'with-demos', progress=False, threads=one.threads)
+    assert load_json(one.out_dir/'env.json')['demos'] is False and load_json(again/'env.json')['demos'] is True
+    assert _untimed(load_json(again/'metrics.json')) == _untimed(load_json(one.out_dir/'metrics.json'))
+
+
+def _untimed(m):
+    "Metrics without wall-clock entries (any key naming seconds)."
+    if isinstance(m, dict): return {k: _untimed(v) for k, v in m.items() if 'second' not in k}
+    if isinstance(m, list): return [_untimed(v) for v in m]
+    return m
