@@ -41,8 +41,9 @@ check-clean:
 	$(BIN)/nbdev_clean
 	@git status --porcelain -- nbs | grep . && { echo "nbs/ is not clean: run nbdev_clean and commit"; exit 1; } || echo "nbdev_clean: no diff"
 
+## two test files at a time (pytest-xdist), one thread each; the longest files start first (tests/conftest.py)
 pytest:
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n 2 --dist loadfile --durations=15
 
 ## two notebooks at a time, one thread each: parallel jobs must not oversubscribe the cores
 nbtest:
