@@ -44,7 +44,9 @@ def atomic_path(path):  # final destination; the block writes to the yielded tem
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
 @contextlib.contextmanager
-def atomic_write(path, mode='w', **kwargs):  # like `open(path, mode)`, but all-or-nothing
+def atomic_write(path,      # final destination (like `open(path, mode)`, but all-or-nothing)
+                 mode='w',  # a write mode of `open`: 'w', 'wb', ...
+                 **kwargs): # passed to `open` (encoding, newline, ...)
     "Open a temporary file next to `path` for writing; it replaces `path` only when the block succeeds."
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
@@ -52,7 +54,8 @@ def atomic_write(path, mode='w', **kwargs):  # like `open(path, mode)`, but all-
             f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/00_core.ipynb #c013
-def to_jsonable(obj, where='value'):  # any nesting of dicts/lists/numpy/Path; `where` names the field in errors
+def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
+                where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
     if isinstance(obj, dict): return {str(k): to_jsonable(v, f'{where}.{k}') for k, v in obj.items()}
     if isinstance(obj, (list, tuple)): return [to_jsonable(v, f'{where}[{i}]') for i, v in enumerate(obj)]
@@ -68,7 +71,8 @@ def to_jsonable(obj, where='value'):  # any nesting of dicts/lists/numpy/Path; `
     if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0: return to_jsonable(obj.item(), where)
     return obj
 
-def save_json(obj, path):  # destination file
+def save_json(obj,   # JSON-able after `to_jsonable`
+              path): # destination file
     "Write `obj` as indented JSON, atomically; return the path."
     data = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
     with atomic_write(path) as f: f.write(data + '\n')
@@ -152,7 +156,8 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-def save_metrics(metrics: dict, out_dir=None):  # flat or nested dict of numbers; the run directory
+def save_metrics(metrics: dict,  # flat or nested dict of numbers
+                 out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
     if not isinstance(metrics, dict) or not metrics:
         raise KitError('save_metrics needs a non-empty dict of metric names to values')

@@ -22,7 +22,9 @@ class ProbabilityModel(nn.Module):
     "Deployment wrapper: `images` (N, 3, h, w) normalised -> `probabilities` (N, C) = sigmoid(logits)."
     def __init__(self, model: nn.Module):  # a contract model (returns {'logits': ...})
         super().__init__(); self.model = model
-    def forward(self, images): return torch.sigmoid(self.model(images)['logits'])
+    def forward(self, images):  # (N, 3, h, w) preprocessed batch
+        "(N, C) probabilities."
+        return torch.sigmoid(self.model(images)['logits'])
 
 EXPORT_FORMATS = ('onnx', 'torchscript')
 

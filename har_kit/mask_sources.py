@@ -142,7 +142,8 @@ class MaskSource:
     name = 'source'
     @property
     def key(self): return self.name
-    def check(self, items): pass  # validate the (key, sample) pairs before any work; raise `KitError`
+    def check(self, items):  # the (key, Sample) pairs to be made
+        "Validate the targets before any work; raise `KitError` (the base accepts all)."
     def __call__(self, jobs): raise NotImplementedError(f'{type(self).__name__} must implement __call__(jobs)')
     def per_target(self,
                    jobs,         # [(image path, [(key, Sample), ...]), ...]
@@ -166,7 +167,8 @@ class BoxSource(MaskSource):
 class RendererSource(MaskSource):
     "Source `renderer`: the synthetic generator's ground-truth person mask (`Sample.mask`), cropped to the box."
     name = 'renderer'
-    def check(self, items):
+    def check(self, items):  # the (key, Sample) pairs to be made
+        "Every target has a ground-truth mask (`Sample.mask`), or a `KitError` before any work."
         missing = [k for k, s in items if s.mask is None]
         if missing: raise KitError(f'{len(missing)} samples have no ground-truth mask (Sample.mask is None), e.g. '
                                    f'{missing[:3]}: the renderer source only works on har_kit.synth datasets; '
