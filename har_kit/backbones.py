@@ -57,7 +57,7 @@ def _small_resnet(block, blocks, widths, stem_width):
         if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
     return stem, nn.ModuleList(stages), [w * block.expansion for w in widths]
 
-# %% ../nbs/00c_backbones.ipynb #c008
+# %% ../nbs/00c_backbones.ipynb #c009
 def _split_torchvision(net):
     "Stem, stages and stage widths of a torchvision ResNet (its own modules, not copies)."
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -70,7 +70,7 @@ def taps_from_torchvision(net: torchvision.models.ResNet,  # an existing torchvi
     "Wrap an existing torchvision ResNet (e.g. one you fine-tuned) as `ResNetTaps`, sharing its modules."
     return ResNetTaps(*_split_torchvision(net), arch=arch)
 
-# %% ../nbs/00c_backbones.ipynb #c010
+# %% ../nbs/00c_backbones.ipynb #c012
 def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
                     weights):    # None, 'DEFAULT', a member name ('IMAGENET1K_V1'), 'ResNet50_Weights.IMAGENET1K_V1' or the enum member
     "The torchvision weights enum member that `weights` names for `arch` (None for None); nothing is downloaded."

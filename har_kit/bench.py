@@ -40,7 +40,7 @@ def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/00e_bench.ipynb #c009
+# %% ../nbs/00e_bench.ipynb #c010
 def _loss(out):
     "Sum of the means of every floating tensor in a model's output (tensor, dict, list or tuple)."
     if torch.is_tensor(out): return out.float().mean() if out.is_floating_point() else 0.0
@@ -82,7 +82,7 @@ def _interleaved(fns, timer, warmup, iters):
         for j in [(i + o) % k for o in range(k)]: times[j].append(timer(fns[j]))
     return times
 
-# %% ../nbs/00e_bench.ipynb #c011
+# %% ../nbs/00e_bench.ipynb #c012
 def ratio_stats(times,  # per-repeat times of a model
                 base):  # per-repeat times of the baseline, timed in the same repeats
     "Median, quartiles and min-max of the per-repeat ratios times[i] / base[i]."
@@ -90,7 +90,7 @@ def ratio_stats(times,  # per-repeat times of a model
     q = statistics.quantiles(r, n=4, method='inclusive') if len(r) > 1 else [r[0]] * 3
     return dict(median=statistics.median(r), iqr=[q[0], q[2]], range=[r[0], r[-1]], n=len(r))
 
-# %% ../nbs/00e_bench.ipynb #c013
+# %% ../nbs/00e_bench.ipynb #c014
 def compare_models(models: dict,                # name -> model to measure
                    baseline,                    # the reference (e.g. `plain_baseline('resnet50', C)`)
                    input_size=(3, 224, 224),    # (3, H, W) of the timed input
@@ -143,7 +143,7 @@ def complexity(model,                         # the model to measure
     "Parameters, inference latency and train-step time of `model` and `baseline`, with model/baseline ratios."
     return compare_models({'model': model}, baseline, input_size, device, batch_size, warmup, iters, train_step)['model']
 
-# %% ../nbs/00e_bench.ipynb #c020
+# %% ../nbs/00e_bench.ipynb #c021
 def _autocast(dev, amp):
     if amp in (None, 'none', False): return nullcontext()
     if amp not in ('bf16', 'fp16'): raise KitError(f"amp={amp!r}: use 'none', 'bf16' or 'fp16'")
@@ -182,7 +182,7 @@ def throughput(model,                       # a throwaway model (train=True upda
     return dict(images_per_s=batch_size / ms * 1e3, step_ms=ms, peak_mem_mib=peak, batch_size=batch_size,
                 input_size=list(input_size), train=train, amp=amp or 'none', channels_last=channels_last, device=str(dev))
 
-# %% ../nbs/00e_bench.ipynb #c024
+# %% ../nbs/00e_bench.ipynb #c025
 def available_cpus():
     "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
     try: return len(os.sched_getaffinity(0))
@@ -217,7 +217,7 @@ def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'
     if pipeline not in PIPELINES: raise KitError(f'pipeline={pipeline!r}; use one of {", ".join(PIPELINES)}')
     return getattr(importlib.import_module('har_kit.data'), PIPELINES[pipeline][0])(True)
 
-# %% ../nbs/00e_bench.ipynb #c026
+# %% ../nbs/00e_bench.ipynb #c028
 def synthetic_samples(n: int = 64,           # images to write
                       size=(384, 160),       # (H, W) of each JPEG (PA-100K crops are roughly 100-300 px tall)
                       root=None,             # folder to write into (None: a new temporary folder)
@@ -292,7 +292,7 @@ def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/00e_bench.ipynb #c030
+# %% ../nbs/00e_bench.ipynb #c033
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')

@@ -53,7 +53,7 @@ def atomic_write(path,      # final destination (like `open(path, mode)`, but al
             yield f
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/00_core.ipynb #c013
+# %% ../nbs/00_core.ipynb #c014
 def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
                 where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
@@ -85,7 +85,7 @@ def load_json(path):  # JSON file written by `save_json` (or by hand)
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
 
-# %% ../nbs/00_core.ipynb #c016
+# %% ../nbs/00_core.ipynb #c018
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked."
     t = threads if threads is not None else os.environ.get('HAR_KIT_THREADS') or 1
@@ -114,7 +114,7 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev
 
-# %% ../nbs/00_core.ipynb #c019
+# %% ../nbs/00_core.ipynb #c022
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
@@ -133,7 +133,7 @@ def data_root():
     root = repo_root()
     return root/'data' if root else (Path.cwd()/'har-kit-data').resolve()
 
-# %% ../nbs/00_core.ipynb #c022
+# %% ../nbs/00_core.ipynb #c026
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -174,7 +174,7 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #c025
+# %% ../nbs/00_core.ipynb #c030
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None

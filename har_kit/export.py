@@ -89,7 +89,7 @@ def export_model(model,                # model file / run dir, or a LoadedModel
               out.with_name(out.name + '.json'))
     return dict(path=out, sidecar=out.with_name(out.name + '.json'), max_abs_diff=diff, format=format)
 
-# %% ../nbs/09b_export.ipynb #c010
+# %% ../nbs/09b_export.ipynb #c011
 def cli(argv=None):  # arguments after `har-kit export`
     "Entry point of `har-kit export`."
     ap = argparse.ArgumentParser(prog='har-kit export', description='Export a saved model (probabilities out, named '

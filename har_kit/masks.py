@@ -35,7 +35,7 @@ def mask_cache_dir(data,            # `AttributeData` (uses `.name` and `.root`)
     base = Path(cache_dir) if cache_dir is not None else data_root()/'masks'
     return base/f'{data.name}-{short_hash(Path(data.root).resolve())}'/source.key
 
-# %% ../nbs/02_masks.ipynb #c010
+# %% ../nbs/02_masks.ipynb #c011
 def _read_log(path):  # `log.jsonl` in a mask root
     "Records of `log.jsonl` by sample key; lines cut by an interruption are skipped."
     recs = {}
@@ -51,7 +51,7 @@ def _append_log(path, recs):  # `log.jsonl`; the records to append
     with open(path, 'a') as f:
         f.write(head + ''.join(json.dumps(r) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/02_masks.ipynb #c012
+# %% ../nbs/02_masks.ipynb #c013
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
     "Where `make_masks` writes, created: `mask_root`, else a per-source cache folder, else the dataset's default mask root."
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
@@ -87,7 +87,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
-# %% ../nbs/02_masks.ipynb #c013
+# %% ../nbs/02_masks.ipynb #c014
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
                mask_root=None,      # where to write; None: the dataset's default mask root (readers attach it unasked)
@@ -134,7 +134,7 @@ def attach_masks(data,   # `AttributeData`
     pos = {id(s): i for i, s in enumerate(data.samples)}
     return _attach_samples(data, lambda s: masks.get(pos[id(s)], s.mask))
 
-# %% ../nbs/02_masks.ipynb #c017
+# %% ../nbs/02_masks.ipynb #c018
 def mask_iou(a,  # (H, W) bool
              b): # (H, W) bool
     "Intersection over union of two binary masks (1.0 when both are empty)."
@@ -155,7 +155,7 @@ def mask_quality(data,       # `AttributeData` the masks were made for
                          iou=mask_iou(read_mask(masks[i], ref.shape), ref), fallback=i in fell))
     return pd.DataFrame(rows, columns=['index', 'distractors', 'iou', 'fallback'])
 
-# %% ../nbs/02_masks.ipynb #c020
+# %% ../nbs/02_masks.ipynb #c022
 def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (tensor or array)
     "Fig. 4: sum a feature map over channels and threshold at its median; return (summed map, bool outline)."
     f = torch.as_tensor(np.asarray(feature) if not torch.is_tensor(feature) else feature).detach().float()
@@ -164,7 +164,7 @@ def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (
     med = s.flatten(-2).median(-1).values[..., None, None]
     return s, s > med
 
-# %% ../nbs/02_masks.ipynb #c024
+# %% ../nbs/02_masks.ipynb #c026
 def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '

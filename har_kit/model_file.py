@@ -49,7 +49,7 @@ def model_digest(meta,        # plain dict (JSON values)
         h.update(name.encode()); _digest_update(h, value, name)
     return h.hexdigest()
 
-# %% ../nbs/09_model_file.ipynb #c009
+# %% ../nbs/09_model_file.ipynb #c010
 def _check_builder(builder, where):  # 'module:function'; the field named in errors
     "The builder string, or a `KitError` when it is not spelled 'module:function'."
     if not (isinstance(builder, str) and builder.count(':') == 1 and all(builder.split(':'))):
@@ -76,7 +76,7 @@ def _to_storable(value):  # numpy arrays and scalars -> tensors / Python numbers
     if isinstance(value, (list, tuple)): return [_to_storable(v) for v in value]
     return value
 
-# %% ../nbs/09_model_file.ipynb #c011
+# %% ../nbs/09_model_file.ipynb #c012
 def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_model` receives them
     "Validate the descriptive fields; return them as plain lists."
     attributes = list(attributes) if attributes is not None else []
@@ -98,7 +98,7 @@ def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_mode
         thresholds = thresholds.tolist()
     return attributes, size, mean, std, thresholds
 
-# %% ../nbs/09_model_file.ipynb #c013
+# %% ../nbs/09_model_file.ipynb #c014
 def save_model(path,                 # destination, e.g. <run_dir>/<variant>/model.pt
                model: nn.Module,     # the trained network (its state_dict is saved)
                *,
@@ -133,7 +133,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     with atomic_path(path) as tmp: torch.save(blob, tmp)
     return Path(path)
 
-# %% ../nbs/09_model_file.ipynb #c015
+# %% ../nbs/09_model_file.ipynb #c016
 @dataclasses.dataclass
 class LoadedModel:
     "A model file read back: the network (eval mode) and everything needed to feed it and read its outputs."
@@ -147,7 +147,7 @@ class LoadedModel:
     extra: dict                 # the file's `extra` (tensors / plain values)
     path: Path | None = None    # the file it came from
 
-# %% ../nbs/09_model_file.ipynb #c018
+# %% ../nbs/09_model_file.ipynb #c019
 def _resolve(builder, trusted, where):  # 'module:function'; allowed top-level packages; field for errors
     "Import a builder, refusing modules outside the trusted packages."
     _check_builder(builder, where)
@@ -175,7 +175,7 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
                    f'; variants with a model here: {found or "none"}' +
                    ('; pass variant=NAME' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
-# %% ../nbs/09_model_file.ipynb #c020
+# %% ../nbs/09_model_file.ipynb #c021
 def read_model_file(path,                # a file written by `save_model`
                     map_location='cpu'): # where tensors are loaded
     "Read and verify a model file (weights_only, format, hash); return its dict."
@@ -196,7 +196,7 @@ def read_model_file(path,                # a file written by `save_model`
     if missing: raise KitError(f'{path}: the model file lacks {missing}; save it with har_kit.predict.save_model')
     return blob
 
-# %% ../nbs/09_model_file.ipynb #c021
+# %% ../nbs/09_model_file.ipynb #c022
 def check_attributes(attributes,  # the model's attribute names
                      expected,    # the names a caller needs (None: no check)
                      where):      # the model file, named in errors

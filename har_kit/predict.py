@@ -66,7 +66,7 @@ def _is_number(x):  # anything a user may pass as a threshold
     try: float(x); return True
     except (TypeError, ValueError): return False
 
-# %% ../nbs/09_predict.ipynb #c010
+# %% ../nbs/09_predict.ipynb #c011
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 def collect_images(specs):  # file paths, folders and glob patterns
@@ -105,7 +105,7 @@ def preprocess(image,         # (H, W, 3) uint8 RGB
     x = v2.functional.resize(x, list(input_size), antialias=True).float() / 255
     return v2.functional.normalize(x, list(mean), list(std))
 
-# %% ../nbs/09_predict.ipynb #c013
+# %% ../nbs/09_predict.ipynb #c015
 class _Images(torch.utils.data.Dataset):
     "Image files, read and preprocessed for one model, for a `DataLoader`."
     def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
@@ -137,7 +137,7 @@ class Predictor:
         return torch.stack([preprocess(load_rgb(i) if isinstance(i, (str, Path)) else np.asarray(i), lm.input_size, lm.mean, lm.std)
                             for i in images])
 
-# %% ../nbs/09_predict.ipynb #c015
+# %% ../nbs/09_predict.ipynb #c017
 @patch
 @torch.no_grad()
 def probabilities(self:Predictor,
@@ -165,7 +165,7 @@ def predict(self:Predictor,
                  probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
             for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
 
-# %% ../nbs/09_predict.ipynb #c016
+# %% ../nbs/09_predict.ipynb #c018
 def write_predictions(records,          # `Predictor.predict` output
                       predictor: Predictor,  # the `Predictor` that made them (names, thresholds, model path)
                       out_dir):         # folder for predictions.csv and predictions.json
@@ -185,7 +185,7 @@ def format_record(r,          # a record of `Predictor.predict`
     names = r['predicted'][:top] if top else r['predicted']
     return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
 
-# %% ../nbs/09_predict.ipynb #c019
+# %% ../nbs/09_predict.ipynb #c022
 def _predict_parser():
     "The options of `har-kit predict`."
     ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '

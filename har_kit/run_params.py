@@ -34,7 +34,7 @@ def find_notebook(name):  # path, file name ('03_dahar.ipynb') or section name (
         if c.stem == stem or c.stem.split('_', 1)[-1] == stem: return c
     raise KitError(f'notebook {name!r} not found in {d}; available: {", ".join(c.stem for c in cands)}')
 
-# %% ../nbs/00b_run_params.ipynb #c008
+# %% ../nbs/00b_run_params.ipynb #c009
 class Unparsed(str):
     "The source text of a parameter default that is not a literal (any value is accepted for it)."
 
@@ -60,7 +60,7 @@ def notebook_parameters(notebook,  # path, file name or section name
                 except (ValueError, SyntaxError, TypeError): out[t.id] = Unparsed(ast.get_source_segment(src, st.value) or '')
     return out
 
-# %% ../nbs/00b_run_params.ipynb #c011
+# %% ../nbs/00b_run_params.ipynb #c013
 POSITIVE = ('batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows')
 NON_NEGATIVE = ('epochs', 'phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
@@ -113,7 +113,7 @@ def check_parameter(name,               # the parameter's name
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
 
-# %% ../nbs/00b_run_params.ipynb #c013
+# %% ../nbs/00b_run_params.ipynb #c015
 def check_parameters(notebook,           # notebook name or path
                      params: dict | None, # {name: value}
                      ) -> dict:
@@ -133,7 +133,7 @@ def check_parameters(notebook,           # notebook name or path
         out[name] = check_parameter(name, value, declared[name])
     return out
 
-# %% ../nbs/00b_run_params.ipynb #c017
+# %% ../nbs/00b_run_params.ipynb #c019
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
     "Interpret a command-line parameter value as a YAML scalar/list (int, float, bool, None, list or str)."
     import yaml

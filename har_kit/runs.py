@@ -56,7 +56,7 @@ def _is_locked(out_dir):
         fcntl.flock(fd, fcntl.LOCK_UN); return None
     finally: os.close(fd)
 
-# %% ../nbs/00b_runs.ipynb #c008
+# %% ../nbs/00b_runs.ipynb #c009
 class RunFailed(RuntimeError):
     "A notebook run that did not finish: names the run directory and the failing cell's error."
     def __init__(self,
@@ -69,7 +69,7 @@ def is_done(out_dir):  # a run directory
     "True when the run directory holds a `done` marker."
     return (Path(out_dir)/'done').exists()
 
-# %% ../nbs/00b_runs.ipynb #c010
+# %% ../nbs/00b_runs.ipynb #c012
 def _kernel_manager(env, cwd):
     "A kernel manager class that starts the kernel with `env` added to this process's environment, in `cwd`."
     from jupyter_client.manager import AsyncKernelManager
@@ -88,7 +88,7 @@ def kernel_env(out_dir,       # the run directory
                 HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                 PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
 
-# %% ../nbs/00b_runs.ipynb #c012
+# %% ../nbs/00b_runs.ipynb #c015
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
 def _prepare(out, params, force):
@@ -121,7 +121,7 @@ def _prepare(out, params, force):
     print(f'har-kit run: moved the previous run of {out} aside to {aside}', file=sys.stderr)
     return 'run'
 
-# %% ../nbs/00b_runs.ipynb #c014
+# %% ../nbs/00b_runs.ipynb #c017
 def _cell_of(nb_path):
     "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
     try: cells = json.loads(Path(nb_path).read_text())['cells']
@@ -169,7 +169,7 @@ def _finish_notebook(out, started, log):
                   + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except (OSError, KeyError, ValueError): pass
 
-# %% ../nbs/00b_runs.ipynb #c015
+# %% ../nbs/00b_runs.ipynb #c018
 def _fail(out, error, cell=None):
     with contextlib.suppress(OSError, KitError):
         save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z')), out/'failed.json')
@@ -190,7 +190,7 @@ def batch_copy(nb,    # the notebook
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
-# %% ../nbs/00b_runs.ipynb #c017
+# %% ../nbs/00b_runs.ipynb #c021
 def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
@@ -226,7 +226,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
             stop('interrupted (Ctrl-C)', _cell_of(out/'notebook.running.ipynb')); raise
         _finish_notebook(out, started, log)
 
-# %% ../nbs/00b_runs.ipynb #c018
+# %% ../nbs/00b_runs.ipynb #c022
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -267,7 +267,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/00b_runs.ipynb #c024
+# %% ../nbs/00b_runs.ipynb #c029
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -283,7 +283,7 @@ def run_status(out_dir,  # a run directory
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
     return dict(state='missing', error=None)
 
-# %% ../nbs/00b_runs.ipynb #c027
+# %% ../nbs/00b_runs.ipynb #c033
 def cli(argv=None):  # arguments after `har-kit run`
     "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch]`: execute one section notebook as a run."
     ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)
