@@ -18,9 +18,9 @@ from .core import KitError, atomic_path, get_device
 from .formats import clip_box, load_grey, load_rgb, mask_path
 
 # %% auto #0
-__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'box_mask', 'TargetMask', 'select_target', 'image_size', 'read_image',
-           'read_mask', 'write_mask', 'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource',
-           'RendererSource', 'DirectorySource', 'MaskRCNNSource', 'mask_source']
+__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'box_mask', 'TargetMask', 'select_target', 'image_size', 'read_mask',
+           'write_mask', 'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource',
+           'DirectorySource', 'MaskRCNNSource', 'mask_source']
 
 # %% ../nbs/02a_mask_sources.ipynb #c006
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
@@ -82,10 +82,6 @@ def image_size(path):  # an image file
         with Image.open(path) as im: return im.size[::-1]
     except (OSError, UnidentifiedImageError) as e:
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
-
-def read_image(path):  # an image file
-    "RGB uint8 (H, W, 3) array of an image (`har_kit.formats.load_rgb`); `KitError` naming the file."
-    return load_rgb(path)
 
 # %% ../nbs/02a_mask_sources.ipynb #c018
 def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as person)
@@ -299,7 +295,7 @@ def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
 
 @patch
 def __call__(self:MaskRCNNSource, jobs):
-    images = [read_image(img) for img, _ in jobs]
+    images = [load_rgb(img) for img, _ in jobs]
     out = []
     for (img, items), im, (boxes, masks) in zip(jobs, images, self.detect(images)):
         out.append([select_target(s.box, im.shape[:2], boxes, masks, where=_where(img, key), **self.select_kw)
