@@ -193,7 +193,7 @@ def read_model_file(path,                # a file written by `save_model`
     except (KeyError, KitError, TypeError, AttributeError): ok = False
     if not ok: raise KitError(f'{path}: content hash mismatch: the file is corrupted; save it again from its run')
     missing = [k for k in ('builder', 'kwargs', 'attributes', 'input_size', 'mean', 'std') if k not in blob['meta']]
-    if missing: raise KitError(f'{path}: the model file lacks {missing}; save it with har_kit.predict.save_model')
+    if missing: raise KitError(f'{path}: the model file lacks {missing}; save it with har_kit.model_file.save_model')
     return blob
 
 # %% ../nbs/09_model_file.ipynb #c022
