@@ -30,7 +30,8 @@ class ResNetTaps(nn.Module):
         super().__init__()
         self.stem, self.stages, self.channels, self.arch = stem, stages, list(channels), arch
 
-    def forward(self, x):
+    def forward(self, x):  # (N, 3, H, W) normalised images
+        "The four stage outputs `[c2, c3, c4, c5]`."
         feats = []
         x = self.stem(x)
         for stage in self.stages:
@@ -56,6 +57,7 @@ def _small_resnet(block, blocks, widths, stem_width):
         if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
     return stem, nn.ModuleList(stages), [w * block.expansion for w in widths]
 
+# %% ../nbs/00c_backbones.ipynb #c009
 def _split_torchvision(net):
     "Stem, stages and stage widths of a torchvision ResNet (its own modules, not copies)."
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -63,10 +65,12 @@ def _split_torchvision(net):
     channels = [s[-1].conv3.out_channels if hasattr(s[-1], 'conv3') else s[-1].conv2.out_channels for s in stages]
     return stem, stages, channels
 
-def taps_from_torchvision(net: torchvision.models.ResNet, arch: str = ''):  # an existing torchvision ResNet
+def taps_from_torchvision(net: torchvision.models.ResNet,  # an existing torchvision ResNet
+                          arch: str = ''):                 # its name, for repr and checkpoints
     "Wrap an existing torchvision ResNet (e.g. one you fine-tuned) as `ResNetTaps`, sharing its modules."
     return ResNetTaps(*_split_torchvision(net), arch=arch)
 
+# %% ../nbs/00c_backbones.ipynb #c012
 def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
                     weights):    # None, 'DEFAULT', a member name ('IMAGENET1K_V1'), 'ResNet50_Weights.IMAGENET1K_V1' or the enum member
     "The torchvision weights enum member that `weights` names for `arch` (None for None); nothing is downloaded."

@@ -44,15 +44,18 @@ def atomic_path(path):  # final destination; the block writes to the yielded tem
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
 @contextlib.contextmanager
-def atomic_write(path, mode='w', **kwargs):  # like `open(path, mode)`, but all-or-nothing
+def atomic_write(path,      # final destination (like `open(path, mode)`, but all-or-nothing)
+                 mode='w',  # a write mode of `open`: 'w', 'wb', ...
+                 **kwargs): # passed to `open` (encoding, newline, ...)
     "Open a temporary file next to `path` for writing; it replaces `path` only when the block succeeds."
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/00_core.ipynb #c013
-def to_jsonable(obj, where='value'):  # any nesting of dicts/lists/numpy/Path; `where` names the field in errors
+# %% ../nbs/00_core.ipynb #c014
+def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
+                where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
     if isinstance(obj, dict): return {str(k): to_jsonable(v, f'{where}.{k}') for k, v in obj.items()}
     if isinstance(obj, (list, tuple)): return [to_jsonable(v, f'{where}[{i}]') for i, v in enumerate(obj)]
@@ -68,7 +71,8 @@ def to_jsonable(obj, where='value'):  # any nesting of dicts/lists/numpy/Path; `
     if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0: return to_jsonable(obj.item(), where)
     return obj
 
-def save_json(obj, path):  # destination file
+def save_json(obj,   # JSON-able after `to_jsonable`
+              path): # destination file
     "Write `obj` as indented JSON, atomically; return the path."
     data = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
     with atomic_write(path) as f: f.write(data + '\n')
@@ -81,7 +85,7 @@ def load_json(path):  # JSON file written by `save_json` (or by hand)
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
 
-# %% ../nbs/00_core.ipynb #c016
+# %% ../nbs/00_core.ipynb #c018
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked."
     t = threads if threads is not None else os.environ.get('HAR_KIT_THREADS') or 1
@@ -110,7 +114,7 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev
 
-# %% ../nbs/00_core.ipynb #c019
+# %% ../nbs/00_core.ipynb #c022
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
@@ -129,7 +133,7 @@ def data_root():
     root = repo_root()
     return root/'data' if root else (Path.cwd()/'har-kit-data').resolve()
 
-# %% ../nbs/00_core.ipynb #c022
+# %% ../nbs/00_core.ipynb #c026
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -152,7 +156,8 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-def save_metrics(metrics: dict, out_dir=None):  # flat or nested dict of numbers; the run directory
+def save_metrics(metrics: dict,  # flat or nested dict of numbers
+                 out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
     if not isinstance(metrics, dict) or not metrics:
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
@@ -169,7 +174,7 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #c025
+# %% ../nbs/00_core.ipynb #c030
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None

@@ -19,7 +19,8 @@ __all__ = ['model_maps', 'plot_explanation', 'explain']
 
 # %% ../nbs/09a_explain.ipynb #c006
 @torch.no_grad()
-def model_maps(model, images):  # a contract model; (N, 3, h, w) preprocessed batch
+def model_maps(model,   # a contract model
+               images): # (N, 3, h, w) preprocessed batch
     "Logits and maps: per-attribute maps (N, C, h', w') with their kind, and global maps {name: (N, 1, h', w')}."
     out = model(images)
     per_attr, kind = None, None

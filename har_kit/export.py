@@ -22,7 +22,9 @@ class ProbabilityModel(nn.Module):
     "Deployment wrapper: `images` (N, 3, h, w) normalised -> `probabilities` (N, C) = sigmoid(logits)."
     def __init__(self, model: nn.Module):  # a contract model (returns {'logits': ...})
         super().__init__(); self.model = model
-    def forward(self, images): return torch.sigmoid(self.model(images)['logits'])
+    def forward(self, images):  # (N, 3, h, w) preprocessed batch
+        "(N, C) probabilities."
+        return torch.sigmoid(self.model(images)['logits'])
 
 EXPORT_FORMATS = ('onnx', 'torchscript')
 
@@ -87,7 +89,7 @@ def export_model(model,                # model file / run dir, or a LoadedModel
               out.with_name(out.name + '.json'))
     return dict(path=out, sidecar=out.with_name(out.name + '.json'), max_abs_diff=diff, format=format)
 
-# %% ../nbs/09b_export.ipynb #c010
+# %% ../nbs/09b_export.ipynb #c011
 def cli(argv=None):  # arguments after `har-kit export`
     "Entry point of `har-kit export`."
     ap = argparse.ArgumentParser(prog='har-kit export', description='Export a saved model (probabilities out, named '

@@ -1,10 +1,18 @@
 """Results independent of scheduling (issue 17): a run fixes its intra-op threads and seeds, so the same tiny
-training run gives bit-identical metrics alone and while another run executes beside it."""
-import json
-from concurrent.futures import ThreadPoolExecutor
+training run gives bit-identical metrics alone and while another run executes beside it; and a tiny real training
+(synthetic PA100K-like set, Da-HAR on resnet-tiny, one epoch) still gives the committed golden numbers.
 
-from har_kit.core import load_json
+Regenerate the golden numbers after a change that is meant to move them: `python tests/test_determinism.py --regenerate`."""
+import json, math, subprocess, sys, tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from har_kit.core import load_json, save_json
 from har_kit.runs import run_notebook
+
+GOLDEN = Path(__file__).resolve().parent/'golden'/'tiny_training.json'
+REGENERATE = 'python tests/test_determinism.py --regenerate'
+TOLERANCE = 1e-6   # relative (and absolute near 0), per number: low-bit differences between CPUs, nothing a real change hides behind
 
 TRAIN = '''import os, torch, torch.nn as nn
 from har_kit.core import seed_everything, save_metrics
@@ -45,3 +53,49 @@ def test_same_metrics_alone_and_beside_another_run(tmp_path, monkeypatch):
     strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}
     assert strip(alone) == strip(beside)
     assert load_json(tmp_path/'beside'/'env.json')['threads'] == 1
+
+
+def tiny_training(work):  # an empty folder for the data and the run
+    "A tiny real training through the public APIs: 64 synthetic PA100K-like images, Da-HAR on resnet-tiny, one epoch."
+    import torch
+    from har_kit.core import seed_everything
+    from har_kit.dahar import dahar_variant
+    from har_kit.data import dahar_transforms, load_dataset, make_loader
+    from har_kit.engine import TrainConfig, fit, predict
+    from har_kit.metrics import pedestrian_metrics
+    from har_kit.synth import make_synthetic
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        data = load_dataset('pa100k', root=make_synthetic('pa100k', Path(work)/'data', n=64, seed=0, progress=False))
+        seed_everything(0)
+        model = dahar_variant('dahar', num_attributes=len(data.attributes), arch='resnet-tiny', weights=None)
+        bce = lambda out, batch: dict(loss=torch.nn.functional.binary_cross_entropy_with_logits(out['logits'], batch['labels']))
+        train = make_loader(data.split('train'), dahar_transforms(True, 2, 0.25), 8, True, seed=0)
+        history = fit(model, bce, train, TrainConfig(epochs=1, lr=0.01, device='cpu', progress=False, seed=0), Path(work)/'run')
+        p = predict(model, make_loader(data.split('val', 'test'), dahar_transforms(False, 2, 0.25), 8, False), torch.device('cpu'))
+    finally: torch.set_num_threads(threads)
+    m = pedestrian_metrics(p['scores'], p['labels'])
+    return dict(n_train=len(data.split('train')), n_eval=len(p['scores']), loss=history[-1]['loss'],
+                **{k: float(m[k]) for k in ('mA', 'acc', 'prec', 'rec', 'f1')},
+                logits_sum=float(p['logits'].astype('float64').sum()), logits_abs_sum=float(abs(p['logits'].astype('float64')).sum()),
+                weight_sum=sum(float(v.double().sum()) for v in model.state_dict().values() if v.is_floating_point()))
+
+
+def test_tiny_training_matches_golden(tmp_path):
+    "The numbers of `tiny_training` are the committed ones: a change that moves them must regenerate them, on purpose."
+    assert GOLDEN.exists(), f'{GOLDEN} is missing: run `{REGENERATE}` and commit it'
+    want, got = load_json(GOLDEN)['metrics'], tiny_training(tmp_path)
+    off = {k: (want.get(k), v) for k, v in got.items()
+           if k not in want or not math.isclose(v, want[k], rel_tol=TOLERANCE, abs_tol=TOLERANCE)}
+    assert not off, (f'{GOLDEN.name} is stale or the tiny training changed: (golden, now) = {off}. If the change is '
+                     f'meant to move these numbers, run `{REGENERATE}` and commit {GOLDEN.relative_to(GOLDEN.parents[2])}')
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] != ['--regenerate']: sys.exit(f'usage: {REGENERATE}')
+    import torch, har_kit
+    with tempfile.TemporaryDirectory() as work: metrics = tiny_training(work)
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=GOLDEN.parent).stdout.strip()
+    save_json(dict(regenerate=REGENERATE, commit=commit, torch=torch.__version__, har_kit=har_kit.__version__,
+                   tolerance=TOLERANCE, metrics=metrics), GOLDEN)
+    print(f'wrote {GOLDEN}: {metrics}')

@@ -133,7 +133,8 @@ from PIL import Image
 
 from har_kit.explain import explain, model_maps
 from har_kit.export import cli as export_cli, export_model
-from har_kit.predict import Predictor, cli, collect_images, read_image, resolve_thresholds
+from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes images with
+from har_kit.predict import Predictor, cli, collect_images, resolve_thresholds
 
 SAMPLE = Path(__file__).resolve().parents[1].parent.parent/'shared'/'data'/'pa100k-sample'
 SAMPLE = SAMPLE if SAMPLE.is_dir() else Path('/work/shared/data/pa100k-sample')
