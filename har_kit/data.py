@@ -4,26 +4,24 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import argparse, csv, difflib, hashlib, json, math, os, shutil, sys, tempfile, time, warnings
+import csv, difflib, json, math, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
-from tqdm.auto import tqdm
 
-from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, repo_root, save_json
-from .formats import (DATASET_KINDS, LAYOUTS, MASK_DIR, PA100K_SPLITS, SYNTH_META, clip_box, dataset_kind,
-                             default_mask_root, detect_layout, explicit_layout, image_file, image_problem, load_grey, load_rgb,
-                             mask_path, read_synth_meta, write_csv_annotation, write_fixture, write_pa100k_annotation,
-                             write_rap_annotation, write_wider_annotation)
+from .core import KitError, UNSPECIFIED
+from .formats import (DATASET_KINDS, LAYOUTS, PA100K_SPLITS, dataset_kind, default_mask_root, detect_layout,
+                             explicit_layout, image_file, mask_path, synth_target_meta, write_fixture)
+from .losses import pos_ratio
+from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
+from .check import dataset_issues, require_images, unused_images, warn_issues
 from .loading import (IMAGENET_MEAN, IMAGENET_STD, CornerCenterCrop, FiveCropStack, HarDataset, _sz,
                              campar_transforms, dahar_transforms, make_loader, show_samples)   # re-exported: one Dataset
 
 # %% auto #0
-__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'WIDER_FILES', 'CSV_SPLITS', 'READERS', 'Sample',
-           'AttributeData', 'attach_masks', 'dataset_issues', 'read_pa100k', 'read_rap', 'read_wider', 'tiny_fixture',
-           'label_stats', 'read_csv_dataset', 'to_csv_dataset', 'check_dataset', 'format_check', 'cli', 'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'attach_masks',
+           'read_pa100k', 'read_rap', 'read_wider', 'tiny_fixture', 'label_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #c006
 @dataclass
@@ -62,12 +60,13 @@ class AttributeData:
         if not ss: return np.zeros((0, len(self.attributes)), np.int8)
         return np.stack([s.labels for s in ss]).astype(np.int8)
 
-    def pos_ratio(self, *splits):  # split names; none = all
-        "(C,) positive ratio per attribute among its *specified* labels (NaN where none is specified)."
+    def pos_ratio(self,
+                  *splits,                  # split names; none = all
+                  ignore_unspecified=True): # True: among *specified* labels (NaN where none is); False: unspecified as negative
+        "(C,) positive ratio per attribute of the given splits: `har_kit.losses.pos_ratio` of their labels."
         y = self.labels(*splits)
-        spec = (y != UNSPECIFIED).sum(0)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            return np.where(spec > 0, (y == 1).sum(0) / np.maximum(spec, 1), np.nan)
+        r = pos_ratio(y, ignore_unspecified)
+        return np.where((y != UNSPECIFIED).any(0), r, np.nan) if ignore_unspecified else r
 
     def __len__(self): return len(self.samples)
     def __repr__(self):
@@ -99,81 +98,12 @@ def _find_masks(data: AttributeData, mask_dir):
     return found
 
 def _apply_synth_meta(data: AttributeData):
-    "Copy per-target records of the synthetic sidecar (`har_kit.formats.read_synth_meta`, when present) into `Sample.meta`."
-    if not (data.root/SYNTH_META).exists(): return data
-    images = read_synth_meta(data.root)['images']
-    for s in data.samples:
-        targets, t = (images.get(s.meta['file_name']) or {}).get('targets') or [], s.meta.get('target', 0)
-        if t < len(targets) and isinstance(targets[t], dict): s.meta.update(targets[t])
+    "Copy the per-target records of a synthetic sidecar (`har_kit.formats.synth_target_meta`) into `Sample.meta`."
+    records = synth_target_meta(data.root)
+    for s in data.samples: s.meta.update(records.get((s.meta['file_name'], s.meta.get('target', 0)), {}))
     return data
 
 # %% ../nbs/01_data.ipynb #c014
-def _loadmat(path, how):  # .mat file; where the dataset comes from (for the error message)
-    "Load a MATLAB v5 file as a dict of its variables, with errors naming the file."
-    import scipy.io
-    path = Path(path)
-    if not path.exists(): raise KitError(f'{path}: file not found. {how}')
-    try: m = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
-    except NotImplementedError:
-        raise KitError(f'{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it in MATLAB with '
-                       f"load('{path.name}'); save('{path.name}', '-v7')") from None
-    except Exception as e: raise KitError(f'{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}). {how}') from None
-    return {k: v for k, v in m.items() if not k.startswith('__')}
-
-def _cellstr(value, where):  # cell of strings, char matrix or string array; "file: field" for errors
-    "A list of strings from a MATLAB cell of char (N x 1 or 1 x N) or a char matrix; empty entries become ''."
-    a = np.asarray(value)
-    if a.dtype.kind == 'U': return [str(s).strip() for s in a.ravel()]
-    if a.dtype != object: raise KitError(f'{where} must be a cell array of strings, found a {a.dtype} array of shape {a.shape}')
-    if a.ndim > 1 and sorted(a.shape)[-2] > 1: raise KitError(f'{where} must be an N x 1 or 1 x N cell, found {a.shape}')
-    out = []
-    for i, x in enumerate(a.ravel()):
-        x = np.asarray(x)
-        if x.size == 0: out.append(''); continue
-        if x.dtype.kind != 'U' or x.size != 1:
-            raise KitError(f'{where}: entry {i + 1} is not a single string (found {x.dtype} of shape {x.shape})')
-        out.append(str(x.ravel()[0]).strip())
-    return out
-
-def _field(struct, name, where):  # MATLAB struct as loaded (record array, np.void, mat_struct or dict)
-    "A field of a MATLAB struct, or a `KitError` listing the fields that are there."
-    s = struct
-    if isinstance(s, np.ndarray) and s.dtype == object and s.size == 1: s = s.ravel()[0]
-    if isinstance(s, np.ndarray) and s.size == 1 and s.dtype.names: s = s.ravel()[0]
-    names = (s.dtype.names if isinstance(s, (np.void, np.ndarray)) and s.dtype.names else
-             list(s.keys()) if isinstance(s, dict) else getattr(s, '_fieldnames', None))
-    if not names: raise KitError(f'{where} must be a struct, found {type(s).__name__}')
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        raise KitError(f'{where} has no field {name!r} (fields: {", ".join(names)})' + (f'; did you mean {close[0]!r}?' if close else ''))
-    return s[name] if not hasattr(s, '_fieldnames') else getattr(s, name)
-
-def _int_matrix(value, where, allowed):  # numeric array; "file: field"; the values it may hold
-    "A 2-D integer matrix whose values all lie in `allowed`, else a `KitError` saying which value is where."
-    a = np.asarray(value)
-    if a.dtype.kind not in 'uifb' or a.ndim > 2: raise KitError(f'{where} must be a numeric matrix, found {a.dtype} of shape {a.shape}')
-    a = np.atleast_2d(a)
-    if a.dtype.kind == 'f' and not (np.isfinite(a).all() and (a == np.round(a)).all()):
-        raise KitError(f'{where} holds non-integer values; labels must be integers')
-    a = a.astype(np.int64)
-    bad = ~np.isin(a, list(allowed))
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise KitError(f'{where} holds value {a[r, c]} at row {r + 1}, column {c + 1}; allowed values are {sorted(allowed)}')
-    return a
-
-def _index_vector(value, where, n):  # 1-based index array; "file: field"; number of images
-    "0-based indices from a 1-based MATLAB index vector, checked to lie in 1..n."
-    a = np.asarray(value)
-    if a.dtype.kind not in 'uif': raise KitError(f'{where} must be a numeric index vector, found {a.dtype}')
-    a = a.ravel()
-    if a.dtype.kind == 'f' and not (a == np.round(a)).all(): raise KitError(f'{where} holds non-integer indices')
-    a = a.astype(np.int64)
-    if a.size and (a.min() < 1 or a.max() > n):
-        raise KitError(f'{where} holds indices outside 1..{n} (min {a.min()}, max {a.max()}); MATLAB indices are 1-based')
-    return a - 1
-
-# %% ../nbs/01_data.ipynb #c017
 def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
@@ -183,66 +113,12 @@ def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotati
     _, files, images = next((l for l in LAYOUTS[kind] if have(*l[1:])), LAYOUTS[kind][-1])   # the missing half: as found
     return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
-def _check_images(samples, where, image_dir):
-    "Raise a `KitError` listing listed images that are missing or fail the cheap header check (`image_problem`)."
-    paths = list(dict.fromkeys(s.image for s in samples))
-    bad = [(p, q) for p in paths if (q := image_problem(p))]
-    missing = [p for p, q in bad if q == 'missing']
-    if missing:
-        first = ', '.join(str(p.name) for p in missing[:5])
-        raise KitError(f'{where}: {len(missing)} of {len(paths)} listed images are missing under {image_dir} (first: {first}). '
-                       'Point root at the complete dataset folder, or pass check_images=False to skip this check')
-    if bad:
-        first = '; '.join(f'{p}: {q}' for p, q in bad[:3])
-        raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
-                       '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
-
-def _same_file_across_splits(samples):
-    "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
-    by_name = {}
-    for s in samples: by_name.setdefault(os.path.basename(s.image), {})[s.image] = s.split
-    out = []
-    for group in by_name.values():
-        if len(set(group.values())) < 2: continue
-        sizes = {}
-        for p, sp in group.items():
-            try: sizes.setdefault(os.path.getsize(p), []).append((p, sp))
-            except OSError: continue
-        for same in sizes.values():
-            digests = {}
-            for p, sp in same: digests.setdefault(hashlib.sha1(Path(p).read_bytes()).hexdigest(), []).append((p, sp))
-            out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
-    return out
-
-def dataset_issues(samples,              # `Sample`s of every split
-                   empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
-    "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
-    splits, count = {}, {}
-    for s in samples:
-        name = str(s.meta.get('file_name', s.image))
-        splits.setdefault(name, set()).add(s.split)
-        key = (name, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
-    if empty_row == 'no-positive': zero = [s for s in samples if not (s.labels == 1).any()]
-    else: zero = [s for s in samples if s.meta.get('n_unspecified', -1) == len(s.labels)]
-    return dict(in_two_splits=[dict(image=k, splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
-                same_file_in_two_splits=_same_file_across_splits(samples),
-                duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
-                all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
-
-def _warn_issues(issues, where, rows_desc='all-zero label rows'):
-    "One warning per kind of issue found by `dataset_issues`, with its count and a first example."
-    if (m := issues['in_two_splits']):
-        warnings.warn(f'{where}: {len(m)} image(s) appear in more than one split (e.g. {m[0]["image"]} in {m[0]["splits"]}): '
-                      'evaluation may leak training data')
-    if (m := issues['same_file_in_two_splits']):
-        warnings.warn(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
-                      f'(e.g. {" and ".join(m[0])}): evaluation may leak training data')
-    if (m := issues['duplicates']):
-        warnings.warn(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
-                      f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice')
-    if (m := issues['all_zero_rows']):
-        warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
-                      'no positive attribute; check the annotation')
+def _finish(data, where, check_images, mask_dir,  # a reader's result; its file; the reader's switches
+            empty_row='no-positive', rows_desc='all-zero label rows'):  # as `dataset_issues` / `warn_issues`
+    "What every reader does last: warn about suspicious entries, refuse unusable images, attach masks and synthetic records."
+    warn_issues(dataset_issues(data.samples, empty_row), where, rows_desc)
+    if check_images: require_images(data.samples, where, data.meta['images'])
+    return _apply_synth_meta(_find_masks(data, mask_dir))
 
 def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; 'keep' or 'negative'
     "Apply the reader's `unspecified` switch: 'keep' the marker (default) or read it as 'negative' (explicitly)."
@@ -250,20 +126,9 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/01_data.ipynb #c019
+# %% ../nbs/01_data.ipynb #c016
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 _PA_SPLITS = PA100K_SPLITS
-
-def _unused_images(images, used):  # image folder; set of names (relative to it) the annotation lists
-    "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
-    out = []
-    for dirpath, dirs, files in os.walk(images):
-        dirs[:] = sorted(d for d in dirs if d != MASK_DIR)
-        rel = os.path.relpath(dirpath, images)
-        out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(_IMAGE_EXT)]
-    return [n for n in out if n not in used]
-
-_IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                 annotation=None,     # annotation file under root; None: detected
@@ -273,19 +138,19 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
     "Read PA-100K's `annotation.mat` into an `AttributeData` with splits train/val/test (80k/10k/10k on the full set)."
     lay = _layout('pa100k', root, annotation, image_dir)
     root, path = lay.root, lay.annotation
-    m = _loadmat(path, PA100K_HOW)
+    m = load_mat(path, PA100K_HOW)
     need = ['attributes'] + [f'{s}_images_name' for s in _PA_SPLITS] + [f'{s}_label' for s in _PA_SPLITS]
     extra = [k for k in m if k not in need]
     note = ''.join(f'; unexpected field {k!r}' + (f' (a misspelling of {c[0]!r}?)' if (c := difflib.get_close_matches(k, need, n=1)) else '')
                    for k in extra)
     missing = [k for k in need if k not in m]
     if missing: raise KitError(f'{path}: missing field(s) {", ".join(missing)}{note}. {PA100K_HOW}')
-    attrs = _cellstr(m['attributes'], f'{path}: attributes')
+    attrs = mat_strings(m['attributes'], f'{path}: attributes')
     if not attrs or '' in attrs: raise KitError(f'{path}: attributes must be a non-empty cell of non-empty names{note}')
     samples = []
     for sp in _PA_SPLITS:
-        names = _cellstr(m[f'{sp}_images_name'], f'{path}: {sp}_images_name')
-        labels = _int_matrix(m[f'{sp}_label'], f'{path}: {sp}_label', {0, 1})
+        names = mat_strings(m[f'{sp}_images_name'], f'{path}: {sp}_images_name')
+        labels = mat_int_matrix(m[f'{sp}_label'], f'{path}: {sp}_label', {0, 1})
         if labels.shape[1] != len(attrs):
             raise KitError(f'{path}: {sp}_label has {labels.shape[1]} columns but attributes lists {len(attrs)} names{note}')
         if labels.shape[0] != len(names):
@@ -298,15 +163,11 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         samples += [Sample(image_file(lay.images, n, f'{path}: {sp}_images_name[{i + 1}]'), labels[i].astype(np.int8), sp,
                            meta=dict(file_name=n, row=i)) for i, n in enumerate(names)]
     if extra: warnings.warn(f'{path}: ignoring{note[1:]}')
-    data = AttributeData('pa100k', root, attrs, samples, meta=lay.record())
-    _warn_issues(dataset_issues(samples), str(path))
-    if check_images:
-        _check_images(samples, str(path), lay.images)
-        unused = _unused_images(lay.images, {s.meta['file_name'] for s in samples})
-        if unused: warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
-    return _apply_synth_meta(_find_masks(data, mask_dir))
+    if check_images and (unused := unused_images(lay.images, {s.meta['file_name'] for s in samples})):
+        warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
+    return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c021
+# %% ../nbs/01_data.ipynb #c018
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -340,15 +201,15 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
     rule = _rap_rule(uncertain, unspecified)
     lay = _layout('rap', root, annotation, image_dir)
     root, path = lay.root, lay.annotation
-    m = _loadmat(path, RAP_HOW)
+    m = load_mat(path, RAP_HOW)
     if 'RAP_annotation' not in m: raise KitError(f'{path}: no variable RAP_annotation (found: {", ".join(m) or "none"}). {RAP_HOW}')
     st, w = m['RAP_annotation'], f'{path}: RAP_annotation'
-    names = _cellstr(_field(st, 'imagesname', w), f'{w}.imagesname')
-    attrs = _cellstr(_field(st, 'attribute_eng', w), f'{w}.attribute_eng')
-    labels = _int_matrix(_field(st, 'label', w), f'{w}.label', {0, 1, 2})
-    try: parts = _field(st, 'partion', w)
+    names = mat_strings(mat_field(st, 'imagesname', w), f'{w}.imagesname')
+    attrs = mat_strings(mat_field(st, 'attribute_eng', w), f'{w}.attribute_eng')
+    labels = mat_int_matrix(mat_field(st, 'label', w), f'{w}.label', {0, 1, 2})
+    try: parts = mat_field(st, 'partion', w)
     except KitError:
-        try: parts = _field(st, 'partition', w)
+        try: parts = mat_field(st, 'partition', w)
         except KitError: raise KitError(f'{w} has neither partion nor partition: the 5 train/test partitions are needed') from None
     if labels.shape != (len(names), len(attrs)):
         raise KitError(f'{w}.label is {labels.shape[0]} x {labels.shape[1]} but imagesname has {len(names)} entries and '
@@ -362,20 +223,17 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
     parts = np.asarray(parts, dtype=object).ravel() if np.asarray(parts).dtype == object else np.asarray(parts).ravel()
     partition = _partition_index(partition, len(parts), f'{w}.partion')
     p, wp = parts[partition], f'{w}.partion{{{partition + 1}}}'
-    idx = {sp: _index_vector(_field(p, f'{sp}_index', wp), f'{wp}.{sp}_index', len(names)) for sp in ('train', 'test')}
+    idx = {sp: mat_index(mat_field(p, f'{sp}_index', wp), f'{wp}.{sp}_index', len(names)) for sp in ('train', 'test')}
     n_unc = int((labels == 2).sum())
     y = np.where(labels == 2, 0 if rule == 'negative' else UNSPECIFIED, labels).astype(np.int8)
     samples = [Sample(image_file(lay.images, names[i], f'{w}.imagesname{{{i + 1}}}'), y[i], sp, meta=dict(file_name=names[i], row=int(i)))
                for sp in ('train', 'test') for i in idx[sp]]
     data = AttributeData('rap', root, attrs, samples, meta=dict(**lay.record(), partition=partition, n_uncertain=n_unc,
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
-    _warn_issues(dataset_issues(samples), f'{path} (partition {partition})')
-    if check_images: _check_images(samples, str(path), lay.images)
-    return _apply_synth_meta(_find_masks(data, mask_dir))
+    return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c023
+# %% ../nbs/01_data.ipynb #c020
 WIDER_HOW = DATASET_KINDS['wider'].how
-WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
 def _wider_attr_names(idmap, where):
@@ -448,12 +306,10 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     order = {'train': 0, 'val': 1, 'test': 2}
     samples.sort(key=lambda s: order[s.split])   # stable: file order within a split
     data = AttributeData('wider', root, attrs, samples, meta=dict(**lay.record(), unspecified=unspecified, dropped_boxes=dropped))
-    _warn_issues(dataset_issues(samples, 'all-unspecified'), str(root),
-                 'target(s) have every attribute unspecified (all-zero rows)')
-    if check_images: _check_images(samples, str(root), lay.images)
-    return _apply_synth_meta(_find_masks(data, mask_dir))
+    return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
+                   'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/01_data.ipynb #c025
+# %% ../nbs/01_data.ipynb #c022
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -464,7 +320,7 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/01_data.ipynb #c044
+# %% ../nbs/01_data.ipynb #c041
 def label_stats(data: AttributeData, *splits):  # dataset; split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
     import pandas as pd
@@ -475,7 +331,7 @@ def label_stats(data: AttributeData, *splits):  # dataset; split names (none = a
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/01_data.ipynb #c048
+# %% ../nbs/01_data.ipynb #c045
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -509,179 +365,19 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
         y = np.array([_CSV_VALUES[v.strip()] for v in r[2:]], np.int8)
         samples.append(Sample(image_file(lay.images, name, f'{w} (image)'), y, split, meta=dict(file_name=name, row=ln)))
     if not samples: raise KitError(f'{path}: no rows after the header')
-    data = AttributeData('csv', lay.root, attrs, samples, meta=lay.record())
-    _warn_issues(dataset_issues(samples), str(path))
-    if check_images: _check_images(samples, str(path), lay.images)
-    return _apply_synth_meta(_find_masks(data, mask_dir))
+    return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c050
-def _place(src, dst, link):  # existing file; destination; try a hard link first
-    "Hard-link (when `link` and possible) or copy `src` to `dst`."
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try: os.link(src, dst); return
-        except OSError: pass
-    shutil.copyfile(src, dst)
-
-def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its mask PNG (or None)
-    "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
-    img = load_rgb(s.image)
-    H, W = img.shape[:2]
-    x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    PILImage.fromarray(img[y0:y1, x0:x1]).save(dst, format='PNG')
-    if mask_dst is not None:
-        m = load_grey(s.mask)
-        if m.shape == (H, W): m = m[y0:y1, x0:x1]
-        mask_dst.parent.mkdir(parents=True, exist_ok=True)
-        PILImage.fromarray(m).save(mask_dst, format='PNG')
-
-def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...)`)
-                   dest,            # new folder for the generic dataset (must not exist or be empty)
-                   link=True,       # hard-link image files where possible (else copy)
-                   masks=True,      # also carry attached masks over to dest's default mask root
-                   progress=True):  # tqdm bar
-    "Write `data` in the generic `csv` format (boxed targets cut out as PNG crops); return `dest`."
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()): raise KitError(f'{dest} is not empty: choose a new folder for the converted dataset')
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
-    try:
-        images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
-        for s in tqdm(data.samples, desc=f'to csv ({data.name})', unit='sample', disable=not progress):
-            fn = Path(s.meta.get('file_name') or Path(s.image).name)
-            name = (fn.with_suffix('').as_posix() + f'_t{s.meta.get("target", 0)}.png') if s.box is not None else fn.as_posix()
-            mdst = mask_path(mroot, name, 0) if masks and s.mask is not None else None
-            if name not in placed:
-                if s.box is not None: _crop_target(s, image_file(images, name, str(s.image)), mdst)
-                else:
-                    _place(s.image, image_file(images, name, str(s.image)), link)
-                    if mdst is not None: _place(s.mask, mdst, False)
-                placed.add(name)
-            rows.append((name, s.split, s.labels))
-        write_csv_annotation(tmp/'labels.csv', data.attributes, rows)
-        save_json(dict(converted_from=data.name, root=str(data.root), samples=len(rows), **{k: v for k, v in data.meta.items()
-                  if isinstance(v, (str, int, float, bool, type(None)))}), tmp/'converted_from.json')
-        if dest.exists(): dest.rmdir()
-        os.rename(tmp, dest)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-# %% ../nbs/01_data.ipynb #c053
-def _decode_problem(path):  # an image file
-    "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
-    if (q := image_problem(path)): return q
-    try:
-        with PILImage.open(path) as im: im.load()
-    except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
-    return None
-
-def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
-                  root,           # dataset root
-                  sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
-                  progress=True,  # tqdm bar over the images
-                  **reader_kw):   # passed to the reader (partition=, annotation=, ...)
-    "Check a dataset on disk: layout, annotation, every image (exists and decodes), splits, labels; a report dict."
-    t0 = time.time()
-    rep = dict(kind=kind, root=str(root), errors=[], warnings=[], layout=None)
-    try:
-        reader = dataset_kind(kind).reader
-        rep['layout'] = (detect_layout(kind, root) if not {'annotation', 'files', 'image_dir'} & set(reader_kw) else None)
-        rep['layout'] = rep['layout'].record() if rep['layout'] else None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            data = reader(root, check_images=False, mask_dir=False, **reader_kw)
-    except KitError as e:
-        rep['errors'].append(str(e)); rep.update(ok=False, seconds=round(time.time() - t0, 2)); return rep
-    rep['warnings'] += [str(w.message) for w in caught]
-    rep['layout'] = rep['layout'] or {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
-    rep['splits'] = {sp: len(data.split(sp)) for sp in data.splits}
-    y = data.labels()
-    rep['attributes'] = [dict(name=a, pos_ratio=None if np.isnan(r) else round(float(r), 4), unspecified=int(u))
-                         for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
-    rep['issues'] = {k: len(v) for k, v in dataset_issues(data.samples, 'all-unspecified' if kind == 'wider' else 'no-positive').items()}
-    paths = list(dict.fromkeys(s.image for s in data.samples))
-    if sample is not None:
-        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
-            raise KitError(f'sample={sample!r}: pass a positive number of images, or None for all')
-        pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
-        paths = [paths[i] for i in sorted(pick)]
-    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p))]
-    missing = [str(p) for p, q in bad if q == 'missing']
-    unreadable = [f'{p}: {q}' for p, q in bad if q != 'missing']
-    rep['images'] = dict(listed=len(dict.fromkeys(s.image for s in data.samples)), checked=len(paths),
-                         missing=len(missing), unreadable=len(unreadable))
-    if missing: rep['errors'].append(f'{len(missing)} listed image(s) do not exist (labels without images), e.g. ' + ', '.join(missing[:3]))
-    rep['errors'] += unreadable
-    images = Path(rep['layout'].get('images', ''))
-    unused = _unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []
-    rep['images']['without_labels'] = len(unused)
-    if unused: rep['warnings'].append(f'{images}: {len(unused)} image file(s) are in no split (images without labels), e.g. {unused[0]}')
-    rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
-    return rep
-
-def format_check(rep):  # a report from `check_dataset`
-    "The report as the text `har-kit data check` prints."
-    lines = [f'{rep["kind"]} at {rep["root"]}']
-    if rep.get('layout'): lines.append(f"layout: {rep['layout'].get('layout')} (annotation {rep['layout'].get('annotation')}, images {rep['layout'].get('images')})")
-    if 'splits' in rep:
-        lines.append('splits: ' + ', '.join(f'{k} {v}' for k, v in rep['splits'].items()) + f'; {len(rep["attributes"])} attributes')
-        im = rep['images']
-        lines.append(f'images: {im["listed"]} listed, {im["checked"]} checked: {im["missing"]} missing, {im["unreadable"]} unreadable; '
-                     f'{im["without_labels"]} without labels')
-        lines.append(f'{"attribute":<22}{"pos %":>7}{"unspecified":>13}')
-        for a in rep['attributes']:
-            pos = '-' if a['pos_ratio'] is None else f"{100 * a['pos_ratio']:.1f}"
-            lines.append(f"{a['name'][:21]:<22}{pos:>7}{a['unspecified']:>13}")
-        lines.append('issues: ' + ', '.join(f'{k.replace("_", " ")} {v}' for k, v in rep['issues'].items()))
-    lines += [f'warning: {w}' for w in rep['warnings']] + [f'error: {e}' for e in rep['errors']]
-    lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
-    return '\n'.join(lines)
-
-def cli(argv=None):  # arguments after `har-kit data`
-    "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
-    p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
-    sub = p.add_subparsers(dest='command', required=True)
-    c = sub.add_parser('check', help='check layout, annotation and every image of a dataset; print a summary')
-    c.add_argument('kind', choices=list(DATASET_KINDS), help='dataset kind')
-    c.add_argument('root', help='dataset root (the folder the archive unpacked to)')
-    c.add_argument('--sample', type=int, default=None, help='decode only N images drawn at random (default: all)')
-    c.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
-    c.add_argument('--json', default=None, help='also write the report as JSON to this file')
-    v = sub.add_parser('convert', help='write a dataset in the generic csv format (labels.csv + images/)')
-    v.add_argument('kind', choices=[k for k in DATASET_KINDS if k != 'csv'], help='dataset kind to read')
-    v.add_argument('root', help='dataset root')
-    v.add_argument('dest', help='new folder for the csv dataset')
-    v.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
-    a = p.parse_args(argv)
-    if a.partition is not None and a.kind != 'rap': p.error('--partition is for rap only')
-    kw = {'partition': a.partition} if a.partition is not None else {}
-    try:
-        if a.command == 'convert':
-            out = to_csv_dataset(dataset_kind(a.kind).reader(a.root, **kw), a.dest)
-            print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
-            return 0
-        rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)
-        if a.json: save_json(rep, a.json)
-    except KitError as e:
-        print(f'har-kit data: {e}', file=sys.stderr); return 2
-    print(format_check(rep))
-    return 0 if rep['ok'] else 1
-
-# %% ../nbs/01_data.ipynb #c058
-READERS = {'wider': read_wider, 'rap': read_rap, 'pa100k': read_pa100k, 'csv': read_csv_dataset}
-
+# %% ../nbs/01_data.ipynb #c048
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)
                  seed=0,         # synthetic seed (root=None only)
                  **reader_kw):   # passed to the reader (unspecified=, partition=, mask_dir=, ...)
     "Read a dataset of `kind` from `root`, or the synthetic set of that kind (generated once, then cached)."
-    if kind not in READERS: raise KitError(f'load_dataset: kind={kind!r}; use one of {sorted(READERS)}')
+    reader = dataset_kind(kind).reader
     if root is None and kind == 'csv': raise KitError("load_dataset('csv'): the generic kind has no synthetic set; pass root=<folder with labels.csv and images/>")
     if root is None:
         try: from har_kit.synth import ensure_synthetic
         except ImportError as e: raise KitError(f'load_dataset({kind!r}, root=None) needs har_kit.synth ({e}); pass root=<dataset folder>') from None
         root = ensure_synthetic(kind, profile=profile, seed=seed)
-    return READERS[kind](root, **reader_kw)
+    return reader(root, **reader_kw)

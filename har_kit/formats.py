@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .core import KitError, UNSPECIFIED, atomic_path, atomic_write
+from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, save_json
+from .matfile import mat_cell, save_mat
 
 # %% auto #0
-__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'LAYOUTS', 'MASK_DIR', 'SYNTH_META',
-           'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout',
-           'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'read_synth_meta', 'target_meta',
-           'clip_box', 'image_problem', 'load_rgb', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
-           'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
+__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
+           'SYNTH_META', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout',
+           'detect_layout', 'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'read_synth_meta',
+           'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'image_problem', 'load_rgb',
+           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
+           'write_csv_annotation', 'layout_paths', 'write_fixture']
 
 # %% ../nbs/00f_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -66,7 +68,7 @@ DATASET_KINDS = {
         'ROOT/data/release_data/release_data/.'),
     'csv': DatasetKind('csv', 'read_csv_dataset', 2, 'mA', _PED, None,
         "The kit's generic format: ROOT/labels.csv (columns image, split, then one column per attribute holding "
-        '1, 0 or -1) and ROOT/images/<image>; `har_kit.data.to_csv_dataset` converts any dataset into it.'),
+        '1, 0 or -1) and ROOT/images/<image>; `har_kit.check.to_csv_dataset` converts any dataset into it.'),
 }
 
 def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
@@ -75,10 +77,10 @@ def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     return DATASET_KINDS[kind]
 
 # %% ../nbs/00f_formats.ipynb #c009
-_WIDER_JSON = ('wider_attribute_trainval.json', 'wider_attribute_test.json')
+WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')   # WIDER-Attribute's two annotation files
 LAYOUTS = {  # kind -> [(layout name, annotation file(s) under ROOT, image folder under ROOT)], tried in order
-    'wider': [('published', tuple(f'wider_attribute_annotation/{f}' for f in _WIDER_JSON), 'Image'),
-              ('root-level', _WIDER_JSON, 'Image')],
+    'wider': [('published', tuple(f'wider_attribute_annotation/{f}' for f in WIDER_FILES), 'Image'),
+              ('root-level', WIDER_FILES, 'Image')],
     'rap': [('published', ('RAP_annotation/RAP_annotation.mat',), 'RAP_dataset'),
             ('root-level', ('RAP_annotation.mat',), 'RAP_dataset')],
     'pa100k': [('published', ('annotation/annotation.mat',), 'data/release_data/release_data'),
@@ -172,11 +174,26 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
     return meta
 
-def target_meta(meta, name, target_index=0):  # sidecar dict, image name as in the annotation, target index
+def write_synth_meta(root,    # the synthetic set's root
+                     version, # the generator's version
+                     images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
+                     **info): # kind, params, attributes, stats, ...
+    "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads."
+    return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
+
+def target_meta(meta,            # a sidecar from `read_synth_meta`
+                name,            # image name as in the annotation
+                target_index=0): # target of that image
     "The per-target record of one image (distractors, people, objects, visible) from a sidecar."
     try: return meta['images'][name]['targets'][target_index]
     except (KeyError, IndexError, TypeError):
         raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
+
+def synth_target_meta(root): # a dataset root
+    "`{(file_name, target index): record}` of the sidecar under `root`; `{}` when there is none (a real dataset)."
+    if not (Path(root)/SYNTH_META).exists(): return {}
+    return {(n, t): r for n, im in read_synth_meta(root)['images'].items()
+            for t, r in enumerate((im or {}).get('targets') or []) if isinstance(r, dict)}
 
 # %% ../nbs/00f_formats.ipynb #c021
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
@@ -231,6 +248,15 @@ def load_rgb(path):  # image file
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
 # %% ../nbs/00f_formats.ipynb #c025
+def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
+               path,        # destination: .png, or .jpg / .jpeg for JPEG
+               quality=95): # JPEG quality
+    "Write an image atomically (a temporary name, then a rename), as PNG or JPEG by the file's suffix."
+    img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+    jpeg = Path(path).suffix.lower() in ('.jpg', '.jpeg')
+    with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
+    return Path(path)
+
 def load_grey(path):  # a mask (or any image) file
     "The image as a uint8 (H, W) grey array, 16-bit scaled to 8 bits like `load_rgb`: what masks are read with."
     try:
@@ -242,30 +268,18 @@ def load_grey(path):  # a mask (or any image) file
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
 # %% ../nbs/00f_formats.ipynb #c028
-def _cell(strings):
-    "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
-    a = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings): a[i, 0] = str(s)
-    return a
-
-def _savemat(path, mdict):
-    import scipy.io
-    with atomic_path(path) as tmp:
-        with open(tmp, 'wb') as f: scipy.io.savemat(f, mdict)
-    return Path(path)
-
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
                             attributes,  # C attribute names
                             splits):     # {'train'|'val'|'test': (names, (N, C) 0/1 labels)}
     "Write a PA-100K `annotation.mat` (cells of names, uint8 label matrices)."
-    md = {'attributes': _cell(attributes)}
+    md = {'attributes': mat_cell(attributes)}
     for sp in PA100K_SPLITS:
         names, labels = splits.get(sp, ([], np.zeros((0, len(attributes)))))
-        md[f'{sp}_images_name'] = _cell(names)
+        md[f'{sp}_images_name'] = mat_cell(names)
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
-    return _savemat(path, md)
+    return save_mat(path, md)
 
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
@@ -276,8 +290,8 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     parts = np.empty((len(partitions), 1), dtype=object)   # a 5 x 1 cell, as in RAP v1's file
     for k, (tr, te) in enumerate(partitions):
         parts[k, 0] = {'train_index': np.asarray(tr, float).reshape(1, -1) + 1, 'test_index': np.asarray(te, float).reshape(1, -1) + 1}
-    return _savemat(path, {'RAP_annotation': {'imagesname': _cell(names), 'label': np.asarray(labels, float),
-                                              'attribute_eng': _cell(attributes), 'partion': parts}})
+    return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
+                                              'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
@@ -286,7 +300,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
     "Write WIDER-Attribute's two JSON files, splitting `images` by the train/val/test prefix of `file_name`."
     head = {'attribute_id_map': {str(i): a for i, a in enumerate(attributes)},
             'scene_id_map': {str(k): v for k, v in (scenes or {}).items()}}
-    for fname, prefixes in zip(_WIDER_JSON, (('train', 'val'), ('test',))):
+    for fname, prefixes in zip(WIDER_FILES, (('train', 'val'), ('test',))):
         imgs = [im for im in images if Path(im['file_name']).parts[0] in prefixes]
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
@@ -315,11 +329,9 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-def _save_img(arr, path):
-    with atomic_path(path) as tmp: Image.fromarray(arr).save(tmp, format='PNG' if Path(path).suffix == '.png' else 'JPEG', quality=95)
-
-def _layout_paths(kind, layout):
-    "(annotation files, image folder) of a named layout of `kind`."
+def layout_paths(kind,    # dataset kind
+                 layout): # a layout name of `kind` (see `LAYOUTS`)
+    "(annotation files, image folder) of a named layout of `kind`, relative to the root."
     for name, files, images in LAYOUTS[kind]:
         if name == layout: return files, images
     raise KitError(f'layout={layout!r}: {kind} layouts are {", ".join(n for n, *_ in LAYOUTS[kind])}')
@@ -331,8 +343,8 @@ def _fixture_crops(kind, root, n, rng, images, masks):
     names = [f'{i + 1:06d}.{"png" if kind == "rap" else "jpg"}' for i in range(n)]
     for i, nm in enumerate(names):
         img, mk = _person(rng, 48, 24, Y[i])
-        _save_img(img, images/nm)
-        if masks: _save_img(mk, mask_path(default_mask_root(kind, root), nm, 0))
+        save_image(img, images/nm)
+        if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
 def _fixture_wider(root, n, rng, images, masks):
@@ -347,9 +359,9 @@ def _fixture_wider(root, n, rng, images, masks):
             scene[4:60, x:x + 36] = img
             if masks:
                 full = np.zeros((64, 96), np.uint8); full[4:60, x:x + 36] = mk
-                _save_img(full, mask_path(default_mask_root('wider', root), fn, t))
+                save_image(full, mask_path(default_mask_root('wider', root), fn, t))
             targets.append({'attribute': [int(v) for v in y], 'bbox': [x, 4, 36, 56]})
-        _save_img(scene, images/fn)
+        save_image(scene, images/fn)
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
@@ -363,7 +375,7 @@ def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
     dataset_kind(kind)
     root, rng, n = Path(root), np.random.default_rng(seed), int(n_images)
     if n < 6: raise KitError(f'n_images={n_images!r}: use at least 6 so that every split gets images')
-    files, images = _layout_paths(kind, layout)
+    files, images = layout_paths(kind, layout)
     images = root/images
     attrs = FIXTURE_ATTRIBUTES[kind]
     if kind == 'wider':
