@@ -5,7 +5,7 @@
 # %% ../nbs/00f_formats.ipynb #c002
 from __future__ import annotations
 import csv, importlib, json, math, os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
