@@ -69,7 +69,7 @@ def dataset_issues(samples,                  # `Sample`s of every split
                 duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
-# %% ../nbs/01c_check.ipynb #c013
+# %% ../nbs/01c_check.ipynb #c014
 def warn_issues(issues,                          # a dict from `dataset_issues`
                 where,                           # the annotation file or root, for the message
                 rows_desc='all-zero label rows'): # how to call all-zero rows in the message
@@ -87,7 +87,7 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
         warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
 
-# %% ../nbs/01c_check.ipynb #c016
+# %% ../nbs/01c_check.ipynb #c018
 _IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 
 def unused_images(images, # image folder
@@ -100,7 +100,7 @@ def unused_images(images, # image folder
         out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(_IMAGE_EXT)]
     return [n for n in out if n not in used]
 
-# %% ../nbs/01c_check.ipynb #c019
+# %% ../nbs/01c_check.ipynb #c022
 def _place(src, dst, link):  # existing file; destination; try a hard link first
     "Hard-link (when `link` and possible) or copy `src` to `dst`."
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01c_check.ipynb #c023
+# %% ../nbs/01c_check.ipynb #c026
 def _decode_problem(path):  # an image file
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
@@ -188,13 +188,13 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
     return [paths[i] for i in sorted(pick)]
 
-# %% ../nbs/01c_check.ipynb #c024
+# %% ../nbs/01c_check.ipynb #c027
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
                   progress=True,  # tqdm bar over the images
                   **reader_kw):   # passed to the reader (partition=, annotation=, ...)
-    "Check a dataset on disk: layout, annotation, every image (exists and decodes), splits, labels; a report dict."
+    "Check a dataset on disk (reader options as keywords): layout, annotation, every image (exists and decodes), splits, labels; a report dict."
     t0 = time.time()
     rep = dict(kind=kind, root=str(root), errors=[], warnings=[], layout=None)
     try: data = _read_for_check(kind, root, rep, reader_kw)
@@ -220,7 +220,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/01c_check.ipynb #c028
+# %% ../nbs/01c_check.ipynb #c031
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
@@ -239,7 +239,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/01c_check.ipynb #c030
+# %% ../nbs/01c_check.ipynb #c034
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')

@@ -73,8 +73,9 @@ class AttributeData:
         counts = ', '.join(f'{k}={len(self.split(k))}' for k in self.splits)
         return f'AttributeData({self.name!r}, {len(self.attributes)} attributes, {counts}, root={str(self.root)!r})'
 
-# %% ../nbs/01_data.ipynb #c010
-def attach_masks(data: AttributeData, mask_fn):  # mask_fn(sample) -> Path or None
+# %% ../nbs/01_data.ipynb #c011
+def attach_masks(data: AttributeData, # a dataset
+                 mask_fn):           # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
     return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])
 
@@ -103,7 +104,7 @@ def _apply_synth_meta(data: AttributeData):
     for s in data.samples: s.meta.update(records.get((s.meta['file_name'], s.meta.get('target', 0)), {}))
     return data
 
-# %% ../nbs/01_data.ipynb #c014
+# %% ../nbs/01_data.ipynb #c016
 def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
@@ -126,7 +127,7 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/01_data.ipynb #c016
+# %% ../nbs/01_data.ipynb #c018
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 _PA_SPLITS = PA100K_SPLITS
 
@@ -167,7 +168,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c018
+# %% ../nbs/01_data.ipynb #c020
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -232,7 +233,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c020
+# %% ../nbs/01_data.ipynb #c022
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -309,7 +310,7 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/01_data.ipynb #c022
+# %% ../nbs/01_data.ipynb #c024
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -320,8 +321,9 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/01_data.ipynb #c041
-def label_stats(data: AttributeData, *splits):  # dataset; split names (none = all)
+# %% ../nbs/01_data.ipynb #c044
+def label_stats(data: AttributeData, # a dataset
+                *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
     import pandas as pd
     y = data.labels(*splits)
@@ -331,7 +333,7 @@ def label_stats(data: AttributeData, *splits):  # dataset; split names (none = a
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/01_data.ipynb #c045
+# %% ../nbs/01_data.ipynb #c049
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -367,13 +369,13 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c048
+# %% ../nbs/01_data.ipynb #c053
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)
                  seed=0,         # synthetic seed (root=None only)
                  **reader_kw):   # passed to the reader (unspecified=, partition=, mask_dir=, ...)
-    "Read a dataset of `kind` from `root`, or the synthetic set of that kind (generated once, then cached)."
+    "Read a dataset of `kind` from `root` (reader options as keywords), or the synthetic set of that kind (generated once, then cached)."
     reader = dataset_kind(kind).reader
     if root is None and kind == 'csv': raise KitError("load_dataset('csv'): the generic kind has no synthetic set; pass root=<folder with labels.csv and images/>")
     if root is None:

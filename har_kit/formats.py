@@ -76,7 +76,7 @@ def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'kind={kind!r}: use one of {", ".join(DATASET_KINDS)}')
     return DATASET_KINDS[kind]
 
-# %% ../nbs/00f_formats.ipynb #c009
+# %% ../nbs/00f_formats.ipynb #c011
 WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')   # WIDER-Attribute's two annotation files
 LAYOUTS = {  # kind -> [(layout name, annotation file(s) under ROOT, image folder under ROOT)], tried in order
     'wider': [('published', tuple(f'wider_attribute_annotation/{f}' for f in WIDER_FILES), 'Image'),
@@ -124,7 +124,10 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}. {k.how}')
 
-def explicit_layout(kind, root, annotation, images):  # kind; root; annotation file(s) under root; image folder under root
+def explicit_layout(kind,       # dataset kind
+                    root,       # dataset root
+                    annotation, # annotation file(s) under root
+                    images):    # image folder under root
     "A `Layout` from paths given by the caller (a reader's `annotation=` / `image_dir=`), checked to exist."
     root, files = Path(root), (annotation,) if isinstance(annotation, (str, Path)) else tuple(annotation)
     files = tuple(root/f for f in files)
@@ -133,7 +136,7 @@ def explicit_layout(kind, root, annotation, images):  # kind; root; annotation f
                                f'{_listing(root)}. {dataset_kind(kind).how}')
     return Layout(kind, root, 'explicit', files[0], root/images, files)
 
-# %% ../nbs/00f_formats.ipynb #c012
+# %% ../nbs/00f_formats.ipynb #c017
 def image_file(images,  # the image folder
                name,    # the image's name as written in the annotation
                where):  # the annotation entry, for the error message (e.g. 'annotation.mat: train_images_name[3]')
@@ -145,7 +148,7 @@ def image_file(images,  # the image folder
                        'relative to it (fix the annotation entry)')
     return Path(images)/norm
 
-# %% ../nbs/00f_formats.ipynb #c015
+# %% ../nbs/00f_formats.ipynb #c021
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
 SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
@@ -162,7 +165,7 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/00f_formats.ipynb #c018
+# %% ../nbs/00f_formats.ipynb #c026
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -178,7 +181,7 @@ def write_synth_meta(root,    # the synthetic set's root
                      version, # the generator's version
                      images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
                      **info): # kind, params, attributes, stats, ...
-    "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads."
+    "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads (further fields as keywords: kind, params, stats, ...)."
     return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
 
 def target_meta(meta,            # a sidecar from `read_synth_meta`
@@ -195,7 +198,7 @@ def synth_target_meta(root): # a dataset root
     return {(n, t): r for n, im in read_synth_meta(root)['images'].items()
             for t, r in enumerate((im or {}).get('targets') or []) if isinstance(r, dict)}
 
-# %% ../nbs/00f_formats.ipynb #c021
+# %% ../nbs/00f_formats.ipynb #c033
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
              size,         # (H, W) of the image
              where='box'): # what to call the box in error messages (e.g. the image file and target)
@@ -211,7 +214,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/00f_formats.ipynb #c024
+# %% ../nbs/00f_formats.ipynb #c037
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
@@ -247,7 +250,7 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/00f_formats.ipynb #c025
+# %% ../nbs/00f_formats.ipynb #c040
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -267,7 +270,7 @@ def load_grey(path):  # a mask (or any image) file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
-# %% ../nbs/00f_formats.ipynb #c028
+# %% ../nbs/00f_formats.ipynb #c045
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -315,7 +318,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/00f_formats.ipynb #c030
+# %% ../nbs/00f_formats.ipynb #c051
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}

@@ -44,7 +44,7 @@ def mat_strings(value,  # cell of strings, char matrix or string array
         out.append(str(x.ravel()[0]).strip())
     return out
 
-# %% ../nbs/01c_matfile.ipynb #c007
+# %% ../nbs/01c_matfile.ipynb #c009
 def mat_field(struct, # MATLAB struct as loaded (record array, np.void, mat_struct or dict)
               name,   # field name
               where): # "file: field", for errors
@@ -60,7 +60,7 @@ def mat_field(struct, # MATLAB struct as loaded (record array, np.void, mat_stru
         raise KitError(f'{where} has no field {name!r} (fields: {", ".join(names)})' + (f'; did you mean {close[0]!r}?' if close else ''))
     return s[name] if not hasattr(s, '_fieldnames') else getattr(s, name)
 
-# %% ../nbs/01c_matfile.ipynb #c009
+# %% ../nbs/01c_matfile.ipynb #c011
 def mat_int_matrix(value,   # numeric array
                    where,   # "file: field", for errors
                    allowed): # the values it may hold
@@ -90,7 +90,7 @@ def mat_index(value, # 1-based index array
         raise KitError(f'{where} holds indices outside 1..{n} (min {a.min()}, max {a.max()}); MATLAB indices are 1-based')
     return a - 1
 
-# %% ../nbs/01c_matfile.ipynb #c013
+# %% ../nbs/01c_matfile.ipynb #c017
 def mat_cell(strings): # names
     "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
     a = np.empty((len(strings), 1), dtype=object)

@@ -30,7 +30,12 @@ SYNTH_VERSION = 2  # bump when the output changes: cached sets of another versio
 # %% ../nbs/01a_synth.ipynb #c008
 _WIDER_REGION = [None, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 0, 1, 1]  # region of each WIDER attribute (head/upper/lower)
 
-def wider_code(labels, facts, visible, region_visible, rng, omit_p=.02):  # 0/1 labels, facts, visibility, Generator
+def wider_code(labels,         # (C,) 0/1 labels of the target
+               facts,          # its facts (`sample_person`)
+               visible,        # visible fraction of the whole target
+               region_visible, # visible fraction of head, upper and lower body
+               rng,            # the image's `SynthRng`
+               omit_p=.02):    # probability that an annotator leaves a visible attribute unspecified
     "Encode a target's labels in WIDER's JSON convention (1 / -1 / 0 = positive / negative / unspecified)."
     out = np.where(np.asarray(labels) > 0, 1, -1).astype(int)
     for c, reg in enumerate(_WIDER_REGION):
@@ -39,7 +44,7 @@ def wider_code(labels, facts, visible, region_visible, rng, omit_p=.02):  # 0/1 
         if hidden or rng.random() < omit_p: out[c] = 0
     return out.tolist()
 
-# %% ../nbs/01a_synth.ipynb #c011
+# %% ../nbs/01a_synth.ipynb #c012
 _KIND_CODE = {'wider': 1, 'rap': 2, 'pa100k': 3}
 LAYOUT = 'root-level'   # the layout (`har_kit.formats.LAYOUTS`) a synthetic set is written in
 
@@ -77,8 +82,9 @@ def _render_item(job):
             distractors=d['level'], people=d['people'], objects=d['objects'], visible=round(d['visible'], 4))))
     return dict(name=name, scene_id=sid, split=_split_of(kind, i, n), level=level, targets=targets)
 
-# %% ../nbs/01a_synth.ipynb #c013
-def label_stats(labels, names):  # (N, C) int labels, 1 / 0 / UNSPECIFIED; attribute names
+# %% ../nbs/01a_synth.ipynb #c014
+def label_stats(labels, # (N, C) int labels, 1 / 0 / UNSPECIFIED
+                names):  # attribute names
     "Per-attribute positive ratio (among specified), unspecified ratio, imbalance ratio 1:k, and co-occurrence P(j|i)."
     y = np.asarray(labels)
     spec = y != UNSPECIFIED; pos = (y == 1)
@@ -91,7 +97,8 @@ def label_stats(labels, names):  # (N, C) int labels, 1 / 0 / UNSPECIFIED; attri
                 unspecified_ratio=(1 - n_spec / max(len(y), 1)).round(4).tolist(),
                 imbalance=imb, cooccurrence=co.round(3).tolist())
 
-def format_stats(stats, max_rows=None):  # a dict from `label_stats`
+def format_stats(stats,          # a dict from `label_stats`
+                 max_rows=None): # first rows only; None: all
     "The statistics as a plain-text table (attribute, positive %, imbalance ratio, unspecified %)."
     rows = [f'{"attribute":<16}{"pos %":>7}{"imbalance":>11}{"unspec %":>10}']
     for i, a in enumerate(stats['attributes'][:max_rows]):
@@ -99,7 +106,7 @@ def format_stats(stats, max_rows=None):  # a dict from `label_stats`
         rows.append(f'{a:<16}{100 * stats["pos_ratio"][i]:>7.1f}{imb:>11}{100 * stats["unspecified_ratio"][i]:>10.1f}')
     return '\n'.join(rows)
 
-# %% ../nbs/01a_synth.ipynb #c015
+# %% ../nbs/01a_synth.ipynb #c018
 def _write_annotations(kind, root, recs, seed):
     "Write the real annotation file(s) of a kind from the per-image records, through `har_kit.formats`' writers."
     names, path = ATTRIBUTES[kind], root / layout_paths(kind, LAYOUT)[0][0]
@@ -118,7 +125,7 @@ def _write_annotations(kind, root, recs, seed):
         write_pa100k_annotation(path, names, {sp: ([r['name'] for r in rs], np.array(
             [r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))) for sp, rs in split.items()})
 
-# %% ../nbs/01a_synth.ipynb #c016
+# %% ../nbs/01a_synth.ipynb #c019
 def _labels_internal(kind, recs):  # records -> (N_targets, C) int8 in 1 / 0 / UNSPECIFIED
     y = np.array([t['attribute'] for r in recs for t in r['targets']], dtype=np.int64)
     if kind == 'wider': return np.select([y == 1, y == -1], [1, 0], UNSPECIFIED).astype(np.int8)
@@ -173,14 +180,17 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     _write_sidecar(kind, root, recs, dict(n=int(n), distractors=distractors, size=size, seed=int(seed)), time.time() - t0)
     return root
 
-# %% ../nbs/01a_synth.ipynb #c018
+# %% ../nbs/01a_synth.ipynb #c021
 #| export
 
-# %% ../nbs/01a_synth.ipynb #c021
+# %% ../nbs/01a_synth.ipynb #c024
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=2000, rap=5000, pa100k=5000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
-def synthetic_dir(kind, profile='tiny', seed=0, distractors=None):  # as ensure_synthetic
+def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
+                  profile='tiny',    # key of PROFILES
+                  seed=0,            # generator seed
+                  distractors=None): # None: mixed levels; int: every image at that level
     "The cache directory of a synthetic set under `har_kit.core.data_root()`."
     return data_root() / 'synthetic' / (f'{kind}-{profile}-s{seed}' + ('' if distractors is None else f'-d{distractors}'))
 
@@ -217,7 +227,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01a_synth.ipynb #c027
+# %% ../nbs/01a_synth.ipynb #c031
 def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')

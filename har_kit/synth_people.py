@@ -37,11 +37,14 @@ ATTRIBUTES = {'wider': WIDER_ATTRIBUTES, 'rap': RAP_ATTRIBUTES, 'pa100k': PA100K
 class SynthRng(random.Random):
     "The generator's random source: Python's Mersenne Twister (fast scalar draws) plus a numpy Generator for arrays."
     def __init__(self, *key):  # integers, e.g. (seed, kind code, image index); same key -> same stream
+        "A stream seeded by `key`: Python's generator for scalars, numpy's (`.np`) for arrays."
         k = 0
         for v in key: k = k * 1_000_003 + int(v)
         super().__init__(k)
         self.np = np.random.default_rng([int(v) for v in key])
-    def integers(self, lo, hi=None):
+    def integers(self,
+                 lo,        # lower bound (upper bound when `hi` is None)
+                 hi=None):  # upper bound, excluded
         "An integer in [lo, hi) (or [0, lo)), as numpy's `Generator.integers`."
         return self.randrange(lo) if hi is None else self.randrange(lo, hi)
 
@@ -70,7 +73,7 @@ SKIN = [(241, 200, 170), (224, 172, 130), (190, 135, 95), (141, 96, 66), (96, 64
 HAIR = {'black': (20, 18, 18), 'brown': (92, 60, 34), 'blond': (205, 170, 100), 'grey': (165, 165, 165)}
 JEANS = [(52, 72, 122), (72, 102, 152), (40, 52, 82), (98, 128, 170)]
 
-# %% ../nbs/01b_synth_people.ipynb #c010
+# %% ../nbs/01b_synth_people.ipynb #c012
 def _who(rng, s):  # a `SynthRng`; the person being drawn (season set)
     "Identity: gender, age, role (customer / clerk), build, hair and skin."
     b = lambda p: bool(rng.random() < p)
@@ -117,7 +120,7 @@ def _lower(rng, s, dress):  # a `SynthRng`; the person (upper garment drawn); wh
         'sport': .45 if age in ('child', 'young') else .25, 'boots': .03 if summer else (.35 if f else .15),
         'leather': .12, 'cloth': .15, 'casual': .2})
 
-# %% ../nbs/01b_synth_people.ipynb #c012
+# %% ../nbs/01b_synth_people.ipynb #c014
 def _accessories(rng, s):  # a `SynthRng`; the person (identity drawn)
     "Hat, glasses, face mask, muffler, bags, boxes and what else is carried (clerks carry no bags)."
     b = lambda p: bool(rng.random() < p)
@@ -165,7 +168,7 @@ def _colours(rng, s):  # a `SynthRng`; the person (garments and accessories draw
     s['bag_col'] = _colour(rng, s, 'bag') if has_bag else _colour(rng, {'rare': {}}, 'none')
     s['acc_col'] = _colour(rng, {'rare': {}}, 'none')
 
-# %% ../nbs/01b_synth_people.ipynb #c014
+# %% ../nbs/01b_synth_people.ipynb #c016
 def sample_person(rng,               # a `SynthRng` (see `make_rng`)
                   season=None,       # 'summer' | 'winter' | None (drawn)
                   formal_bias=0.0):  # extra probability of formal wear (a WIDER "meeting" scene)
@@ -179,8 +182,9 @@ def sample_person(rng,               # a `SynthRng` (see `make_rng`)
     _colours(rng, s)
     return s
 
-# %% ../nbs/01b_synth_people.ipynb #c018
-def person_labels(kind, s):  # 'wider' | 'rap' | 'pa100k'; a person from `sample_person`
+# %% ../nbs/01b_synth_people.ipynb #c020
+def person_labels(kind, # 'wider' | 'rap' | 'pa100k'
+                  s):    # a person from `sample_person`
     "The 0/1 ground-truth label vector of one person for a dataset kind (unspecified is decided later, by visibility)."
     up, lo, g = s['upper'], s['lower'], s['glasses']
     longp = lo in ('trousers', 'jeans', 'tight_trousers')

@@ -19,28 +19,55 @@ OCCLUDER = 254  # id-map value of non-person objects drawn in front of people
 
 class Canvas:
     "An RGB image and its region-id map, drawn together (PIL, no anti-aliasing, so they agree pixel for pixel)."
-    def __init__(self, width, height, colour=(128, 128, 128)):  # size in pixels, background colour
+    def __init__(self,
+                 width,                  # image width in pixels
+                 height,                 # image height in pixels
+                 colour=(128, 128, 128)): # background colour
+        "A canvas filled with `colour`, its id map 0 (background)."
         self.rgb = Image.new('RGB', (int(width), int(height)), colour)
         self.ids = Image.new('L', (int(width), int(height)), 0)
         self._d, self._m = ImageDraw.Draw(self.rgb), ImageDraw.Draw(self.ids)
         self.rid = 0  # region id written by the next shapes
-    def poly(self, pts, col):
+    def poly(self,
+             pts,  # [(x, y), ...] corners
+             col): # RGB colour
         "Filled polygon."
         self._d.polygon(pts, fill=col); self._m.polygon(pts, fill=self.rid)
-    def rect(self, x0, y0, x1, y1, col):
+    def rect(self,
+             x0,   # x of one corner
+             y0,   # y of that corner
+             x1,   # x of the opposite corner
+             y1,   # y of the opposite corner
+             col): # RGB colour
         "Filled axis-aligned rectangle."
         box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
         self._d.rectangle(box, fill=col); self._m.rectangle(box, fill=self.rid)
-    def ell(self, cx, cy, rx, ry, col, outline=None):
+    def ell(self,
+            cx,           # centre x
+            cy,           # centre y
+            rx,           # horizontal radius (at least half a pixel)
+            ry,           # vertical radius (at least half a pixel)
+            col,          # RGB colour
+            outline=None): # ring width in pixels; None: filled
         "Filled (or, with `outline` width, ring) ellipse."
         box = [cx - max(rx, .5), cy - max(ry, .5), cx + max(rx, .5), cy + max(ry, .5)]
         if outline: self._d.ellipse(box, outline=col, width=outline); self._m.ellipse(box, outline=self.rid, width=outline)
         else: self._d.ellipse(box, fill=col); self._m.ellipse(box, fill=self.rid)
-    def line(self, pts, col, w=1):
+    def line(self,
+             pts,  # [(x, y), ...] points
+             col,  # RGB colour
+             w=1): # width in pixels
         "Polyline of width `w` with round joints."
         w = max(1, int(round(w)))
         self._d.line(pts, fill=col, width=w, joint='curve'); self._m.line(pts, fill=self.rid, width=w, joint='curve')
-    def chord(self, cx, cy, rx, ry, a0, a1, col):
+    def chord(self,
+              cx,   # centre x
+              cy,   # centre y
+              rx,   # horizontal radius
+              ry,   # vertical radius
+              a0,   # start angle (degrees)
+              a1,   # end angle (degrees)
+              col): # RGB colour
         "Filled chord of an ellipse between angles a0 and a1 (degrees)."
         box = [cx - rx, cy - ry, cx + rx, cy + ry]
         self._d.chord(box, a0, a1, fill=col); self._m.chord(box, a0, a1, fill=self.rid)
@@ -56,7 +83,7 @@ def _shade(c, f):  # colour, factor (<1 darker, >1 lighter)
 def _contrast(c):  # a colour that stands out on c
     return (235, 235, 235) if sum(c) < 330 else (30, 30, 30)
 
-# %% ../nbs/01b_synth_render.ipynb #c007
+# %% ../nbs/01b_synth_render.ipynb #c008
 def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height, 'handbag'|'plastic'|'paper'
     "Draw a bag hanging from a hand."
     if what == 'plastic':
@@ -303,7 +330,11 @@ def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and 
     if s['calling']:
         x, y = arms[R][2]; cv.rect(x - .01 * h, y - .03 * h, x + .01 * h, y + .01 * h, (20, 20, 25))
 
-def draw_person(cv, s, cx, fy, h,  # canvas, person facts, centre x, foot y, height (pixels)
+def draw_person(cv,         # the `Canvas`
+                s,          # the person's facts (`sample_person`)
+                cx,         # centre x in pixels
+                fy,         # foot y in pixels
+                h,          # height in pixels
                 base_id=1):        # region ids base_id, base_id+1, base_id+2 = head, upper body, lower body
     "Draw one person into the canvas, back to front; return the three region ids used."
     HEAD, UP, LOW = base_id, base_id + 1, base_id + 2

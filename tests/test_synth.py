@@ -162,8 +162,9 @@ def test_bad_input_is_named(tmp_path):
 
 _RACE = '''
 import sys
-from har_kit.synth import ensure_synthetic
-print(ensure_synthetic("pa100k", "tiny", seed=0, root=sys.argv[1]))
+import har_kit.synth as S
+S.PROFILES["tiny"] = dict(S.PROFILES["tiny"], pa100k=24)   # the race, not the size, is under test
+print(S.ensure_synthetic("pa100k", "tiny", seed=0, root=sys.argv[1]))
 '''
 
 def test_ensure_synthetic_is_atomic_under_a_race(tmp_path):
