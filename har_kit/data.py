@@ -21,7 +21,7 @@ from .loading import (IMAGENET_MEAN, IMAGENET_STD, CornerCenterCrop, FiveCropSta
 
 # %% auto #0
 __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'attach_masks',
-           'read_pa100k', 'read_rap', 'read_wider', 'tiny_fixture', 'label_stats', 'read_csv_dataset', 'load_dataset']
+           'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'label_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #c006
 @dataclass
@@ -127,7 +127,18 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/01_data.ipynb #c018
+# %% ../nbs/01_data.ipynb #c019
+def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
+                 root,         # folder to write into (created)
+                 n=12,         # images (WIDER: scenes with two targets each)
+                 seed=0,       # random seed
+                 masks=True,   # also write masks at `mask_path`
+                 layout='root-level'):  # a layout of `kind` (`har_kit.formats.LAYOUTS`); 'published' as the archives unpack
+    "Write a tiny dataset in the exact on-disk format of `kind` (for tests and demos); return its root (`write_fixture`)."
+    if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
+    return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
+
+# %% ../nbs/01_data.ipynb #c023
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 _PA_SPLITS = PA100K_SPLITS
 
@@ -168,7 +179,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c020
+# %% ../nbs/01_data.ipynb #c027
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -189,6 +200,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
+# %% ../nbs/01_data.ipynb #c029
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
              n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
@@ -233,7 +245,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c022
+# %% ../nbs/01_data.ipynb #c033
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -280,6 +292,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
+# %% ../nbs/01_data.ipynb #c035
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -310,18 +323,7 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/01_data.ipynb #c024
-def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
-                 root,         # folder to write into (created)
-                 n=12,         # images (WIDER: scenes with two targets each)
-                 seed=0,       # random seed
-                 masks=True,   # also write masks at `mask_path`
-                 layout='root-level'):  # a layout of `kind` (`har_kit.formats.LAYOUTS`); 'published' as the archives unpack
-    "Write a tiny dataset in the exact on-disk format of `kind` (for tests and demos); return its root (`write_fixture`)."
-    if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
-    return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
-
-# %% ../nbs/01_data.ipynb #c044
+# %% ../nbs/01_data.ipynb #c052
 def label_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -333,7 +335,7 @@ def label_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/01_data.ipynb #c049
+# %% ../nbs/01_data.ipynb #c057
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -369,7 +371,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/01_data.ipynb #c053
+# %% ../nbs/01_data.ipynb #c061
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)

@@ -83,22 +83,7 @@ def _shade(c, f):  # colour, factor (<1 darker, >1 lighter)
 def _contrast(c):  # a colour that stands out on c
     return (235, 235, 235) if sum(c) < 330 else (30, 30, 30)
 
-# %% ../nbs/01b_synth_render.ipynb #c008
-def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height, 'handbag'|'plastic'|'paper'
-    "Draw a bag hanging from a hand."
-    if what == 'plastic':
-        col = _shade((236, 236, 228), 1 + .04 * (s['acc_col'][0] / 255 - .5)); w, hh = .08 * h, .11 * h
-        cv.poly([(x - w * .4, y), (x + w * .4, y), (x + w * .6, y + hh), (x - w * .6, y + hh)], col)
-        cv.line([(x - w * .3, y + hh * .3), (x, y - .01 * h), (x + w * .3, y + hh * .3)], _shade(col, .8), 1)
-    elif what == 'paper':
-        w, hh = .075 * h, .1 * h
-        cv.rect(x - w / 2, y + .015 * h, x + w / 2, y + .015 * h + hh, (160, 118, 70))
-        cv.line([(x - w / 2, y + .035 * h), (x + w / 2, y + .035 * h)], (120, 85, 50), 1)
-    else:
-        w, hh = .085 * h, .07 * h
-        cv.line([(x - w * .25, y + .02 * h), (x, y - .005 * h), (x + w * .25, y + .02 * h)], _shade(s['bag_col'], .7), max(1, .008 * h))
-        cv.poly([(x - w * .4, y + .02 * h), (x + w * .4, y + .02 * h), (x + w * .5, y + .02 * h + hh), (x - w * .5, y + .02 * h + hh)], s['bag_col'])
-
+# %% ../nbs/01b_synth_render.ipynb #c009
 def _geometry(s, cx, fy, h):  # person facts; centre x, foot y, height (pixels)
     "The figure's measurements, in pixels: head, shoulders, hips, ankles, widths of torso, hips and legs, feet and hips x."
     g = SimpleNamespace(cx=cx, fy=fy, h=h, r=h * (.085 if s['age'] == 'child' else .068), bw=BODY_W[s['body']],
@@ -116,6 +101,7 @@ def _geometry(s, cx, fy, h):  # person facts; centre x, foot y, height (pixels)
     else: g.feet, g.hips = [cx - .045 * h * g.bw - st * .5, cx + .045 * h * g.bw + st * .5], [cx - g.hw * .5, cx + g.hw * .5]
     return g
 
+# %% ../nbs/01b_synth_render.ipynb #c012
 def _draw_behind(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "What is behind the body: long hair (front/side), a backpack's body (front), a pulled suitcase."
     cx, h, r, hy, ysh, yhip, fy, d = g.cx, g.h, g.r, g.hy, g.ysh, g.yhip, g.fy, g.d
@@ -173,6 +159,7 @@ def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
         if sh == 'sport': cv.line([(fx - lw * .8, yank + shoe_h * .5), (fx + lw * .8, yank + shoe_h * .5)], s['shoe_col'], 1)
         if sh == 'leather': cv.ell(fx + lw * .4, yank + shoe_h * .3, .5, .5, (200, 200, 200))
 
+# %% ../nbs/01b_synth_render.ipynb #c015
 def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "Neck, torso and upper garment with its pattern and front details (collar, tie, logo), straps, bags and muffler."
     cx, h, sw, hw, ysh, yhip, up, upc, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc, g.d
@@ -239,6 +226,7 @@ def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
         cv.ell(cx, ysh + .005 * h, max(sw * .5, .04 * h), .02 * h, s['acc_col'])
         cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
 
+# %% ../nbs/01b_synth_render.ipynb #c018
 def _arm_poses(s, g):  # facts, `_geometry`
     "(shoulder, elbow, hand) of each arm after the actions (holding, pushing, pulling, calling, carrying), and the acting arm."
     cx, h, ysh, yhip, d = g.cx, g.h, g.ysh, g.yhip, g.d
@@ -269,6 +257,21 @@ def _draw_arms(cv, s, g, arms, R, aw):  # canvas, facts, `_geometry`, `_arm_pose
             cv.line([(x0, y0_), (x1, y1), (x2, y2)], g.skin, aw * .85)
             if sleeve == 'short': cv.line([(x0, y0_), (x0 + (x1 - x0) * .6, y0_ + (y1 - y0_) * .6)], g.upc, aw * 1.1)
         cv.ell(x2, y2, aw * .55, aw * .55, g.skin)
+
+def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height, 'handbag'|'plastic'|'paper'
+    "Draw a bag hanging from a hand."
+    if what == 'plastic':
+        col = _shade((236, 236, 228), 1 + .04 * (s['acc_col'][0] / 255 - .5)); w, hh = .08 * h, .11 * h
+        cv.poly([(x - w * .4, y), (x + w * .4, y), (x + w * .6, y + hh), (x - w * .6, y + hh)], col)
+        cv.line([(x - w * .3, y + hh * .3), (x, y - .01 * h), (x + w * .3, y + hh * .3)], _shade(col, .8), 1)
+    elif what == 'paper':
+        w, hh = .075 * h, .1 * h
+        cv.rect(x - w / 2, y + .015 * h, x + w / 2, y + .015 * h + hh, (160, 118, 70))
+        cv.line([(x - w / 2, y + .035 * h), (x + w / 2, y + .035 * h)], (120, 85, 50), 1)
+    else:
+        w, hh = .085 * h, .07 * h
+        cv.line([(x - w * .25, y + .02 * h), (x, y - .005 * h), (x + w * .25, y + .02 * h)], _shade(s['bag_col'], .7), max(1, .008 * h))
+        cv.poly([(x - w * .4, y + .02 * h), (x + w * .4, y + .02 * h), (x + w * .5, y + .02 * h + hh), (x - w * .5, y + .02 * h + hh)], s['bag_col'])
 
 def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm poses and acting arm, upper-body region id
     "Hand-held things (bags, a box, an object, an umbrella-like 'other'), and the separate suitcase and cart (occluders)."
@@ -330,6 +333,7 @@ def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and 
     if s['calling']:
         x, y = arms[R][2]; cv.rect(x - .01 * h, y - .03 * h, x + .01 * h, y + .01 * h, (20, 20, 25))
 
+# %% ../nbs/01b_synth_render.ipynb #c021
 def draw_person(cv,         # the `Canvas`
                 s,          # the person's facts (`sample_person`)
                 cx,         # centre x in pixels
