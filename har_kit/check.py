@@ -122,6 +122,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
+# %% ../nbs/01c_check.ipynb #c024
 def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fill; as `to_csv_dataset`
     "Place every sample's image (and mask) under `tmp` and write its `labels.csv`."
     images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
@@ -159,7 +160,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01c_check.ipynb #c026
+# %% ../nbs/01c_check.ipynb #c028
 def _decode_problem(path):  # an image file
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
@@ -188,7 +189,7 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
     return [paths[i] for i in sorted(pick)]
 
-# %% ../nbs/01c_check.ipynb #c027
+# %% ../nbs/01c_check.ipynb #c029
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
@@ -220,7 +221,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/01c_check.ipynb #c031
+# %% ../nbs/01c_check.ipynb #c033
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
@@ -239,7 +240,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/01c_check.ipynb #c034
+# %% ../nbs/01c_check.ipynb #c036
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')

@@ -17,10 +17,10 @@ from .matfile import mat_cell, save_mat
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
            'SYNTH_META', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout',
-           'detect_layout', 'explicit_layout', 'image_file', 'default_mask_root', 'mask_path', 'read_synth_meta',
-           'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'image_problem', 'load_rgb',
-           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
-           'write_csv_annotation', 'layout_paths', 'write_fixture']
+           'detect_layout', 'explicit_layout', 'layout_paths', 'image_file', 'default_mask_root', 'mask_path',
+           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'image_problem',
+           'load_rgb', 'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
+           'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/00f_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -136,7 +136,14 @@ def explicit_layout(kind,       # dataset kind
                                f'{_listing(root)}. {dataset_kind(kind).how}')
     return Layout(kind, root, 'explicit', files[0], root/images, files)
 
-# %% ../nbs/00f_formats.ipynb #c017
+def layout_paths(kind,    # dataset kind
+                 layout): # a layout name of `kind` (see `LAYOUTS`)
+    "(annotation files, image folder) of a named layout of `kind`, relative to the root."
+    for name, files, images in LAYOUTS[kind]:
+        if name == layout: return files, images
+    raise KitError(f'layout={layout!r}: {kind} layouts are {", ".join(n for n, *_ in LAYOUTS[kind])}')
+
+# %% ../nbs/00f_formats.ipynb #c018
 def image_file(images,  # the image folder
                name,    # the image's name as written in the annotation
                where):  # the annotation entry, for the error message (e.g. 'annotation.mat: train_images_name[3]')
@@ -148,7 +155,7 @@ def image_file(images,  # the image folder
                        'relative to it (fix the annotation entry)')
     return Path(images)/norm
 
-# %% ../nbs/00f_formats.ipynb #c021
+# %% ../nbs/00f_formats.ipynb #c022
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
 SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
@@ -165,7 +172,7 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/00f_formats.ipynb #c026
+# %% ../nbs/00f_formats.ipynb #c027
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -198,7 +205,7 @@ def synth_target_meta(root): # a dataset root
     return {(n, t): r for n, im in read_synth_meta(root)['images'].items()
             for t, r in enumerate((im or {}).get('targets') or []) if isinstance(r, dict)}
 
-# %% ../nbs/00f_formats.ipynb #c033
+# %% ../nbs/00f_formats.ipynb #c034
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
              size,         # (H, W) of the image
              where='box'): # what to call the box in error messages (e.g. the image file and target)
@@ -214,7 +221,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/00f_formats.ipynb #c037
+# %% ../nbs/00f_formats.ipynb #c038
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
@@ -250,7 +257,7 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/00f_formats.ipynb #c040
+# %% ../nbs/00f_formats.ipynb #c041
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -270,7 +277,7 @@ def load_grey(path):  # a mask (or any image) file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
-# %% ../nbs/00f_formats.ipynb #c045
+# %% ../nbs/00f_formats.ipynb #c046
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -318,7 +325,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/00f_formats.ipynb #c051
+# %% ../nbs/00f_formats.ipynb #c052
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -331,13 +338,6 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     img[y0:y1, x0:x1] = [200 * (y[0] == 1) + 40, 60 + 150 * (y[1] == 1), 60 + 150 * (y[-1] == 1)]
     mask[y0:y1, x0:x1] = 255
     return img, mask
-
-def layout_paths(kind,    # dataset kind
-                 layout): # a layout name of `kind` (see `LAYOUTS`)
-    "(annotation files, image folder) of a named layout of `kind`, relative to the root."
-    for name, files, images in LAYOUTS[kind]:
-        if name == layout: return files, images
-    raise KitError(f'layout={layout!r}: {kind} layouts are {", ".join(n for n, *_ in LAYOUTS[kind])}')
 
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
@@ -368,6 +368,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
+# %% ../nbs/00f_formats.ipynb #c054
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

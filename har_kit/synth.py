@@ -125,12 +125,12 @@ def _write_annotations(kind, root, recs, seed):
         write_pa100k_annotation(path, names, {sp: ([r['name'] for r in rs], np.array(
             [r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))) for sp, rs in split.items()})
 
-# %% ../nbs/01a_synth.ipynb #c019
 def _labels_internal(kind, recs):  # records -> (N_targets, C) int8 in 1 / 0 / UNSPECIFIED
     y = np.array([t['attribute'] for r in recs for t in r['targets']], dtype=np.int64)
     if kind == 'wider': return np.select([y == 1, y == -1], [1, 0], UNSPECIFIED).astype(np.int8)
     return np.where(y == 2, UNSPECIFIED, y).astype(np.int8)
 
+# %% ../nbs/01a_synth.ipynb #c020
 def _check_args(kind, n, distractors, size, root, overwrite):  # as `make_synthetic`
     "`make_synthetic`'s arguments checked; the image height to use."
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
@@ -179,9 +179,6 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     _write_annotations(kind, root, recs, seed)
     _write_sidecar(kind, root, recs, dict(n=int(n), distractors=distractors, size=size, seed=int(seed)), time.time() - t0)
     return root
-
-# %% ../nbs/01a_synth.ipynb #c021
-#| export
 
 # %% ../nbs/01a_synth.ipynb #c024
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=2000, rap=5000, pa100k=5000),
