@@ -113,6 +113,7 @@ class CornerCenterCrop(v2.Transform):
         "Crop one input to the window."
         return self._call_kernel(TF.crop, inpt, **params)
 
+# %% ../nbs/01b_loading.ipynb #c015
 class FiveCropStack(torch.nn.Module):
     "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
     def __init__(self, size):  # (height, width) of each crop
@@ -130,6 +131,7 @@ class FiveCropStack(torch.nn.Module):
             outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
+# %% ../nbs/01b_loading.ipynb #c018
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
@@ -154,7 +156,7 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/01b_loading.ipynb #c024
+# %% ../nbs/01b_loading.ipynb #c028
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
@@ -175,7 +177,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/01b_loading.ipynb #c028
+# %% ../nbs/01b_loading.ipynb #c032
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all
