@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, save_json
-from .formats import (DATASET_KINDS, MASK_DIR, clip_box, dataset_kind, default_mask_root, detect_layout,
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, MASK_DIR, clip_box, dataset_kind, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path, write_csv_annotation)
 
 # %% auto #0
@@ -88,8 +88,6 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
                       'no positive attribute; check the annotation')
 
 # %% ../nbs/01c_check.ipynb #c019
-_IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
-
 def unused_images(images, # image folder
                   used):  # set of names (relative to it) the annotation lists
     "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
@@ -97,7 +95,7 @@ def unused_images(images, # image folder
     for dirpath, dirs, files in os.walk(images):
         dirs[:] = sorted(d for d in dirs if d != MASK_DIR)
         rel = os.path.relpath(dirpath, images)
-        out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(_IMAGE_EXT)]
+        out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
     return [n for n in out if n not in used]
 
 # %% ../nbs/01c_check.ipynb #c023

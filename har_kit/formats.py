@@ -16,8 +16,8 @@ from .matfile import mat_cell, save_mat
 
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
-           'SYNTH_META', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout',
-           'detect_layout', 'explicit_layout', 'layout_paths', 'image_file', 'default_mask_root', 'mask_path',
+           'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind',
+           'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file', 'default_mask_root', 'mask_path',
            'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'image_problem',
            'load_rgb', 'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
            'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
@@ -222,6 +222,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
 # %% ../nbs/00f_formats.ipynb #c038
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
