@@ -140,7 +140,6 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
 
 # %% ../nbs/01_data.ipynb #c023
 PA100K_HOW = DATASET_KINDS['pa100k'].how
-_PA_SPLITS = PA100K_SPLITS
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                 annotation=None,     # annotation file under root; None: detected
@@ -151,7 +150,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
     lay = _layout('pa100k', root, annotation, image_dir)
     root, path = lay.root, lay.annotation
     m = load_mat(path, PA100K_HOW)
-    need = ['attributes'] + [f'{s}_images_name' for s in _PA_SPLITS] + [f'{s}_label' for s in _PA_SPLITS]
+    need = ['attributes'] + [f'{s}_images_name' for s in PA100K_SPLITS] + [f'{s}_label' for s in PA100K_SPLITS]
     extra = [k for k in m if k not in need]
     note = ''.join(f'; unexpected field {k!r}' + (f' (a misspelling of {c[0]!r}?)' if (c := difflib.get_close_matches(k, need, n=1)) else '')
                    for k in extra)
@@ -160,7 +159,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
     attrs = mat_strings(m['attributes'], f'{path}: attributes')
     if not attrs or '' in attrs: raise KitError(f'{path}: attributes must be a non-empty cell of non-empty names{note}')
     samples = []
-    for sp in _PA_SPLITS:
+    for sp in PA100K_SPLITS:
         names = mat_strings(m[f'{sp}_images_name'], f'{path}: {sp}_images_name')
         labels = mat_int_matrix(m[f'{sp}_label'], f'{path}: {sp}_label', {0, 1})
         if labels.shape[1] != len(attrs):
