@@ -16,7 +16,7 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'masks': ('har_kit.masks', 'compute and cache pseudo ground-truth person masks for a dataset'),
     'reproduce': ('har_kit.reproduce', "regenerate the papers' tables (profiles quick, sample, paper)"),
     'bench': ('har_kit.bench', 'complexity benchmark: parameters and latency against a plain torchvision backbone'),
-    'data': ('har_kit.data', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT)'),
+    'data': ('har_kit.check', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT)'),
     'status': ('har_kit.reproduce', "where each run of a profile stands: done, failed (with the cell's error), missing"),
     'predict': ('har_kit.predict', 'attribute names, probabilities and decisions for images, from a trained model'),
     'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),

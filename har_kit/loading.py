@@ -29,6 +29,7 @@ class HarDataset(Dataset):
                  with_mask=False,         # also load and return each sample's mask
                  crop_to_box=True,        # cut the sample's box (and mask) out of the image before the transform
                  with_box=False):         # return the (transformed) box; needs crop_to_box=False
+        "A dataset over `samples`; with masks, every sample must have one."
         self.samples = list(getattr(samples, 'samples', samples))   # an AttributeData or a list of Samples
         self.transform, self.with_mask, self.crop_to_box, self.with_box = transform, with_mask, crop_to_box, with_box
         if with_box and crop_to_box: raise KitError('HarDataset: with_box=True needs crop_to_box=False (a cropped sample is its box)')
@@ -92,10 +93,12 @@ class CornerCenterCrop(v2.Transform):
     "Da-HAR's multi-scale crop: a window of height drawn from `sizes` (width = height / aspect) at a corner or the centre."
     def __init__(self, sizes,      # crop heights in pixels, drawn uniformly
                  aspect=1):        # height / width of the window (1 WIDER, 2 RAP)
+        "Crop heights and window aspect of the transform."
         super().__init__()
         self.sizes, self.aspect = [int(s) for s in sizes], aspect
 
-    def make_params(self, flat_inputs):
+    def make_params(self, flat_inputs):  # the transform's flattened inputs (torchvision v2)
+        "Draw the window: a height from `sizes` and one of five positions."
         H, W = _spatial_size(flat_inputs)
         h = min(H, self.sizes[int(torch.randint(len(self.sizes), ()))])
         w = min(W, max(1, int(round(h / self.aspect))))
@@ -104,14 +107,21 @@ class CornerCenterCrop(v2.Transform):
         left = {0: 0, 1: W - w, 2: 0, 3: W - w, 4: (W - w) // 2}[pos]
         return dict(top=top, left=left, height=h, width=w)
 
-    def transform(self, inpt, params): return self._call_kernel(TF.crop, inpt, **params)
+    def transform(self,
+                  inpt,    # one input (image, mask or boxes)
+                  params): # the window from `make_params`
+        "Crop one input to the window."
+        return self._call_kernel(TF.crop, inpt, **params)
 
+# %% ../nbs/01b_loading.ipynb #c015
 class FiveCropStack(torch.nn.Module):
     "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
     def __init__(self, size):  # (height, width) of each crop
+        "The crop size."
         super().__init__(); self.size = tuple(size)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs):  # images or masks, each (..., H, W)
+        "The five crops of each input, stacked: (5, ..., h, w)."
         outs = []
         for x in inputs:
             if isinstance(x, tv_tensors.BoundingBoxes): raise KitError('five-crop evaluation does not take boxes: use crop_to_box=True')
@@ -121,6 +131,7 @@ class FiveCropStack(torch.nn.Module):
             outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
+# %% ../nbs/01b_loading.ipynb #c018
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
@@ -145,7 +156,7 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/01b_loading.ipynb #c022
+# %% ../nbs/01b_loading.ipynb #c028
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
@@ -159,15 +170,20 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 drop_last=False,  # drop the last incomplete batch
                 seed=0,           # seed of the shuffling generator
                 **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
-    "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts."
+    "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts (other keywords go to `DataLoader`)."
     ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box)
     if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
     g = torch.Generator(); g.manual_seed(int(seed))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/01b_loading.ipynb #c026
-def show_samples(data, n=8, split=None, ncols=4, with_mask=True, seed=0):  # dataset; how many; split (None = all); grid width; overlay masks; which samples
+# %% ../nbs/01b_loading.ipynb #c032
+def show_samples(data,           # an `AttributeData`
+                 n=8,            # how many samples
+                 split=None,     # a split name; None: all
+                 ncols=4,        # grid width
+                 with_mask=True, # overlay masks (when every shown sample has one)
+                 seed=0):        # which samples are drawn
     "A grid of target crops (mask overlaid in red when present) titled with their positive attributes; the figure."
     import matplotlib.pyplot as plt
     ss = data.split(split) if split else data.samples

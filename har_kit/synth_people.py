@@ -37,11 +37,14 @@ ATTRIBUTES = {'wider': WIDER_ATTRIBUTES, 'rap': RAP_ATTRIBUTES, 'pa100k': PA100K
 class SynthRng(random.Random):
     "The generator's random source: Python's Mersenne Twister (fast scalar draws) plus a numpy Generator for arrays."
     def __init__(self, *key):  # integers, e.g. (seed, kind code, image index); same key -> same stream
+        "A stream seeded by `key`: Python's generator for scalars, numpy's (`.np`) for arrays."
         k = 0
         for v in key: k = k * 1_000_003 + int(v)
         super().__init__(k)
         self.np = np.random.default_rng([int(v) for v in key])
-    def integers(self, lo, hi=None):
+    def integers(self,
+                 lo,        # lower bound (upper bound when `hi` is None)
+                 hi=None):  # upper bound, excluded
         "An integer in [lo, hi) (or [0, lo)), as numpy's `Generator.integers`."
         return self.randrange(lo) if hi is None else self.randrange(lo, hi)
 
@@ -70,24 +73,23 @@ SKIN = [(241, 200, 170), (224, 172, 130), (190, 135, 95), (141, 96, 66), (96, 64
 HAIR = {'black': (20, 18, 18), 'brown': (92, 60, 34), 'blond': (205, 170, 100), 'grey': (165, 165, 165)}
 JEANS = [(52, 72, 122), (72, 102, 152), (40, 52, 82), (98, 128, 170)]
 
-# %% ../nbs/01b_synth_people.ipynb #c010
-def sample_person(rng,               # a `SynthRng` (see `make_rng`)
-                  season=None,       # 'summer' | 'winter' | None (drawn)
-                  formal_bias=0.0):  # extra probability of formal wear (a WIDER "meeting" scene)
-    "Draw one person's latent visual facts from the correlated attribute model (a plain dict)."
+# %% ../nbs/01b_synth_people.ipynb #c012
+def _who(rng, s):  # a `SynthRng`; the person being drawn (season set)
+    "Identity: gender, age, role (customer / clerk), build, hair and skin."
     b = lambda p: bool(rng.random() < p)
-    season = season or ('summer' if b(.5) else 'winter')
-    summer = season == 'summer'
-    s = dict(season=season, rare={})
     s['female'] = f = b(.5)
     s['age'] = age = _pick(rng, {'child': .06, 'young': .5, 'middle': .3, 'old': .14})
-    s['role'] = role = ('customer' if b(.2) else 'none') if age == 'child' else _pick(rng, {'clerk': .08, 'customer': .25, 'none': .67})
-    clerk, cust = role == 'clerk', role == 'customer'
+    s['role'] = ('customer' if b(.2) else 'none') if age == 'child' else _pick(rng, {'clerk': .08, 'customer': .25, 'none': .67})
     s['body'] = _pick(rng, {'thin': .25, 'normal': .6, 'fat': .15} if age in ('child', 'young') else {'thin': .12, 'normal': .55, 'fat': .33})
     bald = .25 if age in ('middle', 'old') else .01
     s['hair'] = _pick(rng, {'long': .7, 'short': .3}) if f else _pick(rng, {'long': .05, 'short': .95 - bald, 'bald': bald})
     s['hair_col'] = HAIR['grey' if age == 'old' and b(.7) else _pick(rng, {'black': .7, 'brown': .2, 'blond': .1})]
     s['skin'] = SKIN[int(rng.integers(len(SKIN)))]
+
+def _upper(rng, s, formal_bias):  # a `SynthRng`; the person (identity drawn); extra probability of formal wear
+    "The upper garment (a suit when formal), its sleeves, logo, pattern and fit; whether a dress was drawn."
+    b = lambda p: bool(rng.random() < p)
+    f, age, clerk, summer = s['female'], s['age'], s['role'] == 'clerk', s['season'] == 'summer'
     formal = age != 'child' and (b(.75) if clerk else b(.05 + (.1 if age == 'middle' else 0) + formal_bias))
     dress = f and not formal and b(.12 if summer else .04)
     if formal: up = 'suit'
@@ -101,6 +103,12 @@ def sample_person(rng,               # a `SynthRng` (see `make_rng`)
     s['logo'] = up not in ('suit', 'coat', 'dress') and b({'tshirt': .45, 'sweater': .2, 'jacket': .15}.get(up, .05))
     s['pattern'] = 'plain' if up == 'suit' else _pick(rng, {'plain': .75, 'stripe': .1, 'plaid': .07, 'splice': .08})
     s['tight'] = up in ('tshirt', 'shirt', 'sweater', 'vest') and b(.2 if f and age == 'young' else .06)
+    return dress
+
+def _lower(rng, s, dress):  # a `SynthRng`; the person (upper garment drawn); whether it wears a dress
+    "The lower garment (following the upper one), its pattern, and shoes."
+    b = lambda p: bool(rng.random() < p)
+    f, age, formal, summer = s['female'], s['age'], s['upper'] == 'suit', s['season'] == 'summer'
     if dress: lo = 'dress'
     elif formal: lo = 'skirt' if f and b(.2) else 'trousers'
     elif f: lo = _pick(rng, {'skirt': .14, 'short_skirt': .12 if summer else .03, 'shorts': .18 if summer else .02,
@@ -111,6 +119,13 @@ def sample_person(rng,               # a `SynthRng` (see `make_rng`)
     s['shoes'] = _pick(rng, {'leather': .8, 'casual': .2}) if formal else _pick(rng, {
         'sport': .45 if age in ('child', 'young') else .25, 'boots': .03 if summer else (.35 if f else .15),
         'leather': .12, 'cloth': .15, 'casual': .2})
+
+# %% ../nbs/01b_synth_people.ipynb #c014
+def _accessories(rng, s):  # a `SynthRng`; the person (identity drawn)
+    "Hat, glasses, face mask, muffler, bags, boxes and what else is carried (clerks carry no bags)."
+    b = lambda p: bool(rng.random() < p)
+    f, age, summer = s['female'], s['age'], s['season'] == 'summer'
+    clerk, cust = s['role'] == 'clerk', s['role'] == 'customer'
     s['hat'] = b(.12 if summer else .25)
     s['glasses'] = _pick(rng, {'none': .8, 'glasses': .2 if age in ('middle', 'old') else .08, 'sunglasses': .12 if summer else .02})
     s['face_mask'] = b(.02 if summer else .08)
@@ -123,6 +138,10 @@ def sample_person(rng,               # a `SynthRng` (see `make_rng`)
     s['box'] = b(.15 if clerk else .03)
     s['trunk'] = not clerk and b(.04)
     s['other'] = not clerk and not s['box'] and b(.05)   # a closed umbrella
+
+def _actions(rng, s):  # a `SynthRng`; the person (accessories drawn)
+    "Actions (calling, talking, gathering, pulling, pushing, holding, carrying), view, facing and pose."
+    b = lambda p: bool(rng.random() < p)
     s['calling'] = b(.05)
     s['talking'] = not s['calling'] and b(.04)            # open mouth
     s['gathering'] = b(.04)                               # drawn as two companions beside the target
@@ -134,21 +153,38 @@ def sample_person(rng,               # a `SynthRng` (see `make_rng`)
     s['view'] = 'side' if s['pushing'] else _pick(rng, {'front': .45, 'side': .25, 'back': .3})
     s['facing'] = 1 if b(.5) else -1
     s['stride'], s['swing'] = float(rng.uniform(0, .07)), float(rng.uniform(-.04, .04))
-    suit_cols = ['black', 'navy', 'grey']
+
+def _colours(rng, s):  # a `SynthRng`; the person (garments and accessories drawn)
+    "Garment and accessory colours (suits in dark colours, jeans in denim; rare colours recorded in `s['rare']`)."
+    up, lo, suit_cols = s['upper'], s['lower'], ['black', 'navy', 'grey']
     s['up_col'] = _colour(rng, s, 'up', suit_cols if up == 'suit' else COMMON_COLOURS)
     s['up_col2'] = _colour(rng, {'rare': {}}, 'none')
     s['low_col'] = s['up_col'] if lo == 'dress' else (JEANS[int(rng.integers(4))] if lo == 'jeans' else
-                   _colour(rng, s, 'low', suit_cols if formal else COMMON_COLOURS))
+                   _colour(rng, s, 'low', suit_cols if up == 'suit' else COMMON_COLOURS))
     s['low_col2'] = _colour(rng, {'rare': {}}, 'none')
     s['shoe_col'] = _colour(rng, s, 'shoes', ['black', 'brown', 'grey', 'navy', 'white', 'red'])
     s['hat_col'] = _colour(rng, s, 'hat') if s['hat'] else None
     has_bag = s['backpack'] or s['ssbag'] or s['handbag']
     s['bag_col'] = _colour(rng, s, 'bag') if has_bag else _colour(rng, {'rare': {}}, 'none')
     s['acc_col'] = _colour(rng, {'rare': {}}, 'none')
+
+# %% ../nbs/01b_synth_people.ipynb #c016
+def sample_person(rng,               # a `SynthRng` (see `make_rng`)
+                  season=None,       # 'summer' | 'winter' | None (drawn)
+                  formal_bias=0.0):  # extra probability of formal wear (a WIDER "meeting" scene)
+    "Draw one person's latent visual facts from the correlated attribute model (a plain dict)."
+    season = season or ('summer' if rng.random() < .5 else 'winter')
+    s = dict(season=season, rare={})
+    _who(rng, s)
+    _lower(rng, s, _upper(rng, s, formal_bias))
+    _accessories(rng, s)
+    _actions(rng, s)
+    _colours(rng, s)
     return s
 
-# %% ../nbs/01b_synth_people.ipynb #c013
-def person_labels(kind, s):  # 'wider' | 'rap' | 'pa100k'; a person from `sample_person`
+# %% ../nbs/01b_synth_people.ipynb #c020
+def person_labels(kind, # 'wider' | 'rap' | 'pa100k'
+                  s):    # a person from `sample_person`
     "The 0/1 ground-truth label vector of one person for a dataset kind (unspecified is decided later, by visibility)."
     up, lo, g = s['upper'], s['lower'], s['glasses']
     longp = lo in ('trousers', 'jeans', 'tight_trousers')

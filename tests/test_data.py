@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from har_kit.core import KitError, UNSPECIFIED
-from har_kit import data as D
+from har_kit import check as C, data as D
+from har_kit.formats import dataset_kind
 
 SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).parents[1]/'..'/'shared'/'data'/'pa100k-sample')
 
@@ -352,7 +353,7 @@ def test_synthetic_sets_read_back(tmp_path):
         root = synth.make_synthetic(kind, tmp_path/kind, n=10, progress=False)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            data = D.READERS[kind](root)
+            data = dataset_kind(kind).reader(root)
         assert len(data) >= 10 and all(s.mask is not None for s in data.samples)
         assert all('distractors' in s.meta for s in data.samples)
         it = D.HarDataset(data, D.dahar_transforms(False, aspect=2 if kind == 'rap' else 1, scale=0.25), with_mask=True)[0]
@@ -394,7 +395,7 @@ def test_real_pa100k_malformed_rejected():
 def test_csv_round_trip(kind, tmp_path):
     src = D.tiny_fixture(kind, tmp_path/kind, n=6, layout='published')
     data = D.load_dataset(kind, src)
-    out = D.to_csv_dataset(data, tmp_path/'csv', progress=False)
+    out = C.to_csv_dataset(data, tmp_path/'csv', progress=False)
     back = D.load_dataset('csv', out)
     assert back.attributes == data.attributes and back.splits == data.splits
     np.testing.assert_array_equal(back.labels(), data.labels())
@@ -413,15 +414,15 @@ def test_csv_header_and_empty_file(tmp_path):
 
 def test_data_check_sample_option_and_report(tmp_path):
     root = D.tiny_fixture('wider', tmp_path/'w', n=6, layout='published')
-    rep = D.check_dataset('wider', root, sample=2, progress=False)
+    rep = C.check_dataset('wider', root, sample=2, progress=False)
     assert rep['ok'] and rep['images']['checked'] == 2 and rep['images']['listed'] == 6
     assert rep['layout']['layout'] == 'published' and rep['splits'] == {'train': 4, 'val': 4, 'test': 4}
     assert len(rep['attributes']) == 14 and all(a['unspecified'] >= 0 for a in rep['attributes'])
-    with pytest.raises(KitError, match='sample=0'): D.check_dataset('wider', root, sample=0, progress=False)
+    with pytest.raises(KitError, match='sample=0'): C.check_dataset('wider', root, sample=0, progress=False)
 
 @pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
 def test_data_check_on_the_real_sample_prints_its_known_flaws(capsys):
-    assert D.cli(['check', 'pa100k', str(SAMPLE)]) == 0
+    assert C.cli(['check', 'pa100k', str(SAMPLE)]) == 0
     out = capsys.readouterr().out
     assert 'splits: train 1600, val 200, test 200; 26 attributes' in out
     assert '001600.jpg in [\'train\', \'val\']' in out and '1 all-zero label rows (e.g. 001600.jpg in train)' in out
@@ -432,14 +433,14 @@ def test_real_sample_converts_to_csv(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         real = D.read_pa100k(SAMPLE)
-        back = D.load_dataset('csv', D.to_csv_dataset(real, tmp_path/'pa100k-csv', progress=False))
+        back = D.load_dataset('csv', C.to_csv_dataset(real, tmp_path/'pa100k-csv', progress=False))
     assert [len(back.split(s)) for s in ('train', 'val', 'test')] == [1600, 200, 200]
     np.testing.assert_array_equal(back.labels(), real.labels())
     assert back.samples[0].image.read_bytes() == real.samples[0].image.read_bytes()
 
 def test_data_convert_command(tmp_path, capsys):
     src = D.tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
-    assert D.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 0
+    assert C.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 0
     assert "-p dataset csv -p data_root" in capsys.readouterr().out
-    assert D.cli(['check', 'csv', str(tmp_path/'out')]) == 0
-    assert D.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 2 and 'is not empty' in capsys.readouterr().err
+    assert C.cli(['check', 'csv', str(tmp_path/'out')]) == 0
+    assert C.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 2 and 'is not empty' in capsys.readouterr().err

@@ -10,8 +10,8 @@ import scipy.io as sio
 from PIL import Image
 
 from har_kit.core import KitError
-from har_kit.data import (HarDataset, check_dataset, cli, read_csv_dataset, read_pa100k, read_rap, read_wider,
-                          to_csv_dataset)
+from har_kit.check import check_dataset, cli, to_csv_dataset
+from har_kit.data import HarDataset, read_csv_dataset, read_pa100k, read_rap, read_wider
 from har_kit.formats import write_fixture
 from har_kit.masks import make_masks
 
