@@ -54,6 +54,7 @@ def disentangled_features(cam: torch.Tensor,  # (N, M, H, W) CAMs
     "GAP of Eq. 11's f_d,j = CAM_j * f for every attribute -> (N, M, C), without the (N, M, C, H, W) product."
     return torch.einsum('nmp,ncp->nmc', cam.flatten(2), f.flatten(2)) / cam[0, 0].numel()
 
+# %% ../nbs/04_campar.ipynb #c013
 def l_specific_materialised(cam,          # (N, M, H, W) CAMs
                             f,            # (N, C, H, W) encoder feature map
                             weight,       # (M, C) classifier weights w
@@ -69,7 +70,7 @@ def l_specific_public(cam,      # (N, M, H, W) CAMs
     "The public code's `(cams_feature @ W^T).sum(2)`: sum_k w_k^T GAP(f_d,j) (not Eq. 12; for comparison)."
     return (disentangled_features(cam, f) @ weight.T).sum(2)
 
-# %% ../nbs/04_campar.ipynb #c016
+# %% ../nbs/04_campar.ipynb #c019
 class MCAFusion(nn.Module):
     "SPOL's multiplicative channel attention fusion of several stages (CAM-PAR Sec. 4.2)."
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
@@ -109,7 +110,7 @@ class MCAFusion(nn.Module):
             out = out * y
         return out
 
-# %% ../nbs/04_campar.ipynb #c022
+# %% ../nbs/04_campar.ipynb #c025
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -151,7 +152,7 @@ class CamParNet(nn.Module):
     def forward(self, x):  # images (N, 3, H, W)
         return self.heads(self.feature_map(x))
 
-# %% ../nbs/04_campar.ipynb #c023
+# %% ../nbs/04_campar.ipynb #c028
 VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it reproduces)
     'baseline':      dict(cam=False, fusion=False, row='ResNet-50 baseline [15]'),
     'fusion':        dict(cam=False, fusion=True,  row='+ Fusion'),
@@ -185,7 +186,7 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                               last_stride=last_stride, project_deepest=project_deepest)
     return model
 
-# %% ../nbs/04_campar.ipynb #c028
+# %% ../nbs/04_campar.ipynb #c033
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific) (Eq. 13: `har_kit.losses.bce_loss`); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
     def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
@@ -202,7 +203,7 @@ class CamParLoss(nn.Module):
                  for k in ('shared', 'specific') if 'logits_' + k in out}
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/04_campar.ipynb #c032
+# %% ../nbs/04_campar.ipynb #c037
 def save_build_params(model: CamParNet,  # a model from `campar_variant`
                       variant_dir):      # `<run_dir>/<variant>`
     "Write `model.json` (the `campar_variant` arguments) into the variant's directory; return its path."
@@ -210,6 +211,7 @@ def save_build_params(model: CamParNet,  # a model from `campar_variant`
         raise KitError('model has no build_params: build it with campar_variant(...) so load_campar can rebuild it')
     return save_json(model.build_params, Path(variant_dir)/'model.json')
 
+# %% ../nbs/04_campar.ipynb #c040
 def _state_dict(ckpt):
     if isinstance(ckpt, dict):
         for k in ('model', 'state_dict', 'model_state'):
@@ -240,7 +242,7 @@ def load_campar(run_dir,                 # run directory holding `<variant>/mode
     model.load_state_dict(_state_dict(load_checkpoint(ckpt_path, map_location)))
     return model.eval()
 
-# %% ../nbs/04_campar.ipynb #c036
+# %% ../nbs/04_campar.ipynb #c044
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -273,7 +275,7 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))
 
-# %% ../nbs/04_campar.ipynb #c039
+# %% ../nbs/04_campar.ipynb #c047
 def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees (e.g. {'baseline': ..., 'campar': ...})
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
@@ -291,7 +293,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/04_campar.ipynb #c043
+# %% ../nbs/04_campar.ipynb #c051
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):

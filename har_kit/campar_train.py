@@ -157,6 +157,7 @@ def campar_loaders(train,                 # training samples (the first value of
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
     return loaders
 
+# %% ../nbs/04a_campar_train.ipynb #c029
 def train_variant(name: str,                         # a key of `har_kit.campar.VARIANTS`
                   num_attributes: int,               # M
                   loaders: dict,                     # from `campar_loaders`: 'train' and, when held out, 'eval'
@@ -187,7 +188,7 @@ def train_variant(name: str,                         # a key of `har_kit.campar.
     else: epoch, value = (history[-1]['epoch'] if history else 0), None
     return dict(model=model.eval(), history=history, epoch=epoch, selected_value=value, train_seconds=time.time() - t0)
 
-# %% ../nbs/04a_campar_train.ipynb #c033
+# %% ../nbs/04a_campar_train.ipynb #c035
 @torch.no_grad()
 def head_logits(model: CamParNet,  # a CAM variant
                 loader,            # single-crop loader of dict batches
@@ -210,7 +211,7 @@ def cam_mass(out: dict):  # a CAM variant's output (with 'cam', (N, M, h, w))
     "The map `target_mass` scores for a CAM variant: the M CAMs of an image summed, {'attention': (N, 1, h, w)}."
     return {'attention': out['cam'].sum(1, keepdim=True)}
 
-# %% ../nbs/04a_campar_train.ipynb #c035
+# %% ../nbs/04a_campar_train.ipynb #c037
 def head_rows(model: CamParNet,                   # a CAM variant
               loader,                             # the test loader
               dataset: str,                       # dataset kind: its metric and headline keys
@@ -225,6 +226,7 @@ def head_rows(model: CamParNet,                   # a CAM variant
     rows['public_formula']['corr_with_eq12'] = float(np.corrcoef(p['public_formula'].ravel(), p['specific'].ravel())[0, 1])
     return rows
 
+# %% ../nbs/04a_campar_train.ipynb #c039
 def evaluate_variant(model: CamParNet,                  # a trained variant (from `train_variant`)
                      dataset: str,                      # dataset kind: its metric and headline keys
                      loaders: dict,                     # 'test' and, on sets with masks, 'test_masks' (`campar_loaders`)
@@ -249,6 +251,7 @@ def evaluate_variant(model: CamParNet,                  # a trained variant (fro
                theta_dropped=pa['dropped'], theta_pairs=len(th) + pa['dropped'])
     return row, th
 
+# %% ../nbs/04a_campar_train.ipynb #c042
 def held_out_thresholds(model: nn.Module,                  # a trained variant
                         loader,                            # the held-out ('eval') loader; never the test split
                         dataset: str,                      # dataset kind

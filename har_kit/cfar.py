@@ -60,13 +60,14 @@ def build_dictionary(r,                  # (N, M) training confidences
         d.values[k] = x_f[m].mean(0) if m.any() else x_f.mean(0)
     return d
 
+# %% ../nbs/05_cfar.ipynb #c011
 def infer_confidence(dictionary,  # an `AttributeSetDictionary`
                      y_f,         # (M, D) attribute factors
                      r):          # (N, M) confidences
     "Eq. 19, read with pv_k: r_hat_ij = pv_k(i)^T y_f_j, k(i) the nearest key of sample i."
     return dictionary.values[dictionary.nearest(r)] @ np.asarray(y_f, np.float64).T
 
-# %% ../nbs/05_cfar.ipynb #c011
+# %% ../nbs/05_cfar.ipynb #c014
 def synthetic_phase1(n=2000,            # samples
                      num_attributes=12,  # attributes M
                      n_sets=6,           # prototype attribute sets
@@ -80,7 +81,7 @@ def synthetic_phase1(n=2000,            # samples
     logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], num_attributes)
     return logits.astype(np.float32), labels
 
-# %% ../nbs/05_cfar.ipynb #c014
+# %% ../nbs/05_cfar.ipynb #c017
 class CFARHead(nn.Module):
     "Eq. 20's fc_2: one linear layer on concat(r_hat, l_specific) -> M final logits."
     def __init__(self, num_attributes: int,  # M
@@ -97,7 +98,7 @@ class CFARHead(nn.Module):
                 l_specific):  # (N, M) frozen phase-1 logits
         return self.fc2(torch.cat([r_hat, l_specific], 1))
 
-# %% ../nbs/05_cfar.ipynb #c017
+# %% ../nbs/05_cfar.ipynb #c020
 class _Phase2Net(nn.Module):
     "The engine's view of fc_2: a batch 'image' is the row concat(r_hat, l_specific)."
     def __init__(self, head): super().__init__(); self.head = head
@@ -137,7 +138,7 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
         history = fit(_Phase2Net(head), crit, loader, cfg, run_dir if run_dir is not None else tmp, params=params)
     return head.cpu().eval(), [h['loss'] for h in history]
 
-# %% ../nbs/05_cfar.ipynb #c020
+# %% ../nbs/05_cfar.ipynb #c023
 @dataclasses.dataclass
 class CFARConfig:
     "CFAR hyperparameters (the thesis gives none; defaults from our search on synthetic phase-1 outputs)."
@@ -158,7 +159,7 @@ class CFARConfig:
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/05_cfar.ipynb #c023
+# %% ../nbs/05_cfar.ipynb #c026
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -226,7 +227,7 @@ def _plain_info(info):  # fit information: numbers, lists, strings
     if isinstance(info, np.generic): return info.item()
     return info
 
-# %% ../nbs/05_cfar.ipynb #c026
+# %% ../nbs/05_cfar.ipynb #c029
 def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
              labels,                   # (N, M) their labels (-1 unspecified)
              config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
@@ -244,7 +245,7 @@ def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the tra
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=losses)
     return CFAR(c, lf.y_f, d, head, info)
 
-# %% ../nbs/05_cfar.ipynb #c032
+# %% ../nbs/05_cfar.ipynb #c035
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -275,7 +276,7 @@ def cfar_predictor(model,   # the rebuilt phase-1 network
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 
-# %% ../nbs/05_cfar.ipynb #c037
+# %% ../nbs/05_cfar.ipynb #c040
 @torch.inference_mode()
 def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    loader,          # DataLoader of dict batches
@@ -292,7 +293,7 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/05_cfar.ipynb #c042
+# %% ../nbs/05_cfar.ipynb #c046
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

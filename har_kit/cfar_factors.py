@@ -80,6 +80,7 @@ def eq18_gradient(r,          # (N, M) confidences in [0, 1]
     e = c * (x_f @ y_f.T - p)
     return 2 * e @ y_f + 2 * lam * x_f, 2 * e.T @ x_f + 2 * lam * y_f
 
+# %% ../nbs/05a_cfar_factors.ipynb #c014
 def als_reference(r,                   # (N, M) confidences in [0, 1]
                   x_f,                 # initial (N, D) image factors
                   y_f,                 # initial (M, D) attribute factors
@@ -96,7 +97,7 @@ def als_reference(r,                   # (N, M) confidences in [0, 1]
         for j in range(len(y)): y[j] = np.linalg.solve((x.T * c[:, j]) @ x + lam, (x.T * c[:, j]) @ p[:, j])
     return x, y
 
-# %% ../nbs/05a_cfar_factors.ipynb #c013
+# %% ../nbs/05a_cfar_factors.ipynb #c016
 @dataclasses.dataclass
 class LatentFactors:
     "Eq. 18's image factors `x_f` (N, D) and attribute factors `y_f` (M, D), the objective value and the fit time."
@@ -109,6 +110,7 @@ class LatentFactors:
     converged: bool | None = None   # relative change under `tol` (None: a fixed number of sweeps was asked for)
     objectives: list = dataclasses.field(default_factory=list)  # Eq. 18 after each sweep (with a `tol` only)
 
+# %% ../nbs/05a_cfar_factors.ipynb #c018
 def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 1] of the training images
                        factors=8,           # latent dimension D
                        regularization=0.1,  # lambda of Eq. 18
@@ -159,7 +161,7 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
     x, y = np.asarray(als.user_factors), np.asarray(als.item_factors)
     return LatentFactors(x, y, eq18_objective(r, x, y, p_t, alpha, regularization), secs, never, sweeps, converged, history)
 
-# %% ../nbs/05a_cfar_factors.ipynb #c017
+# %% ../nbs/05a_cfar_factors.ipynb #c022
 def implicit_loss_to_eq18(loss,   # implicit's `calculate_loss` value
                           cui):    # the CSR matrix it was computed on (`confidence_matrix`)
     "Undo implicit's loss normalisation: Eq. 18 = loss * (sum|v| + N*M - nnz) - sum of |v| over the negative entries."
@@ -167,7 +169,7 @@ def implicit_loss_to_eq18(loss,   # implicit's `calculate_loss` value
     v = cui.data.astype(np.float64)
     return float(loss * (np.abs(v).sum() + n * m - cui.nnz) + v[v < 0].sum())
 
-# %% ../nbs/05a_cfar_factors.ipynb #c022
+# %% ../nbs/05a_cfar_factors.ipynb #c027
 def benchmark_als(rows=100_000,        # images N of the random confidence matrix
                   num_attributes=51,   # attributes M
                   factors=8,           # latent dimension D
