@@ -12,18 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import KitError, UNSPECIFIED, load_json, save_json
+from .core import KitError, load_json, save_json
 from .backbones import resnet_taps
-from .engine import TrainConfig, load_checkpoint, save_checkpoint, is_main_process
-from .metrics import dataset_metric, metrics_by_distraction
+from .engine import load_checkpoint
 from . import losses
 
 # %% auto #0
-__all__ = ['VARIANTS', 'PLATEAU_MONITORS', 'SELECTIONS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared',
-           'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'CamParNet',
-           'campar_variant', 'bce_eq13', 'CamParLoss', 'save_build_params', 'load_campar', 'attribute_angles',
-           'positive_angles', 'plot_theta', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval',
-           'carve_validation', 'EpochSelector', 'selected_epoch', 'dataset_scorer', 'metric_row', 'variant_kwargs',
+__all__ = ['VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared', 'disentangled_features',
+           'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'CamParNet', 'campar_variant', 'CamParLoss',
+           'save_build_params', 'load_campar', 'attribute_angles', 'positive_angles', 'plot_theta', 'variant_kwargs',
            'save_campar']
 
 # %% ../nbs/04_campar.ipynb #c006
@@ -57,17 +54,23 @@ def disentangled_features(cam: torch.Tensor,  # (N, M, H, W) CAMs
     "GAP of Eq. 11's f_d,j = CAM_j * f for every attribute -> (N, M, C), without the (N, M, C, H, W) product."
     return torch.einsum('nmp,ncp->nmc', cam.flatten(2), f.flatten(2)) / cam[0, 0].numel()
 
-def l_specific_materialised(cam, f, weight, bias=None):  # CAMs (N, M, H, W), feature (N, C, H, W), w (M, C), b (M,)
+# %% ../nbs/04_campar.ipynb #c013
+def l_specific_materialised(cam,          # (N, M, H, W) CAMs
+                            f,            # (N, C, H, W) encoder feature map
+                            weight,       # (M, C) classifier weights w
+                            bias=None):   # (M,) classifier bias, or None
     "Eq. 11-12 computed literally: f_d = CAM_j * f as an (N, M, C, H, W) tensor, GAP, then w_j^T (reference only)."
     fd = cam[:, :, None] * f[:, None]                 # Eq. 11
     out = (fd.mean((3, 4)) * weight[None]).sum(-1)    # Eq. 12
     return out if bias is None else out + bias
 
-def l_specific_public(cam, f, weight):  # CAMs (N, M, H, W), feature (N, C, H, W), w (M, C)
+def l_specific_public(cam,      # (N, M, H, W) CAMs
+                      f,        # (N, C, H, W) encoder feature map
+                      weight):  # (M, C) classifier weights w
     "The public code's `(cams_feature @ W^T).sum(2)`: sum_k w_k^T GAP(f_d,j) (not Eq. 12; for comparison)."
     return (disentangled_features(cam, f) @ weight.T).sum(2)
 
-# %% ../nbs/04_campar.ipynb #c016
+# %% ../nbs/04_campar.ipynb #c019
 class MCAFusion(nn.Module):
     "SPOL's multiplicative channel attention fusion of several stages (CAM-PAR Sec. 4.2)."
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
@@ -107,7 +110,7 @@ class MCAFusion(nn.Module):
             out = out * y
         return out
 
-# %% ../nbs/04_campar.ipynb #c022
+# %% ../nbs/04_campar.ipynb #c025
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -149,7 +152,7 @@ class CamParNet(nn.Module):
     def forward(self, x):  # images (N, 3, H, W)
         return self.heads(self.feature_map(x))
 
-# %% ../nbs/04_campar.ipynb #c023
+# %% ../nbs/04_campar.ipynb #c028
 VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it reproduces)
     'baseline':      dict(cam=False, fusion=False, row='ResNet-50 baseline [15]'),
     'fusion':        dict(cam=False, fusion=True,  row='+ Fusion'),
@@ -183,37 +186,32 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                               last_stride=last_stride, project_deepest=project_deepest)
     return model
 
-# %% ../nbs/04_campar.ipynb #c028
-def bce_eq13(logits: torch.Tensor,          # (N, M) logits
-             labels: torch.Tensor,          # (N, M) labels in {1, 0, UNSPECIFIED}
-             ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
-             pos_ratio: torch.Tensor | None = None):  # (M,) positive ratio r_j for [15]'s weighting, or None
-    "Eq. 13: BCE summed over attributes, averaged over images (`har_kit.losses.bce_loss`), optionally [15]-weighted."
-    w = None if pos_ratio is None else losses.sample_weights_15(labels, np.asarray(pos_ratio)).to(logits.device)
-    return losses.bce_loss(logits, labels, ignore_unspecified, w)
-
+# %% ../nbs/04_campar.ipynb #c033
 class CamParLoss(nn.Module):
-    "Eq. 16: BCE(shared) + BCE(specific); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
-    def __init__(self, ignore_unspecified: bool = False,  # see `bce_eq13`
-                 pos_ratio=None):                          # (M,) positive ratios for [15]'s weighting, or None
+    "Eq. 16: BCE(shared) + BCE(specific) (Eq. 13: `har_kit.losses.bce_loss`); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
+    def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
+                 pos_ratio=None):                          # (M,) positive ratios r_j for [15]'s weighting (`losses.sample_weights_15`), or None
         super().__init__()
         self.ignore_unspecified = ignore_unspecified
-        self.pos_ratio = None if pos_ratio is None else torch.as_tensor(np.asarray(pos_ratio), dtype=torch.float32)
+        self.pos_ratio = None if pos_ratio is None else np.asarray(pos_ratio, dtype=np.float32)
 
-    def forward(self, out: dict, batch: dict):
+    def forward(self, out: dict,    # the model's outputs: 'logits_shared' and, for CAM variants, 'logits_specific'
+                batch: dict):       # the batch: 'labels' (N, M) in {1, 0, UNSPECIFIED}
         y = batch['labels']
-        parts = {'shared': bce_eq13(out['logits_shared'], y, self.ignore_unspecified, self.pos_ratio)}
-        if 'logits_specific' in out:
-            parts['specific'] = bce_eq13(out['logits_specific'], y, self.ignore_unspecified, self.pos_ratio)
+        w = None if self.pos_ratio is None else losses.sample_weights_15(y, self.pos_ratio)
+        parts = {k: losses.bce_loss(out['logits_' + k], y, self.ignore_unspecified, w)
+                 for k in ('shared', 'specific') if 'logits_' + k in out}
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/04_campar.ipynb #c032
-def save_build_params(model: CamParNet, variant_dir):  # a model from `campar_variant`; `<run_dir>/<variant>`
+# %% ../nbs/04_campar.ipynb #c037
+def save_build_params(model: CamParNet,  # a model from `campar_variant`
+                      variant_dir):      # `<run_dir>/<variant>`
     "Write `model.json` (the `campar_variant` arguments) into the variant's directory; return its path."
     if not hasattr(model, 'build_params'):
         raise KitError('model has no build_params: build it with campar_variant(...) so load_campar can rebuild it')
     return save_json(model.build_params, Path(variant_dir)/'model.json')
 
+# %% ../nbs/04_campar.ipynb #c040
 def _state_dict(ckpt):
     if isinstance(ckpt, dict):
         for k in ('model', 'state_dict', 'model_state'):
@@ -244,7 +242,7 @@ def load_campar(run_dir,                 # run directory holding `<variant>/mode
     model.load_state_dict(_state_dict(load_checkpoint(ckpt_path, map_location)))
     return model.eval()
 
-# %% ../nbs/04_campar.ipynb #c036
+# %% ../nbs/04_campar.ipynb #c044
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -261,7 +259,9 @@ def attribute_angles(model: CamParNet,     # a trained `CamParNet`
     return torch.where(gn > 0, theta, torch.full_like(theta, float('nan')))
 
 @torch.no_grad()
-def positive_angles(model: CamParNet, loader, device='cpu'):  # test loader yielding {'image', 'labels'}
+def positive_angles(model: CamParNet,  # a trained `CamParNet`
+                    loader,            # test loader yielding {'image', 'labels'}, single-crop
+                    device='cpu'):     # where the model runs
     "θ (degrees) for every positive (image, attribute) pair of `loader`; returns dict(theta, attribute, dropped)."
     model.eval().to(device)
     thetas, attrs = [], []
@@ -275,6 +275,7 @@ def positive_angles(model: CamParNet, loader, device='cpu'):  # test loader yiel
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))
 
+# %% ../nbs/04_campar.ipynb #c047
 def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees (e.g. {'baseline': ..., 'campar': ...})
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
@@ -292,117 +293,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/04_campar.ipynb #c040
-PLATEAU_MONITORS = {'eval_loss': 'val_loss', 'train_loss': 'loss'}   # plateau_on -> engine monitor name
-SELECTIONS = ('[15]', 'held-out')
-
-def campar_train_config(optimizer: str = 'sgd',        # 'sgd' ([15], our tables) or 'adam' (Rethinking_of_PAR code)
-                        epochs: int = 30,              # [15]: 30
-                        lr: float | None = None,       # head lr; None = 0.1 (sgd) / 1e-4 (adam)
-                        plateau_on: str = 'train_loss',  # 'eval_loss' ([15]) or 'train_loss'
-                        **overrides):                  # any other `TrainConfig` field (device, seed, amp, progress, ...)
-    "The `TrainConfig` of the strong baseline [15] ('sgd') or of its public code ('adam'), plateau on `plateau_on`."
-    recipes = {'sgd': dict(optimizer='sgd', lr=0.1, backbone_lr_mult=0.1, momentum=0.9, weight_decay=5e-4),
-               'adam': dict(optimizer='adam', lr=1e-4, backbone_lr_mult=1.0, momentum=0.9, weight_decay=5e-4)}
-    if optimizer not in recipes: raise KitError(f"optimizer={optimizer!r}: use 'sgd' ([15]) or 'adam' (Rethinking_of_PAR)")
-    if plateau_on not in PLATEAU_MONITORS: raise KitError(f"plateau_on={plateau_on!r}: use 'eval_loss' ([15]) or 'train_loss'")
-    cfg = dict(recipes[optimizer], epochs=epochs, scheduler='plateau', gamma=0.1, patience=4, monitor=PLATEAU_MONITORS[plateau_on])
-    if lr is not None: cfg['lr'] = lr
-    return TrainConfig(**{**cfg, **overrides})
-
-class FusionAtBackboneLr(nn.Module):
-    "Training view of a `CamParNet`: its `backbone` (for the engine's lr groups) is the encoder plus the MCA fusion."
-    def __init__(self, model: nn.Module):  # a `CamParNet` with a fusion
-        super().__init__()
-        self.model = model
-
-    @property
-    def backbone(self):
-        return nn.ModuleList([m for m in (self.model.backbone, self.model.fusion) if m is not None])
-
-    def forward(self, x): return self.model(x)
-
-def split_train_eval(data,                    # an `AttributeData`
-                     train_splits,            # e.g. ['train'], ['train', 'val'] or ['trainval']
-                     selection='held-out',    # '[15]' or 'held-out' (see above)
-                     val_fraction=0.0,        # 'held-out' without a val split: fraction carved from the training images
-                     seed=0):                 # seed of the carve
-    "(train samples, eval samples or None, eval split name) for a selection mode; 'trainval' = train + val."
-    if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
-    if isinstance(train_splits, str): train_splits = [train_splits]
-    names = []
-    for n in train_splits:
-        names += ([n] if n in data.splits else [s for s in ('train', 'val') if s in data.splits]) if n == 'trainval' else [n]
-    train = data.split(*dict.fromkeys(names))
-    if selection == '[15]': return train, data.split('test'), 'test'
-    if 'val' in data.splits and 'val' not in names: return train, data.split('val'), 'val'
-    if not 0 <= val_fraction < 1: raise KitError(f'val_fraction={val_fraction}: use a fraction in [0, 1) of the training images')
-    if val_fraction == 0: return train, None, None
-    return (*carve_validation(train, val_fraction, seed), f'carved {val_fraction:g} of {"+".join(names)}')
-
-def carve_validation(samples,   # training samples
-                     fraction,  # share held out, in (0, 1)
-                     seed=0):   # seed of the draw
-    "Split `samples` into (train, val) by a seeded random draw of round(fraction * N) validation samples."
-    n_val = int(round(fraction * len(samples)))
-    if not 0 < n_val < len(samples):
-        raise KitError(f'val_fraction={fraction} of {len(samples)} training images leaves {n_val} for validation: choose a larger fraction or 0')
-    pick = set(np.random.default_rng(seed).permutation(len(samples))[:n_val].tolist())
-    return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
-
-class EpochSelector:
-    "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path`."
-    def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
-                 metric_fn,               # (scores, labels) -> dict of metrics
-                 key: str,                # the metric to maximise ('mA' or 'mAP')
-                 path):                   # where the selected weights go (e.g. <variant>/checkpoints/selected.pt)
-        self.model, self.metric_fn, self.key, self.path = model, metric_fn, key, Path(path)
-        if not (self.path.parent/'last.pt').exists(): self.path.unlink(missing_ok=True)   # a fresh start: nothing kept is ours
-        self.best = load_checkpoint(self.path)['value'] if self.path.exists() else None   # resumed run: keep its best
-
-    def __call__(self, scores, labels):
-        m = self.metric_fn(scores, labels)
-        v = m.get(self.key)
-        if v is not None and np.isfinite(v) and (self.best is None or v > self.best):
-            self.best = float(v)
-            if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
-        return m
-
-def selected_epoch(history, key):  # the engine's epoch records; the evaluated metric ('mA' or 'mAP')
-    "The first epoch with the best `val_<key>` in `history` (what `EpochSelector` kept), with its value."
-    vals = [(r['epoch'], r.get('val_' + key)) for r in history]
-    vals = [(e, v) for e, v in vals if v is not None and np.isfinite(v)]
-    if not vals: raise KitError(f'no epoch record has val_{key}: nothing was evaluated, so no epoch can be selected')
-    best = max(v for _, v in vals)
-    return next(e for e, v in vals if v == best), best
-
-# %% ../nbs/04_campar.ipynb #c044
-def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
-    y = np.asarray(labels)
-    return y if ignore_unspecified or dataset == 'wider' else np.where(y == UNSPECIFIED, 0, y)
-
-def dataset_scorer(dataset: str,                   # 'rap', 'pa100k' or 'wider'
-                   ignore_unspecified: bool = False):  # the loss's switch (see above)
-    "(scores, labels) -> the dataset's own metric dict, unspecified labels read as the loss reads them."
-    fn = dataset_metric(dataset)
-    return lambda scores, labels: fn(scores, _metric_labels(dataset, labels, ignore_unspecified))
-
-def metric_row(dataset: str,                       # 'rap', 'pa100k' or 'wider'
-               scores, labels,                     # (N, M) probabilities and labels of the scored split
-               attributes,                         # the M attribute names
-               levels=None,                        # (N,) distraction levels of the targets (synthetic sets), or None
-               ignore_unspecified: bool = False):  # the loss's switch (see above)
-    "One model's row: headline metrics, per-attribute scores (`ma_per_attr` or `ap`) and `by_distractors`."
-    y = _metric_labels(dataset, labels, ignore_unspecified)
-    m = dataset_metric(dataset)(scores, y)
-    per = 'ap' if dataset == 'wider' else 'ma_per_attr'
-    row = {k: m[k] for k in (('mAP',) if dataset == 'wider' else ('mA', 'acc', 'prec', 'rec', 'f1'))}
-    row[per] = dict(zip(attributes, m[per]))
-    if levels is not None and any(l is not None for l in levels):
-        row['by_distractors'] = metrics_by_distraction(dataset, scores, y, levels)
-    return row
-
-# %% ../nbs/04_campar.ipynb #c048
+# %% ../nbs/04_campar.ipynb #c051
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):

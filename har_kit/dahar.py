@@ -15,7 +15,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .core import UNSPECIFIED, KitError, atomic_path, get_device, seed_everything
 from .backbones import resnet_taps
-from .metrics import dataset_metric, metrics_by_distraction
+from .metrics import dataset_metric, mass_by_level, metrics_by_distraction, target_mass, target_share
 from .formats import DATASET_KINDS
 from .bench import complexity, count_params, format_table, plain_baseline
 from .losses import bce_loss, mask_loss, mixed_loss, pos_ratio, weighted_bce_loss
@@ -24,7 +24,7 @@ from .losses import bce_loss, mask_loss, mixed_loss, pos_ratio, weighted_bce_los
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'ASPECT', 'init_new_block', 'SelfMaskBlock',
            'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table',
            'DaHarLoss', 'dahar_config', 'dahar_loaders', 'summarize_metrics', 'train_variant', 'save_variant_model',
-           'target_mass', 'mass_by_level', 'predict_masks', 'mask_mass_on_target', 'plot_fig5']
+           'dahar_maps', 'predict_masks', 'plot_fig5']
 
 # %% ../nbs/03_dahar.ipynb #c006
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -396,7 +396,7 @@ def train_variant(name: str,                   # a key of VARIANTS
             from har_kit.data import dahar_transforms, make_loader
             ml = make_loader(data.split(eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), scale), batch_size,
                              False, with_mask=True, num_workers=num_workers)
-            metrics['target_mass_by_distractors'] = mass_by_level(target_mass(model, ml, next(model.parameters()).device), levels)
+            metrics['target_mass_by_distractors'] = mass_by_level(target_mass(model, ml, dahar_maps, next(model.parameters()).device), levels)
     metrics.update(params_M=count_params(model) / 1e6, epochs=res['epoch'],
                    final_train_loss=res['history'][-1].get('loss') if res['history'] else None,
                    seconds=round(time.time() - t0, 2))
@@ -421,37 +421,14 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
 # %% ../nbs/03_dahar.ipynb #c039
-def _share(m, g):  # (N, K, h, w) non-negative maps; (N, 1, H, W) person masks
-    "Per image, the share of the maps' mass on the person (mean over the K maps)."
-    g = F.adaptive_avg_pool2d(g.float(), m.shape[-2:]).to(m.device)
-    return ((m.float() * g).flatten(2).sum(-1) / m.float().flatten(2).sum(-1).clamp_min(1e-8)).mean(1).cpu()
+def dahar_maps(out: dict):  # a DaHar output dict
+    "Da-HAR's maps scored by `har_kit.metrics.target_mass`: mask branch sigma(M) ('mask'), SRN attention, last self-mask."
+    maps = {'mask': torch.sigmoid(out['mask_logits'])} if 'mask_logits' in out else {}
+    maps['attention'] = out['attention']
+    if out['self_masks']: maps['self_mask'] = out['self_masks'][-1]
+    return maps
 
-@torch.no_grad()
-def target_mass(model,                         # a DaHar variant
-                loader,                        # DataLoader whose 4-D batches carry 'mask' (with_mask=True)
-                device='cpu'):                 # device to run on
-    "Per image: shares of mass on the target of the mask branch ('mask'), attention ('attention'), last self-mask, and 'chance'."
-    model.eval().to(device)
-    rows = dict(mask=[], attention=[], self_mask=[], chance=[])
-    for b in loader:
-        if 'mask' not in b: raise KitError("target_mass: the loader's batches have no 'mask': build it with with_mask=True")
-        out, g = model(b['image'].to(device)), b['mask'].float()
-        if 'mask_logits' in out: rows['mask'].append(_share(torch.sigmoid(out['mask_logits']), g))
-        rows['attention'].append(_share(out['attention'], g))
-        if out['self_masks']: rows['self_mask'].append(_share(out['self_masks'][-1], g))
-        rows['chance'].append(g.flatten(1).mean(1))
-    return {k: torch.cat(v).numpy() for k, v in rows.items() if v}
-
-def mass_by_level(shares: dict,                # from target_mass: name -> (N,) shares
-                  levels,                      # (N,) distraction level per image (None: unknown, skipped)
-                  cap: int = 3):               # levels >= cap share one bin
-    "Mean share per distraction bin, JSON-able: {'0': {'n': .., 'attention': .., 'mask': .., ...}, ...}."
-    from har_kit.metrics import distraction_bin
-    bins = np.array([distraction_bin(l, cap) for l in levels])
-    return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
-            for b in sorted(set(bins) - {'unknown'})}
-
-# %% ../nbs/03_dahar.ipynb #c048
+# %% ../nbs/03_dahar.ipynb #c047
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -468,12 +445,7 @@ def predict_masks(model,                       # a DaHar variant with the masked
         imgs.append(b['image']); idx.append(b['index'])
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
-def mask_mass_on_target(pred, gt):            # (N, 1, h, w) predicted masks in [0, 1]; person masks in [0, 1] at the same size
-    "Per-image fraction of the predicted mask's mass that falls on the target person: sum(m g) / sum(m)."
-    if pred.shape != gt.shape: raise KitError(f'mask_mass_on_target: pred {tuple(pred.shape)} and gt {tuple(gt.shape)} differ')
-    return ((pred * gt).flatten(1).sum(1) / pred.flatten(1).sum(1).clamp_min(1e-8)).numpy()
-
-# %% ../nbs/03_dahar.ipynb #c050
+# %% ../nbs/03_dahar.ipynb #c049
 def plot_fig5(images, gt, without, with_,      # (K, 3, H, W) normalised images; (K, 1, h, w) person masks; masks w/o and with supervision
               titles=None):                    # optional list of K row titles (e.g. distraction levels)
     "Fig. 5 analogue: rows of (input, person mask, mask w/o and with supervision, each contrast-stretched); returns the figure."

@@ -1,4 +1,4 @@
-"CAM-PAR (har_kit.campar): Eq. 9-16 on small tensors, the MCA fusion, the four Table 2 variants trained by the engine."
+"CAM-PAR (har_kit.campar, har_kit.campar_train): Eq. 9-16 on small tensors, the MCA fusion, the four Table 2 variants trained by the engine."
 import json
 
 import numpy as np
@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from har_kit.core import KitError, UNSPECIFIED
-from har_kit.campar import (VARIANTS, CamParLoss, MCAFusion, attribute_activation, attribute_angles, bce_eq13,
-                            campar_train_config, campar_variant, class_activation_map, disentangled_features,
+from har_kit.campar import (VARIANTS, CamParLoss, MCAFusion, attribute_activation, attribute_angles,
+                            campar_variant, class_activation_map, disentangled_features,
                             l_shared, l_specific, l_specific_materialised, l_specific_public, load_campar,
                             positive_angles, save_build_params)
-from har_kit.engine import predict, train_eval
+from har_kit.campar_train import campar_train_config, evaluate_variant, train_variant
+from har_kit.engine import predict
 from har_kit.metrics import pedestrian_metrics
 
 torch.set_num_threads(1)
@@ -76,13 +77,14 @@ def test_loss_eq13_eq16():
     lg = torch.tensor([[1.5, -0.5, 0.3], [0.2, 0.1, -2.0]])
     y = torch.tensor([[1., 0., UNSPECIFIED], [0., 1., 1.]])
     per = F.binary_cross_entropy_with_logits(lg, (y == 1).float(), reduction='none')
-    torch.testing.assert_close(bce_eq13(lg, y), per.sum(1).mean())
-    torch.testing.assert_close(bce_eq13(lg, y, ignore_unspecified=True), (per * (y != UNSPECIFIED)).sum(1).mean())
+    loss = lambda lg, **kw: CamParLoss(**kw)({'logits_shared': lg}, {'labels': y})['loss']
+    torch.testing.assert_close(loss(lg), per.sum(1).mean())
+    torch.testing.assert_close(loss(lg, ignore_unspecified=True), (per * (y != UNSPECIFIED)).sum(1).mean())
     r = torch.tensor([0.2, 0.5, 0.9])
     wt = torch.where(y == 1, torch.exp(1 - r), torch.exp(r))
-    torch.testing.assert_close(bce_eq13(lg, y, pos_ratio=r), (per * wt).sum(1).mean())
+    torch.testing.assert_close(loss(lg, pos_ratio=r), (per * wt).sum(1).mean())
     parts = CamParLoss()({'logits_shared': lg, 'logits_specific': -lg, 'logits': lg}, {'labels': y})
-    torch.testing.assert_close(parts['loss'], bce_eq13(lg, y) + bce_eq13(-lg, y))
+    torch.testing.assert_close(parts['loss'], loss(lg) + loss(-lg))
 
 
 def test_variant_errors():
@@ -109,7 +111,9 @@ class _Toy(torch.utils.data.Dataset):
             rows = slice(0, 32) if j < 3 else slice(32, 64)
             self.x[:, j % 3, rows] += self.y[:, j, None, None] * 1.5
     def __len__(self): return len(self.x)
-    def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
+    def __getitem__(self, i):
+        mask = torch.zeros(1, 64, 48); mask[:, 16:48, 12:36] = 1                 # the "target": a quarter of the image
+        return {'image': self.x[i], 'labels': self.y[i], 'index': i, 'mask': mask}
 
 
 def _loader(ds, shuffle):
@@ -117,25 +121,29 @@ def _loader(ds, shuffle):
                                        generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize('name', list(VARIANTS))
+@pytest.mark.parametrize('name', ['baseline', 'campar_fusion'])   # no CAM / no fusion, and both ('campar' trains in 04_campar's run)
 def test_variant_trains_evaluates_and_reloads(name, tmp_path):
     m = 5
     loaders = {'train': _loader(_Toy(64, m, 0), True), 'test': _loader(_Toy(32, m, 1), False)}
-    torch.manual_seed(0)
-    model = campar_variant(name, m, arch='resnet-tiny')
-    save_build_params(model, tmp_path/name)
     cfg = campar_train_config('adam', epochs=5, lr=3e-3, device='cpu', progress=False)
-    res = train_eval(model, CamParLoss(), loaders, cfg, tmp_path/name, lambda s, y: pedestrian_metrics(s, y))
+    res = train_variant(name, m, loaders, cfg, tmp_path, arch='resnet-tiny')   # nothing held out: the last epoch
     hist = [h['loss'] for h in res['history']]
     assert all(np.isfinite(hist)) and hist[-1] < hist[0], hist
     if VARIANTS[name]['cam']: assert 'train_specific' in res['history'][0]
-    met = res['metrics']['test']
+    levels = [i % 3 for i in range(32)]
+    met, theta = evaluate_variant(res['model'], 'rap', {**loaders, 'test_masks': loaders['test']}, list('abcde'), levels)
     assert all(0 <= met[k] <= 1 for k in ('mA', 'acc', 'prec', 'rec', 'f1'))
     assert met['mA'] > 0.75, met['mA']      # the toy attributes are learnable: every variant must beat the prior (0.5)
-    assert (tmp_path/name/'checkpoints'/'best.pt').exists()
+    assert res['epoch'] == 5 and (tmp_path/name/'checkpoints'/'last.pt').exists()
     assert json.loads((tmp_path/name/'model.json').read_text())['variant'] == name
-    back = load_campar(tmp_path, name)
-    np.testing.assert_allclose(predict(back, loaders['test'])['logits'], res['predictions']['test']['logits'], atol=1e-5)
+    assert ('head_specific' in met) == ('target_mass_by_distractors' in met) == VARIANTS[name]['cam']
+    if VARIANTS[name]['cam']:   # where the CAMs look: per level, shares in [0, 1]; the target is a quarter of each image
+        tm = met['target_mass_by_distractors']
+        assert sorted(tm) == ['0', '1', '2'] and sum(v['n'] for v in tm.values()) == 32
+        assert all(0 <= v['attention'] <= 1 and v['chance'] == pytest.approx(0.25) for v in tm.values())
+        assert met['head_specific']['mA'] == pytest.approx(met['mA'])
+    back = load_campar(tmp_path, name, which='last')
+    np.testing.assert_allclose(predict(back, loaders['test'])['logits'], predict(res['model'], loaders['test'])['logits'], atol=1e-5)
     out = back(next(iter(loaders['test']))['image'])
     assert ('logits_specific' in out) == VARIANTS[name]['cam']
     if VARIANTS[name]['cam']:
@@ -168,7 +176,7 @@ def test_mca_fusion_compiles_with_torchscript():
 
 
 def test_fusion_lr_backbone_moves_only_the_lr_group():
-    from har_kit.campar import FusionAtBackboneLr
+    from har_kit.campar_train import FusionAtBackboneLr
     from har_kit.engine import param_groups
     model = campar_variant('campar_fusion', 5, arch='resnet-tiny')
     groups = {g['name']: {id(p) for p in g['params']} for g in param_groups(FusionAtBackboneLr(model), 0.1, 0.1)}
@@ -179,7 +187,7 @@ def test_fusion_lr_backbone_moves_only_the_lr_group():
 
 def test_selection_on_test_keeps_the_best_epoch(tmp_path):
     "'[15]' selection: the epoch with the best eval-split mA is the one restored, and it is found again from history."
-    from har_kit.campar import EpochSelector, selected_epoch
+    from har_kit.campar_train import EpochSelector, selected_epoch
     from har_kit.engine import fit, load_checkpoint
     m = 5
     train, test = _loader(_Toy(64, m, 0), True), _loader(_Toy(32, m, 1), False)
@@ -199,7 +207,7 @@ def test_selection_on_test_keeps_the_best_epoch(tmp_path):
 
 def test_split_train_eval_modes():
     from types import SimpleNamespace
-    from har_kit.campar import split_train_eval
+    from har_kit.campar_train import split_train_eval
     pa = SimpleNamespace(splits=['train', 'val', 'test'], split=lambda *n: [f'{s}{i}' for s in n for i in range(10)])
     rap = SimpleNamespace(splits=['train', 'test'], split=lambda *n: [f'{s}{i}' for s in n for i in range(10)])
     tr, ev, name = split_train_eval(pa, ['trainval'], '[15]')
@@ -215,7 +223,7 @@ def test_split_train_eval_modes():
 
 
 def test_uncertain_labels_are_negative_in_metric_as_in_loss():
-    from har_kit.campar import metric_row, dataset_scorer
+    from har_kit.campar_train import metric_row, dataset_scorer
     s = np.array([[.9, .2], [.4, .7], [.6, .9]])
     y = np.array([[1, 0], [0, UNSPECIFIED], [1, 1]])
     row = metric_row('rap', s, y, ['a', 'b'])
@@ -239,7 +247,7 @@ def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):
 
 def test_a_fresh_start_forgets_a_stale_selection(tmp_path):
     "A selected.pt left by an earlier run (no last.pt beside it) is not taken for this run's best epoch."
-    from har_kit.campar import EpochSelector
+    from har_kit.campar_train import EpochSelector
     from har_kit.engine import save_checkpoint
     model = campar_variant('campar', 3, arch='resnet-tiny')
     path = tmp_path/'checkpoints'/'selected.pt'

@@ -7,9 +7,10 @@ import torch
 
 from har_kit.core import KitError
 from har_kit.data import dahar_transforms, make_loader, read_rap, read_wider, tiny_fixture
-from har_kit.dahar import (PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_config, dahar_variant, mask_mass_on_target,
+from har_kit.dahar import (PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_config, dahar_variant,
                            param_table, predict_masks, train_variant)
 from har_kit.losses import pos_ratio
+from har_kit.metrics import target_share
 
 torch.set_num_threads(1)
 SMALL = dict(arch='resnet-tiny', scale=0.25, batch_size=4)
@@ -117,7 +118,7 @@ def test_mask_supervision_teaches_the_mask(wider):
         for _ in range(30):
             opt.zero_grad(); crit(net(batch['image']), batch)['loss'].backward(); opt.step()
         out = predict_masks(net, loader)
-        masses[weight] = float(mask_mass_on_target(out['pred'], out['gt']).mean())
+        masses[weight] = float(target_share(out['pred'], out['gt']).mean())
         chance = float(out['gt'].flatten(1).mean(1).mean())
     assert masses[5.0] > chance + 0.2, (masses, chance)
     assert masses[5.0] > masses[0.0] + 0.15, (masses, chance)

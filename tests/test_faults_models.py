@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from har_kit import campar, cfar
+from har_kit import campar, campar_train, cfar
 from har_kit.core import KitError
 
 torch.set_num_threads(1)
@@ -96,10 +96,10 @@ def test_cfar_predictor_without_state():
 @pytest.mark.parametrize('call,match', [
     (lambda: campar.campar_variant('campar', 0, arch='resnet-tiny'), 'num_attributes'),
     (lambda: campar.campar_variant('nope', 3, arch='resnet-tiny'), 'unknown CAM-PAR variant'),
-    (lambda: campar.campar_train_config(plateau_on='val_mA'), 'plateau_on'),
+    (lambda: campar_train.campar_train_config(plateau_on='val_mA'), 'plateau_on'),
     (lambda: campar.MCAFusion([4, 8, 16], out_channels=32, project_deepest=False), 'project_deepest'),
     (lambda: campar.MCAFusion([4, 8, 16])([torch.randn(1, 4, 4, 4)]), '3 stages'),
-    (lambda: campar.carve_validation(list(range(5)), 0.05), 'val_fraction'),
+    (lambda: campar_train.carve_validation(list(range(5)), 0.05), 'val_fraction'),
 ])
 def test_bad_model_parameters(call, match):
     with pytest.raises(KitError, match=match): call()
