@@ -61,12 +61,12 @@ class SelfMaskBlock(nn.Module):
                                   nn.Conv2d(h, 1, 1))
         init_new_block(self)
 
-    def forward(self, x):
+    def forward(self, x):  # (N, channels, H, W) features
         "Return the re-weighted features and the mask m in [0, 1], shape (N, 1, H, W)."
         m = torch.sigmoid(self.mask(x))
         return _reweight(x, m, self.mode), m
 
-# %% ../nbs/03_dahar.ipynb #c013
+# %% ../nbs/03_dahar.ipynb #c014
 class FusionBlock(nn.Module):
     "Multi-level aggregation: per-level 1x1 conv reduction, re-sampling to one level's resolution, sum, stacked residual blocks."
     def __init__(self, in_channels: list,   # widths of the fused levels, e.g. [c3, c4, c5]
@@ -95,7 +95,7 @@ class FusionBlock(nn.Module):
             out = out + f
         return self.blocks(F.relu(out))
 
-# %% ../nbs/03_dahar.ipynb #c016
+# %% ../nbs/03_dahar.ipynb #c018
 class ConfidenceAttention(nn.Module):
     "SRN's confidence-weighted attention without spatial regularisation: softmax attention x sigmoid confidence pools per-position scores."
     def __init__(self, in_channels: int,    # width of the attended features
@@ -110,7 +110,7 @@ class ConfidenceAttention(nn.Module):
         self.classifier = nn.Conv2d(in_channels, num_attributes, 1)   # W_c x(i, j) at every position
         init_new_block(self)
 
-    def forward(self, x):
+    def forward(self, x):  # (N, in_channels, H, W) features
         "Side logits (N, C), attention maps a (N, C, H, W) summing to 1 per map, confidences sigma(s) (N, C, H, W)."
         n, (h, w) = x.shape[0], x.shape[-2:]
         a = torch.softmax(self.att(x).flatten(2), dim=-1).view(n, self.num_attributes, h, w)
@@ -118,7 +118,7 @@ class ConfidenceAttention(nn.Module):
         z = F.conv2d(x, self.classifier.weight)
         return (a * s * z).flatten(2).sum(-1) + self.classifier.bias, a, s
 
-# %% ../nbs/03_dahar.ipynb #c020
+# %% ../nbs/03_dahar.ipynb #c023
 class MaskedAttentionBlock(nn.Module):
     "Fine step (Fig. 3, green + red): mask branch -> masked features -> two residual blocks -> confidence-weighted attention."
     def __init__(self, in_channels: int,    # width of the fused (or c4) features
@@ -140,14 +140,14 @@ class MaskedAttentionBlock(nn.Module):
         self.attention = ConfidenceAttention(width, num_attributes, hidden)
         init_new_block(self)
 
-    def forward(self, x):
+    def forward(self, x):  # (N, in_channels, H, W) fused (or c4) features
         "Side logits, attention maps, confidences and the mask logits (N, 1, H, W)."
         x = self.reduce(x)
         mask_logits = self.mask(x)
         logits, a, s = self.attention(self.blocks(_reweight(x, torch.sigmoid(mask_logits), self.mode)))
         return logits, a, s, mask_logits
 
-# %% ../nbs/03_dahar.ipynb #c023
+# %% ../nbs/03_dahar.ipynb #c027
 class DaHar(nn.Module):
     "Da-HAR (Fig. 3): backbone with optional self-mask blocks + GAP/fc (main), optional fusion + optional masked attention + SRN attention (side); logits averaged."
     def __init__(self, backbone: nn.Module,               # har_kit.backbones.ResNetTaps (.stem, .stages, .channels)
@@ -208,7 +208,7 @@ class DaHar(nn.Module):
         if len(side) == 4: out['mask_logits'] = side[3]
         return out
 
-# %% ../nbs/03_dahar.ipynb #c024
+# %% ../nbs/03_dahar.ipynb #c028
 READINGS = {  # the widths the paper leaves open: reading -> DaHar arguments (see "How big is Da-HAR?")
     'paper':      dict(block='basic', self_mask_after=(0, 1, 2, 3), reduce_side=True),    # matches 52.4M (default)
     'bottleneck': dict(block='bottleneck', self_mask_after=(0, 1, 2), reduce_side=False), # the kit's first reading
@@ -239,7 +239,7 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
     if reading not in READINGS: raise KitError(f'reading={reading!r}: choose one of {", ".join(READINGS)}')
     return DaHar(resnet_taps(arch, weights=weights), num_attributes, **{**READINGS[reading], **flags, **kwargs})
 
-# %% ../nbs/03_dahar.ipynb #c029
+# %% ../nbs/03_dahar.ipynb #c034
 PAPER_PARAMS_M = {'baseline': 45.4, 'dahar': 52.4}  # Computational Complexity Analysis (ResNet-101, 14 attributes)
 
 def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
@@ -249,7 +249,7 @@ def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
     with torch.device('meta'):
         return {r: {v: count_params(dahar_variant(v, num_attributes, arch, reading=r)) / 1e6 for v in names} for r in READINGS}
 
-# %% ../nbs/03_dahar.ipynb #c033
+# %% ../nbs/03_dahar.ipynb #c038
 LOSSES = ('bce', 'weighted', 'mixed')
 
 class DaHarLoss(nn.Module):
@@ -270,7 +270,8 @@ class DaHarLoss(nn.Module):
         self.mask_weight, self.branch_weight = float(mask_weight), float(branch_weight)
         self.register_buffer('pos_ratio', torch.as_tensor(np.asarray([] if pos_ratio is None else pos_ratio, dtype=np.float32)))
 
-    def classification(self, logits, labels):  # (N, C) logits; (N, C) labels
+    def classification(self, logits,  # (N, C) logits
+                       labels):       # (N, C) labels
         "The configured classification loss of one set of logits."
         if self.kind == 'bce': return bce_loss(logits, labels, self.ignore_unspecified)
         if self.pos_ratio.numel() != logits.shape[1]:
@@ -278,7 +279,9 @@ class DaHarLoss(nn.Module):
         if self.kind == 'weighted': return weighted_bce_loss(logits, labels, self.pos_ratio, self.ignore_unspecified)
         return mixed_loss(logits, labels, self.pos_ratio, self.mix, self.ignore_unspecified)
 
-    def forward(self, out, batch):  # model output dict; batch dict with 'labels' (and 'mask')
+    def forward(self, out,  # model output dict
+                batch):     # batch dict with 'labels' (and 'mask')
+        "The loss of one batch and its parts: dict(loss, cls[, mask])."
         labels = batch['labels'].to(out['logits'].device)
         if labels.shape != out['logits'].shape:
             raise KitError(f"batch['labels'] has shape {tuple(labels.shape)} but the model predicts {tuple(out['logits'].shape)}: "

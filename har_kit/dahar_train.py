@@ -119,7 +119,7 @@ def mask_loader(data,                          # har_kit.data.AttributeData whos
     return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
                        cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers)
 
-# %% ../nbs/03a_dahar_train.ipynb #c014
+# %% ../nbs/03a_dahar_train.ipynb #c015
 def _per_attr(values, attributes): return {a: v for a, v in zip(attributes, values)}
 
 def summarize_metrics(full: dict,              # metric dict of the Full evaluation
@@ -134,7 +134,7 @@ def summarize_metrics(full: dict,              # metric dict of the Full evaluat
     return {**{k: full[k] for k in keys}, 'crops': {k: crops[k] for k in keys},
             'ma_per_attr': _per_attr(full['ma_per_attr'], attributes)}
 
-# %% ../nbs/03a_dahar_train.ipynb #c016
+# %% ../nbs/03a_dahar_train.ipynb #c017
 def train_variant(name: str,                   # a key of VARIANTS
                   data,                        # har_kit.data.AttributeData
                   run_dir,                     # this variant's directory (checkpoints/ and history go here)
@@ -173,7 +173,7 @@ def _by_distraction(model, data, cfg, full):  # full: the engine's predictions o
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)
     return out
 
-# %% ../nbs/03a_dahar_train.ipynb #c017
+# %% ../nbs/03a_dahar_train.ipynb #c018
 def save_variant_model(run_dir,                # the variant's directory: <run_dir>/model.pt is written
                        model,                  # the trained DaHar
                        model_kwargs: dict,     # dahar_variant's keyword arguments (JSON values) that rebuild it
@@ -188,7 +188,7 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                       attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
-# %% ../nbs/03a_dahar_train.ipynb #c020
+# %% ../nbs/03a_dahar_train.ipynb #c021
 def dahar_maps(out: dict):  # a DaHar output dict
     "Da-HAR's maps scored by `har_kit.metrics.target_mass`: mask branch sigma(M) ('mask'), SRN attention, last self-mask."
     maps = {'mask': torch.sigmoid(out['mask_logits'])} if 'mask_logits' in out else {}
@@ -196,7 +196,7 @@ def dahar_maps(out: dict):  # a DaHar output dict
     if out['self_masks']: maps['self_mask'] = out['self_masks'][-1]
     return maps
 
-# %% ../nbs/03a_dahar_train.ipynb #c023
+# %% ../nbs/03a_dahar_train.ipynb #c024
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -213,8 +213,11 @@ def predict_masks(model,                       # a DaHar variant with the masked
         imgs.append(b['image']); idx.append(b['index'])
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
-# %% ../nbs/03a_dahar_train.ipynb #c025
-def plot_fig5(images, gt, without, with_,      # (K, 3, H, W) normalised images; (K, 1, h, w) person masks; masks w/o and with supervision
+# %% ../nbs/03a_dahar_train.ipynb #c026
+def plot_fig5(images,                         # (K, 3, H, W) normalised images
+              gt,                             # (K, 1, h, w) person masks
+              without,                        # (K, 1, h, w) masks without supervision
+              with_,                          # (K, 1, h, w) masks with supervision
               titles=None):                    # optional list of K row titles (e.g. distraction levels)
     "Fig. 5 analogue: rows of (input, person mask, mask w/o and with supervision, each contrast-stretched); returns the figure."
     import matplotlib.pyplot as plt

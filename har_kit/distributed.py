@@ -84,12 +84,14 @@ def shard_loader(loader,        # a DataLoader over a map-style dataset
                       timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                       persistent_workers=loader.persistent_workers, generator=torch.Generator())
 
-def set_epoch(loader, seed, epoch):  # a loader from `shard_loader`; the config's seed; 1-based epoch
+def set_epoch(loader,  # a loader from `shard_loader`
+              seed,    # the config's seed
+              epoch):  # 1-based epoch
     "Make epoch `epoch`'s sample order and worker seeds a function of (seed, epoch, rank) alone."
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/00d_distributed.ipynb #c011
+# %% ../nbs/00d_distributed.ipynb #c013
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -104,13 +106,16 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         out[k] = full[:n]
     return out
 
-def all_mean(total, count, device):  # this process's sum and count; the group's device
+def all_mean(total,   # this process's sum
+             count,   # this process's count
+             device): # the group's device
     "Sample-weighted mean over every process of per-process (sum, count); None when the count is 0."
     t = torch.tensor([total, count], dtype=torch.float64, device=device)
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-def all_sum(value, device):  # this process's number; the group's device
+def all_sum(value,   # this process's number
+            device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."
     t = torch.tensor([float(value)], device=device)
     if rank_world()[1] > 1: dist.all_reduce(t)

@@ -91,7 +91,9 @@ class TrainConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 # %% ../nbs/00d_engine.ipynb #c012
-def param_groups(model, lr, backbone_lr_mult=1.0):  # the model; head lr; backbone lr = lr * backbone_lr_mult
+def param_groups(model,                 # the model (its `.backbone`, if any, gets its own group)
+                 lr,                    # head learning rate
+                 backbone_lr_mult=1.0): # backbone learning rate = lr * backbone_lr_mult
     "Parameter groups: `model.backbone` at lr * backbone_lr_mult, then everything else at lr (frozen ones left out)."
     bb = getattr(model, 'backbone', None)
     bb_ids = {id(p) for p in bb.parameters()} if isinstance(bb, nn.Module) else set()
@@ -102,14 +104,16 @@ def param_groups(model, lr, backbone_lr_mult=1.0):  # the model; head lr; backbo
     if not groups: raise KitError('the model has no trainable parameters (every requires_grad is False)')
     return groups
 
-def make_optimizer(model, cfg):  # model; a TrainConfig
+def make_optimizer(model,  # the model
+                   cfg):    # a TrainConfig
     "The optimizer named by `cfg.optimizer` over `param_groups(model, ...)`."
     groups = param_groups(model, cfg.lr, cfg.backbone_lr_mult)
     if cfg.optimizer == 'sgd': return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
     return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay)
 
-def make_scheduler(optimizer, cfg):  # optimizer; a TrainConfig
+def make_scheduler(optimizer,  # from make_optimizer
+                   cfg):        # a TrainConfig
     "The per-epoch learning-rate schedule named by `cfg.scheduler` (None for 'none')."
     s, sch = cfg.scheduler, torch.optim.lr_scheduler
     if s == 'step': return sch.StepLR(optimizer, cfg.step_size, cfg.gamma)
@@ -119,12 +123,15 @@ def make_scheduler(optimizer, cfg):  # optimizer; a TrainConfig
     return None
 
 # %% ../nbs/00d_engine.ipynb #c015
-def autocast(device, amp='none'):  # a torch.device; 'none' | 'bf16' | 'fp16'
+def autocast(device,       # a torch.device
+             amp='none'):  # 'none' | 'bf16' | 'fp16'
     "The autocast context for `amp` on `device` (a no-op for 'none')."
     if amp == 'none': return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-def to_device(batch, device, channels_last=False):  # a dict batch; torch.device; convert 4-D images
+def to_device(batch,                # a dict batch with 'image' and 'labels'
+              device,               # a torch.device
+              channels_last=False): # convert 4-D images to channels_last
     "Move every tensor of a dict batch to `device` (4-D images optionally channels_last)."
     if not isinstance(batch, dict) or 'image' not in batch or 'labels' not in batch:
         got = f'dict with keys {sorted(batch)}' if isinstance(batch, dict) else type(batch).__name__
@@ -221,7 +228,8 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
-def write_history(history, run_dir):  # list of per-epoch dicts; directory
+def write_history(history,  # list of per-epoch dicts
+                  run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
     save_json(history, Path(run_dir)/'history.json')
     buf = io.StringIO()

@@ -80,7 +80,7 @@ def mixed_loss(logits,                        # (N, C) logits
     return (mix * bce_loss(logits, labels, ignore_unspecified)
             + (1 - mix) * weighted_bce_loss(logits, labels, ratio, ignore_unspecified))
 
-# %% ../nbs/00h_losses.ipynb #c012
+# %% ../nbs/00h_losses.ipynb #c015
 def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
               mask):                          # (N, 1, H, W) pseudo person mask in [0, 1]
     "BCE between a mask branch and the person mask, area-averaged to the branch's resolution."
