@@ -37,8 +37,9 @@ def _teardown(timeout_s=120):  # seconds to wait for the other processes
     try:
         if dist.get_backend() == 'gloo': dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
         else: dist.barrier()
-    except Exception as e:  # another process died: its own error says why; still end this one's group
+    except Exception as e:  # another process died: its own error says why; still end this one's group, without waiting
         warnings.warn(f'process group teardown: not every process reached the exit barrier ({type(e).__name__}: {e})')
+        world = 0
     gc.collect()   # DDP reducers left in reference cycles hold the group: free them while the interpreter is whole
     dist.destroy_process_group()
     try:
