@@ -4,23 +4,23 @@
 
 # %% ../nbs/00d_engine.ipynb #c002
 from __future__ import annotations
-import atexit, contextlib, csv, dataclasses, datetime, hashlib, io, json, math, os, random, warnings
+import contextlib, csv, dataclasses, io, json, math, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from .core import KitError, atomic_path, atomic_write, get_device, save_json, seed_everything
+from .core import KitError, atomic_write, get_device, save_json, seed_everything
+from .checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_world, set_epoch, setup_device,
+                                 shard_loader)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'dist_env', 'is_main_process', 'setup_device',
-           'shard_loader', 'set_epoch', 'param_groups', 'make_optimizer', 'make_scheduler', 'autocast', 'to_device',
-           'predict', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'check_identity',
-           'write_history', 'fit', 'train_eval']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'autocast',
+           'to_device', 'predict', 'check_identity', 'write_history', 'fit', 'train_eval']
 
 # %% ../nbs/00d_engine.ipynb #c008
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -91,72 +91,9 @@ class TrainConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 # %% ../nbs/00d_engine.ipynb #c012
-def dist_env():
-    "(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside torchrun."
-    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
-
-def _world():
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-def is_main_process():
-    "True on rank 0 and outside torchrun: the process that writes files."
-    return (_world()[0] if dist.is_available() and dist.is_initialized() else dist_env()[0]) == 0
-
-def _teardown(timeout_s=120):  # seconds to wait for the other processes
-    "At exit: meet every process at a barrier, then end the group (one that exits first would cut the others' links)."
-    if not (dist.is_available() and dist.is_initialized()): return
-    try:
-        if dist.get_backend() == 'gloo': dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
-        else: dist.barrier()
-    except Exception as e:  # another process died: its own error says why; still end this one's group
-        warnings.warn(f'process group teardown: not every process reached the exit barrier ({type(e).__name__}: {e})')
-    dist.destroy_process_group()
-
-def setup_device(device='auto'):  # a `TrainConfig.device` value
-    "Resolve the device; under torchrun (WORLD_SIZE > 1) also start the process group (nccl on CUDA, gloo on CPU)."
-    rank, world, local = dist_env()
-    dev = get_device(device)
-    if world > 1:
-        if dev.type == 'cuda': dev = torch.device('cuda', local); torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-            atexit.register(_teardown)
-    return dev
-
-# %% ../nbs/00d_engine.ipynb #c015
-def _shuffles(loader):
-    s = loader.sampler
-    if isinstance(s, RandomSampler): return True
-    if isinstance(s, SequentialSampler): return False
-    if isinstance(s, DistributedSampler): return s.shuffle
-    return None
-
-def shard_loader(loader,        # a DataLoader over a map-style dataset
-                 seed=0,        # shuffling seed (the config's seed)
-                 shuffle=None): # None: shuffle iff `loader` did
-    "Rebuild `loader` on a seeded `DistributedSampler`: this rank's shard, the global batch split over ranks."
-    rank, world = _world()
-    if shuffle is None: shuffle = _shuffles(loader)
-    if shuffle is None or loader.batch_size is None:
-        if world > 1: raise KitError('the DataLoader has a custom sampler/batch_sampler, which the engine cannot shard '
-                                     'over processes: build it with shuffle=True/False and a batch_size')
-        return loader
-    bs = loader.batch_size
-    if bs % world: raise KitError(f'batch_size={bs} is not divisible by WORLD_SIZE={world}: each process gets '
-                                  f'batch_size/WORLD_SIZE samples; use a multiple of {world}')
-    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-    return DataLoader(loader.dataset, batch_size=bs // world, sampler=sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      persistent_workers=loader.persistent_workers, generator=torch.Generator())
-
-def set_epoch(loader, seed, epoch):  # a loader from `shard_loader`; the config's seed; 1-based epoch
-    "Make epoch `epoch`'s sample order and worker seeds a function of (seed, epoch, rank) alone."
-    if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
-    if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + _world()[0])
-
-# %% ../nbs/00d_engine.ipynb #c018
-def param_groups(model, lr, backbone_lr_mult=1.0):  # the model; head lr; backbone lr = lr * backbone_lr_mult
+def param_groups(model,                 # the model (its `.backbone`, if any, gets its own group)
+                 lr,                    # head learning rate
+                 backbone_lr_mult=1.0): # backbone learning rate = lr * backbone_lr_mult
     "Parameter groups: `model.backbone` at lr * backbone_lr_mult, then everything else at lr (frozen ones left out)."
     bb = getattr(model, 'backbone', None)
     bb_ids = {id(p) for p in bb.parameters()} if isinstance(bb, nn.Module) else set()
@@ -167,14 +104,16 @@ def param_groups(model, lr, backbone_lr_mult=1.0):  # the model; head lr; backbo
     if not groups: raise KitError('the model has no trainable parameters (every requires_grad is False)')
     return groups
 
-def make_optimizer(model, cfg):  # model; a TrainConfig
+def make_optimizer(model,  # the model
+                   cfg):    # a TrainConfig
     "The optimizer named by `cfg.optimizer` over `param_groups(model, ...)`."
     groups = param_groups(model, cfg.lr, cfg.backbone_lr_mult)
     if cfg.optimizer == 'sgd': return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
     return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay)
 
-def make_scheduler(optimizer, cfg):  # optimizer; a TrainConfig
+def make_scheduler(optimizer,  # from make_optimizer
+                   cfg):        # a TrainConfig
     "The per-epoch learning-rate schedule named by `cfg.scheduler` (None for 'none')."
     s, sch = cfg.scheduler, torch.optim.lr_scheduler
     if s == 'step': return sch.StepLR(optimizer, cfg.step_size, cfg.gamma)
@@ -183,13 +122,16 @@ def make_scheduler(optimizer, cfg):  # optimizer; a TrainConfig
     if s == 'plateau': return sch.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.gamma, patience=cfg.patience)
     return None
 
-# %% ../nbs/00d_engine.ipynb #c021
-def autocast(device, amp='none'):  # a torch.device; 'none' | 'bf16' | 'fp16'
+# %% ../nbs/00d_engine.ipynb #c015
+def autocast(device,       # a torch.device
+             amp='none'):  # 'none' | 'bf16' | 'fp16'
     "The autocast context for `amp` on `device` (a no-op for 'none')."
     if amp == 'none': return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-def to_device(batch, device, channels_last=False):  # a dict batch; torch.device; convert 4-D images
+def to_device(batch,                # a dict batch with 'image' and 'labels'
+              device,               # a torch.device
+              channels_last=False): # convert 4-D images to channels_last
     "Move every tensor of a dict batch to `device` (4-D images optionally channels_last)."
     if not isinstance(batch, dict) or 'image' not in batch or 'labels' not in batch:
         got = f'dict with keys {sorted(batch)}' if isinstance(batch, dict) else type(batch).__name__
@@ -198,7 +140,7 @@ def to_device(batch, device, channels_last=False):  # a dict batch; torch.device
     if channels_last and out['image'].dim() == 4: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/00d_engine.ipynb #c024
+# %% ../nbs/00d_engine.ipynb #c018
 def _forward_logits(model, images):
     "Run the model; K-crop images (N, K, 3, H, W) are flattened and their logits returned as (N, K, C)."
     crops = images.dim() == 5
@@ -208,30 +150,11 @@ def _forward_logits(model, images):
         raise KitError("the model must return a dict with 'logits' (N, C) (CONTRIBUTING.md, Models)")
     return out, out['logits'].float().reshape(n, k, -1)
 
-def _gather(arrays, n):
-    "Reassemble per-rank arrays of a non-shuffled DistributedSampler into dataset order (its padding dropped)."
-    world = _world()[1]
-    if world == 1: return arrays
-    parts = [None] * world
-    dist.all_gather_object(parts, arrays)
-    out = {}
-    for k, v in arrays.items():
-        full = np.empty((sum(len(p[k]) for p in parts),) + v.shape[1:], v.dtype)
-        for r, p in enumerate(parts): full[r::world] = p[k]
-        out[k] = full[:n]
-    return out
-
-def _allmean(total, count, device):
-    "Sample-weighted mean over every process of per-process (sum, count)."
-    t = torch.tensor([total, count], dtype=torch.float64, device=device)
-    if _world()[1] > 1: dist.all_reduce(t)
-    return float(t[0] / t[1]) if t[1] > 0 else None
-
 @torch.inference_mode()
 def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion=None, progress=False, desc='eval'):
     "Scores/logits/labels over `loader` (gathered over processes) and, for 4-D batches, the criterion's mean loss."
     model.eval()
-    ldr = shard_loader(loader, shuffle=False) if _world()[1] > 1 else loader
+    ldr = shard_loader(loader, shuffle=False) if rank_world()[1] > 1 else loader
     acc, loss_sum, n_loss = dict(scores=[], logits=[], labels=[]), 0.0, 0
     for batch in tqdm(ldr, desc=desc, leave=False, disable=not (progress and is_main_process())):
         batch = to_device(batch, device, channels_last)
@@ -241,8 +164,8 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
                 loss_sum += float(criterion(out, batch)['loss']) * len(lg); n_loss += len(lg)
         acc['scores'].append(torch.sigmoid(lg).mean(1).cpu()); acc['logits'].append(lg.mean(1).cpu())
         acc['labels'].append(batch['labels'].float().cpu())
-    res = _gather({k: torch.cat(v).numpy() for k, v in acc.items()}, len(loader.dataset))
-    if criterion is not None: res['loss'] = _allmean(loss_sum, n_loss, device)
+    res = gather_in_order({k: torch.cat(v).numpy() for k, v in acc.items()}, len(loader.dataset))
+    if criterion is not None: res['loss'] = all_mean(loss_sum, n_loss, device)
     return res
 
 def predict(model,                # contract model: returns {'logits': (N, C), ...}
@@ -255,54 +178,7 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     dev = device if isinstance(device, torch.device) else get_device(device)
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
-# %% ../nbs/00d_engine.ipynb #c028
-def rng_state():
-    "This process's RNG states (python, numpy, torch, CUDA) as tensors and primitive containers."
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=random.getstate(), numpy=[name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-def set_rng_state(state):  # a dict from `rng_state`
-    "Restore the RNG states saved by `rng_state`."
-    version, internal, gauss_next = state['python']
-    random.setstate((version, tuple(internal), gauss_next))
-    name, keys, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
-
-CHECKPOINT_FORMAT = 'har-kit-checkpoint/2'  # the tag of a hashed checkpoint file
-
-def save_checkpoint(state,  # dict of tensors and primitive containers
-                    path):  # destination file
-    "Serialise `state`, store it beside its SHA-256 and a format tag; write to a temporary name, then rename."
-    buf = io.BytesIO(); torch.save(state, buf)
-    payload = buf.getvalue()
-    wrapped = dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
-                   payload=torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-    with atomic_path(path) as tmp: torch.save(wrapped, tmp)
-    return Path(path)
-
-def load_checkpoint(path,                # a file written by `save_checkpoint`
-                    map_location='cpu'): # device of the loaded tensors
-    "Check the content hash, then load with `torch.load(..., weights_only=True)`; every error names the file."
-    path = Path(path)
-    if not path.exists(): raise KitError(f'{path}: checkpoint not found')
-    fix = 'delete it (or pass resume=False) to start over'
-    try: outer = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise KitError(f'{path}: cannot load checkpoint, the file is damaged ({type(e).__name__}: {e}); {fix}') from None
-    if not (isinstance(outer, dict) and outer.get('format') == CHECKPOINT_FORMAT):
-        raise KitError(f'{path}: not a {CHECKPOINT_FORMAT} file (no content hash: an older har-kit or another program '
-                       f'wrote it); {fix}')
-    payload = outer['payload'].numpy().tobytes()
-    if hashlib.sha256(payload).hexdigest() != outer['sha256']:
-        raise KitError(f'{path}: content hash mismatch, the checkpoint is corrupted; {fix}')
-    try: return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise KitError(f'{path}: cannot load checkpoint ({type(e).__name__}: {e}); {fix}') from None
-
-# %% ../nbs/00d_engine.ipynb #c031
+# %% ../nbs/00d_engine.ipynb #c022
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
@@ -321,18 +197,12 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
             if old.get(k, absent) != new.get(k, absent)]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
-def _any_process(flag, device):
-    "The sum over processes of a local count (every process gets the same answer, so they stop together)."
-    t = torch.tensor([float(flag)], device=device)
-    if _world()[1] > 1: dist.all_reduce(t)
-    return t.item()
-
 def _check_loss(loss, parts, epoch, step, lr, device, limit):  # limit: divergence bound or None
     "Stop when a step's loss is non-finite or above `limit`, naming the epoch, step and loss parts."
     v = loss.detach().float()
     finite = bool(torch.isfinite(v).all())
     code = 0 if finite and (limit is None or float(v) <= limit) else (1 if finite else 2)
-    if _any_process(code, device) > 0:
+    if all_sum(code, device) > 0:
         desc = ', '.join(f'{k}={float(v.detach() if torch.is_tensor(v) else v):.4g}' for k, v in parts.items()
                          if not torch.is_tensor(v) or v.numel() == 1)
         what = 'non-finite loss' if code != 1 else f'diverged loss (above {limit:.4g} = max_loss_ratio x the first loss)'
@@ -343,12 +213,12 @@ def _check_loss(loss, parts, epoch, step, lr, device, limit):  # limit: divergen
 def _check_state(model, epoch, device):
     "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if _any_process(len(bad), device) > 0:
+    if all_sum(len(bad), device) > 0:
         names = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '') or "another process's tensors"
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/00d_engine.ipynb #c034
+# %% ../nbs/00d_engine.ipynb #c025
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -358,7 +228,8 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
-def write_history(history, run_dir):  # list of per-epoch dicts; directory
+def write_history(history,  # list of per-epoch dicts
+                  run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
     save_json(history, Path(run_dir)/'history.json')
     buf = io.StringIO()
@@ -393,7 +264,7 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
     if count == 0: raise KitError('the training DataLoader yielded no batches: check the dataset (empty split?) and drop_last')
     keys = sorted(sums)
     t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=device)
-    if _world()[1] > 1: dist.all_reduce(t)
+    if rank_world()[1] > 1: dist.all_reduce(t)
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
 def _monitor(rec, cfg):
@@ -402,12 +273,24 @@ def _monitor(rec, cfg):
         if k in rec: return True, rec[k]
     return False, None
 
+def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader ran this epoch
+    "Step the schedule after an epoch; return the monitor's value in `rec` (None: undefined or absent)."
+    found, value = _monitor(rec, cfg)
+    if validated and not found:
+        raise KitError(f'monitor={cfg.monitor!r} is not in the epoch record (keys: {sorted(rec)}): set TrainConfig.monitor to one of them')
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if not found: raise KitError(f"scheduler='plateau' needs monitor={cfg.monitor!r} in the epoch record (keys: "
+                                     f"{sorted(rec)}): pass a val_loader, or set monitor='loss'")
+        if value is not None: scheduler.step(value)  # an undefined (NaN) value leaves the schedule as it is
+    elif scheduler is not None: scheduler.step()
+    return value
+
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
     if scheduler is not None and ck['scheduler']: scheduler.load_state_dict(ck['scheduler'])
     if ck['scaler']: scaler.load_state_dict(ck['scaler'])
-    rank, world = _world()
+    rank, world = rank_world()
     if len(ck['rng']) == world: set_rng_state(ck['rng'][rank])
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
@@ -424,7 +307,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
-    rank, world = _world()
+    rank, world = rank_world()
     seed_everything(cfg.seed + rank)
     model.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
@@ -450,14 +333,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
             if res['loss'] is not None: rec['val_loss'] = res['loss']
             if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels']), 'val_'))
-        found, value = _monitor(rec, cfg)
-        if val_loader is not None and not found:
-            raise KitError(f'monitor={cfg.monitor!r} is not in the epoch record (keys: {sorted(rec)}): set TrainConfig.monitor to one of them')
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if not found: raise KitError(f"scheduler='plateau' needs monitor={cfg.monitor!r} in the epoch record (keys: "
-                                         f"{sorted(rec)}): pass a val_loader, or set monitor='loss'")
-            if value is not None: scheduler.step(value)  # an undefined (NaN) value leaves the schedule as it is
-        elif scheduler is not None: scheduler.step()
+        value = _step_schedule(scheduler, rec, cfg, val_loader is not None)
         improved = val_loader is None or (value is not None and (best is None or best['value'] is None or
                                           (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
         if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
@@ -477,7 +353,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         if world > 1: dist.barrier()
     return history
 
-# %% ../nbs/00d_engine.ipynb #c043
+# %% ../nbs/00d_engine.ipynb #c034
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}

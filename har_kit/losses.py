@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from .core import UNSPECIFIED, KitError
 
 # %% auto #0
-__all__ = ['targets', 'bce_loss', 'pos_ratio', 'eq2_weights', 'sample_weights_15', 'weighted_bce_loss', 'mixed_loss', 'mask_loss']
+__all__ = ['targets', 'bce_loss', 'pos_ratio', 'eq2_weights', 'sample_weights_15', 'weighted_bce_loss', 'bce_15_loss',
+           'mixed_loss', 'mask_loss']
 
 # %% ../nbs/00h_losses.ipynb #c005
 def targets(labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
@@ -54,13 +55,24 @@ def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
     r = torch.as_tensor(np.asarray(ratio, dtype=np.float32)).to(y.device)
     return torch.where(y, torch.exp(1 - r), torch.exp(r))
 
-def weighted_bce_loss(logits, labels,         # (N, C) logits; (N, C) labels in {1, 0, -1}
+def weighted_bce_loss(logits,                 # (N, C) logits
+                      labels,                 # (N, C) labels in {1, 0, -1}
                       ratio,                  # (C,) positive ratio w_c of each attribute in the training split
                       ignore_unspecified: bool = False):  # as bce_loss
     "Weighted BCE of Da-HAR Eq. 2."
     return bce_loss(logits, labels, ignore_unspecified, eq2_weights(labels, ratio).to(logits.device))
 
-def mixed_loss(logits, labels, ratio,         # as weighted_bce_loss
+def bce_15_loss(logits,                       # (N, C) logits
+                labels,                       # (N, C) labels in {1, 0, -1}
+                ratio=None,                   # (C,) positive ratio r_c for [15]'s weights; None: the plain Eq. 13
+                ignore_unspecified: bool = False):  # as bce_loss
+    "CAM-PAR Eq. 13 (the BCE of Da-HAR Eq. 1), optionally with [15]'s weights exp(1 - r_c) / exp(r_c)."
+    w = None if ratio is None else sample_weights_15(labels, ratio).to(logits.device)
+    return bce_loss(logits, labels, ignore_unspecified, w)
+
+def mixed_loss(logits,                        # (N, C) logits
+               labels,                        # (N, C) labels in {1, 0, -1}
+               ratio,                         # (C,) positive ratio w_c, as weighted_bce_loss
                mix: float = 0.5,              # lambda: 1 -> BCE (Eq. 1), 0 -> weighted BCE (Eq. 2)
                ignore_unspecified: bool = False):  # as bce_loss
     "Da-HAR Table 2's mixed loss, our definition: lambda * Eq. 1 + (1 - lambda) * Eq. 2."
@@ -68,7 +80,7 @@ def mixed_loss(logits, labels, ratio,         # as weighted_bce_loss
     return (mix * bce_loss(logits, labels, ignore_unspecified)
             + (1 - mix) * weighted_bce_loss(logits, labels, ratio, ignore_unspecified))
 
-# %% ../nbs/00h_losses.ipynb #c012
+# %% ../nbs/00h_losses.ipynb #c015
 def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
               mask):                          # (N, 1, H, W) pseudo person mask in [0, 1]
     "BCE between a mask branch and the person mask, area-averaged to the branch's resolution."

@@ -23,7 +23,8 @@ def _numpy(x, name):  # array-like or torch tensor; `name` is used in error mess
     try: return np.asarray(x)
     except (TypeError, ValueError) as e: raise KitError(f'{name}: cannot be read as an array ({e})') from None
 
-def check_inputs(scores, labels,          # (N, C) scores; (N, C) labels in {1, 0, UNSPECIFIED}
+def check_inputs(scores,                  # (N, C) scores
+                 labels,                  # (N, C) labels in {1, 0, UNSPECIFIED}
                  probabilities=False):    # True: scores must lie in [0, 1] (thresholded metrics)
     "Validate and return `(scores float64 (N, C), labels int8 (N, C))`; raise `KitError` naming the bad field."
     s, y = _numpy(scores, 'scores'), _numpy(labels, 'labels')
@@ -84,12 +85,14 @@ def _average_precision(s, y, variant, block=8):  # validated (N, C) arrays; AP v
 
 DEGENERATE_RULES = ('exclude', 'include')  # columns without a specified negative: left out of the mean, or AP 1.0
 
-def degenerate_columns(labels, rule='exclude'):  # (N, C) validated int8 labels; a DEGENERATE_RULES entry
+def degenerate_columns(labels,           # (N, C) validated int8 labels
+                       rule='exclude'):  # a DEGENERATE_RULES entry
     "Attributes with no specified positive / no specified negative, by index, with the rule applied to them."
     return dict(no_positive=np.flatnonzero(~(labels == 1).any(0)).tolist(),
                 no_negative=np.flatnonzero(~(labels == 0).any(0)).tolist(), rule=rule)
 
-def mean_ap(scores, labels,               # (N, C) scores (any monotone scale); (N, C) labels in {1, 0, -1}
+def mean_ap(scores,                       # (N, C) scores (any monotone scale)
+            labels,                       # (N, C) labels in {1, 0, -1}
             variant='interpolated',       # 'interpolated' (VOC2010+/SRN WIDER code) or 'non_interpolated' (sklearn)
             degenerate='exclude'):        # attributes without a negative: 'exclude' from the mean, or 'include' (AP 1)
     "WIDER-Attribute mAP: per-attribute AP over specified labels, mean over attributes with a positive and a negative."
@@ -107,7 +110,8 @@ def mean_ap(scores, labels,               # (N, C) scores (any monotone scale); 
                 n_pos=n_pos.astype(int), n_specified=(y != UNSPECIFIED).sum(0).astype(int))
 
 # %% ../nbs/00a_metrics.ipynb #c018
-def pr_points(scores, labels):  # (N,) scores and (N,) labels in {1, 0, -1} of one attribute
+def pr_points(scores,   # (N,) scores of one attribute
+              labels):  # (N,) its labels in {1, 0, -1}
     "Recall, precision and interpolated (envelope) precision at each distinct score of one attribute."
     s, y = check_inputs(np.ravel(_numpy(scores, 'scores')), np.ravel(_numpy(labels, 'labels')))
     n_pos = int((y == 1).sum())
@@ -124,7 +128,8 @@ def _step_area(p):  # output of `pr_points`
 THRESHOLD_RULES = ('>=', '>')                       # Eq. 1 of the thesis; the Strong-Baseline / SRN code
 UNSPECIFIED_MODES = ('ignore', 'negative', 'error')  # how pedestrian_metrics treats labels equal to UNSPECIFIED
 
-def harmonic_f1(prec, rec):  # mean instance precision and recall (fractions or percentages)
+def harmonic_f1(prec,  # mean instance precision (a fraction or a percentage)
+                rec):  # mean instance recall, on the same scale
     "F1 of CAM-PAR Eq. 25 / Da-HAR Table 2: harmonic mean of the mean precision and mean recall (0 when both are 0)."
     prec, rec = np.asarray(prec, float), np.asarray(rec, float)
     den = prec + rec
@@ -134,7 +139,8 @@ def harmonic_f1(prec, rec):  # mean instance precision and recall (fractions or 
 def _ratio(num, den, zero_division):  # arrays of counts; value for 0/0
     return np.where(den > 0, num / np.maximum(den, 1), float(zero_division))
 
-def check_threshold(threshold, n_attributes):  # one number, or a (C,) sequence of per-attribute thresholds; C
+def check_threshold(threshold,      # one number, or a (C,) sequence of per-attribute thresholds
+                    n_attributes):  # C
     "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a wrong length or non-finite value."
     try: t = None if isinstance(threshold, (str, bytes)) else np.asarray(_numpy(threshold, 'threshold'), dtype=np.float64)
     except (TypeError, ValueError, KitError): t = None
@@ -143,13 +149,16 @@ def check_threshold(threshold, n_attributes):  # one number, or a (C,) sequence 
                        '(one per attribute)')
     return float(t) if t.ndim == 0 else t
 
-def apply_threshold(scores, threshold, rule='>='):  # (N, C) scores; a `check_threshold` value; THRESHOLD_RULES entry
+def apply_threshold(scores,       # (N, C) scores
+                    threshold,    # a `check_threshold` value
+                    rule='>='):   # a THRESHOLD_RULES entry
     "Binary decisions (N, C): score >= threshold (Eq. 1) or > threshold, per attribute when `threshold` is (C,)."
     if rule not in THRESHOLD_RULES: raise KitError(f'rule={rule!r}: choose one of {THRESHOLD_RULES}')
     return (scores >= threshold) if rule == '>=' else (scores > threshold)
 
 # %% ../nbs/00a_metrics.ipynb #c026
-def pedestrian_metrics(scores, labels,        # (N, C) probabilities in [0, 1]; (N, C) labels in {1, 0, -1}
+def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
+                       labels,                # (N, C) labels in {1, 0, -1}
                        threshold=0.5,         # p_t of Eq. 1: one number, or a (C,) array of per-attribute thresholds
                        rule='>=',             # '>=' (Eq. 1: p >= p_t is positive) or '>' (Strong-Baseline code)
                        zero_division=0.0,     # value of a 0/0 ratio (instance and per-attribute); 0 or 1
@@ -212,7 +221,8 @@ def _best_threshold(s, y, criterion, default):  # (n,) scores and (n,) labels in
     k = best[np.argmin(np.abs(cand[best] - default))]
     return float(cand[k]), float(crit[k])
 
-def choose_thresholds(scores, labels,          # (N, C) validation probabilities; (N, C) labels in {1, 0, -1}
+def choose_thresholds(scores,                  # (N, C) validation probabilities
+                      labels,                  # (N, C) labels in {1, 0, -1}
                       criterion='f1',          # 'f1' (per-attribute F1) or 'balanced_accuracy' (mA term, Eq. 21)
                       default=0.5):            # threshold kept for degenerate attributes; tie-breaker
     "Per-attribute thresholds maximising `criterion` on a validation split: dict(thresholds (C,), score, degenerate, ...)."
@@ -231,14 +241,18 @@ def choose_thresholds(scores, labels,          # (N, C) validation probabilities
                 degenerate=deg, default=default, n_samples=int(s.shape[0]))
 
 # %% ../nbs/00a_metrics.ipynb #c045
-def distraction_bin(level, cap=3):  # number of distractors (None/missing -> 'unknown')
+def distraction_bin(level,   # number of distractors (None/missing -> 'unknown')
+                    cap=3):  # levels >= cap share the bin 'cap+'
     "Bin label of a distraction level: '0', '1', ..., and 'cap+' for `level >= cap`."
     if level is None: return 'unknown'
     level = int(level)
     return f'{cap}+' if level >= cap else str(level)
 
-def grouped_metrics(metric_fn, scores, labels, groups,  # e.g. mean_ap; (N, C); (N, C); (N,) group label per sample
-                    min_size=1):                        # groups smaller than this are skipped
+def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
+                    scores,       # (N, C) scores
+                    labels,       # (N, C) labels
+                    groups,       # (N,) group label per sample
+                    min_size=1):  # groups smaller than this are skipped
     "Apply `metric_fn(scores, labels)` to each group of samples; return {group: result} in sorted group order."
     s, y = np.asarray(scores), np.asarray(labels)
     g = np.asarray([str(x) for x in groups])
@@ -253,8 +267,11 @@ def dataset_metric(kind: str):  # 'wider', 'rap', 'pa100k' or 'csv' (the generic
     if kind not in HEADLINE: raise KitError(f'dataset={kind!r}: choose one of {", ".join(HEADLINE)}')
     return mean_ap if kind == 'wider' else pedestrian_metrics
 
-def metrics_by_distraction(kind, scores, labels,  # dataset kind; (N, C) scores and labels of the scored split
-                           levels, cap=3):        # (N,) distractors overlapping each target (None = unknown)
+def metrics_by_distraction(kind,    # dataset kind ('wider', 'rap', 'pa100k', 'csv')
+                           scores,  # (N, C) scores of the scored split
+                           labels,  # (N, C) its labels
+                           levels,  # (N,) distractors overlapping each target (None = unknown)
+                           cap=3):  # levels >= cap share one bin
     "Headline metrics of `kind` per distraction bin: {'0': {'mAP': .., 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
     bins = [distraction_bin(l, cap) for l in levels]
     out = {}
@@ -277,7 +294,7 @@ def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps 
     g = F.adaptive_avg_pool2d(g.to(m.device), m.shape[-2:])
     return ((m * g).flatten(2).sum(-1) / m.flatten(2).sum(-1).clamp_min(1e-8)).mean(1).cpu().numpy()
 
-# %% ../nbs/00a_metrics.ipynb #c054
+# %% ../nbs/00a_metrics.ipynb #c055
 def target_mass(model,          # a model returning a dict of outputs (the kit's convention)
                 loader,         # iterable of batches with 4-D 'image' and 'mask' (a loader built with with_mask=True)
                 maps,           # maps(out) -> {name: (N, K, h, w) non-negative maps} picked from the model's output

@@ -7,13 +7,12 @@ import torch
 
 from har_kit.core import KitError
 from har_kit.data import dahar_transforms, make_loader, read_rap, read_wider, tiny_fixture
-from har_kit.dahar import (PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_config, dahar_variant,
-                           param_table, predict_masks, train_variant)
+from har_kit.dahar import PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_variant, param_table
+from har_kit.dahar_train import DaHarConfig, predict_masks, train_variant
 from har_kit.losses import pos_ratio
 from har_kit.metrics import target_share
 
 torch.set_num_threads(1)
-SMALL = dict(arch='resnet-tiny', scale=0.25, batch_size=4)
 
 
 @pytest.fixture(scope='module')
@@ -22,12 +21,24 @@ def wider(tmp_path_factory):
 
 
 def _cfg(epochs=1, **kw):
-    return dahar_config(epochs=epochs, lr=0.01, device='cpu', progress=False, **kw)
+    "A small CPU run: the notebook's defaults, batches of 4, `epochs` epochs."
+    return DaHarConfig(epochs=epochs, batch_size=4, **kw)
+
+
+def test_config_defaults_are_the_notebooks_parameters():
+    "DaHarConfig has the names and defaults of 03_dahar's parameters cell (out_dir aside): a papermill run and a config agree."
+    import ast, dataclasses, json
+    from pathlib import Path
+    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'03_dahar.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
+    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
+    params.pop('out_dir')
+    assert params == dataclasses.asdict(DaHarConfig())
 
 
 @pytest.mark.parametrize('name', list(VARIANTS))
 def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
-    res = train_variant(name, wider, tmp_path/name, _cfg(), **SMALL)
+    res = train_variant(name, wider, tmp_path/name, _cfg())
     m = res['metrics']
     assert 0 <= m['mAP_full'] <= 1 and 0 <= m['mAP_crops'] <= 1
     assert set(m['ap_full']) == set(wider.attributes)
@@ -71,17 +82,17 @@ def test_paper_params_are_the_papers():
 
 def test_table3_training_options(wider, tmp_path):
     "Rows 6-7 of Table 3: ignore 0-labeled, and the validation split in training (no val loader left)."
-    res = train_variant('dahar', wider, tmp_path/'r7', _cfg(), ignore_unspecified=True, train_splits=['train', 'val'], **SMALL)
+    res = train_variant('dahar', wider, tmp_path/'r7', _cfg(ignore_unspecified=True, train_splits=['train', 'val']))
     assert 'val' not in res['loaders']
     assert len(res['loaders']['train'].dataset) == len(wider.split('train', 'val'))
     for loss in ('weighted', 'mixed'):
-        r = train_variant('baseline', wider, tmp_path/loss, _cfg(), loss=loss, **SMALL)
+        r = train_variant('baseline', wider, tmp_path/loss, _cfg(loss=loss))
         assert math.isfinite(r['metrics']['final_train_loss'])
 
 
 def test_rap_like_uses_pedestrian_metrics(tmp_path):
     rap = read_rap(tiny_fixture('rap', tmp_path/'rap', n=16))
-    res = train_variant('dahar', rap, tmp_path/'run', _cfg(), loss='mixed', **SMALL)
+    res = train_variant('dahar', rap, tmp_path/'run', _cfg(loss='mixed'))
     m = res['metrics']
     assert {'mA', 'acc', 'prec', 'rec', 'f1', 'crops'} <= set(m)
     img = next(iter(res['loaders']['train']))['image']
@@ -90,9 +101,9 @@ def test_rap_like_uses_pedestrian_metrics(tmp_path):
 
 def test_dahar_run_resumes(wider, tmp_path):
     "An interrupted Da-HAR run (1 of 2 epochs) resumed from last.pt ends with the weights of an uninterrupted run."
-    straight = train_variant('dahar', wider, tmp_path/'straight', _cfg(2), **SMALL)
-    first = train_variant('dahar', wider, tmp_path/'resumed', _cfg(1), **SMALL)
-    resumed = train_variant('dahar', wider, tmp_path/'resumed', _cfg(2), **SMALL)
+    straight = train_variant('dahar', wider, tmp_path/'straight', _cfg(2))
+    first = train_variant('dahar', wider, tmp_path/'resumed', _cfg(1))
+    resumed = train_variant('dahar', wider, tmp_path/'resumed', _cfg(2))
     assert [h['epoch'] for h in resumed['history']] == [1, 2]
     assert resumed['history'][0]['loss'] == pytest.approx(first['history'][0]['loss'])
     assert resumed['history'][1]['loss'] == pytest.approx(straight['history'][1]['loss'], rel=1e-5)
@@ -126,9 +137,9 @@ def test_mask_supervision_teaches_the_mask(wider):
 
 def test_bad_inputs_name_the_field(wider, tmp_path):
     with pytest.raises(KitError, match='unknown Da-HAR variant'):
-        train_variant('srn', wider, tmp_path, _cfg(), **SMALL)
+        train_variant('srn', wider, tmp_path, _cfg())
     with pytest.raises(KitError, match='eval_split|no split'):
-        train_variant('baseline', wider, tmp_path, _cfg(), eval_split='holdout', **SMALL)
+        train_variant('baseline', wider, tmp_path, _cfg(eval_split='holdout'))
     with pytest.raises(KitError, match='needs pos_ratio'):
         DaHarLoss('weighted')
     with pytest.raises(KitError, match='predict_masks needs'):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+import har_kit.distributed as D
 import har_kit.engine as E
 from har_kit.core import KitError
 from har_kit.engine import TrainConfig, fit, load_checkpoint, predict, shard_loader, train_eval
@@ -169,14 +170,14 @@ def test_predict_averages_crops():
 def test_shards_partition_the_global_batch(monkeypatch):
     "With W processes, step t's shards together are exactly the 1-process batch t (what makes DDP == 1 process)."
     def batches(rank, world):
-        monkeypatch.setattr(E, '_world', lambda: (rank, world))
-        dl = shard_loader(TRAIN, seed=5); E.set_epoch(dl, 5, 2)
+        monkeypatch.setattr(D, 'rank_world', lambda: (rank, world))
+        dl = shard_loader(TRAIN, seed=5); D.set_epoch(dl, 5, 2)
         return [b['index'].tolist() for b in dl]
     one = batches(0, 1)
     r0, r1 = batches(0, 2), batches(1, 2)
     assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(b) for b in one]
     assert all(len(b) == 4 for b in r0)
-    monkeypatch.setattr(E, '_world', lambda: (0, 3))
+    monkeypatch.setattr(D, 'rank_world', lambda: (0, 3))
     with pytest.raises(KitError, match='batch_size=8 is not divisible by WORLD_SIZE=3'): shard_loader(TRAIN)
 
 
