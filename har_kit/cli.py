@@ -14,10 +14,10 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'run': ('har_kit.runs', 'execute one section notebook with papermill into a run directory'),
     'synth': ('har_kit.synth', 'generate the synthetic distraction benchmark in the real datasets\' formats'),
     'masks': ('har_kit.masks', 'compute and cache pseudo ground-truth person masks for a dataset'),
-    'reproduce': ('har_kit.reproduce', "regenerate the papers' tables (profiles quick, sample, paper)"),
+    'reproduce': ('har_kit.launch', "regenerate the papers' tables (profiles quick, sample, paper)"),
     'bench': ('har_kit.bench', 'complexity benchmark: parameters and latency against a plain torchvision backbone'),
     'data': ('har_kit.data', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT)'),
-    'status': ('har_kit.reproduce', "where each run of a profile stands: done, failed (with the cell's error), missing"),
+    'status': ('har_kit.launch', "where each run of a profile stands: done, failed (with the cell's error), missing"),
     'predict': ('har_kit.predict', 'attribute names, probabilities and decisions for images, from a trained model'),
     'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),
 }

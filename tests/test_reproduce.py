@@ -1,36 +1,41 @@
-"""The reproduce runner: the paper protocol dry-runs (as text and JSON), smoke mode changes only size keys, data roots
-are checked before any kernel starts, failures are isolated, an interrupted reproduce resumes, status is recorded."""
+"""The reproduce runner: the paper protocol as planned (`plan` objects and `--dry-run --json` records), smoke mode
+changes only size keys, data roots are checked before any kernel starts, failures are isolated, an interrupted
+reproduce resumes, status is recorded."""
 import json, subprocess, sys
 from pathlib import Path
 
 from har_kit.core import save_json
-from har_kit.reproduce import (PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan, save_status,
-                               status_path)
+from har_kit.launch import cli, save_status, status_path
+from har_kit.reproduce import PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan
 from har_kit.runs import RunFailed
 
 EXE = str(Path(sys.executable).parent/'har-kit')
 ROOTS = ['--data-root', 'wider=/data/WIDER', '--data-root', 'rap=/data/RAP', '--data-root', 'pa100k=/data/PA100K']
 
 
-def _json_plan(*args):
-    r = subprocess.run([EXE, 'reproduce', '--profile', 'paper', '--dry-run', '--json', *ROOTS, *args],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines()]
+def _json_plan(capsys, *args):
+    "`har-kit reproduce --profile paper --dry-run --json` (in this process): one record per planned run."
+    capsys.readouterr()
+    assert cli(['--profile', 'paper', '--dry-run', '--json', *ROOTS, *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_paper_dry_run_lists_full_protocol():
-    r = subprocess.run([EXE, 'reproduce', '--profile', 'paper', '--dry-run', '--data-root', 'wider=/data/WIDER'],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert 'arch="resnet101"' in r.stdout and 'arch="resnet50"' in r.stdout and 'weights="IMAGENET1K_V1"' in r.stdout
-    assert ' weights="DEFAULT"' not in r.stdout
-    assert 'data_root="/data/WIDER"' in r.stdout and 'needs --data-root for: pa100k, rap' in r.stdout
-    assert r.stdout.count('[cfar]') == 2 * (1 + 5)   # PA100K + RAP's 5 partitions, each in both selection modes
+def test_paper_plan_lists_full_protocol(capsys):
+    runs = plan(profile='paper', data_roots={'wider': '/data/WIDER'})
+    nb = lambda name: [r for r in runs if r.spec.notebook == name]
+    assert {r.params['arch'] for r in nb('dahar')} == {'resnet101'} and {r.params['arch'] for r in nb('campar')} == {'resnet50'}
+    assert all(r.params['weights'] == 'IMAGENET1K_V1' for r in runs if 'weights' in r.params)
+    assert {r.params['data_root'] for r in runs if r.params.get('dataset') == 'wider'} == {'/data/WIDER'}
+    assert missing_roots(runs) == ['pa100k', 'rap']
+    assert len(nb('cfar')) == 2 * (1 + 5)   # PA100K + RAP's 5 partitions, each in both selection modes
+    # the text dry run names every planned run and the missing roots
+    assert cli(['--profile', 'paper', '--dry-run', '--data-root', 'wider=/data/WIDER']) == 0
+    out = capsys.readouterr().out
+    assert all(r.name in out for r in runs) and '# needs --data-root for: pa100k, rap' in out
 
 
-def test_paper_json_plan_follows_the_papers():
-    runs = _json_plan()
+def test_paper_json_plan_follows_the_papers(capsys):
+    runs = _json_plan(capsys)
     assert all({'notebook', 'params', 'out_dir', 'deps'} <= set(r) for r in runs)
     by_dir = {r['out_dir']: r for r in runs}
     assert all(d in by_dir for r in runs for d in r['deps'])
@@ -60,9 +65,9 @@ def test_paper_json_plan_follows_the_papers():
     assert all(masks[r['params']['dataset']]['out_dir'] in r['deps'] for r in runs if r['notebook'] == 'dahar')
 
 
-def test_smoke_changes_only_size_and_length():
+def test_smoke_changes_only_size_and_length(capsys):
     assert all(set(v) <= SMOKE_KEYS for k, v in SMOKE.items() if not k.startswith('_'))
-    paper, smoke = _json_plan('--out', '/tmp/o'), _json_plan('--smoke', '--out', '/tmp/o')
+    paper, smoke = _json_plan(capsys, '--out', '/tmp/o'), _json_plan(capsys, '--smoke', '--out', '/tmp/o')
     assert all(s['out_dir'].startswith('/tmp/o/smoke/paper/') for s in smoke)   # never beside real paper runs
     rel = lambda x, root: str(Path(x).relative_to(root))
     assert [r['name'] for r in smoke] == [r['name'] for r in paper]
@@ -177,11 +182,13 @@ def test_devices_are_spread_over_concurrent_runs(tmp_path):
     assert sorted(seen) == ['cuda:0', 'cuda:0', 'cuda:1', 'cuda:1'] and peak[0] == 2   # one run per device at a time
 
 
-def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path):
-    r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local',
-                        '--dry-run', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert len(lines) == 6 and all(l.startswith('submit') for l in lines)   # 5 runs + the tables job
-    assert 'after <campar_t2/campar_fusion' in lines[4] or 'after <campar_t1' in lines[4]
-    assert not (tmp_path/'quick').exists()
+def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path, capsys):
+    from har_kit.launch import submit
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    acts = submit(runs, None, 'quick', tmp_path, dry_run=True)
+    assert [a['action'] for a in acts] == ['submit'] * 6 and acts[-1]['name'] == 'quick/tables'   # 5 runs + the tables job
+    cfar = next(i for i, r in enumerate(runs) if r.spec.notebook == 'cfar')
+    assert acts[cfar]['after'] == [f'<{r.name}>' for r in runs if r.out_dir in runs[cfar].deps]
+    assert cli(['campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local', '--dry-run',
+                '--out', str(tmp_path)]) == 0
+    assert not (tmp_path/'quick').exists()   # a dry run creates nothing
