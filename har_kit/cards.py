@@ -25,7 +25,8 @@ def _defaults(notebook):
     try: return dict(notebook_parameters(notebook))
     except KitError: return {}
 
-def notebook_defaults(notebook: str) -> dict:  # section name ('dahar') or notebook path
+def notebook_defaults(notebook: str   # section name ('dahar') or notebook path
+                     ) -> dict:
     "The defaults of a section notebook's `parameters` cell ({} when the notebook is not found)."
     return dict(_defaults(notebook))
 
@@ -36,7 +37,8 @@ def run_params(run_dir,          # a seed directory
     p = Path(run_dir)/'params.json'
     return {**notebook_defaults(notebook), **(load_json(p) if p.exists() else {})}
 
-def selection_of(params: dict) -> str:  # a run's effective parameters
+def selection_of(params: dict   # a run's effective parameters (`run_params`)
+                ) -> str:
     "A run's epoch-selection mode: its `selection` parameter, else `'held-out'` (the kit never selects on test)."
     if 'selection' not in params and params.get('campar_run'):   # CFAR: the mode of the CAM-PAR run it froze
         p = Path(params['campar_run'])/'params.json'
@@ -159,7 +161,8 @@ def _protocol_header(runs, weighted) -> str:  # the table's runs; notebooks whos
                  (' (both shown, one row each)' if len(modes) > 1 else '') + '.')
     return ' '.join(parts)
 
-def card_markdown(card: dict) -> str:  # from `protocol_card`
+def card_markdown(card: dict   # a card from `protocol_card`
+                 ) -> str:
     "The protocol card as Markdown, rendered under its table."
     if not card['runs']: return '**Protocol card**: no runs of this table yet, so nothing to compare with the papers\' protocol.\n'
     lines = [f'**Protocol card** ({card["runs"]} runs, {card["done"]} finished; generated from their `params.json` against '
@@ -171,14 +174,16 @@ def card_markdown(card: dict) -> str:  # from `protocol_card`
     for note in card_notes(card): lines += ['', note]
     return '\n'.join(lines) + '\n'
 
-def card_notes(card: dict) -> list:  # from `protocol_card`
+def card_notes(card: dict   # a card from `protocol_card`
+              ) -> list:
     "The sentences printed under a card: conformity, choices left open, parameters not checked."
     notes = [] if card['differs'] else ['The runs follow every parameter the papers state.']
     if card['open']: notes.append('Left open by the papers: ' + '; '.join(card['open']) + '.')
     if card['unchecked']: notes.append('Declared but not (yet) parameters of the notebooks, so not checked: ' + ', '.join(card['unchecked']) + '.')
     return notes
 
-def card_csv(card: dict) -> str:  # from `protocol_card`
+def card_csv(card: dict   # a card from `protocol_card`
+            ) -> str:
     "The protocol card as CSV: one line per differing, open or unchecked parameter."
     buf = io.StringIO(); w = csv.writer(buf)
     w.writerow(['kind', 'notebook', 'parameter', 'paper', 'source', 'runs', 'reason'])

@@ -31,7 +31,8 @@ def usage():
     lines += ['', "run 'har-kit SUBCOMMAND --help' for a subcommand's options"]
     return '\n'.join(lines)
 
-def main(argv=None):
+def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
+        ):
     "Entry point of the `har-kit` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help'):

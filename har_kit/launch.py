@@ -20,7 +20,11 @@ __all__ = ['LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_sta
            'reproduce_parser', 'cli']
 
 # %% ../nbs/07a_launch.ipynb #c006
-def status_path(root, profile) -> Path: return Path(root)/profile/'status.json'
+def status_path(root,     # outputs root
+                profile   # the profile
+               ) -> Path:
+    "Where a profile's status is kept: `<root>/<profile>/status.json`."
+    return Path(root)/profile/'status.json'
 
 _ACTIVE_SLURM = {'PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'RESIZING', 'REQUEUE_HOLD'}
 
@@ -29,12 +33,14 @@ def _pid_alive(pid):
     except ProcessLookupError: return False
     except PermissionError: return True
 
-def job_file(out_dir) -> Path:  # a run directory
+def job_file(out_dir   # a run directory
+            ) -> Path:
     "Where a run's scheduler job is recorded: `<run dir>.job.json`, beside the run directory (which stays the run's own)."
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + '.job.json')
 
-def job_queued(job: dict) -> bool:  # a run's job record
+def job_queued(job: dict   # a run's job record (`job_file`)
+              ) -> bool:
     "True while the scheduler job recorded for a run is pending or running."
     if job.get('cluster') in ('local', 'debug'): return _pid_alive(int(job['job_id']))
     import submitit
@@ -70,7 +76,11 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
     return recs
 
-def save_status(runs, root, profile, errors=None) -> dict:
+def save_status(runs,         # PlannedRuns, or the run records of a saved status
+                root,         # outputs root
+                profile,      # the profile
+                errors=None   # {run name: error} of this session (`run_states`)
+               ) -> dict:
     "Write `<root>/<profile>/status.json` for the planned runs (atomically); return it."
     recs = run_states(runs, errors)
     counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'stale', 'failed', 'running', 'queued', 'missing')}
@@ -79,7 +89,8 @@ def save_status(runs, root, profile, errors=None) -> dict:
     save_json(st, status_path(root, profile))
     return st
 
-def format_status(st) -> str:
+def format_status(st   # a status (`save_status`)
+                 ) -> str:
     "The status as text: counts, then one line per run that is not done."
     t = st.get('seconds') or {}
     lines = [f'profile {st["profile"]}: ' + ', '.join(f'{n} {s}' for s, n in st['counts'].items() if n) +
@@ -94,7 +105,8 @@ def format_status(st) -> str:
             lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
     return '\n'.join(lines)
 
-def status_cli(argv=None):
+def status_cli(argv=None   # the command line (None: sys.argv)
+              ):
     "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/missing)."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
@@ -111,7 +123,7 @@ def status_cli(argv=None):
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] else 0
 
-# %% ../nbs/07a_launch.ipynb #c011
+# %% ../nbs/07a_launch.ipynb #c012
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -119,7 +131,10 @@ def _stop_children():
     for k in kids: k.terminate()
     psutil.wait_procs(kids, timeout=30)
 
-def wait_for(dirs, poll=0.5, need_done=True) -> dict:
+def wait_for(dirs,            # run directories
+             poll=0.5,        # seconds between looks
+             need_done=True   # True: a failed run raises KitError
+            ) -> dict:
     "Wait until every run directory is done or failed (a job that ended without `done` counts as failed)."
     dirs = [Path(d) for d in dirs]
     while True:
@@ -137,7 +152,7 @@ def wait_for(dirs, poll=0.5, need_done=True) -> dict:
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
-    run: PlannedRun
+    run: PlannedRun             # the run (`har_kit.reproduce.plan`)
     wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
     run_fn: object = None       # (run, device) -> anything; None: `run_planned`
     force: bool = False         # the run directory holds other parameters: move it aside and rerun
@@ -158,10 +173,10 @@ class RunJob:
 @dataclass
 class RenderJob:
     "The results job: after every run has finished (done or failed), render the profile's tables."
-    profile: str
-    root: str
-    dirs: list
-    wait_deps: bool = False
+    profile: str                # the profile to render
+    root: str                   # outputs root
+    dirs: list                  # run directories to wait for
+    wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
     def __call__(self):
         if self.wait_deps: wait_for(self.dirs, need_done=False)
         return str(render_tables(self.profile, self.root))
@@ -244,13 +259,14 @@ def submit(runs,           # PlannedRuns, dependencies first
             actions.append(dict(name=f'{profile}/tables', action='submit', after=after, job_id=str(job.job_id), job=job))
     return actions
 
-def describe_jobs(actions) -> str:
+def describe_jobs(actions   # actions returned by `submit`
+                 ) -> str:
     "One line per run: done, queued (job id) or submitted/to submit, after which jobs."
     return '\n'.join(f'{a["action"]:<7} {a["name"]}' + (f' [job {a["job_id"]}]' if a.get('job_id') else '') +
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/07a_launch.ipynb #c015
+# %% ../nbs/07a_launch.ipynb #c019
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:

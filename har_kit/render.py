@@ -22,7 +22,8 @@ def _dig(d, path):
         d = d[part]
     return d
 
-def missing_reason(dirs) -> str:  # the seed directories of a run (`run_dirs`)
+def missing_reason(dirs   # the seed directories of a run (`run_dirs`)
+                  ) -> str:
     "Why a run has no finished seed: 'no run', 'failed: <first line of the error>' (from failed.json) or 'not done'."
     if not dirs: return 'no run'
     for d in dirs:
@@ -150,14 +151,20 @@ def header(table: Table,             # the table
     return (f'{table.title} — {table.source}. Profile `{profile}`: {PROFILE_NOTES.get(profile, "")} '
             + (f'{card["header"]} ' if card else '') + f'Conventions: {table.conventions}. {legend}')
 
-def to_markdown(table, rows, profile, card=None):
+def to_markdown(table,      # the table
+                rows,       # its rendered rows (`table_rows`)
+                profile,    # the profile rendered
+                card=None   # its protocol card, if any
+               ):
     "Markdown rendering (header paragraph + pipe table + protocol card)."
     cols = ['method', ''] + list(table.columns)
     lines = [f'### {table.title}', '', header(table, profile, card), '', '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(str(x) for x in r) + ' |' for r in rows]
     return '\n'.join(lines) + '\n' + ('\n' + card_markdown(card) if card else '')
 
-def to_csv(table, rows):
+def to_csv(table,  # the table
+           rows    # its rendered rows (`table_rows`)
+          ):
     "CSV rendering (one line per rendered row)."
     buf = io.StringIO(); w = csv.writer(buf)
     w.writerow(['method', 'kind', *table.columns]); w.writerows(rows)
@@ -165,7 +172,11 @@ def to_csv(table, rows):
 
 def _tex(s): return str(s).replace('%', r'\%').replace('&', r'\&').replace('_', r'\_').replace('#', r'\#').replace('±', r'$\pm$').replace('Δ', r'$\Delta$').replace('`', '')
 
-def to_latex(table, rows, profile, card=None):
+def to_latex(table,      # the table
+             rows,       # its rendered rows (`table_rows`)
+             profile,    # the profile rendered
+             card=None   # its protocol card, if any
+            ):
     "LaTeX tabular rendering with the header as caption; the protocol card as a second tabular."
     lines = [r'\begin{table}', r'\centering', r'\caption{' + _tex(header(table, profile, card)) + '}',
              r'\begin{tabular}{ll' + 'r' * len(table.columns) + '}', r'\hline',
@@ -197,7 +208,7 @@ def render(table: Table,       # the table
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
-# %% ../nbs/06a_render.ipynb #c018
+# %% ../nbs/06a_render.ipynb #c019
 def plot_ablation(table: Table,   # an ablation table
                   cells: dict,    # its cells (`collect`)
                   column: str,    # the column to plot

@@ -235,11 +235,13 @@ def plan(tables=None,      # table keys; None: the profile's default tables
     return p.order
 
 # %% ../nbs/07_reproduce.ipynb #c027
-def missing_roots(runs) -> list:
+def missing_roots(runs   # PlannedRuns (`plan`)
+                 ) -> list:
     "Datasets a real-data plan needs but has no root for."
     return sorted({r.params['dataset'] for r in runs if 'data_root' in r.params and not r.params['data_root']})
 
-def check_roots(runs) -> dict:
+def check_roots(runs   # PlannedRuns (`plan`)
+               ) -> dict:
     "Detect the layout of every dataset root the runs read (`har_kit.formats.detect_layout`); one KitError for all."
     from har_kit.formats import detect_layout
     roots = {(r.params['dataset'], r.params['data_root']) for r in runs if r.params.get('data_root')}
@@ -250,7 +252,8 @@ def check_roots(runs) -> dict:
     if errors: raise KitError('dataset roots are not usable; nothing was started:\n  ' + '\n  '.join(errors))
     return found
 
-def describe(runs) -> str:
+def describe(runs   # PlannedRuns (`plan`)
+            ) -> str:
     "One block per run: directory, notebook, parameters, dependencies, rows it fills."
     lines = []
     for r in runs:
@@ -260,7 +263,8 @@ def describe(runs) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/07_reproduce.ipynb #c031
-def stale_params(r: PlannedRun) -> list:
+def stale_params(r: PlannedRun   # a planned run
+                ) -> list:
     "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside)."
     p = r.out_dir/'params.json'
     if not p.exists(): return []
@@ -274,7 +278,9 @@ def run_planned(r: PlannedRun,   # the run
     return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
                         progress=False, threads=r.threads, force=force and bool(stale_params(r)), demos=False)
 
-def default_jobs(runs, devices=None) -> int:
+def default_jobs(runs,          # PlannedRuns (`plan`)
+                 devices=None   # devices given on the command line (None: each run's own)
+                ) -> int:
     "Concurrent runs: one per device when several are given; on CPU, the cores divided by the runs' threads."
     if devices and len(devices) > 1: return len(devices)
     on_cpu = (devices or [None])[0] in (None, 'cpu') and all(r.params.get('device', 'cpu') == 'cpu' for r in runs)
@@ -333,7 +339,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     bar.close()
     return status
 
-# %% ../nbs/07_reproduce.ipynb #c037
+# %% ../nbs/07_reproduce.ipynb #c038
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

@@ -30,7 +30,11 @@ class RunSpec:
         "A stable, readable identity (used to share runs between rows)."
         return json.dumps([self.notebook, self.params, self.variant, [(n, s.key()) for n, s in self.needs]], default=str)
 
-def spec(notebook, variant, needs=None, **params):  # e.g. spec('dahar', 'dahar', dataset='wider', ignore_unspecified=True)
+def spec(notebook,    # section notebook: 'dahar', 'campar', 'cfar'
+         variant,     # model variant (its key in the run's metrics.json)
+         needs=None,  # {parameter name: RunSpec}: runs whose directory is passed as that parameter
+         **params     # row-defining parameters, e.g. dataset='wider', ignore_unspecified=True
+        ):
     "Build a `RunSpec`; the row-defining parameters include `variants=[variant]` so the run trains just this model."
     params.setdefault('variants', [variant])
     params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
@@ -39,21 +43,21 @@ def spec(notebook, variant, needs=None, **params):  # e.g. spec('dahar', 'dahar'
 @dataclass
 class Row:
     "A table row: what the paper reports and, when the kit reproduces it, how."
-    key: str                      # short id, used in run directory names
+    key: str                      # short id within its table (`dahar_ignore0`), used by `Table.compare`
     label: str                    # the row's name as the paper prints it
     reported: dict                # column -> reported value (number, text, or None for '-')
     run: RunSpec | None = None    # None: quoted from the paper only
     metrics: dict = field(default_factory=dict)  # column -> dotted path into the variant's metrics ('ap_full.Male')
-    note: str = ''
+    note: str = ''                # what the row's run does beyond its label
 
 @dataclass
 class Table:
     "One paper table: columns, rows (reported + how we reproduce them), and the conventions its numbers use."
     key: str                      # 'dahar_t1', ...
-    title: str
+    title: str                    # the heading of the rendered table
     source: str                   # paper and table number
-    columns: list
-    rows: list
+    columns: list                 # column names, as the paper prints them
+    rows: list                    # `Row`s, in the paper's order
     conventions: str = ''         # metric conventions stated in the header (AP variant, F1, threshold rule)
     percent: bool = True          # our fractions are shown x100 like the paper's
     seeds: int = 1                # minimum seeds per run (a study that needs error bars asks for more)
@@ -80,7 +84,8 @@ class Paper:
 # %% ../nbs/06_results.ipynb #c011
 _REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100K datasets')
 
-def dahar_protocol(**extra):  # per-table additions or overrides, e.g. partition=Paper(...)
+def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=Paper(...)
+                  ):
     "Da-HAR's training protocol as its text states it, in `03_dahar`'s parameter names."
     return {'dahar': {
         'data_root': _REAL,
@@ -105,7 +110,8 @@ _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li e
                              datasets=('rap',), across=True))
 
 # %% ../nbs/06_results.ipynb #c013
-def campar_protocol(**extra):  # per-table additions or overrides
+def campar_protocol(**extra   # per-table additions or overrides
+                   ):
     "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `04_campar`/`05_cfar` parameter names."
     train = {
         'data_root': _REAL,
@@ -232,7 +238,8 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
    param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
 # %% ../nbs/06_results.ipynb #c023
-def row_runs(row: Row) -> list:
+def row_runs(row: Row   # a table row
+            ) -> list:
     "The distinct RunSpecs a row's columns come from."
     specs = [row.run] if row.run else []
     specs += [v[0] for v in row.metrics.values() if isinstance(v, tuple)]
@@ -241,7 +248,9 @@ def row_runs(row: Row) -> list:
         if s.key() not in seen: seen.add(s.key()); out.append(s)
     return out
 
-def column_source(row: Row, column):  # -> (RunSpec, dotted metric path) or None when not reproduced
+def column_source(row: Row,  # a table row
+                  column     # one of the table's columns
+                 ):
     "Where a row's column comes from."
     m = row.metrics.get(column)
     if m is None: return None
@@ -313,7 +322,8 @@ STUDY_TABLES = {t.key: t for t in (DISTRACTION, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
 # %% ../nbs/06_results.ipynb #c035
-def spec_slug(spec: RunSpec) -> str:
+def spec_slug(spec: RunSpec   # the run
+             ) -> str:
     "A readable name for a run: its variant, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
     parts = [spec.variant, spec.kwargs.get('dataset')]
     for k, v in spec.params:
@@ -322,7 +332,8 @@ def spec_slug(spec: RunSpec) -> str:
         parts.append(k if v is True else f'no_{k}' if v is False else f'{k}_{v}')
     return '-'.join(re.sub(r'[^A-Za-z0-9_.]+', '_', str(p)) for p in parts if p not in (None, ''))[:64]
 
-def spec_hash(spec: RunSpec) -> str:
+def spec_hash(spec: RunSpec   # the run
+             ) -> str:
     "The first 8 hex digits of the SHA-1 of the RunSpec's key: what the run ran, nothing else."
     return hashlib.sha1(spec.key().encode()).hexdigest()[:8]
 
@@ -353,11 +364,17 @@ def run_path(root,           # outputs root (`outputs/`)
 
 SEED_DIR = re.compile(r'seed\d+(?:-[a-z]+[\w\[\]]*)*')   # seed<k>[-part<p>][-sel<mode>]; not <dir>.old-<time>
 
-def run_dirs(root, profile, spec: RunSpec) -> list:  # outputs root, profile, the run
+def run_dirs(root,           # outputs root (`outputs/`)
+             profile,        # the profile
+             spec: RunSpec   # the run
+            ) -> list:
     "Every seed directory of a run, finished or not."
     base = spec_dir(root, profile, spec)
     return sorted(p for p in base.glob('seed*') if p.is_dir() and SEED_DIR.fullmatch(p.name)) if base.exists() else []
 
-def seed_dirs(root, profile, spec: RunSpec) -> list:  # outputs root, profile, the run
+def seed_dirs(root,           # outputs root (`outputs/`)
+              profile,        # the profile
+              spec: RunSpec   # the run
+             ) -> list:
     "Finished seed directories of a run (those holding `done`)."
     return [p for p in run_dirs(root, profile, spec) if (p/'done').exists()]
