@@ -1,15 +1,14 @@
 """The reproduce runner: the paper protocol as planned (`plan` objects and `--dry-run --json` records), smoke mode
 changes only size keys, data roots are checked before any kernel starts, failures are isolated, an interrupted
 reproduce resumes, status is recorded."""
-import json, subprocess, sys
+import json
 from pathlib import Path
 
 from har_kit.core import save_json
-from har_kit.launch import cli, save_status, status_path
+from har_kit.launch import cli, save_status, status_cli, status_path
 from har_kit.reproduce import PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan
 from har_kit.runs import RunFailed
 
-EXE = str(Path(sys.executable).parent/'har-kit')
 ROOTS = ['--data-root', 'wider=/data/WIDER', '--data-root', 'rap=/data/RAP', '--data-root', 'pa100k=/data/PA100K']
 
 
@@ -82,20 +81,20 @@ def test_smoke_changes_only_size_and_length(capsys):
         assert s['params'].get('device', 'cpu') == 'cpu'
 
 
-def test_paper_without_roots_is_refused_with_names(tmp_path):
-    r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'paper', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 2 and 'rap=PATH' in r.stderr
+def test_paper_without_roots_is_refused_with_names(tmp_path, capsys):
+    assert cli(['campar_t2', '--profile', 'paper', '--out', str(tmp_path)]) == 2
+    assert 'rap=PATH' in capsys.readouterr().err and not (tmp_path/'paper').exists()
 
 
-def test_bad_data_root_is_named_before_any_kernel(tmp_path):
+def test_bad_data_root_is_named_before_any_kernel(tmp_path, capsys):
     from har_kit.formats import write_fixture
     write_fixture('rap', tmp_path/'rap', n_images=8)
     (tmp_path/'pa100k').mkdir(); (tmp_path/'pa100k'/'readme.txt').write_text('not a dataset')
-    r = subprocess.run([EXE, 'reproduce', 'campar_t1', '--profile', 'paper', '--smoke', '--out', str(tmp_path/'out'),
-                        '--data-root', f'rap={tmp_path/"rap"}', '--data-root', f'pa100k={tmp_path/"pa100k"}'],
-                       capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    assert 'pa100k=' in r.stderr and 'readme.txt' in r.stderr and 'rap=' not in r.stderr.split('nothing was started')[1]
+    rc = cli(['campar_t1', '--profile', 'paper', '--smoke', '--out', str(tmp_path/'out'),
+              '--data-root', f'rap={tmp_path/"rap"}', '--data-root', f'pa100k={tmp_path/"pa100k"}'])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert 'pa100k=' in err and 'readme.txt' in err and 'rap=' not in err.split('nothing was started')[1]
     assert not (tmp_path/'out').exists()   # no run directory, no status: nothing started
 
 
@@ -124,7 +123,7 @@ def test_default_jobs_from_cores_and_threads(monkeypatch):
     assert default_jobs(plan(['campar_t2'], 'paper', data_roots={'rap': '/r'})) == 1   # one GPU: one run at a time
 
 
-def test_status_names_failures_and_blocked_runs(tmp_path):
+def test_status_names_failures_and_blocked_runs(tmp_path, capsys):
     runs = plan(['campar_t2'], 'quick', root=tmp_path)
     def run_fn(r, dev):
         r.out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,9 +134,13 @@ def test_status_names_failures_and_blocked_runs(tmp_path):
     execute(runs, run_fn=run_fn, progress=False, jobs=1)
     save_status(runs, tmp_path, 'quick')
     assert json.loads(status_path(tmp_path, 'quick').read_text())['counts']['done'] == 3
-    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 1, r.stderr
-    assert '3 done, 1 failed, 1 missing' in r.stdout and 'out of memory' in r.stdout and 'which failed' in r.stdout
+    capsys.readouterr()
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json']) == 1   # refreshed from the run directories
+    st = json.loads(capsys.readouterr().out)
+    assert {k: n for k, n in st['counts'].items() if n} == {'done': 3, 'failed': 1, 'missing': 1}
+    failed = next(r for r in st['runs'] if r['state'] == 'failed')
+    blocked = next(r for r in st['runs'] if r['state'] == 'missing')
+    assert 'out of memory' in failed['error'] and blocked['error'] == f"not started: needs {failed['out_dir']}, which failed"
 
 
 def test_sample_profile_only_plans_pa100k_rows():
@@ -159,14 +162,15 @@ def test_every_subcommand_resolves_to_its_function():  # read from the sources: 
         assert CLI_FUNCTIONS.get(name, 'cli') in defs, f'{name}: {module} has no {CLI_FUNCTIONS.get(name, "cli")}(argv)'
 
 
-def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path):
+def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path, capsys):
     from har_kit.core import KitError
     runs = plan(['campar_t2'], 'quick', root=tmp_path)[:1]
     def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 04_campar.ipynb")
     st = save_status(runs, tmp_path, 'quick', execute(runs, run_fn=refused, progress=False)['failed'])
     assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
-    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert 'fusion_width' in r.stdout   # kept when the status is refreshed
+    capsys.readouterr()
+    status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json'])
+    assert 'fusion_width' in json.loads(capsys.readouterr().out)['runs'][0]['error']   # kept when the status is refreshed
 
 
 def test_devices_are_spread_over_concurrent_runs(tmp_path):
