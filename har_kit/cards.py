@@ -90,6 +90,7 @@ def choice_reason(profile: str,    # the profile
             if k in table: return table[k]
     return f'set by the `{profile}` profile or on the command line; no reason declared (results.CHOICE_REASONS)'
 
+# %% ../nbs/06a_cards.ipynb #c012
 def _norm(param, v):
     if param == 'data_root': return 'synthetic' if v in (None, '') else 'real'
     if param == 'train_splits' and isinstance(v, (list, tuple)):
@@ -161,6 +162,7 @@ def _protocol_header(runs, weighted) -> str:  # the table's runs; notebooks whos
                  (' (both shown, one row each)' if len(modes) > 1 else '') + '.')
     return ' '.join(parts)
 
+# %% ../nbs/06a_cards.ipynb #c017
 def card_markdown(card: dict   # a card from `protocol_card`
                  ) -> str:
     "The protocol card as Markdown, rendered under its table."

@@ -46,6 +46,7 @@ def job_queued(job: dict   # a run's job record (`job_file`)
     import submitit
     return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
 
+# %% ../nbs/07a_launch.ipynb #c009
 def run_states(runs,         # PlannedRuns, or the run records of a saved status
                errors=None   # {run name: error} of this session (errors raised before a run directory existed)
               ) -> list:
@@ -89,6 +90,7 @@ def save_status(runs,         # PlannedRuns, or the run records of a saved statu
     save_json(st, status_path(root, profile))
     return st
 
+# %% ../nbs/07a_launch.ipynb #c015
 def format_status(st   # a status (`save_status`)
                  ) -> str:
     "The status as text: counts, then one line per run that is not done."
@@ -123,7 +125,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] else 0
 
-# %% ../nbs/07a_launch.ipynb #c012
+# %% ../nbs/07a_launch.ipynb #c018
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -149,6 +151,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed') for s in states.values()): return states
         time.sleep(poll)
 
+# %% ../nbs/07a_launch.ipynb #c021
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -184,6 +187,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
+# %% ../nbs/07a_launch.ipynb #c025
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -266,7 +270,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/07a_launch.ipynb #c019
+# %% ../nbs/07a_launch.ipynb #c031
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -303,7 +307,8 @@ def _scheduler_options(ap):
 
 def reproduce_parser() -> argparse.ArgumentParser:
     "The options of `har-kit reproduce`."
-    ap = argparse.ArgumentParser(prog='har-kit reproduce', description=cli.__doc__)
+    ap = argparse.ArgumentParser(prog='har-kit reproduce', description="regenerate the papers' tables: plan the runs, "
+                                 'execute them (here, or as scheduler jobs), render the tables')
     ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
     ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
@@ -319,6 +324,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
+# %% ../nbs/07a_launch.ipynb #c033
 def _print_plan(a, runs):  # --dry-run with the local launcher
     if a.json:
         for r in runs: print(json.dumps(r.record()))

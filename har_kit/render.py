@@ -138,6 +138,7 @@ def table_rows(table: Table,   # the table
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
 
+# %% ../nbs/06a_render.ipynb #c017
 def header(table: Table,             # the table
            profile: str,             # the profile rendered
            card: dict | None = None  # its protocol card (`protocol_card`), if any
@@ -192,6 +193,7 @@ def to_latex(table,      # the table
     lines.append(r'\end{table}')
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/06a_render.ipynb #c020
 def render(table: Table,       # the table
            root=None,          # outputs root (None: `outputs_root()`)
            profile='quick',    # the profile whose runs to render
@@ -208,7 +210,7 @@ def render(table: Table,       # the table
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
-# %% ../nbs/06a_render.ipynb #c019
+# %% ../nbs/06a_render.ipynb #c025
 def plot_ablation(table: Table,   # an ablation table
                   cells: dict,    # its cells (`collect`)
                   column: str,    # the column to plot
@@ -246,6 +248,7 @@ def plot_per_attribute(table: Table,   # a per-attribute table
     ax.set_title(f'{table.source}: {row.label}'); ax.legend()
     return ax
 
+# %% ../nbs/06a_render.ipynb #c027
 def plot_distraction(table: Table,   # the distraction study
                      cells: dict,    # its cells (`collect`)
                      pairs=(('dahar', 'dahar_baseline'), ('campar', 'campar_baseline'))  # (method row, baseline row) pairs

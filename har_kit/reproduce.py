@@ -287,6 +287,7 @@ def default_jobs(runs,          # PlannedRuns (`plan`)
     if not on_cpu: return 1
     return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
 
+# %% ../nbs/07_reproduce.ipynb #c034
 def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             devices=None,    # devices the workers take in turn (None: each run's own)
             progress=True,   # tqdm bar over runs
@@ -339,7 +340,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     bar.close()
     return status
 
-# %% ../nbs/07_reproduce.ipynb #c038
+# %% ../nbs/07_reproduce.ipynb #c041
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

@@ -40,6 +40,7 @@ def spec(notebook,    # section notebook: 'dahar', 'campar', 'cfar'
     params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
     return RunSpec(notebook, params, variant, tuple(sorted((needs or {}).items())))
 
+# %% ../nbs/06_results.ipynb #c010
 @dataclass
 class Row:
     "A table row: what the paper reports and, when the kit reproduces it, how."
@@ -71,7 +72,7 @@ class Table:
     def has_reported(self): return any(isinstance(v, (int, float)) for r in self.rows for v in r.reported.values())
     def in_profile(self, profile): return not self.profiles or profile in self.profiles
 
-# %% ../nbs/06_results.ipynb #c008
+# %% ../nbs/06_results.ipynb #c013
 @dataclass(frozen=True)
 class Paper:
     "One parameter of a paper's protocol: its value in the notebook's terms and where the text (or the code it defers to) says so."
@@ -81,7 +82,7 @@ class Paper:
     datasets: tuple = ()          # only for runs on these dataset kinds (empty: every run)
     across: bool = False          # `value` is a list the runs should cover together (e.g. RAP's five partitions)
 
-# %% ../nbs/06_results.ipynb #c011
+# %% ../nbs/06_results.ipynb #c016
 _REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100K datasets')
 
 def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=Paper(...)
@@ -109,7 +110,7 @@ def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=
 _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li et al. 2016a)": 5 random partitions, averaged',
                              datasets=('rap',), across=True))
 
-# %% ../nbs/06_results.ipynb #c013
+# %% ../nbs/06_results.ipynb #c018
 def campar_protocol(**extra   # per-table additions or overrides
                    ):
     "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `04_campar`/`05_cfar` parameter names."
@@ -141,7 +142,7 @@ def campar_protocol(**extra   # per-table additions or overrides
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
-# %% ../nbs/06_results.ipynb #c015
+# %% ../nbs/06_results.ipynb #c020
 WIDER_COLUMNS = {  # paper column -> WIDER-Attribute attribute name (attribute_id_map of the real set)
     'Male': 'Male', 'Long Hair': 'longHair', 'Sunglasses': 'sunglass', 'Hat': 'Hat', 'T-shirt': 'Tshiirt',
     'Long Sleeve': 'longSleeve', 'Formal': 'formal', 'Shorts': 'shorts', 'Jeans': 'jeans', 'Long Pants': 'longPants',
@@ -167,7 +168,7 @@ DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'D
 ], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized',
    protocol=dahar_protocol())
 
-# %% ../nbs/06_results.ipynb #c017
+# %% ../nbs/06_results.ipynb #c022
 _T2_COLS = ['loss', 'mA', 'Acc', 'Prec', 'Rec', 'F1']
 _PED = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
 
@@ -193,7 +194,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
 ], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes',
    protocol=dahar_protocol(**_RAP5), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
 
-# %% ../nbs/06_results.ipynb #c019
+# %% ../nbs/06_results.ipynb #c024
 _T3_COLS = ['crops', 'full']
 _T3_METRICS = {'crops': 'mAP_crops', 'full': 'mAP_full'}
 
@@ -209,7 +210,7 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
 ], conventions='AP: VOC-style interpolated; crops = average over five crops; full = whole patch resized to the input size',
    protocol=dahar_protocol(), compare={k: 'baseline' for k in ('fusion', 'self_mask', 'coarse_to_fine', 'dahar', 'dahar_ignore0', 'dahar_trainval')})
 
-# %% ../nbs/06_results.ipynb #c021
+# %% ../nbs/06_results.ipynb #c026
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
 def _campar(variant, dataset): return spec('campar', variant, dataset=dataset)
@@ -237,7 +238,7 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
 ], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
    param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
-# %% ../nbs/06_results.ipynb #c023
+# %% ../nbs/06_results.ipynb #c028
 def row_runs(row: Row   # a table row
             ) -> list:
     "The distinct RunSpecs a row's columns come from."
@@ -256,7 +257,7 @@ def column_source(row: Row,  # a table row
     if m is None: return None
     return m if isinstance(m, tuple) else (row.run, m)
 
-# %% ../nbs/06_results.ipynb #c025
+# %% ../nbs/06_results.ipynb #c030
 _C2_COLS = ['mA', 'F1']
 _C2_METRICS = {'mA': 'mA', 'F1': 'f1'}
 
@@ -272,7 +273,7 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
-# %% ../nbs/06_results.ipynb #c029
+# %% ../nbs/06_results.ipynb #c034
 DISTRACTION_BINS = ['0', '1', '2', '3+']
 
 def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
@@ -288,7 +289,7 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/06_results.ipynb #c031
+# %% ../nbs/06_results.ipynb #c036
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
@@ -308,7 +309,7 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
 ], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5',
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/06_results.ipynb #c033
+# %% ../nbs/06_results.ipynb #c038
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -321,7 +322,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 STUDY_TABLES = {t.key: t for t in (DISTRACTION, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/06_results.ipynb #c035
+# %% ../nbs/06_results.ipynb #c040
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variant, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -344,7 +345,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/06_results.ipynb #c039
+# %% ../nbs/06_results.ipynb #c044
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:
