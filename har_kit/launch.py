@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, load_json, outputs_root, save_json
-from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots, plan,
-                               render_tables, run_planned, stale_params)
+from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
+                               param_diff, plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .runs import RunFailed, is_done, run_status
 
@@ -58,7 +58,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         rec['state'], rec['error'] = st['state'], st.get('error')
         if st['state'] == 'done' and 'params' in rec and (Path(rec['out_dir'])/'params.json').exists():
             old = load_json(Path(rec['out_dir'])/'params.json')
-            diff = sorted(k for k in set(old) | set(rec['params']) if k != 'device' and old.get(k) != rec['params'].get(k))
+            diff = param_diff(old, rec['params'])
             if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
         # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)

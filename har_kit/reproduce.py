@@ -15,7 +15,8 @@ from .runs import is_done, run_notebook, run_status
 
 # %% auto #0
 __all__ = ['PROFILES', 'SMOKE_KEYS', 'SMOKE', 'shared_sample_root', 'PlannedRun', 'default_tables', 'plan', 'missing_roots',
-           'check_roots', 'describe', 'stale_params', 'run_planned', 'default_jobs', 'execute', 'render_tables']
+           'check_roots', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'execute',
+           'render_tables']
 
 # %% ../nbs/07_reproduce.ipynb #c006
 PROFILES = {
@@ -263,13 +264,18 @@ def describe(runs   # PlannedRuns (`plan`)
     return '\n'.join(lines)
 
 # %% ../nbs/07_reproduce.ipynb #c031
+def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
+               new: dict    # parameters the plan gives it
+              ) -> list:
+    "Parameters whose values differ, the device aside (a run may move between devices and stay the same run)."
+    new = json.loads(json.dumps(new, default=str))   # as params.json stores them
+    return sorted(k for k in set(old) | set(new) if k != 'device' and old.get(k) != new.get(k))
+
 def stale_params(r: PlannedRun   # a planned run
                 ) -> list:
     "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside)."
     p = r.out_dir/'params.json'
-    if not p.exists(): return []
-    old, new = load_json(p), json.loads(json.dumps(r.params, default=str))
-    return sorted(k for k in set(old) | set(new) if k != 'device' and old.get(k) != new.get(k))
+    return param_diff(load_json(p), r.params) if p.exists() else []
 
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)

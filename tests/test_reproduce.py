@@ -196,3 +196,12 @@ def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path, capsys):
     assert cli(['campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local', '--dry-run',
                 '--out', str(tmp_path)]) == 0
     assert not (tmp_path/'quick').exists()   # a dry run creates nothing
+
+
+def test_run_directories_do_not_depend_on_tables_or_their_order(tmp_path):
+    "A run's directory is named by what it ran: planning tables in another order, or one table alone, moves no run."
+    one = {r.spec.key(): r.out_dir for r in plan(['dahar_t3'], 'quick', root=tmp_path)}
+    both = {r.spec.key(): r.out_dir for r in plan(['dahar_t1', 'dahar_t3'], 'quick', root=tmp_path)}
+    back = {r.spec.key(): r.out_dir for r in plan(['dahar_t3', 'dahar_t1'], 'quick', root=tmp_path)}
+    assert both == back and all(both[k] == d for k, d in one.items())
+    assert all(d.relative_to(tmp_path).parts[:2] == ('quick', 'dahar') and d.name == 'seed0' for d in both.values())
