@@ -366,7 +366,7 @@ def cli(argv=None):  # the command line (None: sys.argv)
     a = reproduce_parser().parse_args(argv)
     try:
         devices = a.device.split(',') if a.device else None
-        root = Path(a.out or outputs_root()) / ('smoke' if a.smoke else '')   # never beside real paper runs
+        root = Path(a.out or outputs_root()).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
         runs = plan(a.tables or default_tables(a.profile, a.studies), a.profile, a.seeds, _parse_roots(a.data_root), root,
                     device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
         if a.dry_run and a.launcher == 'local': return _print_plan(a, runs)

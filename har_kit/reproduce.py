@@ -225,7 +225,7 @@ def plan(tables=None,      # table keys; None: the profile's default tables
         ) -> list:
     "Expand the tables (keys; None = the profile's defaults) into PlannedRuns, dependencies first."
     keys = _table_keys(tables, profile, smoke)
-    p = _Plan(profile, Path(root or outputs_root()), data_roots or {}, device, smoke)
+    p = _Plan(profile, Path(root or outputs_root()).absolute(), data_roots or {}, device, smoke)   # kernels start in their run dirs
     for k in keys:
         for row in TABLES[k].rows:
             for s in row_runs(row):
@@ -353,8 +353,9 @@ def render_tables(profile: str,     # the profile to render
                   progress=False    # papermill's progress bar
                  ) -> Path:
     "Run the results notebook for a profile (always re-rendered); return its run directory."
-    root = Path(root or outputs_root())
+    root = Path(root or outputs_root()).absolute()   # the kernel starts in its run directory
     run = root/profile/'tables'/'run'
     if run.is_dir() and not run_status(run)['state'] == 'running':   # rendering stats only: replaced, never kept aside
         shutil.rmtree(run)
-    return run_notebook('results', dict(profile=profile, runs_root=str(root), tables=tables), run, progress=progress)
+    return run_notebook('results', dict(profile=profile, runs_root=str(root), tables=tables, figures=True), run,
+                        progress=progress)
