@@ -79,8 +79,8 @@ def paired_interval(a: dict,              # cell summary (`collect`) of a row
     if not d: return None
     m = statistics.fmean(d)
     if len(d) < 2: return dict(mean=m, n=1, lo=None, hi=None, exceeds=None)
-    from scipy.stats import t
-    h = float(t.ppf(0.5 + level / 2, len(d) - 1)) * statistics.stdev(d) / math.sqrt(len(d))
+    from scipy.special import stdtrit   # Student's t quantile (scipy.stats.t.ppf without importing scipy.stats)
+    h = float(stdtrit(len(d) - 1, 0.5 + level / 2)) * statistics.stdev(d) / math.sqrt(len(d))
     return dict(mean=m, n=len(d), lo=m - h, hi=m + h, exceeds=bool(m - h > 0 or m + h < 0))
 
 def _fmt_interval(iv):
