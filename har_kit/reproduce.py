@@ -92,6 +92,9 @@ SMOKE = {  # notebook -> overrides of the paper profile in smoke mode (keys from
 }
 
 # %% ../nbs/07_reproduce.ipynb #c011
+def _short(out_dir):  # <notebook>/<slug>-<hash>/<seed dir>, or <notebook>/<slug>-<hash> for a run without seeds (masks)
+    return str(Path(*Path(out_dir).parts[-3 if Path(out_dir).name.startswith('seed') else -2:]))
+
 @dataclass
 class PlannedRun:
     "One notebook execution: what, with which parameters, where, and after which other runs."
@@ -105,7 +108,7 @@ class PlannedRun:
     threads: int = 1                           # the kernel's intra-op thread count (the profile's `_threads`)
 
     @property
-    def name(self): return str(Path(*self.out_dir.parts[-3:]))
+    def name(self): return _short(self.out_dir)
 
     def record(self) -> dict:
         "The run as plain data (what `--dry-run --json` prints)."
@@ -260,7 +263,7 @@ def describe(runs   # PlannedRuns (`plan`)
     for r in runs:
         lines.append(f'{r.name}  [{r.spec.notebook}]  rows: {", ".join(f"{t}/{k}" for t, k in r.rows) or "(dependency)"}')
         lines.append('    ' + ' '.join(f'{k}={json.dumps(v)}' for k, v in sorted(r.params.items())))
-        if r.deps: lines.append('    after: ' + ', '.join(str(Path(*d.parts[-3:])) for d in r.deps))
+        if r.deps: lines.append('    after: ' + ', '.join(_short(d) for d in r.deps))
     return '\n'.join(lines)
 
 # %% ../nbs/07_reproduce.ipynb #c031
