@@ -14,10 +14,10 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'run': ('har_kit.runs', 'execute one section notebook with papermill into a run directory'),
     'synth': ('har_kit.synth', 'generate the synthetic distraction benchmark in the real datasets\' formats'),
     'masks': ('har_kit.masks', 'compute and cache pseudo ground-truth person masks for a dataset'),
-    'reproduce': ('har_kit.reproduce', "regenerate the papers' tables (profiles quick, sample, paper)"),
+    'reproduce': ('har_kit.launch', "regenerate the papers' tables (profiles quick, sample, paper)"),
     'bench': ('har_kit.bench', 'complexity benchmark: parameters and latency against a plain torchvision backbone'),
     'data': ('har_kit.check', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT)'),
-    'status': ('har_kit.reproduce', "where each run of a profile stands: done, failed (with the cell's error), missing"),
+    'status': ('har_kit.launch', "where each run of a profile stands: done, failed (with the cell's error), missing"),
     'predict': ('har_kit.predict', 'attribute names, probabilities and decisions for images, from a trained model'),
     'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),
 }
@@ -31,7 +31,8 @@ def usage():
     lines += ['', "run 'har-kit SUBCOMMAND --help' for a subcommand's options"]
     return '\n'.join(lines)
 
-def main(argv=None):
+def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
+        ):
     "Entry point of the `har-kit` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help'):

@@ -7,13 +7,14 @@ import cloudpickle
 import pytest
 
 from har_kit.core import atomic_write, load_json
-from har_kit.reproduce import job_file, make_executor, plan, submit
+from har_kit.launch import job_file, make_executor, submit
+from har_kit.reproduce import plan
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the jobs' processes cannot import this test file
 
 
 def _log(r, text):
-    with open(r.out_dir.parent.parent/'log.txt', 'a') as f: f.write(f'{r.name} {text} {time.time():.3f}\n')
+    with open(r.out_dir.parents[2]/'log.txt', 'a') as f: f.write(f'{r.name} {text} {time.time():.3f}\n')   # <root>/<profile>/
 
 
 def _quick(r, dev):  # a cheap run: logs its start and end, then `done`
@@ -35,7 +36,7 @@ def _steps(r, dev, n=10):  # a run that checkpoints after every step and resumes
 
 
 def _lines(root):
-    return [l.split()[:-1] for l in (Path(root)/'quick'/'campar_t1'/'log.txt').read_text().splitlines()]
+    return [l.split()[:-1] for l in (Path(root)/'quick'/'log.txt').read_text().splitlines()]
 
 
 def _two(root):  # a CAM-PAR run and the CFAR run that needs it

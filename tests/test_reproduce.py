@@ -1,36 +1,40 @@
-"""The reproduce runner: the paper protocol dry-runs (as text and JSON), smoke mode changes only size keys, data roots
-are checked before any kernel starts, failures are isolated, an interrupted reproduce resumes, status is recorded."""
-import json, subprocess, sys
+"""The reproduce runner: the paper protocol as planned (`plan` objects and `--dry-run --json` records), smoke mode
+changes only size keys, data roots are checked before any kernel starts, failures are isolated, an interrupted
+reproduce resumes, status is recorded."""
+import json
 from pathlib import Path
 
 from har_kit.core import save_json
-from har_kit.reproduce import (PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan, save_status,
-                               status_path)
+from har_kit.launch import cli, save_status, status_cli, status_path
+from har_kit.reproduce import PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan
 from har_kit.runs import RunFailed
 
-EXE = str(Path(sys.executable).parent/'har-kit')
 ROOTS = ['--data-root', 'wider=/data/WIDER', '--data-root', 'rap=/data/RAP', '--data-root', 'pa100k=/data/PA100K']
 
 
-def _json_plan(*args):
-    r = subprocess.run([EXE, 'reproduce', '--profile', 'paper', '--dry-run', '--json', *ROOTS, *args],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines()]
+def _json_plan(capsys, *args):
+    "`har-kit reproduce --profile paper --dry-run --json` (in this process): one record per planned run."
+    capsys.readouterr()
+    assert cli(['--profile', 'paper', '--dry-run', '--json', *ROOTS, *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_paper_dry_run_lists_full_protocol():
-    r = subprocess.run([EXE, 'reproduce', '--profile', 'paper', '--dry-run', '--data-root', 'wider=/data/WIDER'],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert 'arch="resnet101"' in r.stdout and 'arch="resnet50"' in r.stdout and 'weights="IMAGENET1K_V1"' in r.stdout
-    assert ' weights="DEFAULT"' not in r.stdout
-    assert 'data_root="/data/WIDER"' in r.stdout and 'needs --data-root for: pa100k, rap' in r.stdout
-    assert r.stdout.count('[cfar]') == 2 * (1 + 5)   # PA100K + RAP's 5 partitions, each in both selection modes
+def test_paper_plan_lists_full_protocol(capsys):
+    runs = plan(profile='paper', data_roots={'wider': '/data/WIDER'})
+    nb = lambda name: [r for r in runs if r.spec.notebook == name]
+    assert {r.params['arch'] for r in nb('dahar')} == {'resnet101'} and {r.params['arch'] for r in nb('campar')} == {'resnet50'}
+    assert all(r.params['weights'] == 'IMAGENET1K_V1' for r in runs if 'weights' in r.params)
+    assert {r.params['data_root'] for r in runs if r.params.get('dataset') == 'wider'} == {'/data/WIDER'}
+    assert missing_roots(runs) == ['pa100k', 'rap']
+    assert len(nb('cfar')) == 2 * (1 + 5)   # PA100K + RAP's 5 partitions, each in both selection modes
+    # the text dry run names every planned run and the missing roots
+    assert cli(['--profile', 'paper', '--dry-run', '--data-root', 'wider=/data/WIDER']) == 0
+    out = capsys.readouterr().out
+    assert all(r.name in out for r in runs) and '# needs --data-root for: pa100k, rap' in out
 
 
-def test_paper_json_plan_follows_the_papers():
-    runs = _json_plan()
+def test_paper_json_plan_follows_the_papers(capsys):
+    runs = _json_plan(capsys)
     assert all({'notebook', 'params', 'out_dir', 'deps'} <= set(r) for r in runs)
     by_dir = {r['out_dir']: r for r in runs}
     assert all(d in by_dir for r in runs for d in r['deps'])
@@ -60,9 +64,9 @@ def test_paper_json_plan_follows_the_papers():
     assert all(masks[r['params']['dataset']]['out_dir'] in r['deps'] for r in runs if r['notebook'] == 'dahar')
 
 
-def test_smoke_changes_only_size_and_length():
+def test_smoke_changes_only_size_and_length(capsys):
     assert all(set(v) <= SMOKE_KEYS for k, v in SMOKE.items() if not k.startswith('_'))
-    paper, smoke = _json_plan('--out', '/tmp/o'), _json_plan('--smoke', '--out', '/tmp/o')
+    paper, smoke = _json_plan(capsys, '--out', '/tmp/o'), _json_plan(capsys, '--smoke', '--out', '/tmp/o')
     assert all(s['out_dir'].startswith('/tmp/o/smoke/paper/') for s in smoke)   # never beside real paper runs
     rel = lambda x, root: str(Path(x).relative_to(root))
     assert [r['name'] for r in smoke] == [r['name'] for r in paper]
@@ -77,20 +81,20 @@ def test_smoke_changes_only_size_and_length():
         assert s['params'].get('device', 'cpu') == 'cpu'
 
 
-def test_paper_without_roots_is_refused_with_names(tmp_path):
-    r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'paper', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 2 and 'rap=PATH' in r.stderr
+def test_paper_without_roots_is_refused_with_names(tmp_path, capsys):
+    assert cli(['campar_t2', '--profile', 'paper', '--out', str(tmp_path)]) == 2
+    assert 'rap=PATH' in capsys.readouterr().err and not (tmp_path/'paper').exists()
 
 
-def test_bad_data_root_is_named_before_any_kernel(tmp_path):
+def test_bad_data_root_is_named_before_any_kernel(tmp_path, capsys):
     from har_kit.formats import write_fixture
     write_fixture('rap', tmp_path/'rap', n_images=8)
     (tmp_path/'pa100k').mkdir(); (tmp_path/'pa100k'/'readme.txt').write_text('not a dataset')
-    r = subprocess.run([EXE, 'reproduce', 'campar_t1', '--profile', 'paper', '--smoke', '--out', str(tmp_path/'out'),
-                        '--data-root', f'rap={tmp_path/"rap"}', '--data-root', f'pa100k={tmp_path/"pa100k"}'],
-                       capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    assert 'pa100k=' in r.stderr and 'readme.txt' in r.stderr and 'rap=' not in r.stderr.split('nothing was started')[1]
+    rc = cli(['campar_t1', '--profile', 'paper', '--smoke', '--out', str(tmp_path/'out'),
+              '--data-root', f'rap={tmp_path/"rap"}', '--data-root', f'pa100k={tmp_path/"pa100k"}'])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert 'pa100k=' in err and 'readme.txt' in err and 'rap=' not in err.split('nothing was started')[1]
     assert not (tmp_path/'out').exists()   # no run directory, no status: nothing started
 
 
@@ -119,7 +123,7 @@ def test_default_jobs_from_cores_and_threads(monkeypatch):
     assert default_jobs(plan(['campar_t2'], 'paper', data_roots={'rap': '/r'})) == 1   # one GPU: one run at a time
 
 
-def test_status_names_failures_and_blocked_runs(tmp_path):
+def test_status_names_failures_and_blocked_runs(tmp_path, capsys):
     runs = plan(['campar_t2'], 'quick', root=tmp_path)
     def run_fn(r, dev):
         r.out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,9 +134,13 @@ def test_status_names_failures_and_blocked_runs(tmp_path):
     execute(runs, run_fn=run_fn, progress=False, jobs=1)
     save_status(runs, tmp_path, 'quick')
     assert json.loads(status_path(tmp_path, 'quick').read_text())['counts']['done'] == 3
-    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 1, r.stderr
-    assert '3 done, 1 failed, 1 missing' in r.stdout and 'out of memory' in r.stdout and 'which failed' in r.stdout
+    capsys.readouterr()
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json']) == 1   # refreshed from the run directories
+    st = json.loads(capsys.readouterr().out)
+    assert {k: n for k, n in st['counts'].items() if n} == {'done': 3, 'failed': 1, 'missing': 1}
+    failed = next(r for r in st['runs'] if r['state'] == 'failed')
+    blocked = next(r for r in st['runs'] if r['state'] == 'missing')
+    assert 'out of memory' in failed['error'] and blocked['error'] == f"not started: needs {failed['out_dir']}, which failed"
 
 
 def test_sample_profile_only_plans_pa100k_rows():
@@ -154,14 +162,15 @@ def test_every_subcommand_resolves_to_its_function():  # read from the sources: 
         assert CLI_FUNCTIONS.get(name, 'cli') in defs, f'{name}: {module} has no {CLI_FUNCTIONS.get(name, "cli")}(argv)'
 
 
-def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path):
+def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path, capsys):
     from har_kit.core import KitError
     runs = plan(['campar_t2'], 'quick', root=tmp_path)[:1]
     def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 04_campar.ipynb")
     st = save_status(runs, tmp_path, 'quick', execute(runs, run_fn=refused, progress=False)['failed'])
     assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
-    r = subprocess.run([EXE, 'status', '--profile', 'quick', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert 'fusion_width' in r.stdout   # kept when the status is refreshed
+    capsys.readouterr()
+    status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json'])
+    assert 'fusion_width' in json.loads(capsys.readouterr().out)['runs'][0]['error']   # kept when the status is refreshed
 
 
 def test_devices_are_spread_over_concurrent_runs(tmp_path):
@@ -177,11 +186,22 @@ def test_devices_are_spread_over_concurrent_runs(tmp_path):
     assert sorted(seen) == ['cuda:0', 'cuda:0', 'cuda:1', 'cuda:1'] and peak[0] == 2   # one run per device at a time
 
 
-def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path):
-    r = subprocess.run([EXE, 'reproduce', 'campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local',
-                        '--dry-run', '--out', str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert len(lines) == 6 and all(l.startswith('submit') for l in lines)   # 5 runs + the tables job
-    assert 'after <campar_t2/campar_fusion' in lines[4] or 'after <campar_t1' in lines[4]
-    assert not (tmp_path/'quick').exists()
+def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path, capsys):
+    from har_kit.launch import submit
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    acts = submit(runs, None, 'quick', tmp_path, dry_run=True)
+    assert [a['action'] for a in acts] == ['submit'] * 6 and acts[-1]['name'] == 'quick/tables'   # 5 runs + the tables job
+    cfar = next(i for i, r in enumerate(runs) if r.spec.notebook == 'cfar')
+    assert acts[cfar]['after'] == [f'<{r.name}>' for r in runs if r.out_dir in runs[cfar].deps]
+    assert cli(['campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local', '--dry-run',
+                '--out', str(tmp_path)]) == 0
+    assert not (tmp_path/'quick').exists()   # a dry run creates nothing
+
+
+def test_run_directories_do_not_depend_on_tables_or_their_order(tmp_path):
+    "A run's directory is named by what it ran: planning tables in another order, or one table alone, moves no run."
+    one = {r.spec.key(): r.out_dir for r in plan(['dahar_t3'], 'quick', root=tmp_path)}
+    both = {r.spec.key(): r.out_dir for r in plan(['dahar_t1', 'dahar_t3'], 'quick', root=tmp_path)}
+    back = {r.spec.key(): r.out_dir for r in plan(['dahar_t3', 'dahar_t1'], 'quick', root=tmp_path)}
+    assert both == back and all(both[k] == d for k, d in one.items())
+    assert all(d.relative_to(tmp_path).parts[:2] == ('quick', 'dahar') and d.name == 'seed0' for d in both.values())

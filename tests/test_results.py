@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from har_kit.core import save_json
-from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, paired_interval, render, row_runs,
-                              run_layout, run_path)
+from har_kit.render import paired_interval, render
+from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, WIDER_COLUMNS, row_runs, run_path,
+                              spec_dir)
 
 PAPERS = Path(__file__).resolve().parents[1].parent/'shared'/'papers'
 needs_papers = pytest.mark.skipif(not PAPERS.exists(), reason=f'paper texts not found at {PAPERS} (they live beside the clone)')
@@ -22,34 +23,53 @@ def _line(paper, start):
 def _num(s): return None if s in ('-', '') else float(s)
 
 
+def _block(paper, header, end):
+    "The lines of a paper's table between its header line (starting with `header`) and its caption (`end`)."
+    lines = (PAPERS/paper).read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith(header))
+    stop = next(i for i in range(start, len(lines)) if lines[i].startswith(end))
+    return [re.sub(r'<[^>]+>', '', l) for l in lines[start + 1:stop] if l.strip()]
+
+
 @needs_papers
-@pytest.mark.parametrize('row_key,start', [('dahar', 'Da-HAR (Ours)\t<b>97'), ('diaa', 'DIAA'), ('vespa', 'VeSPA <i>BMVC'), ('rcnn', 'R-CNN')])
-def test_dahar_t1_matches_paper(row_key, start):
-    row = next(r for r in DAHAR_T1.rows if r.key == row_key)
-    assert [row.reported[c] for c in DAHAR_T1.columns] == [_num(c) for c in _line('da-har_aaai2020.md', start)[1:16]]
+def test_ablation_numbers_follow_the_text():
+    "Da-HAR Table 3 (crops / full per row) and CAM-PAR Table 2 (mA, F1 per row), parsed from the paper texts."
+    t3 = [tuple(float(x) for x in l.split('\t')[-1].split('/')) for l in _block('da-har_aaai2020.md', 'Multi-Level Feature', 'Table 3:')]
+    assert [(r.reported['crops'], r.reported['full']) for r in DAHAR_T3.rows] == t3 and len(t3) == 7
+    t2 = [[float(c) for c in l.split('\t')[3:5]] for l in _block('cam-par_unist2023.md', 'CAM-PAR\tFusion\tCFAR', 'Table 2:')]
+    assert [[r.reported['mA'], r.reported['F1']] for r in CAMPAR_T2.rows] == t2 and len(t2) == 5
+
+
+@needs_papers
+def test_dahar_t1_matches_paper():
+    "Every row of Da-HAR Table 1: the 14 attribute APs and the mAP, in order (VeSPA reports the mAP only)."
+    rows = [l.split('\t') for l in _block('da-har_aaai2020.md', 'Method\tMale', 'Table 1:') if not l.startswith('Imbalance')]
+    assert [[r.reported[c] for c in DAHAR_T1.columns] for r in DAHAR_T1.rows] == [[_num(x.strip()) for x in c[1:16]] for c in rows]
+    assert list(WIDER_COLUMNS) == [c.strip() for c in _line('da-har_aaai2020.md', 'Method\tMale')[1:15]]
 
 
 @needs_papers
 def test_dahar_t2_and_campar_t1_match_paper():
-    cells = _line('da-har_aaai2020.md', 'WPAL')
-    row = next(r for r in DAHAR_T2.rows if r.key == 'wpal')
-    assert [row.reported[c] for c in DAHAR_T2.columns] == [cells[1]] + [_num(c) for c in cells[2:7]]
-    cells = _line('cam-par_unist2023.md', 'DAFL [5]')
-    row = next(r for r in CAMPAR_T1.rows if r.key == 'dafl')
-    assert [row.reported[c] for c in CAMPAR_T1.columns] == [cells[1]] + [_num(c) for c in cells[2:8]]
+    "Every row of Da-HAR Table 2 (loss, mA, Acc, Prec, Rec, F1) and CAM-PAR Table 1 (backbone, six numbers), in order."
+    t2 = [l.split('\t') for l in _block('da-har_aaai2020.md', 'Method\tloss', 'Table 2:') if not l.startswith('\t\t')]
+    assert [[r.reported[c] for c in DAHAR_T2.columns] for r in DAHAR_T2.rows] == \
+           [[c[1].strip()] + [_num(x.strip()) for x in c[2:7]] for c in t2]
+    t1 = [l.split('\t') for l in _block('cam-par_unist2023.md', 'Method\tDackbone', 'Table 1:')]
+    assert [[r.reported[c] for c in CAMPAR_T1.columns] for r in CAMPAR_T1.rows] == \
+           [[c[1].strip()] + [_num(x.strip()) for x in c[2:8]] for c in t1]
 
 
-def test_ablation_numbers_follow_the_text():
-    assert [r.reported['full'] for r in DAHAR_T3.rows] == [86.2, 86.5, 86.6, 86.8, 87.1, 87.3, 88.0]
-    assert [r.reported['mA'] for r in CAMPAR_T2.rows] == [78.48, 79.31, 79.54, 81.18, 82.08]
-
-
-def test_shared_runs_and_unique_layout():
-    lay = run_layout()
-    assert len(set(lay.values())) == len(lay)
+def test_runs_are_named_by_what_they_ran():
+    "One directory per distinct run, shared by rows that run the same thing; no table or row name in it."
+    specs = {s.key(): s for t in TABLES.values() for r in t.rows for s in row_runs(r)}
+    dirs = {k: spec_dir('o', 'quick', s) for k, s in specs.items()}
+    assert len(set(dirs.values())) == len(dirs)
+    assert all(d.parent.name == specs[k].notebook and d.name.startswith(f'{specs[k].variant}-') for k, d in dirs.items())
+    assert not any(t in str(d) for d in dirs.values() for t in TABLES)
     t1 = next(r for r in DAHAR_T1.rows if r.key == 'dahar').run
     t3 = next(r for r in DAHAR_T3.rows if r.key == 'dahar_ignore0').run
-    assert t1.key() == t3.key()
+    assert t1.key() == t3.key() and spec_dir('o', 'quick', t1) == spec_dir('o', 'quick', t3)
+    assert run_path('o', 'quick', t1, 2).relative_to('o') == Path('quick', 'dahar', spec_dir('o', 'quick', t1).name, 'seed2')
 
 
 def _numbers(cells): return {k: v for k, v in cells.items() if len(k) == 2}
@@ -115,9 +135,9 @@ def test_rap_partitions_and_both_selection_modes(tmp_path):
     spec = CAMPAR_T2.rows[0].run
     for part in range(5):
         _run(tmp_path, 'paper', spec, part, dict(QUICK, partition=part, selection='held-out'), {'mA': 0.70 + part / 100, 'f1': 0.6})
-    d = run_path(tmp_path, 'paper', spec, 0).parent
+    d = spec_dir(tmp_path, 'paper', spec)
     for part in range(5):   # the [15]-selected replicate of each run, in its own directory
-        e = d/f'seed{part}-sel15'   # named like reproduce.run_dir_name: seed<S>[-part<P>][-sel<mode>]
+        e = d/f'seed{part}-sel15'   # named like results.run_dir_name: seed<S>[-part<P>][-sel<mode>]
         save_json({**spec.kwargs, **QUICK, 'partition': part, 'selection': '[15]', 'seed': part}, e/'params.json')
         save_json({'baseline': {'mA': 0.72 + part / 100, 'f1': 0.6}}, e/'metrics.json'); (e/'done').write_text('')
     out = render(CAMPAR_T2, tmp_path, 'paper')

@@ -220,7 +220,7 @@ NOTEBOOK_RUNS = {  # section -> parameters of one paper-size run on synthetic da
 
 def notebook_plan(device):
     "The notebook runs, with parameters the notebook does not have dropped (and named): {section: (params, dropped)}."
-    from har_kit.results import notebook_defaults
+    from har_kit.cards import notebook_defaults
     plan = {}
     for nb, params in NOTEBOOK_RUNS.items():
         known = notebook_defaults(nb)
