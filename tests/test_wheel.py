@@ -147,7 +147,7 @@ def test_installed_wheel_reproduces_a_table_from_its_shipped_notebooks(installed
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     status = json.loads((work/'outputs'/'smoke'/'paper'/'status.json').read_text())
     assert status['counts']['done'] == len(status['runs']) >= 2 and {x['notebook'] for x in status['runs']} >= {'masks', 'dahar'}
-    env_json = json.loads(next((work/'outputs'/'smoke'/'paper').glob('dahar_t1/*/seed0/env.json')).read_text())
+    env_json = json.loads(next((work/'outputs'/'smoke'/'paper').glob('dahar/*/seed0/env.json')).read_text())
     assert env_json['packages']['har_kit'] and 'git_commit' not in env_json   # the wheel, not a clone
     md = (work/'outputs'/'smoke'/'paper'/'tables'/'dahar_t1.md').read_text()
     assert '**Protocol card**' in md and '| Da-HAR (Ours) | ours (n=1) |' in md   # the row filled by the run
