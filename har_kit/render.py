@@ -279,20 +279,33 @@ def plot_distraction(table: Table,   # the distraction study
 
 def plot_curves(root=None,        # outputs root (None: `outputs_root()`)
                 profile='quick',  # the profile whose runs to plot
-                ax=None,          # matplotlib axes (None: a new figure)
-                metric=None       # the history key to plot (None: `train_loss`)
+                axes=None         # two matplotlib axes (None: a new figure)
                ):
-    "Training curves (loss per epoch) of every finished run under a profile that wrote history.json files."
+    """Every finished run's training curves under a profile (its history.json files), coloured by notebook: the training
+    loss relative to its first epoch, and the held-out metric per epoch (`val_mAP` or `val_mA`) where the run has one.
+    Returns the two axes."""
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(7, 3))[1]
+    axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.2))[1]
     base = Path(root or outputs_root())/profile
+    colours = {}
     for h in sorted(base.glob('*/*/seed*/**/history.json')):
-        if not SEED_DIR.fullmatch(h.relative_to(base).parts[2]): continue   # a run moved aside by --force
+        rel = h.relative_to(base)
+        if not SEED_DIR.fullmatch(rel.parts[2]): continue   # a run moved aside by --force
         hist = load_json(h)
-        hist = hist.get('epochs', hist) if isinstance(hist, dict) else hist
-        ys = [e.get(metric or 'train_loss', e.get('loss')) for e in hist if isinstance(e, dict)]
-        if ys and all(isinstance(y, (int, float)) for y in ys):
-            ax.plot(range(1, len(ys) + 1), ys, alpha=0.7, label=str(h.relative_to(base).parent))
-    ax.set_xlabel('epoch'); ax.set_ylabel(metric or 'train loss'); ax.set_title(f'training curves ({profile})')
-    if len(ax.lines) <= 12 and ax.lines: ax.legend(fontsize=6)
-    return ax
+        hist = [e for e in (hist.get('epochs', hist) if isinstance(hist, dict) else hist) if isinstance(e, dict)]
+        nb = rel.parts[0]
+        c = colours.setdefault(nb, f'C{len(colours)}')
+        first = len([l for l in axes[0].lines if l.get_label() == nb]) == 0
+        loss = [e.get('train_loss', e.get('loss')) for e in hist]
+        if loss and all(isinstance(y, (int, float)) for y in loss) and loss[0]:
+            axes[0].plot(range(1, len(loss) + 1), [y / loss[0] for y in loss], color=c, alpha=0.6, label=nb if first else '_')
+        key = next((k for k in ('val_mAP', 'val_mA') if hist and k in hist[0]), None)
+        if key: axes[1].plot(range(1, len(hist) + 1), [100 * e[key] for e in hist], color=c, alpha=0.6, marker='.',
+                             label=nb if not any(l.get_label() == nb for l in axes[1].lines) else '_')
+    axes[0].set_ylabel('training loss / epoch 1'); axes[0].set_title(f'training loss ({profile}, every run)')
+    axes[1].set_ylabel('held-out metric (%): mAP or mA'); axes[1].set_title('validation metric per epoch')
+    for a in axes:
+        a.set_xlabel('epoch')
+        if a.lines: a.legend(fontsize=7)
+    axes[0].figure.tight_layout()
+    return axes
