@@ -305,7 +305,7 @@ def plot_curves(root=None,        # outputs root (None: `outputs_root()`)
     axes[0].set_ylabel('training loss / epoch 1'); axes[0].set_title(f'training loss ({profile}, every run)')
     axes[1].set_ylabel('held-out metric (%): mAP or mA'); axes[1].set_title('validation metric per epoch')
     for a in axes:
-        a.set_xlabel('epoch')
+        a.set_xlabel('epoch'); a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         if a.lines: a.legend(fontsize=7)
     axes[0].figure.tight_layout()
     return axes
