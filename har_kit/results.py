@@ -10,9 +10,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['WIDER_COLUMNS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_T1', 'CAMPAR_T2', 'PAPER_TABLES', 'TABLES',
-           'DISTRACTION_BINS', 'DISTRACTION', 'MATRIX', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec',
-           'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug',
-           'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
+           'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR',
+           'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source',
+           'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
 
 # %% ../nbs/06_results.ipynb #c006
 @dataclass(frozen=True)
@@ -289,6 +289,24 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
+# %% ../nbs/06_results.ipynb #c034b
+def _mass_by_level(m): return {f'{b} distractors': f'target_mass_by_distractors.{b}.{m}' for b in DISTRACTION_BINS}
+
+_DAHAR_NOSUP = spec('dahar', 'dahar', dataset='wider', mask_weight=0.0)   # the mask branch without its supervision
+
+WHERE_THEY_LOOK = Table('where_they_look', 'Share of each map\'s mass on the target (%) by distractors overlapping the target (WIDER-like test set)',
+                        'har-kit study (the mechanism behind Da-HAR\'s claim; Fig. 5 of Da-HAR, Sec. 4.1 of CAM-PAR)',
+                        [f'{b} distractors' for b in DISTRACTION_BINS], [
+    Row('chance', 'chance (the target\'s share of the image area)', {}, spec('dahar', 'baseline', dataset='wider'), _mass_by_level('chance')),
+    Row('baseline_attention', 'Da-HAR baseline: SRN attention', {}, spec('dahar', 'baseline', dataset='wider'), _mass_by_level('attention')),
+    Row('dahar_attention', 'Da-HAR: SRN attention', {}, spec('dahar', 'dahar', dataset='wider'), _mass_by_level('attention')),
+    Row('dahar_mask', 'Da-HAR: mask branch (supervised by exact masks)', {}, spec('dahar', 'dahar', dataset='wider'), _mass_by_level('mask')),
+    Row('dahar_mask_nosup', 'Da-HAR: mask branch without mask supervision', {}, _DAHAR_NOSUP, _mass_by_level('mask')),
+    Row('campar_cam', 'CAM-PAR + fusion: CAMs (summed)', {}, _campar('campar_fusion', 'wider'), _mass_by_level('attention')),
+], conventions='share of the map\'s (non-negative) mass inside the target\'s exact mask, mean over test targets; 3 seeds', seeds=3,
+   profiles=('quick',), protocol={**dahar_protocol(), **campar_protocol()},
+   compare={'dahar_mask': 'dahar_mask_nosup', 'dahar_attention': 'baseline_attention', 'campar_cam': 'chance'})
+
 # %% ../nbs/06_results.ipynb #c036
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
@@ -319,7 +337,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 ], conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; 3 seeds', seeds=3,
    profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
-STUDY_TABLES = {t.key: t for t in (DISTRACTION, MATRIX, REAL_PA100K)}
+STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
 # %% ../nbs/06_results.ipynb #c040
