@@ -287,7 +287,7 @@ def plot_curves(root=None,        # outputs root (None: `outputs_root()`)
     import matplotlib.pyplot as plt
     axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.2))[1]
     base = Path(root or outputs_root())/profile
-    colours = {}
+    colours, labelled = {}, (set(), set())   # one legend entry per notebook and panel
     for h in sorted(base.glob('*/*/seed*/**/history.json')):
         rel = h.relative_to(base)
         if not SEED_DIR.fullmatch(rel.parts[2]): continue   # a run moved aside by --force
@@ -295,13 +295,13 @@ def plot_curves(root=None,        # outputs root (None: `outputs_root()`)
         hist = [e for e in (hist.get('epochs', hist) if isinstance(hist, dict) else hist) if isinstance(e, dict)]
         nb = rel.parts[0]
         c = colours.setdefault(nb, f'C{len(colours)}')
-        first = len([l for l in axes[0].lines if l.get_label() == nb]) == 0
+        label = lambda i: '_' if nb in labelled[i] else (labelled[i].add(nb) or nb)
         loss = [e.get('train_loss', e.get('loss')) for e in hist]
         if loss and all(isinstance(y, (int, float)) for y in loss) and loss[0]:
-            axes[0].plot(range(1, len(loss) + 1), [y / loss[0] for y in loss], color=c, alpha=0.6, label=nb if first else '_')
+            axes[0].plot(range(1, len(loss) + 1), [y / loss[0] for y in loss], color=c, alpha=0.6, label=label(0))
         key = next((k for k in ('val_mAP', 'val_mA') if hist and k in hist[0]), None)
         if key: axes[1].plot(range(1, len(hist) + 1), [100 * e[key] for e in hist], color=c, alpha=0.6, marker='.',
-                             label=nb if not any(l.get_label() == nb for l in axes[1].lines) else '_')
+                             label=label(1))
     axes[0].set_ylabel('training loss / epoch 1'); axes[0].set_title(f'training loss ({profile}, every run)')
     axes[1].set_ylabel('held-out metric (%): mAP or mA'); axes[1].set_title('validation metric per epoch')
     for a in axes:
