@@ -12,8 +12,8 @@ from .core import (KitError, atomic_write, data_root, env_info, kit_threads, loa
 from .run_params import *   # finding a notebook, its parameters and their checks (00b_run_params)
 
 # %% auto #0
-__all__ = ['DEMO_TAG', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'timing_summary', 'batch_copy', 'run_notebook',
-           'run_status', 'cli']
+__all__ = ['DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'timing_summary', 'batch_copy',
+           'absolute_paths', 'run_notebook', 'run_status', 'cli']
 
 # %% ../nbs/00b_runs.ipynb #c005
 @contextlib.contextmanager
@@ -226,7 +226,16 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
             stop('interrupted (Ctrl-C)', _cell_of(out/'notebook.running.ipynb')); raise
         _finish_notebook(out, started, log)
 
-# %% ../nbs/00b_runs.ipynb #c022
+# %% ../nbs/00b_runs.ipynb #c023
+PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
+
+def absolute_paths(params: dict  # checked parameters
+                  ) -> dict:
+    "`params` with every relative path in a `PATH_SUFFIXES` parameter made absolute against the current directory."
+    place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
+    return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
+
+# %% ../nbs/00b_runs.ipynb #c025
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -239,7 +248,7 @@ def run_notebook(notebook,                  # path, file name or section name
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
-    params = check_parameters(nb, params)                       # before anything is created or run
+    params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
@@ -267,7 +276,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/00b_runs.ipynb #c029
+# %% ../nbs/00b_runs.ipynb #c032
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -283,7 +292,7 @@ def run_status(out_dir,  # a run directory
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
     return dict(state='missing', error=None)
 
-# %% ../nbs/00b_runs.ipynb #c033
+# %% ../nbs/00b_runs.ipynb #c036
 def cli(argv=None):  # arguments after `har-kit run`
     "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch]`: execute one section notebook as a run."
     ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)

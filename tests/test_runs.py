@@ -113,3 +113,14 @@ def test_demo_cells_define_nothing_the_run_needs():
             assert not missing, f'{nb.name}: cell {c.get("id")} reads {sorted(missing)}, defined only in demo cells'
         tagged += sum(demo)
     assert tagged >= 40, tagged   # the four experiment notebooks tag their demonstrations
+
+
+def test_relative_path_parameter_is_read_from_the_callers_directory(tmp_path, monkeypatch):
+    "The kernel starts in the run directory; a relative `data_root` must still name the caller's folder."
+    (tmp_path/'mydata').mkdir()
+    nb = _nb(tmp_path/'paths.ipynb', [('data_root = None\nout_dir = None', ['parameters']),
+        ('import os\nfrom har_kit.core import save_metrics\nsave_metrics({"found": float(os.path.isdir(data_root))}, out_dir)', None)])
+    monkeypatch.chdir(tmp_path)
+    out = run_notebook(nb, {'data_root': 'mydata'}, tmp_path/'run', progress=False)
+    assert load_json(out/'metrics.json') == {'found': 1.0}
+    assert load_json(out/'params.json')['data_root'] == str(tmp_path/'mydata')
