@@ -146,10 +146,11 @@ def campar_loaders(train,                 # training samples (the first value of
                    scale: float = 1.0,    # input size factor of `campar_transforms` (1.0: 256x192)
                    batch_size: int = 64,  # [15]: 64
                    num_workers: int = 0,  # DataLoader workers
-                   seed: int = 0):        # shuffling seed
+                   seed: int = 0,         # shuffling seed
+                   cache_mb: float = 0):  # decoded samples the loaders share in memory (MiB, `SampleCache`); 0: none
     "Loaders 'train', 'eval' (when held out), 'test', and 'test_masks' (with the target's mask) when every test sample has one."
-    from har_kit.data import make_loader, campar_transforms
-    kw = dict(batch_size=batch_size, num_workers=num_workers)
+    from har_kit.loading import SampleCache, campar_transforms, make_loader
+    kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache(cache_mb) if cache_mb > 0 else None)
     loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=True, seed=seed, **kw)}
     if eval_samples: loaders['eval'] = make_loader(eval_samples, campar_transforms(False, scale), shuffle=False, **kw)
     loaders['test'] = make_loader(test, campar_transforms(False, scale), shuffle=False, **kw)

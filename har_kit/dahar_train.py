@@ -15,15 +15,15 @@ from .bench import count_params
 from .data import load_dataset
 from .engine import TrainConfig, train_eval
 from .formats import DATASET_KINDS
-from .loading import IMAGENET_MEAN, IMAGENET_STD, dahar_transforms, make_loader
+from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .metrics import choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, target_mass
 from .predict import save_model
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
-__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'summarize_metrics', 'train_variant',
-           'save_variant_model', 'dahar_maps', 'predict_masks', 'plot_fig5']
+__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'sample_cache', 'dahar_loaders', 'mask_loader', 'summarize_metrics',
+           'train_variant', 'save_variant_model', 'dahar_maps', 'predict_masks', 'plot_fig5']
 
 # %% ../nbs/03a_dahar_train.ipynb #c005
 def dahar_config(epochs: int = 30,             # training epochs (not given in the paper)
@@ -66,6 +66,7 @@ class DaHarConfig:
     lr_step: int = 10                   # epochs between learning-rate decays
     gamma: float = 0.1                  # learning-rate decay factor
     num_workers: int = 0                # DataLoader workers
+    cache_mb: float = 512               # decoded samples kept in memory (MiB, `SampleCache`); 0: decode every read
     fig5: bool = True                   # also train without mask supervision and draw the Fig. 5 analogue
     bench: bool = False                 # complexity benchmark into metrics.json
     bench_arch: str = 'resnet101'       # backbone of the complexity benchmark
@@ -101,14 +102,19 @@ class DaHarConfig:
 # %% ../nbs/03a_dahar_train.ipynb #c012
 ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
+def sample_cache(cfg: DaHarConfig):  # the run's parameters (`cache_mb`)
+    "The `SampleCache` a run's loaders share (decode each image once; results unchanged), or None when `cache_mb` is 0."
+    return SampleCache(cfg.cache_mb) if cfg.cache_mb > 0 else None
+
 def dahar_loaders(data,                        # har_kit.data.AttributeData
                   cfg: DaHarConfig,            # splits, scale, batch size, workers and seed of the run
-                  with_mask: bool = False):    # training (and validation) batches carry the person mask
+                  with_mask: bool = False,     # training (and validation) batches carry the person mask
+                  cache=None):                 # a `SampleCache` the loaders share (`sample_cache(cfg)`), or None
     "Loaders 'train', 'val' (when a val split exists and is not trained on), 'full' (256 resize) and 'crops' (five-crop)."
     aspect, tr, ev, bs = ASPECT.get(data.name, 1), cfg.train_splits, cfg.eval_split, cfg.batch_size
     missing = [s for s in [*tr, ev] if s not in data.splits]
     if missing: raise KitError(f'{data.name} at {data.root}: no split(s) {missing} (available: {data.splits}); fix train_splits / eval_split')
-    kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
+    kw = dict(num_workers=cfg.num_workers, seed=cfg.seed, cache=cache)
     test = lambda **k: make_loader(data.split(ev), dahar_transforms(False, aspect, cfg.scale, **k), bs, False, **kw)
     loaders = dict(train=make_loader(data.split(*tr), dahar_transforms(True, aspect, cfg.scale), bs, True,
                                      with_mask=with_mask, drop_last=len(data.split(*tr)) > bs, **kw))
@@ -117,10 +123,11 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
     return dict(**loaders, full=test(), crops=test(five_crop=True))
 
 def mask_loader(data,                          # har_kit.data.AttributeData whose scored split has person masks
-                cfg: DaHarConfig):             # scale, batch size and workers of the run
+                cfg: DaHarConfig,              # scale, batch size and workers of the run
+                cache=None):                   # a `SampleCache` shared with the run's other loaders, or None
     "The scored split, single-crop ('Full'), with the person masks: what `target_mass` and `predict_masks` read."
     return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
-                       cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers)
+                       cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers, cache=cache)
 
 # %% ../nbs/03a_dahar_train.ipynb #c015
 def _per_attr(values, attributes): return {a: v for a, v in zip(attributes, values)}
@@ -151,28 +158,29 @@ def train_variant(name: str,                   # a key of VARIANTS
     needs_mask = VARIANTS[name]['masked_attention'] and cfg.mask_weight > 0
     crit = DaHarLoss(cfg.loss, pos_ratio(data.labels(*cfg.train_splits), cfg.ignore_unspecified), cfg.mix,
                      cfg.mask_weight if needs_mask else 0.0, cfg.ignore_unspecified)
-    loaders, t0 = dahar_loaders(data, cfg, needs_mask), time.time()
+    cache = sample_cache(cfg)
+    loaders, t0 = dahar_loaders(data, cfg, needs_mask, cache), time.time()
     params = dict(model=model_kwargs, loss=cfg.loss, mix=cfg.mix, mask_weight=cfg.mask_weight,
                   ignore_unspecified=cfg.ignore_unspecified, train_splits=cfg.train_splits, eval_split=cfg.eval_split,
                   scale=cfg.scale, batch_size=cfg.batch_size, dataset=data.name, attributes=list(data.attributes),
                   n_train=len(data.split(*cfg.train_splits)), partition=data.meta.get('partition'))  # checked on resume
     res = train_eval(model, crit, loaders, cfg.train_config(), run_dir, dataset_metric(data.name), use_best=False, params=params)
     metrics = summarize_metrics(res['metrics']['full'], res['metrics']['crops'], data.attributes, data.name)
-    metrics.update(_by_distraction(model, data, cfg, res['predictions']['full']))
+    metrics.update(_by_distraction(model, data, cfg, res['predictions']['full'], cache))
     metrics.update(params_M=count_params(model) / 1e6, epochs=res['epoch'],
                    final_train_loss=res['history'][-1].get('loss') if res['history'] else None,
                    seconds=round(time.time() - t0, 2))
     metrics['model_file'] = save_variant_model(run_dir, model, model_kwargs, data, cfg.scale, res['predictions'].get('val')).name
     return dict(model=model, metrics=metrics, history=res['history'], loaders=loaders, seconds=metrics['seconds'])
 
-def _by_distraction(model, data, cfg, full):  # full: the engine's predictions on the scored split
+def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's predictions on the scored split; cache: the run's
     "Synthetic sets: the headline metric and, with person masks, where the maps look, per distraction level (issue 17)."
     test = data.split(cfg.eval_split)
     levels = [s.meta.get('distractors') for s in test]
     if all(l is None for l in levels): return {}
     out = dict(by_distractors=metrics_by_distraction(data.name, full['scores'], full['labels'], levels))
     if all(s.mask is not None for s in test):
-        shares = target_mass(model, mask_loader(data, cfg), dahar_maps, next(model.parameters()).device)
+        shares = target_mass(model, mask_loader(data, cfg, cache), dahar_maps, next(model.parameters()).device)
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)
     return out
 

@@ -18,20 +18,45 @@ from .core import KitError
 from .formats import clip_box, load_grey, load_rgb
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms',
            'campar_transforms', 'make_loader', 'show_samples']
 
 # %% ../nbs/01b_loading.ipynb #c008
+class SampleCache:
+    "Decoded samples kept in memory up to a budget: a key is decoded once, later reads return the stored arrays."
+    def __init__(self, max_mb: float = 1024):  # memory budget in MiB; samples beyond it are decoded on every read
+        "An empty cache with a memory budget."
+        self.max_bytes, self.nbytes, self.store, self.hits, self.misses = int(max_mb * 2**20), 0, {}, 0, 0
+
+    def get(self, key,   # hashable: what identifies the decoded sample (image, box, mask, crop)
+            make):       # () -> tuple of numpy arrays and plain values: decodes the sample
+        "The stored value of `key`, or `make()` (stored, read-only, while the budget allows)."
+        if key in self.store: self.hits += 1; return self.store[key]
+        self.misses += 1
+        value = make()
+        size = sum(v.nbytes for v in value if isinstance(v, np.ndarray))
+        if self.nbytes + size <= self.max_bytes:
+            for v in value:
+                if isinstance(v, np.ndarray): v.setflags(write=False)
+            self.store[key], self.nbytes = value, self.nbytes + size
+        return value
+
+    def __len__(self): return len(self.store)
+    def __repr__(self): return f'SampleCache({len(self)} samples, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, {self.hits} hits, {self.misses} misses)'
+
+# %% ../nbs/01b_loading.ipynb #c011
 class HarDataset(Dataset):
     "Torch dataset over `Sample`s yielding {'image', 'labels', 'mask' (optional), 'index'}."
     def __init__(self, samples,           # list of `Sample` (or an `AttributeData`)
                  transform=None,          # callable on (Image[, Mask][, BoundingBoxes]); None = to float in [0, 1]
                  with_mask=False,         # also load and return each sample's mask
                  crop_to_box=True,        # cut the sample's box (and mask) out of the image before the transform
-                 with_box=False):         # return the (transformed) box; needs crop_to_box=False
+                 with_box=False,          # return the (transformed) box; needs crop_to_box=False
+                 cache=None):             # a `SampleCache` (shareable by several datasets): decode each sample once
         "A dataset over `samples`; with masks, every sample must have one."
         self.samples = list(getattr(samples, 'samples', samples))   # an AttributeData or a list of Samples
         self.transform, self.with_mask, self.crop_to_box, self.with_box = transform, with_mask, crop_to_box, with_box
+        self.cache = cache
         if with_box and crop_to_box: raise KitError('HarDataset: with_box=True needs crop_to_box=False (a cropped sample is its box)')
         if with_mask:
             miss = [s for s in self.samples if s.mask is None]
@@ -45,11 +70,20 @@ class HarDataset(Dataset):
     def load(self, i):  # sample index
         "The (cropped) image as `tv_tensors.Image`, its mask as `tv_tensors.Mask` or None, its box or None."
         s = self.samples[i]
+        key = (str(s.image), None if s.box is None else tuple(float(v) for v in s.box),
+               str(s.mask) if self.with_mask else None, self.crop_to_box)
+        img, mask, box, (H, W) = self.cache.get(key, lambda: self._decode(s)) if self.cache is not None else self._decode(s)
+        img = tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))
+        mask = None if mask is None else tv_tensors.Mask(torch.from_numpy(mask.copy())[None])
+        if box is not None and self.with_box: box = tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format='XYXY', canvas_size=(H, W))
+        else: box = None
+        return img, mask, box
+
+    def _decode(self, s):  # a Sample
+        "Decode and cut one sample: (image HxWx3 uint8, mask HxW or None, clipped box or None, full image size)."
         img = load_rgb(s.image)
         H, W = img.shape[:2]
-        mask = None
-        if self.with_mask:
-            mask = load_grey(s.mask)
+        mask = load_grey(s.mask) if self.with_mask else None
         box = None
         if s.box is not None:
             x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]
@@ -59,11 +93,7 @@ class HarDataset(Dataset):
             else: box = (x0, y0, x1, y1)
         if mask is not None and mask.shape != img.shape[:2]:
             raise KitError(f'{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but must match the image ({W}x{H}) or the clipped box')
-        img = tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))
-        mask = None if mask is None else tv_tensors.Mask(torch.from_numpy(mask.copy())[None])
-        if box is not None and self.with_box: box = tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format='XYXY', canvas_size=(H, W))
-        else: box = None
-        return img, mask, box
+        return np.ascontiguousarray(img), None if mask is None else np.ascontiguousarray(mask), box, (H, W)
 
     def __getitem__(self, i):
         img, mask, box = self.load(i)
@@ -78,7 +108,7 @@ class HarDataset(Dataset):
         d['index'] = i
         return d
 
-# %% ../nbs/01b_loading.ipynb #c012
+# %% ../nbs/01b_loading.ipynb #c015
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _sz(v, scale): return max(1, int(round(v * scale)))
@@ -113,7 +143,7 @@ class CornerCenterCrop(v2.Transform):
         "Crop one input to the window."
         return self._call_kernel(TF.crop, inpt, **params)
 
-# %% ../nbs/01b_loading.ipynb #c015
+# %% ../nbs/01b_loading.ipynb #c018
 class FiveCropStack(torch.nn.Module):
     "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
     def __init__(self, size):  # (height, width) of each crop
@@ -131,7 +161,7 @@ class FiveCropStack(torch.nn.Module):
             outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-# %% ../nbs/01b_loading.ipynb #c018
+# %% ../nbs/01b_loading.ipynb #c021
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
@@ -156,7 +186,7 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/01b_loading.ipynb #c028
+# %% ../nbs/01b_loading.ipynb #c031
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
@@ -169,15 +199,16 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 crop_to_box=True, # cut WIDER targets out of their scene
                 drop_last=False,  # drop the last incomplete batch
                 seed=0,           # seed of the shuffling generator
+                cache=None,       # a `SampleCache` to decode each sample once (shared by a run's loaders)
                 **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
     "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts (other keywords go to `DataLoader`)."
-    ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box)
+    ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box, cache=cache)
     if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
     g = torch.Generator(); g.manual_seed(int(seed))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/01b_loading.ipynb #c032
+# %% ../nbs/01b_loading.ipynb #c035
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

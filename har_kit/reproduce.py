@@ -60,9 +60,9 @@ PROFILES = {
                       fig4_arch='resnet101', fig4_weights='IMAGENET1K_V1', fig4_size=224, device='cuda'),
         # Fig. 5 (a second Da-HAR without mask supervision) is drawn by the notebook's own run, not by every table run
         'dahar': dict(arch='resnet101', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=32, lr=0.003,
-                      fig5=False, device='cuda'),
+                      fig5=False, cache_mb=0, device='cuda'),
         'campar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=64, logit_bn=True,
-                       plateau_on='eval_loss', fusion_width=128, fusion_lr='backbone', device='cuda'),
+                       plateau_on='eval_loss', fusion_width=128, fusion_lr='backbone', cache_mb=0, device='cuda'),
         'cfar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, batch_size=64, als_tol=1e-4,
                      als_max_iterations=1000, device='cuda'),
     },
