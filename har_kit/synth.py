@@ -21,8 +21,8 @@ from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_pa
                              write_wider_annotation)
 
 # %% auto #0
-__all__ = ['SYNTH_VERSION', 'LAYOUT', 'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'synthetic_dir',
-           'ensure_synthetic', 'cli']
+__all__ = ['SYNTH_VERSION', 'LAYOUT', 'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'synth_marker',
+           'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/01a_synth.ipynb #c006
 SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
@@ -184,6 +184,13 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=2000, rap=5000, pa100k=5000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
+def synth_marker(kind,          # 'wider' | 'rap' | 'pa100k'
+                 n,             # number of images
+                 seed,          # generator seed
+                 distractors):  # None (mixed levels) or the level of every image
+    "The text of a cached set's `done` file: the generator version and everything the set was generated from."
+    return f'har_kit.synth {SYNTH_VERSION} kind={kind} n={int(n)} seed={int(seed)} distractors={distractors}\n'
+
 def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
                   profile='tiny',    # key of PROFILES
                   seed=0,            # generator seed
@@ -201,7 +208,8 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
     if profile not in PROFILES: raise KitError(f'profile={profile!r}: expected one of {", ".join(PROFILES)}')
     dest = Path(root) if root is not None else synthetic_dir(kind, profile, seed, distractors)
-    marker = f'har_kit.synth {SYNTH_VERSION}\n'
+    n = PROFILES[profile][kind]
+    marker = synth_marker(kind, n, seed, distractors)
     if (dest / 'done').exists():
         if (dest / 'done').read_text() == marker: return dest
         stale = dest.parent / f'.{dest.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}'
@@ -214,7 +222,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f'.{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     try:
-        make_synthetic(kind, tmp, n=PROFILES[profile][kind], distractors=distractors, seed=seed, progress=progress)
+        make_synthetic(kind, tmp, n=n, distractors=distractors, seed=seed, progress=progress)
         (tmp / 'done').write_text(marker)
         if dest.exists() and not any(dest.iterdir()): dest.rmdir()
         try: os.rename(tmp, dest)
