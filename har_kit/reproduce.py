@@ -24,6 +24,7 @@ PROFILES = {
         '_about': 'synthetic benchmark (quick sets), resnet-tiny from scratch, 1/4-size inputs, CPU, 3 epochs of Adam',
         '_data': 'synthetic',
         '_threads': 1,
+        '_compared_seeds': 3,   # compared rows: three seeds, so each difference carries a paired 95% interval
         # Da-HAR: Adam from scratch, the CAM-PAR rows' recipe family (the paper's SGD at a from-scratch lr 0.03 levels off
         # about 2 mAP lower on the WIDER-like set); Fig. 5 is drawn by the notebook's own run
         'dahar': dict(profile='quick', arch='resnet-tiny', weights=None, scale=0.25, epochs=3, batch_size=32,
@@ -231,10 +232,12 @@ def plan(tables=None,      # table keys; None: the profile's default tables
     keys = _table_keys(tables, profile, smoke)
     p = _Plan(profile, Path(root or outputs_root()).absolute(), data_roots or {}, device, smoke)   # kernels start in their run dirs
     for k in keys:
+        compared = {*TABLES[k].compare, *TABLES[k].compare.values()}
         for row in TABLES[k].rows:
+            n = max(seeds, TABLES[k].seeds, p.prof.get('_compared_seeds', 1) if row.key in compared else 1)
             for s in row_runs(row):
                 dims = _all_dims(p.prof, s)
-                for seed in range(max(seeds, TABLES[k].seeds)):
+                for seed in range(n):
                     for combo in itertools.product(*dims.values()):
                         p.add(s, seed, dict(zip(dims, combo)), (k, row.key))
     return p.order

@@ -181,7 +181,7 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     return root
 
 # %% ../nbs/01a_synth.ipynb #c024
-PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=2000, rap=5000, pa100k=5000),
+PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=800, rap=2000, pa100k=2000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
 def synth_marker(kind,          # 'wider' | 'rap' | 'pa100k'
@@ -232,7 +232,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/01a_synth.ipynb #c031
+# %% ../nbs/01a_synth.ipynb #c032
 def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')

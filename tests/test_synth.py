@@ -167,7 +167,9 @@ S.PROFILES["tiny"] = dict(S.PROFILES["tiny"], pa100k=24)   # the race, not the s
 print(S.ensure_synthetic("pa100k", "tiny", seed=0, root=sys.argv[1]))
 '''
 
-def test_ensure_synthetic_is_atomic_under_a_race(tmp_path):
+def test_ensure_synthetic_is_atomic_under_a_race(tmp_path, monkeypatch):
+    import har_kit.synth as S
+    monkeypatch.setitem(S.PROFILES, 'tiny', dict(S.PROFILES['tiny'], pa100k=24))   # the size the racers generated
     dest = tmp_path/'cache'/'pa100k-tiny-s0'
     procs = [subprocess.Popen([sys.executable, '-c', _RACE, str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=ROOT) for _ in range(2)]
