@@ -14,9 +14,9 @@ from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_
 from .runs import is_done, run_notebook, run_status
 
 # %% auto #0
-__all__ = ['PROFILES', 'SMOKE_KEYS', 'SMOKE', 'shared_sample_root', 'PlannedRun', 'default_tables', 'plan', 'missing_roots',
-           'check_roots', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'execute',
-           'render_tables']
+__all__ = ['PROFILES', 'SMOKE_KEYS', 'SMOKE', 'shared_sample_root', 'PlannedRun', 'planned_data', 'default_tables', 'plan',
+           'missing_roots', 'check_roots', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs',
+           'execute', 'render_tables']
 
 # %% ../nbs/07_reproduce.ipynb #c006
 PROFILES = {
@@ -108,6 +108,7 @@ class PlannedRun:
     rows: list = field(default_factory=list)   # (table, row) pairs this run fills
     dims: dict = field(default_factory=dict)   # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
     threads: int = 1                           # the kernel's intra-op thread count (the profile's `_threads`)
+    data: dict = field(default_factory=dict)   # what it reads that no parameter names (`planned_data`), kept in env.json
 
     @property
     def name(self): return _short(self.out_dir)
@@ -116,7 +117,15 @@ class PlannedRun:
         "The run as plain data (what `--dry-run --json` prints)."
         return dict(name=self.name, notebook=self.spec.notebook, params=self.params, out_dir=str(self.out_dir),
                     deps=[str(d) for d in self.deps], rows=[f'{t}/{k}' for t, k in self.rows], seed=self.seed,
-                    dims=self.dims, threads=self.threads)
+                    dims=self.dims, threads=self.threads, data=self.data)
+
+def planned_data(profile: str,  # the plan's profile
+                 params: dict   # the run's parameters
+                ) -> dict:
+    "What a run reads that no parameter names: on the synthetic profile, its set's `done` marker (kind, size, seed)."
+    from har_kit.synth import PROFILES as SETS, synth_marker
+    if PROFILES[profile]['_data'] != 'synthetic' or params.get('profile') not in SETS or 'dataset' not in params: return {}
+    return {'synthetic': synth_marker(params['dataset'], SETS[params['profile']][params['dataset']], 0, None).strip()}
 
 def _dataset_root(profile, dataset, data_roots):
     kind = PROFILES[profile]['_data']
@@ -217,7 +226,7 @@ class _Plan:
         dep_dirs = [d.out_dir for _, d in deps]
         if spec.notebook == 'dahar' and 'masks' in self.prof: dep_dirs.insert(0, self.masks(ds).out_dir)
         return PlannedRun(spec, seed, run_path(self.root, self.profile, spec, seed, dims), params, dep_dirs,
-                          dims=dict(dims), threads=self.threads)
+                          dims=dict(dims), threads=self.threads, data=planned_data(self.profile, params))
 
 # %% ../nbs/07_reproduce.ipynb #c018
 def plan(tables=None,      # table keys; None: the profile's default tables
@@ -280,16 +289,18 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r: PlannedRun   # a planned run
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside)."
-    p = r.out_dir/'params.json'
-    return param_diff(load_json(p), r.params) if p.exists() else []
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside), and 'data' when its env.json records other synthetic sets."
+    p, e = r.out_dir/'params.json', r.out_dir/'env.json'
+    diff = param_diff(load_json(p), r.params) if p.exists() else []
+    if r.data and e.exists() and load_json(e).get('data') != r.data: diff.append('data')   # e.g. the quick sets were resized
+    return diff
 
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)
                 force=False):    # a run directory holding other parameters: move it aside and rerun
     "Execute one planned run with `run_notebook` (its parameters, directory and thread count), as a batch: demonstration cells skipped."
     return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
-                        progress=False, threads=r.threads, force=force and bool(stale_params(r)), demos=False)
+                        progress=False, threads=r.threads, force=force and bool(stale_params(r)), demos=False, data=r.data)
 
 def default_jobs(runs,          # PlannedRuns (`plan`)
                  devices=None   # devices given on the command line (None: each run's own)

@@ -244,7 +244,8 @@ def run_notebook(notebook,                  # path, file name or section name
                  progress: bool = True,     # papermill's progress bar
                  timeout: int | None = None,  # seconds per cell (None: no limit)
                  threads: int | None = None,  # intra-op threads of the kernel (None: $HAR_KIT_THREADS or 1)
-                 demos: bool = True):       # False: skip cells tagged `demo` (batch runs)
+                 demos: bool = True,        # False: skip cells tagged `demo` (batch runs)
+                 data: dict | None = None): # what the run reads that no parameter names (a plan's synthetic sets), kept in env.json
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
@@ -262,7 +263,7 @@ def run_notebook(notebook,                  # path, file name or section name
         with run_lock(out):
             if _prepare(out, params, force) == 'skip': return out
             save_json(params, out/'params.json')
-            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos}, out/'env.json')
+            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {}}, out/'env.json')
             _execute(nb, out, params, env, kernel_name, progress, timeout, demos)
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'
