@@ -4,15 +4,18 @@
 
 # %% ../nbs/00a_metrics.ipynb #c002
 from __future__ import annotations
+from pathlib import Path
 import numpy as np
 
-from .core import UNSPECIFIED, KitError
+from .core import UNSPECIFIED, KitError, load_json
+from .formats import dataset_kind
 
 # %% auto #0
 __all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'THRESHOLD_CRITERIA', 'HEADLINE',
-           'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points', 'harmonic_f1', 'check_threshold',
-           'apply_threshold', 'pedestrian_metrics', 'choose_thresholds', 'distraction_bin', 'grouped_metrics',
-           'dataset_metric', 'metrics_by_distraction', 'target_share', 'target_mass', 'mass_by_level']
+           'METRICS_SCHEMA', 'PROTOCOLS', 'ENTRY_KEYS', 'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points',
+           'harmonic_f1', 'check_threshold', 'apply_threshold', 'pedestrian_metrics', 'choose_thresholds',
+           'distraction_bin', 'grouped_metrics', 'dataset_metric', 'metrics_by_distraction', 'target_share',
+           'target_mass', 'mass_by_level', 'metrics_entry', 'read_metrics']
 
 # %% ../nbs/00a_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -319,3 +322,54 @@ def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
     bins = np.array([distraction_bin(l, cap) for l in levels])
     return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
             for b in sorted(set(bins) - {'unknown'})}
+
+# %% ../nbs/00a_metrics.ipynb #c059
+METRICS_SCHEMA = 2              # version of a variant's metrics.json entry; runs written under another are refused
+PROTOCOLS = ('full', 'crops')   # evaluation protocols: the whole patch resized; the mean over five crops (Da-HAR)
+ENTRY_KEYS = {                  # the common keys an entry may hold beside its protocols (each only when measured)
+    'by_distractors': "headline metrics of the 'full' protocol per distraction bin (`metrics_by_distraction`)",
+    'target_mass_by_distractors': "share of each map's mass on the target per distraction bin (`mass_by_level`)",
+    'params_M': 'parameters of the scored model, in millions',
+    'epoch': 'the epoch whose weights were scored',
+    'seconds': "wall-clock seconds of the variant's training",
+    'final_loss': "the last training epoch's mean loss",
+    'model_file': 'the self-describing model file, relative to the run directory (`har_kit.predict.load_model`)',
+    'extra': "the section's own numbers (heads, angles, ALS sweeps, ...): no table reads them",
+}
+
+def _protocol_block(kind, name, m, attributes):  # DatasetKind; protocol; dataset_metric's dict; attribute names
+    per = 'ap' if kind.metric == 'mAP' else 'ma_per_attr'
+    missing = [k for k in (*kind.headline, per) if k not in m]
+    if missing: raise KitError(f'evaluated[{name!r}] lacks {missing}: pass the dict dataset_metric({kind.name!r}) returned')
+    if len(m[per]) != len(attributes):
+        raise KitError(f'evaluated[{name!r}] scores {len(m[per])} attributes but {len(attributes)} names were given')
+    return {**{k: m[k] for k in kind.headline}, 'per_attribute': dict(zip(attributes, m[per]))}
+
+def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'csv'): its metric family and headline keys
+                  evaluated: dict,  # protocol ('full', 'crops') -> the dict `dataset_metric(dataset)` returned for it
+                  attributes,       # the C attribute names, in the order of the metric's per-attribute lists
+                  **extras):        # keys of `ENTRY_KEYS` (by_distractors, params_M, epoch, ..., extra); None: not measured
+    "One variant's `metrics.json` entry (schema `METRICS_SCHEMA`): per protocol the headline scalars and `per_attribute`, then the extras."
+    kind = dataset_kind(dataset)
+    if 'full' not in evaluated or set(evaluated) - set(PROTOCOLS):
+        raise KitError(f'evaluated has protocols {sorted(evaluated)}: give \'full\' and optionally \'crops\'')
+    unknown = sorted(set(extras) - set(ENTRY_KEYS))
+    if unknown: raise KitError(f'metrics_entry: {unknown} are not common keys ({", ".join(ENTRY_KEYS)}); put them under extra={{...}}')
+    entry = dict(schema=METRICS_SCHEMA, dataset=dataset, metric=kind.metric)
+    entry.update({p: _protocol_block(kind, p, m, attributes) for p, m in evaluated.items()})
+    return {**entry, **{k: extras[k] for k in ENTRY_KEYS if extras.get(k) is not None}}   # in ENTRY_KEYS' order
+
+# %% ../nbs/00a_metrics.ipynb #c063
+def read_metrics(run,            # a run (seed) directory holding metrics.json
+                 variant=None):  # a variant's key: return its entry (None: the whole file, every entry checked)
+    "A run's `metrics.json` (or one variant's entry), refused with a `KitError` when an entry has another schema."
+    path = Path(run)/'metrics.json'
+    m = load_json(path)
+    names = [k for k in m if not k.startswith('_')] if variant is None else [variant]
+    for k in names:
+        if k not in m: raise KitError(f'{path}: no entry {k!r} (entries: {", ".join(x for x in m if not x.startswith("_"))})')
+        got = m[k].get('schema', 1) if isinstance(m[k], dict) else None
+        if got != METRICS_SCHEMA:
+            raise KitError(f'{path}: entry {k!r} has metrics schema {got}, this kit reads schema {METRICS_SCHEMA}: '
+                           f'rerun {Path(run)} (delete the directory and run its notebook again) to rewrite it')
+    return m if variant is None else m[variant]
