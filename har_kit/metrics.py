@@ -371,5 +371,5 @@ def read_metrics(run,            # a run (seed) directory holding metrics.json
         got = m[k].get('schema', 1) if isinstance(m[k], dict) else None
         if got != METRICS_SCHEMA:
             raise KitError(f'{path}: entry {k!r} has metrics schema {got}, this kit reads schema {METRICS_SCHEMA}: '
-                           f'rerun {Path(run)} (delete the directory and run its notebook again) to rewrite it')
+                           f'rerun it: delete {Path(run)} and run it again (`har-kit reproduce` reruns what is missing)')
     return m if variant is None else m[variant]
