@@ -15,7 +15,7 @@ from torch import nn
 from .core import KitError, UNSPECIFIED, get_device, seed_everything
 from .engine import TrainConfig, fit, load_checkpoint, save_checkpoint, is_main_process, predict as engine_predict
 from .formats import dataset_kind
-from .metrics import dataset_metric, metrics_by_distraction, choose_thresholds, target_mass, mass_by_level
+from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (CamParNet, CamParLoss, campar_variant, save_build_params, l_specific_public, positive_angles)
 
 # %% auto #0
@@ -128,16 +128,12 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
                labels,                             # (N, M) its labels in {1, 0, UNSPECIFIED}
                attributes,                         # the M attribute names
                levels=None,                        # (N,) distraction levels of the targets (synthetic sets), or None
-               ignore_unspecified: bool = False):  # the loss's switch (see above)
-    "One model's row: headline metrics, per-attribute scores (`ma_per_attr` or `ap`) and `by_distractors`."
+               ignore_unspecified: bool = False,   # the loss's switch (see above)
+               **extras):                          # further common keys of the entry (`har_kit.metrics.ENTRY_KEYS`)
+    "One model's `metrics.json` entry (`metrics_entry`): the scored split as protocol `full`, and `by_distractors`."
     y = _metric_labels(dataset, labels, ignore_unspecified)
-    m = dataset_metric(dataset)(scores, y)
-    per = 'ap' if dataset == 'wider' else 'ma_per_attr'
-    row = {k: m[k] for k in dataset_kind(dataset).headline}
-    row[per] = dict(zip(attributes, m[per]))
-    if levels is not None and any(l is not None for l in levels):
-        row['by_distractors'] = metrics_by_distraction(dataset, scores, y, levels)
-    return row
+    by = metrics_by_distraction(dataset, scores, y, levels) if levels is not None and any(l is not None for l in levels) else None
+    return metrics_entry(dataset, {'full': dataset_metric(dataset)(scores, y)}, attributes, by_distractors=by, **extras)
 
 # %% ../nbs/04a_campar_train.ipynb #c027
 def campar_loaders(train,                 # training samples (the first value of `split_train_eval`)
@@ -234,23 +230,24 @@ def evaluate_variant(model: CamParNet,                  # a trained variant (fro
                      attributes,                        # the M attribute names
                      levels=None,                       # (N,) distraction levels of the test targets, or None
                      ignore_unspecified: bool = False,  # the loss's reading of unspecified labels
-                     device='cpu'):                     # where the model runs
-    "The variant's test row (see above) and its Fig. 7 angles: (row, θ of the positive pairs in degrees)."
+                     device='cpu',                      # where the model runs
+                     **facts):                          # the training's common keys (epoch, seconds, model_file, extra, ...)
+    "The variant's `metrics.json` entry (see above) and its Fig. 7 angles: (entry, θ of the positive pairs in degrees)."
     t = engine_predict(model, loaders['test'], device)
-    row = metric_row(dataset, t['scores'], t['labels'], attributes, levels, ignore_unspecified)
-    row.update(n_params=sum(p.numel() for p in model.parameters()),
-               n_params_fusion=sum(p.numel() for p in model.fusion.parameters()) if model.fusion is not None else 0)
+    extra = dict(n_params_fusion=sum(p.numel() for p in model.fusion.parameters()) if model.fusion is not None else 0)
+    mass = None
     if model.cam:
-        row.update(head_rows(model, loaders['test'], dataset, ignore_unspecified, device))
+        extra.update(head_rows(model, loaders['test'], dataset, ignore_unspecified, device))
         if 'test_masks' in loaders and levels is not None and any(l is not None for l in levels):
-            row['target_mass_by_distractors'] = mass_by_level(target_mass(model, loaders['test_masks'], cam_mass, device), levels)
+            mass = mass_by_level(target_mass(model, loaders['test_masks'], cam_mass, device), levels)
     pa = positive_angles(model, loaders['test'], device)
     th = pa['theta']
     if model.cam and not (th <= 90 + 1e-3).all():   # by construction (04_campar, the angle study)
         raise KitError(f'{(th > 90 + 1e-3).sum()} CAM feature angles above 90°: Eq. 10-12 cannot give that; check the model')
-    row.update(theta_median=float(np.median(th)) if len(th) else None, theta_below_90=float((th < 90).mean()) if len(th) else None,
-               theta_dropped=pa['dropped'], theta_pairs=len(th) + pa['dropped'])
-    return row, th
+    extra.update(theta_median=float(np.median(th)) if len(th) else None, theta_below_90=float((th < 90).mean()) if len(th) else None,
+                 theta_dropped=pa['dropped'], theta_pairs=len(th) + pa['dropped'], **facts.pop('extra', {}))
+    return metric_row(dataset, t['scores'], t['labels'], attributes, levels, ignore_unspecified, target_mass_by_distractors=mass,
+                      params_M=sum(p.numel() for p in model.parameters()) / 1e6, extra=extra, **facts), th
 
 # %% ../nbs/04a_campar_train.ipynb #c042
 def held_out_thresholds(model: nn.Module,                  # a trained variant

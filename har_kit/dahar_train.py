@@ -17,13 +17,13 @@ from .engine import TrainConfig, train_eval
 from .formats import DATASET_KINDS
 from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
 from .losses import pos_ratio
-from .metrics import choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, target_mass
+from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, metrics_entry, target_mass
 from .predict import save_model
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
-__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'sample_cache', 'dahar_loaders', 'mask_loader', 'summarize_metrics',
-           'train_variant', 'save_variant_model', 'dahar_maps', 'predict_masks', 'plot_fig5']
+__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'sample_cache', 'dahar_loaders', 'mask_loader', 'train_variant',
+           'save_variant_model', 'dahar_maps', 'predict_masks', 'plot_fig5']
 
 # %% ../nbs/03a_dahar_train.ipynb #c005
 def dahar_config(epochs: int = 30,             # training epochs (not given in the paper)
@@ -99,7 +99,7 @@ class DaHarConfig:
         kw = {**({'mask_dir': self.mask_dir} if self.mask_dir else {}), **({'partition': self.partition} if self.dataset == 'rap' else {})}
         return load_dataset(self.dataset, self.data_root, profile=self.profile, seed=0, **kw)
 
-# %% ../nbs/03a_dahar_train.ipynb #c012
+# %% ../nbs/03a_dahar_train.ipynb #c014
 ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
 def sample_cache(cfg: DaHarConfig):  # the run's parameters (`cache_mb`)
@@ -129,22 +129,7 @@ def mask_loader(data,                          # har_kit.data.AttributeData whos
     return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
                        cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers, cache=cache)
 
-# %% ../nbs/03a_dahar_train.ipynb #c015
-def _per_attr(values, attributes): return {a: v for a, v in zip(attributes, values)}
-
-def summarize_metrics(full: dict,              # metric dict of the Full evaluation
-                      crops: dict,             # metric dict of the Crops evaluation
-                      attributes: list,        # attribute names
-                      dataset: str = 'wider'): # decides the metric family
-    "The variant's metrics.json entry: mAP_full / mAP_crops / ap_full / ap_crops, or mA, acc, prec, rec, f1 (Full) + crops."
-    if dataset == 'wider':
-        return dict(mAP_full=full['mAP'], mAP_crops=crops['mAP'], ap_full=_per_attr(full['ap'], attributes),
-                    ap_crops=_per_attr(crops['ap'], attributes))
-    keys = ('mA', 'acc', 'prec', 'rec', 'f1')
-    return {**{k: full[k] for k in keys}, 'crops': {k: crops[k] for k in keys},
-            'ma_per_attr': _per_attr(full['ma_per_attr'], attributes)}
-
-# %% ../nbs/03a_dahar_train.ipynb #c017
+# %% ../nbs/03a_dahar_train.ipynb #c018
 def train_variant(name: str,                   # a key of VARIANTS
                   data,                        # har_kit.data.AttributeData
                   run_dir,                     # this variant's directory (checkpoints/ and history go here)
@@ -165,13 +150,14 @@ def train_variant(name: str,                   # a key of VARIANTS
                   scale=cfg.scale, batch_size=cfg.batch_size, dataset=data.name, attributes=list(data.attributes),
                   n_train=len(data.split(*cfg.train_splits)), partition=data.meta.get('partition'))  # checked on resume
     res = train_eval(model, crit, loaders, cfg.train_config(), run_dir, dataset_metric(data.name), use_best=False, params=params)
-    metrics = summarize_metrics(res['metrics']['full'], res['metrics']['crops'], data.attributes, data.name)
-    metrics.update(_by_distraction(model, data, cfg, res['predictions']['full'], cache))
-    metrics.update(params_M=count_params(model) / 1e6, epochs=res['epoch'],
-                   final_train_loss=res['history'][-1].get('loss') if res['history'] else None,
-                   seconds=round(time.time() - t0, 2))
-    metrics['model_file'] = save_variant_model(run_dir, model, model_kwargs, data, cfg.scale, res['predictions'].get('val')).name
-    return dict(model=model, metrics=metrics, history=res['history'], loaders=loaders, seconds=metrics['seconds'])
+    seconds = round(time.time() - t0, 2)
+    model_file = save_variant_model(run_dir, model, model_kwargs, data, cfg.scale, res['predictions'].get('val'))
+    metrics = metrics_entry(data.name, {p: res['metrics'][p] for p in PROTOCOLS}, data.attributes,
+                            **_by_distraction(model, data, cfg, res['predictions']['full'], cache),
+                            params_M=count_params(model) / 1e6, epoch=res['epoch'], seconds=seconds,
+                            final_loss=res['history'][-1].get('loss') if res['history'] else None,
+                            model_file=f'{Path(run_dir).name}/{model_file.name}')
+    return dict(model=model, metrics=metrics, history=res['history'], loaders=loaders, seconds=seconds)
 
 def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's predictions on the scored split; cache: the run's
     "Synthetic sets: the headline metric and, with person masks, where the maps look, per distraction level (issue 17)."
@@ -184,7 +170,7 @@ def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's p
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)
     return out
 
-# %% ../nbs/03a_dahar_train.ipynb #c018
+# %% ../nbs/03a_dahar_train.ipynb #c019
 def save_variant_model(run_dir,                # the variant's directory: <run_dir>/model.pt is written
                        model,                  # the trained DaHar
                        model_kwargs: dict,     # dahar_variant's keyword arguments (JSON values) that rebuild it
@@ -199,7 +185,7 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                       attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
-# %% ../nbs/03a_dahar_train.ipynb #c021
+# %% ../nbs/03a_dahar_train.ipynb #c022
 def dahar_maps(out: dict):  # a DaHar output dict
     "Da-HAR's maps scored by `har_kit.metrics.target_mass`: mask branch sigma(M) ('mask'), SRN attention, last self-mask."
     maps = {'mask': torch.sigmoid(out['mask_logits'])} if 'mask_logits' in out else {}
@@ -207,7 +193,7 @@ def dahar_maps(out: dict):  # a DaHar output dict
     if out['self_masks']: maps['self_mask'] = out['self_masks'][-1]
     return maps
 
-# %% ../nbs/03a_dahar_train.ipynb #c024
+# %% ../nbs/03a_dahar_train.ipynb #c025
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -224,7 +210,7 @@ def predict_masks(model,                       # a DaHar variant with the masked
         imgs.append(b['image']); idx.append(b['index'])
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
-# %% ../nbs/03a_dahar_train.ipynb #c026
+# %% ../nbs/03a_dahar_train.ipynb #c027
 def plot_fig5(images,                         # (K, 3, H, W) normalised images
               gt,                             # (K, 1, h, w) person masks
               without,                        # (K, 1, h, w) masks without supervision

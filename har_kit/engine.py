@@ -90,7 +90,7 @@ class TrainConfig:
         "The fields as plain JSON/checkpoint-safe values."
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-# %% ../nbs/00d_engine.ipynb #c012
+# %% ../nbs/00d_engine.ipynb #c015
 def param_groups(model,                 # the model (its `.backbone`, if any, gets its own group)
                  lr,                    # head learning rate
                  backbone_lr_mult=1.0): # backbone learning rate = lr * backbone_lr_mult
@@ -122,7 +122,7 @@ def make_scheduler(optimizer,  # from make_optimizer
     if s == 'plateau': return sch.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.gamma, patience=cfg.patience)
     return None
 
-# %% ../nbs/00d_engine.ipynb #c015
+# %% ../nbs/00d_engine.ipynb #c018
 def autocast(device,       # a torch.device
              amp='none'):  # 'none' | 'bf16' | 'fp16'
     "The autocast context for `amp` on `device` (a no-op for 'none')."
@@ -140,7 +140,7 @@ def to_device(batch,                # a dict batch with 'image' and 'labels'
     if channels_last and out['image'].dim() == 4: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/00d_engine.ipynb #c018
+# %% ../nbs/00d_engine.ipynb #c021
 def _forward_logits(model, images):
     "Run the model; K-crop images (N, K, 3, H, W) are flattened and their logits returned as (N, K, C)."
     crops = images.dim() == 5
@@ -178,7 +178,7 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     dev = device if isinstance(device, torch.device) else get_device(device)
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
-# %% ../nbs/00d_engine.ipynb #c022
+# %% ../nbs/00d_engine.ipynb #c025
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
@@ -218,7 +218,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/00d_engine.ipynb #c025
+# %% ../nbs/00d_engine.ipynb #c028
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -353,7 +353,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         if world > 1: dist.barrier()
     return history
 
-# %% ../nbs/00d_engine.ipynb #c034
+# %% ../nbs/00d_engine.ipynb #c037
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
 from .core import KitError, atomic_write, load_json, outputs_root
+from .metrics import read_metrics
 from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
 
 # %% auto #0
@@ -41,7 +42,7 @@ def _summary(vals, seeds, mode):
 def _by_mode(table, spec_, path, dirs):  # {mode: ([values], [seed dir names])} of one column's run
     by_mode = {}
     for d in dirs:
-        v = _dig(load_json(d/'metrics.json').get(spec_.variant, {}), path)
+        v = _dig(read_metrics(d).get(spec_.variant, {}), path)
         if isinstance(v, (int, float)) and math.isfinite(v):
             vs, ss = by_mode.setdefault(selection_of(run_params(d, spec_.notebook)), ([], []))
             vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name)

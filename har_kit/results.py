@@ -48,7 +48,7 @@ class Row:
     label: str                    # the row's name as the paper prints it
     reported: dict                # column -> reported value (number, text, or None for '-')
     run: RunSpec | None = None    # None: quoted from the paper only
-    metrics: dict = field(default_factory=dict)  # column -> dotted path into the variant's metrics ('ap_full.Male')
+    metrics: dict = field(default_factory=dict)  # column -> dotted path into the variant's metrics.json entry ('full.per_attribute.Male')
     note: str = ''                # what the row's run does beyond its label
 
 @dataclass
@@ -163,14 +163,14 @@ DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'D
     Row('srn', "SRN* CVPR'17", _reported(_T1_COLS, [95, 87, 72, 92, 82, 95, 84, 92, 80, 96, 84, 76, 90, 66, 85.1])),
     Row('diaa', "DIAA ECCV'18", _reported(_T1_COLS, [96, 88, 74, 93, 83, 96, 85, 93, 81, 96, 85, 78, 90, 68, 86.4])),
     Row('dahar', 'Da-HAR (Ours)', _reported(_T1_COLS, [97, 89, 76, 96, 85, 97, 86, 92, 81, 97, 87, 79, 91, 70, 87.3]),
-        _DAHAR_FULL, {**{c: f'ap_full.{a}' for c, a in WIDER_COLUMNS.items()}, 'mAP': 'mAP_full'},
+        _DAHAR_FULL, {**{c: f'full.per_attribute.{a}' for c, a in WIDER_COLUMNS.items()}, 'mAP': 'full.mAP'},
         'full protocol, 0-labels ignored in training (Table 3 row 6)'),
 ], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized',
    protocol=dahar_protocol())
 
 # %% ../nbs/06_results.ipynb #c022
 _T2_COLS = ['loss', 'mA', 'Acc', 'Prec', 'Rec', 'F1']
-_PED = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
+_PED = {'mA': 'full.mA', 'Acc': 'full.acc', 'Prec': 'full.prec', 'Rec': 'full.rec', 'F1': 'full.f1'}
 
 DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-HAR, AAAI 2020, Table 2', _T2_COLS, [
     Row('hpnet', "HPNet ICCV'17", _reported(_T2_COLS, ['s.', 76.12, 65.39, 77.53, 78.79, 78.05])),
@@ -196,7 +196,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
 
 # %% ../nbs/06_results.ipynb #c024
 _T3_COLS = ['crops', 'full']
-_T3_METRICS = {'crops': 'mAP_crops', 'full': 'mAP_full'}
+_T3_METRICS = {'crops': 'crops.mAP', 'full': 'full.mAP'}
 
 DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / full patch', 'Da-HAR, AAAI 2020, Table 3', _T3_COLS, [
     Row('baseline', 'SRN w/o spatial regularization (baseline)', _reported(_T3_COLS, [85.3, 86.2]), spec('dahar', 'baseline', dataset='wider'), _T3_METRICS),
@@ -221,8 +221,8 @@ def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r
                 phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])
 
 def _two(variant_fn):
-    return {**{f'PA100K {c}': (variant_fn('pa100k'), m) for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]},
-            **{f'RAPv1 {c}': (variant_fn('rap'), m) for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]}}
+    return {**{f'PA100K {c}': (variant_fn('pa100k'), f'full.{m}') for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]},
+            **{f'RAPv1 {c}': (variant_fn('rap'), f'full.{m}') for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]}}
 
 CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Table 1', _C1_COLS, [
     Row('deepmar', 'DeepMAR [17]', _reported(_C1_COLS, ['CaffeNet', 72.70, 70.39, 81.32, 73.79, 62.02, 75.56])),
@@ -259,7 +259,7 @@ def column_source(row: Row,  # a table row
 
 # %% ../nbs/06_results.ipynb #c030
 _C2_COLS = ['mA', 'F1']
-_C2_METRICS = {'mA': 'mA', 'F1': 'f1'}
+_C2_METRICS = {'mA': 'full.mA', 'F1': 'full.f1'}
 
 CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table 2', _C2_COLS, [
     Row('baseline', 'baseline', _reported(_C2_COLS, [78.48, 78.94]), _campar('baseline', 'rap'), _C2_METRICS),
@@ -289,7 +289,7 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/06_results.ipynb #c034b
+# %% ../nbs/06_results.ipynb #c036
 def _mass_by_level(m): return {f'{b} distractors': f'target_mass_by_distractors.{b}.{m}' for b in DISTRACTION_BINS}
 
 _DAHAR_NOSUP = spec('dahar', 'dahar', dataset='wider', mask_weight=0.0)   # the mask branch without its supervision
@@ -307,19 +307,19 @@ WHERE_THEY_LOOK = Table('where_they_look', 'Share of each map\'s mass on the tar
    profiles=('quick',), protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar_mask': 'dahar_mask_nosup', 'dahar_attention': 'baseline_attention', 'campar_cam': 'chance'})
 
-# %% ../nbs/06_results.ipynb #c036
+# %% ../nbs/06_results.ipynb #c039
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
-    return {'WIDER mAP': (spec_fn('wider'), 'mAP'), 'RAP mA': (spec_fn('rap'), 'mA'), 'RAP F1': (spec_fn('rap'), 'f1'),
-            'PA100K mA': (spec_fn('pa100k'), 'mA'), 'PA100K F1': (spec_fn('pa100k'), 'f1')}
+    return {'WIDER mAP': (spec_fn('wider'), 'full.mAP'), 'RAP mA': (spec_fn('rap'), 'full.mA'), 'RAP F1': (spec_fn('rap'), 'full.f1'),
+            'PA100K mA': (spec_fn('pa100k'), 'full.mA'), 'PA100K F1': (spec_fn('pa100k'), 'full.f1')}
 
 def _dahar_on(d):  # the published configurations: BCE everywhere (Table 2 o.), no 0-label ignoring (Table 3 row 5)
     return spec('dahar', 'dahar', dataset=d) if d == 'wider' else spec('dahar', 'dahar', dataset=d, loss='bce')
 
 MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: method x dataset', _MX_COLS, [
     Row('dahar', 'Da-HAR', _reported(_MX_COLS, [87.1, 73.78, 80.50, None, None]),
-        None, {**_matrix_row(_dahar_on), 'WIDER mAP': (_dahar_on('wider'), 'mAP_full')}),
+        None, _matrix_row(_dahar_on)),
     Row('campar', 'CAM-PAR + fusion', _reported(_MX_COLS, [None, 81.18, 79.18, None, None]),
         None, _matrix_row(lambda d: _campar('campar_fusion', d))),
     Row('campar_cfar', 'CAM-PAR + fusion + CFAR', _reported(_MX_COLS, [None, 82.08, 79.48, 82.45, 87.56]),
@@ -327,9 +327,9 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
 ], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5',
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/06_results.ipynb #c038
+# %% ../nbs/06_results.ipynb #c041
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
-_RP = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}
+_RP = _PED
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
     Row('baseline', 'Baseline [15]', _reported(_RP_COLS, [79.38, 78.56, None, None, 86.55]), _campar('baseline', 'pa100k'), _RP),
     Row('campar', 'CAM-PAR + fusion', {}, _campar('campar_fusion', 'pa100k'), _RP),
@@ -340,7 +340,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/06_results.ipynb #c040
+# %% ../nbs/06_results.ipynb #c045
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variant, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -363,7 +363,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/06_results.ipynb #c044
+# %% ../nbs/06_results.ipynb #c049
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:

@@ -132,16 +132,17 @@ def test_variant_trains_evaluates_and_reloads(name, tmp_path):
     if VARIANTS[name]['cam']: assert 'train_specific' in res['history'][0]
     levels = [i % 3 for i in range(32)]
     met, theta = evaluate_variant(res['model'], 'rap', {**loaders, 'test_masks': loaders['test']}, list('abcde'), levels)
-    assert all(0 <= met[k] <= 1 for k in ('mA', 'acc', 'prec', 'rec', 'f1'))
-    assert met['mA'] > 0.75, met['mA']      # the toy attributes are learnable: every variant must beat the prior (0.5)
+    full = met['full']
+    assert all(0 <= full[k] <= 1 for k in ('mA', 'acc', 'prec', 'rec', 'f1')) and list(full['per_attribute']) == list('abcde')
+    assert full['mA'] > 0.75, full['mA']    # the toy attributes are learnable: every variant must beat the prior (0.5)
     assert res['epoch'] == 5 and (tmp_path/name/'checkpoints'/'last.pt').exists()
     assert json.loads((tmp_path/name/'model.json').read_text())['variant'] == name
-    assert ('head_specific' in met) == ('target_mass_by_distractors' in met) == VARIANTS[name]['cam']
+    assert ('head_specific' in met['extra']) == ('target_mass_by_distractors' in met) == VARIANTS[name]['cam']
     if VARIANTS[name]['cam']:   # where the CAMs look: per level, shares in [0, 1]; the target is a quarter of each image
         tm = met['target_mass_by_distractors']
         assert sorted(tm) == ['0', '1', '2'] and sum(v['n'] for v in tm.values()) == 32
         assert all(0 <= v['attention'] <= 1 and v['chance'] == pytest.approx(0.25) for v in tm.values())
-        assert met['head_specific']['mA'] == pytest.approx(met['mA'])
+        assert met['extra']['head_specific']['mA'] == pytest.approx(full['mA'])
     back = load_campar(tmp_path, name, which='last')
     np.testing.assert_allclose(predict(back, loaders['test'])['logits'], predict(res['model'], loaders['test'])['logits'], atol=1e-5)
     out = back(next(iter(loaders['test']))['image'])
@@ -228,7 +229,7 @@ def test_uncertain_labels_are_negative_in_metric_as_in_loss():
     y = np.array([[1, 0], [0, UNSPECIFIED], [1, 1]])
     row = metric_row('rap', s, y, ['a', 'b'])
     as_negative = pedestrian_metrics(s, np.where(y == UNSPECIFIED, 0, y))
-    assert row['mA'] == pytest.approx(as_negative['mA']) and row['ma_per_attr']['b'] == pytest.approx(0.75)
+    assert row['full']['mA'] == pytest.approx(as_negative['mA']) and row['full']['per_attribute']['b'] == pytest.approx(0.75)
     assert dataset_scorer('rap', ignore_unspecified=True)(s, y)['mA'] == pytest.approx(pedestrian_metrics(s, y)['mA'])
 
 

@@ -10,7 +10,7 @@ from har_kit.data import dahar_transforms, make_loader, read_rap, read_wider, ti
 from har_kit.dahar import PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_variant, param_table
 from har_kit.dahar_train import DaHarConfig, predict_masks, train_variant
 from har_kit.losses import pos_ratio
-from har_kit.metrics import target_share
+from har_kit.metrics import METRICS_SCHEMA, target_share
 
 torch.set_num_threads(1)
 
@@ -40,9 +40,10 @@ def test_config_defaults_are_the_notebooks_parameters():
 def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
     res = train_variant(name, wider, tmp_path/name, _cfg())
     m = res['metrics']
-    assert 0 <= m['mAP_full'] <= 1 and 0 <= m['mAP_crops'] <= 1
-    assert set(m['ap_full']) == set(wider.attributes)
-    assert math.isfinite(m['final_train_loss']) and m['epochs'] == 1
+    assert (m['schema'], m['dataset'], m['metric']) == (METRICS_SCHEMA, 'wider', 'mAP')
+    assert 0 <= m['full']['mAP'] <= 1 and 0 <= m['crops']['mAP'] <= 1
+    assert list(m['full']['per_attribute']) == list(wider.attributes) == list(m['crops']['per_attribute'])
+    assert math.isfinite(m['final_loss']) and m['epoch'] == 1 and m['model_file'] == f'{name}/model.pt'
     assert (tmp_path/name/'checkpoints'/'last.pt').exists()
     from har_kit.predict import load_model
     loaded = load_model(tmp_path/name/'model.pt')   # rebuilt from builder + JSON kwargs, same outputs
@@ -87,14 +88,14 @@ def test_table3_training_options(wider, tmp_path):
     assert len(res['loaders']['train'].dataset) == len(wider.split('train', 'val'))
     for loss in ('weighted', 'mixed'):
         r = train_variant('baseline', wider, tmp_path/loss, _cfg(loss=loss))
-        assert math.isfinite(r['metrics']['final_train_loss'])
+        assert math.isfinite(r['metrics']['final_loss'])
 
 
 def test_rap_like_uses_pedestrian_metrics(tmp_path):
     rap = read_rap(tiny_fixture('rap', tmp_path/'rap', n=16))
     res = train_variant('dahar', rap, tmp_path/'run', _cfg(loss='mixed'))
     m = res['metrics']
-    assert {'mA', 'acc', 'prec', 'rec', 'f1', 'crops'} <= set(m)
+    assert list(m['full']) == list(m['crops']) == ['mA', 'acc', 'prec', 'rec', 'f1', 'per_attribute'] and m['metric'] == 'mA'
     img = next(iter(res['loaders']['train']))['image']
     assert img.shape[-2] == 2 * img.shape[-1]  # RAP keeps height / width = 2
 
@@ -110,7 +111,7 @@ def test_dahar_run_resumes(wider, tmp_path):
     a, b = straight['model'].state_dict(), resumed['model'].state_dict()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
-    assert resumed['metrics']['mAP_full'] == pytest.approx(straight['metrics']['mAP_full'], abs=1e-6)
+    assert resumed['metrics']['full']['mAP'] == pytest.approx(straight['metrics']['full']['mAP'], abs=1e-6)
 
 
 def test_mask_supervision_teaches_the_mask(wider):

@@ -1,6 +1,7 @@
 """Results independent of scheduling (issue 17): a run fixes its intra-op threads and seeds, so the same tiny
 training run gives bit-identical metrics alone and while another run executes beside it; and a tiny real training
-(synthetic PA100K-like set, Da-HAR on resnet-tiny, one epoch) still gives the committed golden numbers.
+(synthetic PA100K-like set, Da-HAR on resnet-tiny, one epoch) still gives the committed golden numbers, kept as a
+`metrics.json` entry (`har_kit.metrics.metrics_entry`).
 
 Regenerate the golden numbers after a change that is meant to move them: `python tests/test_determinism.py --regenerate`."""
 import json, math, subprocess, sys, tempfile
@@ -62,7 +63,7 @@ def tiny_training(work):  # an empty folder for the data and the run
     from har_kit.dahar import dahar_variant
     from har_kit.data import dahar_transforms, load_dataset, make_loader
     from har_kit.engine import TrainConfig, fit, predict
-    from har_kit.metrics import pedestrian_metrics
+    from har_kit.metrics import metrics_entry, pedestrian_metrics
     from har_kit.synth import make_synthetic
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
@@ -74,19 +75,32 @@ def tiny_training(work):  # an empty folder for the data and the run
         history = fit(model, bce, train, TrainConfig(epochs=1, lr=0.01, device='cpu', progress=False, seed=0), Path(work)/'run')
         p = predict(model, make_loader(data.split('val', 'test'), dahar_transforms(False, 2, 0.25), 8, False), torch.device('cpu'))
     finally: torch.set_num_threads(threads)
-    m = pedestrian_metrics(p['scores'], p['labels'])
-    return dict(n_train=len(data.split('train')), n_eval=len(p['scores']), loss=history[-1]['loss'],
-                **{k: float(m[k]) for k in ('mA', 'acc', 'prec', 'rec', 'f1')},
-                logits_sum=float(p['logits'].astype('float64').sum()), logits_abs_sum=float(abs(p['logits'].astype('float64')).sum()),
-                weight_sum=sum(float(v.double().sum()) for v in model.state_dict().values() if v.is_floating_point()))
+    return metrics_entry('pa100k', {'full': pedestrian_metrics(p['scores'], p['labels'])}, data.attributes, final_loss=history[-1]['loss'],
+                         extra=dict(n_train=len(data.split('train')), n_eval=len(p['scores']),
+                                    logits_sum=float(p['logits'].astype('float64').sum()),
+                                    logits_abs_sum=float(abs(p['logits'].astype('float64')).sum()),
+                                    weight_sum=sum(float(v.double().sum()) for v in model.state_dict().values() if v.is_floating_point())))
+
+
+def _flat(entry, prefix=''):  # a metrics.json entry -> {'full.mA': .., 'extra.n_train': .., ...}
+    out = {}
+    for k, v in entry.items():
+        if isinstance(v, dict): out.update(_flat(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+
+def _same(a, b):  # a golden value and a fresh one
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+    return a == b
 
 
 def test_tiny_training_matches_golden(tmp_path):
     "The numbers of `tiny_training` are the committed ones: a change that moves them must regenerate them, on purpose."
     assert GOLDEN.exists(), f'{GOLDEN} is missing: run `{REGENERATE}` and commit it'
-    want, got = load_json(GOLDEN)['metrics'], tiny_training(tmp_path)
-    off = {k: (want.get(k), v) for k, v in got.items()
-           if k not in want or not math.isclose(v, want[k], rel_tol=TOLERANCE, abs_tol=TOLERANCE)}
+    want, got = _flat(load_json(GOLDEN)['metrics']), _flat(tiny_training(tmp_path))
+    off = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if k not in want or k not in got or not _same(want[k], got[k])}
     assert not off, (f'{GOLDEN.name} is stale or the tiny training changed: (golden, now) = {off}. If the change is '
                      f'meant to move these numbers, run `{REGENERATE}` and commit {GOLDEN.relative_to(GOLDEN.parents[2])}')
 

@@ -192,3 +192,20 @@ def test_train_eval_uses_best_checkpoint(tmp_path):
     assert out['epoch'] == best['epoch'] and out['metrics']['val']['acc'] == pytest.approx(best['val_acc'])
     w = load_checkpoint(tmp_path/'checkpoints'/'best.pt')['model']
     assert all(torch.equal(w[k], v) for k, v in model.state_dict().items())
+
+
+def test_every_public_dataclass_field_shows_its_comment():
+    "show_doc lists a dataclass's fields with fastcore's docments: every public config/record class of the kit has one per field."
+    import dataclasses, importlib, pkgutil
+    import har_kit
+    from fastcore.docments import docments
+    bare = {}
+    for m in pkgutil.iter_modules(har_kit.__path__):
+        if m.name.startswith('_'): continue
+        mod = importlib.import_module(f'har_kit.{m.name}')
+        for name, cls in vars(mod).items():
+            if name.startswith('_') or not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or cls.__module__ != mod.__name__: continue
+            docs = docments(cls)
+            missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+            if missing: bare[f'{mod.__name__}.{name}'] = missing
+    assert 'epochs' in docments(TrainConfig) and not bare, f'fields without a trailing comment: {bare}'

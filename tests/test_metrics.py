@@ -276,3 +276,22 @@ def test_rap_sized_arrays_are_fast():
     m = pedestrian_metrics(s, y)
     assert time.perf_counter() - t0 < 30               # a Python loop over samples would take minutes
     assert r['mAP'] == pytest.approx(0.15, abs=0.01) and m['mA'] == pytest.approx(0.5, abs=0.01)
+
+
+def test_one_metrics_entry_for_every_section(tmp_path):
+    "metrics_entry: per protocol the dataset's headline scalars and per_attribute; read_metrics refuses an older schema."
+    from har_kit.core import save_json
+    from har_kit.metrics import METRICS_SCHEMA, metrics_entry, read_metrics
+    rng = np.random.default_rng(0)
+    s, y = rng.random((30, 3)), (rng.random((30, 3)) < .5).astype(np.int8)
+    w = metrics_entry('wider', {'full': mean_ap(s, y), 'crops': mean_ap(s[::-1], y)}, list('abc'), epoch=2, final_loss=None)
+    assert list(w) == ['schema', 'dataset', 'metric', 'full', 'crops', 'epoch'] and w['schema'] == METRICS_SCHEMA
+    assert w['full'] == {'mAP': mean_ap(s, y)['mAP'], 'per_attribute': dict(zip('abc', mean_ap(s, y)['ap']))}
+    r = metrics_entry('pa100k', {'full': pedestrian_metrics(s, y)}, list('abc'), extra={'theta_median': 40.0})
+    assert list(r['full']) == ['mA', 'acc', 'prec', 'rec', 'f1', 'per_attribute'] and r['extra'] == {'theta_median': 40.0}
+    with pytest.raises(KitError, match='extra='): metrics_entry('rap', {'full': pedestrian_metrics(s, y)}, list('abc'), theta=1)
+    with pytest.raises(KitError, match="lacks"): metrics_entry('rap', {'full': mean_ap(s, y)}, list('abc'))
+    save_json({'baseline': r, '_meta': {}}, tmp_path/'metrics.json')
+    assert read_metrics(tmp_path, 'baseline') == json.loads(json.dumps(r))
+    save_json({'baseline': {'mA': 0.5, 'ma_per_attr': {}}, '_meta': {}}, tmp_path/'metrics.json')
+    with pytest.raises(KitError, match=r'schema 1, this kit reads schema \d+: rerun'): read_metrics(tmp_path)

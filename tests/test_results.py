@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from har_kit.core import save_json
+from har_kit.core import KitError, save_json
+from har_kit.metrics import metrics_entry
 from har_kit.render import paired_interval, render
 from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, WIDER_COLUMNS, row_runs, run_path,
                               spec_dir)
@@ -72,6 +73,10 @@ def test_runs_are_named_by_what_they_ran():
     assert run_path('o', 'quick', t1, 2).relative_to('o') == Path('quick', 'dahar', spec_dir('o', 'quick', t1).name, 'seed2')
 
 
+def _ped(mA, f1):  # a pedestrian-metric entry as the sections write it (har_kit.metrics.metrics_entry)
+    return metrics_entry('rap', {'full': dict(mA=mA, acc=0.5, prec=0.5, rec=0.5, f1=f1, ma_per_attr=[])}, [])
+
+
 def _numbers(cells): return {k: v for k, v in cells.items() if len(k) == 2}
 
 
@@ -82,7 +87,7 @@ def test_missing_is_missing_never_zero(tmp_path):
     # one seed of one row: its cells filled, the rest still missing, sd absent with n=1
     spec = CAMPAR_T2.rows[0].run
     d = run_path(tmp_path, 'quick', spec, 0)
-    save_json({'baseline': {'mA': 0.7, 'f1': 0.6}}, d/'metrics.json')
+    save_json({'baseline': _ped(0.7, 0.6)}, d/'metrics.json')
     out = render(CAMPAR_T2, tmp_path, 'quick')
     assert _numbers(out['cells']) == {}, 'a run without done must not count'
     assert out['cells'][('baseline', 'mA', 'missing')] == 'not done'
@@ -91,6 +96,13 @@ def test_missing_is_missing_never_zero(tmp_path):
     assert out['cells'][('baseline', 'mA')]['mean'] == pytest.approx(70.0)
     assert 'ours (n=1)' in out['texts']['md'] and out['texts']['md'].count('| no run') == 8
     for ext in ('md', 'csv', 'tex', 'card.csv'): assert (tmp_path/'quick'/'tables'/f'campar_t2.{ext}').exists()
+
+
+def test_old_metrics_schema_is_refused_not_misread(tmp_path):
+    "A finished run whose metrics.json predates the schema stops the render, naming the run and saying to rerun it."
+    d = run_path(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 0)
+    save_json({'baseline': {'mA': 0.7, 'f1': 0.6, 'ma_per_attr': {}}}, d/'metrics.json'); (d/'done').write_text('')
+    with pytest.raises(KitError, match=f'{re.escape(str(d))}.*metrics schema 1.*rerun'): render(CAMPAR_T2, tmp_path, 'quick')
 
 
 def _run(root, profile, spec, seed, params, metrics=None, failed=None):
@@ -114,7 +126,7 @@ def test_failed_run_says_why(tmp_path):
 
 
 def test_protocol_card_lists_every_difference_with_its_reason(tmp_path):
-    for s in range(2): _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s, QUICK, {'mA': 0.7, 'f1': 0.6})
+    for s in range(2): _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s, QUICK, _ped(0.7, 0.6))
     card = render(CAMPAR_T2, tmp_path, 'quick')['card']
     diff = {d['parameter']: d for d in card['differs']}
     assert {'data_root', 'arch', 'weights', 'scale', 'optimizer', 'epochs', 'batch_size', 'device', 'lr'} <= set(diff)
@@ -126,7 +138,7 @@ def test_protocol_card_lists_every_difference_with_its_reason(tmp_path):
     assert 'Weights: None (from scratch).' in md and 'Selection: held-out' in md
     assert 'arch,resnet50' in (tmp_path/'quick'/'tables'/'campar_t2.card.csv').read_text()
     # a run that follows the paper in a parameter drops it from the card; undeclared reasons say so
-    _run(tmp_path, 'paper', CAMPAR_T2.rows[0].run, 0, dict(QUICK, arch='resnet50', weights='IMAGENET1K_V1'), {'mA': 0.7, 'f1': 0.6})
+    _run(tmp_path, 'paper', CAMPAR_T2.rows[0].run, 0, dict(QUICK, arch='resnet50', weights='IMAGENET1K_V1'), _ped(0.7, 0.6))
     paper = {d['parameter']: d for d in render(CAMPAR_T2, tmp_path, 'paper')['card']['differs']}
     assert 'arch' not in paper and 'weights' not in paper and 'no reason declared' in paper['scale']['reason']
 
@@ -134,12 +146,12 @@ def test_protocol_card_lists_every_difference_with_its_reason(tmp_path):
 def test_rap_partitions_and_both_selection_modes(tmp_path):
     spec = CAMPAR_T2.rows[0].run
     for part in range(5):
-        _run(tmp_path, 'paper', spec, part, dict(QUICK, partition=part, selection='held-out'), {'mA': 0.70 + part / 100, 'f1': 0.6})
+        _run(tmp_path, 'paper', spec, part, dict(QUICK, partition=part, selection='held-out'), _ped(0.70 + part / 100, 0.6))
     d = spec_dir(tmp_path, 'paper', spec)
     for part in range(5):   # the [15]-selected replicate of each run, in its own directory
         e = d/f'seed{part}-sel15'   # named like results.run_dir_name: seed<S>[-part<P>][-sel<mode>]
         save_json({**spec.kwargs, **QUICK, 'partition': part, 'selection': '[15]', 'seed': part}, e/'params.json')
-        save_json({'baseline': {'mA': 0.72 + part / 100, 'f1': 0.6}}, e/'metrics.json'); (e/'done').write_text('')
+        save_json({'baseline': _ped(0.72 + part / 100, 0.6)}, e/'metrics.json'); (e/'done').write_text('')
     out = render(CAMPAR_T2, tmp_path, 'paper')
     md = out['texts']['md']
     assert 'RAP: mean ± sd over partitions 0, 1, 2, 3, 4' in md and 'both shown' in md
@@ -151,8 +163,8 @@ def test_rap_partitions_and_both_selection_modes(tmp_path):
 def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):
     base, fus = CAMPAR_T2.rows[0].run, CAMPAR_T2.rows[1].run
     for s, (a, b) in enumerate([(0.70, 0.75), (0.72, 0.76), (0.71, 0.77)]):
-        _run(tmp_path, 'quick', base, s, QUICK, {'mA': a, 'f1': 0.5})
-        _run(tmp_path, 'quick', fus, s, QUICK, {'mA': b, 'f1': 0.5 + (s - 1) / 100})
+        _run(tmp_path, 'quick', base, s, QUICK, _ped(a, 0.5))
+        _run(tmp_path, 'quick', fus, s, QUICK, _ped(b, 0.5 + (s - 1) / 100))
     out = render(CAMPAR_T2, tmp_path, 'quick')
     line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | Δ vs baseline'))
     iv = paired_interval(out['cells'][('fusion', 'mA')], out['cells'][('baseline', 'mA')])
