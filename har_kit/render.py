@@ -23,9 +23,10 @@ def _dig(d, path):
         d = d[part]
     return d
 
-def missing_reason(dirs   # the seed directories of a run (`run_dirs`)
+def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
+                   variant=None  # the row's model in the run (a run may train several)
                   ) -> str:
-    "Why a run has no finished seed: 'no run', 'failed: <first line of the error>' (from failed.json) or 'not done'."
+    "Why a run gives a row no number: 'no run', 'failed: <first line of the error>' (from failed.json), 'not done', or a done run without the row's entry."
     if not dirs: return 'no run'
     for d in dirs:
         if (d/'failed.json').exists():
@@ -33,6 +34,7 @@ def missing_reason(dirs   # the seed directories of a run (`run_dirs`)
             except KitError: err = 'failed.json unreadable'
             first = (err.splitlines() or ['(no message)'])[0].replace('|', '/')
             return f'failed: {first[:77] + "..." if len(first) > 80 else first}'
+    if variant and any((d/'done').exists() for d in dirs): return f'done, but no {variant!r} value in its metrics.json'
     return 'not done'
 
 def _summary(vals, seeds, mode):
@@ -62,7 +64,7 @@ def collect(table: Table,      # the table
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
                 cells[(row.key, col, m)] = _summary(*by_mode[m], m)
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
-            if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]))
+            if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]), src[0].variant)
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
             runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s)]
             if runs and (runs[0][1]/'params.json').exists():

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['WIDER_COLUMNS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_T1', 'CAMPAR_T2', 'PAPER_TABLES', 'TABLES',
-           'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR',
-           'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source',
-           'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
+__all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1', 'CAMPAR_T2',
+           'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX', 'REAL_PA100K',
+           'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol',
+           'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs',
+           'seed_dirs']
 
 # %% ../nbs/06_results.ipynb #c006
 @dataclass(frozen=True)
@@ -27,8 +28,8 @@ class RunSpec:
     def kwargs(self): return dict(self.params)
 
     def key(self):
-        "A stable, readable identity (used to share runs between rows)."
-        return json.dumps([self.notebook, self.params, self.variant, [(n, s.key()) for n, s in self.needs]], default=str)
+        "A stable, readable identity of the run (shared by rows that read other variants of it)."
+        return json.dumps([self.notebook, self.params, [(n, s.key()) for n, s in self.needs]], default=str)
 
 def spec(notebook,    # section notebook: 'dahar', 'campar', 'cfar'
          variant,     # model variant (its key in the run's metrics.json)
@@ -152,6 +153,9 @@ def _reported(columns, values): return dict(zip(columns, values))
 
 _T1_COLS = list(WIDER_COLUMNS) + ['mAP']
 _DAHAR_FULL = spec('dahar', 'dahar', dataset='wider', ignore_unspecified=True)
+DAHAR_ARCHS = ['baseline', 'fusion', 'self_mask', 'coarse_to_fine', 'dahar']   # Table 3's architectures: one run trains all five
+
+def _arch(variant): return spec('dahar', variant, dataset='wider', variants=DAHAR_ARCHS)   # one of them, on WIDER
 
 DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'Da-HAR, AAAI 2020, Table 1', _T1_COLS, [
     Row('rcnn', "R-CNN ICCV'15", _reported(_T1_COLS, [94, 81, 60, 91, 76, 94, 78, 89, 68, 96, 80, 72, 87, 55, 80.0])),
@@ -199,11 +203,11 @@ _T3_COLS = ['crops', 'full']
 _T3_METRICS = {'crops': 'crops.mAP', 'full': 'full.mAP'}
 
 DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / full patch', 'Da-HAR, AAAI 2020, Table 3', _T3_COLS, [
-    Row('baseline', 'SRN w/o spatial regularization (baseline)', _reported(_T3_COLS, [85.3, 86.2]), spec('dahar', 'baseline', dataset='wider'), _T3_METRICS),
-    Row('fusion', '+ multi-level feature', _reported(_T3_COLS, [85.7, 86.5]), spec('dahar', 'fusion', dataset='wider'), _T3_METRICS),
-    Row('self_mask', '+ self-mask', _reported(_T3_COLS, [85.8, 86.6]), spec('dahar', 'self_mask', dataset='wider'), _T3_METRICS),
-    Row('coarse_to_fine', '+ self-mask + masked attention', _reported(_T3_COLS, [86.0, 86.8]), spec('dahar', 'coarse_to_fine', dataset='wider'), _T3_METRICS),
-    Row('dahar', 'all three (Da-HAR)', _reported(_T3_COLS, [86.2, 87.1]), spec('dahar', 'dahar', dataset='wider'), _T3_METRICS),
+    Row('baseline', 'SRN w/o spatial regularization (baseline)', _reported(_T3_COLS, [85.3, 86.2]), _arch('baseline'), _T3_METRICS),
+    Row('fusion', '+ multi-level feature', _reported(_T3_COLS, [85.7, 86.5]), _arch('fusion'), _T3_METRICS),
+    Row('self_mask', '+ self-mask', _reported(_T3_COLS, [85.8, 86.6]), _arch('self_mask'), _T3_METRICS),
+    Row('coarse_to_fine', '+ self-mask + masked attention', _reported(_T3_COLS, [86.0, 86.8]), _arch('coarse_to_fine'), _T3_METRICS),
+    Row('dahar', 'all three (Da-HAR)', _reported(_T3_COLS, [86.2, 87.1]), _arch('dahar'), _T3_METRICS),
     Row('dahar_ignore0', 'Da-HAR + ignore 0-labeled', _reported(_T3_COLS, [86.5, 87.3]), _DAHAR_FULL, _T3_METRICS),
     Row('dahar_trainval', 'Da-HAR + ignore 0-labeled + validation set', _reported(_T3_COLS, [87.2, 88.0]),
         spec('dahar', 'dahar', dataset='wider', ignore_unspecified=True, train_splits=['train', 'val']), _T3_METRICS),
@@ -213,7 +217,10 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
 # %% ../nbs/06_results.ipynb #c026
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
-def _campar(variant, dataset): return spec('campar', variant, dataset=dataset)
+CAMPAR_VARIANTS = {'rap': ['baseline', 'fusion', 'campar', 'campar_fusion']}   # Table 2's rows: one run on RAP trains all four
+
+def _campar(variant, dataset):  # one CAM-PAR model, from the run that trains its dataset's compared variants
+    return spec('campar', variant, dataset=dataset, variants=CAMPAR_VARIANTS.get(dataset, ['baseline', 'campar_fusion']))
 _RAP5C = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP v1 ships 5 random partitions; the thesis does not say which it used',
                               datasets=('rap',), across=True))
 def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
@@ -281,8 +288,8 @@ def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}
 DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the target (WIDER-like test set)',
                     'har-kit study (Da-HAR\'s claim, Sec. "Coarse-to-fine Distraction-Aware Learning")',
                     [f'{b} distractors' for b in DISTRACTION_BINS], [
-    Row('dahar_baseline', 'Da-HAR baseline (SRN w/o SR)', {}, spec('dahar', 'baseline', dataset='wider'), _by_level('mAP')),
-    Row('dahar', 'Da-HAR', {}, spec('dahar', 'dahar', dataset='wider'), _by_level('mAP')),
+    Row('dahar_baseline', 'Da-HAR baseline (SRN w/o SR)', {}, _arch('baseline'), _by_level('mAP')),
+    Row('dahar', 'Da-HAR', {}, _arch('dahar'), _by_level('mAP')),
     Row('campar_baseline', 'CAM-PAR baseline [15]', {}, _campar('baseline', 'wider'), _by_level('mAP')),
     Row('campar', 'CAM-PAR + fusion', {}, _campar('campar_fusion', 'wider'), _by_level('mAP')),
 ], conventions='AP: VOC-style interpolated per distraction bin of the test targets; 3 seeds', seeds=3,
@@ -297,10 +304,10 @@ _DAHAR_NOSUP = spec('dahar', 'dahar', dataset='wider', mask_weight=0.0)   # the 
 WHERE_THEY_LOOK = Table('where_they_look', 'Share of each map\'s mass on the target (%) by distractors overlapping the target (WIDER-like test set)',
                         'har-kit study (the mechanism behind Da-HAR\'s claim; Fig. 5 of Da-HAR, Sec. 4.1 of CAM-PAR)',
                         [f'{b} distractors' for b in DISTRACTION_BINS], [
-    Row('chance', 'chance (the target\'s share of the image area)', {}, spec('dahar', 'baseline', dataset='wider'), _mass_by_level('chance')),
-    Row('baseline_attention', 'Da-HAR baseline: SRN attention', {}, spec('dahar', 'baseline', dataset='wider'), _mass_by_level('attention')),
-    Row('dahar_attention', 'Da-HAR: SRN attention', {}, spec('dahar', 'dahar', dataset='wider'), _mass_by_level('attention')),
-    Row('dahar_mask', 'Da-HAR: mask branch (supervised by exact masks)', {}, spec('dahar', 'dahar', dataset='wider'), _mass_by_level('mask')),
+    Row('chance', 'chance (the target\'s share of the image area)', {}, _arch('baseline'), _mass_by_level('chance')),
+    Row('baseline_attention', 'Da-HAR baseline: SRN attention', {}, _arch('baseline'), _mass_by_level('attention')),
+    Row('dahar_attention', 'Da-HAR: SRN attention', {}, _arch('dahar'), _mass_by_level('attention')),
+    Row('dahar_mask', 'Da-HAR: mask branch (supervised by exact masks)', {}, _arch('dahar'), _mass_by_level('mask')),
     Row('dahar_mask_nosup', 'Da-HAR: mask branch without mask supervision', {}, _DAHAR_NOSUP, _mass_by_level('mask')),
     Row('campar_cam', 'CAM-PAR + fusion: CAMs (summed)', {}, _campar('campar_fusion', 'wider'), _mass_by_level('attention')),
 ], conventions='share of the map\'s (non-negative) mass inside the target\'s exact mask, mean over test targets; 3 seeds', seeds=3,
@@ -315,7 +322,7 @@ def _matrix_row(spec_fn):
             'PA100K mA': (spec_fn('pa100k'), 'full.mA'), 'PA100K F1': (spec_fn('pa100k'), 'full.f1')}
 
 def _dahar_on(d):  # the published configurations: BCE everywhere (Table 2 o.), no 0-label ignoring (Table 3 row 5)
-    return spec('dahar', 'dahar', dataset=d) if d == 'wider' else spec('dahar', 'dahar', dataset=d, loss='bce')
+    return _arch('dahar') if d == 'wider' else spec('dahar', 'dahar', dataset=d, loss='bce')
 
 MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: method x dataset', _MX_COLS, [
     Row('dahar', 'Da-HAR', _reported(_MX_COLS, [87.1, 73.78, 80.50, None, None]),
@@ -343,13 +350,13 @@ TABLES.update(STUDY_TABLES)
 # %% ../nbs/06_results.ipynb #c045
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
-    "A readable name for a run: its variant, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
-    parts = [spec.variant, spec.kwargs.get('dataset')]
+    "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
+    parts = ['+'.join(spec.kwargs.get('variants') or [spec.variant]), spec.kwargs.get('dataset')]
     for k, v in spec.params:
         if k in ('variants', 'dataset', 'phase1_variant'): continue   # implied by the variant
         v = '_'.join(map(str, v)) if isinstance(v, tuple) else v
         parts.append(k if v is True else f'no_{k}' if v is False else f'{k}_{v}')
-    return '-'.join(re.sub(r'[^A-Za-z0-9_.]+', '_', str(p)) for p in parts if p not in (None, ''))[:64]
+    return '-'.join(re.sub(r'[^A-Za-z0-9_.+]+', '_', str(p)) for p in parts if p not in (None, ''))[:64]
 
 def spec_hash(spec: RunSpec   # the run
              ) -> str:

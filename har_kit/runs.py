@@ -12,8 +12,8 @@ from .core import (KitError, atomic_write, data_root, env_info, kit_threads, loa
 from .run_params import *   # finding a notebook, its parameters and their checks (00b_run_params)
 
 # %% auto #0
-__all__ = ['DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'timing_summary', 'batch_copy',
-           'absolute_paths', 'run_notebook', 'run_status', 'cli']
+__all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'timing_summary',
+           'batch_copy', 'absolute_paths', 'run_notebook', 'run_status', 'cli']
 
 # %% ../nbs/00b_runs.ipynb #c005
 @contextlib.contextmanager
@@ -88,7 +88,34 @@ def kernel_env(out_dir,       # the run directory
                 HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                 PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
 
-# %% ../nbs/00b_runs.ipynb #c015
+# %% ../nbs/00b_runs.ipynb #c016
+SAVE_EVERY = 2.0   # seconds between intermediate saves of a run's executed notebook
+
+def _engine():
+    "papermill's nbclient engine with throttled saves, registered as 'har-kit' (papermill is imported only when a run starts)."
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+    class ThrottledSaves(NotebookExecutionManager):
+        def save(self, **kwargs):   # skipped within SAVE_EVERY of the last save, unless a save is forced below
+            if self.last_save_time and (self.now() - self.last_save_time).total_seconds() < SAVE_EVERY: return
+            super().save(**kwargs)
+        def cell_exception(self, cell, cell_index=None, **kwargs):
+            super().cell_exception(cell, cell_index, **kwargs); self.last_save_time = None; self.save()
+        def notebook_complete(self, **kwargs):
+            self.last_save_time = None; super().notebook_complete(**kwargs)
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            man = ThrottledSaves(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                                 autosave_cell_every=autosave_cell_every)
+            man.notebook_start()
+            try: cls.execute_managed_notebook(man, kernel_name, log_output=log_output, **kwargs)
+            finally: man.cleanup_pbar(); man.notebook_complete()
+            return man.nb
+    papermill_engines.register('har-kit', Engine)
+    return 'har-kit'
+
+# %% ../nbs/00b_runs.ipynb #c017
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
 def _prepare(out, params, force):
@@ -121,7 +148,7 @@ def _prepare(out, params, force):
     print(f'har-kit run: moved the previous run of {out} aside to {aside}', file=sys.stderr)
     return 'run'
 
-# %% ../nbs/00b_runs.ipynb #c017
+# %% ../nbs/00b_runs.ipynb #c019
 def _cell_of(nb_path):
     "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
     try: cells = json.loads(Path(nb_path).read_text())['cells']
@@ -169,7 +196,7 @@ def _finish_notebook(out, started, log):
                   + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except (OSError, KeyError, ValueError): pass
 
-# %% ../nbs/00b_runs.ipynb #c018
+# %% ../nbs/00b_runs.ipynb #c020
 def _fail(out, error, cell=None):
     with contextlib.suppress(OSError, KitError):
         save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z')), out/'failed.json')
@@ -190,7 +217,7 @@ def batch_copy(nb,    # the notebook
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
-# %% ../nbs/00b_runs.ipynb #c021
+# %% ../nbs/00b_runs.ipynb #c023
 def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
@@ -208,7 +235,8 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
         try:
             pm.execute_notebook(str(source), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
                                 kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
-                                execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out))
+                                execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out),
+                                engine_name=_engine(), shutdown_kernel='immediate')
         except pm.PapermillExecutionError as e:
             if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
                 raise stop(f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: '
@@ -226,7 +254,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
             stop('interrupted (Ctrl-C)', _cell_of(out/'notebook.running.ipynb')); raise
         _finish_notebook(out, started, log)
 
-# %% ../nbs/00b_runs.ipynb #c023
+# %% ../nbs/00b_runs.ipynb #c025
 PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
 
 def absolute_paths(params: dict  # checked parameters
@@ -235,7 +263,7 @@ def absolute_paths(params: dict  # checked parameters
     place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
     return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/00b_runs.ipynb #c025
+# %% ../nbs/00b_runs.ipynb #c027
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -277,7 +305,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/00b_runs.ipynb #c032
+# %% ../nbs/00b_runs.ipynb #c034
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -293,7 +321,7 @@ def run_status(out_dir,  # a run directory
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
     return dict(state='missing', error=None)
 
-# %% ../nbs/00b_runs.ipynb #c036
+# %% ../nbs/00b_runs.ipynb #c038
 def cli(argv=None):  # arguments after `har-kit run`
     "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch]`: execute one section notebook as a run."
     ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)

@@ -40,7 +40,7 @@ def _lines(root):
 
 
 def _two(root):  # a CAM-PAR run and the CFAR run that needs it
-    return [r for r in plan(['campar_t1'], 'quick', root=root) if r.spec.variant in ('campar_fusion', 'campar_fusion_cfar')
+    return [r for r in plan(['campar_t1'], 'quick', root=root) if r.spec.notebook in ('campar', 'cfar')
             and r.params['dataset'] == 'rap' and r.seed == 0]
 
 

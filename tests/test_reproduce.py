@@ -124,10 +124,10 @@ def test_default_jobs_from_cores_and_threads(monkeypatch):
 
 
 def test_status_names_failures_and_blocked_runs(tmp_path, capsys):
-    runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0]   # one seed of each run
+    runs = [r for r in plan(['dahar_t2', 'campar_t2'], 'quick', root=tmp_path) if r.seed == 0]   # one seed of each run
     def run_fn(r, dev):
         r.out_dir.mkdir(parents=True, exist_ok=True)
-        if r.spec.variant == 'campar_fusion':
+        if r.spec.notebook == 'campar':   # the CAM-PAR run fails; the CFAR run that needs it is blocked
             save_json(dict(error='cell 12 raised RuntimeError: out of memory', cell=12, time='t'), r.out_dir/'failed.json')
             raise RunFailed(r.out_dir, 'out of memory')
         (r.out_dir/'done').write_text('')
@@ -190,7 +190,7 @@ def test_submitit_dry_run_lists_jobs_and_dependencies(tmp_path, capsys):
     from har_kit.launch import submit
     runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0]   # one seed of each run
     acts = submit(runs, None, 'quick', tmp_path, dry_run=True)
-    assert [a['action'] for a in acts] == ['submit'] * 6 and acts[-1]['name'] == 'quick/tables'   # 5 runs + the tables job
+    assert [a['action'] for a in acts] == ['submit'] * 3 and acts[-1]['name'] == 'quick/tables'   # 2 runs + the tables job
     cfar = next(i for i, r in enumerate(runs) if r.spec.notebook == 'cfar')
     assert acts[cfar]['after'] == [f'<{r.name}>' for r in runs if r.out_dir in runs[cfar].deps]
     assert cli(['campar_t2', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local', '--dry-run',

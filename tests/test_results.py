@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from har_kit.core import KitError, save_json
+from har_kit.core import KitError, load_json, save_json
 from har_kit.metrics import metrics_entry
 from har_kit.render import paired_interval, render
 from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, WIDER_COLUMNS, row_runs, run_path,
@@ -65,7 +65,8 @@ def test_runs_are_named_by_what_they_ran():
     specs = {s.key(): s for t in TABLES.values() for r in t.rows for s in row_runs(r)}
     dirs = {k: spec_dir('o', 'quick', s) for k, s in specs.items()}
     assert len(set(dirs.values())) == len(dirs)
-    assert all(d.parent.name == specs[k].notebook and d.name.startswith(f'{specs[k].variant}-') for k, d in dirs.items())
+    assert all(d.parent.name == specs[k].notebook and d.name.startswith('+'.join(specs[k].kwargs['variants']) + '-')
+               for k, d in dirs.items())
     assert not any(t in str(d) for d in dirs.values() for t in TABLES)
     t1 = next(r for r in DAHAR_T1.rows if r.key == 'dahar').run
     t3 = next(r for r in DAHAR_T3.rows if r.key == 'dahar_ignore0').run
@@ -94,7 +95,7 @@ def test_missing_is_missing_never_zero(tmp_path):
     (d/'done').write_text('')
     out = render(CAMPAR_T2, tmp_path, 'quick')
     assert out['cells'][('baseline', 'mA')]['mean'] == pytest.approx(70.0)
-    assert 'ours (n=1)' in out['texts']['md'] and out['texts']['md'].count('| no run') == 8
+    assert 'ours (n=1)' in out['texts']['md'] and out['texts']['md'].count('| no run') == 2   # CFAR's row; the others share the run
     for ext in ('md', 'csv', 'tex', 'card.csv'): assert (tmp_path/'quick'/'tables'/f'campar_t2.{ext}').exists()
 
 
@@ -109,7 +110,9 @@ def _run(root, profile, spec, seed, params, metrics=None, failed=None):
     d = run_path(root, profile, spec, seed)
     save_json({**spec.kwargs, **params, 'seed': seed}, d/'params.json')
     if failed: save_json({'error': failed, 'cell': 3, 'time': 0}, d/'failed.json')
-    if metrics is not None: save_json({spec.variant: metrics}, d/'metrics.json'); (d/'done').write_text('')
+    if metrics is not None:   # rows that differ only in the variant share the run: their entries accumulate
+        old = load_json(d/'metrics.json') if (d/'metrics.json').exists() else {}
+        save_json({**old, spec.variant: metrics}, d/'metrics.json'); (d/'done').write_text('')
     return d
 
 

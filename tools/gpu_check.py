@@ -249,8 +249,10 @@ def paper_runs():
     "(notebook, variant, dataset, epochs) of every run the paper profile plans (one seed; RAP partitions as planned)."
     try:
         from har_kit.reproduce import plan
-        return [(r.spec.notebook, r.spec.variant, r.params.get('dataset'), r.params.get('epochs', 30), r.params.get('phase1_variant'))
-                for r in plan(profile='paper', seeds=1)], 'har_kit.reproduce.plan(profile="paper", seeds=1)'
+        return [(r.spec.notebook, v, r.params.get('dataset'), r.params.get('epochs', 30), r.params.get('phase1_variant'))
+                for r in plan(profile='paper', seeds=1)   # a run trains every model its `variants` names (cfar: one phase 2)
+                for v in (r.params.get('variants') or [r.spec.variant] if r.spec.notebook != 'cfar' else [r.spec.variant])
+                ], 'har_kit.reproduce.plan(profile="paper", seeds=1)'
     except Exception as e:  # the planner's interface moved: fall back to the paper tables' runs, 30 epochs
         from har_kit.results import PAPER_TABLES, row_runs
         seen = {}
