@@ -53,6 +53,7 @@ class DaHarConfig:
     loss: str = 'bce'                   # 'bce' (Eq. 1), 'weighted' (Eq. 2) or 'mixed'
     mix: float = 0.5                    # lambda of the mixed loss
     mask_weight: float = 1.0            # mask-loss weight (0: no mask supervision)
+    mask_supervision: str = 'mask'      # what the mask branch learns: 'mask' (person masks) or 'box' (the target box)
     ignore_unspecified: bool = False    # unspecified labels leave every loss
     arch: str = 'resnet-tiny'           # backbone (paper: 'resnet101')
     weights: str | None = None          # backbone weights: a torchvision name (paper: 'IMAGENET1K_V1')
@@ -80,6 +81,8 @@ class DaHarConfig:
         if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
         if self.loss not in LOSSES: raise KitError(f'loss={self.loss!r}: choose one of {", ".join(LOSSES)}')
         if not 0.0 <= self.mix <= 1.0: raise KitError(f'mix={self.mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')
+        if self.mask_supervision not in ('mask', 'box'):
+            raise KitError(f"mask_supervision={self.mask_supervision!r}: use 'mask' (the person masks) or 'box' (the target's box)")
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
         self.variants, self.train_splits = list(self.variants), list(self.train_splits)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
@@ -114,7 +117,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
     aspect, tr, ev, bs = ASPECT.get(data.name, 1), cfg.train_splits, cfg.eval_split, cfg.batch_size
     missing = [s for s in [*tr, ev] if s not in data.splits]
     if missing: raise KitError(f'{data.name} at {data.root}: no split(s) {missing} (available: {data.splits}); fix train_splits / eval_split')
-    kw = dict(num_workers=cfg.num_workers, seed=cfg.seed, cache=cache)
+    kw = dict(num_workers=cfg.num_workers, seed=cfg.seed, cache=cache, mask_from_box=cfg.mask_supervision == 'box')
     test = lambda **k: make_loader(data.split(ev), dahar_transforms(False, aspect, cfg.scale, **k), bs, False, **kw)
     loaders = dict(train=make_loader(data.split(*tr), dahar_transforms(True, aspect, cfg.scale), bs, True,
                                      with_mask=with_mask, drop_last=len(data.split(*tr)) > bs, **kw))
@@ -145,7 +148,7 @@ def train_variant(name: str,                   # a key of VARIANTS
                      cfg.mask_weight if needs_mask else 0.0, cfg.ignore_unspecified)
     cache = sample_cache(cfg)
     loaders, t0 = dahar_loaders(data, cfg, needs_mask, cache), time.time()
-    params = dict(model=model_kwargs, loss=cfg.loss, mix=cfg.mix, mask_weight=cfg.mask_weight,
+    params = dict(model=model_kwargs, loss=cfg.loss, mix=cfg.mix, mask_weight=cfg.mask_weight, mask_supervision=cfg.mask_supervision,
                   ignore_unspecified=cfg.ignore_unspecified, train_splits=cfg.train_splits, eval_split=cfg.eval_split,
                   scale=cfg.scale, batch_size=cfg.batch_size, dataset=data.name, attributes=list(data.attributes),
                   n_train=len(data.split(*cfg.train_splits)), partition=data.meta.get('partition'))  # checked on resume

@@ -52,13 +52,14 @@ class HarDataset(Dataset):
                  with_mask=False,         # also load and return each sample's mask
                  crop_to_box=True,        # cut the sample's box (and mask) out of the image before the transform
                  with_box=False,          # return the (transformed) box; needs crop_to_box=False
-                 cache=None):             # a `SampleCache` (shareable by several datasets): decode each sample once
-        "A dataset over `samples`; with masks, every sample must have one."
+                 cache=None,              # a `SampleCache` (shareable by several datasets): decode each sample once
+                 mask_from_box=False):    # with_mask: the target's box is its mask (no mask files; all ones on a cut-out target)
+        "A dataset over `samples`; with masks (unless they come from the box), every sample must have one."
         self.samples = list(getattr(samples, 'samples', samples))   # an AttributeData or a list of Samples
         self.transform, self.with_mask, self.crop_to_box, self.with_box = transform, with_mask, crop_to_box, with_box
-        self.cache = cache
+        self.cache, self.mask_from_box = cache, mask_from_box
         if with_box and crop_to_box: raise KitError('HarDataset: with_box=True needs crop_to_box=False (a cropped sample is its box)')
-        if with_mask:
+        if with_mask and not mask_from_box:
             miss = [s for s in self.samples if s.mask is None]
             if miss:
                 raise KitError(f'HarDataset(with_mask=True): {len(miss)} of {len(self.samples)} samples have no mask (first: {miss[0].image}); '
@@ -71,7 +72,7 @@ class HarDataset(Dataset):
         "The (cropped) image as `tv_tensors.Image`, its mask as `tv_tensors.Mask` or None, its box or None."
         s = self.samples[i]
         key = (str(s.image), None if s.box is None else tuple(float(v) for v in s.box),
-               str(s.mask) if self.with_mask else None, self.crop_to_box)
+               ('box' if self.mask_from_box else str(s.mask)) if self.with_mask else None, self.crop_to_box)
         img, mask, box, (H, W) = self.cache.get(key, lambda: self._decode(s)) if self.cache is not None else self._decode(s)
         img = tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))
         mask = None if mask is None else tv_tensors.Mask(torch.from_numpy(mask.copy())[None])
@@ -83,10 +84,11 @@ class HarDataset(Dataset):
         "Decode and cut one sample: (image HxWx3 uint8, mask HxW or None, clipped box or None, full image size)."
         img = load_rgb(s.image)
         H, W = img.shape[:2]
-        mask = load_grey(s.mask) if self.with_mask else None
+        mask = (np.full((H, W), 255, np.uint8) if self.mask_from_box else load_grey(s.mask)) if self.with_mask else None
         box = None
         if s.box is not None:
             x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]
+            if mask is not None and self.mask_from_box: mask[:y0], mask[y1:], mask[:, :x0], mask[:, x1:] = 0, 0, 0, 0
             if self.crop_to_box:
                 img = img[y0:y1, x0:x1]
                 if mask is not None and mask.shape == (H, W): mask = mask[y0:y1, x0:x1]
@@ -200,9 +202,10 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 drop_last=False,  # drop the last incomplete batch
                 seed=0,           # seed of the shuffling generator
                 cache=None,       # a `SampleCache` to decode each sample once (shared by a run's loaders)
+                mask_from_box=False,  # with_mask: each target's box as its mask (box supervision, no mask files)
                 **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
     "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts (other keywords go to `DataLoader`)."
-    ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box, cache=cache)
+    ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box, cache=cache, mask_from_box=mask_from_box)
     if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
     g = torch.Generator(); g.manual_seed(int(seed))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
