@@ -280,11 +280,12 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
     "Fig. 7: box plot of θ per model, with the 90° decision boundary (and the OFMA bound) dashed."
-    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
+    import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(1.6 + 1.4 * len(thetas), 3.6))
-    df = pd.DataFrame([(k, float(t)) for k, v in thetas.items() for t in np.asarray(v)], columns=['model', 'theta'])
-    sns.boxplot(data=df, x='model', y='theta', hue='model', palette=['tab:blue', 'tab:red', 'tab:green', 'tab:orange'][:len(thetas)],
-                ax=ax, fliersize=1.5, legend=False)
+    box = ax.boxplot([np.asarray(v, float) for v in thetas.values()], patch_artist=True, widths=0.6,
+                     flierprops=dict(markersize=1.5), medianprops=dict(color='k'))
+    for patch, c in zip(box['boxes'], ['tab:blue', 'tab:red', 'tab:green', 'tab:orange'] * 2): patch.set_facecolor(c)
+    ax.set_xticks(range(1, len(thetas) + 1), list(thetas))
     ax.axhline(90, ls='--', c='k', lw=1, label='decision boundary (90°)')
     if num_attributes:
         ax.axhline(math.degrees(math.acos(1 / math.sqrt(num_attributes))), ls='--', c='gray', lw=1,

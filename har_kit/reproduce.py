@@ -333,7 +333,8 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
     free = [devices[i % len(devices)] for i in range(jobs)]
     status = {'done': [], 'skipped': [], 'failed': {}}
-    pending = list(runs)
+    needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
+    pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
     stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
     finished = {d for d, diff in stale.items() if not diff}      # done with the planned parameters
     failed = set()
