@@ -311,9 +311,13 @@ def run_planned(r: PlannedRun,   # the run
 def default_jobs(runs,          # PlannedRuns (`plan`)
                  devices=None   # devices given on the command line (None: each run's own)
                 ) -> int:
-    "Concurrent runs: one per device when several are given; on CPU, the cores divided by the runs' threads."
+    "Concurrent runs: one per device when several are given; on CPU (or 'auto' without a GPU), the cores divided by the runs' threads."
     if devices and len(devices) > 1: return len(devices)
-    on_cpu = (devices or [None])[0] in (None, 'cpu') and all(r.params.get('device', 'cpu') == 'cpu' for r in runs)
+    wanted = {(devices or [None])[0] or r.params.get('device', 'cpu') for r in runs}
+    if 'auto' in wanted:   # the sample profile: 'auto' is the CPU on a machine without a GPU
+        import torch
+        wanted = {('cuda' if torch.cuda.is_available() else 'cpu') if d == 'auto' else d for d in wanted}
+    on_cpu = wanted <= {'cpu'}
     if not on_cpu: return 1
     return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
 
