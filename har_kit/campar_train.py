@@ -146,7 +146,7 @@ def campar_loaders(train,                 # training samples (the first value of
                    cache_mb: float = 0):  # decoded samples the loaders share in memory (MiB, `SampleCache`); 0: none
     "Loaders 'train', 'eval' (when held out), 'test', and 'test_masks' (with the target's mask) when every test sample has one."
     from har_kit.loading import SampleCache, campar_transforms, make_loader
-    kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache(cache_mb) if cache_mb > 0 else None)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache.of(cache_mb))
     loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=True, seed=seed, **kw)}
     if eval_samples: loaders['eval'] = make_loader(eval_samples, campar_transforms(False, scale), shuffle=False, **kw)
     loaders['test'] = make_loader(test, campar_transforms(False, scale), shuffle=False, **kw)
@@ -171,6 +171,8 @@ def train_variant(name: str,                         # a key of `har_kit.campar.
     if fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={fusion_lr!r}: use 'backbone' (the public code) or 'head'")
     if 'eval' in loaders and score is None: raise KitError("train_variant: an 'eval' loader needs score= (e.g. dataset_scorer(dataset)) to select the epoch")
     seed_everything(config.seed)
+    g = getattr(loaders['train'], 'generator', None)   # rewound to its own seed: the data order of a fresh loader, so a
+    if g is not None: g.manual_seed(g.initial_seed())   # variant trains as alone, whichever variants used these loaders
     model = campar_variant(name, num_attributes, **model_kw)
     vdir = Path(run_dir)/name
     save_build_params(model, vdir)

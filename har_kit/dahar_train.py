@@ -22,8 +22,8 @@ from .predict import save_model
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
-__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'sample_cache', 'dahar_loaders', 'mask_loader', 'train_variant',
-           'save_variant_model', 'dahar_maps', 'predict_masks', 'plot_fig5']
+__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'train_variant', 'save_variant_model',
+           'dahar_maps', 'predict_masks', 'plot_fig5']
 
 # %% ../nbs/03a_dahar_train.ipynb #c005
 def dahar_config(epochs: int = 30,             # training epochs (not given in the paper)
@@ -105,14 +105,10 @@ class DaHarConfig:
 # %% ../nbs/03a_dahar_train.ipynb #c014
 ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
-def sample_cache(cfg: DaHarConfig):  # the run's parameters (`cache_mb`)
-    "The `SampleCache` a run's loaders share (decode each image once; results unchanged), or None when `cache_mb` is 0."
-    return SampleCache(cfg.cache_mb) if cfg.cache_mb > 0 else None
-
 def dahar_loaders(data,                        # har_kit.data.AttributeData
                   cfg: DaHarConfig,            # splits, scale, batch size, workers and seed of the run
                   with_mask: bool = False,     # training (and validation) batches carry the person mask
-                  cache=None):                 # a `SampleCache` the loaders share (`sample_cache(cfg)`), or None
+                  cache=None):                 # a `SampleCache` the loaders share (`SampleCache.of(cfg.cache_mb)`), or None
     "Loaders 'train', 'val' (when a val split exists and is not trained on), 'full' (256 resize) and 'crops' (five-crop)."
     aspect, tr, ev, bs = ASPECT.get(data.name, 1), cfg.train_splits, cfg.eval_split, cfg.batch_size
     missing = [s for s in [*tr, ev] if s not in data.splits]
@@ -137,6 +133,7 @@ def train_variant(name: str,                   # a key of VARIANTS
                   data,                        # har_kit.data.AttributeData
                   run_dir,                     # this variant's directory (checkpoints/ and history go here)
                   cfg: DaHarConfig,            # the run's parameters
+                  cache=None,                  # the run's `SampleCache`, shared by its variants (None: one for this variant)
                   **model_kw):                 # further DaHar arguments (fusion_channels, ...)
     "Build, train (resumable) and evaluate one variant: {'model', 'metrics', 'history', 'loaders', 'seconds'}."
     if name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
@@ -146,7 +143,7 @@ def train_variant(name: str,                   # a key of VARIANTS
     needs_mask = VARIANTS[name]['masked_attention'] and cfg.mask_weight > 0
     crit = DaHarLoss(cfg.loss, pos_ratio(data.labels(*cfg.train_splits), cfg.ignore_unspecified), cfg.mix,
                      cfg.mask_weight if needs_mask else 0.0, cfg.ignore_unspecified)
-    cache = sample_cache(cfg)
+    cache = cache if cache is not None else SampleCache.of(cfg.cache_mb)
     loaders, t0 = dahar_loaders(data, cfg, needs_mask, cache), time.time()
     params = dict(model=model_kwargs, loss=cfg.loss, mix=cfg.mix, mask_weight=cfg.mask_weight, mask_supervision=cfg.mask_supervision,
                   ignore_unspecified=cfg.ignore_unspecified, train_splits=cfg.train_splits, eval_split=cfg.eval_split,

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .core import KitError
 from .formats import clip_box, load_grey, load_rgb
+from .mask_sources import box_mask
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms',
@@ -40,6 +41,11 @@ class SampleCache:
                 if isinstance(v, np.ndarray): v.setflags(write=False)
             self.store[key], self.nbytes = value, self.nbytes + size
         return value
+
+    @classmethod
+    def of(cls, max_mb: float):  # the budget in MiB; 0 (or less): no cache
+        "A cache of `max_mb` MiB, or None when `max_mb` is 0: what a run's `cache_mb` parameter asks for."
+        return cls(max_mb) if max_mb > 0 else None
 
     def __len__(self): return len(self.store)
     def __repr__(self): return f'SampleCache({len(self)} samples, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, {self.hits} hits, {self.misses} misses)'
@@ -84,11 +90,13 @@ class HarDataset(Dataset):
         "Decode and cut one sample: (image HxWx3 uint8, mask HxW or None, clipped box or None, full image size)."
         img = load_rgb(s.image)
         H, W = img.shape[:2]
-        mask = (np.full((H, W), 255, np.uint8) if self.mask_from_box else load_grey(s.mask)) if self.with_mask else None
+        cut = clip_box(s.box, (H, W), str(s.image))[0] if s.box is not None else (0, 0, W, H)
+        mask = None
+        if self.with_mask:   # the box source's mask (`har_kit.mask_sources.box_mask`), or the sample's mask file
+            mask = box_mask(cut, (H, W)).astype(np.uint8) * 255 if self.mask_from_box else load_grey(s.mask)
         box = None
         if s.box is not None:
-            x0, y0, x1, y1 = clip_box(s.box, (H, W), str(s.image))[0]
-            if mask is not None and self.mask_from_box: mask[:y0], mask[y1:], mask[:, :x0], mask[:, x1:] = 0, 0, 0, 0
+            x0, y0, x1, y1 = cut
             if self.crop_to_box:
                 img = img[y0:y1, x0:x1]
                 if mask is not None and mask.shape == (H, W): mask = mask[y0:y1, x0:x1]
