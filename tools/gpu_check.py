@@ -12,9 +12,9 @@ What it measures (each step is timed, and a failing step is recorded in the repo
              CAM-PAR (+ fusion) over the plain ResNet-50, interleaved, median ratio with its interquartile range
   data       the data pipeline's images/s at paper size for 0..N workers (har_kit.bench.data_bench) beside training
   maskrcnn   Mask R-CNN pseudo-mask throughput (weights=None: speed only)
+  projection the GPU-hours of the paper profile from the measured rates, the datasets' sizes and the epochs
   notebooks  one `har-kit run` of each section notebook at paper size (synthetic data, a few dozen iterations)
              through papermill on the device, proving the notebooks' device path
-  projection the GPU-hours of the paper profile from the measured rates, the datasets' sizes and the epochs
 
 The GPU machine has its own PyTorch/torchvision but lacks papermill, nbdev, implicit and the like. They travel as
 wheels in `.whl/` at the repository root (ignored by git: `echo /.whl/ >> .git/info/exclude`), and this script
@@ -123,13 +123,16 @@ def models(cfg):
     "name -> (builder, input size): the paper-size models of both papers."
     from har_kit.campar import campar_variant
     from har_kit.dahar import dahar_variant
+    from har_kit.reproduce import PROFILES
     d, c = cfg['dahar_arch'], cfg['campar_arch']
+    p = PROFILES['paper']['campar']   # the paper profile's CAM-PAR build: logit BN, MCA latent width
+    kw = dict(logit_bn=p.get('logit_bn', False), latent=p.get('fusion_width'))
     return {
         'dahar_baseline': (lambda: dahar_variant('baseline', 14, d), cfg['dahar_size']),
         'dahar': (lambda: dahar_variant('dahar', 14, d), cfg['dahar_size']),
-        'campar_baseline': (lambda: campar_variant('baseline', 51, c), cfg['campar_size']),
-        'campar': (lambda: campar_variant('campar', 51, c), cfg['campar_size']),
-        'campar_fusion': (lambda: campar_variant('campar_fusion', 51, c), cfg['campar_size']),
+        'campar_baseline': (lambda: campar_variant('baseline', 51, c, **kw), cfg['campar_size']),
+        'campar': (lambda: campar_variant('campar', 51, c, **kw), cfg['campar_size']),
+        'campar_fusion': (lambda: campar_variant('campar_fusion', 51, c, **kw), cfg['campar_size']),
     }
 
 
@@ -218,6 +221,10 @@ NOTEBOOK_RUNS = {  # section -> parameters of one paper-size run on synthetic da
 }
 
 
+NOTEBOOK_THREADS = 4          # intra-op threads of each notebook's kernel (the data loaders' workers are the notebook's own)
+NOTEBOOK_CELL_TIMEOUT = 240   # seconds: a hung cell fails its run instead of the device's time
+
+
 def notebook_plan(device):
     "The notebook runs, with parameters the notebook does not have dropped (and named): {section: (params, dropped)}."
     from har_kit.cards import notebook_defaults
@@ -234,12 +241,14 @@ def notebook_runs(cfg):
     from har_kit.runs import run_notebook
     out, root = {}, Path(tempfile.mkdtemp(prefix='har-kit-gpu-runs-'))
     for nb, (params, dropped) in notebook_plan(cfg['device']).items():
+        if cfg.get('only_notebooks') and nb not in cfg['only_notebooks']: continue
         t = time.perf_counter()
         try:
-            run_notebook(nb, params, root/nb, progress=False)
+            run_notebook(nb, params, root/nb, progress=False, demos=False, threads=NOTEBOOK_THREADS, timeout=NOTEBOOK_CELL_TIMEOUT)
             out[nb] = dict(state='done')
-        except Exception as e:
-            out[nb] = dict(state='failed', error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        except Exception as e:   # the first line for the table, the rest (the failing cell's assertion, its arrays) for the reader
+            out[nb] = dict(state='failed', error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__,
+                           detail=str(e)[-4000:])
         out[nb].update(seconds=round(time.perf_counter() - t, 1), params=params, dropped=dropped)
         print(f'{nb}: {out[nb]["state"]} in {out[nb]["seconds"]} s', flush=True)
     return out
@@ -322,6 +331,7 @@ def to_markdown(r):
     env = r.get('environment', {})
     lines = ['### GPU check', '', f'Device: {env.get("name", "?")} ({env.get("device", "?")}), torch {env.get("torch", "?")}, '
              f'torchvision {env.get("torchvision", "?")}, CUDA {env.get("cuda")}; mode `{r.get("mode", "?")}`; started {r.get("started")}.', '']
+    if r.get('note'): lines += [r['note'], '']
     if r.get('models'):
         lines += ['| model | precision | memory format | train images/s | infer images/s | peak MiB (train) |', '|---|---|---|---|---|---|']
         lines += [f'| {v["model"]} | {v["amp"]} | {"channels_last" if v["channels_last"] else "contiguous"} | {_f(v["train_images_per_s"])} '
@@ -361,11 +371,12 @@ def main(argv=None):
     ap.add_argument('--wheels', default=str(REPO/'.whl'), help='folder of carried wheels to install first')
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
     ap.add_argument('--skip', nargs='*', default=[], help='steps to leave out (models latency data_pipeline maskrcnn notebooks projection)')
+    ap.add_argument('--notebooks', nargs='*', default=None, help='run only these section notebooks (masks dahar campar cfar)')
     a = ap.parse_args(argv)
     if a.download_wheels: return download_wheels(a.download_wheels)
     setup(a.wheels)
     sys.path.insert(0, str(REPO))
-    cfg = config(a.cpu_tiny)
+    cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks)
     if a.cpu_tiny:
         import torch; torch.set_num_threads(1)
     out = a.out or REPO/'outputs'/'reference'/'gpu'
@@ -374,10 +385,10 @@ def main(argv=None):
     if chk.step('environment', lambda: environment(cfg)) is None: return 1
     steps = [('models', lambda: measure_models(cfg)), ('latency', lambda: latency_ratios(cfg)),
              ('data_pipeline', lambda: data_pipeline(cfg)), ('maskrcnn', lambda: maskrcnn(cfg)),
+             ('projection', lambda: projection(chk.report)),   # before the notebooks: it needs only the rates above
              ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                            (lambda: {k: dict(state='planned (cpu-tiny: not run)', seconds=0, params=p, dropped=d)
-                                     for k, (p, d) in notebook_plan(cfg['device']).items()})),
-             ('projection', lambda: projection(chk.report))]
+                                     for k, (p, d) in notebook_plan(cfg['device']).items()}))]
     for name, fn in steps:
         if name not in a.skip: chk.step(name, fn)
     chk.report['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z'); chk.save()
