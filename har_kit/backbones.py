@@ -12,7 +12,8 @@ from torchvision.models import resnet as tvr
 from .core import KitError
 
 # %% auto #0
-__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'resnet_taps']
+__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'resnet_taps',
+           'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/00c_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -103,3 +104,29 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
         for m in [first.conv1, getattr(first, 'conv2', None)] + ([first.downsample[0]] if first.downsample is not None else []):
             if m is not None and m.stride == (2, 2): m.stride = (1, 1)
     return ResNetTaps(stem, stages, channels, arch)
+
+# %% ../nbs/00c_backbones.ipynb #c023
+import torch.nn.functional as F
+from typing import List, Optional
+
+def bilinear_matrix(n_in: int,                           # source length
+                    n_out: int,                          # target length
+                    device: Optional[torch.device] = None,  # where the matrix lives
+                    dtype: torch.dtype = torch.float32):  # its dtype
+    "The (n_out, n_in) matrix of `F.interpolate(mode='bilinear', align_corners=False)` along one axis."
+    src = ((torch.arange(n_out, device=device, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+    i0 = src.floor().clamp(max=n_in - 1)                 # first tap; the second is clamped to the last row
+    lam = (src - i0)[:, None]
+    j = torch.arange(n_in, device=device, dtype=torch.float32)[None]
+    m = (1 - lam) * (j == i0[:, None]).float() + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).float()
+    return m.to(dtype)
+
+def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
+                    size: List[int]): # (H_out, W_out)
+    "Bilinear resize (`align_corners=False`) as two matrix products; `F.interpolate` for channels_last on the CPU."
+    h, w = x.shape[-2], x.shape[-1]
+    if h == size[0] and w == size[1]: return x
+    if x.device.type == 'cpu' and x.is_contiguous(memory_format=torch.channels_last):
+        return F.interpolate(x, size=[size[0], size[1]], mode='bilinear', align_corners=False)
+    rows, cols = bilinear_matrix(h, size[0], x.device, x.dtype), bilinear_matrix(w, size[1], x.device, x.dtype)
+    return rows @ (x @ cols.T)   # one (N*C*H, W) x (W, W_out) product, then a batched (H_out, H) one

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import KitError, load_json, save_json
-from .backbones import resnet_taps
+from .backbones import resnet_taps, resize_bilinear
 from .engine import load_checkpoint
 from . import losses
 
@@ -106,7 +106,7 @@ class MCAFusion(nn.Module):
         out = torch.ones(1, device=feats[0].device, dtype=feats[0].dtype)
         for i, p in enumerate(self.project):
             y = p(gated[i])
-            if y.shape[-2:] != size: y = F.interpolate(y, size=size, mode='bilinear', align_corners=False)
+            y = resize_bilinear(y, size)   # up-sampling as matrix products (backbones: fast and deterministic on CUDA)
             out = out * y
         return out
 

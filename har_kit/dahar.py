@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .core import KitError
-from .backbones import resnet_taps
+from .backbones import resnet_taps, resize_bilinear
 from .bench import count_params
 from .losses import bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
@@ -90,7 +90,7 @@ class FusionBlock(nn.Module):
         out = 0
         for f, red in zip(feats, self.reduce):
             if f.shape[-2] > size[0] or f.shape[-1] > size[1]: f = red(F.adaptive_avg_pool2d(f, size))   # down: pool, then reduce
-            elif f.shape[-2:] != size: f = F.interpolate(red(f), size=size, mode='bilinear', align_corners=False)  # up: reduce first
+            elif f.shape[-2:] != size: f = resize_bilinear(red(f), size)  # up: reduce first (backbones.resize_bilinear)
             else: f = red(f)
             out = out + f
         return self.blocks(F.relu(out))
