@@ -87,6 +87,7 @@ SMOKE_KEYS = frozenset({
 
 SMOKE = {  # notebook -> overrides of the paper profile in smoke mode (keys from SMOKE_KEYS only)
     '_threads': 1,
+    '_partitions': {'rap': 2},   # RAP on 2 of its 5 partitions: the average over partitions is rehearsed, the rest repeat partition 1
     'masks': dict(source='box', maskrcnn_weights=None, maskrcnn_min_size=128, fig4_arch='resnet18', fig4_weights=None,
                   fig4_size=64, device='cpu'),
     'dahar': dict(arch='resnet-tiny', weights=None, scale=0.25, epochs=1, batch_size=8, device='cpu'),
@@ -187,7 +188,7 @@ class _Plan:
     order: list = field(default_factory=list)
 
     @property
-    def prof(self): return PROFILES[self.profile]
+    def prof(self): return {**PROFILES[self.profile], **({'_partitions': SMOKE['_partitions']} if self.smoke else {})}
     @property
     def threads(self): return SMOKE['_threads'] if self.smoke else self.prof.get('_threads', 1)
 

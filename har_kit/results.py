@@ -10,10 +10,10 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1', 'CAMPAR_T2',
-           'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX', 'REAL_PA100K',
-           'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol',
-           'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs',
-           'seed_dirs']
+           'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX', 'LONGER',
+           'TRAINING_LENGTH', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper',
+           'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir',
+           'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
 
 # %% ../nbs/06_results.ipynb #c006
 @dataclass(frozen=True)
@@ -337,6 +337,27 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
 # %% ../nbs/06_results.ipynb #c041
+LONGER = 4   # the training-length study's factor on the quick profile's epochs
+_QUICK_EPOCHS = 3   # the quick profile's epochs (07_reproduce checks that they agree)
+_TL_COLS = [f'{_QUICK_EPOCHS} epochs (the tables)', f'{LONGER * _QUICK_EPOCHS} epochs']
+
+def _longer(nb, variant, dataset, variants, path):  # {column: (spec, path)}: the tables' run, then the same with LONGER x epochs
+    return {_TL_COLS[0]: ((_arch if nb == 'dahar' else lambda v: _campar(v, dataset))(variant), path),
+            _TL_COLS[1]: (spec(nb, variant, dataset=dataset, variants=variants, epochs=LONGER * _QUICK_EPOCHS), path)}
+
+TRAINING_LENGTH = Table('training_length', 'Training length: the compared pairs at the quick profile\'s epochs and at 4x (%)',
+                        'har-kit study (are the quick tables\' orderings stable under longer training?)', _TL_COLS, [
+    Row('dahar_baseline', 'Da-HAR baseline, WIDER-like mAP', {}, None, _longer('dahar', 'baseline', 'wider', ['baseline', 'dahar'], 'full.mAP')),
+    Row('dahar', 'Da-HAR, WIDER-like mAP', {}, None, _longer('dahar', 'dahar', 'wider', ['baseline', 'dahar'], 'full.mAP')),
+    Row('campar_baseline', 'CAM-PAR baseline [15], RAP-like mA', {}, None,
+        _longer('campar', 'baseline', 'rap', ['baseline', 'campar_fusion'], 'full.mA')),
+    Row('campar_fusion', 'CAM-PAR + fusion, RAP-like mA', {}, None,
+        _longer('campar', 'campar_fusion', 'rap', ['baseline', 'campar_fusion'], 'full.mA')),
+], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP: mA at p >= 0.5; the longer runs differ from the tables\' '
+               'only in `epochs` (a run trains the pair); 3 seeds', seeds=3, profiles=('quick',),
+   protocol={**dahar_protocol(), **campar_protocol()}, compare={'dahar': 'dahar_baseline', 'campar_fusion': 'campar_baseline'})
+
+# %% ../nbs/06_results.ipynb #c044
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = _PED
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -346,10 +367,10 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 ], conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; 3 seeds', seeds=3,
    profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
-STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, MATRIX, REAL_PA100K)}
+STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/06_results.ipynb #c045
+# %% ../nbs/06_results.ipynb #c048
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -372,7 +393,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/06_results.ipynb #c049
+# %% ../nbs/06_results.ipynb #c052
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:

@@ -1,5 +1,6 @@
 """The paper route rehearsed: `har-kit reproduce --profile paper --smoke` executes every run the paper profile plans
-(masks steps included, box masks since COCO weights cannot download in CI) through papermill on CPU, on tiny datasets
+(masks steps included, box masks since COCO weights cannot download in CI; RAP on 2 of its 5 partitions) through
+papermill on CPU, on tiny datasets
 written in the published layouts, and renders the five paper tables from those runs."""
 import json, os, subprocess, sys, time
 from pathlib import Path
