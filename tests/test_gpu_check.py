@@ -15,7 +15,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     finally: torch.set_num_threads(threads)
     rep = json.loads((tmp_path/'report.json').read_text())
     assert rc == 0, {k: v for k, v in rep['steps'].items() if 'error' in v}
-    assert set(rep['steps']) == {'environment', 'models', 'latency', 'data_pipeline', 'maskrcnn', 'notebooks', 'projection'}
+    assert set(rep['steps']) == {'environment', 'models', 'latency', 'resize', 'data_pipeline', 'maskrcnn', 'notebooks', 'projection'}
+    assert len(rep['resize']) == 4 and all(v['resize_bilinear_ms'] > 0 for v in rep['resize'].values())
     assert len(rep['models']) == 5 * 2 * 2 and all(v['train_images_per_s'] > 0 for v in rep['models'].values())
     assert {'dahar/baseline@1', 'campar/plain@2', 'campar_fusion/plain@1'} <= set(rep['latency'])
     assert rep['data_pipeline']['campar']['input_size'] == [3, 256, 192] and rep['maskrcnn']['images_per_s'] > 0

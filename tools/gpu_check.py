@@ -10,6 +10,7 @@ What it measures (each step is timed, and a failing step is recorded in the repo
              inference images/s and peak GPU memory
   latency    Da-HAR / baseline latency at batch 1 and 32 (paper anchor: 24.04 / 22.28 ms = 1.079 on a 1080Ti), and
              CAM-PAR (+ fusion) over the plain ResNet-50, interleaved, median ratio with its interquartile range
+  resize     F.interpolate against har_kit.backbones.resize_bilinear at the MCA fusion's shapes (forward + backward)
   data       the data pipeline's images/s at paper size for 0..N workers (har_kit.bench.data_bench) beside training
   maskrcnn   Mask R-CNN pseudo-mask throughput (weights=None: speed only)
   projection the GPU-hours of the paper profile from the measured rates, the datasets' sizes and the epochs
@@ -111,12 +112,14 @@ def config(cpu_tiny):
                     amps=('none', 'bf16'), channels_last=(False, True), data_workers=[0], data_images=4,
                     data_batch=2, data_batches=1, data_arch='resnet-tiny', maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
                     maskrcnn_kw=dict(rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, box_detections_per_img=10),
-                    maskrcnn_iters=1, notebooks=False)
+                    maskrcnn_iters=1, notebooks=False, resize_batch=2, resize_channels=8, resize_in=((4, 3), (8, 6)),
+                    resize_out=(16, 12), resize_iters=2)
     return dict(device='cuda', dahar_arch='resnet101', campar_arch='resnet50', dahar_size=(3, 224, 224),
                 campar_size=(3, 256, 192), batch=32, warmup=3, iters=10, latency_batches=(1, 32), latency_iters=30,
                 amps=('none', 'bf16'), channels_last=(False, True), data_workers=None, data_images=256, data_batch=32,
                 data_batches=16, data_arch=None, maskrcnn_size=(480, 640), maskrcnn_min=800, maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5,
-                notebooks=True)
+                notebooks=True, resize_batch=64, resize_channels=2048, resize_in=((8, 6), (16, 12)), resize_out=(32, 24),
+                resize_iters=10)   # CAM-PAR's MCA at the paper's batch: c5 and c4 up to c3 of a 256x192 image
 
 
 def models(cfg):
@@ -208,6 +211,38 @@ def maskrcnn(cfg):
     return dict(images_per_s=len(x) / ms * 1e3, batch=len(x), image_size=[h, w], min_size=cfg['maskrcnn_min'], device=str(dev),
                 options=cfg['maskrcnn_kw'],
                 note='random weights: detections differ from COCO weights, so post-processing time may too')
+
+
+def resize(cfg):
+    "F.interpolate against har_kit.backbones.resize_bilinear at the MCA fusion's shapes: forward + backward ms, interleaved."
+    import statistics, torch, torch.nn.functional as F
+    from har_kit.backbones import resize_bilinear
+    from har_kit.bench import _timer
+    from har_kit.core import get_device
+    dev = get_device(cfg['device']); timer = _timer(dev)
+    n, c, out = cfg['resize_batch'], cfg['resize_channels'], cfg['resize_out']
+    rows = {}
+    for src in cfg['resize_in']:
+        for cl in (False, True):
+            x = torch.randn(n, c, *src, device=dev)
+            if cl: x = x.to(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+            fns = {'interpolate': lambda: F.interpolate(x, size=out, mode='bilinear', align_corners=False),
+                   'resize_bilinear': lambda: resize_bilinear(x, out)}
+            def step(f):
+                def run():
+                    y = f(); y.backward(torch.ones_like(y)); x.grad = None
+                return run
+            for f in fns.values(): step(f)()   # warm-up
+            ms = {k: [] for k in fns}
+            for _ in range(cfg['resize_iters']):   # interleaved: A B A B ...
+                for k, f in fns.items(): ms[k].append(timer(step(f)))
+            key = f'{src[0]}x{src[1]}->{out[0]}x{out[1]}|{"channels_last" if cl else "contiguous"}'
+            rows[key] = dict(batch=n, channels=c, **{f'{k}_ms': statistics.median(v) for k, v in ms.items()},
+                             ratio=statistics.median(a / b for a, b in zip(ms['interpolate'], ms['resize_bilinear'])))
+            print(f'resize {key}: interpolate {rows[key]["interpolate_ms"]:.2f} ms, resize_bilinear '
+                  f'{rows[key]["resize_bilinear_ms"]:.2f} ms', flush=True)
+    return rows
 
 
 NOTEBOOK_RUNS = {  # section -> parameters of one paper-size run on synthetic data (a few dozen iterations)
@@ -342,6 +377,10 @@ def to_markdown(r):
         lines += [f'| {k} | {_f(v["ms"], 2)} | {_f(v["ms_baseline"], 2)} | {_f(v["ratio"], 3)} | {_f(v["ratio_iqr"][0], 3)}-{_f(v["ratio_iqr"][1], 3)} |'
                   for k, v in r['latency'].items() if k != 'paper_anchor']
         lines += ['', f'Paper anchor: {r["latency"]["paper_anchor"]["ratio"]:.3f} ({r["latency"]["paper_anchor"]["note"]}).', '']
+    if r.get('resize'):
+        lines += ['| resize (forward + backward) | interpolate ms | resize_bilinear ms | ratio (median) |', '|---|---|---|---|']
+        lines += [f'| {k} | {_f(v["interpolate_ms"], 2)} | {_f(v["resize_bilinear_ms"], 2)} | {_f(v["ratio"], 2)} |' for k, v in r['resize'].items()]
+        lines.append('')
     for p, d in (r.get('data_pipeline') or {}).items():
         lines.append(f'Data pipeline `{p}` at {d["input_size"][1]}x{d["input_size"][2]}: ' +
                      ', '.join(f'{k} workers {_f(v)}/s (x{_f(d["ratio"][k], 2)})' for k, v in d['data_images_per_s'].items()) +
@@ -370,7 +409,7 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, default=None, help='report folder (default outputs/reference/gpu)')
     ap.add_argument('--wheels', default=str(REPO/'.whl'), help='folder of carried wheels to install first')
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
-    ap.add_argument('--skip', nargs='*', default=[], help='steps to leave out (models latency data_pipeline maskrcnn notebooks projection)')
+    ap.add_argument('--skip', nargs='*', default=[], help='steps to leave out (models latency resize data_pipeline maskrcnn projection notebooks)')
     ap.add_argument('--notebooks', nargs='*', default=None, help='run only these section notebooks (masks dahar campar cfar)')
     a = ap.parse_args(argv)
     if a.download_wheels: return download_wheels(a.download_wheels)
@@ -384,6 +423,7 @@ def main(argv=None):
     chk.report['mode'] = 'cpu-tiny' if a.cpu_tiny else 'gpu'
     if chk.step('environment', lambda: environment(cfg)) is None: return 1
     steps = [('models', lambda: measure_models(cfg)), ('latency', lambda: latency_ratios(cfg)),
+             ('resize', lambda: resize(cfg)),
              ('data_pipeline', lambda: data_pipeline(cfg)), ('maskrcnn', lambda: maskrcnn(cfg)),
              ('projection', lambda: projection(chk.report)),   # before the notebooks: it needs only the rates above
              ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
