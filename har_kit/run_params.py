@@ -137,6 +137,7 @@ def check_parameters(notebook,           # notebook name or path
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
     "Interpret a command-line parameter value as a YAML scalar/list (int, float, bool, None, list or str)."
     import yaml
+    if text.strip() == 'None': return None   # Python's spelling, as in the notebooks' parameters cells
     try: v = yaml.safe_load(text)
     except yaml.YAMLError: return text
     return text if isinstance(v, (dict,)) and not text.strip().startswith('{') else v
