@@ -114,11 +114,12 @@ def bilinear_matrix(n_in: int,                           # source length
                     device: Optional[torch.device] = None,  # where the matrix lives
                     dtype: torch.dtype = torch.float32):  # its dtype
     "The (n_out, n_in) matrix of `F.interpolate(mode='bilinear', align_corners=False)` along one axis."
-    src = ((torch.arange(n_out, device=device, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32   # F.interpolate's index arithmetic: double for double
+    src = ((torch.arange(n_out, device=device, dtype=acc) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
     i0 = src.floor().clamp(max=n_in - 1)                 # first tap; the second is clamped to the last row
     lam = (src - i0)[:, None]
-    j = torch.arange(n_in, device=device, dtype=torch.float32)[None]
-    m = (1 - lam) * (j == i0[:, None]).float() + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).float()
+    j = torch.arange(n_in, device=device, dtype=acc)[None]
+    m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
 def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
