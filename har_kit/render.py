@@ -13,8 +13,9 @@ from .metrics import read_metrics
 from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
 
 # %% auto #0
-__all__ = ['PROFILE_NOTES', 'missing_reason', 'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv',
-           'to_latex', 'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction', 'plot_curves']
+__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'missing_reason', 'constant_share', 'collect', 'paired_interval', 'table_rows',
+           'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
+           'plot_distraction', 'plot_curves']
 
 # %% ../nbs/06a_render.ipynb #c006
 def _dig(d, path):
@@ -37,24 +38,34 @@ def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
     if variant and any((d/'done').exists() for d in dirs): return f'done, but no {variant!r} value in its metrics.json'
     return 'not done'
 
-def _summary(vals, seeds, mode):
-    return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
-                values=vals, seeds=seeds, mode=mode)
+PRIOR_ONLY = 0.9   # share of constant attributes from which a model is said to have learned the label prior only
 
-def _by_mode(table, spec_, path, dirs):  # {mode: ([values], [seed dir names])} of one column's run
+def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.metrics.metrics_entry`)
+                  ) -> float | None:
+    "Share of attributes whose decisions never change on the test set (balanced accuracy exactly 0.5); None unless scored by mA."
+    pa = _dig(entry, 'full.per_attribute') if entry.get('metric') == 'mA' else None
+    vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
+    return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
+
+def _summary(vals, seeds, mode, constant=None):
+    return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
+                values=vals, seeds=seeds, mode=mode, constant=constant or [])
+
+def _by_mode(table, spec_, path, dirs):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run
     by_mode = {}
     for d in dirs:
-        v = _dig(read_metrics(d).get(spec_.variant, {}), path)
+        entry = read_metrics(d).get(spec_.variant, {})
+        v = _dig(entry, path)
         if isinstance(v, (int, float)) and math.isfinite(v):
-            vs, ss = by_mode.setdefault(selection_of(run_params(d, spec_.notebook)), ([], []))
-            vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name)
+            vs, ss, cs = by_mode.setdefault(selection_of(run_params(d, spec_.notebook)), ([], [], []))
+            vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name); cs.append(constant_share(entry))
     return by_mode
 
 def collect(table: Table,      # the table
             root=None,         # outputs root (None: `outputs_root()`)
             profile='quick'    # the profile whose runs to read
            ) -> dict:
-    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason."
+    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode', 'constant'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason."
     root, cells = Path(root or outputs_root()), {}
     for row in table.rows:
         for col in table.columns:
@@ -62,7 +73,7 @@ def collect(table: Table,      # the table
             if src is None: continue
             by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]))
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
-                cells[(row.key, col, m)] = _summary(*by_mode[m], m)
+                vals, seeds, const = by_mode[m]; cells[(row.key, col, m)] = _summary(vals, seeds, m, const)
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
             if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]), src[0].variant)
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
@@ -106,6 +117,14 @@ def _fmt(v, digits=2):
 def _row_modes(table, row, cells):
     return sorted({k[2] for k in cells if len(k) == 3 and k[0] == row.key and k[2] != 'missing'}, key=mode_order)
 
+def _prior_note(cells, keys, columns):  # ' — label prior only ...' for the columns whose model is PRIOR_ONLY constant in every seed
+    flagged = [(c, min(cells[k]['constant'])) for c, k in zip(columns, keys) if cells.get(k, {}).get('constant')
+               and all(x is not None and x >= PRIOR_ONLY for x in cells[k]['constant'])]
+    if not flagged: return ''
+    numeric = [c for c, k in zip(columns, keys) if 'n' in cells.get(k, {})]
+    where = '' if len(flagged) == len(numeric) else ' in ' + ', '.join(c for c, _ in flagged)
+    return f' — label prior only{where}: {min(x for _, x in flagged):.0%}+ of attributes constant in every seed'
+
 def table_rows(table: Table,   # the table
                cells: dict     # its cells (`collect`)
               ) -> list:
@@ -133,15 +152,15 @@ def table_rows(table: Table,   # the table
                 base = table.compare.get(row.key)
                 b = cells.get((base, c, cell['mode'])) if base else None
                 vs.append(_fmt_interval(paired_interval(cell, b)) if b else '')
-            ns = sorted({cells[k]['n'] for k in [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
-                         if 'n' in cells.get(k, {})})
+            keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
+            ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
             tag = f', {"[15]: selected on test" if mode == "[15]" else mode}' if len(all_modes) > 1 and mode else ''
-            out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0})', *ours])
+            out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}', *ours])
             if with_reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
 
-# %% ../nbs/06a_render.ipynb #c017
+# %% ../nbs/06a_render.ipynb #c019
 def header(table: Table,             # the table
            profile: str,             # the profile rendered
            card: dict | None = None  # its protocol card (`protocol_card`), if any
@@ -196,7 +215,7 @@ def to_latex(table,      # the table
     lines.append(r'\end{table}')
     return '\n'.join(lines) + '\n'
 
-# %% ../nbs/06a_render.ipynb #c020
+# %% ../nbs/06a_render.ipynb #c022
 def render(table: Table,       # the table
            root=None,          # outputs root (None: `outputs_root()`)
            profile='quick',    # the profile whose runs to render
@@ -213,7 +232,7 @@ def render(table: Table,       # the table
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
-# %% ../nbs/06a_render.ipynb #c025
+# %% ../nbs/06a_render.ipynb #c027
 def plot_ablation(table: Table,   # an ablation table
                   cells: dict,    # its cells (`collect`)
                   column: str,    # the column to plot
@@ -251,7 +270,7 @@ def plot_per_attribute(table: Table,   # a per-attribute table
     ax.set_title(f'{table.source}: {row.label}'); ax.legend()
     return ax
 
-# %% ../nbs/06a_render.ipynb #c027
+# %% ../nbs/06a_render.ipynb #c029
 def plot_distraction(table: Table,   # the distraction study
                      cells: dict,    # its cells (`collect`)
                      pairs=(('dahar', 'dahar_baseline'), ('campar', 'campar_baseline'))  # (method row, baseline row) pairs
