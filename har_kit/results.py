@@ -341,18 +341,18 @@ LONGER = 4   # the training-length study's factor on the quick profile's epochs
 _QUICK_EPOCHS = 3   # the quick profile's epochs (07_reproduce checks that they agree)
 _TL_COLS = [f'{_QUICK_EPOCHS} epochs (the tables)', f'{LONGER * _QUICK_EPOCHS} epochs']
 
-def _longer(nb, variant, dataset, variants, path):  # {column: (spec, path)}: the tables' run, then the same with LONGER x epochs
-    return {_TL_COLS[0]: ((_arch if nb == 'dahar' else lambda v: _campar(v, dataset))(variant), path),
-            _TL_COLS[1]: (spec(nb, variant, dataset=dataset, variants=variants, epochs=LONGER * _QUICK_EPOCHS), path)}
+def _longer(base, pair, path):  # {column: (spec, path)}: the table's own run, then the pair alone with LONGER x the epochs
+    return {_TL_COLS[0]: (base, path),
+            _TL_COLS[1]: (spec(base.notebook, base.variant, **{**base.kwargs, 'variants': pair, 'epochs': LONGER * _QUICK_EPOCHS}), path)}
 
 TRAINING_LENGTH = Table('training_length', 'Training length: the compared pairs at the quick profile\'s epochs and at 4x (%)',
                         'har-kit study (are the quick tables\' orderings stable under longer training?)', _TL_COLS, [
-    Row('dahar_baseline', 'Da-HAR baseline, WIDER-like mAP', {}, None, _longer('dahar', 'baseline', 'wider', ['baseline', 'dahar'], 'full.mAP')),
-    Row('dahar', 'Da-HAR, WIDER-like mAP', {}, None, _longer('dahar', 'dahar', 'wider', ['baseline', 'dahar'], 'full.mAP')),
+    Row('dahar_baseline', 'Da-HAR baseline, WIDER-like mAP', {}, None, _longer(_arch('baseline'), ['baseline', 'dahar'], 'full.mAP')),
+    Row('dahar', 'Da-HAR, WIDER-like mAP', {}, None, _longer(_arch('dahar'), ['baseline', 'dahar'], 'full.mAP')),
     Row('campar_baseline', 'CAM-PAR baseline [15], RAP-like mA', {}, None,
-        _longer('campar', 'baseline', 'rap', ['baseline', 'campar_fusion'], 'full.mA')),
+        _longer(_campar('baseline', 'rap'), ['baseline', 'campar_fusion'], 'full.mA')),
     Row('campar_fusion', 'CAM-PAR + fusion, RAP-like mA', {}, None,
-        _longer('campar', 'campar_fusion', 'rap', ['baseline', 'campar_fusion'], 'full.mA')),
+        _longer(_campar('campar_fusion', 'rap'), ['baseline', 'campar_fusion'], 'full.mA')),
 ], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP: mA at p >= 0.5; the longer runs differ from the tables\' '
                'only in `epochs` (a run trains the pair); 3 seeds', seeds=3, profiles=('quick',),
    protocol={**dahar_protocol(), **campar_protocol()}, compare={'dahar': 'dahar_baseline', 'campar_fusion': 'campar_baseline'})
