@@ -217,9 +217,9 @@ def resize(cfg):
     "F.interpolate against har_kit.backbones.resize_bilinear at the MCA fusion's shapes: forward + backward ms, interleaved."
     import statistics, torch, torch.nn.functional as F
     from har_kit.backbones import resize_bilinear
-    from har_kit.bench import _timer
+    from har_kit.bench import _interleaved, _timer, ratio_stats
     from har_kit.core import get_device
-    dev = get_device(cfg['device']); timer = _timer(dev)
+    dev = get_device(cfg['device'])
     n, c, out = cfg['resize_batch'], cfg['resize_channels'], cfg['resize_out']
     rows = {}
     for src in cfg['resize_in']:
@@ -227,19 +227,16 @@ def resize(cfg):
             x = torch.randn(n, c, *src, device=dev)
             if cl: x = x.to(memory_format=torch.channels_last)
             x.requires_grad_(True)
-            fns = {'interpolate': lambda: F.interpolate(x, size=out, mode='bilinear', align_corners=False),
-                   'resize_bilinear': lambda: resize_bilinear(x, out)}
-            def step(f):
+            def step(f):   # forward + backward of one resize
                 def run():
-                    y = f(); y.backward(torch.ones_like(y)); x.grad = None
+                    y = f(x); y.backward(torch.ones_like(y)); x.grad = None
                 return run
-            for f in fns.values(): step(f)()   # warm-up
-            ms = {k: [] for k in fns}
-            for _ in range(cfg['resize_iters']):   # interleaved: A B A B ...
-                for k, f in fns.items(): ms[k].append(timer(step(f)))
+            t_int, t_mat = _interleaved([step(lambda v: F.interpolate(v, size=out, mode='bilinear', align_corners=False)),
+                                         step(lambda v: resize_bilinear(v, out))], _timer(dev), 1, cfg['resize_iters'])
             key = f'{src[0]}x{src[1]}->{out[0]}x{out[1]}|{"channels_last" if cl else "contiguous"}'
-            rows[key] = dict(batch=n, channels=c, **{f'{k}_ms': statistics.median(v) for k, v in ms.items()},
-                             ratio=statistics.median(a / b for a, b in zip(ms['interpolate'], ms['resize_bilinear'])))
+            r = ratio_stats(t_int, t_mat)
+            rows[key] = dict(batch=n, channels=c, interpolate_ms=statistics.median(t_int),
+                             resize_bilinear_ms=statistics.median(t_mat), ratio=r['median'], ratio_iqr=r['iqr'])
             print(f'resize {key}: interpolate {rows[key]["interpolate_ms"]:.2f} ms, resize_bilinear '
                   f'{rows[key]["resize_bilinear_ms"]:.2f} ms', flush=True)
     return rows
