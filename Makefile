@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' 
 PROFILE ?= quick
 export MPLBACKEND := agg
 export PYTHONHASHSEED := 0
+# the venv is installed without byte-compiling its 6 GB (pip's compile step is half of a fresh setup); Python caches
+# the modules the kit actually imports on their first import, so these targets let it write bytecode
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup main studies sample test export check-export check-clean pytest nbtest gpu-check
 
@@ -14,7 +17,7 @@ setup: $(STAMP)
 $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install --no-compile -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name 'Python 3 (har-kit)'
 	rm -f $(VENV)/.installed-* && touch $@
 
