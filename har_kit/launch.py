@@ -312,7 +312,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
     ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
-    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on 2 of its 5 partitions (the CI rehearsal; outputs go to OUT/smoke)')
+    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke)')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them")
     ap.add_argument('--jobs', type=int, help="runs executed at once (default: one per device; on CPU, the cores divided by the profile's threads per run)")

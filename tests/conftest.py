@@ -1,7 +1,7 @@
-"""Test-session setup: with `pytest -n 2 --dist loadfile` (the test command), the two longest files start first, so the
-rest of the suite runs beside them instead of after them."""
+"""Test-session setup: with `pytest -n 2 --dist loadfile` (the test command), the longest file (the wheel's paper smoke
+rehearsal) starts first, so the rest of the suite runs beside it instead of after it."""
 
-SLOW_FIRST = ('test_smoke.py', 'test_wheel.py')
+SLOW_FIRST = ('test_wheel.py',)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,15 +1,22 @@
-"""The wheel stands alone (issue 14): what the shipped code imports is a requirement, and an installed wheel runs a
-notebook outside any clone, with its outputs and data where `har_kit.core` documents them.
+"""The wheel stands alone (issue 14): what the shipped code imports is a requirement, an installed wheel runs a
+notebook outside any clone, with its outputs and data where `har_kit.core` documents them, and it rehearses the whole
+paper route (`reproduce --profile paper --smoke`) with the notebooks it ships.
 
 The fresh environment reuses the cached torch & co.: a venv without pip gets the wheel (`pip --python ... --no-deps`)
 and a `.pth` line naming this environment's site-packages (a plain path line: the editable install's finder there
 is not loaded, so `import har_kit` is the wheel's). Offline, about 20 s.
 """
-import ast, configparser, json, os, re, site, subprocess, sys, sysconfig, zipfile
+import ast, configparser, json, os, re, site, subprocess, sys, sysconfig, time, zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from har_kit.core import load_json
+from har_kit.formats import write_fixture
+from har_kit.reproduce import plan
+from har_kit.results import PAPER_TABLES
+from har_kit.runs import run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,20 +141,50 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(installed, tmp_path):
     assert (run/'fig.png').exists() and (run/'done').exists() and f'done -> {run}' in r.stdout
 
 
-def test_installed_wheel_reproduces_a_table_from_its_shipped_notebooks(installed, tmp_path):
-    "`har-kit reproduce` from the wheel: Da-HAR Table 1 in the paper profile's smoke mode on a published-layout WIDER fixture"
-    " (the masks step and the Da-HAR run execute the notebooks shipped in the wheel), rendered by the shipped results notebook."
+def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
+    "The paper route rehearsed as users install it: the wheel's `har-kit reproduce --profile paper --smoke` executes every"
+    " run the paper profile plans (masks steps included, box masks since COCO weights cannot download in CI; RAP on"
+    " partition 0 of 5) through papermill on CPU, with the notebooks shipped in the wheel, on tiny datasets written in the"
+    " published layouts, and renders the five paper tables from those runs with the shipped results notebook."
     (venv, purelib, env), work = installed, tmp_path/'work'
     work.mkdir()
-    env = {**env, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    subprocess.run([str(venv/'bin'/'python'), '-c', "from har_kit.formats import write_fixture; write_fixture('wider', 'wider')"],
-                   cwd=work, env=env, check=True, capture_output=True)
-    r = subprocess.run([str(venv/'bin'/'har-kit'), 'reproduce', 'dahar_t1', '--profile', 'paper', '--smoke',
-                        '--data-root', 'wider=wider'], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    status = json.loads((work/'outputs'/'smoke'/'paper'/'status.json').read_text())
-    assert status['counts']['done'] == len(status['runs']) >= 2 and {x['notebook'] for x in status['runs']} >= {'masks', 'dahar'}
-    env_json = json.loads(next((work/'outputs'/'smoke'/'paper').glob('dahar/*/seed0/env.json')).read_text())
-    assert env_json['packages']['har_kit'] and 'git_commit' not in env_json   # the wheel, not a clone
-    md = (work/'outputs'/'smoke'/'paper'/'tables'/'dahar_t1.md').read_text()
-    assert '**Protocol card**' in md and '| Da-HAR (Ours) | ours (n=1) |' in md   # the row filled by the run
+    roots = {kind: write_fixture(kind, tmp_path/'data'/kind) for kind in ('wider', 'rap', 'pa100k')}
+    args = [a for k, v in roots.items() for a in ('--data-root', f'{k}={v}')]
+    env = {**env, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'MPLBACKEND': 'agg'}
+    t0 = time.time()
+    r = subprocess.run([str(venv/'bin'/'har-kit'), 'reproduce', '--profile', 'paper', '--smoke', '--out', 'outputs', *args],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    seconds, out = time.time() - t0, work/'outputs'/'smoke'
+    status = json.loads((out/'paper'/'status.json').read_text())
+    planned = plan(profile='paper', data_roots=roots, root=out, smoke=True)
+    t = status['seconds']
+    print(f'paper smoke rehearsal: {len(planned)} runs in {seconds:.0f}s (summed over runs: {t["total"]:.0f}s, kernel '
+          f'start {t["kernel_start"]:.0f}s, first imports {t["imports"]:.0f}s)')
+    assert r.returncode == 0, r.stderr[-3000:] + json.dumps([x for x in status['runs'] if x['state'] != 'done'])[:3000]
+    assert status['counts']['done'] == len(status['runs']) == len(planned)
+    assert {x['notebook'] for x in status['runs']} == {'masks', 'dahar', 'campar', 'cfar'}
+    env_json = json.loads(next((out/'paper').glob('dahar/*/seed0/env.json')).read_text())
+    assert env_json['packages']['har_kit'] and 'git_commit' not in env_json   # the wheel ran, not a clone
+    tables = out/'paper'/'tables'
+    for key in PAPER_TABLES:
+        rows = (tables/f'{key}.md').read_text().split('**Protocol card**')[0].split('|---|')[-1]
+        assert not any(why in rows for why in ('no run', 'failed:', 'not done')), (key, rows)   # every cell filled
+    assert '| Da-HAR (Ours) | ours (n=1) |' in (tables/'dahar_t1.md').read_text()
+    t2 = (tables/'campar_t2.md').read_text().split('**Protocol card**')[0]
+    for row in ('| baseline |', '| + CAM-PAR + fusion + CFAR |'):   # both selection modes, labelled, CFAR included
+        ours = [l for l in t2.splitlines() if l.startswith(row) and '| ours' in l]
+        assert any('selected on test' in l for l in ours) and any('held-out' in l for l in ours), (row, ours)
+
+    # batch runs skip the demonstration cells; executing one run again with them, from this clone's notebook, must
+    # give the same metrics as the wheel's batch run
+    one = next(p for p in planned if p.spec.notebook == 'dahar')
+    again = run_notebook(one.spec.notebook, one.params, tmp_path/'with-demos', progress=False, threads=one.threads)
+    assert load_json(one.out_dir/'env.json')['demos'] is False and load_json(again/'env.json')['demos'] is True
+    assert _untimed(load_json(again/'metrics.json')) == _untimed(load_json(one.out_dir/'metrics.json'))
+
+
+def _untimed(m):
+    "Metrics without wall-clock entries (any key naming seconds)."
+    if isinstance(m, dict): return {k: _untimed(v) for k, v in m.items() if 'second' not in k}
+    if isinstance(m, list): return [_untimed(v) for v in m]
+    return m
