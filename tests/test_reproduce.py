@@ -71,6 +71,7 @@ def test_smoke_changes_only_size_and_length(capsys):
     rel = lambda x, root: str(Path(x).relative_to(root))
     paper = [r for r in paper if r['dims'].get('partition', 0) < SMOKE['_partitions']['rap']]   # RAP: partition 0 of 5
     assert [r['name'] for r in smoke] == [r['name'] for r in paper]
+    assert len(smoke) == 16   # the count 07_reproduce's prose and the README state
     for s, p in zip(smoke, paper):
         assert s['notebook'] == p['notebook'] and s['dims'] == p['dims']
         assert [rel(d, '/tmp/o/smoke') for d in s['deps']] == [rel(d, '/tmp/o') for d in p['deps']]

@@ -4,7 +4,8 @@ paper route (`reproduce --profile paper --smoke`) with the notebooks it ships.
 
 The fresh environment reuses the cached torch & co.: a venv without pip gets the wheel (`pip --python ... --no-deps`)
 and a `.pth` line naming this environment's site-packages (a plain path line: the editable install's finder there
-is not loaded, so `import har_kit` is the wheel's). Offline, about 20 s.
+is not loaded, so `import har_kit` is the wheel's). Offline: the wheel and its venv about 20 s, the paper rehearsal
+(16 runs, two at a time) about 1.7 min.
 """
 import ast, configparser, json, os, re, site, subprocess, sys, sysconfig, time, zipfile
 from importlib import metadata
@@ -155,7 +156,7 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
     r = subprocess.run([str(venv/'bin'/'har-kit'), 'reproduce', '--profile', 'paper', '--smoke', '--out', 'outputs', *args],
                        cwd=work, env=env, capture_output=True, text=True, timeout=900)
     seconds, out = time.time() - t0, work/'outputs'/'smoke'
-    status = json.loads((out/'paper'/'status.json').read_text())
+    status = load_json(out/'paper'/'status.json')
     planned = plan(profile='paper', data_roots=roots, root=out, smoke=True)
     t = status['seconds']
     print(f'paper smoke rehearsal: {len(planned)} runs in {seconds:.0f}s (summed over runs: {t["total"]:.0f}s, kernel '
@@ -163,7 +164,7 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:] + json.dumps([x for x in status['runs'] if x['state'] != 'done'])[:3000]
     assert status['counts']['done'] == len(status['runs']) == len(planned)
     assert {x['notebook'] for x in status['runs']} == {'masks', 'dahar', 'campar', 'cfar'}
-    env_json = json.loads(next((out/'paper').glob('dahar/*/seed0/env.json')).read_text())
+    env_json = load_json(next((out/'paper').glob('dahar/*/seed0/env.json')))
     assert env_json['packages']['har_kit'] and 'git_commit' not in env_json   # the wheel ran, not a clone
     tables = out/'paper'/'tables'
     for key in PAPER_TABLES:
