@@ -121,7 +121,7 @@ def _loader(ds, shuffle):
                                        generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize('name', ['baseline', 'campar_fusion'])   # no CAM / no fusion, and both ('campar' trains in 04_campar's run)
+@pytest.mark.parametrize('name', ['baseline', 'campar_fusion'])   # no CAM / no fusion, and both ('campar' trains in 40_campar's run)
 def test_variant_trains_evaluates_and_reloads(name, tmp_path):
     m = 5
     loaders = {'train': _loader(_Toy(64, m, 0), True), 'test': _loader(_Toy(32, m, 1), False)}

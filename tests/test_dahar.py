@@ -26,10 +26,10 @@ def _cfg(epochs=1, **kw):
 
 
 def test_config_defaults_are_the_notebooks_parameters():
-    "DaHarConfig has the names and defaults of 03_dahar's parameters cell (out_dir aside): a papermill run and a config agree."
+    "DaHarConfig has the names and defaults of 30_dahar's parameters cell (out_dir aside): a papermill run and a config agree."
     import ast, dataclasses, json
     from pathlib import Path
-    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'03_dahar.ipynb').read_text())
+    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'30_dahar.ipynb').read_text())
     cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
     params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
     params.pop('out_dir')

@@ -348,7 +348,7 @@ def test_load_dataset_with_root_and_kind_check(tmp_path):
 
 # ---------------------------------------------------------------- the synthetic generator writes what the readers read
 def test_synthetic_sets_read_back(tmp_path):
-    synth = pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/01a_synth.ipynb) not exported yet')
+    synth = pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/13_synth.ipynb) not exported yet')
     for kind in ('wider', 'rap', 'pa100k'):
         root = synth.make_synthetic(kind, tmp_path/kind, n=10, progress=False)
         with warnings.catch_warnings():
@@ -360,7 +360,7 @@ def test_synthetic_sets_read_back(tmp_path):
         assert it['mask'].shape[-2:] == it['image'].shape[-2:] and 0 < it['mask'].mean() < 1
 
 def test_load_dataset_synthetic_default(tmp_path, monkeypatch):
-    pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/01a_synth.ipynb) not exported yet')
+    pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/13_synth.ipynb) not exported yet')
     monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

@@ -71,7 +71,7 @@ def test_smoke_changes_only_size_and_length(capsys):
     rel = lambda x, root: str(Path(x).relative_to(root))
     paper = [r for r in paper if r['dims'].get('partition', 0) < SMOKE['_partitions']['rap']]   # RAP: partition 0 of 5
     assert [r['name'] for r in smoke] == [r['name'] for r in paper]
-    assert len(smoke) == 16   # the count 07_reproduce's prose and the README state
+    assert len(smoke) == 16   # the count 71_reproduce's prose and the README state
     for s, p in zip(smoke, paper):
         assert s['notebook'] == p['notebook'] and s['dims'] == p['dims']
         assert [rel(d, '/tmp/o/smoke') for d in s['deps']] == [rel(d, '/tmp/o') for d in p['deps']]
@@ -167,7 +167,7 @@ def test_every_subcommand_resolves_to_its_function():  # read from the sources: 
 def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path, capsys):
     from har_kit.core import KitError
     runs = plan(['campar_t2'], 'quick', root=tmp_path)[:1]
-    def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 04_campar.ipynb")
+    def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 40_campar.ipynb")
     st = save_status(runs, tmp_path, 'quick', execute(runs, run_fn=refused, progress=False)['failed'])
     assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
     capsys.readouterr()
