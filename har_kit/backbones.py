@@ -13,7 +13,7 @@ from .core import KitError
 
 # %% auto #0
 __all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'resnet_taps',
-           'bilinear_matrix', 'resize_bilinear']
+           'count_params', 'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/03_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -105,7 +105,12 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
             if m is not None and m.stride == (2, 2): m.stride = (1, 1)
     return ResNetTaps(stem, stages, channels, arch)
 
-# %% ../nbs/03_backbones.ipynb #c023
+# %% ../nbs/03_backbones.ipynb #c014
+def count_params(model: nn.Module):  # any module
+    "Number of parameters (trainable or not)."
+    return sum(p.numel() for p in model.parameters())
+
+# %% ../nbs/03_backbones.ipynb #c026
 import torch.nn.functional as F
 from typing import List, Optional
 

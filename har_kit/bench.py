@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from .core import KitError, get_device, outputs_root, save_json
+from .backbones import count_params, resnet_taps
+from . import data, loading
 
 # %% auto #0
-__all__ = ['PIPELINES', 'PlainClassifier', 'plain_baseline', 'count_params', 'ratio_stats', 'compare_models', 'complexity',
-           'throughput', 'available_cpus', 'default_workers', 'loader_options', 'pipeline_transform',
-           'synthetic_samples', 'data_throughput', 'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
+__all__ = ['PIPELINES', 'PlainClassifier', 'plain_baseline', 'ratio_stats', 'compare_models', 'complexity', 'throughput',
+           'available_cpus', 'default_workers', 'loader_options', 'pipeline_transform', 'synthetic_samples',
+           'data_throughput', 'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
 
 # %% ../nbs/73_bench.ipynb #c006
 class PlainClassifier(nn.Module):
@@ -33,12 +35,7 @@ def plain_baseline(arch: str = 'resnet50',  # resnet18/34/50/101/152, resnet-tin
                    num_attributes: int = 14,   # number of attributes C
                    weights=None):           # torchvision weights for the backbone (None: random init)
     "The plain-backbone baseline: `PlainClassifier(resnet_taps(arch, weights), num_attributes)`."
-    from har_kit.backbones import resnet_taps
     return PlainClassifier(resnet_taps(arch, weights=weights), num_attributes)
-
-def count_params(model: nn.Module):  # any module
-    "Number of parameters (trainable or not)."
-    return sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/73_bench.ipynb #c010
 def _loss(out):
@@ -207,15 +204,15 @@ def loader_options(num_workers=None,   # worker processes (None: `default_worker
     if n > 0: opts.update(persistent_workers=True, prefetch_factor=prefetch_factor)
     return opts
 
-PIPELINES = {  # name -> (transform builder in har_kit.data, the paper's plain backbone, input (3, H, W))
+PIPELINES = {  # name -> (transform builder in har_kit.loading, the paper's plain backbone, input (3, H, W))
     'campar': ('campar_transforms', 'resnet50', (3, 256, 192)),
     'dahar': ('dahar_transforms', 'resnet101', (3, 224, 224)),
 }
 
 def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'
-    "The paper's training transform at paper size, from `har_kit.data`."
+    "The paper's training transform at paper size, from `har_kit.loading`."
     if pipeline not in PIPELINES: raise KitError(f'pipeline={pipeline!r}; use one of {", ".join(PIPELINES)}')
-    return getattr(importlib.import_module('har_kit.data'), PIPELINES[pipeline][0])(True)
+    return getattr(loading, PIPELINES[pipeline][0])(True)
 
 # %% ../nbs/73_bench.ipynb #c028
 def synthetic_samples(n: int = 64,           # images to write
@@ -225,7 +222,6 @@ def synthetic_samples(n: int = 64,           # images to write
     "Write `n` pedestrian-sized JPEGs (smooth colour fields plus noise, so they compress like photographs); return `Sample`s."
     import numpy as np
     from PIL import Image
-    from har_kit.data import Sample
     root = Path(root or tempfile.mkdtemp(prefix='har-kit-databench-'))
     rng, (H, W) = np.random.default_rng(seed), size
     yy, xx = np.mgrid[0:H, 0:W] / max(H, W)
@@ -235,23 +231,22 @@ def synthetic_samples(n: int = 64,           # images to write
         img = np.stack([c[k, 0] + c[k, 1] * yy + c[k, 2] * xx for k in range(3)], -1) % 256
         img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
         p = root/f'{i:05d}.jpg'; Image.fromarray(img).save(p, quality=90)
-        out.append(Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
+        out.append(data.Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
     return out
 
 def data_throughput(samples,                 # list of `har_kit.data.Sample`
-                    transform,               # e.g. `har_kit.data.campar_transforms(True)`
+                    transform,               # e.g. `har_kit.loading.campar_transforms(True)`
                     workers=(0, 1, 2),       # worker counts to measure
                     batch_size: int = 32,    # images per batch
                     batches: int = 8,        # timed batches per worker count (after the first, which starts the workers)
                     device='cpu'):           # pinned memory when 'cuda'
     "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: images/s}."
-    from har_kit.data import make_loader
     if not samples: raise KitError('data_throughput: no samples')
     out = {}
     for n in workers:
         opts = loader_options(n, device)
         opts.pop('persistent_workers', None)
-        loader = make_loader(samples, transform, batch_size, shuffle=True, drop_last=False, **opts)
+        loader = loading.make_loader(samples, transform, batch_size, shuffle=True, drop_last=False, **opts)
         it, seen = iter(_cycle(loader)), 0
         next(it)                                       # worker start-up and the first batch are not timed
         t = time.perf_counter()
@@ -280,12 +275,12 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
     if workers is None:
         top, workers = default_workers(), [0]
         while workers[-1] < top: workers.append(min(top, max(1, workers[-1] * 2)))
-    data = data_throughput(samples, tf, workers, batch_size, batches, device)
+    rates = data_throughput(samples, tf, workers, batch_size, batches, device)
     model = throughput(plain_baseline(arch_, 26), size, model_batch or batch_size, device, train=True, warmup=1, iters=model_iters)
-    best = max(data.values())
+    best = max(rates.values())
     return dict(pipeline=pipeline, input_size=list(size), model=f'plain {arch_}', device=model['device'],
-                data_images_per_s={str(k): v for k, v in data.items()}, model_train_images_per_s=model['images_per_s'],
-                ratio={str(k): v / model['images_per_s'] for k, v in data.items()}, best_ratio=best / model['images_per_s'],
+                data_images_per_s={str(k): v for k, v in rates.items()}, model_train_images_per_s=model['images_per_s'],
+                ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
                 cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples))
 
 def _load():
@@ -355,8 +350,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
     if a.data:
         samples = None
         if a.data_root:
-            from har_kit.data import load_dataset
-            samples = load_dataset(a.dataset, a.data_root).split('train')[:max(a.images, a.batch_size * (a.batches + 1))]
+            samples = data.load_dataset(a.dataset, a.data_root).split('train')[:max(a.images, a.batch_size * (a.batches + 1))]
         bs = a.batch_size if a.batch_size > 1 else 32
         res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=max(1, min(a.iters, 5)))
         print(format_data(res))

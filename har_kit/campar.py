@@ -14,7 +14,9 @@ from torch import nn
 
 from .core import KitError, load_json, save_json
 from .backbones import resnet_taps, resize_bilinear
-from .engine import load_checkpoint
+from .checkpoints import load_checkpoint
+from .loading import IMAGENET_MEAN, IMAGENET_STD
+from .model_file import load_model, save_model
 from . import losses
 
 # %% auto #0
@@ -224,11 +226,10 @@ def load_campar(run_dir,                 # run directory holding `<variant>/mode
                 variant: str,            # e.g. 'campar' or 'campar_fusion'
                 which: str = 'model',    # 'model': model.pt (else the selected / best checkpoint); or 'selected', 'best', 'last'
                 map_location='cpu'):     # where the tensors are loaded
-    "Rebuild a trained CAM-PAR variant from a run directory, in eval mode (a thin wrapper of `har_kit.predict.load_model`)."
+    "Rebuild a trained CAM-PAR variant from a run directory, in eval mode (a thin wrapper of `har_kit.model_file.load_model`)."
     vdir = Path(run_dir)/variant
     if which == 'model':
         if (vdir/'model.pt').exists():
-            from har_kit.predict import load_model
             return load_model(vdir/'model.pt', map_location=map_location).model.eval()
         which = 'selected' if (vdir/'checkpoints'/'selected.pt').exists() else 'best'
     params = load_json(vdir/'model.json')
@@ -309,9 +310,7 @@ def save_campar(model: CamParNet,          # a trained model from `campar_varian
                 thresholds=None,           # (M,) val-chosen thresholds, or None (0.5)
                 dataset=None,              # dataset kind (provenance)
                 extra=None):               # tensors / plain values stored with it (e.g. CFAR's state)
-    "Write `<variant_dir>/model.pt` with `har_kit.predict.save_model`; return its path."
-    from har_kit.predict import save_model
-    from har_kit.data import IMAGENET_MEAN, IMAGENET_STD
+    "Write `<variant_dir>/model.pt` with `har_kit.model_file.save_model`; return its path."
     return save_model(Path(variant_dir)/'model.pt', model, builder='har_kit.campar:campar_variant',
                       kwargs=variant_kwargs(model), attributes=list(attributes), input_size=list(input_size),
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, thresholds=thresholds, dataset=dataset, extra=extra)

@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 from .core import KitError, UNSPECIFIED, get_device, seed_everything
-from .engine import TrainConfig, fit, load_checkpoint, save_checkpoint, is_main_process, predict as engine_predict
+from .engine import TrainConfig, fit, predict as engine_predict
+from .checkpoints import load_checkpoint, save_checkpoint
+from .distributed import is_main_process
 from .formats import dataset_kind
+from .loading import SampleCache, campar_transforms, make_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (CamParNet, CamParLoss, campar_variant, save_build_params, l_specific_public, positive_angles)
 
@@ -145,7 +148,6 @@ def campar_loaders(train,                 # training samples (the first value of
                    seed: int = 0,         # shuffling seed
                    cache_mb: float = 0):  # decoded samples the loaders share in memory (MiB, `SampleCache`); 0: none
     "Loaders 'train', 'eval' (when held out), 'test', and 'test_masks' (with the target's mask) when every test sample has one."
-    from har_kit.loading import SampleCache, campar_transforms, make_loader
     kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache.of(cache_mb))
     loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=True, seed=seed, **kw)}
     if eval_samples: loaders['eval'] = make_loader(eval_samples, campar_transforms(False, scale), shuffle=False, **kw)

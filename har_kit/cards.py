@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .core import KitError, load_json, outputs_root
 from .results import Table, row_runs, run_dirs
+from .run_params import notebook_parameters
 
 # %% auto #0
 __all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'notebook_defaults', 'run_params', 'selection_of', 'mode_order', 'choice_reason',
@@ -21,7 +22,6 @@ SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)
 
 @functools.lru_cache(maxsize=None)
 def _defaults(notebook):
-    from har_kit.runs import notebook_parameters
     try: return dict(notebook_parameters(notebook))
     except KitError: return {}
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .core import KitError, atomic_path, seed_everything
 from .cfar_factors import check_confidences, fit_latent_factors, benchmark_als
+from .engine import TrainConfig, fit
 from . import losses
 
 # %% auto #0
@@ -124,7 +125,6 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  params=None):               # what the fit depends on beyond its config (checked by the engine on resume)
     "Fit fc_2 by minimising Loss_2 (Eq. 20) on cached phase-1 outputs with `har_kit.engine.fit`; returns (head in eval mode, epoch losses)."
     import tempfile
-    from har_kit.engine import TrainConfig, fit
     r_hat, l, y = (torch.as_tensor(np.asarray(a, np.float32)) for a in (r_hat, l_specific, labels))
     if not (r_hat.shape == l.shape == y.shape and l.ndim == 2):
         raise KitError(f'r_hat {tuple(r_hat.shape)}, l_specific {tuple(l.shape)} and labels {tuple(y.shape)} must share one (N, M) shape')
@@ -272,7 +272,7 @@ def cfar_extra(cfar: CFAR):  # a fitted CFAR
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)
-    "Called by `har_kit.predict.load_model` for CFAR model files: phase 1 + CFAR as one `CFARPredictor`."
+    "Called by `har_kit.model_file.load_model` for CFAR model files: phase 1 + CFAR as one `CFARPredictor`."
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 

@@ -12,93 +12,14 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, save_json
+from .data import dataset_issues, dataset_reader, unused_images
 from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, MASK_DIR, clip_box, dataset_kind, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path, write_csv_annotation)
 
 # %% auto #0
-__all__ = ['require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'to_csv_dataset', 'check_dataset', 'format_check',
-           'cli']
+__all__ = ['to_csv_dataset', 'check_dataset', 'format_check', 'cli']
 
 # %% ../nbs/17_check.ipynb #c008
-def require_images(samples,    # `Sample`s whose image files must be usable
-                   where,      # the annotation file, for the message
-                   image_dir): # the image folder, for the message
-    "Raise a `KitError` listing listed images that are missing or fail the cheap header check (`image_problem`)."
-    paths = list(dict.fromkeys(s.image for s in samples))
-    bad = [(p, q) for p in paths if (q := image_problem(p))]
-    missing = [p for p, q in bad if q == 'missing']
-    if missing:
-        first = ', '.join(str(p.name) for p in missing[:5])
-        raise KitError(f'{where}: {len(missing)} of {len(paths)} listed images are missing under {image_dir} (first: {first}). '
-                       'Point root at the complete dataset folder, or pass check_images=False to skip this check')
-    if bad:
-        first = '; '.join(f'{p}: {q}' for p, q in bad[:3])
-        raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
-                       '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
-
-# %% ../nbs/17_check.ipynb #c012
-def _same_file_across_splits(samples):
-    "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
-    by_name = {}
-    for s in samples: by_name.setdefault(os.path.basename(s.image), {})[s.image] = s.split
-    out = []
-    for group in by_name.values():
-        if len(set(group.values())) < 2: continue
-        sizes = {}
-        for p, sp in group.items():
-            try: sizes.setdefault(os.path.getsize(p), []).append((p, sp))
-            except OSError: continue
-        for same in sizes.values():
-            digests = {}
-            for p, sp in same: digests.setdefault(hashlib.sha1(Path(p).read_bytes()).hexdigest(), []).append((p, sp))
-            out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
-    return out
-
-def dataset_issues(samples,                  # `Sample`s of every split
-                   empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
-    "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
-    splits, count = {}, {}
-    for s in samples:
-        name = str(s.meta.get('file_name', s.image))
-        splits.setdefault(name, set()).add(s.split)
-        key = (name, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
-    if empty_row == 'no-positive': zero = [s for s in samples if not (s.labels == 1).any()]
-    else: zero = [s for s in samples if s.meta.get('n_unspecified', -1) == len(s.labels)]
-    return dict(in_two_splits=[dict(image=k, splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
-                same_file_in_two_splits=_same_file_across_splits(samples),
-                duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
-                all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
-
-# %% ../nbs/17_check.ipynb #c015
-def warn_issues(issues,                          # a dict from `dataset_issues`
-                where,                           # the annotation file or root, for the message
-                rows_desc='all-zero label rows'): # how to call all-zero rows in the message
-    "One warning per kind of issue found by `dataset_issues`, with its count and a first example."
-    if (m := issues['in_two_splits']):
-        warnings.warn(f'{where}: {len(m)} image(s) appear in more than one split (e.g. {m[0]["image"]} in {m[0]["splits"]}): '
-                      'evaluation may leak training data')
-    if (m := issues['same_file_in_two_splits']):
-        warnings.warn(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
-                      f'(e.g. {" and ".join(m[0])}): evaluation may leak training data')
-    if (m := issues['duplicates']):
-        warnings.warn(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
-                      f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice')
-    if (m := issues['all_zero_rows']):
-        warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
-                      'no positive attribute; check the annotation')
-
-# %% ../nbs/17_check.ipynb #c019
-def unused_images(images, # image folder
-                  used):  # set of names (relative to it) the annotation lists
-    "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
-    out = []
-    for dirpath, dirs, files in os.walk(images):
-        dirs[:] = sorted(d for d in dirs if d != MASK_DIR)
-        rel = os.path.relpath(dirpath, images)
-        out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
-    return [n for n in out if n not in used]
-
-# %% ../nbs/17_check.ipynb #c023
 def _place(src, dst, link):  # existing file; destination; try a hard link first
     "Hard-link (when `link` and possible) or copy `src` to `dst`."
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +41,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
-# %% ../nbs/17_check.ipynb #c025
+# %% ../nbs/17_check.ipynb #c010
 def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fill; as `to_csv_dataset`
     "Place every sample's image (and mask) under `tmp` and write its `labels.csv`."
     images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
@@ -158,7 +79,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/17_check.ipynb #c029
+# %% ../nbs/17_check.ipynb #c014
 def _decode_problem(path):  # an image file
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
@@ -169,7 +90,7 @@ def _decode_problem(path):  # an image file
 
 def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being filled; reader options
     "Read the dataset with the image checks off, recording its layout and the reader's warnings in `rep`."
-    reader = dataset_kind(kind).reader
+    reader = dataset_reader(kind)
     lay = detect_layout(kind, root) if not {'annotation', 'files', 'image_dir'} & set(reader_kw) else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -187,7 +108,7 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
     return [paths[i] for i in sorted(pick)]
 
-# %% ../nbs/17_check.ipynb #c030
+# %% ../nbs/17_check.ipynb #c015
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
@@ -219,7 +140,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/17_check.ipynb #c034
+# %% ../nbs/17_check.ipynb #c019
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
@@ -238,7 +159,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/17_check.ipynb #c037
+# %% ../nbs/17_check.ipynb #c022
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
@@ -264,7 +185,7 @@ def cli(argv=None):  # arguments after `har-kit data`
     kw = {'partition': a.partition} if a.partition is not None else {}
     try:
         if a.command == 'convert':
-            out = to_csv_dataset(dataset_kind(a.kind).reader(a.root, **kw), a.dest)
+            out = to_csv_dataset(dataset_reader(a.kind)(a.root, **kw), a.dest)
             print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
             return 0
         rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)

@@ -12,7 +12,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .core import KitError
 from .backbones import resnet_taps, resize_bilinear
-from .bench import count_params
+from .backbones import count_params
 from .losses import bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
 # %% auto #0

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from .core import KitError, seed_everything
-from .bench import count_params
+from .backbones import count_params
 from .data import load_dataset
 from .engine import TrainConfig, train_eval
 from .formats import DATASET_KINDS
 from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, metrics_entry, target_mass
-from .predict import save_model
+from .model_file import save_model
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
@@ -177,7 +177,7 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                        data,                   # har_kit.data.AttributeData it was trained on (attribute names, kind)
                        scale: float,           # input-size factor of the run
                        val=None):              # engine predictions on the val split ({'scores', 'labels'}) or None
-    "Save the self-describing `model.pt` (har_kit.predict.save_model): builder, kwargs, attributes, the Full input size, thresholds."
+    "Save the self-describing `model.pt` (har_kit.model_file.save_model): builder, kwargs, attributes, the Full input size, thresholds."
     aspect = ASPECT.get(data.name, 1)
     size = (max(1, round(256 * scale)), max(1, round(256 / aspect * scale)))   # the "Full" evaluation resize
     th = choose_thresholds(val['scores'], val['labels'])['thresholds'] if val is not None else None

@@ -4,24 +4,23 @@
 
 # %% ../nbs/16_data.ipynb #c002
 from __future__ import annotations
-import csv, difflib, json, math, warnings
+import csv, difflib, hashlib, json, math, os, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .core import KitError, UNSPECIFIED
-from .formats import (DATASET_KINDS, LAYOUTS, PA100K_SPLITS, dataset_kind, default_mask_root, detect_layout,
-                             explicit_layout, image_file, mask_path, synth_target_meta, write_fixture)
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, default_mask_root,
+                             detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
-from .check import dataset_issues, require_images, unused_images, warn_issues
-from .loading import (IMAGENET_MEAN, IMAGENET_STD, CornerCenterCrop, FiveCropStack, HarDataset, _sz,
-                             campar_transforms, dahar_transforms, make_loader, show_samples)   # re-exported: one Dataset
+from .synth import ensure_synthetic
 
 # %% auto #0
 __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'attach_masks',
-           'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'label_stats', 'read_csv_dataset', 'load_dataset']
+           'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k',
+           'read_rap', 'read_wider', 'label_stats', 'read_csv_dataset', 'dataset_reader', 'load_dataset']
 
 # %% ../nbs/16_data.ipynb #c006
 @dataclass
@@ -128,6 +127,85 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
 # %% ../nbs/16_data.ipynb #c019
+def require_images(samples,    # `Sample`s whose image files must be usable
+                   where,      # the annotation file, for the message
+                   image_dir): # the image folder, for the message
+    "Raise a `KitError` listing listed images that are missing or fail the cheap header check (`image_problem`)."
+    paths = list(dict.fromkeys(s.image for s in samples))
+    bad = [(p, q) for p in paths if (q := image_problem(p))]
+    missing = [p for p, q in bad if q == 'missing']
+    if missing:
+        first = ', '.join(str(p.name) for p in missing[:5])
+        raise KitError(f'{where}: {len(missing)} of {len(paths)} listed images are missing under {image_dir} (first: {first}). '
+                       'Point root at the complete dataset folder, or pass check_images=False to skip this check')
+    if bad:
+        first = '; '.join(f'{p}: {q}' for p, q in bad[:3])
+        raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
+                       '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
+
+# %% ../nbs/16_data.ipynb #c022
+def _same_file_across_splits(samples):
+    "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
+    by_name = {}
+    for s in samples: by_name.setdefault(os.path.basename(s.image), {})[s.image] = s.split
+    out = []
+    for group in by_name.values():
+        if len(set(group.values())) < 2: continue
+        sizes = {}
+        for p, sp in group.items():
+            try: sizes.setdefault(os.path.getsize(p), []).append((p, sp))
+            except OSError: continue
+        for same in sizes.values():
+            digests = {}
+            for p, sp in same: digests.setdefault(hashlib.sha1(Path(p).read_bytes()).hexdigest(), []).append((p, sp))
+            out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
+    return out
+
+def dataset_issues(samples,                  # `Sample`s of every split
+                   empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
+    "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
+    splits, count = {}, {}
+    for s in samples:
+        name = str(s.meta.get('file_name', s.image))
+        splits.setdefault(name, set()).add(s.split)
+        key = (name, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
+    if empty_row == 'no-positive': zero = [s for s in samples if not (s.labels == 1).any()]
+    else: zero = [s for s in samples if s.meta.get('n_unspecified', -1) == len(s.labels)]
+    return dict(in_two_splits=[dict(image=k, splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
+                same_file_in_two_splits=_same_file_across_splits(samples),
+                duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
+                all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
+
+# %% ../nbs/16_data.ipynb #c025
+def warn_issues(issues,                          # a dict from `dataset_issues`
+                where,                           # the annotation file or root, for the message
+                rows_desc='all-zero label rows'): # how to call all-zero rows in the message
+    "One warning per kind of issue found by `dataset_issues`, with its count and a first example."
+    if (m := issues['in_two_splits']):
+        warnings.warn(f'{where}: {len(m)} image(s) appear in more than one split (e.g. {m[0]["image"]} in {m[0]["splits"]}): '
+                      'evaluation may leak training data')
+    if (m := issues['same_file_in_two_splits']):
+        warnings.warn(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
+                      f'(e.g. {" and ".join(m[0])}): evaluation may leak training data')
+    if (m := issues['duplicates']):
+        warnings.warn(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
+                      f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice')
+    if (m := issues['all_zero_rows']):
+        warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
+                      'no positive attribute; check the annotation')
+
+# %% ../nbs/16_data.ipynb #c029
+def unused_images(images, # image folder
+                  used):  # set of names (relative to it) the annotation lists
+    "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
+    out = []
+    for dirpath, dirs, files in os.walk(images):
+        dirs[:] = sorted(d for d in dirs if d != MASK_DIR)
+        rel = os.path.relpath(dirpath, images)
+        out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
+    return [n for n in out if n not in used]
+
+# %% ../nbs/16_data.ipynb #c032
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -138,7 +216,7 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/16_data.ipynb #c023
+# %% ../nbs/16_data.ipynb #c036
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
@@ -178,7 +256,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c027
+# %% ../nbs/16_data.ipynb #c041
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -199,7 +277,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
-# %% ../nbs/16_data.ipynb #c029
+# %% ../nbs/16_data.ipynb #c043
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
              n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
@@ -244,7 +322,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c033
+# %% ../nbs/16_data.ipynb #c047
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -291,7 +369,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
-# %% ../nbs/16_data.ipynb #c035
+# %% ../nbs/16_data.ipynb #c049
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -322,7 +400,7 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/16_data.ipynb #c052
+# %% ../nbs/16_data.ipynb #c067
 def label_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -334,7 +412,7 @@ def label_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/16_data.ipynb #c057
+# %% ../nbs/16_data.ipynb #c072
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -370,17 +448,19 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c061
+# %% ../nbs/16_data.ipynb #c076
+def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
+    "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
+    return globals()[dataset_kind(kind).reader_name]
+
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)
                  seed=0,         # synthetic seed (root=None only)
                  **reader_kw):   # passed to the reader (unspecified=, partition=, mask_dir=, ...)
     "Read a dataset of `kind` from `root` (reader options as keywords), or the synthetic set of that kind (generated once, then cached)."
-    reader = dataset_kind(kind).reader
+    reader = dataset_reader(kind)
     if root is None and kind == 'csv': raise KitError("load_dataset('csv'): the generic kind has no synthetic set; pass root=<folder with labels.csv and images/>")
     if root is None:
-        try: from har_kit.synth import ensure_synthetic
-        except ImportError as e: raise KitError(f'load_dataset({kind!r}, root=None) needs har_kit.synth ({e}); pass root=<dataset folder>') from None
         root = ensure_synthetic(kind, profile=profile, seed=seed)
     return reader(root, **reader_kw)

@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .core import KitError, atomic_path
-from .predict import Predictor, check_images, collect_images
+from .formats import check_images, collect_images
+from .campar import attribute_activation, class_activation_map
 
 # %% auto #0
 __all__ = ['model_maps', 'plot_explanation', 'explain']
@@ -27,7 +28,6 @@ def model_maps(model,   # a contract model
     if out.get('cam') is not None: per_attr, kind = out['cam'], 'CAM'
     elif out.get('attention') is not None: per_attr, kind = out['attention'], 'attention'
     elif hasattr(model, 'feature_map') and hasattr(model, 'classifier'):
-        from har_kit.campar import attribute_activation, class_activation_map
         per_attr, kind = class_activation_map(attribute_activation(model.feature_map(images), model.classifier.weight)), 'CAM'
     stages = list(getattr(model, 'self_masks', {}) or {})
     glob_maps = {f'self-mask (stage {int(stages[i]) + 1 if i < len(stages) else i})': m
@@ -77,7 +77,7 @@ def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) ui
     return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
 
 # %% ../nbs/80_explain.ipynb #c008
-def explain(predictor: Predictor,   # a Predictor (model, thresholds, device)
+def explain(predictor,              # a `har_kit.predict.Predictor` (model, thresholds, device)
             images,                 # files, folders, globs
             out_dir,                # folder for one PNG per image
             max_attributes=6,       # attribute panels per figure

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, save_json
-from .predict import LoadedModel, find_model_file, load_model
+from .model_file import LoadedModel, find_model_file, load_model
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'ProbabilityModel', 'export_model', 'cli']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import csv, importlib, json, math, os
+import csv, glob, json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,10 @@ from .matfile import mat_cell, save_mat
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
            'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind',
            'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file', 'default_mask_root', 'mask_path',
-           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'image_problem',
-           'load_rgb', 'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
-           'write_wider_annotation', 'write_csv_annotation', 'write_fixture']
+           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'box_mask',
+           'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey',
+           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'write_csv_annotation',
+           'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -39,7 +40,7 @@ RAP_ATTRIBUTES_51 = ['Female', 'AgeLess16', 'Age17-30', 'Age31-45', 'BodyFat', '
 # %% ../nbs/02_formats.ipynb #c006
 @dataclass(frozen=True)
 class DatasetKind:
-    "What the kit knows about one kind of dataset; `reader` is looked up in `har_kit.data` when asked for."
+    "What the kit knows about one kind of dataset (its reader is `har_kit.data.dataset_reader(name)`)."
     name: str               # 'wider', 'rap', 'pa100k' or 'csv'
     reader_name: str        # function of har_kit.data that reads it
     aspect: int             # height / width of the network input (1 for scenes' square crops, 2 for pedestrians)
@@ -47,11 +48,6 @@ class DatasetKind:
     headline: tuple         # the metric keys of its result rows
     attributes: list | None # attribute names of the real dataset (None: read from the file)
     how: str                # where the dataset comes from and how it is laid out
-
-    @property
-    def reader(self):
-        "The reader function (`har_kit.data.<reader_name>`)."
-        return getattr(importlib.import_module('har_kit.data'), self.reader_name)
 
 _PED = ('mA', 'acc', 'prec', 'rec', 'f1')
 DATASET_KINDS = {
@@ -221,7 +217,16 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/02_formats.ipynb #c038
+# %% ../nbs/02_formats.ipynb #c036
+def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
+             size): # (H, W)
+    "Boolean (H, W) mask that is True inside the box: the `none` source, and every source's fallback."
+    m = np.zeros(size, bool)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = True
+    return m
+
+# %% ../nbs/02_formats.ipynb #c040
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
@@ -258,7 +263,33 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #c041
+# %% ../nbs/02_formats.ipynb #c044
+def collect_images(specs):  # file paths, folders and glob patterns
+    "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
+    out = []
+    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
+        p = Path(spec)
+        if p.is_file(): found = [p]
+        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif any(c in str(spec) for c in '*?['):
+            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        else: raise KitError(f'{spec}: no such image file or folder')
+        if not found: raise KitError(f'{spec}: matches no image ({", ".join(IMAGE_SUFFIXES)})')
+        out += found
+    return list(dict.fromkeys(out))
+
+def check_images(paths):  # image files
+    "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im: im.size
+        except Exception as e: bad.append(f'{p} ({type(e).__name__})')
+    if bad: raise KitError(f'{len(bad)} of {len(paths)} images cannot be read: {"; ".join(bad[:5])}'
+                           + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
+    return list(paths)
+
+# %% ../nbs/02_formats.ipynb #c047
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -278,7 +309,7 @@ def load_grey(path):  # a mask (or any image) file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
-# %% ../nbs/02_formats.ipynb #c046
+# %% ../nbs/02_formats.ipynb #c052
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -326,7 +357,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c052
+# %% ../nbs/02_formats.ipynb #c058
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -369,7 +400,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c054
+# %% ../nbs/02_formats.ipynb #c060
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

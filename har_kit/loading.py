@@ -15,8 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .core import KitError
-from .formats import clip_box, load_grey, load_rgb
-from .mask_sources import box_mask
+from .formats import box_mask, clip_box, load_grey, load_rgb
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms',
@@ -92,7 +91,7 @@ class HarDataset(Dataset):
         H, W = img.shape[:2]
         cut = clip_box(s.box, (H, W), str(s.image))[0] if s.box is not None else (0, 0, W, H)
         mask = None
-        if self.with_mask:   # the box source's mask (`har_kit.mask_sources.box_mask`), or the sample's mask file
+        if self.with_mask:   # the box source's mask (`har_kit.formats.box_mask`), or the sample's mask file
             mask = box_mask(cut, (H, W)).astype(np.uint8) * 255 if self.mask_from_box else load_grey(s.mask)
         box = None
         if s.box is not None:

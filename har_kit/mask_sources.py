@@ -15,23 +15,14 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.ops import box_iou
 
 from .core import KitError, atomic_path, get_device
-from .formats import clip_box, load_grey, load_rgb, mask_path
+from .formats import box_mask, clip_box, load_grey, load_rgb, mask_path
 
 # %% auto #0
-__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'box_mask', 'TargetMask', 'select_target', 'image_size', 'read_mask',
-           'write_mask', 'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource',
-           'DirectorySource', 'MaskRCNNSource', 'mask_source']
+__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_target', 'image_size', 'read_mask', 'write_mask',
+           'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource',
+           'MaskRCNNSource', 'mask_source']
 
-# %% ../nbs/20_mask_sources.ipynb #c006
-def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
-             size): # (H, W)
-    "Boolean (H, W) mask that is True inside the box: the `none` source, and every source's fallback."
-    m = np.zeros(size, bool)
-    x0, y0, x1, y1 = box
-    m[y0:y1, x0:x1] = True
-    return m
-
-# %% ../nbs/20_mask_sources.ipynb #c010
+# %% ../nbs/20_mask_sources.ipynb #c008
 @dataclass
 class TargetMask:
     "The mask chosen for one target, and how it was chosen."
@@ -47,7 +38,7 @@ class TargetMask:
         "The JSON-able record kept in the cache's report."
         return {k: v for k, v in dataclasses.asdict(self).items() if k != 'mask'}
 
-# %% ../nbs/20_mask_sources.ipynb #c012
+# %% ../nbs/20_mask_sources.ipynb #c010
 def select_target(target_box,        # the annotated (x, y, w, h) box, or None for a whole-image crop
                   size,              # (H, W) of the image
                   det_boxes,         # (K, 4) person detections (x0, y0, x1, y1), K may be 0
@@ -75,7 +66,7 @@ def select_target(target_box,        # the annotated (x, y, w, h) box, or None f
                                         f'{inside[k]:.0%} of its mask inside)', **stats)
     return TargetMask(det_masks[k] & inbox, det=k, **stats)
 
-# %% ../nbs/20_mask_sources.ipynb #c017
+# %% ../nbs/20_mask_sources.ipynb #c015
 def image_size(path):  # an image file
     "(H, W) of an image file, read from its header; `KitError` naming the file when it cannot be read."
     try:
@@ -83,7 +74,7 @@ def image_size(path):  # an image file
     except (OSError, UnidentifiedImageError) as e:
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
-# %% ../nbs/20_mask_sources.ipynb #c018
+# %% ../nbs/20_mask_sources.ipynb #c016
 def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as person)
               size=None):  # expected (H, W); None = any
     "Binary (H, W) mask from a PNG; `KitError` naming the file when unreadable or of the wrong size."
@@ -99,7 +90,7 @@ def write_mask(mask,  # (H, W) bool
     with atomic_path(path) as tmp: Image.fromarray(np.asarray(mask, np.uint8) * 255, 'L').save(tmp, format='PNG')
     return Path(path)
 
-# %% ../nbs/20_mask_sources.ipynb #c022
+# %% ../nbs/20_mask_sources.ipynb #c020
 def short_hash(text):  # any value; its `str` is hashed
     "First 8 hex digits of the SHA-1 of `str(text)`: short, stable folder and file names."
     return hashlib.sha1(str(text).encode()).hexdigest()[:8]
@@ -109,7 +100,7 @@ def _relative(path, root):  # a file; a folder it may lie under (or None)
     try: return Path(path).relative_to(root).as_posix() if root is not None else None
     except ValueError: return None
 
-# %% ../nbs/20_mask_sources.ipynb #c023
+# %% ../nbs/20_mask_sources.ipynb #c021
 def sample_key(sample,     # a `har_kit.data.Sample`
                root=None): # the dataset root its image path is taken relative to
     "Stable file stem of a sample's mask: its image path under `root`, plus the target (`meta['target']`) or box."
@@ -130,7 +121,7 @@ def target_of(sample,     # a `har_kit.data.Sample`
     name = meta.get('file_name') or _relative(p, root) or f'_ext/{short_hash(p.parent.resolve())}/{p.name}'
     return str(name), int(meta.get('target', meta.get('target_index', 0)) or 0)
 
-# %% ../nbs/20_mask_sources.ipynb #c027
+# %% ../nbs/20_mask_sources.ipynb #c025
 def _where(img, key): return f'{img} (mask {key})'
 
 class MaskSource:
@@ -152,7 +143,7 @@ class MaskSource:
                         for key, s in items])
         return out
 
-# %% ../nbs/20_mask_sources.ipynb #c028
+# %% ../nbs/20_mask_sources.ipynb #c026
 class BoxSource(MaskSource):
     "Source `box` (alias `none`): the target's box itself (the whole image for an unboxed pedestrian crop)."
     name = 'box'
@@ -173,7 +164,7 @@ class RendererSource(MaskSource):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
                                TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped))
 
-# %% ../nbs/20_mask_sources.ipynb #c033
+# %% ../nbs/20_mask_sources.ipynb #c031
 class DirectorySource(MaskSource):
     "Source `directory`: PNG masks the user already has, one per target, named by `sample_key` (or image stem)."
     name = 'directory'
@@ -193,7 +184,7 @@ class DirectorySource(MaskSource):
         cands += [self.directory/f'{key}.png'] + ([self.directory/f'{stem}.png', self.directory/f'{Path(stem).name}.png'] if single else [])
         return next((c for c in cands if c.exists()), None)
 
-# %% ../nbs/20_mask_sources.ipynb #c034
+# %% ../nbs/20_mask_sources.ipynb #c032
 @patch
 def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
     "Every target has its PNG, or a `KitError` listing how many do not, before any work."
@@ -221,7 +212,7 @@ def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # a
                        f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
     return TargetMask(m & box_mask(box, size), clipped=clipped, note=note)
 
-# %% ../nbs/20_mask_sources.ipynb #c038
+# %% ../nbs/20_mask_sources.ipynb #c036
 PERSON = 1  # COCO category id of "person" in torchvision's detection models
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
 
@@ -255,7 +246,7 @@ class MaskRCNNSource(MaskSource):
         if not Path(w).is_file(): raise KitError(f'weights={str(w)!r}: no such file; pass the Mask R-CNN state-dict file you downloaded')
         return Path(w)
 
-# %% ../nbs/20_mask_sources.ipynb #c041
+# %% ../nbs/20_mask_sources.ipynb #c039
 @patch
 def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while fetching the weights
     "The `KitError` for weights that could not be fetched: what happened and what to do instead."
@@ -280,7 +271,7 @@ def build(self:MaskRCNNSource):
     self.model = net.eval().to(self.device)
     return self.model
 
-# %% ../nbs/20_mask_sources.ipynb #c042
+# %% ../nbs/20_mask_sources.ipynb #c040
 @patch
 @torch.inference_mode()
 def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
@@ -302,7 +293,7 @@ def __call__(self:MaskRCNNSource, jobs):
                     for key, s in items])
     return out
 
-# %% ../nbs/20_mask_sources.ipynb #c044
+# %% ../nbs/20_mask_sources.ipynb #c042
 MASK_SOURCES = {'box': BoxSource, 'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource,
                 'maskrcnn': MaskRCNNSource}
 

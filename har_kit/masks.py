@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .core import KitError, data_root, save_json
 from .data import attach_masks as _attach_samples, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_path
-from .mask_sources import *   # what a mask is and the four sources (20_mask_sources)
+from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
 
 # %% auto #0
 __all__ = ['MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality', 'summed_feature_outline', 'cli']

@@ -333,7 +333,7 @@ ENTRY_KEYS = {                  # the common keys an entry may hold beside its p
     'epoch': 'the epoch whose weights were scored',
     'seconds': "wall-clock seconds of the variant's training (Da-HAR's include its Full and Crops scoring)",
     'final_loss': "the last training epoch's mean loss",
-    'model_file': 'the self-describing model file, relative to the run directory (`har_kit.predict.load_model`)',
+    'model_file': 'the self-describing model file, relative to the run directory (`har_kit.model_file.load_model`)',
     'extra': "the section's own numbers (heads, angles, ALS sweeps, ...): no table reads them",
 }
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device
+from . import __version__
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'model_digest', 'save_model', 'LoadedModel', 'find_model_file', 'read_model_file',
@@ -123,7 +124,6 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise KitError(f'model weight {k!r} holds NaN/inf: the run diverged; do not save it (lower the learning rate)')
-    from har_kit import __version__
     meta = dict(builder=builder, kwargs=kwargs, attributes=attributes, input_size=size, mean=mean, std=std,
                 thresholds=thresholds, dataset=_plain(dataset, 'dataset'), pretrained=_plain(pretrained, 'kwargs.weights'),
                 har_kit=str(__version__), torch=str(torch.__version__),

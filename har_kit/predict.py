@@ -13,13 +13,13 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import KitError, atomic_write, get_device, save_json
-from .formats import load_rgb
+from .formats import check_images, collect_images, load_rgb
+from .explain import explain
 from .metrics import apply_threshold, check_threshold
-from .model_file import *   # the model file: save_model, load_model, LoadedModel (09_model_file)
+from .model_file import LoadedModel, check_attributes, load_model
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'resolve_thresholds', 'collect_images', 'check_images', 'preprocess', 'Predictor',
-           'write_predictions', 'format_record', 'cli']
+__all__ = ['resolve_thresholds', 'preprocess', 'Predictor', 'write_predictions', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
@@ -67,34 +67,6 @@ def _is_number(x):  # anything a user may pass as a threshold
     except (TypeError, ValueError): return False
 
 # %% ../nbs/81_predict.ipynb #c011
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
-def collect_images(specs):  # file paths, folders and glob patterns
-    "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
-    out = []
-    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
-        p = Path(spec)
-        if p.is_file(): found = [p]
-        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif any(c in str(spec) for c in '*?['):
-            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-        else: raise KitError(f'{spec}: no such image file or folder')
-        if not found: raise KitError(f'{spec}: matches no image ({", ".join(IMAGE_SUFFIXES)})')
-        out += found
-    return list(dict.fromkeys(out))
-
-def check_images(paths):  # image files
-    "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
-    from PIL import Image
-    bad = []
-    for p in paths:
-        try:
-            with Image.open(p) as im: im.size
-        except Exception as e: bad.append(f'{p} ({type(e).__name__})')
-    if bad: raise KitError(f'{len(bad)} of {len(paths)} images cannot be read: {"; ".join(bad[:5])}'
-                           + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
-    return list(paths)
-
 def preprocess(image,         # (H, W, 3) uint8 RGB
                input_size,    # network input (height, width)
                mean,          # per-channel normalisation mean (3,)
@@ -215,7 +187,6 @@ def cli(argv=None):  # arguments after `har-kit predict`
         csv_path, json_path = write_predictions(records, pred, a.out)
         print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
         if a.explain:
-            from har_kit.explain import explain
             pngs = explain(pred, a.images, Path(a.out)/'explain', a.max_attributes, progress=not a.quiet)
             print(f'explanations: {len(pngs)} figures in {Path(a.out)/"explain"}')
     except KitError as e:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import KitError, load_json, outputs_root, repo_root
+from .formats import detect_layout
+from .metrics import read_metrics
+from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_dir_name, run_path, spec_dir
 from .runs import is_done, run_notebook, run_status
 
@@ -126,7 +129,6 @@ def planned_data(profile: str,  # the plan's profile
                  params: dict   # the run's parameters
                 ) -> dict:
     "What a run reads that no parameter names: on the synthetic profile, its set's `done` marker (kind, size, seed)."
-    from har_kit.synth import PROFILES as SETS, synth_marker
     if PROFILES[profile]['_data'] != 'synthetic' or params.get('profile') not in SETS or 'dataset' not in params: return {}
     return {'synthetic': synth_marker(params['dataset'], SETS[params['profile']][params['dataset']], 0, None).strip()}
 
@@ -263,7 +265,6 @@ def missing_roots(runs   # PlannedRuns (`plan`)
 def check_roots(runs   # PlannedRuns (`plan`)
                ) -> dict:
     "Detect the layout of every dataset root the runs read (`har_kit.formats.detect_layout`); one KitError for all."
-    from har_kit.formats import detect_layout
     roots = {(r.params['dataset'], r.params['data_root']) for r in runs if r.params.get('data_root')}
     found, errors = {}, []
     for kind, root in sorted(roots):
@@ -297,7 +298,6 @@ def stale_params(r: PlannedRun   # a planned run
     diff = param_diff(load_json(p), r.params) if p.exists() else []
     if r.data and e.exists() and load_json(e).get('data') != r.data: diff.append('data')   # e.g. the quick sets were resized
     if r.spec.notebook in ('dahar', 'campar', 'cfar') and is_done(r.out_dir) and (r.out_dir/'metrics.json').exists():   # by an older kit?
-        from har_kit.metrics import read_metrics
         try: read_metrics(r.out_dir)
         except KitError: diff.append('metrics schema')
     return diff

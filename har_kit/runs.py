@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .core import (KitError, atomic_write, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
                           to_jsonable)
-from .run_params import *   # finding a notebook, its parameters and their checks (60_run_params)
+from .run_params import check_parameters, find_notebook, parse_params
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'timing_summary',

@@ -11,9 +11,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, data_root
-from .synth_people import *   # the attribute model (10_synth_people)
-from .synth_render import *   # people drawn with their region ids (11_synth_render)
-from .synth_scenes import *   # scenes, distractions and masks (12_synth_scenes)
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
 from .synth_scenes import WIDER_SCENES, render
 from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,

@@ -189,7 +189,8 @@ def test_fusion_lr_backbone_moves_only_the_lr_group():
 def test_selection_on_test_keeps_the_best_epoch(tmp_path):
     "'[15]' selection: the epoch with the best eval-split mA is the one restored, and it is found again from history."
     from har_kit.campar_train import EpochSelector, selected_epoch
-    from har_kit.engine import fit, load_checkpoint
+    from har_kit.engine import fit
+    from har_kit.checkpoints import load_checkpoint
     m = 5
     train, test = _loader(_Toy(64, m, 0), True), _loader(_Toy(32, m, 1), False)
     torch.manual_seed(0)
@@ -249,7 +250,7 @@ def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):
 def test_a_fresh_start_forgets_a_stale_selection(tmp_path):
     "A selected.pt left by an earlier run (no last.pt beside it) is not taken for this run's best epoch."
     from har_kit.campar_train import EpochSelector
-    from har_kit.engine import save_checkpoint
+    from har_kit.checkpoints import save_checkpoint
     model = campar_variant('campar', 3, arch='resnet-tiny')
     path = tmp_path/'checkpoints'/'selected.pt'
     save_checkpoint(dict(model=model.state_dict(), value=0.99, key='mA'), path)

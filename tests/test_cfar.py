@@ -171,7 +171,7 @@ def test_cfar_predictor_equals_the_numpy_path_and_survives_a_weights_only_load(t
 def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     "A CFAR variant's model.pt (phase 1 + extra['cfar']) comes back through load_model and exports to TorchScript."
     from har_kit.campar import campar_variant, save_campar
-    from har_kit.predict import load_model
+    from har_kit.model_file import load_model
     from har_kit.export import export_model
     l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
     fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4, tol=None, iterations=15))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from har_kit.core import KitError
-from har_kit.data import dahar_transforms, make_loader, read_rap, read_wider, tiny_fixture
+from har_kit.loading import dahar_transforms, make_loader
+from har_kit.data import read_rap, read_wider, tiny_fixture
 from har_kit.dahar import PAPER_PARAMS_M, VARIANTS, DaHarLoss, dahar_variant, param_table
 from har_kit.dahar_train import DaHarConfig, predict_masks, train_variant
 from har_kit.losses import pos_ratio
@@ -45,7 +46,7 @@ def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
     assert list(m['full']['per_attribute']) == list(wider.attributes) == list(m['crops']['per_attribute'])
     assert math.isfinite(m['final_loss']) and m['epoch'] == 1 and m['model_file'] == f'{name}/model.pt'
     assert (tmp_path/name/'checkpoints'/'last.pt').exists()
-    from har_kit.predict import load_model
+    from har_kit.model_file import load_model
     loaded = load_model(tmp_path/name/'model.pt')   # rebuilt from builder + JSON kwargs, same outputs
     assert loaded.attributes == list(wider.attributes) and len(loaded.thresholds) == len(wider.attributes)
     x = torch.randn(2, 3, *loaded.input_size)

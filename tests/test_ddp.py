@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from har_kit.engine import load_checkpoint
+from har_kit.checkpoints import load_checkpoint
 
 
 class Clean(Dataset):
@@ -39,7 +39,8 @@ def acc(scores, labels): return dict(acc=float(((scores > 0.5) == (labels > 0.5)
 
 def job(out):
     "The same script for 1 and 2 processes: train_eval on fixed data, rank 0 saves weights, history, predictions."
-    from har_kit.engine import TrainConfig, is_main_process, train_eval
+    from har_kit.engine import TrainConfig, train_eval
+    from har_kit.distributed import is_main_process
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = Net()

@@ -61,7 +61,8 @@ def tiny_training(work):  # an empty folder for the data and the run
     import torch
     from har_kit.core import seed_everything
     from har_kit.dahar import dahar_variant
-    from har_kit.data import dahar_transforms, load_dataset, make_loader
+    from har_kit.loading import dahar_transforms, make_loader
+    from har_kit.data import load_dataset
     from har_kit.engine import TrainConfig, fit, predict
     from har_kit.metrics import metrics_entry, pedestrian_metrics
     from har_kit.synth import make_synthetic

@@ -10,7 +10,9 @@ from torch.utils.data import DataLoader, Dataset
 import har_kit.distributed as D
 import har_kit.engine as E
 from har_kit.core import KitError
-from har_kit.engine import TrainConfig, fit, load_checkpoint, predict, shard_loader, train_eval
+from har_kit.engine import TrainConfig, fit, predict, train_eval
+from har_kit.checkpoints import load_checkpoint
+from har_kit.distributed import shard_loader
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from har_kit.core import KitError
 from har_kit.check import check_dataset, cli, to_csv_dataset
-from har_kit.data import HarDataset, read_csv_dataset, read_pa100k, read_rap, read_wider
+from har_kit.loading import HarDataset
+from har_kit.data import read_csv_dataset, read_pa100k, read_rap, read_wider
 from har_kit.formats import write_fixture
 from har_kit.masks import make_masks
 
@@ -206,7 +207,7 @@ def test_data_check_fails_on_missing_and_undecodable_images(tmp_path, capsys):
 
 def test_sixteen_bit_mask_is_scaled_not_clipped(tmp_path):
     "A 16-bit mask PNG (0..65535) -> read as its 8-bit scale (repaired): a faint 16-bit value is not 'person'."
-    from har_kit.masks import read_mask
+    from har_kit.mask_sources import read_mask
     a = np.zeros((8, 8), np.uint16); a[:, :4] = 65535; a[:, 4:] = 300      # 300/65535: background, not person
     Image.fromarray(a).save(tmp_path/'m.png')
     m = read_mask(tmp_path/'m.png')

@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from har_kit.core import KitError
-from har_kit.engine import TrainConfig, fit, load_checkpoint, save_checkpoint, train_eval
+from har_kit.engine import TrainConfig, fit, train_eval
+from har_kit.checkpoints import load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 

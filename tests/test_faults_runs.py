@@ -9,7 +9,8 @@ import papermill
 import pytest
 
 from har_kit.core import KitError, load_json
-from har_kit.runs import RunFailed, check_parameters, cli, notebook_parameters, run_lock, run_notebook, run_status
+from har_kit.runs import RunFailed, cli, run_lock, run_notebook, run_status
+from har_kit.run_params import check_parameters, notebook_parameters
 
 
 def _nb(path, params_src='seed = 0\nbatch_size = 8\nthreshold = 0.5\nvariants = ["a", "b"]\nextra = None\nout_dir = None',

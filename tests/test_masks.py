@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from har_kit.core import KitError, load_json
-from har_kit.data import HarDataset, load_dataset, read_wider, tiny_fixture
+from har_kit.loading import HarDataset
+from har_kit.data import load_dataset, read_wider, tiny_fixture
 from har_kit.formats import DATASET_KINDS, default_mask_root, mask_path, write_fixture
-from har_kit.masks import (BoxSource, MaskRCNNSource, attach_masks, cli, make_masks, mask_cache_dir, mask_iou,
-                           mask_quality, read_mask, sample_key, select_target, summed_feature_outline, target_of,
-                           write_mask)
+from har_kit.mask_sources import BoxSource, MaskRCNNSource, read_mask, sample_key, select_target, target_of, write_mask
+from har_kit.masks import attach_masks, cli, make_masks, mask_cache_dir, mask_iou, mask_quality, summed_feature_outline
 
 
 def _person(x0, y0, x1, y1, size=(40, 40), p=0.9):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from har_kit.core import KitError
-from har_kit.predict import LoadedModel, load_model, model_digest, save_model
+from har_kit.model_file import LoadedModel, load_model, model_digest, save_model
 
 NAMES = ['hat', 'bag', 'skirt', 'boots']
 PRE = dict(input_size=(64, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -134,7 +134,8 @@ from PIL import Image
 from har_kit.explain import explain, model_maps
 from har_kit.export import cli as export_cli, export_model
 from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes images with
-from har_kit.predict import Predictor, cli, collect_images, resolve_thresholds
+from har_kit.predict import Predictor, cli, resolve_thresholds
+from har_kit.formats import collect_images
 
 SAMPLE = Path(__file__).resolve().parents[1].parent.parent/'shared'/'data'/'pa100k-sample'
 SAMPLE = SAMPLE if SAMPLE.is_dir() else Path('/work/shared/data/pa100k-sample')

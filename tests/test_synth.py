@@ -8,9 +8,10 @@ import scipy.io as sio
 from PIL import Image
 
 from har_kit.core import KitError, UNSPECIFIED
-from har_kit.synth import (ATTRIBUTES, MAX_LEVEL, RAP_ATTRIBUTES, WIDER_ATTRIBUTES, cli, ensure_synthetic,
-                           make_rng, make_synthetic, person_labels, read_synth_meta, render,
-                           sample_person, target_meta)
+from har_kit.synth_people import ATTRIBUTES, MAX_LEVEL, RAP_ATTRIBUTES, make_rng, person_labels, sample_person
+from har_kit.formats import WIDER_ATTRIBUTES, read_synth_meta, target_meta
+from har_kit.synth import cli, ensure_synthetic, make_synthetic
+from har_kit.synth_scenes import render
 from har_kit.formats import default_mask_root, mask_path
 
 ROOT = Path(__file__).resolve().parent.parent

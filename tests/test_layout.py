@@ -1,0 +1,98 @@
+"The package's layout: notebooks numbered by layer with unique prefixes, and every import pointing to a lower-numbered notebook."
+import ast, re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, PKG = ROOT/'nbs', ROOT/'har_kit'
+
+
+def _module_notebooks():
+    "module name -> notebook stem, from each notebook's `#| default_exp`."
+    out = {}
+    for nb in sorted(NBS.glob('*.ipynb')):
+        m = re.search(r'#\| default_exp (\w+)', nb.read_text(encoding='utf-8'))
+        if m:
+            assert m.group(1) not in out, f'{nb.name} and {out.get(m.group(1))} both export har_kit.{m.group(1)}'
+            out[m.group(1)] = nb.stem
+    return out
+
+
+# the command line dispatches to every layer by name (it is the top notebook); bench builds the models a user names;
+# a model file names its builder
+DYNAMIC_IMPORTS = {'cli', 'bench', 'model_file'}
+
+
+def _rank(stem): return int(stem.split('_', 1)[0])
+
+
+def _kit_imports(path):
+    "(line, imported kit module, inside a function?) for every import of a har_kit module in `path`, `importlib` included."
+    tree, out = ast.parse(path.read_text(encoding='utf-8')), []
+    funcs = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        local = id(node) in funcs
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ''
+            if node.level == 1 and not mod: out += [(node.lineno, a.name, local) for a in node.names]
+            elif node.level == 1: out.append((node.lineno, mod.split('.')[0], local))
+            elif mod.startswith('har_kit.'): out.append((node.lineno, mod.split('.')[1], local))
+            elif mod == 'har_kit': out += [(node.lineno, a.name, local) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name.split('.')[1], local) for a in node.names if a.name.startswith('har_kit.')]
+        elif isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'import_module' and node.args:
+            a = node.args[0]
+            name = a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else '<computed>'
+            out.append((node.lineno, name.removeprefix('har_kit.') if name.startswith('har_kit.') else name, local))
+    return out
+
+
+def test_every_notebook_prefix_is_unique_and_numbered():
+    stems = [nb.stem for nb in NBS.glob('*.ipynb') if nb.stem != 'index']
+    prefixes = [s.split('_', 1)[0] for s in stems]
+    assert all(re.fullmatch(r'\d\d', p) for p in prefixes), sorted(stems)
+    dup = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    assert not dup, f'shared prefixes: {dup}'
+
+
+def test_every_module_has_one_notebook():
+    mods = _module_notebooks()
+    exported = {p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_')}
+    assert exported == set(mods), exported ^ set(mods)
+
+
+def test_every_import_points_to_a_lower_numbered_notebook():
+    mods, bad = _module_notebooks(), []
+    for mod, stem in mods.items():
+        for line, tgt, _ in _kit_imports(PKG/f'{mod}.py'):
+            if tgt == '__version__' or (tgt == '<computed>' and mod in DYNAMIC_IMPORTS): continue
+            if tgt not in mods: bad.append(f'{mod}.py:{line} imports {tgt!r} (not a kit module)'); continue
+            if _rank(mods[tgt]) >= _rank(stem): bad.append(f'{mod}.py:{line} ({stem}) imports {tgt} ({mods[tgt]})')
+    assert not bad, '\n'.join(bad)
+
+
+def test_no_star_imports_and_no_hidden_kit_imports():
+    bad = []
+    for p in PKG.glob('*.py'):
+        if p.stem.startswith('_'): continue
+        if re.search(r'^\s*from \S+ import \*', p.read_text(encoding='utf-8'), re.M): bad.append(f'{p.name}: import *')
+        for line, tgt, local in _kit_imports(p):
+            if local and p.stem != 'core' and tgt != '<computed>': bad.append(f'{p.name}:{line} imports {tgt} inside a function')
+            if tgt == '<computed>' and p.stem not in DYNAMIC_IMPORTS: bad.append(f'{p.name}:{line} importlib with a computed name')
+    assert not bad, '\n'.join(bad)
+
+
+def test_the_layout_test_sees_an_upward_import(tmp_path):
+    "The checker itself: a module importing a later notebook's module is found."
+    f = tmp_path/'x.py'
+    f.write_text('from .runs import run_notebook\ndef f():\n    from har_kit.cli import main\n'
+                 "import importlib\nimportlib.import_module('har_kit.data')\n")
+    assert _kit_imports(f) == [(1, 'runs', False), (3, 'cli', True), (5, 'data', False)]
+
+
+@pytest.mark.parametrize('section', ['masks', 'dahar', 'campar', 'cfar', 'results', 'data'])
+def test_sections_resolve_by_name(section):
+    "Run directories and references name a section by its notebook's suffix, so renumbering never moves them."
+    from har_kit.run_params import find_notebook
+    assert find_notebook(section).stem.split('_', 1)[1] == section
