@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # the modules the kit actually imports on their first import, so these targets let it write bytecode
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup main studies sample test export check-export check-clean pytest nbtest gpu-check
+.PHONY: setup main studies sample test test-fast export check-export check-clean lint pytest pytest-fast nbtest gpu-check
 
 setup: $(STAMP)
 
@@ -33,20 +33,35 @@ studies: setup
 sample: setup
 	$(BIN)/har-kit reproduce --profile sample
 
-## the tests: exported modules and cleaned notebooks match what is committed, then pytest and nbdev_test
-test: setup check-export check-clean pytest nbtest
+## the tests: har_kit/ is what nbs/ exports and nbs/ is clean (compared with the working tree, so an uncommitted
+## change can pass), ruff, then pytest and nbdev_test
+test: setup check-export check-clean lint pytest nbtest
 
+## under a minute: the same checks and the tests that start no kernel or process (see tests/conftest.py)
+test-fast: setup check-export check-clean lint pytest-fast
+
+SNAP := $(shell mktemp -u /tmp/har-kit-check.XXXXXX)
 check-export:
+	@mkdir -p $(SNAP) && cp -r har_kit $(SNAP)/
 	$(BIN)/nbdev_export
-	@git status --porcelain -- har_kit | grep . && { echo "har_kit/ differs from what nbs/ exports: run nbdev_export and commit both"; exit 1; } || echo "nbdev_export: no diff"
+	@diff -rq -x __pycache__ $(SNAP)/har_kit har_kit && echo "nbdev_export: no diff" || { echo "har_kit/ was not what nbs/ exports (nbdev_export has now rewritten it): review and commit both"; rm -rf $(SNAP); exit 1; }
+	@rm -rf $(SNAP)
 
 check-clean:
+	@mkdir -p $(SNAP) && cp -r nbs $(SNAP)/
 	$(BIN)/nbdev_clean
-	@git status --porcelain -- nbs | grep . && { echo "nbs/ is not clean: run nbdev_clean and commit"; exit 1; } || echo "nbdev_clean: no diff"
+	@diff -rq -x .ipynb_checkpoints $(SNAP)/nbs nbs && echo "nbdev_clean: no diff" || { echo "nbs/ was not clean (nbdev_clean has now cleaned it): review and commit"; rm -rf $(SNAP); exit 1; }
+	@rm -rf $(SNAP)
+
+lint:
+	$(BIN)/ruff check har_kit tests tools
 
 ## two test files at a time (pytest-xdist), one thread each; the longest files start first (tests/conftest.py)
 pytest:
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n 2 --dist loadfile --durations=15
+
+pytest-fast:
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n 2 -m 'not slow'
 
 ## two notebooks at a time, one thread each: parallel jobs must not oversubscribe the cores
 nbtest:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/73_bench.ipynb #c002
 from __future__ import annotations
-import argparse, importlib, inspect, json, os, statistics, sys, tempfile, time
+import argparse, importlib, inspect, json, os, statistics, tempfile, time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -357,7 +357,6 @@ def cli(argv=None):  # arguments after `har-kit bench`
         out = save_json(res, a.out or outputs_root()/'bench'/f'data_{a.data}.json')
         print(f'wrote {out}')
         return 0
-    specs = {s: s for s in a.model}
     models = {s: build_model(s) for s in a.model} or \
              {f'plain {n}': plain_baseline(n, a.num_attributes) for n in (a.arch or ['resnet50'])}
     baseline = plain_baseline(a.baseline, a.num_attributes)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
-import dataclasses, time, warnings
+import dataclasses, warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .core import KitError, atomic_path, seed_everything
-from .cfar_factors import check_confidences, fit_latent_factors, benchmark_als
+from .cfar_factors import check_confidences, fit_latent_factors
 from .engine import TrainConfig, fit
 from . import losses
 

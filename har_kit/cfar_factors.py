@@ -8,7 +8,6 @@ import dataclasses, math, time, warnings
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import expit
 from tqdm.auto import tqdm
 
 from .core import KitError

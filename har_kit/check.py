@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_check.ipynb #c003
 from __future__ import annotations
-import argparse, hashlib, os, shutil, sys, tempfile, time, warnings
+import argparse, os, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .core import KitError, UNSPECIFIED, save_json
 from .data import dataset_issues, dataset_reader, unused_images
-from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, MASK_DIR, clip_box, dataset_kind, default_mask_root, detect_layout,
+from .formats import (DATASET_KINDS, clip_box, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path, write_csv_annotation)
 
 # %% auto #0

@@ -20,7 +20,7 @@ from .synth import ensure_synthetic
 # %% auto #0
 __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'attach_masks',
            'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k',
-           'read_rap', 'read_wider', 'label_stats', 'read_csv_dataset', 'dataset_reader', 'load_dataset']
+           'read_rap', 'read_wider', 'dataset_reader', 'label_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/16_data.ipynb #c006
 @dataclass
@@ -400,7 +400,12 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/16_data.ipynb #c067
+# %% ../nbs/16_data.ipynb #c061
+def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
+    "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
+    return globals()[dataset_kind(kind).reader_name]
+
+# %% ../nbs/16_data.ipynb #c070
 def label_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -412,7 +417,7 @@ def label_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/16_data.ipynb #c072
+# %% ../nbs/16_data.ipynb #c075
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -448,11 +453,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c076
-def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
-    "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
-    return globals()[dataset_kind(kind).reader_name]
-
+# %% ../nbs/16_data.ipynb #c079
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)

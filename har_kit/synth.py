@@ -14,7 +14,7 @@ from .core import KitError, UNSPECIFIED, data_root
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
 from .synth_scenes import WIDER_SCENES, render
 from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
-                             target_meta, write_pa100k_annotation, write_rap_annotation, write_synth_meta,
+                             write_pa100k_annotation, write_rap_annotation, write_synth_meta,
                              write_wider_annotation)
 
 # %% auto #0

@@ -162,7 +162,7 @@ def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
 # %% ../nbs/11_synth_render.ipynb #c015
 def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "Neck, torso and upper garment with its pattern and front details (collar, tie, logo), straps, bags and muffler."
-    cx, h, sw, hw, ysh, yhip, up, upc, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc, g.d
+    cx, h, sw, hw, ysh, yhip, up, upc = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc
     cv.rid = HEAD
     cv.rect(cx - .022 * h, ysh - .03 * h, cx + .022 * h, ysh + .01 * h, g.skin)
     cv.rid = UP

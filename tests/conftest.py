@@ -1,9 +1,48 @@
-"""Test-session setup: with `pytest -n 2 --dist loadfile` (the test command), the longest file (the wheel's paper smoke
-rehearsal) starts first, so the rest of the suite runs beside it instead of after it."""
+"""Test-session setup.
+
+- With `pytest -n 2 --dist loadfile` (the test command), the longest file (the wheel's paper smoke rehearsal) starts
+  first, so the rest of the suite runs beside it instead of after it.
+- `@pytest.mark.shared('data/pa100k-sample/annotation.mat')`: the test needs that file under `../shared` (beside the
+  clone; the PA-100K sample may be elsewhere via HAR_KIT_PA100K_SAMPLE). Missing, it is skipped on a developer's
+  machine and **fails** in CI (`CI` set), where `../shared` is always laid out: a vanished input must not pass quietly.
+- `slow` marks tests that start kernels or processes; `make test-fast` runs the rest.
+"""
+import os
+from pathlib import Path
+
+import pytest
 
 SLOW_FIRST = ('test_wheel.py',)
+SHARED = Path(__file__).resolve().parents[1].parent/'shared'
+# files whose tests start papermill kernels, subprocesses or process pools: not in `make test-fast`
+SLOW_FILES = {'test_wheel.py', 'test_determinism.py', 'test_runs.py', 'test_ddp.py', 'test_faults_runs.py', 'test_launcher.py',
+              'test_packaging.py', 'test_reproduce.py', 'test_gpu_check.py'}
+
+
+def shared_path(rel):  # path under ../shared, e.g. 'data/pa100k-sample'
+    "Where a shared input lives: the PA-100K sample may be moved with HAR_KIT_PA100K_SAMPLE."
+    rel = Path(rel)
+    if rel.parts[:2] == ('data', 'pa100k-sample') and os.environ.get('HAR_KIT_PA100K_SAMPLE'):
+        return Path(os.environ['HAR_KIT_PA100K_SAMPLE']).joinpath(*rel.parts[2:])
+    return SHARED/rel
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'shared(path): needs PATH under ../shared (skipped when missing, failed in CI)')
+    config.addinivalue_line('markers', 'slow: starts kernels or processes (left out of make test-fast)')
 
 
 def pytest_collection_modifyitems(config, items):
     rank = lambda item: next((i for i, name in enumerate(SLOW_FIRST) if item.path.name == name), len(SLOW_FIRST))
     items.sort(key=rank)   # stable: every other file keeps its order
+    for item in items:
+        if item.path.name in SLOW_FILES: item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item):
+    for m in item.iter_markers('shared'):
+        p = shared_path(m.args[0])
+        if p.exists(): continue
+        msg = f'{p} is missing: lay out ../shared beside the clone (or set HAR_KIT_PA100K_SAMPLE for the sample)'
+        if os.environ.get('CI'): pytest.fail(f'{msg}; in CI it must be there')
+        pytest.skip(msg)

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from har_kit import bench
-from har_kit.bench import build_model, cli, complexity, plain_baseline
+from har_kit.bench import build_model, complexity, plain_baseline
 from har_kit.backbones import count_params
 from har_kit.cli import main
 from har_kit.core import KitError

@@ -1,5 +1,4 @@
 "Tests of har_kit.cfar and har_kit.cfar_factors: the exactness of the implicit encoding of Eq. 17-18, the dictionary, phase 2 and bad input."
-import warnings
 
 import numpy as np
 import pytest

@@ -69,14 +69,12 @@ def test_paper_reading_matches_the_reported_parameter_counts():
     with pytest.raises(KitError, match='num_attributes'): dahar_variant('dahar', num_classes=14)
 
 
+@pytest.mark.shared('papers/da-har_aaai2020.md')
 def test_paper_params_are_the_papers():
     "PAPER_PARAMS_M is parsed against the paper's text (Computational Complexity Analysis), not retyped."
     import re
     from pathlib import Path
-    found = [p/'shared'/'papers'/'da-har_aaai2020.md' for p in Path(__file__).resolve().parents[1:4]]
-    paper = next((p for p in found if p.exists()), None)
-    if paper is None: pytest.skip('../shared/papers/da-har_aaai2020.md not present')
-    text = paper.read_text()
+    text = (Path(__file__).resolve().parents[1].parent/'shared'/'papers'/'da-har_aaai2020.md').read_text()
     base = re.search(r'baseline network has ([\d.]+)M parameters', text).group(1)
     full = re.search(r'\(Da-HAR\) has ([\d.]+)M parameters', text).group(1)
     assert PAPER_PARAMS_M == {'baseline': float(base), 'dahar': float(full)}

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from har_kit.core import KitError, UNSPECIFIED
-from har_kit import check as C, data as D
+from har_kit import check as C, data as D, loading as L
 from har_kit.formats import dataset_kind
 
 SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).parents[1]/'..'/'shared'/'data'/'pa100k-sample')
@@ -258,39 +258,39 @@ def test_masks_found_and_cropped_with_clipped_box(tmp_path):
     assert D.mask_path(root/'masks', 'train/0--Parade/0_Parade_1.jpg', 1) == root/'masks'/'train'/'0--Parade'/'0_Parade_1_1.png'
     with pytest.warns(UserWarning, match='2 of 4 samples have no mask'): data = D.read_wider(root)
     tr = data.split('train')
-    ds = D.HarDataset(tr, with_mask=True)
+    ds = L.HarDataset(tr, with_mask=True)
     it = ds[0]
     assert it['image'].shape == (3, 40, 20) and it['mask'].shape == (1, 40, 20)
     assert it['mask'].sum().item() == 10 * 6 and it['mask'][0, 5, 2].item() == 1.0   # mask moved with the crop (x-10, y-5)
     assert it['labels'].dtype == torch.float32 and it['labels'][2].item() == -1
     it1 = ds[1]                                                 # box [80, 30, 30, 50] clipped to the 96 x 64 scene
     assert it1['image'].shape == (3, 34, 16) and it1['index'] == 1
-    with pytest.raises(KitError, match='have no mask'): D.HarDataset(data.samples, with_mask=True)
+    with pytest.raises(KitError, match='have no mask'): L.HarDataset(data.samples, with_mask=True)
     assert D.read_wider(root, mask_dir=False).samples[0].mask is None
 
 def test_dataset_full_scene_with_box(tmp_path):
     data = D.read_wider(write_wider(tmp_path))
-    it = D.HarDataset(data.split('test'), D.dahar_transforms(False, scale=0.25), crop_to_box=False, with_box=True)[0]
+    it = L.HarDataset(data.split('test'), L.dahar_transforms(False, scale=0.25), crop_to_box=False, with_box=True)[0]
     assert it['image'].shape == (3, 64, 64)
     torch.testing.assert_close(it['box'], torch.tensor([5 * 64 / 96, 4 * 64 / 64, 26 * 64 / 96, 35 * 64 / 64]))
-    with pytest.raises(KitError, match='crop_to_box=False'): D.HarDataset(data.samples, with_box=True)
+    with pytest.raises(KitError, match='crop_to_box=False'): L.HarDataset(data.samples, with_box=True)
 
 def test_box_outside_image(tmp_path):
     root = write_wider(tmp_path, trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0,
                                             'targets': [{'attribute': [1] * 14, 'bbox': [200, 0, 5, 5]}]}])
-    with pytest.raises(KitError, match='outside the 96x64 image'): D.HarDataset(D.read_wider(root))[0]
+    with pytest.raises(KitError, match='outside the 96x64 image'): L.HarDataset(D.read_wider(root))[0]
 
 @pytest.mark.parametrize('tf,shape', [
-    (lambda: D.dahar_transforms(True), (3, 224, 224)),
-    (lambda: D.dahar_transforms(False), (3, 256, 256)),
-    (lambda: D.dahar_transforms(False, five_crop=True), (5, 3, 224, 224)),
-    (lambda: D.dahar_transforms(True, aspect=2), (3, 224, 112)),
-    (lambda: D.dahar_transforms(False, aspect=2), (3, 256, 128)),
-    (lambda: D.campar_transforms(True), (3, 256, 192)),
-    (lambda: D.campar_transforms(False), (3, 256, 192)),
-    (lambda: D.dahar_transforms(True, scale=0.25), (3, 56, 56)),
-    (lambda: D.dahar_transforms(False, scale=0.25), (3, 64, 64)),
-    (lambda: D.campar_transforms(False, scale=0.25), (3, 64, 48)),
+    (lambda: L.dahar_transforms(True), (3, 224, 224)),
+    (lambda: L.dahar_transforms(False), (3, 256, 256)),
+    (lambda: L.dahar_transforms(False, five_crop=True), (5, 3, 224, 224)),
+    (lambda: L.dahar_transforms(True, aspect=2), (3, 224, 112)),
+    (lambda: L.dahar_transforms(False, aspect=2), (3, 256, 128)),
+    (lambda: L.campar_transforms(True), (3, 256, 192)),
+    (lambda: L.campar_transforms(False), (3, 256, 192)),
+    (lambda: L.dahar_transforms(True, scale=0.25), (3, 56, 56)),
+    (lambda: L.dahar_transforms(False, scale=0.25), (3, 64, 64)),
+    (lambda: L.campar_transforms(False, scale=0.25), (3, 64, 48)),
 ])
 def test_transform_shapes(tf, shape):
     img = tv_tensors.Image(torch.randint(0, 256, (3, 150, 70), dtype=torch.uint8))
@@ -300,17 +300,17 @@ def test_transform_shapes(tf, shape):
 
 def test_eval_normalises_with_imagenet_stats():
     white = tv_tensors.Image(torch.full((3, 20, 20), 255, dtype=torch.uint8))
-    out = D.campar_transforms(False, scale=0.1)(white)
-    torch.testing.assert_close(out[:, 0, 0], (1 - torch.tensor(D.IMAGENET_MEAN)) / torch.tensor(D.IMAGENET_STD))
+    out = L.campar_transforms(False, scale=0.1)(white)
+    torch.testing.assert_close(out[:, 0, 0], (1 - torch.tensor(L.IMAGENET_MEAN)) / torch.tensor(L.IMAGENET_STD))
 
 def test_five_crop_corners_and_centre():
     x = tv_tensors.Image(torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16).repeat(1, 3, 1, 1)[0])
-    st = D.FiveCropStack((4, 4))(x)
+    st = L.FiveCropStack((4, 4))(x)
     assert st.shape == (5, 3, 4, 4)
     assert [st[k, 0, 0, 0].item() for k in range(5)] == [0, 12, 12 * 16, 12 * 16 + 12, 6 * 16 + 6]
 
-@pytest.mark.parametrize('make', [lambda: D.dahar_transforms(True, scale=0.5, jitter=0), lambda: D.dahar_transforms(True, aspect=2, scale=0.5, jitter=0),
-                                  lambda: D.campar_transforms(True, scale=0.5)])
+@pytest.mark.parametrize('make', [lambda: L.dahar_transforms(True, scale=0.5, jitter=0), lambda: L.dahar_transforms(True, aspect=2, scale=0.5, jitter=0),
+                                  lambda: L.campar_transforms(True, scale=0.5)])
 def test_mask_follows_image(make):
     sq = torch.zeros(1, 90, 60, dtype=torch.uint8); sq[:, 5:40, 10:30] = 255
     torch.manual_seed(0)
@@ -322,7 +322,7 @@ def test_mask_follows_image(make):
 
 def test_corner_centre_crop_sizes_and_positions():
     torch.manual_seed(0)
-    cc = D.CornerCenterCrop([20, 10], aspect=2)
+    cc = L.CornerCenterCrop([20, 10], aspect=2)
     seen = set()
     for _ in range(200):
         p = cc.make_params([tv_tensors.Image(torch.zeros(3, 20, 10))])
@@ -333,12 +333,12 @@ def test_corner_centre_crop_sizes_and_positions():
 def test_make_loader_batches_and_seeded_order(tmp_path):
     root, _ = write_pa100k(tmp_path, n=(6, 2, 2))
     data = D.read_pa100k(root)
-    dl = D.make_loader(data.split('train'), D.campar_transforms(True, scale=0.25), batch_size=4, shuffle=True, seed=3)
+    dl = L.make_loader(data.split('train'), L.campar_transforms(True, scale=0.25), batch_size=4, shuffle=True, seed=3)
     b = next(iter(dl))
     assert b['image'].shape == (4, 3, 64, 48) and b['labels'].shape == (4, 3) and b['index'].shape == (4,)
-    order = lambda s: torch.cat([b['index'] for b in D.make_loader(data, D.campar_transforms(False, scale=0.1), 3, True, seed=s)]).tolist()
+    order = lambda s: torch.cat([b['index'] for b in L.make_loader(data, L.campar_transforms(False, scale=0.1), 3, True, seed=s)]).tolist()
     assert order(1) == order(1) and sorted(order(1)) == list(range(10)) and order(1) != order(2)
-    with pytest.raises(KitError, match='no samples'): D.make_loader([], None, 2, False)
+    with pytest.raises(KitError, match='no samples'): L.make_loader([], None, 2, False)
 
 def test_load_dataset_with_root_and_kind_check(tmp_path):
     root, _ = write_pa100k(tmp_path)
@@ -348,19 +348,18 @@ def test_load_dataset_with_root_and_kind_check(tmp_path):
 
 # ---------------------------------------------------------------- the synthetic generator writes what the readers read
 def test_synthetic_sets_read_back(tmp_path):
-    synth = pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/13_synth.ipynb) not exported yet')
+    from har_kit import synth
     for kind in ('wider', 'rap', 'pa100k'):
         root = synth.make_synthetic(kind, tmp_path/kind, n=10, progress=False)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            data = dataset_kind(kind).reader(root)
+            data = D.dataset_reader(kind)(root)
         assert len(data) >= 10 and all(s.mask is not None for s in data.samples)
         assert all('distractors' in s.meta for s in data.samples)
-        it = D.HarDataset(data, D.dahar_transforms(False, aspect=2 if kind == 'rap' else 1, scale=0.25), with_mask=True)[0]
+        it = L.HarDataset(data, L.dahar_transforms(False, aspect=2 if kind == 'rap' else 1, scale=0.25), with_mask=True)[0]
         assert it['mask'].shape[-2:] == it['image'].shape[-2:] and 0 < it['mask'].mean() < 1
 
 def test_load_dataset_synthetic_default(tmp_path, monkeypatch):
-    pytest.importorskip('har_kit.synth', reason='har_kit.synth (nbs/13_synth.ipynb) not exported yet')
     monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -369,8 +368,7 @@ def test_load_dataset_synthetic_default(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- the real PA-100K sample
-real = pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(),
-                          reason=f'real PA-100K sample not found at {SAMPLE} (set HAR_KIT_PA100K_SAMPLE to its folder)')
+real = pytest.mark.shared('data/pa100k-sample/annotation.mat')
 
 @real
 def test_real_pa100k_sample():
@@ -381,7 +379,7 @@ def test_real_pa100k_sample():
     assert "001600.jpg in ['train', 'val']" in msgs and '1 all-zero label rows' in msgs and '002000.jpg' in msgs
     assert data.split('train')[0].meta['file_name'] == '000001.jpg' and data.split('test')[0].meta['file_name'] == '001800.jpg'
     assert set(np.unique(data.labels())) == {0, 1}
-    it = D.HarDataset(data.split('val')[:2], D.campar_transforms(False, scale=0.25))[1]
+    it = L.HarDataset(data.split('val')[:2], L.campar_transforms(False, scale=0.25))[1]
     assert it['image'].shape == (3, 64, 48)
 
 @real
@@ -400,7 +398,7 @@ def test_csv_round_trip(kind, tmp_path):
     assert back.attributes == data.attributes and back.splits == data.splits
     np.testing.assert_array_equal(back.labels(), data.labels())
     assert back.meta['layout'] == 'published' and back.meta['masks_attached'] == len(back)
-    item = D.HarDataset(back, with_mask=True)[0]
+    item = L.HarDataset(back, with_mask=True)[0]
     assert item['mask'].shape[-2:] == item['image'].shape[-2:]
     if kind == 'wider':   # boxed targets became crops of their box
         assert Image.open(back.samples[1].image).size == tuple(int(v) for v in data.samples[1].box[2:])
@@ -420,7 +418,7 @@ def test_data_check_sample_option_and_report(tmp_path):
     assert len(rep['attributes']) == 14 and all(a['unspecified'] >= 0 for a in rep['attributes'])
     with pytest.raises(KitError, match='sample=0'): C.check_dataset('wider', root, sample=0, progress=False)
 
-@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
+@real
 def test_data_check_on_the_real_sample_prints_its_known_flaws(capsys):
     assert C.cli(['check', 'pa100k', str(SAMPLE)]) == 0
     out = capsys.readouterr().out
@@ -428,7 +426,7 @@ def test_data_check_on_the_real_sample_prints_its_known_flaws(capsys):
     assert '001600.jpg in [\'train\', \'val\']' in out and '1 all-zero label rows (e.g. 001600.jpg in train)' in out
     assert 'images without labels), e.g. 002000.jpg' in out and '1999 checked: 0 missing, 0 unreadable' in out
 
-@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA-100K sample not present')
+@real
 def test_real_sample_converts_to_csv(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

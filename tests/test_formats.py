@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from har_kit.core import KitError
+from har_kit.data import dataset_reader
 from har_kit.formats import (DATASET_KINDS, LAYOUTS, default_mask_root, detect_layout, image_file, image_problem, load_rgb,
                              mask_path, write_fixture)
 
@@ -17,7 +18,7 @@ def test_registry_fields():
     assert DATASET_KINDS['wider'].headline == ('mAP',) and 'mA' in DATASET_KINDS['rap'].headline
     assert len(DATASET_KINDS['wider'].attributes) == 14 and len(DATASET_KINDS['rap'].attributes) == 51
     assert len(DATASET_KINDS['pa100k'].attributes) == 26 and DATASET_KINDS['csv'].attributes is None
-    assert all(callable(d.reader) for d in DATASET_KINDS.values())
+    assert all(callable(dataset_reader(k)) and dataset_reader(k).__name__ == d.reader_name for k, d in DATASET_KINDS.items())
 
 
 @pytest.mark.parametrize('kind,layout', [(k, name) for k, ls in LAYOUTS.items() for name, *_ in ls])
@@ -25,7 +26,7 @@ def test_every_layout_is_written_detected_and_read_with_no_flags(kind, layout, t
     root = write_fixture(kind, tmp_path/'d', n_images=6, layout=layout)
     lay = detect_layout(kind, root)
     assert lay.name == layout and lay.annotation.is_file() and lay.images.is_dir()
-    data = DATASET_KINDS[kind].reader(root)
+    data = dataset_reader(kind)(root)
     assert data.meta['layout'] == layout and data.meta['masks_attached'] == len(data) > 0
 
 

@@ -1,5 +1,5 @@
 "Model file (save_model / load_model), Predictor, explain and export."
-import json
+import json, os
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +137,7 @@ from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes 
 from har_kit.predict import Predictor, cli, resolve_thresholds
 from har_kit.formats import collect_images
 
-SAMPLE = Path(__file__).resolve().parents[1].parent.parent/'shared'/'data'/'pa100k-sample'
-SAMPLE = SAMPLE if SAMPLE.is_dir() else Path('/work/shared/data/pa100k-sample')
+SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).resolve().parents[1].parent/'shared'/'data'/'pa100k-sample')
 
 
 @pytest.fixture
@@ -246,7 +245,7 @@ def test_export_cli_errors(tmp_path, model_file, capsys):
     assert export_cli([str(tmp_path/'none.pt')]) == 2 and 'none.pt' in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (SAMPLE/'annotation.mat').exists(), reason='real PA100K sample not present')
+@pytest.mark.shared('data/pa100k-sample/annotation.mat')
 def test_real_sample_images_predict(tmp_path):
     "The real PA100K sample's images go through collect/check/read/predict (any model of its attribute count)."
     from har_kit.data import read_pa100k

@@ -11,7 +11,7 @@ from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3,
                               spec_dir)
 
 PAPERS = Path(__file__).resolve().parents[1].parent/'shared'/'papers'
-needs_papers = pytest.mark.skipif(not PAPERS.exists(), reason=f'paper texts not found at {PAPERS} (they live beside the clone)')
+needs_papers = pytest.mark.shared('papers')
 
 
 def _line(paper, start):

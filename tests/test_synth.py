@@ -107,7 +107,7 @@ def test_pa100k_format(tmp_path):
 
 @pytest.mark.parametrize('kind', ['wider', 'rap', 'pa100k'])
 def test_real_readers_read_the_synthetic_sets(tmp_path, kind):
-    data_mod = pytest.importorskip('har_kit.data')
+    from har_kit import data as data_mod
     root = make_synthetic(kind, tmp_path/kind, n=24, seed=5, progress=False)
     reader = {'wider': data_mod.read_wider, 'rap': data_mod.read_rap, 'pa100k': data_mod.read_pa100k}[kind]
     data = reader(root)

@@ -7,7 +7,7 @@ and a `.pth` line naming this environment's site-packages (a plain path line: th
 is not loaded, so `import har_kit` is the wheel's). Offline: the wheel and its venv about 20 s, the paper rehearsal
 (16 runs, two at a time) about 1.7 min.
 """
-import ast, configparser, json, os, re, site, subprocess, sys, sysconfig, time, zipfile
+import ast, configparser, json, os, re, subprocess, sys, sysconfig, time, zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -147,7 +147,7 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
     " run the paper profile plans (masks steps included, box masks since COCO weights cannot download in CI; RAP on"
     " partition 0 of 5) through papermill on CPU, with the notebooks shipped in the wheel, on tiny datasets written in the"
     " published layouts, and renders the five paper tables from those runs with the shipped results notebook."
-    (venv, purelib, env), work = installed, tmp_path/'work'
+    (venv, _purelib, env), work = installed, tmp_path/'work'
     work.mkdir()
     roots = {kind: write_fixture(kind, tmp_path/'data'/kind) for kind in ('wider', 'rap', 'pa100k')}
     args = [a for k, v in roots.items() for a in ('--data-root', f'{k}={v}')]
