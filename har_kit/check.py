@@ -42,12 +42,25 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
 # %% ../nbs/17_check.ipynb #c010
+def _crop_names(samples):  # `Sample`s
+    "Each boxed sample's crop name `<scene stem>_t<target>.png`, with the scene's suffix when two scene files share a stem."
+    fn = lambda s: Path(s.meta.get('file_name') or Path(s.image).name)
+    files = {}
+    for s in samples:
+        if s.box is not None: files.setdefault(fn(s).with_suffix('').as_posix(), set()).add(fn(s).as_posix())
+    def name(s):
+        stem = fn(s).with_suffix('').as_posix()
+        if len(files[stem]) > 1: stem += '_' + fn(s).suffix.lstrip('.').lower()
+        return f'{stem}_t{s.meta.get("target", 0)}.png'
+    return {id(s): name(s) for s in samples if s.box is not None}
+
 def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fill; as `to_csv_dataset`
     "Place every sample's image (and mask) under `tmp` and write its `labels.csv`."
     images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
+    crops = _crop_names(data.samples)
     for s in tqdm(data.samples, desc=f'to csv ({data.name})', unit='sample', disable=not progress):
         fn = Path(s.meta.get('file_name') or Path(s.image).name)
-        name = (fn.with_suffix('').as_posix() + f'_t{s.meta.get("target", 0)}.png') if s.box is not None else fn.as_posix()
+        name = crops[id(s)] if s.box is not None else fn.as_posix()
         mdst = mask_path(mroot, name, 0) if masks and s.mask is not None else None
         if name not in placed:
             if s.box is not None: _crop_target(s, image_file(images, name, str(s.image)), mdst)
@@ -61,7 +74,7 @@ def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fi
 
 def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...)`)
                    dest,            # new folder for the generic dataset (must not exist or be empty)
-                   link=True,       # hard-link image files where possible (else copy)
+                   link=False,      # hard-link image files where possible (the same file as the dataset's) instead of copying
                    masks=True,      # also carry attached masks over to dest's default mask root
                    progress=True):  # tqdm bar
     "Write `data` in the generic `csv` format (boxed targets cut out as PNG crops); return `dest`."
@@ -73,6 +86,8 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         rows = _write_csv_files(data, tmp, link, masks, progress)
         save_json(dict(converted_from=data.name, root=str(data.root), samples=len(rows), **{k: v for k, v in data.meta.items()
                   if isinstance(v, (str, int, float, bool, type(None)))}), tmp/'converted_from.json')
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)                     # mkdtemp's folder is private (0700); the dataset is not
         if dest.exists(): dest.rmdir()
         os.rename(tmp, dest)
     finally:
@@ -144,7 +159,9 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
-    if rep.get('layout'): lines.append(f"layout: {rep['layout'].get('layout')} (annotation {rep['layout'].get('annotation')}, images {rep['layout'].get('images')})")
+    if rep.get('layout') and rep['kind'] == 'csv':
+        lines.append(f"layout: the generic csv kind (annotation {rep['layout'].get('annotation')}, images {rep['layout'].get('images')})")
+    elif rep.get('layout'): lines.append(f"layout: {rep['layout'].get('layout')} (annotation {rep['layout'].get('annotation')}, images {rep['layout'].get('images')})")
     if 'splits' in rep:
         lines.append('splits: ' + ', '.join(f'{k} {v}' for k, v in rep['splits'].items()) + f'; {len(rep["attributes"])} attributes')
         im = rep['images']
@@ -175,6 +192,8 @@ def _parser():
     v.add_argument('root', help='dataset root')
     v.add_argument('dest', help='new folder for the csv dataset')
     v.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
+    v.add_argument('--link', action='store_true', help='hard-link the images instead of copying them (the same files: '
+                   'editing one edits the other)')
     return p
 
 def cli(argv=None):  # arguments after `har-kit data`
@@ -185,7 +204,8 @@ def cli(argv=None):  # arguments after `har-kit data`
     kw = {'partition': a.partition} if a.partition is not None else {}
     try:
         if a.command == 'convert':
-            out = to_csv_dataset(dataset_reader(a.kind)(a.root, **kw), a.dest)
+            out = to_csv_dataset(dataset_reader(a.kind)(a.root, **kw), a.dest, link=a.link)
+            if a.link: print(f'{out}: images hard-linked to {a.root} where the filesystem allows (the same files: do not edit them)')
             print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
             return 0
         rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)

@@ -47,7 +47,7 @@ def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
 
 # %% ../nbs/82_export.ipynb #c007
 def _write_onnx(wrapper, x, tmp, meta):  # ProbabilityModel; example batch; temporary path; sidecar dict
-    try: import onnx, onnxscript
+    try: import onnx, onnxscript  # noqa: F401 (torch.onnx.export needs onnxscript installed)
     except ImportError as e:
         raise KitError(f'--format onnx needs the onnx and onnxscript packages ({e}): pip install onnx onnxscript '
                        'onnxruntime (onnxruntime checks the export), or use --format torchscript') from None

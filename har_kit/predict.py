@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, glob, io, json, sys
+import argparse, csv, io, json, sys
 from pathlib import Path
 
 import numpy as np

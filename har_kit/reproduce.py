@@ -13,7 +13,7 @@ from .core import KitError, load_json, outputs_root, repo_root
 from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
-from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_dir_name, run_path, spec_dir
+from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .runs import is_done, run_notebook, run_status
 
 # %% auto #0

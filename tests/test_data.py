@@ -13,7 +13,6 @@ from torchvision import tv_tensors
 
 from har_kit.core import KitError, UNSPECIFIED
 from har_kit import check as C, data as D, loading as L
-from har_kit.formats import dataset_kind
 
 SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).parents[1]/'..'/'shared'/'data'/'pa100k-sample')
 
@@ -389,6 +388,25 @@ def test_real_pa100k_malformed_rejected():
 
 
 # ---------------------------------------------------------------- the generic csv kind and `har-kit data check`
+def test_convert_keeps_scenes_with_one_stem_apart_and_copies(tmp_path):
+    "Two scene files with one stem (x.jpg, x.png) give two crops, each with its own scene's pixels and labels; images are copied."
+    from PIL import Image
+    (tmp_path/'s').mkdir()
+    for name, colour in (('x.jpg', (250, 0, 0)), ('x.png', (0, 0, 250))): Image.new('RGB', (20, 30), colour).save(tmp_path/'s'/name)
+    lab = lambda v: np.array([v, 1 - v], np.int8)
+    samples = [D.Sample(tmp_path/'s'/n, lab(v), 'train', box=(2, 2, 10, 10), meta=dict(file_name=n, target=0)) for n, v in (('x.jpg', 1), ('x.png', 0))]
+    samples.append(D.Sample(tmp_path/'s'/'x.png', lab(1), 'test', meta=dict(file_name='x.png')))
+    data = D.AttributeData('wider', tmp_path/'s', ['a', 'b'], samples, meta={})
+    out = C.to_csv_dataset(data, tmp_path/'out', masks=False, progress=False)
+    back = D.read_csv_dataset(out, check_images=False)
+    names = [s.meta.get('file_name', s.image.name) for s in back.samples]
+    assert len(set(map(str, (s.image for s in back.samples)))) == 3, names
+    red = [np.asarray(Image.open(s.image))[..., 0].mean() > 200 for s in back.samples]
+    assert red == [True, False, False] and back.labels()[:, 0].tolist() == [1, 0, 1]
+    assert os.stat(tmp_path/'s'/'x.png').st_nlink == 1
+    assert C.cli(['convert', 'wider', str(tmp_path/'nowhere'), str(tmp_path/'o2'), '--link']) == 2
+
+
 @pytest.mark.parametrize('kind', ['wider', 'rap', 'pa100k'])
 def test_csv_round_trip(kind, tmp_path):
     src = D.tiny_fixture(kind, tmp_path/kind, n=6, layout='published')

@@ -1,7 +1,7 @@
 """Fault catalogue of the data side (issue 13): each test plants one fault in a small dataset and states the outcome.
 Outcomes: a `KitError` naming the file/entry and what to do (refused), a warning naming the entry (reported), or the
 right result (repaired). Every fault is found when the dataset is read or checked, before any training starts."""
-import json, sys, warnings
+import json, warnings
 from pathlib import Path
 
 import numpy as np

@@ -4,7 +4,6 @@ import signal, sys, time
 from pathlib import Path
 
 import cloudpickle
-import pytest
 
 from har_kit.core import atomic_write, load_json
 from har_kit.launch import job_file, make_executor, submit

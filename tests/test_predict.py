@@ -131,7 +131,7 @@ def test_composite_predictor_from_extra(tmp_path, monkeypatch):
 # ---- Predictor, CLI, explain, export ----
 from PIL import Image
 
-from har_kit.explain import explain, model_maps
+from har_kit.explain import model_maps
 from har_kit.export import cli as export_cli, export_model
 from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes images with
 from har_kit.predict import Predictor, cli, resolve_thresholds

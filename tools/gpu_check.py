@@ -30,7 +30,7 @@ image lacks (versions = the development venv's). When har_kit's requirements cha
 closure of `settings.ini` requirements + nbdev/execnb, minus the device's package list in the device notes).
 """
 from __future__ import annotations
-import argparse, json, os, platform, subprocess, sys, tempfile, time, traceback
+import argparse, os, platform, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
