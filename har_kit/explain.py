@@ -41,11 +41,14 @@ def model_maps(model,   # a contract model
     return dict(logits=out['logits'], attribute_maps=per_attr, kind=kind, global_maps=glob_maps)
 
 def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None; panel title
-    ax.imshow(image)
+    "Draw the image and, over it, the map divided by its maximum; return the map's artist (None without a map)."
+    ax.imshow(image); art = None
     if m is not None:
         m = F.interpolate(m[None, None].float(), size=image.shape[:2], mode='bilinear', align_corners=False)[0, 0]
-        ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap='jet', alpha=.45, vmin=0, vmax=1)
+        if float(m.max() - m.min()) <= 1e-6 * max(float(m.abs().max()), 1.): title += '\n(flat map: a uniform tint)'
+        art = ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap='jet', alpha=.45, vmin=0, vmax=1)
     ax.set_title(title, fontsize=8); ax.axis('off')
+    return art
 
 # %% ../nbs/80_explain.ipynb #c007
 def plot_explanation(image,              # (H, W, 3) uint8: the network input shown under the maps
@@ -66,17 +69,19 @@ def plot_explanation(image,              # (H, W, 3) uint8: the network input sh
     ncols = min(len(panels), 5); nrows = -(-len(panels) // ncols)
     h, w = image.shape[:2]
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, (2.1 * h / w + .5) * nrows + .3), squeeze=False)
-    for ax, (name, m) in zip(axes.flat, panels): _overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name)
+    arts = [_overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name) for ax, (name, m) in zip(axes.flat, panels)]
     for ax in axes.flat[len(panels):]: ax.axis('off')
     if title: fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, .9, 1))
+    if any(a is not None for a in arts):   # one scale for every panel: each map is shown relative to its own maximum
+        fig.colorbar(next(a for a in arts if a is not None), cax=fig.add_axes([.92, .15, .015, .7]), label='map / its maximum')
     return fig
 
 def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) uint8
     x = x.cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
 
-# %% ../nbs/80_explain.ipynb #c008
+# %% ../nbs/80_explain.ipynb #c009
 def explain(predictor,              # a `har_kit.predict.Predictor` (model, thresholds, device)
             images,                 # files, folders, globs
             out_dir,                # folder for one PNG per image
