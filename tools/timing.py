@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Measured timings -> outputs/reference/timing.md (README includes it; no timing in README is typed by hand).
+
+    python tools/timing.py                          # collect what the run directories and reference files measured
+    python tools/timing.py time -- make test        # run a command, record its wall time, then collect
+    python tools/timing.py --fresh                  # forget earlier rows first
+
+Sources, each row naming its own:
+- a command run through `time`: wall seconds from start to exit, and the runs it executed (the run directories whose
+  `timing.json` it wrote), with their seconds summed;
+- `outputs/<profile>/status.json` (written by each `har-kit reproduce`): the runs of the profile's last plan, their
+  seconds summed over runs (from each run's `timing.json`) and the span from the first run's start (its `env.json`)
+  to the last run's end (left out when some of them ran in an earlier invocation);
+- `outputs/reference/use/metrics.json`: the training loop's seconds of each model there (the model README uses);
+- `outputs/reference/gpu/report.json`: the GPU check from start to finish.
+Rows live in `outputs/reference/timing.json`, one per job: a new measurement replaces its job's row, rows whose source
+is gone stay (a clone without run directories keeps the reference's numbers). Standard library only.
+"""
+import datetime, json, os, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT/'outputs'
+REF = OUT/'reference'
+STORE, TABLE = REF/'timing.json', REF/'timing.md'
+
+
+def _load(p):
+    try: return json.loads(Path(p).read_text())
+    except (OSError, ValueError): return None
+
+
+def _ts(s):  # ISO time -> epoch seconds
+    return datetime.datetime.fromisoformat(s.replace('Z', '+00:00').replace('+0000', '+00:00')).timestamp()
+
+
+def _day(t): return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%d')
+
+
+def _rel(p): return str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(p)
+
+
+def _machine(env):  # a run's env.json
+    dev = [d for d in env.get('devices', []) if d != 'cpu']
+    return f"{env.get('cpu_count')} CPUs" + (f", {', '.join(dev)}" if dev else '') + \
+        (f", threads per run: {env['threads']}" if env.get('threads') else '')
+
+
+def _run(run_dir):  # one finished run: (start, seconds, timing, env) or None
+    run_dir = Path(run_dir)
+    t, env = _load(run_dir/'timing.json'), _load(run_dir/'env.json')
+    if not (t and env and t.get('total_seconds') and (run_dir/'done').exists()): return None
+    return _ts(env['time']), t['total_seconds'], t, env
+
+
+def _runs_detail(runs):  # [(start, seconds, timing, env)] -> text
+    s = lambda k: sum(r[2].get(k) or 0 for r in runs)
+    return (f"{len(runs)} runs, {s('total_seconds'):.0f} s summed over runs (kernel start {s('kernel_start_seconds'):.0f} s, "
+            f"first imports {s('imports_seconds'):.0f} s)")
+
+
+def from_profiles():
+    "One row per `outputs/<profile>/status.json`: its finished runs, summed, and their span."
+    rows = []
+    for st_path in sorted(p for p in OUT.rglob('status.json') if REF not in p.parents):
+        st = _load(st_path) or {}
+        runs = [r for r in (_run(rec['out_dir']) for rec in st.get('runs', [])) if r]
+        if not runs: continue
+        start, end = min(r[0] for r in runs), max(r[0] + r[1] for r in runs)
+        summed = sum(r[1] for r in runs)
+        one_go = end - start <= summed + 60          # else some runs finished in an earlier invocation
+        smoke = ' --smoke' if 'smoke' in st_path.relative_to(OUT).parts else ''
+        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, its last plan's runs",
+                         seconds=round(end - start, 1) if one_go else None,
+                         detail=('first run start to last run end; ' if one_go else 'runs of several invocations: no span; ')
+                         + _runs_detail(runs),
+                         machine=_machine(runs[0][3]), date=_day(start), source=_rel(st_path)))
+    return rows
+
+
+def from_use():
+    "The training loop's seconds of each model under outputs/reference/use (metrics.json + env.json)."
+    m, env = _load(REF/'use'/'metrics.json'), _load(REF/'use'/'env.json')
+    if not (m and env): return []
+    return [dict(job=f"training {name} (outputs/reference/use)", seconds=round(e['seconds'], 1),
+                 detail=f"training loop (metrics.json `seconds`): {e.get('dataset')}, {e.get('epoch')} epochs, "
+                        f"{e.get('params_M', 0):.2f}M parameters; the model README uses",
+                 machine=_machine(env), date=_day(_ts(env['time'])), source='outputs/reference/use/metrics.json')
+            for name, e in m.items() if not name.startswith('_') and e.get('seconds')]
+
+
+def from_gpu():
+    "The GPU check from start to finish (outputs/reference/gpu/report.json)."
+    r = _load(REF/'gpu'/'report.json')
+    if not (r and r.get('started') and r.get('finished')): return []
+    env = r.get('environment', {})
+    steps = ', '.join(f"{k} {v['seconds']:.0f} s" for k, v in r.get('steps', {}).items() if v.get('seconds') is not None)
+    return [dict(job='`make gpu-check`', seconds=round(_ts(r['finished']) - _ts(r['started']), 1),
+                 detail=f"start to finish; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
+                 date=_day(_ts(r['started'])), source='outputs/reference/gpu/report.json')]
+
+
+def time_command(cmd):
+    "Run `cmd` in the repository, record its wall time and the runs it executed; return its exit status."
+    t0, load = time.time(), os.getloadavg()[0]
+    rc = subprocess.call(cmd, cwd=ROOT)
+    wall = time.time() - t0
+    runs = [r for r in (_run(p.parent) for p in OUT.rglob('timing.json') if REF not in p.parents and p.stat().st_mtime >= t0) if r]
+    try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError: commit = ''
+    row = dict(job=f"`{' '.join(cmd)}`", seconds=round(wall, 1),
+               detail=f"wall, start to exit (status {rc}" + (f", commit {commit})" if commit else ')') + (f"; {_runs_detail(runs)}" if runs else ''),
+               machine=f"{os.cpu_count()} CPUs, load {load:.1f} at start", date=_day(t0), source='tools/timing.py time')
+    return rc, row
+
+
+def render(rows):
+    "The Markdown table of `rows`: timed commands first, then what run directories and reports measured."
+    order = lambda r: (r['source'] != 'tools/timing.py time', r['job'])
+    out = ['| job | seconds | what was measured | machine | date | source |', '|---|---|---|---|---|---|']
+    for r in sorted(rows, key=order):
+        secs = '' if r['seconds'] is None else f"{r['seconds']:,.0f}"
+        out.append(f"| {r['job']} | {secs} | {r['detail']} | {r['machine']} | {r['date']} | `{r['source']}` |")
+    return '\n'.join(out) + '\n'
+
+
+def main(argv):
+    rc, new = 0, []
+    if argv[:1] == ['time']:
+        cmd = argv[argv.index('--') + 1:] if '--' in argv else argv[1:]
+        if not cmd: sys.exit('usage: python tools/timing.py time -- COMMAND [ARGS...]')
+        rc, row = time_command(cmd)
+        new.append(row)
+    stored = {} if '--fresh' in argv else {r['job']: r for r in (_load(STORE) or {}).get('rows', [])}
+    for r in from_profiles() + from_use() + from_gpu() + new: stored[r['job']] = r
+    rows = sorted(stored.values(), key=lambda r: r['job'])
+    STORE.write_text(json.dumps(dict(rows=rows), indent=1) + '\n')
+    TABLE.write_text(render(rows))
+    print(f'{_rel(TABLE)}: {len(rows)} rows')
+    return rc
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
