@@ -96,3 +96,10 @@ def test_sections_resolve_by_name(section):
     "Run directories and references name a section by its notebook's suffix, so renumbering never moves them."
     from har_kit.run_params import find_notebook
     assert find_notebook(section).stem.split('_', 1)[1] == section
+
+
+def test_contributing_maps_every_notebook_in_order():
+    "CONTRIBUTING.md's notebook -> module table is the one map: every notebook, in number order, with its module."
+    rows = re.findall(r'^\| `(\d\d_\w+)` \| `(\w+)` \|', (ROOT/'CONTRIBUTING.md').read_text(encoding='utf-8'), re.M)
+    mods = _module_notebooks()
+    assert rows == sorted((stem, mod) for mod, stem in mods.items()), 'update the map in CONTRIBUTING.md'

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerate outputs/reference/ from nothing at the current commit: the quick tables and studies, the real PA-100K
+# sample's table, and a model trained on the sample with its predictions and explanation (README's "Use" commands).
+# Runs take ~25 min on 2 cores. Afterwards compare with `git diff --stat outputs/reference` and say in the commit which
+# files moved and why (env.json and the use run's wall-clock seconds always do).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SAMPLE=${HAR_KIT_PA100K_SAMPLE:-../shared/data/pa100k-sample}
+rm -rf outputs/quick outputs/sample outputs/use
+make main studies sample
+B=.venv/bin
+$B/har-kit run campar -p dataset pa100k -p data_root "$SAMPLE" -p variants "['campar_fusion']" \
+    -p scale 0.375 -p epochs 5 -p optimizer adam -p lr 0.001 -p selection held-out --threads 2 --out outputs/use/campar
+$B/har-kit predict outputs/use/campar "$SAMPLE/data/00199[5-9].jpg" --threshold val --explain --top 5 --out outputs/use/predictions
+R=outputs/reference
+mkdir -p $R/tables $R/sample $R/use
+cp outputs/quick/tables/* $R/tables/
+cp outputs/sample/tables/real_pa100k.* $R/sample/ && cp outputs/sample/tables/env.json $R/sample/env.json
+cp outputs/use/campar/metrics.json outputs/use/campar/env.json $R/use/
+cp outputs/use/predictions/predictions.csv $R/use/
+cp outputs/use/predictions/explain/0000_001995.png $R/use/explain_001995.png 2>/dev/null || cp "$(ls outputs/use/predictions/explain/*001995*.png | head -1)" $R/use/explain_001995.png
+git status --short -- $R
