@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SAMPLE=${HAR_KIT_PA100K_SAMPLE:-../shared/data/pa100k-sample}
 rm -rf outputs/quick outputs/sample outputs/use
-make main studies sample
+T='python3 tools/timing.py time --'
+$T make main && $T make studies && $T make sample
 B=.venv/bin
 $B/har-kit run campar -p dataset pa100k -p data_root "$SAMPLE" -p variants "['campar_fusion']" \
     -p scale 0.375 -p epochs 5 -p optimizer adam -p lr 0.001 -p selection held-out --threads 2 --out outputs/use/campar
@@ -19,4 +20,5 @@ cp outputs/sample/tables/real_pa100k.* $R/sample/ && cp outputs/sample/tables/en
 cp outputs/use/campar/metrics.json outputs/use/campar/env.json $R/use/
 cp outputs/use/predictions/predictions.csv $R/use/
 cp outputs/use/predictions/explain/0000_001995.png $R/use/explain_001995.png 2>/dev/null || cp "$(ls outputs/use/predictions/explain/*001995*.png | head -1)" $R/use/explain_001995.png
-git status --short -- $R
+python3 tools/timing.py && python3 tools/nb2readme.py
+git status --short -- $R README.md
