@@ -19,13 +19,14 @@ from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, r
                                  shard_loader)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'autocast',
-           'to_device', 'predict', 'check_identity', 'write_history', 'fit', 'train_eval']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler',
+           'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history', 'fit', 'train_eval']
 
 # %% ../nbs/08_engine.ipynb #c008
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULERS = ('none', 'step', 'multistep', 'plateau', 'cosine')
 AMPS = ('none', 'bf16', 'fp16')
+COMPILE_MODES = ('none', 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -49,7 +50,8 @@ class TrainConfig:
     seed: int = 0                 # seeds python/numpy/torch and the per-epoch shuffling
     monitor: str = 'val_loss'     # epoch-record key for best.pt and 'plateau' (e.g. 'mA', 'mAP')
     monitor_mode: str = 'auto'    # 'max' | 'min' | 'auto' (min for names ending in 'loss', else max)
-    log_every: int = 10           # steps between progress-bar postfix updates
+    log_every: int = 10           # steps between the host's loss checks and progress updates (each one device sync)
+    compile: str = 'none'         # torch.compile mode of the training forward: 'none' | 'default' | 'reduce-overhead' | 'max-autotune'
     progress: bool = True         # tqdm progress bars (rank 0 only)
     resume: bool = True           # continue from run_dir/checkpoints/last.pt when it exists
     sync_bn: bool = False         # DDP on CUDA: convert BatchNorm layers to SyncBatchNorm
@@ -61,6 +63,7 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, 'optimizer', f'choose one of {OPTIMIZERS}')
         need(self.scheduler in SCHEDULERS, 'scheduler', f'choose one of {SCHEDULERS}')
         need(self.amp in AMPS, 'amp', f'choose one of {AMPS}')
+        need(self.compile in COMPILE_MODES, 'compile', f'choose one of {COMPILE_MODES}')
         need(self.monitor_mode in ('auto', 'max', 'min'), 'monitor_mode', "choose 'auto', 'max' or 'min'")
         need(isinstance(self.epochs, (int, np.integer)) and self.epochs >= 0, 'epochs', 'must be an integer >= 0')
         for f in ('lr', 'backbone_lr_mult', 'gamma'):
@@ -108,9 +111,10 @@ def make_optimizer(model,  # the model
                    cfg):    # a TrainConfig
     "The optimizer named by `cfg.optimizer` over `param_groups(model, ...)`."
     groups = param_groups(model, cfg.lr, cfg.backbone_lr_mult)
-    if cfg.optimizer == 'sgd': return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    fused = {'fused': True} if all(p.is_cuda for g in groups for p in g['params']) else {}   # one kernel per step on CUDA
+    if cfg.optimizer == 'sgd': return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     opt = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
-    return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay)
+    return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay, **fused)
 
 def make_scheduler(optimizer,  # from make_optimizer
                    cfg):        # a TrainConfig
@@ -179,7 +183,7 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
 # %% ../nbs/08_engine.ipynb #c025
-_RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume')  # config fields a resume may change
+_RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
@@ -197,15 +201,27 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
             if old.get(k, absent) != new.get(k, absent)]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
-def _check_loss(loss, parts, epoch, step, lr, device, limit):  # limit: divergence bound or None
-    "Stop when a step's loss is non-finite or above `limit`, naming the epoch, step and loss parts."
-    v = loss.detach().float()
-    finite = bool(torch.isfinite(v).all())
-    code = 0 if finite and (limit is None or float(v) <= limit) else (1 if finite else 2)
-    if all_sum(code, device) > 0:
-        desc = ', '.join(f'{k}={float(v.detach() if torch.is_tensor(v) else v):.4g}' for k, v in parts.items()
-                         if not torch.is_tensor(v) or v.numel() == 1)
-        what = 'non-finite loss' if code != 1 else f'diverged loss (above {limit:.4g} = max_loss_ratio x the first loss)'
+class LossGuard:
+    "Each step's loss tested on the device (no host sync); `check` reads the first bad step back, one sync."
+    def __init__(self, device):
+        self.step = torch.zeros((), dtype=torch.long, device=device)   # first bad step of the epoch (0: none)
+        self.code, self.parts, self.keys, self.limit = torch.zeros_like(self.step), None, None, None
+    def note(self, step, parts, limit):  # step number; the criterion's dict; divergence bound or None
+        "Record `step` if its loss is non-finite (code 2) or above `limit` (code 1) and no earlier step was."
+        v = parts['loss'].detach().float()
+        code = torch.where(torch.isfinite(v).all(), (v > limit).any().long() if limit is not None else 0, 2)
+        new = (code > 0) & (self.step == 0)
+        self.keys = [k for k, p in parts.items() if not torch.is_tensor(p) or p.numel() == 1]
+        vals = torch.stack([torch.as_tensor(parts[k], dtype=torch.float32, device=v.device).detach().reshape(()) for k in self.keys])
+        self.parts = vals if self.parts is None else torch.where(new, vals, self.parts)
+        self.step, self.code = torch.where(new, step, self.step), torch.where(new, code, self.code)
+        if limit is not None: self.limit = limit
+    def check(self, epoch, lr, device):  # epoch; the head's lr (for the message); the group's device
+        "Stop every process when any noted a bad step, naming the epoch, step and loss parts."
+        step, code = int(self.step), int(self.code)
+        if all_sum(step > 0, device) == 0: return
+        desc = ', '.join(f'{k}={float(v):.4g}' for k, v in zip(self.keys, self.parts.cpu())) if step else ''
+        what = 'non-finite loss' if code != 1 else f'diverged loss (above {self.limit:.4g} = max_loss_ratio x the first loss)'
         raise KitError(f'{what} at epoch {epoch}, step {step} ({desc or "on another process"}): lower the learning '
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
                        f'nothing of epoch {epoch} is saved')
@@ -237,33 +253,41 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
+def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
+    "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
+    with autocast(device, cfg.amp):
+        parts = criterion(net(batch['image']), batch)
+    if not isinstance(parts, dict) or 'loss' not in parts:
+        raise KitError("the criterion must return a dict with 'loss' (CONTRIBUTING.md, Models)")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts['loss'].float()).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer); nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    scaler.step(optimizer); scaler.update()
+    return parts
+
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
-    sums, count = {}, 0
+    sums, count, check, lr = {}, 0, LossGuard(device), optimizer.param_groups[-1]['lr']
     bar = tqdm(loader, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, disable=not (cfg.progress and is_main_process()))
     for step, batch in enumerate(bar, 1):
-        batch = to_device(batch, device, cfg.channels_last)
-        with autocast(device, cfg.amp):
-            parts = criterion(net(batch['image']), batch)
-        if not isinstance(parts, dict) or 'loss' not in parts:
-            raise KitError("the criterion must return a dict with 'loss' (CONTRIBUTING.md, Models)")
         first = guard.get('first_loss')
         limit = cfg.max_loss_ratio * max(first, 1.0) if cfg.max_loss_ratio > 0 and first is not None else None
-        _check_loss(parts['loss'], parts, epoch, step, optimizer.param_groups[-1]['lr'], device, limit)
-        if first is None: guard['first_loss'] = float(parts['loss'].detach())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(parts['loss'].float()).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer); nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        scaler.step(optimizer); scaler.update()
+        parts = _train_step(net, criterion, to_device(batch, device, cfg.channels_last), optimizer, scaler, cfg, device)
+        check.note(step, parts, limit)
+        if first is None: check.check(epoch, lr, device); guard['first_loss'] = float(parts['loss'].detach())
         n = len(batch['labels']); count += n
-        for k, v in parts.items():
-            if torch.is_tensor(v) and v.numel() == 1: v = v.detach().item()
-            if isinstance(v, (int, float)): sums[k] = sums.get(k, 0.0) + float(v) * n
-        if step % cfg.log_every == 0: bar.set_postfix(loss=f'{sums["loss"] / count:.4f}')
+        for k, v in parts.items():   # sample-weighted sums, in float64 on the device: no sync per step
+            if torch.is_tensor(v) and v.numel() == 1: sums[k] = sums.get(k, 0.0) + v.detach().double().reshape(()) * n
+            elif isinstance(v, (int, float)): sums[k] = sums.get(k, 0.0) + float(v) * n
+        if step % cfg.log_every == 0:
+            check.check(epoch, lr, device)
+            if not bar.disable: bar.set_postfix(loss=f'{float(sums["loss"]) / count:.4f}')
     if count == 0: raise KitError('the training DataLoader yielded no batches: check the dataset (empty split?) and drop_last')
+    check.check(epoch, lr, device)
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=device)
+    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys] +
+                    [torch.tensor(float(count), dtype=torch.float64, device=device)])
     if rank_world()[1] > 1: dist.all_reduce(t)
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
@@ -307,6 +331,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed input sizes: pick the fastest kernels once
     rank, world = rank_world()
     seed_everything(cfg.seed + rank)
     model.to(device)
@@ -324,6 +349,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         for f in ('last.pt', 'best.pt'): (ckdir/f).unlink(missing_ok=True)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=cfg.find_unused_parameters)
+    if cfg.compile != 'none': net = torch.compile(net, mode=cfg.compile)
     loader = shard_loader(train_loader, cfg.seed)
     for epoch in range(start + 1, cfg.epochs + 1):
         set_epoch(loader, cfg.seed, epoch)
