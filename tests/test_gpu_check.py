@@ -11,21 +11,44 @@ gpu_check = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu_c
 
 def test_cpu_tiny_writes_a_complete_report(tmp_path):
     threads = torch.get_num_threads()
-    try: rc = gpu_check.main(['--cpu-tiny', '--out', str(tmp_path), '--wheels', str(tmp_path/'no-wheels')])
+    try: rc = gpu_check.main(['--cpu-tiny', '--out', str(tmp_path)])
     finally: torch.set_num_threads(threads)
     rep = json.loads((tmp_path/'report.json').read_text())
-    assert rc == 0, {k: v for k, v in rep['steps'].items() if 'error' in v}
-    assert set(rep['steps']) == {'environment', 'models', 'latency', 'resize', 'data_pipeline', 'maskrcnn', 'notebooks', 'projection'}
-    assert len(rep['resize']) == 4 and all(v['resize_bilinear_ms'] > 0 for v in rep['resize'].values())
-    assert len(rep['models']) == 5 * 2 * 2 and all(v['train_images_per_s'] > 0 for v in rep['models'].values())
-    assert {'dahar/baseline@1', 'campar/plain@2', 'campar_fusion/plain@1'} <= set(rep['latency'])
-    assert rep['data_pipeline']['campar']['input_size'] == [3, 256, 192] and rep['maskrcnn']['images_per_s'] > 0
-    assert rep['projection']['total_hours_fp32'] > 0 and rep['projection']['runs']
+    assert rc == 0, {k: v for k, v in rep['sections'].items() if 'error' in v}
+    assert set(rep['sections']) == {'environment', 'steps', 'latency', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
+                                    'projection', 'concurrency', 'notebooks'}
+    rows = [v for v in rep['steps'].values()]
+    assert len(rows) == len(gpu_check.MODELS) * 2 + 1 and all(v['images_per_s'] > 0 for v in rows), rows
+    assert {v['model'] for v in rows} == set(gpu_check.MODELS) and {v['amp'] for v in rows} == {'none', 'bf16'}
+    assert {'dahar/baseline (eager)', 'dahar/baseline (graph)', 'campar_fusion/plain (graph)'} <= set(rep['latency'])
+    assert set(rep['end_to_end']) == {'campar_baseline', 'campar_fusion', 'dahar'}
+    assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
+    assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0
+    p = rep['projection']
+    assert p['total_hours'] > 0 and p['total_hours_lean'] > 0 and p['runs']
+    assert {r['notebook'] for r in p['runs']} == {'masks', 'dahar', 'campar', 'cfar'}
     # the notebook runs the GPU mode would make: every parameter is one the section notebook has
     assert set(rep['notebooks']) == {'masks', 'dahar', 'campar', 'cfar'}
     assert all(not v['dropped'] for v in rep['notebooks'].values()), {k: v['dropped'] for k, v in rep['notebooks'].items()}
     md = (tmp_path/'report.md').read_text()
-    assert '| dahar | bf16 | channels_last |' in md and 'Paper anchor: 1.079' in md and 'Projected paper profile' in md
+    assert '| dahar | 2 | 32x32 | bf16 | channels_last | none |' in md and 'Paper anchor: 1.079' in md and 'GPU-hours as configured' in md
+
+
+def test_projection_prices_masks_as_mask_rcnn_passes_and_rap_dahar_at_its_own_size():
+    "The projection's workload: a masks run costs its images at the Mask R-CNN rate; Da-HAR on RAP uses the 224x112 rate."
+    from har_kit.reproduce import plan
+    runs = plan(profile='paper', seeds=1)
+    rep = dict(maskrcnn=dict(images_per_s=10.0), steps={
+        f'{m}|{a}': dict(model=m, amp=a, channels_last=cl, compile='none', images_per_s=r)
+        for m, r in (('campar_baseline', 1000.), ('campar', 1000.), ('campar_fusion', 500.), ('dahar_baseline', 400.),
+                     ('dahar', 200.), ('dahar_rap', 400.)) for a in ('none', 'bf16') for cl in (False, True)})
+    masks = next(r for r in runs if r.spec.notebook == 'masks' and r.params['dataset'] == 'wider')
+    h = gpu_check._run_hours(rep, masks, 'none', False, 0, cached=True)
+    assert abs(h['hours'] - (13789 / 10 + gpu_check.FIXED_S) / 3600) < 1e-9
+    rap = next(r for r in runs if r.spec.notebook == 'dahar' and r.params['dataset'] == 'rap')
+    fast = gpu_check._run_hours(rep, rap, 'bf16', True, 0, cached=True)['hours']
+    rep['steps'] = {k: dict(v, images_per_s=200.) if v['model'] == 'dahar_rap' else v for k, v in rep['steps'].items()}
+    assert gpu_check._run_hours(rep, rap, 'bf16', True, 0, cached=True)['hours'] > 1.5 * fast
 
 
 def test_wheel_list_is_pinned_and_unique():

@@ -1,33 +1,29 @@
 #!/usr/bin/env python3
-"""`make gpu-check`: one prepared command that measures the paper profile on whatever GPU it finds (issue 18).
+"""`make gpu-check`: one prepared command that measures the paper profile's speed on whatever GPU it finds.
 
     python tools/gpu_check.py                     # on a GPU machine: writes outputs/reference/gpu/report.{json,md}
-    python tools/gpu_check.py --cpu-tiny --out D  # tiny sizes on CPU, in well under a minute (CI: tests/test_gpu_check.py)
+    python tools/gpu_check.py --cpu-tiny --out D  # tiny sizes on CPU, in seconds (CI: tests/test_gpu_check.py)
 
-What it measures (each step is timed, and a failing step is recorded in the report instead of ending the check):
-  models     per paper-size model (Da-HAR and its baseline at ResNet-101 224x224; CAM-PAR's baseline, CAM-PAR and
-             CAM-PAR + fusion at ResNet-50 256x192), fp32 and AMP (bf16), channels_last off and on: training and
-             inference images/s and peak GPU memory
-  latency    Da-HAR / baseline latency at batch 1 and 32 (paper anchor: 24.04 / 22.28 ms = 1.079 on a 1080Ti), and
-             CAM-PAR (+ fusion) over the plain ResNet-50, interleaved, median ratio with its interquartile range
-  resize     F.interpolate against har_kit.backbones.resize_bilinear at the MCA fusion's shapes (forward + backward)
-  data       the data pipeline's images/s at paper size for 0..N workers (har_kit.bench.data_bench) beside training
-  maskrcnn   Mask R-CNN pseudo-mask throughput (weights=None: speed only)
-  projection the GPU-hours of the paper profile from the measured rates, the datasets' sizes and the epochs
-  notebooks  one `har-kit run` of each section notebook at paper size (synthetic data, a few dozen iterations)
-             through papermill on the device, proving the notebooks' device path
+Sections (each timed; a failing one is recorded in the report and the rest go on; the report is saved after each):
+  steps        every model at its paper batch and input (CAM-PAR 64 at 256x192, Da-HAR 32 at 224x224 and 224x112 on
+               RAP): the engine's own training epoch on device-resident batches, TF32 fp32 and bf16, channels_last
+               (the baseline also contiguous), one cold torch.compile if time remains: images/s, ms/step, peak memory
+  latency      batch-1 inference, Da-HAR over its baseline and CAM-PAR (+ fusion) over the plain ResNet-50, eager and
+               replayed from a captured CUDA graph (GPU time without Python's launch overhead), interleaved
+  end_to_end   300 steps of the engine's epoch at bf16 + channels_last for the three models the tables train most
+  loaders      the torchvision loaders at steady state (persistent workers, after a warm epoch), person crops and
+               WIDER targets cut from 1024x683 scenes, at 0, 2 and 8 workers
+  pipeline     the decoded cache + device augmentation (`har_kit.pipeline.benchmark`), when the checkout has it
+  maskrcnn     Mask R-CNN pseudo-mask images/s (weights=None: speed only)
+  projection   GPU-hours of `har_kit.reproduce.plan(profile='paper')` as configured, from the rates above
+  concurrency  1 and 3 CAM-PAR trainings on one GPU at once: combined images/s
+  notebooks    the section notebooks' paper-size parameters checked against their parameters cells (run through
+               papermill on the device only with --notebooks, which needs the carried wheels below)
 
-The GPU machine has its own PyTorch/torchvision but lacks papermill, nbdev, implicit and the like. They travel as
-wheels in `.whl/` at the repository root (ignored by git: `echo /.whl/ >> .git/info/exclude`), and this script
-installs them with `pip --no-index --no-deps --target` before it imports har_kit, then restarts itself with that
-folder on PYTHONPATH. Refresh the wheels (on a machine with PyPI access, for the device's Python 3.12) with
-
-    python tools/gpu_check.py --download-wheels .whl
-
-which runs `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux...` for each
-package of DEVICE_WHEELS below: the runtime dependencies of har_kit, its notebooks and papermill that the device
-image lacks (versions = the development venv's). When har_kit's requirements change, recompute the list (the
-closure of `settings.ini` requirements + nbdev/execnb, minus the device's package list in the device notes).
+The GPU machine has its own PyTorch/torchvision; the sections above need only numpy, PIL and tqdm besides. For
+--notebooks, papermill, nbdev and the like travel as wheels in `.whl/` at the repository root (ignored by git), which
+the script installs with `pip --no-index --no-deps --target` before it imports har_kit. Refresh them (on a machine with
+PyPI access, for the device's Python 3.12) with `python tools/gpu_check.py --download-wheels .whl`.
 """
 from __future__ import annotations
 import argparse, os, platform, subprocess, sys, tempfile, time, traceback
@@ -47,14 +43,6 @@ DEVICE_WHEELS = [  # name==version: what har_kit needs at run time that the GPU 
 PLATFORMS = ['manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_24_x86_64', 'manylinux_2_17_x86_64',
              'manylinux2014_x86_64', 'manylinux1_x86_64']
 SITE = Path(tempfile.gettempdir())/'har-kit-gpu-site'
-
-# the paper profile's data: train / test images per dataset (published sizes), the epochs come from the profile
-DATASET_SIZES = {
-    'wider': dict(train=28345, test=29179, note='WIDER-Attribute: 28,345 train+val / 29,179 test targets (train alone is smaller: an upper bound)'),
-    'rap': dict(train=33268, test=8317, note='RAP v1: 33,268 trainval / 8,317 test images per partition'),
-    'pa100k': dict(train=90000, test=10000, note='PA-100K: 80,000 train + 10,000 val / 10,000 test'),
-}
-
 
 def download_wheels(dest):
     "Fetch DEVICE_WHEELS for the device's Python 3.12 on x86-64 Linux into `dest` (needs PyPI access)."
@@ -85,7 +73,7 @@ def setup(wheels):
 class Check:
     "The report under construction: each step's result or error, saved (atomically) after every step."
     def __init__(self, out, cfg):
-        self.out, self.cfg, self.report = Path(out), cfg, dict(steps={}, started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        self.out, self.cfg, self.report = Path(out), cfg, dict(sections={}, started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     def step(self, name, fn):
         t = time.perf_counter()
         print(f'== {name}', flush=True)
@@ -93,7 +81,7 @@ class Check:
         except Exception as e:  # one failing step must not lose the others: the error goes into the report
             res, err = None, f'{type(e).__name__}: {e}'
             traceback.print_exc()
-        self.report['steps'][name] = dict(seconds=round(time.perf_counter() - t, 2), **({'error': err} if err else {}))
+        self.report['sections'][name] = dict(seconds=round(time.perf_counter() - t, 2), **({'error': err} if err else {}))
         if res is not None: self.report[name] = res
         self.save()
         return res
@@ -108,88 +96,222 @@ def config(cpu_tiny):
     "Sizes of every step: the paper's on a GPU, tiny ones for the CPU mode."
     if cpu_tiny:
         return dict(device='cpu', dahar_arch='resnet-tiny', campar_arch='resnet-tiny', dahar_size=(3, 32, 32),
-                    campar_size=(3, 32, 24), batch=2, warmup=0, iters=1, latency_batches=(1, 2), latency_iters=2,
-                    amps=('none', 'bf16'), channels_last=(False, True), data_workers=[0], data_images=4,
-                    data_batch=2, data_batches=1, data_arch='resnet-tiny', maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
+                    dahar_rap_size=(3, 32, 16), campar_size=(3, 32, 24), campar_batch=4, dahar_batch=2, warm_steps=1,
+                    steps=2, e2e_steps=3, precisions=('none', 'bf16'), compile=False, concurrency=(1, 2),
+                    latency_iters=3, loader_workers=(0, 1), loader_images=8, loader_batch=2, loader_epochs=1,
+                    scene_size=(96, 64), person_size=(48, 24), maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
                     maskrcnn_kw=dict(rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, box_detections_per_img=10),
-                    maskrcnn_iters=1, notebooks=False, resize_batch=2, resize_channels=8, resize_in=((4, 3), (8, 6)),
-                    resize_out=(16, 12), resize_iters=2)
+                    maskrcnn_iters=1, notebooks=False, budget_s=600)
     return dict(device='cuda', dahar_arch='resnet101', campar_arch='resnet50', dahar_size=(3, 224, 224),
-                campar_size=(3, 256, 192), batch=32, warmup=3, iters=10, latency_batches=(1, 32), latency_iters=30,
-                amps=('none', 'bf16'), channels_last=(False, True), data_workers=None, data_images=256, data_batch=32,
-                data_batches=16, data_arch=None, maskrcnn_size=(480, 640), maskrcnn_min=800, maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5,
-                notebooks=True, resize_batch=64, resize_channels=2048, resize_in=((8, 6), (16, 12)), resize_out=(32, 24),
-                resize_iters=10)   # CAM-PAR's MCA at the paper's batch: c5 and c4 up to c3 of a 256x192 image
+                dahar_rap_size=(3, 224, 112), campar_size=(3, 256, 192), campar_batch=64, dahar_batch=32, warm_steps=15,
+                steps=60, e2e_steps=300, precisions=('none', 'bf16'), compile=True, concurrency=(1, 3),
+                latency_iters=50, loader_workers=(0, 2, 8), loader_images=384, loader_batch=64, loader_epochs=2,
+                scene_size=(683, 1024), person_size=(384, 160), maskrcnn_size=(480, 640), maskrcnn_min=800,
+                maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5, notebooks=False, budget_s=330)
 
 
-def models(cfg):
-    "name -> (builder, input size): the paper-size models of both papers."
-    from har_kit.campar import campar_variant
-    from har_kit.dahar import dahar_variant
+MODELS = {  # name -> (family, variant, input size key, attributes)
+    'campar_baseline': ('campar', 'baseline', 'campar_size', 51), 'campar': ('campar', 'campar', 'campar_size', 51),
+    'campar_fusion': ('campar', 'campar_fusion', 'campar_size', 51),
+    'dahar_baseline': ('dahar', 'baseline', 'dahar_size', 14), 'dahar': ('dahar', 'dahar', 'dahar_size', 14),
+    'dahar_rap': ('dahar', 'dahar', 'dahar_rap_size', 51),
+}
+
+
+def build(name, cfg):
+    "A paper-size model and its criterion, as the paper profile builds them (CAM-PAR: its logit BN and MCA width)."
+    from har_kit.campar import CamParLoss, campar_variant
+    from har_kit.dahar import DaHarLoss, dahar_variant
     from har_kit.reproduce import PROFILES
-    d, c = cfg['dahar_arch'], cfg['campar_arch']
-    p = PROFILES['paper']['campar']   # the paper profile's CAM-PAR build: logit BN, MCA latent width
-    kw = dict(logit_bn=p.get('logit_bn', False), latent=p.get('fusion_width'))
-    return {
-        'dahar_baseline': (lambda: dahar_variant('baseline', 14, d), cfg['dahar_size']),
-        'dahar': (lambda: dahar_variant('dahar', 14, d), cfg['dahar_size']),
-        'campar_baseline': (lambda: campar_variant('baseline', 51, c, **kw), cfg['campar_size']),
-        'campar': (lambda: campar_variant('campar', 51, c, **kw), cfg['campar_size']),
-        'campar_fusion': (lambda: campar_variant('campar_fusion', 51, c, **kw), cfg['campar_size']),
-    }
+    fam, variant, size, n = MODELS[name]
+    if fam == 'dahar': return dahar_variant(variant, n, cfg['dahar_arch']), DaHarLoss('bce', mask_weight=1.0), cfg[size]
+    p = PROFILES['paper']['campar']
+    kw = {k: p[a] for k, a in (('logit_bn', 'logit_bn'), ('latent', 'fusion_width'), ('project_deepest', 'fusion_project_deepest')) if a in p}
+    return campar_variant(variant, n, cfg['campar_arch'], **kw), CamParLoss(), cfg[size]
 
 
-def measure_models(cfg):
-    "Training and inference images/s and peak memory per model, precision and memory format."
+class Cycle:
+    "A loader stand-in: `steps` dict batches cycled from a few made once on the device (the model's step alone)."
+    def __init__(self, batches, steps): self.batches, self.steps = batches, steps
+    def __iter__(self): return (self.batches[i % len(self.batches)] for i in range(self.steps))
+    def __len__(self): return self.steps
+
+
+def synthetic_batches(size, batch, n_attr, device, k=3):
     import torch
-    from har_kit.bench import throughput
+    g = torch.Generator().manual_seed(0)
+    return [dict(image=torch.randn(batch, *size, generator=g).to(device),
+                 labels=(torch.rand(batch, n_attr, generator=g) < .3).float().to(device),
+                 mask=(torch.rand(batch, 1, *size[1:], generator=g) < .5).float().to(device)) for _ in range(k)]
+
+
+def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', steps=None, barrier=None):
+    "Images/s of the engine's own training epoch (`har_kit.engine._train_epoch`) on device-resident batches, after a warm epoch."
+    import torch
+    from har_kit.engine import TrainConfig, _train_epoch, make_optimizer
+    from har_kit.core import get_device
+    dev = get_device(cfg['device'])
+    torch.manual_seed(0)
+    model, crit, size = build(name, cfg)
+    batch = cfg['campar_batch'] if name.startswith('campar') else cfg['dahar_batch']
+    tc = TrainConfig(optimizer='adam', lr=1e-4, amp=amp, channels_last=channels_last, progress=False, device=cfg['device'],
+                     max_loss_ratio=0, log_every=50)
+    model.to(dev)
+    if channels_last: model.to(memory_format=torch.channels_last)
+    net = torch.compile(model, mode=compile_mode) if compile_mode != 'none' else model
+    opt, scaler = make_optimizer(model, tc), torch.amp.GradScaler(dev.type, enabled=False)
+    data = synthetic_batches(size, batch, MODELS[name][3], dev)
+    if dev.type == 'cuda': torch.backends.cudnn.benchmark = True; torch.cuda.reset_peak_memory_stats()
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, cfg['warm_steps']), opt, scaler, tc, dev, 1, {}); sync()
+    warm = time.perf_counter() - t
+    if barrier: barrier()
+    n = steps or cfg['steps']
+    t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, n), opt, scaler, tc, dev, 2, {}); sync()
+    dt = time.perf_counter() - t
+    return dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
+                images_per_s=n * batch / dt, ms_per_step=dt / n * 1e3, steps=n, warm_epoch_s=round(warm, 2),
+                peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
+
+
+def steps_matrix(cfg, deadline):
+    "Every model at its paper batch: TF32 fp32 and bf16, channels_last; the baseline also contiguous; one compiled run."
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True   # 'fp32' means TF32 on Ampere+
+    jobs = [(m, a, True, 'none') for m in MODELS for a in cfg['precisions']] + [('campar_baseline', 'bf16', False, 'none')]
+    if cfg['compile']: jobs += [('campar_baseline', 'bf16', True, 'default')]   # cold compile (~a minute): last, if time remains
     out = {}
-    for name, (build, size) in models(cfg).items():
-        for amp in cfg['amps']:
-            for cl in cfg['channels_last']:
-                key = f'{name}|{amp}|{"channels_last" if cl else "contiguous"}'
-                row = {}
-                for mode in ('train', 'infer'):
-                    torch.manual_seed(0)
-                    r = throughput(build(), size, cfg['batch'], cfg['device'], train=mode == 'train', amp=amp,
-                                   channels_last=cl, warmup=cfg['warmup'], iters=cfg['iters'])
-                    row[f'{mode}_images_per_s'], row[f'{mode}_peak_mem_mib'] = r['images_per_s'], r['peak_mem_mib']
-                out[key] = dict(model=name, amp=amp, channels_last=cl, input_size=list(size), batch=cfg['batch'], **row)
-                print(f'{key}: train {row["train_images_per_s"]:.1f} / infer {row["infer_images_per_s"]:.1f} images/s', flush=True)
-                if cfg['device'] == 'cuda': torch.cuda.empty_cache()
+    for m, a, cl, c in jobs:
+        key = f'{m}|{a}|{"channels_last" if cl else "contiguous"}|{c}'
+        if time.time() > deadline: out[key] = dict(model=m, amp=a, channels_last=cl, compile=c, skipped='time budget'); continue
+        try: out[key] = train_rate(m, cfg, a, cl, c)
+        except Exception as e: out[key] = dict(model=m, amp=a, channels_last=cl, compile=c, error=f'{type(e).__name__}: {e}'[:300])
+        print(f'{key}: {out[key].get("images_per_s", out[key].get("error") or out[key].get("skipped"))}', flush=True)
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
     return out
 
 
-def latency_ratios(cfg):
-    "Da-HAR over its baseline and CAM-PAR (+ fusion) over the plain ResNet-50, fp32 inference, interleaved."
-    from har_kit.bench import compare_models, plain_baseline
-    ms, out = models(cfg), {}
-    for b in cfg['latency_batches']:
-        r = compare_models({'dahar': ms['dahar'][0]()}, ms['dahar_baseline'][0](), cfg['dahar_size'], cfg['device'], b,
-                           cfg['warmup'], cfg['latency_iters'], train_step=False)['dahar']
-        out[f'dahar/baseline@{b}'] = _lat(r)
-        rs = compare_models({'campar': ms['campar'][0](), 'campar_fusion': ms['campar_fusion'][0]()},
-                            plain_baseline(cfg['campar_arch'], 51), cfg['campar_size'], cfg['device'], b, cfg['warmup'],
-                            cfg['latency_iters'], train_step=False)
-        for k, r in rs.items(): out[f'{k}/plain@{b}'] = _lat(r)
+def end_to_end(cfg):
+    "300 steps of the engine's epoch at the configured setting (bf16, channels_last) for the three models the tables train most."
+    return {m: train_rate(m, cfg, 'bf16', True, steps=cfg['e2e_steps']) for m in ('campar_baseline', 'campar_fusion', 'dahar')}
+
+
+def _latency_pair(model, base, x, iters, graph):
+    "Per-repeat GPU ms of `model(x)` and `base(x)`, interleaved; replays of captured CUDA graphs when `graph`."
+    import torch
+    def runner(m):
+        m.eval(); xs = x.clone()
+        if not graph or x.device.type != 'cuda':
+            def f():
+                with torch.no_grad(): m(xs)
+            return f
+        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s), torch.no_grad():
+            for _ in range(3): m(xs)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(g): m(xs)
+        return g.replay
+    fs = [runner(model), runner(base)]
+    def timed(f):
+        if x.device.type != 'cuda':
+            t = time.perf_counter(); f(); return (time.perf_counter() - t) * 1e3
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); f(); b.record(); b.synchronize(); return a.elapsed_time(b)
+    for f in fs: f(); f()
+    t = [[], []]
+    for i in range(iters):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)): t[j].append(timed(fs[j]))
+    return t
+
+
+def latency(cfg):
+    "Inference latency at batch 1, fp32: Da-HAR / its baseline and CAM-PAR (+ fusion) / the plain ResNet-50, eager and graph-replayed."
+    import statistics, torch
+    from har_kit.bench import plain_baseline, ratio_stats
+    from har_kit.core import get_device
+    dev, out = get_device(cfg['device']), {}
+    pairs = {'dahar/baseline': ('dahar', 'dahar_baseline'), 'campar/plain': ('campar', None), 'campar_fusion/plain': ('campar_fusion', None)}
+    for key, (m, b) in pairs.items():
+        model, _, size = build(m, cfg)
+        base = build(b, cfg)[0] if b else plain_baseline(cfg['campar_arch'], 51)
+        x = torch.randn(1, *size, device=dev)
+        for graph in (False, True):
+            tm, tb = _latency_pair(model.to(dev), base.to(dev), x, cfg['latency_iters'], graph)
+            r = ratio_stats(tm, tb)
+            out[f'{key} ({"graph" if graph else "eager"})'] = dict(ms=statistics.median(tm), ms_baseline=statistics.median(tb),
+                                                                 ratio=r['median'], ratio_iqr=r['iqr'])
     out['paper_anchor'] = dict(ratio=24.04 / 22.28, note='Da-HAR 24.04 ms vs baseline 22.28 ms, one image, 1080Ti')
     return out
 
 
-def _lat(r):
-    return dict(ms=r['latency_ms'], ms_baseline=r['latency_ms_baseline'], ratio=r['latency_ratio'],
-                ratio_iqr=r['latency_ratio_iqr'], params=r['params'], params_baseline=r['params_baseline'])
+def _worker(a):
+    "One of several concurrent training processes: wait for the others after warm-up, then time, print JSON."
+    import json as _json
+    cfg = dict(config(a.cpu_tiny))
+    ready = Path(a.barrier)
+    def barrier():
+        (ready/f'{os.getpid()}').touch()
+        t = time.time()
+        while len(list(ready.iterdir())) < a.worker_of and time.time() - t < 120: time.sleep(0.01)
+    print('RESULT ' + _json.dumps(train_rate(a.worker, cfg, 'bf16', True, steps=cfg['steps'], barrier=barrier)), flush=True)
+    return 0
 
 
-def data_pipeline(cfg):
-    "The data pipeline's images/s per worker count at paper size, for both papers' transforms."
-    from har_kit.bench import data_bench, synthetic_samples
-    samples = synthetic_samples(cfg['data_images'], size=(384, 160) if cfg['device'] == 'cuda' else (64, 32))
-    return {p: data_bench(p, samples, cfg['data_workers'], cfg['data_batch'], cfg['data_batches'], device=cfg['device'],
-                          model_iters=max(1, cfg['iters'] // 2), arch=cfg['data_arch'])
-            for p in ('campar', 'dahar')}
+def concurrency(cfg, cpu_tiny):
+    "1, 2 and 4 CAM-PAR baseline trainings on one GPU at once (bf16, channels_last): combined images/s."
+    import json as _json
+    out = {}
+    for n in cfg['concurrency']:
+        bar = Path(tempfile.mkdtemp(prefix='har-kit-gpu-bar-'))
+        cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', 'campar_baseline', '--worker-of', str(n), '--barrier', str(bar)]
+        if cpu_tiny: cmd.append('--cpu-tiny')
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])))
+                 for _ in range(n)]
+        rates = []
+        for p in procs:
+            so, se = p.communicate(timeout=300)
+            line = next((l for l in so.splitlines() if l.startswith('RESULT ')), None)
+            if line is None: raise RuntimeError(f'worker failed: {se[-500:]}')
+            rates.append(_json.loads(line[7:])['images_per_s'])
+        out[str(n)] = dict(processes=n, images_per_s_each=rates, images_per_s_total=sum(rates))
+        print(f'concurrency {n}: {sum(rates):.0f} images/s', flush=True)
+    return out
 
 
+def loaders(cfg):
+    "The torchvision loaders at steady state (persistent workers, timed after a warm epoch): JPEG decode + the papers' transforms."
+    from har_kit.bench import loader_options, synthetic_samples
+    from har_kit.loading import campar_transforms, dahar_transforms, make_loader
+    from dataclasses import replace
+    people = synthetic_samples(cfg['loader_images'], size=cfg['person_size'])
+    scenes = synthetic_samples(max(cfg['loader_images'] // 4, 2), size=cfg['scene_size'])
+    h, w = cfg['scene_size']
+    targets = [replace(s, box=(w * (.1 + .2 * (i % 4)), h * .2, w * .15, h * .5)) for s in scenes for i in range(4)]
+    out = {}
+    for name, samples, tf in (('campar (PA-100K-like crops, 256x192)', people, campar_transforms(True)),
+                              ('dahar (WIDER targets cut from 1024x683 scenes, 224x224)', targets, dahar_transforms(True))):
+        for nw in cfg['loader_workers']:
+            ldr = make_loader(samples, tf, cfg['loader_batch'], shuffle=True, drop_last=True, **loader_options(nw, cfg['device']))
+            for _ in ldr: pass                                  # the warm epoch starts the workers
+            t, n = time.perf_counter(), 0
+            for _ in range(cfg['loader_epochs']):
+                for b in ldr: n += len(b['labels'])
+            out[f'{name}|{nw}'] = dict(pipeline=name, workers=nw, images_per_s=n / (time.perf_counter() - t), images=n)
+            print(f'loader {name} {nw} workers: {out[f"{name}|{nw}"]["images_per_s"]:.0f} images/s', flush=True)
+            del ldr
+    out['cpus'] = os.cpu_count()
+    return out
+
+
+def pipeline(cfg):
+    "The decoded cache + device augmentation of `har_kit.pipeline`, when this checkout has it."
+    try: import har_kit.pipeline as hp
+    except ImportError: return dict(available=False, note='har_kit.pipeline is not in this checkout')
+    bench = getattr(hp, 'benchmark', None)
+    if bench is None: return dict(available=True, note='har_kit.pipeline has no benchmark() to call')
+    return dict(available=True, **bench(device=cfg['device'], images=cfg['loader_images'], batch=cfg['campar_batch']))
 def maskrcnn(cfg):
     "Mask R-CNN (torchvision, weights=None) inference images/s: the pseudo-mask step's speed."
     import torch, torchvision
@@ -211,35 +333,6 @@ def maskrcnn(cfg):
     return dict(images_per_s=len(x) / ms * 1e3, batch=len(x), image_size=[h, w], min_size=cfg['maskrcnn_min'], device=str(dev),
                 options=cfg['maskrcnn_kw'],
                 note='random weights: detections differ from COCO weights, so post-processing time may too')
-
-
-def resize(cfg):
-    "F.interpolate against har_kit.backbones.resize_bilinear at the MCA fusion's shapes: forward + backward ms, interleaved."
-    import statistics, torch, torch.nn.functional as F
-    from har_kit.backbones import resize_bilinear
-    from har_kit.bench import _interleaved, _timer, ratio_stats
-    from har_kit.core import get_device
-    dev = get_device(cfg['device'])
-    n, c, out = cfg['resize_batch'], cfg['resize_channels'], cfg['resize_out']
-    rows = {}
-    for src in cfg['resize_in']:
-        for cl in (False, True):
-            x = torch.randn(n, c, *src, device=dev)
-            if cl: x = x.to(memory_format=torch.channels_last)
-            x.requires_grad_(True)
-            def step(f):   # forward + backward of one resize
-                def run():
-                    y = f(x); y.backward(torch.ones_like(y)); x.grad = None
-                return run
-            t_int, t_mat = _interleaved([step(lambda v: F.interpolate(v, size=out, mode='bilinear', align_corners=False)),
-                                         step(lambda v: resize_bilinear(v, out))], _timer(dev), 1, cfg['resize_iters'])
-            key = f'{src[0]}x{src[1]}->{out[0]}x{out[1]}|{"channels_last" if cl else "contiguous"}'
-            r = ratio_stats(t_int, t_mat)
-            rows[key] = dict(batch=n, channels=c, interpolate_ms=statistics.median(t_int),
-                             resize_bilinear_ms=statistics.median(t_mat), ratio=r['median'], ratio_iqr=r['iqr'])
-            print(f'resize {key}: interpolate {rows[key]["interpolate_ms"]:.2f} ms, resize_bilinear '
-                  f'{rows[key]["resize_bilinear_ms"]:.2f} ms', flush=True)
-    return rows
 
 
 NOTEBOOK_RUNS = {  # section -> parameters of one paper-size run on synthetic data (a few dozen iterations)
@@ -286,59 +379,89 @@ def notebook_runs(cfg):
     return out
 
 
-def paper_runs():
-    "(notebook, variant, dataset, epochs) of every run the paper profile plans (one seed; RAP partitions as planned)."
-    try:
-        from har_kit.reproduce import plan
-        return [(r.spec.notebook, v, r.params.get('dataset'), r.params.get('epochs', 30), r.params.get('phase1_variant'))
-                for r in plan(profile='paper', seeds=1)   # a run trains every model its `variants` names (cfar: one phase 2)
-                for v in (r.params.get('variants') or [r.spec.variant] if r.spec.notebook != 'cfar' else [r.spec.variant])
-                ], 'har_kit.reproduce.plan(profile="paper", seeds=1)'
-    except Exception as e:  # the planner's interface moved: fall back to the paper tables' runs, 30 epochs
-        from har_kit.results import PAPER_TABLES, row_runs
-        seen = {}
-        for t in PAPER_TABLES.values():
-            for row in t.rows:
-                for s in row_runs(row):
-                    for _, dep in s.needs: seen.setdefault(dep.key(), (dep.notebook, dep.variant, dep.kwargs.get('dataset'), 30, None))
-                    seen.setdefault(s.key(), (s.notebook, s.variant, s.kwargs.get('dataset'), 30, s.kwargs.get('phase1_variant')))
-        return list(seen.values()), f'the paper tables\' runs, 30 epochs (planner unavailable: {type(e).__name__}: {e})'
+# images per dataset at paper scale: training targets (all of train + val that the plan trains on), test targets,
+# and the images Mask R-CNN reads for the masks step (WIDER: its 13,789 scenes; RAP: 41,585 pedestrian images)
+DATASET_SIZES = {
+    'wider': dict(train=28345, test=29179, mask_images=13789, note='WIDER-Attribute: 28,345 train+val / 29,179 test targets in 13,789 scenes'),
+    'rap': dict(train=33268, test=8317, mask_images=41585, note='RAP v1: 33,268 trainval / 8,317 test images per partition'),
+    'pa100k': dict(train=90000, test=10000, mask_images=100000, note='PA-100K: 80,000 train + 10,000 val / 10,000 test'),
+}
+FIXED_S = 60        # per run: start, model build, cudnn autotuning, checkpoint writes, metrics (an estimate, stated)
+INFER_SPEEDUP = 3   # inference images/s over training images/s (forward alone against forward + backward + update)
+
+
+def _as_configured(nb):
+    "(amp, channels_last, num_workers) a paper-profile run of notebook `nb` uses: the profile over the notebook's defaults."
+    from har_kit.cards import notebook_defaults
+    from har_kit.reproduce import PROFILES
+    p = {**notebook_defaults(nb), **PROFILES['paper'].get(nb, {})}
+    return p.get('amp') or 'none', bool(p.get('channels_last')), int(p.get('num_workers') or 0)
+
+
+def _rate(report, model, amp, cl):
+    for v in (report.get('steps') or {}).values():
+        if isinstance(v, dict) and v.get('model') == model and v.get('amp') == amp and v.get('channels_last') == cl \
+                and v.get('compile') == 'none' and 'images_per_s' in v: return v['images_per_s']
+    alt = [v['images_per_s'] for v in (report.get('steps') or {}).values() if isinstance(v, dict) and v.get('model') == model and 'images_per_s' in v]
+    return min(alt) if alt else None
+
+
+def _loader_rate(report, fam, workers):
+    rows = [v for v in (report.get('loaders') or {}).values() if isinstance(v, dict) and v.get('pipeline', '').startswith(fam)]
+    if not rows: return float('inf')
+    return min(rows, key=lambda v: abs(v['workers'] - workers))['images_per_s']
+
+
+def _run_hours(report, r, amp, cl, workers, cached):
+    "Hours of one planned run: its training passes, its evaluations, Mask R-CNN passes for masks, plus FIXED_S."
+    nb, p = r.spec.notebook, r.params
+    size = DATASET_SIZES.get(p.get('dataset'))
+    if size is None: return None
+    if nb == 'masks':
+        mr = (report.get('maskrcnn') or {}).get('images_per_s')
+        return dict(images=size['mask_images'], hours=(size['mask_images'] / mr if mr else 0) / 3600 + FIXED_S / 3600)
+    vf, epochs = float(p.get('val_fraction') or 0), int(p.get('epochs') or 30)
+    if nb == 'cfar':
+        m, train_imgs, evals = 'campar_fusion', 0, size['train'] + size['test']
+        variants = ['phase 2']
+    else:
+        variants = p.get('variants') or [r.spec.variant]
+        train_imgs = size['train'] * (1 - vf) * epochs
+        per_epoch_eval = size['train'] * vf + (size['test'] if nb == 'campar' else 0)   # CAM-PAR scores test every epoch
+        evals = per_epoch_eval * epochs + (size['test'] * 6 if nb == 'dahar' else 0)       # Da-HAR: five crops + full, once
+    hours, fam = 0.0, 'dahar' if nb == 'dahar' else 'campar'
+    for v in variants:
+        m = ('dahar_rap' if p.get('dataset') == 'rap' else 'dahar_baseline' if v == 'baseline' else 'dahar') if nb == 'dahar' \
+            else 'campar_fusion' if nb == 'cfar' else ('campar_baseline' if v in ('baseline', 'fusion') else v)
+        tr = _rate(report, m, amp, cl) or _rate(report, 'campar_baseline', amp, cl)
+        if tr is None: return None
+        pipe = float('inf') if cached else _loader_rate(report, fam, workers)
+        hours += (train_imgs / min(tr, pipe) + evals / min(tr * INFER_SPEEDUP, pipe) + FIXED_S) / 3600
+    return dict(images=train_imgs * len(variants) + evals * len(variants), hours=hours)
 
 
 def projection(report):
-    "GPU-hours of the paper profile: training images / training rate + evaluation images / inference rate, per run."
-    rates = report.get('models') or {}
-    if not rates: raise RuntimeError('no model rates measured')
-    def best(name, key, amp=None):
-        vals = [v[key] for v in rates.values() if v['model'] == name and (amp is None or v['amp'] == amp)]
-        return max(vals) if vals else None
-    data = report.get('data_pipeline') or {}
-    runs, source = paper_runs()
-    rows, tot = [], dict(fp32=0.0, best=0.0)
-    for nb, variant, dataset, epochs, phase1 in runs:
-        size = DATASET_SIZES.get(dataset)
-        if size is None: continue
-        fam = 'dahar' if nb == 'dahar' else 'campar'
-        model = (variant if nb == 'dahar' else f'campar_{variant}' if variant == 'baseline' else variant) if nb != 'cfar' else (phase1 or 'campar_fusion')
-        model = {'baseline': 'dahar_baseline'}.get(model, model) if fam == 'dahar' else model
-        if model not in {v['model'] for v in rates.values()}: model = 'dahar' if fam == 'dahar' else 'campar_fusion'
-        pipe = max((data.get(fam) or {}).get('data_images_per_s', {}).values(), default=float('inf'))
-        crops = 6 if nb == 'dahar' else 1          # Da-HAR scores five crops and the full patch
-        evals = 1 if nb == 'dahar' else epochs     # CAM-PAR evaluates every epoch (plateau on the evaluation loss)
-        train_imgs = 0 if nb == 'cfar' else size['train'] * epochs
-        eval_imgs = size['test'] * crops * evals + (size['train'] + size['test'] if nb == 'cfar' else 0)
-        h = {}
-        for k, amp in (('fp32', 'none'), ('best', None)):
-            tr, inf = best(model, 'train_images_per_s', amp), best(model, 'infer_images_per_s', amp)
-            h[k] = (train_imgs / min(tr, pipe) + eval_imgs / min(inf, pipe)) / 3600
-            tot[k] += h[k]
-        rows.append(dict(notebook=nb, variant=variant, dataset=dataset, epochs=epochs, model=model, train_images=train_imgs,
-                         eval_images=eval_imgs, hours_fp32=h['fp32'], hours_best=h['best']))
-    return dict(runs=rows, total_hours_fp32=tot['fp32'], total_hours_best=tot['best'], planned_from=source,
+    "GPU-hours of the paper profile's plan (one seed): as configured, and with bf16 + channels_last + a loader that keeps up."
+    from har_kit.reproduce import plan
+    runs = plan(profile='paper', seeds=1)
+    rows, tot = [], dict(configured=0.0, lean=0.0)
+    for r in runs:
+        amp, cl, workers = _as_configured(r.spec.notebook)
+        a = _run_hours(report, r, amp, cl, workers, cached=False)
+        b = _run_hours(report, r, 'bf16', True, workers, cached=True)
+        if a is None or b is None: continue
+        tot['configured'] += a['hours']; tot['lean'] += b['hours']
+        rows.append(dict(notebook=r.spec.notebook, dataset=r.params.get('dataset'), variants=r.params.get('variants'),
+                         partition=r.params.get('partition'), val_fraction=r.params.get('val_fraction'), amp=amp,
+                         channels_last=cl, num_workers=workers, hours=a['hours'], hours_lean=b['hours']))
+    return dict(runs=rows, total_hours=tot['configured'], total_hours_lean=tot['lean'], planned_from='har_kit.reproduce.plan(profile="paper", seeds=1)',
                 datasets={k: v['note'] for k, v in DATASET_SIZES.items()},
-                assumptions='one seed; rate = min(model, data pipeline at its best worker count); best = the fastest of '
-                            'fp32/bf16 x contiguous/channels_last; CFAR counted as one inference pass over train + test '
-                            '(its ALS runs on the CPU and is not counted)')
+                assumptions=f'one seed; as configured = the paper profile over the notebooks\' defaults (precision, memory '
+                            f'format, loader workers), rate = min(model step, the loader measured at that worker count); '
+                            f'"lean" = bf16 + channels_last with a loader that keeps up (the decoded cache and device '
+                            f'augmentation); inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed per run; masks '
+                            f'runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; CFAR as one '
+                            f'inference pass over train + test (its ALS runs on the CPU)')
 
 
 def environment(cfg):
@@ -359,45 +482,62 @@ def _f(v, d=1): return '-' if v is None else f'{v:.{d}f}'
 
 
 def to_markdown(r):
-    "The report as Markdown (README includes it)."
+    "The report as Markdown."
     env = r.get('environment', {})
-    lines = ['### GPU check', '', f'Device: {env.get("name", "?")} ({env.get("device", "?")}), torch {env.get("torch", "?")}, '
-             f'torchvision {env.get("torchvision", "?")}, CUDA {env.get("cuda")}; mode `{r.get("mode", "?")}`; started {r.get("started")}.', '']
-    if r.get('note'): lines += [r['note'], '']
-    if r.get('models'):
-        lines += ['| model | precision | memory format | train images/s | infer images/s | peak MiB (train) |', '|---|---|---|---|---|---|']
-        lines += [f'| {v["model"]} | {v["amp"]} | {"channels_last" if v["channels_last"] else "contiguous"} | {_f(v["train_images_per_s"])} '
-                  f'| {_f(v["infer_images_per_s"])} | {_f(v["train_peak_mem_mib"], 0)} |' for v in r['models'].values()]
-        lines.append('')
+    L = ['### GPU check', '', f'Device: {env.get("name", "?")} ({env.get("device", "?")}), {env.get("cpus", "?")} CPUs, torch '
+         f'{env.get("torch", "?")}, torchvision {env.get("torchvision", "?")}, CUDA {env.get("cuda")}; mode `{r.get("mode", "?")}`; '
+         f'started {r.get("started")}, finished {r.get("finished", "(not finished)")}.', '']
+    if r.get('note'): L += [r['note'], '']
+    rows = [v for v in (r.get('steps') or {}).values() if isinstance(v, dict) and 'model' in v]
+    if rows:
+        L += ['Training steps: the engine\'s own epoch (`har_kit.engine._train_epoch`: lean loss guard, fused Adam) on '
+              'device-resident batches, timed after a warm epoch ("fp32" is TF32).', '',
+              '| model | batch | input | precision | memory format | compiled | images/s | ms/step | peak MiB | warm epoch s |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+        for v in rows:
+            fmt = 'channels_last' if v['channels_last'] else 'contiguous'
+            if 'images_per_s' not in v:
+                L.append(f'| {v["model"]} | | | {v["amp"]} | {fmt} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | |'); continue
+            L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {fmt} | {v["compile"]} | '
+                     f'{_f(v["images_per_s"], 0)} | {_f(v["ms_per_step"], 1)} | {_f(v["peak_mem_mib"], 0)} | {v["warm_epoch_s"]} |')
+        bf, tf = _rate(r, 'campar_baseline', 'bf16', True), _rate(r, 'campar_baseline', 'none', True)
+        if bf and tf: L += ['', f'bf16 / TF32 at batch {rows[0]["batch"]} (CAM-PAR baseline, channels_last): {bf / tf:.2f}x.']
+        L.append('')
+    if r.get('end_to_end'):
+        L += ['End to end, 300 steps of the engine\'s epoch (bf16, channels_last): ' + ', '.join(
+              f'{k} {_f(v["images_per_s"], 0)} images/s' for k, v in r['end_to_end'].items()) + '.', '']
     if r.get('latency'):
-        lines += ['| latency ratio (fp32 inference) | ms | ms baseline | ratio (median) | IQR |', '|---|---|---|---|---|']
-        lines += [f'| {k} | {_f(v["ms"], 2)} | {_f(v["ms_baseline"], 2)} | {_f(v["ratio"], 3)} | {_f(v["ratio_iqr"][0], 3)}-{_f(v["ratio_iqr"][1], 3)} |'
-                  for k, v in r['latency'].items() if k != 'paper_anchor']
-        lines += ['', f'Paper anchor: {r["latency"]["paper_anchor"]["ratio"]:.3f} ({r["latency"]["paper_anchor"]["note"]}).', '']
-    if r.get('resize'):
-        lines += ['| resize (forward + backward) | interpolate ms | resize_bilinear ms | ratio (median) |', '|---|---|---|---|']
-        lines += [f'| {k} | {_f(v["interpolate_ms"], 2)} | {_f(v["resize_bilinear_ms"], 2)} | {_f(v["ratio"], 2)} |' for k, v in r['resize'].items()]
-        lines.append('')
-    for p, d in (r.get('data_pipeline') or {}).items():
-        lines.append(f'Data pipeline `{p}` at {d["input_size"][1]}x{d["input_size"][2]}: ' +
-                     ', '.join(f'{k} workers {_f(v)}/s (x{_f(d["ratio"][k], 2)})' for k, v in d['data_images_per_s'].items()) +
-                     f' vs {d["model"]} training {_f(d["model_train_images_per_s"])}/s.')
+        L += ['| latency, batch 1, fp32 inference | ms | ms baseline | ratio (median) | IQR |', '|---|---|---|---|---|']
+        L += [f'| {k} | {_f(v["ms"], 2)} | {_f(v["ms_baseline"], 2)} | {_f(v["ratio"], 3)} | {_f(v["ratio_iqr"][0], 3)}-{_f(v["ratio_iqr"][1], 3)} |'
+              for k, v in r['latency'].items() if k != 'paper_anchor']
+        L += ['', f'"graph" replays a captured CUDA graph (GPU time without launch overhead); "eager" is the same call from Python. '
+              f'Paper anchor: {r["latency"]["paper_anchor"]["ratio"]:.3f} ({r["latency"]["paper_anchor"]["note"]}).', '']
+    if r.get('concurrency'):
+        L += ['Concurrent CAM-PAR baseline trainings on one GPU (bf16, channels_last): ' + ', '.join(
+              f'{k} at once {_f(v["images_per_s_total"], 0)} images/s' for k, v in r['concurrency'].items()) + '.', '']
+    lr = [v for v in (r.get('loaders') or {}).values() if isinstance(v, dict)]
+    if lr:
+        L += ['| loader (torchvision transforms, persistent workers, steady state) | workers | images/s |', '|---|---|---|']
+        L += [f'| {v["pipeline"]} | {v["workers"]} | {_f(v["images_per_s"], 0)} |' for v in lr]
+        L.append('')
+    if r.get('pipeline'): L += [f'Decoded cache + device augmentation: {r["pipeline"]}', '']
     if r.get('maskrcnn'):
         m = r['maskrcnn']
-        lines += ['', f'Mask R-CNN (weights=None): {_f(m["images_per_s"])} images/s, {m["image_size"][0]}x{m["image_size"][1]} images '
-                  f'resized to min side {m["min_size"]}, batch {m["batch"]}.']
+        L += [f'Mask R-CNN (weights=None): {_f(m["images_per_s"])} images/s, {m["image_size"][0]}x{m["image_size"][1]} images '
+              f'resized to min side {m["min_size"]}, batch {m["batch"]}.', '']
     if r.get('notebooks'):
-        lines += ['', '| notebook | state | seconds | dropped parameters |', '|---|---|---|---|']
-        lines += [f'| {k} | {v["state"]}{": " + v["error"] if v.get("error") else ""} | {v["seconds"]} | {", ".join(v["dropped"]) or "-"} |'
-                  for k, v in r['notebooks'].items()]
+        L += ['| notebook | state | seconds | dropped parameters |', '|---|---|---|---|']
+        L += [f'| {k} | {v["state"]}{": " + v["error"] if v.get("error") else ""} | {v["seconds"]} | {", ".join(v["dropped"]) or "-"} |'
+              for k, v in r['notebooks'].items()]
+        L.append('')
     if r.get('projection'):
         p = r['projection']
-        lines += ['', f'Projected paper profile: {p["total_hours_fp32"]:.1f} GPU-hours in fp32, {p["total_hours_best"]:.1f} at the '
-                  f'fastest measured setting ({len(p["runs"])} runs from {p["planned_from"]}; {p["assumptions"]}).']
-    errs = {k: v['error'] for k, v in r.get('steps', {}).items() if 'error' in v}
-    if errs: lines += ['', 'Steps that failed: ' + '; '.join(f'{k}: {v}' for k, v in errs.items())]
-    lines += ['', 'Step times (s): ' + ', '.join(f'{k} {v["seconds"]}' for k, v in r.get('steps', {}).items())]
-    return '\n'.join(lines) + '\n'
+        L += [f'Projected paper profile: **{p["total_hours"]:.1f} GPU-hours as configured**; {p["total_hours_lean"]:.1f} with '
+              f'bf16 + channels_last and a loader that keeps up ({len(p["runs"])} runs from {p["planned_from"]}; {p["assumptions"]}).', '']
+    errs = {k: v['error'] for k, v in r.get('sections', {}).items() if 'error' in v}
+    if errs: L += ['Sections that failed: ' + '; '.join(f'{k}: {v}' for k, v in errs.items()), '']
+    L += ['Section times (s): ' + ', '.join(f'{k} {v["seconds"]}' for k, v in r.get('sections', {}).items())]
+    return '\n'.join(L) + '\n'
 
 
 def main(argv=None):
@@ -406,31 +546,37 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, default=None, help='report folder (default outputs/reference/gpu)')
     ap.add_argument('--wheels', default=str(REPO/'.whl'), help='folder of carried wheels to install first')
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
-    ap.add_argument('--skip', nargs='*', default=[], help='steps to leave out (models latency resize data_pipeline maskrcnn projection notebooks)')
-    ap.add_argument('--notebooks', nargs='*', default=None, help='run only these section notebooks (masks dahar campar cfar)')
+    ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps end_to_end latency concurrency loaders '
+                                                           'pipeline maskrcnn projection notebooks)')
+    ap.add_argument('--notebooks', nargs='*', default=None, help='also run these section notebooks through papermill (needs the wheels)')
+    ap.add_argument('--worker', help=argparse.SUPPRESS); ap.add_argument('--worker-of', type=int, help=argparse.SUPPRESS)
+    ap.add_argument('--barrier', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.download_wheels: return download_wheels(a.download_wheels)
-    setup(a.wheels)
     sys.path.insert(0, str(REPO))
-    cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks)
+    if a.worker: return _worker(a)
+    if a.notebooks: setup(a.wheels)
+    cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks, notebooks=bool(a.notebooks))
     if a.cpu_tiny:
         import torch; torch.set_num_threads(1)
     out = a.out or REPO/'outputs'/'reference'/'gpu'
     chk = Check(out, cfg)
     chk.report['mode'] = 'cpu-tiny' if a.cpu_tiny else 'gpu'
+    t0 = time.time()
     if chk.step('environment', lambda: environment(cfg)) is None: return 1
-    steps = [('models', lambda: measure_models(cfg)), ('latency', lambda: latency_ratios(cfg)),
-             ('resize', lambda: resize(cfg)),
-             ('data_pipeline', lambda: data_pipeline(cfg)), ('maskrcnn', lambda: maskrcnn(cfg)),
-             ('projection', lambda: projection(chk.report)),   # before the notebooks: it needs only the rates above
-             ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
-                           (lambda: {k: dict(state='planned (cpu-tiny: not run)', seconds=0, params=p, dropped=d)
-                                     for k, (p, d) in notebook_plan(cfg['device']).items()}))]
-    for name, fn in steps:
+    deadline = t0 + cfg['budget_s']
+    sections = [('steps', lambda: steps_matrix(cfg, deadline - 170)), ('latency', lambda: latency(cfg)),
+                ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)), ('pipeline', lambda: pipeline(cfg)),
+                ('maskrcnn', lambda: maskrcnn(cfg)), ('projection', lambda: projection(chk.report)),
+                ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
+                ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
+                              (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
+                                        for k, (p, d) in notebook_plan(cfg['device']).items()}))]
+    for name, fn in sections:
         if name not in a.skip: chk.step(name, fn)
     chk.report['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z'); chk.save()
     print(f'wrote {out/"report.json"} and {out/"report.md"}')
-    return 1 if any('error' in v for v in chk.report['steps'].values()) else 0
+    return 1 if any('error' in v for v in chk.report['sections'].values()) else 0
 
 
 if __name__ == '__main__':
