@@ -75,6 +75,7 @@ class DaHarConfig:
     device: str = 'cpu'                 # 'cpu', 'cuda', 'auto'
     amp: str = 'none'                   # autocast: 'none', 'bf16', 'fp16'
     channels_last: bool = False         # model and image batches in channels_last memory format
+    compile_mode: str = 'none'          # torch.compile mode of the training forward ('reduce-overhead' on a GPU: CUDA graphs)
 
     def __post_init__(self):
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -95,7 +96,8 @@ class DaHarConfig:
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=True)
         "The engine's `TrainConfig`: the paper's optimisation (`dahar_config`) with this run's values."
         return dahar_config(self.epochs, self.lr, self.momentum, self.weight_decay, self.lr_step, self.gamma, self.optimizer,
-                            **{**dict(device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, progress=False), **kwargs})
+                            **{**dict(device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, compile_mode=self.compile_mode,
+                                    progress=False), **kwargs})
 
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, the mask folder)."

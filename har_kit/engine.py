@@ -51,7 +51,7 @@ class TrainConfig:
     monitor: str = 'val_loss'     # epoch-record key for best.pt and 'plateau' (e.g. 'mA', 'mAP')
     monitor_mode: str = 'auto'    # 'max' | 'min' | 'auto' (min for names ending in 'loss', else max)
     log_every: int = 10           # steps between the host's loss checks and progress updates (each one device sync)
-    compile: str = 'none'         # torch.compile mode of the training forward: 'none' | 'default' | 'reduce-overhead' | 'max-autotune'
+    compile_mode: str = 'none'    # torch.compile mode of the training forward: 'none' | 'default' | 'reduce-overhead' | 'max-autotune'
     progress: bool = True         # tqdm progress bars (rank 0 only)
     resume: bool = True           # continue from run_dir/checkpoints/last.pt when it exists
     sync_bn: bool = False         # DDP on CUDA: convert BatchNorm layers to SyncBatchNorm
@@ -63,7 +63,7 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, 'optimizer', f'choose one of {OPTIMIZERS}')
         need(self.scheduler in SCHEDULERS, 'scheduler', f'choose one of {SCHEDULERS}')
         need(self.amp in AMPS, 'amp', f'choose one of {AMPS}')
-        need(self.compile in COMPILE_MODES, 'compile', f'choose one of {COMPILE_MODES}')
+        need(self.compile_mode in COMPILE_MODES, 'compile_mode', f'choose one of {COMPILE_MODES}')
         need(self.monitor_mode in ('auto', 'max', 'min'), 'monitor_mode', "choose 'auto', 'max' or 'min'")
         need(isinstance(self.epochs, (int, np.integer)) and self.epochs >= 0, 'epochs', 'must be an integer >= 0')
         for f in ('lr', 'backbone_lr_mult', 'gamma'):
@@ -183,7 +183,7 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
 # %% ../nbs/08_engine.ipynb #c025
-_RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile')  # config fields a resume may change
+_RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
@@ -349,7 +349,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         for f in ('last.pt', 'best.pt'): (ckdir/f).unlink(missing_ok=True)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=cfg.find_unused_parameters)
-    if cfg.compile != 'none': net = torch.compile(net, mode=cfg.compile)
+    if cfg.compile_mode != 'none': net = torch.compile(net, mode=cfg.compile_mode)
     loader = shard_loader(train_loader, cfg.seed)
     for epoch in range(start + 1, cfg.epochs + 1):
         set_epoch(loader, cfg.seed, epoch)

@@ -207,3 +207,16 @@ def test_run_directories_do_not_depend_on_tables_or_their_order(tmp_path):
     back = {(r.spec.key(), r.seed): r.out_dir for r in plan(['dahar_t3', 'dahar_t1'], 'quick', root=tmp_path)}
     assert both == back and all(both[k] == d for k, d in one.items())
     assert all(d.relative_to(tmp_path).parts[:2] == ('quick', 'dahar') and d.name == f'seed{k[1]}' for k, d in both.items())
+
+
+def test_paper_fusion_runs_build_the_public_codes_mca():
+    "Every +fusion run the paper profile plans builds MCA as 40_campar states the paper profile does: latent 128, c5 BN only (4.08M)."
+    from har_kit.campar import MCAFusion
+    from har_kit.backbones import count_params
+    from har_kit.reproduce import plan
+    runs = [r for r in plan(profile='paper', seeds=1) if r.spec.notebook == 'campar'
+            and any(v in ('fusion', 'campar_fusion') for v in r.params['variants'])]
+    assert runs
+    for r in runs: assert (r.params['fusion_width'], r.params['fusion_project_deepest']) == (128, False), r.params
+    n = count_params(MCAFusion([512, 1024, 2048], latent=128, project_deepest=False))
+    assert round(n / 1e6, 2) == 4.08, n

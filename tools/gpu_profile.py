@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Where a training step's time goes on the GPU: `python tools/gpu_profile.py [--cpu-tiny] MODEL[:amp[:cl]] ...`.
+
+Runs the engine's epoch (as `tools/gpu_check.py` does) for a few warm steps, then records a few steps with
+torch.profiler and prints, per model: wall ms per step, the GPU's busy ms per step (sum of kernel times: a busy
+fraction well below 1 means the step is launch-bound), the kernel count per step, and the top kernels and CPU ops.
+"""
+import argparse, sys, time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO)); sys.path.insert(0, str(REPO/'tools'))
+
+
+def profile(spec, cfg, steps=5):
+    import torch
+    from torch.profiler import ProfilerActivity, profile as tprofile
+    import gpu_check as G
+    from har_kit.core import get_device
+    from har_kit.engine import TrainConfig, _train_epoch, make_optimizer
+    name, amp, cl = (spec.split(':') + ['bf16', 'cl'])[:3]
+    dev = get_device(cfg['device']); cl = cl == 'cl'
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model, crit, size = G.build(name, cfg)
+    batch = cfg['campar_batch'] if name.startswith('campar') else cfg['dahar_batch']
+    tc = TrainConfig(optimizer='adam', lr=1e-4, amp=amp, channels_last=cl, progress=False, device=cfg['device'], max_loss_ratio=0, log_every=50)
+    model.to(dev)
+    if cl: model.to(memory_format=torch.channels_last)
+    opt, scaler = make_optimizer(model, tc), torch.amp.GradScaler(dev.type, enabled=False)
+    data = G.synthetic_batches(size, batch, G.MODELS[name][3], dev)
+    if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    _train_epoch(model, crit, G.Cycle(data, cfg['warm_steps']), opt, scaler, tc, dev, 1, {}); sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+    with tprofile(activities=acts) as prof:
+        t = time.perf_counter(); _train_epoch(model, crit, G.Cycle(data, steps), opt, scaler, tc, dev, 2, {}); sync()
+        wall = (time.perf_counter() - t) / steps * 1e3
+    ev = prof.key_averages()
+    dev_attr = 'self_device_time_total' if hasattr(ev[0], 'self_device_time_total') else 'self_cuda_time_total'
+    busy = sum(getattr(e, dev_attr) for e in ev if e.device_type.name in ('CUDA',)) / 1e3 / steps if dev.type == 'cuda' else None
+    kernels = sum(e.count for e in ev if e.device_type.name == 'CUDA') / steps if dev.type == 'cuda' else None
+    print(f'\n##### {spec}: batch {batch}, {size}: wall {wall:.1f} ms/step, GPU busy {busy if busy is None else round(busy, 1)} ms/step, '
+          f'{kernels} kernels/step', flush=True)
+    sort = f'self_{"cuda" if dev.type == "cuda" else "cpu"}_time_total'
+    print(ev.table(sort_by=sort, row_limit=18, max_name_column_width=60), flush=True)
+    print(ev.table(sort_by='self_cpu_time_total', row_limit=12, max_name_column_width=60), flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument('specs', nargs='+'); ap.add_argument('--cpu-tiny', action='store_true')
+    a = ap.parse_args(argv)
+    import gpu_check as G
+    cfg = G.config(a.cpu_tiny)
+    for s in a.specs: profile(s, cfg)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
