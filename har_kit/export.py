@@ -4,7 +4,7 @@
 
 # %% ../nbs/82_export.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, io, json, sys, warnings
+import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from .core import KitError, atomic_path, save_json
 from .model_file import LoadedModel, find_model_file, load_model
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'ProbabilityModel', 'export_model', 'cli']
+__all__ = ['EXPORT_FORMATS', 'ProbabilityModel', 'check_destination', 'export_model', 'cli']
 
 # %% ../nbs/82_export.ipynb #c006
 class ProbabilityModel(nn.Module):
@@ -65,16 +65,34 @@ def _write_torchscript(wrapper, x, tmp, meta):
         traced = torch.jit.trace(wrapper, x)
         torch.jit.save(traced, str(tmp), _extra_files={'har_kit.json': json.dumps(meta)})
 
+def check_destination(out,          # the file to write
+                      source=None,  # the model file it is made from (never replaced)
+                      force=False): # replace an existing file
+    "`out` as a Path once it is safe to write there, checked before any work; else a `KitError` saying what to do."
+    out = Path(out).expanduser()
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise KitError(f'--out {out} is the model file being exported: choose another file (the model would be lost)')
+    if out.is_dir(): raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/"model.onnx"}')
+    for f in (out, out.with_name(out.name + '.json')):
+        if f.exists() and not force: raise KitError(f'{f} exists: pass --force to replace it, or choose another --out')
+    parent = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise KitError(f'--out {out}: {parent} is not a writable folder; choose another --out')
+    return out
+
 def export_model(model,                # model file / run dir, or a LoadedModel
                  out,                  # destination file (.onnx / .pt)
                  format='onnx',        # 'onnx' or 'torchscript'
                  variant=None,         # variant inside a run directory
                  tol=1e-4,             # largest allowed |exported - PyTorch| on the check batch
-                 trusted=()):          # further builder packages (see `load_model`)
+                 trusted=(),           # further builder packages (see `load_model`)
+                 force=False):         # replace an existing `out` (never the model file itself)
     "Export the probability wrapper (atomic, with a JSON sidecar) and check it against PyTorch; return a report dict."
     if format not in EXPORT_FORMATS: raise KitError(f'format={format!r}: choose one of {EXPORT_FORMATS}')
-    lm = model if isinstance(model, LoadedModel) else load_model(model, variant, trusted=trusted)
-    wrapper, meta, out = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format), Path(out)
+    src = model.path if isinstance(model, LoadedModel) else find_model_file(model, variant)
+    out = check_destination(out, src, force)
+    lm = model if isinstance(model, LoadedModel) else load_model(src, trusted=trusted)
+    wrapper, meta = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format)
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
     with atomic_path(out) as tmp:
@@ -99,11 +117,12 @@ def cli(argv=None):  # arguments after `har-kit export`
     ap.add_argument('--out', default=None, help='destination file (default: next to the model, model.onnx / model.ts.pt)')
     ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
     ap.add_argument('--tol', type=float, default=1e-4, help='largest allowed |exported - PyTorch| on the check batch')
+    ap.add_argument('--force', action='store_true', help='replace an existing --out file (never the model file itself)')
     a = ap.parse_args(argv)
     try:
         path = find_model_file(a.model, a.variant)
         out = Path(a.out) if a.out else path.with_name(path.stem + ('.onnx' if a.format == 'onnx' else '.ts.pt'))
-        rep = export_model(path, out, a.format, tol=a.tol)
+        rep = export_model(path, out, a.format, tol=a.tol, force=a.force)
         diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
         print(f"wrote {rep['path']} ({a.format}; {diff} against PyTorch) and {rep['sidecar']}")
     except KitError as e:

@@ -275,3 +275,15 @@ def test_model_maps_of_a_composite_use_its_network():
 
 class _Plain(nn.Module):
     def forward(self, x): return {'logits': x.mean((2, 3))}
+
+
+def test_export_never_replaces_its_model_or_an_existing_file(tmp_path, model_file, capsys):
+    "`har-kit export --out` onto the model file is refused even with --force; onto an existing file only with --force."
+    before = model_file.read_bytes()
+    assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(model_file), '--force']) == 2
+    assert 'is the model file being exported' in capsys.readouterr().err and model_file.read_bytes() == before
+    other = tmp_path/'other.pt'; other.write_bytes(b'keep me')
+    assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(other)]) == 2
+    assert 'exists: pass --force' in capsys.readouterr().err and other.read_bytes() == b'keep me'
+    assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(other), '--force']) == 0
+    assert other.read_bytes() != b'keep me'
