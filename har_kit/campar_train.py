@@ -17,6 +17,7 @@ from .engine import TrainConfig, fit, predict as engine_predict
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .formats import dataset_kind
+from .data import check_train_splits
 from .loading import SampleCache, campar_transforms, make_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (CamParNet, CamParLoss, campar_variant, save_build_params, l_specific_public, positive_angles)
@@ -66,8 +67,7 @@ def split_train_eval(data,                    # an `AttributeData`
                      seed=0):                 # seed of the carve
     "(train samples, eval samples or None, eval split name) for a selection mode; 'trainval' = train + val."
     if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
-    if isinstance(train_splits, str): train_splits = [train_splits]
-    names = []
+    train_splits, names = check_train_splits(train_splits), []
     for n in train_splits:
         names += ([n] if n in data.splits else [s for s in ('train', 'val') if s in data.splits]) if n == 'trainval' else [n]
     train = data.split(*dict.fromkeys(names))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .core import KitError, seed_everything
 from .backbones import count_params
-from .data import load_dataset
+from .data import check_train_splits, load_dataset
 from .engine import TrainConfig, train_eval
 from .formats import DATASET_KINDS
 from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
@@ -85,7 +85,7 @@ class DaHarConfig:
         if self.mask_supervision not in ('mask', 'box'):
             raise KitError(f"mask_supervision={self.mask_supervision!r}: use 'mask' (the person masks) or 'box' (the target's box)")
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
-        self.variants, self.train_splits = list(self.variants), list(self.train_splits)
+        self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
 
     @classmethod

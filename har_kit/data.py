@@ -18,9 +18,9 @@ from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
 
 # %% auto #0
-__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'attach_masks',
-           'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k',
-           'read_rap', 'read_wider', 'dataset_reader', 'label_stats', 'read_csv_dataset', 'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'check_train_splits',
+           'attach_masks', 'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture',
+           'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'label_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/16_data.ipynb #c006
 @dataclass
@@ -73,6 +73,20 @@ class AttributeData:
         return f'AttributeData({self.name!r}, {len(self.attributes)} attributes, {counts}, root={str(self.root)!r})'
 
 # %% ../nbs/16_data.ipynb #c011
+def check_train_splits(train_splits,         # a split name or a list of them (parameter `train_splits`)
+                       eval_split='test',    # the split the run scores
+                       where='train_splits'):  # the parameter, for the message
+    "The training split names as a list; `KitError` when there are none or when they include `eval_split`."
+    names = [train_splits] if isinstance(train_splits, str) else list(train_splits or [])
+    if not names:
+        raise KitError(f"{where}={names!r}: name the split(s) to train on, e.g. ['train'] or ['train', 'val'] (an empty "
+                       f"list would mean every split, {eval_split!r} included)")
+    if eval_split in names:
+        raise KitError(f"{where}={names!r} includes {eval_split!r}, the split this run scores: its numbers would be measured "
+                       "on training images; train on ['train'] or ['train', 'val']")
+    return names
+
+# %% ../nbs/16_data.ipynb #c014
 def attach_masks(data: AttributeData, # a dataset
                  mask_fn):           # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
@@ -103,7 +117,7 @@ def _apply_synth_meta(data: AttributeData):
     for s in data.samples: s.meta.update(records.get((s.meta['file_name'], s.meta.get('target', 0)), {}))
     return data
 
-# %% ../nbs/16_data.ipynb #c016
+# %% ../nbs/16_data.ipynb #c019
 def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
@@ -126,7 +140,7 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/16_data.ipynb #c019
+# %% ../nbs/16_data.ipynb #c022
 def require_images(samples,    # `Sample`s whose image files must be usable
                    where,      # the annotation file, for the message
                    image_dir): # the image folder, for the message
@@ -143,7 +157,7 @@ def require_images(samples,    # `Sample`s whose image files must be usable
         raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
                        '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
 
-# %% ../nbs/16_data.ipynb #c022
+# %% ../nbs/16_data.ipynb #c025
 def _same_file_across_splits(samples):
     "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
     by_name = {}
@@ -176,7 +190,7 @@ def dataset_issues(samples,                  # `Sample`s of every split
                 duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
-# %% ../nbs/16_data.ipynb #c025
+# %% ../nbs/16_data.ipynb #c028
 def warn_issues(issues,                          # a dict from `dataset_issues`
                 where,                           # the annotation file or root, for the message
                 rows_desc='all-zero label rows'): # how to call all-zero rows in the message
@@ -194,7 +208,7 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
         warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
 
-# %% ../nbs/16_data.ipynb #c029
+# %% ../nbs/16_data.ipynb #c032
 def unused_images(images, # image folder
                   used):  # set of names (relative to it) the annotation lists
     "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
@@ -205,7 +219,7 @@ def unused_images(images, # image folder
         out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
     return [n for n in out if n not in used]
 
-# %% ../nbs/16_data.ipynb #c032
+# %% ../nbs/16_data.ipynb #c035
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -216,7 +230,7 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/16_data.ipynb #c036
+# %% ../nbs/16_data.ipynb #c039
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
@@ -256,7 +270,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c041
+# %% ../nbs/16_data.ipynb #c044
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -277,7 +291,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
-# %% ../nbs/16_data.ipynb #c043
+# %% ../nbs/16_data.ipynb #c046
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
              n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
@@ -322,7 +336,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c047
+# %% ../nbs/16_data.ipynb #c050
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -369,7 +383,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
-# %% ../nbs/16_data.ipynb #c049
+# %% ../nbs/16_data.ipynb #c052
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -400,12 +414,12 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/16_data.ipynb #c061
+# %% ../nbs/16_data.ipynb #c064
 def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
     return globals()[dataset_kind(kind).reader_name]
 
-# %% ../nbs/16_data.ipynb #c070
+# %% ../nbs/16_data.ipynb #c073
 def label_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -417,7 +431,7 @@ def label_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/16_data.ipynb #c075
+# %% ../nbs/16_data.ipynb #c078
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -453,7 +467,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c079
+# %% ../nbs/16_data.ipynb #c082
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)

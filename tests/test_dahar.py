@@ -145,3 +145,14 @@ def test_bad_inputs_name_the_field(wider, tmp_path):
     with pytest.raises(KitError, match='predict_masks needs'):
         predict_masks(dahar_variant('fusion', 5, 'resnet-tiny'), None)
     np.testing.assert_allclose(pos_ratio(np.array([[1, -1], [0, 1]]), True), [0.5, 1.0])
+
+
+@pytest.mark.parametrize('splits', [[], ['test'], ['train', 'test']])
+def test_training_on_the_scored_split_is_refused(splits):
+    "train_splits=[] (every split) or one holding the scored split would train on the test images: refused for both methods."
+    from har_kit.core import KitError
+    from har_kit.dahar_train import DaHarConfig
+    from har_kit.campar_train import split_train_eval
+    from har_kit.data import load_dataset
+    with pytest.raises(KitError, match='train_splits'): DaHarConfig(train_splits=splits)
+    with pytest.raises(KitError, match='train_splits'): split_train_eval(load_dataset('pa100k', profile='tiny'), splits, '[15]')
