@@ -71,7 +71,7 @@ def taps_from_torchvision(net: torchvision.models.ResNet,  # an existing torchvi
     "Wrap an existing torchvision ResNet (e.g. one you fine-tuned) as `ResNetTaps`, sharing its modules."
     return ResNetTaps(*_split_torchvision(net), arch=arch)
 
-# %% ../nbs/03_backbones.ipynb #c012
+# %% ../nbs/03_backbones.ipynb #ceb43661
 def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
                     weights):    # None, 'DEFAULT', a member name ('IMAGENET1K_V1'), 'ResNet50_Weights.IMAGENET1K_V1' or the enum member
     "The torchvision weights enum member that `weights` names for `arch` (None for None); nothing is downloaded."
@@ -84,6 +84,7 @@ def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
     raise KitError(f'weights={weights!r} is not a {enum.__name__} weight: choose None, "DEFAULT" or one of '
                    f'{", ".join(enum.__members__)} (the papers\' code loaded torchvision\'s original "IMAGENET1K_V1")')
 
+# %% ../nbs/03_backbones.ipynb #120d5eb1
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
                 weights=None,            # None, 'DEFAULT' or a torchvision weights name ('IMAGENET1K_V1', 'IMAGENET1K_V2')
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
@@ -110,7 +111,7 @@ def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/03_backbones.ipynb #c026
+# %% ../nbs/03_backbones.ipynb #b0dab1b8
 import torch.nn.functional as F
 from typing import List, Optional
 
@@ -127,6 +128,7 @@ def bilinear_matrix(n_in: int,                           # source length
     m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
+# %% ../nbs/03_backbones.ipynb #462e5748
 def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
                     size: List[int]): # (H_out, W_out)
     "Bilinear resize (`align_corners=False`) as two matrix products; `F.interpolate` for channels_last on the CPU."

@@ -23,7 +23,7 @@ __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'sy
            'CFARConfig', 'CFAR', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
            'plot_dictionary']
 
-# %% ../nbs/51_cfar.ipynb #c008
+# %% ../nbs/51_cfar.ipynb #50960973
 @dataclasses.dataclass
 class AttributeSetDictionary:
     "Fig. 6: prototype keys (K, M) in confidence space and values (K, D), the mean image factor of each key's cluster."
@@ -39,6 +39,7 @@ class AttributeSetDictionary:
         d = (r ** 2).sum(1, keepdims=True) - 2 * r @ self.keys.T + (self.keys ** 2).sum(1)
         return d.argmin(1)
 
+# %% ../nbs/51_cfar.ipynb #c5dad4b3
 def build_dictionary(r,                  # (N, M) training confidences
                      x_f,                # (N, D) their image factors (Eq. 18)
                      n_prototypes=16,    # K
@@ -99,17 +100,19 @@ class CFARHead(nn.Module):
                 l_specific):  # (N, M) frozen phase-1 logits
         return self.fc2(torch.cat([r_hat, l_specific], 1))
 
-# %% ../nbs/51_cfar.ipynb #c020
+# %% ../nbs/51_cfar.ipynb #4de5ad07
 class _Phase2Net(nn.Module):
     "The engine's view of fc_2: a batch 'image' is the row concat(r_hat, l_specific)."
     def __init__(self, head): super().__init__(); self.head = head
     def forward(self, x): return {'logits': self.head.fc2(x)}
 
+# %% ../nbs/51_cfar.ipynb #7018936f
 class _Rows(torch.utils.data.Dataset):
     def __init__(self, x, y): self.x, self.y = x, y
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
 
+# %% ../nbs/51_cfar.ipynb #4cf49443
 def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  l_specific,                 # (N, M) frozen phase-1 logits
                  labels,                     # (N, M) labels (-1 unspecified)
@@ -159,7 +162,7 @@ class CFARConfig:
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/51_cfar.ipynb #c026
+# %% ../nbs/51_cfar.ipynb #af3d0dfa
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -220,6 +223,7 @@ class CFAR:
                            'values are read (weights_only=True): write it again with CFAR.save') from None
         return cls.from_state(s, str(path))
 
+# %% ../nbs/51_cfar.ipynb #ee6fbd38
 def _plain_info(info):  # fit information: numbers, lists, strings
     "The fit information as plain Python values (numpy scalars and arrays converted)."
     if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
@@ -245,7 +249,7 @@ def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the tra
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=losses)
     return CFAR(c, lf.y_f, d, head, info)
 
-# %% ../nbs/51_cfar.ipynb #c035
+# %% ../nbs/51_cfar.ipynb #03cc041f
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -265,10 +269,12 @@ class CFARPredictor(nn.Module):
         else: r_hat = torch.zeros_like(r)
         return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
 
+# %% ../nbs/51_cfar.ipynb #234ece5b
 def cfar_extra(cfar: CFAR):  # a fitted CFAR
     "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
     return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
 
+# %% ../nbs/51_cfar.ipynb #be0e43ad
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)

@@ -16,7 +16,7 @@ from .core import KitError
 __all__ = ['check_confidences', 'preference_confidence', 'confidence_matrix', 'eq18_objective', 'eq18_gradient', 'als_reference',
            'LatentFactors', 'fit_latent_factors', 'implicit_loss_to_eq18', 'benchmark_als']
 
-# %% ../nbs/50_cfar_factors.ipynb #c005
+# %% ../nbs/50_cfar_factors.ipynb #771d8bf7
 def check_confidences(r,           # (N, M) array of phase-1 confidences sigma(l_specific)
                       name='r'):   # its name in error messages
     "Return `r` as a float64 (N, M) array; `KitError` on a wrong shape, NaN/inf or values outside [0, 1]."
@@ -33,6 +33,7 @@ def check_confidences(r,           # (N, M) array of phase-1 confidences sigma(l
                        'r = expit(l_specific), not the logits themselves')
     return r
 
+# %% ../nbs/50_cfar_factors.ipynb #34ace061
 def preference_confidence(r,           # (N, M) confidences in [0, 1]
                           p_t=0.5,     # preference threshold p^t
                           alpha=10.):  # confidence slope alpha
@@ -54,12 +55,13 @@ def confidence_matrix(r,            # (N, M) confidences in [0, 1]
     m.eliminate_zeros()
     return m
 
-# %% ../nbs/50_cfar_factors.ipynb #c011
+# %% ../nbs/50_cfar_factors.ipynb #d8d4ce4c
 def _eq18_terms(r, x_f, y_f, p_t=0.5, alpha=10., regularization=0.1):  # see `eq18_objective`
     "p and c of Eq. 17, the factors in float64, and lambda."
     p, c = preference_confidence(r, p_t, alpha)
     return p, c, np.asarray(x_f, np.float64), np.asarray(y_f, np.float64), regularization
 
+# %% ../nbs/50_cfar_factors.ipynb #04e4daf1
 def eq18_objective(r,                    # (N, M) confidences in [0, 1]
                    x_f,                  # (N, D) image factors
                    y_f,                  # (M, D) attribute factors
@@ -70,6 +72,7 @@ def eq18_objective(r,                    # (N, M) confidences in [0, 1]
     p, c, x_f, y_f, lam = _eq18_terms(r, x_f, y_f, p_t, alpha, regularization)
     return float((c * (p - x_f @ y_f.T) ** 2).sum() + lam * ((x_f ** 2).sum() + (y_f ** 2).sum()))
 
+# %% ../nbs/50_cfar_factors.ipynb #28ebb30d
 def eq18_gradient(r,          # (N, M) confidences in [0, 1]
                   x_f,        # (N, D) image factors
                   y_f,        # (M, D) attribute factors

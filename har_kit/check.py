@@ -19,7 +19,7 @@ from .formats import (DATASET_KINDS, clip_box, default_mask_root, detect_layout,
 # %% auto #0
 __all__ = ['to_csv_dataset', 'check_dataset', 'format_check', 'cli']
 
-# %% ../nbs/17_check.ipynb #c008
+# %% ../nbs/17_check.ipynb #268b3ef5
 def _place(src, dst, link):  # existing file; destination; try a hard link first
     "Hard-link (when `link` and possible) or copy `src` to `dst`."
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +28,7 @@ def _place(src, dst, link):  # existing file; destination; try a hard link first
         except OSError: pass
     shutil.copyfile(src, dst)
 
+# %% ../nbs/17_check.ipynb #ff2a5eed
 def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its mask PNG (or None)
     "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
     img = load_rgb(s.image)
@@ -41,7 +42,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
-# %% ../nbs/17_check.ipynb #c010
+# %% ../nbs/17_check.ipynb #4a7e5e51
 def _crop_names(samples):  # `Sample`s
     "Each boxed sample's crop name `<scene stem>_t<target>.png`, with the scene's suffix when two scene files share a stem."
     fn = lambda s: Path(s.meta.get('file_name') or Path(s.image).name)
@@ -54,6 +55,7 @@ def _crop_names(samples):  # `Sample`s
         return f'{stem}_t{s.meta.get("target", 0)}.png'
     return {id(s): name(s) for s in samples if s.box is not None}
 
+# %% ../nbs/17_check.ipynb #0b2ee073
 def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fill; as `to_csv_dataset`
     "Place every sample's image (and mask) under `tmp` and write its `labels.csv`."
     images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
@@ -72,6 +74,7 @@ def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fi
     write_csv_annotation(tmp/'labels.csv', data.attributes, rows)
     return rows
 
+# %% ../nbs/17_check.ipynb #7b9168b9
 def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...)`)
                    dest,            # new folder for the generic dataset (must not exist or be empty)
                    link=False,      # hard-link image files where possible (the same file as the dataset's) instead of copying
@@ -94,7 +97,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/17_check.ipynb #c014
+# %% ../nbs/17_check.ipynb #431076d1
 def _decode_problem(path):  # an image file
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
@@ -103,6 +106,7 @@ def _decode_problem(path):  # an image file
     except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
     return None
 
+# %% ../nbs/17_check.ipynb #973013a6
 def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being filled; reader options
     "Read the dataset with the image checks off, recording its layout and the reader's warnings in `rep`."
     reader = dataset_reader(kind)
@@ -114,6 +118,7 @@ def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being
     rep['layout'] = lay.record() if lay else {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
     return data
 
+# %% ../nbs/17_check.ipynb #6d2a904e
 def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     "The distinct image paths of `data`, or `sample` of them drawn with seed 0."
     paths = list(dict.fromkeys(s.image for s in data.samples))
@@ -176,7 +181,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/17_check.ipynb #c022
+# %% ../nbs/17_check.ipynb #f0c374df
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
@@ -196,6 +201,7 @@ def _parser():
                    'editing one edits the other)')
     return p
 
+# %% ../nbs/17_check.ipynb #fa77e7b2
 def cli(argv=None):  # arguments after `har-kit data`
     "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
     p = _parser()

@@ -15,13 +15,14 @@ from .core import KitError, atomic_path
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint']
 
-# %% ../nbs/06_checkpoints.ipynb #c005
+# %% ../nbs/06_checkpoints.ipynb #4edab2d1
 def rng_state():
     "This process's RNG states (python, numpy, torch, CUDA) as tensors and primitive containers."
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return dict(python=random.getstate(), numpy=[name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
                 torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
+# %% ../nbs/06_checkpoints.ipynb #544ff9e1
 def set_rng_state(state):  # a dict from `rng_state`
     "Restore the RNG states saved by `rng_state`."
     version, internal, gauss_next = state['python']
@@ -31,6 +32,7 @@ def set_rng_state(state):  # a dict from `rng_state`
     torch.set_rng_state(state['torch'])
     if state['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
+# %% ../nbs/06_checkpoints.ipynb #b0ed9887
 CHECKPOINT_FORMAT = 'har-kit-checkpoint/2'  # the tag of a hashed checkpoint file
 
 def save_checkpoint(state,  # dict of tensors and primitive containers
@@ -43,6 +45,7 @@ def save_checkpoint(state,  # dict of tensors and primitive containers
     with atomic_path(path) as tmp: torch.save(wrapped, tmp)
     return Path(path)
 
+# %% ../nbs/06_checkpoints.ipynb #bf991ed3
 def load_checkpoint(path,                # a file written by `save_checkpoint`
                     map_location='cpu'): # device of the loaded tensors
     "Check the content hash, then load with `torch.load(..., weights_only=True)`; every error names the file."

@@ -22,13 +22,16 @@ UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = pos
 class KitError(ValueError):
     "Bad input or configuration: the message names the file/field/parameter and what to do."
 
-# %% ../nbs/00_core.ipynb #c009
+# %% ../nbs/00_core.ipynb #2bfcd483
 def _read_umask():
     "The process umask (os.umask can only be read by setting it, so this runs once, at import)."
     m = os.umask(0); os.umask(m); return m
+
+# %% ../nbs/00_core.ipynb #33e6b48b
 _UMASK = _read_umask()
 def _umask(): return _UMASK
 
+# %% ../nbs/00_core.ipynb #0d1453c2
 @contextlib.contextmanager
 def atomic_path(path):  # final destination; the block writes to the yielded temporary path
     "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error."
@@ -43,6 +46,7 @@ def atomic_path(path):  # final destination; the block writes to the yielded tem
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
+# %% ../nbs/00_core.ipynb #84584dd5
 @contextlib.contextmanager
 def atomic_write(path,      # final destination (like `open(path, mode)`, but all-or-nothing)
                  mode='w',  # a write mode of `open`: 'w', 'wb', ...
@@ -53,7 +57,7 @@ def atomic_write(path,      # final destination (like `open(path, mode)`, but al
             yield f
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/00_core.ipynb #c014
+# %% ../nbs/00_core.ipynb #45fdcc4e
 def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
                 where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
@@ -71,6 +75,7 @@ def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
     if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0: return to_jsonable(obj.item(), where)
     return obj
 
+# %% ../nbs/00_core.ipynb #0888cfeb
 def save_json(obj,   # JSON-able after `to_jsonable`
               path): # destination file
     "Write `obj` as indented JSON, atomically; return the path."
@@ -78,6 +83,7 @@ def save_json(obj,   # JSON-able after `to_jsonable`
     with atomic_write(path) as f: f.write(data + '\n')
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #bc1234c6
 def load_json(path):  # JSON file written by `save_json` (or by hand)
     "Read a JSON file, with an error that names the file when it is missing or malformed."
     path = Path(path)
@@ -85,7 +91,7 @@ def load_json(path):  # JSON file written by `save_json` (or by hand)
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
 
-# %% ../nbs/00_core.ipynb #c018
+# %% ../nbs/00_core.ipynb #8948c8d8
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked."
     t = threads if threads is not None else os.environ.get('HAR_KIT_THREADS') or 1
@@ -94,6 +100,7 @@ def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT
     if t < 1: raise KitError(f'threads / $HAR_KIT_THREADS must be a whole number >= 1, got {threads if threads is not None else os.environ.get("HAR_KIT_THREADS")!r}')
     return t
 
+# %% ../nbs/00_core.ipynb #8598d9af
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -105,6 +112,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
+# %% ../nbs/00_core.ipynb #07a057db
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
     import torch
@@ -114,26 +122,28 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev
 
-# %% ../nbs/00_core.ipynb #c022
+# %% ../nbs/00_core.ipynb #03ae61a4
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
+# %% ../nbs/00_core.ipynb #770b8a47
 def outputs_root():
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute."
     if os.environ.get('HAR_KIT_OUTPUTS'): return Path(os.environ['HAR_KIT_OUTPUTS']).expanduser().resolve()
     root = repo_root()
     return root/'outputs' if root else (Path.cwd()/'outputs').resolve()
 
+# %% ../nbs/00_core.ipynb #b62d87d5
 def data_root():
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute."
     if os.environ.get('HAR_KIT_DATA'): return Path(os.environ['HAR_KIT_DATA']).expanduser().resolve()
     root = repo_root()
     return root/'data' if root else (Path.cwd()/'har-kit-data').resolve()
 
-# %% ../nbs/00_core.ipynb #c026
+# %% ../nbs/00_core.ipynb #4797e8e6
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -143,6 +153,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
+# %% ../nbs/00_core.ipynb #81edb1a8
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -156,6 +167,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
+# %% ../nbs/00_core.ipynb #b73db8b6
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -163,6 +175,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
+# %% ../nbs/00_core.ipynb #c4c32d13
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -174,15 +187,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #c030
+# %% ../nbs/00_core.ipynb #414d8028
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
+# %% ../nbs/00_core.ipynb #8e3c1cec
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
+# %% ../nbs/00_core.ipynb #f4c13148
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

@@ -22,7 +22,7 @@ __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS'
            'attach_masks', 'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture',
            'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'label_stats', 'read_csv_dataset', 'load_dataset']
 
-# %% ../nbs/16_data.ipynb #c006
+# %% ../nbs/16_data.ipynb #0e68d801
 @dataclass
 class Sample:
     "One target person: image file, optional box, label vector with explicit unspecified, split, optional mask."
@@ -33,6 +33,7 @@ class Sample:
     mask: Path | None = None                 # PNG mask of the target (see `mask_path`), or None
     meta: dict = field(default_factory=dict) # extras: file_name, target index, scene, distractors, ...
 
+# %% ../nbs/16_data.ipynb #3ff480af
 @dataclass
 class AttributeData:
     "A dataset as read from disk: attribute names and the samples of every split."
@@ -86,16 +87,18 @@ def check_train_splits(train_splits,         # a split name or a list of them (p
                        "on training images; train on ['train'] or ['train', 'val']")
     return names
 
-# %% ../nbs/16_data.ipynb #c014
+# %% ../nbs/16_data.ipynb #c378efff
 def attach_masks(data: AttributeData, # a dataset
                  mask_fn):           # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
     return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])
 
+# %% ../nbs/16_data.ipynb #2fc87124
 def _sample_mask(folder, s):  # mask root; a Sample
     "`mask_path` of a sample under `folder`."
     return mask_path(folder, s.meta['file_name'], s.meta.get('target', 0))
 
+# %% ../nbs/16_data.ipynb #e815304b
 def _find_masks(data: AttributeData, mask_dir):
     "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist; warn when only some exist."
     if mask_dir is False: return data
@@ -111,13 +114,14 @@ def _find_masks(data: AttributeData, mask_dir):
                       f'(e.g. {_sample_mask(folder, miss[0])}); they get mask=None')
     return found
 
+# %% ../nbs/16_data.ipynb #33bd0a36
 def _apply_synth_meta(data: AttributeData):
     "Copy the per-target records of a synthetic sidecar (`har_kit.formats.synth_target_meta`) into `Sample.meta`."
     records = synth_target_meta(data.root)
     for s in data.samples: s.meta.update(records.get((s.meta['file_name'], s.meta.get('target', 0)), {}))
     return data
 
-# %% ../nbs/16_data.ipynb #c019
+# %% ../nbs/16_data.ipynb #92130bc6
 def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
@@ -127,6 +131,7 @@ def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotati
     _, files, images = next((l for l in LAYOUTS[kind] if have(*l[1:])), LAYOUTS[kind][-1])   # the missing half: as found
     return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
+# %% ../nbs/16_data.ipynb #6081b60c
 def _finish(data, where, check_images, mask_dir,  # a reader's result; its file; the reader's switches
             empty_row='no-positive', rows_desc='all-zero label rows'):  # as `dataset_issues` / `warn_issues`
     "What every reader does last: warn about suspicious entries, refuse unusable images, attach masks and synthetic records."
@@ -134,6 +139,7 @@ def _finish(data, where, check_images, mask_dir,  # a reader's result; its file;
     if check_images: require_images(data.samples, where, data.meta['images'])
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
+# %% ../nbs/16_data.ipynb #dd5e3e17
 def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; 'keep' or 'negative'
     "Apply the reader's `unspecified` switch: 'keep' the marker (default) or read it as 'negative' (explicitly)."
     if unspecified == 'keep': return labels
@@ -157,7 +163,7 @@ def require_images(samples,    # `Sample`s whose image files must be usable
         raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
                        '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
 
-# %% ../nbs/16_data.ipynb #c025
+# %% ../nbs/16_data.ipynb #37345bbc
 def _same_file_across_splits(samples):
     "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
     by_name = {}
@@ -175,6 +181,7 @@ def _same_file_across_splits(samples):
             out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
     return out
 
+# %% ../nbs/16_data.ipynb #8cc586b5
 def dataset_issues(samples,                  # `Sample`s of every split
                    empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
     "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
@@ -270,7 +277,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c044
+# %% ../nbs/16_data.ipynb #fb48f14e
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -284,6 +291,7 @@ def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; the older na
         raise KitError(f"uncertain={uncertain!r}: use 'negative' (RAP's label 2 read as 0, as [15]) or 'unspecified' (kept as -1; the loss decides)")
     return uncertain
 
+# %% ../nbs/16_data.ipynb #5210b526
 def _partition_index(partition, n, where):  # the reader's `partition`; partitions in the file; the field, for messages
     "`partition` checked to be an integer 0..n-1."
     if isinstance(partition, bool) or not isinstance(partition, (int, np.integer)):
@@ -336,7 +344,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c050
+# %% ../nbs/16_data.ipynb #a582e23a
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -347,6 +355,7 @@ def _wider_attr_names(idmap, where):
     if keys != list(range(len(idmap))): raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", found {keys}')
     return [str(idmap[str(k)]) for k in keys]
 
+# %% ../nbs/16_data.ipynb #f7e6ff1e
 def _load_json(path):  # an annotation file
     "A JSON annotation file as Python objects; `KitError` for a missing file, bytes that are not UTF-8, or bad JSON."
     if not path.exists(): raise KitError(f'{path}: file not found. {WIDER_HOW}')
@@ -358,6 +367,7 @@ def _load_json(path):  # an annotation file
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
 
+# %% ../nbs/16_data.ipynb #73ea413f
 def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` entry; its name for messages; ...
     "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
     fn = im.get('file_name') if isinstance(im, dict) else None

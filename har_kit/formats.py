@@ -37,7 +37,7 @@ RAP_ATTRIBUTES_51 = ['Female', 'AgeLess16', 'Age17-30', 'Age31-45', 'BodyFat', '
     'HandBag', 'Box', 'PlasticBag', 'PaperBag', 'HandTrunk', 'OtherAttchment', 'Calling', 'Talking', 'Gathering',
     'Holding', 'Pusing', 'Pulling', 'CarryingbyArm', 'CarryingbyHand']
 
-# %% ../nbs/02_formats.ipynb #c006
+# %% ../nbs/02_formats.ipynb #c460143e
 @dataclass(frozen=True)
 class DatasetKind:
     "What the kit knows about one kind of dataset (its reader is `har_kit.data.dataset_reader(name)`)."
@@ -49,6 +49,7 @@ class DatasetKind:
     attributes: list | None # attribute names of the real dataset (None: read from the file)
     how: str                # where the dataset comes from and how it is laid out
 
+# %% ../nbs/02_formats.ipynb #5e0f538b
 _PED = ('mA', 'acc', 'prec', 'rec', 'f1')
 DATASET_KINDS = {
     'wider': DatasetKind('wider', 'read_wider', 1, 'mAP', ('mAP',), WIDER_ATTRIBUTES,
@@ -72,7 +73,7 @@ def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'kind={kind!r}: use one of {", ".join(DATASET_KINDS)}')
     return DATASET_KINDS[kind]
 
-# %% ../nbs/02_formats.ipynb #c011
+# %% ../nbs/02_formats.ipynb #a7665c11
 WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')   # WIDER-Attribute's two annotation files
 LAYOUTS = {  # kind -> [(layout name, annotation file(s) under ROOT, image folder under ROOT)], tried in order
     'wider': [('published', tuple(f'wider_attribute_annotation/{f}' for f in WIDER_FILES), 'Image'),
@@ -101,12 +102,14 @@ class Layout:
         return dict(layout=self.name, annotation=str(self.annotation), images=str(self.images),
                     annotation_files=[str(f) for f in self.files])
 
+# %% ../nbs/02_formats.ipynb #8bdecd11
 def _listing(root, n=12):
     "What a folder holds, for error messages."
     try: names = sorted(e.name + ('/' if e.is_dir() else '') for e in os.scandir(root))
     except OSError: return 'nothing readable'
     return (', '.join(names[:n]) + (f', ... ({len(names)} entries)' if len(names) > n else '')) or 'nothing (empty folder)'
 
+# %% ../nbs/02_formats.ipynb #77fc8a11
 def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
                   root): # the dataset root
     "The first known `Layout` of `kind` present under `root`, or a `KitError` listing what was looked for and found."
@@ -120,6 +123,7 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}. {k.how}')
 
+# %% ../nbs/02_formats.ipynb #83d5b475
 def explicit_layout(kind,       # dataset kind
                     root,       # dataset root
                     annotation, # annotation file(s) under root
@@ -132,6 +136,7 @@ def explicit_layout(kind,       # dataset kind
                                f'{_listing(root)}. {dataset_kind(kind).how}')
     return Layout(kind, root, 'explicit', files[0], root/images, files)
 
+# %% ../nbs/02_formats.ipynb #83c9b8f3
 def layout_paths(kind,    # dataset kind
                  layout): # a layout name of `kind` (see `LAYOUTS`)
     "(annotation files, image folder) of a named layout of `kind`, relative to the root."
@@ -151,7 +156,7 @@ def image_file(images,  # the image folder
                        'relative to it (fix the annotation entry)')
     return Path(images)/norm
 
-# %% ../nbs/02_formats.ipynb #c022
+# %% ../nbs/02_formats.ipynb #27c85d6c
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
 SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
@@ -161,6 +166,7 @@ def default_mask_root(kind,  # dataset kind
     dataset_kind(kind)
     return Path(root)/MASK_DIR
 
+# %% ../nbs/02_formats.ipynb #52a46d3c
 def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_root`)
               image_rel,       # image name relative to the image folder, as in the annotation
               target_index=0): # target of that image (0 for pedestrian crops)
@@ -168,7 +174,7 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/02_formats.ipynb #c027
+# %% ../nbs/02_formats.ipynb #8d9cd929
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -180,6 +186,7 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
     return meta
 
+# %% ../nbs/02_formats.ipynb #a9ff7590
 def write_synth_meta(root,    # the synthetic set's root
                      version, # the generator's version
                      images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
@@ -187,6 +194,7 @@ def write_synth_meta(root,    # the synthetic set's root
     "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads (further fields as keywords: kind, params, stats, ...)."
     return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
 
+# %% ../nbs/02_formats.ipynb #a31761cd
 def target_meta(meta,            # a sidecar from `read_synth_meta`
                 name,            # image name as in the annotation
                 target_index=0): # target of that image
@@ -195,6 +203,7 @@ def target_meta(meta,            # a sidecar from `read_synth_meta`
     except (KeyError, IndexError, TypeError):
         raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
 
+# %% ../nbs/02_formats.ipynb #05b64f97
 def synth_target_meta(root): # a dataset root
     "`{(file_name, target index): record}` of the sidecar under `root`; `{}` when there is none (a real dataset)."
     if not (Path(root)/SYNTH_META).exists(): return {}
@@ -226,7 +235,7 @@ def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
     m[y0:y1, x0:x1] = True
     return m
 
-# %% ../nbs/02_formats.ipynb #c040
+# %% ../nbs/02_formats.ipynb #961eb708
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
@@ -250,6 +259,7 @@ def image_problem(path):  # image file
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
     return None
 
+# %% ../nbs/02_formats.ipynb #b9a83ef2
 def load_rgb(path):  # image file
     "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits, float images refused; `KitError` naming the file."
     try:
@@ -263,7 +273,7 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #c044
+# %% ../nbs/02_formats.ipynb #8e754959
 def collect_images(specs):  # file paths, folders and glob patterns
     "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
     out = []
@@ -278,6 +288,7 @@ def collect_images(specs):  # file paths, folders and glob patterns
         out += found
     return list(dict.fromkeys(out))
 
+# %% ../nbs/02_formats.ipynb #893c5f1b
 def check_images(paths):  # image files
     "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
     bad = []
@@ -289,7 +300,7 @@ def check_images(paths):  # image files
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
     return list(paths)
 
-# %% ../nbs/02_formats.ipynb #c047
+# %% ../nbs/02_formats.ipynb #5540a1c0
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -299,6 +310,7 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
+# %% ../nbs/02_formats.ipynb #2d6bdcf8
 def load_grey(path):  # a mask (or any image) file
     "The image as a uint8 (H, W) grey array, 16-bit scaled to 8 bits like `load_rgb`: what masks are read with."
     try:
@@ -309,7 +321,7 @@ def load_grey(path):  # a mask (or any image) file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
-# %% ../nbs/02_formats.ipynb #c052
+# %% ../nbs/02_formats.ipynb #252800b0
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -323,6 +335,7 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
+# %% ../nbs/02_formats.ipynb #1864ad7b
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -335,6 +348,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
+# %% ../nbs/02_formats.ipynb #88168132
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -347,6 +361,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
+# %% ../nbs/02_formats.ipynb #fe8497d3
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -357,7 +372,7 @@ def write_csv_annotation(path,        # labels.csv to write
         for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c058
+# %% ../nbs/02_formats.ipynb #79a73f82
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -371,6 +386,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
+# %% ../nbs/02_formats.ipynb #660df6f5
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -382,6 +398,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
+# %% ../nbs/02_formats.ipynb #12804788
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []

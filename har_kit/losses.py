@@ -14,7 +14,7 @@ from .core import UNSPECIFIED, KitError
 __all__ = ['targets', 'bce_loss', 'pos_ratio', 'eq2_weights', 'sample_weights_15', 'weighted_bce_loss', 'bce_15_loss',
            'mixed_loss', 'mask_loss']
 
-# %% ../nbs/04_losses.ipynb #c005
+# %% ../nbs/04_losses.ipynb #1ad19f1e
 def targets(labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
             ignore_unspecified: bool = False):  # True: unspecified entries get keep 0; False: read as negative
     "Targets in {0, 1} and a keep-mask in {0, 1}, both float (N, C)."
@@ -22,6 +22,7 @@ def targets(labels,                          # (N, C) labels in {1, 0, -1 = unsp
     keep = (labels != UNSPECIFIED).float() if ignore_unspecified else torch.ones_like(labels)
     return labels.clamp(min=0), keep
 
+# %% ../nbs/04_losses.ipynb #057032ae
 def bce_loss(logits,                          # (N, C) logits
              labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
              ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
@@ -32,7 +33,7 @@ def bce_loss(logits,                          # (N, C) logits
     if weight is not None: keep = keep * torch.as_tensor(weight, dtype=logits.dtype, device=logits.device)
     return (F.binary_cross_entropy_with_logits(logits, y, reduction='none') * keep).sum() / logits.shape[0]
 
-# %% ../nbs/04_losses.ipynb #c008
+# %% ../nbs/04_losses.ipynb #42fb26fb
 def pos_ratio(labels,                         # (N, C) training labels in {1, 0, -1}
               ignore_unspecified: bool = False):  # True: ratio over specified labels; False: unspecified count as negative
     "Positive ratio of each attribute (Da-HAR Eq. 2's w_c, [15]'s r_c), consistent with the unspecified switch."
@@ -41,6 +42,7 @@ def pos_ratio(labels,                         # (N, C) training labels in {1, 0,
     den = (labels != UNSPECIFIED).sum(0) if ignore_unspecified else np.full(labels.shape[1], len(labels))
     return (labels == 1).sum(0) / np.maximum(den, 1)
 
+# %% ../nbs/04_losses.ipynb #83da3b2d
 def eq2_weights(labels,                       # (N, C) labels in {1, 0, -1} (unspecified weighted as negatives)
                 ratio):                       # (C,) positive ratio w_c
     "Per-entry weights of Da-HAR Eq. 2: 1/(2 w_c) for positives, 1/(2 (1 - w_c)) otherwise."
@@ -48,6 +50,7 @@ def eq2_weights(labels,                       # (N, C) labels in {1, 0, -1} (uns
     w = torch.as_tensor(np.asarray(ratio, dtype=np.float32)).to(y.device).clamp(1e-4, 1 - 1e-4)
     return y / (2 * w) + (1 - y) / (2 * (1 - w))
 
+# %% ../nbs/04_losses.ipynb #ab10e531
 def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
                       ratio):                 # (C,) positive ratio r_c
     "[15]'s per-entry weights (with CAM-PAR's Eq. 13): exp(1 - r_c) for positives, exp(r_c) otherwise."
@@ -55,6 +58,7 @@ def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
     r = torch.as_tensor(np.asarray(ratio, dtype=np.float32)).to(y.device)
     return torch.where(y, torch.exp(1 - r), torch.exp(r))
 
+# %% ../nbs/04_losses.ipynb #7df396aa
 def weighted_bce_loss(logits,                 # (N, C) logits
                       labels,                 # (N, C) labels in {1, 0, -1}
                       ratio,                  # (C,) positive ratio w_c of each attribute in the training split
@@ -62,6 +66,7 @@ def weighted_bce_loss(logits,                 # (N, C) logits
     "Weighted BCE of Da-HAR Eq. 2."
     return bce_loss(logits, labels, ignore_unspecified, eq2_weights(labels, ratio).to(logits.device))
 
+# %% ../nbs/04_losses.ipynb #089dbc0f
 def bce_15_loss(logits,                       # (N, C) logits
                 labels,                       # (N, C) labels in {1, 0, -1}
                 ratio=None,                   # (C,) positive ratio r_c for [15]'s weights; None: the plain Eq. 13
@@ -70,6 +75,7 @@ def bce_15_loss(logits,                       # (N, C) logits
     w = None if ratio is None else sample_weights_15(labels, ratio).to(logits.device)
     return bce_loss(logits, labels, ignore_unspecified, w)
 
+# %% ../nbs/04_losses.ipynb #80480d3c
 def mixed_loss(logits,                        # (N, C) logits
                labels,                        # (N, C) labels in {1, 0, -1}
                ratio,                         # (C,) positive ratio w_c, as weighted_bce_loss

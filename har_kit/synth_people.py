@@ -33,7 +33,7 @@ RAP_RARE = [f'{part}-{c}' for part, cs in RARE_COLOURS.items() for c in cs]
 RAP_ATTRIBUTES = RAP_ATTRIBUTES_51 + RAP_RARE
 ATTRIBUTES = {'wider': WIDER_ATTRIBUTES, 'rap': RAP_ATTRIBUTES, 'pa100k': PA100K_ATTRIBUTES}
 
-# %% ../nbs/10_synth_people.ipynb #c009
+# %% ../nbs/10_synth_people.ipynb #00fadb5f
 class SynthRng(random.Random):
     "The generator's random source: Python's Mersenne Twister (fast scalar draws) plus a numpy Generator for arrays."
     def __init__(self, *key):  # integers, e.g. (seed, kind code, image index); same key -> same stream
@@ -48,10 +48,12 @@ class SynthRng(random.Random):
         "An integer in [lo, hi) (or [0, lo)), as numpy's `Generator.integers`."
         return self.randrange(lo) if hi is None else self.randrange(lo, hi)
 
+# %% ../nbs/10_synth_people.ipynb #00f0a2b9
 def make_rng(*key):  # integers identifying the stream, e.g. (seed, kind code, image index)
     "A `SynthRng` for one image (or one test): the only source of randomness of the renderer."
     return SynthRng(*key)
 
+# %% ../nbs/10_synth_people.ipynb #b464b719
 def _pick(rng, options: dict):  # {value: weight}
     "Draw one key of `options` with probability proportional to its weight."
     u = rng.random() * sum(options.values())
@@ -60,6 +62,7 @@ def _pick(rng, options: dict):  # {value: weight}
         if u < 0: return k
     return k
 
+# %% ../nbs/10_synth_people.ipynb #b3826216
 def _colour(rng, s, part, common=COMMON_COLOURS):  # person dict (records rare picks), garment part, allowed colours
     "A jittered RGB colour for a garment; with probability RARE_P per rare colour, a rare one (recorded in s['rare'])."
     rare = RARE_COLOURS.get(part, [])
@@ -73,7 +76,7 @@ SKIN = [(241, 200, 170), (224, 172, 130), (190, 135, 95), (141, 96, 66), (96, 64
 HAIR = {'black': (20, 18, 18), 'brown': (92, 60, 34), 'blond': (205, 170, 100), 'grey': (165, 165, 165)}
 JEANS = [(52, 72, 122), (72, 102, 152), (40, 52, 82), (98, 128, 170)]
 
-# %% ../nbs/10_synth_people.ipynb #c012
+# %% ../nbs/10_synth_people.ipynb #e99a6886
 def _who(rng, s):  # a `SynthRng`; the person being drawn (season set)
     "Identity: gender, age, role (customer / clerk), build, hair and skin."
     b = lambda p: bool(rng.random() < p)
@@ -86,6 +89,7 @@ def _who(rng, s):  # a `SynthRng`; the person being drawn (season set)
     s['hair_col'] = HAIR['grey' if age == 'old' and b(.7) else _pick(rng, {'black': .7, 'brown': .2, 'blond': .1})]
     s['skin'] = SKIN[int(rng.integers(len(SKIN)))]
 
+# %% ../nbs/10_synth_people.ipynb #eb03e3f5
 def _upper(rng, s, formal_bias):  # a `SynthRng`; the person (identity drawn); extra probability of formal wear
     "The upper garment (a suit when formal), its sleeves, logo, pattern and fit; whether a dress was drawn."
     b = lambda p: bool(rng.random() < p)
@@ -105,6 +109,7 @@ def _upper(rng, s, formal_bias):  # a `SynthRng`; the person (identity drawn); e
     s['tight'] = up in ('tshirt', 'shirt', 'sweater', 'vest') and b(.2 if f and age == 'young' else .06)
     return dress
 
+# %% ../nbs/10_synth_people.ipynb #a1a3e4cc
 def _lower(rng, s, dress):  # a `SynthRng`; the person (upper garment drawn); whether it wears a dress
     "The lower garment (following the upper one), its pattern, and shoes."
     b = lambda p: bool(rng.random() < p)
@@ -120,7 +125,7 @@ def _lower(rng, s, dress):  # a `SynthRng`; the person (upper garment drawn); wh
         'sport': .45 if age in ('child', 'young') else .25, 'boots': .03 if summer else (.35 if f else .15),
         'leather': .12, 'cloth': .15, 'casual': .2})
 
-# %% ../nbs/10_synth_people.ipynb #c014
+# %% ../nbs/10_synth_people.ipynb #28b88fa6
 def _accessories(rng, s):  # a `SynthRng`; the person (identity drawn)
     "Hat, glasses, face mask, muffler, bags, boxes and what else is carried (clerks carry no bags)."
     b = lambda p: bool(rng.random() < p)
@@ -139,6 +144,7 @@ def _accessories(rng, s):  # a `SynthRng`; the person (identity drawn)
     s['trunk'] = not clerk and b(.04)
     s['other'] = not clerk and not s['box'] and b(.05)   # a closed umbrella
 
+# %% ../nbs/10_synth_people.ipynb #33271f79
 def _actions(rng, s):  # a `SynthRng`; the person (accessories drawn)
     "Actions (calling, talking, gathering, pulling, pushing, holding, carrying), view, facing and pose."
     b = lambda p: bool(rng.random() < p)
@@ -154,6 +160,7 @@ def _actions(rng, s):  # a `SynthRng`; the person (accessories drawn)
     s['facing'] = 1 if b(.5) else -1
     s['stride'], s['swing'] = float(rng.uniform(0, .07)), float(rng.uniform(-.04, .04))
 
+# %% ../nbs/10_synth_people.ipynb #9bd4c30e
 def _colours(rng, s):  # a `SynthRng`; the person (garments and accessories drawn)
     "Garment and accessory colours (suits in dark colours, jeans in denim; rare colours recorded in `s['rare']`)."
     up, lo, suit_cols = s['upper'], s['lower'], ['black', 'navy', 'grey']

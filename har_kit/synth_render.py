@@ -14,7 +14,7 @@ from .synth_people import make_rng
 # %% auto #0
 __all__ = ['OCCLUDER', 'BODY_W', 'Canvas', 'draw_person']
 
-# %% ../nbs/11_synth_render.ipynb #c006
+# %% ../nbs/11_synth_render.ipynb #3a8508c7
 OCCLUDER = 254  # id-map value of non-person objects drawn in front of people
 
 class Canvas:
@@ -75,11 +75,13 @@ class Canvas:
         "The region-id map as a (H, W) uint8 array."
         return np.asarray(self.ids)
 
+# %% ../nbs/11_synth_render.ipynb #a2e005cf
 BODY_W = {'thin': .8, 'normal': 1., 'fat': 1.35}
 
 def _shade(c, f):  # colour, factor (<1 darker, >1 lighter)
     return tuple(int(min(255, max(0, v * f))) for v in c)
 
+# %% ../nbs/11_synth_render.ipynb #f689cdec
 def _contrast(c):  # a colour that stands out on c
     return (235, 235, 235) if sum(c) < 330 else (30, 30, 30)
 
@@ -101,7 +103,7 @@ def _geometry(s, cx, fy, h):  # person facts; centre x, foot y, height (pixels)
     else: g.feet, g.hips = [cx - .045 * h * g.bw - st * .5, cx + .045 * h * g.bw + st * .5], [cx - g.hw * .5, cx + g.hw * .5]
     return g
 
-# %% ../nbs/11_synth_render.ipynb #c012
+# %% ../nbs/11_synth_render.ipynb #92375819
 def _draw_behind(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "What is behind the body: long hair (front/side), a backpack's body (front), a pulled suitcase."
     cx, h, r, hy, ysh, yhip, fy, d = g.cx, g.h, g.r, g.hy, g.ysh, g.yhip, g.fy, g.d
@@ -117,6 +119,7 @@ def _draw_behind(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
         cv.poly([(tx - .06 * h, fy - .2 * h), (tx + .05 * h, fy - .22 * h), (tx + .06 * h, fy - .01 * h), (tx - .05 * h, fy)], s['acc_col'])
         cv.line([(tx, fy - .21 * h), (cx - d * .1 * h, yhip + .04 * h)], (60, 60, 60), max(1, .01 * h))
 
+# %% ../nbs/11_synth_render.ipynb #85e5c601
 def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
     "Legs, the lower garment (trousers, jeans, shorts, skirts, dress) and its stripes or pattern."
     cx, h, hw, lw, yhip, yank, leg, lo, loc = g.cx, g.h, g.hw, g.lw, g.yhip, g.yank, g.leg, g.lo, g.loc
@@ -148,6 +151,7 @@ def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
             x = cx + rr.uniform(-1, 1) * hw; y = yhip + rr.uniform(.05, .4) * leg
             cv.ell(x, y, .012 * h, .012 * h, s['low_col2'])
 
+# %% ../nbs/11_synth_render.ipynb #6ab314c7
 def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
     "Shoes (sport, leather, cloth, casual) or boots on both feet."
     h, lw, yank, shoe_h = g.h, g.lw, g.yank, g.shoe_h
@@ -159,7 +163,7 @@ def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
         if sh == 'sport': cv.line([(fx - lw * .8, yank + shoe_h * .5), (fx + lw * .8, yank + shoe_h * .5)], s['shoe_col'], 1)
         if sh == 'leather': cv.ell(fx + lw * .4, yank + shoe_h * .3, .5, .5, (200, 200, 200))
 
-# %% ../nbs/11_synth_render.ipynb #c015
+# %% ../nbs/11_synth_render.ipynb #28002242
 def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "Neck, torso and upper garment with its pattern and front details (collar, tie, logo), straps, bags and muffler."
     cx, h, sw, hw, ysh, yhip, up, upc = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc
@@ -187,6 +191,7 @@ def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     if g.view == 'front': _draw_front(cv, s, g, ybot)
     _draw_worn_bags(cv, s, g)
 
+# %% ../nbs/11_synth_render.ipynb #458c697e
 def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the upper garment
     "What only the front shows: collar, tie or neckline, zip, logo, backpack straps."
     cx, h, sw, ysh, up, upc = g.cx, g.h, g.sw, g.ysh, g.up, g.upc
@@ -211,6 +216,7 @@ def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the up
     if s['backpack']:
         for sx in (-1, 1): cv.line([(cx + sx * sw * .6, ysh), (cx + sx * sw * .55, ysh + .16 * h)], _shade(s['bag_col'], .6), max(1, .012 * h))
 
+# %% ../nbs/11_synth_render.ipynb #305ba66c
 def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
     "A backpack seen from the side or back, a single-shoulder bag, a muffler."
     cx, h, sw, hw, ysh, yhip, view, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.view, g.d
@@ -226,7 +232,7 @@ def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
         cv.ell(cx, ysh + .005 * h, max(sw * .5, .04 * h), .02 * h, s['acc_col'])
         cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
 
-# %% ../nbs/11_synth_render.ipynb #c018
+# %% ../nbs/11_synth_render.ipynb #8f3653fe
 def _arm_poses(s, g):  # facts, `_geometry`
     "(shoulder, elbow, hand) of each arm after the actions (holding, pushing, pulling, calling, carrying), and the acting arm."
     cx, h, ysh, yhip, d = g.cx, g.h, g.ysh, g.yhip, g.d
@@ -246,6 +252,7 @@ def _arm_poses(s, g):  # facts, `_geometry`
     if s['carry_arm']: arms[1 - R][1:] = [(arms[1 - R][0][0] - d * .03 * h, ysh + .15 * h), (arms[1 - R][0][0] + d * .03 * h, ysh + .13 * h)]
     return arms, R, aw
 
+# %% ../nbs/11_synth_render.ipynb #9cb36e6f
 def _draw_arms(cv, s, g, arms, R, aw):  # canvas, facts, `_geometry`, `_arm_poses` output
     "Both arms (the far one hidden from the side unless it reaches forward), sleeves and hands."
     sleeve = s['sleeve']
@@ -258,6 +265,7 @@ def _draw_arms(cv, s, g, arms, R, aw):  # canvas, facts, `_geometry`, `_arm_pose
             if sleeve == 'short': cv.line([(x0, y0_), (x0 + (x1 - x0) * .6, y0_ + (y1 - y0_) * .6)], g.upc, aw * 1.1)
         cv.ell(x2, y2, aw * .55, aw * .55, g.skin)
 
+# %% ../nbs/11_synth_render.ipynb #2741a428
 def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height, 'handbag'|'plastic'|'paper'
     "Draw a bag hanging from a hand."
     if what == 'plastic':
@@ -273,6 +281,7 @@ def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height,
         cv.line([(x - w * .25, y + .02 * h), (x, y - .005 * h), (x + w * .25, y + .02 * h)], _shade(s['bag_col'], .7), max(1, .008 * h))
         cv.poly([(x - w * .4, y + .02 * h), (x + w * .4, y + .02 * h), (x + w * .5, y + .02 * h + hh), (x - w * .5, y + .02 * h + hh)], s['bag_col'])
 
+# %% ../nbs/11_synth_render.ipynb #a930d93a
 def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm poses and acting arm, upper-body region id
     "Hand-held things (bags, a box, an object, an umbrella-like 'other'), and the separate suitcase and cart (occluders)."
     cx, h, ysh, yhip, fy, d = g.cx, g.h, g.ysh, g.yhip, g.fy, g.d
@@ -303,6 +312,7 @@ def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm pos
         for wx in (px + d * .08 * h, px + d * .26 * h): cv.ell(wx, fy - .035 * h, .035 * h, .035 * h, (30, 30, 30))
         cv.rid = UP
 
+# %% ../nbs/11_synth_render.ipynb #830834ba
 def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and acting arm (region: head)
     "Head, hair, face (eyes, nose, mouth), glasses, face mask, hat, and a phone at the ear."
     cx, h, r, hy, ysh, d, view, skin, hair = g.cx, g.h, g.r, g.hy, g.ysh, g.d, g.view, g.skin, g.hair

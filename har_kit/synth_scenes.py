@@ -13,7 +13,7 @@ from .synth_render import OCCLUDER, Canvas, _contrast, _shade, draw_person
 # %% auto #0
 __all__ = ['WIDER_SCENES', 'render']
 
-# %% ../nbs/12_synth_scenes.ipynb #c006
+# %% ../nbs/12_synth_scenes.ipynb #a207f2ca
 _SCENES = {0: ('Street', {}), 1: ('Parade', {'crowd': 1}), 2: ('Meeting', {'formal_bias': .3}),
            3: ('Market', {}), 4: ('Park', {'season': 'summer'})}
 WIDER_SCENES = {i: n for i, (n, _) in _SCENES.items()}
@@ -27,6 +27,7 @@ def _similar(rng, s):  # a look-alike of person s: about half of its facts redra
     out['rare'] = dict(t['rare'])
     return out
 
+# %% ../nbs/12_synth_scenes.ipynb #95b2223e
 def _background(cv, rng, level, W, H):
     "Wall and floor, then 3*level clutter shapes (rectangles, ellipses, poles, striped or checked patches)."
     wall = tuple(rng.randrange(90, 230) for _ in range(3)); floor = _shade(wall, rng.uniform(.55, .8))
@@ -49,6 +50,7 @@ def _background(cv, rng, level, W, H):
             if t == 4:
                 for xx in np.arange(x, x + a, step * 2): cv.line([(xx, y), (xx, y + b)], col2, max(1, step * .7))
 
+# %% ../nbs/12_synth_scenes.ipynb #d7ec82cb
 def _object(cv, rng, x, fy, h):
     "A distracting object near a person of height h: bag, hat, box, striped panel, logo panel, umbrella or suitcase."
     col = tuple(rng.randrange(256) for _ in range(3)); t = rng.randrange(7)
@@ -110,7 +112,7 @@ def _distractions(rng,     # the image's `SynthRng`
     items.sort(key=lambda it: (it[0], it[1]))
     return items, info
 
-# %% ../nbs/12_synth_scenes.ipynb #c015
+# %% ../nbs/12_synth_scenes.ipynb #85cb35c6
 def _paint(cv,    # the `Canvas`, background drawn
            rng,   # the image's `SynthRng`
            items): # from `_distractions`
@@ -128,6 +130,7 @@ def _paint(cv,    # the `Canvas`, background drawn
                 full[t] = (ids, [int((m == i).sum()) for i in ids], np.isin(m, ids))
     return full
 
+# %% ../nbs/12_synth_scenes.ipynb #2143c8f3
 def _target_masks(m,       # the final region-id map
                   targets, # from `_targets`
                   full,    # from `_paint`
