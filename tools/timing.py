@@ -94,7 +94,7 @@ def from_gpu():
     r = _load(REF/'gpu'/'report.json')
     if not (r and r.get('started') and r.get('finished')): return []
     env = r.get('environment', {})
-    steps = ', '.join(f"{k} {v['seconds']:.0f} s" for k, v in r.get('steps', {}).items() if v.get('seconds') is not None)
+    steps = ', '.join(f"{k} {v['seconds']:.0f} s" for k, v in r.get('sections', r.get('steps', {})).items() if v.get('seconds') is not None)
     return [dict(job='`make gpu-check`', seconds=round(_ts(r['finished']) - _ts(r['started']), 1),
                  detail=f"start to finish; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
                  date=_day(_ts(r['started'])), source='outputs/reference/gpu/report.json')]
