@@ -129,18 +129,19 @@ def _spatial_size(flat_inputs):
     raise KitError('transform needs an image input')
 
 class CornerCenterCrop(v2.Transform):
-    "Da-HAR's multi-scale crop: a window of height drawn from `sizes` (width = height / aspect) at a corner or the centre."
+    "Da-HAR's multi-scale crop: height from `sizes`, width independently from `sizes / aspect`, at a corner or the centre."
     def __init__(self, sizes,      # crop heights in pixels, drawn uniformly
-                 aspect=1):        # height / width of the window (1 WIDER, 2 RAP)
-        "Crop heights and window aspect of the transform."
+                 aspect=1):        # height / width of the frame (1 WIDER, 2 RAP): widths are the heights / aspect
+        "Crop heights, and the frame aspect that gives the crop widths."
         super().__init__()
         self.sizes, self.aspect = [int(s) for s in sizes], aspect
+        self.widths = [max(1, int(round(s / aspect))) for s in self.sizes]
 
     def make_params(self, flat_inputs):  # the transform's flattened inputs (torchvision v2)
-        "Draw the window: a height from `sizes` and one of five positions."
+        "Draw the window: a height, then a width (independently), then one of five positions."
         H, W = _spatial_size(flat_inputs)
         h = min(H, self.sizes[int(torch.randint(len(self.sizes), ()))])
-        w = min(W, max(1, int(round(h / self.aspect))))
+        w = min(W, self.widths[int(torch.randint(len(self.widths), ()))])
         pos = int(torch.randint(5, ()))   # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre
         top = {0: 0, 1: 0, 2: H - h, 3: H - h, 4: (H - h) // 2}[pos]
         left = {0: 0, 1: W - w, 2: 0, 3: W - w, 4: (W - w) // 2}[pos]
