@@ -1,0 +1,181 @@
+"The decoded pipeline: the cache holds the loader's exact resize (fixtures and the real PA-100K sample), is built once and atomically, refuses damage; batch augmentation equals the torchvision transforms sample by sample; the shuffle order is the loader's and seeded; a tiny training runs on the device path."
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from har_kit.core import KitError
+from har_kit.data import read_pa100k, read_rap, read_wider, tiny_fixture
+from har_kit.distributed import set_epoch
+from har_kit.loading import HarDataset, campar_transforms, dahar_transforms, make_loader
+from har_kit import pipeline as P
+
+from conftest import shared_path
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('HAR_KIT_CACHE', str(tmp_path/'cache'))
+
+
+@pytest.fixture(scope='module')
+def sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp('sets')
+    return dict(pa100k=read_pa100k(tiny_fixture('pa100k', d/'pa', n=12)), rap=read_rap(tiny_fixture('rap', d/'rap', n=12)),
+                wider=read_wider(tiny_fixture('wider', d/'wider', n=12)))
+
+
+def _loader_resize(samples, size, with_mask=False):
+    "Today's loader: HarDataset's decode and cut, then v2.Resize, as uint8 (N, H, W, 3) and masks (N, H, W)."
+    ds = HarDataset(samples, with_mask=with_mask)
+    imgs, masks = [], []
+    for i in range(len(ds)):
+        img, m, _ = ds.load(i)
+        out = v2.Resize(size)(img, m) if m is not None else (v2.Resize(size)(img), None)
+        imgs.append(out[0].permute(1, 2, 0).numpy()); masks.append(None if m is None else out[1][0].numpy())
+    return np.stack(imgs), (np.stack(masks) if with_mask else None)
+
+
+@pytest.mark.parametrize('kind,size', [('pa100k', (256, 192)), ('rap', (64, 32)), ('wider', (256, 256))])
+def test_cache_pixels_equal_the_loaders_resize(sets, kind, size):
+    ss = sets[kind].samples
+    c = P.decoded_cache([s.image for s in ss], [s.box for s in ss], size, [s.mask for s in ss], name=kind)
+    img, msk = _loader_resize(ss, size, with_mask=True)
+    np.testing.assert_array_equal(np.asarray(c['images']), img)
+    np.testing.assert_array_equal(np.asarray(c['masks']), msk)
+
+
+@pytest.mark.slow
+def test_cache_built_by_several_processes_is_the_same(sets, tmp_path):
+    ss = sets['wider'].samples * 6   # 144 samples: three chunks over two processes
+    args = ([s.image for s in ss], [s.box for s in ss], (64, 64), [s.mask for s in ss])
+    one, two = P.decoded_cache(*args, root=tmp_path/'a'), P.decoded_cache(*args, root=tmp_path/'b', workers=2)
+    np.testing.assert_array_equal(np.asarray(one['images']), np.asarray(two['images']))
+    np.testing.assert_array_equal(np.asarray(one['masks']), np.asarray(two['masks']))
+
+
+@pytest.mark.shared('data/pa100k-sample/annotation.mat')
+def test_cache_pixels_equal_the_loaders_resize_on_the_real_sample():
+    with pytest.warns(UserWarning): data = read_pa100k(shared_path('data/pa100k-sample'))
+    ss = data.split('train')[:6]
+    c = P.decoded_cache([s.image for s in ss], [s.box for s in ss], (256, 192), name='pa100k-real', workers=1)
+    np.testing.assert_array_equal(np.asarray(c['images']), _loader_resize(ss, (256, 192))[0])   # real JPEGs: decode_image == PIL
+
+
+def test_cache_is_built_once_atomically_and_checked(sets, tmp_path):
+    ss = sets['pa100k'].samples
+    args = ([s.image for s in ss], [s.box for s in ss], (32, 24))
+    c = P.decoded_cache(*args, name='pa')
+    assert c['dir'].parent == tmp_path/'cache' and not [p for p in c['dir'].parent.iterdir() if '.tmp-' in p.name]
+    t = (c['dir']/'meta.json').stat().st_mtime_ns
+    assert P.decoded_cache(*args, name='pa')['dir'] == c['dir'] and (c['dir']/'meta.json').stat().st_mtime_ns == t
+    assert P.decoded_cache(*args[:2], (32, 32), name='pa')['dir'] != c['dir']          # the size is in the key
+    assert P.cache_key(*args) != P.cache_key(args[0][::-1], args[1], args[2])           # so is the file list
+    m = np.load(c['dir']/'images.npy', mmap_mode='r+'); m[3, 1, 1, 1] ^= 255; m.flush(); del m
+    with pytest.raises(KitError, match='delete that folder'): P.decoded_cache(*args, name='pa')
+    assert P.decoded_cache(*args, name='pa', verify=False)['images'].shape == (12, 32, 24, 3)
+    with pytest.raises(KitError, match='one per sample'): P.decoded_cache(args[0], args[1][:2], (8, 8))
+
+
+def test_paper_cache_sizes():
+    gb = {k: round(P.cache_gb(*v), 1) for k, v in P.PAPER_CACHES.items()}
+    assert (gb['rap'], gb['pa100k'], gb['wider']) == (6.1, 14.7, 11.3)
+
+
+def _batch(sets, kind, size):
+    ss = sets[kind].samples[:8]
+    c = P.decoded_cache([s.image for s in ss], [s.box for s in ss], size, [s.mask for s in ss], name=kind)
+    return torch.from_numpy(np.array(c['images'])).permute(0, 3, 1, 2), torch.from_numpy(np.array(c['masks']))
+
+
+@pytest.mark.parametrize('scale', [1.0, 0.25])
+def test_campar_augment_equals_the_transforms_sample_by_sample(sets, scale):
+    size, augment = P.campar_batches(True, scale)
+    x, _ = _batch(sets, 'pa100k', size)
+    g = torch.Generator(); g.manual_seed(11)
+    got = augment(x, None, g)['image']
+    torch.manual_seed(11)
+    tv = v2.Compose(campar_transforms(True, scale).transforms[2:])   # after ToImage and the (cached) resize
+    want = torch.stack([tv(tv_tensors.Image(x[i])).as_subclass(torch.Tensor) for i in range(len(x))])
+    assert torch.equal(got, want)
+    assert torch.equal(P.campar_batches(False, scale)[1](x, None, g)['image'],
+                       torch.stack([v2.Compose(campar_transforms(False, scale).transforms[2:])(tv_tensors.Image(x[i])) for i in range(len(x))]))
+
+
+@pytest.mark.parametrize('kind,aspect', [('wider', 1), ('rap', 2)])
+def test_dahar_augment_follows_the_transforms(sets, kind, aspect):
+    scale = 0.25
+    size, augment = P.dahar_batches(True, aspect, scale)
+    x, m = _batch(sets, kind, size)
+    g = torch.Generator(); g.manual_seed(5)
+    got = augment(x, m, g)
+    tvs = dahar_transforms(True, aspect, scale).transforms   # ToImage, Resize, CornerCenterCrop, Resize, Flip, ColorJitter, ToDtype, Normalize
+    torch.manual_seed(5)
+    want, want_m = [], []
+    for i in range(len(x)):
+        im, mk = tvs[2](tv_tensors.Image(x[i]), tv_tensors.Mask(m[i][None]))
+        im, mk = tvs[4](*tvs[3](im, mk))
+        want.append(tvs[7](tvs[6](tvs[5](im))).as_subclass(torch.Tensor)); want_m.append(mk.as_subclass(torch.Tensor).float() / 255)
+    assert torch.equal(got['mask'], torch.stack(want_m))   # the same windows and flips: masks exact
+    d = (got['image'] - torch.stack(want)).abs() * torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1) * 255
+    assert d.max() <= 3.0 + 1e-3 and (d < 0.5).float().mean() > 0.8   # a one-level resize difference, through up to three 1.3x factors
+    # stage by stage: crop + resize + flip within one uint8 level; the colour jitter on torchvision's own resize exact
+    g.manual_seed(5); p = P.dahar_params(len(x), size, tvs[2].sizes, tvs[2].widths, 0.3, g)
+    geo = P.crop_resize(x, p['geo'], want[0].shape[-2:])
+    geo = torch.where(p['geo'][:, 4].bool().view(-1, 1, 1, 1), geo.flip(-1), geo)
+    torch.manual_seed(5)
+    for i in range(len(x)):
+        im = tvs[4](tvs[3](tvs[2](tv_tensors.Image(x[i]))))
+        assert (geo[i] - im.float()).abs().max() <= 1
+        ref = tvs[5](im).as_subclass(torch.Tensor).float()
+        assert torch.equal(P.colour_jitter(im.as_subclass(torch.Tensor)[None].float(), p['perm'][i:i + 1], p['fac'][i:i + 1])[0], ref)
+
+
+def test_crops_draw_width_and_height_independently():
+    from har_kit.loading import CornerCenterCrop
+    g = torch.Generator(); g.manual_seed(0)
+    p = P.dahar_params(400, (256, 256), [256, 224, 192, 168, 128], [256, 224, 192, 168, 128], 0.3, g)
+    assert len({tuple(r) for r in p['geo'][:, 2:4].tolist()}) == 25                      # WIDER: every (h, w) pair
+    rap = CornerCenterCrop([256, 224, 192, 168, 128], aspect=2)
+    assert rap.widths == [128, 112, 96, 84, 64]                                          # RAP: widths from the set halved
+
+
+def test_five_crop_is_slicing(sets):
+    size, augment = P.dahar_batches(False, 1, 0.25, five_crop_eval=True)
+    x, _ = _batch(sets, 'wider', size)
+    ref = dahar_transforms(False, 1, 0.25, five_crop=True)
+    assert torch.equal(augment(x, None, None)['image'], torch.stack([ref(tv_tensors.Image(x[i])).as_subclass(torch.Tensor) for i in range(len(x))]))
+
+
+def test_shuffle_order_is_the_loaders_and_seeded(sets):
+    ss = sets['wider'].samples
+    dl = P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 5, True, seed=3, name='wider')
+    ml = make_loader(ss, dahar_transforms(True, 1, 0.25), 5, True, seed=3)
+    order = lambda ld: torch.cat([b['index'] for b in ld]).tolist()
+    for epoch in (1, 2):
+        set_epoch(dl, 0, epoch); set_epoch(ml, 0, epoch)
+        assert order(dl) == order(ml)
+    set_epoch(dl, 0, 1); a = [b['image'] for b in dl]
+    set_epoch(dl, 0, 2); b = [b['image'] for b in dl]
+    set_epoch(dl, 0, 1); c = [b['image'] for b in dl]
+    assert all(torch.equal(u, v) for u, v in zip(a, c)) and not all(torch.equal(u, v) for u, v in zip(a, b))
+    assert len(dl) == len(ml) and P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 5, True, drop_last=True, name='w').__len__() == len(ss) // 5
+
+
+def test_tiny_training_on_the_device_path(tmp_path):
+    from har_kit.campar_train import campar_loaders, campar_train_config, dataset_scorer, split_train_eval, train_variant
+    from har_kit.data import load_dataset
+    from har_kit.dahar_train import DaHarConfig, train_variant as dahar_train
+    data = load_dataset('rap', profile='tiny')
+    tr, ev, _ = split_train_eval(data, ['train'], 'held-out', 0.25, 0)
+    lo = campar_loaders(tr[:48], ev[:16], data.split('test')[:16], scale=0.25, batch_size=16, pipeline='device')
+    assert isinstance(lo['train'], P.DeviceLoader)
+    res = train_variant('campar', len(data.attributes), lo, campar_train_config('adam', 1, progress=False), tmp_path/'c',
+                        dataset_scorer('rap'), arch='resnet-tiny')
+    assert res['epoch'] == 1 and np.isfinite(res['history'][-1]['loss']), res['history']
+    wider = read_wider(tiny_fixture('wider', tmp_path/'w', n=12))
+    out = dahar_train('dahar', wider, tmp_path/'d', DaHarConfig(epochs=1, batch_size=4, pipeline='device'))
+    assert 0 <= out['metrics']['full']['mAP'] <= 1 and 0 <= out['metrics']['crops']['mAP'] <= 1
