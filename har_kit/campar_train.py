@@ -19,6 +19,7 @@ from .distributed import is_main_process
 from .formats import dataset_kind
 from .data import check_train_splits
 from .loading import SampleCache, campar_transforms, make_loader
+from .pipeline import campar_batches, cached_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (CamParNet, CamParLoss, campar_variant, save_build_params, l_specific_public, positive_angles)
 
@@ -144,16 +145,29 @@ def campar_loaders(train,                 # training samples (the first value of
                    test,                  # the test split's samples
                    scale: float = 1.0,    # input size factor of `campar_transforms` (1.0: 256x192)
                    batch_size: int = 64,  # [15]: 64
-                   num_workers: int = 0,  # DataLoader workers
+                   num_workers: int = 0,  # DataLoader workers ('device': the cache's decoding processes)
                    seed: int = 0,         # shuffling seed
-                   cache_mb: float = 0):  # decoded samples the loaders share in memory (MiB, `SampleCache`); 0: none
+                   cache_mb: float = 0,   # decoded samples the loaders share in memory (MiB, `SampleCache`); 0: none
+                   pipeline: str = 'loader',  # 'loader' (per-sample transforms) or 'device' (decoded cache, batches augmented on `device`)
+                   device: str = 'cpu'):  # where 'device' augments ('auto': CUDA when present)
     "Loaders 'train', 'eval' (when held out), 'test', and 'test_masks' (with the target's mask) when every test sample has one."
+    if pipeline == 'device': return _device_loaders(train, eval_samples, test, scale, batch_size, num_workers, seed, device)
+    if pipeline != 'loader': raise KitError(f"pipeline={pipeline!r}: use 'loader' or 'device'")
     kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache.of(cache_mb))
     loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=True, seed=seed, **kw)}
     if eval_samples: loaders['eval'] = make_loader(eval_samples, campar_transforms(False, scale), shuffle=False, **kw)
     loaders['test'] = make_loader(test, campar_transforms(False, scale), shuffle=False, **kw)
     if all(s.mask is not None for s in test):
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
+    return loaders
+
+def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
+    kw = dict(device=get_device(device), workers=workers)
+    ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
+    loaders = {'train': cached_loader(train, campar_batches(True, scale), batch_size, True, drop_last=True, seed=seed, name='campar-train', **kw)}
+    if eval_samples: loaders['eval'] = ev(eval_samples, 'campar-eval')
+    loaders['test'] = ev(test, 'campar-test')
+    if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, 'campar-test', with_mask=True)
     return loaders
 
 # %% ../nbs/41_campar_train.ipynb #c029

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .core import KitError, seed_everything
+from .core import KitError, get_device, seed_everything
 from .backbones import count_params
 from .data import check_train_splits, load_dataset
 from .engine import TrainConfig, train_eval
 from .formats import DATASET_KINDS
 from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
 from .losses import pos_ratio
+from .pipeline import cached_loader, dahar_batches
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, metrics_entry, target_mass
 from .model_file import save_model
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
@@ -68,6 +69,7 @@ class DaHarConfig:
     gamma: float = 0.1                  # learning-rate decay factor
     num_workers: int = 0                # DataLoader workers
     cache_mb: float = 512               # decoded samples kept in memory (MiB, `SampleCache`); 0: decode every read
+    pipeline: str = 'loader'            # 'loader' (per-sample transforms) or 'device' (decoded cache, batches augmented on `device`)
     fig5: bool = True                   # also train without mask supervision and draw the Fig. 5 analogue
     bench: bool = False                 # complexity benchmark into metrics.json
     bench_arch: str = 'resnet101'       # backbone of the complexity benchmark
@@ -84,6 +86,7 @@ class DaHarConfig:
         if not 0.0 <= self.mix <= 1.0: raise KitError(f'mix={self.mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')
         if self.mask_supervision not in ('mask', 'box'):
             raise KitError(f"mask_supervision={self.mask_supervision!r}: use 'mask' (the person masks) or 'box' (the target's box)")
+        if self.pipeline not in ('loader', 'device'): raise KitError(f"pipeline={self.pipeline!r}: use 'loader' or 'device'")
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
@@ -104,7 +107,7 @@ class DaHarConfig:
         kw = {**({'mask_dir': self.mask_dir} if self.mask_dir else {}), **({'partition': self.partition} if self.dataset == 'rap' else {})}
         return load_dataset(self.dataset, self.data_root, profile=self.profile, seed=0, **kw)
 
-# %% ../nbs/31_dahar_train.ipynb #c014
+# %% ../nbs/31_dahar_train.ipynb #c015
 ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
 def dahar_loaders(data,                        # har_kit.data.AttributeData
@@ -115,6 +118,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
     aspect, tr, ev, bs = ASPECT.get(data.name, 1), cfg.train_splits, cfg.eval_split, cfg.batch_size
     missing = [s for s in [*tr, ev] if s not in data.splits]
     if missing: raise KitError(f'{data.name} at {data.root}: no split(s) {missing} (available: {data.splits}); fix train_splits / eval_split')
+    if cfg.pipeline == 'device': return _device_loaders(data, cfg, with_mask, aspect)
     kw = dict(num_workers=cfg.num_workers, seed=cfg.seed, cache=cache, mask_from_box=cfg.mask_supervision == 'box')
     test = lambda **k: make_loader(data.split(ev), dahar_transforms(False, aspect, cfg.scale, **k), bs, False, **kw)
     loaders = dict(train=make_loader(data.split(*tr), dahar_transforms(True, aspect, cfg.scale), bs, True,
@@ -123,6 +127,16 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
         loaders['val'] = make_loader(data.split('val'), dahar_transforms(False, aspect, cfg.scale), bs, False, with_mask=with_mask, **kw)
     return dict(**loaders, full=test(), crops=test(five_crop=True))
 
+def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the decoded cache, augmented on cfg.device
+    tr, ev, bs, n = cfg.train_splits, cfg.eval_split, cfg.batch_size, data.name
+    kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box')
+    test = lambda **k: cached_loader(data.split(ev), dahar_batches(False, aspect, cfg.scale, **k), 4 * bs, False, name=f'{n}-{ev}', **kw)
+    loaders = dict(train=cached_loader(data.split(*tr), dahar_batches(True, aspect, cfg.scale), bs, True, with_mask=with_mask,
+                                       drop_last=len(data.split(*tr)) > bs, seed=cfg.seed, name=f'{n}-train', **kw))
+    if 'val' in data.splits and 'val' not in tr and ev != 'val':
+        loaders['val'] = cached_loader(data.split('val'), dahar_batches(False, aspect, cfg.scale), 4 * bs, False, with_mask=with_mask, name=f'{n}-val', **kw)
+    return dict(**loaders, full=test(), crops=test(five_crop_eval=True))
+
 def mask_loader(data,                          # har_kit.data.AttributeData whose scored split has person masks
                 cfg: DaHarConfig,              # scale, batch size and workers of the run
                 cache=None):                   # a `SampleCache` shared with the run's other loaders, or None
@@ -130,7 +144,7 @@ def mask_loader(data,                          # har_kit.data.AttributeData whos
     return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
                        cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers, cache=cache)
 
-# %% ../nbs/31_dahar_train.ipynb #c018
+# %% ../nbs/31_dahar_train.ipynb #c019
 def train_variant(name: str,                   # a key of VARIANTS
                   data,                        # har_kit.data.AttributeData
                   run_dir,                     # this variant's directory (checkpoints/ and history go here)
@@ -172,7 +186,7 @@ def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's p
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)
     return out
 
-# %% ../nbs/31_dahar_train.ipynb #c019
+# %% ../nbs/31_dahar_train.ipynb #c020
 def save_variant_model(run_dir,                # the variant's directory: <run_dir>/model.pt is written
                        model,                  # the trained DaHar
                        model_kwargs: dict,     # dahar_variant's keyword arguments (JSON values) that rebuild it
@@ -187,7 +201,7 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
                       attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
-# %% ../nbs/31_dahar_train.ipynb #c022
+# %% ../nbs/31_dahar_train.ipynb #c023
 def dahar_maps(out: dict):  # a DaHar output dict
     "Da-HAR's maps scored by `har_kit.metrics.target_mass`: mask branch sigma(M) ('mask'), SRN attention, last self-mask."
     maps = {'mask': torch.sigmoid(out['mask_logits'])} if 'mask_logits' in out else {}
@@ -195,7 +209,7 @@ def dahar_maps(out: dict):  # a DaHar output dict
     if out['self_masks']: maps['self_mask'] = out['self_masks'][-1]
     return maps
 
-# %% ../nbs/31_dahar_train.ipynb #c025
+# %% ../nbs/31_dahar_train.ipynb #c026
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -212,7 +226,7 @@ def predict_masks(model,                       # a DaHar variant with the masked
         imgs.append(b['image']); idx.append(b['index'])
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
-# %% ../nbs/31_dahar_train.ipynb #c027
+# %% ../nbs/31_dahar_train.ipynb #c028
 def plot_fig5(images,                         # (K, 3, H, W) normalised images
               gt,                             # (K, 1, h, w) person masks
               without,                        # (K, 1, h, w) masks without supervision
