@@ -145,16 +145,13 @@ def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
 def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on any device
                    params,   # (N, 3) from `campar_params`
                    pad):     # the padding (10 at scale 1)
-    "CAM-PAR's pad + random crop + flip as one gather, then normalised: (N, 3, H, W) float."
-    N, _, H, W = x.shape
-    p = params.to(x.device)
-    ys = p[:, :1] + torch.arange(H, device=x.device) - pad                             # (N, H) source rows
-    xr = torch.arange(W, device=x.device).expand(N, W)
-    xs = p[:, 1:2] + torch.where(p[:, 2:3].bool(), W - 1 - xr, xr) - pad             # (N, W) source columns
-    ok = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
-    n = torch.arange(N, device=x.device)[:, None, None]
-    out = x.permute(0, 2, 3, 1)[n, ys.clamp(0, H - 1)[:, :, None], xs.clamp(0, W - 1)[:, None, :]] * ok[..., None]
-    return normalise(out.permute(0, 3, 1, 2))
+    "CAM-PAR's pad + random crop + flip as one gather from the zero-padded batch, then normalised: (N, 3, H, W) float."
+    N, C, H, W = x.shape
+    p, ar = params.to(x.device), lambda n: torch.arange(n, device=x.device)
+    rows = p[:, :1] + ar(H)                                                            # (N, H) rows of the padded image
+    cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), W - 1 - ar(W), ar(W))            # (N, W) its columns, mirrored when flipped
+    idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
+    return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
 # %% ../nbs/15_pipeline.ipynb #c023
 def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of the cached resize; window heights and widths; jitter strength; generator
