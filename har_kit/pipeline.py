@@ -229,7 +229,7 @@ class DeviceLoader:
         self.shuffle, self.drop_last, self.device, self.sampler = shuffle, drop_last, torch.device(device), None
         if len(self.labels) != len(cache['images']): raise KitError(f"DeviceLoader: {len(self.labels)} label rows for {len(cache['images'])} cached images ({cache['dir']}); pass one row per sample")
         self.generator = torch.Generator(); self.generator.manual_seed(int(seed))
-        self.dataset = range(len(self.labels))
+        self.dataset = _Samples(self)
 
     def __len__(self): n, b = len(self.dataset), self.batch_size; return n // b if self.drop_last else -(-n // b)
 
@@ -247,6 +247,16 @@ class DeviceLoader:
             x = torch.from_numpy(self.cache['images'][rows])[back].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             m = None if self.cache['masks'] is None else torch.from_numpy(self.cache['masks'][rows])[back].to(self.device, non_blocking=True)
             yield {**self.augment(x, m, self.generator), 'labels': self.labels[idx], 'index': idx}
+
+class _Samples:
+    "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
+    def __init__(self, loader): self.loader = loader
+    def __len__(self): return len(self.loader.labels)
+    def __getitem__(self, i):
+        ld, g = self.loader, torch.Generator().manual_seed(int(i))
+        x = torch.from_numpy(np.array(ld.cache['images'][i:i + 1])).to(ld.device).permute(0, 3, 1, 2)
+        m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
+        return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
 # %% ../nbs/15_pipeline.ipynb #c034
 def campar_batches(train, scale=1.0):  # training augmentation, else evaluation; size factor
