@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_pipeline.ipynb #c003
 from __future__ import annotations
-import hashlib, json, os, shutil, time
+import hashlib, json, os, shutil, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, write_file
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
@@ -24,7 +24,7 @@ from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'cache_root', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
            'campar_augment', 'dahar_params', 'crop_resize', 'colour_jitter', 'dahar_augment', 'five_crop',
-           'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates']
+           'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates', 'benchmark']
 
 # %% ../nbs/15_pipeline.ipynb #c007
 def cache_root():
@@ -306,3 +306,22 @@ def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batche
                 except StopIteration: break
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
+
+# %% ../nbs/15_pipeline.ipynb #c041
+def benchmark(device='cpu', images=256, batch=64, repeats=3, workers=0):  # where to augment; cache size; batch; timed passes; decoding processes
+    "Images/s of building a decoded cache and of each paper's batch augmentation on `device` (median of `repeats` passes)."
+    dev, g = torch.device(device), torch.Generator().manual_seed(0)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp)/f'{i}.jpg' for i in range(int(images))]
+        for p in paths: write_file(str(p), encode_jpeg(torch.randint(0, 256, (3, 384, 192), dtype=torch.uint8, generator=g)))
+        out = dict(device=str(dev), images=len(paths), batch=int(batch))
+        for name, batches in (('campar', campar_batches(True)), ('dahar', dahar_batches(True)), ('dahar_rap', dahar_batches(True, 2))):
+            t = time.perf_counter(); ld = DeviceLoader(decoded_cache(paths, [None] * len(paths), batches[0], name=name, workers=workers, root=Path(tmp)/'cache'),
+                                                       np.zeros((len(paths), 1)), batches[1], batch, True, True, device=dev)
+            out[f'{name}_cache_build_images_per_s'] = len(paths) / (time.perf_counter() - t)
+            rates = []
+            for _ in range(repeats):
+                sync(); t = time.perf_counter(); n = sum(len(b['index']) for b in ld); sync(); rates.append(n / (time.perf_counter() - t))
+            out[f'{name}_images_per_s'] = float(np.median(rates))
+    return out
