@@ -59,6 +59,7 @@ def cache_key(paths, boxes, size, masks=None):  # image files; (x, y, w, h) or N
                 torchvision=torchvision.__version__, layout='NHWC-uint8-v1')
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
+# %% ../nbs/15_pipeline.ipynb #c012
 def _digest(arrays):
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
@@ -66,12 +67,13 @@ def _digest(arrays):
         for i in range(0, len(a), 1024): h.update(np.ascontiguousarray(flat[i:i + 1024]).data)
     return h.hexdigest()
 
-# %% ../nbs/15_pipeline.ipynb #c012
+# %% ../nbs/15_pipeline.ipynb #c013
 def _decode_chunk(job):  # (indices, paths, boxes, size, masks): runs in a worker process
     torch.set_num_threads(1)
     idx, paths, boxes, size, masks = job
     return idx, [decode_resized(p, b, size, None if masks is None else masks[k]) for k, (p, b) in enumerate(zip(paths, boxes))]
 
+# %% ../nbs/15_pipeline.ipynb #c014
 def _fill(d, paths, boxes, size, masks, workers, desc):
     n, (H, W) = len(paths), size
     img = np.lib.format.open_memmap(d/'images.npy', 'w+', np.uint8, (n, H, W, 3))
@@ -90,7 +92,7 @@ def _fill(d, paths, boxes, size, masks, workers, desc):
     if msk is not None: msk.flush()
     return _digest(arrays)
 
-# %% ../nbs/15_pipeline.ipynb #c013
+# %% ../nbs/15_pipeline.ipynb #c015
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
                   size,             # (H, W) of the fixed resize
@@ -118,7 +120,7 @@ def decoded_cache(paths,            # image files, one per sample
         raise KitError(f'{d}: decoded cache does not match its key or hash (damaged or changed); delete that folder and run again to rebuild it')
     return out
 
-# %% ../nbs/15_pipeline.ipynb #c016
+# %% ../nbs/15_pipeline.ipynb #c018
 PAPER_CACHES = {'rap': (41_585, (256, 192)), 'pa100k': (100_000, (256, 192)), 'wider': (57_524, (256, 256)),
                 'rap (Da-HAR)': (41_585, (256, 128))}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
@@ -126,7 +128,7 @@ def cache_gb(n, size):  # images; (H, W)
     "Bytes of a decoded cache of `n` RGB images at `size`, in GB (10^9)."
     return n * size[0] * size[1] * 3 / 1e9
 
-# %% ../nbs/15_pipeline.ipynb #c019
+# %% ../nbs/15_pipeline.ipynb #c021
 def campar_params(n, pad, gen):  # samples; padding in pixels; a seeded torch.Generator
     "Per-sample (top, left, flip) of CAM-PAR's pad + random crop + flip, drawn as torchvision draws them."
     out = torch.zeros(n, 3, dtype=torch.long)
@@ -136,12 +138,13 @@ def campar_params(n, pad, gen):  # samples; padding in pixels; a seeded torch.Ge
         out[i, 2] = torch.rand(1, generator=gen) < 0.5
     return out
 
+# %% ../nbs/15_pipeline.ipynb #c022
 def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
     "ImageNet normalisation of uint8-valued images, with torchvision's operations (`ToDtype(scale=True)`, `Normalize`)."
     mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
-# %% ../nbs/15_pipeline.ipynb #c020
+# %% ../nbs/15_pipeline.ipynb #c023
 def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on any device
                    params,   # (N, 3) from `campar_params`
                    pad):     # the padding (10 at scale 1)
@@ -153,7 +156,7 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
     idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
     return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
-# %% ../nbs/15_pipeline.ipynb #c023
+# %% ../nbs/15_pipeline.ipynb #c026
 def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of the cached resize; window heights and widths; jitter strength; generator
     "Per-sample window (top, left, h, w), flip, colour order and factors of Da-HAR's augmentation, drawn as torchvision draws them."
     (H, W), geo, perm, fac = base, torch.zeros(n, 5, dtype=torch.long), torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 3)
@@ -167,7 +170,7 @@ def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of t
         for k in range(3): fac[i, k] = float(torch.empty(1).uniform_(1 - jitter, 1 + jitter, generator=gen).item())
     return dict(geo=geo, perm=perm, fac=fac)
 
-# %% ../nbs/15_pipeline.ipynb #c024
+# %% ../nbs/15_pipeline.ipynb #c027
 def crop_resize(x, geo, out, mode='bilinear'):  # (N, C, H, W) batch; (N, >=4) top, left, h, w; (h, w) output; 'bilinear' (images) or 'nearest' (masks)
     "Each sample's window resized to `out` (antialiased bilinear rounded to uint8 levels, or nearest), grouped by window size."
     y = torch.empty(len(x), x.shape[1], *out, device=x.device, dtype=torch.float32)
@@ -180,12 +183,13 @@ def crop_resize(x, geo, out, mode='bilinear'):  # (N, C, H, W) batch; (N, >=4) t
         y[idx.to(x.device)] = c
     return y
 
-# %% ../nbs/15_pipeline.ipynb #c025
+# %% ../nbs/15_pipeline.ipynb #c028
 def _gray(y): r, g, b = y.unbind(1); return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
 def _blend(a, b, r):  # torchvision's `_blend` on uint8 levels, with a factor per sample
     return torch.addcmul(a.mul(r), b, 1 - r).clamp_(0, 255).floor_()
 
+# %% ../nbs/15_pipeline.ipynb #c029
 def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
     f = fac.to(y.device).view(-1, 3, 1, 1, 1).unbind(1)
@@ -198,7 +202,7 @@ def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N,
             if len(sel): y[sel] = ops[op](y[sel], f[op][sel])
     return y
 
-# %% ../nbs/15_pipeline.ipynb #c026
+# %% ../nbs/15_pipeline.ipynb #c030
 def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed resizes, on any device
                   params,       # from `dahar_params`
                   out,          # (h, w) network input (224 x 224; 224 x 112 on RAP)
@@ -214,13 +218,13 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
         d['mask'] = torch.where(flip, m.flip(-1), m) / 255
     return d
 
-# %% ../nbs/15_pipeline.ipynb #c029
+# %% ../nbs/15_pipeline.ipynb #c033
 def five_crop(x, size):  # (N, C, H, W) batch; (h, w) of each crop
     "The four corner crops and the centre crop of each sample as slices: (N, 5, C, h, w)."
     H, W = x.shape[-2:]; h, w = size
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
 
-# %% ../nbs/15_pipeline.ipynb #c032
+# %% ../nbs/15_pipeline.ipynb #c036
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
     def __init__(self, cache, labels, augment, batch_size, shuffle=False, drop_last=False, seed=0, device='cpu'):  # cache from `decoded_cache`; (N, C) labels; augment(x uint8, masks, gen) -> dict
@@ -248,6 +252,7 @@ class DeviceLoader:
             m = None if self.cache['masks'] is None else torch.from_numpy(self.cache['masks'][rows])[back].to(self.device, non_blocking=True)
             yield {**self.augment(x, m, self.generator), 'labels': self.labels[idx], 'index': idx}
 
+# %% ../nbs/15_pipeline.ipynb #c037
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -258,7 +263,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/15_pipeline.ipynb #c034
+# %% ../nbs/15_pipeline.ipynb #c039
 def campar_batches(train, scale=1.0):  # training augmentation, else evaluation; size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     pad = _sz(10, scale)
@@ -268,7 +273,7 @@ def campar_batches(train, scale=1.0):  # training augmentation, else evaluation;
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/15_pipeline.ipynb #c035
+# %% ../nbs/15_pipeline.ipynb #c040
 def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):  # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
@@ -281,7 +286,7 @@ def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):
         return d
     return base, augment
 
-# %% ../nbs/15_pipeline.ipynb #c036
+# %% ../nbs/15_pipeline.ipynb #c041
 def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_from_box=False, drop_last=False, seed=0,
                   device='cpu', name='images', workers=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
@@ -294,7 +299,7 @@ def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_f
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device)
 
-# %% ../nbs/15_pipeline.ipynb #c039
+# %% ../nbs/15_pipeline.ipynb #c044
 def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batches per timing; interleaved repetitions
     "Images per second of each loader (median over interleaved repetitions of `batches` batches)."
     times = {k: [] for k in loaders}
@@ -307,7 +312,7 @@ def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batche
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/15_pipeline.ipynb #c041
+# %% ../nbs/15_pipeline.ipynb #c046
 def benchmark(device='cpu', images=256, batch=64, repeats=3, workers=0):  # where to augment; cache size; batch; timed passes; decoding processes
     "Images/s of building a decoded cache and of each paper's batch augmentation on `device` (median of `repeats` passes)."
     dev, g = torch.device(device), torch.Generator().manual_seed(0)
