@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_pipeline.ipynb #c003
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile, time
+import hashlib, json, os, shutil, tempfile, time, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -32,7 +32,10 @@ def cache_root():
     return Path(os.environ['HAR_KIT_CACHE']).expanduser().resolve() if os.environ.get('HAR_KIT_CACHE') else data_root()/'cache'
 
 def _rgb(path):
-    try: return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    try:
+        with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec; same pixels until then
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except Exception: return torch.from_numpy(np.ascontiguousarray(load_rgb(path))).permute(2, 0, 1)   # PIL: 16-bit, odd formats
 
 # %% ../nbs/15_pipeline.ipynb #c008
