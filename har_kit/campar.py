@@ -37,7 +37,7 @@ def class_activation_map(a: torch.Tensor):  # (N, M, H, W) activation maps A fro
     peak = r.flatten(2).amax(-1)[..., None, None]
     return r / torch.where(peak > 0, peak, torch.ones_like(peak))
 
-# %% ../nbs/40_campar.ipynb #c010
+# %% ../nbs/40_campar.ipynb #9ab77d9b
 def l_specific(cam: torch.Tensor,           # (N, M, H, W) CAMs from Eq. 10
                a: torch.Tensor,             # (N, M, H, W) activation maps A from Eq. 9 (same weights)
                bias: torch.Tensor | None = None):  # (M,) classifier bias, or None
@@ -45,18 +45,20 @@ def l_specific(cam: torch.Tensor,           # (N, M, H, W) CAMs from Eq. 10
     out = (cam * a).mean((2, 3))
     return out if bias is None else out + bias
 
+# %% ../nbs/40_campar.ipynb #d8948899
 def l_shared(a: torch.Tensor,               # (N, M, H, W) activation maps A from Eq. 9
              bias: torch.Tensor | None = None):  # (M,) classifier bias, or None
     "Eq. 15: w_j^T GAP(f) = GAP(A_j) (+ b_j)."
     out = a.mean((2, 3))
     return out if bias is None else out + bias
 
+# %% ../nbs/40_campar.ipynb #4dadabd4
 def disentangled_features(cam: torch.Tensor,  # (N, M, H, W) CAMs
                           f: torch.Tensor):    # (N, C, H, W) encoder feature map
     "GAP of Eq. 11's f_d,j = CAM_j * f for every attribute -> (N, M, C), without the (N, M, C, H, W) product."
     return torch.einsum('nmp,ncp->nmc', cam.flatten(2), f.flatten(2)) / cam[0, 0].numel()
 
-# %% ../nbs/40_campar.ipynb #c013
+# %% ../nbs/40_campar.ipynb #2243e685
 def l_specific_materialised(cam,          # (N, M, H, W) CAMs
                             f,            # (N, C, H, W) encoder feature map
                             weight,       # (M, C) classifier weights w
@@ -66,6 +68,7 @@ def l_specific_materialised(cam,          # (N, M, H, W) CAMs
     out = (fd.mean((3, 4)) * weight[None]).sum(-1)    # Eq. 12
     return out if bias is None else out + bias
 
+# %% ../nbs/40_campar.ipynb #df640a21
 def l_specific_public(cam,      # (N, M, H, W) CAMs
                       f,        # (N, C, H, W) encoder feature map
                       weight):  # (M, C) classifier weights w
@@ -213,7 +216,7 @@ def save_build_params(model: CamParNet,  # a model from `campar_variant`
         raise KitError('model has no build_params: build it with campar_variant(...) so load_campar can rebuild it')
     return save_json(model.build_params, Path(variant_dir)/'model.json')
 
-# %% ../nbs/40_campar.ipynb #c040
+# %% ../nbs/40_campar.ipynb #f431a6e6
 def _state_dict(ckpt):
     if isinstance(ckpt, dict):
         for k in ('model', 'state_dict', 'model_state'):
@@ -222,6 +225,7 @@ def _state_dict(ckpt):
         ckpt = {k[len('model.'):]: v for k, v in ckpt.items()}
     return ckpt
 
+# %% ../nbs/40_campar.ipynb #70d9bb03
 def load_campar(run_dir,                 # run directory holding `<variant>/model.pt` (or `model.json` + `checkpoints/`)
                 variant: str,            # e.g. 'campar' or 'campar_fusion'
                 which: str = 'model',    # 'model': model.pt (else the selected / best checkpoint); or 'selected', 'best', 'last'
@@ -243,7 +247,7 @@ def load_campar(run_dir,                 # run directory holding `<variant>/mode
     model.load_state_dict(_state_dict(load_checkpoint(ckpt_path, map_location)))
     return model.eval()
 
-# %% ../nbs/40_campar.ipynb #c044
+# %% ../nbs/40_campar.ipynb #31365767
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -259,6 +263,7 @@ def attribute_angles(model: CamParNet,     # a trained `CamParNet`
     theta = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
     return torch.where(gn > 0, theta, torch.full_like(theta, float('nan')))
 
+# %% ../nbs/40_campar.ipynb #98ccc098
 @torch.no_grad()
 def positive_angles(model: CamParNet,  # a trained `CamParNet`
                     loader,            # test loader yielding {'image', 'labels'}, single-crop
@@ -295,7 +300,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/40_campar.ipynb #c051
+# %% ../nbs/40_campar.ipynb #90ad1896
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):
@@ -303,6 +308,7 @@ def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     kw = dict(model.build_params)
     return dict(name=kw.pop('variant'), **kw, weights=None)
 
+# %% ../nbs/40_campar.ipynb #f9e48d78
 def save_campar(model: CamParNet,          # a trained model from `campar_variant`
                 variant_dir,               # `<run_dir>/<variant>`
                 attributes,                # attribute names, in output order

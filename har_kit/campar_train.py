@@ -60,7 +60,7 @@ class FusionAtBackboneLr(nn.Module):
     def forward(self, x):  # images (N, 3, H, W)
         return self.model(x)
 
-# %% ../nbs/41_campar_train.ipynb #c014
+# %% ../nbs/41_campar_train.ipynb #3528e65e
 def split_train_eval(data,                    # an `AttributeData`
                      train_splits,            # e.g. ['train'], ['train', 'val'] or ['trainval']
                      selection='held-out',    # '[15]' or 'held-out' (see above)
@@ -78,6 +78,7 @@ def split_train_eval(data,                    # an `AttributeData`
     if val_fraction == 0: return train, None, None
     return (*carve_validation(train, val_fraction, seed), f'carved {val_fraction:g} of {"+".join(names)}')
 
+# %% ../nbs/41_campar_train.ipynb #f92aa3bc
 def carve_validation(samples,   # training samples
                      fraction,  # share held out, in (0, 1)
                      seed=0):   # seed of the draw
@@ -88,7 +89,7 @@ def carve_validation(samples,   # training samples
     pick = set(np.random.default_rng(seed).permutation(len(samples))[:n_val].tolist())
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
-# %% ../nbs/41_campar_train.ipynb #c019
+# %% ../nbs/41_campar_train.ipynb #a5744f89
 class EpochSelector:
     "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path`."
     def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
@@ -107,6 +108,7 @@ class EpochSelector:
             if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
         return m
 
+# %% ../nbs/41_campar_train.ipynb #3ece054c
 def selected_epoch(history,  # the engine's epoch records
                    key):     # the evaluated metric ('mA' or 'mAP')
     "The first epoch with the best `val_<key>` in `history` (what `EpochSelector` kept), with its value."
@@ -116,17 +118,19 @@ def selected_epoch(history,  # the engine's epoch records
     best = max(v for _, v in vals)
     return next(e for e, v in vals if v == best), best
 
-# %% ../nbs/41_campar_train.ipynb #c023
+# %% ../nbs/41_campar_train.ipynb #14129763
 def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
     y = np.asarray(labels)
     return y if ignore_unspecified or dataset == 'wider' else np.where(y == UNSPECIFIED, 0, y)
 
+# %% ../nbs/41_campar_train.ipynb #fe179c6f
 def dataset_scorer(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                    ignore_unspecified: bool = False):  # the loss's switch (see above)
     "(scores, labels) -> the dataset's own metric dict, unspecified labels read as the loss reads them."
     fn = dataset_metric(dataset)
     return lambda scores, labels: fn(scores, _metric_labels(dataset, labels, ignore_unspecified))
 
+# %% ../nbs/41_campar_train.ipynb #83acb0e5
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                scores,                             # (N, M) probabilities of the scored split
                labels,                             # (N, M) its labels in {1, 0, UNSPECIFIED}
@@ -139,7 +143,7 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
     by = metrics_by_distraction(dataset, scores, y, levels) if levels is not None and any(l is not None for l in levels) else None
     return metrics_entry(dataset, {'full': dataset_metric(dataset)(scores, y)}, attributes, by_distractors=by, **extras)
 
-# %% ../nbs/41_campar_train.ipynb #c027
+# %% ../nbs/41_campar_train.ipynb #fa87b793
 def campar_loaders(train,                 # training samples (the first value of `split_train_eval`)
                    eval_samples,          # samples scored after every epoch, or None
                    test,                  # the test split's samples
@@ -161,6 +165,7 @@ def campar_loaders(train,                 # training samples (the first value of
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
     return loaders
 
+# %% ../nbs/41_campar_train.ipynb #b2078628
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
     kw = dict(device=get_device(device), workers=workers)
     ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
@@ -203,7 +208,7 @@ def train_variant(name: str,                         # a key of `har_kit.campar.
     else: epoch, value = (history[-1]['epoch'] if history else 0), None
     return dict(model=model.eval(), history=history, epoch=epoch, selected_value=value, train_seconds=time.time() - t0)
 
-# %% ../nbs/41_campar_train.ipynb #c035
+# %% ../nbs/41_campar_train.ipynb #7d3bd5a8
 @torch.no_grad()
 def head_logits(model: CamParNet,  # a CAM variant
                 loader,            # single-crop loader of dict batches
@@ -222,6 +227,7 @@ def head_logits(model: CamParNet,  # a CAM variant
     res['mean'] = (res['shared'] + res['specific']) / 2
     return res
 
+# %% ../nbs/41_campar_train.ipynb #fe78ce6c
 def cam_mass(out: dict):  # a CAM variant's output (with 'cam', (N, M, h, w))
     "The map `target_mass` scores for a CAM variant: the M CAMs of an image summed, {'attention': (N, 1, h, w)}."
     return {'attention': out['cam'].sum(1, keepdim=True)}

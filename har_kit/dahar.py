@@ -19,7 +19,7 @@ from .losses import bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'init_new_block', 'SelfMaskBlock', 'FusionBlock',
            'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table', 'DaHarLoss']
 
-# %% ../nbs/30_dahar.ipynb #c006
+# %% ../nbs/30_dahar.ipynb #b0aa1baa
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
                    std: float = 0.01):  # standard deviation of the Gaussian (paper: 0.01)
     "Initialise a new Da-HAR block (Training Details): conv/linear weights ~ N(0, std), biases 0, BatchNorm as identity."
@@ -31,6 +31,7 @@ def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
     return module
 
+# %% ../nbs/30_dahar.ipynb #e33262fa
 BLOCKS = ('basic', 'bottleneck')  # the residual block of the fusion and masked attention blocks
 
 def _residual_block(channels,        # width in and out
@@ -40,6 +41,7 @@ def _residual_block(channels,        # width in and out
     if kind == 'bottleneck' and channels % Bottleneck.expansion == 0: return Bottleneck(channels, channels // Bottleneck.expansion)
     return BasicBlock(channels, channels)
 
+# %% ../nbs/30_dahar.ipynb #0bf42122
 def _reweight(x, m, mode):  # features; mask in [0, 1] broadcastable to x; 'residual' or 'multiply'
     "Apply a saliency mask: x * (1 + m) (residual attention) or x * m."
     if mode == 'residual': return x * (1 + m)

@@ -107,7 +107,7 @@ class DaHarConfig:
         kw = {**({'mask_dir': self.mask_dir} if self.mask_dir else {}), **({'partition': self.partition} if self.dataset == 'rap' else {})}
         return load_dataset(self.dataset, self.data_root, profile=self.profile, seed=0, **kw)
 
-# %% ../nbs/31_dahar_train.ipynb #c015
+# %% ../nbs/31_dahar_train.ipynb #24fa6e9f
 ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
 def dahar_loaders(data,                        # har_kit.data.AttributeData
@@ -127,6 +127,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
         loaders['val'] = make_loader(data.split('val'), dahar_transforms(False, aspect, cfg.scale), bs, False, with_mask=with_mask, **kw)
     return dict(**loaders, full=test(), crops=test(five_crop=True))
 
+# %% ../nbs/31_dahar_train.ipynb #38c45080
 def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the decoded cache, augmented on cfg.device
     tr, ev, bs, n = cfg.train_splits, cfg.eval_split, cfg.batch_size, data.name
     kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box')
@@ -137,6 +138,7 @@ def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the d
         loaders['val'] = cached_loader(data.split('val'), dahar_batches(False, aspect, cfg.scale), 4 * bs, False, with_mask=with_mask, name=f'{n}-val', **kw)
     return dict(**loaders, full=test(), crops=test(five_crop_eval=True))
 
+# %% ../nbs/31_dahar_train.ipynb #47ab00c9
 def mask_loader(data,                          # har_kit.data.AttributeData whose scored split has person masks
                 cfg: DaHarConfig,              # scale, batch size and workers of the run
                 cache=None):                   # a `SampleCache` shared with the run's other loaders, or None
@@ -144,7 +146,7 @@ def mask_loader(data,                          # har_kit.data.AttributeData whos
     return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
                        cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers, cache=cache)
 
-# %% ../nbs/31_dahar_train.ipynb #c019
+# %% ../nbs/31_dahar_train.ipynb #b5943499
 def train_variant(name: str,                   # a key of VARIANTS
                   data,                        # har_kit.data.AttributeData
                   run_dir,                     # this variant's directory (checkpoints/ and history go here)
@@ -175,6 +177,7 @@ def train_variant(name: str,                   # a key of VARIANTS
                             model_file=f'{Path(run_dir).name}/{model_file.name}')
     return dict(model=model, metrics=metrics, history=res['history'], loaders=loaders, seconds=seconds)
 
+# %% ../nbs/31_dahar_train.ipynb #849f39dd
 def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's predictions on the scored split; cache: the run's
     "Synthetic sets: the headline metric and, with person masks, where the maps look, per distraction level (issue 17)."
     test = data.split(cfg.eval_split)

@@ -93,7 +93,7 @@ class TrainConfig:
         "The fields as plain JSON/checkpoint-safe values."
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-# %% ../nbs/08_engine.ipynb #c015
+# %% ../nbs/08_engine.ipynb #46a286d1
 def param_groups(model,                 # the model (its `.backbone`, if any, gets its own group)
                  lr,                    # head learning rate
                  backbone_lr_mult=1.0): # backbone learning rate = lr * backbone_lr_mult
@@ -107,6 +107,7 @@ def param_groups(model,                 # the model (its `.backbone`, if any, ge
     if not groups: raise KitError('the model has no trainable parameters (every requires_grad is False)')
     return groups
 
+# %% ../nbs/08_engine.ipynb #2416c9ae
 def make_optimizer(model,  # the model
                    cfg):    # a TrainConfig
     "The optimizer named by `cfg.optimizer` over `param_groups(model, ...)`."
@@ -116,6 +117,7 @@ def make_optimizer(model,  # the model
     opt = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
     return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay, **fused)
 
+# %% ../nbs/08_engine.ipynb #995dafc4
 def make_scheduler(optimizer,  # from make_optimizer
                    cfg):        # a TrainConfig
     "The per-epoch learning-rate schedule named by `cfg.scheduler` (None for 'none')."
@@ -126,13 +128,14 @@ def make_scheduler(optimizer,  # from make_optimizer
     if s == 'plateau': return sch.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.gamma, patience=cfg.patience)
     return None
 
-# %% ../nbs/08_engine.ipynb #c018
+# %% ../nbs/08_engine.ipynb #507bdc4e
 def autocast(device,       # a torch.device
              amp='none'):  # 'none' | 'bf16' | 'fp16'
     "The autocast context for `amp` on `device` (a no-op for 'none')."
     if amp == 'none': return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
+# %% ../nbs/08_engine.ipynb #b7bf78b5
 def to_device(batch,                # a dict batch with 'image' and 'labels'
               device,               # a torch.device
               channels_last=False): # convert 4-D images to channels_last
@@ -144,7 +147,7 @@ def to_device(batch,                # a dict batch with 'image' and 'labels'
     if channels_last and out['image'].dim() == 4: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/08_engine.ipynb #c021
+# %% ../nbs/08_engine.ipynb #af37c89a
 def _forward_logits(model, images):
     "Run the model; K-crop images (N, K, 3, H, W) are flattened and their logits returned as (N, K, C)."
     crops = images.dim() == 5
@@ -154,6 +157,7 @@ def _forward_logits(model, images):
         raise KitError("the model must return a dict with 'logits' (N, C) (CONTRIBUTING.md, Models)")
     return out, out['logits'].float().reshape(n, k, -1)
 
+# %% ../nbs/08_engine.ipynb #86624391
 @torch.inference_mode()
 def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion=None, progress=False, desc='eval'):
     "Scores/logits/labels over `loader` (gathered over processes) and, for 4-D batches, the criterion's mean loss."
@@ -172,6 +176,7 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
     if criterion is not None: res['loss'] = all_mean(loss_sum, n_loss, device)
     return res
 
+# %% ../nbs/08_engine.ipynb #7766a82d
 def predict(model,                # contract model: returns {'logits': (N, C), ...}
             loader,               # DataLoader of dict batches; 'image' (B, 3, H, W) or (B, K, 3, H, W)
             device='cpu',         # torch.device or name
@@ -182,11 +187,12 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     dev = device if isinstance(device, torch.device) else get_device(device)
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
-# %% ../nbs/08_engine.ipynb #c025
+# %% ../nbs/08_engine.ipynb #d3c3c71f
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
+# %% ../nbs/08_engine.ipynb #f9be1e98
 def check_identity(ck,           # a loaded checkpoint dict (with 'config' and 'params')
                    cfg,          # the TrainConfig of this run
                    params,       # this run's own parameters (JSON-able dict) or None
@@ -201,6 +207,7 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
             if old.get(k, absent) != new.get(k, absent)]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
+# %% ../nbs/08_engine.ipynb #83497976
 class LossGuard:
     "Each step's loss tested on the device (no host sync); `check` reads the first bad step back, one sync."
     def __init__(self, device):
@@ -226,6 +233,7 @@ class LossGuard:
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
                        f'nothing of epoch {epoch} is saved')
 
+# %% ../nbs/08_engine.ipynb #3bf56a41
 def _check_state(model, epoch, device):
     "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -234,7 +242,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/08_engine.ipynb #c028
+# %% ../nbs/08_engine.ipynb #67b7878d
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -244,6 +252,7 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
+# %% ../nbs/08_engine.ipynb #89c639a2
 def write_history(history,  # list of per-epoch dicts
                   run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
@@ -253,6 +262,7 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
+# %% ../nbs/08_engine.ipynb #212e1c26
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
     with autocast(device, cfg.amp):
@@ -266,6 +276,7 @@ def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     scaler.step(optimizer); scaler.update()
     return parts
 
+# %% ../nbs/08_engine.ipynb #8552af18
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
     sums, count, check, lr = {}, 0, LossGuard(device), optimizer.param_groups[-1]['lr']
@@ -291,12 +302,14 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
     if rank_world()[1] > 1: dist.all_reduce(t)
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
+# %% ../nbs/08_engine.ipynb #d74b23c6
 def _monitor(rec, cfg):
     "(found, value) of the monitor in an epoch record, accepting the name with or without 'val_'."
     for k in (cfg.monitor, 'val_' + cfg.monitor):
         if k in rec: return True, rec[k]
     return False, None
 
+# %% ../nbs/08_engine.ipynb #566a068d
 def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader ran this epoch
     "Step the schedule after an epoch; return the monitor's value in `rec` (None: undefined or absent)."
     found, value = _monitor(rec, cfg)
@@ -309,6 +322,7 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     elif scheduler is not None: scheduler.step()
     return value
 
+# %% ../nbs/08_engine.ipynb #a4e3e15b
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
@@ -319,6 +333,7 @@ def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
 
+# %% ../nbs/08_engine.ipynb #a68d8bc6
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
         criterion,        # (out, batch) -> {'loss': scalar, **parts}
         train_loader,     # DataLoader of dict batches (the engine re-samples it, see `shard_loader`)
