@@ -13,8 +13,9 @@ from .results import Table, row_runs, run_dirs
 from .run_params import notebook_parameters
 
 # %% auto #0
-__all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'notebook_defaults', 'run_params', 'selection_of', 'mode_order', 'choice_reason',
-           'table_runs', 'protocol_card', 'card_markdown', 'card_notes', 'card_csv']
+__all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'FIXED_CHOICES', 'UNUSED', 'notebook_defaults', 'run_params', 'selection_of',
+           'mode_order', 'choice_reason', 'fixed_choices', 'table_runs', 'protocol_card', 'card_markdown', 'card_notes',
+           'card_csv']
 
 # %% ../nbs/62_cards.ipynb #c006
 SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
@@ -54,11 +55,17 @@ _CPU_CAMPAR = {  # the CPU profiles' CAM-PAR recipe (from scratch, Adam, a few e
     'campar.logit_bn': "the CPU recipe as calibrated in the first build (from-scratch Adam); not re-tuned with [15]'s logit BatchNorm",
     'campar.fusion_width': "None: the latent width follows the backbone's shallowest fused stage, which fits resnet-tiny's narrow stages (128 is sized for ResNet-50)",
     'campar.fusion_lr': 'Adam with one learning rate for every layer: the fusion group gets the same rate either way',
-    'campar.plateau_on': 'a few epochs from scratch: the training loss needs no held-out split to decide a decay'}
+    'campar.plateau_on': 'a few epochs from scratch: the training loss needs no held-out split to decide a decay',
+    'campar.fusion_project_deepest': "the notebook's default (a 1x1 conv on c5 as on c3/c4, as Fig. 5 draws MCA), as "
+                                     'calibrated in the first build; the paper profile builds the public code\'s MCA (c5: BN + ReLU only)'}
 
 CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
     '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
-                       "row is shown beside it when run)"},
+                       "row is shown beside it when run)",
+          'campar.partition': "the kit's addition: all five RAP partitions, mean ± sd; [15]'s code reads partition 0 "
+                              '(dataset/pedes.py), so the reported RAP rows most likely come from partition 0 alone',
+          'cfar.partition': "the kit's addition: all five RAP partitions, mean ± sd; [15]'s code reads partition 0 "
+                            '(dataset/pedes.py), so the reported RAP rows most likely come from partition 0 alone'},
     'quick': {
         'data_root': "synthetic stand-in data (the kit's procedural WIDER-/RAP-/PA100K-like sets): CPU-sized, no download",
         'arch': 'CPU: resnet-tiny (shallow, narrow, BasicBlock) trains in seconds',
@@ -93,7 +100,42 @@ def choice_reason(profile: str,    # the profile
             if k in table: return table[k]
     return f'set by the `{profile}` profile or on the command line; no reason declared (results.CHOICE_REASONS)'
 
-# %% ../nbs/62_cards.ipynb #c012
+_AP_TIES = ('AP at tied scores', 'tied samples enter the ranking together, as one threshold (05_metrics)',
+            "the reference MATLAB evaluation breaks ties by dataset order; both agree whenever scores are distinct")
+
+FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the papers leave open that are code, not parameters
+    'dahar': [
+        ('mask source', "Mask R-CNN (torchvision's COCO weights) on the whole scene, each target matched to its box by IoU "
+                        '(20_mask_sources; `masks` step of the paper profile)',
+         'the paper segments 224x224 target crops with its own COCO-trained FPN (P2) network, which is not published; '
+         "torchvision's COCO Mask R-CNN is the nearest off-the-shelf model, and whole-scene detection keeps people cut by the crop whole")],
+    'campar': [
+        ('CAM normalisation (Eq. 10)', 'ReLU(A) / max ReLU(A); a map with no positive value stays all zero',
+         'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),
+        ('logit BatchNorm', 'one BatchNorm1d per head: shared logits and specific logits each normalised by their own',
+         "[15]'s single head has one; the thesis does not say whether CAM-PAR's two heads share it"),
+        ("[15]'s gradient clipping", 'none: the profile follows [15] as the thesis cites it (Jia et al. 2020)',
+         "the 2020 baseline trains without clipping; [15]'s later (2021) code clips the gradient norm at 10 when "
+         'TRAIN.CLIP_GRAD is set (batch_engine.py), a switch of its later configs, not of the baseline the thesis compares with')],
+    'cfar': [
+        ('phase 2', "Adam at `phase2_lr` for `phase2_epochs` epochs, batch 256, no schedule; fc_2 starts as the identity on "
+                    'l_specific with zero weights on r_hat', 'not stated; the identity start makes phase 2 begin at phase 1\'s prediction')],
+}
+
+UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what the runs did instead, why)
+    'momentum': (lambda p: p.get('optimizer', 'sgd') == 'sgd',
+                 "not SGD momentum: Adam, whose beta1 takes the value (betas (0.9, 0.999))",
+                 'the profile trains with Adam (see `optimizer`); Adam has no momentum term to compare with the paper\'s')}
+
+def fixed_choices(table: Table,   # the table
+                  notebooks       # the notebooks whose runs the card read
+                 ) -> list:
+    "(notebook, choice, what the kit does, why) for every open choice fixed in code that the table's runs depend on."
+    out = [(nb, *c) for nb in table.protocol if nb in notebooks for c in FIXED_CHOICES.get(nb, [])]
+    if any('mAP' in str(c) for c in table.columns): out.append(('metrics', *_AP_TIES))
+    return out
+
+# %% ../nbs/62_cards.ipynb #c013
 def _norm(param, v):
     if param == 'data_root': return 'synthetic' if v in (None, '') else 'real'
     if param == 'train_splits' and isinstance(v, (list, tuple)):
@@ -139,25 +181,40 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
             rel = [p for rowp, p in mine if param not in rowp and (not paper.datasets or p.get('dataset') in paper.datasets)]
             if not rel: continue
             if any(param not in p for p in rel): card['unchecked'].append(f'{nb} `{param}`'); continue
+            if param in UNUSED:
+                idle = [p for p in rel if not UNUSED[param][0](p)]
+                rel = [p for p in rel if UNUSED[param][0](p)]
+                if idle:
+                    card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
+                                                runs=UNUSED[param][1] + (f' ({len(idle)} runs)' if rel else ''),
+                                                reason=UNUSED[param][2]))
+                if not rel: continue
             got = Counter(_norm(param, p[param]) for p in rel)
-            if paper.open: card['open'].append(f'{nb} `{param}` = {_values(got)}'); continue
+            if paper.open: card['open'].append(f'{nb} `{param}` = {_values(got)} ({paper.source})'); continue
             want = _norm(param, paper.value)
             if paper.across: same, shown = set(got) == set(want), _show(sorted(got))
             else: same, shown = set(got) == {want}, _values(got)
             if not same:
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason=choice_reason(profile, nb, param)))
-    card['header'] = _protocol_header(runs, {nb for nb, decl in table.protocol.items() if 'weights' in decl})
+    card['choices'] = fixed_choices(table, {nb for nb, _, _, _ in runs})
+    card['header'] = _protocol_header(runs, {nb for nb, decl in table.protocol.items() if 'weights' in decl}, table.protocol)
     return card
 
-def _protocol_header(runs, weighted) -> str:  # the table's runs; notebooks whose `weights` the protocol declares
+def _protocol_header(runs, weighted, protocol=None) -> str:  # the table's runs; notebooks whose `weights` the protocol declares; the protocol
     if not runs: return 'Weights, partitions, selection: no runs yet.'
     w = Counter(_show(p['weights']) if p.get('weights') else 'None (from scratch)' for nb, _, _, p in runs if nb in weighted and 'weights' in p)
     parts = [f'Weights: {", ".join(w) or "not a parameter"}.']
     rap = [p for _, _, _, p in runs if p.get('dataset') == 'rap']
     if rap:
         ps = sorted({p['partition'] for p in rap if 'partition' in p})
-        if len(ps) > 1: parts.append(f'RAP: mean ± sd over partitions {", ".join(map(str, ps))} (and seeds).')
+        if len(ps) > 1:
+            parts.append(f'RAP: mean ± sd over partitions {", ".join(map(str, ps))} (and seeds).')
+            fewer = {nb: d['partition'] for nb, d in (protocol or {}).items() if 'partition' in d and len(d['partition'].value) < len(ps)
+                     and any(n == nb for n, _, _, p in runs if p.get('dataset') == 'rap')}
+            for nb, paper in fewer.items():
+                parts.append(f"For {nb} the mean over partitions is the kit's addition: its paper's RAP rows ran partition "
+                             f'{_show(paper.value)} ({paper.source}).')
         elif ps: parts.append(f'RAP: partition {ps[0]} only.')
         else: parts.append("RAP: the reader's one split (no partition parameter).")
     modes = sorted({selection_of(p) for _, _, _, p in runs}, key=mode_order)
@@ -165,7 +222,7 @@ def _protocol_header(runs, weighted) -> str:  # the table's runs; notebooks whos
                  (' (both shown, one row each)' if len(modes) > 1 else '') + '.')
     return ' '.join(parts)
 
-# %% ../nbs/62_cards.ipynb #c017
+# %% ../nbs/62_cards.ipynb #c018
 def card_markdown(card: dict   # a card from `protocol_card`
                  ) -> str:
     "The protocol card as Markdown, rendered under its table."
@@ -185,6 +242,8 @@ def card_notes(card: dict   # a card from `protocol_card`
     notes = [] if card['differs'] else ['The runs follow every parameter the papers state.']
     if card['open']: notes.append('Left open by the papers: ' + '; '.join(card['open']) + '.')
     if card['unchecked']: notes.append('Declared but not (yet) parameters of the notebooks, so not checked: ' + ', '.join(card['unchecked']) + '.')
+    if card.get('choices'):
+        notes.append('Left open by the papers and fixed in code: ' + '; '.join(f'{nb} {c}: {what} ({why})' for nb, c, what, why in card['choices']) + '.')
     return notes
 
 def card_csv(card: dict   # a card from `protocol_card`
@@ -195,4 +254,5 @@ def card_csv(card: dict   # a card from `protocol_card`
     for d in card['differs']: w.writerow(['differs', d['notebook'], d['parameter'], d['paper'], d['source'], d['runs'], d['reason']])
     for kind in ('open', 'unchecked'):
         for x in card[kind]: w.writerow([kind, x.split(' ', 1)[0], x.split('`')[1], '', '', x.split('= ', 1)[1] if '= ' in x else '', ''])
+    for nb, c, what, why in card.get('choices', []): w.writerow(['fixed', nb, c, '', '', what, why])
     return buf.getvalue()

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1', 'CAMPAR_T2',
-           'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX', 'LONGER',
-           'TRAINING_LENGTH', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper',
-           'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir',
-           'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
+__all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_IMBALANCE', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1',
+           'CAMPAR_T2', 'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX',
+           'LONGER', 'TRAINING_LENGTH', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table',
+           'Paper', 'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash',
+           'spec_dir', 'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
 
 # %% ../nbs/61_results.ipynb #c006
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=
         'ignore_unspecified': Paper(False, 'Table 3: 0-labels are negatives unless a row says "ignore 0-labeled"'),
         'amp': Paper('none', 'fp32 on "a single NVIDIA 1080Ti GPU" (not stated; the card shows what ran)'),
         'device': Paper('cuda', '"a single NVIDIA 1080Ti GPU"'),
+        'mask_weight': Paper(None, 'weight of the mask loss beside Eq. 1/2: not stated (1.0: the two losses summed)', open=True),
         **extra}}
 
 _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li et al. 2016a)": 5 random partitions, averaged',
@@ -131,6 +132,8 @@ def campar_protocol(**extra   # per-table additions or overrides
         'selection': Paper('[15]', '[15]: keeps the epoch of best test-split mA (selected on test)'),
         'fusion_width': Paper(128, 'SPOL / public code: MCA latent width 128'),
         'fusion_lr': Paper('backbone', 'SPOL / public code: fusion trained at the backbone\'s learning rate'),
+        'fusion_project_deepest': Paper(False, 'public code: MCA projects c3 and c4 to the latent width, c5 gets BN + ReLU only '
+                                               '(4.08M at ResNet-50; a 1x1 conv on c5 too, as Fig. 5 draws it: 8.27M)'),
         'amp': Paper('none', 'not stated (fp32)'),
         'device': Paper('cuda', 'GPU training'),
         **extra}
@@ -140,6 +143,8 @@ def campar_protocol(**extra   # per-table additions or overrides
             'regularization': Paper(None, 'lambda of Eq. 18: not stated', open=True),
             'alpha': Paper(None, 'alpha of Eq. 17: not stated', open=True),
             'n_prototypes': Paper(None, 'K prototypes: not stated', open=True),
+            'phase2_epochs': Paper(None, "phase 2's length: not stated", open=True),
+            'phase2_lr': Paper(None, "phase 2's optimiser and rate: not stated (the kit: Adam)", open=True),
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
@@ -157,7 +162,11 @@ DAHAR_ARCHS = ['baseline', 'fusion', 'self_mask', 'coarse_to_fine', 'dahar']   #
 
 def _arch(variant): return spec('dahar', variant, dataset='wider', variants=DAHAR_ARCHS)   # one of them, on WIDER
 
+DAHAR_IMBALANCE = ['1:1', '1:3', '1:18', '1:3', '1:4', '1:1', '1:13', '1:6', '1:11', '1:2', '1:9', '1:28', '1:3', '1:18']
+
 DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'Da-HAR, AAAI 2020, Table 1', _T1_COLS, [
+    Row('imbalance', 'Imbalance Ratio (positives : negatives on WIDER-Attribute, as printed; reported only, no run; '
+        "the quick set's own ratios: `har_kit.synth.label_stats`, 13_synth)", _reported(_T1_COLS, DAHAR_IMBALANCE + [None])),
     Row('rcnn', "R-CNN ICCV'15", _reported(_T1_COLS, [94, 81, 60, 91, 76, 94, 78, 89, 68, 96, 80, 72, 87, 55, 80.0])),
     Row('rstarcnn', "R*CNN ICCV'15", _reported(_T1_COLS, [94, 82, 62, 91, 76, 95, 79, 89, 68, 96, 80, 73, 87, 56, 80.5])),
     Row('dhc', "DHC ECCV'16", _reported(_T1_COLS, [94, 82, 64, 92, 78, 95, 80, 90, 69, 96, 81, 76, 88, 55, 81.3])),
@@ -196,7 +205,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
                          ('w', 'weighted', ['w.', 84.28, 59.84, 66.50, 84.13, 74.28]),
                          ('m', 'mixed', ['m.', 79.44, 68.86, 80.14, 81.30, 80.72])]],
 ], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes',
-   protocol=dahar_protocol(**_RAP5), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
+   protocol=dahar_protocol(**_RAP5, mix=Paper(None, 'lambda of the mixed loss (m.: Eq. 1 and Eq. 2 mixed): not stated', open=True)), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
 
 # %% ../nbs/61_results.ipynb #c024
 _T3_COLS = ['crops', 'full']
@@ -221,8 +230,8 @@ CAMPAR_VARIANTS = {'rap': ['baseline', 'fusion', 'campar', 'campar_fusion']}   #
 
 def _campar(variant, dataset):  # one CAM-PAR model, from the run that trains its dataset's compared variants
     return spec('campar', variant, dataset=dataset, variants=CAMPAR_VARIANTS.get(dataset, ['baseline', 'campar_fusion']))
-_RAP5C = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP v1 ships 5 random partitions; the thesis does not say which it used',
-                              datasets=('rap',), across=True))
+_RAP5C = dict(partition=Paper([0], "[15]'s code, which the thesis's training defers to, reads RAP partition 0 only "
+                                   "(dataset/pedes.py: default partition 0); the thesis names none", datasets=('rap',), across=True))
 def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
     return spec('cfar', 'campar_fusion_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
                 phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])

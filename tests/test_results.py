@@ -44,8 +44,14 @@ def test_ablation_numbers_follow_the_text():
 @needs_papers
 def test_dahar_t1_matches_paper():
     "Every row of Da-HAR Table 1: the 14 attribute APs and the mAP, in order (VeSPA reports the mAP only)."
-    rows = [l.split('\t') for l in _block('da-har_aaai2020.md', 'Method\tMale', 'Table 1:') if not l.startswith('Imbalance')]
-    assert [[r.reported[c] for c in DAHAR_T1.columns] for r in DAHAR_T1.rows] == [[_num(x.strip()) for x in c[1:16]] for c in rows]
+    block = _block('da-har_aaai2020.md', 'Method\tMale', 'Table 1:')
+    rows = [l.split('\t') for l in block if not l.startswith('Imbalance')]
+    measured = [r for r in DAHAR_T1.rows if r.key != 'imbalance']
+    assert [[r.reported[c] for c in DAHAR_T1.columns] for r in measured] == [[_num(x.strip()) for x in c[1:16]] for c in rows]
+    # the Imbalance Ratio row, in the paper's place (first), as printed; reported only (no run)
+    imb = next(l.split('\t') for l in block if l.startswith('Imbalance'))
+    assert DAHAR_T1.rows[0].key == 'imbalance' and DAHAR_T1.rows[0].run is None
+    assert [DAHAR_T1.rows[0].reported[c] for c in DAHAR_T1.columns] == [x.strip() for x in imb[1:15]] + [None]
     assert list(WIDER_COLUMNS) == [c.strip() for c in _line('da-har_aaai2020.md', 'Method\tMale')[1:15]]
 
 
@@ -160,7 +166,35 @@ def test_rap_partitions_and_both_selection_modes(tmp_path):
     assert 'RAP: mean ± sd over partitions 0, 1, 2, 3, 4' in md and 'both shown' in md
     assert '| baseline | ours, [15]: selected on test (n=5) | 74.00 ± 1.58 |' in md
     assert '| baseline | ours, held-out (n=5) | 72.00 ± 1.58 |' in md
-    assert 'partition' not in {x['parameter'] for x in out['card']['differs']}
+    # [15]'s code (and so CAM-PAR's reported RAP rows) read partition 0: the five-partition mean is labelled the kit's addition
+    part = next(x for x in out['card']['differs'] if x['parameter'] == 'partition')
+    assert part['paper'] == '[0]' and 'pedes.py' in part['source'] and "the kit's addition" in part['reason']
+    assert "For campar the mean over partitions is the kit's addition: its paper's RAP rows ran partition [0]" in md
+
+
+def test_rap_partitions_of_each_paper():
+    "Da-HAR keeps Li et al.'s five RAP partitions; CAM-PAR's tables declare [15]'s partition 0 (CFAR rows too)."
+    for t in (DAHAR_T2,): assert t.protocol['dahar']['partition'].value == [0, 1, 2, 3, 4]
+    for t in (CAMPAR_T1, CAMPAR_T2):
+        for nb in ('campar', 'cfar'): assert t.protocol[nb]['partition'].value == [0], (t.key, nb)
+
+
+def test_cards_state_the_open_choices(tmp_path):
+    "Every open choice of issue 28 is on the rendered card with its reason: parameters (open) and code (fixed)."
+    from har_kit.cards import FIXED_CHOICES
+    choices = {(nb, c[0]) for nb, cs in FIXED_CHOICES.items() for c in cs}
+    assert {('dahar', 'mask source'), ('campar', 'CAM normalisation (Eq. 10)'), ('campar', 'logit BatchNorm'),
+            ('campar', "[15]'s gradient clipping"), ('cfar', 'phase 2')} <= choices
+    assert all(c[1] and c[2] for cs in FIXED_CHOICES.values() for c in cs)
+    assert CAMPAR_T2.protocol['campar']['fusion_project_deepest'].value is False
+    for k in ('phase2_epochs', 'phase2_lr'): assert CAMPAR_T2.protocol['cfar'][k].open
+    assert DAHAR_T2.protocol['dahar']['mix'].open and DAHAR_T1.protocol['dahar']['mask_weight'].open
+    for s in range(2): _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s, QUICK, _ped(0.7, 0.6))
+    render(CAMPAR_T2, tmp_path, 'quick')
+    md = (tmp_path/'quick'/'tables'/'campar_t2.md').read_text()
+    assert 'Left open by the papers and fixed in code' in md and 'max + 1e-5' in md and 'TRAIN.CLIP_GRAD' in md
+    assert '| campar | `fusion_project_deepest` | False' in md
+    assert 'fixed,campar,logit BatchNorm' in (tmp_path/'quick'/'tables'/'campar_t2.card.csv').read_text()
 
 
 def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):
