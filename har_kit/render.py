@@ -13,8 +13,8 @@ from .metrics import read_metrics
 from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
 
 # %% auto #0
-__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'missing_reason', 'constant_share', 'collect', 'paired_interval', 'table_rows',
-           'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
+__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'missing_reason', 'constant_share', 'paper_partition', 'collect', 'paired_interval',
+           'table_rows', 'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
            'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
@@ -51,14 +51,28 @@ def _summary(vals, seeds, mode, constant=None):
     return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
                 values=vals, seeds=seeds, mode=mode, constant=constant or [])
 
+def paper_partition(table: Table,   # the table
+                    notebook: str,  # the section notebook of a run
+                    params: dict    # the run's effective parameters (`run_params`)
+                   ):
+    "The one partition the table's paper ran for this run's dataset (CAM-PAR on RAP: [15]'s partition 0), else None."
+    paper = table.protocol.get(notebook, {}).get('partition')
+    if paper is None or len(paper.value) != 1 or (paper.datasets and params.get('dataset') not in paper.datasets): return None
+    return paper.value[0]
+
 def _by_mode(table, spec_, path, dirs):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run
-    by_mode = {}
+    by_mode, params = {}, {d: run_params(d, spec_.notebook) for d in dirs}
+    parts = {p.get('partition') for p in params.values()}
     for d in dirs:
         entry = read_metrics(d).get(spec_.variant, {})
         v = _dig(entry, path)
         if isinstance(v, (int, float)) and math.isfinite(v):
-            vs, ss, cs = by_mode.setdefault(selection_of(run_params(d, spec_.notebook)), ([], [], []))
-            vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name); cs.append(constant_share(entry))
+            mode, one = selection_of(params[d]), paper_partition(table, spec_.notebook, params[d])
+            # runs over several partitions where the paper ran one: the paper's partition alone is a mode of its own
+            extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts) > 1 and params[d].get('partition') == one else []
+            for m in [mode] + extra:
+                vs, ss, cs = by_mode.setdefault(m, ([], [], []))
+                vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name); cs.append(constant_share(entry))
     return by_mode
 
 def collect(table: Table,      # the table
@@ -155,6 +169,7 @@ def table_rows(table: Table,   # the table
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
             ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
             tag = f', {"[15]: selected on test" if mode == "[15]" else mode}' if len(all_modes) > 1 and mode else ''
+            if mode and any(m.startswith(f'{mode}, partition ') for m in all_modes): tag += ", mean over partitions: the kit's addition"
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}', *ours])
             if with_reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])

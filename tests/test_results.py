@@ -164,12 +164,15 @@ def test_rap_partitions_and_both_selection_modes(tmp_path):
     out = render(CAMPAR_T2, tmp_path, 'paper')
     md = out['texts']['md']
     assert 'RAP: mean ± sd over partitions 0, 1, 2, 3, 4' in md and 'both shown' in md
-    assert '| baseline | ours, [15]: selected on test (n=5) | 74.00 ± 1.58 |' in md
-    assert '| baseline | ours, held-out (n=5) | 72.00 ± 1.58 |' in md
+    assert "| baseline | ours, held-out, mean over partitions: the kit's addition (n=5) | 72.00 ± 1.58 |" in md
     # [15]'s code (and so CAM-PAR's reported RAP rows) read partition 0: the five-partition mean is labelled the kit's addition
     part = next(x for x in out['card']['differs'] if x['parameter'] == 'partition')
     assert part['paper'] == '[0]' and 'pedes.py' in part['source'] and "the kit's addition" in part['reason']
     assert "For campar the mean over partitions is the kit's addition: its paper's RAP rows ran partition [0]" in md
+    # partition 0 alone, as [15] ran it, beside the mean (labelled the kit's addition)
+    assert "| baseline | ours, [15]: selected on test, mean over partitions: the kit's addition (n=5) | 74.00 ± 1.58 |" in md
+    assert '| baseline | ours, [15], partition 0 alone (n=1) | 72.00 |' in md
+    assert '| baseline | ours, held-out, partition 0 alone (n=1) | 70.00 |' in md
 
 
 def test_rap_partitions_of_each_paper():
