@@ -220,3 +220,28 @@ def test_paper_fusion_runs_build_the_public_codes_mca():
     for r in runs: assert (r.params['fusion_width'], r.params['fusion_project_deepest']) == (128, False), r.params
     n = count_params(MCAFusion([512, 1024, 2048], latent=128, project_deepest=False))
     assert round(n / 1e6, 2) == 4.08, n
+
+
+def test_paper_rap_partitions_cover_what_each_paper_ran():
+    "The paper plan runs every RAP row on partitions 0-4: Da-HAR's five (Li et al.), and CAM-PAR's partition 0 ([15]) among them."
+    from har_kit.reproduce import plan
+    from har_kit.results import CAMPAR_T2, DAHAR_T2
+    runs = plan(['dahar_t2', 'campar_t2'], 'paper', seeds=1)
+    for nb, t in (('dahar', DAHAR_T2), ('campar', CAMPAR_T2), ('cfar', CAMPAR_T2)):
+        parts = {r.params['partition'] for r in runs if r.spec.notebook == nb and r.params.get('dataset') == 'rap'}
+        assert parts == {0, 1, 2, 3, 4} and set(t.protocol[nb]['partition'].value) <= parts, (nb, parts)
+
+
+def test_paper_fusion_card_matches_the_profile():
+    "The fusion the CAM-PAR card declares is the one the paper profile builds: same parameters, 4.08M at ResNet-50, not 8.27M."
+    from har_kit.backbones import count_params
+    from har_kit.campar import MCAFusion
+    from har_kit.reproduce import PROFILES
+    from har_kit.results import TABLES
+    prof = PROFILES['paper']['campar']
+    for t in TABLES.values():
+        decl = t.protocol.get('campar', {})
+        if 'fusion_project_deepest' in decl:
+            assert (decl['fusion_project_deepest'].value, decl['fusion_width'].value) == (prof['fusion_project_deepest'], prof['fusion_width']), t.key
+    counts = {d: round(count_params(MCAFusion([512, 1024, 2048], latent=128, project_deepest=d)) / 1e6, 2) for d in (False, True)}
+    assert counts == {False: 4.08, True: 8.27}, counts
