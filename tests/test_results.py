@@ -212,3 +212,13 @@ def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):
     cells = line.strip(' |').split(' | ')
     assert cells[2].endswith('*') and not cells[3].endswith('*')   # mA beyond seed noise, F1 not
     assert paired_interval(dict(values=[1.0], seeds=['seed0']), dict(values=[0.0], seeds=['seed0']))['lo'] is None
+
+
+def test_dahar_says_what_the_parameter_count_decides():
+    "30_dahar no longer lets the 45.4M/52.4M counts 'confirm' a placement two readings share; it says what they decide."
+    import json
+    from har_kit.core import repo_root
+    nb = json.loads((repo_root()/'nbs'/'30_dahar.ipynb').read_text())
+    md = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
+    assert 'This reading is confirmed by the parameter count' not in md
+    assert 'does not\ndecide *where* they sit' in md and 'it does not decide the placement or order of blocks' in md
