@@ -114,9 +114,12 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),
         ('logit BatchNorm', 'one BatchNorm1d per head: shared logits and specific logits each normalised by their own',
          "[15]'s single head has one; the thesis does not say whether CAM-PAR's two heads share it"),
-        ("[15]'s gradient clipping", 'none: the profile follows [15] as the thesis cites it (Jia et al. 2020)',
-         "the 2020 baseline trains without clipping; [15]'s later (2021) code clips the gradient norm at 10 when "
-         'TRAIN.CLIP_GRAD is set (batch_engine.py), a switch of its later configs, not of the baseline the thesis compares with')],
+        ("[15]'s gradient clipping", "none: the profile follows [15] as the thesis cites it (Jia et al. 2020): its 2020 "
+                                     'baseline, SGD at 0.01 backbone / 0.1 head without clipping',
+         "[15]'s 2021 code (valencebond/Rethinking_of_PAR, batch_engine.py) clips the gradient norm at 10 when "
+         'TRAIN.CLIP_GRAD is set, as its RAPv1 and PA100K baseline configs do, and trains those with Adam 1e-4; that is a '
+         'later recipe than the 2020 baseline whose numbers the thesis compares with (the 2020 code is no longer in the '
+         "repository's history; issue 28's review)")],
     'cfar': [
         ('phase 2', "Adam at `phase2_lr` for `phase2_epochs` epochs, batch 256, no schedule; fc_2 starts as the identity on "
                     'l_specific with zero weights on r_hat', 'not stated; the identity start makes phase 2 begin at phase 1\'s prediction')],

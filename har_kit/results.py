@@ -231,7 +231,8 @@ CAMPAR_VARIANTS = {'rap': ['baseline', 'fusion', 'campar', 'campar_fusion']}   #
 def _campar(variant, dataset):  # one CAM-PAR model, from the run that trains its dataset's compared variants
     return spec('campar', variant, dataset=dataset, variants=CAMPAR_VARIANTS.get(dataset, ['baseline', 'campar_fusion']))
 _RAP5C = dict(partition=Paper([0], "[15]'s code, which the thesis's training defers to, reads RAP partition 0 only "
-                                   "(dataset/pedes.py: default partition 0); the thesis names none", datasets=('rap',), across=True))
+                                   "(dataset/pedes.py in 2020, dataset/pedes_attr/pedes.py in 2021: "
+                                   "'default partition 0'); the thesis names none", datasets=('rap',), across=True))
 def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
     return spec('cfar', 'campar_fusion_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
                 phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])
