@@ -15,8 +15,9 @@ $B/har-kit run campar -p dataset pa100k -p data_root "$SAMPLE" -p variants "['ca
 $B/har-kit predict outputs/use/campar "$SAMPLE/data/00199[5-9].jpg" --threshold val --explain --top 5 --out outputs/use/predictions
 R=outputs/reference
 mkdir -p $R/tables $R/sample $R/use
-cp outputs/quick/tables/* $R/tables/
-cp outputs/sample/tables/real_pa100k.* $R/sample/ && cp outputs/sample/tables/env.json $R/sample/env.json
+find outputs/quick/tables -maxdepth 1 -type f -exec cp {} $R/tables/ \;
+cp outputs/quick/tables/run/env.json $R/tables/env.json
+cp outputs/sample/tables/real_pa100k.* $R/sample/ && cp outputs/sample/tables/run/env.json $R/sample/env.json
 cp outputs/use/campar/metrics.json outputs/use/campar/env.json $R/use/
 cp outputs/use/predictions/predictions.csv $R/use/
 cp outputs/use/predictions/explain/0000_001995.png $R/use/explain_001995.png 2>/dev/null || cp "$(ls outputs/use/predictions/explain/*001995*.png | head -1)" $R/use/explain_001995.png
