@@ -52,12 +52,12 @@ def mode_order(m: str):  # a selection mode
 
 # %% ../nbs/62_cards.ipynb #c009
 _CPU_CAMPAR = {  # the CPU profiles' CAM-PAR recipe (from scratch, Adam, a few epochs) where the paper profile follows [15] / the public code
-    'campar.logit_bn': "the CPU recipe as calibrated in the first build (from-scratch Adam); not re-tuned with [15]'s logit BatchNorm",
+    'campar.logit_bn': "the CPU recipe (from-scratch Adam on resnet-tiny) is tuned without it; [15]'s logit BatchNorm suits its ImageNet start",
     'campar.fusion_width': "None: the latent width follows the backbone's shallowest fused stage, which fits resnet-tiny's narrow stages (128 is sized for ResNet-50)",
     'campar.fusion_lr': 'Adam with one learning rate for every layer: the fusion group gets the same rate either way',
     'campar.plateau_on': 'a few epochs from scratch: the training loss needs no held-out split to decide a decay',
-    'campar.fusion_project_deepest': "the notebook's default (a 1x1 conv on c5 as on c3/c4, as Fig. 5 draws MCA), as "
-                                     'calibrated in the first build; the paper profile builds the public code\'s MCA (c5: BN + ReLU only)'}
+    'campar.fusion_project_deepest': "the notebook's default (a 1x1 conv on c5 as on c3/c4, as Fig. 5 draws MCA), with which the "
+                                     'CPU recipe is tuned; the paper profile builds the public code\'s MCA (c5: BN + ReLU only)'}
 
 CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
     '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
