@@ -213,7 +213,7 @@ class DaHar(nn.Module):
 # %% ../nbs/30_dahar.ipynb #c028
 READINGS = {  # the widths the paper leaves open: reading -> DaHar arguments (see "How big is Da-HAR?")
     'paper':      dict(block='basic', self_mask_after=(0, 1, 2, 3), reduce_side=True),    # matches 52.4M (default)
-    'bottleneck': dict(block='bottleneck', self_mask_after=(0, 1, 2), reduce_side=False), # the kit's first reading
+    'bottleneck': dict(block='bottleneck', self_mask_after=(0, 1, 2), reduce_side=False), # the alternative reading weighed below
 }
 
 VARIANTS = {  # Table 3 architectures: name -> DaHar switches (and a reading when the name fixes one)
@@ -222,7 +222,7 @@ VARIANTS = {  # Table 3 architectures: name -> DaHar switches (and a reading whe
     'self_mask':      dict(fusion=False, self_mask=True,  masked_attention=False),  # + self-mask blocks
     'coarse_to_fine': dict(fusion=False, self_mask=True,  masked_attention=True),   # self-mask + masked attention
     'dahar':          dict(fusion=True,  self_mask=True,  masked_attention=True),   # all three (Da-HAR)
-    'dahar_bottleneck': dict(fusion=True, self_mask=True, masked_attention=True, reading='bottleneck'),  # first reading
+    'dahar_bottleneck': dict(fusion=True, self_mask=True, masked_attention=True, reading='bottleneck'),  # the alternative reading
 }
 
 def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
