@@ -165,7 +165,7 @@ def _arch(variant): return spec('dahar', variant, dataset='wider', variants=DAHA
 DAHAR_IMBALANCE = ['1:1', '1:3', '1:18', '1:3', '1:4', '1:1', '1:13', '1:6', '1:11', '1:2', '1:9', '1:28', '1:3', '1:18']
 
 DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'Da-HAR, AAAI 2020, Table 1', _T1_COLS, [
-    Row('imbalance', 'Imbalance Ratio (positives : negatives on WIDER-Attribute, as printed; reported only, no run; '
+    Row('imbalance', 'Imbalance Ratio (positives : negatives on WIDER-Attribute, as printed; reported only: a property of the dataset, not a trained model; '
         "the quick set's own ratios: `har_kit.synth.label_stats`, 13_synth)", _reported(_T1_COLS, DAHAR_IMBALANCE + [None])),
     Row('rcnn', "R-CNN ICCV'15", _reported(_T1_COLS, [94, 81, 60, 91, 76, 94, 78, 89, 68, 96, 80, 72, 87, 55, 80.0])),
     Row('rstarcnn', "R*CNN ICCV'15", _reported(_T1_COLS, [94, 82, 62, 91, 76, 95, 79, 89, 68, 96, 80, 73, 87, 56, 80.5])),
