@@ -61,9 +61,9 @@ def notebook_parameters(notebook,  # path, file name or section name
     return out
 
 # %% ../nbs/60_run_params.ipynb #c013
-POSITIVE = ('batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
+POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows')
-NON_NEGATIVE = ('epochs', 'phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
+NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition')
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
@@ -109,6 +109,7 @@ def check_parameter(name,               # the parameter's name
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
         if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
+        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
     try: json.dumps(to_jsonable(value, name))
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
@@ -131,7 +132,19 @@ def check_parameters(notebook,           # notebook name or path
                            + (f' (did you mean {close[0]!r}?)' if close else '')
                            + f'; its parameters: {", ".join(n for n in declared if n != "out_dir") or "none"}')
         out[name] = check_parameter(name, value, declared[name])
+    if 'train_splits' in declared and ({'train_splits', 'eval_split'} & set(out)): _check_splits(out, declared)
     return out
+
+def _check_splits(params, declared):  # checked values; the notebook's defaults
+    "Refuse training splits that are empty or include the scored split."
+    train = params.get('train_splits', declared['train_splits'])
+    ev = params.get('eval_split', declared.get('eval_split', 'test'))
+    if train is None or isinstance(train, Unparsed): return        # CFAR: None = the phase-1 run's splits
+    train = [train] if isinstance(train, str) else list(train)
+    if not train: raise KitError("parameter 'train_splits': [] would train on every split, the scored one included; "
+                                 "name the split(s) to train on, e.g. ['train'] or ['train', 'val']")
+    if ev in train: raise KitError(f"parameter 'train_splits': {train!r} includes {ev!r}, the split this run scores; "
+                                   "train on ['train'] or ['train', 'val']")
 
 # %% ../nbs/60_run_params.ipynb #c019
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line

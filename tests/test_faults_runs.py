@@ -68,6 +68,26 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
         check_parameters(_nb(tmp_path/'n.ipynb'), params)
 
 
+@pytest.mark.parametrize('section, params, message', [
+    ('dahar', {'train_splits': []}, 'would train on every split'),          # split() of nothing is every split
+    ('dahar', {'train_splits': ['test']}, "includes 'test', the split this run scores"),
+    ('campar', {'train_splits': ['train', 'test']}, "includes 'test'"),
+    ('dahar', {'eval_split': 'val', 'train_splits': ['train', 'val']}, "includes 'val'"),
+    ('dahar', {'epochs': 0}, "'epochs': must be at least 1"),              # no untrained model marked done
+    ('dahar', {'seed': 2**32}, 'below 2\\^32'),
+])
+def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel(tmp_path, section, params, message):
+    with pytest.raises(KitError, match=message): check_parameters(section, params)
+    with pytest.raises(KitError, match=message): run_notebook(section, params, tmp_path/'run', progress=False)
+    assert not (tmp_path/'run').exists()
+
+
+def test_the_training_code_refuses_them_too():
+    from har_kit.data import check_train_splits
+    for bad in ([], None, ['test'], 'test'):
+        with pytest.raises(KitError, match='train_splits'): check_train_splits(bad, 'test')
+
+
 def test_none_default_accepts_plain_values_and_ints_widen_to_float(tmp_path):
     nb = _nb(tmp_path/'n.ipynb')
     assert check_parameters(nb, {'extra': {'k': [1, 'x']}, 'threshold': 1}) == {'extra': {'k': [1, 'x']}, 'threshold': 1.0}
