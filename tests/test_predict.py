@@ -242,6 +242,25 @@ def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
     assert 'nope.jpg' in capsys.readouterr().err and not (tmp_path/'o2').exists()
 
 
+def test_predict_out_and_device_are_checked_before_any_image_is_scored(tmp_path, images, model_file, capsys, monkeypatch):
+    scored = []
+    monkeypatch.setattr(Predictor, 'probabilities', lambda self, *a, **k: scored.append(1))
+    (tmp_path/'file').write_text('x')
+    (tmp_path/'done').mkdir(); (tmp_path/'done'/'predictions.csv').write_text('old')
+    ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o500)
+    cases = [(['--out', str(tmp_path/'file')], 'is a file'),
+             (['--out', str(tmp_path/'done')], 'exists: pass --force'),
+             (['--device', 'bogus', '--out', str(tmp_path/'o')], "device='bogus' is not a device name"),
+             (['--device', '', '--out', str(tmp_path/'o')], "device='' is not a device name")]
+    if os.geteuid() != 0: cases.append((['--out', str(ro/'sub')], 'is not a writable folder'))
+    for args, message in cases:
+        assert cli([str(model_file), str(images), '--quiet', *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (args, err)
+    assert scored == [] and (tmp_path/'done'/'predictions.csv').read_text() == 'old'
+    ro.chmod(0o700)
+
+
 @pytest.mark.parametrize('make, kind, panels', [
     (_dahar, 'attention', ['self-mask (stage 1)', 'self-mask (stage 2)', 'self-mask (stage 3)', 'self-mask (stage 4)', 'mask branch']),
     (_campar, 'CAM', [])])
