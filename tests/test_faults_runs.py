@@ -261,3 +261,70 @@ def test_kernel_sees_the_launchers_folders_threads_and_keeps_figures(tmp_path, m
     t = load_json(run/'timing.json')
     assert t['kernel_start_seconds'] > 0 and t['imports_seconds'] >= 0 and len(t['cells']) == 3   # with papermill's injected cell
     assert '[har-kit] kernel start' in (run/'log.txt').read_text()
+
+
+# --- Ctrl-C: the kernels stop, the runs are marked interrupted, exit 130 -------------------------------------------
+
+_BLOCKING = ('import pathlib, time\npathlib.Path(out_dir, "started").touch()\n'
+             'while True: time.sleep(0.05)')   # a cell that never finishes by itself
+
+
+def _interrupt_when_started(cmd, markers, tmp_path, sig=None):
+    "Start `cmd`, send SIGINT once a kernel has written a marker (no sleep as synchronisation), return (rc, stderr, seconds)."
+    import signal, subprocess, sys, time
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), 'HAR_KIT_OUTPUTS': str(tmp_path/'outputs')}
+    p = subprocess.Popen([sys.executable, '-c', cmd], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(tmp_path.glob(markers)):
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, 'no kernel started within 240 s'
+            time.sleep(0.05)   # polling the marker; the order of events does not depend on this
+        t0 = time.monotonic()
+        p.send_signal(sig or signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        return p.returncode, err, time.monotonic() - t0
+    finally:
+        if p.poll() is None: p.kill(); p.communicate()
+
+
+def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
+    cmd = f'import sys; from har_kit.runs import cli; sys.exit(cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))'
+    rc, err, secs = _interrupt_when_started(cmd, 'run/started', tmp_path)
+    assert rc == 130 and secs < 30, (rc, secs, err)
+    assert 'interrupted' in err and 'rerun the same command' in err and 'Traceback' not in err, err
+    assert not (tmp_path/'run'/'done').exists()
+    st = run_status(tmp_path/'run')
+    assert st['state'] == 'failed' and st['interrupted'] and 'Ctrl-C' in st['error']
+
+
+def test_ctrl_c_stops_har_kit_reproduce_with_a_summary(tmp_path):
+    import signal
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
+    cmd = (f'import sys, har_kit.launch as L, har_kit.reproduce as R\n'
+           f'from har_kit.runs import run_notebook\n'
+           f'L.check_roots = lambda runs: None\n'
+           f'L.render_tables = lambda *a, **k: sys.exit("rendered after an interrupt")\n'
+           f'R.run_planned = lambda r, dev, force: run_notebook({str(nb)!r}, {{}}, r.out_dir, progress=False)\n'
+           f'sys.exit(L.cli(["dahar_t2", "campar_t2", "--profile", "quick", "--jobs", "2", "--out", {str(tmp_path/"o")!r}]))')
+    rc, err, secs = _interrupt_when_started(cmd, 'o/**/started', tmp_path, signal.SIGTERM)
+    assert rc == 130 and secs < 30, (rc, secs, err)
+    assert 'har-kit reproduce: interrupted:' in err and 'rerun the same command' in err and 'Traceback' not in err, err
+    assert not list((tmp_path/'o').rglob('done'))
+    stopped = [load_json(f) for f in (tmp_path/'o').rglob('failed.json')]
+    assert stopped and all(f.get('interrupted') for f in stopped)
+
+
+# --- a hand-edited params.json ------------------------------------------------------------------------------------
+
+def test_hand_edited_params_json_of_a_done_run_is_refused(tmp_path, monkeypatch):
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb')
+    run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False)
+    (tmp_path/'run'/'params.json').write_text(json.dumps({'seed': 5}))       # edited to claim other values
+    with pytest.raises(KitError, match='params.json was changed after the run finished.*--force'):
+        run_notebook(nb, {'seed': 5}, tmp_path/'run', progress=False)
+    assert len(calls) == 1
+    run_notebook(nb, {'seed': 5}, tmp_path/'run', progress=False, force=True)    # --force reruns it with those values
+    assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 5} and len(calls) == 2
