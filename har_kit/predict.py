@@ -22,12 +22,20 @@ from .model_file import LoadedModel, check_attributes, load_model
 __all__ = ['resolve_thresholds', 'preprocess', 'Predictor', 'write_predictions', 'check_out_dir', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
+def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
+    "A dict of the pairs; a name given twice is a `ValueError` (neither value is silently kept)."
+    seen = {}
+    for k, v in pairs:
+        if k in seen: raise ValueError(f'{k!r} is given twice')
+        seen[k] = v
+    return seen
+
 def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
     "Per-attribute thresholds from a file, in the model's attribute order."
     try:
         text = Path(path).read_text(encoding='utf-8')
-        table = (json.loads(text) if Path(path).suffix.lower() == '.json' else
-                 {r['attribute']: r['threshold'] for r in csv.DictReader(io.StringIO(text))})
+        table = (json.loads(text, object_pairs_hook=_unique) if Path(path).suffix.lower() == '.json' else
+                 _unique((r['attribute'], r['threshold']) for r in csv.DictReader(io.StringIO(text))))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KitError(f'{path}: cannot read thresholds ({type(e).__name__}: {e}); write JSON {{"attribute": threshold}} '
                        'or a CSV with columns attribute,threshold') from None
@@ -36,6 +44,8 @@ def _threshold_file(path, names):  # JSON or CSV file; the model's attribute nam
     if missing or unknown:
         raise KitError(f'{path}: thresholds must name every model attribute exactly once; missing {missing[:5]}, '
                        f'unknown {unknown[:5]}')
+    bools = [n for n in names if isinstance(table[n], bool)]
+    if bools: raise KitError(f'{path}: the threshold of {bools[0]!r} is {table[bools[0]]!r}, not a number in [0, 1]')
     try: t = np.array([float(table[n]) for n in names])
     except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
     return t
@@ -192,6 +202,8 @@ def cli(argv=None):  # arguments after `har-kit predict`
     "Entry point of `har-kit predict`."
     a = _predict_parser().parse_args(argv)
     try:
+        for opt, v in (('--top', a.top), ('--max-attributes', a.max_attributes), ('--batch-size', a.batch_size)):
+            if v is not None and v < 1: raise KitError(f'{opt} {v}: must be at least 1')
         check_out_dir(a.out, a.force)
         pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant)
         records = pred.predict(a.images, progress=not a.quiet)

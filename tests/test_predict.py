@@ -251,7 +251,9 @@ def test_predict_out_and_device_are_checked_before_any_image_is_scored(tmp_path,
     cases = [(['--out', str(tmp_path/'file')], 'is a file'),
              (['--out', str(tmp_path/'done')], 'exists: pass --force'),
              (['--device', 'bogus', '--out', str(tmp_path/'o')], "device='bogus' is not a device name"),
-             (['--device', '', '--out', str(tmp_path/'o')], "device='' is not a device name")]
+             (['--device', '', '--out', str(tmp_path/'o')], "device='' is not a device name"),
+             (['--top', '-1', '--out', str(tmp_path/'o')], '--top -1: must be at least 1'),
+             (['--max-attributes', '0', '--out', str(tmp_path/'o')], '--max-attributes 0: must be at least 1')]
     if os.geteuid() != 0: cases.append((['--out', str(ro/'sub')], 'is not a writable folder'))
     for args, message in cases:
         assert cli([str(model_file), str(images), '--quiet', *args]) == 2
