@@ -10,8 +10,8 @@ from pathlib import Path
 from .core import KitError, repo_root, to_jsonable
 
 # %% auto #0
-__all__ = ['POSITIVE', 'NON_NEGATIVE', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter',
-           'check_parameters', 'parse_value', 'parse_params']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'NON_EMPTY', 'PLACES', 'notebooks_dir', 'find_notebook', 'Unparsed',
+           'notebook_parameters', 'check_parameter', 'check_parameters', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -65,10 +65,22 @@ POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n
             'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows')
 NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition')
+GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
+NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
+PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
 def _type_name(v): return {bool: 'true/false', int: 'a whole number', float: 'a number', str: 'a string',
                            list: 'a list', tuple: 'a list', dict: 'a dict'}.get(type(v), type(v).__name__)
+
+def _in_range(name, value, bad):  # a parameter; its value; makes the KitError
+    "`value`, or the error of a number outside its parameter's range."
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
+        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
+        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}')
+        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
+    return value
 
 def check_parameter(name,               # the parameter's name
                     value,              # the value given for it
@@ -76,10 +88,14 @@ def check_parameter(name,               # the parameter's name
                     where='parameter'): # what the name is called in errors
     "Return `value` checked (and an int widened to float for a float default) against `default`, or raise `KitError`."
     bad = lambda what: KitError(f'{where} {name!r}: {what}')
+    if name.endswith(PLACES) and value is not None and not (isinstance(value, str) and value.strip()):
+        raise bad(f'expects a path (or null), got {_type_name(value)} {value!r}')
+    if name in NON_EMPTY and isinstance(value, (str, list, tuple)) and not value:
+        raise bad(f'must not be empty (default {default!r})')
     if isinstance(default, Unparsed) or default is None:
         try: json.dumps(to_jsonable(value))
         except (TypeError, ValueError, KitError): raise bad(f'{value!r} is not a plain value (number, string, bool, list, dict or null)') from None
-        return value
+        return _in_range(name, value, bad)
     if isinstance(default, bool):
         if not isinstance(value, bool): raise bad(f'expects true or false (default {default}), got {value!r}')
     elif isinstance(default, int):
@@ -106,10 +122,7 @@ def check_parameter(name,               # the parameter's name
                                 f'(default {list(default)!r}), got {wrong[0]!r} in {value!r}')
     elif isinstance(default, dict):
         if not isinstance(value, dict): raise bad(f'expects a dict (default {default!r}), got {_type_name(value)} {value!r}')
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
-        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
-        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
+    _in_range(name, value, bad)
     try: json.dumps(to_jsonable(value, name))
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value

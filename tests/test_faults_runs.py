@@ -75,6 +75,18 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('dahar', {'eval_split': 'val', 'train_splits': ['train', 'val']}, "includes 'val'"),
     ('dahar', {'epochs': 0}, "'epochs': must be at least 1"),              # no untrained model marked done
     ('dahar', {'seed': 2**32}, 'below 2\\^32'),
+    ('dahar', {'scale': 0}, "'scale': must be above 0"),                  # not "non-finite loss ... learning rate"
+    ('dahar', {'scale': -5.0}, "'scale': must be above 0"),
+    ('dahar', {'data_root': 3}, "'data_root': expects a path"),
+    ('campar', {'data_root': ['a']}, "'data_root': expects a path"),
+    ('campar', {'data_root': {'a': 1}}, "'data_root': expects a path"),
+    ('campar', {'data_root': True}, "'data_root': expects a path"),
+    ('dahar', {'variants': []}, "'variants': must not be empty"),
+    ('dahar', {'device': ''}, "'device': must not be empty"),
+    ('campar', {'fuse_at': ''}, "'fuse_at': must not be empty"),
+    ('campar', {'fusion_width': -5}, "'fusion_width': must be at least 1"),
+    ('campar', {'fusion_width': 0}, "'fusion_width': must be at least 1"),
+    ('dahar', {'batch_size': 1e26}, "'batch_size': expects a whole number"),
 ])
 def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel(tmp_path, section, params, message):
     with pytest.raises(KitError, match=message): check_parameters(section, params)
