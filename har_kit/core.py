@@ -117,7 +117,9 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
     "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
     import torch
     if device in (None, 'auto'): return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(device)
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise KitError(f"device={device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev

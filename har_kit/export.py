@@ -85,13 +85,12 @@ def export_model(model,                # model file / run dir, or a LoadedModel
                  format='onnx',        # 'onnx' or 'torchscript'
                  variant=None,         # variant inside a run directory
                  tol=1e-4,             # largest allowed |exported - PyTorch| on the check batch
-                 trusted=(),           # further builder packages (see `load_model`)
                  force=False):         # replace an existing `out` (never the model file itself)
     "Export the probability wrapper (atomic, with a JSON sidecar) and check it against PyTorch; return a report dict."
     if format not in EXPORT_FORMATS: raise KitError(f'format={format!r}: choose one of {EXPORT_FORMATS}')
     src = model.path if isinstance(model, LoadedModel) else find_model_file(model, variant)
     out = check_destination(out, src, force)
-    lm = model if isinstance(model, LoadedModel) else load_model(src, trusted=trusted)
+    lm = model if isinstance(model, LoadedModel) else load_model(src)
     wrapper, meta = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format)
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))

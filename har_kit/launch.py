@@ -12,12 +12,12 @@ from .core import KitError, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                param_diff, plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
-from .runs import RunFailed, is_done, run_status
+from .runs import RunFailed, forward_interrupts, is_done, run_status
 
 # %% auto #0
 __all__ = ['LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'save_status', 'format_status',
-           'status_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs',
-           'reproduce_parser', 'cli']
+           'read_status_runs', 'status_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
+           'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -28,10 +28,19 @@ def status_path(root,     # outputs root
 
 _ACTIVE_SLURM = {'PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'RESIZING', 'REQUEUE_HOLD'}
 
-def _pid_alive(pid):
-    try: os.kill(pid, 0); return True
-    except ProcessLookupError: return False
-    except PermissionError: return True
+def _process_started(pid):  # a process id
+    "The process's start time (seconds since the epoch), or None when no such process runs (a zombie counts as gone)."
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        return None if p.status() == psutil.STATUS_ZOMBIE else p.create_time()
+    except (psutil.NoSuchProcess, ValueError): return None
+    except psutil.AccessDenied: return 0.0
+
+def _pid_alive(pid, started=None):  # a process id; its start time when the job was recorded (None: not recorded)
+    "True while the process runs and, when `started` is known, is the same process (a reused pid is another one)."
+    now = _process_started(pid)
+    return now is not None and (started is None or now == 0.0 or abs(now - started) < 0.01)
 
 def job_file(out_dir   # a run directory
             ) -> Path:
@@ -42,7 +51,7 @@ def job_file(out_dir   # a run directory
 def job_queued(job: dict   # a run's job record (`job_file`)
               ) -> bool:
     "True while the scheduler job recorded for a run is pending or running."
-    if job.get('cluster') in ('local', 'debug'): return _pid_alive(int(job['job_id']))
+    if job.get('cluster') in ('local', 'debug'): return _pid_alive(int(job['job_id']), job.get('started'))
     import submitit
     return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
 
@@ -107,6 +116,20 @@ def format_status(st   # a status (`save_status`)
             lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
     return '\n'.join(lines)
 
+def read_status_runs(path   # a profile's status.json
+                    ) -> list:
+    "The run records of a saved status, or a `KitError` when the file is not one `save_status` wrote."
+    bad = lambda why: KitError(f'{path}: {why}, not a status written by har-kit reproduce; move it away and run '
+                               'har-kit status again (it plans the profile afresh)')
+    if path.is_dir(): raise bad('a folder')
+    try: st = load_json(path)
+    except (OSError, UnicodeDecodeError) as e: raise bad(f'unreadable ({type(e).__name__})') from None
+    keys = ('name', 'out_dir', 'deps')
+    runs = st.get('runs') if isinstance(st, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in runs):
+        raise bad(f"no list of run records with {', '.join(keys)} under 'runs'")
+    return runs
+
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):
     "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/missing)."
@@ -118,7 +141,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     root = Path(a.out or outputs_root())
     p = status_path(root, a.profile)
     try:
-        runs = load_json(p)['runs'] if p.exists() else plan(None, a.profile, root=root)
+        runs = read_status_runs(p) if p.exists() else plan(None, a.profile, root=root)
         st = save_status(runs, root, a.profile)
     except KitError as e:
         print(f'har-kit status: {e}', file=sys.stderr); return 2
@@ -252,6 +275,8 @@ def submit(runs,           # PlannedRuns, dependencies first
         job = send(RunJob(r, not native, run_fn, force), r.name, after, 'afterok')
         info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
                     submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
+        if cluster in ('local', 'debug') and str(job.job_id).isdigit():   # a local job is a process: keep its start time
+            info['started'] = -1.0 if (t := _process_started(int(job.job_id))) is None else t   # -1: already ended
         save_json(info, jf)
         ids[r.out_dir] = info['job_id']
         actions.append(dict(name=r.name, action='submit', after=after, job_id=info['job_id'], job=job))
@@ -280,19 +305,46 @@ def _parse_roots(pairs):
         roots[k] = str(Path(v).expanduser().resolve())   # absolute: kernels start in their run directories
     return roots
 
+_OPTION_CHECKS = {  # option -> (accepts the value?, what it must be)
+    'cluster': (lambda v: v in ('slurm', 'local'), "'slurm' or 'local'"),
+    'partition': (lambda v: isinstance(v, str) and v != '', 'a name'), 'account': (lambda v: isinstance(v, str) and v != '', 'a name'),
+    'qos': (lambda v: isinstance(v, str) and v != '', 'a name'),
+    'time': (lambda v: type(v) is int and 1 <= v <= 525600, 'whole minutes, 1 to 525600'),
+    'gpus': (lambda v: type(v) is int and 0 <= v <= 64, 'a whole number of GPUs, 0 to 64'),
+    'cpus': (lambda v: type(v) is int and 1 <= v <= 1024, 'a whole number of CPUs, 1 to 1024'),
+    'mem_gb': (lambda v: type(v) in (int, float) and 0 < v <= 1e5, 'a positive number of GB'),
+}
+
+def check_launcher_options(opts: dict,  # option -> value (`LAUNCHER_OPTIONS` keys)
+                           where: str   # where they came from, named in errors
+                          ) -> dict:
+    "`opts` when every value is one the scheduler can take (and Slurm, when asked for, is installed); else a `KitError`."
+    import shutil
+    for k, v in opts.items():
+        ok, what = _OPTION_CHECKS[k]
+        if v is not None and not ok(v): raise KitError(f'{where}: {k}={v!r}: expected {what}')
+    if opts.get('cluster') == 'slurm' and not shutil.which('sbatch'):
+        raise KitError(f"{where}: cluster='slurm' but sbatch is not on PATH: run on a Slurm login node, or use cluster: local")
+    return opts
+
+def _read_launcher_config(p):  # the --launcher-config path
+    "The options of a YAML/JSON launcher config, or a `KitError` naming the file."
+    import yaml
+    if not p.is_file(): raise KitError(f'--launcher-config {p}: ' + ('a folder, not a file' if p.is_dir() else 'no such file'))
+    try: opts = yaml.safe_load(p.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise KitError(f'--launcher-config {p}: not YAML/JSON ({type(e).__name__}); write key: value lines such as time: 120') from None
+    if opts is None: return {}
+    if not isinstance(opts, dict): raise KitError(f'--launcher-config {p}: expected key: value lines, got {type(opts).__name__}')
+    bad = sorted(map(str, set(opts) - set(LAUNCHER_OPTIONS)))
+    if bad: raise KitError(f'--launcher-config {p}: unknown key(s) {bad}; allowed: {", ".join(LAUNCHER_OPTIONS)}')
+    return check_launcher_options(opts, f'--launcher-config {p}')
+
 def _launcher_options(a):
-    opts = {}
-    if a.launcher_config:
-        import yaml
-        p = Path(a.launcher_config)
-        if not p.exists(): raise KitError(f'--launcher-config {p}: no such file')
-        opts = yaml.safe_load(p.read_text()) or {}
-        bad = sorted(set(opts) - set(LAUNCHER_OPTIONS))
-        if not isinstance(opts, dict) or bad:
-            raise KitError(f'--launcher-config {p}: unknown key(s) {bad}; allowed: {", ".join(LAUNCHER_OPTIONS)}')
+    opts = _read_launcher_config(Path(a.launcher_config)) if a.launcher_config else {}
     for k in LAUNCHER_OPTIONS:
         if getattr(a, k, None) is not None: opts[k] = getattr(a, k)
-    return opts
+    return check_launcher_options(opts, 'reproduce options')
 
 def _scheduler_options(ap):
     g = ap.add_argument_group('scheduler (--launcher submitit)')
@@ -350,9 +402,16 @@ def _submit_all(a, runs, root):  # --launcher submitit
 def _run_here(a, runs, root, devices):  # --launcher local: execute, record the status, render
     t0 = time.time()
     save_status(runs, root, a.profile)
-    status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs, force=a.force,
-                     on_change=lambda s: save_status(runs, root, a.profile, s['failed']))
+    with forward_interrupts() as interrupted:   # Ctrl-C / SIGTERM: kernels stopped, no further run started
+        status = execute(runs, devices if devices and len(devices) > 1 else None, jobs=a.jobs, force=a.force,
+                         on_change=lambda s: save_status(runs, root, a.profile, s['failed']))
     st = save_status(runs, root, a.profile, status['failed'])
+    if interrupted():
+        stopped = [n for n, e in status['failed'].items() if 'interrupted' in e]
+        print(f'har-kit reproduce: interrupted: {len(status["done"])} ran, {len(status["skipped"])} already done, '
+              f'{len(stopped)} stopped or not started ({", ".join(stopped[:6])}{", ..." if len(stopped) > 6 else ""}); '
+              'rerun the same command to resume them (no tables rendered)', file=sys.stderr)
+        return 130
     tables_run = render_tables(a.profile, root)
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
@@ -378,5 +437,9 @@ def cli(argv=None):  # the command line (None: sys.argv)
         return _run_here(a, runs, root, devices)
     except KitError as e:
         print(f'har-kit reproduce: {e}', file=sys.stderr); return 2
+    except KeyboardInterrupt:   # outside the runs (planning, rendering): nothing of a run is lost
+        print('har-kit reproduce: interrupted; rerun the same command to continue', file=sys.stderr); return 130
+    except BrokenPipeError:     # `--dry-run | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 0
     except RunFailed as e:
         print(f'har-kit reproduce: rendering failed: {e}', file=sys.stderr); return 1

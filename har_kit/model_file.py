@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, datetime, hashlib, importlib, json
+import dataclasses, datetime, hashlib, importlib, inspect, json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,8 @@ from .core import KitError, atomic_path, get_device
 from . import __version__
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'model_digest', 'save_model', 'LoadedModel', 'find_model_file', 'read_model_file',
-           'check_attributes', 'load_model']
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
+           'find_model_file', 'read_model_file', 'check_attributes', 'load_model']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -51,10 +51,32 @@ def model_digest(meta,        # plain dict (JSON values)
     return h.hexdigest()
 
 # %% ../nbs/09_model_file.ipynb #c010
-def _check_builder(builder, where):  # 'module:function'; the field named in errors
-    "The builder string, or a `KitError` when it is not spelled 'module:function'."
-    if not (isinstance(builder, str) and builder.count(':') == 1 and all(builder.split(':'))):
-        raise KitError(f"{where}={builder!r}: expected 'module:function', e.g. 'har_kit.dahar:dahar_variant'")
+KIT_BUILDERS = {'dahar_variant': ('model', 'har_kit.dahar'),      # key -> (kind, the kit module defining a function of
+                'campar_variant': ('model', 'har_kit.campar'),    # that name); a closed table: load_model imports these
+                'cfar_predictor': ('predictor', 'har_kit.cfar')}  # modules and nothing else
+_REGISTRY = {}   # key -> (kind, function), added by `register_builder` (builders outside the kit)
+
+def register_builder(name: str,          # the key model files store
+                     kind: str = 'model'): # 'model': fn(**kwargs) -> nn.Module; 'predictor': fn(model, extra, meta)
+    "Decorator: let model files build with this function under `name` (for builders outside the kit's table)."
+    if kind not in ('model', 'predictor'): raise KitError(f"register_builder: kind={kind!r}: use 'model' or 'predictor'")
+    def deco(fn):
+        if name in KIT_BUILDERS or _REGISTRY.get(name, (kind, fn)) != (kind, fn):
+            raise KitError(f'register_builder: {name!r} is already a builder; choose another name')
+        _REGISTRY[name] = (kind, fn); return fn
+    return deco
+
+def _check_builder(builder, where, kind='model'):  # a registry key (or the kit's own 'module:function' spelling)
+    "The registry key a builder names, or a `KitError`; the kit's `'har_kit.x:f'` spellings map to their key `f`."
+    if isinstance(builder, str) and ':' in builder:
+        mod, _, fn = builder.partition(':')
+        if KIT_BUILDERS.get(fn, (None, None))[1] == mod: builder = fn
+        else: raise KitError(f'{where}={builder!r}: model files name a registered builder, not a function path; '
+                             f'use one of {sorted(set(KIT_BUILDERS) | set(_REGISTRY))} or register_builder(name)')
+    k = (KIT_BUILDERS.get(builder) or _REGISTRY.get(builder) or (None,))[0] if isinstance(builder, str) else None
+    if k != kind:
+        raise KitError(f'{where}={builder!r}: not a registered {kind} builder; known: '
+                       f'{sorted(n for n, (kd, _) in {**_REGISTRY, **KIT_BUILDERS}.items() if kd == kind)}')
     return builder
 
 def _json_default(o):  # what `json.dumps` cannot encode by itself
@@ -77,7 +99,42 @@ def _to_storable(value):  # numpy arrays and scalars -> tensors / Python numbers
     if isinstance(value, (list, tuple)): return [_to_storable(v) for v in value]
     return value
 
-# %% ../nbs/09_model_file.ipynb #c012
+# %% ../nbs/09_model_file.ipynb #c013
+def _resolve(builder, where, kind='model'):  # a registry key; the field named in errors; 'model' / 'predictor'
+    "The function a registry key names (the kit's table entries are imported from their fixed module)."
+    key = _check_builder(builder, where, kind)
+    if key in KIT_BUILDERS: return getattr(importlib.import_module(KIT_BUILDERS[key][1]), key)
+    return _REGISTRY[key][1]
+
+_TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,), 'None': (type(None),)}
+
+def _check_kwargs(fn, kwargs, where):  # the builder; its stored kwargs; the field named in errors
+    "Refuse kwargs that do not bind to the builder's signature or whose value is not of the annotated type."
+    sig = inspect.signature(fn)
+    try: sig.bind(**kwargs)
+    except TypeError as e: raise KitError(f'{where}: kwargs do not fit {fn.__name__}: {e}') from None
+    for k, v in kwargs.items():
+        ann = sig.parameters[k].annotation if k in sig.parameters else inspect.Parameter.empty
+        names = [t.strip() for t in ann.split('|')] if isinstance(ann, str) else []
+        if names and all(t in _TYPES for t in names):
+            ok = tuple(c for t in names for c in _TYPES[t])
+            if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+                raise KitError(f'{where}: kwargs.{k}={v!r:.80} is not {ann}')
+
+def _check_outputs(model, attributes, input_size, where):  # network; names; (H, W); named in errors
+    "Run one blank image through the network; its `logits` must have one column per attribute."
+    was = model.training; model.eval()
+    p = next(iter(model.parameters()), None)
+    x = torch.zeros(1, 3, *input_size, device=p.device if p is not None else 'cpu')
+    try:
+        with torch.no_grad(): out = model(x)
+    finally: model.train(was)
+    n = out['logits'].shape[-1] if isinstance(out, dict) and isinstance(out.get('logits'), torch.Tensor) else None
+    if n != len(attributes):
+        raise KitError(f"{where}: the network gives {n} logits but {len(attributes)} attribute names are stored; "
+                       'save it with its own attribute list')
+
+# %% ../nbs/09_model_file.ipynb #c015
 def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_model` receives them
     "Validate the descriptive fields; return them as plain lists."
     attributes = list(attributes) if attributes is not None else []
@@ -99,11 +156,11 @@ def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_mode
         thresholds = thresholds.tolist()
     return attributes, size, mean, std, thresholds
 
-# %% ../nbs/09_model_file.ipynb #c014
+# %% ../nbs/09_model_file.ipynb #c017
 def save_model(path,                 # destination, e.g. <run_dir>/<variant>/model.pt
                model: nn.Module,     # the trained network (its state_dict is saved)
                *,
-               builder: str,         # 'module:function' rebuilding it, e.g. 'har_kit.dahar:dahar_variant'
+               builder: str,         # registry key rebuilding it: 'dahar_variant', 'campar_variant' (see KIT_BUILDERS)
                kwargs: dict,         # the builder's keyword arguments (plain JSON values)
                attributes,           # attribute names, in output order
                input_size,           # network input (height, width)
@@ -113,18 +170,20 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
                dataset=None,         # dataset kind / name it was trained on (provenance)
                extra=None):          # dict of tensors / plain values (e.g. CFAR's state; 'predictor' see load_model)
     "Write a self-describing model file atomically (weights, builder, attributes, preprocessing, thresholds); return its path."
-    _check_builder(builder, 'builder')
+    builder = _check_builder(builder, 'builder')
     kwargs = dict(_plain(dict(kwargs), 'kwargs'))
+    _check_kwargs(_resolve(builder, 'builder'), kwargs, 'kwargs')
     attributes, size, mean, std, thresholds = _check_meta(attributes, input_size, mean, std, thresholds)
+    _check_outputs(model, attributes, size, Path(path))
     pretrained = kwargs.get('weights')
     if 'weights' in kwargs: kwargs['weights'] = None        # the file holds the trained weights: never download
     extra = _to_storable(dict(extra or {}))
-    if 'predictor' in extra: _check_builder(extra['predictor'], "extra['predictor']")
+    if 'predictor' in extra: extra['predictor'] = _check_builder(extra['predictor'], "extra['predictor']", 'predictor')
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise KitError(f'model weight {k!r} holds NaN/inf: the run diverged; do not save it (lower the learning rate)')
-    meta = dict(builder=builder, kwargs=kwargs, attributes=attributes, input_size=size, mean=mean, std=std,
+    meta = dict(builder=builder, kwargs=kwargs, variant=Path(path).parent.name, attributes=attributes, input_size=size, mean=mean, std=std,
                 thresholds=thresholds, dataset=_plain(dataset, 'dataset'), pretrained=_plain(pretrained, 'kwargs.weights'),
                 har_kit=str(__version__), torch=str(torch.__version__),
                 saved=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
@@ -133,7 +192,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     with atomic_path(path) as tmp: torch.save(blob, tmp)
     return Path(path)
 
-# %% ../nbs/09_model_file.ipynb #c016
+# %% ../nbs/09_model_file.ipynb #c019
 @dataclasses.dataclass
 class LoadedModel:
     "A model file read back: the network (eval mode) and everything needed to feed it and read its outputs."
@@ -147,18 +206,7 @@ class LoadedModel:
     extra: dict                 # the file's `extra` (tensors / plain values)
     path: Path | None = None    # the file it came from
 
-# %% ../nbs/09_model_file.ipynb #c019
-def _resolve(builder, trusted, where):  # 'module:function'; allowed top-level packages; field for errors
-    "Import a builder, refusing modules outside the trusted packages."
-    _check_builder(builder, where)
-    mod, fn = builder.split(':')
-    if mod.split('.')[0] not in ('har_kit', *trusted):
-        raise KitError(f'{where}={builder!r}: only har_kit builders are called by default; if you trust this file, '
-                       f"pass trusted=('{mod.split('.')[0]}',)")
-    try: return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise KitError(f'{where}={builder!r} cannot be imported ({e}); is the package that saved it installed?') from None
-
+# %% ../nbs/09_model_file.ipynb #c022
 def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a run directory
                     variant=None):    # variant name inside a run directory (None: the only one)
     "The model file a path names: the file itself, `<dir>/model.pt`, or `<dir>/<variant>/model.pt`."
@@ -175,7 +223,7 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
                    f'; variants with a model here: {found or "none"}' +
                    ('; pass variant=NAME' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
-# %% ../nbs/09_model_file.ipynb #c021
+# %% ../nbs/09_model_file.ipynb #c024
 def read_model_file(path,                # a file written by `save_model`
                     map_location='cpu'): # where tensors are loaded
     "Read and verify a model file (weights_only, format, hash); return its dict."
@@ -196,7 +244,7 @@ def read_model_file(path,                # a file written by `save_model`
     if missing: raise KitError(f'{path}: the model file lacks {missing}; save it with har_kit.model_file.save_model')
     return blob
 
-# %% ../nbs/09_model_file.ipynb #c022
+# %% ../nbs/09_model_file.ipynb #c025
 def check_attributes(attributes,  # the model's attribute names
                      expected,    # the names a caller needs (None: no check)
                      where):      # the model file, named in errors
@@ -212,23 +260,28 @@ def check_attributes(attributes,  # the model's attribute names
 def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a run directory
                variant=None,          # variant name inside a run directory (None: the only one)
                map_location='cpu',    # where tensors are loaded
-               attributes=None,       # expected attribute names (None: no check)
-               trusted=()):           # further top-level packages whose builders may be called
+               attributes=None):      # expected attribute names (None: no check)
     "Rebuild a model saved by `save_model`: `LoadedModel` with the network in eval mode."
     if isinstance(map_location, str): get_device(map_location)      # a clear error when CUDA is asked for but absent
     path = find_model_file(path_or_run_dir, variant)
     blob = read_model_file(path, map_location)
     meta, extra = blob['meta'], blob['extra']
+    if Path(path_or_run_dir).is_dir() and meta.get('variant', path.parent.name) != path.parent.name:
+        raise KitError(f"{path}: saved as variant {meta['variant']!r}, found in {path.parent.name!r}'s folder; "
+                       'load it from its own folder or train this variant')
     check_attributes(meta['attributes'], attributes, path)
     kwargs = dict(meta['kwargs'])
     if 'weights' in kwargs: kwargs['weights'] = None
-    model = _resolve(meta['builder'], trusted, f'{path}: builder')(**kwargs)
+    build = _resolve(meta['builder'], f'{path}: builder')
+    _check_kwargs(build, kwargs, f'{path}: kwargs')
+    model = build(**kwargs)
     try: model.load_state_dict(blob['state_dict'])
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
                        'the file was saved by another version of the architecture') from None
     model = model.to(map_location) if not callable(map_location) else model
-    if 'predictor' in extra: model = _resolve(extra['predictor'], trusted, f"{path}: extra['predictor']")(model.eval(), extra, meta)
+    if 'predictor' in extra: model = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')(model.eval(), extra, meta)
+    _check_outputs(model, meta['attributes'], meta['input_size'], path)
     th = meta.get('thresholds')
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),
                        tuple(meta['std']), None if th is None else np.asarray(th, float), meta, extra, path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, io, json, sys
+import argparse, csv, io, json, os, sys
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,23 @@ from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
 
 # %% auto #0
-__all__ = ['resolve_thresholds', 'preprocess', 'Predictor', 'write_predictions', 'format_record', 'cli']
+__all__ = ['resolve_thresholds', 'preprocess', 'Predictor', 'write_predictions', 'check_out_dir', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
+def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
+    "A dict of the pairs; a name given twice is a `ValueError` (neither value is silently kept)."
+    seen = {}
+    for k, v in pairs:
+        if k in seen: raise ValueError(f'{k!r} is given twice')
+        seen[k] = v
+    return seen
+
 def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
     "Per-attribute thresholds from a file, in the model's attribute order."
     try:
         text = Path(path).read_text(encoding='utf-8')
-        table = (json.loads(text) if Path(path).suffix.lower() == '.json' else
-                 {r['attribute']: r['threshold'] for r in csv.DictReader(io.StringIO(text))})
+        table = (json.loads(text, object_pairs_hook=_unique) if Path(path).suffix.lower() == '.json' else
+                 _unique((r['attribute'], r['threshold']) for r in csv.DictReader(io.StringIO(text))))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KitError(f'{path}: cannot read thresholds ({type(e).__name__}: {e}); write JSON {{"attribute": threshold}} '
                        'or a CSV with columns attribute,threshold') from None
@@ -36,6 +44,8 @@ def _threshold_file(path, names):  # JSON or CSV file; the model's attribute nam
     if missing or unknown:
         raise KitError(f'{path}: thresholds must name every model attribute exactly once; missing {missing[:5]}, '
                        f'unknown {unknown[:5]}')
+    bools = [n for n in names if isinstance(table[n], bool)]
+    if bools: raise KitError(f'{path}: the threshold of {bools[0]!r} is {table[bools[0]]!r}, not a number in [0, 1]')
     try: t = np.array([float(table[n]) for n in names])
     except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
     return t
@@ -92,10 +102,9 @@ class Predictor:
                  device='auto',             # 'auto', 'cpu', 'cuda', ...
                  batch_size: int = 16,      # images per forward pass
                  variant=None,              # variant inside a run directory
-                 attributes=None,           # expected attribute names (None: no check)
-                 trusted=()):               # further packages whose builders may be called (see `load_model`)
+                 attributes=None):          # expected attribute names (None: no check)
         self.device = get_device(device)
-        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, attributes=attributes, trusted=trusted)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, attributes=attributes)
         if isinstance(model, LoadedModel): check_attributes(model.attributes, attributes, model.path)
         self.model = self.loaded.model.to(self.device).eval()
         self.attributes = self.loaded.attributes
@@ -151,6 +160,18 @@ def write_predictions(records,          # `Predictor.predict` output
     save_json(dict(**meta, images=records), out_dir/'predictions.json')
     return out_dir/'predictions.csv', out_dir/'predictions.json'
 
+def check_out_dir(out_dir,      # the folder predictions go to
+                  force=False):  # replace predictions already there
+    "`out_dir` as a Path once predictions can be written there, checked before any image is scored; else a `KitError`."
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir(): raise KitError(f'--out {out} is a file: name a folder for predictions.csv / .json')
+    for f in (out/'predictions.csv', out/'predictions.json'):
+        if f.exists() and not force: raise KitError(f'{f} exists: pass --force to replace it, or choose another --out')
+    parent = next(p for p in [out, *out.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise KitError(f'--out {out}: {parent} is not a writable folder; choose another --out')
+    return out
+
 def format_record(r,          # a record of `Predictor.predict`
                   top=None):  # at most this many names (None: all)
     "One printed line: the image and its predicted attributes with their probabilities."
@@ -174,12 +195,16 @@ def _predict_parser():
     ap.add_argument('--max-attributes', type=int, default=6, help='attribute panels per explanation figure')
     ap.add_argument('--top', type=int, default=None, help='print at most this many attributes per image')
     ap.add_argument('--quiet', action='store_true', help='do not print one line per image')
+    ap.add_argument('--force', action='store_true', help='replace predictions already in --out')
     return ap
 
 def cli(argv=None):  # arguments after `har-kit predict`
     "Entry point of `har-kit predict`."
     a = _predict_parser().parse_args(argv)
     try:
+        for opt, v in (('--top', a.top), ('--max-attributes', a.max_attributes), ('--batch-size', a.batch_size)):
+            if v is not None and v < 1: raise KitError(f'{opt} {v}: must be at least 1')
+        check_out_dir(a.out, a.force)
         pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant)
         records = pred.predict(a.images, progress=not a.quiet)
         if not a.quiet:

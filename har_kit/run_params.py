@@ -10,8 +10,8 @@ from pathlib import Path
 from .core import KitError, repo_root, to_jsonable
 
 # %% auto #0
-__all__ = ['POSITIVE', 'NON_NEGATIVE', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter',
-           'check_parameters', 'parse_value', 'parse_params']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'NON_EMPTY', 'PLACES', 'notebooks_dir', 'find_notebook', 'Unparsed',
+           'notebook_parameters', 'check_parameter', 'check_parameters', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -61,14 +61,26 @@ def notebook_parameters(notebook,  # path, file name or section name
     return out
 
 # %% ../nbs/60_run_params.ipynb #c013
-POSITIVE = ('batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
+POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows')
-NON_NEGATIVE = ('epochs', 'phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
+NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition')
+GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
+NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
+PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
 def _type_name(v): return {bool: 'true/false', int: 'a whole number', float: 'a number', str: 'a string',
                            list: 'a list', tuple: 'a list', dict: 'a dict'}.get(type(v), type(v).__name__)
+
+def _in_range(name, value, bad):  # a parameter; its value; makes the KitError
+    "`value`, or the error of a number outside its parameter's range."
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
+        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
+        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}')
+        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
+    return value
 
 def check_parameter(name,               # the parameter's name
                     value,              # the value given for it
@@ -76,10 +88,14 @@ def check_parameter(name,               # the parameter's name
                     where='parameter'): # what the name is called in errors
     "Return `value` checked (and an int widened to float for a float default) against `default`, or raise `KitError`."
     bad = lambda what: KitError(f'{where} {name!r}: {what}')
+    if name.endswith(PLACES) and value is not None and not (isinstance(value, str) and value.strip()):
+        raise bad(f'expects a path (or null), got {_type_name(value)} {value!r}')
+    if name in NON_EMPTY and isinstance(value, (str, list, tuple)) and not value:
+        raise bad(f'must not be empty (default {default!r})')
     if isinstance(default, Unparsed) or default is None:
         try: json.dumps(to_jsonable(value))
         except (TypeError, ValueError, KitError): raise bad(f'{value!r} is not a plain value (number, string, bool, list, dict or null)') from None
-        return value
+        return _in_range(name, value, bad)
     if isinstance(default, bool):
         if not isinstance(value, bool): raise bad(f'expects true or false (default {default}), got {value!r}')
     elif isinstance(default, int):
@@ -106,9 +122,7 @@ def check_parameter(name,               # the parameter's name
                                 f'(default {list(default)!r}), got {wrong[0]!r} in {value!r}')
     elif isinstance(default, dict):
         if not isinstance(value, dict): raise bad(f'expects a dict (default {default!r}), got {_type_name(value)} {value!r}')
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
-        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
+    _in_range(name, value, bad)
     try: json.dumps(to_jsonable(value, name))
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
@@ -131,7 +145,19 @@ def check_parameters(notebook,           # notebook name or path
                            + (f' (did you mean {close[0]!r}?)' if close else '')
                            + f'; its parameters: {", ".join(n for n in declared if n != "out_dir") or "none"}')
         out[name] = check_parameter(name, value, declared[name])
+    if 'train_splits' in declared and ({'train_splits', 'eval_split'} & set(out)): _check_splits(out, declared)
     return out
+
+def _check_splits(params, declared):  # checked values; the notebook's defaults
+    "Refuse training splits that are empty or include the scored split."
+    train = params.get('train_splits', declared['train_splits'])
+    ev = params.get('eval_split', declared.get('eval_split', 'test'))
+    if train is None or isinstance(train, Unparsed): return        # CFAR: None = the phase-1 run's splits
+    train = [train] if isinstance(train, str) else list(train)
+    if not train: raise KitError("parameter 'train_splits': [] would train on every split, the scored one included; "
+                                 "name the split(s) to train on, e.g. ['train'] or ['train', 'val']")
+    if ev in train: raise KitError(f"parameter 'train_splits': {train!r} includes {ev!r}, the split this run scores; "
+                                   "train on ['train'] or ['train', 'val']")
 
 # %% ../nbs/60_run_params.ipynb #c019
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line

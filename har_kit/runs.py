@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, datetime, errno, fcntl, json, os, socket, sys, time
+import argparse, contextlib, datetime, errno, fcntl, hashlib, json, os, signal, socket, sys, threading, time
 from pathlib import Path
 
 from .core import (KitError, atomic_write, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
@@ -12,8 +12,9 @@ from .core import (KitError, atomic_write, data_root, env_info, kit_threads, loa
 from .run_params import check_parameters, find_notebook, parse_params
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'timing_summary',
-           'batch_copy', 'absolute_paths', 'run_notebook', 'run_status', 'cli']
+__all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
+           'forward_interrupts', 'RunInterrupted', 'params_digest', 'check_run_params', 'timing_summary', 'batch_copy',
+           'absolute_paths', 'run_notebook', 'run_status', 'cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 @contextlib.contextmanager
@@ -77,7 +78,12 @@ def _kernel_manager(env, cwd):
         async def start_kernel(self, **kw):
             kw['env'] = {**os.environ, **(kw.get('env') or {}), **env}
             kw['cwd'] = str(cwd)
-            return await super().start_kernel(**kw)
+            started = await super().start_kernel(**kw)
+            pg = getattr(self.provisioner, 'pgid', None)   # jupyter starts each kernel in its own session
+            if pg:
+                _KERNELS[str(cwd)] = pg
+                if _STOPPING.is_set(): _signal_group(pg, signal.SIGKILL)   # interrupted while it was starting
+            return started
     return RunKernelManager
 
 def kernel_env(out_dir,       # the run directory
@@ -89,6 +95,36 @@ def kernel_env(out_dir,       # the run directory
                 PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
 
 # %% ../nbs/70_runs.ipynb #c016
+_KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)
+_STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
+
+def _signal_group(pg, sig):
+    with contextlib.suppress(ProcessLookupError, PermissionError): os.killpg(pg, sig)
+
+def stop_runs(grace: float = 10.0):  # seconds a kernel has after SIGINT before its process group is killed
+    "Interrupt every running kernel (SIGINT, SIGKILL after `grace` s or on a second call); later runs do not start."
+    first = not _STOPPING.is_set(); _STOPPING.set()
+    for pg in list(_KERNELS.values()): _signal_group(pg, signal.SIGINT if first else signal.SIGKILL)
+    if first:
+        t = threading.Timer(grace, lambda: [_signal_group(pg, signal.SIGKILL) for pg in list(_KERNELS.values())])
+        t.daemon = True; t.start()
+
+@contextlib.contextmanager
+def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
+    "Within: SIGINT / SIGTERM stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
+    _STOPPING.clear()
+    if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
+    old = {s: signal.signal(s, lambda *_: stop_runs(grace)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield _STOPPING.is_set
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+class RunInterrupted(RunFailed):
+    "A run stopped by SIGINT / SIGTERM (or not started after one): rerun the same command to resume it."
+    def __init__(self, out_dir, message):
+        self.out_dir = Path(out_dir); RuntimeError.__init__(self, f'run {out_dir} interrupted: {message}')
+
+# %% ../nbs/70_runs.ipynb #c019
 SAVE_EVERY = 2.0   # seconds between intermediate saves of a run's executed notebook
 
 def _engine():
@@ -115,8 +151,24 @@ def _engine():
     papermill_engines.register('har-kit', Engine)
     return 'har-kit'
 
-# %% ../nbs/70_runs.ipynb #c017
+# %% ../nbs/70_runs.ipynb #c020
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
+
+def params_digest(params: dict  # a run's parameters
+                 ) -> str:
+    "SHA-256 of the parameters in canonical JSON (what `done` records of the executed run)."
+    return hashlib.sha256(json.dumps(to_jsonable(params), sort_keys=True).encode()).hexdigest()
+
+def check_run_params(out_dir  # a done run directory
+                    ) -> dict:
+    "The run's `params.json`, or a `KitError` when it no longer matches the digest its `done` recorded (edited by hand)."
+    out = Path(out_dir)
+    params = load_json(out/'params.json')
+    rec = [l.split()[1] for l in (out/'done').read_text().splitlines()[1:] if l.startswith('params-sha256 ')]
+    if rec and rec[0] != params_digest(params):   # a `done` written before digests were recorded has none to compare
+        raise KitError(f'{out/"params.json"} was changed after the run finished: it no longer matches the parameters '
+                       'the notebook executed (digest in done); restore it, or rerun with --force (the old run is moved aside)')
+    return params
 
 def _prepare(out, params, force):
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
@@ -127,6 +179,7 @@ def _prepare(out, params, force):
         try: old = load_json(out/'params.json')
         except KitError: old = None
     if not force:
+        if old is not None and is_done(out): check_run_params(out)
         if old is None:
             raise KitError(f'{out} is not empty and holds no readable params.json: pass an empty or new run directory '
                            '(--out), or force=True (--force) to move its contents aside')
@@ -148,7 +201,7 @@ def _prepare(out, params, force):
     print(f'har-kit run: moved the previous run of {out} aside to {aside}', file=sys.stderr)
     return 'run'
 
-# %% ../nbs/70_runs.ipynb #c019
+# %% ../nbs/70_runs.ipynb #c022
 def _cell_of(nb_path):
     "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
     try: cells = json.loads(Path(nb_path).read_text())['cells']
@@ -196,10 +249,11 @@ def _finish_notebook(out, started, log):
                   + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except (OSError, KeyError, ValueError): pass
 
-# %% ../nbs/70_runs.ipynb #c020
-def _fail(out, error, cell=None):
+# %% ../nbs/70_runs.ipynb #c023
+def _fail(out, error, cell=None, interrupted=False):
     with contextlib.suppress(OSError, KitError):
-        save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z')), out/'failed.json')
+        save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                       **({'interrupted': True} if interrupted else {})), out/'failed.json')
 
 def _disk_full(e): return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
@@ -217,7 +271,7 @@ def batch_copy(nb,    # the notebook
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
-# %% ../nbs/70_runs.ipynb #c023
+# %% ../nbs/70_runs.ipynb #c026
 def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
@@ -232,29 +286,37 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
         def stop(msg, cell):
             _finish_notebook(out, started, log); _fail(out, msg, cell)
             return RunFailed(out, msg)
+        def halt():
+            cell = _cell_of(out/'notebook.running.ipynb')
+            msg = f'stopped by Ctrl-C / SIGTERM in cell {cell}; rerun the same command to resume from its last checkpoint'
+            _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
+            return RunInterrupted(out, msg)
         try:
             pm.execute_notebook(str(source), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
                                 kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
                                 execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out),
                                 engine_name=_engine(), shutdown_kernel='immediate')
-        except pm.PapermillExecutionError as e:
-            if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
-                raise stop(f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: '
-                           'it resumes here', e.exec_count) from None
-            raise stop(f'cell {e.exec_count} raised {e.ename}: {e.evalue}', e.exec_count) from None
-        except CellTimeoutError:
+        except BaseException as e:
+            _KERNELS.pop(str(out), None)
+            if _STOPPING.is_set() or isinstance(e, KeyboardInterrupt): raise halt() from None
+            if isinstance(e, pm.PapermillExecutionError):
+                if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
+                    raise stop(f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: '
+                               'it resumes here', e.exec_count) from None
+                raise stop(f'cell {e.exec_count} raised {e.ename}: {e.evalue}', e.exec_count) from None
             cell = _cell_of(out/'notebook.running.ipynb')
-            raise stop(f'cell {cell} ran longer than timeout={timeout} s and was stopped; rerun with a larger timeout '
-                       '(it resumes here)', cell) from None
-        except DeadKernelError:
-            cell = _cell_of(out/'notebook.running.ipynb')
-            raise stop(f'the kernel died while running cell {cell} (out of memory, or killed); the notebook up to the '
-                       'last finished cell, its checkpoints and log.txt are kept: rerun to resume', cell) from None
-        except KeyboardInterrupt:
-            stop('interrupted (Ctrl-C)', _cell_of(out/'notebook.running.ipynb')); raise
+            if isinstance(e, CellTimeoutError):
+                raise stop(f'cell {cell} ran longer than timeout={timeout} s and was stopped; rerun with a larger timeout '
+                           '(it resumes here)', cell) from None
+            if isinstance(e, DeadKernelError):
+                raise stop(f'the kernel died while running cell {cell} (out of memory, or killed); the notebook up to the '
+                           'last finished cell, its checkpoints and log.txt are kept: rerun to resume', cell) from None
+            raise
+        _KERNELS.pop(str(out), None)
+        if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         _finish_notebook(out, started, log)
 
-# %% ../nbs/70_runs.ipynb #c025
+# %% ../nbs/70_runs.ipynb #c028
 PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
 
 def absolute_paths(params: dict  # checked parameters
@@ -263,7 +325,7 @@ def absolute_paths(params: dict  # checked parameters
     place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
     return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/70_runs.ipynb #c027
+# %% ../nbs/70_runs.ipynb #c030
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -287,6 +349,7 @@ def run_notebook(notebook,                  # path, file name or section name
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
     env = kernel_env(out, threads)
+    if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
         with run_lock(out):
             if _prepare(out, params, force) == 'skip': return out
@@ -296,7 +359,7 @@ def run_notebook(notebook,                  # path, file name or section name
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'
                 _fail(out, msg); raise RunFailed(out, msg)
-            with atomic_write(out/'done') as f: f.write(time.strftime('%Y-%m-%dT%H:%M:%S\n'))
+            with atomic_write(out/'done') as f: f.write(time.strftime('%Y-%m-%dT%H:%M:%S\n') + f'params-sha256 {params_digest(params)}\n')
             return out
     except OSError as e:
         if not _disk_full(e): raise
@@ -305,23 +368,24 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c034
+# %% ../nbs/70_runs.ipynb #c037
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
     out = Path(out_dir)
     holder = _is_locked(out) if out.is_dir() else None
     if holder: return dict(state='running', error=None, holder=holder)
-    if is_done(out): return dict(state='done', error=None, time=(out/'done').read_text().strip(), metrics=str(out/'metrics.json'))
+    if is_done(out): return dict(state='done', error=None, time=(out/'done').read_text().partition('\n')[0].strip(), metrics=str(out/'metrics.json'))
     if (out/'failed.json').exists():
         try: f = load_json(out/'failed.json')
         except KitError as e: f = dict(error=str(e))
-        return dict(state='failed', error=f.get('error'), cell=f.get('cell'), time=f.get('time'))
+        return dict(state='failed', error=f.get('error'), cell=f.get('cell'), time=f.get('time'),
+                    **({'interrupted': True} if f.get('interrupted') else {}))
     if (out/'params.json').exists():
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c038
+# %% ../nbs/70_runs.ipynb #c041
 def cli(argv=None):  # arguments after `har-kit run`
     "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch]`: execute one section notebook as a run."
     ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)
@@ -335,7 +399,10 @@ def cli(argv=None):  # arguments after `har-kit run`
     a = ap.parse_args(argv)
     try:
         params = parse_params(a.notebook, a.param)
-        out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads, demos=not a.batch)
+        with forward_interrupts():
+            out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads, demos=not a.batch)
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        print(f'har-kit run: {e or "interrupted"}', file=sys.stderr); return 130
     except (KitError, RunFailed) as e:
         print(f'har-kit run: {e}', file=sys.stderr); return 1
     print(f'har-kit run: done -> {out}')

@@ -68,6 +68,38 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
         check_parameters(_nb(tmp_path/'n.ipynb'), params)
 
 
+@pytest.mark.parametrize('section, params, message', [
+    ('dahar', {'train_splits': []}, 'would train on every split'),          # split() of nothing is every split
+    ('dahar', {'train_splits': ['test']}, "includes 'test', the split this run scores"),
+    ('campar', {'train_splits': ['train', 'test']}, "includes 'test'"),
+    ('dahar', {'eval_split': 'val', 'train_splits': ['train', 'val']}, "includes 'val'"),
+    ('dahar', {'epochs': 0}, "'epochs': must be at least 1"),              # no untrained model marked done
+    ('dahar', {'seed': 2**32}, 'below 2\\^32'),
+    ('dahar', {'scale': 0}, "'scale': must be above 0"),                  # not "non-finite loss ... learning rate"
+    ('dahar', {'scale': -5.0}, "'scale': must be above 0"),
+    ('dahar', {'data_root': 3}, "'data_root': expects a path"),
+    ('campar', {'data_root': ['a']}, "'data_root': expects a path"),
+    ('campar', {'data_root': {'a': 1}}, "'data_root': expects a path"),
+    ('campar', {'data_root': True}, "'data_root': expects a path"),
+    ('dahar', {'variants': []}, "'variants': must not be empty"),
+    ('dahar', {'device': ''}, "'device': must not be empty"),
+    ('campar', {'fuse_at': ''}, "'fuse_at': must not be empty"),
+    ('campar', {'fusion_width': -5}, "'fusion_width': must be at least 1"),
+    ('campar', {'fusion_width': 0}, "'fusion_width': must be at least 1"),
+    ('dahar', {'batch_size': 1e26}, "'batch_size': expects a whole number"),
+])
+def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel(tmp_path, section, params, message):
+    with pytest.raises(KitError, match=message): check_parameters(section, params)
+    with pytest.raises(KitError, match=message): run_notebook(section, params, tmp_path/'run', progress=False)
+    assert not (tmp_path/'run').exists()
+
+
+def test_the_training_code_refuses_them_too():
+    from har_kit.data import check_train_splits
+    for bad in ([], None, ['test'], 'test'):
+        with pytest.raises(KitError, match='train_splits'): check_train_splits(bad, 'test')
+
+
 def test_none_default_accepts_plain_values_and_ints_widen_to_float(tmp_path):
     nb = _nb(tmp_path/'n.ipynb')
     assert check_parameters(nb, {'extra': {'k': [1, 'x']}, 'threshold': 1}) == {'extra': {'k': [1, 'x']}, 'threshold': 1.0}
@@ -241,3 +273,70 @@ def test_kernel_sees_the_launchers_folders_threads_and_keeps_figures(tmp_path, m
     t = load_json(run/'timing.json')
     assert t['kernel_start_seconds'] > 0 and t['imports_seconds'] >= 0 and len(t['cells']) == 3   # with papermill's injected cell
     assert '[har-kit] kernel start' in (run/'log.txt').read_text()
+
+
+# --- Ctrl-C: the kernels stop, the runs are marked interrupted, exit 130 -------------------------------------------
+
+_BLOCKING = ('import pathlib, time\npathlib.Path(out_dir, "started").touch()\n'
+             'while True: time.sleep(0.05)')   # a cell that never finishes by itself
+
+
+def _interrupt_when_started(cmd, markers, tmp_path, sig=None):
+    "Start `cmd`, send SIGINT once a kernel has written a marker (no sleep as synchronisation), return (rc, stderr, seconds)."
+    import signal, subprocess, sys, time
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), 'HAR_KIT_OUTPUTS': str(tmp_path/'outputs')}
+    p = subprocess.Popen([sys.executable, '-c', cmd], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(tmp_path.glob(markers)):
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, 'no kernel started within 240 s'
+            time.sleep(0.05)   # polling the marker; the order of events does not depend on this
+        t0 = time.monotonic()
+        p.send_signal(sig or signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        return p.returncode, err, time.monotonic() - t0
+    finally:
+        if p.poll() is None: p.kill(); p.communicate()
+
+
+def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
+    cmd = f'import sys; from har_kit.runs import cli; sys.exit(cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))'
+    rc, err, secs = _interrupt_when_started(cmd, 'run/started', tmp_path)
+    assert rc == 130 and secs < 30, (rc, secs, err)
+    assert 'interrupted' in err and 'rerun the same command' in err and 'Traceback' not in err, err
+    assert not (tmp_path/'run'/'done').exists()
+    st = run_status(tmp_path/'run')
+    assert st['state'] == 'failed' and st['interrupted'] and 'Ctrl-C' in st['error']
+
+
+def test_ctrl_c_stops_har_kit_reproduce_with_a_summary(tmp_path):
+    import signal
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
+    cmd = (f'import sys, har_kit.launch as L, har_kit.reproduce as R\n'
+           f'from har_kit.runs import run_notebook\n'
+           f'L.check_roots = lambda runs: None\n'
+           f'L.render_tables = lambda *a, **k: sys.exit("rendered after an interrupt")\n'
+           f'R.run_planned = lambda r, dev, force: run_notebook({str(nb)!r}, {{}}, r.out_dir, progress=False)\n'
+           f'sys.exit(L.cli(["dahar_t2", "campar_t2", "--profile", "quick", "--jobs", "2", "--out", {str(tmp_path/"o")!r}]))')
+    rc, err, secs = _interrupt_when_started(cmd, 'o/**/started', tmp_path, signal.SIGTERM)
+    assert rc == 130 and secs < 30, (rc, secs, err)
+    assert 'har-kit reproduce: interrupted:' in err and 'rerun the same command' in err and 'Traceback' not in err, err
+    assert not list((tmp_path/'o').rglob('done'))
+    stopped = [load_json(f) for f in (tmp_path/'o').rglob('failed.json')]
+    assert stopped and all(f.get('interrupted') for f in stopped)
+
+
+# --- a hand-edited params.json ------------------------------------------------------------------------------------
+
+def test_hand_edited_params_json_of_a_done_run_is_refused(tmp_path, monkeypatch):
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb')
+    run_notebook(nb, {'seed': 1}, tmp_path/'run', progress=False)
+    (tmp_path/'run'/'params.json').write_text(json.dumps({'seed': 5}))       # edited to claim other values
+    with pytest.raises(KitError, match='params.json was changed after the run finished.*--force'):
+        run_notebook(nb, {'seed': 5}, tmp_path/'run', progress=False)
+    assert len(calls) == 1
+    run_notebook(nb, {'seed': 5}, tmp_path/'run', progress=False, force=True)    # --force reruns it with those values
+    assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 5} and len(calls) == 2

@@ -34,6 +34,18 @@ def _steps(r, dev, n=10):  # a run that checkpoints after every step and resumes
     (r.out_dir/'done').write_text('')
 
 
+def _gated(r, dev, n=6):  # like `_steps`, but from step 2 on it waits for `release`: it cannot finish before the test says
+    r.out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = r.out_dir/'ckpt'
+    start = int(ckpt.read_text()) if ckpt.exists() else 0
+    _log(r, f'resume-from {start}')
+    for i in range(start, n):
+        while i >= 2 and not (r.out_dir/'release').exists(): time.sleep(0.05)
+        _log(r, f'step {i}')
+        with atomic_write(ckpt) as f: f.write(str(i + 1))
+    (r.out_dir/'done').write_text('')
+
+
 def _lines(root):
     return [l.split()[:-1] for l in (Path(root)/'quick'/'log.txt').read_text().splitlines()]
 
@@ -89,13 +101,15 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path):
 def test_cancelled_job_is_resubmitted_and_a_queued_one_is_not(tmp_path):
     run = _two(tmp_path)[:1]
     ex = _executor(tmp_path)
-    job = submit(run, ex, run_fn=_steps)[0]['job']
+    job = submit(run, ex, run_fn=_gated)[0]['job']
     ckpt = run[0].out_dir/'ckpt'
-    _wait_until(lambda: ckpt.exists() and int(ckpt.read_text()) >= 2)
-    assert submit(run, ex, run_fn=_steps)[0]['action'] == 'queued'   # still running: not submitted again
+    _wait_until(lambda: ckpt.exists() and int(ckpt.read_text()) >= 2)     # now held at the gate: it cannot finish
+    assert submit(run, ex, run_fn=_gated)[0]['action'] == 'queued'   # still running: not submitted again
     job.cancel()                                                     # killed (no requeue)
     _wait_until(lambda: job.done())
-    again = submit(run, ex, run_fn=_steps)
+    assert not (run[0].out_dir/'done').exists()
+    (run[0].out_dir/'release').touch()                               # the next job may finish
+    again = submit(run, ex, run_fn=_gated)
     assert again[0]['action'] == 'submit' and again[0]['job_id'] != str(job.job_id)
     again[0]['job'].result()
     resumes = [int(l[2]) for l in _lines(tmp_path) if l[1] == 'resume-from']

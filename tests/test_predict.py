@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from har_kit.core import KitError
-from har_kit.model_file import LoadedModel, load_model, model_digest, save_model
+from har_kit.model_file import LoadedModel, load_model, model_digest, register_builder, save_model
 
 NAMES = ['hat', 'bag', 'skirt', 'boots']
 PRE = dict(input_size=(64, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -25,7 +25,7 @@ def _campar(seed=0):
     from har_kit.campar import campar_variant
     kw = dict(name='campar_fusion', num_attributes=4, arch='resnet-tiny', weights=None)
     torch.manual_seed(seed)
-    return campar_variant(**kw).eval(), 'har_kit.campar:campar_variant', kw
+    return campar_variant(**kw).eval(), 'campar_variant', kw
 
 
 def _save(path, net, builder, kw, **more):
@@ -88,7 +88,7 @@ def test_checks_on_save_and_load(tmp_path):
                        (dict(input_size=(64,)), 'input_size'), (dict(mean=(0, 0)), 'mean'),
                        (dict(dataset=object()), 'dataset'), (dict(extra={'x': object()}), 'extra.x')]:
         with pytest.raises(KitError, match=match): _save(tmp_path/'bad.pt', net, builder, kw, **bad)
-    with pytest.raises(KitError, match='builder'): _save(tmp_path/'bad.pt', net, 'dahar_variant', kw)
+    with pytest.raises(KitError, match='builder'): _save(tmp_path/'bad.pt', net, 'har_kit.dahar.dahar_variant', kw)
     with torch.no_grad(): next(net.parameters()).view(-1)[0] = float('nan')
     with pytest.raises(KitError, match='NaN'): _save(tmp_path/'bad.pt', net, builder, kw)
     assert not (tmp_path/'bad.pt').exists() and not list(tmp_path.glob('.*tmp'))
@@ -97,15 +97,48 @@ def test_checks_on_save_and_load(tmp_path):
     with pytest.raises(KitError, match='not a har-kit model file'): load_model(ck)
 
 
-def test_untrusted_builder_is_not_called(tmp_path):
-    net, builder, kw = _dahar()
-    f = _save(tmp_path/'m.pt', net, builder, kw)
+def _forge(tmp_path, f, name, **meta):  # a model file whose meta was edited and its hash recomputed, as anyone can
     blob = torch.load(f, weights_only=True)
-    blob['meta']['builder'] = 'os:system'; blob['meta']['kwargs'] = {'command': 'touch ' + str(tmp_path/'pwned')}
+    blob['meta'].update(meta)
     blob['sha256'] = model_digest(blob['meta'], blob['state_dict'], blob['extra'])
-    torch.save(blob, tmp_path/'evil.pt')
-    with pytest.raises(KitError, match='only har_kit builders'): load_model(tmp_path/'evil.pt')
-    assert not (tmp_path/'pwned').exists()
+    torch.save(blob, tmp_path/name); return tmp_path/name
+
+
+@pytest.mark.parametrize('builder, kwargs', [
+    ('os:system', {'command': 'touch PWNED'}),
+    ('har_kit.core:save_json', {'obj': 'x', 'path': 'PWNED'}),
+    ('har_kit.runs:run_notebook', {'notebook': 'x.ipynb', 'out_dir': 'PWNED'}),
+    ('save_json', {'obj': 'x', 'path': 'PWNED'}),                  # a bare name that is not a registry key
+    ('cfar_predictor', {}),                                           # a predictor key used as the model builder
+])
+def test_a_model_file_cannot_call_a_kit_function(tmp_path, builder, kwargs):
+    net, b, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, b, kw)
+    kwargs = {k: str(tmp_path/v) if v == 'PWNED' else v for k, v in kwargs.items()}
+    evil = _forge(tmp_path, f, 'evil.pt', builder=builder, kwargs=kwargs)
+    with pytest.raises(KitError, match='evil.pt: builder=.*(not a function path|not a registered model builder)'): load_model(evil)
+    assert not (tmp_path/'PWNED').exists()
+    with pytest.raises(KitError, match="extra\\['predictor'\\].*not a function path"):
+        _save(tmp_path/'x.pt', net, b, kw, extra={'predictor': 'har_kit.core:save_json'})
+
+
+def test_model_file_kwargs_and_outputs_are_checked(tmp_path):
+    net, b, kw = _dahar()
+    f = _save(tmp_path/'run'/'dahar'/'model.pt', net, b, kw)
+    assert torch.load(f, weights_only=True)['meta']['builder'] == 'dahar_variant'   # the kit's spelling maps to its key
+    with pytest.raises(KitError, match="kwargs.num_attributes='4' is not int"):
+        load_model(_forge(tmp_path, f, 'k.pt', kwargs={**kw, 'weights': None, 'num_attributes': '4'}))
+    with pytest.raises(KitError, match='kwargs do not fit campar_variant'):
+        load_model(_forge(tmp_path, f, 'c.pt', builder='campar_variant', kwargs={'bogus': 1}))
+    with pytest.raises(KitError, match='4 logits but 3 attribute names'):
+        load_model(_forge(tmp_path, f, 'a.pt', attributes=NAMES[:3], thresholds=None))
+    with pytest.raises(KitError, match='4 logits but 3 attribute names'):
+        save_model(tmp_path/'b.pt', net, builder=b, kwargs=kw, attributes=NAMES[:3], **PRE)
+    with pytest.raises(KitError, match='distinct names'):
+        save_model(tmp_path/'b.pt', net, builder=b, kwargs=kw, attributes=NAMES[:3] + NAMES[:1], **PRE)
+    with pytest.raises(KitError, match='three channel values'): _save(tmp_path/'b.pt', net, b, kw, mean=(0.5,))
+    (tmp_path/'run'/'other').mkdir(); (tmp_path/'run'/'other'/'model.pt').write_bytes(f.read_bytes())
+    with pytest.raises(KitError, match="saved as variant 'dahar', found in 'other'"): load_model(tmp_path/'run', variant='other')
 
 
 class _Scaled(nn.Module):
@@ -119,11 +152,13 @@ def _wrap(model, extra, meta):  # a composite predictor builder, as CFAR's would
     return _Scaled(model, extra['scale'])
 
 
-def test_composite_predictor_from_extra(tmp_path, monkeypatch):
+def test_composite_predictor_from_extra(tmp_path):
     net, builder, kw = _dahar()
-    f = _save(tmp_path/'m.pt', net, builder, kw, extra={'predictor': 'test_predict:_wrap', 'scale': torch.tensor(2.)})
-    with pytest.raises(KitError, match="trusted=\\('test_predict',\\)"): load_model(f)
-    lm = load_model(f, trusted=('test_predict',))
+    with pytest.raises(KitError, match="not a function path"):
+        _save(tmp_path/'m.pt', net, builder, kw, extra={'predictor': 'test_predict:_wrap', 'scale': torch.tensor(2.)})
+    register_builder('test_scaled', 'predictor')(_wrap)
+    f = _save(tmp_path/'m.pt', net, builder, kw, extra={'predictor': 'test_scaled', 'scale': torch.tensor(2.)})
+    lm = load_model(f)
     x = torch.randn(1, 3, 64, 32)
     with torch.no_grad(): torch.testing.assert_close(lm.model(x)['logits'], 2 * net(x)['logits'])
 
@@ -205,6 +240,27 @@ def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
     assert [p.name for p in (out/'explain').iterdir()] == ['0000_a.png']
     assert cli([str(model_file), str(tmp_path/'nope.jpg'), '--out', str(tmp_path/'o2')]) == 2
     assert 'nope.jpg' in capsys.readouterr().err and not (tmp_path/'o2').exists()
+
+
+def test_predict_out_and_device_are_checked_before_any_image_is_scored(tmp_path, images, model_file, capsys, monkeypatch):
+    scored = []
+    monkeypatch.setattr(Predictor, 'probabilities', lambda self, *a, **k: scored.append(1))
+    (tmp_path/'file').write_text('x')
+    (tmp_path/'done').mkdir(); (tmp_path/'done'/'predictions.csv').write_text('old')
+    ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o500)
+    cases = [(['--out', str(tmp_path/'file')], 'is a file'),
+             (['--out', str(tmp_path/'done')], 'exists: pass --force'),
+             (['--device', 'bogus', '--out', str(tmp_path/'o')], "device='bogus' is not a device name"),
+             (['--device', '', '--out', str(tmp_path/'o')], "device='' is not a device name"),
+             (['--top', '-1', '--out', str(tmp_path/'o')], '--top -1: must be at least 1'),
+             (['--max-attributes', '0', '--out', str(tmp_path/'o')], '--max-attributes 0: must be at least 1')]
+    if os.geteuid() != 0: cases.append((['--out', str(ro/'sub')], 'is not a writable folder'))
+    for args, message in cases:
+        assert cli([str(model_file), str(images), '--quiet', *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (args, err)
+    assert scored == [] and (tmp_path/'done'/'predictions.csv').read_text() == 'old'
+    ro.chmod(0o700)
 
 
 @pytest.mark.parametrize('make, kind, panels', [
