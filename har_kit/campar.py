@@ -317,6 +317,6 @@ def save_campar(model: CamParNet,          # a trained model from `campar_varian
                 dataset=None,              # dataset kind (provenance)
                 extra=None):               # tensors / plain values stored with it (e.g. CFAR's state)
     "Write `<variant_dir>/model.pt` with `har_kit.model_file.save_model`; return its path."
-    return save_model(Path(variant_dir)/'model.pt', model, builder='har_kit.campar:campar_variant',
+    return save_model(Path(variant_dir)/'model.pt', model, builder='campar_variant',
                       kwargs=variant_kwargs(model), attributes=list(attributes), input_size=list(input_size),
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, thresholds=thresholds, dataset=dataset, extra=extra)

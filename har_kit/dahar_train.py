@@ -200,7 +200,7 @@ def save_variant_model(run_dir,                # the variant's directory: <run_d
     aspect = ASPECT.get(data.name, 1)
     size = (max(1, round(256 * scale)), max(1, round(256 / aspect * scale)))   # the "Full" evaluation resize
     th = choose_thresholds(val['scores'], val['labels'])['thresholds'] if val is not None else None
-    return save_model(Path(run_dir)/'model.pt', model, builder='har_kit.dahar:dahar_variant', kwargs=model_kwargs,
+    return save_model(Path(run_dir)/'model.pt', model, builder='dahar_variant', kwargs=model_kwargs,
                       attributes=list(data.attributes), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       thresholds=None if th is None else [float(t) for t in th], dataset=data.name)
 
