@@ -77,7 +77,8 @@ def _kernel_manager(env, cwd):
     class RunKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw):
             kw['env'] = {**os.environ, **(kw.get('env') or {}), **env}
-            kw['cwd'] = str(cwd)
+            kw['cwd'] = str(cwd)   # the kernel's own start-up warnings (e.g. about its local TCP sockets) are not the run's
+            kw['extra_arguments'] = [*kw.get('extra_arguments', []), '--IPKernelApp.log_level=ERROR']
             started = await super().start_kernel(**kw)
             pg = getattr(self.provisioner, 'pgid', None)   # jupyter starts each kernel in its own session
             if pg:

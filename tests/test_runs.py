@@ -73,6 +73,7 @@ def test_cli_run_end_to_end(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert load_json(tmp_path/'run'/'metrics.json') == {'lr': 0.003}
+    assert 'IPKernelApp' not in r.stderr, r.stderr   # the kernel's own start-up warnings stay out of the run's output
     bad = _nb(tmp_path/'b.ipynb', [('out_dir = None', ['parameters']), ('1/0', None)])
     r = subprocess.run([str(exe), 'run', str(bad), '--out', str(tmp_path/'bad')], capture_output=True, text=True)
     assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr
