@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import expit
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, atomic_path, seed_everything
 from .cfar_factors import check_confidences, fit_latent_factors

@@ -8,7 +8,7 @@ import dataclasses, math, time, warnings
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, UNSPECIFIED, save_json
 from .data import dataset_issues, dataset_reader, unused_images

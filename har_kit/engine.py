@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, atomic_write, get_device, save_json, seed_everything
 from .checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state

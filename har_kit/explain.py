@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, atomic_path
 from .formats import check_images, collect_images

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, data_root, save_json
 from .data import attach_masks as _attach_samples, load_dataset

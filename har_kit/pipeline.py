@@ -15,7 +15,7 @@ import torchvision
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, write_file
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, data_root, load_json, save_json
 from .formats import box_mask, clip_box, load_grey, load_rgb

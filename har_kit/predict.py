@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import patch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, atomic_write, get_device, save_json
 from .formats import check_images, collect_images, load_rgb

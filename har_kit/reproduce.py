@@ -345,7 +345,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             force=False      # rerun runs whose directory holds other parameters (moved aside), done or not
            ) -> dict:
     "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}}."
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     run_fn = run_fn or (lambda r, dev: run_planned(r, dev, force))
     devices = list(devices or [None])
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)

@@ -8,7 +8,7 @@ import argparse, multiprocessing as mp, os, shutil, sys, time, uuid
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import KitError, UNSPECIFIED, data_root
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
