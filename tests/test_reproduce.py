@@ -176,12 +176,13 @@ def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path, c
 
 
 def test_devices_are_spread_over_concurrent_runs(tmp_path):
-    import threading, time
+    import threading
     runs = plan(['campar_t2'], 'quick', root=tmp_path)[:4]
     seen, live, peak, lock = [], set(), [0], threading.Lock()
+    both = threading.Barrier(2, timeout=60)   # the first two runs meet here: they overlap whatever the machine's load
     def run_fn(r, dev):
-        with lock: seen.append(dev); live.add(dev); peak[0] = max(peak[0], len(live))
-        time.sleep(0.2)
+        with lock: seen.append(dev); live.add(dev); peak[0] = max(peak[0], len(live)); first = len(seen) <= 2
+        if first: both.wait()
         with lock: live.discard(dev)
         r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
     execute(runs, devices=['cuda:0', 'cuda:1'], run_fn=run_fn, progress=False)
