@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'KitError', 'atomic_path', 'atomic_write', 'to_jsonable', 'save_json', 'load_json', 'kit_threads',
-           'seed_everything', 'get_device', 'repo_root', 'outputs_root', 'data_root', 'run_dir', 'save_metrics',
-           'save_figure', 'env_info']
+__all__ = ['UNSPECIFIED', 'KitError', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json',
+           'kit_threads', 'seed_everything', 'get_device', 'repo_root', 'outputs_root', 'data_root', 'run_dir',
+           'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -22,16 +22,16 @@ UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = pos
 class KitError(ValueError):
     "Bad input or configuration: the message names the file/field/parameter and what to do."
 
-# %% ../nbs/00_core.ipynb #2bfcd483
+# %% ../nbs/00_core.ipynb #c009
 def _read_umask():
     "The process umask (os.umask can only be read by setting it, so this runs once, at import)."
     m = os.umask(0); os.umask(m); return m
 
-# %% ../nbs/00_core.ipynb #33e6b48b
+# %% ../nbs/00_core.ipynb #c010
 _UMASK = _read_umask()
 def _umask(): return _UMASK
 
-# %% ../nbs/00_core.ipynb #0d1453c2
+# %% ../nbs/00_core.ipynb #c011
 @contextlib.contextmanager
 def atomic_path(path):  # final destination; the block writes to the yielded temporary path
     "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error."
@@ -46,7 +46,7 @@ def atomic_path(path):  # final destination; the block writes to the yielded tem
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
-# %% ../nbs/00_core.ipynb #84584dd5
+# %% ../nbs/00_core.ipynb #c012
 @contextlib.contextmanager
 def atomic_write(path,      # final destination (like `open(path, mode)`, but all-or-nothing)
                  mode='w',  # a write mode of `open`: 'w', 'wb', ...
@@ -57,7 +57,20 @@ def atomic_write(path,      # final destination (like `open(path, mode)`, but al
             yield f
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/00_core.ipynb #45fdcc4e
+# %% ../nbs/00_core.ipynb #c017
+def check_writable(files,          # the files a command will write (the first names the place)
+                   force=False,    # replace files that exist
+                   where='--out'): # the option or parameter that chose them, for messages
+    "Refuse, before any work, existing `files` (unless `force`) and a place that is not a writable folder."
+    files = [Path(f).expanduser() for f in files]
+    for f in files:
+        if f.exists() and not force: raise KitError(f'{f} exists: pass --force to replace it, or choose another {where}')
+    parent = next(p for p in [files[0].parent, *files[0].parent.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise KitError(f'{where} {files[0]}: {parent} is not a writable folder; choose another {where}')
+    return files
+
+# %% ../nbs/00_core.ipynb #c020
 def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
                 where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
@@ -75,7 +88,7 @@ def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
     if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0: return to_jsonable(obj.item(), where)
     return obj
 
-# %% ../nbs/00_core.ipynb #0888cfeb
+# %% ../nbs/00_core.ipynb #c021
 def save_json(obj,   # JSON-able after `to_jsonable`
               path): # destination file
     "Write `obj` as indented JSON, atomically; return the path."
@@ -83,7 +96,7 @@ def save_json(obj,   # JSON-able after `to_jsonable`
     with atomic_write(path) as f: f.write(data + '\n')
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #bc1234c6
+# %% ../nbs/00_core.ipynb #c022
 def load_json(path):  # JSON file written by `save_json` (or by hand)
     "Read a JSON file, with an error that names the file when it is missing or malformed."
     path = Path(path)
@@ -91,7 +104,7 @@ def load_json(path):  # JSON file written by `save_json` (or by hand)
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
 
-# %% ../nbs/00_core.ipynb #8948c8d8
+# %% ../nbs/00_core.ipynb #c026
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked."
     t = threads if threads is not None else os.environ.get('HAR_KIT_THREADS') or 1
@@ -100,7 +113,7 @@ def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT
     if t < 1: raise KitError(f'threads / $HAR_KIT_THREADS must be a whole number >= 1, got {threads if threads is not None else os.environ.get("HAR_KIT_THREADS")!r}')
     return t
 
-# %% ../nbs/00_core.ipynb #8598d9af
+# %% ../nbs/00_core.ipynb #c027
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -112,7 +125,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #07a057db
+# %% ../nbs/00_core.ipynb #c028
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
     import torch
@@ -124,28 +137,28 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev
 
-# %% ../nbs/00_core.ipynb #03ae61a4
+# %% ../nbs/00_core.ipynb #c032
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #770b8a47
+# %% ../nbs/00_core.ipynb #c033
 def outputs_root():
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute."
     if os.environ.get('HAR_KIT_OUTPUTS'): return Path(os.environ['HAR_KIT_OUTPUTS']).expanduser().resolve()
     root = repo_root()
     return root/'outputs' if root else (Path.cwd()/'outputs').resolve()
 
-# %% ../nbs/00_core.ipynb #b62d87d5
+# %% ../nbs/00_core.ipynb #c034
 def data_root():
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute."
     if os.environ.get('HAR_KIT_DATA'): return Path(os.environ['HAR_KIT_DATA']).expanduser().resolve()
     root = repo_root()
     return root/'data' if root else (Path.cwd()/'har-kit-data').resolve()
 
-# %% ../nbs/00_core.ipynb #4797e8e6
+# %% ../nbs/00_core.ipynb #c038
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -155,7 +168,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #81edb1a8
+# %% ../nbs/00_core.ipynb #c039
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -169,7 +182,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #b73db8b6
+# %% ../nbs/00_core.ipynb #c040
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -177,7 +190,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c4c32d13
+# %% ../nbs/00_core.ipynb #c041
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -189,17 +202,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #414d8028
+# %% ../nbs/00_core.ipynb #c045
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #8e3c1cec
+# %% ../nbs/00_core.ipynb #c046
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #f4c13148
+# %% ../nbs/00_core.ipynb #c047
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

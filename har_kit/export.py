@@ -4,14 +4,14 @@
 
 # %% ../nbs/82_export.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, io, json, os, sys, warnings
+import argparse, contextlib, io, json, sys, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_path, save_json
+from .core import KitError, atomic_path, check_writable, save_json
 from .model_file import LoadedModel, find_model_file, load_model
 
 # %% auto #0
@@ -73,11 +73,7 @@ def check_destination(out,          # the file to write
     if source is not None and out.resolve() == Path(source).resolve():
         raise KitError(f'--out {out} is the model file being exported: choose another file (the model would be lost)')
     if out.is_dir(): raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/"model.onnx"}')
-    for f in (out, out.with_name(out.name + '.json')):
-        if f.exists() and not force: raise KitError(f'{f} exists: pass --force to replace it, or choose another --out')
-    parent = next(p for p in [out.parent, *out.parent.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise KitError(f'--out {out}: {parent} is not a writable folder; choose another --out')
+    check_writable([out, out.with_name(out.name + '.json')], force)
     return out
 
 def export_model(model,                # model file / run dir, or a LoadedModel

@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, io, json, os, sys
+import argparse, csv, io, json, sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, get_device, save_json
+from .core import KitError, atomic_write, check_writable, get_device, save_json
 from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
@@ -165,11 +165,7 @@ def check_out_dir(out_dir,      # the folder predictions go to
     "`out_dir` as a Path once predictions can be written there, checked before any image is scored; else a `KitError`."
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir(): raise KitError(f'--out {out} is a file: name a folder for predictions.csv / .json')
-    for f in (out/'predictions.csv', out/'predictions.json'):
-        if f.exists() and not force: raise KitError(f'{f} exists: pass --force to replace it, or choose another --out')
-    parent = next(p for p in [out, *out.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise KitError(f'--out {out}: {parent} is not a writable folder; choose another --out')
+    check_writable([out/'predictions.csv', out/'predictions.json'], force)
     return out
 
 def format_record(r,          # a record of `Predictor.predict`
