@@ -8,6 +8,7 @@ import ast, difflib, importlib.util, json, keyword
 from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
+from .data import check_train_splits
 
 # %% auto #0
 __all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'NON_EMPTY', 'PLACES', 'notebooks_dir', 'find_notebook', 'Unparsed',
@@ -153,11 +154,7 @@ def _check_splits(params, declared):  # checked values; the notebook's defaults
     train = params.get('train_splits', declared['train_splits'])
     ev = params.get('eval_split', declared.get('eval_split', 'test'))
     if train is None or isinstance(train, Unparsed): return        # CFAR: None = the phase-1 run's splits
-    train = [train] if isinstance(train, str) else list(train)
-    if not train: raise KitError("parameter 'train_splits': [] would train on every split, the scored one included; "
-                                 "name the split(s) to train on, e.g. ['train'] or ['train', 'val']")
-    if ev in train: raise KitError(f"parameter 'train_splits': {train!r} includes {ev!r}, the split this run scores; "
-                                   "train on ['train'] or ['train', 'val']")
+    check_train_splits(train, ev, "parameter 'train_splits'")   # the rule the recipes apply again
 
 # %% ../nbs/60_run_params.ipynb #c019
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
