@@ -144,7 +144,7 @@ def campar_params(n, pad, gen):  # samples; padding in pixels; a seeded torch.Ge
 # %% ../nbs/15_pipeline.ipynb #c022
 def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
     "ImageNet normalisation of uint8-valued images, with torchvision's operations (`ToDtype(scale=True)`, `Normalize`)."
-    mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (torch.tensor(v).to(x.device, non_blocking=True).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 # %% ../nbs/15_pipeline.ipynb #c023
@@ -153,7 +153,7 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
                    pad):     # the padding (10 at scale 1)
     "CAM-PAR's pad + random crop + flip as one gather from the zero-padded batch, then normalised: (N, 3, H, W) float."
     N, C, H, W = x.shape
-    p, ar = params.to(x.device), lambda n: torch.arange(n, device=x.device)
+    p, ar = params.to(x.device, non_blocking=True), lambda n: torch.arange(n, device=x.device)
     rows = p[:, :1] + ar(H)                                                            # (N, H) rows of the padded image
     cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), W - 1 - ar(W), ar(W))            # (N, W) its columns, mirrored when flipped
     idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
@@ -183,7 +183,7 @@ def crop_resize(x, geo, out, mode='bilinear'):  # (N, C, H, W) batch; (N, >=4) t
         if hw != tuple(out):
             c = F.interpolate(c, size=out, mode=mode, **({'antialias': True, 'align_corners': False} if mode == 'bilinear' else {}))
             if mode == 'bilinear': c = c.round_().clamp_(0, 255)
-        y[idx.to(x.device)] = c
+        y[idx.to(x.device, non_blocking=True)] = c
     return y
 
 # %% ../nbs/15_pipeline.ipynb #c028
@@ -195,13 +195,13 @@ def _blend(a, b, r):  # torchvision's `_blend` on uint8 levels, with a factor pe
 # %% ../nbs/15_pipeline.ipynb #c029
 def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
-    f = fac.to(y.device).view(-1, 3, 1, 1, 1).unbind(1)
+    f = fac.to(y.device, non_blocking=True).view(-1, 3, 1, 1, 1).unbind(1)
     ops = [lambda z, r: z.mul(r).clamp_(0, 255).floor_(),
            lambda z, r: _blend(z, _gray(z).floor_().mean(dim=(1, 2, 3), keepdim=True), r),
            lambda z, r: _blend(z, _gray(z).floor_(), r)]
     for k in range(4):
         for op in range(3):
-            sel = (perm[:, k] == op).nonzero()[:, 0].to(y.device)
+            sel = (perm[:, k] == op).nonzero()[:, 0].to(y.device, non_blocking=True)
             if len(sel): y[sel] = ops[op](y[sel], f[op][sel])
     return y
 
@@ -212,7 +212,7 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
                   masks=None):  # (N, H, W) uint8 masks, or None
     "Da-HAR's training augmentation on a batch: {'image': normalised (N, 3, h, w), 'mask': (N, 1, h, w) in [0, 1] when given}."
     geo = params['geo']
-    flip = geo[:, 4].bool().to(x.device).view(-1, 1, 1, 1)
+    flip = geo[:, 4].bool().to(x.device, non_blocking=True).view(-1, 1, 1, 1)
     y = crop_resize(x, geo, out)
     y = colour_jitter(torch.where(flip, y.flip(-1), y), params['perm'], params['fac'])
     d = {'image': normalise(y)}
@@ -248,12 +248,31 @@ class DeviceLoader:
 
     def __iter__(self):
         order = self.order()
+        if self.device.type == 'cuda': yield from self._cuda_batches(order); return
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]; rows = np.sort(idx.numpy())   # memmap reads in file order
             back = torch.from_numpy(np.searchsorted(rows, idx.numpy()))
             x = torch.from_numpy(self.cache['images'][rows])[back].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             m = None if self.cache['masks'] is None else torch.from_numpy(self.cache['masks'][rows])[back].to(self.device, non_blocking=True)
             yield {**self.augment(x, m, self.generator), 'labels': self.labels[idx], 'index': idx}
+
+    def _cuda_batches(self, order):
+        "`__iter__` on a CUDA device: rows gathered into two alternating pinned buffers and copied without a host sync; labels indexed on the device."
+        labels, dev_order, bufs, copied = self.labels.to(self.device), order.to(self.device), {}, [None, None]
+        for k in range(len(self)):
+            s, j = slice(k * self.batch_size, (k + 1) * self.batch_size), k % 2
+            idx = order[s].numpy()
+            if copied[j] is not None: copied[j].synchronize()   # this buffer's copy, two batches ago, has left it
+            out = []
+            for name in ('images', 'masks'):
+                a = self.cache[name]
+                if a is None: out.append(None); continue
+                if bufs.get((name, j)) is None or len(bufs[name, j]) != len(idx):
+                    bufs[name, j] = torch.empty((len(idx), *a.shape[1:]), dtype=torch.uint8, pin_memory=True)
+                np.take(a, idx, axis=0, out=bufs[name, j].numpy(), mode='clip')
+                out.append(bufs[name, j].to(self.device, non_blocking=True))
+            copied[j] = torch.cuda.Event(); copied[j].record()
+            yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
 # %% ../nbs/15_pipeline.ipynb #c037
 class _Samples:

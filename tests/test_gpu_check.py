@@ -15,12 +15,17 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     finally: torch.set_num_threads(threads)
     rep = json.loads((tmp_path/'report.json').read_text())
     assert rc == 0, {k: v for k, v in rep['sections'].items() if 'error' in v}
-    assert set(rep['sections']) == {'environment', 'steps', 'latency', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
+    assert set(rep['sections']) == {'environment', 'steps', 'configured', 'latency', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
                                     'projection', 'concurrency', 'notebooks'}
     rows = [v for v in rep['steps'].values()]
     assert len(rows) == len(gpu_check.MODELS) * 2 + 1 and all(v['images_per_s'] > 0 for v in rows), rows
     assert {v['model'] for v in rows} == set(gpu_check.MODELS) and {v['amp'] for v in rows} == {'none', 'bf16'}
     assert {'dahar/baseline (eager)', 'dahar/baseline (graph)', 'campar_fusion/plain (graph)'} <= set(rep['latency'])
+    conf = rep['configured']   # the configured step, end to end through the decoded cache where the job asks for it
+    assert len(conf) == len(gpu_check.CONFIGURED_JOBS) and all(v['images_per_s'] > 0 for v in conf.values()), conf
+    e2e = [v for v in conf.values() if 'e2e_images_per_s' in v]
+    assert len(e2e) == sum(j[2] for j in gpu_check.CONFIGURED_JOBS) and all(v['e2e_images_per_s'] > 0 for v in e2e)
+    assert all(v['pipeline_input_size'] == v['input_size'] for v in e2e), e2e   # the pipeline feeds the size the step was timed at
     assert set(rep['end_to_end']) == {'campar_baseline', 'campar_fusion', 'dahar'}
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
     assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0

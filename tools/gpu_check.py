@@ -10,6 +10,8 @@ Sections (each timed; a failing one is recorded in the report and the rest go on
                (the baseline also contiguous), images/s, ms/step, peak memory; bf16 rows and the baseline's TF32 first,
                then torch.compile(mode='reduce-overhead') rows (Da-HAR at 224x112 first) while time remains, then the
                other TF32 rows; compiles share TORCHINDUCTOR_CACHE_DIR (default $TMPDIR/har_kit_inductor)
+  configured   the paper profile's compiled step (bf16, and TF32 for CAM-PAR's baseline): on device-resident batches and
+               end to end, fed by `har_kit.pipeline`'s decoded cache with device augmentation (built from synthetic JPEGs)
   latency      batch-1 inference, Da-HAR over its baseline and CAM-PAR (+ fusion) over the plain ResNet-50, eager and
                replayed from a captured CUDA graph (GPU time without Python's launch overhead), interleaved
   end_to_end   300 steps of the engine's epoch at bf16 + channels_last for the three models the tables train most
@@ -103,13 +105,14 @@ def config(cpu_tiny):
                     latency_iters=3, loader_workers=(0, 1), loader_images=8, loader_batch=2, loader_epochs=1,
                     scene_size=(96, 64), person_size=(48, 24), maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
                     maskrcnn_kw=dict(rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, box_detections_per_img=10),
-                    maskrcnn_iters=1, notebooks=False, budget_s=600)
+                    maskrcnn_iters=1, notebooks=False, budget_s=600, cache_images=16)
     return dict(device='cuda', dahar_arch='resnet101', campar_arch='resnet50', dahar_size=(3, 224, 224),
                 dahar_rap_size=(3, 224, 112), campar_size=(3, 256, 192), campar_batch=64, dahar_batch=32, warm_steps=15,
                 steps=60, e2e_steps=300, precisions=('none', 'bf16'), compile=True, concurrency=(1, 3),
                 latency_iters=50, loader_workers=(0, 2, 8), loader_images=384, loader_batch=64, loader_epochs=2,
                 scene_size=(683, 1024), person_size=(384, 160), maskrcnn_size=(480, 640), maskrcnn_min=800,
-                maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5, notebooks=False, budget_s=330)
+                maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5, notebooks=False, budget_s=330,
+                cache_images=768)
 
 
 MODELS = {  # name -> (family, variant, input size key, attributes)
@@ -147,8 +150,9 @@ def synthetic_batches(size, batch, n_attr, device, k=3):
                  mask=(torch.rand(batch, 1, *size[1:], generator=g) < .5).float().to(device)) for _ in range(k)]
 
 
-def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', steps=None, barrier=None):
-    "Images/s of the engine's own training epoch (`har_kit.engine._train_epoch`) on device-resident batches, after a warm epoch."
+def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', steps=None, barrier=None, loader=None):
+    """Images/s of the engine's own training epoch (`har_kit.engine._train_epoch`) on device-resident batches, after a warm
+    epoch; with `loader` (a DeviceLoader of this model's input size) also `e2e_steps` steps fed by it, same compiled model."""
     import torch
     from har_kit.engine import TrainConfig, _train_epoch, make_optimizer
     from har_kit.core import get_device
@@ -171,9 +175,28 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     n = steps or cfg['steps']
     t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, n), opt, scaler, tc, dev, 2, {}); sync()
     dt = time.perf_counter() - t
-    return dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
-                images_per_s=n * batch / dt, ms_per_step=dt / n * 1e3, steps=n, warm_epoch_s=round(warm, 2),
-                peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
+    row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
+               images_per_s=n * batch / dt, ms_per_step=dt / n * 1e3, steps=n, warm_epoch_s=round(warm, 2),
+               peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
+    if loader is not None:
+        class Epochs:   # `e2e_steps` batches drawn from the loader's epochs in turn (its shuffle order advancing)
+            def __init__(self, k): self.k = k
+            def __len__(self): return self.k
+            def __iter__(self):
+                k = 0
+                while True:
+                    for b in loader:
+                        if k == self.k: return
+                        k += 1; yield b
+        alone = []
+        for _ in range(2):   # the loader by itself: batches ready on the device, no model
+            sync(); t = time.perf_counter(); k = sum(1 for _ in Epochs(len(loader))); sync(); alone.append(k * batch / (time.perf_counter() - t))
+        _train_epoch(net, crit, Epochs(cfg['warm_steps']), opt, scaler, tc, dev, 3, {}); sync()
+        k = cfg['e2e_steps']
+        t = time.perf_counter(); _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, 4, {}); sync()
+        row.update(e2e_images_per_s=k * batch / (time.perf_counter() - t), e2e_steps=k, loader_alone_images_per_s=max(alone),
+                   pipeline_input_size=list(next(iter(loader))['image'].shape[1:]))
+    return row
 
 
 def steps_matrix(cfg, deadline):
@@ -197,6 +220,55 @@ def steps_matrix(cfg, deadline):
         except Exception as e: out[key] = dict(model=m, amp=a, channels_last=cl, compile=c, error=f'{type(e).__name__}: {e}'[:300])
         print(f'{key}: {out[key].get("images_per_s", out[key].get("error") or out[key].get("skipped"))}', flush=True)
         if torch.cuda.is_available(): torch.cuda.empty_cache()
+    return out
+
+
+CONFIGURED_JOBS = [  # (model, precision, end to end through the decoded cache): the paper profile's compiled step, largest priced unknown first
+    ('dahar_rap', 'bf16', True), ('campar_baseline', 'bf16', True), ('campar_baseline', 'none', False),
+    ('campar_fusion', 'bf16', True), ('dahar', 'bf16', True)]
+
+
+def _cached_loader(name, cfg, n_images, tmp):
+    "A `har_kit.pipeline.DeviceLoader` over a decoded cache of synthetic JPEGs, augmenting on the device as the paper profile does."
+    import numpy as np, torch
+    from torchvision.io import encode_jpeg, write_file
+    from har_kit.pipeline import DeviceLoader, campar_batches, dahar_batches, decoded_cache
+    fam, _, size_key, n_attr = MODELS[name]
+    size = cfg[size_key]
+    scale = size[1] / (256 if fam == 'campar' else 224)
+    batches = campar_batches(True, scale) if fam == 'campar' else dahar_batches(True, size[1] // size[2], scale)
+    g, paths = torch.Generator().manual_seed(0), []
+    for i in range(n_images):
+        p = Path(tmp)/f'{name}-{i}.jpg'; paths.append(p)
+        if not p.exists(): write_file(str(p), encode_jpeg(torch.randint(0, 256, (3, batches[0][0] + 32, batches[0][1] + 32), dtype=torch.uint8, generator=g)))
+    boxes = [(8., 16., float(batches[0][1]), float(batches[0][0])) for _ in paths]
+    t = time.perf_counter()
+    cache = decoded_cache(paths, boxes, batches[0], ['box'] * len(paths) if fam == 'dahar' else None, name=name,
+                          workers=min(8, os.cpu_count() or 1), root=Path(tmp)/'cache')
+    build = len(paths) / (time.perf_counter() - t)
+    labels = (np.random.default_rng(0).random((len(paths), n_attr)) < .3).astype(np.float32)
+    batch = cfg['campar_batch'] if fam == 'campar' else cfg['dahar_batch']
+    return DeviceLoader(cache, labels, batches[1], batch, shuffle=True, drop_last=True, device=cfg['device']), build
+
+
+def configured(cfg, deadline):
+    """The paper profile's step as configured (torch.compile mode='reduce-overhead' on a GPU, eager on the CPU): on
+    device-resident batches, then end to end fed by the decoded cache with device augmentation; bf16 and one TF32 row."""
+    import torch
+    mode = 'reduce-overhead' if cfg['compile'] else 'none'
+    out = {}
+    with tempfile.TemporaryDirectory(prefix='har-kit-gpu-cache-') as tmp:
+        for m, amp, e2e in CONFIGURED_JOBS:
+            key = f'{m}|{amp}|channels_last|{mode}'
+            if time.time() > deadline: out[key] = dict(model=m, amp=amp, channels_last=True, compile=mode, skipped='time budget'); continue
+            try:
+                ld = _cached_loader(m, cfg, cfg['cache_images'], tmp) if e2e else None
+                out[key] = train_rate(m, cfg, amp, True, mode, loader=ld[0] if ld else None)
+                if ld: out[key]['cache_build_images_per_s'] = ld[1]
+            except Exception as e: out[key] = dict(model=m, amp=amp, channels_last=True, compile=mode, error=f'{type(e).__name__}: {e}'[:300])
+            v = out[key]
+            print(f'configured {key}: step {v.get("images_per_s", v.get("error") or v.get("skipped"))}, end to end {v.get("e2e_images_per_s")}', flush=True)
+            if torch.cuda.is_available(): torch.cuda.empty_cache()
     return out
 
 
@@ -410,11 +482,19 @@ def _as_configured(nb):
 
 def _rate(report, model, amp, cl, compile_mode='none'):
     "A measured training rate: this exact setting, else (a compiled setting not measured for this model) the eager one."
-    rows = [v for v in (report.get('steps') or {}).values() if isinstance(v, dict) and v.get('model') == model and 'images_per_s' in v]
+    rows = [v for sec in ('steps', 'configured') for v in (report.get(sec) or {}).values()
+            if isinstance(v, dict) and v.get('model') == model and 'images_per_s' in v]
     for mode in dict.fromkeys([compile_mode, 'none']):
         hit = [v['images_per_s'] for v in rows if v['amp'] == amp and v['channels_last'] == cl and v['compile'] == mode]
         if hit: return hit[0]
     return min((v['images_per_s'] for v in rows), default=None)
+
+
+def _e2e_rate(report, model, amp, cl, compile_mode):
+    "The end-to-end rate through the decoded cache with device augmentation at this setting, or None (not measured)."
+    hit = [v['e2e_images_per_s'] for v in (report.get('configured') or {}).values() if isinstance(v, dict) and v.get('model') == model
+           and 'e2e_images_per_s' in v and (v['amp'], v['channels_last'], v['compile']) == (amp, cl, compile_mode)]
+    return hit[0] if hit else None
 
 
 def _loader_rate(report, fam, workers):
@@ -446,6 +526,7 @@ def _run_hours(report, r, amp, cl, workers, cached, compile_mode='none'):
             else 'campar_fusion' if nb == 'cfar' else ('campar_baseline' if v in ('baseline', 'fusion') else v)
         tr = _rate(report, m, amp, cl, compile_mode) or _rate(report, 'campar_baseline', amp, cl, compile_mode)
         if tr is None: return None
+        if cached: tr = _e2e_rate(report, m, amp, cl, compile_mode) or tr   # measured with its pipeline, when it was
         pipe = float('inf') if cached else _loader_rate(report, fam, workers)
         hours += (train_imgs / min(tr, pipe) + evals / min(tr * INFER_SPEEDUP, pipe) + FIXED_S) / 3600
     return dict(images=train_imgs * len(variants) + evals * len(variants), hours=hours)
@@ -470,8 +551,8 @@ def projection(report):
                 datasets={k: v['note'] for k, v in DATASET_SIZES.items()},
                 assumptions=f'one seed; as configured = the paper profile over the notebooks\' defaults (precision, memory '
                             f'format, compile mode, loader workers, pipeline); a run on the decoded cache with device '
-                            f'augmentation (pipeline="device") is priced at its model step alone, the pipeline assumed to keep '
-                            f'up (its GPU rate is in the pipeline section when measured); a compiled step not measured for a '
+                            f'augmentation (pipeline="device") is priced at its end-to-end rate where measured (the configured '
+                            f'section), else at its model step alone; a compiled step not measured for a '
                             f'model counts at its eager rate; inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed '
                             f'per run; masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
                             f'CFAR as one inference pass over train + test (its ALS runs on the CPU)')
@@ -515,6 +596,23 @@ def to_markdown(r):
                      f'{_f(v["images_per_s"], 0)} | {_f(v["ms_per_step"], 1)} | {_f(v["peak_mem_mib"], 0)} | {v["warm_epoch_s"]} |')
         bf, tf = _rate(r, 'campar_baseline', 'bf16', True), _rate(r, 'campar_baseline', 'none', True)
         if bf and tf: L += ['', f'bf16 / TF32 at batch {rows[0]["batch"]} (CAM-PAR baseline, channels_last): {bf / tf:.2f}x.']
+        L.append('')
+    cr = [v for v in (r.get('configured') or {}).values() if isinstance(v, dict) and 'model' in v]
+    if cr:
+        L += ['The paper profile\'s step as configured (torch.compile mode as listed, channels_last), on device-resident batches '
+              'and end to end: the same compiled model fed by the decoded cache (synthetic JPEGs) with device augmentation '
+              '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model.', '',
+              '| model | batch | input | precision | compiled | step images/s | end to end images/s | loader alone images/s | cache build images/s | warm epoch s (compile) |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+        for v in cr:
+            if 'images_per_s' not in v:
+                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | | |'); continue
+            L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {v["compile"]} | '
+                     f'{_f(v["images_per_s"], 0)} | {_f(v.get("e2e_images_per_s"), 0)} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
+                     f'{_f(v.get("cache_build_images_per_s"), 0)} | {v["warm_epoch_s"]} |')
+        cb = [v for v in cr if v['model'] == 'campar_baseline' and 'images_per_s' in v and v['compile'] != 'none']
+        bf, tf = ([v['images_per_s'] for v in cb if v['amp'] == a] for a in ('bf16', 'none'))
+        if bf and tf: L += ['', f'bf16 / TF32, compiled, at batch {cb[0]["batch"]} (CAM-PAR baseline, channels_last): {bf[0] / tf[0]:.2f}x.']
         L.append('')
     if r.get('end_to_end'):
         L += ['End to end, 300 steps of the engine\'s epoch (bf16, channels_last): ' + ', '.join(
@@ -560,8 +658,10 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, default=None, help='report folder (default outputs/reference/gpu)')
     ap.add_argument('--wheels', default=str(REPO/'.whl'), help='folder of carried wheels to install first')
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
-    ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps end_to_end latency concurrency loaders '
+    ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps configured end_to_end latency concurrency loaders '
                                                            'pipeline maskrcnn projection notebooks)')
+    ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the usual order')
+    ap.add_argument('--budget', type=float, default=None, help='seconds after which no new timed job starts (default: 330 on a GPU)')
     ap.add_argument('--notebooks', nargs='*', default=None, help='also run these section notebooks through papermill (needs the wheels)')
     ap.add_argument('--worker', help=argparse.SUPPRESS); ap.add_argument('--worker-of', type=int, help=argparse.SUPPRESS)
     ap.add_argument('--barrier', help=argparse.SUPPRESS)
@@ -571,6 +671,7 @@ def main(argv=None):
     if a.worker: return _worker(a)
     if a.notebooks: setup(a.wheels)
     cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks, notebooks=bool(a.notebooks))
+    if a.budget: cfg['budget_s'] = a.budget
     if a.cpu_tiny:
         import torch; torch.set_num_threads(1)
     # one compile cache for this run, its worker processes and a rerun (warm compiles): torch's default is per user
@@ -581,7 +682,8 @@ def main(argv=None):
     t0 = time.time()
     if chk.step('environment', lambda: environment(cfg)) is None: return 1
     deadline = t0 + cfg['budget_s']
-    sections = [('steps', lambda: steps_matrix(cfg, deadline - 170)), ('latency', lambda: latency(cfg)),
+    sections = [('steps', lambda: steps_matrix(cfg, deadline - 170)), ('configured', lambda: configured(cfg, deadline - 120)),
+                ('latency', lambda: latency(cfg)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)), ('pipeline', lambda: pipeline(cfg)),
                 ('maskrcnn', lambda: maskrcnn(cfg)), ('projection', lambda: projection(chk.report)),
                 ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
@@ -589,7 +691,7 @@ def main(argv=None):
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
                                         for k, (p, d) in notebook_plan(cfg['device']).items()}))]
     for name, fn in sections:
-        if name not in a.skip: chk.step(name, fn)
+        if name not in a.skip and (a.only is None or name in a.only): chk.step(name, fn)
     chk.report['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z'); chk.save()
     print(f'wrote {out/"report.json"} and {out/"report.md"}')
     return 1 if any('error' in v for v in chk.report['sections'].values()) else 0
