@@ -16,7 +16,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     rep = json.loads((tmp_path/'report.json').read_text())
     assert rc == 0, {k: v for k, v in rep['sections'].items() if 'error' in v}
     assert set(rep['sections']) == {'environment', 'steps', 'configured', 'latency', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
-                                    'projection', 'concurrency', 'notebooks'}
+                                    'projection', 'concurrency', 'concurrency_configured', 'notebooks'}
     rows = [v for v in rep['steps'].values()]
     assert len(rows) == len(gpu_check.MODELS) * 2 + 1 and all(v['images_per_s'] > 0 for v in rows), rows
     assert {v['model'] for v in rows} == set(gpu_check.MODELS) and {v['amp'] for v in rows} == {'none', 'bf16'}
@@ -27,6 +27,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert len(e2e) == sum(j[2] for j in gpu_check.CONFIGURED_JOBS) and all(v['e2e_images_per_s'] > 0 for v in e2e)
     assert all(v['pipeline_input_size'] == v['input_size'] for v in e2e), e2e   # the pipeline feeds the size the step was timed at
     assert set(rep['end_to_end']) == {'campar_baseline', 'campar_fusion', 'dahar'}
+    cc = rep['concurrency_configured']['2']   # two configured Da-HAR trainings at once, each fed by the decoded cache
+    assert cc['model'] == 'dahar_rap' and len(cc['images_per_s_each']) == 2 and all(v > 0 for v in cc['images_per_s_each'])
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
     assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0
     p = rep['projection']

@@ -124,12 +124,12 @@ def test_dahar_augment_follows_the_transforms(sets, kind, aspect):
     assert d.max() <= 3.0 + 1e-3 and (d < 0.5).float().mean() > 0.8   # a one-level resize difference, through up to three 1.3x factors
     # stage by stage: crop + resize + flip within one uint8 level; the colour jitter on torchvision's own resize exact
     g.manual_seed(5); p = P.dahar_params(len(x), size, tvs[2].sizes, tvs[2].widths, 0.3, g)
-    geo = P.crop_resize(x, p['geo'], want[0].shape[-2:])
-    geo = torch.where(p['geo'][:, 4].bool().view(-1, 1, 1, 1), geo.flip(-1), geo)
+    flip = p['geo'][:, 4].bool().view(-1, 1, 1, 1)
+    geos = [torch.where(flip, g.flip(-1), g) for g in (P.crop_resize(x, p['geo'], want[0].shape[-2:], matmul=r) for r in (False, True))]
     torch.manual_seed(5)
     for i in range(len(x)):
         im = tvs[4](tvs[3](tvs[2](tv_tensors.Image(x[i]))))
-        assert (geo[i] - im.float()).abs().max() <= 1
+        assert all((geo[i] - im.float()).abs().max() <= 1 for geo in geos)   # both routes (per window size; the CUDA matrix route)
         ref = tvs[5](im).as_subclass(torch.Tensor).float()
         assert torch.equal(P.colour_jitter(im.as_subclass(torch.Tensor)[None].float(), p['perm'][i:i + 1], p['fac'][i:i + 1])[0], ref)
 

@@ -21,6 +21,7 @@ Sections (each timed; a failing one is recorded in the report and the rest go on
   maskrcnn     Mask R-CNN pseudo-mask images/s (weights=None: speed only)
   projection   GPU-hours of `har_kit.reproduce.plan(profile='paper')` as configured, from the rates above
   concurrency  1 and 3 CAM-PAR trainings on one GPU at once: combined images/s
+  concurrency_configured  3 Da-HAR (224x112) trainings as configured at once (compiled, fed by the decoded cache)
   notebooks    the section notebooks' paper-size parameters checked against their parameters cells (run through
                papermill on the device only with --notebooks, which needs the carried wheels below)
 
@@ -101,18 +102,19 @@ def config(cpu_tiny):
     if cpu_tiny:
         return dict(device='cpu', dahar_arch='resnet-tiny', campar_arch='resnet-tiny', dahar_size=(3, 32, 32),
                     dahar_rap_size=(3, 32, 16), campar_size=(3, 32, 24), campar_batch=4, dahar_batch=2, warm_steps=1,
-                    steps=2, e2e_steps=3, precisions=('none', 'bf16'), compile=False, concurrency=(1, 2),
+                    steps=2, e2e_steps=3, precisions=('none', 'bf16'), compile=False, concurrency=(2,),
                     latency_iters=3, loader_workers=(0, 1), loader_images=8, loader_batch=2, loader_epochs=1,
                     scene_size=(96, 64), person_size=(48, 24), maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
                     maskrcnn_kw=dict(rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, box_detections_per_img=10),
-                    maskrcnn_iters=1, notebooks=False, budget_s=600, cache_images=16)
+                    maskrcnn_iters=1, notebooks=False, budget_s=600, cache_images=16,
+                    configured_concurrency=(2,))
     return dict(device='cuda', dahar_arch='resnet101', campar_arch='resnet50', dahar_size=(3, 224, 224),
                 dahar_rap_size=(3, 224, 112), campar_size=(3, 256, 192), campar_batch=64, dahar_batch=32, warm_steps=15,
                 steps=60, e2e_steps=300, precisions=('none', 'bf16'), compile=True, concurrency=(1, 3),
                 latency_iters=50, loader_workers=(0, 2, 8), loader_images=384, loader_batch=64, loader_epochs=2,
                 scene_size=(683, 1024), person_size=(384, 160), maskrcnn_size=(480, 640), maskrcnn_min=800,
                 maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5, notebooks=False, budget_s=330,
-                cache_images=768)
+                cache_images=768, configured_concurrency=(3,))
 
 
 MODELS = {  # name -> (family, variant, input size key, attributes)
@@ -256,9 +258,10 @@ def configured(cfg, deadline):
     device-resident batches, then end to end fed by the decoded cache with device augmentation; bf16 and one TF32 row."""
     import torch
     mode = 'reduce-overhead' if cfg['compile'] else 'none'
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True   # 'none' (fp32) rows are TF32, as in steps
     out = {}
     with tempfile.TemporaryDirectory(prefix='har-kit-gpu-cache-') as tmp:
-        for m, amp, e2e in CONFIGURED_JOBS:
+        for m, amp, e2e in [j for j in CONFIGURED_JOBS if not cfg.get('configured_models') or j[0] in cfg['configured_models']]:
             key = f'{m}|{amp}|channels_last|{mode}'
             if time.time() > deadline: out[key] = dict(model=m, amp=amp, channels_last=True, compile=mode, skipped='time budget'); continue
             try:
@@ -334,30 +337,40 @@ def _worker(a):
     def barrier():
         (ready/f'{os.getpid()}').touch()
         t = time.time()
-        while len(list(ready.iterdir())) < a.worker_of and time.time() - t < 120: time.sleep(0.01)
-    print('RESULT ' + _json.dumps(train_rate(a.worker, cfg, 'bf16', True, steps=cfg['steps'], barrier=barrier)), flush=True)
+        while len(list(ready.iterdir())) < a.worker_of and time.time() - t < 600: time.sleep(0.01)   # compiles take minutes
+    if a.cache_dir:   # the configured step, end to end through the decoded cache the parent built
+        ld = _cached_loader(a.worker, cfg, cfg['cache_images'], a.cache_dir)[0]
+        row = train_rate(a.worker, cfg, 'bf16', True, 'reduce-overhead' if cfg['compile'] else 'none', barrier=barrier, loader=ld)
+    else: row = train_rate(a.worker, cfg, 'bf16', True, steps=cfg['steps'], barrier=barrier)
+    print('RESULT ' + _json.dumps(row), flush=True)
     return 0
 
 
-def concurrency(cfg, cpu_tiny):
-    "1, 2 and 4 CAM-PAR baseline trainings on one GPU at once (bf16, channels_last): combined images/s."
+def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=False):
+    """Several trainings of `model` on one GPU at once (bf16, channels_last), timed together after a barrier: combined
+    images/s. `configured`: the paper profile's compiled step fed by the decoded cache (end-to-end rates)."""
     import json as _json
     out = {}
-    for n in cfg['concurrency']:
+    cache = tempfile.mkdtemp(prefix='har-kit-gpu-cache-') if configured else None
+    if cache: _cached_loader(model, cfg, cfg['cache_images'], cache)   # written once here, before the workers read it
+    for n in counts or cfg['concurrency']:
         bar = Path(tempfile.mkdtemp(prefix='har-kit-gpu-bar-'))
-        cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', 'campar_baseline', '--worker-of', str(n), '--barrier', str(bar)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', model, '--worker-of', str(n), '--barrier', str(bar)]
         if cpu_tiny: cmd.append('--cpu-tiny')
+        if cache: cmd += ['--cache-dir', cache]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])))
                  for _ in range(n)]
         rates = []
         for p in procs:
-            so, se = p.communicate(timeout=300)
+            so, se = p.communicate(timeout=900)
             line = next((l for l in so.splitlines() if l.startswith('RESULT ')), None)
             if line is None: raise RuntimeError(f'worker failed: {se[-500:]}')
-            rates.append(_json.loads(line[7:])['images_per_s'])
-        out[str(n)] = dict(processes=n, images_per_s_each=rates, images_per_s_total=sum(rates))
-        print(f'concurrency {n}: {sum(rates):.0f} images/s', flush=True)
+            rates.append(_json.loads(line[7:]))
+        key = 'e2e_images_per_s' if configured else 'images_per_s'
+        out[str(n)] = dict(processes=n, model=model, images_per_s_each=[r[key] for r in rates], images_per_s_total=sum(r[key] for r in rates))
+        if configured: out[str(n)].update(step_images_per_s_each=[r['images_per_s'] for r in rates], compile=rates[0]['compile'])
+        print(f'concurrency {model} {n}: {out[str(n)]["images_per_s_total"]:.0f} images/s', flush=True)
     return out
 
 
@@ -626,6 +639,10 @@ def to_markdown(r):
     if r.get('concurrency'):
         L += ['Concurrent CAM-PAR baseline trainings on one GPU (bf16, channels_last): ' + ', '.join(
               f'{k} at once {_f(v["images_per_s_total"], 0)} images/s' for k, v in r['concurrency'].items()) + '.', '']
+    if r.get('concurrency_configured'):
+        L += ['Concurrent trainings on one GPU as configured (compiled, end to end through the decoded cache): ' + ', '.join(
+              f'{v["processes"]} x {v["model"]} {_f(v["images_per_s_total"], 0)} images/s combined (each '
+              f'{", ".join(_f(x, 0) for x in v["images_per_s_each"])})' for v in r['concurrency_configured'].values()) + '.', '']
     lr = [v for v in (r.get('loaders') or {}).values() if isinstance(v, dict)]
     if lr:
         L += ['| loader (torchvision transforms, persistent workers, steady state) | workers | images/s |', '|---|---|---|']
@@ -661,10 +678,11 @@ def main(argv=None):
     ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps configured end_to_end latency concurrency loaders '
                                                            'pipeline maskrcnn projection notebooks)')
     ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the usual order')
+    ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models')
     ap.add_argument('--budget', type=float, default=None, help='seconds after which no new timed job starts (default: 330 on a GPU)')
     ap.add_argument('--notebooks', nargs='*', default=None, help='also run these section notebooks through papermill (needs the wheels)')
     ap.add_argument('--worker', help=argparse.SUPPRESS); ap.add_argument('--worker-of', type=int, help=argparse.SUPPRESS)
-    ap.add_argument('--barrier', help=argparse.SUPPRESS)
+    ap.add_argument('--barrier', help=argparse.SUPPRESS); ap.add_argument('--cache-dir', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.download_wheels: return download_wheels(a.download_wheels)
     sys.path.insert(0, str(REPO))
@@ -672,6 +690,7 @@ def main(argv=None):
     if a.notebooks: setup(a.wheels)
     cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks, notebooks=bool(a.notebooks))
     if a.budget: cfg['budget_s'] = a.budget
+    cfg['configured_models'] = a.configured_models
     if a.cpu_tiny:
         import torch; torch.set_num_threads(1)
     # one compile cache for this run, its worker processes and a rerun (warm compiles): torch's default is per user
@@ -687,6 +706,7 @@ def main(argv=None):
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)), ('pipeline', lambda: pipeline(cfg)),
                 ('maskrcnn', lambda: maskrcnn(cfg)), ('projection', lambda: projection(chk.report)),
                 ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
+                ('concurrency_configured', lambda: concurrency(cfg, a.cpu_tiny, 'dahar_rap', cfg['configured_concurrency'], configured=True)),
                 ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
                                         for k, (p, d) in notebook_plan(cfg['device']).items()}))]
