@@ -17,9 +17,9 @@ from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_
 from .runs import is_done, run_notebook, run_status
 
 # %% auto #0
-__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'shared_sample_root', 'PlannedRun', 'planned_data', 'default_tables',
-           'plan', 'missing_roots', 'check_roots', 'describe', 'param_diff', 'stale_params', 'run_planned',
-           'default_jobs', 'execute', 'render_tables']
+__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'shared_sample_root', 'PlannedRun',
+           'planned_data', 'default_tables', 'plan', 'missing_roots', 'check_roots', 'describe', 'param_diff',
+           'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'execute', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -325,17 +325,29 @@ def run_planned(r: PlannedRun,   # the run
 def default_jobs(runs,          # PlannedRuns (`plan`)
                  devices=None   # devices given on the command line (None: each run's own)
                 ) -> int:
-    "Concurrent runs: one per device when several are given; on CPU (or 'auto' without a GPU), the cores divided by the runs' threads."
-    if devices and len(devices) > 1: return len(devices)
-    wanted = {(devices or [None])[0] or r.params.get('device', 'cpu') for r in runs}
+    "Concurrent runs: `runs_per_gpu` on each GPU; on CPU (or 'auto' without a GPU), the cores divided by the runs' threads."
+    given = list(devices or [])
+    wanted = set(given) if given else {r.params.get('device', 'cpu') for r in runs}
     if 'auto' in wanted:   # the sample profile: 'auto' is the CPU on a machine without a GPU
-        import torch
+        import torch       # here, not at the top: planning and the CLI stay light until a GPU is asked about
         wanted = {('cuda' if torch.cuda.is_available() else 'cpu') if d == 'auto' else d for d in wanted}
-    on_cpu = wanted <= {'cpu'}
-    if not on_cpu: return 1
-    return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
+    if wanted <= {'cpu'}: return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
+    gpus = [d for d in (given or sorted(wanted)) if str(d).startswith('cuda')]
+    return max(len(given), sum(runs_per_gpu(d) for d in gpus) or 1)
 
-# %% ../nbs/71_reproduce.ipynb #c034
+# %% ../nbs/71_reproduce.ipynb #c033
+GIB_PER_RUN = 24   # GPU memory (GiB) set aside per concurrent run
+MAX_RUNS_PER_GPU = 3
+
+def runs_per_gpu(device='cuda'):  # a CUDA device name
+    "Runs `default_jobs` places on one GPU at once: one per `GIB_PER_RUN` of its memory, at most `MAX_RUNS_PER_GPU`."
+    import torch   # here, not at the top: planning and the CLI stay light until a GPU is asked about
+    if not torch.cuda.is_available(): return 1
+    d = torch.device(device)
+    gib = torch.cuda.get_device_properties(d.index if d.index is not None else 0).total_memory / 2**30
+    return int(min(MAX_RUNS_PER_GPU, max(1, gib // GIB_PER_RUN)))
+
+# %% ../nbs/71_reproduce.ipynb #c037
 def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             devices=None,    # devices the workers take in turn (None: each run's own)
             progress=True,   # tqdm bar over runs
@@ -389,7 +401,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     bar.close()
     return status
 
-# %% ../nbs/71_reproduce.ipynb #c041
+# %% ../nbs/71_reproduce.ipynb #c044
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

@@ -503,6 +503,11 @@ def _rate(report, model, amp, cl, compile_mode='none'):
     return min((v['images_per_s'] for v in rows), default=None)
 
 
+E2E_BOUND = {  # a model -> one at most as costly per image: its measured end-to-end rate bounds the model's from above
+    'dahar': 'dahar_rap', 'dahar_baseline': 'dahar_rap',   # the same networks on twice the pixels
+    'campar': 'campar_baseline'}                            # the baseline plus CAM heads
+
+
 def _e2e_rate(report, model, amp, cl, compile_mode):
     "The end-to-end rate through the decoded cache with device augmentation at this setting, or None (not measured)."
     hit = [v['e2e_images_per_s'] for v in (report.get('configured') or {}).values() if isinstance(v, dict) and v.get('model') == model
@@ -539,33 +544,52 @@ def _run_hours(report, r, amp, cl, workers, cached, compile_mode='none'):
             else 'campar_fusion' if nb == 'cfar' else ('campar_baseline' if v in ('baseline', 'fusion') else v)
         tr = _rate(report, m, amp, cl, compile_mode) or _rate(report, 'campar_baseline', amp, cl, compile_mode)
         if tr is None: return None
-        if cached: tr = _e2e_rate(report, m, amp, cl, compile_mode) or tr   # measured with its pipeline, when it was
+        if cached:   # measured with its pipeline, when it was; else at most a cheaper model's end-to-end rate
+            bound = _e2e_rate(report, E2E_BOUND.get(m, m), amp, cl, compile_mode)
+            tr = _e2e_rate(report, m, amp, cl, compile_mode) or min(tr, bound or tr)
         pipe = float('inf') if cached else _loader_rate(report, fam, workers)
         hours += (train_imgs / min(tr, pipe) + evals / min(tr * INFER_SPEEDUP, pipe) + FIXED_S) / 3600
     return dict(images=train_imgs * len(variants) + evals * len(variants), hours=hours)
 
 
+def _sharing(report):
+    """{notebook: speed-up} of running `reproduce.runs_per_gpu` trainings on the GPU at once, where measured as configured
+    (combined end-to-end rate of n runs over one run's): the GPU-hours of that notebook's runs divide by it."""
+    from har_kit.reproduce import GIB_PER_RUN, MAX_RUNS_PER_GPU
+    gib = (report.get('environment') or {}).get('memory_gib') or 0
+    per_gpu = int(min(MAX_RUNS_PER_GPU, max(1, gib // GIB_PER_RUN)))
+    out = {}
+    for v in (report.get('concurrency_configured') or {}).values():
+        single = _e2e_rate(report, v['model'], 'bf16', True, v.get('compile', 'none'))
+        if single and v['processes'] == per_gpu: out[MODELS[v['model']][0]] = v['images_per_s_total'] / single
+    return out
+
+
 def projection(report):
     "GPU-hours of the paper profile's plan (one seed): as configured, and with bf16 + channels_last + a loader that keeps up."
     from har_kit.reproduce import plan
-    runs = plan(profile='paper', seeds=1)
+    runs, share = plan(profile='paper', seeds=1), _sharing(report)
     rows, tot = [], dict(configured=0.0, lean=0.0)
     for r in runs:
         amp, cl, mode, workers, pipe = _as_configured(r.spec.notebook)
         a = _run_hours(report, r, amp, cl, workers, cached=pipe == 'device', compile_mode=mode)
         b = _run_hours(report, r, amp, cl, workers, cached=False, compile_mode=mode)   # the torchvision loader instead
         if a is None or b is None: continue
+        if pipe == 'device' and r.spec.notebook in share: a['hours'] /= share[r.spec.notebook]
         tot['configured'] += a['hours']; tot['lean'] += b['hours']
         rows.append(dict(notebook=r.spec.notebook, dataset=r.params.get('dataset'), variants=r.params.get('variants'),
                          partition=r.params.get('partition'), val_fraction=r.params.get('val_fraction'), amp=amp,
                          channels_last=cl, compile_mode=mode, num_workers=workers, pipeline=pipe, hours=a['hours'],
                          hours_torchvision_loader=b['hours']))
-    return dict(runs=rows, total_hours=tot['configured'], total_hours_torchvision_loader=tot['lean'], planned_from='har_kit.reproduce.plan(profile="paper", seeds=1)',
+    return dict(runs=rows, total_hours=tot['configured'], total_hours_torchvision_loader=tot['lean'], gpu_sharing=share, planned_from='har_kit.reproduce.plan(profile="paper", seeds=1)',
                 datasets={k: v['note'] for k, v in DATASET_SIZES.items()},
                 assumptions=f'one seed; as configured = the paper profile over the notebooks\' defaults (precision, memory '
                             f'format, compile mode, loader workers, pipeline); a run on the decoded cache with device '
                             f'augmentation (pipeline="device") is priced at its end-to-end rate where measured (the configured '
-                            f'section), else at its model step alone; a compiled step not measured for a '
+                            f'section), else at its model step or a cheaper model\'s end-to-end rate, whichever is lower (E2E_BOUND); where several trainings of a notebook were measured sharing the GPU '
+                            f'as `reproduce.default_jobs` places them (concurrency_configured), that notebook\'s device-pipeline runs '
+                            f'are priced at the combined rate (gpu_sharing: the speed-up, measured on Da-HAR at 224x112 and '
+                            f'applied to its 224x224 runs too; CAM-PAR\'s compiled runs are priced alone); a compiled step not measured for a '
                             f'model counts at its eager rate; inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed '
                             f'per run; masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
                             f'CFAR as one inference pass over train + test (its ALS runs on the CPU)')
@@ -669,6 +693,26 @@ def to_markdown(r):
     return '\n'.join(L) + '\n'
 
 
+def merge(paths, out, note=None):
+    """One report from several runs' reports (`--merge A.json B.json ...`): sections in order, later rows replacing
+    earlier ones key by key; each source listed in `merged_from`; the projection recomputed from the merged rates."""
+    import json as _json
+    rep = dict(sections={}, merged_from=[])
+    for p in paths:
+        r = _json.loads(Path(p).read_text())
+        rep["merged_from"].append(dict(started=r.get('started'), finished=r.get('finished'), sections=list(r.get('sections', {}))))
+        for k, v in r.items():
+            if k in ('merged_from', 'projection', 'note', 'started', 'finished'): continue
+            if k == 'sections' or (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'): rep.setdefault(k, {}).update(v)
+            else: rep[k] = v
+    rep['started'] = min(m['started'] for m in rep['merged_from'] if m['started'])
+    rep['finished'] = max(m['finished'] for m in rep['merged_from'] if m['finished'])
+    if note: rep['note'] = note
+    rep['projection'] = projection(rep)
+    chk = Check(out, {}); chk.report = rep; chk.save()
+    return rep
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog='gpu_check', description=__doc__.split('\n')[0])
     ap.add_argument('--cpu-tiny', action='store_true', help='tiny sizes on the CPU (CI), no notebook runs')
@@ -679,6 +723,8 @@ def main(argv=None):
                                                            'pipeline maskrcnn projection notebooks)')
     ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the usual order')
     ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models')
+    ap.add_argument('--merge', nargs='*', metavar='REPORT', help='merge these report.json files (later rows win) into --out and exit')
+    ap.add_argument('--note', help='with --merge: the paragraph that says which runs the merged report holds')
     ap.add_argument('--budget', type=float, default=None, help='seconds after which no new timed job starts (default: 330 on a GPU)')
     ap.add_argument('--notebooks', nargs='*', default=None, help='also run these section notebooks through papermill (needs the wheels)')
     ap.add_argument('--worker', help=argparse.SUPPRESS); ap.add_argument('--worker-of', type=int, help=argparse.SUPPRESS)
@@ -687,6 +733,8 @@ def main(argv=None):
     if a.download_wheels: return download_wheels(a.download_wheels)
     sys.path.insert(0, str(REPO))
     if a.worker: return _worker(a)
+    if a.merge:
+        merge(a.merge, a.out or REPO/'outputs'/'reference'/'gpu', a.note); return 0
     if a.notebooks: setup(a.wheels)
     cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks, notebooks=bool(a.notebooks))
     if a.budget: cfg['budget_s'] = a.budget

@@ -95,8 +95,11 @@ def from_gpu():
     if not (r and r.get('started') and r.get('finished')): return []
     env = r.get('environment', {})
     steps = ', '.join(f"{k} {v['seconds']:.0f} s" for k, v in r.get('sections', r.get('steps', {})).items() if v.get('seconds') is not None)
-    return [dict(job='`make gpu-check`', seconds=round(_ts(r['finished']) - _ts(r['started']), 1),
-                 detail=f"start to finish; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
+    runs = r.get('merged_from') or [r]   # a merged report: its leases' own durations, not the hours between them
+    secs = sum(_ts(m['finished']) - _ts(m['started']) for m in runs if m.get('started') and m.get('finished'))
+    what = f"{len(runs)} runs merged, each start to finish" if r.get('merged_from') else 'start to finish'
+    return [dict(job='`make gpu-check`', seconds=round(secs, 1),
+                 detail=f"{what}; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
                  date=_day(_ts(r['started'])), source='outputs/reference/gpu/report.json')]
 
 
