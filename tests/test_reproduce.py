@@ -192,7 +192,7 @@ def test_devices_are_spread_over_concurrent_runs(tmp_path):
         if first: both.wait()
         with lock: live.discard(dev)
         r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
-    execute(runs, devices=['cuda:0', 'cuda:1'], run_fn=run_fn, progress=False)
+    execute(runs, devices=['cuda:0', 'cuda:1'], run_fn=run_fn, progress=False, jobs=2)   # one per device (a GPU machine's default: runs_per_gpu each)
     # both devices in use at once, never two runs on one device (which device the later runs get depends on which ends first)
     assert len(seen) == 4 and {d for d, _ in seen[:2]} == {'cuda:0', 'cuda:1'} and not any(c for _, c in seen) and peak[0] == 2
 
