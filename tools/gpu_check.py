@@ -31,7 +31,7 @@ the script installs with `pip --no-index --no-deps --target` before it imports h
 PyPI access, for the device's Python 3.12) with `python tools/gpu_check.py --download-wheels .whl`.
 """
 from __future__ import annotations
-import argparse, os, platform, subprocess, sys, tempfile, time, traceback
+import argparse, os, platform, statistics, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +154,8 @@ def synthetic_batches(size, batch, n_attr, device, k=3):
 
 def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', steps=None, barrier=None, loader=None):
     """Images/s of the engine's own training epoch (`har_kit.engine._train_epoch`) on device-resident batches, after a warm
-    epoch; with `loader` (a DeviceLoader of this model's input size) also `e2e_steps` steps fed by it, same compiled model."""
+    epoch; with `loader` (a DeviceLoader of this model's input size) also `e2e_steps` steps fed by it (same compiled model)
+    and the loader alone. The phases' timing windows interleave over `reps` repetitions; each figure is their median."""
     import torch
     from har_kit.engine import TrainConfig, _train_epoch, make_optimizer
     from har_kit.core import get_device
@@ -173,15 +174,10 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, cfg['warm_steps']), opt, scaler, tc, dev, 1, {}); sync()
     warm = time.perf_counter() - t
-    if barrier: barrier()
-    n = steps or cfg['steps']
-    t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, n), opt, scaler, tc, dev, 2, {}); sync()
-    dt = time.perf_counter() - t
-    row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
-               images_per_s=n * batch / dt, ms_per_step=dt / n * 1e3, steps=n, warm_epoch_s=round(warm, 2),
-               peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
+    n, reps = steps or cfg['steps'], cfg.get('reps', 3)
+    phases = {'step': (lambda e: _train_epoch(net, crit, Cycle(data, max(1, n // reps)), opt, scaler, tc, dev, e, {}), max(1, n // reps))}
     if loader is not None:
-        class Epochs:   # `e2e_steps` batches drawn from the loader's epochs in turn (its shuffle order advancing)
+        class Epochs:   # k batches drawn from the loader's epochs in turn (its shuffle order advancing)
             def __init__(self, k): self.k = k
             def __len__(self): return self.k
             def __iter__(self):
@@ -190,14 +186,23 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
                     for b in loader:
                         if k == self.k: return
                         k += 1; yield b
-        alone = []
-        for _ in range(2):   # the loader by itself: batches ready on the device, no model
-            sync(); t = time.perf_counter(); k = sum(1 for _ in Epochs(len(loader))); sync(); alone.append(k * batch / (time.perf_counter() - t))
-        _train_epoch(net, crit, Epochs(cfg['warm_steps']), opt, scaler, tc, dev, 3, {}); sync()
-        k = cfg['e2e_steps']
-        t = time.perf_counter(); _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, 4, {}); sync()
-        row.update(e2e_images_per_s=k * batch / (time.perf_counter() - t), e2e_steps=k, loader_alone_images_per_s=max(alone),
-                   pipeline_input_size=list(next(iter(loader))['image'].shape[1:]))
+        k = max(1, cfg['e2e_steps'] // reps)
+        _train_epoch(net, crit, Epochs(cfg['warm_steps']), opt, scaler, tc, dev, 2, {}); sync()   # the loader's first batches
+        phases['e2e'] = (lambda e: _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, e, {}), k)
+        phases['loader_alone'] = (lambda e: sum(1 for _ in Epochs(k)), k)   # batches ready on the device, no model
+    if barrier: barrier()
+    rates = {p: [] for p in phases}
+    for r in range(reps):   # interleaved windows: a transient shows as spread instead of moving one phase's figure
+        for p, (run, steps_in) in phases.items():
+            sync(); t = time.perf_counter(); run(3 + r); sync(); rates[p].append(steps_in * batch / (time.perf_counter() - t))
+    med = {p: statistics.median(v) for p, v in rates.items()}
+    row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
+               images_per_s=med['step'], images_per_s_range=[min(rates['step']), max(rates['step'])], ms_per_step=batch / med['step'] * 1e3,
+               steps=phases['step'][1] * reps, repetitions=reps, warm_epoch_s=round(warm, 2),
+               peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
+    if loader is not None:
+        row.update(e2e_images_per_s=med['e2e'], e2e_images_per_s_range=[min(rates['e2e']), max(rates['e2e'])], e2e_steps=k * reps,
+                   loader_alone_images_per_s=med['loader_alone'], pipeline_input_size=list(next(iter(loader))['image'].shape[1:]))
     return row
 
 
@@ -612,6 +617,11 @@ def environment(cfg):
 def _f(v, d=1): return '-' if v is None else f'{v:.{d}f}'
 
 
+def _rng(v, k):  # a median with its repetitions' range, where the row has one
+    r = v.get(f'{k}_range')
+    return _f(v.get(k), 0) + (f' ({r[0]:.0f}-{r[1]:.0f})' if r else '')
+
+
 def to_markdown(r):
     "The report as Markdown."
     env = r.get('environment', {})
@@ -638,14 +648,14 @@ def to_markdown(r):
     if cr:
         L += ['The paper profile\'s step as configured (torch.compile mode as listed, channels_last), on device-resident batches '
               'and end to end: the same compiled model fed by the decoded cache (synthetic JPEGs) with device augmentation '
-              '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model.', '',
-              '| model | batch | input | precision | compiled | step images/s | end to end images/s | loader alone images/s | cache build images/s | warm epoch s (compile) |',
+              '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model; medians of interleaved timing windows, their range in brackets where the row has repetitions.', '',
+              '| model | batch | input | precision | compiled | step images/s (range) | end to end images/s (range) | loader alone images/s | cache build images/s | warm epoch s (compile) |',
               '|---|---|---|---|---|---|---|---|---|---|']
         for v in cr:
             if 'images_per_s' not in v:
                 L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | | |'); continue
             L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {v["compile"]} | '
-                     f'{_f(v["images_per_s"], 0)} | {_f(v.get("e2e_images_per_s"), 0)} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
+                     f'{_rng(v, "images_per_s")} | {_rng(v, "e2e_images_per_s")} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
                      f'{_f(v.get("cache_build_images_per_s"), 0)} | {v["warm_epoch_s"]} |')
         cb = [v for v in cr if v['model'] == 'campar_baseline' and 'images_per_s' in v and v['compile'] != 'none']
         bf, tf = ([v['images_per_s'] for v in cb if v['amp'] == a] for a in ('bf16', 'none'))
