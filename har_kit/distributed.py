@@ -17,22 +17,22 @@ from .core import KitError, get_device
 __all__ = ['dist_env', 'rank_world', 'is_main_process', 'setup_device', 'shard_loader', 'set_epoch', 'gather_in_order',
            'all_mean', 'all_sum']
 
-# %% ../nbs/07_distributed.ipynb #4f26712b
+# %% ../nbs/07_distributed.ipynb #c005
 def dist_env():
     "(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside torchrun."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
 
-# %% ../nbs/07_distributed.ipynb #871f0587
+# %% ../nbs/07_distributed.ipynb #c006
 def rank_world():
     "(rank, world_size) of the started process group; (0, 1) without one."
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
-# %% ../nbs/07_distributed.ipynb #274ffa0b
+# %% ../nbs/07_distributed.ipynb #c007
 def is_main_process():
     "True on rank 0 and outside torchrun: the process that writes files."
     return (rank_world()[0] if dist.is_available() and dist.is_initialized() else dist_env()[0]) == 0
 
-# %% ../nbs/07_distributed.ipynb #9624ebec
+# %% ../nbs/07_distributed.ipynb #c008
 def _teardown(timeout_s=120):  # seconds to wait for the other processes
     "At exit: meet at a barrier, release the group, end it, and keep rank 0 (the store's host) until every process has ended its own."
     if not (dist.is_available() and dist.is_initialized()): return
@@ -50,7 +50,7 @@ def _teardown(timeout_s=120):  # seconds to wait for the other processes
         while rank == 0 and ended < world and time.monotonic() < deadline: time.sleep(0.01); ended = store.add('har_kit/ended', 0)
     except Exception: pass   # the store's host is gone: nothing left to wait for
 
-# %% ../nbs/07_distributed.ipynb #ab864244
+# %% ../nbs/07_distributed.ipynb #c009
 def setup_device(device='auto'):  # a `TrainConfig.device` value
     "Resolve the device; under torchrun (WORLD_SIZE > 1) also start the process group (nccl on CUDA, gloo on CPU)."
     rank, world, local = dist_env()
@@ -62,7 +62,7 @@ def setup_device(device='auto'):  # a `TrainConfig.device` value
             atexit.register(_teardown)
     return dev
 
-# %% ../nbs/07_distributed.ipynb #af401404
+# %% ../nbs/07_distributed.ipynb #c012
 def _shuffles(loader):
     s = loader.sampler
     if isinstance(s, RandomSampler): return True
@@ -70,13 +70,14 @@ def _shuffles(loader):
     if isinstance(s, DistributedSampler): return s.shuffle
     return None
 
-# %% ../nbs/07_distributed.ipynb #524e49fc
+# %% ../nbs/07_distributed.ipynb #c013
 def shard_loader(loader,        # a DataLoader over a map-style dataset
                  seed=0,        # shuffling seed (the config's seed)
                  shuffle=None): # None: shuffle iff `loader` did
     "Rebuild `loader` on a seeded `DistributedSampler`: this rank's shard, the global batch split over ranks."
     rank, world = rank_world()
-    if shuffle is None: shuffle = _shuffles(loader)
+    own = callable(getattr(loader, 'with_sampler', None))   # batches of its own: it takes the sampler itself
+    if shuffle is None: shuffle = loader.shuffle if own else _shuffles(loader)
     if shuffle is None or loader.batch_size is None:
         if world > 1: raise KitError('the DataLoader has a custom sampler/batch_sampler, which the engine cannot shard '
                                      'over processes: build it with shuffle=True/False and a batch_size')
@@ -85,12 +86,13 @@ def shard_loader(loader,        # a DataLoader over a map-style dataset
     if bs % world: raise KitError(f'batch_size={bs} is not divisible by WORLD_SIZE={world}: each process gets '
                                   f'batch_size/WORLD_SIZE samples; use a multiple of {world}')
     sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    if own: return loader.with_sampler(sampler, bs // world)
     return DataLoader(loader.dataset, batch_size=bs // world, sampler=sampler, num_workers=loader.num_workers,
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                       timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                       persistent_workers=loader.persistent_workers, generator=torch.Generator())
 
-# %% ../nbs/07_distributed.ipynb #2a961a25
+# %% ../nbs/07_distributed.ipynb #c014
 def set_epoch(loader,  # a loader from `shard_loader`
               seed,    # the config's seed
               epoch):  # 1-based epoch
@@ -98,7 +100,7 @@ def set_epoch(loader,  # a loader from `shard_loader`
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/07_distributed.ipynb #516dc1d0
+# %% ../nbs/07_distributed.ipynb #c019
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -113,7 +115,7 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         out[k] = full[:n]
     return out
 
-# %% ../nbs/07_distributed.ipynb #1d9a50a5
+# %% ../nbs/07_distributed.ipynb #c020
 def all_mean(total,   # this process's sum
              count,   # this process's count
              device): # the group's device
@@ -122,7 +124,7 @@ def all_mean(total,   # this process's sum
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-# %% ../nbs/07_distributed.ipynb #626aab3d
+# %% ../nbs/07_distributed.ipynb #c021
 def all_sum(value,   # this process's number
             device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."

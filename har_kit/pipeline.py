@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_pipeline.ipynb #c003
 from __future__ import annotations
-import functools, hashlib, json, os, shutil, tempfile, time, warnings
+import copy, functools, hashlib, json, os, shutil, tempfile, time, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -260,10 +260,20 @@ class DeviceLoader:
         self.generator = torch.Generator(); self.generator.manual_seed(int(seed))
         self.dataset = _Samples(self)
 
-    def __len__(self): n, b = len(self.dataset), self.batch_size; return n // b if self.drop_last else -(-n // b)
+    def __len__(self):
+        n, b = len(self.sampler if self.sampler is not None else self.dataset), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def with_sampler(self, sampler, batch_size):  # a `DistributedSampler` over `self.dataset`; this process's batch size
+        "This loader drawing its order from `sampler` (its shard, `har_kit.distributed.shard_loader`), batches of `batch_size`."
+        out = copy.copy(self)
+        out.sampler, out.batch_size, out.generator = sampler, int(batch_size), torch.Generator()
+        out.generator.set_state(self.generator.get_state()); out.dataset = _Samples(out)
+        return out
 
     def order(self):
-        "This epoch's sample order: a `DataLoader`'s with the same generator state."
+        "This epoch's sample order: its sampler's, else a `DataLoader`'s with the same generator state."
+        if self.sampler is not None: return torch.tensor(list(self.sampler), dtype=torch.long)
         if not self.shuffle: return torch.arange(len(self.dataset))
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)   # the DataLoader's base-seed draw
         return torch.randperm(len(self.dataset), generator=self.generator)

@@ -37,15 +37,23 @@ def bce(out, batch):
 def acc(scores, labels): return dict(acc=float(((scores > 0.5) == (labels > 0.5)).mean()))
 
 
-def job(out):
+def device_loader(ds, batch, shuffle):
+    "The same samples as a `har_kit.pipeline.DeviceLoader` (the paper profile's batches from a decoded cache), no augmentation."
+    from har_kit.pipeline import DeviceLoader
+    imgs = ((ds.x.clamp(-2, 2) + 2) / 4 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return DeviceLoader(dict(images=imgs, masks=None, dir='memory'), ds.y.numpy(), lambda x, m, g: {'image': x.float() / 255}, batch, shuffle)
+
+
+def job(out, pipeline='loader'):
     "The same script for 1 and 2 processes: train_eval on fixed data, rank 0 saves weights, history, predictions."
     from har_kit.engine import TrainConfig, train_eval
     from har_kit.distributed import is_main_process
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = Net()
-    loaders = dict(train=DataLoader(Clean(64, 0), 16, shuffle=True), val=DataLoader(Clean(30, 1), 8),
-                   test=DataLoader(Clean(21, 2), 4))  # 21: uneven shards, padded by the sampler, gathered back
+    make = DataLoader if pipeline == 'loader' else device_loader
+    loaders = dict(train=make(Clean(64, 0), 16, shuffle=True), val=make(Clean(30, 1), 8, shuffle=False),
+                   test=make(Clean(21, 2), 4, shuffle=False))  # 21: uneven shards, padded by the sampler, gathered back
     cfg = TrainConfig(epochs=3, lr=0.2, momentum=0.9, scheduler='cosine', backbone_lr_mult=0.5, monitor='acc',
                       device='cpu', progress=False, seed=1)
     res = train_eval(model, bce, loaders, cfg, out, acc)
@@ -60,11 +68,12 @@ def _free_port():
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
-    job(tmp_path/'one')
+@pytest.mark.parametrize('pipeline', ['loader', 'device'])   # DataLoader; the decoded cache's DeviceLoader
+def test_two_processes_match_one(tmp_path, pipeline):
+    job(tmp_path/'one', pipeline)
     env = {**os.environ, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(_free_port()), 'WORLD_SIZE': '2',
            'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(Path(__file__).parent) + os.pathsep + os.environ.get('PYTHONPATH', '')}
-    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path/'two')], env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)},
+    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path/'two'), pipeline], env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     logs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), '\n'.join(logs)
@@ -85,4 +94,4 @@ def test_two_processes_match_one(tmp_path):
 
 
 if __name__ == '__main__':
-    job(sys.argv[1])
+    job(sys.argv[1], sys.argv[2])

@@ -179,3 +179,23 @@ def test_tiny_training_on_the_device_path(tmp_path):
     wider = read_wider(tiny_fixture('wider', tmp_path/'w', n=12))
     out = dahar_train('dahar', wider, tmp_path/'d', DaHarConfig(epochs=1, batch_size=4, pipeline='device'))
     assert 0 <= out['metrics']['full']['mAP'] <= 1 and 0 <= out['metrics']['crops']['mAP'] <= 1
+
+
+def test_sharded_like_the_dataloader_and_partitioned(sets, monkeypatch):
+    "The engine shards a DeviceLoader as it shards a DataLoader: the same order per epoch; two ranks split the samples."
+    import har_kit.distributed as D
+    ss = sets['wider'].samples
+    dl = P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 4, True, seed=3, name='wider')
+    ml = make_loader(ss, dahar_transforms(True, 1, 0.25), 4, True, seed=3)
+    order = lambda ld: torch.cat([torch.as_tensor(b['index']) for b in ld]).tolist()
+    one_dl, one_ml = D.shard_loader(dl, seed=7), D.shard_loader(ml, seed=7)
+    for epoch in (1, 2):
+        set_epoch(one_dl, 7, epoch); set_epoch(one_ml, 7, epoch)
+        assert order(one_dl) == order(one_ml)
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(D, 'rank_world', lambda r=rank: (r, 2))
+        sh = D.shard_loader(dl, seed=7); set_epoch(sh, 7, 1)
+        assert sh.batch_size == 2 and len(sh) == -(-len(ss) // 2 // 2)
+        shards.append(order(sh))
+    assert len(shards[0]) == len(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(len(ss)))   # every sample, equal shares
