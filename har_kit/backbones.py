@@ -4,6 +4,8 @@
 
 # %% ../nbs/03_backbones.ipynb #c002
 from __future__ import annotations
+import hashlib, os
+from pathlib import Path
 import torch
 from torch import nn
 import torchvision
@@ -12,8 +14,8 @@ from torchvision.models import resnet as tvr
 from .core import KitError
 
 # %% auto #0
-__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'resnet_taps',
-           'count_params', 'bilinear_matrix', 'resize_bilinear']
+__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'is_weights_file',
+           'load_weights_file', 'resnet_taps', 'count_params', 'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/03_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -71,7 +73,7 @@ def taps_from_torchvision(net: torchvision.models.ResNet,  # an existing torchvi
     "Wrap an existing torchvision ResNet (e.g. one you fine-tuned) as `ResNetTaps`, sharing its modules."
     return ResNetTaps(*_split_torchvision(net), arch=arch)
 
-# %% ../nbs/03_backbones.ipynb #ceb43661
+# %% ../nbs/03_backbones.ipynb #c012
 def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
                     weights):    # None, 'DEFAULT', a member name ('IMAGENET1K_V1'), 'ResNet50_Weights.IMAGENET1K_V1' or the enum member
     "The torchvision weights enum member that `weights` names for `arch` (None for None); nothing is downloaded."
@@ -84,18 +86,48 @@ def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
     raise KitError(f'weights={weights!r} is not a {enum.__name__} weight: choose None, "DEFAULT" or one of '
                    f'{", ".join(enum.__members__)} (the papers\' code loaded torchvision\'s original "IMAGENET1K_V1")')
 
-# %% ../nbs/03_backbones.ipynb #120d5eb1
+# %% ../nbs/03_backbones.ipynb #c014
+def is_weights_file(weights):  # a `weights` argument
+    "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
+    return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))
+
+# %% ../nbs/03_backbones.ipynb #c015
+def load_weights_file(net: nn.Module,  # a torchvision model built with weights=None
+                      path,            # its state dict on disk (a checkpoint's 'state_dict' / 'model' entry also works)
+                      arch: str):      # the arch, for messages
+    "Load a local state dict into `net` strictly; return the file's SHA-256."
+    p = Path(path).expanduser()
+    if not p.is_file(): raise KitError(f'weights={str(path)!r}: no such file; pass torchvision\'s {arch} state dict (.pth), a weights name such as "IMAGENET1K_V1", or None')
+    try: sd = torch.load(p, map_location='cpu', weights_only=True)
+    except Exception as e: raise KitError(f'{p}: not a weights file torch can read safely ({type(e).__name__}: {str(e)[:200]})') from None
+    if isinstance(sd, dict) and not any(torch.is_tensor(v) for v in sd.values()): sd = sd.get('state_dict') or sd.get('model') or sd
+    try: net.load_state_dict(sd)
+    except Exception as e: raise KitError(f"{p}: its tensors do not fit torchvision's {arch} ({str(e)[:300]}); pass the {arch} weights file") from None
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+# %% ../nbs/03_backbones.ipynb #c016
+def _fetch(arch, w):  # torchvision's model with weights `w` (an enum member or None), downloaded if need be
+    try: return torchvision.models.get_model(arch, weights=w)
+    except Exception as e:
+        if w is None: raise
+        hub = Path(torch.hub.get_dir())/'checkpoints'
+        raise KitError(f'could not fetch {w.url} ({type(e).__name__}: {str(e)[:200]}): download that file on a machine with '
+                       f'internet and put it in {hub}/ (TORCH_HOME moves that folder), or pass weights=PATH to the file') from None
+
+# %% ../nbs/03_backbones.ipynb #c017
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
-                weights=None,            # None, 'DEFAULT' or a torchvision weights name ('IMAGENET1K_V1', 'IMAGENET1K_V2')
+                weights=None,            # None, 'DEFAULT', a torchvision weights name ('IMAGENET1K_V1') or a local .pth file
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
-    "Build a `ResNetTaps` backbone, asking torchvision for pretrained weights when `weights` is given."
+    "Build a `ResNetTaps` backbone, with torchvision's pretrained weights (by name, or from a local file) when `weights` is given."
+    sha = None
     if arch in SMALL_ARCHES:
         if weights is not None:
             raise KitError(f'arch={arch!r} has no pretrained weights: pass weights=None, or use a torchvision arch '
                            f'({", ".join(TORCHVISION_ARCHES)}) with weights="IMAGENET1K_V1"')
         stem, stages, channels = _small_resnet(*SMALL_ARCHES[arch])
     elif arch in TORCHVISION_ARCHES:
-        net = torchvision.models.get_model(arch, weights=resolve_weights(arch, weights))
+        if is_weights_file(weights): net = _fetch(arch, None); sha = load_weights_file(net, weights, arch)
+        else: net = _fetch(arch, resolve_weights(arch, weights))
         stem, stages, channels = _split_torchvision(net)
     else:
         raise KitError(f'unknown arch {arch!r}: choose one of {", ".join(TORCHVISION_ARCHES + tuple(SMALL_ARCHES))}')
@@ -104,14 +136,16 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
         first = stages[3][0]
         for m in [first.conv1, getattr(first, 'conv2', None)] + ([first.downsample[0]] if first.downsample is not None else []):
             if m is not None and m.stride == (2, 2): m.stride = (1, 1)
-    return ResNetTaps(stem, stages, channels, arch)
+    taps = ResNetTaps(stem, stages, channels, arch)
+    taps.weights_sha256 = sha
+    return taps
 
-# %% ../nbs/03_backbones.ipynb #c014
+# %% ../nbs/03_backbones.ipynb #c019
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/03_backbones.ipynb #b0dab1b8
+# %% ../nbs/03_backbones.ipynb #c033
 import torch.nn.functional as F
 from typing import List, Optional
 
@@ -128,7 +162,7 @@ def bilinear_matrix(n_in: int,                           # source length
     m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
-# %% ../nbs/03_backbones.ipynb #462e5748
+# %% ../nbs/03_backbones.ipynb #c034
 def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
                     size: List[int]): # (H_out, W_out)
     "Bilinear resize (`align_corners=False`) as two matrix products; `F.interpolate` for channels_last on the CPU."
