@@ -13,9 +13,9 @@ from .metrics import read_metrics
 from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
 
 # %% auto #0
-__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'missing_reason', 'constant_share', 'paper_partition', 'collect', 'paired_interval',
-           'table_rows', 'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
-           'plot_distraction', 'plot_curves']
+__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'paper_partition', 'collect',
+           'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation',
+           'plot_per_attribute', 'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
 def _dig(d, path):
@@ -248,6 +248,14 @@ def render(table: Table,       # the table
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
 # %% ../nbs/63_render.ipynb #c027
+OURS_LABEL = 'ours (mean ± sd over seeds)'
+
+def _legend_above_bars(ax):  # matplotlib axes holding bar charts in percent
+    "One legend row in headroom added above the tallest bar, so it hides no bar."
+    top = max([p.get_height() for p in ax.patches if p.get_height() == p.get_height()] or [100])
+    ax.set_ylim(0, top * 1.22); ax.legend(ncol=2, loc='upper right', frameon=False, fontsize=8)
+
+# %% ../nbs/63_render.ipynb #c028
 def plot_ablation(table: Table,   # an ablation table
                   cells: dict,    # its cells (`collect`)
                   column: str,    # the column to plot
@@ -262,9 +270,9 @@ def plot_ablation(table: Table,   # an ablation table
     ours = [cells.get((r.key, column), {}).get('mean', float('nan')) for r in rows]
     err = [cells.get((r.key, column), {}).get('sd') or 0 for r in rows]
     ax.bar([x - 0.2 for x in xs], rep, 0.4, label='reported', color='#bbbbbb')
-    ax.bar([x + 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label='ours', color='#3b75af')
+    ax.bar([x + 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label=OURS_LABEL, color='#3b75af')
     ax.set_xticks(list(xs)); ax.set_xticklabels([r.key for r in rows], rotation=30, ha='right')
-    ax.set_ylabel(f'{column} (%)'); ax.set_title(f'{table.source}: {column}'); ax.legend()
+    ax.set_ylabel(f'{column} (%)'); ax.set_title(f'{table.source}: {column}'); _legend_above_bars(ax)
     return ax
 
 def plot_per_attribute(table: Table,   # a per-attribute table
@@ -280,12 +288,12 @@ def plot_per_attribute(table: Table,   # a per-attribute table
     xs = range(len(cols))
     ax.bar([x - 0.2 for x in xs], [row.reported[c] for c in cols], 0.4, label='reported', color='#bbbbbb')
     ax.bar([x + 0.2 for x in xs], [cells.get((row_key, c), {}).get('mean', float('nan')) for c in cols], 0.4,
-           yerr=[cells.get((row_key, c), {}).get('sd') or 0 for c in cols], capsize=2, label='ours', color='#3b75af')
+           yerr=[cells.get((row_key, c), {}).get('sd') or 0 for c in cols], capsize=2, label=OURS_LABEL, color='#3b75af')
     ax.set_xticks(list(xs)); ax.set_xticklabels(cols, rotation=45, ha='right'); ax.set_ylabel('AP (%)')
-    ax.set_title(f'{table.source}: {row.label}'); ax.legend()
+    ax.set_title(f'{table.source}: {row.label}'); _legend_above_bars(ax)
     return ax
 
-# %% ../nbs/63_render.ipynb #c029
+# %% ../nbs/63_render.ipynb #c030
 def plot_distraction(table: Table,   # the distraction study
                      cells: dict,    # its cells (`collect`)
                      pairs=(('dahar', 'dahar_baseline'), ('campar', 'campar_baseline'))  # (method row, baseline row) pairs
