@@ -407,10 +407,10 @@ def render_tables(profile: str,     # the profile to render
                   tables=None,      # table keys (None: every table of the profile)
                   progress=False    # papermill's progress bar
                  ) -> Path:
-    "Run the results notebook for a profile (always re-rendered); return its run directory."
+    "Run the tables notebook (64_tables) for a profile (always re-rendered); return its run directory."
     root = Path(root or outputs_root()).absolute()   # the kernel starts in its run directory
     run = root/profile/'tables'/'run'
     if run.is_dir() and not run_status(run)['state'] == 'running':   # rendering stats only: replaced, never kept aside
         shutil.rmtree(run)
-    return run_notebook('results', dict(profile=profile, runs_root=str(root), tables=tables, figures=True), run,
+    return run_notebook('tables', dict(profile=profile, runs_root=str(root), tables=tables, figures=True), run,
                         progress=progress)

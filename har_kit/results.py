@@ -15,7 +15,7 @@ __all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_IMBALANCE', 'DAHAR_T1', 'DAHAR
            'Paper', 'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash',
            'spec_dir', 'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
 
-# %% ../nbs/61_results.ipynb #c006
+# %% ../nbs/61_results.ipynb #c005
 @dataclass(frozen=True)
 class RunSpec:
     "One training run: a section notebook with row-defining parameters; `variant` keys its metrics.json entry."
@@ -41,7 +41,7 @@ def spec(notebook,    # section notebook: 'dahar', 'campar', 'cfar'
     params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
     return RunSpec(notebook, params, variant, tuple(sorted((needs or {}).items())))
 
-# %% ../nbs/61_results.ipynb #c010
+# %% ../nbs/61_results.ipynb #c009
 @dataclass
 class Row:
     "A table row: what the paper reports and, when the kit reproduces it, how."
@@ -73,7 +73,7 @@ class Table:
     def has_reported(self): return any(isinstance(v, (int, float)) for r in self.rows for v in r.reported.values())
     def in_profile(self, profile): return not self.profiles or profile in self.profiles
 
-# %% ../nbs/61_results.ipynb #c013
+# %% ../nbs/61_results.ipynb #c012
 @dataclass(frozen=True)
 class Paper:
     "One parameter of a paper's protocol: its value in the notebook's terms and where the text (or the code it defers to) says so."
@@ -83,7 +83,7 @@ class Paper:
     datasets: tuple = ()          # only for runs on these dataset kinds (empty: every run)
     across: bool = False          # `value` is a list the runs should cover together (e.g. RAP's five partitions)
 
-# %% ../nbs/61_results.ipynb #c016
+# %% ../nbs/61_results.ipynb #c015
 _REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100K datasets')
 
 def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=Paper(...)
@@ -112,7 +112,7 @@ def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=
 _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li et al. 2016a)": 5 random partitions, averaged',
                              datasets=('rap',), across=True))
 
-# %% ../nbs/61_results.ipynb #c018
+# %% ../nbs/61_results.ipynb #c017
 def campar_protocol(**extra   # per-table additions or overrides
                    ):
     "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `40_campar`/`51_cfar` parameter names."
@@ -148,7 +148,7 @@ def campar_protocol(**extra   # per-table additions or overrides
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
-# %% ../nbs/61_results.ipynb #c020
+# %% ../nbs/61_results.ipynb #c019
 WIDER_COLUMNS = {  # paper column -> WIDER-Attribute attribute name (attribute_id_map of the real set)
     'Male': 'Male', 'Long Hair': 'longHair', 'Sunglasses': 'sunglass', 'Hat': 'Hat', 'T-shirt': 'Tshiirt',
     'Long Sleeve': 'longSleeve', 'Formal': 'formal', 'Shorts': 'shorts', 'Jeans': 'jeans', 'Long Pants': 'longPants',
@@ -181,7 +181,7 @@ DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'D
 ], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized',
    protocol=dahar_protocol())
 
-# %% ../nbs/61_results.ipynb #c022
+# %% ../nbs/61_results.ipynb #c021
 _T2_COLS = ['loss', 'mA', 'Acc', 'Prec', 'Rec', 'F1']
 _PED = {'mA': 'full.mA', 'Acc': 'full.acc', 'Prec': 'full.prec', 'Rec': 'full.rec', 'F1': 'full.f1'}
 
@@ -207,7 +207,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
 ], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes',
    protocol=dahar_protocol(**_RAP5, mix=Paper(None, 'lambda of the mixed loss (m.: Eq. 1 and Eq. 2 mixed): not stated', open=True)), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
 
-# %% ../nbs/61_results.ipynb #c024
+# %% ../nbs/61_results.ipynb #c023
 _T3_COLS = ['crops', 'full']
 _T3_METRICS = {'crops': 'crops.mAP', 'full': 'full.mAP'}
 
@@ -223,7 +223,7 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
 ], conventions='AP: VOC-style interpolated; crops = average over five crops; full = whole patch resized to the input size',
    protocol=dahar_protocol(), compare={k: 'baseline' for k in ('fusion', 'self_mask', 'coarse_to_fine', 'dahar', 'dahar_ignore0', 'dahar_trainval')})
 
-# %% ../nbs/61_results.ipynb #c026
+# %% ../nbs/61_results.ipynb #c025
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
 CAMPAR_VARIANTS = {'rap': ['baseline', 'fusion', 'campar', 'campar_fusion']}   # Table 2's rows: one run on RAP trains all four
@@ -255,7 +255,7 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
 ], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
    param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
-# %% ../nbs/61_results.ipynb #c028
+# %% ../nbs/61_results.ipynb #c027
 def row_runs(row: Row   # a table row
             ) -> list:
     "The distinct RunSpecs a row's columns come from."
@@ -274,7 +274,7 @@ def column_source(row: Row,  # a table row
     if m is None: return None
     return m if isinstance(m, tuple) else (row.run, m)
 
-# %% ../nbs/61_results.ipynb #c030
+# %% ../nbs/61_results.ipynb #c029
 _C2_COLS = ['mA', 'F1']
 _C2_METRICS = {'mA': 'full.mA', 'F1': 'full.f1'}
 
@@ -290,7 +290,7 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
-# %% ../nbs/61_results.ipynb #c034
+# %% ../nbs/61_results.ipynb #c033
 DISTRACTION_BINS = ['0', '1', '2', '3+']
 
 def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
@@ -306,7 +306,7 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/61_results.ipynb #c036
+# %% ../nbs/61_results.ipynb #c035
 def _mass_by_level(m): return {f'{b} distractors': f'target_mass_by_distractors.{b}.{m}' for b in DISTRACTION_BINS}
 
 _DAHAR_NOSUP = spec('dahar', 'dahar', dataset='wider', mask_weight=0.0)   # the mask branch without its supervision
@@ -326,7 +326,7 @@ WHERE_THEY_LOOK = Table('where_they_look', 'Share of each map\'s mass on the tar
    profiles=('quick',), protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar_mask': 'dahar_mask_nosup', 'dahar_mask_box': 'dahar_mask_nosup', 'dahar_attention': 'baseline_attention', 'campar_cam': 'chance'})
 
-# %% ../nbs/61_results.ipynb #c039
+# %% ../nbs/61_results.ipynb #c038
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
@@ -346,7 +346,7 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
 ], conventions='WIDER: mAP (VOC-interpolated, full patch); RAP/PA100K: mA and F1 (harmonic mean of mean Prec and Rec), p >= 0.5',
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/61_results.ipynb #c041
+# %% ../nbs/61_results.ipynb #c040
 LONGER = 4   # the training-length study's factor on the quick profile's epochs
 _QUICK_EPOCHS = 3   # the quick profile's epochs (71_reproduce checks that they agree)
 _TL_COLS = [f'{_QUICK_EPOCHS} epochs (the tables)', f'{LONGER * _QUICK_EPOCHS} epochs']
@@ -367,7 +367,7 @@ TRAINING_LENGTH = Table('training_length', 'Training length: the compared pairs 
                'only in `epochs` (a run trains the pair); 3 seeds', seeds=3, profiles=('quick',),
    protocol={**dahar_protocol(), **campar_protocol()}, compare={'dahar': 'dahar_baseline', 'campar_fusion': 'campar_baseline'})
 
-# %% ../nbs/61_results.ipynb #c044
+# %% ../nbs/61_results.ipynb #c043
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = _PED
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -380,7 +380,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/61_results.ipynb #c048
+# %% ../nbs/61_results.ipynb #c047
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -403,7 +403,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/61_results.ipynb #c052
+# %% ../nbs/61_results.ipynb #c051
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:

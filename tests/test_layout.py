@@ -91,7 +91,7 @@ def test_the_layout_test_sees_an_upward_import(tmp_path):
     assert _kit_imports(f) == [(1, 'runs', False), (3, 'cli', True), (5, 'data', False)]
 
 
-@pytest.mark.parametrize('section', ['masks', 'dahar', 'campar', 'cfar', 'results', 'data'])
+@pytest.mark.parametrize('section', ['masks', 'dahar', 'campar', 'cfar', 'tables', 'data'])
 def test_sections_resolve_by_name(section):
     "Run directories and references name a section by its notebook's suffix, so renumbering never moves them."
     from har_kit.run_params import find_notebook

@@ -51,7 +51,7 @@ def _tagged_parameters(nb):
 
 
 # the notebooks runs execute: each paper section's main notebook, the data check, the tables and the reproduce plan
-SECTIONS = ('data', 'masks', 'dahar', 'campar', 'cfar', 'results', 'reproduce')
+SECTIONS = ('data', 'masks', 'dahar', 'campar', 'cfar', 'tables', 'reproduce')
 
 
 def test_section_notebooks_keep_parameters_tag():

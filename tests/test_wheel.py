@@ -146,7 +146,7 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
     "The paper route rehearsed as users install it: the wheel's `har-kit reproduce --profile paper --smoke` executes every"
     " run the paper profile plans (masks steps included, box masks since COCO weights cannot download in CI; RAP on"
     " partition 0 of 5) through papermill on CPU, with the notebooks shipped in the wheel, on tiny datasets written in the"
-    " published layouts, and renders the five paper tables from those runs with the shipped results notebook."
+    " published layouts, and renders the five paper tables from those runs with the shipped tables notebook."
     (venv, _purelib, env), work = installed, tmp_path/'work'
     work.mkdir()
     roots = {kind: write_fixture(kind, tmp_path/'data'/kind) for kind in ('wider', 'rap', 'pa100k')}
