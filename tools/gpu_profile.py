@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Where a training step's time goes on the GPU: `python tools/gpu_profile.py [--cpu-tiny] MODEL[:amp[:cl]] ...`.
+"""Where a training step's time goes on the GPU: `python tools/gpu_profile.py [--cpu-tiny] MODEL[:amp[:cl[:compile]]] ...`.
 
 Runs the engine's epoch (as `tools/gpu_check.py` does) for a few warm steps, then records a few steps with
 torch.profiler and prints, per model: wall ms per step, the GPU's busy ms per step (sum of kernel times: a busy
 fraction well below 1 means the step is launch-bound), the kernel count per step, and the top kernels and CPU ops.
+A fourth field compiles the model first (`ro`: torch.compile mode='reduce-overhead', CUDA graphs; `default`): e.g.
+`dahar_rap:bf16:cl:ro` shows what of the paper profile's step still runs outside the graphs.
 """
 import argparse, sys, time
 from pathlib import Path
@@ -18,7 +20,8 @@ def profile(spec, cfg, steps=5):
     import gpu_check as G
     from har_kit.core import get_device
     from har_kit.engine import TrainConfig, _train_epoch, make_optimizer
-    name, amp, cl = (spec.split(':') + ['bf16', 'cl'])[:3]
+    name, amp, cl, mode = (spec.split(':') + ['bf16', 'cl', 'none'][len(spec.split(':')) - 1:])[:4]
+    mode = {'ro': 'reduce-overhead'}.get(mode, mode)
     dev = get_device(cfg['device']); cl = cl == 'cl'
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, crit, size = G.build(name, cfg)
@@ -29,6 +32,7 @@ def profile(spec, cfg, steps=5):
     opt, scaler = make_optimizer(model, tc), torch.amp.GradScaler(dev.type, enabled=False)
     data = G.synthetic_batches(size, batch, G.MODELS[name][3], dev)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
+    model = torch.compile(model, mode=mode) if mode != 'none' else model
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     _train_epoch(model, crit, G.Cycle(data, cfg['warm_steps']), opt, scaler, tc, dev, 1, {}); sync()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
