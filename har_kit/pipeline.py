@@ -208,26 +208,25 @@ def crop_resize(x, geo, out, mode='bilinear', matmul=None):  # (N, C, H, W) batc
     use = x.device.type == 'cuda' if matmul is None else matmul
     return (_crop_resize_matmul if use else _crop_resize_grouped)(x, geo, tuple(out), mode)
 
-# %% ../nbs/15_pipeline.ipynb #c034
+# %% ../nbs/15_pipeline.ipynb #c035
 def _gray(y): r, g, b = y.unbind(1); return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
 def _blend(a, b, r):  # torchvision's `_blend` on uint8 levels, with a factor per sample
     return torch.addcmul(a.mul(r), b, 1 - r).clamp_(0, 255).floor_()
 
-# %% ../nbs/15_pipeline.ipynb #c035
+# %% ../nbs/15_pipeline.ipynb #c036
 def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
-    f = fac.to(y.device, non_blocking=True).view(-1, 3, 1, 1, 1).unbind(1)
-    ops = [lambda z, r: z.mul(r).clamp_(0, 255).floor_(),
-           lambda z, r: _blend(z, _gray(z).floor_().mean(dim=(1, 2, 3), keepdim=True), r),
-           lambda z, r: _blend(z, _gray(z).floor_(), r)]
-    for k in range(4):
-        for op in range(3):
-            sel = (perm[:, k] == op).nonzero()[:, 0].to(y.device, non_blocking=True)
-            if len(sel): y[sel] = ops[op](y[sel], f[op][sel])
+    op, f = perm.to(y.device, non_blocking=True), fac.to(y.device, non_blocking=True)
+    for k in range(4):   # every op is a blend with a reference: 0 (brightness), the gray mean (contrast), the gray (saturation)
+        o = op[:, k]
+        r = torch.where(o < 3, f.gather(1, o.clamp(max=2)[:, None])[:, 0], 1.0).view(-1, 1, 1, 1)   # op 3 (hue, off): r = 1
+        g = _gray(y).floor_()
+        ref = torch.where((o == 1).view(-1, 1, 1, 1), g.mean(dim=(1, 2, 3), keepdim=True), torch.where((o == 2).view(-1, 1, 1, 1), g, 0.0))
+        y = _blend(y, ref, r)
     return y
 
-# %% ../nbs/15_pipeline.ipynb #c036
+# %% ../nbs/15_pipeline.ipynb #c037
 def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed resizes, on any device
                   params,       # from `dahar_params`
                   out,          # (h, w) network input (224 x 224; 224 x 112 on RAP)
@@ -243,13 +242,13 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
         d['mask'] = torch.where(flip, m.flip(-1), m) / 255
     return d
 
-# %% ../nbs/15_pipeline.ipynb #c039
+# %% ../nbs/15_pipeline.ipynb #c040
 def five_crop(x, size):  # (N, C, H, W) batch; (h, w) of each crop
     "The four corner crops and the centre crop of each sample as slices: (N, 5, C, h, w)."
     H, W = x.shape[-2:]; h, w = size
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
 
-# %% ../nbs/15_pipeline.ipynb #c042
+# %% ../nbs/15_pipeline.ipynb #c043
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
     def __init__(self, cache, labels, augment, batch_size, shuffle=False, drop_last=False, seed=0, device='cpu'):  # cache from `decoded_cache`; (N, C) labels; augment(x uint8, masks, gen) -> dict
@@ -306,7 +305,7 @@ class DeviceLoader:
             copied[j] = torch.cuda.Event(); copied[j].record()
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/15_pipeline.ipynb #c043
+# %% ../nbs/15_pipeline.ipynb #c044
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -317,7 +316,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/15_pipeline.ipynb #c045
+# %% ../nbs/15_pipeline.ipynb #c046
 def campar_batches(train, scale=1.0):  # training augmentation, else evaluation; size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     pad = _sz(10, scale)
@@ -327,7 +326,7 @@ def campar_batches(train, scale=1.0):  # training augmentation, else evaluation;
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/15_pipeline.ipynb #c046
+# %% ../nbs/15_pipeline.ipynb #c047
 def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):  # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
@@ -340,7 +339,7 @@ def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):
         return d
     return base, augment
 
-# %% ../nbs/15_pipeline.ipynb #c047
+# %% ../nbs/15_pipeline.ipynb #c048
 def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_from_box=False, drop_last=False, seed=0,
                   device='cpu', name='images', workers=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
@@ -353,7 +352,7 @@ def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_f
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device)
 
-# %% ../nbs/15_pipeline.ipynb #c050
+# %% ../nbs/15_pipeline.ipynb #c051
 def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batches per timing; interleaved repetitions
     "Images per second of each loader (median over interleaved repetitions of `batches` batches)."
     times = {k: [] for k in loaders}
@@ -366,7 +365,7 @@ def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batche
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/15_pipeline.ipynb #c052
+# %% ../nbs/15_pipeline.ipynb #c053
 def benchmark(device='cpu', images=256, batch=64, repeats=3, workers=0):  # where to augment; cache size; batch; timed passes; decoding processes
     "Images/s of building a decoded cache and of each paper's batch augmentation on `device` (median of `repeats` passes)."
     dev, g = torch.device(device), torch.Generator().manual_seed(0)
