@@ -199,3 +199,21 @@ def test_sharded_like_the_dataloader_and_partitioned(sets, monkeypatch):
         assert sh.batch_size == 2 and len(sh) == -(-len(ss) // 2 // 2)
         shards.append(order(sh))
     assert len(shards[0]) == len(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(len(ss)))   # every sample, equal shares
+
+
+def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch):
+    "The CUDA path (pinned double buffers, labels indexed on the device) yields the CPU path's batches (run here on CPU tensors)."
+    class Event:   # stands in for torch.cuda.Event: the copies it waits for are synchronous on the CPU
+        def record(self): pass
+        def synchronize(self): pass
+    empty = torch.empty
+    monkeypatch.setattr(torch.cuda, 'Event', Event)
+    ss = sets['wider'].samples
+    dl = P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 5, True, with_mask=True, mask_from_box=True, seed=3, name='wider')
+    want = list(dl)   # the CPU path
+    dl.generator.manual_seed(3)
+    monkeypatch.setattr(torch, 'empty', lambda *a, pin_memory=False, **k: empty(*a, **k))
+    got = list(dl._cuda_batches(dl.order()))
+    assert len(got) == len(want) == len(dl) and len(ss) % 5   # a short last batch: the buffers are re-made
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in g)
