@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_backbones.ipynb #c002
 from __future__ import annotations
-import hashlib, os
+import functools, hashlib, os
 from pathlib import Path
 import torch
 from torch import nn
@@ -163,6 +163,10 @@ def bilinear_matrix(n_in: int,                           # source length
     return m.to(dtype)
 
 # %% ../nbs/03_backbones.ipynb #c034
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix_cached(n_in, n_out, device, dtype): return bilinear_matrix(n_in, n_out, device, dtype)
+
+# %% ../nbs/03_backbones.ipynb #c035
 def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
                     size: List[int]): # (H_out, W_out)
     "Bilinear resize (`align_corners=False`) as two matrix products; `F.interpolate` for channels_last on the CPU."
@@ -170,5 +174,6 @@ def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
     if h == size[0] and w == size[1]: return x
     if x.device.type == 'cpu' and x.is_contiguous(memory_format=torch.channels_last):
         return F.interpolate(x, size=[size[0], size[1]], mode='bilinear', align_corners=False)
-    rows, cols = bilinear_matrix(h, size[0], x.device, x.dtype), bilinear_matrix(w, size[1], x.device, x.dtype)
+    mat = bilinear_matrix if torch.compiler.is_compiling() or torch.jit.is_tracing() else _bilinear_matrix_cached
+    rows, cols = mat(h, size[0], x.device, x.dtype), mat(w, size[1], x.device, x.dtype)
     return rows @ (x @ cols.T)   # one (N*C*H, W) x (W, W_out) product, then a batched (H_out, H) one
