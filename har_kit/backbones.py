@@ -164,7 +164,9 @@ def bilinear_matrix(n_in: int,                           # source length
 
 # %% ../nbs/03_backbones.ipynb #c034
 @functools.lru_cache(maxsize=64)
-def _bilinear_matrix_cached(n_in, n_out, device, dtype): return bilinear_matrix(n_in, n_out, device, dtype)
+def _bilinear_matrix_cached(n_in, n_out, device, dtype):
+    with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
+        return bilinear_matrix(n_in, n_out, device, dtype)
 
 # %% ../nbs/03_backbones.ipynb #c035
 def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps

@@ -178,9 +178,10 @@ def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of t
 def _window_weights(n, start, size, out, mode, device):  # image length; window start and length; output length; 'bilinear' or 'nearest'; device name
     "(out, n) float64 weights that resize the window [start, start + size) of a length-n axis to `out`, as `F.interpolate` does."
     kw = {'antialias': True, 'align_corners': False} if mode == 'bilinear' else {}
-    r = F.interpolate(torch.eye(size)[None, None], size=(out, size), mode=mode, **kw)[0, 0] if size != out else torch.eye(size)
-    w = torch.zeros(out, n, dtype=torch.float64); w[:, start:start + size] = r
-    return w.to(device)
+    with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
+        r = F.interpolate(torch.eye(size)[None, None], size=(out, size), mode=mode, **kw)[0, 0] if size != out else torch.eye(size)
+        w = torch.zeros(out, n, dtype=torch.float64); w[:, start:start + size] = r
+        return w.to(device)
 
 # %% ../nbs/15_pipeline.ipynb #c029
 def _crop_resize_matmul(x, geo, out, mode):
