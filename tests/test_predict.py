@@ -371,3 +371,18 @@ def test_export_never_replaces_its_model_or_an_existing_file(tmp_path, model_fil
     assert 'exists: pass --force' in capsys.readouterr().err and other.read_bytes() == b'keep me'
     assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(other), '--force']) == 0
     assert other.read_bytes() != b'keep me'
+
+
+def test_readme_python_snippet_trains_loads_and_predicts(tmp_path, monkeypatch):
+    "README's Python route, run as written (in a fresh folder): it ends with a loaded model, predictions and an export."
+    pytest.importorskip('onnx')
+    import re
+    readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
+    code = [b for b in re.findall(r'```python\n(.*?)```', readme, re.S) if 'train_variant(' in b]
+    assert len(code) == 1, 'README has one Python snippet that trains'
+    monkeypatch.chdir(tmp_path)
+    env = {}
+    exec(compile(code[0], 'README.md', 'exec'), env)
+    assert env['lm'].path.resolve() == tmp_path/'outputs'/'python'/'dahar'/'model.pt' and len(env['records']) == 4
+    assert set(env['records'][0]['probabilities']) == set(env['lm'].attributes)
+    assert (tmp_path/'outputs'/'python'/'dahar.onnx').exists()
