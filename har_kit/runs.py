@@ -520,13 +520,17 @@ def _yaml(v):  # a default
     text = yaml.safe_dump(to_jsonable(v), default_flow_style=True, width=10**6, sort_keys=False).strip()
     return text[:-3].strip() if text.endswith('\n...') else text
 
-def params_yaml(notebook  # path, file name or section name
+def params_yaml(notebook,                  # path, file name or section name
+                values: dict | None = None,  # values to write instead of the defaults (e.g. a profile's), checked
                ) -> str:
-    "The notebook's parameters as a commented YAML parameters file (defaults and their comments)."
+    "The notebook's parameters as a commented YAML parameters file (defaults, or `values`, and their comments)."
     nb, docs = find_notebook(notebook), parameter_docs(notebook)
-    rows = [(('# ' if isinstance(d, Unparsed) else '') + f'{n}: ' + (str(d) if isinstance(d, Unparsed) else _yaml(d)),
-             ('default computed in the notebook; ' if isinstance(d, Unparsed) else '') + c)
-            for n, (d, c) in docs.items() if n != 'out_dir']
+    values = check_parameters(nb, values) if values else {}
+    def row(n, d, c):
+        if n in values and not _same(values[n], d): return f'{n}: {_yaml(values[n])}', f'{c} (default: {_yaml(d)})'
+        if isinstance(d, Unparsed): return f'# {n}: {d}', f'default computed in the notebook; {c}'
+        return f'{n}: {_yaml(d)}', c
+    rows = [row(n, d, c) for n, (d, c) in docs.items() if n != 'out_dir']
     w = min(max((len(r) for r, _ in rows), default=0), 44)
     head = (f'# parameters of {nb.name}: har-kit run {nb.stem.split("_", 1)[-1]} -f THIS.yaml [-p NAME VALUE ...] '
             '(-p wins; out_dir is set by --out)')
