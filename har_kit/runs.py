@@ -625,7 +625,9 @@ def cli(argv=None):  # arguments after `har-kit run`
     except (RunInterrupted, KeyboardInterrupt) as e:
         print(f'har-kit run: {e or "interrupted"}', file=sys.stderr); return 130
     except (KitError, RunFailed) as e:
-        print(f'har-kit run: {e}', file=sys.stderr); return 1
+        print(f'har-kit run: {e}', file=sys.stderr)
+        if isinstance(e, RunFailed) and (e.out_dir/'log.txt').exists(): print(f'  log: {e.out_dir/"log.txt"}', file=sys.stderr)
+        return 1
     print(run_report(out, skipped=before is not None and _done_id(out) == before))
     return 0
 

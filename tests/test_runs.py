@@ -76,7 +76,7 @@ def test_cli_run_end_to_end(tmp_path):
     assert 'IPKernelApp' not in r.stderr, r.stderr   # the kernel's own start-up warnings stay out of the run's output
     bad = _nb(tmp_path/'b.ipynb', [('out_dir = None', ['parameters']), ('1/0', None)])
     r = subprocess.run([str(exe), 'run', str(bad), '--out', str(tmp_path/'bad')], capture_output=True, text=True)
-    assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr
+    assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr and f"log: {tmp_path/'bad'/'log.txt'}" in r.stderr, r.stderr
 
 
 def test_parameters_cells_parse_with_papermill():
