@@ -70,9 +70,12 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
     elif isinstance(spec, (str, Path)) and not _is_number(spec):
         if not Path(spec).is_file(): raise KitError(f"threshold {spec!r}: not a number, 'val' or an existing file")
         t, missing = _threshold_file(spec, names)
-        what = f'per-attribute from {spec}' + (f'; {DEFAULT_THRESHOLD:g} for the {len(missing)} attribute(s) it does not '
-                                              f'name: {", ".join(missing)}' if missing else '')
-        if missing and notices is not None: notices.append(f'threshold {what}')
+        short = ', '.join(missing[:5]) + (f', ... ({len(missing) - 5} more)' if len(missing) > 5 else '')
+        what = f'per-attribute from {spec}' + (f'; {DEFAULT_THRESHOLD:g} for the {len(missing)} attribute(s) it does '
+                                              f'not name: {short}' if missing else '')
+        if missing and notices is not None:
+            notices.append(f'{spec} names no threshold for {len(missing)} attribute(s), which keep {DEFAULT_THRESHOLD:g}: '
+                           + ', '.join(missing))
     else:
         t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
     if not np.all((t >= 0) & (t <= 1)): raise KitError(f'threshold {spec!r}: thresholds must lie in [0, 1]')

@@ -264,7 +264,8 @@ def test_thresholds_file_naming_some_attributes(tmp_path, images, model_file, ca
     (tmp_path/'t.json').write_text('{"hat": 0.2, "skirt": 0.9}')
     assert cli([str(model_file), str(images/'a.png'), '--threshold', str(tmp_path/'t.json'), '--out', str(tmp_path/'o')]) == 0
     out, err = capsys.readouterr()
-    assert 'note: threshold per-attribute from' in err and '0.5 for the 2 attribute(s) it does not name: bag, boots' in err, err
+    assert f"note: {tmp_path/'t.json'} names no threshold for 2 attribute(s), which keep 0.5: bag, boots" in err, err
+    assert '0.5 for the 2 attribute(s) it does not name: bag, boots: wrote' in out, out
     assert json.loads((tmp_path/'o'/'predictions.json').read_text())['thresholds'] == {'hat': .2, 'bag': .5, 'skirt': .9, 'boots': .5}
     (tmp_path/'t.json').write_text('{"hat": 0.2, "Hat": 0.9}')
     assert cli([str(model_file), str(images/'a.png'), '--threshold', str(tmp_path/'t.json'), '--out', str(tmp_path/'o2')]) == 2
