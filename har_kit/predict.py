@@ -19,7 +19,8 @@ from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
 
 # %% auto #0
-__all__ = ['resolve_thresholds', 'preprocess', 'Predictor', 'write_predictions', 'check_out_dir', 'format_record', 'cli']
+__all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'resolve_thresholds', 'preprocess', 'default_variant', 'Predictor',
+           'write_predictions', 'check_out_dir', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
@@ -30,8 +31,10 @@ def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
         seen[k] = v
     return seen
 
+DEFAULT_THRESHOLD = 0.5   # the papers' p_t: what an attribute a thresholds file does not name gets
+
 def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
-    "Per-attribute thresholds from a file, in the model's attribute order."
+    "Per-attribute thresholds from a file, in the model's attribute order, and the attributes it leaves at 0.5."
     try:
         text = Path(path).read_text(encoding='utf-8')
         table = (json.loads(text, object_pairs_hook=_unique) if Path(path).suffix.lower() == '.json' else
@@ -41,17 +44,18 @@ def _threshold_file(path, names):  # JSON or CSV file; the model's attribute nam
                        'or a CSV with columns attribute,threshold') from None
     if not isinstance(table, dict): raise KitError(f'{path}: expected a JSON object {{"attribute": threshold, ...}}')
     missing, unknown = [n for n in names if n not in table], [n for n in table if n not in names]
-    if missing or unknown:
-        raise KitError(f'{path}: thresholds must name every model attribute exactly once; missing {missing[:5]}, '
-                       f'unknown {unknown[:5]}')
-    bools = [n for n in names if isinstance(table[n], bool)]
+    if unknown:
+        raise KitError(f'{path}: the model has no attribute {unknown[0]!r}' + (f' (nor {unknown[1:5]})' if unknown[1:] else '')
+                       + f'; its attributes: {", ".join(names)}')
+    bools = [n for n in table if isinstance(table[n], bool)]
     if bools: raise KitError(f'{path}: the threshold of {bools[0]!r} is {table[bools[0]]!r}, not a number in [0, 1]')
-    try: t = np.array([float(table[n]) for n in names])
+    try: t = np.array([float(table.get(n, DEFAULT_THRESHOLD)) for n in names])
     except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
-    return t
+    return t, missing
 
 def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV file, or a (C,) sequence
-                       model: LoadedModel):  # the loaded model (names; stored val thresholds)
+                       model: LoadedModel,   # the loaded model (names; stored val thresholds)
+                       notices: list | None = None):  # gets a line naming the attributes a file leaves at 0.5
     "One threshold per attribute (C,) and a description of where it came from."
     names, C = model.attributes, len(model.attributes)
     if spec is None: spec = 0.5
@@ -65,7 +69,13 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
         t, what = np.asarray(model.thresholds, float), 'val (per-attribute, chosen on the validation split)'
     elif isinstance(spec, (str, Path)) and not _is_number(spec):
         if not Path(spec).is_file(): raise KitError(f"threshold {spec!r}: not a number, 'val' or an existing file")
-        t, what = _threshold_file(spec, names), f'per-attribute from {spec}'
+        t, missing = _threshold_file(spec, names)
+        short = ', '.join(missing[:5]) + (f', ... ({len(missing) - 5} more)' if len(missing) > 5 else '')
+        what = f'per-attribute from {spec}' + (f'; {DEFAULT_THRESHOLD:g} for the {len(missing)} attribute(s) it does '
+                                              f'not name: {short}' if missing else '')
+        if missing and notices is not None:
+            notices.append(f'{spec} names no threshold for {len(missing)} attribute(s), which keep {DEFAULT_THRESHOLD:g}: '
+                           + ', '.join(missing))
     else:
         t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
     if not np.all((t >= 0) & (t <= 1)): raise KitError(f'threshold {spec!r}: thresholds must lie in [0, 1]')
@@ -88,6 +98,25 @@ def preprocess(image,         # (H, W, 3) uint8 RGB
     return v2.functional.normalize(x, list(mean), list(std))
 
 # %% ../nbs/81_predict.ipynb #c015
+MAIN_VARIANTS = ('campar_fusion_cfar', 'dahar', 'campar_fusion', 'campar')   # a run's main method: the first of these it holds
+
+def default_variant(path,          # a model file, variant directory or run directory
+                    variant=None): # the variant asked for (None: choose)
+    "`(variant, notice)`: the variant to load from `path` (the run's main method when it holds several) and what was chosen."
+    p = Path(path)
+    if variant is not None or not p.is_dir() or (p/'model.pt').is_file(): return variant, None
+    found = sorted(f.parent.name for f in p.glob('*/model.pt'))
+    if len(found) < 2: return None, None                        # one model, or none (load_model says so)
+    main = next((v for v in MAIN_VARIANTS if v in found), None)
+    others = [v for v in found if v != 'baseline']
+    if main is None and len(others) == 1: main = others[0]
+    if main is None:
+        raise KitError(f'{p} holds models of {len(found)} variants ({", ".join(found)}) and none is a main method '
+                       f'({", ".join(MAIN_VARIANTS)}): choose one with --variant NAME (Python: variant=NAME)')
+    return main, (f'{p} holds {len(found)} models ({", ".join(found)}): using {main!r}, the run\'s main method; '
+                  '--variant NAME (Python: variant=NAME) picks another')
+
+# %% ../nbs/81_predict.ipynb #c018
 class _Images(torch.utils.data.Dataset):
     "Image files, read and preprocessed for one model, for a `DataLoader`."
     def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
@@ -103,12 +132,16 @@ class Predictor:
                  batch_size: int = 16,      # images per forward pass
                  variant=None,              # variant inside a run directory
                  attributes=None):          # expected attribute names (None: no check)
-        self.device = get_device(device)
+        self.device, self.notices = get_device(device), []   # notices: what was chosen for the caller, printed to stderr
+        if not isinstance(model, LoadedModel):
+            variant, note = default_variant(model, variant)
+            if note: self.notices.append(note)
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, attributes=attributes)
         if isinstance(model, LoadedModel): check_attributes(model.attributes, attributes, model.path)
         self.model = self.loaded.model.to(self.device).eval()
         self.attributes = self.loaded.attributes
-        self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded)
+        self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded, self.notices)
+        for n in self.notices: print(f'note: {n}', file=sys.stderr)
         if not (isinstance(batch_size, int) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
         self.batch_size = batch_size
 
@@ -118,7 +151,7 @@ class Predictor:
         return torch.stack([preprocess(load_rgb(i) if isinstance(i, (str, Path)) else np.asarray(i), lm.input_size, lm.mean, lm.std)
                             for i in images])
 
-# %% ../nbs/81_predict.ipynb #c017
+# %% ../nbs/81_predict.ipynb #c020
 @patch
 @torch.no_grad()
 def probabilities(self:Predictor,
@@ -146,7 +179,7 @@ def predict(self:Predictor,
                  probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
             for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
 
-# %% ../nbs/81_predict.ipynb #c018
+# %% ../nbs/81_predict.ipynb #c021
 def write_predictions(records,          # `Predictor.predict` output
                       predictor: Predictor,  # the `Predictor` that made them (names, thresholds, model path)
                       out_dir):         # folder for predictions.csv and predictions.json
@@ -174,14 +207,15 @@ def format_record(r,          # a record of `Predictor.predict`
     names = r['predicted'][:top] if top else r['predicted']
     return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
 
-# %% ../nbs/81_predict.ipynb #c022
+# %% ../nbs/81_predict.ipynb #c025
 def _predict_parser():
     "The options of `har-kit predict`."
     ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '
                                  '(<run_dir>/<variant>/model.pt).')
     ap.add_argument('model', help='model file, variant directory or run directory')
     ap.add_argument('images', nargs='+', help='image files, folders (searched recursively) or glob patterns')
-    ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
+    ap.add_argument('--variant', default=None, help="variant inside a run directory holding several (default: the run's "
+                    f"main method, the first of {', '.join(MAIN_VARIANTS)} it holds)")
     ap.add_argument('--threshold', default='0.5', help="0.5 (default), a number, 'val' (per-attribute thresholds "
                     'chosen on the validation split, stored in the model) or a JSON/CSV file of per-attribute thresholds')
     ap.add_argument('--out', default='predictions', help='folder for predictions.csv / .json (default ./predictions)')

@@ -4,17 +4,20 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, datetime, errno, fcntl, hashlib, json, os, signal, socket, sys, threading, time
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, signal, socket, sys, threading, time
+import tokenize
 from pathlib import Path
 
 from .core import (KitError, atomic_write, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
                           to_jsonable)
-from .run_params import check_parameters, find_notebook, parse_params
+from .run_params import (Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
+                                parse_params, parse_value)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
            'forward_interrupts', 'RunInterrupted', 'params_digest', 'check_run_params', 'timing_summary', 'batch_copy',
-           'absolute_paths', 'run_notebook', 'run_status', 'cli']
+           'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
+           'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 @contextlib.contextmanager
@@ -272,8 +275,58 @@ def batch_copy(nb,    # the notebook
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
-# %% ../nbs/70_runs.ipynb #c026
-def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
+# %% ../nbs/70_runs.ipynb #c027
+class LiveLines:
+    "A stream with `\\r` progress bars as whole lines: each line's final state, and a bar's last state once it is cleared."
+    def __init__(self): self.cur, self.last = '', ''
+
+    def feed(self, text: str) -> str:  # the next chunk of the stream
+        "The lines `text` completes (bars collapsed), ready to write."
+        out = []
+        for piece in re.split(r'(\r|\n)', text):
+            if piece == '\r':                          # a redraw follows: keep the state, or emit a cleared bar's last one
+                if self.cur.strip(): self.last = self.cur
+                elif self.last: out.append(self.last + '\n'); self.last = ''
+                self.cur = ''
+            elif piece == '\n':
+                out.append((self.cur if self.cur.strip() or not self.last else self.last) + '\n'); self.cur = self.last = ''
+            else: self.cur += piece
+        return ''.join(out)
+
+    def close(self) -> str:
+        "What is left of an unfinished line, as a last line ('' when nothing is)."
+        rest = self.cur if self.cur.strip() else self.last
+        self.cur = self.last = ''
+        return rest + '\n' if rest.strip() else ''
+
+# %% ../nbs/70_runs.ipynb #c030
+class Echo:
+    "A file papermill writes one kernel stream to: all of it into `log`, and live to `stream` (see `LiveLines`)."
+    def __init__(self,
+                 log,      # the run's open log.txt
+                 stream):  # where it is shown: sys.stdout or sys.stderr
+        self.log, self.stream, self.end = log, stream, '\n'
+        try: tty = stream.isatty()
+        except (AttributeError, ValueError): tty = False
+        self.lines = None if tty else LiveLines()
+
+    def _show(self, text):
+        if not text: return
+        with contextlib.suppress(OSError, ValueError):   # a closed terminal or pipe must not stop the run
+            self.stream.write(text); self.stream.flush(); self.end = text[-1]
+
+    def write(self, text):  # a chunk of the kernel's stream
+        self.log.write(text)
+        self._show(text if self.lines is None else self.lines.feed(text))
+
+    def flush(self): self.log.flush()
+
+    def close(self):
+        "End the shown output on a whole line (the log stays open: the runner owns it)."
+        self._show(self.lines.close() if self.lines else ('' if self.end in '\n\r' else '\n'))
+
+# %% ../nbs/70_runs.ipynb #c032
+def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, echo=False):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -282,6 +335,8 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
     skipped = 0 if demos else batch_copy(nb, source)
     with open(out/'log.txt', 'a') as log, contextlib.ExitStack() as cleanup:
         if not demos: cleanup.callback(lambda: source.unlink(missing_ok=True))
+        streams = (Echo(log, sys.stdout), Echo(log, sys.stderr)) if echo else (log, log)
+        if echo: cleanup.callback(lambda: [s.close() for s in streams])
         log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}'
                   + (f' batch: {skipped} demonstration cells skipped' if not demos else '') + '\n'); log.flush()
         def stop(msg, cell):
@@ -294,7 +349,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
             return RunInterrupted(out, msg)
         try:
             pm.execute_notebook(str(source), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
-                                kernel_name=kernel_name, progress_bar=progress, stdout_file=log, stderr_file=log,
+                                kernel_name=kernel_name, progress_bar=progress and not echo, stdout_file=streams[0], stderr_file=streams[1],
                                 execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out),
                                 engine_name=_engine(), shutdown_kernel='immediate')
         except BaseException as e:
@@ -317,7 +372,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True):
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         _finish_notebook(out, started, log)
 
-# %% ../nbs/70_runs.ipynb #c028
+# %% ../nbs/70_runs.ipynb #c034
 PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
 
 def absolute_paths(params: dict  # checked parameters
@@ -326,7 +381,7 @@ def absolute_paths(params: dict  # checked parameters
     place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
     return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/70_runs.ipynb #c030
+# %% ../nbs/70_runs.ipynb #c036
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -336,7 +391,8 @@ def run_notebook(notebook,                  # path, file name or section name
                  timeout: int | None = None,  # seconds per cell (None: no limit)
                  threads: int | None = None,  # intra-op threads of the kernel (None: $HAR_KIT_THREADS or 1)
                  demos: bool = True,        # False: skip cells tagged `demo` (batch runs)
-                 data: dict | None = None): # what the run reads that no parameter names (a plan's synthetic sets), kept in env.json
+                 data: dict | None = None,  # what the run reads that no parameter names (a plan's synthetic sets), kept in env.json
+                 echo: bool = False):       # also show the notebook's output live on this process's stdout / stderr (`Echo`)
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
@@ -356,7 +412,7 @@ def run_notebook(notebook,                  # path, file name or section name
             if _prepare(out, params, force) == 'skip': return out
             save_json(params, out/'params.json')
             save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {}}, out/'env.json')
-            _execute(nb, out, params, env, kernel_name, progress, timeout, demos)
+            _execute(nb, out, params, env, kernel_name, progress, timeout, demos, echo)
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'
                 _fail(out, msg); raise RunFailed(out, msg)
@@ -369,7 +425,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c037
+# %% ../nbs/70_runs.ipynb #c043
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -386,26 +442,200 @@ def run_status(out_dir,  # a run directory
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c041
-def cli(argv=None):  # arguments after `har-kit run`
-    "`har-kit run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch]`: execute one section notebook as a run."
-    ap = argparse.ArgumentParser(prog='har-kit run', description=cli.__doc__)
-    ap.add_argument('notebook', help="path, file name or section name ('dahar', '30_dahar.ipynb')")
-    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='parameter to inject (repeatable)')
+# %% ../nbs/70_runs.ipynb #c047
+def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _fmt(v):  # a number of metrics.json
+    if isinstance(v, int): return str(v)
+    if v and abs(v) < 1e-3: return f'{v:.3g}'
+    return f'{v:.3f}' if abs(v) < 10 else f'{v:.4g}' if abs(v) < 1e4 else f'{v:.0f}'
+
+def metrics_summary(metrics: dict,   # a run's metrics.json
+                    most: int = 12   # numbers shown of a metrics.json without model entries
+                   ) -> list:
+    "One line per model entry (each protocol's numbers, epoch, seconds), else one line of the top-level numbers."
+    entries = {k: v for k, v in metrics.items() if not str(k).startswith('_') and isinstance(v, dict) and 'schema' in v}
+    if not entries:
+        nums = [f'{k} {_fmt(v)}' for k, v in metrics.items() if _number(v)]
+        rest = len(metrics) - min(len(nums), most)
+        return [' '.join(nums[:most]) + (f' (and {rest} more in metrics.json)' if rest else '')] if nums else \
+               [f'{len(metrics)} entries: ' + ', '.join(map(str, list(metrics)[:most])) + (' ...' if len(metrics) > most else '')]
+    w, lines = max(map(len, entries)), []
+    for name, e in entries.items():
+        blocks = [(p, b) for p, b in e.items() if isinstance(b, dict) and 'per_attribute' in b]
+        parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {_fmt(v)}' for k, v in b.items() if _number(v))
+                 for p, b in blocks]
+        facts = [f'epoch {e["epoch"]}'] if _number(e.get('epoch')) else []
+        facts += [f'{e["seconds"]:.0f} s'] if _number(e.get('seconds')) else []
+        lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
+    return lines
+
+# %% ../nbs/70_runs.ipynb #c049
+def run_report(out,              # a done run directory
+               skipped=False):   # True: it was done before this command
+    "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
+    out = Path(out)
+    when = (out/'done').read_text().partition('\n')[0].strip()
+    head = (f'skipped: already done ({out}, finished {when}); pass --force to rerun it (the old run is moved aside)'
+            if skipped else f'done -> {out}')
+    try: lines = metrics_summary(load_json(out/'metrics.json'))
+    except KitError as e: lines = [str(e)]
+    return '\n'.join([f'har-kit run: {head}', *('  ' + l for l in lines),
+                      f'  log: {out/"log.txt"}', f'  metrics: {out/"metrics.json"}', f'  notebook: {out/"notebook.ipynb"}'])
+
+def _done_id(out):  # a run directory or None
+    "The identity (inode) of the run's `done` marker, None without one: a rerun writes a new one."
+    try: return (Path(out)/'done').stat().st_ino if out else None
+    except OSError: return None
+
+# %% ../nbs/70_runs.ipynb #c052
+def _parameters_source(nb):  # a notebook path
+    "The source of the notebook's cell tagged `parameters` ('' without one)."
+    cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+    tagged = [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
+    if not tagged: return ''
+    return ''.join(tagged[0]['source']) if isinstance(tagged[0]['source'], list) else tagged[0]['source']
+
+def parameter_docs(notebook  # path, file name or section name
+                  ) -> dict:
+    "`{name: (default, comment)}` of the notebook's `parameters` cell, in order; the comment is the assignment's trailing one."
+    nb = find_notebook(notebook)
+    defaults, src = notebook_parameters(nb), _parameters_source(nb)
+    comments = {}
+    with contextlib.suppress(tokenize.TokenError, SyntaxError):
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT: comments[tok.start[0]] = tok.string.lstrip('#').strip()
+    docs = {}
+    for st in ast.parse(src).body if src else []:
+        if not isinstance(st, (ast.Assign, ast.AnnAssign)): continue
+        text = ' '.join(comments[i] for i in range(st.lineno, st.end_lineno + 1) if i in comments)
+        for t in (st.targets if isinstance(st, ast.Assign) else [st.target]):
+            if isinstance(t, ast.Name): docs[t.id] = text
+    return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
+
+# %% ../nbs/70_runs.ipynb #c054
+def _yaml(v):  # a default
+    "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
+    import yaml
+    text = yaml.safe_dump(to_jsonable(v), default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return text[:-3].strip() if text.endswith('\n...') else text
+
+def params_yaml(notebook,                  # path, file name or section name
+                values: dict | None = None,  # values to write instead of the defaults (e.g. a profile's), checked
+               ) -> str:
+    "The notebook's parameters as a commented YAML parameters file (defaults, or `values`, and their comments)."
+    nb, docs = find_notebook(notebook), parameter_docs(notebook)
+    values = check_parameters(nb, values) if values else {}
+    def row(n, d, c):
+        if n in values and not _same(values[n], d): return f'{n}: {_yaml(values[n])}', f'{c} (default: {_yaml(d)})'
+        if isinstance(d, Unparsed): return f'# {n}: {d}', f'default computed in the notebook; {c}'
+        return f'{n}: {_yaml(d)}', c
+    rows = [row(n, d, c) for n, (d, c) in docs.items() if n != 'out_dir']
+    w = min(max((len(r) for r, _ in rows), default=0), 44)
+    head = (f'# parameters of {nb.name}: har-kit run {nb.stem.split("_", 1)[-1]} -f THIS.yaml [-p NAME VALUE ...] '
+            '(-p wins; out_dir is set by --out)')
+    return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
+
+# %% ../nbs/70_runs.ipynb #c057
+_FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
+
+def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
+                 default): # the notebook's default for it
+    "`value` read as the parameter means it: comma-separated text as a list, 'None' as None, '1e-4' as a number."
+    if isinstance(default, str) and not isinstance(default, Unparsed): return value
+    if not isinstance(value, str): return value
+    text = value.strip()
+    if text == 'None': return None
+    if _FLOAT.fullmatch(text): return float(text)
+    if isinstance(default, (list, tuple)) and not text.startswith('['):
+        strings = bool(default) and all(isinstance(d, str) for d in default)
+        return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
+    return value
+
+# %% ../nbs/70_runs.ipynb #c059
+def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
+                     notebook,  # the notebook they are for
+                    ) -> dict:
+    "The file's parameters, checked against the notebook's, or a `KitError` naming the file and the key."
+    import yaml
+    p, nb = Path(path), find_notebook(notebook)
+    try: data = yaml.safe_load(p.read_text(encoding='utf-8'))
+    except OSError as e: raise KitError(f'{p}: cannot read the parameters file ({e.strerror or e})') from None
+    except UnicodeDecodeError: raise KitError(f'{p}: not a text file; a parameters file is YAML, one `name: value` per line') from None
+    except yaml.YAMLError as e:
+        m = getattr(e, 'problem_mark', None)
+        where = f'line {m.line + 1}, column {m.column + 1}: {e.problem}' if m else str(e)
+        raise KitError(f'{p}: not valid YAML ({where}); write one `name: value` per line, lists as [a, b]') from None
+    if data is None: return {}
+    if not isinstance(data, dict):
+        raise KitError(f'{p}: expected `name: value` lines (a YAML mapping), got {type(data).__name__} {data!r:.60}')
+    declared, out = notebook_parameters(nb), {}
+    for k, v in data.items():
+        if k == 'out_dir': raise KitError(f"{p}: 'out_dir' is set by the runner: remove it and pass the run directory with --out")
+        if k not in declared:
+            close = difflib.get_close_matches(str(k), list(declared), n=1)
+            raise KitError(f'{p}: unknown parameter {k!r} for {nb.name}' + (f' (did you mean {close[0]!r}?)' if close else '')
+                           + f'; `har-kit params {nb.stem.split("_", 1)[-1]}` lists its parameters')
+        out[k] = check_parameter(k, coerce_value(v, declared[k]), declared[k], where=f'{p}: parameter')
+    return out
+
+def cli_params(notebook,  # the notebook
+               pairs):    # [(name, text), ...] of -p NAME VALUE
+    "`-p` pairs as values (`har_kit.run_params.parse_params`, then `coerce_value`)."
+    declared = notebook_parameters(notebook)
+    return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
+
+# %% ../nbs/70_runs.ipynb #c062
+def _run_parser():
+    "The options of `har-kit run`."
+    ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
+                                 '(papermill) into its run directory; its output is shown as it runs and kept in log.txt.')
+    ap.add_argument('notebook', nargs='?', help="path, file name or section name ('dahar', '30_dahar.ipynb')")
+    ap.add_argument('-h', '--help', action='store_true', help="show this help and, with NOTEBOOK, the notebook's parameters")
+    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'),
+                    help='parameter to inject (repeatable); lists as a,b or [a, b]; wins over -f')
+    ap.add_argument('-f', '--parameters-file', metavar='FILE', help="YAML file of parameters, one 'name: value' per line "
+                    "(papermill's -f; 'har-kit params NOTEBOOK' prints one to start from)")
     ap.add_argument('--out', help='run directory (default: $HAR_KIT_OUTPUTS/runs/<notebook>-<time>)')
     ap.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside)')
     ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')
     ap.add_argument('--batch', action='store_true', help="skip the notebook's demonstration cells (tag 'demo'), as har-kit reproduce does")
+    ap.add_argument('--quiet', action='store_true', help="do not show the notebook's output as it runs (log.txt has it)")
+    return ap
+
+def cli(argv=None):  # arguments after `har-kit run`
+    "`har-kit run NOTEBOOK [-f FILE.yaml] [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch] [--quiet]`."
+    ap = _run_parser()
     a = ap.parse_args(argv)
+    if a.help:
+        print(ap.format_help())
+        if not a.notebook: print("'har-kit run NOTEBOOK --help' also lists the notebook's parameters"); return 0
+        try: print(params_yaml(a.notebook), end='')
+        except KitError as e: print(f'har-kit run: {e}', file=sys.stderr); return 2
+        return 0
+    if not a.notebook: ap.error('the following arguments are required: notebook')
     try:
-        params = parse_params(a.notebook, a.param)
+        params = {**(read_params_file(a.parameters_file, a.notebook) if a.parameters_file else {}),
+                  **cli_params(a.notebook, a.param)}
+        before = _done_id(a.out)
         with forward_interrupts():
-            out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads, demos=not a.batch)
+            out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads,
+                               demos=not a.batch, echo=not a.quiet)
     except (RunInterrupted, KeyboardInterrupt) as e:
         print(f'har-kit run: {e or "interrupted"}', file=sys.stderr); return 130
     except (KitError, RunFailed) as e:
-        print(f'har-kit run: {e}', file=sys.stderr); return 1
-    print(f'har-kit run: done -> {out}')
-    print(json.dumps(load_json(out/'metrics.json'), indent=1)[:2000])
+        print(f'har-kit run: {e}', file=sys.stderr)
+        if isinstance(e, RunFailed) and (e.out_dir/'log.txt').exists(): print(f'  log: {e.out_dir/"log.txt"}', file=sys.stderr)
+        return 1
+    print(run_report(out, skipped=before is not None and _done_id(out) == before))
+    return 0
+
+def params_cli(argv=None):  # arguments after `har-kit params`
+    "`har-kit params NOTEBOOK`: the notebook's parameters as a commented YAML parameters file."
+    ap = argparse.ArgumentParser(prog='har-kit params', description=params_cli.__doc__)
+    ap.add_argument('notebook', help="path, file name or section name ('campar', '40_campar.ipynb')")
+    a = ap.parse_args(argv)
+    try: print(params_yaml(a.notebook), end='')
+    except KitError as e: print(f'har-kit params: {e}', file=sys.stderr); return 2
     return 0

@@ -206,7 +206,7 @@ def test_threshold_specs(tmp_path, model_file):
     (tmp_path/'t.csv').write_text('attribute,threshold\nhat,0.1\nbag,0.2\nskirt,0.3\nboots,0.4\n')
     assert resolve_thresholds(tmp_path/'t.csv', lm)[0].tolist() == [.1, .2, .3, .4]
     (tmp_path/'bad.json').write_text('{"hat": 0.1, "bag": 0.2, "skirt": 0.3, "boots": 0.4, "cap": 0.5}')
-    with pytest.raises(KitError, match="bad.json.*unknown \\['cap'\\]"): resolve_thresholds(tmp_path/'bad.json', lm)
+    with pytest.raises(KitError, match="bad.json: the model has no attribute 'cap'"): resolve_thresholds(tmp_path/'bad.json', lm)
     (tmp_path/'junk.json').write_text('{not json')
     with pytest.raises(KitError, match='junk.json'): resolve_thresholds(tmp_path/'junk.json', lm)
     net, builder, kw = _dahar()
@@ -241,6 +241,35 @@ def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
     assert cli([str(model_file), str(tmp_path/'nope.jpg'), '--out', str(tmp_path/'o2')]) == 2
     assert 'nope.jpg' in capsys.readouterr().err and not (tmp_path/'o2').exists()
 
+
+def test_run_with_two_variants_predicts_with_its_main_method(tmp_path, images, capsys):
+    "A run directory with baseline and dahar: the CLI uses dahar and says so; --variant baseline picks the other."
+    run = tmp_path/'run'
+    for v in ('baseline', 'dahar'): _save(run/v/'model.pt', *_dahar(seed=len(v)))
+    assert cli([str(run), str(images/'a.png'), '--out', str(tmp_path/'o1'), '--quiet']) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "using 'dahar', the run's main method; --variant NAME" in err, err
+    assert json.loads((tmp_path/'o1'/'predictions.json').read_text())['model'] == str(run/'dahar'/'model.pt')
+    assert cli([str(run), str(images/'a.png'), '--variant', 'baseline', '--out', str(tmp_path/'o2'), '--quiet']) == 0
+    assert 'note' not in capsys.readouterr().err
+    assert json.loads((tmp_path/'o2'/'predictions.json').read_text())['model'] == str(run/'baseline'/'model.pt')
+    _save(run/'fusion'/'model.pt', *_dahar()); (run/'dahar'/'model.pt').unlink(); _save(run/'self_mask'/'model.pt', *_dahar())
+    assert cli([str(run), str(images/'a.png'), '--out', str(tmp_path/'o3')]) == 2
+    err = capsys.readouterr().err
+    assert 'baseline, fusion, self_mask' in err and '--variant NAME' in err and 'variant=NAME' in err, err
+
+
+def test_thresholds_file_naming_some_attributes(tmp_path, images, model_file, capsys):
+    "The attributes a file does not name keep 0.5, with a notice naming them; a name the model lacks is an error."
+    (tmp_path/'t.json').write_text('{"hat": 0.2, "skirt": 0.9}')
+    assert cli([str(model_file), str(images/'a.png'), '--threshold', str(tmp_path/'t.json'), '--out', str(tmp_path/'o')]) == 0
+    out, err = capsys.readouterr()
+    assert f"note: {tmp_path/'t.json'} names no threshold for 2 attribute(s), which keep 0.5: bag, boots" in err, err
+    assert '0.5 for the 2 attribute(s) it does not name: bag, boots: wrote' in out, out
+    assert json.loads((tmp_path/'o'/'predictions.json').read_text())['thresholds'] == {'hat': .2, 'bag': .5, 'skirt': .9, 'boots': .5}
+    (tmp_path/'t.json').write_text('{"hat": 0.2, "Hat": 0.9}')
+    assert cli([str(model_file), str(images/'a.png'), '--threshold', str(tmp_path/'t.json'), '--out', str(tmp_path/'o2')]) == 2
+    assert "t.json: the model has no attribute 'Hat'; its attributes: hat, bag, skirt, boots" in capsys.readouterr().err
 
 def test_predict_out_and_device_are_checked_before_any_image_is_scored(tmp_path, images, model_file, capsys, monkeypatch):
     scored = []
@@ -343,3 +372,18 @@ def test_export_never_replaces_its_model_or_an_existing_file(tmp_path, model_fil
     assert 'exists: pass --force' in capsys.readouterr().err and other.read_bytes() == b'keep me'
     assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(other), '--force']) == 0
     assert other.read_bytes() != b'keep me'
+
+
+def test_readme_python_snippet_trains_loads_and_predicts(tmp_path, monkeypatch):
+    "README's Python route, run as written (in a fresh folder): it ends with a loaded model, predictions and an export."
+    pytest.importorskip('onnx')
+    import re
+    readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
+    code = [b for b in re.findall(r'```python\n(.*?)```', readme, re.S) if 'train_variant(' in b]
+    assert len(code) == 1, 'README has one Python snippet that trains'
+    monkeypatch.chdir(tmp_path)
+    env = {}
+    exec(compile(code[0], 'README.md', 'exec'), env)
+    assert env['lm'].path.resolve() == tmp_path/'outputs'/'python'/'dahar'/'model.pt' and len(env['records']) == 4
+    assert set(env['records'][0]['probabilities']) == set(env['lm'].attributes)
+    assert (tmp_path/'outputs'/'python'/'dahar.onnx').exists()

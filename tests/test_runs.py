@@ -76,7 +76,7 @@ def test_cli_run_end_to_end(tmp_path):
     assert 'IPKernelApp' not in r.stderr, r.stderr   # the kernel's own start-up warnings stay out of the run's output
     bad = _nb(tmp_path/'b.ipynb', [('out_dir = None', ['parameters']), ('1/0', None)])
     r = subprocess.run([str(exe), 'run', str(bad), '--out', str(tmp_path/'bad')], capture_output=True, text=True)
-    assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr
+    assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr and f"log: {tmp_path/'bad'/'log.txt'}" in r.stderr, r.stderr
 
 
 def test_parameters_cells_parse_with_papermill():
@@ -130,3 +130,56 @@ def test_relative_path_parameter_is_read_from_the_callers_directory(tmp_path, mo
     out = run_notebook(nb, {'data_root': 'mydata'}, tmp_path/'run', progress=False)
     assert load_json(out/'metrics.json') == {'found': 1.0}
     assert load_json(out/'params.json')['data_root'] == str(tmp_path/'mydata')
+
+
+def _entry(mA, f1):
+    return {'schema': 2, 'dataset': 'rap', 'metric': 'mA', 'epoch': 1, 'full': {'mA': mA, 'f1': f1, 'per_attribute': {'A': mA}}}
+
+
+def test_cli_run_shows_output_live_then_a_summary_and_skips_a_done_run(tmp_path):
+    "The epoch line reaches the terminal while its cell still runs (the cell waits on a FIFO the test opens only after "
+    "reading that line); the end names each model's numbers and the files; a rerun says skipped."
+    import os, threading
+    gate = tmp_path/'gate'; os.mkfifo(gate)
+    nb = _nb(tmp_path/'live.ipynb', [('epochs = 1\nout_dir = None', ['parameters']),
+        ('import sys\nfrom har_kit.core import save_metrics\n'
+         f'print("epoch 1/1 loss 0.5", flush=True)\nopen({str(gate)!r}).read()\n'
+         f'save_metrics({{"_meta": {{}}, "campar_fusion": {_entry(0.526, 0.632)!r}}}, out_dir)', None)])
+    exe, out = Path(sys.executable).parent/'har-kit', tmp_path/'run'
+    p = subprocess.Popen([str(exe), 'run', str(nb), '--out', str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(300, p.kill); guard.start()   # only a hang (a failure either way) ever meets it
+    try:
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if 'epoch 1/1 loss 0.5' in line:
+                with open(gate, 'w') as g: g.write('go')
+                break
+        rest, err = p.communicate()
+    finally: guard.cancel()
+    assert p.returncode == 0 and seen and 'epoch 1/1' in seen[-1], (seen, err)
+    assert f'har-kit run: done -> {out}' in rest and 'campar_fusion  mA 0.526 f1 0.632  (epoch 1)' in rest, rest
+    assert f'log: {out/"log.txt"}' in rest and f'metrics: {out/"metrics.json"}' in rest, rest
+    assert 'Executing' not in err, err    # papermill's cell counter is off while the output is shown
+    assert 'epoch 1/1 loss 0.5' in (out/'log.txt').read_text()
+    (out/'count').write_text('x')
+    r = subprocess.run([str(exe), 'run', str(nb), '--out', str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and 'skipped: already done' in r.stdout and '--force' in r.stdout, r.stdout
+    assert 'campar_fusion  mA 0.526' in r.stdout and 'epoch 1/1' not in r.stdout
+
+
+def test_cli_run_parameters_file_under_p_values(tmp_path):
+    nb = _nb(tmp_path/'pf.ipynb', [('variants = ["a"]  # rows to train\nlr = 0.1  # learning rate\nname = "x"\nout_dir = None', ['parameters']),
+        ('from har_kit.core import save_metrics\nsave_metrics({"variants": variants, "lr": lr, "name": name}, out_dir)', None)])
+    exe = Path(sys.executable).parent/'har-kit'
+    r = subprocess.run([str(exe), 'params', str(nb)], capture_output=True, text=True)
+    assert r.returncode == 0 and 'variants: [a]  # rows to train' in r.stdout and 'out_dir' not in r.stdout.split('\n', 1)[1], r.stdout
+    (tmp_path/'p.yaml').write_text(r.stdout.replace('variants: [a]', 'variants: [b, c]').replace('lr: 0.1', 'lr: 1e-4'))
+    r = subprocess.run([str(exe), 'run', str(nb), '-f', str(tmp_path/'p.yaml'), '-p', 'name', 'y', '--quiet',
+                        '--out', str(tmp_path/'run')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_json(tmp_path/'run'/'metrics.json') == {'variants': ['b', 'c'], 'lr': 1e-4, 'name': 'y'}
+    assert '  lr 0.0001 (and 2 more in metrics.json)' in r.stdout, r.stdout   # no model entries: its numbers
+    (tmp_path/'bad.yaml').write_text('lr: fast\n')
+    r = subprocess.run([str(exe), 'run', str(nb), '-f', str(tmp_path/'bad.yaml')], capture_output=True, text=True)
+    assert r.returncode == 1 and f"{tmp_path/'bad.yaml'}: parameter 'lr': expects a number" in r.stderr, r.stderr
