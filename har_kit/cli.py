@@ -13,6 +13,7 @@ __all__ = ['SUBCOMMANDS', 'CLI_FUNCTIONS', 'usage', 'main']
 SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'run': ('har_kit.runs', 'execute one section notebook with papermill into a run directory (its output shown live)'),
     'params': ('har_kit.runs', "a notebook's parameters, defaults and comments, as a YAML file for 'har-kit run -f'"),
+    'config': ('har_kit.launch', "a profile's values for a notebook (default paper) as a commented YAML file for 'har-kit run -f'"),
     'synth': ('har_kit.synth', 'generate the synthetic distraction benchmark in the real datasets\' formats'),
     'masks': ('har_kit.masks', 'compute and cache pseudo ground-truth person masks for a dataset'),
     'reproduce': ('har_kit.launch', "regenerate the papers' tables (profiles quick, sample, paper)"),
@@ -23,7 +24,7 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),
 }
 
-CLI_FUNCTIONS = {'status': 'status_cli', 'params': 'params_cli'}  # subcommands whose module's function is not `cli`
+CLI_FUNCTIONS = {'status': 'status_cli', 'params': 'params_cli', 'config': 'config_cli'}  # subcommands whose module's function is not `cli`
 
 def usage():
     "The top-level help text."

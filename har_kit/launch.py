@@ -8,16 +8,17 @@ import argparse, json, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                param_diff, plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
-from .runs import RunFailed, forward_interrupts, is_done, run_status
+from .run_params import find_notebook
+from .runs import RunFailed, forward_interrupts, is_done, params_yaml, run_status
 
 # %% auto #0
 __all__ = ['LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'save_status', 'format_status',
-           'read_status_runs', 'status_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
-           'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
+           'read_status_runs', 'status_cli', 'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob',
+           'make_executor', 'submit', 'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -149,6 +150,30 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     return 1 if st['counts']['failed'] else 0
 
 # %% ../nbs/72_launch.ipynb #c018
+def profile_values(notebook: str,  # section name: 'dahar', 'campar', 'cfar', 'masks', ...
+                   profile: str):  # 'quick', 'sample' or 'paper'
+    "The parameters a profile gives a section notebook (its planner's private keys aside)."
+    if profile not in PROFILES: raise KitError(f'profile={profile!r}: choose one of {", ".join(PROFILES)}')
+    return {k: v for k, v in PROFILES[profile].get(notebook, {}).items() if not k.startswith('_')}
+
+def config_cli(argv=None):  # arguments after `har-kit config`
+    "`har-kit config NOTEBOOK [--profile P] [--out FILE]`: a commented YAML parameters file with a profile's values."
+    ap = argparse.ArgumentParser(prog='har-kit config', description=config_cli.__doc__)
+    ap.add_argument('notebook', help="section name ('campar', 'dahar', 'cfar', 'masks')")
+    ap.add_argument('--profile', default='paper', help=f'whose values to fill in ({", ".join(PROFILES)}; default paper)')
+    ap.add_argument('--out', help='write the file here (an existing file is refused); default: print it')
+    a = ap.parse_args(argv)
+    try:
+        text = params_yaml(a.notebook, profile_values(find_notebook(a.notebook).stem.split('_', 1)[-1], a.profile))
+        if a.out:
+            if Path(a.out).exists(): raise KitError(f'{a.out} exists: choose another --out or delete it first')
+            with atomic_write(Path(a.out)) as f: f.write(text)
+            print(f'wrote {a.out}: edit it, then har-kit run {a.notebook} -f {a.out}')
+        else: print(text, end='')
+    except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
+    return 0
+
+# %% ../nbs/72_launch.ipynb #c021
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -174,7 +199,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed') for s in states.values()): return states
         time.sleep(poll)
 
-# %% ../nbs/72_launch.ipynb #c021
+# %% ../nbs/72_launch.ipynb #c024
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -210,7 +235,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
-# %% ../nbs/72_launch.ipynb #c025
+# %% ../nbs/72_launch.ipynb #c028
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -295,7 +320,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c031
+# %% ../nbs/72_launch.ipynb #c034
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -376,7 +401,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c033
+# %% ../nbs/72_launch.ipynb #c036
 def _print_plan(a, runs):  # --dry-run with the local launcher
     if a.json:
         for r in runs: print(json.dumps(r.record()))
