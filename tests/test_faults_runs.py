@@ -311,6 +311,18 @@ def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
     assert st['state'] == 'failed' and st['interrupted'] and 'Ctrl-C' in st['error']
 
 
+def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
+    "A kernel deaf to SIGINT (a cell that ignores it) is killed after the grace period: the run still stops, exit 130."
+    body = 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + _BLOCKING
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=body)
+    cmd = (f'import sys, har_kit.runs as R\n'
+           f'R.forward_interrupts.__wrapped__.__defaults__ = (1.0,)   # the grace before SIGKILL: 1 s instead of 10\n'
+           f'sys.exit(R.cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))')
+    rc, err, secs = _interrupt_when_started(cmd, 'run/started', tmp_path)
+    assert rc == 130 and 'interrupted' in err and 'Traceback' not in err, (rc, err)
+    assert not (tmp_path/'run'/'done').exists() and run_status(tmp_path/'run')['interrupted']
+
+
 def test_ctrl_c_stops_har_kit_reproduce_with_a_summary(tmp_path):
     import signal
     nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
