@@ -41,7 +41,7 @@ def wider_code(labels,         # (C,) 0/1 labels of the target
         if hidden or rng.random() < omit_p: out[c] = 0
     return out.tolist()
 
-# %% ../nbs/13_synth.ipynb #b9c60c98
+# %% ../nbs/13_synth.ipynb #c012
 _KIND_CODE = {'wider': 1, 'rap': 2, 'pa100k': 3}
 LAYOUT = 'root-level'   # the layout (`har_kit.formats.LAYOUTS`) a synthetic set is written in
 
@@ -50,7 +50,7 @@ def _split_of(kind, i, n):
     if kind == 'pa100k': return 'train' if i < .8 * n else ('val' if i < .9 * n else 'test')
     return 'trainval'
 
-# %% ../nbs/13_synth.ipynb #e600a9f6
+# %% ../nbs/13_synth.ipynb #c013
 def _name_of(kind, i, n, rng):
     if kind == 'wider':
         sid = int(rng.integers(len(WIDER_SCENES))); sn = WIDER_SCENES[sid]
@@ -58,7 +58,7 @@ def _name_of(kind, i, n, rng):
     if kind == 'rap': return f'CAM{int(rng.integers(1, 27)):02d}_synth_{i:06d}.jpg', None
     return f'{i + 1:06d}.jpg', None
 
-# %% ../nbs/13_synth.ipynb #0a86547e
+# %% ../nbs/13_synth.ipynb #c014
 def _render_item(job):
     "Render, and write, image `i` of a set with its masks; return its annotation record (runs in worker processes)."
     kind, root, i, n, seed, size, distractors = job
@@ -81,7 +81,7 @@ def _render_item(job):
             distractors=d['level'], people=d['people'], objects=d['objects'], visible=round(d['visible'], 4))))
     return dict(name=name, scene_id=sid, split=_split_of(kind, i, n), level=level, targets=targets)
 
-# %% ../nbs/13_synth.ipynb #e6f39a7a
+# %% ../nbs/13_synth.ipynb #c016
 def label_stats(labels, # (N, C) int labels, 1 / 0 / UNSPECIFIED
                 names):  # attribute names
     "Per-attribute positive ratio (among specified), unspecified ratio, imbalance ratio 1:k, and co-occurrence P(j|i)."
@@ -96,7 +96,7 @@ def label_stats(labels, # (N, C) int labels, 1 / 0 / UNSPECIFIED
                 unspecified_ratio=(1 - n_spec / max(len(y), 1)).round(4).tolist(),
                 imbalance=imb, cooccurrence=co.round(3).tolist())
 
-# %% ../nbs/13_synth.ipynb #848ad0ba
+# %% ../nbs/13_synth.ipynb #c017
 def format_stats(stats,          # a dict from `label_stats`
                  max_rows=None): # first rows only; None: all
     "The statistics as a plain-text table (attribute, positive %, imbalance ratio, unspecified %)."
@@ -106,7 +106,7 @@ def format_stats(stats,          # a dict from `label_stats`
         rows.append(f'{a:<16}{100 * stats["pos_ratio"][i]:>7.1f}{imb:>11}{100 * stats["unspecified_ratio"][i]:>10.1f}')
     return '\n'.join(rows)
 
-# %% ../nbs/13_synth.ipynb #be74ede2
+# %% ../nbs/13_synth.ipynb #c021
 def _write_annotations(kind, root, recs, seed):
     "Write the real annotation file(s) of a kind from the per-image records, through `har_kit.formats`' writers."
     names, path = ATTRIBUTES[kind], root / layout_paths(kind, LAYOUT)[0][0]
@@ -125,13 +125,13 @@ def _write_annotations(kind, root, recs, seed):
         write_pa100k_annotation(path, names, {sp: ([r['name'] for r in rs], np.array(
             [r['targets'][0]['attribute'] for r in rs], dtype=np.uint8).reshape(len(rs), len(names))) for sp, rs in split.items()})
 
-# %% ../nbs/13_synth.ipynb #88c9fe5c
+# %% ../nbs/13_synth.ipynb #c022
 def _labels_internal(kind, recs):  # records -> (N_targets, C) int8 in 1 / 0 / UNSPECIFIED
     y = np.array([t['attribute'] for r in recs for t in r['targets']], dtype=np.int64)
     if kind == 'wider': return np.select([y == 1, y == -1], [1, 0], UNSPECIFIED).astype(np.int8)
     return np.where(y == 2, UNSPECIFIED, y).astype(np.int8)
 
-# %% ../nbs/13_synth.ipynb #ff5808f2
+# %% ../nbs/13_synth.ipynb #c024
 def _check_args(kind, n, distractors, size, root, overwrite):  # as `make_synthetic`
     "`make_synthetic`'s arguments checked; the image height to use."
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
@@ -145,7 +145,7 @@ def _check_args(kind, n, distractors, size, root, overwrite):  # as `make_synthe
         raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True')
     return size
 
-# %% ../nbs/13_synth.ipynb #0e0a41ea
+# %% ../nbs/13_synth.ipynb #c025
 def _write_sidecar(kind, root, recs, params, seconds):  # kind; set root; per-image records; generator parameters; time taken
     "Label statistics and per-level visibility of the set, written with every target's record as its sidecar."
     stats = label_stats(_labels_internal(kind, recs), ATTRIBUTES[kind])
@@ -158,7 +158,7 @@ def _write_sidecar(kind, root, recs, params, seconds):  # kind; set root; per-im
     write_synth_meta(root, SYNTH_VERSION, images, kind=kind, params=params, attributes=ATTRIBUTES[kind], stats=stats,
                      mask_naming='har_kit.formats.mask_path(default_mask_root(kind, root), name, target_index)')
 
-# %% ../nbs/13_synth.ipynb #c3b82759
+# %% ../nbs/13_synth.ipynb #c026
 def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                    root,              # output directory (created; must be empty unless overwrite=True)
                    n=200,             # images (WIDER-like: scenes, 1-4 annotated targets each)
@@ -183,7 +183,7 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     _write_sidecar(kind, root, recs, dict(n=int(n), distractors=distractors, size=size, seed=int(seed)), time.time() - t0)
     return root
 
-# %% ../nbs/13_synth.ipynb #989742e1
+# %% ../nbs/13_synth.ipynb #c030
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=800, rap=2000, pa100k=2000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
@@ -194,7 +194,7 @@ def synth_marker(kind,          # 'wider' | 'rap' | 'pa100k'
     "The text of a cached set's `done` file: the generator version and everything the set was generated from."
     return f'har_kit.synth {SYNTH_VERSION} kind={kind} n={int(n)} seed={int(seed)} distractors={distractors}\n'
 
-# %% ../nbs/13_synth.ipynb #6d4cde81
+# %% ../nbs/13_synth.ipynb #c031
 def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
                   profile='tiny',    # key of PROFILES
                   seed=0,            # generator seed
@@ -202,7 +202,7 @@ def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
     "The cache directory of a synthetic set under `har_kit.core.data_root()`."
     return data_root() / 'synthetic' / (f'{kind}-{profile}-s{seed}' + ('' if distractors is None else f'-d{distractors}'))
 
-# %% ../nbs/13_synth.ipynb #3a191161
+# %% ../nbs/13_synth.ipynb #c032
 def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                      profile='tiny',    # key of PROFILES
                      seed=0,            # generator seed
@@ -237,7 +237,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/13_synth.ipynb #c032
+# %% ../nbs/13_synth.ipynb #c040
 def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Regenerate outputs/reference/ from nothing at the current commit: the quick tables and studies, the real PA-100K
-# sample's table, and a model trained on the sample with its predictions and explanation (README's "Use" commands).
+# sample's table, a model trained on the sample with its predictions and explanation (README's "Use" commands), and
+# the synthetic benchmark's difficulty check.
 # Runs take ~25 min on 2 cores. Afterwards compare with `git diff --stat outputs/reference` and say in the commit which
 # files moved and why (env.json and the use run's wall-clock seconds always do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SAMPLE=${HAR_KIT_PA100K_SAMPLE:-../shared/data/pa100k-sample}
-rm -rf outputs/quick outputs/sample outputs/use
+rm -rf outputs/quick outputs/sample outputs/use outputs/synth-difficulty
 T='python3 tools/timing.py time --'
 $T make main && $T make studies && $T make sample
 B=.venv/bin
 $B/har-kit run campar -p dataset pa100k -p data_root "$SAMPLE" -p variants "['campar_fusion']" \
     -p scale 0.375 -p epochs 5 -p optimizer adam -p lr 0.001 -p selection held-out --threads 2 --out outputs/use/campar
 $B/har-kit predict outputs/use/campar "$SAMPLE/data/00199[5-9].jpg" --threshold val --explain --top 5 --out outputs/use/predictions
+$B/har-kit run synth -p difficulty_check true -p check_n 2000 -p check_epochs 5 -p check_levels 0,4 --threads 1 \
+    --out outputs/synth-difficulty   # 13_synth's difficulty check (a few minutes)
 R=outputs/reference
-mkdir -p $R/tables $R/sample $R/use
+mkdir -p $R/tables $R/sample $R/use $R/synth
+cp outputs/synth-difficulty/metrics.json outputs/synth-difficulty/env.json $R/synth/
 find outputs/quick/tables -maxdepth 1 -type f -exec cp {} $R/tables/ \;
 cp outputs/quick/tables/run/env.json $R/tables/env.json
 cp outputs/sample/tables/real_pa100k.* $R/sample/ && cp outputs/sample/tables/run/env.json $R/sample/env.json
