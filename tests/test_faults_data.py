@@ -1,7 +1,7 @@
 """Fault catalogue of the data side (issue 13): each test plants one fault in a small dataset and states the outcome.
 Outcomes: a `KitError` naming the file/entry and what to do (refused), a warning naming the entry (reported), or the
 right result (repaired). Every fault is found when the dataset is read or checked, before any training starts."""
-import json, warnings
+import json, os, warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +188,28 @@ def test_convert_into_a_non_empty_folder_is_refused(tmp_path):
     (tmp_path/'out').mkdir(); (tmp_path/'out'/'x').touch()
     with pytest.raises(KitError, match='is not empty'): to_csv_dataset(data, tmp_path/'out', progress=False)
     assert [p.name for p in (tmp_path/'out').iterdir()] == ['x']
+
+
+@pytest.mark.parametrize('below', [False, True])
+def test_convert_onto_a_file_is_refused_before_reading(tmp_path, capsys, monkeypatch, below):
+    "`har-kit data convert pa100k ROOT FILE` (or FILE/sub) was a NotADirectoryError traceback; now exit 2, nothing read or written."
+    root = _pa(tmp_path)
+    f = tmp_path/'a-file'; f.write_text('x')
+    monkeypatch.setattr('har_kit.check.dataset_reader', lambda kind: pytest.fail('the dataset must not be read'))
+    assert cli(['convert', 'pa100k', str(root), str(f/'sub' if below else f)]) == 2
+    err = capsys.readouterr().err
+    assert (f'DEST {f}/sub: {f} is not a writable folder' if below else f'DEST {f} is a file: choose a new folder') in err
+    assert f.read_text() == 'x' and sorted(p.name for p in tmp_path.iterdir()) == ['a-file', 'p']
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders: chmod does not bite')
+def test_convert_into_a_read_only_place_is_refused_before_copying(tmp_path):
+    data = read_pa100k(_pa(tmp_path))
+    ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o555)
+    try:
+        with pytest.raises(KitError, match=rf'DEST {ro}/out: {ro} is not a writable folder'): to_csv_dataset(data, ro/'out', progress=False)
+        assert list(ro.iterdir()) == []
+    finally: ro.chmod(0o755)
 
 
 # ---------------------------------------------------------------- har-kit data check: errors make it fail
