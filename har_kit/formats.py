@@ -16,11 +16,11 @@ from .matfile import mat_cell, save_mat
 
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
-           'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind',
-           'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file', 'default_mask_root', 'mask_path',
-           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'box_mask',
-           'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey',
-           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+           'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS', 'FIXTURE_ATTRIBUTES', 'DatasetKind',
+           'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file',
+           'default_mask_root', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
+           'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image',
+           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
            'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
@@ -336,6 +336,9 @@ def write_pa100k_annotation(path,        # annotation.mat to write
     return save_mat(path, md)
 
 # %% ../nbs/02_formats.ipynb #c065
+RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
+
+# %% ../nbs/02_formats.ipynb #c066
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -348,7 +351,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #c066
+# %% ../nbs/02_formats.ipynb #c067
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -361,7 +364,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #c068
+# %% ../nbs/02_formats.ipynb #c069
 def csv_records(text,   # the whole CSV, decoded
                 where): # the file, for messages
     "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
@@ -375,7 +378,7 @@ def csv_records(text,   # the whole CSV, decoded
         raise KitError(f'{where}: line {start}: {hint}') from None
     return out
 
-# %% ../nbs/02_formats.ipynb #c071
+# %% ../nbs/02_formats.ipynb #c072
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -395,7 +398,7 @@ def write_csv_annotation(path,        # labels.csv to write
     with atomic_write(path, encoding='utf-8', newline='') as f: f.write(buf.getvalue())
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c078
+# %% ../nbs/02_formats.ipynb #c079
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -409,7 +412,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c079
+# %% ../nbs/02_formats.ipynb #c080
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -421,7 +424,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c080
+# %% ../nbs/02_formats.ipynb #c081
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -440,7 +443,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c082
+# %% ../nbs/02_formats.ipynb #c083
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)
@@ -463,7 +466,7 @@ def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
         write_pa100k_annotation(root/files[0], attrs, {'train': (names[:a], Y[:a]), 'val': (names[a:b], Y[a:b]), 'test': (names[b:], Y[b:])})
     elif kind == 'rap':
         Yr = Y.copy(); Yr[0, 0] = 2                                   # one 'uncertain' gender
-        perms = [rng.permutation(n) for _ in range(5)]
+        perms = [rng.permutation(n) for _ in range(RAP_PARTITIONS)]
         write_rap_annotation(root/files[0], attrs, names, Yr, [(p[: int(n * .75)], p[int(n * .75):]) for p in perms])
     else:
         Yc = np.where(rng.random(Y.shape) < .1, UNSPECIFIED, Y)
