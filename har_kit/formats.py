@@ -21,7 +21,7 @@ __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASE
            'default_mask_root', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
            'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image',
            'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
-           'write_csv_annotation', 'write_fixture']
+           'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -379,26 +379,33 @@ def csv_records(text,   # the whole CSV, decoded
     return out
 
 # %% ../nbs/02_formats.ipynb #c072
+def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
+                        rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
+                        where):      # the file it is for, for messages
+    "The text of a generic `labels.csv`, checked to read back unchanged (a `KitError` naming the row otherwise)."
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    table = [['image', 'split', *attributes]] + [[str(name), split, *(str(int(v)) for v in y)] for name, split, y in rows]
+    for r in table: w.writerow(r)
+    back = [r for _, r in csv_records(buf.getvalue(), where)]
+    for i, (r, b) in enumerate(zip(table, back)):
+        if i and (not r[0] or b[:1] != r[:1]):
+            raise KitError(f'{where}: row {i} (image {r[0]!r}): this image name cannot be written so that it reads back unchanged '
+                           f'(it would read as {b[0] if b else ""!r}); rename the image (no empty names or lone carriage returns)')
+    if len(back) != len(table) or back != table:
+        raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
+    return buf.getvalue()
+
+# %% ../nbs/02_formats.ipynb #c073
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
     "Write the generic format's `labels.csv` (image, split, one 1/0/-1 column per attribute); names must read back unchanged."
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator='\n')
-    w.writerow(['image', 'split', *attributes])
-    table = [['image', 'split', *attributes]] + [[str(name), split, *(str(int(v)) for v in y)] for name, split, y in rows]
-    for r in table[1:]: w.writerow(r)
-    back = [r for _, r in csv_records(buf.getvalue(), str(path))]
-    for i, (r, b) in enumerate(zip(table, back)):
-        if i and (not r[0] or b[:1] != r[:1]):
-            raise KitError(f'{path}: row {i} (image {r[0]!r}): this image name cannot be written so that it reads back unchanged '
-                           f'(it would read as {b[0] if b else ""!r}); rename the image (no empty names or lone carriage returns)')
-    if len(back) != len(table) or back != table:
-        raise KitError(f'{path}: the header or a split does not read back unchanged; use plain attribute names and splits')
-    with atomic_write(path, encoding='utf-8', newline='') as f: f.write(buf.getvalue())
+    text = csv_annotation_text(attributes, rows, str(path))
+    with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c079
+# %% ../nbs/02_formats.ipynb #c080
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -412,7 +419,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c080
+# %% ../nbs/02_formats.ipynb #c081
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -424,7 +431,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c081
+# %% ../nbs/02_formats.ipynb #c082
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -443,7 +450,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c083
+# %% ../nbs/02_formats.ipynb #c084
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

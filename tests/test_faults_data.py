@@ -208,6 +208,18 @@ def test_csv_name_that_cannot_round_trip_is_refused_on_write(tmp_path):
     assert not (tmp_path/'labels.csv').exists()
 
 
+def test_convert_refuses_a_name_that_cannot_round_trip_before_copying(tmp_path, monkeypatch):
+    "A source image name with a lone carriage return -> KitError naming the row and DEST/labels.csv; nothing copied."
+    import dataclasses
+    data = read_pa100k(_pa(tmp_path))
+    s0 = data.samples[2]
+    data.samples[2] = dataclasses.replace(s0, meta={**s0.meta, 'file_name': 'cr\ronly.jpg'})
+    monkeypatch.setattr('har_kit.check._place', lambda *a: pytest.fail('nothing may be copied'))
+    with pytest.raises(KitError, match=rf"{tmp_path}/out/labels\.csv: row 3 \(image 'cr\\ronly\.jpg'\)"):
+        to_csv_dataset(data, tmp_path/'out', progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['p']
+
+
 def test_csv_name_with_stray_spaces_says_so(tmp_path):
     "`000001.jpg ,train,...` (a space before the comma): names are exact, and the error says which file was meant."
     root = write_fixture('csv', tmp_path/'c', n_images=6)
