@@ -12,9 +12,9 @@ from .data import check_train_splits
 from .formats import RAP_PARTITIONS
 
 # %% auto #0
-__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES', 'NON_EMPTY', 'PLACES', 'notebooks_dir',
-           'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter', 'check_parameters', 'parse_value',
-           'parse_params']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES', 'BELOW_ONE', 'NON_EMPTY', 'PLACES',
+           'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter', 'check_parameters',
+           'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -78,6 +78,7 @@ AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-
            'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
            'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
 CHOICES = {'partition': tuple(range(RAP_PARTITIONS))}   # RAP v1's five train/test partitions
+BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
@@ -93,6 +94,7 @@ def _in_range(name, value, bad):  # a parameter; its value; makes the KitError
         if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}')
         if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
         if name in AT_MOST and value > AT_MOST[name]: raise bad(f'must be at most {AT_MOST[name]!r}, got {value!r}')
+        if name in BELOW_ONE and value >= 1: raise bad(f'must be below 1, got {value!r} (it would diverge, not train)')
         if name in CHOICES and value not in CHOICES[name]:
             raise bad(f'must be one of {", ".join(map(str, CHOICES[name]))}, got {value!r}'
                       + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))

@@ -95,6 +95,7 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('dahar', {'partition': 5}, "'partition': must be one of 0, 1, 2, 3, 4"),     # recorded but ignored on WIDER before
     ('dahar', {'lr_step': 0}, "'lr_step': must be at least 1"),                  # StepLR's ZeroDivisionError
     ('data', {'n_show': -3}, "'n_show': must be at least 1"),
+    ('dahar', {'momentum': 7.0}, "'momentum': must be below 1"),                 # not 'diverged loss: lower the learning rate'
 ])
 def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel(tmp_path, section, params, message):
     with pytest.raises(KitError, match=message): check_parameters(section, params)
