@@ -169,7 +169,8 @@ def _kit_place(var,       # the environment variable that may choose the place
     existing = next(p for p in [path, *path.parents] if p.exists())
     if not existing.is_dir(): raise KitError(f'{said}: {existing} is a file, not a folder; {fix}')
     if writable and not os.access(existing, os.W_OK | os.X_OK):
-        raise KitError(f'{said}: {existing} is not writable by this user; {fix} you can write to, or fix its permissions')
+        raise KitError(f'{said}: {existing} cannot be written (a read-only file system, or not this user\'s to write); '
+                       f'{fix} you can write to, or fix its permissions')
     return path
 
 # %% ../nbs/00_core.ipynb #c038
