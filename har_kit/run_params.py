@@ -12,7 +12,7 @@ from .data import check_train_splits
 from .formats import RAP_PARTITIONS
 
 # %% auto #0
-__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES', 'BELOW_ONE', 'NON_EMPTY', 'PLACES',
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES', 'SHAPES', 'BELOW_ONE', 'NON_EMPTY', 'PLACES',
            'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter', 'check_parameters',
            'parse_value', 'parse_params']
 
@@ -66,7 +66,7 @@ def notebook_parameters(notebook,  # path, file name or section name
 # %% ../nbs/60_run_params.ipynb #c013
 POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
-            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size')
+            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
 NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb')
 GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
@@ -78,6 +78,7 @@ AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-
            'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
            'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
 CHOICES = {'partition': tuple(range(RAP_PARTITIONS))}   # RAP v1's five train/test partitions
+SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
 BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
@@ -140,6 +141,9 @@ def check_parameter(name,               # the parameter's name
                                 f'(default {list(default)!r}), got {wrong[0]!r} in {value!r}')
     elif isinstance(default, dict):
         if not isinstance(value, dict): raise bad(f'expects a dict (default {default!r}), got {_type_name(value)} {value!r}')
+    if name in SHAPES and (len(value) != len(SHAPES[name]) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                       and 1 <= v <= 4096 for v in value)):
+        raise bad(f'must be [{", ".join(SHAPES[name])}]: {len(SHAPES[name])} whole numbers from 1 to 4096, got {value!r}')
     _in_range(name, value, bad)
     try: json.dumps(to_jsonable(value, name))
     except TypeError: raise bad(f'{value!r} is not a plain value') from None

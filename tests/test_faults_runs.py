@@ -96,6 +96,10 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('dahar', {'lr_step': 0}, "'lr_step': must be at least 1"),                  # StepLR's ZeroDivisionError
     ('data', {'n_show': -3}, "'n_show': must be at least 1"),
     ('dahar', {'momentum': 7.0}, "'momentum': must be below 1"),                 # not 'diverged loss: lower the learning rate'
+    ('bench', {'num_attributes': -1}, "'num_attributes': must be at least 1"),   # torch: 'negative dimension -1'
+    ('bench', {'num_attributes': 0}, "'num_attributes': must be at least 1"),    # a model with no outputs, timed
+    ('bench', {'input_size': [3]}, "'input_size': must be \\[C, H, W\\]"),        # conv2d: 'Expected 3D or 4D input'
+    ('bench', {'input_size': [3, 0, 0]}, "'input_size': must be \\[C, H, W\\]: 3 whole numbers from 1 to 4096"),
 ])
 def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel(tmp_path, section, params, message):
     with pytest.raises(KitError, match=message): check_parameters(section, params)
