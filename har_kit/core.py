@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'KitError', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json',
-           'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device', 'repo_root', 'outputs_root',
-           'data_root', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
+           'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device', 'repo_root', 'env_folder',
+           'outputs_root', 'data_root', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -158,9 +158,9 @@ def repo_root():
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
 # %% ../nbs/00_core.ipynb #c037
-def _kit_place(var,       # the environment variable that may choose the place
-               default,   # () -> the place when the variable is unset
-               writable): # also require that files can be created there
+def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
+               default,         # () -> the folder when the variable is unset or empty
+               writable=False): # True: the caller is about to write there (a read-only folder is refused)
     "The absolute folder `$var` (else `default()`), refused with a `KitError` naming `var` when it cannot serve."
     raw = os.environ.get(var)
     path = Path(raw).expanduser().resolve() if raw else default()
@@ -177,13 +177,13 @@ def _kit_place(var,       # the environment variable that may choose the place
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
-    return _kit_place('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
+    return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
 # %% ../nbs/00_core.ipynb #c039
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
-    return _kit_place('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
+    return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
 # %% ../nbs/00_core.ipynb #c043
 def _notebook_globals():
