@@ -11,15 +11,15 @@ import numpy as np
 from PIL import Image as PILImage
 from tqdm import tqdm
 
-from .core import KitError, UNSPECIFIED, save_json
+from .core import KitError, UNSPECIFIED, atomic_write, check_writable, save_json
 from .data import dataset_issues, dataset_reader, unused_images
-from .formats import (DATASET_KINDS, clip_box, default_mask_root, detect_layout,
-                             image_file, image_problem, load_grey, load_rgb, mask_path, write_csv_annotation)
+from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
+                             image_file, image_problem, load_grey, load_rgb, mask_path)
 
 # %% auto #0
-__all__ = ['to_csv_dataset', 'check_dataset', 'format_check', 'cli']
+__all__ = ['check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'cli']
 
-# %% ../nbs/17_check.ipynb #268b3ef5
+# %% ../nbs/17_check.ipynb #c008
 def _place(src, dst, link):  # existing file; destination; try a hard link first
     "Hard-link (when `link` and possible) or copy `src` to `dst`."
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +28,7 @@ def _place(src, dst, link):  # existing file; destination; try a hard link first
         except OSError: pass
     shutil.copyfile(src, dst)
 
-# %% ../nbs/17_check.ipynb #ff2a5eed
+# %% ../nbs/17_check.ipynb #c009
 def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its mask PNG (or None)
     "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
     img = load_rgb(s.image)
@@ -42,7 +42,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
-# %% ../nbs/17_check.ipynb #4a7e5e51
+# %% ../nbs/17_check.ipynb #c011
 def _crop_names(samples):  # `Sample`s
     "Each boxed sample's crop name `<scene stem>_t<target>.png`, with the scene's suffix when two scene files share a stem."
     fn = lambda s: Path(s.meta.get('file_name') or Path(s.image).name)
@@ -55,14 +55,18 @@ def _crop_names(samples):  # `Sample`s
         return f'{stem}_t{s.meta.get("target", 0)}.png'
     return {id(s): name(s) for s in samples if s.box is not None}
 
-# %% ../nbs/17_check.ipynb #0b2ee073
-def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fill; as `to_csv_dataset`
-    "Place every sample's image (and mask) under `tmp` and write its `labels.csv`."
-    images, mroot, rows, placed = tmp/'images', default_mask_root('csv', tmp), [], set()
+# %% ../nbs/17_check.ipynb #c012
+def _csv_rows(data):  # an `AttributeData`
+    "`(name, split, labels)` of every sample as the generic format lists it: its file name, or its crop's name."
     crops = _crop_names(data.samples)
-    for s in tqdm(data.samples, desc=f'to csv ({data.name})', unit='sample', disable=not progress):
-        fn = Path(s.meta.get('file_name') or Path(s.image).name)
-        name = crops[id(s)] if s.box is not None else fn.as_posix()
+    fn = lambda s: Path(s.meta.get('file_name') or Path(s.image).name).as_posix()
+    return [(crops[id(s)] if s.box is not None else fn(s), s.split, s.labels) for s in data.samples]
+
+# %% ../nbs/17_check.ipynb #c013
+def _write_csv_files(data, rows, text, tmp, link, masks, progress):  # dataset; its `_csv_rows`; labels.csv text; folder to fill; as `to_csv_dataset`
+    "Place every sample's image (and mask) under `tmp` by its row's name and write `labels.csv`."
+    images, mroot, placed = tmp/'images', default_mask_root('csv', tmp), set()
+    for s, (name, _, _) in tqdm(zip(data.samples, rows), total=len(rows), desc=f'to csv ({data.name})', unit='sample', disable=not progress):
         mdst = mask_path(mroot, name, 0) if masks and s.mask is not None else None
         if name not in placed:
             if s.box is not None: _crop_target(s, image_file(images, name, str(s.image)), mdst)
@@ -70,23 +74,33 @@ def _write_csv_files(data, tmp, link, masks, progress):  # dataset; folder to fi
                 _place(s.image, image_file(images, name, str(s.image)), link)
                 if mdst is not None: _place(s.mask, mdst, False)
             placed.add(name)
-        rows.append((name, s.split, s.labels))
-    write_csv_annotation(tmp/'labels.csv', data.attributes, rows)
-    return rows
+    with atomic_write(tmp/'labels.csv', encoding='utf-8', newline='') as f: f.write(text)
 
-# %% ../nbs/17_check.ipynb #7b9168b9
+# %% ../nbs/17_check.ipynb #c015
+def check_csv_dest(dest):  # the folder `to_csv_dataset` is asked to write
+    "`dest` as a Path when it can become the converted dataset (new or empty folder, writable parent), else a `KitError`."
+    dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise KitError(f'DEST {dest} is a file: choose a new folder for the converted dataset')
+    if dest.is_dir() and any(dest.iterdir()):
+        raise KitError(f'DEST {dest} is not empty: choose a new folder for the converted dataset')
+    check_writable([dest], force=True, where='DEST')
+    return dest
+
+# %% ../nbs/17_check.ipynb #c017
 def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...)`)
                    dest,            # new folder for the generic dataset (must not exist or be empty)
                    link=False,      # hard-link image files where possible (the same file as the dataset's) instead of copying
                    masks=True,      # also carry attached masks over to dest's default mask root
                    progress=True):  # tqdm bar
     "Write `data` in the generic `csv` format (boxed targets cut out as PNG crops); return `dest`."
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()): raise KitError(f'{dest} is not empty: choose a new folder for the converted dataset')
+    dest = check_csv_dest(dest)
+    rows = _csv_rows(data)
+    text = csv_annotation_text(data.attributes, rows, str(dest/'labels.csv'))   # a name that cannot be written: before any copy
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
     try:
-        rows = _write_csv_files(data, tmp, link, masks, progress)
+        _write_csv_files(data, rows, text, tmp, link, masks, progress)
         save_json(dict(converted_from=data.name, root=str(data.root), samples=len(rows), **{k: v for k, v in data.meta.items()
                   if isinstance(v, (str, int, float, bool, type(None)))}), tmp/'converted_from.json')
         umask = os.umask(0); os.umask(umask)
@@ -97,7 +111,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/17_check.ipynb #431076d1
+# %% ../nbs/17_check.ipynb #c021
 def _decode_problem(path):  # an image file
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
@@ -106,7 +120,7 @@ def _decode_problem(path):  # an image file
     except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
     return None
 
-# %% ../nbs/17_check.ipynb #973013a6
+# %% ../nbs/17_check.ipynb #c022
 def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being filled; reader options
     "Read the dataset with the image checks off, recording its layout and the reader's warnings in `rep`."
     reader = dataset_reader(kind)
@@ -118,7 +132,7 @@ def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being
     rep['layout'] = lay.record() if lay else {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
     return data
 
-# %% ../nbs/17_check.ipynb #6d2a904e
+# %% ../nbs/17_check.ipynb #c023
 def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     "The distinct image paths of `data`, or `sample` of them drawn with seed 0."
     paths = list(dict.fromkeys(s.image for s in data.samples))
@@ -128,7 +142,7 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
     return [paths[i] for i in sorted(pick)]
 
-# %% ../nbs/17_check.ipynb #c015
+# %% ../nbs/17_check.ipynb #c024
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
@@ -160,7 +174,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/17_check.ipynb #c019
+# %% ../nbs/17_check.ipynb #c028
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
@@ -181,7 +195,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/17_check.ipynb #f0c374df
+# %% ../nbs/17_check.ipynb #c031
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
@@ -201,7 +215,7 @@ def _parser():
                    'editing one edits the other)')
     return p
 
-# %% ../nbs/17_check.ipynb #fa77e7b2
+# %% ../nbs/17_check.ipynb #c032
 def cli(argv=None):  # arguments after `har-kit data`
     "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
     p = _parser()
@@ -210,6 +224,7 @@ def cli(argv=None):  # arguments after `har-kit data`
     kw = {'partition': a.partition} if a.partition is not None else {}
     try:
         if a.command == 'convert':
+            check_csv_dest(a.dest)                          # before the dataset is read
             out = to_csv_dataset(dataset_reader(a.kind)(a.root, **kw), a.dest, link=a.link)
             if a.link: print(f'{out}: images hard-linked to {a.root} where the filesystem allows (the same files: do not edit them)')
             print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")

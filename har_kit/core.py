@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'KitError', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json',
-           'kit_threads', 'seed_everything', 'get_device', 'repo_root', 'outputs_root', 'data_root', 'run_dir',
-           'save_metrics', 'save_figure', 'env_info']
+__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'KitError', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json',
+           'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device', 'repo_root', 'env_folder',
+           'outputs_root', 'data_root', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -104,16 +104,29 @@ def load_json(path):  # JSON file written by `save_json` (or by hand)
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
 
-# %% ../nbs/00_core.ipynb #c026
-def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
-    "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked."
-    t = threads if threads is not None else os.environ.get('HAR_KIT_THREADS') or 1
-    try: t = int(t)
-    except (TypeError, ValueError): t = 0
-    if t < 1: raise KitError(f'threads / $HAR_KIT_THREADS must be a whole number >= 1, got {threads if threads is not None else os.environ.get("HAR_KIT_THREADS")!r}')
-    return t
-
 # %% ../nbs/00_core.ipynb #c027
+MAX_THREADS = 256  # the thread cap on a machine with fewer cores (a larger machine allows its core count)
+
+# %% ../nbs/00_core.ipynb #c028
+def max_threads():
+    "The largest intra-op thread count a run may ask for: `MAX_THREADS`, or the core count when larger."
+    return max(MAX_THREADS, os.cpu_count() or 1)
+
+# %% ../nbs/00_core.ipynb #c029
+def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
+    "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked to be 1..`max_threads()`."
+    env = os.environ.get('HAR_KIT_THREADS')
+    given, where = (threads, 'threads (--threads)') if threads is not None else (env, '$HAR_KIT_THREADS')
+    if given is None or given == '': return 1
+    t = given.strip() if isinstance(given, str) else given
+    ok = (isinstance(t, str) and t.isdigit()) or (isinstance(t, (int, np.integer)) and not isinstance(t, bool))
+    if not ok or not 1 <= int(t) <= max_threads():
+        raise KitError(f'{where}={given!r}: the intra-op thread count must be a whole number from 1 to {max_threads()} '
+                       f'(this machine has {os.cpu_count()} cores); set it to, e.g., 1'
+                       + (' or unset it' if threads is None else ''))
+    return int(t)
+
+# %% ../nbs/00_core.ipynb #c030
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -125,7 +138,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #c028
+# %% ../nbs/00_core.ipynb #c031
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
     import torch
@@ -137,28 +150,42 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev
 
-# %% ../nbs/00_core.ipynb #c032
+# %% ../nbs/00_core.ipynb #c035
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #c033
-def outputs_root():
-    "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute."
-    if os.environ.get('HAR_KIT_OUTPUTS'): return Path(os.environ['HAR_KIT_OUTPUTS']).expanduser().resolve()
-    root = repo_root()
-    return root/'outputs' if root else (Path.cwd()/'outputs').resolve()
-
-# %% ../nbs/00_core.ipynb #c034
-def data_root():
-    "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute."
-    if os.environ.get('HAR_KIT_DATA'): return Path(os.environ['HAR_KIT_DATA']).expanduser().resolve()
-    root = repo_root()
-    return root/'data' if root else (Path.cwd()/'har-kit-data').resolve()
+# %% ../nbs/00_core.ipynb #c037
+def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
+               default,         # () -> the folder when the variable is unset or empty
+               writable=False): # True: the caller is about to write there (a read-only folder is refused)
+    "The absolute folder `$var` (else `default()`), refused with a `KitError` naming `var` when it cannot serve."
+    raw = os.environ.get(var)
+    path = Path(raw).expanduser().resolve() if raw else default()
+    said = f'${var}={raw!r}' if raw else f'{path} (the default; set ${var} to choose another folder)'
+    fix = f'point ${var} at a folder (it is created when missing)'
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir(): raise KitError(f'{said}: {existing} is a file, not a folder; {fix}')
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        raise KitError(f'{said}: {existing} cannot be written (a read-only file system, or not this user\'s to write); '
+                       f'{fix} you can write to, or fix its permissions')
+    return path
 
 # %% ../nbs/00_core.ipynb #c038
+def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
+    "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
+    root = repo_root()
+    return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
+
+# %% ../nbs/00_core.ipynb #c039
+def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
+    "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
+    root = repo_root()
+    return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
+
+# %% ../nbs/00_core.ipynb #c043
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -168,7 +195,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c039
+# %% ../nbs/00_core.ipynb #c044
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -182,7 +209,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c040
+# %% ../nbs/00_core.ipynb #c045
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -190,7 +217,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c041
+# %% ../nbs/00_core.ipynb #c046
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -202,17 +229,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #c045
+# %% ../nbs/00_core.ipynb #c050
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c046
+# %% ../nbs/00_core.ipynb #c051
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c047
+# %% ../nbs/00_core.ipynb #c052
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_data.ipynb #c002
 from __future__ import annotations
-import csv, difflib, hashlib, json, math, os, warnings
+import difflib, hashlib, json, math, os, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from .core import KitError, UNSPECIFIED
 from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, default_mask_root,
-                             detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
+                             csv_records, detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
@@ -456,24 +456,28 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     raw = path.read_bytes()
     try: text = raw.decode('utf-8-sig')
     except UnicodeDecodeError as e: raise KitError(f'{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); save the CSV as UTF-8') from None
-    rows = list(csv.reader(text.splitlines()))
+    rows = csv_records(text, str(path))                 # quoted names may hold commas, quotes and line breaks
     if not rows: raise KitError(f'{path}: empty file; the first line must be: image,split,<attribute>,...')
-    head = [h.strip() for h in rows[0]]
+    head = [h.strip() for h in rows[0][1]]
     attrs = head[2:]
     if head[:2] != ['image', 'split'] or not attrs or '' in attrs or len(set(attrs)) != len(attrs):
         raise KitError(f'{path}: header {head} must be image,split followed by distinct, non-empty attribute names')
     samples = []
-    for ln, r in enumerate(rows[1:], start=2):
+    for ln, r in rows[1:]:
         if not any(c.strip() for c in r): continue
         w = f'{path}: line {ln}'
         if len(r) != len(head): raise KitError(f'{w} has {len(r)} fields but the header has {len(head)}')
-        name, split = r[0].strip(), r[1].strip()
+        name, split = r[0], r[1].strip()                # the name byte for byte: 'a.jpg ' is not 'a.jpg'
+        img = image_file(lay.images, name, f'{w} (image)')
+        if name.strip() != name and not img.exists() and image_file(lay.images, name.strip(), w).exists():
+            raise KitError(f'{w}: image name {name!r} has spaces around it and no such file exists, but {name.strip()!r} '
+                           'does: remove the spaces (names are read exactly as written)')
         if not name: raise KitError(f'{w}: empty image name')
         if split not in CSV_SPLITS: raise KitError(f'{w}: split {split!r} must be one of {", ".join(CSV_SPLITS)}')
         bad = [(a, v) for a, v in zip(attrs, r[2:]) if v.strip() not in _CSV_VALUES]
         if bad: raise KitError(f'{w}: column {bad[0][0]!r} holds {bad[0][1]!r}; labels must be 1, 0 or -1 (unspecified)')
         y = np.array([_CSV_VALUES[v.strip()] for v in r[2:]], np.int8)
-        samples.append(Sample(image_file(lay.images, name, f'{w} (image)'), y, split, meta=dict(file_name=name, row=ln)))
+        samples.append(Sample(img, y, split, meta=dict(file_name=name, row=ln)))
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 

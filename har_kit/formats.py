@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import csv, glob, json, math, os
+import csv, glob, io, json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +16,12 @@ from .matfile import mat_cell, save_mat
 
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
-           'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind',
-           'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file', 'default_mask_root', 'mask_path',
-           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'box_mask',
-           'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey',
-           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'write_csv_annotation',
-           'write_fixture']
+           'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS', 'FIXTURE_ATTRIBUTES', 'DatasetKind',
+           'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file',
+           'default_mask_root', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
+           'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image',
+           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+           'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -37,7 +37,7 @@ RAP_ATTRIBUTES_51 = ['Female', 'AgeLess16', 'Age17-30', 'Age31-45', 'BodyFat', '
     'HandBag', 'Box', 'PlasticBag', 'PaperBag', 'HandTrunk', 'OtherAttchment', 'Calling', 'Talking', 'Gathering',
     'Holding', 'Pusing', 'Pulling', 'CarryingbyArm', 'CarryingbyHand']
 
-# %% ../nbs/02_formats.ipynb #c460143e
+# %% ../nbs/02_formats.ipynb #c006
 @dataclass(frozen=True)
 class DatasetKind:
     "What the kit knows about one kind of dataset (its reader is `har_kit.data.dataset_reader(name)`)."
@@ -49,7 +49,7 @@ class DatasetKind:
     attributes: list | None # attribute names of the real dataset (None: read from the file)
     how: str                # where the dataset comes from and how it is laid out
 
-# %% ../nbs/02_formats.ipynb #5e0f538b
+# %% ../nbs/02_formats.ipynb #c007
 _PED = ('mA', 'acc', 'prec', 'rec', 'f1')
 DATASET_KINDS = {
     'wider': DatasetKind('wider', 'read_wider', 1, 'mAP', ('mAP',), WIDER_ATTRIBUTES,
@@ -73,7 +73,7 @@ def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'kind={kind!r}: use one of {", ".join(DATASET_KINDS)}')
     return DATASET_KINDS[kind]
 
-# %% ../nbs/02_formats.ipynb #a7665c11
+# %% ../nbs/02_formats.ipynb #c012
 WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')   # WIDER-Attribute's two annotation files
 LAYOUTS = {  # kind -> [(layout name, annotation file(s) under ROOT, image folder under ROOT)], tried in order
     'wider': [('published', tuple(f'wider_attribute_annotation/{f}' for f in WIDER_FILES), 'Image'),
@@ -102,14 +102,14 @@ class Layout:
         return dict(layout=self.name, annotation=str(self.annotation), images=str(self.images),
                     annotation_files=[str(f) for f in self.files])
 
-# %% ../nbs/02_formats.ipynb #8bdecd11
+# %% ../nbs/02_formats.ipynb #c013
 def _listing(root, n=12):
     "What a folder holds, for error messages."
     try: names = sorted(e.name + ('/' if e.is_dir() else '') for e in os.scandir(root))
     except OSError: return 'nothing readable'
     return (', '.join(names[:n]) + (f', ... ({len(names)} entries)' if len(names) > n else '')) or 'nothing (empty folder)'
 
-# %% ../nbs/02_formats.ipynb #77fc8a11
+# %% ../nbs/02_formats.ipynb #c014
 def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
                   root): # the dataset root
     "The first known `Layout` of `kind` present under `root`, or a `KitError` listing what was looked for and found."
@@ -123,7 +123,7 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}. {k.how}')
 
-# %% ../nbs/02_formats.ipynb #83d5b475
+# %% ../nbs/02_formats.ipynb #c015
 def explicit_layout(kind,       # dataset kind
                     root,       # dataset root
                     annotation, # annotation file(s) under root
@@ -136,7 +136,7 @@ def explicit_layout(kind,       # dataset kind
                                f'{_listing(root)}. {dataset_kind(kind).how}')
     return Layout(kind, root, 'explicit', files[0], root/images, files)
 
-# %% ../nbs/02_formats.ipynb #83c9b8f3
+# %% ../nbs/02_formats.ipynb #c016
 def layout_paths(kind,    # dataset kind
                  layout): # a layout name of `kind` (see `LAYOUTS`)
     "(annotation files, image folder) of a named layout of `kind`, relative to the root."
@@ -144,7 +144,7 @@ def layout_paths(kind,    # dataset kind
         if name == layout: return files, images
     raise KitError(f'layout={layout!r}: {kind} layouts are {", ".join(n for n, *_ in LAYOUTS[kind])}')
 
-# %% ../nbs/02_formats.ipynb #c018
+# %% ../nbs/02_formats.ipynb #c023
 def image_file(images,  # the image folder
                name,    # the image's name as written in the annotation
                where):  # the annotation entry, for the error message (e.g. 'annotation.mat: train_images_name[3]')
@@ -156,7 +156,7 @@ def image_file(images,  # the image folder
                        'relative to it (fix the annotation entry)')
     return Path(images)/norm
 
-# %% ../nbs/02_formats.ipynb #27c85d6c
+# %% ../nbs/02_formats.ipynb #c027
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
 SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
@@ -166,7 +166,7 @@ def default_mask_root(kind,  # dataset kind
     dataset_kind(kind)
     return Path(root)/MASK_DIR
 
-# %% ../nbs/02_formats.ipynb #52a46d3c
+# %% ../nbs/02_formats.ipynb #c028
 def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_root`)
               image_rel,       # image name relative to the image folder, as in the annotation
               target_index=0): # target of that image (0 for pedestrian crops)
@@ -174,7 +174,7 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/02_formats.ipynb #8d9cd929
+# %% ../nbs/02_formats.ipynb #c033
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -186,7 +186,7 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
     return meta
 
-# %% ../nbs/02_formats.ipynb #a9ff7590
+# %% ../nbs/02_formats.ipynb #c034
 def write_synth_meta(root,    # the synthetic set's root
                      version, # the generator's version
                      images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
@@ -194,7 +194,7 @@ def write_synth_meta(root,    # the synthetic set's root
     "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads (further fields as keywords: kind, params, stats, ...)."
     return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
 
-# %% ../nbs/02_formats.ipynb #a31761cd
+# %% ../nbs/02_formats.ipynb #c035
 def target_meta(meta,            # a sidecar from `read_synth_meta`
                 name,            # image name as in the annotation
                 target_index=0): # target of that image
@@ -203,14 +203,14 @@ def target_meta(meta,            # a sidecar from `read_synth_meta`
     except (KeyError, IndexError, TypeError):
         raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
 
-# %% ../nbs/02_formats.ipynb #05b64f97
+# %% ../nbs/02_formats.ipynb #c036
 def synth_target_meta(root): # a dataset root
     "`{(file_name, target index): record}` of the sidecar under `root`; `{}` when there is none (a real dataset)."
     if not (Path(root)/SYNTH_META).exists(): return {}
     return {(n, t): r for n, im in read_synth_meta(root)['images'].items()
             for t, r in enumerate((im or {}).get('targets') or []) if isinstance(r, dict)}
 
-# %% ../nbs/02_formats.ipynb #c034
+# %% ../nbs/02_formats.ipynb #c043
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
              size,         # (H, W) of the image
              where='box'): # what to call the box in error messages (e.g. the image file and target)
@@ -226,7 +226,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/02_formats.ipynb #c036
+# %% ../nbs/02_formats.ipynb #c045
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
     "Boolean (H, W) mask that is True inside the box: the `none` source, and every source's fallback."
@@ -235,7 +235,7 @@ def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
     m[y0:y1, x0:x1] = True
     return m
 
-# %% ../nbs/02_formats.ipynb #961eb708
+# %% ../nbs/02_formats.ipynb #c049
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
@@ -259,7 +259,7 @@ def image_problem(path):  # image file
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
     return None
 
-# %% ../nbs/02_formats.ipynb #b9a83ef2
+# %% ../nbs/02_formats.ipynb #c050
 def load_rgb(path):  # image file
     "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits, float images refused; `KitError` naming the file."
     try:
@@ -273,7 +273,7 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #8e754959
+# %% ../nbs/02_formats.ipynb #c054
 def collect_images(specs):  # file paths, folders and glob patterns
     "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
     out = []
@@ -288,7 +288,7 @@ def collect_images(specs):  # file paths, folders and glob patterns
         out += found
     return list(dict.fromkeys(out))
 
-# %% ../nbs/02_formats.ipynb #893c5f1b
+# %% ../nbs/02_formats.ipynb #c055
 def check_images(paths):  # image files
     "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
     bad = []
@@ -300,7 +300,7 @@ def check_images(paths):  # image files
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
     return list(paths)
 
-# %% ../nbs/02_formats.ipynb #5540a1c0
+# %% ../nbs/02_formats.ipynb #c058
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -310,7 +310,7 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #2d6bdcf8
+# %% ../nbs/02_formats.ipynb #c059
 def load_grey(path):  # a mask (or any image) file
     "The image as a uint8 (H, W) grey array, 16-bit scaled to 8 bits like `load_rgb`: what masks are read with."
     try:
@@ -321,7 +321,7 @@ def load_grey(path):  # a mask (or any image) file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
-# %% ../nbs/02_formats.ipynb #252800b0
+# %% ../nbs/02_formats.ipynb #c064
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -335,7 +335,10 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
-# %% ../nbs/02_formats.ipynb #1864ad7b
+# %% ../nbs/02_formats.ipynb #c065
+RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
+
+# %% ../nbs/02_formats.ipynb #c066
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -348,7 +351,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #88168132
+# %% ../nbs/02_formats.ipynb #c067
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -361,18 +364,48 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #fe8497d3
+# %% ../nbs/02_formats.ipynb #c069
+def csv_records(text,   # the whole CSV, decoded
+                where): # the file, for messages
+    "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
+    reader, out, start = csv.reader(io.StringIO(text, newline='')), [], 1
+    try:
+        for row in reader: out.append((start, row)); start = reader.line_num + 1
+    except csv.Error as e:
+        hint = (f'a field is longer than {csv.field_size_limit():,} characters: a quote (") opened here is probably never '
+                'closed; close it, or quote names that hold commas, quotes or line breaks as "..." with inner quotes doubled'
+                if 'field limit' in str(e) else f'{e}; fix the CSV')
+        raise KitError(f'{where}: line {start}: {hint}') from None
+    return out
+
+# %% ../nbs/02_formats.ipynb #c072
+def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
+                        rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
+                        where):      # the file it is for, for messages
+    "The text of a generic `labels.csv`, checked to read back unchanged (a `KitError` naming the row otherwise)."
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    table = [['image', 'split', *attributes]] + [[str(name), split, *(str(int(v)) for v in y)] for name, split, y in rows]
+    for r in table: w.writerow(r)
+    back = [r for _, r in csv_records(buf.getvalue(), where)]
+    for i, (r, b) in enumerate(zip(table, back)):
+        if i and (not r[0] or b[:1] != r[:1]):
+            raise KitError(f'{where}: row {i} (image {r[0]!r}): this image name cannot be written so that it reads back unchanged '
+                           f'(it would read as {b[0] if b else ""!r}); rename the image (no empty names or lone carriage returns)')
+    if len(back) != len(table) or back != table:
+        raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
+    return buf.getvalue()
+
+# %% ../nbs/02_formats.ipynb #c073
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
-    "Write the generic format's `labels.csv`: columns image, split, then one per attribute (1, 0 or -1)."
-    with atomic_write(path) as f:
-        w = csv.writer(f, lineterminator='\n')
-        w.writerow(['image', 'split', *attributes])
-        for name, split, y in rows: w.writerow([str(name), split, *(int(v) for v in y)])
+    "Write the generic format's `labels.csv` (image, split, one 1/0/-1 column per attribute); names must read back unchanged."
+    text = csv_annotation_text(attributes, rows, str(path))
+    with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #79a73f82
+# %% ../nbs/02_formats.ipynb #c080
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -386,7 +419,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #660df6f5
+# %% ../nbs/02_formats.ipynb #c081
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -398,7 +431,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #12804788
+# %% ../nbs/02_formats.ipynb #c082
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -417,7 +450,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c060
+# %% ../nbs/02_formats.ipynb #c084
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)
@@ -440,7 +473,7 @@ def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
         write_pa100k_annotation(root/files[0], attrs, {'train': (names[:a], Y[:a]), 'val': (names[a:b], Y[a:b]), 'test': (names[b:], Y[b:])})
     elif kind == 'rap':
         Yr = Y.copy(); Yr[0, 0] = 2                                   # one 'uncertain' gender
-        perms = [rng.permutation(n) for _ in range(5)]
+        perms = [rng.permutation(n) for _ in range(RAP_PARTITIONS)]
         write_rap_annotation(root/files[0], attrs, names, Yr, [(p[: int(n * .75)], p[int(n * .75):]) for p in perms])
     else:
         Yc = np.where(rng.random(Y.shape) < .1, UNSPECIFIED, Y)

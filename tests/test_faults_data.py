@@ -1,7 +1,7 @@
 """Fault catalogue of the data side (issue 13): each test plants one fault in a small dataset and states the outcome.
 Outcomes: a `KitError` naming the file/entry and what to do (refused), a warning naming the entry (reported), or the
 right result (repaired). Every fault is found when the dataset is read or checked, before any training starts."""
-import json, warnings
+import json, os, warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,58 @@ def test_csv_bad_value_names_line_and_column(tmp_path):
     with pytest.raises(KitError, match=r"line 4: column 'LongSleeve' holds '2'; labels must be 1, 0 or -1"): read_csv_dataset(root)
 
 
+@pytest.mark.parametrize('how', ['long name', 'unclosed quote'])
+def test_csv_field_over_the_csv_limit_names_file_and_line(tmp_path, how):
+    "A field over 131,072 characters (csv's field_size_limit) was a raw _csv.Error; now a KitError naming file and line."
+    root = write_fixture('csv', tmp_path/'c', n_images=6)
+    lines = (root/'labels.csv').read_text().splitlines()
+    lines[3] = ('x' * 140_000 + '.jpg' if how == 'long name' else '"' + lines[3][:lines[3].index(',')]) + lines[3][lines[3].index(','):]
+    (root/'labels.csv').write_text('\n'.join(lines + lines[1:3] * 20_000) + '\n')
+    with pytest.raises(KitError, match=r'labels\.csv: line 4: a field is longer than 131,072 characters: a quote'):
+        read_csv_dataset(root)
+
+
+def test_csv_names_with_line_breaks_and_spaces_round_trip(tmp_path):
+    "Names holding a newline, U+2028, U+0085, a comma, a quote or outer spaces: written, then read back byte for byte."
+    from har_kit.formats import write_csv_annotation
+    names = ['new\nline.jpg', 'sep\u2028arator.jpg', 'nel\x85.jpg', 'a,b.jpg', 'q"uote.jpg', ' spaced .jpg', 'plain.jpg']
+    src = write_fixture('csv', tmp_path/'c', n_images=6)/'images'/'000001.jpg'
+    for n in names: (tmp_path/'d'/'images').mkdir(parents=True, exist_ok=True); (tmp_path/'d'/'images'/n).write_bytes(src.read_bytes())
+    write_csv_annotation(tmp_path/'d'/'labels.csv', ['Hat'], [(n, 'train', [i % 2]) for i, n in enumerate(names)])
+    back = read_csv_dataset(tmp_path/'d')
+    assert [s.meta['file_name'] for s in back.samples] == names
+    assert [s.image.name for s in back.samples] == names and back.labels()[:, 0].tolist() == [0, 1, 0, 1, 0, 1, 0]
+
+
+def test_csv_name_that_cannot_round_trip_is_refused_on_write(tmp_path):
+    "A lone carriage return in a name (or an empty name) -> KitError naming the row; no labels.csv written."
+    from har_kit.formats import write_csv_annotation
+    with pytest.raises(KitError, match=r"row 2 \(image 'cr\\ronly\.jpg'\): this image name cannot be written"):
+        write_csv_annotation(tmp_path/'labels.csv', ['Hat'], [('a.jpg', 'train', [1]), ('cr\ronly.jpg', 'test', [0])])
+    assert not (tmp_path/'labels.csv').exists()
+
+
+def test_convert_refuses_a_name_that_cannot_round_trip_before_copying(tmp_path, monkeypatch):
+    "A source image name with a lone carriage return -> KitError naming the row and DEST/labels.csv; nothing copied."
+    import dataclasses
+    data = read_pa100k(_pa(tmp_path))
+    s0 = data.samples[2]
+    data.samples[2] = dataclasses.replace(s0, meta={**s0.meta, 'file_name': 'cr\ronly.jpg'})
+    monkeypatch.setattr('har_kit.check._place', lambda *a: pytest.fail('nothing may be copied'))
+    with pytest.raises(KitError, match=rf"{tmp_path}/out/labels\.csv: row 3 \(image 'cr\\ronly\.jpg'\)"):
+        to_csv_dataset(data, tmp_path/'out', progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['p']
+
+
+def test_csv_name_with_stray_spaces_says_so(tmp_path):
+    "`000001.jpg ,train,...` (a space before the comma): names are exact, and the error says which file was meant."
+    root = write_fixture('csv', tmp_path/'c', n_images=6)
+    lines = (root/'labels.csv').read_text().splitlines(); lines[1] = lines[1].replace(',', ' ,', 1)
+    (root/'labels.csv').write_text('\n'.join(lines) + '\n')
+    with pytest.raises(KitError, match=r"line 2: image name '000001\.jpg ' has spaces around it .* but '000001\.jpg' does"):
+        read_csv_dataset(root)
+
+
 def test_mask_dir_that_is_not_a_folder_is_refused(tmp_path):
     "mask_dir pointing nowhere -> KitError (never silently no masks)."
     with pytest.raises(KitError, match='is not a folder'): read_pa100k(_pa(tmp_path), mask_dir=tmp_path/'nope')
@@ -188,6 +240,28 @@ def test_convert_into_a_non_empty_folder_is_refused(tmp_path):
     (tmp_path/'out').mkdir(); (tmp_path/'out'/'x').touch()
     with pytest.raises(KitError, match='is not empty'): to_csv_dataset(data, tmp_path/'out', progress=False)
     assert [p.name for p in (tmp_path/'out').iterdir()] == ['x']
+
+
+@pytest.mark.parametrize('below', [False, True])
+def test_convert_onto_a_file_is_refused_before_reading(tmp_path, capsys, monkeypatch, below):
+    "`har-kit data convert pa100k ROOT FILE` (or FILE/sub) was a NotADirectoryError traceback; now exit 2, nothing read or written."
+    root = _pa(tmp_path)
+    f = tmp_path/'a-file'; f.write_text('x')
+    monkeypatch.setattr('har_kit.check.dataset_reader', lambda kind: pytest.fail('the dataset must not be read'))
+    assert cli(['convert', 'pa100k', str(root), str(f/'sub' if below else f)]) == 2
+    err = capsys.readouterr().err
+    assert (f'DEST {f}/sub: {f} is not a writable folder' if below else f'DEST {f} is a file: choose a new folder') in err
+    assert f.read_text() == 'x' and sorted(p.name for p in tmp_path.iterdir()) == ['a-file', 'p']
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders: chmod does not bite')
+def test_convert_into_a_read_only_place_is_refused_before_copying(tmp_path):
+    data = read_pa100k(_pa(tmp_path))
+    ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o555)
+    try:
+        with pytest.raises(KitError, match=rf'DEST {ro}/out: {ro} is not a writable folder'): to_csv_dataset(data, ro/'out', progress=False)
+        assert list(ro.iterdir()) == []
+    finally: ro.chmod(0o755)
 
 
 # ---------------------------------------------------------------- har-kit data check: errors make it fail

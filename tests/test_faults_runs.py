@@ -87,6 +87,19 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('campar', {'fusion_width': -5}, "'fusion_width': must be at least 1"),
     ('campar', {'fusion_width': 0}, "'fusion_width': must be at least 1"),
     ('dahar', {'batch_size': 1e26}, "'batch_size': expects a whole number"),
+    ('dahar', {'scale': 1e26}, "'scale': must be at most 4.0, got 1e\\+26"),    # absurd sizes stop at documented caps
+    ('campar', {'epochs': 10**9}, "'epochs': must be at most 1000"),
+    ('dahar', {'batch_size': 10**12}, "'batch_size': must be at most 4096"),
+    ('cfar', {'num_threads': 99999}, "'num_threads': must be at most"),
+    ('campar', {'partition': 7}, "'partition': must be one of 0, 1, 2, 3, 4, got 7 \\(RAP v1's five train/test partitions\\)"),
+    ('dahar', {'partition': 5}, "'partition': must be one of 0, 1, 2, 3, 4"),     # recorded but ignored on WIDER before
+    ('dahar', {'lr_step': 0}, "'lr_step': must be at least 1"),                  # StepLR's ZeroDivisionError
+    ('data', {'n_show': -3}, "'n_show': must be at least 1"),
+    ('dahar', {'momentum': 7.0}, "'momentum': must be below 1"),                 # not 'diverged loss: lower the learning rate'
+    ('bench', {'num_attributes': -1}, "'num_attributes': must be at least 1"),   # torch: 'negative dimension -1'
+    ('bench', {'num_attributes': 0}, "'num_attributes': must be at least 1"),    # a model with no outputs, timed
+    ('bench', {'input_size': [3]}, "'input_size': must be \\[C, H, W\\]"),        # conv2d: 'Expected 3D or 4D input'
+    ('bench', {'input_size': [3, 0, 0]}, "'input_size': must be \\[C, H, W\\]: 3 whole numbers from 1 to 4096"),
 ])
 def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel(tmp_path, section, params, message):
     with pytest.raises(KitError, match=message): check_parameters(section, params)

@@ -1,0 +1,74 @@
+"""Fault catalogue of the environment (issue 30): `HAR_KIT_THREADS`, `HAR_KIT_OUTPUTS` and `HAR_KIT_DATA` set to
+what cannot serve. Each is a `KitError` naming the variable and what to do, raised before any work (no kernel, no file).
+Nothing here starts a kernel or a process."""
+import os
+from pathlib import Path
+
+import pytest
+
+from har_kit import runs, synth
+from har_kit.core import KitError, data_root, kit_threads, max_threads, outputs_root
+
+as_root = pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders: chmod does not bite')
+
+
+@pytest.mark.parametrize('value', ['0', '-3', '99999', 'abc', '2.5', '1e3'])
+def test_thread_count_out_of_range_is_refused_naming_the_variable(monkeypatch, tmp_path, value):
+    "HAR_KIT_THREADS=99999 started a kernel that died of memory; 0/-3/abc must not reach torch either."
+    monkeypatch.setenv('HAR_KIT_THREADS', value)
+    with pytest.raises(KitError, match=rf"\$HAR_KIT_THREADS='{value}': .* whole number from 1 to {max_threads()}"):
+        runs.kernel_env(tmp_path/'run')
+    assert not (tmp_path/'run').exists()
+
+
+def test_thread_count_in_range_and_the_cap():
+    assert kit_threads(1) == 1 and kit_threads(max_threads()) == max_threads() >= (os.cpu_count() or 1)
+    with pytest.raises(KitError, match=r'threads \(--threads\)=99999'): kit_threads(99999)
+    with pytest.raises(KitError, match=r'threads \(--threads\)=True'): kit_threads(True)
+
+
+@pytest.mark.parametrize('var', ['HAR_KIT_OUTPUTS', 'HAR_KIT_DATA'])
+@pytest.mark.parametrize('below', [False, True])
+def test_location_that_is_a_file_is_refused_naming_the_variable(monkeypatch, tmp_path, var, below):
+    f = tmp_path/'a-file'; f.write_text('x')
+    monkeypatch.setenv(var, str(f/'sub' if below else f))
+    root = outputs_root if var == 'HAR_KIT_OUTPUTS' else data_root
+    with pytest.raises(KitError, match=rf'\${var}=.*: {f} is a file, not a folder; point \${var} at a folder'): root()
+    assert f.read_text() == 'x'
+
+
+def test_synth_into_a_data_folder_that_is_a_file_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    "`HAR_KIT_DATA=<file> har-kit synth wider` was a NotADirectoryError traceback."
+    f = tmp_path/'a-file'; f.write_text('x')
+    monkeypatch.setenv('HAR_KIT_DATA', str(f))
+    assert synth.cli(['wider', '--profile', 'tiny']) != 0
+    assert f"$HAR_KIT_DATA='{f}': {f} is a file" in capsys.readouterr().err
+
+
+def test_run_with_an_outputs_folder_that_is_a_file_stops_before_the_kernel(monkeypatch, tmp_path, capsys):
+    f = tmp_path/'a-file'; f.write_text('x')
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(f))
+    monkeypatch.setattr(runs, '_execute', lambda *a, **k: pytest.fail('the kernel must not start'))
+    assert runs.cli(['core']) == 1
+    assert f"$HAR_KIT_OUTPUTS='{f}': {f} is a file" in capsys.readouterr().err
+
+
+@as_root
+@pytest.mark.parametrize('var', ['HAR_KIT_OUTPUTS', 'HAR_KIT_DATA'])
+def test_read_only_location_is_refused_for_writing_only(monkeypatch, tmp_path, var):
+    ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o555)
+    try:
+        monkeypatch.setenv(var, str(ro/'kit'))
+        root = outputs_root if var == 'HAR_KIT_OUTPUTS' else data_root
+        assert root() == ro/'kit'                                   # reading (status, cached sets) is fine
+        with pytest.raises(KitError, match=rf'\${var}=.*: {ro} cannot be written \(a read-only file system'): root(writable=True)
+    finally: ro.chmod(0o755)
+
+
+def test_default_location_names_the_variable_to_set(monkeypatch, tmp_path):
+    "Without the variable, a default that cannot serve says which variable chooses another folder."
+    monkeypatch.delenv('HAR_KIT_DATA', raising=False)
+    monkeypatch.setattr('har_kit.core.repo_root', lambda: None)
+    monkeypatch.chdir(tmp_path); (tmp_path/'har-kit-data').write_text('x')
+    with pytest.raises(KitError, match=r'\(the default; set \$HAR_KIT_DATA to choose another folder\): .* is a file'): data_root()
+    assert Path(tmp_path/'har-kit-data').read_text() == 'x'
