@@ -20,7 +20,7 @@ __all__ = ['PIPELINES', 'PlainClassifier', 'plain_baseline', 'ratio_stats', 'com
            'available_cpus', 'default_workers', 'loader_options', 'pipeline_transform', 'synthetic_samples',
            'data_throughput', 'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
 
-# %% ../nbs/73_bench.ipynb #4d159420
+# %% ../nbs/73_bench.ipynb #c006
 class PlainClassifier(nn.Module):
     "Backbone taps -> global average pooling of c5 -> linear classifier to C logits."
     def __init__(self, backbone,     # a `har_kit.backbones.ResNetTaps`
@@ -31,21 +31,21 @@ class PlainClassifier(nn.Module):
         "The contract output: `{'logits': (N, C)}` from the pooled last stage."
         return dict(logits=self.fc(self.backbone(x)[-1].mean((2, 3))))
 
-# %% ../nbs/73_bench.ipynb #996fe848
+# %% ../nbs/73_bench.ipynb #c007
 def plain_baseline(arch: str = 'resnet50',  # resnet18/34/50/101/152, resnet-tiny, resnet-small
                    num_attributes: int = 14,   # number of attributes C
                    weights=None):           # torchvision weights for the backbone (None: random init)
     "The plain-backbone baseline: `PlainClassifier(resnet_taps(arch, weights), num_attributes)`."
     return PlainClassifier(resnet_taps(arch, weights=weights), num_attributes)
 
-# %% ../nbs/73_bench.ipynb #c3995785
+# %% ../nbs/73_bench.ipynb #c011
 def _loss(out):
     "Sum of the means of every floating tensor in a model's output (tensor, dict, list or tuple)."
     if torch.is_tensor(out): return out.float().mean() if out.is_floating_point() else 0.0
     vals = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
     return sum((_loss(v) for v in vals), torch.zeros((), device=_device_of(out)))
 
-# %% ../nbs/73_bench.ipynb #c2e35cab
+# %% ../nbs/73_bench.ipynb #c012
 def _device_of(out):
     if torch.is_tensor(out): return out.device
     for v in (out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []):
@@ -53,7 +53,7 @@ def _device_of(out):
         if d is not None: return d
     return None
 
-# %% ../nbs/73_bench.ipynb #529d7359
+# %% ../nbs/73_bench.ipynb #c013
 def _timer(device):
     "A function that runs a callable once and returns its wall time in ms (synchronising CUDA)."
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
@@ -62,20 +62,20 @@ def _timer(device):
         return (time.perf_counter() - t) * 1e3
     return run
 
-# %% ../nbs/73_bench.ipynb #617dc51b
+# %% ../nbs/73_bench.ipynb #c014
 def _infer(model, x):
     def f():
         with torch.inference_mode(): model(x)
     return f
 
-# %% ../nbs/73_bench.ipynb #a43bff27
+# %% ../nbs/73_bench.ipynb #c015
 def _train(model, x):
     def f():
         model.zero_grad(set_to_none=True)
         _loss(model(x)).backward()
     return f
 
-# %% ../nbs/73_bench.ipynb #93f96671
+# %% ../nbs/73_bench.ipynb #c016
 def _interleaved(fns, timer, warmup, iters):
     "Per-repeat times (ms) of each callable after `warmup` calls each; each repeat calls all, the order rotating by one."
     for f in fns:
@@ -85,7 +85,7 @@ def _interleaved(fns, timer, warmup, iters):
         for j in [(i + o) % k for o in range(k)]: times[j].append(timer(fns[j]))
     return times
 
-# %% ../nbs/73_bench.ipynb #c012
+# %% ../nbs/73_bench.ipynb #c018
 def ratio_stats(times,  # per-repeat times of a model
                 base):  # per-repeat times of the baseline, timed in the same repeats
     "Median, quartiles and min-max of the per-repeat ratios times[i] / base[i]."
@@ -93,7 +93,7 @@ def ratio_stats(times,  # per-repeat times of a model
     q = statistics.quantiles(r, n=4, method='inclusive') if len(r) > 1 else [r[0]] * 3
     return dict(median=statistics.median(r), iqr=[q[0], q[2]], range=[r[0], r[-1]], n=len(r))
 
-# %% ../nbs/73_bench.ipynb #461b4c0c
+# %% ../nbs/73_bench.ipynb #c020
 def compare_models(models: dict,                # name -> model to measure
                    baseline,                    # the reference (e.g. `plain_baseline('resnet50', C)`)
                    input_size=(3, 224, 224),    # (3, H, W) of the timed input
@@ -135,7 +135,7 @@ def compare_models(models: dict,                # name -> model to measure
             m.zero_grad(set_to_none=True); m.load_state_dict(state); m.train(training)
     return out
 
-# %% ../nbs/73_bench.ipynb #ef0da8a3
+# %% ../nbs/73_bench.ipynb #c021
 def complexity(model,                         # the model to measure
                baseline,                      # the reference (e.g. `plain_baseline('resnet50', C)`)
                input_size=(3, 224, 224),      # (3, H, W) of the timed input
@@ -147,13 +147,13 @@ def complexity(model,                         # the model to measure
     "Parameters, inference latency and train-step time of `model` and `baseline`, with model/baseline ratios."
     return compare_models({'model': model}, baseline, input_size, device, batch_size, warmup, iters, train_step)['model']
 
-# %% ../nbs/73_bench.ipynb #76e35e3b
+# %% ../nbs/73_bench.ipynb #c028
 def _autocast(dev, amp):
     if amp in (None, 'none', False): return nullcontext()
     if amp not in ('bf16', 'fp16'): raise KitError(f"amp={amp!r}: use 'none', 'bf16' or 'fp16'")
     return torch.autocast(dev.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-# %% ../nbs/73_bench.ipynb #1a3be6c7
+# %% ../nbs/73_bench.ipynb #c029
 def throughput(model,                       # a throwaway model (train=True updates its weights)
                input_size=(3, 224, 224),    # (3, H, W)
                batch_size: int = 32,        # images per step
@@ -187,13 +187,13 @@ def throughput(model,                       # a throwaway model (train=True upda
     return dict(images_per_s=batch_size / ms * 1e3, step_ms=ms, peak_mem_mib=peak, batch_size=batch_size,
                 input_size=list(input_size), train=train, amp=amp or 'none', channels_last=channels_last, device=str(dev))
 
-# %% ../nbs/73_bench.ipynb #256292bf
+# %% ../nbs/73_bench.ipynb #c033
 def available_cpus():
     "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-# %% ../nbs/73_bench.ipynb #594021d4
+# %% ../nbs/73_bench.ipynb #c034
 def default_workers(reserve: int = 1):  # CPUs left to the training loop
     "DataLoader workers for a paper-size run: `$HAR_KIT_WORKERS`, else the available CPUs minus `reserve` (at least 0)."
     env = os.environ.get('HAR_KIT_WORKERS')
@@ -202,7 +202,7 @@ def default_workers(reserve: int = 1):  # CPUs left to the training loop
         except ValueError: raise KitError(f'$HAR_KIT_WORKERS={env!r}: expected a whole number of DataLoader workers') from None
     return max(0, available_cpus() - reserve)
 
-# %% ../nbs/73_bench.ipynb #c7ff3df6
+# %% ../nbs/73_bench.ipynb #c035
 def loader_options(num_workers=None,   # worker processes (None: `default_workers()`)
                    device='cpu',       # where training runs: pinned memory only helps CUDA
                    prefetch_factor=4): # batches each worker prepares ahead
@@ -214,7 +214,7 @@ def loader_options(num_workers=None,   # worker processes (None: `default_worker
     if n > 0: opts.update(persistent_workers=True, prefetch_factor=prefetch_factor)
     return opts
 
-# %% ../nbs/73_bench.ipynb #837ec859
+# %% ../nbs/73_bench.ipynb #c036
 PIPELINES = {  # name -> (transform builder in har_kit.loading, the paper's plain backbone, input (3, H, W))
     'campar': ('campar_transforms', 'resnet50', (3, 256, 192)),
     'dahar': ('dahar_transforms', 'resnet101', (3, 224, 224)),
@@ -225,7 +225,7 @@ def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'
     if pipeline not in PIPELINES: raise KitError(f'pipeline={pipeline!r}; use one of {", ".join(PIPELINES)}')
     return getattr(loading, PIPELINES[pipeline][0])(True)
 
-# %% ../nbs/73_bench.ipynb #27b4a855
+# %% ../nbs/73_bench.ipynb #c039
 def synthetic_samples(n: int = 64,           # images to write
                       size=(384, 160),       # (H, W) of each JPEG (PA-100K crops are roughly 100-300 px tall)
                       root=None,             # folder to write into (None: a new temporary folder)
@@ -245,7 +245,7 @@ def synthetic_samples(n: int = 64,           # images to write
         out.append(data.Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
     return out
 
-# %% ../nbs/73_bench.ipynb #7c823abc
+# %% ../nbs/73_bench.ipynb #c040
 def data_throughput(samples,                 # list of `har_kit.data.Sample`
                     transform,               # e.g. `har_kit.loading.campar_transforms(True)`
                     workers=(0, 1, 2),       # worker counts to measure
@@ -267,11 +267,11 @@ def data_throughput(samples,                 # list of `har_kit.data.Sample`
         del it, loader
     return out
 
-# %% ../nbs/73_bench.ipynb #d0633883
+# %% ../nbs/73_bench.ipynb #c041
 def _cycle(loader):
     while True: yield from loader
 
-# %% ../nbs/73_bench.ipynb #9df38482
+# %% ../nbs/73_bench.ipynb #c042
 def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 'dahar' (224x224, ResNet-101)
                samples=None,                 # `Sample`s to read (None: `synthetic_samples(images)`)
                workers=None,                 # worker counts (None: 0, 1, 2, 4, ... up to `default_workers()`)
@@ -297,12 +297,12 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
                 ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
                 cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples))
 
-# %% ../nbs/73_bench.ipynb #e7636476
+# %% ../nbs/73_bench.ipynb #c043
 def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/73_bench.ipynb #04cc3f4c
+# %% ../nbs/73_bench.ipynb #c048
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')
@@ -321,7 +321,7 @@ def build_model(spec: str):  # 'package.module:builder' optionally followed by J
                            f'pass its arguments as JSON after the name, e.g. \'{mod}:{fn}{{"name": value}}\'') from None
     return builder(**kwargs)
 
-# %% ../nbs/73_bench.ipynb #760b2caa
+# %% ../nbs/73_bench.ipynb #c049
 def format_table(rows: dict):  # name -> `complexity` result
     "A plain-text table of parameters, latency and train-step time with their median ratios and interquartile ranges."
     w = max([len('model')] + [len(n) for n in rows])
@@ -334,7 +334,7 @@ def format_table(rows: dict):  # name -> `complexity` result
                      f'{r["latency_ratio"]:>6.2f} {iqr(r, "latency_ratio"):>10} {tr}')
     return '\n'.join(lines)
 
-# %% ../nbs/73_bench.ipynb #0ca59ea7
+# %% ../nbs/73_bench.ipynb #c050
 def format_data(res: dict):  # a `data_bench` result
     "A plain-text table of the pipeline's images/s per worker count and its ratio to the model's training images/s."
     lines = [f'data pipeline {res["pipeline"]} at {res["input_size"][1]}x{res["input_size"][2]} vs {res["model"]} training '
@@ -343,7 +343,7 @@ def format_data(res: dict):  # a `data_bench` result
     lines += [f'{k:>7} {v:>9.1f} {res["ratio"][k]:>8.2f}' for k, v in res['data_images_per_s'].items()]
     return '\n'.join(lines)
 
-# %% ../nbs/73_bench.ipynb #ce3b9323
+# %% ../nbs/73_bench.ipynb #c051
 def cli(argv=None):  # arguments after `har-kit bench`
     "`har-kit bench`: time models (or plain backbones) against a plain-backbone baseline, or the data pipeline; print and save."
     p = argparse.ArgumentParser(prog='har-kit bench', description=__doc__ or 'complexity benchmark')
@@ -372,7 +372,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
         bs = a.batch_size if a.batch_size > 1 else 32
         res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=max(1, min(a.iters, 5)))
         print(format_data(res))
-        out = save_json(res, a.out or outputs_root()/'bench'/f'data_{a.data}.json')
+        out = save_json(res, a.out or outputs_root(writable=True)/'bench'/f'data_{a.data}.json')
         print(f'wrote {out}')
         return 0
     models = {s: build_model(s) for s in a.model} or \
@@ -383,6 +383,6 @@ def cli(argv=None):  # arguments after `har-kit bench`
     print(f'baseline: plain {a.baseline} ({count_params(baseline) / 1e6:.2f}M parameters), input {a.batch_size}x'
           f'{"x".join(map(str, a.input_size))}, device {a.device}, {a.iters} interleaved repeats; load {_load()}')
     print(format_table(rows))
-    out = save_json(rows, a.out or outputs_root()/'bench'/'complexity.json')
+    out = save_json(rows, a.out or outputs_root(writable=True)/'bench'/'complexity.json')
     print(f'wrote {out}')
     return 0

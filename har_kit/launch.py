@@ -139,9 +139,9 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     ap.add_argument('--out', help='outputs root (default: outputs/)')
     ap.add_argument('--json', action='store_true', help='print the status as JSON')
     a = ap.parse_args(argv)
-    root = Path(a.out or outputs_root())
-    p = status_path(root, a.profile)
     try:
+        root = Path(a.out or outputs_root(writable=True))   # status.json is (re)written
+        p = status_path(root, a.profile)
         runs = read_status_runs(p) if p.exists() else plan(None, a.profile, root=root)
         st = save_status(runs, root, a.profile)
     except KitError as e:
@@ -450,7 +450,7 @@ def cli(argv=None):  # the command line (None: sys.argv)
     a = reproduce_parser().parse_args(argv)
     try:
         devices = a.device.split(',') if a.device else None
-        root = Path(a.out or outputs_root()).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
+        root = Path(a.out or outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
         runs = plan(a.tables or default_tables(a.profile, a.studies), a.profile, a.seeds, _parse_roots(a.data_root), root,
                     device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
         if a.dry_run and a.launcher == 'local': return _print_plan(a, runs)

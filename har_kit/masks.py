@@ -19,7 +19,7 @@ from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, samp
 # %% auto #0
 __all__ = ['MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality', 'summed_feature_outline', 'cli']
 
-# %% ../nbs/21_masks.ipynb #f7a2152f
+# %% ../nbs/21_masks.ipynb #c007
 class MaskSet(dict):
     "Sample index -> mask PNG path, plus the `report` of the call that made it and the cache `directory`."
     def __init__(self,
@@ -28,15 +28,15 @@ class MaskSet(dict):
                  directory): # the mask root the PNGs lie under
         super().__init__(paths); self.report, self.directory = report, Path(directory)
 
-# %% ../nbs/21_masks.ipynb #5282ebdc
+# %% ../nbs/21_masks.ipynb #c008
 def mask_cache_dir(data,            # `AttributeData` (uses `.name` and `.root`)
                    source,          # a `MaskSource`
                    cache_dir=None): # cache root; None = data_root()/'masks'
     "Cache folder of one dataset and source: `<cache_dir>/<name>-<root hash>/<source key>`."
-    base = Path(cache_dir) if cache_dir is not None else data_root()/'masks'
+    base = Path(cache_dir) if cache_dir is not None else data_root(writable=True)/'masks'   # masks are written there
     return base/f'{data.name}-{short_hash(Path(data.root).resolve())}'/source.key
 
-# %% ../nbs/21_masks.ipynb #0d46fec1
+# %% ../nbs/21_masks.ipynb #c012
 def _read_log(path):  # `log.jsonl` in a mask root
     "Records of `log.jsonl` by sample key; lines cut by an interruption are skipped."
     recs = {}
@@ -46,14 +46,14 @@ def _read_log(path):  # `log.jsonl` in a mask root
             except (json.JSONDecodeError, KeyError, TypeError): continue
     return recs
 
-# %% ../nbs/21_masks.ipynb #a3621290
+# %% ../nbs/21_masks.ipynb #c013
 def _append_log(path, recs):  # `log.jsonl`; the records to append
     "Append records as JSON lines, starting on a fresh line if an earlier write was cut; fsync."
     head = '\n' if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b'\n') else ''
     with open(path, 'a') as f:
         f.write(head + ''.join(json.dumps(r) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/21_masks.ipynb #479e8c28
+# %% ../nbs/21_masks.ipynb #c015
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
     "Where `make_masks` writes, created: `mask_root`, else a per-source cache folder, else the dataset's default mask root."
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
@@ -69,7 +69,7 @@ def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller'
                                         'and give the readers mask_dir=<that folder>') from None
     return out
 
-# %% ../nbs/21_masks.ipynb #fd66d21b
+# %% ../nbs/21_masks.ipynb #c016
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
     "Run the source on a batch, write each mask atomically (a ground-truth file is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
@@ -82,7 +82,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
             recs[new[-1]['key']] = new[-1]
     return new
 
-# %% ../nbs/21_masks.ipynb #bfb70407
+# %% ../nbs/21_masks.ipynb #c017
 def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make_masks` knows at its end
     "The `make_masks` report: where, how many computed and cached, fallbacks, clipped boxes, notes."
     fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
@@ -91,7 +91,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
-# %% ../nbs/21_masks.ipynb #db45316f
+# %% ../nbs/21_masks.ipynb #c018
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
                mask_root=None,      # where to write; None: the dataset's default mask root (readers attach it unasked)
@@ -132,14 +132,14 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     save_json(report, out/'report.json')
     return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)
 
-# %% ../nbs/21_masks.ipynb #4f03e5bc
+# %% ../nbs/21_masks.ipynb #c019
 def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
     pos = {id(s): i for i, s in enumerate(data.samples)}
     return _attach_samples(data, lambda s: masks.get(pos[id(s)], s.mask))
 
-# %% ../nbs/21_masks.ipynb #1aae6b96
+# %% ../nbs/21_masks.ipynb #c023
 def mask_iou(a,  # (H, W) bool
              b): # (H, W) bool
     "Intersection over union of two binary masks (1.0 when both are empty)."
@@ -147,7 +147,7 @@ def mask_iou(a,  # (H, W) bool
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
-# %% ../nbs/21_masks.ipynb #27a0edcd
+# %% ../nbs/21_masks.ipynb #c024
 def mask_quality(data,       # `AttributeData` the masks were made for
                  masks,      # `MaskSet` to judge
                  reference): # `MaskSet` of ground truth (source 'renderer')
@@ -161,7 +161,7 @@ def mask_quality(data,       # `AttributeData` the masks were made for
                          iou=mask_iou(read_mask(masks[i], ref.shape), ref), fallback=i in fell))
     return pd.DataFrame(rows, columns=['index', 'distractors', 'iou', 'fallback'])
 
-# %% ../nbs/21_masks.ipynb #c022
+# %% ../nbs/21_masks.ipynb #c028
 def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (tensor or array)
     "Fig. 4: sum a feature map over channels and threshold at its median; return (summed map, bool outline)."
     f = torch.as_tensor(np.asarray(feature) if not torch.is_tensor(feature) else feature).detach().float()
@@ -170,7 +170,7 @@ def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (
     med = s.flatten(-2).median(-1).values[..., None, None]
     return s, s > med
 
-# %% ../nbs/21_masks.ipynb #c026
+# %% ../nbs/21_masks.ipynb #c032
 def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '

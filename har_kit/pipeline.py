@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, data_root, load_json, save_json
+from .core import KitError, data_root, env_folder, load_json, save_json
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz
 
@@ -27,9 +27,9 @@ __all__ = ['PAPER_CACHES', 'cache_root', 'decode_resized', 'cache_key', 'decoded
            'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates', 'benchmark']
 
 # %% ../nbs/15_pipeline.ipynb #c007
-def cache_root():
-    "Where decoded caches live: `$HAR_KIT_CACHE`, else `<data root>/cache` (`har_kit.core.data_root`)."
-    return Path(os.environ['HAR_KIT_CACHE']).expanduser().resolve() if os.environ.get('HAR_KIT_CACHE') else data_root()/'cache'
+def cache_root(writable=False):  # True: a cache is about to be built there (a read-only folder is refused)
+    "Where decoded caches live: `$HAR_KIT_CACHE`, else `<data root>/cache` (`har_kit.core.data_root`), checked."
+    return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
 def _rgb(path):
     try:
@@ -112,6 +112,7 @@ def decoded_cache(paths,            # image files, one per sample
     key = cache_key(paths, boxes, size, masks)
     d = Path(root or cache_root())/f'{name}-{size[0]}x{size[1]}-{key[:16]}'
     if not (d/'meta.json').exists():
+        if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
         tmp = d.with_name(f'{d.name}.tmp-{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
         digest = _fill(tmp, paths, boxes, tuple(size), None if masks is None else list(masks), int(workers), f'decode {name}')
         save_json(dict(key=key, n=len(paths), size=list(size), masks=masks is not None, blake2b=digest, torchvision=torchvision.__version__), tmp/'meta.json')

@@ -401,7 +401,7 @@ def run_notebook(notebook,                  # path, file name or section name
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
                        f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
-    out = Path(out_dir) if out_dir else outputs_root()/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
+    out = Path(out_dir) if out_dir else outputs_root(writable=True)/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
     out = out.resolve()
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)

@@ -224,6 +224,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if (dest / 'done').exists() and (dest / 'done').read_text() == marker: return dest
     if dest.exists() and any(dest.iterdir()):
         raise KitError(f'{dest} exists but has no `done` marker (an interrupted or foreign directory): delete it and rerun')
+    if root is None: data_root(writable=True)   # generating: a read-only $HAR_KIT_DATA is named before any work
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f'.{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     try:

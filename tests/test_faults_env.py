@@ -72,3 +72,36 @@ def test_default_location_names_the_variable_to_set(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path); (tmp_path/'har-kit-data').write_text('x')
     with pytest.raises(KitError, match=r'\(the default; set \$HAR_KIT_DATA to choose another folder\): .* is a file'): data_root()
     assert Path(tmp_path/'har-kit-data').read_text() == 'x'
+
+
+def _read_only(monkeypatch, folder):
+    "Make `folder` look read-only to the kit's check (chmod does not bite as root, which CI may be)."
+    real = os.access
+    monkeypatch.setattr('har_kit.core.os.access', lambda p, mode: False if Path(p) == folder and mode & os.W_OK else real(p, mode))
+
+
+def test_commands_that_write_refuse_a_read_only_location_before_any_work(monkeypatch, tmp_path):
+    "run (no --out), synth generation, the mask cache and the decoded cache name the variable instead of an OSError."
+    from types import SimpleNamespace
+    from har_kit import masks, pipeline
+    ro = tmp_path/'ro'; ro.mkdir()
+    _read_only(monkeypatch, ro)
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(ro)); monkeypatch.setenv('HAR_KIT_DATA', str(ro)); monkeypatch.delenv('HAR_KIT_CACHE', raising=False)
+    monkeypatch.setattr(runs, '_execute', lambda *a, **k: pytest.fail('the kernel must not start'))
+    with pytest.raises(KitError, match=r'\$HAR_KIT_OUTPUTS=.* cannot be written'): runs.run_notebook('core', {}, None, progress=False)
+    with pytest.raises(KitError, match=r'\$HAR_KIT_DATA=.* cannot be written'): synth.ensure_synthetic('rap', 'tiny', seed=7)
+    with pytest.raises(KitError, match=r'\$HAR_KIT_DATA=.* cannot be written'):
+        masks.mask_cache_dir(SimpleNamespace(name='rap', root=tmp_path), SimpleNamespace(key='box'))
+    img = tmp_path/'x.png'; img.write_bytes(b'')
+    with pytest.raises(KitError, match=r'\$HAR_KIT_CACHE.* cannot be written'): pipeline.decoded_cache([img], [None], (8, 8))
+    assert list(ro.iterdir()) == []   # nothing written
+
+
+def test_a_kit_error_a_subcommand_lets_through_is_one_line(monkeypatch, tmp_path, capsys):
+    "`HAR_KIT_OUTPUTS=<file> har-kit status` printed a KitError traceback: the console script reports it and exits 2."
+    from har_kit import cli
+    f = tmp_path/'a-file'; f.write_text('x')
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(f))
+    assert cli.main(['status']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('har-kit status: ') and 'is a file' in err and 'Traceback' not in err
