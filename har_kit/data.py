@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import KitError, UNSPECIFIED
-from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, default_mask_root,
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, mask_roots,
                              csv_records, detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
@@ -102,10 +102,9 @@ def _sample_mask(folder, s):  # mask root; a Sample
 def _find_masks(data: AttributeData, mask_dir):
     "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist; warn when only some exist."
     if mask_dir is False: return data
-    folder = Path(mask_dir) if mask_dir else default_mask_root(data.name, data.root)
-    if not folder.is_dir():
-        if mask_dir: raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
-        return data
+    folder = Path(mask_dir) if mask_dir else next((f for f in mask_roots(data.name, data.root) if f.is_dir()), None)
+    if folder is None: return data
+    if not folder.is_dir(): raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
     found = attach_masks(data, lambda s: p if (p := _sample_mask(folder, s)).exists() else None)
     miss = [s for s in found.samples if s.mask is None]
     found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(miss))
@@ -244,7 +243,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
                 annotation=None,     # annotation file under root; None: detected
                 image_dir=None,      # image folder under root; None: detected
                 check_images=True,   # fail when listed images are missing or unreadable; warn about unused image files
-                mask_dir=None):      # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
+                mask_dir=None):      # None: mask_home, else ROOT/masks, when present; a folder; False: no masks
     "Read PA-100K's `annotation.mat` into an `AttributeData` with splits train/val/test (80k/10k/10k on the full set)."
     lay = _layout('pa100k', root, annotation, image_dir)
     root, path = lay.root, lay.annotation
@@ -307,7 +306,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
              annotation=None,      # annotation file under root; None: detected
              image_dir=None,       # image folder under root; None: detected
              check_images=True,    # fail when listed images are missing or unreadable
-             mask_dir=None,        # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
+             mask_dir=None,        # None: mask_home, else ROOT/masks, when present; a folder; False: no masks
              unspecified=None):    # older name of `uncertain`: 'keep' (= 'unspecified') or 'negative'; None: use `uncertain`
     "Read RAP v1's `RAP_annotation.mat` into an `AttributeData` with splits train/test of one partition."
     rule = _rap_rule(uncertain, unspecified)
@@ -399,7 +398,7 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
                files=None,           # the two annotation files under root; None: detected
                image_dir=None,       # image folder under root; None: detected
                check_images=True,    # fail when listed images are missing or unreadable
-               mask_dir=None):       # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
+               mask_dir=None):       # None: mask_home, else ROOT/masks, when present; a folder; False: no masks
     "Read WIDER-Attribute's JSON annotations into an `AttributeData`: one sample per target, splits train/val/test."
     _unspecified_policy(np.zeros(1, np.int8), unspecified)
     lay = _layout('wider', root, files, image_dir)
@@ -449,7 +448,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
                      annotation=None,    # the CSV under root; None: labels.csv
                      image_dir=None,     # image folder under root; None: images
                      check_images=True,  # fail when listed images are missing or unreadable
-                     mask_dir=None):     # None: default_mask_root (ROOT/masks) when present; a folder; False: no masks
+                     mask_dir=None):     # None: mask_home, else ROOT/masks, when present; a folder; False: no masks
     "Read the generic format (a CSV of image, split and one 1/0/-1 column per attribute) into an `AttributeData`."
     lay = _layout('csv', root, annotation, image_dir)
     path = lay.annotation

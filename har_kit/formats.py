@@ -4,24 +4,24 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import csv, glob, io, json, math, os
+import csv, glob, hashlib, io, json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, save_json
+from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, data_root, save_json
 from .matfile import mat_cell, save_mat
 
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
            'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS', 'FIXTURE_ATTRIBUTES', 'DatasetKind',
            'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'image_file',
-           'default_mask_root', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
-           'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image',
-           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
-           'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
+           'default_mask_root', 'mask_home', 'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta',
+           'target_meta', 'synth_target_meta', 'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images',
+           'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
+           'write_wider_annotation', 'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -162,9 +162,20 @@ SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writ
 
 def default_mask_root(kind,  # dataset kind
                       root): # dataset root
-    "Where `make_masks` / `har-kit masks` write a dataset's masks by default, and where readers look: `ROOT/masks`."
+    "Masks inside the dataset folder, `ROOT/masks`: shipped with it (a synthetic set's ground truth, a converted set's)."
     dataset_kind(kind)
     return Path(root)/MASK_DIR
+
+def mask_home(kind,  # dataset kind
+              root): # dataset root
+    "Where `har-kit masks` writes a real dataset's masks by default, outside it: `<data root>/masks/<kind>-<hash of ROOT>/default`."
+    dataset_kind(kind)
+    return data_root()/'masks'/f'{kind}-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]}'/'default'
+
+def mask_roots(kind,  # dataset kind
+               root): # dataset root
+    "Where readers look for a dataset's masks when given no `mask_dir`, in order: `mask_home`, then `ROOT/masks`."
+    return [mask_home(kind, root), default_mask_root(kind, root)]
 
 # %% ../nbs/02_formats.ipynb #c028
 def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_root`)

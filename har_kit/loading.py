@@ -68,8 +68,8 @@ class HarDataset(Dataset):
             miss = [s for s in self.samples if s.mask is None]
             if miss:
                 raise KitError(f'HarDataset(with_mask=True): {len(miss)} of {len(self.samples)} samples have no mask (first: {miss[0].image}); '
-                               'write them with `har-kit masks --dataset KIND --root ROOT --source box|maskrcnn` (to ROOT/masks, which the readers '
-                               'attach unasked) or har_kit.masks.make_masks, or pass with_mask=False')
+                               'write them with `har-kit masks --dataset KIND --root ROOT --source box|maskrcnn` (outside the dataset, where the readers '
+                               'find them unasked) or har_kit.masks.make_masks, or pass with_mask=False')
 
     def __len__(self): return len(self.samples)
 
@@ -117,19 +117,19 @@ class HarDataset(Dataset):
         d['index'] = i
         return d
 
-# %% ../nbs/14_loading.ipynb #894d9a10
+# %% ../nbs/14_loading.ipynb #c015
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _sz(v, scale): return max(1, int(round(v * scale)))
 
-# %% ../nbs/14_loading.ipynb #23c5071a
+# %% ../nbs/14_loading.ipynb #c016
 def _spatial_size(flat_inputs):
     for x in flat_inputs:
         if isinstance(x, (tv_tensors.Image, tv_tensors.Mask, PILImage.Image)) or (isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.TVTensor)):
             return TF.get_size(x)
     raise KitError('transform needs an image input')
 
-# %% ../nbs/14_loading.ipynb #cd787707
+# %% ../nbs/14_loading.ipynb #c017
 class CornerCenterCrop(v2.Transform):
     "Da-HAR's multi-scale crop: height from `sizes`, width independently from `sizes / aspect`, at a corner or the centre."
     def __init__(self, sizes,      # crop heights in pixels, drawn uniformly
@@ -155,7 +155,7 @@ class CornerCenterCrop(v2.Transform):
         "Crop one input to the window."
         return self._call_kernel(TF.crop, inpt, **params)
 
-# %% ../nbs/14_loading.ipynb #c018
+# %% ../nbs/14_loading.ipynb #c020
 class FiveCropStack(torch.nn.Module):
     "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
     def __init__(self, size):  # (height, width) of each crop
@@ -173,11 +173,11 @@ class FiveCropStack(torch.nn.Module):
             outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-# %% ../nbs/14_loading.ipynb #3ac98da8
+# %% ../nbs/14_loading.ipynb #c023
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
-# %% ../nbs/14_loading.ipynb #91037939
+# %% ../nbs/14_loading.ipynb #c024
 def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
                      scale=1.0,       # size factor (0.25 for the quick CPU profile)
@@ -192,7 +192,7 @@ def dahar_transforms(train: bool,     # training augmentation, else evaluation
                            v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
     return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
 
-# %% ../nbs/14_loading.ipynb #4dbcf1db
+# %% ../nbs/14_loading.ipynb #c025
 def campar_transforms(train: bool,  # training augmentation, else evaluation
                       scale=1.0):   # size factor (0.25 -> 64 x 48)
     "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
@@ -200,11 +200,11 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/14_loading.ipynb #3cda5856
+# %% ../nbs/14_loading.ipynb #c035
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
-# %% ../nbs/14_loading.ipynb #2b52a220
+# %% ../nbs/14_loading.ipynb #c036
 def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 transform,        # e.g. dahar_transforms(True, scale=0.25)
                 batch_size,       # samples per batch
@@ -224,7 +224,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/14_loading.ipynb #c035
+# %% ../nbs/14_loading.ipynb #c040
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .core import KitError, data_root, save_json
 from .data import attach_masks as _attach_samples, load_dataset
-from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_path
+from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
 from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
 
 # %% auto #0
@@ -59,9 +59,10 @@ def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller'
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
     if mask_root is not None: out = Path(mask_root)
     elif cache_dir is not None: out = mask_cache_dir(data, src, cache_dir)
+    elif not (Path(data.root)/SYNTH_META).exists(): out = mask_home(data.name, data.root)
     else:
         out = default_mask_root(data.name, data.root)
-        if (Path(data.root)/SYNTH_META).exists() and src.name != 'renderer':
+        if src.name != 'renderer':
             raise KitError(f'{out} holds the synthetic set\'s ground-truth masks; write source {src.name!r} elsewhere: '
                            'pass mask_root=<folder> (har-kit masks --mask-root) and give the readers mask_dir=<folder>')
     try: out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,7 @@ def cli(argv=None):  # arguments after `har-kit masks`
     p.add_argument('--profile', default='tiny', help='synthetic profile when --root is not given')
     p.add_argument('--source', default='maskrcnn', choices=list(MASK_SOURCES), help='mask source')
     p.add_argument('--directory', default=None, help="folder of PNG masks for --source directory")
-    p.add_argument('--mask-root', default=None, help="where to write (default: ROOT/masks, which the readers attach unasked)")
+    p.add_argument('--mask-root', default=None, help="where to write (default: the dataset's mask home under $HAR_KIT_DATA/masks, outside the dataset, which the readers attach unasked)")
     p.add_argument('--cache-dir', default=None, help='instead of --mask-root: a cache root with one folder per dataset and source')
     p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda'")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass')
@@ -200,7 +201,7 @@ def cli(argv=None):  # arguments after `har-kit masks`
     r = masks.report
     print(f'{masks.directory}\n{r["n"]} masks ({r["computed"]} computed, {r["cached"]} cached); '
           f'{r["fallbacks"]} fell back to the box; {len(r["clipped"])} boxes clipped to the image')
-    if masks.directory == default_mask_root(data.name, data.root): print('the readers attach these masks with no argument')
+    if masks.directory in mask_roots(data.name, data.root): print('the readers attach these masks with no argument')
     else: print(f"to train with them, read the dataset with mask_dir='{masks.directory}' (section notebooks: -p mask_dir {masks.directory})")
     for f in r['fallback_samples'][:10]: print(f'  fallback #{f["index"]} {f["key"]}: {f["reason"]}')
     return 0

@@ -9,7 +9,7 @@ from PIL import Image
 from har_kit.core import KitError, load_json
 from har_kit.loading import HarDataset
 from har_kit.data import load_dataset, read_wider, tiny_fixture
-from har_kit.formats import DATASET_KINDS, default_mask_root, mask_path, write_fixture
+from har_kit.formats import DATASET_KINDS, default_mask_root, mask_home, mask_path, write_fixture
 from har_kit.mask_sources import BoxSource, MaskRCNNSource, read_mask, sample_key, select_target, target_of, write_mask
 from har_kit.masks import attach_masks, cli, make_masks, mask_cache_dir, mask_iou, mask_quality, summed_feature_outline
 
@@ -211,8 +211,10 @@ def test_summed_feature_outline_recovers_a_blob_and_keeps_at_most_half():
 _RCNN = dict(min_size=32, max_size=64, box_detections_per_img=3, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
 
 @pytest.mark.parametrize('kind', list(DATASET_KINDS))
-def test_every_source_is_attached_by_the_readers_with_no_argument(kind, tmp_path):
+def test_every_source_is_attached_by_the_readers_with_no_argument(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))   # the mask home lives under the kit's data folder
     root = write_fixture(kind, tmp_path/kind, n_images=6, layout='published')
+    shipped = sorted(p.stat().st_mtime_ns for p in (root/'masks').rglob('*.png'))
     data = load_dataset(kind, root)
     n = len(data)
     assert data.meta['masks_attached'] == n                       # the fixture's ground truth, at the default root
@@ -221,11 +223,12 @@ def test_every_source_is_attached_by_the_readers_with_no_argument(kind, tmp_path
     runs = [('renderer', {}), ('directory', dict(directory=user)), ('box', {}), ('maskrcnn', dict(weights=None, **_RCNN))]
     for source, kw in runs:
         m = make_masks(data, source, progress=False, **kw)
-        assert m.directory == default_mask_root(kind, root) and m.report['computed'] == n
+        assert m.directory == mask_home(kind, root) and m.report['computed'] == n   # outside the dataset folder
         back = load_dataset(kind, root)                            # what a training section does: no mask argument
         assert back.meta['masks_attached'] == n, source
         assert [s.mask for s in back.samples] == [m[i] for i in range(n)]
         assert len(HarDataset(back, with_mask=True)[0]['mask'].shape) == 3
+    assert sorted(p.stat().st_mtime_ns for p in (root/'masks').rglob('*.png')) == shipped   # the dataset's own masks untouched
     elsewhere = make_masks(data, 'box', mask_root=tmp_path/'m', progress=False)
     assert load_dataset(kind, root, mask_dir=tmp_path/'m').meta['masks_attached'] == n
     assert elsewhere.report['mask_root'] == str(tmp_path/'m')
