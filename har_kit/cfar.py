@@ -23,7 +23,7 @@ __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'sy
            'CFARConfig', 'CFAR', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
            'plot_dictionary']
 
-# %% ../nbs/51_cfar.ipynb #50960973
+# %% ../nbs/51_cfar.ipynb #c008
 @dataclasses.dataclass
 class AttributeSetDictionary:
     "Fig. 6: prototype keys (K, M) in confidence space and values (K, D), the mean image factor of each key's cluster."
@@ -39,7 +39,7 @@ class AttributeSetDictionary:
         d = (r ** 2).sum(1, keepdims=True) - 2 * r @ self.keys.T + (self.keys ** 2).sum(1)
         return d.argmin(1)
 
-# %% ../nbs/51_cfar.ipynb #c5dad4b3
+# %% ../nbs/51_cfar.ipynb #c009
 def build_dictionary(r,                  # (N, M) training confidences
                      x_f,                # (N, D) their image factors (Eq. 18)
                      n_prototypes=16,    # K
@@ -62,14 +62,14 @@ def build_dictionary(r,                  # (N, M) training confidences
         d.values[k] = x_f[m].mean(0) if m.any() else x_f.mean(0)
     return d
 
-# %% ../nbs/51_cfar.ipynb #c011
+# %% ../nbs/51_cfar.ipynb #c012
 def infer_confidence(dictionary,  # an `AttributeSetDictionary`
                      y_f,         # (M, D) attribute factors
                      r):          # (N, M) confidences
     "Eq. 19, read with pv_k: r_hat_ij = pv_k(i)^T y_f_j, k(i) the nearest key of sample i."
     return dictionary.values[dictionary.nearest(r)] @ np.asarray(y_f, np.float64).T
 
-# %% ../nbs/51_cfar.ipynb #c014
+# %% ../nbs/51_cfar.ipynb #c015
 def synthetic_phase1(n=2000,            # samples
                      num_attributes=12,  # attributes M
                      n_sets=6,           # prototype attribute sets
@@ -83,7 +83,7 @@ def synthetic_phase1(n=2000,            # samples
     logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], num_attributes)
     return logits.astype(np.float32), labels
 
-# %% ../nbs/51_cfar.ipynb #c017
+# %% ../nbs/51_cfar.ipynb #c018
 class CFARHead(nn.Module):
     "Eq. 20's fc_2: one linear layer on concat(r_hat, l_specific) -> M final logits."
     def __init__(self, num_attributes: int,  # M
@@ -100,19 +100,19 @@ class CFARHead(nn.Module):
                 l_specific):  # (N, M) frozen phase-1 logits
         return self.fc2(torch.cat([r_hat, l_specific], 1))
 
-# %% ../nbs/51_cfar.ipynb #4de5ad07
+# %% ../nbs/51_cfar.ipynb #c021
 class _Phase2Net(nn.Module):
     "The engine's view of fc_2: a batch 'image' is the row concat(r_hat, l_specific)."
     def __init__(self, head): super().__init__(); self.head = head
     def forward(self, x): return {'logits': self.head.fc2(x)}
 
-# %% ../nbs/51_cfar.ipynb #7018936f
+# %% ../nbs/51_cfar.ipynb #c022
 class _Rows(torch.utils.data.Dataset):
     def __init__(self, x, y): self.x, self.y = x, y
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
 
-# %% ../nbs/51_cfar.ipynb #4cf49443
+# %% ../nbs/51_cfar.ipynb #c023
 def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  l_specific,                 # (N, M) frozen phase-1 logits
                  labels,                     # (N, M) labels (-1 unspecified)
@@ -141,7 +141,7 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
         history = fit(_Phase2Net(head), crit, loader, cfg, run_dir if run_dir is not None else tmp, params=params)
     return head.cpu().eval(), [h['loss'] for h in history]
 
-# %% ../nbs/51_cfar.ipynb #c023
+# %% ../nbs/51_cfar.ipynb #c026
 @dataclasses.dataclass
 class CFARConfig:
     "CFAR hyperparameters (the thesis gives none; defaults from our search on synthetic phase-1 outputs)."
@@ -162,7 +162,7 @@ class CFARConfig:
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/51_cfar.ipynb #af3d0dfa
+# %% ../nbs/51_cfar.ipynb #c029
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -223,7 +223,7 @@ class CFAR:
                            'values are read (weights_only=True): write it again with CFAR.save') from None
         return cls.from_state(s, str(path))
 
-# %% ../nbs/51_cfar.ipynb #ee6fbd38
+# %% ../nbs/51_cfar.ipynb #c030
 def _plain_info(info):  # fit information: numbers, lists, strings
     "The fit information as plain Python values (numpy scalars and arrays converted)."
     if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
@@ -231,7 +231,7 @@ def _plain_info(info):  # fit information: numbers, lists, strings
     if isinstance(info, np.generic): return info.item()
     return info
 
-# %% ../nbs/51_cfar.ipynb #c029
+# %% ../nbs/51_cfar.ipynb #c033
 def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
              labels,                   # (N, M) their labels (-1 unspecified)
              config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
@@ -249,7 +249,7 @@ def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the tra
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=losses)
     return CFAR(c, lf.y_f, d, head, info)
 
-# %% ../nbs/51_cfar.ipynb #03cc041f
+# %% ../nbs/51_cfar.ipynb #c039
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -269,12 +269,12 @@ class CFARPredictor(nn.Module):
         else: r_hat = torch.zeros_like(r)
         return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
 
-# %% ../nbs/51_cfar.ipynb #234ece5b
+# %% ../nbs/51_cfar.ipynb #c040
 def cfar_extra(cfar: CFAR):  # a fitted CFAR
     "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
     return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
 
-# %% ../nbs/51_cfar.ipynb #be0e43ad
+# %% ../nbs/51_cfar.ipynb #c041
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)
@@ -282,7 +282,7 @@ def cfar_predictor(model,   # the rebuilt phase-1 network
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 
-# %% ../nbs/51_cfar.ipynb #c040
+# %% ../nbs/51_cfar.ipynb #c046
 @torch.inference_mode()
 def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    loader,          # DataLoader of dict batches
@@ -299,7 +299,7 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/51_cfar.ipynb #c046
+# %% ../nbs/51_cfar.ipynb #c052
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

@@ -169,13 +169,14 @@ def test_cfar_predictor_equals_the_numpy_path_and_survives_a_weights_only_load(t
 
 def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     "A CFAR variant's model.pt (phase 1 + extra['cfar']) comes back through load_model and exports to TorchScript."
-    from har_kit.campar import campar_variant, save_campar
-    from har_kit.model_file import load_model
+    from har_kit.campar import campar_model_file, campar_variant
+    from har_kit.model_file import load_model, save_model
     from har_kit.export import export_model
     l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
     fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4, tol=None, iterations=15))
     phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
-    save_campar(phase1, tmp_path/'campar_cfar', list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted))
+    save_model(tmp_path/'campar_cfar'/'model.pt', phase1,
+               **campar_model_file(phase1, list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted)))
     lm = load_model(tmp_path, 'campar_cfar')
     assert isinstance(lm.model, cfar.CFARPredictor)
     x = torch.randn(2, 3, 64, 48)

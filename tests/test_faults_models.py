@@ -105,10 +105,9 @@ def test_bad_model_parameters(call, match):
     with pytest.raises(KitError, match=match): call()
 
 
-def test_load_campar_without_a_trained_variant(tmp_path):
-    with pytest.raises(KitError, match='model.json'): campar.load_campar(tmp_path, 'campar')
-    campar.save_build_params(campar.campar_variant('campar', 3, arch='resnet-tiny'), tmp_path/'campar')
-    with pytest.raises(KitError, match='best.pt'): campar.load_campar(tmp_path, 'campar')
-    (tmp_path/'campar'/'checkpoints').mkdir()
-    (tmp_path/'campar'/'checkpoints'/'best.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(KitError, match='best.pt'): campar.load_campar(tmp_path, 'campar')
+def test_load_model_without_a_trained_variant(tmp_path):
+    from har_kit.model_file import load_model
+    with pytest.raises(KitError, match='campar/model.pt'): load_model(tmp_path, 'campar')
+    (tmp_path/'campar').mkdir()
+    (tmp_path/'campar'/'model.pt').write_bytes(b'not a model file')
+    with pytest.raises(KitError, match='model.pt'): load_model(tmp_path, 'campar')
