@@ -5,7 +5,6 @@
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
 import dataclasses, tempfile, warnings
-from pathlib import Path
 
 import numpy as np
 from scipy.special import expit
@@ -15,7 +14,7 @@ from tqdm import tqdm
 
 from fastcore.basics import patch
 
-from .core import KitError, atomic_path, seed_everything
+from .core import KitError, seed_everything
 from .cfar_factors import check_confidences, fit_latent_factors
 from .engine import TrainConfig, fit
 from .model_file import Recipe
@@ -212,33 +211,17 @@ class CFAR:
                    where='CFAR state'):  # what to name in errors
         "Rebuild a CFAR from `state()` (e.g. a model file's `extra['cfar']`); `KitError` naming the field on anything wrong."
         if not isinstance(s, dict) or s.get('format') != 'har-kit-cfar':
-            raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); write it with CFAR.save / a 51_cfar run')
+            raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); save the variant again with a 51_cfar run (cfar_extra)')
         try:
             arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
             config = CFARConfig(**s['config'])
             head = CFARHead(arr['y_f'].shape[0], 'default'); head.load_state_dict(s['head'])
             d = AttributeSetDictionary(arr['keys'], arr['values'], arr['counts'])
         except (KeyError, AttributeError, TypeError, RuntimeError) as e:
-            raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); write it again with CFAR.save') from None
+            raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); save the variant again with a 51_cfar run') from None
         if d.keys.shape[1] != arr['y_f'].shape[0] or d.values.shape != (len(d.keys), arr['y_f'].shape[1]):
             raise KitError(f'{where}: keys {d.keys.shape}, values {d.values.shape} and y_f {arr["y_f"].shape} do not fit together')
         return cls(config, arr['y_f'], d, head.eval(), dict(s.get('info', {})))
-
-    def save(self, path):  # destination file (e.g. <run>/<variant>/checkpoints/cfar.pt)
-        "Write everything inference needs to one file, atomically (tensors and plain values only); return the path."
-        with atomic_path(path) as tmp: torch.save(self.state(), tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path):  # a file written by `CFAR.save`
-        "Read a CFAR written by `save` with `torch.load(weights_only=True)`: a file holding code is refused."
-        path = Path(path)
-        if not path.exists(): raise KitError(f'{path}: no CFAR checkpoint (written by CFAR.save, e.g. by a 51_cfar run)')
-        try: s = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise KitError(f'{path}: not a loadable CFAR file ({type(e).__name__}: {str(e)[:160]}); only tensors and plain '
-                           'values are read (weights_only=True): write it again with CFAR.save') from None
-        return cls.from_state(s, str(path))
 
 # %% ../nbs/51_cfar.ipynb #c031
 def _plain_info(info):  # fit information: numbers, lists, strings
