@@ -5,25 +5,21 @@
 # %% ../nbs/40_campar.ipynb #c002
 from __future__ import annotations
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import KitError, load_json, save_json
+from .core import KitError
 from .backbones import resnet_taps, resize_bilinear
-from .checkpoints import load_checkpoint
 from .loading import IMAGENET_MEAN, IMAGENET_STD
-from .model_file import load_model, save_model
 from . import losses
 
 # %% auto #0
 __all__ = ['VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared', 'disentangled_features',
            'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'CamParNet', 'campar_variant', 'CamParLoss',
-           'save_build_params', 'load_campar', 'attribute_angles', 'positive_angles', 'plot_theta', 'variant_kwargs',
-           'save_campar']
+           'attribute_angles', 'positive_angles', 'plot_theta', 'variant_kwargs', 'campar_model_file']
 
 # %% ../nbs/40_campar.ipynb #c006
 def attribute_activation(f: torch.Tensor,       # (N, C, H, W) encoder feature map F_l(x)
@@ -37,7 +33,7 @@ def class_activation_map(a: torch.Tensor):  # (N, M, H, W) activation maps A fro
     peak = r.flatten(2).amax(-1)[..., None, None]
     return r / torch.where(peak > 0, peak, torch.ones_like(peak))
 
-# %% ../nbs/40_campar.ipynb #9ab77d9b
+# %% ../nbs/40_campar.ipynb #c010
 def l_specific(cam: torch.Tensor,           # (N, M, H, W) CAMs from Eq. 10
                a: torch.Tensor,             # (N, M, H, W) activation maps A from Eq. 9 (same weights)
                bias: torch.Tensor | None = None):  # (M,) classifier bias, or None
@@ -45,20 +41,20 @@ def l_specific(cam: torch.Tensor,           # (N, M, H, W) CAMs from Eq. 10
     out = (cam * a).mean((2, 3))
     return out if bias is None else out + bias
 
-# %% ../nbs/40_campar.ipynb #d8948899
+# %% ../nbs/40_campar.ipynb #c011
 def l_shared(a: torch.Tensor,               # (N, M, H, W) activation maps A from Eq. 9
              bias: torch.Tensor | None = None):  # (M,) classifier bias, or None
     "Eq. 15: w_j^T GAP(f) = GAP(A_j) (+ b_j)."
     out = a.mean((2, 3))
     return out if bias is None else out + bias
 
-# %% ../nbs/40_campar.ipynb #4dadabd4
+# %% ../nbs/40_campar.ipynb #c012
 def disentangled_features(cam: torch.Tensor,  # (N, M, H, W) CAMs
                           f: torch.Tensor):    # (N, C, H, W) encoder feature map
     "GAP of Eq. 11's f_d,j = CAM_j * f for every attribute -> (N, M, C), without the (N, M, C, H, W) product."
     return torch.einsum('nmp,ncp->nmc', cam.flatten(2), f.flatten(2)) / cam[0, 0].numel()
 
-# %% ../nbs/40_campar.ipynb #2243e685
+# %% ../nbs/40_campar.ipynb #c015
 def l_specific_materialised(cam,          # (N, M, H, W) CAMs
                             f,            # (N, C, H, W) encoder feature map
                             weight,       # (M, C) classifier weights w
@@ -68,14 +64,14 @@ def l_specific_materialised(cam,          # (N, M, H, W) CAMs
     out = (fd.mean((3, 4)) * weight[None]).sum(-1)    # Eq. 12
     return out if bias is None else out + bias
 
-# %% ../nbs/40_campar.ipynb #df640a21
+# %% ../nbs/40_campar.ipynb #c016
 def l_specific_public(cam,      # (N, M, H, W) CAMs
                       f,        # (N, C, H, W) encoder feature map
                       weight):  # (M, C) classifier weights w
     "The public code's `(cams_feature @ W^T).sum(2)`: sum_k w_k^T GAP(f_d,j) (not Eq. 12; for comparison)."
     return (disentangled_features(cam, f) @ weight.T).sum(2)
 
-# %% ../nbs/40_campar.ipynb #c019
+# %% ../nbs/40_campar.ipynb #c022
 class MCAFusion(nn.Module):
     "SPOL's multiplicative channel attention fusion of several stages (CAM-PAR Sec. 4.2)."
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
@@ -115,7 +111,7 @@ class MCAFusion(nn.Module):
             out = out * y
         return out
 
-# %% ../nbs/40_campar.ipynb #c025
+# %% ../nbs/40_campar.ipynb #c028
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -157,7 +153,7 @@ class CamParNet(nn.Module):
     def forward(self, x):  # images (N, 3, H, W)
         return self.heads(self.feature_map(x))
 
-# %% ../nbs/40_campar.ipynb #c028
+# %% ../nbs/40_campar.ipynb #c031
 VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it reproduces)
     'baseline':      dict(cam=False, fusion=False, row='ResNet-50 baseline [15]'),
     'fusion':        dict(cam=False, fusion=True,  row='+ Fusion'),
@@ -176,7 +172,7 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                    project_deepest: bool = True, # MCA: 1x1 conv on c5 too; False: BN + ReLU only (public code)
                    detach_cam: bool = False,     # stop gradients through the CAM
                    last_stride: int = 2):        # 1 = finer c5 (not used by the thesis)
-    "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `save_build_params`)."
+    "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `variant_kwargs`)."
     if name not in VARIANTS:
         raise KitError(f'unknown CAM-PAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
     if not isinstance(num_attributes, int) or num_attributes < 1:
@@ -191,7 +187,7 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                               last_stride=last_stride, project_deepest=project_deepest)
     return model
 
-# %% ../nbs/40_campar.ipynb #c033
+# %% ../nbs/40_campar.ipynb #c036
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific) (Eq. 13: `har_kit.losses.bce_loss`); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
     def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
@@ -208,46 +204,7 @@ class CamParLoss(nn.Module):
                  for k in ('shared', 'specific') if 'logits_' + k in out}
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/40_campar.ipynb #c037
-def save_build_params(model: CamParNet,  # a model from `campar_variant`
-                      variant_dir):      # `<run_dir>/<variant>`
-    "Write `model.json` (the `campar_variant` arguments) into the variant's directory; return its path."
-    if not hasattr(model, 'build_params'):
-        raise KitError('model has no build_params: build it with campar_variant(...) so load_campar can rebuild it')
-    return save_json(model.build_params, Path(variant_dir)/'model.json')
-
-# %% ../nbs/40_campar.ipynb #f431a6e6
-def _state_dict(ckpt):
-    if isinstance(ckpt, dict):
-        for k in ('model', 'state_dict', 'model_state'):
-            if isinstance(ckpt.get(k), dict): ckpt = ckpt[k]; break
-    if ckpt and all(k.startswith('model.') for k in ckpt):   # trained through a view such as FusionAtBackboneLr
-        ckpt = {k[len('model.'):]: v for k, v in ckpt.items()}
-    return ckpt
-
-# %% ../nbs/40_campar.ipynb #70d9bb03
-def load_campar(run_dir,                 # run directory holding `<variant>/model.pt` (or `model.json` + `checkpoints/`)
-                variant: str,            # e.g. 'campar' or 'campar_fusion'
-                which: str = 'model',    # 'model': model.pt (else the selected / best checkpoint); or 'selected', 'best', 'last'
-                map_location='cpu'):     # where the tensors are loaded
-    "Rebuild a trained CAM-PAR variant from a run directory, in eval mode (a thin wrapper of `har_kit.model_file.load_model`)."
-    vdir = Path(run_dir)/variant
-    if which == 'model':
-        if (vdir/'model.pt').exists():
-            return load_model(vdir/'model.pt', map_location=map_location).model.eval()
-        which = 'selected' if (vdir/'checkpoints'/'selected.pt').exists() else 'best'
-    params = load_json(vdir/'model.json')
-    ckpt_path = vdir/'checkpoints'/f'{which}.pt'
-    if not ckpt_path.exists():
-        have = sorted(p.name for p in (vdir/'checkpoints').glob('*.pt')) if (vdir/'checkpoints').is_dir() else []
-        raise KitError(f'{ckpt_path}: checkpoint not found (present: {have or "none"}); train the variant first '
-                       "or pass which='last'")
-    params = dict(params); name = params.pop('variant')
-    model = campar_variant(name, weights=None, **params)
-    model.load_state_dict(_state_dict(load_checkpoint(ckpt_path, map_location)))
-    return model.eval()
-
-# %% ../nbs/40_campar.ipynb #31365767
+# %% ../nbs/40_campar.ipynb #c041
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -263,7 +220,7 @@ def attribute_angles(model: CamParNet,     # a trained `CamParNet`
     theta = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
     return torch.where(gn > 0, theta, torch.full_like(theta, float('nan')))
 
-# %% ../nbs/40_campar.ipynb #98ccc098
+# %% ../nbs/40_campar.ipynb #c042
 @torch.no_grad()
 def positive_angles(model: CamParNet,  # a trained `CamParNet`
                     loader,            # test loader yielding {'image', 'labels'}, single-crop
@@ -281,7 +238,7 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))
 
-# %% ../nbs/40_campar.ipynb #c047
+# %% ../nbs/40_campar.ipynb #c045
 def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees (e.g. {'baseline': ..., 'campar': ...})
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
@@ -300,7 +257,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/40_campar.ipynb #90ad1896
+# %% ../nbs/40_campar.ipynb #c049
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):
@@ -308,15 +265,13 @@ def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     kw = dict(model.build_params)
     return dict(name=kw.pop('variant'), **kw, weights=None)
 
-# %% ../nbs/40_campar.ipynb #f9e48d78
-def save_campar(model: CamParNet,          # a trained model from `campar_variant`
-                variant_dir,               # `<run_dir>/<variant>`
-                attributes,                # attribute names, in output order
-                input_size,                # network input (height, width)
-                thresholds=None,           # (M,) val-chosen thresholds, or None (0.5)
-                dataset=None,              # dataset kind (provenance)
-                extra=None):               # tensors / plain values stored with it (e.g. CFAR's state)
-    "Write `<variant_dir>/model.pt` with `har_kit.model_file.save_model`; return its path."
-    return save_model(Path(variant_dir)/'model.pt', model, builder='campar_variant',
-                      kwargs=variant_kwargs(model), attributes=list(attributes), input_size=list(input_size),
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD, thresholds=thresholds, dataset=dataset, extra=extra)
+# %% ../nbs/40_campar.ipynb #c050
+def campar_model_file(model: CamParNet,          # a trained model from `campar_variant`
+                      attributes,                # attribute names, in output order
+                      input_size,                # network input (height, width)
+                      thresholds=None,           # (M,) val-chosen thresholds, or None (0.5)
+                      dataset=None,              # dataset kind (provenance)
+                      extra=None):               # tensors / plain values stored with it (e.g. CFAR's state)
+    "`har_kit.model_file.save_model`'s arguments for a CAM-PAR variant: the builder `campar_variant` and its kwargs, the input."
+    return dict(builder='campar_variant', kwargs=variant_kwargs(model), attributes=list(attributes), input_size=list(input_size),
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, thresholds=thresholds, dataset=dataset, extra=extra)

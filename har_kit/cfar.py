@@ -4,8 +4,7 @@
 
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
-import dataclasses, warnings
-from pathlib import Path
+import dataclasses, tempfile, warnings
 
 import numpy as np
 from scipy.special import expit
@@ -13,17 +12,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .core import KitError, atomic_path, seed_everything
+from fastcore.basics import patch
+
+from .core import KitError, seed_everything
 from .cfar_factors import check_confidences, fit_latent_factors
 from .engine import TrainConfig, fit
+from .model_file import Recipe
+from .campar import campar_model_file
+from .campar_train import metric_row
 from . import losses
 
 # %% auto #0
-__all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'train_phase2',
-           'CFARConfig', 'CFAR', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
+__all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
+           'phase2_config', 'loss2', 'train_phase2', 'CFARConfig', 'CFAR', 'fit_dictionary', 'fit_cfar',
+           'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'CFARRecipe',
            'plot_dictionary']
 
-# %% ../nbs/51_cfar.ipynb #50960973
+# %% ../nbs/51_cfar.ipynb #c008
 @dataclasses.dataclass
 class AttributeSetDictionary:
     "Fig. 6: prototype keys (K, M) in confidence space and values (K, D), the mean image factor of each key's cluster."
@@ -39,7 +44,7 @@ class AttributeSetDictionary:
         d = (r ** 2).sum(1, keepdims=True) - 2 * r @ self.keys.T + (self.keys ** 2).sum(1)
         return d.argmin(1)
 
-# %% ../nbs/51_cfar.ipynb #c5dad4b3
+# %% ../nbs/51_cfar.ipynb #c009
 def build_dictionary(r,                  # (N, M) training confidences
                      x_f,                # (N, D) their image factors (Eq. 18)
                      n_prototypes=16,    # K
@@ -62,14 +67,14 @@ def build_dictionary(r,                  # (N, M) training confidences
         d.values[k] = x_f[m].mean(0) if m.any() else x_f.mean(0)
     return d
 
-# %% ../nbs/51_cfar.ipynb #c011
+# %% ../nbs/51_cfar.ipynb #c012
 def infer_confidence(dictionary,  # an `AttributeSetDictionary`
                      y_f,         # (M, D) attribute factors
                      r):          # (N, M) confidences
     "Eq. 19, read with pv_k: r_hat_ij = pv_k(i)^T y_f_j, k(i) the nearest key of sample i."
     return dictionary.values[dictionary.nearest(r)] @ np.asarray(y_f, np.float64).T
 
-# %% ../nbs/51_cfar.ipynb #c014
+# %% ../nbs/51_cfar.ipynb #c015
 def synthetic_phase1(n=2000,            # samples
                      num_attributes=12,  # attributes M
                      n_sets=6,           # prototype attribute sets
@@ -83,7 +88,7 @@ def synthetic_phase1(n=2000,            # samples
     logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], num_attributes)
     return logits.astype(np.float32), labels
 
-# %% ../nbs/51_cfar.ipynb #c017
+# %% ../nbs/51_cfar.ipynb #c018
 class CFARHead(nn.Module):
     "Eq. 20's fc_2: one linear layer on concat(r_hat, l_specific) -> M final logits."
     def __init__(self, num_attributes: int,  # M
@@ -100,19 +105,39 @@ class CFARHead(nn.Module):
                 l_specific):  # (N, M) frozen phase-1 logits
         return self.fc2(torch.cat([r_hat, l_specific], 1))
 
-# %% ../nbs/51_cfar.ipynb #4de5ad07
+# %% ../nbs/51_cfar.ipynb #c021
 class _Phase2Net(nn.Module):
     "The engine's view of fc_2: a batch 'image' is the row concat(r_hat, l_specific)."
     def __init__(self, head): super().__init__(); self.head = head
     def forward(self, x): return {'logits': self.head.fc2(x)}
 
-# %% ../nbs/51_cfar.ipynb #7018936f
+# %% ../nbs/51_cfar.ipynb #c022
 class _Rows(torch.utils.data.Dataset):
     def __init__(self, x, y): self.x, self.y = x, y
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
 
-# %% ../nbs/51_cfar.ipynb #4cf49443
+# %% ../nbs/51_cfar.ipynb #c023
+def phase2_rows(r_hat,             # (N, M) Eq. 19 confidences
+                l_specific,        # (N, M) frozen phase-1 logits
+                labels,            # (N, M) labels (-1 unspecified)
+                batch_size=256):   # rows per batch
+    "The engine's training loader of phase 2: shuffled rows concat(r_hat, l_specific) with their labels."
+    r_hat, l, y = (torch.as_tensor(np.asarray(a, np.float32)) for a in (r_hat, l_specific, labels))
+    if not (r_hat.shape == l.shape == y.shape and l.ndim == 2):
+        raise KitError(f'r_hat {tuple(r_hat.shape)}, l_specific {tuple(l.shape)} and labels {tuple(y.shape)} must share one (N, M) shape')
+    return torch.utils.data.DataLoader(_Rows(torch.cat([r_hat, l], 1), y), batch_size=batch_size, shuffle=True)
+
+def phase2_config(epochs=30, lr=1e-2, seed=0, device='cpu', progress=False):  # phase-2 epochs, Adam lr, seed, device, bar
+    "Phase 2's `TrainConfig`: Adam, no weight decay, no schedule."
+    return TrainConfig(epochs=epochs, optimizer='adam', lr=lr, momentum=0.9, weight_decay=0.0, scheduler='none', monitor='loss',
+                       device=device, seed=seed, progress=progress)
+
+def loss2(ignore_unspecified=False):  # True: unspecified entries leave the loss; False: read as negatives ([15])
+    "Loss_2 (Eq. 20) as the engine's criterion: Eq. 13's BCE on fc_2's logits."
+    return lambda out, batch: {'loss': losses.bce_loss(out['logits'], batch['labels'], ignore_unspecified)}
+
+# %% ../nbs/51_cfar.ipynb #c024
 def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  l_specific,                 # (N, M) frozen phase-1 logits
                  labels,                     # (N, M) labels (-1 unspecified)
@@ -121,27 +146,18 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  batch_size=256,             # rows per batch
                  init='identity',            # fc_2 initialisation: 'identity' or 'default' (`CFARHead`)
                  seed=0,                     # seed of the initialisation and the shuffling
-                 show_progress=False,        # the engine's progress bar
+                 progress=False,             # the engine's progress bar
                  ignore_unspecified=False,   # Loss_2: True: unspecified entries leave the loss; False: read as negatives ([15])
-                 run_dir=None,               # where the engine keeps checkpoints/history (None: a temporary directory)
-                 device='cpu',               # phase 2 is tiny: the CPU is the default
-                 params=None):               # what the fit depends on beyond its config (checked by the engine on resume)
-    "Fit fc_2 by minimising Loss_2 (Eq. 20) on cached phase-1 outputs with `har_kit.engine.fit`; returns (head in eval mode, epoch losses)."
-    import tempfile
-    r_hat, l, y = (torch.as_tensor(np.asarray(a, np.float32)) for a in (r_hat, l_specific, labels))
-    if not (r_hat.shape == l.shape == y.shape and l.ndim == 2):
-        raise KitError(f'r_hat {tuple(r_hat.shape)}, l_specific {tuple(l.shape)} and labels {tuple(y.shape)} must share one (N, M) shape')
+                 params=None):               # what the fit depends on beyond its config (recorded in the checkpoints)
+    "Fit fc_2 in memory (a temporary run directory) by minimising Loss_2 (Eq. 20) with `har_kit.engine.fit`; returns (head in eval mode, epoch losses)."
+    loader = phase2_rows(r_hat, l_specific, labels, batch_size)
     seed_everything(seed)
-    head = CFARHead(l.shape[1], init)
-    loader = torch.utils.data.DataLoader(_Rows(torch.cat([r_hat, l], 1), y), batch_size=batch_size, shuffle=True)
-    cfg = TrainConfig(epochs=epochs, optimizer='adam', lr=lr, momentum=0.9, weight_decay=0.0, scheduler='none', monitor='loss',
-                      device=device, seed=seed, progress=show_progress)
-    crit = lambda out, batch: {'loss': losses.bce_loss(out['logits'], batch['labels'], ignore_unspecified)}   # Loss_2 = Eq. 13's BCE
+    head = CFARHead(np.shape(l_specific)[1], init)
     with tempfile.TemporaryDirectory() as tmp:
-        history = fit(_Phase2Net(head), crit, loader, cfg, run_dir if run_dir is not None else tmp, params=params)
+        history = fit(_Phase2Net(head), loss2(ignore_unspecified), loader, phase2_config(epochs, lr, seed, progress=progress), tmp, params=params)
     return head.cpu().eval(), [h['loss'] for h in history]
 
-# %% ../nbs/51_cfar.ipynb #c023
+# %% ../nbs/51_cfar.ipynb #c027
 @dataclasses.dataclass
 class CFARConfig:
     "CFAR hyperparameters (the thesis gives none; defaults from our search on synthetic phase-1 outputs)."
@@ -162,7 +178,7 @@ class CFARConfig:
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/51_cfar.ipynb #af3d0dfa
+# %% ../nbs/51_cfar.ipynb #c030
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -195,35 +211,19 @@ class CFAR:
                    where='CFAR state'):  # what to name in errors
         "Rebuild a CFAR from `state()` (e.g. a model file's `extra['cfar']`); `KitError` naming the field on anything wrong."
         if not isinstance(s, dict) or s.get('format') != 'har-kit-cfar':
-            raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); write it with CFAR.save / a 51_cfar run')
+            raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); save the variant again with a 51_cfar run (cfar_extra)')
         try:
             arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
             config = CFARConfig(**s['config'])
             head = CFARHead(arr['y_f'].shape[0], 'default'); head.load_state_dict(s['head'])
             d = AttributeSetDictionary(arr['keys'], arr['values'], arr['counts'])
         except (KeyError, AttributeError, TypeError, RuntimeError) as e:
-            raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); write it again with CFAR.save') from None
+            raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); save the variant again with a 51_cfar run') from None
         if d.keys.shape[1] != arr['y_f'].shape[0] or d.values.shape != (len(d.keys), arr['y_f'].shape[1]):
             raise KitError(f'{where}: keys {d.keys.shape}, values {d.values.shape} and y_f {arr["y_f"].shape} do not fit together')
         return cls(config, arr['y_f'], d, head.eval(), dict(s.get('info', {})))
 
-    def save(self, path):  # destination file (e.g. <run>/<variant>/checkpoints/cfar.pt)
-        "Write everything inference needs to one file, atomically (tensors and plain values only); return the path."
-        with atomic_path(path) as tmp: torch.save(self.state(), tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path):  # a file written by `CFAR.save`
-        "Read a CFAR written by `save` with `torch.load(weights_only=True)`: a file holding code is refused."
-        path = Path(path)
-        if not path.exists(): raise KitError(f'{path}: no CFAR checkpoint (written by CFAR.save, e.g. by a 51_cfar run)')
-        try: s = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise KitError(f'{path}: not a loadable CFAR file ({type(e).__name__}: {str(e)[:160]}); only tensors and plain '
-                           'values are read (weights_only=True): write it again with CFAR.save') from None
-        return cls.from_state(s, str(path))
-
-# %% ../nbs/51_cfar.ipynb #ee6fbd38
+# %% ../nbs/51_cfar.ipynb #c031
 def _plain_info(info):  # fit information: numbers, lists, strings
     "The fit information as plain Python values (numpy scalars and arrays converted)."
     if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
@@ -231,25 +231,34 @@ def _plain_info(info):  # fit information: numbers, lists, strings
     if isinstance(info, np.generic): return info.item()
     return info
 
-# %% ../nbs/51_cfar.ipynb #c029
-def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
-             labels,                   # (N, M) their labels (-1 unspecified)
-             config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
-             show_progress=False,      # phase 2's progress bar
-             run_dir=None):           # where the engine keeps phase 2's checkpoints/history (None: temporary)
-    "CAM-PAR's second phase: factors (Eq. 17-18), dictionary (Fig. 6), r_hat (Eq. 19), fc_2 (Eq. 20)."
-    c = config or CFARConfig()
+# %% ../nbs/51_cfar.ipynb #c034
+def fit_dictionary(l_specific,           # (N, M) frozen phase-1 logits of the training images
+                   config: CFARConfig):  # hyperparameters
+    "Phase 2's fixed part: factors (Eq. 17-18), dictionary (Fig. 6) and r_hat (Eq. 19; zeros for the control): (factors, dictionary, r_hat)."
+    c = config
     r = check_confidences(expit(l_specific), 'expit(l_specific)')
     lf = fit_latent_factors(r, c.factors, c.regularization, c.alpha, c.p_t, c.iterations, c.use_cg, c.seed, c.num_threads, tol=c.tol)
     d = build_dictionary(r, lf.x_f, c.n_prototypes, c.seed)
-    r_hat = infer_confidence(d, lf.y_f, r) if c.use_r_hat else np.zeros_like(r)
-    head, losses = train_phase2(r_hat, l_specific, labels, c.epochs, c.lr, c.batch_size, c.init, c.seed, show_progress,
-                                c.ignore_unspecified, run_dir, params=dataclasses.asdict(c))
-    info = dict(objective=lf.objective, als_seconds=lf.seconds, als_sweeps=lf.sweeps, als_converged=lf.converged,
-                als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=losses)
-    return CFAR(c, lf.y_f, d, head, info)
+    return lf, d, infer_confidence(d, lf.y_f, r) if c.use_r_hat else np.zeros_like(r)
 
-# %% ../nbs/51_cfar.ipynb #03cc041f
+def _fitted(c, lf, d, head, phase2_loss):  # config, factors, dictionary, trained fc_2, its epoch losses
+    info = dict(objective=lf.objective, als_seconds=lf.seconds, als_sweeps=lf.sweeps, als_converged=lf.converged,
+                als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=phase2_loss)
+    return CFAR(c, lf.y_f, d, head.cpu().eval(), info)
+
+# %% ../nbs/51_cfar.ipynb #c035
+def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
+             labels,                   # (N, M) their labels (-1 unspecified)
+             config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
+             progress=False):          # phase 2's progress bar
+    "CAM-PAR's second phase in memory: factors (Eq. 17-18), dictionary (Fig. 6), r_hat (Eq. 19), fc_2 (Eq. 20)."
+    c = config or CFARConfig()
+    lf, d, r_hat = fit_dictionary(l_specific, c)
+    head, losses = train_phase2(r_hat, l_specific, labels, c.epochs, c.lr, c.batch_size, c.init, c.seed, progress,
+                                c.ignore_unspecified, params=dataclasses.asdict(c))
+    return _fitted(c, lf, d, head, losses)
+
+# %% ../nbs/51_cfar.ipynb #c041
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -269,12 +278,12 @@ class CFARPredictor(nn.Module):
         else: r_hat = torch.zeros_like(r)
         return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
 
-# %% ../nbs/51_cfar.ipynb #234ece5b
+# %% ../nbs/51_cfar.ipynb #c042
 def cfar_extra(cfar: CFAR):  # a fitted CFAR
     "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
     return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
 
-# %% ../nbs/51_cfar.ipynb #be0e43ad
+# %% ../nbs/51_cfar.ipynb #c043
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)
@@ -282,7 +291,7 @@ def cfar_predictor(model,   # the rebuilt phase-1 network
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 
-# %% ../nbs/51_cfar.ipynb #c040
+# %% ../nbs/51_cfar.ipynb #c048
 @torch.inference_mode()
 def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    loader,          # DataLoader of dict batches
@@ -299,7 +308,104 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/51_cfar.ipynb #c046
+# %% ../nbs/51_cfar.ipynb #c051
+@dataclasses.dataclass
+class CFARRunConfig:
+    "One CFAR run's parameters as one value: `51_cfar`'s `parameters` cell (same names, same defaults), checked."
+    variants: list = dataclasses.field(default_factory=lambda: ['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])  # rows: phase 1, +'_cfar', +'_fc2'
+    phase1_variant: str = 'campar_fusion'  # CAM-PAR variant of phase 1 (Table 2: CAM-PAR + Fusion)
+    campar_run: str | None = None       # CAM-PAR run directory holding <phase1_variant>/model.pt (None: train one inline)
+    dataset: str = 'rap'                # 'rap', 'pa100k' or 'wider' (scored with the dataset's own metric)
+    data_root: str | None = None        # None: the cached synthetic set; else the real dataset root
+    partition: int = 0                  # RAP v1 partition 0..4, the phase-1 run's
+    train_splits: list | None = None    # splits CFAR is fitted on; None: the phase-1 run's training splits
+    profile: str = 'tiny'               # synthetic profile
+    arch: str = 'resnet-tiny'           # phase-1 encoder when trained inline
+    weights: str | None = None          # phase-1 pretrained weights when trained inline
+    scale: float = 0.25                 # input size factor (1.0 gives 256x192)
+    epochs: int = 2                     # phase-1 epochs when trained inline
+    batch_size: int = 16                # phase-1 batch size
+    factors: int = 8                    # D, latent dimension of Eq. 18
+    regularization: float = 0.1         # lambda of Eq. 18
+    alpha: float = 10.0                 # alpha of Eq. 17
+    p_t: float = 0.5                    # preference threshold p^t of Eq. 17
+    n_prototypes: int = 16              # K prototype keys of the dictionary (Fig. 6)
+    als_tol: float = 1e-4               # ALS stops when the relative change of Eq. 18 falls under this
+    als_max_iterations: int = 200       # ALS sweeps at most
+    phase2_epochs: int = 30             # epochs of fc_2 (Eq. 20)
+    phase2_lr: float = 0.01             # Adam learning rate of fc_2
+    bench_rows: int = 2000              # rows of the ALS timing
+    num_threads: int = 1                # implicit's threads (0: all cores)
+    ignore_unspecified: bool = False    # False: unspecified labels are negatives in Loss_2 and the metric ([15])
+    seed: int = 0                       # random seed
+    device: str = 'cpu'                 # where phase 1 runs: 'cpu', 'cuda', 'auto' (phase 2 is tiny: the CPU)
+
+    def __post_init__(self):
+        known = {self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'}
+        if not set(self.variants) <= known: raise KitError(f'variants={self.variants}: choose among {sorted(known)}')
+        self.variants = list(self.variants)
+
+    @classmethod
+    def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
+        "The config of the parameters named like its fields (other keys ignored)."
+        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
+
+    def cfar_config(self, use_r_hat: bool = True):  # False: the control (zeros instead of r_hat)
+        "The fit's hyperparameters (`CFARConfig`) of this run."
+        return CFARConfig(factors=self.factors, regularization=self.regularization, alpha=self.alpha, p_t=self.p_t,
+                          n_prototypes=self.n_prototypes, iterations=self.als_max_iterations, tol=self.als_tol, epochs=self.phase2_epochs,
+                          lr=self.phase2_lr, seed=self.seed, num_threads=self.num_threads, ignore_unspecified=self.ignore_unspecified,
+                          use_r_hat=use_r_hat)
+
+# %% ../nbs/51_cfar.ipynb #c052
+class CFARRecipe(Recipe):
+    "CFAR's phase 2 for `har_kit.model_file.train_variant`: on cached phase-1 outputs, fc_2 trained, phase 1 + CFAR saved and scored."
+    def __init__(self, config: CFARRunConfig,  # the run's parameters
+                 data,                         # har_kit.data.AttributeData (attribute names, test split's levels)
+                 phase1: nn.Module,            # the frozen phase-1 CAM-PAR network (saved in each model file)
+                 outputs: dict,                # `phase1_outputs` of 'train' (fitted on) and 'test' (scored)
+                 input_size):                  # phase 1's network input (height, width)
+        self.config, self.data, self.phase1, self.outputs, self.input_size = config, data, phase1, outputs, list(input_size)
+        self.levels = [s.meta.get('distractors') for s in data.split('test')]   # distraction levels (synthetic sets)
+        self.fitted, self._parts = {}, {}   # variant -> the fitted `CFAR`; variant -> (config, factors, dictionary, r_hat, head)
+
+    def build(self, variant):  # '<phase1>_cfar' or the control '<phase1>_fc2'
+        c = self.config.cfar_config(use_r_hat=variant == f'{self.config.phase1_variant}_cfar')
+        lf, d, r_hat = fit_dictionary(self.outputs['train']['l_specific'], c)
+        seed_everything(c.seed)
+        head = CFARHead(r_hat.shape[1], c.init)
+        self._parts[variant] = (c, lf, d, r_hat, head)
+        return _Phase2Net(head)
+
+    def criterion(self, variant): return loss2(self.config.ignore_unspecified)
+    def train_config(self): return phase2_config(self.config.phase2_epochs, self.config.phase2_lr, self.config.seed)
+    def params(self, variant): return dataclasses.asdict(self._parts[variant][0])
+
+    def loaders(self, variant):
+        c, r_hat, tr = self._parts[variant][0], self._parts[variant][3], self.outputs['train']
+        return {'train': phase2_rows(r_hat, tr['l_specific'], tr['labels'], c.batch_size)}
+
+# %% ../nbs/51_cfar.ipynb #c053
+@patch
+def model_file(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its name; its loaders; training facts
+    "`save_model`'s arguments: phase 1 (`campar_model_file`) with the fitted CFAR's state in `extra`."
+    c, lf, d, _, head = self._parts[variant]
+    f = self.fitted[variant] = _fitted(c, lf, d, head, [h['loss'] for h in facts['history']])
+    return dict(model=self.phase1, **campar_model_file(self.phase1, self.data.attributes, self.input_size, None, self.config.dataset,
+                                                       extra=cfar_extra(f)))
+
+@patch
+def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its name; its loaders; training facts
+    "The variant's entry: the dataset's metric row of CFAR's logits on the test split, with the ALS fit's numbers under `extra`."
+    c, f, te, names = self.config, self.fitted[variant], self.outputs['test'], self.data.attributes
+    info = f.info
+    return metric_row(c.dataset, expit(f.logits(te['l_specific'])), te['labels'], names, self.levels, c.ignore_unspecified,
+                      seconds=facts['seconds'], final_loss=facts['final_loss'], model_file=facts['model_file'],
+                      extra=dict(als_seconds=info['als_seconds'], eq18_objective=info['objective'], als_sweeps=info['als_sweeps'],
+                                 als_converged=info['als_converged'], als_tol=c.als_tol,
+                                 never_positive=[names[j] for j in info['never_positive']]))
+
+# %% ../nbs/51_cfar.ipynb #c059
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

@@ -124,7 +124,7 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
                        num_threads=0,       # implicit's threads (0 = all cores)
                        dtype=np.float32,    # factor precision (float64 for the exactness test)
                        init=None,           # optional (x_f, y_f) starting factors
-                       show_progress=False, # a tqdm bar over the sweeps (with `tol`)
+                       progress=False,      # a tqdm bar over the sweeps (with `tol`)
                        tol=None):           # stop when |J_prev - J| / J_prev < tol (Eq. 18's J); None: `iterations` sweeps
     "Minimise Eq. 18 with implicit's CPU ALS (images = users, attributes = items) on `confidence_matrix`."
     from threadpoolctl import threadpool_limits
@@ -146,10 +146,10 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
         if init is not None: als.user_factors, als.item_factors = (np.array(a, dtype=dtype) for a in init)
         t0, sweeps, history, converged = time.perf_counter(), 0, [], None
         try:
-            if tol is None: als.fit(cui, show_progress=show_progress); sweeps = int(iterations)
+            if tol is None: als.fit(cui, show_progress=progress); sweeps = int(iterations)
             else:
                 converged = False
-                for sweeps in tqdm(range(1, int(iterations) + 1), desc='ALS', leave=False, disable=not show_progress):
+                for sweeps in tqdm(range(1, int(iterations) + 1), desc='ALS', leave=False, disable=not progress):
                     als.fit(cui, show_progress=False)      # one sweep from the current factors
                     history.append(objective())
                     if sweeps > 1 and abs(history[-2] - history[-1]) <= tol * abs(history[-2]): converged = True; break

@@ -19,7 +19,7 @@ from .losses import bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'init_new_block', 'SelfMaskBlock', 'FusionBlock',
            'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table', 'DaHarLoss']
 
-# %% ../nbs/30_dahar.ipynb #b0aa1baa
+# %% ../nbs/30_dahar.ipynb #c006
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
                    std: float = 0.01):  # standard deviation of the Gaussian (paper: 0.01)
     "Initialise a new Da-HAR block (Training Details): conv/linear weights ~ N(0, std), biases 0, BatchNorm as identity."
@@ -31,7 +31,7 @@ def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
     return module
 
-# %% ../nbs/30_dahar.ipynb #e33262fa
+# %% ../nbs/30_dahar.ipynb #c007
 BLOCKS = ('basic', 'bottleneck')  # the residual block of the fusion and masked attention blocks
 
 def _residual_block(channels,        # width in and out
@@ -41,14 +41,14 @@ def _residual_block(channels,        # width in and out
     if kind == 'bottleneck' and channels % Bottleneck.expansion == 0: return Bottleneck(channels, channels // Bottleneck.expansion)
     return BasicBlock(channels, channels)
 
-# %% ../nbs/30_dahar.ipynb #0bf42122
+# %% ../nbs/30_dahar.ipynb #c008
 def _reweight(x, m, mode):  # features; mask in [0, 1] broadcastable to x; 'residual' or 'multiply'
     "Apply a saliency mask: x * (1 + m) (residual attention) or x * m."
     if mode == 'residual': return x * (1 + m)
     if mode == 'multiply': return x * m
     raise KitError(f"mask mode must be 'residual' (x*(1+m)) or 'multiply' (x*m), got {mode!r}")
 
-# %% ../nbs/30_dahar.ipynb #c009
+# %% ../nbs/30_dahar.ipynb #c011
 class SelfMaskBlock(nn.Module):
     "Coarse step (Fig. 3, yellow): a bottleneck of three 1x1 convs predicts a spatial saliency mask that re-weights the features."
     def __init__(self, channels: int,       # width of the stage output it follows
@@ -68,7 +68,7 @@ class SelfMaskBlock(nn.Module):
         m = torch.sigmoid(self.mask(x))
         return _reweight(x, m, self.mode), m
 
-# %% ../nbs/30_dahar.ipynb #c014
+# %% ../nbs/30_dahar.ipynb #c016
 class FusionBlock(nn.Module):
     "Multi-level aggregation: per-level 1x1 conv reduction, re-sampling to one level's resolution, sum, stacked residual blocks."
     def __init__(self, in_channels: list,   # widths of the fused levels, e.g. [c3, c4, c5]
@@ -97,7 +97,7 @@ class FusionBlock(nn.Module):
             out = out + f
         return self.blocks(F.relu(out))
 
-# %% ../nbs/30_dahar.ipynb #c018
+# %% ../nbs/30_dahar.ipynb #c020
 class ConfidenceAttention(nn.Module):
     "SRN's confidence-weighted attention without spatial regularisation: softmax attention x sigmoid confidence pools per-position scores."
     def __init__(self, in_channels: int,    # width of the attended features
@@ -120,7 +120,7 @@ class ConfidenceAttention(nn.Module):
         z = F.conv2d(x, self.classifier.weight)
         return (a * s * z).flatten(2).sum(-1) + self.classifier.bias, a, s
 
-# %% ../nbs/30_dahar.ipynb #c023
+# %% ../nbs/30_dahar.ipynb #c025
 class MaskedAttentionBlock(nn.Module):
     "Fine step (Fig. 3, green + red): mask branch -> masked features -> two residual blocks -> confidence-weighted attention."
     def __init__(self, in_channels: int,    # width of the fused (or c4) features
@@ -149,7 +149,7 @@ class MaskedAttentionBlock(nn.Module):
         logits, a, s = self.attention(self.blocks(_reweight(x, torch.sigmoid(mask_logits), self.mode)))
         return logits, a, s, mask_logits
 
-# %% ../nbs/30_dahar.ipynb #c027
+# %% ../nbs/30_dahar.ipynb #c029
 class DaHar(nn.Module):
     "Da-HAR (Fig. 3): backbone with optional self-mask blocks + GAP/fc (main), optional fusion + optional masked attention + SRN attention (side); logits averaged."
     def __init__(self, backbone: nn.Module,               # har_kit.backbones.ResNetTaps (.stem, .stages, .channels)
@@ -210,7 +210,7 @@ class DaHar(nn.Module):
         if len(side) == 4: out['mask_logits'] = side[3]
         return out
 
-# %% ../nbs/30_dahar.ipynb #c028
+# %% ../nbs/30_dahar.ipynb #c030
 READINGS = {  # the widths the paper leaves open: reading -> DaHar arguments (see "How big is Da-HAR?")
     'paper':      dict(block='basic', self_mask_after=(0, 1, 2, 3), reduce_side=True),    # matches 52.4M (default)
     'bottleneck': dict(block='bottleneck', self_mask_after=(0, 1, 2), reduce_side=False), # the alternative reading weighed below
@@ -232,8 +232,6 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
                   reading: str | None = None,  # a key of READINGS (None: the variant's own, else 'paper')
                   **kwargs):                   # further DaHar arguments (fusion_channels, self_mask_after, ...)
     "Build the named Table 3 variant on a fresh `resnet_taps(arch, weights)` backbone; every argument is JSON-able."
-    if 'num_classes' in kwargs:
-        raise KitError('dahar_variant: num_classes is now num_attributes (one name across the kit): pass num_attributes=')
     if name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
     flags = dict(VARIANTS[name]); own = flags.pop('reading', None)
     if own and reading not in (None, own): raise KitError(f'variant {name!r} is the {own!r} reading; reading={reading!r} contradicts it')
@@ -241,7 +239,7 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
     if reading not in READINGS: raise KitError(f'reading={reading!r}: choose one of {", ".join(READINGS)}')
     return DaHar(resnet_taps(arch, weights=weights), num_attributes, **{**READINGS[reading], **flags, **kwargs})
 
-# %% ../nbs/30_dahar.ipynb #c034
+# %% ../nbs/30_dahar.ipynb #c036
 PAPER_PARAMS_M = {'baseline': 45.4, 'dahar': 52.4}  # Computational Complexity Analysis (ResNet-101, 14 attributes)
 
 def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
@@ -251,7 +249,7 @@ def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
     with torch.device('meta'):
         return {r: {v: count_params(dahar_variant(v, num_attributes, arch, reading=r)) / 1e6 for v in names} for r in READINGS}
 
-# %% ../nbs/30_dahar.ipynb #c038
+# %% ../nbs/30_dahar.ipynb #c040
 LOSSES = ('bce', 'weighted', 'mixed')
 
 class DaHarLoss(nn.Module):

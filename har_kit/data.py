@@ -19,8 +19,9 @@ from .synth import ensure_synthetic
 
 # %% auto #0
 __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'check_train_splits',
-           'attach_masks', 'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture',
-           'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'label_stats', 'read_csv_dataset', 'load_dataset']
+           'fill_masks', 'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture',
+           'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats', 'read_csv_dataset',
+           'load_dataset']
 
 # %% ../nbs/16_data.ipynb #c006
 @dataclass
@@ -88,7 +89,7 @@ def check_train_splits(train_splits,         # a split name or a list of them (p
     return names
 
 # %% ../nbs/16_data.ipynb #c015
-def attach_masks(data: AttributeData, # a dataset
+def fill_masks(data: AttributeData, # a dataset
                  mask_fn):           # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
     return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])
@@ -105,7 +106,7 @@ def _find_masks(data: AttributeData, mask_dir):
     folder = Path(mask_dir) if mask_dir else next((f for f in mask_roots(data.name, data.root) if f.is_dir()), None)
     if folder is None: return data
     if not folder.is_dir(): raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
-    found = attach_masks(data, lambda s: p if (p := _sample_mask(folder, s)).exists() else None)
+    found = fill_masks(data, lambda s: p if (p := _sample_mask(folder, s)).exists() else None)
     miss = [s for s in found.samples if s.mask is None]
     found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(miss))
     if miss:
@@ -429,7 +430,7 @@ def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     return globals()[dataset_kind(kind).reader_name]
 
 # %% ../nbs/16_data.ipynb #c083
-def label_stats(data: AttributeData, # a dataset
+def attribute_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
     import pandas as pd

@@ -93,7 +93,7 @@ class TrainConfig:
         "The fields as plain JSON/checkpoint-safe values."
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-# %% ../nbs/08_engine.ipynb #46a286d1
+# %% ../nbs/08_engine.ipynb #c015
 def param_groups(model,                 # the model (its `.backbone`, if any, gets its own group)
                  lr,                    # head learning rate
                  backbone_lr_mult=1.0): # backbone learning rate = lr * backbone_lr_mult
@@ -107,7 +107,7 @@ def param_groups(model,                 # the model (its `.backbone`, if any, ge
     if not groups: raise KitError('the model has no trainable parameters (every requires_grad is False)')
     return groups
 
-# %% ../nbs/08_engine.ipynb #2416c9ae
+# %% ../nbs/08_engine.ipynb #c016
 def make_optimizer(model,  # the model
                    cfg):    # a TrainConfig
     "The optimizer named by `cfg.optimizer` over `param_groups(model, ...)`."
@@ -117,7 +117,7 @@ def make_optimizer(model,  # the model
     opt = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
     return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay, **fused)
 
-# %% ../nbs/08_engine.ipynb #995dafc4
+# %% ../nbs/08_engine.ipynb #c017
 def make_scheduler(optimizer,  # from make_optimizer
                    cfg):        # a TrainConfig
     "The per-epoch learning-rate schedule named by `cfg.scheduler` (None for 'none')."
@@ -128,14 +128,14 @@ def make_scheduler(optimizer,  # from make_optimizer
     if s == 'plateau': return sch.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.gamma, patience=cfg.patience)
     return None
 
-# %% ../nbs/08_engine.ipynb #507bdc4e
+# %% ../nbs/08_engine.ipynb #c020
 def autocast(device,       # a torch.device
              amp='none'):  # 'none' | 'bf16' | 'fp16'
     "The autocast context for `amp` on `device` (a no-op for 'none')."
     if amp == 'none': return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-# %% ../nbs/08_engine.ipynb #b7bf78b5
+# %% ../nbs/08_engine.ipynb #c021
 def to_device(batch,                # a dict batch with 'image' and 'labels'
               device,               # a torch.device
               channels_last=False): # convert 4-D images to channels_last
@@ -147,7 +147,7 @@ def to_device(batch,                # a dict batch with 'image' and 'labels'
     if channels_last and out['image'].dim() == 4: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/08_engine.ipynb #af37c89a
+# %% ../nbs/08_engine.ipynb #c024
 def _forward_logits(model, images):
     "Run the model; K-crop images (N, K, 3, H, W) are flattened and their logits returned as (N, K, C)."
     crops = images.dim() == 5
@@ -157,7 +157,7 @@ def _forward_logits(model, images):
         raise KitError("the model must return a dict with 'logits' (N, C) (CONTRIBUTING.md, Models)")
     return out, out['logits'].float().reshape(n, k, -1)
 
-# %% ../nbs/08_engine.ipynb #86624391
+# %% ../nbs/08_engine.ipynb #c025
 @torch.inference_mode()
 def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion=None, progress=False, desc='eval'):
     "Scores/logits/labels over `loader` (gathered over processes) and, for 4-D batches, the criterion's mean loss."
@@ -176,7 +176,7 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
     if criterion is not None: res['loss'] = all_mean(loss_sum, n_loss, device)
     return res
 
-# %% ../nbs/08_engine.ipynb #7766a82d
+# %% ../nbs/08_engine.ipynb #c026
 def predict(model,                # contract model: returns {'logits': (N, C), ...}
             loader,               # DataLoader of dict batches; 'image' (B, 3, H, W) or (B, K, 3, H, W)
             device='cpu',         # torch.device or name
@@ -187,12 +187,12 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     dev = device if isinstance(device, torch.device) else get_device(device)
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
-# %% ../nbs/08_engine.ipynb #d3c3c71f
+# %% ../nbs/08_engine.ipynb #c030
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
-# %% ../nbs/08_engine.ipynb #f9be1e98
+# %% ../nbs/08_engine.ipynb #c031
 def check_identity(ck,           # a loaded checkpoint dict (with 'config' and 'params')
                    cfg,          # the TrainConfig of this run
                    params,       # this run's own parameters (JSON-able dict) or None
@@ -207,7 +207,7 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
             if old.get(k, absent) != new.get(k, absent)]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
-# %% ../nbs/08_engine.ipynb #83497976
+# %% ../nbs/08_engine.ipynb #c032
 class LossGuard:
     "Each step's loss tested on the device (no host sync); `check` reads the first bad step back, one sync."
     def __init__(self, device):
@@ -233,7 +233,7 @@ class LossGuard:
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
                        f'nothing of epoch {epoch} is saved')
 
-# %% ../nbs/08_engine.ipynb #3bf56a41
+# %% ../nbs/08_engine.ipynb #c033
 def _check_state(model, epoch, device):
     "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -242,7 +242,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/08_engine.ipynb #67b7878d
+# %% ../nbs/08_engine.ipynb #c036
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -252,7 +252,7 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
-# %% ../nbs/08_engine.ipynb #89c639a2
+# %% ../nbs/08_engine.ipynb #c037
 def write_history(history,  # list of per-epoch dicts
                   run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
@@ -262,7 +262,7 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
-# %% ../nbs/08_engine.ipynb #212e1c26
+# %% ../nbs/08_engine.ipynb #c038
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
     with autocast(device, cfg.amp):
@@ -276,7 +276,7 @@ def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     scaler.step(optimizer); scaler.update()
     return parts
 
-# %% ../nbs/08_engine.ipynb #8552af18
+# %% ../nbs/08_engine.ipynb #c039
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
     sums, count, check, lr = {}, 0, LossGuard(device), optimizer.param_groups[-1]['lr']
@@ -302,14 +302,14 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
     if rank_world()[1] > 1: dist.all_reduce(t)
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
-# %% ../nbs/08_engine.ipynb #d74b23c6
+# %% ../nbs/08_engine.ipynb #c040
 def _monitor(rec, cfg):
     "(found, value) of the monitor in an epoch record, accepting the name with or without 'val_'."
     for k in (cfg.monitor, 'val_' + cfg.monitor):
         if k in rec: return True, rec[k]
     return False, None
 
-# %% ../nbs/08_engine.ipynb #566a068d
+# %% ../nbs/08_engine.ipynb #c041
 def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader ran this epoch
     "Step the schedule after an epoch; return the monitor's value in `rec` (None: undefined or absent)."
     found, value = _monitor(rec, cfg)
@@ -322,7 +322,7 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     elif scheduler is not None: scheduler.step()
     return value
 
-# %% ../nbs/08_engine.ipynb #a4e3e15b
+# %% ../nbs/08_engine.ipynb #c042
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
@@ -333,7 +333,7 @@ def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
 
-# %% ../nbs/08_engine.ipynb #a68d8bc6
+# %% ../nbs/08_engine.ipynb #c043
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
         criterion,        # (out, batch) -> {'loss': scalar, **parts}
         train_loader,     # DataLoader of dict batches (the engine re-samples it, see `shard_loader`)
@@ -394,7 +394,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         if world > 1: dist.barrier()
     return history
 
-# %% ../nbs/08_engine.ipynb #c037
+# %% ../nbs/08_engine.ipynb #c052
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .core import KitError, data_root, save_json
-from .data import attach_masks as _attach_samples, load_dataset
+from .data import fill_masks, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
 from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
 
@@ -138,7 +138,7 @@ def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
     pos = {id(s): i for i, s in enumerate(data.samples)}
-    return _attach_samples(data, lambda s: masks.get(pos[id(s)], s.mask))
+    return fill_masks(data, lambda s: masks.get(pos[id(s)], s.mask))
 
 # %% ../nbs/21_masks.ipynb #c023
 def mask_iou(a,  # (H, W) bool

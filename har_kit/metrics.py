@@ -17,7 +17,7 @@ __all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MO
            'distraction_bin', 'grouped_metrics', 'dataset_metric', 'metrics_by_distraction', 'target_share',
            'target_mass', 'mass_by_level', 'metrics_entry', 'read_metrics']
 
-# %% ../nbs/05_metrics.ipynb #fb80d916
+# %% ../nbs/05_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
     "Turn a list, numpy array or (CPU/CUDA) torch tensor into a numpy array."
     if hasattr(x, 'detach'):
@@ -26,7 +26,7 @@ def _numpy(x, name):  # array-like or torch tensor; `name` is used in error mess
     try: return np.asarray(x)
     except (TypeError, ValueError) as e: raise KitError(f'{name}: cannot be read as an array ({e})') from None
 
-# %% ../nbs/05_metrics.ipynb #d66a1132
+# %% ../nbs/05_metrics.ipynb #c006
 def check_inputs(scores,                  # (N, C) scores
                  labels,                  # (N, C) labels in {1, 0, UNSPECIFIED}
                  probabilities=False):    # True: scores must lie in [0, 1] (thresholded metrics)
@@ -59,7 +59,7 @@ def check_inputs(scores,                  # (N, C) scores
                        '(unspecified) are allowed; map the dataset\'s codes in its reader')
     return s, y.astype(np.int8)
 
-# %% ../nbs/05_metrics.ipynb #26c38bc8
+# %% ../nbs/05_metrics.ipynb #c010
 AP_VARIANTS = ('interpolated', 'non_interpolated')  # VOC2010+/SRN-style envelope; sklearn's average_precision_score
 
 def _ranked(s, y):  # (B, N) float scores; (B, N) int8 labels: one row per attribute (contiguous rows sort fast)
@@ -73,7 +73,7 @@ def _ranked(s, y):  # (B, N) float scores; (B, N) int8 labels: one row per attri
     env = np.maximum.accumulate(prec[:, ::-1], 1)[:, ::-1]                    # VOC envelope: max precision at >= recall
     return tp, fp, prec, env, last
 
-# %% ../nbs/05_metrics.ipynb #08d4d1d3
+# %% ../nbs/05_metrics.ipynb #c011
 def _average_precision(s, y, variant, block=8):  # validated (N, C) arrays; AP variant; attributes per block
     "Per-attribute AP as (C,) floats (NaN where no positive: callers turn it into None) and (C,) positive counts."
     n_pos = (y == 1).sum(0)
@@ -88,7 +88,7 @@ def _average_precision(s, y, variant, block=8):  # validated (N, C) arrays; AP v
         with np.errstate(invalid='ignore', divide='ignore'): ap[sl] = (gain * curve).sum(1) / n_pos[sl]
     return ap, n_pos
 
-# %% ../nbs/05_metrics.ipynb #f7cfe852
+# %% ../nbs/05_metrics.ipynb #c012
 DEGENERATE_RULES = ('exclude', 'include')  # columns without a specified negative: left out of the mean, or AP 1.0
 
 def degenerate_columns(labels,           # (N, C) validated int8 labels
@@ -97,7 +97,7 @@ def degenerate_columns(labels,           # (N, C) validated int8 labels
     return dict(no_positive=np.flatnonzero(~(labels == 1).any(0)).tolist(),
                 no_negative=np.flatnonzero(~(labels == 0).any(0)).tolist(), rule=rule)
 
-# %% ../nbs/05_metrics.ipynb #1d95ba61
+# %% ../nbs/05_metrics.ipynb #c013
 def mean_ap(scores,                       # (N, C) scores (any monotone scale)
             labels,                       # (N, C) labels in {1, 0, -1}
             variant='interpolated',       # 'interpolated' (VOC2010+/SRN WIDER code) or 'non_interpolated' (sklearn)
@@ -116,7 +116,7 @@ def mean_ap(scores,                       # (N, C) scores (any monotone scale)
                 degenerate=degenerate_columns(y, degenerate),
                 n_pos=n_pos.astype(int), n_specified=(y != UNSPECIFIED).sum(0).astype(int))
 
-# %% ../nbs/05_metrics.ipynb #f47700b2
+# %% ../nbs/05_metrics.ipynb #c022
 def pr_points(scores,   # (N,) scores of one attribute
               labels):  # (N,) its labels in {1, 0, -1}
     "Recall, precision and interpolated (envelope) precision at each distinct score of one attribute."
@@ -127,12 +127,12 @@ def pr_points(scores,   # (N,) scores of one attribute
     keep = last & (tp + fp > 0)                     # distinct scores reached by a specified sample
     return dict(recall=tp[keep] / n_pos, precision=prec[keep], interpolated=env[keep])
 
-# %% ../nbs/05_metrics.ipynb #a86c02fb
+# %% ../nbs/05_metrics.ipynb #c023
 def _step_area(p):  # output of `pr_points`
     r = np.concatenate([[0.], p['recall']])
     return float((np.diff(r) * p['precision']).sum()), float((np.diff(r) * p['interpolated']).sum())
 
-# %% ../nbs/05_metrics.ipynb #29e146ca
+# %% ../nbs/05_metrics.ipynb #c027
 THRESHOLD_RULES = ('>=', '>')                       # Eq. 1 of the thesis; the Strong-Baseline / SRN code
 UNSPECIFIED_MODES = ('ignore', 'negative', 'error')  # how pedestrian_metrics treats labels equal to UNSPECIFIED
 
@@ -144,11 +144,11 @@ def harmonic_f1(prec,  # mean instance precision (a fraction or a percentage)
     out = np.where(den > 0, 2 * prec * rec / np.where(den > 0, den, 1), 0.0)
     return float(out) if out.ndim == 0 else out
 
-# %% ../nbs/05_metrics.ipynb #8fe7f0f0
+# %% ../nbs/05_metrics.ipynb #c028
 def _ratio(num, den, zero_division):  # arrays of counts; value for 0/0
     return np.where(den > 0, num / np.maximum(den, 1), float(zero_division))
 
-# %% ../nbs/05_metrics.ipynb #00605fe7
+# %% ../nbs/05_metrics.ipynb #c029
 def check_threshold(threshold,      # one number, or a (C,) sequence of per-attribute thresholds
                     n_attributes):  # C
     "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a wrong length or non-finite value."
@@ -159,7 +159,7 @@ def check_threshold(threshold,      # one number, or a (C,) sequence of per-attr
                        '(one per attribute)')
     return float(t) if t.ndim == 0 else t
 
-# %% ../nbs/05_metrics.ipynb #add7e129
+# %% ../nbs/05_metrics.ipynb #c030
 def apply_threshold(scores,       # (N, C) scores
                     threshold,    # a `check_threshold` value
                     rule='>='):   # a THRESHOLD_RULES entry
@@ -167,7 +167,7 @@ def apply_threshold(scores,       # (N, C) scores
     if rule not in THRESHOLD_RULES: raise KitError(f'rule={rule!r}: choose one of {THRESHOLD_RULES}')
     return (scores >= threshold) if rule == '>=' else (scores > threshold)
 
-# %% ../nbs/05_metrics.ipynb #c026
+# %% ../nbs/05_metrics.ipynb #c034
 def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
                        labels,                # (N, C) labels in {1, 0, -1}
                        threshold=0.5,         # p_t of Eq. 1: one number, or a (C,) array of per-attribute thresholds
@@ -216,7 +216,7 @@ def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
                 f1_convention='harmonic mean of mean instance precision and recall (Eq. 25)',
                 n_samples=int(rows.sum()), n_attributes=int(s.shape[1]))
 
-# %% ../nbs/05_metrics.ipynb #81b1ea33
+# %% ../nbs/05_metrics.ipynb #c045
 THRESHOLD_CRITERIA = ('f1', 'balanced_accuracy')
 
 def _best_threshold(s, y, criterion, default):  # (n,) scores and (n,) labels in {0, 1} of one attribute
@@ -232,7 +232,7 @@ def _best_threshold(s, y, criterion, default):  # (n,) scores and (n,) labels in
     k = best[np.argmin(np.abs(cand[best] - default))]
     return float(cand[k]), float(crit[k])
 
-# %% ../nbs/05_metrics.ipynb #426e2cee
+# %% ../nbs/05_metrics.ipynb #c046
 def choose_thresholds(scores,                  # (N, C) validation probabilities
                       labels,                  # (N, C) labels in {1, 0, -1}
                       criterion='f1',          # 'f1' (per-attribute F1) or 'balanced_accuracy' (mA term, Eq. 21)
@@ -252,7 +252,7 @@ def choose_thresholds(scores,                  # (N, C) validation probabilities
     return dict(thresholds=th, criterion=criterion, score=[None if np.isnan(v) else float(v) for v in score],
                 degenerate=deg, default=default, n_samples=int(s.shape[0]))
 
-# %% ../nbs/05_metrics.ipynb #d3f7d818
+# %% ../nbs/05_metrics.ipynb #c054
 def distraction_bin(level,   # number of distractors (None/missing -> 'unknown')
                     cap=3):  # levels >= cap share the bin 'cap+'
     "Bin label of a distraction level: '0', '1', ..., and 'cap+' for `level >= cap`."
@@ -260,7 +260,7 @@ def distraction_bin(level,   # number of distractors (None/missing -> 'unknown')
     level = int(level)
     return f'{cap}+' if level >= cap else str(level)
 
-# %% ../nbs/05_metrics.ipynb #89439066
+# %% ../nbs/05_metrics.ipynb #c055
 def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
                     scores,       # (N, C) scores
                     labels,       # (N, C) labels
@@ -272,28 +272,28 @@ def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
     if len(g) != len(s): raise KitError(f'groups has {len(g)} entries but scores has {len(s)} samples')
     return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
 
-# %% ../nbs/05_metrics.ipynb #2532a1dc
+# %% ../nbs/05_metrics.ipynb #c058
 HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1'), 'csv': ('mA', 'f1')}  # numbers kept per distraction bin
 
-def dataset_metric(kind: str):  # 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
+def dataset_metric(dataset: str):  # dataset kind: 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
     "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics`."
-    if kind not in HEADLINE: raise KitError(f'dataset={kind!r}: choose one of {", ".join(HEADLINE)}')
-    return mean_ap if kind == 'wider' else pedestrian_metrics
+    if dataset not in HEADLINE: raise KitError(f'dataset={dataset!r}: choose one of {", ".join(HEADLINE)}')
+    return mean_ap if dataset == 'wider' else pedestrian_metrics
 
-# %% ../nbs/05_metrics.ipynb #80f63965
-def metrics_by_distraction(kind,    # dataset kind ('wider', 'rap', 'pa100k', 'csv')
-                           scores,  # (N, C) scores of the scored split
-                           labels,  # (N, C) its labels
-                           levels,  # (N,) distractors overlapping each target (None = unknown)
-                           cap=3):  # levels >= cap share one bin
-    "Headline metrics of `kind` per distraction bin: {'0': {'mAP': .., 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
+# %% ../nbs/05_metrics.ipynb #c059
+def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', 'csv')
+                           scores,   # (N, C) scores of the scored split
+                           labels,   # (N, C) its labels
+                           levels,   # (N,) distractors overlapping each target (None = unknown)
+                           cap=3):   # levels >= cap share one bin
+    "Headline metrics of `dataset` per distraction bin: {'0': {'mAP': .., 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
     bins = [distraction_bin(l, cap) for l in levels]
     out = {}
-    for k, m in grouped_metrics(dataset_metric(kind), scores, labels, bins).items():
-        if k != 'unknown': out[k] = {**{h: m[h] for h in HEADLINE[kind]}, 'n': bins.count(k)}
+    for k, m in grouped_metrics(dataset_metric(dataset), scores, labels, bins).items():
+        if k != 'unknown': out[k] = {**{h: m[h] for h in HEADLINE[dataset]}, 'n': bins.count(k)}
     return out
 
-# %% ../nbs/05_metrics.ipynb #c051
+# %% ../nbs/05_metrics.ipynb #c062
 def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps (masks, attention, CAMs); torch or numpy
                  target): # (N, 1, H, W) or (N, H, W) target masks in [0, 1], area-resized to (h, w)
     "Per image, the share of the maps' mass on the target, sum(m g) / sum(m), averaged over the K maps: (N,) array."
@@ -308,7 +308,7 @@ def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps 
     g = F.adaptive_avg_pool2d(g.to(m.device), m.shape[-2:])
     return ((m * g).flatten(2).sum(-1) / m.flatten(2).sum(-1).clamp_min(1e-8)).mean(1).cpu().numpy()
 
-# %% ../nbs/05_metrics.ipynb #e2d4e6e8
+# %% ../nbs/05_metrics.ipynb #c066
 def target_mass(model,          # a model returning a dict of outputs (the kit's convention)
                 loader,         # iterable of batches with 4-D 'image' and 'mask' (a loader built with with_mask=True)
                 maps,           # maps(out) -> {name: (N, K, h, w) non-negative maps} picked from the model's output
@@ -326,7 +326,7 @@ def target_mass(model,          # a model returning a dict of outputs (the kit's
             rows.setdefault('chance', []).append(g.flatten(1).mean(1).numpy())
     return {k: np.concatenate(v) for k, v in rows.items()}
 
-# %% ../nbs/05_metrics.ipynb #f153354f
+# %% ../nbs/05_metrics.ipynb #c067
 def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
                   levels,       # (N,) distraction level per image (None: unknown, skipped)
                   cap: int = 3):  # levels >= cap share one bin
@@ -335,7 +335,7 @@ def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
     return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
             for b in sorted(set(bins) - {'unknown'})}
 
-# %% ../nbs/05_metrics.ipynb #6fa26ef4
+# %% ../nbs/05_metrics.ipynb #c071
 METRICS_SCHEMA = 2              # version of a variant's metrics.json entry; runs written under another are refused
 PROTOCOLS = ('full', 'crops')   # evaluation protocols: the whole patch resized; the mean over five crops (Da-HAR)
 ENTRY_KEYS = {                  # the common keys an entry may hold beside its protocols (each only when measured)
@@ -357,7 +357,7 @@ def _protocol_block(kind, name, m, attributes):  # DatasetKind; protocol; datase
         raise KitError(f'evaluated[{name!r}] scores {len(m[per])} attributes but {len(attributes)} names were given')
     return {**{k: m[k] for k in kind.headline}, 'per_attribute': dict(zip(attributes, m[per]))}
 
-# %% ../nbs/05_metrics.ipynb #8ce97422
+# %% ../nbs/05_metrics.ipynb #c072
 def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'csv'): its metric family and headline keys
                   evaluated: dict,  # protocol ('full', 'crops') -> the dict `dataset_metric(dataset)` returned for it
                   attributes,       # the C attribute names, in the order of the metric's per-attribute lists
@@ -372,7 +372,7 @@ def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'c
     entry.update({p: _protocol_block(kind, p, m, attributes) for p, m in evaluated.items()})
     return {**entry, **{k: extras[k] for k in ENTRY_KEYS if extras.get(k) is not None}}   # in ENTRY_KEYS' order
 
-# %% ../nbs/05_metrics.ipynb #c063
+# %% ../nbs/05_metrics.ipynb #c076
 def read_metrics(run,            # a run (seed) directory holding metrics.json
                  variant=None):  # a variant's key: return its entry (None: the whole file, every entry checked)
     "A run's `metrics.json` (or one variant's entry), refused with a `KitError` when an entry has another schema."

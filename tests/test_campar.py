@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from har_kit.core import KitError, UNSPECIFIED
 from har_kit.campar import (VARIANTS, CamParLoss, MCAFusion, attribute_activation, attribute_angles,
                             campar_variant, class_activation_map, disentangled_features,
-                            l_shared, l_specific, l_specific_materialised, l_specific_public, load_campar,
-                            positive_angles, save_build_params)
-from har_kit.campar_train import campar_train_config, evaluate_variant, train_variant
+                            l_shared, l_specific, l_specific_materialised, l_specific_public, positive_angles)
+from har_kit.campar_train import CamParConfig, CamParRecipe, campar_train_config
+from har_kit.model_file import load_model, train_variant
 from har_kit.engine import predict
 from har_kit.metrics import pedestrian_metrics
 
@@ -121,29 +121,38 @@ def _loader(ds, shuffle):
                                        generator=torch.Generator().manual_seed(0))
 
 
+class _ToyRecipe(CamParRecipe):
+    "CAM-PAR's recipe on the toy loaders: its build, loss, selection, model file and score; no dataset behind it."
+    def __init__(self, loaders, m=5):
+        self.config = CamParConfig(optimizer='adam', epochs=5, lr=3e-3, sample_weighting=False, cache_mb=0)
+        self.data, self._loaders = type('Toy', (), {'attributes': list('abcde')[:m]}), loaders
+        self.key, self.evaluate, self.eval_name, self.pos_ratio = 'mA', pedestrian_metrics, None, None
+        self.levels, self.thetas = [i % 3 for i in range(len(loaders['test'].dataset))], {}
+
+    def train_config(self): return self.config.train_config(progress=False)
+
+
 @pytest.mark.parametrize('name', ['baseline', 'campar_fusion'])   # no CAM / no fusion, and both ('campar' trains in 40_campar's run)
 def test_variant_trains_evaluates_and_reloads(name, tmp_path):
-    m = 5
-    loaders = {'train': _loader(_Toy(64, m, 0), True), 'test': _loader(_Toy(32, m, 1), False)}
-    cfg = campar_train_config('adam', epochs=5, lr=3e-3, device='cpu', progress=False)
-    res = train_variant(name, m, loaders, cfg, tmp_path, arch='resnet-tiny')   # nothing held out: the last epoch
+    test = _loader(_Toy(32, 5, 1), False)
+    loaders = {'train': _loader(_Toy(64, 5, 0), True), 'test': test, 'test_masks': test}
+    res = train_variant(_ToyRecipe(loaders), name, tmp_path)   # nothing held out: the last epoch
     hist = [h['loss'] for h in res['history']]
     assert all(np.isfinite(hist)) and hist[-1] < hist[0], hist
     if VARIANTS[name]['cam']: assert 'train_specific' in res['history'][0]
-    levels = [i % 3 for i in range(32)]
-    met, theta = evaluate_variant(res['model'], 'rap', {**loaders, 'test_masks': loaders['test']}, list('abcde'), levels)
+    met = res['metrics']
     full = met['full']
     assert all(0 <= full[k] <= 1 for k in ('mA', 'acc', 'prec', 'rec', 'f1')) and list(full['per_attribute']) == list('abcde')
     assert full['mA'] > 0.75, full['mA']    # the toy attributes are learnable: every variant must beat the prior (0.5)
-    assert res['epoch'] == 5 and (tmp_path/name/'checkpoints'/'last.pt').exists()
-    assert json.loads((tmp_path/name/'model.json').read_text())['variant'] == name
+    assert res['epoch'] == 5 and (tmp_path/name/'checkpoints'/'last.pt').exists() and met['model_file'] == f'{name}/model.pt'
+    assert met['extra']['selected_on'] == 'last epoch' and met['extra']['thresholds'] == '0.5 (no held-out split)'
     assert ('head_specific' in met['extra']) == ('target_mass_by_distractors' in met) == VARIANTS[name]['cam']
     if VARIANTS[name]['cam']:   # where the CAMs look: per level, shares in [0, 1]; the target is a quarter of each image
         tm = met['target_mass_by_distractors']
         assert sorted(tm) == ['0', '1', '2'] and sum(v['n'] for v in tm.values()) == 32
         assert all(0 <= v['attention'] <= 1 and v['chance'] == pytest.approx(0.25) for v in tm.values())
         assert met['extra']['head_specific']['mA'] == pytest.approx(full['mA'])
-    back = load_campar(tmp_path, name, which='last')
+    back = load_model(tmp_path, name).model
     np.testing.assert_allclose(predict(back, loaders['test'])['logits'], predict(res['model'], loaders['test'])['logits'], atol=1e-5)
     out = back(next(iter(loaders['test']))['image'])
     assert ('logits_specific' in out) == VARIANTS[name]['cam']
@@ -153,10 +162,15 @@ def test_variant_trains_evaluates_and_reloads(name, tmp_path):
         assert len(pa['theta']) + pa['dropped'] == int(loaders['test'].dataset.y.sum())
 
 
-def test_load_campar_errors(tmp_path):
-    with pytest.raises(KitError, match='model.json'): load_campar(tmp_path, 'campar')
-    save_build_params(campar_variant('campar', 3, arch='resnet-tiny'), tmp_path/'campar')
-    with pytest.raises(KitError, match="best.pt"): load_campar(tmp_path, "campar")
+def test_config_defaults_are_the_notebooks_parameters():
+    "CamParConfig has the names and defaults of 40_campar's parameters cell (out_dir aside)."
+    import ast, dataclasses
+    from pathlib import Path
+    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'40_campar.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
+    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
+    params.pop('out_dir')
+    assert params == dataclasses.asdict(CamParConfig())
 
 
 # --- issue 16: the paper protocol's readings -------------------------------------------------------------------
@@ -189,7 +203,7 @@ def test_fusion_lr_backbone_moves_only_the_lr_group():
 
 def test_selection_on_test_keeps_the_best_epoch(tmp_path):
     "'[15]' selection: the epoch with the best eval-split mA is the one restored, and it is found again from history."
-    from har_kit.campar_train import EpochSelector, selected_epoch
+    from har_kit.model_file import EpochSelector, selected_epoch
     from har_kit.engine import fit
     from har_kit.checkpoints import load_checkpoint
     m = 5
@@ -250,7 +264,7 @@ def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):
 
 def test_a_fresh_start_forgets_a_stale_selection(tmp_path):
     "A selected.pt left by an earlier run (no last.pt beside it) is not taken for this run's best epoch."
-    from har_kit.campar_train import EpochSelector
+    from har_kit.model_file import EpochSelector
     from har_kit.checkpoints import save_checkpoint
     model = campar_variant('campar', 3, arch='resnet-tiny')
     path = tmp_path/'checkpoints'/'selected.pt'

@@ -107,8 +107,7 @@ def test_cfar_beats_phase1_and_round_trips(tmp_path):
     ma0 = pedestrian_metrics(expit(l[1000:]), y[1000:])['mA']
     ma = pedestrian_metrics(expit(model.logits(l[1000:])), y[1000:])['mA']
     assert ma > ma0 + 0.01
-    f = model.save(tmp_path/'c'/'cfar.pt')
-    np.testing.assert_allclose(cfar.CFAR.load(f).logits(l[1000:]), model.logits(l[1000:]), atol=1e-6)
+    np.testing.assert_allclose(cfar.CFAR.from_state(model.state()).logits(l[1000:]), model.logits(l[1000:]), atol=1e-6)
 
 
 def test_phase2_identity_init_and_unspecified_mask():
@@ -169,13 +168,14 @@ def test_cfar_predictor_equals_the_numpy_path_and_survives_a_weights_only_load(t
 
 def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     "A CFAR variant's model.pt (phase 1 + extra['cfar']) comes back through load_model and exports to TorchScript."
-    from har_kit.campar import campar_variant, save_campar
-    from har_kit.model_file import load_model
+    from har_kit.campar import campar_model_file, campar_variant
+    from har_kit.model_file import load_model, save_model
     from har_kit.export import export_model
     l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
     fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4, tol=None, iterations=15))
     phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
-    save_campar(phase1, tmp_path/'campar_cfar', list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted))
+    save_model(tmp_path/'campar_cfar'/'model.pt', phase1,
+               **campar_model_file(phase1, list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted)))
     lm = load_model(tmp_path, 'campar_cfar')
     assert isinstance(lm.model, cfar.CFARPredictor)
     x = torch.randn(2, 3, 64, 48)
@@ -183,3 +183,17 @@ def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
         np.testing.assert_allclose(lm.model(x)['logits'].numpy(), fitted.logits(phase1(x)['logits_specific'].numpy()), atol=1e-5)
     rep = export_model(lm, tmp_path/'cfar.ts', 'torchscript')
     assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4
+
+
+def test_run_config_defaults_are_the_notebooks_parameters():
+    "CFARRunConfig has the names and defaults of 51_cfar's parameters cell (out_dir aside); its CFARConfig carries them over."
+    import ast, dataclasses, json
+    from pathlib import Path
+    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'51_cfar.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
+    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
+    params.pop('out_dir')
+    assert params == dataclasses.asdict(cfar.CFARRunConfig())
+    c = cfar.CFARRunConfig(als_max_iterations=7, phase2_lr=0.5).cfar_config(use_r_hat=False)
+    assert (c.iterations, c.lr, c.use_r_hat) == (7, 0.5, False)
+    with pytest.raises(KitError, match='variants'): cfar.CFARRunConfig(variants=['campar_cfar'])

@@ -26,45 +26,39 @@ def fitted():
     return cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=3, tol=None, iterations=5))
 
 
-def test_cfar_load_refuses_a_pickle_that_runs_code(tmp_path):
+def test_cfar_model_file_refuses_a_pickle_that_runs_code(tmp_path):
+    "A CFAR variant lives in its model file, read with weights_only=True: a crafted state never runs."
+    from har_kit.model_file import load_model
     marker = Path('/tmp/har_kit_pwned_cfar')
     marker.unlink(missing_ok=True)
-    f = tmp_path/'cfar.pt'
-    torch.save({'format': 'har-kit-cfar', 'info': _RunsCode()}, f)
-    with pytest.raises(KitError, match='weights_only=True'): cfar.CFAR.load(f)
-    with open(f, 'wb') as fh: pickle.dump({'y_f': _RunsCode()}, fh)
-    with pytest.raises(KitError, match=str(f)): cfar.CFAR.load(f)
+    f = tmp_path/'campar_cfar'/'model.pt'
+    f.parent.mkdir()
+    torch.save({'format': 'har-kit-model', 'extra': {'cfar': {'format': 'har-kit-cfar', 'info': _RunsCode()}}}, f)
+    with pytest.raises(KitError, match='cannot be read'): load_model(f)
+    with open(f, 'wb') as fh: pickle.dump({'extra': {'y_f': _RunsCode()}}, fh)
+    with pytest.raises(KitError, match=str(f)): load_model(tmp_path, 'campar_cfar')
     assert not marker.exists()
 
 
-def test_cfar_file_round_trips_with_weights_only(fitted, tmp_path):
-    f = fitted.save(tmp_path/'c.pt')
-    state = torch.load(f, weights_only=True)                 # plain tensors and values only
+def test_cfar_state_round_trips_with_weights_only(fitted, tmp_path):
+    torch.save(fitted.state(), tmp_path/'c.pt')
+    state = torch.load(tmp_path/'c.pt', weights_only=True)                 # plain tensors and values only
     assert isinstance(state['y_f'], torch.Tensor) and isinstance(state['config'], dict)
     l, _ = cfar.synthetic_phase1(20, 4, 2, seed=5)
-    np.testing.assert_allclose(cfar.CFAR.load(f).logits(l), fitted.logits(l), atol=1e-6)
+    np.testing.assert_allclose(cfar.CFAR.from_state(state).logits(l), fitted.logits(l), atol=1e-6)
 
 
 @pytest.mark.parametrize('damage,match', [
-    ('truncate', 'not a loadable CFAR file'),
     ('not_cfar', 'not a CFAR state'),
     ('missing_head', 'incomplete or inconsistent'),
     ('shapes', 'do not fit together'),
 ])
-def test_damaged_cfar_files_are_refused(fitted, tmp_path, damage, match):
-    f = fitted.save(tmp_path/'c.pt')
-    if damage == 'truncate': f.write_bytes(f.read_bytes()[:100])
-    else:
-        s = fitted.state()
-        if damage == 'not_cfar': s = {'model': s['head']}
-        if damage == 'missing_head': del s['head']
-        if damage == 'shapes': s['keys'] = s['keys'][:, :2]
-        torch.save(s, f)
-    with pytest.raises(KitError, match=match): cfar.CFAR.load(f)
-
-
-def test_missing_cfar_file(tmp_path):
-    with pytest.raises(KitError, match='no CFAR checkpoint'): cfar.CFAR.load(tmp_path/'nope.pt')
+def test_damaged_cfar_states_are_refused(fitted, damage, match):
+    s = fitted.state()
+    if damage == 'not_cfar': s = {'model': s['head']}
+    if damage == 'missing_head': del s['head']
+    if damage == 'shapes': s['keys'] = s['keys'][:, :2]
+    with pytest.raises(KitError, match=match): cfar.CFAR.from_state(s, 'model file extra')
 
 
 def test_model_sections_load_only_with_weights_only():
@@ -105,10 +99,9 @@ def test_bad_model_parameters(call, match):
     with pytest.raises(KitError, match=match): call()
 
 
-def test_load_campar_without_a_trained_variant(tmp_path):
-    with pytest.raises(KitError, match='model.json'): campar.load_campar(tmp_path, 'campar')
-    campar.save_build_params(campar.campar_variant('campar', 3, arch='resnet-tiny'), tmp_path/'campar')
-    with pytest.raises(KitError, match='best.pt'): campar.load_campar(tmp_path, 'campar')
-    (tmp_path/'campar'/'checkpoints').mkdir()
-    (tmp_path/'campar'/'checkpoints'/'best.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(KitError, match='best.pt'): campar.load_campar(tmp_path, 'campar')
+def test_load_model_without_a_trained_variant(tmp_path):
+    from har_kit.model_file import load_model
+    with pytest.raises(KitError, match='campar/model.pt'): load_model(tmp_path, 'campar')
+    (tmp_path/'campar').mkdir()
+    (tmp_path/'campar'/'model.pt').write_bytes(b'not a model file')
+    with pytest.raises(KitError, match='model.pt'): load_model(tmp_path, 'campar')

@@ -9,7 +9,7 @@ from PIL import Image
 from har_kit.core import KitError, load_json
 from har_kit.loading import HarDataset
 from har_kit.data import load_dataset, read_wider, tiny_fixture
-from har_kit.formats import DATASET_KINDS, default_mask_root, mask_home, mask_path, write_fixture
+from har_kit.formats import DATASET_KINDS, mask_home, mask_path, write_fixture
 from har_kit.mask_sources import BoxSource, MaskRCNNSource, read_mask, sample_key, select_target, target_of, write_mask
 from har_kit.masks import attach_masks, cli, make_masks, mask_cache_dir, mask_iou, mask_quality, summed_feature_outline
 

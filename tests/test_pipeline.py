@@ -166,18 +166,19 @@ def test_shuffle_order_is_the_loaders_and_seeded(sets):
 
 
 def test_tiny_training_on_the_device_path(tmp_path):
-    from har_kit.campar_train import campar_loaders, campar_train_config, dataset_scorer, split_train_eval, train_variant
+    from har_kit.campar_train import CamParConfig, CamParRecipe, split_train_eval
     from har_kit.data import load_dataset
-    from har_kit.dahar_train import DaHarConfig, train_variant as dahar_train
+    from har_kit.dahar_train import DaHarConfig, DaHarRecipe
+    from har_kit.model_file import train_variant as train_recipe
     data = load_dataset('rap', profile='tiny')
-    tr, ev, _ = split_train_eval(data, ['train'], 'held-out', 0.25, 0)
-    lo = campar_loaders(tr[:48], ev[:16], data.split('test')[:16], scale=0.25, batch_size=16, pipeline='device')
-    assert isinstance(lo['train'], P.DeviceLoader)
-    res = train_variant('campar', len(data.attributes), lo, campar_train_config('adam', 1, progress=False), tmp_path/'c',
-                        dataset_scorer('rap'), arch='resnet-tiny')
+    tr, ev, name = split_train_eval(data, ['train'], 'held-out', 0.25, 0)
+    cfg = CamParConfig(variants=['campar'], optimizer='adam', epochs=1, batch_size=16, scale=0.25, pipeline='device', cache_mb=0)
+    recipe = CamParRecipe(cfg, data, (tr[:48], ev[:16], name), data.split('test')[:16])
+    assert isinstance(recipe.loaders()['train'], P.DeviceLoader)
+    res = train_recipe(recipe, 'campar', tmp_path/'c')
     assert res['epoch'] == 1 and np.isfinite(res['history'][-1]['loss']), res['history']
     wider = read_wider(tiny_fixture('wider', tmp_path/'w', n=12))
-    out = dahar_train('dahar', wider, tmp_path/'d', DaHarConfig(epochs=1, batch_size=4, pipeline='device'))
+    out = train_recipe(DaHarRecipe(DaHarConfig(epochs=1, batch_size=4, pipeline='device'), wider), 'dahar', tmp_path/'d')
     assert 0 <= out['metrics']['full']['mAP'] <= 1 and 0 <= out['metrics']['crops']['mAP'] <= 1
 
 
