@@ -102,7 +102,7 @@ class DaHarConfig:
         "The engine's `TrainConfig`: the paper's optimisation (`dahar_config`) with this run's values."
         return dahar_config(self.epochs, self.lr, self.momentum, self.weight_decay, self.lr_step, self.gamma, self.optimizer,
                             **{**dict(device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, compile_mode=self.compile_mode,
-                                    progress=False), **kwargs})
+                                    progress=True), **kwargs})
 
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, the mask folder)."

@@ -225,7 +225,7 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
     if variant is None and len(found) == 1: return p/found[0]/'model.pt'
     raise KitError(f'{p}: ' + (f'no {variant}/model.pt' if variant is not None else 'no model.pt') +
                    f'; variants with a model here: {found or "none"}' +
-                   ('; pass variant=NAME' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
+                   ('; choose one with --variant NAME (Python: variant=NAME)' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
 # %% ../nbs/09_model_file.ipynb #c024
 def read_model_file(path,                # a file written by `save_model`

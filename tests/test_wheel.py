@@ -142,7 +142,7 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(installed, tmp_path):
     assert (run/'fig.png').exists() and (run/'done').exists() and f'done -> {run}' in r.stdout
 
 
-def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
+def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path, monkeypatch):
     "The paper route rehearsed as users install it: the wheel's `har-kit reproduce --profile paper --smoke` executes every"
     " run the paper profile plans (masks steps included, box masks since COCO weights cannot download in CI; RAP on"
     " partition 0 of 5) through papermill on CPU, with the notebooks shipped in the wheel, on tiny datasets written in the"
@@ -179,6 +179,7 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path):
     # batch runs skip the demonstration cells; executing one run again with them, from this clone's notebook, must
     # give the same metrics as the wheel's batch run
     one = next(p for p in planned if p.spec.notebook == 'dahar')
+    monkeypatch.setenv('HAR_KIT_DATA', str(work/'har-kit-data'))   # the wheel's data location: its masks steps' mask homes
     again = run_notebook(one.spec.notebook, one.params, tmp_path/'with-demos', progress=False, threads=one.threads)
     assert load_json(one.out_dir/'env.json')['demos'] is False and load_json(again/'env.json')['demos'] is True
     assert _untimed(load_json(again/'metrics.json')) == _untimed(load_json(one.out_dir/'metrics.json'))
