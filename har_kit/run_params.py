@@ -8,6 +8,7 @@ import ast, difflib, importlib.util, json, keyword
 from pathlib import Path
 
 from .core import KitError, max_threads, repo_root, to_jsonable
+from .data import check_train_splits
 from .formats import RAP_PARTITIONS
 
 # %% auto #0
@@ -174,7 +175,6 @@ def _check_splits(params, declared):  # checked values; the notebook's defaults
     train = params.get('train_splits', declared['train_splits'])
     ev = params.get('eval_split', declared.get('eval_split', 'test'))
     if train is None or isinstance(train, Unparsed): return        # CFAR: None = the phase-1 run's splits
-    from har_kit.data import check_train_splits   # here: har_kit.data imports torch, which `har-kit run --help` need not wait for
     check_train_splits(train, ev, "parameter 'train_splits'")   # the rule the recipes apply again
 
 # %% ../nbs/60_run_params.ipynb #c019
