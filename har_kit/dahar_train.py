@@ -259,16 +259,20 @@ def plot_fig5(images,                         # (K, 3, H, W) normalised images
     import matplotlib.pyplot as plt
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     k = len(images)
-    fig, axes = plt.subplots(k, 4, figsize=(6.4, 1.7 * k), squeeze=False)
+    fig, axes = plt.subplots(k, 4, figsize=(7.4, 1.7 * k + 0.5), squeeze=False)
     for i in range(k):
         axes[i, 0].imshow((images[i].cpu() * std + mean).clamp(0, 1).permute(1, 2, 0))
         axes[i, 1].imshow(gt[i, 0].cpu(), cmap='viridis', vmin=0, vmax=1)
         for j, m in ((2, without), (3, with_)):   # stretched per panel so a weak pattern is visible; range in the label
             lo, hi = float(m[i].min()), float(m[i].max())
-            axes[i, j].imshow(m[i, 0].cpu(), cmap='viridis', vmin=lo, vmax=max(hi, lo + 1e-6))
-            axes[i, j].set_xlabel(f'{lo:.2f}-{hi:.2f}', fontsize=7)
+            im = axes[i, j].imshow(m[i, 0].cpu(), cmap='viridis', vmin=lo, vmax=max(hi, lo + 1e-6))
+            axes[i, j].set_xlabel(f'{lo:.2f} to {hi:.2f}' + (' (flat)' if hi - lo < 1e-3 else ''), fontsize=7)
         if titles: axes[i, 0].set_ylabel(titles[i], fontsize=8)
     for j, t in enumerate(('input', 'person mask', 'w/o supervision', 'with supervision')): axes[0, j].set_title(t, fontsize=9)
     for a in axes.ravel(): a.set_xticks([]); a.set_yticks([])
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 0.85, 1))
+    cb = fig.colorbar(im, cax=fig.add_axes((0.87, 0.25, 0.02, 0.5)), ticks=im.get_clim())
+    cb.ax.set_yticklabels(['min', 'max'], fontsize=7); cb.set_label('mask value, per panel', fontsize=7)
+    fig.text(0.01, 0.01, 'Masks in [0, 1]; each predicted mask is stretched from its own minimum to its maximum (printed '
+             'under it); "flat": one value everywhere.', fontsize=7)
     return fig

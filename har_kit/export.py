@@ -13,6 +13,7 @@ from torch import nn
 
 from .core import KitError, atomic_path, check_writable, save_json
 from .model_file import LoadedModel, find_model_file, load_model
+from .predict import default_variant
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'ProbabilityModel', 'check_destination', 'export_model', 'cli']
@@ -115,7 +116,9 @@ def cli(argv=None):  # arguments after `har-kit export`
     ap.add_argument('--force', action='store_true', help='replace an existing --out file (never the model file itself)')
     a = ap.parse_args(argv)
     try:
-        path = find_model_file(a.model, a.variant)
+        variant, notice = default_variant(a.model, a.variant)   # a run of several models: its main method, said so
+        if notice: print(f'note: {notice}', file=sys.stderr)
+        path = find_model_file(a.model, variant)
         out = Path(a.out) if a.out else path.with_name(path.stem + ('.onnx' if a.format == 'onnx' else '.ts.pt'))
         rep = export_model(path, out, a.format, tol=a.tol, force=a.force)
         diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"

@@ -259,6 +259,15 @@ def test_run_with_two_variants_predicts_with_its_main_method(tmp_path, images, c
     assert 'baseline, fusion, self_mask' in err and '--variant NAME' in err and 'variant=NAME' in err, err
 
 
+def test_export_of_a_run_with_two_variants_takes_its_main_method(tmp_path, capsys):
+    "`har-kit export RUN` picks the run's main method as predict does, and says so."
+    run = tmp_path/'run'
+    for v in ('baseline', 'dahar'): _save(run/v/'model.pt', *_dahar(seed=len(v)))
+    assert export_cli([str(run), '--format', 'torchscript']) == 0
+    out = capsys.readouterr()
+    assert "using 'dahar', the run's main method" in out.err and (run/'dahar'/'model.ts.pt').exists() and not (run/'baseline'/'model.ts.pt').exists()
+
+
 def test_thresholds_file_naming_some_attributes(tmp_path, images, model_file, capsys):
     "The attributes a file does not name keep 0.5, with a notice naming them; a name the model lacks is an error."
     (tmp_path/'t.json').write_text('{"hat": 0.2, "skirt": 0.9}')
