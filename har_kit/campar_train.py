@@ -16,7 +16,7 @@ from .core import KitError, UNSPECIFIED, get_device
 from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind
 from .losses import pos_ratio
-from .model_file import Recipe
+from .model_file import Recipe, RunConfig
 from .data import check_train_splits, load_dataset
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
@@ -224,7 +224,7 @@ def held_out_thresholds(model: nn.Module,                  # a trained variant
 
 # %% ../nbs/41_campar_train.ipynb #c046
 @dataclasses.dataclass
-class CamParConfig:
+class CamParConfig(RunConfig):
     "One CAM-PAR run's parameters as one value: `40_campar`'s `parameters` cell (same names, same defaults), checked."
     variants: list = dataclasses.field(default_factory=lambda: ['baseline', 'campar'])  # rows of Table 2 (`har_kit.campar.VARIANTS`)
     dataset: str = 'rap'                # dataset kind: 'rap', 'pa100k', or 'wider' (scored by mAP)
@@ -267,11 +267,6 @@ class CamParConfig:
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
-
-    @classmethod
-    def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
-        "The config of the parameters named like its fields (other keys ignored)."
-        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=False)
         "The engine's `TrainConfig`: `campar_train_config` with this run's values."

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .core import KitError, seed_everything
 from .cfar_factors import check_confidences, fit_latent_factors
 from .engine import TrainConfig, fit
-from .model_file import Recipe
+from .model_file import Recipe, RunConfig
 from .campar import campar_model_file
 from .campar_train import metric_row
 from . import losses
@@ -310,7 +310,7 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
 
 # %% ../nbs/51_cfar.ipynb #c051
 @dataclasses.dataclass
-class CFARRunConfig:
+class CFARRunConfig(RunConfig):
     "One CFAR run's parameters as one value: `51_cfar`'s `parameters` cell (same names, same defaults), checked."
     variants: list = dataclasses.field(default_factory=lambda: ['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])  # rows: phase 1, +'_cfar', +'_fc2'
     phase1_variant: str = 'campar_fusion'  # CAM-PAR variant of phase 1 (Table 2: CAM-PAR + Fusion)
@@ -344,11 +344,6 @@ class CFARRunConfig:
         known = {self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'}
         if not set(self.variants) <= known: raise KitError(f'variants={self.variants}: choose among {sorted(known)}')
         self.variants = list(self.variants)
-
-    @classmethod
-    def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
-        "The config of the parameters named like its fields (other keys ignored)."
-        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
     def cfar_config(self, use_r_hat: bool = True):  # False: the control (zeros instead of r_hat)
         "The fit's hyperparameters (`CFARConfig`) of this run."

@@ -21,7 +21,7 @@ from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms,
 from .losses import pos_ratio
 from .pipeline import cached_loader, dahar_batches
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, metrics_entry, target_mass
-from .model_file import Recipe
+from .model_file import Recipe, RunConfig
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
@@ -43,7 +43,7 @@ def dahar_config(epochs: int = 30,             # training epochs (not given in t
 
 # %% ../nbs/31_dahar_train.ipynb #c008
 @dataclasses.dataclass
-class DaHarConfig:
+class DaHarConfig(RunConfig):
     "One Da-HAR run's parameters as one value: the notebook's `parameters` cell (same names, same defaults), checked."
     variants: list = dataclasses.field(default_factory=lambda: ['baseline', 'dahar'])  # Table 3 architectures (VARIANTS)
     dataset: str = 'wider'              # 'wider' (mAP) or 'rap' / 'pa100k' (mA, Acc, Prec, Rec, F1)
@@ -92,11 +92,6 @@ class DaHarConfig:
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
-
-    @classmethod
-    def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
-        "The config of the parameters named like its fields (other keys ignored)."
-        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=True)
         "The engine's `TrainConfig`: the paper's optimisation (`dahar_config`) with this run's values."

@@ -20,7 +20,7 @@ from . import __version__
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
            'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'Recipe', 'train_variant']
+           'RunConfig', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -320,6 +320,14 @@ def selected_epoch(history,  # the engine's epoch records
     return next(e for e, v in vals if v == best), best
 
 # %% ../nbs/09_model_file.ipynb #c035
+class RunConfig:
+    "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them."
+    @classmethod
+    def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
+        "The config of the parameters named like its fields (other keys ignored)."
+        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
+
+# %% ../nbs/09_model_file.ipynb #c036
 class Recipe:
     "The defaults of the training contract; a method's recipe sets `config` and defines build, criterion, loaders, score, model_file."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
@@ -328,7 +336,7 @@ class Recipe:
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c036
+# %% ../nbs/09_model_file.ipynb #c037
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -336,7 +344,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c037
+# %% ../nbs/09_model_file.ipynb #c038
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/

@@ -1,5 +1,4 @@
 "CAM-PAR (har_kit.campar, har_kit.campar_train): Eq. 9-16 on small tensors, the MCA fusion, the four Table 2 variants trained by the engine."
-import json
 
 import numpy as np
 import pytest
@@ -160,17 +159,6 @@ def test_variant_trains_evaluates_and_reloads(name, tmp_path):
         torch.testing.assert_close(out['logits'], out['logits_specific'])
         pa = positive_angles(back, loaders['test'])
         assert len(pa['theta']) + pa['dropped'] == int(loaders['test'].dataset.y.sum())
-
-
-def test_config_defaults_are_the_notebooks_parameters():
-    "CamParConfig has the names and defaults of 40_campar's parameters cell (out_dir aside)."
-    import ast, dataclasses
-    from pathlib import Path
-    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'40_campar.ipynb').read_text())
-    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
-    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
-    params.pop('out_dir')
-    assert params == dataclasses.asdict(CamParConfig())
 
 
 # --- issue 16: the paper protocol's readings -------------------------------------------------------------------

@@ -185,15 +185,3 @@ def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4
 
 
-def test_run_config_defaults_are_the_notebooks_parameters():
-    "CFARRunConfig has the names and defaults of 51_cfar's parameters cell (out_dir aside); its CFARConfig carries them over."
-    import ast, dataclasses, json
-    from pathlib import Path
-    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'51_cfar.ipynb').read_text())
-    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
-    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
-    params.pop('out_dir')
-    assert params == dataclasses.asdict(cfar.CFARRunConfig())
-    c = cfar.CFARRunConfig(als_max_iterations=7, phase2_lr=0.5).cfar_config(use_r_hat=False)
-    assert (c.iterations, c.lr, c.use_r_hat) == (7, 0.5, False)
-    with pytest.raises(KitError, match='variants'): cfar.CFARRunConfig(variants=['campar_cfar'])

@@ -32,17 +32,6 @@ def _cfg(epochs=1, **kw):
     return DaHarConfig(epochs=epochs, batch_size=4, **kw)
 
 
-def test_config_defaults_are_the_notebooks_parameters():
-    "DaHarConfig has the names and defaults of 30_dahar's parameters cell (out_dir aside): a papermill run and a config agree."
-    import ast, dataclasses, json
-    from pathlib import Path
-    nb = json.loads((Path(__file__).resolve().parents[1]/'nbs'/'30_dahar.ipynb').read_text())
-    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
-    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
-    params.pop('out_dir')
-    assert params == dataclasses.asdict(DaHarConfig())
-
-
 @pytest.mark.parametrize('name', list(VARIANTS))
 def test_table3_variant_trains_and_evaluates(name, wider, tmp_path):
     res = train_variant(name, wider, tmp_path/name, _cfg())

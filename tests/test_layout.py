@@ -103,3 +103,14 @@ def test_contributing_maps_every_notebook_in_order():
     rows = re.findall(r'^\| `(\d\d_\w+)` \| `(\w+)` \|', (ROOT/'CONTRIBUTING.md').read_text(encoding='utf-8'), re.M)
     mods = _module_notebooks()
     assert rows == sorted((stem, mod) for mod, stem in mods.items()), 'update the map in CONTRIBUTING.md'
+
+
+@pytest.mark.parametrize('notebook, config', [('dahar', 'har_kit.dahar_train:DaHarConfig'), ('campar', 'har_kit.campar_train:CamParConfig'),
+                                              ('cfar', 'har_kit.cfar:CFARRunConfig')])
+def test_run_configs_are_their_notebooks_parameters(notebook, config):
+    "Each method's run config has the names and defaults of its notebook's parameters cell (out_dir aside): a papermill run and a config agree."
+    import dataclasses, importlib
+    from har_kit.run_params import notebook_parameters
+    mod, name = config.split(':')
+    params = dict(notebook_parameters(notebook)); params.pop('out_dir')
+    assert params == dataclasses.asdict(getattr(importlib.import_module(mod), name)())
