@@ -8,7 +8,7 @@ import argparse, json, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, atomic_write, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, check_writable, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                param_diff, plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
@@ -157,17 +157,18 @@ def profile_values(notebook: str,  # section name: 'dahar', 'campar', 'cfar', 'm
     return {k: v for k, v in PROFILES[profile].get(notebook, {}).items() if not k.startswith('_')}
 
 def config_cli(argv=None):  # arguments after `har-kit config`
-    "`har-kit config NOTEBOOK [--profile P] [--out FILE]`: a commented YAML parameters file with a profile's values."
+    "`har-kit config NOTEBOOK [--profile P] [--out FILE [--force]]`: a commented YAML parameters file with a profile's values."
     ap = argparse.ArgumentParser(prog='har-kit config', description=config_cli.__doc__)
     ap.add_argument('notebook', help="section name ('campar', 'dahar', 'cfar', 'masks')")
     ap.add_argument('--profile', default='paper', help=f'whose values to fill in ({", ".join(PROFILES)}; default paper)')
-    ap.add_argument('--out', help='write the file here (an existing file is refused); default: print it')
+    ap.add_argument('--out', help='write the file here (an existing file is refused without --force); default: print it')
+    ap.add_argument('--force', action='store_true', help='replace an existing --out file')
     a = ap.parse_args(argv)
     try:
         text = params_yaml(a.notebook, profile_values(find_notebook(a.notebook).stem.split('_', 1)[-1], a.profile))
         if a.out:
-            if Path(a.out).exists(): raise KitError(f'{a.out} exists: choose another --out or delete it first')
-            with atomic_write(Path(a.out)) as f: f.write(text)
+            out = check_writable([a.out], a.force)[0]   # an existing file (without --force) or an unwritable place: refused
+            with atomic_write(out) as f: f.write(text)
             print(f'wrote {a.out}: edit it, then har-kit run {a.notebook} -f {a.out}')
         else: print(text, end='')
     except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
