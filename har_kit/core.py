@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'KitError', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json',
-           'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device', 'repo_root', 'env_folder',
-           'outputs_root', 'data_root', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
+           'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device', 'host_to_device', 'repo_root',
+           'env_folder', 'outputs_root', 'data_root', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -150,14 +150,23 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
         raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
     return dev
 
-# %% ../nbs/00_core.ipynb #c035
+# %% ../nbs/00_core.ipynb #c033
+def host_to_device(x,        # a tensor or array in host memory (a tensor already on `device` is returned as it is)
+                   device):  # a torch.device or its name
+    "`x` on `device` without a host wait: a copy to CUDA goes through pinned memory, queued on the current stream."
+    import torch
+    x, device = torch.as_tensor(x), torch.device(device)
+    if device.type != 'cuda' or x.device.type != 'cpu': return x.to(device)
+    return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+
+# %% ../nbs/00_core.ipynb #c038
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #c037
+# %% ../nbs/00_core.ipynb #c040
 def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
                default,         # () -> the folder when the variable is unset or empty
                writable=False): # True: the caller is about to write there (a read-only folder is refused)
@@ -173,19 +182,19 @@ def env_folder(var,             # the environment variable that may choose the f
                        f'{fix} you can write to, or fix its permissions')
     return path
 
-# %% ../nbs/00_core.ipynb #c038
+# %% ../nbs/00_core.ipynb #c041
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c039
+# %% ../nbs/00_core.ipynb #c042
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c043
+# %% ../nbs/00_core.ipynb #c046
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -195,7 +204,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c044
+# %% ../nbs/00_core.ipynb #c047
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -209,7 +218,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c045
+# %% ../nbs/00_core.ipynb #c048
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -217,7 +226,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c046
+# %% ../nbs/00_core.ipynb #c049
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -229,17 +238,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #c050
+# %% ../nbs/00_core.ipynb #c053
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c051
+# %% ../nbs/00_core.ipynb #c054
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c052
+# %% ../nbs/00_core.ipynb #c055
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

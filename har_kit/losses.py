@@ -8,13 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import UNSPECIFIED, KitError
+from .core import UNSPECIFIED, KitError, host_to_device
 
 # %% auto #0
 __all__ = ['targets', 'bce_loss', 'pos_ratio', 'eq2_weights', 'sample_weights_15', 'weighted_bce_loss', 'bce_15_loss',
            'mixed_loss', 'mask_loss']
 
-# %% ../nbs/04_losses.ipynb #1ad19f1e
+# %% ../nbs/04_losses.ipynb #c005
 def targets(labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
             ignore_unspecified: bool = False):  # True: unspecified entries get keep 0; False: read as negative
     "Targets in {0, 1} and a keep-mask in {0, 1}, both float (N, C)."
@@ -22,7 +22,7 @@ def targets(labels,                          # (N, C) labels in {1, 0, -1 = unsp
     keep = (labels != UNSPECIFIED).float() if ignore_unspecified else torch.ones_like(labels)
     return labels.clamp(min=0), keep
 
-# %% ../nbs/04_losses.ipynb #057032ae
+# %% ../nbs/04_losses.ipynb #c006
 def bce_loss(logits,                          # (N, C) logits
              labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
              ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
@@ -33,7 +33,7 @@ def bce_loss(logits,                          # (N, C) logits
     if weight is not None: keep = keep * torch.as_tensor(weight, dtype=logits.dtype, device=logits.device)
     return (F.binary_cross_entropy_with_logits(logits, y, reduction='none') * keep).sum() / logits.shape[0]
 
-# %% ../nbs/04_losses.ipynb #42fb26fb
+# %% ../nbs/04_losses.ipynb #c009
 def pos_ratio(labels,                         # (N, C) training labels in {1, 0, -1}
               ignore_unspecified: bool = False):  # True: ratio over specified labels; False: unspecified count as negative
     "Positive ratio of each attribute (Da-HAR Eq. 2's w_c, [15]'s r_c), consistent with the unspecified switch."
@@ -42,23 +42,23 @@ def pos_ratio(labels,                         # (N, C) training labels in {1, 0,
     den = (labels != UNSPECIFIED).sum(0) if ignore_unspecified else np.full(labels.shape[1], len(labels))
     return (labels == 1).sum(0) / np.maximum(den, 1)
 
-# %% ../nbs/04_losses.ipynb #83da3b2d
+# %% ../nbs/04_losses.ipynb #c010
 def eq2_weights(labels,                       # (N, C) labels in {1, 0, -1} (unspecified weighted as negatives)
                 ratio):                       # (C,) positive ratio w_c
     "Per-entry weights of Da-HAR Eq. 2: 1/(2 w_c) for positives, 1/(2 (1 - w_c)) otherwise."
     y = (torch.as_tensor(labels) == 1).float()
-    w = torch.as_tensor(np.asarray(ratio, dtype=np.float32)).to(y.device).clamp(1e-4, 1 - 1e-4)
+    w = host_to_device(np.asarray(ratio, dtype=np.float32), y.device).clamp(1e-4, 1 - 1e-4)
     return y / (2 * w) + (1 - y) / (2 * (1 - w))
 
-# %% ../nbs/04_losses.ipynb #ab10e531
+# %% ../nbs/04_losses.ipynb #c011
 def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
                       ratio):                 # (C,) positive ratio r_c
     "[15]'s per-entry weights (with CAM-PAR's Eq. 13): exp(1 - r_c) for positives, exp(r_c) otherwise."
     y = torch.as_tensor(labels) == 1
-    r = torch.as_tensor(np.asarray(ratio, dtype=np.float32)).to(y.device)
+    r = host_to_device(np.asarray(ratio, dtype=np.float32), y.device)
     return torch.where(y, torch.exp(1 - r), torch.exp(r))
 
-# %% ../nbs/04_losses.ipynb #7df396aa
+# %% ../nbs/04_losses.ipynb #c012
 def weighted_bce_loss(logits,                 # (N, C) logits
                       labels,                 # (N, C) labels in {1, 0, -1}
                       ratio,                  # (C,) positive ratio w_c of each attribute in the training split
@@ -66,7 +66,7 @@ def weighted_bce_loss(logits,                 # (N, C) logits
     "Weighted BCE of Da-HAR Eq. 2."
     return bce_loss(logits, labels, ignore_unspecified, eq2_weights(labels, ratio).to(logits.device))
 
-# %% ../nbs/04_losses.ipynb #089dbc0f
+# %% ../nbs/04_losses.ipynb #c013
 def bce_15_loss(logits,                       # (N, C) logits
                 labels,                       # (N, C) labels in {1, 0, -1}
                 ratio=None,                   # (C,) positive ratio r_c for [15]'s weights; None: the plain Eq. 13
@@ -75,7 +75,7 @@ def bce_15_loss(logits,                       # (N, C) logits
     w = None if ratio is None else sample_weights_15(labels, ratio).to(logits.device)
     return bce_loss(logits, labels, ignore_unspecified, w)
 
-# %% ../nbs/04_losses.ipynb #80480d3c
+# %% ../nbs/04_losses.ipynb #c014
 def mixed_loss(logits,                        # (N, C) logits
                labels,                        # (N, C) labels in {1, 0, -1}
                ratio,                         # (C,) positive ratio w_c, as weighted_bce_loss
@@ -86,7 +86,7 @@ def mixed_loss(logits,                        # (N, C) logits
     return (mix * bce_loss(logits, labels, ignore_unspecified)
             + (1 - mix) * weighted_bce_loss(logits, labels, ratio, ignore_unspecified))
 
-# %% ../nbs/04_losses.ipynb #c015
+# %% ../nbs/04_losses.ipynb #c021
 def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
               mask):                          # (N, 1, H, W) pseudo person mask in [0, 1]
     "BCE between a mask branch and the person mask, area-averaged to the branch's resolution."

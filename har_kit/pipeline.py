@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, data_root, env_folder, load_json, save_json
+from .core import KitError, data_root, env_folder, host_to_device, load_json, save_json
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz
 
@@ -145,7 +145,7 @@ def campar_params(n, pad, gen):  # samples; padding in pixels; a seeded torch.Ge
 # %% ../nbs/15_pipeline.ipynb #c022
 def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
     "ImageNet normalisation of uint8-valued images, with torchvision's operations (`ToDtype(scale=True)`, `Normalize`)."
-    mean, std = (torch.tensor(v).to(x.device, non_blocking=True).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (host_to_device(torch.tensor(v), x.device).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 # %% ../nbs/15_pipeline.ipynb #c023
@@ -154,7 +154,7 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
                    pad):     # the padding (10 at scale 1)
     "CAM-PAR's pad + random crop + flip as one gather from the zero-padded batch, then normalised: (N, 3, H, W) float."
     N, C, H, W = x.shape
-    p, ar = params.to(x.device, non_blocking=True), lambda n: torch.arange(n, device=x.device)
+    p, ar = host_to_device(params, x.device), lambda n: torch.arange(n, device=x.device)
     rows = p[:, :1] + ar(H)                                                            # (N, H) rows of the padded image
     cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), W - 1 - ar(W), ar(W))            # (N, W) its columns, mirrored when flipped
     idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
@@ -201,7 +201,7 @@ def _crop_resize_grouped(x, geo, out, mode):
         if hw != tuple(out):
             c = F.interpolate(c, size=out, mode=mode, **({'antialias': True, 'align_corners': False} if mode == 'bilinear' else {}))
             if mode == 'bilinear': c = c.round_().clamp_(0, 255)
-        y[idx.to(x.device, non_blocking=True)] = c
+        y[host_to_device(idx, x.device)] = c
     return y
 
 # %% ../nbs/15_pipeline.ipynb #c032
@@ -219,7 +219,7 @@ def _blend(a, b, r):  # torchvision's `_blend` on uint8 levels, with a factor pe
 # %% ../nbs/15_pipeline.ipynb #c036
 def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
-    op, f = perm.to(y.device, non_blocking=True), fac.to(y.device, non_blocking=True)
+    op, f = host_to_device(perm, y.device), host_to_device(fac, y.device)
     for k in range(4):   # every op is a blend with a reference: 0 (brightness), the gray mean (contrast), the gray (saturation)
         o = op[:, k]
         r = torch.where(o < 3, f.gather(1, o.clamp(max=2)[:, None])[:, 0], 1.0).view(-1, 1, 1, 1)   # op 3 (hue, off): r = 1
@@ -235,7 +235,7 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
                   masks=None):  # (N, H, W) uint8 masks, or None
     "Da-HAR's training augmentation on a batch: {'image': normalised (N, 3, h, w), 'mask': (N, 1, h, w) in [0, 1] when given}."
     geo = params['geo']
-    flip = geo[:, 4].bool().to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+    flip = host_to_device(geo[:, 4].bool(), x.device).view(-1, 1, 1, 1)
     y = crop_resize(x, geo, out)
     y = colour_jitter(torch.where(flip, y.flip(-1), y), params['perm'], params['fac'])
     d = {'image': normalise(y)}

@@ -27,7 +27,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert len(e2e) == sum(j[2] for j in gpu_check.CONFIGURED_JOBS) and all(v['e2e_images_per_s'] > 0 for v in e2e)
     assert all(v['pipeline_input_size'] == v['input_size'] for v in e2e), e2e   # the pipeline feeds the size the step was timed at
     assert set(rep['end_to_end']) == {'campar_baseline', 'campar_fusion', 'dahar'}
-    cc = rep['concurrency_configured']['2']   # two configured Da-HAR trainings at once, each fed by the decoded cache
+    assert all(0 <= v['e2e_host_in_loader'] <= 1 for v in e2e), e2e
+    cc = rep['concurrency_configured']['dahar_rap|2']   # two configured Da-HAR trainings at once, each fed by the decoded cache
     assert cc['model'] == 'dahar_rap' and len(cc['images_per_s_each']) == 2 and all(v > 0 for v in cc['images_per_s_each'])
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
     assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0

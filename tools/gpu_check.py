@@ -23,7 +23,8 @@ maskrcnn, concurrency, projection; one whose typical time (SECTION_S) no longer 
   maskrcnn     Mask R-CNN pseudo-mask images/s (weights=None: speed only)
   projection   GPU-hours of `har_kit.reproduce.plan(profile='paper')` as configured, from the rates above
   concurrency  1 and 3 CAM-PAR trainings on one GPU at once: combined images/s
-  concurrency_configured  3 Da-HAR (224x112) trainings as configured at once (compiled, fed by the decoded cache)
+  concurrency_configured  3 trainings as configured at once (compiled, fed by the decoded cache), for each model of
+               --concurrency-models (default Da-HAR at 224x112)
   notebooks    the section notebooks' paper-size parameters checked against their parameters cells (run through
                papermill on the device only with --notebooks, which needs the carried wheels below)
 
@@ -180,12 +181,16 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     phases = {'step': (lambda e: _train_epoch(net, crit, Cycle(data, max(1, n // reps)), opt, scaler, tc, dev, e, {}), max(1, n // reps))}
     if loader is not None:
         class Epochs:   # k batches drawn from the loader's epochs in turn (its shuffle order advancing)
+            wait = 0.0    # host seconds spent inside the loader (preparing batches, or held by a copy waiting for the GPU)
             def __init__(self, k): self.k = k
             def __len__(self): return self.k
             def __iter__(self):
                 k = 0
                 while True:
-                    for b in loader:
+                    it = iter(loader)
+                    while True:
+                        t = time.perf_counter(); b = next(it, None); Epochs.wait += time.perf_counter() - t
+                        if b is None: break
                         if k == self.k: return
                         k += 1; yield b
         k = max(1, cfg['e2e_steps'] // reps)
@@ -193,10 +198,13 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
         phases['e2e'] = (lambda e: _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, e, {}), k)
         phases['loader_alone'] = (lambda e: sum(1 for _ in Epochs(k)), k)   # batches ready on the device, no model
     if barrier: barrier()
-    rates = {p: [] for p in phases}
+    rates, in_loader = {p: [] for p in phases}, []
     for r in range(reps):   # interleaved windows: a transient shows as spread instead of moving one phase's figure
         for p, (run, steps_in) in phases.items():
-            sync(); t = time.perf_counter(); run(3 + r); sync(); rates[p].append(steps_in * batch / (time.perf_counter() - t))
+            if p == 'e2e': Epochs.wait = 0.0
+            sync(); t = time.perf_counter(); run(3 + r); sync(); wall = time.perf_counter() - t
+            rates[p].append(steps_in * batch / wall)
+            if p == 'e2e': in_loader.append(Epochs.wait / wall)
     med = {p: statistics.median(v) for p, v in rates.items()}
     row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
                images_per_s=med['step'], images_per_s_range=[min(rates['step']), max(rates['step'])], ms_per_step=batch / med['step'] * 1e3,
@@ -204,7 +212,8 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
                peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
     if loader is not None:
         row.update(e2e_images_per_s=med['e2e'], e2e_images_per_s_range=[min(rates['e2e']), max(rates['e2e'])], e2e_steps=k * reps,
-                   loader_alone_images_per_s=med['loader_alone'], pipeline_input_size=list(next(iter(loader))['image'].shape[1:]))
+                   loader_alone_images_per_s=med['loader_alone'], e2e_host_in_loader=statistics.median(in_loader),
+                   pipeline_input_size=list(next(iter(loader))['image'].shape[1:]))
     return row
 
 
@@ -268,7 +277,8 @@ def configured(cfg, deadline):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True   # 'none' (fp32) rows are TF32, as in steps
     out = {}
     with tempfile.TemporaryDirectory(prefix='har-kit-gpu-cache-') as tmp:
-        for m, amp, e2e in [j for j in CONFIGURED_JOBS if not cfg.get('configured_models') or j[0] in cfg['configured_models']]:
+        sel = cfg.get('configured_models')
+        for m, amp, e2e in [j for j in CONFIGURED_JOBS if not sel or j[0] in sel or f'{j[0]}:{j[1]}' in sel]:
             key = f'{m}|{amp}|channels_last|{mode}'
             if time.time() > deadline: out[key] = dict(model=m, amp=amp, channels_last=True, compile=mode, skipped='time budget'); continue
             try:
@@ -568,7 +578,8 @@ def _sharing(report):
     out = {}
     for v in (report.get('concurrency_configured') or {}).values():
         single = _e2e_rate(report, v['model'], 'bf16', True, v.get('compile', 'none'))
-        if single and v['processes'] == per_gpu: out[MODELS[v['model']][0]] = v['images_per_s_total'] / single
+        if single and v['processes'] == per_gpu:   # a family's speed-up: the least of its measured models'
+            fam = MODELS[v['model']][0]; out[fam] = min(out.get(fam, float('inf')), v['images_per_s_total'] / single)
     return out
 
 
@@ -595,8 +606,8 @@ def projection(report):
                             f'augmentation (pipeline="device") is priced at its end-to-end rate where measured (the configured '
                             f'section), else at its model step or a cheaper model\'s end-to-end rate, whichever is lower (E2E_BOUND); where several trainings of a notebook were measured sharing the GPU '
                             f'as `reproduce.default_jobs` places them (concurrency_configured), that notebook\'s device-pipeline runs '
-                            f'are priced at the combined rate (gpu_sharing: the speed-up, measured on Da-HAR at 224x112 and '
-                            f'applied to its 224x224 runs too; CAM-PAR\'s compiled runs are priced alone); a compiled step not measured for a '
+                            f'are priced at the combined rate (gpu_sharing: each family\'s least measured speed-up, Da-HAR\'s from 224x112 '
+                            f'applied to its 224x224 runs too; a family with none measured is priced alone; CFAR\'s runs alone); a compiled step not measured for a '
                             f'model counts at its eager rate; inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed '
                             f'per run; masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
                             f'CFAR as one inference pass over train + test (its ALS runs on the CPU)')
@@ -650,15 +661,15 @@ def to_markdown(r):
     if cr:
         L += ['The paper profile\'s step as configured (torch.compile mode as listed, channels_last), on device-resident batches '
               'and end to end: the same compiled model fed by the decoded cache (synthetic JPEGs) with device augmentation '
-              '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model; medians of interleaved timing windows, their range in brackets where the row has repetitions.', '',
-              '| model | batch | input | precision | compiled | step images/s (range) | end to end images/s (range) | loader alone images/s | cache build images/s | warm epoch s (compile) |',
-              '|---|---|---|---|---|---|---|---|---|---|']
+              '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model; "host in loader" is the share of the end-to-end wall time the host spent inside the loader (near 1 with the step far faster than the loader alone: the loader waited for the GPU); medians of interleaved timing windows, their range in brackets where the row has repetitions.', '',
+              '| model | batch | input | precision | compiled | step images/s (range) | end to end images/s (range) | loader alone images/s | host in loader | cache build images/s | warm epoch s (compile) |',
+              '|---|---|---|---|---|---|---|---|---|---|---|']
         for v in cr:
             if 'images_per_s' not in v:
-                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | | |'); continue
+                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | | | |'); continue
             L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {v["compile"]} | '
                      f'{_rng(v, "images_per_s")} | {_rng(v, "e2e_images_per_s")} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
-                     f'{_f(v.get("cache_build_images_per_s"), 0)} | {v["warm_epoch_s"]} |')
+                     f'{_f(v.get("e2e_host_in_loader"), 2)} | {_f(v.get("cache_build_images_per_s"), 0)} | {v["warm_epoch_s"]} |')
         cb = [v for v in cr if v['model'] == 'campar_baseline' and 'images_per_s' in v and v['compile'] != 'none']
         bf, tf = ([v['images_per_s'] for v in cb if v['amp'] == a] for a in ('bf16', 'none'))
         if bf and tf: L += ['', f'bf16 / TF32, compiled, at batch {cb[0]["batch"]} (CAM-PAR baseline, channels_last): {bf[0] / tf[0]:.2f}x.']
@@ -737,8 +748,10 @@ def main(argv=None):
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
     ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps configured end_to_end latency concurrency loaders '
                                                            'pipeline maskrcnn projection notebooks)')
-    ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the usual order')
-    ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models')
+    ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the order given (the projection last)')
+    ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models (MODEL or MODEL:PRECISION)')
+    ap.add_argument('--configured-share', type=float, default=0.55, help='fraction of --budget after which the configured section starts no new model')
+    ap.add_argument('--concurrency-models', nargs='*', default=['dahar_rap'], help='models of the concurrency_configured section, in turn')
     ap.add_argument('--merge', nargs='*', metavar='REPORT', help='merge these report.json files (later rows win) into --out and exit')
     ap.add_argument('--note', help='with --merge: the paragraph that says which runs the merged report holds')
     ap.add_argument('--budget', type=float, default=None, help='seconds after which no new timed job starts (default: 330 on a GPU)')
@@ -768,8 +781,11 @@ def main(argv=None):
     # Most telling first: the paper profile as configured end to end, the pipeline, runs sharing the GPU; then the
     # eager matrix and the rest. A section starts only if its typical H200 time (SECTION_S) still fits the budget;
     # the two timed matrices stop starting new rows at their own deadlines. The projection always runs.
-    sections = [('configured', lambda: configured(cfg, t0 + 0.55 * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
-                ('concurrency_configured', lambda: concurrency(cfg, a.cpu_tiny, 'dahar_rap', cfg['configured_concurrency'], configured=True)),
+    def shared():   # each model's configured trainings sharing the GPU, keyed MODEL|PROCESSES
+        return {f'{m}|{k}': v for m in a.concurrency_models
+                for k, v in concurrency(cfg, a.cpu_tiny, m, cfg['configured_concurrency'], configured=True).items()}
+    sections = [('configured', lambda: configured(cfg, t0 + a.configured_share * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
+                ('concurrency_configured', shared),
                 ('latency', lambda: latency(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)),
                 ('maskrcnn', lambda: maskrcnn(cfg)), ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
@@ -777,6 +793,10 @@ def main(argv=None):
                 ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
                                         for k, (p, d) in notebook_plan(cfg['device']).items()}))]
+    unknown = sorted((set(a.only or []) | set(a.skip)) - {n for n, _ in sections})
+    if unknown: ap.error(f'unknown section(s) {", ".join(unknown)}: choose from {", ".join(n for n, _ in sections)}')
+    if a.only is not None:   # the order asked for: e.g. the runs sharing the GPU first, warming the compile cache for the rest
+        sections.sort(key=lambda s: (s[0] == 'projection', a.only.index(s[0]) if s[0] in a.only else len(a.only)))
     for name, fn in sections:
         if name in a.skip or (a.only is not None and name not in a.only): continue
         if not a.cpu_tiny and name != 'projection' and time.time() + SECTION_S.get(name, 0) > deadline:
