@@ -17,9 +17,10 @@ from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_
 from .runs import is_done, run_notebook, run_status
 
 # %% auto #0
-__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'shared_sample_root', 'PlannedRun',
-           'planned_data', 'default_tables', 'plan', 'missing_roots', 'check_roots', 'describe', 'param_diff',
-           'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'execute', 'render_tables']
+__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'shared_sample_root',
+           'PlannedRun', 'planned_data', 'default_tables', 'plan', 'missing_roots', 'check_roots', 'describe',
+           'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute',
+           'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -347,6 +348,16 @@ def runs_per_gpu(device='cuda'):  # a CUDA device name
     gib = torch.cuda.get_device_properties(d.index if d.index is not None else 0).total_memory / 2**30
     return int(min(MAX_RUNS_PER_GPU, max(1, gib // GIB_PER_RUN)))
 
+SHARES_GPU = ('dahar',)   # notebooks whose runs share a GPU, one slot each (the measurement below)
+
+def gpu_slots(r: PlannedRun,  # a planned run
+              dev,            # the device it would run on (None: its own)
+              slots: int      # that device's slots in `execute`
+             ) -> int:
+    "Slots a run takes: one off the GPU or for a notebook in `SHARES_GPU`; on a GPU, all of them for the others."
+    d = str(dev if dev is not None else r.params.get('device', 'cpu'))
+    return 1 if r.spec.notebook in SHARES_GPU or not d.startswith('cuda') else slots
+
 # %% ../nbs/71_reproduce.ipynb #c037
 def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             devices=None,    # devices the workers take in turn (None: each run's own)
@@ -362,6 +373,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     devices = list(devices or [None])
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
     free = [devices[i % len(devices)] for i in range(jobs)]
+    slots, taken = {d: free.count(d) for d in free}, {}   # each device's slots; the slots each active run holds
     status = {'done': [], 'skipped': [], 'failed': {}}
     needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
     pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
@@ -386,14 +398,17 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                     pending.remove(r); failed.add(r.out_dir)
                     status['failed'][r.name] = 'not started: a run it needs failed'; bar.update(); continue
                 if free and all(d in finished for d in r.deps):
-                    pending.remove(r); dev = free.pop(0)
+                    fits = [d for d in dict.fromkeys(free) if free.count(d) >= gpu_slots(r, d, slots[d])]
+                    if not fits: break   # it waits for a whole GPU, and the runs behind it wait with it (none starves)
+                    pending.remove(r); dev = fits[0]; taken[r.out_dir] = gpu_slots(r, dev, slots[dev])
+                    for _ in range(taken[r.out_dir]): free.remove(dev)
                     bar.set_postfix_str(r.name)
                     active.add(pool.submit(work, r, dev))
             if not active: break
             done_f, active = wait(active, return_when=FIRST_COMPLETED)
             for f in done_f:
                 r, dev, err = f.result()
-                free.append(dev)
+                free.extend([dev] * taken.pop(r.out_dir))
                 if err is None: finished.add(r.out_dir); status['done'].append(r.name)
                 else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
                 bar.update()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from har_kit.core import save_json
 from har_kit.launch import cli, save_status, status_cli, status_path
-from har_kit.reproduce import PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, missing_roots, plan, runs_per_gpu
+from har_kit.reproduce import PROFILES, SMOKE, SMOKE_KEYS, default_jobs, execute, gpu_slots, missing_roots, plan, runs_per_gpu
 from har_kit.runs import RunFailed
 
 ROOTS = ['--data-root', 'wider=/data/WIDER', '--data-root', 'rap=/data/RAP', '--data-root', 'pa100k=/data/PA100K']
@@ -130,6 +130,24 @@ def test_default_jobs_from_cores_and_threads(monkeypatch):
         monkeypatch.setattr('torch.cuda.get_device_properties', lambda i, g=gib: SimpleNamespace(total_memory=g * 2**30))
         assert runs_per_gpu('cuda:1') == per_gpu and default_jobs(paper) == per_gpu
         assert default_jobs(quick, ['cuda:0', 'cuda:1']) == 2 * per_gpu and default_jobs(quick, ['cpu']) == 8 // PROFILES['quick']['_threads']
+
+
+def test_execute_shares_a_gpu_among_dahar_runs_and_gives_the_others_a_whole_one(tmp_path):
+    "Three slots on one GPU: the first three Da-HAR runs meet at a barrier (they run at once); a CAM-PAR run never shares."
+    import threading
+    spec = lambda nb: SimpleNamespace(notebook=nb)
+    runs = [SimpleNamespace(name=f'{nb}{i}', spec=spec(nb), out_dir=tmp_path/f'{nb}{i}', deps=(), params={'device': 'cuda'})
+            for i, nb in enumerate(['dahar'] * 3 + ['campar'] * 2 + ['dahar'] * 2)]
+    assert [gpu_slots(r, 'cuda:0', 3) for r in runs[2:4]] == [1, 3] and gpu_slots(runs[3], 'cpu', 3) == 1
+    lock, active, alone, barrier = threading.Lock(), set(), [], threading.Barrier(3, timeout=120)
+    def run_fn(r, dev):
+        with lock: active.add(r.name); seen = set(active)
+        if r.name in ('dahar0', 'dahar1', 'dahar2'): barrier.wait()   # broken (an error) unless all three run at once
+        if r.spec.notebook == 'campar': alone.append(seen == {r.name})
+        with lock: active.discard(r.name)
+    status = execute(runs, devices=['cuda:0'], jobs=3, run_fn=run_fn, progress=False)
+    assert not status['failed'] and len(status['done']) == len(runs), status
+    assert alone == [True, True]
 
 
 def test_status_names_failures_and_blocked_runs(tmp_path, capsys):

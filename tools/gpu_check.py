@@ -585,7 +585,7 @@ def _sharing(report):
 
 def projection(report):
     "GPU-hours of the paper profile's plan (one seed): as configured, and with bf16 + channels_last + a loader that keeps up."
-    from har_kit.reproduce import plan
+    from har_kit.reproduce import SHARES_GPU, plan
     runs, share = plan(profile='paper', seeds=1), _sharing(report)
     rows, tot = [], dict(configured=0.0, lean=0.0)
     for r in runs:
@@ -593,7 +593,7 @@ def projection(report):
         a = _run_hours(report, r, amp, cl, workers, cached=pipe == 'device', compile_mode=mode)
         b = _run_hours(report, r, amp, cl, workers, cached=False, compile_mode=mode)   # the torchvision loader instead
         if a is None or b is None: continue
-        if pipe == 'device' and r.spec.notebook in share: a['hours'] /= share[r.spec.notebook]
+        if pipe == 'device' and r.spec.notebook in SHARES_GPU and r.spec.notebook in share: a['hours'] /= share[r.spec.notebook]
         tot['configured'] += a['hours']; tot['lean'] += b['hours']
         rows.append(dict(notebook=r.spec.notebook, dataset=r.params.get('dataset'), variants=r.params.get('variants'),
                          partition=r.params.get('partition'), val_fraction=r.params.get('val_fraction'), amp=amp,
@@ -604,10 +604,10 @@ def projection(report):
                 assumptions=f'one seed; as configured = the paper profile over the notebooks\' defaults (precision, memory '
                             f'format, compile mode, loader workers, pipeline); a run on the decoded cache with device '
                             f'augmentation (pipeline="device") is priced at its end-to-end rate where measured (the configured '
-                            f'section), else at its model step or a cheaper model\'s end-to-end rate, whichever is lower (E2E_BOUND); where several trainings of a notebook were measured sharing the GPU '
-                            f'as `reproduce.default_jobs` places them (concurrency_configured), that notebook\'s device-pipeline runs '
-                            f'are priced at the combined rate (gpu_sharing: each family\'s least measured speed-up, Da-HAR\'s from 224x112 '
-                            f'applied to its 224x224 runs too; a family with none measured is priced alone; CFAR\'s runs alone); a compiled step not measured for a '
+                            f'section), else at its model step or a cheaper model\'s end-to-end rate, whichever is lower (E2E_BOUND); the runs of a notebook that `reproduce.execute` places several to a GPU (reproduce.SHARES_GPU: Da-HAR) '
+                            f'are priced at the combined rate measured (concurrency_configured; gpu_sharing: each family\'s least '
+                            f'measured speed-up, Da-HAR\'s from 224x112 applied to its 224x224 runs too); every other run takes a GPU '
+                            f'of its own and is priced alone; a compiled step not measured for a '
                             f'model counts at its eager rate; inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed '
                             f'per run; masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
                             f'CFAR as one inference pass over train + test (its ALS runs on the CPU)')
@@ -723,10 +723,16 @@ def merge(paths, out, note=None):
     rep = dict(sections={}, merged_from=[])
     for p in paths:
         r = _json.loads(Path(p).read_text())
-        rep["merged_from"].append(dict(started=r.get('started'), finished=r.get('finished'), sections=list(r.get('sections', {}))))
+        rep["merged_from"] += r.get('merged_from') or [dict(started=r.get('started'), finished=r.get('finished'), sections=list(r.get('sections', {})))]
+        if r.get('concurrency_configured'):   # one key per model and count (older reports keyed by the count alone)
+            r['concurrency_configured'] = {f'{v["model"]}|{v["processes"]}': v for v in r['concurrency_configured'].values()}
         for k, v in r.items():
             if k in ('merged_from', 'projection', 'note', 'started', 'finished'): continue
-            if k == 'sections' or (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'): rep.setdefault(k, {}).update(v)
+            if k == 'sections':   # a section run in several leases: its seconds summed
+                for n, sec in v.items():
+                    old = rep['sections'].get(n, {})
+                    rep['sections'][n] = {**sec, 'seconds': round(old.get('seconds', 0) + sec.get('seconds', 0), 2)} if 'seconds' in sec else sec
+            elif (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'): rep.setdefault(k, {}).update(v)
             else: rep[k] = v
     rep['started'] = min(m['started'] for m in rep['merged_from'] if m['started'])
     rep['finished'] = max(m['finished'] for m in rep['merged_from'] if m['finished'])
