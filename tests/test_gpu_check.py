@@ -1,5 +1,7 @@
 "GPU check in its CPU mode: every step runs at tiny sizes, the report is complete, the notebook runs it plans still fit the notebooks."
 import importlib.util, json
+
+import pytest
 from pathlib import Path
 
 import torch
@@ -63,3 +65,24 @@ def test_wheel_list_is_pinned_and_unique():
     names = [w.split('==')[0] for w in gpu_check.DEVICE_WHEELS]
     assert all('==' in w for w in gpu_check.DEVICE_WHEELS) and len(names) == len(set(names))
     assert {'papermill', 'nbdev', 'fastcore', 'implicit', 'ipykernel'} <= set(names)
+
+
+def test_merge_keys_runs_sharing_the_gpu_by_model_and_sums_a_sections_seconds(tmp_path):
+    "Reports from several leases: older count-keyed concurrency rows re-keyed MODEL|N, later rows win, seconds summed."
+    import json
+    share = lambda m, tot: dict(processes=3, model=m, images_per_s_each=[tot / 3] * 3, images_per_s_total=tot, compile='none')
+    a = dict(started='2026-01-01T00:00:00+0000', finished='2026-01-01T00:10:00+0000', environment=dict(memory_gib=141),
+             sections=dict(configured=dict(seconds=100.0)), concurrency_configured={'3': share('dahar_rap', 300.0)})
+    b = dict(started='2026-01-02T00:00:00+0000', finished='2026-01-02T00:05:00+0000', environment=dict(memory_gib=141),
+             sections=dict(configured=dict(seconds=50.0)), concurrency_configured={'campar_baseline|3': share('campar_baseline', 90.0)})
+    paths = [tmp_path/'a.json', tmp_path/'b.json']
+    for p, r in zip(paths, (a, b)): p.write_text(json.dumps(r))
+    rep = gpu_check.merge(paths, tmp_path/'out')
+    assert set(rep['concurrency_configured']) == {'dahar_rap|3', 'campar_baseline|3'}
+    assert rep['sections']['configured']['seconds'] == 150.0 and len(rep['merged_from']) == 2
+    assert (tmp_path/'out'/'report.md').exists()
+
+
+def test_unknown_sections_are_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: gpu_check.main(['--cpu-tiny', '--out', str(tmp_path), '--only', 'configured', 'latencies'])
+    assert e.value.code == 2 and 'unknown section(s) latencies' in capsys.readouterr().err and not any(tmp_path.iterdir())

@@ -742,6 +742,8 @@ def merge(paths, out, note=None):
     return rep
 
 
+SECTION_NAMES = ('configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
+                 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
 SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 130, 'latency': 15, 'steps': 120, 'end_to_end': 40,
              'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0}   # typical seconds on an H200 (2026-12-04)
 
@@ -765,6 +767,8 @@ def main(argv=None):
     ap.add_argument('--worker', help=argparse.SUPPRESS); ap.add_argument('--worker-of', type=int, help=argparse.SUPPRESS)
     ap.add_argument('--barrier', help=argparse.SUPPRESS); ap.add_argument('--cache-dir', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    unknown = sorted((set(a.only or []) | set(a.skip)) - set(SECTION_NAMES))
+    if unknown: ap.error(f'unknown section(s) {", ".join(unknown)}: choose from {", ".join(SECTION_NAMES)}')
     if a.download_wheels: return download_wheels(a.download_wheels)
     sys.path.insert(0, str(REPO))
     if a.worker: return _worker(a)
@@ -799,8 +803,7 @@ def main(argv=None):
                 ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
                                         for k, (p, d) in notebook_plan(cfg['device']).items()}))]
-    unknown = sorted((set(a.only or []) | set(a.skip)) - {n for n, _ in sections})
-    if unknown: ap.error(f'unknown section(s) {", ".join(unknown)}: choose from {", ".join(n for n, _ in sections)}')
+    assert [n for n, _ in sections] == list(SECTION_NAMES)
     if a.only is not None:   # the order asked for: e.g. the runs sharing the GPU first, warming the compile cache for the rest
         sections.sort(key=lambda s: (s[0] == 'projection', a.only.index(s[0]) if s[0] in a.only else len(a.only)))
     for name, fn in sections:
