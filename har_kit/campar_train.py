@@ -16,7 +16,7 @@ from .core import KitError, UNSPECIFIED, get_device
 from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind
 from .losses import pos_ratio
-from .model_file import Recipe, RunConfig
+from .model_file import Recipe, RunConfig, selection_study
 from .data import check_train_splits, load_dataset
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
@@ -246,6 +246,7 @@ class CamParConfig(RunConfig):
     plateau_on: str = 'train_loss'      # plateau decay monitors 'eval_loss' ([15]) or 'train_loss'
     selection: str = 'held-out'         # epoch kept: '[15]' (best test-split metric) or 'held-out' (best on a val split, else last)
     val_fraction: float = 0.0           # 'held-out' without a val split: fraction of the training images carved out as val
+    selection_study: bool = False       # also score test every epoch: its metrics at the held-out epoch and at [15]'s (extra.selection_study)
     sample_weighting: bool = True       # [15]'s weighted BCE: exp(1-r_j) on positives, exp(r_j) on negatives
     predict: str = 'specific'           # which CAM-PAR logits are `logits` at test time: 'specific', 'shared' or 'mean'
     fuse_at: str = 'shallowest'         # MCA output resolution: 'shallowest' (stride 8) or 'deepest' (stride 32)
@@ -265,6 +266,9 @@ class CamParConfig(RunConfig):
         if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
+        if self.selection_study and self.selection != 'held-out':
+            raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "
+                           '(and a val split or val_fraction > 0); [15] is scored from the same history')
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
 
@@ -298,6 +302,10 @@ class CamParRecipe(Recipe):
         self.pos_ratio = pos_ratio(np.stack([s.labels for s in self.train_set]), c.ignore_unspecified)   # [15]'s r_j
         self.levels = [s.meta.get('distractors') for s in self.test]   # distraction levels (synthetic sets; None on real data)
         self.thetas, self._loaders = {}, None
+        if c.selection_study and self.eval_set is None:
+            raise KitError('selection_study=True needs a validation split to select on: set val_fraction > 0 (e.g. 0.1), '
+                           'or use a dataset whose val split is not in train_splits')
+        self.watch = ('test',) if c.selection_study else ()   # the test split scored every epoch, read by `selection_study` only
 
     def build(self, variant):  # a key of `har_kit.campar.VARIANTS`
         c = self.config
@@ -343,6 +351,7 @@ def score(self: CamParRecipe, model, variant, loaders, facts):  # trained varian
     c, on = self.config, self.eval_name if 'val' in loaders else None
     extra = dict(selection=c.selection, selected_on=on or 'last epoch', selected_value=facts['selected_value'],
                  thresholds='chosen on ' + on if self.thresholds_chosen(loaders) else '0.5 (no held-out split)')
+    if c.selection_study: extra['selection_study'] = selection_study(facts['history'], self.key)
     entry, self.thetas[variant] = evaluate_variant(
         model, c.dataset, loaders, self.data.attributes, self.levels, c.ignore_unspecified, get_device(c.device), extra=extra,
         **{k: facts[k] for k in ('epoch', 'seconds', 'final_loss', 'model_file')})

@@ -341,9 +341,11 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         run_dir,          # checkpoints/, history.json and history.csv go here
         val_loader=None,  # optional DataLoader evaluated after every epoch
         evaluate=None,    # optional (scores, labels) -> dict of metrics, recorded as val_<name>
-        params=None):     # the caller's run parameters (JSON-able dict), stored in checkpoints and checked on resume
+        params=None,      # the caller's run parameters (JSON-able dict), stored in checkpoints and checked on resume
+        watch=None):      # optional {name: (DataLoader, metric_fn)} also scored after every epoch, recorded as <name>_<metric>
     "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
+    if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed input sizes: pick the fastest kernels once
@@ -374,6 +376,10 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
             if res['loss'] is not None: rec['val_loss'] = res['loss']
             if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels']), 'val_'))
+        for name, (ld, fn) in (watch or {}).items():   # scored, never read by training: the RNG streams it would draw are put back
+            with torch.random.fork_rng(devices=[]):
+                res = _eval_pass(model, ld, device, cfg.amp, cfg.channels_last, None, cfg.progress, name)
+            rec.update(_scalars(fn(res['scores'], res['labels']), f'{name}_'))
         value = _step_schedule(scheduler, rec, cfg, val_loader is not None)
         improved = val_loader is None or (value is not None and (best is None or best['value'] is None or
                                           (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
@@ -394,7 +400,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         if world > 1: dist.barrier()
     return history
 
-# %% ../nbs/08_engine.ipynb #c052
+# %% ../nbs/08_engine.ipynb #c054
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}

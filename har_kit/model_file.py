@@ -20,7 +20,7 @@ from . import __version__
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
            'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'RunConfig', 'Recipe', 'train_variant']
+           'selection_study', 'RunConfig', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -310,16 +310,29 @@ class EpochSelector:
         return m
 
 # %% ../nbs/09_model_file.ipynb #c034
-def selected_epoch(history,  # the engine's epoch records
-                   key):     # the evaluated metric ('mA' or 'mAP')
-    "The first epoch with the best `val_<key>` in `history` (what `EpochSelector` kept), with its value."
-    vals = [(r['epoch'], r.get('val_' + key)) for r in history]
+def selected_epoch(history,      # the engine's epoch records
+                   key,          # the evaluated metric ('mA' or 'mAP')
+                   split='val'): # the split it was scored on: 'val', or a loader the engine watched (e.g. 'test')
+    "The first epoch with the best `<split>_<key>` in `history` (on 'val': what `EpochSelector` kept), with its value."
+    vals = [(r['epoch'], r.get(f'{split}_{key}')) for r in history]
     vals = [(e, v) for e, v in vals if v is not None and np.isfinite(v)]
-    if not vals: raise KitError(f'no epoch record has val_{key}: nothing was evaluated, so no epoch can be selected')
+    if not vals: raise KitError(f'no epoch record has {split}_{key}: nothing was evaluated, so no epoch can be selected')
     best = max(v for _, v in vals)
     return next(e for e, v in vals if v == best), best
 
-# %% ../nbs/09_model_file.ipynb #c035
+# %% ../nbs/09_model_file.ipynb #c036
+def selection_study(history,        # epoch records with val_<metric> and <scored>_<metric> every epoch
+                    key,            # the selection metric ('mA' or 'mAP')
+                    scored='test'): # the split both rules are scored on
+    "The `scored` split's metrics at the epoch chosen on 'val' (held-out) and at the epoch chosen on `scored` itself ([15]'s rule)."
+    out = {}
+    for rule, split in (('held_out', 'val'), ('test_15', scored)):
+        e, _ = selected_epoch(history, key, split)
+        rec = next(r for r in history if r['epoch'] == e)
+        out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
+    return out
+
+# %% ../nbs/09_model_file.ipynb #c038
 class RunConfig:
     "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them."
     @classmethod
@@ -327,16 +340,17 @@ class RunConfig:
         "The config of the parameters named like its fields (other keys ignored)."
         return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
-# %% ../nbs/09_model_file.ipynb #c036
+# %% ../nbs/09_model_file.ipynb #c039
 class Recipe:
     "The defaults of the training contract; a method's recipe sets `config` and defines build, criterion, loaders, score, model_file."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
+    watch = ()   # loaders also scored with `evaluate` after every epoch (e.g. ('test',) for `selection_study`); training never reads them
 
     def train_config(self): return self.config.train_config()   # the engine's TrainConfig
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c037
+# %% ../nbs/09_model_file.ipynb #c040
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -344,7 +358,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c038
+# %% ../nbs/09_model_file.ipynb #c041
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/
@@ -361,7 +375,7 @@ def train_variant(recipe,         # a method's recipe (see above)
     sel = EpochSelector(model, recipe.evaluate, recipe.key, vdir/'checkpoints'/'selected.pt') if best else None
     t0 = time.time()
     history = fit(recipe.trainable(model), crit, loaders['train'], cfg, vdir, loaders.get('val'), sel or recipe.evaluate,
-                  params=recipe.params(variant))
+                  params=recipe.params(variant), watch={n: (loaders[n], recipe.evaluate) for n in recipe.watch})
     epoch, value = _keep_selected(model, sel, history, recipe.key, cfg.device)
     facts = dict(epoch=epoch, selected_value=value, seconds=round(time.time() - t0, 2), history=history,
                  final_loss=history[-1].get('loss') if history else None)

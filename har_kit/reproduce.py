@@ -48,7 +48,7 @@ PROFILES = {
         '_data': 'pa100k-sample',
         '_threads': 1,
         '_datasets': ['pa100k'],
-        '_tables': ['real_pa100k'],
+        '_tables': ['real_pa100k', 'epoch_selection_real'],
         'campar': dict(arch='resnet-tiny', weights=None, scale=0.375, epochs=5, batch_size=32, optimizer='adam', lr=1e-3,
                        device='auto'),
         'cfar': dict(scale=0.375, device='auto'),   # phase 2 sees the inputs phase 1 was trained on

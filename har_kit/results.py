@@ -11,9 +11,10 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_IMBALANCE', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1',
            'CAMPAR_T2', 'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX',
-           'LONGER', 'TRAINING_LENGTH', 'REAL_PA100K', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table',
-           'Paper', 'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash',
-           'spec_dir', 'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
+           'LONGER', 'TRAINING_LENGTH', 'REAL_PA100K', 'SELECTION_SAMPLE_EPOCHS', 'SELECTION', 'SELECTION_REAL',
+           'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol',
+           'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs',
+           'seed_dirs']
 
 # %% ../nbs/61_results.ipynb #c005
 @dataclass(frozen=True)
@@ -377,10 +378,40 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 ], conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; 3 seeds', seeds=3,
    profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
-STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K)}
+# %% ../nbs/61_results.ipynb #c045
+SELECTION_SAMPLE_EPOCHS = 10   # the selection study's epochs on the real PA100K sample (the sample profile trains 5)
+_SEL_METRICS = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}   # column -> key of the scored metrics
+_SEL_RULES = {'held_out': 'epoch chosen on val (held-out)', 'test_15': "epoch chosen on test ([15]'s rule)"}
+
+def _selection_rows(dataset, label, **params):  # each variant of one study run, under both rules
+    rows = []
+    for v, name in (('baseline', 'Baseline [15]'), ('campar_fusion', 'CAM-PAR + fusion')):
+        run = spec('campar', v, dataset=dataset, variants=['baseline', 'campar_fusion'], selection_study=True, **params)
+        rows += [Row(f'{dataset}_{v}_{rule}', f'{name}, {label}: {what}', {}, run,
+                     {c: f'extra.selection_study.{rule}.{m}' for c, m in _SEL_METRICS.items()}) for rule, what in _SEL_RULES.items()]
+    return rows
+
+def _selection_table(key, title, rows, profiles, note):
+    return Table(key, title, "har-kit study (how much does choosing the epoch on the test split, as [15]'s code does, flatter a PAR number?)",
+                 list(_SEL_METRICS), rows, seeds=3, profiles=profiles, protocol=campar_protocol(),
+                 conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; the two rows of a pair are one '
+                             f'training, scored on the test split at the epoch each rule picks; {note}; 3 seeds',
+                 compare={r.key: r.key.replace('test_15', 'held_out') for r in rows if r.key.endswith('test_15')})
+
+_SEL_EPOCHS = LONGER * _QUICK_EPOCHS
+SELECTION = _selection_table(
+    'epoch_selection', 'Selection optimism: test metrics at the epoch chosen on val and on test (%)',
+    _selection_rows('rap', 'RAP-like', val_fraction=0.1, epochs=_SEL_EPOCHS) + _selection_rows('pa100k', 'PA100K-like', epochs=_SEL_EPOCHS),
+    ('quick',), f'{_SEL_EPOCHS} epochs; RAP-like: a tenth of the training images carved out as val; PA100K-like: its val split')
+SELECTION_REAL = _selection_table(
+    'epoch_selection_real', 'Selection optimism on real PA100K images: test metrics at the epoch chosen on val and on test (%)',
+    _selection_rows('pa100k', 'real PA100K', epochs=SELECTION_SAMPLE_EPOCHS), ('sample',),
+    f"{SELECTION_SAMPLE_EPOCHS} epochs; the sample's val split (200 images)")
+
+STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K, SELECTION, SELECTION_REAL)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/61_results.ipynb #c047
+# %% ../nbs/61_results.ipynb #c050
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -403,7 +434,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/61_results.ipynb #c051
+# %% ../nbs/61_results.ipynb #c054
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:

@@ -161,6 +161,24 @@ def test_variant_trains_evaluates_and_reloads(name, tmp_path):
         assert len(pa['theta']) + pa['dropped'] == int(loaders['test'].dataset.y.sum())
 
 
+def test_selection_study_scores_both_rules_from_one_training(tmp_path):
+    "The test split scored every epoch beside val: the held-out epoch's test mA is the entry's, [15]'s is the history's best."
+    loaders = {'train': _loader(_Toy(64, 5, 0), True), 'val': _loader(_Toy(32, 5, 2), False), 'test': _loader(_Toy(32, 5, 1), False)}
+    rec = _ToyRecipe(loaders); rec.select, rec.watch, rec.eval_name = 'best', ('test',), 'toy val'
+    rec.config = CamParConfig(optimizer='adam', epochs=5, lr=3e-3, sample_weighting=False, cache_mb=0, selection_study=True)
+    res = train_variant(rec, 'baseline', tmp_path)
+    st, full = res['metrics']['extra']['selection_study'], res['metrics']['full']
+    assert st['held_out']['epoch'] == res['epoch'] and st['held_out']['mA'] == pytest.approx(full['mA'], abs=1e-9)
+    assert st['held_out']['f1'] == pytest.approx(full['f1'], abs=1e-9)
+    assert st['test_15']['mA'] == max(h['test_mA'] for h in res['history']) >= st['held_out']['mA']
+    assert all('test_mA' in h and 'val_mA' in h for h in res['history'])
+
+
+def test_selection_study_needs_a_split_to_select_on():
+    with pytest.raises(KitError, match='selection_study=True needs a validation split'):
+        CamParRecipe(CamParConfig(dataset='pa100k', train_splits=['train', 'val'], selection_study=True))
+
+
 # --- issue 16: the paper protocol's readings -------------------------------------------------------------------
 
 def test_fusion_at_the_paper_width_counts_as_the_public_code():

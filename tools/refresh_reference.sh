@@ -21,7 +21,7 @@ mkdir -p $R/tables $R/sample $R/use $R/synth
 cp outputs/synth-difficulty/metrics.json outputs/synth-difficulty/env.json $R/synth/
 find outputs/quick/tables -maxdepth 1 -type f -exec cp {} $R/tables/ \;
 cp outputs/quick/tables/run/env.json $R/tables/env.json
-cp outputs/sample/tables/real_pa100k.* $R/sample/ && cp outputs/sample/tables/run/env.json $R/sample/env.json
+cp outputs/sample/tables/real_pa100k.* outputs/sample/tables/epoch_selection_real.* $R/sample/ && cp outputs/sample/tables/run/env.json $R/sample/env.json
 cp outputs/use/campar/metrics.json outputs/use/campar/env.json $R/use/
 cp outputs/use/predictions/predictions.csv $R/use/
 cp outputs/use/predictions/explain/0000_001995.png $R/use/explain_001995.png 2>/dev/null || cp "$(ls outputs/use/predictions/explain/*001995*.png | head -1)" $R/use/explain_001995.png
