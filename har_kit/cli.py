@@ -6,7 +6,7 @@
 from __future__ import annotations
 import importlib, sys
 
-from .core import KitError
+from .core import KitError, data_warnings_once
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'CLI_FUNCTIONS', 'usage', 'main']
@@ -45,6 +45,8 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
     if name not in SUBCOMMANDS:
         print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    try: return getattr(module, CLI_FUNCTIONS.get(name, 'cli'))(rest) or 0
+    try:
+        with data_warnings_once(name != 'data'):   # a dataset's issues once per machine; `har-kit data` lists them every time
+            return getattr(module, CLI_FUNCTIONS.get(name, 'cli'))(rest) or 0
     except KitError as e:   # a subcommand that let one through: the message, never a traceback
         print(f'har-kit {name}: {e}', file=sys.stderr); return 2

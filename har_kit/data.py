@@ -4,13 +4,13 @@
 
 # %% ../nbs/16_data.ipynb #c002
 from __future__ import annotations
-import difflib, hashlib, json, math, os, warnings
+import difflib, hashlib, json, math, os, sys, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .core import KitError, UNSPECIFIED
+from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
 from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, mask_roots,
                              csv_records, detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
@@ -18,12 +18,28 @@ from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
 
 # %% auto #0
-__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'Sample', 'AttributeData', 'check_train_splits',
-           'fill_masks', 'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture',
-           'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats', 'read_csv_dataset',
-           'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'DataWarning', 'data_warning', 'Sample',
+           'AttributeData', 'check_train_splits', 'fill_masks', 'require_images', 'dataset_issues', 'warn_issues',
+           'unused_images', 'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader',
+           'attribute_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/16_data.ipynb #c006
+class DataWarning(UserWarning):
+    "An issue of a dataset's annotation or files that does not stop it from loading."
+
+def data_warning(message: str):  # the issue: the file, what is wrong, what to check
+    "Warn about a dataset issue (`DataWarning`): every time, or under `$HAR_KIT_DATA_WARNINGS=once` the first time only, as a plain `warning:` line."
+    if os.environ.get(DATA_WARNINGS_ENV) == 'once':
+        try: mark = kit_data_root()/'shown-warnings'/hashlib.sha1(message.encode()).hexdigest()[:20]
+        except KitError: mark = None                   # no usable data folder: warn every time
+        if mark is not None and mark.exists(): return
+        try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(message + '\n')
+        except (OSError, AttributeError): pass
+        print(f'warning: {message} (shown once on this machine; `har-kit data check` lists every issue)', file=sys.stderr)
+        return
+    warnings.warn(message, DataWarning, stacklevel=2)
+
+# %% ../nbs/16_data.ipynb #c009
 @dataclass
 class Sample:
     "One target person: image file, optional box, label vector with explicit unspecified, split, optional mask."
@@ -34,7 +50,7 @@ class Sample:
     mask: Path | None = None                 # PNG mask of the target (see `mask_path`), or None
     meta: dict = field(default_factory=dict) # extras: file_name, target index, scene, distractors, ...
 
-# %% ../nbs/16_data.ipynb #c007
+# %% ../nbs/16_data.ipynb #c010
 @dataclass
 class AttributeData:
     "A dataset as read from disk: attribute names and the samples of every split."
@@ -74,7 +90,7 @@ class AttributeData:
         counts = ', '.join(f'{k}={len(self.split(k))}' for k in self.splits)
         return f'AttributeData({self.name!r}, {len(self.attributes)} attributes, {counts}, root={str(self.root)!r})'
 
-# %% ../nbs/16_data.ipynb #c012
+# %% ../nbs/16_data.ipynb #c015
 def check_train_splits(train_splits,         # a split name or a list of them (parameter `train_splits`)
                        eval_split='test',    # the split the run scores
                        where='train_splits'):  # the parameter, for the message
@@ -88,18 +104,18 @@ def check_train_splits(train_splits,         # a split name or a list of them (p
                        "on training images; train on ['train'] or ['train', 'val']")
     return names
 
-# %% ../nbs/16_data.ipynb #c015
+# %% ../nbs/16_data.ipynb #c018
 def fill_masks(data: AttributeData, # a dataset
                  mask_fn):           # mask_fn(sample) -> Path or None
     "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
     return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])
 
-# %% ../nbs/16_data.ipynb #c016
+# %% ../nbs/16_data.ipynb #c019
 def _sample_mask(folder, s):  # mask root; a Sample
     "`mask_path` of a sample under `folder`."
     return mask_path(folder, s.meta['file_name'], s.meta.get('target', 0))
 
-# %% ../nbs/16_data.ipynb #c017
+# %% ../nbs/16_data.ipynb #c020
 def _find_masks(data: AttributeData, mask_dir):
     "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist; warn when only some exist."
     if mask_dir is False: return data
@@ -110,18 +126,18 @@ def _find_masks(data: AttributeData, mask_dir):
     miss = [s for s in found.samples if s.mask is None]
     found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(miss))
     if miss:
-        warnings.warn(f'{folder}: {len(miss)} of {len(found.samples)} samples have no mask '
+        data_warning(f'{folder}: {len(miss)} of {len(found.samples)} samples have no mask '
                       f'(e.g. {_sample_mask(folder, miss[0])}); they get mask=None')
     return found
 
-# %% ../nbs/16_data.ipynb #c018
+# %% ../nbs/16_data.ipynb #c021
 def _apply_synth_meta(data: AttributeData):
     "Copy the per-target records of a synthetic sidecar (`har_kit.formats.synth_target_meta`) into `Sample.meta`."
     records = synth_target_meta(data.root)
     for s in data.samples: s.meta.update(records.get((s.meta['file_name'], s.meta.get('target', 0)), {}))
     return data
 
-# %% ../nbs/16_data.ipynb #c023
+# %% ../nbs/16_data.ipynb #c026
 def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
@@ -131,7 +147,7 @@ def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotati
     _, files, images = next((l for l in LAYOUTS[kind] if have(*l[1:])), LAYOUTS[kind][-1])   # the missing half: as found
     return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
-# %% ../nbs/16_data.ipynb #c024
+# %% ../nbs/16_data.ipynb #c027
 def _finish(data, where, check_images, mask_dir,  # a reader's result; its file; the reader's switches
             empty_row='no-positive', rows_desc='all-zero label rows'):  # as `dataset_issues` / `warn_issues`
     "What every reader does last: warn about suspicious entries, refuse unusable images, attach masks and synthetic records."
@@ -139,14 +155,14 @@ def _finish(data, where, check_images, mask_dir,  # a reader's result; its file;
     if check_images: require_images(data.samples, where, data.meta['images'])
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
-# %% ../nbs/16_data.ipynb #c025
+# %% ../nbs/16_data.ipynb #c028
 def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; 'keep' or 'negative'
     "Apply the reader's `unspecified` switch: 'keep' the marker (default) or read it as 'negative' (explicitly)."
     if unspecified == 'keep': return labels
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/16_data.ipynb #c028
+# %% ../nbs/16_data.ipynb #c031
 def require_images(samples,    # `Sample`s whose image files must be usable
                    where,      # the annotation file, for the message
                    image_dir): # the image folder, for the message
@@ -163,7 +179,7 @@ def require_images(samples,    # `Sample`s whose image files must be usable
         raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
                        '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
 
-# %% ../nbs/16_data.ipynb #c031
+# %% ../nbs/16_data.ipynb #c034
 def _same_file_across_splits(samples):
     "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
     by_name = {}
@@ -181,7 +197,7 @@ def _same_file_across_splits(samples):
             out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
     return out
 
-# %% ../nbs/16_data.ipynb #c032
+# %% ../nbs/16_data.ipynb #c035
 def dataset_issues(samples,                  # `Sample`s of every split
                    empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
     "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
@@ -197,25 +213,25 @@ def dataset_issues(samples,                  # `Sample`s of every split
                 duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
-# %% ../nbs/16_data.ipynb #c035
+# %% ../nbs/16_data.ipynb #c038
 def warn_issues(issues,                          # a dict from `dataset_issues`
                 where,                           # the annotation file or root, for the message
                 rows_desc='all-zero label rows'): # how to call all-zero rows in the message
     "One warning per kind of issue found by `dataset_issues`, with its count and a first example."
     if (m := issues['in_two_splits']):
-        warnings.warn(f'{where}: {len(m)} image(s) appear in more than one split (e.g. {m[0]["image"]} in {m[0]["splits"]}): '
+        data_warning(f'{where}: {len(m)} image(s) appear in more than one split (e.g. {m[0]["image"]} in {m[0]["splits"]}): '
                       'evaluation may leak training data')
     if (m := issues['same_file_in_two_splits']):
-        warnings.warn(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
+        data_warning(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
                       f'(e.g. {" and ".join(m[0])}): evaluation may leak training data')
     if (m := issues['duplicates']):
-        warnings.warn(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
+        data_warning(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
                       f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice')
     if (m := issues['all_zero_rows']):
-        warnings.warn(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
+        data_warning(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
 
-# %% ../nbs/16_data.ipynb #c039
+# %% ../nbs/16_data.ipynb #c042
 def unused_images(images, # image folder
                   used):  # set of names (relative to it) the annotation lists
     "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
@@ -226,7 +242,7 @@ def unused_images(images, # image folder
         out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
     return [n for n in out if n not in used]
 
-# %% ../nbs/16_data.ipynb #c042
+# %% ../nbs/16_data.ipynb #c045
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -237,7 +253,7 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/16_data.ipynb #c046
+# %% ../nbs/16_data.ipynb #c049
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
@@ -272,12 +288,12 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
                            f'(first at position {empty[0]}); names and labels cannot be aligned safely (get a clean copy){note}')
         samples += [Sample(image_file(lay.images, n, f'{path}: {sp}_images_name[{i + 1}]'), labels[i].astype(np.int8), sp,
                            meta=dict(file_name=n, row=i)) for i, n in enumerate(names)]
-    if extra: warnings.warn(f'{path}: ignoring{note[1:]}')
+    if extra: data_warning(f'{path}: ignoring{note[1:]}')
     if check_images and (unused := unused_images(lay.images, {s.meta['file_name'] for s in samples})):
-        warnings.warn(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
+        data_warning(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c051
+# %% ../nbs/16_data.ipynb #c054
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -291,7 +307,7 @@ def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; the older na
         raise KitError(f"uncertain={uncertain!r}: use 'negative' (RAP's label 2 read as 0, as [15]) or 'unspecified' (kept as -1; the loss decides)")
     return uncertain
 
-# %% ../nbs/16_data.ipynb #c052
+# %% ../nbs/16_data.ipynb #c055
 def _partition_index(partition, n, where):  # the reader's `partition`; partitions in the file; the field, for messages
     "`partition` checked to be an integer 0..n-1."
     if isinstance(partition, bool) or not isinstance(partition, (int, np.integer)):
@@ -299,7 +315,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
-# %% ../nbs/16_data.ipynb #c054
+# %% ../nbs/16_data.ipynb #c057
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
              n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
@@ -344,7 +360,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c058
+# %% ../nbs/16_data.ipynb #c061
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -355,7 +371,7 @@ def _wider_attr_names(idmap, where):
     if keys != list(range(len(idmap))): raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", found {keys}')
     return [str(idmap[str(k)]) for k in keys]
 
-# %% ../nbs/16_data.ipynb #c059
+# %% ../nbs/16_data.ipynb #c062
 def _load_json(path):  # an annotation file
     "A JSON annotation file as Python objects; `KitError` for a missing file, bytes that are not UTF-8, or bad JSON."
     if not path.exists(): raise KitError(f'{path}: file not found. {WIDER_HOW}')
@@ -367,7 +383,7 @@ def _load_json(path):  # an annotation file
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
 
-# %% ../nbs/16_data.ipynb #c060
+# %% ../nbs/16_data.ipynb #c063
 def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` entry; its name for messages; ...
     "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
     fn = im.get('file_name') if isinstance(im, dict) else None
@@ -393,7 +409,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
-# %% ../nbs/16_data.ipynb #c062
+# %% ../nbs/16_data.ipynb #c065
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -417,19 +433,19 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
         for i, im in enumerate(obj['images']):
             ss, d = _wider_targets(im, f'{path}: images[{i}]', len(attrs), lay.images, unspecified, scene_map)
             samples += ss; dropped += d
-    if dropped: warnings.warn(f'{root}: dropped {dropped} target(s) whose bbox has zero width or height')
+    if dropped: data_warning(f'{root}: dropped {dropped} target(s) whose bbox has zero width or height')
     order = {'train': 0, 'val': 1, 'test': 2}
     samples.sort(key=lambda s: order[s.split])   # stable: file order within a split
     data = AttributeData('wider', root, attrs, samples, meta=dict(**lay.record(), unspecified=unspecified, dropped_boxes=dropped))
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)')
 
-# %% ../nbs/16_data.ipynb #c074
+# %% ../nbs/16_data.ipynb #c077
 def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
     return globals()[dataset_kind(kind).reader_name]
 
-# %% ../nbs/16_data.ipynb #c083
+# %% ../nbs/16_data.ipynb #c086
 def attribute_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -441,7 +457,7 @@ def attribute_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/16_data.ipynb #c088
+# %% ../nbs/16_data.ipynb #c091
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -481,7 +497,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c092
+# %% ../nbs/16_data.ipynb #c095
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)

@@ -383,6 +383,19 @@ def test_real_pa100k_sample():
     assert it['image'].shape == (3, 64, 48)
 
 @real
+def test_the_commands_show_a_datasets_warnings_once(tmp_path, monkeypatch, capsys):
+    "Inside `data_warnings_once` (every har-kit command but `data`): three plain lines the first time, nothing after."
+    from har_kit.core import data_warnings_once
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
+    with data_warnings_once():
+        D.read_pa100k(SAMPLE); first = capsys.readouterr().err
+        D.read_pa100k(SAMPLE); second = capsys.readouterr().err
+    assert first.count('warning: ') == 3 and "001600.jpg in ['train', 'val']" in first and second == '', (first, second)
+    assert len(list((tmp_path/'shown-warnings').iterdir())) == 3
+    with pytest.warns(D.DataWarning): D.read_pa100k(SAMPLE)   # outside the commands: every time
+
+
+@real
 def test_real_pa100k_malformed_rejected():
     with pytest.raises(KitError, match=r"annotation_malformed\.mat: test_images_name has 1 empty entry \(first at position 1\).*text_images_name"):
         D.read_pa100k(SAMPLE, annotation='annotation_malformed.mat')
