@@ -60,7 +60,7 @@ def paper_partition(table: Table,   # the table
     if paper is None or len(paper.value) != 1 or (paper.datasets and params.get('dataset') not in paper.datasets): return None
     return paper.value[0]
 
-def _by_mode(table, spec_, path, dirs):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run
+def _by_mode(table, spec_, path, dirs, scale=None):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run; scale: x100 or as read
     by_mode, params = {}, {d: run_params(d, spec_.notebook) for d in dirs}
     parts = {p.get('partition') for p in params.values()}
     for d in dirs:
@@ -72,7 +72,7 @@ def _by_mode(table, spec_, path, dirs):  # {mode: ([values], [seed dir names], [
             extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts) > 1 and params[d].get('partition') == one else []
             for m in [mode] + extra:
                 vs, ss, cs = by_mode.setdefault(m, ([], [], []))
-                vs.append(float(v) * (100 if table.percent else 1)); ss.append(d.name); cs.append(constant_share(entry))
+                vs.append(float(v) * (scale or (100 if table.percent else 1))); ss.append(d.name); cs.append(constant_share(entry))
     return by_mode
 
 def collect(table: Table,      # the table
@@ -85,7 +85,7 @@ def collect(table: Table,      # the table
         for col in table.columns:
             src = column_source(row, col)
             if src is None: continue
-            by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]))
+            by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]), 1 if col in table.unscaled else None)
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
                 vals, seeds, const = by_mode[m]; cells[(row.key, col, m)] = _summary(vals, seeds, m, const)
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]

@@ -63,6 +63,7 @@ class Table:
     rows: list                    # `Row`s, in the paper's order
     conventions: str = ''         # metric conventions stated in the header (AP variant, F1, threshold rule)
     percent: bool = True          # our fractions are shown x100 like the paper's
+    unscaled: tuple = ()          # columns shown as read, not x100 (e.g. an epoch)
     seeds: int = 1                # minimum seeds per run (a study that needs error bars asks for more)
     profiles: tuple = ()          # profiles the table belongs to (empty = every profile)
     figure: str = ''              # file name of the table's figure in the tables directory, if it has one
@@ -380,7 +381,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 
 # %% ../nbs/61_results.ipynb #c045
 SELECTION_SAMPLE_EPOCHS = 10   # the selection study's epochs on the real PA100K sample (the sample profile trains 5)
-_SEL_METRICS = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1'}   # column -> key of the scored metrics
+_SEL_METRICS = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1', 'epoch': 'epoch'}   # column -> key of the study's entry
 _SEL_RULES = {'held_out': 'epoch chosen on val (held-out)', 'test_15': "epoch chosen on test ([15]'s rule)"}
 
 def _selection_rows(dataset, label, **params):  # each variant of one study run, under both rules
@@ -393,9 +394,9 @@ def _selection_rows(dataset, label, **params):  # each variant of one study run,
 
 def _selection_table(key, title, rows, profiles, note):
     return Table(key, title, "har-kit study (how much does choosing the epoch on the test split, as [15]'s code does, flatter a PAR number?)",
-                 list(_SEL_METRICS), rows, seeds=3, profiles=profiles, protocol=campar_protocol(),
+                 list(_SEL_METRICS), rows, seeds=3, profiles=profiles, protocol=campar_protocol(), unscaled=('epoch',),
                  conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; the two rows of a pair are one '
-                             f'training, scored on the test split at the epoch each rule picks; {note}; 3 seeds',
+                             f'training, scored on the test split at the epoch each rule picks (column epoch, not a percentage); {note}; 3 seeds',
                  compare={r.key: r.key.replace('test_15', 'held_out') for r in rows if r.key.endswith('test_15')})
 
 _SEL_EPOCHS = LONGER * _QUICK_EPOCHS

@@ -222,3 +222,18 @@ def test_dahar_says_what_the_parameter_count_decides():
     md = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
     assert 'This reading is confirmed by the parameter count' not in md
     assert 'does not\ndecide *where* they sit' in md and 'it does not decide the placement or order of blocks' in md
+
+
+def test_selection_study_pairs_both_rules_of_one_training_and_shows_epochs_as_read(tmp_path):
+    "One run per seed gives both rows of a pair; the Δ row is their paired difference; the epoch column is not x100."
+    from har_kit.results import SELECTION
+    held, test = (next(r for r in SELECTION.rows if r.key == f'rap_baseline_{k}') for k in ('held_out', 'test_15'))
+    assert held.run == test.run
+    for seed, (e_val, e_test, gain) in enumerate([(4, 6, .01), (5, 5, 0.), (3, 7, .02)]):
+        m = dict(mA=.6, acc=.4, prec=.5, rec=.5, f1=.5)
+        study = dict(held_out=dict(epoch=e_val, **m), test_15=dict(epoch=e_test, **{**m, 'mA': .6 + gain}))
+        _run(tmp_path, 'quick', held.run, seed, QUICK, metrics_entry('rap', {'full': dict(m, ma_per_attr=[])}, [], extra=dict(selection_study=study)))
+    out = render(SELECTION, tmp_path, 'quick')
+    assert out['cells'][(held.key, 'epoch')]['mean'] == pytest.approx(4.0) and out['cells'][(test.key, 'epoch')]['mean'] == pytest.approx(6.0)
+    assert out['cells'][(test.key, 'mA')]['mean'] == pytest.approx(61.0)
+    assert '+1.00 [' in out['texts']['md'] and "epoch chosen on test ([15]'s rule) | Δ vs" in out['texts']['md']
