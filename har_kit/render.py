@@ -62,14 +62,17 @@ def paper_partition(table: Table,   # the table
 
 def _by_mode(table, spec_, path, dirs, scale=None):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run; scale: x100 or as read
     by_mode, params = {}, {d: run_params(d, spec_.notebook) for d in dirs}
-    parts = {p.get('partition') for p in params.values()}
+    parts = {}   # the partitions each selection mode ran on
+    for p in params.values(): parts.setdefault(selection_of(p), set()).add(p.get('partition'))
     for d in dirs:
         entry = read_metrics(d).get(spec_.variant, {})
         v = _dig(entry, path)
         if isinstance(v, (int, float)) and math.isfinite(v):
             mode, one = selection_of(params[d]), paper_partition(table, spec_.notebook, params[d])
+            if len(parts[mode]) == 1 and len(set().union(*parts.values())) > 1:   # a mode run on one partition of several: say which
+                mode, one = f'{mode}, partition {params[d].get("partition")} alone', None
             # runs over several partitions where the paper ran one: the paper's partition alone is a mode of its own
-            extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts) > 1 and params[d].get('partition') == one else []
+            extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts[mode]) > 1 and params[d].get('partition') == one else []
             for m in [mode] + extra:
                 vs, ss, cs = by_mode.setdefault(m, ([], [], []))
                 vs.append(float(v) * (scale or (100 if table.percent else 1))); ss.append(d.name); cs.append(constant_share(entry))
@@ -168,7 +171,7 @@ def table_rows(table: Table,   # the table
                 vs.append(_fmt_interval(paired_interval(cell, b)) if b else '')
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
             ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
-            tag = f', {"[15]: selected on test" if mode == "[15]" else mode}' if len(all_modes) > 1 and mode else ''
+            tag = f', {"[15]: selected on test" + mode[4:] if mode.startswith("[15]") else mode}' if len(all_modes) > 1 and mode else ''
             if mode and any(m.startswith(f'{mode}, partition ') for m in all_modes): tag += ", mean over partitions: the kit's addition"
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}', *ours])
             if with_reported: out.append([row.label, f'Δ{tag}', *delta])

@@ -171,8 +171,22 @@ def test_rap_partitions_and_both_selection_modes(tmp_path):
     assert "For campar the mean over partitions is the kit's addition: its paper's RAP rows ran partition [0]" in md
     # partition 0 alone, as [15] ran it, beside the mean (labelled the kit's addition)
     assert "| baseline | ours, [15]: selected on test, mean over partitions: the kit's addition (n=5) | 74.00 ± 1.58 |" in md
-    assert '| baseline | ours, [15], partition 0 alone (n=1) | 72.00 |' in md
+    assert '| baseline | ours, [15]: selected on test, partition 0 alone (n=1) | 72.00 |' in md
     assert '| baseline | ours, held-out, partition 0 alone (n=1) | 70.00 |' in md
+
+
+def test_15_selection_on_partition_0_only_beside_the_five_partition_held_out_mean(tmp_path):
+    "The paper plan runs [15]'s selection where [15] ran it: its rows say partition 0; the mean over partitions is held-out's."
+    spec = CAMPAR_T2.rows[0].run
+    for part in range(5):
+        _run(tmp_path, 'paper', spec, part, dict(QUICK, partition=part, selection='held-out'), _ped(0.70 + part / 100, 0.6))
+    e = spec_dir(tmp_path, 'paper', spec)/'seed0-sel15'
+    save_json({**spec.kwargs, **QUICK, 'partition': 0, 'selection': '[15]', 'seed': 0}, e/'params.json')
+    save_json({'baseline': _ped(0.72, 0.6)}, e/'metrics.json'); (e/'done').write_text('')
+    md = render(CAMPAR_T2, tmp_path, 'paper')['texts']['md']
+    assert '| baseline | ours, [15]: selected on test, partition 0 alone (n=1) | 72.00 |' in md
+    assert "| baseline | ours, held-out, mean over partitions: the kit's addition (n=5) | 72.00 ± 1.58 |" in md
+    assert 'ours, [15]: selected on test (n=' not in md and "[15]: selected on test, mean over partitions" not in md
 
 
 def test_rap_partitions_of_each_paper():
