@@ -163,16 +163,16 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
 # %% ../nbs/15_pipeline.ipynb #c026
 def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of the cached resize; window heights and widths; jitter strength; generator
     "Per-sample window (top, left, h, w), flip, colour order and factors of Da-HAR's augmentation, drawn as torchvision draws them."
-    (H, W), geo, perm, fac = base, torch.zeros(n, 5, dtype=torch.long), torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 3)
-    for i in range(n):
-        h = min(H, heights[int(torch.randint(len(heights), (), generator=gen))])
-        w = min(W, widths[int(torch.randint(len(widths), (), generator=gen))])
-        pos = int(torch.randint(5, (), generator=gen))
-        geo[i] = torch.tensor([{0: 0, 1: 0, 2: H - h, 3: H - h, 4: (H - h) // 2}[pos], {0: 0, 1: W - w, 2: 0, 3: W - w, 4: (W - w) // 2}[pos], h, w, 0])
-        geo[i, 4] = int(torch.rand(1, generator=gen) < 0.5)
-        perm[i] = torch.randperm(4, generator=gen)
-        for k in range(3): fac[i, k] = float(torch.empty(1).uniform_(1 - jitter, 1 + jitter, generator=gen).item())
-    return dict(geo=geo, perm=perm, fac=fac)
+    (H, W), geo, perm, fac = base, [], [], []
+    pick = lambda k: int(torch.randint(k, (), generator=gen))
+    for _ in range(n):   # the draws in torchvision's order; everything else in plain Python (the host's share of a GPU step)
+        h, w, pos = min(H, heights[pick(len(heights))]), min(W, widths[pick(len(widths))]), pick(5)
+        top, left = (0, 0, H - h, H - h, (H - h) // 2)[pos], (0, W - w, 0, W - w, (W - w) // 2)[pos]
+        geo.append((top, left, h, w, int(torch.rand(1, generator=gen) < 0.5)))
+        perm.append(torch.randperm(4, generator=gen))
+        fac.append([torch.empty(1).uniform_(1 - jitter, 1 + jitter, generator=gen).item() for _ in range(3)])
+    return dict(geo=torch.tensor(geo, dtype=torch.long).view(-1, 5), perm=torch.stack(perm) if perm else torch.zeros(0, 4, dtype=torch.long),
+                fac=torch.tensor(fac, dtype=torch.float32).view(-1, 3))
 
 # %% ../nbs/15_pipeline.ipynb #c028
 @functools.lru_cache(maxsize=512)
