@@ -32,9 +32,10 @@ def data_warning(message: str):  # the issue: the file, what is wrong, what to c
     if os.environ.get(DATA_WARNINGS_ENV) == 'once':
         try: mark = kit_data_root()/'shown-warnings'/hashlib.sha1(message.encode()).hexdigest()[:20]
         except KitError: mark = None                   # no usable data folder: warn every time
-        if mark is not None and mark.exists(): return
-        try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(message + '\n')
-        except (OSError, AttributeError): pass
+        if mark is not None:
+            if mark.exists(): return
+            try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(message + '\n')
+            except OSError: pass                       # a read-only data folder: shown again next time
         print(f'warning: {message} (shown once on this machine; `har-kit data check` lists every issue)', file=sys.stderr)
         return
     warnings.warn(message, DataWarning, stacklevel=2)

@@ -60,7 +60,7 @@ def paper_partition(table: Table,   # the table
     if paper is None or len(paper.value) != 1 or (paper.datasets and params.get('dataset') not in paper.datasets): return None
     return paper.value[0]
 
-def _by_mode(table, spec_, path, dirs, scale=None):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run; scale: x100 or as read
+def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run; scale: 100 (percent) or 1
     by_mode, params = {}, {d: run_params(d, spec_.notebook) for d in dirs}
     parts = {}   # the partitions each selection mode ran on
     for p in params.values(): parts.setdefault(selection_of(p), set()).add(p.get('partition'))
@@ -75,7 +75,7 @@ def _by_mode(table, spec_, path, dirs, scale=None):  # {mode: ([values], [seed d
             extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts[mode]) > 1 and params[d].get('partition') == one else []
             for m in [mode] + extra:
                 vs, ss, cs = by_mode.setdefault(m, ([], [], []))
-                vs.append(float(v) * (scale or (100 if table.percent else 1))); ss.append(d.name); cs.append(constant_share(entry))
+                vs.append(float(v) * scale); ss.append(d.name); cs.append(constant_share(entry))
     return by_mode
 
 def collect(table: Table,      # the table
@@ -88,7 +88,8 @@ def collect(table: Table,      # the table
         for col in table.columns:
             src = column_source(row, col)
             if src is None: continue
-            by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]), 1 if col in table.unscaled else None)
+            scale = 100 if table.percent and col not in table.unscaled else 1
+            by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]), scale)
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
                 vals, seeds, const = by_mode[m]; cells[(row.key, col, m)] = _summary(vals, seeds, m, const)
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
