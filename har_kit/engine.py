@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_engine.ipynb #c002
 from __future__ import annotations
-import contextlib, csv, dataclasses, io, json, math, warnings
+import contextlib, csv, dataclasses, functools, io, json, math, warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import KitError, atomic_write, get_device, save_json, seed_everything
-from .checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, set_rng_state
 from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_world, set_epoch, setup_device,
                                  shard_loader)
 
@@ -236,7 +236,9 @@ class LossGuard:
 # %% ../nbs/08_engine.ipynb #c033
 def _check_state(model, epoch, device):
     "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    floats = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist() if floats else []   # one sync
+    bad = [k for (k, _), ok in zip(floats, finite) if not ok]
     if all_sum(len(bad), device) > 0:
         names = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '') or "another process's tensors"
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
@@ -368,36 +370,38 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=cfg.find_unused_parameters)
     if cfg.compile_mode != 'none': net = torch.compile(net, mode=cfg.compile_mode)
     loader = shard_loader(train_loader, cfg.seed)
-    for epoch in range(start + 1, cfg.epochs + 1):
-        set_epoch(loader, cfg.seed, epoch)
-        rec = dict(epoch=epoch, lr=optimizer.param_groups[-1]['lr'])
-        rec.update(_train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard))
-        if val_loader is not None:
-            res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
-            if res['loss'] is not None: rec['val_loss'] = res['loss']
-            if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels']), 'val_'))
-        for name, (ld, fn) in (watch or {}).items():   # scored, never read by training: the RNG streams it would draw are put back
-            with torch.random.fork_rng(devices=[]):
-                res = _eval_pass(model, ld, device, cfg.amp, cfg.channels_last, None, cfg.progress, name)
-            rec.update(_scalars(fn(res['scores'], res['labels']), f'{name}_'))
-        value = _step_schedule(scheduler, rec, cfg, val_loader is not None)
-        improved = val_loader is None or (value is not None and (best is None or best['value'] is None or
-                                          (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
-        if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
-        _check_state(model, epoch, device)
-        history.append(rec)
-        rngs = [rng_state()]
-        if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state())
-        if rank == 0:
-            weights = model.state_dict()
-            ident = dict(config=cfg.to_dict(), params=_canon(params))
-            if improved: save_checkpoint(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')
-            save_checkpoint(dict(epoch=epoch, model=weights, optimizer=optimizer.state_dict(),
-                                 scheduler=scheduler.state_dict() if scheduler is not None else {},
-                                 scaler=scaler.state_dict() if scaler.is_enabled() else {}, rng=rngs, history=history,
-                                 best=best, world_size=world, first_loss=guard.get('first_loss'), **ident), ckdir/'last.pt')
-            write_history(history, run_dir)
-        if world > 1: dist.barrier()
+    with CheckpointWriter() as writer:   # epoch e's files are written while epoch e + 1 trains
+        for epoch in range(start + 1, cfg.epochs + 1):
+            set_epoch(loader, cfg.seed, epoch)
+            rec = dict(epoch=epoch, lr=optimizer.param_groups[-1]['lr'])
+            rec.update(_train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard))
+            if val_loader is not None:
+                res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
+                if res['loss'] is not None: rec['val_loss'] = res['loss']
+                if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels']), 'val_'))
+            for name, (ld, fn) in (watch or {}).items():   # scored, never read by training: the RNG streams it would draw are put back
+                with torch.random.fork_rng(devices=[]):
+                    res = _eval_pass(model, ld, device, cfg.amp, cfg.channels_last, None, cfg.progress, name)
+                rec.update(_scalars(fn(res['scores'], res['labels']), f'{name}_'))
+            value = _step_schedule(scheduler, rec, cfg, val_loader is not None)
+            improved = val_loader is None or (value is not None and (best is None or best['value'] is None or
+                                              (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
+            if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
+            _check_state(model, epoch, device)
+            history.append(rec)
+            rngs = [rng_state()]
+            if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state())
+            if rank == 0:
+                weights = model.state_dict()
+                ident = dict(config=cfg.to_dict(), params=_canon(params))
+                last = dict(epoch=epoch, model=weights, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict() if scheduler is not None else {},
+                            scaler=scaler.state_dict() if scaler.is_enabled() else {}, rng=rngs, history=history,
+                            best=best, world_size=world, first_loss=guard.get('first_loss'), **ident)
+                files = ([(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')] if improved else []) + \
+                        [(last, ckdir/'last.pt')]
+                writer.write(files, after=functools.partial(write_history, [dict(r) for r in history], run_dir))
+            if world > 1: dist.barrier()
     return history
 
 # %% ../nbs/08_engine.ipynb #c054

@@ -125,3 +125,35 @@ def test_every_torch_load_of_these_modules_is_weights_only():
         if not f.exists(): continue
         for call in re.findall(r'torch\.load\(([^()]*(?:\([^()]*\)[^()]*)*)\)', f.read_text()):
             assert 'weights_only=True' in call, f'{f.name}: torch.load({call})'
+
+
+def test_a_failed_background_write_stops_the_run_and_resume_starts_after_the_last_whole_file(tmp_path, monkeypatch):
+    "Checkpoints are written in the background: a write's error (a full disk) still stops the run, and nothing is half-written."
+    import har_kit.checkpoints as ck
+    real, calls = ck.save_checkpoint, []
+    def disk_full_at_epoch_2(state, path):
+        calls.append(state['epoch'])
+        if state['epoch'] == 2: raise OSError(28, 'No space left on device')
+        return real(state, path)
+    monkeypatch.setattr(ck, 'save_checkpoint', disk_full_at_epoch_2)
+    with pytest.raises(OSError, match='No space left'): run(tmp_path, 4)
+    assert calls == [1, 1, 2]   # best.pt and last.pt of epoch 1, then best.pt of 2 failed: raised when epoch 3 handed its files over
+    assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['epoch'] == 1 and not list((tmp_path/'checkpoints').glob('.*'))
+    monkeypatch.setattr(ck, 'save_checkpoint', real)
+    hist = run(tmp_path, 4)   # resumed after epoch 1: the run ends as an uninterrupted one
+    assert [r['epoch'] for r in hist] == [1, 2, 3, 4] and hist == run(tmp_path/'fresh', 4)
+
+
+def test_the_last_epochs_files_have_landed_when_fit_returns_or_fails(tmp_path):
+    "fit returns (or lets an error out) only after the background writer has written the last epoch's files."
+    calls = []
+    def crash_in_epoch_3(out, batch):
+        calls.append(1)
+        if len(calls) == 2 * len(TRAIN) + 1: raise RuntimeError('crash')
+        return bce(out, batch)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match='crash'):
+        fit(Net(), crash_in_epoch_3, TRAIN, TrainConfig(epochs=4, progress=False, device='cpu'), tmp_path)
+    import json
+    assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['epoch'] == 2
+    assert [r['epoch'] for r in json.loads((tmp_path/'history.json').read_text())] == [1, 2]

@@ -18,7 +18,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     rep = json.loads((tmp_path/'report.json').read_text())
     assert rc == 0, {k: v for k, v in rep['sections'].items() if 'error' in v}
     assert set(rep['sections']) == {'environment', 'steps', 'configured', 'latency', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
-                                    'projection', 'concurrency', 'concurrency_configured', 'notebooks'}
+                                    'checkpoints', 'projection', 'concurrency', 'concurrency_configured', 'notebooks'}
     rows = [v for v in rep['steps'].values()]
     assert len(rows) == len(gpu_check.MODELS) * 2 + 1 and all(v['images_per_s'] > 0 for v in rows), rows
     assert {v['model'] for v in rows} == set(gpu_check.MODELS) and {v['amp'] for v in rows} == {'none', 'bf16'}
@@ -34,6 +34,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert cc['model'] == 'dahar_rap' and len(cc['images_per_s_each']) == 2 and all(v > 0 for v in cc['images_per_s_each'])
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
     assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0
+    ck = rep['checkpoints']   # one epoch's files: the training thread waits for the host copy only
+    assert set(ck) == {'dahar', 'campar_fusion'} and all(v['megabytes'] > 0 and 0 < v['wait_s'] <= v['background_s'] for v in ck.values()), ck
     p = rep['projection']
     assert p['total_hours'] > 0 and p['total_hours_torchvision_loader'] >= p['total_hours'] and p['runs']
     assert {r['notebook'] for r in p['runs']} == {'masks', 'dahar', 'campar', 'cfar'}
@@ -41,7 +43,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert set(rep['notebooks']) == {'masks', 'dahar', 'campar', 'cfar'}
     assert all(not v['dropped'] for v in rep['notebooks'].values()), {k: v['dropped'] for k, v in rep['notebooks'].items()}
     md = (tmp_path/'report.md').read_text()
-    assert '| dahar | 2 | 32x32 | bf16 | channels_last | none |' in md and 'Paper anchor: 1.079' in md and 'GPU-hours as configured' in md
+    assert '| dahar | 2 | 32x32 | bf16 | channels_last | none | sgd |' in md and 'Paper anchor: 1.079' in md and 'GPU-hours as configured' in md
+    assert '| campar_fusion | ' in md.split('checkpoint files')[1] and 'measured wait (the checkpoints section)' in md
 
 
 def test_projection_prices_masks_as_mask_rcnn_passes_and_rap_dahar_at_its_own_size():
@@ -56,6 +59,10 @@ def test_projection_prices_masks_as_mask_rcnn_passes_and_rap_dahar_at_its_own_si
     h = gpu_check._run_hours(rep, masks, 'none', False, 0, cached=True)
     assert abs(h['hours'] - (13789 / 10 + gpu_check.FIXED_S) / 3600) < 1e-9
     rap = next(r for r in runs if r.spec.notebook == 'dahar' and r.params['dataset'] == 'rap')
+    base = gpu_check._run_hours(rep, rap, 'bf16', True, 0, cached=True)['hours']   # each epoch's checkpoint wait adds to a training run
+    ck = dict(rep, checkpoints=dict(dahar=dict(wait_s=2.0), campar_fusion=dict(wait_s=1.0)))
+    assert abs(gpu_check._run_hours(ck, rap, 'bf16', True, 0, cached=True)['hours'] - base - 2.0 * rap.params['epochs'] / 3600) < 1e-9
+    assert gpu_check._run_hours(ck, masks, 'none', False, 0, cached=True) == h
     fast = gpu_check._run_hours(rep, rap, 'bf16', True, 0, cached=True)['hours']
     rep['steps'] = {k: dict(v, images_per_s=200.) if v['model'] == 'dahar_rap' else v for k, v in rep['steps'].items()}
     assert gpu_check._run_hours(rep, rap, 'bf16', True, 0, cached=True)['hours'] > 1.5 * fast

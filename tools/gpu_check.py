@@ -6,7 +6,7 @@
 
 Sections (each timed; a failing one is recorded in the report and the rest go on; the report is saved after each). On
 a GPU they run most telling first: configured, pipeline, concurrency_configured, latency, steps, end_to_end, loaders,
-maskrcnn, concurrency, projection; one whose typical time (SECTION_S) no longer fits --budget (480 s) is skipped:
+maskrcnn, checkpoints, concurrency, projection; one whose typical time (SECTION_S) no longer fits --budget (480 s) is skipped:
   steps        every model at its paper batch and input (CAM-PAR 64 at 256x192, Da-HAR 32 at 224x224 and 224x112 on
                RAP): the engine's own training epoch on device-resident batches, TF32 fp32 and bf16, channels_last
                (the baseline also contiguous), images/s, ms/step, peak memory; bf16 rows and the baseline's TF32 first,
@@ -21,6 +21,8 @@ maskrcnn, concurrency, projection; one whose typical time (SECTION_S) no longer 
                WIDER targets cut from 1024x683 scenes, at 0, 2 and 8 workers
   pipeline     the decoded cache + device augmentation (`har_kit.pipeline.benchmark`), when the checkout has it
   maskrcnn     Mask R-CNN pseudo-mask images/s (weights=None: speed only)
+  checkpoints  one epoch's best.pt + last.pt of Da-HAR and CAM-PAR + fusion with their optimizer state: seconds written
+               in the foreground against the training thread's wait with the background writer (the copy to host memory)
   projection   GPU-hours of `har_kit.reproduce.plan(profile='paper')` as configured, from the rates above
   concurrency  1 and 3 CAM-PAR trainings on one GPU at once: combined images/s
   concurrency_configured  3 trainings as configured at once (compiled, fed by the decoded cache), for each model of
@@ -155,6 +157,16 @@ def synthetic_batches(size, batch, n_attr, device, k=3):
                  mask=(torch.rand(batch, 1, *size[1:], generator=g) < .5).float().to(device)) for _ in range(k)]
 
 
+def configured_optimizer(name):
+    "TrainConfig fields of the optimizer the paper profile trains `name` with (Da-HAR: the paper's SGD; CAM-PAR: [15]'s)."
+    from har_kit.cards import notebook_defaults
+    from har_kit.reproduce import PROFILES
+    nb = MODELS[name][0]
+    p = {**notebook_defaults(nb), **PROFILES['paper'].get(nb, {})}
+    return dict(optimizer=p.get('optimizer') or 'sgd', lr=p.get('lr') or 1e-4, momentum=p.get('momentum') or 0.9,
+                weight_decay=p.get('weight_decay') or 0.0)
+
+
 def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', steps=None, barrier=None, loader=None):
     """Images/s of the engine's own training epoch (`har_kit.engine._train_epoch`) on device-resident batches, after a warm
     epoch; with `loader` (a DeviceLoader of this model's input size) also `e2e_steps` steps fed by it (same compiled model)
@@ -166,7 +178,7 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     torch.manual_seed(0)
     model, crit, size = build(name, cfg)
     batch = cfg['campar_batch'] if name.startswith('campar') else cfg['dahar_batch']
-    tc = TrainConfig(optimizer='adam', lr=1e-4, amp=amp, channels_last=channels_last, progress=False, device=cfg['device'],
+    tc = TrainConfig(**configured_optimizer(name), amp=amp, channels_last=channels_last, progress=False, device=cfg['device'],
                      max_loss_ratio=0, log_every=50)
     model.to(dev)
     if channels_last: model.to(memory_format=torch.channels_last)
@@ -206,7 +218,7 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
             rates[p].append(steps_in * batch / wall)
             if p == 'e2e': in_loader.append(Epochs.wait / wall)
     med = {p: statistics.median(v) for p, v in rates.items()}
-    row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size),
+    row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size), optimizer=tc.optimizer,
                images_per_s=med['step'], images_per_s_range=[min(rates['step']), max(rates['step'])], ms_per_step=batch / med['step'] * 1e3,
                steps=phases['step'][1] * reps, repetitions=reps, warm_epoch_s=round(warm, 2),
                peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
@@ -446,6 +458,41 @@ def maskrcnn(cfg):
                 note='random weights: detections differ from COCO weights, so post-processing time may too')
 
 
+def checkpoints(cfg, reps=3):
+    """Seconds of one epoch's checkpoint files (best.pt + last.pt of the paper-size model with its optimizer's state):
+    written in the foreground (the engine before `CheckpointWriter`) against what the training thread now waits for (the
+    copy to host memory) and the background write; interleaved repetitions, medians and ranges."""
+    import shutil, torch
+    from har_kit.checkpoints import CheckpointWriter, save_checkpoint
+    from har_kit.core import get_device
+    from har_kit.engine import TrainConfig, make_optimizer
+    dev, out, tmp = get_device(cfg['device']), {}, Path(tempfile.mkdtemp(prefix='har_kit_ck_'))
+    try:
+        for name in ('dahar', 'campar_fusion'):
+            model = build(name, cfg)[0].to(dev)
+            opt = make_optimizer(model, TrainConfig(**configured_optimizer(name)))
+            for p in model.parameters(): p.grad = torch.zeros_like(p)
+            opt.step()                                          # the optimizer's state exists, as after a real epoch
+            def files(model=model, opt=opt):   # as the engine hands them over after an improving epoch
+                return [(dict(epoch=1, model=model.state_dict()), tmp/'best.pt'),
+                        (dict(epoch=1, model=model.state_dict(), optimizer=opt.state_dict()), tmp/'last.pt')]
+            fg, wait, bg = [], [], []
+            with CheckpointWriter() as w:
+                for _ in range(reps):                           # interleaved: foreground, then background, each repetition
+                    t = time.perf_counter()
+                    for st, path in files(): save_checkpoint(st, path)
+                    fg.append(time.perf_counter() - t)
+                    t = time.perf_counter(); w.write(files()); wait.append(time.perf_counter() - t)
+                    w.wait(); bg.append(time.perf_counter() - t)
+            out[name] = dict(model=name, optimizer=type(opt).__name__, megabytes=(tmp/'last.pt').stat().st_size / 1e6,
+                             foreground_s=statistics.median(fg), foreground_s_range=[min(fg), max(fg)],
+                             wait_s=statistics.median(wait), wait_s_range=[min(wait), max(wait)],
+                             background_s=statistics.median(bg), repetitions=reps)
+            print(f'checkpoints {name}: foreground {out[name]["foreground_s"]:.2f} s, waits {out[name]["wait_s"]:.3f} s', flush=True)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 NOTEBOOK_RUNS = {  # section -> parameters of one paper-size run on synthetic data (a few dozen iterations)
     'masks': dict(dataset='wider', source='maskrcnn', profile='tiny', maskrcnn_images=32, maskrcnn_weights=None,
                   maskrcnn_min_size=800, fig4_arch='resnet101', fig4_size=224),
@@ -497,7 +544,7 @@ DATASET_SIZES = {
     'rap': dict(train=33268, test=8317, mask_images=41585, note='RAP v1: 33,268 trainval / 8,317 test images per partition'),
     'pa100k': dict(train=90000, test=10000, mask_images=100000, note='PA-100K: 80,000 train + 10,000 val / 10,000 test'),
 }
-FIXED_S = 60        # per run: start, model build, cudnn autotuning, checkpoint writes, metrics (an estimate, stated)
+FIXED_S = 60        # per run: start, model build, cudnn autotuning, metrics (an estimate, stated); checkpoints: measured
 INFER_SPEEDUP = 3   # inference images/s over training images/s (forward alone against forward + backward + update)
 
 
@@ -556,6 +603,8 @@ def _run_hours(report, r, amp, cl, workers, cached, compile_mode='none'):
         per_epoch_eval = size['train'] * vf + (size['test'] if nb == 'campar' else 0)   # CAM-PAR scores test every epoch
         evals = per_epoch_eval * epochs + (size['test'] * 6 if nb == 'dahar' else 0)       # Da-HAR: five crops + full, once
     hours, fam = 0.0, 'dahar' if nb == 'dahar' else 'campar'
+    ck = (report.get('checkpoints') or {}).get('dahar' if nb == 'dahar' else 'campar_fusion') or {}
+    ck_s = ck.get('wait_s', 0.0) * epochs if nb != 'cfar' else 0.0   # the training thread's wait for each epoch's files
     for v in variants:
         m = ('dahar_rap' if p.get('dataset') == 'rap' else 'dahar_baseline' if v == 'baseline' else 'dahar') if nb == 'dahar' \
             else 'campar_fusion' if nb == 'cfar' else ('campar_baseline' if v in ('baseline', 'fusion') else v)
@@ -565,7 +614,7 @@ def _run_hours(report, r, amp, cl, workers, cached, compile_mode='none'):
             bound = _e2e_rate(report, E2E_BOUND.get(m, m), amp, cl, compile_mode)
             tr = _e2e_rate(report, m, amp, cl, compile_mode) or min(tr, bound or tr)
         pipe = float('inf') if cached else _loader_rate(report, fam, workers)
-        hours += (train_imgs / min(tr, pipe) + evals / min(tr * INFER_SPEEDUP, pipe) + FIXED_S) / 3600
+        hours += (train_imgs / min(tr, pipe) + evals / min(tr * INFER_SPEEDUP, pipe) + ck_s + FIXED_S) / 3600
     return dict(images=train_imgs * len(variants) + evals * len(variants), hours=hours)
 
 
@@ -587,6 +636,7 @@ def projection(report):
     "GPU-hours of the paper profile's plan (one seed): as configured, and with bf16 + channels_last + a loader that keeps up."
     from har_kit.reproduce import SHARES_GPU, plan
     runs, share = plan(profile='paper', seeds=1), _sharing(report)
+    ck_note = 'the checkpoints section' if report.get('checkpoints') else 'not measured in this report: counted as 0 s'
     rows, tot = [], dict(configured=0.0, lean=0.0)
     for r in runs:
         amp, cl, mode, workers, pipe = _as_configured(r.spec.notebook)
@@ -609,7 +659,7 @@ def projection(report):
                             f'measured speed-up, Da-HAR\'s from 224x112 applied to its 224x224 runs too); every other run takes a GPU '
                             f'of its own and is priced alone; a compiled step not measured for a '
                             f'model counts at its eager rate; inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed '
-                            f'per run; masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
+                            f'per run; each epoch\'s checkpoint files at the training thread\'s measured wait ({ck_note}); masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
                             f'CFAR as one inference pass over train + test (its ALS runs on the CPU)')
 
 
@@ -644,15 +694,17 @@ def to_markdown(r):
     if r.get('note'): L += [r['note'], '']
     rows = [v for v in (r.get('steps') or {}).values() if isinstance(v, dict) and 'model' in v]
     if rows:
-        L += ['Training steps: the engine\'s own epoch (`har_kit.engine._train_epoch`: lean loss guard, fused Adam) on '
+        L += ['Training steps: the engine\'s own epoch (`har_kit.engine._train_epoch`: lean loss guard, the fused optimizer of the '
+              'row: the paper profile\'s; rows measured before 2026-12-05 used Adam) on '
               'device-resident batches, timed after a warm epoch ("fp32" is TF32).', '',
-              '| model | batch | input | precision | memory format | compiled | images/s | ms/step | peak MiB | warm epoch s |',
-              '|---|---|---|---|---|---|---|---|---|---|']
+              '| model | batch | input | precision | memory format | compiled | optimizer | images/s | ms/step | peak MiB | warm epoch s |',
+              '|---|---|---|---|---|---|---|---|---|---|---|']
         for v in rows:
             fmt = 'channels_last' if v['channels_last'] else 'contiguous'
             if 'images_per_s' not in v:
-                L.append(f'| {v["model"]} | | | {v["amp"]} | {fmt} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | |'); continue
+                L.append(f'| {v["model"]} | | | {v["amp"]} | {fmt} | {v["compile"]} | | {v.get("error") or v.get("skipped")} | | | |'); continue
             L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {fmt} | {v["compile"]} | '
+                     f'{v.get("optimizer", "adam")} | '
                      f'{_f(v["images_per_s"], 0)} | {_f(v["ms_per_step"], 1)} | {_f(v["peak_mem_mib"], 0)} | {v["warm_epoch_s"]} |')
         bf, tf = _rate(r, 'campar_baseline', 'bf16', True), _rate(r, 'campar_baseline', 'none', True)
         if bf and tf: L += ['', f'bf16 / TF32 at batch {rows[0]["batch"]} (CAM-PAR baseline, channels_last): {bf / tf:.2f}x.']
@@ -662,12 +714,13 @@ def to_markdown(r):
         L += ['The paper profile\'s step as configured (torch.compile mode as listed, channels_last), on device-resident batches '
               'and end to end: the same compiled model fed by the decoded cache (synthetic JPEGs) with device augmentation '
               '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model; "host in loader" is the share of the end-to-end wall time the host spent inside the loader (near 1 with the step far faster than the loader alone: the loader waited for the GPU); medians of interleaved timing windows, their range in brackets where the row has repetitions.', '',
-              '| model | batch | input | precision | compiled | step images/s (range) | end to end images/s (range) | loader alone images/s | host in loader | cache build images/s | warm epoch s (compile) |',
-              '|---|---|---|---|---|---|---|---|---|---|---|']
+              '| model | batch | input | precision | compiled | optimizer | step images/s (range) | end to end images/s (range) | loader alone images/s | host in loader | cache build images/s | warm epoch s (compile) |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|']
         for v in cr:
             if 'images_per_s' not in v:
-                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | {v.get("error") or v.get("skipped")} | | | | | |'); continue
+                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | | {v.get("error") or v.get("skipped")} | | | | | |'); continue
             L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {v["compile"]} | '
+                     f'{v.get("optimizer", "adam")} | '
                      f'{_rng(v, "images_per_s")} | {_rng(v, "e2e_images_per_s")} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
                      f'{_f(v.get("e2e_host_in_loader"), 2)} | {_f(v.get("cache_build_images_per_s"), 0)} | {v["warm_epoch_s"]} |')
         cb = [v for v in cr if v['model'] == 'campar_baseline' and 'images_per_s' in v and v['compile'] != 'none']
@@ -700,6 +753,16 @@ def to_markdown(r):
         m = r['maskrcnn']
         L += [f'Mask R-CNN (weights=None): {_f(m["images_per_s"])} images/s, {m["image_size"][0]}x{m["image_size"][1]} images '
               f'resized to min side {m["min_size"]}, batch {m["batch"]}.', '']
+    ck = [v for v in (r.get('checkpoints') or {}).values() if isinstance(v, dict) and 'wait_s' in v]
+    if ck:
+        L += ['One epoch\'s checkpoint files (best.pt + last.pt with the optimizer\'s state), medians of interleaved repetitions: '
+              'written in the foreground against what the training thread waits for with `CheckpointWriter` (the copy to host memory; '
+              'the write goes on in the background).', '',
+              '| model | optimizer | last.pt MB | foreground s (range) | training waits s (range) | background write s |', '|---|---|---|---|---|---|']
+        L += [f'| {v["model"]} | {v["optimizer"]} | {_f(v["megabytes"], 0)} | {_f(v["foreground_s"], 2)} ({_f(v["foreground_s_range"][0], 2)}-'
+              f'{_f(v["foreground_s_range"][1], 2)}) | {_f(v["wait_s"], 3)} ({_f(v["wait_s_range"][0], 3)}-{_f(v["wait_s_range"][1], 3)}) | '
+              f'{_f(v["background_s"], 2)} |' for v in ck]
+        L.append('')
     if r.get('notebooks'):
         L += ['| notebook | state | seconds | dropped parameters |', '|---|---|---|---|']
         L += [f'| {k} | {v["state"]}{": " + v["error"] if v.get("error") else ""} | {v["seconds"]} | {", ".join(v["dropped"]) or "-"} |'
@@ -743,9 +806,10 @@ def merge(paths, out, note=None):
 
 
 SECTION_NAMES = ('configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
-                 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
+                 'checkpoints', 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
 SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 130, 'latency': 15, 'steps': 120, 'end_to_end': 40,
-             'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0}   # typical seconds on an H200 (2026-12-04)
+             'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0,   # typical seconds on an H200 (2026-12-04)
+             'checkpoints': 30}   # an estimate (not yet run on a GPU): 2 models x 3 repetitions of ~0.5 GB each way
 
 
 def main(argv=None):
@@ -755,7 +819,7 @@ def main(argv=None):
     ap.add_argument('--wheels', default=str(REPO/'.whl'), help='folder of carried wheels to install first')
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
     ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps configured end_to_end latency concurrency loaders '
-                                                           'pipeline maskrcnn projection notebooks)')
+                                                           'pipeline maskrcnn checkpoints projection notebooks)')
     ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the order given (the projection last)')
     ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models (MODEL or MODEL:PRECISION)')
     ap.add_argument('--configured-share', type=float, default=0.55, help='fraction of --budget after which the configured section starts no new model')
@@ -798,7 +862,8 @@ def main(argv=None):
                 ('concurrency_configured', shared),
                 ('latency', lambda: latency(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)),
-                ('maskrcnn', lambda: maskrcnn(cfg)), ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
+                ('maskrcnn', lambda: maskrcnn(cfg)), ('checkpoints', lambda: checkpoints(cfg)),
+                ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
                 ('projection', lambda: projection(chk.report)),
                 ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
