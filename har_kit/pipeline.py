@@ -17,20 +17,16 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, data_root, env_folder, host_to_device, load_json, save_json
+from .core import KitError, cache_root, host_to_device, load_json, save_json
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz
 
 # %% auto #0
-__all__ = ['PAPER_CACHES', 'cache_root', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
+__all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
            'campar_augment', 'dahar_params', 'crop_resize', 'colour_jitter', 'dahar_augment', 'five_crop',
            'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates', 'benchmark']
 
 # %% ../nbs/15_pipeline.ipynb #c007
-def cache_root(writable=False):  # True: a cache is about to be built there (a read-only folder is refused)
-    "Where decoded caches live: `$HAR_KIT_CACHE`, else `<data root>/cache` (`har_kit.core.data_root`), checked."
-    return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
-
 def _rgb(path):
     try:
         with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec; same pixels until then
@@ -103,7 +99,7 @@ def decoded_cache(paths,            # image files, one per sample
                   name='images',    # readable prefix of the cache folder (dataset, split)
                   workers=0,        # decoding processes; 0 or 1: this process (as a DataLoader's num_workers)
                   verify=True,      # check the pixels' hash when opening an existing cache
-                  root=None):       # cache folder; None: `cache_root()`
+                  root=None):       # cache folder; None: `har_kit.core.cache_root()`
     "{'images': (N, H, W, 3) uint8 memmap, 'masks': (N, H, W) or None, 'dir'}: built once (atomically), then reused."
     paths, boxes = list(paths), list(boxes)
     if len(paths) != len(boxes) or (masks is not None and len(masks) != len(paths)):

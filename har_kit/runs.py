@@ -8,7 +8,7 @@ import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, 
 import tokenize
 from pathlib import Path
 
-from .core import (KitError, atomic_write, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
+from .core import (KitError, atomic_write, cache_root, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
                           to_jsonable)
 from .run_params import (Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 parse_params, parse_value)
@@ -94,8 +94,9 @@ def kernel_env(out_dir,       # the run directory
                threads=None): # intra-op threads (None: $HAR_KIT_THREADS or 1)
     "The environment variables a run's kernel gets on top of this process's."
     t = str(kit_threads(threads))
+    compiled = os.environ.get('TORCHINDUCTOR_CACHE_DIR') or str(cache_root()/'torchinductor')   # one compile cache for every run
     return dict(HAR_KIT_OUTPUTS=str(outputs_root()), HAR_KIT_DATA=str(data_root()), HAR_KIT_RUN_DIR=str(Path(out_dir).resolve()),
-                HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
+                HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, TORCHINDUCTOR_CACHE_DIR=compiled,
                 PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
 
 # %% ../nbs/70_runs.ipynb #c016
