@@ -93,3 +93,9 @@ def test_merge_keys_runs_sharing_the_gpu_by_model_and_sums_a_sections_seconds(tm
 def test_unknown_sections_are_refused_before_anything_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as e: gpu_check.main(['--cpu-tiny', '--out', str(tmp_path), '--only', 'configured', 'latencies'])
     assert e.value.code == 2 and 'unknown section(s) latencies' in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_concurrency_counts_below_one_are_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: gpu_check.main(['--cpu-tiny', '--out', str(tmp_path), '--concurrency-counts', '0'])
+    assert e.value.code == 2 and '--concurrency-counts: each count must be at least 1' in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

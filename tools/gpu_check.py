@@ -25,8 +25,8 @@ maskrcnn, checkpoints, concurrency, projection; one whose typical time (SECTION_
                in the foreground against the training thread's wait with the background writer (the copy to host memory)
   projection   GPU-hours of `har_kit.reproduce.plan(profile='paper')` as configured, from the rates above
   concurrency  1 and 3 CAM-PAR trainings on one GPU at once: combined images/s
-  concurrency_configured  3 trainings as configured at once (compiled, fed by the decoded cache), for each model of
-               --concurrency-models (default Da-HAR at 224x112)
+  concurrency_configured  3 trainings as configured at once (compiled, fed by the decoded cache; --concurrency-counts
+               for other numbers), for each model of --concurrency-models (default Da-HAR at 224x112)
   notebooks    the section notebooks' paper-size parameters checked against their parameters cells (run through
                papermill on the device only with --notebooks, which needs the carried wheels below)
 
@@ -824,6 +824,8 @@ def main(argv=None):
     ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models (MODEL or MODEL:PRECISION)')
     ap.add_argument('--configured-share', type=float, default=0.55, help='fraction of --budget after which the configured section starts no new model')
     ap.add_argument('--concurrency-models', nargs='*', default=['dahar_rap'], help='models of the concurrency_configured section, in turn')
+    ap.add_argument('--concurrency-counts', nargs='*', type=int, default=None,
+                    help='trainings at once in the concurrency_configured section (default 3 on a GPU, 2 with --cpu-tiny)')
     ap.add_argument('--merge', nargs='*', metavar='REPORT', help='merge these report.json files (later rows win) into --out and exit')
     ap.add_argument('--note', help='with --merge: the paragraph that says which runs the merged report holds')
     ap.add_argument('--budget', type=float, default=None, help='seconds after which no new timed job starts (default: 330 on a GPU)')
@@ -842,6 +844,9 @@ def main(argv=None):
     cfg = dict(config(a.cpu_tiny), only_notebooks=a.notebooks, notebooks=bool(a.notebooks))
     if a.budget: cfg['budget_s'] = a.budget
     cfg['configured_models'] = a.configured_models
+    if a.concurrency_counts:
+        if min(a.concurrency_counts) < 1: ap.error('--concurrency-counts: each count must be at least 1')
+        cfg['configured_concurrency'] = tuple(a.concurrency_counts)
     if a.cpu_tiny:
         import torch; torch.set_num_threads(1)
     # one compile cache for this run, its worker processes and a rerun (warm compiles): torch's default is per user
