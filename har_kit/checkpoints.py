@@ -98,6 +98,10 @@ class CheckpointWriter:
             if after is not None: after()
         self._pending = self._pool.submit(job)
 
+    def busy(self):
+        "True while a batch is being written."
+        return self._pending is not None and not self._pending.done()
+
     def wait(self):
         "Block until the batch in flight is written; raise its error, if any."
         pending, self._pending = self._pending, None

@@ -458,10 +458,22 @@ def maskrcnn(cfg):
                 note='random weights: detections differ from COCO weights, so post-processing time may too')
 
 
+def _host_bound_steps():
+    "A training loop bound by its host's Python (tiny CPU steps): `steps(k)` runs k of them."
+    import torch
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(20)]); x = torch.randn(4, 8, generator=g)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    def steps(k):
+        for _ in range(k): opt.zero_grad(); net(x).sum().backward(); opt.step()
+    return steps
+
+
 def checkpoints(cfg, reps=3):
     """Seconds of one epoch's checkpoint files (best.pt + last.pt of the paper-size model with its optimizer's state):
     written in the foreground (the engine before `CheckpointWriter`) against what the training thread now waits for (the
-    copy to host memory) and the background write; interleaved repetitions, medians and ranges."""
+    copy to host memory) and the background write; and the host time a host-bound training thread loses while the write
+    goes on (Python's global lock, held while `torch.save` pickles). Interleaved repetitions, medians and ranges."""
     import shutil, torch
     from har_kit.checkpoints import CheckpointWriter, save_checkpoint
     from har_kit.core import get_device
@@ -476,19 +488,26 @@ def checkpoints(cfg, reps=3):
             def files(model=model, opt=opt):   # as the engine hands them over after an improving epoch
                 return [(dict(epoch=1, model=model.state_dict()), tmp/'best.pt'),
                         (dict(epoch=1, model=model.state_dict(), optimizer=opt.state_dict()), tmp/'last.pt')]
-            fg, wait, bg = [], [], []
+            fg, wait, bg, lost = [], [], [], []
+            steps = _host_bound_steps(); steps(50)
+            t = time.perf_counter(); steps(500); alone = (time.perf_counter() - t) / 500
             with CheckpointWriter() as w:
                 for _ in range(reps):                           # interleaved: foreground, then background, each repetition
                     t = time.perf_counter()
                     for st, path in files(): save_checkpoint(st, path)
                     fg.append(time.perf_counter() - t)
                     t = time.perf_counter(); w.write(files()); wait.append(time.perf_counter() - t)
+                    t1, n = time.perf_counter(), 0
+                    while w.busy(): steps(5); n += 5            # a host-bound training thread meanwhile
                     w.wait(); bg.append(time.perf_counter() - t)
+                    lost.append(max(0.0, time.perf_counter() - t1 - n * alone))
             out[name] = dict(model=name, optimizer=type(opt).__name__, megabytes=(tmp/'last.pt').stat().st_size / 1e6,
                              foreground_s=statistics.median(fg), foreground_s_range=[min(fg), max(fg)],
                              wait_s=statistics.median(wait), wait_s_range=[min(wait), max(wait)],
-                             background_s=statistics.median(bg), repetitions=reps)
-            print(f'checkpoints {name}: foreground {out[name]["foreground_s"]:.2f} s, waits {out[name]["wait_s"]:.3f} s', flush=True)
+                             background_s=statistics.median(bg), host_lost_s=statistics.median(lost),
+                             host_lost_s_range=[min(lost), max(lost)], repetitions=reps)
+            print(f'checkpoints {name}: foreground {out[name]["foreground_s"]:.2f} s, waits {out[name]["wait_s"]:.3f} s, '
+                  f'a host-bound thread loses {out[name]["host_lost_s"]:.2f} s', flush=True)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -544,6 +563,7 @@ DATASET_SIZES = {
     'rap': dict(train=33268, test=8317, mask_images=41585, note='RAP v1: 33,268 trainval / 8,317 test images per partition'),
     'pa100k': dict(train=90000, test=10000, mask_images=100000, note='PA-100K: 80,000 train + 10,000 val / 10,000 test'),
 }
+HOST_BOUND = ('dahar',)   # notebooks whose configured step is bound by its host (report: host work ~ GPU work per step)
 FIXED_S = 60        # per run: start, model build, cudnn autotuning, metrics (an estimate, stated); checkpoints: measured
 INFER_SPEEDUP = 3   # inference images/s over training images/s (forward alone against forward + backward + update)
 
@@ -604,7 +624,7 @@ def _run_hours(report, r, amp, cl, workers, cached, compile_mode='none'):
         evals = per_epoch_eval * epochs + (size['test'] * 6 if nb == 'dahar' else 0)       # Da-HAR: five crops + full, once
     hours, fam = 0.0, 'dahar' if nb == 'dahar' else 'campar'
     ck = (report.get('checkpoints') or {}).get('dahar' if nb == 'dahar' else 'campar_fusion') or {}
-    ck_s = ck.get('wait_s', 0.0) * epochs if nb != 'cfar' else 0.0   # the training thread's wait for each epoch's files
+    ck_s = (ck.get('wait_s', 0.0) + (ck.get('host_lost_s', 0.0) if nb in HOST_BOUND else 0.0)) * epochs if nb != 'cfar' else 0.0
     for v in variants:
         m = ('dahar_rap' if p.get('dataset') == 'rap' else 'dahar_baseline' if v == 'baseline' else 'dahar') if nb == 'dahar' \
             else 'campar_fusion' if nb == 'cfar' else ('campar_baseline' if v in ('baseline', 'fusion') else v)
@@ -659,7 +679,8 @@ def projection(report):
                             f'measured speed-up, Da-HAR\'s from 224x112 applied to its 224x224 runs too); every other run takes a GPU '
                             f'of its own and is priced alone; a compiled step not measured for a '
                             f'model counts at its eager rate; inference at {INFER_SPEEDUP}x the training rate; {FIXED_S} s fixed '
-                            f'per run; each epoch\'s checkpoint files at the training thread\'s measured wait ({ck_note}); masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
+                            f'per run; each epoch\'s checkpoint files at the training thread\'s measured wait, plus, for a step bound by its host '
+                            f'({", ".join(HOST_BOUND)}), the host time the background write takes from it ({ck_note}); masks runs priced as Mask R-CNN passes at the measured rate; Da-HAR on RAP at 224x112; '
                             f'CFAR as one inference pass over train + test (its ALS runs on the CPU)')
 
 
@@ -757,11 +778,14 @@ def to_markdown(r):
     if ck:
         L += ['One epoch\'s checkpoint files (best.pt + last.pt with the optimizer\'s state), medians of interleaved repetitions: '
               'written in the foreground against what the training thread waits for with `CheckpointWriter` (the copy to host memory; '
-              'the write goes on in the background).', '',
-              '| model | optimizer | last.pt MB | foreground s (range) | training waits s (range) | background write s |', '|---|---|---|---|---|---|']
+              'the write goes on in the background), and the host time a training thread bound by its own Python loses meanwhile '
+              '(Python\'s global lock, held while `torch.save` pickles).', '',
+              '| model | optimizer | last.pt MB | foreground s (range) | training waits s (range) | background write s | host-bound thread loses s (range) |',
+              '|---|---|---|---|---|---|---|']
         L += [f'| {v["model"]} | {v["optimizer"]} | {_f(v["megabytes"], 0)} | {_f(v["foreground_s"], 2)} ({_f(v["foreground_s_range"][0], 2)}-'
               f'{_f(v["foreground_s_range"][1], 2)}) | {_f(v["wait_s"], 3)} ({_f(v["wait_s_range"][0], 3)}-{_f(v["wait_s_range"][1], 3)}) | '
-              f'{_f(v["background_s"], 2)} |' for v in ck]
+              f'{_f(v["background_s"], 2)} | {_f(v.get("host_lost_s"), 2)} ({_f((v.get("host_lost_s_range") or [None])[0], 2)}-'
+              f'{_f((v.get("host_lost_s_range") or [None, None])[1], 2)}) |' for v in ck]
         L.append('')
     if r.get('notebooks'):
         L += ['| notebook | state | seconds | dropped parameters |', '|---|---|---|---|']
