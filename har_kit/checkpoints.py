@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_checkpoints.ipynb #c002
 from __future__ import annotations
-import hashlib, io, random, warnings
+import copy as _copy, hashlib, io, random, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,10 +75,11 @@ def snapshot(state):  # nested dicts/lists/tuples of tensors and primitives (a c
         if torch.is_tensor(v):
             if id(v) not in memo: memo[id(v)] = v.detach().to('cpu', copy=True)
             return memo[id(v)]
-        if isinstance(v, dict):
-            out = type(v)((k, copy(x)) for k, x in v.items())
-            if hasattr(v, '_metadata'): out._metadata = v._metadata   # a state_dict's module versions
+        if isinstance(v, dict):   # a shallow copy keeps the dict's kind and attributes (a Counter, a state_dict's _metadata)
+            out = _copy.copy(v)
+            for k, x in v.items(): out[k] = copy(x)
             return out
+        if isinstance(v, tuple) and hasattr(v, '_fields'): return type(v)(*(copy(x) for x in v))   # a namedtuple
         if isinstance(v, (list, tuple)): return type(v)(copy(x) for x in v)
         return v
     return copy(state)
@@ -92,7 +93,8 @@ class CheckpointWriter:
               after=None):       # optional callable run once they are written (e.g. the history files)
         "Wait for the previous batch (raising its error), snapshot the states, and write them in the background."
         self.wait()
-        files = [(snapshot(state), path) for state, path in files]
+        states = snapshot([state for state, _ in files])   # one snapshot: weights that two files hold are copied once
+        files = [(state, path) for state, (_, path) in zip(states, files)]
         def job():
             for state, path in files: save_checkpoint(state, path)
             if after is not None: after()
@@ -103,9 +105,12 @@ class CheckpointWriter:
         return self._pending is not None and not self._pending.done()
 
     def wait(self):
-        "Block until the batch in flight is written; raise its error, if any."
-        pending, self._pending = self._pending, None
-        if pending is not None: pending.result()
+        "Block until the batch in flight is written; raise its error, if any (once)."
+        pending = self._pending
+        if pending is None: return
+        try: pending.result()
+        finally:
+            if pending.done(): self._pending = None   # interrupted while waiting (Ctrl-C): still pending, reported at close
 
     def close(self):
         "Wait for the last batch, then stop the thread."

@@ -402,6 +402,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
                         [(last, ckdir/'last.pt')]
                 writer.write(files, after=functools.partial(write_history, [dict(r) for r in history], run_dir))
             if world > 1: dist.barrier()
+    if world > 1: dist.barrier()   # rank 0's last files have landed: no process reads best.pt before
     return history
 
 # %% ../nbs/08_engine.ipynb #c054

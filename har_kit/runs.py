@@ -94,10 +94,17 @@ def kernel_env(out_dir,       # the run directory
                threads=None): # intra-op threads (None: $HAR_KIT_THREADS or 1)
     "The environment variables a run's kernel gets on top of this process's."
     t = str(kit_threads(threads))
-    compiled = os.environ.get('TORCHINDUCTOR_CACHE_DIR') or str(cache_root()/'torchinductor')   # one compile cache for every run
-    return dict(HAR_KIT_OUTPUTS=str(outputs_root()), HAR_KIT_DATA=str(data_root()), HAR_KIT_RUN_DIR=str(Path(out_dir).resolve()),
-                HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, TORCHINDUCTOR_CACHE_DIR=compiled,
-                PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
+    env = dict(HAR_KIT_OUTPUTS=str(outputs_root()), HAR_KIT_DATA=str(data_root()), HAR_KIT_RUN_DIR=str(Path(out_dir).resolve()),
+               HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
+               PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
+    compiled = _compile_cache()
+    return {**env, 'TORCHINDUCTOR_CACHE_DIR': compiled} if compiled else env
+
+def _compile_cache():
+    "torch.compile's cache folder for the kernels: `$TORCHINDUCTOR_CACHE_DIR`, else `torchinductor/` under the kit's cache when it can be written, else None (torch's own default)."
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR'): return os.environ['TORCHINDUCTOR_CACHE_DIR']
+    try: return str(cache_root(writable=True)/'torchinductor')
+    except KitError: return None   # a read-only (or unusable) cache folder: compiles go to torch's per-user temporary folder
 
 # %% ../nbs/70_runs.ipynb #c016
 _KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)

@@ -51,6 +51,7 @@ STEPS = 6 + 3  # criterion calls per epoch: 6 train batches + 3 val batches
 
 CONFIGS = {
     'sgd-step-bn': dict(optimizer='sgd', lr=0.1, scheduler='step', step_size=1, gamma=0.5, backbone_lr_mult=0.1, monitor='acc'),
+    'sgd-multistep': dict(optimizer='sgd', lr=0.1, scheduler='multistep', milestones=(2, 3), gamma=0.1, monitor='acc'),  # a Counter in its state
     'adam-plateau-fp16': dict(optimizer='adam', lr=0.01, scheduler='plateau', patience=0, amp='fp16', grad_clip=1.0,
                               monitor='val_loss'),
     'adamw-cosine-bf16-cl': dict(optimizer='adamw', lr=0.01, scheduler='cosine', amp='bf16', channels_last=True,
