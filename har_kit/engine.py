@@ -401,7 +401,6 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
                 files = ([(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')] if improved else []) + \
                         [(last, ckdir/'last.pt')]
                 writer.write(files, after=functools.partial(write_history, [dict(r) for r in history], run_dir))
-            if world > 1: dist.barrier()
     if world > 1: dist.barrier()   # rank 0's last files have landed: no process reads best.pt before
     return history
 

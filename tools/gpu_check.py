@@ -157,12 +157,16 @@ def synthetic_batches(size, batch, n_attr, device, k=3):
                  mask=(torch.rand(batch, 1, *size[1:], generator=g) < .5).float().to(device)) for _ in range(k)]
 
 
-def configured_optimizer(name):
-    "TrainConfig fields of the optimizer the paper profile trains `name` with (Da-HAR: the paper's SGD; CAM-PAR: [15]'s)."
+def paper_params(nb):
+    "The parameters of a paper-profile run of notebook `nb`: the profile over the notebook's defaults."
     from har_kit.cards import notebook_defaults
     from har_kit.reproduce import PROFILES
-    nb = MODELS[name][0]
-    p = {**notebook_defaults(nb), **PROFILES['paper'].get(nb, {})}
+    return {**notebook_defaults(nb), **PROFILES['paper'].get(nb, {})}
+
+
+def configured_optimizer(name):
+    "TrainConfig fields of the optimizer the paper profile trains `name` with (Da-HAR: the paper's SGD; CAM-PAR: [15]'s)."
+    p = paper_params(MODELS[name][0])
     return dict(optimizer=p.get('optimizer') or 'sgd', lr=p.get('lr') or 1e-4, momentum=p.get('momentum') or 0.9,
                 weight_decay=p.get('weight_decay') or 0.0)
 
@@ -569,10 +573,8 @@ INFER_SPEEDUP = 3   # inference images/s over training images/s (forward alone a
 
 
 def _as_configured(nb):
-    "(amp, channels_last, compile_mode, num_workers, pipeline) of a paper-profile run of `nb`: the profile over the notebook's defaults."
-    from har_kit.cards import notebook_defaults
-    from har_kit.reproduce import PROFILES
-    p = {**notebook_defaults(nb), **PROFILES['paper'].get(nb, {})}
+    "(amp, channels_last, compile_mode, num_workers, pipeline) of a paper-profile run of `nb`."
+    p = paper_params(nb)
     return (p.get('amp') or 'none', bool(p.get('channels_last')), p.get('compile_mode') or 'none', int(p.get('num_workers') or 0),
             p.get('pipeline') or 'loader')
 
