@@ -147,7 +147,19 @@ def to_device(batch,                # a dict batch with 'image' and 'labels'
     if channels_last and out['image'].dim() == 4: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/08_engine.ipynb #c024
+# %% ../nbs/08_engine.ipynb #c023
+@contextlib.contextmanager
+def _progress(loader, desc, show):  # a loader; the bar's label; draw the bar
+    "The loader's batches under a tqdm bar; the loader's iterator is closed on the way out."
+    try: total = len(loader)
+    except TypeError: total = None
+    it = iter(loader)
+    try:
+        with tqdm(it, total=total, desc=desc, leave=False, disable=not show) as bar: yield bar
+    finally:
+        if hasattr(it, 'close'): it.close()
+
+# %% ../nbs/08_engine.ipynb #c027
 def _forward_logits(model, images):
     "Run the model; K-crop images (N, K, 3, H, W) are flattened and their logits returned as (N, K, C)."
     crops = images.dim() == 5
@@ -157,26 +169,27 @@ def _forward_logits(model, images):
         raise KitError("the model must return a dict with 'logits' (N, C) (CONTRIBUTING.md, Models)")
     return out, out['logits'].float().reshape(n, k, -1)
 
-# %% ../nbs/08_engine.ipynb #c025
+# %% ../nbs/08_engine.ipynb #c028
 @torch.inference_mode()
 def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion=None, progress=False, desc='eval'):
     "Scores/logits/labels over `loader` (gathered over processes) and, for 4-D batches, the criterion's mean loss."
     model.eval()
     ldr = shard_loader(loader, shuffle=False) if rank_world()[1] > 1 else loader
     acc, loss_sum, n_loss = dict(scores=[], logits=[], labels=[]), 0.0, 0
-    for batch in tqdm(ldr, desc=desc, leave=False, disable=not (progress and is_main_process())):
-        batch = to_device(batch, device, channels_last)
-        with autocast(device, amp):
-            out, lg = _forward_logits(model, batch['image'])
-            if criterion is not None and lg.shape[1] == 1:
-                loss_sum += float(criterion(out, batch)['loss']) * len(lg); n_loss += len(lg)
-        acc['scores'].append(torch.sigmoid(lg).mean(1).cpu()); acc['logits'].append(lg.mean(1).cpu())
-        acc['labels'].append(batch['labels'].float().cpu())
+    with _progress(ldr, desc, progress and is_main_process()) as bar:
+        for batch in bar:
+            batch = to_device(batch, device, channels_last)
+            with autocast(device, amp):
+                out, lg = _forward_logits(model, batch['image'])
+                if criterion is not None and lg.shape[1] == 1:
+                    loss_sum += float(criterion(out, batch)['loss']) * len(lg); n_loss += len(lg)
+            acc['scores'].append(torch.sigmoid(lg).mean(1).cpu()); acc['logits'].append(lg.mean(1).cpu())
+            acc['labels'].append(batch['labels'].float().cpu())
     res = gather_in_order({k: torch.cat(v).numpy() for k, v in acc.items()}, len(loader.dataset))
     if criterion is not None: res['loss'] = all_mean(loss_sum, n_loss, device)
     return res
 
-# %% ../nbs/08_engine.ipynb #c026
+# %% ../nbs/08_engine.ipynb #c029
 def predict(model,                # contract model: returns {'logits': (N, C), ...}
             loader,               # DataLoader of dict batches; 'image' (B, 3, H, W) or (B, K, 3, H, W)
             device='cpu',         # torch.device or name
@@ -187,12 +200,12 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     dev = device if isinstance(device, torch.device) else get_device(device)
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
-# %% ../nbs/08_engine.ipynb #c030
+# %% ../nbs/08_engine.ipynb #c033
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
-# %% ../nbs/08_engine.ipynb #c031
+# %% ../nbs/08_engine.ipynb #c034
 def check_identity(ck,           # a loaded checkpoint dict (with 'config' and 'params')
                    cfg,          # the TrainConfig of this run
                    params,       # this run's own parameters (JSON-able dict) or None
@@ -207,7 +220,7 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
             if old.get(k, absent) != new.get(k, absent)]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
-# %% ../nbs/08_engine.ipynb #c032
+# %% ../nbs/08_engine.ipynb #c035
 class LossGuard:
     "Each step's loss tested on the device (no host sync); `check` reads the first bad step back, one sync."
     def __init__(self, device):
@@ -233,7 +246,7 @@ class LossGuard:
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
                        f'nothing of epoch {epoch} is saved')
 
-# %% ../nbs/08_engine.ipynb #c033
+# %% ../nbs/08_engine.ipynb #c036
 def _check_state(model, epoch, device):
     "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
     floats = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
@@ -244,7 +257,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/08_engine.ipynb #c036
+# %% ../nbs/08_engine.ipynb #c039
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -254,7 +267,7 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
-# %% ../nbs/08_engine.ipynb #c037
+# %% ../nbs/08_engine.ipynb #c040
 def write_history(history,  # list of per-epoch dicts
                   run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
@@ -264,7 +277,7 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
-# %% ../nbs/08_engine.ipynb #c038
+# %% ../nbs/08_engine.ipynb #c041
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
     with autocast(device, cfg.amp):
@@ -278,24 +291,24 @@ def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     scaler.step(optimizer); scaler.update()
     return parts
 
-# %% ../nbs/08_engine.ipynb #c039
+# %% ../nbs/08_engine.ipynb #c042
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
     sums, count, check, lr = {}, 0, LossGuard(device), optimizer.param_groups[-1]['lr']
-    bar = tqdm(loader, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, disable=not (cfg.progress and is_main_process()))
-    for step, batch in enumerate(bar, 1):
-        first = guard.get('first_loss')
-        limit = cfg.max_loss_ratio * max(first, 1.0) if cfg.max_loss_ratio > 0 and first is not None else None
-        parts = _train_step(net, criterion, to_device(batch, device, cfg.channels_last), optimizer, scaler, cfg, device)
-        check.note(step, parts, limit)
-        if first is None: check.check(epoch, lr, device); guard['first_loss'] = float(parts['loss'].detach())
-        n = len(batch['labels']); count += n
-        for k, v in parts.items():   # sample-weighted sums, in float64 on the device: no sync per step
-            if torch.is_tensor(v) and v.numel() == 1: sums[k] = sums.get(k, 0.0) + v.detach().double().reshape(()) * n
-            elif isinstance(v, (int, float)): sums[k] = sums.get(k, 0.0) + float(v) * n
-        if step % cfg.log_every == 0:
-            check.check(epoch, lr, device)
-            if not bar.disable: bar.set_postfix(loss=f'{float(sums["loss"]) / count:.4f}')
+    with _progress(loader, f'epoch {epoch}/{cfg.epochs}', cfg.progress and is_main_process()) as bar:
+        for step, batch in enumerate(bar, 1):
+            first = guard.get('first_loss')
+            limit = cfg.max_loss_ratio * max(first, 1.0) if cfg.max_loss_ratio > 0 and first is not None else None
+            parts = _train_step(net, criterion, to_device(batch, device, cfg.channels_last), optimizer, scaler, cfg, device)
+            check.note(step, parts, limit)
+            if first is None: check.check(epoch, lr, device); guard['first_loss'] = float(parts['loss'].detach())
+            n = len(batch['labels']); count += n
+            for k, v in parts.items():   # sample-weighted sums, in float64 on the device: no sync per step
+                if torch.is_tensor(v) and v.numel() == 1: sums[k] = sums.get(k, 0.0) + v.detach().double().reshape(()) * n
+                elif isinstance(v, (int, float)): sums[k] = sums.get(k, 0.0) + float(v) * n
+            if step % cfg.log_every == 0:
+                check.check(epoch, lr, device)
+                if not bar.disable: bar.set_postfix(loss=f'{float(sums["loss"]) / count:.4f}')
     if count == 0: raise KitError('the training DataLoader yielded no batches: check the dataset (empty split?) and drop_last')
     check.check(epoch, lr, device)
     keys = sorted(sums)
@@ -304,14 +317,14 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
     if rank_world()[1] > 1: dist.all_reduce(t)
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
-# %% ../nbs/08_engine.ipynb #c040
+# %% ../nbs/08_engine.ipynb #c043
 def _monitor(rec, cfg):
     "(found, value) of the monitor in an epoch record, accepting the name with or without 'val_'."
     for k in (cfg.monitor, 'val_' + cfg.monitor):
         if k in rec: return True, rec[k]
     return False, None
 
-# %% ../nbs/08_engine.ipynb #c041
+# %% ../nbs/08_engine.ipynb #c044
 def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader ran this epoch
     "Step the schedule after an epoch; return the monitor's value in `rec` (None: undefined or absent)."
     found, value = _monitor(rec, cfg)
@@ -324,7 +337,7 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     elif scheduler is not None: scheduler.step()
     return value
 
-# %% ../nbs/08_engine.ipynb #c042
+# %% ../nbs/08_engine.ipynb #c045
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
@@ -335,7 +348,7 @@ def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
 
-# %% ../nbs/08_engine.ipynb #c043
+# %% ../nbs/08_engine.ipynb #c046
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
         criterion,        # (out, batch) -> {'loss': scalar, **parts}
         train_loader,     # DataLoader of dict batches (the engine re-samples it, see `shard_loader`)
@@ -404,7 +417,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     if world > 1: dist.barrier()   # rank 0's last files have landed: no process reads best.pt before
     return history
 
-# %% ../nbs/08_engine.ipynb #c054
+# %% ../nbs/08_engine.ipynb #c057
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_pipeline.ipynb #c003
 from __future__ import annotations
-import copy, functools, hashlib, json, os, shutil, tempfile, time, warnings
+import contextlib, copy, functools, hashlib, json, os, queue, shutil, tempfile, threading, time, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
-           'campar_augment', 'dahar_params', 'crop_resize', 'colour_jitter', 'dahar_augment', 'five_crop',
+           'campar_augment', 'dahar_params', 'crop_resize', 'colour_jitter', 'dahar_augment', 'five_crop', 'prefetched',
            'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates', 'benchmark']
 
 # %% ../nbs/15_pipeline.ipynb #c007
@@ -209,19 +209,22 @@ def crop_resize(x, geo, out, mode='bilinear', matmul=None):  # (N, C, H, W) batc
 # %% ../nbs/15_pipeline.ipynb #c035
 def _gray(y): r, g, b = y.unbind(1); return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
-def _blend(a, b, r):  # torchvision's `_blend` on uint8 levels, with a factor per sample
-    return torch.addcmul(a.mul(r), b, 1 - r).clamp_(0, 255).floor_()
+def _blend(a, b, r, r1):  # torchvision's `_blend` on uint8 levels, with a factor per sample and 1 - r
+    return torch.addcmul(a.mul(r), b, r1).clamp_(0, 255).floor_()
 
 # %% ../nbs/15_pipeline.ipynb #c036
 def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
-    op, f = host_to_device(perm, y.device), host_to_device(fac, y.device)
+    perm, fac = torch.as_tensor(perm), torch.as_tensor(fac, dtype=torch.float32)
+    r = torch.where(perm < 3, fac.gather(1, perm.clamp(max=2)), 1.0)   # (N, 4) factor at each position; op 3 (hue, off): 1
+    # per position: r, 1 - r and which reference, worked out where the draws are (exact selections and one subtraction,
+    # the same in float32 on any device) and sent in one copy
+    per = host_to_device(torch.stack([r, 1 - r, (perm == 1).float(), (perm == 2).float()], -1), y.device).view(-1, 4, 4, 1, 1, 1)
+    contrast, saturation = per[:, :, 2].bool(), per[:, :, 3].bool()
     for k in range(4):   # every op is a blend with a reference: 0 (brightness), the gray mean (contrast), the gray (saturation)
-        o = op[:, k]
-        r = torch.where(o < 3, f.gather(1, o.clamp(max=2)[:, None])[:, 0], 1.0).view(-1, 1, 1, 1)   # op 3 (hue, off): r = 1
         g = _gray(y).floor_()
-        ref = torch.where((o == 1).view(-1, 1, 1, 1), g.mean(dim=(1, 2, 3), keepdim=True), torch.where((o == 2).view(-1, 1, 1, 1), g, 0.0))
-        y = _blend(y, ref, r)
+        ref = torch.where(contrast[:, k], g.mean(dim=(1, 2, 3), keepdim=True), torch.where(saturation[:, k], g, 0.0))
+        y = _blend(y, ref, per[:, k, 0], per[:, k, 1])
     return y
 
 # %% ../nbs/15_pipeline.ipynb #c037
@@ -247,12 +250,57 @@ def five_crop(x, size):  # (N, C, H, W) batch; (h, w) of each crop
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
 
 # %% ../nbs/15_pipeline.ipynb #c043
+_END = object()   # the producer's last item
+
+def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoader`'s
+               depth: int = 2,  # batches prepared ahead of the consumer (0: none, no thread)
+               device='cpu'):   # where the batches' tensors live: on CUDA the producer works in a stream of its own
+    "The items of `batches`, in order, each prepared on a background thread up to `depth` items ahead of the consumer."
+    if depth <= 0: yield from batches; return
+    dev = torch.device(device)
+    side = torch.cuda.Stream(dev) if dev.type == 'cuda' else None
+    q, stop = queue.Queue(maxsize=depth), threading.Event()
+    def put(item):   # False once the consumer has stopped
+        while not stop.is_set():
+            try: q.put(item, timeout=0.05); return True
+            except queue.Full: pass
+        return False
+    def produce():
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for b in batches:
+                    ready = None
+                    if side is not None: ready = torch.cuda.Event(); ready.record(side)
+                    if not put((b, ready)): return
+            put(_END)
+        except BaseException as e: put(e)   # raised in the consumer
+    worker = threading.Thread(target=produce, name='har-kit-prefetch', daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END: return
+            if isinstance(item, BaseException): raise item
+            b, ready = item
+            if ready is not None:   # the consumer's stream waits for the batch's kernels; its memory for the consumer's
+                cur = torch.cuda.current_stream(dev); cur.wait_event(ready)
+                for v in b.values():
+                    if torch.is_tensor(v) and v.is_cuda: v.record_stream(cur)
+            yield b
+    finally:
+        stop.set(); worker.join()
+        if hasattr(batches, 'close'): batches.close()
+
+# %% ../nbs/15_pipeline.ipynb #c046
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
-    def __init__(self, cache, labels, augment, batch_size, shuffle=False, drop_last=False, seed=0, device='cpu'):  # cache from `decoded_cache`; (N, C) labels; augment(x uint8, masks, gen) -> dict
+    def __init__(self, cache, labels, augment, batch_size, shuffle=False, drop_last=False, seed=0, device='cpu', prefetch=0):  # cache from `decoded_cache`; (N, C) labels; augment(x uint8, masks, gen) -> dict; batches prepared ahead on a thread (`prefetched`)
         "A loader over `cache` with `labels`; `augment` turns a uint8 batch (and its masks) into the batch's tensors."
         self.cache, self.labels, self.augment, self.batch_size = cache, torch.as_tensor(np.asarray(labels, np.float32)), augment, int(batch_size)
         self.shuffle, self.drop_last, self.device, self.sampler = shuffle, drop_last, torch.device(device), None
+        if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
+            raise KitError(f'DeviceLoader: prefetch={prefetch!r} must be a whole number of batches >= 0 (0: prepared in the consuming thread)')
+        self.prefetch = int(prefetch)
         if len(self.labels) != len(cache['images']): raise KitError(f"DeviceLoader: {len(self.labels)} label rows for {len(cache['images'])} cached images ({cache['dir']}); pass one row per sample")
         self.generator = torch.Generator(); self.generator.manual_seed(int(seed))
         self.dataset = _Samples(self)
@@ -277,7 +325,11 @@ class DeviceLoader:
 
     def __iter__(self):
         order = self.order()
-        if self.device.type == 'cuda': yield from self._cuda_batches(order); return
+        batches = self._cuda_batches(order) if self.device.type == 'cuda' else self._batches(order)
+        yield from prefetched(batches, self.prefetch, self.device) if self.prefetch else batches
+
+    def _batches(self, order):
+        "`__iter__` on the CPU: rows read in file order, restored to the sample order, augmented."
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]; rows = np.sort(idx.numpy())   # memmap reads in file order
             back = torch.from_numpy(np.searchsorted(rows, idx.numpy()))
@@ -303,7 +355,7 @@ class DeviceLoader:
             copied[j] = torch.cuda.Event(); copied[j].record()
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/15_pipeline.ipynb #c044
+# %% ../nbs/15_pipeline.ipynb #c047
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -314,7 +366,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/15_pipeline.ipynb #c046
+# %% ../nbs/15_pipeline.ipynb #c049
 def campar_batches(train, scale=1.0):  # training augmentation, else evaluation; size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     pad = _sz(10, scale)
@@ -324,7 +376,7 @@ def campar_batches(train, scale=1.0):  # training augmentation, else evaluation;
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/15_pipeline.ipynb #c047
+# %% ../nbs/15_pipeline.ipynb #c050
 def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):  # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
@@ -337,9 +389,9 @@ def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):
         return d
     return base, augment
 
-# %% ../nbs/15_pipeline.ipynb #c048
+# %% ../nbs/15_pipeline.ipynb #c051
 def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_from_box=False, drop_last=False, seed=0,
-                  device='cpu', name='images', workers=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`
+                  device='cpu', name='images', workers=0, prefetch=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`; batches prepared ahead (`prefetched`)
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
     ss = list(getattr(samples, 'samples', samples))
     if not ss: raise KitError('cached_loader: no samples (check the split name you selected)')
@@ -348,9 +400,9 @@ def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_f
     size, augment = batches
     masks = None if not with_mask else ['box' if mask_from_box else s.mask for s in ss]
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
-    return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device)
+    return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
-# %% ../nbs/15_pipeline.ipynb #c051
+# %% ../nbs/15_pipeline.ipynb #c054
 def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batches per timing; interleaved repetitions
     "Images per second of each loader (median over interleaved repetitions of `batches` batches)."
     times = {k: [] for k in loaders}
@@ -363,7 +415,7 @@ def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batche
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/15_pipeline.ipynb #c053
+# %% ../nbs/15_pipeline.ipynb #c056
 def benchmark(device='cpu', images=256, batch=64, repeats=3, workers=0):  # where to augment; cache size; batch; timed passes; decoding processes
     "Images/s of building a decoded cache and of each paper's batch augmentation on `device` (median of `repeats` passes)."
     dev, g = torch.device(device), torch.Generator().manual_seed(0)

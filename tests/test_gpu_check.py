@@ -30,6 +30,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert all(v['pipeline_input_size'] == v['input_size'] for v in e2e), e2e   # the pipeline feeds the size the step was timed at
     assert set(rep['end_to_end']) == {'campar_baseline', 'campar_fusion', 'dahar'}
     assert all(0 <= v['e2e_host_in_loader'] <= 1 for v in e2e), e2e
+    # the same loader preparing batches ahead on a thread: timed beside it, and its batches checked equal first
+    assert all(v['e2e_prefetch_images_per_s'] > 0 and v['prefetch_same_batches'] is True and v['prefetch'] == 2 for v in e2e), e2e
     cc = rep['concurrency_configured']['dahar_rap|2']   # two configured Da-HAR trainings at once, each fed by the decoded cache
     assert cc['model'] == 'dahar_rap' and len(cc['images_per_s_each']) == 2 and all(v > 0 for v in cc['images_per_s_each'])
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
@@ -104,3 +106,15 @@ def test_concurrency_counts_below_one_are_refused_before_anything_runs(tmp_path,
     with pytest.raises(SystemExit) as e: gpu_check.main(['--cpu-tiny', '--out', str(tmp_path), '--concurrency-counts', '0'])
     assert e.value.code == 2 and '--concurrency-counts: each count must be at least 1' in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_same_batches_tells_a_different_loader():
+    "The device check of prefetching would notice batches that are not the loader's own (it is not true by construction)."
+    import numpy as np
+    from har_kit.pipeline import DeviceLoader
+    imgs = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    aug = lambda x, m, g: {'image': x.float() + torch.rand(x.shape, generator=g)}
+    ld = DeviceLoader(dict(images=imgs, masks=None, dir='memory'), np.zeros((6, 1)), aug, 2, shuffle=True)
+    assert gpu_check.same_batches(ld, gpu_check.prefetching(ld, 2), 3)
+    other = DeviceLoader(dict(images=imgs, masks=None, dir='memory'), np.zeros((6, 1)), lambda x, m, g: {'image': x.float()}, 2, shuffle=True)
+    assert not gpu_check.same_batches(ld, other, 3)

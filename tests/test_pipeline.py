@@ -1,4 +1,6 @@
 "The decoded pipeline: the cache holds the loader's exact resize (fixtures and the real PA-100K sample), is built once and atomically, refuses damage; batch augmentation equals the torchvision transforms sample by sample; the shuffle order is the loader's and seeded; a tiny training runs on the device path."
+import contextlib, threading
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +220,82 @@ def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch):
     assert len(got) == len(want) == len(dl) and len(ss) % 5   # a short last batch: the buffers are re-made
     for g, w in zip(got, want):
         assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in g)
+
+
+def _memory_loader(n=40, batch=8, prefetch=0, seed=0):
+    "A DeviceLoader over random uint8 images in memory whose augmentation draws from the loader's generator."
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.randint(0, 256, (n, 8, 8, 3), dtype=torch.uint8, generator=g).numpy()
+    labels = (torch.rand(n, 3, generator=g) < 0.5).float().numpy()
+    augment = lambda x, m, gen: {'image': x.float() / 255 + 0.1 * torch.rand(x.shape, generator=gen)}
+    return P.DeviceLoader(dict(images=imgs, masks=None, dir='memory'), labels, augment, batch, True, seed=seed, prefetch=prefetch)
+
+
+def _tiny_fit(loader, out, criterion=None):
+    from torch import nn
+    from har_kit.engine import TrainConfig, fit
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    net = lambda m: type('Net', (nn.Module,), {'forward': lambda self, x: {'logits': m(x)}})()
+    wrapped = net(model); wrapped.backbone = model
+    bce = lambda o, b: {'loss': nn.functional.binary_cross_entropy_with_logits(o['logits'], b['labels'])}
+    # progress=True: a drawn tqdm bar keeps the loader's iterator alive with the traceback, so only the engine's own
+    # close stops a prefetching thread when the epoch ends early (without it the thread outlives the error)
+    hist = fit(wrapped, criterion or bce, loader, TrainConfig(epochs=2, lr=0.1, device='cpu', progress=True, seed=2, monitor='loss'), out)
+    return hist, model.state_dict()
+
+
+def _prefetch_threads(): return [t for t in threading.enumerate() if t.name == 'har-kit-prefetch']
+
+
+def test_prefetched_training_is_the_same(tmp_path):
+    "Batches prepared ahead on a thread: the same order, augmentation draws, losses and weights as without."
+    (h0, w0), (h2, w2) = _tiny_fit(_memory_loader(), tmp_path/'a'), _tiny_fit(_memory_loader(prefetch=2), tmp_path/'b')
+    assert [r['loss'] for r in h0] == [r['loss'] for r in h2] and len(h0) == 2
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
+    assert not _prefetch_threads()
+
+
+def test_prefetch_stops_with_the_epoch(tmp_path):
+    "An epoch that ends early (Ctrl-C in the step, an error in the producer) stops the thread before the error leaves fit."
+    calls = []
+    def interrupted(o, b):
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return {'loss': o['logits'].float().mean()}
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_fit(_memory_loader(prefetch=3), tmp_path/'a', interrupted)
+    assert not _prefetch_threads()   # joined when the engine closed the loader's iterator, not when the traceback goes
+    broken = _memory_loader(prefetch=2)
+    broken.cache['images'] = broken.cache['images'][:10]   # rows the order names are gone: an IndexError in the thread
+    with pytest.raises(IndexError):
+        _tiny_fit(broken, tmp_path/'b')
+    assert not _prefetch_threads()
+
+
+def test_prefetched_cuda_handover(monkeypatch):
+    "On CUDA the producer works in a stream of its own; the consumer's stream waits on each batch's event before it is used."
+    log = []
+    class Event:
+        n = 0
+        def __init__(self): Event.n += 1; self.id = Event.n
+        def record(self, stream=None): log.append(('record', self.id, stream.name, threading.current_thread().name))
+    class Stream:
+        def __init__(self, device=None, name='side'): self.name = name
+        def wait_event(self, ev): log.append(('wait', ev.id, self.name, threading.current_thread().name))
+    current = []
+    @contextlib.contextmanager
+    def stream(s): current.append(s.name); yield
+    monkeypatch.setattr(torch.cuda, 'Stream', Stream); monkeypatch.setattr(torch.cuda, 'Event', Event)
+    monkeypatch.setattr(torch.cuda, 'stream', stream)
+    monkeypatch.setattr(torch.cuda, 'current_stream', lambda dev=None: Stream(name='main'))
+    def batches():
+        for i in range(4):
+            log.append(('made', i + 1, current[-1], threading.current_thread().name)); yield {'x': torch.tensor(i)}
+    for i, b in enumerate(P.prefetched(batches(), 2, 'cuda'), 1):
+        log.append(('used', i, None, threading.current_thread().name)); assert int(b['x']) == i - 1
+    for i in range(1, 5):
+        made, rec, wait, used = (log.index(next(e for e in log if e[:2] == (k, i))) for k in ('made', 'record', 'wait', 'used'))
+        assert made < rec < wait < used, log
+        assert log[made][2:] == ('side', 'har-kit-prefetch') and log[rec][2:] == ('side', 'har-kit-prefetch')
+        assert log[wait][2] == 'main' and log[wait][3] == log[used][3] == threading.main_thread().name

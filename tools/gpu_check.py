@@ -112,14 +112,14 @@ def config(cpu_tiny):
                     scene_size=(96, 64), person_size=(48, 24), maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
                     maskrcnn_kw=dict(rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, box_detections_per_img=10),
                     maskrcnn_iters=1, notebooks=False, budget_s=600, cache_images=16,
-                    configured_concurrency=(2,))
+                    configured_concurrency=(2,), prefetch=2)
     return dict(device='cuda', dahar_arch='resnet101', campar_arch='resnet50', dahar_size=(3, 224, 224),
                 dahar_rap_size=(3, 224, 112), campar_size=(3, 256, 192), campar_batch=64, dahar_batch=32, warm_steps=15,
                 steps=60, e2e_steps=300, precisions=('none', 'bf16'), compile=True, concurrency=(1, 3),
                 latency_iters=50, loader_workers=(0, 2, 8), loader_images=384, loader_batch=64, loader_epochs=2,
                 scene_size=(683, 1024), person_size=(384, 160), maskrcnn_size=(480, 640), maskrcnn_min=800,
                 maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5, notebooks=False, budget_s=480,
-                cache_images=768, configured_concurrency=(3,))
+                cache_images=768, configured_concurrency=(3,), prefetch=2)
 
 
 MODELS = {  # name -> (family, variant, input size key, attributes)
@@ -171,6 +171,25 @@ def configured_optimizer(name):
                 weight_decay=p.get('weight_decay') or 0.0)
 
 
+def prefetching(loader, depth):
+    "A copy of a `DeviceLoader` that prepares `depth` batches ahead on a thread (`har_kit.pipeline.prefetched`), its own generator."
+    import copy, torch
+    out = copy.copy(loader)
+    out.prefetch, out.generator = int(depth), torch.Generator()
+    out.generator.set_state(loader.generator.get_state())
+    return out
+
+
+def same_batches(a, b, k):
+    "Whether loaders `a` and `b`, seeded alike, yield the same first `k` batches (every tensor equal, bit for bit)."
+    import torch
+    def first(ld):
+        ld.generator.manual_seed(12345); it = iter(ld)
+        try: return [next(it) for _ in range(min(k, len(ld)))]
+        finally: it.close()
+    return all(u.keys() == v.keys() and all(torch.equal(u[n], v[n]) for n in u) for u, v in zip(first(a), first(b), strict=True))
+
+
 def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', steps=None, barrier=None, loader=None):
     """Images/s of the engine's own training epoch (`har_kit.engine._train_epoch`) on device-resident batches, after a warm
     epoch; with `loader` (a DeviceLoader of this model's input size) also `e2e_steps` steps fed by it (same compiled model)
@@ -196,31 +215,37 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     n, reps = steps or cfg['steps'], cfg.get('reps', 3)
     phases = {'step': (lambda e: _train_epoch(net, crit, Cycle(data, max(1, n // reps)), opt, scaler, tc, dev, e, {}), max(1, n // reps))}
     if loader is not None:
-        class Epochs:   # k batches drawn from the loader's epochs in turn (its shuffle order advancing)
+        ahead = prefetching(loader, cfg['prefetch'])
+        class Epochs:   # k batches drawn from a loader's epochs in turn (its shuffle order advancing)
             wait = 0.0    # host seconds spent inside the loader (preparing batches, or held by a copy waiting for the GPU)
-            def __init__(self, k): self.k = k
+            def __init__(self, k, ld=loader): self.k, self.ld = k, ld
             def __len__(self): return self.k
             def __iter__(self):
                 k = 0
                 while True:
-                    it = iter(loader)
-                    while True:
-                        t = time.perf_counter(); b = next(it, None); Epochs.wait += time.perf_counter() - t
-                        if b is None: break
-                        if k == self.k: return
-                        k += 1; yield b
+                    it = iter(self.ld)
+                    try:
+                        while True:
+                            t = time.perf_counter(); b = next(it, None); Epochs.wait += time.perf_counter() - t
+                            if b is None: break
+                            if k == self.k: return
+                            k += 1; yield b
+                    finally: it.close()   # a prefetching loader's thread stops here
         k = max(1, cfg['e2e_steps'] // reps)
+        same = same_batches(loader, ahead, 3)   # on this device: the batches prepared ahead are the loader's own
         _train_epoch(net, crit, Epochs(cfg['warm_steps']), opt, scaler, tc, dev, 2, {}); sync()   # the loader's first batches
+        _train_epoch(net, crit, Epochs(cfg['warm_steps'], ahead), opt, scaler, tc, dev, 2, {}); sync()
         phases['e2e'] = (lambda e: _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, e, {}), k)
+        phases['e2e_prefetch'] = (lambda e: _train_epoch(net, crit, Epochs(k, ahead), opt, scaler, tc, dev, e, {}), k)
         phases['loader_alone'] = (lambda e: sum(1 for _ in Epochs(k)), k)   # batches ready on the device, no model
     if barrier: barrier()
-    rates, in_loader = {p: [] for p in phases}, []
+    rates, in_loader = {p: [] for p in phases}, {'e2e': [], 'e2e_prefetch': []}
     for r in range(reps):   # interleaved windows: a transient shows as spread instead of moving one phase's figure
         for p, (run, steps_in) in phases.items():
-            if p == 'e2e': Epochs.wait = 0.0
+            if p in in_loader: Epochs.wait = 0.0
             sync(); t = time.perf_counter(); run(3 + r); sync(); wall = time.perf_counter() - t
             rates[p].append(steps_in * batch / wall)
-            if p == 'e2e': in_loader.append(Epochs.wait / wall)
+            if p in in_loader: in_loader[p].append(Epochs.wait / wall)
     med = {p: statistics.median(v) for p, v in rates.items()}
     row = dict(model=name, amp=amp, channels_last=channels_last, compile=compile_mode, batch=batch, input_size=list(size), optimizer=tc.optimizer,
                images_per_s=med['step'], images_per_s_range=[min(rates['step']), max(rates['step'])], ms_per_step=batch / med['step'] * 1e3,
@@ -228,7 +253,10 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
                peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else None)
     if loader is not None:
         row.update(e2e_images_per_s=med['e2e'], e2e_images_per_s_range=[min(rates['e2e']), max(rates['e2e'])], e2e_steps=k * reps,
-                   loader_alone_images_per_s=med['loader_alone'], e2e_host_in_loader=statistics.median(in_loader),
+                   loader_alone_images_per_s=med['loader_alone'], e2e_host_in_loader=statistics.median(in_loader['e2e']),
+                   e2e_prefetch_images_per_s=med['e2e_prefetch'], e2e_prefetch_images_per_s_range=[min(rates['e2e_prefetch']), max(rates['e2e_prefetch'])],
+                   e2e_prefetch_host_in_loader=statistics.median(in_loader['e2e_prefetch']), prefetch=cfg['prefetch'],
+                   prefetch_same_batches=same,
                    pipeline_input_size=list(next(iter(loader))['image'].shape[1:]))
     return row
 
@@ -708,6 +736,11 @@ def _rng(v, k):  # a median with its repetitions' range, where the row has one
     return _f(v.get(k), 0) + (f' ({r[0]:.0f}-{r[1]:.0f})' if r else '')
 
 
+def _ahead(v):  # the end-to-end rate with batches prepared ahead on a thread, and whether they were the loader's own
+    if 'e2e_prefetch_images_per_s' not in v: return '-'
+    return _rng(v, 'e2e_prefetch_images_per_s') + ('' if v.get('prefetch_same_batches') else ' **batches differ**')
+
+
 def to_markdown(r):
     "The report as Markdown."
     env = r.get('environment', {})
@@ -736,15 +769,15 @@ def to_markdown(r):
     if cr:
         L += ['The paper profile\'s step as configured (torch.compile mode as listed, channels_last), on device-resident batches '
               'and end to end: the same compiled model fed by the decoded cache (synthetic JPEGs) with device augmentation '
-              '(`har_kit.pipeline.DeviceLoader`); "loader alone" is that loader with no model; "host in loader" is the share of the end-to-end wall time the host spent inside the loader (near 1 with the step far faster than the loader alone: the loader waited for the GPU); medians of interleaved timing windows, their range in brackets where the row has repetitions.', '',
-              '| model | batch | input | precision | compiled | optimizer | step images/s (range) | end to end images/s (range) | loader alone images/s | host in loader | cache build images/s | warm epoch s (compile) |',
-              '|---|---|---|---|---|---|---|---|---|---|---|---|']
+              '(`har_kit.pipeline.DeviceLoader`); "batches prepared ahead" is the same loader preparing the next `prefetch` batches on a thread of its own in a CUDA stream of its own (`har_kit.pipeline.prefetched`; not the default until measured here), its first batches checked equal to the plain loader\'s on this device; "loader alone" is that loader with no model; "host in loader" is the share of the end-to-end wall time the host spent inside the loader (near 1 with the step far faster than the loader alone: the loader waited for the GPU); medians of interleaved timing windows, their range in brackets where the row has repetitions.', '',
+              '| model | batch | input | precision | compiled | optimizer | step images/s (range) | end to end images/s (range) | batches prepared ahead: end to end images/s (range) | loader alone images/s | host in loader | cache build images/s | warm epoch s (compile) |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
         for v in cr:
             if 'images_per_s' not in v:
-                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | | {v.get("error") or v.get("skipped")} | | | | | |'); continue
+                L.append(f'| {v["model"]} | | | {v["amp"]} | {v["compile"]} | | {v.get("error") or v.get("skipped")} | | | | | | |'); continue
             L.append(f'| {v["model"]} | {v["batch"]} | {v["input_size"][1]}x{v["input_size"][2]} | {v["amp"]} | {v["compile"]} | '
                      f'{v.get("optimizer", "adam")} | '
-                     f'{_rng(v, "images_per_s")} | {_rng(v, "e2e_images_per_s")} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
+                     f'{_rng(v, "images_per_s")} | {_rng(v, "e2e_images_per_s")} | {_ahead(v)} | {_f(v.get("loader_alone_images_per_s"), 0)} | '
                      f'{_f(v.get("e2e_host_in_loader"), 2)} | {_f(v.get("cache_build_images_per_s"), 0)} | {v["warm_epoch_s"]} |')
         cb = [v for v in cr if v['model'] == 'campar_baseline' and 'images_per_s' in v and v['compile'] != 'none']
         bf, tf = ([v['images_per_s'] for v in cb if v['amp'] == a] for a in ('bf16', 'none'))
