@@ -215,11 +215,12 @@ def _blend(a, b, r, r1):  # torchvision's `_blend` on uint8 levels, with a facto
 # %% ../nbs/15_pipeline.ipynb #c036
 def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
-    perm, fac = torch.as_tensor(perm), torch.as_tensor(fac, dtype=torch.float32)
+    perm, fac = torch.as_tensor(perm).cpu(), torch.as_tensor(fac).cpu()
     r = torch.where(perm < 3, fac.gather(1, perm.clamp(max=2)), 1.0)   # (N, 4) factor at each position; op 3 (hue, off): 1
-    # per position: r, 1 - r and which reference, worked out where the draws are (exact selections and one subtraction,
-    # the same in float32 on any device) and sent in one copy
-    per = host_to_device(torch.stack([r, 1 - r, (perm == 1).float(), (perm == 2).float()], -1), y.device).view(-1, 4, 4, 1, 1, 1)
+    # per position: r, 1 - r and which reference, worked out on the host (exact selections and one subtraction in r's
+    # dtype, the same on any device) and sent in one copy
+    per = torch.stack([r, 1 - r, (perm == 1).to(r.dtype), (perm == 2).to(r.dtype)], -1)
+    per = host_to_device(per, y.device).view(-1, 4, 4, 1, 1, 1)
     contrast, saturation = per[:, :, 2].bool(), per[:, :, 3].bool()
     for k in range(4):   # every op is a blend with a reference: 0 (brightness), the gray mean (contrast), the gray (saturation)
         g = _gray(y).floor_()
@@ -258,7 +259,9 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
     "The items of `batches`, in order, each prepared on a background thread up to `depth` items ahead of the consumer."
     if depth <= 0: yield from batches; return
     dev = torch.device(device)
-    side = torch.cuda.Stream(dev) if dev.type == 'cuda' else None
+    # a high-priority stream: never one of the low-priority pool's streams that CUDA-graph capture (torch.compile's
+    # reduce-overhead), torch.cuda.graph and NCCL draw, into which this thread's kernels would otherwise be captured
+    side = torch.cuda.Stream(dev, priority=-1) if dev.type == 'cuda' else None
     q, stop = queue.Queue(maxsize=depth), threading.Event()
     def put(item):   # False once the consumer has stopped
         while not stop.is_set():
@@ -267,6 +270,7 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
         return False
     def produce():
         try:
+            if side is not None: torch.cuda.set_device(side.device)   # a new thread starts on GPU 0: no context there for cuda:N
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for b in batches:
                     ready = None
@@ -287,9 +291,11 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
                 for v in b.values():
                     if torch.is_tensor(v) and v.is_cuda: v.record_stream(cur)
             yield b
-    finally:
-        stop.set(); worker.join()
-        if hasattr(batches, 'close'): batches.close()
+    finally:   # a second Ctrl-C while this waits for the batch in progress leaves without waiting
+        stop.set()
+        if threading.current_thread() is not worker:   # (garbage collection may close an abandoned iterator on the thread itself)
+            worker.join()
+            if hasattr(batches, 'close'): batches.close()
 
 # %% ../nbs/15_pipeline.ipynb #c046
 class DeviceLoader:

@@ -115,6 +115,7 @@ def test_same_batches_tells_a_different_loader():
     imgs = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
     aug = lambda x, m, g: {'image': x.float() + torch.rand(x.shape, generator=g)}
     ld = DeviceLoader(dict(images=imgs, masks=None, dir='memory'), np.zeros((6, 1)), aug, 2, shuffle=True)
-    assert gpu_check.same_batches(ld, gpu_check.prefetching(ld, 2), 3)
+    ahead = gpu_check.prefetching(ld, 2)
+    assert ahead.prefetch == 2 and ld.prefetch == 0 and gpu_check.same_batches(ld, ahead, 3)
     other = DeviceLoader(dict(images=imgs, masks=None, dir='memory'), np.zeros((6, 1)), lambda x, m, g: {'image': x.float()}, 2, shuffle=True)
     assert not gpu_check.same_batches(ld, other, 3)

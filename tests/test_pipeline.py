@@ -1,5 +1,5 @@
 "The decoded pipeline: the cache holds the loader's exact resize (fixtures and the real PA-100K sample), is built once and atomically, refuses damage; batch augmentation equals the torchvision transforms sample by sample; the shuffle order is the loader's and seeded; a tiny training runs on the device path."
-import contextlib, threading
+import contextlib, threading, time
 
 import numpy as np
 import pytest
@@ -260,17 +260,20 @@ def test_prefetch_stops_with_the_epoch(tmp_path):
     "An epoch that ends early (Ctrl-C in the step, an error in the producer) stops the thread before the error leaves fit."
     calls = []
     def interrupted(o, b):
-        calls.append(1)
+        calls.append(len(_prefetch_threads()))   # the batches come from a thread while the epoch runs
         if len(calls) == 2: raise KeyboardInterrupt
         return {'loss': o['logits'].float().mean()}
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as ei:
         _tiny_fit(_memory_loader(prefetch=3), tmp_path/'a', interrupted)
-    assert not _prefetch_threads()   # joined when the engine closed the loader's iterator, not when the traceback goes
+    assert calls == [1, 1]
+    # the traceback (held by `ei`) still holds the epoch's frame and its tqdm bar: the thread is gone because the engine
+    # closed the loader's iterator on its way out, not because the traceback was freed
+    assert ei.value is not None and not _prefetch_threads()
     broken = _memory_loader(prefetch=2)
     broken.cache['images'] = broken.cache['images'][:10]   # rows the order names are gone: an IndexError in the thread
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError) as ei:
         _tiny_fit(broken, tmp_path/'b')
-    assert not _prefetch_threads()
+    assert 'out of bounds' in str(ei.value) and not _prefetch_threads()
 
 
 def test_prefetched_cuda_handover(monkeypatch):
@@ -281,7 +284,7 @@ def test_prefetched_cuda_handover(monkeypatch):
         def __init__(self): Event.n += 1; self.id = Event.n
         def record(self, stream=None): log.append(('record', self.id, stream.name, threading.current_thread().name))
     class Stream:
-        def __init__(self, device=None, name='side'): self.name = name
+        def __init__(self, device=None, priority=0, name='side'): self.name, self.device = name, device
         def wait_event(self, ev): log.append(('wait', ev.id, self.name, threading.current_thread().name))
     current = []
     @contextlib.contextmanager
@@ -289,13 +292,23 @@ def test_prefetched_cuda_handover(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'Stream', Stream); monkeypatch.setattr(torch.cuda, 'Event', Event)
     monkeypatch.setattr(torch.cuda, 'stream', stream)
     monkeypatch.setattr(torch.cuda, 'current_stream', lambda dev=None: Stream(name='main'))
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda d: log.append(('device', str(d), None, threading.current_thread().name)))
+    class OnCuda(torch.Tensor):   # a tensor the handover takes for a CUDA one
+        is_cuda = True
+        def record_stream(self, s): log.append(('keep', int(self), s.name, threading.current_thread().name))
     def batches():
-        for i in range(4):
-            log.append(('made', i + 1, current[-1], threading.current_thread().name)); yield {'x': torch.tensor(i)}
-    for i, b in enumerate(P.prefetched(batches(), 2, 'cuda'), 1):
+        for i in range(8):
+            log.append(('made', i + 1, current[-1], threading.current_thread().name))
+            yield {'x': torch.tensor(i).as_subclass(OnCuda), 'n': i}
+    depth = 2
+    for i, b in enumerate(P.prefetched(batches(), depth, torch.device('cuda', 1)), 1):
         log.append(('used', i, None, threading.current_thread().name)); assert int(b['x']) == i - 1
-    for i in range(1, 5):
-        made, rec, wait, used = (log.index(next(e for e in log if e[:2] == (k, i))) for k in ('made', 'record', 'wait', 'used'))
-        assert made < rec < wait < used, log
+        if i == 1:   # however long the consumer takes, the thread makes at most depth + 1 batches ahead of it
+            time.sleep(0.2); assert sum(e[0] == 'made' for e in log) <= 1 + depth + 1, log
+    assert log[0] == ('device', 'cuda:1', None, 'har-kit-prefetch')   # the thread works on the loader's GPU
+    for i in range(1, 9):
+        made, rec, wait, keep, used = (log.index(next(e for e in log if e[0] == k and e[1] == (i - 1 if k == 'keep' else i)))
+                                       for k in ('made', 'record', 'wait', 'keep', 'used'))
+        assert made < rec < wait < keep < used, log
         assert log[made][2:] == ('side', 'har-kit-prefetch') and log[rec][2:] == ('side', 'har-kit-prefetch')
-        assert log[wait][2] == 'main' and log[wait][3] == log[used][3] == threading.main_thread().name
+        assert log[wait][2] == log[keep][2] == 'main' and log[wait][3] == log[keep][3] == log[used][3] == threading.main_thread().name
