@@ -222,25 +222,43 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
 
 # %% ../nbs/08_engine.ipynb #c035
 class LossGuard:
-    "Each step's loss tested on the device (no host sync); `check` reads the first bad step back, one sync."
-    def __init__(self, device):
-        self.step = torch.zeros((), dtype=torch.long, device=device)   # first bad step of the epoch (0: none)
-        self.code, self.parts, self.keys, self.limit = torch.zeros_like(self.step), None, None, None
-    def note(self, step, parts, limit):  # step number; the criterion's dict; divergence bound or None
-        "Record `step` if its loss is non-finite (code 2) or above `limit` (code 1) and no earlier step was."
-        v = parts['loss'].detach().float()
-        code = torch.where(torch.isfinite(v).all(), (v > limit).any().long() if limit is not None else 0, 2)
-        new = (code > 0) & (self.step == 0)
-        self.keys = [k for k, p in parts.items() if not torch.is_tensor(p) or p.numel() == 1]
-        vals = torch.stack([torch.as_tensor(parts[k], dtype=torch.float32, device=v.device).detach().reshape(()) for k in self.keys])
-        self.parts = vals if self.parts is None else torch.where(new, vals, self.parts)
-        self.step, self.code = torch.where(new, step, self.step), torch.where(new, code, self.code)
+    """The epoch's scalar loss parts: each step's are stacked into a buffer on the device (one kernel, no host sync);
+    `check` reads the noted steps back (one sync), stops at the first non-finite or diverged loss and adds every step's
+    parts, times its samples, to the epoch's sums (`sums`, in float64 on the host)."""
+    def __init__(self, device,       # where the losses are
+                 capacity: int = 64): # steps noted between read-backs at most (a full buffer is read back at the next note)
+        self.device, self.capacity = torch.device(device), max(1, int(capacity))
+        self.buf, self.keys, self.rows = None, None, []   # rows noted since the last read-back: (step, n, limit, order, numbers)
+        self.sums, self.bad, self.limit = {}, None, None   # bad: (step, code, parts) of the first bad step (code 2: non-finite, 1: diverged)
+    def note(self, step, parts, limit, n=1):  # step number; the criterion's dict; divergence bound or None; samples in the batch
+        "Queue `step`'s scalar parts (0-d tensors on the device; numbers stay on the host) for the next read-back."
+        keys = tuple(k for k, p in parts.items() if torch.is_tensor(p) and p.numel() == 1)
+        if 'loss' not in keys: raise KitError(f"the criterion must return a scalar tensor 'loss'; got parts {sorted(parts)}")
+        if keys != self.keys or len(self.rows) == self.capacity:
+            self._read()
+            if keys != self.keys:
+                self.keys = keys
+                self.buf = torch.empty(self.capacity, len(keys), dtype=torch.float32, device=parts['loss'].device)
+        torch.stack([parts[k].detach().reshape(()).float() for k in keys], out=self.buf[len(self.rows)])
+        numbers = {k: float(p) for k, p in parts.items() if isinstance(p, (int, float))}
+        self.rows.append((step, n, limit, [k for k in parts if k in keys or k in numbers], numbers))
         if limit is not None: self.limit = limit
+    def _read(self):
+        "Read the queued steps back (one sync): keep the first bad one, add every step's parts to the sums."
+        if not self.rows: return
+        vals, li = self.buf[:len(self.rows)].cpu().tolist(), self.keys.index('loss')
+        for (step, n, limit, order, numbers), row in zip(self.rows, vals):
+            loss, named = np.float32(row[li]), {**dict(zip(self.keys, row)), **numbers}
+            code = 2 if not np.isfinite(loss) else int(limit is not None and loss > np.float32(limit))   # compared in float32
+            if code and self.bad is None: self.bad = (step, code, {k: named[k] for k in order})
+            for k in order: self.sums[k] = self.sums.get(k, 0.0) + named[k] * n
+        self.rows = []
     def check(self, epoch, lr, device):  # epoch; the head's lr (for the message); the group's device
         "Stop every process when any noted a bad step, naming the epoch, step and loss parts."
-        step, code = int(self.step), int(self.code)
+        self._read()
+        step, code, parts = self.bad or (0, 0, {})
         if all_sum(step > 0, device) == 0: return
-        desc = ', '.join(f'{k}={float(v):.4g}' for k, v in zip(self.keys, self.parts.cpu())) if step else ''
+        desc = ', '.join(f'{k}={v:.4g}' for k, v in parts.items())
         what = 'non-finite loss' if code != 1 else f'diverged loss (above {self.limit:.4g} = max_loss_ratio x the first loss)'
         raise KitError(f'{what} at epoch {epoch}, step {step} ({desc or "on another process"}): lower the learning '
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
@@ -257,7 +275,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/08_engine.ipynb #c039
+# %% ../nbs/08_engine.ipynb #c041
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -267,7 +285,7 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
-# %% ../nbs/08_engine.ipynb #c040
+# %% ../nbs/08_engine.ipynb #c042
 def write_history(history,  # list of per-epoch dicts
                   run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
@@ -277,7 +295,7 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
-# %% ../nbs/08_engine.ipynb #c041
+# %% ../nbs/08_engine.ipynb #c043
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
     with autocast(device, cfg.amp):
@@ -291,40 +309,36 @@ def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     scaler.step(optimizer); scaler.update()
     return parts
 
-# %% ../nbs/08_engine.ipynb #c042
+# %% ../nbs/08_engine.ipynb #c044
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
-    sums, count, check, lr = {}, 0, LossGuard(device), optimizer.param_groups[-1]['lr']
+    count, check, lr = 0, LossGuard(device, min(cfg.log_every, 256)), optimizer.param_groups[-1]['lr']
     with _progress(loader, f'epoch {epoch}/{cfg.epochs}', cfg.progress and is_main_process()) as bar:
         for step, batch in enumerate(bar, 1):
             first = guard.get('first_loss')
             limit = cfg.max_loss_ratio * max(first, 1.0) if cfg.max_loss_ratio > 0 and first is not None else None
             parts = _train_step(net, criterion, to_device(batch, device, cfg.channels_last), optimizer, scaler, cfg, device)
-            check.note(step, parts, limit)
-            if first is None: check.check(epoch, lr, device); guard['first_loss'] = float(parts['loss'].detach())
             n = len(batch['labels']); count += n
-            for k, v in parts.items():   # sample-weighted sums, in float64 on the device: no sync per step
-                if torch.is_tensor(v) and v.numel() == 1: sums[k] = sums.get(k, 0.0) + v.detach().double().reshape(()) * n
-                elif isinstance(v, (int, float)): sums[k] = sums.get(k, 0.0) + float(v) * n
+            check.note(step, parts, limit, n)   # one kernel: the parts stacked on the device, read back at the next check
+            if first is None: check.check(epoch, lr, device); guard['first_loss'] = float(parts['loss'].detach())
             if step % cfg.log_every == 0:
                 check.check(epoch, lr, device)
-                if not bar.disable: bar.set_postfix(loss=f'{float(sums["loss"]) / count:.4f}')
+                if not bar.disable: bar.set_postfix(loss=f'{check.sums["loss"] / count:.4f}')
     if count == 0: raise KitError('the training DataLoader yielded no batches: check the dataset (empty split?) and drop_last')
     check.check(epoch, lr, device)
-    keys = sorted(sums)
-    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys] +
-                    [torch.tensor(float(count), dtype=torch.float64, device=device)])
-    if rank_world()[1] > 1: dist.all_reduce(t)
+    keys = sorted(check.sums)   # sample-weighted sums over the epoch, in float64 (summed over processes under torchrun)
+    t = torch.tensor([check.sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+    if rank_world()[1] > 1: t = t.to(device); dist.all_reduce(t); t = t.cpu()
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
-# %% ../nbs/08_engine.ipynb #c043
+# %% ../nbs/08_engine.ipynb #c045
 def _monitor(rec, cfg):
     "(found, value) of the monitor in an epoch record, accepting the name with or without 'val_'."
     for k in (cfg.monitor, 'val_' + cfg.monitor):
         if k in rec: return True, rec[k]
     return False, None
 
-# %% ../nbs/08_engine.ipynb #c044
+# %% ../nbs/08_engine.ipynb #c046
 def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader ran this epoch
     "Step the schedule after an epoch; return the monitor's value in `rec` (None: undefined or absent)."
     found, value = _monitor(rec, cfg)
@@ -337,7 +351,7 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     elif scheduler is not None: scheduler.step()
     return value
 
-# %% ../nbs/08_engine.ipynb #c045
+# %% ../nbs/08_engine.ipynb #c047
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
@@ -348,7 +362,7 @@ def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
 
-# %% ../nbs/08_engine.ipynb #c046
+# %% ../nbs/08_engine.ipynb #c048
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
         criterion,        # (out, batch) -> {'loss': scalar, **parts}
         train_loader,     # DataLoader of dict batches (the engine re-samples it, see `shard_loader`)
@@ -417,7 +431,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     if world > 1: dist.barrier()   # rank 0's last files have landed: no process reads best.pt before
     return history
 
-# %% ../nbs/08_engine.ipynb #c057
+# %% ../nbs/08_engine.ipynb #c059
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}
