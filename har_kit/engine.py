@@ -221,6 +221,8 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
 # %% ../nbs/08_engine.ipynb #c035
+_EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16, torch.bool, torch.uint8, torch.int8, torch.int16)
+
 class LossGuard:
     """The epoch's scalar loss parts: each step's are stacked into a buffer on the device (one kernel, no host sync);
     `check` reads the noted steps back (one sync), stops at the first non-finite or diverged loss and adds every step's
@@ -228,38 +230,49 @@ class LossGuard:
     def __init__(self, device,       # where the losses are
                  capacity: int = 64): # steps noted between read-backs at most (a full buffer is read back at the next note)
         self.device, self.capacity = torch.device(device), max(1, int(capacity))
-        self.buf, self.keys, self.rows = None, None, []   # rows noted since the last read-back: (step, n, limit, order, numbers)
-        self.sums, self.bad, self.limit = {}, None, None   # bad: (step, code, parts) of the first bad step (code 2: non-finite, 1: diverged)
+        self.segments, self.pending = [], 0   # [keys, buffer, rows] per run of steps with the same parts; rows: (step, n, limit, order, numbers)
+        self.sums, self.bad, self.limit = {}, None, None   # bad: (step, code, limit, parts) of the first bad step (code 2: non-finite, 1: diverged)
     def note(self, step, parts, limit, n=1):  # step number; the criterion's dict; divergence bound or None; samples in the batch
-        "Queue `step`'s scalar parts (0-d tensors on the device; numbers stay on the host) for the next read-back."
-        keys = tuple(k for k, p in parts.items() if torch.is_tensor(p) and p.numel() == 1)
-        if 'loss' not in keys: raise KitError(f"the criterion must return a scalar tensor 'loss'; got parts {sorted(parts)}")
-        if keys != self.keys or len(self.rows) == self.capacity:
-            self._read()
-            if keys != self.keys:
-                self.keys = keys
-                self.buf = torch.empty(self.capacity, len(keys), dtype=torch.float32, device=parts['loss'].device)
-        torch.stack([parts[k].detach().reshape(()).float() for k in keys], out=self.buf[len(self.rows)])
-        numbers = {k: float(p) for k, p in parts.items() if isinstance(p, (int, float))}
-        self.rows.append((step, n, limit, [k for k in parts if k in keys or k in numbers], numbers))
+        "Queue `step`'s scalar parts (0-d tensors on the loss's device; numbers, and 0-d tensors in host memory, stay on the host)."
+        loss = parts.get('loss')
+        if not torch.is_tensor(loss) or loss.numel() != 1:
+            raise KitError(f"the criterion must return a scalar tensor 'loss'; got parts {sorted(parts)}")
+        dev, tensors, numbers = loss.device, {}, {}
+        for k, p in parts.items():
+            if torch.is_tensor(p) and p.numel() == 1:
+                if p.device == dev: tensors[k] = p.detach().reshape(())
+                elif p.device.type == 'cpu': numbers[k] = float(p)   # exact, and no device sync
+                else: tensors[k] = p.detach().reshape(()).to(dev)
+            elif isinstance(p, (int, float)): numbers[k] = float(p)
+        # float32 holds every value of these dtypes exactly; other parts (float64, int64) are kept in float64
+        dtype = torch.float32 if all(t.dtype in _EXACT_IN_FLOAT32 for t in tensors.values()) else torch.float64
+        keys = (tuple(tensors), dtype)
+        if self.pending == self.capacity: self._read()
+        if not self.segments or self.segments[-1][0] != keys or len(self.segments[-1][2]) == len(self.segments[-1][1]):
+            self.segments.append([keys, torch.empty(self.capacity - self.pending, len(tensors), dtype=dtype, device=dev), []])
+        seg = self.segments[-1]
+        torch.stack([t.to(dtype) for t in tensors.values()], out=seg[1][len(seg[2])])
+        seg[2].append((step, n, limit, [k for k in parts if k in tensors or k in numbers], numbers))
+        self.pending += 1
         if limit is not None: self.limit = limit
     def _read(self):
         "Read the queued steps back (one sync): keep the first bad one, add every step's parts to the sums."
-        if not self.rows: return
-        vals, li = self.buf[:len(self.rows)].cpu().tolist(), self.keys.index('loss')
-        for (step, n, limit, order, numbers), row in zip(self.rows, vals):
-            loss, named = np.float32(row[li]), {**dict(zip(self.keys, row)), **numbers}
-            code = 2 if not np.isfinite(loss) else int(limit is not None and loss > np.float32(limit))   # compared in float32
-            if code and self.bad is None: self.bad = (step, code, {k: named[k] for k in order})
-            for k in order: self.sums[k] = self.sums.get(k, 0.0) + named[k] * n
-        self.rows = []
+        for (names, _), buf, rows in self.segments:
+            for (step, n, limit, order, numbers), row in zip(rows, buf[:len(rows)].cpu().tolist()):
+                named = {**dict(zip(names, row)), **numbers}
+                with np.errstate(over='ignore'):   # as the device compared: the loss and the bound in float32
+                    loss, bound = np.float32(named['loss']), None if limit is None else np.float32(limit)
+                code = 2 if not np.isfinite(loss) else int(bound is not None and loss > bound)
+                if code and self.bad is None: self.bad = (step, code, limit, {k: named[k] for k in order})
+                for k in order: self.sums[k] = self.sums.get(k, 0.0) + named[k] * n
+        self.segments, self.pending = [], 0
     def check(self, epoch, lr, device):  # epoch; the head's lr (for the message); the group's device
         "Stop every process when any noted a bad step, naming the epoch, step and loss parts."
         self._read()
-        step, code, parts = self.bad or (0, 0, {})
+        step, code, limit, parts = self.bad or (0, 0, None, {})
         if all_sum(step > 0, device) == 0: return
         desc = ', '.join(f'{k}={v:.4g}' for k, v in parts.items())
-        what = 'non-finite loss' if code != 1 else f'diverged loss (above {self.limit:.4g} = max_loss_ratio x the first loss)'
+        what = 'non-finite loss' if code != 1 else f'diverged loss (above {limit:.4g} = max_loss_ratio x the first loss)'
         raise KitError(f'{what} at epoch {epoch}, step {step} ({desc or "on another process"}): lower the learning '
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
                        f'nothing of epoch {epoch} is saved')

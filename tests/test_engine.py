@@ -212,3 +212,34 @@ def test_every_public_dataclass_field_shows_its_comment():
             missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
             if missing: bare[f'{mod.__name__}.{name}'] = missing
     assert 'epochs' in docments(TrainConfig) and not bare, f'fields without a trailing comment: {bare}'
+
+
+def test_epoch_loss_weighs_each_batch_by_its_samples(tmp_path):
+    "The epoch's loss is the sample-weighted mean over batches of unequal size (50 samples in batches of 8: the last has 2)."
+    crit = lambda out, b: dict(loss=out['logits'].sum() * 0 + len(b['labels']), n=float(len(b['labels'])))
+    hist = fit(Net(), crit, DataLoader(Toy(50), 8, shuffle=True), TrainConfig(epochs=1, lr=0.1, log_every=4, device='cpu',
+                                                                                progress=False, monitor='loss'), tmp_path)
+    assert hist[0]['loss'] == hist[0]['train_n'] == (6 * 8 * 8 + 2 * 2) / 50
+
+
+def test_loss_guard_sums_every_dtype_exactly_and_bounds_in_float32():
+    "LossGuard keeps the float64 sums of each part x its samples, whatever the part's dtype and when parts come and go; the first bad step, its own bound."
+    from har_kit.engine import LossGuard
+    g = torch.Generator().manual_seed(0)
+    r = lambda dt=torch.float32: torch.rand((), generator=g, dtype=torch.float64).to(dt)
+    steps = [(dict(loss=r(), h=r(torch.bfloat16), f=r(torch.float16), d=r(torch.float64), big=torch.tensor(2**40 + 3 * i), num=0.1 * i,
+                   flag=True, **({'extra': r()} if i % 2 else {})), n) for i, n in enumerate([8, 8, 3, 8, 5, 8, 1])]
+    guard = LossGuard('cpu', capacity=3)
+    for s, (parts, n) in enumerate(steps, 1): guard.note(s, parts, None, n)
+    guard.check(1, 0.1, 'cpu')
+    want = {}
+    for parts, n in steps:   # the sums as the device used to keep them: each part in float64, times its samples
+        for k, v in parts.items(): want[k] = want.get(k, 0.0) + (float(v.double()) if torch.is_tensor(v) else float(v)) * n
+    assert guard.sums == want
+    ok = LossGuard('cpu')   # 999.99999999 is 1000 in float32: a loss of 1000 is not above it, as on the device
+    ok.note(1, dict(loss=torch.tensor(1000.)), 999.99999999); ok.note(2, dict(loss=torch.tensor(1000.)), 1000.0); ok.check(1, 0.1, 'cpu')
+    above = float(np.nextafter(np.float32(1000), np.float32(2000)))
+    bad = LossGuard('cpu', capacity=2)
+    for s, (loss, limit) in enumerate([(1.0, None), (above, 1000.0), (float('nan'), 5000.0), (1e9, 20.0)], 1): bad.note(s, dict(loss=torch.tensor(loss), k=2.5), limit)
+    with pytest.raises(KitError, match=r'diverged loss \(above 1000 = .* at epoch 1, step 2 \(loss=1000, k=2.5\)'):
+        bad.check(1, 0.1, 'cpu')
