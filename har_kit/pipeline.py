@@ -166,7 +166,7 @@ def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of t
         top, left = (0, 0, H - h, H - h, (H - h) // 2)[pos], (0, W - w, 0, W - w, (W - w) // 2)[pos]
         geo.append((top, left, h, w, int(torch.rand(1, generator=gen) < 0.5)))
         perm.append(torch.randperm(4, generator=gen))
-        fac.append([torch.empty(1).uniform_(1 - jitter, 1 + jitter, generator=gen).item() for _ in range(3)])
+        fac.append(torch.empty(3).uniform_(1 - jitter, 1 + jitter, generator=gen).tolist())   # = three 1-element draws in turn
     return dict(geo=torch.tensor(geo, dtype=torch.long).view(-1, 5), perm=torch.stack(perm) if perm else torch.zeros(0, 4, dtype=torch.long),
                 fac=torch.tensor(fac, dtype=torch.float32).view(-1, 3))
 
