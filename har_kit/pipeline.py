@@ -297,7 +297,7 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
             worker.join()
             if hasattr(batches, 'close'): batches.close()
 
-# %% ../nbs/15_pipeline.ipynb #c046
+# %% ../nbs/15_pipeline.ipynb #c047
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
     def __init__(self, cache, labels, augment, batch_size, shuffle=False, drop_last=False, seed=0, device='cpu', prefetch=0):  # cache from `decoded_cache`; (N, C) labels; augment(x uint8, masks, gen) -> dict; batches prepared ahead on a thread (`prefetched`)
@@ -361,7 +361,7 @@ class DeviceLoader:
             copied[j] = torch.cuda.Event(); copied[j].record()
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/15_pipeline.ipynb #c047
+# %% ../nbs/15_pipeline.ipynb #c049
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -372,7 +372,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/15_pipeline.ipynb #c049
+# %% ../nbs/15_pipeline.ipynb #c051
 def campar_batches(train, scale=1.0):  # training augmentation, else evaluation; size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     pad = _sz(10, scale)
@@ -382,7 +382,7 @@ def campar_batches(train, scale=1.0):  # training augmentation, else evaluation;
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/15_pipeline.ipynb #c050
+# %% ../nbs/15_pipeline.ipynb #c052
 def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):  # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
@@ -395,7 +395,7 @@ def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):
         return d
     return base, augment
 
-# %% ../nbs/15_pipeline.ipynb #c051
+# %% ../nbs/15_pipeline.ipynb #c053
 def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_from_box=False, drop_last=False, seed=0,
                   device='cpu', name='images', workers=0, prefetch=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`; batches prepared ahead (`prefetched`)
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
@@ -408,7 +408,7 @@ def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_f
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
-# %% ../nbs/15_pipeline.ipynb #c054
+# %% ../nbs/15_pipeline.ipynb #c056
 def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batches per timing; interleaved repetitions
     "Images per second of each loader (median over interleaved repetitions of `batches` batches)."
     times = {k: [] for k in loaders}
@@ -421,7 +421,7 @@ def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batche
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/15_pipeline.ipynb #c056
+# %% ../nbs/15_pipeline.ipynb #c058
 def benchmark(device='cpu', images=256, batch=64, repeats=3, workers=0):  # where to augment; cache size; batch; timed passes; decoding processes
     "Images/s of building a decoded cache and of each paper's batch augmentation on `device` (median of `repeats` passes)."
     dev, g = torch.device(device), torch.Generator().manual_seed(0)
