@@ -41,6 +41,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
                                                          v['host_lost_s'] >= 0 for v in ck.values()), ck
     p = rep['projection']
     assert p['total_hours'] > 0 and p['total_hours_torchvision_loader'] >= p['total_hours'] and p['runs']
+    assert 0 < p['total_hours_prefetch'] <= p['total_hours']   # what-if: each run at the faster of its measured rates
     assert {r['notebook'] for r in p['runs']} == {'masks', 'dahar', 'campar', 'cfar'}
     # the notebook runs the GPU mode would make: every parameter is one the section notebook has
     assert set(rep['notebooks']) == {'masks', 'dahar', 'campar', 'cfar'}
@@ -119,3 +120,17 @@ def test_same_batches_tells_a_different_loader():
     assert ahead.prefetch == 2 and ld.prefetch == 0 and gpu_check.same_batches(ld, ahead, 3)
     other = DeviceLoader(dict(images=imgs, masks=None, dir='memory'), np.zeros((6, 1)), lambda x, m, g: {'image': x.float()}, 2, shuffle=True)
     assert not gpu_check.same_batches(ld, other, 3)
+
+
+def test_prefetch_what_if_takes_only_a_checked_faster_rate():
+    "The projection's prefetch what-if prices a run at the prepared-ahead rate only where it was faster and its batches were the loader's own."
+    from har_kit.reproduce import plan
+    rap = next(r for r in plan(profile='paper', seeds=1) if r.spec.notebook == 'dahar' and r.params['dataset'] == 'rap')
+    row = dict(model='dahar_rap', amp='bf16', channels_last=True, compile='reduce-overhead', images_per_s=2000.,
+               e2e_images_per_s=1000., e2e_prefetch_images_per_s=1500., prefetch_same_batches=True)
+    hours = lambda r, p: gpu_check._run_hours(dict(configured={'x': r}), rap, 'bf16', True, 0, cached=True,
+                                              compile_mode='reduce-overhead', prefetch=p)['hours']
+    assert hours(row, True) < hours(row, False) == hours(dict(row, prefetch_same_batches=False), True)   # differing batches: not taken
+    assert hours(dict(row, e2e_prefetch_images_per_s=500.), True) == hours(row, False)                 # slower: the plain rate
+    assert gpu_check._measured_prefetch(dict(configured={'x': row})) and not gpu_check._measured_prefetch(
+        dict(configured={'x': dict(row, prefetch_same_batches=False)}))
