@@ -227,9 +227,8 @@ class LossGuard:
     """The epoch's scalar loss parts: each step's are stacked into a buffer on the device (one kernel, no host sync);
     `check` reads the noted steps back (one sync), stops at the first non-finite or diverged loss and adds every step's
     parts, times its samples, to the epoch's sums (`sums`, in float64 on the host)."""
-    def __init__(self, device,       # where the losses are
-                 capacity: int = 64): # steps noted between read-backs at most (a full buffer is read back at the next note)
-        self.device, self.capacity = torch.device(device), max(1, int(capacity))
+    def __init__(self, capacity: int = 64): # steps noted between read-backs at most (a full buffer is read back at the next note)
+        self.capacity = max(1, int(capacity))
         self.segments, self.pending = [], 0   # [keys, buffer, rows] per run of steps with the same parts; rows: (step, n, limit, order, numbers)
         self.sums, self.bad, self.limit = {}, None, None   # bad: (step, code, limit, parts) of the first bad step (code 2: non-finite, 1: diverged)
     def note(self, step, parts, limit, n=1):  # step number; the criterion's dict; divergence bound or None; samples in the batch
@@ -325,7 +324,7 @@ def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
 # %% ../nbs/08_engine.ipynb #c044
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
-    count, check, lr = 0, LossGuard(device, min(cfg.log_every, 256)), optimizer.param_groups[-1]['lr']
+    count, check, lr = 0, LossGuard(min(cfg.log_every, 256)), optimizer.param_groups[-1]['lr']
     with _progress(loader, f'epoch {epoch}/{cfg.epochs}', cfg.progress and is_main_process()) as bar:
         for step, batch in enumerate(bar, 1):
             first = guard.get('first_loss')

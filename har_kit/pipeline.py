@@ -332,7 +332,7 @@ class DeviceLoader:
     def __iter__(self):
         order = self.order()
         batches = self._cuda_batches(order) if self.device.type == 'cuda' else self._batches(order)
-        yield from prefetched(batches, self.prefetch, self.device) if self.prefetch else batches
+        yield from prefetched(batches, self.prefetch, self.device)
 
     def _batches(self, order):
         "`__iter__` on the CPU: rows read in file order, restored to the sample order, augmented."

@@ -229,17 +229,17 @@ def test_loss_guard_sums_every_dtype_exactly_and_bounds_in_float32():
     r = lambda dt=torch.float32: torch.rand((), generator=g, dtype=torch.float64).to(dt)
     steps = [(dict(loss=r(), h=r(torch.bfloat16), f=r(torch.float16), d=r(torch.float64), big=torch.tensor(2**40 + 3 * i), num=0.1 * i,
                    flag=True, **({'extra': r()} if i % 2 else {})), n) for i, n in enumerate([8, 8, 3, 8, 5, 8, 1])]
-    guard = LossGuard('cpu', capacity=3)
+    guard = LossGuard(capacity=3)
     for s, (parts, n) in enumerate(steps, 1): guard.note(s, parts, None, n)
     guard.check(1, 0.1, 'cpu')
     want = {}
     for parts, n in steps:   # the sums as the device used to keep them: each part in float64, times its samples
         for k, v in parts.items(): want[k] = want.get(k, 0.0) + (float(v.double()) if torch.is_tensor(v) else float(v)) * n
     assert guard.sums == want
-    ok = LossGuard('cpu')   # 999.99999999 is 1000 in float32: a loss of 1000 is not above it, as on the device
+    ok = LossGuard()   # 999.99999999 is 1000 in float32: a loss of 1000 is not above it, as on the device
     ok.note(1, dict(loss=torch.tensor(1000.)), 999.99999999); ok.note(2, dict(loss=torch.tensor(1000.)), 1000.0); ok.check(1, 0.1, 'cpu')
     above = float(np.nextafter(np.float32(1000), np.float32(2000)))
-    bad = LossGuard('cpu', capacity=2)
+    bad = LossGuard(capacity=2)
     for s, (loss, limit) in enumerate([(1.0, None), (above, 1000.0), (float('nan'), 5000.0), (1e9, 20.0)], 1): bad.note(s, dict(loss=torch.tensor(loss), k=2.5), limit)
     with pytest.raises(KitError, match=r'diverged loss \(above 1000 = .* at epoch 1, step 2 \(loss=1000, k=2.5\)'):
         bad.check(1, 0.1, 'cpu')
