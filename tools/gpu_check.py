@@ -172,11 +172,10 @@ def configured_optimizer(name):
 
 
 def prefetching(loader, depth):
-    "A copy of a `DeviceLoader` that prepares `depth` batches ahead on a thread (`har_kit.pipeline.prefetched`), its own generator."
-    import copy, torch
-    out = copy.copy(loader)
-    out.prefetch, out.generator = int(depth), torch.Generator()
-    out.generator.set_state(loader.generator.get_state())
+    """A copy of a `DeviceLoader` that prepares `depth` batches ahead on a thread (`har_kit.pipeline.prefetched`); it shares
+    the loader's generator, which only one of them draws from at a time (each pass closes its iterator, joining the thread)."""
+    import copy
+    out = copy.copy(loader); out.prefetch = int(depth)
     return out
 
 
