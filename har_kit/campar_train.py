@@ -36,10 +36,10 @@ def campar_train_config(optimizer: str = 'sgd',          # 'sgd' ([15], our tabl
                         epochs: int = 30,                # [15]: 30
                         lr: float | None = None,         # head lr; None = 0.1 (sgd) / 1e-4 (adam)
                         plateau_on: str = 'train_loss',  # 'eval_loss' ([15]) or 'train_loss'
-                        **overrides):                    # any other `TrainConfig` field (device, seed, amp, progress, ...)
-    "The `TrainConfig` of the strong baseline [15] ('sgd') or of its public code ('adam'), plateau on `plateau_on`."
-    recipes = {'sgd': dict(optimizer='sgd', lr=0.1, backbone_lr_mult=0.1, momentum=0.9, weight_decay=5e-4),
-               'adam': dict(optimizer='adam', lr=1e-4, backbone_lr_mult=1.0, momentum=0.9, weight_decay=5e-4)}
+                        **overrides):                    # any other `TrainConfig` field (device, seed, amp, grad_clip, ...)
+    "The `TrainConfig` of the strong baseline [15] ('sgd') or of its public code ('adam'), plateau on `plateau_on`, gradient norm clipped at 10."
+    recipes = {'sgd': dict(optimizer='sgd', lr=0.1, backbone_lr_mult=0.1, momentum=0.9, weight_decay=5e-4, grad_clip=10.0),
+               'adam': dict(optimizer='adam', lr=1e-4, backbone_lr_mult=1.0, momentum=0.9, weight_decay=5e-4, grad_clip=10.0)}
     if optimizer not in recipes: raise KitError(f"optimizer={optimizer!r}: use 'sgd' ([15]) or 'adam' (Rethinking_of_PAR)")
     if plateau_on not in PLATEAU_MONITORS: raise KitError(f"plateau_on={plateau_on!r}: use 'eval_loss' ([15]) or 'train_loss'")
     cfg = dict(recipes[optimizer], epochs=epochs, scheduler='plateau', gamma=0.1, patience=4, monitor=PLATEAU_MONITORS[plateau_on])
@@ -248,6 +248,7 @@ class CamParConfig(RunConfig):
     val_fraction: float = 0.0           # 'held-out' without a val split: fraction of the training images carved out as val
     selection_study: bool = False       # also score test every epoch: its metrics at the held-out epoch and at [15]'s (extra.selection_study)
     sample_weighting: bool = True       # [15]'s weighted BCE: exp(1-r_j) on positives, exp(r_j) on negatives
+    grad_clip: float = 10.0             # global gradient-norm clip before each step ([15]: 10); 0: none
     predict: str = 'specific'           # which CAM-PAR logits are `logits` at test time: 'specific', 'shared' or 'mean'
     fuse_at: str = 'shallowest'         # MCA output resolution: 'shallowest' (stride 8) or 'deepest' (stride 32)
     ignore_unspecified: bool = False    # False: unspecified labels are negatives in loss and metric ([15]); True: ignored
@@ -275,7 +276,8 @@ class CamParConfig(RunConfig):
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=False)
         "The engine's `TrainConfig`: `campar_train_config` with this run's values."
         return campar_train_config(self.optimizer, self.epochs, self.lr, self.plateau_on, **{**dict(
-            device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, compile_mode=self.compile_mode), **kwargs})
+            device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, compile_mode=self.compile_mode,
+            grad_clip=self.grad_clip), **kwargs})
 
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition of a real root)."

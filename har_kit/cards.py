@@ -113,13 +113,18 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('CAM normalisation (Eq. 10)', 'ReLU(A) / max ReLU(A); a map with no positive value stays all zero',
          'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),
         ('logit BatchNorm', 'one BatchNorm1d per head: shared logits and specific logits each normalised by their own',
-         "[15]'s single head has one; the thesis does not say whether CAM-PAR's two heads share it"),
-        ("[15]'s gradient clipping", "none: the profile follows [15] as the thesis cites it (Jia et al. 2020): its 2020 "
-                                     'baseline, SGD at 0.01 backbone / 0.1 head without clipping',
-         "[15]'s 2021 code (valencebond/Rethinking_of_PAR, batch_engine.py) clips the gradient norm at 10 when "
-         'TRAIN.CLIP_GRAD is set, as its RAPv1 and PA100K baseline configs do, and trains those with Adam 1e-4; that is a '
-         'later recipe than the 2020 baseline whose numbers the thesis compares with (the 2020 code is no longer in the '
-         "repository's history; issue 28's review)")],
+         "[15]'s single head has one and the thesis does not say; the public code passes both heads through one shared "
+         "BatchNorm1d (models.py: `self.logits[1]`), whose statistics then mix the two heads' logits"),
+        ('loss heads (Eq. 16)', 'BCE on the shared and on the specific logits, summed',
+         "Eq. 16 as printed; the public code's loss (loss.py) reads only `logits[0]`, the specific head (its training "
+         'script is not published)'),
+        ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`, [15]'s 2021 code); the data's meta records how many "
+                        '(`n_uncertain`)',
+         "[15]'s 2020 code kept the 2s: zero weight in its loss, left out of mA's counts, counted as 2 in the positive "
+         "ratios; uncertain='unspecified' with ignore_unspecified=True is the nearest reading (16_data)"),
+        ('test-time logits', "plain sigmoid, positive at p >= 0.5, each image on its own ([15]'s protocol, Eq. 21-25)",
+         "the public evaluation (infer.py) subtracts, per attribute, each test batch's logit mean divided by its "
+         "standard deviation before the sigmoid, so an image's prediction depends on the batch it is scored in")],
     'cfar': [
         ('phase 2', "Adam at `phase2_lr` for `phase2_epochs` epochs, batch 256, no schedule; fc_2 starts as the identity on "
                     'l_specific with zero weights on r_hat', 'not stated; the identity start makes phase 2 begin at phase 1\'s prediction')],

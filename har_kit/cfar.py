@@ -24,7 +24,7 @@ from . import losses
 
 # %% auto #0
 __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
-           'phase2_config', 'loss2', 'train_phase2', 'CFARConfig', 'CFAR', 'fit_dictionary', 'fit_cfar',
+           'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'CFAR', 'fit_dictionary', 'fit_cfar',
            'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'CFARRecipe',
            'plot_dictionary']
 
@@ -133,9 +133,18 @@ def phase2_config(epochs=30, lr=1e-2, seed=0, device='cpu', progress=False):  # 
     return TrainConfig(epochs=epochs, optimizer='adam', lr=lr, momentum=0.9, weight_decay=0.0, scheduler='none', monitor='loss',
                        device=device, seed=seed, progress=progress)
 
-def loss2(ignore_unspecified=False):  # True: unspecified entries leave the loss; False: read as negatives ([15])
-    "Loss_2 (Eq. 20) as the engine's criterion: Eq. 13's BCE on fc_2's logits."
-    return lambda out, batch: {'loss': losses.bce_loss(out['logits'], batch['labels'], ignore_unspecified)}
+def loss2(ignore_unspecified=False,  # True: unspecified entries leave the loss; False: read as negatives ([15])
+          pos_ratio=None):           # (M,) positive ratios r_j: [15]'s weighting, as phase 1's (`losses.sample_weights_15`); None: unweighted
+    "Loss_2 (Eq. 20) as the engine's criterion: phase 1's L (Eq. 13's BCE, [15]'s weights with `pos_ratio`) on fc_2's logits."
+    r = None if pos_ratio is None else np.asarray(pos_ratio, dtype=np.float32)
+    def criterion(out, batch):
+        w = None if r is None else losses.sample_weights_15(batch['labels'], r)
+        return {'loss': losses.bce_loss(out['logits'], batch['labels'], ignore_unspecified, w)}
+    return criterion
+
+def phase2_ratio(labels, config):  # (N, M) labels fc_2 is fitted on; a `CFARConfig`
+    "Loss_2's r_j: the positive ratios of the fitted rows (`losses.pos_ratio`) when `config.sample_weighting`, else None."
+    return losses.pos_ratio(labels, config.ignore_unspecified) if config.sample_weighting else None
 
 # %% ../nbs/51_cfar.ipynb #c024
 def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
@@ -148,13 +157,14 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  seed=0,                     # seed of the initialisation and the shuffling
                  progress=False,             # the engine's progress bar
                  ignore_unspecified=False,   # Loss_2: True: unspecified entries leave the loss; False: read as negatives ([15])
+                 pos_ratio=None,             # Loss_2's [15] weighting: (M,) positive ratios (`phase2_ratio`); None: unweighted
                  params=None):               # what the fit depends on beyond its config (recorded in the checkpoints)
     "Fit fc_2 in memory (a temporary run directory) by minimising Loss_2 (Eq. 20) with `har_kit.engine.fit`; returns (head in eval mode, epoch losses)."
     loader = phase2_rows(r_hat, l_specific, labels, batch_size)
     seed_everything(seed)
     head = CFARHead(np.shape(l_specific)[1], init)
     with tempfile.TemporaryDirectory() as tmp:
-        history = fit(_Phase2Net(head), loss2(ignore_unspecified), loader, phase2_config(epochs, lr, seed, progress=progress), tmp, params=params)
+        history = fit(_Phase2Net(head), loss2(ignore_unspecified, pos_ratio), loader, phase2_config(epochs, lr, seed, progress=progress), tmp, params=params)
     return head.cpu().eval(), [h['loss'] for h in history]
 
 # %% ../nbs/51_cfar.ipynb #c027
@@ -175,10 +185,11 @@ class CFARConfig:
     init: str = 'identity'         # fc_2 initialisation: 'identity' or 'default'
     use_r_hat: bool = True         # False: control, fc_2 sees zeros instead of r_hat
     ignore_unspecified: bool = False  # Loss_2: unspecified labels as negatives (False, [15]) or masked out
+    sample_weighting: bool = True  # Loss_2 is phase 1's L: [15]'s weighted BCE with the fitted rows' r_j; False: unweighted
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/51_cfar.ipynb #c030
+# %% ../nbs/51_cfar.ipynb #c032
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -223,7 +234,7 @@ class CFAR:
             raise KitError(f'{where}: keys {d.keys.shape}, values {d.values.shape} and y_f {arr["y_f"].shape} do not fit together')
         return cls(config, arr['y_f'], d, head.eval(), dict(s.get('info', {})))
 
-# %% ../nbs/51_cfar.ipynb #c031
+# %% ../nbs/51_cfar.ipynb #c033
 def _plain_info(info):  # fit information: numbers, lists, strings
     "The fit information as plain Python values (numpy scalars and arrays converted)."
     if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
@@ -231,7 +242,7 @@ def _plain_info(info):  # fit information: numbers, lists, strings
     if isinstance(info, np.generic): return info.item()
     return info
 
-# %% ../nbs/51_cfar.ipynb #c034
+# %% ../nbs/51_cfar.ipynb #c036
 def fit_dictionary(l_specific,           # (N, M) frozen phase-1 logits of the training images
                    config: CFARConfig):  # hyperparameters
     "Phase 2's fixed part: factors (Eq. 17-18), dictionary (Fig. 6) and r_hat (Eq. 19; zeros for the control): (factors, dictionary, r_hat)."
@@ -246,7 +257,7 @@ def _fitted(c, lf, d, head, phase2_loss):  # config, factors, dictionary, traine
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=phase2_loss)
     return CFAR(c, lf.y_f, d, head.cpu().eval(), info)
 
-# %% ../nbs/51_cfar.ipynb #c035
+# %% ../nbs/51_cfar.ipynb #c037
 def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
              labels,                   # (N, M) their labels (-1 unspecified)
              config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
@@ -255,10 +266,10 @@ def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the tra
     c = config or CFARConfig()
     lf, d, r_hat = fit_dictionary(l_specific, c)
     head, losses = train_phase2(r_hat, l_specific, labels, c.epochs, c.lr, c.batch_size, c.init, c.seed, progress,
-                                c.ignore_unspecified, params=dataclasses.asdict(c))
+                                c.ignore_unspecified, phase2_ratio(labels, c), params=dataclasses.asdict(c))
     return _fitted(c, lf, d, head, losses)
 
-# %% ../nbs/51_cfar.ipynb #c041
+# %% ../nbs/51_cfar.ipynb #c043
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -278,12 +289,12 @@ class CFARPredictor(nn.Module):
         else: r_hat = torch.zeros_like(r)
         return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
 
-# %% ../nbs/51_cfar.ipynb #c042
+# %% ../nbs/51_cfar.ipynb #c044
 def cfar_extra(cfar: CFAR):  # a fitted CFAR
     "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
     return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
 
-# %% ../nbs/51_cfar.ipynb #c043
+# %% ../nbs/51_cfar.ipynb #c045
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)
@@ -291,7 +302,7 @@ def cfar_predictor(model,   # the rebuilt phase-1 network
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 
-# %% ../nbs/51_cfar.ipynb #c048
+# %% ../nbs/51_cfar.ipynb #c050
 @torch.inference_mode()
 def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    loader,          # DataLoader of dict batches
@@ -308,7 +319,7 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/51_cfar.ipynb #c051
+# %% ../nbs/51_cfar.ipynb #c053
 @dataclasses.dataclass
 class CFARRunConfig(RunConfig):
     "One CFAR run's parameters as one value: `51_cfar`'s `parameters` cell (same names, same defaults), checked."
@@ -337,6 +348,7 @@ class CFARRunConfig(RunConfig):
     bench_rows: int = 2000              # rows of the ALS timing
     num_threads: int = 1                # implicit's threads (0: all cores)
     ignore_unspecified: bool = False    # False: unspecified labels are negatives in Loss_2 and the metric ([15])
+    sample_weighting: bool = True       # Loss_2 is phase 1's L: [15]'s weighted BCE; False: Eq. 13 unweighted
     seed: int = 0                       # random seed
     device: str = 'cpu'                 # where phase 1 runs: 'cpu', 'cuda', 'auto' (phase 2 is tiny: the CPU)
 
@@ -350,9 +362,10 @@ class CFARRunConfig(RunConfig):
         return CFARConfig(factors=self.factors, regularization=self.regularization, alpha=self.alpha, p_t=self.p_t,
                           n_prototypes=self.n_prototypes, iterations=self.als_max_iterations, tol=self.als_tol, epochs=self.phase2_epochs,
                           lr=self.phase2_lr, seed=self.seed, num_threads=self.num_threads, ignore_unspecified=self.ignore_unspecified,
+                          sample_weighting=self.sample_weighting,
                           use_r_hat=use_r_hat)
 
-# %% ../nbs/51_cfar.ipynb #c052
+# %% ../nbs/51_cfar.ipynb #c054
 class CFARRecipe(Recipe):
     "CFAR's phase 2 for `har_kit.model_file.train_variant`: on cached phase-1 outputs, fc_2 trained, phase 1 + CFAR saved and scored."
     def __init__(self, config: CFARRunConfig,  # the run's parameters
@@ -372,7 +385,7 @@ class CFARRecipe(Recipe):
         self._parts[variant] = (c, lf, d, r_hat, head)
         return _Phase2Net(head)
 
-    def criterion(self, variant): return loss2(self.config.ignore_unspecified)
+    def criterion(self, variant): return loss2(self.config.ignore_unspecified, phase2_ratio(self.outputs['train']['labels'], self._parts[variant][0]))
     def train_config(self): return phase2_config(self.config.phase2_epochs, self.config.phase2_lr, self.config.seed)
     def params(self, variant): return dataclasses.asdict(self._parts[variant][0])
 
@@ -380,7 +393,7 @@ class CFARRecipe(Recipe):
         c, r_hat, tr = self._parts[variant][0], self._parts[variant][3], self.outputs['train']
         return {'train': phase2_rows(r_hat, tr['l_specific'], tr['labels'], c.batch_size)}
 
-# %% ../nbs/51_cfar.ipynb #c053
+# %% ../nbs/51_cfar.ipynb #c055
 @patch
 def model_file(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its name; its loaders; training facts
     "`save_model`'s arguments: phase 1 (`campar_model_file`) with the fitted CFAR's state in `extra`."
@@ -400,7 +413,7 @@ def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its
                                  als_converged=info['als_converged'], als_tol=c.als_tol,
                                  never_positive=[names[j] for j in info['never_positive']]))
 
-# %% ../nbs/51_cfar.ipynb #c059
+# %% ../nbs/51_cfar.ipynb #c061
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

@@ -50,7 +50,7 @@ class DatasetKind:
     how: str                # where the dataset comes from and how it is laid out
 
 # %% ../nbs/02_formats.ipynb #c007
-_PED = ('mA', 'acc', 'prec', 'rec', 'f1')
+_PED = ('mA', 'acc', 'prec', 'rec', 'f1', 'f1_mean_instance')   # f1: Eq. 25; f1_mean_instance: [15]'s 2020 code's F1
 DATASET_KINDS = {
     'wider': DatasetKind('wider', 'read_wider', 1, 'mAP', ('mAP',), WIDER_ATTRIBUTES,
         "WIDER-Attribute (Li et al., ECCV 2016) is obtained from the authors' page (mmlab.ie.cuhk.edu.hk/projects/"

@@ -82,7 +82,7 @@ def collect(table: Table,      # the table
             root=None,         # outputs root (None: `outputs_root()`)
             profile='quick'    # the profile whose runs to read
            ) -> dict:
-    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode', 'constant'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason."
+    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode', 'constant'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason; (row, column, mode, 'vs'): its compared baseline's runs in the baseline row's `compared_in` metric."
     root, cells = Path(root or outputs_root()), {}
     for row in table.rows:
         for col in table.columns:
@@ -94,6 +94,11 @@ def collect(table: Table,      # the table
                 vals, seeds, const = by_mode[m]; cells[(row.key, col, m)] = _summary(vals, seeds, m, const)
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
             if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]), src[0].variant)
+            brow = next((r for r in table.rows if r.key == table.compare.get(row.key)), None)
+            base = column_source(brow, col) if brow else None
+            if base is not None and col in brow.compared_in:   # the baseline's column reads another definition than its comparisons
+                for m, (vals, seeds, const) in _by_mode(table, base[0], brow.compared_in[col], seed_dirs(root, profile, base[0]), scale).items():
+                    cells[(row.key, col, m, 'vs')] = _summary(vals, seeds, m, const)
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
             runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s)]
             if runs and (runs[0][1]/'params.json').exists():
@@ -168,7 +173,7 @@ def table_rows(table: Table,   # the table
                 ours.append(_fmt(cell['mean']) + (f' ± {cell["sd"]:.2f}' if cell['sd'] is not None else ''))
                 delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
                 base = table.compare.get(row.key)
-                b = cells.get((base, c, cell['mode'])) if base else None
+                b = (cells.get((row.key, c, cell['mode'], 'vs')) or cells.get((base, c, cell['mode']))) if base else None
                 vs.append(_fmt_interval(paired_interval(cell, b)) if b else '')
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
             ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})

@@ -52,6 +52,7 @@ class Row:
     run: RunSpec | None = None    # None: quoted from the paper only
     metrics: dict = field(default_factory=dict)  # column -> dotted path into the variant's metrics.json entry ('full.per_attribute.Male')
     note: str = ''                # what the row's run does beyond its label
+    compared_in: dict = field(default_factory=dict)  # column -> metric its compared rows are paired with, where `metrics` reads another definition
 
 @dataclass
 class Table:
@@ -130,6 +131,8 @@ def campar_protocol(**extra   # per-table additions or overrides
         'train_splits': Paper(['trainval'], '[15]: TRAIN_SPLIT trainval'),
         'logit_bn': Paper(True, '[15] and the public code: Linear + BatchNorm1d on the logits'),
         'sample_weighting': Paper(True, '[15]: weighted BCE'),
+        'grad_clip': Paper(10.0, "[15]'s code: clip_grad_norm_(max_norm=10) after every backward pass (2020 batch_engine.py; "
+                                 '2021: TRAIN.CLIP_GRAD in its PA100K and RAPv1 configs)'),
         'plateau_on': Paper('eval_loss', '[15]: ReduceLROnPlateau on the evaluation loss'),
         'selection': Paper('[15]', '[15]: keeps the epoch of best test-split mA (selected on test)'),
         'fusion_width': Paper(128, 'SPOL / public code: MCA latent width 128'),
@@ -147,6 +150,7 @@ def campar_protocol(**extra   # per-table additions or overrides
             'n_prototypes': Paper(None, 'K prototypes: not stated', open=True),
             'phase2_epochs': Paper(None, "phase 2's length: not stated", open=True),
             'phase2_lr': Paper(None, "phase 2's optimiser and rate: not stated (the kit: Adam)", open=True),
+            'sample_weighting': Paper(True, "Eq. 20's L is Eq. 16's: [15]'s weighted BCE, as phase 1 trains"),
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
@@ -239,9 +243,14 @@ def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r
     return spec('cfar', 'campar_fusion_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
                 phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])
 
-def _two(variant_fn):
-    return {**{f'PA100K {c}': (variant_fn('pa100k'), f'full.{m}') for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]},
-            **{f'RAPv1 {c}': (variant_fn('rap'), f'full.{m}') for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', 'f1')]}}
+def _two(variant_fn, f1='f1'):   # f1: the metric of the F1 columns ('f1_mean_instance' where the paper quotes [15])
+    return {**{f'PA100K {c}': (variant_fn('pa100k'), f'full.{m}') for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', f1)]},
+            **{f'RAPv1 {c}': (variant_fn('rap'), f'full.{m}') for c, m in [('mA', 'mA'), ('Accu', 'acc'), ('F1', f1)]}}
+
+_F1_15 = ("F1 = harmonic mean of mean Prec and mean Rec (Eq. 25), except in the Baseline [15] rows: the mean of "
+          "per-image F1, the definition of the code that produced [15]'s numbers the thesis quotes (its 2020 "
+          "tools/function.py: np.mean(instance_f1)), ours computed the same way; Δ vs baseline compares both rows "
+          "in Eq. 25's F1")
 
 CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Table 1', _C1_COLS, [
     Row('deepmar', 'DeepMAR [17]', _reported(_C1_COLS, ['CaffeNet', 72.70, 70.39, 81.32, 73.79, 62.02, 75.56])),
@@ -250,11 +259,11 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
     Row('lgnet', 'LGNet [34]', _reported(_C1_COLS, ['Inception-V2', 76.96, 75.55, 85.04, 78.68, 68.00, 80.09])),
     Row('alm', 'ALM [35]', _reported(_C1_COLS, ['BN-Inception', 80.68, 77.08, 86.46, 81.87, 68.17, 80.16])),
     Row('baseline', 'Baseline [15]', _reported(_C1_COLS, ['ResNet50', 79.38, 78.56, 86.55, 78.48, 67.17, 78.94]),
-        None, _two(lambda d: _campar('baseline', d))),
+        None, _two(lambda d: _campar('baseline', d), 'f1_mean_instance'), compared_in={'PA100K F1': 'full.f1', 'RAPv1 F1': 'full.f1'}),
     Row('dafl', 'DAFL [5]', _reported(_C1_COLS, ['ResNet50', 83.54, 80.13, 88.09, 83.72, None, 80.29])),
     Row('ours', 'Our work', _reported(_C1_COLS, ['ResNet50', 82.45, 79.66, 87.56, 82.08, 67.32, 79.48]),
         None, _two(_cfar)),
-], conventions='threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
+], conventions=f'threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); {_F1_15}',
    param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
 # %% ../nbs/61_results.ipynb #c027
@@ -281,12 +290,13 @@ _C2_COLS = ['mA', 'F1']
 _C2_METRICS = {'mA': 'full.mA', 'F1': 'full.f1'}
 
 CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table 2', _C2_COLS, [
-    Row('baseline', 'baseline', _reported(_C2_COLS, [78.48, 78.94]), _campar('baseline', 'rap'), _C2_METRICS),
+    Row('baseline', 'baseline', _reported(_C2_COLS, [78.48, 78.94]), _campar('baseline', 'rap'), {**_C2_METRICS, 'F1': 'full.f1_mean_instance'},
+        compared_in={'F1': 'full.f1'}),
     Row('fusion', '+ fusion', _reported(_C2_COLS, [79.31, 80.09]), _campar('fusion', 'rap'), _C2_METRICS),
     Row('campar', '+ CAM-PAR', _reported(_C2_COLS, [79.54, 79.04]), _campar('campar', 'rap'), _C2_METRICS),
     Row('campar_fusion', '+ CAM-PAR + fusion', _reported(_C2_COLS, [81.18, 79.18]), _campar('campar_fusion', 'rap'), _C2_METRICS),
     Row('campar_fusion_cfar', '+ CAM-PAR + fusion + CFAR', _reported(_C2_COLS, [82.08, 79.48]), _cfar('rap'), _C2_METRICS),
-], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec (Eq. 25)',
+], conventions='threshold: p >= 0.5 is positive; ' + _F1_15.replace('Baseline [15] rows', "baseline row ([15]'s numbers)"),
    protocol=campar_protocol(**_RAP5C), compare={k: 'baseline' for k in ('fusion', 'campar', 'campar_fusion', 'campar_fusion_cfar')})
 
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}

@@ -288,7 +288,7 @@ def test_one_metrics_entry_for_every_section(tmp_path):
     assert list(w) == ['schema', 'dataset', 'metric', 'full', 'crops', 'epoch'] and w['schema'] == METRICS_SCHEMA
     assert w['full'] == {'mAP': mean_ap(s, y)['mAP'], 'per_attribute': dict(zip('abc', mean_ap(s, y)['ap']))}
     r = metrics_entry('pa100k', {'full': pedestrian_metrics(s, y)}, list('abc'), extra={'theta_median': 40.0})
-    assert list(r['full']) == ['mA', 'acc', 'prec', 'rec', 'f1', 'per_attribute'] and r['extra'] == {'theta_median': 40.0}
+    assert list(r['full']) == ['mA', 'acc', 'prec', 'rec', 'f1', 'f1_mean_instance', 'per_attribute'] and r['extra'] == {'theta_median': 40.0}
     with pytest.raises(KitError, match='extra='): metrics_entry('rap', {'full': pedestrian_metrics(s, y)}, list('abc'), theta=1)
     with pytest.raises(KitError, match="lacks"): metrics_entry('rap', {'full': mean_ap(s, y)}, list('abc'))
     save_json({'baseline': r, '_meta': {}}, tmp_path/'metrics.json')

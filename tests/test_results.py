@@ -80,8 +80,9 @@ def test_runs_are_named_by_what_they_ran():
     assert run_path('o', 'quick', t1, 2).relative_to('o') == Path('quick', 'dahar', spec_dir('o', 'quick', t1).name, 'seed2')
 
 
-def _ped(mA, f1):  # a pedestrian-metric entry as the sections write it (har_kit.metrics.metrics_entry)
-    return metrics_entry('rap', {'full': dict(mA=mA, acc=0.5, prec=0.5, rec=0.5, f1=f1, ma_per_attr=[])}, [])
+def _ped(mA, f1, f1_mean_instance=None):  # a pedestrian-metric entry as the sections write it (har_kit.metrics.metrics_entry)
+    full = dict(mA=mA, acc=0.5, prec=0.5, rec=0.5, f1=f1, f1_mean_instance=f1 if f1_mean_instance is None else f1_mean_instance, ma_per_attr=[])
+    return metrics_entry('rap', {'full': full}, [])
 
 
 def _numbers(cells): return {k: v for k, v in cells.items() if len(k) == 2}
@@ -201,7 +202,7 @@ def test_cards_state_the_open_choices(tmp_path):
     from har_kit.cards import FIXED_CHOICES
     choices = {(nb, c[0]) for nb, cs in FIXED_CHOICES.items() for c in cs}
     assert {('dahar', 'mask source'), ('campar', 'CAM normalisation (Eq. 10)'), ('campar', 'logit BatchNorm'),
-            ('campar', "[15]'s gradient clipping"), ('cfar', 'phase 2')} <= choices
+            ('campar', 'loss heads (Eq. 16)'), ('campar', 'test-time logits'), ('cfar', 'phase 2')} <= choices
     assert all(c[1] and c[2] for cs in FIXED_CHOICES.values() for c in cs)
     assert CAMPAR_T2.protocol['campar']['fusion_project_deepest'].value is False
     for k in ('phase2_epochs', 'phase2_lr'): assert CAMPAR_T2.protocol['cfar'][k].open
@@ -209,7 +210,7 @@ def test_cards_state_the_open_choices(tmp_path):
     for s in range(2): _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s, QUICK, _ped(0.7, 0.6))
     render(CAMPAR_T2, tmp_path, 'quick')
     md = (tmp_path/'quick'/'tables'/'campar_t2.md').read_text()
-    assert 'Left open by the papers and fixed in code' in md and 'max + 1e-5' in md and 'TRAIN.CLIP_GRAD' in md
+    assert 'Left open by the papers and fixed in code' in md and 'max + 1e-5' in md and 'infer.py' in md and 'self.logits[1]' in md
     assert '| campar | `fusion_project_deepest` | False' in md
     assert 'fixed,campar,logit BatchNorm' in (tmp_path/'quick'/'tables'/'campar_t2.card.csv').read_text()
 
@@ -228,6 +229,24 @@ def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):
     assert paired_interval(dict(values=[1.0], seeds=['seed0']), dict(values=[0.0], seeds=['seed0']))['lo'] is None
 
 
+def test_baseline_15_f1_in_15s_definition_compared_in_eq25(tmp_path):
+    "[15]'s quoted F1 is its code's mean per-image F1: the baseline row shows ours so; Δ vs baseline compares Eq. 25's F1 of both runs."
+    base, fus = CAMPAR_T2.rows[0].run, CAMPAR_T2.rows[1].run
+    for s, (fb, fmi, ff) in enumerate([(0.60, 0.55, 0.66), (0.62, 0.56, 0.67), (0.61, 0.50, 0.68)]):
+        _run(tmp_path, 'quick', base, s, QUICK, _ped(0.7, fb, fmi))
+        _run(tmp_path, 'quick', fus, s, QUICK, _ped(0.7, ff))
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    cells = out['cells']
+    assert cells[('baseline', 'F1')]['mean'] == pytest.approx(53.67, abs=0.01)   # f1_mean_instance, against [15]'s 78.94
+    assert cells[('fusion', 'F1', cells[('fusion', 'F1')]['mode'], 'vs')]['values'] == pytest.approx([60.0, 62.0, 61.0])
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | Δ vs baseline'))
+    assert line.strip(' |').split(' | ')[3].startswith('+6.00 [')   # 66, 67, 68 against Eq. 25's 60, 62, 61: not 11.67
+    assert 'except in the baseline row' in out['texts']['md'] and 'np.mean(instance_f1)' in out['texts']['md']
+    t1 = {r.key: r for r in CAMPAR_T1.rows}
+    assert t1['baseline'].metrics['RAPv1 F1'][1] == 'full.f1_mean_instance' and t1['ours'].metrics['RAPv1 F1'][1] == 'full.f1'
+    assert t1['baseline'].compared_in == {'PA100K F1': 'full.f1', 'RAPv1 F1': 'full.f1'}
+
+
 def test_dahar_says_what_the_parameter_count_decides():
     "30_dahar no longer lets the 45.4M/52.4M counts 'confirm' a placement two readings share; it says what they decide."
     import json
@@ -244,7 +263,7 @@ def test_selection_study_pairs_both_rules_of_one_training_and_shows_epochs_as_re
     held, test = (next(r for r in SELECTION.rows if r.key == f'rap_baseline_{k}') for k in ('held_out', 'test_15'))
     assert held.run == test.run
     for seed, (e_val, e_test, gain) in enumerate([(4, 6, .01), (5, 5, 0.), (3, 7, .02)]):
-        m = dict(mA=.6, acc=.4, prec=.5, rec=.5, f1=.5)
+        m = dict(mA=.6, acc=.4, prec=.5, rec=.5, f1=.5, f1_mean_instance=.5)
         study = dict(held_out=dict(epoch=e_val, **m), test_15=dict(epoch=e_test, **{**m, 'mA': .6 + gain}))
         _run(tmp_path, 'quick', held.run, seed, QUICK, metrics_entry('rap', {'full': dict(m, ma_per_attr=[])}, [], extra=dict(selection_study=study)))
     out = render(SELECTION, tmp_path, 'quick')
