@@ -119,6 +119,7 @@ class CamParNet(nn.Module):
                  cam: bool = True,                 # compute CAMs and `logits_specific` (Eq. 9-12)
                  fusion: nn.Module | None = None,  # e.g. `MCAFusion` over the last three stages; None = c5
                  logit_bn: bool = False,           # BatchNorm1d on the logits ([15])
+                 logit_bn_shared: bool = False,    # with logit_bn: one BatchNorm1d for both heads (the public code); False: one each
                  predict: str = 'specific',        # `logits` of a CAM model: 'specific', 'shared' or 'mean'
                  detach_cam: bool = False):        # stop gradients through the CAM weights
         super().__init__()
@@ -130,7 +131,7 @@ class CamParNet(nn.Module):
         width = fusion.out_channels if fusion is not None else backbone.channels[-1]
         self.classifier = nn.Linear(width, num_attributes)
         self.bn_shared = nn.BatchNorm1d(num_attributes) if logit_bn else nn.Identity()
-        self.bn_specific = nn.BatchNorm1d(num_attributes) if logit_bn and cam else nn.Identity()
+        self.bn_specific = (self.bn_shared if logit_bn_shared else nn.BatchNorm1d(num_attributes)) if logit_bn and cam else nn.Identity()
 
     def feature_map(self, x):  # images (N, 3, H, W)
         "The map f the CAMs and the classifier see: c5, or the MCA fusion of the last stages."
@@ -166,6 +167,7 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                    arch: str = 'resnet50',    # encoder (`har_kit.backbones.resnet_taps`)
                    weights=None,              # None or 'DEFAULT' (ImageNet, the thesis)
                    logit_bn: bool = False,    # BatchNorm1d on the logits ([15])
+                   logit_bn_shared: bool = False,  # with logit_bn: one BatchNorm1d for both heads (the public code)
                    predict: str = 'specific', # `logits` of the CAM variants: 'specific', 'shared', 'mean'
                    fuse_at: str = 'shallowest',  # MCA common resolution
                    latent: int | None = None,    # MCA latent width (None = shallowest fused stage's width; SPOL/public code 128)
@@ -181,13 +183,13 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
     fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest) if v['fusion'] else None
     model = CamParNet(backbone, num_attributes, cam=v['cam'], fusion=fusion, logit_bn=logit_bn,
-                      predict=predict, detach_cam=detach_cam)
-    model.build_params = dict(variant=name, num_attributes=num_attributes, arch=arch, logit_bn=logit_bn,
+                      logit_bn_shared=logit_bn_shared, predict=predict, detach_cam=detach_cam)
+    model.build_params = dict(variant=name, num_attributes=num_attributes, arch=arch, logit_bn=logit_bn, logit_bn_shared=logit_bn_shared,
                               predict=predict, fuse_at=fuse_at, latent=latent, detach_cam=detach_cam,
                               last_stride=last_stride, project_deepest=project_deepest)
     return model
 
-# %% ../nbs/40_campar.ipynb #c036
+# %% ../nbs/40_campar.ipynb #c038
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific) (Eq. 13: `har_kit.losses.bce_loss`); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
     def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
@@ -204,7 +206,7 @@ class CamParLoss(nn.Module):
                  for k in ('shared', 'specific') if 'logits_' + k in out}
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/40_campar.ipynb #c041
+# %% ../nbs/40_campar.ipynb #c043
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -220,7 +222,7 @@ def attribute_angles(model: CamParNet,     # a trained `CamParNet`
     theta = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
     return torch.where(gn > 0, theta, torch.full_like(theta, float('nan')))
 
-# %% ../nbs/40_campar.ipynb #c042
+# %% ../nbs/40_campar.ipynb #c044
 @torch.no_grad()
 def positive_angles(model: CamParNet,  # a trained `CamParNet`
                     loader,            # test loader yielding {'image', 'labels'}, single-crop
@@ -238,7 +240,7 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))
 
-# %% ../nbs/40_campar.ipynb #c045
+# %% ../nbs/40_campar.ipynb #c047
 def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees (e.g. {'baseline': ..., 'campar': ...})
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
@@ -257,7 +259,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/40_campar.ipynb #c049
+# %% ../nbs/40_campar.ipynb #c051
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):
@@ -265,7 +267,7 @@ def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     kw = dict(model.build_params)
     return dict(name=kw.pop('variant'), **kw, weights=None)
 
-# %% ../nbs/40_campar.ipynb #c050
+# %% ../nbs/40_campar.ipynb #c052
 def campar_model_file(model: CamParNet,          # a trained model from `campar_variant`
                       attributes,                # attribute names, in output order
                       input_size,                # network input (height, width)

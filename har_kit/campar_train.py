@@ -240,6 +240,7 @@ class CamParConfig(RunConfig):
     batch_size: int = 16                # [15]: 64
     lr: float | None = None             # None: the optimizer's default head lr (0.1 sgd / 1e-4 adam)
     logit_bn: bool = False              # BatchNorm1d on the logits ([15] and the public code: True)
+    logit_bn_shared: bool = False       # with logit_bn: one BatchNorm1d for both heads (the public code: True); False: one per head
     fusion_width: int | None = None     # MCA latent width; None: the shallowest fused stage's width
     fusion_project_deepest: bool = True # MCA: 1x1 conv on c5 as on c3/c4; False: BN + ReLU only (the public code)
     fusion_lr: str = 'head'             # learning rate of the MCA fusion: 'backbone' (the public code) or 'head'
@@ -311,7 +312,7 @@ class CamParRecipe(Recipe):
 
     def build(self, variant):  # a key of `har_kit.campar.VARIANTS`
         c = self.config
-        return campar_variant(variant, len(self.data.attributes), arch=c.arch, weights=c.weights, logit_bn=c.logit_bn, predict=c.predict,
+        return campar_variant(variant, len(self.data.attributes), arch=c.arch, weights=c.weights, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, predict=c.predict,
                               fuse_at=c.fuse_at, latent=c.fusion_width, project_deepest=c.fusion_project_deepest)
 
     def criterion(self, variant): return CamParLoss(self.config.ignore_unspecified, self.pos_ratio if self.config.sample_weighting else None)
@@ -331,7 +332,7 @@ def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
     "What the checkpoints are checked against on resume."
     c = self.config
     return dict(dataset=c.dataset, data_root=str(c.data_root), profile=c.profile, partition=c.partition, train_splits=list(c.train_splits),
-                arch=c.arch, weights=c.weights, scale=c.scale, batch_size=c.batch_size, logit_bn=c.logit_bn, fusion_width=c.fusion_width,
+                arch=c.arch, weights=c.weights, scale=c.scale, batch_size=c.batch_size, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, fusion_width=c.fusion_width,
                 fusion_project_deepest=c.fusion_project_deepest, fusion_lr=c.fusion_lr, selection=c.selection, val_fraction=c.val_fraction,
                 sample_weighting=c.sample_weighting, predict=c.predict, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant)
 

@@ -112,9 +112,6 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
     'campar': [
         ('CAM normalisation (Eq. 10)', 'ReLU(A) / max ReLU(A); a map with no positive value stays all zero',
          'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),
-        ('logit BatchNorm', 'one BatchNorm1d per head: shared logits and specific logits each normalised by their own',
-         "[15]'s single head has one and the thesis does not say; the public code passes both heads through one shared "
-         "BatchNorm1d (models.py: `self.logits[1]`), whose statistics then mix the two heads' logits"),
         ('loss heads (Eq. 16)', 'BCE on the shared and on the specific logits, summed',
          "Eq. 16 as printed; the public code's loss (loss.py) reads only `logits[0]`, the specific head (its training "
          'script is not published)'),
@@ -131,6 +128,9 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
 }
 
 UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what the runs did instead, why)
+    'logit_bn_shared': (lambda p: bool(p.get('logit_bn', False)),
+                        'not in effect: no logit BatchNorm to share (logit_bn=False)',
+                        'the profile trains without the logit BatchNorm (see `logit_bn`)'),
     'momentum': (lambda p: p.get('optimizer', 'sgd') == 'sgd',
                  "not SGD momentum: Adam, whose beta1 takes the value (betas (0.9, 0.999))",
                  'the profile trains with Adam (see `optimizer`); Adam has no momentum term to compare with the paper\'s')}

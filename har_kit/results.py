@@ -130,6 +130,7 @@ def campar_protocol(**extra   # per-table additions or overrides
         'batch_size': Paper(64, '[15]: batch 64'),
         'train_splits': Paper(['trainval'], '[15]: TRAIN_SPLIT trainval'),
         'logit_bn': Paper(True, '[15] and the public code: Linear + BatchNorm1d on the logits'),
+        'logit_bn_shared': Paper(True, "public code: one BatchNorm1d for both heads (models.py: self.logits[1]); the thesis does not say"),
         'sample_weighting': Paper(True, '[15]: weighted BCE'),
         'grad_clip': Paper(10.0, "[15]'s code: clip_grad_norm_(max_norm=10) after every backward pass (2020 batch_engine.py; "
                                  '2021: TRAIN.CLIP_GRAD in its PA100K and RAPv1 configs)'),

@@ -43,7 +43,7 @@ def test_paper_json_plan_follows_the_papers(capsys):
     campar = [r for r in runs if r['notebook'] == 'campar']
     for r in campar:
         p = r['params']
-        assert (p['logit_bn'], p['plateau_on'], p['fusion_width'], p['fusion_lr']) == (True, 'eval_loss', 128, 'backbone')
+        assert (p['logit_bn'], p['logit_bn_shared'], p['plateau_on'], p['fusion_width'], p['fusion_lr']) == (True, True, 'eval_loss', 128, 'backbone')
         assert p['train_splits'] == {'rap': ['trainval'], 'pa100k': ['train', 'val']}[p['dataset']]
         assert r['out_dir'].endswith({'[15]': '-sel15', 'held-out': '-selheldout'}[p['selection']])
         assert p['val_fraction'] == {'[15]': 0.0, 'held-out': 0.1}[p['selection']]   # held-out: a carved validation split

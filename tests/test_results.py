@@ -201,7 +201,7 @@ def test_cards_state_the_open_choices(tmp_path):
     "Every open choice of issue 28 is on the rendered card with its reason: parameters (open) and code (fixed)."
     from har_kit.cards import FIXED_CHOICES
     choices = {(nb, c[0]) for nb, cs in FIXED_CHOICES.items() for c in cs}
-    assert {('dahar', 'mask source'), ('campar', 'CAM normalisation (Eq. 10)'), ('campar', 'logit BatchNorm'),
+    assert {('dahar', 'mask source'), ('campar', 'CAM normalisation (Eq. 10)'), ('campar', 'RAP label 2'),
             ('campar', 'loss heads (Eq. 16)'), ('campar', 'test-time logits'), ('cfar', 'phase 2')} <= choices
     assert all(c[1] and c[2] for cs in FIXED_CHOICES.values() for c in cs)
     assert CAMPAR_T2.protocol['campar']['fusion_project_deepest'].value is False
@@ -212,7 +212,8 @@ def test_cards_state_the_open_choices(tmp_path):
     md = (tmp_path/'quick'/'tables'/'campar_t2.md').read_text()
     assert 'Left open by the papers and fixed in code' in md and 'max + 1e-5' in md and 'infer.py' in md and 'self.logits[1]' in md
     assert '| campar | `fusion_project_deepest` | False' in md
-    assert 'fixed,campar,logit BatchNorm' in (tmp_path/'quick'/'tables'/'campar_t2.card.csv').read_text()
+    assert 'fixed,campar,test-time logits' in (tmp_path/'quick'/'tables'/'campar_t2.card.csv').read_text()
+    assert '| campar | `logit_bn_shared` | True' in md and 'not in effect: no logit BatchNorm to share' in md
 
 
 def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):

@@ -138,7 +138,8 @@ def build(name, cfg):
     fam, variant, size, n = MODELS[name]
     if fam == 'dahar': return dahar_variant(variant, n, cfg['dahar_arch']), DaHarLoss('bce', mask_weight=1.0), cfg[size]
     p = PROFILES['paper']['campar']
-    kw = {k: p[a] for k, a in (('logit_bn', 'logit_bn'), ('latent', 'fusion_width'), ('project_deepest', 'fusion_project_deepest')) if a in p}
+    kw = {k: p[a] for k, a in (('logit_bn', 'logit_bn'), ('logit_bn_shared', 'logit_bn_shared'), ('latent', 'fusion_width'),
+                                ('project_deepest', 'fusion_project_deepest')) if a in p}
     return campar_variant(variant, n, cfg['campar_arch'], **kw), CamParLoss(), cfg[size]
 
 
