@@ -264,6 +264,7 @@ class CamParConfig(RunConfig):
     compile_mode: str = 'none'          # torch.compile mode of training: 'none', 'default', 'reduce-overhead'
 
     def __post_init__(self):
+        super().__post_init__()   # the parameters' ranges (`RunConfig`)
         bad = [v for v in self.variants if v not in VARIANTS]
         if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")

@@ -353,6 +353,7 @@ class CFARRunConfig(RunConfig):
     device: str = 'cpu'                 # where phase 1 runs: 'cpu', 'cuda', 'auto' (phase 2 is tiny: the CPU)
 
     def __post_init__(self):
+        super().__post_init__()   # the parameters' ranges (`RunConfig`)
         known = {self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'}
         if not set(self.variants) <= known: raise KitError(f'variants={self.variants}: choose among {sorted(known)}')
         self.variants = list(self.variants)

@@ -82,6 +82,7 @@ class DaHarConfig(RunConfig):
     compile_mode: str = 'none'          # torch.compile mode of the training forward ('reduce-overhead' on a GPU: CUDA graphs)
 
     def __post_init__(self):
+        super().__post_init__()   # the parameters' ranges (`RunConfig`)
         bad = [v for v in self.variants if v not in VARIANTS]
         if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
         if self.loss not in LOSSES: raise KitError(f'loss={self.loss!r}: choose one of {", ".join(LOSSES)}')

@@ -11,16 +11,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_path, get_device, seed_everything
+from .core import KitError, atomic_path, get_device, max_threads, seed_everything
+from .formats import RAP_PARTITIONS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
 from . import __version__
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
-           'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'selection_study', 'RunConfig', 'Recipe', 'train_variant']
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES',
+           'BELOW_ONE', 'model_digest', 'register_builder', 'save_model', 'LoadedModel', 'find_model_file',
+           'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch', 'selection_study',
+           'check_range', 'RunConfig', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -332,15 +334,54 @@ def selection_study(history,        # epoch records with val_<metric> and <score
         out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
     return out
 
-# %% ../nbs/09_model_file.ipynb #c038
+# %% ../nbs/09_model_file.ipynb #c039
+POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
+            'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
+            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
+NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
+                'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb',
+                'grad_clip')
+GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
+AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
+           'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30
+           'batch_size': 4096, 'num_workers': 256,
+           'num_threads': max_threads(),   # as $HAR_KIT_THREADS (`har_kit.core.max_threads`)
+           'fusion_width': 8192, 'factors': 4096, 'n_prototypes': 4096,
+           'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
+           'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
+CHOICES = {'partition': tuple(range(RAP_PARTITIONS))}   # RAP v1's five train/test partitions
+BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
+
+def check_range(name,     # a parameter's name
+                value,    # its value
+                bad):     # what makes the KitError from the complaint: `bad('must be at least 1, got 0')`
+    "`value`, or the error of a number outside its parameter's range (the rules above; other values pass)."
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
+        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
+        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}')
+        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
+        if name in AT_MOST and value > AT_MOST[name]: raise bad(f'must be at most {AT_MOST[name]!r}, got {value!r}')
+        if name in BELOW_ONE and value >= 1: raise bad(f'must be below 1, got {value!r} (it would diverge, not train)')
+        if name in CHOICES and value not in CHOICES[name]:
+            raise bad(f'must be one of {", ".join(map(str, CHOICES[name]))}, got {value!r}'
+                      + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
+    return value
+
+# %% ../nbs/09_model_file.ipynb #c041
 class RunConfig:
-    "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them."
+    "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them; built, it checks their ranges."
     @classmethod
     def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
         "The config of the parameters named like its fields (other keys ignored)."
         return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
-# %% ../nbs/09_model_file.ipynb #c039
+    def __post_init__(self):   # a subclass's own __post_init__ calls this first (`super().__post_init__()`)
+        "Every field within its parameter's range (`check_range`): what `har-kit run` refuses, a config built in Python refuses too."
+        for f in dataclasses.fields(self):
+            check_range(f.name, getattr(self, f.name), lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}'))
+
+# %% ../nbs/09_model_file.ipynb #c043
 class Recipe:
     "The defaults of the training contract; a method's recipe sets `config` and defines build, criterion, loaders, score, model_file."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
@@ -350,7 +391,7 @@ class Recipe:
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c040
+# %% ../nbs/09_model_file.ipynb #c044
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -358,7 +399,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c041
+# %% ../nbs/09_model_file.ipynb #c045
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/

@@ -7,14 +7,13 @@ from __future__ import annotations
 import ast, difflib, importlib.util, json, keyword
 from pathlib import Path
 
-from .core import KitError, max_threads, repo_root, to_jsonable
+from .core import KitError, repo_root, to_jsonable
 from .data import check_train_splits
-from .formats import RAP_PARTITIONS
+from .model_file import check_range
 
 # %% auto #0
-__all__ = ['POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES', 'SHAPES', 'BELOW_ONE', 'NON_EMPTY', 'PLACES',
-           'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters', 'check_parameter', 'check_parameters',
-           'parse_value', 'parse_params']
+__all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters',
+           'check_parameter', 'check_parameters', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -64,42 +63,13 @@ def notebook_parameters(notebook,  # path, file name or section name
     return out
 
 # %% ../nbs/60_run_params.ipynb #c013
-POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
-            'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
-            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
-NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
-                'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb')
-GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
-AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
-           'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30
-           'batch_size': 4096, 'num_workers': 256,
-           'num_threads': max_threads(),   # as $HAR_KIT_THREADS (`har_kit.core.max_threads`)
-           'fusion_width': 8192, 'factors': 4096, 'n_prototypes': 4096,
-           'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
-           'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
-CHOICES = {'partition': tuple(range(RAP_PARTITIONS))}   # RAP v1's five train/test partitions
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
-BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
 def _type_name(v): return {bool: 'true/false', int: 'a whole number', float: 'a number', str: 'a string',
                            list: 'a list', tuple: 'a list', dict: 'a dict'}.get(type(v), type(v).__name__)
-
-def _in_range(name, value, bad):  # a parameter; its value; makes the KitError
-    "`value`, or the error of a number outside its parameter's range."
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
-        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
-        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}')
-        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
-        if name in AT_MOST and value > AT_MOST[name]: raise bad(f'must be at most {AT_MOST[name]!r}, got {value!r}')
-        if name in BELOW_ONE and value >= 1: raise bad(f'must be below 1, got {value!r} (it would diverge, not train)')
-        if name in CHOICES and value not in CHOICES[name]:
-            raise bad(f'must be one of {", ".join(map(str, CHOICES[name]))}, got {value!r}'
-                      + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
-    return value
 
 def check_parameter(name,               # the parameter's name
                     value,              # the value given for it
@@ -114,7 +84,7 @@ def check_parameter(name,               # the parameter's name
     if isinstance(default, Unparsed) or default is None:
         try: json.dumps(to_jsonable(value))
         except (TypeError, ValueError, KitError): raise bad(f'{value!r} is not a plain value (number, string, bool, list, dict or null)') from None
-        return _in_range(name, value, bad)
+        return check_range(name, value, bad)
     if isinstance(default, bool):
         if not isinstance(value, bool): raise bad(f'expects true or false (default {default}), got {value!r}')
     elif isinstance(default, int):
@@ -144,7 +114,7 @@ def check_parameter(name,               # the parameter's name
     if name in SHAPES and (len(value) != len(SHAPES[name]) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                                        and 1 <= v <= 4096 for v in value)):
         raise bad(f'must be [{", ".join(SHAPES[name])}]: {len(SHAPES[name])} whole numbers from 1 to 4096, got {value!r}')
-    _in_range(name, value, bad)
+    check_range(name, value, bad)
     try: json.dumps(to_jsonable(value, name))
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value

@@ -113,6 +113,24 @@ def test_the_training_code_refuses_them_too():
         with pytest.raises(KitError, match='train_splits'): check_train_splits(bad, 'test')
 
 
+@pytest.mark.parametrize('config, field, value, message', [
+    ('DaHarConfig', 'epochs', 0, "DaHarConfig 'epochs': must be at least 1, got 0"),     # an untrained model.pt otherwise
+    ('DaHarConfig', 'scale', 0.0, "DaHarConfig 'scale': must be above 0"),             # a (1, 1) input otherwise
+    ('DaHarConfig', 'batch_size', 0, "DaHarConfig 'batch_size': must be at least 1"),   # torch's sampler error otherwise
+    ('DaHarConfig', 'seed', -1, "DaHarConfig 'seed': must be at least 0"),             # numpy's error otherwise
+    ('CamParConfig', 'epochs', 0, "CamParConfig 'epochs': must be at least 1"),
+    ('CamParConfig', 'grad_clip', -1.0, "CamParConfig 'grad_clip': must be at least 0"),
+    ('CFARRunConfig', 'phase2_lr', -0.1, "CFARRunConfig 'phase2_lr': must be at least 0"),
+])
+def test_configs_built_in_python_refuse_what_the_cli_refuses(config, field, value, message):
+    "The Python route (`train_variant(Recipe(Config(...)))`) checks the same ranges as `har-kit run`."
+    from har_kit.campar_train import CamParConfig
+    from har_kit.cfar import CFARRunConfig
+    from har_kit.dahar_train import DaHarConfig
+    cls = dict(DaHarConfig=DaHarConfig, CamParConfig=CamParConfig, CFARRunConfig=CFARRunConfig)[config]
+    with pytest.raises(KitError, match=message): cls(**{field: value})
+
+
 def test_none_default_accepts_plain_values_and_ints_widen_to_float(tmp_path):
     nb = _nb(tmp_path/'n.ipynb')
     assert check_parameters(nb, {'extra': {'k': [1, 'x']}, 'threshold': 1}) == {'extra': {'k': [1, 'x']}, 'threshold': 1.0}
