@@ -225,7 +225,11 @@ def cli(argv=None):  # arguments after `har-kit data`
     try:
         if a.command == 'convert':
             check_csv_dest(a.dest)                          # before the dataset is read
-            out = to_csv_dataset(dataset_reader(a.kind)(a.root, **kw), a.dest, link=a.link)
+            with warnings.catch_warnings(record=True) as caught:   # the reader's warnings as `data check` prints them
+                warnings.simplefilter('always')
+                data = dataset_reader(a.kind)(a.root, **kw)
+            for w in dict.fromkeys(str(w.message) for w in caught): print(f'warning: {w}', file=sys.stderr)
+            out = to_csv_dataset(data, a.dest, link=a.link)
             if a.link: print(f'{out}: images hard-linked to {a.root} where the filesystem allows (the same files: do not edit them)')
             print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
             return 0

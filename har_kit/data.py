@@ -174,11 +174,12 @@ def require_images(samples,    # `Sample`s whose image files must be usable
     if missing:
         first = ', '.join(str(p.name) for p in missing[:5])
         raise KitError(f'{where}: {len(missing)} of {len(paths)} listed images are missing under {image_dir} (first: {first}). '
-                       'Point root at the complete dataset folder, or pass check_images=False to skip this check')
+                       'Point root at the complete dataset folder (`har-kit data check KIND ROOT` lists them all); in Python, '
+                       'check_images=False skips this check')
     if bad:
         first = '; '.join(f'{p}: {q}' for p, q in bad[:3])
         raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
-                       '(`har-kit data check KIND ROOT` lists them all), or pass check_images=False to skip this check')
+                       '(`har-kit data check KIND ROOT` lists them all); in Python, check_images=False skips this check')
 
 # %% ../nbs/16_data.ipynb #c034
 def _same_file_across_splits(samples):

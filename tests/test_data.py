@@ -1,7 +1,7 @@
 """Tests of har_kit.data: the three real readers on hand-written files in the exact on-disk layouts (written here with
 scipy.io.savemat / json, independently of the module's own writers), the Dataset contract, the transforms and the
 real PA-100K sample when it is present."""
-import json, os, warnings
+import json, os, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -474,3 +474,13 @@ def test_data_convert_command(tmp_path, capsys):
     assert "-p dataset csv -p data_root" in capsys.readouterr().out
     assert C.cli(['check', 'csv', str(tmp_path/'out')]) == 0
     assert C.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 2 and 'is not empty' in capsys.readouterr().err
+
+
+def test_data_convert_prints_the_readers_warnings_as_data_check_does(tmp_path, capsys):
+    "A dataset issue reaches the user of `data convert` as one 'warning: ...' line, not Python's warnings format."
+    src = D.tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
+    img = D.read_pa100k(src).samples[0].image
+    shutil.copy(img, img.parent/'zz_unlisted.jpg')                 # an image in no split: the reader warns
+    assert C.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 0
+    err = capsys.readouterr().err
+    assert 'warning: ' in err and 'in no split' in err and 'DataWarning' not in err and 'data.py' not in err
