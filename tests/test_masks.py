@@ -247,3 +247,11 @@ def test_synthetic_ground_truth_is_not_overwritten(tmp_path):
     (root/'synth_meta.json').write_text('{"generator": "har_kit.synth", "images": {}}')
     with pytest.raises(KitError, match="ground-truth masks; write source 'box' elsewhere: pass mask_root"):
         make_masks(load_dataset('wider', root), 'box', progress=False)
+
+
+def test_a_missing_weights_file_leaves_no_mask_folder(tmp_path, capsys):
+    "`har-kit masks --source maskrcnn --weights FILE` with no such FILE: refused before the --mask-root folder is made."
+    from har_kit.masks import cli
+    root = tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
+    assert cli(['--dataset', 'pa100k', '--root', str(root), '--source', 'maskrcnn', '--weights', str(tmp_path/'none.pth'), '--mask-root', str(tmp_path/'m')]) != 0
+    assert 'no such file' in capsys.readouterr().err and not (tmp_path/'m').exists()
