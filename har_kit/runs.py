@@ -15,9 +15,10 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
-           'forward_interrupts', 'RunInterrupted', 'params_digest', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
-           'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest',
+           'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook',
+           'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value',
+           'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 @contextlib.contextmanager
@@ -109,27 +110,39 @@ def _compile_cache():
 # %% ../nbs/70_runs.ipynb #c016
 _KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)
 _STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
+_SIGNAL = [0]                    # the signal that first called `stop_runs` (0: none, or a direct call)
 
 def _signal_group(pg, sig):
     with contextlib.suppress(ProcessLookupError, PermissionError): os.killpg(pg, sig)
 
-def stop_runs(grace: float = 10.0):  # seconds a kernel has after SIGINT before its process group is killed
+def stop_runs(grace: float = 10.0,  # seconds a kernel has after SIGINT before its process group is killed
+              signum: int = 0):     # the signal that asked for it (0: a direct call), see `stop_signal`
     "Interrupt every running kernel (SIGINT, SIGKILL after `grace` s or on a second call); later runs do not start."
     first = not _STOPPING.is_set(); _STOPPING.set()
+    if first: _SIGNAL[0] = int(signum)
     for pg in list(_KERNELS.values()): _signal_group(pg, signal.SIGINT if first else signal.SIGKILL)
-    if first:
-        t = threading.Timer(grace, lambda: [_signal_group(pg, signal.SIGKILL) for pg in list(_KERNELS.values())])
+    if first:   # the kernels running now (one starting later is killed as it starts, see `_kernel_manager`)
+        pgs = list(_KERNELS.values())
+        t = threading.Timer(grace, lambda: [_signal_group(pg, signal.SIGKILL) for pg in pgs if pg in _KERNELS.values()])
         t.daemon = True; t.start()
 
 @contextlib.contextmanager
 def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
     "Within: SIGINT / SIGTERM stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
-    _STOPPING.clear()
+    _STOPPING.clear(); _SIGNAL[0] = 0
     if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
-    old = {s: signal.signal(s, lambda *_: stop_runs(grace)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM)}
     try: yield _STOPPING.is_set
     finally:
         for s, h in old.items(): signal.signal(s, h)
+
+def stop_signal() -> int:
+    "The signal that stopped the runs since `forward_interrupts` was entered (`signal.SIGTERM`, ...; 0: none, or `stop_runs` called directly)."
+    return _SIGNAL[0]
+
+def interrupted_exit() -> int:
+    "The exit status of a command its runs were stopped in: 128 + the signal's number (Ctrl-C, or no signal recorded: 130)."
+    return 128 + (stop_signal() or signal.SIGINT)
 
 class RunInterrupted(RunFailed):
     "A run stopped by SIGINT / SIGTERM (or not started after one): rerun the same command to resume it."
@@ -195,11 +208,12 @@ def _prepare(out, params, force):
         if old is None:
             raise KitError(f'{out} is not empty and holds no readable params.json: pass an empty or new run directory '
                            '(--out), or force=True (--force) to move its contents aside')
-        if not _same(old, params):
-            diff = sorted(set(old) ^ set(params) | {k for k in set(old) & set(params) if not _same(old[k], params[k])})
-            raise KitError(f'{out} holds a run with other parameters (differs in: '
+        diff = sorted(set(old) ^ set(params) | {k for k in set(old) & set(params) if not _same(old[k], params[k])})
+        if diff and (is_done(out) or diff != ['device']):   # an unfinished run may move to another device (see above)
+            what = 'a run' if is_done(out) else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
+            raise KitError(f'{out} holds {what} with other parameters (differs in: '
                            + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
-                           + '): pass another run directory (--out), or --force to move the old run aside and rerun')
+                           + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
         if is_done(out): return 'skip'
         for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
         for tmp in out.rglob('*.tmp'):
@@ -390,6 +404,13 @@ def absolute_paths(params: dict  # checked parameters
     return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
 
 # %% ../nbs/70_runs.ipynb #c036
+def _check_run_dir(out):  # the resolved run directory
+    "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise KitError(f'out_dir (--out) {out}: {existing} is a file, not a folder; pass a run directory (a new or existing folder)')
+
+# %% ../nbs/70_runs.ipynb #c038
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -413,6 +434,7 @@ def run_notebook(notebook,                  # path, file name or section name
     out = out.resolve()
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
+    _check_run_dir(out)
     env = kernel_env(out, threads)
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
@@ -433,7 +455,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c043
+# %% ../nbs/70_runs.ipynb #c045
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -447,10 +469,11 @@ def run_status(out_dir,  # a run directory
         return dict(state='failed', error=f.get('error'), cell=f.get('cell'), time=f.get('time'),
                     **({'interrupted': True} if f.get('interrupted') else {}))
     if (out/'params.json').exists():
-        return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None)
+        return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None,
+                    interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c047
+# %% ../nbs/70_runs.ipynb #c049
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -478,7 +501,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c049
+# %% ../nbs/70_runs.ipynb #c051
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -496,7 +519,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c052
+# %% ../nbs/70_runs.ipynb #c054
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -521,7 +544,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c054
+# %% ../nbs/70_runs.ipynb #c056
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -544,7 +567,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c057
+# %% ../nbs/70_runs.ipynb #c059
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -560,7 +583,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c059
+# %% ../nbs/70_runs.ipynb #c061
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -593,7 +616,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c062
+# %% ../nbs/70_runs.ipynb #c064
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
@@ -631,7 +654,7 @@ def cli(argv=None):  # arguments after `har-kit run`
             out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads,
                                demos=not a.batch, echo=not a.quiet)
     except (RunInterrupted, KeyboardInterrupt) as e:
-        print(f'har-kit run: {e or "interrupted"}', file=sys.stderr); return 130
+        print(f'har-kit run: {e or "interrupted"}', file=sys.stderr); return interrupted_exit()
     except (KitError, RunFailed) as e:
         print(f'har-kit run: {e}', file=sys.stderr)
         if isinstance(e, RunFailed) and (e.out_dir/'log.txt').exists(): print(f'  log: {e.out_dir/"log.txt"}', file=sys.stderr)

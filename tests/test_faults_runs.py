@@ -383,3 +383,35 @@ def test_hand_edited_params_json_of_a_done_run_is_refused(tmp_path, monkeypatch)
     assert len(calls) == 1
     run_notebook(nb, {'seed': 5}, tmp_path/'run', progress=False, force=True)    # --force reruns it with those values
     assert load_json(tmp_path/'run'/'metrics.json') == {'seed': 5} and len(calls) == 2
+
+
+# --- the run directory given is a file; an unfinished run on another device --------------------------------------------
+
+def test_a_run_directory_that_is_a_file_is_refused_before_anything(tmp_path, monkeypatch, capsys):
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb')
+    (tmp_path/'photo.jpg').write_bytes(b'jpeg')
+    for out in (tmp_path/'photo.jpg', tmp_path/'photo.jpg'/'run'):
+        with pytest.raises(KitError, match='photo.jpg is a file, not a folder; pass a run directory'):
+            run_notebook(nb, {}, out, progress=False)
+    assert cli([str(nb), '--out', str(tmp_path/'photo.jpg')]) == 1
+    err = capsys.readouterr().err
+    assert 'is a file, not a folder' in err and 'Traceback' not in err
+    assert calls == [] and (tmp_path/'photo.jpg').read_bytes() == b'jpeg'
+
+
+def test_an_unfinished_run_resumes_on_another_device_and_other_changes_say_how_to_proceed(tmp_path, monkeypatch):
+    "A run that failed on a device this machine lacks is rerun on the right one without --force (the device is not part of a run's identity)."
+    def no_tpu(outp, params):
+        if params['device'] == 'tpu':
+            raise papermill.PapermillExecutionError(1, 2, 'get_device(device)', 'KitError', "device='tpu' is not a device name", [])
+        (Path(params['out_dir'])/'metrics.json').write_text(json.dumps({'seed': params['seed']}))
+    calls = _fake(monkeypatch, no_tpu)
+    nb = _nb(tmp_path/'n.ipynb', params_src="seed = 0\ndevice = 'cpu'\nout_dir = None")
+    with pytest.raises(RunFailed, match='tpu'): run_notebook(nb, {'device': 'tpu', 'seed': 0}, tmp_path/'run', progress=False)
+    with pytest.raises(KitError, match=r'an unfinished run .*nothing in it is a result.*seed: 0 -> 1.*pass --force'):
+        run_notebook(nb, {'device': 'cpu', 'seed': 1}, tmp_path/'run', progress=False)
+    run_notebook(nb, {'device': 'cpu', 'seed': 0}, tmp_path/'run', progress=False)
+    assert (tmp_path/'run'/'done').exists() and load_json(tmp_path/'run'/'params.json')['device'] == 'cpu' and len(calls) == 2
+    with pytest.raises(KitError, match=r'holds a run with other parameters \(differs in: device'):   # a done run stays as it ran
+        run_notebook(nb, {'device': 'tpu', 'seed': 0}, tmp_path/'run', progress=False)
