@@ -4,21 +4,22 @@
 
 # %% ../nbs/72_launch.ipynb #c002
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, contextlib, json, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, atomic_write, check_writable, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, check_writable, get_device, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                param_diff, plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import find_notebook
-from .runs import RunFailed, forward_interrupts, is_done, params_yaml, run_status
+from .runs import RunFailed, forward_interrupts, interrupted_exit, is_done, params_yaml, run_status
 
 # %% auto #0
-__all__ = ['LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'save_status', 'format_status',
-           'read_status_runs', 'status_cli', 'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob',
-           'make_executor', 'submit', 'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
+__all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
+           'format_status', 'read_status_runs', 'check_out', 'status_cli', 'profile_values', 'config_cli', 'wait_for',
+           'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'check_launcher_options',
+           'reproduce_parser', 'check_devices', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -57,6 +58,10 @@ def job_queued(job: dict   # a run's job record (`job_file`)
     return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
 
 # %% ../nbs/72_launch.ipynb #c009
+def _refused(err):  # an error recorded for a run that has no directory
+    "True when it says why the run was refused (a parameter the notebook does not take), not that it was never started."
+    return bool(err) and not err.startswith('not started') and 'interrupted: not started' not in err   # the latter: status.json of older kits
+
 def run_states(runs,         # PlannedRuns, or the run records of a saved status
                errors=None   # {run name: error} of this session (errors raised before a run directory existed)
               ) -> list:
@@ -65,17 +70,17 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
     by_dir = {}
     for rec in recs:
         st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
-        rec['state'], rec['error'] = st['state'], st.get('error')
+        rec['state'], rec['error'] = 'interrupted' if st.get('interrupted') else st['state'], st.get('error')
         if st['state'] == 'done' and 'params' in rec and (Path(rec['out_dir'])/'params.json').exists():
             old = load_json(Path(rec['out_dir'])/'params.json')
             diff = param_diff(old, rec['params'])
             if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
         # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
-        if rec['state'] == 'missing' and err and not err.startswith('not started'): rec['state'], rec['error'] = 'failed', err
+        if rec['state'] == 'missing' and _refused(err): rec['state'], rec['error'] = 'failed', err
         job = job_file(rec['out_dir'])
         rec['job'] = load_json(job) if job.exists() else None
-        if rec['state'] in ('missing', 'failed') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
+        if rec['state'] in ('missing', 'failed', 'interrupted') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
             rec['state'], rec['error'] = 'queued', None
         t = Path(rec['out_dir'])/'timing.json'   # where the run's time went (written by run_notebook)
         if t.exists():
@@ -87,20 +92,29 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
     return recs
 
+STATES = ('done', 'stale', 'failed', 'interrupted', 'running', 'queued', 'missing')   # a run's states, in the order counted
+
+def make_status(runs,         # PlannedRuns, or the run records of a saved status
+                profile,      # the profile
+                errors=None   # {run name: error} of this session (`run_states`)
+               ) -> dict:
+    "Where the planned runs stand (`run_states`), with the counts and where the time went; writes nothing."
+    recs = run_states(runs, errors)
+    counts = {s: sum(1 for r in recs if r['state'] == s) for s in STATES}
+    seconds = {k: round(sum((r.get('seconds') or {}).get(k) or 0 for r in recs), 1) for k in ('total', 'kernel_start', 'imports', 'cells')}
+    return dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, seconds=seconds, runs=recs)
+
 def save_status(runs,         # PlannedRuns, or the run records of a saved status
                 root,         # outputs root
                 profile,      # the profile
                 errors=None   # {run name: error} of this session (`run_states`)
                ) -> dict:
-    "Write `<root>/<profile>/status.json` for the planned runs (atomically); return it."
-    recs = run_states(runs, errors)
-    counts = {s: sum(1 for r in recs if r['state'] == s) for s in ('done', 'stale', 'failed', 'running', 'queued', 'missing')}
-    seconds = {k: round(sum((r.get('seconds') or {}).get(k) or 0 for r in recs), 1) for k in ('total', 'kernel_start', 'imports', 'cells')}
-    st = dict(profile=profile, updated=time.strftime('%Y-%m-%dT%H:%M:%S'), counts=counts, seconds=seconds, runs=recs)
+    "Write `<root>/<profile>/status.json` for the planned runs (`make_status`, atomically); return it."
+    st = make_status(runs, profile, errors)
     save_json(st, status_path(root, profile))
     return st
 
-# %% ../nbs/72_launch.ipynb #c015
+# %% ../nbs/72_launch.ipynb #c017
 def format_status(st   # a status (`save_status`)
                  ) -> str:
     "The status as text: counts, then one line per run that is not done."
@@ -131,25 +145,45 @@ def read_status_runs(path   # a profile's status.json
         raise bad(f"no list of run records with {', '.join(keys)} under 'runs'")
     return runs
 
+def check_out(root,             # an outputs root
+              profile,          # the profile whose folder is used under it
+              writable=True,    # the caller is about to write there
+              where='--out'):   # the option that chose it, for messages
+    "Refuse an outputs root that is a file (or lies under one, or holds a file where the profile's folder goes) or, when `writable`, cannot be written."
+    folder = Path(root)/profile
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        raise KitError(f'{where} {root}: {existing} is a file, not a folder; pass an outputs root that is a folder (new or existing)')
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        raise KitError(f'{where} {root}: {existing} cannot be written; pass an outputs root you can write to')
+    return folder
+
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):
-    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/missing)."
+    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/interrupted/missing); creates nothing."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
-    ap.add_argument('--out', help='outputs root (default: outputs/)')
+    ap.add_argument('--out', help='outputs root har-kit reproduce was given (default: outputs/)')
     ap.add_argument('--json', action='store_true', help='print the status as JSON')
     a = ap.parse_args(argv)
     try:
-        root = Path(a.out or outputs_root(writable=True))   # status.json is (re)written
+        root = Path(a.out).expanduser().absolute() if a.out else outputs_root()   # only read (see above)
+        folder = check_out(root, a.profile, writable=False)
+        if not folder.is_dir():
+            raise KitError(f'nothing at {folder}: no run of profile {a.profile!r} was started under ' +
+                           (f'--out {root}' if a.out else f'{root} (the default outputs root; pass --out ROOT for another)') +
+                           f'; har-kit reproduce --profile {a.profile}{f" --out {root}" if a.out else ""} starts them')
         p = status_path(root, a.profile)
         runs = read_status_runs(p) if p.exists() else plan(None, a.profile, root=root)
-        st = save_status(runs, root, a.profile)
+        st = make_status(runs, a.profile)
+        if p.exists() and os.access(p.parent, os.W_OK | os.X_OK):   # reproduce's status.json kept current, nothing else written
+            with contextlib.suppress(OSError): save_json(st, p)
     except KitError as e:
         print(f'har-kit status: {e}', file=sys.stderr); return 2
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] else 0
 
-# %% ../nbs/72_launch.ipynb #c018
+# %% ../nbs/72_launch.ipynb #c022
 def profile_values(notebook: str,  # section name: 'dahar', 'campar', 'cfar', 'masks', ...
                    profile: str):  # 'quick', 'sample' or 'paper'
     "The parameters a profile gives a section notebook (its planner's private keys aside)."
@@ -174,7 +208,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
     return 0
 
-# %% ../nbs/72_launch.ipynb #c021
+# %% ../nbs/72_launch.ipynb #c025
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -200,7 +234,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed') for s in states.values()): return states
         time.sleep(poll)
 
-# %% ../nbs/72_launch.ipynb #c024
+# %% ../nbs/72_launch.ipynb #c028
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -236,7 +270,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
-# %% ../nbs/72_launch.ipynb #c028
+# %% ../nbs/72_launch.ipynb #c032
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -321,7 +355,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c034
+# %% ../nbs/72_launch.ipynb #c038
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -393,8 +427,9 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke)')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them")
-    ap.add_argument('--jobs', type=int, help="runs executed at once (default: one per device; on CPU, the cores divided by the profile's threads per run)")
-    ap.add_argument('--seeds', type=int, default=1, help='seeds per run (rows report mean ± sd)')
+    ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
+    ap.add_argument('--seeds', type=int, default=1, help="the least number of seeds per run, at least 1 (default 1): rows a table compares get at "
+                    "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
     ap.add_argument('--out', help='outputs root (default: outputs/)')
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
     ap.add_argument('--force', action='store_true', help='rerun runs whose directory holds other parameters (e.g. after a profile changed); the old runs are moved aside')
@@ -402,7 +437,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c036
+# %% ../nbs/72_launch.ipynb #c040
 def _print_plan(a, runs):  # --dry-run with the local launcher
     if a.json:
         for r in runs: print(json.dumps(r.record()))
@@ -411,6 +446,37 @@ def _print_plan(a, runs):  # --dry-run with the local launcher
     print(describe(runs))
     if missing_roots(runs): print(f'# needs --data-root for: {", ".join(missing_roots(runs))}')
     return 0
+
+def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
+                  where: str,    # where they came from, for messages ('--device')
+                  local=True     # the runs execute on this machine (False: on a scheduler's machines)
+                 ) -> list:
+    "Refuse, before any run starts, a name torch does not read as a device (`har_kit.core.get_device`'s check) and, when `local`, a CUDA device this machine lacks."
+    names = list(dict.fromkeys(names))
+    if set(names) <= {'cpu', 'auto'}: return names   # no torch import for the CPU profiles
+    import torch   # here, not at the top: planning and the CLI stay light until a device other than the CPU is asked for
+    for d in names:
+        if d == 'auto': continue
+        try: dev = torch.device(d)
+        except (RuntimeError, TypeError):
+            raise KitError(f"{where}: {d!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N' (comma-separated for "
+                           'several); nothing was started') from None
+        if not local: continue
+        try: get_device(d)
+        except KitError as e: raise KitError(f'{where}: {e}; nothing was started') from None
+        n = torch.cuda.device_count()
+        if dev.type == 'cuda' and dev.index is not None and dev.index >= n:
+            raise KitError(f'{where}: device={d!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); nothing was started')
+    return names
+
+def _local_launcher_options(a):  # --launcher local: the scheduler's options mean nothing here
+    "Read and check --launcher-config (a missing file is an error); warn about scheduler options the local launcher ignores."
+    opts = _launcher_options(a)
+    given = [f'--{k.replace("_", "-")}' for k in LAUNCHER_OPTIONS if getattr(a, k, None) is not None]
+    given += [f'--launcher-config {a.launcher_config}'] if a.launcher_config else []
+    if given: print(f'har-kit reproduce: warning: --launcher local ignores {", ".join(given)} (scheduler options: they apply to '
+                    '--launcher submitit)', file=sys.stderr)
+    return opts
 
 def _follow(a, root): return f'har-kit status --profile {a.profile}' + (f' --out {root}' if a.out or a.smoke else '')
 
@@ -433,11 +499,11 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
                          on_change=lambda s: save_status(runs, root, a.profile, s['failed']))
     st = save_status(runs, root, a.profile, status['failed'])
     if interrupted():
-        stopped = [n for n, e in status['failed'].items() if 'interrupted' in e]
+        stopped = status['interrupted']
         print(f'har-kit reproduce: interrupted: {len(status["done"])} ran, {len(status["skipped"])} already done, '
               f'{len(stopped)} stopped or not started ({", ".join(stopped[:6])}{", ..." if len(stopped) > 6 else ""}); '
               'rerun the same command to resume them (no tables rendered)', file=sys.stderr)
-        return 130
+        return interrupted_exit()   # 128 + the signal: 130 after Ctrl-C, 143 after SIGTERM
     tables_run = render_tables(a.profile, root)
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
@@ -450,15 +516,23 @@ def cli(argv=None):  # the command line (None: sys.argv)
     "`har-kit reproduce [TABLE ...] --profile P [--smoke] [--data-root NAME=PATH ...] [--jobs N] [--launcher L] [--dry-run [--json]]`."
     a = reproduce_parser().parse_args(argv)
     try:
+        if a.jobs is not None and a.jobs < 1:
+            raise KitError(f'--jobs {a.jobs}: expected the number of runs executed at once, at least 1 (leave it out for the default)')
         devices = a.device.split(',') if a.device else None
         root = Path(a.out or outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
-        runs = plan(a.tables or default_tables(a.profile, a.studies), a.profile, a.seeds, _parse_roots(a.data_root), root,
+        if not a.dry_run: check_out(root, a.profile, where='--out' if a.out else 'outputs root')
+        if a.launcher == 'local': _local_launcher_options(a)
+        roots = _parse_roots(a.data_root)
+        runs = plan(a.tables or default_tables(a.profile, a.studies), a.profile, a.seeds, roots, root,
                     device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
-        if a.dry_run and a.launcher == 'local': return _print_plan(a, runs)
+        names, where = (devices, '--device') if devices else (sorted({str(r.params['device']) for r in runs if 'device' in r.params}),
+                                                              f'profile {a.profile!r} (pass --device to choose another)')
+        if a.dry_run and a.launcher == 'local': check_devices(names, where, local=False); return _print_plan(a, runs)
         if missing_roots(runs):
             raise KitError(f'profile {a.profile!r} needs dataset roots: pass --data-root ' +
                            ' '.join(f'{d}=PATH' for d in missing_roots(runs)))
-        if not a.dry_run: check_roots(runs)
+        if not a.dry_run: check_roots(runs, roots)
+        check_devices(names, where, local=a.launcher == 'local' and not a.dry_run)   # on a scheduler's machines: the names only
         if a.launcher == 'submitit': return _submit_all(a, runs, root)
         return _run_here(a, runs, root, devices)
     except KitError as e:

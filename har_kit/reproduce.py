@@ -14,13 +14,13 @@ from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
-from .runs import is_done, run_notebook, run_status
+from .runs import RunInterrupted, is_done, run_notebook, run_status
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'shared_sample_root',
-           'PlannedRun', 'planned_data', 'default_tables', 'plan', 'missing_roots', 'check_roots', 'describe',
-           'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute',
-           'render_tables']
+           'PlannedRun', 'planned_data', 'default_tables', 'plan', 'missing_roots', 'root_source', 'check_roots',
+           'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots',
+           'execute', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -254,7 +254,7 @@ class _Plan:
 # %% ../nbs/71_reproduce.ipynb #c018
 def plan(tables=None,      # table keys; None: the profile's default tables
          profile='quick',  # 'quick', 'sample' or 'paper'
-         seeds=1,          # seeds per run (at least each table's own `seeds`)
+         seeds=1,          # the least number of seeds per run, >= 1 (a table's own `seeds`, or a compared row, may ask for more)
          data_roots=None,  # {'wider'|'rap'|'pa100k': root} for real-data profiles
          root=None,        # outputs root (None: `outputs_root()`); runs go to <root>/<profile>/...
          device=None,      # one device for every run (None: the profile's)
@@ -262,6 +262,9 @@ def plan(tables=None,      # table keys; None: the profile's default tables
         ) -> list:
     "Expand the tables (keys; None = the profile's defaults) into PlannedRuns, dependencies first."
     keys = _table_keys(tables, profile, smoke)
+    if type(seeds) is not int or seeds < 1:
+        raise KitError(f'seeds={seeds!r} (--seeds): expected a whole number of seeds per run, at least 1 (it is a least '
+                       'number: rows that report a paired difference or an error bar get more)')
     p = _Plan(profile, Path(root or outputs_root()).absolute(), data_roots or {}, device, smoke)   # kernels start in their run dirs
     for k in keys:
         compared = {*TABLES[k].compare, *TABLES[k].compare.values()}
@@ -282,14 +285,28 @@ def missing_roots(runs   # PlannedRuns (`plan`)
     "Datasets a real-data plan needs but has no root for."
     return sorted({r.params['dataset'] for r in runs if 'data_root' in r.params and not r.params['data_root']})
 
-def check_roots(runs   # PlannedRuns (`plan`)
+def root_source(kind: str,        # 'wider', 'rap' or 'pa100k'
+                root: str,        # the root a planned run reads
+                data_roots=None   # the roots given to `plan` (`--data-root`)
+               ) -> str:
+    "Where a planned dataset root came from, as a message names it: `--data-root`, `$HAR_KIT_PA100K_SAMPLE`, or the default sample."
+    if str((data_roots or {}).get(kind)) == str(root): return f'--data-root {kind}={root}'
+    sample = shared_sample_root() if kind == 'pa100k' else None
+    if sample and str(sample) == str(root):
+        if os.environ.get('HAR_KIT_PA100K_SAMPLE'):
+            return f'$HAR_KIT_PA100K_SAMPLE={root} (the PA-100K sample; point it at the sample, or unset it, or pass --data-root pa100k=PATH)'
+        return f'{root} (the default PA-100K sample beside the clone; set $HAR_KIT_PA100K_SAMPLE or pass --data-root pa100k=PATH)'
+    return f'--data-root {kind}={root}'
+
+def check_roots(runs,            # PlannedRuns (`plan`)
+                data_roots=None  # the roots given to `plan`, to say where each root came from (`root_source`)
                ) -> dict:
     "Detect the layout of every dataset root the runs read (`har_kit.formats.detect_layout`); one KitError for all."
     roots = {(r.params['dataset'], r.params['data_root']) for r in runs if r.params.get('data_root')}
     found, errors = {}, []
     for kind, root in sorted(roots):
         try: found[kind] = detect_layout(kind, root)
-        except KitError as e: errors.append(f'--data-root {kind}={root}: {e}')
+        except KitError as e: errors.append(f'{root_source(kind, root, data_roots)}: {e}')
     if errors: raise KitError('dataset roots are not usable; nothing was started:\n  ' + '\n  '.join(errors))
     return found
 
@@ -369,23 +386,25 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             devices=None,    # devices the workers take in turn (None: each run's own)
             progress=True,   # tqdm bar over runs
             run_fn=None,     # (run, device) -> anything; raises on failure (None: `run_planned`)
-            jobs=None,       # runs at once (None: `default_jobs`)
+            jobs=None,       # runs at once, >= 1 (None: `default_jobs`)
             on_change=None,  # called with the status dict after each finished run
             force=False      # rerun runs whose directory holds other parameters (moved aside), done or not
            ) -> dict:
-    "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}}."
+    "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}, 'interrupted': [...]}."
     from tqdm import tqdm
+    if jobs is not None and (type(jobs) is not int or jobs < 1):
+        raise KitError(f'jobs={jobs!r} (--jobs): expected a whole number of runs at once, at least 1 (None: the default)')
     run_fn = run_fn or (lambda r, dev: run_planned(r, dev, force))
     devices = list(devices or [None])
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
     free = [devices[i % len(devices)] for i in range(jobs)]
     slots, taken = {d: free.count(d) for d in free}, {}   # each device's slots; the slots each active run holds
-    status = {'done': [], 'skipped': [], 'failed': {}}
+    status = {'done': [], 'skipped': [], 'failed': {}, 'interrupted': []}   # interrupted: stopped, or not started, by Ctrl-C / SIGTERM
     needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
     pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
     stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
     finished = {d for d, diff in stale.items() if not diff}      # done with the planned parameters
-    failed = set()
+    failed, stopped = set(), set()
     bar = tqdm(total=len(runs), desc='runs', disable=not progress)
     def work(r, dev):
         try: run_fn(r, dev); return r, dev, None
@@ -403,6 +422,8 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                 if any(d in failed for d in r.deps):
                     pending.remove(r); failed.add(r.out_dir)
                     status['failed'][r.name] = 'not started: a run it needs failed'; bar.update(); continue
+                if any(d in stopped for d in r.deps):
+                    pending.remove(r); stopped.add(r.out_dir); status['interrupted'].append(r.name); bar.update(); continue
                 if free and all(d in finished for d in r.deps):
                     fits = [d for d in dict.fromkeys(free) if free.count(d) >= gpu_slots(r, d, slots[d])]
                     if not fits: break   # it waits for a whole GPU, and the runs behind it wait with it (none starves)
@@ -416,13 +437,14 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                 r, dev, err = f.result()
                 free.extend([dev] * taken.pop(r.out_dir))
                 if err is None: finished.add(r.out_dir); status['done'].append(r.name)
+                elif isinstance(err, RunInterrupted): stopped.add(r.out_dir); status['interrupted'].append(r.name)
                 else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
                 bar.update()
                 if on_change: on_change(status)
     bar.close()
     return status
 
-# %% ../nbs/71_reproduce.ipynb #c044
+# %% ../nbs/71_reproduce.ipynb #c046
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

@@ -54,3 +54,79 @@ def test_a_reused_pid_is_not_a_queued_job():
     assert job_queued({'cluster': 'local', 'job_id': str(os.getpid()), 'started': me})
     assert not job_queued({'cluster': 'local', 'job_id': str(os.getpid()), 'started': me - 1000})   # another process had it
     assert not job_queued({'cluster': 'local', 'job_id': str(os.getpid()), 'started': -1.0})        # ended before recorded
+
+
+# --- status only reads; reproduce refuses what cannot work before anything starts -------------------------------------
+
+def test_status_creates_nothing(tmp_path, capsys):
+    from har_kit.launch import status_path
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path/'nowhere')]) == 2
+    assert 'nothing at' in capsys.readouterr().err and not (tmp_path/'nowhere').exists()
+    (tmp_path/'a-file').write_text('x')
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path/'a-file')]) == 2
+    err = capsys.readouterr().err
+    assert 'a-file is a file, not a folder' in err and 'Traceback' not in err and (tmp_path/'a-file').read_text() == 'x'
+    (tmp_path/'o'/'quick').mkdir(parents=True)   # a profile folder without reproduce's status.json: shown, nothing written
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path/'o')]) == 0
+    assert 'missing' in capsys.readouterr().out and not status_path(tmp_path/'o', 'quick').exists()
+    assert list((tmp_path/'o').rglob('*')) == [tmp_path/'o'/'quick']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--jobs', '-1'], '--jobs -1: expected the number of runs executed at once, at least 1'),
+    (['--jobs', '0'], '--jobs 0: expected'),
+    (['--seeds', '0'], 'seeds=0 \\(--seeds\\): expected a whole number of seeds per run, at least 1'),
+    (['--seeds', '-3'], 'seeds=-3'),
+    (['--device', 'tpu'], "--device: 'tpu' is not a device name"),
+    (['--launcher-config', 'no-such.yaml'], '--launcher-config no-such.yaml: no such file'),
+])
+def test_reproduce_refuses_options_that_cannot_work_before_anything(tmp_path, capsys, monkeypatch, args, message):
+    import re
+    from har_kit.launch import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path/'o'/'quick'/'dahar').mkdir(parents=True)   # --jobs -1 was refused only once a run was left to execute
+    assert cli(['dahar_t1', '--profile', 'quick', '--out', str(tmp_path/'o'), *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and 'Traceback' not in err, err
+    assert [p.name for p in (tmp_path/'o').rglob('*')] == ['quick', 'dahar']   # nothing created, no status.json
+
+
+def test_reproduce_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    from har_kit.launch import cli
+    (tmp_path/'some_file.txt').write_text('x')
+    for out in ('some_file.txt', 'some_file.txt/deeper'):
+        assert cli(['dahar_t1', '--profile', 'quick', '--out', str(tmp_path/out)]) == 2
+        err = capsys.readouterr().err
+        assert 'some_file.txt is a file, not a folder' in err and 'Traceback' not in err, err
+    assert (tmp_path/'some_file.txt').read_text() == 'x'
+
+
+def test_devices_are_checked_here_only_where_the_runs_execute(monkeypatch):
+    from har_kit.launch import check_devices
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    assert check_devices(['cuda:0', 'cuda:1', 'cpu', 'cuda:0'], '--device') == ['cuda:0', 'cuda:1', 'cpu']
+    with pytest.raises(KitError, match="device='cuda:2' but this machine has 2 CUDA device"): check_devices(['cuda:2'], '--device')
+    assert check_devices(['cuda:2'], '--device', local=False) == ['cuda:2']   # a scheduler's machines: the name alone
+    with pytest.raises(KitError, match="'gpu' is not a device name"): check_devices(['gpu'], '--device', local=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(KitError, match="profile 'paper'.*CUDA is not available"): check_devices(['cuda'], "profile 'paper'")
+
+
+def test_local_launcher_names_the_scheduler_options_it_ignores(tmp_path, capsys):
+    from har_kit.launch import cli
+    cfg = tmp_path/'l.yaml'; cfg.write_text('time: 60\n')
+    assert cli(['dahar_t1', '--profile', 'quick', '--dry-run', '--partition', 'gpu', '--launcher-config', str(cfg)]) == 0
+    assert f'warning: --launcher local ignores --partition, --launcher-config {cfg}' in capsys.readouterr().err
+    assert cli(['dahar_t1', '--profile', 'quick', '--dry-run']) == 0 and 'warning' not in capsys.readouterr().err
+
+
+def test_a_bad_sample_root_from_the_environment_names_the_variable(tmp_path, capsys, monkeypatch):
+    from har_kit.launch import cli
+    monkeypatch.setenv('HAR_KIT_PA100K_SAMPLE', str(tmp_path/'nonexist'))
+    assert cli(['--profile', 'sample', '--out', str(tmp_path/'o')]) == 2
+    err = capsys.readouterr().err
+    assert f'$HAR_KIT_PA100K_SAMPLE={tmp_path/"nonexist"}' in err and f'--data-root pa100k={tmp_path}' not in err, err
+    assert cli(['--profile', 'sample', '--out', str(tmp_path/'o'), '--data-root', f'pa100k={tmp_path/"given"}']) == 2
+    assert f'--data-root pa100k={tmp_path/"given"}:' in capsys.readouterr().err
