@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, io, json, sys
+import argparse, contextlib, csv, io, json, re, sys
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +12,16 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, check_writable, get_device, save_json
+from .core import KitError, atomic_write, check_writable, get_device, kit_threads, save_json
 from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
 
 # %% auto #0
-__all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'resolve_thresholds', 'preprocess', 'default_variant', 'Predictor',
-           'write_predictions', 'check_out_dir', 'format_record', 'cli']
+__all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'resolve_thresholds', 'preprocess', 'array_rgb',
+           'default_variant', 'torch_threads', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir',
+           'clear_previous', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
@@ -59,10 +60,10 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
     "One threshold per attribute (C,) and a description of where it came from."
     names, C = model.attributes, len(model.attributes)
     if spec is None: spec = 0.5
-    if isinstance(spec, (list, tuple, np.ndarray, torch.Tensor)):
-        t = check_threshold(spec, C)
-        return np.broadcast_to(np.asarray(t, float), (C,)).copy(), 'per-attribute (given)'
-    if isinstance(spec, str) and spec.strip().lower() == 'val':
+    if isinstance(spec, (list, tuple, np.ndarray, torch.Tensor)):   # finite and one per attribute; in [0, 1] below
+        t = np.broadcast_to(np.asarray(check_threshold(spec, C), float), (C,)).copy()
+        what = 'per-attribute (given)'
+    elif isinstance(spec, str) and spec.strip().lower() == 'val':
         if model.thresholds is None:
             raise KitError(f"{model.path}: threshold 'val' but the model stores no validation thresholds (trained "
                            'without a validation split); pass a number or a file')
@@ -78,7 +79,9 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
                            + ', '.join(missing))
     else:
         t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
-    if not np.all((t >= 0) & (t <= 1)): raise KitError(f'threshold {spec!r}: thresholds must lie in [0, 1]')
+    bad = [j for j in range(C) if not 0 <= t[j] <= 1]
+    if bad: raise KitError(f'threshold {spec!r:.120}: thresholds must lie in [0, 1], but {names[bad[0]]!r} gets {t[bad[0]]:g}'
+                           + (f' (and {len(bad) - 1} more)' if bad[1:] else ''))
     return t, what
 
 def _is_number(x):  # anything a user may pass as a threshold
@@ -98,12 +101,34 @@ def preprocess(image,         # (H, W, 3) uint8 RGB
     return v2.functional.normalize(x, list(mean), list(std))
 
 # %% ../nbs/81_predict.ipynb #c015
+def array_rgb(image,               # an in-memory image (numpy array, or anything `np.asarray` takes)
+              where='image'):      # names it in errors, e.g. 'images[3]'
+    "A (H, W, 3) uint8 RGB array from an unambiguous in-memory image (RGB or greyscale uint8); else a `KitError` saying what to pass."
+    a = np.asarray(image)
+    what = f'{where} (shape {a.shape}, dtype {a.dtype})'
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)) or min(a.shape[:2], default=0) < 1:
+        raise KitError(f'{what}: expected an image array (H, W, 3) RGB or (H, W) greyscale, uint8 0..255; '
+                       'or pass the image file')
+    if a.ndim == 3 and a.shape[2] == 4:
+        raise KitError(f'{what}: 4 channels (RGBA?) are not taken from an array: drop the alpha channel '
+                       '(`img[..., :3]`) or pass the image file (its mode says how to convert it)')
+    if a.dtype != np.uint8:
+        raise KitError(f'{what}: expected uint8 pixels 0..255, not {a.dtype} (never cast silently: a float image in [0, 1] '
+                       'cast to uint8 is black); convert it, e.g. `(x * 255).round().astype(np.uint8)` for floats in [0, 1], '
+                       '`(x >> 8).astype(np.uint8)` for 16-bit, or pass the image file')
+    return np.repeat(a.reshape(*a.shape[:2], 1), 3, axis=2) if a.ndim == 2 or a.shape[2] == 1 else a
+
+# %% ../nbs/81_predict.ipynb #c018
 MAIN_VARIANTS = ('campar_fusion_cfar', 'dahar', 'campar_fusion', 'campar')   # a run's main method: the first of these it holds
 
 def default_variant(path,          # a model file, variant directory or run directory
                     variant=None): # the variant asked for (None: choose)
     "`(variant, notice)`: the variant to load from `path` (the run's main method when it holds several) and what was chosen."
     p = Path(path)
+    if variant is not None and p.is_dir() and (p/'model.pt').is_file() and not (p/str(variant)/'model.pt').is_file():
+        raise KitError(f'{p} is itself a variant\'s folder (it holds model.pt), not a run directory with a {variant}/model.pt: '
+                       f'drop --variant (Python: variant=None) to use {p/"model.pt"}, or pass the run directory that holds '
+                       f'{variant}/ (e.g. {p.parent}) with --variant {variant}')
     if variant is not None or not p.is_dir() or (p/'model.pt').is_file(): return variant, None
     found = sorted(f.parent.name for f in p.glob('*/model.pt'))
     if len(found) < 2: return None, None                        # one model, or none (load_model says so)
@@ -116,7 +141,15 @@ def default_variant(path,          # a model file, variant directory or run dire
     return main, (f'{p} holds {len(found)} models ({", ".join(found)}): using {main!r}, the run\'s main method; '
                   '--variant NAME (Python: variant=NAME) picks another')
 
-# %% ../nbs/81_predict.ipynb #c018
+# %% ../nbs/81_predict.ipynb #c021
+@contextlib.contextmanager
+def torch_threads(n: int | None):  # intra-op threads inside the block (None: leave the count as it is)
+    "Run the block with `torch.set_num_threads(n)`, restoring the previous count afterwards."
+    before = torch.get_num_threads()
+    if n is not None: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(before)
+
 class _Images(torch.utils.data.Dataset):
     "Image files, read and preprocessed for one model, for a `DataLoader`."
     def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
@@ -131,8 +164,11 @@ class Predictor:
                  device='auto',             # 'auto', 'cpu', 'cuda', ...
                  batch_size: int = 16,      # images per forward pass
                  variant=None,              # variant inside a run directory
-                 attributes=None):          # expected attribute names (None: no check)
+                 attributes=None,           # expected attribute names (None: no check)
+                 threads: int | None = None):  # torch intra-op threads while scoring (None: the caller's)
         self.device, self.notices = get_device(device), []   # notices: what was chosen for the caller, printed to stderr
+        self.threads = None if threads is None else kit_threads(threads)
+        self.scored_threads = None   # torch's thread count during the last scoring (recorded by `write_predictions`)
         if not isinstance(model, LoadedModel):
             variant, note = default_variant(model, variant)
             if note: self.notices.append(note)
@@ -145,25 +181,29 @@ class Predictor:
         if not (isinstance(batch_size, int) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
         self.batch_size = batch_size
 
-    def tensor(self, images):  # list of paths or (H, W, 3) uint8 arrays
+    def tensor(self, images):  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)
         "The preprocessed batch (N, 3, h, w)."
         lm = self.loaded
-        return torch.stack([preprocess(load_rgb(i) if isinstance(i, (str, Path)) else np.asarray(i), lm.input_size, lm.mean, lm.std)
-                            for i in images])
+        return torch.stack([preprocess(load_rgb(i) if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]'),
+                                       lm.input_size, lm.mean, lm.std) for k, i in enumerate(images)])
 
-# %% ../nbs/81_predict.ipynb #c020
+# %% ../nbs/81_predict.ipynb #c023
 @patch
 @torch.no_grad()
 def probabilities(self:Predictor,
                   images,          # image paths, or (H, W, 3) uint8 arrays
                   progress=False): # show a tqdm bar
-    "(N, C) sigmoid probabilities, in the order of `images`."
+    "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
     if all(isinstance(i, (str, Path)) for i in images):
         lm = self.loaded
         loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
         batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
-    else: batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
-    out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
+    else:   # every array checked before any work, named by its index in `images`
+        images = [i if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
+        batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
+    with torch_threads(self.threads):
+        self.scored_threads = torch.get_num_threads()
+        out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
     return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
 
 @patch
@@ -179,7 +219,7 @@ def predict(self:Predictor,
                  probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
             for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
 
-# %% ../nbs/81_predict.ipynb #c021
+# %% ../nbs/81_predict.ipynb #c024
 def write_predictions(records,          # `Predictor.predict` output
                       predictor: Predictor,  # the `Predictor` that made them (names, thresholds, model path)
                       out_dir):         # folder for predictions.csv and predictions.json
@@ -189,17 +229,43 @@ def write_predictions(records,          # `Predictor.predict` output
         w = csv.writer(f); w.writerow(['image', 'predicted', *names])
         for r in records: w.writerow([r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)])
     meta = dict(model=str(predictor.loaded.path), threshold=predictor.threshold_source, rule='>=',
-                thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names)
+                thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names,
+                threads=predictor.scored_threads)   # torch's intra-op threads while scoring (last digits depend on it)
     save_json(dict(**meta, images=records), out_dir/'predictions.json')
     return out_dir/'predictions.csv', out_dir/'predictions.json'
 
+EXPLAIN_DIR = 'explain'   # the sub-folder of --out that `har-kit predict --explain` writes its figures into
+_KIT_FIGURE = re.compile(r'\d{4}_.+\.png|\.\d{4}_.+\.png\..+\.tmp')   # `explain`'s NNNN_<name>.png (and an interrupted write's temp)
+
+def previous_outputs(out_dir):  # a --out folder
+    "The files an earlier `har-kit predict` wrote in `out_dir`: predictions.csv / .json and explain/'s figures; nothing else."
+    out = Path(out_dir).expanduser()
+    files = [out/n for n in ('predictions.csv', 'predictions.json') if (out/n).is_file()]
+    if (out/EXPLAIN_DIR).is_dir():
+        files += sorted(f for f in (out/EXPLAIN_DIR).iterdir() if f.is_file() and _KIT_FIGURE.fullmatch(f.name))
+    return files
+
 def check_out_dir(out_dir,      # the folder predictions go to
-                  force=False):  # replace predictions already there
+                  force=False):  # replace the outputs of an earlier run there
     "`out_dir` as a Path once predictions can be written there, checked before any image is scored; else a `KitError`."
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir(): raise KitError(f'--out {out} is a file: name a folder for predictions.csv / .json')
     check_writable([out/'predictions.csv', out/'predictions.json'], force)
+    if (out/EXPLAIN_DIR).exists() and not (out/EXPLAIN_DIR).is_dir():
+        raise KitError(f'--out {out}: {out/EXPLAIN_DIR} is a file, where explanation figures go: move it, or choose another --out')
+    figures = [f for f in previous_outputs(out) if f.parent.name == EXPLAIN_DIR]
+    if figures and not force:
+        raise KitError(f'{out/EXPLAIN_DIR} holds {len(figures)} figure(s) of an earlier run ({figures[0].name}, ...): pass '
+                       '--force to replace them, or choose another --out')
     return out
+
+def clear_previous(out_dir):  # a --out folder (with --force)
+    "Remove what an earlier run wrote in `out_dir` (`previous_outputs`; the explain folder too once empty), so it holds one run's outputs."
+    gone = previous_outputs(out_dir)
+    for f in gone: f.unlink()
+    ex = Path(out_dir).expanduser()/EXPLAIN_DIR
+    if ex.is_dir() and not any(ex.iterdir()): ex.rmdir()
+    return gone
 
 def format_record(r,          # a record of `Predictor.predict`
                   top=None):  # at most this many names (None: all)
@@ -207,7 +273,7 @@ def format_record(r,          # a record of `Predictor.predict`
     names = r['predicted'][:top] if top else r['predicted']
     return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
 
-# %% ../nbs/81_predict.ipynb #c025
+# %% ../nbs/81_predict.ipynb #c028
 def _predict_parser():
     "The options of `har-kit predict`."
     ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '
@@ -225,7 +291,10 @@ def _predict_parser():
     ap.add_argument('--max-attributes', type=int, default=6, help='attribute panels per explanation figure')
     ap.add_argument('--top', type=int, default=None, help='print at most this many attributes per image')
     ap.add_argument('--quiet', action='store_true', help='do not print one line per image')
-    ap.add_argument('--force', action='store_true', help='replace predictions already in --out')
+    ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: $HAR_KIT_THREADS or 1; '
+                    'the last digits of a probability depend on it)')
+    ap.add_argument('--force', action='store_true', help="replace the outputs of an earlier run in --out (predictions and "
+                    "explain/'s figures; other files are kept)")
     return ap
 
 def cli(argv=None):  # arguments after `har-kit predict`
@@ -234,16 +303,18 @@ def cli(argv=None):  # arguments after `har-kit predict`
     try:
         for opt, v in (('--top', a.top), ('--max-attributes', a.max_attributes), ('--batch-size', a.batch_size)):
             if v is not None and v < 1: raise KitError(f'{opt} {v}: must be at least 1')
-        check_out_dir(a.out, a.force)
-        pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant)
-        records = pred.predict(a.images, progress=not a.quiet)
-        if not a.quiet:
-            for r in records: print(format_record(r, a.top))
-        csv_path, json_path = write_predictions(records, pred, a.out)
-        print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
-        if a.explain:
-            pngs = explain(pred, a.images, Path(a.out)/'explain', a.max_attributes, progress=not a.quiet)
-            print(f'explanations: {len(pngs)} figures in {Path(a.out)/"explain"}')
+        out, threads = check_out_dir(a.out, a.force), kit_threads(a.threads)
+        with torch_threads(threads):   # the whole command, explanations included
+            pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)
+            records = pred.predict(a.images, progress=not a.quiet)
+            if not a.quiet:
+                for r in records: print(format_record(r, a.top))
+            if a.force: clear_previous(out)   # every check passed and every image scored: the earlier run's outputs go
+            csv_path, json_path = write_predictions(records, pred, out)
+            print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
+            if a.explain:
+                pngs = explain(pred, a.images, out/EXPLAIN_DIR, a.max_attributes, progress=not a.quiet)
+                print(f'explanations: {len(pngs)} figures in {out/EXPLAIN_DIR}')
     except KitError as e:
         print(f'har-kit predict: {e}', file=sys.stderr); return 2
     return 0

@@ -396,3 +396,82 @@ def test_readme_python_snippet_trains_loads_and_predicts(tmp_path, monkeypatch):
     assert env['lm'].path.resolve() == tmp_path/'outputs'/'python'/'dahar'/'model.pt' and len(env['records']) == 4
     assert set(env['records'][0]['probabilities']) == set(env['lm'].attributes)
     assert (tmp_path/'outputs'/'python'/'dahar.onnx').exists()
+
+
+# ---- in-memory arrays, threshold lists, --force, threads, a variant's own folder ----
+def test_arrays_are_read_like_files_or_refused_naming_them(tmp_path, model_file):
+    "Greyscale uint8 arrays are replicated as greyscale files are; floats and RGBA are refused, never cast."
+    p = Predictor(model_file)
+    rgb = np.random.default_rng(1).integers(0, 255, (50, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb[..., 0]).save(tmp_path/'grey.png')
+    from_file = p.probabilities([tmp_path/'grey.png'])
+    np.testing.assert_allclose(p.probabilities([rgb[..., 0], rgb[..., :1]]), from_file[[0, 0]], atol=1e-6)
+    cases = [(rgb / 255, 'dtype float64): expected uint8 pixels 0..255', '(x * 255).round().astype(np.uint8)'),
+             (np.dstack([rgb, rgb[..., :1]]), 'images[1] (shape (50, 30, 4)', "drop the alpha channel (`img[..., :3]`)"),
+             (rgb.astype(np.uint16) * 256, 'dtype uint16', '(x >> 8).astype(np.uint8)')]
+    for bad, where, what in cases:
+        for call in (p.probabilities, lambda imgs: p.predict(imgs, progress=False)):
+            with pytest.raises(KitError) as e: call([rgb, bad])
+            assert where in str(e.value) and what in str(e.value) and 'images[1]' in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('bad', [[-1, .5, .5, .5], [.5, .5, 2, .5], np.array([.5, .5, .5, 1.01]), torch.tensor([.5, -.1, .5, .5])])
+def test_per_attribute_threshold_lists_are_range_checked(model_file, bad):
+    with pytest.raises(KitError, match=r'must lie in \[0, 1\]'): Predictor(model_file, threshold=bad)
+    with pytest.raises(KitError, match='4 finite numbers'): Predictor(model_file, threshold=[.5, .5, float('inf'), .5])
+    assert Predictor(model_file, threshold=[0, 1, .5, .5]).thresholds.tolist() == [0, 1, .5, .5]
+
+
+def test_force_leaves_exactly_this_runs_outputs(tmp_path, images, model_file, capsys):
+    "--force removes the earlier run's figures (and explain/ itself without --explain), never the user's files."
+    out = tmp_path/'out'
+    assert cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet']) == 0
+    assert sorted(f.name for f in (out/'explain').iterdir()) == ['0000_a.png', '0001_b.png', '0002_c.png']
+    assert cli([str(model_file), str(images/'b.jpg'), '--out', str(out), '--explain', '--quiet']) == 2   # no --force
+    assert 'exists: pass --force' in capsys.readouterr().err
+    (out/'notes.txt').write_text('mine'); (out/'explain'/'mine.png').write_text('mine')
+    assert cli([str(model_file), str(images/'b.jpg'), '--out', str(out), '--explain', '--quiet', '--force']) == 0
+    assert sorted(f.name for f in (out/'explain').iterdir()) == ['0000_b.png', 'mine.png']
+    assert cli([str(model_file), str(images/'b.jpg'), '--out', str(out), '--quiet', '--force']) == 0
+    assert sorted(str(f.relative_to(out)) for f in out.rglob('*')) == ['explain', 'explain/mine.png', 'notes.txt',
+                                                                       'predictions.csv', 'predictions.json']
+    (out/'explain'/'mine.png').unlink()
+    assert cli([str(model_file), str(images/'b.jpg'), '--out', str(out), '--quiet', '--explain', '--force']) == 0
+    assert cli([str(model_file), str(images/'b.jpg'), '--out', str(out), '--quiet', '--force']) == 0
+    assert not (out/'explain').exists()                                       # an emptied explain/ goes too
+    (out/'predictions.csv').unlink(); (out/'predictions.json').unlink(); (out/'explain').mkdir(); (out/'explain'/'0000_x.png').touch()
+    assert cli([str(model_file), str(images/'b.jpg'), '--out', str(out), '--quiet']) == 2   # figures alone are checked too
+    assert 'figure(s) of an earlier run' in capsys.readouterr().err
+
+
+def test_predict_fixes_its_threads(tmp_path, images, model_file, monkeypatch):
+    "The CLI scores with --threads / $HAR_KIT_THREADS / 1 threads and records it; the caller's count is restored."
+    seen = []
+    real = Predictor.probabilities
+    monkeypatch.setattr(Predictor, 'probabilities', lambda self, *a, **k: seen.append(torch.get_num_threads()) or real(self, *a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv('HAR_KIT_THREADS', raising=False)
+        assert cli([str(model_file), str(images), '--out', str(tmp_path/'o1'), '--quiet']) == 0
+        assert seen == [1] and json.loads((tmp_path/'o1'/'predictions.json').read_text())['threads'] == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv('HAR_KIT_THREADS', '2')
+        assert cli([str(model_file), str(images), '--out', str(tmp_path/'o2'), '--quiet']) == 0
+        assert cli([str(model_file), str(images), '--out', str(tmp_path/'o3'), '--quiet', '--threads', '1']) == 0
+        assert seen == [1, 2, 1] and json.loads((tmp_path/'o3'/'predictions.json').read_text())['threads'] == 1
+        p = Predictor(model_file)                                    # Python: the caller's count unless threads=
+        p.probabilities([images/'a.png']); assert p.scored_threads == 2
+        p = Predictor(model_file, threads=1); p.probabilities([images/'a.png'])
+        assert p.scored_threads == 1 and torch.get_num_threads() == 2
+        with pytest.raises(KitError, match='threads'): Predictor(model_file, threads=0)
+    finally: torch.set_num_threads(before)
+
+
+def test_variant_of_a_variant_folder_says_so(tmp_path, images, model_file, capsys):
+    "A variant's own folder with --variant: the message says what the folder is and what to pass."
+    variant_dir = str(model_file.parent)
+    for run, args in ((export_cli, [variant_dir]), (cli, [variant_dir, str(images), '--out', str(tmp_path/'o')])):
+        assert run([*args, '--variant', 'baseline']) == 2
+        err = capsys.readouterr().err
+        assert "is itself a variant's folder (it holds model.pt)" in err and 'drop --variant' in err and 'none' not in err, err
