@@ -4,7 +4,7 @@
 
 # %% ../nbs/82_export.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, io, json, sys, warnings
+import argparse, contextlib, io, json, math, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from .model_file import LoadedModel, find_model_file, load_model
 from .predict import default_variant
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'ProbabilityModel', 'check_destination', 'export_model', 'cli']
+__all__ = ['EXPORT_FORMATS', 'EXPORT_SUFFIX', 'ProbabilityModel', 'check_destination', 'check_tol', 'export_model', 'cli']
 
 # %% ../nbs/82_export.ipynb #c006
 class ProbabilityModel(nn.Module):
@@ -28,6 +28,7 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(self.model(images)['logits'])
 
 EXPORT_FORMATS = ('onnx', 'torchscript')
+EXPORT_SUFFIX = {'onnx': '.onnx', 'torchscript': '.ts.pt'}   # each format's file name ending (default: model<suffix>)
 
 def _sidecar(lm, fmt):  # LoadedModel; format
     return dict(format=fmt, input='images', output='probabilities', attributes=lm.attributes,
@@ -66,16 +67,27 @@ def _write_torchscript(wrapper, x, tmp, meta):
         traced = torch.jit.trace(wrapper, x)
         torch.jit.save(traced, str(tmp), _extra_files={'har_kit.json': json.dumps(meta)})
 
-def check_destination(out,          # the file to write
-                      source=None,  # the model file it is made from (never replaced)
-                      force=False): # replace an existing file
+def check_destination(out,            # the file to write
+                      source=None,    # the model file it is made from (never replaced)
+                      force=False,    # replace an existing file
+                      format='onnx'): # the export format (names the example file of an error)
     "`out` as a Path once it is safe to write there, checked before any work; else a `KitError` saying what to do."
     out = Path(out).expanduser()
     if source is not None and out.resolve() == Path(source).resolve():
         raise KitError(f'--out {out} is the model file being exported: choose another file (the model would be lost)')
-    if out.is_dir(): raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/"model.onnx"}')
+    if out.is_dir():
+        raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/("model" + EXPORT_SUFFIX.get(format, ".onnx"))}')
     check_writable([out, out.with_name(out.name + '.json')], force)
     return out
+
+def check_tol(tol):  # the largest allowed |exported - PyTorch|
+    "`tol` as a float once it is a finite number >= 0, checked before any work; else a `KitError`."
+    try: t = None if isinstance(tol, (bool, str, bytes)) else float(tol)
+    except (TypeError, ValueError): t = None
+    if t is None or not math.isfinite(t) or t < 0:
+        raise KitError(f'tol={tol!r} (--tol): the largest allowed |exported - PyTorch| must be a finite number >= 0, '
+                       'e.g. 1e-4 (the default)')
+    return t
 
 def export_model(model,                # model file / run dir, or a LoadedModel
                  out,                  # destination file (.onnx / .pt)
@@ -85,8 +97,9 @@ def export_model(model,                # model file / run dir, or a LoadedModel
                  force=False):         # replace an existing `out` (never the model file itself)
     "Export the probability wrapper (atomic, with a JSON sidecar) and check it against PyTorch; return a report dict."
     if format not in EXPORT_FORMATS: raise KitError(f'format={format!r}: choose one of {EXPORT_FORMATS}')
+    tol = check_tol(tol)
     src = model.path if isinstance(model, LoadedModel) else find_model_file(model, variant)
-    out = check_destination(out, src, force)
+    out = check_destination(out, src, force, format)
     lm = model if isinstance(model, LoadedModel) else load_model(src)
     wrapper, meta = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format)
     g = torch.Generator().manual_seed(0)
@@ -116,10 +129,11 @@ def cli(argv=None):  # arguments after `har-kit export`
     ap.add_argument('--force', action='store_true', help='replace an existing --out file (never the model file itself)')
     a = ap.parse_args(argv)
     try:
+        check_tol(a.tol)
         variant, notice = default_variant(a.model, a.variant)   # a run of several models: its main method, said so
         if notice: print(f'note: {notice}', file=sys.stderr)
         path = find_model_file(a.model, variant)
-        out = Path(a.out) if a.out else path.with_name(path.stem + ('.onnx' if a.format == 'onnx' else '.ts.pt'))
+        out = Path(a.out) if a.out else path.with_name(path.stem + EXPORT_SUFFIX[a.format])
         rep = export_model(path, out, a.format, tol=a.tol, force=a.force)
         diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
         print(f"wrote {rep['path']} ({a.format}; {diff} against PyTorch) and {rep['sidecar']}")

@@ -475,3 +475,17 @@ def test_variant_of_a_variant_folder_says_so(tmp_path, images, model_file, capsy
         assert run([*args, '--variant', 'baseline']) == 2
         err = capsys.readouterr().err
         assert "is itself a variant's folder (it holds model.pt)" in err and 'drop --variant' in err and 'none' not in err, err
+
+
+def test_export_tol_and_folder_out_are_checked_first(tmp_path, model_file, capsys, monkeypatch):
+    "--tol must be finite and >= 0 before any export; a folder --out is answered with the format's own file name."
+    import har_kit.export as ex
+    exported = []
+    monkeypatch.setattr(ex, '_write_torchscript', lambda *a: exported.append(1))
+    for tol in ('-1', 'nan', 'inf'):
+        assert export_cli([str(model_file), '--format', 'torchscript', '--tol', tol, '--out', str(tmp_path/'m.pt')]) == 2
+        assert '--tol): the largest allowed |exported - PyTorch| must be a finite number >= 0' in capsys.readouterr().err
+    assert exported == [] and not (tmp_path/'m.pt').exists()
+    for fmt, name in (('torchscript', 'model.ts.pt'), ('onnx', 'model.onnx')):
+        assert export_cli([str(model_file), '--format', fmt, '--out', str(tmp_path)]) == 2
+        assert f'is a folder: name a file inside it, e.g. {tmp_path/name}' in capsys.readouterr().err
