@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import KitError, get_device, outputs_root, save_json
+from .core import KitError, check_writable, get_device, outputs_root, save_json
 from .backbones import count_params, resnet_taps
 from . import data, loading
 
@@ -36,6 +36,8 @@ def plain_baseline(arch: str = 'resnet50',  # resnet18/34/50/101/152, resnet-tin
                    num_attributes: int = 14,   # number of attributes C
                    weights=None):           # torchvision weights for the backbone (None: random init)
     "The plain-backbone baseline: `PlainClassifier(resnet_taps(arch, weights), num_attributes)`."
+    if isinstance(num_attributes, bool) or not isinstance(num_attributes, int) or num_attributes < 1:
+        raise KitError(f'num_attributes={num_attributes!r} (--num-attributes): the classifier needs at least 1 attribute')
     return PlainClassifier(resnet_taps(arch, weights=weights), num_attributes)
 
 # %% ../nbs/73_bench.ipynb #c011
@@ -76,6 +78,19 @@ def _train(model, x):
     return f
 
 # %% ../nbs/73_bench.ipynb #c016
+def _check_train_batch(name, model, x):  # a model's name (for the message); the model; the timed input
+    "One untimed train-mode forward; a `KitError` when BatchNorm cannot normalise this batch (one value per channel)."
+    model.train()
+    try:
+        with torch.no_grad(): model(x)
+    except ValueError as e:
+        if 'more than 1 value per channel' not in str(e): raise
+        raise KitError(f'{name}: its training step cannot run on a batch of {x.shape[0]} x {"x".join(map(str, x.shape[1:]))}: '
+                       'BatchNorm in train mode needs more than one value per channel, and the backbone pools this input '
+                       'down to 1x1; pass batch_size >= 2 (--batch-size 2), a larger input_size (--input-size 3 224 224), '
+                       'or train_step=False (--no-train-step) to time inference only') from None
+
+# %% ../nbs/73_bench.ipynb #c017
 def _interleaved(fns, timer, warmup, iters):
     "Per-repeat times (ms) of each callable after `warmup` calls each; each repeat calls all, the order rotating by one."
     for f in fns:
@@ -85,7 +100,7 @@ def _interleaved(fns, timer, warmup, iters):
         for j in [(i + o) % k for o in range(k)]: times[j].append(timer(fns[j]))
     return times
 
-# %% ../nbs/73_bench.ipynb #c018
+# %% ../nbs/73_bench.ipynb #c019
 def ratio_stats(times,  # per-repeat times of a model
                 base):  # per-repeat times of the baseline, timed in the same repeats
     "Median, quartiles and min-max of the per-repeat ratios times[i] / base[i]."
@@ -93,7 +108,7 @@ def ratio_stats(times,  # per-repeat times of a model
     q = statistics.quantiles(r, n=4, method='inclusive') if len(r) > 1 else [r[0]] * 3
     return dict(median=statistics.median(r), iqr=[q[0], q[2]], range=[r[0], r[-1]], n=len(r))
 
-# %% ../nbs/73_bench.ipynb #c020
+# %% ../nbs/73_bench.ipynb #c021
 def compare_models(models: dict,                # name -> model to measure
                    baseline,                    # the reference (e.g. `plain_baseline('resnet50', C)`)
                    input_size=(3, 224, 224),    # (3, H, W) of the timed input
@@ -113,7 +128,10 @@ def compare_models(models: dict,                # name -> model to measure
     x = torch.randn(batch_size, *input_size, device=dev)
     timer, out = _timer(dev), {}
     try:
-        for m in ms: m.to(dev).eval()
+        for m in ms: m.to(dev)
+        if train_step:
+            for name, m in [*models.items(), ('the baseline', baseline)]: _check_train_batch(name, m, x)
+        for m in ms: m.eval()
         lat = _interleaved([_infer(m, x) for m in ms], timer, warmup, iters)
         if train_step:
             for m in ms: m.train()
@@ -135,7 +153,7 @@ def compare_models(models: dict,                # name -> model to measure
             m.zero_grad(set_to_none=True); m.load_state_dict(state); m.train(training)
     return out
 
-# %% ../nbs/73_bench.ipynb #c021
+# %% ../nbs/73_bench.ipynb #c022
 def complexity(model,                         # the model to measure
                baseline,                      # the reference (e.g. `plain_baseline('resnet50', C)`)
                input_size=(3, 224, 224),      # (3, H, W) of the timed input
@@ -147,13 +165,13 @@ def complexity(model,                         # the model to measure
     "Parameters, inference latency and train-step time of `model` and `baseline`, with model/baseline ratios."
     return compare_models({'model': model}, baseline, input_size, device, batch_size, warmup, iters, train_step)['model']
 
-# %% ../nbs/73_bench.ipynb #c028
+# %% ../nbs/73_bench.ipynb #c029
 def _autocast(dev, amp):
     if amp in (None, 'none', False): return nullcontext()
     if amp not in ('bf16', 'fp16'): raise KitError(f"amp={amp!r}: use 'none', 'bf16' or 'fp16'")
     return torch.autocast(dev.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-# %% ../nbs/73_bench.ipynb #c029
+# %% ../nbs/73_bench.ipynb #c030
 def throughput(model,                       # a throwaway model (train=True updates its weights)
                input_size=(3, 224, 224),    # (3, H, W)
                batch_size: int = 32,        # images per step
@@ -187,13 +205,13 @@ def throughput(model,                       # a throwaway model (train=True upda
     return dict(images_per_s=batch_size / ms * 1e3, step_ms=ms, peak_mem_mib=peak, batch_size=batch_size,
                 input_size=list(input_size), train=train, amp=amp or 'none', channels_last=channels_last, device=str(dev))
 
-# %% ../nbs/73_bench.ipynb #c033
+# %% ../nbs/73_bench.ipynb #c034
 def available_cpus():
     "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-# %% ../nbs/73_bench.ipynb #c034
+# %% ../nbs/73_bench.ipynb #c035
 def default_workers(reserve: int = 1):  # CPUs left to the training loop
     "DataLoader workers for a paper-size run: `$HAR_KIT_WORKERS`, else the available CPUs minus `reserve` (at least 0)."
     env = os.environ.get('HAR_KIT_WORKERS')
@@ -202,7 +220,7 @@ def default_workers(reserve: int = 1):  # CPUs left to the training loop
         except ValueError: raise KitError(f'$HAR_KIT_WORKERS={env!r}: expected a whole number of DataLoader workers') from None
     return max(0, available_cpus() - reserve)
 
-# %% ../nbs/73_bench.ipynb #c035
+# %% ../nbs/73_bench.ipynb #c036
 def loader_options(num_workers=None,   # worker processes (None: `default_workers()`)
                    device='cpu',       # where training runs: pinned memory only helps CUDA
                    prefetch_factor=4): # batches each worker prepares ahead
@@ -214,7 +232,7 @@ def loader_options(num_workers=None,   # worker processes (None: `default_worker
     if n > 0: opts.update(persistent_workers=True, prefetch_factor=prefetch_factor)
     return opts
 
-# %% ../nbs/73_bench.ipynb #c036
+# %% ../nbs/73_bench.ipynb #c037
 PIPELINES = {  # name -> (transform builder in har_kit.loading, the paper's plain backbone, input (3, H, W))
     'campar': ('campar_transforms', 'resnet50', (3, 256, 192)),
     'dahar': ('dahar_transforms', 'resnet101', (3, 224, 224)),
@@ -225,7 +243,7 @@ def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'
     if pipeline not in PIPELINES: raise KitError(f'pipeline={pipeline!r}; use one of {", ".join(PIPELINES)}')
     return getattr(loading, PIPELINES[pipeline][0])(True)
 
-# %% ../nbs/73_bench.ipynb #c039
+# %% ../nbs/73_bench.ipynb #c040
 def synthetic_samples(n: int = 64,           # images to write
                       size=(384, 160),       # (H, W) of each JPEG (PA-100K crops are roughly 100-300 px tall)
                       root=None,             # folder to write into (None: a new temporary folder)
@@ -245,7 +263,7 @@ def synthetic_samples(n: int = 64,           # images to write
         out.append(data.Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
     return out
 
-# %% ../nbs/73_bench.ipynb #c040
+# %% ../nbs/73_bench.ipynb #c041
 def data_throughput(samples,                 # list of `har_kit.data.Sample`
                     transform,               # e.g. `har_kit.loading.campar_transforms(True)`
                     workers=(0, 1, 2),       # worker counts to measure
@@ -267,11 +285,11 @@ def data_throughput(samples,                 # list of `har_kit.data.Sample`
         del it, loader
     return out
 
-# %% ../nbs/73_bench.ipynb #c041
+# %% ../nbs/73_bench.ipynb #c042
 def _cycle(loader):
     while True: yield from loader
 
-# %% ../nbs/73_bench.ipynb #c042
+# %% ../nbs/73_bench.ipynb #c043
 def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 'dahar' (224x224, ResNet-101)
                samples=None,                 # `Sample`s to read (None: `synthetic_samples(images)`)
                workers=None,                 # worker counts (None: 0, 1, 2, 4, ... up to `default_workers()`)
@@ -297,12 +315,12 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
                 ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
                 cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples))
 
-# %% ../nbs/73_bench.ipynb #c043
+# %% ../nbs/73_bench.ipynb #c044
 def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/73_bench.ipynb #c048
+# %% ../nbs/73_bench.ipynb #c049
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')
@@ -321,7 +339,7 @@ def build_model(spec: str):  # 'package.module:builder' optionally followed by J
                            f'pass its arguments as JSON after the name, e.g. \'{mod}:{fn}{{"name": value}}\'') from None
     return builder(**kwargs)
 
-# %% ../nbs/73_bench.ipynb #c049
+# %% ../nbs/73_bench.ipynb #c050
 def format_table(rows: dict):  # name -> `complexity` result
     "A plain-text table of parameters, latency and train-step time with their median ratios and interquartile ranges."
     w = max([len('model')] + [len(n) for n in rows])
@@ -334,7 +352,7 @@ def format_table(rows: dict):  # name -> `complexity` result
                      f'{r["latency_ratio"]:>6.2f} {iqr(r, "latency_ratio"):>10} {tr}')
     return '\n'.join(lines)
 
-# %% ../nbs/73_bench.ipynb #c050
+# %% ../nbs/73_bench.ipynb #c051
 def format_data(res: dict):  # a `data_bench` result
     "A plain-text table of the pipeline's images/s per worker count and its ratio to the model's training images/s."
     lines = [f'data pipeline {res["pipeline"]} at {res["input_size"][1]}x{res["input_size"][2]} vs {res["model"]} training '
@@ -343,7 +361,7 @@ def format_data(res: dict):  # a `data_bench` result
     lines += [f'{k:>7} {v:>9.1f} {res["ratio"][k]:>8.2f}' for k, v in res['data_images_per_s'].items()]
     return '\n'.join(lines)
 
-# %% ../nbs/73_bench.ipynb #c051
+# %% ../nbs/73_bench.ipynb #c052
 def cli(argv=None):  # arguments after `har-kit bench`
     "`har-kit bench`: time models (or plain backbones) against a plain-backbone baseline, or the data pipeline; print and save."
     p = argparse.ArgumentParser(prog='har-kit bench', description=__doc__ or 'complexity benchmark')
@@ -365,6 +383,11 @@ def cli(argv=None):  # arguments after `har-kit bench`
     p.add_argument('--images', type=int, default=128, help='--data: synthetic images to write')
     p.add_argument('--out', type=Path, default=None, help='JSON output (default outputs/bench/complexity.json or data_<pipeline>.json)')
     a = p.parse_args(argv)
+    if a.num_attributes < 1: raise KitError(f'--num-attributes {a.num_attributes}: the classifier needs at least 1 attribute')
+    name = f'data_{a.data}.json' if a.data else 'complexity.json'
+    out = a.out.expanduser() if a.out else outputs_root(writable=True)/'bench'/name   # checked before any timing
+    if out.is_dir(): raise KitError(f'--out {out} is a folder: name the JSON file to write, e.g. {out/name}')
+    check_writable([out], force=True)
     if a.data:
         samples = None
         if a.data_root:
@@ -372,7 +395,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
         bs = a.batch_size if a.batch_size > 1 else 32
         res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=max(1, min(a.iters, 5)))
         print(format_data(res))
-        out = save_json(res, a.out or outputs_root(writable=True)/'bench'/f'data_{a.data}.json')
+        out = save_json(res, out)
         print(f'wrote {out}')
         return 0
     models = {s: build_model(s) for s in a.model} or \
@@ -383,6 +406,6 @@ def cli(argv=None):  # arguments after `har-kit bench`
     print(f'baseline: plain {a.baseline} ({count_params(baseline) / 1e6:.2f}M parameters), input {a.batch_size}x'
           f'{"x".join(map(str, a.input_size))}, device {a.device}, {a.iters} interleaved repeats; load {_load()}')
     print(format_table(rows))
-    out = save_json(rows, a.out or outputs_root(writable=True)/'bench'/'complexity.json')
+    out = save_json(rows, out)
     print(f'wrote {out}')
     return 0

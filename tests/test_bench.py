@@ -111,3 +111,21 @@ def test_throughput_and_data_pipeline(monkeypatch):
                            model_iters=1, arch='resnet-tiny')
     assert res['input_size'] == [3, 224, 224] and res['model'] == 'plain resnet-tiny'
     assert res['ratio']['0'] == pytest.approx(res['data_images_per_s']['0'] / res['model_train_images_per_s'])
+
+
+def test_cli_checks_out_batch_and_attributes_before_timing(tmp_path, capsys, monkeypatch):
+    "A folder --out, --num-attributes 0 and a train step BatchNorm cannot run are KitErrors before any timing."
+    timed = []
+    monkeypatch.setattr(bench, '_interleaved', lambda *a: timed.append(1) or [[1.0]] * len(a[0]))
+    small = ['bench', '--arch', 'resnet18', '--baseline', 'resnet18', '--input-size', '3', '32', '32', '--iters', '1', '--warmup', '0']
+    cases = [(['--out', str(tmp_path)], f'is a folder: name the JSON file to write, e.g. {tmp_path/"complexity.json"}'),
+             (['--num-attributes', '0', '--out', str(tmp_path/'b.json')], '--num-attributes 0: the classifier needs at least 1'),
+             (['--out', str(tmp_path/'b.json')], 'plain resnet18: its training step cannot run on a batch of 1 x 3x32x32: BatchNorm'),
+             (['--data', 'campar', '--out', str(tmp_path)], 'e.g. ' + str(tmp_path/'data_campar.json'))]
+    for args, message in cases:
+        assert main([*small, *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (args, err)
+    assert timed == [] and not (tmp_path/'b.json').exists()
+    assert main([*small, '--batch-size', '2', '--out', str(tmp_path/'b.json')]) == 0 and timed   # two images: it runs
+    with pytest.raises(KitError, match='at least 1 attribute'): plain_baseline('resnet-tiny', 0)
