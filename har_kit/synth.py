@@ -132,15 +132,25 @@ def _labels_internal(kind, recs):  # records -> (N_targets, C) int8 in 1 / 0 / U
     return np.where(y == 2, UNSPECIFIED, y).astype(np.int8)
 
 # %% ../nbs/13_synth.ipynb #c024
-def _check_args(kind, n, distractors, size, root, overwrite):  # as `make_synthetic`
-    "`make_synthetic`'s arguments checked; the image height to use."
+def _check_seed(seed):  # a generator seed
+    "`seed` as an int once it is a whole number >= 0 (what numpy's generators take); else a `KitError`."
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise KitError(f'seed={seed!r} (--seed): the generator seed must be a whole number >= 0')
+    return int(seed)
+
+def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `make_synthetic`
+    "`make_synthetic`'s arguments checked before anything is created; the image height to use."
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
+    _check_seed(seed)
     if not isinstance(n, (int, np.integer)) or n < (10 if kind != 'rap' else 5):
         raise KitError(f'n={n!r}: need an integer >= 10 so that every split gets images')
     if distractors is not None and (not isinstance(distractors, (int, np.integer)) or not 0 <= distractors <= 8):
         raise KitError(f'distractors={distractors!r}: expected None (mixed levels) or an integer level 0..8 (levels 0..{MAX_LEVEL} are the studied ones)')
-    size = int(size or (144 if kind == 'wider' else 96))
-    if size < 32: raise KitError(f'size={size}: images must be at least 32 pixels high')
+    if size is None: size = 144 if kind == 'wider' else 96          # only None means the default: 0 is refused below
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
+        raise KitError(f'size={size!r} (--size): images must be at least 32 pixels high (omit it for the default: '
+                       '96 for crops, 144 for WIDER-like scenes)')
+    size = int(size)
     if Path(root).exists() and any(Path(root).iterdir()) and not overwrite:
         raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True')
     return size
@@ -169,7 +179,7 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                    overwrite=False,   # allow writing into a non-empty directory
                    progress=True):    # tqdm progress bar
     "Generate a synthetic set in the real on-disk format of `kind`, with masks and `synth_meta.json`; return its root."
-    size, root = _check_args(kind, n, distractors, size, root, overwrite), Path(root)
+    size, root = _check_args(kind, n, distractors, size, root, overwrite, seed), Path(root)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
@@ -212,6 +222,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     "Path of a cached synthetic set, generating it once (atomically: concurrent callers share one result)."
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
     if profile not in PROFILES: raise KitError(f'profile={profile!r}: expected one of {", ".join(PROFILES)}')
+    seed = _check_seed(seed)
     dest = Path(root) if root is not None else synthetic_dir(kind, profile, seed, distractors)
     n = PROFILES[profile][kind]
     marker = synth_marker(kind, n, seed, distractors)
@@ -255,10 +266,10 @@ def cli(argv=None):  # command-line arguments after `har-kit synth`
         for k in (KINDS if a.kind == 'all' else [a.kind]):
             if a.root:
                 root = Path(a.root) / k if a.kind == 'all' else Path(a.root)
-                make_synthetic(k, root, n=a.n or PROFILES[a.profile][k], distractors=a.distractors, size=a.size,
+                make_synthetic(k, root, n=PROFILES[a.profile][k] if a.n is None else a.n, distractors=a.distractors, size=a.size,
                                seed=a.seed, overwrite=a.overwrite)
             else:
-                if a.size or a.n: raise KitError('--size and --n need --root (the cached profiles use the default sizes)')
+                if a.size is not None or a.n is not None: raise KitError('--size and --n need --root (the cached profiles use the default sizes)')
                 root = ensure_synthetic(k, a.profile, seed=a.seed, distractors=a.distractors, progress=True)
             st = read_synth_meta(root)['stats']
             print(f'{k}: {st["images"]} images, {st["targets"]} targets at {root}')

@@ -193,3 +193,22 @@ def test_cli_prints_statistics(tmp_path, capsys):
     from har_kit.cli import main
     assert main(['synth', 'rap', '--root', str(tmp_path/'r'), '--n', '10']) == 0
     assert read_synth_meta(tmp_path/'r')['params']['n'] == 10
+
+
+def test_seed_size_and_n_are_checked_before_anything_is_created(tmp_path, capsys, monkeypatch):
+    "--seed -1, --size 0 and --n 0 are refused naming the option; 0 never means the default; no folder is left."
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'cache'))
+    cases = [(['--seed', '-1'], 'seed=-1 (--seed): the generator seed must be a whole number >= 0'),
+             (['--size', '0'], 'size=0 (--size): images must be at least 32 pixels high'),
+             (['--n', '0'], 'n=0: need an integer >= 10')]
+    for args, message in cases:
+        assert cli(['pa100k', '--root', str(tmp_path/'new'), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (args, err)
+        assert not (tmp_path/'new').exists()
+    assert cli(['pa100k', '--seed', '-1']) == 2 and '--seed' in capsys.readouterr().err     # the cached profiles too
+    assert cli(['pa100k', '--n', '0']) == 2 and 'need --root' in capsys.readouterr().err     # not the profile's size
+    assert not (tmp_path/'cache').exists()
+    with pytest.raises(KitError, match='seed=-1'): ensure_synthetic('pa100k', seed=-1, root=tmp_path/'e')
+    with pytest.raises(KitError, match='size=0'): make_synthetic('pa100k', tmp_path/'m', n=10, size=0)
+    assert not (tmp_path/'e').exists() and not (tmp_path/'m').exists()
