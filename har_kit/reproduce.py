@@ -252,6 +252,17 @@ class _Plan:
                           dims=dict(dims), threads=self.threads, data=planned_data(self.profile, params))
 
 # %% ../nbs/71_reproduce.ipynb #c018
+def _least_seeds(profile, keys):  # a profile; the table keys asked for
+    "RunSpec key -> the seeds its run gets: the most that a table asked for or one of the profile's default tables asks of a row it feeds (`Table.seeds`, a compared row's), so one table alone gets the seeds it has in the whole plan."
+    least = {}
+    for k in dict.fromkeys([*default_tables(profile), *keys]):
+        t = TABLES[k]
+        compared = {*t.compare, *t.compare.values()}
+        for row in t.rows:
+            n = max(t.seeds, PROFILES[profile].get('_compared_seeds', 1) if row.key in compared else 1)
+            for s in row_runs(row): least[s.key()] = max(least.get(s.key(), 1), n)
+    return least
+
 def plan(tables=None,      # table keys; None: the profile's default tables
          profile='quick',  # 'quick', 'sample' or 'paper'
          seeds=1,          # the least number of seeds per run, >= 1 (a table's own `seeds`, or a compared row, may ask for more)
@@ -266,11 +277,11 @@ def plan(tables=None,      # table keys; None: the profile's default tables
         raise KitError(f'seeds={seeds!r} (--seeds): expected a whole number of seeds per run, at least 1 (it is a least '
                        'number: rows that report a paired difference or an error bar get more)')
     p = _Plan(profile, Path(root or outputs_root()).absolute(), data_roots or {}, device, smoke)   # kernels start in their run dirs
+    least = _least_seeds(profile, keys)
     for k in keys:
-        compared = {*TABLES[k].compare, *TABLES[k].compare.values()}
         for row in TABLES[k].rows:
-            n = max(seeds, TABLES[k].seeds, p.prof.get('_compared_seeds', 1) if row.key in compared else 1)
             for s in row_runs(row):
+                n = max(seeds, least[s.key()])
                 dims = _all_dims(p.prof, s)
                 for seed in range(n):
                     for combo in itertools.product(*dims.values()):
