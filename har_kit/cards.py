@@ -34,9 +34,10 @@ def notebook_defaults(notebook: str   # section name ('dahar') or notebook path
 def run_params(run_dir,          # a seed directory
                notebook: str     # the section notebook it ran
               ) -> dict:
-    "The parameters a run ran with: its `params.json` over the notebook's defaults."
-    p = Path(run_dir)/'params.json'
-    return {**notebook_defaults(notebook), **(load_json(p) if p.exists() else {})}
+    "The parameters a run ran with: its `params.json` over the defaults it recorded (`env.json`), else today's notebook defaults."
+    p, e = Path(run_dir)/'params.json', Path(run_dir)/'env.json'
+    then = load_json(e).get('defaults') if e.exists() else None
+    return {**(then if isinstance(then, dict) else notebook_defaults(notebook)), **(load_json(p) if p.exists() else {})}
 
 def selection_of(params: dict   # a run's effective parameters (`run_params`)
                 ) -> str:

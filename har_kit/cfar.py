@@ -225,7 +225,7 @@ class CFAR:
             raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); save the variant again with a 51_cfar run (cfar_extra)')
         try:
             arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
-            config = CFARConfig(**s['config'])
+            config = CFARConfig(**{'sample_weighting': False, **s['config']})   # saved before Loss_2 was weighted: it was not
             head = CFARHead(arr['y_f'].shape[0], 'default'); head.load_state_dict(s['head'])
             d = AttributeSetDictionary(arr['keys'], arr['values'], arr['counts'])
         except (KeyError, AttributeError, TypeError, RuntimeError) as e:

@@ -82,7 +82,6 @@ class DaHarConfig(RunConfig):
     compile_mode: str = 'none'          # torch.compile mode of the training forward ('reduce-overhead' on a GPU: CUDA graphs)
 
     def __post_init__(self):
-        super().__post_init__()   # the parameters' ranges (`RunConfig`)
         bad = [v for v in self.variants if v not in VARIANTS]
         if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
         if self.loss not in LOSSES: raise KitError(f'loss={self.loss!r}: choose one of {", ".join(LOSSES)}')
@@ -91,6 +90,7 @@ class DaHarConfig(RunConfig):
             raise KitError(f"mask_supervision={self.mask_supervision!r}: use 'mask' (the person masks) or 'box' (the target's box)")
         if self.pipeline not in ('loader', 'device'): raise KitError(f"pipeline={self.pipeline!r}: use 'loader' or 'device'")
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
+        super().__post_init__()   # then the parameters' ranges (`RunConfig`), after the messages that say more
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
 

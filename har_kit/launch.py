@@ -160,7 +160,7 @@ def check_out(root,             # an outputs root
 
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):
-    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/interrupted/missing); creates nothing."
+    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed or was stopped."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
     ap.add_argument('--out', help='outputs root har-kit reproduce was given (default: outputs/)')
@@ -181,7 +181,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     except KitError as e:
         print(f'har-kit status: {e}', file=sys.stderr); return 2
     print(json.dumps(st, indent=1) if a.json else format_status(st))
-    return 1 if st['counts']['failed'] else 0
+    return 1 if st['counts']['failed'] or st['counts']['interrupted'] else 0   # a stopped or killed run is not done either
 
 # %% ../nbs/72_launch.ipynb #c022
 def profile_values(notebook: str,  # section name: 'dahar', 'campar', 'cfar', 'masks', ...
@@ -454,7 +454,7 @@ def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
     "Refuse, before any run starts, a name torch does not read as a device (`har_kit.core.get_device`'s check) and, when `local`, a CUDA device this machine lacks."
     names = list(dict.fromkeys(names))
     if set(names) <= {'cpu', 'auto'}: return names   # no torch import for the CPU profiles
-    import torch   # here, not at the top: planning and the CLI stay light until a device other than the CPU is asked for
+    import torch   # only for a device other than the CPU (the CLI's own imports already hold torch: run_params -> data)
     for d in names:
         if d == 'auto': continue
         try: dev = torch.device(d)

@@ -336,7 +336,7 @@ def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
             for b in sorted(set(bins) - {'unknown'})}
 
 # %% ../nbs/05_metrics.ipynb #c071
-METRICS_SCHEMA = 2              # version of a variant's metrics.json entry; runs written under another are refused
+METRICS_SCHEMA = 3              # version of a variant's metrics.json entry (3: f1_mean_instance on the pedestrian sets); runs written under another are refused
 PROTOCOLS = ('full', 'crops')   # evaluation protocols: the whole patch resized; the mean over five crops (Da-HAR)
 ENTRY_KEYS = {                  # the common keys an entry may hold beside its protocols (each only when measured)
     'by_distractors': "headline metrics of the 'full' protocol per distraction bin (`metrics_by_distraction`)",

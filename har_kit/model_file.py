@@ -336,11 +336,11 @@ def selection_study(history,        # epoch records with val_<metric> and <score
 
 # %% ../nbs/09_model_file.ipynb #c039
 POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
-            'als_max_iterations', 'num_threads', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
+            'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
             'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
 NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb',
-                'grad_clip')
+                'grad_clip', 'num_threads')   # num_threads 0: implicit's "all cores"
 GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
 AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
            'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30

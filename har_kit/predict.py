@@ -235,7 +235,7 @@ def write_predictions(records,          # `Predictor.predict` output
     return out_dir/'predictions.csv', out_dir/'predictions.json'
 
 EXPLAIN_DIR = 'explain'   # the sub-folder of --out that `har-kit predict --explain` writes its figures into
-_KIT_FIGURE = re.compile(r'\d{4}_.+\.png|\.\d{4}_.+\.png\..+\.tmp')   # `explain`'s NNNN_<name>.png (and an interrupted write's temp)
+_KIT_FIGURE = re.compile(r'\d{4,}_.+\.png|\.\d{4,}_.+\.png\..+\.tmp')   # `explain`'s NNNN_<name>.png (and an interrupted write's temp)
 
 def previous_outputs(out_dir):  # a --out folder
     "The files an earlier `har-kit predict` wrote in `out_dir`: predictions.csv / .json and explain/'s figures; nothing else."

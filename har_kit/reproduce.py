@@ -14,6 +14,7 @@ from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
+from .run_params import parameter_defaults
 from .runs import RunInterrupted, is_done, run_notebook, run_status
 
 # %% auto #0
@@ -341,10 +342,16 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r: PlannedRun   # a planned run
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'data' when its env.json records other synthetic sets; 'metrics schema' when an older kit wrote its metrics.json."
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'metrics schema' when an older kit wrote its metrics.json."
     p, e = r.out_dir/'params.json', r.out_dir/'env.json'
-    diff = param_diff(load_json(p), r.params) if p.exists() else []
-    if r.data and e.exists() and load_json(e).get('data') != r.data: diff.append('data')   # e.g. the quick sets were resized
+    given = load_json(p) if p.exists() else {}
+    diff = param_diff(given, r.params) if p.exists() else []
+    env = load_json(e) if e.exists() else {}
+    if isinstance(env.get('defaults'), dict):   # recorded since the defaults are (runs of older kits: the metrics schema below)
+        then, now = env['defaults'], parameter_defaults(r.spec.notebook)
+        diff += [f'default {k}' for k in sorted(set(then) | set(now))
+                 if k not in given and k not in r.params and k != 'device' and then.get(k) != now.get(k)]
+    if r.data and e.exists() and env.get('data') != r.data: diff.append('data')   # e.g. the quick sets were resized
     if r.spec.notebook in ('dahar', 'campar', 'cfar') and is_done(r.out_dir) and (r.out_dir/'metrics.json').exists():   # by an older kit?
         try: read_metrics(r.out_dir)
         except KitError: diff.append('metrics schema')

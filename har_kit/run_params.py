@@ -13,7 +13,7 @@ from .model_file import check_range
 
 # %% auto #0
 __all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters',
-           'check_parameter', 'check_parameters', 'parse_value', 'parse_params']
+           'parameter_defaults', 'check_parameter', 'check_parameters', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -63,6 +63,12 @@ def notebook_parameters(notebook,  # path, file name or section name
     return out
 
 # %% ../nbs/60_run_params.ipynb #c013
+def parameter_defaults(notebook   # path, file name or section name
+                      ) -> dict:
+    "The notebook's defaults as JSON stores them (`out_dir` aside; an expression as its source text): what a run records."
+    return json.loads(json.dumps({k: v for k, v in notebook_parameters(notebook).items() if k != 'out_dir'}))
+
+# %% ../nbs/60_run_params.ipynb #c016
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
@@ -119,7 +125,7 @@ def check_parameter(name,               # the parameter's name
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
 
-# %% ../nbs/60_run_params.ipynb #c015
+# %% ../nbs/60_run_params.ipynb #c018
 def check_parameters(notebook,           # notebook name or path
                      params: dict | None, # {name: value}
                      ) -> dict:
@@ -147,7 +153,7 @@ def _check_splits(params, declared):  # checked values; the notebook's defaults
     if train is None or isinstance(train, Unparsed): return        # CFAR: None = the phase-1 run's splits
     check_train_splits(train, ev, "parameter 'train_splits'")   # the rule the recipes apply again
 
-# %% ../nbs/60_run_params.ipynb #c019
+# %% ../nbs/60_run_params.ipynb #c022
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
     "Interpret a command-line parameter value as a YAML scalar/list (int, float, bool, None, list or str)."
     import yaml

@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import (KitError, atomic_write, cache_root, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
                           to_jsonable)
 from .run_params import (Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
-                                parse_params, parse_value)
+                                parameter_defaults, parse_params, parse_value)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
@@ -441,7 +441,8 @@ def run_notebook(notebook,                  # path, file name or section name
         with run_lock(out):
             if _prepare(out, params, force) == 'skip': return out
             save_json(params, out/'params.json')
-            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {}}, out/'env.json')
+            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
+                       'defaults': parameter_defaults(nb)}, out/'env.json')   # the notebook's defaults this run ran with
             _execute(nb, out, params, env, kernel_name, progress, timeout, demos, echo)
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'

@@ -185,3 +185,12 @@ def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4
 
 
+
+
+def test_a_cfar_saved_before_loss2_was_weighted_reads_as_unweighted():
+    "A model file's CFAR state without `sample_weighting` was trained with Eq. 13's plain BCE: it must not read as weighted."
+    l, y = cfar.synthetic_phase1(300, 6, 3, seed=0)
+    st = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, iterations=3, tol=None, epochs=1, n_prototypes=4)).state()
+    assert cfar.CFAR.from_state(st).config.sample_weighting is True
+    old = {**st, 'config': {k: v for k, v in st['config'].items() if k != 'sample_weighting'}}
+    assert cfar.CFAR.from_state(old).config.sample_weighting is False

@@ -131,6 +131,14 @@ def test_configs_built_in_python_refuse_what_the_cli_refuses(config, field, valu
     with pytest.raises(KitError, match=message): cls(**{field: value})
 
 
+def test_config_specific_messages_come_first_and_documented_values_pass():
+    from har_kit.cfar import CFARRunConfig
+    from har_kit.dahar_train import DaHarConfig
+    assert CFARRunConfig(num_threads=0).num_threads == 0                      # documented: 0 = implicit's all cores
+    with pytest.raises(KitError, match='0 = no mask supervision'): DaHarConfig(mask_weight=-1.0)
+    with pytest.raises(KitError, match=r'must lie in \[0, 1\]'): DaHarConfig(mix=-0.5)
+
+
 def test_none_default_accepts_plain_values_and_ints_widen_to_float(tmp_path):
     nb = _nb(tmp_path/'n.ipynb')
     assert check_parameters(nb, {'extra': {'k': [1, 'x']}, 'threshold': 1}) == {'extra': {'k': [1, 'x']}, 'threshold': 1.0}

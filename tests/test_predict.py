@@ -489,3 +489,11 @@ def test_export_tol_and_folder_out_are_checked_first(tmp_path, model_file, capsy
     for fmt, name in (('torchscript', 'model.ts.pt'), ('onnx', 'model.onnx')):
         assert export_cli([str(model_file), '--format', fmt, '--out', str(tmp_path)]) == 2
         assert f'is a folder: name a file inside it, e.g. {tmp_path/name}' in capsys.readouterr().err
+
+
+def test_previous_outputs_know_figures_past_the_ten_thousandth_image(tmp_path):
+    "explain names figures {i:04d}_...: from image 10,000 on the number has five digits, still the kit's own file."
+    from har_kit.predict import EXPLAIN_DIR, previous_outputs
+    ex = tmp_path/EXPLAIN_DIR; ex.mkdir()
+    for n in ('0001_a.png', '12345_b.png', 'notes.png'): (ex/n).write_bytes(b'')
+    assert sorted(p.name for p in previous_outputs(tmp_path)) == ['0001_a.png', '12345_b.png']

@@ -248,6 +248,17 @@ def test_baseline_15_f1_in_15s_definition_compared_in_eq25(tmp_path):
     assert t1['baseline'].compared_in == {'PA100K F1': 'full.f1', 'RAPv1 F1': 'full.f1'}
 
 
+def test_the_card_reads_the_defaults_a_run_recorded(tmp_path):
+    "A run that trained before a default changed (no gradient clip then) is shown with its own value, not today's."
+    from har_kit.run_params import parameter_defaults
+    for s in range(2):
+        _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s, QUICK, _ped(0.7, 0.6))
+        d = run_path(tmp_path, 'quick', CAMPAR_T2.rows[0].run, s)
+        save_json({'defaults': {**parameter_defaults('campar'), 'grad_clip': 0.0}}, d/'env.json')
+    md = render(CAMPAR_T2, tmp_path, 'quick')['texts']['md']
+    assert '| campar | `grad_clip` | 10.0' in md and '| 0.0 |' in md
+
+
 def test_dahar_says_what_the_parameter_count_decides():
     "30_dahar no longer lets the 45.4M/52.4M counts 'confirm' a placement two readings share; it says what they decide."
     import json

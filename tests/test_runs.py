@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from har_kit.core import load_json
+from har_kit.metrics import METRICS_SCHEMA
 from har_kit.runs import RunFailed, run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +134,7 @@ def test_relative_path_parameter_is_read_from_the_callers_directory(tmp_path, mo
 
 
 def _entry(mA, f1):
-    return {'schema': 2, 'dataset': 'rap', 'metric': 'mA', 'epoch': 1, 'full': {'mA': mA, 'f1': f1, 'per_attribute': {'A': mA}}}
+    return {'schema': METRICS_SCHEMA, 'dataset': 'rap', 'metric': 'mA', 'epoch': 1, 'full': {'mA': mA, 'f1': f1, 'per_attribute': {'A': mA}}}
 
 
 def test_cli_run_shows_output_live_then_a_summary_and_skips_a_done_run(tmp_path):

@@ -166,10 +166,10 @@ def paper_params(nb):
 
 
 def configured_optimizer(name):
-    "TrainConfig fields of the optimizer the paper profile trains `name` with (Da-HAR: the paper's SGD; CAM-PAR: [15]'s)."
+    "TrainConfig fields of the optimizer the paper profile trains `name` with (Da-HAR: the paper's SGD; CAM-PAR: [15]'s, gradient clipped)."
     p = paper_params(MODELS[name][0])
     return dict(optimizer=p.get('optimizer') or 'sgd', lr=p.get('lr') or 1e-4, momentum=p.get('momentum') or 0.9,
-                weight_decay=p.get('weight_decay') or 0.0)
+                weight_decay=p.get('weight_decay') or 0.0, grad_clip=p.get('grad_clip') or 0.0)   # CAM-PAR: [15]'s clip at 10
 
 
 def prefetching(loader, depth):
