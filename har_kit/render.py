@@ -27,7 +27,7 @@ def _dig(d, path):
 def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
                    variant=None  # the row's model in the run (a run may train several)
                   ) -> str:
-    "Why a run gives a row no number: 'no run', 'failed: <first line of the error>' (from failed.json), 'not done', or a done run without the row's entry."
+    "Why a run gives a row no number: 'no run', 'failed: <first line of the error>' (from failed.json), 'not done', a run done by an older kit (another metrics schema), or a done run without the row's entry."
     if not dirs: return 'no run'
     for d in dirs:
         if (d/'failed.json').exists():
@@ -35,6 +35,10 @@ def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
             except KitError: err = 'failed.json unreadable'
             first = (err.splitlines() or ['(no message)'])[0].replace('|', '/')
             return f'failed: {first[:77] + "..." if len(first) > 80 else first}'
+    for d in dirs:
+        if (d/'done').exists() and (d/'metrics.json').exists():
+            try: read_metrics(d)
+            except KitError: return f'{d.name} done by an older kit (another metrics schema): rerun it (har-kit reproduce --force)'
     if variant and any((d/'done').exists() for d in dirs): return f'done, but no {variant!r} value in its metrics.json'
     return 'not done'
 
@@ -65,7 +69,8 @@ def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir na
     parts = {}   # the partitions each selection mode ran on
     for p in params.values(): parts.setdefault(selection_of(p), set()).add(p.get('partition'))
     for d in dirs:
-        entry = read_metrics(d).get(spec_.variant, {})
+        try: entry = read_metrics(d).get(spec_.variant, {})
+        except KitError: return {}   # a seed written by an older kit (another schema): no number from a mix; `missing_reason` says which
         v = _dig(entry, path)
         if isinstance(v, (int, float)) and math.isfinite(v):
             mode, one = selection_of(params[d]), paper_partition(table, spec_.notebook, params[d])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from har_kit.core import KitError, load_json, save_json
+from har_kit.core import load_json, save_json
 from har_kit.metrics import metrics_entry
 from har_kit.render import paired_interval, render
 from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, WIDER_COLUMNS, row_runs, run_path,
@@ -106,11 +106,14 @@ def test_missing_is_missing_never_zero(tmp_path):
     for ext in ('md', 'csv', 'tex', 'card.csv'): assert (tmp_path/'quick'/'tables'/f'campar_t2.{ext}').exists()
 
 
-def test_old_metrics_schema_is_refused_not_misread(tmp_path):
-    "A finished run whose metrics.json predates the schema stops the render, naming the run and saying to rerun it."
-    d = run_path(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 0)
+def test_old_metrics_schema_is_reported_not_misread(tmp_path):
+    "A finished run whose metrics.json predates the schema gives its cells no number and says which seed to rerun; the table still renders."
+    d = run_path(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 1)
+    _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 0, QUICK, _ped(0.7, 0.6))
     save_json({'baseline': {'mA': 0.7, 'f1': 0.6, 'ma_per_attr': {}}}, d/'metrics.json'); (d/'done').write_text('')
-    with pytest.raises(KitError, match=f'{re.escape(str(d))}.*metrics schema 1.*rerun'): render(CAMPAR_T2, tmp_path, 'quick')
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    assert ('baseline', 'mA') not in out['cells']   # seed0 alone is not shown as the run's number
+    assert 'seed1 done by an older kit (another metrics schema): rerun it (har-kit reproduce --force)' in out['texts']['md']
 
 
 def _run(root, profile, spec, seed, params, metrics=None, failed=None):
