@@ -32,7 +32,7 @@ __all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBac
 PLATEAU_MONITORS = {'eval_loss': 'val_loss', 'train_loss': 'loss'}   # plateau_on -> engine monitor name
 SELECTIONS = ('[15]', 'held-out')                                     # epoch selection modes (see below)
 
-def campar_train_config(optimizer: str = 'sgd',          # 'sgd' ([15], our tables) or 'adam' (Rethinking_of_PAR code)
+def campar_train_config(optimizer: str = 'sgd',          # 'sgd' ([15], the paper profile) or 'adam' (Rethinking_of_PAR's 2021 configs)
                         epochs: int = 30,                # [15]: 30
                         lr: float | None = None,         # head lr; None = 0.1 (sgd) / 1e-4 (adam)
                         plateau_on: str = 'train_loss',  # 'eval_loss' ([15]) or 'train_loss'

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .core import KitError, atomic_write, check_writable, get_device, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
-                               param_diff, plan, render_tables, run_planned, stale_params)
+                               plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import find_notebook
 from .runs import RunFailed, forward_interrupts, interrupted_exit, is_done, params_yaml, run_status
@@ -71,9 +71,8 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
     for rec in recs:
         st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
         rec['state'], rec['error'] = 'interrupted' if st.get('interrupted') else st['state'], st.get('error')
-        if st['state'] == 'done' and 'params' in rec and (Path(rec['out_dir'])/'params.json').exists():
-            old = load_json(Path(rec['out_dir'])/'params.json')
-            diff = param_diff(old, rec['params'])
+        if st['state'] == 'done' and 'params' in rec and 'notebook' in rec:   # what reproduce would refuse as not current
+            diff = stale_params(rec)
             if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
         # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
@@ -160,7 +159,7 @@ def check_out(root,             # an outputs root
 
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):
-    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed or was stopped."
+    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/stale/running/queued/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed or was stopped."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
     ap.add_argument('--out', help='outputs root har-kit reproduce was given (default: outputs/)')
@@ -432,7 +431,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
                     "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
     ap.add_argument('--out', help='outputs root (default: outputs/)')
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
-    ap.add_argument('--force', action='store_true', help='rerun runs whose directory holds other parameters (e.g. after a profile changed); the old runs are moved aside')
+    ap.add_argument('--force', action='store_true', help='rerun runs that are not current: their directory holds other parameters (e.g. after a profile changed), a notebook default they did not override has changed since, or an older kit finished them; the old runs are moved aside')
     ap.add_argument('--json', action='store_true', help='with --dry-run: one JSON object per run (notebook, params, out_dir, deps)')
     _scheduler_options(ap)
     return ap

@@ -340,20 +340,22 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
     new = json.loads(json.dumps(new, default=str))   # as params.json stores them
     return sorted(k for k in set(old) | set(new) if k != 'device' and old.get(k) != new.get(k))
 
-def stale_params(r: PlannedRun   # a planned run
+def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
                 ) -> list:
     "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'metrics schema' when an older kit wrote its metrics.json."
-    p, e = r.out_dir/'params.json', r.out_dir/'env.json'
+    rec = r.record() if isinstance(r, PlannedRun) else r
+    out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
+    p, e = out/'params.json', out/'env.json'
     given = load_json(p) if p.exists() else {}
-    diff = param_diff(given, r.params) if p.exists() else []
+    diff = param_diff(given, planned) if p.exists() else []
     env = load_json(e) if e.exists() else {}
     if isinstance(env.get('defaults'), dict):   # recorded since the defaults are (runs of older kits: the metrics schema below)
-        then, now = env['defaults'], parameter_defaults(r.spec.notebook)
+        then, now = env['defaults'], parameter_defaults(nb)
         diff += [f'default {k}' for k in sorted(set(then) | set(now))
-                 if k not in given and k not in r.params and k != 'device' and then.get(k) != now.get(k)]
-    if r.data and e.exists() and env.get('data') != r.data: diff.append('data')   # e.g. the quick sets were resized
-    if r.spec.notebook in ('dahar', 'campar', 'cfar') and is_done(r.out_dir) and (r.out_dir/'metrics.json').exists():   # by an older kit?
-        try: read_metrics(r.out_dir)
+                 if k not in given and k not in planned and k != 'device' and then.get(k) != now.get(k)]
+    if data and e.exists() and env.get('data') != data: diff.append('data')   # e.g. the quick sets were resized
+    if nb in ('dahar', 'campar', 'cfar') and is_done(out) and (out/'metrics.json').exists():   # by an older kit?
+        try: read_metrics(out)
         except KitError: diff.append('metrics schema')
     return diff
 

@@ -130,3 +130,17 @@ def test_a_bad_sample_root_from_the_environment_names_the_variable(tmp_path, cap
     assert f'$HAR_KIT_PA100K_SAMPLE={tmp_path/"nonexist"}' in err and f'--data-root pa100k={tmp_path}' not in err, err
     assert cli(['--profile', 'sample', '--out', str(tmp_path/'o'), '--data-root', f'pa100k={tmp_path/"given"}']) == 2
     assert f'--data-root pa100k={tmp_path/"given"}:' in capsys.readouterr().err
+
+
+def test_status_calls_stale_what_reproduce_refuses(tmp_path):
+    "A run finished by an older kit (or under a default changed since) is 'stale' for status as for reproduce, not 'done'."
+    from har_kit.core import save_json
+    from har_kit.launch import make_status
+    from har_kit.reproduce import plan, stale_params
+    r = plan(['campar_t2'], 'quick', root=tmp_path)[0]
+    r.out_dir.mkdir(parents=True)
+    save_json(r.params, r.out_dir/'params.json'); save_json({'baseline': {'schema': 2, 'mA': 0.5}}, r.out_dir/'metrics.json')
+    (r.out_dir/'done').write_text('')
+    assert stale_params(r) == ['metrics schema']
+    rec = next(x for x in make_status([r], 'quick')['runs'])
+    assert rec['state'] == 'stale' and 'metrics schema' in rec['error']
