@@ -13,8 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'KitError', 'atomic_path', 'atomic_write', 'check_writable',
            'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device',
-           'host_to_device', 'repo_root', 'env_folder', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once',
-           'run_dir', 'save_metrics', 'save_figure', 'env_info']
+           'host_to_device', 'repo_root', 'env_folder', 'check_folder', 'outputs_root', 'data_root', 'cache_root',
+           'data_warnings_once', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -175,7 +175,14 @@ def env_folder(var,             # the environment variable that may choose the f
     raw = os.environ.get(var)
     path = Path(raw).expanduser().resolve() if raw else default()
     said = f'${var}={raw!r}' if raw else f'{path} (the default; set ${var} to choose another folder)'
-    fix = f'point ${var} at a folder (it is created when missing)'
+    return check_folder(path, said, f'point ${var} at a folder (it is created when missing)', writable)
+
+def check_folder(path,            # a folder that exists or is about to be created
+                 said,            # how errors name it (e.g. '--out /x', '$HAR_KIT_DATA=...')
+                 fix,             # what to do instead, e.g. 'pass a folder'
+                 writable=False): # True: the caller is about to write there (a read-only folder is refused)
+    "`path`, or a `KitError` when its nearest existing part is a file (or, when `writable`, cannot be written): before anything is created."
+    path = Path(path)
     existing = next(p for p in [path, *path.parents] if p.exists())
     if not existing.is_dir(): raise KitError(f'{said}: {existing} is a file, not a folder; {fix}')
     if writable and not os.access(existing, os.W_OK | os.X_OK):
@@ -183,24 +190,24 @@ def env_folder(var,             # the environment variable that may choose the f
                        f'{fix} you can write to, or fix its permissions')
     return path
 
-# %% ../nbs/00_core.ipynb #c041
+# %% ../nbs/00_core.ipynb #c042
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c042
+# %% ../nbs/00_core.ipynb #c043
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c043
+# %% ../nbs/00_core.ipynb #c044
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)
     "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `<data root>/cache`), checked."
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
-# %% ../nbs/00_core.ipynb #c045
+# %% ../nbs/00_core.ipynb #c046
 DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this machine sees it
 
 @contextlib.contextmanager
@@ -212,7 +219,7 @@ def data_warnings_once(on: bool = True):  # False: leave the setting as it is (e
     finally:
         if on and old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
 
-# %% ../nbs/00_core.ipynb #c050
+# %% ../nbs/00_core.ipynb #c051
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -222,7 +229,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c051
+# %% ../nbs/00_core.ipynb #c052
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -236,7 +243,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c052
+# %% ../nbs/00_core.ipynb #c053
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -244,7 +251,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c053
+# %% ../nbs/00_core.ipynb #c054
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -256,17 +263,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     return path
 
-# %% ../nbs/00_core.ipynb #c057
+# %% ../nbs/00_core.ipynb #c058
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c058
+# %% ../nbs/00_core.ipynb #c059
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c059
+# %% ../nbs/00_core.ipynb #c060
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

@@ -8,7 +8,7 @@ import argparse, contextlib, json, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, atomic_write, check_writable, get_device, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, check_folder, check_writable, get_device, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
@@ -149,13 +149,7 @@ def check_out(root,             # an outputs root
               writable=True,    # the caller is about to write there
               where='--out'):   # the option that chose it, for messages
     "Refuse an outputs root that is a file (or lies under one, or holds a file where the profile's folder goes) or, when `writable`, cannot be written."
-    folder = Path(root)/profile
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
-    if not existing.is_dir():
-        raise KitError(f'{where} {root}: {existing} is a file, not a folder; pass an outputs root that is a folder (new or existing)')
-    if writable and not os.access(existing, os.W_OK | os.X_OK):
-        raise KitError(f'{where} {root}: {existing} cannot be written; pass an outputs root you can write to')
-    return folder
+    return check_folder(Path(root)/profile, f'{where} {root}', 'pass an outputs root that is a folder (new or existing)', writable)
 
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):

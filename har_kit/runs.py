@@ -8,7 +8,7 @@ import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, 
 import tokenize
 from pathlib import Path
 
-from .core import (KitError, atomic_write, cache_root, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
+from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
                           to_jsonable)
 from .run_params import (Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 parameter_defaults, parse_params, parse_value)
@@ -406,9 +406,7 @@ def absolute_paths(params: dict  # checked parameters
 # %% ../nbs/70_runs.ipynb #c036
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    if not existing.is_dir():
-        raise KitError(f'out_dir (--out) {out}: {existing} is a file, not a folder; pass a run directory (a new or existing folder)')
+    check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
 # %% ../nbs/70_runs.ipynb #c038
 def run_notebook(notebook,                  # path, file name or section name
