@@ -89,12 +89,12 @@ class FusionBlock(nn.Module):
         "Fuse the levels at the target level's resolution; returns (N, out_channels, H_t, W_t)."
         if len(feats) != len(self.reduce): raise KitError(f'FusionBlock expects {len(self.reduce)} feature maps, got {len(feats)}')
         size = feats[self.target].shape[-2:]
-        out = 0
+        out = None
         for f, red in zip(feats, self.reduce):
             if f.shape[-2] > size[0] or f.shape[-1] > size[1]: f = red(F.adaptive_avg_pool2d(f, size))   # down: pool, then reduce
             elif f.shape[-2:] != size: f = resize_bilinear(red(f), size)  # up: reduce first (backbones.resize_bilinear)
             else: f = red(f)
-            out = out + f
+            out = f if out is None else out + f   # the first level starts the sum: no kernel adds it to 0
         return self.blocks(F.relu(out))
 
 # %% ../nbs/30_dahar.ipynb #c020
