@@ -23,6 +23,9 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert len(rows) == len(gpu_check.MODELS) * 2 + 1 and all(v['images_per_s'] > 0 for v in rows), rows
     assert {v['model'] for v in rows} == set(gpu_check.MODELS) and {v['amp'] for v in rows} == {'none', 'bf16'}
     assert {'dahar/baseline (eager)', 'dahar/baseline (graph)', 'campar_fusion/plain (graph)'} <= set(rep['latency'])
+    parts = [rep['latency'][f'dahar {v}/baseline (graph)'] for v in gpu_check.DAHAR_PARTS]   # where Da-HAR's extra time goes
+    full = rep['latency']['dahar/baseline (graph)']
+    assert all(full['ops_baseline'] < v['ops'] < full['ops'] for v in parts), (full, parts)   # each part adds blocks, none all
     conf = rep['configured']   # the configured step, end to end through the decoded cache where the job asks for it
     assert len(conf) == len(gpu_check.CONFIGURED_JOBS) and all(v['images_per_s'] > 0 for v in conf.values()), conf
     e2e = [v for v in conf.values() if 'e2e_images_per_s' in v]

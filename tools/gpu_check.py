@@ -15,7 +15,8 @@ maskrcnn, checkpoints, concurrency, projection; one whose typical time (SECTION_
   configured   the paper profile's compiled step (bf16, and TF32 for CAM-PAR's baseline): on device-resident batches and
                end to end, fed by `har_kit.pipeline`'s decoded cache with device augmentation (built from synthetic JPEGs)
   latency      batch-1 inference, Da-HAR over its baseline and CAM-PAR (+ fusion) over the plain ResNet-50, eager and
-               replayed from a captured CUDA graph (GPU time without Python's launch overhead), interleaved
+               replayed from a captured CUDA graph (GPU time without Python's launch overhead), interleaved; Table 3's
+               partial Da-HAR variants graph-replayed; every model's count of computing operators per forward
   end_to_end   300 steps of the engine's epoch at bf16 + channels_last for the three models the tables train most
   loaders      the torchvision loaders at steady state (persistent workers, after a warm epoch), person crops and
                WIDER targets cut from 1024x683 scenes, at 0, 2 and 8 workers
@@ -370,22 +371,44 @@ def _latency_pair(model, base, x, iters, graph):
     return t
 
 
+DAHAR_PARTS = ('self_mask', 'fusion', 'coarse_to_fine')   # Table 3's partial variants: where Da-HAR's extra time goes
+
+
+def op_count(model, x):
+    "Operators one `model(x)` dispatches that compute (views and allocations left out): what a batch-1 latency is bound by."
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    free = {'view', '_unsafe_view', 'reshape', 't', 'transpose', 'permute', 'expand', 'unsqueeze', 'squeeze', 'slice', 'select',
+            'alias', 'detach', 'empty', 'empty_strided', 'as_strided'}
+    class Count(TorchDispatchMode):
+        n = 0
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in free: Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with torch.no_grad(), Count(): model.eval()(x)
+    return Count.n
+
+
 def latency(cfg):
-    "Inference latency at batch 1, fp32: Da-HAR / its baseline and CAM-PAR (+ fusion) / the plain ResNet-50, eager and graph-replayed."
+    "Inference latency at batch 1, fp32: Da-HAR / its baseline and CAM-PAR (+ fusion) / the plain ResNet-50, eager and graph-replayed; Table 3's partial Da-HAR variants graph-replayed."
     import statistics, torch
     from har_kit.bench import plain_baseline, ratio_stats
     from har_kit.core import get_device
+    from har_kit.dahar import dahar_variant
     dev, out = get_device(cfg['device']), {}
     pairs = {'dahar/baseline': ('dahar', 'dahar_baseline'), 'campar/plain': ('campar', None), 'campar_fusion/plain': ('campar_fusion', None)}
+    pairs.update({f'dahar {v}/baseline': (v, 'dahar_baseline') for v in DAHAR_PARTS})
     for key, (m, b) in pairs.items():
-        model, _, size = build(m, cfg)
+        if m in DAHAR_PARTS: model, size = dahar_variant(m, MODELS[b][3], cfg['dahar_arch']), cfg[MODELS[b][2]]
+        else: model, _, size = build(m, cfg)
         base = build(b, cfg)[0] if b else plain_baseline(cfg['campar_arch'], 51)
         x = torch.randn(1, *size, device=dev)
-        for graph in (False, True):
-            tm, tb = _latency_pair(model.to(dev), base.to(dev), x, cfg['latency_iters'], graph)
+        ops = dict(ops=op_count(model.to(dev), x), ops_baseline=op_count(base.to(dev), x))
+        for graph in ((True,) if m in DAHAR_PARTS else (False, True)):
+            tm, tb = _latency_pair(model, base, x, cfg['latency_iters'], graph)
             r = ratio_stats(tm, tb)
             out[f'{key} ({"graph" if graph else "eager"})'] = dict(ms=statistics.median(tm), ms_baseline=statistics.median(tb),
-                                                                 ratio=r['median'], ratio_iqr=r['iqr'])
+                                                                 ratio=r['median'], ratio_iqr=r['iqr'], **ops)
     out['paper_anchor'] = dict(ratio=24.04 / 22.28, note='Da-HAR 24.04 ms vs baseline 22.28 ms, one image, 1080Ti')
     return out
 
@@ -799,10 +822,13 @@ def to_markdown(r):
         L += ['End to end, 300 steps of the engine\'s epoch (bf16, channels_last): ' + ', '.join(
               f'{k} {_f(v["images_per_s"], 0)} images/s' for k, v in r['end_to_end'].items()) + '.', '']
     if r.get('latency'):
-        L += ['| latency, batch 1, fp32 inference | ms | ms baseline | ratio (median) | IQR |', '|---|---|---|---|---|']
-        L += [f'| {k} | {_f(v["ms"], 2)} | {_f(v["ms_baseline"], 2)} | {_f(v["ratio"], 3)} | {_f(v["ratio_iqr"][0], 3)}-{_f(v["ratio_iqr"][1], 3)} |'
+        L += ['| latency, batch 1, fp32 inference | ms | ms baseline | ratio (median) | IQR | operators / baseline\'s |', '|---|---|---|---|---|---|']
+        L += [f'| {k} | {_f(v["ms"], 2)} | {_f(v["ms_baseline"], 2)} | {_f(v["ratio"], 3)} | {_f(v["ratio_iqr"][0], 3)}-{_f(v["ratio_iqr"][1], 3)} | '
+              + (f'{v["ops"]} / {v["ops_baseline"]} |' if 'ops' in v else '- |')
               for k, v in r['latency'].items() if k != 'paper_anchor']
-        L += ['', f'"graph" replays a captured CUDA graph (GPU time without launch overhead); "eager" is the same call from Python. '
+        L += ['', f'"graph" replays a captured CUDA graph (GPU time without launch overhead); "eager" is the same call from Python; '
+              f'"dahar VARIANT" rows are Table 3\'s partial variants, which say which of Da-HAR\'s blocks its extra time goes to; '
+              f'operators: the computing operators one forward dispatches (views and allocations left out), which a batch-1 latency is bound by. '
               f'Paper anchor: {r["latency"]["paper_anchor"]["ratio"]:.3f} ({r["latency"]["paper_anchor"]["note"]}).', '']
     if r.get('concurrency'):
         L += ['Concurrent CAM-PAR baseline trainings on one GPU (bf16, channels_last): ' + ', '.join(
@@ -881,7 +907,7 @@ def merge(paths, out, note=None):
 
 SECTION_NAMES = ('configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
                  'checkpoints', 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
-SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 130, 'latency': 15, 'steps': 120, 'end_to_end': 40,
+SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 130, 'latency': 40, 'steps': 120, 'end_to_end': 40,
              'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0,   # typical seconds on an H200 (2026-12-04)
              'checkpoints': 30}   # an estimate (not yet run on a GPU): 2 models x 3 repetitions of ~0.5 GB each way
 
