@@ -81,6 +81,10 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'channels_last': 'memory format only: faster convolutions on CPU, the same model (equal up to float rounding)',
         'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs',
         'train_splits': 'the synthetic sets keep their val split for held-out epoch selection', **_CPU_CAMPAR},
+    'paper': {
+        'amp': "GPU speed: bf16 autocast (weights, optimiser state and the losses stay in fp32), about 1.65x TF32's "
+               "compiled step on an H200 (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "
+               'runs one in fp32'},
     'sample': {
         'data_root': 'the real PA100K sample beside the project (1,600 / 200 / 200 images), not the full set',
         'arch': 'CPU: resnet-tiny trains in minutes', 'weights': 'from scratch: resnet-tiny has no ImageNet weights',
@@ -109,7 +113,44 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('mask source', "Mask R-CNN (torchvision's COCO weights) on the whole scene, each target matched to its box by IoU "
                         '(20_mask_sources; `masks` step of the paper profile)',
          'the paper segments 224x224 target crops with its own COCO-trained FPN (P2) network, which is not published; '
-         "torchvision's COCO Mask R-CNN is the nearest off-the-shelf model, and whole-scene detection keeps people cut by the crop whole")],
+         "torchvision's COCO Mask R-CNN is the nearest off-the-shelf model, and whole-scene detection keeps people cut by the crop whole"),
+        ('pseudo-mask match', 'a detection is the target when its box IoU >= 0.3, >= 50% of its mask lies in the box and its mask '
+                              'is thresholded at 0.5; the best IoU x inside wins; no match: the whole box is the mask '
+                              '(`select_target`; `masks` reports how many fell back, and why)',
+         'the paper notes only that the masks fail "when the target person is mostly occluded"; the box is the nearest '
+         'target that still marks where the person is'),
+        ('training windows', "SRN's pairs: a (height, width) pair from {256, 224, 192, 168, 128} whose positions differ by at "
+                             'most 1 (13 of 25 pairs), uniform, at a corner or the centre (`crop_pairs`, max_distort=1); '
+                             'RAP: the same pairs on heights and halved widths',
+         '"the data augmentation strategies employed in (Zhu et al. 2017a)": SRN\'s data layer (zhufengx/SRN_multilabel, '
+         'fillCropSize, caffe.proto max_distort default 1); the paper\'s sentence alone would allow all 25 pairs'),
+        ('side-branch head', 'logit_c = sum_ij sigma(s_c) a_c W_c x + b_c: the softmax attention weighted by the sigmoid '
+                             "confidence (SRN's \"weighted attention maps\") pools per-position scores (`ConfidenceAttention`)",
+         'the paper uses "a confidence-weighted attention mechanism (Zhu et al. 2017a)" without SRN\'s spatial regulariser, '
+         "which is where SRN applies sigma(S) * A; SRN's own attention logit, sum_ij a_c s_c with S the per-position "
+         'classifier, has no confidence weighting'),
+        ('supervised logits', 'Eq. 1 / Eq. 2 on the averaged logits (main + side) / 2 only (`DaHarLoss`, branch_weight=0)',
+         'Eq. 1 is written on the averaged prediction; SRN trains each branch with its own loss (branch_weight=1 adds '
+         'both branches\' losses)'),
+        ('mask loss', "per-pixel mean BCE against the pseudo mask area-averaged to the branch's 14 x 14 (`mask_loss`), "
+                      'added at mask_weight to Eq. 1, which sums over the attributes',
+         'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
+        ('architecture', 'self-mask after all four stages, 1x1 convs C -> C/4 -> C/4 -> 1, f x (1 + m); fusion of c3, c4, c5 '
+                         'reduced to 256 at c4 resolution, then two BasicBlocks; mask head 3x3 conv to 64, 1x1 to 1, f x '
+                         'sigma(M); two BasicBlocks after the masking; SRN attention 512 wide on the fused map (30_dahar)',
+         "the 52.4M parameters of Computational Complexity fix the widths and block kinds (the kit: 52.6M); the fusion's "
+         'resolution is not counted: c4, as "the aliasing effect of up-sampling" needs a level to be up-sampled (c5 '
+         'resolution would cost fewer FLOPs, nearer the reported 1.079 latency ratio)'),
+        ('learning rates', 'one rate and weight decay for every parameter, backbone included (backbone_lr_mult=1)',
+         'the paper gives one initial rate and one weight decay'),
+        ('Table 3, row 4', 'self-mask + masked attention (the `coarse_to_fine` variant)',
+         '"The masked attention block ... further improves the mAP ... the necessity of the coarse-to-fine attention scheme": '
+         'added to the self-mask row before it'),
+        ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`); the data's meta records how many (`n_uncertain`)",
+         "the paper does not say; as CAM-PAR's [15] (2021); uncertain='unspecified' with ignore_unspecified=True leaves them "
+         'out of the loss'),
+        ('RAP evaluation', 'the direct 256 x 128 resize (Full), not the five crops', 'Table 2 does not say which strategy; Full is '
+                           "the better one in every row of Table 3")],
     'campar': [
         ('CAM normalisation (Eq. 10)', 'ReLU(A) / max ReLU(A); a map with no positive value stays all zero',
          'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),

@@ -18,8 +18,8 @@ from .core import KitError
 from .formats import box_mask, clip_box, load_grey, load_rgb
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'CornerCenterCrop', 'FiveCropStack', 'dahar_transforms',
-           'campar_transforms', 'make_loader', 'show_samples']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'crop_pairs', 'CornerCenterCrop', 'FiveCropStack',
+           'dahar_transforms', 'campar_transforms', 'make_loader', 'show_samples']
 
 # %% ../nbs/14_loading.ipynb #c008
 class SampleCache:
@@ -130,20 +130,32 @@ def _spatial_size(flat_inputs):
     raise KitError('transform needs an image input')
 
 # %% ../nbs/14_loading.ipynb #c017
+def crop_pairs(n: int,               # sizes in the set
+               max_distort: int = 1  # largest distance between the height's and the width's position in the set (SRN: 1)
+              ) -> list:
+    "SRN's window sizes: the (height index, width index) pairs at most `max_distort` apart, heights outer, widths inner."
+    if isinstance(max_distort, bool) or not isinstance(max_distort, (int, np.integer)) or max_distort < 0:
+        raise KitError(f'max_distort={max_distort!r} must be a whole number >= 0 (SRN: 1; 0 keeps every window at the '
+                       'frame\'s aspect; the set size minus 1 draws height and width independently)')
+    return [(i, j) for i in range(n) for j in range(n) if abs(i - j) <= max_distort]
+
+# %% ../nbs/14_loading.ipynb #c019
 class CornerCenterCrop(v2.Transform):
-    "Da-HAR's multi-scale crop: height from `sizes`, width independently from `sizes / aspect`, at a corner or the centre."
-    def __init__(self, sizes,      # crop heights in pixels, drawn uniformly
-                 aspect=1):        # height / width of the frame (1 WIDER, 2 RAP): widths are the heights / aspect
-        "Crop heights, and the frame aspect that gives the crop widths."
+    "Da-HAR's multi-scale crop (SRN's): a (height, width) pair from `sizes` and `sizes / aspect`, at a corner or the centre."
+    def __init__(self, sizes,          # crop heights in pixels
+                 aspect=1,             # height / width of the frame (1 WIDER, 2 RAP): widths are the heights / aspect
+                 max_distort: int = 1):  # height and width positions in the set at most this far apart (`crop_pairs`; SRN: 1)
+        "Crop heights, the frame aspect that gives the crop widths, and the pairs drawn from."
         super().__init__()
         self.sizes, self.aspect = [int(s) for s in sizes], aspect
         self.widths = [max(1, int(round(s / aspect))) for s in self.sizes]
+        self.pairs = crop_pairs(len(self.sizes), max_distort)
 
     def make_params(self, flat_inputs):  # the transform's flattened inputs (torchvision v2)
-        "Draw the window: a height, then a width (independently), then one of five positions."
+        "Draw the window: one (height, width) pair, uniformly, then one of five positions."
         H, W = _spatial_size(flat_inputs)
-        h = min(H, self.sizes[int(torch.randint(len(self.sizes), ()))])
-        w = min(W, self.widths[int(torch.randint(len(self.widths), ()))])
+        i, j = self.pairs[int(torch.randint(len(self.pairs), ()))]
+        h, w = min(H, self.sizes[i]), min(W, self.widths[j])
         pos = int(torch.randint(5, ()))   # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre
         top = {0: 0, 1: 0, 2: H - h, 3: H - h, 4: (H - h) // 2}[pos]
         left = {0: 0, 1: W - w, 2: 0, 3: W - w, 4: (W - w) // 2}[pos]
@@ -155,7 +167,7 @@ class CornerCenterCrop(v2.Transform):
         "Crop one input to the window."
         return self._call_kernel(TF.crop, inpt, **params)
 
-# %% ../nbs/14_loading.ipynb #c020
+# %% ../nbs/14_loading.ipynb #c022
 class FiveCropStack(torch.nn.Module):
     "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
     def __init__(self, size):  # (height, width) of each crop
@@ -173,26 +185,27 @@ class FiveCropStack(torch.nn.Module):
             outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-# %% ../nbs/14_loading.ipynb #c023
+# %% ../nbs/14_loading.ipynb #c025
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
-# %% ../nbs/14_loading.ipynb #c024
+# %% ../nbs/14_loading.ipynb #c026
 def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
                      scale=1.0,       # size factor (0.25 for the quick CPU profile)
                      five_crop=False, # evaluation: five-crop stack (5, 3, H, W) instead of the direct 256 resize
-                     jitter=0.3):     # colour jitter strength (brightness, contrast, saturation)
+                     jitter=0.3,      # colour jitter strength (brightness, contrast, saturation)
+                     max_distort=1):  # training windows: height and width positions in the size set at most this far apart (SRN: 1)
     "Da-HAR's transforms (§Implementation Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
     if aspect not in (1, 2): raise KitError(f'dahar_transforms: aspect={aspect!r}; use 1 (WIDER-Attribute) or 2 (RAP)')
     base = (_sz(256, scale), _sz(256 / aspect, scale))
     out = (_sz(224, scale), _sz(224 / aspect, scale))
     if train:
-        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop([_sz(s, scale) for s in (256, 224, 192, 168, 128)], aspect),
+        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop([_sz(s, scale) for s in (256, 224, 192, 168, 128)], aspect, max_distort),
                            v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
     return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
 
-# %% ../nbs/14_loading.ipynb #c025
+# %% ../nbs/14_loading.ipynb #c027
 def campar_transforms(train: bool,  # training augmentation, else evaluation
                       scale=1.0):   # size factor (0.25 -> 64 x 48)
     "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
@@ -200,11 +213,11 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/14_loading.ipynb #c035
+# %% ../nbs/14_loading.ipynb #c037
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
-# %% ../nbs/14_loading.ipynb #c036
+# %% ../nbs/14_loading.ipynb #c038
 def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 transform,        # e.g. dahar_transforms(True, scale=0.25)
                 batch_size,       # samples per batch
@@ -224,7 +237,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/14_loading.ipynb #c040
+# %% ../nbs/14_loading.ipynb #c042
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .core import KitError, cache_root, host_to_device, load_json, save_json
 from .formats import box_mask, clip_box, load_grey, load_rgb
-from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz
+from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
@@ -157,12 +157,13 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
     return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
 # %% ../nbs/15_pipeline.ipynb #c026
-def dahar_params(n, base, heights, widths, jitter, gen):  # samples; (H, W) of the cached resize; window heights and widths; jitter strength; generator
+def dahar_params(n, base, heights, widths, jitter, gen, max_distort=1):  # samples; (H, W) of the cached resize; window heights and widths; jitter strength; generator; as `crop_pairs`
     "Per-sample window (top, left, h, w), flip, colour order and factors of Da-HAR's augmentation, drawn as torchvision draws them."
-    (H, W), geo, perm, fac = base, [], [], []
+    (H, W), geo, perm, fac, pairs = base, [], [], [], crop_pairs(len(heights), max_distort)
     pick = lambda k: int(torch.randint(k, (), generator=gen))
     for _ in range(n):   # the draws in torchvision's order; everything else in plain Python (the host's share of a GPU step)
-        h, w, pos = min(H, heights[pick(len(heights))]), min(W, widths[pick(len(widths))]), pick(5)
+        i, j = pairs[pick(len(pairs))]
+        h, w, pos = min(H, heights[i]), min(W, widths[j]), pick(5)
         top, left = (0, 0, H - h, H - h, (H - h) // 2)[pos], (0, W - w, 0, W - w, (W - w) // 2)[pos]
         geo.append((top, left, h, w, int(torch.rand(1, generator=gen) < 0.5)))
         perm.append(torch.randperm(4, generator=gen))
@@ -383,13 +384,14 @@ def campar_batches(train, scale=1.0):  # training augmentation, else evaluation;
     return (_sz(256, scale), _sz(192, scale)), augment
 
 # %% ../nbs/15_pipeline.ipynb #c052
-def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3):  # as `dahar_transforms`
+def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3, max_distort=1):  # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
     heights = [_sz(s, scale) for s in (256, 224, 192, 168, 128)]
     widths = [max(1, int(round(h / aspect))) for h in heights]
+    crop_pairs(len(heights), max_distort)   # checked before the first batch
     def augment(x, masks, gen):
-        if train: return dahar_augment(x, dahar_params(len(x), base, heights, widths, jitter, gen), out, masks)
+        if train: return dahar_augment(x, dahar_params(len(x), base, heights, widths, jitter, gen, max_distort), out, masks)
         d = {'image': five_crop(normalise(x), out) if five_crop_eval else normalise(x)}
         if masks is not None and not five_crop_eval: d['mask'] = masks[:, None].float() / 255
         return d

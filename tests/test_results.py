@@ -204,9 +204,12 @@ def test_cards_state_the_open_choices(tmp_path):
     "Every open choice of issue 28 is on the rendered card with its reason: parameters (open) and code (fixed)."
     from har_kit.cards import FIXED_CHOICES
     choices = {(nb, c[0]) for nb, cs in FIXED_CHOICES.items() for c in cs}
-    assert {('dahar', 'mask source'), ('campar', 'CAM normalisation (Eq. 10)'), ('campar', 'RAP label 2'),
+    assert {('dahar', 'mask source'), ('dahar', 'training windows'), ('dahar', 'side-branch head'), ('dahar', 'supervised logits'),
+            ('dahar', 'architecture'), ('dahar', 'RAP label 2'), ('campar', 'CAM normalisation (Eq. 10)'), ('campar', 'RAP label 2'),
             ('campar', 'loss heads (Eq. 16)'), ('campar', 'test-time logits'), ('cfar', 'phase 2')} <= choices
     assert all(c[1] and c[2] for cs in FIXED_CHOICES.values() for c in cs)
+    from har_kit.cards import choice_reason   # the paper profile's GPU precision has its reason on the card
+    assert 'no reason declared' not in choice_reason('paper', 'dahar', 'amp') and 'bf16' in choice_reason('paper', 'campar', 'amp')
     assert CAMPAR_T2.protocol['campar']['fusion_project_deepest'].value is False
     for k in ('phase2_epochs', 'phase2_lr'): assert CAMPAR_T2.protocol['cfar'][k].open
     assert DAHAR_T2.protocol['dahar']['mix'].open and DAHAR_T1.protocol['dahar']['mask_weight'].open
