@@ -5,6 +5,7 @@
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
 import dataclasses, tempfile, warnings
+from pathlib import Path
 
 import numpy as np
 from scipy.special import expit
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from fastcore.basics import patch
 
-from .core import KitError, seed_everything
+from .core import KitError, load_json, seed_everything
 from .cfar_factors import check_confidences, fit_latent_factors
 from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig
@@ -26,7 +27,7 @@ from . import losses
 __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
            'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'CFAR', 'fit_dictionary', 'fit_cfar',
            'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'CFARRecipe',
-           'plot_dictionary']
+           'check_phase1_run', 'plot_dictionary']
 
 # %% ../nbs/51_cfar.ipynb #c008
 @dataclasses.dataclass
@@ -414,7 +415,21 @@ def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its
                                  als_converged=info['als_converged'], als_tol=c.als_tol,
                                  never_positive=[names[j] for j in info['never_positive']]))
 
-# %% ../nbs/51_cfar.ipynb #c061
+# %% ../nbs/51_cfar.ipynb #c058
+def check_phase1_run(campar_run,   # a `har-kit run campar` directory
+                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`)
+    "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given: it trained on other data."
+    m = Path(campar_run)/'metrics.json'
+    if not m.is_file():
+        raise KitError(f'campar_run={campar_run}: no metrics.json there; pass the directory of a finished `har-kit run campar`')
+    meta = load_json(m).get('_meta') or {}
+    same = lambda k, a, b: (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve()) if k == 'data_root' else a == b
+    bad = [f'{k} {meta.get(k)!r} there, {v!r} here' for k, v in expected.items() if not same(k, meta.get(k), v)]
+    if bad:
+        raise KitError(f'campar_run={campar_run} trained on other data than this run scores ({"; ".join(bad)}): its training '
+                       'images may be in this test split; pass the CAM-PAR run of the same dataset, data_root, partition and scale')
+
+# %% ../nbs/51_cfar.ipynb #c064
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

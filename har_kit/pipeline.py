@@ -51,10 +51,16 @@ def decode_resized(path,        # image file
     return img, m
 
 # %% ../nbs/15_pipeline.ipynb #c011
+def _stamp(path):  # a file's (size, modification time): a file replaced in place changes it
+    try: st = os.stat(path)
+    except OSError as e: raise KitError(f'{path}: cannot read it ({e.strerror}); check the dataset folder, then run again') from None
+    return [st.st_size, st.st_mtime_ns]
+
 def cache_key(paths, boxes, size, masks=None):  # image files; (x, y, w, h) or None each; (H, W); mask files / 'box' / None each
-    "The hex key of a decoded cache: file list, boxes, masks, size and torchvision's version."
+    "The hex key of a decoded cache: files (with their sizes and modification times), boxes, masks, size and torchvision's version."
     spec = dict(files=[str(p) for p in paths], boxes=[None if b is None else [float(v) for v in b] for b in boxes],
                 masks=None if masks is None else [None if m is None else str(m) for m in masks], size=[int(v) for v in size],
+                stamps=[_stamp(p) for p in paths] + [_stamp(m) for m in (masks or ()) if m not in (None, 'box')],
                 torchvision=torchvision.__version__, layout='NHWC-uint8-v1')
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 

@@ -194,3 +194,16 @@ def test_a_cfar_saved_before_loss2_was_weighted_reads_as_unweighted():
     assert cfar.CFAR.from_state(st).config.sample_weighting is True
     old = {**st, 'config': {k: v for k, v in st['config'].items() if k != 'sample_weighting'}}
     assert cfar.CFAR.from_state(old).config.sample_weighting is False
+
+
+def test_phase1_run_must_have_trained_on_the_data_scored(tmp_path):
+    "A phase-1 CAM-PAR run of another RAP partition, dataset folder, dataset or input size is refused (its training images could be in the test split)."
+    from har_kit.cfar import check_phase1_run
+    from har_kit.core import save_json
+    run, root = tmp_path/'campar', tmp_path/'RAP'
+    save_json({'_meta': dict(dataset='rap', data_root=str(root), partition=0, scale=1.0, profile='quick')}, run/'metrics.json')
+    check_phase1_run(run, dataset='rap', data_root=str(tmp_path/'x'/'..'/'RAP'), partition=0, scale=1.0)   # the same folder, spelled otherwise
+    for kw, msg in ((dict(partition=3), 'partition 0 there, 3 here'), (dict(data_root=str(tmp_path/'RAP2')), 'data_root'),
+                    (dict(scale=0.5), 'scale 1.0 there, 0.5 here'), (dict(dataset='pa100k'), "dataset 'rap' there")):
+        with pytest.raises(KitError, match=msg): check_phase1_run(run, **{**dict(dataset='rap', data_root=str(root), partition=0, scale=1.0), **kw})
+    with pytest.raises(KitError, match='no metrics.json'): check_phase1_run(tmp_path/'missing', dataset='rap')

@@ -1,5 +1,5 @@
 "The decoded pipeline: the cache holds the loader's exact resize (fixtures and the real PA-100K sample), is built once and atomically, refuses damage; batch augmentation equals the torchvision transforms sample by sample; the shuffle order is the loader's and seeded; a tiny training runs on the device path."
-import contextlib, threading, time
+import contextlib, os, shutil, threading, time
 
 import numpy as np
 import pytest
@@ -76,6 +76,10 @@ def test_cache_is_built_once_atomically_and_checked(sets, tmp_path):
     assert P.decoded_cache(*args, name='pa')['dir'] == c['dir'] and (c['dir']/'meta.json').stat().st_mtime_ns == t
     assert P.decoded_cache(*args[:2], (32, 32), name='pa')['dir'] != c['dir']          # the size is in the key
     assert P.cache_key(*args) != P.cache_key(args[0][::-1], args[1], args[2])           # so is the file list
+    img = tmp_path/'replaced.jpg'; shutil.copy(args[0][0], img); key = P.cache_key([img], [None], (8, 8))
+    shutil.copy(args[0][1], img); os.utime(img, ns=(1, 1))                               # the same name, another image
+    assert P.cache_key([img], [None], (8, 8)) != key                                    # ... and so is each file's content stamp
+    with pytest.raises(KitError, match='gone.jpg: cannot read it'): P.cache_key([tmp_path/'gone.jpg'], [None], (8, 8))
     m = np.load(c['dir']/'images.npy', mmap_mode='r+'); m[3, 1, 1, 1] ^= 255; m.flush(); del m
     with pytest.raises(KitError, match='delete that folder'): P.decoded_cache(*args, name='pa')
     assert P.decoded_cache(*args, name='pa', verify=False)['images'].shape == (12, 32, 24, 3)
