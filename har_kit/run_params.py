@@ -29,6 +29,8 @@ def find_notebook(name):  # path, file name ('30_dahar.ipynb') or section name (
     "Resolve a notebook name to its path, or raise `KitError` listing the available notebooks."
     p = Path(name)
     if p.suffix == '.ipynb' and p.exists(): return p.resolve()
+    if len(p.parts) > 1:   # a path, not a name: never silently replaced by the packaged notebook of the same name
+        raise KitError(f'{name}: no such notebook file; give the path of an existing .ipynb, or a section name such as {p.stem.split("_", 1)[-1]!r}')
     d = notebooks_dir()
     stem = p.stem
     cands = sorted(d.glob('*.ipynb'))
@@ -105,8 +107,9 @@ def check_parameter(name,               # the parameter's name
         if not isinstance(value, str): raise bad(f'expects a string (default {default!r}), got {_type_name(value)} {value!r}')
     elif isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
+            example = value if value not in (None, '') else ', '.join(map(str, default)) or 'a, b'
             raise bad(f'expects a list (default {list(default)!r}), got {_type_name(value)} {value!r}; '
-                      f"write a list, e.g. -p {name} '[{value}]'")
+                      f"write a list, e.g. -p {name} '[{example}]'")
         value = list(value)
         kinds = {type(d) for d in default}
         if len(kinds) == 1 and kinds <= {str, int, float}:

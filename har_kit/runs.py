@@ -589,9 +589,11 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
     "The file's parameters, checked against the notebook's, or a `KitError` naming the file and the key."
     import yaml
     p, nb = Path(path), find_notebook(notebook)
-    try: data = yaml.safe_load(p.read_text(encoding='utf-8'))
+    try: text = p.read_text(encoding='utf-8')
     except OSError as e: raise KitError(f'{p}: cannot read the parameters file ({e.strerror or e})') from None
     except UnicodeDecodeError: raise KitError(f'{p}: not a text file; a parameters file is YAML, one `name: value` per line') from None
+    try:
+        data, node = yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         m = getattr(e, 'problem_mark', None)
         where = f'line {m.line + 1}, column {m.column + 1}: {e.problem}' if m else str(e)
@@ -599,6 +601,11 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
     if data is None: return {}
     if not isinstance(data, dict):
         raise KitError(f'{p}: expected `name: value` lines (a YAML mapping), got {type(data).__name__} {data!r:.60}')
+    lines = {}   # YAML keeps the last of a repeated key without a word: one line per parameter, or an error
+    for k, _ in node.value:
+        if k.value in lines:
+            raise KitError(f'{p}: {k.value!r} is given twice (lines {lines[k.value]} and {k.start_mark.line + 1}); keep one line per parameter')
+        lines[k.value] = k.start_mark.line + 1
     declared, out = notebook_parameters(nb), {}
     for k, v in data.items():
         if k == 'out_dir': raise KitError(f"{p}: 'out_dir' is set by the runner: remove it and pass the run directory with --out")
