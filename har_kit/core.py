@@ -98,12 +98,18 @@ def save_json(obj,   # JSON-able after `to_jsonable`
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #c022
-def load_json(path):  # JSON file written by `save_json` (or by hand)
-    "Read a JSON file, with an error that names the file when it is missing or malformed."
+def load_json(path,          # JSON file written by `save_json` (or by hand)
+              expect=None):  # the type its top level must have (e.g. dict), or None: any
+    "Read a JSON file, with an error that names the file when it is missing, not UTF-8 JSON, or not of the `expect`ed type."
     path = Path(path)
     if not path.exists(): raise KitError(f'{path}: file not found')
-    try: return json.loads(path.read_text())
+    try: value = json.loads(path.read_text(encoding='utf-8'))
+    except UnicodeDecodeError: raise KitError(f'{path}: not UTF-8 text; delete it and rerun the step that writes it') from None
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
+    if expect is not None and not isinstance(value, expect):
+        want = 'an object {...}' if expect is dict else 'a list [...]' if expect is list else expect.__name__
+        raise KitError(f'{path}: holds a JSON {type(value).__name__}, not {want}; delete it and rerun the step that writes it')
+    return value
 
 # %% ../nbs/00_core.ipynb #c027
 MAX_THREADS = 256  # the thread cap on a machine with fewer cores (a larger machine allows its core count)

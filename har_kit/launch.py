@@ -62,6 +62,10 @@ def _refused(err):  # an error recorded for a run that has no directory
     "True when it says why the run was refused (a parameter the notebook does not take), not that it was never started."
     return bool(err) and not err.startswith('not started') and 'interrupted: not started' not in err   # the latter: status.json of older kits
 
+def _record(path):  # a JSON object the runner wrote beside a run, or None: missing or unreadable (a status never stops on it)
+    try: return load_json(path, dict) if path.exists() else None
+    except KitError: return None
+
 def run_states(runs,         # PlannedRuns, or the run records of a saved status
                errors=None   # {run name: error} of this session (errors raised before a run directory existed)
               ) -> list:
@@ -78,12 +82,11 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
         if rec['state'] == 'missing' and _refused(err): rec['state'], rec['error'] = 'failed', err
         job = job_file(rec['out_dir'])
-        rec['job'] = load_json(job) if job.exists() else None
+        rec['job'] = _record(job)
         if rec['state'] in ('missing', 'failed', 'interrupted') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
             rec['state'], rec['error'] = 'queued', None
-        t = Path(rec['out_dir'])/'timing.json'   # where the run's time went (written by run_notebook)
-        if t.exists():
-            t = load_json(t)
+        t = _record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
+        if t:
             rec['seconds'] = {k: t.get(f'{k}_seconds') for k in ('total', 'kernel_start', 'imports', 'cells')}
         by_dir[rec['out_dir']] = rec
     for rec in recs:

@@ -342,19 +342,24 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'metrics schema' when an older kit wrote its metrics.json."
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
     rec = r.record() if isinstance(r, PlannedRun) else r
     out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
-    p, e = out/'params.json', out/'env.json'
-    given = load_json(p) if p.exists() else {}
-    diff = param_diff(given, planned) if p.exists() else []
-    env = load_json(e) if e.exists() else {}
-    if isinstance(env.get('defaults'), dict):   # recorded since the defaults are (runs of older kits: the metrics schema below)
+    p, e, m = out/'params.json', out/'env.json', out/'metrics.json'
+    def read(f):   # a record the run wrote, or None when it cannot be read (then reported, never a traceback)
+        try: return load_json(f, dict) if f.exists() else {}
+        except KitError: diff.append(f'{f.name} unreadable'); return None
+    diff = []
+    given = read(p)
+    if given is None: given = {}
+    elif p.exists(): diff += param_diff(given, planned)
+    env = read(e)
+    if env is not None and isinstance(env.get('defaults'), dict):   # recorded since the defaults are (runs of older kits: the metrics schema below)
         then, now = env['defaults'], parameter_defaults(nb)
         diff += [f'default {k}' for k in sorted(set(then) | set(now))
                  if k not in given and k not in planned and k != 'device' and then.get(k) != now.get(k)]
-    if data and e.exists() and env.get('data') != data: diff.append('data')   # e.g. the quick sets were resized
-    if nb in ('dahar', 'campar', 'cfar') and is_done(out) and (out/'metrics.json').exists():   # by an older kit?
+    if data and e.exists() and env is not None and env.get('data') != data: diff.append('data')   # e.g. the quick sets were resized
+    if nb in ('dahar', 'campar', 'cfar') and is_done(out) and m.exists() and read(m) is not None:   # by an older kit?
         try: read_metrics(out)
         except KitError: diff.append('metrics schema')
     return diff

@@ -188,7 +188,7 @@ def check_run_params(out_dir  # a done run directory
                     ) -> dict:
     "The run's `params.json`, or a `KitError` when it no longer matches the digest its `done` recorded (edited by hand)."
     out = Path(out_dir)
-    params = load_json(out/'params.json')
+    params = load_json(out/'params.json', dict)
     rec = [l.split()[1] for l in (out/'done').read_text().splitlines()[1:] if l.startswith('params-sha256 ')]
     if rec and rec[0] != params_digest(params):   # a `done` written before digests were recorded has none to compare
         raise KitError(f'{out/"params.json"} was changed after the run finished: it no longer matches the parameters '
@@ -201,7 +201,7 @@ def _prepare(out, params, force):
     if not entries: return 'run'
     old = None
     if (out/'params.json').exists():
-        try: old = load_json(out/'params.json')
+        try: old = load_json(out/'params.json', dict)
         except KitError: old = None
     if not force:
         if old is not None and is_done(out): check_run_params(out)
@@ -463,7 +463,7 @@ def run_status(out_dir,  # a run directory
     if holder: return dict(state='running', error=None, holder=holder)
     if is_done(out): return dict(state='done', error=None, time=(out/'done').read_text().partition('\n')[0].strip(), metrics=str(out/'metrics.json'))
     if (out/'failed.json').exists():
-        try: f = load_json(out/'failed.json')
+        try: f = load_json(out/'failed.json', dict)
         except KitError as e: f = dict(error=str(e))
         return dict(state='failed', error=f.get('error'), cell=f.get('cell'), time=f.get('time'),
                     **({'interrupted': True} if f.get('interrupted') else {}))
@@ -508,7 +508,7 @@ def run_report(out,              # a done run directory
     when = (out/'done').read_text().partition('\n')[0].strip()
     head = (f'skipped: already done ({out}, finished {when}); pass --force to rerun it (the old run is moved aside)'
             if skipped else f'done -> {out}')
-    try: lines = metrics_summary(load_json(out/'metrics.json'))
+    try: lines = metrics_summary(load_json(out/'metrics.json', dict))
     except KitError as e: lines = [str(e)]
     return '\n'.join([f'har-kit run: {head}', *('  ' + l for l in lines),
                       f'  log: {out/"log.txt"}', f'  metrics: {out/"metrics.json"}', f'  notebook: {out/"notebook.ipynb"}'])

@@ -275,3 +275,21 @@ def test_paper_fusion_card_matches_the_profile():
             assert (decl['fusion_project_deepest'].value, decl['fusion_width'].value) == (prof['fusion_project_deepest'], prof['fusion_width']), t.key
     counts = {d: round(count_params(MCAFusion([512, 1024, 2048], latent=128, project_deepest=d)) / 1e6, 2) for d in (False, True)}
     assert counts == {False: 4.08, True: 8.27}, counts
+
+
+def test_status_reports_unreadable_run_records_without_a_traceback(tmp_path, capsys):
+    "A run directory's params/env/metrics/timing/job/failed JSON that is not a JSON object, or not UTF-8, is reported, never a crash."
+    runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0][:3]
+    for r in runs: r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
+    save_status(runs, tmp_path, 'quick')
+    bad = {'params.json': '[1, 2]', 'env.json': b'\xff\xfe{', 'metrics.json': '[1, 2]', 'timing.json': '7'}
+    for name, text in bad.items():
+        f = runs[0].out_dir/name
+        f.write_bytes(text) if isinstance(text, bytes) else f.write_text(text)
+    runs[1].out_dir.joinpath('done').unlink(); runs[1].out_dir.joinpath('failed.json').write_text('[1, 2]')
+    capsys.readouterr()
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json']) == 1
+    st = {r['name']: r for r in json.loads(capsys.readouterr().out)['runs']}
+    first = st[runs[0].name]
+    assert first['state'] == 'stale' and all(f'{n} unreadable' in first['error'] for n in ('params.json', 'env.json', 'metrics.json')), first
+    assert st[runs[1].name]['state'] == 'failed' and 'failed.json: holds a JSON list' in st[runs[1].name]['error']
