@@ -129,7 +129,7 @@ def campar_loaders(train,                 # training samples (the first value of
     if pipeline == 'device': return _device_loaders(train, eval_samples, test, scale, batch_size, num_workers, seed, device)
     if pipeline != 'loader': raise KitError(f"pipeline={pipeline!r}: use 'loader' or 'device'")
     kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache.of(cache_mb))
-    loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=True, seed=seed, **kw)}
+    loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=len(train) > batch_size, seed=seed, **kw)}
     if eval_samples: loaders['val'] = make_loader(eval_samples, campar_transforms(False, scale), shuffle=False, **kw)
     loaders['test'] = make_loader(test, campar_transforms(False, scale), shuffle=False, **kw)
     if all(s.mask is not None for s in test):
@@ -140,7 +140,7 @@ def campar_loaders(train,                 # training samples (the first value of
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
     kw = dict(device=get_device(device), workers=workers)
     ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
-    loaders = {'train': cached_loader(train, campar_batches(True, scale), batch_size, True, drop_last=True, seed=seed, name='campar-train', **kw)}
+    loaders = {'train': cached_loader(train, campar_batches(True, scale), batch_size, True, drop_last=len(train) > batch_size, seed=seed, name='campar-train', **kw)}
     if eval_samples: loaders['val'] = ev(eval_samples, 'campar-eval')
     loaders['test'] = ev(test, 'campar-test')
     if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, 'campar-test', with_mask=True)

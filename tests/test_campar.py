@@ -279,3 +279,16 @@ def test_a_fresh_start_forgets_a_stale_selection(tmp_path):
     save_checkpoint(dict(model=model.state_dict(), value=0.42, key='mA'), path)
     save_checkpoint(dict(epoch=1), tmp_path/'checkpoints'/'last.pt')          # a run in progress: resumed
     assert EpochSelector(model, pedestrian_metrics, 'mA', path).best == 0.42
+
+
+def test_a_training_split_smaller_than_a_batch_still_trains(tmp_path):
+    "[15]'s loader drops the last incomplete batch; a split of fewer images than one batch keeps its one batch instead of yielding none."
+    from har_kit.campar_train import campar_loaders
+    from har_kit.data import read_pa100k, tiny_fixture
+    data = read_pa100k(tiny_fixture('pa100k', tmp_path/'pa'))
+    train, test = data.split('train'), data.split('test')
+    assert len(train) < 16
+    for pipeline in ('loader', 'device'):
+        ld = campar_loaders(train, None, test, scale=0.125, batch_size=16, pipeline=pipeline)
+        assert [len(b['labels']) for b in ld['train']] == [len(train)], pipeline
+        assert len(campar_loaders(train, None, test, scale=0.125, batch_size=4, pipeline=pipeline)['train']) == len(train) // 4
