@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, datetime, hashlib, importlib, inspect, json, time
+import dataclasses, datetime, hashlib, importlib, inspect, json, math, time
 from pathlib import Path
 
 import numpy as np
@@ -141,26 +141,37 @@ def _check_outputs(model, attributes, input_size, where):  # network; names; (H,
                        'save it with its own attribute list')
 
 # %% ../nbs/09_model_file.ipynb #c015
-def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_model` receives them
+def _numbers(values):  # a list / tuple / array / tensor of numbers
+    "The values as a list of finite floats (arrays and tensors flattened), or None when they are not that."
+    if isinstance(values, torch.Tensor): values = values.detach().cpu().numpy()
+    if isinstance(values, np.ndarray): values = values.ravel().tolist()
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+            for v in values): return None
+    return [float(v) for v in values]
+
+def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_model` receives them, or a model file stores them
     "Validate the descriptive fields; return them as plain lists."
-    attributes = list(attributes) if attributes is not None else []
-    if not attributes or not all(isinstance(a, str) and a for a in attributes) or len(set(attributes)) != len(attributes):
+    try: names = [] if attributes is None or isinstance(attributes, str) else list(attributes)
+    except TypeError: names = []
+    if not names or not all(isinstance(a, str) and a for a in names) or len(set(names)) != len(names):
         raise KitError(f'attributes: expected a non-empty list of distinct names, got {attributes!r:.200}')
-    attributes = [str(a) for a in attributes]
-    size = [int(v) for v in input_size] if isinstance(input_size, (list, tuple)) else None
-    if not size or len(size) != 2 or min(size) < 1:
-        raise KitError(f'input_size={input_size!r}: expected the network input (height, width) in pixels')
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise KitError(f'mean={mean} / std={std}: expected three channel values each, std > 0')
+    attributes = [str(a) for a in names]
+    size = list(input_size) if isinstance(input_size, (list, tuple)) else None
+    if not size or len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1
+                                             for v in size):
+        raise KitError(f'input_size={input_size!r:.100}: expected the network input (height, width) in pixels, two positive integers')
+    size = [int(v) for v in size]
+    m, sd = _numbers(mean), _numbers(std)
+    if m is None or sd is None or len(m) != 3 or len(sd) != 3 or min(sd) <= 0:
+        raise KitError(f'mean={mean!r:.100} / std={std!r:.100}: expected three channel values each, finite numbers, std > 0')
     if thresholds is not None:
-        thresholds = np.asarray(_to_storable(thresholds) if not isinstance(thresholds, torch.Tensor) else thresholds.numpy(), float).ravel()
-        if len(thresholds) != len(attributes) or not np.all((thresholds >= 0) & (thresholds <= 1)):
-            raise KitError(f'thresholds: expected {len(attributes)} values in [0, 1] (one per attribute), '
-                           f'got {len(thresholds)} ranging {thresholds.min() if len(thresholds) else None}..'
-                           f'{thresholds.max() if len(thresholds) else None}')
-        thresholds = thresholds.tolist()
-    return attributes, size, mean, std, thresholds
+        th = _numbers(thresholds)
+        if th is None or len(th) != len(attributes) or not all(0 <= t <= 1 for t in th):
+            got = f'{len(th)} ranging {min(th, default=None)}..{max(th, default=None)}' if th is not None else f'{thresholds!r:.100}'
+            raise KitError(f'thresholds: expected {len(attributes)} finite values in [0, 1] (one per attribute), got {got}')
+        thresholds = th
+    return attributes, size, m, sd, thresholds
 
 # %% ../nbs/09_model_file.ipynb #c017
 def save_model(path,                 # destination, e.g. <run_dir>/<variant>/model.pt
@@ -246,8 +257,19 @@ def read_model_file(path,                # a file written by `save_model`
     try: ok = model_digest(blob['meta'], blob['state_dict'], blob['extra']) == blob['sha256']
     except (KeyError, KitError, TypeError, AttributeError): ok = False
     if not ok: raise KitError(f'{path}: content hash mismatch: the file is corrupted; save it again from its run')
-    missing = [k for k in ('builder', 'kwargs', 'attributes', 'input_size', 'mean', 'std') if k not in blob['meta']]
+    if not all(isinstance(blob[k], dict) for k in ('meta', 'state_dict', 'extra')):
+        raise KitError(f'{path}: meta, state_dict and extra must be dicts; save it with har_kit.model_file.save_model')
+    meta = blob['meta']
+    missing = [k for k in ('builder', 'kwargs', 'attributes', 'input_size', 'mean', 'std') if k not in meta]
     if missing: raise KitError(f'{path}: the model file lacks {missing}; save it with har_kit.model_file.save_model')
+    try:   # the checks `save_model` makes: a file written elsewhere (or edited, its hash recomputed) is held to them too
+        if not isinstance(meta['kwargs'], dict): raise KitError(f"kwargs={meta['kwargs']!r:.80}: expected the builder's keyword arguments (a dict)")
+        _check_meta(meta['attributes'], meta['input_size'], meta['mean'], meta['std'], meta.get('thresholds'))
+    except KitError as e:
+        raise KitError(f'{path}: {e}; the file was not written by save_model as it is: save it again from its run') from None
+    bad = [k for k, v in blob['state_dict'].items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise KitError(f'{path}: model weight {bad[0]!r} holds NaN/inf ({len(bad)} tensor(s)): the run diverged; '
+                           'retrain it (lower the learning rate) rather than use this file')
     return blob
 
 # %% ../nbs/09_model_file.ipynb #c025
@@ -280,19 +302,27 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     if 'weights' in kwargs: kwargs['weights'] = None
     build = _resolve(meta['builder'], f'{path}: builder')
     _check_kwargs(build, kwargs, f'{path}: kwargs')
-    model = build(**kwargs)
+    try: model = build(**kwargs)
+    except (TypeError, ValueError, KitError) as e:
+        raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '
+                       'the stored kwargs do not fit this har_kit: save the model again from its run') from None
     try: model.load_state_dict(blob['state_dict'])
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
                        'the file was saved by another version of the architecture') from None
     model = model.to(map_location) if not callable(map_location) else model
-    if 'predictor' in extra: model = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')(model.eval(), extra, meta)
+    if 'predictor' in extra:
+        make = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')
+        try: model = make(model.eval(), extra, meta)
+        except (TypeError, ValueError, KeyError, KitError) as e:
+            raise KitError(f"{path}: extra['predictor']={extra['predictor']!r} cannot be built from this file's extra "
+                           f'({type(e).__name__}: {str(e)[:300]}); save the variant again from its run, with its state in extra') from None
     _check_outputs(model, meta['attributes'], meta['input_size'], path)
     th = meta.get('thresholds')
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),
                        tuple(meta['std']), None if th is None else np.asarray(th, float), meta, extra, path)
 
-# %% ../nbs/09_model_file.ipynb #c033
+# %% ../nbs/09_model_file.ipynb #c035
 class EpochSelector:
     "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path`."
     def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
@@ -311,7 +341,7 @@ class EpochSelector:
             if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
         return m
 
-# %% ../nbs/09_model_file.ipynb #c034
+# %% ../nbs/09_model_file.ipynb #c036
 def selected_epoch(history,      # the engine's epoch records
                    key,          # the evaluated metric ('mA' or 'mAP')
                    split='val'): # the split it was scored on: 'val', or a loader the engine watched (e.g. 'test')
@@ -322,7 +352,7 @@ def selected_epoch(history,      # the engine's epoch records
     best = max(v for _, v in vals)
     return next(e for e, v in vals if v == best), best
 
-# %% ../nbs/09_model_file.ipynb #c036
+# %% ../nbs/09_model_file.ipynb #c038
 def selection_study(history,        # epoch records with val_<metric> and <scored>_<metric> every epoch
                     key,            # the selection metric ('mA' or 'mAP')
                     scored='test'): # the split both rules are scored on
@@ -334,7 +364,7 @@ def selection_study(history,        # epoch records with val_<metric> and <score
         out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
     return out
 
-# %% ../nbs/09_model_file.ipynb #c039
+# %% ../nbs/09_model_file.ipynb #c041
 POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
             'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
@@ -368,7 +398,7 @@ def check_range(name,     # a parameter's name
                       + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
     return value
 
-# %% ../nbs/09_model_file.ipynb #c041
+# %% ../nbs/09_model_file.ipynb #c043
 class RunConfig:
     "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them; built, it checks their ranges."
     @classmethod
@@ -381,7 +411,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             check_range(f.name, getattr(self, f.name), lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}'))
 
-# %% ../nbs/09_model_file.ipynb #c043
+# %% ../nbs/09_model_file.ipynb #c045
 class Recipe:
     "The defaults of the training contract; a method's recipe sets `config` and defines build, criterion, loaders, score, model_file."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
@@ -391,7 +421,7 @@ class Recipe:
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c044
+# %% ../nbs/09_model_file.ipynb #c046
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -399,7 +429,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c045
+# %% ../nbs/09_model_file.ipynb #c047
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/

@@ -87,6 +87,16 @@ def test_cfar_predictor_without_state():
     with pytest.raises(KitError, match="'cfar'"): cfar.cfar_predictor(torch.nn.Identity(), {}, {})
 
 
+def test_cfar_model_file_without_state_names_the_file(tmp_path):
+    "A model file naming CFAR's predictor but holding no CFAR state: a KitError naming the file, not the predictor's."
+    from har_kit.model_file import load_model, save_model
+    kw = dict(name='campar', num_attributes=4, arch='resnet-tiny', weights=None)
+    f = save_model(tmp_path/'campar_cfar'/'model.pt', campar.campar_variant(**kw).eval(), builder='campar_variant', kwargs=kw,
+                   attributes=list('abcd'), input_size=(64, 32), mean=(0, 0, 0), std=(1, 1, 1), extra={'predictor': 'cfar_predictor'})
+    with pytest.raises(KitError, match=re.escape(f"{f}: extra['predictor']='cfar_predictor' cannot be built") + ".*'cfar'"):
+        load_model(f)
+
+
 @pytest.mark.parametrize('call,match', [
     (lambda: campar.campar_variant('campar', 0, arch='resnet-tiny'), 'num_attributes'),
     (lambda: campar.campar_variant('nope', 3, arch='resnet-tiny'), 'unknown CAM-PAR variant'),

@@ -97,9 +97,10 @@ def test_checks_on_save_and_load(tmp_path):
     with pytest.raises(KitError, match='not a har-kit model file'): load_model(ck)
 
 
-def _forge(tmp_path, f, name, **meta):  # a model file whose meta was edited and its hash recomputed, as anyone can
+def _forge(tmp_path, f, name, edit=None, **meta):  # a model file whose meta (or, with edit(blob), more) was edited and its hash recomputed, as anyone can
     blob = torch.load(f, weights_only=True)
     blob['meta'].update(meta)
+    if edit: edit(blob)
     blob['sha256'] = model_digest(blob['meta'], blob['state_dict'], blob['extra'])
     torch.save(blob, tmp_path/name); return tmp_path/name
 
@@ -139,6 +140,28 @@ def test_model_file_kwargs_and_outputs_are_checked(tmp_path):
     with pytest.raises(KitError, match='three channel values'): _save(tmp_path/'b.pt', net, b, kw, mean=(0.5,))
     (tmp_path/'run'/'other').mkdir(); (tmp_path/'run'/'other'/'model.pt').write_bytes(f.read_bytes())
     with pytest.raises(KitError, match="saved as variant 'dahar', found in 'other'"): load_model(tmp_path/'run', variant='other')
+
+
+@pytest.mark.parametrize('meta, match', [
+    (dict(attributes=['hat'] * 4), 'distinct names'), (dict(attributes=[1, 2, 3, 4]), 'distinct names'),
+    (dict(thresholds=[0.5] * 3), 'thresholds: expected 4 finite values'), (dict(thresholds='0.5'), 'thresholds'),
+    (dict(thresholds=[float('nan')] * 4), 'thresholds'), (dict(input_size=[64, 32, 3]), 'input_size'),
+    (dict(input_size=[-1, 32]), 'input_size'), (dict(mean='abc'), 'mean'), (dict(std=[0, 0, 0]), 'std > 0'),
+    (dict(kwargs=dict(name='dahar', num_attributes=4, arch='resnet-tiny', weights=None, foo=1)), 'cannot build its network'),
+])
+def test_a_forged_meta_is_held_to_the_save_checks_on_load(tmp_path, meta, match):
+    "A file edited with its hash recomputed: what save_model refuses, load_model refuses too, naming the file."
+    net, b, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, b, kw, thresholds=[0.5] * 4)
+    with pytest.raises(KitError, match=f'forged.pt: .*{match}'): load_model(_forge(tmp_path, f, 'forged.pt', **meta))
+
+
+def test_non_finite_weights_are_refused_on_load(tmp_path):
+    net, b, kw = _dahar()
+    f = _save(tmp_path/'m.pt', net, b, kw)
+    k = next(k for k, v in net.state_dict().items() if v.is_floating_point())
+    nan = _forge(tmp_path, f, 'nan.pt', edit=lambda blob: blob['state_dict'][k].view(-1).__setitem__(0, float('nan')))
+    with pytest.raises(KitError, match=f"nan.pt: model weight '{k}' holds NaN/inf"): load_model(nan)
 
 
 class _Scaled(nn.Module):
