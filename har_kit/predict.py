@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, csv, io, json, re, sys
+import argparse, contextlib, csv, io, json, math, re, sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, check_writable, get_device, kit_threads, save_json
+from .core import KitError, atomic_write, check_writable, get_device, kit_threads, to_jsonable
 from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
@@ -206,6 +206,13 @@ def probabilities(self:Predictor,
         out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
     return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
 
+def _refuse_non_finite(bad,                   # the images whose probabilities are NaN/inf
+                       predictor: Predictor):  # the `Predictor` that scored them (its model is named)
+    "Raise a `KitError` naming the model when any probability is NaN/inf: such a record is no prediction."
+    if len(bad): raise KitError(f'{predictor.loaded.path or "the model"}: non-finite probabilities (NaN/inf) for {len(bad)} '
+                                f'image(s) ({bad[0] if isinstance(bad[0], (str, Path)) else "an array"}, ...): the model '
+                                'diverged or overflows; nothing written: use a model from a run that trained normally')
+
 @patch
 def predict(self:Predictor,
             images,         # files, folders and globs (or (H, W, 3) uint8 arrays)
@@ -213,6 +220,7 @@ def predict(self:Predictor,
     "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
     paths = check_images(collect_images(images)) if all(isinstance(i, (str, Path)) for i in images) else list(images)
     probs = self.probabilities(paths, progress)
+    _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)
     dec = apply_threshold(probs, self.thresholds, '>=')
     return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
                  predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
@@ -223,15 +231,17 @@ def predict(self:Predictor,
 def write_predictions(records,          # `Predictor.predict` output
                       predictor: Predictor,  # the `Predictor` that made them (names, thresholds, model path)
                       out_dir):         # folder for predictions.csv and predictions.json
-    "Write predictions.csv and predictions.json atomically; return their paths."
+    "Write predictions.csv and predictions.json atomically, both or neither, once every value is checked; return their paths."
     out_dir, names = Path(out_dir), predictor.attributes
-    with atomic_write(out_dir/'predictions.csv', newline='') as f:
-        w = csv.writer(f); w.writerow(['image', 'predicted', *names])
-        for r in records: w.writerow([r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)])
+    _refuse_non_finite([r['image'] for r in records if not all(math.isfinite(r['probabilities'][a]) for a in names)], predictor)
     meta = dict(model=str(predictor.loaded.path), threshold=predictor.threshold_source, rule='>=',
                 thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names,
                 threads=predictor.scored_threads)   # torch's intra-op threads while scoring (last digits depend on it)
-    save_json(dict(**meta, images=records), out_dir/'predictions.json')
+    doc = json.dumps(to_jsonable(dict(**meta, images=records), 'predictions.json'), indent=2) + '\n'   # checked before any file
+    rows = [['image', 'predicted', *names]] + [[r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)]
+                                               for r in records]
+    with atomic_write(out_dir/'predictions.csv', newline='') as fc, atomic_write(out_dir/'predictions.json') as fj:
+        csv.writer(fc).writerows(rows); fj.write(doc)   # renamed into place only once both are written
     return out_dir/'predictions.csv', out_dir/'predictions.json'
 
 EXPLAIN_DIR = 'explain'   # the sub-folder of --out that `har-kit predict --explain` writes its figures into

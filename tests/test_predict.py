@@ -192,7 +192,7 @@ from PIL import Image
 from har_kit.explain import model_maps
 from har_kit.export import cli as export_cli, export_model
 from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes images with
-from har_kit.predict import Predictor, cli, resolve_thresholds
+from har_kit.predict import Predictor, cli, resolve_thresholds, write_predictions
 from har_kit.formats import collect_images
 
 SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).resolve().parents[1].parent/'shared'/'data'/'pa100k-sample')
@@ -356,6 +356,31 @@ def test_export_matches_pytorch(tmp_path, make):
     assert json.loads(rep['sidecar'].read_text())['attributes'] == NAMES
     ts = export_model(f, tmp_path/'m.ts.pt', 'torchscript')
     assert np.abs(torch.jit.load(str(ts['path']))(x).detach().numpy() - ref).max() < 1e-4
+
+
+def test_non_finite_probabilities_write_nothing(tmp_path, images, model_file, capsys, monkeypatch):
+    "NaN probabilities are refused naming the model: no predictions.csv without its JSON, no earlier outputs removed."
+    import re
+    lm = load_model(model_file)
+    with torch.no_grad(): next(lm.model.parameters()).view(-1)[0] = float('nan')   # a diverged network, in memory
+    p = Predictor(lm)
+    with pytest.raises(KitError, match=re.escape(f'{model_file}: non-finite probabilities')): p.predict([images], progress=False)
+    recs = Predictor(model_file).predict([images], progress=False)
+    recs[1]['probabilities']['bag'] = float('nan')
+    with pytest.raises(KitError, match=re.escape(f'{model_file}: non-finite probabilities (NaN/inf) for 1 image(s)')):
+        write_predictions(recs, p, tmp_path/'w')
+    assert not (tmp_path/'w').exists()
+    out = tmp_path/'out'
+    assert cli([str(model_file), str(images), '--out', str(out), '--quiet']) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    monkeypatch.setattr(Predictor, 'probabilities', lambda self, paths, *a: np.full((len(paths), 4), np.nan, np.float32))
+    for args in (['--out', str(tmp_path/'o')], ['--out', str(out), '--force']):
+        assert cli([str(model_file), str(images), '--quiet', *args]) == 2
+        err = capsys.readouterr().err
+        assert f'{model_file}: non-finite probabilities' in err and 'Traceback' not in err, err
+        assert not (tmp_path/'o').exists() and {f.name: f.read_bytes() for f in out.iterdir()} == before
+    monkeypatch.undo()
+    assert cli([str(model_file), str(images), '--out', str(tmp_path/'o'), '--quiet']) == 0   # a rerun is not told 'exists'
 
 
 def test_export_cli_errors(tmp_path, model_file, capsys):
