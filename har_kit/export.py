@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_path, check_writable, save_json
+from .core import KitError, atomic_path, check_writable, save_json, to_jsonable
 from .model_file import LoadedModel, find_model_file, load_model
 from .predict import default_variant
 
@@ -101,7 +101,10 @@ def export_model(model,                # model file / run dir, or a LoadedModel
     src = model.path if isinstance(model, LoadedModel) else find_model_file(model, variant)
     out = check_destination(out, src, force, format)
     lm = model if isinstance(model, LoadedModel) else load_model(src)
-    wrapper, meta = ProbabilityModel(lm.model.cpu().eval()).eval(), _sidecar(lm, format)
+    side = out.with_name(out.name + '.json')
+    try: meta = to_jsonable(_sidecar(lm, format), side.name)   # the sidecar checked before any file is written
+    except KitError as e: raise KitError(f'{src}: {e}; nothing written: export a model with finite thresholds, mean and std') from None
+    wrapper = ProbabilityModel(lm.model.cpu().eval()).eval()
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
     with atomic_path(out) as tmp:
@@ -111,10 +114,9 @@ def export_model(model,                # model file / run dir, or a LoadedModel
         diff = None if got is None else float(np.abs(got - ref).max())
         if diff is not None and not diff <= tol:
             raise KitError(f'{out}: the exported model differs from PyTorch by {diff:.3g} (> tol={tol}); not written')
-    save_json({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,
-                                     note=None if diff is not None else 'onnxruntime not installed: not checked')},
-              out.with_name(out.name + '.json'))
-    return dict(path=out, sidecar=out.with_name(out.name + '.json'), max_abs_diff=diff, format=format)
+        save_json({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,   # last: the export lands only with its sidecar
+                                         note=None if diff is not None else 'onnxruntime not installed: not checked')}, side)
+    return dict(path=out, sidecar=side, max_abs_diff=diff, format=format)
 
 # %% ../nbs/82_export.ipynb #c011
 def cli(argv=None):  # arguments after `har-kit export`

@@ -383,6 +383,16 @@ def test_non_finite_probabilities_write_nothing(tmp_path, images, model_file, ca
     assert cli([str(model_file), str(images), '--out', str(tmp_path/'o'), '--quiet']) == 0   # a rerun is not told 'exists'
 
 
+def test_export_failing_on_its_sidecar_writes_neither_file(tmp_path, model_file):
+    "A sidecar that cannot be written (NaN thresholds) is refused before the export: no model.ts.pt without its .json."
+    import dataclasses
+    bad = dataclasses.replace(load_model(model_file), thresholds=np.full(4, np.nan))
+    out = tmp_path/'m.ts.pt'
+    with pytest.raises(KitError, match=r'thresholds\[0\] is nan.*nothing written'): export_model(bad, out, 'torchscript')
+    assert not out.exists() and not out.with_name('m.ts.pt.json').exists() and not list(tmp_path.glob('.*tmp'))
+    assert export_model(load_model(model_file), out, 'torchscript')['sidecar'].exists()   # a rerun is not told 'exists'
+
+
 def test_export_cli_errors(tmp_path, model_file, capsys):
     assert export_cli([str(tmp_path/'none.pt')]) == 2 and 'none.pt' in capsys.readouterr().err
 
