@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, get_device, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
-                               plan, render_tables, run_planned, stale_params)
+                               plan, planned_tables, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import find_notebook
 from .runs import RunFailed, forward_interrupts, interrupted_exit, is_done, params_yaml, run_status
@@ -259,9 +259,10 @@ class RenderJob:
     root: str                   # outputs root
     dirs: list                  # run directories to wait for
     wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
+    tables: list | None = None  # table keys (`planned_tables`; None: every table of the profile)
     def __call__(self):
         if self.wait_deps: wait_for(self.dirs, need_done=False)
-        return str(render_tables(self.profile, self.root))
+        return str(render_tables(self.profile, self.root, self.tables))
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
@@ -340,7 +341,7 @@ def submit(runs,           # PlannedRuns, dependencies first
         after = list(ids.values())
         if dry_run: actions.append(dict(name=f'{profile}/tables', action='submit', after=after))
         else:
-            job = send(RenderJob(profile, str(root), [str(r.out_dir) for r in runs], not native), f'{profile}/tables', after, 'afterany')
+            job = send(RenderJob(profile, str(root), [str(r.out_dir) for r in runs], not native, planned_tables(runs)), f'{profile}/tables', after, 'afterany')
             actions.append(dict(name=f'{profile}/tables', action='submit', after=after, job_id=str(job.job_id), job=job))
     return actions
 
@@ -500,7 +501,7 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
               f'{len(stopped)} stopped or not started ({", ".join(stopped[:6])}{", ..." if len(stopped) > 6 else ""}); '
               'rerun the same command to resume them (no tables rendered)', file=sys.stderr)
         return interrupted_exit()   # 128 + the signal: 130 after Ctrl-C, 143 after SIGTERM
-    tables_run = render_tables(a.profile, root)
+    tables_run = render_tables(a.profile, root, planned_tables(runs))
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
           f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '

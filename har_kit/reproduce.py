@@ -21,7 +21,7 @@ from .runs import RunInterrupted, is_done, run_notebook, run_status
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'shared_sample_root',
            'PlannedRun', 'planned_data', 'default_tables', 'plan', 'missing_roots', 'root_source', 'check_roots',
            'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots',
-           'execute', 'render_tables']
+           'execute', 'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -470,6 +470,13 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     return status
 
 # %% ../nbs/71_reproduce.ipynb #c046
+def planned_tables(runs   # PlannedRuns (`plan`)
+                  ) -> list:
+    "The keys of the tables the runs fill, in `har_kit.results.TABLES` order."
+    filled = {t for r in runs for t, _ in r.rows}
+    return [k for k in TABLES if k in filled]
+
+# %% ../nbs/71_reproduce.ipynb #c048
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

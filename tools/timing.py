@@ -70,7 +70,9 @@ def from_profiles():
         summed = sum(r[1] for r in runs)
         one_go = end - start <= summed + 60          # else some runs finished in an earlier invocation
         smoke = ' --smoke' if 'smoke' in st_path.relative_to(OUT).parts else ''
-        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, its last plan's runs",
+        tables = {row.split('/')[0] for rec in st.get('runs', []) for row in rec.get('rows', [])}
+        what = f'{len(tables)} tables'   # 5: the paper tables (make main); 10: with the studies (make studies)
+        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, its last plan's runs ({what})",
                          seconds=round(end - start, 1) if one_go else None,
                          detail=('first run start to last run end; ' if one_go else 'runs of several invocations: no span; ')
                          + _runs_detail(runs),
@@ -135,7 +137,9 @@ def main(argv):
         rc, row = time_command(cmd)
         new.append(row)
     stored = {} if '--fresh' in argv else {r['job']: r for r in (_load(STORE) or {}).get('rows', [])}
-    for r in from_profiles() + from_use() + from_gpu() + new: stored[r['job']] = r
+    derived = from_profiles() + from_use() + from_gpu()
+    stored = {k: r for k, r in stored.items() if r['source'] not in {d['source'] for d in derived}}   # re-derived from their files
+    for r in derived + new: stored[r['job']] = r
     rows = sorted(stored.values(), key=lambda r: r['job'])
     STORE.write_text(json.dumps(dict(rows=rows), indent=1) + '\n')
     TABLE.write_text(render(rows))
