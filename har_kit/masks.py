@@ -55,7 +55,7 @@ def _append_log(path, recs):  # `log.jsonl`; the records to append
 
 # %% ../nbs/21_masks.ipynb #c015
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
-    "Where `make_masks` writes, created: `mask_root`, else a per-source cache folder, else the dataset's default mask root."
+    "Where `make_masks` writes (not created yet): `mask_root`, else a per-source cache folder, else the dataset's default mask root."
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
     if mask_root is not None: out = Path(mask_root)
     elif cache_dir is not None: out = mask_cache_dir(data, src, cache_dir)
@@ -65,12 +65,17 @@ def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller'
         if src.name != 'renderer':
             raise KitError(f'{out} holds the synthetic set\'s ground-truth masks; write source {src.name!r} elsewhere: '
                            'pass mask_root=<folder> (har-kit masks --mask-root) and give the readers mask_dir=<folder>')
+    return out
+
+# %% ../nbs/21_masks.ipynb #c016
+def _create_root(out):  # the mask root `_mask_root` chose
+    "Create the mask root, once the source has accepted its targets (a refused run leaves no empty folder behind)."
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise KitError(f'cannot write masks to {out} ({e}); pass mask_root=<writable folder> '
                                         'and give the readers mask_dir=<that folder>') from None
     return out
 
-# %% ../nbs/21_masks.ipynb #c016
+# %% ../nbs/21_masks.ipynb #c017
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
     "Run the source on a batch, write each mask atomically (a ground-truth file is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
@@ -83,7 +88,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
             recs[new[-1]['key']] = new[-1]
     return new
 
-# %% ../nbs/21_masks.ipynb #c017
+# %% ../nbs/21_masks.ipynb #c018
 def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make_masks` knows at its end
     "The `make_masks` report: where, how many computed and cached, fallbacks, clipped boxes, notes."
     fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
@@ -92,7 +97,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
-# %% ../nbs/21_masks.ipynb #c018
+# %% ../nbs/21_masks.ipynb #c019
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
                mask_root=None,      # where to write; None: the dataset's default mask root (readers attach it unasked)
@@ -122,6 +127,7 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
         r = rec_of(i); return r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
+    _create_root(out)                            # only now: a source that refuses leaves nothing behind
     groups = {}
     for i in todo: groups.setdefault(Path(samples[i].image), []).append(i)
     groups, bs = list(groups.items()), int(batch_size)
@@ -133,14 +139,14 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     save_json(report, out/'report.json')
     return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)
 
-# %% ../nbs/21_masks.ipynb #c019
+# %% ../nbs/21_masks.ipynb #c020
 def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
     pos = {id(s): i for i, s in enumerate(data.samples)}
     return fill_masks(data, lambda s: masks.get(pos[id(s)], s.mask))
 
-# %% ../nbs/21_masks.ipynb #c023
+# %% ../nbs/21_masks.ipynb #c024
 def mask_iou(a,  # (H, W) bool
              b): # (H, W) bool
     "Intersection over union of two binary masks (1.0 when both are empty)."
@@ -148,7 +154,7 @@ def mask_iou(a,  # (H, W) bool
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
-# %% ../nbs/21_masks.ipynb #c024
+# %% ../nbs/21_masks.ipynb #c025
 def mask_quality(data,       # `AttributeData` the masks were made for
                  masks,      # `MaskSet` to judge
                  reference): # `MaskSet` of ground truth (source 'renderer')
@@ -162,7 +168,7 @@ def mask_quality(data,       # `AttributeData` the masks were made for
                          iou=mask_iou(read_mask(masks[i], ref.shape), ref), fallback=i in fell))
     return pd.DataFrame(rows, columns=['index', 'distractors', 'iou', 'fallback'])
 
-# %% ../nbs/21_masks.ipynb #c028
+# %% ../nbs/21_masks.ipynb #c029
 def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (tensor or array)
     "Fig. 4: sum a feature map over channels and threshold at its median; return (summed map, bool outline)."
     f = torch.as_tensor(np.asarray(feature) if not torch.is_tensor(feature) else feature).detach().float()
@@ -171,7 +177,7 @@ def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (
     med = s.flatten(-2).median(-1).values[..., None, None]
     return s, s > med
 
-# %% ../nbs/21_masks.ipynb #c032
+# %% ../nbs/21_masks.ipynb #c033
 def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '

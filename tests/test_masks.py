@@ -255,3 +255,18 @@ def test_a_missing_weights_file_leaves_no_mask_folder(tmp_path, capsys):
     root = tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
     assert cli(['--dataset', 'pa100k', '--root', str(root), '--source', 'maskrcnn', '--weights', str(tmp_path/'none.pth'), '--mask-root', str(tmp_path/'m')]) != 0
     assert 'no such file' in capsys.readouterr().err and not (tmp_path/'m').exists()
+
+
+def test_a_refused_source_leaves_no_mask_root_and_an_empty_one_hides_nothing(tmp_path, monkeypatch, capsys):
+    """`har-kit masks --source directory` on a folder without the PNGs: exit 2, no empty mask home left behind; one that is
+    there anyway (left by an older kit) is passed over, so the dataset's own masks stay attached."""
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))
+    root = tiny_fixture('pa100k', tmp_path/'pa')
+    assert load_dataset('pa100k', root).meta['masks_attached'] == 12            # the fixture's ROOT/masks
+    (tmp_path/'none').mkdir()
+    assert cli(['--dataset', 'pa100k', '--root', str(root), '--source', 'directory', '--directory', str(tmp_path/'none')]) == 2
+    assert 'no mask PNG for 12 of 12 samples' in capsys.readouterr().err
+    assert not mask_home('pa100k', root).exists() and not (tmp_path/'kit-data'/'masks').exists()
+    mask_home('pa100k', root).mkdir(parents=True)                               # an empty mask home, as the old kit left it
+    data = load_dataset('pa100k', root)
+    assert data.meta['masks_attached'] == 12 and data.meta['mask_root'] == str(root/'masks')
