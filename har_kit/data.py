@@ -18,16 +18,20 @@ from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
 
 # %% auto #0
-__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'DataWarning', 'data_warning', 'Sample',
-           'AttributeData', 'check_train_splits', 'fill_masks', 'require_images', 'dataset_issues', 'warn_issues',
-           'unused_images', 'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader',
-           'attribute_stats', 'read_csv_dataset', 'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'DataWarning', 'EmptyTestWarning',
+           'data_warning', 'Sample', 'AttributeData', 'check_train_splits', 'fill_masks', 'require_images',
+           'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider',
+           'dataset_reader', 'attribute_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/16_data.ipynb #c006
 class DataWarning(UserWarning):
     "An issue of a dataset's annotation or files that does not stop it from loading."
 
-def data_warning(message: str):  # the issue: the file, what is wrong, what to check
+class EmptyTestWarning(DataWarning):
+    "The dataset lists no test sample: it loads, but a run has nothing to score (`har-kit data check` makes it an error)."
+
+def data_warning(message: str,          # the issue: the file, what is wrong, what to check
+                 category=DataWarning): # `DataWarning` or a subclass (`EmptyTestWarning`)
     "Warn about a dataset issue (`DataWarning`): every time, or under `$HAR_KIT_DATA_WARNINGS=once` the first time only, as a plain `warning:` line."
     if os.environ.get(DATA_WARNINGS_ENV) == 'once':
         try: mark = kit_data_root()/'shown-warnings'/hashlib.sha1(message.encode()).hexdigest()[:20]
@@ -38,7 +42,7 @@ def data_warning(message: str):  # the issue: the file, what is wrong, what to c
             except OSError: pass                       # a read-only data folder: shown again next time
         print(f'warning: {message} (shown once on this machine; `har-kit data check` lists every issue)', file=sys.stderr)
         return
-    warnings.warn(message, DataWarning, stacklevel=2)
+    warnings.warn(message, category, stacklevel=2)
 
 # %% ../nbs/16_data.ipynb #c009
 @dataclass
@@ -154,21 +158,42 @@ def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotati
     return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
 # %% ../nbs/16_data.ipynb #c028
+def _require_samples(data, where, scored='test'):  # a reader's result; its annotation file(s); the split runs score (None: no check)
+    "Refuse an annotation that lists no sample; warn (`EmptyTestWarning`) when the split runs score has none."
+    if not data.samples:
+        raise KitError(f'{where}: lists no image in any split, so there is nothing to train or score on; get a complete copy '
+                       'of the annotation')
+    if scored is not None and scored not in data.splits:
+        have = ', '.join(f'{sp} {len(data.split(sp))}' for sp in data.splits)
+        data_warning(f'{where}: the {scored} split is empty ({have}): a run has nothing to score; get a complete copy of '
+                     'the annotation', EmptyTestWarning)
+
+# %% ../nbs/16_data.ipynb #c029
+def _require_distinct(names, where):  # attribute names as read; the file and field, for the message
+    "`KitError` naming the attribute names listed more than once (a name must say which label column it is)."
+    dups = list(dict.fromkeys(n for n in names if names.count(n) > 1))
+    if dups: raise KitError(f'{where} lists {", ".join(map(repr, dups))} more than once: attribute names must be distinct '
+                            '(results are reported by name); get a clean copy of the annotation')
+    return names
+
+# %% ../nbs/16_data.ipynb #c030
 def _finish(data, where, check_images, mask_dir,  # a reader's result; its file; the reader's switches
-            empty_row='no-positive', rows_desc='all-zero label rows'):  # as `dataset_issues` / `warn_issues`
-    "What every reader does last: warn about suspicious entries, refuse unusable images, attach masks and synthetic records."
+            empty_row='no-positive', rows_desc='all-zero label rows',  # as `dataset_issues` / `warn_issues`
+            files=None, scored='test'):  # the annotation file(s) an empty split is blamed on (None: `where`); as `_require_samples`
+    "What every reader does last: refuse an annotation without samples, warn about an empty test split and suspicious entries, refuse unusable images, attach masks and synthetic records."
+    _require_samples(data, files or where, scored)
     warn_issues(dataset_issues(data.samples, empty_row), where, rows_desc)
     if check_images: require_images(data.samples, where, data.meta['images'])
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
-# %% ../nbs/16_data.ipynb #c029
+# %% ../nbs/16_data.ipynb #c032
 def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; 'keep' or 'negative'
     "Apply the reader's `unspecified` switch: 'keep' the marker (default) or read it as 'negative' (explicitly)."
     if unspecified == 'keep': return labels
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/16_data.ipynb #c032
+# %% ../nbs/16_data.ipynb #c035
 def require_images(samples,    # `Sample`s whose image files must be usable
                    where,      # the annotation file, for the message
                    image_dir): # the image folder, for the message
@@ -186,7 +211,7 @@ def require_images(samples,    # `Sample`s whose image files must be usable
         raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
                        '(`har-kit data check KIND ROOT` lists them all); in Python, check_images=False skips this check')
 
-# %% ../nbs/16_data.ipynb #c035
+# %% ../nbs/16_data.ipynb #c038
 def _same_file_across_splits(samples):
     "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
     by_name = {}
@@ -204,7 +229,7 @@ def _same_file_across_splits(samples):
             out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
     return out
 
-# %% ../nbs/16_data.ipynb #c036
+# %% ../nbs/16_data.ipynb #c039
 def dataset_issues(samples,                  # `Sample`s of every split
                    empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
     "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
@@ -220,7 +245,7 @@ def dataset_issues(samples,                  # `Sample`s of every split
                 duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
-# %% ../nbs/16_data.ipynb #c039
+# %% ../nbs/16_data.ipynb #c042
 def warn_issues(issues,                          # a dict from `dataset_issues`
                 where,                           # the annotation file or root, for the message
                 rows_desc='all-zero label rows'): # how to call all-zero rows in the message
@@ -238,7 +263,7 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
         data_warning(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
 
-# %% ../nbs/16_data.ipynb #c043
+# %% ../nbs/16_data.ipynb #c046
 def unused_images(images, # image folder
                   used):  # set of names (relative to it) the annotation lists
     "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
@@ -249,7 +274,7 @@ def unused_images(images, # image folder
         out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
     return [n for n in out if n not in used]
 
-# %% ../nbs/16_data.ipynb #c046
+# %% ../nbs/16_data.ipynb #c049
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -260,7 +285,7 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/16_data.ipynb #c050
+# %% ../nbs/16_data.ipynb #c053
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
@@ -280,6 +305,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
     if missing: raise KitError(f'{path}: missing field(s) {", ".join(missing)}{note}. {PA100K_HOW}')
     attrs = mat_strings(m['attributes'], f'{path}: attributes')
     if not attrs or '' in attrs: raise KitError(f'{path}: attributes must be a non-empty cell of non-empty names{note}')
+    _require_distinct(attrs, f'{path}: attributes')
     samples = []
     for sp in PA100K_SPLITS:
         names = mat_strings(m[f'{sp}_images_name'], f'{path}: {sp}_images_name')
@@ -300,7 +326,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         data_warning(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c055
+# %% ../nbs/16_data.ipynb #c058
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -314,7 +340,7 @@ def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; the older na
         raise KitError(f"uncertain={uncertain!r}: use 'negative' (RAP's label 2 read as 0, as [15]) or 'unspecified' (kept as -1; the loss decides)")
     return uncertain
 
-# %% ../nbs/16_data.ipynb #c056
+# %% ../nbs/16_data.ipynb #c059
 def _partition_index(partition, n, where):  # the reader's `partition`; partitions in the file; the field, for messages
     "`partition` checked to be an integer 0..n-1."
     if isinstance(partition, bool) or not isinstance(partition, (int, np.integer)):
@@ -322,7 +348,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
-# %% ../nbs/16_data.ipynb #c058
+# %% ../nbs/16_data.ipynb #c061
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
              n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
@@ -355,6 +381,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
         if isinstance(n_attributes, bool) or not isinstance(n_attributes, (int, np.integer)) or not 1 <= n_attributes <= len(attrs):
             raise KitError(f'n_attributes={n_attributes!r} but {path} has {len(attrs)} attributes: use an integer 1..{len(attrs)} or None')
         attrs, labels = attrs[:int(n_attributes)], labels[:, :int(n_attributes)]
+    _require_distinct(attrs, f'{w}.attribute_eng')
     parts = np.asarray(parts, dtype=object).ravel() if np.asarray(parts).dtype == object else np.asarray(parts).ravel()
     partition = _partition_index(partition, len(parts), f'{w}.partion')
     p, wp = parts[partition], f'{w}.partion{{{partition + 1}}}'
@@ -367,7 +394,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/16_data.ipynb #c062
+# %% ../nbs/16_data.ipynb #c065
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -376,9 +403,9 @@ def _wider_attr_names(idmap, where):
     try: keys = sorted(int(k) for k in idmap)
     except ValueError: raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}"') from None
     if keys != list(range(len(idmap))): raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", found {keys}')
-    return [str(idmap[str(k)]) for k in keys]
+    return _require_distinct([str(idmap[str(k)]) for k in keys], f'{where}: attribute_id_map')
 
-# %% ../nbs/16_data.ipynb #c063
+# %% ../nbs/16_data.ipynb #c066
 def _load_json(path):  # an annotation file
     "A JSON annotation file as Python objects; `KitError` for a missing file, bytes that are not UTF-8, or bad JSON."
     if not path.exists(): raise KitError(f'{path}: file not found. {WIDER_HOW}')
@@ -390,7 +417,7 @@ def _load_json(path):  # an annotation file
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
 
-# %% ../nbs/16_data.ipynb #c064
+# %% ../nbs/16_data.ipynb #c067
 def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` entry; its name for messages; ...
     "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
     fn = im.get('file_name') if isinstance(im, dict) else None
@@ -404,7 +431,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
     for t, tg in enumerate(targets):
         wt = f'{w}.targets[{t}]'
         a, b = (tg.get('attribute'), tg.get('bbox')) if isinstance(tg, dict) else (None, None)
-        if not isinstance(a, list) or len(a) != C or any(v not in _WIDER_MAP or isinstance(v, bool) for v in a):
+        if not isinstance(a, list) or len(a) != C or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v not in _WIDER_MAP for v in a):
             raise KitError(f'{wt}.attribute must be {C} values in {{1, -1, 0}} (attribute_id_map has {C} names), found {a!r}')
         if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in b):
             raise KitError(f'{wt}.bbox must be [x, y, w, h] (4 finite numbers), found {b!r}')
@@ -416,7 +443,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
-# %% ../nbs/16_data.ipynb #c066
+# %% ../nbs/16_data.ipynb #c069
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -429,30 +456,36 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     root = lay.root
     attrs, scene_map, samples, dropped = None, {}, [], 0
     for path in lay.files:
-        obj = _load_json(path)
-        for k in ('images', 'attribute_id_map'):
-            if not isinstance(obj, dict) or k not in obj: raise KitError(f'{path}: missing field {k!r}. {WIDER_HOW}')
-        names = _wider_attr_names(obj['attribute_id_map'], str(path))
-        if attrs is not None and names != attrs: raise KitError(f'{path}: attribute_id_map differs from that of {lay.files[0].name}')
-        attrs = names
-        scene_map.update({str(k): v for k, v in (obj.get('scene_id_map') or {}).items()})
-        if not isinstance(obj['images'], list): raise KitError(f'{path}: images must be a list')
-        for i, im in enumerate(obj['images']):
-            ss, d = _wider_targets(im, f'{path}: images[{i}]', len(attrs), lay.images, unspecified, scene_map)
-            samples += ss; dropped += d
+        try:
+            obj = _load_json(path)
+            for k in ('images', 'attribute_id_map'):
+                if not isinstance(obj, dict) or k not in obj: raise KitError(f'{path}: missing field {k!r}. {WIDER_HOW}')
+            names = _wider_attr_names(obj['attribute_id_map'], str(path))
+            if attrs is not None and names != attrs: raise KitError(f'{path}: attribute_id_map differs from that of {lay.files[0].name}')
+            attrs = names
+            sm = obj.get('scene_id_map') or {}
+            if not isinstance(sm, dict):
+                raise KitError(f'{path}: scene_id_map must be an object {{"<scene id>": "<scene name>", ...}}, found a {type(sm).__name__}. {WIDER_HOW}')
+            scene_map.update({str(k): v for k, v in sm.items()})
+            if not isinstance(obj['images'], list): raise KitError(f'{path}: images must be a list')
+            for i, im in enumerate(obj['images']):
+                ss, d = _wider_targets(im, f'{path}: images[{i}]', len(attrs), lay.images, unspecified, scene_map)
+                samples += ss; dropped += d
+        except RecursionError:   # lists or objects nested deeper than Python's recursion limit (the format is 6 levels deep)
+            raise KitError(f'{path}: JSON nested hundreds of levels deep, which no WIDER-Attribute annotation is. {WIDER_HOW}') from None
     if dropped: data_warning(f'{root}: dropped {dropped} target(s) whose bbox has zero width or height')
     order = {'train': 0, 'val': 1, 'test': 2}
     samples.sort(key=lambda s: order[s.split])   # stable: file order within a split
     data = AttributeData('wider', root, attrs, samples, meta=dict(**lay.record(), unspecified=unspecified, dropped_boxes=dropped))
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
-                   'target(s) have every attribute unspecified (all-zero rows)')
+                   'target(s) have every attribute unspecified (all-zero rows)', files=' and '.join(map(str, lay.files)))
 
-# %% ../nbs/16_data.ipynb #c078
+# %% ../nbs/16_data.ipynb #c081
 def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
     return globals()[dataset_kind(kind).reader_name]
 
-# %% ../nbs/16_data.ipynb #c087
+# %% ../nbs/16_data.ipynb #c090
 def attribute_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -464,7 +497,7 @@ def attribute_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/16_data.ipynb #c092
+# %% ../nbs/16_data.ipynb #c095
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -502,9 +535,9 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
         y = np.array([_CSV_VALUES[v.strip()] for v in r[2:]], np.int8)
         samples.append(Sample(img, y, split, meta=dict(file_name=name, row=ln)))
     if not samples: raise KitError(f'{path}: no rows after the header')
-    return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
+    return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir, scored=None)
 
-# %% ../nbs/16_data.ipynb #c096
+# %% ../nbs/16_data.ipynb #c099
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)

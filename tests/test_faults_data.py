@@ -286,3 +286,71 @@ def test_sixteen_bit_mask_is_scaled_not_clipped(tmp_path):
     Image.fromarray(a).save(tmp_path/'m.png')
     m = read_mask(tmp_path/'m.png')
     assert m[:, :4].all() and not m[:, 4:].any()
+
+
+# ---------------------------------------------------------------- empty annotations and splits
+def _empty_splits(kind, root, splits):
+    "Plant empty `splits` in a root-level fixture's annotation: PA-100K's cells, RAP's test_index, WIDER's targets."
+    if kind == 'pa100k':
+        C = sio.loadmat(root/'annotation.mat')['train_label'].shape[1]
+        _edit_pa(root, **{k: v for sp in splits for k, v in ((f'{sp}_images_name', np.empty((0, 1), object)),
+                                                              (f'{sp}_label', np.zeros((0, C), np.uint8)))})
+    elif kind == 'rap':
+        st = sio.loadmat(root/'RAP_annotation.mat')['RAP_annotation']
+        for q in st['partion'][0, 0].ravel():
+            for sp in set(splits) - {'val'}: q[f'{sp}_index'][0, 0] = np.zeros((1, 0))   # RAP has no val split
+        sio.savemat(root/'RAP_annotation.mat', {'RAP_annotation': st})
+    else:
+        for f in root.glob('*.json'):
+            j = json.loads(f.read_text())
+            for im in j['images']:
+                if im['file_name'].split('/')[0] in splits: im['targets'] = []
+            f.write_text(json.dumps(j))
+    return root
+
+
+@pytest.mark.parametrize('kind,annotation', [('pa100k', 'annotation.mat'), ('rap', 'RAP_annotation.mat'),
+                                             ('wider', 'wider_attribute_trainval.json and .*wider_attribute_test.json')])
+def test_annotation_listing_no_image_is_refused(tmp_path, kind, annotation):
+    "Every split empty (PA-100K's cells, RAP's indices, WIDER's targets) -> KitError naming the annotation; data check lists it."
+    root = _empty_splits(kind, write_fixture(kind, tmp_path/kind, n_images=6, layout='root-level', masks=False), ('train', 'val', 'test'))
+    with pytest.raises(KitError, match=f'{annotation}.*: lists no image in any split'): read_pa100k(root) if kind == 'pa100k' else \
+        read_rap(root) if kind == 'rap' else read_wider(root)
+    rep = check_dataset(kind, root, progress=False)
+    assert not rep['ok'] and 'lists no image in any split' in rep['errors'][0] and str(root) in rep['errors'][0]
+
+
+@pytest.mark.parametrize('kind', ['pa100k', 'rap', 'wider'])
+def test_duplicate_attribute_names_are_refused(tmp_path, kind):
+    "Two attribute columns of one name -> KitError naming the file, the field and the name (as the csv reader refuses them)."
+    root = write_fixture(kind, tmp_path/kind, n_images=6, layout='root-level', masks=False)
+    if kind == 'pa100k':
+        names = [str(x[0][0]) for x in sio.loadmat(root/'annotation.mat')['attributes']]; names[2] = names[0]
+        _edit_pa(root, attributes=_cell(names))
+        where, reader = r'annotation\.mat: attributes', read_pa100k
+    elif kind == 'rap':
+        st = sio.loadmat(root/'RAP_annotation.mat')['RAP_annotation']
+        names = st['attribute_eng'][0, 0]; names[5, 0] = names[1, 0]
+        sio.savemat(root/'RAP_annotation.mat', {'RAP_annotation': st})
+        where, reader = r'RAP_annotation\.mat: RAP_annotation\.attribute_eng', read_rap
+    else:
+        for f in root.glob('*.json'):
+            j = json.loads(f.read_text()); j['attribute_id_map']['3'] = j['attribute_id_map']['0']; f.write_text(json.dumps(j))
+        where, reader = r'wider_attribute_trainval\.json: attribute_id_map', read_wider
+    with pytest.raises(KitError, match=f"{where} lists '.+' more than once: attribute names must be distinct"): reader(root)
+
+
+def test_wider_scene_id_map_of_the_wrong_type_and_deep_json_are_refused(tmp_path):
+    "scene_id_map as a list was an AttributeError, JSON nested 100,000 deep a RecursionError: now KitErrors naming file and field."
+    root, j = _wider(tmp_path)
+    f = root/'wider_attribute_test.json'
+    f.write_text(json.dumps(dict(j, scene_id_map=['Parade', 'Family'])))
+    with pytest.raises(KitError, match=r'wider_attribute_test\.json: scene_id_map must be an object .* found a list'): read_wider(root)
+    f.write_text('[' * 100_000 + ']' * 100_000)
+    with pytest.raises(KitError, match=r'wider_attribute_test\.json: JSON nested hundreds of levels deep'): read_wider(root)
+    f.write_text(json.dumps(j))
+    j = json.loads((root/'wider_attribute_trainval.json').read_text())
+    j['images'][0]['targets'][0]['attribute'][0] = [1]                 # was a TypeError (unhashable list)
+    (root/'wider_attribute_trainval.json').write_text(json.dumps(j))
+    with pytest.raises(KitError, match=r'images\[0\]\.targets\[0\]\.attribute must be 14 values'): read_wider(root)
+
