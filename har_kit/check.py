@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_check.ipynb #c003
 from __future__ import annotations
-import argparse, os, shutil, sys, tempfile, time, warnings
+import argparse, os, shlex, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +12,12 @@ from PIL import Image as PILImage
 from tqdm import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_write, check_writable, save_json
-from .data import dataset_issues, dataset_reader, unused_images
+from .data import EmptyTestWarning, dataset_issues, dataset_reader, unused_images
 from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path)
 
 # %% auto #0
-__all__ = ['check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'cli']
+__all__ = ['check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'check_json_dest', 'cli']
 
 # %% ../nbs/17_check.ipynb #c008
 def _place(src, dst, link):  # existing file; destination; try a hard link first
@@ -112,12 +112,14 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
     return dest
 
 # %% ../nbs/17_check.ipynb #c021
-def _decode_problem(path):  # an image file
+def _decode_problem(path,       # an image file
+                    sizes=None): # a dict that receives `path: (H, W)` when the image decodes
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
     try:
-        with PILImage.open(path) as im: im.load()
+        with PILImage.open(path) as im: im.load(); size = im.size[::-1]
     except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
+    if sizes is not None: sizes[path] = size
     return None
 
 # %% ../nbs/17_check.ipynb #c022
@@ -128,7 +130,8 @@ def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         data = reader(root, check_images=False, mask_dir=False, **reader_kw)
-    rep['warnings'] += [str(w.message) for w in caught]
+    rep['warnings'] += [str(w.message) for w in caught if not issubclass(w.category, EmptyTestWarning)]
+    rep['errors'] += [str(w.message) for w in caught if issubclass(w.category, EmptyTestWarning)]   # runs would fail on it
     rep['layout'] = lay.record() if lay else {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
     return data
 
@@ -143,6 +146,16 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     return [paths[i] for i in sorted(pick)]
 
 # %% ../nbs/17_check.ipynb #c024
+def _box_problems(samples, sizes):  # `Sample`s; (H, W) of the images that decoded
+    "What `clip_box` (the loaders' crop) says of each boxed sample's box on its decoded image: a list of messages."
+    out = []
+    for s in samples:
+        if s.box is None or s.image not in sizes: continue
+        try: clip_box(s.box, sizes[s.image], f'{s.image} target {s.meta.get("target", 0)}')
+        except KitError as e: out.append(str(e))
+    return out
+
+# %% ../nbs/17_check.ipynb #c025
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
@@ -160,13 +173,14 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                          for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
     rep['issues'] = {k: len(v) for k, v in dataset_issues(data.samples, 'all-unspecified' if kind == 'wider' else 'no-positive').items()}
     paths = _images_to_check(data, sample)
-    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p))]
+    sizes = {}
+    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p, sizes))]
     missing = [str(p) for p, q in bad if q == 'missing']
     unreadable = [f'{p}: {q}' for p, q in bad if q != 'missing']
     rep['images'] = dict(listed=len(dict.fromkeys(s.image for s in data.samples)), checked=len(paths),
                          missing=len(missing), unreadable=len(unreadable))
     if missing: rep['errors'].append(f'{len(missing)} listed image(s) do not exist (labels without images), e.g. ' + ', '.join(missing[:3]))
-    rep['errors'] += unreadable
+    rep['errors'] += unreadable + _box_problems(data.samples, sizes)
     images = Path(rep['layout'].get('images', ''))
     unused = unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []
     rep['images']['without_labels'] = len(unused)
@@ -174,7 +188,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/17_check.ipynb #c028
+# %% ../nbs/17_check.ipynb #c029
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
@@ -195,7 +209,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/17_check.ipynb #c031
+# %% ../nbs/17_check.ipynb #c032
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
@@ -205,7 +219,9 @@ def _parser():
     c.add_argument('root', help='dataset root (the folder the archive unpacked to)')
     c.add_argument('--sample', type=int, default=None, help='decode only N images drawn at random (default: all)')
     c.add_argument('--partition', type=int, default=None, help='RAP: partition 0..4 (default 0)')
-    c.add_argument('--json', default=None, help='also write the report as JSON to this file')
+    c.add_argument('--json', default=None, help='also write the report as JSON to this file (outside the dataset; an '
+                   'existing file is refused without --force)')
+    c.add_argument('--force', action='store_true', help='replace an existing --json file')
     v = sub.add_parser('convert', help='write a dataset in the generic csv format (labels.csv + images/)')
     v.add_argument('kind', choices=[k for k in DATASET_KINDS if k != 'csv'], help='dataset kind to read')
     v.add_argument('root', help='dataset root')
@@ -215,7 +231,18 @@ def _parser():
                    'editing one edits the other)')
     return p
 
-# %% ../nbs/17_check.ipynb #c032
+# %% ../nbs/17_check.ipynb #c033
+def check_json_dest(path,         # the --json file of `har-kit data check`
+                    root,         # the dataset root being checked
+                    force=False): # replace an existing file
+    "`path` as a Path once the report may be written there, before any work; else a `KitError` saying what to do."
+    path = Path(path).expanduser()
+    if path.resolve().is_relative_to(Path(root).expanduser().resolve()):
+        raise KitError(f'--json {path} is inside the dataset root {root}: write the report elsewhere (the dataset is never written)')
+    if path.is_dir(): raise KitError(f'--json {path} is a folder: name a file, e.g. {path/"check.json"}')
+    return check_writable([path], force, where='--json')[0]
+
+# %% ../nbs/17_check.ipynb #c034
 def cli(argv=None):  # arguments after `har-kit data`
     "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
     p = _parser()
@@ -231,10 +258,11 @@ def cli(argv=None):  # arguments after `har-kit data`
             for w in dict.fromkeys(str(w.message) for w in caught): print(f'warning: {w}', file=sys.stderr)
             out = to_csv_dataset(data, a.dest, link=a.link)
             if a.link: print(f'{out}: images hard-linked to {a.root} where the filesystem allows (the same files: do not edit them)')
-            print(f"{out}: read it with load_dataset('csv', '{out}'), or run a section with -p dataset csv -p data_root {out}")
+            print(f"{out}: read it with load_dataset('csv', {str(out)!r}), or run a section with -p dataset csv -p data_root {shlex.quote(str(out))}")
             return 0
+        out = check_json_dest(a.json, a.root, a.force) if a.json else None   # before the work
         rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)
-        if a.json: save_json(rep, a.json)
+        if out: save_json(rep, out)
     except KitError as e:
         print(f'har-kit data: {e}', file=sys.stderr); return 2
     print(format_check(rep))

@@ -484,3 +484,14 @@ def test_data_convert_prints_the_readers_warnings_as_data_check_does(tmp_path, c
     assert C.cli(['convert', 'pa100k', str(src), str(tmp_path/'out')]) == 0
     err = capsys.readouterr().err
     assert 'warning: ' in err and 'in no split' in err and 'DataWarning' not in err and 'data.py' not in err
+
+
+def test_data_convert_quotes_the_hint_for_the_shell(tmp_path, capsys):
+    "DEST with a space: the printed `-p data_root` value is shell-quoted, so pasting it runs on DEST, not on its first word."
+    import shlex
+    src = D.tiny_fixture('pa100k', tmp_path/'pa', n=6, layout='published')
+    dest = tmp_path/'with space'/'out'
+    assert C.cli(['convert', 'pa100k', str(src), str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert f'-p data_root {shlex.quote(str(dest))}' in out and f"load_dataset('csv', {str(dest)!r})" in out
+    assert shlex.split(out.rsplit('-p data_root ', 1)[1])[0] == str(dest)

@@ -321,6 +321,19 @@ def test_annotation_listing_no_image_is_refused(tmp_path, kind, annotation):
 
 
 @pytest.mark.parametrize('kind', ['pa100k', 'rap', 'wider'])
+def test_empty_test_split_is_warned_and_fails_data_check(tmp_path, kind, capsys):
+    "No test sample (PA-100K's test cells, RAP's test_index=[], WIDER's test targets) -> an EmptyTestWarning; data check: an error, exit 1."
+    from har_kit.data import EmptyTestWarning
+    root = _empty_splits(kind, write_fixture(kind, tmp_path/kind, n_images=6, layout='root-level', masks=False), ('test',))
+    reader = {'pa100k': read_pa100k, 'rap': read_rap, 'wider': read_wider}[kind]
+    with pytest.warns(EmptyTestWarning, match='the test split is empty'): data = reader(root, check_images=False)
+    assert 'test' not in data.splits and len(data) > 0
+    assert cli(['check', kind, str(root)]) == 1
+    out = capsys.readouterr().out
+    assert 'error: ' in out and 'the test split is empty' in out.split('error: ', 1)[1] and 'FAILED' in out
+
+
+@pytest.mark.parametrize('kind', ['pa100k', 'rap', 'wider'])
 def test_duplicate_attribute_names_are_refused(tmp_path, kind):
     "Two attribute columns of one name -> KitError naming the file, the field and the name (as the csv reader refuses them)."
     root = write_fixture(kind, tmp_path/kind, n_images=6, layout='root-level', masks=False)
@@ -354,3 +367,34 @@ def test_wider_scene_id_map_of_the_wrong_type_and_deep_json_are_refused(tmp_path
     (root/'wider_attribute_trainval.json').write_text(json.dumps(j))
     with pytest.raises(KitError, match=r'images\[0\]\.targets\[0\]\.attribute must be 14 values'): read_wider(root)
 
+
+# ---------------------------------------------------------------- har-kit data check: what it writes, what it finds
+@pytest.mark.parametrize('where', ['annotation', 'existing', 'folder'])
+def test_data_check_json_never_overwrites_the_dataset_or_a_file(tmp_path, capsys, monkeypatch, where):
+    "--json onto the dataset's annotation.mat (even with --force), onto an existing file, onto a folder -> exit 2 before any work."
+    root = _pa(tmp_path)
+    target = {'annotation': root/'annotation.mat', 'existing': tmp_path/'old.json', 'folder': tmp_path/'reports'}[where]
+    if where == 'existing': target.write_text('{"keep": 1}')
+    if where == 'folder': target.mkdir()
+    before = target.read_bytes() if target.is_file() else None
+    real = check_dataset
+    monkeypatch.setattr('har_kit.check.check_dataset', lambda *a, **k: pytest.fail('the dataset must not be checked'))
+    assert cli(['check', 'pa100k', str(root), '--json', str(target)] + (['--force'] if where == 'annotation' else [])) == 2
+    err = capsys.readouterr().err
+    assert {'annotation': 'is inside the dataset root', 'existing': 'exists: pass --force', 'folder': 'is a folder'}[where] in err, err
+    assert (target.read_bytes() if target.is_file() else None) == before
+    if where == 'existing':                                          # --force replaces it, after the check
+        monkeypatch.setattr('har_kit.check.check_dataset', real)
+        assert cli(['check', 'pa100k', str(root), '--json', str(target), '--force']) == 0
+        assert json.loads(target.read_text())['ok'] is True
+
+
+def test_data_check_finds_a_box_outside_its_image(tmp_path, capsys):
+    "A WIDER bbox [-500, -500, 10, 10] -> an error naming the image and the box (clip_box on the decoded size), exit 1; it passed before."
+    root, j = _wider(tmp_path)
+    j['images'][1]['targets'][0]['bbox'] = [-500, -500, 10, 10]
+    (root/'wider_attribute_test.json').write_text(json.dumps(j))
+    assert cli(['check', 'wider', str(root)]) == 1
+    out = capsys.readouterr().out
+    image = root/'Image'/j['images'][1]['file_name']
+    assert f'error: {image} target 0: box (-500.0, -500.0, 10.0, 10.0) lies entirely outside the' in out and 'FAILED' in out
