@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_masks.ipynb #c001
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, json, os, shlex, sys
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +208,6 @@ def cli(argv=None):  # arguments after `har-kit masks`
     print(f'{masks.directory}\n{r["n"]} masks ({r["computed"]} computed, {r["cached"]} cached); '
           f'{r["fallbacks"]} fell back to the box; {len(r["clipped"])} boxes clipped to the image')
     if masks.directory in mask_roots(data.name, data.root): print('the readers attach these masks with no argument')
-    else: print(f"to train with them, read the dataset with mask_dir='{masks.directory}' (section notebooks: -p mask_dir {masks.directory})")
+    else: print(f"to train with them, read the dataset with mask_dir={str(masks.directory)!r} (section notebooks: -p mask_dir {shlex.quote(str(masks.directory))})")
     for f in r['fallback_samples'][:10]: print(f'  fallback #{f["index"]} {f["key"]}: {f["reason"]}')
     return 0
