@@ -82,9 +82,9 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs',
         'train_splits': 'the synthetic sets keep their val split for held-out epoch selection', **_CPU_CAMPAR},
     'paper': {
-        'amp': "GPU speed: bf16 autocast (weights, optimiser state and the losses stay in fp32), about 1.65x TF32's "
-               "compiled step on an H200 (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "
-               'runs one in fp32'},
+        'amp': "GPU speed: bf16 autocast (weights, optimiser state and the losses stay in fp32); CAM-PAR's baseline step "
+               "compiled on an H200: 1.65x TF32's (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "
+               "runs one without autocast (torch's defaults: matrix products in fp32, cuDNN convolutions in TF32)"},
     'sample': {
         'data_root': 'the real PA100K sample beside the project (1,600 / 200 / 200 images), not the full set',
         'arch': 'CPU: resnet-tiny trains in minutes', 'weights': 'from scratch: resnet-tiny has no ImageNet weights',
@@ -120,19 +120,19 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'the paper notes only that the masks fail "when the target person is mostly occluded"; the box is the nearest '
          'target that still marks where the person is'),
         ('training windows', "SRN's pairs: a (height, width) pair from {256, 224, 192, 168, 128} whose positions differ by at "
-                             'most 1 (13 of 25 pairs), uniform, at a corner or the centre (`crop_pairs`, max_distort=1); '
+                             'most `max_distort` (1: 13 of 25 pairs), uniform, at a corner or the centre (`crop_pairs`); '
                              'RAP: the same pairs on heights and halved widths',
          '"the data augmentation strategies employed in (Zhu et al. 2017a)": SRN\'s data layer (zhufengx/SRN_multilabel, '
          'fillCropSize, caffe.proto max_distort default 1); the paper\'s sentence alone would allow all 25 pairs'),
-        ('side-branch head', 'logit_c = sum_ij sigma(s_c) a_c W_c x + b_c: the softmax attention weighted by the sigmoid '
-                             "confidence (SRN's \"weighted attention maps\") pools per-position scores (`ConfidenceAttention`)",
+        ('side-branch head', 'logit_c = sum_ij sigma(s_c) a_c W_c x + b_c: the softmax attention, weighted by a sigmoid '
+                             'confidence from a 1x1 conv of its own, pools the per-position scores W_c x (`ConfidenceAttention`)',
          'the paper uses "a confidence-weighted attention mechanism (Zhu et al. 2017a)" without SRN\'s spatial regulariser, '
-         "which is where SRN applies sigma(S) * A; SRN's own attention logit, sum_ij a_c s_c with S the per-position "
-         'classifier, has no confidence weighting'),
+         "the one place SRN weights attention by a confidence (sigma(S) * A, its S being the per-position classifier); SRN's "
+         'own attention logit, sum_ij a_c s_c, has no confidence weighting; the kit keeps the weighting, with its own confidence map'),
         ('supervised logits', 'Eq. 1 / Eq. 2 on the averaged logits (main + side) / 2 only (`DaHarLoss`, branch_weight=0)',
          'Eq. 1 is written on the averaged prediction; SRN trains each branch with its own loss (branch_weight=1 adds '
          'both branches\' losses)'),
-        ('mask loss', "per-pixel mean BCE against the pseudo mask area-averaged to the branch's 14 x 14 (`mask_loss`), "
+        ('mask loss', "per-pixel mean BCE against the pseudo mask area-averaged to the branch's resolution (14 x 14; 14 x 7 on RAP) (`mask_loss`), "
                       'added at mask_weight to Eq. 1, which sums over the attributes',
          'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
         ('architecture', 'self-mask after all four stages, 1x1 convs C -> C/4 -> C/4 -> 1, f x (1 + m); fusion of c3, c4, c5 '

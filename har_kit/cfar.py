@@ -422,7 +422,9 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
     m = Path(campar_run)/'metrics.json'
     if not m.is_file():
         raise KitError(f'campar_run={campar_run}: no metrics.json there; pass the directory of a finished `har-kit run campar`')
-    meta = load_json(m).get('_meta') or {}
+    meta = load_json(m, dict).get('_meta')
+    if not isinstance(meta, dict):
+        raise KitError(f'{m}: records no `_meta` (what the run trained on) to check against; rerun that CAM-PAR run with this kit')
     same = lambda k, a, b: (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve()) if k == 'data_root' else a == b
     bad = [f'{k} {meta.get(k)!r} there, {v!r} here' for k, v in expected.items() if not same(k, meta.get(k), v)]
     if bad:

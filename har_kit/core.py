@@ -98,6 +98,8 @@ def save_json(obj,   # JSON-able after `to_jsonable`
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #c022
+def _article(noun): return ('an ' if noun[0] in 'aeiou' else 'a ') + noun
+
 def load_json(path,          # JSON file written by `save_json` (or by hand)
               expect=None):  # the type its top level must have (e.g. dict), or None: any
     "Read a JSON file, with an error that names the file when it is missing, not UTF-8 JSON, or not of the `expect`ed type."
@@ -107,8 +109,9 @@ def load_json(path,          # JSON file written by `save_json` (or by hand)
     except UnicodeDecodeError: raise KitError(f'{path}: not UTF-8 text; delete it and rerun the step that writes it') from None
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}); delete it and rerun the step that writes it') from None
     if expect is not None and not isinstance(value, expect):
-        want = 'an object {...}' if expect is dict else 'a list [...]' if expect is list else expect.__name__
-        raise KitError(f'{path}: holds a JSON {type(value).__name__}, not {want}; delete it and rerun the step that writes it')
+        json_name = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', int: 'number', float: 'number', type(None): 'null'}
+        raise KitError(f'{path}: holds a JSON {json_name[type(value)]}, not {_article(json_name.get(expect, expect.__name__))}; '
+                       'delete it and rerun the step that writes it')
     return value
 
 # %% ../nbs/00_core.ipynb #c027
@@ -214,11 +217,11 @@ def cache_root(writable: bool = False):  # True: a cache is about to be built th
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
 # %% ../nbs/00_core.ipynb #c046
-DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this machine sees it
+DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this data folder records it
 
 @contextlib.contextmanager
 def data_warnings_once(on: bool = True):  # False: leave the setting as it is (e.g. for `har-kit data`, which lists every issue)
-    "Within: dataset warnings shown once per machine, in this process and the kernels it starts (an outer setting wins)."
+    "Within: dataset warnings shown once per data folder, in this process and the kernels it starts (an outer setting wins)."
     old = os.environ.get(DATA_WARNINGS_ENV)
     if on and old is None: os.environ[DATA_WARNINGS_ENV] = 'once'
     try: yield

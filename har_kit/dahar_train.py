@@ -61,6 +61,7 @@ class DaHarConfig(RunConfig):
     arch: str = 'resnet-tiny'           # backbone (paper: 'resnet101')
     weights: str | None = None          # backbone weights: a torchvision name (paper: 'IMAGENET1K_V1')
     scale: float = 0.25                 # input-size factor (1.0: the paper's 256 resize, 224 crops)
+    max_distort: int = 1                # training windows: height and width positions in the size set at most this far apart (SRN: 1)
     epochs: int = 2                     # training epochs
     batch_size: int = 16                # batch size (paper: 32)
     optimizer: str = 'sgd'              # 'sgd' (paper) or 'adam' (the CPU profiles' from-scratch recipe)
@@ -119,7 +120,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
     if cfg.pipeline == 'device': return _device_loaders(data, cfg, with_mask, aspect)
     kw = dict(num_workers=cfg.num_workers, seed=cfg.seed, cache=cache, mask_from_box=cfg.mask_supervision == 'box')
     test = lambda **k: make_loader(data.split(ev), dahar_transforms(False, aspect, cfg.scale, **k), bs, False, **kw)
-    loaders = dict(train=make_loader(data.split(*tr), dahar_transforms(True, aspect, cfg.scale), bs, True,
+    loaders = dict(train=make_loader(data.split(*tr), dahar_transforms(True, aspect, cfg.scale, max_distort=cfg.max_distort), bs, True,
                                      with_mask=with_mask, drop_last=len(data.split(*tr)) > bs, **kw))
     if 'val' in data.splits and 'val' not in tr and ev != 'val':
         loaders['val'] = make_loader(data.split('val'), dahar_transforms(False, aspect, cfg.scale), bs, False, with_mask=with_mask, **kw)
@@ -130,7 +131,7 @@ def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the d
     tr, ev, bs, n = cfg.train_splits, cfg.eval_split, cfg.batch_size, data.name
     kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box')
     test = lambda **k: cached_loader(data.split(ev), dahar_batches(False, aspect, cfg.scale, **k), 4 * bs, False, name=f'{n}-{ev}', **kw)
-    loaders = dict(train=cached_loader(data.split(*tr), dahar_batches(True, aspect, cfg.scale), bs, True, with_mask=with_mask,
+    loaders = dict(train=cached_loader(data.split(*tr), dahar_batches(True, aspect, cfg.scale, max_distort=cfg.max_distort), bs, True, with_mask=with_mask,
                                        drop_last=len(data.split(*tr)) > bs, seed=cfg.seed, name=f'{n}-train', **kw))
     if 'val' in data.splits and 'val' not in tr and ev != 'val':
         loaders['val'] = cached_loader(data.split('val'), dahar_batches(False, aspect, cfg.scale), 4 * bs, False, with_mask=with_mask, name=f'{n}-val', **kw)

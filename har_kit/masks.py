@@ -127,14 +127,19 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
         r = rec_of(i); return r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
+    created = not out.exists()
     _create_root(out)                            # only now: a source that refuses leaves nothing behind
     groups = {}
     for i in todo: groups.setdefault(Path(samples[i].image), []).append(i)
     groups, bs = list(groups.items()), int(batch_size)
-    with tqdm(total=len(todo), desc=f'masks:{src.name}', unit='mask', disable=not progress or not todo) as bar:
-        for b in range(0, len(groups), bs):
-            new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs)
-            _append_log(log, new); bar.update(len(new))
+    try:
+        with tqdm(total=len(todo), desc=f'masks:{src.name}', unit='mask', disable=not progress or not todo) as bar:
+            for b in range(0, len(groups), bs):
+                new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs)
+                _append_log(log, new); bar.update(len(new))
+    except BaseException:   # e.g. Mask R-CNN's weights cannot be fetched (first batch): a folder this call made, still empty, goes
+        if created and not any(out.iterdir()): out.rmdir()
+        raise
     report = _report(data, src, out, indices, keys, {i: rec_of(i) for i in indices}, len(todo), len(first) - len(todo))
     save_json(report, out/'report.json')
     return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)

@@ -370,7 +370,7 @@ POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n
             'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
 NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb',
-                'grad_clip', 'num_threads')   # num_threads 0: implicit's "all cores"
+                'grad_clip', 'num_threads', 'max_distort')   # num_threads 0: implicit's "all cores"
 GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
 AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
            'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30

@@ -97,6 +97,8 @@ def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=
         'arch': Paper('resnet101', '"We utilize a ResNet-101 model ... pre-trained on the ImageNet dataset"'),
         'weights': Paper('IMAGENET1K_V1', 'ImageNet pre-training; torchvision\'s weights of 2019 are IMAGENET1K_V1'),
         'scale': Paper(1.0, '"resize the input images to 256x256 ... resized to 224x224"'),
+        'max_distort': Paper(1, '"the data augmentation strategies employed in (Zhu et al. 2017a)": SRN\'s data layer pairs crop '
+                                'heights and widths at most 1 apart in the size list (fillCropSize; caffe.proto max_distort default 1)'),
         'optimizer': Paper('sgd', '"The stochastic gradient descent algorithm is utilized"'),
         'batch_size': Paper(32, '"with a batch size of 32"'),
         'lr': Paper(0.003, '"The initial learning rate is set to 0.003"'),

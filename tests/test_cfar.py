@@ -207,3 +207,6 @@ def test_phase1_run_must_have_trained_on_the_data_scored(tmp_path):
                     (dict(scale=0.5), 'scale 1.0 there, 0.5 here'), (dict(dataset='pa100k'), "dataset 'rap' there")):
         with pytest.raises(KitError, match=msg): check_phase1_run(run, **{**dict(dataset='rap', data_root=str(root), partition=0, scale=1.0), **kw})
     with pytest.raises(KitError, match='no metrics.json'): check_phase1_run(tmp_path/'missing', dataset='rap')
+    with pytest.raises(KitError, match="profile 'quick' there, 'tiny' here"): check_phase1_run(run, dataset='rap', profile='tiny')
+    save_json({'variants': ['baseline']}, run/'metrics.json')
+    with pytest.raises(KitError, match='records no `_meta`'): check_phase1_run(run, dataset='rap')

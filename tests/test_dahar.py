@@ -150,3 +150,12 @@ def test_training_on_the_scored_split_is_refused(splits):
     from har_kit.data import load_dataset
     with pytest.raises(KitError, match='train_splits'): DaHarConfig(train_splits=splits)
     with pytest.raises(KitError, match='train_splits'): split_train_eval(load_dataset('pa100k', profile='tiny'), splits, '[15]')
+
+
+def test_max_distort_reaches_the_training_windows(tmp_path):
+    "The run parameter max_distort (SRN's 1 by default) sets the window pairs the training loader draws; below 0 is refused."
+    from har_kit.dahar_train import dahar_loaders
+    data = read_wider(tiny_fixture('wider', tmp_path/'w'))
+    crop = lambda cfg: dahar_loaders(data, cfg)['train'].dataset.transform.transforms[2]
+    assert len(crop(DaHarConfig(batch_size=2)).pairs) == 13 and len(crop(DaHarConfig(batch_size=2, max_distort=4)).pairs) == 25
+    with pytest.raises(KitError, match='max_distort'): DaHarConfig(max_distort=-1)

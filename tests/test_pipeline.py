@@ -80,6 +80,9 @@ def test_cache_is_built_once_atomically_and_checked(sets, tmp_path):
     shutil.copy(args[0][1], img); os.utime(img, ns=(1, 1))                               # the same name, another image
     assert P.cache_key([img], [None], (8, 8)) != key                                    # ... and so is each file's content stamp
     with pytest.raises(KitError, match='gone.jpg: cannot read it'): P.cache_key([tmp_path/'gone.jpg'], [None], (8, 8))
+    mask = tmp_path/'mask.png'; mask.write_bytes(b'\x89PNG same size'); key = P.cache_key([img], [None], (8, 8), [mask])
+    os.utime(mask, ns=(2, 2))                                                            # a mask rewritten in place, same size
+    assert P.cache_key([img], [None], (8, 8), [mask]) != key and P.cache_key([img], [None], (8, 8), ['box']) == P.cache_key([img], [None], (8, 8), ['box'])
     m = np.load(c['dir']/'images.npy', mmap_mode='r+'); m[3, 1, 1, 1] ^= 255; m.flush(); del m
     with pytest.raises(KitError, match='delete that folder'): P.decoded_cache(*args, name='pa')
     assert P.decoded_cache(*args, name='pa', verify=False)['images'].shape == (12, 32, 24, 3)

@@ -292,4 +292,4 @@ def test_status_reports_unreadable_run_records_without_a_traceback(tmp_path, cap
     st = {r['name']: r for r in json.loads(capsys.readouterr().out)['runs']}
     first = st[runs[0].name]
     assert first['state'] == 'stale' and all(f'{n} unreadable' in first['error'] for n in ('params.json', 'env.json', 'metrics.json')), first
-    assert st[runs[1].name]['state'] == 'failed' and 'failed.json: holds a JSON list' in st[runs[1].name]['error']
+    assert st[runs[1].name]['state'] == 'failed' and 'failed.json: holds a JSON array' in st[runs[1].name]['error']
