@@ -1,6 +1,9 @@
 "Packaging for har_kit: everything is read from settings.ini (nbdev 2 layout)."
+import json, subprocess
 from configparser import ConfigParser
+from pathlib import Path
 import setuptools
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
@@ -13,12 +16,27 @@ extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('export
 # `har-kit run` / `har-kit reproduce` works without a clone.
 packages = setuptools.find_packages(include=['har_kit', 'har_kit.*']) + ['har_kit.notebooks']
 
+
+class BuildPy(build_py):
+    "build_py that also stamps the source commit into the built package (har_kit/BUILD_COMMIT): runs of a wheel name it."
+    def run(self):
+        super().run()
+        def git(*args):
+            try: return subprocess.run(['git', *args], capture_output=True, text=True, timeout=10).stdout.strip()
+            except (OSError, subprocess.SubprocessError): return ''
+        commit = git('rev-parse', 'HEAD')   # empty outside a git checkout (e.g. an sdist): no stamp
+        if commit and not self.dry_run:
+            stamp = dict(git_commit=commit, git_dirty=bool(git('status', '--porcelain', '--', 'har_kit', 'nbs')))
+            (Path(self.build_lib)/'har_kit'/'BUILD_COMMIT').write_text(json.dumps(stamp) + '\n')
+
+
 setuptools.setup(
+    cmdclass={'build_py': BuildPy},
     name=cfg['lib_name'], version=cfg['version'], description=cfg['description'],
-    author=cfg['author'], author_email=cfg['author_email'], license='Apache Software License 2.0',
+    author=cfg['author'], author_email=cfg['author_email'], license='Apache-2.0',
     url=cfg['git_url'], keywords=cfg['keywords'].split(), project_urls={'Source': cfg['git_url']},
     classifiers=['Development Status :: 3 - Alpha', 'Intended Audience :: Science/Research',
-                 'License :: OSI Approved :: Apache Software License', 'Natural Language :: English',
+                 'Natural Language :: English',
                  'Topic :: Scientific/Engineering :: Image Recognition'] +
                 [f'Programming Language :: Python :: 3.{v}' for v in range(int(cfg['min_python'].split('.')[1]), 14)],
     packages=packages, package_dir={'har_kit.notebooks': cfg['nbs_path']},

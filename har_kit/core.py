@@ -299,4 +299,9 @@ def env_info():
     if root:
         info['git_commit'] = _git('rev-parse', 'HEAD', cwd=root)
         info['git_dirty'] = bool(_git('status', '--porcelain', '--', 'har_kit', 'nbs', cwd=root))
+    else:   # an installed wheel: the commit it was built from, stamped by setup.py's build_py (when built in a git checkout)
+        import har_kit
+        stamp = Path(har_kit.__file__).parent/'BUILD_COMMIT'
+        try: info['built_from'] = json.loads(stamp.read_text())
+        except (OSError, ValueError): pass
     return info
