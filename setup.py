@@ -17,17 +17,22 @@ extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('export
 packages = setuptools.find_packages(include=['har_kit', 'har_kit.*']) + ['har_kit.notebooks']
 
 
+HERE = Path(__file__).resolve().parent
+
 class BuildPy(build_py):
     "build_py that also stamps the source commit into the built package (har_kit/BUILD_COMMIT): runs of a wheel name it."
     def run(self):
         super().run()
+        if getattr(self, 'editable_mode', False) or self.dry_run: return   # an editable install is the clone: runs read git
         def git(*args):
-            try: return subprocess.run(['git', *args], capture_output=True, text=True, timeout=10).stdout.strip()
+            try: return subprocess.run(['git', *args], cwd=HERE, capture_output=True, text=True, timeout=10).stdout.strip()
             except (OSError, subprocess.SubprocessError): return ''
-        commit = git('rev-parse', 'HEAD')   # empty outside a git checkout (e.g. an sdist): no stamp
-        if commit and not self.dry_run:
-            stamp = dict(git_commit=commit, git_dirty=bool(git('status', '--porcelain', '--', 'har_kit', 'nbs')))
-            (Path(self.build_lib)/'har_kit'/'BUILD_COMMIT').write_text(json.dumps(stamp) + '\n')
+        stamp = Path(self.build_lib)/'har_kit'/'BUILD_COMMIT'
+        top = git('rev-parse', '--show-toplevel')   # this source tree's own checkout, not one it happens to sit in
+        commit = git('rev-parse', 'HEAD') if top and Path(top).resolve() == HERE else ''
+        if not commit: stamp.unlink(missing_ok=True); return   # e.g. built from an sdist: no stamp, never an older one
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(dict(git_commit=commit, git_dirty=bool(git('status', '--porcelain', '--', 'har_kit', 'nbs')))) + '\n')
 
 
 setuptools.setup(

@@ -169,8 +169,8 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
         rep['errors'].append(str(e)); rep.update(ok=False, seconds=round(time.time() - t0, 2)); return rep
     rep['splits'] = {sp: len(data.split(sp)) for sp in data.splits}
     if 'test' not in data.splits and not any('test split is empty' in e for e in rep['errors']):   # any kind, any warning setting
-        rep['errors'].append(f'{root}: the test split is empty (splits: {rep["splits"]}): every run scores the test split; '
-                             'give some samples the split "test"')
+        rep['errors'].append(f'{root}: the test split is empty (splits: {rep["splits"]}): runs score the test split unless '
+                             'told otherwise (eval_split); give some samples the split "test"')
     y = data.labels()
     rep['attributes'] = [dict(name=a, pos_ratio=None if np.isnan(r) else round(float(r), 4), unspecified=int(u))
                          for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
@@ -184,7 +184,8 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                          missing=len(missing), unreadable=len(unreadable))
     if missing: rep['errors'].append(f'{len(missing)} listed image(s) do not exist (labels without images), e.g. ' + ', '.join(missing[:3]))
     boxes = _box_problems(data.samples, sizes)
-    rep['errors'] += unreadable + boxes[:3] + ([f'... and {len(boxes) - 3} more boxes outside their images'] if len(boxes) > 3 else [])
+    rep['images']['bad_boxes'] = len(boxes)
+    rep['errors'] += unreadable + boxes[:3] + ([f'... and {len(boxes) - 3} more boxes the loaders cannot crop'] if len(boxes) > 3 else [])
     images = Path(rep['layout'].get('images', ''))
     unused = unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []
     rep['images']['without_labels'] = len(unused)

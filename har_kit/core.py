@@ -302,6 +302,7 @@ def env_info():
     else:   # an installed wheel: the commit it was built from, stamped by setup.py's build_py (when built in a git checkout)
         import har_kit
         stamp = Path(har_kit.__file__).parent/'BUILD_COMMIT'
-        try: info['built_from'] = json.loads(stamp.read_text())
-        except (OSError, ValueError): pass
+        try: built = json.loads(stamp.read_text())
+        except (OSError, ValueError): built = None
+        if isinstance(built, dict) and isinstance(built.get('git_commit'), str): info['built_from'] = built
     return info

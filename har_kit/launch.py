@@ -501,6 +501,9 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
               f'{len(stopped)} stopped or not started ({", ".join(stopped[:6])}{", ..." if len(stopped) > 6 else ""}); '
               'rerun the same command to resume them (no tables rendered)', file=sys.stderr)
         return interrupted_exit()   # 128 + the signal: 130 after Ctrl-C, 143 after SIGTERM
+    if not planned_tables(runs):   # e.g. a table the profile does not have: nothing ran, nothing to render
+        print(f'har-kit reproduce: no run planned for {" ".join(a.tables or []) or "these tables"} on profile {a.profile!r}; nothing rendered')
+        return 0
     tables_run = render_tables(a.profile, root, planned_tables(runs))
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '

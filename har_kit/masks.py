@@ -138,7 +138,9 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                 new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs)
                 _append_log(log, new); bar.update(len(new))
     except BaseException:   # e.g. Mask R-CNN's weights cannot be fetched (first batch): a folder this call made, still empty, goes
-        if created and not any(out.iterdir()): out.rmdir()
+        try:
+            if created and not any(out.iterdir()): out.rmdir()
+        except OSError: pass   # the error that stopped the run is the one to show
         raise
     report = _report(data, src, out, indices, keys, {i: rec_of(i) for i in indices}, len(todo), len(first) - len(todo))
     save_json(report, out/'report.json')

@@ -398,3 +398,30 @@ def test_data_check_finds_a_box_outside_its_image(tmp_path, capsys):
     out = capsys.readouterr().out
     image = root/'Image'/j['images'][1]['file_name']
     assert f'error: {image} target 0: box (-500.0, -500.0, 10.0, 10.0) lies entirely outside the' in out and 'FAILED' in out
+
+
+def test_empty_test_split_fails_data_check_for_csv_and_with_warnings_shown_once(tmp_path, monkeypatch):
+    "The check itself looks for a test split: the csv kind (its reader does not warn) and HAR_KIT_DATA_WARNINGS=once (warnings printed, not raised) fail too."
+    root = _empty_splits('wider', write_fixture('wider', tmp_path/'w', n_images=6, layout='root-level', masks=False), ('test',))
+    monkeypatch.setenv('HAR_KIT_DATA_WARNINGS', 'once')
+    rep = check_dataset('wider', root, progress=False)
+    assert not rep['ok'] and sum('the test split is empty' in e for e in rep['errors']) == 1, rep['errors']
+    csv = to_csv_dataset(read_pa100k(write_fixture('pa100k', tmp_path/'p', n_images=6, layout='root-level', masks=False)), tmp_path/'csv')
+    lines = (csv/'labels.csv').read_text().splitlines()
+    (csv/'labels.csv').write_text('\n'.join([lines[0]] + [l.replace(',test,', ',train,') for l in lines[1:]]) + '\n')
+    rep = check_dataset('csv', csv, progress=False)
+    assert not rep['ok'] and any('the test split is empty' in e for e in rep['errors']), rep['errors']
+
+
+def test_data_check_lists_three_bad_boxes_and_counts_the_rest(tmp_path):
+    "Boxes the loaders cannot crop: the first three named, the rest counted, the total in the report."
+    root = write_fixture('wider', tmp_path/'w', n_images=6, layout='root-level', masks=False)
+    n = 0
+    for f in root.glob('*.json'):
+        j = json.loads(f.read_text())
+        for im in j['images']:
+            for t in im['targets']: t['bbox'] = [-500, -500, 10, 10]; n += 1
+        f.write_text(json.dumps(j))
+    rep = check_dataset('wider', root, progress=False)
+    assert n > 4 and rep['images']['bad_boxes'] == n
+    assert sum('lies entirely outside' in e for e in rep['errors']) == 3 and f'... and {n - 3} more boxes' in rep['errors'][-1]

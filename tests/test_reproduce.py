@@ -293,3 +293,9 @@ def test_status_reports_unreadable_run_records_without_a_traceback(tmp_path, cap
     first = st[runs[0].name]
     assert first['state'] == 'stale' and all(f'{n} unreadable' in first['error'] for n in ('params.json', 'env.json', 'metrics.json')), first
     assert st[runs[1].name]['state'] == 'failed' and 'failed.json: holds a JSON array' in st[runs[1].name]['error']
+
+
+def test_a_plan_of_no_runs_renders_nothing(tmp_path, capsys):
+    "A table the profile does not have plans no run: reproduce says so and renders no table (before: every table, all 'no run')."
+    assert cli(['dahar_t1', '--profile', 'sample', '--out', str(tmp_path)]) == 0
+    assert 'nothing rendered' in capsys.readouterr().out and not (tmp_path/'sample'/'tables').exists()
