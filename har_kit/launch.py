@@ -13,7 +13,7 @@ from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, descr
                                plan, planned_tables, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import find_notebook
-from .runs import RunFailed, forward_interrupts, interrupted_exit, is_done, params_yaml, run_status
+from .runs import RunFailed, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
@@ -62,10 +62,6 @@ def _refused(err):  # an error recorded for a run that has no directory
     "True when it says why the run was refused (a parameter the notebook does not take), not that it was never started."
     return bool(err) and not err.startswith('not started') and 'interrupted: not started' not in err   # the latter: status.json of older kits
 
-def _record(path):  # a JSON object the runner wrote beside a run, or None: missing or unreadable (a status never stops on it)
-    try: return load_json(path, dict) if path.exists() else None
-    except KitError: return None
-
 def run_states(runs,         # PlannedRuns, or the run records of a saved status
                errors=None   # {run name: error} of this session (errors raised before a run directory existed)
               ) -> list:
@@ -82,10 +78,10 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
         if rec['state'] == 'missing' and _refused(err): rec['state'], rec['error'] = 'failed', err
         job = job_file(rec['out_dir'])
-        rec['job'] = _record(job)
+        rec['job'] = read_record(job)
         if rec['state'] in ('missing', 'failed', 'interrupted') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
             rec['state'], rec['error'] = 'queued', None
-        t = _record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
+        t = read_record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
         if t:
             rec['seconds'] = {k: t.get(f'{k}_seconds') for k in ('total', 'kernel_start', 'imports', 'cells')}
         by_dir[rec['out_dir']] = rec
@@ -501,10 +497,11 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
               f'{len(stopped)} stopped or not started ({", ".join(stopped[:6])}{", ..." if len(stopped) > 6 else ""}); '
               'rerun the same command to resume them (no tables rendered)', file=sys.stderr)
         return interrupted_exit()   # 128 + the signal: 130 after Ctrl-C, 143 after SIGTERM
-    if not planned_tables(runs):   # e.g. a table the profile does not have: nothing ran, nothing to render
+    tables = planned_tables(runs)
+    if not tables:   # e.g. a table the profile does not have: nothing ran, nothing to render
         print(f'har-kit reproduce: no run planned for {" ".join(a.tables or []) or "these tables"} on profile {a.profile!r}; nothing rendered')
         return 0
-    tables_run = render_tables(a.profile, root, planned_tables(runs))
+    tables_run = render_tables(a.profile, root, tables)
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
           f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '

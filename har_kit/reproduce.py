@@ -9,13 +9,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import KitError, load_json, outputs_root, repo_root
+from .core import KitError, outputs_root, repo_root
 from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import parameter_defaults
-from .runs import RunInterrupted, is_done, run_notebook, run_status
+from .runs import RunInterrupted, is_done, read_record, run_notebook, run_status
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'shared_sample_root',
@@ -346,20 +346,16 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     rec = r.record() if isinstance(r, PlannedRun) else r
     out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
     p, e, m = out/'params.json', out/'env.json', out/'metrics.json'
-    def read(f):   # a record the run wrote, or None when it cannot be read (then reported, never a traceback)
-        try: return load_json(f, dict) if f.exists() else {}
-        except KitError: diff.append(f'{f.name} unreadable'); return None
     diff = []
-    given = read(p)
-    if given is None: given = {}
-    elif p.exists(): diff += param_diff(given, planned)
-    env = read(e)
+    given = read_record(p, diff)
+    if given is not None: diff += param_diff(given, planned)
+    given, env = given or {}, read_record(e, diff)
     if env is not None and isinstance(env.get('defaults'), dict):   # recorded since the defaults are (runs of older kits: the metrics schema below)
         then, now = env['defaults'], parameter_defaults(nb)
         diff += [f'default {k}' for k in sorted(set(then) | set(now))
                  if k not in given and k not in planned and k != 'device' and then.get(k) != now.get(k)]
     if data and e.exists() and env is not None and env.get('data') != data: diff.append('data')   # e.g. the quick sets were resized
-    if nb in ('dahar', 'campar', 'cfar') and is_done(out) and m.exists() and read(m) is not None:   # by an older kit?
+    if nb in ('dahar', 'campar', 'cfar') and is_done(out) and read_record(m, diff) is not None:   # by an older kit?
         try: read_metrics(out)
         except KitError: diff.append('metrics schema')
     return diff

@@ -17,8 +17,8 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
            'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest',
            'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook',
-           'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value',
-           'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'read_record', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
+           'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 @contextlib.contextmanager
@@ -455,6 +455,16 @@ def run_notebook(notebook,                  # path, file name or section name
                         'it resumes here') from None
 
 # %% ../nbs/70_runs.ipynb #c045
+def read_record(path,           # a JSON file the runner writes in or beside a run (params, env, metrics, timing, job)
+                problems=None): # a list that gets 'NAME unreadable' when the file is not a JSON object
+    "The record as a dict, or None when it is missing or unreadable: a status or a staleness check never stops on one."
+    path = Path(path)
+    try: return load_json(path, dict) if path.exists() else None
+    except KitError:
+        if problems is not None: problems.append(f'{path.name} unreadable')
+        return None
+
+# %% ../nbs/70_runs.ipynb #c047
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -472,7 +482,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c049
+# %% ../nbs/70_runs.ipynb #c051
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -500,7 +510,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c051
+# %% ../nbs/70_runs.ipynb #c053
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -518,7 +528,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c054
+# %% ../nbs/70_runs.ipynb #c056
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -543,7 +553,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c056
+# %% ../nbs/70_runs.ipynb #c058
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -566,7 +576,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c059
+# %% ../nbs/70_runs.ipynb #c061
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -582,7 +592,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c061
+# %% ../nbs/70_runs.ipynb #c063
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -622,7 +632,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c064
+# %% ../nbs/70_runs.ipynb #c066
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
