@@ -91,9 +91,9 @@ class FusionBlock(nn.Module):
         size = feats[self.target].shape[-2:]
         out = None
         for f, red in zip(feats, self.reduce):
-            if f.shape[-2] > size[0] or f.shape[-1] > size[1]: f = red(F.adaptive_avg_pool2d(f, size))   # down: pool, then reduce
-            elif f.shape[-2:] != size: f = resize_bilinear(red(f), size)  # up: reduce first (backbones.resize_bilinear)
-            else: f = red(f)
+            f = red(f)   # the paper's order: reduce, then re-sample
+            if f.shape[-2] > size[0] or f.shape[-1] > size[1]: f = F.adaptive_avg_pool2d(f, size)   # down: area averaging
+            elif f.shape[-2:] != size: f = resize_bilinear(f, size)   # up: bilinear (backbones.resize_bilinear)
             out = f if out is None else out + f   # the first level starts the sum: no kernel adds it to 0
         return self.blocks(F.relu(out))
 

@@ -120,13 +120,13 @@ def test_mask_supervision_teaches_the_mask(wider):
         crit = DaHarLoss('bce', mask_weight=weight)
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
         net.train()
-        for _ in range(30):
+        for _ in range(80):   # enough steps that the supervised mask converges on every seed tried (0-3), not just one
             opt.zero_grad(); crit(net(batch['image']), batch)['loss'].backward(); opt.step()
         out = predict_masks(net, loader)
         masses[weight] = float(target_share(out['pred'], out['gt']).mean())
         chance = float(out['gt'].flatten(1).mean(1).mean())
-    assert masses[5.0] > chance + 0.2, (masses, chance)
-    assert masses[5.0] > masses[0.0] + 0.15, (masses, chance)
+    assert masses[5.0] > chance + 0.3, (masses, chance)
+    assert masses[5.0] > masses[0.0] + 0.3, (masses, chance)
 
 
 def test_bad_inputs_name_the_field(wider, tmp_path):
