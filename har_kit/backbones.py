@@ -152,10 +152,13 @@ from typing import List, Optional
 def bilinear_matrix(n_in: int,                           # source length
                     n_out: int,                          # target length
                     device: Optional[torch.device] = None,  # where the matrix lives
-                    dtype: torch.dtype = torch.float32):  # its dtype
-    "The (n_out, n_in) matrix of `F.interpolate(mode='bilinear', align_corners=False)` along one axis."
+                    dtype: torch.dtype = torch.float32,  # its dtype
+                    align_corners: bool = False):        # F.interpolate's flag: False maps pixel areas, True pixel centres at the ends
+    "The (n_out, n_in) matrix of `F.interpolate(mode='bilinear', align_corners=align_corners)` along one axis."
     acc = torch.float64 if dtype == torch.float64 else torch.float32   # F.interpolate's index arithmetic: double for double
-    src = ((torch.arange(n_out, device=device, dtype=acc) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+    o = torch.arange(n_out, device=device, dtype=acc)
+    if align_corners: src = o * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else: src = ((o + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
     i0 = src.floor().clamp(max=n_in - 1)                 # first tap; the second is clamped to the last row
     lam = (src - i0)[:, None]
     j = torch.arange(n_in, device=device, dtype=acc)[None]
@@ -164,18 +167,19 @@ def bilinear_matrix(n_in: int,                           # source length
 
 # %% ../nbs/03_backbones.ipynb #c034
 @functools.lru_cache(maxsize=64)
-def _bilinear_matrix_cached(n_in, n_out, device, dtype):
+def _bilinear_matrix_cached(n_in, n_out, device, dtype, align_corners=False):
     with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
-        return bilinear_matrix(n_in, n_out, device, dtype)
+        return bilinear_matrix(n_in, n_out, device, dtype, align_corners)
 
 # %% ../nbs/03_backbones.ipynb #c035
-def resize_bilinear(x: torch.Tensor,  # (N, C, H, W) feature maps
-                    size: List[int]): # (H_out, W_out)
-    "Bilinear resize (`align_corners=False`) as two matrix products; `F.interpolate` for channels_last on the CPU."
+def resize_bilinear(x: torch.Tensor,               # (N, C, H, W) feature maps
+                    size: List[int],              # (H_out, W_out)
+                    align_corners: bool = False): # as F.interpolate's
+    "Bilinear resize as two matrix products (`F.interpolate`'s values); `F.interpolate` itself for channels_last on the CPU."
     h, w = x.shape[-2], x.shape[-1]
     if h == size[0] and w == size[1]: return x
     if x.device.type == 'cpu' and x.is_contiguous(memory_format=torch.channels_last):
-        return F.interpolate(x, size=[size[0], size[1]], mode='bilinear', align_corners=False)
+        return F.interpolate(x, size=[size[0], size[1]], mode='bilinear', align_corners=align_corners)
     mat = bilinear_matrix if torch.compiler.is_compiling() or torch.jit.is_tracing() else _bilinear_matrix_cached
-    rows, cols = mat(h, size[0], x.device, x.dtype), mat(w, size[1], x.device, x.dtype)
+    rows, cols = mat(h, size[0], x.device, x.dtype, align_corners), mat(w, size[1], x.device, x.dtype, align_corners)
     return rows @ (x @ cols.T)   # one (N*C*H, W) x (W, W_out) product, then a batched (H_out, H) one

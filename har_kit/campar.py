@@ -78,11 +78,13 @@ class MCAFusion(nn.Module):
                  out_channels: int | None = None,  # projection width; None = in_channels[-1] (the thesis's change)
                  latent: int | None = None,        # width of the shared latent vector V; None = min(in_channels)
                  fuse_at: str = 'shallowest',      # common resolution: 'shallowest' (finest) or 'deepest' map
-                 project_deepest: bool = True):    # 1x1 conv on the deepest stage too; False: BN + ReLU only (public code)
+                 project_deepest: bool = True,     # 1x1 conv on the deepest stage too; False: BN + ReLU only (public code)
+                 align_corners: bool = False):     # bilinear re-sampling as F.interpolate's flag (public code: True)
         super().__init__()
         if fuse_at not in ('shallowest', 'deepest'):
             raise KitError(f"fuse_at={fuse_at!r}: use 'shallowest' or 'deepest'")
         self.in_channels, self.fuse_at, self.project_deepest = list(in_channels), fuse_at, project_deepest
+        self.align_corners = bool(align_corners)
         self.out_channels = out_channels or self.in_channels[-1]
         if not project_deepest and self.out_channels != self.in_channels[-1]:
             raise KitError(f'project_deepest=False keeps the deepest stage at its {self.in_channels[-1]} channels: '
@@ -107,7 +109,7 @@ class MCAFusion(nn.Module):
         out = torch.ones(1, device=feats[0].device, dtype=feats[0].dtype)
         for i, p in enumerate(self.project):
             y = p(gated[i])
-            y = resize_bilinear(y, size)   # up-sampling as matrix products (backbones: fast and deterministic on CUDA)
+            y = resize_bilinear(y, size, self.align_corners)   # up-sampling as matrix products (backbones: fast and deterministic on CUDA)
             out = out * y
         return out
 
@@ -172,6 +174,7 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
                    fuse_at: str = 'shallowest',  # MCA common resolution
                    latent: int | None = None,    # MCA latent width (None = shallowest fused stage's width; SPOL/public code 128)
                    project_deepest: bool = True, # MCA: 1x1 conv on c5 too; False: BN + ReLU only (public code)
+                   align_corners: bool = False,  # MCA's bilinear re-sampling (public code: True)
                    detach_cam: bool = False,     # stop gradients through the CAM
                    last_stride: int = 2):        # 1 = finer c5 (not used by the thesis)
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `variant_kwargs`)."
@@ -181,12 +184,13 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
         raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
     v = VARIANTS[name]
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
-    fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest) if v['fusion'] else None
+    fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest,
+                        align_corners=align_corners) if v['fusion'] else None
     model = CamParNet(backbone, num_attributes, cam=v['cam'], fusion=fusion, logit_bn=logit_bn,
                       logit_bn_shared=logit_bn_shared, predict=predict, detach_cam=detach_cam)
     model.build_params = dict(variant=name, num_attributes=num_attributes, arch=arch, logit_bn=logit_bn, logit_bn_shared=logit_bn_shared,
                               predict=predict, fuse_at=fuse_at, latent=latent, detach_cam=detach_cam,
-                              last_stride=last_stride, project_deepest=project_deepest)
+                              last_stride=last_stride, project_deepest=project_deepest, align_corners=align_corners)
     return model
 
 # %% ../nbs/40_campar.ipynb #c038

@@ -244,6 +244,7 @@ class CamParConfig(RunConfig):
     fusion_width: int | None = None     # MCA latent width; None: the shallowest fused stage's width
     fusion_project_deepest: bool = True # MCA: 1x1 conv on c5 as on c3/c4; False: BN + ReLU only (the public code)
     fusion_lr: str = 'head'             # learning rate of the MCA fusion: 'backbone' (the public code) or 'head'
+    fusion_align_corners: bool = False  # MCA's bilinear re-sampling: True as the public code's F.interpolate; False as torchvision's default
     plateau_on: str = 'train_loss'      # plateau decay monitors 'eval_loss' ([15]) or 'train_loss'
     selection: str = 'held-out'         # epoch kept: '[15]' (best test-split metric) or 'held-out' (best on a val split, else last)
     val_fraction: float = 0.0           # 'held-out' without a val split: fraction of the training images carved out as val
@@ -314,7 +315,8 @@ class CamParRecipe(Recipe):
     def build(self, variant):  # a key of `har_kit.campar.VARIANTS`
         c = self.config
         return campar_variant(variant, len(self.data.attributes), arch=c.arch, weights=c.weights, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, predict=c.predict,
-                              fuse_at=c.fuse_at, latent=c.fusion_width, project_deepest=c.fusion_project_deepest)
+                              fuse_at=c.fuse_at, latent=c.fusion_width, project_deepest=c.fusion_project_deepest,
+                              align_corners=c.fusion_align_corners)
 
     def criterion(self, variant): return CamParLoss(self.config.ignore_unspecified, self.pos_ratio if self.config.sample_weighting else None)
 
@@ -334,7 +336,8 @@ def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
     c = self.config
     return dict(dataset=c.dataset, data_root=str(c.data_root), profile=c.profile, partition=c.partition, train_splits=list(c.train_splits),
                 arch=c.arch, weights=c.weights, scale=c.scale, batch_size=c.batch_size, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, fusion_width=c.fusion_width,
-                fusion_project_deepest=c.fusion_project_deepest, fusion_lr=c.fusion_lr, selection=c.selection, val_fraction=c.val_fraction,
+                fusion_project_deepest=c.fusion_project_deepest, fusion_lr=c.fusion_lr,
+                fusion_align_corners=c.fusion_align_corners, selection=c.selection, val_fraction=c.val_fraction,
                 sample_weighting=c.sample_weighting, predict=c.predict, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant)
 
 @patch

@@ -142,6 +142,7 @@ def campar_protocol(**extra   # per-table additions or overrides
         'fusion_lr': Paper('backbone', 'SPOL / public code: fusion trained at the backbone\'s learning rate'),
         'fusion_project_deepest': Paper(False, 'public code: MCA projects c3 and c4 to the latent width, c5 gets BN + ReLU only '
                                                '(4.08M at ResNet-50; a 1x1 conv on c5 too, as Fig. 5 draws it: 8.27M)'),
+        'fusion_align_corners': Paper(True, "public code: its MCA re-samples with F.interpolate(..., align_corners=True)"),
         'amp': Paper('none', 'not stated (fp32)'),
         'device': Paper('cuda', 'GPU training'),
         **extra}

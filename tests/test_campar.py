@@ -189,6 +189,21 @@ def test_fusion_at_the_paper_width_counts_as_the_public_code():
     assert sum(p.numel() for p in MCAFusion([512, 1024, 2048], latent=512).parameters()) == 11_030_528   # the kit's old reading
 
 
+def test_mca_fusion_resamples_as_f_interpolate_with_align_corners():
+    "align_corners=True (the public code's F.interpolate) reaches every re-sampling, and moves the output against False."
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 8, 16, 12), torch.randn(2, 16, 8, 6), torch.randn(2, 32, 4, 3)]
+    mca = MCAFusion([8, 16, 32], latent=4, project_deepest=False, align_corners=True).eval()
+    with torch.no_grad():
+        v = torch.stack([sq(F.adaptive_avg_pool2d(f, 1)) for sq, f in zip(mca.squeeze, feats)]).prod(0)
+        maps = [F.interpolate(p(f * torch.sigmoid(g(v))), size=(16, 12), mode='bilinear', align_corners=True)
+                for p, g, f in zip(mca.project, mca.gate, feats)]
+        torch.testing.assert_close(mca(feats), maps[0] * maps[1] * maps[2])
+        mca.align_corners = False
+        assert not torch.allclose(mca(feats), maps[0] * maps[1] * maps[2], atol=1e-3)
+
+
 def test_mca_fusion_traces_for_torchscript_export():
     "What `har-kit export --format torchscript` does (torch.jit.trace), at another batch size than traced."
     mca = MCAFusion([8, 16, 32], latent=4, project_deepest=False).eval()
