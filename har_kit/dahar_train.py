@@ -41,7 +41,7 @@ def dahar_config(epochs: int = 30,             # training epochs (not given in t
     return TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
                        scheduler='step', step_size=lr_step, gamma=gamma, **kwargs)
 
-# %% ../nbs/31_dahar_train.ipynb #c008
+# %% ../nbs/31_dahar_train.ipynb #c009
 @dataclasses.dataclass
 class DaHarConfig(RunConfig):
     "One Da-HAR run's parameters as one value: the notebook's `parameters` cell (same names, same defaults), checked."
@@ -106,7 +106,7 @@ class DaHarConfig(RunConfig):
         kw = {**({'mask_dir': self.mask_dir} if self.mask_dir else {}), **({'partition': self.partition} if self.dataset == 'rap' else {})}
         return load_dataset(self.dataset, self.data_root, profile=self.profile, seed=0, **kw)
 
-# %% ../nbs/31_dahar_train.ipynb #c015
+# %% ../nbs/31_dahar_train.ipynb #c016
 ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
 
 def dahar_loaders(data,                        # har_kit.data.AttributeData
@@ -126,7 +126,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
         loaders['val'] = make_loader(data.split('val'), dahar_transforms(False, aspect, cfg.scale), bs, False, with_mask=with_mask, **kw)
     return dict(**loaders, full=test(), crops=test(five_crop=True))
 
-# %% ../nbs/31_dahar_train.ipynb #c016
+# %% ../nbs/31_dahar_train.ipynb #c017
 def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the decoded cache, augmented on cfg.device
     tr, ev, bs, n = cfg.train_splits, cfg.eval_split, cfg.batch_size, data.name
     kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box')
@@ -137,7 +137,7 @@ def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the d
         loaders['val'] = cached_loader(data.split('val'), dahar_batches(False, aspect, cfg.scale), 4 * bs, False, with_mask=with_mask, name=f'{n}-val', **kw)
     return dict(**loaders, full=test(), crops=test(five_crop_eval=True))
 
-# %% ../nbs/31_dahar_train.ipynb #c017
+# %% ../nbs/31_dahar_train.ipynb #c018
 def mask_loader(data,                          # har_kit.data.AttributeData whose scored split has person masks
                 cfg: DaHarConfig,              # scale, batch size and workers of the run
                 cache=None):                   # a `SampleCache` shared with the run's other loaders, or None
@@ -145,7 +145,7 @@ def mask_loader(data,                          # har_kit.data.AttributeData whos
     return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
                        cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers, cache=cache)
 
-# %% ../nbs/31_dahar_train.ipynb #c021
+# %% ../nbs/31_dahar_train.ipynb #c023
 class DaHarRecipe(Recipe):
     "Da-HAR's recipe for `har_kit.model_file.train_variant`: Table 3's variants trained as *Training Details* says, scored Full and Crops."
     def __init__(self, config: DaHarConfig,  # the run's parameters
@@ -173,7 +173,7 @@ class DaHarRecipe(Recipe):
 
     def loaders(self, variant): return dahar_loaders(self.data, self.config, self.supervised(variant), self.cache)
 
-# %% ../nbs/31_dahar_train.ipynb #c022
+# %% ../nbs/31_dahar_train.ipynb #c024
 @patch
 def params(self: DaHarRecipe, variant):  # a key of VARIANTS
     "What the checkpoints are checked against on resume."
@@ -189,7 +189,7 @@ def predict(self: DaHarRecipe, model, loader):  # the trained variant; an evalua
     t = self.train_config()
     return predict(model, loader, setup_device(t.device), t.amp, t.channels_last, t.progress)
 
-# %% ../nbs/31_dahar_train.ipynb #c023
+# %% ../nbs/31_dahar_train.ipynb #c025
 @patch
 def model_file(self: DaHarRecipe, model, variant, loaders, facts):  # trained variant; its name; its loaders; training facts
     "`save_model`'s arguments: builder, kwargs, attributes, the Full input size, thresholds chosen on 'val' (F1)."
@@ -209,9 +209,9 @@ def score(self: DaHarRecipe, model, variant, loaders, facts):  # trained variant
                          **_by_distraction(model, self.data, self.config, preds['full'], self.cache),
                          params_M=count_params(model) / 1e6, **{k: facts[k] for k in ('epoch', 'seconds', 'final_loss', 'model_file')})
 
-# %% ../nbs/31_dahar_train.ipynb #c024
+# %% ../nbs/31_dahar_train.ipynb #c026
 def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's predictions on the scored split; cache: the run's
-    "Synthetic sets: the headline metric and, with person masks, where the maps look, per distraction level (issue 17)."
+    "Synthetic sets: the headline metric and, with person masks, where the maps look, per distraction level."
     test = data.split(cfg.eval_split)
     levels = [s.meta.get('distractors') for s in test]
     if all(l is None for l in levels): return {}
@@ -221,7 +221,7 @@ def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's p
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)
     return out
 
-# %% ../nbs/31_dahar_train.ipynb #c027
+# %% ../nbs/31_dahar_train.ipynb #c029
 def dahar_maps(out: dict):  # a DaHar output dict
     "Da-HAR's maps scored by `har_kit.metrics.target_mass`: mask branch sigma(M) ('mask'), SRN attention, last self-mask."
     maps = {'mask': torch.sigmoid(out['mask_logits'])} if 'mask_logits' in out else {}
@@ -229,7 +229,7 @@ def dahar_maps(out: dict):  # a DaHar output dict
     if out['self_masks']: maps['self_mask'] = out['self_masks'][-1]
     return maps
 
-# %% ../nbs/31_dahar_train.ipynb #c030
+# %% ../nbs/31_dahar_train.ipynb #c033
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -246,7 +246,7 @@ def predict_masks(model,                       # a DaHar variant with the masked
         imgs.append(b['image']); idx.append(b['index'])
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
-# %% ../nbs/31_dahar_train.ipynb #c032
+# %% ../nbs/31_dahar_train.ipynb #c035
 def plot_fig5(images,                         # (K, 3, H, W) normalised images
               gt,                             # (K, 1, h, w) person masks
               without,                        # (K, 1, h, w) masks without supervision
