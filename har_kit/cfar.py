@@ -129,7 +129,11 @@ def phase2_rows(r_hat,             # (N, M) Eq. 19 confidences
         raise KitError(f'r_hat {tuple(r_hat.shape)}, l_specific {tuple(l.shape)} and labels {tuple(y.shape)} must share one (N, M) shape')
     return torch.utils.data.DataLoader(_Rows(torch.cat([r_hat, l], 1), y), batch_size=batch_size, shuffle=True)
 
-def phase2_config(epochs=30, lr=1e-2, seed=0, device='cpu', progress=False):  # phase-2 epochs, Adam lr, seed, device, bar
+def phase2_config(epochs=30,         # phase-2 epochs
+                  lr=1e-2,           # Adam learning rate
+                  seed=0,            # seeds the engine (python, numpy, torch, the shuffling)
+                  device='cpu',      # where fc_2 trains
+                  progress=False):   # the engine's progress bar
     "Phase 2's `TrainConfig`: Adam, no weight decay, no schedule."
     return TrainConfig(epochs=epochs, optimizer='adam', lr=lr, momentum=0.9, weight_decay=0.0, scheduler='none', monitor='loss',
                        device=device, seed=seed, progress=progress)
@@ -143,7 +147,8 @@ def loss2(ignore_unspecified=False,  # True: unspecified entries leave the loss;
         return {'loss': losses.bce_loss(out['logits'], batch['labels'], ignore_unspecified, w)}
     return criterion
 
-def phase2_ratio(labels, config):  # (N, M) labels fc_2 is fitted on; a `CFARConfig`
+def phase2_ratio(labels,   # (N, M) labels fc_2 is fitted on
+                 config):  # a `CFARConfig` (its `sample_weighting` and `ignore_unspecified`)
     "Loss_2's r_j: the positive ratios of the fitted rows (`losses.pos_ratio`) when `config.sample_weighting`, else None."
     return losses.pos_ratio(labels, config.ignore_unspecified) if config.sample_weighting else None
 
@@ -226,7 +231,7 @@ class CFAR:
             raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); save the variant again with a 51_cfar run (cfar_extra)')
         try:
             arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
-            config = CFARConfig(**{'sample_weighting': False, **s['config']})   # saved before Loss_2 was weighted: it was not
+            config = CFARConfig(**{'sample_weighting': False, **s['config']})   # a state without the field was fitted with an unweighted Loss_2
             head = CFARHead(arr['y_f'].shape[0], 'default'); head.load_state_dict(s['head'])
             d = AttributeSetDictionary(arr['keys'], arr['values'], arr['counts'])
         except (KeyError, AttributeError, TypeError, RuntimeError) as e:
