@@ -447,9 +447,12 @@ def plot_dictionary(cfar: CFAR,          # a fitted CFAR
     names = list(attributes)[:max_attributes] if attributes is not None else list(range(keys.shape[1]))
     fig, axes = plt.subplots(1, 2, figsize=(min(4 + 0.25 * len(names), 24), 1.5 + 0.3 * len(keys)), sharey=True)
     ylab = [f'p{k} (n={n})' for k, n in enumerate(d.counts)]
-    sns.heatmap(keys, ax=axes[0], vmin=0, vmax=1, cmap='viridis', xticklabels=names, yticklabels=ylab)
-    sns.heatmap(rhat, ax=axes[1], center=0, cmap='RdBu_r', xticklabels=names, yticklabels=ylab)
+    sns.heatmap(keys, ax=axes[0], vmin=0, vmax=1, cmap='viridis', xticklabels=names, yticklabels=ylab,
+                cbar_kws={'label': r'confidence $\sigma(l_{specific})$'})
+    sns.heatmap(rhat, ax=axes[1], center=0, cmap='RdBu_r', xticklabels=names, yticklabels=ylab, cbar_kws={'label': r'$\hat r$'})
     axes[0].set_title('prototype keys $p_k$ (centroids of r)'); axes[1].set_title(r'$\hat r_{k} = pv_k^T y_f$ (Eq. 19)')
+    for ax in axes: ax.set_xlabel('attribute')
+    axes[0].set_ylabel('prototype (members)')
     for ax in axes: ax.tick_params(axis='x', labelsize=6, rotation=90); ax.tick_params(axis='y', labelsize=6)
     fig.tight_layout()
     return fig
