@@ -130,8 +130,9 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          "the one place SRN weights attention by a confidence (sigma(S) * A, its S being the per-position classifier); SRN's "
          'own attention logit, sum_ij a_c s_c, has no confidence weighting; the kit keeps the weighting, with its own confidence map'),
         ('supervised logits', 'Eq. 1 / Eq. 2 on the averaged logits (main + side) / 2 only (`DaHarLoss`, branch_weight=0)',
-         'Eq. 1 is written on the averaged prediction; SRN trains each branch with its own loss (branch_weight=1 adds '
-         'both branches\' losses)'),
+         'the paper does not say which logits Eq. 1 supervises: it writes Eq. 1 on "the predicted result", and averages the '
+         'two branches\' predictions "for decision making"; the kit supervises the averaged ones, the prediction it scores; '
+         'SRN trains each branch with its own loss (branch_weight=1 adds both branches\' losses)'),
         ('mask loss', "per-pixel mean BCE against the pseudo mask area-averaged to the branch's resolution (14 x 14; 14 x 7 on RAP) (`mask_loss`), "
                       'added at mask_weight to Eq. 1, which sums over the attributes',
          'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
