@@ -51,14 +51,16 @@ def mode_order(m: str):  # a selection mode
     "Sort key of selection modes: the declared ones first, in their order."
     return (list(SELECTION_MODES).index(m) if m in SELECTION_MODES else len(SELECTION_MODES), m)
 
-# %% ../nbs/62_cards.ipynb #c009
+# %% ../nbs/62_cards.ipynb #c013
 _CPU_CAMPAR = {  # the CPU profiles' CAM-PAR recipe (from scratch, Adam, a few epochs) where the paper profile follows [15] / the public code
     'campar.logit_bn': "the CPU recipe (from-scratch Adam on resnet-tiny) is tuned without it; [15]'s logit BatchNorm suits its ImageNet start",
     'campar.fusion_width': "None: the latent width follows the backbone's shallowest fused stage, which fits resnet-tiny's narrow stages (128 is sized for ResNet-50)",
     'campar.fusion_lr': 'Adam with one learning rate for every layer: the fusion group gets the same rate either way',
     'campar.plateau_on': 'a few epochs from scratch: the training loss needs no held-out split to decide a decay',
     'campar.fusion_project_deepest': "the notebook's default (a 1x1 conv on c5 as on c3/c4, as Fig. 5 draws MCA), with which the "
-                                     'CPU recipe is tuned; the paper profile builds the public code\'s MCA (c5: BN + ReLU only)'}
+                                     'CPU recipe is tuned; the paper profile builds the public code\'s MCA (c5: BN + ReLU only)',
+    'campar.fusion_align_corners': "the notebook's default (F.interpolate's and torchvision's align_corners=False, as every other "
+                                   're-sampling in the kit), with which the CPU recipe is tuned; the paper profile re-samples as the public code'}
 
 CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
     '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
@@ -137,11 +139,16 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
                       'added at mask_weight to Eq. 1, which sums over the attributes',
          'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
         ('architecture', 'self-mask after all four stages, 1x1 convs C -> C/4 -> C/4 -> 1, f x (1 + m); fusion of c3, c4, c5 '
-                         'reduced to 256 at c4 resolution, then two BasicBlocks; mask head 3x3 conv to 64, 1x1 to 1, f x '
+                         'each reduced to 256 (1x1 conv + BN) and then re-sampled to c4 resolution, summed, two BasicBlocks; mask head 3x3 conv to 64, 1x1 to 1, f x '
                          'sigma(M); two BasicBlocks after the masking; SRN attention 512 wide on the fused map (30_dahar)',
          "the 52.4M parameters of Computational Complexity fix the widths and block kinds (the kit: 52.6M); the fusion's "
          'resolution is not counted: c4, as "the aliasing effect of up-sampling" needs a level to be up-sampled (c5 '
          'resolution would cost fewer FLOPs, nearer the reported 1.079 latency ratio)'),
+        ('self-mask re-weighting', 'f x (1 + m) in the main net (residual attention); f x sigma(M), which can remove a region, '
+                                   'only in the side branch\'s masked attention',
+         '"filter out the unconcerned regions" could be read as f x m; four stacked f x m masks would zero c5 wherever one of them '
+         'is zero and, at m near 0.5 from the N(0, 0.01) start, halve a pretrained backbone\'s features at every stage; HydraPlus-Net, '
+         'which the paper cites, adds its masks back on the features (relative suppression at most 2:1)'),
         ('learning rates', 'one rate and weight decay for every parameter, backbone included (backbone_lr_mult=1)',
          'the paper gives one initial rate and one weight decay'),
         ('Table 3, row 4', 'self-mask + masked attention (the `coarse_to_fine` variant)',
@@ -186,7 +193,7 @@ def fixed_choices(table: Table,   # the table
     if any('mAP' in str(c) for c in table.columns): out.append(('metrics', *_AP_TIES))
     return out
 
-# %% ../nbs/62_cards.ipynb #c013
+# %% ../nbs/62_cards.ipynb #c019
 def _norm(param, v):
     if param == 'data_root': return 'synthetic' if v in (None, '') else 'real'
     if param == 'train_splits' and isinstance(v, (list, tuple)):
@@ -273,7 +280,7 @@ def _protocol_header(runs, weighted, protocol=None) -> str:  # the table's runs;
                  (' (both shown, one row each)' if len(modes) > 1 else '') + '.')
     return ' '.join(parts)
 
-# %% ../nbs/62_cards.ipynb #c018
+# %% ../nbs/62_cards.ipynb #c025
 def card_markdown(card: dict   # a card from `protocol_card`
                  ) -> str:
     "The protocol card as Markdown, rendered under its table."
