@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_dahar_train.ipynb #c002
 from __future__ import annotations
-import dataclasses
+import dataclasses, shlex
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,24 @@ class DaHarRecipe(Recipe):
         self.config, self.data = config, data if data is not None else config.load_data()
         self.cache = cache if cache is not None else SampleCache.of(config.cache_mb)
         self.evaluate, self.key = dataset_metric(self.data.name), dataset_kind(self.data.name).metric
+        self.check_masks()
+
+    def check_masks(self):
+        "Before any training: the splits whose person masks the run reads have them (else a KitError with the three ways out)."
+        c, d = self.config, self.data
+        sup = [v for v in c.variants if v in VARIANTS and self.supervised(v)]
+        if not sup: return
+        splits = [*c.train_splits, *(['val'] if 'val' not in c.train_splits and c.eval_split != 'val' else [])] if c.mask_supervision == 'mask' else []
+        splits += [c.eval_split] if c.fig5 else []   # Fig. 5 compares the masks on the scored split
+        splits = [s for s in dict.fromkeys(splits) if s in d.splits]
+        bare = [x for x in d.split(*splits) if x.mask is None] if splits else []
+        if not bare: return
+        raise KitError(f'{", ".join(sup)} learn(s) person masks (mask_weight={c.mask_weight}), but {len(bare)} of '
+                       f'{len(d.split(*splits))} targets of split(s) {splits} of {d.name} at {d.root} have none (first: {bare[0].image}). '
+                       f'Write them first (har-kit masks --dataset {d.name} --root {shlex.quote(str(d.root))} --source box, or '
+                       f'--source maskrcnn)' + (', or pass -p mask_supervision box (the target box as the mask) or -p mask_weight 0 '
+                                                '(no mask supervision)' if c.mask_supervision == 'mask' else '')
+                       + (f'; -p fig5 False skips Fig. 5, which reads the {c.eval_split!r} masks' if c.fig5 else ''))
 
     def model_kwargs(self, variant):  # a key of VARIANTS
         "`dahar_variant`'s keyword arguments (JSON values): what the model file rebuilds it from."
@@ -221,7 +239,7 @@ def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's p
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)
     return out
 
-# %% ../nbs/31_dahar_train.ipynb #c029
+# %% ../nbs/31_dahar_train.ipynb #c031
 def dahar_maps(out: dict):  # a DaHar output dict
     "Da-HAR's maps scored by `har_kit.metrics.target_mass`: mask branch sigma(M) ('mask'), SRN attention, last self-mask."
     maps = {'mask': torch.sigmoid(out['mask_logits'])} if 'mask_logits' in out else {}
@@ -229,7 +247,7 @@ def dahar_maps(out: dict):  # a DaHar output dict
     if out['self_masks']: maps['self_mask'] = out['self_masks'][-1]
     return maps
 
-# %% ../nbs/31_dahar_train.ipynb #c033
+# %% ../nbs/31_dahar_train.ipynb #c035
 @torch.no_grad()
 def predict_masks(model,                       # a DaHar variant with the masked attention block
                   loader,                      # DataLoader whose batches carry 'mask' (with_mask=True), 4-D images
@@ -246,7 +264,7 @@ def predict_masks(model,                       # a DaHar variant with the masked
         imgs.append(b['image']); idx.append(b['index'])
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
-# %% ../nbs/31_dahar_train.ipynb #c035
+# %% ../nbs/31_dahar_train.ipynb #c037
 def plot_fig5(images,                         # (K, 3, H, W) normalised images
               gt,                             # (K, 1, h, w) person masks
               without,                        # (K, 1, h, w) masks without supervision
