@@ -17,8 +17,12 @@ __all__ = ['targets', 'bce_loss', 'pos_ratio', 'eq2_weights', 'sample_weights_15
 # %% ../nbs/04_losses.ipynb #c005
 def targets(labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
             ignore_unspecified: bool = False):  # True: unspecified entries get keep 0; False: read as negative
-    "Targets in {0, 1} and a keep-mask in {0, 1}, both float (N, C)."
+    "Targets in {0, 1} and a keep-mask in {0, 1}, both float (N, C); labels on the host are checked to be 1, 0 or -1."
     labels = torch.as_tensor(labels).float()
+    if labels.device.type == 'cpu' and not torch.compiler.is_compiling():   # device labels: checked where they were read, no sync per step
+        bad = labels[(labels != 1) & (labels != 0) & (labels != UNSPECIFIED)]
+        if bad.numel(): raise KitError(f'labels must be 1, 0 or {UNSPECIFIED} (unspecified); {bad.numel()} entries are not '
+                                       f'(values {sorted(set(bad.unique().tolist()))[:5]}; 255 is -1 stored as uint8)')
     keep = (labels != UNSPECIFIED).float() if ignore_unspecified else torch.ones_like(labels)
     return labels.clamp(min=0), keep
 
@@ -28,8 +32,10 @@ def bce_loss(logits,                          # (N, C) logits
              ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
              weight=None):                    # optional (C,) or (N, C) per-entry weights (Eq. 2's, [15]'s)
     "BCE of Da-HAR Eq. 1 = CAM-PAR Eq. 13 (and CFAR's Loss_2): summed over attributes, averaged over the batch."
-    y, keep = targets(labels.to(logits.device), ignore_unspecified)
-    y, keep = y.to(logits.dtype), keep.to(logits.dtype)
+    labels = torch.as_tensor(labels)
+    if labels.shape != logits.shape: raise KitError(f'labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (N, C)')
+    y, keep = targets(labels, ignore_unspecified)   # on the labels' device (checked on the host), then moved
+    y, keep = y.to(logits.device, logits.dtype), keep.to(logits.device, logits.dtype)
     if weight is not None: keep = keep * torch.as_tensor(weight, dtype=logits.dtype, device=logits.device)
     return (F.binary_cross_entropy_with_logits(logits, y, reduction='none') * keep).sum() / logits.shape[0]
 
@@ -86,7 +92,7 @@ def mixed_loss(logits,                        # (N, C) logits
     return (mix * bce_loss(logits, labels, ignore_unspecified)
             + (1 - mix) * weighted_bce_loss(logits, labels, ratio, ignore_unspecified))
 
-# %% ../nbs/04_losses.ipynb #c021
+# %% ../nbs/04_losses.ipynb #c024
 def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
               mask):                          # (N, 1, H, W) pseudo person mask in [0, 1]
     "BCE between a mask branch and the person mask, area-averaged to the branch's resolution."
