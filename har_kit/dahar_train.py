@@ -94,6 +94,7 @@ class DaHarConfig(RunConfig):
         super().__post_init__()   # then the parameters' ranges (`RunConfig`), after the messages that say more
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
+        self.train_config()   # the optimizer and its rates, checked now
 
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=True)
         "The engine's `TrainConfig`: the paper's optimisation (`dahar_config`) with this run's values."

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device, max_threads, seed_everything
-from .formats import RAP_PARTITIONS
+from .formats import DATASET_KINDS, RAP_PARTITIONS
+from .backbones import SMALL_ARCHES, TORCHVISION_ARCHES
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -379,7 +380,9 @@ AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-
            'fusion_width': 8192, 'factors': 4096, 'n_prototypes': 4096,
            'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
            'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
-CHOICES = {'partition': tuple(range(RAP_PARTITIONS))}   # RAP v1's five train/test partitions
+CHOICES = {'partition': tuple(range(RAP_PARTITIONS)),   # RAP v1's five train/test partitions
+           'dataset': DATASET_KINDS,                     # the dataset kinds with a reader (the registry itself: kinds added later count)
+           'arch': TORCHVISION_ARCHES + tuple(SMALL_ARCHES)}   # the backbones `resnet_taps` builds
 BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
 
 def check_range(name,     # a parameter's name
@@ -393,9 +396,9 @@ def check_range(name,     # a parameter's name
         if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
         if name in AT_MOST and value > AT_MOST[name]: raise bad(f'must be at most {AT_MOST[name]!r}, got {value!r}')
         if name in BELOW_ONE and value >= 1: raise bad(f'must be below 1, got {value!r} (it would diverge, not train)')
-        if name in CHOICES and value not in CHOICES[name]:
-            raise bad(f'must be one of {", ".join(map(str, CHOICES[name]))}, got {value!r}'
-                      + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
+    if name in CHOICES and isinstance(value, (int, str)) and not isinstance(value, bool) and value not in CHOICES[name]:
+        raise bad(f'must be one of {", ".join(map(str, CHOICES[name]))}, got {value!r}'
+                  + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
     return value
 
 # %% ../nbs/09_model_file.ipynb #c043

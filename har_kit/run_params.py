@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_run_params.ipynb #c002
 from __future__ import annotations
-import ast, difflib, importlib.util, json, keyword
+import ast, difflib, importlib, importlib.util, json, keyword
 from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
@@ -12,8 +12,8 @@ from .data import check_train_splits
 from .model_file import check_range
 
 # %% auto #0
-__all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters',
-           'parameter_defaults', 'check_parameter', 'check_parameters', 'parse_value', 'parse_params']
+__all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters',
+           'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -147,6 +147,7 @@ def check_parameters(notebook,           # notebook name or path
                            + f'; its parameters: {", ".join(n for n in declared if n != "out_dir") or "none"}')
         out[name] = check_parameter(name, value, declared[name])
     if 'train_splits' in declared and ({'train_splits', 'eval_split'} & set(out)): _check_splits(out, declared)
+    if out: check_config(notebook, out)
     return out
 
 def _check_splits(params, declared):  # checked values; the notebook's defaults
@@ -155,6 +156,19 @@ def _check_splits(params, declared):  # checked values; the notebook's defaults
     ev = params.get('eval_split', declared.get('eval_split', 'test'))
     if train is None or isinstance(train, Unparsed): return        # CFAR: None = the phase-1 run's splits
     check_train_splits(train, ev, "parameter 'train_splits'")   # the rule the recipes apply again
+
+RUN_CONFIGS = {'dahar': 'har_kit.dahar_train:DaHarConfig', 'campar': 'har_kit.campar_train:CamParConfig',
+               'cfar': 'har_kit.cfar:CFARRunConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
+
+def check_config(notebook,   # notebook name or path
+                 params):    # checked parameters (the notebook's defaults stand for the rest)
+    "Build the section's run config from `params`: its own checks (variants, losses, optimiser, ...) before a kernel starts."
+    stem = find_notebook(notebook).stem
+    key = RUN_CONFIGS.get(stem.split('_', 1)[-1])
+    if key is None: return
+    mod, name = key.split(':')
+    try: getattr(importlib.import_module(mod), name).from_params(params)
+    except KitError as e: raise KitError(f'{stem}: {e}') from None
 
 # %% ../nbs/60_run_params.ipynb #c022
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line

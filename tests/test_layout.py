@@ -21,7 +21,7 @@ def _module_notebooks():
 
 # the command line dispatches to every layer by name (it is the top notebook); bench builds the models a user names;
 # a model file names its builder
-DYNAMIC_IMPORTS = {'cli', 'bench', 'model_file'}
+DYNAMIC_IMPORTS = {'cli', 'bench', 'model_file', 'run_params'}
 
 
 def _rank(stem): return int(stem.split('_', 1)[0])
