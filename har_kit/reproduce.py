@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import KitError, outputs_root, repo_root
+from .core import KitError, outputs_root, shared_sample_root
 from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
@@ -18,10 +18,10 @@ from .run_params import parameter_defaults
 from .runs import RunInterrupted, is_done, read_record, run_notebook, run_status
 
 # %% auto #0
-__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'shared_sample_root',
-           'PlannedRun', 'planned_data', 'default_tables', 'plan', 'missing_roots', 'root_source', 'check_roots',
-           'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots',
-           'execute', 'planned_tables', 'render_tables']
+__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
+           'planned_data', 'default_tables', 'plan', 'missing_roots', 'root_source', 'check_roots', 'describe',
+           'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute',
+           'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -89,12 +89,6 @@ PROFILES = {
                      als_max_iterations=1000, device='cuda'),
     },
 }
-
-def shared_sample_root():
-    "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE`."
-    if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE'])
-    root = repo_root()
-    return (root.parent/'shared'/'data'/'pa100k-sample') if root else None
 
 # %% ../nbs/71_reproduce.ipynb #c008
 SMOKE_KEYS = frozenset({
