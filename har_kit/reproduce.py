@@ -15,7 +15,7 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import parameter_defaults
-from .runs import RunInterrupted, is_done, read_record, run_notebook, run_status
+from .runs import RunInterrupted, is_done, read_record, real_data, run_notebook, run_status
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
@@ -141,8 +141,9 @@ class PlannedRun:
 def planned_data(profile: str,  # the plan's profile
                  params: dict   # the run's parameters
                 ) -> dict:
-    "What a run reads that no parameter names: on the synthetic profile, its set's `done` marker (kind, size, seed)."
-    if PROFILES[profile]['_data'] != 'synthetic' or params.get('profile') not in SETS or 'dataset' not in params: return {}
+    "What a run reads that no parameter names: on the synthetic profile, its set's `done` marker (kind, size, seed); on real data, its annotation's bytes (`runs.real_data`)."
+    if PROFILES[profile]['_data'] != 'synthetic': return real_data(params)
+    if params.get('profile') not in SETS or 'dataset' not in params: return {}
     return {'synthetic': synth_marker(params['dataset'], SETS[params['profile']][params['dataset']], 0, None).strip()}
 
 def _dataset_root(profile, dataset, data_roots):

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
                           to_jsonable)
+from .formats import data_fingerprint
 from .run_params import (Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 parameter_defaults, parse_params, parse_value)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
-           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest',
+           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data',
            'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook',
            'read_record', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
            'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
@@ -184,6 +185,23 @@ def params_digest(params: dict  # a run's parameters
     "SHA-256 of the parameters in canonical JSON (what `done` records of the executed run)."
     return hashlib.sha256(json.dumps(to_jsonable(params), sort_keys=True).encode()).hexdigest()
 
+def real_data(params: dict  # a run's parameters
+              ) -> dict:
+    "What a run on a real dataset read that its parameters do not name: {'annotation': `data_fingerprint`}, or {}."
+    if not params.get('dataset') or not params.get('data_root'): return {}
+    fp = data_fingerprint(params['dataset'], params['data_root'])
+    return {'annotation': fp} if fp else {}
+
+def _data_changes(out, data):  # a run directory; the data the run would read now
+    "What differs between the data `out`'s env.json recorded and `data`: ['annotation/RAP_annotation.mat', ...] or []."
+    env = load_json(out/'env.json', dict) if (out/'env.json').exists() else {}
+    then, diff = env.get('data') or {}, []
+    for k in sorted(set(then) | set(data)):
+        a, b = then.get(k), data.get(k)
+        if isinstance(a, dict) and isinstance(b, dict): diff += [f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        elif a != b: diff.append(k if a is not None else f'{k} (not recorded)')
+    return diff
+
 def check_run_params(out_dir  # a done run directory
                     ) -> dict:
     "The run's `params.json`, or a `KitError` when it no longer matches the digest its `done` recorded (edited by hand)."
@@ -195,7 +213,7 @@ def check_run_params(out_dir  # a done run directory
                        'the notebook executed (digest in done); restore it, or rerun with --force (the old run is moved aside)')
     return params
 
-def _prepare(out, params, force):
+def _prepare(out, params, force, data=None):  # ...; the data the run would read (`real_data`, a plan's synthetic sets)
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
     entries = [p for p in out.iterdir() if p.name != '.lock']
     if not entries: return 'run'
@@ -214,6 +232,11 @@ def _prepare(out, params, force):
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
                            + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
+        changed = _data_changes(out, data) if data else []
+        if changed:
+            raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
+                           'changed since it started: the dataset was relabelled, extended or regenerated): pass --force to '
+                           'move the old run aside and rerun, or another run directory (--out)')
         if is_done(out): return 'skip'
         for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
         for tmp in out.rglob('*.tmp'):
@@ -418,12 +441,13 @@ def run_notebook(notebook,                  # path, file name or section name
                  timeout: int | None = None,  # seconds per cell (None: no limit)
                  threads: int | None = None,  # intra-op threads of the kernel (None: $HAR_KIT_THREADS or 1)
                  demos: bool = True,        # False: skip cells tagged `demo` (batch runs)
-                 data: dict | None = None,  # what the run reads that no parameter names (a plan's synthetic sets), kept in env.json
+                 data: dict | None = None,  # what the run reads that no parameter names (a plan's synthetic sets; a real dataset's annotation is added), kept in env.json
                  echo: bool = False):       # also show the notebook's output live on this process's stdout / stderr (`Echo`)
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
+    data = {**real_data(params), **(data or {})}                # a real dataset's annotation, by its bytes
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
@@ -437,7 +461,7 @@ def run_notebook(notebook,                  # path, file name or section name
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
         with run_lock(out):
-            if _prepare(out, params, force) == 'skip': return out
+            if _prepare(out, params, force, data) == 'skip': return out
             save_json(params, out/'params.json')
             save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
                        'defaults': parameter_defaults(nb)}, out/'env.json')   # the notebook's defaults this run ran with
