@@ -17,9 +17,9 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
            'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data',
-           'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook',
-           'read_record', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
-           'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'moved_defaults', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
+           'run_notebook', 'read_record', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
+           'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 @contextlib.contextmanager
@@ -192,6 +192,14 @@ def real_data(params: dict  # a run's parameters
     fp = data_fingerprint(params['dataset'], params['data_root'])
     return {'annotation': fp} if fp else {}
 
+def moved_defaults(env,       # a run's env.json record, or None
+                   given,     # the parameters it was given (its params.json; a plan's too)
+                   defaults): # the notebook's defaults now (`parameter_defaults`)
+    "Defaults the run did not override that have changed since it ran (what its env.json recorded): sorted names."
+    then = (env or {}).get('defaults')
+    if not isinstance(then, dict): return []   # a run of an older kit recorded none
+    return sorted(k for k in set(then) | set(defaults) if k not in given and k != 'device' and then.get(k) != defaults.get(k))
+
 def _data_changes(out, data):  # a run directory; the data the run would read now
     "What differs between the data `out`'s env.json recorded and `data`: ['annotation/RAP_annotation.mat', ...] or []."
     env = load_json(out/'env.json', dict) if (out/'env.json').exists() else {}
@@ -213,7 +221,7 @@ def check_run_params(out_dir  # a done run directory
                        'the notebook executed (digest in done); restore it, or rerun with --force (the old run is moved aside)')
     return params
 
-def _prepare(out, params, force, data=None):  # ...; the data the run would read (`real_data`, a plan's synthetic sets)
+def _prepare(out, params, force, data=None, defaults=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
     entries = [p for p in out.iterdir() if p.name != '.lock']
     if not entries: return 'run'
@@ -232,6 +240,12 @@ def _prepare(out, params, force, data=None):  # ...; the data the run would read
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
                            + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
+        env = load_json(out/'env.json', dict) if (out/'env.json').exists() else None
+        moved = moved_defaults(env, params, defaults) if defaults is not None else []
+        if moved:
+            raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} made with other notebook defaults ('
+                           + ', '.join(f'{k}: {env["defaults"].get(k, "absent")!r} -> {defaults.get(k, "absent")!r}' for k in moved)
+                           + '; it did not set them): pass --force to move the old run aside and rerun, or set them with -p to the old values')
         changed = _data_changes(out, data) if data else []
         if changed:
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
@@ -461,7 +475,7 @@ def run_notebook(notebook,                  # path, file name or section name
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
         with run_lock(out):
-            if _prepare(out, params, force, data) == 'skip': return out
+            if _prepare(out, params, force, data, parameter_defaults(nb)) == 'skip': return out
             save_json(params, out/'params.json')
             save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
                        'defaults': parameter_defaults(nb)}, out/'env.json')   # the notebook's defaults this run ran with
