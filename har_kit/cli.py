@@ -44,9 +44,11 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])   # seconds of imports: Ctrl-C here stops too, with a line
         with data_warnings_once(name != 'data'):   # a dataset's issues once per machine; `har-kit data` lists them every time
             return getattr(module, CLI_FUNCTIONS.get(name, 'cli'))(rest) or 0
     except KitError as e:   # a subcommand that let one through: the message, never a traceback
         print(f'har-kit {name}: {e}', file=sys.stderr); return 2
+    except KeyboardInterrupt:   # one its own handling did not take (imports, parsing): no traceback
+        print(f'har-kit {name}: interrupted', file=sys.stderr); return 130

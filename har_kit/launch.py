@@ -13,7 +13,7 @@ from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, descr
                                plan, planned_tables, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import find_notebook
-from .runs import RunFailed, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
+from .runs import RunFailed, RunInterrupted, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
@@ -501,11 +501,22 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
     if not tables:   # e.g. a table the profile does not have: nothing ran, nothing to render
         print(f'har-kit reproduce: no run planned for {" ".join(a.tables or []) or "these tables"} on profile {a.profile!r}; nothing rendered')
         return 0
-    tables_run = render_tables(a.profile, root, tables)
+    held = [t for t in tables if t in {t for r in runs if r.name in status['failed'] for t, _ in r.rows}]
+    if held: print(f'har-kit reproduce: not rendered: {", ".join(held)} (a run of theirs failed or is stale, see FAILED below: '
+                   'its rows would mix it in or leave it out)', file=sys.stderr)
+    tables = [t for t in tables if t not in held]
+    with forward_interrupts() as interrupted:   # the rendering notebook is a run too: Ctrl-C / SIGTERM stop it the same way
+        try: tables_run = render_tables(a.profile, root, tables) if tables else None
+        except RunInterrupted:
+            if not interrupted(): raise
+    if interrupted():
+        print('har-kit reproduce: interrupted while rendering the tables; every run is kept, rerun the same command to render them',
+              file=sys.stderr)
+        return interrupted_exit()
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
           f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '
-          f'tables in {tables_run.parent}; status: {_follow(a, root)}')
+          + (f'tables in {tables_run.parent}; ' if tables_run else 'no table rendered; ') + f'status: {_follow(a, root)}')
     for name, err in status['failed'].items(): print(f'  FAILED {name}: {err}', file=sys.stderr)
     return 1 if status['failed'] else 0
 

@@ -69,7 +69,8 @@ class RunFailed(RuntimeError):
                  out_dir,   # the run directory
                  message):  # what went wrong (the failing cell's error)
         self.out_dir = Path(out_dir)
-        super().__init__(f'run {out_dir} failed: {message} (executed notebook kept at {Path(out_dir)/"notebook.ipynb"})')
+        kept = next((p for p in (self.out_dir/'notebook.ipynb', self.out_dir/'notebook.running.ipynb') if p.exists()), None)
+        super().__init__(f'run {out_dir} failed: {message} ' + (f'(executed notebook kept at {kept})' if kept else '(no executed notebook was written)'))
 
 def is_done(out_dir):  # a run directory
     "True when the run directory holds a `done` marker."

@@ -144,3 +144,21 @@ def test_status_calls_stale_what_reproduce_refuses(tmp_path):
     assert stale_params(r) == ['metrics schema']
     rec = next(x for x in make_status([r], 'quick')['runs'])
     assert rec['state'] == 'stale' and 'metrics schema' in rec['error']
+
+
+def test_a_table_whose_run_failed_or_is_stale_is_not_rendered(tmp_path, monkeypatch, capsys):
+    "reproduce renders the tables all of whose runs finished as planned, and names the others: a stale seed never enters a mean."
+    import types
+    from har_kit import launch
+    from har_kit.reproduce import plan
+    runs = plan(['dahar_t1', 'campar_t2'], 'quick', 1, None, tmp_path)
+    bad = next(r for r in runs if any(t == 'dahar_t1' for t, _ in r.rows) and all(t != 'campar_t2' for t, _ in r.rows))
+    monkeypatch.setattr(launch, 'execute', lambda runs, *a, **k: {
+        'done': [], 'skipped': [r.name for r in runs if r is not bad], 'interrupted': [],
+        'failed': {bad.name: 'finished with other parameters (default mix): pass --force'}})
+    rendered = []
+    monkeypatch.setattr(launch, 'render_tables', lambda profile, root, tables: rendered.append(list(tables)) or tmp_path/'tables'/'run')
+    a = types.SimpleNamespace(profile='quick', jobs=1, force=False, tables=None, out=str(tmp_path), smoke=False)
+    assert launch._run_here(a, runs, tmp_path, None) == 1
+    assert rendered == [['campar_t2']]
+    assert 'not rendered: dahar_t1' in capsys.readouterr().err
