@@ -501,9 +501,9 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
     if not tables:   # e.g. a table the profile does not have: nothing ran, nothing to render
         print(f'har-kit reproduce: no run planned for {" ".join(a.tables or []) or "these tables"} on profile {a.profile!r}; nothing rendered')
         return 0
-    held = [t for t in tables if t in {t for r in runs if r.name in status['failed'] for t, _ in r.rows}]
-    if held: print(f'har-kit reproduce: not rendered: {", ".join(held)} (a run of theirs failed or is stale, see FAILED below: '
-                   'its rows would mix it in or leave it out)', file=sys.stderr)
+    held = [t for t in tables if t in {t for r in runs if r.name in status['failed'] or r.name in status['busy'] for t, _ in r.rows}]
+    if held: print(f'har-kit reproduce: not rendered: {", ".join(held)} (a run of theirs failed, is stale or runs in another '
+                   'process, see below: its rows would mix it in or leave it out)', file=sys.stderr)
     tables = [t for t in tables if t not in held]
     with forward_interrupts() as interrupted:   # the rendering notebook is a run too: Ctrl-C / SIGTERM stop it the same way
         try: tables_run = render_tables(a.profile, root, tables) if tables else None
@@ -514,11 +514,13 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
               file=sys.stderr)
         return interrupted_exit()
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
-          f'{len(status["failed"])} failed in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
+          f'{len(status["failed"])} failed, {len(status["busy"])} held by another process in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
           f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '
           + (f'tables in {tables_run.parent}; ' if tables_run else 'no table rendered; ') + f'status: {_follow(a, root)}')
     for name, err in status['failed'].items(): print(f'  FAILED {name}: {err}', file=sys.stderr)
-    return 1 if status['failed'] else 0
+    for name in status['busy']: print(f'  IN USE {name}: another process holds it or a run it needs (another reproduce on these '
+                                      'outputs?); rerun this command when it has finished', file=sys.stderr)
+    return 1 if status['failed'] or status['busy'] else 0
 
 def cli(argv=None):  # the command line (None: sys.argv)
     "`har-kit reproduce [TABLE ...] --profile P [--smoke] [--data-root NAME=PATH ...] [--jobs N] [--launcher L] [--dry-run [--json]]`."

@@ -15,7 +15,7 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import parameter_defaults
-from .runs import RunInterrupted, is_done, moved_defaults, read_record, real_data, run_notebook, run_status
+from .runs import RunBusy, RunInterrupted, is_done, moved_defaults, read_record, real_data, run_notebook, run_status
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
@@ -403,7 +403,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             on_change=None,  # called with the status dict after each finished run
             force=False      # rerun runs whose directory holds other parameters (moved aside), done or not
            ) -> dict:
-    "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}, 'interrupted': [...]}."
+    "Execute planned runs (skipping done ones); return {'done': [...], 'skipped': [...], 'failed': {name: error}, 'interrupted': [...], 'busy': [...]}."
     from tqdm import tqdm
     if jobs is not None and (type(jobs) is not int or jobs < 1):
         raise KitError(f'jobs={jobs!r} (--jobs): expected a whole number of runs at once, at least 1 (None: the default)')
@@ -412,12 +412,13 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
     free = [devices[i % len(devices)] for i in range(jobs)]
     slots, taken = {d: free.count(d) for d in free}, {}   # each device's slots; the slots each active run holds
-    status = {'done': [], 'skipped': [], 'failed': {}, 'interrupted': []}   # interrupted: stopped, or not started, by Ctrl-C / SIGTERM
+    status = {'done': [], 'skipped': [], 'failed': {}, 'interrupted': [], 'busy': []}   # interrupted: stopped, or not started, by Ctrl-C /
+    # SIGTERM; busy: another process holds the run (or one it needs), e.g. a second reproduce on the same outputs
     needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
     pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
     stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
     finished = {d for d, diff in stale.items() if not diff}      # done with the planned parameters
-    failed, stopped = set(), set()
+    failed, stopped, busy = set(), set(), set()
     bar = tqdm(total=len(runs), desc='runs', disable=not progress)
     def work(r, dev):
         try: run_fn(r, dev); return r, dev, None
@@ -435,6 +436,8 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                 if any(d in failed for d in r.deps):
                     pending.remove(r); failed.add(r.out_dir)
                     status['failed'][r.name] = 'not started: a run it needs failed'; bar.update(); continue
+                if any(d in busy for d in r.deps):
+                    pending.remove(r); busy.add(r.out_dir); status['busy'].append(r.name); bar.update(); continue
                 if any(d in stopped for d in r.deps):
                     pending.remove(r); stopped.add(r.out_dir); status['interrupted'].append(r.name); bar.update(); continue
                 if free and all(d in finished for d in r.deps):
@@ -451,6 +454,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                 free.extend([dev] * taken.pop(r.out_dir))
                 if err is None: finished.add(r.out_dir); status['done'].append(r.name)
                 elif isinstance(err, RunInterrupted): stopped.add(r.out_dir); status['interrupted'].append(r.name)
+                elif isinstance(err, RunBusy): busy.add(r.out_dir); status['busy'].append(r.name)
                 else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
                 bar.update()
                 if on_change: on_change(status)

@@ -15,13 +15,16 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
                                 parameter_defaults, parse_params, parse_value)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
+__all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
            'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data',
            'moved_defaults', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
            'run_notebook', 'read_record', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
            'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
+class RunBusy(KitError):
+    "A run directory another process holds (its lock is taken): that process's run, not a failure of this one."
+
 @contextlib.contextmanager
 def run_lock(out_dir):  # the run directory (created if needed)
     "Hold the run directory's exclusive lock for the block, or raise `KitError` naming the process that holds it."
@@ -33,8 +36,8 @@ def run_lock(out_dir):  # the run directory (created if needed)
         except BlockingIOError:
             os.close(fd)
             if attempt < 5: time.sleep(0.05); continue          # a `run_status` probe holds it for microseconds
-            raise KitError(f'{out} is in use by another run ({_holder(path)}): wait for it to finish, or pass another '
-                           'run directory (--out)') from None
+            raise RunBusy(f'{out} is in use by another run ({_holder(path)}): wait for it to finish, or pass another '
+                          'run directory (--out)') from None
         try: same = os.stat(path).st_ino == os.fstat(fd).st_ino     # the directory may have been moved aside meanwhile
         except FileNotFoundError: same = False
         if same: break

@@ -154,7 +154,7 @@ def test_a_table_whose_run_failed_or_is_stale_is_not_rendered(tmp_path, monkeypa
     runs = plan(['dahar_t1', 'campar_t2'], 'quick', 1, None, tmp_path)
     bad = next(r for r in runs if any(t == 'dahar_t1' for t, _ in r.rows) and all(t != 'campar_t2' for t, _ in r.rows))
     monkeypatch.setattr(launch, 'execute', lambda runs, *a, **k: {
-        'done': [], 'skipped': [r.name for r in runs if r is not bad], 'interrupted': [],
+        'done': [], 'skipped': [r.name for r in runs if r is not bad], 'interrupted': [], 'busy': [],
         'failed': {bad.name: 'finished with other parameters (default mix): pass --force'}})
     rendered = []
     monkeypatch.setattr(launch, 'render_tables', lambda profile, root, tables: rendered.append(list(tables)) or tmp_path/'tables'/'run')

@@ -299,3 +299,15 @@ def test_a_plan_of_no_runs_renders_nothing(tmp_path, capsys):
     "A table the profile does not have plans no run: reproduce says so and renders no table (before: every table, all 'no run')."
     assert cli(['dahar_t1', '--profile', 'sample', '--out', str(tmp_path)]) == 0
     assert 'nothing rendered' in capsys.readouterr().out and not (tmp_path/'sample'/'tables').exists()
+
+
+def test_a_run_held_by_another_process_is_busy_not_failed(tmp_path):
+    "A second reproduce on the same outputs: runs another process holds (and those needing them) are 'busy', never 'failed'."
+    from har_kit.runs import RunBusy
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    held = runs[0]
+    def run_fn(r, dev):
+        if r is held: raise RunBusy(f'{r.out_dir} is in use by another run (pid 1)')
+    st = execute(runs, run_fn=run_fn, progress=False, jobs=1)
+    assert held.name in st['busy'] and not st['failed'], st
+    assert all(r.name in st['busy'] for r in runs if held.out_dir in r.deps), st
