@@ -180,8 +180,9 @@ def campar_variant(name: str,                 # a key of `VARIANTS`
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `variant_kwargs`)."
     if name not in VARIANTS:
         raise KitError(f'unknown CAM-PAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
-    if not isinstance(num_attributes, int) or num_attributes < 1:
+    if not isinstance(num_attributes, (int, np.integer)) or isinstance(num_attributes, bool) or num_attributes < 1:
         raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
+    num_attributes = int(num_attributes)   # a numpy count (labels.shape[1]) too; JSON in the model file
     v = VARIANTS[name]
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
     fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
-import dataclasses, tempfile, warnings
+import dataclasses, shlex, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
@@ -431,10 +431,12 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
     if not isinstance(meta, dict):
         raise KitError(f'{m}: records no `_meta` (what the run trained on) to check against; rerun that CAM-PAR run with this kit')
     same = lambda k, a, b: (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve()) if k == 'data_root' else a == b
-    bad = [f'{k} {meta.get(k)!r} there, {v!r} here' for k, v in expected.items() if not same(k, meta.get(k), v)]
-    if bad:
+    keys = [k for k, v in expected.items() if not same(k, meta.get(k), v)]
+    if keys:
+        bad, its = [f'{k} {meta.get(k)!r} there, {expected[k]!r} here' for k in keys], [(k, meta.get(k)) for k in keys]
         raise KitError(f'campar_run={campar_run} trained on other data than this run scores ({"; ".join(bad)}): its training '
-                       'images may be in this test split; pass the CAM-PAR run of the same dataset, data_root, partition and scale')
+                       'images may be in this test split; pass the CAM-PAR run of the same dataset, data_root, partition and '
+                       'scale, or score that run\'s data: ' + ' '.join(f'-p {k} {"null" if v is None else shlex.quote(str(v))}' for k, v in its))
 
 # %% ../nbs/51_cfar.ipynb #c064
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR

@@ -101,6 +101,6 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
         fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
                                lm.attributes, max_attributes, title=Path(p).name)
         dest = Path(out_dir)/f'{i:04d}_{Path(p).stem}.png'
-        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110)
+        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # the colour bar's label whole
         plt.close(fig); out.append(dest)
     return out

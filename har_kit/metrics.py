@@ -173,7 +173,7 @@ def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
                        threshold=0.5,         # p_t of Eq. 1: one number, or a (C,) array of per-attribute thresholds
                        rule='>=',             # '>=' (Eq. 1: p >= p_t is positive) or '>' (Strong-Baseline code)
                        zero_division=0.0,     # value of a 0/0 ratio (instance and per-attribute); 0 or 1
-                       unspecified='ignore'): # labels -1: 'ignore' (masked out), 'negative' (read as 0), 'error'
+                       unspecified='ignore'): # labels -1: 'ignore' (masked out), 'negative' (read as 0: what a run scores unless ignore_unspecified), 'error'
     "mA (Eq. 21), instance Acc/Prec/Rec (Eq. 22-24), F1 (Eq. 25) and per-attribute scores, as fractions in [0, 1]."
     if rule not in THRESHOLD_RULES: raise KitError(f'rule={rule!r}: choose one of {THRESHOLD_RULES}')
     if unspecified not in UNSPECIFIED_MODES:
