@@ -14,7 +14,9 @@ from torchvision import tv_tensors
 from har_kit.core import KitError, UNSPECIFIED
 from har_kit import check as C, data as D, loading as L
 
-SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).parents[1]/'..'/'shared'/'data'/'pa100k-sample')
+from conftest import shared_path
+
+SAMPLE = shared_path('data/pa100k-sample')   # conftest's helper: honours HAR_KIT_PA100K_SAMPLE
 
 
 # ---------------------------------------------------------------- hand-written fixtures
@@ -447,7 +449,10 @@ def test_data_check_sample_option_and_report(tmp_path):
     rep = C.check_dataset('wider', root, sample=2, progress=False)
     assert rep['ok'] and rep['images']['checked'] == 2 and rep['images']['listed'] == 6
     assert rep['layout']['layout'] == 'published' and rep['splits'] == {'train': 4, 'val': 4, 'test': 4}
-    assert len(rep['attributes']) == 14 and all(a['unspecified'] >= 0 for a in rep['attributes'])
+    # per attribute, how many labels are unspecified (-1): the reader's labels counted here, not a bound that cannot fail
+    y = D.read_wider(root).labels()
+    assert [a['unspecified'] for a in rep['attributes']] == (y == UNSPECIFIED).sum(0).tolist()
+    assert len(rep['attributes']) == 14 and 0 < sum(a['unspecified'] for a in rep['attributes']) < y.size
     with pytest.raises(KitError, match='sample=0'): C.check_dataset('wider', root, sample=0, progress=False)
 
 @real

@@ -310,7 +310,9 @@ def test_kernel_sees_the_launchers_folders_threads_and_keeps_figures(tmp_path, m
     outs = json.dumps(json.loads((run/'notebook.ipynb').read_text())['cells'][-1]['outputs'])
     assert 'image/png' in outs and (run/'curve.png').read_bytes()[:4] == b'\x89PNG'
     t = load_json(run/'timing.json')
-    assert t['kernel_start_seconds'] > 0 and t['imports_seconds'] >= 0 and len(t['cells']) == 3   # with papermill's injected cell
+    assert t['kernel_start_seconds'] > 0 and len(t['cells']) == 3   # with papermill's injected cell
+    # the first importing cell is the body (the parameters cells import nothing): its seconds are imports_seconds
+    assert t['cells'][-1]['first_line'].startswith('import os, torch') and t['imports_seconds'] == t['cells'][-1]['seconds']
     assert '[har-kit] kernel start' in (run/'log.txt').read_text()
 
 
@@ -333,7 +335,7 @@ def _interrupt_when_started(cmd, markers, tmp_path, sig=None):
             time.sleep(0.05)   # polling the marker; the order of events does not depend on this
         t0 = time.monotonic()
         p.send_signal(sig or signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=240)   # past any ceiling below: a hang fails the assert, not here
         return p.returncode, err, time.monotonic() - t0
     finally:
         if p.poll() is None: p.kill(); p.communicate()
@@ -343,7 +345,7 @@ def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
     nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
     cmd = f'import sys; from har_kit.runs import cli; sys.exit(cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))'
     rc, err, secs = _interrupt_when_started(cmd, 'run/started', tmp_path)
-    assert rc == 130 and secs < 30, (rc, secs, err)
+    assert rc == 130 and secs < 180, (rc, secs, err)
     assert 'interrupted' in err and 'rerun the same command' in err and 'Traceback' not in err, err
     assert not (tmp_path/'run'/'done').exists()
     st = run_status(tmp_path/'run')
@@ -372,7 +374,7 @@ def test_ctrl_c_stops_har_kit_reproduce_with_a_summary(tmp_path):
            f'R.run_planned = lambda r, dev, force: run_notebook({str(nb)!r}, {{}}, r.out_dir, progress=False)\n'
            f'sys.exit(L.cli(["dahar_t2", "campar_t2", "--profile", "quick", "--jobs", "2", "--out", {str(tmp_path/"o")!r}]))')
     rc, err, secs = _interrupt_when_started(cmd, 'o/**/started', tmp_path, signal.SIGTERM)
-    assert rc == 143 and secs < 30, (rc, secs, err)   # 128 + SIGTERM, as a process the signal ended (Ctrl-C: 130)
+    assert rc == 143 and secs < 180, (rc, secs, err)   # 128 + SIGTERM, as a process the signal ended (Ctrl-C: 130)
     assert 'har-kit reproduce: interrupted:' in err and 'rerun the same command' in err and 'Traceback' not in err, err
     assert not list((tmp_path/'o').rglob('done'))
     stopped = [load_json(f) for f in (tmp_path/'o').rglob('failed.json')]

@@ -195,7 +195,9 @@ from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes 
 from har_kit.predict import Predictor, cli, resolve_thresholds, write_predictions
 from har_kit.formats import collect_images
 
-SAMPLE = Path(os.environ.get('HAR_KIT_PA100K_SAMPLE') or Path(__file__).resolve().parents[1].parent/'shared'/'data'/'pa100k-sample')
+from conftest import shared_path
+
+SAMPLE = shared_path('data/pa100k-sample')   # conftest's helper: honours HAR_KIT_PA100K_SAMPLE
 
 
 @pytest.fixture
