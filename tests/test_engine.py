@@ -243,3 +243,21 @@ def test_loss_guard_sums_every_dtype_exactly_and_bounds_in_float32():
     for s, (loss, limit) in enumerate([(1.0, None), (above, 1000.0), (float('nan'), 5000.0), (1e9, 20.0)], 1): bad.note(s, dict(loss=torch.tensor(loss), k=2.5), limit)
     with pytest.raises(KitError, match=r'diverged loss \(above 1000 = .* at epoch 1, step 2 \(loss=1000, k=2.5\)'):
         bad.check(1, 0.1, 'cpu')
+
+
+def test_each_epoch_has_its_own_shuffle_order_and_a_rerun_repeats_them(tmp_path):
+    "fit re-seeds the sampler per epoch (set_epoch(loader, seed, epoch)): epoch 1 and 2 differ, a rerun gives both again."
+    def orders(name):
+        torch.manual_seed(0)
+        seen = []
+        def crit(out, batch):
+            seen.append(batch['index'].tolist())
+            return bce(out, batch)
+        fit(Net(), crit, DataLoader(Toy(24), 8, shuffle=True), TrainConfig(epochs=2, device='cpu', progress=False, seed=5),
+            tmp_path/name)
+        assert len(seen) == 6                                   # 3 batches per epoch, no validation
+        return sum(seen[:3], []), sum(seen[3:], [])
+    first = orders('a')
+    assert sorted(first[0]) == sorted(first[1]) == list(range(24))
+    assert first[0] != first[1]                                 # a fixed epoch would repeat epoch 1's order
+    assert orders('b') == first

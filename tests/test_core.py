@@ -1,0 +1,29 @@
+"har_kit.core: seeding."
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from har_kit.core import seed_everything
+
+
+@pytest.fixture
+def keep_rngs(monkeypatch):
+    "Put the global python/numpy/torch generators back afterwards: the test must not move other tests' draws."
+    monkeypatch.delenv('HAR_KIT_THREADS', raising=False)
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    yield
+    random.setstate(states[0]); np.random.set_state(states[1]); torch.random.set_rng_state(states[2])
+
+
+def _draws(seed):
+    assert seed_everything(seed) == seed
+    return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+
+def test_seed_everything_seeds_python_numpy_and_torch_with_the_given_seed(keep_rngs):
+    one, two = _draws(1), _draws(2)
+    for name, a, b in zip(('torch', 'numpy', 'random'), one, two):
+        assert a != b, f'{name}: seeds 1 and 2 gave the same draws'
+    assert _draws(1) == one and _draws(2) == two
