@@ -307,3 +307,20 @@ def test_a_training_split_smaller_than_a_batch_still_trains(tmp_path):
         ld = campar_loaders(train, None, test, scale=0.125, batch_size=16, pipeline=pipeline)
         assert [len(b['labels']) for b in ld['train']] == [len(train)], pipeline
         assert len(campar_loaders(train, None, test, scale=0.125, batch_size=4, pipeline=pipeline)['train']) == len(train) // 4
+
+
+def test_criterion_weights_by_the_train_labels_pos_ratio_only_with_sample_weighting(tmp_path):
+    "sample_weighting=True: [15]'s r_j = pos_ratio(train labels, ignore_unspecified) reaches the loss; False: no weighting."
+    from har_kit.data import read_wider, tiny_fixture
+    from har_kit.losses import pos_ratio
+    data = read_wider(tiny_fixture('wider', tmp_path/'w'))        # has unspecified labels: the switch matters
+    for ignore in (True, False):
+        rec = CamParRecipe(CamParConfig(dataset='wider', sample_weighting=True, ignore_unspecified=ignore, cache_mb=0), data=data)
+        y = np.stack([s.labels for s in rec.train_set])
+        crit = rec.criterion('campar')
+        assert crit.ignore_unspecified is ignore
+        np.testing.assert_allclose(crit.pos_ratio, pos_ratio(y, ignore), rtol=1e-6)
+        unweighted = CamParRecipe(CamParConfig(dataset='wider', sample_weighting=False, ignore_unspecified=ignore, cache_mb=0),
+                                  data=data).criterion('campar')
+        assert unweighted.pos_ratio is None and unweighted.ignore_unspecified is ignore
+    assert not np.allclose(pos_ratio(y, True), pos_ratio(y, False))

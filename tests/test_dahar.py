@@ -159,3 +159,28 @@ def test_max_distort_reaches_the_training_windows(tmp_path):
     crop = lambda cfg: dahar_loaders(data, cfg)['train'].dataset.transform.transforms[2]
     assert len(crop(DaHarConfig(batch_size=2)).pairs) == 13 and len(crop(DaHarConfig(batch_size=2, max_distort=4)).pairs) == 25
     with pytest.raises(KitError, match='max_distort'): DaHarConfig(max_distort=-1)
+
+
+def test_criterion_pos_ratio_follows_ignore_unspecified(wider):
+    "w_c of Eq. 2 is pos_ratio(training labels, ignore_unspecified): among specified labels when they are ignored."
+    y = wider.labels('train')
+    assert not np.allclose(pos_ratio(y, True), pos_ratio(y, False))   # the fixture's unspecified labels tell them apart
+    for ignore in (True, False):
+        crit = DaHarRecipe(_cfg(loss='weighted', ignore_unspecified=ignore), wider).criterion('dahar')
+        assert crit.kind == 'weighted' and crit.ignore_unspecified is ignore
+        np.testing.assert_allclose(crit.pos_ratio.numpy(), pos_ratio(y, ignore), rtol=1e-6)
+
+
+def test_mixed_loss_is_mix_times_bce_plus_the_rest_weighted():
+    "DaHarLoss('mixed', mix=0.25) = 0.25 x Eq. 1 + 0.75 x Eq. 2 (mix = 1 is plain BCE)."
+    from har_kit.losses import bce_loss, weighted_bce_loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=g)
+    labels = torch.tensor([[1, 0, -1, 1], [0, 0, 1, 1], [1, -1, 0, 0], [0, 1, 1, 0], [1, 1, 0, -1], [0, 0, 0, 1]])
+    ratio = np.array([.2, .3, .6, .5], np.float32)
+    for ignore in (False, True):
+        got = DaHarLoss('mixed', ratio, mix=0.25, mask_weight=0, ignore_unspecified=ignore)(dict(logits=logits), dict(labels=labels))
+        want = 0.25 * bce_loss(logits, labels, ignore) + 0.75 * weighted_bce_loss(logits, labels, torch.as_tensor(ratio), ignore)
+        assert float(want) != pytest.approx(float(0.75 * bce_loss(logits, labels, ignore) + 0.25 * weighted_bce_loss(
+            logits, labels, torch.as_tensor(ratio), ignore)))   # the two weightings differ on these numbers
+        torch.testing.assert_close(got['loss'], want)

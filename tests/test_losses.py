@@ -54,3 +54,12 @@ def test_targets_and_mask_loss():
     m = torch.zeros(1, 1, 4, 4); m[..., :2, :] = 1
     good = torch.full((1, 1, 2, 2), 30.) * (m[..., ::2, ::2] * 2 - 1)
     assert float(mask_loss(good, m)) < 1e-6 < float(mask_loss(-good, m))
+
+
+def test_mask_loss_area_averages_the_mask_to_the_branch():
+    "A single foreground pixel of a 4x4 mask is a 0.25 target in its 2x2 cell (area average), 0 in the others."
+    m = torch.zeros(1, 1, 4, 4); m[0, 0, 1, 1] = 1          # a nearest resize (rows/cols 0, 2) would miss it
+    logits = torch.tensor([[[[0.5, -1.0], [2.0, 0.0]]]])
+    target = torch.tensor([[[[0.25, 0.0], [0.0, 0.0]]]])
+    want = -(target * torch.log(torch.sigmoid(logits)) + (1 - target) * torch.log(1 - torch.sigmoid(logits))).mean()
+    torch.testing.assert_close(mask_loss(logits, m), want)
