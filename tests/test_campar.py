@@ -324,3 +324,23 @@ def test_criterion_weights_by_the_train_labels_pos_ratio_only_with_sample_weight
                                   data=data).criterion('campar')
         assert unweighted.pos_ratio is None and unweighted.ignore_unspecified is ignore
     assert not np.allclose(pos_ratio(y, True), pos_ratio(y, False))
+
+
+def test_detach_cam_false_lets_the_gradient_through_the_cam():
+    "detach_cam=False: d logits_specific / d w includes the path through the CAM weights; True cuts it (same weights)."
+    from torch import nn
+    from har_kit.campar import CamParNet
+    backbone = nn.Identity(); backbone.channels = [8]            # heads() only reads the feature map
+    torch.manual_seed(0)
+    f = torch.randn(2, 8, 5, 4)
+    grads, logits = {}, {}
+    for detach in (False, True):
+        net = CamParNet(backbone, 3, cam=True, detach_cam=detach)
+        net.classifier.load_state_dict(dict(weight=torch.randn(3, 8, generator=torch.Generator().manual_seed(1)),
+                                            bias=torch.zeros(3)))
+        out = net.heads(f)
+        logits[detach] = out['logits_specific'].detach()
+        grads[detach], = torch.autograd.grad(out['logits_specific'].sum(), net.classifier.weight)
+        assert out['cam'].requires_grad is not detach
+    torch.testing.assert_close(logits[False], logits[True])        # the same forward
+    assert not torch.allclose(grads[False], grads[True], atol=1e-4)

@@ -184,3 +184,41 @@ def test_mixed_loss_is_mix_times_bce_plus_the_rest_weighted():
         assert float(want) != pytest.approx(float(0.75 * bce_loss(logits, labels, ignore) + 0.25 * weighted_bce_loss(
             logits, labels, torch.as_tensor(ratio), ignore)))   # the two weightings differ on these numbers
         torch.testing.assert_close(got['loss'], want)
+
+
+def test_fusion_block_area_averages_a_larger_level_after_reducing_it():
+    "A level finer than the target is reduced (1x1 conv + BN) and then area-averaged (adaptive_avg_pool2d) to its size."
+    import torch.nn.functional as F
+    from har_kit.dahar import FusionBlock
+    torch.manual_seed(0)
+    fb = FusionBlock([4, 6], out_channels=5, target=1, blocks=0).eval()   # blocks=0: the output is relu(sum of the levels)
+    for bn in (fb.reduce[0][1], fb.reduce[1][1]):                         # non-trivial BN statistics, as after training
+        bn.running_mean.uniform_(-.5, .5); bn.running_var.uniform_(.5, 2)
+    c3, c4 = torch.randn(2, 4, 8, 6), torch.randn(2, 6, 4, 3)
+    with torch.no_grad():
+        want = F.relu(F.adaptive_avg_pool2d(fb.reduce[0](c3), (4, 3)) + fb.reduce[1](c4))
+        torch.testing.assert_close(fb([c3, c4]), want)
+
+
+def test_confidence_attention_is_a_softmax_over_positions_weighting_confident_scores():
+    "Per attribute map a sums to 1 over the H x W positions (not over attributes); side logits = sum(a * sigma(s) * W x) + b."
+    import torch.nn.functional as F
+    from har_kit.dahar import ConfidenceAttention
+    torch.manual_seed(0)
+    att = ConfidenceAttention(6, 3, hidden=4).eval()
+    x = torch.randn(2, 6, 5, 4)
+    with torch.no_grad():
+        logits, a, s = att(x)
+        torch.testing.assert_close(a.sum((2, 3)), torch.ones(2, 3))
+        assert not torch.allclose(a.sum(1), torch.ones(2, 5, 4))          # a softmax over attributes would sum to 1 here
+        want = (a * torch.sigmoid(att.confidence(x)) * F.conv2d(x, att.classifier.weight)).sum((2, 3)) + att.classifier.bias
+        torch.testing.assert_close(logits, want)
+        torch.testing.assert_close(a, torch.softmax(att.att(x).flatten(2), -1).view(2, 3, 5, 4))
+
+
+def test_dahar_logits_are_the_mean_of_the_main_and_side_logits():
+    torch.manual_seed(0)
+    net = dahar_variant('dahar', 3, 'resnet-tiny').eval()
+    with torch.no_grad(): out = net(torch.randn(2, 3, 64, 32))
+    assert not torch.allclose(out['logits_main'], out['logits_side'])
+    torch.testing.assert_close(out['logits'], (out['logits_main'] + out['logits_side']) / 2)
