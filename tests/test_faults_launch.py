@@ -162,3 +162,12 @@ def test_a_table_whose_run_failed_or_is_stale_is_not_rendered(tmp_path, monkeypa
     assert launch._run_here(a, runs, tmp_path, None) == 1
     assert rendered == [['campar_t2']]
     assert 'not rendered: dahar_t1' in capsys.readouterr().err
+
+
+def test_param_diff_names_a_parameter_the_run_did_not_record():
+    "A parameter the plan adds (absent from params.json) is a difference, like one the plan dropped; the device never is."
+    from har_kit.reproduce import param_diff
+    assert param_diff({'lr': .1}, {'lr': .1, 'logit_bn': True}) == ['logit_bn']
+    assert param_diff({'lr': .1, 'logit_bn': True}, {'lr': .1}) == ['logit_bn']
+    assert param_diff({'lr': .1, 'device': 'cpu'}, {'lr': .1, 'device': 'cuda'}) == []
+    assert param_diff({'splits': ['train']}, {'splits': ('train',)}) == []   # compared as params.json stores them

@@ -330,3 +330,14 @@ def test_prefetched_cuda_handover(monkeypatch):
         assert made < rec < wait < keep < used, log
         assert log[made][2:] == ('side', 'har-kit-prefetch') and log[rec][2:] == ('side', 'har-kit-prefetch')
         assert log[wait][2] == log[keep][2] == 'main' and log[wait][3] == log[keep][3] == log[used][3] == threading.main_thread().name
+
+
+def test_cache_key_holds_every_box(tmp_path):
+    "Crops of other boxes are other pixels: one box shifted by a pixel, or a box dropped, gives another key."
+    imgs = [tmp_path/'a.jpg', tmp_path/'b.jpg']
+    for p in imgs: p.write_bytes(b'not decoded by cache_key')
+    boxes = [(1, 2, 10, 20), (0, 0, 8, 8)]
+    key = P.cache_key(imgs, boxes, (8, 8))
+    assert P.cache_key(imgs, [(1, 2, 10, 20), (0, 0, 8, 8)], (8, 8)) == key
+    assert P.cache_key(imgs, [(1, 2, 10, 20), (1, 0, 8, 8)], (8, 8)) != key
+    assert P.cache_key(imgs, [(1, 2, 10, 20), None], (8, 8)) != key

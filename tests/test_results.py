@@ -288,3 +288,16 @@ def test_selection_study_pairs_both_rules_of_one_training_and_shows_epochs_as_re
     assert out['cells'][(held.key, 'epoch')]['mean'] == pytest.approx(4.0) and out['cells'][(test.key, 'epoch')]['mean'] == pytest.approx(6.0)
     assert out['cells'][(test.key, 'mA')]['mean'] == pytest.approx(61.0)
     assert '+1.00 [' in out['texts']['md'] and "epoch chosen on test ([15]'s rule) | Δ vs" in out['texts']['md']
+
+
+def test_run_hash_holds_the_runs_it_needs(tmp_path):
+    "Two CFAR runs that differ only in their phase-1 CAM-PAR run are two runs: other keys, hashes and directories."
+    from har_kit.results import spec, spec_hash
+    phase1 = [spec('campar', 'campar_fusion', dataset='pa100k', sample_weighting=w) for w in (True, False)]
+    cfar = [spec('cfar', 'campar_fusion_cfar', needs={'campar_run': p}, dataset='pa100k', phase1_variant='campar_fusion')
+            for p in phase1]
+    assert cfar[0].params == cfar[1].params
+    assert cfar[0].key() != cfar[1].key() and spec_hash(cfar[0]) != spec_hash(cfar[1])
+    assert spec_dir(tmp_path, 'quick', cfar[0]) != spec_dir(tmp_path, 'quick', cfar[1])
+    assert spec_hash(cfar[0]) == spec_hash(spec('cfar', 'campar_fusion_cfar', needs={'campar_run': phase1[0]}, dataset='pa100k',
+                                                phase1_variant='campar_fusion'))
