@@ -236,6 +236,38 @@ def test_paired_interval_marks_differences_beyond_seed_noise(tmp_path):
     assert paired_interval(dict(values=[1.0], seeds=['seed0']), dict(values=[0.0], seeds=['seed0']))['lo'] is None
 
 
+
+def test_a_row_significantly_below_its_baseline_is_marked_too(tmp_path):
+    "5 points below the baseline in every seed is beyond seed noise as much as 5 above: exceeds and the '*'."
+    base, fus = CAMPAR_T2.rows[0].run, CAMPAR_T2.rows[1].run
+    for s, (a, b) in enumerate([(0.75, 0.70), (0.76, 0.72), (0.77, 0.71)]):
+        _run(tmp_path, 'quick', base, s, QUICK, _ped(a, 0.5))
+        _run(tmp_path, 'quick', fus, s, QUICK, _ped(b, 0.5 + (s - 1) / 100))
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    iv = paired_interval(out['cells'][('fusion', 'mA')], out['cells'][('baseline', 'mA')])
+    assert iv['mean'] == pytest.approx(-5.0) and iv['hi'] < 0 and iv['exceeds']
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | Δ vs baseline'))
+    cells = line.strip(' |').split(' | ')
+    assert cells[2].startswith('-5.00 [') and cells[2].endswith('*') and not cells[3].endswith('*')
+
+
+T_975_2 = 4.302652729911275   # Student's t, 97.5% quantile, 2 degrees of freedom (two-sided 95%)
+
+
+@pytest.mark.parametrize('d, exceeds', [((1.0, 2.0, 3.0), False), ((-5.0, -4.0, -6.0), True), ((4.0, 5.0, 6.0), True)])
+def test_paired_interval_is_the_t_interval_of_the_per_seed_differences(d, exceeds):
+    "Row minus baseline per common seed (paired by seed name, not position), two-sided t-interval of their mean."
+    b = dict(seeds=['seed0', 'seed1', 'seed2', 'seed9'], values=[10.0, 50.0, 90.0, 70.0])   # seed9: not in the row, left out
+    bv = dict(zip(b['seeds'], b['values']))
+    seeds = ['seed2', 'seed0', 'seed1']                                    # another order than the baseline's
+    a = dict(seeds=seeds, values=[bv[s] + x for s, x in zip(seeds, d)])
+    iv = paired_interval(a, b)
+    mean, h = sum(d) / 3, T_975_2 * 1.0 / 3 ** .5                         # each d has standard deviation 1
+    assert iv['n'] == 3 and iv['mean'] == pytest.approx(mean)
+    assert (iv['lo'], iv['hi']) == pytest.approx((mean - h, mean + h))
+    assert iv['exceeds'] is exceeds
+
+
 def test_baseline_15_f1_in_15s_definition_compared_in_eq25(tmp_path):
     "[15]'s quoted F1 is its code's mean per-image F1: the baseline row shows ours so; Δ vs baseline compares Eq. 25's F1 of both runs."
     base, fus = CAMPAR_T2.rows[0].run, CAMPAR_T2.rows[1].run
