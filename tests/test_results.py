@@ -156,6 +156,39 @@ def test_protocol_card_lists_every_difference_with_its_reason(tmp_path):
     assert 'arch' not in paper and 'weights' not in paper and 'no reason declared' in paper['scale']['reason']
 
 
+
+def _one_row_table(protocol, **params):   # a table of one CAM-PAR row whose protocol the test declares
+    from har_kit.results import Row, Table, spec
+    run = spec('campar', 'baseline', **params)
+    return Table('t', 'T', 'test', ['mA'], [Row('b', 'baseline', {'mA': None}, run=run, metrics={'mA': 'full.mA'})],
+                 protocol={'campar': protocol}), run
+
+
+def test_protocol_card_a_mix_of_runs_differs_from_the_paper_and_lists_every_value(tmp_path):
+    "Two seeds, only one with the paper's lr: lr differs, and the card shows both values with their counts."
+    from har_kit.cards import protocol_card
+    from har_kit.results import Paper
+    table, run = _one_row_table({'lr': Paper(0.01, 'Sec. 4')}, dataset='pa100k')
+    _run(tmp_path, 'quick', run, 0, dict(QUICK, lr=0.01), _ped(0.7, 0.6))
+    assert not protocol_card(table, tmp_path, 'quick')['differs']                    # all runs as the paper: nothing to say
+    _run(tmp_path, 'quick', run, 1, dict(QUICK, lr=0.001), _ped(0.7, 0.6))
+    (lr,) = protocol_card(table, tmp_path, 'quick')['differs']
+    assert lr['parameter'] == 'lr' and lr['paper'] == '0.01'
+    assert '0.01 (1 runs)' in lr['runs'] and '0.001 (1 runs)' in lr['runs']
+
+
+def test_protocol_card_applies_a_dataset_scoped_declaration_to_its_datasets_only(tmp_path):
+    "A RAP-only declaration (partition) says nothing about a PA-100K run's partition, and does bind a RAP run's."
+    from har_kit.cards import protocol_card
+    from har_kit.results import Paper
+    decl = {'partition': Paper([0], 'code', datasets=('rap',), across=True)}
+    for dataset, differs in (('pa100k', []), ('rap', ['partition'])):
+        table, run = _one_row_table(decl, dataset=dataset)
+        _run(tmp_path/dataset, 'quick', run, 0, dict(QUICK, partition=3), _ped(0.7, 0.6))
+        card = protocol_card(table, tmp_path/dataset, 'quick')
+        assert card['runs'] == 1 and [d['parameter'] for d in card['differs']] == differs, dataset
+
+
 def test_rap_partitions_and_both_selection_modes(tmp_path):
     spec = CAMPAR_T2.rows[0].run
     for part in range(5):
