@@ -344,3 +344,24 @@ def test_detach_cam_false_lets_the_gradient_through_the_cam():
         assert out['cam'].requires_grad is not detach
     torch.testing.assert_close(logits[False], logits[True])        # the same forward
     assert not torch.allclose(grads[False], grads[True], atol=1e-4)
+
+
+def test_model_file_thresholds_maximise_balanced_accuracy_on_the_held_out_split():
+    "held_out_thresholds = choose_thresholds(held-out scores, labels, 'balanced_accuracy'), not the F1 rule."
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from har_kit.campar_train import held_out_thresholds
+    from har_kit.metrics import choose_thresholds
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 3)) < [.1, .3, .5]).astype(np.int64)   # F1 and balanced accuracy pick other thresholds here (asserted)
+    logits = torch.tensor(rng.normal(size=(60, 3)) + 1.5 * y, dtype=torch.float32)
+    rows = [dict(image=logits[i], labels=torch.tensor(y[i])) for i in range(60)]
+
+    class Scores(nn.Module):   # the logits ride in as the 'image'
+        def forward(self, x): return dict(logits=x)
+
+    got = held_out_thresholds(Scores(), DataLoader(rows, batch_size=16), 'pa100k')
+    scores = 1 / (1 + np.exp(-logits.numpy()))
+    want = choose_thresholds(scores, y, 'balanced_accuracy')['thresholds']
+    assert not np.allclose(want, choose_thresholds(scores, y, 'f1')['thresholds'])
+    np.testing.assert_allclose(got, want, rtol=1e-6)

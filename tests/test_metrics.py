@@ -294,3 +294,27 @@ def test_one_metrics_entry_for_every_section(tmp_path):
     assert read_metrics(tmp_path, 'baseline') == json.loads(json.dumps(r))
     save_json({'baseline': {'mA': 0.5, 'ma_per_attr': {}}, '_meta': {}}, tmp_path/'metrics.json')
     with pytest.raises(KitError, match=r'schema 1, this kit reads schema \d+: rerun'): read_metrics(tmp_path)
+
+
+def _brute_balanced_accuracy(s, y, t):   # (TPR + TNR) / 2 of predicting s > t, counted here sample by sample
+    tp = sum(1 for a, b in zip(s, y) if a > t and b == 1); tn = sum(1 for a, b in zip(s, y) if a <= t and b == 0)
+    return (tp / sum(y) + tn / (len(y) - sum(y))) / 2
+
+
+def test_balanced_accuracy_thresholds_reach_the_best_cut_counted_by_hand():
+    "The 'balanced_accuracy' rule: TPR over the positives P, TNR over the negatives N; P != N here, so a mix-up shows."
+    from har_kit.metrics import choose_thresholds
+    s = np.array([.05, .15, .25, .35, .45, .55, .65, .75, .85, .95, .5, .6])
+    y = np.array([0, 0, 1, 0, 0, 0, 1, 0, 1, 1, 0, 0])                       # P = 4, N = 8
+    r = choose_thresholds(s[:, None], y[:, None], 'balanced_accuracy')
+    cuts = np.r_[0, (np.sort(s)[:-1] + np.sort(s)[1:]) / 2, 1]
+    best = max(_brute_balanced_accuracy(s, y, t) for t in cuts)
+    assert r['score'][0] == pytest.approx(best) and best == pytest.approx(0.8125)   # cut in (.6, .65): TPR 3/4, TNR 7/8
+    assert _brute_balanced_accuracy(s, y, r['thresholds'][0]) == pytest.approx(best)
+
+
+@pytest.mark.parametrize('level, label', [(None, 'unknown'), (0, '0'), (2, '2'), (3, '3+'), (4, '3+'), (7, '3+')])
+def test_distraction_bin_puts_the_cap_itself_in_the_top_bin(level, label):
+    from har_kit.metrics import distraction_bin
+    assert distraction_bin(level) == label
+    assert distraction_bin(5, cap=5) == '5+' and distraction_bin(4, cap=5) == '4'
