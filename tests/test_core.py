@@ -1,4 +1,4 @@
-"har_kit.core: seeding."
+"Seeding (har_kit.core.seed_everything) and the RNG states a checkpoint keeps (har_kit.checkpoints)."
 import random
 
 import numpy as np
@@ -27,3 +27,19 @@ def test_seed_everything_seeds_python_numpy_and_torch_with_the_given_seed(keep_r
     for name, a, b in zip(('torch', 'numpy', 'random'), one, two):
         assert a != b, f'{name}: seeds 1 and 2 gave the same draws'
     assert _draws(1) == one and _draws(2) == two
+
+
+def test_a_checkpointed_rng_state_restores_python_numpy_and_torch(keep_rngs, tmp_path):
+    "rng_state -> save_checkpoint -> load_checkpoint -> set_rng_state: every generator draws again what it drew after the save."
+    from har_kit.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    seed_everything(3)
+    np.random.randn()                                  # numpy holds a cached Gaussian: that is state too
+    save_checkpoint(dict(rng=rng_state()), tmp_path/'c.pt')
+    after = _draws_now()
+    _draws_now()                                       # move every generator on
+    set_rng_state(load_checkpoint(tmp_path/'c.pt')['rng'])
+    again = _draws_now()
+    for name, a, b in zip(('torch', 'numpy', 'random'), after, again): assert a == b, f'{name} not restored'
+
+
+def _draws_now(): return torch.rand(3).tolist(), np.random.rand(3).tolist() + [np.random.randn()], [random.random() for _ in range(3)]
