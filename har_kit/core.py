@@ -185,8 +185,9 @@ def shared_sample_root():
     return (root.parent/'shared'/'data'/'pa100k-sample') if root else None
 
 def skipped_shared(path):  # the shared input that is missing (None: outside a clone)
-    "What a cell that reads a shared input prints when it is missing; where `CI` is set a KitError instead."
-    if os.environ.get('CI'): raise KitError(f'{path} is missing: CI lays out ../shared beside the clone, so it must be there')
+    "What a cell that reads a shared input prints when it is missing; in a clone where `CI` is set, a KitError instead."
+    if os.environ.get('CI') and path is not None:   # outside a clone (an installed wheel) there is no ../shared to expect
+        raise KitError(f'{path} is missing: CI lays out ../shared beside the clone, so it must be there')
     return f'{path or "../shared/data/pa100k-sample"} not found: skipped'
 
 # %% ../nbs/00_core.ipynb #c043
