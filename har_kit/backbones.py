@@ -15,7 +15,7 @@ from .core import KitError
 
 # %% auto #0
 __all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'is_weights_file',
-           'load_weights_file', 'resnet_taps', 'count_params', 'bilinear_matrix', 'resize_bilinear']
+           'load_weights_file', 'check_arch', 'resnet_taps', 'count_params', 'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/03_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -115,6 +115,13 @@ def _fetch(arch, w):  # torchvision's model with weights `w` (an enum member or 
                        f'internet and put it in {hub}/ (TORCH_HOME moves that folder), or pass weights=PATH to the file') from None
 
 # %% ../nbs/03_backbones.ipynb #c017
+def check_arch(arch): # a backbone name
+    "`arch` when `resnet_taps` builds it, else the KitError that names the ones it builds (what a run config checks first)."
+    if arch not in TORCHVISION_ARCHES and arch not in SMALL_ARCHES:
+        raise KitError(f'unknown arch {arch!r}: choose one of {", ".join(TORCHVISION_ARCHES + tuple(SMALL_ARCHES))}')
+    return arch
+
+# %% ../nbs/03_backbones.ipynb #c018
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
                 weights=None,            # None, 'DEFAULT', a torchvision weights name ('IMAGENET1K_V1') or a local .pth file
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
@@ -129,8 +136,7 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
         if is_weights_file(weights): net = _fetch(arch, None); sha = load_weights_file(net, weights, arch)
         else: net = _fetch(arch, resolve_weights(arch, weights))
         stem, stages, channels = _split_torchvision(net)
-    else:
-        raise KitError(f'unknown arch {arch!r}: choose one of {", ".join(TORCHVISION_ARCHES + tuple(SMALL_ARCHES))}')
+    else: check_arch(arch)
     if last_stride not in (1, 2): raise KitError(f'last_stride must be 1 or 2, got {last_stride!r}')
     if last_stride == 1:
         first = stages[3][0]
@@ -140,12 +146,12 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
     taps.weights_sha256 = sha
     return taps
 
-# %% ../nbs/03_backbones.ipynb #c019
+# %% ../nbs/03_backbones.ipynb #c020
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/03_backbones.ipynb #c033
+# %% ../nbs/03_backbones.ipynb #c034
 import torch.nn.functional as F
 from typing import List, Optional
 
@@ -165,13 +171,13 @@ def bilinear_matrix(n_in: int,                           # source length
     m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
-# %% ../nbs/03_backbones.ipynb #c034
+# %% ../nbs/03_backbones.ipynb #c035
 @functools.lru_cache(maxsize=64)
 def _bilinear_matrix_cached(n_in, n_out, device, dtype, align_corners=False):
     with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
         return bilinear_matrix(n_in, n_out, device, dtype, align_corners)
 
-# %% ../nbs/03_backbones.ipynb #c035
+# %% ../nbs/03_backbones.ipynb #c036
 def resize_bilinear(x: torch.Tensor,               # (N, C, H, W) feature maps
                     size: List[int],              # (H_out, W_out)
                     align_corners: bool = False): # as F.interpolate's

@@ -13,6 +13,7 @@ from torch import nn
 from fastcore.basics import patch
 
 from .core import KitError, UNSPECIFIED, get_device
+from .backbones import check_arch
 from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind
 from .losses import pos_ratio
@@ -266,6 +267,7 @@ class CamParConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()   # the parameters' ranges (`RunConfig`)
+        check_arch(self.arch)
         bad = [v for v in self.variants if v not in VARIANTS]
         if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from fastcore.basics import patch
 
 from .core import KitError, load_json, seed_everything
+from .backbones import check_arch
 from .cfar_factors import check_confidences, fit_latent_factors
 from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig
@@ -360,6 +361,7 @@ class CFARRunConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()   # the parameters' ranges (`RunConfig`)
+        check_arch(self.arch)
         known = {self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'}
         if not set(self.variants) <= known: raise KitError(f'variants={self.variants}: choose among {sorted(known)}')
         self.variants = list(self.variants)

@@ -13,7 +13,6 @@ from torch import nn
 
 from .core import KitError, atomic_path, get_device, max_threads, seed_everything
 from .formats import DATASET_KINDS, RAP_PARTITIONS
-from .backbones import SMALL_ARCHES, TORCHVISION_ARCHES
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -381,8 +380,7 @@ AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-
            'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
            'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
 CHOICES = {'partition': tuple(range(RAP_PARTITIONS)),   # RAP v1's five train/test partitions
-           'dataset': DATASET_KINDS,                     # the dataset kinds with a reader (the registry itself: kinds added later count)
-           'arch': TORCHVISION_ARCHES + tuple(SMALL_ARCHES)}   # the backbones `resnet_taps` builds
+           'dataset': DATASET_KINDS}                     # the dataset kinds with a reader (the registry itself: kinds added later count)
 BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
 
 def check_range(name,     # a parameter's name
