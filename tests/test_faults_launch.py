@@ -171,3 +171,21 @@ def test_param_diff_names_a_parameter_the_run_did_not_record():
     assert param_diff({'lr': .1, 'logit_bn': True}, {'lr': .1}) == ['logit_bn']
     assert param_diff({'lr': .1, 'device': 'cpu'}, {'lr': .1, 'device': 'cuda'}) == []
     assert param_diff({'splits': ['train']}, {'splits': ('train',)}) == []   # compared as params.json stores them
+
+
+def test_stale_params_names_a_moved_default_and_other_data(tmp_path):
+    "A done run is stale for a default it did not set that changed since (env.json's record), and for other data; not otherwise."
+    from har_kit.core import save_json
+    from har_kit.reproduce import plan, stale_params
+    from har_kit.run_params import parameter_defaults
+    r = plan(['campar_t2'], 'quick', root=tmp_path)[0]
+    r.out_dir.mkdir(parents=True)
+    save_json(r.params, r.out_dir/'params.json'); (r.out_dir/'done').write_text('')
+    now = parameter_defaults(r.spec.notebook)
+    free = next(k for k in now if k not in r.params and k not in ('device', 'out_dir') and isinstance(now[k], float))
+    save_json({'defaults': now, 'data': r.data}, r.out_dir/'env.json')
+    assert stale_params(r) == []
+    save_json({'defaults': {**now, free: now[free] + 1}, 'data': r.data}, r.out_dir/'env.json')
+    assert stale_params(r) == [f'default {free}']
+    save_json({'defaults': now, 'data': {'synthetic': 'another set'}}, r.out_dir/'env.json')
+    assert r.data and stale_params(r) == ['data']
