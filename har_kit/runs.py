@@ -16,10 +16,10 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
-           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data',
-           'moved_defaults', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
-           'run_notebook', 'read_record', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
-           'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest',
+           'real_data', 'moved_defaults', 'data_changes', 'check_run_params', 'timing_summary', 'batch_copy',
+           'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
+           'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -182,6 +182,16 @@ def _engine():
     return 'har-kit'
 
 # %% ../nbs/70_runs.ipynb #c020
+def read_record(path,           # a JSON file the runner writes in or beside a run (params, env, metrics, timing, job)
+                problems=None): # a list that gets 'NAME unreadable' when the file is not a JSON object
+    "The record as a dict, or None when it is missing or unreadable: a status or a staleness check never stops on one."
+    path = Path(path)
+    try: return load_json(path, dict) if path.exists() else None
+    except KitError:
+        if problems is not None: problems.append(f'{path.name} unreadable')
+        return None
+
+# %% ../nbs/70_runs.ipynb #c022
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
 def params_digest(params: dict  # a run's parameters
@@ -204,10 +214,10 @@ def moved_defaults(env,       # a run's env.json record, or None
     if not isinstance(then, dict): return []   # a run of an older kit recorded none
     return sorted(k for k in set(then) | set(defaults) if k not in given and k != 'device' and then.get(k) != defaults.get(k))
 
-def _data_changes(out, data):  # a run directory; the data the run would read now
-    "What differs between the data `out`'s env.json recorded and `data`: ['annotation/RAP_annotation.mat', ...] or []."
-    env = load_json(out/'env.json', dict) if (out/'env.json').exists() else {}
-    then, diff = env.get('data') or {}, []
+def data_changes(env,   # a run's env.json record, or None
+                 data):  # the data the run would read now (`real_data`, a plan's synthetic sets)
+    "What differs between the data `env` recorded and `data`: ['annotation/RAP_annotation.mat', ...] or []."
+    then, diff = (env or {}).get('data') or {}, []
     for k in sorted(set(then) | set(data)):
         a, b = then.get(k), data.get(k)
         if isinstance(a, dict) and isinstance(b, dict): diff += [f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
@@ -244,13 +254,13 @@ def _prepare(out, params, force, data=None, defaults=None):  # ...; the data it 
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
                            + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
-        env = load_json(out/'env.json', dict) if (out/'env.json').exists() else None
+        env = read_record(out/'env.json')   # None when missing or unreadable: nothing recorded to compare
         moved = moved_defaults(env, params, defaults) if defaults is not None else []
         if moved:
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} made with other notebook defaults ('
                            + ', '.join(f'{k}: {env["defaults"].get(k, "absent")!r} -> {defaults.get(k, "absent")!r}' for k in moved)
                            + '; it did not set them): pass --force to move the old run aside and rerun, or set them with -p to the old values')
-        changed = _data_changes(out, data) if data else []
+        changed = data_changes(env, data) if data else []
         if changed:
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
                            'changed since it started: the dataset was relabelled, extended or regenerated): pass --force to '
@@ -268,7 +278,7 @@ def _prepare(out, params, force, data=None, defaults=None):  # ...; the data it 
     print(f'har-kit run: moved the previous run of {out} aside to {aside}', file=sys.stderr)
     return 'run'
 
-# %% ../nbs/70_runs.ipynb #c022
+# %% ../nbs/70_runs.ipynb #c024
 def _cell_of(nb_path):
     "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
     try: cells = json.loads(Path(nb_path).read_text())['cells']
@@ -316,7 +326,7 @@ def _finish_notebook(out, started, log):
                   + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except (OSError, KeyError, ValueError): pass
 
-# %% ../nbs/70_runs.ipynb #c023
+# %% ../nbs/70_runs.ipynb #c025
 def _fail(out, error, cell=None, interrupted=False):
     with contextlib.suppress(OSError, KitError):
         save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
@@ -338,7 +348,7 @@ def batch_copy(nb,    # the notebook
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
-# %% ../nbs/70_runs.ipynb #c027
+# %% ../nbs/70_runs.ipynb #c029
 class LiveLines:
     "A stream with `\\r` progress bars as whole lines: each line's final state, and a bar's last state once it is cleared."
     def __init__(self): self.cur, self.last = '', ''
@@ -362,7 +372,7 @@ class LiveLines:
         self.cur = self.last = ''
         return rest + '\n' if rest.strip() else ''
 
-# %% ../nbs/70_runs.ipynb #c030
+# %% ../nbs/70_runs.ipynb #c032
 class Echo:
     "A file papermill writes one kernel stream to: all of it into `log`, and live to `stream` (see `LiveLines`)."
     def __init__(self,
@@ -388,7 +398,7 @@ class Echo:
         "End the shown output on a whole line (the log stays open: the runner owns it)."
         self._show(self.lines.close() if self.lines else ('' if self.end in '\n\r' else '\n'))
 
-# %% ../nbs/70_runs.ipynb #c032
+# %% ../nbs/70_runs.ipynb #c034
 def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, echo=False):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
@@ -435,7 +445,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         _finish_notebook(out, started, log)
 
-# %% ../nbs/70_runs.ipynb #c034
+# %% ../nbs/70_runs.ipynb #c036
 PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
 
 def absolute_paths(params: dict  # checked parameters
@@ -444,12 +454,12 @@ def absolute_paths(params: dict  # checked parameters
     place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
     return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/70_runs.ipynb #c036
+# %% ../nbs/70_runs.ipynb #c038
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
-# %% ../nbs/70_runs.ipynb #c038
+# %% ../nbs/70_runs.ipynb #c040
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -495,16 +505,6 @@ def run_notebook(notebook,                  # path, file name or section name
         _fail(out, f'disk full: {e}')
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
-
-# %% ../nbs/70_runs.ipynb #c045
-def read_record(path,           # a JSON file the runner writes in or beside a run (params, env, metrics, timing, job)
-                problems=None): # a list that gets 'NAME unreadable' when the file is not a JSON object
-    "The record as a dict, or None when it is missing or unreadable: a status or a staleness check never stops on one."
-    path = Path(path)
-    try: return load_json(path, dict) if path.exists() else None
-    except KitError:
-        if problems is not None: problems.append(f'{path.name} unreadable')
-        return None
 
 # %% ../nbs/70_runs.ipynb #c047
 def run_status(out_dir,  # a run directory
