@@ -343,7 +343,7 @@ ENTRY_KEYS = {                  # the common keys an entry may hold beside its p
     'target_mass_by_distractors': "share of each map's mass on the target per distraction bin (`mass_by_level`)",
     'params_M': 'parameters of the scored model, in millions',
     'epoch': 'the epoch whose weights were scored',
-    'seconds': "wall-clock seconds of the variant's training (Da-HAR's include its Full and Crops scoring)",
+    'seconds': "wall-clock seconds of the variant's training loop, per-epoch validation included, final scoring not; a resumed training counts from its resumption",
     'final_loss': "the last training epoch's mean loss",
     'model_file': 'the self-describing model file, relative to the run directory (`har_kit.model_file.load_model`)',
     'extra': "the section's own numbers (heads, angles, ALS sweeps, ...): no table reads them",
