@@ -44,7 +44,7 @@ def save_checkpoint(state,  # dict of tensors and primitive containers
     payload = buf.getbuffer()   # the serialised bytes, not copied (a ResNet-101 with Adam's state: 535 MB)
     wrapped = dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
                    payload=torch.frombuffer(payload, dtype=torch.uint8))
-    with atomic_path(path) as tmp: torch.save(wrapped, tmp)
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(wrapped, f)   # an open file: the archive's inner name is fixed
     return Path(path)
 
 # %% ../nbs/06_checkpoints.ipynb #c008

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'KitError', 'atomic_path', 'atomic_write', 'check_writable',
-           'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'seed_everything', 'get_device',
-           'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder',
-           'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir', 'save_metrics', 'save_figure',
-           'env_info']
+__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'atomic_path', 'atomic_write',
+           'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'seed_everything',
+           'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder',
+           'check_folder', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir', 'save_metrics',
+           'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -297,6 +297,16 @@ def _version(pkg):
     except metadata.PackageNotFoundError: return None
 
 # %% ../nbs/00_core.ipynb #c063
+CPU_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')  # pick the CPU's maths instructions
+
+def _cpu_model():
+    "The processor's name (Linux's /proc/cpuinfo, else `platform.processor()`), or None."
+    try:
+        with open('/proc/cpuinfo') as f: name = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+    except OSError: name = None
+    return name or platform.processor() or None
+
+# %% ../nbs/00_core.ipynb #c064
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -305,7 +315,8 @@ def env_info():
                                                    'scikit-learn', 'papermill', 'nbdev')})
     try:
         import torch
-        info['torch_threads'] = torch.get_num_threads()
+        info['cpu'] = dict(model=_cpu_model(), capability=torch.backends.cpu.get_cpu_capability(),
+                           env={k: os.environ[k] for k in CPU_ENV if k in os.environ})
         info['cuda'] = torch.version.cuda
         info['devices'] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ['cpu']
     except ImportError: pass

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from .core import KitError, get_device
 
 # %% auto #0
-__all__ = ['dist_env', 'rank_world', 'is_main_process', 'setup_device', 'shard_loader', 'set_epoch', 'gather_in_order',
-           'all_mean', 'all_sum']
+__all__ = ['dist_env', 'rank_world', 'is_main_process', 'setup_device', 'sample_seed', 'KeyedSampler', 'shard_loader',
+           'set_epoch', 'gather_in_order', 'all_mean', 'all_sum']
 
 # %% ../nbs/07_distributed.ipynb #c005
 def dist_env():
@@ -71,6 +71,18 @@ def _shuffles(loader):
     return None
 
 # %% ../nbs/07_distributed.ipynb #c013
+def sample_seed(seed: int,   # the config's seed
+                epoch: int,  # the epoch (the sampler's, 1-based in training)
+                index: int   # the sample's index in its dataset
+               ) -> int:
+    "The seed of one sample's random draws in one epoch: a function of (seed, epoch, index) alone (numpy's `SeedSequence`), below 2**63."
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+class KeyedSampler(DistributedSampler):
+    "A `DistributedSampler` yielding (index, `sample_seed(seed, epoch, index)`): the keys of a dataset with `keyed_draws`."
+    def __iter__(self): return ((i, sample_seed(self.seed, self.epoch, i)) for i in super().__iter__())
+
+# %% ../nbs/07_distributed.ipynb #c014
 def shard_loader(loader,        # a DataLoader over a map-style dataset
                  seed=0,        # shuffling seed (the config's seed)
                  shuffle=None): # None: shuffle iff `loader` did
@@ -85,14 +97,16 @@ def shard_loader(loader,        # a DataLoader over a map-style dataset
     bs = loader.batch_size
     if bs % world: raise KitError(f'batch_size={bs} is not divisible by WORLD_SIZE={world}: each process gets '
                                   f'batch_size/WORLD_SIZE samples; use a multiple of {world}')
-    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    keyed = not own and getattr(loader.dataset, 'keyed_draws', False)   # (index, seed) keys: draws independent of the workers
+    sampler = (KeyedSampler if keyed else DistributedSampler)(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle,
+                                                              seed=seed, drop_last=False)
     if own: return loader.with_sampler(sampler, bs // world)
     return DataLoader(loader.dataset, batch_size=bs // world, sampler=sampler, num_workers=loader.num_workers,
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                       timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                       persistent_workers=loader.persistent_workers, generator=torch.Generator())
 
-# %% ../nbs/07_distributed.ipynb #c014
+# %% ../nbs/07_distributed.ipynb #c015
 def set_epoch(loader,  # a loader from `shard_loader`
               seed,    # the config's seed
               epoch):  # 1-based epoch
@@ -100,7 +114,7 @@ def set_epoch(loader,  # a loader from `shard_loader`
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/07_distributed.ipynb #c019
+# %% ../nbs/07_distributed.ipynb #c024
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -115,7 +129,7 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         out[k] = full[:n]
     return out
 
-# %% ../nbs/07_distributed.ipynb #c020
+# %% ../nbs/07_distributed.ipynb #c025
 def all_mean(total,   # this process's sum
              count,   # this process's count
              device): # the group's device
@@ -124,7 +138,7 @@ def all_mean(total,   # this process's sum
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-# %% ../nbs/07_distributed.ipynb #c021
+# %% ../nbs/07_distributed.ipynb #c026
 def all_sum(value,   # this process's number
             device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."

@@ -104,10 +104,18 @@ class HarDataset(Dataset):
             raise KitError(f'{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but must match the image ({W}x{H}) or the clipped box')
         return np.ascontiguousarray(img), None if mask is None else np.ascontiguousarray(mask), box, (H, W)
 
-    def __getitem__(self, i):
+    keyed_draws = True   # `har_kit.distributed.shard_loader` hands it (index, seed) keys
+
+    def __getitem__(self, i):  # a sample index, or (index, seed): the transform's random draws from that seed
+        i, key = i if isinstance(i, tuple) else (i, None)
         img, mask, box = self.load(i)
         ins = [x for x in (img, mask, box) if x is not None]
-        outs = self.transform(*ins) if self.transform is not None else tuple(ins)
+        if self.transform is None: outs = tuple(ins)
+        elif key is None: outs = self.transform(*ins)
+        else:
+            with torch.random.fork_rng(devices=[]):   # the caller's CPU generator is put back afterwards
+                torch.default_generator.manual_seed(key)
+                outs = self.transform(*ins)
         outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         _f = lambda t: t.as_subclass(torch.Tensor).float() / 255 if t.dtype == torch.uint8 else t.as_subclass(torch.Tensor).float()
         d = {'image': _f(outs.pop(0))}
@@ -237,7 +245,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/14_loading.ipynb #c042
+# %% ../nbs/14_loading.ipynb #c043
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, datetime, hashlib, importlib, inspect, json, math, time
+import dataclasses, hashlib, importlib, inspect, json, math, time
 from pathlib import Path
 
 import numpy as np
@@ -202,11 +202,10 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
             raise KitError(f'model weight {k!r} holds NaN/inf: the run diverged; do not save it (lower the learning rate)')
     meta = dict(builder=builder, kwargs=kwargs, variant=Path(path).parent.name, attributes=attributes, input_size=size, mean=mean, std=std,
                 thresholds=thresholds, dataset=_plain(dataset, 'dataset'), pretrained=_plain(pretrained, 'kwargs.weights'),
-                har_kit=str(__version__), torch=str(torch.__version__),
-                saved=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+                har_kit=str(__version__), torch=str(torch.__version__))
     blob = dict(format=MODEL_FORMAT, version=MODEL_VERSION, meta=meta, state_dict=state, extra=extra,
                 sha256=model_digest(meta, state, extra))
-    with atomic_path(path) as tmp: torch.save(blob, tmp)
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(blob, f)   # an open file: the archive's inner name is fixed
     return Path(path)
 
 # %% ../nbs/09_model_file.ipynb #c019

@@ -337,7 +337,7 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
     rec = r.record() if isinstance(r, PlannedRun) else r
     out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
     p, e, m = out/'params.json', out/'env.json', out/'metrics.json'
@@ -347,6 +347,7 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
     if data and env is not None and data_changes(env, data): diff.append('data')   # e.g. the quick sets were resized, a dataset relabelled
+    if isinstance((env or {}).get('threads'), int) and rec.get('threads') is not None and env['threads'] != rec['threads']: diff.append('threads')
     if nb in ('dahar', 'campar', 'cfar') and is_done(out) and read_record(m, diff) is not None:   # by an older kit?
         try: read_metrics(out)
         except KitError: diff.append('metrics schema')

@@ -15,11 +15,12 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
                                 parameter_defaults, parse_params, parse_value)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'DEMO_TAG', 'PATH_SUFFIXES', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
-           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest',
-           'real_data', 'moved_defaults', 'data_changes', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
-           'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'PATH_SUFFIXES', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env',
+           'stop_runs', 'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record',
+           'params_digest', 'real_data', 'moved_defaults', 'data_changes', 'check_run_params', 'timing_summary',
+           'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status', 'metrics_summary',
+           'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli',
+           'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -235,7 +236,9 @@ def check_run_params(out_dir  # a done run directory
                        'the notebook executed (digest in done); restore it, or rerun with --force (the old run is moved aside)')
     return params
 
-def _prepare(out, params, force, data=None, defaults=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now
+SESSION_KEYS = ('time', 'git_commit', 'git_dirty', 'built_from', 'packages', 'threads', 'cpu', 'devices')   # an earlier session's record
+
+def _prepare(out, params, force, data=None, defaults=None, threads=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now; the kernel's thread count
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
     entries = [p for p in out.iterdir() if p.name != '.lock']
     if not entries: return 'run'
@@ -266,6 +269,11 @@ def _prepare(out, params, force, data=None, defaults=None):  # ...; the data it 
                            'changed since it started: the dataset was relabelled, extended or regenerated): pass --force to '
                            'move the old run aside and rerun, or another run directory (--out)')
         if is_done(out): return 'skip'
+        ran = (env or {}).get('threads')
+        if threads is not None and isinstance(ran, int) and ran != int(threads):
+            raise KitError(f'{out} holds an unfinished run started with {ran} intra-op thread(s); resumed with {threads} its numbers '
+                           f'would match neither count\'s run (the count sets the order of floating-point sums): resume it with '
+                           f'{ran} (har-kit run --threads {ran}), or pass --force to move it aside and start again')
         for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
         for tmp in out.rglob('*.tmp'):
             with contextlib.suppress(OSError): tmp.unlink()
@@ -489,10 +497,13 @@ def run_notebook(notebook,                  # path, file name or section name
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
         with run_lock(out):
-            if _prepare(out, params, force, data, parameter_defaults(nb)) == 'skip': return out
+            if _prepare(out, params, force, data, parameter_defaults(nb), int(env['HAR_KIT_THREADS'])) == 'skip': return out
             save_json(params, out/'params.json')
-            save_json({**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
-                       'defaults': parameter_defaults(nb)}, out/'env.json')   # the notebook's defaults this run ran with
+            record = {**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
+                      'defaults': parameter_defaults(nb)}   # the notebook's defaults this run ran with
+            earlier = read_record(out/'env.json')        # a resumed run: what its earlier sessions ran on stays on record
+            if earlier: record['sessions'] = [*(earlier.get('sessions') or []), {k: earlier[k] for k in SESSION_KEYS if k in earlier}]
+            save_json(record, out/'env.json')
             _execute(nb, out, params, env, kernel_name, progress, timeout, demos, echo)
             if not (out/'metrics.json').exists():
                 msg = 'the notebook finished but wrote no metrics.json (end it with har_kit.core.save_metrics)'

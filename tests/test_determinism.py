@@ -106,6 +106,24 @@ def test_tiny_training_matches_golden(tmp_path):
                      f'meant to move these numbers, run `{REGENERATE}` and commit {GOLDEN.relative_to(GOLDEN.parents[2])}')
 
 
+
+def test_augmentation_independent_of_workers(tmp_path):
+    "An epoch's augmented batches, as the engine iterates a loader, are the same with 0 and 2 workers (both methods' transforms)."
+    import torch
+    from har_kit.data import read_pa100k, read_wider, tiny_fixture
+    from har_kit.distributed import set_epoch, shard_loader
+    from har_kit.loading import campar_transforms, dahar_transforms, make_loader
+    wd, pa = read_wider(tiny_fixture('wider', tmp_path/'wider', n=12)), read_pa100k(tiny_fixture('pa100k', tmp_path/'pa', n=12))
+    for data, tf, mask in ((wd, dahar_transforms(True, scale=0.25), True), (pa, campar_transforms(True, scale=0.25), False)):
+        def epoch(workers):
+            ld = shard_loader(make_loader(data, tf, 3, True, with_mask=mask, seed=5, num_workers=workers), seed=5)
+            set_epoch(ld, 5, 3)
+            return [b for b in ld]
+        a, b = epoch(0), epoch(2)
+        assert len(a) == len(b) and all(torch.equal(x['index'], y['index']) and torch.equal(x['image'], y['image']) for x, y in zip(a, b)), \
+            f'{data.name}: the augmentation depends on the worker count'
+
+
 if __name__ == '__main__':
     if sys.argv[1:] != ['--regenerate']: sys.exit(f'usage: {REGENERATE}')
     import torch, har_kit
