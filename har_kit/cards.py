@@ -73,13 +73,13 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'data_root': "synthetic stand-in data (the kit's procedural WIDER-/RAP-/PA100K-like sets): CPU-sized, no download",
         'arch': 'CPU: resnet-tiny (shallow, narrow, BasicBlock) trains in seconds',
         'weights': 'from scratch: resnet-tiny has no ImageNet weights, and nothing downloads in CI',
-        'scale': 'CPU: 3/16-size inputs (as good as 1/4 size on the quick sets, in 3/4 of the time)', 'epochs': 'CPU budget: the whole profile runs in minutes',
+        'scale': 'CPU: 3/16-size inputs (3/4 of the time of 1/4 size; one seed of each scored within the seed sd of 1/4 size)', 'epochs': 'CPU budget: the whole profile runs in minutes',
         'batch_size': 'small synthetic sets on CPU', 'device': 'CPU (CI and laptops)',
         'lr': "from scratch: the papers' rates are for ImageNet-initialised backbones",
         'optimizer': "from scratch: Adam with one rate for every layer ([15]'s SGD gives the backbone a tenth of the "
                      "head's rate, which suits pretrained weights)",
         'dahar.optimizer': "from scratch: Adam (lr 1e-3), the CAM-PAR rows' recipe family; the paper's SGD at a from-scratch "
-                           'rate levels off about 2 mAP lower on the WIDER-like set',
+                           'rate levelled off about 2 mAP lower on the WIDER-like set (one seed, a trial run, not a study)',
         'channels_last': 'memory format only: faster convolutions on CPU, the same model (equal up to float rounding)',
         'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs',
         'train_splits': 'the synthetic sets keep their val split for held-out epoch selection', **_CPU_CAMPAR},

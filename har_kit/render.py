@@ -13,9 +13,9 @@ from .metrics import read_metrics
 from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
 
 # %% auto #0
-__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'paper_partition', 'collect',
-           'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv', 'to_latex', 'render', 'plot_ablation',
-           'plot_per_attribute', 'plot_distraction', 'plot_curves']
+__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'left_out', 'paper_partition',
+           'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex',
+           'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
 def _dig(d, path):
@@ -51,9 +51,17 @@ def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.me
     vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
     return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
 
-def _summary(vals, seeds, mode, constant=None):
+def _summary(vals, seeds, mode, constant=None, dirs=None, left_out=None):
     return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
-                values=vals, seeds=seeds, mode=mode, constant=constant or [])
+                values=vals, seeds=seeds, mode=mode, constant=constant or [], dirs=dirs or [], left_out=left_out or [])
+
+def left_out(entry: dict,  # one variant's metrics.json entry
+             path: str     # the dotted path of the number a column reads, e.g. 'full.mA'
+            ) -> tuple:
+    "(attributes the headline metric at `path` averaged without, how many attributes it has); ((), 0) for any other number."
+    per = _dig(entry, path.rpartition('.')[0] + '.per_attribute') if path.rpartition('.')[2] == entry.get('metric') else None
+    if not isinstance(per, dict): return (), 0
+    return tuple(k for k, v in per.items() if v is None), len(per)
 
 def paper_partition(table: Table,   # the table
                     notebook: str,  # the section notebook of a run
@@ -64,7 +72,7 @@ def paper_partition(table: Table,   # the table
     if paper is None or len(paper.value) != 1 or (paper.datasets and params.get('dataset') not in paper.datasets): return None
     return paper.value[0]
 
-def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir names], [constant shares])} of one column's run; scale: 100 (percent) or 1
+def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out])} of one column's run; scale: 100 (percent) or 1
     by_mode, params = {}, {d: run_params(d, spec_.notebook) for d in dirs}
     parts = {}   # the partitions each selection mode ran on
     for p in params.values(): parts.setdefault(selection_of(p), set()).add(p.get('partition'))
@@ -79,8 +87,8 @@ def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir na
             # runs over several partitions where the paper ran one: the paper's partition alone is a mode of its own
             extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts[mode]) > 1 and params[d].get('partition') == one else []
             for m in [mode] + extra:
-                vs, ss, cs = by_mode.setdefault(m, ([], [], []))
-                vs.append(float(v) * scale); ss.append(d.name); cs.append(constant_share(entry))
+                vs, ss, cs, ds, lo = by_mode.setdefault(m, ([], [], [], [], []))
+                vs.append(float(v) * scale); ss.append(d.name); cs.append(constant_share(entry)); ds.append(d); lo.append(left_out(entry, path))
     return by_mode
 
 def collect(table: Table,      # the table
@@ -96,14 +104,14 @@ def collect(table: Table,      # the table
             scale = 100 if table.percent and col not in table.unscaled else 1
             by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]), scale)
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
-                vals, seeds, const = by_mode[m]; cells[(row.key, col, m)] = _summary(vals, seeds, m, const)
+                cells[(row.key, col, m)] = _summary(*by_mode[m][:2], m, *by_mode[m][2:])
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
             if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]), src[0].variant)
             brow = next((r for r in table.rows if r.key == table.compare.get(row.key)), None)
             base = column_source(brow, col) if brow else None
             if base is not None and col in brow.compared_in:   # the baseline's column reads another definition than its comparisons
-                for m, (vals, seeds, const) in _by_mode(table, base[0], brow.compared_in[col], seed_dirs(root, profile, base[0]), scale).items():
-                    cells[(row.key, col, m, 'vs')] = _summary(vals, seeds, m, const)
+                for m, got in _by_mode(table, base[0], brow.compared_in[col], seed_dirs(root, profile, base[0]), scale).items():
+                    cells[(row.key, col, m, 'vs')] = _summary(*got[:2], m, *got[2:])
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
             runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s)]
             if runs and (runs[0][1]/'params.json').exists():
@@ -125,10 +133,11 @@ def paired_interval(a: dict,              # cell summary (`collect`) of a row
     h = float(stdtrit(len(d) - 1, 0.5 + level / 2)) * statistics.stdev(d) / math.sqrt(len(d))
     return dict(mean=m, n=len(d), lo=m - h, hi=m + h, exceeds=bool(m - h > 0 or m + h < 0))
 
-def _fmt_interval(iv):
+def _fmt_interval(iv, n=None):  # `paired_interval`'s result; the seeds the two rows have (the larger count)
     if iv is None: return 'no common seed'
     if iv['lo'] is None: return f'{iv["mean"]:+.2f} (n=1: no interval)'
-    return f'{iv["mean"]:+.2f} [{iv["lo"]:+.2f}, {iv["hi"]:+.2f}]' + (' *' if iv['exceeds'] else '')
+    return (f'{iv["mean"]:+.2f} [{iv["lo"]:+.2f}, {iv["hi"]:+.2f}]' + (' *' if iv['exceeds'] else '')
+            + (f' (n={iv["n"]})' if n is not None and iv['n'] < n else ''))
 
 # %% ../nbs/63_render.ipynb #c014
 PROFILE_NOTES = {
@@ -144,6 +153,17 @@ def _fmt(v, digits=2):
 
 def _row_modes(table, row, cells):
     return sorted({k[2] for k in cells if len(k) == 3 and k[0] == row.key and k[2] != 'missing'}, key=mode_order)
+
+def _left_out_note(cells, keys, columns):  # ' — mA over 25 of 26 attributes (...)' for the columns whose headline metric left some out
+    notes = {}
+    for c, k in zip(columns, keys):
+        lo = cells.get(k, {}).get('left_out') or []
+        names = sorted({a for got, _ in lo for a in got}, key=lambda a: next(i for i, (got, _) in enumerate(lo) if a in got))
+        if names:
+            total, every = max(t for _, t in lo), all(set(got) == set(names) for got, _ in lo)
+            notes.setdefault((tuple(names), total, every), []).append(c)
+    return ''.join(f' — {", ".join(cs)} over {total - len(names)} of {total} attributes ({", ".join(names)}: no positive or no negative '
+                   f'in the scored split{"" if every else " of some seeds"}, left out)' for (names, total, every), cs in notes.items())
 
 def _prior_note(cells, keys, columns):  # ' — label prior only ...' for the columns whose model is PRIOR_ONLY constant in every seed
     flagged = [(c, min(cells[k]['constant'])) for c, k in zip(columns, keys) if cells.get(k, {}).get('constant')
@@ -179,12 +199,13 @@ def table_rows(table: Table,   # the table
                 delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
                 base = table.compare.get(row.key)
                 b = (cells.get((row.key, c, cell['mode'], 'vs')) or cells.get((base, c, cell['mode']))) if base else None
-                vs.append(_fmt_interval(paired_interval(cell, b)) if b else '')
+                vs.append(_fmt_interval(paired_interval(cell, b), max(cell['n'], b['n'])) if b else '')
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
             ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
             tag = f', {"[15]: selected on test" + mode[4:] if mode.startswith("[15]") else mode}' if len(all_modes) > 1 and mode else ''
             if mode and any(m.startswith(f'{mode}, partition ') for m in all_modes): tag += ", mean over partitions: the kit's addition"
-            out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}', *ours])
+            out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
+                        f'{_left_out_note(cells, keys, table.columns)}', *ours])
             if with_reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
@@ -198,7 +219,9 @@ def header(table: Table,             # the table
     legend = ("*reported* = the paper's number; *ours* = mean ± sd over seeds (n = finished seeds); "
               "Δ = ours − reported") if table.has_reported() else \
              '*ours* = mean ± sd over seeds (n = finished seeds); the papers report no such numbers'
-    if table.compare: legend += '; Δ vs baseline = paired difference over seeds [95% t-interval], * = exceeds seed noise'
+    if table.compare: legend += ('; Δ vs baseline = paired difference over the seeds both rows finished [95% t-interval, n − 1 '
+                                 'degrees of freedom; (n=k) when fewer than the rows have], * = the interval excludes 0 (per '
+                                 'comparison, uncorrected: about 1 in 20 comparisons of equal variants is marked)')
     legend += '; a cell without a finished run says why (no run / failed: error / not done).'
     return (f'{table.title} — {table.source}. Profile `{profile}`: {PROFILE_NOTES.get(profile, "")} '
             + (f'{card["header"]} ' if card else '') + f'Conventions: {table.conventions}. {legend}')
@@ -220,6 +243,21 @@ def to_csv(table,  # the table
     "CSV rendering (one line per rendered row)."
     buf = io.StringIO(); w = csv.writer(buf)
     w.writerow(['method', 'kind', *table.columns]); w.writerows(rows)
+    return buf.getvalue()
+
+def to_seeds_csv(table,  # the table
+                 cells,  # its cells (`collect`)
+                 root):  # the outputs root the run directories lie under
+    "Every seed's number behind the table: method, column, selection, kind (ours, or the baseline's definition a Δ compares with), seed, value, run directory under `root`."
+    buf = io.StringIO(); w = csv.writer(buf)
+    w.writerow(['method', 'column', 'selection', 'kind', 'seed', 'value', 'run'])
+    labels = {r.key: r.label for r in table.rows}
+    for k, cell in cells.items():
+        if len(k) < 3 or not isinstance(cell, dict) or 'values' not in cell: continue
+        for seed, v, d in zip(cell['seeds'], cell['values'], cell['dirs']):
+            try: where = Path(d).relative_to(root).as_posix()
+            except ValueError: where = str(d)
+            w.writerow([labels[k[0]], k[1], k[2], 'ours' if len(k) == 3 else 'baseline, as compared', seed, f'{v:.6f}', where])
     return buf.getvalue()
 
 def _tex(s): return str(s).replace('%', r'\%').replace('&', r'\&').replace('_', r'\_').replace('#', r'\#').replace('±', r'$\pm$').replace('Δ', r'$\Delta$').replace('`', '')
@@ -250,12 +288,12 @@ def render(table: Table,       # the table
            profile='quick',    # the profile whose runs to render
            out=None            # folder for the files (None: <root>/<profile>/tables)
           ) -> dict:
-    "Render one table (and its protocol card) as Markdown, CSV and LaTeX into `out` (default <root>/<profile>/tables)."
+    "Render one table (and its protocol card) as Markdown, CSV and LaTeX, and its seeds' numbers as CSV, into `out` (default <root>/<profile>/tables)."
     root = Path(root or outputs_root())
     cells, card = collect(table, root, profile), protocol_card(table, root, profile)
     rows = table_rows(table, cells)
     texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows),
-             'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card)}
+             'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
     out = Path(out or root/profile/'tables')
     for ext, text in texts.items():
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
@@ -273,7 +311,8 @@ def _legend_above_bars(ax):  # matplotlib axes holding bar charts in percent
 def plot_ablation(table: Table,   # an ablation table
                   cells: dict,    # its cells (`collect`)
                   column: str,    # the column to plot
-                  ax=None         # matplotlib axes (None: a new figure)
+                  ax=None,        # matplotlib axes (None: a new figure)
+                  ylabel=None     # the y axis's label (None: '<column> (%)'), e.g. the metric and protocol the column holds
                  ):
     "Bars of reported vs ours (mean ± sd) for one column of an ablation table."
     import matplotlib.pyplot as plt
@@ -286,7 +325,7 @@ def plot_ablation(table: Table,   # an ablation table
     ax.bar([x - 0.2 for x in xs], rep, 0.4, label='reported', color='#bbbbbb')
     ax.bar([x + 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label=OURS_LABEL, color='#3b75af')
     ax.set_xticks(list(xs)); ax.set_xticklabels([r.key for r in rows], rotation=30, ha='right')
-    ax.set_ylabel(f'{column} (%)'); ax.set_title(f'{table.source}: {column}'); _legend_above_bars(ax)
+    ax.set_ylabel(ylabel or f'{column} (%)'); ax.set_title(f'{table.source}: {column}'); _legend_above_bars(ax)
     return ax
 
 def plot_per_attribute(table: Table,   # a per-attribute table
@@ -312,7 +351,7 @@ def plot_distraction(table: Table,   # the distraction study
                      cells: dict,    # its cells (`collect`)
                      pairs=(('dahar', 'dahar_baseline'), ('campar', 'campar_baseline'))  # (method row, baseline row) pairs
                     ):
-    "Metric vs distraction level per model (mean ± sd over seeds), and each method's gain over its baseline."
+    "Metric vs distraction level per model (mean ± sd over seeds), and each method's gain over its baseline (paired by seed, 95% t-interval)."
     import matplotlib.pyplot as plt
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
     xs = range(len(table.columns))
@@ -322,17 +361,15 @@ def plot_distraction(table: Table,   # the distraction study
         ax.errorbar(xs, m, yerr=e, marker='o', capsize=3, label=row.label)
     for method, base in pairs:
         g, ge = [], []
-        for c in table.columns:
+        for c in table.columns:   # the table's Δ cells: paired by seed name, 95% t-interval
             a, b = cells.get((method, c)), cells.get((base, c))
-            if a and b and len(a['values']) == len(b['values']):   # paired by seed
-                d = [x - y for x, y in zip(a['values'], b['values'])]
-                g.append(statistics.fmean(d)); ge.append(statistics.stdev(d) if len(d) > 1 else 0)
-            else: g.append(float('nan')); ge.append(0)
+            iv = paired_interval(a, b) if a and b else None
+            g.append(iv['mean'] if iv else float('nan')); ge.append(iv['hi'] - iv['mean'] if iv and iv['hi'] is not None else 0)
         label = next(r.label for r in table.rows if r.key == method)
         ax2.errorbar(xs, g, yerr=ge, marker='o', capsize=3, label=f'{label} − baseline')
     for a in (ax, ax2): a.set_xticks(list(xs)); a.set_xticklabels([c.split()[0] for c in table.columns]); a.set_xlabel('distractors overlapping the target')
     ax.set_ylabel('mAP (%)'); ax.set_title('metric vs distraction (mean ± sd over seeds)'); ax.legend(fontsize=7)
-    ax2.axhline(0, color='k', lw=0.8); ax2.set_ylabel('gain (mAP points)'); ax2.set_title('gain over its own baseline (paired by seed)'); ax2.legend(fontsize=7)
+    ax2.axhline(0, color='k', lw=0.8); ax2.set_ylabel('gain (mAP points)'); ax2.set_title('gain over its own baseline (paired by seed, 95% t-interval)'); ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -354,15 +391,15 @@ def plot_curves(root=None,        # outputs root (None: `outputs_root()`)
         hist = [e for e in (hist.get('epochs', hist) if isinstance(hist, dict) else hist) if isinstance(e, dict)]
         nb = rel.parts[0]
         c = colours.setdefault(nb, f'C{len(colours)}')
-        label = lambda i: '_' if nb in labelled[i] else (labelled[i].add(nb) or nb)
+        label = lambda i, tag: '_' if tag in labelled[i] else (labelled[i].add(tag) or tag)
         loss = [e.get('train_loss', e.get('loss')) for e in hist]
         if loss and all(isinstance(y, (int, float)) for y in loss) and loss[0]:
-            axes[0].plot(range(1, len(loss) + 1), [y / loss[0] for y in loss], color=c, alpha=0.6, label=label(0))
+            axes[0].plot(range(1, len(loss) + 1), [y / loss[0] for y in loss], color=c, alpha=0.6, label=label(0, nb))
         key = next((k for k in ('val_mAP', 'val_mA') if hist and k in hist[0]), None)
         if key: axes[1].plot(range(1, len(hist) + 1), [100 * e[key] for e in hist], color=c, alpha=0.6, marker='.',
-                             label=label(1))
+                             ls='--' if key == 'val_mAP' else '-', label=label(1, f'{nb}: {key[4:]}'))   # the metric in the legend
     axes[0].set_ylabel('training loss / epoch 1'); axes[0].set_title(f'training loss ({profile}, every run)')
-    axes[1].set_ylabel('held-out metric (%): mAP or mA'); axes[1].set_title('validation metric per epoch')
+    axes[1].set_ylabel('held-out metric (%): mAP (dashed) or mA'); axes[1].set_title('validation metric per epoch')
     for a in axes:
         a.set_xlabel('epoch'); a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         if a.lines: a.legend(fontsize=7)

@@ -366,3 +366,21 @@ def test_run_hash_holds_the_runs_it_needs(tmp_path):
     assert spec_dir(tmp_path, 'quick', cfar[0]) != spec_dir(tmp_path, 'quick', cfar[1])
     assert spec_hash(cfar[0]) == spec_hash(spec('cfar', 'campar_fusion_cfar', needs={'campar_run': phase1[0]}, dataset='pa100k',
                                                 phase1_variant='campar_fusion'))
+
+
+def test_left_out_attributes_are_named_and_seeds_traceable(tmp_path):
+    "An mA that averaged without an attribute (no positive in the scored split) says which beside its row; seeds.csv holds every seed's number and run."
+    import csv, io
+    def entry(mA, per):
+        full = dict(mA=mA, acc=0.5, prec=0.5, rec=0.5, f1=0.5, f1_mean_instance=0.5, ma_per_attr=per)
+        return metrics_entry('rap', {'full': full}, ['hat', 'bag', 'boots'])
+    spec = CAMPAR_T2.rows[0].run
+    for s, (m, per) in enumerate([(0.7, [0.6, None, 0.8]), (0.72, [0.64, None, 0.8]), (0.71, [0.62, 0.5, 0.8])]):
+        _run(tmp_path, 'quick', spec, s, QUICK, entry(m, per))
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    line = next(l for l in out['texts']['md'].splitlines() if '| ours' in l and l.startswith(f'| {CAMPAR_T2.rows[0].label} |'))
+    assert 'mA over 2 of 3 attributes (bag: no positive or no negative in the scored split of some seeds, left out)' in line
+    rows = [r for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['column'] == 'mA']
+    assert [(r['seed'], float(r['value'])) for r in rows] == [('seed0', 70.0), ('seed1', 72.0), ('seed2', 71.0)]
+    assert all((tmp_path/r['run']/'metrics.json').exists() for r in rows)
+    with open(tmp_path/'quick'/'tables'/'campar_t2.seeds.csv', newline='') as f: assert f.read() == out['texts']['seeds.csv']

@@ -47,6 +47,22 @@ def test_done_run_is_skipped(tmp_path):
     assert (tmp_path/'run'/'count').read_text() == '1'
 
 
+
+def test_resume_keeps_earlier_sessions_and_refuses_another_thread_count(tmp_path):
+    "A failed run resumed records its earlier session in env.json; resuming with another thread count is refused, --force starts afresh."
+    from har_kit.core import KitError
+    nb = _nb(tmp_path/'r.ipynb', [('out_dir = None', ['parameters']),
+                                  ('import pathlib\np = pathlib.Path(out_dir)/"tries"\np.write_text(str(int(p.read_text()) + 1 if p.exists() else 1))\n'
+                                   'assert p.read_text() != "1", "first try fails"\n'
+                                   'from har_kit.core import save_metrics\nsave_metrics({"ok": 1}, out_dir)', None)])
+    with pytest.raises(RunFailed, match='first try fails'): run_notebook(nb, {}, tmp_path/'run', progress=False, threads=1)
+    with pytest.raises(KitError, match='started with 1 intra-op thread'): run_notebook(nb, {}, tmp_path/'run', progress=False, threads=2)
+    run_notebook(nb, {}, tmp_path/'run', progress=False, threads=1)
+    env = load_json(tmp_path/'run'/'env.json')
+    assert (tmp_path/'run'/'done').exists() and env['threads'] == 1 and env['cpu']['capability']
+    assert [s['threads'] for s in env['sessions']] == [1] and env['sessions'][0]['time'] <= env['time']
+
+
 def _tagged_parameters(nb):
     return [c for c in json.loads(nb.read_text())['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
 
