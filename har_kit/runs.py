@@ -407,6 +407,22 @@ class Echo:
         self._show(self.lines.close() if self.lines else ('' if self.end in '\n\r' else '\n'))
 
 # %% ../nbs/70_runs.ipynb #c034
+_RESOLVED = threading.Lock()
+_resolved = set()   # kernel names whose jupyter objects this process has built once
+
+def _resolve_jupyter_traits(kernel_name):  # the run's (installed) kernel
+    "Build a notebook client, kernel manager, kernel client and provisioner once per process, under a lock: traitlets' first resolution of their string-named classes is not thread-safe."
+    with _RESOLVED:
+        if kernel_name in _resolved: return
+        import nbformat
+        from jupyter_client.provisioning import KernelProvisionerFactory
+        from nbclient import NotebookClient
+        km = NotebookClient(nbformat.v4.new_notebook(), kernel_name=kernel_name).create_kernel_manager()
+        km.client()
+        KernelProvisionerFactory.instance().create_provisioner_instance('har-kit-resolve', km.kernel_spec, parent=km)
+        _resolved.add(kernel_name)
+
+# %% ../nbs/70_runs.ipynb #c035
 def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, echo=False):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
@@ -429,6 +445,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
             _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
             return RunInterrupted(out, msg)
         try:
+            _resolve_jupyter_traits(kernel_name)
             pm.execute_notebook(str(source), str(out/'notebook.running.ipynb'), parameters={**params, 'out_dir': str(out)},
                                 kernel_name=kernel_name, progress_bar=progress and not echo, stdout_file=streams[0], stderr_file=streams[1],
                                 execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out),
@@ -448,12 +465,14 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
             if isinstance(e, DeadKernelError):
                 raise stop(f'the kernel died while running cell {cell} (out of memory, or killed); the notebook up to the '
                            'last finished cell, its checkpoints and log.txt are kept: rerun to resume', cell) from None
+            if isinstance(e, Exception) and not _disk_full(e):   # the kernel's start or papermill itself: recorded, so status says failed and why
+                raise stop(f'papermill stopped {"before the first cell" if cell is None else f"in cell {cell}"}: {type(e).__name__}: {e}', cell) from e
             raise
         _KERNELS.pop(str(out), None)
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         _finish_notebook(out, started, log)
 
-# %% ../nbs/70_runs.ipynb #c036
+# %% ../nbs/70_runs.ipynb #c037
 PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
 
 def absolute_paths(params: dict  # checked parameters
@@ -462,12 +481,12 @@ def absolute_paths(params: dict  # checked parameters
     place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
     return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/70_runs.ipynb #c038
+# %% ../nbs/70_runs.ipynb #c039
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
-# %% ../nbs/70_runs.ipynb #c040
+# %% ../nbs/70_runs.ipynb #c041
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -517,7 +536,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c047
+# %% ../nbs/70_runs.ipynb #c048
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -535,7 +554,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c051
+# %% ../nbs/70_runs.ipynb #c052
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -563,7 +582,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c053
+# %% ../nbs/70_runs.ipynb #c054
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -581,7 +600,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c056
+# %% ../nbs/70_runs.ipynb #c057
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -606,7 +625,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c058
+# %% ../nbs/70_runs.ipynb #c059
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -629,7 +648,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c061
+# %% ../nbs/70_runs.ipynb #c062
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -645,7 +664,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c063
+# %% ../nbs/70_runs.ipynb #c064
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -685,7 +704,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c066
+# %% ../nbs/70_runs.ipynb #c067
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '

@@ -200,3 +200,37 @@ def test_cli_run_parameters_file_under_p_values(tmp_path):
     (tmp_path/'bad.yaml').write_text('lr: fast\n')
     r = subprocess.run([str(exe), 'run', str(nb), '-f', str(tmp_path/'bad.yaml')], capture_output=True, text=True)
     assert r.returncode == 1 and f"{tmp_path/'bad.yaml'}: parameter 'lr': expects a number" in r.stderr, r.stderr
+
+
+CHECK_RESOLVED = '''
+from traitlets.traitlets import ClassBasedTraitType
+from nbclient import NotebookClient
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
+def pending():
+    return [f'{C.__name__}.{n}' for C in (NotebookClient, AsyncKernelManager, AsyncKernelClient, LocalProvisioner, KernelProvisionerFactory)
+            for n, t in C.class_traits().items() if isinstance(t, ClassBasedTraitType)
+            and (isinstance(getattr(t, 'klass', None), str) or isinstance(getattr(t, 'default_value', None), str))]
+assert pending(), 'a fresh process should hold unresolved traits (else this test checks nothing)'
+from har_kit.runs import _resolve_jupyter_traits
+_resolve_jupyter_traits('python3')
+assert pending() == [], pending()
+'''
+
+
+def test_jupyter_classes_resolved_before_concurrent_kernel_starts():
+    "The first run of a process resolves every string-named jupyter class a kernel start builds (traitlets' lazy resolution races between threads)."
+    subprocess.run([sys.executable, '-c', CHECK_RESOLVED], check=True, timeout=120)
+
+
+def test_papermill_error_before_the_first_cell_is_recorded(tmp_path, monkeypatch):
+    "An error of the kernel's start (not a cell's) leaves failed.json naming it, so status says failed and why, not 'killed?'."
+    import papermill
+    from har_kit.runs import run_status
+    def broken(*a, **k): raise TypeError("import_item accepts strings, not '<class 'X'>'.")
+    monkeypatch.setattr(papermill, 'execute_notebook', broken)
+    nb = _nb(tmp_path/'k.ipynb', [('out_dir = None', ['parameters']), ('x = 1', None)])
+    with pytest.raises(RunFailed, match='before the first cell: TypeError: import_item'): run_notebook(nb, {}, tmp_path/'run', progress=False)
+    st = run_status(tmp_path/'run')
+    assert st['state'] == 'failed' and 'import_item' in st['error'] and not st.get('interrupted')
