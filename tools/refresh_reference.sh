@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 SAMPLE=${HAR_KIT_PA100K_SAMPLE:-../shared/data/pa100k-sample}
 rm -rf outputs/quick outputs/sample outputs/use outputs/synth-difficulty
 T='python3 tools/timing.py time --'
-$T make main && $T make studies && $T make sample
+$T make main      # one command a line: with set -e a failure stops the script (in an && list it would not)
+$T make studies
+$T make sample
 B=.venv/bin
 $B/har-kit run campar -p dataset pa100k -p data_root "$SAMPLE" -p variants "['campar_fusion']" \
     -p scale 0.375 -p epochs 5 -p optimizer adam -p lr 0.001 -p selection held-out --threads 2 --out outputs/use/campar
