@@ -51,7 +51,7 @@ def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.me
     vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
     return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
 
-def _summary(vals, seeds, mode, constant=None, dirs=None, left_out=None):
+def _summary(vals, seeds, constant=None, dirs=None, left_out=None, mode=None):  # per-seed lists (`_by_mode`); the selection mode
     return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
                 values=vals, seeds=seeds, mode=mode, constant=constant or [], dirs=dirs or [], left_out=left_out or [])
 
@@ -104,14 +104,14 @@ def collect(table: Table,      # the table
             scale = 100 if table.percent and col not in table.unscaled else 1
             by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]), scale)
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
-                cells[(row.key, col, m)] = _summary(*by_mode[m][:2], m, *by_mode[m][2:])
+                cells[(row.key, col, m)] = _summary(*by_mode[m], mode=m)
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
             if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]), src[0].variant)
             brow = next((r for r in table.rows if r.key == table.compare.get(row.key)), None)
             base = column_source(brow, col) if brow else None
             if base is not None and col in brow.compared_in:   # the baseline's column reads another definition than its comparisons
                 for m, got in _by_mode(table, base[0], brow.compared_in[col], seed_dirs(root, profile, base[0]), scale).items():
-                    cells[(row.key, col, m, 'vs')] = _summary(*got[:2], m, *got[2:])
+                    cells[(row.key, col, m, 'vs')] = _summary(*got, mode=m)
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
             runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s)]
             if runs and (runs[0][1]/'params.json').exists():
@@ -158,7 +158,7 @@ def _left_out_note(cells, keys, columns):  # ' — mA over 25 of 26 attributes (
     notes = {}
     for c, k in zip(columns, keys):
         lo = cells.get(k, {}).get('left_out') or []
-        names = sorted({a for got, _ in lo for a in got}, key=lambda a: next(i for i, (got, _) in enumerate(lo) if a in got))
+        names = list(dict.fromkeys(a for got, _ in lo for a in got))   # in the order the seeds name them
         if names:
             total, every = max(t for _, t in lo), all(set(got) == set(names) for got, _ in lo)
             notes.setdefault((tuple(names), total, every), []).append(c)

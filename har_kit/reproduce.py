@@ -15,7 +15,7 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import parameter_defaults
-from .runs import RunBusy, RunInterrupted, data_changes, is_done, moved_defaults, read_record, real_data, run_notebook, run_status
+from .runs import RunBusy, RunInterrupted, data_changes, is_done, moved_defaults, read_record, real_data, run_notebook, run_status, thread_change
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
@@ -347,7 +347,7 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
     if data and env is not None and data_changes(env, data): diff.append('data')   # e.g. the quick sets were resized, a dataset relabelled
-    if isinstance((env or {}).get('threads'), int) and rec.get('threads') is not None and env['threads'] != rec['threads']: diff.append('threads')
+    if thread_change(env, rec.get('threads')) is not None: diff.append('threads')   # made with another count than planned
     if nb in ('dahar', 'campar', 'cfar') and is_done(out) and read_record(m, diff) is not None:   # by an older kit?
         try: read_metrics(out)
         except KitError: diff.append('metrics schema')

@@ -17,10 +17,10 @@ from .run_params import (Unparsed, check_parameter, check_parameters, find_noteb
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'PATH_SUFFIXES', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env',
            'stop_runs', 'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record',
-           'params_digest', 'real_data', 'moved_defaults', 'data_changes', 'check_run_params', 'timing_summary',
-           'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status', 'metrics_summary',
-           'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli',
-           'params_cli']
+           'params_digest', 'real_data', 'moved_defaults', 'data_changes', 'thread_change', 'check_run_params',
+           'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status',
+           'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file',
+           'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -225,6 +225,12 @@ def data_changes(env,   # a run's env.json record, or None
         elif a != b: diff.append(k if a is not None else f'{k} (not recorded)')
     return diff
 
+def thread_change(env,      # a run's env.json record, or None
+                  threads):  # the intra-op thread count asked for now (None: nothing to compare)
+    "The thread count `env` recorded when it differs from `threads`, else None (a record without one matches)."
+    ran = (env or {}).get('threads')
+    return ran if isinstance(ran, int) and threads is not None and ran != int(threads) else None
+
 def check_run_params(out_dir  # a done run directory
                     ) -> dict:
     "The run's `params.json`, or a `KitError` when it no longer matches the digest its `done` recorded (edited by hand)."
@@ -269,8 +275,8 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None):  # ...
                            'changed since it started: the dataset was relabelled, extended or regenerated): pass --force to '
                            'move the old run aside and rerun, or another run directory (--out)')
         if is_done(out): return 'skip'
-        ran = (env or {}).get('threads')
-        if threads is not None and isinstance(ran, int) and ran != int(threads):
+        ran = thread_change(env, threads)
+        if ran is not None:
             raise KitError(f'{out} holds an unfinished run started with {ran} intra-op thread(s); resumed with {threads} its numbers '
                            f'would match neither count\'s run (the count sets the order of floating-point sums): resume it with '
                            f'{ran} (har-kit run --threads {ran}), or pass --force to move it aside and start again')
