@@ -168,7 +168,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`, [15]'s 2021 code); the data's meta records how many "
                         '(`n_uncertain`)',
          "[15]'s 2020 code kept the 2s: zero weight in its loss, left out of mA's counts, counted as 2 in the positive "
-         "ratios; uncertain='unspecified' with ignore_unspecified=True is the nearest reading (16_data)"),
+         "ratios; uncertain='unspecified' with ignore_unspecified=True is the nearest reading (14_data)"),
         ('test-time logits', "plain sigmoid, positive at p >= 0.5, each image on its own ([15]'s protocol, Eq. 21-25)",
          "the public evaluation (infer.py) subtracts, per attribute, each test batch's logit mean divided by its "
          "standard deviation before the sigmoid, so an image's prediction depends on the batch it is scored in")],

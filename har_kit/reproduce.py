@@ -78,7 +78,7 @@ PROFILES = {
         # Fig. 5 (a second Da-HAR without mask supervision) is drawn by the notebook's own run, not by every table run
         # the GPU's speed (outputs/reference/gpu/report.md): bf16 + channels_last, the training forward compiled with CUDA
         # graphs (an eager step is launch-bound: the H200 was busy 18 of 52 ms of a Da-HAR step), 8 loader workers; the
-        # decoded cache with the papers' augmentation on the GPU (`pipeline='device'`, 15_pipeline)
+        # decoded cache with the papers' augmentation on the GPU (`pipeline='device'`, 16_pipeline)
         'dahar': dict(arch='resnet101', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=32, lr=0.003,
                       fig5=False, cache_mb=0, device='cuda', pipeline='device', **GPU_SPEED),
         # MCA as the public code builds it (latent 128, c5 BN + ReLU only: 4.08M, align_corners=True), the reading 40_campar states

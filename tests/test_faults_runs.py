@@ -94,7 +94,7 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('campar', {'partition': 7}, "'partition': must be one of 0, 1, 2, 3, 4, got 7 \\(RAP v1's five train/test partitions\\)"),
     ('dahar', {'partition': 5}, "'partition': must be one of 0, 1, 2, 3, 4"),     # recorded but ignored on WIDER before
     ('dahar', {'lr_step': 0}, "'lr_step': must be at least 1"),                  # StepLR's ZeroDivisionError
-    ('data', {'n_show': -3}, "'n_show': must be at least 1"),
+    ('loading', {'n_show': -3}, "'n_show': must be at least 1"),
     ('dahar', {'momentum': 7.0}, "'momentum': must be below 1"),                 # not 'diverged loss: lower the learning rate'
     ('bench', {'num_attributes': -1}, "'num_attributes': must be at least 1"),   # torch: 'negative dimension -1'
     ('bench', {'num_attributes': 0}, "'num_attributes': must be at least 1"),    # a model with no outputs, timed
