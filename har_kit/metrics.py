@@ -15,7 +15,7 @@ __all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MO
            'METRICS_SCHEMA', 'PROTOCOLS', 'ENTRY_KEYS', 'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points',
            'harmonic_f1', 'check_threshold', 'apply_threshold', 'pedestrian_metrics', 'choose_thresholds',
            'distraction_bin', 'grouped_metrics', 'dataset_metric', 'metrics_by_distraction', 'target_share',
-           'target_mass', 'mass_by_level', 'metrics_entry', 'read_metrics']
+           'target_mass', 'mass_by_level', 'metrics_entry', 'entry_value', 'read_metrics']
 
 # %% ../nbs/05_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -116,7 +116,7 @@ def mean_ap(scores,                       # (N, C) scores (any monotone scale)
                 degenerate=degenerate_columns(y, degenerate),
                 n_pos=n_pos.astype(int), n_specified=(y != UNSPECIFIED).sum(0).astype(int))
 
-# %% ../nbs/05_metrics.ipynb #c022
+# %% ../nbs/05_metrics.ipynb #c023
 def pr_points(scores,   # (N,) scores of one attribute
               labels):  # (N,) its labels in {1, 0, -1}
     "Recall, precision and interpolated (envelope) precision at each distinct score of one attribute."
@@ -127,12 +127,12 @@ def pr_points(scores,   # (N,) scores of one attribute
     keep = last & (tp + fp > 0)                     # distinct scores reached by a specified sample
     return dict(recall=tp[keep] / n_pos, precision=prec[keep], interpolated=env[keep])
 
-# %% ../nbs/05_metrics.ipynb #c023
+# %% ../nbs/05_metrics.ipynb #c024
 def _step_area(p):  # output of `pr_points`
     r = np.concatenate([[0.], p['recall']])
     return float((np.diff(r) * p['precision']).sum()), float((np.diff(r) * p['interpolated']).sum())
 
-# %% ../nbs/05_metrics.ipynb #c027
+# %% ../nbs/05_metrics.ipynb #c028
 THRESHOLD_RULES = ('>=', '>')                       # Eq. 1 of the thesis; the Strong-Baseline / SRN code
 UNSPECIFIED_MODES = ('ignore', 'negative', 'error')  # how pedestrian_metrics treats labels equal to UNSPECIFIED
 
@@ -144,11 +144,11 @@ def harmonic_f1(prec,  # mean instance precision (a fraction or a percentage)
     out = np.where(den > 0, 2 * prec * rec / np.where(den > 0, den, 1), 0.0)
     return float(out) if out.ndim == 0 else out
 
-# %% ../nbs/05_metrics.ipynb #c028
+# %% ../nbs/05_metrics.ipynb #c029
 def _ratio(num, den, zero_division):  # arrays of counts; value for 0/0
     return np.where(den > 0, num / np.maximum(den, 1), float(zero_division))
 
-# %% ../nbs/05_metrics.ipynb #c029
+# %% ../nbs/05_metrics.ipynb #c030
 def check_threshold(threshold,      # one number, or a (C,) sequence of per-attribute thresholds
                     n_attributes):  # C
     "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a wrong length or non-finite value."
@@ -159,7 +159,7 @@ def check_threshold(threshold,      # one number, or a (C,) sequence of per-attr
                        '(one per attribute)')
     return float(t) if t.ndim == 0 else t
 
-# %% ../nbs/05_metrics.ipynb #c030
+# %% ../nbs/05_metrics.ipynb #c031
 def apply_threshold(scores,       # (N, C) scores
                     threshold,    # a `check_threshold` value
                     rule='>='):   # a THRESHOLD_RULES entry
@@ -167,7 +167,7 @@ def apply_threshold(scores,       # (N, C) scores
     if rule not in THRESHOLD_RULES: raise KitError(f'rule={rule!r}: choose one of {THRESHOLD_RULES}')
     return (scores >= threshold) if rule == '>=' else (scores > threshold)
 
-# %% ../nbs/05_metrics.ipynb #c034
+# %% ../nbs/05_metrics.ipynb #c037
 def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
                        labels,                # (N, C) labels in {1, 0, -1}
                        threshold=0.5,         # p_t of Eq. 1: one number, or a (C,) array of per-attribute thresholds
@@ -216,7 +216,7 @@ def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
                 f1_convention='harmonic mean of mean instance precision and recall (Eq. 25)',
                 n_samples=int(rows.sum()), n_attributes=int(s.shape[1]))
 
-# %% ../nbs/05_metrics.ipynb #c045
+# %% ../nbs/05_metrics.ipynb #c048
 THRESHOLD_CRITERIA = ('f1', 'balanced_accuracy')
 
 def _best_threshold(s, y, criterion, default):  # (n,) scores and (n,) labels in {0, 1} of one attribute
@@ -232,7 +232,7 @@ def _best_threshold(s, y, criterion, default):  # (n,) scores and (n,) labels in
     k = best[np.argmin(np.abs(cand[best] - default))]
     return float(cand[k]), float(crit[k])
 
-# %% ../nbs/05_metrics.ipynb #c046
+# %% ../nbs/05_metrics.ipynb #c049
 def choose_thresholds(scores,                  # (N, C) validation probabilities
                       labels,                  # (N, C) labels in {1, 0, -1}
                       criterion='f1',          # 'f1' (per-attribute F1) or 'balanced_accuracy' (mA term, Eq. 21)
@@ -252,7 +252,7 @@ def choose_thresholds(scores,                  # (N, C) validation probabilities
     return dict(thresholds=th, criterion=criterion, score=[None if np.isnan(v) else float(v) for v in score],
                 degenerate=deg, default=default, n_samples=int(s.shape[0]))
 
-# %% ../nbs/05_metrics.ipynb #c054
+# %% ../nbs/05_metrics.ipynb #c057
 def distraction_bin(level,   # number of distractors (None/missing -> 'unknown')
                     cap=3):  # levels >= cap share the bin 'cap+'
     "Bin label of a distraction level: '0', '1', ..., and 'cap+' for `level >= cap`."
@@ -260,7 +260,7 @@ def distraction_bin(level,   # number of distractors (None/missing -> 'unknown')
     level = int(level)
     return f'{cap}+' if level >= cap else str(level)
 
-# %% ../nbs/05_metrics.ipynb #c055
+# %% ../nbs/05_metrics.ipynb #c058
 def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
                     scores,       # (N, C) scores
                     labels,       # (N, C) labels
@@ -272,7 +272,7 @@ def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
     if len(g) != len(s): raise KitError(f'groups has {len(g)} entries but scores has {len(s)} samples')
     return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
 
-# %% ../nbs/05_metrics.ipynb #c058
+# %% ../nbs/05_metrics.ipynb #c063
 HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1'), 'csv': ('mA', 'f1')}  # numbers kept per distraction bin
 
 def dataset_metric(dataset: str):  # dataset kind: 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
@@ -280,7 +280,7 @@ def dataset_metric(dataset: str):  # dataset kind: 'wider', 'rap', 'pa100k' or '
     if dataset not in HEADLINE: raise KitError(f'dataset={dataset!r}: choose one of {", ".join(HEADLINE)}')
     return mean_ap if dataset == 'wider' else pedestrian_metrics
 
-# %% ../nbs/05_metrics.ipynb #c059
+# %% ../nbs/05_metrics.ipynb #c064
 def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', 'csv')
                            scores,   # (N, C) scores of the scored split
                            labels,   # (N, C) its labels
@@ -293,7 +293,7 @@ def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', '
         if k != 'unknown': out[k] = {**{h: m[h] for h in HEADLINE[dataset]}, 'n': bins.count(k)}
     return out
 
-# %% ../nbs/05_metrics.ipynb #c062
+# %% ../nbs/05_metrics.ipynb #c069
 def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps (masks, attention, CAMs); torch or numpy
                  target): # (N, 1, H, W) or (N, H, W) target masks in [0, 1], area-resized to (h, w)
     "Per image, the share of the maps' mass on the target, sum(m g) / sum(m), averaged over the K maps: (N,) array."
@@ -308,7 +308,7 @@ def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps 
     g = F.adaptive_avg_pool2d(g.to(m.device), m.shape[-2:])
     return ((m * g).flatten(2).sum(-1) / m.flatten(2).sum(-1).clamp_min(1e-8)).mean(1).cpu().numpy()
 
-# %% ../nbs/05_metrics.ipynb #c066
+# %% ../nbs/05_metrics.ipynb #c073
 def target_mass(model,          # a model returning a dict of outputs (the kit's convention)
                 loader,         # iterable of batches with 4-D 'image' and 'mask' (a loader built with with_mask=True)
                 maps,           # maps(out) -> {name: (N, K, h, w) non-negative maps} picked from the model's output
@@ -326,7 +326,7 @@ def target_mass(model,          # a model returning a dict of outputs (the kit's
             rows.setdefault('chance', []).append(g.flatten(1).mean(1).numpy())
     return {k: np.concatenate(v) for k, v in rows.items()}
 
-# %% ../nbs/05_metrics.ipynb #c067
+# %% ../nbs/05_metrics.ipynb #c074
 def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
                   levels,       # (N,) distraction level per image (None: unknown, skipped)
                   cap: int = 3):  # levels >= cap share one bin
@@ -335,7 +335,7 @@ def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
     return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
             for b in sorted(set(bins) - {'unknown'})}
 
-# %% ../nbs/05_metrics.ipynb #c071
+# %% ../nbs/05_metrics.ipynb #c079
 METRICS_SCHEMA = 3              # version of a variant's metrics.json entry (3: f1_mean_instance on the pedestrian sets); runs written under another are refused
 PROTOCOLS = ('full', 'crops')   # evaluation protocols: the whole patch resized; the mean over five crops (Da-HAR)
 ENTRY_KEYS = {                  # the common keys an entry may hold beside its protocols (each only when measured)
@@ -357,7 +357,7 @@ def _protocol_block(kind, name, m, attributes):  # DatasetKind; protocol; datase
         raise KitError(f'evaluated[{name!r}] scores {len(m[per])} attributes but {len(attributes)} names were given')
     return {**{k: m[k] for k in kind.headline}, 'per_attribute': dict(zip(attributes, m[per]))}
 
-# %% ../nbs/05_metrics.ipynb #c072
+# %% ../nbs/05_metrics.ipynb #c080
 def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'csv'): its metric family and headline keys
                   evaluated: dict,  # protocol ('full', 'crops') -> the dict `dataset_metric(dataset)` returned for it
                   attributes,       # the C attribute names, in the order of the metric's per-attribute lists
@@ -372,7 +372,16 @@ def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'c
     entry.update({p: _protocol_block(kind, p, m, attributes) for p, m in evaluated.items()})
     return {**entry, **{k: extras[k] for k in ENTRY_KEYS if extras.get(k) is not None}}   # in ENTRY_KEYS' order
 
-# %% ../nbs/05_metrics.ipynb #c076
+# %% ../nbs/05_metrics.ipynb #c084
+def entry_value(entry,  # a variant's entry (`metrics_entry`), or any nested dict
+                path):  # a dotted path: 'full.mAP', 'full.per_attribute.Male', 'by_distractors.3+.mAP'
+    "The value at `path` in `entry`, or None where a key along it is absent."
+    for part in path.split('.'):
+        if not isinstance(entry, dict) or part not in entry: return None
+        entry = entry[part]
+    return entry
+
+# %% ../nbs/05_metrics.ipynb #c087
 def read_metrics(run,            # a run (seed) directory holding metrics.json
                  variant=None):  # a variant's key: return its entry (None: the whole file, every entry checked)
     "A run's `metrics.json` (or one variant's entry), refused with a `KitError` when an entry has another schema."

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
 from .core import KitError, atomic_write, load_json, outputs_root
-from .metrics import read_metrics
+from .metrics import entry_value, read_metrics
 from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
 
 # %% auto #0
@@ -18,12 +18,6 @@ __all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'const
            'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
-def _dig(d, path):
-    for part in path.split('.'):
-        if not isinstance(d, dict) or part not in d: return None
-        d = d[part]
-    return d
-
 def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
                    variant=None  # the row's model in the run (a run may train several)
                   ) -> str:
@@ -47,7 +41,7 @@ PRIOR_ONLY = 0.9   # share of constant attributes from which a model is said to 
 def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.metrics.metrics_entry`)
                   ) -> float | None:
     "Share of attributes whose decisions never change on the test set (balanced accuracy exactly 0.5); None unless scored by mA."
-    pa = _dig(entry, 'full.per_attribute') if entry.get('metric') == 'mA' else None
+    pa = entry_value(entry, 'full.per_attribute') if entry.get('metric') == 'mA' else None
     vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
     return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
 
@@ -59,7 +53,7 @@ def left_out(entry: dict,  # one variant's metrics.json entry
              path: str     # the dotted path of the number a column reads, e.g. 'full.mA'
             ) -> tuple:
     "(attributes the headline metric at `path` averaged without, how many attributes it has); ((), 0) for any other number."
-    per = _dig(entry, path.rpartition('.')[0] + '.per_attribute') if path.rpartition('.')[2] == entry.get('metric') else None
+    per = entry_value(entry, path.rpartition('.')[0] + '.per_attribute') if path.rpartition('.')[2] == entry.get('metric') else None
     if not isinstance(per, dict): return (), 0
     return tuple(k for k, v in per.items() if v is None), len(per)
 
@@ -79,7 +73,7 @@ def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir na
     for d in dirs:
         try: entry = read_metrics(d).get(spec_.variant, {})
         except KitError: return {}   # a seed written by an older kit (another schema): no number from a mix; `missing_reason` says which
-        v = _dig(entry, path)
+        v = entry_value(entry, path)
         if isinstance(v, (int, float)) and math.isfinite(v):
             mode, one = selection_of(params[d]), paper_partition(table, spec_.notebook, params[d])
             if len(parts[mode]) == 1 and len(set().union(*parts.values())) > 1:   # a mode run on one partition of several: say which

@@ -306,7 +306,7 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
-# %% ../nbs/61_results.ipynb #c033
+# %% ../nbs/61_results.ipynb #c035
 DISTRACTION_BINS = ['0', '1', '2', '3+']
 
 def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
@@ -324,7 +324,7 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/61_results.ipynb #c035
+# %% ../nbs/61_results.ipynb #c037
 def _mass_by_level(m): return {f'{b} distractors': f'target_mass_by_distractors.{b}.{m}' for b in DISTRACTION_BINS}
 
 _DAHAR_NOSUP = spec('dahar', 'dahar', dataset='wider', mask_weight=0.0)   # the mask branch without its supervision
@@ -345,7 +345,7 @@ WHERE_THEY_LOOK = Table('where_they_look', 'Share of each map\'s mass on the tar
    profiles=('quick',), protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar_mask': 'dahar_mask_nosup', 'dahar_mask_box': 'dahar_mask_nosup', 'dahar_attention': 'baseline_attention', 'campar_cam': 'campar_chance'})
 
-# %% ../nbs/61_results.ipynb #c038
+# %% ../nbs/61_results.ipynb #c040
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
@@ -367,7 +367,7 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
                 'and on RAP from its Table 2 (Da-HAR o.); CAM-PAR and CFAR on RAP from the thesis\'s Table 2, CFAR on PA100K from its Table 1',
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/61_results.ipynb #c040
+# %% ../nbs/61_results.ipynb #c042
 LONGER = 4   # the training-length study's factor on the quick profile's epochs
 _QUICK_EPOCHS = 3   # the quick profile's epochs (71_reproduce checks that they agree)
 _TL_COLS = [f'{_QUICK_EPOCHS} epochs (the tables)', f'{LONGER * _QUICK_EPOCHS} epochs']
@@ -388,7 +388,7 @@ TRAINING_LENGTH = Table('training_length', 'Training length: the compared pairs 
                'only in `epochs` (a run trains the pair); 3 seeds', seeds=3, profiles=('quick',),
    protocol={**dahar_protocol(), **campar_protocol()}, compare={'dahar': 'dahar_baseline', 'campar_fusion': 'campar_baseline'})
 
-# %% ../nbs/61_results.ipynb #c043
+# %% ../nbs/61_results.ipynb #c045
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = _PED
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -399,7 +399,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 ], conventions=f'threshold p >= 0.5; {_F1_15}; 3 seeds', seeds=3,
    profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
-# %% ../nbs/61_results.ipynb #c045
+# %% ../nbs/61_results.ipynb #c047
 SELECTION_SAMPLE_EPOCHS = 10   # the selection study's epochs on the real PA100K sample (the sample profile trains 5)
 _SEL_METRICS = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1', 'epoch': 'epoch'}   # column -> key of the study's entry
 _SEL_RULES = {'held_out': 'epoch chosen on val (held-out)', 'test_15': "epoch chosen on test ([15]'s rule)"}
@@ -432,7 +432,7 @@ SELECTION_REAL = _selection_table(
 STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K, SELECTION, SELECTION_REAL)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/61_results.ipynb #c050
+# %% ../nbs/61_results.ipynb #c052
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -455,7 +455,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/61_results.ipynb #c054
+# %% ../nbs/61_results.ipynb #c056
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:
