@@ -140,7 +140,7 @@ def _check_outputs(model, attributes, input_size, where):  # network; names; (H,
         raise KitError(f"{where}: the network gives {n} logits but {len(attributes)} attribute names are stored; "
                        'save it with its own attribute list')
 
-# %% ../nbs/09_model_file.ipynb #c015
+# %% ../nbs/09_model_file.ipynb #c016
 def _numbers(values):  # a list / tuple / array / tensor of numbers
     "The values as a list of finite floats (arrays and tensors flattened), or None when they are not that."
     if isinstance(values, torch.Tensor): values = values.detach().cpu().numpy()
@@ -173,7 +173,7 @@ def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_mode
         thresholds = th
     return attributes, size, m, sd, thresholds
 
-# %% ../nbs/09_model_file.ipynb #c017
+# %% ../nbs/09_model_file.ipynb #c018
 def save_model(path,                 # destination, e.g. <run_dir>/<variant>/model.pt
                model: nn.Module,     # the trained network (its state_dict is saved)
                *,
@@ -208,7 +208,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(blob, f)   # an open file: the archive's inner name is fixed
     return Path(path)
 
-# %% ../nbs/09_model_file.ipynb #c019
+# %% ../nbs/09_model_file.ipynb #c020
 @dataclasses.dataclass
 class LoadedModel:
     "A model file read back: the network (eval mode) and everything needed to feed it and read its outputs."
@@ -222,7 +222,7 @@ class LoadedModel:
     extra: dict                 # the file's `extra` (tensors / plain values)
     path: Path | None = None    # the file it came from
 
-# %% ../nbs/09_model_file.ipynb #c022
+# %% ../nbs/09_model_file.ipynb #c023
 def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a run directory
                     variant=None):    # variant name inside a run directory (None: the only one)
     "The model file a path names: the file itself, `<dir>/model.pt`, or `<dir>/<variant>/model.pt`."
@@ -239,7 +239,7 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
                    f'; variants with a model here: {found or "none"}' +
                    ('; choose one with --variant NAME (Python: variant=NAME)' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
-# %% ../nbs/09_model_file.ipynb #c024
+# %% ../nbs/09_model_file.ipynb #c025
 def read_model_file(path,                # a file written by `save_model`
                     map_location='cpu'): # where tensors are loaded
     "Read and verify a model file (weights_only, format, hash); return its dict."
@@ -271,7 +271,7 @@ def read_model_file(path,                # a file written by `save_model`
                            'retrain it (lower the learning rate) rather than use this file')
     return blob
 
-# %% ../nbs/09_model_file.ipynb #c025
+# %% ../nbs/09_model_file.ipynb #c026
 def check_attributes(attributes,  # the model's attribute names
                      expected,    # the names a caller needs (None: no check)
                      where):      # the model file, named in errors
@@ -302,7 +302,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     build = _resolve(meta['builder'], f'{path}: builder')
     _check_kwargs(build, kwargs, f'{path}: kwargs')
     try: model = build(**kwargs)
-    except (TypeError, ValueError, KitError) as e:
+    except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
         raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '
                        'the stored kwargs do not fit this har_kit: save the model again from its run') from None
     try: model.load_state_dict(blob['state_dict'])
@@ -321,7 +321,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),
                        tuple(meta['std']), None if th is None else np.asarray(th, float), meta, extra, path)
 
-# %% ../nbs/09_model_file.ipynb #c035
+# %% ../nbs/09_model_file.ipynb #c036
 class EpochSelector:
     "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path`."
     def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
@@ -340,7 +340,7 @@ class EpochSelector:
             if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
         return m
 
-# %% ../nbs/09_model_file.ipynb #c036
+# %% ../nbs/09_model_file.ipynb #c037
 def selected_epoch(history,      # the engine's epoch records
                    key,          # the evaluated metric ('mA' or 'mAP')
                    split='val'): # the split it was scored on: 'val', or a loader the engine watched (e.g. 'test')
@@ -351,7 +351,7 @@ def selected_epoch(history,      # the engine's epoch records
     best = max(v for _, v in vals)
     return next(e for e, v in vals if v == best), best
 
-# %% ../nbs/09_model_file.ipynb #c038
+# %% ../nbs/09_model_file.ipynb #c039
 def selection_study(history,        # epoch records with val_<metric> and <scored>_<metric> every epoch
                     key,            # the selection metric ('mA' or 'mAP')
                     scored='test'): # the split both rules are scored on
@@ -363,7 +363,7 @@ def selection_study(history,        # epoch records with val_<metric> and <score
         out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
     return out
 
-# %% ../nbs/09_model_file.ipynb #c041
+# %% ../nbs/09_model_file.ipynb #c042
 POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
             'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
@@ -398,7 +398,7 @@ def check_range(name,     # a parameter's name
                   + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
     return value
 
-# %% ../nbs/09_model_file.ipynb #c043
+# %% ../nbs/09_model_file.ipynb #c044
 class RunConfig:
     "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them; built, it checks their ranges."
     @classmethod
@@ -411,7 +411,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             check_range(f.name, getattr(self, f.name), lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}'))
 
-# %% ../nbs/09_model_file.ipynb #c045
+# %% ../nbs/09_model_file.ipynb #c046
 class Recipe:
     "The defaults of the training contract; a method's recipe sets `config` and defines build, criterion, loaders, score, model_file."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
@@ -421,7 +421,7 @@ class Recipe:
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c046
+# %% ../nbs/09_model_file.ipynb #c047
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -429,7 +429,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c047
+# %% ../nbs/09_model_file.ipynb #c048
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/
