@@ -18,7 +18,7 @@ from .campar import attribute_activation, class_activation_map
 # %% auto #0
 __all__ = ['model_maps', 'plot_explanation', 'explain']
 
-# %% ../nbs/80_explain.ipynb #9001b2b3
+# %% ../nbs/80_explain.ipynb #c006
 @torch.no_grad()
 def model_maps(model,   # a contract model
                images): # (N, 3, h, w) preprocessed batch
@@ -40,7 +40,7 @@ def model_maps(model,   # a contract model
         return {**model_maps(inner, images), 'logits': out['logits']}
     return dict(logits=out['logits'], attribute_maps=per_attr, kind=kind, global_maps=glob_maps)
 
-# %% ../nbs/80_explain.ipynb #3a78a23a
+# %% ../nbs/80_explain.ipynb #c007
 def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None; panel title
     "Draw the image and, over it, the map divided by its maximum; return the map's artist (None without a map)."
     ax.imshow(image); art = None
@@ -51,7 +51,7 @@ def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None;
     ax.set_title(title, fontsize=8); ax.axis('off')
     return art
 
-# %% ../nbs/80_explain.ipynb #60595ae9
+# %% ../nbs/80_explain.ipynb #c008
 def plot_explanation(image,              # (H, W, 3) uint8: the network input shown under the maps
                      maps: dict,         # `model_maps` output for this one image (tensors without the batch axis)
                      probabilities,      # (C,) probabilities
@@ -78,12 +78,12 @@ def plot_explanation(image,              # (H, W, 3) uint8: the network input sh
         fig.colorbar(next(a for a in arts if a is not None), cax=fig.add_axes([.92, .15, .015, .7]), label='map / its maximum')
     return fig
 
-# %% ../nbs/80_explain.ipynb #96f298fe
+# %% ../nbs/80_explain.ipynb #c009
 def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) uint8
     x = x.cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
 
-# %% ../nbs/80_explain.ipynb #c009
+# %% ../nbs/80_explain.ipynb #c011
 def explain(predictor,              # a `har_kit.predict.Predictor` (model, thresholds, device)
             images,                 # files, folders, globs
             out_dir,                # folder for one PNG per image

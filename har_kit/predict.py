@@ -283,7 +283,7 @@ def format_record(r,          # a record of `Predictor.predict`
     names = r['predicted'][:top] if top else r['predicted']
     return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
 
-# %% ../nbs/81_predict.ipynb #c028
+# %% ../nbs/81_predict.ipynb #c030
 def _predict_parser():
     "The options of `har-kit predict`."
     ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '
