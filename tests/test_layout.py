@@ -72,6 +72,40 @@ def test_every_import_points_to_a_lower_numbered_notebook():
     assert not bad, '\n'.join(bad)
 
 
+# A method's section notebook runs its experiment with its training notebook's recipe and, with `bench=True`, the
+# kit's benchmark: a run of `30_dahar` is a run of `31_dahar_train`'s protocol. Every other notebook cell, exported
+# or not, imports only lower-numbered notebooks, so the notebooks read in order.
+SECTION_RUN_IMPORTS = {('30_dahar', 'dahar_train'), ('30_dahar', 'bench'), ('40_campar', 'campar_train'), ('40_campar', 'bench')}
+
+
+def _cell_imports(source):
+    "Kit modules a notebook cell's source imports (`from har_kit.x import`, `from har_kit import x`, `import har_kit.x`)."
+    try: tree = ast.parse('\n'.join(l for l in source.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    except SyntaxError: return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('har_kit.'): out.append(node.module.split('.')[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == 'har_kit': out += [a.name for a in node.names]
+        elif isinstance(node, ast.Import): out += [a.name.split('.')[1] for a in node.names if a.name.startswith('har_kit.')]
+    return out
+
+
+def test_notebook_cells_import_only_lower_numbered_notebooks():
+    import json
+    mods, bad = _module_notebooks(), []
+    for nb in sorted(NBS.glob('[0-9]*.ipynb')):
+        for i, cell in enumerate(json.loads(nb.read_text(encoding='utf-8'))['cells']):
+            if cell['cell_type'] != 'code': continue
+            for tgt in _cell_imports(''.join(cell['source'])):
+                if tgt in mods and _rank(mods[tgt]) > _rank(nb.stem) and (nb.stem, tgt) not in SECTION_RUN_IMPORTS:
+                    bad.append(f'{nb.name} cell {i} imports har_kit.{tgt} ({mods[tgt]})')
+    assert not bad, '\n'.join(bad)
+
+
+def test_the_cell_check_sees_an_upward_import():
+    assert _cell_imports('%matplotlib inline\nfrom har_kit.results import X\nimport har_kit.cli\nfrom har_kit import data') == ['results', 'cli', 'data']
+
+
 def test_no_star_imports_and_no_hidden_kit_imports():
     bad = []
     for p in PKG.glob('*.py'):
