@@ -167,7 +167,7 @@ VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it r
 def campar_variant(name: str,                 # a key of `VARIANTS`
                    num_attributes: int,       # M
                    arch: str = 'resnet50',    # encoder (`har_kit.backbones.resnet_taps`)
-                   weights=None,              # None or 'DEFAULT' (ImageNet, the thesis)
+                   weights=None,              # None, a torchvision weights name (the papers: 'IMAGENET1K_V1') or a local .pth file
                    logit_bn: bool = False,    # BatchNorm1d on the logits ([15])
                    logit_bn_shared: bool = False,  # with logit_bn: one BatchNorm1d for both heads (the public code)
                    predict: str = 'specific', # `logits` of the CAM variants: 'specific', 'shared', 'mean'

@@ -81,8 +81,10 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'dahar.optimizer': "from scratch: Adam (lr 1e-3), the CAM-PAR rows' recipe family; the paper's SGD at a from-scratch "
                            'rate levelled off about 2 mAP lower on the WIDER-like set (one seed, a trial run, not a study)',
         'channels_last': 'memory format only: faster convolutions on CPU, the same model (equal up to float rounding)',
-        'partition': 'the synthetic RAP-like set has one split', 'lr_step': 'few epochs',
-        'train_splits': 'the synthetic sets keep their val split for held-out epoch selection', **_CPU_CAMPAR},
+        'partition': 'CPU budget: the quick profile runs partition 0 only', 'lr_step': 'few epochs',
+        'train_splits': 'the PA100K- and WIDER-like sets keep their val split for held-out epoch selection; the RAP-like '
+                        "set has none (train / test), so there 'trainval' is 'train' and the runs keep the last epoch",
+        **_CPU_CAMPAR},
     'paper': {
         'amp': "GPU speed: bf16 autocast (weights, optimiser state and the losses stay in fp32); CAM-PAR's baseline step "
                "compiled on an H200: 1.65x TF32's (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "

@@ -55,7 +55,7 @@ def _append_log(path, recs):  # `log.jsonl`; the records to append
 
 # %% ../nbs/21_masks.ipynb #c015
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
-    "Where `make_masks` writes (not created yet): `mask_root`, else a per-source cache folder, else the dataset's default mask root."
+    "Where `make_masks` writes (not created yet): `mask_root`, else a per-source cache folder, else `mask_home` (synthetic: `ROOT/masks`)."
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
     if mask_root is not None: out = Path(mask_root)
     elif cache_dir is not None: out = mask_cache_dir(data, src, cache_dir)
@@ -100,7 +100,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
 # %% ../nbs/21_masks.ipynb #c019
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
-               mask_root=None,      # where to write; None: the dataset's default mask root (readers attach it unasked)
+               mask_root=None,      # where to write; None: `mask_home` (a synthetic set: ROOT/masks), where readers look unasked
                device='cpu',        # maskrcnn: 'cpu', 'cuda', 'auto'
                batch_size=4,        # images per source call (per forward pass for maskrcnn)
                weights='DEFAULT',   # maskrcnn: torchvision weights, a state-dict file; None = random (tests)
