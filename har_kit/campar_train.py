@@ -18,7 +18,7 @@ from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind
 from .losses import pos_ratio
 from .model_file import Recipe, RunConfig, selection_study
-from .data import check_train_splits, load_dataset
+from .data import check_train_splits, load_dataset, samples_digest
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
@@ -100,7 +100,9 @@ def dataset_scorer(dataset: str,                       # 'rap', 'pa100k', 'wider
                    ignore_unspecified: bool = False):  # the loss's switch (see above)
     "(scores, labels) -> the dataset's own metric dict, unspecified labels read as the loss reads them."
     fn = dataset_metric(dataset)
-    return lambda scores, labels: fn(scores, _metric_labels(dataset, labels, ignore_unspecified))
+    if dataset == 'wider': return fn                                    # WIDER's mAP protocol leaves them out
+    mode = 'ignore' if ignore_unspecified else 'negative'               # as `_metric_labels`, and the dict says which
+    return lambda scores, labels: fn(scores, labels, unspecified=mode)
 
 # %% ../nbs/41_campar_train.ipynb #c024
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
@@ -299,6 +301,9 @@ class CamParRecipe(Recipe):
                  split=None,                  # (train, evaluation or None, its name) samples (None: `split_train_eval`)
                  test=None):                  # the scored samples (None: the test split)
         c = self.config = config
+        if data is not None and data.name != c.dataset:   # the metric, the model file and the thresholds follow c.dataset
+            raise KitError(f'CamParRecipe: data is a {data.name!r} set but config.dataset={c.dataset!r}: '
+                           f'pass CamParConfig(dataset={data.name!r}, ...)')
         self.data = data if data is not None else config.load_data()
         self.train_set, self.eval_set, self.eval_name = split or split_train_eval(self.data, c.train_splits, c.selection, c.val_fraction, c.seed)
         if c.plateau_on == 'eval_loss' and self.eval_set is None:
@@ -340,7 +345,8 @@ def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
                 arch=c.arch, weights=c.weights, scale=c.scale, batch_size=c.batch_size, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, fusion_width=c.fusion_width,
                 fusion_project_deepest=c.fusion_project_deepest, fusion_lr=c.fusion_lr,
                 fusion_align_corners=c.fusion_align_corners, selection=c.selection, val_fraction=c.val_fraction,
-                sample_weighting=c.sample_weighting, predict=c.predict, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant)
+                sample_weighting=c.sample_weighting, predict=c.predict, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant,
+                train_samples=samples_digest(self.train_set))
 
 @patch
 def thresholds_chosen(self: CamParRecipe, loaders):  # the loaders the variant trained with

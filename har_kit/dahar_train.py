@@ -13,7 +13,7 @@ from fastcore.basics import patch
 
 from .core import KitError, get_device
 from .backbones import check_arch, count_params
-from .data import check_train_splits, load_dataset
+from .data import check_train_splits, load_dataset, samples_digest
 from .distributed import setup_device
 from .engine import TrainConfig, predict
 from .formats import DATASET_KINDS, dataset_kind
@@ -49,7 +49,7 @@ class DaHarConfig(RunConfig):
     dataset: str = 'wider'              # 'wider' (mAP) or 'rap' / 'pa100k' (mA, Acc, Prec, Rec, F1)
     data_root: str | None = None        # dataset folder; None: the cached synthetic set of `dataset`
     partition: int = 0                  # RAP v1 partition 0..4 (other datasets ignore it)
-    mask_dir: str | None = None         # folder of pseudo person masks; None: ROOT/masks
+    mask_dir: str | None = None         # folder of pseudo person masks; None: where `har-kit masks` writes them (mask_home), else ROOT/masks
     profile: str = 'tiny'               # synthetic set size when data_root is None
     train_splits: list = dataclasses.field(default_factory=lambda: ['train'])  # splits trained on
     eval_split: str = 'test'            # split scored
@@ -153,6 +153,9 @@ class DaHarRecipe(Recipe):
     def __init__(self, config: DaHarConfig,  # the run's parameters
                  data=None,                  # har_kit.data.AttributeData (None: `config.load_data()`)
                  cache=None):                # a `SampleCache` the variants share (None: `SampleCache.of(config.cache_mb)`)
+        if data is not None and data.name != config.dataset:   # the run's records name config.dataset
+            raise KitError(f'DaHarRecipe: data is a {data.name!r} set but config.dataset={config.dataset!r}: '
+                           f'pass DaHarConfig(dataset={data.name!r}, ...)')
         self.config, self.data = config, data if data is not None else config.load_data()
         self.cache = cache if cache is not None else SampleCache.of(config.cache_mb)
         self.evaluate, self.key = dataset_metric(self.data.name), dataset_kind(self.data.name).metric
@@ -201,7 +204,8 @@ def params(self: DaHarRecipe, variant):  # a key of VARIANTS
     return dict(model=self.model_kwargs(variant), loss=c.loss, mix=c.mix, mask_weight=c.mask_weight,
                 mask_supervision=c.mask_supervision, ignore_unspecified=c.ignore_unspecified, train_splits=c.train_splits,
                 eval_split=c.eval_split, scale=c.scale, batch_size=c.batch_size, dataset=d.name, attributes=list(d.attributes),
-                n_train=len(d.split(*c.train_splits)), partition=d.meta.get('partition'))
+                n_train=len(d.split(*c.train_splits)), partition=d.meta.get('partition'),
+                train_samples=samples_digest(d.split(*c.train_splits)))
 
 @patch
 def predict(self: DaHarRecipe, model, loader):  # the trained variant; an evaluation loader

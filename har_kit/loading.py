@@ -239,6 +239,11 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 mask_from_box=False,  # with_mask: each target's box as its mask (box supervision, no mask files)
                 **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
     "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts (other keywords go to `DataLoader`)."
+    splits = getattr(samples, 'splits', None)
+    if shuffle and splits is not None and len(splits) > 1:   # a training loader over every split trains on the test images
+        raise KitError(f"make_loader: shuffle=True over the whole {samples.name!r} set would train on all its splits "
+                       f"({', '.join(splits)}), the scored one included: pass data.split('train') (or the splits to train "
+                       'on; data.samples when every split is meant)')
     ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box, cache=cache, mask_from_box=mask_from_box)
     if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
     g = torch.Generator(); g.manual_seed(int(seed))

@@ -181,6 +181,9 @@ def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
     if zero_division not in (0, 1): raise KitError(f'zero_division={zero_division!r}: use 0 or 1')
     s, y = check_inputs(scores, labels, probabilities=True)
     threshold = check_threshold(threshold, s.shape[1])
+    if np.any((np.asarray(threshold) < 0) | (np.asarray(threshold) > 1)):   # every decision would be the same
+        raise KitError(f'threshold={threshold!r:.120}: the scores are probabilities, so a threshold lies in [0, 1] '
+                       '(a percentage? divide it by 100)')
     unspec = y == UNSPECIFIED
     if unspec.any() and unspecified == 'error':
         raise KitError(f'labels: {int(unspec.sum())} unspecified (-1) entries; pass unspecified="ignore" or "negative"')

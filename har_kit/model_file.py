@@ -413,9 +413,25 @@ class RunConfig:
 
 # %% ../nbs/09_model_file.ipynb #c046
 class Recipe:
-    "The defaults of the training contract; a method's recipe sets `config` and defines build, criterion, loaders, score, model_file."
+    "The training contract: `config` (a dataclass with `seed`) and the five methods below that a method's recipe defines."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
     watch = ()   # loaders also scored with `evaluate` after every epoch (e.g. ('test',) for `selection_study`); training never reads them
+
+    def build(self, variant):  # the variant's name
+        "A fresh network; its forward takes a (N, 3, H, W) batch and returns a dict with 'logits' (N, C)."
+        raise NotImplementedError(f'{type(self).__name__}.build(variant): return the network to train')
+    def criterion(self, variant):  # the variant's name
+        "The loss: (the network's output dict, the batch dict) -> a dict with 'loss' (a scalar tensor) and any parts to log."
+        raise NotImplementedError(f'{type(self).__name__}.criterion(variant): return the loss function')
+    def loaders(self, variant):  # the variant's name
+        "{'train': loader, optionally 'val', 'test', ...}: batches are dicts with 'image', 'labels' and 'index'."
+        raise NotImplementedError(f'{type(self).__name__}.loaders(variant): return the dict of loaders')
+    def model_file(self, model, variant, loaders, facts):  # the trained network; its name; its loaders; epoch, seconds, history, ...
+        "`save_model`'s keyword arguments for the trained variant: builder, kwargs, attributes, input_size, mean, std, ..."
+        raise NotImplementedError(f'{type(self).__name__}.model_file(...): return save_model\'s keyword arguments')
+    def score(self, model, variant, loaders, facts):  # as `model_file`; facts also hold 'model_file'
+        "The variant's `metrics.json` entry (`har_kit.metrics.metrics_entry`)."
+        raise NotImplementedError(f'{type(self).__name__}.score(...): return the metrics entry')
 
     def train_config(self): return self.config.train_config()   # the engine's TrainConfig
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
@@ -436,8 +452,12 @@ def train_variant(recipe,         # a method's recipe (see above)
                   name=None,      # the variant's folder (and model file's variant name); None: `variant`
                   loaders=None):  # loaders to use instead of `recipe.loaders(variant)`
     "Build, train (resumable), keep the selected epoch, write `model.pt`, score: dict(model, metrics, history, loaders, epoch, seconds)."
+    c = getattr(recipe, 'config', None)
+    if not (dataclasses.is_dataclass(c) and hasattr(c, 'seed')):
+        raise KitError(f'{type(recipe).__name__}.config is {type(c).__name__}: a recipe\'s config is a dataclass with a seed '
+                       'field (its fields are checked on resume), and train_config() unless the recipe defines its own')
     vdir, cfg = Path(run_dir)/(name or variant), recipe.train_config()
-    seed_everything(recipe.config.seed)
+    seed_everything(c.seed)
     model, crit = recipe.build(variant), recipe.criterion(variant)
     loaders = recipe.loaders(variant) if loaders is None else loaders
     g = getattr(loaders['train'], 'generator', None)   # rewound to its own seed: the data order of a fresh loader, so a

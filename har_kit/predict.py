@@ -194,6 +194,7 @@ def probabilities(self:Predictor,
                   images,          # image paths, or (H, W, 3) uint8 arrays
                   progress=False): # show a tqdm bar
     "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
+    images = [images] if isinstance(images, (str, Path)) else images   # one path is one image, not its characters
     if all(isinstance(i, (str, Path)) for i in images):
         lm = self.loaded
         loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
@@ -218,6 +219,7 @@ def predict(self:Predictor,
             images,         # files, folders and globs (or (H, W, 3) uint8 arrays)
             progress=True): # show a tqdm bar
     "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
+    images = [images] if isinstance(images, (str, Path)) else images
     paths = check_images(collect_images(images)) if all(isinstance(i, (str, Path)) for i in images) else list(images)
     probs = self.probabilities(paths, progress)
     _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)

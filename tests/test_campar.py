@@ -126,7 +126,7 @@ class _ToyRecipe(CamParRecipe):
         self.config = CamParConfig(optimizer='adam', epochs=5, lr=3e-3, sample_weighting=False, cache_mb=0)
         self.data, self._loaders = type('Toy', (), {'attributes': list('abcde')[:m]}), loaders
         self.key, self.evaluate, self.eval_name, self.pos_ratio = 'mA', pedestrian_metrics, None, None
-        self.levels, self.thetas = [i % 3 for i in range(len(loaders['test'].dataset))], {}
+        self.levels, self.thetas, self.train_set = [i % 3 for i in range(len(loaders['test'].dataset))], {}, []
 
     def train_config(self): return self.config.train_config(progress=False)
 
@@ -365,3 +365,19 @@ def test_model_file_thresholds_maximise_balanced_accuracy_on_the_held_out_split(
     want = choose_thresholds(scores, y, 'balanced_accuracy')['thresholds']
     assert not np.allclose(want, choose_thresholds(scores, y, 'f1')['thresholds'])
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_run_folder_reused_with_other_images_is_refused_on_resume(tmp_path):
+    "The recipes record which samples they train on: a finished run's folder with other images is refused, not returned."
+    import dataclasses
+    from har_kit.data import read_pa100k, tiny_fixture
+    data = read_pa100k(tiny_fixture('pa100k', tmp_path/'pa'))
+    cfg = CamParConfig(dataset='pa100k', variants=['baseline'], optimizer='adam', epochs=1, batch_size=4, scale=0.25,
+                       arch='resnet-tiny', weights=None, cache_mb=0)
+    tr, test = data.split('train'), data.split('test')
+    train_variant(CamParRecipe(cfg, data, (tr[:4], None, None), test), 'baseline', tmp_path/'run')
+    train_variant(CamParRecipe(cfg, data, (tr[:4], None, None), test), 'baseline', tmp_path/'run')   # the same: resumes
+    with pytest.raises(KitError, match='train_samples'):
+        train_variant(CamParRecipe(cfg, data, (tr[1:5], None, None), test), 'baseline', tmp_path/'run')
+    with pytest.raises(KitError, match="data is a 'pa100k' set but config.dataset='rap'"):
+        CamParRecipe(dataclasses.replace(cfg, dataset='rap'), data)

@@ -86,7 +86,7 @@ def test_table3_training_options(wider, tmp_path):
 
 def test_rap_like_uses_pedestrian_metrics(tmp_path):
     rap = read_rap(tiny_fixture('rap', tmp_path/'rap', n=16))
-    res = train_variant('dahar', rap, tmp_path/'run', _cfg(loss='mixed'))
+    res = train_variant('dahar', rap, tmp_path/'run', _cfg(loss='mixed', dataset='rap'))
     m = res['metrics']
     assert list(m['full']) == list(m['crops']) == ['mA', 'acc', 'prec', 'rec', 'f1', 'f1_mean_instance', 'per_attribute'] and m['metric'] == 'mA'
     img = next(iter(res['loaders']['train']))['image']

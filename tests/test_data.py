@@ -338,7 +338,7 @@ def test_make_loader_batches_and_seeded_order(tmp_path):
     dl = L.make_loader(data.split('train'), L.campar_transforms(True, scale=0.25), batch_size=4, shuffle=True, seed=3)
     b = next(iter(dl))
     assert b['image'].shape == (4, 3, 64, 48) and b['labels'].shape == (4, 3) and b['index'].shape == (4,)
-    order = lambda s: torch.cat([b['index'] for b in L.make_loader(data, L.campar_transforms(False, scale=0.1), 3, True, seed=s)]).tolist()
+    order = lambda s: torch.cat([b['index'] for b in L.make_loader(data.samples, L.campar_transforms(False, scale=0.1), 3, True, seed=s)]).tolist()
     assert order(1) == order(1) and sorted(order(1)) == list(range(10)) and order(1) != order(2)
     with pytest.raises(KitError, match='no samples'): L.make_loader([], None, 2, False)
 

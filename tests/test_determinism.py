@@ -116,7 +116,7 @@ def test_augmentation_independent_of_workers(tmp_path):
     wd, pa = read_wider(tiny_fixture('wider', tmp_path/'wider', n=12)), read_pa100k(tiny_fixture('pa100k', tmp_path/'pa', n=12))
     for data, tf, mask in ((wd, dahar_transforms(True, scale=0.25), True), (pa, campar_transforms(True, scale=0.25), False)):
         def epoch(workers):
-            ld = shard_loader(make_loader(data, tf, 3, True, with_mask=mask, seed=5, num_workers=workers), seed=5)
+            ld = shard_loader(make_loader(data.samples, tf, 3, True, with_mask=mask, seed=5, num_workers=workers), seed=5)
             set_epoch(ld, 5, 3)
             return [b for b in ld]
         a, b = epoch(0), epoch(2)
