@@ -72,10 +72,10 @@ def test_every_import_points_to_a_lower_numbered_notebook():
     assert not bad, '\n'.join(bad)
 
 
-# A method's section notebook runs its experiment with its training notebook's recipe and, with `bench=True`, the
-# kit's benchmark: a run of `30_dahar` is a run of `31_dahar_train`'s protocol. Every other notebook cell, exported
-# or not, imports only lower-numbered notebooks, so the notebooks read in order.
-SECTION_RUN_IMPORTS = {('30_dahar', 'dahar_train'), ('30_dahar', 'bench'), ('40_campar', 'campar_train'), ('40_campar', 'bench')}
+# A method's section notebook runs its experiment with its training notebook's recipe: a run of `30_dahar` is a run
+# of `31_dahar_train`'s protocol. Every other notebook cell, exported or not, imports only lower-numbered notebooks,
+# so the notebooks read in order.
+SECTION_RUN_IMPORTS = {('30_dahar', 'dahar_train'), ('40_campar', 'campar_train')}
 
 
 def _cell_imports(source):
