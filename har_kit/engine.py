@@ -384,7 +384,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         evaluate=None,    # optional (scores, labels) -> dict of metrics, recorded as val_<name>
         params=None,      # the caller's run parameters (JSON-able dict), stored in checkpoints and checked on resume
         watch=None):      # optional {name: (DataLoader, metric_fn)} also scored after every epoch, recorded as <name>_<metric>
-    "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt."
+    "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt; seeds Python, numpy and torch globally (config.seed + rank) and, on CUDA, sets cudnn.benchmark."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
     if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'

@@ -451,7 +451,7 @@ def train_variant(recipe,         # a method's recipe (see above)
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/
                   name=None,      # the variant's folder (and model file's variant name); None: `variant`
                   loaders=None):  # loaders to use instead of `recipe.loaders(variant)`
-    "Build, train (resumable), keep the selected epoch, write `model.pt`, score: dict(model, metrics, history, loaders, epoch, seconds)."
+    "Build, train (resumable), keep the selected epoch, write `model.pt`, score: dict(model, metrics, history, loaders, epoch, seconds); seeds the global generators with config.seed."
     c = getattr(recipe, 'config', None)
     if not (dataclasses.is_dataclass(c) and hasattr(c, 'seed')):
         raise KitError(f'{type(recipe).__name__}.config is {type(c).__name__}: a recipe\'s config is a dataclass with a seed '
