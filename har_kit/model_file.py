@@ -165,6 +165,9 @@ def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_mode
     m, sd = _numbers(mean), _numbers(std)
     if m is None or sd is None or len(m) != 3 or len(sd) != 3 or min(sd) <= 0:
         raise KitError(f'mean={mean!r:.100} / std={std!r:.100}: expected three channel values each, finite numbers, std > 0')
+    if max(abs(v) for v in m + sd) > 1:   # images are scaled to [0, 1] before they are normalised
+        raise KitError(f'mean={mean!r:.100} / std={std!r:.100}: statistics of 0..255 pixels? the images are scaled to [0, 1] '
+                       'before normalising (ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)); divide them by 255')
     if thresholds is not None:
         th = _numbers(thresholds)
         if th is None or len(th) != len(attributes) or not all(0 <= t <= 1 for t in th):
