@@ -49,11 +49,19 @@ def pos_ratio(labels,                         # (N, C) training labels in {1, 0,
     return (labels == 1).sum(0) / np.maximum(den, 1)
 
 # %% ../nbs/04_losses.ipynb #c010
+def _ratio(ratio, labels):  # the `ratio` argument; the (N, C) labels it weights
+    "The positive ratios as float32, refused unless (C,) values in [0, 1]."
+    r, c = np.asarray(ratio, dtype=np.float32), labels.shape[-1]
+    if r.shape != (c,) or not (np.isfinite(r).all() and r.min(initial=0) >= 0 and r.max(initial=0) <= 1):
+        raise KitError(f'ratio: expected {c} positive ratios in [0, 1], one per attribute (`pos_ratio` of the training '
+                       f'labels), got shape {r.shape}' + (f', values {r.min():.3g}..{r.max():.3g}' if r.size else ''))
+    return r
+
 def eq2_weights(labels,                       # (N, C) labels in {1, 0, -1} (unspecified weighted as negatives)
                 ratio):                       # (C,) positive ratio w_c
     "Per-entry weights of Da-HAR Eq. 2: 1/(2 w_c) for positives, 1/(2 (1 - w_c)) otherwise."
     y = (torch.as_tensor(labels) == 1).float()
-    w = host_to_device(np.asarray(ratio, dtype=np.float32), y.device).clamp(1e-4, 1 - 1e-4)
+    w = host_to_device(_ratio(ratio, y), y.device).clamp(1e-4, 1 - 1e-4)
     return y / (2 * w) + (1 - y) / (2 * (1 - w))
 
 # %% ../nbs/04_losses.ipynb #c011
@@ -61,7 +69,7 @@ def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
                       ratio):                 # (C,) positive ratio r_c
     "[15]'s per-entry weights (with CAM-PAR's Eq. 13): exp(1 - r_c) for positives, exp(r_c) otherwise."
     y = torch.as_tensor(labels) == 1
-    r = host_to_device(np.asarray(ratio, dtype=np.float32), y.device)
+    r = host_to_device(_ratio(ratio, y), y.device)
     return torch.where(y, torch.exp(1 - r), torch.exp(r))
 
 # %% ../nbs/04_losses.ipynb #c012
