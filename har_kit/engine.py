@@ -19,8 +19,9 @@ from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, r
                                  shard_loader)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler',
-           'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history', 'fit', 'train_eval']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'LATER_PARAMS', 'TrainConfig', 'param_groups', 'make_optimizer',
+           'make_scheduler', 'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history', 'fit',
+           'train_eval']
 
 # %% ../nbs/08_engine.ipynb #c008
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -203,6 +204,8 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
 # %% ../nbs/08_engine.ipynb #c033
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
+LATER_PARAMS = ('train_samples',)   # run parameters recorded since a later version: a checkpoint without one resumes unchecked
+
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
 # %% ../nbs/08_engine.ipynb #c034
@@ -217,7 +220,7 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
     if diff: raise KitError(f'{path} was written with another config ({", ".join(diff)}): {fix}')
     old, new, absent = _canon(ck.get('params')), _canon(params), '<absent>'
     diff = [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}' for k in sorted(set(old) | set(new))
-            if old.get(k, absent) != new.get(k, absent)]
+            if old.get(k, absent) != new.get(k, absent) and not (k in LATER_PARAMS and k not in old)]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
 # %% ../nbs/08_engine.ipynb #c035

@@ -19,7 +19,7 @@ from .formats import box_mask, clip_box, load_grey, load_rgb
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'crop_pairs', 'CornerCenterCrop', 'FiveCropStack',
-           'dahar_transforms', 'campar_transforms', 'make_loader', 'show_samples']
+           'dahar_transforms', 'campar_transforms', 'refuse_every_split', 'make_loader', 'show_samples']
 
 # %% ../nbs/15_loading.ipynb #c008
 class SampleCache:
@@ -226,6 +226,16 @@ def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
 # %% ../nbs/15_loading.ipynb #c038
+def refuse_every_split(samples,  # what a loader was given: a list of `Sample`s or an `AttributeData`
+                       shuffle,  # the loader's shuffle (a shuffled loader is a training loader)
+                       where):   # the function, for the message
+    "Refuse a shuffled (training) loader over a whole dataset of several splits: it would train on the scored split too."
+    splits = getattr(samples, 'splits', None)
+    if shuffle and splits is not None and len(splits) > 1:
+        raise KitError(f"{where}: shuffle=True over the whole {samples.name!r} set would train on all its splits "
+                       f"({', '.join(splits)}), the scored one included: pass data.split('train') (or the splits to train "
+                       'on; data.samples when every split is meant)')
+
 def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 transform,        # e.g. dahar_transforms(True, scale=0.25)
                 batch_size,       # samples per batch
@@ -239,11 +249,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
                 mask_from_box=False,  # with_mask: each target's box as its mask (box supervision, no mask files)
                 **kwargs):        # passed to DataLoader (pin_memory, persistent_workers, ...)
     "A `DataLoader` over `HarDataset(samples, transform, ...)` yielding batched dicts (other keywords go to `DataLoader`)."
-    splits = getattr(samples, 'splits', None)
-    if shuffle and splits is not None and len(splits) > 1:   # a training loader over every split trains on the test images
-        raise KitError(f"make_loader: shuffle=True over the whole {samples.name!r} set would train on all its splits "
-                       f"({', '.join(splits)}), the scored one included: pass data.split('train') (or the splits to train "
-                       'on; data.samples when every split is meant)')
+    refuse_every_split(samples, shuffle, 'make_loader')
     ds = HarDataset(samples, transform, with_mask=with_mask, crop_to_box=crop_to_box, cache=cache, mask_from_box=mask_from_box)
     if len(ds) == 0: raise KitError('make_loader: no samples (check the split name you selected)')
     g = torch.Generator(); g.manual_seed(int(seed))

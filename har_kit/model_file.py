@@ -456,9 +456,10 @@ def train_variant(recipe,         # a method's recipe (see above)
                   loaders=None):  # loaders to use instead of `recipe.loaders(variant)`
     "Build, train (resumable), keep the selected epoch, write `model.pt`, score: dict(model, metrics, history, loaders, epoch, seconds); seeds the global generators with config.seed."
     c = getattr(recipe, 'config', None)
-    if not (dataclasses.is_dataclass(c) and hasattr(c, 'seed')):
-        raise KitError(f'{type(recipe).__name__}.config is {type(c).__name__}: a recipe\'s config is a dataclass with a seed '
-                       'field (its fields are checked on resume), and train_config() unless the recipe defines its own')
+    if not hasattr(c, 'seed') or (type(recipe).params is Recipe.params and not dataclasses.is_dataclass(c)):
+        raise KitError(f'{type(recipe).__name__}.config is {type(c).__name__}: a recipe\'s config has a seed, and is a '
+                       'dataclass (its fields are checked on resume) unless the recipe defines params(); it has '
+                       'train_config() unless the recipe defines its own')
     vdir, cfg = Path(run_dir)/(name or variant), recipe.train_config()
     seed_everything(c.seed)
     model, crit = recipe.build(variant), recipe.criterion(variant)

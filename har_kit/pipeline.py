@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .core import KitError, cache_root, host_to_device, load_json, save_json
 from .formats import box_mask, clip_box, load_grey, load_rgb
-from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs
+from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, refuse_every_split
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
@@ -407,6 +407,7 @@ def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3, 
 def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_from_box=False, drop_last=False, seed=0,
                   device='cpu', name='images', workers=0, prefetch=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`; batches prepared ahead (`prefetched`)
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
+    refuse_every_split(samples, shuffle, 'cached_loader')
     ss = list(getattr(samples, 'samples', samples))
     if not ss: raise KitError('cached_loader: no samples (check the split name you selected)')
     if with_mask and not mask_from_box and any(s.mask is None for s in ss):
