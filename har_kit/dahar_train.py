@@ -174,9 +174,10 @@ class DaHarRecipe(Recipe):
         raise KitError(f'{", ".join(sup)} learn(s) person masks (mask_weight={c.mask_weight}), but {len(bare)} of '
                        f'{len(d.split(*splits))} targets of split(s) {splits} of {d.name} at {d.root} have none (first: {bare[0].image}). '
                        f'Write them first (har-kit masks --dataset {d.name} --root {shlex.quote(str(d.root))} --source box, or '
-                       f'--source maskrcnn)' + (', or pass -p mask_supervision box (the target box as the mask) or -p mask_weight 0 '
-                                                '(no mask supervision)' if c.mask_supervision == 'mask' else '')
-                       + (f'; -p fig5 False skips Fig. 5, which reads the {c.eval_split!r} masks' if c.fig5 else ''))
+                       f'--source maskrcnn)' + (", or set mask_supervision='box' (the target box as the mask; har-kit run: "
+                                                "-p mask_supervision box) or mask_weight=0 (no mask supervision; -p mask_weight 0)"
+                                                if c.mask_supervision == 'mask' else '')
+                       + (f'; fig5=False (-p fig5 False) skips Fig. 5, which reads the {c.eval_split!r} masks' if c.fig5 else ''))
 
     def model_kwargs(self, variant):  # a key of VARIANTS
         "`dahar_variant`'s keyword arguments (JSON values): what the model file rebuilds it from."

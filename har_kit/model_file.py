@@ -206,6 +206,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     meta = dict(builder=builder, kwargs=kwargs, variant=Path(path).parent.name, attributes=attributes, input_size=size, mean=mean, std=std,
                 thresholds=thresholds, dataset=_plain(dataset, 'dataset'), pretrained=_plain(pretrained, 'kwargs.weights'),
                 har_kit=str(__version__), torch=str(torch.__version__))
+    if builder in _REGISTRY: meta['registered_in'] = _REGISTRY[builder][1].__module__   # where load_model can say to import
     blob = dict(format=MODEL_FORMAT, version=MODEL_VERSION, meta=meta, state_dict=state, extra=extra,
                 sha256=model_digest(meta, state, extra))
     with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(blob, f)   # an open file: the archive's inner name is fixed
@@ -302,7 +303,12 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     check_attributes(meta['attributes'], attributes, path)
     kwargs = dict(meta['kwargs'])
     if 'weights' in kwargs: kwargs['weights'] = None
-    build = _resolve(meta['builder'], f'{path}: builder')
+    b, mod = meta['builder'], meta.get('registered_in')
+    if isinstance(b, str) and b not in KIT_BUILDERS and b not in _REGISTRY and mod:   # a user's builder, not registered yet
+        raise KitError(f'{path}: builder {b!r} is registered by code outside the kit: '
+                       + (f'import {mod} (its register_builder call) before load_model' if mod != '__main__' else
+                          f"run the script or notebook cell that calls register_builder({b!r}) before load_model"))
+    build = _resolve(b, f'{path}: builder')
     _check_kwargs(build, kwargs, f'{path}: kwargs')
     try: model = build(**kwargs)
     except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
