@@ -91,18 +91,21 @@ def carve_validation(samples,   # training samples
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
 # %% ../nbs/41_campar_train.ipynb #c022
+def _reads_negative(dataset, ignore_unspecified):  # kind; the loss's switch
+    "Whether the metric reads unspecified labels as negative, as the loss does (WIDER's mAP protocol always leaves them out)."
+    return not ignore_unspecified and dataset != 'wider'
+
 def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
     y = np.asarray(labels)
-    return y if ignore_unspecified or dataset == 'wider' else np.where(y == UNSPECIFIED, 0, y)
+    return np.where(y == UNSPECIFIED, 0, y) if _reads_negative(dataset, ignore_unspecified) else y
 
 # %% ../nbs/41_campar_train.ipynb #c023
 def dataset_scorer(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                    ignore_unspecified: bool = False):  # the loss's switch (see above)
     "(scores, labels) -> the dataset's own metric dict, unspecified labels read as the loss reads them."
     fn = dataset_metric(dataset)
-    if dataset == 'wider': return fn                                    # WIDER's mAP protocol leaves them out
-    mode = 'ignore' if ignore_unspecified else 'negative'               # as `_metric_labels`, and the dict says which
-    return lambda scores, labels: fn(scores, labels, unspecified=mode)
+    if not _reads_negative(dataset, ignore_unspecified): return fn
+    return lambda scores, labels: fn(scores, labels, unspecified='negative')   # the metric applies it, and its dict says so
 
 # %% ../nbs/41_campar_train.ipynb #c024
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'

@@ -422,7 +422,7 @@ class RunConfig:
 
 # %% ../nbs/09_model_file.ipynb #c046
 class Recipe:
-    "The training contract: `config` (a dataclass with `seed`) and the five methods below that a method's recipe defines."
+    "The training contract: `config` (with `seed`; a dataclass unless `params` is defined) and the five methods below."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
     watch = ()   # loaders also scored with `evaluate` after every epoch (e.g. ('test',) for `selection_study`); training never reads them
 
