@@ -27,9 +27,9 @@ DYNAMIC_IMPORTS = {'cli', 'bench', 'model_file', 'run_params'}
 def _rank(stem): return int(stem.split('_', 1)[0])
 
 
-def _kit_imports(path):
-    "(line, imported kit module, inside a function?) for every import of a har_kit module in `path`, `importlib` included."
-    tree, out = ast.parse(path.read_text(encoding='utf-8')), []
+def _kit_imports(path, source=None):
+    "(line, imported kit module, inside a function?) for every import of a har_kit module in `path` (or in `source`), `importlib` included."
+    tree, out = ast.parse(path.read_text(encoding='utf-8') if source is None else source, str(path)), []
     funcs = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
     for node in ast.walk(tree):
         local = id(node) in funcs
@@ -78,16 +78,10 @@ def test_every_import_points_to_a_lower_numbered_notebook():
 SECTION_RUN_IMPORTS = {('30_dahar', 'dahar_train'), ('40_campar', 'campar_train')}
 
 
-def _cell_imports(source):
-    "Kit modules a notebook cell's source imports (`from har_kit.x import`, `from har_kit import x`, `import har_kit.x`)."
-    try: tree = ast.parse('\n'.join(l for l in source.splitlines() if not l.lstrip().startswith(('%', '!'))))
-    except SyntaxError: return []
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('har_kit.'): out.append(node.module.split('.')[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == 'har_kit': out += [a.name for a in node.names]
-        elif isinstance(node, ast.Import): out += [a.name.split('.')[1] for a in node.names if a.name.startswith('har_kit.')]
-    return out
+def _cell_imports(source, where='cell'):
+    "Kit modules a notebook cell imports (`_kit_imports` of its code, IPython's %/! lines left out)."
+    code = '\n'.join(l for l in source.splitlines() if not l.lstrip().startswith(('%', '!')))
+    return [mod for _, mod, _ in _kit_imports(where, code)]
 
 
 def test_notebook_cells_import_only_lower_numbered_notebooks():
@@ -96,7 +90,7 @@ def test_notebook_cells_import_only_lower_numbered_notebooks():
     for nb in sorted(NBS.glob('[0-9]*.ipynb')):
         for i, cell in enumerate(json.loads(nb.read_text(encoding='utf-8'))['cells']):
             if cell['cell_type'] != 'code': continue
-            for tgt in _cell_imports(''.join(cell['source'])):
+            for tgt in _cell_imports(''.join(cell['source']), f'{nb.name} cell {i}'):
                 if tgt in mods and _rank(mods[tgt]) > _rank(nb.stem) and (nb.stem, tgt) not in SECTION_RUN_IMPORTS:
                     bad.append(f'{nb.name} cell {i} imports har_kit.{tgt} ({mods[tgt]})')
     assert not bad, '\n'.join(bad)
