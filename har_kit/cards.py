@@ -142,7 +142,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
         ('architecture', 'self-mask after all four stages, 1x1 convs C -> C/4 -> C/4 -> 1, f x (1 + m); fusion of c3, c4, c5 '
                          'each reduced to 256 (1x1 conv + BN) and then re-sampled to c4 resolution, summed, two BasicBlocks; mask head 3x3 conv to 64, 1x1 to 1, f x '
-                         'sigma(M); two BasicBlocks after the masking; SRN attention 512 wide on the fused map (30_dahar)',
+                         'sigma(M); two BasicBlocks after the masking; SRN attention 512 wide on the fused map (30_dahar_model)',
          "the 52.4M parameters of Computational Complexity fix the widths and block kinds (the kit: 52.6M); the fusion's "
          'resolution is not counted: c4, as "the aliasing effect of up-sampling" needs a level to be up-sampled (c5 '
          'resolution would cost fewer FLOPs, nearer the reported 1.079 latency ratio)'),

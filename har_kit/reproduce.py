@@ -81,7 +81,7 @@ PROFILES = {
         # decoded cache with the papers' augmentation on the GPU (`pipeline='device'`, 16_pipeline)
         'dahar': dict(arch='resnet101', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=32, lr=0.003,
                       fig5=False, cache_mb=0, device='cuda', pipeline='device', **GPU_SPEED),
-        # MCA as the public code builds it (latent 128, c5 BN + ReLU only: 4.08M, align_corners=True), the reading 40_campar states
+        # MCA as the public code builds it (latent 128, c5 BN + ReLU only: 4.08M, align_corners=True), the reading 40_campar_model states
         'campar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=64, logit_bn=True, logit_bn_shared=True,
                        plateau_on='eval_loss', fusion_width=128, fusion_project_deepest=False, fusion_lr='backbone', fusion_align_corners=True,
                        cache_mb=0, device='cuda', pipeline='device', **GPU_SPEED),

@@ -91,7 +91,7 @@ _REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100
 
 def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=Paper(...)
                   ):
-    "Da-HAR's training protocol as its text states it, in `30_dahar`'s parameter names."
+    "Da-HAR's training protocol as its text states it, in `31_dahar`'s parameter names."
     return {'dahar': {
         'data_root': _REAL,
         'arch': Paper('resnet101', '"We utilize a ResNet-101 model ... pre-trained on the ImageNet dataset"'),
@@ -120,7 +120,7 @@ _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li e
 # %% ../nbs/61_results.ipynb #c017
 def campar_protocol(**extra   # per-table additions or overrides
                    ):
-    "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `40_campar`/`51_cfar` parameter names."
+    "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `41_campar`/`51_cfar` parameter names."
     train = {
         'data_root': _REAL,
         'arch': Paper('resnet50', '5.2: "we used ResNet50 as an encoder ... pre-trained on ImageNet"'),

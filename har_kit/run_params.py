@@ -25,7 +25,7 @@ def notebooks_dir():
         raise KitError('the section notebooks were not found: reinstall har_kit from a wheel or run from a clone')
     return Path(list(spec.submodule_search_locations)[0])
 
-def find_notebook(name):  # path, file name ('30_dahar.ipynb') or section name ('dahar')
+def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name ('dahar')
     "Resolve a notebook name to its path, or raise `KitError` listing the available notebooks."
     p = Path(name)
     if p.suffix == '.ipynb' and p.exists(): return p.resolve()

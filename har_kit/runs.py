@@ -715,7 +715,7 @@ def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
                                  '(papermill) into its run directory; its output is shown as it runs and kept in log.txt.')
-    ap.add_argument('notebook', nargs='?', help="path, file name or section name ('dahar', '30_dahar.ipynb')")
+    ap.add_argument('notebook', nargs='?', help="path, file name or section name ('dahar', '31_dahar.ipynb')")
     ap.add_argument('-h', '--help', action='store_true', help="show this help and, with NOTEBOOK, the notebook's parameters")
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'),
                     help='parameter to inject (repeatable); lists as a,b or [a, b]; wins over -f')
@@ -759,7 +759,7 @@ def cli(argv=None):  # arguments after `har-kit run`
 def params_cli(argv=None):  # arguments after `har-kit params`
     "`har-kit params NOTEBOOK`: the notebook's parameters as a commented YAML parameters file."
     ap = argparse.ArgumentParser(prog='har-kit params', description=params_cli.__doc__)
-    ap.add_argument('notebook', help="path, file name or section name ('campar', '40_campar.ipynb')")
+    ap.add_argument('notebook', help="path, file name or section name ('campar', '41_campar.ipynb')")
     a = ap.parse_args(argv)
     try: print(params_yaml(a.notebook), end='')
     except KitError as e: print(f'har-kit params: {e}', file=sys.stderr); return 2

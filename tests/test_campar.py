@@ -131,7 +131,7 @@ class _ToyRecipe(CamParRecipe):
     def train_config(self): return self.config.train_config(progress=False)
 
 
-@pytest.mark.parametrize('name', ['baseline', 'campar_fusion'])   # no CAM / no fusion, and both ('campar' trains in 40_campar's run)
+@pytest.mark.parametrize('name', ['baseline', 'campar_fusion'])   # no CAM / no fusion, and both ('campar' trains in 41_campar's run)
 def test_variant_trains_evaluates_and_reloads(name, tmp_path):
     test = _loader(_Toy(32, 5, 1), False)
     loaders = {'train': _loader(_Toy(64, 5, 0), True), 'test': test, 'test_masks': test}

@@ -72,12 +72,6 @@ def test_every_import_points_to_a_lower_numbered_notebook():
     assert not bad, '\n'.join(bad)
 
 
-# A method's section notebook runs its experiment with its training notebook's recipe: a run of `30_dahar` is a run
-# of `31_dahar_train`'s protocol. Every other notebook cell, exported or not, imports only lower-numbered notebooks,
-# so the notebooks read in order.
-SECTION_RUN_IMPORTS = {('30_dahar', 'dahar_train'), ('40_campar', 'campar_train')}
-
-
 def _cell_imports(source, where='cell'):
     "Kit modules a notebook cell imports (`_kit_imports` of its code, IPython's %/! lines left out)."
     code = '\n'.join(l for l in source.splitlines() if not l.lstrip().startswith(('%', '!')))
@@ -85,13 +79,14 @@ def _cell_imports(source, where='cell'):
 
 
 def test_notebook_cells_import_only_lower_numbered_notebooks():
+    "Every notebook cell, exported or not, imports only lower-numbered notebooks, so the notebooks read in order."
     import json
     mods, bad = _module_notebooks(), []
     for nb in sorted(NBS.glob('[0-9]*.ipynb')):
         for i, cell in enumerate(json.loads(nb.read_text(encoding='utf-8'))['cells']):
             if cell['cell_type'] != 'code': continue
             for tgt in _cell_imports(''.join(cell['source']), f'{nb.name} cell {i}'):
-                if tgt in mods and _rank(mods[tgt]) > _rank(nb.stem) and (nb.stem, tgt) not in SECTION_RUN_IMPORTS:
+                if tgt in mods and _rank(mods[tgt]) > _rank(nb.stem):
                     bad.append(f'{nb.name} cell {i} imports har_kit.{tgt} ({mods[tgt]})')
     assert not bad, '\n'.join(bad)
 

@@ -192,7 +192,7 @@ def test_every_subcommand_resolves_to_its_function():  # read from the sources: 
 def test_status_keeps_errors_raised_before_the_run_directory_existed(tmp_path, capsys):
     from har_kit.core import KitError
     runs = plan(['campar_t2'], 'quick', root=tmp_path)[:1]
-    def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 40_campar.ipynb")
+    def refused(r, dev): raise KitError("unknown parameter 'fusion_width' for notebook 41_campar.ipynb")
     st = save_status(runs, tmp_path, 'quick', execute(runs, run_fn=refused, progress=False)['failed'])
     assert st['runs'][0]['state'] == 'failed' and 'fusion_width' in st['runs'][0]['error']
     capsys.readouterr()
@@ -237,7 +237,7 @@ def test_run_directories_do_not_depend_on_tables_or_their_order(tmp_path):
 
 
 def test_paper_fusion_runs_build_the_public_codes_mca():
-    "Every +fusion run the paper profile plans builds MCA as 40_campar states the paper profile does: latent 128, c5 BN only (4.08M)."
+    "Every +fusion run the paper profile plans builds MCA as 40_campar_model states the paper profile does: latent 128, c5 BN only (4.08M)."
     from har_kit.campar import MCAFusion
     from har_kit.backbones import count_params
     from har_kit.reproduce import plan

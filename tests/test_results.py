@@ -331,10 +331,10 @@ def test_the_card_reads_the_defaults_a_run_recorded(tmp_path):
 
 
 def test_dahar_says_what_the_parameter_count_decides():
-    "30_dahar no longer lets the 45.4M/52.4M counts 'confirm' a placement two readings share; it says what they decide."
+    "30_dahar_model no longer lets the 45.4M/52.4M counts 'confirm' a placement two readings share; it says what they decide."
     import json
     from har_kit.core import repo_root
-    nb = json.loads((repo_root()/'nbs'/'30_dahar.ipynb').read_text())
+    nb = json.loads((repo_root()/'nbs'/'30_dahar_model.ipynb').read_text())
     md = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
     assert 'This reading is confirmed by the parameter count' not in md
     assert 'does not\ndecide *where* they sit' in md and 'it does not decide the placement or order of blocks' in md

@@ -138,7 +138,7 @@ def test_installed_wheel_runs_a_notebook_outside_the_clone(installed, tmp_path):
     m = json.loads((run/'metrics.json').read_text())
     assert m['x'] == 3 and m['repo'] is None and m['har_kit'].startswith(purelib)
     assert m['data'] == str(work/'har-kit-data') and m['outputs'] == str(work/'outputs')
-    assert m['dahar'] == str(Path(purelib)/'har_kit'/'notebooks'/'30_dahar.ipynb')
+    assert m['dahar'] == str(Path(purelib)/'har_kit'/'notebooks'/'31_dahar.ipynb')
     assert (run/'fig.png').exists() and (run/'done').exists() and f'done -> {run}' in r.stdout
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Round-trip a notebook through a plain-text "percent" view, so cells can be written in an editor.
 
-    python tools/nbpy.py to-py nbs/30_dahar.ipynb /tmp/30_dahar.py   # notebook -> text (outputs dropped)
-    python tools/nbpy.py to-nb /tmp/30_dahar.py nbs/30_dahar.ipynb   # text -> notebook (then run nbdev_clean)
+    python tools/nbpy.py to-py nbs/31_dahar.ipynb /tmp/31_dahar.py   # notebook -> text (outputs dropped)
+    python tools/nbpy.py to-nb /tmp/31_dahar.py nbs/31_dahar.ipynb   # text -> notebook (then run nbdev_clean)
 
 Text format: a cell starts with a line `# %%` (code), `# %% [markdown]` (markdown), optionally followed by
 ` tags=["parameters"]`. Markdown lines are written with a leading `# ` which is stripped on the way back.
