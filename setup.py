@@ -1,5 +1,5 @@
 "Packaging for har_kit: everything is read from settings.ini (nbdev 2 layout)."
-import json, subprocess
+import json, shutil, subprocess
 from configparser import ConfigParser
 from pathlib import Path
 import setuptools
@@ -20,8 +20,10 @@ packages = setuptools.find_packages(include=['har_kit', 'har_kit.*']) + ['har_ki
 HERE = Path(__file__).resolve().parent
 
 class BuildPy(build_py):
-    "build_py that also stamps the source commit into the built package (har_kit/BUILD_COMMIT): runs of a wheel name it."
+    "build_py that copies the package afresh and stamps the source commit into it (har_kit/BUILD_COMMIT): runs of a wheel name it."
     def run(self):
+        if not (getattr(self, 'editable_mode', False) or self.dry_run):   # a notebook or module renamed or deleted since
+            shutil.rmtree(Path(self.build_lib)/'har_kit', ignore_errors=True)   # an earlier build must not ship from build/
         super().run()
         if getattr(self, 'editable_mode', False) or self.dry_run: return   # an editable install is the clone: runs read git
         def git(*args):

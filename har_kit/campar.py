@@ -217,7 +217,7 @@ class CamParLoss(nn.Module):
                  for k in ('shared', 'specific') if 'logits_' + k in out}
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/40_campar_model.ipynb #c043
+# %% ../nbs/40_campar_model.ipynb #c042
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -233,7 +233,7 @@ def attribute_angles(model: CamParNet,     # a trained `CamParNet`
     theta = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
     return torch.where(gn > 0, theta, torch.full_like(theta, float('nan')))
 
-# %% ../nbs/40_campar_model.ipynb #c044
+# %% ../nbs/40_campar_model.ipynb #c043
 @torch.no_grad()
 def positive_angles(model: CamParNet,  # a trained `CamParNet`
                     loader,            # test loader yielding {'image', 'labels'}, single-crop
@@ -251,7 +251,7 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))
 
-# %% ../nbs/40_campar_model.ipynb #c047
+# %% ../nbs/40_campar_model.ipynb #c046
 def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees (e.g. {'baseline': ..., 'campar': ...})
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
@@ -270,7 +270,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/40_campar_model.ipynb #c051
+# %% ../nbs/40_campar_model.ipynb #c050
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):
@@ -278,7 +278,7 @@ def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     kw = dict(model.build_params)
     return dict(name=kw.pop('variant'), **kw, weights=None)
 
-# %% ../nbs/40_campar_model.ipynb #c052
+# %% ../nbs/40_campar_model.ipynb #c051
 def campar_model_file(model: CamParNet,          # a trained model from `campar_variant`
                       attributes,                # attribute names, in output order
                       input_size,                # network input (height, width)

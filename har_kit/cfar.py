@@ -30,7 +30,7 @@ __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'sy
            'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'CFARRecipe',
            'check_phase1_run', 'plot_dictionary']
 
-# %% ../nbs/51_cfar.ipynb #c008
+# %% ../nbs/51_cfar.ipynb #c006
 @dataclasses.dataclass
 class AttributeSetDictionary:
     "Fig. 6: prototype keys (K, M) in confidence space and values (K, D), the mean image factor of each key's cluster."
@@ -46,7 +46,7 @@ class AttributeSetDictionary:
         d = (r ** 2).sum(1, keepdims=True) - 2 * r @ self.keys.T + (self.keys ** 2).sum(1)
         return d.argmin(1)
 
-# %% ../nbs/51_cfar.ipynb #c009
+# %% ../nbs/51_cfar.ipynb #c007
 def build_dictionary(r,                  # (N, M) training confidences
                      x_f,                # (N, D) their image factors (Eq. 18)
                      n_prototypes=16,    # K
@@ -69,14 +69,14 @@ def build_dictionary(r,                  # (N, M) training confidences
         d.values[k] = x_f[m].mean(0) if m.any() else x_f.mean(0)
     return d
 
-# %% ../nbs/51_cfar.ipynb #c012
+# %% ../nbs/51_cfar.ipynb #c010
 def infer_confidence(dictionary,  # an `AttributeSetDictionary`
                      y_f,         # (M, D) attribute factors
                      r):          # (N, M) confidences
     "Eq. 19, read with pv_k: r_hat_ij = pv_k(i)^T y_f_j, k(i) the nearest key of sample i."
     return dictionary.values[dictionary.nearest(r)] @ np.asarray(y_f, np.float64).T
 
-# %% ../nbs/51_cfar.ipynb #c015
+# %% ../nbs/51_cfar.ipynb #c013
 def synthetic_phase1(n=2000,            # samples
                      num_attributes=12,  # attributes M
                      n_sets=6,           # prototype attribute sets
@@ -90,7 +90,7 @@ def synthetic_phase1(n=2000,            # samples
     logits = 2. * (2 * labels - 1) + rng.normal(size=labels.shape) * np.linspace(noise[0], noise[1], num_attributes)
     return logits.astype(np.float32), labels
 
-# %% ../nbs/51_cfar.ipynb #c018
+# %% ../nbs/51_cfar.ipynb #c016
 class CFARHead(nn.Module):
     "Eq. 20's fc_2: one linear layer on concat(r_hat, l_specific) -> M final logits."
     def __init__(self, num_attributes: int,  # M
@@ -107,19 +107,19 @@ class CFARHead(nn.Module):
                 l_specific):  # (N, M) frozen phase-1 logits
         return self.fc2(torch.cat([r_hat, l_specific], 1))
 
-# %% ../nbs/51_cfar.ipynb #c021
+# %% ../nbs/51_cfar.ipynb #c019
 class _Phase2Net(nn.Module):
     "The engine's view of fc_2: a batch 'image' is the row concat(r_hat, l_specific)."
     def __init__(self, head): super().__init__(); self.head = head
     def forward(self, x): return {'logits': self.head.fc2(x)}
 
-# %% ../nbs/51_cfar.ipynb #c022
+# %% ../nbs/51_cfar.ipynb #c020
 class _Rows(torch.utils.data.Dataset):
     def __init__(self, x, y): self.x, self.y = x, y
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return {'image': self.x[i], 'labels': self.y[i], 'index': i}
 
-# %% ../nbs/51_cfar.ipynb #c023
+# %% ../nbs/51_cfar.ipynb #c021
 def phase2_rows(r_hat,             # (N, M) Eq. 19 confidences
                 l_specific,        # (N, M) frozen phase-1 logits
                 labels,            # (N, M) labels (-1 unspecified)
@@ -153,7 +153,7 @@ def phase2_ratio(labels,   # (N, M) labels fc_2 is fitted on
     "Loss_2's r_j: the positive ratios of the fitted rows (`losses.pos_ratio`) when `config.sample_weighting`, else None."
     return losses.pos_ratio(labels, config.ignore_unspecified) if config.sample_weighting else None
 
-# %% ../nbs/51_cfar.ipynb #c024
+# %% ../nbs/51_cfar.ipynb #c022
 def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
                  l_specific,                 # (N, M) frozen phase-1 logits
                  labels,                     # (N, M) labels (-1 unspecified)
@@ -174,7 +174,7 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
         history = fit(_Phase2Net(head), loss2(ignore_unspecified, pos_ratio), loader, phase2_config(epochs, lr, seed, progress=progress), tmp, params=params)
     return head.cpu().eval(), [h['loss'] for h in history]
 
-# %% ../nbs/51_cfar.ipynb #c027
+# %% ../nbs/51_cfar.ipynb #c025
 @dataclasses.dataclass
 class CFARConfig:
     "CFAR hyperparameters (the thesis gives none; defaults from our search on synthetic phase-1 outputs)."
@@ -196,7 +196,7 @@ class CFARConfig:
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/51_cfar.ipynb #c032
+# %% ../nbs/51_cfar.ipynb #c030
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -241,7 +241,7 @@ class CFAR:
             raise KitError(f'{where}: keys {d.keys.shape}, values {d.values.shape} and y_f {arr["y_f"].shape} do not fit together')
         return cls(config, arr['y_f'], d, head.eval(), dict(s.get('info', {})))
 
-# %% ../nbs/51_cfar.ipynb #c033
+# %% ../nbs/51_cfar.ipynb #c031
 def _plain_info(info):  # fit information: numbers, lists, strings
     "The fit information as plain Python values (numpy scalars and arrays converted)."
     if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
@@ -249,7 +249,7 @@ def _plain_info(info):  # fit information: numbers, lists, strings
     if isinstance(info, np.generic): return info.item()
     return info
 
-# %% ../nbs/51_cfar.ipynb #c036
+# %% ../nbs/51_cfar.ipynb #c034
 def fit_dictionary(l_specific,           # (N, M) frozen phase-1 logits of the training images
                    config: CFARConfig):  # hyperparameters
     "Phase 2's fixed part: factors (Eq. 17-18), dictionary (Fig. 6) and r_hat (Eq. 19; zeros for the control): (factors, dictionary, r_hat)."
@@ -264,7 +264,7 @@ def _fitted(c, lf, d, head, phase2_loss):  # config, factors, dictionary, traine
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=phase2_loss)
     return CFAR(c, lf.y_f, d, head.cpu().eval(), info)
 
-# %% ../nbs/51_cfar.ipynb #c037
+# %% ../nbs/51_cfar.ipynb #c035
 def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
              labels,                   # (N, M) their labels (-1 unspecified)
              config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
@@ -276,7 +276,7 @@ def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the tra
                                 c.ignore_unspecified, phase2_ratio(labels, c), params=dataclasses.asdict(c))
     return _fitted(c, lf, d, head, losses)
 
-# %% ../nbs/51_cfar.ipynb #c043
+# %% ../nbs/51_cfar.ipynb #c042
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -296,12 +296,12 @@ class CFARPredictor(nn.Module):
         else: r_hat = torch.zeros_like(r)
         return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
 
-# %% ../nbs/51_cfar.ipynb #c044
+# %% ../nbs/51_cfar.ipynb #c043
 def cfar_extra(cfar: CFAR):  # a fitted CFAR
     "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
     return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
 
-# %% ../nbs/51_cfar.ipynb #c045
+# %% ../nbs/51_cfar.ipynb #c044
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)
@@ -309,7 +309,7 @@ def cfar_predictor(model,   # the rebuilt phase-1 network
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 
-# %% ../nbs/51_cfar.ipynb #c050
+# %% ../nbs/51_cfar.ipynb #c049
 @torch.inference_mode()
 def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    loader,          # DataLoader of dict batches
@@ -326,7 +326,7 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/51_cfar.ipynb #c053
+# %% ../nbs/51_cfar.ipynb #c052
 @dataclasses.dataclass
 class CFARRunConfig(RunConfig):
     "One CFAR run's parameters as one value: `51_cfar`'s `parameters` cell (same names, same defaults), checked."
@@ -374,7 +374,7 @@ class CFARRunConfig(RunConfig):
                           sample_weighting=self.sample_weighting,
                           use_r_hat=use_r_hat)
 
-# %% ../nbs/51_cfar.ipynb #c054
+# %% ../nbs/51_cfar.ipynb #c053
 class CFARRecipe(Recipe):
     "CFAR's phase 2 for `har_kit.model_file.train_variant`: on cached phase-1 outputs, fc_2 trained, phase 1 + CFAR saved and scored."
     def __init__(self, config: CFARRunConfig,  # the run's parameters
@@ -402,7 +402,7 @@ class CFARRecipe(Recipe):
         c, r_hat, tr = self._parts[variant][0], self._parts[variant][3], self.outputs['train']
         return {'train': phase2_rows(r_hat, tr['l_specific'], tr['labels'], c.batch_size)}
 
-# %% ../nbs/51_cfar.ipynb #c055
+# %% ../nbs/51_cfar.ipynb #c054
 @patch
 def model_file(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its name; its loaders; training facts
     "`save_model`'s arguments: phase 1 (`campar_model_file`) with the fitted CFAR's state in `extra`."
@@ -422,7 +422,7 @@ def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its
                                  als_converged=info['als_converged'], als_tol=c.als_tol,
                                  never_positive=[names[j] for j in info['never_positive']]))
 
-# %% ../nbs/51_cfar.ipynb #c058
+# %% ../nbs/51_cfar.ipynb #c057
 def check_phase1_run(campar_run,   # a `har-kit run campar` directory
                      **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`)
     "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given: it trained on other data."
@@ -440,7 +440,7 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
                        'images may be in this test split; pass the CAM-PAR run of the same dataset, data_root, partition and '
                        'scale, or score that run\'s data: ' + ' '.join(f'-p {k} {"null" if v is None else shlex.quote(str(v))}' for k, v in its))
 
-# %% ../nbs/51_cfar.ipynb #c064
+# %% ../nbs/51_cfar.ipynb #c063
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

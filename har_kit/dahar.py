@@ -31,7 +31,7 @@ def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
     return module
 
-# %% ../nbs/30_dahar_model.ipynb #c006
+# %% ../nbs/30_dahar_model.ipynb #c008
 BLOCKS = ('basic', 'bottleneck')  # the residual block of the fusion and masked attention blocks
 
 def _residual_block(channels,        # width in and out
@@ -41,14 +41,14 @@ def _residual_block(channels,        # width in and out
     if kind == 'bottleneck' and channels % Bottleneck.expansion == 0: return Bottleneck(channels, channels // Bottleneck.expansion)
     return BasicBlock(channels, channels)
 
-# %% ../nbs/30_dahar_model.ipynb #c007
+# %% ../nbs/30_dahar_model.ipynb #c009
 def _reweight(x, m, mode):  # features; mask in [0, 1] broadcastable to x; 'residual' or 'multiply'
     "Apply a saliency mask: x * (1 + m) (residual attention) or x * m."
     if mode == 'residual': return x * (1 + m)
     if mode == 'multiply': return x * m
     raise KitError(f"mask mode must be 'residual' (x*(1+m)) or 'multiply' (x*m), got {mode!r}")
 
-# %% ../nbs/30_dahar_model.ipynb #c010
+# %% ../nbs/30_dahar_model.ipynb #c012
 class SelfMaskBlock(nn.Module):
     "Coarse step (Fig. 3, yellow): a bottleneck of three 1x1 convs predicts a spatial saliency mask that re-weights the features."
     def __init__(self, channels: int,       # width of the stage output it follows
@@ -68,7 +68,7 @@ class SelfMaskBlock(nn.Module):
         m = torch.sigmoid(self.mask(x))
         return _reweight(x, m, self.mode), m
 
-# %% ../nbs/30_dahar_model.ipynb #c015
+# %% ../nbs/30_dahar_model.ipynb #c017
 class FusionBlock(nn.Module):
     "Multi-level aggregation: per-level 1x1 conv reduction, re-sampling to one level's resolution, sum, stacked residual blocks."
     def __init__(self, in_channels: list,   # widths of the fused levels, e.g. [c3, c4, c5]
@@ -97,9 +97,9 @@ class FusionBlock(nn.Module):
             out = f if out is None else out + f   # the first level starts the sum: no kernel adds it to 0
         return self.blocks(F.relu(out))
 
-# %% ../nbs/30_dahar_model.ipynb #c019
+# %% ../nbs/30_dahar_model.ipynb #c021
 class ConfidenceAttention(nn.Module):
-    "SRN's confidence-weighted attention without spatial regularisation: softmax attention x sigmoid confidence pools per-position scores."
+    "Our reading of SRN's confidence-weighted attention without spatial regularisation: softmax attention x sigmoid confidence pools per-position scores."
     def __init__(self, in_channels: int,    # width of the attended features
                  num_attributes: int,       # C attributes
                  hidden: int = 512):        # attention estimator width (SRN: 512)
@@ -120,7 +120,7 @@ class ConfidenceAttention(nn.Module):
         z = F.conv2d(x, self.classifier.weight)
         return (a * s * z).flatten(2).sum(-1) + self.classifier.bias, a, s
 
-# %% ../nbs/30_dahar_model.ipynb #c024
+# %% ../nbs/30_dahar_model.ipynb #c026
 class MaskedAttentionBlock(nn.Module):
     "Fine step (Fig. 3, green + red): mask branch -> masked features -> two residual blocks -> confidence-weighted attention."
     def __init__(self, in_channels: int,    # width of the fused (or c4) features
@@ -149,7 +149,7 @@ class MaskedAttentionBlock(nn.Module):
         logits, a, s = self.attention(self.blocks(_reweight(x, torch.sigmoid(mask_logits), self.mode)))
         return logits, a, s, mask_logits
 
-# %% ../nbs/30_dahar_model.ipynb #c028
+# %% ../nbs/30_dahar_model.ipynb #c030
 class DaHar(nn.Module):
     "Da-HAR (Fig. 3): backbone with optional self-mask blocks + GAP/fc (main), optional fusion + optional masked attention + SRN attention (side); logits averaged."
     def __init__(self, backbone: nn.Module,               # har_kit.backbones.ResNetTaps (.stem, .stages, .channels)
@@ -210,7 +210,7 @@ class DaHar(nn.Module):
         if len(side) == 4: out['mask_logits'] = side[3]
         return out
 
-# %% ../nbs/30_dahar_model.ipynb #c029
+# %% ../nbs/30_dahar_model.ipynb #c031
 READINGS = {  # the widths the paper leaves open: reading -> DaHar arguments (see "How big is Da-HAR?")
     'paper':      dict(block='basic', self_mask_after=(0, 1, 2, 3), reduce_side=True),    # matches 52.4M (default)
     'bottleneck': dict(block='bottleneck', self_mask_after=(0, 1, 2), reduce_side=False), # the alternative reading weighed below
@@ -239,7 +239,7 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
     if reading not in READINGS: raise KitError(f'reading={reading!r}: choose one of {", ".join(READINGS)}')
     return DaHar(resnet_taps(arch, weights=weights), num_attributes, **{**READINGS[reading], **flags, **kwargs})
 
-# %% ../nbs/30_dahar_model.ipynb #c035
+# %% ../nbs/30_dahar_model.ipynb #c037
 PAPER_PARAMS_M = {'baseline': 45.4, 'dahar': 52.4}  # Computational Complexity Analysis (ResNet-101, 14 attributes)
 
 def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
@@ -249,7 +249,7 @@ def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
     with torch.device('meta'):
         return {r: {v: count_params(dahar_variant(v, num_attributes, arch, reading=r)) / 1e6 for v in names} for r in READINGS}
 
-# %% ../nbs/30_dahar_model.ipynb #c039
+# %% ../nbs/30_dahar_model.ipynb #c041
 LOSSES = ('bce', 'weighted', 'mixed')
 
 class DaHarLoss(nn.Module):

@@ -175,7 +175,8 @@ def table_rows(table: Table,   # the table
     all_modes = {k[2] for k in cells if len(k) == 3 and k[2] != 'missing'}
     labels = {r.key: r.label for r in table.rows}
     for row in table.rows:
-        if with_reported: out.append([row.label, 'reported', *[_fmt(row.reported.get(c)) for c in table.columns]])
+        reported = with_reported and bool(row.reported)   # a row the kit adds (a control) has no reported line, no Δ
+        if reported: out.append([row.label, 'reported', *[_fmt(row.reported.get(c)) for c in table.columns]])
         if not row_runs(row): continue
         for mode in _row_modes(table, row, cells) or [None]:
             ours, delta, vs = [], [], []
@@ -200,7 +201,7 @@ def table_rows(table: Table,   # the table
             if mode and any(m.startswith(f'{mode}, partition ') for m in all_modes): tag += ", mean over partitions: the kit's addition"
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
                         f'{_left_out_note(cells, keys, table.columns)}', *ours])
-            if with_reported: out.append([row.label, f'Δ{tag}', *delta])
+            if reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
 

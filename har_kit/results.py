@@ -243,8 +243,8 @@ def _campar(variant, dataset):  # one CAM-PAR model, from the run that trains it
 _RAP5C = dict(partition=Paper([0], "[15]'s code, which the thesis's training defers to, reads RAP partition 0 only "
                                    "(dataset/pedes.py in 2020, dataset/pedes_attr/pedes.py in 2021: "
                                    "'default partition 0'); the thesis names none", datasets=('rap',), across=True))
-def _cfar(dataset):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
-    return spec('cfar', 'campar_fusion_cfar', needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
+def _cfar(dataset, variant='campar_fusion_cfar'):  # one CFAR run scores phase 1, +CFAR and the fc_2-without-r_hat control on the same frozen network
+    return spec('cfar', variant, needs={'campar_run': _campar('campar_fusion', dataset)}, dataset=dataset,
                 phase1_variant='campar_fusion', variants=['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])
 
 def _two(variant_fn, f1='f1'):   # f1: the metric of the F1 columns ('f1_mean_instance' where the paper quotes [15])
@@ -300,8 +300,10 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
     Row('campar', '+ CAM-PAR', _reported(_C2_COLS, [79.54, 79.04]), _campar('campar', 'rap'), _C2_METRICS),
     Row('campar_fusion', '+ CAM-PAR + fusion', _reported(_C2_COLS, [81.18, 79.18]), _campar('campar_fusion', 'rap'), _C2_METRICS),
     Row('campar_fusion_cfar', '+ CAM-PAR + fusion + CFAR', _reported(_C2_COLS, [82.08, 79.48]), _cfar('rap'), _C2_METRICS),
+    Row('campar_fusion_fc2', "+ CAM-PAR + fusion + fc_2 without r_hat (the kit's control)", {}, _cfar('rap', 'campar_fusion_fc2'), _C2_METRICS,
+        note="CFAR's phase 2 with zeros in place of r_hat, fitted in the same run on the same frozen phase 1"),
 ], conventions='threshold: p >= 0.5 is positive; ' + _F1_15.replace('Baseline [15] rows', "baseline row ([15]'s numbers)"),
-   protocol=campar_protocol(**_RAP5C), compare={k: 'baseline' for k in ('fusion', 'campar', 'campar_fusion', 'campar_fusion_cfar')})
+   protocol=campar_protocol(**_RAP5C), compare={**{k: 'baseline' for k in ('fusion', 'campar', 'campar_fusion', 'campar_fusion_cfar')}, 'campar_fusion_fc2': 'campar_fusion_cfar'})
 
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it

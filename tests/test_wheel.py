@@ -82,11 +82,15 @@ def test_runtime_imports_are_runtime_requirements():
 
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):
-    d = tmp_path_factory.mktemp('wheel')
+    "The wheel built from this checkout; a notebook left in setuptools' build folder by an earlier build does not ship."
+    d, stale = tmp_path_factory.mktemp('wheel'), ROOT/'build'/'lib'/'har_kit'/'notebooks'/'98_renamed_since.ipynb'
+    stale.parent.mkdir(parents=True, exist_ok=True); stale.write_text('{}')
     r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(d), str(ROOT)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    return next(d.glob('har_kit-*.whl'))
+    whl = next(d.glob('har_kit-*.whl'))
+    assert not stale.exists() and not [n for n in zipfile.ZipFile(whl).namelist() if stale.name in n]
+    return whl
 
 
 def test_wheel_declares_the_notebook_runtime(wheel):
