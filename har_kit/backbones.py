@@ -4,18 +4,18 @@
 
 # %% ../nbs/03_backbones.ipynb #c002
 from __future__ import annotations
-import functools, hashlib, os
+import functools, hashlib
 from pathlib import Path
 import torch
 from torch import nn
 import torchvision
 from torchvision.models import resnet as tvr
 
-from .core import KitError
+from .core import KitError, is_weights_file
 
 # %% auto #0
-__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'is_weights_file',
-           'load_weights_file', 'check_arch', 'resnet_taps', 'count_params', 'bilinear_matrix', 'resize_bilinear']
+__all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'load_weights_file',
+           'check_arch', 'resnet_taps', 'count_params', 'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/03_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -87,11 +87,6 @@ def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
                    f'{", ".join(enum.__members__)} (the papers\' code loaded torchvision\'s original "IMAGENET1K_V1")')
 
 # %% ../nbs/03_backbones.ipynb #c014
-def is_weights_file(weights):  # a `weights` argument
-    "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
-    return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))
-
-# %% ../nbs/03_backbones.ipynb #c015
 def load_weights_file(net: nn.Module,  # a torchvision model built with weights=None
                       path,            # its state dict on disk (a checkpoint's 'state_dict' / 'model' entry also works)
                       arch: str):      # the arch, for messages
@@ -105,7 +100,7 @@ def load_weights_file(net: nn.Module,  # a torchvision model built with weights=
     except Exception as e: raise KitError(f"{p}: its tensors do not fit torchvision's {arch} ({str(e)[:300]}); pass the {arch} weights file") from None
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
-# %% ../nbs/03_backbones.ipynb #c016
+# %% ../nbs/03_backbones.ipynb #c015
 def _fetch(arch, w):  # torchvision's model with weights `w` (an enum member or None), downloaded if need be
     try: return torchvision.models.get_model(arch, weights=w)
     except Exception as e:
@@ -114,14 +109,14 @@ def _fetch(arch, w):  # torchvision's model with weights `w` (an enum member or 
         raise KitError(f'could not fetch {w.url} ({type(e).__name__}: {str(e)[:200]}): download that file on a machine with '
                        f'internet and put it in {hub}/ (TORCH_HOME moves that folder), or pass weights=PATH to the file') from None
 
-# %% ../nbs/03_backbones.ipynb #c017
+# %% ../nbs/03_backbones.ipynb #c016
 def check_arch(arch): # a backbone name
     "`arch` when `resnet_taps` builds it, else the KitError that names the ones it builds (what a run config checks first)."
     if arch not in TORCHVISION_ARCHES and arch not in SMALL_ARCHES:
         raise KitError(f'unknown arch {arch!r}: choose one of {", ".join(TORCHVISION_ARCHES + tuple(SMALL_ARCHES))}')
     return arch
 
-# %% ../nbs/03_backbones.ipynb #c018
+# %% ../nbs/03_backbones.ipynb #c017
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
                 weights=None,            # None, 'DEFAULT', a torchvision weights name ('IMAGENET1K_V1') or a local .pth file
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
@@ -146,12 +141,12 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
     taps.weights_sha256 = sha
     return taps
 
-# %% ../nbs/03_backbones.ipynb #c020
+# %% ../nbs/03_backbones.ipynb #c019
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/03_backbones.ipynb #c034
+# %% ../nbs/03_backbones.ipynb #c033
 import torch.nn.functional as F
 from typing import List, Optional
 
@@ -171,13 +166,13 @@ def bilinear_matrix(n_in: int,                           # source length
     m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
-# %% ../nbs/03_backbones.ipynb #c035
+# %% ../nbs/03_backbones.ipynb #c034
 @functools.lru_cache(maxsize=64)
 def _bilinear_matrix_cached(n_in, n_out, device, dtype, align_corners=False):
     with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
         return bilinear_matrix(n_in, n_out, device, dtype, align_corners)
 
-# %% ../nbs/03_backbones.ipynb #c036
+# %% ../nbs/03_backbones.ipynb #c035
 def resize_bilinear(x: torch.Tensor,               # (N, C, H, W) feature maps
                     size: List[int],              # (H_out, W_out)
                     align_corners: bool = False): # as F.interpolate's

@@ -213,11 +213,14 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
                    cfg,          # the TrainConfig of this run
                    params,       # this run's own parameters (JSON-able dict) or None
                    path):        # the checkpoint's file, for the message
-    "Refuse a checkpoint written with another config or other run parameters."
+    "Refuse a checkpoint written with another config or other run parameters, or past this run's last epoch."
     saved, fix = ck.get('config', {}), 'use a new run_dir, or set resume=False to start over (har-kit run: --force moves the old run aside)'
     diff = [f'{k}: {saved[k]!r} -> {v!r}' for k, v in cfg.to_dict().items()
             if k in saved and k not in _RESUME_FREE and saved[k] != v]
     if diff: raise KitError(f'{path} was written with another config ({", ".join(diff)}): {fix}')
+    if (ck.get('epoch') or 0) > cfg.epochs:   # epochs may grow on resume, never shrink: the later weights would be returned
+        raise KitError(f'{path} holds epoch {ck["epoch"]}, past this run\'s epochs={cfg.epochs}: a shorter schedule cannot resume a '
+                       f'longer one; train epochs >= {ck["epoch"]} here, or {fix}')
     old, new, absent = _canon(ck.get('params')), _canon(params), '<absent>'
     diff = [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}' for k in sorted(set(old) | set(new))
             if old.get(k, absent) != new.get(k, absent) and not (k in LATER_PARAMS and k not in old)]

@@ -77,6 +77,9 @@ def check_destination(out,            # the file to write
         raise KitError(f'--out {out} is the model file being exported: choose another file (the model would be lost)')
     if out.is_dir():
         raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/("model" + EXPORT_SUFFIX.get(format, ".onnx"))}')
+    other = [f for f, suffix in EXPORT_SUFFIX.items() if f != format and out.name.endswith(suffix)]
+    if other: raise KitError(f'--out {out} names a {other[0]} file, but --format {format} writes {format}: name it '
+                             f'{out.name[:-len(EXPORT_SUFFIX[other[0]])] + EXPORT_SUFFIX.get(format, ".onnx")}, or pass --format {other[0]}')
     check_writable([out, out.with_name(out.name + '.json')], force)
     return out
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, data_root, save_json
 from .matfile import mat_cell, save_mat
@@ -291,10 +291,17 @@ def image_problem(path):  # image file
     return None
 
 # %% ../nbs/02_formats.ipynb #c053
-def load_rgb(path):  # image file
-    "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits, float images refused; `KitError` naming the file."
+def load_rgb(path,           # image file
+             orient=False):  # True: turn the pixels as the file's EXIF orientation says (a photo as viewers show it); datasets' boxes refer to the stored pixels
+    "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits; float and transparent images refused; `KitError` naming the file."
     try:
         with Image.open(path) as im:
+            if orient: im = ImageOps.exif_transpose(im)
+            if 'A' in im.getbands() or 'transparency' in im.info:   # an alpha channel: RGB alone would show what it hides
+                alpha = np.asarray(im.convert('RGBA'))[..., 3]
+                if (alpha < 255).any():
+                    raise KitError(f'{path}: {(alpha < 255).mean():.0%} of its pixels are transparent; flatten it onto the background '
+                                   'you mean (e.g. PIL: Image.alpha_composite(white, img).convert("RGB")) and pass that file')
             if im.mode in _REFUSED: raise KitError(f'{path}: mode {im.mode} (floating-point pixels) is not supported; convert it to 8-bit RGB')
             if im.mode in _SIXTEEN:
                 a = np.asarray(im, dtype=np.int64)
@@ -304,22 +311,25 @@ def load_rgb(path):  # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #c057
-def collect_images(specs):  # file paths, folders and glob patterns
-    "Expand files, folders (recursively) and globs into a sorted, de-duplicated list of image paths."
-    out = []
+# %% ../nbs/02_formats.ipynb #c059
+def collect_images(specs,       # file paths, folders and glob patterns
+                   exclude=()):  # folders whose images folder and pattern expansions leave out (e.g. the output folder)
+    "Expand files, folders (recursively) and globs into a sorted list of image paths, each file once (by its resolved path)."
+    skip = [Path(d).resolve() for d in exclude]
+    kept = lambda f: not any(f.resolve().is_relative_to(d) for d in skip)
+    out = {}
     for spec in [specs] if isinstance(specs, (str, Path)) else specs:
         p = Path(spec)
         if p.is_file(): found = [p]
-        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and kept(f))
         elif any(c in str(spec) for c in '*?['):
-            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES and kept(Path(f)))
         else: raise KitError(f'{spec}: no such image file or folder')
         if not found: raise KitError(f'{spec}: matches no image ({", ".join(IMAGE_SUFFIXES)})')
-        out += found
-    return list(dict.fromkeys(out))
+        for f in found: out.setdefault(f.resolve(), f)
+    return list(out.values())
 
-# %% ../nbs/02_formats.ipynb #c058
+# %% ../nbs/02_formats.ipynb #c060
 def check_images(paths):  # image files
     "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
     bad = []
@@ -331,7 +341,7 @@ def check_images(paths):  # image files
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
     return list(paths)
 
-# %% ../nbs/02_formats.ipynb #c061
+# %% ../nbs/02_formats.ipynb #c063
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -341,7 +351,7 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c062
+# %% ../nbs/02_formats.ipynb #c064
 def load_grey(path):  # a mask (or any image) file
     "The image as a uint8 (H, W) grey array, 16-bit scaled to 8 bits like `load_rgb`: what masks are read with."
     try:
@@ -352,7 +362,7 @@ def load_grey(path):  # a mask (or any image) file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
 
-# %% ../nbs/02_formats.ipynb #c067
+# %% ../nbs/02_formats.ipynb #c069
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -366,10 +376,10 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
-# %% ../nbs/02_formats.ipynb #c068
+# %% ../nbs/02_formats.ipynb #c070
 RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
 
-# %% ../nbs/02_formats.ipynb #c069
+# %% ../nbs/02_formats.ipynb #c071
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -382,7 +392,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #c070
+# %% ../nbs/02_formats.ipynb #c072
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -395,7 +405,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #c072
+# %% ../nbs/02_formats.ipynb #c074
 def csv_records(text,   # the whole CSV, decoded
                 where): # the file, for messages
     "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
@@ -409,7 +419,7 @@ def csv_records(text,   # the whole CSV, decoded
         raise KitError(f'{where}: line {start}: {hint}') from None
     return out
 
-# %% ../nbs/02_formats.ipynb #c075
+# %% ../nbs/02_formats.ipynb #c077
 def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
                         rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
                         where):      # the file it is for, for messages
@@ -427,7 +437,7 @@ def csv_annotation_text(attributes,  # C attribute names (the columns after imag
         raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
     return buf.getvalue()
 
-# %% ../nbs/02_formats.ipynb #c076
+# %% ../nbs/02_formats.ipynb #c078
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -436,7 +446,7 @@ def write_csv_annotation(path,        # labels.csv to write
     with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c083
+# %% ../nbs/02_formats.ipynb #c085
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -450,7 +460,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c084
+# %% ../nbs/02_formats.ipynb #c086
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -462,7 +472,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c085
+# %% ../nbs/02_formats.ipynb #c087
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -481,7 +491,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c087
+# %% ../nbs/02_formats.ipynb #c089
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

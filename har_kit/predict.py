@@ -110,8 +110,8 @@ def array_rgb(image,               # an in-memory image (numpy array, or anythin
         raise KitError(f'{what}: expected an image array (H, W, 3) RGB or (H, W) greyscale, uint8 0..255; '
                        'or pass the image file')
     if a.ndim == 3 and a.shape[2] == 4:
-        raise KitError(f'{what}: 4 channels (RGBA?) are not taken from an array: drop the alpha channel '
-                       '(`img[..., :3]`) or pass the image file (its mode says how to convert it)')
+        raise KitError(f'{what}: 4 channels (RGBA?) are not taken from an array: flatten it onto the background you mean '
+                       '(or drop an opaque alpha channel: `img[..., :3]`)')
     if a.dtype != np.uint8:
         raise KitError(f'{what}: expected uint8 pixels 0..255, not {a.dtype} (never cast silently: a float image in [0, 1] '
                        'cast to uint8 is black); convert it, e.g. `(x * 255).round().astype(np.uint8)` for floats in [0, 1], '
@@ -154,7 +154,7 @@ class _Images(torch.utils.data.Dataset):
     "Image files, read and preprocessed for one model, for a `DataLoader`."
     def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
     def __len__(self): return len(self.paths)
-    def __getitem__(self, i): return preprocess(load_rgb(self.paths[i]), self.size, self.mean, self.std)
+    def __getitem__(self, i): return preprocess(load_rgb(self.paths[i], orient=True), self.size, self.mean, self.std)
 
 class Predictor:
     "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
@@ -184,7 +184,7 @@ class Predictor:
     def tensor(self, images):  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)
         "The preprocessed batch (N, 3, h, w)."
         lm = self.loaded
-        return torch.stack([preprocess(load_rgb(i) if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]'),
+        return torch.stack([preprocess(load_rgb(i, orient=True) if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]'),
                                        lm.input_size, lm.mean, lm.std) for k, i in enumerate(images)])
 
 # %% ../nbs/81_predict.ipynb #c023
@@ -318,14 +318,15 @@ def cli(argv=None):  # arguments after `har-kit predict`
         out, threads = check_out_dir(a.out, a.force), kit_threads(a.threads)
         with torch_threads(threads):   # the whole command, explanations included
             pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)
-            records = pred.predict(a.images, progress=not a.quiet)
+            images = check_images(collect_images(a.images, exclude=[out]))   # once, for both: never this command's own outputs
+            records = pred.predict(images, progress=not a.quiet)
             if not a.quiet:
                 for r in records: print(format_record(r, a.top))
             if a.force: clear_previous(out)   # every check passed and every image scored: the earlier run's outputs go
             csv_path, json_path = write_predictions(records, pred, out)
             print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
             if a.explain:
-                pngs = explain(pred, a.images, out/EXPLAIN_DIR, a.max_attributes, progress=not a.quiet)
+                pngs = explain(pred, images, out/EXPLAIN_DIR, a.max_attributes, progress=not a.quiet)
                 print(f'explanations: {len(pngs)} figures in {out/EXPLAIN_DIR}')
     except KitError as e:
         print(f'har-kit predict: {e}', file=sys.stderr); return 2

@@ -36,7 +36,9 @@ def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name (
     cands = sorted(d.glob('*.ipynb'))
     for c in cands:
         if c.stem == stem or c.stem.split('_', 1)[-1] == stem: return c
-    raise KitError(f'notebook {name!r} not found in {d}; available: {", ".join(c.stem for c in cands)}')
+    close = difflib.get_close_matches(stem, [c.stem.split('_', 1)[-1] for c in cands], 1)
+    raise KitError(f'notebook {name!r} not found in {d}' + (f' (did you mean {close[0]!r}?)' if close else '')
+                   + f'; available: {", ".join(c.stem for c in cands)}')
 
 # %% ../nbs/60_run_params.ipynb #c009
 class Unparsed(str):
@@ -182,7 +184,9 @@ def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command
 def parse_params(notebook,  # notebook name or path (its defaults decide how text is read)
                  pairs,     # [(name, text), ...] from `-p NAME VALUE`
                  ) -> dict:
-    "Command-line `-p` pairs to values: verbatim text for string defaults, YAML for the rest."
+    "Command-line `-p` pairs to values: verbatim text for string defaults, YAML for the rest; a name given twice is refused."
+    twice = sorted({n for n, _ in pairs or [] if [m for m, _ in pairs].count(n) > 1})
+    if twice: raise KitError(f'-p {", ".join(twice)} given more than once: give each parameter once')
     declared = notebook_parameters(notebook)
     return {n: (v if isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed) else parse_value(v))
             for n, v in (pairs or [])}

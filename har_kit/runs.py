@@ -4,20 +4,20 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, signal, socket, sys, threading, time
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, signal, socket, sys, threading, time, warnings
 import tokenize
 from pathlib import Path
 
-from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, kit_threads, load_json, outputs_root, save_json,
-                          to_jsonable)
-from .formats import data_fingerprint
-from .run_params import (Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
+from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, is_weights_file, kit_threads, load_json,
+                          outputs_root, save_json, to_jsonable)
+from .formats import data_fingerprint, detect_layout
+from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 parameter_defaults, parse_params, parse_value)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'PATH_SUFFIXES', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env',
-           'stop_runs', 'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record',
-           'params_digest', 'real_data', 'moved_defaults', 'data_changes', 'thread_change', 'check_run_params',
+__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
+           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest',
+           'notebook_record', 'real_data', 'moved_defaults', 'data_changes', 'thread_change', 'check_run_params',
            'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status',
            'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file',
            'cli_params', 'cli', 'params_cli']
@@ -104,12 +104,14 @@ def kernel_env(out_dir,       # the run directory
     env = dict(HAR_KIT_OUTPUTS=str(outputs_root()), HAR_KIT_DATA=str(data_root()), HAR_KIT_RUN_DIR=str(Path(out_dir).resolve()),
                HAR_KIT_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                PYTHONHASHSEED='0', MPLBACKEND='module://matplotlib_inline.backend_inline')
+    if os.environ.get('HAR_KIT_CACHE'):   # absolute, as `cache_root` reads it here: the kernel starts in the run directory
+        env['HAR_KIT_CACHE'] = str(Path(os.environ['HAR_KIT_CACHE']).expanduser().resolve())
     compiled = _compile_cache()
     return {**env, 'TORCHINDUCTOR_CACHE_DIR': compiled} if compiled else env
 
 def _compile_cache():
     "torch.compile's cache folder for the kernels: `$TORCHINDUCTOR_CACHE_DIR`, else `torchinductor/` under the kit's cache when it can be written, else None (torch's own default)."
-    if os.environ.get('TORCHINDUCTOR_CACHE_DIR'): return os.environ['TORCHINDUCTOR_CACHE_DIR']
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR'): return str(Path(os.environ['TORCHINDUCTOR_CACHE_DIR']).expanduser().resolve())
     try: return str(cache_root(writable=True)/'torchinductor')
     except KitError: return None   # a read-only (or unusable) cache folder: compiles go to torch's per-user temporary folder
 
@@ -200,6 +202,11 @@ def params_digest(params: dict  # a run's parameters
     "SHA-256 of the parameters in canonical JSON (what `done` records of the executed run)."
     return hashlib.sha256(json.dumps(to_jsonable(params), sort_keys=True).encode()).hexdigest()
 
+def notebook_record(nb):  # the path of the notebook a run executes
+    "What env.json records of a run's notebook: its section (the name after the number), file name and sha256."
+    nb = Path(nb)
+    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest())
+
 def real_data(params: dict  # a run's parameters
               ) -> dict:
     "What a run on a real dataset read that its parameters do not name: {'annotation': `data_fingerprint`}, or {}."
@@ -244,26 +251,31 @@ def check_run_params(out_dir  # a done run directory
 
 SESSION_KEYS = ('time', 'git_commit', 'git_dirty', 'built_from', 'packages', 'threads', 'cpu', 'devices')   # an earlier session's record
 
-def _prepare(out, params, force, data=None, defaults=None, threads=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now; the kernel's thread count
+def _prepare(out, params, force, data=None, defaults=None, threads=None, notebook=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now; the kernel's thread count; the notebook's record (`notebook_record`)
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
     entries = [p for p in out.iterdir() if p.name != '.lock']
     if not entries: return 'run'
-    old = None
-    if (out/'params.json').exists():
-        try: old = load_json(out/'params.json', dict)
-        except KitError: old = None
+    if not (out/'params.json').exists():   # not a run folder: --force moves runs aside, never a folder of other files
+        raise KitError(f'{out} is not empty and is not a run directory (no params.json): pass an empty or new run '
+                       'directory (--out); --force moves only an earlier run aside')
+    try: old = load_json(out/'params.json', dict)
+    except KitError: old = None
+    env = read_record(out/'env.json')   # None when missing or unreadable: nothing recorded to compare
+    was = ((env or {}).get('notebook') or {}).get('section')
+    if notebook and was and was != notebook['section']:
+        raise KitError(f'{out} holds a run of the notebook {was!r}, not {notebook["section"]!r}: pass another run directory '
+                       '(--out), or --force to move that run aside')
     if not force:
         if old is not None and is_done(out): check_run_params(out)
         if old is None:
-            raise KitError(f'{out} is not empty and holds no readable params.json: pass an empty or new run directory '
-                           '(--out), or force=True (--force) to move its contents aside')
+            raise KitError(f'{out} holds a run whose params.json cannot be read: pass another run directory (--out), or '
+                           'force=True (--force) to move it aside')
         diff = sorted(set(old) ^ set(params) | {k for k in set(old) & set(params) if not _same(old[k], params[k])})
         if diff and (is_done(out) or diff != ['device']):   # an unfinished run may move to another device (see above)
             what = 'a run' if is_done(out) else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
                            + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
-        env = read_record(out/'env.json')   # None when missing or unreadable: nothing recorded to compare
         moved = moved_defaults(env, params, defaults) if defaults is not None else []
         if moved:
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} made with other notebook defaults ('
@@ -274,7 +286,11 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None):  # ...
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
                            'changed since it started: the dataset was relabelled, extended or regenerated): pass --force to '
                            'move the old run aside and rerun, or another run directory (--out)')
-        if is_done(out): return 'skip'
+        if is_done(out):
+            if notebook and ((env or {}).get('notebook') or {}).get('sha256') not in (None, notebook['sha256']):
+                warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (the notebook has changed '
+                              'since): its results are returned as they are; pass --force to rerun it')
+            return 'skip'
         ran = thread_change(env, threads)
         if ran is not None:
             raise KitError(f'{out} holds an unfinished run started with {ran} intra-op thread(s); resumed with {threads} its numbers '
@@ -479,13 +495,12 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
         _finish_notebook(out, started, log)
 
 # %% ../nbs/70_runs.ipynb #c037
-PATH_SUFFIXES = ('_root', '_dir', '_run')   # parameter names that name a file-system place
-
 def absolute_paths(params: dict  # checked parameters
                   ) -> dict:
-    "`params` with every relative path in a `PATH_SUFFIXES` parameter made absolute against the current directory."
-    place = lambda k, v: k.endswith(PATH_SUFFIXES) and isinstance(v, str) and v and not Path(v).is_absolute()
-    return {k: str(Path(v).resolve()) if place(k, v) else v for k, v in params.items()}
+    "`params` with every path in a place parameter (`run_params.PLACES`) or a `weights` file, `~` expanded, made absolute against the current directory."
+    place = lambda k, v: isinstance(v, str) and v and (k.endswith(PLACES) or k == 'weights' and is_weights_file(v))
+    def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
+    return {k: absolute(v) if place(k, v) else v for k, v in params.items()}
 
 # %% ../nbs/70_runs.ipynb #c039
 def _check_run_dir(out):  # the resolved run directory
@@ -508,6 +523,7 @@ def run_notebook(notebook,                  # path, file name or section name
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
+    if params.get('dataset') and params.get('data_root'): detect_layout(params['dataset'], params['data_root'])   # a wrong root stops here
     data = {**real_data(params), **(data or {})}                # a real dataset's annotation, by its bytes
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
@@ -522,10 +538,11 @@ def run_notebook(notebook,                  # path, file name or section name
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
         with run_lock(out):
-            if _prepare(out, params, force, data, parameter_defaults(nb), int(env['HAR_KIT_THREADS'])) == 'skip': return out
+            if _prepare(out, params, force, data, parameter_defaults(nb), int(env['HAR_KIT_THREADS']), notebook_record(nb)) == 'skip': return out
             save_json(params, out/'params.json')
             record = {**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
-                      'defaults': parameter_defaults(nb)}   # the notebook's defaults this run ran with
+                      'defaults': parameter_defaults(nb),   # the notebook's defaults this run ran with
+                      'notebook': notebook_record(nb)}
             earlier = read_record(out/'env.json')        # a resumed run: what its earlier sessions ran on stays on record
             if earlier: record['sessions'] = [*(earlier.get('sessions') or []), {k: earlier[k] for k in SESSION_KEYS if k in earlier}]
             save_json(record, out/'env.json')

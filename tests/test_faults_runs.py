@@ -202,7 +202,7 @@ def test_torchrun_ranks_above_zero_never_touch_the_run_directory(tmp_path, monke
 def test_foreign_nonempty_directory_is_refused(tmp_path, monkeypatch):
     _fake(monkeypatch)
     (tmp_path/'mine').mkdir(); (tmp_path/'mine'/'thesis.tex').write_text('x')
-    with pytest.raises(KitError, match='not empty and holds no readable params.json'):
+    with pytest.raises(KitError, match='is not a run directory'):
         run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'mine', progress=False)
     assert (tmp_path/'mine'/'thesis.tex').read_text() == 'x'
 

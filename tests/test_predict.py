@@ -267,6 +267,19 @@ def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
     assert 'nope.jpg' in capsys.readouterr().err and not (tmp_path/'o2').exists()
 
 
+
+def test_cli_output_inside_the_image_folder_is_not_scored_again(tmp_path, images, model_file, monkeypatch, capsys):
+    "The default --out (./predictions) inside the image folder: a second run scores the same images, not the first run's figures."
+    monkeypatch.chdir(images)
+    scored = []
+    for _ in range(2):
+        assert cli([str(model_file), '.', '--explain', '--force', '--quiet']) == 0
+        rows = (images/'predictions'/'predictions.csv').read_text().splitlines()[1:]
+        scored.append([r.split(',')[0] for r in rows])
+        assert len(list((images/'predictions'/'explain').iterdir())) == len(rows)   # a figure per scored image, no more
+    assert scored[0] == scored[1] and len(scored[0]) == 3 and not [p for p in scored[0] if 'predictions' in p], scored
+    capsys.readouterr()
+
 def test_run_with_two_variants_predicts_with_its_main_method(tmp_path, images, capsys):
     "A run directory with baseline and dahar: the CLI uses dahar and says so; --variant baseline picks the other."
     run = tmp_path/'run'
@@ -467,7 +480,7 @@ def test_arrays_are_read_like_files_or_refused_naming_them(tmp_path, model_file)
     from_file = p.probabilities([tmp_path/'grey.png'])
     np.testing.assert_allclose(p.probabilities([rgb[..., 0], rgb[..., :1]]), from_file[[0, 0]], atol=1e-6)
     cases = [(rgb / 255, 'dtype float64): expected uint8 pixels 0..255', '(x * 255).round().astype(np.uint8)'),
-             (np.dstack([rgb, rgb[..., :1]]), 'images[1] (shape (50, 30, 4)', "drop the alpha channel (`img[..., :3]`)"),
+             (np.dstack([rgb, rgb[..., :1]]), 'images[1] (shape (50, 30, 4)', "flatten it onto the background you mean"),
              (rgb.astype(np.uint16) * 256, 'dtype uint16', '(x >> 8).astype(np.uint8)')]
     for bad, where, what in cases:
         for call in (p.probabilities, lambda imgs: p.predict(imgs, progress=False)):
