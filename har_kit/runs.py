@@ -680,7 +680,8 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
     if isinstance(default, str) and not isinstance(default, Unparsed): return value
     if not isinstance(value, str): return value
     text = value.strip()
-    if text == 'None': return None
+    if text.lower() in ('none', 'null', '~'): return None   # as YAML reads null, and Python's spelling
+    if re.fullmatch(r'[+-]?\d+', text): return int(text)    # '3' as a whole number, as -p 3 is read
     if _FLOAT.fullmatch(text): return float(text)
     if isinstance(default, (list, tuple)) and not text.startswith('['):
         strings = bool(default) and all(isinstance(d, str) for d in default)
