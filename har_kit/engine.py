@@ -218,7 +218,7 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
     diff = [f'{k}: {saved[k]!r} -> {v!r}' for k, v in cfg.to_dict().items()
             if k in saved and k not in _RESUME_FREE and saved[k] != v]
     if diff: raise KitError(f'{path} was written with another config ({", ".join(diff)}): {fix}')
-    if (ck.get('epoch') or 0) > cfg.epochs:   # epochs may grow on resume, never shrink: the later weights would be returned
+    if (ck.get('epoch') or 0) > cfg.epochs:   # the later weights would be returned as this shorter run's
         raise KitError(f'{path} holds epoch {ck["epoch"]}, past this run\'s epochs={cfg.epochs}: a shorter schedule cannot resume a '
                        f'longer one; train epochs >= {ck["epoch"]} here, or {fix}')
     old, new, absent = _canon(ck.get('params')), _canon(params), '<absent>'

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import csv, functools, glob, hashlib, io, json, math, os
+import contextlib, csv, functools, glob, hashlib, io, json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,13 +291,14 @@ def image_problem(path):  # image file
     return None
 
 # %% ../nbs/02_formats.ipynb #c053
-def load_rgb(path,           # image file
-             orient=False):  # True: turn the pixels as the file's EXIF orientation says (a photo as viewers show it); datasets' boxes refer to the stored pixels
-    "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits; float and transparent images refused; `KitError` naming the file."
+def load_rgb(path,          # image file
+             photo=False):  # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
+    "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits, float images refused; `KitError` naming the file."
     try:
         with Image.open(path) as im:
-            if orient: im = ImageOps.exif_transpose(im)
-            if 'A' in im.getbands() or 'transparency' in im.info:   # an alpha channel: RGB alone would show what it hides
+            if photo:
+                with contextlib.suppress(Exception): im = ImageOps.exif_transpose(im)   # malformed EXIF: the stored pixels
+            if photo and ('A' in im.getbands() or 'transparency' in im.info):   # RGB alone would show what the alpha hides
                 alpha = np.asarray(im.convert('RGBA'))[..., 3]
                 if (alpha < 255).any():
                     raise KitError(f'{path}: {(alpha < 255).mean():.0%} of its pixels are transparent; flatten it onto the background '

@@ -154,7 +154,7 @@ class _Images(torch.utils.data.Dataset):
     "Image files, read and preprocessed for one model, for a `DataLoader`."
     def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
     def __len__(self): return len(self.paths)
-    def __getitem__(self, i): return preprocess(load_rgb(self.paths[i], orient=True), self.size, self.mean, self.std)
+    def __getitem__(self, i): return preprocess(load_rgb(self.paths[i], photo=True), self.size, self.mean, self.std)
 
 class Predictor:
     "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
@@ -184,7 +184,7 @@ class Predictor:
     def tensor(self, images):  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)
         "The preprocessed batch (N, 3, h, w)."
         lm = self.loaded
-        return torch.stack([preprocess(load_rgb(i, orient=True) if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]'),
+        return torch.stack([preprocess(load_rgb(i, photo=True) if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]'),
                                        lm.input_size, lm.mean, lm.std) for k, i in enumerate(images)])
 
 # %% ../nbs/81_predict.ipynb #c023
@@ -318,7 +318,7 @@ def cli(argv=None):  # arguments after `har-kit predict`
         out, threads = check_out_dir(a.out, a.force), kit_threads(a.threads)
         with torch_threads(threads):   # the whole command, explanations included
             pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)
-            images = check_images(collect_images(a.images, exclude=[out]))   # once, for both: never this command's own outputs
+            images = check_images(collect_images(a.images, exclude=[out/EXPLAIN_DIR]))   # once, for both; never this command's own figures
             records = pred.predict(images, progress=not a.quiet)
             if not a.quiet:
                 for r in records: print(format_record(r, a.top))

@@ -314,7 +314,7 @@ def plot_ablation(table: Table,   # an ablation table
     ax = ax or plt.subplots(figsize=(7, 3))[1]
     rows = table.reproduced()
     xs = range(len(rows))
-    rep = [r.reported.get(column) or 0 for r in rows]
+    rep = [r.reported.get(column) if isinstance(r.reported.get(column), (int, float)) else float('nan') for r in rows]   # no bar where the paper has none
     ours = [cells.get((r.key, column), {}).get('mean', float('nan')) for r in rows]
     err = [cells.get((r.key, column), {}).get('sd') or 0 for r in rows]
     ax.bar([x - 0.2 for x in xs], rep, 0.4, label='reported', color='#bbbbbb')

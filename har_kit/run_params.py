@@ -75,7 +75,7 @@ def parameter_defaults(notebook   # path, file name or section name
 # %% ../nbs/60_run_params.ipynb #c016
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
-PLACES = ('_root', '_dir', '_run')  # name endings of parameters that name a file-system place: a path string or None
+PLACES = ('_root', '_dir', '_directory', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
 def _type_name(v): return {bool: 'true/false', int: 'a whole number', float: 'a number', str: 'a string',

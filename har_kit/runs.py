@@ -261,11 +261,11 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
     try: old = load_json(out/'params.json', dict)
     except KitError: old = None
     env = read_record(out/'env.json')   # None when missing or unreadable: nothing recorded to compare
-    was = ((env or {}).get('notebook') or {}).get('section')
-    if notebook and was and was != notebook['section']:
-        raise KitError(f'{out} holds a run of the notebook {was!r}, not {notebook["section"]!r}: pass another run directory '
-                       '(--out), or --force to move that run aside')
     if not force:
+        was = ((env or {}).get('notebook') or {}).get('section')
+        if notebook and was and was != notebook['section']:
+            raise KitError(f'{out} holds a run of the notebook {was!r}, not {notebook["section"]!r}: pass another run directory '
+                           '(--out), or --force to move that run aside')
         if old is not None and is_done(out): check_run_params(out)
         if old is None:
             raise KitError(f'{out} holds a run whose params.json cannot be read: pass another run directory (--out), or '
@@ -498,7 +498,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
 def absolute_paths(params: dict  # checked parameters
                   ) -> dict:
     "`params` with every path in a place parameter (`run_params.PLACES`) or a `weights` file, `~` expanded, made absolute against the current directory."
-    place = lambda k, v: isinstance(v, str) and v and (k.endswith(PLACES) or k == 'weights' and is_weights_file(v))
+    place = lambda k, v: isinstance(v, str) and v and (k.endswith(PLACES) or k.endswith('weights') and is_weights_file(v))
     def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
     return {k: absolute(v) if place(k, v) else v for k, v in params.items()}
 
@@ -523,7 +523,8 @@ def run_notebook(notebook,                  # path, file name or section name
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = find_notebook(notebook)
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
-    if params.get('dataset') and params.get('data_root'): detect_layout(params['dataset'], params['data_root'])   # a wrong root stops here
+    kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
+    if isinstance(kind, str) and not isinstance(kind, Unparsed) and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
     data = {**real_data(params), **(data or {})}                # a real dataset's annotation, by its bytes
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
@@ -680,7 +681,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
     if isinstance(default, str) and not isinstance(default, Unparsed): return value
     if not isinstance(value, str): return value
     text = value.strip()
-    if text.lower() in ('none', 'null', '~'): return None   # as YAML reads null, and Python's spelling
+    if text.lower() in ('none', 'null'): return None   # Python's spelling, and YAML's
     if re.fullmatch(r'[+-]?\d+', text): return int(text)    # '3' as a whole number, as -p 3 is read
     if _FLOAT.fullmatch(text): return float(text)
     if isinstance(default, (list, tuple)) and not text.startswith('['):
