@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_check.ipynb #c003
 from __future__ import annotations
-import argparse, os, shlex, shutil, sys, tempfile, time, warnings
+import argparse, contextlib, os, shlex, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,14 +112,18 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
     return dest
 
 # %% ../nbs/17_check.ipynb #c021
-def _decode_problem(path,       # an image file
-                    sizes=None): # a dict that receives `path: (H, W)` when the image decodes
+def _decode_problem(path,         # an image file
+                    sizes=None,   # a dict that receives `path: (H, W)` when the image decodes
+                    turned=None): # a dict that receives `path: EXIF orientation` when the file asks to be shown turned
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
     try:
-        with PILImage.open(path) as im: im.load(); size = im.size[::-1]
+        with PILImage.open(path) as im:
+            im.load(); size, orientation = im.size[::-1], None
+            with contextlib.suppress(Exception): orientation = im.getexif().get(0x0112)   # a malformed EXIF block: none
     except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
     if sizes is not None: sizes[path] = size
+    if turned is not None and orientation not in (None, 1): turned[path] = orientation
     return None
 
 # %% ../nbs/17_check.ipynb #c022
@@ -175,8 +179,8 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                          for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
     rep['issues'] = {k: len(v) for k, v in dataset_issues(data.samples, 'all-unspecified' if kind == 'wider' else 'no-positive').items()}
     paths = _images_to_check(data, sample)
-    sizes = {}
-    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p, sizes))]
+    sizes, turned = {}, {}
+    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p, sizes, turned))]
     missing = [str(p) for p, q in bad if q == 'missing']
     unreadable = [f'{p}: {q}' for p, q in bad if q != 'missing']
     rep['images'] = dict(listed=len(dict.fromkeys(s.image for s in data.samples)), checked=len(paths),
@@ -189,6 +193,12 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     unused = unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []
     rep['images']['without_labels'] = len(unused)
     if unused: rep['warnings'].append(f'{images}: {len(unused)} image file(s) are in no split (images without labels), e.g. {unused[0]}')
+    rep['images']['exif_turned'] = len(turned)
+    if turned:   # training reads stored pixels (the boxes refer to them); a viewer and `har-kit predict` turn the photo
+        p, o = next(iter(turned.items()))
+        rep['warnings'].append(f'{len(turned)} image(s) carry an EXIF orientation, e.g. {p} ({o}): training reads their stored pixels (as '
+                               'the boxes and torchvision\'s decoder do), while a photo viewer and har-kit predict show them turned; '
+                               'store them upright (PIL: ImageOps.exif_transpose) so that training and prediction see the same picture')
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
