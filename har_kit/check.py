@@ -123,7 +123,7 @@ def _decode_problem(path,         # an image file
             with contextlib.suppress(Exception): orientation = im.getexif().get(0x0112)   # a malformed EXIF block: none
     except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
     if sizes is not None: sizes[path] = size
-    if turned is not None and orientation not in (None, 1): turned[path] = orientation
+    if turned is not None and orientation in range(2, 9): turned[path] = orientation   # 1: as stored; other values: not an orientation
     return None
 
 # %% ../nbs/17_check.ipynb #c022
@@ -196,9 +196,12 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep['images']['exif_turned'] = len(turned)
     if turned:   # training reads stored pixels (the boxes refer to them); a viewer and `har-kit predict` turn the photo
         p, o = next(iter(turned.items()))
-        rep['warnings'].append(f'{len(turned)} image(s) carry an EXIF orientation, e.g. {p} ({o}): training reads their stored pixels (as '
-                               'the boxes and torchvision\'s decoder do), while a photo viewer and har-kit predict show them turned; '
-                               'store them upright (PIL: ImageOps.exif_transpose) so that training and prediction see the same picture')
+        fix = ('their boxes refer to the stored pixels: clear the orientation tag (set it to 1, pixels unchanged), or turn each '
+               'image and its boxes together' if any(s.box is not None for s in data.samples) else
+               'store them upright (PIL: ImageOps.exif_transpose)')
+        rep['warnings'].append(f'{len(turned)} of the {len(paths)} images checked carry an EXIF orientation, e.g. {p} (orientation {o}): '
+                               'training reads their stored pixels (as torchvision\'s decoder does), while a photo viewer and har-kit '
+                               f'predict show them turned; so that training and prediction see the same picture, {fix}')
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 

@@ -184,9 +184,10 @@ def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command
 def parse_params(notebook,  # notebook name or path (its defaults decide how text is read)
                  pairs,     # [(name, text), ...] from `-p NAME VALUE`
                  ) -> dict:
-    "Command-line `-p` pairs to values: verbatim text for string defaults, YAML for the rest; a name given twice is refused."
+    "Command-line `-p` pairs to values: verbatim text for string defaults and for a place starting with ~ (YAML reads ~ as null), YAML for the rest; a name given twice is refused."
     twice = sorted({n for n, _ in pairs or [] if [m for m, _ in pairs].count(n) > 1})
     if twice: raise KitError(f'-p {", ".join(twice)} given more than once: give each parameter once')
     declared = notebook_parameters(notebook)
-    return {n: (v if isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed) else parse_value(v))
-            for n, v in (pairs or [])}
+    verbatim = lambda n, v: (isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed)
+                             or n.endswith(PLACES) and v.strip().startswith('~'))
+    return {n: v if verbatim(n, v) else parse_value(v) for n, v in (pairs or [])}

@@ -497,17 +497,24 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
 # %% ../nbs/70_runs.ipynb #c037
 def absolute_paths(params: dict  # checked parameters
                   ) -> dict:
-    "`params` with every path in a place parameter (`run_params.PLACES`) or a `weights` file, `~` expanded, made absolute against the current directory."
+    "`params` with every path in a place parameter (`run_params.PLACES`) or a `*weights` file, `~` expanded, made absolute against the current directory."
     place = lambda k, v: isinstance(v, str) and v and (k.endswith(PLACES) or k.endswith('weights') and is_weights_file(v))
     def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
     return {k: absolute(v) if place(k, v) else v for k, v in params.items()}
 
 # %% ../nbs/70_runs.ipynb #c039
+def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
+    "Refuse a place or weights file the run reads that lies in its own run directory (a rerun with --force would move it aside)."
+    for k, v in params.items():
+        if isinstance(v, str) and v and (k.endswith(PLACES) or k.endswith('weights') and is_weights_file(v)) and Path(v).resolve().is_relative_to(out):
+            raise KitError(f'{k}={v} lies in the run directory {out} (--out), which holds what this run writes: pass another run directory')
+
+# %% ../nbs/70_runs.ipynb #c041
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
-# %% ../nbs/70_runs.ipynb #c041
+# %% ../nbs/70_runs.ipynb #c043
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
@@ -524,8 +531,9 @@ def run_notebook(notebook,                  # path, file name or section name
     nb = find_notebook(notebook)
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
-    if isinstance(kind, str) and not isinstance(kind, Unparsed) and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
-    data = {**real_data(params), **(data or {})}                # a real dataset's annotation, by its bytes
+    if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
+    if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
+    data = {**real_data({**params, 'dataset': kind}), **(data or {})}   # a real dataset's annotation, by its bytes
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
@@ -535,6 +543,7 @@ def run_notebook(notebook,                  # path, file name or section name
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
     _check_run_dir(out)
+    _check_inputs_outside(params, out)
     env = kernel_env(out, threads)
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
@@ -560,7 +569,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c048
+# %% ../nbs/70_runs.ipynb #c050
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -578,7 +587,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c052
+# %% ../nbs/70_runs.ipynb #c054
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -606,7 +615,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c054
+# %% ../nbs/70_runs.ipynb #c056
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -624,7 +633,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c057
+# %% ../nbs/70_runs.ipynb #c059
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -649,7 +658,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c059
+# %% ../nbs/70_runs.ipynb #c061
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -672,7 +681,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c062
+# %% ../nbs/70_runs.ipynb #c064
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -689,7 +698,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c064
+# %% ../nbs/70_runs.ipynb #c066
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -729,7 +738,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c067
+# %% ../nbs/70_runs.ipynb #c069
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
