@@ -91,6 +91,9 @@ def check_parameter(name,               # the parameter's name
         raise bad(f'expects a path (or null), got {_type_name(value)} {value!r}')
     if name in NON_EMPTY and isinstance(value, (str, list, tuple)) and not value:
         raise bad(f'must not be empty (default {default!r})')
+    if name in ('variants', 'train_splits') and isinstance(value, (list, tuple)):
+        twice = sorted({str(v) for v in value if list(value).count(v) > 1})
+        if twice: raise bad(f'names {", ".join(twice)} more than once ({list(value)!r}): name each once')
     if isinstance(default, Unparsed) or default is None:
         try: json.dumps(to_jsonable(value))
         except (TypeError, ValueError, KitError): raise bad(f'{value!r} is not a plain value (number, string, bool, list, dict or null)') from None
