@@ -170,8 +170,8 @@ VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it r
     'campar_fusion': dict(cam=True,  fusion=True,  row='+ CAM-PAR + Fusion (the +CFAR row adds 51_cfar)'),
 }
 
-def campar_variant(name: str,                 # a key of `VARIANTS`
-                   num_attributes: int,       # M
+def campar_variant(name: str = 'campar_fusion',  # a key of `VARIANTS` (default: the full method, as `dahar_variant`'s)
+                   num_attributes: int = 51,       # M (RAPv1, Table 2's dataset: 51; PA-100K: 26)
                    arch: str = 'resnet50',    # encoder (`har_kit.backbones.resnet_taps`)
                    weights=None,              # None, a torchvision weights name (the papers: 'IMAGENET1K_V1') or a local .pth file
                    logit_bn: bool = False,    # BatchNorm1d on the logits ([15])
