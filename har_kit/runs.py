@@ -495,18 +495,21 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
         _finish_notebook(out, started, log)
 
 # %% ../nbs/70_runs.ipynb #c037
+def _names_path(name, value):  # a parameter and its value
+    "Whether the value is a file-system path the run reads: a place (`run_params.PLACES`) or a `*weights` file."
+    return isinstance(value, str) and bool(value) and (name.endswith(PLACES) or name.endswith('weights') and is_weights_file(value))
+
 def absolute_paths(params: dict  # checked parameters
                   ) -> dict:
-    "`params` with every path in a place parameter (`run_params.PLACES`) or a `*weights` file, `~` expanded, made absolute against the current directory."
-    place = lambda k, v: isinstance(v, str) and v and (k.endswith(PLACES) or k.endswith('weights') and is_weights_file(v))
+    "`params` with every path the run reads (`_names_path`), `~` expanded, made absolute against the current directory."
     def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
-    return {k: absolute(v) if place(k, v) else v for k, v in params.items()}
+    return {k: absolute(v) if _names_path(k, v) else v for k, v in params.items()}
 
 # %% ../nbs/70_runs.ipynb #c039
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
     "Refuse a place or weights file the run reads that lies in its own run directory (a rerun with --force would move it aside)."
     for k, v in params.items():
-        if isinstance(v, str) and v and (k.endswith(PLACES) or k.endswith('weights') and is_weights_file(v)) and Path(v).resolve().is_relative_to(out):
+        if _names_path(k, v) and Path(v).resolve().is_relative_to(out):
             raise KitError(f'{k}={v} lies in the run directory {out} (--out), which holds what this run writes: pass another run directory')
 
 # %% ../nbs/70_runs.ipynb #c041
@@ -548,11 +551,12 @@ def run_notebook(notebook,                  # path, file name or section name
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
         with run_lock(out):
-            if _prepare(out, params, force, data, parameter_defaults(nb), int(env['HAR_KIT_THREADS']), notebook_record(nb)) == 'skip': return out
+            record = notebook_record(nb)
+            if _prepare(out, params, force, data, parameter_defaults(nb), int(env['HAR_KIT_THREADS']), record) == 'skip': return out
             save_json(params, out/'params.json')
             record = {**env_info(), 'threads': int(env['HAR_KIT_THREADS']), 'demos': demos, 'data': data or {},
                       'defaults': parameter_defaults(nb),   # the notebook's defaults this run ran with
-                      'notebook': notebook_record(nb)}
+                      'notebook': record}
             earlier = read_record(out/'env.json')        # a resumed run: what its earlier sessions ran on stays on record
             if earlier: record['sessions'] = [*(earlier.get('sessions') or []), {k: earlier[k] for k in SESSION_KEYS if k in earlier}]
             save_json(record, out/'env.json')
