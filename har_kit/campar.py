@@ -245,7 +245,7 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
         x = batch['image']
         if x.dim() != 4: raise KitError('positive_angles needs single-crop images (N, 3, H, W); use a test transform without crops')
         th = attribute_angles(model, x.to(device)).cpu()
-        pos = batch['labels'] == 1
+        pos = batch['labels'].cpu() == 1   # a cached loader's labels live on the GPU
         thetas.append(th[pos]); attrs.append(pos.nonzero()[:, 1])
     th, at = torch.cat(thetas).numpy(), torch.cat(attrs).numpy()
     keep = np.isfinite(th)

@@ -18,21 +18,25 @@ __all__ = ['CHECKPOINT_FORMAT', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'CheckpointWriter']
 
 # %% ../nbs/06_checkpoints.ipynb #c005
-def rng_state():
-    "This process's RNG states (python, numpy, torch, CUDA) as tensors and primitive containers."
+def rng_state(device='cpu'):  # the run's device: on a CUDA device its generator is kept too
+    "This process's RNG states (python, numpy, torch, and `device`'s CUDA generator) as tensors and primitive containers."
+    device = torch.device(device)
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return dict(python=random.getstate(), numpy=[name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                torch=torch.get_rng_state(), cuda=[torch.cuda.get_rng_state(device)] if device.type == 'cuda' else [])
 
 # %% ../nbs/06_checkpoints.ipynb #c006
-def set_rng_state(state):  # a dict from `rng_state`
-    "Restore the RNG states saved by `rng_state`."
+def set_rng_state(state,        # a dict from `rng_state`
+                  device='cpu'): # the run's device: its CUDA generator gets the saved one
+    "Restore the RNG states saved by `rng_state`, the CUDA generator's onto `device` (whichever GPU the resumed run has)."
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
     name, keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+    device, saved = torch.device(device), state['cuda']
+    if device.type == 'cuda' and saved:   # one state (the run's device); files of earlier versions: one per GPU visible then
+        torch.cuda.set_rng_state(saved[min(device.index or 0, len(saved) - 1)], device)
 
 # %% ../nbs/06_checkpoints.ipynb #c007
 CHECKPOINT_FORMAT = 'har-kit-checkpoint/2'  # the tag of a hashed checkpoint file

@@ -267,8 +267,8 @@ def predict_masks(model,                       # a DaHar variant with the masked
     for b in loader:
         if 'mask' not in b: raise KitError("predict_masks: the loader's batches have no 'mask': build it with with_mask=True")
         m = torch.sigmoid(model(b['image'].to(device))['mask_logits']).float().cpu()
-        pred.append(m); gt.append(F.adaptive_avg_pool2d(b['mask'].float(), m.shape[-2:]))
-        imgs.append(b['image']); idx.append(b['index'])
+        pred.append(m); gt.append(F.adaptive_avg_pool2d(b['mask'].float().cpu(), m.shape[-2:]))   # on the CPU, whichever device loaded them
+        imgs.append(b['image'].cpu()); idx.append(b['index'].cpu())
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
 # %% ../nbs/31_dahar.ipynb #c038

@@ -52,9 +52,11 @@ def _teardown(timeout_s=120):  # seconds to wait for the other processes
 
 # %% ../nbs/07_distributed.ipynb #c009
 def setup_device(device='auto'):  # a `TrainConfig.device` value
-    "Resolve the device; under torchrun (WORLD_SIZE > 1) also start the process group (nccl on CUDA, gloo on CPU)."
+    "Resolve the device and make a GPU the process's current one; under torchrun (WORLD_SIZE > 1) also start the process group (nccl on CUDA, gloo on CPU)."
     rank, world, local = dist_env()
     dev = get_device(device)
+    # a run on cuda:N: its default streams, events and pinned buffers are then GPU N's, and no context opens on GPU 0
+    if world == 1 and dev.type == 'cuda' and dev.index is not None: torch.cuda.set_device(dev)
     if world > 1:
         if dev.type == 'cuda': dev = torch.device('cuda', local); torch.cuda.set_device(dev)
         if not dist.is_initialized():

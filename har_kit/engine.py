@@ -370,13 +370,13 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     return value
 
 # %% ../nbs/08_engine.ipynb #c047
-def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path):
+def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path, device):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
     if scheduler is not None and ck['scheduler']: scheduler.load_state_dict(ck['scheduler'])
     if ck['scaler']: scaler.load_state_dict(ck['scaler'])
     rank, world = rank_world()
-    if len(ck['rng']) == world: set_rng_state(ck['rng'][rank])
+    if len(ck['rng']) == world: set_rng_state(ck['rng'][rank], device)
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
 
@@ -408,12 +408,14 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     start, history, best, guard = 0, [], None, {}
     if cfg.resume and (ckdir/'last.pt').exists():
         start, history, best, guard = _restore(load_checkpoint(ckdir/'last.pt', device), model, optimizer, scheduler,
-                                               scaler, cfg, params, ckdir/'last.pt')
+                                               scaler, cfg, params, ckdir/'last.pt', device)
     elif rank == 0:  # a fresh start: no checkpoint of an earlier run may be taken for this one's
         for f in ('last.pt', 'best.pt'): (ckdir/f).unlink(missing_ok=True)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=cfg.find_unused_parameters)
-    if cfg.compile_mode != 'none': net = torch.compile(net, mode=cfg.compile_mode)
+    # static shapes (drop_last keeps one batch shape): a second shape recompiles instead of making every kernel generic,
+    # which Dynamo would otherwise do for the next model of the same class in this process (its state is per code object)
+    if cfg.compile_mode != 'none': net = torch.compile(net, mode=cfg.compile_mode, dynamic=False)
     loader = shard_loader(train_loader, cfg.seed)
     with CheckpointWriter() as writer:   # epoch e's files are written while epoch e + 1 trains
         for epoch in range(start + 1, cfg.epochs + 1):
@@ -434,8 +436,8 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
             _check_state(model, epoch, device)
             history.append(rec)
-            rngs = [rng_state()]
-            if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state())
+            rngs = [rng_state(device)]
+            if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state(device))
             if rank == 0:
                 weights = model.state_dict()
                 ident = dict(config=cfg.to_dict(), params=_canon(params))

@@ -324,7 +324,7 @@ def target_mass(model,          # a model returning a dict of outputs (the kit's
         for b in loader:
             if 'mask' not in b: raise KitError("target_mass: the loader's batches have no 'mask': build it with with_mask=True")
             if b['image'].dim() != 4: raise KitError('target_mass: images must be (N, 3, H, W): use a single-crop loader')
-            g = b['mask'].float()
+            g = b['mask'].float().cpu()   # a cached loader's masks live on its device
             for k, m in maps(model(b['image'].to(device))).items(): rows.setdefault(k, []).append(target_share(m, g))
             rows.setdefault('chance', []).append(g.flatten(1).mean(1).numpy())
     return {k: np.concatenate(v) for k, v in rows.items()}

@@ -362,10 +362,13 @@ class DeviceLoader:
                 a = self.cache[name]
                 if a is None: out.append(None); continue
                 if bufs.get((name, j)) is None or len(bufs[name, j]) != len(idx):
-                    bufs[name, j] = torch.empty((len(idx), *a.shape[1:]), dtype=torch.uint8, pin_memory=True)
+                    with torch.cuda.device(self.device):   # pinned through this GPU's context, not the current device's
+                        bufs[name, j] = torch.empty((len(idx), *a.shape[1:]), dtype=torch.uint8, pin_memory=True)
                 np.take(a, idx, axis=0, out=bufs[name, j].numpy(), mode='clip')
                 out.append(bufs[name, j].to(self.device, non_blocking=True))
-            copied[j] = torch.cuda.Event(); copied[j].record()
+            # recorded on the stream that copied (this device's current one): the current device's stream would say
+            # nothing about this copy on a run on cuda:N, N > 0, and the buffer would be refilled while it is still read
+            copied[j] = torch.cuda.Event(); copied[j].record(torch.cuda.current_stream(self.device))
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
 # %% ../nbs/16_pipeline.ipynb #c049

@@ -43,3 +43,22 @@ def test_a_checkpointed_rng_state_restores_python_numpy_and_torch(keep_rngs, tmp
 
 
 def _draws_now(): return torch.rand(3).tolist(), np.random.rand(3).tolist() + [np.random.randn()], [random.random() for _ in range(3)]
+
+
+def test_the_cuda_generator_saved_is_the_run_devices_and_resumes_on_any_gpu(keep_rngs, monkeypatch):
+    """A checkpoint keeps the CUDA generator of the run's device only (not one per visible GPU, which opened a context on
+    each and could not be restored where fewer GPUs are visible); it is restored onto the resumed run's device."""
+    from har_kit import checkpoints as C
+    saved, restored = {'cuda:1': torch.tensor([1], dtype=torch.uint8)}, []
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda device: saved[str(device)])
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda state, device: restored.append((state.tolist(), str(device))))
+    monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: pytest.fail('every GPU read'))
+    st = C.rng_state('cuda:1')
+    assert [s.tolist() for s in st['cuda']] == [[1]]
+    C.set_rng_state(st, 'cuda:0')                              # resumed on a machine (or slot) with one GPU
+    assert restored == [([1], 'cuda:0')]
+    assert C.rng_state('cpu')['cuda'] == [] and C.rng_state()['cuda'] == []
+    C.set_rng_state(st, 'cpu'); assert len(restored) == 1      # a CPU run leaves the CUDA generators alone
+    old = dict(st, cuda=[torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)])   # an earlier file: one per GPU
+    C.set_rng_state(old, 'cuda:1'); C.set_rng_state(old, 'cuda:5')
+    assert restored[1:] == [([8], 'cuda:1'), ([8], 'cuda:5')]

@@ -94,7 +94,7 @@ def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
     kw = CONFIGS['sgd-step-bn']
     ref, ref_hist, _ = run(tmp_path, 'ref', kw)
     with pytest.raises(RuntimeError): run(tmp_path, 'int', kw, crash_at=2 * STEPS + 4)
-    monkeypatch.setattr(E, 'set_rng_state', lambda state: None)
+    monkeypatch.setattr(E, 'set_rng_state', lambda state, device: None)
     res, res_hist, _ = run(tmp_path, 'int', kw)
     assert not same_weights(ref, res) and res_hist[:2] == ref_hist[:2] and res_hist[2:] != ref_hist[2:]
 

@@ -223,12 +223,17 @@ def test_sharded_like_the_dataloader_and_partitioned(sets, monkeypatch):
 
 
 def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch):
-    "The CUDA path (pinned double buffers, labels indexed on the device) yields the CPU path's batches (run here on CPU tensors)."
+    """The CUDA path (pinned double buffers, labels indexed on the device) yields the CPU path's batches (run here on CPU
+    tensors); the event that guards a buffer's reuse is recorded on the stream of the loader's device, the one that copied
+    (the current device's stream says nothing about a copy on cuda:N, N > 0)."""
+    streams = []
     class Event:   # stands in for torch.cuda.Event: the copies it waits for are synchronous on the CPU
-        def record(self): pass
+        def record(self, stream=None): streams.append(stream)
         def synchronize(self): pass
     empty = torch.empty
     monkeypatch.setattr(torch.cuda, 'Event', Event)
+    monkeypatch.setattr(torch.cuda, 'current_stream', lambda device=None: ('stream of', str(device)))
+    monkeypatch.setattr(torch.cuda, 'device', lambda device: contextlib.nullcontext())
     ss = sets['wider'].samples
     dl = P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 5, True, with_mask=True, mask_from_box=True, seed=3, name='wider')
     want = list(dl)   # the CPU path
@@ -238,6 +243,7 @@ def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch):
     assert len(got) == len(want) == len(dl) and len(ss) % 5   # a short last batch: the buffers are re-made
     for g, w in zip(got, want):
         assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in g)
+    assert streams == [('stream of', str(dl.device))] * len(dl)
 
 
 def _memory_loader(n=40, batch=8, prefetch=0, seed=0):
