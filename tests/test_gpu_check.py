@@ -112,6 +112,48 @@ def test_concurrency_counts_below_one_are_refused_before_anything_runs(tmp_path,
     assert not any(tmp_path.iterdir())
 
 
+def _workers(tmp_path, codes, deadline, procs):
+    "Run `gpu_check._run_workers` over python workers that exit with `codes` in start order (None: sleep an hour); `procs` gets the processes."
+    import sys
+    real = gpu_check.subprocess.Popen
+    def spy(*a, **k): procs.append(real(*a, **k)); return procs[-1]
+    gpu_check.subprocess.Popen = spy
+    try:
+        # every worker runs the same command; each claims the first free role by creating its file (O_EXCL: atomic)
+        cmd = [sys.executable, '-c', 'import os, sys, time\n'
+               'def claim(i):\n'
+               '    try: os.close(os.open(os.path.join(sys.argv[1], str(i)), os.O_CREAT | os.O_EXCL)); return True\n'
+               '    except FileExistsError: return False\n'
+               'i = next(i for i in range(99) if claim(i))\n'
+               'codes = ' + repr(codes) + '; print("RESULT", i, flush=True); c = codes[i]\n'
+               'time.sleep(3600) if c is None else sys.exit(c)', str(tmp_path/'roles')]
+        (tmp_path/'roles').mkdir()
+        return gpu_check._run_workers(cmd, len(codes), None, deadline, tmp_path)
+    finally: gpu_check.subprocess.Popen = real
+
+
+def test_one_failing_worker_stops_the_others(tmp_path):
+    "A worker that dies (before the barrier, say) stops its siblings instead of leaving them on the GPU; its stderr is named."
+    import time
+    procs = []
+    with pytest.raises(RuntimeError, match=r'worker \d of 2 failed \(exit 3\); the others were stopped'):
+        _workers(tmp_path, [None, 3], time.time() + 3600, procs)   # the first sleeps an hour: only the stop ends it
+    assert sorted(p.returncode for p in procs) == sorted([3, -9])   # the sleeper killed, nothing left running
+
+
+def test_workers_past_the_deadline_are_stopped(tmp_path):
+    "A worker still running at the deadline (a hung compile, a barrier never met) is stopped; so is every other one."
+    with pytest.raises(RuntimeError, match=r"[12] of 2 workers still running at the section's deadline; stopped"):
+        _workers(tmp_path, [0, None], 0, procs := [])   # a deadline already past; the second would sleep an hour
+    assert -9 in [p.returncode for p in procs] and all(p.returncode is not None for p in procs)
+
+
+def test_workers_that_all_succeed_return_their_output(tmp_path):
+    import time
+    outs = _workers(tmp_path, [0, 0, 0], time.time() + 3600, procs := [])
+    assert sorted(o.split()[1] for o in outs) == ['0', '1', '2'] and all(p.returncode == 0 for p in procs)
+
+
 def test_same_batches_tells_a_different_loader():
     "The device check of prefetching would notice batches that are not the loader's own (it is not true by construction)."
     import numpy as np

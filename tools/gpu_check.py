@@ -206,7 +206,7 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
                      max_loss_ratio=0, log_every=50)
     model.to(dev)
     if channels_last: model.to(memory_format=torch.channels_last)
-    net = torch.compile(model, mode=compile_mode) if compile_mode != 'none' else model
+    net = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode != 'none' else model
     opt, scaler = make_optimizer(model, tc), torch.amp.GradScaler(dev.type, enabled=False)
     data = synthetic_batches(size, batch, MODELS[name][3], dev)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True; torch.cuda.reset_peak_memory_stats()
@@ -422,6 +422,7 @@ def _worker(a):
         (ready/f'{os.getpid()}').touch()
         t = time.time()
         while len(list(ready.iterdir())) < a.worker_of and time.time() - t < 600: time.sleep(0.01)   # compiles take minutes
+        # (a sibling that dies before the barrier: the parent stops every worker, `_run_workers`)
     if a.cache_dir:   # the configured step, end to end through the decoded cache the parent built
         ld = _cached_loader(a.worker, cfg, cfg['cache_images'], a.cache_dir)[0]
         row = train_rate(a.worker, cfg, 'bf16', True, 'reduce-overhead' if cfg['compile'] else 'none', barrier=barrier, loader=ld)
@@ -430,11 +431,34 @@ def _worker(a):
     return 0
 
 
-def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=False):
+def _run_workers(cmd, n, env, deadline, logs):
+    """Start `n` copies of `cmd`, their output in files under `logs` (a pipe left unread can stall a worker); wait for all
+    of them until `deadline` (time.time()). One failing, or the deadline passing, stops every one: none is left holding
+    the GPU while later sections are timed. Returns their stdout texts."""
+    outs = [(logs/f'{i}.out', logs/f'{i}.err') for i in range(n)]
+    files = [(open(o, 'w'), open(e, 'w')) for o, e in outs]
+    procs = [subprocess.Popen(cmd, stdout=o, stderr=e, text=True, env=env) for o, e in files]
+    tail = lambda i: outs[i][1].read_text()[-500:]
+    try:
+        while True:
+            bad = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+            if bad is not None: raise RuntimeError(f'worker {bad + 1} of {n} failed (exit {procs[bad].returncode}); the others were stopped: {tail(bad)}')
+            if all(p.returncode == 0 for p in procs): return [o.read_text() for o, _ in outs]
+            if time.time() > deadline: raise RuntimeError(f'{sum(p.returncode is None for p in procs)} of {n} workers still running at the section\'s deadline; stopped')
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None: p.kill()
+        for p in procs: p.wait()
+        for f in (f for pair in files for f in pair): f.close()
+
+
+def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=False, deadline=None):
     """Several trainings of `model` on one GPU at once (bf16, channels_last), timed together after a barrier: combined
-    images/s. `configured`: the paper profile's compiled step fed by the decoded cache (end-to-end rates)."""
+    images/s. `configured`: the paper profile's compiled step fed by the decoded cache (end-to-end rates). Workers still
+    running at `deadline` (time.time(); None: 900 s from now) are stopped and the section fails."""
     import json as _json
-    out = {}
+    out, deadline = {}, deadline or time.time() + 900
     cache = tempfile.mkdtemp(prefix='har-kit-gpu-cache-') if configured else None
     if cache: _cached_loader(model, cfg, cfg['cache_images'], cache)   # written once here, before the workers read it
     for n in counts or cfg['concurrency']:
@@ -442,14 +466,12 @@ def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=
         cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', model, '--worker-of', str(n), '--barrier', str(bar)]
         if cpu_tiny: cmd.append('--cpu-tiny')
         if cache: cmd += ['--cache-dir', cache]
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])))
-                 for _ in range(n)]
+        logs = Path(tempfile.mkdtemp(prefix='har-kit-gpu-workers-'))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
         rates = []
-        for p in procs:
-            so, se = p.communicate(timeout=900)
+        for so in _run_workers(cmd, n, env, deadline, logs):
             line = next((l for l in so.splitlines() if l.startswith('RESULT ')), None)
-            if line is None: raise RuntimeError(f'worker failed: {se[-500:]}')
+            if line is None: raise RuntimeError(f'a worker printed no RESULT line (its output: {logs})')
             rates.append(_json.loads(line[7:]))
         key = 'e2e_images_per_s' if configured else 'images_per_s'
         out[str(n)] = dict(processes=n, model=model, images_per_s_each=[r[key] for r in rates], images_per_s_total=sum(r[key] for r in rates))
@@ -907,9 +929,9 @@ def merge(paths, out, note=None):
 
 SECTION_NAMES = ('configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
                  'checkpoints', 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
-SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 130, 'latency': 40, 'steps': 120, 'end_to_end': 40,
-             'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0,   # typical seconds on an H200 (2026-12-04)
-             'checkpoints': 30}   # an estimate (not yet run on a GPU): 2 models x 3 repetitions of ~0.5 GB each way
+SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 200, 'latency': 40, 'steps': 120, 'end_to_end': 40,
+             'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0,   # typical seconds on an H200 (2026-12-04; three
+             'checkpoints': 45}   # Da-HAR workers with cold compiles: 150-190 s); checkpoints: an estimate (not yet run on a GPU)
 
 
 def main(argv=None):
@@ -962,13 +984,14 @@ def main(argv=None):
     # the two timed matrices stop starting new rows at their own deadlines. The projection always runs.
     def shared():   # each model's configured trainings sharing the GPU, keyed MODEL|PROCESSES
         return {f'{m}|{k}': v for m in a.concurrency_models
-                for k, v in concurrency(cfg, a.cpu_tiny, m, cfg['configured_concurrency'], configured=True).items()}
+                for k, v in concurrency(cfg, a.cpu_tiny, m, cfg['configured_concurrency'], configured=True,
+                                        deadline=max(deadline, time.time() + SECTION_S['concurrency_configured'])).items()}
     sections = [('configured', lambda: configured(cfg, t0 + a.configured_share * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
                 ('concurrency_configured', shared),
                 ('latency', lambda: latency(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)),
                 ('maskrcnn', lambda: maskrcnn(cfg)), ('checkpoints', lambda: checkpoints(cfg)),
-                ('concurrency', lambda: concurrency(cfg, a.cpu_tiny)),
+                ('concurrency', lambda: concurrency(cfg, a.cpu_tiny, deadline=max(deadline, time.time() + SECTION_S['concurrency']))),
                 ('projection', lambda: projection(chk.report)),
                 ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)
