@@ -18,9 +18,9 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
            'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest',
            'notebook_record', 'real_data', 'moved_defaults', 'data_changes', 'thread_change', 'check_run_params',
-           'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'run_notebook', 'run_status',
-           'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file',
-           'cli_params', 'cli', 'params_cli']
+           'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'default_run_dir', 'run_notebook',
+           'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value',
+           'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -251,6 +251,12 @@ def check_run_params(out_dir  # a done run directory
 
 SESSION_KEYS = ('time', 'git_commit', 'git_dirty', 'built_from', 'packages', 'threads', 'cpu', 'devices')   # an earlier session's record
 
+_ABSENT = object()   # a parameter neither given nor declared
+
+def _value_as_run(params, k, defaults):  # a parameter's value as a run has it: given, or the notebook's default (named so)
+    if k in params: return repr(params[k])
+    return f'{defaults[k]!r} (default)' if defaults and k in defaults else 'the default'
+
 def _prepare(out, params, force, data=None, defaults=None, threads=None, notebook=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now; the kernel's thread count; the notebook's record (`notebook_record`)
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
     entries = [p for p in out.iterdir() if p.name != '.lock']
@@ -270,11 +276,13 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
         if old is None:
             raise KitError(f'{out} holds a run whose params.json cannot be read: pass another run directory (--out), or '
                            'force=True (--force) to move it aside')
-        diff = sorted(set(old) ^ set(params) | {k for k in set(old) & set(params) if not _same(old[k], params[k])})
+        eff = lambda d, k: d[k] if k in d else (defaults or {}).get(k, _ABSENT)   # given, else the default: one value
+        diff = sorted(k for k in set(old) | set(params)
+                      if (eff(old, k) is _ABSENT) != (eff(params, k) is _ABSENT) or not _same(eff(old, k), eff(params, k)))
         if diff and (is_done(out) or diff != ['device']):   # an unfinished run may move to another device (see above)
             what = 'a run' if is_done(out) else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
-                           + ', '.join(f'{k}: {old.get(k, "default")!r} -> {params.get(k, "default")!r}' for k in diff)
+                           + ', '.join(f'{k}: {_value_as_run(old, k, defaults)} -> {_value_as_run(params, k, defaults)}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
         moved = moved_defaults(env, params, defaults) if defaults is not None else []
         if moved:
@@ -518,9 +526,17 @@ def _check_run_dir(out):  # the resolved run directory
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
 # %% ../nbs/70_runs.ipynb #c043
+def default_run_dir(nb,           # the notebook's path
+                    params: dict  # the run's checked parameters
+                   ) -> Path:
+    "`outputs/runs/<section>-<digest>`: the folder a run without `--out` gets, the same for the same parameters (the device aside)."
+    digest = params_digest({k: v for k, v in params.items() if k != 'device'})
+    return outputs_root(writable=True)/'runs'/f"{notebook_record(nb)['section']}-{digest[:12]}"
+
+# %% ../nbs/70_runs.ipynb #c046
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
-                 out_dir=None,              # the run directory (None: outputs/runs/<notebook>-<time>)
+                 out_dir=None,              # the run directory (None: `default_run_dir`, outputs/runs/<section>-<digest>)
                  kernel_name: str = 'python3',  # Jupyter kernel
                  force: bool = False,       # rerun a done run; move a run with other parameters aside
                  progress: bool = True,     # papermill's progress bar
@@ -541,7 +557,7 @@ def run_notebook(notebook,                  # path, file name or section name
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
                        f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
-    out = Path(out_dir) if out_dir else outputs_root(writable=True)/'runs'/f'{nb.stem}-{time.strftime("%Y%m%d-%H%M%S")}'
+    out = Path(out_dir) if out_dir else default_run_dir(nb, params)
     out = out.resolve()
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
@@ -573,7 +589,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c050
+# %% ../nbs/70_runs.ipynb #c053
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -591,7 +607,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c054
+# %% ../nbs/70_runs.ipynb #c057
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -619,7 +635,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c056
+# %% ../nbs/70_runs.ipynb #c059
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -637,7 +653,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c059
+# %% ../nbs/70_runs.ipynb #c062
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -662,7 +678,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c061
+# %% ../nbs/70_runs.ipynb #c064
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -685,7 +701,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c064
+# %% ../nbs/70_runs.ipynb #c067
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -702,7 +718,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c066
+# %% ../nbs/70_runs.ipynb #c069
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -742,7 +758,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c069
+# %% ../nbs/70_runs.ipynb #c072
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
@@ -753,7 +769,7 @@ def _run_parser():
                     help='parameter to inject (repeatable); lists as a,b or [a, b]; wins over -f')
     ap.add_argument('-f', '--parameters-file', metavar='FILE', help="YAML file of parameters, one 'name: value' per line "
                     "(papermill's -f; 'har-kit params NOTEBOOK' prints one to start from)")
-    ap.add_argument('--out', help='run directory (default: $HAR_KIT_OUTPUTS/runs/<notebook>-<time>)')
+    ap.add_argument('--out', help='run directory (default: $HAR_KIT_OUTPUTS/runs/<section>-<digest of the parameters>: the same command resumes or finds its run)')
     ap.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside)')
     ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')

@@ -48,6 +48,23 @@ def test_done_run_is_skipped(tmp_path):
 
 
 
+def test_without_a_run_directory_the_same_parameters_find_their_run(tmp_path, monkeypatch):
+    "No --out: the run folder is named by the parameters, so a failed (or interrupted) run resumes and a done one is returned."
+    from har_kit.runs import default_run_dir
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(tmp_path/'outputs'))
+    nb = _nb(tmp_path/'41_toy.ipynb', [('x = 1\ndevice = "cpu"\nout_dir = None', ['parameters']),
+                                       ('import pathlib\nfrom har_kit.core import save_metrics\n'
+                                        'p = pathlib.Path(out_dir)/"count"\np.write_text(str(int(p.read_text()) + 1 if p.exists() else 1))\n'
+                                        'assert p.read_text() != "1", "first session fails"\nsave_metrics({"x": x}, out_dir)', None)])
+    with pytest.raises(RunFailed, match='first session fails') as e: run_notebook(nb, {'x': 2}, progress=False)
+    first = e.value.out_dir
+    assert first == default_run_dir(nb, {'x': 2}) and first.parent == tmp_path/'outputs'/'runs' and first.name.startswith('toy-')
+    assert run_notebook(nb, {'x': 2}, progress=False) == first                   # the second session, in the same folder
+    assert run_notebook(nb, {'x': 2, 'device': 'cpu'}, progress=False) == first  # done: returned (the device aside; 'cpu' is its default too)
+    assert (first/'count').read_text() == '2' and load_json(first/'metrics.json') == {'x': 2}
+    assert default_run_dir(nb, {'x': 3}) != first
+
+
 def test_resume_keeps_earlier_sessions_and_refuses_another_thread_count(tmp_path):
     "A failed run resumed records its earlier session in env.json; resuming with another thread count is refused, --force starts afresh."
     from har_kit.core import KitError
