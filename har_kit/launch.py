@@ -176,22 +176,40 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] else 0   # a stopped or killed run is not done either
 
 # %% ../nbs/72_launch.ipynb #c022
-def profile_values(notebook: str,  # section name: 'dahar', 'campar', 'cfar', 'masks', ...
-                   profile: str):  # 'quick', 'sample' or 'paper'
-    "The parameters a profile gives a section notebook (its planner's private keys aside)."
+def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'cfar', 'masks', ...
+                   profile: str,           # 'quick', 'sample' or 'paper'
+                   dataset: str | None = None,    # the dataset the values are for (required where they depend on it)
+                   selection: str | None = None): # an epoch selection the plan runs (None: its first, [15]'s)
+    "The parameters a profile gives a section notebook's runs on `dataset` with `selection`, as the planner sets them."
     if profile not in PROFILES: raise KitError(f'profile={profile!r}: choose one of {", ".join(PROFILES)}')
-    return {k: v for k, v in PROFILES[profile].get(notebook, {}).items() if not k.startswith('_')}
+    prof = PROFILES[profile]
+    out = {k: v for k, v in prof.get(notebook, {}).items() if not k.startswith('_')}
+    by, sels = prof.get('_by_dataset', {}).get(notebook, {}), prof.get('_selections', {}).get(notebook, {})
+    if by and dataset is None:
+        raise KitError(f'the {profile} profile\'s {notebook} values depend on the dataset ({", ".join(by)}): pass --dataset')
+    if dataset is not None: out.update(dataset=dataset, **by.get(dataset, {}))
+    if selection is not None and selection not in sels:
+        raise KitError(f'--selection {selection!r}: the {profile} profile runs {notebook} with '
+                       + (f'the selections {", ".join(map(repr, sels))}' if sels else 'no selection of its own'))
+    if sels:
+        selection = selection or next(iter(sels))
+        out.update(selection=selection, **sels[selection])
+    return out
 
 def config_cli(argv=None):  # arguments after `har-kit config`
     "`har-kit config NOTEBOOK [--profile P] [--out FILE [--force]]`: a commented YAML parameters file with a profile's values."
     ap = argparse.ArgumentParser(prog='har-kit config', description=config_cli.__doc__)
     ap.add_argument('notebook', help="section name ('campar', 'dahar', 'cfar', 'masks')")
     ap.add_argument('--profile', default='paper', help=f'whose values to fill in ({", ".join(PROFILES)}; default paper)')
+    ap.add_argument('--dataset', help="the dataset the runs train on (required where the profile's values depend on it, e.g. campar: rap or pa100k)")
+    ap.add_argument('--selection', help="the epoch selection, where the plan runs several (campar: '[15]', the default, or 'held-out')")
     ap.add_argument('--out', help='write the file here (an existing file is refused without --force); default: print it')
     ap.add_argument('--force', action='store_true', help='replace an existing --out file')
     a = ap.parse_args(argv)
     try:
-        text = params_yaml(a.notebook, profile_values(find_notebook(a.notebook).stem.split('_', 1)[-1], a.profile))
+        values = profile_values(find_notebook(a.notebook).stem.split('_', 1)[-1], a.profile, a.dataset, a.selection)
+        text = (params_yaml(a.notebook, values) + f'# the {a.profile} profile\'s values; the rows of a table (variants, partitions, '
+                f'seeds) are set per run: har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n')
         if a.out:
             out = check_writable([a.out], a.force)[0]   # an existing file (without --force) or an unwritable place: refused
             with atomic_write(out) as f: f.write(text)
