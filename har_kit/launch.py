@@ -555,7 +555,16 @@ def cli(argv=None):  # the command line (None: sys.argv)
                     device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
         names, where = (devices, '--device') if devices else (sorted({str(r.params['device']) for r in runs if 'device' in r.params}),
                                                               f'profile {a.profile!r} (pass --device to choose another)')
-        if a.dry_run and a.launcher == 'local': check_devices(names, where, local=False); return _print_plan(a, runs)
+        read = {r.params['dataset'] for r in runs if r.params.get('data_root')}
+        if set(roots) - read:   # said, not refused: a script may pass every root to every table subset
+            print(f'har-kit reproduce: note: no planned run reads --data-root {", ".join(sorted(set(roots) - read))} (profile '
+                  f'{a.profile!r}' + (' runs on the synthetic sets' if not read else f' reads {", ".join(sorted(read))} here') + ')', file=sys.stderr)
+        if a.dry_run and a.launcher == 'local':
+            check_devices(names, where, local=False)
+            try: check_roots(runs, roots)   # the roots the plan reads, checked as a real run checks them; the plan is shown
+            except KitError as e:           # anyway (planning for another machine), the problem said first
+                print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)
+            return _print_plan(a, runs)
         if missing_roots(runs):
             raise KitError(f'profile {a.profile!r} needs dataset roots: pass --data-root ' +
                            ' '.join(f'{d}=PATH' for d in missing_roots(runs)))

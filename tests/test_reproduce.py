@@ -311,3 +311,13 @@ def test_a_run_held_by_another_process_is_busy_not_failed(tmp_path):
     st = execute(runs, run_fn=run_fn, progress=False, jobs=1)
     assert held.name in st['busy'] and not st['failed'], st
     assert all(r.name in st['busy'] for r in runs if held.out_dir in r.deps), st
+
+
+def test_a_dry_run_checks_the_roots_and_names_roots_no_run_reads(capsys, tmp_path):
+    "The dry run is where a setup is checked: an unusable root is said (the plan still shown); a root no planned run reads is said."
+    sample = Path(__file__).resolve().parents[2]/'shared'/'data'/'pa100k-sample'
+    assert cli(['campar_t2', '--profile', 'paper', '--dry-run', '--data-root', f'rap={sample}']) == 0
+    cap = capsys.readouterr()
+    assert 'a real run would stop here: dataset roots are not usable' in cap.err and f'rap={sample}' in cap.err and 'campar/' in cap.out
+    assert cli(['campar_t2', '--profile', 'quick', '--dry-run', '--out', str(tmp_path), '--data-root', f'pa100k={sample}']) == 0
+    assert "no planned run reads --data-root pa100k (profile 'quick' runs on the synthetic sets)" in capsys.readouterr().err
