@@ -12,7 +12,7 @@ from .core import KitError, atomic_write, check_folder, check_writable, get_devi
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
-from .run_params import find_notebook
+from .run_params import section_notebook
 from .runs import RunFailed, RunInterrupted, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
 
 # %% auto #0
@@ -207,7 +207,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     ap.add_argument('--force', action='store_true', help='replace an existing --out file')
     a = ap.parse_args(argv)
     try:
-        values = profile_values(find_notebook(a.notebook).stem.split('_', 1)[-1], a.profile, a.dataset, a.selection)
+        values = profile_values(section_notebook(a.notebook).stem.split('_', 1)[-1], a.profile, a.dataset, a.selection)
         text = (params_yaml(a.notebook, values) + f'# the {a.profile} profile\'s values; the rows of a table (variants, partitions, '
                 f'seeds) are set per run: har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n')
         if a.out:

@@ -12,8 +12,9 @@ from .data import check_train_splits
 from .model_file import check_range
 
 # %% auto #0
-__all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'find_notebook', 'Unparsed', 'notebook_parameters',
-           'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'parse_value', 'parse_params']
+__all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'section_names', 'find_notebook', 'section_notebook',
+           'Unparsed', 'notebook_parameters', 'parameter_defaults', 'check_parameter', 'check_parameters',
+           'check_config', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -24,6 +25,16 @@ def notebooks_dir():
     if spec is None or not spec.submodule_search_locations:
         raise KitError('the section notebooks were not found: reinstall har_kit from a wheel or run from a clone')
     return Path(list(spec.submodule_search_locations)[0])
+
+def _parameters_cells(nb):  # a notebook's path
+    "The notebook's code cells tagged `parameters`."
+    try: cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
+    return [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
+
+def section_names():
+    "The sections `har-kit run` executes: the packaged notebooks with a `parameters` cell, in reading order."
+    return [c.stem.split('_', 1)[-1] for c in sorted(notebooks_dir().glob('*.ipynb')) if _parameters_cells(c)]
 
 def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name ('dahar')
     "Resolve a notebook name to its path, or raise `KitError` listing the available notebooks."
@@ -38,9 +49,18 @@ def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name (
         if c.stem == stem or c.stem.split('_', 1)[-1] == stem: return c
     close = difflib.get_close_matches(stem, [c.stem.split('_', 1)[-1] for c in cands], 1)
     raise KitError(f'notebook {name!r} not found in {d}' + (f' (did you mean {close[0]!r}?)' if close else '')
-                   + f'; available: {", ".join(c.stem for c in cands)}')
+                   + f'; the sections a run executes: {", ".join(section_names())} (library notebooks by their file name, e.g. {cands[0].stem})')
 
-# %% ../nbs/60_run_params.ipynb #c009
+def section_notebook(name):  # path, file name or section name
+    "`find_notebook` for a run: a notebook without a `parameters` cell (a library notebook) is refused, naming the sections."
+    nb = find_notebook(name)
+    if not _parameters_cells(nb):
+        ours = nb.parent.resolve() == notebooks_dir().resolve()
+        raise KitError(f'{nb.name} has no cell tagged parameters, so it is not a notebook to run: the sections are '
+                       f'{", ".join(section_names())}' + ('' if ours else "; tag the cell that sets your notebook's parameters 'parameters'"))
+    return nb
+
+# %% ../nbs/60_run_params.ipynb #c010
 class Unparsed(str):
     "The source text of a parameter default that is not a literal (any value is accepted for it)."
 
@@ -48,9 +68,7 @@ def notebook_parameters(notebook,  # path, file name or section name
                        ) -> dict:
     "The names and defaults of the notebook's `parameters` cell, in order (`{}` when it has none)."
     nb = find_notebook(notebook)
-    try: cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
-    except (json.JSONDecodeError, KeyError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
-    tagged = [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
+    tagged = _parameters_cells(nb)
     if not tagged: return {}
     src = ''.join(tagged[0]['source']) if isinstance(tagged[0]['source'], list) else tagged[0]['source']
     try: tree = ast.parse(src)
@@ -66,13 +84,13 @@ def notebook_parameters(notebook,  # path, file name or section name
                 except (ValueError, SyntaxError, TypeError): out[t.id] = Unparsed(ast.get_source_segment(src, st.value) or '')
     return out
 
-# %% ../nbs/60_run_params.ipynb #c013
+# %% ../nbs/60_run_params.ipynb #c014
 def parameter_defaults(notebook   # path, file name or section name
                       ) -> dict:
     "The notebook's defaults as JSON stores them (`out_dir` aside; an expression as its source text): what a run records."
     return json.loads(json.dumps({k: v for k, v in notebook_parameters(notebook).items() if k != 'out_dir'}))
 
-# %% ../nbs/60_run_params.ipynb #c016
+# %% ../nbs/60_run_params.ipynb #c017
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_directory', '_run')  # name endings of parameters that name a file-system place: a path string or None
@@ -133,7 +151,7 @@ def check_parameter(name,               # the parameter's name
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
 
-# %% ../nbs/60_run_params.ipynb #c018
+# %% ../nbs/60_run_params.ipynb #c019
 def check_parameters(notebook,           # notebook name or path
                      params: dict | None, # {name: value}
                      ) -> dict:
@@ -175,7 +193,7 @@ def check_config(notebook,   # notebook name or path
     try: getattr(importlib.import_module(mod), name).from_params(params)
     except KitError as e: raise KitError(f'{stem}: {e}') from None
 
-# %% ../nbs/60_run_params.ipynb #c022
+# %% ../nbs/60_run_params.ipynb #c023
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
     "Interpret a command-line parameter value as a YAML scalar/list (int, float, bool, None, list or str)."
     import yaml

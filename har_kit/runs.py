@@ -12,7 +12,7 @@ from .core import (KitError, atomic_write, cache_root, check_folder, data_root, 
                           outputs_root, save_json, to_jsonable)
 from .formats import data_fingerprint, detect_layout
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
-                                parameter_defaults, parse_params, parse_value)
+                                parameter_defaults, section_names, section_notebook, parse_params, parse_value)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
@@ -547,7 +547,7 @@ def run_notebook(notebook,                  # path, file name or section name
                  echo: bool = False):       # also show the notebook's output live on this process's stdout / stderr (`Echo`)
     "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
-    nb = find_notebook(notebook)
+    nb = section_notebook(notebook)   # a notebook with a `parameters` cell
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
@@ -783,8 +783,10 @@ def cli(argv=None):  # arguments after `har-kit run`
     a = ap.parse_args(argv)
     if a.help:
         print(ap.format_help())
-        if not a.notebook: print("'har-kit run NOTEBOOK --help' also lists the notebook's parameters"); return 0
-        try: print(params_yaml(a.notebook), end='')
+        if not a.notebook:
+            print(f"sections: {', '.join(section_names())} (the papers': masks, dahar, campar, cfar, then tables); "
+                  "'har-kit run NOTEBOOK --help' also lists the notebook's parameters"); return 0
+        try: print(params_yaml(section_notebook(a.notebook)), end='')
         except KitError as e: print(f'har-kit run: {e}', file=sys.stderr); return 2
         return 0
     if not a.notebook: ap.error('the following arguments are required: notebook')
@@ -809,6 +811,6 @@ def params_cli(argv=None):  # arguments after `har-kit params`
     ap = argparse.ArgumentParser(prog='har-kit params', description=params_cli.__doc__)
     ap.add_argument('notebook', help="path, file name or section name ('campar', '41_campar.ipynb')")
     a = ap.parse_args(argv)
-    try: print(params_yaml(a.notebook), end='')
+    try: print(params_yaml(section_notebook(a.notebook)), end='')
     except KitError as e: print(f'har-kit params: {e}', file=sys.stderr); return 2
     return 0

@@ -431,3 +431,13 @@ def test_an_unfinished_run_resumes_on_another_device_and_other_changes_say_how_t
     assert (tmp_path/'run'/'done').exists() and load_json(tmp_path/'run'/'params.json')['device'] == 'cpu' and len(calls) == 2
     with pytest.raises(KitError, match=r'holds a run with other parameters \(differs in: device'):   # a done run stays as it ran
         run_notebook(nb, {'device': 'tpu', 'seed': 0}, tmp_path/'run', progress=False)
+
+
+def test_a_library_notebook_is_not_run_and_the_sections_are_named(tmp_path, monkeypatch, capsys):
+    "`har-kit run core` (a notebook without a parameters cell) is refused before a kernel starts or a folder is made; so is `params`."
+    from har_kit.runs import params_cli
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(tmp_path/'outputs'))
+    assert cli(['core']) == 1 and params_cli(['metrics']) == 2   # the run command's refusals exit 1, as a bad -p value's
+    err = capsys.readouterr().err
+    assert '00_core.ipynb has no cell tagged parameters, so it is not a notebook to run' in err and 'masks, dahar, campar, cfar' in err
+    assert '05_metrics.ipynb has no cell tagged parameters' in err and not (tmp_path/'outputs').exists()
