@@ -8,18 +8,18 @@ import argparse, contextlib, json, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, atomic_write, check_folder, check_writable, get_device, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, check_folder, check_writable, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import section_notebook
-from .runs import RunFailed, RunInterrupted, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
+from .runs import RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
            'format_status', 'read_status_runs', 'check_out', 'status_cli', 'profile_values', 'config_cli', 'wait_for',
            'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'check_launcher_options',
-           'reproduce_parser', 'check_devices', 'cli']
+           'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -457,28 +457,6 @@ def _print_plan(a, runs):  # --dry-run with the local launcher
     print(describe(runs))
     if missing_roots(runs): print(f'# needs --data-root for: {", ".join(missing_roots(runs))}')
     return 0
-
-def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
-                  where: str,    # where they came from, for messages ('--device')
-                  local=True     # the runs execute on this machine (False: on a scheduler's machines)
-                 ) -> list:
-    "Refuse, before any run starts, a name torch does not read as a device (`har_kit.core.get_device`'s check) and, when `local`, a CUDA device this machine lacks."
-    names = list(dict.fromkeys(names))
-    if set(names) <= {'cpu', 'auto'}: return names   # no torch import for the CPU profiles
-    import torch   # only for a device other than the CPU (the CLI's own imports already hold torch: run_params -> data)
-    for d in names:
-        if d == 'auto': continue
-        try: dev = torch.device(d)
-        except (RuntimeError, TypeError):
-            raise KitError(f"{where}: {d!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N' (comma-separated for "
-                           'several); nothing was started') from None
-        if not local: continue
-        try: get_device(d)
-        except KitError as e: raise KitError(f'{where}: {e}; nothing was started') from None
-        n = torch.cuda.device_count()
-        if dev.type == 'cuda' and dev.index is not None and dev.index >= n:
-            raise KitError(f'{where}: device={d!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); nothing was started')
-    return names
 
 def _local_launcher_options(a):  # --launcher local: the scheduler's options mean nothing here
     "Read and check --launcher-config (a missing file is an error); warn about scheduler options the local launcher ignores."

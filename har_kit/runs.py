@@ -8,7 +8,7 @@ import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, 
 import tokenize
 from pathlib import Path
 
-from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, is_weights_file, kit_threads, load_json,
+from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
 from .formats import data_fingerprint, detect_layout
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
@@ -18,9 +18,9 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
            'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest',
            'notebook_record', 'real_data', 'moved_defaults', 'data_changes', 'thread_change', 'check_run_params',
-           'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'default_run_dir', 'run_notebook',
-           'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value',
-           'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'default_run_dir', 'check_devices',
+           'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
+           'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -534,6 +534,29 @@ def default_run_dir(nb,           # the notebook's path
     return outputs_root(writable=True)/'runs'/f"{notebook_record(nb)['section']}-{digest[:12]}"
 
 # %% ../nbs/70_runs.ipynb #c046
+def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
+                  where: str,    # where they came from, for messages ('--device')
+                  local=True     # the runs execute on this machine (False: on a scheduler's machines)
+                 ) -> list:
+    "Refuse, before any run starts, a name torch does not read as a device (`har_kit.core.get_device`'s check) and, when `local`, a CUDA device this machine lacks."
+    names = list(dict.fromkeys(names))
+    if set(names) <= {'cpu', 'auto'}: return names   # no torch import for the CPU profiles
+    import torch   # only for a device other than the CPU (the CLI's own imports already hold torch: run_params -> data)
+    for d in names:
+        if d == 'auto': continue
+        try: dev = torch.device(d)
+        except (RuntimeError, TypeError):
+            raise KitError(f"{where}: {d!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N' (comma-separated for "
+                           'several); nothing was started') from None
+        if not local: continue
+        try: get_device(d)
+        except KitError as e: raise KitError(f'{where}: {e}; nothing was started') from None
+        n = torch.cuda.device_count()
+        if dev.type == 'cuda' and dev.index is not None and dev.index >= n:
+            raise KitError(f'{where}: device={d!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); nothing was started')
+    return names
+
+# %% ../nbs/70_runs.ipynb #c047
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: `default_run_dir`, outputs/runs/<section>-<digest>)
@@ -549,6 +572,7 @@ def run_notebook(notebook,                  # path, file name or section name
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = section_notebook(notebook)   # a notebook with a `parameters` cell
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
+    if str(params.get('device', 'cpu')) not in ('cpu', 'auto'): check_devices([str(params['device'])], 'device (-p device)')   # a GPU this machine lacks: refused here
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
@@ -589,7 +613,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c053
+# %% ../nbs/70_runs.ipynb #c054
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -607,7 +631,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c057
+# %% ../nbs/70_runs.ipynb #c058
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -635,7 +659,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c059
+# %% ../nbs/70_runs.ipynb #c060
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -653,7 +677,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c062
+# %% ../nbs/70_runs.ipynb #c063
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -678,7 +702,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c064
+# %% ../nbs/70_runs.ipynb #c065
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -701,7 +725,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c067
+# %% ../nbs/70_runs.ipynb #c068
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -718,7 +742,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c069
+# %% ../nbs/70_runs.ipynb #c070
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -758,7 +782,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c072
+# %% ../nbs/70_runs.ipynb #c073
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '

@@ -102,7 +102,7 @@ def test_reproduce_refuses_an_out_that_is_a_file(tmp_path, capsys):
 
 
 def test_devices_are_checked_here_only_where_the_runs_execute(monkeypatch):
-    from har_kit.launch import check_devices
+    from har_kit.runs import check_devices
     import torch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)

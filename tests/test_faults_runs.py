@@ -441,3 +441,10 @@ def test_a_library_notebook_is_not_run_and_the_sections_are_named(tmp_path, monk
     err = capsys.readouterr().err
     assert '00_core.ipynb has no cell tagged parameters, so it is not a notebook to run' in err and 'masks, dahar, campar, cfar' in err
     assert '05_metrics.ipynb has no cell tagged parameters' in err and not (tmp_path/'outputs').exists()
+
+
+def test_a_gpu_this_machine_lacks_is_refused_before_a_kernel_starts(tmp_path, capsys):
+    "-p device cuda:99 stops at the parameters, not in the notebook's 44th cell; nothing is created."
+    assert cli(['campar', '-p', 'device', 'cuda:99', '--out', str(tmp_path/'r')]) == 1
+    err = capsys.readouterr().err
+    assert "device (-p device): device='cuda:99'" in err and 'nothing was started' in err and not (tmp_path/'r').exists()
