@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, check_writable, get_device, kit_threads, to_jsonable
+from .core import KitError, atomic_write, check_writable, get_device, kit_threads, outputs_root, to_jsonable
 from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
@@ -296,7 +296,8 @@ def _predict_parser():
                     f"main method, the first of {', '.join(MAIN_VARIANTS)} it holds)")
     ap.add_argument('--threshold', default='0.5', help="0.5 (default), a number, 'val' (per-attribute thresholds "
                     'chosen on the validation split, stored in the model) or a JSON/CSV file of per-attribute thresholds')
-    ap.add_argument('--out', default='predictions', help='folder for predictions.csv / .json (default ./predictions)')
+    ap.add_argument('--out', default=None, help='folder for predictions.csv / .json (default $HAR_KIT_OUTPUTS/predictions: '
+                    'outputs/predictions in a clone, where runs land too)')
     ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
     ap.add_argument('--explain', action='store_true', help='also save, per image, the maps of where the model looked')
@@ -315,7 +316,7 @@ def cli(argv=None):  # arguments after `har-kit predict`
     try:
         for opt, v in (('--top', a.top), ('--max-attributes', a.max_attributes), ('--batch-size', a.batch_size)):
             if v is not None and v < 1: raise KitError(f'{opt} {v}: must be at least 1')
-        out, threads = check_out_dir(a.out, a.force), kit_threads(a.threads)
+        out, threads = check_out_dir(a.out or outputs_root(writable=True)/'predictions', a.force), kit_threads(a.threads)
         with torch_threads(threads):   # the whole command, explanations included
             pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)
             images = check_images(collect_images(a.images, exclude=[out/EXPLAIN_DIR]))   # once, for both; never this command's own figures

@@ -269,14 +269,16 @@ def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
 
 
 def test_cli_output_inside_the_image_folder_is_not_scored_again(tmp_path, images, model_file, monkeypatch, capsys):
-    "The default --out (./predictions) inside the image folder: a second run scores the same images, not the first run's figures."
+    """The default --out ($HAR_KIT_OUTPUTS/predictions) inside the image folder: a second run scores the same images, not
+    the first run's figures."""
     monkeypatch.chdir(images)
-    scored = []
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(images/'outputs'))
+    scored, out = [], images/'outputs'/'predictions'
     for _ in range(2):
         assert cli([str(model_file), '.', '--explain', '--force', '--quiet']) == 0
-        rows = (images/'predictions'/'predictions.csv').read_text().splitlines()[1:]
+        rows = (out/'predictions.csv').read_text().splitlines()[1:]
         scored.append([r.split(',')[0] for r in rows])
-        assert len(list((images/'predictions'/'explain').iterdir())) == len(rows)   # a figure per scored image, no more
+        assert len(list((out/'explain').iterdir())) == len(rows)   # a figure per scored image, no more
     assert scored[0] == scored[1] and len(scored[0]) == 3 and not [p for p in scored[0] if 'predictions' in p], scored
     capsys.readouterr()
 
