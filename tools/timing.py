@@ -16,7 +16,7 @@ Sources, each row naming its own:
 Rows live in `outputs/reference/timing.json`, one per job: a new measurement replaces its job's row, rows whose source
 is gone stay (a clone without run directories keeps the reference's numbers). Standard library only.
 """
-import datetime, json, os, subprocess, sys, time
+import datetime, json, os, re, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +71,10 @@ def from_profiles():
         one_go = end - start <= summed + 60          # else some runs finished in an earlier invocation
         smoke = ' --smoke' if 'smoke' in st_path.relative_to(OUT).parts else ''
         tables = {row.split('/')[0] for rec in st.get('runs', []) for row in rec.get('rows', [])}
-        what = f'{len(tables)} tables'   # 5: the paper tables (make main); 10: with the studies (make studies)
-        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, its last plan's runs ({what})",
+        paper = {t for t in tables if re.fullmatch(r'(dahar|campar)_t\d+', t)}   # the papers' tables; the rest are studies
+        studies = ' --studies' if tables - paper else ''   # make main plans the paper tables; make studies adds the studies
+        what = f'{len(paper)} paper tables' + (f' + {len(tables - paper)} studies' if studies else '')
+        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}{studies}`, its last plan's runs ({what})",
                          seconds=round(end - start, 1) if one_go else None,
                          detail=('first run start to last run end; ' if one_go else 'runs of several invocations: no span; ')
                          + _runs_detail(runs),
@@ -100,9 +102,17 @@ def from_gpu():
     runs = r.get('merged_from') or [r]   # a merged report: its leases' own durations, not the hours between them
     secs = sum(_ts(m['finished']) - _ts(m['started']) for m in runs if m.get('started') and m.get('finished'))
     what = f"{len(runs)} runs merged, each start to finish" if r.get('merged_from') else 'start to finish'
-    return [dict(job='`make gpu-check`', seconds=round(secs, 1),
+    rows = [dict(job='`make gpu-check`', seconds=round(secs, 1),
                  detail=f"{what}; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
                  date=_day(_ts(r['started'])), source='outputs/reference/gpu/report.json')]
+    p = r.get('projection') or {}
+    if p.get('total_hours'):   # the paper profile priced from the check's measured rates: a projection, said so
+        rows.append(dict(job='`har-kit reproduce --profile paper` (projected, not run)', seconds=round(p['total_hours'] * 3600, 1),
+                         detail=f"{p['total_hours']:.1f} GPU-hours as configured: {len(p.get('runs') or [])} runs, one seed, priced "
+                                "from the GPU check's measured rates (its report says how)",
+                         machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs", date=_day(_ts(r['finished'])),
+                         source='outputs/reference/gpu/report.json'))
+    return rows
 
 
 def time_command(cmd):
