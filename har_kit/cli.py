@@ -39,8 +39,11 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
         ):
     "Entry point of the `har-kit` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ('-h', '--help'):
-        print(usage()); return 0
+    if argv[:1] in (['-h'], ['--help']): print(usage()); return 0
+    if argv[:1] == ['--version']:
+        from har_kit import __version__
+        print(f'har-kit {__version__}'); return 0
+    if not argv: print(f'har-kit: name a subcommand\n\n{usage()}', file=sys.stderr); return 2
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
@@ -52,3 +55,6 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
         print(f'har-kit {name}: {e}', file=sys.stderr); return 2
     except KeyboardInterrupt:   # one its own handling did not take (imports, parsing): no traceback
         print(f'har-kit {name}: interrupted', file=sys.stderr); return 130
+    except BrokenPipeError:     # `har-kit run dahar --help | head -5`: the reader has what it wanted
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 0

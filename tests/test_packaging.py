@@ -34,9 +34,13 @@ def test_settings_keep_parameters_tag():
     assert 'tags' in c['DEFAULT']['allowed_cell_metadata_keys'].split()
 
 
-def test_console_script_help():
+def test_console_script_help(capsys):
+    "--help and --version exit 0; no subcommand is a usage error (2), with the usage on stderr."
+    from har_kit import __version__
     from har_kit.cli import main, usage
-    assert main([]) == 0 and 'reproduce' in usage()
+    assert main(['--help']) == 0 and 'reproduce' in usage() and 'reproduce' in capsys.readouterr().out
+    assert main(['--version']) == 0 and capsys.readouterr().out == f'har-kit {__version__}\n'
+    assert main([]) == 2 and 'name a subcommand' in capsys.readouterr().err
 
 
 def test_readme_is_rendered_from_index():
