@@ -17,7 +17,7 @@ from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask
                              image_file, image_problem, load_grey, load_rgb, mask_path)
 
 # %% auto #0
-__all__ = ['check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'check_json_dest', 'cli']
+__all__ = ['ISSUE_LABELS', 'check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'check_json_dest', 'cli']
 
 # %% ../nbs/17_check.ipynb #c008
 def _place(src, dst, link):  # existing file; destination; try a hard link first
@@ -206,6 +206,10 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     return rep
 
 # %% ../nbs/17_check.ipynb #c029
+ISSUE_LABELS = {  # `dataset_issues` keys as the report says them
+    'in_two_splits': 'one image listed in two splits', 'same_file_in_two_splits': 'identical bytes under two names in two splits',
+    'duplicates': 'entries listed twice in a split', 'all_zero_rows': 'label rows with no positive'}
+
 def format_check(rep):  # a report from `check_dataset`
     "The report as the text `har-kit data check` prints."
     lines = [f'{rep["kind"]} at {rep["root"]}']
@@ -221,9 +225,10 @@ def format_check(rep):  # a report from `check_dataset`
         for a in rep['attributes']:
             pos = '-' if a['pos_ratio'] is None else f"{100 * a['pos_ratio']:.1f}"
             lines.append(f"{a['name'][:21]:<22}{pos:>7}{a['unspecified']:>13}")
-        lines.append('issues: ' + ', '.join(f'{k.replace("_", " ")} {v}' for k, v in rep['issues'].items()))
+        lines.append('issues: ' + ', '.join(f'{ISSUE_LABELS.get(k, k.replace("_", " "))} {v}' for k, v in rep['issues'].items()))
     lines += [f'warning: {w}' for w in rep['warnings']] + [f'error: {e}' for e in rep['errors']]
-    lines.append(f'{"OK" if rep["ok"] else "FAILED"} in {rep["seconds"]:.1f} s')
+    said = [f'{len(rep[k])} {k[:-1] if len(rep[k]) == 1 else k}' for k in ('errors', 'warnings') if rep[k]]
+    lines.append(f'{"OK" if rep["ok"] else "FAILED"}' + (f' ({", ".join(said)})' if said else '') + f' in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
 # %% ../nbs/17_check.ipynb #c032

@@ -732,6 +732,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
                  default): # the notebook's default for it
     "`value` read as the parameter means it: comma-separated text as a list, 'None' as None, '1e-4' as a number."
     if isinstance(default, str) and not isinstance(default, Unparsed): return value
+    if isinstance(default, bool) and not isinstance(value, bool) and value in (0, 1, '0', '1'): return bool(int(value))   # -p fig5 1, as yes / true
     if not isinstance(value, str): return value
     text = value.strip()
     if text.lower() in ('none', 'null'): return None   # Python's spelling, and YAML's
