@@ -799,7 +799,8 @@ def _run_parser():
     ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside)')
     ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')
     ap.add_argument('--batch', action='store_true', help="skip the notebook's demonstration cells (tag 'demo'), as har-kit reproduce does")
-    ap.add_argument('--quiet', action='store_true', help="do not show the notebook's output as it runs (log.txt has it)")
+    ap.add_argument('--quiet', action='store_true', help="do not show the notebook's output as it runs (log.txt has it); "
+                    'a bar over its cells still shows how far it is')
     return ap
 
 def cli(argv=None):  # arguments after `har-kit run`
