@@ -5,8 +5,12 @@
     python tools/gpu_check.py --cpu-tiny --out D  # tiny sizes on CPU, in seconds (CI: tests/test_gpu_check.py)
 
 Sections (each timed; a failing one is recorded in the report and the rest go on; the report is saved after each). On
-a GPU they run most telling first: configured, pipeline, concurrency_configured, latency, steps, end_to_end, loaders,
-maskrcnn, checkpoints, concurrency, projection; one whose typical time (SECTION_S) no longer fits --budget (480 s) is skipped:
+a GPU they run most telling first: recipes, configured, pipeline, concurrency_configured, latency, steps, end_to_end,
+loaders, maskrcnn, checkpoints, concurrency, projection; one whose typical time (SECTION_S) no longer fits --budget (480 s)
+is skipped:
+  recipes      a paper run's route at toy sizes (`recipe_params`): CAM-PAR and Da-HAR trained and scored by
+               `train_variant` through the decoded cache and device augmentation, bf16, channels_last: the code that
+               runs only when batches live on the GPU, before any device time goes to timing
   steps        every model at its paper batch and input (CAM-PAR 64 at 256x192, Da-HAR 32 at 224x224 and 224x112 on
                RAP): the engine's own training epoch on device-resident batches, TF32 fp32 and bf16, channels_last
                (the baseline also contiguous), images/s, ms/step, peak memory; bf16 rows and the baseline's TF32 first,
@@ -615,6 +619,49 @@ def notebook_plan(device):
     return plan
 
 
+RECIPES = {'campar': ('rap', 'campar_fusion'), 'dahar': ('wider', 'dahar')}   # notebook -> (dataset, variant) rehearsed
+
+
+def recipe_params(nb, device):
+    """A paper-profile run of `nb` at toy sizes (`reproduce.SMOKE`) on `device`, on the GPU with the paper profile's
+    precision and memory format (compile off: the configured section times compiled steps): the route a paper run takes
+    through the decoded cache and device augmentation. Da-HAR learns its mask from the target box (no masks step)."""
+    from har_kit.reproduce import PROFILES, SMOKE
+    prof, (ds, _) = PROFILES['paper'], RECIPES[nb]
+    p = {k: v for k, v in prof[nb].items() if not k.startswith('_')}
+    p.update(prof.get('_by_dataset', {}).get(nb, {}).get(ds, {}))
+    if nb in prof.get('_selections', {}): p.update(selection='[15]', **prof['_selections'][nb]['[15]'])
+    cuda = str(device).startswith('cuda')
+    p.update(SMOKE[nb], dataset=ds, device=str(device), amp='bf16' if cuda else 'none', channels_last=cuda)
+    if nb == 'dahar': p.update(mask_supervision='box')
+    return p
+
+
+def recipes(cfg):
+    """Each method's recipe trained and scored as a paper run is (`recipe_params`): on a GPU, the code that only runs
+    when the batches live there (a test-time loop meeting GPU labels, say). State and seconds per method."""
+    import dataclasses
+    from har_kit.campar_train import CamParConfig, CamParRecipe
+    from har_kit.dahar_train import DaHarConfig, DaHarRecipe
+    from har_kit.model_file import train_variant
+    make = {'campar': (CamParConfig, CamParRecipe), 'dahar': (DaHarConfig, DaHarRecipe)}
+    out, root = {}, Path(tempfile.mkdtemp(prefix='har-kit-gpu-recipes-'))
+    for nb, (config, recipe) in make.items():
+        t, p = time.perf_counter(), recipe_params(nb, cfg['device'])
+        fields = {f.name for f in dataclasses.fields(config)}
+        try:
+            res = train_variant(recipe(config(**{k: v for k, v in p.items() if k in fields})), RECIPES[nb][1], root/nb)
+            out[nb] = dict(state='done', metrics=sorted(k for k, v in res.items() if isinstance(v, (int, float)))[:12])
+        except Exception as e:   # the error and its traceback's end, for the reader; the other method still runs
+            traceback.print_exc()
+            out[nb] = dict(state='failed', error=f'{type(e).__name__}: {e}'[:300], detail=traceback.format_exc()[-3000:])
+        out[nb].update(seconds=round(time.perf_counter() - t, 1), params=p, ignored=sorted(set(p) - fields))
+        print(f'recipe {nb}: {out[nb]["state"]} in {out[nb]["seconds"]} s', flush=True)
+    if any(v['state'] == 'failed' for v in out.values()):
+        raise RuntimeError('; '.join(f'{k}: {v["error"]}' for k, v in out.items() if v['state'] == 'failed'))
+    return out
+
+
 def notebook_runs(cfg):
     "One papermill run per section notebook at paper size on the device; status and wall time of each."
     from har_kit.runs import run_notebook
@@ -882,6 +929,13 @@ def to_markdown(r):
               f'{_f(v["background_s"], 2)} | {_f(v.get("host_lost_s"), 2)} ({_f((v.get("host_lost_s_range") or [None])[0], 2)}-'
               f'{_f((v.get("host_lost_s_range") or [None, None])[1], 2)}) |' for v in ck]
         L.append('')
+    if r.get('recipes'):
+        L += ['A paper run\'s route at toy sizes on the device (`recipe_params`: the paper profile with `reproduce.SMOKE`\'s sizes, '
+              'decoded cache and device augmentation, bf16, channels_last; trained and scored by `train_variant`):', '',
+              '| method | dataset, variant | state | seconds |', '|---|---|---|---|']
+        L += [f'| {k} | {", ".join(RECIPES.get(k, ("?", "?")))} | {v["state"]}{": " + v["error"] if v.get("error") else ""} | {v["seconds"]} |'
+              for k, v in r['recipes'].items()]
+        L.append('')
     if r.get('notebooks'):
         L += ['| notebook | state | seconds | dropped parameters |', '|---|---|---|---|']
         L += [f'| {k} | {v["state"]}{": " + v["error"] if v.get("error") else ""} | {v["seconds"]} | {", ".join(v["dropped"]) or "-"} |'
@@ -927,11 +981,11 @@ def merge(paths, out, note=None):
     return rep
 
 
-SECTION_NAMES = ('configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
+SECTION_NAMES = ('recipes', 'configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
                  'checkpoints', 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
 SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 200, 'latency': 40, 'steps': 120, 'end_to_end': 40,
              'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0,   # typical seconds on an H200 (2026-12-04; three
-             'checkpoints': 45}   # Da-HAR workers with cold compiles: 150-190 s); checkpoints: an estimate (not yet run on a GPU)
+             'checkpoints': 45, 'recipes': 60}   # Da-HAR workers with cold compiles: 150-190 s); checkpoints: an estimate (not yet run on a GPU)
 
 
 def main(argv=None):
@@ -986,7 +1040,7 @@ def main(argv=None):
         return {f'{m}|{k}': v for m in a.concurrency_models
                 for k, v in concurrency(cfg, a.cpu_tiny, m, cfg['configured_concurrency'], configured=True,
                                         deadline=max(deadline, time.time() + SECTION_S['concurrency_configured'])).items()}
-    sections = [('configured', lambda: configured(cfg, t0 + a.configured_share * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
+    sections = [('recipes', lambda: recipes(cfg)), ('configured', lambda: configured(cfg, t0 + a.configured_share * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
                 ('concurrency_configured', shared),
                 ('latency', lambda: latency(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)),
