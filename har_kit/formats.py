@@ -117,7 +117,9 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     k = dataset_kind(kind)
     if root is None: raise KitError(f'{kind}: root is None; pass the dataset folder. {k.how}')
     root = Path(root).expanduser()
-    if not root.is_dir(): raise KitError(f'{kind}: dataset root {str(root)!r} does not exist or is not a folder. {k.how}')
+    if not root.is_dir():
+        where = '' if root.is_absolute() else f' ({root.resolve()}, from the folder the command started in)'
+        raise KitError(f'{kind}: dataset root {str(root)!r}{where} does not exist or is not a folder. {k.how}')
     for name, files, images in LAYOUTS[kind]:
         if all((root/f).is_file() for f in files) and (root/images).is_dir():
             return Layout(kind, root, name, root/files[0], root/images, tuple(root/f for f in files))
