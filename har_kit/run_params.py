@@ -12,9 +12,9 @@ from .data import check_train_splits
 from .model_file import check_range
 
 # %% auto #0
-__all__ = ['SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'section_names', 'find_notebook', 'section_notebook',
-           'Unparsed', 'notebook_parameters', 'parameter_defaults', 'check_parameter', 'check_parameters',
-           'check_config', 'parse_value', 'parse_params']
+__all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'section_names',
+           'describe_sections', 'find_notebook', 'section_notebook', 'Unparsed', 'notebook_parameters',
+           'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'parse_value', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -32,9 +32,23 @@ def _parameters_cells(nb):  # a notebook's path
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
     return [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
 
+PAPER_SECTIONS = ('masks', 'dahar', 'campar', 'cfar', 'tables')   # the sections `har-kit reproduce` runs, in order
+
+def _is_section(nb):  # a notebook's path
+    "A notebook a run executes: a `parameters` cell, and, among the kit's own, a code cell that writes the run's metrics (`save_metrics`)."
+    if not _parameters_cells(nb): return False
+    if Path(nb).resolve().parent != notebooks_dir().resolve(): return True   # your own: its metrics.json is checked when it ends
+    cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+    return any(c.get('cell_type') == 'code' and 'save_metrics(' in ''.join(c.get('source', '')) for c in cells)
+
 def section_names():
-    "The sections `har-kit run` executes: the packaged notebooks with a `parameters` cell, in reading order."
-    return [c.stem.split('_', 1)[-1] for c in sorted(notebooks_dir().glob('*.ipynb')) if _parameters_cells(c)]
+    "The sections `har-kit run` executes (`_is_section`): the packaged notebooks' section names, in reading order."
+    return [c.stem.split('_', 1)[-1] for c in sorted(notebooks_dir().glob('*.ipynb')) if _is_section(c)]
+
+def describe_sections():
+    "The sections as messages name them: the papers' first."
+    return (f"the papers' sections {', '.join(PAPER_SECTIONS)}; the others "
+            + ', '.join(n for n in section_names() if n not in PAPER_SECTIONS))
 
 def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name ('dahar')
     "Resolve a notebook name to its path, or raise `KitError` listing the available notebooks."
@@ -49,15 +63,16 @@ def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name (
         if c.stem == stem or c.stem.split('_', 1)[-1] == stem: return c
     close = difflib.get_close_matches(stem, [c.stem.split('_', 1)[-1] for c in cands], 1)
     raise KitError(f'notebook {name!r} not found in {d}' + (f' (did you mean {close[0]!r}?)' if close else '')
-                   + f'; the sections a run executes: {", ".join(section_names())} (library notebooks by their file name, e.g. {cands[0].stem})')
+                   + f'; runs execute {describe_sections()}')
 
 def section_notebook(name):  # path, file name or section name
-    "`find_notebook` for a run: a notebook without a `parameters` cell (a library notebook) is refused, naming the sections."
+    "`find_notebook` for a run: a notebook that is not a section (`_is_section`: a library notebook) is refused, naming the sections."
     nb = find_notebook(name)
-    if not _parameters_cells(nb):
+    if not _is_section(nb):
         ours = nb.parent.resolve() == notebooks_dir().resolve()
-        raise KitError(f'{nb.name} has no cell tagged parameters, so it is not a notebook to run: the sections are '
-                       f'{", ".join(section_names())}' + ('' if ours else "; tag the cell that sets your notebook's parameters 'parameters'"))
+        what = 'has no cell tagged parameters' if not _parameters_cells(nb) else 'writes no metrics.json (no save_metrics call)'
+        raise KitError(f'{nb.name} {what}, so it is not a notebook to run: runs execute {describe_sections()}'
+                       + ('' if ours else "; a notebook of your own needs a cell tagged 'parameters' (and writes out_dir/metrics.json)"))
     return nb
 
 # %% ../nbs/60_run_params.ipynb #c010

@@ -12,15 +12,16 @@ from .core import (KitError, atomic_write, cache_root, check_folder, data_root, 
                           outputs_root, save_json, to_jsonable)
 from .formats import data_fingerprint, detect_layout
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
-                                parameter_defaults, section_names, section_notebook, parse_params, parse_value)
+                                describe_sections, notebooks_dir, parameter_defaults, section_notebook, parse_params, parse_value)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'RunFailed', 'is_done', 'kernel_env', 'stop_runs',
-           'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest',
-           'notebook_record', 'real_data', 'moved_defaults', 'data_changes', 'thread_change', 'check_run_params',
-           'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths', 'default_run_dir', 'check_devices',
-           'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
-           'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'RunFailed', 'is_done',
+           'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted',
+           'read_record', 'params_digest', 'notebook_record', 'real_data', 'moved_defaults', 'data_changes',
+           'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
+           'default_run_dir', 'run_dir_for', 'check_devices', 'run_notebook', 'run_status', 'metrics_summary',
+           'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli',
+           'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -253,9 +254,14 @@ SESSION_KEYS = ('time', 'git_commit', 'git_dirty', 'built_from', 'packages', 'th
 
 _ABSENT = object()   # a parameter neither given nor declared
 
-def _value_as_run(params, k, defaults):  # a parameter's value as a run has it: given, or the notebook's default (named so)
+def _as_run(params, k, defaults):  # a parameter's value as a run has it: given, else its default (_ABSENT: neither)
+    return params[k] if k in params else defaults.get(k, _ABSENT)
+
+def _differs(a, b): return (a is _ABSENT) != (b is _ABSENT) or (a is not _ABSENT and not _same(a, b))
+
+def _said(params, k, defaults):  # `_as_run`'s value in a message, a default named so
     if k in params: return repr(params[k])
-    return f'{defaults[k]!r} (default)' if defaults and k in defaults else 'the default'
+    return f'{defaults[k]!r} (default)' if k in defaults else 'absent'
 
 def _prepare(out, params, force, data=None, defaults=None, threads=None, notebook=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now; the kernel's thread count; the notebook's record (`notebook_record`)
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
@@ -276,19 +282,20 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
         if old is None:
             raise KitError(f'{out} holds a run whose params.json cannot be read: pass another run directory (--out), or '
                            'force=True (--force) to move it aside')
-        eff = lambda d, k: d[k] if k in d else (defaults or {}).get(k, _ABSENT)   # given, else the default: one value
-        diff = sorted(k for k in set(old) | set(params)
-                      if (eff(old, k) is _ABSENT) != (eff(params, k) is _ABSENT) or not _same(eff(old, k), eff(params, k)))
+        # each side's value as it runs: given, else the default it ran with (the old run's, from its env.json) or runs with now
+        then = env['defaults'] if isinstance((env or {}).get('defaults'), dict) else (defaults or {})
+        diff = sorted(k for k in set(old) | set(params) if _differs(_as_run(old, k, then), _as_run(params, k, defaults or {})))
         if diff and (is_done(out) or diff != ['device']):   # an unfinished run may move to another device (see above)
             what = 'a run' if is_done(out) else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
-                           + ', '.join(f'{k}: {_value_as_run(old, k, defaults)} -> {_value_as_run(params, k, defaults)}' for k in diff)
+                           + ', '.join(f'{k}: {_said(old, k, then)} -> {_said(params, k, defaults or {})}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
-        moved = moved_defaults(env, params, defaults) if defaults is not None else []
+        moved = moved_defaults(env, {**old, **params}, defaults) if defaults is not None else []
         if moved:
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} made with other notebook defaults ('
                            + ', '.join(f'{k}: {env["defaults"].get(k, "absent")!r} -> {defaults.get(k, "absent")!r}' for k in moved)
-                           + '; it did not set them): pass --force to move the old run aside and rerun, or set them with -p to the old values')
+                           + f'; neither run sets them): pass --force to move the old run aside and rerun, or set them with -p '
+                           f'to the old values (with --out {out} to continue in this folder)')
         changed = data_changes(env, data) if data else []
         if changed:
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
@@ -526,12 +533,26 @@ def _check_run_dir(out):  # the resolved run directory
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
 # %% ../nbs/70_runs.ipynb #c043
+READS_OTHER_RUNS = ('tables',)   # sections whose run is a view of other runs' outputs: a new folder each time
+
 def default_run_dir(nb,           # the notebook's path
                     params: dict  # the run's checked parameters
                    ) -> Path:
-    "`outputs/runs/<section>-<digest>`: the folder a run without `--out` gets, the same for the same parameters (the device aside)."
-    digest = params_digest({k: v for k, v in params.items() if k != 'device'})
-    return outputs_root(writable=True)/'runs'/f"{notebook_record(nb)['section']}-{digest[:12]}"
+    "`outputs/runs/<section>-<digest>`: the folder a run without `--out` gets, the same for the same notebook and parameters (a GPU's index aside)."
+    section, runs = Path(nb).stem.split('_', 1)[-1], outputs_root(writable=True)/'runs'
+    if section in READS_OTHER_RUNS: return runs/f'{section}-{time.strftime("%Y%m%d-%H%M%S")}'
+    ours = Path(nb).resolve().parent == notebooks_dir().resolve()   # a packaged section by name (renumbering keeps it)
+    key = {**{k: v for k, v in params.items() if k != 'device'}, '<notebook>': section if ours else str(Path(nb).resolve()),
+           '<device>': str(params.get('device', notebook_parameters(nb).get('device'))).split(':')[0]}   # cpu / cuda / auto
+    return runs/f'{section}-{params_digest(key)[:12]}'
+
+def run_dir_for(notebook,          # path, file name or section name
+                params: dict,      # {name: value}, as for `run_notebook`
+                out_dir=None):     # the run directory given, or None
+    "The run directory `run_notebook` uses for these arguments (rank 0's): `out_dir`, else `default_run_dir`."
+    if out_dir: return Path(out_dir).resolve()
+    nb = section_notebook(notebook)
+    return default_run_dir(nb, absolute_paths(check_parameters(nb, params))).resolve()
 
 # %% ../nbs/70_runs.ipynb #c046
 def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
@@ -810,8 +831,7 @@ def cli(argv=None):  # arguments after `har-kit run`
     if a.help:
         print(ap.format_help())
         if not a.notebook:
-            print(f"sections: {', '.join(section_names())} (the papers': masks, dahar, campar, cfar, then tables); "
-                  "'har-kit run NOTEBOOK --help' also lists the notebook's parameters"); return 0
+            print(f"runs execute {describe_sections()}; 'har-kit run NOTEBOOK --help' also lists the notebook's parameters"); return 0
         try: print(params_yaml(section_notebook(a.notebook)), end='')
         except KitError as e: print(f'har-kit run: {e}', file=sys.stderr); return 2
         return 0
@@ -819,7 +839,7 @@ def cli(argv=None):  # arguments after `har-kit run`
     try:
         params = {**(read_params_file(a.parameters_file, a.notebook) if a.parameters_file else {}),
                   **cli_params(a.notebook, a.param)}
-        before = _done_id(a.out)
+        before = _done_id(run_dir_for(a.notebook, params, a.out))   # a done run there is returned: said 'skipped'
         with forward_interrupts():
             out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads,
                                demos=not a.batch, echo=not a.quiet)

@@ -321,3 +321,10 @@ def test_a_dry_run_checks_the_roots_and_names_roots_no_run_reads(capsys, tmp_pat
     assert 'a real run would stop here: dataset roots are not usable' in cap.err and f'rap={sample}' in cap.err and 'campar/' in cap.out
     assert cli(['campar_t2', '--profile', 'quick', '--dry-run', '--out', str(tmp_path), '--data-root', f'pa100k={sample}']) == 0
     assert "no planned run reads --data-root pa100k (profile 'quick' runs on the synthetic sets)" in capsys.readouterr().err
+
+
+def test_the_papers_sections_are_the_notebooks_reproduce_runs():
+    "run_params.PAPER_SECTIONS (what messages call the papers' sections) is what a paper plan executes, plus the tables."
+    from har_kit.run_params import PAPER_SECTIONS, section_names
+    assert [n for n in PAPER_SECTIONS if n != 'tables'] == list(dict.fromkeys(r.spec.notebook for r in plan(profile='paper')))
+    assert set(PAPER_SECTIONS) <= set(section_names())

@@ -251,3 +251,20 @@ def test_papermill_error_before_the_first_cell_is_recorded(tmp_path, monkeypatch
     with pytest.raises(RunFailed, match='before the first cell: TypeError: import_item'): run_notebook(nb, {}, tmp_path/'run', progress=False)
     st = run_status(tmp_path/'run')
     assert st['state'] == 'failed' and 'import_item' in st['error'] and not st.get('interrupted')
+
+
+def test_without_out_a_second_command_says_skipped_and_a_moved_default_is_not_taken_for_the_old(tmp_path, monkeypatch, capsys):
+    """`har-kit run` twice without --out: the second says 'skipped: already done'. A run made when x's default was 1,
+    asked for with -p x 2 after the default became 2, is refused: it ran with 1, whatever the default says now."""
+    from har_kit.core import KitError
+    from har_kit.runs import cli
+    monkeypatch.setenv('HAR_KIT_OUTPUTS', str(tmp_path/'outputs'))
+    src = lambda x: [(f'x = {x}\nout_dir = None', ['parameters']),
+                     ('from har_kit.core import save_metrics\nsave_metrics({"x": x}, out_dir)', None)]
+    nb = _nb(tmp_path/'42_toy.ipynb', src(1))
+    assert cli([str(nb), '--quiet']) == 0 and 'har-kit run: done -> ' in capsys.readouterr().out
+    assert cli([str(nb), '--quiet']) == 0 and 'har-kit run: skipped: already done' in capsys.readouterr().out
+    (run,) = (tmp_path/'outputs'/'runs').iterdir()
+    _nb(nb, src(2))   # the notebook's default moves
+    with pytest.raises(KitError, match=r'differs in: x: 1 \(default\) -> 2\)'): run_notebook(nb, {'x': 2}, run, progress=False)
+    assert run_notebook(nb, {'x': 1}, run, progress=False) == run and load_json(run/'metrics.json') == {'x': 1}   # what it ran with
