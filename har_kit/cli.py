@@ -6,6 +6,7 @@
 from __future__ import annotations
 import importlib, sys
 
+from . import __version__
 from .core import KitError, data_warnings_once
 
 # %% auto #0
@@ -40,9 +41,7 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
     "Entry point of the `har-kit` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (['-h'], ['--help']): print(usage()); return 0
-    if argv[:1] == ['--version']:
-        from har_kit import __version__
-        print(f'har-kit {__version__}'); return 0
+    if argv[:1] == ['--version']: print(f'har-kit {__version__}'); return 0
     if not argv: print(f'har-kit: name a subcommand\n\n{usage()}', file=sys.stderr); return 2
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
