@@ -85,6 +85,11 @@ def setup(wheels):
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+class Partial(RuntimeError):
+    "A section that failed part way: its error, and the rows it measured before (kept in the report)."
+    def __init__(self, message, result): super().__init__(message); self.result = result
+
+
 class Check:
     "The report under construction: each step's result or error, saved (atomically) after every step."
     def __init__(self, out, cfg):
@@ -94,7 +99,7 @@ class Check:
         print(f'== {name}', flush=True)
         try: res, err = fn(), None
         except Exception as e:  # one failing step must not lose the others: the error goes into the report
-            res, err = None, f'{type(e).__name__}: {e}'
+            res, err = getattr(e, 'result', None) or None, f'{type(e).__name__}: {e}'   # a `Partial`'s rows are kept
             traceback.print_exc()
         self.report['sections'][name] = dict(seconds=round(time.perf_counter() - t, 2), **({'error': err} if err else {}))
         if res is not None: self.report[name] = res
@@ -457,12 +462,12 @@ def _run_workers(cmd, n, env, deadline, logs):
         for f in (f for pair in files for f in pair): f.close()
 
 
-def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=False, deadline=None):
+def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=False, timeout_s=900):
     """Several trainings of `model` on one GPU at once (bf16, channels_last), timed together after a barrier: combined
     images/s. `configured`: the paper profile's compiled step fed by the decoded cache (end-to-end rates). Workers still
-    running at `deadline` (time.time(); None: 900 s from now) are stopped and the section fails."""
+    running `timeout_s` after they started (hung: a compile, a barrier never met) are stopped and the section fails."""
     import json as _json
-    out, deadline = {}, deadline or time.time() + 900
+    out = {}
     cache = tempfile.mkdtemp(prefix='har-kit-gpu-cache-') if configured else None
     if cache: _cached_loader(model, cfg, cfg['cache_images'], cache)   # written once here, before the workers read it
     for n in counts or cfg['concurrency']:
@@ -473,7 +478,7 @@ def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=
         logs = Path(tempfile.mkdtemp(prefix='har-kit-gpu-workers-'))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
         rates = []
-        for so in _run_workers(cmd, n, env, deadline, logs):
+        for so in _run_workers(cmd, n, env, time.time() + timeout_s, logs):
             line = next((l for l in so.splitlines() if l.startswith('RESULT ')), None)
             if line is None: raise RuntimeError(f'a worker printed no RESULT line (its output: {logs})')
             rates.append(_json.loads(line[7:]))
@@ -1036,16 +1041,20 @@ def main(argv=None):
     # Most telling first: the paper profile as configured end to end, the pipeline, runs sharing the GPU; then the
     # eager matrix and the rest. A section starts only if its typical H200 time (SECTION_S) still fits the budget;
     # the two timed matrices stop starting new rows at their own deadlines. The projection always runs.
-    def shared():   # each model's configured trainings sharing the GPU, keyed MODEL|PROCESSES
-        return {f'{m}|{k}': v for m in a.concurrency_models
-                for k, v in concurrency(cfg, a.cpu_tiny, m, cfg['configured_concurrency'], configured=True,
-                                        deadline=max(deadline, time.time() + SECTION_S['concurrency_configured'])).items()}
+    def shared():   # each model's configured trainings sharing the GPU, keyed MODEL|PROCESSES; a failing model keeps the others' rows
+        rows, errors = {}, []
+        for m in a.concurrency_models:
+            try: rows.update({f'{m}|{k}': v for k, v in concurrency(cfg, a.cpu_tiny, m, cfg['configured_concurrency'], configured=True,
+                                                                    timeout_s=2 * SECTION_S['concurrency_configured']).items()})
+            except Exception as e: errors.append(f'{m}: {type(e).__name__}: {e}')
+        if errors: raise Partial('; '.join(errors), rows)
+        return rows
     sections = [('recipes', lambda: recipes(cfg)), ('configured', lambda: configured(cfg, t0 + a.configured_share * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
                 ('concurrency_configured', shared),
                 ('latency', lambda: latency(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)),
                 ('maskrcnn', lambda: maskrcnn(cfg)), ('checkpoints', lambda: checkpoints(cfg)),
-                ('concurrency', lambda: concurrency(cfg, a.cpu_tiny, deadline=max(deadline, time.time() + SECTION_S['concurrency']))),
+                ('concurrency', lambda: concurrency(cfg, a.cpu_tiny, timeout_s=3 * SECTION_S['concurrency'])),
                 ('projection', lambda: projection(chk.report)),
                 ('notebooks', (lambda: notebook_runs(cfg)) if cfg['notebooks'] else
                               (lambda: {k: dict(state='planned (not run)', seconds=0, params=p, dropped=d)

@@ -72,9 +72,8 @@ def from_profiles():
         smoke = ' --smoke' if 'smoke' in st_path.relative_to(OUT).parts else ''
         tables = {row.split('/')[0] for rec in st.get('runs', []) for row in rec.get('rows', [])}
         paper = {t for t in tables if re.fullmatch(r'(dahar|campar)_t\d+', t)}   # the papers' tables; the rest are studies
-        studies = ' --studies' if tables - paper else ''   # make main plans the paper tables; make studies adds the studies
-        what = f'{len(paper)} paper tables' + (f' + {len(tables - paper)} studies' if studies else '')
-        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}{studies}`, its last plan's runs ({what})",
+        what = ' + '.join(f'{n} {w}' for n, w in ((len(paper), 'paper tables'), (len(tables - paper), 'studies')) if n)
+        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, its last plan's runs ({what})",
                          seconds=round(end - start, 1) if one_go else None,
                          detail=('first run start to last run end; ' if one_go else 'runs of several invocations: no span; ')
                          + _runs_detail(runs),
