@@ -190,11 +190,11 @@ def cli(argv=None):  # arguments after `har-kit masks`
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '
                                 '(Da-HAR "supervision without ground truth").')
     p.add_argument('--dataset', required=True, choices=list(DATASET_KINDS), help='dataset kind')
-    p.add_argument('--root', default=None, help='dataset root (default: the cached synthetic set)')
+    p.add_argument('--root', '--data-root', dest='root', default=None, help="dataset root, the runs' data_root (default: the cached synthetic set)")
     p.add_argument('--profile', default='tiny', help='synthetic profile when --root is not given')
     p.add_argument('--source', default='maskrcnn', choices=list(MASK_SOURCES), help='mask source')
     p.add_argument('--directory', default=None, help="folder of PNG masks for --source directory")
-    p.add_argument('--mask-root', default=None, help="where to write (default: the dataset's mask home under $HAR_KIT_DATA/masks, outside the dataset, which the readers attach unasked)")
+    p.add_argument('--mask-root', '--mask-dir', dest='mask_root', default=None, help="the runs' mask_dir: where to write (default: the dataset's mask home under $HAR_KIT_DATA/masks, outside the dataset, which the readers attach unasked)")
     p.add_argument('--cache-dir', default=None, help='instead of --mask-root: a cache root with one folder per dataset and source')
     p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda'")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass')
