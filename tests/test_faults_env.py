@@ -49,7 +49,7 @@ def test_run_with_an_outputs_folder_that_is_a_file_stops_before_the_kernel(monke
     f = tmp_path/'a-file'; f.write_text('x')
     monkeypatch.setenv('HAR_KIT_OUTPUTS', str(f))
     monkeypatch.setattr(runs, '_execute', lambda *a, **k: pytest.fail('the kernel must not start'))
-    assert runs.cli(['core']) == 1
+    assert runs.cli(['matfile']) == 1
     assert f"$HAR_KIT_OUTPUTS='{f}': {f} is a file" in capsys.readouterr().err
 
 
@@ -88,7 +88,7 @@ def test_commands_that_write_refuse_a_read_only_location_before_any_work(monkeyp
     _read_only(monkeypatch, ro)
     monkeypatch.setenv('HAR_KIT_OUTPUTS', str(ro)); monkeypatch.setenv('HAR_KIT_DATA', str(ro)); monkeypatch.delenv('HAR_KIT_CACHE', raising=False)
     monkeypatch.setattr(runs, '_execute', lambda *a, **k: pytest.fail('the kernel must not start'))
-    with pytest.raises(KitError, match=r'\$HAR_KIT_OUTPUTS=.* cannot be written'): runs.run_notebook('core', {}, None, progress=False)
+    with pytest.raises(KitError, match=r'\$HAR_KIT_OUTPUTS=.* cannot be written'): runs.run_notebook('matfile', {}, None, progress=False)
     with pytest.raises(KitError, match=r'\$HAR_KIT_DATA=.* cannot be written'): synth.ensure_synthetic('rap', 'tiny', seed=7)
     with pytest.raises(KitError, match=r'\$HAR_KIT_DATA=.* cannot be written'):
         masks.mask_cache_dir(SimpleNamespace(name='rap', root=tmp_path), SimpleNamespace(key='box'))
