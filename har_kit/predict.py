@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, check_writable, get_device, kit_threads, outputs_root, to_jsonable
+from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable
 from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
@@ -156,6 +156,16 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self): return len(self.paths)
     def __getitem__(self, i): return preprocess(load_rgb(self.paths[i], photo=True), self.size, self.mean, self.std)
 
+def _trained_on_synthetic(path):  # a model file
+    "The synthetic set's dataset kind when the model's run (<run>/<variant>/model.pt, its params.json) read no data_root, else None."
+    run = Path(path).parent.parent
+    try: params = load_json(run/'params.json', dict)
+    except KitError: return None   # no run beside the file (a model saved by hand): nothing to say
+    if params.get('data_root'): return None
+    try: defaults = load_json(run/'env.json', dict).get('defaults') or {}
+    except KitError: defaults = {}
+    return str(params.get('dataset') or defaults.get('dataset') or 'default')
+
 class Predictor:
     "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
     def __init__(self,
@@ -177,6 +187,9 @@ class Predictor:
         self.model = self.loaded.model.to(self.device).eval()
         self.attributes = self.loaded.attributes
         self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded, self.notices)
+        synthetic = _trained_on_synthetic(self.loaded.path)
+        if synthetic: self.notices.append(f'{self.loaded.path} was trained on the synthetic {synthetic} set (its run has no data_root): '
+                                          'its decisions on real photographs say nothing; train on real data (-p data_root) to use it')
         for n in self.notices: print(f'note: {n}', file=sys.stderr)
         if not (isinstance(batch_size, int) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
         self.batch_size = batch_size

@@ -572,3 +572,15 @@ def test_previous_outputs_know_figures_past_the_ten_thousandth_image(tmp_path):
     ex = tmp_path/EXPLAIN_DIR; ex.mkdir()
     for n in ('0001_a.png', '12345_b.png', 'notes.png'): (ex/n).write_bytes(b'')
     assert sorted(p.name for p in previous_outputs(tmp_path)) == ['0001_a.png', '12345_b.png']
+
+
+def test_a_model_trained_on_a_synthetic_set_says_so(tmp_path, images, model_file, capsys):
+    "Its run read no data_root: predict notes that its decisions on real photographs say nothing; a real-data run's model is quiet."
+    from har_kit.core import save_json
+    run = model_file.parent.parent
+    save_json({'epochs': 2}, run/'params.json'); save_json({'defaults': {'dataset': 'rap'}}, run/'env.json')
+    Predictor(model_file)
+    assert 'was trained on the synthetic rap set (its run has no data_root)' in capsys.readouterr().err
+    save_json({'data_root': '/data/RAP', 'dataset': 'rap'}, run/'params.json')
+    Predictor(model_file)
+    assert 'synthetic' not in capsys.readouterr().err
