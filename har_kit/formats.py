@@ -17,12 +17,12 @@ from .matfile import mat_cell, save_mat
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
            'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS', 'FIXTURE_ATTRIBUTES', 'DatasetKind',
-           'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'data_fingerprint',
-           'image_file', 'default_mask_root', 'mask_home', 'mask_roots', 'mask_path', 'read_synth_meta',
-           'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'box_mask', 'image_problem', 'load_rgb',
-           'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
-           'write_rap_annotation', 'write_wider_annotation', 'csv_records', 'csv_annotation_text',
-           'write_csv_annotation', 'write_fixture']
+           'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'file_sha256',
+           'data_fingerprint', 'image_file', 'default_mask_root', 'mask_home', 'mask_roots', 'mask_path',
+           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'box_mask',
+           'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey',
+           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+           'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -155,16 +155,17 @@ def _file_sha256(path, size, mtime_ns):  # a file; its size and modification tim
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()
 
+def file_sha256(path):  # a file
+    "The file's SHA-256, computed once per (size, modification time)."
+    st = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
 def data_fingerprint(kind,  # dataset kind
                      root): # dataset root
     "{annotation file relative to root: sha256} of a real dataset's layout; {} when no known layout is there (the reader says why)."
     try: lay = detect_layout(kind, root)
     except KitError: return {}
-    out = {}
-    for f in lay.files:
-        st = f.stat()
-        out[f.relative_to(lay.root).as_posix()] = _file_sha256(str(f.resolve()), st.st_size, st.st_mtime_ns)
-    return out
+    return {f.relative_to(lay.root).as_posix(): file_sha256(f) for f in lay.files}
 
 # %% ../nbs/02_formats.ipynb #c026
 def image_file(images,  # the image folder

@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_run_params.ipynb #c002
 from __future__ import annotations
-import ast, difflib, importlib, importlib.util, json, keyword
+import ast, difflib, functools, importlib, importlib.util, json, keyword, re
 from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
@@ -14,7 +14,8 @@ from .model_file import check_range
 # %% auto #0
 __all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'section_names',
            'describe_sections', 'find_notebook', 'section_notebook', 'Unparsed', 'notebook_parameters',
-           'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'parse_value', 'parse_params']
+           'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'load_yaml', 'parse_value',
+           'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -209,11 +210,29 @@ def check_config(notebook,   # notebook name or path
     except KitError as e: raise KitError(f'{stem}: {e}') from None
 
 # %% ../nbs/60_run_params.ipynb #c023
+@functools.lru_cache(maxsize=None)
+def _params_loader():
+    "PyYAML's safe loader with YAML 1.2's decimal numbers: int and float resolved and built from decimal text only."
+    import yaml
+    class Loader(yaml.SafeLoader): pass
+    Loader.yaml_implicit_resolvers = {c: [(t, rx) for t, rx in rs if t not in ('tag:yaml.org,2002:int', 'tag:yaml.org,2002:float')]
+                                      for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver('tag:yaml.org,2002:int', re.compile(r'^[-+]?[0-9]+$'), list('-+0123456789'))
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(
+        r'^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$'), list('-+0123456789.'))
+    Loader.add_constructor('tag:yaml.org,2002:int', lambda loader, node: int(loader.construct_scalar(node), 10))   # 010 is ten
+    return Loader
+
+def load_yaml(text: str):  # YAML text: a value, or a parameters file's `name: value` lines
+    "`yaml.safe_load` with numbers read as written in decimal (see above); raises `yaml.YAMLError` as it does."
+    import yaml
+    return yaml.load(text, Loader=_params_loader())
+
 def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command line
     "Interpret a command-line parameter value as a YAML scalar/list (int, float, bool, None, list or str)."
     import yaml
     if text.strip() == 'None': return None   # Python's spelling, as in the notebooks' parameters cells
-    try: v = yaml.safe_load(text)
+    try: v = load_yaml(text)
     except yaml.YAMLError: return text
     return text if isinstance(v, (dict,)) and not text.strip().startswith('{') else v
 

@@ -10,18 +10,18 @@ from pathlib import Path
 
 from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
-from .formats import data_fingerprint, detect_layout
+from .formats import data_fingerprint, detect_layout, file_sha256
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
-                                describe_sections, notebooks_dir, parameter_defaults, section_notebook, parse_params, parse_value)
+                                describe_sections, load_yaml, notebooks_dir, parameter_defaults, section_notebook, parse_params, parse_value)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'RunFailed', 'is_done',
            'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted',
            'read_record', 'params_digest', 'notebook_record', 'real_data', 'moved_defaults', 'data_changes',
            'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
-           'default_run_dir', 'run_dir_for', 'check_devices', 'run_notebook', 'run_status', 'metrics_summary',
-           'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli',
-           'params_cli']
+           'input_fingerprints', 'default_run_dir', 'run_dir_for', 'check_devices', 'run_notebook', 'run_status',
+           'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file',
+           'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -229,6 +229,7 @@ def data_changes(env,   # a run's env.json record, or None
     then, diff = (env or {}).get('data') or {}, []
     for k in sorted(set(then) | set(data)):
         a, b = then.get(k), data.get(k)
+        if a is None and k.startswith('input '): continue   # a run of an earlier kit recorded no inputs: nothing to compare
         if isinstance(a, dict) and isinstance(b, dict): diff += [f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
         elif a != b: diff.append(k if a is not None else f'{k} (not recorded)')
     return diff
@@ -298,9 +299,11 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
                            f'to the old values (with --out {out} to continue in this folder)')
         changed = data_changes(env, data) if data else []
         if changed:
+            why = ('an input it reads was rerun or replaced' if all(c.startswith('input ') for c in changed) else
+                   'the dataset was relabelled, extended or regenerated, or an input it reads was rerun or replaced')
             raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
-                           'changed since it started: the dataset was relabelled, extended or regenerated): pass --force to '
-                           'move the old run aside and rerun, or another run directory (--out)')
+                           f'changed since it started: {why}): pass --force to move the old run aside and rerun, or another '
+                           'run directory (--out)')
         if is_done(out):
             if notebook and ((env or {}).get('notebook') or {}).get('sha256') not in (None, notebook['sha256']):
                 warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (the notebook has changed '
@@ -478,7 +481,8 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
             return RunFailed(out, msg)
         def halt():
             cell = _cell_of(out/'notebook.running.ipynb')
-            msg = f'stopped by Ctrl-C / SIGTERM in cell {cell}; rerun the same command to resume from its last checkpoint'
+            where = f'in cell {cell}' if cell is not None else 'before its first cell ran'
+            msg = f'stopped by Ctrl-C / SIGTERM {where}; rerun the same command to resume from its last checkpoint'
             _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
             return RunInterrupted(out, msg)
         try:
@@ -520,19 +524,31 @@ def absolute_paths(params: dict  # checked parameters
     def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
     return {k: absolute(v) if _names_path(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/70_runs.ipynb #c039
+# %% ../nbs/70_runs.ipynb #c038
+def input_fingerprints(params: dict  # checked parameters, paths absolute (`absolute_paths`)
+                      ) -> dict:
+    "What the paths a run reads besides its dataset hold now: {'input NAME': {file: sha256}} (a run's `done`, a mask cache's `report.json`, a file)."
+    out = {}
+    for k, v in params.items():
+        if k == 'data_root' or not _names_path(k, v): continue   # a dataset is fingerprinted by its annotation (`real_data`)
+        p = Path(v)
+        files = {p.name: p} if p.is_file() else {n: p/n for n in ('done', 'report.json') if (p/n).is_file()} if p.is_dir() else {}
+        if files: out[f'input {k}'] = {n: file_sha256(f) for n, f in files.items()}
+    return out
+
+# %% ../nbs/70_runs.ipynb #c041
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
     "Refuse a place or weights file the run reads that lies in its own run directory (a rerun with --force would move it aside)."
     for k, v in params.items():
         if _names_path(k, v) and Path(v).resolve().is_relative_to(out):
             raise KitError(f'{k}={v} lies in the run directory {out} (--out), which holds what this run writes: pass another run directory')
 
-# %% ../nbs/70_runs.ipynb #c041
+# %% ../nbs/70_runs.ipynb #c043
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
-# %% ../nbs/70_runs.ipynb #c043
+# %% ../nbs/70_runs.ipynb #c045
 READS_OTHER_RUNS = ('tables',)   # sections whose run is a view of other runs' outputs: a new folder each time
 
 def default_run_dir(nb,           # the notebook's path
@@ -540,10 +556,12 @@ def default_run_dir(nb,           # the notebook's path
                    ) -> Path:
     "`outputs/runs/<section>-<digest>`: the folder a run without `--out` gets, the same for the same notebook and parameters (a GPU's index aside)."
     section, runs = Path(nb).stem.split('_', 1)[-1], outputs_root(writable=True)/'runs'
-    if section in READS_OTHER_RUNS: return runs/f'{section}-{time.strftime("%Y%m%d-%H%M%S")}'
+    if section in READS_OTHER_RUNS: return runs/f'{section}-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'   # two at once: two folders
     ours = Path(nb).resolve().parent == notebooks_dir().resolve()   # a packaged section by name (renumbering keeps it)
-    key = {**{k: v for k, v in params.items() if k != 'device'}, '<notebook>': section if ours else str(Path(nb).resolve()),
-           '<device>': str(params.get('device', notebook_parameters(nb).get('device'))).split(':')[0]}   # cpu / cuda / auto
+    defaults = notebook_parameters(nb)   # a value given at its default names the same run as leaving it out
+    key = {**{k: v for k, v in params.items() if k != 'device' and not (k in defaults and _same(v, defaults[k]))},
+           '<notebook>': section if ours else str(Path(nb).resolve()),
+           '<device>': str(params.get('device', defaults.get('device'))).split(':')[0]}   # cpu / cuda / auto
     return runs/f'{section}-{params_digest(key)[:12]}'
 
 def run_dir_for(notebook,          # path, file name or section name
@@ -554,7 +572,7 @@ def run_dir_for(notebook,          # path, file name or section name
     nb = section_notebook(notebook)
     return default_run_dir(nb, absolute_paths(check_parameters(nb, params))).resolve()
 
-# %% ../nbs/70_runs.ipynb #c046
+# %% ../nbs/70_runs.ipynb #c048
 def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
                   where: str,    # where they came from, for messages ('--device')
                   local=True     # the runs execute on this machine (False: on a scheduler's machines)
@@ -577,7 +595,7 @@ def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
             raise KitError(f'{where}: device={d!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); nothing was started')
     return names
 
-# %% ../nbs/70_runs.ipynb #c047
+# %% ../nbs/70_runs.ipynb #c049
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: `default_run_dir`, outputs/runs/<section>-<digest>)
@@ -597,7 +615,7 @@ def run_notebook(notebook,                  # path, file name or section name
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
-    data = {**real_data({**params, 'dataset': kind}), **(data or {})}   # a real dataset's annotation, by its bytes
+    data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {})}   # what it reads, by its bytes
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
@@ -634,7 +652,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c054
+# %% ../nbs/70_runs.ipynb #c056
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -652,7 +670,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c058
+# %% ../nbs/70_runs.ipynb #c060
 def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _fmt(v):  # a number of metrics.json
@@ -680,7 +698,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 
-# %% ../nbs/70_runs.ipynb #c060
+# %% ../nbs/70_runs.ipynb #c062
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -698,7 +716,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c063
+# %% ../nbs/70_runs.ipynb #c065
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
@@ -723,7 +741,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c065
+# %% ../nbs/70_runs.ipynb #c067
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -746,7 +764,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c068
+# %% ../nbs/70_runs.ipynb #c070
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -764,7 +782,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c070
+# %% ../nbs/70_runs.ipynb #c072
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -775,7 +793,7 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
     except OSError as e: raise KitError(f'{p}: cannot read the parameters file ({e.strerror or e})') from None
     except UnicodeDecodeError: raise KitError(f'{p}: not a text file; a parameters file is YAML, one `name: value` per line') from None
     try:
-        data, node = yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+        data, node = load_yaml(text), yaml.compose(text, Loader=yaml.SafeLoader)   # numbers as written in decimal (`load_yaml`)
     except yaml.YAMLError as e:
         m = getattr(e, 'problem_mark', None)
         where = f'line {m.line + 1}, column {m.column + 1}: {e.problem}' if m else str(e)
@@ -804,7 +822,7 @@ def cli_params(notebook,  # the notebook
     declared = notebook_parameters(notebook)
     return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c073
+# %% ../nbs/70_runs.ipynb #c075
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
@@ -844,7 +862,7 @@ def cli(argv=None):  # arguments after `har-kit run`
             out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads,
                                demos=not a.batch, echo=not a.quiet)
     except (RunInterrupted, KeyboardInterrupt) as e:
-        print(f'har-kit run: {e or "interrupted"}', file=sys.stderr); return interrupted_exit()
+        print(f'har-kit run: {str(e) or "interrupted (Ctrl-C)"}', file=sys.stderr); return interrupted_exit()
     except (KitError, RunFailed) as e:
         print(f'har-kit run: {e}', file=sys.stderr)
         if isinstance(e, RunFailed) and (e.out_dir/'log.txt').exists(): print(f'  log: {e.out_dir/"log.txt"}', file=sys.stderr)

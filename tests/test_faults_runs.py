@@ -451,3 +451,28 @@ def test_a_gpu_this_machine_lacks_is_refused_before_a_kernel_starts(tmp_path, ca
     assert cli(['campar', '-p', 'device', 'cuda:99', '--out', str(tmp_path/'r')]) == 1
     err = capsys.readouterr().err
     assert "device (-p device): device='cuda:99'" in err and 'nothing was started' in err and not (tmp_path/'r').exists()
+
+
+def test_a_done_run_whose_input_run_was_trained_again_is_refused(tmp_path, monkeypatch):
+    "A CFAR-like run reads another run (campar_run): once that run is trained again, the done run's numbers are not returned."
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\ncampar_run = None\nout_dir = None')
+    phase1 = tmp_path/'campar'; phase1.mkdir(); (phase1/'done').write_text('2026-12-05T10:00:00\n')
+    run_notebook(nb, {'campar_run': str(phase1)}, tmp_path/'run', progress=False)
+    assert run_notebook(nb, {'campar_run': str(phase1)}, tmp_path/'run', progress=False) and len(calls) == 1   # unchanged: skipped
+    (phase1/'done').write_text('2026-12-05T11:00:00\n')   # phase 1 trained again (--force moved the old one aside)
+    with pytest.raises(KitError, match=r'other data \(input campar_run/done changed since it started: an input it reads was rerun'):
+        run_notebook(nb, {'campar_run': str(phase1)}, tmp_path/'run', progress=False)
+    assert len(calls) == 1
+
+
+def test_numbers_are_read_as_written_in_decimal(tmp_path):
+    "YAML 1.1 reads 010 as 8 and 1:30 as 90: -p epochs 010 is ten, and 1:30 is refused, not trained as 90 epochs."
+    from har_kit.runs import cli_params, read_params_file
+    nb = _nb(tmp_path/'n.ipynb')
+    assert cli_params(nb, [('seed', '010'), ('threshold', '1e-1')]) == {'seed': 10, 'threshold': 0.1}
+    with pytest.raises(KitError, match=r"seed.*whole number.*got a string '1:30'"): check_parameters(nb, cli_params(nb, [('seed', '1:30')]))
+    (tmp_path/'p.yaml').write_text('seed: 010\nbatch_size: 0x10\n')
+    with pytest.raises(KitError, match='batch_size'): read_params_file(tmp_path/'p.yaml', nb)
+    (tmp_path/'p.yaml').write_text('seed: 010\n')
+    assert read_params_file(tmp_path/'p.yaml', nb) == {'seed': 10}
