@@ -15,7 +15,8 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import parameter_defaults
-from .runs import RunBusy, RunInterrupted, data_changes, is_done, moved_defaults, read_record, real_data, run_notebook, run_status, thread_change
+from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_done, moved_defaults, read_record, real_data,
+                          run_notebook, run_status, thread_change)
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
@@ -337,7 +338,7 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'inputs' when a path it reads (the CAM-PAR run a CFAR run reads) holds something else now; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
     rec = r.record() if isinstance(r, PlannedRun) else r
     out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
     p, e, m = out/'params.json', out/'env.json', out/'metrics.json'
@@ -346,7 +347,11 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     if given is not None: diff += param_diff(given, planned)
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
-    if data and env is not None and data_changes(env, data): diff.append('data')   # e.g. the quick sets were resized, a dataset relabelled
+    now = {**data, **input_fingerprints(planned)}   # the planned synthetic sets, and what the other paths it reads hold now
+    if now and env is not None:   # compared on what the plan knows (a real dataset's annotation is checked when the run starts)
+        changed = data_changes({'data': {k: v for k, v in (env.get('data') or {}).items() if k in now}}, now)
+        if any(not c.startswith('input ') for c in changed): diff.append('data')     # e.g. the quick sets were resized
+        if any(c.startswith('input ') for c in changed): diff.append('inputs')      # e.g. the CAM-PAR run CFAR reads was trained again
     if thread_change(env, rec.get('threads')) is not None: diff.append('threads')   # made with another count than planned
     if nb in ('dahar', 'campar', 'cfar') and is_done(out) and read_record(m, diff) is not None:   # by an older kit?
         try: read_metrics(out)

@@ -328,3 +328,22 @@ def test_the_papers_sections_are_the_notebooks_reproduce_runs():
     from har_kit.run_params import PAPER_SECTIONS, section_names
     assert [n for n in PAPER_SECTIONS if n != 'tables'] == list(dict.fromkeys(r.spec.notebook for r in plan(profile='paper')))
     assert set(PAPER_SECTIONS) <= set(section_names())
+
+
+def test_a_run_whose_input_run_was_trained_again_is_stale(tmp_path):
+    "status / reproduce call a done run 'stale' (inputs) once the run it reads (CFAR's campar_run) was trained again."
+    from har_kit.core import save_json
+    from har_kit.reproduce import stale_params
+    from har_kit.run_params import parameter_defaults
+    from har_kit.runs import input_fingerprints
+    phase1, out = tmp_path/'campar', tmp_path/'run'
+    phase1.mkdir(); out.mkdir(); (phase1/'done').write_text('t1\n')
+    planned = {'campar_run': str(phase1)}
+    save_json(planned, out/'params.json')
+    save_json({'data': input_fingerprints(planned), 'defaults': parameter_defaults('masks')}, out/'env.json')
+    rec = dict(out_dir=str(out), notebook='masks', params=planned)
+    assert stale_params(rec) == []
+    (phase1/'done').write_text('t2\n')
+    assert stale_params(rec) == ['inputs']
+    save_json({'defaults': parameter_defaults('masks')}, out/'env.json')   # recorded by an earlier kit: no inputs to compare
+    assert stale_params(rec) == []

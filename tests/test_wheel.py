@@ -166,7 +166,7 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path, monkeypa
     print(f'paper smoke rehearsal: {len(planned)} runs in {seconds:.0f}s (summed over runs: {t["total"]:.0f}s, kernel '
           f'start {t["kernel_start"]:.0f}s, first imports {t["imports"]:.0f}s)')
     assert r.returncode == 0, r.stderr[-3000:] + json.dumps([x for x in status['runs'] if x['state'] != 'done'])[:3000]
-    assert status['counts']['done'] == len(status['runs']) == len(planned)
+    assert status['counts']['done'] == len(status['runs']) == len(planned), (status['counts'], [(x['name'], x['state'], x.get('error')) for x in status['runs'] if x['state'] != 'done'], r.stderr[-2000:])
     assert {x['notebook'] for x in status['runs']} == {'masks', 'dahar', 'campar', 'cfar'}
     env_json = load_json(next((out/'paper').glob('dahar/*/seed0/env.json')))
     assert env_json['packages']['har_kit'] and 'git_commit' not in env_json   # the wheel ran, not a clone...
