@@ -423,7 +423,10 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
     pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
     stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
-    finished = {d for d, diff in stale.items() if not diff}      # done with the planned parameters
+    finished, planned = set(), {r.out_dir for r in runs}   # done with the planned parameters, and so is everything it reads:
+    for r in runs:   # (dependencies first) a run whose dependency reruns here is not finished, it runs after it (--force)
+        if r.out_dir in stale and not stale[r.out_dir] and all(d in finished or (d not in planned and is_done(d)) for d in r.deps):
+            finished.add(r.out_dir)
     failed, stopped, busy = set(), set(), set()
     bar = tqdm(total=len(runs), desc='runs', disable=not progress)
     def work(r, dev):

@@ -220,7 +220,12 @@ def _params_loader():
     Loader.add_implicit_resolver('tag:yaml.org,2002:int', re.compile(r'^[-+]?[0-9]+$'), list('-+0123456789'))
     Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(
         r'^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$'), list('-+0123456789.'))
-    Loader.add_constructor('tag:yaml.org,2002:int', lambda loader, node: int(loader.construct_scalar(node), 10))   # 010 is ten
+    def decimal(loader, node):   # 010 is ten; an explicit !!int 0x10 or 1_0 is refused, not read in another base
+        text = loader.construct_scalar(node)
+        if not re.fullmatch(r'[-+]?[0-9]+', text):
+            raise yaml.constructor.ConstructorError(None, None, f'{text!r} is not a decimal whole number', node.start_mark)
+        return int(text, 10)
+    Loader.add_constructor('tag:yaml.org,2002:int', decimal)
     return Loader
 
 def load_yaml(text: str):  # YAML text: a value, or a parameters file's `name: value` lines

@@ -527,12 +527,12 @@ def absolute_paths(params: dict  # checked parameters
 # %% ../nbs/70_runs.ipynb #c038
 def input_fingerprints(params: dict  # checked parameters, paths absolute (`absolute_paths`)
                       ) -> dict:
-    "What the paths a run reads besides its dataset hold now: {'input NAME': {file: sha256}} (a run's `done`, a mask cache's `report.json`, a file)."
+    "What the runs and files a run reads besides its dataset hold now: {'input NAME': {file: sha256}} (a run folder's `done`, a file's bytes)."
     out = {}
     for k, v in params.items():
         if k == 'data_root' or not _names_path(k, v): continue   # a dataset is fingerprinted by its annotation (`real_data`)
         p = Path(v)
-        files = {p.name: p} if p.is_file() else {n: p/n for n in ('done', 'report.json') if (p/n).is_file()} if p.is_dir() else {}
+        files = {p.name: p} if p.is_file() else {'done': p/'done'} if (p/'done').is_file() else {}   # a run's finish marker
         if files: out[f'input {k}'] = {n: file_sha256(f) for n, f in files.items()}
     return out
 

@@ -347,3 +347,18 @@ def test_a_run_whose_input_run_was_trained_again_is_stale(tmp_path):
     assert stale_params(rec) == ['inputs']
     save_json({'defaults': parameter_defaults('masks')}, out/'env.json')   # recorded by an earlier kit: no inputs to compare
     assert stale_params(rec) == []
+
+
+def test_force_reruns_a_done_run_after_the_run_it_reads_reruns(tmp_path, monkeypatch):
+    "reproduce --force: a CAM-PAR run retrained here takes the CFAR run that reads it along, after it (not 'skipped')."
+    import har_kit.reproduce as R
+    runs = plan(['campar_t2'], 'quick', seeds=1, root=tmp_path)
+    cfar = next(r for r in runs if r.spec.notebook == 'cfar'); (campar,) = [r for r in runs if r.out_dir in cfar.deps]
+    for r in runs: r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
+    monkeypatch.setattr(R, 'stale_params', lambda r: ['epochs'] if r.out_dir == campar.out_dir else [])
+    ran = []
+    st = execute(runs, run_fn=lambda r, dev: ran.append(r.name), progress=False, jobs=1, force=True)
+    assert ran == [campar.name, cfar.name] and st['done'] == ran and cfar.name not in st['skipped'], st
+    ran.clear()
+    st = execute(runs, run_fn=lambda r, dev: ran.append(r.name), progress=False, jobs=1)   # without --force: neither runs
+    assert not ran and campar.name in st['failed'] and st['failed'][cfar.name] == 'not started: a run it needs failed', st
