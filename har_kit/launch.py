@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, load_json, outputs_root, save_json
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
-                               plan, planned_tables, render_tables, run_planned, stale_params)
+                               plan, planned_tables, profile_params, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import section_notebook
 from .runs import RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
@@ -183,11 +183,11 @@ def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'c
     "The parameters a profile gives a section notebook's runs on `dataset` with `selection`, as the planner sets them."
     if profile not in PROFILES: raise KitError(f'profile={profile!r}: choose one of {", ".join(PROFILES)}')
     prof = PROFILES[profile]
-    out = {k: v for k, v in prof.get(notebook, {}).items() if not k.startswith('_')}
     by, sels = prof.get('_by_dataset', {}).get(notebook, {}), prof.get('_selections', {}).get(notebook, {})
     if by and dataset is None:
         raise KitError(f'the {profile} profile\'s {notebook} values depend on the dataset ({", ".join(by)}): pass --dataset')
-    if dataset is not None: out.update(dataset=dataset, **by.get(dataset, {}))
+    out = {k: v for k, v in profile_params(profile, notebook, dataset).items() if not k.startswith('_')}   # as the planner sets them
+    if dataset is not None: out['dataset'] = dataset
     if selection is not None and selection not in sels:
         raise KitError(f'--selection {selection!r}: the {profile} profile runs {notebook} with '
                        + (f'the selections {", ".join(map(repr, sels))}' if sels else 'no selection of its own'))

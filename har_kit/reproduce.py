@@ -20,9 +20,9 @@ from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
-           'planned_data', 'default_tables', 'plan', 'missing_roots', 'root_source', 'check_roots', 'describe',
-           'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute',
-           'planned_tables', 'render_tables']
+           'planned_data', 'default_tables', 'profile_params', 'plan', 'missing_roots', 'root_source', 'check_roots',
+           'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots',
+           'execute', 'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -194,6 +194,13 @@ def _table_keys(tables, profile, smoke):  # the table keys a plan expands, check
     return keys
 
 # %% ../nbs/71_reproduce.ipynb #c017
+def profile_params(profile: str,       # a key of PROFILES
+                   notebook: str,      # a section
+                   dataset=None):      # the dataset its runs read (None: none in particular)
+    "A profile's parameters of a notebook's runs on `dataset`: its values, then its values for that dataset ([15]'s training splits)."
+    prof = PROFILES[profile]
+    return {**prof.get(notebook, {}), **prof.get('_by_dataset', {}).get(notebook, {}).get(dataset, {})}
+
 @dataclass
 class _Plan:
     profile: str
@@ -210,7 +217,7 @@ class _Plan:
     def threads(self): return SMOKE['_threads'] if self.smoke else self.prof.get('_threads', 1)
 
     def params(self, notebook, dataset=None):  # the profile's parameters of a notebook (smoke, device applied)
-        p = {**self.prof[notebook], **self.prof.get('_by_dataset', {}).get(notebook, {}).get(dataset, {})}
+        p = profile_params(self.profile, notebook, dataset)
         if self.smoke: p.update(SMOKE[notebook])
         if self.device: p['device'] = self.device
         return p

@@ -12,7 +12,7 @@ from .data import check_train_splits
 from .model_file import check_range
 
 # %% auto #0
-__all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'section_names',
+__all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells', 'section_names',
            'describe_sections', 'find_notebook', 'section_notebook', 'Unparsed', 'notebook_parameters',
            'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'load_yaml', 'parse_value',
            'parse_params']
@@ -27,19 +27,21 @@ def notebooks_dir():
         raise KitError('the section notebooks were not found: reinstall har_kit from a wheel or run from a clone')
     return Path(list(spec.submodule_search_locations)[0])
 
-def _parameters_cells(nb):  # a notebook's path
-    "The notebook's code cells tagged `parameters`."
-    try: cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+def _cells(nb):  # a notebook's path
+    try: return json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
-    return [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
+
+def parameters_cells(nb):  # a notebook's path
+    "The notebook's code cells tagged `parameters`."
+    return [c for c in _cells(nb) if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
 
 PAPER_SECTIONS = ('masks', 'dahar', 'campar', 'cfar', 'tables')   # the sections `har-kit reproduce` runs, in order
 
 def _is_section(nb):  # a notebook's path
     "A notebook a run executes: a `parameters` cell, and, among the kit's own, a code cell that writes the run's metrics (`save_metrics`)."
-    if not _parameters_cells(nb): return False
+    if not parameters_cells(nb): return False
     if Path(nb).resolve().parent != notebooks_dir().resolve(): return True   # your own: its metrics.json is checked when it ends
-    cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+    cells = _cells(nb)
     return any(c.get('cell_type') == 'code' and 'save_metrics(' in ''.join(c.get('source', '')) for c in cells)
 
 def section_names():
@@ -71,7 +73,7 @@ def section_notebook(name):  # path, file name or section name
     nb = find_notebook(name)
     if not _is_section(nb):
         ours = nb.parent.resolve() == notebooks_dir().resolve()
-        what = 'has no cell tagged parameters' if not _parameters_cells(nb) else 'writes no metrics.json (no save_metrics call)'
+        what = 'has no cell tagged parameters' if not parameters_cells(nb) else 'writes no metrics.json (no save_metrics call)'
         raise KitError(f'{nb.name} {what}, so it is not a notebook to run: runs execute {describe_sections()}'
                        + ('' if ours else "; a notebook of your own needs a cell tagged 'parameters' (and writes out_dir/metrics.json)"))
     return nb
@@ -84,7 +86,7 @@ def notebook_parameters(notebook,  # path, file name or section name
                        ) -> dict:
     "The names and defaults of the notebook's `parameters` cell, in order (`{}` when it has none)."
     nb = find_notebook(notebook)
-    tagged = _parameters_cells(nb)
+    tagged = parameters_cells(nb)
     if not tagged: return {}
     src = ''.join(tagged[0]['source']) if isinstance(tagged[0]['source'], list) else tagged[0]['source']
     try: tree = ast.parse(src)

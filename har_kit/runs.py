@@ -12,7 +12,7 @@ from .core import (KitError, atomic_write, cache_root, check_folder, data_root, 
                           outputs_root, save_json, to_jsonable)
 from .formats import data_fingerprint, detect_layout, file_sha256
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
-                                describe_sections, load_yaml, notebooks_dir, parameter_defaults, section_notebook, parse_params, parse_value)
+                                describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'RunFailed', 'is_done',
@@ -611,7 +611,7 @@ def run_notebook(notebook,                  # path, file name or section name
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = section_notebook(notebook)   # a notebook with a `parameters` cell
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
-    if str(params.get('device', 'cpu')) not in ('cpu', 'auto'): check_devices([str(params['device'])], 'device (-p device)')   # a GPU this machine lacks: refused here
+    if 'device' in params: check_devices([str(params['device'])], 'device (-p device)')   # a GPU this machine lacks: refused here
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
@@ -620,8 +620,7 @@ def run_notebook(notebook,                  # path, file name or section name
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
                        f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
-    out = Path(out_dir) if out_dir else default_run_dir(nb, params)
-    out = out.resolve()
+    out = run_dir_for(nb, params, out_dir)
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
     _check_run_dir(out)
@@ -719,8 +718,7 @@ def _done_id(out):  # a run directory or None
 # %% ../nbs/70_runs.ipynb #c065
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
-    cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
-    tagged = [c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])]
+    tagged = parameters_cells(nb)
     if not tagged: return ''
     return ''.join(tagged[0]['source']) if isinstance(tagged[0]['source'], list) else tagged[0]['source']
 
