@@ -631,10 +631,9 @@ def recipe_params(nb, device):
     """A paper-profile run of `nb` at toy sizes (`reproduce.SMOKE`) on `device`, on the GPU with the paper profile's
     precision and memory format (compile off: the configured section times compiled steps): the route a paper run takes
     through the decoded cache and device augmentation. Da-HAR learns its mask from the target box (no masks step)."""
-    from har_kit.reproduce import PROFILES, SMOKE
+    from har_kit.reproduce import PROFILES, SMOKE, profile_params
     prof, (ds, _) = PROFILES['paper'], RECIPES[nb]
-    p = {k: v for k, v in prof[nb].items() if not k.startswith('_')}
-    p.update(prof.get('_by_dataset', {}).get(nb, {}).get(ds, {}))
+    p = {k: v for k, v in profile_params('paper', nb, ds).items() if not k.startswith('_')}   # as the planner sets them
     if nb in prof.get('_selections', {}): p.update(selection='[15]', **prof['_selections'][nb]['[15]'])
     cuda = str(device).startswith('cuda')
     p.update(SMOKE[nb], dataset=ds, device=str(device), amp='bf16' if cuda else 'none', channels_last=cuda)
