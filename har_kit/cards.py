@@ -73,13 +73,13 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'data_root': "synthetic stand-in data (the kit's procedural WIDER-/RAP-/PA100K-like sets): CPU-sized, no download",
         'arch': 'CPU: resnet-tiny (shallow, narrow, BasicBlock) trains in seconds',
         'weights': 'from scratch: resnet-tiny has no ImageNet weights, and nothing downloads in CI',
-        'scale': 'CPU: 3/16-size inputs (3/4 of the time of 1/4 size; one seed of each scored within the seed sd of 1/4 size)', 'epochs': 'CPU budget: the whole profile runs in minutes',
+        'scale': 'CPU: 3/16-size inputs', 'epochs': 'CPU budget: the whole profile runs in minutes',
         'batch_size': 'small synthetic sets on CPU', 'device': 'CPU (CI and laptops)',
         'lr': "from scratch: the papers' rates are for ImageNet-initialised backbones",
         'optimizer': "from scratch: Adam with one rate for every layer ([15]'s SGD gives the backbone a tenth of the "
                      "head's rate, which suits pretrained weights)",
-        'dahar.optimizer': "from scratch: Adam (lr 1e-3), the CAM-PAR rows' recipe family; the paper's SGD at a from-scratch "
-                           'rate levelled off about 2 mAP lower on the WIDER-like set (one seed, a trial run, not a study)',
+        'dahar.optimizer': "from scratch: Adam (lr 1e-3), the CAM-PAR rows' recipe family (`-p optimizer sgd` trains with the "
+                           "paper's SGD)",
         'channels_last': 'memory format only: faster convolutions on CPU, the same model (equal up to float rounding)',
         'partition': 'CPU budget: the quick profile runs partition 0 only', 'lr_step': 'few epochs',
         'train_splits': 'the PA100K- and WIDER-like sets keep their val split for held-out epoch selection; the RAP-like '
@@ -130,6 +130,10 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'fillCropSize, caffe.proto max_distort default 1); the paper\'s sentence alone would allow all 25 pairs'),
         ('side-branch head', 'logit_c = sum_ij sigma(s_c) a_c W_c x + b_c: the softmax attention, weighted by a sigmoid '
                              'confidence from a 1x1 conv of its own, pools the per-position scores W_c x (`ConfidenceAttention`)',
+         '"The same structure for classification is used to produce Side Branch predictions" (Overall Framework) could be '
+         'read as GAP + fc after the masked attention; the paper also puts "a confidence-weighted attention mechanism" "in the '
+         'side branch", and SRN classifies by attention pooling, so the kit reads the attention as the side branch\'s '
+         'classifier (a GAP + fc after it would leave the attention maps out of the prediction); '
          'the paper uses "a confidence-weighted attention mechanism (Zhu et al. 2017a)" without SRN\'s spatial regulariser, '
          "the one place SRN weights attention by a confidence (sigma(S) * A, its S being the per-position classifier); SRN's "
          'own attention logit, sum_ij a_c s_c, has no confidence weighting; the kit keeps the weighting, with its own confidence map'),
@@ -143,14 +147,17 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('architecture', 'self-mask after all four stages, 1x1 convs C -> C/4 -> C/4 -> 1, f x (1 + m); fusion of c3, c4, c5 '
                          'each reduced to 256 (1x1 conv + BN) and then re-sampled to c4 resolution, summed, two BasicBlocks; mask head 3x3 conv to 64, 1x1 to 1, f x '
                          'sigma(M); two BasicBlocks after the masking; SRN attention 512 wide on the fused map (30_dahar_model)',
-         "the 52.4M parameters of Computational Complexity fix the widths and block kinds (the kit: 52.6M); the fusion's "
-         'resolution is not counted: c4, as "the aliasing effect of up-sampling" needs a level to be up-sampled (c5 '
-         'resolution would cost fewer FLOPs, nearer the reported 1.079 latency ratio)'),
+         "the 52.4M parameters of Computational Complexity fix the widths and block kinds (the kit's counts: "
+         '`param_table()`, 30_dahar_model); the fusion\'s resolution is not counted: c4, as "the aliasing effect of '
+         'up-sampling" needs a level to be up-sampled (c5 resolution would cost fewer FLOPs)'),
         ('self-mask re-weighting', 'f x (1 + m) in the main net (residual attention); f x sigma(M), which can remove a region, '
                                    'only in the side branch\'s masked attention',
          '"filter out the unconcerned regions" could be read as f x m; four stacked f x m masks would zero c5 wherever one of them '
          'is zero and, at m near 0.5 from the N(0, 0.01) start, halve a pretrained backbone\'s features at every stage; HydraPlus-Net, '
          'which the paper cites, adds its masks back on the features (relative suppression at most 2:1)'),
+        ('colour jitter', 'brightness, contrast and saturation factors drawn from [0.7, 1.3], in a random order per image, '
+                          'hue untouched, on the image only (`dahar_transforms`, 15_loading)',
+         '"the data augmentation strategies employed in (Zhu et al. 2017a)" name no strength; 0.3 is our choice'),
         ('learning rates', 'one rate and weight decay for every parameter, backbone included (backbone_lr_mult=1)',
          'the paper gives one initial rate and one weight decay'),
         ('Table 3, row 4', 'self-mask + masked attention (the `coarse_to_fine` variant)',
@@ -167,16 +174,31 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('loss heads (Eq. 16)', 'BCE on the shared and on the specific logits, summed',
          "Eq. 16 as printed; the public code's loss (loss.py) reads only `logits[0]`, the specific head (its training "
          'script is not published)'),
+        ('logit bias (Eq. 12, 15)', "one b_j per attribute, the classifier's (nn.Linear) bias, added to both the shared and "
+                                    'the specific logit of attribute j',
+         "Eq. 12/15 are printed without a bias; [15]'s classifier (Linear + BatchNorm1d) has one, and the logit BatchNorm "
+         "of the paper profile subtracts each logit's mean, bias included"),
+        ('gradients through the CAM', 'not stopped: the specific logits train the classifier weights and the encoder through '
+                                      'the CAM of Eq. 10 as well as through A_j (`detach_cam=False`)',
+         'not stated; the public code (models.py) does not detach its CAMs either'),
         ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`, [15]'s 2021 code); the data's meta records how many "
                         '(`n_uncertain`)',
-         "[15]'s 2020 code kept the 2s: zero weight in its loss, left out of mA's counts, counted as 2 in the positive "
-         "ratios; uncertain='unspecified' with ignore_unspecified=True is the nearest reading (14_data)"),
+         "[15]'s 2020 code kept the 2s: its BCE takes them as targets of 2 with the positive weight e^(1-r_j) (its "
+         "`weights[targets > 1] = 0` reads the 0/1 mask built from the targets, where nothing exceeds 1), mA's counts leave "
+         "them out, the positive ratios count them as 2; no reading here reproduces a target of 2; "
+         "uncertain='unspecified' with ignore_unspecified=True agrees with it in mA's counts and leaves them out of the loss (14_data)"),
         ('test-time logits', "plain sigmoid, positive at p >= 0.5, each image on its own ([15]'s protocol, Eq. 21-25)",
          "the public evaluation (infer.py) subtracts, per attribute, each test batch's logit mean divided by its "
          "standard deviation before the sigmoid, so an image's prediction depends on the batch it is scored in")],
     'cfar': [
         ('phase 2', "Adam at `phase2_lr` for `phase2_epochs` epochs, batch 256, no schedule; fc_2 starts as the identity on "
-                    'l_specific with zero weights on r_hat', 'not stated; the identity start makes phase 2 begin at phase 1\'s prediction')],
+                    'l_specific with zero weights on r_hat', 'not stated; the identity start makes phase 2 begin at phase 1\'s prediction'),
+        ('dictionary (Fig. 6)', 'keys: k-means centroids (K x M) of the training confidences r = sigma(l_specific); values: '
+                                "the mean image factor of each key's cluster; every sample, training ones included, takes "
+                                'r_hat = pv of its nearest key (Euclidean, on sigma(l_specific)) (51_cfar)',
+         'the thesis writes "pk in R^(K x D)" for centroids of r, which have M entries, and searches "the nearest pk from '
+         'each l_specific"; keys in confidence space is the reading its text allows, and training rows through their '
+         'nearest key train phase 2 on what it sees at test time')],
 }
 
 UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what the runs did instead, why)

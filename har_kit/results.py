@@ -143,6 +143,9 @@ def campar_protocol(**extra   # per-table additions or overrides
         'fusion_project_deepest': Paper(False, 'public code: MCA projects c3 and c4 to the latent width, c5 gets BN + ReLU only '
                                                '(4.08M at ResNet-50; a 1x1 conv on c5 too, as Fig. 5 draws it: 8.27M)'),
         'fusion_align_corners': Paper(True, "public code: its MCA re-samples with F.interpolate(..., align_corners=True)"),
+        'fuse_at': Paper('shallowest', "public code: its MCA re-samples c4 and c5 to c3's resolution (models.py)"),
+        'predict': Paper(None, 'which head the reported numbers score: not stated (the public infer.py scores logits_list[0], '
+                               'the specific head)', open=True),
         'amp': Paper('none', 'not stated (fp32)'),
         'device': Paper('cuda', 'GPU training'),
         **extra}
@@ -151,6 +154,7 @@ def campar_protocol(**extra   # per-table additions or overrides
             'factors': Paper(None, 'D of Eq. 18: not stated', open=True),
             'regularization': Paper(None, 'lambda of Eq. 18: not stated', open=True),
             'alpha': Paper(None, 'alpha of Eq. 17: not stated', open=True),
+            'p_t': Paper(None, "p^t of Eq. 17: not stated (Eq. 1's classification threshold bears the same name)", open=True),
             'n_prototypes': Paper(None, 'K prototypes: not stated', open=True),
             'phase2_epochs': Paper(None, "phase 2's length: not stated", open=True),
             'phase2_lr': Paper(None, "phase 2's optimiser and rate: not stated (the kit: Adam)", open=True),
