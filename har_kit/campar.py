@@ -211,7 +211,7 @@ class CamParLoss(nn.Module):
 
     def forward(self, out: dict,    # the model's outputs: 'logits_shared' and, for CAM variants, 'logits_specific'
                 batch: dict):       # the batch: 'labels' (N, M) in {1, 0, UNSPECIFIED}
-        y = batch['labels']
+        y = losses.batch_labels(batch, out['logits_shared'])
         w = None if self.pos_ratio is None else losses.sample_weights_15(y, self.pos_ratio)
         parts = {k: losses.bce_loss(out['logits_' + k], y, self.ignore_unspecified, w)
                  for k in ('shared', 'specific') if 'logits_' + k in out}

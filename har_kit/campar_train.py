@@ -274,8 +274,7 @@ class CamParConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()   # the parameters' ranges (`RunConfig`)
         check_arch(self.arch)
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if not self.variants or bad: raise KitError(f'variants={self.variants!r}: name at least one of {", ".join(VARIANTS)}')
+        self.check_variants(VARIANTS)
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
         if self.selection_study and self.selection != 'held-out':

@@ -144,8 +144,9 @@ def loss2(ignore_unspecified=False,  # True: unspecified entries leave the loss;
     "Loss_2 (Eq. 20) as the engine's criterion: phase 1's L (Eq. 13's BCE, [15]'s weights with `pos_ratio`) on fc_2's logits."
     r = None if pos_ratio is None else np.asarray(pos_ratio, dtype=np.float32)
     def criterion(out, batch):
-        w = None if r is None else losses.sample_weights_15(batch['labels'], r)
-        return {'loss': losses.bce_loss(out['logits'], batch['labels'], ignore_unspecified, w)}
+        y = losses.batch_labels(batch, out['logits'])
+        w = None if r is None else losses.sample_weights_15(y, r)
+        return {'loss': losses.bce_loss(out['logits'], y, ignore_unspecified, w)}
     return criterion
 
 def phase2_ratio(labels,   # (N, M) labels fc_2 is fitted on
@@ -177,7 +178,7 @@ def train_phase2(r_hat,                      # (N, M) Eq. 19 confidences
 # %% ../nbs/51_cfar.ipynb #c025
 @dataclasses.dataclass
 class CFARConfig:
-    "CFAR hyperparameters (the thesis gives none; defaults from our search on synthetic phase-1 outputs)."
+    "CFAR hyperparameters (the thesis gives none; the defaults are our choices, set on synthetic phase-1 outputs)."
     factors: int = 8               # latent dimension D of Eq. 18
     regularization: float = 0.1    # lambda of Eq. 18
     alpha: float = 10.             # alpha of Eq. 17
@@ -362,8 +363,7 @@ class CFARRunConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()   # the parameters' ranges (`RunConfig`)
         check_arch(self.arch)
-        known = {self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'}
-        if not set(self.variants) <= known: raise KitError(f'variants={self.variants}: choose among {sorted(known)}')
+        self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)
 
     def cfar_config(self, use_r_hat: bool = True):  # False: the control (zeros instead of r_hat)

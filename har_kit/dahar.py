@@ -13,7 +13,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from .core import KitError
 from .backbones import resnet_taps, resize_bilinear
 from .backbones import count_params
-from .losses import bce_loss, mask_loss, mixed_loss, weighted_bce_loss
+from .losses import batch_labels, bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
 # %% auto #0
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'init_new_block', 'SelfMaskBlock', 'FusionBlock',
@@ -261,9 +261,9 @@ class DaHarLoss(nn.Module):
                  ignore_unspecified: bool = False,     # mask unspecified labels out of every classification term
                  branch_weight: float = 0.0):          # extra loss on the main and side logits (0 = off, the paper)
         super().__init__()
-        if kind not in LOSSES: raise KitError(f'loss={kind!r}: choose one of {", ".join(LOSSES)}')
+        if kind not in LOSSES: raise KitError(f'kind={kind!r} (the run parameter `loss`): choose one of {", ".join(LOSSES)}')
         if kind != 'bce' and pos_ratio is None:
-            raise KitError(f'loss={kind!r} needs pos_ratio (the positive ratio of each attribute in the training split)')
+            raise KitError(f'kind={kind!r} needs pos_ratio (the positive ratio of each attribute in the training split)')
         if not 0.0 <= mix <= 1.0: raise KitError(f'mix={mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')
         if mask_weight < 0 or branch_weight < 0: raise KitError('mask_weight and branch_weight must be >= 0')
         self.kind, self.mix, self.ignore_unspecified = kind, float(mix), bool(ignore_unspecified)
@@ -282,10 +282,7 @@ class DaHarLoss(nn.Module):
     def forward(self, out,  # model output dict
                 batch):     # batch dict with 'labels' (and 'mask')
         "The loss of one batch and its parts: dict(loss, cls[, mask])."
-        labels = batch['labels'].to(out['logits'].device)
-        if labels.shape != out['logits'].shape:
-            raise KitError(f"batch['labels'] has shape {tuple(labels.shape)} but the model predicts {tuple(out['logits'].shape)}: "
-                           'build the model with num_attributes = number of attributes of the dataset')
+        labels = batch_labels(batch, out['logits']).to(out['logits'].device)
         cls = self.classification(out['logits'], labels)
         if self.branch_weight:
             cls = cls + self.branch_weight * (self.classification(out['logits_main'], labels)

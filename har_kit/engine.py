@@ -214,7 +214,9 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
                    params,       # this run's own parameters (JSON-able dict) or None
                    path):        # the checkpoint's file, for the message
     "Refuse a checkpoint written with another config or other run parameters, or past this run's last epoch."
-    saved, fix = ck.get('config', {}), 'use a new run_dir, or set resume=False to start over (har-kit run: --force moves the old run aside)'
+    saved = ck.get('config', {})
+    fix = (f'use a new run_dir, or delete {Path(path).parent} to start over (`fit`: TrainConfig(resume=False); '
+           'har-kit run: --force moves the old run aside)')
     diff = [f'{k}: {saved[k]!r} -> {v!r}' for k, v in cfg.to_dict().items()
             if k in saved and k not in _RESUME_FREE and saved[k] != v]
     if diff: raise KitError(f'{path} was written with another config ({", ".join(diff)}): {fix}')

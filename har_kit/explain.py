@@ -91,7 +91,11 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
             progress=True):         # tqdm progress
     "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths."
     import matplotlib.pyplot as plt
-    paths, lm, out = check_images(collect_images(images)), predictor.loaded, []
+    given = [images] if isinstance(images, (str, Path)) else list(images) if hasattr(images, '__iter__') and not hasattr(images, 'shape') else [images]
+    if not all(isinstance(i, (str, Path)) for i in given):
+        raise KitError('images: explain takes image files, folders or globs (each figure is named after its file); '
+                       "save an in-memory image first, e.g. PIL.Image.fromarray(a).save('a.png')")
+    paths, lm, out = check_images(collect_images(given)), predictor.loaded, []
     for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
         x = predictor.tensor([p]).to(predictor.device)
         maps = model_maps(predictor.model, x)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .core import UNSPECIFIED, KitError, host_to_device
 
 # %% auto #0
-__all__ = ['targets', 'bce_loss', 'pos_ratio', 'eq2_weights', 'sample_weights_15', 'weighted_bce_loss', 'bce_15_loss',
-           'mixed_loss', 'mask_loss']
+__all__ = ['targets', 'bce_loss', 'batch_labels', 'pos_ratio', 'eq2_weights', 'sample_weights_15', 'weighted_bce_loss',
+           'bce_15_loss', 'mixed_loss', 'mask_loss']
 
 # %% ../nbs/04_losses.ipynb #c005
 def targets(labels,                          # (N, C) labels in {1, 0, -1 = unspecified}
@@ -39,7 +39,21 @@ def bce_loss(logits,                          # (N, C) logits
     if weight is not None: keep = keep * torch.as_tensor(weight, dtype=logits.dtype, device=logits.device)
     return (F.binary_cross_entropy_with_logits(logits, y, reduction='none') * keep).sum() / logits.shape[0]
 
-# %% ../nbs/04_losses.ipynb #c009
+# %% ../nbs/04_losses.ipynb #c008
+def batch_labels(batch,    # a batch dict holding 'labels', (N, C) in {1, 0, -1 = unspecified}: a tensor or an array
+                 logits):  # (N, C) logits the labels are scored against
+    "`batch['labels']` as a tensor, checked to be there and to match the logits' shape; else a `KitError` saying what to pass."
+    if not isinstance(batch, dict) or 'labels' not in batch:
+        got = f'keys {sorted(map(str, batch))}' if isinstance(batch, dict) else f'a {type(batch).__name__}'
+        raise KitError(f"the batch ({got}) has no 'labels': a criterion takes (out, batch) with batch['labels'] (N, C) "
+                       f'in {{1, 0, {UNSPECIFIED}}}, as the kit\'s loaders yield it')
+    y = torch.as_tensor(batch['labels'])
+    if y.shape != logits.shape:
+        raise KitError(f"batch['labels'] has shape {tuple(y.shape)} but the model predicts {tuple(logits.shape)}: build the "
+                       "model with num_attributes = the dataset's number of attributes")
+    return y
+
+# %% ../nbs/04_losses.ipynb #c012
 def pos_ratio(labels,                         # (N, C) training labels in {1, 0, -1}
               ignore_unspecified: bool = False):  # True: ratio over specified labels; False: unspecified count as negative
     "Positive ratio of each attribute (Da-HAR Eq. 2's w_c, [15]'s r_c), consistent with the unspecified switch."
@@ -48,7 +62,7 @@ def pos_ratio(labels,                         # (N, C) training labels in {1, 0,
     den = (labels != UNSPECIFIED).sum(0) if ignore_unspecified else np.full(labels.shape[1], len(labels))
     return (labels == 1).sum(0) / np.maximum(den, 1)
 
-# %% ../nbs/04_losses.ipynb #c010
+# %% ../nbs/04_losses.ipynb #c013
 def _ratio(ratio, labels):  # the `ratio` argument; the (N, C) labels it weights
     "The positive ratios as float32, refused unless (C,) values in [0, 1]."
     r, c = np.asarray(ratio, dtype=np.float32), labels.shape[-1]
@@ -64,7 +78,7 @@ def eq2_weights(labels,                       # (N, C) labels in {1, 0, -1} (uns
     w = host_to_device(_ratio(ratio, y), y.device).clamp(1e-4, 1 - 1e-4)
     return y / (2 * w) + (1 - y) / (2 * (1 - w))
 
-# %% ../nbs/04_losses.ipynb #c011
+# %% ../nbs/04_losses.ipynb #c014
 def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
                       ratio):                 # (C,) positive ratio r_c
     "[15]'s per-entry weights (with CAM-PAR's Eq. 13): exp(1 - r_c) for positives, exp(r_c) otherwise."
@@ -72,7 +86,7 @@ def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
     r = host_to_device(_ratio(ratio, y), y.device)
     return torch.where(y, torch.exp(1 - r), torch.exp(r))
 
-# %% ../nbs/04_losses.ipynb #c012
+# %% ../nbs/04_losses.ipynb #c015
 def weighted_bce_loss(logits,                 # (N, C) logits
                       labels,                 # (N, C) labels in {1, 0, -1}
                       ratio,                  # (C,) positive ratio w_c of each attribute in the training split
@@ -80,7 +94,7 @@ def weighted_bce_loss(logits,                 # (N, C) logits
     "Weighted BCE of Da-HAR Eq. 2."
     return bce_loss(logits, labels, ignore_unspecified, eq2_weights(labels, ratio).to(logits.device))
 
-# %% ../nbs/04_losses.ipynb #c013
+# %% ../nbs/04_losses.ipynb #c016
 def bce_15_loss(logits,                       # (N, C) logits
                 labels,                       # (N, C) labels in {1, 0, -1}
                 ratio=None,                   # (C,) positive ratio r_c for [15]'s weights; None: the plain Eq. 13
@@ -89,7 +103,7 @@ def bce_15_loss(logits,                       # (N, C) logits
     w = None if ratio is None else sample_weights_15(labels, ratio).to(logits.device)
     return bce_loss(logits, labels, ignore_unspecified, w)
 
-# %% ../nbs/04_losses.ipynb #c014
+# %% ../nbs/04_losses.ipynb #c017
 def mixed_loss(logits,                        # (N, C) logits
                labels,                        # (N, C) labels in {1, 0, -1}
                ratio,                         # (C,) positive ratio w_c, as weighted_bce_loss
@@ -100,7 +114,7 @@ def mixed_loss(logits,                        # (N, C) logits
     return (mix * bce_loss(logits, labels, ignore_unspecified)
             + (1 - mix) * weighted_bce_loss(logits, labels, ratio, ignore_unspecified))
 
-# %% ../nbs/04_losses.ipynb #c024
+# %% ../nbs/04_losses.ipynb #c027
 def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
               mask):                          # (N, 1, H, W) pseudo person mask in [0, 1]
     "BCE between a mask branch and the person mask, area-averaged to the branch's resolution."

@@ -120,7 +120,11 @@ def mean_ap(scores,                       # (N, C) scores (any monotone scale)
 def pr_points(scores,   # (N,) scores of one attribute
               labels):  # (N,) its labels in {1, 0, -1}
     "Recall, precision and interpolated (envelope) precision at each distinct score of one attribute."
-    s, y = check_inputs(np.ravel(_numpy(scores, 'scores')), np.ravel(_numpy(labels, 'labels')))
+    arrays = {'scores': _numpy(scores, 'scores'), 'labels': _numpy(labels, 'labels')}
+    for name, a in arrays.items():   # one attribute: never a curve pooled over several columns
+        if a.ndim > 2 or (a.ndim == 2 and a.shape[1] != 1):
+            raise KitError(f'{name}: shape {a.shape}: pr_points takes one attribute, (N,) or (N, 1); pass one column, e.g. {name}[:, j]')
+    s, y = check_inputs(np.ravel(arrays['scores']), np.ravel(arrays['labels']))
     n_pos = int((y == 1).sum())
     if n_pos == 0: raise KitError('labels: no specified positive sample, so the precision-recall curve is undefined')
     tp, fp, prec, env, last = (a[0] for a in _ranked(s.T, y.T))
@@ -270,7 +274,7 @@ def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
                     groups,       # (N,) group label per sample
                     min_size=1):  # groups smaller than this are skipped
     "Apply `metric_fn(scores, labels)` to each group of samples; return {group: result} in sorted group order."
-    s, y = np.asarray(scores), np.asarray(labels)
+    s, y = _numpy(scores, 'scores'), _numpy(labels, 'labels')   # tensors too (on any device, with grad)
     g = np.asarray([str(x) for x in groups])
     if len(g) != len(s): raise KitError(f'groups has {len(g)} entries but scores has {len(s)} samples')
     return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
@@ -291,6 +295,7 @@ def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', '
                            cap=3):   # levels >= cap share one bin
     "Headline metrics of `dataset` per distraction bin: {'0': {'mAP': .., 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
     bins = [distraction_bin(l, cap) for l in levels]
+    if len(bins) != len(scores): raise KitError(f'levels has {len(bins)} entries but scores has {len(scores)} samples: one level per sample')
     out = {}
     for k, m in grouped_metrics(dataset_metric(dataset), scores, labels, bins).items():
         if k != 'unknown': out[k] = {**{h: m[h] for h in HEADLINE[dataset]}, 'n': bins.count(k)}
@@ -384,7 +389,7 @@ def entry_value(entry,  # a variant's entry (`metrics_entry`), or any nested dic
         entry = entry[part]
     return entry
 
-# %% ../nbs/05_metrics.ipynb #c087
+# %% ../nbs/05_metrics.ipynb #c088
 def read_metrics(run,            # a run (seed) directory holding metrics.json
                  variant=None):  # a variant's key: return its entry (None: the whole file, every entry checked)
     "A run's `metrics.json` (or one variant's entry), refused with a `KitError` when an entry has another schema."

@@ -420,6 +420,15 @@ class RunConfig:
         for f in dataclasses.fields(self):
             check_range(f.name, getattr(self, f.name), lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}'))
 
+    def check_variants(self, known):  # the names the config's `variants` may hold, e.g. the method's VARIANTS
+        "Refuse a `variants` that is not a non-empty list of known names, saying what to pass."
+        v = self.variants
+        if isinstance(v, str): raise KitError(f'variants={v!r}: pass a list of names, e.g. [{v!r}]')
+        bad = [x for x in v if x not in known]
+        if not v or bad:
+            raise KitError(f'variants={list(v)!r}: ' + (f'no variant {", ".join(map(repr, bad))}; ' if bad else '')
+                           + f'name at least one of {", ".join(known)}')
+
 # %% ../nbs/09_model_file.ipynb #c046
 class Recipe:
     "The training contract: `config` (with `seed`; a dataclass unless `params` is defined) and the five methods below."

@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, cache_root, host_to_device, load_json, save_json
+from .core import KitError, cache_root, host_to_device, load_json, save_json, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, refuse_every_split
 
@@ -73,8 +73,7 @@ def _digest(arrays):
     return h.hexdigest()
 
 # %% ../nbs/16_pipeline.ipynb #c013
-def _decode_chunk(job):  # (indices, paths, boxes, size, masks): runs in a worker process
-    torch.set_num_threads(1)
+def _decode_chunk(job):  # (indices, paths, boxes, size, masks): one intra-op thread (`_fill` sets it)
     idx, paths, boxes, size, masks = job
     return idx, [decode_resized(p, b, size, None if masks is None else masks[k]) for k, (p, b) in enumerate(zip(paths, boxes))]
 
@@ -85,8 +84,9 @@ def _fill(d, paths, boxes, size, masks, workers, desc):
     msk = None if masks is None else np.lib.format.open_memmap(d/'masks.npy', 'w+', np.uint8, (n, H, W))
     chunks = [list(range(i, min(i + 64, n))) for i in range(0, n, 64)]
     jobs = [(c, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]
-    ex = ProcessPoolExecutor(workers) if workers > 1 else None
-    with tqdm(total=n, desc=desc, unit='img') as bar:
+    # one intra-op thread per decoding process; in the caller's own process only for the build, its count restored after
+    ex = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else None
+    with tqdm(total=n, desc=desc, unit='img') as bar, torch_threads(1):
         for idx, outs in (ex.map(_decode_chunk, jobs) if ex else map(_decode_chunk, jobs)):
             for i, (a, m) in zip(idx, outs):
                 img[i] = a

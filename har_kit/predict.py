@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, csv, io, json, math, re, sys
+import argparse, csv, io, json, math, re, sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable
+from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
 from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
@@ -20,8 +20,8 @@ from .model_file import LoadedModel, check_attributes, load_model
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'resolve_thresholds', 'preprocess', 'array_rgb',
-           'default_variant', 'torch_threads', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir',
-           'clear_previous', 'format_record', 'cli']
+           'default_variant', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir', 'clear_previous',
+           'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
@@ -44,17 +44,21 @@ def _threshold_file(path, names):  # JSON or CSV file; the model's attribute nam
         raise KitError(f'{path}: cannot read thresholds ({type(e).__name__}: {e}); write JSON {{"attribute": threshold}} '
                        'or a CSV with columns attribute,threshold') from None
     if not isinstance(table, dict): raise KitError(f'{path}: expected a JSON object {{"attribute": threshold, ...}}')
+    return _threshold_table(table, names, path)
+
+def _threshold_table(table, names, where):  # {attribute: threshold}; the model's attribute names; the source, for messages
+    "The table's thresholds in the model's attribute order (0.5 where it names none), and the attributes it leaves at 0.5."
     missing, unknown = [n for n in names if n not in table], [n for n in table if n not in names]
     if unknown:
-        raise KitError(f'{path}: the model has no attribute {unknown[0]!r}' + (f' (nor {unknown[1:5]})' if unknown[1:] else '')
+        raise KitError(f'{where}: the model has no attribute {unknown[0]!r}' + (f' (nor {unknown[1:5]})' if unknown[1:] else '')
                        + f'; its attributes: {", ".join(names)}')
     bools = [n for n in table if isinstance(table[n], bool)]
-    if bools: raise KitError(f'{path}: the threshold of {bools[0]!r} is {table[bools[0]]!r}, not a number in [0, 1]')
+    if bools: raise KitError(f'{where}: the threshold of {bools[0]!r} is {table[bools[0]]!r}, not a number in [0, 1]')
     try: t = np.array([float(table.get(n, DEFAULT_THRESHOLD)) for n in names])
-    except (TypeError, ValueError) as e: raise KitError(f'{path}: a threshold is not a number ({e})') from None
+    except (TypeError, ValueError) as e: raise KitError(f'{where}: a threshold is not a number ({e})') from None
     return t, missing
 
-def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV file, or a (C,) sequence
+def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV file, a (C,) sequence or a {name: threshold} dict
                        model: LoadedModel,   # the loaded model (names; stored val thresholds)
                        notices: list | None = None):  # gets a line naming the attributes a file leaves at 0.5
     "One threshold per attribute (C,) and a description of where it came from."
@@ -68,14 +72,16 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
             raise KitError(f"{model.path}: threshold 'val' but the model stores no validation thresholds (trained "
                            'without a validation split); pass a number or a file')
         t, what = np.asarray(model.thresholds, float), 'val (per-attribute, chosen on the validation split)'
-    elif isinstance(spec, (str, Path)) and not _is_number(spec):
-        if not Path(spec).is_file(): raise KitError(f"threshold {spec!r}: not a number, 'val' or an existing file")
-        t, missing = _threshold_file(spec, names)
+    elif isinstance(spec, dict) or (isinstance(spec, (str, Path)) and not _is_number(spec)):
+        if not isinstance(spec, dict) and not Path(spec).is_file():
+            raise KitError(f"threshold {spec!r}: not a number, 'val' or an existing file")
+        t, missing = _threshold_table(spec, names, 'threshold') if isinstance(spec, dict) else _threshold_file(spec, names)
+        src = 'the given dict' if isinstance(spec, dict) else spec
         short = ', '.join(missing[:5]) + (f', ... ({len(missing) - 5} more)' if len(missing) > 5 else '')
-        what = f'per-attribute from {spec}' + (f'; {DEFAULT_THRESHOLD:g} for the {len(missing)} attribute(s) it does '
-                                              f'not name: {short}' if missing else '')
+        what = f'per-attribute from {src}' + (f'; {DEFAULT_THRESHOLD:g} for the {len(missing)} attribute(s) it does '
+                                             f'not name: {short}' if missing else '')
         if missing and notices is not None:
-            notices.append(f'{spec} names no threshold for {len(missing)} attribute(s), which keep {DEFAULT_THRESHOLD:g}: '
+            notices.append(f'{src} names no threshold for {len(missing)} attribute(s), which keep {DEFAULT_THRESHOLD:g}: '
                            + ', '.join(missing))
     else:
         t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
@@ -142,13 +148,10 @@ def default_variant(path,          # a model file, variant directory or run dire
                   '--variant NAME (Python: variant=NAME) picks another')
 
 # %% ../nbs/81_predict.ipynb #c021
-@contextlib.contextmanager
-def torch_threads(n: int | None):  # intra-op threads inside the block (None: leave the count as it is)
-    "Run the block with `torch.set_num_threads(n)`, restoring the previous count afterwards."
-    before = torch.get_num_threads()
-    if n is not None: torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(before)
+def _image_list(images):  # `images` of `Predictor.probabilities` / `predict`: one image or an iterable of them
+    "A list of images: one path, one PIL image or one (H, W[, 1 | 3 | 4]) array is a list of one, not its characters or rows."
+    one_array = isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4)))
+    return [images] if isinstance(images, (str, Path)) or hasattr(images, 'getpixel') or one_array else list(images)
 
 class _Images(torch.utils.data.Dataset):
     "Image files, read and preprocessed for one model, for a `DataLoader`."
@@ -170,7 +173,7 @@ class Predictor:
     "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
     def __init__(self,
                  model,                     # a model file / run directory, or a `LoadedModel`
-                 threshold=0.5,             # 0.5, a number, 'val' or a per-attribute file (see `resolve_thresholds`)
+                 threshold=0.5,             # 0.5, a number, 'val', a per-attribute file or {name: threshold} (see `resolve_thresholds`)
                  device='auto',             # 'auto', 'cpu', 'cuda', ...
                  batch_size: int = 16,      # images per forward pass
                  variant=None,              # variant inside a run directory
@@ -207,7 +210,7 @@ def probabilities(self:Predictor,
                   images,          # image paths, or (H, W, 3) uint8 arrays
                   progress=False): # show a tqdm bar
     "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
-    images = [images] if isinstance(images, (str, Path)) else images   # one path is one image, not its characters
+    images = _image_list(images)
     if all(isinstance(i, (str, Path)) for i in images):
         lm = self.loaded
         loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
@@ -232,7 +235,7 @@ def predict(self:Predictor,
             images,         # files, folders and globs (or (H, W, 3) uint8 arrays)
             progress=True): # show a tqdm bar
     "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
-    images = [images] if isinstance(images, (str, Path)) else images
+    images = _image_list(images)
     paths = check_images(collect_images(images)) if all(isinstance(i, (str, Path)) for i in images) else list(images)
     probs = self.probabilities(paths, progress)
     _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)

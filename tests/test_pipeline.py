@@ -59,6 +59,17 @@ def test_cache_built_by_several_processes_is_the_same(sets, tmp_path):
     np.testing.assert_array_equal(np.asarray(one['masks']), np.asarray(two['masks']))
 
 
+def test_cache_build_leaves_the_callers_threads(sets, tmp_path):
+    "A build in the caller's own process decodes with one intra-op thread and gives the caller's count back."
+    ss = sets['wider'].samples
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        P.decoded_cache([s.image for s in ss], [s.box for s in ss], (32, 32), root=tmp_path, workers=1)
+        assert torch.get_num_threads() == 2
+    finally: torch.set_num_threads(before)
+
+
 @pytest.mark.shared('data/pa100k-sample/annotation.mat')
 def test_cache_pixels_equal_the_loaders_resize_on_the_real_sample():
     with pytest.warns(UserWarning): data = read_pa100k(shared_path('data/pa100k-sample'))

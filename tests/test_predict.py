@@ -189,7 +189,7 @@ def test_composite_predictor_from_extra(tmp_path):
 # ---- Predictor, CLI, explain, export ----
 from PIL import Image
 
-from har_kit.explain import model_maps
+from har_kit.explain import explain as explain_images, model_maps
 from har_kit.export import cli as export_cli, export_model
 from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes images with
 from har_kit.predict import Predictor, cli, resolve_thresholds, write_predictions
@@ -242,6 +242,8 @@ def test_threshold_specs(tmp_path, model_file):
 def test_bad_images_named_before_any_work(tmp_path, images, model_file):
     (images/'broken.jpg').write_bytes(b'\xff\xd8 truncated')
     with pytest.raises(KitError, match='broken.jpg'): Predictor(model_file).predict([images], progress=False)
+    with pytest.raises(KitError, match='explain takes image files'):   # an array has no file name to name its figure after
+        explain_images(Predictor(model_file), [np.zeros((8, 4, 3), np.uint8)], tmp_path/'x', progress=False)
     with pytest.raises(KitError, match='nothing.png: no such'): collect_images([tmp_path/'nothing.png'])
     with pytest.raises(KitError, match='matches no image'): collect_images([str(tmp_path/'*.tif')])
 
