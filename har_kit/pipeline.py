@@ -56,7 +56,10 @@ def _stamp(path):  # a file's (size, modification time): a file replaced in plac
     except OSError as e: raise KitError(f'{path}: cannot read it ({e.strerror}); check the dataset folder, then run again') from None
     return [st.st_size, st.st_mtime_ns]
 
-def cache_key(paths, boxes, size, masks=None):  # image files; (x, y, w, h) or None each; (H, W); mask files / 'box' / None each
+def cache_key(paths,        # image files, one per sample
+              boxes,        # (x, y, w, h) or None per sample
+              size,         # (H, W) of the fixed resize
+              masks=None):  # mask file, 'box' or None per sample; None: no masks
     "The hex key of a decoded cache: files (with their sizes and modification times), boxes, masks, size and torchvision's version."
     spec = dict(files=[str(p) for p in paths], boxes=[None if b is None else [float(v) for v in b] for b in boxes],
                 masks=None if masks is None else [None if m is None else str(m) for m in masks], size=[int(v) for v in size],
@@ -130,12 +133,15 @@ def decoded_cache(paths,            # image files, one per sample
 PAPER_CACHES = {'rap': (41_585, (256, 192)), 'pa100k': (100_000, (256, 192)), 'wider': (57_524, (256, 256)),
                 'rap (Da-HAR)': (41_585, (256, 128))}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
-def cache_gb(n, size):  # images; (H, W)
+def cache_gb(n,      # images
+             size):  # (H, W)
     "Bytes of a decoded cache of `n` RGB images at `size`, in GB (10^9)."
     return n * size[0] * size[1] * 3 / 1e9
 
 # %% ../nbs/16_pipeline.ipynb #c021
-def campar_params(n, pad, gen):  # samples; padding in pixels; a seeded torch.Generator
+def campar_params(n,     # samples
+                  pad,   # padding in pixels
+                  gen):  # a seeded torch.Generator, drawn in the loader's order
     "Per-sample (top, left, flip) of CAM-PAR's pad + random crop + flip, drawn as torchvision draws them."
     out = torch.zeros(n, 3, dtype=torch.long)
     for i in range(n):
@@ -163,7 +169,13 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
     return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
 # %% ../nbs/16_pipeline.ipynb #c026
-def dahar_params(n, base, heights, widths, jitter, gen, max_distort=1):  # samples; (H, W) of the cached resize; window heights and widths; jitter strength; generator; as `crop_pairs`
+def dahar_params(n,               # samples
+                 base,            # (H, W) of the cached resize
+                 heights,         # window heights
+                 widths,          # window widths
+                 jitter,          # colour jitter strength: factors drawn from [1 - jitter, 1 + jitter]
+                 gen,             # a seeded torch.Generator, drawn in the loader's order
+                 max_distort=1):  # as `crop_pairs`
     "Per-sample window (top, left, h, w), flip, colour order and factors of Da-HAR's augmentation, drawn as torchvision draws them."
     (H, W), geo, perm, fac, pairs = base, [], [], [], crop_pairs(len(heights), max_distort)
     pick = lambda k: int(torch.randint(k, (), generator=gen))
@@ -208,7 +220,11 @@ def _crop_resize_grouped(x, geo, out, mode):
     return y
 
 # %% ../nbs/16_pipeline.ipynb #c032
-def crop_resize(x, geo, out, mode='bilinear', matmul=None):  # (N, C, H, W) batch; (N, >=4) top, left, h, w; (h, w) output; 'bilinear' (images) or 'nearest' (masks); None: matrix route on CUDA
+def crop_resize(x,                # (N, C, H, W) batch
+                geo,              # (N, >=4) top, left, h, w of each sample's window
+                out,              # (h, w) output
+                mode='bilinear',  # 'bilinear' (images) or 'nearest' (masks)
+                matmul=None):     # the matrix-product route; None: on CUDA
     "Each sample's window resized to `out` (antialiased bilinear rounded to uint8 levels, or nearest)."
     use = x.device.type == 'cuda' if matmul is None else matmul
     return (_crop_resize_matmul if use else _crop_resize_grouped)(x, geo, tuple(out), mode)
@@ -220,7 +236,9 @@ def _blend(a, b, r, r1):  # torchvision's `_blend` on uint8 levels, with a facto
     return torch.addcmul(a.mul(r), b, r1).clamp_(0, 255).floor_()
 
 # %% ../nbs/16_pipeline.ipynb #c036
-def colour_jitter(y, perm, fac):  # (N, 3, H, W) float holding uint8 levels; (N, 4) order; (N, 3) brightness, contrast, saturation
+def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
+                  perm,  # (N, 4) order of the operations
+                  fac):  # (N, 3) brightness, contrast and saturation factors
     "torchvision's `ColorJitter` on uint8 levels, each sample in its own order with its own factors."
     perm, fac = torch.as_tensor(perm).cpu(), torch.as_tensor(fac).cpu()
     r = torch.where(perm < 3, fac.gather(1, perm.clamp(max=2)), 1.0)   # (N, 4) factor at each position; op 3 (hue, off): 1
@@ -252,7 +270,8 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
     return d
 
 # %% ../nbs/16_pipeline.ipynb #c040
-def five_crop(x, size):  # (N, C, H, W) batch; (h, w) of each crop
+def five_crop(x,      # (N, C, H, W) batch
+              size):  # (h, w) of each crop
     "The four corner crops and the centre crop of each sample as slices: (N, 5, C, h, w)."
     H, W = x.shape[-2:]; h, w = size
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
@@ -307,7 +326,15 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
 # %% ../nbs/16_pipeline.ipynb #c047
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
-    def __init__(self, cache, labels, augment, batch_size, shuffle=False, drop_last=False, seed=0, device='cpu', prefetch=0):  # cache from `decoded_cache`; (N, C) labels; augment(x uint8, masks, gen) -> dict; batches prepared ahead on a thread (`prefetched`)
+    def __init__(self, cache,      # from `decoded_cache`
+                 labels,           # (N, C) labels, one row per cached image
+                 augment,          # augment(x uint8, masks, gen) -> dict of the batch's tensors
+                 batch_size,       # samples per batch
+                 shuffle=False,    # reshuffle every epoch (training)
+                 drop_last=False,  # drop the last incomplete batch
+                 seed=0,           # seed of the shuffling and augmentation generator
+                 device='cpu',     # where batches are augmented and returned
+                 prefetch=0):      # batches prepared ahead on a thread (`prefetched`); 0: in the consuming thread
         "A loader over `cache` with `labels`; `augment` turns a uint8 batch (and its masks) into the batch's tensors."
         self.cache, self.labels, self.augment, self.batch_size = cache, torch.as_tensor(np.asarray(labels, np.float32)), augment, int(batch_size)
         self.shuffle, self.drop_last, self.device, self.sampler = shuffle, drop_last, torch.device(device), None
@@ -383,7 +410,8 @@ class _Samples:
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
 # %% ../nbs/16_pipeline.ipynb #c051
-def campar_batches(train, scale=1.0):  # training augmentation, else evaluation; size factor
+def campar_batches(train,       # training augmentation, else evaluation
+                   scale=1.0):  # size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     pad = _sz(10, scale)
     def augment(x, masks, gen):
@@ -393,7 +421,12 @@ def campar_batches(train, scale=1.0):  # training augmentation, else evaluation;
     return (_sz(256, scale), _sz(192, scale)), augment
 
 # %% ../nbs/16_pipeline.ipynb #c052
-def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3, max_distort=1):  # as `dahar_transforms`
+def dahar_batches(train,                 # training augmentation, else evaluation
+                  aspect=1,              # height / width: 1 for WIDER-Attribute, 2 for RAP
+                  scale=1.0,             # size factor
+                  five_crop_eval=False,  # evaluation: five-crop stack instead of the direct resize
+                  jitter=0.3,            # colour jitter strength
+                  max_distort=1):        # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
     heights = [_sz(s, scale) for s in (256, 224, 192, 168, 128)]
@@ -407,8 +440,18 @@ def dahar_batches(train, aspect=1, scale=1.0, five_crop_eval=False, jitter=0.3, 
     return base, augment
 
 # %% ../nbs/16_pipeline.ipynb #c053
-def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_from_box=False, drop_last=False, seed=0,
-                  device='cpu', name='images', workers=0, prefetch=0):  # samples as for `make_loader`; batches from `campar_batches` / `dahar_batches`; batches prepared ahead (`prefetched`)
+def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
+                  batches,              # from `campar_batches` / `dahar_batches`
+                  batch_size,           # samples per batch
+                  shuffle,              # reshuffle every epoch (training)
+                  with_mask=False,      # also yield 'mask'
+                  mask_from_box=False,  # with_mask: each target's box as its mask
+                  drop_last=False,      # drop the last incomplete batch
+                  seed=0,               # seed of the shuffling and augmentation generator
+                  device='cpu',         # where batches are augmented
+                  name='images',        # the cache's name (its folder and progress bar)
+                  workers=0,            # decoding processes of a cache build
+                  prefetch=0):          # batches prepared ahead (`prefetched`)
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
     refuse_every_split(samples, shuffle, 'cached_loader')
     ss = list(getattr(samples, 'samples', samples))
@@ -421,7 +464,9 @@ def cached_loader(samples, batches, batch_size, shuffle, with_mask=False, mask_f
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
 # %% ../nbs/16_pipeline.ipynb #c056
-def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batches per timing; interleaved repetitions
+def loader_rates(loaders: dict,  # name -> loader
+                 batches=4,       # batches per timing
+                 repeats=3):      # interleaved repetitions
     "Images per second of each loader (median over interleaved repetitions of `batches` batches)."
     times = {k: [] for k in loaders}
     for _ in tqdm(range(repeats), desc='loader rates', leave=False):
@@ -434,7 +479,11 @@ def loader_rates(loaders: dict, batches=4, repeats=3):  # name -> loader; batche
     return {k: float(np.median(v)) for k, v in times.items()}
 
 # %% ../nbs/16_pipeline.ipynb #c058
-def benchmark(device='cpu', images=256, batch=64, repeats=3, workers=0):  # where to augment; cache size; batch; timed passes; decoding processes
+def benchmark(device='cpu',  # where to augment
+              images=256,    # cache size
+              batch=64,      # samples per batch
+              repeats=3,     # timed passes
+              workers=0):    # decoding processes of the cache build
     "Images/s of building a decoded cache and of each paper's batch augmentation on `device` (median of `repeats` passes)."
     dev, g = torch.device(device), torch.Generator().manual_seed(0)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
