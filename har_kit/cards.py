@@ -176,8 +176,10 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'script is not published)'),
         ('logit bias (Eq. 12, 15)', "one b_j per attribute, the classifier's (nn.Linear) bias, added to both the shared and "
                                     'the specific logit of attribute j',
-         "Eq. 12/15 are printed without a bias; [15]'s classifier (Linear + BatchNorm1d) has one, and the logit BatchNorm "
-         "of the paper profile subtracts each logit's mean, bias included"),
+         "Eq. 12/15 are printed without a bias; [15]'s classifier (Linear + BatchNorm1d) has one; the public code adds it "
+         "to the shared logit only (its specific logit is a product with `logits[0].weight`, no bias), and with its one "
+         "BatchNorm for both heads the running mean the test uses then holds both heads' means, so the two readings differ "
+         "at test time"),
         ('gradients through the CAM', 'not stopped: the specific logits train the classifier weights and the encoder through '
                                       'the CAM of Eq. 10 as well as through A_j (`detach_cam=False`)',
          'not stated; the public code (models.py) does not detach its CAMs either'),
@@ -194,11 +196,12 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('phase 2', "Adam at `phase2_lr` for `phase2_epochs` epochs, batch 256, no schedule; fc_2 starts as the identity on "
                     'l_specific with zero weights on r_hat', 'not stated; the identity start makes phase 2 begin at phase 1\'s prediction'),
         ('dictionary (Fig. 6)', 'keys: k-means centroids (K x M) of the training confidences r = sigma(l_specific); values: '
-                                "the mean image factor of each key's cluster; every sample, training ones included, takes "
-                                'r_hat = pv of its nearest key (Euclidean, on sigma(l_specific)) (51_cfar)',
+                                "the mean image factor pv_k (D) of each key's cluster; every sample, training ones included, "
+                                'takes r_hat_j = pv_k^T y_f,j of its nearest key k (Euclidean, on sigma(l_specific)) (51_cfar)',
          'the thesis writes "pk in R^(K x D)" for centroids of r, which have M entries, and searches "the nearest pk from '
-         'each l_specific"; keys in confidence space is the reading its text allows, and training rows through their '
-         'nearest key train phase 2 on what it sees at test time')],
+         'each l_specific"; keys in confidence space is the reading its text allows; Eq. 19 prints r_hat = p_k^T y_f, '
+         'which has a D-wide factor only when read with the value pv_k; training rows through their nearest key train '
+         'phase 2 on what it sees at test time')],
 }
 
 UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what the runs did instead, why)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, io, json, math, re, sys
+import argparse, csv, io, json, math, os, re, sys
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,17 @@ def _threshold_file(path, names):  # JSON or CSV file; the model's attribute nam
     if not isinstance(table, dict): raise KitError(f'{path}: expected a JSON object {{"attribute": threshold, ...}}')
     return _threshold_table(table, names, path)
 
+def _is_bool(v):  # a threshold value as given
+    "Whether `v` is a boolean (Python's, numpy's or a torch bool tensor): a decision, never a threshold."
+    return isinstance(v, (bool, np.bool_)) or str(getattr(v, 'dtype', '')) in ('bool', 'torch.bool')
+
 def _threshold_table(table, names, where):  # {attribute: threshold}; the model's attribute names; the source, for messages
     "The table's thresholds in the model's attribute order (0.5 where it names none), and the attributes it leaves at 0.5."
     missing, unknown = [n for n in names if n not in table], [n for n in table if n not in names]
     if unknown:
         raise KitError(f'{where}: the model has no attribute {unknown[0]!r}' + (f' (nor {unknown[1:5]})' if unknown[1:] else '')
                        + f'; its attributes: {", ".join(names)}')
-    bools = [n for n in table if isinstance(table[n], bool)]
+    bools = [n for n in table if _is_bool(table[n])]
     if bools: raise KitError(f'{where}: the threshold of {bools[0]!r} is {table[bools[0]]!r}, not a number in [0, 1]')
     try: t = np.array([float(table.get(n, DEFAULT_THRESHOLD)) for n in names])
     except (TypeError, ValueError) as e: raise KitError(f'{where}: a threshold is not a number ({e})') from None
@@ -65,6 +69,8 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
     names, C = model.attributes, len(model.attributes)
     if spec is None: spec = 0.5
     if isinstance(spec, (list, tuple, np.ndarray, torch.Tensor)):   # finite and one per attribute; in [0, 1] below
+        if any(_is_bool(v) for v in (spec.reshape(-1) if hasattr(spec, 'reshape') else spec)):
+            raise KitError(f'threshold {spec!r:.120}: booleans are not thresholds; pass numbers in [0, 1], one per attribute')
         t = np.broadcast_to(np.asarray(check_threshold(spec, C), float), (C,)).copy()
         what = 'per-attribute (given)'
     elif isinstance(spec, str) and spec.strip().lower() == 'val':
@@ -150,7 +156,8 @@ def default_variant(path,          # a model file, variant directory or run dire
 # %% ../nbs/81_predict.ipynb #c021
 def _image_list(images):  # `images` of `Predictor.probabilities` / `predict`: one image or an iterable of them
     "A list of images: one path, one PIL image or one (H, W[, 1 | 3 | 4]) array is a list of one, not its characters or rows."
-    one_array = isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4)))
+    shape = tuple(getattr(images, 'shape', ()))   # a numpy array or a tensor
+    one_array = len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
     return [images] if isinstance(images, (str, Path)) or hasattr(images, 'getpixel') or one_array else list(images)
 
 class _Images(torch.utils.data.Dataset):
@@ -200,7 +207,7 @@ class Predictor:
     def tensor(self, images):  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)
         "The preprocessed batch (N, 3, h, w)."
         lm = self.loaded
-        return torch.stack([preprocess(load_rgb(i, photo=True) if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]'),
+        return torch.stack([preprocess(load_rgb(i, photo=True) if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]'),
                                        lm.input_size, lm.mean, lm.std) for k, i in enumerate(images)])
 
 # %% ../nbs/81_predict.ipynb #c023
@@ -211,12 +218,12 @@ def probabilities(self:Predictor,
                   progress=False): # show a tqdm bar
     "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
     images = _image_list(images)
-    if all(isinstance(i, (str, Path)) for i in images):
+    if all(isinstance(i, (str, os.PathLike)) for i in images):
         lm = self.loaded
         loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
         batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
     else:   # every array checked before any work, named by its index in `images`
-        images = [i if isinstance(i, (str, Path)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
+        images = [i if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
         batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
     with torch_threads(self.threads):
         self.scored_threads = torch.get_num_threads()
@@ -236,7 +243,7 @@ def predict(self:Predictor,
             progress=True): # show a tqdm bar
     "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
     images = _image_list(images)
-    paths = check_images(collect_images(images)) if all(isinstance(i, (str, Path)) for i in images) else list(images)
+    paths = check_images(collect_images(images)) if all(isinstance(i, (str, os.PathLike)) for i in images) else list(images)
     probs = self.probabilities(paths, progress)
     _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)
     dec = apply_threshold(probs, self.thresholds, '>=')

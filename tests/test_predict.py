@@ -244,6 +244,14 @@ def test_bad_images_named_before_any_work(tmp_path, images, model_file):
     with pytest.raises(KitError, match='broken.jpg'): Predictor(model_file).predict([images], progress=False)
     with pytest.raises(KitError, match='explain takes image files'):   # an array has no file name to name its figure after
         explain_images(Predictor(model_file), [np.zeros((8, 4, 3), np.uint8)], tmp_path/'x', progress=False)
+
+
+def test_explain_takes_any_path_like(tmp_path, images, model_file):
+    "os.DirEntry, PurePath and an array of file names are files, as collect_images reads them."
+    p, files = Predictor(model_file), sorted((e for e in os.scandir(images) if e.name.endswith('.png')), key=lambda e: e.name)[:1]
+    out = explain_images(p, files, tmp_path/'a', progress=False)
+    assert len(out) == 1 and out[0].exists()
+    assert len(explain_images(p, np.array([files[0].path]), tmp_path/'b', progress=False)) == 1
     with pytest.raises(KitError, match='nothing.png: no such'): collect_images([tmp_path/'nothing.png'])
     with pytest.raises(KitError, match='matches no image'): collect_images([str(tmp_path/'*.tif')])
 
