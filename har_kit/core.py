@@ -66,7 +66,7 @@ def check_writable(files,          # the files a command will write (the first n
     "Refuse, before any work, existing `files` (unless `force`) and a place that is not a writable folder."
     files = [Path(f).expanduser() for f in files]
     for f in files:
-        if f.exists() and not force: raise KitError(f'{f} exists: pass --force to replace it, or choose another {where}')
+        if f.exists() and not force: raise KitError(f'{f} exists: pass --force (Python: force=True) to replace it, or choose another {where}')
     parent = next(p for p in [files[0].parent, *files[0].parent.parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise KitError(f'{where} {files[0]}: {parent} is not a writable folder; choose another {where}')
