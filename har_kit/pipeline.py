@@ -143,12 +143,12 @@ def campar_params(n,     # samples
                   pad,   # padding in pixels
                   gen):  # a seeded torch.Generator, drawn in the loader's order
     "Per-sample (top, left, flip) of CAM-PAR's pad + random crop + flip, drawn as torchvision draws them."
-    out = torch.zeros(n, 3, dtype=torch.long)
-    for i in range(n):
-        out[i, 0] = torch.randint(0, 2 * pad + 1, size=(1,), generator=gen)
-        out[i, 1] = torch.randint(0, 2 * pad + 1, size=(1,), generator=gen)
-        out[i, 2] = torch.rand(1, generator=gen) < 0.5
-    return out
+    rows = []
+    for _ in range(n):   # the draws in torchvision's order, kept as Python ints and sent as one tensor (the host's share of a step)
+        top = int(torch.randint(0, 2 * pad + 1, size=(1,), generator=gen))
+        left = int(torch.randint(0, 2 * pad + 1, size=(1,), generator=gen))
+        rows.append((top, left, int(torch.rand(1, generator=gen) < 0.5)))
+    return torch.tensor(rows, dtype=torch.long).view(-1, 3)
 
 # %% ../nbs/16_pipeline.ipynb #c022
 def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
