@@ -268,3 +268,15 @@ def test_without_out_a_second_command_says_skipped_and_a_moved_default_is_not_ta
     _nb(nb, src(2))   # the notebook's default moves
     with pytest.raises(KitError, match=r'differs in: x: 1 \(default\) -> 2\)'): run_notebook(nb, {'x': 2}, run, progress=False)
     assert run_notebook(nb, {'x': 1}, run, progress=False) == run and load_json(run/'metrics.json') == {'x': 1}   # what it ran with
+
+
+def test_the_tables_notebook_outside_a_run_writes_no_profile_tables(tmp_path):
+    "Opened, or run by nbdev_test, with its defaults, 64_tables renders into a temporary folder, never over outputs/<profile>/tables."
+    import os
+    env = {k: v for k, v in os.environ.items() if k != 'HAR_KIT_RUN_DIR'}
+    env.update(HAR_KIT_OUTPUTS=str(tmp_path/'outputs'), OMP_NUM_THREADS='1', MPLBACKEND='agg')
+    code = ('from execnb.nbio import read_nb; from execnb.shell import CaptureShell; '
+            "CaptureShell().run_all(read_nb('64_tables.ipynb'), exc_stop=True)")
+    r = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT/'nbs', capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (tmp_path/'outputs'/'quick').exists()
