@@ -183,8 +183,8 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('gradients through the CAM', 'not stopped: the specific logits train the classifier weights and the encoder through '
                                       'the CAM of Eq. 10 as well as through A_j (`detach_cam=False`)',
          'not stated; the public code (models.py) does not detach its CAMs either'),
-        ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`, [15]'s 2021 code); the data's meta records how many "
-                        '(`n_uncertain`)',
+        ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`), as [15]'s 2021 code and the public CAM-PAR code's "
+                        "`pedes.py`, what its authors ran; the data's meta records how many (`n_uncertain`)",
          "[15]'s 2020 code kept the 2s: its BCE takes them as targets of 2 with the positive weight e^(1-r_j) (its "
          "`weights[targets > 1] = 0` reads the 0/1 mask built from the targets, where nothing exceeds 1), mA's counts leave "
          "them out, the positive ratios count them as 2; no reading here reproduces a target of 2; "

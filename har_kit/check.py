@@ -280,7 +280,13 @@ def cli(argv=None):  # arguments after `har-kit data`
             for w in dict.fromkeys(str(w.message) for w in caught): print(f'warning: {w}', file=sys.stderr)
             out = to_csv_dataset(data, a.dest, link=a.link)
             if a.link: print(f'{out}: images hard-linked to {a.root} where the filesystem allows (the same files: do not edit them)')
-            print(f"{out}: read it with load_dataset('csv', {str(out)!r}), or run a section with -p dataset csv -p data_root {shlex.quote(str(out))}")
+            hint = f"{out}: read it with load_dataset('csv', {str(out)!r})"
+            if a.kind == 'wider':   # the csv kind is a pedestrian set: height / width 2, scored by mA
+                print(hint + "; the csv kind feeds inputs at height / width 2 and scores mA, not WIDER-Attribute's square inputs "
+                      f"and mAP: run sections on the original with -p dataset wider -p data_root {shlex.quote(str(a.root))}")
+            else:
+                print(hint + f", or run a section with -p dataset csv -p data_root {shlex.quote(str(out))}"
+                      + (" (RAP's label 2 went in as read_rap read it: 0)" if a.kind == 'rap' else ''))
             return 0
         out = check_json_dest(a.json, a.root, a.force) if a.json else None   # before the work
         rep = check_dataset(a.kind, a.root, sample=a.sample, **kw)

@@ -44,7 +44,7 @@ class DatasetKind:
     "What the kit knows about one kind of dataset (its reader is `har_kit.data.dataset_reader(name)`)."
     name: str               # 'wider', 'rap', 'pa100k' or 'csv'
     reader_name: str        # function of har_kit.data that reads it
-    aspect: int             # height / width of the network input (1 for scenes' square crops, 2 for pedestrians)
+    aspect: int             # height / width of Da-HAR's network input (1 for scenes' square crops, 2 for pedestrians; CAM-PAR: 256 x 192 always)
     metric: str             # the metric its tables report: 'mAP' (WIDER-Attribute) or 'mA' (pedestrian datasets)
     headline: tuple         # the metric keys of its result rows
     attributes: list | None # attribute names of the real dataset (None: read from the file)
@@ -263,7 +263,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
 # %% ../nbs/02_formats.ipynb #c048
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
-    "Boolean (H, W) mask that is True inside the box: the `none` source, and every source's fallback."
+    "Boolean (H, W) mask that is True inside the box: the `box` source, and every source's fallback."
     m = np.zeros(size, bool)
     x0, y0, x1, y1 = box
     m[y0:y1, x0:x1] = True

@@ -204,7 +204,7 @@ def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      five_crop=False, # evaluation: five-crop stack (5, 3, H, W) instead of the direct 256 resize
                      jitter=0.3,      # colour jitter strength (brightness, contrast, saturation)
                      max_distort=1):  # training windows: height and width positions in the size set at most this far apart (SRN: 1)
-    "Da-HAR's transforms (§Implementation Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
+    "Da-HAR's transforms (§Training Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
     if aspect not in (1, 2): raise KitError(f'dahar_transforms: aspect={aspect!r}; use 1 (WIDER-Attribute) or 2 (RAP)')
     base = (_sz(256, scale), _sz(256 / aspect, scale))
     out = (_sz(224, scale), _sz(224 / aspect, scale))

@@ -50,7 +50,7 @@ def decode_resized(path,        # image file
     if m is not None: m = TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size)).as_subclass(torch.Tensor)[0].numpy()
     return img, m
 
-# %% ../nbs/16_pipeline.ipynb #c011
+# %% ../nbs/16_pipeline.ipynb #c012
 def _stamp(path):  # a file's (size, modification time): a file replaced in place changes it
     try: st = os.stat(path)
     except OSError as e: raise KitError(f'{path}: cannot read it ({e.strerror}); check the dataset folder, then run again') from None
@@ -67,7 +67,7 @@ def cache_key(paths,        # image files, one per sample
                 torchvision=torchvision.__version__, layout='NHWC-uint8-v1')
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
-# %% ../nbs/16_pipeline.ipynb #c012
+# %% ../nbs/16_pipeline.ipynb #c014
 def _digest(arrays):
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
@@ -75,12 +75,12 @@ def _digest(arrays):
         for i in range(0, len(a), 1024): h.update(np.ascontiguousarray(flat[i:i + 1024]).data)
     return h.hexdigest()
 
-# %% ../nbs/16_pipeline.ipynb #c013
+# %% ../nbs/16_pipeline.ipynb #c015
 def _decode_chunk(job):  # (indices, paths, boxes, size, masks): one intra-op thread (`_fill` sets it)
     idx, paths, boxes, size, masks = job
     return idx, [decode_resized(p, b, size, None if masks is None else masks[k]) for k, (p, b) in enumerate(zip(paths, boxes))]
 
-# %% ../nbs/16_pipeline.ipynb #c014
+# %% ../nbs/16_pipeline.ipynb #c016
 def _fill(d, paths, boxes, size, masks, workers, desc):
     n, (H, W) = len(paths), size
     img = np.lib.format.open_memmap(d/'images.npy', 'w+', np.uint8, (n, H, W, 3))
@@ -100,7 +100,7 @@ def _fill(d, paths, boxes, size, masks, workers, desc):
     if msk is not None: msk.flush()
     return _digest(arrays)
 
-# %% ../nbs/16_pipeline.ipynb #c015
+# %% ../nbs/16_pipeline.ipynb #c017
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
                   size,             # (H, W) of the fixed resize
@@ -129,7 +129,7 @@ def decoded_cache(paths,            # image files, one per sample
         raise KitError(f'{d}: decoded cache does not match its key or hash (damaged or changed); delete that folder and run again to rebuild it')
     return out
 
-# %% ../nbs/16_pipeline.ipynb #c018
+# %% ../nbs/16_pipeline.ipynb #c021
 PAPER_CACHES = {'rap': (41_585, (256, 192)), 'pa100k': (100_000, (256, 192)), 'wider': (57_524, (256, 256)),
                 'rap (Da-HAR)': (41_585, (256, 128))}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
@@ -138,7 +138,7 @@ def cache_gb(n,      # images
     "Bytes of a decoded cache of `n` RGB images at `size`, in GB (10^9)."
     return n * size[0] * size[1] * 3 / 1e9
 
-# %% ../nbs/16_pipeline.ipynb #c021
+# %% ../nbs/16_pipeline.ipynb #c025
 def campar_params(n,     # samples
                   pad,   # padding in pixels
                   gen):  # a seeded torch.Generator, drawn in the loader's order
@@ -150,13 +150,13 @@ def campar_params(n,     # samples
         rows.append((top, left, int(torch.rand(1, generator=gen) < 0.5)))
     return torch.tensor(rows, dtype=torch.long).view(-1, 3)
 
-# %% ../nbs/16_pipeline.ipynb #c022
+# %% ../nbs/16_pipeline.ipynb #c027
 def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
     "ImageNet normalisation of uint8-valued images, with torchvision's operations (`ToDtype(scale=True)`, `Normalize`)."
     mean, std = (host_to_device(torch.tensor(v), x.device).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
-# %% ../nbs/16_pipeline.ipynb #c023
+# %% ../nbs/16_pipeline.ipynb #c029
 def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on any device
                    params,   # (N, 3) from `campar_params`
                    pad):     # the padding (10 at scale 1)
@@ -168,7 +168,7 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
     idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
     return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
-# %% ../nbs/16_pipeline.ipynb #c026
+# %% ../nbs/16_pipeline.ipynb #c033
 def dahar_params(n,               # samples
                  base,            # (H, W) of the cached resize
                  heights,         # window heights
@@ -189,7 +189,7 @@ def dahar_params(n,               # samples
     return dict(geo=torch.tensor(geo, dtype=torch.long).view(-1, 5), perm=torch.stack(perm) if perm else torch.zeros(0, 4, dtype=torch.long),
                 fac=torch.tensor(fac, dtype=torch.float32).view(-1, 3))
 
-# %% ../nbs/16_pipeline.ipynb #c028
+# %% ../nbs/16_pipeline.ipynb #c036
 @functools.lru_cache(maxsize=512)
 def _window_weights(n, start, size, out, mode, device):  # image length; window start and length; output length; 'bilinear' or 'nearest'; device name
     "(out, n) float64 weights that resize the window [start, start + size) of a length-n axis to `out`, as `F.interpolate` does."
@@ -199,7 +199,7 @@ def _window_weights(n, start, size, out, mode, device):  # image length; window 
         w = torch.zeros(out, n, dtype=torch.float64); w[:, start:start + size] = r
         return w.to(device)
 
-# %% ../nbs/16_pipeline.ipynb #c029
+# %% ../nbs/16_pipeline.ipynb #c037
 def _crop_resize_matmul(x, geo, out, mode):
     (H, W), dev, g = x.shape[-2:], str(x.device), geo[:, :4].tolist()
     rows = torch.stack([_window_weights(H, t, h, out[0], mode, dev) for t, _, h, _ in g])[:, None]                  # (N, 1, h_out, H)
@@ -207,7 +207,7 @@ def _crop_resize_matmul(x, geo, out, mode):
     y = (rows @ x.double() @ cols).float()
     return y.round_().clamp_(0, 255) if mode == 'bilinear' else y
 
-# %% ../nbs/16_pipeline.ipynb #c030
+# %% ../nbs/16_pipeline.ipynb #c038
 def _crop_resize_grouped(x, geo, out, mode):
     y = torch.empty(len(x), x.shape[1], *out, device=x.device, dtype=torch.float32)
     for hw in {tuple(r) for r in geo[:, 2:4].tolist()}:
@@ -219,7 +219,7 @@ def _crop_resize_grouped(x, geo, out, mode):
         y[host_to_device(idx, x.device)] = c
     return y
 
-# %% ../nbs/16_pipeline.ipynb #c032
+# %% ../nbs/16_pipeline.ipynb #c040
 def crop_resize(x,                # (N, C, H, W) batch
                 geo,              # (N, >=4) top, left, h, w of each sample's window
                 out,              # (h, w) output
@@ -229,13 +229,13 @@ def crop_resize(x,                # (N, C, H, W) batch
     use = x.device.type == 'cuda' if matmul is None else matmul
     return (_crop_resize_matmul if use else _crop_resize_grouped)(x, geo, tuple(out), mode)
 
-# %% ../nbs/16_pipeline.ipynb #c035
+# %% ../nbs/16_pipeline.ipynb #c044
 def _gray(y): r, g, b = y.unbind(1); return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
 def _blend(a, b, r, r1):  # torchvision's `_blend` on uint8 levels, with a factor per sample and 1 - r
     return torch.addcmul(a.mul(r), b, r1).clamp_(0, 255).floor_()
 
-# %% ../nbs/16_pipeline.ipynb #c036
+# %% ../nbs/16_pipeline.ipynb #c045
 def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
                   perm,  # (N, 4) order of the operations
                   fac):  # (N, 3) brightness, contrast and saturation factors
@@ -253,7 +253,7 @@ def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
         y = _blend(y, ref, per[:, k, 0], per[:, k, 1])
     return y
 
-# %% ../nbs/16_pipeline.ipynb #c037
+# %% ../nbs/16_pipeline.ipynb #c047
 def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed resizes, on any device
                   params,       # from `dahar_params`
                   out,          # (h, w) network input (224 x 224; 224 x 112 on RAP)
@@ -269,14 +269,14 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
         d['mask'] = torch.where(flip, m.flip(-1), m) / 255
     return d
 
-# %% ../nbs/16_pipeline.ipynb #c040
+# %% ../nbs/16_pipeline.ipynb #c051
 def five_crop(x,      # (N, C, H, W) batch
               size):  # (h, w) of each crop
     "The four corner crops and the centre crop of each sample as slices: (N, 5, C, h, w)."
     H, W = x.shape[-2:]; h, w = size
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
 
-# %% ../nbs/16_pipeline.ipynb #c043
+# %% ../nbs/16_pipeline.ipynb #c055
 _END = object()   # the producer's last item
 
 def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoader`'s
@@ -323,7 +323,7 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
             worker.join()
             if hasattr(batches, 'close'): batches.close()
 
-# %% ../nbs/16_pipeline.ipynb #c047
+# %% ../nbs/16_pipeline.ipynb #c059
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
     def __init__(self, cache,      # from `decoded_cache`
@@ -398,7 +398,7 @@ class DeviceLoader:
             copied[j] = torch.cuda.Event(); copied[j].record(torch.cuda.current_stream(self.device))
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/16_pipeline.ipynb #c049
+# %% ../nbs/16_pipeline.ipynb #c061
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -409,7 +409,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/16_pipeline.ipynb #c051
+# %% ../nbs/16_pipeline.ipynb #c063
 def campar_batches(train,       # training augmentation, else evaluation
                    scale=1.0):  # size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
@@ -420,7 +420,7 @@ def campar_batches(train,       # training augmentation, else evaluation
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/16_pipeline.ipynb #c052
+# %% ../nbs/16_pipeline.ipynb #c065
 def dahar_batches(train,                 # training augmentation, else evaluation
                   aspect=1,              # height / width: 1 for WIDER-Attribute, 2 for RAP
                   scale=1.0,             # size factor
@@ -439,7 +439,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
         return d
     return base, augment
 
-# %% ../nbs/16_pipeline.ipynb #c053
+# %% ../nbs/16_pipeline.ipynb #c067
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -463,7 +463,7 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
-# %% ../nbs/16_pipeline.ipynb #c056
+# %% ../nbs/16_pipeline.ipynb #c071
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -478,7 +478,7 @@ def loader_rates(loaders: dict,  # name -> loader
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c058
+# %% ../nbs/16_pipeline.ipynb #c074
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch

@@ -143,7 +143,7 @@ def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `mak
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
     _check_seed(seed)
     if not isinstance(n, (int, np.integer)) or n < (10 if kind != 'rap' else 5):
-        raise KitError(f'n={n!r}: need an integer >= 10 so that every split gets images')
+        raise KitError(f'n={n!r}: need an integer >= {10 if kind != "rap" else 5} so that every split gets images')
     if distractors is not None and (not isinstance(distractors, (int, np.integer)) or not 0 <= distractors <= 8):
         raise KitError(f'distractors={distractors!r}: expected None (mixed levels) or an integer level 0..8 (levels 0..{MAX_LEVEL} are the studied ones)')
     if size is None: size = 144 if kind == 'wider' else 96          # only None means the default: 0 is refused below
