@@ -49,7 +49,7 @@ class SampleCache:
     def __len__(self): return len(self.store)
     def __repr__(self): return f'SampleCache({len(self)} samples, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, {self.hits} hits, {self.misses} misses)'
 
-# %% ../nbs/15_loading.ipynb #c011
+# %% ../nbs/15_loading.ipynb #c012
 class HarDataset(Dataset):
     "Torch dataset over `Sample`s yielding {'image', 'labels', 'mask' (optional), 'index'}."
     def __init__(self, samples,           # list of `Sample` (or an `AttributeData`)
@@ -125,19 +125,19 @@ class HarDataset(Dataset):
         d['index'] = i
         return d
 
-# %% ../nbs/15_loading.ipynb #c015
+# %% ../nbs/15_loading.ipynb #c016
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _sz(v, scale): return max(1, int(round(v * scale)))
 
-# %% ../nbs/15_loading.ipynb #c016
+# %% ../nbs/15_loading.ipynb #c017
 def _spatial_size(flat_inputs):
     for x in flat_inputs:
         if isinstance(x, (tv_tensors.Image, tv_tensors.Mask, PILImage.Image)) or (isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.TVTensor)):
             return TF.get_size(x)
     raise KitError('transform needs an image input')
 
-# %% ../nbs/15_loading.ipynb #c017
+# %% ../nbs/15_loading.ipynb #c018
 def crop_pairs(n: int,               # sizes in the set
                max_distort: int = 1  # largest distance between the height's and the width's position in the set (SRN: 1)
               ) -> list:
@@ -147,7 +147,7 @@ def crop_pairs(n: int,               # sizes in the set
                        'frame\'s aspect; the set size minus 1 draws height and width independently)')
     return [(i, j) for i in range(n) for j in range(n) if abs(i - j) <= max_distort]
 
-# %% ../nbs/15_loading.ipynb #c019
+# %% ../nbs/15_loading.ipynb #c021
 class CornerCenterCrop(v2.Transform):
     "Da-HAR's multi-scale crop (SRN's): a (height, width) pair from `sizes` and `sizes / aspect`, at a corner or the centre."
     def __init__(self, sizes,          # crop heights in pixels
@@ -175,7 +175,7 @@ class CornerCenterCrop(v2.Transform):
         "Crop one input to the window."
         return self._call_kernel(TF.crop, inpt, **params)
 
-# %% ../nbs/15_loading.ipynb #c022
+# %% ../nbs/15_loading.ipynb #c024
 class FiveCropStack(torch.nn.Module):
     "Four corner crops and the centre crop of every input, stacked along a new first dimension (5, ...)."
     def __init__(self, size):  # (height, width) of each crop
@@ -193,11 +193,11 @@ class FiveCropStack(torch.nn.Module):
             outs.append(tv_tensors.Mask(st) if isinstance(x, tv_tensors.Mask) else tv_tensors.Image(st) if isinstance(x, tv_tensors.Image) else st)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-# %% ../nbs/15_loading.ipynb #c025
+# %% ../nbs/15_loading.ipynb #c027
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
-# %% ../nbs/15_loading.ipynb #c026
+# %% ../nbs/15_loading.ipynb #c028
 def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
                      scale=1.0,       # size factor (0.25 for the quick CPU profile)
@@ -213,7 +213,7 @@ def dahar_transforms(train: bool,     # training augmentation, else evaluation
                            v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
     return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
 
-# %% ../nbs/15_loading.ipynb #c027
+# %% ../nbs/15_loading.ipynb #c029
 def campar_transforms(train: bool,  # training augmentation, else evaluation
                       scale=1.0):   # size factor (0.25 -> 64 x 48)
     "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
@@ -221,11 +221,11 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/15_loading.ipynb #c037
+# %% ../nbs/15_loading.ipynb #c039
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
-# %% ../nbs/15_loading.ipynb #c038
+# %% ../nbs/15_loading.ipynb #c040
 def refuse_every_split(samples,  # what a loader was given: a list of `Sample`s or an `AttributeData`
                        shuffle,  # the loader's shuffle (a shuffled loader is a training loader)
                        where):   # the function, for the message
@@ -256,7 +256,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/15_loading.ipynb #c043
+# %% ../nbs/15_loading.ipynb #c046
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

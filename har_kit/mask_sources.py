@@ -74,7 +74,7 @@ def image_size(path):  # an image file
     except (OSError, UnidentifiedImageError) as e:
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
-# %% ../nbs/20_mask_sources.ipynb #c016
+# %% ../nbs/20_mask_sources.ipynb #c017
 def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as person)
               size=None):  # expected (H, W); None = any
     "Binary (H, W) mask from a PNG; `KitError` naming the file when unreadable or of the wrong size."
@@ -84,14 +84,14 @@ def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as pe
                        'masks must have the size of their image (or of the target box)')
     return m
 
-# %% ../nbs/20_mask_sources.ipynb #c017
+# %% ../nbs/20_mask_sources.ipynb #c018
 def write_mask(mask,  # (H, W) bool
                path): # destination PNG
     "Write a binary mask as an L-mode 0/255 PNG, atomically; return the path."
     with atomic_path(path) as tmp: Image.fromarray(np.asarray(mask, np.uint8) * 255, 'L').save(tmp, format='PNG')
     return Path(path)
 
-# %% ../nbs/20_mask_sources.ipynb #c021
+# %% ../nbs/20_mask_sources.ipynb #c022
 def short_hash(text):  # any value; its `str` is hashed
     "First 8 hex digits of the SHA-1 of `str(text)`: short, stable folder and file names."
     return hashlib.sha1(str(text).encode()).hexdigest()[:8]
@@ -101,7 +101,7 @@ def _relative(path, root):  # a file; a folder it may lie under (or None)
     try: return Path(path).relative_to(root).as_posix() if root is not None else None
     except ValueError: return None
 
-# %% ../nbs/20_mask_sources.ipynb #c022
+# %% ../nbs/20_mask_sources.ipynb #c024
 def sample_key(sample,     # a `har_kit.data.Sample`
                root=None): # the dataset root its image path is taken relative to
     "Stable file stem of a sample's mask: its image path under `root`, plus the target (`meta['target']`) or box."
@@ -114,7 +114,7 @@ def sample_key(sample,     # a `har_kit.data.Sample`
     if sample.box is not None: return stem + '__box' + '_'.join(f'{float(v):g}' for v in sample.box)
     return stem
 
-# %% ../nbs/20_mask_sources.ipynb #c023
+# %% ../nbs/20_mask_sources.ipynb #c025
 def target_of(sample,     # a `har_kit.data.Sample`
               root=None): # the dataset root (for samples a reader did not make)
     "(image name in its image folder, target index) of a sample: the arguments of `har_kit.formats.mask_path`."
@@ -123,10 +123,10 @@ def target_of(sample,     # a `har_kit.data.Sample`
     name = meta.get('file_name') or _relative(p, root) or f'_ext/{short_hash(p.parent.resolve())}/{p.name}'
     return str(name), int(meta.get('target', meta.get('target_index', 0)) or 0)
 
-# %% ../nbs/20_mask_sources.ipynb #c027
+# %% ../nbs/20_mask_sources.ipynb #c029
 def _where(img, key): return f'{img} (mask {key})'
 
-# %% ../nbs/20_mask_sources.ipynb #c028
+# %% ../nbs/20_mask_sources.ipynb #c030
 class MaskSource:
     "Interface of a mask source: `key` names its cache folder; `source(jobs)` gives one `TargetMask` per target."
     name = 'source'
@@ -146,7 +146,7 @@ class MaskSource:
                         for key, s in items])
         return out
 
-# %% ../nbs/20_mask_sources.ipynb #c029
+# %% ../nbs/20_mask_sources.ipynb #c031
 class BoxSource(MaskSource):
     "Source `box` (alias `none`): the target's box itself (the whole image for an unboxed pedestrian crop)."
     name = 'box'
@@ -154,7 +154,7 @@ class BoxSource(MaskSource):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
                                TargetMask(box_mask(box, size), clipped=clipped))
 
-# %% ../nbs/20_mask_sources.ipynb #c030
+# %% ../nbs/20_mask_sources.ipynb #c032
 class RendererSource(MaskSource):
     "Source `renderer`: the synthetic generator's ground-truth person mask (`Sample.mask`), cropped to the box."
     name = 'renderer'
@@ -168,7 +168,7 @@ class RendererSource(MaskSource):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
                                TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped))
 
-# %% ../nbs/20_mask_sources.ipynb #c035
+# %% ../nbs/20_mask_sources.ipynb #c037
 class DirectorySource(MaskSource):
     "Source `directory`: PNG masks the user already has, one per target, named by `sample_key` (or image stem)."
     name = 'directory'
@@ -188,7 +188,7 @@ class DirectorySource(MaskSource):
         cands += [self.directory/f'{key}.png'] + ([self.directory/f'{stem}.png', self.directory/f'{Path(stem).name}.png'] if single else [])
         return next((c for c in cands if c.exists()), None)
 
-# %% ../nbs/20_mask_sources.ipynb #c036
+# %% ../nbs/20_mask_sources.ipynb #c038
 @patch
 def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
     "Every target has its PNG, or a `KitError` listing how many do not, before any work."
@@ -199,11 +199,11 @@ def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
                                + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
                                '(see har_kit.mask_sources.sample_key) or <image stem>.png for single-target images')
 
-# %% ../nbs/20_mask_sources.ipynb #c037
+# %% ../nbs/20_mask_sources.ipynb #c039
 @patch
 def __call__(self:DirectorySource, jobs): return self.per_target(jobs, self._target_mask)
 
-# %% ../nbs/20_mask_sources.ipynb #c038
+# %% ../nbs/20_mask_sources.ipynb #c040
 @patch
 def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # as `MaskSource.per_target` passes them
     "A user's PNG for one target: image-sized, or box-sized and pasted into the box; any other size is an error."
@@ -218,7 +218,7 @@ def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # a
                        f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
     return TargetMask(m & box_mask(box, size), clipped=clipped, note=note)
 
-# %% ../nbs/20_mask_sources.ipynb #c042
+# %% ../nbs/20_mask_sources.ipynb #c044
 PERSON = 1  # COCO category id of "person" in torchvision's detection models
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
 
@@ -253,7 +253,7 @@ class MaskRCNNSource(MaskSource):
         if not Path(w).is_file(): raise KitError(f'weights={str(w)!r}: no such file; pass the Mask R-CNN state-dict file you downloaded')
         return Path(w)
 
-# %% ../nbs/20_mask_sources.ipynb #c045
+# %% ../nbs/20_mask_sources.ipynb #c047
 @patch
 def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while fetching the weights
     "The `KitError` for weights that could not be fetched: what happened and what to do instead."
@@ -263,7 +263,7 @@ def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while 
                     f'download {url} on another machine and pass its path as the weights (har-kit masks --weights FILE, '
                     "21_masks maskrcnn_weights=FILE), or use another source (--source box, renderer or directory)")
 
-# %% ../nbs/20_mask_sources.ipynb #c046
+# %% ../nbs/20_mask_sources.ipynb #c048
 @patch
 def build(self:MaskRCNNSource):
     "Build (once) the torchvision model in eval mode on the source's device; weights from torchvision or a file."
@@ -279,7 +279,7 @@ def build(self:MaskRCNNSource):
     self.model = net.eval().to(self.device)
     return self.model
 
-# %% ../nbs/20_mask_sources.ipynb #c047
+# %% ../nbs/20_mask_sources.ipynb #c049
 @patch
 @torch.inference_mode()
 def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
@@ -292,7 +292,7 @@ def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
         res.append((o['boxes'][keep].cpu().numpy(), o['masks'][keep, 0].float().cpu().numpy()))
     return res
 
-# %% ../nbs/20_mask_sources.ipynb #c048
+# %% ../nbs/20_mask_sources.ipynb #c050
 @patch
 def __call__(self:MaskRCNNSource, jobs):
     images = [load_rgb(img) for img, _ in jobs]
@@ -302,7 +302,7 @@ def __call__(self:MaskRCNNSource, jobs):
                     for key, s in items])
     return out
 
-# %% ../nbs/20_mask_sources.ipynb #c050
+# %% ../nbs/20_mask_sources.ipynb #c052
 MASK_SOURCES = {'box': BoxSource, 'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource,
                 'maskrcnn': MaskRCNNSource}
 

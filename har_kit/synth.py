@@ -204,7 +204,7 @@ def synth_marker(kind,          # 'wider' | 'rap' | 'pa100k'
     "The text of a cached set's `done` file: the generator version and everything the set was generated from."
     return f'har_kit.synth {SYNTH_VERSION} kind={kind} n={int(n)} seed={int(seed)} distractors={distractors}\n'
 
-# %% ../nbs/13_synth.ipynb #c031
+# %% ../nbs/13_synth.ipynb #c032
 def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
                   profile='tiny',    # key of PROFILES
                   seed=0,            # generator seed
@@ -212,7 +212,7 @@ def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
     "The cache directory of a synthetic set under `har_kit.core.data_root()`."
     return data_root() / 'synthetic' / (f'{kind}-{profile}-s{seed}' + ('' if distractors is None else f'-d{distractors}'))
 
-# %% ../nbs/13_synth.ipynb #c032
+# %% ../nbs/13_synth.ipynb #c033
 def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                      profile='tiny',    # key of PROFILES
                      seed=0,            # generator seed
@@ -249,7 +249,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/13_synth.ipynb #c040
+# %% ../nbs/13_synth.ipynb #c041
 def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')
