@@ -4,7 +4,6 @@
 
 # %% ../nbs/80_explain.ipynb #c002
 from __future__ import annotations
-import os
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +91,7 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
             progress=True):         # tqdm progress
     "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths."
     import matplotlib.pyplot as plt
-    if isinstance(images, np.ndarray) and images.dtype.kind in 'US': images = images.tolist()   # an array of file names
-    pathlike = lambda i: isinstance(i, (str, os.PathLike))
-    given = [images] if pathlike(images) or hasattr(images, 'shape') or not hasattr(images, '__iter__') else list(images)
-    if not all(pathlike(i) for i in given):
-        raise KitError('images: explain takes image files, folders or globs (each figure is named after its file); '
-                       "save an in-memory image first, e.g. PIL.Image.fromarray(a).save('a.png')")
-    paths, lm, out = check_images(collect_images(given)), predictor.loaded, []
+    paths, lm, out = check_images(collect_images(images)), predictor.loaded, []   # files: each figure is named after one
     for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
         x = predictor.tensor([p]).to(predictor.device)
         maps = model_maps(predictor.model, x)

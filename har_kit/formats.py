@@ -316,13 +316,19 @@ def load_rgb(path,          # image file
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
 # %% ../nbs/02_formats.ipynb #c061
-def collect_images(specs,       # file paths, folders and glob patterns
+def collect_images(specs,       # a path-like, or an iterable of them: files, folders and glob patterns
                    exclude=()):  # folders whose images folder and pattern expansions leave out (e.g. the output folder)
     "Expand files, folders (recursively) and globs into a sorted list of image paths, each file once (by its resolved path)."
     skip = [Path(d).resolve() for d in exclude]
     kept = lambda f: not any(f.resolve().is_relative_to(d) for d in skip)
+    if isinstance(specs, np.ndarray) and specs.dtype.kind in 'US': specs = specs.tolist()   # an array of file names
+    pathlike = lambda s: isinstance(s, (str, os.PathLike))
+    specs = [specs] if pathlike(specs) or hasattr(specs, 'shape') or not hasattr(specs, '__iter__') else list(specs)
+    if not all(pathlike(s) for s in specs):   # an image array or PIL image has no file name to name results after
+        raise KitError(f'{type(next(s for s in specs if not pathlike(s))).__name__} given where image files, folders or globs '
+                       "go: save an in-memory image first, e.g. PIL.Image.fromarray(a).save('a.png')")
     out = {}
-    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
+    for spec in specs:
         p = Path(spec)
         if p.is_file(): found = [p]
         elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and kept(f))

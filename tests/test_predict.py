@@ -242,7 +242,7 @@ def test_threshold_specs(tmp_path, model_file):
 def test_bad_images_named_before_any_work(tmp_path, images, model_file):
     (images/'broken.jpg').write_bytes(b'\xff\xd8 truncated')
     with pytest.raises(KitError, match='broken.jpg'): Predictor(model_file).predict([images], progress=False)
-    with pytest.raises(KitError, match='explain takes image files'):   # an array has no file name to name its figure after
+    with pytest.raises(KitError, match='ndarray given where image files'):   # an array has no file name to name its figure after
         explain_images(Predictor(model_file), [np.zeros((8, 4, 3), np.uint8)], tmp_path/'x', progress=False)
 
 
