@@ -17,7 +17,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     finally: torch.set_num_threads(threads)
     rep = json.loads((tmp_path/'report.json').read_text())
     assert rc == 0, {k: v for k, v in rep['sections'].items() if 'error' in v}
-    assert set(rep['sections']) == {'environment', 'steps', 'configured', 'latency', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
+    assert set(rep['sections']) == {'environment', 'steps', 'configured', 'latency', 'latency_compiled', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
                                     'checkpoints', 'projection', 'concurrency', 'concurrency_configured', 'notebooks', 'recipes'}
     # a paper run's route at toy sizes, each method trained and scored with the paper profile's values (no ignored key)
     assert {k: (v['state'], v['ignored']) for k, v in rep['recipes'].items()} == {'campar': ('done', []), 'dahar': ('done', [])}
@@ -29,6 +29,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     parts = [rep['latency'][f'dahar {v}/baseline (graph)'] for v in gpu_check.DAHAR_PARTS]   # where Da-HAR's extra time goes
     full = rep['latency']['dahar/baseline (graph)']
     assert all(full['ops_baseline'] < v['ops'] < full['ops'] for v in parts), (full, parts)   # each part adds blocks, none all
+    comp = rep['latency_compiled']['dahar/baseline (compiled, graph)']   # both compiled (dynamo's eager backend on the CPU)
+    assert comp['backend'] == 'eager' and comp['ms'] > 0 and comp['ms_baseline'] > 0 and comp['compile_s'] >= 0
     conf = rep['configured']   # the configured step, end to end through the decoded cache where the job asks for it
     assert len(conf) == len(gpu_check.CONFIGURED_JOBS) and all(v['images_per_s'] > 0 for v in conf.values()), conf
     e2e = [v for v in conf.values() if 'e2e_images_per_s' in v]
@@ -53,7 +55,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert set(rep['notebooks']) == {'masks', 'dahar', 'campar', 'cfar'}
     assert all(not v['dropped'] for v in rep['notebooks'].values()), {k: v['dropped'] for k, v in rep['notebooks'].items()}
     md = (tmp_path/'report.md').read_text()
-    assert '| dahar | 2 | 32x32 | bf16 | channels_last | none | sgd |' in md and 'Paper anchor: 1.079' in md and 'GPU-hours as configured' in md
+    assert '| dahar | 2 | 32x32 | bf16 | channels_last | none | sgd |' in md and 'Paper anchor: 1.079' in md and 'Compiled (eager, default mode)' in md and 'GPU-hours as configured' in md
     assert '| campar_fusion | ' in md.split('checkpoint files')[1] and 'the background write takes from it (the checkpoints section)' in md
 
 
@@ -102,6 +104,11 @@ def test_merge_keys_runs_sharing_the_gpu_by_model_and_sums_a_sections_seconds(tm
     assert set(rep['concurrency_configured']) == {'dahar_rap|3', 'campar_baseline|3'}
     assert rep['sections']['configured']['seconds'] == 150.0 and len(rep['merged_from']) == 2
     assert (tmp_path/'out'/'report.md').exists()
+    c = tmp_path/'c.json'; c.write_text(json.dumps(dict(b, environment=dict(name='NVIDIA H100 80GB HBM3'))))
+    paths = [tmp_path/'a2.json', c]; paths[0].write_text(json.dumps(dict(a, environment=dict(name='NVIDIA H200'))))
+    with pytest.raises(SystemExit, match='measured on NVIDIA H100 80GB HBM3, the reports before it on NVIDIA H200'):
+        gpu_check.merge(paths, tmp_path/'mixed')   # one report names one device
+    assert not (tmp_path/'mixed').exists()
 
 
 def test_unknown_sections_are_refused_before_anything_runs(tmp_path, capsys):

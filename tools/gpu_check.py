@@ -118,7 +118,7 @@ def config(cpu_tiny):
         return dict(device='cpu', dahar_arch='resnet-tiny', campar_arch='resnet-tiny', dahar_size=(3, 32, 32),
                     dahar_rap_size=(3, 32, 16), campar_size=(3, 32, 24), campar_batch=4, dahar_batch=2, warm_steps=1,
                     steps=2, e2e_steps=3, precisions=('none', 'bf16'), compile=False, concurrency=(2,),
-                    latency_iters=3, loader_workers=(0, 1), loader_images=8, loader_batch=2, loader_epochs=1,
+                    latency_iters=3, latency_backend='eager', loader_workers=(0, 1), loader_images=8, loader_batch=2, loader_epochs=1,
                     scene_size=(96, 64), person_size=(48, 24), maskrcnn_size=(64, 48), maskrcnn_min=64, maskrcnn_batch=1,
                     maskrcnn_kw=dict(rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, box_detections_per_img=10),
                     maskrcnn_iters=1, notebooks=False, budget_s=600, cache_images=16,
@@ -126,7 +126,7 @@ def config(cpu_tiny):
     return dict(device='cuda', dahar_arch='resnet101', campar_arch='resnet50', dahar_size=(3, 224, 224),
                 dahar_rap_size=(3, 224, 112), campar_size=(3, 256, 192), campar_batch=64, dahar_batch=32, warm_steps=15,
                 steps=60, e2e_steps=300, precisions=('none', 'bf16'), compile=True, concurrency=(1, 3),
-                latency_iters=50, loader_workers=(0, 2, 8), loader_images=384, loader_batch=64, loader_epochs=2,
+                latency_iters=50, latency_backend='inductor', loader_workers=(0, 2, 8), loader_images=384, loader_batch=64, loader_epochs=2,
                 scene_size=(683, 1024), person_size=(384, 160), maskrcnn_size=(480, 640), maskrcnn_min=800,
                 maskrcnn_batch=8, maskrcnn_kw={}, maskrcnn_iters=5, notebooks=False, budget_s=480,
                 cache_images=768, configured_concurrency=(3,), prefetch=2)
@@ -420,6 +420,27 @@ def latency(cfg):
                                                                  ratio=r['median'], ratio_iqr=r['iqr'], **ops)
     out['paper_anchor'] = dict(ratio=24.04 / 22.28, note='Da-HAR 24.04 ms vs baseline 22.28 ms, one image, 1080Ti')
     return out
+
+
+def latency_compiled(cfg):
+    """Batch-1 fp32 inference latency of Da-HAR and its baseline, both compiled by `torch.compile` (inductor's default
+    mode on a GPU: pointwise operators fused, convolutions left to cuDNN; dynamo's eager backend in the CPU mode), then
+    captured in a CUDA graph and replayed: the GPU time of a deployment that compiles, beside `latency`'s eager kernels.
+    Compile seconds (cold) are reported with the rates."""
+    import statistics, torch
+    from har_kit.bench import ratio_stats
+    from har_kit.core import get_device
+    dev = get_device(cfg['device'])
+    model, _, size = build('dahar', cfg); base = build('dahar_baseline', cfg)[0]
+    x = torch.randn(1, *size, device=dev)
+    t = time.perf_counter()
+    cm, cb = (torch.compile(m.to(dev).eval(), backend=cfg['latency_backend']) for m in (model, base))
+    with torch.no_grad(): cm(x); cb(x)   # both compiled before any timing
+    compile_s = time.perf_counter() - t
+    tm, tb = _latency_pair(cm, cb, x, cfg['latency_iters'], graph=True)
+    r = ratio_stats(tm, tb)
+    return {'dahar/baseline (compiled, graph)': dict(ms=statistics.median(tm), ms_baseline=statistics.median(tb), ratio=r['median'],
+                                                     ratio_iqr=r['iqr'], backend=cfg['latency_backend'], compile_s=round(compile_s, 1))}
 
 
 def _worker(a):
@@ -903,6 +924,10 @@ def to_markdown(r):
               f'"dahar VARIANT" rows are Table 3\'s partial variants, which say which of Da-HAR\'s blocks its extra time goes to; '
               f'operators: the computing operators one forward dispatches (views and allocations left out), which a batch-1 latency is bound by. '
               f'Paper anchor: {r["latency"]["paper_anchor"]["ratio"]:.3f} ({r["latency"]["paper_anchor"]["note"]}).', '']
+    for k, v in (r.get('latency_compiled') or {}).items():
+        L += [f'Compiled ({v["backend"]}, default mode), then graph-replayed, batch 1, fp32: {k} {_f(v["ms"], 2)} ms against '
+              f'{_f(v["ms_baseline"], 2)} ms, ratio {_f(v["ratio"], 3)} (IQR {_f(v["ratio_iqr"][0], 3)}-{_f(v["ratio_iqr"][1], 3)}); '
+              f'both compiles took {_f(v["compile_s"], 0)} s cold.', '']
     if r.get('concurrency'):
         L += ['Concurrent CAM-PAR baseline trainings on one GPU (bf16, channels_last): ' + ', '.join(
               f'{k} at once {_f(v["images_per_s_total"], 0)} images/s' for k, v in r['concurrency'].items()) + '.', '']
@@ -966,6 +991,10 @@ def merge(paths, out, note=None):
     rep = dict(sections={}, merged_from=[])
     for p in paths:
         r = _json.loads(Path(p).read_text())
+        dev, first = (r.get('environment') or {}).get('name'), (rep.get('environment') or {}).get('name')
+        if first and dev != first:   # one report names one device: rates from two cards are not comparable
+            raise SystemExit(f'--merge: {p} was measured on {dev}, the reports before it on {first}; merge reports of one '
+                             f'device only (write the other to its own --out)')
         rep["merged_from"] += r.get('merged_from') or [dict(started=r.get('started'), finished=r.get('finished'), sections=list(r.get('sections', {})))]
         if r.get('concurrency_configured'):   # one key per model and count (older reports keyed by the count alone)
             r['concurrency_configured'] = {f'{v["model"]}|{v["processes"]}': v for v in r['concurrency_configured'].values()}
@@ -985,9 +1014,9 @@ def merge(paths, out, note=None):
     return rep
 
 
-SECTION_NAMES = ('recipes', 'configured', 'pipeline', 'concurrency_configured', 'latency', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
+SECTION_NAMES = ('recipes', 'configured', 'pipeline', 'concurrency_configured', 'latency', 'latency_compiled', 'steps', 'end_to_end', 'loaders', 'maskrcnn',
                  'checkpoints', 'concurrency', 'projection', 'notebooks')   # the usual order on a GPU: most telling first
-SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 200, 'latency': 40, 'steps': 120, 'end_to_end': 40,
+SECTION_S = {'configured': 200, 'pipeline': 10, 'concurrency_configured': 200, 'latency': 40, 'latency_compiled': 100, 'steps': 120, 'end_to_end': 40,
              'loaders': 45, 'maskrcnn': 10, 'concurrency': 40, 'notebooks': 0,   # typical seconds on an H200 (2026-12-04; three
              'checkpoints': 45, 'recipes': 60}   # Da-HAR workers with cold compiles: 150-190 s); checkpoints: an estimate (not yet run on a GPU)
 
@@ -998,7 +1027,7 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, default=None, help='report folder (default outputs/reference/gpu)')
     ap.add_argument('--wheels', default=str(REPO/'.whl'), help='folder of carried wheels to install first')
     ap.add_argument('--download-wheels', metavar='DIR', help='refresh the carried wheels into DIR and exit (needs PyPI)')
-    ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps configured end_to_end latency concurrency loaders '
+    ap.add_argument('--skip', nargs='*', default=[], help='sections to leave out (steps configured end_to_end latency latency_compiled concurrency loaders '
                                                            'pipeline maskrcnn checkpoints projection notebooks)')
     ap.add_argument('--only', nargs='*', default=None, help='run only these sections (same names as --skip), in the order given (the projection last)')
     ap.add_argument('--configured-models', nargs='*', default=None, help='limit the configured section to these models (MODEL or MODEL:PRECISION)')
@@ -1050,7 +1079,7 @@ def main(argv=None):
         return rows
     sections = [('recipes', lambda: recipes(cfg)), ('configured', lambda: configured(cfg, t0 + a.configured_share * cfg['budget_s'])), ('pipeline', lambda: pipeline(cfg)),
                 ('concurrency_configured', shared),
-                ('latency', lambda: latency(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
+                ('latency', lambda: latency(cfg)), ('latency_compiled', lambda: latency_compiled(cfg)), ('steps', lambda: steps_matrix(cfg, deadline - 100)),
                 ('end_to_end', lambda: end_to_end(cfg)), ('loaders', lambda: loaders(cfg)),
                 ('maskrcnn', lambda: maskrcnn(cfg)), ('checkpoints', lambda: checkpoints(cfg)),
                 ('concurrency', lambda: concurrency(cfg, a.cpu_tiny, timeout_s=3 * SECTION_S['concurrency'])),
