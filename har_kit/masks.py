@@ -121,6 +121,11 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     keys, rels = {i: sample_key(samples[i], data.root) for i in indices}, {i: target_of(samples[i], data.root) for i in indices}
     first = {}                                   # one mask per image and target: an entry listed twice shares it
     for i in indices: first.setdefault(rels[i], i)
+    named = {}                                   # mask names drop the image's suffix: a.jpg and a.png would share one
+    for r in first: named.setdefault(mask_path(out, *r), []).append(r[0])
+    both = next(((p, v) for p, v in named.items() if len(v) > 1), None)
+    if both: raise KitError(f'{data.root}: images {both[1][0]!r} and {both[1][1]!r} would share the mask {both[0].name} (a mask is '
+                            'named after its image without the suffix): rename one of them, or move it to a folder of its own')
     log, recs = out/'log.jsonl', _read_log(out/'log.jsonl')
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
     def _done(i):  # written by this source and still there

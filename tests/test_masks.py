@@ -115,6 +115,15 @@ def test_same_image_and_box_twice_share_one_mask(wider, tmp_path):
     assert m[n] == m[0] and (m.report['n'], m.report['computed']) == (n + 1, n)
 
 
+def test_two_images_differing_only_in_suffix_are_refused_before_any_mask_is_written(tmp_path):
+    data = load_dataset('pa100k', write_fixture('pa100k', tmp_path/'pa', n_images=6))
+    s = data.samples[0]; png = Image.open(s.image); twin = s.image.with_suffix('.png'); png.save(twin)
+    other = dataclasses.replace(s, image=twin, meta={**s.meta, 'file_name': twin.name})
+    with pytest.raises(KitError, match=f"images '{s.image.name}' and '{twin.name}' would share the mask {s.image.stem}_0.png"):
+        make_masks(dataclasses.replace(data, samples=data.samples + [other]), 'box', mask_root=tmp_path/'m', progress=False)
+    assert not (tmp_path/'m').exists()
+
+
 class _Crash(BoxSource):
     "Box source that dies on its second batch, like an interrupted run."
     calls = 0
