@@ -15,18 +15,19 @@ from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, data_root, s
 from .matfile import mat_cell, save_mat
 
 # %% auto #0
-__all__ = ['WIDER_ATTRIBUTES', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES', 'LAYOUTS', 'MASK_DIR',
-           'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS', 'FIXTURE_ATTRIBUTES', 'DatasetKind',
-           'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout', 'layout_paths', 'file_sha256',
-           'data_fingerprint', 'image_file', 'default_mask_root', 'mask_home', 'mask_roots', 'mask_path',
-           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'clip_box', 'box_mask',
-           'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey',
-           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+__all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES',
+           'LAYOUTS', 'MASK_DIR', 'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS',
+           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout',
+           'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root', 'mask_home',
+           'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
+           'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image',
+           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
            'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
                     'longPants', 'skirt', 'faceMask', 'logo', 'stripe']
+WIDER_IMBALANCE = dict(zip(WIDER_ATTRIBUTES, [1, 3, 18, 3, 4, 1, 13, 6, 11, 2, 9, 28, 3, 18]))   # k of 1:k per attribute (Da-HAR Table 1's "Imbalance Ratio" row)
 PA100K_ATTRIBUTES = ['Female', 'AgeOver60', 'Age18-60', 'AgeLess18', 'Front', 'Side', 'Back', 'Hat', 'Glasses',
                      'HandBag', 'ShoulderBag', 'Backpack', 'HoldObjectsInFront', 'ShortSleeve', 'LongSleeve',
                      'UpperStride', 'UpperLogo', 'UpperPlaid', 'UpperSplice', 'LowerStripe', 'LowerPattern',

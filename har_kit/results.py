@@ -8,6 +8,8 @@ import hashlib, json, re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .formats import WIDER_IMBALANCE
+
 # %% auto #0
 __all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_IMBALANCE', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1',
            'CAMPAR_T2', 'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX',
@@ -176,7 +178,7 @@ DAHAR_ARCHS = ['baseline', 'fusion', 'self_mask', 'coarse_to_fine', 'dahar']   #
 
 def _arch(variant): return spec('dahar', variant, dataset='wider', variants=DAHAR_ARCHS)   # one of them, on WIDER
 
-DAHAR_IMBALANCE = ['1:1', '1:3', '1:18', '1:3', '1:4', '1:1', '1:13', '1:6', '1:11', '1:2', '1:9', '1:28', '1:3', '1:18']
+DAHAR_IMBALANCE = [f'1:{WIDER_IMBALANCE[a]}' for a in WIDER_COLUMNS.values()]   # a property of the dataset (har_kit.formats)
 
 DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'Da-HAR, AAAI 2020, Table 1', _T1_COLS, [
     Row('imbalance', 'Imbalance Ratio (positives : negatives on WIDER-Attribute, as printed; reported only: a property of the dataset, not a trained model; '
