@@ -362,18 +362,35 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c067
-def load_grey(path):  # a mask (or any image) file
-    "The image as a uint8 (H, W) grey array, 16-bit scaled to 8 bits like `load_rgb`: what masks are read with."
+# %% ../nbs/02_formats.ipynb #c068
+def _mask_values(im):  # an open PIL image of a mask
+    "The mask's own values: alpha where it cuts something out, palette indices unless the palette is grey, else grey levels."
+    if 'A' in im.getbands() and im.getextrema()[im.getbands().index('A')][0] < 255: return np.asarray(im.getchannel('A'))
+    if im.mode == 'P':
+        pal, idx = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3), np.asarray(im)
+        used = np.unique(idx)
+        if not (used < len(pal)).all() or (pal[used] != used[:, None]).any(): return (idx > 0).astype(np.uint8)   # class indices
+    if im.mode in _SIXTEEN: return np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+    return np.asarray(im.convert('L'))
+
+def load_grey(path):  # a mask file
+    """A mask as uint8 (H, W) person weights 0..255, whatever its encoding: two levels (0/1, 0/255, a 16-bit 0/65535,
+    palette indices) read as 0 and 255; more levels (a soft mask) kept, 16-bit ones scaled to 8 bits like `load_rgb`."""
     try:
         with Image.open(path) as im:
             if im.mode in _REFUSED: raise KitError(f'{path}: mode {im.mode} (floating-point pixels) is not supported; write masks as 8-bit PNG')
-            if im.mode in _SIXTEEN: return (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-            return np.asarray(im.convert('L'))
+            a = _mask_values(im)
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
+    levels = np.flatnonzero(np.bincount(a.ravel(), minlength=1)) if a.dtype == np.uint8 else np.unique(a)
+    if levels[-1] <= 1 or (len(levels) == 2 and levels[0] == 0): return (a > 0).astype(np.uint8) * 255   # binary, any scale
+    out = a if a.dtype == np.uint8 else (a >> 8).astype(np.uint8)
+    if out.max() < 128: raise KitError(f'{path}: a soft mask whose values ({len(levels)} levels) reach only {levels[-1]} of '
+                                       f'{255 if a.dtype == np.uint8 else 65535}, so no pixel counts as the person; write '
+                                       'masks as 0/255 (or 0/1) PNGs, or soft masks on the full scale')
+    return out
 
-# %% ../nbs/02_formats.ipynb #c072
+# %% ../nbs/02_formats.ipynb #c073
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -387,10 +404,10 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
-# %% ../nbs/02_formats.ipynb #c073
+# %% ../nbs/02_formats.ipynb #c074
 RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
 
-# %% ../nbs/02_formats.ipynb #c074
+# %% ../nbs/02_formats.ipynb #c075
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -403,7 +420,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #c075
+# %% ../nbs/02_formats.ipynb #c076
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -416,7 +433,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #c077
+# %% ../nbs/02_formats.ipynb #c078
 def csv_records(text,   # the whole CSV, decoded
                 where): # the file, for messages
     "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
@@ -430,7 +447,7 @@ def csv_records(text,   # the whole CSV, decoded
         raise KitError(f'{where}: line {start}: {hint}') from None
     return out
 
-# %% ../nbs/02_formats.ipynb #c080
+# %% ../nbs/02_formats.ipynb #c081
 def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
                         rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
                         where):      # the file it is for, for messages
@@ -448,7 +465,7 @@ def csv_annotation_text(attributes,  # C attribute names (the columns after imag
         raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
     return buf.getvalue()
 
-# %% ../nbs/02_formats.ipynb #c081
+# %% ../nbs/02_formats.ipynb #c082
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -457,7 +474,7 @@ def write_csv_annotation(path,        # labels.csv to write
     with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c088
+# %% ../nbs/02_formats.ipynb #c089
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -471,7 +488,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c089
+# %% ../nbs/02_formats.ipynb #c090
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -483,7 +500,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c090
+# %% ../nbs/02_formats.ipynb #c091
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -502,7 +519,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c092
+# %% ../nbs/02_formats.ipynb #c093
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

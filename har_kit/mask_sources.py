@@ -75,10 +75,10 @@ def image_size(path):  # an image file
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
 # %% ../nbs/20_mask_sources.ipynb #c017
-def read_mask(path,        # a mask PNG (any mode; nonzero / >= 128 counts as person)
+def read_mask(path,        # a mask PNG in any encoding `load_grey` reads; >= 128 counts as person
               size=None):  # expected (H, W); None = any
     "Binary (H, W) mask from a PNG; `KitError` naming the file when unreadable or of the wrong size."
-    m = load_grey(path) >= 128   # 16-bit masks scaled like images (`har_kit.formats.load_grey`)
+    m = load_grey(path) >= 128   # 0/1, 0/255, palette, 16-bit and alpha masks all read as 0/255 (`har_kit.formats.load_grey`)
     if size is not None and m.shape != tuple(size):
         raise KitError(f'{path}: mask is {m.shape[1]}x{m.shape[0]} but its image is {size[1]}x{size[0]}; '
                        'masks must have the size of their image (or of the target box)')
@@ -194,10 +194,16 @@ def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
     "Every target has its PNG, or a `KitError` listing how many do not, before any work."
     per_image = {}
     for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
-    missing = [k for k, s in items if self.path(k, per_image[s.image] == 1, s) is None]
+    found = {k: self.path(k, per_image[s.image] == 1, s) for k, s in items}
+    missing = [k for k, p in found.items() if p is None]
     if missing: raise KitError(f'{self.directory}: no mask PNG for {len(missing)} of {len(items)} samples, e.g. '
                                + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
                                '(see har_kit.mask_sources.sample_key) or <image stem>.png for single-target images')
+    # a PNG named after the image's stem alone is that image's only where no other image has the same stem
+    for p in {found[k] for k, s in items if found[k] == self.directory/f'{Path(s.image).stem}.png'}:
+        same = sorted({Path(s.image) for _, s in items if Path(s.image).stem == p.stem})
+        if len(same) > 1: raise KitError(f'{p}: images {same[0]} and {same[1]} both have the stem {p.stem!r}, so this PNG cannot say '
+                                         'whose mask it is; name the masks <sample key>.png (see har_kit.mask_sources.sample_key)')
 
 # %% ../nbs/20_mask_sources.ipynb #c039
 @patch

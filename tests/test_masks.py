@@ -124,6 +124,39 @@ def test_two_images_differing_only_in_suffix_are_refused_before_any_mask_is_writ
     assert not (tmp_path/'m').exists()
 
 
+def test_a_users_masks_in_every_usual_encoding_are_read_as_the_same_person(tmp_path):
+    "0/1 grey, a palette (index 1: the person), 0/255 grey, 16-bit and an alpha cut-out: none may become an empty mask."
+    data = load_dataset('pa100k', write_fixture('pa100k', tmp_path/'pa', n_images=6))
+    data = dataclasses.replace(data, samples=data.samples[:5])
+    user = tmp_path/'user'; user.mkdir()
+    for i, s in enumerate(data.samples):
+        W, H = Image.open(s.image).size
+        m = np.zeros((H, W), np.uint8); m[H // 4:3 * H // 4, W // 4:3 * W // 4] = 1
+        p = user/f'{s.image.stem}.png'
+        if i == 1: im = Image.fromarray(m, 'P'); im.putpalette([0, 0, 0, 128, 0, 0])
+        elif i == 4: im = Image.fromarray(np.dstack([np.full((H, W, 3), 255, np.uint8), m * 255]), 'RGBA')
+        else: im = Image.fromarray([m, None, m * 255, m.astype(np.uint16) * 255][i])
+        im.save(p)
+    ms = make_masks(data, 'directory', directory=user, mask_root=tmp_path/'m', progress=False)
+    assert ms.report['fallbacks'] == 0
+    for i, s in enumerate(data.samples):
+        W, H = Image.open(s.image).size
+        assert read_mask(ms[i]).sum() == (3 * H // 4 - H // 4) * (3 * W // 4 - W // 4), i
+
+
+def test_one_png_named_after_two_images_stem_is_refused(tmp_path):
+    "images/a/1.jpg and images/b/1.jpg with one 1.png: it cannot say whose mask it is (it would go to both)."
+    root = write_fixture('csv', tmp_path/'c', n_images=6)
+    data = load_dataset('csv', root)
+    a, b = data.samples[:2]
+    for s, d in ((a, 'a'), (b, 'b')): (s.image.parent/d).mkdir(); (s.image.parent/d/'1.jpg').write_bytes(s.image.read_bytes())
+    two = [dataclasses.replace(a, image=a.image.parent/'a'/'1.jpg', meta={**a.meta, 'file_name': 'a/1.jpg'}),
+           dataclasses.replace(b, image=b.image.parent/'b'/'1.jpg', meta={**b.meta, 'file_name': 'b/1.jpg'})]
+    user = tmp_path/'user'; user.mkdir(); write_mask(np.ones(Image.open(a.image).size[::-1], bool), user/'1.png')
+    with pytest.raises(KitError, match="both have the stem '1'"):
+        make_masks(dataclasses.replace(data, samples=two), 'directory', directory=user, mask_root=tmp_path/'m', progress=False)
+
+
 class _Crash(BoxSource):
     "Box source that dies on its second batch, like an interrupted run."
     calls = 0
