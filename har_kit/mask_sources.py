@@ -33,10 +33,11 @@ class TargetMask:
     reason: str | None = None    # why the box was used instead (None: no fallback)
     clipped: bool = False        # the target box was clipped to the image
     note: str | None = None      # any other repair made on the way (e.g. a box-sized PNG pasted into the box)
+    read: tuple = ()             # files it was made from besides the image (a user's PNG, a ground-truth mask)
 
     def info(self):
         "The JSON-able record kept in the cache's report."
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != 'mask'}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ('mask', 'read')}
 
 # %% ../nbs/20_mask_sources.ipynb #c010
 def select_target(target_box,        # the annotated (x, y, w, h) box, or None for a whole-image crop
@@ -166,7 +167,7 @@ class RendererSource(MaskSource):
                                    "use source='maskrcnn', 'directory' or 'none'")
     def __call__(self, jobs):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
-                               TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped))
+                               TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped, read=(s.mask,)))
 
 # %% ../nbs/20_mask_sources.ipynb #c037
 class DirectorySource(MaskSource):
@@ -222,7 +223,7 @@ def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # a
     elif m.shape != tuple(size):
         raise KitError(f'{path}: mask is {m.shape[1]}x{m.shape[0]}, but its image {img} is '
                        f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
-    return TargetMask(m & box_mask(box, size), clipped=clipped, note=note)
+    return TargetMask(m & box_mask(box, size), clipped=clipped, note=note, read=(path,))
 
 # %% ../nbs/20_mask_sources.ipynb #c044
 PERSON = 1  # COCO category id of "person" in torchvision's detection models

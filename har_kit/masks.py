@@ -76,6 +76,12 @@ def _create_root(out):  # the mask root `_mask_root` chose
     return out
 
 # %% ../nbs/21_masks.ipynb #c017
+def _stamp(path):  # a file the mask is made from
+    "(size, modification time) of a file, None when it is gone: a file replaced since the mask was made changes it."
+    try: st = os.stat(path)
+    except OSError: return None
+    return [st.st_size, st.st_mtime_ns]
+
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
     "Run the source on a batch, write each mask atomically (a ground-truth file is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
@@ -84,7 +90,8 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
         for i, tm in zip(idx, tms, strict=True):
             dst = mask_path(out, *rels[i])
             if samples[i].mask is None or Path(samples[i].mask).resolve() != dst.resolve(): write_mask(tm.mask, dst)
-            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info()))
+            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(),
+                            inputs={str(p): _stamp(p) for p in (samples[i].image, *tm.read)}))
             recs[new[-1]['key']] = new[-1]
     return new
 
@@ -128,8 +135,10 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                             'named after its image without the suffix): rename one of them, or move it to a folder of its own')
     log, recs = out/'log.jsonl', _read_log(out/'log.jsonl')
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
-    def _done(i):  # written by this source and still there
-        r = rec_of(i); return r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
+    def _done(i):  # written by this source from the files as they are now, and still there
+        r = rec_of(i)
+        return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
+                and all(_stamp(p) == s for p, s in r.get('inputs', {}).items()))
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
     created = not out.exists()

@@ -108,6 +108,22 @@ def test_rerun_skips_and_deleted_masks_are_recomputed(wider, tmp_path):
     assert make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False).report['computed'] == 1
 
 
+def test_masks_of_a_replaced_image_or_a_rewritten_user_png_are_made_again(tmp_path):
+    "The log records the files each mask was made from; a rerun remakes the masks whose files changed, not the others."
+    import os
+    data = load_dataset('pa100k', write_fixture('pa100k', tmp_path/'pa', n_images=6))
+    user = tmp_path/'user'; user.mkdir()
+    for s in data.samples: write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{s.image.stem}.png')
+    run = lambda: make_masks(data, 'directory', directory=user, mask_root=tmp_path/'m', progress=False)
+    assert run().report['computed'] == 6 and run().report['cached'] == 6
+    s = data.samples[1]; W, H = Image.open(s.image).size
+    write_mask(np.eye(H, W, dtype=bool), user/f'{s.image.stem}.png')   # the user's PNG rewritten
+    again = run()
+    assert (again.report['computed'], again.report['cached']) == (1, 5) and read_mask(again[1]).sum() == min(H, W)
+    st = data.samples[4].image.stat(); os.utime(data.samples[4].image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # the image replaced
+    assert (run().report['computed'], run().report['cached']) == (1, 6)
+
+
 def test_same_image_and_box_twice_share_one_mask(wider, tmp_path):
     dup = dataclasses.replace(wider, samples=wider.samples + [dataclasses.replace(wider.samples[0], split='val')])
     m = make_masks(dup, 'none', cache_dir=tmp_path/'c', progress=False)
