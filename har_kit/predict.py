@@ -17,6 +17,7 @@ from .formats import check_images, collect_images, load_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
+from .runs import run_status
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'resolve_thresholds', 'preprocess', 'array_rgb',
@@ -143,13 +144,25 @@ def default_variant(path,          # a model file, variant directory or run dire
                        f'{variant}/ (e.g. {p.parent}) with --variant {variant}')
     if variant is not None or not p.is_dir() or (p/'model.pt').is_file(): return variant, None
     found = sorted(f.parent.name for f in p.glob('*/model.pt'))
-    if len(found) < 2: return None, None                        # one model, or none (load_model says so)
-    main = next((v for v in MAIN_VARIANTS if v in found), None)
-    others = [v for v in found if v != 'baseline']
+    pick = ' choose one with --variant NAME (Python: variant=NAME)'
+    planned = None
+    if found and (p/'params.json').is_file():   # a section's run directory: its main method is the one it was asked for
+        st = run_status(p)
+        if st['state'] != 'done':
+            raise KitError(f'{p}: the run is {st["state"]} ({st.get("error") or "no done marker"}), so its models ({", ".join(found)}) '
+                           f'may lack its main method: rerun it to finish it (it resumes), or{pick}')
+        planned = load_json(p/'params.json', dict).get('variants')
+    pool = planned if isinstance(planned, list) and planned else found
+    main = next((v for v in MAIN_VARIANTS if v in pool), None)
+    others = [v for v in pool if v != 'baseline']
     if main is None and len(others) == 1: main = others[0]
+    if main is not None and main not in found:
+        raise KitError(f'{p}: the run trained {main!r}, its main method, but {p/main/"model.pt"} is gone; rerun the run '
+                       f'(har-kit run ... --force), or{pick}')
+    if len(found) < 2: return None, None                        # one model, or none (load_model says so)
     if main is None:
         raise KitError(f'{p} holds models of {len(found)} variants ({", ".join(found)}) and none is a main method '
-                       f'({", ".join(MAIN_VARIANTS)}): choose one with --variant NAME (Python: variant=NAME)')
+                       f'({", ".join(MAIN_VARIANTS)}):{pick}')
     return main, (f'{p} holds {len(found)} models ({", ".join(found)}): using {main!r}, the run\'s main method; '
                   '--variant NAME (Python: variant=NAME) picks another')
 
