@@ -11,15 +11,54 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .core import KitError, data_root, save_json
+import dataclasses
+
+from .core import KitError, data_root, is_weights_file, save_json
 from .data import fill_masks, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
 from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
+from .model_file import RunConfig
 
 # %% auto #0
-__all__ = ['MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality', 'summed_feature_outline', 'cli']
+__all__ = ['MasksConfig', 'MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality',
+           'summed_feature_outline', 'cli']
 
-# %% ../nbs/21_masks.ipynb #c007
+# %% ../nbs/21_masks.ipynb #c006
+@dataclasses.dataclass
+class MasksConfig(RunConfig):
+    "One masks run's parameters as one value: `21_masks`'s `parameters` cell (same names, same defaults), checked."
+    dataset: str = 'wider'          # dataset kind: 'wider', 'rap', 'pa100k' (or 'csv' with data_root)
+    data_root: str | None = None    # a real dataset root: `source` writes a mask for every target there; None: synthetic only
+    source: str = 'renderer'        # 'renderer', 'box', 'maskrcnn', 'directory' or 'none' (the box)
+    mask_root: str | None = None    # where data_root's masks go; None: mask_home
+    mask_directory: str | None = None  # with source 'directory' and data_root: the folder of the user's PNG masks
+    profile: str = 'tiny'           # synthetic profile
+    maskrcnn_images: int = 4        # images Mask R-CNN runs on for the quality table
+    maskrcnn_weights: str | None = None  # None: random; 'DEFAULT': COCO weights; or a downloaded .pth file
+    maskrcnn_min_size: int = 128    # Mask R-CNN's internal resize
+    fig4_arch: str = 'resnet18'     # backbone for Fig. 4
+    fig4_weights: str | None = None # None: untrained backbone; 'DEFAULT': ImageNet weights
+    fig4_size: int = 128            # side of the square input of Fig. 4
+    cache_dir: str | None = None    # mask cache root; None: <run directory>/mask-cache
+    device: str = 'cpu'             # 'cpu', 'cuda' or 'auto'
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dataset not in DATASET_KINDS: raise KitError(f'dataset={self.dataset!r}: choose one of {", ".join(DATASET_KINDS)}')
+        if self.source not in MASK_SOURCES: raise KitError(f'source={self.source!r}: choose one of {", ".join(MASK_SOURCES)}')
+        for name in ('data_root', 'mask_directory'):
+            v = getattr(self, name)
+            if v is not None and not Path(v).is_dir(): raise KitError(f'{name}={str(v)!r}: no such folder; pass an existing one')
+        if self.mask_directory is not None and self.source != 'directory':
+            raise KitError(f"mask_directory is read by source 'directory' only, but source={self.source!r}: pass -p source directory, "
+                           'or drop mask_directory')
+        if self.source == 'directory' and self.data_root is not None and self.mask_directory is None:
+            raise KitError("source='directory' with a data_root needs mask_directory=<the folder of your PNG masks>")
+        if is_weights_file(self.maskrcnn_weights) and not Path(self.maskrcnn_weights).is_file():
+            raise KitError(f'maskrcnn_weights={str(self.maskrcnn_weights)!r}: no such file; pass a downloaded .pth, '
+                           "'DEFAULT' (COCO weights) or None (random)")
+
+# %% ../nbs/21_masks.ipynb #c011
 class MaskSet(dict):
     "Sample index -> mask PNG path, plus the `report` of the call that made it and the cache `directory`."
     def __init__(self,
@@ -28,7 +67,7 @@ class MaskSet(dict):
                  directory): # the mask root the PNGs lie under
         super().__init__(paths); self.report, self.directory = report, Path(directory)
 
-# %% ../nbs/21_masks.ipynb #c008
+# %% ../nbs/21_masks.ipynb #c012
 def mask_cache_dir(data,            # `AttributeData` (uses `.name` and `.root`)
                    source,          # a `MaskSource`
                    cache_dir=None): # cache root; None = data_root()/'masks'
@@ -36,7 +75,7 @@ def mask_cache_dir(data,            # `AttributeData` (uses `.name` and `.root`)
     base = Path(cache_dir) if cache_dir is not None else data_root(writable=True)/'masks'   # masks are written there
     return base/f'{data.name}-{short_hash(Path(data.root).resolve())}'/source.key
 
-# %% ../nbs/21_masks.ipynb #c012
+# %% ../nbs/21_masks.ipynb #c016
 def _read_log(path):  # `log.jsonl` in a mask root
     "Records of `log.jsonl` by sample key; lines cut by an interruption are skipped."
     recs = {}
@@ -46,14 +85,14 @@ def _read_log(path):  # `log.jsonl` in a mask root
             except (json.JSONDecodeError, KeyError, TypeError): continue
     return recs
 
-# %% ../nbs/21_masks.ipynb #c013
+# %% ../nbs/21_masks.ipynb #c017
 def _append_log(path, recs):  # `log.jsonl`; the records to append
     "Append records as JSON lines, starting on a fresh line if an earlier write was cut; fsync."
     head = '\n' if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b'\n') else ''
     with open(path, 'a') as f:
         f.write(head + ''.join(json.dumps(r) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/21_masks.ipynb #c015
+# %% ../nbs/21_masks.ipynb #c019
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
     "Where `make_masks` writes (not created yet): `mask_root`, else a per-source cache folder, else `mask_home` (synthetic: `ROOT/masks`)."
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
@@ -67,7 +106,7 @@ def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller'
                            'pass mask_root=<folder> (har-kit masks --mask-root) and give the readers mask_dir=<folder>')
     return out
 
-# %% ../nbs/21_masks.ipynb #c016
+# %% ../nbs/21_masks.ipynb #c020
 def _create_root(out):  # the mask root `_mask_root` chose
     "Create the mask root, once the source has accepted its targets (a refused run leaves no empty folder behind)."
     try: out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +114,7 @@ def _create_root(out):  # the mask root `_mask_root` chose
                                         'and give the readers mask_dir=<that folder>') from None
     return out
 
-# %% ../nbs/21_masks.ipynb #c017
+# %% ../nbs/21_masks.ipynb #c021
 def _stamp(path):  # a file the mask is made from
     "(size, modification time) of a file, None when it is gone: a file replaced since the mask was made changes it."
     try: st = os.stat(path)
@@ -95,7 +134,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
             recs[new[-1]['key']] = new[-1]
     return new
 
-# %% ../nbs/21_masks.ipynb #c018
+# %% ../nbs/21_masks.ipynb #c022
 def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make_masks` knows at its end
     "The `make_masks` report: where, how many computed and cached, fallbacks, clipped boxes, notes."
     fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
@@ -104,7 +143,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
-# %% ../nbs/21_masks.ipynb #c019
+# %% ../nbs/21_masks.ipynb #c023
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
                mask_root=None,      # where to write; None: `mask_home` (a synthetic set: ROOT/masks), where readers look unasked
@@ -160,14 +199,14 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     save_json(report, out/'report.json')
     return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)
 
-# %% ../nbs/21_masks.ipynb #c020
+# %% ../nbs/21_masks.ipynb #c024
 def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
     pos = {id(s): i for i, s in enumerate(data.samples)}
     return fill_masks(data, lambda s: masks.get(pos[id(s)], s.mask))
 
-# %% ../nbs/21_masks.ipynb #c024
+# %% ../nbs/21_masks.ipynb #c028
 def mask_iou(a,  # (H, W) bool
              b): # (H, W) bool
     "Intersection over union of two binary masks (1.0 when both are empty)."
@@ -175,7 +214,7 @@ def mask_iou(a,  # (H, W) bool
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
-# %% ../nbs/21_masks.ipynb #c025
+# %% ../nbs/21_masks.ipynb #c029
 def mask_quality(data,       # `AttributeData` the masks were made for
                  masks,      # `MaskSet` to judge
                  reference): # `MaskSet` of ground truth (source 'renderer')
@@ -189,7 +228,7 @@ def mask_quality(data,       # `AttributeData` the masks were made for
                          iou=mask_iou(read_mask(masks[i], ref.shape), ref), fallback=i in fell))
     return pd.DataFrame(rows, columns=['index', 'distractors', 'iou', 'fallback'])
 
-# %% ../nbs/21_masks.ipynb #c029
+# %% ../nbs/21_masks.ipynb #c033
 def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (tensor or array)
     "Fig. 4: sum a feature map over channels and threshold at its median; return (summed map, bool outline)."
     f = torch.as_tensor(np.asarray(feature) if not torch.is_tensor(feature) else feature).detach().float()
@@ -198,7 +237,7 @@ def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (
     med = s.flatten(-2).median(-1).values[..., None, None]
     return s, s > med
 
-# %% ../nbs/21_masks.ipynb #c033
+# %% ../nbs/21_masks.ipynb #c037
 def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '

@@ -280,3 +280,23 @@ def test_the_tables_notebook_outside_a_run_writes_no_profile_tables(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT/'nbs', capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (tmp_path/'outputs'/'quick').exists()
+
+
+@pytest.mark.parametrize('section', ['dahar', 'campar', 'cfar', 'masks'])
+def test_a_sections_run_config_has_its_notebooks_parameters_and_defaults(section):
+    "`har-kit run` checks a run through the section's RunConfig before a kernel starts: its fields must be the notebook's parameters."
+    import dataclasses, importlib
+    from har_kit.run_params import RUN_CONFIGS, parameter_defaults
+    mod, name = RUN_CONFIGS[section].split(':')
+    cls = getattr(importlib.import_module(mod), name)
+    fields = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(cls)}
+    defaults = parameter_defaults(section)
+    assert {k: v for k, v in fields.items() if k in defaults} == {k: defaults[k] for k in fields if k in defaults}
+    assert set(fields) <= set(defaults), set(fields) - set(defaults)
+
+
+def test_a_masks_run_with_an_unknown_source_is_refused_before_a_kernel_starts(tmp_path):
+    from har_kit.run_params import check_config
+    with pytest.raises(Exception, match="21_masks: source='foo': choose one of"): check_config('masks', {'source': 'foo'})
+    with pytest.raises(Exception, match="mask_directory='/nonexistent': no such folder"):
+        check_config('masks', {'source': 'directory', 'mask_directory': '/nonexistent'})
