@@ -101,6 +101,17 @@ def _fill(d, paths, boxes, size, masks, workers, desc):
     return _digest(arrays)
 
 # %% ../nbs/16_pipeline.ipynb #c017
+def _alive(pid):  # a process with this id exists (perhaps another user's)
+    try: os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError): return False
+    except PermissionError: pass
+    return True
+
+def _sweep(root):  # remove the temporary folders of builds whose process is gone (a live one may be building now)
+    for t in Path(root).glob('*.tmp-*'):
+        pid = t.name.rpartition('.tmp-')[2]
+        if pid.isdigit() and t.is_dir() and not _alive(int(pid)): shutil.rmtree(t, ignore_errors=True)
+
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
                   size,             # (H, W) of the fixed resize
@@ -118,11 +129,15 @@ def decoded_cache(paths,            # image files, one per sample
     d = Path(root or cache_root())/f'{name}-{size[0]}x{size[1]}-{key[:16]}'
     if not (d/'meta.json').exists():
         if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
+        _sweep(d.parent)
         tmp = d.with_name(f'{d.name}.tmp-{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-        digest = _fill(tmp, paths, boxes, tuple(size), None if masks is None else list(masks), int(workers), f'decode {name}')
-        save_json(dict(key=key, n=len(paths), size=list(size), masks=masks is not None, blake2b=digest, torchvision=torchvision.__version__), tmp/'meta.json')
-        try: tmp.rename(d)
-        except OSError: shutil.rmtree(tmp, ignore_errors=True)   # another process finished first: use its copy
+        try:
+            digest = _fill(tmp, paths, boxes, tuple(size), None if masks is None else list(masks), int(workers), f'decode {name}')
+            save_json(dict(key=key, n=len(paths), size=list(size), masks=masks is not None, blake2b=digest, torchvision=torchvision.__version__), tmp/'meta.json')
+            try: tmp.rename(d)
+            except OSError:
+                if not d.exists(): raise   # else another process finished first: use its copy
+        finally: shutil.rmtree(tmp, ignore_errors=True)   # after a rename nothing is left; after a failure or Ctrl-C neither
     meta = load_json(d/'meta.json')
     out = dict(images=np.load(d/'images.npy', mmap_mode='r'), masks=np.load(d/'masks.npy', mmap_mode='r') if meta['masks'] else None, dir=d)
     if meta['key'] != key or (verify and _digest([a for a in (out['images'], out['masks']) if a is not None]) != meta['blake2b']):

@@ -1,5 +1,5 @@
 "The decoded pipeline: the cache holds the loader's exact resize (fixtures and the real PA-100K sample), is built once and atomically, refuses damage; batch augmentation equals the torchvision transforms sample by sample; the shuffle order is the loader's and seeded; a tiny training runs on the device path."
-import contextlib, os, shutil, threading, time
+import contextlib, multiprocessing, os, shutil, threading, time
 
 import numpy as np
 import pytest
@@ -98,6 +98,39 @@ def test_cache_is_built_once_atomically_and_checked(sets, tmp_path):
     with pytest.raises(KitError, match='delete that folder'): P.decoded_cache(*args, name='pa')
     assert P.decoded_cache(*args, name='pa', verify=False)['images'].shape == (12, 32, 24, 3)
     with pytest.raises(KitError, match='one per sample'): P.decoded_cache(args[0], args[1][:2], (8, 8))
+
+
+def _pa_args(sets, size=(16, 12)):
+    ss = sets['pa100k'].samples
+    return [s.image for s in ss], [s.box for s in ss], size
+
+
+def test_a_failed_build_leaves_no_temporary_folder(sets, tmp_path, monkeypatch):
+    args = _pa_args(sets)
+    def stop(job): raise KeyboardInterrupt   # Ctrl-C part way (any exception goes the same way)
+    monkeypatch.setattr(P, '_decode_chunk', stop)
+    with pytest.raises(KeyboardInterrupt): P.decoded_cache(*args, name='pa', root=tmp_path, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_sweeps_the_leftovers_of_dead_processes_only(sets, tmp_path):
+    dead, live = tmp_path/f'x-8x8-0.tmp-{2**22 + 1}', tmp_path/f'x-8x8-0.tmp-{os.getpid()}'   # above Linux's largest pid: no such process
+    for t in (dead, live): t.mkdir(parents=True); (t/'images.npy').write_bytes(b'\0' * 100)
+    P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)
+    assert dead.exists() is False and live.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_building_one_cache_share_it(sets, tmp_path, monkeypatch):
+    "Both build before either renames: one copy wins, the other process uses it and removes its own."
+    ctx = multiprocessing.get_context('fork'); both = ctx.Barrier(2, timeout=60); fill = P._fill
+    monkeypatch.setattr(P, '_fill', lambda *a: (fill(*a), both.wait())[0])
+    ps = [ctx.Process(target=P.decoded_cache, args=_pa_args(sets), kwargs=dict(name='pa', root=tmp_path)) for _ in range(2)]
+    for p in ps: p.start()
+    for p in ps: p.join(120)
+    assert [p.exitcode for p in ps] == [0, 0]
+    monkeypatch.setattr(P, '_fill', fill)
+    assert [p.name for p in tmp_path.iterdir()] == [P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'].name]
 
 
 def test_paper_cache_sizes():
