@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_pipeline.ipynb #c003
 from __future__ import annotations
-import contextlib, copy, functools, hashlib, json, os, queue, shutil, tempfile, threading, time, warnings
+import contextlib, copy, errno, functools, hashlib, json, os, queue, shutil, tempfile, threading, time, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -81,10 +81,23 @@ def _decode_chunk(job):  # (indices, paths, boxes, size, masks): one intra-op th
     return idx, [decode_resized(p, b, size, None if masks is None else masks[k]) for k, (p, b) in enumerate(zip(paths, boxes))]
 
 # %% ../nbs/16_pipeline.ipynb #c016
+def _no_room(d, need, free):  # d: the build's temporary folder
+    return KitError(f'{d.parent}: no room for a decoded cache of {need/1e9:.3g} GB ({free/1e9:.3g} GB free there); '
+                    'free space on that disk or point $HAR_KIT_CACHE (where decoded caches live) at a larger one, then rerun')
+
+def _reserve(f):  # allocate a memmap's blocks now (it is sparse): False when the disk is full
+    try:
+        with open(f, 'r+b') as fh: os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+    except (AttributeError, OSError) as e: return getattr(e, 'errno', None) != errno.ENOSPC   # unsupported: the free-space check stands
+    return True
+
 def _fill(d, paths, boxes, size, masks, workers, desc):
     n, (H, W) = len(paths), size
+    need, free = n * H * W * (3 if masks is None else 4), shutil.disk_usage(d).free
+    if need > free: raise _no_room(d, need, free)
     img = np.lib.format.open_memmap(d/'images.npy', 'w+', np.uint8, (n, H, W, 3))
     msk = None if masks is None else np.lib.format.open_memmap(d/'masks.npy', 'w+', np.uint8, (n, H, W))
+    if not all(_reserve(a.filename) for a in (img, msk) if a is not None): raise _no_room(d, need, free)   # writing a hole on a full disk is a SIGBUS
     chunks = [list(range(i, min(i + 64, n))) for i in range(0, n, 64)]
     jobs = [(c, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]
     # one intra-op thread per decoding process; in the caller's own process only for the build, its count restored after

@@ -105,6 +105,21 @@ def _pa_args(sets, size=(16, 12)):
     return [s.image for s in ss], [s.box for s in ss], size
 
 
+def test_a_full_disk_is_refused_before_decoding(sets, tmp_path, monkeypatch):
+    "The arrays are memory-mapped: a sparse file filled on a full disk was a SIGBUS. Both checks name the folder and $HAR_KIT_CACHE."
+    args, usage = _pa_args(sets), shutil.disk_usage
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: usage(p)._replace(free=1000))
+    with pytest.raises(KitError, match=rf'{tmp_path}: no room for a decoded cache of 6.91e-06 GB \(1e-06 GB free there\).*\$HAR_KIT_CACHE'):
+        P.decoded_cache(*args, name='pa', root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, 'disk_usage', usage)   # room by the count, but the reservation finds the disk full
+    monkeypatch.setattr(os, 'posix_fallocate', lambda *a: (_ for _ in ()).throw(OSError(28, 'No space left on device')))
+    with pytest.raises(KitError, match=rf'{tmp_path}: no room for a decoded cache .*\$HAR_KIT_CACHE'): P.decoded_cache(*args, name='pa', root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(os, 'posix_fallocate', lambda *a: (_ for _ in ()).throw(OSError(95, 'Operation not supported')))
+    assert P.decoded_cache(*args, name='pa', root=tmp_path)['images'].shape == (12, 16, 12, 3)   # no reservation here: built as before
+
+
 def test_a_failed_build_leaves_no_temporary_folder(sets, tmp_path, monkeypatch):
     args = _pa_args(sets)
     def stop(job): raise KeyboardInterrupt   # Ctrl-C part way (any exception goes the same way)
