@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, cache_root, host_to_device, load_json, save_json, torch_threads
+from .core import KitError, cache_root, host_to_device, save_json, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, refuse_every_split
 
@@ -125,6 +125,17 @@ def _sweep(root):  # remove the temporary folders of builds whose process is gon
         pid = t.name.rpartition('.tmp-')[2]
         if pid.isdigit() and t.is_dir() and not _alive(int(pid)): shutil.rmtree(t, ignore_errors=True)
 
+def _open(d, key, n, size, verify):  # a finished cache folder; any damage is one KitError naming it
+    try:
+        meta = json.loads((d/'meta.json').read_text(encoding='utf-8'))
+        out = dict(images=np.load(d/'images.npy', mmap_mode='r'), masks=np.load(d/'masks.npy', mmap_mode='r') if meta['masks'] else None, dir=d)
+        arrays = [a for a in (out['images'], out['masks']) if a is not None]
+        why = ('it does not match its key' if meta['key'] != key or any(a.shape[:3] != (n, *size) for a in arrays) else
+               'its pixels do not match their hash' if verify and _digest(arrays) != meta['blake2b'] else None)
+    except Exception as e: why = f'{type(e).__name__}: {e}'
+    if why: raise KitError(f'decoded cache {d} is damaged ({why}); delete that folder and rerun')
+    return out
+
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
                   size,             # (H, W) of the fixed resize
@@ -140,7 +151,7 @@ def decoded_cache(paths,            # image files, one per sample
     if not paths: raise KitError(f'decoded_cache({name}): no samples (check the split name you selected)')
     key = cache_key(paths, boxes, size, masks)
     d = Path(root or cache_root())/f'{name}-{size[0]}x{size[1]}-{key[:16]}'
-    if not (d/'meta.json').exists():
+    if not d.exists():
         if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
         _sweep(d.parent)
         tmp = d.with_name(f'{d.name}.tmp-{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
@@ -151,11 +162,7 @@ def decoded_cache(paths,            # image files, one per sample
             except OSError:
                 if not d.exists(): raise   # else another process finished first: use its copy
         finally: shutil.rmtree(tmp, ignore_errors=True)   # after a rename nothing is left; after a failure or Ctrl-C neither
-    meta = load_json(d/'meta.json')
-    out = dict(images=np.load(d/'images.npy', mmap_mode='r'), masks=np.load(d/'masks.npy', mmap_mode='r') if meta['masks'] else None, dir=d)
-    if meta['key'] != key or (verify and _digest([a for a in (out['images'], out['masks']) if a is not None]) != meta['blake2b']):
-        raise KitError(f'{d}: decoded cache does not match its key or hash (damaged or changed); delete that folder and run again to rebuild it')
-    return out
+    return _open(d, key, len(paths), tuple(size), verify)
 
 # %% ../nbs/16_pipeline.ipynb #c021
 PAPER_CACHES = {'rap': (41_585, (256, 192)), 'pa100k': (100_000, (256, 192)), 'wider': (57_524, (256, 256)),

@@ -105,6 +105,23 @@ def _pa_args(sets, size=(16, 12)):
     return [s.image for s in ss], [s.box for s in ss], size
 
 
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'missing', 'meta-keys', 'meta-json', 'meta-missing'])
+def test_a_damaged_cache_names_its_folder_and_deleting_it_rebuilds(sets, tmp_path, damage):
+    args = _pa_args(sets)
+    d = P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path)['dir']
+    f = d/('meta.json' if damage.startswith('meta') else 'images.npy')
+    if damage == 'truncated': os.truncate(f, f.stat().st_size // 2)
+    elif damage == 'empty': f.write_bytes(b'')
+    elif damage in ('missing', 'meta-missing'): f.unlink()
+    elif damage == 'meta-keys': f.write_text('{}')
+    else: f.write_text('{"key": ')
+    with pytest.raises(KitError, match=rf'decoded cache {d} is damaged \(.+\); delete that folder and rerun'):
+        P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path, verify=False)
+    shutil.rmtree(d)   # what the message says: the next run rebuilds it
+    c = P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path)
+    assert c['dir'] == d and c['images'].shape == (12, 16, 12, 3) and sorted(p.name for p in tmp_path.iterdir()) == [d.name]
+
+
 def test_a_full_disk_is_refused_before_decoding(sets, tmp_path, monkeypatch):
     "The arrays are memory-mapped: a sparse file filled on a full disk was a SIGBUS. Both checks name the folder and $HAR_KIT_CACHE."
     args, usage = _pa_args(sets), shutil.disk_usage
