@@ -18,8 +18,9 @@ from .core import KitError
 from .formats import box_mask, clip_box, load_grey, load_rgb
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'HarDataset', 'crop_pairs', 'CornerCenterCrop', 'FiveCropStack',
-           'dahar_transforms', 'campar_transforms', 'refuse_every_split', 'make_loader', 'show_samples']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'mask_size_error', 'HarDataset', 'crop_pairs', 'CornerCenterCrop',
+           'FiveCropStack', 'dahar_transforms', 'campar_transforms', 'refuse_every_split', 'make_loader',
+           'show_samples']
 
 # %% ../nbs/15_loading.ipynb #c008
 class SampleCache:
@@ -50,6 +51,14 @@ class SampleCache:
     def __repr__(self): return f'SampleCache({len(self)} samples, {self.nbytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, {self.hits} hits, {self.misses} misses)'
 
 # %% ../nbs/15_loading.ipynb #c012
+def mask_size_error(path,   # the mask file
+                    shape,  # its (h, w)
+                    size):  # (H, W) of its image
+    "The error of a mask that fits neither its image nor the target's clipped box: most often the image changed after its masks were made."
+    return KitError(f'{path}: mask is {shape[1]}x{shape[0]} but must match the image ({size[1]}x{size[0]}) or the clipped box; '
+                    'if the image changed, make its masks again (har-kit masks, or har_kit.masks.make_masks, remakes the '
+                    'masks of changed images), else replace the mask')
+
 class HarDataset(Dataset):
     "Torch dataset over `Sample`s yielding {'image', 'labels', 'mask' (optional), 'index'}."
     def __init__(self, samples,           # list of `Sample` (or an `AttributeData`)
@@ -100,8 +109,7 @@ class HarDataset(Dataset):
                 img = img[y0:y1, x0:x1]
                 if mask is not None and mask.shape == (H, W): mask = mask[y0:y1, x0:x1]
             else: box = (x0, y0, x1, y1)
-        if mask is not None and mask.shape != img.shape[:2]:
-            raise KitError(f'{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but must match the image ({W}x{H}) or the clipped box')
+        if mask is not None and mask.shape != img.shape[:2]: raise mask_size_error(s.mask, mask.shape, (H, W))
         return np.ascontiguousarray(img), None if mask is None else np.ascontiguousarray(mask), box, (H, W)
 
     keyed_draws = True   # `har_kit.distributed.shard_loader` hands it (index, seed) keys

@@ -122,13 +122,13 @@ def _stamp(path):  # a file the mask is made from
     return [st.st_size, st.st_mtime_ns]
 
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
-    "Run the source on a batch, write each mask atomically (a ground-truth file is left where it is); the log records."
+    "Run the source on a batch, write each mask atomically (a mask read from that very file, the ground truth, is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
     new = []
     for (img, idx), tms in zip(chunk, results, strict=True):
         for i, tm in zip(idx, tms, strict=True):
             dst = mask_path(out, *rels[i])
-            if samples[i].mask is None or Path(samples[i].mask).resolve() != dst.resolve(): write_mask(tm.mask, dst)
+            if dst.resolve() not in {Path(p).resolve() for p in tm.read}: write_mask(tm.mask, dst)   # not the very file it was read from
             new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(),
                             inputs={str(p): _stamp(p) for p in (samples[i].image, *tm.read)}))
             recs[new[-1]['key']] = new[-1]

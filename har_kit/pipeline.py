@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .core import KitError, cache_root, host_to_device, save_json, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
-from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, refuse_every_split
+from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, mask_size_error, refuse_every_split
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
@@ -45,7 +45,7 @@ def decode_resized(path,        # image file
     m = None if mask is None else torch.from_numpy(box_mask((x0, y0, x1, y1), (H, W)).astype(np.uint8) * 255 if mask == 'box' else np.array(load_grey(mask)))
     img = img[:, y0:y1, x0:x1]
     if m is not None and m.shape == (H, W): m = m[y0:y1, x0:x1]
-    if m is not None and m.shape != img.shape[-2:]: raise KitError(f'{mask}: mask is {m.shape[1]}x{m.shape[0]} but must match the image ({W}x{H}) or the clipped box')
+    if m is not None and m.shape != img.shape[-2:]: raise mask_size_error(mask, m.shape, (H, W))
     img = TF.resize(tv_tensors.Image(img), list(size)).as_subclass(torch.Tensor).permute(1, 2, 0).contiguous().numpy()
     if m is not None: m = TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size)).as_subclass(torch.Tensor)[0].numpy()
     return img, m

@@ -124,6 +124,18 @@ def test_masks_of_a_replaced_image_or_a_rewritten_user_png_are_made_again(tmp_pa
     assert (run().report['computed'], run().report['cached']) == (1, 6)
 
 
+def test_an_image_replaced_by_one_of_another_size_says_to_remake_its_masks_and_a_remake_fixes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))
+    root = write_fixture('pa100k', tmp_path/'pa', n_images=6)
+    data = load_dataset('pa100k', root)
+    make_masks(data, 'box', progress=False)
+    s = data.samples[0]; Image.new('RGB', (30, 70)).save(s.image, format='JPEG')   # replaced in place, another size
+    ds = lambda: HarDataset(load_dataset('pa100k', root), with_mask=True)
+    with pytest.raises(KitError, match='make its masks again'): ds()[0]
+    assert make_masks(load_dataset('pa100k', root), 'box', progress=False).report['computed'] == 1
+    assert ds()[0]['mask'].shape[-2:] == ds()[0]['image'].shape[-2:]
+
+
 def test_same_image_and_box_twice_share_one_mask(wider, tmp_path):
     dup = dataclasses.replace(wider, samples=wider.samples + [dataclasses.replace(wider.samples[0], split='val')])
     m = make_masks(dup, 'none', cache_dir=tmp_path/'c', progress=False)
