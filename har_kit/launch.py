@@ -13,7 +13,8 @@ from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, descr
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params)
 from .results import STUDY_TABLES, TABLES
 from .run_params import section_notebook
-from .runs import RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_done, params_yaml, read_record, run_status
+from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_complete, is_done, params_yaml,
+                          read_record, run_status)
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
@@ -71,7 +72,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
     for rec in recs:
         st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
         rec['state'], rec['error'] = 'interrupted' if st.get('interrupted') else st['state'], st.get('error')
-        if st['state'] == 'done' and 'params' in rec and 'notebook' in rec:   # what reproduce would refuse as not current
+        if st['state'] in ('done', 'damaged') and 'params' in rec and 'notebook' in rec:   # what reproduce would refuse as not current
             diff = stale_params(rec)
             if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
         # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
@@ -90,7 +91,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
     return recs
 
-STATES = ('done', 'stale', 'failed', 'interrupted', 'running', 'queued', 'missing')   # a run's states, in the order counted
+STATES = ('done', 'stale', 'damaged', 'failed', 'interrupted', 'running', 'queued', 'missing')   # a run's states, in the order counted
 
 def make_status(runs,         # PlannedRuns, or the run records of a saved status
                 profile,      # the profile
@@ -152,7 +153,7 @@ def check_out(root,             # an outputs root
 
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):
-    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/stale/running/queued/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed or was stopped."
+    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/stale/damaged/running/queued/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed, was stopped or is damaged."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
     ap.add_argument('--out', help='outputs root har-kit reproduce was given (default: outputs/)')
@@ -173,7 +174,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     except KitError as e:
         print(f'har-kit status: {e}', file=sys.stderr); return 2
     print(json.dumps(st, indent=1) if a.json else format_status(st))
-    return 1 if st['counts']['failed'] or st['counts']['interrupted'] else 0   # a stopped or killed run is not done either
+    return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
 # %% ../nbs/72_launch.ipynb #c022
 def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'cfar', 'masks', ...
@@ -239,9 +240,11 @@ def wait_for(dirs,            # run directories
             if s not in ('done', 'running') and job_file(d).exists():   # its job decides: alive (maybe requeued) or gone
                 s = 'waiting' if job_queued(load_json(job_file(d))) else 'failed'
             states[d] = s
-        bad = [d for d, s in states.items() if s == 'failed']
-        if bad and need_done: raise KitError(f'run {bad[0]}, which this run needs, failed: see its failed.json / log.txt')
-        if all(s in ('done', 'failed') for s in states.values()): return states
+        bad = [d for d, s in states.items() if s in ('failed', 'damaged')]
+        if bad and need_done:
+            raise KitError(f'run {bad[0]}, which this run needs, ' + ('failed: see its failed.json / log.txt' if states[bad[0]] == 'failed' else
+                           f'{run_status(bad[0])["error"]}'))
+        if all(s in ('done', 'failed', 'damaged') for s in states.values()): return states
         time.sleep(poll)
 
 # %% ../nbs/72_launch.ipynb #c028
@@ -255,7 +258,7 @@ class RunJob:
 
     def __call__(self):
         if self.wait_deps: wait_for(self.run.deps)
-        elif not all(is_done(d) for d in self.run.deps):   # the scheduler's afterok should have made sure of it
+        elif not all(is_complete(d) for d in self.run.deps):   # the scheduler's afterok should have made sure of it
             raise KitError(f'{self.run.name} started before the runs it needs were done: {self.run.deps}')
         if self.run_fn: self.run_fn(self.run, None)
         else: run_planned(self.run, None, self.force)
@@ -326,10 +329,10 @@ def submit(runs,           # PlannedRuns, dependencies first
         executor.update_parameters(name=f'har-kit:{name}')
         return executor.submit(fn)
     for r in runs:
-        if is_done(r.out_dir):
+        if is_done(r.out_dir):   # a damaged run (`run_damage`) is submitted again: its job resumes it
             diff = stale_params(r)
-            if not diff: actions.append(dict(name=r.name, action='done')); continue
-            if not force:
+            if not diff and is_complete(r.out_dir): actions.append(dict(name=r.name, action='done')); continue
+            if diff and not force:
                 blocked.add(r.out_dir)
                 actions.append(dict(name=r.name, action='stale', note=f'finished with other parameters ({", ".join(diff)}): --force resubmits it'))
                 continue
@@ -443,7 +446,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
                     "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
     ap.add_argument('--out', help='outputs root (default: outputs/)')
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
-    ap.add_argument('--force', action='store_true', help='rerun runs that are not current: their directory holds other parameters (e.g. after a profile changed), a notebook default they did not override has changed since, or an older kit finished them; the old runs are moved aside')
+    ap.add_argument('--force', action='store_true', help='rerun runs that are not current: their directory holds other parameters (e.g. after a profile changed), a notebook default they did not override has changed since, or an older kit finished them; the old runs are moved aside (a run marked done that lost its metrics.json or a model file is resumed with or without it)')
     ap.add_argument('--json', action='store_true', help='with --dry-run: one JSON object per run (notebook, params, out_dir, deps)')
     _scheduler_options(ap)
     return ap

@@ -15,8 +15,8 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import parameter_defaults
-from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_done, moved_defaults, read_record, real_data,
-                          run_notebook, run_status, thread_change)
+from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_complete, is_done, moved_defaults, read_record,
+                          real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
@@ -429,10 +429,10 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     # SIGTERM; busy: another process holds the run (or one it needs), e.g. a second reproduce on the same outputs
     needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
     pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
-    stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}
-    finished, planned = set(), {r.out_dir for r in runs}   # done with the planned parameters, and so is everything it reads:
-    for r in runs:   # (dependencies first) a run whose dependency reruns here is not finished, it runs after it (--force)
-        if r.out_dir in stale and not stale[r.out_dir] and all(d in finished or (d not in planned and is_done(d)) for d in r.deps):
+    stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}   # a damaged run too: other parameters need --force
+    finished, planned = set(), {r.out_dir for r in runs}   # done with the planned parameters and complete, and so is everything it
+    for r in runs:   # reads (dependencies first): a run whose dependency reruns here (--force, damaged) is not finished, it runs after it
+        if r.out_dir in stale and not stale[r.out_dir] and is_complete(r.out_dir) and all(d in finished or (d not in planned and is_complete(d)) for d in r.deps):
             finished.add(r.out_dir)
     failed, stopped, busy = set(), set(), set()
     bar = tqdm(total=len(runs), desc='runs', disable=not progress)

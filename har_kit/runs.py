@@ -16,12 +16,12 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'RunFailed', 'is_done',
-           'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal', 'interrupted_exit', 'RunInterrupted',
-           'read_record', 'params_digest', 'notebook_record', 'real_data', 'moved_defaults', 'data_changes',
-           'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
-           'input_fingerprints', 'default_run_dir', 'run_dir_for', 'check_devices', 'run_notebook', 'run_status',
-           'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value', 'read_params_file',
-           'cli_params', 'cli', 'params_cli']
+           'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
+           'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest', 'notebook_record', 'real_data',
+           'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
+           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for',
+           'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
+           'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -80,6 +80,25 @@ class RunFailed(RuntimeError):
 def is_done(out_dir):  # a run directory
     "True when the run directory holds a `done` marker."
     return (Path(out_dir)/'done').exists()
+
+def _json_object(path):  # a JSON file of a run
+    try: return load_json(path, dict)
+    except KitError: return None
+
+def run_damage(out_dir  # a run directory
+              ) -> list:
+    "What a run marked `done` lacks of what it finished with ('metrics.json missing', 'campar/model.pt missing', ...); [] when it is complete or not marked done."
+    out = Path(out_dir)
+    if not is_done(out): return []
+    if not (out/'metrics.json').is_file(): return ['metrics.json missing']
+    metrics = _json_object(out/'metrics.json')
+    if metrics is None: return ['metrics.json unreadable']
+    files = [e.get('model_file') for k, e in metrics.items() if not str(k).startswith('_') and isinstance(e, dict)]   # where each variant's model went
+    return [f'{f} missing' for f in files if isinstance(f, str) and not (out/f).is_file()]
+
+def is_complete(out_dir):  # a run directory
+    "True when the run is marked `done` and holds what it finished with (`run_damage`)."
+    return is_done(out_dir) and not run_damage(out_dir)
 
 # %% ../nbs/70_runs.ipynb #c012
 def _kernel_manager(env, cwd):
@@ -274,26 +293,28 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
     try: old = load_json(out/'params.json', dict)
     except KitError: old = None
     env = read_record(out/'env.json')   # None when missing or unreadable: nothing recorded to compare
+    damage = run_damage(out)
+    done = is_done(out) and not damage   # a damaged run is no result: it resumes as an unfinished run does
     if not force:
         was = ((env or {}).get('notebook') or {}).get('section')
         if notebook and was and was != notebook['section']:
             raise KitError(f'{out} holds a run of the notebook {was!r}, not {notebook["section"]!r}: pass another run directory '
                            '(--out), or --force to move that run aside')
-        if old is not None and is_done(out): check_run_params(out)
+        if old is not None and is_done(out): check_run_params(out)   # damaged or not: params.json edited by hand
         if old is None:
             raise KitError(f'{out} holds a run whose params.json cannot be read: pass another run directory (--out), or '
                            'force=True (--force) to move it aside')
         # each side's value as it runs: given, else the default it ran with (the old run's, from its env.json) or runs with now
         then = env['defaults'] if isinstance((env or {}).get('defaults'), dict) else (defaults or {})
         diff = sorted(k for k in set(old) | set(params) if _differs(_as_run(old, k, then), _as_run(params, k, defaults or {})))
-        if diff and (is_done(out) or diff != ['device']):   # an unfinished run may move to another device (see above)
-            what = 'a run' if is_done(out) else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
+        if diff and (done or diff != ['device']):   # an unfinished run may move to another device (see above)
+            what = 'a run' if done else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
                            + ', '.join(f'{k}: {_said(old, k, then)} -> {_said(params, k, defaults or {})}' for k in diff)
                            + '): pass --force to move the old run aside and rerun, or another run directory (--out)')
         moved = moved_defaults(env, {**old, **params}, defaults) if defaults is not None else []
         if moved:
-            raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} made with other notebook defaults ('
+            raise KitError(f'{out} holds {"a run" if done else "an unfinished run"} made with other notebook defaults ('
                            + ', '.join(f'{k}: {env["defaults"].get(k, "absent")!r} -> {defaults.get(k, "absent")!r}' for k in moved)
                            + f'; neither run sets them): pass --force to move the old run aside and rerun, or set them with -p '
                            f'to the old values (with --out {out} to continue in this folder)')
@@ -301,10 +322,10 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
         if changed:
             why = ('an input it reads was rerun or replaced' if all(c.startswith('input ') for c in changed) else
                    'the dataset was relabelled, extended or regenerated, or an input it reads was rerun or replaced')
-            raise KitError(f'{out} holds {"a run" if is_done(out) else "an unfinished run"} of other data ({", ".join(changed)} '
+            raise KitError(f'{out} holds {"a run" if done else "an unfinished run"} of other data ({", ".join(changed)} '
                            f'changed since it started: {why}): pass --force to move the old run aside and rerun, or another '
                            'run directory (--out)')
-        if is_done(out):
+        if done:
             if notebook and ((env or {}).get('notebook') or {}).get('sha256') not in (None, notebook['sha256']):
                 warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (the notebook has changed '
                               'since): its results are returned as they are; pass --force to rerun it')
@@ -314,6 +335,7 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
             raise KitError(f'{out} holds an unfinished run started with {ran} intra-op thread(s); resumed with {threads} its numbers '
                            f'would match neither count\'s run (the count sets the order of floating-point sums): resume it with '
                            f'{ran} (har-kit run --threads {ran}), or pass --force to move it aside and start again')
+        if damage: print(f'har-kit run: {out} was marked done but {", ".join(damage)}: resuming it', file=sys.stderr)
         for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
         for tmp in out.rglob('*.tmp'):
             with contextlib.suppress(OSError): tmp.unlink()
@@ -543,6 +565,13 @@ def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`
         if _names_path(k, v) and Path(v).resolve().is_relative_to(out):
             raise KitError(f'{k}={v} lies in the run directory {out} (--out), which holds what this run writes: pass another run directory')
 
+def _check_input_runs(params):  # absolute parameters (`absolute_paths`)
+    "Refuse a run folder the run reads (`campar_run`) that is marked done but damaged (`run_damage`): its files are not what it finished with."
+    for k, v in params.items():
+        if _names_path(k, v) and (damage := run_damage(v)):
+            raise KitError(f'{k}={v} is marked done but {", ".join(damage)}: rerun that run first (the same `har-kit run` '
+                           'or `har-kit reproduce` resumes it), then this one')
+
 # %% ../nbs/70_runs.ipynb #c043
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
@@ -625,6 +654,7 @@ def run_notebook(notebook,                  # path, file name or section name
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)
     _check_run_dir(out)
     _check_inputs_outside(params, out)
+    _check_input_runs(params)
     env = kernel_env(out, threads)
     if _STOPPING.is_set(): raise RunInterrupted(out, 'not started (Ctrl-C / SIGTERM); rerun the same command to start it')
     try:
@@ -654,11 +684,15 @@ def run_notebook(notebook,                  # path, file name or section name
 # %% ../nbs/70_runs.ipynb #c056
 def run_status(out_dir,  # a run directory
                ) -> dict:
-    "`{'state': 'done'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
+    "`{'state': 'done'|'damaged'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
     out = Path(out_dir)
     holder = _is_locked(out) if out.is_dir() else None
     if holder: return dict(state='running', error=None, holder=holder)
-    if is_done(out): return dict(state='done', error=None, time=(out/'done').read_text().partition('\n')[0].strip(), metrics=str(out/'metrics.json'))
+    if is_done(out):
+        when, damage = (out/'done').read_text().partition('\n')[0].strip(), run_damage(out)
+        if damage: return dict(state='damaged', error=f'marked done but {", ".join(damage)}: rerun it (`har-kit reproduce`, or the '
+                               'same `har-kit run`, resumes it from its checkpoints)', time=when, missing=damage)
+        return dict(state='done', error=None, time=when, metrics=str(out/'metrics.json'))
     if (out/'failed.json').exists():
         try: f = load_json(out/'failed.json', dict)
         except KitError as e: f = dict(error=str(e))
@@ -833,7 +867,7 @@ def _run_parser():
                     "(papermill's -f; 'har-kit params NOTEBOOK' prints one to start from)")
     ap.add_argument('--out', help='run directory (default: $HAR_KIT_OUTPUTS/runs/<section>-<digest of the parameters>: the same command resumes or finds its run)')
     ap.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
-    ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside)')
+    ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside); a done run that lost its metrics.json or a model file resumes without it')
     ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')
     ap.add_argument('--batch', action='store_true', help="skip the notebook's demonstration cells (tag 'demo'), as har-kit reproduce does")
     ap.add_argument('--quiet', action='store_true', help="do not show the notebook's output as it runs (log.txt has it); "
@@ -855,7 +889,8 @@ def cli(argv=None):  # arguments after `har-kit run`
     try:
         params = {**(read_params_file(a.parameters_file, a.notebook) if a.parameters_file else {}),
                   **cli_params(a.notebook, a.param)}
-        before = _done_id(run_dir_for(a.notebook, params, a.out))   # a done run there is returned: said 'skipped'
+        d = run_dir_for(a.notebook, params, a.out)
+        before = _done_id(d) if is_complete(d) else None   # a done run there is returned: said 'skipped' (a damaged one resumes)
         with forward_interrupts():
             out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads,
                                demos=not a.batch, echo=not a.quiet)

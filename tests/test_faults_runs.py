@@ -457,7 +457,7 @@ def test_a_done_run_whose_input_run_was_trained_again_is_refused(tmp_path, monke
     "A CFAR-like run reads another run (campar_run): once that run is trained again, the done run's numbers are not returned."
     calls = _fake(monkeypatch)
     nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\ncampar_run = None\nout_dir = None')
-    phase1 = tmp_path/'campar'; phase1.mkdir(); (phase1/'done').write_text('2026-12-05T10:00:00\n')
+    phase1 = tmp_path/'campar'; phase1.mkdir(); (phase1/'metrics.json').write_text('{}'); (phase1/'done').write_text('2026-12-05T10:00:00\n')
     run_notebook(nb, {'campar_run': str(phase1)}, tmp_path/'run', progress=False)
     assert run_notebook(nb, {'campar_run': str(phase1)}, tmp_path/'run', progress=False) and len(calls) == 1   # unchanged: skipped
     (phase1/'done').write_text('2026-12-05T11:00:00\n')   # phase 1 trained again (--force moved the old one aside)
@@ -476,3 +476,31 @@ def test_numbers_are_read_as_written_in_decimal(tmp_path):
     with pytest.raises(KitError, match='batch_size'): read_params_file(tmp_path/'p.yaml', nb)
     (tmp_path/'p.yaml').write_text('seed: 010\n')
     assert read_params_file(tmp_path/'p.yaml', nb) == {'seed': 10}
+
+
+def _with_model(outp, parameters):  # a `_fake` behaviour: the run trains variant 'a' and records where its model went
+    out = Path(parameters['out_dir']); (out/'a').mkdir(exist_ok=True); (out/'a'/'model.pt').write_bytes(b'w')
+    (out/'metrics.json').write_text(json.dumps({'a': {'model_file': 'a/model.pt'}}))
+
+
+def test_a_done_run_that_lost_a_model_file_or_its_metrics_resumes_and_says_so(tmp_path, monkeypatch, capsys):
+    "A run marked done whose <variant>/model.pt or metrics.json was deleted is no result: `har-kit run` resumes it without "
+    "--force and says so (not 'skipped'); a run that reads it is refused, naming what is missing, before anything is created."
+    calls = _fake(monkeypatch, _with_model)
+    nb, out = _nb(tmp_path/'n.ipynb'), tmp_path/'run'
+    assert cli([str(nb), '--out', str(out), '--quiet']) == 0 and cli([str(nb), '--out', str(out), '--quiet']) == 0
+    assert len(calls) == 1 and 'skipped: already done' in capsys.readouterr().out
+    (out/'a'/'model.pt').unlink()
+    st = run_status(out)
+    assert st['state'] == 'damaged' and st['missing'] == ['a/model.pt missing'] and 'rerun it' in st['error'], st
+    reader = _nb(tmp_path/'r.ipynb', params_src='seed = 0\ncampar_run = None\nout_dir = None')
+    with pytest.raises(KitError, match=f'campar_run={out} is marked done but a/model.pt missing: rerun that run first'):
+        run_notebook(reader, {'campar_run': str(out)}, tmp_path/'reader', progress=False)
+    assert not (tmp_path/'reader').exists()
+    assert cli([str(nb), '--out', str(out), '--quiet']) == 0 and len(calls) == 2
+    cap = capsys.readouterr()
+    assert f'{out} was marked done but a/model.pt missing: resuming it' in cap.err and f'har-kit run: done -> {out}' in cap.out, cap
+    assert run_status(out)['state'] == 'done' and (out/'a'/'model.pt').exists() and not list(tmp_path.glob('run.old-*'))
+    (out/'metrics.json').unlink()   # resumed in place, as an unfinished run: its session is kept on record
+    assert run_notebook(nb, {}, out, progress=False) == out and len(calls) == 3 and run_status(out)['state'] == 'done'
+    assert len(load_json(out/'env.json')['sessions']) == 2

@@ -101,19 +101,23 @@ def test_bad_data_root_is_named_before_any_kernel(tmp_path, capsys):
     assert not (tmp_path/'out').exists()   # no run directory, no status: nothing started
 
 
+def _finish(r):
+    "What a finished run leaves that `execute` and status read: its metrics.json (no model entries here), then `done`."
+    r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'metrics.json').write_text('{}'); (r.out_dir/'done').write_text('')
+
+
 def test_interrupted_reproduce_resumes(tmp_path):
     runs = plan(['campar_t2'], 'quick', seeds=2, root=tmp_path)
     calls = []
     def interrupted(r, dev):
         calls.append(r.name)
         if len(calls) == 4: raise KeyboardInterrupt  # the machine goes away mid-run
-        r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
+        _finish(r)
     try: execute(runs, run_fn=interrupted, progress=False, jobs=1)
     except KeyboardInterrupt: pass
     assert len(calls) == 4
     second = []
-    status = execute(runs, run_fn=lambda r, dev: (second.append(r.name), r.out_dir.mkdir(parents=True, exist_ok=True),
-                                                  (r.out_dir/'done').write_text('')), progress=False, jobs=1)
+    status = execute(runs, run_fn=lambda r, dev: (second.append(r.name), _finish(r)), progress=False, jobs=1)
     assert len(status['skipped']) == 3 and len(second) == len(runs) - 3 == len(status['done'])
     assert calls[3] in second   # the interrupted run is redone
 
@@ -157,7 +161,7 @@ def test_status_names_failures_and_blocked_runs(tmp_path, capsys):
         if r.spec.notebook == 'campar':   # the CAM-PAR run fails; the CFAR run that needs it is blocked
             save_json(dict(error='cell 12 raised RuntimeError: out of memory', cell=12, time='t'), r.out_dir/'failed.json')
             raise RunFailed(r.out_dir, 'out of memory')
-        (r.out_dir/'done').write_text('')
+        _finish(r)
     execute(runs, run_fn=run_fn, progress=False, jobs=1)
     save_status(runs, tmp_path, 'quick')
     assert json.loads(status_path(tmp_path, 'quick').read_text())['counts']['done'] == 3
@@ -354,7 +358,7 @@ def test_force_reruns_a_done_run_after_the_run_it_reads_reruns(tmp_path, monkeyp
     import har_kit.reproduce as R
     runs = plan(['campar_t2'], 'quick', seeds=1, root=tmp_path)
     cfar = next(r for r in runs if r.spec.notebook == 'cfar'); (campar,) = [r for r in runs if r.out_dir in cfar.deps]
-    for r in runs: r.out_dir.mkdir(parents=True, exist_ok=True); (r.out_dir/'done').write_text('')
+    for r in runs: _finish(r)
     monkeypatch.setattr(R, 'stale_params', lambda r: ['epochs'] if r.out_dir == campar.out_dir else [])
     ran = []
     st = execute(runs, run_fn=lambda r, dev: ran.append(r.name), progress=False, jobs=1, force=True)
@@ -362,3 +366,21 @@ def test_force_reruns_a_done_run_after_the_run_it_reads_reruns(tmp_path, monkeyp
     ran.clear()
     st = execute(runs, run_fn=lambda r, dev: ran.append(r.name), progress=False, jobs=1)   # without --force: neither runs
     assert not ran and campar.name in st['failed'] and st['failed'][cfar.name] == 'not started: a run it needs failed', st
+
+
+def test_a_damaged_done_run_is_reported_and_rerun_before_the_run_that_reads_it(tmp_path, capsys):
+    "A run marked done that lost a model file: status says 'damaged', what is missing and the fix; reproduce reruns it "
+    "without --force (run_notebook resumes it), and the CFAR run that reads it runs after it instead of being skipped."
+    runs = plan(['campar_t2'], 'quick', seeds=1, root=tmp_path)
+    cfar = next(r for r in runs if r.spec.notebook == 'cfar'); (campar,) = [r for r in runs if r.out_dir in cfar.deps]
+    for r in runs: _finish(r)
+    from har_kit.metrics import METRICS_SCHEMA
+    save_json({'campar': {'schema': METRICS_SCHEMA, 'model_file': 'campar/model.pt'}}, campar.out_dir/'metrics.json')   # deleted since
+    save_status(runs, tmp_path, 'quick'); capsys.readouterr()
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f'damaged  {campar.name}: marked done but campar/model.pt missing: rerun it (`har-kit reproduce`' in out, out
+    assert '1 damaged of' in out and cfar.name not in out, out   # the CFAR run itself is whole: done
+    ran = []
+    st = execute(runs, run_fn=lambda r, dev: ran.append(r.name), progress=False, jobs=1)
+    assert ran == [campar.name, cfar.name] and st['done'] == ran and len(st['skipped']) == len(runs) - 2, st
