@@ -453,9 +453,9 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                     pending.remove(r); failed.add(r.out_dir)
                     status['failed'][r.name] = 'not started: a run it needs failed'; bar.update(); continue
                 if any(d in busy for d in r.deps):
-                    pending.remove(r); busy.add(r.out_dir); status['busy'].append(r.name); bar.update(); continue
+                    pending.remove(r); busy.add(r.out_dir); status['busy'].append(r.name); continue   # the bar counts runs that ended here
                 if any(d in stopped for d in r.deps):
-                    pending.remove(r); stopped.add(r.out_dir); status['interrupted'].append(r.name); bar.update(); continue
+                    pending.remove(r); stopped.add(r.out_dir); status['interrupted'].append(r.name); continue
                 if free and all(d in finished for d in r.deps):
                     fits = [d for d in dict.fromkeys(free) if free.count(d) >= gpu_slots(r, d, slots[d])]
                     if not fits: break   # it waits for a whole GPU, and the runs behind it wait with it (none starves)
@@ -472,7 +472,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                 elif isinstance(err, RunInterrupted): stopped.add(r.out_dir); status['interrupted'].append(r.name)
                 elif isinstance(err, RunBusy): busy.add(r.out_dir); status['busy'].append(r.name)
                 else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
-                bar.update()
+                if not isinstance(err, (RunInterrupted, RunBusy)): bar.update()   # finished or failed: stopped and held runs never ran
                 if on_change: on_change(status)
     bar.close()
     return status
