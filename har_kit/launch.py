@@ -376,6 +376,7 @@ def _parse_roots(pairs):
         if '=' not in p: raise KitError(f'--data-root expects NAME=PATH (e.g. wider=/data/wider), got {p!r}')
         k, v = p.split('=', 1)
         if k not in ('wider', 'rap', 'pa100k'): raise KitError(f'--data-root name must be wider, rap or pa100k, got {k!r}')
+        if k in roots: raise KitError(f'--data-root {k} is given twice ({roots[k]} and {v}): pass each dataset once')
         roots[k] = str(Path(v).expanduser().resolve())   # absolute: kernels start in their run directories
     return roots
 
@@ -452,12 +453,13 @@ def reproduce_parser() -> argparse.ArgumentParser:
     return ap
 
 # %% ../nbs/72_launch.ipynb #c040
-def _print_plan(a, runs):  # --dry-run with the local launcher
+def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))
         return 0
     print(f'# profile {a.profile}{" (smoke)" if a.smoke else ""}: {PROFILES[a.profile]["_about"]}; {len(runs)} runs')
     print(describe(runs))
+    if devices and len(devices) > 1: print(f'# --device {",".join(devices)}: each run takes one of these in turn when it starts (not the device= shown)')
     if missing_roots(runs): print(f'# needs --data-root for: {", ".join(missing_roots(runs))}')
     return 0
 
@@ -527,7 +529,11 @@ def cli(argv=None):  # the command line (None: sys.argv)
     try:
         if a.jobs is not None and a.jobs < 1:
             raise KitError(f'--jobs {a.jobs}: expected the number of runs executed at once, at least 1 (leave it out for the default)')
-        devices = a.device.split(',') if a.device else None
+        devices = [d.strip() for d in a.device.split(',')] if a.device else None
+        twice = sorted({d for d in devices or [] if devices.count(d) > 1})
+        if twice or '' in (devices or []):
+            raise KitError(f'--device {a.device}: ' + (f'{", ".join(twice)} named twice' if twice else 'an empty name')
+                           + "; name each device once, comma-separated ('cuda:0,cuda:1')")
         root = Path(a.out or outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
         if not a.dry_run: check_out(root, a.profile, where='--out' if a.out else 'outputs root')
         if a.launcher == 'local': _local_launcher_options(a)
@@ -545,7 +551,7 @@ def cli(argv=None):  # the command line (None: sys.argv)
             try: check_roots(runs, roots)   # the roots the plan reads, checked as a real run checks them; the plan is shown
             except KitError as e:           # anyway (planning for another machine), the problem said first
                 print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)
-            return _print_plan(a, runs)
+            return _print_plan(a, runs, devices)
         if missing_roots(runs):
             raise KitError(f'profile {a.profile!r} needs dataset roots: pass --data-root ' +
                            ' '.join(f'{d}=PATH' for d in missing_roots(runs)))

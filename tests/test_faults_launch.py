@@ -78,6 +78,9 @@ def test_status_creates_nothing(tmp_path, capsys):
     (['--seeds', '0'], 'seeds=0 \\(--seeds\\): expected a whole number of seeds per run, at least 1'),
     (['--seeds', '-3'], 'seeds=-3'),
     (['--device', 'tpu'], "--device: 'tpu' is not a device name"),
+    (['--device', 'cuda:0,cuda:0'], '--device cuda:0,cuda:0: cuda:0 named twice; name each device once'),
+    (['--device', 'cpu,'], '--device cpu,: an empty name'),
+    (['--data-root', 'wider=a', '--data-root', 'wider=b'], '--data-root wider is given twice'),
     (['--launcher-config', 'no-such.yaml'], '--launcher-config no-such.yaml: no such file'),
 ])
 def test_reproduce_refuses_options_that_cannot_work_before_anything(tmp_path, capsys, monkeypatch, args, message):
@@ -189,3 +192,9 @@ def test_stale_params_names_a_moved_default_and_other_data(tmp_path):
     assert stale_params(r) == [f'default {free}']
     save_json({'defaults': now, 'data': {'synthetic': 'another set'}}, r.out_dir/'env.json')
     assert r.data and stale_params(r) == ['data']
+
+
+def test_a_dry_run_over_several_devices_says_the_runs_take_them_in_turn(tmp_path, capsys):
+    from har_kit.launch import cli
+    assert cli(['dahar_t1', '--profile', 'quick', '--out', str(tmp_path/'o'), '--dry-run', '--device', 'cpu,auto']) == 0
+    assert '# --device cpu,auto: each run takes one of these in turn when it starts' in capsys.readouterr().out
