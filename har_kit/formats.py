@@ -20,9 +20,9 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout',
            'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root', 'mask_home',
            'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
-           'clip_box', 'box_mask', 'image_problem', 'load_rgb', 'collect_images', 'check_images', 'save_image',
-           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
-           'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
+           'clip_box', 'box_mask', 'image_problem', 'pil_rgb', 'load_rgb', 'collect_images', 'check_images',
+           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
+           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -295,24 +295,29 @@ def image_problem(path):  # image file
     return None
 
 # %% ../nbs/02_formats.ipynb #c055
+def pil_rgb(im,             # a PIL image (opened from a file, or made in memory)
+            where='image',  # names it in errors: the file, or e.g. 'images[3]'
+            photo=False):   # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
+    "A PIL image as a uint8 (H, W, 3) RGB array: any mode PIL converts, 16-bit grey scaled to 8 bits, float images refused."
+    if photo:
+        with contextlib.suppress(Exception): im = ImageOps.exif_transpose(im)   # malformed EXIF: the stored pixels
+    if photo and ('A' in im.getbands() or 'transparency' in im.info):   # RGB alone would show what the alpha hides
+        alpha = np.asarray(im.convert('RGBA'))[..., 3]
+        if (alpha < 255).any():
+            raise KitError(f'{where}: {(alpha < 255).mean():.0%} of its pixels are transparent; flatten it onto the background '
+                           'you mean (e.g. PIL: Image.alpha_composite(white, img).convert("RGB")) and pass that')
+    if im.mode in _REFUSED: raise KitError(f'{where}: mode {im.mode} (floating-point pixels) is not supported; convert it to 8-bit RGB')
+    if im.mode in _SIXTEEN:
+        a = np.asarray(im, dtype=np.int64)
+        if a.min() < 0 or a.max() > 65535: raise KitError(f'{where}: {im.mode} pixels outside 0..65535; convert it to 8-bit RGB')
+        return np.repeat((a >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(im.convert('RGB'))
+
 def load_rgb(path,          # image file
-             photo=False):  # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
-    "The image as a uint8 (H, W, 3) RGB array: 16-bit grey scaled to 8 bits, float images refused; `KitError` naming the file."
+             photo=False):  # as `pil_rgb`
+    "The image file as a uint8 (H, W, 3) RGB array (`pil_rgb`); `KitError` naming the file."
     try:
-        with Image.open(path) as im:
-            if photo:
-                with contextlib.suppress(Exception): im = ImageOps.exif_transpose(im)   # malformed EXIF: the stored pixels
-            if photo and ('A' in im.getbands() or 'transparency' in im.info):   # RGB alone would show what the alpha hides
-                alpha = np.asarray(im.convert('RGBA'))[..., 3]
-                if (alpha < 255).any():
-                    raise KitError(f'{path}: {(alpha < 255).mean():.0%} of its pixels are transparent; flatten it onto the background '
-                                   'you mean (e.g. PIL: Image.alpha_composite(white, img).convert("RGB")) and pass that file')
-            if im.mode in _REFUSED: raise KitError(f'{path}: mode {im.mode} (floating-point pixels) is not supported; convert it to 8-bit RGB')
-            if im.mode in _SIXTEEN:
-                a = np.asarray(im, dtype=np.int64)
-                if a.min() < 0 or a.max() > 65535: raise KitError(f'{path}: {im.mode} pixels outside 0..65535; convert it to 8-bit RGB')
-                return np.repeat((a >> 8).astype(np.uint8)[..., None], 3, axis=2)
-            return np.asarray(im.convert('RGB'))
+        with Image.open(path) as im: return pil_rgb(im, path, photo)
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 

@@ -280,6 +280,7 @@ def check_attributes(attributes,  # the model's attribute names
                      expected,    # the names a caller needs (None: no check)
                      where):      # the model file, named in errors
     "Raise `KitError` when a model's attribute list differs from `expected`."
+    if isinstance(expected, str): raise KitError(f'attributes={expected!r}: pass a list of names, e.g. [{expected!r}], not one string')
     if expected is None or list(expected) == list(attributes): return
     a, e = list(attributes), list(expected)
     missing, unknown = [x for x in e if x not in a], [x for x in a if x not in e]

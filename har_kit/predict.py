@@ -13,7 +13,8 @@ from fastcore.basics import patch
 from tqdm import tqdm
 
 from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
-from .formats import check_images, collect_images, load_rgb
+from PIL.Image import Image as PILImage
+from .formats import check_images, collect_images, load_rgb, pil_rgb
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
@@ -91,6 +92,7 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
             notices.append(f'{src} names no threshold for {len(missing)} attribute(s), which keep {DEFAULT_THRESHOLD:g}: '
                            + ', '.join(missing))
     else:
+        if _is_bool(spec): raise KitError(f'threshold={spec!r}: a boolean is not a threshold; pass a number in [0, 1]')
         t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
     bad = [j for j in range(C) if not 0 <= t[j] <= 1]
     if bad: raise KitError(f'threshold {spec!r:.120}: thresholds must lie in [0, 1], but {names[bad[0]]!r} gets {t[bad[0]]:g}'
@@ -116,9 +118,13 @@ def preprocess(image,         # (H, W, 3) uint8 RGB
 # %% ../nbs/81_predict.ipynb #c015
 def array_rgb(image,               # an in-memory image (numpy array, or anything `np.asarray` takes)
               where='image'):      # names it in errors, e.g. 'images[3]'
-    "A (H, W, 3) uint8 RGB array from an unambiguous in-memory image (RGB or greyscale uint8); else a `KitError` saying what to pass."
+    "A (H, W, 3) uint8 RGB array from a PIL image (as `load_rgb` reads a file) or an unambiguous array (RGB or greyscale uint8); else a `KitError` saying what to pass."
+    if isinstance(image, PILImage): return pil_rgb(image, where, photo=True)   # its mode says what its values are
     a = np.asarray(image)
     what = f'{where} (shape {a.shape}, dtype {a.dtype})'
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):
+        raise KitError(f'{what}: channels first? pass (H, W, 3), e.g. `x.permute(1, 2, 0)` for a tensor or '
+                       '`x.transpose(1, 2, 0)` for an array')
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)) or min(a.shape[:2], default=0) < 1:
         raise KitError(f'{what}: expected an image array (H, W, 3) RGB or (H, W) greyscale, uint8 0..255; '
                        'or pass the image file')
@@ -170,7 +176,7 @@ def default_variant(path,          # a model file, variant directory or run dire
 def _image_list(images):  # `images` of `Predictor.probabilities` / `predict`: one image or an iterable of them
     "A list of images: one path, one PIL image or one (H, W[, 1 | 3 | 4]) array is a list of one, not its characters or rows."
     shape = tuple(getattr(images, 'shape', ()))   # a numpy array or a tensor
-    one_array = len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
+    one_array = len(shape) == 2 or (len(shape) == 3 and (shape[2] in (1, 3, 4) or shape[0] in (1, 3)))   # (3, H, W): refused by array_rgb
     return [images] if isinstance(images, (str, Path)) or hasattr(images, 'getpixel') or one_array else list(images)
 
 class _Images(torch.utils.data.Dataset):
@@ -214,7 +220,8 @@ class Predictor:
         if synthetic: self.notices.append(f'{self.loaded.path} was trained on the synthetic {synthetic} set (its run has no data_root): '
                                           'its decisions on real photographs say nothing; train on real data (-p data_root) to use it')
         for n in self.notices: print(f'note: {n}', file=sys.stderr)
-        if not (isinstance(batch_size, int) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
+        if _is_bool(batch_size) or not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
+        batch_size = int(batch_size)
         self.batch_size = batch_size
 
     def tensor(self, images):  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)

@@ -594,3 +594,24 @@ def test_a_model_trained_on_a_synthetic_set_says_so(tmp_path, images, model_file
     save_json({'data_root': '/data/RAP', 'dataset': 'rap'}, run/'params.json')
     Predictor(model_file)
     assert 'synthetic' not in capsys.readouterr().err
+
+
+def test_in_memory_images_are_read_as_a_file_of_their_kind_would_be(tmp_path, model_file):
+    "A PIL image of any mode is converted as its file would be; a (3, H, W) tensor is refused, not read as three grey images."
+    from PIL import Image
+    p = Predictor(model_file, device='cpu')
+    rgb = np.random.default_rng(1).integers(0, 255, (48, 24, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).quantize(32); pal.save(tmp_path/'pal.png')   # palette indices are not grey levels
+    np.testing.assert_allclose(p.probabilities(pal, progress=False), p.probabilities([tmp_path/'pal.png'], progress=False), atol=1e-6)
+    ycc = Image.fromarray(rgb).convert('YCbCr')   # its planes are not R, G and B
+    np.testing.assert_allclose(p.probabilities(ycc, progress=False), p.probabilities(np.asarray(ycc.convert('RGB')), progress=False), atol=1e-6)
+    for chw in (torch.from_numpy(rgb).permute(2, 0, 1), rgb.transpose(2, 0, 1)):
+        with pytest.raises(KitError, match=r'channels first\? pass \(H, W, 3\)'): p.probabilities(chw, progress=False)
+
+
+def test_booleans_and_strings_where_numbers_and_lists_belong_are_refused(model_file):
+    lm = load_model(model_file)
+    for t in (True, np.True_):
+        with pytest.raises(KitError, match='a boolean is not a threshold'): Predictor(lm, threshold=t)
+    with pytest.raises(KitError, match=r"attributes='hat': pass a list of names, e\.g\. \['hat'\]"): Predictor(model_file, attributes='hat')
+    assert Predictor(lm, batch_size=np.int64(8)).batch_size == 8
