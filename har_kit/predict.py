@@ -370,7 +370,12 @@ def cli(argv=None):  # arguments after `har-kit predict`
             csv_path, json_path = write_predictions(records, pred, out)
             print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
             if a.explain:
-                pngs = explain(pred, images, out/EXPLAIN_DIR, a.max_attributes, progress=not a.quiet)
+                try: pngs = explain(pred, images, out/EXPLAIN_DIR, a.max_attributes, progress=not a.quiet)
+                except BaseException:   # Ctrl-C or a failure part way: this command's outputs go (all it wrote), none half-done
+                    clear_previous(out)
+                    print(f'har-kit predict: stopped while explaining; removed its predictions and figures from {out}: '
+                          'rerun the same command', file=sys.stderr)
+                    raise
                 print(f'explanations: {len(pngs)} figures in {out/EXPLAIN_DIR}')
     except KitError as e:
         print(f'har-kit predict: {e}', file=sys.stderr); return 2

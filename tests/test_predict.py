@@ -615,3 +615,16 @@ def test_booleans_and_strings_where_numbers_and_lists_belong_are_refused(model_f
         with pytest.raises(KitError, match='a boolean is not a threshold'): Predictor(lm, threshold=t)
     with pytest.raises(KitError, match=r"attributes='hat': pass a list of names, e\.g\. \['hat'\]"): Predictor(model_file, attributes='hat')
     assert Predictor(lm, batch_size=np.int64(8)).batch_size == 8
+
+
+def test_a_predict_stopped_while_explaining_leaves_nothing_and_reruns(tmp_path, images, model_file, monkeypatch, capsys):
+    "Ctrl-C part way through the figures: no predictions beside a part of their figures; the same command then runs."
+    import har_kit.predict as P
+    real, out = P.explain, tmp_path/'o'
+    def stop_after_one(pred, imgs, where, *a, **k):
+        real(pred, imgs[:1], where, *a, **k); raise KeyboardInterrupt
+    monkeypatch.setattr(P, 'explain', stop_after_one)
+    with pytest.raises(KeyboardInterrupt): cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet'])
+    assert 'removed its predictions and figures' in capsys.readouterr().err and P.previous_outputs(out) == []
+    monkeypatch.setattr(P, 'explain', real)
+    assert cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet']) == 0
