@@ -4,7 +4,7 @@
 
 # %% ../nbs/82_export.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, io, json, math, sys, warnings
+import argparse, contextlib, copy, io, json, math, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,8 @@ def export_model(model,                # model file / run dir, or a LoadedModel
     side = out.with_name(out.name + '.json')
     try: meta = to_jsonable(_sidecar(lm, format), side.name)   # the sidecar checked before any file is written
     except KitError as e: raise KitError(f'{src}: {e}; nothing written: export a model with finite thresholds, mean and std') from None
-    wrapper = ProbabilityModel(lm.model.cpu().eval()).eval()
+    net = copy.deepcopy(lm.model) if lm is model else lm.model   # a caller's model (a Predictor's, on its GPU) stays as it was
+    wrapper = ProbabilityModel(net.cpu().eval()).eval()
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
     with atomic_path(out) as tmp:
