@@ -17,7 +17,7 @@ from fastcore.basics import patch
 
 from .core import KitError, load_json, seed_everything
 from .backbones import check_arch
-from .cfar_factors import check_confidences, fit_latent_factors
+from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
 from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig
 from .campar import campar_model_file
@@ -361,7 +361,8 @@ class CFARRunConfig(RunConfig):
     device: str = 'cpu'                 # where phase 1 runs: 'cpu', 'cuda', 'auto' (phase 2 is tiny: the CPU)
 
     def __post_init__(self):
-        super().__post_init__()   # the parameters' ranges (`RunConfig`)
+        check_p_t(self.p_t); check_als_tol(self.als_tol)   # what the ALS fit would refuse after phase 1 (`50_cfar_factors`), now
+        super().__post_init__()   # the parameters' ranges (`RunConfig`: phase2_epochs at least 1, phase2_lr above 0, ...)
         check_arch(self.arch)
         self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)

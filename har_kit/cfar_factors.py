@@ -13,8 +13,9 @@ from tqdm import tqdm
 from .core import KitError
 
 # %% auto #0
-__all__ = ['check_confidences', 'preference_confidence', 'confidence_matrix', 'eq18_objective', 'eq18_gradient', 'als_reference',
-           'LatentFactors', 'fit_latent_factors', 'implicit_loss_to_eq18', 'benchmark_als']
+__all__ = ['check_confidences', 'check_p_t', 'check_als_tol', 'preference_confidence', 'confidence_matrix', 'eq18_objective',
+           'eq18_gradient', 'als_reference', 'LatentFactors', 'fit_latent_factors', 'implicit_loss_to_eq18',
+           'benchmark_als']
 
 # %% ../nbs/50_cfar_factors.ipynb #c007
 def check_confidences(r,           # (N, M) array of phase-1 confidences sigma(l_specific)
@@ -34,12 +35,24 @@ def check_confidences(r,           # (N, M) array of phase-1 confidences sigma(l
     return r
 
 # %% ../nbs/50_cfar_factors.ipynb #c008
+def check_p_t(p_t):  # the preference threshold p^t of Eq. 17
+    "`p_t`, or a `KitError`: Eq. 17's p = 1[r >= p_t] compares sigmoid outputs r in [0, 1], so a threshold outside [0, 1] only repeats an end (below 0: every entry preferred, as at 0; above 1: none)."
+    if not (isinstance(p_t, (int, float, np.number)) and not isinstance(p_t, bool) and 0 <= p_t <= 1):
+        raise KitError(f'p_t={p_t!r}: the preference threshold of Eq. 17 must lie in [0, 1] (it compares sigmoid outputs r; the default 0.5)')
+    return p_t
+
+def check_als_tol(tol):  # the relative change of Eq. 18 ALS stops at, or None
+    "`tol`, or a `KitError`: ALS stops when Eq. 18's relative change falls under a number > 0 (0 never stops before the last sweep)."
+    if tol is not None and not (isinstance(tol, (int, float, np.number)) and not isinstance(tol, bool) and tol > 0):
+        raise KitError(f'als_tol={tol!r}: use a relative change > 0 (e.g. 1e-4), or None for a fixed number of sweeps')
+    return tol
+
 def preference_confidence(r,           # (N, M) confidences in [0, 1]
                           p_t=0.5,     # preference threshold p^t
                           alpha=10.):  # confidence slope alpha
     "Eq. 17: preferences p = 1[r >= p_t] and confidences c = 1 + alpha r, as dense (N, M) float64 arrays."
     r = check_confidences(r)
-    if not 0 <= p_t <= 1: raise KitError(f'p_t={p_t}: the preference threshold of Eq. 17 must lie in [0, 1]')
+    check_p_t(p_t)
     if not (math.isfinite(alpha) and alpha >= 0): raise KitError(f'alpha={alpha}: Eq. 17 needs a finite alpha >= 0 (c >= 1)')
     return (r >= p_t).astype(np.float64), 1 + alpha * r
 
@@ -132,7 +145,7 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
     if not (isinstance(factors, (int, np.integer)) and factors >= 1): raise KitError(f'factors={factors}: D must be an integer >= 1')
     if not regularization >= 0: raise KitError(f'regularization={regularization}: lambda of Eq. 18 must be >= 0')
     if not (isinstance(iterations, (int, np.integer)) and iterations >= 1): raise KitError(f'iterations={iterations}: ALS needs an integer >= 1 sweeps')
-    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0): raise KitError(f'als_tol={tol!r}: use a relative change > 0 (e.g. 1e-4), or None for a fixed number of sweeps')
+    check_als_tol(tol)
     cui = confidence_matrix(r, p_t, alpha)
     never = [int(j) for j in np.flatnonzero((r >= p_t).sum(0) == 0)]
     if never: warnings.warn(f'attributes {never} have r < p_t={p_t} for every training image: their factors only learn '

@@ -20,9 +20,9 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES',
-           'BELOW_ONE', 'model_digest', 'register_builder', 'save_model', 'LoadedModel', 'find_model_file',
-           'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch', 'selection_study',
-           'check_range', 'RunConfig', 'Recipe', 'train_variant']
+           'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
+           'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
+           'selection_study', 'check_range', 'RunConfig', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -376,11 +376,13 @@ def selection_study(history,        # epoch records with val_<metric> and <score
 # %% ../nbs/09_model_file.ipynb #c042
 POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
-            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes')
-NON_NEGATIVE = ('phase2_epochs', 'check_epochs', 'num_workers', 'seed', 'warmup', 'lr', 'phase2_lr',
+            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes',
+            'phase2_epochs')   # CFAR's fc_2: 0 epochs would score phase 1 as the +CFAR row
+NON_NEGATIVE = ('check_epochs', 'num_workers', 'seed', 'warmup', 'lr',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb',
                 'grad_clip', 'num_threads', 'max_distort')   # num_threads 0: implicit's "all cores"
-GREATER_THAN_ZERO = ('scale',)      # a size factor: 0 or below gives no image, not a training problem
+GREATER_THAN_ZERO = ('scale',      # a size factor: 0 or below gives no image, not a training problem
+                     'phase2_lr')   # CFAR's fc_2 (Adam): the engine refuses a learning rate of 0
 AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
            'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30
            'batch_size': 4096, 'num_workers': 256,
@@ -391,15 +393,18 @@ AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-
 CHOICES = {'partition': tuple(range(RAP_PARTITIONS)),   # RAP v1's five train/test partitions
            'dataset': DATASET_KINDS}                     # the dataset kinds with a reader (the registry itself: kinds added later count)
 BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
+BELOW_NOTES = {'phase2_epochs': "0 trains no fc_2: the +CFAR and control rows would be phase 1's own, fc_2's identity start",
+               'phase2_lr': "Adam's step size: at 0 fc_2 would stay at its start"}   # why a lower bound holds
 
 def check_range(name,     # a parameter's name
                 value,    # its value
                 bad):     # what makes the KitError from the complaint: `bad('must be at least 1, got 0')`
     "`value`, or the error of a number outside its parameter's range (the rules above; other values pass)."
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}')
-        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}')
-        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}')
+        why = f' ({BELOW_NOTES[name]})' if name in BELOW_NOTES else ''
+        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}{why}')
+        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}{why}')
+        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}{why}')
         if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
         if name in AT_MOST and value > AT_MOST[name]: raise bad(f'must be at most {AT_MOST[name]!r}, got {value!r}')
         if name in BELOW_ONE and value >= 1: raise bad(f'must be below 1, got {value!r} (it would diverge, not train)')

@@ -91,6 +91,10 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('campar', {'epochs': 10**9}, "'epochs': must be at most 1000"),
     ('dahar', {'batch_size': 10**12}, "'batch_size': must be at most 4096"),
     ('cfar', {'num_threads': 99999}, "'num_threads': must be at most"),
+    ('cfar', {'p_t': 1.5}, r"p_t=1.5: the preference threshold of Eq. 17 must lie in \[0, 1\]"),   # refused after phase 1 before
+    ('cfar', {'als_tol': 0}, r"als_tol=0(\.0)?: use a relative change > 0"),
+    ('cfar', {'phase2_lr': 0}, "'phase2_lr': must be above 0"),
+    ('cfar', {'phase2_epochs': 0}, "'phase2_epochs': must be at least 1, got 0 \\(0 trains no fc_2"),
     ('campar', {'partition': 7}, "'partition': must be one of 0, 1, 2, 3, 4, got 7 \\(RAP v1's five train/test partitions\\)"),
     ('dahar', {'partition': 5}, "'partition': must be one of 0, 1, 2, 3, 4"),     # recorded but ignored on WIDER before
     ('dahar', {'lr_step': 0}, "'lr_step': must be at least 1"),                  # StepLR's ZeroDivisionError
@@ -120,7 +124,13 @@ def test_the_training_code_refuses_them_too():
     ('DaHarConfig', 'seed', -1, "DaHarConfig 'seed': must be at least 0"),             # numpy's error otherwise
     ('CamParConfig', 'epochs', 0, "CamParConfig 'epochs': must be at least 1"),
     ('CamParConfig', 'grad_clip', -1.0, "CamParConfig 'grad_clip': must be at least 0"),
-    ('CFARRunConfig', 'phase2_lr', -0.1, "CFARRunConfig 'phase2_lr': must be at least 0"),
+    ('CFARRunConfig', 'phase2_lr', -0.1, "CFARRunConfig 'phase2_lr': must be above 0"),
+    ('CFARRunConfig', 'phase2_lr', 0.0, "CFARRunConfig 'phase2_lr': must be above 0"),        # TrainConfig's error after phase 1 otherwise
+    ('CFARRunConfig', 'phase2_epochs', 0, "'phase2_epochs': must be at least 1, got 0 \\(0 trains no fc_2"),          # +CFAR rows = phase 1's, silently, otherwise
+    ('CFARRunConfig', 'phase2_epochs', -1, "CFARRunConfig 'phase2_epochs': must be at least 1"),
+    ('CFARRunConfig', 'p_t', 1.5, r"p_t=1.5: the preference threshold of Eq. 17 must lie in \[0, 1\]"),   # the ALS fit's message
+    ('CFARRunConfig', 'p_t', -0.1, r"p_t=-0.1: the preference threshold of Eq. 17 must lie in \[0, 1\]"),
+    ('CFARRunConfig', 'als_tol', 0.0, r"als_tol=0.0: use a relative change > 0"),              # the ALS fit's message
 ])
 def test_configs_built_in_python_refuse_what_the_cli_refuses(config, field, value, message):
     "The Python route (`train_variant(Recipe(Config(...)))`) checks the same ranges as `har-kit run`."
@@ -135,6 +145,7 @@ def test_config_specific_messages_come_first_and_documented_values_pass():
     from har_kit.cfar import CFARRunConfig
     from har_kit.dahar_train import DaHarConfig
     assert CFARRunConfig(num_threads=0).num_threads == 0                      # documented: 0 = implicit's all cores
+    assert (CFARRunConfig(p_t=0.0).p_t, CFARRunConfig(p_t=1.0).p_t) == (0.0, 1.0)   # Eq. 17's threshold on r in [0, 1]: both ends
     with pytest.raises(KitError, match='0 = no mask supervision'): DaHarConfig(mask_weight=-1.0)
     with pytest.raises(KitError, match=r'must lie in \[0, 1\]'): DaHarConfig(mix=-0.5)
 
