@@ -252,11 +252,13 @@ def _plain_info(info):  # fit information: numbers, lists, strings
 
 # %% ../nbs/51_cfar.ipynb #c034
 def fit_dictionary(l_specific,           # (N, M) frozen phase-1 logits of the training images
-                   config: CFARConfig):  # hyperparameters
+                   config: CFARConfig,   # hyperparameters
+                   names=None):          # the M attribute names (warnings name them; None: their indices)
     "Phase 2's fixed part: factors (Eq. 17-18), dictionary (Fig. 6) and r_hat (Eq. 19; zeros for the control): (factors, dictionary, r_hat)."
     c = config
     r = check_confidences(expit(l_specific), 'expit(l_specific)')
-    lf = fit_latent_factors(r, c.factors, c.regularization, c.alpha, c.p_t, c.iterations, c.use_cg, c.seed, c.num_threads, tol=c.tol)
+    lf = fit_latent_factors(r, c.factors, c.regularization, c.alpha, c.p_t, c.iterations, c.use_cg, c.seed, c.num_threads, tol=c.tol,
+                            names=names)
     d = build_dictionary(r, lf.x_f, c.n_prototypes, c.seed)
     return lf, d, infer_confidence(d, lf.y_f, r) if c.use_r_hat else np.zeros_like(r)
 
@@ -389,7 +391,7 @@ class CFARRecipe(Recipe):
 
     def build(self, variant):  # '<phase1>_cfar' or the control '<phase1>_fc2'
         c = self.config.cfar_config(use_r_hat=variant == f'{self.config.phase1_variant}_cfar')
-        lf, d, r_hat = fit_dictionary(self.outputs['train']['l_specific'], c)
+        lf, d, r_hat = fit_dictionary(self.outputs['train']['l_specific'], c, self.data.attributes)
         seed_everything(c.seed)
         head = CFARHead(r_hat.shape[1], c.init)
         self._parts[variant] = (c, lf, d, r_hat, head)

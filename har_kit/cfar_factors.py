@@ -138,7 +138,8 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
                        dtype=np.float32,    # factor precision (float64 for the exactness test)
                        init=None,           # optional (x_f, y_f) starting factors
                        progress=False,      # a tqdm bar over the sweeps (with `tol`)
-                       tol=None):           # stop when |J_prev - J| / J_prev < tol (Eq. 18's J); None: `iterations` sweeps
+                       tol=None,            # stop when |J_prev - J| / J_prev < tol (Eq. 18's J); None: `iterations` sweeps
+                       names=None):         # the M attribute names (the never-preferred warning names them; None: their indices)
     "Minimise Eq. 18 with implicit's CPU ALS (images = users, attributes = items) on `confidence_matrix`."
     from threadpoolctl import threadpool_limits
     r = check_confidences(r)
@@ -146,10 +147,12 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
     if not regularization >= 0: raise KitError(f'regularization={regularization}: lambda of Eq. 18 must be >= 0')
     if not (isinstance(iterations, (int, np.integer)) and iterations >= 1): raise KitError(f'iterations={iterations}: ALS needs an integer >= 1 sweeps')
     check_als_tol(tol)
+    if names is not None and len(names) != r.shape[1]:
+        raise KitError(f'names: {len(names)} attribute names for {r.shape[1]} columns of r; pass the names of r\'s attributes, in order')
     cui = confidence_matrix(r, p_t, alpha)
     never = [int(j) for j in np.flatnonzero((r >= p_t).sum(0) == 0)]
-    if never: warnings.warn(f'attributes {never} have r < p_t={p_t} for every training image: their factors only learn '
-                            '"absent" (r_hat ~ 0); fc_2 still sees their l_specific')
+    if never: warnings.warn(f'attributes {", ".join(str(names[j]) for j in never) if names is not None else never} have r < p_t={p_t} '
+                            'for every training image: their factors only learn "absent" (r_hat ~ 0); fc_2 still sees their l_specific')
     objective = lambda: eq18_objective(r, als.user_factors, als.item_factors, p_t, alpha, regularization)
     with threadpool_limits(1, 'blas'):
         from implicit.cpu.als import AlternatingLeastSquares

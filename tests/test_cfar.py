@@ -78,6 +78,18 @@ def test_bad_hyperparameters():
     with pytest.raises(KitError, match='rows'): cfar.build_dictionary(r, lf.x_f[:5], n_prototypes=3)
 
 
+def test_never_positive_warning_names_the_attribute():
+    "Given the attribute names (a run's recipe passes them), the warning names the attribute, not its index."
+    r = _grid_r(); r[:, 2] = np.minimum(r[:, 2], .3)
+    with pytest.warns(UserWarning, match=r'attributes Hat have r < p_t=0.5'):
+        lf = cf.fit_latent_factors(r, 3, num_threads=1, iterations=2, names=['a', 'b', 'Hat', 'c', 'd', 'e'])
+    assert lf.never_positive == [2]
+    with pytest.raises(KitError, match='names: 2 attribute names for 6 columns'): cf.fit_latent_factors(r, 3, names=['a', 'b'])
+    with pytest.warns(UserWarning, match=r'attributes Hat have'):
+        cfar.fit_dictionary(np.log(r.clip(1e-6, 1 - 1e-6) / (1 - r.clip(1e-6, 1 - 1e-6))),
+                            cfar.CFARConfig(num_threads=1, iterations=2, tol=None, n_prototypes=3), ['a', 'b', 'Hat', 'c', 'd', 'e'])
+
+
 def test_never_positive_attribute_is_documented_not_fatal():
     r = _grid_r(); r[:, 2] = np.minimum(r[:, 2], .3)
     with pytest.warns(UserWarning, match=r'\[2\]'):
