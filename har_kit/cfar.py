@@ -426,9 +426,16 @@ def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its
                                  never_positive=[names[j] for j in info['never_positive']]))
 
 # %% ../nbs/51_cfar.ipynb #c057
+def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
+    "The `ignore_unspecified` a CAM-PAR run trained with, read from its `_meta.unspecified` (None: not recorded)."
+    if isinstance(meta.get('ignore_unspecified'), bool): return meta['ignore_unspecified']
+    u = meta.get('unspecified')
+    if not isinstance(u, str): return None
+    return True if u.startswith('ignored') else False if u.startswith('negative') else None
+
 def check_phase1_run(campar_run,   # a `har-kit run campar` directory
-                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`)
-    "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given: it trained on other data."
+                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`), ignore_unspecified
+    "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given (it trained on other data, or with another `ignore_unspecified`), naming the parameters that fix it."
     m = Path(campar_run)/'metrics.json'
     if not m.is_file():
         raise KitError(f'campar_run={campar_run}: no metrics.json there; pass the directory of a finished `har-kit run campar`')
@@ -436,12 +443,33 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
     if not isinstance(meta, dict):
         raise KitError(f'{m}: records no `_meta` (what the run trained on) to check against; rerun that CAM-PAR run with this kit')
     same = lambda k, a, b: (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve()) if k == 'data_root' else a == b
-    keys = [k for k, v in expected.items() if not same(k, meta.get(k), v)]
+    keys = [k for k, v in expected.items() if k != 'ignore_unspecified' and not same(k, meta.get(k), v)]
+    p = lambda k, v: f'-p {k} {"null" if v is None else shlex.quote(str(v))}'
     if keys:
-        bad, its = [f'{k} {meta.get(k)!r} there, {expected[k]!r} here' for k in keys], [(k, meta.get(k)) for k in keys]
+        bad, fix, root = [], [], meta.get('data_root')
+        for k in keys:
+            if k == 'profile' and root is not None:   # a real dataset there, the synthetic set here (no data_root given)
+                bad.append(f'the real dataset at {root} there, the synthetic set (profile {expected[k]!r}) here')
+                fix.append(p('data_root', root))
+                if meta.get('dataset') == 'rap' and meta.get('partition') is not None: fix.append(p('partition', meta['partition']))
+            elif k == 'data_root' and root is None:   # the synthetic set there, a real dataset here
+                bad.append(f'the synthetic set (profile {meta.get("profile")!r}) there, the real dataset at {expected[k]} here')
+                fix.append(p('data_root', None) + (f' {p("profile", meta["profile"])}' if meta.get('profile') is not None else ''))
+            else:
+                bad.append(f'{k} {meta.get(k)!r} there, {expected[k]!r} here'); fix.append(p(k, meta.get(k)))
         raise KitError(f'campar_run={campar_run} trained on other data than this run scores ({"; ".join(bad)}): its training '
                        'images may be in this test split; pass the CAM-PAR run of the same dataset, data_root, partition and '
-                       'scale, or score that run\'s data: ' + ' '.join(f'-p {k} {"null" if v is None else shlex.quote(str(v))}' for k, v in its))
+                       'scale, or score that run\'s data: ' + ' '.join(fix))
+    if 'ignore_unspecified' in expected:
+        there, here = _recorded_ignore_unspecified(meta), bool(expected['ignore_unspecified'])
+        if there is None:
+            raise KitError(f'{m}: records no `unspecified` (the ignore_unspecified it trained with) to check against; rerun that '
+                           'CAM-PAR run with this kit')
+        if there != here:
+            raise KitError(f'campar_run={campar_run} was trained with ignore_unspecified={there} (its metrics.json: unspecified labels '
+                           f'{meta.get("unspecified")!r}), this run has ignore_unspecified={here}: its phase-1 row would score that model '
+                           'otherwise than that run\'s own row, and Loss_2 would read unspecified labels otherwise than phase 1\'s L; '
+                           f'pass {p("ignore_unspecified", str(there).lower())}, or a CAM-PAR run trained with ignore_unspecified={here}')
 
 # %% ../nbs/51_cfar.ipynb #c063
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR

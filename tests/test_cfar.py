@@ -219,6 +219,45 @@ def test_phase1_run_must_have_trained_on_the_data_scored(tmp_path):
                     (dict(scale=0.5), 'scale 1.0 there, 0.5 here'), (dict(dataset='pa100k'), "dataset 'rap' there")):
         with pytest.raises(KitError, match=msg): check_phase1_run(run, **{**dict(dataset='rap', data_root=str(root), partition=0, scale=1.0), **kw})
     with pytest.raises(KitError, match='no metrics.json'): check_phase1_run(tmp_path/'missing', dataset='rap')
-    with pytest.raises(KitError, match="profile 'quick' there, 'tiny' here"): check_phase1_run(run, dataset='rap', profile='tiny')
+    with pytest.raises(KitError, match=f"the real dataset at {root} there, the synthetic set \\(profile 'tiny'\\) here"):
+        check_phase1_run(run, dataset='rap', profile='tiny')
     save_json({'variants': ['baseline']}, run/'metrics.json')
     with pytest.raises(KitError, match='records no `_meta`'): check_phase1_run(run, dataset='rap')
+
+
+def test_a_real_data_phase1_run_asks_for_its_data_root_not_a_profile(tmp_path):
+    "A CAM-PAR run that read a real dataset (profile 'real' recorded) refused for a CFAR run on the synthetic set: the fix offered is its data_root, which then passes."
+    from har_kit.cfar import check_phase1_run
+    from har_kit.core import save_json
+    run, root = tmp_path/'campar', tmp_path/'pa100k'
+    save_json({'_meta': dict(dataset='pa100k', profile='real', data_root=str(root), partition=None, scale=0.25,
+                             unspecified='negative in loss and metric (WIDER mAP: ignored, its protocol)')}, run/'metrics.json')
+    with pytest.raises(KitError) as e: check_phase1_run(run, dataset='pa100k', scale=0.25, profile='tiny', ignore_unspecified=False)
+    msg = str(e.value)
+    assert f'the real dataset at {root} there' in msg and f"score that run's data: -p data_root {root}" in msg, msg
+    assert '-p profile' not in msg and 'partition' not in msg.split("data: ")[-1], msg   # profile 'real' is no profile a run takes
+    check_phase1_run(run, dataset='pa100k', scale=0.25, data_root=str(root), ignore_unspecified=False)   # following the new one passes
+    # the converse: a phase-1 run of the synthetic set, a real data_root here
+    save_json({'_meta': dict(dataset='rap', profile='quick', data_root=None, partition=0, scale=0.25)}, run/'metrics.json')
+    with pytest.raises(KitError, match=f"the synthetic set \\(profile 'quick'\\) there, the real dataset at {root} here.*"
+                                       "-p data_root null -p profile quick"):
+        check_phase1_run(run, dataset='rap', scale=0.25, data_root=str(root), partition=0)
+    check_phase1_run(run, dataset='rap', scale=0.25, profile='quick')
+
+
+@pytest.mark.parametrize('there, recorded', [(False, 'negative in loss and metric (WIDER mAP: ignored, its protocol)'),
+                                             (True, 'ignored in loss and metric')])
+def test_phase1_run_of_another_ignore_unspecified_is_refused(tmp_path, there, recorded):
+    "CFAR's phase-1 row and Loss_2 read unspecified labels by this run's ignore_unspecified: a CAM-PAR run trained with the other is refused, naming both and the fix."
+    from har_kit.cfar import check_phase1_run
+    from har_kit.core import save_json
+    run = tmp_path/'campar'
+    meta = dict(dataset='rap', profile='tiny', data_root=None, partition=0, scale=0.25)
+    save_json({'_meta': {**meta, 'unspecified': recorded}}, run/'metrics.json')
+    check_phase1_run(run, dataset='rap', scale=0.25, profile='tiny', ignore_unspecified=there)
+    with pytest.raises(KitError, match=f'trained with ignore_unspecified={there} .*this run has ignore_unspecified={not there}: .*'
+                                       f'pass -p ignore_unspecified {str(there).lower()}, or a CAM-PAR run trained with ignore_unspecified={not there}'):
+        check_phase1_run(run, dataset='rap', scale=0.25, profile='tiny', ignore_unspecified=not there)
+    save_json({'_meta': meta}, run/'metrics.json')   # nothing recorded: nothing to trust
+    with pytest.raises(KitError, match='records no `unspecified`'): check_phase1_run(run, dataset='rap', ignore_unspecified=False)
+    check_phase1_run(run, dataset='rap', scale=0.25)   # not asked: not compared
