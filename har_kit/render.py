@@ -10,12 +10,13 @@ from pathlib import Path
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
 from .core import KitError, atomic_write, load_json, outputs_root
 from .metrics import entry_value, read_metrics
-from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs
+from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs, spec_dir
 
 # %% auto #0
 __all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'left_out', 'paper_partition',
-           'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex',
-           'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction', 'plot_curves']
+           'seed_exclusion', 'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv',
+           'to_seeds_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction',
+           'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
 def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
@@ -27,8 +28,7 @@ def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
         if (d/'failed.json').exists():
             try: err = str(load_json(d/'failed.json').get('error', '')).strip()
             except KitError: err = 'failed.json unreadable'
-            first = (err.splitlines() or ['(no message)'])[0].replace('|', '/')
-            return f'failed: {first[:77] + "..." if len(first) > 80 else first}'
+            return f'failed: {_first_line(err)}'
     for d in dirs:
         if (d/'done').exists() and (d/'metrics.json').exists():
             try: read_metrics(d)
@@ -45,9 +45,10 @@ def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.me
     vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
     return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
 
-def _summary(vals, seeds, constant=None, dirs=None, left_out=None, mode=None):  # per-seed lists (`_by_mode`); the selection mode
+def _summary(vals, seeds, constant=None, dirs=None, left_out=None, mode=None, excluded=None):  # per-seed lists (`_by_mode`); the selection mode; the seeds left out [(seed, why, dir)]
     return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
-                values=vals, seeds=seeds, mode=mode, constant=constant or [], dirs=dirs or [], left_out=left_out or [])
+                values=vals, seeds=seeds, mode=mode, constant=constant or [], dirs=dirs or [], left_out=left_out or [],
+                excluded=excluded or [])
 
 def left_out(entry: dict,  # one variant's metrics.json entry
              path: str     # the dotted path of the number a column reads, e.g. 'full.mA'
@@ -66,15 +67,36 @@ def paper_partition(table: Table,   # the table
     if paper is None or len(paper.value) != 1 or (paper.datasets and params.get('dataset') not in paper.datasets): return None
     return paper.value[0]
 
-def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out])} of one column's run; scale: 100 (percent) or 1
-    by_mode, params = {}, {d: run_params(d, spec_.notebook) for d in dirs}
+def _first_line(text, limit=80):  # one line of an error for a table cell ('|' would split a Markdown cell)
+    first = (str(text).strip().splitlines() or ['(no message)'])[0].replace('|', '/')
+    return first[:limit - 3] + '...' if len(first) > limit else first
+
+def seed_exclusion(d,           # a seed directory of a run (`run_dirs`), or one its plan expects (`held`)
+                   held=None    # {run directory: why it is held back} (`har_kit.launch.held_back`: stale, failed, running, missing...)
+                  ) -> str | None:
+    "Why a seed gives no number before its metrics are read: `held`'s reason, 'failed: <first line>', 'not done'; None for a finished seed."
+    d = Path(d)
+    if held and d.absolute() in held: return held[d.absolute()]
+    if (d/'done').exists(): return None
+    if (d/'failed.json').exists():
+        try: return f'failed: {_first_line(load_json(d/"failed.json").get("error", ""))}'
+        except KitError: return 'failed: failed.json unreadable'
+    return 'not done'
+
+def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out])}, [(seed dir, why left out, its mode or None)]) of one column's run; scale: 100 (percent) or 1
+    by_mode, excluded, done = {}, [], []
+    for d in dirs:
+        why = seed_exclusion(d, held)
+        if why is None: done.append(d)
+        else: excluded.append((d, why, selection_of(run_params(d, spec_.notebook)) if (d/'params.json').exists() else None))
+    params = {d: run_params(d, spec_.notebook) for d in done}
     parts = {}   # the partitions each selection mode ran on
     for p in params.values(): parts.setdefault(selection_of(p), set()).add(p.get('partition'))
-    for d in dirs:
+    for d in done:
         try: entry = read_metrics(d).get(spec_.variant, {})
-        except KitError: return {}   # a seed written by an older kit (another schema): no number from a mix; `missing_reason` says which
+        except KitError: return {}, excluded   # a seed written by an older kit (another schema): no number from a mix; `missing_reason` says which
         v = entry_value(entry, path)
-        if isinstance(v, (int, float)) and math.isfinite(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             mode, one = selection_of(params[d]), paper_partition(table, spec_.notebook, params[d])
             if len(parts[mode]) == 1 and len(set().union(*parts.values())) > 1:   # a mode run on one partition of several: say which
                 mode, one = f'{mode}, partition {params[d].get("partition")} alone', None
@@ -83,31 +105,58 @@ def _by_mode(table, spec_, path, dirs, scale):  # {mode: ([values], [seed dir na
             for m in [mode] + extra:
                 vs, ss, cs, ds, lo = by_mode.setdefault(m, ([], [], [], [], []))
                 vs.append(float(v) * scale); ss.append(d.name); cs.append(constant_share(entry)); ds.append(d); lo.append(left_out(entry, path))
-    return by_mode
+        else:   # finished, but this number is not in it: named, never silently dropped
+            got = 'NaN' if isinstance(v, float) else 'no value' if v is None or isinstance(v, (dict, list)) else repr(v)
+            excluded.append((d, f'done, but {path} of {spec_.variant!r} in its metrics.json is {got}' if got != 'no value'
+                             else f'done, but no {path} of {spec_.variant!r} in its metrics.json', selection_of(params[d])))
+    return by_mode, excluded
+
+def _run_dirs_held(root, profile, spec_, held):  # the run's seed directories plus those its plan expects that `held` names
+    base, dirs = spec_dir(root, profile, spec_).absolute(), [Path(d).absolute() for d in run_dirs(root, profile, spec_)]
+    return sorted(set(dirs) | {d for d in (held or {}) if d.parent == base})
+
+def _for_mode(excluded, mode):  # the left-out seeds of one mode (those whose mode is unknown: every mode's)
+    base = mode.split(', partition ')[0]
+    return [(d.name, why, d) for d, why, m in excluded if m is None or m == base]
+
+def _excluded_text(excluded):  # 'stale: ... (seed0, seed2); failed: ... (seed1)' for a cell without a number
+    by = {}
+    for name, why, _ in excluded: by.setdefault(why, []).append(name)
+    return '; '.join(f'{why} ({", ".join(names)})' for why, names in by.items())
 
 def collect(table: Table,      # the table
             root=None,         # outputs root (None: `outputs_root()`)
-            profile='quick'    # the profile whose runs to read
+            profile='quick',   # the profile whose runs to read
+            held=None          # {run directory: why it gives no number}: runs held back as not current (`har_kit.launch.held_back`)
            ) -> dict:
-    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode', 'constant'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason; (row, column, mode, 'vs'): its compared baseline's runs in the baseline row's `compared_in` metric."
+    "(row, column) -> {'mean', 'sd', 'n', 'values', 'seeds', 'mode', 'constant', 'excluded'} (first selection mode); (row, column, mode) for every mode; (row, column, 'missing') -> reason and (row, column, 'missing', 'seeds') -> [(seed, why, dir)]; (row, column, mode, 'vs'): its compared baseline's runs in the baseline row's `compared_in` metric. A seed held back (`held`), failed, unfinished, or without the column's number is left out and named in 'excluded' as (seed, why, dir)."
     root, cells = Path(root or outputs_root()), {}
+    held = {Path(d).absolute(): why for d, why in (held or {}).items()}
     for row in table.rows:
         for col in table.columns:
             src = column_source(row, col)
             if src is None: continue
             scale = 100 if table.percent and col not in table.unscaled else 1
-            by_mode = _by_mode(table, src[0], src[1], seed_dirs(root, profile, src[0]), scale)
+            dirs = _run_dirs_held(root, profile, src[0], held)
+            by_mode, excluded = _by_mode(table, src[0], src[1], dirs, scale, held)
             for i, m in enumerate(sorted(by_mode, key=mode_order)):
-                cells[(row.key, col, m)] = _summary(*by_mode[m], mode=m)
+                cells[(row.key, col, m)] = _summary(*by_mode[m], mode=m, excluded=_for_mode(excluded, m))
                 if i == 0: cells[(row.key, col)] = cells[(row.key, col, m)]
-            if not by_mode: cells[(row.key, col, 'missing')] = missing_reason(run_dirs(root, profile, src[0]), src[0].variant)
+            if not by_mode:
+                found = [d for d in dirs if d.exists()]
+                named = [(d.name, why, d) for d, why, _ in excluded]
+                cells[(row.key, col, 'missing')] = (_excluded_text(named) if any(d in held for d in found)
+                                                    else missing_reason(found, src[0].variant))
+                cells[(row.key, col, 'missing', 'seeds')] = named
             brow = next((r for r in table.rows if r.key == table.compare.get(row.key)), None)
             base = column_source(brow, col) if brow else None
             if base is not None and col in brow.compared_in:   # the baseline's column reads another definition than its comparisons
-                for m, got in _by_mode(table, base[0], brow.compared_in[col], seed_dirs(root, profile, base[0]), scale).items():
-                    cells[(row.key, col, m, 'vs')] = _summary(*got, mode=m)
+                bdirs = _run_dirs_held(root, profile, base[0], held)
+                got, bex = _by_mode(table, base[0], brow.compared_in[col], bdirs, scale, held)
+                for m, g in got.items():
+                    cells[(row.key, col, m, 'vs')] = _summary(*g, mode=m, excluded=_for_mode(bex, m))
         for col, param in table.param_columns.items():   # e.g. the backbone our runs actually used
-            runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s)]
+            runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s) if Path(d).absolute() not in held]
             if runs and (runs[0][1]/'params.json').exists():
                 cells[(row.key, col)] = dict(text=str(run_params(runs[0][1], runs[0][0].notebook).get(param, '?')))
     return cells
@@ -167,6 +216,15 @@ def _prior_note(cells, keys, columns):  # ' — label prior only ...' for the co
     where = '' if len(flagged) == len(numeric) else ' in ' + ', '.join(c for c, _ in flagged)
     return f' — label prior only{where}: {min(x for _, x in flagged):.0%}+ of attributes constant in every seed'
 
+def _excluded_note(cells, keys, columns):  # ' — left out: seed2 (stale: ...)' for the seeds the row's numbers were made without
+    where = {}   # (seed, why) -> the columns that left it out
+    numeric = [c for c, k in zip(columns, keys) if 'n' in cells.get(k, {})]
+    for c, k in zip(columns, keys):
+        for name, why, _ in cells.get(k, {}).get('excluded') or []: where.setdefault((name, why), []).append(c)
+    groups = {}   # (why, columns) -> seeds
+    for (name, why), cs in where.items(): groups.setdefault((why, tuple(cs) if len(cs) < len(numeric) else ()), []).append(name)
+    return ''.join(f' — left out{" of " + ", ".join(cs) if cs else ""}: {", ".join(names)} ({why})' for (why, cs), names in groups.items())
+
 def table_rows(table: Table,   # the table
                cells: dict     # its cells (`collect`)
               ) -> list:
@@ -200,7 +258,7 @@ def table_rows(table: Table,   # the table
             tag = f', {"[15]: selected on test" + mode[4:] if mode.startswith("[15]") else mode}' if len(all_modes) > 1 and mode else ''
             if mode and any(m.startswith(f'{mode}, partition ') for m in all_modes): tag += ", mean over partitions: the kit's addition"
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
-                        f'{_left_out_note(cells, keys, table.columns)}', *ours])
+                        f'{_left_out_note(cells, keys, table.columns)}{_excluded_note(cells, keys, table.columns)}', *ours])
             if reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
@@ -243,16 +301,22 @@ def to_csv(table,  # the table
 def to_seeds_csv(table,  # the table
                  cells,  # its cells (`collect`)
                  root):  # the outputs root the run directories lie under
-    "Every seed's number behind the table: method, column, selection, kind (ours, or the baseline's definition a Δ compares with), seed, value, run directory under `root`."
+    "Every seed's number behind the table: method, column, selection, kind (ours, or the baseline's definition a Δ compares with; 'left out: <why>' for a seed without a number in it), seed, value, run directory under `root`."
     buf = io.StringIO(); w = csv.writer(buf)
     w.writerow(['method', 'column', 'selection', 'kind', 'seed', 'value', 'run'])
     labels = {r.key: r.label for r in table.rows}
+    def rel(d):
+        try: return Path(d).absolute().relative_to(Path(root).absolute()).as_posix()
+        except ValueError: return str(d)
     for k, cell in cells.items():
+        if len(k) == 4 and k[2] == 'missing':   # a column without a number: every seed it left out
+            w.writerows([labels[k[0]], k[1], '', f'left out: {why}', seed, '', rel(d)] for seed, why, d in cell)
         if len(k) < 3 or not isinstance(cell, dict) or 'values' not in cell: continue
+        kind = 'ours' if len(k) == 3 else 'baseline, as compared'
         for seed, v, d in zip(cell['seeds'], cell['values'], cell['dirs']):
-            try: where = Path(d).relative_to(root).as_posix()
-            except ValueError: where = str(d)
-            w.writerow([labels[k[0]], k[1], k[2], 'ours' if len(k) == 3 else 'baseline, as compared', seed, f'{v:.6f}', where])
+            w.writerow([labels[k[0]], k[1], k[2], kind, seed, f'{v:.6f}', rel(d)])
+        w.writerows([labels[k[0]], k[1], k[2], f'left out: {why}' + ('' if len(k) == 3 else ' (baseline, as compared)'), seed, '', rel(d)]
+                    for seed, why, d in cell['excluded'])
     return buf.getvalue()
 
 def _tex(s): return str(s).replace('%', r'\%').replace('&', r'\&').replace('_', r'\_').replace('#', r'\#').replace('±', r'$\pm$').replace('Δ', r'$\Delta$').replace('`', '')
@@ -281,11 +345,12 @@ def to_latex(table,      # the table
 def render(table: Table,       # the table
            root=None,          # outputs root (None: `outputs_root()`)
            profile='quick',    # the profile whose runs to render
-           out=None            # folder for the files (None: <root>/<profile>/tables)
+           out=None,           # folder for the files (None: <root>/<profile>/tables)
+           held=None           # {run directory: why it gives no number}: runs held back as not current (`har_kit.launch.held_back`)
           ) -> dict:
     "Render one table (and its protocol card) as Markdown, CSV and LaTeX, and its seeds' numbers as CSV, into `out` (default <root>/<profile>/tables)."
     root = Path(root or outputs_root())
-    cells, card = collect(table, root, profile), protocol_card(table, root, profile)
+    cells, card = collect(table, root, profile, held), protocol_card(table, root, profile)
     rows = table_rows(table, cells)
     texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows),
              'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}

@@ -381,7 +381,44 @@ def test_left_out_attributes_are_named_and_seeds_traceable(tmp_path):
     out = render(CAMPAR_T2, tmp_path, 'quick')
     line = next(l for l in out['texts']['md'].splitlines() if '| ours' in l and l.startswith(f'| {CAMPAR_T2.rows[0].label} |'))
     assert 'mA over 2 of 3 attributes (bag: no positive or no negative in the scored split of some seeds, left out)' in line
-    rows = [r for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['column'] == 'mA']
+    rows = [r for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['column'] == 'mA' and r['kind'] == 'ours']
     assert [(r['seed'], float(r['value'])) for r in rows] == [('seed0', 70.0), ('seed1', 72.0), ('seed2', 71.0)]
     assert all((tmp_path/r['run']/'metrics.json').exists() for r in rows)
     with open(tmp_path/'quick'/'tables'/'campar_t2.seeds.csv', newline='') as f: assert f.read() == out['texts']['seeds.csv']
+
+
+def _entry_t2(mA, f1=0.5):
+    full = dict(mA=mA, acc=0.5, prec=0.5, rec=0.5, f1=f1, f1_mean_instance=0.5, ma_per_attr=[0.6, 0.7])
+    return metrics_entry('rap', {'full': full}, ['hat', 'bag'])
+
+
+def test_a_failed_seed_is_named_not_silently_dropped(tmp_path):
+    "A seed holding failed.json beside two finished ones: the row's n is 2 and it says which seed it left out and why, as seeds.csv does."
+    import csv, io
+    spec = CAMPAR_T2.rows[0].run
+    for s in (0, 2): _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))
+    _run(tmp_path, 'quick', spec, 1, QUICK, failed='FloatingPointError: the loss diverged\nTraceback ...')
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
+    assert '(n=2) — left out: seed1 (failed: FloatingPointError: the loss diverged)' in line, line
+    gone = [r for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['kind'].startswith('left out')]
+    assert {(r['method'], r['column'], r['seed'], r['kind']) for r in gone} >= {
+        ('baseline', c, 'seed1', 'left out: failed: FloatingPointError: the loss diverged') for c in ('mA', 'F1')}
+
+
+def test_a_finished_seed_without_the_columns_number_is_named(tmp_path):
+    "A done seed whose entry lacks the column's number, or has it None or NaN, while the others have it: left out of that column, named in the row."
+    import json
+    spec = CAMPAR_T2.rows[0].run
+    for s in range(4): _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))
+    for s, how in ((1, None), (2, 'del'), (3, float('nan'))):
+        p = run_path(tmp_path, 'quick', spec, s)/'metrics.json'
+        m = json.loads(p.read_text())
+        if how == 'del': del m['baseline']['full']['mA']
+        else: m['baseline']['full']['mA'] = how
+        p.write_text(json.dumps(m))   # NaN as Python's json writes it
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    assert out['cells'][('baseline', 'mA')]['n'] == 1 and out['cells'][('baseline', 'F1')]['n'] == 4
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
+    assert ("(n=1/4) — left out of mA: seed1, seed2 (done, but no full.mA of 'baseline' in its metrics.json)"
+            " — left out of mA: seed3 (done, but full.mA of 'baseline' in its metrics.json is NaN)") in line, line
