@@ -4,23 +4,24 @@
 
 # %% ../nbs/72_launch.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, json, os, sys, time
+import argparse, contextlib, json, os, re, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, load_json, outputs_root, save_json
+from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params)
-from .results import STUDY_TABLES, TABLES
+from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import section_notebook
 from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_complete, is_done, params_yaml,
                           read_record, run_status)
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
-           'format_status', 'read_status_runs', 'check_out', 'status_cli', 'profile_values', 'config_cli', 'wait_for',
-           'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'check_launcher_options',
-           'reproduce_parser', 'cli']
+           'format_status', 'read_status_runs', 'check_out', 'status_cli', 'held_back', 'TablesConfig',
+           'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
+           'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -177,6 +178,70 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
 # %% ../nbs/72_launch.ipynb #c022
+def _error_line(text, limit=100):  # the first line of a run's error, fit for a table cell
+    first = (str(text).strip().splitlines() or [''])[0].replace('|', '/')
+    return first[:limit - 3] + '...' if len(first) > limit else first
+
+def held_back(tables,         # table keys the rendering reads
+              profile: str,   # the profile
+              root            # outputs root the runs lie under
+             ) -> dict:
+    "{run directory: why it gives no number} for the runs the tables read that are not done and current, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters: ...', 'failed: ...', 'running', 'missing (not run)', ..."
+    root, keys = Path(root).absolute(), [k for k in tables if TABLES[k].in_profile(profile)]
+    specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
+    if not specs: return {}
+    bases = {str(spec_dir(root, profile, s)) for s in specs.values()}
+    found = {str(d.absolute()) for s in specs.values() for d in run_dirs(root, profile, s)}
+    n = max([int(re.match(r'seed(\d+)', Path(d).name).group(1)) + 1 for d in found] or [1])
+    fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root)}   # every seed directory found has its plan
+    saved = []
+    if status_path(root, profile).exists():
+        with contextlib.suppress(KitError): saved = read_status_runs(status_path(root, profile))
+    saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
+    expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root)}   # what a missing seed is missing from
+    recs = {d: saved.get(d, r) for d, r in fresh.items() if d in expected or d in found}
+    recs.update({d: r for d, r in saved.items() if d not in recs})
+    for d, r in recs.items():   # a real dataset's root: the one the run recorded, when the plan has none
+        given = read_record(Path(d)/'params.json') or {}
+        if 'data_root' in r['params'] and r['params']['data_root'] is None and given.get('data_root'):
+            recs[d] = {**r, 'params': {**r['params'], 'data_root': given['data_root']}}
+    held = {}
+    for rec in run_states(list(recs.values())):
+        if rec['state'] == 'done': continue
+        why = _error_line(rec.get('error') or '')
+        held[Path(rec['out_dir'])] = (f'{rec["state"]}: {why}' if why else
+                                      'missing (not run)' if rec['state'] == 'missing' else rec['state'])
+    return held
+
+@dataclass
+class TablesConfig(RunConfig):
+    "The tables run's parameters as one value: `73_tables`'s `parameters` cell (same names, same defaults), checked before its kernel starts."
+    profile: str = 'quick'          # which profile's runs to render: outputs/<profile>/...
+    runs_root: str | None = None    # root holding the profile directories (None: outputs/)
+    tables: list | None = None      # table keys to render (None: all)
+    figures: bool = False           # draw the per-attribute AP bars, ablation bars and training curves (the runner: True)
+    device: str = 'cpu'             # unused here; every section notebook has it
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.profile not in PROFILES: raise KitError(f'profile={self.profile!r}: no such profile; choose one of {", ".join(PROFILES)}')
+        if self.runs_root is not None and not Path(self.runs_root).expanduser().is_dir():
+            raise KitError(f'runs_root={str(self.runs_root)!r}: no such folder; pass the outputs root the runs were written under '
+                           '(har-kit reproduce --out), or leave it None for outputs/')
+        mine = [k for k in TABLES if TABLES[k].in_profile(self.profile)]
+        if self.tables is None: return
+        if not isinstance(self.tables, (list, tuple)):
+            raise KitError(f'tables={self.tables!r}: pass a list of table keys, e.g. [{next(iter(mine))}], or None for all')
+        bad = [k for k in self.tables if k not in TABLES]
+        if bad: raise KitError(f'tables: no table {", ".join(map(repr, bad))}; choose from {", ".join(mine)} (profile {self.profile!r})')
+        off = [k for k in self.tables if k not in mine]
+        if off: raise KitError(f'tables: {", ".join(map(repr, off))} not part of profile {self.profile!r}; its tables: {", ".join(mine)}')
+
+    def keys(self) -> list:
+        "The table keys to render: those asked for, else every table of the profile."
+        return list(self.tables) if self.tables is not None else [k for k in TABLES if TABLES[k].in_profile(self.profile)]
+
+# %% ../nbs/72_launch.ipynb #c025
 def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'cfar', 'masks', ...
                    profile: str,           # 'quick', 'sample' or 'paper'
                    dataset: str | None = None,    # the dataset the values are for (required where they depend on it)
@@ -219,7 +284,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
     return 0
 
-# %% ../nbs/72_launch.ipynb #c025
+# %% ../nbs/72_launch.ipynb #c028
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -247,7 +312,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed', 'damaged') for s in states.values()): return states
         time.sleep(poll)
 
-# %% ../nbs/72_launch.ipynb #c028
+# %% ../nbs/72_launch.ipynb #c031
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -284,7 +349,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
-# %% ../nbs/72_launch.ipynb #c032
+# %% ../nbs/72_launch.ipynb #c035
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -369,7 +434,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c038
+# %% ../nbs/72_launch.ipynb #c041
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -452,7 +517,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c040
+# %% ../nbs/72_launch.ipynb #c043
 def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))

@@ -490,7 +490,7 @@ def render_tables(profile: str,     # the profile to render
                   tables=None,      # table keys (None: every table of the profile)
                   progress=False    # papermill's progress bar
                  ) -> Path:
-    "Run the tables notebook (64_tables) for a profile (always re-rendered); return its run directory."
+    "Run the tables notebook (73_tables) for a profile (always re-rendered); return its run directory."
     root = Path(root or outputs_root()).absolute()   # the kernel starts in its run directory
     run = root/profile/'tables'/'run'
     if run.is_dir() and not run_status(run)['state'] == 'running':   # rendering stats only: replaced, never kept aside

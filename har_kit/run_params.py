@@ -199,7 +199,8 @@ def _check_splits(params, declared):  # checked values; the notebook's defaults
     check_train_splits(train, ev, "parameter 'train_splits'")   # the rule the recipes apply again
 
 RUN_CONFIGS = {'dahar': 'har_kit.dahar_train:DaHarConfig', 'campar': 'har_kit.campar_train:CamParConfig',
-               'cfar': 'har_kit.cfar:CFARRunConfig', 'masks': 'har_kit.masks:MasksConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
+               'cfar': 'har_kit.cfar:CFARRunConfig', 'masks': 'har_kit.masks:MasksConfig',
+               'tables': 'har_kit.launch:TablesConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
 
 def check_config(notebook,   # notebook name or path
                  params):    # checked parameters (the notebook's defaults stand for the rest)

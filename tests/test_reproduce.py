@@ -384,3 +384,55 @@ def test_a_damaged_done_run_is_reported_and_rerun_before_the_run_that_reads_it(t
     ran = []
     st = execute(runs, run_fn=lambda r, dev: ran.append(r.name), progress=False, jobs=1)
     assert ran == [campar.name, cfar.name] and st['done'] == ran and len(st['skipped']) == len(runs) - 2, st
+
+
+def _fake_campar_t2(root, stale_seed=None, failed_seed=None):
+    "The three planned CAM-PAR seeds of campar_t2 (quick) as a finished run leaves them; one with other parameters, or one failed."
+    from har_kit.core import save_json
+    from har_kit.metrics import metrics_entry
+    runs = [r for r in plan(['campar_t2'], 'quick', root=root) if r.spec.notebook == 'campar']
+    assert [r.seed for r in runs] == [0, 1, 2]
+    for r in runs:
+        save_json({**r.params, **({'epochs': 30} if r.seed == stale_seed else {})}, r.out_dir/'params.json')
+        if r.seed == failed_seed:
+            save_json({'error': 'FloatingPointError: the loss diverged\nTraceback ...', 'cell': 3, 'time': 0}, r.out_dir/'failed.json'); continue
+        mA = 0.9 if r.seed == stale_seed else 0.5
+        full = dict(mA=mA, acc=0.5, prec=0.5, rec=0.5, f1=0.5, f1_mean_instance=0.5, ma_per_attr=[0.6, 0.7])
+        save_json({v: metrics_entry('rap', {'full': full}, ['hat', 'bag']) for v in r.params['variants']}, r.out_dir/'metrics.json')
+        (r.out_dir/'done').write_text('')
+    return runs
+
+
+def test_the_tables_leave_out_what_status_calls_stale_and_name_it(tmp_path):
+    "A seed `har-kit status` calls stale (params.json says epochs 30) is not in the table's mean: n=2, and the row and seeds.csv name it."
+    import csv, io
+    from har_kit.launch import held_back, make_status
+    from har_kit.render import render
+    from har_kit.results import CAMPAR_T2
+    runs = _fake_campar_t2(tmp_path, stale_seed=2)
+    assert make_status(plan(['campar_t2'], 'quick', root=tmp_path), 'quick')['counts']['stale'] == 1
+    held = held_back(['campar_t2'], 'quick', tmp_path)
+    assert held[runs[2].out_dir] == 'stale: finished with other parameters: epochs' and runs[0].out_dir not in held
+    out = render(CAMPAR_T2, tmp_path, 'quick', held=held)
+    assert out['cells'][('baseline', 'mA')]['n'] == 2 and out['cells'][('baseline', 'mA')]['mean'] == 50.0   # not 63.33 ± 23.09
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
+    assert '(n=2) — left out: seed2 (stale: finished with other parameters: epochs)' in line, line
+    assert '| no run | no run |' in next(l for l in out['texts']['md'].splitlines() if l.startswith('| + CAM-PAR + fusion + CFAR | ours'))
+    gone = [r for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['kind'].startswith('left out')]
+    assert {(r['method'], r['column'], r['seed']) for r in gone if r['kind'] == 'left out: stale: finished with other parameters: epochs'} \
+        == {(row.label, c, 'seed2') for row in CAMPAR_T2.rows[:4] for c in ('mA', 'F1')}
+
+
+def test_the_tables_name_a_failed_or_missing_seed(tmp_path):
+    "A failed seed (failed.json) and a seed never run are left out by name, and the paired interval says it has fewer seeds."
+    import shutil
+    from har_kit.launch import held_back
+    from har_kit.render import render
+    from har_kit.results import CAMPAR_T2
+    runs = _fake_campar_t2(tmp_path, failed_seed=1)
+    out = render(CAMPAR_T2, tmp_path, 'quick', held=held_back(['campar_t2'], 'quick', tmp_path))
+    md = out['texts']['md'].splitlines()
+    assert '(n=2) — left out: seed1 (failed: FloatingPointError: the loss diverged)' in next(l for l in md if l.startswith('| + fusion | ours'))
+    shutil.rmtree(runs[1].out_dir)   # never run: missing from the plan
+    out = render(CAMPAR_T2, tmp_path, 'quick', held=held_back(['campar_t2'], 'quick', tmp_path))
+    assert '(n=2) — left out: seed1 (missing (not run))' in next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | ours'))

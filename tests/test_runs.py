@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from har_kit.core import load_json
+from har_kit.core import KitError, load_json
 from har_kit.metrics import METRICS_SCHEMA
 from har_kit.runs import RunFailed, run_notebook
 
@@ -271,18 +271,18 @@ def test_without_out_a_second_command_says_skipped_and_a_moved_default_is_not_ta
 
 
 def test_the_tables_notebook_outside_a_run_writes_no_profile_tables(tmp_path):
-    "Opened, or run by nbdev_test, with its defaults, 64_tables renders into a temporary folder, never over outputs/<profile>/tables."
+    "Opened, or run by nbdev_test, with its defaults, 73_tables renders into a temporary folder, never over outputs/<profile>/tables."
     import os
     env = {k: v for k, v in os.environ.items() if k != 'HAR_KIT_RUN_DIR'}
     env.update(HAR_KIT_OUTPUTS=str(tmp_path/'outputs'), OMP_NUM_THREADS='1', MPLBACKEND='agg')
     code = ('from execnb.nbio import read_nb; from execnb.shell import CaptureShell; '
-            "CaptureShell().run_all(read_nb('64_tables.ipynb'), exc_stop=True)")
+            "CaptureShell().run_all(read_nb('73_tables.ipynb'), exc_stop=True)")
     r = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT/'nbs', capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (tmp_path/'outputs'/'quick').exists()
 
 
-@pytest.mark.parametrize('section', ['dahar', 'campar', 'cfar', 'masks'])
+@pytest.mark.parametrize('section', ['dahar', 'campar', 'cfar', 'masks', 'tables'])
 def test_a_sections_run_config_has_its_notebooks_parameters_and_defaults(section):
     "`har-kit run` checks a run through the section's RunConfig before a kernel starts: its fields must be the notebook's parameters."
     import dataclasses, importlib
@@ -293,6 +293,19 @@ def test_a_sections_run_config_has_its_notebooks_parameters_and_defaults(section
     defaults = parameter_defaults(section)
     assert {k: v for k, v in fields.items() if k in defaults} == {k: defaults[k] for k in fields if k in defaults}
     assert set(fields) <= set(defaults), set(fields) - set(defaults)
+
+
+def test_the_tables_run_refuses_unknown_profiles_tables_and_roots_before_a_kernel_starts(tmp_path):
+    "`har-kit run tables` checks its parameters (`TablesConfig`) before a kernel starts: no bare KeyError inside, no 'done' over an unknown profile, no folder made under a missing runs_root."
+    from har_kit.run_params import check_config
+    with pytest.raises(KitError, match="73_tables: tables: no table 'campar_t9'; choose from dahar_t1, "): check_config('tables', {'tables': ['campar_t9']})
+    with pytest.raises(KitError, match="73_tables: profile='quik': no such profile; choose one of quick, sample, paper"):
+        check_config('tables', {'profile': 'quik'})
+    with pytest.raises(KitError, match="runs_root='/nonexistent/x': no such folder"): check_config('tables', {'runs_root': '/nonexistent/x'})
+    with pytest.raises(KitError, match="'real_pa100k' not part of profile 'quick'"): check_config('tables', {'tables': ['real_pa100k']})
+    with pytest.raises(KitError, match="pass a list of table keys"): check_config('tables', {'tables': 'campar_t2'})
+    check_config('tables', {'profile': 'sample', 'tables': ['real_pa100k'], 'runs_root': str(tmp_path)})   # a valid one passes
+    assert not (tmp_path/'sample').exists()
 
 
 def test_a_masks_run_with_an_unknown_source_is_refused_before_a_kernel_starts(tmp_path):
