@@ -233,9 +233,11 @@ def _show(v):
     if isinstance(v, (list, tuple)): return '[' + ', '.join(_show(x) for x in v) + ']'
     return 'None' if v is None else str(v)
 
+def _n_runs(n): return f'{n} run' + ('' if n == 1 else 's')   # '1 run', '3 runs'
+
 def _values(counter):
     if len(counter) == 1: return _show(next(iter(counter)))
-    return ', '.join(f'{_show(v)} ({n} runs)' for v, n in counter.most_common())
+    return ', '.join(f'{_show(v)} ({_n_runs(n)})' for v, n in counter.most_common())
 
 def table_runs(table: Table,       # the table
                root=None,          # outputs root (None: `outputs_root()`)
@@ -271,7 +273,7 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
                 rel = [p for p in rel if UNUSED[param][0](p)]
                 if idle:
                     card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
-                                                runs=UNUSED[param][1] + (f' ({len(idle)} runs)' if rel else ''),
+                                                runs=UNUSED[param][1] + (f' ({_n_runs(len(idle))})' if rel else ''),
                                                 reason=UNUSED[param][2]))
                 if not rel: continue
             got = Counter(_norm(param, p[param]) for p in rel)
@@ -312,7 +314,7 @@ def card_markdown(card: dict   # a card from `protocol_card`
                  ) -> str:
     "The protocol card as Markdown, rendered under its table."
     if not card['runs']: return '**Protocol card**: no runs of this table yet, so nothing to compare with the papers\' protocol.\n'
-    lines = [f'**Protocol card** ({card["runs"]} runs, {card["done"]} finished; generated from their `params.json` against '
+    lines = [f'**Protocol card** ({_n_runs(card["runs"])}, {card["done"]} finished; generated from their `params.json` against '
              'the protocol declared with this table):', '']
     if card['differs']:
         lines += ['| notebook | parameter | paper | these runs | reason |', '|---|---|---|---|---|']

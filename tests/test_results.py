@@ -175,7 +175,7 @@ def test_protocol_card_a_mix_of_runs_differs_from_the_paper_and_lists_every_valu
     _run(tmp_path, 'quick', run, 1, dict(QUICK, lr=0.001), _ped(0.7, 0.6))
     (lr,) = protocol_card(table, tmp_path, 'quick')['differs']
     assert lr['parameter'] == 'lr' and lr['paper'] == '0.01'
-    assert '0.01 (1 runs)' in lr['runs'] and '0.001 (1 runs)' in lr['runs']
+    assert '0.01 (1 run)' in lr['runs'] and '0.001 (1 run)' in lr['runs']
 
 
 def test_protocol_card_applies_a_dataset_scoped_declaration_to_its_datasets_only(tmp_path):
@@ -422,3 +422,13 @@ def test_a_finished_seed_without_the_columns_number_is_named(tmp_path):
     line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
     assert ("(n=1/4) — left out of mA: seed1, seed2 (done, but no full.mA of 'baseline' in its metrics.json)"
             " — left out of mA: seed3 (done, but full.mA of 'baseline' in its metrics.json is NaN)") in line, line
+
+
+def test_the_protocol_card_counts_one_run_in_the_singular(tmp_path):
+    "One run: '(1 run, 1 finished', and a parameter's runs counted the same way ('3 (1 run)')."
+    _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 0, QUICK, _entry_t2(0.5))
+    md = render(CAMPAR_T2, tmp_path, 'quick')['texts']['md']
+    assert '**Protocol card** (1 run, 1 finished;' in md and '(1 runs' not in md
+    _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 1, {**QUICK, 'epochs': 4}, _entry_t2(0.5))
+    md = render(CAMPAR_T2, tmp_path, 'quick')['texts']['md']
+    assert '**Protocol card** (2 runs, 2 finished;' in md and '(1 run)' in md and '(1 runs' not in md
