@@ -378,11 +378,11 @@ POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n
             'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
             'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes',
             'phase2_epochs')   # CFAR's fc_2: 0 epochs would score phase 1 as the +CFAR row
-NON_NEGATIVE = ('check_epochs', 'num_workers', 'seed', 'warmup', 'lr',
+NON_NEGATIVE = ('check_epochs', 'num_workers', 'seed', 'warmup',
                 'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb',
                 'grad_clip', 'num_threads', 'max_distort')   # num_threads 0: implicit's "all cores"
 GREATER_THAN_ZERO = ('scale',      # a size factor: 0 or below gives no image, not a training problem
-                     'phase2_lr')   # CFAR's fc_2 (Adam): the engine refuses a learning rate of 0
+                     'lr', 'phase2_lr')   # learning rates: the engine (`TrainConfig`) refuses 0
 AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
            'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30
            'batch_size': 4096, 'num_workers': 256,
@@ -394,7 +394,8 @@ CHOICES = {'partition': tuple(range(RAP_PARTITIONS)),   # RAP v1's five train/te
            'dataset': DATASET_KINDS}                     # the dataset kinds with a reader (the registry itself: kinds added later count)
 BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
 BELOW_NOTES = {'phase2_epochs': "0 trains no fc_2: the +CFAR and control rows would be phase 1's own, fc_2's identity start",
-               'phase2_lr': "Adam's step size: at 0 fc_2 would stay at its start"}   # why a lower bound holds
+               'phase2_lr': "Adam's step size: at 0 fc_2 would stay at its start",
+               'lr': 'the step size: at 0 the network would stay at its start'}   # why a lower bound holds
 
 def check_range(name,     # a parameter's name
                 value,    # its value

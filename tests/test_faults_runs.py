@@ -94,6 +94,8 @@ def test_bad_values_get_clear_errors(tmp_path, params, message):
     ('cfar', {'p_t': 1.5}, r"p_t=1.5: the preference threshold of Eq. 17 must lie in \[0, 1\]"),   # refused after phase 1 before
     ('cfar', {'als_tol': 0}, r"als_tol=0(\.0)?: use a relative change > 0"),
     ('cfar', {'phase2_lr': 0}, "'phase2_lr': must be above 0"),
+    ('campar', {'lr': 0}, "'lr': must be above 0, got 0 \\(the step size"),   # TrainConfig's error inside the kernel otherwise
+    ('dahar', {'lr': -0.1}, "'lr': must be above 0"),
     ('cfar', {'phase2_epochs': 0}, "'phase2_epochs': must be at least 1, got 0 \\(0 trains no fc_2"),
     ('campar', {'partition': 7}, "'partition': must be one of 0, 1, 2, 3, 4, got 7 \\(RAP v1's five train/test partitions\\)"),
     ('dahar', {'partition': 5}, "'partition': must be one of 0, 1, 2, 3, 4"),     # recorded but ignored on WIDER before
