@@ -269,9 +269,9 @@ def header(table: Table,             # the table
            card: dict | None = None  # its protocol card (`protocol_card`), if any
           ) -> str:
     "The lines above a rendered table: source, profile, weights / partitions / selection, conventions, legend."
-    legend = ("*reported* = the paper's number; *ours* = mean ± sd over seeds (n = finished seeds); "
+    legend = ("*reported* = the paper's number; *ours* = mean ± sd over seeds (n = seeds finished and current, others named in the row); "
               "Δ = ours − reported") if table.has_reported() else \
-             '*ours* = mean ± sd over seeds (n = finished seeds); the papers report no such numbers'
+             '*ours* = mean ± sd over seeds (n = seeds finished and current, others named in the row); the papers report no such numbers'
     if table.compare: legend += ('; Δ vs baseline = paired difference over the seeds both rows finished [95% t-interval, n − 1 '
                                  'degrees of freedom; (n=k) when fewer than the rows have], * = the interval excludes 0 (per '
                                  'comparison, uncorrected: about 1 in 20 comparisons of equal variants is marked)')
