@@ -257,10 +257,12 @@ def table_runs(table: Table,       # the table
 
 def protocol_card(table: Table,    # the table, with its declared `protocol`
                   root=None,       # outputs root (None: `outputs_root()`)
-                  profile='quick'  # the profile whose runs to compare
+                  profile='quick', # the profile whose runs to compare
+                  held=None        # {run directory: why}: runs held back from the numbers (stale, failed, ...), left off the card too
                  ) -> dict:
     "The table's runs against its declared protocol: {'runs', 'done', 'differs': [...], 'open': [...], 'unchecked': [...], 'header'}."
-    runs = table_runs(table, root, profile)
+    out = {Path(d).absolute() for d in held or {}}
+    runs = [r for r in table_runs(table, root, profile) if Path(r[2]).absolute() not in out]   # the card describes the runs the numbers come from
     card = dict(runs=len(runs), done=sum((d/'done').exists() for _, _, d, _ in runs), differs=[], open=[], unchecked=[])
     for nb, decl in table.protocol.items():
         mine = [(rowp, p) for n, rowp, _, p in runs if n == nb]

@@ -350,7 +350,7 @@ def render(table: Table,       # the table
           ) -> dict:
     "Render one table (and its protocol card) as Markdown, CSV and LaTeX, and its seeds' numbers as CSV, into `out` (default <root>/<profile>/tables)."
     root = Path(root or outputs_root())
-    cells, card = collect(table, root, profile, held), protocol_card(table, root, profile)
+    cells, card = collect(table, root, profile, held), protocol_card(table, root, profile, held)
     rows = table_rows(table, cells)
     texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows),
              'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
