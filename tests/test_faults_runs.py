@@ -301,7 +301,7 @@ def test_dead_kernel_is_one_line_and_keeps_the_notebook(tmp_path):
                            'outputs': [], 'execution_count': None})
     nb.write_text(json.dumps(cells))
     with pytest.raises(RunFailed) as e:
-        run_notebook(nb, {}, tmp_path/'run', progress=False, timeout=60)
+        run_notebook(nb, {}, tmp_path/'run', progress=False)   # no cell timeout: the kernel's death alone ends the run
     msg = str(e.value)
     assert '\n' not in msg and 'kernel died while running cell 4' in msg
     kept = json.loads((tmp_path/'run'/'notebook.ipynb').read_text())
@@ -336,20 +336,19 @@ _BLOCKING = ('import pathlib, time\npathlib.Path(out_dir, "started").touch()\n'
 
 
 def _interrupt_when_started(cmd, markers, tmp_path, sig=None):
-    "Start `cmd`, send SIGINT once a kernel has written a marker (no sleep as synchronisation), return (rc, stderr, seconds)."
+    "Start `cmd`, send SIGINT once a kernel has written a marker (no sleep as synchronisation), return (rc, stderr)."
     import signal, subprocess, sys, time
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), 'HAR_KIT_OUTPUTS': str(tmp_path/'outputs')}
     p = subprocess.Popen([sys.executable, '-c', cmd], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 240
+        hang = time.monotonic() + 600   # hang guards only: a kernel starts in seconds, a stop takes at most the 10 s grace
         while not any(tmp_path.glob(markers)):
             assert p.poll() is None, p.communicate()
-            assert time.monotonic() < deadline, 'no kernel started within 240 s'
+            assert time.monotonic() < hang, 'no kernel started within 600 s: hung'
             time.sleep(0.05)   # polling the marker; the order of events does not depend on this
-        t0 = time.monotonic()
         p.send_signal(sig or signal.SIGINT)
-        out, err = p.communicate(timeout=240)   # past any ceiling below: a hang fails the assert, not here
-        return p.returncode, err, time.monotonic() - t0
+        out, err = p.communicate(timeout=600)   # that it returns at all is the check that the signal stopped it
+        return p.returncode, err
     finally:
         if p.poll() is None: p.kill(); p.communicate()
 
@@ -357,8 +356,8 @@ def _interrupt_when_started(cmd, markers, tmp_path, sig=None):
 def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
     nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
     cmd = f'import sys; from har_kit.runs import cli; sys.exit(cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))'
-    rc, err, secs = _interrupt_when_started(cmd, 'run/started', tmp_path)
-    assert rc == 130 and secs < 180, (rc, secs, err)
+    rc, err = _interrupt_when_started(cmd, 'run/started', tmp_path)
+    assert rc == 130, (rc, err)
     assert 'interrupted' in err and 'rerun the same command' in err and 'Traceback' not in err, err
     assert not (tmp_path/'run'/'done').exists()
     st = run_status(tmp_path/'run')
@@ -372,7 +371,7 @@ def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
     cmd = (f'import sys, har_kit.runs as R\n'
            f'R.forward_interrupts.__wrapped__.__defaults__ = (1.0,)   # the grace before SIGKILL: 1 s instead of 10\n'
            f'sys.exit(R.cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))')
-    rc, err, secs = _interrupt_when_started(cmd, 'run/started', tmp_path)
+    rc, err = _interrupt_when_started(cmd, 'run/started', tmp_path)
     assert rc == 130 and 'interrupted' in err and 'Traceback' not in err, (rc, err)
     assert not (tmp_path/'run'/'done').exists() and run_status(tmp_path/'run')['interrupted']
 
@@ -386,8 +385,8 @@ def test_ctrl_c_stops_har_kit_reproduce_with_a_summary(tmp_path):
            f'L.render_tables = lambda *a, **k: sys.exit("rendered after an interrupt")\n'
            f'R.run_planned = lambda r, dev, force: run_notebook({str(nb)!r}, {{}}, r.out_dir, progress=False)\n'
            f'sys.exit(L.cli(["dahar_t2", "campar_t2", "--profile", "quick", "--jobs", "2", "--out", {str(tmp_path/"o")!r}]))')
-    rc, err, secs = _interrupt_when_started(cmd, 'o/**/started', tmp_path, signal.SIGTERM)
-    assert rc == 143 and secs < 180, (rc, secs, err)   # 128 + SIGTERM, as a process the signal ended (Ctrl-C: 130)
+    rc, err = _interrupt_when_started(cmd, 'o/**/started', tmp_path, signal.SIGTERM)
+    assert rc == 143, (rc, err)   # 128 + SIGTERM, as a process the signal ended (Ctrl-C: 130)
     assert 'har-kit reproduce: interrupted:' in err and 'rerun the same command' in err and 'Traceback' not in err, err
     assert not list((tmp_path/'o').rglob('done'))
     stopped = [load_json(f) for f in (tmp_path/'o').rglob('failed.json')]

@@ -155,11 +155,16 @@ def test_a_build_sweeps_the_leftovers_of_dead_processes_only(sets, tmp_path):
 @pytest.mark.slow
 def test_two_processes_building_one_cache_share_it(sets, tmp_path, monkeypatch):
     "Both build before either renames: one copy wins, the other process uses it and removes its own."
-    ctx = multiprocessing.get_context('fork'); both = ctx.Barrier(2, timeout=60); fill = P._fill
+    from multiprocessing.connection import wait
+    ctx = multiprocessing.get_context('fork'); both = ctx.Barrier(2); fill = P._fill   # no timeout: however slow the machine
     monkeypatch.setattr(P, '_fill', lambda *a: (fill(*a), both.wait())[0])
     ps = [ctx.Process(target=P.decoded_cache, args=_pa_args(sets), kwargs=dict(name='pa', root=tmp_path)) for _ in range(2)]
     for p in ps: p.start()
-    for p in ps: p.join(120)
+    pending = {p.sentinel: p for p in ps}
+    while pending:   # a process that fails before the barrier releases its sibling (abort), so a failure never hangs the test
+        for s in wait(list(pending)):
+            p = pending.pop(s); p.join()
+            if p.exitcode != 0: both.abort()
     assert [p.exitcode for p in ps] == [0, 0]
     monkeypatch.setattr(P, '_fill', fill)
     assert [p.name for p in tmp_path.iterdir()] == [P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'].name]
