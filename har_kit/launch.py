@@ -12,6 +12,7 @@ from .core import KitError, atomic_write, check_folder, check_writable, load_jso
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params)
+from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import section_notebook
 from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_complete, is_done, params_yaml,
@@ -178,10 +179,6 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
 # %% ../nbs/72_launch.ipynb #c022
-def _error_line(text, limit=100):  # the first line of a run's error, fit for a table cell
-    first = (str(text).strip().splitlines() or [''])[0].replace('|', '/')
-    return first[:limit - 3] + '...' if len(first) > limit else first
-
 def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
               root            # outputs root the runs lie under
@@ -208,7 +205,7 @@ def held_back(tables,         # table keys the rendering reads
     held = {}
     for rec in run_states(list(recs.values())):
         if rec['state'] == 'done': continue
-        why = _error_line(rec.get('error') or '')
+        why = error_cell(rec['error'], 100) if rec.get('error') else ''
         held[Path(rec['out_dir'])] = (f'{rec["state"]}: {why}' if why else
                                       'missing (not run)' if rec['state'] == 'missing' else rec['state'])
     return held

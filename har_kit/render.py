@@ -14,8 +14,8 @@ from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_di
 
 # %% auto #0
 __all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'left_out', 'paper_partition',
-           'seed_exclusion', 'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown', 'to_csv',
-           'to_seeds_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction',
+           'error_cell', 'seed_exclusion', 'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown',
+           'to_csv', 'to_seeds_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction',
            'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
@@ -28,7 +28,7 @@ def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
         if (d/'failed.json').exists():
             try: err = str(load_json(d/'failed.json').get('error', '')).strip()
             except KitError: err = 'failed.json unreadable'
-            return f'failed: {_first_line(err)}'
+            return f'failed: {error_cell(err)}'
     for d in dirs:
         if (d/'done').exists() and (d/'metrics.json').exists():
             try: read_metrics(d)
@@ -67,7 +67,9 @@ def paper_partition(table: Table,   # the table
     if paper is None or len(paper.value) != 1 or (paper.datasets and params.get('dataset') not in paper.datasets): return None
     return paper.value[0]
 
-def _first_line(text, limit=80):  # one line of an error for a table cell ('|' would split a Markdown cell)
+def error_cell(text,     # a run's error (failed.json's, or `har-kit status`'s)
+               limit=80): # characters at most
+    "The first line of an error, fit for a table cell: '|' (which would split a Markdown cell) replaced, long lines cut."
     first = (str(text).strip().splitlines() or ['(no message)'])[0].replace('|', '/')
     return first[:limit - 3] + '...' if len(first) > limit else first
 
@@ -79,7 +81,7 @@ def seed_exclusion(d,           # a seed directory of a run (`run_dirs`), or one
     if held and d.absolute() in held: return held[d.absolute()]
     if (d/'done').exists(): return None
     if (d/'failed.json').exists():
-        try: return f'failed: {_first_line(load_json(d/"failed.json").get("error", ""))}'
+        try: return f'failed: {error_cell(load_json(d/"failed.json").get("error", ""))}'
         except KitError: return 'failed: failed.json unreadable'
     return 'not done'
 
