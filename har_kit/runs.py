@@ -15,13 +15,13 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'RunFailed', 'is_done',
-           'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
-           'interrupted_exit', 'RunInterrupted', 'read_record', 'params_digest', 'notebook_record', 'real_data',
-           'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for',
-           'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
-           'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
+           'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
+           'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'real_data', 'moved_defaults',
+           'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo',
+           'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for', 'check_devices', 'run_notebook',
+           'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value',
+           'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -68,6 +68,16 @@ def _is_locked(out_dir):
     finally: os.close(fd)
 
 # %% ../nbs/70_runs.ipynb #c009
+def read_record(path,           # a JSON file the runner writes in or beside a run (params, env, metrics, timing, job)
+                problems=None): # a list that gets 'NAME unreadable' when the file is not a JSON object
+    "The record as a dict, or None when it is missing or unreadable: a status or a staleness check never stops on one."
+    path = Path(path)
+    try: return load_json(path, dict) if path.exists() else None
+    except KitError:
+        if problems is not None: problems.append(f'{path.name} unreadable')
+        return None
+
+# %% ../nbs/70_runs.ipynb #c010
 class RunFailed(RuntimeError):
     "A notebook run that did not finish: names the run directory and the failing cell's error."
     def __init__(self,
@@ -81,18 +91,15 @@ def is_done(out_dir):  # a run directory
     "True when the run directory holds a `done` marker."
     return (Path(out_dir)/'done').exists()
 
-def _json_object(path):  # a JSON file of a run
-    try: return load_json(path, dict)
-    except KitError: return None
-
 def run_damage(out_dir  # a run directory
               ) -> list:
     "What a run marked `done` lacks of what it finished with ('metrics.json missing', 'campar/model.pt missing', ...); [] when it is complete or not marked done."
     out = Path(out_dir)
     if not is_done(out): return []
     if not (out/'metrics.json').is_file(): return ['metrics.json missing']
-    metrics = _json_object(out/'metrics.json')
-    if metrics is None: return ['metrics.json unreadable']
+    problems = []
+    metrics = read_record(out/'metrics.json', problems)   # `read_record`: None, and 'metrics.json unreadable', for a broken file
+    if metrics is None: return problems
     files = [e.get('model_file') for k, e in metrics.items() if not str(k).startswith('_') and isinstance(e, dict)]   # where each variant's model went
     return [f'{f} missing' for f in files if isinstance(f, str) and not (out/f).is_file()]
 
@@ -100,7 +107,7 @@ def is_complete(out_dir):  # a run directory
     "True when the run is marked `done` and holds what it finished with (`run_damage`)."
     return is_done(out_dir) and not run_damage(out_dir)
 
-# %% ../nbs/70_runs.ipynb #c012
+# %% ../nbs/70_runs.ipynb #c013
 def _kernel_manager(env, cwd):
     "A kernel manager class that starts the kernel with `env` added to this process's environment, in `cwd`."
     from jupyter_client.manager import AsyncKernelManager
@@ -135,7 +142,7 @@ def _compile_cache():
     try: return str(cache_root(writable=True)/'torchinductor')
     except KitError: return None   # a read-only (or unusable) cache folder: compiles go to torch's per-user temporary folder
 
-# %% ../nbs/70_runs.ipynb #c016
+# %% ../nbs/70_runs.ipynb #c017
 _KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)
 _STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
 _SIGNAL = [0]                    # the signal that first called `stop_runs` (0: none, or a direct call)
@@ -177,7 +184,7 @@ class RunInterrupted(RunFailed):
     def __init__(self, out_dir, message):
         self.out_dir = Path(out_dir); RuntimeError.__init__(self, f'run {out_dir} interrupted: {message}')
 
-# %% ../nbs/70_runs.ipynb #c019
+# %% ../nbs/70_runs.ipynb #c020
 SAVE_EVERY = 2.0   # seconds between intermediate saves of a run's executed notebook
 
 def _engine():
@@ -203,16 +210,6 @@ def _engine():
             return man.nb
     papermill_engines.register('har-kit', Engine)
     return 'har-kit'
-
-# %% ../nbs/70_runs.ipynb #c020
-def read_record(path,           # a JSON file the runner writes in or beside a run (params, env, metrics, timing, job)
-                problems=None): # a list that gets 'NAME unreadable' when the file is not a JSON object
-    "The record as a dict, or None when it is missing or unreadable: a status or a staleness check never stops on one."
-    path = Path(path)
-    try: return load_json(path, dict) if path.exists() else None
-    except KitError:
-        if problems is not None: problems.append(f'{path.name} unreadable')
-        return None
 
 # %% ../nbs/70_runs.ipynb #c022
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
