@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import KitError, atomic_write, check_folder, check_writable, load_json, outputs_root, save_json
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
-                               plan, planned_tables, profile_params, render_tables, run_planned, stale_params)
+                               plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
 from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import section_notebook
@@ -221,18 +221,12 @@ class TablesConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.profile not in PROFILES: raise KitError(f'profile={self.profile!r}: no such profile; choose one of {", ".join(PROFILES)}')
         if self.runs_root is not None and not Path(self.runs_root).expanduser().is_dir():
             raise KitError(f'runs_root={str(self.runs_root)!r}: no such folder; pass the outputs root the runs were written under '
                            '(har-kit reproduce --out), or leave it None for outputs/')
-        mine = [k for k in TABLES if TABLES[k].in_profile(self.profile)]
-        if self.tables is None: return
-        if not isinstance(self.tables, (list, tuple)):
-            raise KitError(f'tables={self.tables!r}: pass a list of table keys, e.g. [{next(iter(mine))}], or None for all')
-        bad = [k for k in self.tables if k not in TABLES]
-        if bad: raise KitError(f'tables: no table {", ".join(map(repr, bad))}; choose from {", ".join(mine)} (profile {self.profile!r})')
-        off = [k for k in self.tables if k not in mine]
-        if off: raise KitError(f'tables: {", ".join(map(repr, off))} not part of profile {self.profile!r}; its tables: {", ".join(mine)}')
+        if self.tables is not None and not isinstance(self.tables, (list, tuple)):
+            raise KitError(f'tables={self.tables!r}: pass a list of table keys, e.g. [{str(self.tables)!r}], or None for all')
+        table_keys(self.tables, self.profile)   # the profile and the keys, as `reproduce` checks them
 
     def keys(self) -> list:
         "The table keys to render: those asked for, else every table of the profile."

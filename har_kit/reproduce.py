@@ -20,9 +20,9 @@ from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
-           'planned_data', 'default_tables', 'profile_params', 'plan', 'missing_roots', 'root_source', 'check_roots',
-           'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots',
-           'execute', 'planned_tables', 'render_tables']
+           'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots', 'root_source',
+           'check_roots', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu',
+           'gpu_slots', 'execute', 'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -183,14 +183,17 @@ def _all_dims(prof, spec):  # own dimensions plus those inherited from the runs 
     dims.update(_own_dims(prof, spec))
     return dims
 
-def _table_keys(tables, profile, smoke):  # the table keys a plan expands, checked against the profile
-    if profile not in PROFILES: raise KitError(f'unknown profile {profile!r}: choose one of {", ".join(PROFILES)}')
+def table_keys(tables,        # table keys asked for (None or []: the profile's defaults, `default_tables`)
+               profile: str,  # 'quick', 'sample' or 'paper'
+               smoke=False):  # the paper profile's smoke rehearsal
+    "The table keys a plan expands, checked against the profile: an unknown profile or key, or a table of another profile, is refused listing the choices."
+    if profile not in PROFILES: raise KitError(f'profile={profile!r}: no such profile; choose one of {", ".join(PROFILES)}')
     if smoke and profile != 'paper': raise KitError(f'--smoke rehearses the paper profile; got --profile {profile}')
-    keys = tables or default_tables(profile)
+    keys, mine = tables or default_tables(profile), [k for k in TABLES if TABLES[k].in_profile(profile)]
     bad = [k for k in keys if k not in TABLES]
-    if bad: raise KitError(f'unknown table(s) {bad}: choose from {", ".join(TABLES)}')
-    off = [k for k in keys if not TABLES[k].in_profile(profile)]
-    if off: raise KitError(f'table(s) {off} are not part of profile {profile!r} (see Table.profiles)')
+    if bad: raise KitError(f'no table {", ".join(map(repr, bad))}; choose from {", ".join(mine)} (profile {profile!r})')
+    off = [k for k in keys if k not in mine]
+    if off: raise KitError(f'{", ".join(map(repr, off))} not part of profile {profile!r}; its tables: {", ".join(mine)}')
     return keys
 
 # %% ../nbs/71_reproduce.ipynb #c017
@@ -276,7 +279,7 @@ def plan(tables=None,      # table keys; None: the profile's default tables
          smoke=False       # paper profile only: the same runs with `SMOKE`'s sizes (CI rehearsal)
         ) -> list:
     "Expand the tables (keys; None = the profile's defaults) into PlannedRuns, dependencies first."
-    keys = _table_keys(tables, profile, smoke)
+    keys = table_keys(tables, profile, smoke)
     if type(seeds) is not int or seeds < 1:
         raise KitError(f'seeds={seeds!r} (--seeds): expected a whole number of seeds per run, at least 1 (it is a least '
                        'number: rows that report a paired difference or an error bar get more)')

@@ -298,7 +298,7 @@ def test_a_sections_run_config_has_its_notebooks_parameters_and_defaults(section
 def test_the_tables_run_refuses_unknown_profiles_tables_and_roots_before_a_kernel_starts(tmp_path):
     "`har-kit run tables` checks its parameters (`TablesConfig`) before a kernel starts: no bare KeyError inside, no 'done' over an unknown profile, no folder made under a missing runs_root."
     from har_kit.run_params import check_config
-    with pytest.raises(KitError, match="73_tables: tables: no table 'campar_t9'; choose from dahar_t1, "): check_config('tables', {'tables': ['campar_t9']})
+    with pytest.raises(KitError, match="73_tables: no table 'campar_t9'; choose from dahar_t1, "): check_config('tables', {'tables': ['campar_t9']})
     with pytest.raises(KitError, match="73_tables: profile='quik': no such profile; choose one of quick, sample, paper"):
         check_config('tables', {'profile': 'quik'})
     with pytest.raises(KitError, match="runs_root='/nonexistent/x': no such folder"): check_config('tables', {'runs_root': '/nonexistent/x'})
