@@ -427,9 +427,9 @@ def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its
 
 # %% ../nbs/51_cfar.ipynb #c057
 def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
-    "The `ignore_unspecified` a CAM-PAR run trained with, read from its `_meta.unspecified` (None: not recorded)."
+    "The `ignore_unspecified` a CAM-PAR run trained with: `_meta.ignore_unspecified`, or for a run of an earlier kit the label it wrote in `_meta.unspecified` (None: neither)."
     if isinstance(meta.get('ignore_unspecified'), bool): return meta['ignore_unspecified']
-    u = meta.get('unspecified')
+    u = meta.get('unspecified')   # an earlier kit's run: only its label says
     if not isinstance(u, str): return None
     return True if u.startswith('ignored') else False if u.startswith('negative') else None
 
@@ -466,8 +466,7 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
             raise KitError(f'{m}: records no `unspecified` (the ignore_unspecified it trained with) to check against; rerun that '
                            'CAM-PAR run with this kit')
         if there != here:
-            raise KitError(f'campar_run={campar_run} was trained with ignore_unspecified={there} (its metrics.json: unspecified labels '
-                           f'{meta.get("unspecified")!r}), this run has ignore_unspecified={here}: its phase-1 row would score that model '
+            raise KitError(f'campar_run={campar_run} was trained with ignore_unspecified={there} (its metrics.json\'s _meta), this run has ignore_unspecified={here}: its phase-1 row would score that model '
                            'otherwise than that run\'s own row, and Loss_2 would read unspecified labels otherwise than phase 1\'s L; '
                            f'pass {p("ignore_unspecified", str(there).lower())}, or a CAM-PAR run trained with ignore_unspecified={here}')
 

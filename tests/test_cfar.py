@@ -245,15 +245,16 @@ def test_a_real_data_phase1_run_asks_for_its_data_root_not_a_profile(tmp_path):
     check_phase1_run(run, dataset='rap', scale=0.25, profile='quick')
 
 
-@pytest.mark.parametrize('there, recorded', [(False, 'negative in loss and metric (WIDER mAP: ignored, its protocol)'),
-                                             (True, 'ignored in loss and metric')])
+@pytest.mark.parametrize('there, recorded', [(False, dict(unspecified='negative in loss and metric (WIDER mAP: ignored, its protocol)')),
+                                             (True, dict(unspecified='ignored in loss and metric')),   # an earlier kit's run: its label
+                                             (True, dict(ignore_unspecified=True, unspecified='ignored in loss and metric'))])
 def test_phase1_run_of_another_ignore_unspecified_is_refused(tmp_path, there, recorded):
     "CFAR's phase-1 row and Loss_2 read unspecified labels by this run's ignore_unspecified: a CAM-PAR run trained with the other is refused, naming both and the fix."
     from har_kit.cfar import check_phase1_run
     from har_kit.core import save_json
     run = tmp_path/'campar'
     meta = dict(dataset='rap', profile='tiny', data_root=None, partition=0, scale=0.25)
-    save_json({'_meta': {**meta, 'unspecified': recorded}}, run/'metrics.json')
+    save_json({'_meta': {**meta, **recorded}}, run/'metrics.json')
     check_phase1_run(run, dataset='rap', scale=0.25, profile='tiny', ignore_unspecified=there)
     with pytest.raises(KitError, match=f'trained with ignore_unspecified={there} .*this run has ignore_unspecified={not there}: .*'
                                        f'pass -p ignore_unspecified {str(there).lower()}, or a CAM-PAR run trained with ignore_unspecified={not there}'):
