@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 import dataclasses
 
-from .core import KitError, data_root, is_weights_file, save_json
+from .core import KitError, data_root, file_stamp, is_weights_file, save_json
 from .data import fill_masks, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
 from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
@@ -115,12 +115,6 @@ def _create_root(out):  # the mask root `_mask_root` chose
     return out
 
 # %% ../nbs/21_masks.ipynb #c021
-def _stamp(path):  # a file the mask is made from
-    "(size, modification time) of a file, None when it is gone: a file replaced since the mask was made changes it."
-    try: st = os.stat(path)
-    except OSError: return None
-    return [st.st_size, st.st_mtime_ns]
-
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
     "Run the source on a batch, write each mask atomically (a mask read from that very file, the ground truth, is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
@@ -130,7 +124,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
             dst = mask_path(out, *rels[i])
             if dst.resolve() not in {Path(p).resolve() for p in tm.read}: write_mask(tm.mask, dst)   # not the very file it was read from
             new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(),
-                            inputs={str(p): _stamp(p) for p in (samples[i].image, *tm.read)}))
+                            inputs={str(p): file_stamp(p) for p in (samples[i].image, *tm.read)}))
             recs[new[-1]['key']] = new[-1]
     return new
 
@@ -177,7 +171,7 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     def _done(i):  # written by this source from the files as they are now, and still there
         r = rec_of(i)
         return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
-                and all(_stamp(p) == s for p, s in r.get('inputs', {}).items()))
+                and all(file_stamp(p) == s for p, s in r.get('inputs', {}).items()))
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
     created = not out.exists()

@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, cache_root, host_to_device, save_json, torch_threads
+from .core import KitError, cache_root, file_stamp, host_to_device, save_json, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, mask_size_error, refuse_every_split
 
@@ -51,10 +51,9 @@ def decode_resized(path,        # image file
     return img, m
 
 # %% ../nbs/16_pipeline.ipynb #c012
-def _stamp(path):  # a file's (size, modification time): a file replaced in place changes it
-    try: st = os.stat(path)
-    except OSError as e: raise KitError(f'{path}: cannot read it ({e.strerror}); check the dataset folder, then run again') from None
-    return [st.st_size, st.st_mtime_ns]
+def _stamp(path):  # an image or mask file of the cache: its `file_stamp`, which must exist
+    if (s := file_stamp(path)) is None: raise KitError(f'{path}: cannot read it; check the dataset folder, then run again')
+    return s
 
 def cache_key(paths,        # image files, one per sample
               boxes,        # (x, y, w, h) or None per sample
