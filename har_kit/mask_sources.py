@@ -20,7 +20,7 @@ from .formats import box_mask, clip_box, load_grey, load_rgb, mask_path
 # %% auto #0
 __all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_target', 'image_size', 'read_mask', 'write_mask',
            'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource',
-           'MaskRCNNSource', 'mask_source']
+           'MaskRCNNSource', 'check_source', 'mask_source']
 
 # %% ../nbs/20_mask_sources.ipynb #c008
 @dataclass
@@ -313,13 +313,18 @@ def __call__(self:MaskRCNNSource, jobs):
 MASK_SOURCES = {'box': BoxSource, 'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource,
                 'maskrcnn': MaskRCNNSource}
 
+def check_source(name):  # a mask source's name, e.g. a run's `source` parameter
+    "`name`, or the error of a name that is no mask source, listing them."
+    if name not in MASK_SOURCES: raise KitError(f'source={name!r}: choose one of {", ".join(MASK_SOURCES)}')
+    return name
+
 def mask_source(name,               # 'renderer', 'maskrcnn', 'directory', 'box' (or its alias 'none')
                 device='cpu',       # maskrcnn: where the model runs
                 weights='DEFAULT',  # maskrcnn: torchvision weights, a state-dict file, or None (random, nothing downloads)
                 directory=None,     # directory: the folder of PNG masks
                 **kw):              # maskrcnn: more `MaskRCNNSource` / torchvision builder arguments
     "Build the named mask source."
-    if name not in MASK_SOURCES: raise KitError(f'source={name!r}: choose one of {", ".join(MASK_SOURCES)}')
+    check_source(name)
     if name == 'maskrcnn': return MaskRCNNSource(weights=weights, device=device, **kw)
     if kw: raise KitError(f'source={name!r} takes no options {sorted(kw)}; they are for source="maskrcnn"')
     if name == 'directory':

@@ -16,7 +16,7 @@ import dataclasses
 from .core import KitError, data_root, file_stamp, is_weights_file, save_json
 from .data import fill_masks, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
-from .mask_sources import MASK_SOURCES, MaskSource, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
+from .mask_sources import MASK_SOURCES, MaskSource, check_source, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
 from .model_file import RunConfig
 
 # %% auto #0
@@ -45,7 +45,7 @@ class MasksConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.dataset not in DATASET_KINDS: raise KitError(f'dataset={self.dataset!r}: choose one of {", ".join(DATASET_KINDS)}')
-        if self.source not in MASK_SOURCES: raise KitError(f'source={self.source!r}: choose one of {", ".join(MASK_SOURCES)}')
+        check_source(self.source)
         for name in ('data_root', 'mask_directory'):
             v = getattr(self, name)
             if v is not None and not Path(v).is_dir(): raise KitError(f'{name}={str(v)!r}: no such folder; pass an existing one')
