@@ -400,8 +400,8 @@ def op_count(model, x):
 
 def latency(cfg):
     "Inference latency at batch 1, fp32: Da-HAR / its baseline and CAM-PAR (+ fusion) / the plain ResNet-50, eager and graph-replayed; Table 3's partial Da-HAR variants graph-replayed."
-    import statistics, torch
-    from har_kit.bench import plain_baseline, ratio_stats
+    import torch
+    from har_kit.bench import plain_baseline
     from har_kit.core import get_device
     from har_kit.dahar import dahar_variant
     dev, out = get_device(cfg['device']), {}
@@ -414,12 +414,17 @@ def latency(cfg):
         x = torch.randn(1, *size, device=dev)
         ops = dict(ops=op_count(model.to(dev), x), ops_baseline=op_count(base.to(dev), x))
         for graph in ((True,) if m in DAHAR_PARTS else (False, True)):
-            tm, tb = _latency_pair(model, base, x, cfg['latency_iters'], graph)
-            r = ratio_stats(tm, tb)
-            out[f'{key} ({"graph" if graph else "eager"})'] = dict(ms=statistics.median(tm), ms_baseline=statistics.median(tb),
-                                                                 ratio=r['median'], ratio_iqr=r['iqr'], **ops)
+            out[f'{key} ({"graph" if graph else "eager"})'] = dict(_latency_row(*_latency_pair(model, base, x, cfg['latency_iters'], graph)), **ops)
     out['paper_anchor'] = dict(ratio=24.04 / 22.28, note='Da-HAR 24.04 ms vs baseline 22.28 ms, one image, 1080Ti')
     return out
+
+
+def _latency_row(tm, tb):  # per-repeat ms of a model and its baseline (`_latency_pair`)
+    "Medians of both and the ratio's median and IQR."
+    import statistics
+    from har_kit.bench import ratio_stats
+    r = ratio_stats(tm, tb)
+    return dict(ms=statistics.median(tm), ms_baseline=statistics.median(tb), ratio=r['median'], ratio_iqr=r['iqr'])
 
 
 def latency_compiled(cfg):
@@ -427,8 +432,7 @@ def latency_compiled(cfg):
     mode on a GPU: pointwise operators fused, convolutions left to cuDNN; dynamo's eager backend in the CPU mode), then
     captured in a CUDA graph and replayed: the GPU time of a deployment that compiles, beside `latency`'s eager kernels.
     Compile seconds (cold) are reported with the rates."""
-    import statistics, torch
-    from har_kit.bench import ratio_stats
+    import torch
     from har_kit.core import get_device
     dev = get_device(cfg['device'])
     model, _, size = build('dahar', cfg); base = build('dahar_baseline', cfg)[0]
@@ -437,10 +441,8 @@ def latency_compiled(cfg):
     cm, cb = (torch.compile(m.to(dev).eval(), backend=cfg['latency_backend']) for m in (model, base))
     with torch.no_grad(): cm(x); cb(x)   # both compiled before any timing
     compile_s = time.perf_counter() - t
-    tm, tb = _latency_pair(cm, cb, x, cfg['latency_iters'], graph=True)
-    r = ratio_stats(tm, tb)
-    return {'dahar/baseline (compiled, graph)': dict(ms=statistics.median(tm), ms_baseline=statistics.median(tb), ratio=r['median'],
-                                                     ratio_iqr=r['iqr'], backend=cfg['latency_backend'], compile_s=round(compile_s, 1))}
+    row = _latency_row(*_latency_pair(cm, cb, x, cfg['latency_iters'], graph=True))
+    return {'dahar/baseline (compiled, graph)': dict(row, backend=cfg['latency_backend'], compile_s=round(compile_s, 1))}
 
 
 def _worker(a):
