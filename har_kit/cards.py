@@ -19,7 +19,8 @@ __all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'FIXED_CHOICES', 'UNUSED', 'note
 
 # %% ../nbs/62_cards.ipynb #c006
 SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
-                   'held-out': 'held-out (epoch chosen on a validation split carved from training, or the last epoch)'}
+                   'held-out': 'held-out (never on test: the epoch best on a validation split carved from training where the '
+                               "method selects one, else the last epoch; the fixed choices below say which)"}
 
 @functools.lru_cache(maxsize=None)
 def _defaults(notebook):
@@ -137,10 +138,14 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'the paper uses "a confidence-weighted attention mechanism (Zhu et al. 2017a)" without SRN\'s spatial regulariser, '
          "the one place SRN weights attention by a confidence (sigma(S) * A, its S being the per-position classifier); SRN's "
          'own attention logit, sum_ij a_c s_c, has no confidence weighting; the kit keeps the weighting, with its own confidence map'),
-        ('supervised logits', 'Eq. 1 / Eq. 2 on the averaged logits (main + side) / 2 only (`DaHarLoss`, branch_weight=0)',
+        ('supervised logits', 'Eq. 1 / Eq. 2 on the averaged logits (main + side) / 2 only (`DaHarLoss`, branch_weight=0); '
+                              'the decision is the sigmoid of that average (Crops: the mean of the five crops\' sigmoids)',
          'the paper does not say which logits Eq. 1 supervises: it writes Eq. 1 on "the predicted result", and averages the '
-         'two branches\' predictions "for decision making"; the kit supervises the averaged ones, the prediction it scores; '
-         'SRN trains each branch with its own loss (branch_weight=1 adds both branches\' losses)'),
+         'two branches\' predictions "for decision making" without saying whether logits or probabilities; the kit averages '
+         'logits, supervises that average and scores it; SRN trains each branch with its own loss (branch_weight=1 adds both '
+         'branches\' losses)'),
+        ('epoch kept', 'the last epoch of the schedule, on every dataset (no selection, on any split)',
+         'the paper names no selection rule; it gives a step schedule, which ends at a fixed epoch'),
         ('mask loss', "per-pixel mean BCE against the pseudo mask area-averaged to the branch's resolution (14 x 14; 14 x 7 on RAP) (`mask_loss`), "
                       'added at mask_weight to Eq. 1, which sums over the attributes',
          'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
@@ -152,9 +157,11 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'up-sampling" needs a level to be up-sampled (c5 resolution would cost fewer FLOPs)'),
         ('self-mask re-weighting', 'f x (1 + m) in the main net (residual attention); f x sigma(M), which can remove a region, '
                                    'only in the side branch\'s masked attention',
-         '"filter out the unconcerned regions" could be read as f x m; four stacked f x m masks would zero c5 wherever one of them '
-         'is zero and, at m near 0.5 from the N(0, 0.01) start, halve a pretrained backbone\'s features at every stage; HydraPlus-Net, '
-         'which the paper cites, adds its masks back on the features (relative suppression at most 2:1)'),
+         '"filter out the unconcerned regions" could be read as f x m; the residual form keeps the identity path, so the '
+         'unsupervised masks re-weight a pretrained backbone\'s features without erasing them (relative suppression at most 2:1), '
+         'as HydraPlus-Net, which the paper cites, adds its masks back on the features; Residual Attention (Wang et al. 2017, '
+         'Sec. 3.1) measures a drop when f x m modules are stacked naively; removing a region is left to the side branch\'s '
+         'mask, the one supervised by person masks (30_dahar_model)'),
         ('colour jitter', 'brightness, contrast and saturation factors drawn from [0.7, 1.3], in a random order per image, '
                           'hue untouched, on the image only (`dahar_transforms`, 15_loading)',
          '"the data augmentation strategies employed in (Zhu et al. 2017a)" name no strength; 0.3 is our choice'),
@@ -166,9 +173,18 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`); the data's meta records how many (`n_uncertain`)",
          "the paper does not say; as CAM-PAR's [15] (2021); uncertain='unspecified' with ignore_unspecified=True leaves them "
          'out of the loss'),
+        ('RAP attributes', "trained and scored on the first 51 of RAP's 69 attributes (`read_rap(n_attributes=51)`)",
+         'the paper reports "the prediction results on 51 attributes" following the standard protocol (Li et al. 2016a) '
+         'and does not say whether training saw all 69; the standard protocol, and [15], train on the 51'),
         ('RAP evaluation', 'the direct 256 x 128 resize (Full), not the five crops', 'Table 2 does not say which strategy; Full is '
                            "the better one in every row of Table 3")],
     'campar': [
+        ('specific logits (Eq. 12)', "l_specific,j = w_j^T GAP(CAM_j x f): attribute j's disentangled feature scored by its "
+                                     'own classifier w_j (`l_specific`), trained and tested',
+         "Eq. 12 as printed; the public code (models.py, `LinearClassifier.forward`) computes `(cams_feature @ W^T).sum(2)` "
+         "= (sum_k w_k)^T GAP(CAM_j x f), which scores every attribute's feature with the same summed classifier, and trains "
+         'and tests that head; each CAM-PAR run reports that formula on its own features beside (`extra.public_formula`, '
+         '41_campar)'),
         ('CAM normalisation (Eq. 10)', 'ReLU(A) / max ReLU(A); a map with no positive value stays all zero',
          'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),
         ('loss heads (Eq. 16)', 'BCE on the shared and on the specific logits, summed',
