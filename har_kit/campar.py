@@ -17,9 +17,10 @@ from .loading import IMAGENET_MEAN, IMAGENET_STD
 from . import losses
 
 # %% auto #0
-__all__ = ['VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared', 'disentangled_features',
-           'l_specific_materialised', 'l_specific_public', 'MCAFusion', 'mca_params', 'CamParNet', 'campar_variant',
-           'CamParLoss', 'attribute_angles', 'positive_angles', 'plot_theta', 'variant_kwargs', 'campar_model_file']
+__all__ = ['SPECIFIC_LOGITS', 'VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared',
+           'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'l_specific_summed', 'MCAFusion',
+           'mca_params', 'CamParNet', 'campar_variant', 'CamParLoss', 'attribute_angles', 'positive_angles',
+           'plot_theta', 'variant_kwargs', 'campar_model_file']
 
 # %% ../nbs/40_campar_model.ipynb #c005
 def attribute_activation(f: torch.Tensor,       # (N, C, H, W) encoder feature map F_l(x)
@@ -71,7 +72,13 @@ def l_specific_public(cam,      # (N, M, H, W) CAMs
     "The public code's `(cams_feature @ W^T).sum(2)`: sum_k w_k^T GAP(f_d,j) (not Eq. 12; for comparison)."
     return (disentangled_features(cam, f) @ weight.T).sum(2)
 
-# %% ../nbs/40_campar_model.ipynb #c021
+# %% ../nbs/40_campar_model.ipynb #c017
+def l_specific_summed(cam: torch.Tensor,  # (N, M, H, W) CAMs from Eq. 10
+                      a: torch.Tensor):   # (N, M, H, W) activation maps A from Eq. 9 (same weights)
+    "The public code's specific logits without pooled features: (sum_k w_k)^T GAP(CAM_j * f) = mean_p CAM_j[p] sum_k A_k[p]."
+    return (cam * a.sum(1, keepdim=True)).mean((2, 3))
+
+# %% ../nbs/40_campar_model.ipynb #c023
 class MCAFusion(nn.Module):
     "SPOL's multiplicative channel attention fusion of several stages (CAM-PAR Sec. 4.2)."
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
@@ -113,13 +120,15 @@ class MCAFusion(nn.Module):
             out = out * y
         return out
 
-# %% ../nbs/40_campar_model.ipynb #c025
+# %% ../nbs/40_campar_model.ipynb #c027
 def mca_params(widths=(512, 1024, 2048)):  # c3, c4, c5 widths (ResNet-50's)
     "MCA's parameter count for latent 128 and 512, with and without the 1x1 projection of c5: {'latent W, c5 ...': n}."
     return {f'latent {w}, c5 {"projected" if pd else "BN only"}': count_params(MCAFusion(list(widths), latent=w, project_deepest=pd))
             for w in (128, 512) for pd in (True, False)}
 
-# %% ../nbs/40_campar_model.ipynb #c028
+# %% ../nbs/40_campar_model.ipynb #c030
+SPECIFIC_LOGITS = ('eq12', 'public')   # `specific_logit`: the thesis's Eq. 12, or the public code's formula
+
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -129,11 +138,15 @@ class CamParNet(nn.Module):
                  logit_bn: bool = False,           # BatchNorm1d on the logits ([15])
                  logit_bn_shared: bool = False,    # with logit_bn: one BatchNorm1d for both heads (the public code); False: one each
                  predict: str = 'specific',        # `logits` of a CAM model: 'specific', 'shared' or 'mean'
-                 detach_cam: bool = False):        # stop gradients through the CAM weights
+                 detach_cam: bool = False,         # stop gradients through the CAM weights
+                 specific_logit: str = 'eq12'):    # 'eq12' (the thesis) or 'public' (the public code's summed classifier)
         super().__init__()
         if predict not in ('specific', 'shared', 'mean'):
             raise KitError(f"predict={predict!r}: use 'specific', 'shared' or 'mean'")
+        if specific_logit not in SPECIFIC_LOGITS:
+            raise KitError(f"specific_logit={specific_logit!r}: use {' or '.join(map(repr, SPECIFIC_LOGITS))}")
         self.backbone, self.fusion, self.cam, self.predict, self.detach_cam = backbone, fusion, cam, predict, detach_cam
+        self.specific_logit = specific_logit
         n_fused = len(fusion.in_channels) if fusion is not None else 1
         self.n_fused = n_fused
         width = fusion.out_channels if fusion is not None else backbone.channels[-1]
@@ -155,14 +168,15 @@ class CamParNet(nn.Module):
         cam = class_activation_map(a)                                             # Eq. 10
         if self.detach_cam: cam = cam.detach()
         shared = self.bn_shared(l_shared(a, self.classifier.bias))                # Eq. 15
-        specific = self.bn_specific(l_specific(cam, a, self.classifier.bias))     # Eq. 11-12
+        specific = self.bn_specific(l_specific(cam, a, self.classifier.bias) if self.specific_logit == 'eq12'
+                                    else l_specific_summed(cam, a))              # Eq. 11-12, or the public code's
         logits = {'specific': specific, 'shared': shared, 'mean': (specific + shared) / 2}[self.predict]
         return {'logits': logits, 'logits_shared': shared, 'logits_specific': specific, 'cam': cam}
 
     def forward(self, x):  # images (N, 3, H, W)
         return self.heads(self.feature_map(x))
 
-# %% ../nbs/40_campar_model.ipynb #c031
+# %% ../nbs/40_campar_model.ipynb #c033
 VARIANTS = {  # name -> (CAM branch, MCA fusion, the row of CAM-PAR Table 2 it reproduces)
     'baseline':      dict(cam=False, fusion=False, row='ResNet-50 baseline [15]'),
     'fusion':        dict(cam=False, fusion=True,  row='+ Fusion'),
@@ -182,7 +196,8 @@ def campar_variant(name: str = 'campar_fusion',  # a key of `VARIANTS` (default:
                    project_deepest: bool = True, # MCA: 1x1 conv on c5 too; False: BN + ReLU only (public code)
                    align_corners: bool = False,  # MCA's bilinear re-sampling (public code: True)
                    detach_cam: bool = False,     # stop gradients through the CAM
-                   last_stride: int = 2):        # 1 = finer c5 (not used by the thesis)
+                   last_stride: int = 2,         # 1 = finer c5 (not used by the thesis)
+                   specific_logit: str = 'eq12'):  # 'eq12' (the thesis) or 'public' (the public code's formula)
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `variant_kwargs`)."
     if name not in VARIANTS:
         raise KitError(f'unknown CAM-PAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
@@ -194,13 +209,14 @@ def campar_variant(name: str = 'campar_fusion',  # a key of `VARIANTS` (default:
     fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest,
                         align_corners=align_corners) if v['fusion'] else None
     model = CamParNet(backbone, num_attributes, cam=v['cam'], fusion=fusion, logit_bn=logit_bn,
-                      logit_bn_shared=logit_bn_shared, predict=predict, detach_cam=detach_cam)
+                      logit_bn_shared=logit_bn_shared, predict=predict, detach_cam=detach_cam, specific_logit=specific_logit)
     model.build_params = dict(variant=name, num_attributes=num_attributes, arch=arch, logit_bn=logit_bn, logit_bn_shared=logit_bn_shared,
                               predict=predict, fuse_at=fuse_at, latent=latent, detach_cam=detach_cam,
-                              last_stride=last_stride, project_deepest=project_deepest, align_corners=align_corners)
+                              last_stride=last_stride, project_deepest=project_deepest, align_corners=align_corners,
+                              specific_logit=specific_logit)
     return model
 
-# %% ../nbs/40_campar_model.ipynb #c038
+# %% ../nbs/40_campar_model.ipynb #c042
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific) (Eq. 13: `har_kit.losses.bce_loss`); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
     def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
@@ -217,7 +233,7 @@ class CamParLoss(nn.Module):
                  for k in ('shared', 'specific') if 'logits_' + k in out}
         return dict(loss=sum(parts.values()), **parts)
 
-# %% ../nbs/40_campar_model.ipynb #c042
+# %% ../nbs/40_campar_model.ipynb #c046
 def attribute_angles(model: CamParNet,     # a trained `CamParNet`
                      images: torch.Tensor): # (N, 3, H, W)
     "Angle in degrees between each attribute's feature (GAP(f_d,j), or the shared GAP(f)) and w_j -> (N, M)."
@@ -233,7 +249,7 @@ def attribute_angles(model: CamParNet,     # a trained `CamParNet`
     theta = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
     return torch.where(gn > 0, theta, torch.full_like(theta, float('nan')))
 
-# %% ../nbs/40_campar_model.ipynb #c043
+# %% ../nbs/40_campar_model.ipynb #c047
 @torch.no_grad()
 def positive_angles(model: CamParNet,  # a trained `CamParNet`
                     loader,            # test loader yielding {'image', 'labels'}, single-crop
@@ -251,7 +267,7 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))
 
-# %% ../nbs/40_campar_model.ipynb #c046
+# %% ../nbs/40_campar_model.ipynb #c050
 def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees (e.g. {'baseline': ..., 'campar': ...})
                num_attributes: int | None = None,  # M, to draw the OFMA bound arccos(1/sqrt(M)); None = skip
                ax=None):                # matplotlib axes, or None for a new figure
@@ -270,7 +286,7 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 
-# %% ../nbs/40_campar_model.ipynb #c050
+# %% ../nbs/40_campar_model.ipynb #c054
 def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     "The JSON-able keyword arguments that rebuild `model` with `campar_variant(**kwargs)` (weights=None)."
     if not hasattr(model, 'build_params'):
@@ -278,7 +294,7 @@ def variant_kwargs(model: CamParNet):  # a model from `campar_variant`
     kw = dict(model.build_params)
     return dict(name=kw.pop('variant'), **kw, weights=None)
 
-# %% ../nbs/40_campar_model.ipynb #c051
+# %% ../nbs/40_campar_model.ipynb #c055
 def campar_model_file(model: CamParNet,          # a trained model from `campar_variant`
                       attributes,                # attribute names, in output order
                       input_size,                # network input (height, width)

@@ -23,7 +23,8 @@ from .data import check_train_splits, load_dataset, samples_digest
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
-from .campar import (VARIANTS, CamParNet, CamParLoss, campar_model_file, campar_variant, l_specific_public, positive_angles)
+from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, campar_model_file, campar_variant, l_specific_public,
+                            positive_angles)
 
 # %% auto #0
 __all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval', 'carve_validation',
@@ -259,6 +260,7 @@ class CamParConfig(RunConfig):
     sample_weighting: bool = True       # [15]'s weighted BCE: exp(1-r_j) on positives, exp(r_j) on negatives
     grad_clip: float = 10.0             # global gradient-norm clip before each step ([15]: 10); 0: none
     predict: str = 'specific'           # which CAM-PAR logits are `logits` at test time: 'specific', 'shared' or 'mean'
+    specific_logit: str = 'eq12'        # the specific logits: 'eq12' (the thesis's w_j) or 'public' (the public code's sum of all w_k, no bias)
     fuse_at: str = 'shallowest'         # MCA output resolution: 'shallowest' (stride 8) or 'deepest' (stride 32)
     ignore_unspecified: bool = False    # False: unspecified labels are negatives in loss and metric ([15]); True: ignored
     seed: int = 0                       # random seed
@@ -276,6 +278,8 @@ class CamParConfig(RunConfig):
         check_arch(self.arch)
         self.check_variants(VARIANTS)
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
+        if self.specific_logit not in SPECIFIC_LOGITS:
+            raise KitError(f"specific_logit={self.specific_logit!r}: use 'eq12' (the thesis's Eq. 12) or 'public' (the public code's formula)")
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
         if self.selection_study and self.selection != 'held-out':
             raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "
@@ -325,6 +329,7 @@ class CamParRecipe(Recipe):
     def build(self, variant):  # a key of `har_kit.campar.VARIANTS`
         c = self.config
         return campar_variant(variant, len(self.data.attributes), arch=c.arch, weights=c.weights, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, predict=c.predict,
+                              specific_logit=c.specific_logit,
                               fuse_at=c.fuse_at, latent=c.fusion_width, project_deepest=c.fusion_project_deepest,
                               align_corners=c.fusion_align_corners)
 
@@ -348,7 +353,7 @@ def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
                 arch=c.arch, weights=c.weights, scale=c.scale, batch_size=c.batch_size, logit_bn=c.logit_bn, logit_bn_shared=c.logit_bn_shared, fusion_width=c.fusion_width,
                 fusion_project_deepest=c.fusion_project_deepest, fusion_lr=c.fusion_lr,
                 fusion_align_corners=c.fusion_align_corners, selection=c.selection, val_fraction=c.val_fraction,
-                sample_weighting=c.sample_weighting, predict=c.predict, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant,
+                sample_weighting=c.sample_weighting, predict=c.predict, specific_logit=c.specific_logit, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant,
                 train_samples=samples_digest(self.train_set))
 
 @patch

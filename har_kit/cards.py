@@ -183,8 +183,8 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
                                      'own classifier w_j (`l_specific`), trained and tested',
          "Eq. 12 as printed; the public code (models.py, `LinearClassifier.forward`) computes `(cams_feature @ W^T).sum(2)` "
          "= (sum_k w_k)^T GAP(CAM_j x f), which scores every attribute's feature with the same summed classifier, and trains "
-         'and tests that head; each CAM-PAR run reports that formula on its own features beside (`extra.public_formula`, '
-         '41_campar)'),
+         "and tests that head (`-p specific_logit public` trains it); each CAM-PAR run reports that formula on its own "
+         'features beside (`extra.public_formula`, 41_campar)'),
         ('CAM normalisation (Eq. 10)', 'ReLU(A) / max ReLU(A); a map with no positive value stays all zero',
          'Eq. 10 as printed; the public code divides by max + 1e-5, which differs only where the peak is near 0'),
         ('loss heads (Eq. 16)', 'BCE on the shared and on the specific logits, summed',

@@ -148,6 +148,8 @@ def campar_protocol(**extra   # per-table additions or overrides
         'fuse_at': Paper('shallowest', "public code: its MCA re-samples c4 and c5 to c3's resolution (models.py)"),
         'predict': Paper(None, 'which head the reported numbers score: not stated (the public infer.py scores logits_list[0], '
                                'the specific head)', open=True),
+        'specific_logit': Paper('eq12', "Eq. 12: w_j^T GAP(f_d,j), attribute j's own classifier; the public code trains "
+                                        "(sum_k w_k)^T GAP(f_d,j) (`public`)"),
         'amp': Paper('none', 'not stated (fp32)'),
         'device': Paper('cuda', 'GPU training'),
         **extra}
