@@ -25,7 +25,7 @@ $(STAMP):
 main: setup
 	$(BIN)/har-kit reproduce --profile $(PROFILE)
 
-## the studies beyond the papers (distraction, where the maps look, training length, method x dataset matrix, selection optimism) on the same profile, reusing shared runs
+## the studies beyond the papers (distraction, where the maps look, training length, method x dataset matrix, selection optimism, Eq. 12 against the public code) on the same profile, reusing shared runs
 studies: setup
 	$(BIN)/har-kit reproduce --profile $(PROFILE) --studies
 

@@ -180,7 +180,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
                            "the better one in every row of Table 3")],
     'campar': [
         ('specific logits (Eq. 12)', "l_specific,j = w_j^T GAP(CAM_j x f): attribute j's disentangled feature scored by its "
-                                     'own classifier w_j (`l_specific`), trained and tested',
+                                     'own classifier w_j (`l_specific`, `specific_logit=\'eq12\'`), trained and tested',
          "Eq. 12 as printed; the public code (models.py, `LinearClassifier.forward`) computes `(cams_feature @ W^T).sum(2)` "
          "= (sum_k w_k)^T GAP(CAM_j x f), which scores every attribute's feature with the same summed classifier, and trains "
          "and tests that head (`-p specific_logit public` trains it); each CAM-PAR run reports that formula on its own "

@@ -14,9 +14,9 @@ from .formats import WIDER_IMBALANCE
 __all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_IMBALANCE', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1',
            'CAMPAR_T2', 'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX',
            'LONGER', 'TRAINING_LENGTH', 'REAL_PA100K', 'SELECTION_SAMPLE_EPOCHS', 'SELECTION', 'SELECTION_REAL',
-           'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol', 'campar_protocol',
-           'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name', 'run_path', 'run_dirs',
-           'seed_dirs']
+           'SPECIFIC_LOGIT', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol',
+           'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name',
+           'run_path', 'run_dirs', 'seed_dirs']
 
 # %% ../nbs/61_results.ipynb #c005
 @dataclass(frozen=True)
@@ -439,10 +439,25 @@ SELECTION_REAL = _selection_table(
     _selection_rows('pa100k', 'real PA100K', epochs=SELECTION_SAMPLE_EPOCHS), ('sample',),
     f"{SELECTION_SAMPLE_EPOCHS} epochs; the sample's val split (200 images)")
 
-STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K, SELECTION, SELECTION_REAL)}
+# %% ../nbs/61_results.ipynb #c049
+def _specific_rows(variant, name):  # the Table 2 run's variant (Eq. 12), then the same variant trained with the public formula
+    public = spec('campar', variant, dataset='rap', variants=['campar', 'campar_fusion'], specific_logit='public')
+    return [Row(f'{variant}_eq12', f"{name}: Eq. 12, attribute j's own w_j", {}, _campar(variant, 'rap'), _C2_METRICS),
+            Row(f'{variant}_public', f'{name}: the public code, the sum of all w_k', {}, public, _C2_METRICS)]
+
+SPECIFIC_LOGIT = Table('eq12_vs_public', "CAM-PAR's specific logits: Eq. 12 and the public code's formula, RAP-like (%)",
+                       "har-kit study (does the formula the authors' code trains change CAM-PAR's numbers?)", _C2_COLS,
+                       _specific_rows('campar', '+ CAM-PAR') + _specific_rows('campar_fusion', '+ CAM-PAR + fusion'),
+                       conventions='threshold p >= 0.5; F1 = harmonic mean of mean Prec and mean Rec; the public rows differ from '
+                                   "Table 2's only in `specific_logit` (and train the two CAM variants alone); 3 seeds",
+                       seeds=3, profiles=('quick',), protocol=campar_protocol(**_RAP5C),
+                       compare={'campar_public': 'campar_eq12', 'campar_fusion_public': 'campar_fusion_eq12'})
+
+STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH, MATRIX, REAL_PA100K, SELECTION, SELECTION_REAL,
+                                   SPECIFIC_LOGIT)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/61_results.ipynb #c052
+# %% ../nbs/61_results.ipynb #c054
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -465,7 +480,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/61_results.ipynb #c056
+# %% ../nbs/61_results.ipynb #c058
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:
