@@ -110,28 +110,33 @@ def _fetch(arch, w):  # torchvision's model with weights `w` (an enum member or 
                        f'internet and put it in {hub}/ (TORCH_HOME moves that folder), or pass weights=PATH to the file') from None
 
 # %% ../nbs/03_backbones.ipynb #c016
-def check_arch(arch): # a backbone name
-    "`arch` when `resnet_taps` builds it, else the KitError that names the ones it builds (what a run config checks first)."
+def check_arch(arch,          # a backbone name
+               weights=None): # its `weights` argument: None, a torchvision weights name or a local file
+    "`arch` when `resnet_taps` builds it with `weights`, else the KitError saying why (what a run config checks first; nothing is read or downloaded)."
     if arch not in TORCHVISION_ARCHES and arch not in SMALL_ARCHES:
         raise KitError(f'unknown arch {arch!r}: choose one of {", ".join(TORCHVISION_ARCHES + tuple(SMALL_ARCHES))}')
+    if weights is None: return arch
+    if arch in SMALL_ARCHES:
+        raise KitError(f'arch={arch!r} has no pretrained weights: pass weights=None, or use a torchvision arch '
+                       f'({", ".join(TORCHVISION_ARCHES)}) with weights="IMAGENET1K_V1"')
+    if not is_weights_file(weights): resolve_weights(arch, weights)   # a name: one of the arch's weights enum
+    elif not Path(weights).expanduser().is_file():
+        raise KitError(f'weights={str(weights)!r}: no such file; pass torchvision\'s {arch} state dict (.pth), a weights name '
+                       'such as "IMAGENET1K_V1", or None')
     return arch
 
-# %% ../nbs/03_backbones.ipynb #c017
+# %% ../nbs/03_backbones.ipynb #c019
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
                 weights=None,            # None, 'DEFAULT', a torchvision weights name ('IMAGENET1K_V1') or a local .pth file
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
     "Build a `ResNetTaps` backbone, with torchvision's pretrained weights (by name, or from a local file) when `weights` is given."
     sha = None
-    if arch in SMALL_ARCHES:
-        if weights is not None:
-            raise KitError(f'arch={arch!r} has no pretrained weights: pass weights=None, or use a torchvision arch '
-                           f'({", ".join(TORCHVISION_ARCHES)}) with weights="IMAGENET1K_V1"')
-        stem, stages, channels = _small_resnet(*SMALL_ARCHES[arch])
-    elif arch in TORCHVISION_ARCHES:
+    check_arch(arch, weights)
+    if arch in SMALL_ARCHES: stem, stages, channels = _small_resnet(*SMALL_ARCHES[arch])
+    else:
         if is_weights_file(weights): net = _fetch(arch, None); sha = load_weights_file(net, weights, arch)
         else: net = _fetch(arch, resolve_weights(arch, weights))
         stem, stages, channels = _split_torchvision(net)
-    else: check_arch(arch)
     if last_stride not in (1, 2): raise KitError(f'last_stride must be 1 or 2, got {last_stride!r}')
     if last_stride == 1:
         first = stages[3][0]
@@ -141,12 +146,12 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
     taps.weights_sha256 = sha
     return taps
 
-# %% ../nbs/03_backbones.ipynb #c019
+# %% ../nbs/03_backbones.ipynb #c021
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/03_backbones.ipynb #c033
+# %% ../nbs/03_backbones.ipynb #c035
 import torch.nn.functional as F
 from typing import List, Optional
 
@@ -166,13 +171,13 @@ def bilinear_matrix(n_in: int,                           # source length
     m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
-# %% ../nbs/03_backbones.ipynb #c034
+# %% ../nbs/03_backbones.ipynb #c036
 @functools.lru_cache(maxsize=64)
 def _bilinear_matrix_cached(n_in, n_out, device, dtype, align_corners=False):
     with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
         return bilinear_matrix(n_in, n_out, device, dtype, align_corners)
 
-# %% ../nbs/03_backbones.ipynb #c035
+# %% ../nbs/03_backbones.ipynb #c037
 def resize_bilinear(x: torch.Tensor,               # (N, C, H, W) feature maps
                     size: List[int],              # (H_out, W_out)
                     align_corners: bool = False): # as F.interpolate's

@@ -275,7 +275,7 @@ class CamParConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()   # the parameters' ranges (`RunConfig`)
-        check_arch(self.arch)
+        check_arch(self.arch, self.weights)
         self.check_variants(VARIANTS)
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
         if self.specific_logit not in SPECIFIC_LOGITS:

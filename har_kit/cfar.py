@@ -365,7 +365,7 @@ class CFARRunConfig(RunConfig):
     def __post_init__(self):
         check_p_t(self.p_t); check_als_tol(self.als_tol)   # what the ALS fit would refuse after phase 1 (`50_cfar_factors`), now
         super().__post_init__()   # the parameters' ranges (`RunConfig`: phase2_epochs at least 1, phase2_lr above 0, ...)
-        check_arch(self.arch)
+        check_arch(self.arch, self.weights)
         self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)
 

@@ -90,7 +90,7 @@ class DaHarConfig(RunConfig):
             raise KitError(f"mask_supervision={self.mask_supervision!r}: use 'mask' (the person masks) or 'box' (the target's box)")
         if self.pipeline not in ('loader', 'device'): raise KitError(f"pipeline={self.pipeline!r}: use 'loader' or 'device'")
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
-        check_arch(self.arch)
+        check_arch(self.arch, self.weights)
         super().__post_init__()   # then the parameters' ranges (`RunConfig`), after the messages that say more
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
