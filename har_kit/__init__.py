@@ -9,3 +9,7 @@ def __getattr__(name):
         from har_kit import predict
         return predict.Predictor
     raise AttributeError(f"module 'har_kit' has no attribute {name!r}")
+
+def __dir__():
+    "The top-level names, the lazily imported ones included (tab completion finds `har_kit.Predictor`)."
+    return sorted([*globals(), 'load_model', 'save_model', 'Predictor'])

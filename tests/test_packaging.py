@@ -57,3 +57,20 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
 
 
 # The wheel itself (notebooks shipped, runtime requirements, a run outside the clone) is tested in test_wheel.py.
+
+
+def test_top_level_api_is_listed_and_lazy():
+    "`dir(har_kit)` lists the lazily imported API (tab completion), and `import har_kit` alone imports neither module."
+    out = subprocess.run([sys.executable, '-c', 'import sys, har_kit; print(sorted(dir(har_kit))); '
+                          'print("har_kit.predict" in sys.modules, "har_kit.model_file" in sys.modules); print(har_kit.Predictor.__name__)'],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert all(n in out[0] for n in ("'Predictor'", "'load_model'", "'save_model'"))
+    assert out[1:] == ['False False', 'Predictor']
+
+
+def test_nb2readme_help_writes_nothing():
+    "`tools/nb2readme.py --help` prints its usage; an unknown argument is refused; neither renders."
+    r = subprocess.run([sys.executable, str(ROOT/'tools'/'nb2readme.py'), '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'usage' not in r.stderr and '--check' in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT/'tools'/'nb2readme.py'), '--chek'], capture_output=True, text=True)
+    assert r.returncode == 2 and 'unknown argument' in r.stdout

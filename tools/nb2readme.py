@@ -41,6 +41,10 @@ def render(nb_path=ROOT/'nbs'/'index.ipynb') -> str:
 
 
 if __name__ == '__main__':
+    unknown = [a for a in sys.argv[1:] if a != '--check']
+    if unknown:   # --help included: print the usage and write nothing
+        print(__doc__.strip() if unknown in (['--help'], ['-h']) else f'nb2readme: unknown argument(s) {unknown}; usage:\n{__doc__.strip()}')
+        sys.exit(0 if unknown in (['--help'], ['-h']) else 2)
     text = render()
     if '--check' in sys.argv:
         ok = (ROOT/'README.md').exists() and (ROOT/'README.md').read_text() == text
