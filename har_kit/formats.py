@@ -275,6 +275,10 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.we
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
+def _eight_bits(a):  # a 16-bit image's values (int array, 0..65535)
+    "8-bit values: the top byte, or the values themselves when all lie below 256 (8-bit pixels stored in 16 bits)."
+    return (a if a.max() < 256 else a >> 8).astype(np.uint8)
+
 def image_problem(path):  # image file
     "None when the file looks like a complete image the kit can read, else what is wrong (a short phrase)."
     try:
@@ -310,7 +314,7 @@ def pil_rgb(im,             # a PIL image (opened from a file, or made in memory
     if im.mode in _SIXTEEN:
         a = np.asarray(im, dtype=np.int64)
         if a.min() < 0 or a.max() > 65535: raise KitError(f'{where}: {im.mode} pixels outside 0..65535; convert it to 8-bit RGB')
-        return np.repeat((a >> 8).astype(np.uint8)[..., None], 3, axis=2)
+        return np.repeat(_eight_bits(a)[..., None], 3, axis=2)
     return np.asarray(im.convert('RGB'))
 
 def load_rgb(path,          # image file
@@ -389,9 +393,9 @@ def load_grey(path):  # a mask file
     except Exception as e: raise KitError(f'{path}: cannot read mask ({type(e).__name__}: {e}); delete or replace it') from None
     levels = np.flatnonzero(np.bincount(a.ravel(), minlength=1)) if a.dtype == np.uint8 else np.unique(a)
     if levels[-1] <= 1 or (len(levels) == 2 and levels[0] == 0): return (a > 0).astype(np.uint8) * 255   # binary, any scale
-    out = a if a.dtype == np.uint8 else (a >> 8).astype(np.uint8)
+    out = a if a.dtype == np.uint8 else _eight_bits(a)
     if out.max() < 128: raise KitError(f'{path}: a soft mask whose values ({len(levels)} levels) reach only {levels[-1]} of '
-                                       f'{255 if a.dtype == np.uint8 else 65535}, so no pixel counts as the person; write '
+                                       f'{255 if levels[-1] < 256 else 65535}, so no pixel counts as the person; write '
                                        'masks as 0/255 (or 0/1) PNGs, or soft masks on the full scale')
     return out
 
