@@ -121,11 +121,20 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     if not root.is_dir():
         where = '' if root.is_absolute() else f' ({root.resolve()}, from the folder the command started in)'
         raise KitError(f'{kind}: dataset root {str(root)!r}{where} does not exist or is not a folder. {k.how}')
+    found = _layout_at(kind, root)
+    if found is not None: return found
+    tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
+    other = next((o for o in LAYOUTS if o != kind and _layout_at(o, root) is not None), None)
+    hint = (f" It holds a {other} layout: if that is the dataset, say so (dataset='{other}'; on the command line -p dataset {other})."
+            if other else '')
+    raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint} {k.how}')
+
+def _layout_at(kind, root):  # a dataset kind; an existing folder
+    "The first of `kind`'s layouts present under `root`, else None."
     for name, files, images in LAYOUTS[kind]:
         if all((root/f).is_file() for f in files) and (root/images).is_dir():
             return Layout(kind, root, name, root/files[0], root/images, tuple(root/f for f in files))
-    tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
-    raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}. {k.how}')
+    return None
 
 # %% ../nbs/02_formats.ipynb #c015
 def explicit_layout(kind,       # dataset kind
