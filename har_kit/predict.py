@@ -359,9 +359,10 @@ def cli(argv=None):  # arguments after `har-kit predict`
     try:
         for opt, v in (('--top', a.top), ('--max-attributes', a.max_attributes), ('--batch-size', a.batch_size)):
             if v is not None and v < 1: raise KitError(f'{opt} {v}: must be at least 1')
-        out, threads = check_out_dir(a.out or outputs_root(writable=True)/'predictions', a.force), kit_threads(a.threads)
+        threads = kit_threads(a.threads)
         with torch_threads(threads):   # the whole command, explanations included
-            pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)
+            pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)   # the model's problems first
+            out = check_out_dir(a.out or outputs_root(writable=True)/'predictions', a.force)
             images = check_images(collect_images(a.images, exclude=[out/EXPLAIN_DIR]))   # once, for both; never this command's own figures
             records = pred.predict(images, progress=not a.quiet)
             if not a.quiet:

@@ -349,6 +349,10 @@ def test_predict_out_and_device_are_checked_before_any_image_is_scored(tmp_path,
         assert message in err and 'Traceback' not in err, (args, err)
     assert scored == [] and (tmp_path/'done'/'predictions.csv').read_text() == 'old'
     ro.chmod(0o700)
+    # a misspelt model beside an earlier output: the model is named first (--force would not have helped)
+    assert cli([str(tmp_path/'no-such-run'), str(images), '--quiet', '--out', str(tmp_path/'done')]) == 2
+    err = capsys.readouterr().err
+    assert 'no-such-run' in err and 'exists: pass --force' not in err, err
 
 
 @pytest.mark.parametrize('make, kind, panels', [
