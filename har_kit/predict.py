@@ -36,12 +36,18 @@ def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
 
 DEFAULT_THRESHOLD = 0.5   # the papers' p_t: what an attribute a thresholds file does not name gets
 
+def _csv_thresholds(text):  # a thresholds CSV's text
+    "{attribute: threshold} of a CSV whose header names the columns attribute and threshold (a header-less file is refused, not read as one)."
+    rows = csv.DictReader(io.StringIO(text))
+    if not {'attribute', 'threshold'} <= set(rows.fieldnames or ()):
+        raise ValueError(f'its first line must be the header attribute,threshold, found {",".join(rows.fieldnames or [])!r}')
+    return _unique((r['attribute'], r['threshold']) for r in rows)
+
 def _threshold_file(path, names):  # JSON or CSV file; the model's attribute names
     "Per-attribute thresholds from a file, in the model's attribute order, and the attributes it leaves at 0.5."
     try:
         text = Path(path).read_text(encoding='utf-8')
-        table = (json.loads(text, object_pairs_hook=_unique) if Path(path).suffix.lower() == '.json' else
-                 _unique((r['attribute'], r['threshold']) for r in csv.DictReader(io.StringIO(text))))
+        table = json.loads(text, object_pairs_hook=_unique) if Path(path).suffix.lower() == '.json' else _csv_thresholds(text)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KitError(f'{path}: cannot read thresholds ({type(e).__name__}: {e}); write JSON {{"attribute": threshold}} '
                        'or a CSV with columns attribute,threshold') from None
