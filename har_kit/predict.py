@@ -344,7 +344,8 @@ def _predict_parser():
     ap.add_argument('--variant', default=None, help="variant inside a run directory holding several (default: the run's "
                     f"main method, the first of {', '.join(MAIN_VARIANTS)} it holds)")
     ap.add_argument('--threshold', default='0.5', help="0.5 (default), a number, 'val' (per-attribute thresholds "
-                    'chosen on the validation split, stored in the model) or a JSON/CSV file of per-attribute thresholds')
+                    'chosen on the validation split, stored in the model) or a file of per-attribute thresholds: JSON '
+                    '{"attribute": threshold, ...}, or CSV with the header line attribute,threshold; attributes it leaves out keep 0.5')
     ap.add_argument('--out', default=None, help='folder for predictions.csv / .json (default $HAR_KIT_OUTPUTS/predictions: '
                     'outputs/predictions in a clone, where runs land too)')
     ap.add_argument('--batch-size', type=int, default=16)
