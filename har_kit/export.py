@@ -4,7 +4,7 @@
 
 # %% ../nbs/82_export.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, copy, io, json, math, sys, warnings
+import argparse, contextlib, copy, io, json, math, os, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from .model_file import LoadedModel, find_model_file, load_model
 from .predict import default_variant
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'EXPORT_SUFFIX', 'ProbabilityModel', 'check_destination', 'check_tol', 'export_model', 'cli']
+__all__ = ['EXPORT_FORMATS', 'EXPORT_SUFFIX', 'EXPORT_ENDINGS', 'ProbabilityModel', 'format_of', 'check_destination', 'check_tol',
+           'export_model', 'cli']
 
 # %% ../nbs/82_export.ipynb #c006
 class ProbabilityModel(nn.Module):
@@ -29,6 +30,11 @@ class ProbabilityModel(nn.Module):
 
 EXPORT_FORMATS = ('onnx', 'torchscript')
 EXPORT_SUFFIX = {'onnx': '.onnx', 'torchscript': '.ts.pt'}   # each format's file name ending (default: model<suffix>)
+EXPORT_ENDINGS = {'onnx': ('.onnx',), 'torchscript': ('.ts.pt', '.pt', '.pth')}   # file name endings that say a format
+
+def format_of(out):  # a destination file name
+    "The export format whose file name ending `out` has (`EXPORT_ENDINGS`), else None."
+    return next((f for f, ends in EXPORT_ENDINGS.items() if str(out).endswith(ends)), None)
 
 def _sidecar(lm, fmt):  # LoadedModel; format
     return dict(format=fmt, input='images', output='probabilities', attributes=lm.attributes,
@@ -72,14 +78,18 @@ def check_destination(out,            # the file to write
                       force=False,    # replace an existing file
                       format='onnx'): # the export format (names the example file of an error)
     "`out` as a Path once it is safe to write there, checked before any work; else a `KitError` saying what to do."
+    if str(out).endswith(('/', os.sep)):
+        raise KitError(f'--out {out} ends with {os.sep}, a folder: name a file, e.g. {Path(out)/("model" + EXPORT_SUFFIX.get(format, ".onnx"))}')
     out = Path(out).expanduser()
     if source is not None and out.resolve() == Path(source).resolve():
         raise KitError(f'--out {out} is the model file being exported: choose another file (the model would be lost)')
     if out.is_dir():
         raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/("model" + EXPORT_SUFFIX.get(format, ".onnx"))}')
-    other = [f for f, suffix in EXPORT_SUFFIX.items() if f != format and out.name.endswith(suffix)]
-    if other: raise KitError(f'--out {out} names a {other[0]} file, but --format {format} writes {format}: name it '
-                             f'{out.name[:-len(EXPORT_SUFFIX[other[0]])] + EXPORT_SUFFIX.get(format, ".onnx")}, or pass --format {other[0]}')
+    other = format_of(out.name)
+    if other not in (None, format):
+        end = next(e for e in EXPORT_ENDINGS[other] if out.name.endswith(e))
+        raise KitError(f'--out {out} names a {other} file, but --format {format} writes {format}: name it '
+                       f'{out.name[:-len(end)] + EXPORT_SUFFIX.get(format, ".onnx")}, or pass --format {other}')
     check_writable([out, out.with_name(out.name + '.json')], force)
     return out
 
@@ -128,7 +138,8 @@ def cli(argv=None):  # arguments after `har-kit export`
     ap = argparse.ArgumentParser(prog='har-kit export', description='Export a saved model (probabilities out, named '
                                  'input/output, dynamic batch) as ONNX or TorchScript, checked against PyTorch.')
     ap.add_argument('model', help='model file, variant directory or run directory')
-    ap.add_argument('--format', choices=EXPORT_FORMATS, default='onnx')
+    ap.add_argument('--format', choices=EXPORT_FORMATS, default=None,
+                    help="default: the one --out's name says (.onnx; .pt / .ts.pt: torchscript), else onnx")
     ap.add_argument('--out', default=None, help='destination file (default: next to the model, model.onnx / model.ts.pt)')
     ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
     ap.add_argument('--tol', type=float, default=1e-4, help='largest allowed |exported - PyTorch| on the check batch')
@@ -139,10 +150,11 @@ def cli(argv=None):  # arguments after `har-kit export`
         variant, notice = default_variant(a.model, a.variant)   # a run of several models: its main method, said so
         if notice: print(f'note: {notice}', file=sys.stderr)
         path = find_model_file(a.model, variant)
-        out = Path(a.out) if a.out else path.with_name(path.stem + EXPORT_SUFFIX[a.format])
-        rep = export_model(path, out, a.format, tol=a.tol, force=a.force)
+        fmt = a.format or (a.out and format_of(a.out)) or 'onnx'
+        out = a.out if a.out else path.with_name(path.stem + EXPORT_SUFFIX[fmt])
+        rep = export_model(path, out, fmt, tol=a.tol, force=a.force)
         diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
-        print(f"wrote {rep['path']} ({a.format}; {diff} against PyTorch) and {rep['sidecar']}")
+        print(f"wrote {rep['path']} ({fmt}; {diff} against PyTorch) and {rep['sidecar']}")
     except KitError as e:
         print(f'har-kit export: {e}', file=sys.stderr); return 2
     return 0
