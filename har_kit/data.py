@@ -318,6 +318,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
     for sp in PA100K_SPLITS:
         names = mat_strings(m[f'{sp}_images_name'], f'{path}: {sp}_images_name')
         labels = mat_int_matrix(m[f'{sp}_label'], f'{path}: {sp}_label', {0, 1})
+        if not names and labels.shape[0] == 0: continue   # an empty split, 0 x 26 or MATLAB's [] (0 x 0): `_finish` says so
         if labels.shape[1] != len(attrs):
             raise KitError(f'{path}: {sp}_label has {labels.shape[1]} columns but attributes lists {len(attrs)} names{note}')
         if labels.shape[0] != len(names):

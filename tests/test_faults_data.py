@@ -333,6 +333,18 @@ def test_empty_test_split_is_warned_and_fails_data_check(tmp_path, kind, capsys)
     assert 'error: ' in out and 'the test split is empty' in out.split('error: ', 1)[1] and 'FAILED' in out
 
 
+@pytest.mark.parametrize('splits', [('test',), ('val', 'test')])
+def test_pa100k_split_written_as_matlab_empty_is_an_empty_split(tmp_path, splits):
+    "A PA-100K split saved as MATLAB's [] (0 x 0 cell and 0 x 0 matrix, not 0 x 26) reads as an empty split, as 0 x 26 does: no column error."
+    from har_kit.data import EmptyTestWarning
+    root = write_fixture('pa100k', tmp_path/'p', n_images=6, layout='root-level', masks=False)
+    _edit_pa(root, **{k: v for sp in splits for k, v in ((f'{sp}_images_name', np.empty((0, 0), object)),
+                                                          (f'{sp}_label', np.zeros((0, 0))))})
+    assert sio.loadmat(root/'annotation.mat')['test_label'].shape == (0, 0)
+    with pytest.warns(EmptyTestWarning, match='the test split is empty'): data = read_pa100k(root, check_images=False)
+    assert not set(splits) & set(data.splits) and 'train' in data.splits and len(data) > 0
+
+
 @pytest.mark.parametrize('kind', ['pa100k', 'rap', 'wider'])
 def test_duplicate_attribute_names_are_refused(tmp_path, kind):
     "Two attribute columns of one name -> KitError naming the file, the field and the name (as the csv reader refuses them)."
