@@ -15,7 +15,7 @@ from .model_file import check_range
 __all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells', 'section_names',
            'describe_sections', 'find_notebook', 'section_notebook', 'Unparsed', 'notebook_parameters',
            'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'load_yaml', 'parse_value',
-           'parse_params']
+           'path_parameter', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -244,13 +244,29 @@ def parse_value(text: str):  # one `-p NAME VALUE` value as typed on the command
     except yaml.YAMLError: return text
     return text if isinstance(v, (dict,)) and not text.strip().startswith('{') else v
 
+def path_parameter(name):  # a parameter's name
+    "Whether the parameter names a path: a place (`PLACES`) or weights (`*weights`: a torchvision name or a file)."
+    return name.endswith(PLACES) or name.endswith('weights')
+
+def _hashes(v):  # a parsed value
+    "How many '#' the value's strings hold (a list's items, a dict's keys and values)."
+    if isinstance(v, str): return v.count('#')
+    if isinstance(v, dict): return sum(_hashes(k) + _hashes(x) for k, x in v.items())
+    return sum(map(_hashes, v)) if isinstance(v, (list, tuple)) else 0
+
 def parse_params(notebook,  # notebook name or path (its defaults decide how text is read)
                  pairs,     # [(name, text), ...] from `-p NAME VALUE`
                  ) -> dict:
-    "Command-line `-p` pairs to values: verbatim text for string defaults and for a place starting with ~ (YAML reads ~ as null), YAML for the rest; a name given twice is refused."
+    "Command-line `-p` pairs to values: verbatim text for string defaults and for paths (`path_parameter`; None, null or nothing: None), YAML for the rest, refused where YAML would drop a comment; a name given twice is refused."
     twice = sorted({n for n, _ in pairs or [] if [m for m, _ in pairs].count(n) > 1})
     if twice: raise KitError(f'-p {", ".join(twice)} given more than once: give each parameter once')
     declared = notebook_parameters(notebook)
-    verbatim = lambda n, v: (isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed)
-                             or n.endswith(PLACES) and v.strip().startswith('~'))
-    return {n: v if verbatim(n, v) else parse_value(v) for n, v in (pairs or [])}
+    def read(n, text):
+        if isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed): return text
+        if path_parameter(n): return None if text.strip().lower() in ('', 'none', 'null') else text   # '~' and ' #' kept
+        v = parse_value(text)
+        if text.count('#') > _hashes(v):
+            raise KitError(f"-p {n} {text!r}: YAML reads the text from its ' #' as a comment and would drop it (leaving {v!r}); "
+                           f"remove the comment, or quote the value inside the shell's quotes, e.g. -p {n} '\"{text}\"'")
+        return v
+    return {n: read(n, v) for n, v in (pairs or [])}

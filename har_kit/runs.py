@@ -12,7 +12,8 @@ from .core import (KitError, atomic_write, cache_root, check_folder, data_root, 
                           outputs_root, save_json, to_jsonable)
 from .formats import data_fingerprint, detect_layout, file_sha256
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
-                                describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value)
+                                describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
+                                path_parameter)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
@@ -847,9 +848,9 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
 
 def cli_params(notebook,  # the notebook
                pairs):    # [(name, text), ...] of -p NAME VALUE
-    "`-p` pairs as values (`har_kit.run_params.parse_params`, then `coerce_value`)."
+    "`-p` pairs as values (`har_kit.run_params.parse_params`, then `coerce_value`; a path is left as typed: a folder may be named 2024)."
     declared = notebook_parameters(notebook)
-    return {k: coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
+    return {k: v if path_parameter(k) else coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
 
 # %% ../nbs/70_runs.ipynb #c075
 def _run_parser():

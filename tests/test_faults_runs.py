@@ -490,6 +490,21 @@ def test_numbers_are_read_as_written_in_decimal(tmp_path):
     assert read_params_file(tmp_path/'p.yaml', nb) == {'seed': 10}
 
 
+def test_hash_in_a_path_is_kept_and_a_comment_elsewhere_is_refused(tmp_path, monkeypatch, capsys):
+    "YAML reads ' #...' as a comment: -p data_root '/data/run #2' ran on /data/run. A path is now taken as typed; any other "
+    "value in which YAML would drop a comment is refused, naming the parameter, before anything is created."
+    from har_kit.run_params import parse_params
+    assert parse_params('dahar', [('data_root', '/data/run #2'), ('weights', '/models/w #1.pth'), ('mask_dir', 'None')]) == \
+        {'data_root': '/data/run #2', 'weights': '/models/w #1.pth', 'mask_dir': None}
+    calls = _fake(monkeypatch)
+    nb = _nb(tmp_path/'n.ipynb', params_src='data_root = None\nweights = None\nlr = 0.1\nout_dir = None')
+    root, w = tmp_path/'h3 #2', tmp_path/'w #1.pth'
+    assert cli([str(nb), '-p', 'data_root', str(root), '-p', 'weights', str(w), '--out', str(tmp_path/'run'), '--quiet']) == 0
+    assert (calls[0]['data_root'], calls[0]['weights']) == (str(root), str(w))
+    assert cli([str(nb), '-p', 'lr', '0.5 # was 0.1', '--out', str(tmp_path/'run2')]) == 1
+    assert "-p lr '0.5 # was 0.1': YAML reads" in capsys.readouterr().err and not (tmp_path/'run2').exists() and len(calls) == 1
+
+
 def _with_model(outp, parameters):  # a `_fake` behaviour: the run trains variant 'a' and records where its model went
     out = Path(parameters['out_dir']); (out/'a').mkdir(exist_ok=True); (out/'a'/'model.pt').write_bytes(b'w')
     (out/'metrics.json').write_text(json.dumps({'a': {'model_file': 'a/model.pt'}}))
