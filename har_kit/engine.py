@@ -61,18 +61,21 @@ class TrainConfig:
     def __post_init__(self):
         def need(ok, field, what):
             if not ok: raise KitError(f'TrainConfig.{field}={getattr(self, field)!r}: {what}')
+        def plain(types):   # a value of `types` that is not a bool (True is an int to Python, and 1.0 to torch)
+            return lambda v: isinstance(v, types) and not isinstance(v, (bool, np.bool_))
+        whole, number = plain((int, np.integer)), plain((int, float))
         need(self.optimizer in OPTIMIZERS, 'optimizer', f'choose one of {OPTIMIZERS}')
         need(self.scheduler in SCHEDULERS, 'scheduler', f'choose one of {SCHEDULERS}')
         need(self.amp in AMPS, 'amp', f'choose one of {AMPS}')
         need(self.compile_mode in COMPILE_MODES, 'compile_mode', f'choose one of {COMPILE_MODES}')
         need(self.monitor_mode in ('auto', 'max', 'min'), 'monitor_mode', "choose 'auto', 'max' or 'min'")
-        need(isinstance(self.epochs, (int, np.integer)) and self.epochs >= 0, 'epochs', 'must be an integer >= 0')
+        need(whole(self.epochs) and self.epochs >= 0, 'epochs', 'must be an integer >= 0 (not true/false)')
         for f in ('lr', 'backbone_lr_mult', 'gamma'):
-            need(isinstance(getattr(self, f), (int, float)) and getattr(self, f) > 0, f, 'must be a number > 0')
+            need(number(getattr(self, f)) and getattr(self, f) > 0, f, 'must be a number > 0 (not true/false)')
         for f in ('momentum', 'weight_decay', 'grad_clip', 'max_loss_ratio'):
-            need(isinstance(getattr(self, f), (int, float)) and getattr(self, f) >= 0, f, 'must be a number >= 0')
+            need(number(getattr(self, f)) and getattr(self, f) >= 0, f, 'must be a number >= 0 (not true/false)')
         for f, lo in (('step_size', 1), ('log_every', 1), ('patience', 0)):
-            need(isinstance(getattr(self, f), (int, np.integer)) and getattr(self, f) >= lo, f, f'must be an integer >= {lo}')
+            need(whole(getattr(self, f)) and getattr(self, f) >= lo, f, f'must be an integer >= {lo} (not true/false)')
         need(self.scheduler != 'multistep' or len(self.milestones) > 0, 'milestones', "scheduler='multistep' needs epochs, e.g. (10, 20)")
         self.milestones, self.epochs = tuple(int(m) for m in self.milestones), int(self.epochs)
 

@@ -22,7 +22,7 @@ from . import __version__
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES',
            'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
            'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'selection_study', 'check_range', 'RunConfig', 'Recipe', 'train_variant']
+           'selection_study', 'check_range', 'declared_type', 'check_type', 'RunConfig', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -415,6 +415,32 @@ def check_range(name,     # a parameter's name
     return value
 
 # %% ../nbs/09_model_file.ipynb #c044
+_OPTIONAL = {'int': int, 'float': float, 'str': str, 'bool': bool, 'list': list, 'dict': dict}   # what `T | None` may name
+
+def declared_type(annotation):  # a dataclass field's annotation, as text (`from __future__ import annotations`) or a type
+    "The plain type a field declares beside None (`'float | None'` -> float); None for any other annotation."
+    parts = {p.strip() for p in str(annotation).split('|')}
+    return _OPTIONAL.get((parts - {'None'}).pop()) if len(parts) == 2 and 'None' in parts else None
+
+_KINDS = {int: 'a whole number', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list', dict: 'a dict'}
+
+def check_type(name,   # a parameter's name
+               value,  # its value
+               kind,   # the type its field declares (`declared_type`), or None: any value
+               bad):   # what makes the KitError from the complaint, as for `check_range`
+    "`value`, or the error of a value of another kind than `kind` (None always passes; see above)."
+    if value is None or kind is None: return value
+    flag = isinstance(value, (bool, np.bool_))
+    whole = isinstance(value, (int, np.integer)) and not flag
+    number = whole or isinstance(value, (float, np.floating)) and not flag
+    ok = {int: whole, float: number, bool: flag, dict: isinstance(value, dict),
+          list: not (flag or number or isinstance(value, dict)),
+          str: not (flag or number or isinstance(value, (dict, list, tuple)))}[kind]
+    if not ok:
+        raise bad(f'expects {_KINDS[kind]} or None, got {type(value).__name__} {value!r}'
+                  + (' (a number is written without quotes)' if kind in (int, float) and isinstance(value, str) else ''))
+    return value
+
 class RunConfig:
     "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them; built, it checks their ranges."
     @classmethod
@@ -423,9 +449,10 @@ class RunConfig:
         return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
     def __post_init__(self):   # a subclass's own __post_init__ calls this first (`super().__post_init__()`)
-        "Every field within its parameter's range (`check_range`): what `har-kit run` refuses, a config built in Python refuses too."
+        "Every field of its declared type (`check_type`) and within its parameter's range (`check_range`): what `har-kit run` refuses, a config built in Python refuses too."
         for f in dataclasses.fields(self):
-            check_range(f.name, getattr(self, f.name), lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}'))
+            bad = lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}')
+            check_range(f.name, check_type(f.name, getattr(self, f.name), declared_type(f.type), bad), bad)
 
     def check_variants(self, known):  # the names the config's `variants` may hold, e.g. the method's VARIANTS
         "Refuse a `variants` that is not a non-empty list of known names, saying what to pass."

@@ -132,6 +132,13 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
         fit(Net(), crit, TRAIN, TrainConfig(progress=False, device='cpu'), tmp_path)
 
 
+@pytest.mark.parametrize('field,value', [('lr', True), ('gamma', True), ('momentum', False), ('epochs', True), ('step_size', True)])
+def test_a_bool_is_not_a_number_of_the_config(field, value):
+    "True is an int to Python: TrainConfig(lr=True) trained at lr 1.0. A bool for a number field is refused, naming the field."
+    with pytest.raises(KitError, match=f'TrainConfig.{field}={value}: must be an? (number|integer)'): TrainConfig(**{field: value})
+    assert TrainConfig(lr=1).lr == 1 and TrainConfig(epochs=np.int64(2)).epochs == 2
+
+
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(KitError, match='TrainConfig.scheduler'): TrainConfig(scheduler='exp')
     with pytest.raises(KitError, match='TrainConfig.amp'): TrainConfig(amp='fp8')

@@ -505,6 +505,22 @@ def test_hash_in_a_path_is_kept_and_a_comment_elsewhere_is_refused(tmp_path, mon
     assert "-p lr '0.5 # was 0.1': YAML reads" in capsys.readouterr().err and not (tmp_path/'run2').exists() and len(calls) == 1
 
 
+@pytest.mark.parametrize('name,text,expects', [('lr', 'true', 'a number'), ('lr', 'yes', 'a number'), ('lr', '[0.1]', 'a number'),
+                                               ('fusion_width', '64.5', 'a whole number'), ('fusion_width', 'true', 'a whole number'),
+                                               ('fusion_width', '[64]', 'a whole number'), ('fusion_width', '1e3', 'a whole number')])
+def test_a_parameter_with_a_none_default_is_checked_against_its_declared_type(name, text, expects):
+    "lr and fusion_width default to None, so any value passed: -p lr true trained at lr 1.0, -p fusion_width 64.5 failed in a "
+    "convolution. CamParConfig's annotations (lr: float | None, fusion_width: int | None) are now checked before a kernel "
+    "starts, naming the parameter and the type; 1e3 (1000.0) is not a whole number here, as -p epochs 1e3 is not."
+    from har_kit.runs import cli_params
+    from har_kit.campar_train import CamParConfig
+    with pytest.raises(KitError, match=f"41_campar: CamParConfig '{name}': expects {expects} or None, got"):
+        check_parameters('campar', cli_params('campar', [(name, text)]))
+    with pytest.raises(KitError, match="CamParConfig 'lr': expects a number or None, got bool True"): CamParConfig(lr=True, optimizer='adam')
+    assert check_parameters('campar', cli_params('campar', [('lr', '0.05'), ('fusion_width', '64')])) == {'lr': 0.05, 'fusion_width': 64}
+    assert check_parameters('campar', cli_params('campar', [('lr', 'None'), ('fusion_width', 'null')])) == {'lr': None, 'fusion_width': None}
+
+
 def _with_model(outp, parameters):  # a `_fake` behaviour: the run trains variant 'a' and records where its model went
     out = Path(parameters['out_dir']); (out/'a').mkdir(exist_ok=True); (out/'a'/'model.pt').write_bytes(b'w')
     (out/'metrics.json').write_text(json.dumps({'a': {'model_file': 'a/model.pt'}}))
