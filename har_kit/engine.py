@@ -207,7 +207,10 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
 # %% ../nbs/08_engine.ipynb #c033
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
-LATER_PARAMS = ('train_samples',)   # run parameters recorded since a later version: a checkpoint without one resumes unchecked
+LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
+    'train_samples': None,       # a checkpoint without it resumes unchecked
+    'specific_logit': 'eq12',    # CAM-PAR's specific logits: Eq. 12 was the only formula before the switch
+}
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
@@ -228,7 +231,8 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
                        f'longer one; train epochs >= {ck["epoch"]} here, or {fix}')
     old, new, absent = _canon(ck.get('params')), _canon(params), '<absent>'
     diff = [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}' for k in sorted(set(old) | set(new))
-            if old.get(k, absent) != new.get(k, absent) and not (k in LATER_PARAMS and k not in old)]
+            if old.get(k, absent) != new.get(k, absent)
+            and not (k in LATER_PARAMS and k not in old and LATER_PARAMS[k] in (None, new.get(k, absent)))]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
 # %% ../nbs/08_engine.ipynb #c035
