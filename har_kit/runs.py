@@ -563,12 +563,27 @@ def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`
         if _names_path(k, v) and Path(v).resolve().is_relative_to(out):
             raise KitError(f'{k}={v} lies in the run directory {out} (--out), which holds what this run writes: pass another run directory')
 
+def _input_run(k, v):  # a parameter and its (absolute) value
+    "Whether the value names a run folder the run reads: a `*_run` parameter (`campar_run`), or a place holding a run's `params.json` or `done`."
+    return _names_path(k, v) and (k.endswith('_run') or (Path(v)/'params.json').is_file() or is_done(v))
+
+def _unfinished(p):  # a run folder another run reads
+    "Why `p` is no finished run, with what to do ('': it is complete, `is_complete`)."
+    if is_complete(p): return ''
+    again = 'rerun that run first (the same `har-kit run` or `har-kit reproduce` resumes it), then this one'
+    if holder := _is_locked(p): return f'is still running ({holder}): wait for it to finish, then rerun this one'
+    if damage := run_damage(p): return f'is marked done but {", ".join(damage)}: {again}'
+    if (p/'failed.json').is_file():
+        err = str((read_record(p/'failed.json') or {}).get('error') or 'see its failed.json').split('\n')[0][:200]
+        return f'is an unfinished run (failed: {err}), not a result: {again}'
+    if (p/'params.json').is_file():
+        return f'is an unfinished run (no `done`: it was killed or stopped before it finished), not a result: {again}'
+    return 'holds no run (no params.json or done there): pass the directory of a finished run'
+
 def _check_input_runs(params):  # absolute parameters (`absolute_paths`)
-    "Refuse a run folder the run reads (`campar_run`) that is marked done but damaged (`run_damage`): its files are not what it finished with."
+    "Refuse a run folder the run reads (`_input_run`) that is not complete (`is_complete`): unfinished, still running, damaged or absent, naming its state and what to do."
     for k, v in params.items():
-        if _names_path(k, v) and (damage := run_damage(v)):
-            raise KitError(f'{k}={v} is marked done but {", ".join(damage)}: rerun that run first (the same `har-kit run` '
-                           'or `har-kit reproduce` resumes it), then this one')
+        if _input_run(k, v) and (why := _unfinished(Path(v))): raise KitError(f'{k}={v} {why}')
 
 # %% ../nbs/70_runs.ipynb #c043
 def _check_run_dir(out):  # the resolved run directory

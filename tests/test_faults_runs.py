@@ -478,6 +478,22 @@ def test_a_done_run_whose_input_run_was_trained_again_is_refused(tmp_path, monke
     assert len(calls) == 1
 
 
+def test_an_input_run_that_never_finished_is_refused_before_the_kernel_starts(tmp_path, monkeypatch, capsys):
+    "campar_run naming a run killed after its metrics but before `done` is no result, and its fingerprint (`done`) could not "
+    "tell a retraining: the reader is refused, naming the run, its state and what to do; once it is finished it is read."
+    calls = _fake(monkeypatch)
+    phase1, reader = _nb(tmp_path/'p.ipynb'), _nb(tmp_path/'n.ipynb', params_src='seed = 0\ncampar_run = None\nout_dir = None')
+    run_notebook(phase1, {}, tmp_path/'campar', progress=False)
+    (tmp_path/'campar'/'done').unlink()   # killed after save_metrics, before done
+    assert cli([str(reader), '-p', 'campar_run', str(tmp_path/'campar'), '--out', str(tmp_path/'run'), '--quiet']) == 1
+    err = capsys.readouterr().err
+    assert f"campar_run={tmp_path/'campar'} is an unfinished run (no `done`" in err and 'rerun that run first' in err, err
+    assert not (tmp_path/'run').exists() and len(calls) == 1
+    run_notebook(phase1, {}, tmp_path/'campar', progress=False)   # the same command finishes it
+    run_notebook(reader, {'campar_run': str(tmp_path/'campar')}, tmp_path/'run', progress=False)
+    assert list(load_json(tmp_path/'run'/'env.json')['data']) == ['input campar_run'] and len(calls) == 3
+
+
 def test_numbers_are_read_as_written_in_decimal(tmp_path):
     "YAML 1.1 reads 010 as 8 and 1:30 as 90: -p epochs 010 is ten, and 1:30 is refused, not trained as 90 epochs."
     from har_kit.runs import cli_params, read_params_file
