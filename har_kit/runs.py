@@ -268,7 +268,7 @@ def check_run_params(out_dir  # a done run directory
                        'the notebook executed (digest in done); restore it, or rerun with --force (the old run is moved aside)')
     return params
 
-SESSION_KEYS = ('time', 'git_commit', 'git_dirty', 'built_from', 'packages', 'threads', 'cpu', 'devices')   # an earlier session's record
+SESSION_KEYS = ('time', 'git_commit', 'git_dirty', 'built_from', 'packages', 'threads', 'cpu', 'devices', 'notebook')   # an earlier session's record
 
 _ABSENT = object()   # a parameter neither given nor declared
 
@@ -323,8 +323,9 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
             raise KitError(f'{out} holds {"a run" if done else "an unfinished run"} of other data ({", ".join(changed)} '
                            f'changed since it started: {why}): pass --force to move the old run aside and rerun, or another '
                            'run directory (--out)')
+        was_sha = ((env or {}).get('notebook') or {}).get('sha256')
         if done:
-            if notebook and ((env or {}).get('notebook') or {}).get('sha256') not in (None, notebook['sha256']):
+            if notebook and was_sha not in (None, notebook['sha256']):
                 warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (the notebook has changed '
                               'since): its results are returned as they are; pass --force to rerun it')
             return 'skip'
@@ -334,6 +335,10 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
                            f'would match neither count\'s run (the count sets the order of floating-point sums): resume it with '
                            f'{ran} (har-kit run --threads {ran}), or pass --force to move it aside and start again')
         if damage: print(f'har-kit run: {out} was marked done but {", ".join(damage)}: resuming it', file=sys.stderr)
+        if notebook and was_sha not in (None, notebook['sha256']):   # resumed on purpose after a fix, say: said, not refused
+            print(f'har-kit run: warning: {out} holds an unfinished run started with another version of {notebook["file"]} '
+                  f'(sha256 {was_sha} then, {notebook["sha256"]} now): resuming it, so the checkpoints it resumes from were made '
+                  'by the old code; pass --force to move it aside and start over with this version', file=sys.stderr)
         for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
         for tmp in out.rglob('*.tmp'):
             with contextlib.suppress(OSError): tmp.unlink()

@@ -236,6 +236,24 @@ def test_failed_cell_keeps_the_whole_notebook_and_writes_failed_json(tmp_path, m
     assert run_status(run)['state'] == 'failed' and 'bad field' in run_status(run)['error']
 
 
+def test_a_resumed_run_under_an_edited_notebook_says_so_and_keeps_the_old_notebook_on_record(tmp_path, monkeypatch, capsys):
+    "A run fails, a code cell is edited, the same command resumes it: done, with a warning naming both sha256s, and "
+    "env.json's sessions keep the notebook the first session ran."
+    def fail(outp, params): raise papermill.PapermillExecutionError(1, 2, 'raise ValueError', 'ValueError', 'a bug', [])
+    _fake(monkeypatch, fail)
+    nb, run = _nb(tmp_path/'n.ipynb'), tmp_path/'run'
+    assert cli([str(nb), '--out', str(run), '--quiet']) == 1
+    first = load_json(run/'env.json')['notebook']['sha256']
+    _nb(nb, body='from har_kit.core import save_metrics\nsave_metrics({"seed": seed + 0}, out_dir)')   # the bug fixed
+    _fake(monkeypatch)
+    capsys.readouterr()
+    assert cli([str(nb), '--out', str(run), '--quiet']) == 0 and run_status(run)['state'] == 'done'
+    env, err = load_json(run/'env.json'), capsys.readouterr().err
+    assert env['notebook']['sha256'] != first and [s['notebook']['sha256'] for s in env['sessions']] == [first], env
+    assert f'started with another version of n.ipynb (sha256 {first} then, {env["notebook"]["sha256"]} now)' in err, err
+    assert 'made by the old code' in err and '--force' in err
+
+
 def test_stale_temporaries_are_cleaned_on_the_next_start(tmp_path, monkeypatch):
     _fake(monkeypatch)
     nb, run = _nb(tmp_path/'n.ipynb'), tmp_path/'run'
