@@ -497,14 +497,14 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap.add_argument('--profile', default='quick', choices=list(PROFILES))
     ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke)')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
-    ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them")
-    ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
+    ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them (several: --launcher local only)")
+    ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (--launcher local only; default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
     ap.add_argument('--seeds', type=int, default=1, help="the least number of seeds per run, at least 1 (default 1): rows a table compares get at "
                     "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
     ap.add_argument('--out', help='outputs root (default: outputs/)')
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
     ap.add_argument('--force', action='store_true', help='rerun runs that are not current: their directory holds other parameters (e.g. after a profile changed), a notebook default they did not override has changed since, or an older kit finished them; the old runs are moved aside (a run marked done that lost its metrics.json or a model file is resumed with or without it)')
-    ap.add_argument('--json', action='store_true', help='with --dry-run: one JSON object per run (notebook, params, out_dir, deps)')
+    ap.add_argument('--json', action='store_true', help='with --dry-run (--launcher local): one JSON object per run (notebook, params, out_dir, deps)')
     _scheduler_options(ap)
     return ap
 
@@ -527,6 +527,18 @@ def _local_launcher_options(a):  # --launcher local: the scheduler's options mea
     if given: print(f'har-kit reproduce: warning: --launcher local ignores {", ".join(given)} (scheduler options: they apply to '
                     '--launcher submitit)', file=sys.stderr)
     return opts
+
+def _submitit_refusals(a, devices):  # --launcher submitit; the --device names
+    "Refuse the local launcher's options, which submitit would ignore: --jobs, several --device names, --json."
+    bad = ([f'--jobs {a.jobs} (how many jobs run at once is the scheduler\'s to decide; each run is one job with the '
+            'resources --gpus, --cpus, --mem-gb and --time give it)'] if a.jobs is not None else [])
+    bad += ([f'--device {a.device} (several devices: a job runs on the GPUs the scheduler gives it, --gpus per job; pass '
+             'one device name for every run, such as --device cuda, or none for the profile\'s)'] if devices and len(devices) > 1 else [])
+    bad += (['--json (submitit\'s --dry-run lists the jobs; --launcher local --dry-run --json prints the same runs as JSON)']
+            if a.json else [])
+    if bad: raise KitError(f'--launcher submitit does not read {"; ".join(bad)}: leave {"it" if len(bad) == 1 else "them"} '
+                           'out (scheduler options: --partition, --account, --qos, --time, --gpus, --cpus, --mem-gb, '
+                           '--launcher-config); nothing was submitted')
 
 def _follow(a, root): return f'har-kit status --profile {a.profile}' + (f' --out {root}' if a.out or a.smoke else '')
 
@@ -590,6 +602,7 @@ def cli(argv=None):  # the command line (None: sys.argv)
         if twice or '' in (devices or []):
             raise KitError(f'--device {a.device}: ' + (f'{", ".join(twice)} named twice' if twice else 'an empty name')
                            + "; name each device once, comma-separated ('cuda:0,cuda:1')")
+        if a.launcher == 'submitit': _submitit_refusals(a, devices)   # before anything is planned, created or submitted
         root = Path(a.out or outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
         if not a.dry_run: check_out(root, a.profile, where='--out' if a.out else 'outputs root')
         if a.launcher == 'local': _local_launcher_options(a)

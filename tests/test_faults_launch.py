@@ -125,6 +125,26 @@ def test_local_launcher_names_the_scheduler_options_it_ignores(tmp_path, capsys)
     assert cli(['dahar_t1', '--profile', 'quick', '--dry-run']) == 0 and 'warning' not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--jobs', '1'], '--launcher submitit does not read --jobs 1 \\(how many jobs run at once is the scheduler'),
+    (['--device', 'cpu,cuda:3'], '--launcher submitit does not read --device cpu,cuda:3 \\(several devices: a job runs on the GPUs'),
+    (['--json'], '--launcher submitit does not read --json'),
+    (['--jobs', '2', '--device', 'cuda:0,cuda:1'], 'does not read --jobs 2 .*; --device cuda:0,cuda:1 .*leave them out'),
+])
+@pytest.mark.parametrize('dry', [True, False])
+def test_submitit_refuses_the_local_launchers_options_it_would_ignore(tmp_path, capsys, monkeypatch, args, message, dry):
+    "--jobs, several --device names and --json mean nothing to submitit: refused before anything is planned or submitted."
+    import re
+    import har_kit.launch as L
+    def submitted(*a, **k): raise AssertionError('a job was submitted')
+    monkeypatch.setattr(L, 'make_executor', submitted)
+    assert L.cli(['dahar_t1', '--profile', 'quick', '--launcher', 'submitit', '--cluster', 'local', '--out', str(tmp_path/'o'),
+                  *(['--dry-run'] if dry else []), *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and 'nothing was submitted' in err and 'Traceback' not in err, err
+    assert not (tmp_path/'o').exists()
+
+
 def test_a_bad_sample_root_from_the_environment_names_the_variable(tmp_path, capsys, monkeypatch):
     from har_kit.launch import cli
     monkeypatch.setenv('HAR_KIT_PA100K_SAMPLE', str(tmp_path/'nonexist'))
