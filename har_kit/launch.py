@@ -132,9 +132,25 @@ def format_status(st   # a status (`save_status`)
             lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
     return '\n'.join(lines)
 
+def _num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+_RECORD_FIELDS = {  # a saved run record's field that `har-kit status` reads -> (holds what reproduce writes?, what that is)
+    'name': (lambda v: isinstance(v, str) and v != '', 'a name'),
+    'out_dir': (lambda v: isinstance(v, str) and v != '', 'a path'),
+    'deps': (lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v), 'a list of paths'),
+    'notebook': (lambda v: isinstance(v, str), 'a section name'),
+    'params': (lambda v: isinstance(v, dict), 'an object of parameters'),
+    'data': (lambda v: v is None or isinstance(v, dict), 'an object or null'),
+    'threads': (lambda v: v is None or type(v) is int, 'a whole number or null'),
+    'state': (lambda v: v is None or isinstance(v, str), 'a string or null'),
+    'error': (lambda v: v is None or isinstance(v, str), 'a string or null'),
+    'seconds': (lambda v: v is None or isinstance(v, dict) and all(x is None or _num(x) for x in v.values()),
+                'an object of numbers or null'),
+}
+
 def read_status_runs(path   # a profile's status.json
                     ) -> list:
-    "The run records of a saved status, or a `KitError` when the file is not one `save_status` wrote."
+    "The run records of a saved status, or a `KitError` when the file is not one `save_status` wrote (a record's fields of other types included)."
     bad = lambda why: KitError(f'{path}: {why}, not a status written by har-kit reproduce; move it away and run '
                                'har-kit status again (it plans the profile afresh)')
     if path.is_dir(): raise bad('a folder')
@@ -144,6 +160,9 @@ def read_status_runs(path   # a profile's status.json
     runs = st.get('runs') if isinstance(st, dict) else None
     if not isinstance(runs, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in runs):
         raise bad(f"no list of run records with {', '.join(keys)} under 'runs'")
+    for i, r in enumerate(runs):
+        for k, (ok, what) in _RECORD_FIELDS.items():
+            if k in r and not ok(r[k]): raise bad(f'run record {i + 1} has {k}={json.dumps(r[k])[:60]} (reproduce writes {what})')
     return runs
 
 def check_out(root,             # an outputs root

@@ -32,7 +32,13 @@ def test_launcher_config_folder_and_slurm_without_sbatch(tmp_path, monkeypatch):
     assert check_launcher_options({'cluster': 'local', 'time': 60, 'gpus': 0, 'mem_gb': 2.5}, 'x')['time'] == 60
 
 
-@pytest.mark.parametrize('content', ['[1, 2]', '{"runs": 3}', '{"runs": [{"name": "x"}]}', b'\x00\xff', 'not json'])
+@pytest.mark.parametrize('content', ['[1, 2]', '{"runs": 3}', '{"runs": [{"name": "x"}]}', b'\x00\xff', 'not json',
+                                     '{"runs": [{"name": "a", "out_dir": null, "deps": []}]}',   # the keys, of other types
+                                     '{"runs": [{"name": "a", "out_dir": "/x", "deps": null}]}',
+                                     '{"runs": [{"name": "a", "out_dir": "/x", "deps": [], "seconds": NaN}]}',
+                                     '{"runs": [{"name": ["a"], "out_dir": "/x", "deps": []}]}',
+                                     '{"runs": [{"name": "a", "out_dir": "/x", "deps": [], "state": "failed", "error": 5}]}',
+                                     '{"runs": [{"name": "a", "out_dir": "/x", "deps": [], "seconds": {"total": "1"}}]}'])
 def test_status_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, content):
     p = tmp_path/'quick'/'status.json'; p.parent.mkdir()
     p.write_bytes(content if isinstance(content, bytes) else content.encode())
