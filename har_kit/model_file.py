@@ -64,11 +64,15 @@ _REGISTRY = {}   # key -> (kind, function), added by `register_builder` (builder
 
 def register_builder(name: str,          # the key model files store
                      kind: str = 'model'): # 'model': fn(**kwargs) -> nn.Module; 'predictor': fn(model, extra, meta)
-    "Decorator: let model files build with this function under `name` (for builders outside the kit's table)."
+    "Decorator: let model files build with this function under `name` (for builders outside the kit's table); the same function defined again (a re-run notebook cell: same module and qualified name) replaces its entry."
     if kind not in ('model', 'predictor'): raise KitError(f"register_builder: kind={kind!r}: use 'model' or 'predictor'")
     def deco(fn):
-        if name in KIT_BUILDERS or _REGISTRY.get(name, (kind, fn)) != (kind, fn):
-            raise KitError(f'register_builder: {name!r} is already a builder; choose another name')
+        had = _REGISTRY.get(name, (kind, fn))[1]
+        where = lambda f: (getattr(f, '__module__', None), getattr(f, '__qualname__', None))
+        anonymous = where(had)[1] is None or '<lambda>' in where(had)[1]   # no name to tell two lambdas (or partials) apart
+        if name in KIT_BUILDERS or had is not fn and (anonymous or where(had) != where(fn)):
+            old = 'the kit\'s' if name in KIT_BUILDERS else '.'.join(map(str, where(had))) if where(had)[1] else f'{had!r:.60}'
+            raise KitError(f'register_builder: {name!r} is already a builder ({old}); choose another name')
         _REGISTRY[name] = (kind, fn); return fn
     return deco
 

@@ -186,6 +186,22 @@ def test_composite_predictor_from_extra(tmp_path):
     with torch.no_grad(): torch.testing.assert_close(lm.model(x)['logits'], 2 * net(x)['logits'])
 
 
+def test_a_rerun_notebook_cell_registers_its_builder_again(monkeypatch):
+    "The cell `@register_builder('my_net') def my_net(...)` run twice in one kernel replaces its entry (load_model's advice is "
+    "to run that cell); another function under the name is still refused."
+    from har_kit import model_file
+    monkeypatch.setattr(model_file, '_REGISTRY', {})
+    cell = "@register_builder('my_net')\ndef my_net(num_attributes: int = 3): return num_attributes\n"
+    ns = {'__name__': '__main__', 'register_builder': register_builder}   # a notebook's namespace
+    exec(cell, ns)
+    first = ns['my_net']
+    exec(cell, ns)   # the same cell again
+    assert ns['my_net'] is not first and model_file._REGISTRY['my_net'] == ('model', ns['my_net'])
+    def my_other_net(num_attributes: int = 3): return num_attributes
+    with pytest.raises(KitError, match=r"'my_net' is already a builder \(__main__.my_net\); choose another name"):
+        register_builder('my_net')(my_other_net)
+
+
 # ---- Predictor, CLI, explain, export ----
 from PIL import Image
 
