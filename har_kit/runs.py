@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
+from .engine import LATER_PARAMS
 from .formats import data_fingerprint, detect_layout, file_sha256
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
@@ -238,7 +239,8 @@ def moved_defaults(env,       # a run's env.json record, or None
     "Defaults the run did not override that have changed since it ran (what its env.json recorded): sorted names."
     then = (env or {}).get('defaults')
     if not isinstance(then, dict): return []   # a run of an older kit recorded none
-    return sorted(k for k in set(then) | set(defaults) if k not in given and k != 'device' and then.get(k) != defaults.get(k))
+    return sorted(k for k in set(then) | set(defaults)   # a parameter added since: the value every run had before (`LATER_PARAMS`)
+                  if k not in given and k != 'device' and then.get(k, LATER_PARAMS.get(k)) != defaults.get(k))
 
 def data_changes(env,   # a run's env.json record, or None
                  data):  # the data the run would read now (`real_data`, a plan's synthetic sets)

@@ -218,6 +218,9 @@ def test_stale_params_names_a_moved_default_and_other_data(tmp_path):
     assert stale_params(r) == [f'default {free}']
     save_json({'defaults': now, 'data': {'synthetic': 'another set'}}, r.out_dir/'env.json')
     assert r.data and stale_params(r) == ['data']
+    older = {k: v for k, v in now.items() if k != 'specific_logit'}   # a run from before the parameter existed: it ran Eq. 12
+    save_json({'defaults': older, 'data': r.data}, r.out_dir/'env.json')
+    assert 'specific_logit' in now and stale_params(r) == []
 
 
 def test_a_dry_run_over_several_devices_says_the_runs_take_them_in_turn(tmp_path, capsys):
