@@ -284,8 +284,10 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     a = ap.parse_args(argv)
     try:
         values = profile_values(section_notebook(a.notebook).stem.split('_', 1)[-1], a.profile, a.dataset, a.selection)
-        text = (params_yaml(a.notebook, values) + f'# the {a.profile} profile\'s values; the rows of a table (variants, partitions, '
-                f'seeds) are set per run: har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n')
+        text = params_yaml(a.notebook, values) + (
+            f'# the {a.profile} profile\'s values; the rows of a table (variants, partitions, seeds) are set per run: '
+            f'har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n' if values else
+            f'# the {a.profile} profile plans no {a.notebook} run: these are the notebook\'s own defaults\n')
         if a.out:
             out = check_writable([a.out], a.force)[0]   # an existing file (without --force) or an unwritable place: refused
             with atomic_write(out) as f: f.write(text)
@@ -641,8 +643,8 @@ def cli(argv=None):  # the command line (None: sys.argv)
                 print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)
             return _print_plan(a, runs, devices)
         if missing_roots(runs):
-            raise KitError(f'profile {a.profile!r} needs dataset roots: pass --data-root ' +
-                           ' '.join(f'{d}=PATH' for d in missing_roots(runs)))
+            raise KitError(f'profile {a.profile!r} needs dataset roots: pass ' +
+                           ' '.join(f'--data-root {d}=PATH' for d in missing_roots(runs)) + ' (the option once per dataset)')
         if not a.dry_run: check_roots(runs, roots)
         check_devices(names, where, local=a.launcher == 'local' and not a.dry_run)   # on a scheduler's machines: the names only
         if a.launcher == 'submitit': return _submit_all(a, runs, root)

@@ -227,3 +227,11 @@ def test_a_dry_run_over_several_devices_says_the_runs_take_them_in_turn(tmp_path
     from har_kit.launch import cli
     assert cli(['dahar_t1', '--profile', 'quick', '--out', str(tmp_path/'o'), '--dry-run', '--device', 'cpu,auto']) == 0
     assert '# --device cpu,auto: each run takes one of these in turn when it starts' in capsys.readouterr().out
+
+
+def test_missing_roots_are_asked_for_in_the_options_own_syntax(tmp_path, capsys):
+    "The refusal spells --data-root once per dataset, as argparse takes it (a newcomer copied 'pa100k=PATH rap=PATH' after one flag)."
+    from har_kit.launch import cli
+    assert cli(['--profile', 'paper', '--out', str(tmp_path/'o')]) == 2
+    err = capsys.readouterr().err
+    assert 'pass --data-root pa100k=PATH --data-root rap=PATH --data-root wider=PATH' in err, err
