@@ -248,14 +248,29 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
                    ('; choose one with --variant NAME (Python: variant=NAME)' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
 # %% ../nbs/09_model_file.ipynb #c025
+_EXPORTED = ('.onnx', '.ts.pt', '.ts')   # the endings `har-kit export` writes
+_IMAGE_MAGIC = (b'\xff\xd8', b'\x89PNG', b'GIF8', b'BM', b'RIFF', b'II*\x00', b'MM\x00*')   # JPEG, PNG, GIF, BMP, WebP, TIFF
+
+def _other_file(path):  # a file torch could not read as a model file
+    "What the file is instead, when its name or first bytes say (an exported model, an image), and what to pass; else None."
+    if str(path).lower().endswith(_EXPORTED):
+        return 'it is an exported model (ONNX / TorchScript), which runs outside the kit: pass the model.pt it was exported from'
+    try:
+        with open(path, 'rb') as f: head = f.read(8)
+    except OSError: return None
+    if head.startswith(_IMAGE_MAGIC):
+        return 'it is an image, not a model: har-kit predict takes the model (a model.pt or its run folder) first, then the images'
+    return None
+
 def read_model_file(path,                # a file written by `save_model`
                     map_location='cpu'): # where tensors are loaded
     "Read and verify a model file (weights_only, format, hash); return its dict."
     path = Path(path)
     try: blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise KitError(f'{path}: cannot be read as a har-kit model file ({type(e).__name__}: {str(e)[:200]}); '
-                       'it is truncated, corrupted or not a model file: save it again from its run') from None
+        what = _other_file(path)
+        raise KitError(f'{path}: cannot be read as a har-kit model file (torch.load with weights_only=True: {type(e).__name__}); '
+                       + (what or 'it is truncated, corrupted or not a model file: save it again from its run')) from None
     if not isinstance(blob, dict) or blob.get('format') != MODEL_FORMAT:
         raise KitError(f'{path}: not a har-kit model file (no format={MODEL_FORMAT!r}); training checkpoints '
                        '(checkpoints/*.pt) are not model files: use <variant>/model.pt')
