@@ -554,7 +554,9 @@ def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_k
                  **reader_kw):   # passed to the reader (unspecified=, partition=, mask_dir=, ...)
     "Read a dataset of `kind` from `root` (reader options as keywords), or the synthetic set of that kind (generated once, then cached)."
     reader = dataset_reader(kind)
-    if root is None and kind == 'csv': raise KitError("load_dataset('csv'): the generic kind has no synthetic set; pass root=<folder with labels.csv and images/>")
+    if root is None and not dataset_kind(kind).synthetic:
+        raise KitError(f"load_dataset({kind!r}): no synthetic stand-in of this kind; pass its folder (root=; a run's data_root, "
+                       f"-p data_root FOLDER). {dataset_kind(kind).how}")
     if root is None:
         root = ensure_synthetic(kind, profile=profile, seed=seed)
     return reader(root, **reader_kw)

@@ -472,6 +472,10 @@ class RunConfig:
         for f in dataclasses.fields(self):
             bad = lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}')
             check_range(f.name, check_type(f.name, getattr(self, f.name), declared_type(f.type), bad), bad)
+        kind = DATASET_KINDS.get(getattr(self, 'dataset', None))
+        if kind is not None and not kind.synthetic and getattr(self, 'data_root', '') is None:
+            raise KitError(f"{type(self).__name__} 'data_root': dataset={kind.name!r} has no synthetic stand-in, so the run needs "
+                           f'its folder (-p data_root FOLDER). {kind.how}')
 
     def check_variants(self, known):  # the names the config's `variants` may hold, e.g. the method's VARIANTS
         "Refuse a `variants` that is not a non-empty list of known names, saying what to pass."
