@@ -176,7 +176,8 @@ def status_cli(argv=None   # the command line (None: sys.argv)
               ):
     "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/stale/damaged/running/queued/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed, was stopped or is damaged."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
-    ap.add_argument('--profile', default='quick', choices=list(PROFILES))
+    ap.add_argument('--profile', default='quick', choices=list(PROFILES),
+                    help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
     ap.add_argument('--out', help='outputs root har-kit reproduce was given (default: outputs/)')
     ap.add_argument('--json', action='store_true', help='print the status as JSON')
     a = ap.parse_args(argv)
@@ -515,7 +516,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
                                  'execute them (here, or as scheduler jobs), render the tables')
     ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
     ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
-    ap.add_argument('--profile', default='quick', choices=list(PROFILES))
+    ap.add_argument('--profile', default='quick', choices=list(PROFILES),
+                    help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
     ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke)')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them (several: --launcher local only)")
