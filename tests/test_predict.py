@@ -504,6 +504,7 @@ def test_readme_python_snippet_trains_loads_and_predicts(tmp_path, monkeypatch):
     assert env['lm'].path.resolve() == tmp_path/'outputs'/'python'/'dahar'/'model.pt' and len(env['records']) == 4
     assert set(env['records'][0]['probabilities']) == set(env['lm'].attributes)
     assert (tmp_path/'outputs'/'python'/'dahar.onnx').exists()
+    exec(compile(code[0], 'README.md', 'exec'), {})   # and again, as a reader re-running the cell does: nothing refuses
 
 
 # ---- in-memory arrays, threshold lists, --force, threads, a variant's own folder ----
