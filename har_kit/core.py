@@ -175,7 +175,8 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
     except (RuntimeError, TypeError):
         raise KitError(f"device={device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise KitError(f"device={device!r} but CUDA is not available here: pass device='cpu' (or 'auto')")
+        raise KitError(f"device={device!r} but CUDA is not available here: use the device cpu (or auto, which takes CUDA where "
+                       "there is one): --device cpu, -p device cpu, device='cpu' in Python")
     return dev
 
 # %% ../nbs/00_core.ipynb #c038
