@@ -130,10 +130,11 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
 
 # %% ../nbs/21_masks.ipynb #c022
 def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make_masks` knows at its end
-    "The `make_masks` report: where, how many computed and cached, fallbacks, clipped boxes, notes."
+    "The `make_masks` report: where, how many computed and cached (and shared: samples listed twice), fallbacks, clipped boxes, notes."
     fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
     return dict(dataset=data.name, root=str(data.root), mask_root=str(out), source=src.name, key=src.key,
-                n=len(indices), computed=computed, cached=cached, fallbacks=len(fb), fallback_samples=fb,
+                n=len(indices), computed=computed, cached=cached, shared=len(indices) - computed - cached,
+                fallbacks=len(fb), fallback_samples=fb,
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
@@ -259,7 +260,8 @@ def cli(argv=None):  # arguments after `har-kit masks`
     except KitError as e:
         print(f'har-kit masks: {e}', file=sys.stderr); return 2
     r = masks.report
-    print(f'{masks.directory}\n{r["n"]} masks ({r["computed"]} computed, {r["cached"]} cached); '
+    twice = f', {r["shared"]} shared by a sample listed twice' if r.get('shared') else ''
+    print(f'{masks.directory}\n{r["n"]} masks ({r["computed"]} computed, {r["cached"]} cached{twice}); '
           f'{r["fallbacks"]} fell back to the box; {len(r["clipped"])} boxes clipped to the image')
     if masks.directory in mask_roots(data.name, data.root): print('the readers attach these masks with no argument')
     else: print(f"to train with them, read the dataset with mask_dir={str(masks.directory)!r} (section notebooks: -p mask_dir {shlex.quote(str(masks.directory))})")
