@@ -19,8 +19,8 @@ from . import losses
 # %% auto #0
 __all__ = ['SPECIFIC_LOGITS', 'VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared',
            'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'l_specific_summed', 'MCAFusion',
-           'mca_params', 'CamParNet', 'campar_variant', 'CamParLoss', 'attribute_angles', 'positive_angles',
-           'plot_theta', 'variant_kwargs', 'campar_model_file']
+           'mca_params', 'check_specific_logit', 'CamParNet', 'campar_variant', 'CamParLoss', 'attribute_angles',
+           'positive_angles', 'plot_theta', 'variant_kwargs', 'campar_model_file']
 
 # %% ../nbs/40_campar_model.ipynb #c005
 def attribute_activation(f: torch.Tensor,       # (N, C, H, W) encoder feature map F_l(x)
@@ -129,6 +129,12 @@ def mca_params(widths=(512, 1024, 2048)):  # c3, c4, c5 widths (ResNet-50's)
 # %% ../nbs/40_campar_model.ipynb #c030
 SPECIFIC_LOGITS = ('eq12', 'public')   # `specific_logit`: the thesis's Eq. 12, or the public code's formula
 
+def check_specific_logit(v):  # a `specific_logit` value
+    "`v` when it is one of SPECIFIC_LOGITS, else the KitError saying what each means (what a run config checks first)."
+    if v not in SPECIFIC_LOGITS:
+        raise KitError(f"specific_logit={v!r}: use 'eq12' (the thesis's Eq. 12) or 'public' (the public code's summed classifier)")
+    return v
+
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -143,8 +149,7 @@ class CamParNet(nn.Module):
         super().__init__()
         if predict not in ('specific', 'shared', 'mean'):
             raise KitError(f"predict={predict!r}: use 'specific', 'shared' or 'mean'")
-        if specific_logit not in SPECIFIC_LOGITS:
-            raise KitError(f"specific_logit={specific_logit!r}: use {' or '.join(map(repr, SPECIFIC_LOGITS))}")
+        check_specific_logit(specific_logit)
         self.backbone, self.fusion, self.cam, self.predict, self.detach_cam = backbone, fusion, cam, predict, detach_cam
         self.specific_logit = specific_logit
         n_fused = len(fusion.in_channels) if fusion is not None else 1
@@ -168,10 +173,13 @@ class CamParNet(nn.Module):
         cam = class_activation_map(a)                                             # Eq. 10
         if self.detach_cam: cam = cam.detach()
         shared = self.bn_shared(l_shared(a, self.classifier.bias))                # Eq. 15
-        specific = self.bn_specific(l_specific(cam, a, self.classifier.bias) if self.specific_logit == 'eq12'
-                                    else l_specific_summed(cam, a))              # Eq. 11-12, or the public code's
+        specific = self.bn_specific(self.specific_logits(cam, a))                # Eq. 11-12, or the public code's
         logits = {'specific': specific, 'shared': shared, 'mean': (specific + shared) / 2}[self.predict]
         return {'logits': logits, 'logits_shared': shared, 'logits_specific': specific, 'cam': cam}
+
+    def specific_logits(self, cam, a, formula=None):  # CAMs and activation maps (N, M, H, W); a key of SPECIFIC_LOGITS (None: this model's)
+        "Specific logits before the logit BatchNorm: Eq. 12 with the classifier's bias, or the public code's form (no bias)."
+        return l_specific(cam, a, self.classifier.bias) if (formula or self.specific_logit) == 'eq12' else l_specific_summed(cam, a)
 
     def forward(self, x):  # images (N, 3, H, W)
         return self.heads(self.feature_map(x))

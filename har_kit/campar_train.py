@@ -23,8 +23,8 @@ from .data import check_train_splits, load_dataset, samples_digest
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
-from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, campar_model_file, campar_variant, l_specific_public,
-                            positive_angles)
+from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute_activation, campar_model_file, campar_variant,
+                            check_specific_logit, positive_angles)
 
 # %% auto #0
 __all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval', 'carve_validation',
@@ -155,19 +155,21 @@ def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed,
     return loaders
 
 # %% ../nbs/41_campar.ipynb #c035
+def _other_formula(model): return next(k for k in SPECIFIC_LOGITS if k != model.specific_logit)   # the formula it was not trained with
+
 @torch.no_grad()
 def head_logits(model: CamParNet,  # a CAM variant
                 loader,            # single-crop loader of dict batches
                 device='cpu'):     # where the model runs
-    "Logits of every head in one pass: 'shared', 'specific', 'mean' and 'public_formula' (Eq. 12 vs the public code), with 'labels'."
+    "Logits of every head in one pass: 'shared', 'specific', 'mean', and '<other>_formula' (the specific-logit formula the model was not trained with), with 'labels'."
     model.eval().to(device)
-    w, b = model.classifier.weight, model.classifier.bias
-    acc = {k: [] for k in ('shared', 'specific', 'public_formula', 'labels')}
+    other = f'{_other_formula(model)}_formula'
+    acc = {k: [] for k in ('shared', 'specific', other, 'labels')}
     for batch in loader:
         f = model.feature_map(batch['image'].to(device))
         out = model.heads(f)
         acc['shared'].append(out['logits_shared']); acc['specific'].append(out['logits_specific'])
-        acc['public_formula'].append(l_specific_public(out['cam'], f, w) + b)
+        acc[other].append(model.specific_logits(out['cam'], attribute_activation(f, model.classifier.weight), _other_formula(model)))
         acc['labels'].append(batch['labels'])
     res = {k: torch.cat(v).float().cpu().numpy() for k, v in acc.items()}
     res['mean'] = (res['shared'] + res['specific']) / 2
@@ -184,13 +186,13 @@ def head_rows(model: CamParNet,                   # a CAM variant
               dataset: str,                       # dataset kind: its metric and headline keys
               ignore_unspecified: bool = False,   # the loss's reading of unspecified labels
               device='cpu'):                      # where the model runs
-    "Headline metrics of every head and of the public formula, which also gets `corr_with_eq12`."
+    "Headline metrics of every head and of the formula it was not trained with, which also gets its correlation with the trained head."
     p, score, keys = head_logits(model, loader, device), dataset_scorer(dataset, ignore_unspecified), dataset_kind(dataset).headline
-    rows = {}
-    for k in ('shared', 'specific', 'mean', 'public_formula'):
+    other, rows = f'{_other_formula(model)}_formula', {}
+    for k in ('shared', 'specific', 'mean', other):
         m = score(expit(p[k]), p['labels'])
-        rows[k if k == 'public_formula' else f'head_{k}'] = {h: m[h] for h in keys}
-    rows['public_formula']['corr_with_eq12'] = float(np.corrcoef(p['public_formula'].ravel(), p['specific'].ravel())[0, 1])
+        rows[k if k == other else f'head_{k}'] = {h: m[h] for h in keys}
+    rows[other][f'corr_with_{model.specific_logit}'] = float(np.corrcoef(p[other].ravel(), p['specific'].ravel())[0, 1])
     return rows
 
 # %% ../nbs/41_campar.ipynb #c040
@@ -278,8 +280,7 @@ class CamParConfig(RunConfig):
         check_arch(self.arch, self.weights)
         self.check_variants(VARIANTS)
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
-        if self.specific_logit not in SPECIFIC_LOGITS:
-            raise KitError(f"specific_logit={self.specific_logit!r}: use 'eq12' (the thesis's Eq. 12) or 'public' (the public code's formula)")
+        check_specific_logit(self.specific_logit)
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
         if self.selection_study and self.selection != 'held-out':
             raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "

@@ -381,3 +381,24 @@ def test_a_run_folder_reused_with_other_images_is_refused_on_resume(tmp_path):
         train_variant(CamParRecipe(cfg, data, (tr[1:5], None, None), test), 'baseline', tmp_path/'run')
     with pytest.raises(KitError, match="data is a 'pa100k' set but config.dataset='rap'"):
         CamParRecipe(dataclasses.replace(cfg, dataset='rap'), data)
+
+
+@pytest.mark.parametrize('trained, other', [('eq12', 'public'), ('public', 'eq12')])
+def test_head_rows_read_the_formula_the_variant_was_not_trained_with(trained, other):
+    "An Eq. 12 run reads the public formula beside its head, a public run reads Eq. 12: never its own head twice."
+    from har_kit.campar import campar_variant, l_specific, l_specific_summed
+    from har_kit.campar_train import head_logits, head_rows
+    torch.manual_seed(0)
+    net = campar_variant('campar', 3, 'resnet-tiny', specific_logit=trained)
+    with torch.no_grad(): net.classifier.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))   # a bias tells the two forms apart
+    g = torch.Generator().manual_seed(1)
+    loader = [{'image': torch.randn(4, 3, 64, 48, generator=g), 'labels': torch.randint(0, 2, (4, 3), generator=g).float()}
+              for _ in range(2)]
+    p = head_logits(net, loader)
+    assert set(p) == {'shared', 'specific', 'mean', f'{other}_formula', 'labels'}
+    with torch.no_grad():
+        f = net.feature_map(loader[0]['image']); out = net.heads(f); a = attribute_activation(f, net.classifier.weight)
+        want = l_specific(out['cam'], a, net.classifier.bias) if other == 'eq12' else l_specific_summed(out['cam'], a)
+    np.testing.assert_allclose(p[f'{other}_formula'][:4], want.numpy(), atol=1e-5)
+    rows = head_rows(net, loader, 'rap')
+    assert f'corr_with_{trained}' in rows[f'{other}_formula'] and f'{trained}_formula' not in rows
