@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_path', 'atomic_write',
            'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'torch_threads',
            'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared',
-           'env_folder', 'check_folder', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root',
+           'env_folder', 'check_folder', 'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root',
            'data_warnings_once', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
@@ -232,6 +232,10 @@ def check_folder(path,            # a folder that exists or is about to be creat
     return path
 
 # %% ../nbs/00_core.ipynb #c051
+def is_number(v):  # any value
+    "True for a real number (int or float, numpy's too), never for a bool (True is an int to Python)."
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
 def is_weights_file(weights):  # a `weights` argument
     "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
     return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))

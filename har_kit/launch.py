@@ -8,7 +8,7 @@ import argparse, contextlib, json, os, re, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, atomic_write, check_folder, check_writable, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
@@ -86,7 +86,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
             rec['state'], rec['error'] = 'queued', None
         t = read_record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
         if t:
-            rec['seconds'] = {k: t.get(f'{k}_seconds') for k in ('total', 'kernel_start', 'imports', 'cells')}
+            rec['seconds'] = {k: t.get(f'{k}_seconds') if is_number(t.get(f'{k}_seconds')) else None for k in ('total', 'kernel_start', 'imports', 'cells')}
         by_dir[rec['out_dir']] = rec
     for rec in recs:
         bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
@@ -132,8 +132,6 @@ def format_status(st   # a status (`save_status`)
             lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
     return '\n'.join(lines)
 
-def _num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
-
 _RECORD_FIELDS = {  # a saved run record's field that `har-kit status` reads -> (holds what reproduce writes?, what that is)
     'name': (lambda v: isinstance(v, str) and v != '', 'a name'),
     'out_dir': (lambda v: isinstance(v, str) and v != '', 'a path'),
@@ -144,7 +142,7 @@ _RECORD_FIELDS = {  # a saved run record's field that `har-kit status` reads -> 
     'threads': (lambda v: v is None or type(v) is int, 'a whole number or null'),
     'state': (lambda v: v is None or isinstance(v, str), 'a string or null'),
     'error': (lambda v: v is None or isinstance(v, str), 'a string or null'),
-    'seconds': (lambda v: v is None or isinstance(v, dict) and all(x is None or _num(x) for x in v.values()),
+    'seconds': (lambda v: v is None or isinstance(v, dict) and all(x is None or is_number(x) for x in v.values()),
                 'an object of numbers or null'),
 }
 

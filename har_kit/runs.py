@@ -8,7 +8,7 @@ import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, 
 import tokenize
 from pathlib import Path
 
-from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_weights_file, kit_threads, load_json,
+from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_number, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
 from .engine import LATER_PARAMS
 from .formats import data_fingerprint, detect_layout, file_sha256
@@ -716,7 +716,7 @@ def run_status(out_dir,  # a run directory
     if (out/'failed.json').exists():
         try: f = load_json(out/'failed.json', dict)
         except KitError as e: f = dict(error=str(e))
-        return dict(state='failed', error=f.get('error'), cell=f.get('cell'), time=f.get('time'),
+        return dict(state='failed', error=None if f.get('error') is None else str(f['error']), cell=f.get('cell'), time=f.get('time'),
                     **({'interrupted': True} if f.get('interrupted') else {}))
     if (out/'params.json').exists():
         return dict(state='failed', error='interrupted: the run stopped without finishing (killed?); rerun to resume', cell=None, time=None,
@@ -724,8 +724,6 @@ def run_status(out_dir,  # a run directory
     return dict(state='missing', error=None)
 
 # %% ../nbs/70_runs.ipynb #c060
-def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
-
 def _fmt(v):  # a number of metrics.json
     if isinstance(v, int): return str(v)
     if v and abs(v) < 1e-3: return f'{v:.3g}'
@@ -737,17 +735,17 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
     "One line per model entry (each protocol's numbers, epoch, seconds), else one line of the top-level numbers."
     entries = {k: v for k, v in metrics.items() if not str(k).startswith('_') and isinstance(v, dict) and 'schema' in v}
     if not entries:
-        nums = [f'{k} {_fmt(v)}' for k, v in metrics.items() if _number(v)]
+        nums = [f'{k} {_fmt(v)}' for k, v in metrics.items() if is_number(v)]
         rest = len(metrics) - min(len(nums), most)
         return [' '.join(nums[:most]) + (f' (and {rest} more in metrics.json)' if rest else '')] if nums else \
                [f'{len(metrics)} entries: ' + ', '.join(map(str, list(metrics)[:most])) + (' ...' if len(metrics) > most else '')]
     w, lines = max(map(len, entries)), []
     for name, e in entries.items():
         blocks = [(p, b) for p, b in e.items() if isinstance(b, dict) and 'per_attribute' in b]
-        parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {_fmt(v)}' for k, v in b.items() if _number(v))
+        parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {_fmt(v)}' for k, v in b.items() if is_number(v))
                  for p, b in blocks]
-        facts = [f'epoch {e["epoch"]}'] if _number(e.get('epoch')) else []
-        facts += [f'{e["seconds"]:.0f} s'] if _number(e.get('seconds')) else []
+        facts = [f'epoch {e["epoch"]}'] if is_number(e.get('epoch')) else []
+        facts += [f'{e["seconds"]:.0f} s'] if is_number(e.get('seconds')) else []
         lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
     return lines
 

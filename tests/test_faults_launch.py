@@ -235,3 +235,13 @@ def test_missing_roots_are_asked_for_in_the_options_own_syntax(tmp_path, capsys)
     assert cli(['--profile', 'paper', '--out', str(tmp_path/'o')]) == 2
     err = capsys.readouterr().err
     assert 'pass --data-root pa100k=PATH --data-root rap=PATH --data-root wider=PATH' in err, err
+
+
+def test_a_status_it_wrote_is_read_back_whatever_failed_json_held(tmp_path):
+    "run_status hands on failed.json's error as text, so the status.json it feeds passes status's own type check next time."
+    import json
+    from har_kit.runs import run_status
+    d = tmp_path/'run'; d.mkdir()
+    (d/'failed.json').write_text(json.dumps({'error': {'type': 'ValueError', 'message': 'x'}, 'cell': 3}))
+    st = run_status(d)
+    assert st['state'] == 'failed' and isinstance(st['error'], str) and 'ValueError' in st['error']
