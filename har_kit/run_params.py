@@ -263,7 +263,7 @@ def parse_params(notebook,  # notebook name or path (its defaults decide how tex
     declared = notebook_parameters(notebook)
     def read(n, text):
         if isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed): return text
-        if path_parameter(n): return None if text.strip().lower() in ('', 'none', 'null') else text   # '~' and ' #' kept
+        if path_parameter(n): return None if text.strip().lower() in ('', 'none', 'null') else text.strip()   # '~' and ' #' kept
         v = parse_value(text)
         if text.count('#') > _hashes(v):
             raise KitError(f"-p {n} {text!r}: YAML reads the text from its ' #' as a comment and would drop it (leaving {v!r}); "

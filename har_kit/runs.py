@@ -543,7 +543,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
 # %% ../nbs/70_runs.ipynb #c037
 def _names_path(name, value):  # a parameter and its value
     "Whether the value is a file-system path the run reads: a place (`run_params.PLACES`) or a `*weights` file."
-    return isinstance(value, str) and bool(value) and (name.endswith(PLACES) or name.endswith('weights') and is_weights_file(value))
+    return isinstance(value, str) and bool(value) and path_parameter(name) and (name.endswith(PLACES) or is_weights_file(value))
 
 def absolute_paths(params: dict  # checked parameters
                   ) -> dict:
@@ -818,9 +818,12 @@ def params_yaml(notebook,                  # path, file name or section name
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
-                 default): # the notebook's default for it
-    "`value` read as the parameter means it: comma-separated text as a list, 'None' as None, '1e-4' as a number."
+                 default,  # the notebook's default for it
+                 name=None): # the parameter's name: a path (`path_parameter`) stays text, whatever it looks like
+    "`value` read as the parameter means it: comma-separated text as a list, 'None' as None, '1e-4' as a number; a path as typed."
     if isinstance(default, str) and not isinstance(default, Unparsed): return value
+    if name is not None and path_parameter(name) and isinstance(value, str):   # a folder may be named 2024
+        return None if value.strip().lower() in ('', 'none', 'null') else value.strip()
     if isinstance(default, bool) and not isinstance(value, bool) and value in (0, 1, '0', '1'): return bool(int(value))   # -p fig5 1, as yes / true
     if not isinstance(value, str): return value
     text = value.strip()
@@ -863,14 +866,14 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
             close = difflib.get_close_matches(str(k), list(declared), n=1)
             raise KitError(f'{p}: unknown parameter {k!r} for {nb.name}' + (f' (did you mean {close[0]!r}?)' if close else '')
                            + f'; `har-kit params {nb.stem.split("_", 1)[-1]}` lists its parameters')
-        out[k] = check_parameter(k, coerce_value(v, declared[k]), declared[k], where=f'{p}: parameter')
+        out[k] = check_parameter(k, coerce_value(v, declared[k], k), declared[k], where=f'{p}: parameter')
     return out
 
 def cli_params(notebook,  # the notebook
                pairs):    # [(name, text), ...] of -p NAME VALUE
     "`-p` pairs as values (`har_kit.run_params.parse_params`, then `coerce_value`; a path is left as typed: a folder may be named 2024)."
     declared = notebook_parameters(notebook)
-    return {k: v if path_parameter(k) else coerce_value(v, declared.get(k)) for k, v in parse_params(notebook, pairs).items()}
+    return {k: coerce_value(v, declared.get(k), k) for k, v in parse_params(notebook, pairs).items()}
 
 # %% ../nbs/70_runs.ipynb #c075
 def _run_parser():

@@ -581,3 +581,13 @@ def test_a_done_run_that_lost_a_model_file_or_its_metrics_resumes_and_says_so(tm
     (out/'metrics.json').unlink()   # resumed in place, as an unfinished run: its session is kept on record
     assert run_notebook(nb, {}, out, progress=False) == out and len(calls) == 3 and run_status(out)['state'] == 'done'
     assert len(load_json(out/'env.json')['sessions']) == 2
+
+
+def test_a_path_reads_the_same_from_a_parameters_file_as_from_p(tmp_path):
+    "-f and -p read a path parameter alike: as typed (ends stripped), never as a number (a folder may be named 2024)."
+    from har_kit.runs import cli_params, read_params_file
+    f = tmp_path/'p.yaml'
+    f.write_text('data_root: "2024"\nweights: " IMAGENET1K_V1 "\n')
+    want = {'data_root': '2024', 'weights': 'IMAGENET1K_V1'}
+    assert read_params_file(f, 'campar') == want
+    assert cli_params('campar', [('data_root', '2024'), ('weights', ' IMAGENET1K_V1 ')]) == want
