@@ -126,8 +126,7 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     if found is not None: return found
     tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
     other = next((o for o in LAYOUTS if o != kind and _layout_at(o, root) is not None), None)
-    hint = (f" It holds a {other} layout: if that is the dataset, say so (dataset='{other}'; on the command line -p dataset {other})."
-            if other else '')
+    hint = f' It holds a {other} layout: if that is the dataset, read it as the kind {other!r}.' if other else ''
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint} {k.how}')
 
 def _layout_at(kind, root):  # a dataset kind; an existing folder
