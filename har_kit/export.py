@@ -30,11 +30,11 @@ class ProbabilityModel(nn.Module):
 
 EXPORT_FORMATS = ('onnx', 'torchscript')
 EXPORT_SUFFIX = {'onnx': '.onnx', 'torchscript': '.ts.pt'}   # each format's file name ending (default: model<suffix>)
-EXPORT_ENDINGS = {'onnx': ('.onnx',), 'torchscript': ('.ts.pt', '.pt', '.pth')}   # file name endings that say a format
+EXPORT_ENDINGS = {'onnx': ('.onnx',), 'torchscript': ('.ts.pt', '.pt', '.pth', '.ts')}   # file name endings that say a format
 
 def format_of(out):  # a destination file name
-    "The export format whose file name ending `out` has (`EXPORT_ENDINGS`), else None."
-    return next((f for f, ends in EXPORT_ENDINGS.items() if str(out).endswith(ends)), None)
+    "The export format whose file name ending `out` has (`EXPORT_ENDINGS`, in any case), else None."
+    return next((f for f, ends in EXPORT_ENDINGS.items() if str(out).lower().endswith(ends)), None)
 
 def _sidecar(lm, fmt):  # LoadedModel; format
     return dict(format=fmt, input='images', output='probabilities', attributes=lm.attributes,
@@ -87,8 +87,8 @@ def check_destination(out,            # the file to write
         raise KitError(f'--out {out} is a folder: name a file inside it, e.g. {out/("model" + EXPORT_SUFFIX.get(format, ".onnx"))}')
     other = format_of(out.name)
     if other not in (None, format):
-        end = next(e for e in EXPORT_ENDINGS[other] if out.name.endswith(e))
-        raise KitError(f'--out {out} names a {other} file, but --format {format} writes {format}: name it '
+        end = next(e for e in EXPORT_ENDINGS[other] if out.name.lower().endswith(e))
+        raise KitError(f'--out {out} is named as {other} is, but --format {format} writes {format}: name it '
                        f'{out.name[:-len(end)] + EXPORT_SUFFIX.get(format, ".onnx")}, or pass --format {other}')
     check_writable([out, out.with_name(out.name + '.json')], force)
     return out

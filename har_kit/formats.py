@@ -20,7 +20,7 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout',
            'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root', 'mask_home',
            'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
-           'clip_box', 'box_mask', 'image_problem', 'pil_rgb', 'load_rgb', 'collect_images', 'check_images',
+           'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb', 'load_rgb', 'collect_images', 'check_images',
            'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
            'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
@@ -287,6 +287,12 @@ _REFUSED = ('F',)
 def _eight_bits(a):  # a 16-bit image's values (int array, 0..65535)
     "8-bit values: the top byte, or the values themselves when all lie below 256 (8-bit pixels stored in 16 bits)."
     return (a if a.max() < 256 else a >> 8).astype(np.uint8)
+
+def is_image(path):  # any file
+    "True when PIL recognises the file as an image (from its header; nothing is decoded)."
+    try:
+        with Image.open(path): return True
+    except Exception: return False
 
 def image_problem(path):  # image file
     "None when the file looks like a complete image the kit can read, else what is wrong (a short phrase)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, hashlib, importlib, inspect, json, math, time
+import dataclasses, hashlib, importlib, inspect, json, math, time, warnings, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device, max_threads, seed_everything
-from .formats import DATASET_KINDS, RAP_PARTITIONS
+from .formats import DATASET_KINDS, RAP_PARTITIONS, is_image
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -248,17 +248,17 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
                    ('; choose one with --variant NAME (Python: variant=NAME)' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
 # %% ../nbs/09_model_file.ipynb #c025
-_EXPORTED = ('.onnx', '.ts.pt', '.ts')   # the endings `har-kit export` writes
-_IMAGE_MAGIC = (b'\xff\xd8', b'\x89PNG', b'GIF8', b'BM', b'RIFF', b'II*\x00', b'MM\x00*')   # JPEG, PNG, GIF, BMP, WebP, TIFF
+def _is_torchscript(path):  # any file
+    "True for a TorchScript archive (`torch.jit.save`: a zip holding code/ and constants.pkl; `torch.save`'s holds neither)."
+    try:
+        with zipfile.ZipFile(path) as z: return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile): return False
 
 def _other_file(path):  # a file torch could not read as a model file
-    "What the file is instead, when its name or first bytes say (an exported model, an image), and what to pass; else None."
-    if str(path).lower().endswith(_EXPORTED):
+    "What the file is instead, when its name or content says (an exported model, an image), and what to pass; else None."
+    if str(path).lower().endswith('.onnx') or _is_torchscript(path):
         return 'it is an exported model (ONNX / TorchScript), which runs outside the kit: pass the model.pt it was exported from'
-    try:
-        with open(path, 'rb') as f: head = f.read(8)
-    except OSError: return None
-    if head.startswith(_IMAGE_MAGIC):
+    if is_image(path):
         return 'it is an image, not a model: har-kit predict takes the model (a model.pt or its run folder) first, then the images'
     return None
 
@@ -266,7 +266,10 @@ def read_model_file(path,                # a file written by `save_model`
                     map_location='cpu'): # where tensors are loaded
     "Read and verify a model file (weights_only, format, hash); return its dict."
     path = Path(path)
-    try: blob = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():   # torch's note that a TorchScript archive would need torch.jit.load: `_other_file` says it
+            warnings.filterwarnings('ignore', message='.*torch.jit.load.*')
+            blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         what = _other_file(path)
         raise KitError(f'{path}: cannot be read as a har-kit model file (torch.load with weights_only=True: {type(e).__name__}); '
