@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 import dataclasses
 
+from .backbones import check_arch
 from .core import KitError, data_root, file_stamp, is_weights_file, save_json
 from .data import fill_masks, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
@@ -46,6 +47,8 @@ class MasksConfig(RunConfig):
         super().__post_init__()
         if self.dataset not in DATASET_KINDS: raise KitError(f'dataset={self.dataset!r}: choose one of {", ".join(DATASET_KINDS)}')
         check_source(self.source)
+        try: check_arch(self.fig4_arch, self.fig4_weights)   # Fig. 4's backbone, as the sections check theirs
+        except KitError as e: raise KitError(f'fig4_arch / fig4_weights: {e}') from None
         for name in ('data_root', 'mask_directory'):
             v = getattr(self, name)
             if v is not None and not Path(v).is_dir(): raise KitError(f'{name}={str(v)!r}: no such folder; pass an existing one')
