@@ -571,8 +571,8 @@ def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`
             raise KitError(f'{k}={v} lies in the run directory {out} (--out), which holds what this run writes: pass another run directory')
 
 def _input_run(k, v):  # a parameter and its (absolute) value
-    "Whether the value names a run folder the run reads: a `*_run` parameter (`campar_run`), or a place holding a run's `params.json` or `done`."
-    return _names_path(k, v) and (k.endswith('_run') or (Path(v)/'params.json').is_file() or is_done(v))
+    "Whether the value names a run folder the run reads: a `*_run` parameter (`campar_run`), or a place holding a run's `params.json` (a `done` alone marks other things too, e.g. a synthetic set)."
+    return _names_path(k, v) and (k.endswith('_run') or (Path(v)/'params.json').is_file())
 
 def _unfinished(p):  # a run folder another run reads
     "Why `p` is no finished run, with what to do ('': it is complete, `is_complete`)."
