@@ -19,11 +19,11 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
            'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
-           'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'real_data', 'moved_defaults',
-           'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo',
-           'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for', 'check_devices', 'run_notebook',
-           'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml', 'coerce_value',
-           'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'code_changed', 'real_data',
+           'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
+           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for',
+           'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
+           'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -222,9 +222,19 @@ def params_digest(params: dict  # a run's parameters
     return hashlib.sha256(json.dumps(to_jsonable(params), sort_keys=True).encode()).hexdigest()
 
 def notebook_record(nb):  # the path of the notebook a run executes
-    "What env.json records of a run's notebook: its section (the name after the number), file name and sha256."
+    "What env.json records of a run's notebook: its section (the name after the number), file name, sha256, and the sha256 of its code cells alone."
     nb = Path(nb)
-    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest())
+    try: code = '\n\x00'.join(''.join(c.get('source', '')) for c in json.loads(nb.read_text())['cells'] if c.get('cell_type') == 'code')
+    except (ValueError, KeyError, TypeError): code = nb.read_text(errors='replace')   # not notebook JSON: the whole text
+    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest(),
+                code_sha256=hashlib.sha256(code.encode()).hexdigest())
+
+def code_changed(was,   # the notebook record a run's env.json holds (`notebook_record`), or None
+                 now):  # this notebook's record
+    "Whether the notebook's code changed since `was`: its code cells' hash where both records have one (prose edits aside), else the file's."
+    if not was or not now: return False
+    if was.get('code_sha256') and now.get('code_sha256'): return was['code_sha256'] != now['code_sha256']
+    return was.get('sha256') not in (None, now.get('sha256'))
 
 def real_data(params: dict  # a run's parameters
               ) -> dict:
@@ -325,10 +335,10 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
             raise KitError(f'{out} holds {"a run" if done else "an unfinished run"} of other data ({", ".join(changed)} '
                            f'changed since it started: {why}): pass --force to move the old run aside and rerun, or another '
                            'run directory (--out)')
-        was_sha = ((env or {}).get('notebook') or {}).get('sha256')
+        was = (env or {}).get('notebook')
         if done:
-            if notebook and was_sha not in (None, notebook['sha256']):
-                warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (the notebook has changed '
+            if code_changed(was, notebook):
+                warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (its code cells have changed '
                               'since): its results are returned as they are; pass --force to rerun it')
             return 'skip'
         ran = thread_change(env, threads)
@@ -337,10 +347,11 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
                            f'would match neither count\'s run (the count sets the order of floating-point sums): resume it with '
                            f'{ran} (har-kit run --threads {ran}), or pass --force to move it aside and start again')
         if damage: print(f'har-kit run: {out} was marked done but {", ".join(damage)}: resuming it', file=sys.stderr)
-        if notebook and was_sha not in (None, notebook['sha256']):   # resumed on purpose after a fix, say: said, not refused
+        if code_changed(was, notebook):   # resumed on purpose after a fix, say: said, not refused
             print(f'har-kit run: warning: {out} holds an unfinished run started with another version of {notebook["file"]} '
-                  f'(sha256 {was_sha} then, {notebook["sha256"]} now): resuming it, so the checkpoints it resumes from were made '
-                  'by the old code; pass --force to move it aside and start over with this version', file=sys.stderr)
+                  f'(its code cells changed; sha256 {was.get("sha256")} then, {notebook["sha256"]} now): resuming it, so the '
+                  'checkpoints it resumes from were made by the old code; pass --force to move it aside and start over with this '
+                  'version', file=sys.stderr)
         for name in ('done', 'failed.json', 'metrics.json', 'notebook.running.ipynb'): (out/name).unlink(missing_ok=True)
         for tmp in out.rglob('*.tmp'):
             with contextlib.suppress(OSError): tmp.unlink()

@@ -250,8 +250,20 @@ def test_a_resumed_run_under_an_edited_notebook_says_so_and_keeps_the_old_notebo
     assert cli([str(nb), '--out', str(run), '--quiet']) == 0 and run_status(run)['state'] == 'done'
     env, err = load_json(run/'env.json'), capsys.readouterr().err
     assert env['notebook']['sha256'] != first and [s['notebook']['sha256'] for s in env['sessions']] == [first], env
-    assert f'started with another version of n.ipynb (sha256 {first} then, {env["notebook"]["sha256"]} now)' in err, err
+    assert f'started with another version of n.ipynb (its code cells changed; sha256 {first} then, {env["notebook"]["sha256"]} now)' in err, err
     assert 'made by the old code' in err and '--force' in err
+
+
+def test_a_prose_edit_is_no_code_change_for_a_resumed_run(tmp_path, monkeypatch, capsys):
+    "Editing only a notebook's markdown between a failure and the resume says nothing about old code."
+    def fail(outp, params): raise papermill.PapermillExecutionError(1, 2, 'raise ValueError', 'ValueError', 'a bug', [])
+    _fake(monkeypatch, fail)
+    nb, run = _nb(tmp_path/'n.ipynb'), tmp_path/'run'
+    assert cli([str(nb), '--out', str(run), '--quiet']) == 1
+    doc = json.loads(nb.read_text()); doc['cells'].append({'cell_type': 'markdown', 'metadata': {}, 'source': 'A note.'})
+    nb.write_text(json.dumps(doc))
+    _fake(monkeypatch); capsys.readouterr()
+    assert cli([str(nb), '--out', str(run), '--quiet']) == 0 and 'old code' not in capsys.readouterr().err
 
 
 def test_stale_temporaries_are_cleaned_on_the_next_start(tmp_path, monkeypatch):
