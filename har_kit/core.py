@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import contextlib, datetime, json, math, os, platform, random, subprocess, sys, tempfile
+import contextlib, datetime, json, math, os, platform, random, shutil, subprocess, sys, tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -14,8 +14,9 @@ import numpy as np
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_path', 'atomic_write',
            'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'torch_threads',
            'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared',
-           'env_folder', 'check_folder', 'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root',
-           'data_warnings_once', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
+           'env_folder', 'check_folder', 'pid_alive', 'sweep_temporaries', 'is_number', 'is_weights_file',
+           'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir', 'save_metrics', 'save_figure',
+           'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -232,6 +233,19 @@ def check_folder(path,            # a folder that exists or is about to be creat
     return path
 
 # %% ../nbs/00_core.ipynb #c051
+def pid_alive(pid):  # a process id
+    "Whether a process with this id exists (perhaps another user's)."
+    try: os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError): return False
+    except PermissionError: pass
+    return True
+
+def sweep_temporaries(root):  # a folder where builds write `<name>.tmp-<pid>[-<suffix>]` folders, then rename them
+    "Remove the temporary folders in `root` whose process is gone: a build killed part way left them (a live one may be writing there now)."
+    for t in Path(root).glob('*.tmp-*'):
+        pid = t.name.rpartition('.tmp-')[2].split('-')[0]
+        if pid.isdigit() and t.is_dir() and not pid_alive(int(pid)): shutil.rmtree(t, ignore_errors=True)
+
 def is_number(v):  # any value
     "True for a real number (int or float, numpy's too), never for a bool (True is an int to Python)."
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))

@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, cache_root, file_stamp, host_to_device, save_json, torch_threads
+from .core import KitError, cache_root, file_stamp, host_to_device, save_json, sweep_temporaries, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, mask_size_error, refuse_every_split
 
@@ -113,17 +113,6 @@ def _fill(d, paths, boxes, size, masks, workers, desc):
     return _digest(arrays)
 
 # %% ../nbs/16_pipeline.ipynb #c017
-def _alive(pid):  # a process with this id exists (perhaps another user's)
-    try: os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError): return False
-    except PermissionError: pass
-    return True
-
-def _sweep(root):  # remove the temporary folders of builds whose process is gone (a live one may be building now)
-    for t in Path(root).glob('*.tmp-*'):
-        pid = t.name.rpartition('.tmp-')[2]
-        if pid.isdigit() and t.is_dir() and not _alive(int(pid)): shutil.rmtree(t, ignore_errors=True)
-
 def _open(d, key, n, size, verify):  # a finished cache folder; any damage is one KitError naming it
     try:
         meta = json.loads((d/'meta.json').read_text(encoding='utf-8'))
@@ -152,7 +141,7 @@ def decoded_cache(paths,            # image files, one per sample
     d = Path(root or cache_root())/f'{name}-{size[0]}x{size[1]}-{key[:16]}'
     if not d.exists():
         if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
-        _sweep(d.parent)
+        sweep_temporaries(d.parent)
         tmp = d.with_name(f'{d.name}.tmp-{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
         try:
             digest = _fill(tmp, paths, boxes, tuple(size), None if masks is None else list(masks), int(workers), f'decode {name}')

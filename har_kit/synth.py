@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .core import KitError, UNSPECIFIED, data_root
+from .core import KitError, UNSPECIFIED, data_root, sweep_temporaries
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
 from .synth_scenes import WIDER_SCENES, render
 from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
@@ -237,6 +237,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         raise KitError(f'{dest} exists but has no `done` marker (an interrupted or foreign directory): delete it and rerun')
     if root is None: data_root(writable=True)   # generating: a read-only $HAR_KIT_DATA is named before any work
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(dest.parent)   # what generators killed part way left (a live one's stays)
     tmp = dest.parent / f'.{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     try:
         make_synthetic(kind, tmp, n=n, distractors=distractors, seed=seed, progress=progress)

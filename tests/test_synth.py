@@ -212,3 +212,13 @@ def test_seed_size_and_n_are_checked_before_anything_is_created(tmp_path, capsys
     with pytest.raises(KitError, match='seed=-1'): ensure_synthetic('pa100k', seed=-1, root=tmp_path/'e')
     with pytest.raises(KitError, match='size=0'): make_synthetic('pa100k', tmp_path/'m', n=10, size=0)
     assert not (tmp_path/'e').exists() and not (tmp_path/'m').exists()
+
+
+def test_ensure_synthetic_sweeps_what_killed_generators_left(tmp_path):
+    "A generator killed part way (SIGKILL: no cleanup) leaves .<set>.tmp-<pid>-<id>; the next generation removes it, not a live one's."
+    import os
+    dead = tmp_path/'synthetic'/f'.pa100k-tiny-s0.tmp-{2**22 + 1}-abcd1234'   # above Linux's largest pid: no such process
+    live = tmp_path/'synthetic'/f'.rap-tiny-s0.tmp-{os.getpid()}-abcd1234'
+    for t in (dead, live): t.mkdir(parents=True); (t/'x.jpg').write_bytes(b'\0' * 10)
+    out = ensure_synthetic('pa100k', 'tiny', seed=0, root=tmp_path/'synthetic'/'pa100k-tiny-s0')
+    assert (out/'done').exists() and not dead.exists() and live.exists()
