@@ -4,7 +4,7 @@
 
 # %% ../nbs/89_cli.ipynb #c002
 from __future__ import annotations
-import importlib, sys
+import contextlib, importlib, sys, warnings
 
 from . import __version__
 from .core import KitError, data_warnings_once
@@ -36,6 +36,17 @@ def usage():
     lines += ['', "run 'har-kit SUBCOMMAND --help' for a subcommand's options"]
     return '\n'.join(lines)
 
+def _one_line(message, category, filename, lineno, line=None):  # `warnings.formatwarning`'s arguments
+    "A warning as a line of the command's own output, 'har-kit: warning: ...', not Python's file:line form."
+    return f'har-kit: {"warning" if category is UserWarning else category.__name__}: {message}\n'
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    "Warnings shown as `_one_line` while a subcommand runs (the previous format restored after)."
+    old, warnings.formatwarning = warnings.formatwarning, _one_line
+    try: yield
+    finally: warnings.formatwarning = old
+
 def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
         ):
     "Entry point of the `har-kit` console script."
@@ -48,7 +59,7 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
         print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
     try:
         module = importlib.import_module(SUBCOMMANDS[name][0])   # seconds of imports: Ctrl-C here stops too, with a line
-        with data_warnings_once(name != 'data'):   # a dataset's issues once per machine; `har-kit data` lists them every time
+        with data_warnings_once(name != 'data'), _warnings_as_lines():   # a dataset's issues once per machine; `har-kit data` lists them every time
             return getattr(module, CLI_FUNCTIONS.get(name, 'cli'))(rest) or 0
     except KitError as e:   # a subcommand that let one through: the message, never a traceback
         print(f'har-kit {name}: {e}', file=sys.stderr); return 2

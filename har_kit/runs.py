@@ -340,6 +340,10 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
             if code_changed(was, notebook):
                 warnings.warn(f'{out} is done, made with an earlier version of {notebook["file"]} (its code cells have changed '
                               'since): its results are returned as they are; pass --force to rerun it')
+            if (ran := thread_change(env, threads)) is not None:   # the count sets the order of floating-point sums
+                warnings.warn(f'{out} is done, made with {ran} intra-op thread(s), not the {threads} asked for now: its results '
+                              f'are returned as they are, and a run with {threads} gives other last digits; pass --force to '
+                              f'rerun it with {threads}')
             return 'skip'
         ran = thread_change(env, threads)
         if ran is not None:

@@ -74,3 +74,19 @@ def test_nb2readme_help_writes_nothing():
     assert r.returncode == 0 and 'usage' not in r.stderr and '--check' in r.stdout
     r = subprocess.run([sys.executable, str(ROOT/'tools'/'nb2readme.py'), '--chek'], capture_output=True, text=True)
     assert r.returncode == 2 and 'unknown argument' in r.stdout
+
+
+def test_the_command_shows_warnings_as_its_own_lines(capsys, monkeypatch):
+    "A warning raised inside a subcommand reads 'har-kit: warning: ...', not Python's file:line form; the format is restored after."
+    import warnings
+    from har_kit import cli as C
+    def warn(argv): warnings.warn('something to know'); return 0
+    monkeypatch.setitem(C.SUBCOMMANDS, 'probe', ('har_kit.cli', 'probe'))
+    monkeypatch.setitem(C.CLI_FUNCTIONS, 'probe', '_probe')
+    monkeypatch.setattr(C, '_probe', warn, raising=False)
+    before = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter('always')   # shown as Python shows them (pytest records them otherwise)
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(warnings.formatwarning(m, c, f, n, line))
+        assert C.main(['probe']) == 0
+    assert 'har-kit: warning: something to know' in capsys.readouterr().err and warnings.formatwarning is before
