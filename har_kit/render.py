@@ -321,7 +321,11 @@ def to_seeds_csv(table,  # the table
                     for seed, why, d in cell['excluded'])
     return buf.getvalue()
 
-def _tex(s): return str(s).replace('%', r'\%').replace('&', r'\&').replace('_', r'\_').replace('#', r'\#').replace('±', r'$\pm$').replace('Δ', r'$\Delta$').replace('`', '')
+_TEX = {'\\': r'\textbackslash{}', '{': r'\{', '}': r'\}', '$': r'\$', '^': r'\^{}', '~': r'\~{}', '%': r'\%', '&': r'\&',
+        '_': r'\_', '#': r'\#', '<': r'$<$', '>': r'$>$', '≤': r'$\leq$', '≥': r'$\geq$', '±': r'$\pm$', 'Δ': r'$\Delta$',
+        '−': r'$-$', '`': ''}   # LaTeX's special characters, and what pdflatex's default font cannot set
+
+def _tex(s): return ''.join(_TEX.get(c, c) for c in str(s).replace('>=', '≥').replace('<=', '≤'))   # text as LaTeX sets it
 
 def to_latex(table,      # the table
              rows,       # its rendered rows (`table_rows`)
