@@ -38,8 +38,9 @@ DEFAULT_THRESHOLD = 0.5   # the papers' p_t: what an attribute a thresholds file
 
 def _csv_thresholds(text):  # a thresholds CSV's text
     "{attribute: threshold} of a CSV whose header names the columns attribute and threshold (a header-less file is refused, not read as one)."
-    rows = csv.DictReader(io.StringIO(text))
-    if not {'attribute', 'threshold'} <= set(rows.fieldnames or ()):
+    rows = csv.DictReader(io.StringIO(text.removeprefix('\ufeff')), skipinitialspace=True)   # Excel's BOM; 'attribute, threshold'
+    rows.fieldnames = [f.strip() for f in rows.fieldnames or ()]
+    if not {'attribute', 'threshold'} <= set(rows.fieldnames):
         raise ValueError(f'its first line must be the header attribute,threshold, found {",".join(rows.fieldnames or [])!r}')
     return _unique((r['attribute'], r['threshold']) for r in rows)
 

@@ -246,6 +246,8 @@ def test_threshold_specs(tmp_path, model_file):
     lm = load_model(model_file)
     (tmp_path/'t.csv').write_text('attribute,threshold\nhat,0.1\nbag,0.2\nskirt,0.3\nboots,0.4\n')
     assert resolve_thresholds(tmp_path/'t.csv', lm)[0].tolist() == [.1, .2, .3, .4]
+    (tmp_path/'excel.csv').write_text('\ufeffattribute, threshold\nhat, 0.1\nbag,0.2\nskirt,0.3\nboots,0.4\n', encoding='utf-8')
+    assert resolve_thresholds(tmp_path/'excel.csv', lm)[0].tolist() == [.1, .2, .3, .4]   # Excel's BOM, spaces after commas
     (tmp_path/'nohead.csv').write_text('hat,0.3\n')   # one line, no header: not read as a header naming nothing
     with pytest.raises(KitError, match="nohead.csv: .*first line must be the header attribute,threshold, found 'hat,0.3'"):
         resolve_thresholds(tmp_path/'nohead.csv', lm)
