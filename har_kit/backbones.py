@@ -87,12 +87,16 @@ def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
                    f'{", ".join(enum.__members__)} (the papers\' code loaded torchvision\'s original "IMAGENET1K_V1")')
 
 # %% ../nbs/03_backbones.ipynb #c014
+def _no_weights_file(path, arch):  # a weights path that is no file; the arch it was meant for
+    return KitError(f'weights={str(path)!r}: no such file; pass torchvision\'s {arch} state dict (.pth), a weights name such as '
+                    '"IMAGENET1K_V1", or None')
+
 def load_weights_file(net: nn.Module,  # a torchvision model built with weights=None
                       path,            # its state dict on disk (a checkpoint's 'state_dict' / 'model' entry also works)
                       arch: str):      # the arch, for messages
     "Load a local state dict into `net` strictly; return the file's SHA-256."
     p = Path(path).expanduser()
-    if not p.is_file(): raise KitError(f'weights={str(path)!r}: no such file; pass torchvision\'s {arch} state dict (.pth), a weights name such as "IMAGENET1K_V1", or None')
+    if not p.is_file(): raise _no_weights_file(path, arch)
     try: sd = torch.load(p, map_location='cpu', weights_only=True)
     except Exception as e: raise KitError(f'{p}: not a weights file torch can read safely ({type(e).__name__}: {str(e)[:200]})') from None
     if isinstance(sd, dict) and not any(torch.is_tensor(v) for v in sd.values()): sd = sd.get('state_dict') or sd.get('model') or sd
@@ -120,9 +124,7 @@ def check_arch(arch,          # a backbone name
         raise KitError(f'arch={arch!r} has no pretrained weights: pass weights=None, or use a torchvision arch '
                        f'({", ".join(TORCHVISION_ARCHES)}) with weights="IMAGENET1K_V1"')
     if not is_weights_file(weights): resolve_weights(arch, weights)   # a name: one of the arch's weights enum
-    elif not Path(weights).expanduser().is_file():
-        raise KitError(f'weights={str(weights)!r}: no such file; pass torchvision\'s {arch} state dict (.pth), a weights name '
-                       'such as "IMAGENET1K_V1", or None')
+    elif not Path(weights).expanduser().is_file(): raise _no_weights_file(weights, arch)
     return arch
 
 # %% ../nbs/03_backbones.ipynb #c019
