@@ -119,7 +119,7 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
                **extras):                          # further common keys of the entry (`har_kit.metrics.ENTRY_KEYS`)
     "One model's `metrics.json` entry (`metrics_entry`): the scored split as protocol `full`, and `by_distractors`."
     y = _metric_labels(dataset, labels, ignore_unspecified)
-    by = metrics_by_distraction(dataset, scores, y, levels) if levels is not None and any(l is not None for l in levels) else None
+    by = metrics_by_distraction(dataset, scores, y, levels, attributes=attributes) if levels is not None and any(l is not None for l in levels) else None
     return metrics_entry(dataset, {'full': dataset_metric(dataset)(scores, y)}, attributes, by_distractors=by, **extras)
 
 # %% ../nbs/41_campar.ipynb #c028

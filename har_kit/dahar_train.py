@@ -239,7 +239,7 @@ def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's p
     test = data.split(cfg.eval_split)
     levels = [s.meta.get('distractors') for s in test]
     if all(l is None for l in levels): return {}
-    out = dict(by_distractors=metrics_by_distraction(data.name, full['scores'], full['labels'], levels))
+    out = dict(by_distractors=metrics_by_distraction(data.name, full['scores'], full['labels'], levels, attributes=data.attributes))
     if all(s.mask is not None for s in test):
         shares = target_mass(model, mask_loader(data, cfg, cache), dahar_maps, next(model.parameters()).device)
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)

@@ -292,13 +292,16 @@ def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', '
                            scores,   # (N, C) scores of the scored split
                            labels,   # (N, C) its labels
                            levels,   # (N,) distractors overlapping each target (None = unknown)
-                           cap=3):   # levels >= cap share one bin
-    "Headline metrics of `dataset` per distraction bin: {'0': {'mAP': .., 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
+                           cap=3,    # levels >= cap share one bin
+                           attributes=None):  # the C attribute names: each bin also gets `per_attribute`, as `full` has
+    "Headline metrics of `dataset` per distraction bin: {'0': {'mAP': .., ['per_attribute': ..,] 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
     bins = [distraction_bin(l, cap) for l in levels]
     if len(bins) != len(scores): raise KitError(f'levels has {len(bins)} entries but scores has {len(scores)} samples: one level per sample')
     out = {}
     for k, m in grouped_metrics(dataset_metric(dataset), scores, labels, bins).items():
-        if k != 'unknown': out[k] = {**{h: m[h] for h in HEADLINE[dataset]}, 'n': bins.count(k)}
+        if k == 'unknown': continue   # a bin averages over the attributes it can score: `per_attribute` names those it leaves out
+        block = _protocol_block(dataset_kind(dataset), k, m, attributes) if attributes is not None else {h: m[h] for h in HEADLINE[dataset]}
+        out[k] = {**block, 'n': bins.count(k)}
     return out
 
 # %% ../nbs/05_metrics.ipynb #c069
@@ -347,7 +350,7 @@ def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
 METRICS_SCHEMA = 3              # version of a variant's metrics.json entry (3: f1_mean_instance on the pedestrian sets); runs written under another are refused
 PROTOCOLS = ('full', 'crops')   # evaluation protocols: the whole patch resized; the mean over five crops (Da-HAR)
 ENTRY_KEYS = {                  # the common keys an entry may hold beside its protocols (each only when measured)
-    'by_distractors': "headline metrics of the 'full' protocol per distraction bin (`metrics_by_distraction`)",
+    'by_distractors': "headline metrics of the 'full' protocol per distraction bin, with `per_attribute` and `n` (`metrics_by_distraction`)",
     'target_mass_by_distractors': "share of each map's mass on the target per distraction bin (`mass_by_level`)",
     'params_M': 'parameters of the scored model, in millions',
     'epoch': 'the epoch whose weights were scored',

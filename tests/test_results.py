@@ -432,3 +432,18 @@ def test_the_protocol_card_counts_one_run_in_the_singular(tmp_path):
     _run(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 1, {**QUICK, 'epochs': 4}, _entry_t2(0.5))
     md = render(CAMPAR_T2, tmp_path, 'quick')['texts']['md']
     assert '**Protocol card** (2 runs, 2 finished;' in md and '(1 run)' in md and '(1 runs' not in md
+
+
+def test_a_distraction_bin_that_left_an_attribute_out_says_so(tmp_path):
+    "A bin's mAP averaged without an attribute (no positive among its targets) is named beside the row, as the headline's is."
+    from har_kit.results import DISTRACTION
+    def entry(seed):
+        full = dict(mAP=0.6, ap=[0.6, 0.6], variant='interpolated', excluded=[], degenerate=[], n_pos=[3, 3], n_specified=[9, 9])
+        bins = {b: dict(mAP=0.5 + seed / 100, per_attribute={'hat': 0.5, 'bag': None if b == '0' else 0.5}, n=4)
+                for b in ('0', '1', '2', '3+')}
+        return metrics_entry('wider', {'full': full}, ['hat', 'bag'], by_distractors=bins)
+    row = next(r for r in DISTRACTION.rows if r.key == 'campar')
+    for s in range(3): _run(tmp_path, 'quick', row.run, s, QUICK, entry(s))
+    md = render(DISTRACTION, tmp_path, 'quick')['texts']['md']
+    line = next(l for l in md.splitlines() if '| ours' in l and l.startswith(f'| {row.label} |'))
+    assert '— 0 distractors over 1 of 2 attributes (bag: no positive or no negative in the scored split, left out)' in line, line
