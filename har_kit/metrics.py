@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 
-from .core import UNSPECIFIED, KitError, load_json
+from .core import UNSPECIFIED, KitError, is_number, load_json
 from .formats import dataset_kind
 
 # %% auto #0
@@ -15,7 +15,8 @@ __all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MO
            'METRICS_SCHEMA', 'PROTOCOLS', 'ENTRY_KEYS', 'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points',
            'harmonic_f1', 'check_threshold', 'apply_threshold', 'pedestrian_metrics', 'choose_thresholds',
            'distraction_bin', 'grouped_metrics', 'dataset_metric', 'metrics_by_distraction', 'target_share',
-           'target_mass', 'mass_by_level', 'metrics_entry', 'entry_value', 'read_metrics']
+           'target_mass', 'mass_by_level', 'metrics_entry', 'entry_value', 'format_number', 'entry_line',
+           'read_metrics']
 
 # %% ../nbs/05_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -392,7 +393,25 @@ def entry_value(entry,  # a variant's entry (`metrics_entry`), or any nested dic
         entry = entry[part]
     return entry
 
-# %% ../nbs/05_metrics.ipynb #c088
+# %% ../nbs/05_metrics.ipynb #c086
+def format_number(v):  # a number of metrics.json
+    "A metric as printed: whole numbers as they are, then 3 decimals, fewer digits as the number grows."
+    if isinstance(v, int): return str(v)
+    if v and abs(v) < 1e-3: return f'{v:.3g}'
+    return f'{v:.3f}' if abs(v) < 10 else f'{v:.4g}' if abs(v) < 1e4 else f'{v:.0f}'
+
+def entry_line(name,     # the variant's name
+               entry,    # its metrics.json entry (`metrics_entry`)
+               width=0): # the name's column width
+    "'name  mA 0.612 acc ... | crops: ...  (epoch 3, 12 s)': each protocol's numbers, then the epoch and seconds where recorded."
+    blocks = [(p, b) for p, b in entry.items() if isinstance(b, dict) and 'per_attribute' in b]
+    parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {format_number(v)}' for k, v in b.items() if is_number(v))
+             for p, b in blocks]
+    facts = [f'epoch {entry["epoch"]}'] if is_number(entry.get('epoch')) else []
+    facts += [f'{entry["seconds"]:.0f} s'] if is_number(entry.get('seconds')) else []
+    return f'{name:<{width}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else '')
+
+# %% ../nbs/05_metrics.ipynb #c091
 def read_metrics(run,            # a run (seed) directory holding metrics.json
                  variant=None):  # a variant's key: return its entry (None: the whole file, every entry checked)
     "A run's `metrics.json` (or one variant's entry), refused with a `KitError` when an entry has another schema."

@@ -12,6 +12,7 @@ from .core import (KitError, atomic_write, cache_root, check_folder, data_root, 
                           outputs_root, save_json, to_jsonable)
 from .engine import LATER_PARAMS
 from .formats import data_fingerprint, detect_layout, file_sha256
+from .metrics import entry_line, format_number
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
                                 path_parameter)
@@ -739,30 +740,18 @@ def run_status(out_dir,  # a run directory
     return dict(state='missing', error=None)
 
 # %% ../nbs/70_runs.ipynb #c060
-def _fmt(v):  # a number of metrics.json
-    if isinstance(v, int): return str(v)
-    if v and abs(v) < 1e-3: return f'{v:.3g}'
-    return f'{v:.3f}' if abs(v) < 10 else f'{v:.4g}' if abs(v) < 1e4 else f'{v:.0f}'
-
 def metrics_summary(metrics: dict,   # a run's metrics.json
                     most: int = 12   # numbers shown of a metrics.json without model entries
                    ) -> list:
     "One line per model entry (each protocol's numbers, epoch, seconds), else one line of the top-level numbers."
     entries = {k: v for k, v in metrics.items() if not str(k).startswith('_') and isinstance(v, dict) and 'schema' in v}
     if not entries:
-        nums = [f'{k} {_fmt(v)}' for k, v in metrics.items() if is_number(v)]
+        nums = [f'{k} {format_number(v)}' for k, v in metrics.items() if is_number(v)]
         rest = len(metrics) - min(len(nums), most)
         return [' '.join(nums[:most]) + (f' (and {rest} more in metrics.json)' if rest else '')] if nums else \
                [f'{len(metrics)} entries: ' + ', '.join(map(str, list(metrics)[:most])) + (' ...' if len(metrics) > most else '')]
-    w, lines = max(map(len, entries)), []
-    for name, e in entries.items():
-        blocks = [(p, b) for p, b in e.items() if isinstance(b, dict) and 'per_attribute' in b]
-        parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {_fmt(v)}' for k, v in b.items() if is_number(v))
-                 for p, b in blocks]
-        facts = [f'epoch {e["epoch"]}'] if is_number(e.get('epoch')) else []
-        facts += [f'{e["seconds"]:.0f} s'] if is_number(e.get('seconds')) else []
-        lines.append(f'{name:<{w}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else ''))
-    return lines
+    w = max(map(len, entries))
+    return [entry_line(name, e, w) for name, e in entries.items()]
 
 # %% ../nbs/70_runs.ipynb #c062
 def run_report(out,              # a done run directory
