@@ -230,7 +230,9 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
         raise KitError(f'{path} holds epoch {ck["epoch"]}, past this run\'s epochs={cfg.epochs}: a shorter schedule cannot resume a '
                        f'longer one; train epochs >= {ck["epoch"]} here, or {fix}')
     old, new, absent = _canon(ck.get('params')), _canon(params), '<absent>'
-    diff = [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}' for k in sorted(set(old) | set(new))
+    def then(k):  # what the checkpoint ran with: recorded, else what every run had before the parameter was recorded
+        return repr(old[k]) if k in old else f'{LATER_PARAMS[k]!r} (before the parameter was recorded)' if LATER_PARAMS.get(k) is not None else absent
+    diff = [f'{k}: {then(k)} -> {new.get(k, absent)!r}' for k in sorted(set(old) | set(new))
             if old.get(k, absent) != new.get(k, absent)
             and not (k in LATER_PARAMS and k not in old and LATER_PARAMS[k] in (None, new.get(k, absent)))]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
