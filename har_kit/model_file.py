@@ -22,7 +22,8 @@ from . import __version__
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES',
            'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
            'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'selection_study', 'check_range', 'declared_type', 'check_type', 'RunConfig', 'Recipe', 'train_variant']
+           'selection_study', 'check_range', 'declared_type', 'type_name', 'check_type', 'RunConfig', 'Recipe',
+           'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -444,7 +445,11 @@ def declared_type(annotation):  # a dataclass field's annotation, as text (`from
     parts = {p.strip() for p in str(annotation).split('|')}
     return _OPTIONAL.get((parts - {'None'}).pop()) if len(parts) == 2 and 'None' in parts else None
 
-_KINDS = {int: 'a whole number', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list', dict: 'a dict'}
+_KINDS = {int: 'a whole number', float: 'a number', bool: 'true/false', str: 'a string', list: 'a list', dict: 'a dict'}
+
+def type_name(v):  # any value
+    "What a value is, as the kit's errors say it: 'a whole number', 'true/false', 'a list' (a tuple too), else its Python type."
+    return _KINDS.get(list if isinstance(v, tuple) else type(v), type(v).__name__)
 
 def check_type(name,   # a parameter's name
                value,  # its value
@@ -459,7 +464,7 @@ def check_type(name,   # a parameter's name
           list: not (flag or number or isinstance(value, dict)),
           str: not (flag or number or isinstance(value, (dict, list, tuple)))}[kind]
     if not ok:
-        raise bad(f'expects {_KINDS[kind]} or None, got {type(value).__name__} {value!r}'
+        raise bad(f'expects {_KINDS[kind]} or None, got {type_name(value)} {value!r}'
                   + (' (a number is written without quotes)' if kind in (int, float) and isinstance(value, str) else ''))
     return value
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
 from .data import check_train_splits
-from .model_file import check_range
+from .model_file import check_range, type_name
 
 # %% auto #0
 __all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells', 'section_names',
@@ -114,8 +114,6 @@ NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimi
 PLACES = ('_root', '_dir', '_directory', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
-def _type_name(v): return {bool: 'true/false', int: 'a whole number', float: 'a number', str: 'a string',
-                           list: 'a list', tuple: 'a list', dict: 'a dict'}.get(type(v), type(v).__name__)
 
 def check_parameter(name,               # the parameter's name
                     value,              # the value given for it
@@ -124,7 +122,7 @@ def check_parameter(name,               # the parameter's name
     "Return `value` checked (and an int widened to float for a float default) against `default`, or raise `KitError`."
     bad = lambda what: KitError(f'{where} {name!r}: {what}')
     if name.endswith(PLACES) and value is not None and not (isinstance(value, str) and value.strip()):
-        raise bad(f'expects a path (or null), got {_type_name(value)} {value!r}')
+        raise bad(f'expects a path (or null), got {type_name(value)} {value!r}')
     if name in NON_EMPTY and isinstance(value, (str, list, tuple)) and not value:
         raise bad(f'must not be empty (default {default!r})')
     if name in ('variants', 'train_splits') and isinstance(value, (list, tuple)):
@@ -138,18 +136,18 @@ def check_parameter(name,               # the parameter's name
         if not isinstance(value, bool): raise bad(f'expects true or false (default {default}), got {value!r}')
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad(f'expects a whole number (default {default}), got {_type_name(value)} {value!r}')
+            raise bad(f'expects a whole number (default {default}), got {type_name(value)} {value!r}')
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(f'expects a number (default {default}), got {_type_name(value)} {value!r}'
+            raise bad(f'expects a number (default {default}), got {type_name(value)} {value!r}'
                       + (' (write it without quotes)' if isinstance(value, str) else ''))
         value = float(value)
     elif isinstance(default, str):
-        if not isinstance(value, str): raise bad(f'expects a string (default {default!r}), got {_type_name(value)} {value!r}')
+        if not isinstance(value, str): raise bad(f'expects a string (default {default!r}), got {type_name(value)} {value!r}')
     elif isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
             example = value if value not in (None, '') else ', '.join(map(str, default)) or 'a, b'
-            raise bad(f'expects a list (default {list(default)!r}), got {_type_name(value)} {value!r}; '
+            raise bad(f'expects a list (default {list(default)!r}), got {type_name(value)} {value!r}; '
                       f"write a list, e.g. -p {name} '[{example}]'")
         value = list(value)
         kinds = {type(d) for d in default}
@@ -157,10 +155,10 @@ def check_parameter(name,               # the parameter's name
             want = kinds.pop()
             wrong = [v for v in value if not (isinstance(v, want) and not isinstance(v, bool)
                                                or want is float and isinstance(v, int) and not isinstance(v, bool))]
-            if wrong: raise bad(f'expects a list of {_type_name(default[0])[2:] if want is not int else "whole number"}s '
+            if wrong: raise bad(f'expects a list of {type_name(default[0])[2:] if want is not int else "whole number"}s '
                                 f'(default {list(default)!r}), got {wrong[0]!r} in {value!r}')
     elif isinstance(default, dict):
-        if not isinstance(value, dict): raise bad(f'expects a dict (default {default!r}), got {_type_name(value)} {value!r}')
+        if not isinstance(value, dict): raise bad(f'expects a dict (default {default!r}), got {type_name(value)} {value!r}')
     if name in SHAPES and (len(value) != len(SHAPES[name]) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                                        and 1 <= v <= 4096 for v in value)):
         raise bad(f'must be [{", ".join(SHAPES[name])}]: {len(SHAPES[name])} whole numbers from 1 to 4096, got {value!r}')
