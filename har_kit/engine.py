@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, get_device, save_json, seed_everything
+from .core import KitError, atomic_write, get_device, is_number, save_json, seed_everything
 from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, set_rng_state
 from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_world, set_epoch, setup_device,
                                  shard_loader)
@@ -61,9 +61,8 @@ class TrainConfig:
     def __post_init__(self):
         def need(ok, field, what):
             if not ok: raise KitError(f'TrainConfig.{field}={getattr(self, field)!r}: {what}')
-        def plain(types):   # a value of `types` that is not a bool (True is an int to Python, and 1.0 to torch)
-            return lambda v: isinstance(v, types) and not isinstance(v, (bool, np.bool_))
-        whole, number = plain((int, np.integer)), plain((int, float))
+        number = is_number   # not a bool: True is an int to Python, and 1.0 to torch
+        whole = lambda v: is_number(v) and isinstance(v, (int, np.integer))
         need(self.optimizer in OPTIMIZERS, 'optimizer', f'choose one of {OPTIMIZERS}')
         need(self.scheduler in SCHEDULERS, 'scheduler', f'choose one of {SCHEDULERS}')
         need(self.amp in AMPS, 'amp', f'choose one of {AMPS}')

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_path, get_device, max_threads, seed_everything
+from .core import KitError, atomic_path, get_device, is_number, max_threads, seed_everything
 from .formats import DATASET_KINDS, RAP_PARTITIONS, is_image
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
@@ -457,9 +457,8 @@ def check_type(name,   # a parameter's name
                bad):   # what makes the KitError from the complaint, as for `check_range`
     "`value`, or the error of a value of another kind than `kind` (None always passes; see above)."
     if value is None or kind is None: return value
-    flag = isinstance(value, (bool, np.bool_))
-    whole = isinstance(value, (int, np.integer)) and not flag
-    number = whole or isinstance(value, (float, np.floating)) and not flag
+    flag, number = isinstance(value, (bool, np.bool_)), is_number(value)
+    whole = number and isinstance(value, (int, np.integer))
     ok = {int: whole, float: number, bool: flag, dict: isinstance(value, dict),
           list: not (flag or number or isinstance(value, dict)),
           str: not (flag or number or isinstance(value, (dict, list, tuple)))}[kind]
