@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
-from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, dataset_kind, mask_roots,
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, dataset_kind, mask_roots,
                              csv_records, detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
@@ -554,9 +554,6 @@ def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_k
                  **reader_kw):   # passed to the reader (unspecified=, partition=, mask_dir=, ...)
     "Read a dataset of `kind` from `root` (reader options as keywords), or the synthetic set of that kind (generated once, then cached)."
     reader = dataset_reader(kind)
-    if root is None and not dataset_kind(kind).synthetic:
-        raise KitError(f"load_dataset({kind!r}): no synthetic stand-in of this kind; pass its folder (root=; a run's data_root, "
-                       f"-p data_root FOLDER). {dataset_kind(kind).how}")
-    if root is None:
+    if check_data_root(kind, root) is None:
         root = ensure_synthetic(kind, profile=profile, seed=seed)
     return reader(root, **reader_kw)

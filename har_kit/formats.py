@@ -17,12 +17,13 @@ from .matfile import mat_cell, save_mat
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES',
            'LAYOUTS', 'MASK_DIR', 'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS',
-           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'Layout', 'detect_layout', 'explicit_layout',
-           'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root', 'mask_home',
-           'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta',
-           'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb', 'load_rgb', 'collect_images', 'check_images',
-           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
-           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
+           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'check_data_root', 'Layout', 'detect_layout',
+           'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root',
+           'mask_home', 'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta',
+           'synth_target_meta', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb', 'load_rgb',
+           'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
+           'write_rap_annotation', 'write_wider_annotation', 'csv_records', 'csv_annotation_text',
+           'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -75,6 +76,15 @@ def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     "The `DatasetKind` of `kind`, or a `KitError` listing the kinds."
     if kind not in DATASET_KINDS: raise KitError(f'kind={kind!r}: use one of {", ".join(DATASET_KINDS)}')
     return DATASET_KINDS[kind]
+
+def check_data_root(kind,  # a dataset kind
+                    root): # its root, or None (the synthetic stand-in)
+    "`root`, or the KitError of a kind the kit has no synthetic stand-in of (csv, kinds users register) given no root."
+    k = dataset_kind(kind)
+    if root is None and not k.synthetic:
+        raise KitError(f"dataset {kind!r} has no synthetic stand-in, so it needs its folder (a run's data_root: -p data_root "
+                       f'FOLDER; load_dataset: root=). {k.how}')
+    return root
 
 # %% ../nbs/02_formats.ipynb #c012
 WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')   # WIDER-Attribute's two annotation files

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device, is_number, max_threads, seed_everything
-from .formats import DATASET_KINDS, RAP_PARTITIONS, is_image
+from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, is_image
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -479,10 +479,9 @@ class RunConfig:
         for f in dataclasses.fields(self):
             bad = lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}')
             check_range(f.name, check_type(f.name, getattr(self, f.name), declared_type(f.type), bad), bad)
-        kind = DATASET_KINDS.get(getattr(self, 'dataset', None))
-        if kind is not None and not kind.synthetic and getattr(self, 'data_root', '') is None:
-            raise KitError(f"{type(self).__name__} 'data_root': dataset={kind.name!r} has no synthetic stand-in, so the run needs "
-                           f'its folder (-p data_root FOLDER). {kind.how}')
+        if getattr(self, 'dataset', None) in DATASET_KINDS and hasattr(self, 'data_root'):
+            try: check_data_root(self.dataset, self.data_root)
+            except KitError as e: raise KitError(f"{type(self).__name__} 'data_root': {e}") from None
 
     def check_variants(self, known):  # the names the config's `variants` may hold, e.g. the method's VARIANTS
         "Refuse a `variants` that is not a non-empty list of known names, saying what to pass."
