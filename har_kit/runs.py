@@ -425,7 +425,7 @@ def _fail(out, error, cell=None, interrupted=False):
 
 def _disk_full(e): return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
-DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by batch runs (`demos=False`)
+DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by runs unless `demos=True`
 
 def batch_copy(nb,    # the notebook
                dest,  # where to write the copy
@@ -435,7 +435,7 @@ def batch_copy(nb,    # the notebook
     n = 0
     for c in d['cells']:
         if c.get('cell_type') == 'code' and DEMO_TAG in c.get('metadata', {}).get('tags', []):
-            c['source'], c['outputs'], n = f'# demonstration skipped in this batch run (cell tag {DEMO_TAG!r})', [], n + 1
+            c['source'], c['outputs'], n = f'# demonstration skipped in this run (cell tag {DEMO_TAG!r}; har-kit run --demos runs it)', [], n + 1
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
@@ -506,7 +506,7 @@ def _resolve_jupyter_traits(kernel_name):  # the run's (installed) kernel
         _resolved.add(kernel_name)
 
 # %% ../nbs/70_runs.ipynb #c035
-def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, echo=False):
+def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, echo=False):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -518,7 +518,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=True, e
         streams = (Echo(log, sys.stdout), Echo(log, sys.stderr)) if echo else (log, log)
         if echo: cleanup.callback(lambda: [s.close() for s in streams])
         log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}'
-                  + (f' batch: {skipped} demonstration cells skipped' if not demos else '') + '\n'); log.flush()
+                  + (f' {skipped} demonstration cells skipped (--demos runs them)' if not demos else '') + '\n'); log.flush()
         def stop(msg, cell):
             _finish_notebook(out, started, log); _fail(out, msg, cell)
             return RunFailed(out, msg)
@@ -669,10 +669,10 @@ def run_notebook(notebook,                  # path, file name or section name
                  progress: bool = True,     # papermill's progress bar
                  timeout: int | None = None,  # seconds per cell (None: no limit)
                  threads: int | None = None,  # intra-op threads of the kernel (None: $HAR_KIT_THREADS or 1)
-                 demos: bool = True,        # False: skip cells tagged `demo` (batch runs)
+                 demos: bool = False,       # True: also run the cells tagged `demo` (the notebook's demonstrations)
                  data: dict | None = None,  # what the run reads that no parameter names (a plan's synthetic sets; a real dataset's annotation is added), kept in env.json
                  echo: bool = False):       # also show the notebook's output live on this process's stdout / stderr (`Echo`)
-    "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above). `demos=False`: skip cells tagged `demo`."
+    "Execute `notebook` with papermill into `out_dir`; return the run directory (see the table above), its `demo` cells skipped unless `demos=True`."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = section_notebook(notebook)   # a notebook with a `parameters` cell
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
@@ -894,13 +894,15 @@ def _run_parser():
     ap.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     ap.add_argument('--force', action='store_true', help='rerun even if done, or over a run with other parameters (the old run is moved aside); a done run that lost its metrics.json or a model file resumes without it')
     ap.add_argument('--threads', type=int, help='intra-op threads of the run (default: $HAR_KIT_THREADS or 1)')
-    ap.add_argument('--batch', action='store_true', help="skip the notebook's demonstration cells (tag 'demo'), as har-kit reproduce does")
+    ap.add_argument('--demos', action='store_true', help="also run the notebook's demonstration cells (tag 'demo'), which a run "
+                    'skips (the notebook read by hand runs them); they never change the results')
+    ap.add_argument('--batch', action='store_true', help=argparse.SUPPRESS)   # what a run does anyway: accepted so that scripts passing it still run
     ap.add_argument('--quiet', action='store_true', help="do not show the notebook's output as it runs (log.txt has it); "
                     'a bar over its cells still shows how far it is')
     return ap
 
 def cli(argv=None):  # arguments after `har-kit run`
-    "`har-kit run NOTEBOOK [-f FILE.yaml] [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--batch] [--quiet]`."
+    "`har-kit run NOTEBOOK [-f FILE.yaml] [-p NAME VALUE ...] [--out DIR] [--force] [--threads N] [--demos] [--quiet]`."
     ap = _run_parser()
     a = ap.parse_args(argv)
     if a.help:
@@ -918,7 +920,7 @@ def cli(argv=None):  # arguments after `har-kit run`
         before = _done_id(d) if is_complete(d) else None   # a done run there is returned: said 'skipped' (a damaged one resumes)
         with forward_interrupts():
             out = run_notebook(a.notebook, params, a.out, kernel_name=a.kernel, force=a.force, threads=a.threads,
-                               demos=not a.batch, echo=not a.quiet)
+                               demos=a.demos, echo=not a.quiet)
     except (RunInterrupted, KeyboardInterrupt) as e:
         print(f'har-kit run: {str(e) or "interrupted (Ctrl-C)"}', file=sys.stderr); return interrupted_exit()
     except (KitError, RunFailed) as e:

@@ -38,6 +38,25 @@ def _fake(monkeypatch, behaviour=None):
     return calls
 
 
+def test_run_skips_demonstrations_unless_asked(tmp_path, monkeypatch):
+    "`har-kit run` runs the experiment only: a `demo` cell is replaced by its note; `--demos` keeps it; `--batch` still parses."
+    calls = []
+    def behaviour(outp, parameters):
+        calls.append([''.join(c['source']) for c in json.loads(outp.read_text())['cells']])
+        (Path(parameters['out_dir'])/'metrics.json').write_text('{}')
+    _fake(monkeypatch, behaviour)
+    nb = _nb(tmp_path/'n.ipynb')
+    d = json.loads(nb.read_text())
+    d['cells'].insert(1, {'cell_type': 'code', 'metadata': {'tags': ['demo']}, 'source': 'print("a demonstration")',
+                          'outputs': [], 'execution_count': None})
+    nb.write_text(json.dumps(d))
+    for args, ran in (([], False), (['--batch'], False), (['--demos'], True)):
+        run = tmp_path/f'run{len(calls)}'
+        assert cli([str(nb), '--out', str(run), '--quiet', *args]) == 0
+        assert ('print("a demonstration")' in calls[-1]) is ran, (args, calls[-1])
+        assert load_json(run/'env.json')['demos'] is ran
+
+
 # --- parameters: checked before anything runs ---------------------------------------------------------------------
 
 def test_unknown_name_is_refused_with_close_match_and_nothing_created(tmp_path):

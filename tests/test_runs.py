@@ -138,7 +138,7 @@ def _names(src):
 
 
 def test_demo_cells_define_nothing_the_run_needs():
-    "Batch runs skip cells tagged `demo`: no other cell of a section notebook may read a name only a demo cell defines."
+    "Runs skip cells tagged `demo` (unless asked): no other cell of a section notebook may read a name only a demo cell defines."
     from har_kit.runs import DEMO_TAG
     tagged = 0
     for nb in sorted((ROOT/'nbs').glob('[0-8]*.ipynb')):

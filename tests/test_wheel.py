@@ -182,11 +182,12 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path, monkeypa
         ours = [l for l in t2.splitlines() if l.startswith(row) and '| ours' in l]
         assert any('selected on test' in l for l in ours) and any('held-out' in l for l in ours), (row, ours)
 
-    # batch runs skip the demonstration cells; executing one run again with them, from this clone's notebook, must
-    # give the same metrics as the wheel's batch run
+    # runs skip the demonstration cells; executing one run again with them, from this clone's notebook, must
+    # give the same metrics as the wheel's run
     one = next(p for p in planned if p.spec.notebook == 'dahar')
     monkeypatch.setenv('HAR_KIT_DATA', str(work/'har-kit-data'))   # the wheel's data location: its masks steps' mask homes
-    again = run_notebook(one.spec.notebook, one.params, tmp_path/'with-demos', progress=False, threads=one.threads)
+    again = run_notebook(one.spec.notebook, one.params, tmp_path/'with-demos', progress=False, threads=one.threads,
+                         demos=True)
     assert load_json(one.out_dir/'env.json')['demos'] is False and load_json(again/'env.json')['demos'] is True
     assert _untimed(load_json(again/'metrics.json')) == _untimed(load_json(one.out_dir/'metrics.json'))
 
