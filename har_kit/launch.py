@@ -4,7 +4,7 @@
 
 # %% ../nbs/72_launch.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, json, os, re, sys, time
+import argparse, contextlib, json, os, re, shlex, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -593,7 +593,10 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
         return 0
     held = [t for t in tables if t in {t for r in runs if r.name in status['failed'] or r.name in status['busy'] for t, _ in r.rows}]
     if held: print(f'har-kit reproduce: not rendered: {", ".join(held)} (a run of theirs failed, is stale or runs in another '
-                   'process, see below: its rows would mix it in or leave it out)', file=sys.stderr)
+                   'process, see below: its rows would mix it in or leave it out); to render them now from the seeds that '
+                   'finished, each left-out seed named in its row: har-kit run tables -p profile '
+                   f'{a.profile} -p tables {",".join(held)}' + (f' -p runs_root {shlex.quote(str(root))}' if a.out or a.smoke else ''),
+                   file=sys.stderr)
     tables = [t for t in tables if t not in held]
     with forward_interrupts() as interrupted:   # the rendering notebook is a run too: Ctrl-C / SIGTERM stop it the same way
         try: tables_run = render_tables(a.profile, root, tables) if tables else None

@@ -4,18 +4,18 @@
 
 # %% ../nbs/60_run_params.ipynb #c002
 from __future__ import annotations
-import ast, difflib, functools, importlib, importlib.util, json, keyword, re
+import ast, dataclasses, difflib, functools, importlib, importlib.util, json, keyword, re
 from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
 from .data import check_train_splits
-from .model_file import check_range, type_name
+from .model_file import check_range, declared_type, type_name
 
 # %% auto #0
 __all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells', 'section_names',
            'describe_sections', 'find_notebook', 'section_notebook', 'Unparsed', 'notebook_parameters',
-           'parameter_defaults', 'check_parameter', 'check_parameters', 'check_config', 'load_yaml', 'parse_value',
-           'path_parameter', 'parse_params']
+           'parameter_defaults', 'check_parameter', 'check_parameters', 'config_class', 'check_config',
+           'list_parameters', 'load_yaml', 'parse_value', 'path_parameter', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -200,15 +200,25 @@ RUN_CONFIGS = {'dahar': 'har_kit.dahar_train:DaHarConfig', 'campar': 'har_kit.ca
                'cfar': 'har_kit.cfar:CFARRunConfig', 'masks': 'har_kit.masks:MasksConfig',
                'tables': 'har_kit.launch:TablesConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
 
+def config_class(notebook):  # notebook name or path
+    "The section's run config class (`RUN_CONFIGS`, imported when asked for), or None for a section without one."
+    key = RUN_CONFIGS.get(find_notebook(notebook).stem.split('_', 1)[-1])
+    if key is None: return None
+    mod, name = key.split(':')
+    return getattr(importlib.import_module(mod), name)
+
 def check_config(notebook,   # notebook name or path
                  params):    # checked parameters (the notebook's defaults stand for the rest)
     "Build the section's run config from `params`: its own checks (variants, losses, optimiser, ...) before a kernel starts."
-    stem = find_notebook(notebook).stem
-    key = RUN_CONFIGS.get(stem.split('_', 1)[-1])
-    if key is None: return
-    mod, name = key.split(':')
-    try: getattr(importlib.import_module(mod), name).from_params(params)
-    except KitError as e: raise KitError(f'{stem}: {e}') from None
+    cls = config_class(notebook)
+    if cls is None: return
+    try: cls.from_params(params)
+    except KitError as e: raise KitError(f'{find_notebook(notebook).stem}: {e}') from None
+
+def list_parameters(notebook) -> set:  # notebook name or path
+    "The parameters whose run config declares `list | None`: text given for one reads as a list, though its default is None."
+    cls = config_class(notebook)
+    return {f.name for f in dataclasses.fields(cls) if declared_type(f.type) is list} if cls else set()
 
 # %% ../nbs/60_run_params.ipynb #c023
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ from .formats import data_fingerprint, detect_layout, file_sha256
 from .metrics import entry_line, format_number
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
-                                path_parameter)
+                                list_parameters, path_parameter)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
@@ -24,7 +24,7 @@ __all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBus
            'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
            'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for',
            'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
-           'params_yaml', 'coerce_value', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -840,6 +840,11 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
     return value
 
 # %% ../nbs/70_runs.ipynb #c072
+def reading_defaults(notebook) -> dict:  # the notebook
+    "The notebook's defaults as `coerce_value` reads text against them: a `list | None` field's None as [] (`list_parameters`)."
+    lists = list_parameters(notebook)
+    return {k: [] if v is None and k in lists else v for k, v in notebook_parameters(notebook).items()}
+
 def read_params_file(path,      # a YAML file of `name: value` lines (papermill's -f)
                      notebook,  # the notebook they are for
                     ) -> dict:
@@ -863,21 +868,21 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
         if k.value in lines:
             raise KitError(f'{p}: {k.value!r} is given twice (lines {lines[k.value]} and {k.start_mark.line + 1}); keep one line per parameter')
         lines[k.value] = k.start_mark.line + 1
-    declared, out = notebook_parameters(nb), {}
+    declared, reading, out = notebook_parameters(nb), reading_defaults(nb), {}
     for k, v in data.items():
         if k == 'out_dir': raise KitError(f"{p}: 'out_dir' is set by the runner: remove it and pass the run directory with --out")
         if k not in declared:
             close = difflib.get_close_matches(str(k), list(declared), n=1)
             raise KitError(f'{p}: unknown parameter {k!r} for {nb.name}' + (f' (did you mean {close[0]!r}?)' if close else '')
                            + f'; `har-kit params {nb.stem.split("_", 1)[-1]}` lists its parameters')
-        out[k] = check_parameter(k, coerce_value(v, declared[k], k), declared[k], where=f'{p}: parameter')
+        out[k] = check_parameter(k, coerce_value(v, reading[k], k), declared[k], where=f'{p}: parameter')
     return out
 
 def cli_params(notebook,  # the notebook
                pairs):    # [(name, text), ...] of -p NAME VALUE
     "`-p` pairs as values (`har_kit.run_params.parse_params`, then `coerce_value`; a path is left as typed: a folder may be named 2024)."
-    declared = notebook_parameters(notebook)
-    return {k: coerce_value(v, declared.get(k), k) for k, v in parse_params(notebook, pairs).items()}
+    reading = reading_defaults(notebook)
+    return {k: coerce_value(v, reading.get(k), k) for k, v in parse_params(notebook, pairs).items()}
 
 # %% ../nbs/70_runs.ipynb #c075
 def _run_parser():
