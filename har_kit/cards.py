@@ -173,7 +173,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`); the data's meta records how many (`n_uncertain`)",
          "the paper does not say; as CAM-PAR's [15] (2021); uncertain='unspecified' with ignore_unspecified=True leaves them "
          'out of the loss'),
-        ('RAP attributes', "trained and scored on the first 51 of RAP's 69 attributes (`read_rap(n_attributes=51)`)",
+        ('RAP attributes', "trained and scored on the first 51 of RAP's 69 attributes (`read_rap(num_attributes=51)`)",
          'the paper reports "the prediction results on 51 attributes" following the standard protocol (Li et al. 2016a) '
          'and does not say whether training saw all 69; the standard protocol, and [15], train on the 51'),
         ('RAP evaluation', 'the direct 256 x 128 resize (Full), not the five crops', 'Table 2 does not say which strategy; Full is '

@@ -360,7 +360,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
 # %% ../nbs/14_data.ipynb #c067
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
-             n_attributes=51,      # first columns kept (51 = the standard protocol); None = all
+             num_attributes=51,    # first columns kept (51 = the standard protocol); None = all
              uncertain='negative', # label 2 ('uncertain'): 'negative' (read as 0, [15]'s reading) or 'unspecified' (-1)
              annotation=None,      # annotation file under root; None: detected
              image_dir=None,       # image folder under root; None: detected
@@ -386,10 +386,10 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                        f'attribute_eng {len(attrs)}: they must agree (label is images x attributes)')
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty: raise KitError(f'{w}.imagesname has {len(empty)} empty entries (first at {empty[0]}); get a clean copy')
-    if n_attributes is not None:
-        if isinstance(n_attributes, bool) or not isinstance(n_attributes, (int, np.integer)) or not 1 <= n_attributes <= len(attrs):
-            raise KitError(f'n_attributes={n_attributes!r} but {path} has {len(attrs)} attributes: use an integer 1..{len(attrs)} or None')
-        attrs, labels = attrs[:int(n_attributes)], labels[:, :int(n_attributes)]
+    if num_attributes is not None:
+        if isinstance(num_attributes, bool) or not isinstance(num_attributes, (int, np.integer)) or not 1 <= num_attributes <= len(attrs):
+            raise KitError(f'num_attributes={num_attributes!r} but {path} has {len(attrs)} attributes: use an integer 1..{len(attrs)} or None')
+        attrs, labels = attrs[:int(num_attributes)], labels[:, :int(num_attributes)]
     _require_distinct(attrs, f'{w}.attribute_eng')
     parts = np.asarray(parts, dtype=object).ravel() if np.asarray(parts).dtype == object else np.asarray(parts).ravel()
     partition = _partition_index(partition, len(parts), f'{w}.partion')

@@ -155,12 +155,12 @@ def _ratio(num, den, zero_division):  # arrays of counts; value for 0/0
 
 # %% ../nbs/05_metrics.ipynb #c030
 def check_threshold(threshold,      # one number, or a (C,) sequence of per-attribute thresholds
-                    n_attributes):  # C
+                    num_attributes):  # C
     "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a wrong length or non-finite value."
     try: t = None if isinstance(threshold, (str, bytes)) else np.asarray(_numpy(threshold, 'threshold'), dtype=np.float64)
     except (TypeError, ValueError, KitError): t = None
-    if t is None or t.ndim > 1 or (t.ndim == 1 and len(t) != n_attributes) or not np.isfinite(t).all():
-        raise KitError(f'threshold={threshold!r:.120}: must be a finite number or {n_attributes} finite numbers '
+    if t is None or t.ndim > 1 or (t.ndim == 1 and len(t) != num_attributes) or not np.isfinite(t).all():
+        raise KitError(f'threshold={threshold!r:.120}: must be a finite number or {num_attributes} finite numbers '
                        '(one per attribute)')
     return float(t) if t.ndim == 0 else t
 

@@ -178,7 +178,7 @@ def test_rap_partitions_and_protocol(tmp_path, shape, struct_array):
     expect = np.where(y[tr, :51] == 2, UNSPECIFIED, y[tr, :51]).astype(np.int8)
     np.testing.assert_array_equal(data.labels('train'), expect)
     assert data.meta['n_uncertain'] == 1
-    assert len(D.read_rap(root, n_attributes=None).attributes) == 92
+    assert len(D.read_rap(root, num_attributes=None).attributes) == 92
 
 def test_rap_uncertain_switch(tmp_path):
     root, names, y, parts = write_rap(tmp_path)
@@ -193,7 +193,7 @@ def test_rap_uncertain_switch(tmp_path):
 def test_rap_errors(tmp_path):
     root, *_ = write_rap(tmp_path/'a')
     with pytest.raises(KitError, match=r'partition=5 .* use 0\.\.4'): D.read_rap(root, partition=5)
-    with pytest.raises(KitError, match='n_attributes=93'): D.read_rap(root, n_attributes=93)
+    with pytest.raises(KitError, match='num_attributes=93'): D.read_rap(root, num_attributes=93)
     root, *_ = write_rap(tmp_path/'b', label=np.zeros((9, 92)))
     with pytest.raises(KitError, match='label is 9 x 92 but imagesname has 10'): D.read_rap(root)
     root, *_ = write_rap(tmp_path/'c', partion=None)
