@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
+from .formats import dataset_kind
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
@@ -278,15 +279,27 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     ap.add_argument('--profile', default='paper', help=f'whose values to fill in ({", ".join(PROFILES)}; default paper)')
     ap.add_argument('--dataset', help="the dataset the runs train on (required where the profile's values depend on it, e.g. campar: rap or pa100k)")
     ap.add_argument('--selection', help="the epoch selection, where the plan runs several (campar: '[15]', the default, or 'held-out')")
+    ap.add_argument('--data-root', help="the dataset's folder, written into the file (a dataset without a synthetic stand-in, "
+                    'such as csv, needs one)')
     ap.add_argument('--out', help='write the file here (an existing file is refused without --force); default: print it')
     ap.add_argument('--force', action='store_true', help='replace an existing --out file')
     a = ap.parse_args(argv)
     try:
-        values = profile_values(section_notebook(a.notebook).stem.split('_', 1)[-1], a.profile, a.dataset, a.selection)
+        if a.dataset and not a.data_root and not dataset_kind(a.dataset).synthetic:
+            raise KitError(f'--dataset {a.dataset}: the kit has no synthetic stand-in for it: pass its folder with --data-root')
+        section = section_notebook(a.notebook).stem.split('_', 1)[-1]
+        values = profile_values(section, a.profile, a.dataset, a.selection)
+        if a.data_root: values['data_root'] = str(Path(a.data_root).expanduser().absolute())
+        runs = [r for r in plan(default_tables(a.profile, studies=True), a.profile) if r.spec.notebook == section]
+        planned = sorted({r.params.get('dataset') for r in runs} - {None})
+        given = ' with the values given' if a.dataset or a.data_root else ''
         text = params_yaml(a.notebook, values) + (
             f'# the {a.profile} profile\'s values; the rows of a table (variants, partitions, seeds) are set per run: '
-            f'har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n' if values else
-            f'# the {a.profile} profile plans no {a.notebook} run: these are the notebook\'s own defaults\n')
+            f'har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n' if runs else
+            f'# the {a.profile} profile plans no {a.notebook} run: these are the notebook\'s own defaults{given}\n')
+        if a.dataset and planned and a.dataset not in planned:   # e.g. the paper's values for one's own csv set
+            text += (f'# the {a.profile} profile runs {section} on {", ".join(planned)} only: these are its values with the dataset '
+                     f'set to {a.dataset}\n')
         if a.out:
             out = check_writable([a.out], a.force)[0]   # an existing file (without --force) or an unwritable place: refused
             with atomic_write(out) as f: f.write(text)
