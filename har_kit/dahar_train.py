@@ -83,6 +83,7 @@ class DaHarConfig(RunConfig):
     compile_mode: str = 'none'          # torch.compile mode of the training forward ('reduce-overhead' on a GPU: CUDA graphs)
 
     def __post_init__(self):
+        self.check_types()   # each field's type first (`RunConfig`): the checks below compare values
         self.check_variants(VARIANTS)
         if self.loss not in LOSSES: raise KitError(f'loss={self.loss!r}: choose one of {", ".join(LOSSES)}')
         if not 0.0 <= self.mix <= 1.0: raise KitError(f'mix={self.mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')

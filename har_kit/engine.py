@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_engine.ipynb #c002
 from __future__ import annotations
-import contextlib, csv, dataclasses, functools, io, json, math, warnings
+import contextlib, csv, dataclasses, functools, inspect, io, json, math, warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import KitError, atomic_write, get_device, is_number, save_json, seed_everything
-from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, set_rng_state
+from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_world, set_epoch, setup_device,
                                  shard_loader)
 
@@ -380,6 +380,16 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     return value
 
 # %% ../nbs/08_engine.ipynb #c047
+def _saved_epoch(path):  # a checkpoint file
+    "The epoch a checkpoint records; None when it is missing or unreadable."
+    try: return load_checkpoint(path).get('epoch') if Path(path).exists() else None
+    except KitError: return None
+
+def _epoch_kw(evaluate, epoch):  # the per-epoch `evaluate`; the epoch it scores
+    "{'epoch': epoch} for an `evaluate` that takes an `epoch` keyword, else {}."
+    try: return {'epoch': epoch} if 'epoch' in inspect.signature(evaluate).parameters else {}
+    except (TypeError, ValueError): return {}   # a builtin without a signature
+
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path, device):
     check_identity(ck, cfg, params, path)
     model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
@@ -419,6 +429,10 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     if cfg.resume and (ckdir/'last.pt').exists():
         start, history, best, guard = _restore(load_checkpoint(ckdir/'last.pt', device), model, optimizer, scheduler,
                                                scaler, cfg, params, ckdir/'last.pt', device)
+        if rank == 0 and best and best.get('epoch') == start and _saved_epoch(ckdir/'best.pt') != start:
+            # killed before this epoch's best.pt landed: write it again from the same weights
+            save_checkpoint(dict(epoch=start, model=model.state_dict(), best=best, config=cfg.to_dict(), params=_canon(params)),
+                            ckdir/'best.pt')
     elif rank == 0:  # a fresh start: no checkpoint of an earlier run may be taken for this one's
         for f in ('last.pt', 'best.pt'): (ckdir/f).unlink(missing_ok=True)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
@@ -435,7 +449,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             if val_loader is not None:
                 res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
                 if res['loss'] is not None: rec['val_loss'] = res['loss']
-                if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels']), 'val_'))
+                if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels'], **_epoch_kw(evaluate, epoch)), 'val_'))
             for name, (ld, fn) in (watch or {}).items():   # scored, never read by training: the RNG streams it would draw are put back
                 with torch.random.fork_rng(devices=[]):
                     res = _eval_pass(model, ld, device, cfg.amp, cfg.channels_last, None, cfg.progress, name)
@@ -455,8 +469,8 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
                             scheduler=scheduler.state_dict() if scheduler is not None else {},
                             scaler=scaler.state_dict() if scaler.is_enabled() else {}, rng=rngs, history=history,
                             best=best, world_size=world, first_loss=guard.get('first_loss'), **ident)
-                files = ([(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')] if improved else []) + \
-                        [(last, ckdir/'last.pt')]
+                files = [(last, ckdir/'last.pt')] + ([(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')]
+                                                     if improved else [])   # last first: see above
                 writer.write(files, after=functools.partial(write_history, [dict(r) for r in history], run_dir))
     if world > 1: dist.barrier()   # rank 0's last files have landed: no process reads best.pt before
     return history

@@ -20,8 +20,8 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'check_data_root', 'Layout', 'detect_layout',
            'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root',
            'mask_home', 'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta',
-           'synth_target_meta', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb', 'load_rgb',
-           'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
+           'synth_target_meta', 'synthetic_set', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb',
+           'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
            'write_rap_annotation', 'write_wider_annotation', 'csv_records', 'csv_annotation_text',
            'write_csv_annotation', 'write_fixture']
 
@@ -263,6 +263,12 @@ def synth_target_meta(root): # a dataset root
     if not (Path(root)/SYNTH_META).exists(): return {}
     return {(n, t): r for n, im in read_synth_meta(root)['images'].items()
             for t, r in enumerate((im or {}).get('targets') or []) if isinstance(r, dict)}
+
+def synthetic_set(root): # a dataset root
+    "What generated the synthetic set at `root` (`{'kind', **its generator parameters}`), or None for a real dataset (no sidecar)."
+    if root is None or not (Path(root)/SYNTH_META).exists(): return None
+    m = read_synth_meta(root)
+    return {'kind': m.get('kind'), **(m.get('params') or {})}
 
 # %% ../nbs/02_formats.ipynb #c048
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device, is_number, max_threads, seed_everything
-from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, is_image
+from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, is_image, synthetic_set
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -22,8 +22,8 @@ from . import __version__
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES',
            'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
            'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'selection_study', 'check_range', 'declared_type', 'type_name', 'check_type', 'RunConfig', 'Recipe',
-           'train_variant']
+           'selection_study', 'check_range', 'declared_type', 'declares_none', 'type_name', 'check_type', 'RunConfig',
+           'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -145,6 +145,21 @@ def _check_outputs(model, attributes, input_size, where):  # network; names; (H,
         raise KitError(f"{where}: the network gives {n} logits but {len(attributes)} attribute names are stored; "
                        'save it with its own attribute list')
 
+def _check_rebuild(builder, kwargs, state, where):  # registry key; kwargs as stored; the weights; named in errors
+    "Refuse weights that `builder(**kwargs)` cannot take back, as `load_model` would: built on the meta device (no memory, no download)."
+    try:
+        with torch.device('meta'): net = _resolve(builder, 'builder')(**kwargs)
+    except (TypeError, ValueError, RuntimeError, KitError) as e:
+        raise KitError(f'{where}: {builder}(**kwargs) cannot build a network ({type(e).__name__}: {str(e)[:200]}); '
+                       'pass the kwargs that built this model; nothing was written') from None
+    want, have = ({k: tuple(v.shape) for k, v in s.items()} for s in (net.state_dict(), state))
+    if want != have:
+        diff = ([f'missing {k}' for k in want if k not in have] + [f'unexpected {k}' for k in have if k not in want]
+                + [f'{k} {have[k]} vs {want[k]}' for k in have if k in want and have[k] != want[k]])
+        raise KitError(f'{where}: {builder}(**{kwargs}) builds another network than the one saved ({len(diff)} differences: '
+                       f'{"; ".join(diff[:3])}{"; ..." if len(diff) > 3 else ""}); pass the kwargs that built this model; '
+                       'nothing was written')
+
 # %% ../nbs/09_model_file.ipynb #c016
 def _numbers(values):  # a list / tuple / array / tensor of numbers
     "The values as a list of finite floats (arrays and tensors flattened), or None when they are not that."
@@ -193,6 +208,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
                std,                  # per-channel normalisation std (3,)
                thresholds=None,      # (C,) per-attribute thresholds chosen on a validation split, or None
                dataset=None,         # dataset kind / name it was trained on (provenance)
+               synthetic=None,       # the synthetic set it was trained on (`har_kit.formats.synthetic_set`; predictors warn), or None
                extra=None):          # dict of tensors / plain values (e.g. CFAR's state; 'predictor' see load_model)
     "Write a self-describing model file atomically (weights, builder, attributes, preprocessing, thresholds); return its path."
     builder = _check_builder(builder, 'builder')
@@ -208,10 +224,12 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise KitError(f'model weight {k!r} holds NaN/inf: the run diverged; do not save it (lower the learning rate)')
+    _check_rebuild(builder, kwargs, state, Path(path))   # a file load_model could not read is never written
     meta = dict(builder=builder, kwargs=kwargs, variant=Path(path).parent.name, attributes=attributes, input_size=size, mean=mean, std=std,
                 thresholds=thresholds, dataset=_plain(dataset, 'dataset'), pretrained=_plain(pretrained, 'kwargs.weights'),
                 har_kit=str(__version__), torch=str(torch.__version__))
     if builder in _REGISTRY: meta['registered_in'] = _REGISTRY[builder][1].__module__   # where load_model can say to import
+    if synthetic is not None: meta['synthetic'] = _plain(synthetic, 'synthetic')
     blob = dict(format=MODEL_FORMAT, version=MODEL_VERSION, meta=meta, state_dict=state, extra=extra,
                 sha256=model_digest(meta, state, extra))
     with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(blob, f)   # an open file: the archive's inner name is fixed
@@ -356,21 +374,38 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
 
 # %% ../nbs/09_model_file.ipynb #c036
 class EpochSelector:
-    "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path`."
+    "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path` (see above)."
     def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
                  metric_fn,               # (scores, labels) -> dict of metrics
                  key: str,                # the metric to maximise ('mA' or 'mAP')
                  path):                   # where the selected weights go (e.g. <variant>/checkpoints/selected.pt)
         self.model, self.metric_fn, self.key, self.path = model, metric_fn, key, Path(path)
-        if not (self.path.parent/'last.pt').exists(): self.path.unlink(missing_ok=True)   # a fresh start: nothing kept is ours
+        self.prev, self._settled = self.path.with_name(f'{self.path.stem}.prev{self.path.suffix}'), False
+        if not (self.path.parent/'last.pt').exists():   # a fresh start: nothing kept is ours
+            for f in (self.path, self.prev): f.unlink(missing_ok=True)
         self.best = load_checkpoint(self.path)['value'] if self.path.exists() else None   # resumed run: keep its best
 
-    def __call__(self, scores, labels):
+    def _settle(self, epoch):  # the first epoch this process scores
+        "Drop the weights an interrupted attempt wrote for `epoch` or later (see above), restoring the best before them."
+        read = lambda f: load_checkpoint(f) if f.exists() else None
+        cur = read(self.path)
+        if epoch is None or cur is None or (cur.get('epoch') or 0) < epoch: return
+        prev = read(self.prev)
+        keep = prev is not None and (prev.get('epoch') or 0) < epoch
+        if is_main_process():
+            if keep: self.prev.replace(self.path)
+            else: self.path.unlink(missing_ok=True); self.prev.unlink(missing_ok=True)
+        self.best = prev['value'] if keep else None
+
+    def __call__(self, scores, labels, epoch=None):  # as the engine calls it; `epoch`: the epoch scored
+        if not self._settled: self._settled = True; self._settle(epoch)
         m = self.metric_fn(scores, labels)
         v = m.get(self.key)
         if v is not None and np.isfinite(v) and (self.best is None or v > self.best):
             self.best = float(v)
-            if is_main_process(): save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key), self.path)
+            if is_main_process():
+                if self.path.exists(): self.path.replace(self.prev)   # the best before stands until this epoch's last.pt lands
+                save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key, epoch=epoch), self.path)
         return m
 
 # %% ../nbs/09_model_file.ipynb #c037
@@ -438,12 +473,19 @@ def check_range(name,     # a parameter's name
     return value
 
 # %% ../nbs/09_model_file.ipynb #c044
-_OPTIONAL = {'int': int, 'float': float, 'str': str, 'bool': bool, 'list': list, 'dict': dict}   # what `T | None` may name
+_OPTIONAL = {'int': int, 'float': float, 'str': str, 'bool': bool, 'list': list, 'dict': dict}   # what a field may declare, alone or `| None`
+
+def _annotation_parts(annotation):  # as text (`from __future__ import annotations`) or a type
+    return {p.strip() for p in (annotation.__name__ if isinstance(annotation, type) else str(annotation)).split('|')}
 
 def declared_type(annotation):  # a dataclass field's annotation, as text (`from __future__ import annotations`) or a type
-    "The plain type a field declares beside None (`'float | None'` -> float); None for any other annotation."
-    parts = {p.strip() for p in str(annotation).split('|')}
-    return _OPTIONAL.get((parts - {'None'}).pop()) if len(parts) == 2 and 'None' in parts else None
+    "The plain type a field declares, alone or beside None (`'int'` -> int, `'float | None'` -> float); None for any other annotation."
+    parts = _annotation_parts(annotation) - {'None'}
+    return _OPTIONAL.get(parts.pop()) if len(parts) == 1 else None
+
+def declares_none(annotation):  # as `declared_type` takes it
+    "Whether a field's annotation allows None (`'str | None'`)."
+    return 'None' in _annotation_parts(annotation)
 
 _KINDS = {int: 'a whole number', float: 'a number', bool: 'true/false', str: 'a string', list: 'a list', dict: 'a dict'}
 
@@ -454,16 +496,18 @@ def type_name(v):  # any value
 def check_type(name,   # a parameter's name
                value,  # its value
                kind,   # the type its field declares (`declared_type`), or None: any value
-               bad):   # what makes the KitError from the complaint, as for `check_range`
-    "`value`, or the error of a value of another kind than `kind` (None always passes; see above)."
-    if value is None or kind is None: return value
+               bad,    # what makes the KitError from the complaint, as for `check_range`
+               none=True): # whether None passes (`declares_none`)
+    "`value`, or the error of a value of another kind than `kind` (see above)."
+    if kind is None or value is None and none: return value
+    if value is None: raise bad(f'expects {_KINDS[kind]}, got None')
     flag, number = isinstance(value, (bool, np.bool_)), is_number(value)
     whole = number and isinstance(value, (int, np.integer))
     ok = {int: whole, float: number, bool: flag, dict: isinstance(value, dict),
           list: not (flag or number or isinstance(value, dict)),
           str: not (flag or number or isinstance(value, (dict, list, tuple)))}[kind]
     if not ok:
-        raise bad(f'expects {_KINDS[kind]} or None, got {type_name(value)} {value!r}'
+        raise bad(f'expects {_KINDS[kind]}{" or None" if none else ""}, got {type_name(value)} {value!r}'
                   + (' (a number is written without quotes)' if kind in (int, float) and isinstance(value, str) else ''))
     return value
 
@@ -476,12 +520,18 @@ class RunConfig:
 
     def __post_init__(self):   # a subclass's own __post_init__ calls this first (`super().__post_init__()`)
         "Every field of its declared type (`check_type`) and within its parameter's range (`check_range`): what `har-kit run` refuses, a config built in Python refuses too."
-        for f in dataclasses.fields(self):
-            bad = lambda what, n=f.name: KitError(f'{type(self).__name__} {n!r}: {what}')
-            check_range(f.name, check_type(f.name, getattr(self, f.name), declared_type(f.type), bad), bad)
+        self.check_types()
+        for f in dataclasses.fields(self): check_range(f.name, getattr(self, f.name), self._bad(f.name))
         if getattr(self, 'dataset', None) in DATASET_KINDS and hasattr(self, 'data_root'):
             try: check_data_root(self.dataset, self.data_root)
             except KitError as e: raise KitError(f"{type(self).__name__} 'data_root': {e}") from None
+
+    def _bad(self, name): return lambda what: KitError(f'{type(self).__name__} {name!r}: {what}')
+
+    def check_types(self):
+        "Every field of its declared type (`check_type`): a subclass whose own checks compare values calls this first."
+        for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name), declared_type(f.type), self._bad(f.name), declares_none(f.type))
 
     def check_variants(self, known):  # the names the config's `variants` may hold, e.g. the method's VARIANTS
         "Refuse a `variants` that is not a non-empty list of known names, saying what to pass."
@@ -553,6 +603,8 @@ def train_variant(recipe,         # a method's recipe (see above)
     facts = dict(epoch=epoch, selected_value=value, seconds=round(time.time() - t0, 2), history=history,
                  final_loss=history[-1].get('loss') if history else None)
     spec = dict(recipe.model_file(model.eval(), variant, loaders, facts))
+    data = getattr(recipe, 'data', None)   # a synthetic stand-in is recorded in the file, wherever the model goes
+    if 'synthetic' not in spec: spec['synthetic'] = synthetic_set(getattr(data, 'root', None))
     save_model(vdir/'model.pt', spec.pop('model', model), **spec)
     facts['model_file'] = f'{vdir.name}/model.pt'
     metrics = recipe.score(model, variant, loaders, facts)

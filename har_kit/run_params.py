@@ -216,7 +216,7 @@ def check_config(notebook,   # notebook name or path
     except KitError as e: raise KitError(f'{find_notebook(notebook).stem}: {e}') from None
 
 def list_parameters(notebook) -> set:  # notebook name or path
-    "The parameters whose run config declares `list | None`: text given for one reads as a list, though its default is None."
+    "The parameters whose run config declares a list (alone or `| None`): text given for one reads as a list, even where its default is None."
     cls = config_class(notebook)
     return {f.name for f in dataclasses.fields(cls) if declared_type(f.type) is list} if cls else set()
 

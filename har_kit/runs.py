@@ -841,7 +841,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
 
 # %% ../nbs/70_runs.ipynb #c072
 def reading_defaults(notebook) -> dict:  # the notebook
-    "The notebook's defaults as `coerce_value` reads text against them: a `list | None` field's None as [] (`list_parameters`)."
+    "The notebook's defaults as `coerce_value` reads text against them: a None default of a field declaring a list as [] (`list_parameters`)."
     lists = list_parameters(notebook)
     return {k: [] if v is None and k in lists else v for k, v in notebook_parameters(notebook).items()}
 

@@ -157,3 +157,49 @@ def test_the_last_epochs_files_have_landed_when_fit_returns_or_fails(tmp_path):
     import json
     assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['epoch'] == 2
     assert [r['epoch'] for r in json.loads((tmp_path/'history.json').read_text())] == [1, 2]
+
+
+def test_a_run_killed_between_last_and_best_resumes_with_best_of_its_history(tmp_path):
+    "last.pt lands first; a run killed before the epoch's best.pt landed rewrites best.pt from last.pt's weights on "
+    "resume, so train_eval never reads an epoch the history does not name as best (here: no val, best = the last epoch)."
+    import shutil
+    ck = tmp_path/'checkpoints'
+    run(tmp_path, 1); shutil.copy(ck/'best.pt', tmp_path/'best1.pt')
+    run(tmp_path, 2)
+    shutil.copy(tmp_path/'best1.pt', ck/'best.pt')          # epoch 2's best.pt never landed: epoch 1's is there
+    run(tmp_path, 2)                                        # resumed at its last epoch: nothing to train
+    best, last = load_checkpoint(ck/'best.pt'), load_checkpoint(ck/'last.pt')
+    assert best['epoch'] == last['epoch'] == 2
+    assert all(torch.equal(best['model'][k], v) for k, v in last['model'].items())
+
+
+def test_evaluate_taking_an_epoch_keyword_is_told_the_epoch(tmp_path):
+    seen = []
+    def evaluate(scores, labels, epoch=None): seen.append(epoch); return dict(score=float(epoch))
+    torch.manual_seed(0)
+    fit(Net(), bce, TRAIN, TrainConfig(epochs=2, progress=False, device='cpu'), tmp_path, TRAIN, evaluate)
+    assert seen == [1, 2]
+
+
+def test_a_selection_an_interrupted_epoch_wrote_is_dropped_on_resume(tmp_path):
+    "EpochSelector writes an epoch's weights before its last.pt lands; a run killed in between trains that epoch again "
+    "(on a GPU, not bit for bit): the weights the killed attempt left are dropped and the best before them restored."
+    from har_kit.model_file import EpochSelector, selected_epoch
+    path = tmp_path/'checkpoints'/'selected.pt'
+    score = lambda s, y: dict(mA=float(-abs(s - y).mean()))   # numpy scores and labels
+    def go(epochs):
+        torch.manual_seed(0)
+        model = Net()
+        sel = EpochSelector(model, score, 'mA', path)
+        hist = fit(model, bce, TRAIN, TrainConfig(epochs=epochs, progress=False, device='cpu'), tmp_path, TRAIN, sel)
+        return sel, hist
+    sel, hist = go(2)
+    e2, _ = selected_epoch(hist, 'mA')
+    kept = load_checkpoint(path)
+    assert kept['epoch'] == e2
+    # an attempt at epoch 3, killed before its last.pt landed, left a better-looking selection behind
+    path.replace(sel.prev); save_checkpoint({**kept, 'value': 99.0, 'epoch': 3}, path)
+    sel, hist = go(3)
+    e3, v3 = selected_epoch(hist, 'mA')
+    kept = load_checkpoint(path)
+    assert (kept['epoch'], kept['value']) == (e3, pytest.approx(v3)) and sel.best == pytest.approx(v3)

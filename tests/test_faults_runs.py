@@ -2,7 +2,7 @@
 
 Most tests replace papermill's executor with a fake (no kernel, milliseconds); the last ones start real kernels.
 """
-import errno, json, os
+import errno, json, os, re
 from pathlib import Path
 
 import papermill
@@ -584,6 +584,21 @@ def test_a_parameter_with_a_none_default_is_checked_against_its_declared_type(na
     with pytest.raises(KitError, match="CamParConfig 'lr': expects a number or None, got true/false True"): CamParConfig(lr=True, optimizer='adam')
     assert check_parameters('campar', cli_params('campar', [('lr', '0.05'), ('fusion_width', '64')])) == {'lr': 0.05, 'fusion_width': 64}
     assert check_parameters('campar', cli_params('campar', [('lr', 'None'), ('fusion_width', 'null')])) == {'lr': None, 'fusion_width': None}
+
+
+def test_a_config_built_in_python_checks_every_fields_type():
+    "Plain fields are checked too: ignore_unspecified='False' (truthy) ignored the unspecified labels, batch_size=True "
+    "reached torch's sampler, mask_weight='1' failed as a bare TypeError; each is now a KitError naming the field."
+    from har_kit.campar_train import CamParConfig
+    from har_kit.dahar_train import DaHarConfig
+    for make, msg in ((lambda: CamParConfig(ignore_unspecified='False'), "CamParConfig 'ignore_unspecified': expects true/false, got a string"),
+                      (lambda: CamParConfig(batch_size=True), "CamParConfig 'batch_size': expects a whole number, got true/false"),
+                      (lambda: CamParConfig(seed=1.5), "CamParConfig 'seed': expects a whole number, got a number 1.5"),
+                      (lambda: CamParConfig(logit_bn=1), "CamParConfig 'logit_bn': expects true/false, got a whole number 1"),
+                      (lambda: DaHarConfig(mask_weight='1'), "DaHarConfig 'mask_weight': expects a number, got a string '1' (a number is"),
+                      (lambda: DaHarConfig(epochs=None), "DaHarConfig 'epochs': expects a whole number, got None")):
+        with pytest.raises(KitError, match=re.escape(msg)): make()
+    assert CamParConfig(ignore_unspecified=False, batch_size=8, lr=1).lr == 1   # a whole number is a number
 
 
 def _with_model(outp, parameters):  # a `_fake` behaviour: the run trains variant 'a' and records where its model went
