@@ -209,7 +209,8 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
                thresholds=None,      # (C,) per-attribute thresholds chosen on a validation split, or None
                dataset=None,         # dataset kind / name it was trained on (provenance)
                synthetic=None,       # the synthetic set it was trained on (`har_kit.formats.synthetic_set`; predictors warn), or None
-               extra=None):          # dict of tensors / plain values (e.g. CFAR's state; 'predictor' see load_model)
+               extra=None,           # dict of tensors / plain values (e.g. CFAR's state; 'predictor' see load_model)
+              ) -> Path:
     "Write a self-describing model file atomically (weights, builder, attributes, preprocessing, thresholds); return its path."
     builder = _check_builder(builder, 'builder')
     kwargs = dict(_plain(dict(kwargs), 'kwargs'))
@@ -333,7 +334,8 @@ def check_attributes(attributes,  # the model's attribute names
 def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a run directory
                variant=None,          # variant name inside a run directory (None: the only one)
                map_location='cpu',    # where tensors are loaded
-               attributes=None):      # expected attribute names (None: no check)
+               attributes=None,       # expected attribute names (None: no check)
+              ) -> LoadedModel:
     "Rebuild a model saved by `save_model`: `LoadedModel` with the network in eval mode."
     if isinstance(map_location, str): get_device(map_location)      # a clear error when CUDA is asked for but absent
     path = find_model_file(path_or_run_dir, variant)
@@ -581,7 +583,8 @@ def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/
                   name=None,      # the variant's folder (and model file's variant name); None: `variant`
-                  loaders=None):  # loaders to use instead of `recipe.loaders(variant)`
+                  loaders=None,   # loaders to use instead of `recipe.loaders(variant)`
+                 ) -> dict:
     "Build, train (resumable), keep the selected epoch, write `model.pt`, score: dict(model, metrics, history, loaders, epoch, seconds); seeds the global generators with config.seed."
     c = getattr(recipe, 'config', None)
     if not hasattr(c, 'seed') or (type(recipe).params is Recipe.params and not dataclasses.is_dataclass(c)):
