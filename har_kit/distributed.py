@@ -66,11 +66,27 @@ def setup_device(device='auto'):  # a `TrainConfig.device` value
 
 # %% ../nbs/07_distributed.ipynb #c012
 def _shuffles(loader):
+    "True/False: `loader` draws each sample once per epoch, shuffled or in order; None: a sampler of its own."
     s = loader.sampler
-    if isinstance(s, RandomSampler): return True
+    if isinstance(s, RandomSampler): return True if not s.replacement and s.num_samples == len(s.data_source) else None
     if isinstance(s, SequentialSampler): return False
     if isinstance(s, DistributedSampler): return s.shuffle
     return None
+
+def _sampler_name(loader):
+    "How a refusal names `loader`'s sampler."
+    if loader.batch_size is None: return f'batch_sampler {type(loader.batch_sampler).__name__}'
+    s = loader.sampler
+    if isinstance(s, RandomSampler): return f'RandomSampler(replacement={s.replacement}, num_samples={s.num_samples})'
+    return f'sampler {type(s).__name__}'
+
+def _loader_options(loader):
+    "The options of `loader` that a rebuilt loader keeps: everything but its dataset, sampler, batch size and generator."
+    return dict(num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                multiprocessing_context=loader.multiprocessing_context, prefetch_factor=loader.prefetch_factor,
+                persistent_workers=loader.persistent_workers, pin_memory_device=loader.pin_memory_device,
+                in_order=loader.in_order)
 
 # %% ../nbs/07_distributed.ipynb #c013
 def sample_seed(seed: int,   # the config's seed
@@ -93,8 +109,8 @@ def shard_loader(loader,        # a DataLoader over a map-style dataset
     own = callable(getattr(loader, 'with_sampler', None))   # batches of its own: it takes the sampler itself
     if shuffle is None: shuffle = loader.shuffle if own else _shuffles(loader)
     if shuffle is None or loader.batch_size is None:
-        if world > 1: raise KitError('the DataLoader has a custom sampler/batch_sampler, which the engine cannot shard '
-                                     'over processes: build it with shuffle=True/False and a batch_size')
+        if world > 1: raise KitError(f'the DataLoader\'s {_sampler_name(loader)} cannot be sharded over {world} processes: '
+                                     'build it with shuffle=True/False and a batch_size, or train on one process')
         return loader
     bs = loader.batch_size
     if bs % world: raise KitError(f'batch_size={bs} is not divisible by WORLD_SIZE={world}: each process gets '
@@ -103,10 +119,8 @@ def shard_loader(loader,        # a DataLoader over a map-style dataset
     sampler = (KeyedSampler if keyed else DistributedSampler)(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle,
                                                               seed=seed, drop_last=False)
     if own: return loader.with_sampler(sampler, bs // world)
-    return DataLoader(loader.dataset, batch_size=bs // world, sampler=sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      persistent_workers=loader.persistent_workers, generator=torch.Generator())
+    return DataLoader(loader.dataset, batch_size=bs // world, sampler=sampler, generator=torch.Generator(),
+                      **_loader_options(loader))
 
 # %% ../nbs/07_distributed.ipynb #c015
 def set_epoch(loader,  # a loader from `shard_loader`
@@ -116,7 +130,7 @@ def set_epoch(loader,  # a loader from `shard_loader`
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/07_distributed.ipynb #c024
+# %% ../nbs/07_distributed.ipynb #c026
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -131,7 +145,7 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         out[k] = full[:n]
     return out
 
-# %% ../nbs/07_distributed.ipynb #c025
+# %% ../nbs/07_distributed.ipynb #c027
 def all_mean(total,   # this process's sum
              count,   # this process's count
              device): # the group's device
@@ -140,7 +154,7 @@ def all_mean(total,   # this process's sum
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-# %% ../nbs/07_distributed.ipynb #c026
+# %% ../nbs/07_distributed.ipynb #c028
 def all_sum(value,   # this process's number
             device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+import har_kit.distributed as D
 from har_kit.core import KitError
 from har_kit.engine import TrainConfig, fit, train_eval
 from har_kit.checkpoints import load_checkpoint, save_checkpoint
@@ -203,3 +204,34 @@ def test_a_selection_an_interrupted_epoch_wrote_is_dropped_on_resume(tmp_path):
     e3, v3 = selected_epoch(hist, 'mA')
     kept = load_checkpoint(path)
     assert (kept['epoch'], kept['value']) == (e3, pytest.approx(v3)) and sel.best == pytest.approx(v3)
+
+
+def test_a_users_sampler_other_than_a_plain_shuffle_is_kept_on_one_process(tmp_path):
+    "fit rebuilds only a plain shuffle: a RandomSampler with replacement / num_samples keeps drawing num_samples."
+    seen = []
+    def counting(out, batch): seen.extend(batch['index'].tolist()); return bce(out, batch)
+    ds = Toy()
+    drawn = DataLoader(ds, 4, sampler=RandomSampler(ds, replacement=True, num_samples=8))
+    torch.manual_seed(0)
+    fit(Net(), counting, drawn, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path)
+    assert len(seen) == 8
+    for s in (RandomSampler(ds, num_samples=8), RandomSampler(ds, replacement=True)):
+        ld = DataLoader(ds, 4, sampler=s)
+        assert D.shard_loader(ld, seed=0) is ld
+    assert isinstance(D.shard_loader(DataLoader(ds, 4, sampler=RandomSampler(ds)), seed=0).sampler, DistributedSampler)
+
+
+def test_a_sampler_that_cannot_be_sharded_is_refused_over_processes(monkeypatch):
+    ds = Toy()
+    monkeypatch.setattr(D, 'rank_world', lambda: (0, 2))
+    with pytest.raises(KitError, match=r'RandomSampler\(replacement=True, num_samples=8\).*cannot be sharded over 2 processes'):
+        D.shard_loader(DataLoader(ds, 4, sampler=RandomSampler(ds, replacement=True, num_samples=8)))
+    assert isinstance(D.shard_loader(DataLoader(ds, 4, shuffle=True)).sampler, DistributedSampler)
+
+
+def test_a_rebuilt_loader_keeps_the_loaders_options():
+    ld = DataLoader(Toy(), 4, shuffle=True, num_workers=1, prefetch_factor=3, persistent_workers=True, timeout=7,
+                    pin_memory_device='cpu', in_order=False)
+    sh = D.shard_loader(ld, seed=0)
+    assert isinstance(sh.sampler, DistributedSampler)
+    assert (sh.prefetch_factor, sh.persistent_workers, sh.timeout, sh.pin_memory_device, sh.in_order) == (3, True, 7, 'cpu', False)
