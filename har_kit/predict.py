@@ -83,9 +83,9 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
         t = np.broadcast_to(np.asarray(check_threshold(spec, C), float), (C,)).copy()
         what = 'per-attribute (given)'
     elif isinstance(spec, str) and spec.strip().lower() == 'val':
-        if model.thresholds is None:
-            raise KitError(f"{model.path}: threshold 'val' but the model stores no validation thresholds (trained "
-                           'without a validation split); pass a number or a file')
+        if model.thresholds is None: raise KitError(f"{model.path}: threshold 'val', but {_no_val_thresholds(model)}; pass a "
+                                                    'number (e.g. 0.5) or a thresholds file (JSON {"attribute": threshold, '
+                                                    '...} or a CSV with columns attribute,threshold)')
         t, what = np.asarray(model.thresholds, float), 'val (per-attribute, chosen on the validation split)'
     elif isinstance(spec, dict) or (isinstance(spec, (str, Path)) and not _is_number(spec)):
         if not isinstance(spec, dict) and not Path(spec).is_file():
@@ -105,6 +105,12 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
     if bad: raise KitError(f'threshold {spec!r:.120}: thresholds must lie in [0, 1], but {names[bad[0]]!r} gets {t[bad[0]]:g}'
                            + (f' (and {len(bad) - 1} more)' if bad[1:] else ''))
     return t, what
+
+def _no_val_thresholds(model):  # a `LoadedModel` without thresholds
+    "Why `model` stores no validation thresholds."
+    if 'cfar' in model.extra: return ("CFAR's phase-2 classifier is fitted on the training split's phase-1 outputs, with no "
+                                      'validation split to choose thresholds on, and its model file stores none')
+    return 'the model file stores no validation thresholds (its run held no validation split out, or it was saved without them)'
 
 def _is_number(x):  # anything a user may pass as a threshold
     "Whether `float(x)` works."
