@@ -154,9 +154,16 @@ def _ratio(num, den, zero_division):  # arrays of counts; value for 0/0
     return np.where(den > 0, num / np.maximum(den, 1), float(zero_division))
 
 # %% ../nbs/05_metrics.ipynb #c030
+def _has_bool(x):  # a threshold as given
+    "Whether `x` is or holds a boolean (Python's, numpy's, a bool array or tensor): a decision, never a threshold."
+    if isinstance(x, (bool, np.bool_)) or str(getattr(x, 'dtype', '')) in ('bool', 'torch.bool'): return True
+    return isinstance(x, (list, tuple)) and any(_has_bool(v) for v in x)
+
 def check_threshold(threshold,      # one number, or a (C,) sequence of per-attribute thresholds
                     num_attributes):  # C
-    "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a wrong length or non-finite value."
+    "A float, or a (C,) float array of per-attribute thresholds; `KitError` on a boolean, a wrong length or a non-finite value."
+    if _has_bool(threshold): raise KitError(f'threshold={threshold!r:.120}: a boolean is not a threshold; pass a number '
+                                            f'in [0, 1] or {num_attributes} numbers (one per attribute)')
     try: t = None if isinstance(threshold, (str, bytes)) else np.asarray(_numpy(threshold, 'threshold'), dtype=np.float64)
     except (TypeError, ValueError, KitError): t = None
     if t is None or t.ndim > 1 or (t.ndim == 1 and len(t) != num_attributes) or not np.isfinite(t).all():

@@ -81,3 +81,10 @@ def test_choose_thresholds_degenerate_and_unspecified():
     assert all(0 <= t <= 1 for t in r['thresholds'])
     m = pedestrian_metrics(S, y, threshold=r['thresholds'])           # feeds straight into the metric
     assert m['threshold'] == r['thresholds'].tolist()
+
+
+@pytest.mark.parametrize('bad', [True, False, np.True_, [0.5, True], np.array([True, False]), torch.tensor(True)])
+def test_a_boolean_threshold_is_refused(bad):
+    s, y = np.array([[.9, .2], [.3, .8]]), np.array([[1, 0], [0, 1]])
+    with pytest.raises(KitError, match='a boolean is not a threshold'): pedestrian_metrics(s, y, threshold=bad)
+
