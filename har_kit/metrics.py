@@ -115,7 +115,7 @@ def mean_ap(scores,                       # (N, C) scores (any monotone scale)
                 variant=variant,
                 excluded=np.flatnonzero(~ok).tolist(),       # attributes left out of the mean (AP None)
                 degenerate=degenerate_columns(y, degenerate),
-                n_pos=n_pos.astype(int), n_specified=(y != UNSPECIFIED).sum(0).astype(int))
+                n_pos=n_pos.astype(int).tolist(), n_specified=(y != UNSPECIFIED).sum(0).astype(int).tolist())
 
 # %% ../nbs/05_metrics.ipynb #c023
 def pr_points(scores,   # (N,) scores of one attribute
@@ -223,9 +223,9 @@ def pedestrian_metrics(scores,                # (N, C) probabilities in [0, 1]
                 f1_mean_instance=float(f1_i.mean()),
                 ma_per_attr=[float(m) if k else None for m, k in zip(ma_c, ok)],
                 ma_excluded=np.flatnonzero(~ok).tolist(),               # attributes without positives or negatives
-                acc_per_attr=_ratio(tp + tn, P + N, zero_division),
-                prec_per_attr=_ratio(tp, tp + fp, zero_division),
-                rec_per_attr=_ratio(tp, P, zero_division),
+                acc_per_attr=_ratio(tp + tn, P + N, zero_division).tolist(),
+                prec_per_attr=_ratio(tp, tp + fp, zero_division).tolist(),
+                rec_per_attr=_ratio(tp, P, zero_division).tolist(),
                 degenerate=degenerate_columns(y, 'exclude'),
                 threshold=threshold if np.ndim(threshold) == 0 else threshold.tolist(), rule=rule, zero_division=zero_division, unspecified=unspecified,
                 f1_convention='harmonic mean of mean instance precision and recall (Eq. 25)',

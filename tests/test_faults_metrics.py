@@ -1,4 +1,5 @@
 "Metric fault catalogue (issue 13): each bad input gets a clear KitError or a stated, reported outcome."
+import json
 import numpy as np
 import pytest
 import torch
@@ -88,3 +89,8 @@ def test_a_boolean_threshold_is_refused(bad):
     s, y = np.array([[.9, .2], [.3, .8]]), np.array([[1, 0], [0, 1]])
     with pytest.raises(KitError, match='a boolean is not a threshold'): pedestrian_metrics(s, y, threshold=bad)
 
+
+def test_metric_results_are_plain_json():
+    rng = np.random.default_rng(0)
+    y = rng.choice([1, 0, -1], size=(20, 3)); s = rng.random((20, 3))
+    for r in (pedestrian_metrics(s, y), mean_ap(s, y)): assert json.loads(json.dumps(r)) == r
