@@ -233,6 +233,9 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
                   **kwargs):                   # further DaHar arguments (fusion_channels, self_mask_after, ...)
     "Build the named Table 3 variant on a fresh `resnet_taps(arch, weights)` backbone; every argument is JSON-able."
     if name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
+    if not isinstance(num_attributes, (int, np.integer)) or isinstance(num_attributes, bool) or num_attributes < 1:
+        raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
+    num_attributes = int(num_attributes)   # a numpy count (labels.shape[1]) too
     flags = dict(VARIANTS[name]); own = flags.pop('reading', None)
     if own and reading not in (None, own): raise KitError(f'variant {name!r} is the {own!r} reading; reading={reading!r} contradicts it')
     reading = reading or own or 'paper'

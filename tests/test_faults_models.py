@@ -115,3 +115,11 @@ def test_load_model_without_a_trained_variant(tmp_path):
     (tmp_path/'campar').mkdir()
     (tmp_path/'campar'/'model.pt').write_bytes(b'not a model file')
     with pytest.raises(KitError, match='model.pt'): load_model(tmp_path, 'campar')
+
+@pytest.mark.parametrize('bad', [True, 0, -3, 2.5, '5', None])
+def test_dahar_variant_refuses_a_bad_attribute_count_as_campar_variant_does(bad):
+    from har_kit.dahar import dahar_variant
+    with pytest.raises(KitError, match=f'num_attributes must be a positive int, got {re.escape(repr(bad))}'):
+        dahar_variant('baseline', bad, 'resnet-tiny')
+    with torch.no_grad(): out = dahar_variant('baseline', np.int64(3), 'resnet-tiny').eval()(torch.randn(2, 3, 64, 64))
+    assert out['logits'].shape == (2, 3)   # a numpy count (labels.shape[1]) is taken
