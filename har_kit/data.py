@@ -55,6 +55,14 @@ class Sample:
     mask: Path | None = None                 # PNG mask of the target (see `mask_path`), or None
     meta: dict = field(default_factory=dict) # extras: file_name, target index, scene, distractors, ...
 
+    def __post_init__(self):   # the readers pass int8 arrays; a list or tuple (a user's sample) is checked and made one
+        if isinstance(self.labels, np.ndarray): return
+        y = np.asarray(self.labels) if isinstance(self.labels, (list, tuple)) else None
+        if y is None or y.ndim != 1 or y.dtype.kind not in 'biuf' or not np.isin(y, (1, 0, UNSPECIFIED)).all():
+            raise KitError(f'Sample.labels: expected a (C,) array or list of 1 (positive), 0 (negative) or -1 (unspecified), '
+                           f'got {self.labels!r:.100}')
+        self.labels = y.astype(np.int8)
+
 # %% ../nbs/14_data.ipynb #c011
 @dataclass
 class AttributeData:
@@ -70,8 +78,9 @@ class AttributeData:
         "Split names present, in first-seen order."
         return list(dict.fromkeys(s.split for s in self.samples))
 
-    def split(self, *names):  # split names; none = every sample
-        "The samples of the given splits (all samples when no name is given)."
+    def split(self, *names):  # split names, or one list of them; none = every sample
+        "The samples of the given splits (all samples when no name is given): `split('train', 'val')` or `split(['train', 'val'])`."
+        if len(names) == 1 and isinstance(names[0], (list, tuple)): names = tuple(names[0])
         bad = [n for n in names if n not in self.splits]
         if bad: raise KitError(f'{self.name}: no split {bad} (available: {self.splits})')
         return [s for s in self.samples if not names or s.split in names]

@@ -437,3 +437,23 @@ def test_data_check_lists_three_bad_boxes_and_counts_the_rest(tmp_path):
     rep = check_dataset('wider', root, progress=False)
     assert n > 4 and rep['images']['bad_boxes'] == n
     assert sum('lies entirely outside' in e for e in rep['errors']) == 3 and f'... and {n - 3} more boxes' in rep['errors'][-1]
+
+
+def test_sample_labels_given_as_a_list_are_an_int8_array_or_refused_by_name():
+    from har_kit.data import Sample
+    s = Sample(Path('a.jpg'), [1, 0, -1], 'train')
+    assert s.labels.dtype == np.int8 and s.labels.tolist() == [1, 0, -1]
+    ds = HarDataset([Sample(Path('a.jpg'), (1, 0), 'train')])
+    assert ds.samples[0].labels.dtype == np.int8
+    for bad in ([1, 2], [[1, 0]], ['yes', 'no'], [0.5, 1], None):
+        with pytest.raises(KitError, match=r'Sample\.labels: .*1 \(positive\), 0 \(negative\) or -1 \(unspecified\)'):
+            Sample(Path('a.jpg'), bad, 'train')
+
+
+def test_split_takes_a_list_of_split_names():
+    from har_kit.data import AttributeData, Sample
+    d = AttributeData('toy', Path('.'), ['a', 'b'], [Sample(Path('a.jpg'), np.array([1, 0], np.int8), 'train'),
+                                                     Sample(Path('b.jpg'), np.array([0, 1], np.int8), 'val')])
+    assert d.split(['train', 'val']) == d.split('train', 'val') == d.split(('train', 'val')) == d.samples
+    assert d.labels(['val']).tolist() == [[0, 1]]
+    with pytest.raises(KitError, match=r"toy: no split \['tset'\]"): d.split(['train', 'tset'])
