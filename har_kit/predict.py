@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastcore.basics import patch
 from tqdm import tqdm
 
 from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
@@ -198,9 +197,18 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self): return len(self.paths)
     def __getitem__(self, i): return preprocess(load_rgb(self.paths[i], photo=True), self.size, self.mean, self.std)
 
-def _trained_on_synthetic(path):  # a model file
-    "The synthetic set's dataset kind when the model's run (<run>/<variant>/model.pt, its params.json) read no data_root, else None."
-    run = Path(path).parent.parent
+def _refuse_non_finite(bad,                   # the images whose probabilities are NaN/inf
+                       predictor):             # the `Predictor` that scored them (its model is named)
+    "Raise a `KitError` naming the model when any probability is NaN/inf: such a record is no prediction."
+    if len(bad): raise KitError(f'{predictor.loaded.path or "the model"}: non-finite probabilities (NaN/inf) for {len(bad)} '
+                                f'image(s) ({bad[0] if isinstance(bad[0], (str, Path)) else "an array"}, ...): the model '
+                                'diverged or overflows; nothing written: use a model from a run that trained normally')
+
+def _trained_on_synthetic(loaded):  # a `LoadedModel`
+    "The synthetic set's dataset kind when the model was trained on one (its file records it; else its run, <run>/<variant>/model.pt, read no data_root), else None."
+    if loaded.meta.get('synthetic'): return str(loaded.meta['synthetic'].get('kind') or loaded.meta.get('dataset') or 'default')
+    if loaded.path is None: return None
+    run = Path(loaded.path).parent.parent
     try: params = load_json(run/'params.json', dict)
     except KitError: return None   # no run beside the file (a model saved by hand): nothing to say
     if params.get('data_root'): return None
@@ -229,8 +237,8 @@ class Predictor:
         self.model = self.loaded.model.to(self.device).eval()
         self.attributes = self.loaded.attributes
         self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded, self.notices)
-        synthetic = _trained_on_synthetic(self.loaded.path)
-        if synthetic: self.notices.append(f'{self.loaded.path} was trained on the synthetic {synthetic} set (its run has no data_root): '
+        synthetic = _trained_on_synthetic(self.loaded)
+        if synthetic: self.notices.append(f'{self.loaded.path or "the model"} was trained on the synthetic {synthetic} set: '
                                           'its decisions on real photographs say nothing; train on real data (-p data_root) to use it')
         for n in self.notices: print(f'note: {n}', file=sys.stderr)
         if _is_bool(batch_size) or not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
@@ -243,49 +251,39 @@ class Predictor:
         return torch.stack([preprocess(load_rgb(i, photo=True) if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]'),
                                        lm.input_size, lm.mean, lm.std) for k, i in enumerate(images)])
 
+    @torch.no_grad()
+    def probabilities(self,
+                      images,          # image paths, or (H, W, 3) uint8 arrays
+                      progress=False): # show a tqdm bar
+        "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
+        images = _image_list(images)
+        if all(isinstance(i, (str, os.PathLike)) for i in images):
+            lm = self.loaded
+            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
+            batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
+        else:   # every array checked before any work, named by its index in `images`
+            images = [i if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
+            batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
+        with torch_threads(self.threads):
+            self.scored_threads = torch.get_num_threads()
+            out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
+
+    def predict(self,
+                images,         # files, folders and globs (or (H, W, 3) uint8 arrays)
+                progress=True): # show a tqdm bar
+        "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
+        images = _image_list(images)
+        paths = check_images(collect_images(images)) if all(isinstance(i, (str, os.PathLike)) for i in images) else list(images)
+        probs = self.probabilities(paths, progress)
+        _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)
+        dec = apply_threshold(probs, self.thresholds, '>=')
+        return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
+                     predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
+                     probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
+                for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
+
 # %% ../nbs/81_predict.ipynb #c023
-@patch
-@torch.no_grad()
-def probabilities(self:Predictor,
-                  images,          # image paths, or (H, W, 3) uint8 arrays
-                  progress=False): # show a tqdm bar
-    "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
-    images = _image_list(images)
-    if all(isinstance(i, (str, os.PathLike)) for i in images):
-        lm = self.loaded
-        loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
-        batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
-    else:   # every array checked before any work, named by its index in `images`
-        images = [i if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
-        batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
-    with torch_threads(self.threads):
-        self.scored_threads = torch.get_num_threads()
-        out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
-    return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
-
-def _refuse_non_finite(bad,                   # the images whose probabilities are NaN/inf
-                       predictor: Predictor):  # the `Predictor` that scored them (its model is named)
-    "Raise a `KitError` naming the model when any probability is NaN/inf: such a record is no prediction."
-    if len(bad): raise KitError(f'{predictor.loaded.path or "the model"}: non-finite probabilities (NaN/inf) for {len(bad)} '
-                                f'image(s) ({bad[0] if isinstance(bad[0], (str, Path)) else "an array"}, ...): the model '
-                                'diverged or overflows; nothing written: use a model from a run that trained normally')
-
-@patch
-def predict(self:Predictor,
-            images,         # files, folders and globs (or (H, W, 3) uint8 arrays)
-            progress=True): # show a tqdm bar
-    "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
-    images = _image_list(images)
-    paths = check_images(collect_images(images)) if all(isinstance(i, (str, os.PathLike)) for i in images) else list(images)
-    probs = self.probabilities(paths, progress)
-    _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)
-    dec = apply_threshold(probs, self.thresholds, '>=')
-    return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
-                 predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
-                 probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
-            for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
-
-# %% ../nbs/81_predict.ipynb #c024
 def write_predictions(records,          # `Predictor.predict` output
                       predictor: Predictor,  # the `Predictor` that made them (names, thresholds, model path)
                       out_dir):         # folder for predictions.csv and predictions.json
@@ -341,7 +339,7 @@ def format_record(r,          # a record of `Predictor.predict`
     names = r['predicted'][:top] if top else r['predicted']
     return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
 
-# %% ../nbs/81_predict.ipynb #c030
+# %% ../nbs/81_predict.ipynb #c029
 def _predict_parser():
     "The options of `har-kit predict`."
     ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '

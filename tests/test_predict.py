@@ -616,10 +616,19 @@ def test_a_model_trained_on_a_synthetic_set_says_so(tmp_path, images, model_file
     run = model_file.parent.parent
     save_json({'epochs': 2}, run/'params.json'); save_json({'defaults': {'dataset': 'rap'}}, run/'env.json')
     Predictor(model_file)
-    assert 'was trained on the synthetic rap set (its run has no data_root)' in capsys.readouterr().err
+    assert 'was trained on the synthetic rap set: its decisions on real photographs say nothing' in capsys.readouterr().err
     save_json({'data_root': '/data/RAP', 'dataset': 'rap'}, run/'params.json')
     Predictor(model_file)
     assert 'synthetic' not in capsys.readouterr().err
+
+
+def test_a_model_file_that_records_a_synthetic_set_says_so_anywhere(tmp_path, capsys):
+    "A model trained from Python (no run folder beside it) records its synthetic set in the file (`save_model(synthetic=)`, "
+    "which train_variant fills from the recipe's data): predict notes it wherever the file goes."
+    net, builder, kw = _dahar()
+    f = _save(tmp_path/'mine.pt', net, builder, kw, synthetic={'kind': 'pa100k', 'n': 240})
+    Predictor(f)
+    assert 'mine.pt was trained on the synthetic pa100k set' in capsys.readouterr().err
 
 
 def test_in_memory_images_are_read_as_a_file_of_their_kind_would_be(tmp_path, model_file):
