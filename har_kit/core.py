@@ -14,9 +14,9 @@ import numpy as np
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_path', 'atomic_write',
            'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'torch_threads',
            'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared',
-           'env_folder', 'check_folder', 'pid_alive', 'sweep_temporaries', 'is_number', 'is_weights_file',
-           'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir', 'save_metrics', 'save_figure',
-           'env_info']
+           'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number',
+           'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir',
+           'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -240,10 +240,16 @@ def pid_alive(pid):  # a process id
     except PermissionError: pass
     return True
 
-def sweep_temporaries(root):  # a folder where builds write `<name>.tmp-<pid>[-<suffix>]` folders, then rename them
+def temporary_tag():
+    "`<pid>@<host>`: a build's temporary folder `<name>.tmp-<pid>@<host>` is swept only on its own machine, where its PID means something."
+    return f'{os.getpid()}@{platform.node()}'
+
+def sweep_temporaries(root):  # a folder where builds write `<name>.tmp-<pid>[-<suffix>]` or `<name>.tmp-<pid>@<host>` folders, then rename them
     "Remove the temporary folders in `root` whose process is gone: a build killed part way left them (a live one may be writing there now)."
     for t in Path(root).glob('*.tmp-*'):
-        pid = t.name.rpartition('.tmp-')[2].split('-')[0]
+        pid, at, host = t.name.rpartition('.tmp-')[2].partition('@')
+        if at and host != platform.node(): continue   # another machine's build (a folder shared between nodes): alive or not, not this one's to judge
+        pid = pid.split('-')[0]
         if pid.isdigit() and t.is_dir() and not pid_alive(int(pid)): shutil.rmtree(t, ignore_errors=True)
 
 def is_number(v):  # any value
