@@ -27,12 +27,14 @@ __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cach
            'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates', 'benchmark']
 
 # %% ../nbs/16_pipeline.ipynb #c007
-def _rgb(path):
+def _rgb(path):  # an image file: (3, H, W) uint8, the loader's pixels
     try:
         with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec; same pixels until then
             warnings.simplefilter('ignore', DeprecationWarning)
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except Exception: return torch.from_numpy(np.ascontiguousarray(load_rgb(path))).permute(2, 0, 1)   # PIL: 16-bit, odd formats
+            img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        if img.dtype == torch.uint8: return img
+    except Exception: pass
+    return torch.from_numpy(np.ascontiguousarray(load_rgb(path))).permute(2, 0, 1)   # PIL: 16-bit (decoded as uint16 above), odd formats
 
 # %% ../nbs/16_pipeline.ipynb #c008
 def decode_resized(path,        # image file

@@ -8,7 +8,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from har_kit.core import KitError
-from har_kit.data import read_pa100k, read_rap, read_wider, tiny_fixture
+from har_kit.data import Sample, read_pa100k, read_rap, read_wider, tiny_fixture
 from har_kit.distributed import set_epoch
 from har_kit.loading import HarDataset, campar_transforms, dahar_transforms, make_loader
 from har_kit import pipeline as P
@@ -48,6 +48,18 @@ def test_cache_pixels_equal_the_loaders_resize(sets, kind, size):
     img, msk = _loader_resize(ss, size, with_mask=True)
     np.testing.assert_array_equal(np.asarray(c['images']), img)
     np.testing.assert_array_equal(np.asarray(c['masks']), msk)
+
+
+def test_a_16_bit_png_is_cached_as_the_loader_reads_it(tmp_path):
+    "torchvision decodes a 16-bit PNG as uint16 (no error): it goes through the loader's reader, not wrapped modulo 256."
+    from PIL import Image
+    f = tmp_path/'grey16.png'
+    Image.fromarray((np.arange(48 * 32, dtype=np.uint32).reshape(48, 32) * 42).astype(np.uint16)).save(f)   # a grey gradient over 0..64500
+    assert Image.open(f).mode == 'I;16'
+    s = Sample(f, np.zeros(1, np.int8), 'train')
+    c = P.decoded_cache([s.image], [None], (24, 16), name='g16', root=tmp_path/'cache')
+    np.testing.assert_array_equal(np.asarray(c['images']), _loader_resize([s], (24, 16))[0])
+    assert c['images'][..., 0].max() > 200   # the gradient's top is near white
 
 
 @pytest.mark.slow
