@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, cache_root, file_stamp, host_to_device, save_json, sweep_temporaries, torch_threads
+from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, mask_size_error, refuse_every_split
 
@@ -194,15 +194,22 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
     return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
 # %% ../nbs/16_pipeline.ipynb #c033
+def _jitter_span(jitter, where):  # a colour jitter strength; the function given it, for the message
+    "The factors' range of torchvision's `ColorJitter(jitter, jitter, jitter)`, or None at 0 (it draws none)."
+    if not is_number(jitter) or jitter < 0: raise KitError(f'{where}: jitter={jitter!r}; pass a colour jitter strength >= 0 (0: none; the papers: 0.3)')
+    return None if jitter == 0 else (max(0.0, 1 - float(jitter)), 1 + float(jitter))
+
+# %% ../nbs/16_pipeline.ipynb #c034
 def dahar_params(n,               # samples
                  base,            # (H, W) of the cached resize
                  heights,         # window heights
                  widths,          # window widths
-                 jitter,          # colour jitter strength: factors drawn from [1 - jitter, 1 + jitter]
+                 jitter,          # colour jitter strength >= 0: factors drawn from [max(0, 1 - jitter), 1 + jitter]; 0: none drawn
                  gen,             # a seeded torch.Generator, drawn in the loader's order
                  max_distort=1):  # as `crop_pairs`
     "Per-sample window (top, left, h, w), flip, colour order and factors of Da-HAR's augmentation, drawn as torchvision draws them."
     (H, W), geo, perm, fac, pairs = base, [], [], [], crop_pairs(len(heights), max_distort)
+    span = _jitter_span(jitter, 'dahar_params')
     pick = lambda k: int(torch.randint(k, (), generator=gen))
     for _ in range(n):   # the draws in torchvision's order; everything else in plain Python (the host's share of a GPU step)
         i, j = pairs[pick(len(pairs))]
@@ -210,11 +217,11 @@ def dahar_params(n,               # samples
         top, left = (0, 0, H - h, H - h, (H - h) // 2)[pos], (0, W - w, 0, W - w, (W - w) // 2)[pos]
         geo.append((top, left, h, w, int(torch.rand(1, generator=gen) < 0.5)))
         perm.append(torch.randperm(4, generator=gen))
-        fac.append(torch.empty(3).uniform_(1 - jitter, 1 + jitter, generator=gen).tolist())   # = three 1-element draws in turn
+        fac.append([1.0] * 3 if span is None else torch.empty(3).uniform_(*span, generator=gen).tolist())   # = three 1-element draws in turn
     return dict(geo=torch.tensor(geo, dtype=torch.long).view(-1, 5), perm=torch.stack(perm) if perm else torch.zeros(0, 4, dtype=torch.long),
                 fac=torch.tensor(fac, dtype=torch.float32).view(-1, 3))
 
-# %% ../nbs/16_pipeline.ipynb #c036
+# %% ../nbs/16_pipeline.ipynb #c038
 @functools.lru_cache(maxsize=512)
 def _window_weights(n, start, size, out, mode, device):  # image length; window start and length; output length; 'bilinear' or 'nearest'; device name
     "(out, n) float64 weights that resize the window [start, start + size) of a length-n axis to `out`, as `F.interpolate` does."
@@ -224,7 +231,7 @@ def _window_weights(n, start, size, out, mode, device):  # image length; window 
         w = torch.zeros(out, n, dtype=torch.float64); w[:, start:start + size] = r
         return w.to(device)
 
-# %% ../nbs/16_pipeline.ipynb #c037
+# %% ../nbs/16_pipeline.ipynb #c039
 def _crop_resize_matmul(x, geo, out, mode):
     (H, W), dev, g = x.shape[-2:], str(x.device), geo[:, :4].tolist()
     rows = torch.stack([_window_weights(H, t, h, out[0], mode, dev) for t, _, h, _ in g])[:, None]                  # (N, 1, h_out, H)
@@ -232,7 +239,7 @@ def _crop_resize_matmul(x, geo, out, mode):
     y = (rows @ x.double() @ cols).float()
     return y.round_().clamp_(0, 255) if mode == 'bilinear' else y
 
-# %% ../nbs/16_pipeline.ipynb #c038
+# %% ../nbs/16_pipeline.ipynb #c040
 def _crop_resize_grouped(x, geo, out, mode):
     y = torch.empty(len(x), x.shape[1], *out, device=x.device, dtype=torch.float32)
     for hw in {tuple(r) for r in geo[:, 2:4].tolist()}:
@@ -244,7 +251,7 @@ def _crop_resize_grouped(x, geo, out, mode):
         y[host_to_device(idx, x.device)] = c
     return y
 
-# %% ../nbs/16_pipeline.ipynb #c040
+# %% ../nbs/16_pipeline.ipynb #c042
 def crop_resize(x,                # (N, C, H, W) batch
                 geo,              # (N, >=4) top, left, h, w of each sample's window
                 out,              # (h, w) output
@@ -254,13 +261,13 @@ def crop_resize(x,                # (N, C, H, W) batch
     use = x.device.type == 'cuda' if matmul is None else matmul
     return (_crop_resize_matmul if use else _crop_resize_grouped)(x, geo, tuple(out), mode)
 
-# %% ../nbs/16_pipeline.ipynb #c044
+# %% ../nbs/16_pipeline.ipynb #c046
 def _gray(y): r, g, b = y.unbind(1); return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
 def _blend(a, b, r, r1):  # torchvision's `_blend` on uint8 levels, with a factor per sample and 1 - r
     return torch.addcmul(a.mul(r), b, r1).clamp_(0, 255).floor_()
 
-# %% ../nbs/16_pipeline.ipynb #c045
+# %% ../nbs/16_pipeline.ipynb #c047
 def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
                   perm,  # (N, 4) order of the operations
                   fac):  # (N, 3) brightness, contrast and saturation factors
@@ -278,7 +285,7 @@ def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
         y = _blend(y, ref, per[:, k, 0], per[:, k, 1])
     return y
 
-# %% ../nbs/16_pipeline.ipynb #c047
+# %% ../nbs/16_pipeline.ipynb #c049
 def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed resizes, on any device
                   params,       # from `dahar_params`
                   out,          # (h, w) network input (224 x 224; 224 x 112 on RAP)
@@ -294,14 +301,14 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
         d['mask'] = torch.where(flip, m.flip(-1), m) / 255
     return d
 
-# %% ../nbs/16_pipeline.ipynb #c051
+# %% ../nbs/16_pipeline.ipynb #c053
 def five_crop(x,      # (N, C, H, W) batch
               size):  # (h, w) of each crop
     "The four corner crops and the centre crop of each sample as slices: (N, 5, C, h, w)."
     H, W = x.shape[-2:]; h, w = size
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
 
-# %% ../nbs/16_pipeline.ipynb #c055
+# %% ../nbs/16_pipeline.ipynb #c057
 _END = object()   # the producer's last item
 
 def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoader`'s
@@ -348,7 +355,7 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
             worker.join()
             if hasattr(batches, 'close'): batches.close()
 
-# %% ../nbs/16_pipeline.ipynb #c059
+# %% ../nbs/16_pipeline.ipynb #c061
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
     def __init__(self, cache,      # from `decoded_cache`
@@ -423,7 +430,7 @@ class DeviceLoader:
             copied[j] = torch.cuda.Event(); copied[j].record(torch.cuda.current_stream(self.device))
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/16_pipeline.ipynb #c061
+# %% ../nbs/16_pipeline.ipynb #c063
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -434,7 +441,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/16_pipeline.ipynb #c063
+# %% ../nbs/16_pipeline.ipynb #c065
 def campar_batches(train,       # training augmentation, else evaluation
                    scale=1.0):  # size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
@@ -445,7 +452,7 @@ def campar_batches(train,       # training augmentation, else evaluation
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/16_pipeline.ipynb #c065
+# %% ../nbs/16_pipeline.ipynb #c067
 def dahar_batches(train,                 # training augmentation, else evaluation
                   aspect=1,              # height / width: 1 for WIDER-Attribute, 2 for RAP
                   scale=1.0,             # size factor
@@ -456,7 +463,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
     base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
     heights = [_sz(s, scale) for s in (256, 224, 192, 168, 128)]
     widths = [max(1, int(round(h / aspect))) for h in heights]
-    crop_pairs(len(heights), max_distort)   # checked before the first batch
+    crop_pairs(len(heights), max_distort); _jitter_span(jitter, 'dahar_batches')   # checked before the first batch
     def augment(x, masks, gen):
         if train: return dahar_augment(x, dahar_params(len(x), base, heights, widths, jitter, gen, max_distort), out, masks)
         d = {'image': five_crop(normalise(x), out) if five_crop_eval else normalise(x)}
@@ -464,7 +471,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
         return d
     return base, augment
 
-# %% ../nbs/16_pipeline.ipynb #c067
+# %% ../nbs/16_pipeline.ipynb #c069
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -488,7 +495,7 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
-# %% ../nbs/16_pipeline.ipynb #c071
+# %% ../nbs/16_pipeline.ipynb #c073
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -503,7 +510,7 @@ def loader_rates(loaders: dict,  # name -> loader
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c074
+# %% ../nbs/16_pipeline.ipynb #c076
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch

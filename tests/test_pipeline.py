@@ -207,14 +207,15 @@ def test_campar_augment_equals_the_transforms_sample_by_sample(sets, scale):
                        torch.stack([v2.Compose(campar_transforms(False, scale).transforms[2:])(tv_tensors.Image(x[i])) for i in range(len(x))]))
 
 
-@pytest.mark.parametrize('kind,aspect', [('wider', 1), ('rap', 2)])
-def test_dahar_augment_follows_the_transforms(sets, kind, aspect):
+@pytest.mark.parametrize('kind,aspect,jitter', [('wider', 1, 0.3), ('rap', 2, 0.3), ('wider', 1, 0.0), ('rap', 2, 1.5)])
+def test_dahar_augment_follows_the_transforms(sets, kind, aspect, jitter):
+    "At any jitter strength ColorJitter's: at 0 it draws no factors (the stream goes on with the next sample's window), above 1 it clamps them at 0."
     scale = 0.25
-    size, augment = P.dahar_batches(True, aspect, scale)
+    size, augment = P.dahar_batches(True, aspect, scale, jitter=jitter)
     x, m = _batch(sets, kind, size)
     g = torch.Generator(); g.manual_seed(5)
     got = augment(x, m, g)
-    tvs = dahar_transforms(True, aspect, scale).transforms   # ToImage, Resize, CornerCenterCrop, Resize, Flip, ColorJitter, ToDtype, Normalize
+    tvs = dahar_transforms(True, aspect, scale, jitter=jitter).transforms   # ToImage, Resize, CornerCenterCrop, Resize, Flip, ColorJitter, ToDtype, Normalize
     torch.manual_seed(5)
     want, want_m = [], []
     for i in range(len(x)):
@@ -225,9 +226,10 @@ def test_dahar_augment_follows_the_transforms(sets, kind, aspect):
     d = (got['image'] - torch.stack(want)).abs() * torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1) * 255
     # a one-level resize difference through the three blends: |factor| <= 1.3 on the pixel, |1 - factor| <= 0.3 on a
     # reference off by at most one level more (gray's floor), floored: at most ceil(1.6 d + 0.3), so 2, 4, 7 levels
-    assert d.max() <= 7.0 + 1e-3 and (d < 0.5).float().mean() > 0.8
+    if jitter == 0.3: assert d.max() <= 7.0 + 1e-3 and (d < 0.5).float().mean() > 0.8
+    if jitter == 0: assert d.max() <= 1.0 + 1e-3   # no jitter: the resize's one level alone
     # stage by stage: crop + resize + flip within one uint8 level; the colour jitter on torchvision's own resize exact
-    g.manual_seed(5); p = P.dahar_params(len(x), size, tvs[2].sizes, tvs[2].widths, 0.3, g)
+    g.manual_seed(5); p = P.dahar_params(len(x), size, tvs[2].sizes, tvs[2].widths, jitter, g)
     flip = p['geo'][:, 4].bool().view(-1, 1, 1, 1)
     geos = [torch.where(flip, g.flip(-1), g) for g in (P.crop_resize(x, p['geo'], want[0].shape[-2:], matmul=r) for r in (False, True))]
     torch.manual_seed(5)
@@ -236,6 +238,11 @@ def test_dahar_augment_follows_the_transforms(sets, kind, aspect):
         assert all((geo[i] - im.float()).abs().max() <= 1 for geo in geos)   # both routes (per window size; the CUDA matrix route)
         ref = tvs[5](im).as_subclass(torch.Tensor).float()
         assert torch.equal(P.colour_jitter(im.as_subclass(torch.Tensor)[None].float(), p['perm'][i:i + 1], p['fac'][i:i + 1])[0], ref)
+
+
+def test_a_negative_jitter_is_refused():
+    for j in (-0.1, None):
+        with pytest.raises(KitError, match=rf'dahar_batches: jitter={j}; pass a colour jitter strength >= 0'): P.dahar_batches(True, jitter=j)
 
 
 def test_crops_draw_srns_window_pairs():
