@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_pipeline.ipynb #c003
 from __future__ import annotations
-import contextlib, copy, errno, functools, hashlib, json, os, queue, shutil, tempfile, threading, time, warnings
+import contextlib, copy, errno, fcntl, functools, hashlib, json, os, queue, shutil, sys, tempfile, threading, time, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, torch_threads
+from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, temporary_tag, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, mask_size_error, refuse_every_split
 
@@ -68,7 +68,7 @@ def cache_key(paths,        # image files, one per sample
                 torchvision=torchvision.__version__, layout='NHWC-uint8-v1')
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
-# %% ../nbs/16_pipeline.ipynb #c014
+# %% ../nbs/16_pipeline.ipynb #c015
 def _digest(arrays):
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
@@ -76,12 +76,12 @@ def _digest(arrays):
         for i in range(0, len(a), 1024): h.update(np.ascontiguousarray(flat[i:i + 1024]).data)
     return h.hexdigest()
 
-# %% ../nbs/16_pipeline.ipynb #c015
+# %% ../nbs/16_pipeline.ipynb #c016
 def _decode_chunk(job):  # (indices, paths, boxes, size, masks): one intra-op thread (`_fill` sets it)
     idx, paths, boxes, size, masks = job
     return idx, [decode_resized(p, b, size, None if masks is None else masks[k]) for k, (p, b) in enumerate(zip(paths, boxes))]
 
-# %% ../nbs/16_pipeline.ipynb #c016
+# %% ../nbs/16_pipeline.ipynb #c017
 def _no_room(d, need, free):  # d: the build's temporary folder
     return KitError(f'{d.parent}: no room for a decoded cache of {need/1e9:.3g} GB ({free/1e9:.3g} GB free there); '
                     'free space on that disk or point $HAR_KIT_CACHE (where decoded caches live) at a larger one, then rerun')
@@ -92,39 +92,90 @@ def _reserve(f):  # allocate a memmap's blocks now (it is sparse): False when th
     except (AttributeError, OSError) as e: return getattr(e, 'errno', None) != errno.ENOSPC   # unsupported: the free-space check stands
     return True
 
-def _fill(d, paths, boxes, size, masks, workers, desc):
+def _decoder_init(fds):  # a decoding process: it closes its copies of its parent's build locks, decodes with one intra-op thread
+    for fd in fds:
+        with contextlib.suppress(OSError): os.close(fd)
+    torch.set_num_threads(1)
+
+def _identity(f): st = os.stat(f); return st.st_dev, st.st_ino, st.st_size   # a file, not just its name
+
+def _fill(d, paths, boxes, size, masks, workers, desc):  # -> (pixels' hash, {array file: its `_identity`})
     n, (H, W) = len(paths), size
     need, free = n * H * W * (3 if masks is None else 4), shutil.disk_usage(d).free
     if need > free: raise _no_room(d, need, free)
     img = np.lib.format.open_memmap(d/'images.npy', 'w+', np.uint8, (n, H, W, 3))
     msk = None if masks is None else np.lib.format.open_memmap(d/'masks.npy', 'w+', np.uint8, (n, H, W))
     if not all(_reserve(a.filename) for a in (img, msk) if a is not None): raise _no_room(d, need, free)   # writing a hole on a full disk is a SIGBUS
+    files = {Path(a.filename).name: _identity(a.filename) for a in (img, msk) if a is not None}
     chunks = [list(range(i, min(i + 64, n))) for i in range(0, n, 64)]
     jobs = [(c, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]
     # one intra-op thread per decoding process; in the caller's own process only for the build, its count restored after
-    ex = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else None
-    with tqdm(total=n, desc=desc, unit='img') as bar, torch_threads(1):
-        for idx, outs in (ex.map(_decode_chunk, jobs) if ex else map(_decode_chunk, jobs)):
-            for i, (a, m) in zip(idx, outs):
-                img[i] = a
-                if msk is not None: msk[i] = m
-            bar.update(len(idx))
-    if ex: ex.shutdown()
+    ex = ProcessPoolExecutor(workers, initializer=_decoder_init, initargs=(tuple(_HELD),)) if workers > 1 else None
+    try:
+        with tqdm(total=n, desc=desc, unit='img') as bar, torch_threads(1):
+            for idx, outs in (ex.map(_decode_chunk, jobs) if ex else map(_decode_chunk, jobs)):
+                for i, (a, m) in zip(idx, outs):
+                    img[i] = a
+                    if msk is not None: msk[i] = m
+                bar.update(len(idx))
+    finally:   # a decode error or Ctrl-C: the chunks not started are dropped and the decoding processes end with the build
+        if ex: ex.shutdown(wait=True, cancel_futures=True)
     img.flush(); arrays = [img] + ([msk] if msk is not None else [])
     if msk is not None: msk.flush()
-    return _digest(arrays)
+    return _digest(arrays), files
 
-# %% ../nbs/16_pipeline.ipynb #c017
-def _open(d, key, n, size, verify):  # a finished cache folder; any damage is one KitError naming it
+# %% ../nbs/16_pipeline.ipynb #c018
+def _waiting(d, lock):  # said once when a build waits for another process's build of the same cache
+    tqdm.write(f'decoded cache {d.name}: another process is building it (it holds {lock}); waiting for it to finish', file=sys.stderr)
+
+_HELD = set()   # descriptors of the build locks this process holds: a forked decoding process closes its copies
+
+@contextlib.contextmanager
+def _build_lock(d):  # a cache folder about to be built
+    "Hold an exclusive lock on `.<d>.lock` beside `d` while the block builds it: builds of one cache take turns; the OS releases it on any exit."
+    with open(d.with_name(f'.{d.name}.lock'), 'a') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: _waiting(d, f.name); fcntl.flock(f, fcntl.LOCK_EX)   # blocks; Ctrl-C still interrupts it
+        except OSError: pass   # no locks on this file system: builds may run side by side, the first rename wins
+        _HELD.add(f.fileno())
+        try: yield   # released when the file closes, or when the process ends however it ends
+        finally: _HELD.discard(f.fileno())
+
+# %% ../nbs/16_pipeline.ipynb #c019
+def _layout(a, shape):  # an opened array: what is wrong with it, or None when it is C-ordered uint8 of `shape`
+    ok = a.dtype == np.uint8 and a.shape == shape and a.flags.c_contiguous
+    return None if ok else f'{Path(a.filename).name} holds {a.dtype} {a.shape}{"" if a.flags.c_contiguous else " in Fortran order"}, not uint8 {shape}'
+
+def _open(d, key, n, size, with_masks, verify):  # a finished cache folder; any damage is one KitError naming it
     try:
         meta = json.loads((d/'meta.json').read_text(encoding='utf-8'))
         out = dict(images=np.load(d/'images.npy', mmap_mode='r'), masks=np.load(d/'masks.npy', mmap_mode='r') if meta['masks'] else None, dir=d)
         arrays = [a for a in (out['images'], out['masks']) if a is not None]
-        why = ('it does not match its key' if meta['key'] != key or any(a.shape[:3] != (n, *size) for a in arrays) else
+        layout = _layout(out['images'], (n, *size, 3)) or (out['masks'] is not None and _layout(out['masks'], (n, *size)))
+        why = ('it does not match its key' if meta['key'] != key or bool(meta['masks']) != with_masks else layout if layout else
                'its pixels do not match their hash' if verify and _digest(arrays) != meta['blake2b'] else None)
     except Exception as e: why = f'{type(e).__name__}: {e}'
     if why: raise KitError(f'decoded cache {d} is damaged ({why}); delete that folder and rerun')
     return out
+
+def _removed(tmp):
+    return KitError(f'{tmp}: this temporary folder was removed while the decoded cache was built in it (the cache folder cleared by hand, '
+                    'or swept by another process); nothing was published: rerun, and clear the cache folder only when no run is building there')
+
+def _build(d, meta, paths, boxes, masks, workers, name):  # decode into `<d>.tmp-<pid>@<host>`, then rename it to d when it is whole
+    sweep_temporaries(d.parent)
+    tmp = d.with_name(f'{d.name}.tmp-{temporary_tag()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    try:
+        digest, files = _fill(tmp, paths, boxes, tuple(meta['size']), None if masks is None else list(masks), int(workers), f'decode {name}')
+        if not tmp.is_dir(): raise _removed(tmp)
+        save_json({**meta, 'blake2b': digest, 'torchvision': torchvision.__version__}, tmp/'meta.json')   # (save_json makes a missing folder)
+        try:
+            if any(_identity(tmp/f) != v for f, v in files.items()): raise _removed(tmp)   # the arrays it wrote, whole
+        except FileNotFoundError: raise _removed(tmp) from None
+        try: tmp.rename(d)
+        except OSError:
+            if not d.exists(): raise   # else another process finished first (no locks on this file system): use its copy
+    finally: shutil.rmtree(tmp, ignore_errors=True)   # after a rename nothing is left; after a failure or Ctrl-C neither
 
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
@@ -143,18 +194,13 @@ def decoded_cache(paths,            # image files, one per sample
     d = Path(root or cache_root())/f'{name}-{size[0]}x{size[1]}-{key[:16]}'
     if not d.exists():
         if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
-        sweep_temporaries(d.parent)
-        tmp = d.with_name(f'{d.name}.tmp-{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-        try:
-            digest = _fill(tmp, paths, boxes, tuple(size), None if masks is None else list(masks), int(workers), f'decode {name}')
-            save_json(dict(key=key, n=len(paths), size=list(size), masks=masks is not None, blake2b=digest, torchvision=torchvision.__version__), tmp/'meta.json')
-            try: tmp.rename(d)
-            except OSError:
-                if not d.exists(): raise   # else another process finished first: use its copy
-        finally: shutil.rmtree(tmp, ignore_errors=True)   # after a rename nothing is left; after a failure or Ctrl-C neither
-    return _open(d, key, len(paths), tuple(size), verify)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(d):
+            if not d.exists():   # else another process built it while this one waited: open its copy
+                _build(d, dict(key=key, n=len(paths), size=list(size), masks=masks is not None), paths, boxes, masks, workers, name)
+    return _open(d, key, len(paths), tuple(size), masks is not None, verify)
 
-# %% ../nbs/16_pipeline.ipynb #c021
+# %% ../nbs/16_pipeline.ipynb #c023
 PAPER_CACHES = {'rap': (41_585, (256, 192)), 'pa100k': (100_000, (256, 192)), 'wider': (57_524, (256, 256)),
                 'rap (Da-HAR)': (41_585, (256, 128))}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
@@ -163,7 +209,7 @@ def cache_gb(n,      # images
     "Bytes of a decoded cache of `n` RGB images at `size`, in GB (10^9)."
     return n * size[0] * size[1] * 3 / 1e9
 
-# %% ../nbs/16_pipeline.ipynb #c025
+# %% ../nbs/16_pipeline.ipynb #c027
 def campar_params(n,     # samples
                   pad,   # padding in pixels
                   gen):  # a seeded torch.Generator, drawn in the loader's order
@@ -175,13 +221,13 @@ def campar_params(n,     # samples
         rows.append((top, left, int(torch.rand(1, generator=gen) < 0.5)))
     return torch.tensor(rows, dtype=torch.long).view(-1, 3)
 
-# %% ../nbs/16_pipeline.ipynb #c027
+# %% ../nbs/16_pipeline.ipynb #c029
 def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
     "ImageNet normalisation of uint8-valued images, with torchvision's operations (`ToDtype(scale=True)`, `Normalize`)."
     mean, std = (host_to_device(torch.tensor(v), x.device).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
-# %% ../nbs/16_pipeline.ipynb #c029
+# %% ../nbs/16_pipeline.ipynb #c031
 def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on any device
                    params,   # (N, 3) from `campar_params`
                    pad):     # the padding (10 at scale 1)
@@ -193,13 +239,13 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
     idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
     return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
 
-# %% ../nbs/16_pipeline.ipynb #c033
+# %% ../nbs/16_pipeline.ipynb #c035
 def _jitter_span(jitter, where):  # a colour jitter strength; the function given it, for the message
     "The factors' range of torchvision's `ColorJitter(jitter, jitter, jitter)`, or None at 0 (it draws none)."
     if not is_number(jitter) or jitter < 0: raise KitError(f'{where}: jitter={jitter!r}; pass a colour jitter strength >= 0 (0: none; the papers: 0.3)')
     return None if jitter == 0 else (max(0.0, 1 - float(jitter)), 1 + float(jitter))
 
-# %% ../nbs/16_pipeline.ipynb #c034
+# %% ../nbs/16_pipeline.ipynb #c036
 def dahar_params(n,               # samples
                  base,            # (H, W) of the cached resize
                  heights,         # window heights
@@ -221,7 +267,7 @@ def dahar_params(n,               # samples
     return dict(geo=torch.tensor(geo, dtype=torch.long).view(-1, 5), perm=torch.stack(perm) if perm else torch.zeros(0, 4, dtype=torch.long),
                 fac=torch.tensor(fac, dtype=torch.float32).view(-1, 3))
 
-# %% ../nbs/16_pipeline.ipynb #c038
+# %% ../nbs/16_pipeline.ipynb #c040
 @functools.lru_cache(maxsize=512)
 def _window_weights(n, start, size, out, mode, device):  # image length; window start and length; output length; 'bilinear' or 'nearest'; device name
     "(out, n) float64 weights that resize the window [start, start + size) of a length-n axis to `out`, as `F.interpolate` does."
@@ -231,7 +277,7 @@ def _window_weights(n, start, size, out, mode, device):  # image length; window 
         w = torch.zeros(out, n, dtype=torch.float64); w[:, start:start + size] = r
         return w.to(device)
 
-# %% ../nbs/16_pipeline.ipynb #c039
+# %% ../nbs/16_pipeline.ipynb #c041
 def _crop_resize_matmul(x, geo, out, mode):
     (H, W), dev, g = x.shape[-2:], str(x.device), geo[:, :4].tolist()
     rows = torch.stack([_window_weights(H, t, h, out[0], mode, dev) for t, _, h, _ in g])[:, None]                  # (N, 1, h_out, H)
@@ -239,7 +285,7 @@ def _crop_resize_matmul(x, geo, out, mode):
     y = (rows @ x.double() @ cols).float()
     return y.round_().clamp_(0, 255) if mode == 'bilinear' else y
 
-# %% ../nbs/16_pipeline.ipynb #c040
+# %% ../nbs/16_pipeline.ipynb #c042
 def _crop_resize_grouped(x, geo, out, mode):
     y = torch.empty(len(x), x.shape[1], *out, device=x.device, dtype=torch.float32)
     for hw in {tuple(r) for r in geo[:, 2:4].tolist()}:
@@ -251,7 +297,7 @@ def _crop_resize_grouped(x, geo, out, mode):
         y[host_to_device(idx, x.device)] = c
     return y
 
-# %% ../nbs/16_pipeline.ipynb #c042
+# %% ../nbs/16_pipeline.ipynb #c044
 def crop_resize(x,                # (N, C, H, W) batch
                 geo,              # (N, >=4) top, left, h, w of each sample's window
                 out,              # (h, w) output
@@ -261,13 +307,13 @@ def crop_resize(x,                # (N, C, H, W) batch
     use = x.device.type == 'cuda' if matmul is None else matmul
     return (_crop_resize_matmul if use else _crop_resize_grouped)(x, geo, tuple(out), mode)
 
-# %% ../nbs/16_pipeline.ipynb #c046
+# %% ../nbs/16_pipeline.ipynb #c048
 def _gray(y): r, g, b = y.unbind(1); return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
 def _blend(a, b, r, r1):  # torchvision's `_blend` on uint8 levels, with a factor per sample and 1 - r
     return torch.addcmul(a.mul(r), b, r1).clamp_(0, 255).floor_()
 
-# %% ../nbs/16_pipeline.ipynb #c047
+# %% ../nbs/16_pipeline.ipynb #c049
 def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
                   perm,  # (N, 4) order of the operations
                   fac):  # (N, 3) brightness, contrast and saturation factors
@@ -285,7 +331,7 @@ def colour_jitter(y,     # (N, 3, H, W) float holding uint8 levels
         y = _blend(y, ref, per[:, k, 0], per[:, k, 1])
     return y
 
-# %% ../nbs/16_pipeline.ipynb #c049
+# %% ../nbs/16_pipeline.ipynb #c051
 def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed resizes, on any device
                   params,       # from `dahar_params`
                   out,          # (h, w) network input (224 x 224; 224 x 112 on RAP)
@@ -301,14 +347,14 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
         d['mask'] = torch.where(flip, m.flip(-1), m) / 255
     return d
 
-# %% ../nbs/16_pipeline.ipynb #c053
+# %% ../nbs/16_pipeline.ipynb #c055
 def five_crop(x,      # (N, C, H, W) batch
               size):  # (h, w) of each crop
     "The four corner crops and the centre crop of each sample as slices: (N, 5, C, h, w)."
     H, W = x.shape[-2:]; h, w = size
     return torch.stack([x[..., t:t + h, l:l + w] for t, l in ((0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2))], 1)
 
-# %% ../nbs/16_pipeline.ipynb #c057
+# %% ../nbs/16_pipeline.ipynb #c059
 _END = object()   # the producer's last item
 
 def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoader`'s
@@ -355,7 +401,7 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
             worker.join()
             if hasattr(batches, 'close'): batches.close()
 
-# %% ../nbs/16_pipeline.ipynb #c061
+# %% ../nbs/16_pipeline.ipynb #c063
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
     def __init__(self, cache,      # from `decoded_cache`
@@ -430,7 +476,7 @@ class DeviceLoader:
             copied[j] = torch.cuda.Event(); copied[j].record(torch.cuda.current_stream(self.device))
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/16_pipeline.ipynb #c063
+# %% ../nbs/16_pipeline.ipynb #c065
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -441,7 +487,7 @@ class _Samples:
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/16_pipeline.ipynb #c065
+# %% ../nbs/16_pipeline.ipynb #c067
 def campar_batches(train,       # training augmentation, else evaluation
                    scale=1.0):  # size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
@@ -452,7 +498,7 @@ def campar_batches(train,       # training augmentation, else evaluation
         return d
     return (_sz(256, scale), _sz(192, scale)), augment
 
-# %% ../nbs/16_pipeline.ipynb #c067
+# %% ../nbs/16_pipeline.ipynb #c069
 def dahar_batches(train,                 # training augmentation, else evaluation
                   aspect=1,              # height / width: 1 for WIDER-Attribute, 2 for RAP
                   scale=1.0,             # size factor
@@ -471,7 +517,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
         return d
     return base, augment
 
-# %% ../nbs/16_pipeline.ipynb #c069
+# %% ../nbs/16_pipeline.ipynb #c071
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -495,7 +541,7 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
-# %% ../nbs/16_pipeline.ipynb #c073
+# %% ../nbs/16_pipeline.ipynb #c075
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -510,7 +556,7 @@ def loader_rates(loaders: dict,  # name -> loader
             times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c076
+# %% ../nbs/16_pipeline.ipynb #c078
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch

@@ -1,5 +1,5 @@
 "The decoded pipeline: the cache holds the loader's exact resize (fixtures and the real PA-100K sample), is built once and atomically, refuses damage; batch augmentation equals the torchvision transforms sample by sample; the shuffle order is the loader's and seeded; a tiny training runs on the device path."
-import contextlib, multiprocessing, os, shutil, threading, time
+import contextlib, fcntl, json, multiprocessing, os, platform, shutil, threading, time
 
 import numpy as np
 import pytest
@@ -16,6 +16,10 @@ from har_kit import pipeline as P
 from conftest import shared_path
 
 torch.set_num_threads(1)
+
+
+def _entries(folder):  # a cache folder's entries, less the builds' lock files
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith('.lock'))
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +98,7 @@ def test_cache_is_built_once_atomically_and_checked(sets, tmp_path):
     ss = sets['pa100k'].samples
     args = ([s.image for s in ss], [s.box for s in ss], (32, 24))
     c = P.decoded_cache(*args, name='pa')
-    assert c['dir'].parent == tmp_path/'cache' and not [p for p in c['dir'].parent.iterdir() if '.tmp-' in p.name]
+    assert c['dir'].parent == tmp_path/'cache' and _entries(c['dir'].parent) == [c['dir'].name]
     t = (c['dir']/'meta.json').stat().st_mtime_ns
     assert P.decoded_cache(*args, name='pa')['dir'] == c['dir'] and (c['dir']/'meta.json').stat().st_mtime_ns == t
     assert P.decoded_cache(*args[:2], (32, 32), name='pa')['dir'] != c['dir']          # the size is in the key
@@ -117,21 +121,27 @@ def _pa_args(sets, size=(16, 12)):
     return [s.image for s in ss], [s.box for s in ss], size
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'empty', 'missing', 'meta-keys', 'meta-json', 'meta-missing'])
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'missing', 'meta-keys', 'meta-json', 'meta-missing', 'meta-no-masks',
+                                    'int8', 'masks-int8', 'shape', 'fortran'])
 def test_a_damaged_cache_names_its_folder_and_deleting_it_rebuilds(sets, tmp_path, damage):
     args = _pa_args(sets)
     d = P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path)['dir']
-    f = d/('meta.json' if damage.startswith('meta') else 'images.npy')
+    f = d/('meta.json' if damage.startswith('meta') else 'masks.npy' if damage.startswith('masks') else 'images.npy')
+    header = lambda old, new: f.write_bytes(f.read_bytes().replace(old, new, 1))   # the .npy header: no hash covers it
     if damage == 'truncated': os.truncate(f, f.stat().st_size // 2)
     elif damage == 'empty': f.write_bytes(b'')
     elif damage in ('missing', 'meta-missing'): f.unlink()
     elif damage == 'meta-keys': f.write_text('{}')
+    elif damage == 'meta-no-masks': f.write_text(json.dumps({**json.loads(f.read_text()), 'masks': False}))
+    elif damage in ('int8', 'masks-int8'): header(b"'|u1'", b"'|i1'")
+    elif damage == 'shape': header(b'(12, 16, 12, 3)', b'(12, 12, 16, 3)')
+    elif damage == 'fortran': header(b"'fortran_order': False", b"'fortran_order': True ")
     else: f.write_text('{"key": ')
     with pytest.raises(KitError, match=rf'decoded cache {d} is damaged \(.+\); delete that folder and rerun'):
         P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path, verify=False)
     shutil.rmtree(d)   # what the message says: the next run rebuilds it
     c = P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path)
-    assert c['dir'] == d and c['images'].shape == (12, 16, 12, 3) and sorted(p.name for p in tmp_path.iterdir()) == [d.name]
+    assert c['dir'] == d and c['images'].shape == (12, 16, 12, 3) and _entries(tmp_path) == [d.name]
 
 
 def test_a_full_disk_is_refused_before_decoding(sets, tmp_path, monkeypatch):
@@ -140,11 +150,11 @@ def test_a_full_disk_is_refused_before_decoding(sets, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, 'disk_usage', lambda p: usage(p)._replace(free=1000))
     with pytest.raises(KitError, match=rf'{tmp_path}: no room for a decoded cache of 6.91e-06 GB \(1e-06 GB free there\).*\$HAR_KIT_CACHE'):
         P.decoded_cache(*args, name='pa', root=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert _entries(tmp_path) == []
     monkeypatch.setattr(shutil, 'disk_usage', usage)   # room by the count, but the reservation finds the disk full
     monkeypatch.setattr(os, 'posix_fallocate', lambda *a: (_ for _ in ()).throw(OSError(28, 'No space left on device')))
     with pytest.raises(KitError, match=rf'{tmp_path}: no room for a decoded cache .*\$HAR_KIT_CACHE'): P.decoded_cache(*args, name='pa', root=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert _entries(tmp_path) == []
     monkeypatch.setattr(os, 'posix_fallocate', lambda *a: (_ for _ in ()).throw(OSError(95, 'Operation not supported')))
     assert P.decoded_cache(*args, name='pa', root=tmp_path)['images'].shape == (12, 16, 12, 3)   # no reservation here: built as before
 
@@ -154,32 +164,109 @@ def test_a_failed_build_leaves_no_temporary_folder(sets, tmp_path, monkeypatch):
     def stop(job): raise KeyboardInterrupt   # Ctrl-C part way (any exception goes the same way)
     monkeypatch.setattr(P, '_decode_chunk', stop)
     with pytest.raises(KeyboardInterrupt): P.decoded_cache(*args, name='pa', root=tmp_path, workers=1)
-    assert list(tmp_path.iterdir()) == []
+    assert _entries(tmp_path) == []
+    [lock] = tmp_path.glob('*.lock')
+    with open(lock) as f: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # ... and holds no lock (else BlockingIOError)
+
+
+def _undecodable(job): raise ValueError('cannot decode')   # a module's function: the pool pickles it by name
+
+
+_decode_chunk = P._decode_chunk
+
+def _decode_holding_no_lock(job):  # in a decoding process: a lock file open here would keep a killed build's lock
+    fds = []
+    for f in os.listdir('/proc/self/fd'):
+        with contextlib.suppress(OSError): fds.append(os.readlink(f'/proc/self/fd/{f}'))   # (listdir's own descriptor is gone)
+    if held := [f for f in fds if f.endswith('.lock')]: raise RuntimeError(f'a decoding process holds {held}')
+    return _decode_chunk(job)
+
+
+@pytest.mark.slow
+def test_decoding_processes_leave_the_build_lock_to_their_parent(sets, tmp_path, monkeypatch):
+    "Forked with the lock's descriptor, a worker that kept it would hold the lock after its build was killed (kill -9): waiters would wait forever."
+    if not os.path.isdir('/proc/self/fd'): pytest.skip('no /proc/self/fd to list a process\'s open files')
+    monkeypatch.setattr(P, '_decode_chunk', _decode_holding_no_lock)
+    ss = sets['pa100k'].samples * 11   # 132 samples: three chunks over two processes
+    assert P.decoded_cache([s.image for s in ss], [s.box for s in ss], (16, 12), name='pa', root=tmp_path, workers=2)['images'].shape == (132, 16, 12, 3)
+
+
+@pytest.mark.slow
+def test_a_failed_multi_process_build_stops_its_workers(sets, tmp_path, monkeypatch):
+    "A decode error (or Ctrl-C) part way: the pool's processes end with the build, the chunks not started are dropped."
+    monkeypatch.setattr(P, '_decode_chunk', _undecodable)
+    with pytest.raises(ValueError, match='cannot decode'): P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path, workers=2)
+    assert multiprocessing.active_children() == [] and _entries(tmp_path) == []
+
+
+@pytest.mark.parametrize('how', ['removed', 'removed-then-meta'])
+def test_a_temporary_folder_removed_during_the_build_publishes_nothing(sets, tmp_path, monkeypatch, how):
+    "A sweep on another node, or a user clearing the cache, removed the build's folder: save_json would make it again with meta.json alone."
+    fill, write = P._fill, P.save_json
+    monkeypatch.setattr(P, '_fill', lambda d, *a: (fill(d, *a), shutil.rmtree(d) if how == 'removed' else None)[0])
+    if how == 'removed-then-meta':   # removed after the first check, just before meta.json is written
+        monkeypatch.setattr(P, 'save_json', lambda obj, path: (shutil.rmtree(path.parent), write(obj, path))[1])
+    with pytest.raises(KitError, match=r'\.tmp-\d+@.*: this temporary folder was removed while the decoded cache was built in it.*nothing was published'):
+        P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)
+    assert _entries(tmp_path) == []
+    monkeypatch.setattr(P, '_fill', fill); monkeypatch.setattr(P, 'save_json', write)
+    assert P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['images'].shape == (12, 16, 12, 3)   # the rerun builds it
 
 
 def test_a_build_sweeps_the_leftovers_of_dead_processes_only(sets, tmp_path):
     dead, live = tmp_path/f'x-8x8-0.tmp-{2**22 + 1}', tmp_path/f'x-8x8-0.tmp-{os.getpid()}'   # above Linux's largest pid: no such process
-    for t in (dead, live): t.mkdir(parents=True); (t/'images.npy').write_bytes(b'\0' * 100)
+    here, there = tmp_path/f'y-8x8-0.tmp-{2**22 + 1}@{platform.node()}', tmp_path/f'y-8x8-0.tmp-{2**22 + 1}@another-node'
+    for t in (dead, live, here, there): t.mkdir(parents=True); (t/'images.npy').write_bytes(b'\0' * 100)
     P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)
-    assert dead.exists() is False and live.exists()
+    assert dead.exists() is False and live.exists() and here.exists() is False
+    assert there.exists()   # another machine's build: its PID says nothing here
+
+
+def _build_in_child(start, fills, args, root):   # a forked process: wait for its sibling, then open or build the cache
+    fill = P._fill
+    def counted(*a):
+        with fills.get_lock(): fills.value += 1
+        return fill(*a)
+    P._fill = counted
+    start.wait()
+    P.decoded_cache(*args, name='pa', root=root)
 
 
 @pytest.mark.slow
-def test_two_processes_building_one_cache_share_it(sets, tmp_path, monkeypatch):
-    "Both build before either renames: one copy wins, the other process uses it and removes its own."
+def test_two_processes_building_one_cache_decode_it_once(sets, tmp_path):
+    "Started together (torchrun's ranks, reproduce --jobs): one builds, the other waits for its lock and opens its copy."
     from multiprocessing.connection import wait
-    ctx = multiprocessing.get_context('fork'); both = ctx.Barrier(2); fill = P._fill   # no timeout: however slow the machine
-    monkeypatch.setattr(P, '_fill', lambda *a: (fill(*a), both.wait())[0])
-    ps = [ctx.Process(target=P.decoded_cache, args=_pa_args(sets), kwargs=dict(name='pa', root=tmp_path)) for _ in range(2)]
+    ctx = multiprocessing.get_context('fork'); start, fills = ctx.Barrier(2), ctx.Value('i', 0)   # no timeout: however slow the machine
+    ps = [ctx.Process(target=_build_in_child, args=(start, fills, _pa_args(sets), tmp_path)) for _ in range(2)]
     for p in ps: p.start()
     pending = {p.sentinel: p for p in ps}
     while pending:   # a process that fails before the barrier releases its sibling (abort), so a failure never hangs the test
         for s in wait(list(pending)):
             p = pending.pop(s); p.join()
-            if p.exitcode != 0: both.abort()
-    assert [p.exitcode for p in ps] == [0, 0]
-    monkeypatch.setattr(P, '_fill', fill)
-    assert [p.name for p in tmp_path.iterdir()] == [P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'].name]
+            if p.exitcode != 0: start.abort()
+    assert [p.exitcode for p in ps] == [0, 0] and fills.value == 1   # whichever came first, the images were decoded once
+    assert _entries(tmp_path) == [P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'].name]
+
+
+def test_a_build_waits_for_the_lock_then_opens_the_published_cache(sets, tmp_path, monkeypatch):
+    "This test holds the build lock (as another process would), builds the cache under it, and only then lets the waiting build go on."
+    args, fills, fill = _pa_args(sets), [], P._fill
+    monkeypatch.setattr(P, '_fill', lambda *a: (fills.append(1), fill(*a))[1])
+    waiting, said, out = threading.Event(), [], {}
+    monkeypatch.setattr(P, '_waiting', lambda d, lock: (said.append((d, lock)), waiting.set()))
+    d = tmp_path/f"pa-16x12-{P.cache_key(*args)[:16]}"
+    def build():
+        try: out['cache'] = P.decoded_cache(*args, name='pa', root=tmp_path)
+        except BaseException as e: out['error'] = e
+        finally: waiting.set()
+    with P._build_lock(d):   # a separate open file: flock makes the thread wait as it would a process
+        t = threading.Thread(target=build); t.start()
+        assert waiting.wait(600) and 'error' not in out, out   # it said it waits (a timeout only against a hang)
+        assert t.is_alive() and not d.exists()                # ... and waits: nothing can be built while the lock is held
+        P._build(d, dict(key=P.cache_key(*args), n=12, size=[16, 12], masks=False), args[0], args[1], None, 0, 'pa')
+    t.join()
+    assert 'error' not in out and out['cache']['dir'] == d and len(fills) == 1   # opened, not decoded again
+    assert said == [(d, str(tmp_path/f'.{d.name}.lock'))]
 
 
 def test_paper_cache_sizes():
