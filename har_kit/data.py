@@ -94,7 +94,7 @@ class AttributeData:
     def pos_ratio(self,
                   *splits,                  # split names; none = all
                   ignore_unspecified=True): # True: among *specified* labels (NaN where none is); False: unspecified as negative
-        "(C,) positive ratio per attribute of the given splits: `har_kit.losses.pos_ratio` of their labels."
+        "(C,) positive ratio per attribute of the given splits, a description of the data: among specified labels by default, where `har_kit.losses.pos_ratio` (the loss weights; the recipes pass their run's `ignore_unspecified`) counts unspecified as negative by default."
         y = self.labels(*splits)
         r = pos_ratio(y, ignore_unspecified)
         return np.where((y != UNSPECIFIED).any(0), r, np.nan) if ignore_unspecified else r
