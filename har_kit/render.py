@@ -196,6 +196,13 @@ def _fmt(v, digits=2):
     if v is None: return '-'
     return v if isinstance(v, str) else f'{v:.{digits}f}'
 
+def _decimals(v): return len(repr(float(v)).split('.')[1]) if 'e' not in repr(float(v)) else 2   # 80.0 -> 1, 81.25 -> 2
+
+def _printed(reported: dict):  # a row's reported values, typed as the paper prints them
+    "A formatter of the row's reported values: a whole number as typed (94), a decimal with as many places as the row's most precise one (80.0, 76.10)."
+    d = max((_decimals(v) for v in reported.values() if isinstance(v, float)), default=2)
+    return lambda v: _fmt(v, 0 if isinstance(v, int) and not isinstance(v, bool) else d)
+
 def _row_modes(table, row, cells):
     return sorted({k[2] for k in cells if len(k) == 3 and k[0] == row.key and k[2] != 'missing'}, key=mode_order)
 
@@ -236,7 +243,7 @@ def table_rows(table: Table,   # the table
     labels = {r.key: r.label for r in table.rows}
     for row in table.rows:
         reported = with_reported and bool(row.reported)   # a row the kit adds (a control) has no reported line, no Δ
-        if reported: out.append([row.label, 'reported', *[_fmt(row.reported.get(c)) for c in table.columns]])
+        if reported: out.append([row.label, 'reported', *map(_printed(row.reported), (row.reported.get(c) for c in table.columns))])
         if not row_runs(row): continue
         for mode in _row_modes(table, row, cells) or [None]:
             ours, delta, vs = [], [], []

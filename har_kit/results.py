@@ -183,8 +183,9 @@ def _arch(variant): return spec('dahar', variant, dataset='wider', variants=DAHA
 DAHAR_IMBALANCE = [f'1:{WIDER_IMBALANCE[a]}' for a in WIDER_COLUMNS.values()]   # a property of the dataset (har_kit.formats)
 
 DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'Da-HAR, AAAI 2020, Table 1', _T1_COLS, [
-    Row('imbalance', 'Imbalance Ratio (positives : negatives on WIDER-Attribute, as printed; reported only: a property of the dataset, not a trained model; '
-        "the quick set's own ratios: `har_kit.synth.label_stats`, 13_synth)", _reported(_T1_COLS, DAHAR_IMBALANCE + [None])),
+    Row('imbalance', 'Imbalance Ratio (WIDER-Attribute, as printed: the paper does not say which side is which; '
+        'reported only: a property of the dataset, not a trained model; '
+        "the quick set's own ratios, as minority : majority: `har_kit.synth.label_stats`, 13_synth)", _reported(_T1_COLS, DAHAR_IMBALANCE + [None])),
     Row('rcnn', "R-CNN ICCV'15", _reported(_T1_COLS, [94, 81, 60, 91, 76, 94, 78, 89, 68, 96, 80, 72, 87, 55, 80.0])),
     Row('rstarcnn', "R*CNN ICCV'15", _reported(_T1_COLS, [94, 82, 62, 91, 76, 95, 79, 89, 68, 96, 80, 73, 87, 56, 80.5])),
     Row('dhc', "DHC ECCV'16", _reported(_T1_COLS, [94, 82, 64, 92, 78, 95, 80, 90, 69, 96, 81, 76, 88, 55, 81.3])),
@@ -266,7 +267,7 @@ _F1_15 = ("F1 = harmonic mean of mean Prec and mean Rec (Eq. 25), except in the 
 
 CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Table 1', _C1_COLS, [
     Row('deepmar', 'DeepMAR [17]', _reported(_C1_COLS, ['CaffeNet', 72.70, 70.39, 81.32, 73.79, 62.02, 75.56])),
-    Row('hpnet', 'HPNet [7]', _reported(_C1_COLS, ['InceptionNet', 74.21, 65.39, 82.53, 76.12, 76.13, 78.05])),
+    Row('hpnet', "HPNet [7] (as the thesis prints it; Da-HAR's Table 2 gives RAP Accu 65.39, printed here as PA100K Accu)", _reported(_C1_COLS, ['InceptionNet', 74.21, 65.39, 82.53, 76.12, 76.13, 78.05])),
     Row('pgdm', 'PGDM [33]', _reported(_C1_COLS, ['CaffeNet', 82.97, 73.08, 85.76, 74.31, 64.57, 77.35])),
     Row('lgnet', 'LGNet [34]', _reported(_C1_COLS, ['Inception-V2', 76.96, 75.55, 85.04, 78.68, 68.00, 80.09])),
     Row('alm', 'ALM [35]', _reported(_C1_COLS, ['BN-Inception', 80.68, 77.08, 86.46, 81.87, 68.17, 80.16])),
