@@ -50,3 +50,15 @@ def pytest_runtest_setup(item):
         msg = f'{p} is missing: lay out ../shared beside the clone (or set HAR_KIT_PA100K_SAMPLE for the sample)'
         if os.environ.get('CI'): pytest.fail(f'{msg}; in CI it must be there')
         pytest.skip(msg)
+
+
+def write_cfar_model(path):  # where model.pt goes: <run>/<variant>/model.pt
+    "A CFAR variant's model file (a tiny phase 1 + a fitted CFAR in `extra`) over five attributes 'a'..'e': (path, the CFAR, phase 1)."
+    from har_kit import cfar
+    from har_kit.campar import campar_model_file, campar_variant
+    from har_kit.model_file import save_model
+    l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
+    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4, tol=None, iterations=15))
+    phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
+    save_model(path, phase1, **campar_model_file(phase1, list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted)))
+    return path, fitted, phase1

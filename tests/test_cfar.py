@@ -9,6 +9,7 @@ from scipy.special import expit
 from har_kit.core import KitError
 from har_kit import cfar
 from har_kit import cfar_factors as cf
+from conftest import write_cfar_model
 
 
 def _grid_r(n=30, m=6, seed=0):
@@ -180,14 +181,9 @@ def test_cfar_predictor_equals_the_numpy_path_and_survives_a_weights_only_load(t
 
 def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     "A CFAR variant's model.pt (phase 1 + extra['cfar']) comes back through load_model and exports to TorchScript."
-    from har_kit.campar import campar_model_file, campar_variant
-    from har_kit.model_file import load_model, save_model
+    from har_kit.model_file import load_model
     from har_kit.export import export_model
-    l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
-    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4, tol=None, iterations=15))
-    phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
-    save_model(tmp_path/'campar_cfar'/'model.pt', phase1,
-               **campar_model_file(phase1, list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted)))
+    _, fitted, phase1 = write_cfar_model(tmp_path/'campar_cfar'/'model.pt')
     lm = load_model(tmp_path, 'campar_cfar')
     assert isinstance(lm.model, cfar.CFARPredictor)
     x = torch.randn(2, 3, 64, 48)
@@ -195,8 +191,6 @@ def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
         np.testing.assert_allclose(lm.model(x)['logits'].numpy(), fitted.logits(phase1(x)['logits_specific'].numpy()), atol=1e-5)
     rep = export_model(lm, tmp_path/'cfar.ts', 'torchscript')
     assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4
-
-
 
 
 def test_a_cfar_saved_before_loss2_was_weighted_reads_as_unweighted():

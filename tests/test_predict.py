@@ -211,7 +211,7 @@ from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes 
 from har_kit.predict import Predictor, cli, resolve_thresholds, write_predictions
 from har_kit.formats import collect_images
 
-from conftest import shared_path
+from conftest import shared_path, write_cfar_model
 
 SAMPLE = shared_path('data/pa100k-sample')   # conftest's helper: honours HAR_KIT_PA100K_SAMPLE
 
@@ -667,13 +667,7 @@ def test_a_predict_stopped_while_explaining_leaves_nothing_and_reruns(tmp_path, 
 
 def test_val_threshold_on_a_cfar_model_says_why_there_is_none(tmp_path):
     "A CFAR model file stores no thresholds because phase 2 has no validation split, not because training had none."
-    from har_kit import cfar
-    from har_kit.campar import campar_model_file, campar_variant
-    l, y = cfar.synthetic_phase1(200, 5, 3, seed=0)
-    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=2, n_prototypes=4, tol=None, iterations=15))
-    phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
-    save_model(tmp_path/'campar_fusion_cfar'/'model.pt', phase1,
-               **campar_model_file(phase1, list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted)))
+    write_cfar_model(tmp_path/'campar_fusion_cfar'/'model.pt')
     with pytest.raises(KitError, match=r"model.pt: threshold 'val', but CFAR's phase-2 classifier .*stores none.*"
                                        r"pass a number .* or a thresholds file") as e:
         Predictor(tmp_path, threshold='val')
