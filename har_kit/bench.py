@@ -58,7 +58,7 @@ def _device_of(out):
 # %% ../nbs/18_bench.ipynb #c013
 def _timer(device):
     "A function that runs a callable once and returns its wall time in ms (synchronising CUDA)."
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)   # the model's GPU, whichever is current
     def run(fn):
         sync(); t = time.perf_counter(); fn(); sync()
         return (time.perf_counter() - t) * 1e3

@@ -28,15 +28,15 @@ def rng_state(device='cpu'):  # the run's device: on a CUDA device its generator
 # %% ../nbs/06_checkpoints.ipynb #c006
 def set_rng_state(state,        # a dict from `rng_state`
                   device='cpu'): # the run's device: its CUDA generator gets the saved one
-    "Restore the RNG states saved by `rng_state`, the CUDA generator's onto `device` (whichever GPU the resumed run has)."
+    "Restore the RNG states saved by `rng_state`, the CUDA generator's onto `device` (whichever GPU the resumed run has); the states may have been loaded onto any device."
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
     name, keys, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state['torch'])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'].cpu())   # generators take their state as a CPU byte tensor
     device, saved = torch.device(device), state['cuda']
     if device.type == 'cuda' and saved:   # one state (the run's device); files of earlier versions: one per GPU visible then
-        torch.cuda.set_rng_state(saved[min(device.index or 0, len(saved) - 1)], device)
+        torch.cuda.set_rng_state(saved[min(device.index or 0, len(saved) - 1)].cpu(), device)
 
 # %% ../nbs/06_checkpoints.ipynb #c007
 CHECKPOINT_FORMAT = 'har-kit-checkpoint/2'  # the tag of a hashed checkpoint file

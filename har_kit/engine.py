@@ -427,7 +427,9 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16')
     start, history, best, guard = 0, [], None, {}
     if cfg.resume and (ckdir/'last.pt').exists():
-        start, history, best, guard = _restore(load_checkpoint(ckdir/'last.pt', device), model, optimizer, scheduler,
+        # read on the host: the weights and optimizer state move to their parameters' device as they load; the RNG
+        # states must stay CPU tensors
+        start, history, best, guard = _restore(load_checkpoint(ckdir/'last.pt'), model, optimizer, scheduler,
                                                scaler, cfg, params, ckdir/'last.pt', device)
         if rank == 0 and best and best.get('epoch') == start and _saved_epoch(ckdir/'best.pt') != start:
             # killed before this epoch's best.pt landed: write it again from the same weights

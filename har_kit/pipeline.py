@@ -545,15 +545,16 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
-    "Images per second of each loader (median over interleaved repetitions of `batches` batches)."
+    "Images per second of each loader (median over interleaved repetitions of `batches` batches; on CUDA, the batches' kernels finished)."
     times = {k: [] for k in loaders}
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)   # a device loader queues kernels
     for _ in tqdm(range(repeats), desc='loader rates', leave=False):
         for k, ld in loaders.items():
-            t, n, it = time.perf_counter(), 0, iter(ld)
+            sync(); t, n, it = time.perf_counter(), 0, iter(ld)
             for _b in range(batches):
                 try: n += len(next(it)['index'])
                 except StopIteration: break
-            times[k].append(n / (time.perf_counter() - t))
+            sync(); times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
 # %% ../nbs/16_pipeline.ipynb #c078

@@ -235,3 +235,15 @@ def test_a_rebuilt_loader_keeps_the_loaders_options():
     sh = D.shard_loader(ld, seed=0)
     assert isinstance(sh.sampler, DistributedSampler)
     assert (sh.prefetch_factor, sh.persistent_workers, sh.timeout, sh.pin_memory_device, sh.in_order) == (3, True, 7, 'cpu', False)
+
+
+def test_a_resume_reads_last_pt_on_the_host_whatever_the_device(tmp_path, monkeypatch):
+    "On CUDA, last.pt loaded onto the GPU put the RNG states there and set_rng_state failed: every resumed GPU run crashed. "
+    "fit reads it on the host (weights and optimizer state move as they load; set_rng_state also moves states to the host)."
+    import har_kit.engine as E
+    run(tmp_path, 1)
+    seen = []
+    real = E.load_checkpoint
+    monkeypatch.setattr(E, 'load_checkpoint', lambda path, *a, **k: seen.append((Path(path).name, a, k)) or real(path, *a, **k))
+    run(tmp_path, 2)
+    assert [s for s in seen if s[0] == 'last.pt'] == [('last.pt', (), {})]   # no device: the host

@@ -20,7 +20,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert set(rep['sections']) == {'environment', 'steps', 'configured', 'latency', 'latency_compiled', 'end_to_end', 'loaders', 'pipeline', 'maskrcnn',
                                     'checkpoints', 'projection', 'concurrency', 'concurrency_configured', 'notebooks', 'recipes'}
     # a paper run's route at toy sizes, each method trained and scored with the paper profile's values (no ignored key)
-    assert {k: (v['state'], v['ignored']) for k, v in rep['recipes'].items()} == {'campar': ('done', []), 'dahar': ('done', [])}
+    assert {k: (v['state'], v['ignored'], v['resumed']) for k, v in rep['recipes'].items()} == {'campar': ('done', [], True), 'dahar': ('done', [], True)}
     assert all(v['params']['pipeline'] == 'device' for v in rep['recipes'].values())
     rows = [v for v in rep['steps'].values()]
     assert len(rows) == len(gpu_check.MODELS) * 2 + 1 and all(v['images_per_s'] > 0 for v in rows), rows

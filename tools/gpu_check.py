@@ -666,7 +666,8 @@ def recipe_params(nb, device):
 
 def recipes(cfg):
     """Each method's recipe trained and scored as a paper run is (`recipe_params`): on a GPU, the code that only runs
-    when the batches live there (a test-time loop meeting GPU labels, say). State and seconds per method."""
+    when the batches live there (a test-time loop meeting GPU labels, say); then the same run again, which resumes from
+    its last.pt (checkpoint and RNG states read back onto the device's run). State and seconds per method."""
     import dataclasses
     from har_kit.campar_train import CamParConfig, CamParRecipe
     from har_kit.dahar_train import DaHarConfig, DaHarRecipe
@@ -678,7 +679,8 @@ def recipes(cfg):
         fields = {f.name for f in dataclasses.fields(config)}
         try:
             res = train_variant(recipe(config(**{k: v for k, v in p.items() if k in fields})), RECIPES[nb][1], root/nb)
-            out[nb] = dict(state='done', metrics=sorted(k for k, v in res.items() if isinstance(v, (int, float)))[:12])
+            train_variant(recipe(config(**{k: v for k, v in p.items() if k in fields})), RECIPES[nb][1], root/nb)   # resumed
+            out[nb] = dict(state='done', resumed=True, metrics=sorted(k for k, v in res.items() if isinstance(v, (int, float)))[:12])
         except Exception as e:   # the error and its traceback's end, for the reader; the other method still runs
             traceback.print_exc()
             out[nb] = dict(state='failed', error=f'{type(e).__name__}: {e}'[:300], detail=traceback.format_exc()[-3000:])
