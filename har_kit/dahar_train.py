@@ -14,6 +14,7 @@ from fastcore.basics import patch
 from .core import KitError, get_device
 from .backbones import check_arch, count_params
 from .data import check_train_splits, load_dataset, samples_digest
+from .synth import PROFILES as SYNTH_PROFILES
 from .distributed import setup_device
 from .engine import TrainConfig, predict
 from .formats import DATASET_KINDS, dataset_kind
@@ -92,6 +93,12 @@ class DaHarConfig(RunConfig):
         if self.pipeline not in ('loader', 'device'): raise KitError(f"pipeline={self.pipeline!r}: use 'loader' or 'device'")
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
         check_arch(self.arch, self.weights)
+        if self.bench: check_arch(self.bench_arch, None)   # the benchmark runs after training: a bad name stops it now
+        if self.data_root is None and self.profile not in SYNTH_PROFILES:
+            raise KitError(f'profile={self.profile!r}: the synthetic sets come in {", ".join(SYNTH_PROFILES)} (or pass data_root)')
+        if 'trainval' in self.train_splits:
+            raise KitError("train_splits: Da-HAR names the splits it trains on: ['train', 'val'] (WIDER, PA-100K; train + val) "
+                           "or ['train'] (RAP, which has no val split); 'trainval' is CAM-PAR's spelling of [15]'s protocol")
         super().__post_init__()   # then the parameters' ranges (`RunConfig`), after the messages that say more
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
@@ -158,7 +165,7 @@ class DaHarRecipe(Recipe):
                            f'pass DaHarConfig(dataset={data.name!r}, ...)')
         self.config, self.data = config, data if data is not None else config.load_data()
         self.cache = cache if cache is not None else SampleCache.of(config.cache_mb)
-        self.evaluate, self.key = dataset_metric(self.data.name), dataset_kind(self.data.name).metric
+        self.evaluate, self.key = dataset_metric(self.data.name, self.config.ignore_unspecified), dataset_kind(self.data.name).metric
         self.check_masks()
 
     def check_masks(self):

@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_metrics.ipynb #c002
 from __future__ import annotations
+import functools
 from pathlib import Path
 import numpy as np
 
@@ -290,10 +291,12 @@ def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
 # %% ../nbs/05_metrics.ipynb #c063
 HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1'), 'csv': ('mA', 'f1')}  # numbers kept per distraction bin
 
-def dataset_metric(dataset: str):  # dataset kind: 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
-    "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics`."
+def dataset_metric(dataset: str,                         # dataset kind: 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
+                   ignore_unspecified: bool | None = None): # the run's loss switch: False reads unspecified labels as negative; True / None: left out
+    "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics` (unspecified labels read as the run's loss reads them)."
     if dataset not in HEADLINE: raise KitError(f'dataset={dataset!r}: choose one of {", ".join(HEADLINE)}')
-    return mean_ap if dataset == 'wider' else pedestrian_metrics
+    if dataset == 'wider': return mean_ap
+    return functools.partial(pedestrian_metrics, unspecified='negative') if ignore_unspecified is False else pedestrian_metrics
 
 # %% ../nbs/05_metrics.ipynb #c064
 def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', 'csv')

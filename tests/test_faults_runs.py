@@ -637,3 +637,13 @@ def test_a_path_reads_the_same_from_a_parameters_file_as_from_p(tmp_path):
     want = {'data_root': '2024', 'weights': 'IMAGENET1K_V1'}
     assert read_params_file(f, 'campar') == want
     assert cli_params('campar', [('data_root', '2024'), ('weights', ' IMAGENET1K_V1 ')]) == want
+
+
+@pytest.mark.parametrize('params,message', [
+    ({'bench': True, 'bench_arch': 'resnet999'}, 'resnet999'),
+    ({'profile': 'huge'}, "profile='huge': the synthetic sets come in tiny, quick"),
+    ({'train_splits': ['trainval']}, "Da-HAR names the splits it trains on"),
+])
+def test_dahar_values_that_failed_inside_the_kernel_are_refused_before_it(params, message):
+    "A benchmark backbone, a synthetic profile or CAM-PAR's 'trainval' spelling failed after (or during) training; now before it."
+    with pytest.raises(KitError, match=re.escape(message)): check_parameters('dahar', params)
