@@ -20,7 +20,7 @@ from .formats import box_mask, clip_box, load_grey, load_rgb, mask_path
 # %% auto #0
 __all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_target', 'image_size', 'read_mask', 'write_mask',
            'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource',
-           'MaskRCNNSource', 'check_source', 'mask_source']
+           'check_maskrcnn_weights', 'MaskRCNNSource', 'check_source', 'mask_source']
 
 # %% ../nbs/20_mask_sources.ipynb #c008
 @dataclass
@@ -229,6 +229,15 @@ def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # a
 PERSON = 1  # COCO category id of "person" in torchvision's detection models
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
 
+def check_maskrcnn_weights(weights,                       # None, a torchvision weights name, or a state-dict file
+                           arch='maskrcnn_resnet50_fpn'):  # one of MASKRCNN_ARCHS
+    "Refuse a weights name torchvision does not have for `arch` (a file's existence is checked where it is read)."
+    if weights is None or not isinstance(weights, str) or Path(weights).suffix in ('.pth', '.pt') or Path(weights).is_file(): return
+    names = list(torchvision.models.get_model_weights(arch).__members__)
+    if weights not in names:
+        raise KitError(f"Mask R-CNN weights={weights!r}: {arch} has {', '.join(map(repr, names))}, or pass a downloaded "
+                       '.pth state-dict file, or None (random weights)')
+
 class MaskRCNNSource(MaskSource):
     "Source `maskrcnn`: torchvision Mask R-CNN (COCO) person instances, matched to the target by `select_target`."
     name = 'maskrcnn'
@@ -243,6 +252,7 @@ class MaskRCNNSource(MaskSource):
                  seed=0,                        # seed for building a random (weights=None) model
                  **model_kw):                   # to torchvision's builder, e.g. min_size=128
         if arch not in MASKRCNN_ARCHS: raise KitError(f"arch={arch!r}: choose one of {', '.join(MASKRCNN_ARCHS)}")
+        check_maskrcnn_weights(weights, arch)
         self.weights, self.device, self.arch, self.seed, self.model_kw = weights, get_device(device), arch, seed, model_kw
         self.select_kw = dict(min_iou=min_iou, min_inside=min_inside, mask_thresh=mask_thresh)
         self.score_thresh, self.model = score_thresh, None

@@ -17,7 +17,8 @@ from .backbones import check_arch
 from .core import KitError, data_root, file_stamp, is_weights_file, save_json
 from .data import fill_masks, load_dataset
 from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
-from .mask_sources import MASK_SOURCES, MaskSource, check_source, mask_source, read_mask, sample_key, short_hash, target_of, write_mask
+from .mask_sources import (MASK_SOURCES, MaskSource, check_maskrcnn_weights, check_source, mask_source, read_mask, sample_key,
+                                  short_hash, target_of, write_mask)
 from .model_file import RunConfig
 
 # %% auto #0
@@ -57,6 +58,8 @@ class MasksConfig(RunConfig):
                            'or drop mask_directory')
         if self.source == 'directory' and self.data_root is not None and self.mask_directory is None:
             raise KitError("source='directory' with a data_root needs mask_directory=<the folder of your PNG masks>")
+        try: check_maskrcnn_weights(self.maskrcnn_weights)
+        except KitError as e: raise KitError(f'maskrcnn_weights: {e}') from None
         if is_weights_file(self.maskrcnn_weights) and not Path(self.maskrcnn_weights).is_file():
             raise KitError(f'maskrcnn_weights={str(self.maskrcnn_weights)!r}: no such file; pass a downloaded .pth, '
                            "'DEFAULT' (COCO weights) or None (random)")

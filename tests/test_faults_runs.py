@@ -647,3 +647,10 @@ def test_a_path_reads_the_same_from_a_parameters_file_as_from_p(tmp_path):
 def test_dahar_values_that_failed_inside_the_kernel_are_refused_before_it(params, message):
     "A benchmark backbone, a synthetic profile or CAM-PAR's 'trainval' spelling failed after (or during) training; now before it."
     with pytest.raises(KitError, match=re.escape(message)): check_parameters('dahar', params)
+
+
+def test_a_mask_rcnn_weights_name_torchvision_lacks_is_refused_before_the_kernel():
+    "-p maskrcnn_weights bogus raised a bare KeyError in the masks notebook's Mask R-CNN cell."
+    with pytest.raises(KitError, match="maskrcnn_weights: Mask R-CNN weights='bogus': maskrcnn_resnet50_fpn has 'COCO_V1', 'DEFAULT'"):
+        check_parameters('masks', {'maskrcnn_weights': 'bogus'})
+    assert check_parameters('masks', {'maskrcnn_weights': 'DEFAULT'}) == {'maskrcnn_weights': 'DEFAULT'}
