@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_engine.ipynb #c002
 from __future__ import annotations
-import contextlib, csv, dataclasses, functools, inspect, io, json, math, warnings
+import contextlib, csv, dataclasses, functools, inspect, io, json, math, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -398,7 +398,7 @@ def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path, device)
     rank, world = rank_world()
     if len(ck['rng']) == world: set_rng_state(ck['rng'][rank], device)
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
-    return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'))
+    return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'), seconds=ck.get('seconds', 0.0))
 
 # %% ../nbs/08_engine.ipynb #c048
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
@@ -409,7 +409,8 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         val_loader=None,  # optional DataLoader evaluated after every epoch
         evaluate=None,    # optional (scores, labels) -> dict of metrics, recorded as val_<name>
         params=None,      # the caller's run parameters (JSON-able dict), stored in checkpoints and checked on resume
-        watch=None):      # optional {name: (DataLoader, metric_fn)} also scored after every epoch, recorded as <name>_<metric>
+        watch=None,       # optional {name: (DataLoader, metric_fn)} also scored after every epoch, recorded as <name>_<metric>
+        stats=None):      # optional dict that gets 'seconds': the training's wall time over all its sessions (a resume adds on)
     "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt; seeds Python, numpy and torch globally (config.seed + rank) and, on CUDA, sets cudnn.benchmark."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
     if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
@@ -425,7 +426,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, cfg); scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16')
-    start, history, best, guard = 0, [], None, {}
+    start, history, best, guard, t0 = 0, [], None, {}, time.time()
     if cfg.resume and (ckdir/'last.pt').exists():
         # read on the host: the weights and optimizer state move to their parameters' device as they load; the RNG
         # states must stay CPU tensors
@@ -470,11 +471,13 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
                 last = dict(epoch=epoch, model=weights, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict() if scheduler is not None else {},
                             scaler=scaler.state_dict() if scaler.is_enabled() else {}, rng=rngs, history=history,
-                            best=best, world_size=world, first_loss=guard.get('first_loss'), **ident)
+                            best=best, world_size=world, first_loss=guard.get('first_loss'),
+                            seconds=guard.get('seconds', 0.0) + time.time() - t0, **ident)
                 files = [(last, ckdir/'last.pt')] + ([(dict(epoch=epoch, model=weights, best=best, **ident), ckdir/'best.pt')]
                                                      if improved else [])   # last first: see above
                 writer.write(files, after=functools.partial(write_history, [dict(r) for r in history], run_dir))
     if world > 1: dist.barrier()   # rank 0's last files have landed: no process reads best.pt before
+    if stats is not None: stats['seconds'] = guard.get('seconds', 0.0) + time.time() - t0
     return history
 
 # %% ../nbs/08_engine.ipynb #c059

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, hashlib, importlib, inspect, json, math, time, warnings, zipfile
+import dataclasses, hashlib, importlib, inspect, json, math, warnings, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -599,11 +599,11 @@ def train_variant(recipe,         # a method's recipe (see above)
     if g is not None: g.manual_seed(g.initial_seed())   # variant trains as alone, whichever variants used these loaders
     best = recipe.select == 'best' and 'val' in loaders
     sel = EpochSelector(model, recipe.evaluate, recipe.key, vdir/'checkpoints'/'selected.pt') if best else None
-    t0 = time.time()
+    stats = {}
     history = fit(recipe.trainable(model), crit, loaders['train'], cfg, vdir, loaders.get('val'), sel or recipe.evaluate,
-                  params=recipe.params(variant), watch={n: (loaders[n], recipe.evaluate) for n in recipe.watch})
+                  params=recipe.params(variant), watch={n: (loaders[n], recipe.evaluate) for n in recipe.watch}, stats=stats)
     epoch, value = _keep_selected(model, sel, history, recipe.key, cfg.device)
-    facts = dict(epoch=epoch, selected_value=value, seconds=round(time.time() - t0, 2), history=history,
+    facts = dict(epoch=epoch, selected_value=value, seconds=round(stats['seconds'], 2), history=history,   # over all sessions
                  final_loss=history[-1].get('loss') if history else None)
     spec = dict(recipe.model_file(model.eval(), variant, loaders, facts))
     data = getattr(recipe, 'data', None)   # a synthetic stand-in is recorded in the file, wherever the model goes

@@ -247,3 +247,18 @@ def test_a_resume_reads_last_pt_on_the_host_whatever_the_device(tmp_path, monkey
     monkeypatch.setattr(E, 'load_checkpoint', lambda path, *a, **k: seen.append((Path(path).name, a, k)) or real(path, *a, **k))
     run(tmp_path, 2)
     assert [s for s in seen if s[0] == 'last.pt'] == [('last.pt', (), {})]   # no device: the host
+
+
+def test_a_resumed_fit_reports_the_seconds_of_all_its_sessions(tmp_path, monkeypatch):
+    "`seconds` of a resumed run counted its last session only (0.03 s against 8 s uninterrupted): last.pt keeps the total."
+    import har_kit.engine as E
+    now, step = [0.0], [1000.0]   # a clock that moves 1000 s per reading in the first session, 1 s in the second
+    def clock(): now[0] += step[0]; return now[0]
+    monkeypatch.setattr(E.time, 'time', clock)
+    first, second = {}, {}
+    torch.manual_seed(0)
+    fit(Net(), bce, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path, stats=first)
+    assert first['seconds'] >= 1000
+    step[0] = 1.0
+    fit(Net(), bce, TRAIN, TrainConfig(epochs=2, progress=False, device='cpu'), tmp_path, stats=second)
+    assert second['seconds'] > load_checkpoint(tmp_path/'checkpoints'/'last.pt')['seconds'] - 1e-9 >= 1000   # the first session's time counts
