@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import KitError, get_device
 from .backbones import check_arch, count_params
 from .data import check_train_splits, load_dataset, samples_digest
-from .synth import PROFILES as SYNTH_PROFILES
+from .synth import check_profile
 from .distributed import setup_device
 from .engine import TrainConfig, predict
 from .formats import DATASET_KINDS, dataset_kind
@@ -94,8 +94,7 @@ class DaHarConfig(RunConfig):
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
         check_arch(self.arch, self.weights)
         if self.bench: check_arch(self.bench_arch, None)   # the benchmark runs after training: a bad name stops it now
-        if self.data_root is None and self.profile not in SYNTH_PROFILES:
-            raise KitError(f'profile={self.profile!r}: the synthetic sets come in {", ".join(SYNTH_PROFILES)} (or pass data_root)')
+        if self.data_root is None: check_profile(self.profile)
         if 'trainval' in self.train_splits:
             raise KitError("train_splits: Da-HAR names the splits it trains on: ['train', 'val'] (WIDER, PA-100K; train + val) "
                            "or ['train'] (RAP, which has no val split); 'trainval' is CAM-PAR's spelling of [15]'s protocol")

@@ -18,8 +18,8 @@ from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_pa
                              write_wider_annotation)
 
 # %% auto #0
-__all__ = ['SYNTH_VERSION', 'LAYOUT', 'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'synth_marker',
-           'synthetic_dir', 'ensure_synthetic', 'cli']
+__all__ = ['SYNTH_VERSION', 'LAYOUT', 'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'check_profile',
+           'synth_marker', 'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/13_synth.ipynb #c006
 SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
@@ -197,6 +197,11 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=800, rap=2000, pa100k=2000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
+def check_profile(profile):  # a synthetic profile name
+    "`profile`, or the KitError naming the profiles there are (a run config checks it before its kernel starts)."
+    if profile not in PROFILES: raise KitError(f'profile={profile!r}: the synthetic sets come in {", ".join(PROFILES)}')
+    return profile
+
 def synth_marker(kind,          # 'wider' | 'rap' | 'pa100k'
                  n,             # number of images
                  seed,          # generator seed
@@ -221,7 +226,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                      progress=False):   # tqdm progress bar while generating
     "Path of a cached synthetic set, generating it once (atomically: concurrent callers share one result)."
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
-    if profile not in PROFILES: raise KitError(f'profile={profile!r}: expected one of {", ".join(PROFILES)}')
+    check_profile(profile)
     seed = _check_seed(seed)
     dest = Path(root) if root is not None else synthetic_dir(kind, profile, seed, distractors)
     n = PROFILES[profile][kind]
