@@ -76,7 +76,12 @@ def split_train_eval(data,                    # an `AttributeData`
         names += ([n] if n in data.splits else [s for s in ('train', 'val') if s in data.splits]) if n == 'trainval' else [n]
     train = data.split(*dict.fromkeys(names))
     if selection == '[15]': return train, data.split('test'), 'test'
-    if 'val' in data.splits and 'val' not in names: return train, data.split('val'), 'val'
+    if 'val' in data.splits and 'val' not in names:
+        if val_fraction: raise KitError(f"val_fraction={val_fraction}: the dataset's own 'val' split is held out as it is "
+                                        f"(train_splits={list(train_splits)} does not train on it), so nothing would be carved: use "
+                                        "val_fraction=0 to select on that split, or include 'val' in train_splits (e.g. ['train', 'val']) "
+                                        "to carve the fraction from the training images")
+        return train, data.split('val'), 'val'
     if not 0 <= val_fraction < 1: raise KitError(f'val_fraction={val_fraction}: use a fraction in [0, 1) of the training images')
     if val_fraction == 0: return train, None, None
     return (*carve_validation(train, val_fraction, seed), f'carved {val_fraction:g} of {"+".join(names)}')
@@ -87,8 +92,11 @@ def carve_validation(samples,   # training samples
                      seed=0):   # seed of the draw
     "Split `samples` into (train, val) by a seeded random draw of round(fraction * N) validation samples."
     n_val = int(round(fraction * len(samples)))
-    if not 0 < n_val < len(samples):
+    if n_val <= 0:
         raise KitError(f'val_fraction={fraction} of {len(samples)} training images leaves {n_val} for validation: choose a larger fraction or 0')
+    if n_val >= len(samples):
+        raise KitError(f'val_fraction={fraction} of {len(samples)} training images leaves {n_val} for validation and '
+                       f'{len(samples) - n_val} to train on: choose a smaller fraction')
     pick = set(np.random.default_rng(seed).permutation(len(samples))[:n_val].tolist())
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
@@ -285,6 +293,9 @@ class CamParConfig(RunConfig):
         if self.selection_study and self.selection != 'held-out':
             raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "
                            '(and a val split or val_fraction > 0); [15] is scored from the same history')
+        if self.logit_bn and self.batch_size < 2:   # the last incomplete batch is dropped, so only batch_size 1 certainly fails
+            raise KitError(f'logit_bn=True with batch_size={self.batch_size}: BatchNorm1d on the logits normalises over the batch and '
+                           'needs more than one image per batch in training; use batch_size >= 2, or logit_bn=False')
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
 
@@ -295,8 +306,8 @@ class CamParConfig(RunConfig):
             grad_clip=self.grad_clip), **kwargs})
 
     def load_data(self):
-        "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition of a real root)."
-        kw = {'partition': self.partition} if self.dataset == 'rap' and self.data_root else {}
+        "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, real or synthetic)."
+        kw = {'partition': self.partition} if self.dataset == 'rap' else {}   # the synthetic RAP set has five partitions too
         return load_dataset(self.dataset, root=self.data_root, profile=self.profile, **kw)
 
 # %% ../nbs/41_campar.ipynb #c048

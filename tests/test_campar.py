@@ -402,3 +402,50 @@ def test_head_rows_read_the_formula_the_variant_was_not_trained_with(trained, ot
     np.testing.assert_allclose(p[f'{other}_formula'][:4], want.numpy(), atol=1e-5)
     rows = head_rows(net, loader, 'rap')
     assert f'corr_with_{trained}' in rows[f'{other}_formula'] and f'{trained}_formula' not in rows
+
+
+def test_val_fraction_with_a_val_split_not_trained_on_is_refused_not_ignored():
+    "The dataset's own 'val' split is held out as it is: a val_fraction there would be recorded but never carved."
+    from types import SimpleNamespace
+    from har_kit.campar_train import split_train_eval
+    pa = SimpleNamespace(splits=['train', 'val', 'test'], split=lambda *n: [f'{s}{i}' for s in n for i in range(10)])
+    with pytest.raises(KitError, match="val_fraction=0.2: the dataset's own 'val' split is held out as it is.*include 'val' in train_splits"):
+        split_train_eval(pa, ['train'], 'held-out', val_fraction=0.2)
+    tr, ev, name = split_train_eval(pa, ['train', 'val'], 'held-out', val_fraction=0.1)   # the paper profile's PA100K held-out runs
+    assert (len(tr), len(ev), name) == (18, 2, 'carved 0.1 of train+val')
+    assert split_train_eval(pa, ['train'], '[15]', val_fraction=0.0)[2] == 'test'
+
+
+def test_a_val_fraction_that_leaves_nothing_to_train_asks_for_a_smaller_one():
+    from har_kit.campar_train import carve_validation
+    with pytest.raises(KitError, match='leaves 10 for validation and 0 to train on: choose a smaller fraction'):
+        carve_validation(list(range(10)), 0.999)
+    with pytest.raises(KitError, match='leaves 0 for validation: choose a larger fraction'): carve_validation(list(range(10)), 0.01)
+
+
+def test_logit_bn_with_a_batch_of_one_is_refused_before_a_kernel(tmp_path):
+    "BatchNorm1d on the logits cannot train on one image per batch (the last incomplete batch is dropped: only batch_size 1 certainly fails)."
+    from har_kit.campar_train import CamParConfig
+    from har_kit.run_params import check_parameters
+    with pytest.raises(KitError, match='logit_bn=True with batch_size=1: .*use batch_size >= 2, or logit_bn=False'):
+        check_parameters('campar', {'batch_size': 1, 'logit_bn': True})
+    with pytest.raises(KitError, match='logit_bn=True with batch_size=1'): CamParConfig(batch_size=1, logit_bn=True)
+    assert CamParConfig(batch_size=2, logit_bn=True).batch_size == 2 and CamParConfig(batch_size=1).batch_size == 1
+
+
+def test_bench_runs_with_the_default_small_arch(tmp_path):
+    "bench=True times each variant against the plain backbone of the run's own arch (resnet-tiny here), logit_bn too."
+    from har_kit.runs import run_notebook
+    from har_kit.core import load_json
+    run_notebook('campar', dict(variants=['campar'], epochs=1, bench=True, logit_bn=True, cache_mb=0), tmp_path/'run', progress=False)
+    cx = load_json(tmp_path/'run'/'metrics.json', dict)['_meta']['complexity']['campar']
+    assert cx['params_ratio'] > 1, cx
+    assert load_json(tmp_path/'run'/'metrics.json', dict)['_meta']['sample_weighting'] is True   # what CFAR's phase-1 check compares
+
+
+def test_the_synthetic_rap_set_is_read_at_the_partition_asked():
+    "The synthetic RAP set has five partitions: `partition` reaches its reader as on a real root (it was recorded, and ignored)."
+    from har_kit.campar_train import CamParConfig
+    a, b = CamParConfig(partition=0).load_data(), CamParConfig(partition=3).load_data()
+    assert (a.meta['partition'], b.meta['partition']) == (0, 3)
+    assert [s.image for s in a.split('test')] != [s.image for s in b.split('test')]
