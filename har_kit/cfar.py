@@ -21,14 +21,15 @@ from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_laten
 from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig
 from .campar import campar_model_file
-from .campar_train import metric_row
+from .campar_train import CamParConfig, metric_row
+from .data import load_dataset
 from . import losses
 
 # %% auto #0
 __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
            'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'CFAR', 'fit_dictionary', 'fit_cfar',
            'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'CFARRecipe',
-           'check_phase1_run', 'plot_dictionary']
+           'phase1_labels', 'check_phase1_run', 'phase1_selection', 'plot_dictionary']
 
 # %% ../nbs/51_cfar.ipynb #c006
 @dataclasses.dataclass
@@ -369,6 +370,16 @@ class CFARRunConfig(RunConfig):
         self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)
 
+    def load_data(self):
+        "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, real or synthetic: both have five)."
+        return load_dataset(self.dataset, root=self.data_root, profile=self.profile, **({'partition': self.partition} if self.dataset == 'rap' else {}))
+
+    def phase1_expected(self):
+        "What `check_phase1_run` compares a `campar_run`'s `_meta` with: the data this run scores, and how its phase 1 must have trained."
+        return dict(dataset=self.dataset, scale=self.scale, **({'data_root': self.data_root} if self.data_root else {'profile': self.profile}),
+                    **({'partition': self.partition} if self.dataset == 'rap' else {}), ignore_unspecified=self.ignore_unspecified,
+                    sample_weighting=self.sample_weighting)
+
     def cfar_config(self, use_r_hat: bool = True):  # False: the control (zeros instead of r_hat)
         "The fit's hyperparameters (`CFARConfig`) of this run."
         return CFARConfig(factors=self.factors, regularization=self.regularization, alpha=self.alpha, p_t=self.p_t,
@@ -384,8 +395,10 @@ class CFARRecipe(Recipe):
                  data,                         # har_kit.data.AttributeData (attribute names, test split's levels)
                  phase1: nn.Module,            # the frozen phase-1 CAM-PAR network (saved in each model file)
                  outputs: dict,                # `phase1_outputs` of 'train' (fitted on) and 'test' (scored)
-                 input_size):                  # phase 1's network input (height, width)
+                 input_size,                   # phase 1's network input (height, width)
+                 phase1_kept=None):            # how phase 1's epoch was kept (`phase1_selection`), written into each row; None: not known
         self.config, self.data, self.phase1, self.outputs, self.input_size = config, data, phase1, outputs, list(input_size)
+        self.phase1_kept = phase1_kept or {}
         self.levels = [s.meta.get('distractors') for s in data.split('test')]   # distraction levels (synthetic sets)
         self.fitted, self._parts = {}, {}   # variant -> the fitted `CFAR`; variant -> (config, factors, dictionary, r_hat, head)
 
@@ -423,7 +436,12 @@ def score(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its
                       seconds=facts['seconds'], final_loss=facts['final_loss'], model_file=facts['model_file'],
                       extra=dict(als_seconds=info['als_seconds'], eq18_objective=info['objective'], als_sweeps=info['als_sweeps'],
                                  als_converged=info['als_converged'], als_tol=c.als_tol,
-                                 never_positive=[names[j] for j in info['never_positive']]))
+                                 never_positive=[names[j] for j in info['never_positive']], **phase1_labels(self.phase1_kept)))
+
+def phase1_labels(kept):  # `phase1_selection`'s record (or {})
+    "The selection keys of a CFAR run's rows, as CAM-PAR labels its own: phase 1's `selection` mode, `selected_on`, and `phase1_epoch`."
+    return {k: v for k, v in dict(selection=kept.get('selection_mode'), selected_on=kept.get('selected_on'),
+                                  phase1_epoch=kept.get('epoch')).items() if v is not None}
 
 # %% ../nbs/51_cfar.ipynb #c057
 def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
@@ -433,9 +451,16 @@ def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
     if not isinstance(u, str): return None
     return True if u.startswith('ignored') else False if u.startswith('negative') else None
 
+_TRAINED_WITH = ('ignore_unspecified', 'sample_weighting')   # how phase 1 trained, compared after the data
+
+def _recorded_sample_weighting(meta):  # a CAM-PAR run's `_meta`
+    "The `sample_weighting` a CAM-PAR run trained with: `_meta.sample_weighting`, else the parameter's default (a run that does not record it trained with the default)."
+    w = meta.get('sample_weighting')
+    return w if isinstance(w, bool) else CamParConfig.__dataclass_fields__['sample_weighting'].default
+
 def check_phase1_run(campar_run,   # a `har-kit run campar` directory
-                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`), ignore_unspecified
-    "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given (it trained on other data, or with another `ignore_unspecified`), naming the parameters that fix it."
+                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`), ignore_unspecified, sample_weighting
+    "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given (it trained on other data, or with another `ignore_unspecified` or `sample_weighting`), naming the parameters that fix it."
     m = Path(campar_run)/'metrics.json'
     if not m.is_file():
         raise KitError(f'campar_run={campar_run}: no metrics.json there; pass the directory of a finished `har-kit run campar`')
@@ -443,7 +468,7 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
     if not isinstance(meta, dict):
         raise KitError(f'{m}: records no `_meta` (what the run trained on) to check against; rerun that CAM-PAR run with this kit')
     same = lambda k, a, b: (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve()) if k == 'data_root' else a == b
-    keys = [k for k, v in expected.items() if k != 'ignore_unspecified' and not same(k, meta.get(k), v)]
+    keys = [k for k, v in expected.items() if k not in _TRAINED_WITH and not same(k, meta.get(k), v)]
     p = lambda k, v: f'-p {k} {"null" if v is None else shlex.quote(str(v))}'
     if keys:
         bad, fix, root = [], [], meta.get('data_root')
@@ -469,8 +494,36 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
             raise KitError(f'campar_run={campar_run} was trained with ignore_unspecified={there} (its metrics.json\'s _meta), this run has ignore_unspecified={here}: its phase-1 row would score that model '
                            'otherwise than that run\'s own row, and Loss_2 would read unspecified labels otherwise than phase 1\'s L; '
                            f'pass {p("ignore_unspecified", str(there).lower())}, or a CAM-PAR run trained with ignore_unspecified={here}')
+    if 'sample_weighting' in expected:
+        there, here = _recorded_sample_weighting(meta), bool(expected['sample_weighting'])
+        if there != here:
+            raise KitError(f'campar_run={campar_run} was trained with sample_weighting={there} (its metrics.json\'s _meta'
+                           f'{"" if "sample_weighting" in meta else ", where a run that does not record it trained with the default"}), '
+                           f'this run has sample_weighting={here}: Loss_2 is phase 1\'s L and would weight otherwise than the L that '
+                           f'trained l_specific; pass {p("sample_weighting", str(there).lower())}, or a CAM-PAR run trained with '
+                           f'sample_weighting={here}')
 
-# %% ../nbs/51_cfar.ipynb #c063
+# %% ../nbs/51_cfar.ipynb #c058
+def _selection_record(meta, entry):  # a CAM-PAR run's `_meta`; its variant's entry
+    x = entry.get('extra') or {}
+    label = meta.get('selection')
+    mode = x.get('selection') or meta.get('selection_mode') or ('[15]' if str(label or '').startswith('[15]') else 'held-out')
+    return dict(selection=label or mode, selection_mode=mode, selected_on=x.get('selected_on') or meta.get('selected_on'),
+                epoch=entry.get('epoch'), selected_value=x.get('selected_value'))
+
+def phase1_selection(campar_run,  # a `har-kit run campar` directory
+                     variant):    # the variant CFAR freezes (`phase1_variant`)
+    "How that run kept `variant`: {'selection' (its label), 'selection_mode', 'selected_on', 'epoch', 'selected_value'}; refused when it saved no such variant."
+    run = Path(campar_run)
+    if not (run/str(variant)/'model.pt').is_file():
+        found = sorted(f.parent.name for f in run.glob('*/model.pt'))
+        raise KitError(f'campar_run={campar_run} has no {variant}/model.pt (variants with a model there: {found or "none"}): '
+                       + ('choose one with -p phase1_variant NAME, with -p variants NAME,NAME_cfar,NAME_fc2' if found else
+                          "pass a finished `har-kit run campar` directory that trained it (e.g. -p variants " + str(variant) + ' there)'))
+    m = load_json(run/'metrics.json', dict) if (run/'metrics.json').is_file() else {}
+    return _selection_record(m.get('_meta') or {}, m.get(str(variant)) or {})
+
+# %% ../nbs/51_cfar.ipynb #c064
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

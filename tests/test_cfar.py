@@ -256,3 +256,53 @@ def test_phase1_run_of_another_ignore_unspecified_is_refused(tmp_path, there, re
     save_json({'_meta': meta}, run/'metrics.json')   # nothing recorded: nothing to trust
     with pytest.raises(KitError, match='records no `unspecified`'): check_phase1_run(run, dataset='rap', ignore_unspecified=False)
     check_phase1_run(run, dataset='rap', scale=0.25)   # not asked: not compared
+
+
+def test_phase1_run_of_another_sample_weighting_is_refused_and_an_unrecorded_one_is_the_default(tmp_path):
+    "Loss_2 is phase 1's L: a CAM-PAR run trained with the other sample_weighting is refused; one that records none trained with the default (True)."
+    from har_kit.cfar import check_phase1_run
+    from har_kit.core import save_json
+    run, meta = tmp_path/'campar', dict(dataset='rap', profile='tiny', data_root=None, partition=0, scale=0.25)
+    save_json({'_meta': meta}, run/'metrics.json')
+    check_phase1_run(run, dataset='rap', profile='tiny', sample_weighting=True)
+    with pytest.raises(KitError, match='trained with sample_weighting=True .*default.*this run has sample_weighting=False.*-p sample_weighting true'):
+        check_phase1_run(run, dataset='rap', profile='tiny', sample_weighting=False)
+    save_json({'_meta': {**meta, 'sample_weighting': False}}, run/'metrics.json')
+    check_phase1_run(run, dataset='rap', profile='tiny', sample_weighting=False)
+    with pytest.raises(KitError, match='trained with sample_weighting=False .*-p sample_weighting false'):
+        check_phase1_run(run, dataset='rap', profile='tiny', sample_weighting=True)
+
+
+def test_phase1_selection_is_read_from_the_run_and_labels_every_row(tmp_path):
+    "A phase 1 kept on test ([15]) makes every CFAR row a test-selected number: the record and the rows' labels say so."
+    from har_kit.cfar import phase1_labels, phase1_selection
+    from har_kit.core import save_json
+    run = tmp_path/'campar'
+    (run/'campar').mkdir(parents=True); (run/'campar'/'model.pt').touch(); (run/'baseline').mkdir(); (run/'baseline'/'model.pt').touch()
+    label = "[15]: best test-split mA per epoch (selected on test, as [15]'s code)"
+    save_json({'_meta': dict(selection=label, selection_mode='[15]', selected_on='test'),
+               'campar': {'epoch': 3, 'extra': dict(selection='[15]', selected_on='test', selected_value=0.52)}}, run/'metrics.json')
+    kept = phase1_selection(run, 'campar')
+    assert kept == dict(selection=label, selection_mode='[15]', selected_on='test', epoch=3, selected_value=0.52)
+    assert phase1_labels(kept) == dict(selection='[15]', selected_on='test', phase1_epoch=3)
+    save_json({'_meta': dict(selection=label), 'campar': {'epoch': 3}}, run/'metrics.json')   # only the label: still [15]
+    assert phase1_selection(run, 'campar')['selection_mode'] == '[15]'
+
+
+def test_a_missing_phase1_variant_names_this_notebooks_parameter(tmp_path):
+    from har_kit.cfar import phase1_selection
+    run = tmp_path/'campar'
+    for v in ('baseline', 'campar'): (run/v).mkdir(parents=True); (run/v/'model.pt').touch()
+    with pytest.raises(KitError, match=r"has no campar_fusion/model.pt \(variants with a model there: \['baseline', 'campar'\]\): "
+                                       'choose one with -p phase1_variant NAME') as e:
+        phase1_selection(run, 'campar_fusion')
+    assert '--variant' not in str(e.value)
+
+
+def test_a_synthetic_rap_run_reads_and_checks_its_partition():
+    "CFAR on the synthetic RAP set reads the partition asked and compares it with the phase-1 run's, as on a real root."
+    from har_kit.cfar import CFARRunConfig
+    c = CFARRunConfig(partition=2)
+    assert c.phase1_expected() == dict(dataset='rap', scale=0.25, profile='tiny', partition=2, ignore_unspecified=False, sample_weighting=True)
+    assert c.load_data().meta['partition'] == 2
+    assert 'partition' not in CFARRunConfig(dataset='pa100k', variants=['campar_fusion']).phase1_expected()
