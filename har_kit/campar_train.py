@@ -20,6 +20,7 @@ from .losses import pos_ratio
 from .model_file import Recipe, RunConfig
 from .model_file import selection_study as _selection_study   # the run parameter `selection_study` is a switch
 from .data import check_train_splits, load_dataset, samples_digest
+from .synth import check_profile
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
 from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
@@ -28,7 +29,7 @@ from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute
 
 # %% auto #0
 __all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval', 'carve_validation',
-           'dataset_scorer', 'metric_row', 'campar_loaders', 'head_logits', 'cam_mass', 'head_rows', 'evaluate_variant',
+           'metric_row', 'campar_loaders', 'head_logits', 'cam_mass', 'head_rows', 'evaluate_variant',
            'held_out_thresholds', 'CamParConfig', 'CamParRecipe']
 
 # %% ../nbs/41_campar.ipynb #c006
@@ -110,14 +111,6 @@ def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels;
     return np.where(y == UNSPECIFIED, 0, y) if _reads_negative(dataset, ignore_unspecified) else y
 
 # %% ../nbs/41_campar.ipynb #c023
-def dataset_scorer(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
-                   ignore_unspecified: bool = False):  # the loss's switch (see above)
-    "(scores, labels) -> the dataset's own metric dict, unspecified labels read as the loss reads them."
-    fn = dataset_metric(dataset)
-    if not _reads_negative(dataset, ignore_unspecified): return fn
-    return lambda scores, labels: fn(scores, labels, unspecified='negative')   # the metric applies it, and its dict says so
-
-# %% ../nbs/41_campar.ipynb #c024
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                scores,                             # (N, M) probabilities of the scored split
                labels,                             # (N, M) its labels in {1, 0, UNSPECIFIED}
@@ -130,7 +123,7 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
     by = metrics_by_distraction(dataset, scores, y, levels, attributes=attributes) if levels is not None and any(l is not None for l in levels) else None
     return metrics_entry(dataset, {'full': dataset_metric(dataset)(scores, y)}, attributes, by_distractors=by, **extras)
 
-# %% ../nbs/41_campar.ipynb #c028
+# %% ../nbs/41_campar.ipynb #c027
 def campar_loaders(train,                 # training samples (the first value of `split_train_eval`)
                    eval_samples,          # samples scored after every epoch, or None
                    test,                  # the test split's samples
@@ -152,7 +145,7 @@ def campar_loaders(train,                 # training samples (the first value of
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c029
+# %% ../nbs/41_campar.ipynb #c028
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
     kw = dict(device=get_device(device), workers=workers)
     ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
@@ -162,7 +155,7 @@ def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed,
     if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, 'campar-test', with_mask=True)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c035
+# %% ../nbs/41_campar.ipynb #c034
 def _other_formula(model): return next(k for k in SPECIFIC_LOGITS if k != model.specific_logit)   # the formula it was not trained with
 
 @torch.no_grad()
@@ -183,19 +176,19 @@ def head_logits(model: CamParNet,  # a CAM variant
     res['mean'] = (res['shared'] + res['specific']) / 2
     return res
 
-# %% ../nbs/41_campar.ipynb #c036
+# %% ../nbs/41_campar.ipynb #c035
 def cam_mass(out: dict):  # a CAM variant's output (with 'cam', (N, M, h, w))
     "The map `target_mass` scores for a CAM variant: the M CAMs of an image summed, {'attention': (N, 1, h, w)}."
     return {'attention': out['cam'].sum(1, keepdim=True)}
 
-# %% ../nbs/41_campar.ipynb #c038
+# %% ../nbs/41_campar.ipynb #c037
 def head_rows(model: CamParNet,                   # a CAM variant
               loader,                             # the test loader
               dataset: str,                       # dataset kind: its metric and headline keys
               ignore_unspecified: bool = False,   # the loss's reading of unspecified labels
               device='cpu'):                      # where the model runs
     "Headline metrics of every head and of the formula it was not trained with, which also gets its correlation with the trained head."
-    p, score, keys = head_logits(model, loader, device), dataset_scorer(dataset, ignore_unspecified), dataset_kind(dataset).headline
+    p, score, keys = head_logits(model, loader, device), dataset_metric(dataset, ignore_unspecified), dataset_kind(dataset).headline
     other, rows = f'{_other_formula(model)}_formula', {}
     for k in ('shared', 'specific', 'mean', other):
         m = score(expit(p[k]), p['labels'])
@@ -203,7 +196,7 @@ def head_rows(model: CamParNet,                   # a CAM variant
     rows[other][f'corr_with_{model.specific_logit}'] = float(np.corrcoef(p[other].ravel(), p['specific'].ravel())[0, 1])
     return rows
 
-# %% ../nbs/41_campar.ipynb #c040
+# %% ../nbs/41_campar.ipynb #c039
 def evaluate_variant(model: CamParNet,                  # a trained variant (from `train_variant`)
                      dataset: str,                      # dataset kind: its metric and headline keys
                      loaders: dict,                     # 'test' and, on sets with masks, 'test_masks' (`campar_loaders`)
@@ -229,7 +222,7 @@ def evaluate_variant(model: CamParNet,                  # a trained variant (fro
     return metric_row(dataset, t['scores'], t['labels'], attributes, levels, ignore_unspecified, target_mass_by_distractors=mass,
                       params_M=sum(p.numel() for p in model.parameters()) / 1e6, extra=extra, **facts), th
 
-# %% ../nbs/41_campar.ipynb #c043
+# %% ../nbs/41_campar.ipynb #c042
 def held_out_thresholds(model: nn.Module,                  # a trained variant
                         loader,                            # the held-out ('val') loader; never the test split
                         dataset: str,                      # dataset kind
@@ -240,7 +233,7 @@ def held_out_thresholds(model: nn.Module,                  # a trained variant
     y = _metric_labels(dataset, v['labels'], ignore_unspecified)
     return choose_thresholds(v['scores'], y, 'balanced_accuracy')['thresholds']
 
-# %% ../nbs/41_campar.ipynb #c046
+# %% ../nbs/41_campar.ipynb #c045
 @dataclasses.dataclass
 class CamParConfig(RunConfig):
     "One CAM-PAR run's parameters as one value: `41_campar`'s `parameters` cell (same names, same defaults), checked."
@@ -296,6 +289,7 @@ class CamParConfig(RunConfig):
         if self.logit_bn and self.batch_size < 2:   # the last incomplete batch is dropped, so only batch_size 1 certainly fails
             raise KitError(f'logit_bn=True with batch_size={self.batch_size}: BatchNorm1d on the logits normalises over the batch and '
                            'needs more than one image per batch in training; use batch_size >= 2, or logit_bn=False')
+        if self.data_root is None: check_profile(self.profile)
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
 
@@ -310,7 +304,7 @@ class CamParConfig(RunConfig):
         kw = {'partition': self.partition} if self.dataset == 'rap' else {}   # the synthetic RAP set has five partitions too
         return load_dataset(self.dataset, root=self.data_root, profile=self.profile, **kw)
 
-# %% ../nbs/41_campar.ipynb #c048
+# %% ../nbs/41_campar.ipynb #c047
 class CamParRecipe(Recipe):
     "CAM-PAR's recipe for `har_kit.model_file.train_variant`: Table 2's variants trained as [15], the epoch selected, scored."
     select = 'best'
@@ -329,7 +323,7 @@ class CamParRecipe(Recipe):
             raise KitError("plateau_on='eval_loss' needs an evaluation split: use selection='[15]', a val_fraction > 0, "
                            "a dataset with a val split not trained on, or plateau_on='train_loss'")
         self.test = test if test is not None else self.data.split('test')
-        self.key, self.evaluate = dataset_kind(c.dataset).metric, dataset_scorer(c.dataset, c.ignore_unspecified)
+        self.key, self.evaluate = dataset_kind(c.dataset).metric, dataset_metric(c.dataset, c.ignore_unspecified)
         self.pos_ratio = pos_ratio(np.stack([s.labels for s in self.train_set]), c.ignore_unspecified)   # [15]'s r_j
         self.levels = [s.meta.get('distractors') for s in self.test]   # distraction levels (synthetic sets; None on real data)
         self.thetas, self._loaders = {}, None
@@ -356,7 +350,7 @@ class CamParRecipe(Recipe):
                                            c.cache_mb, pipeline=c.pipeline, device=c.device)
         return self._loaders
 
-# %% ../nbs/41_campar.ipynb #c049
+# %% ../nbs/41_campar.ipynb #c048
 @patch
 def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
     "What the checkpoints are checked against on resume."

@@ -23,6 +23,7 @@ from .model_file import Recipe, RunConfig
 from .campar import campar_model_file
 from .campar_train import CamParConfig, metric_row
 from .data import load_dataset
+from .synth import check_profile
 from . import losses
 
 # %% auto #0
@@ -367,6 +368,7 @@ class CFARRunConfig(RunConfig):
         check_p_t(self.p_t); check_als_tol(self.als_tol)   # what the ALS fit would refuse after phase 1 (`50_cfar_factors`), now
         super().__post_init__()   # the parameters' ranges (`RunConfig`: phase2_epochs at least 1, phase2_lr above 0, ...)
         check_arch(self.arch, self.weights)
+        if self.data_root is None: check_profile(self.profile)
         self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)
 

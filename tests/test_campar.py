@@ -261,13 +261,14 @@ def test_split_train_eval_modes():
 
 
 def test_uncertain_labels_are_negative_in_metric_as_in_loss():
-    from har_kit.campar_train import metric_row, dataset_scorer
+    from har_kit.campar_train import metric_row
+    from har_kit.metrics import dataset_metric
     s = np.array([[.9, .2], [.4, .7], [.6, .9]])
     y = np.array([[1, 0], [0, UNSPECIFIED], [1, 1]])
     row = metric_row('rap', s, y, ['a', 'b'])
     as_negative = pedestrian_metrics(s, np.where(y == UNSPECIFIED, 0, y))
     assert row['full']['mA'] == pytest.approx(as_negative['mA']) and row['full']['per_attribute']['b'] == pytest.approx(0.75)
-    assert dataset_scorer('rap', ignore_unspecified=True)(s, y)['mA'] == pytest.approx(pedestrian_metrics(s, y)['mA'])
+    assert dataset_metric('rap', ignore_unspecified=True)(s, y)['mA'] == pytest.approx(pedestrian_metrics(s, y)['mA'])
 
 
 def test_weights_by_name_reach_torchvision_as_the_v1_enum(monkeypatch):

@@ -654,3 +654,9 @@ def test_a_mask_rcnn_weights_name_torchvision_lacks_is_refused_before_the_kernel
     with pytest.raises(KitError, match="maskrcnn_weights: Mask R-CNN weights='bogus': maskrcnn_resnet50_fpn has 'COCO_V1', 'DEFAULT'"):
         check_parameters('masks', {'maskrcnn_weights': 'bogus'})
     assert check_parameters('masks', {'maskrcnn_weights': 'DEFAULT'}) == {'maskrcnn_weights': 'DEFAULT'}
+
+
+@pytest.mark.parametrize('section', ['campar', 'cfar'])
+def test_a_synthetic_profile_that_does_not_exist_is_refused_before_the_kernel(section):
+    with pytest.raises(KitError, match=re.escape("profile='huge': the synthetic sets come in tiny, quick, large")):
+        check_parameters(section, {'profile': 'huge'})
