@@ -660,3 +660,11 @@ def test_a_mask_rcnn_weights_name_torchvision_lacks_is_refused_before_the_kernel
 def test_a_synthetic_profile_that_does_not_exist_is_refused_before_the_kernel(section):
     with pytest.raises(KitError, match=re.escape("profile='huge': the synthetic sets come in tiny, quick, large")):
         check_parameters(section, {'profile': 'huge'})
+
+
+def test_a_campar_run_of_other_data_is_refused_before_the_cfar_kernel(tmp_path):
+    "check_phase1_run ran in the CFAR kernel only; the run config now calls it (and the model-file check) when it is built."
+    run = tmp_path/'campar'; run.mkdir()
+    (run/'metrics.json').write_text(json.dumps({'_meta': {'dataset': 'pa100k', 'data_root': None, 'profile': 'tiny'}}))
+    with pytest.raises(KitError, match="51_cfar: campar_run=.* trained on other data than this run scores .*dataset 'pa100k' there, 'rap' here"):
+        check_parameters('cfar', {'campar_run': str(run), 'dataset': 'rap'})
