@@ -371,9 +371,9 @@ class CFARRunConfig(RunConfig):
         if self.data_root is None: check_profile(self.profile)
         self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)
-        if self.campar_run is not None:   # the phase-1 run's data, protocol and model file: refused before a kernel starts
-            check_phase1_run(self.campar_run, **self.phase1_expected())
-            phase1_selection(self.campar_run, self.phase1_variant)
+        if self.campar_run is not None and (Path(self.campar_run)/'metrics.json').is_file():   # a finished phase-1 run's data,
+            check_phase1_run(self.campar_run, **self.phase1_expected())   # protocol and model file: refused before a kernel
+            phase1_selection(self.campar_run, self.phase1_variant)        # starts (an unfinished one: `har-kit run` says why)
 
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, real or synthetic: both have five)."

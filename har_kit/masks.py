@@ -16,7 +16,7 @@ import dataclasses
 from .backbones import check_arch
 from .core import KitError, data_root, file_stamp, is_weights_file, save_json
 from .data import fill_masks, load_dataset
-from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots
+from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots, synthetic_set
 from .mask_sources import (MASK_SOURCES, MaskSource, check_maskrcnn_weights, check_source, mask_source, read_mask, sample_key,
                                   short_hash, target_of, write_mask)
 from .model_file import RunConfig
@@ -56,6 +56,9 @@ class MasksConfig(RunConfig):
         if self.mask_directory is not None and self.source != 'directory':
             raise KitError(f"mask_directory is read by source 'directory' only, but source={self.source!r}: pass -p source directory, "
                            'or drop mask_directory')
+        if self.source == 'renderer' and self.data_root is not None and synthetic_set(self.data_root) is None:
+            raise KitError(f"source='renderer' reads the synthetic generator's ground truth, but data_root={str(self.data_root)!r} is a "
+                           'real dataset: pass -p source maskrcnn (person masks from Mask R-CNN), directory (your PNG masks) or box')
         if self.source == 'directory' and self.data_root is not None and self.mask_directory is None:
             raise KitError("source='directory' with a data_root needs mask_directory=<the folder of your PNG masks>")
         try: check_maskrcnn_weights(self.maskrcnn_weights)

@@ -668,3 +668,9 @@ def test_a_campar_run_of_other_data_is_refused_before_the_cfar_kernel(tmp_path):
     (run/'metrics.json').write_text(json.dumps({'_meta': {'dataset': 'pa100k', 'data_root': None, 'profile': 'tiny'}}))
     with pytest.raises(KitError, match="51_cfar: campar_run=.* trained on other data than this run scores .*dataset 'pa100k' there, 'rap' here"):
         check_parameters('cfar', {'campar_run': str(run), 'dataset': 'rap'})
+
+
+def test_the_renderer_source_on_a_real_dataset_is_refused_before_the_kernel(tmp_path):
+    "source 'renderer' (the default) with a real data_root failed in the masks kernel: no sample has a ground-truth mask."
+    with pytest.raises(KitError, match="source='renderer' reads the synthetic generator's ground truth, but data_root="):
+        check_parameters('masks', {'dataset': 'rap', 'data_root': str(tmp_path)})
