@@ -52,6 +52,7 @@ class DatasetKind:
     attributes: list | None # attribute names of the real dataset (None: read from the file)
     how: str                # where the dataset comes from and how it is laid out
     synthetic: bool = False # the kit generates a stand-in of it (`har_kit.synth`): a run without a data root reads that
+    splits: tuple = ()      # the splits its reader gives, real set and stand-in alike (empty: the file names them, as csv's)
 
 # %% ../nbs/02_formats.ipynb #c007
 _PED = ('mA', 'acc', 'prec', 'rec', 'f1', 'f1_mean_instance')   # f1: Eq. 25; f1_mean_instance: [15]'s 2020 code's F1
@@ -59,14 +60,14 @@ DATASET_KINDS = {
     'wider': DatasetKind('wider', 'read_wider', 1, 'mAP', ('mAP',), WIDER_ATTRIBUTES,
         "WIDER-Attribute (Li et al., ECCV 2016) is obtained from the authors' page (mmlab.ie.cuhk.edu.hk/projects/"
         'WIDERAttribute); its archives unpack to ROOT/wider_attribute_annotation/wider_attribute_{trainval,test}.json '
-        'and ROOT/Image/<file_name>.', synthetic=True),
+        'and ROOT/Image/<file_name>.', synthetic=True, splits=('train', 'val', 'test')),
     'rap': DatasetKind('rap', 'read_rap', 2, 'mA', _PED, RAP_ATTRIBUTES_51,
         'RAP v1 (Li et al. 2016) is obtained from its authors on request (rap.idealtest.org); its archive unpacks to '
-        'ROOT/RAP_annotation/RAP_annotation.mat and ROOT/RAP_dataset/<image name>.', synthetic=True),
+        'ROOT/RAP_annotation/RAP_annotation.mat and ROOT/RAP_dataset/<image name>.', synthetic=True, splits=('train', 'test')),
     'pa100k': DatasetKind('pa100k', 'read_pa100k', 2, 'mA', _PED, PA100K_ATTRIBUTES,
         'PA-100K (Liu et al., ICCV 2017) is obtained from the HydraPlus-Net authors (github.com/xh-liu/HydraPlus-Net); '
         'it circulates as ROOT/annotation.mat or ROOT/annotation/annotation.mat with the images in ROOT/data/ or '
-        'ROOT/data/release_data/release_data/.', synthetic=True),
+        'ROOT/data/release_data/release_data/.', synthetic=True, splits=('train', 'val', 'test')),
     'csv': DatasetKind('csv', 'read_csv_dataset', 2, 'mA', _PED, None,
         "The kit's generic format: ROOT/labels.csv (columns image, split, then one column per attribute holding "
         '1, 0 or -1) and ROOT/images/<image>; `har_kit.check.to_csv_dataset` converts any dataset into it.'),

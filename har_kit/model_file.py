@@ -527,6 +527,18 @@ class RunConfig:
         if getattr(self, 'dataset', None) in DATASET_KINDS and hasattr(self, 'data_root'):
             try: check_data_root(self.dataset, self.data_root)
             except KitError as e: raise KitError(f"{type(self).__name__} 'data_root': {e}") from None
+        self._check_split_names()
+
+    def _check_split_names(self):
+        "Refuse a `train_splits` / `eval_split` name the dataset kind does not have ('trainval' is CAM-PAR's alias, resolved there)."
+        kind = DATASET_KINDS.get(getattr(self, 'dataset', None))
+        if kind is None or not kind.splits: return   # a kind whose file names its splits (csv): its reader says
+        for name in ('train_splits', 'eval_split'):
+            v = getattr(self, name, None)
+            bad = [s for s in ([v] if isinstance(v, str) else list(v or [])) if s != 'trainval' and s not in kind.splits]
+            if bad:
+                raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(kind.splits)}, not {bad[0]!r}"
+                               + (' (RAP v1 has no val split)' if kind.name == 'rap' else ''))
 
     def _bad(self, name): return lambda what: KitError(f'{type(self).__name__} {name!r}: {what}')
 

@@ -674,3 +674,13 @@ def test_the_renderer_source_on_a_real_dataset_is_refused_before_the_kernel(tmp_
     "source 'renderer' (the default) with a real data_root failed in the masks kernel: no sample has a ground-truth mask."
     with pytest.raises(KitError, match="source='renderer' reads the synthetic generator's ground truth, but data_root="):
         check_parameters('masks', {'dataset': 'rap', 'data_root': str(tmp_path)})
+
+
+@pytest.mark.parametrize('section,params', [('dahar', {'dataset': 'rap', 'eval_split': 'val'}),
+                                            ('campar', {'dataset': 'rap', 'train_splits': ['val']}),
+                                            ('dahar', {'dataset': 'wider', 'train_splits': ['train', 'valid']})])
+def test_a_split_the_dataset_kind_does_not_have_is_refused_before_the_kernel(section, params):
+    "RAP has no val split: eval_split val or train_splits [val] failed in the kernel ('no split'); a misspelt split too."
+    with pytest.raises(KitError, match=r"'(eval_split|train_splits)': (rap|wider) has the splits train, (val, )?test, not '(val|valid)'"):
+        check_parameters(section, params)
+    assert check_parameters('campar', {'dataset': 'rap', 'train_splits': ['trainval']})   # CAM-PAR's alias: resolved there
