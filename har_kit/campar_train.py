@@ -286,6 +286,9 @@ class CamParConfig(RunConfig):
         if self.selection_study and self.selection != 'held-out':
             raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "
                            '(and a val split or val_fraction > 0); [15] is scored from the same history')
+        if self.selection == '[15]' and self.val_fraction > 0:
+            raise KitError(f"val_fraction={self.val_fraction} with selection='[15]': [15] selects on the test split and holds nothing "
+                           "out, so no validation images would be carved; pass val_fraction 0, or selection 'held-out'")
         if self.logit_bn and self.batch_size < 2:   # the last incomplete batch is dropped, so only batch_size 1 certainly fails
             raise KitError(f'logit_bn=True with batch_size={self.batch_size}: BatchNorm1d on the logits normalises over the batch and '
                            'needs more than one image per batch in training; use batch_size >= 2, or logit_bn=False')

@@ -684,3 +684,9 @@ def test_a_split_the_dataset_kind_does_not_have_is_refused_before_the_kernel(sec
     with pytest.raises(KitError, match=r"'(eval_split|train_splits)': (rap|wider) has the splits train, (val, )?test, not '(val|valid)'"):
         check_parameters(section, params)
     assert check_parameters('campar', {'dataset': 'rap', 'train_splits': ['trainval']})   # CAM-PAR's alias: resolved there
+
+
+def test_val_fraction_with_selection_on_test_is_refused():
+    "[15] selects on test: a val_fraction was recorded and never used."
+    with pytest.raises(KitError, match=re.escape("val_fraction=0.1 with selection='[15]'")):
+        check_parameters('campar', {'selection': '[15]', 'val_fraction': 0.1})
