@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_backbones.ipynb #c002
 from __future__ import annotations
-import functools, hashlib
+import functools, hashlib, numbers
 from pathlib import Path
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from .core import KitError, is_weights_file
 
 # %% auto #0
 __all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'load_weights_file',
-           'check_arch', 'resnet_taps', 'count_params', 'bilinear_matrix', 'resize_bilinear']
+           'check_arch', 'resnet_taps', 'count_params', 'check_num_attributes', 'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/03_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -152,6 +152,12 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
+
+def check_num_attributes(n,                        # an attribute count: the heads' output width
+                         where='num_attributes'):  # how the message names it
+    "`n` as an int, or the KitError of a count that is not a positive whole number (True, 2.5, '5'); a numpy count (labels.shape[1]) passes."
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise KitError(f'{where} must be a positive int, got {n!r}')
+    return int(n)
 
 # %% ../nbs/03_backbones.ipynb #c035
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import KitError
-from .backbones import count_params, resnet_taps, resize_bilinear
+from .backbones import check_num_attributes, count_params, resnet_taps, resize_bilinear
 from .loading import IMAGENET_MEAN, IMAGENET_STD
 from . import losses
 
@@ -209,9 +209,7 @@ def campar_variant(name: str = 'campar_fusion',  # a key of `VARIANTS` (default:
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `variant_kwargs`)."
     if name not in VARIANTS:
         raise KitError(f'unknown CAM-PAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
-    if not isinstance(num_attributes, (int, np.integer)) or isinstance(num_attributes, bool) or num_attributes < 1:
-        raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
-    num_attributes = int(num_attributes)   # a numpy count (labels.shape[1]) too; JSON in the model file
+    num_attributes = check_num_attributes(num_attributes)   # a numpy count (labels.shape[1]) too; JSON in the model file
     v = VARIANTS[name]
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
     fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest,

@@ -12,7 +12,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .core import KitError
 from .backbones import resnet_taps, resize_bilinear
-from .backbones import count_params
+from .backbones import check_num_attributes, count_params
 from .losses import batch_labels, bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
 # %% auto #0
@@ -170,8 +170,7 @@ class DaHar(nn.Module):
         super().__init__()
         if not all(hasattr(backbone, a) for a in ('stem', 'stages', 'channels')):
             raise KitError('DaHar: backbone needs .stem, .stages and .channels; build it with har_kit.backbones.resnet_taps')
-        if not isinstance(num_attributes, (int, np.integer)) or num_attributes < 1:
-            raise KitError(f'DaHar: num_attributes must be a positive integer, got {num_attributes!r}')
+        num_attributes = check_num_attributes(num_attributes, 'DaHar: num_attributes')
         chans = list(backbone.channels)
         bad = [i for i in (*self_mask_after, *fusion_levels, side_level) if not 0 <= i < len(chans)]
         if bad: raise KitError(f'DaHar: stage indices {bad} outside 0..{len(chans) - 1} (self_mask_after / fusion_levels / side_level)')
@@ -233,9 +232,7 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
                   **kwargs):                   # further DaHar arguments (fusion_channels, self_mask_after, ...)
     "Build the named Table 3 variant on a fresh `resnet_taps(arch, weights)` backbone; every argument is JSON-able."
     if name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
-    if not isinstance(num_attributes, (int, np.integer)) or isinstance(num_attributes, bool) or num_attributes < 1:
-        raise KitError(f'num_attributes must be a positive int, got {num_attributes!r}')
-    num_attributes = int(num_attributes)   # a numpy count (labels.shape[1]) too
+    num_attributes = check_num_attributes(num_attributes)   # a numpy count (labels.shape[1]) too: JSON in the model file
     flags = dict(VARIANTS[name]); own = flags.pop('reading', None)
     if own and reading not in (None, own): raise KitError(f'variant {name!r} is the {own!r} reading; reading={reading!r} contradicts it')
     reading = reading or own or 'paper'
