@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .core import KitError, UNSPECIFIED, get_device
 from .backbones import check_arch
 from .engine import TrainConfig, predict as engine_predict
-from .formats import dataset_kind
+from .formats import dataset_kind, expand_splits
 from .losses import pos_ratio
 from .model_file import Recipe, RunConfig
 from .model_file import selection_study as _selection_study   # the run parameter `selection_study` is a switch
@@ -72,10 +72,9 @@ def split_train_eval(data,                    # an `AttributeData`
                      seed=0):                 # seed of the carve
     "(train samples, eval samples or None, eval split name) for a selection mode; 'trainval' = train + val."
     if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
-    train_splits, names = check_train_splits(train_splits), []
-    for n in train_splits:
-        names += ([n] if n in data.splits else [s for s in ('train', 'val') if s in data.splits]) if n == 'trainval' else [n]
-    train = data.split(*dict.fromkeys(names))
+    train_splits = check_train_splits(train_splits)
+    names = expand_splits(train_splits, data.splits)
+    train = data.split(*names)
     if selection == '[15]': return train, data.split('test'), 'test'
     if 'val' in data.splits and 'val' not in names:
         if val_fraction: raise KitError(f"val_fraction={val_fraction}: the dataset's own 'val' split is held out as it is "

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from .core import KitError, load_json, outputs_root
+from .formats import expand_splits
 from .results import Table, row_runs, run_dirs
 from .run_params import notebook_parameters
 
@@ -240,7 +241,7 @@ def fixed_choices(table: Table,   # the table
 def _norm(param, v):
     if param == 'data_root': return 'synthetic' if v in (None, '') else 'real'
     if param == 'train_splits' and isinstance(v, (list, tuple)):
-        return tuple(sorted({x for s in v for x in (('train', 'val') if s == 'trainval' else (s,))}))
+        return tuple(sorted(expand_splits(v, ('train', 'val'))))
     if isinstance(v, list): return tuple(v)
     if isinstance(v, float): return float(f'{v:.10g}')
     return v

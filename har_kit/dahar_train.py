@@ -95,9 +95,6 @@ class DaHarConfig(RunConfig):
         check_arch(self.arch, self.weights)
         if self.bench: check_arch(self.bench_arch, None)   # the benchmark runs after training: a bad name stops it now
         if self.data_root is None: check_profile(self.profile)
-        if 'trainval' in self.train_splits:
-            raise KitError("train_splits: Da-HAR names the splits it trains on: ['train', 'val'] (WIDER, PA-100K; train + val) "
-                           "or ['train'] (RAP, which has no val split); 'trainval' is CAM-PAR's spelling of [15]'s protocol")
         super().__post_init__()   # then the parameters' ranges (`RunConfig`), after the messages that say more
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)

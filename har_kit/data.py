@@ -12,7 +12,7 @@ import numpy as np
 
 from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
 from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, dataset_kind, mask_roots,
-                             csv_records, detect_layout, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
+                             csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
@@ -79,8 +79,9 @@ class AttributeData:
         return list(dict.fromkeys(s.split for s in self.samples))
 
     def split(self, *names):  # split names, or one list of them; none = every sample
-        "The samples of the given splits (all samples when no name is given): `split('train', 'val')` or `split(['train', 'val'])`."
+        "The samples of the given splits (all samples when no name is given): `split('train', 'val')` or `split(['train', 'val'])`; 'trainval' is train + val (`expand_splits`)."
         if len(names) == 1 and isinstance(names[0], (list, tuple)): names = tuple(names[0])
+        names = tuple(expand_splits(names, self.splits))
         bad = [n for n in names if n not in self.splits]
         if bad: raise KitError(f'{self.name}: no split {bad} (available: {self.splits})')
         return [s for s in self.samples if not names or s.split in names]
@@ -113,7 +114,7 @@ def check_train_splits(train_splits,         # a split name or a list of them (p
     if not names:
         raise KitError(f"{where}=[] would train on every split, {eval_split!r} included: name the split(s) to train on, "
                        "e.g. ['train'] or ['train', 'val']")
-    if eval_split in names:
+    if eval_split in expand_splits(names, ('train', 'val', eval_split)):   # 'trainval' holds val
         raise KitError(f"{where}={names!r} includes {eval_split!r}, the split this run scores: its numbers would be measured "
                        "on training images; train on ['train'] or ['train', 'val']")
     return names

@@ -17,13 +17,13 @@ from .matfile import mat_cell, save_mat
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES',
            'LAYOUTS', 'MASK_DIR', 'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS',
-           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'dataset_kind', 'check_data_root', 'Layout', 'detect_layout',
-           'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file', 'default_mask_root',
-           'mask_home', 'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta', 'target_meta',
-           'synth_target_meta', 'synthetic_set', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb',
-           'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
-           'write_rap_annotation', 'write_wider_annotation', 'csv_records', 'csv_annotation_text',
-           'write_csv_annotation', 'write_fixture']
+           'FIXTURE_ATTRIBUTES', 'DatasetKind', 'expand_splits', 'dataset_kind', 'check_data_root', 'Layout',
+           'detect_layout', 'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file',
+           'default_mask_root', 'mask_home', 'mask_roots', 'mask_path', 'read_synth_meta', 'write_synth_meta',
+           'target_meta', 'synth_target_meta', 'synthetic_set', 'clip_box', 'box_mask', 'is_image', 'image_problem',
+           'pil_rgb', 'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey',
+           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+           'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -72,6 +72,14 @@ DATASET_KINDS = {
         "The kit's generic format: ROOT/labels.csv (columns image, split, then one column per attribute holding "
         '1, 0 or -1) and ROOT/images/<image>; `har_kit.check.to_csv_dataset` converts any dataset into it.'),
 }
+
+def expand_splits(names,      # split names as a run gives them (`train_splits`), or one name
+                  available): # the splits the dataset has
+    "`names` with 'trainval' read as [15]'s TRAIN_SPLIT, train + val (those present: train alone on RAP), where the dataset has no split of that name."
+    out = []
+    for n in ([names] if isinstance(names, str) else list(names)):
+        out += [s for s in ('train', 'val') if s in available] if n == 'trainval' and 'trainval' not in available else [n]
+    return list(dict.fromkeys(out))
 
 def dataset_kind(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     "The `DatasetKind` of `kind`, or a `KitError` listing the kinds."

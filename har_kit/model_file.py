@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device, is_number, max_threads, seed_everything
-from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, is_image, synthetic_set
+from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, expand_splits, is_image, synthetic_set
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -530,12 +530,11 @@ class RunConfig:
         self._check_split_names()
 
     def _check_split_names(self):
-        "Refuse a `train_splits` / `eval_split` name the dataset kind does not have ('trainval' is CAM-PAR's alias, resolved there)."
+        "Refuse a `train_splits` / `eval_split` name the dataset kind does not have ('trainval': train + val, `expand_splits`)."
         kind = DATASET_KINDS.get(getattr(self, 'dataset', None))
         if kind is None or not kind.splits: return   # a kind whose file names its splits (csv): its reader says
         for name in ('train_splits', 'eval_split'):
-            v = getattr(self, name, None)
-            bad = [s for s in ([v] if isinstance(v, str) else list(v or [])) if s != 'trainval' and s not in kind.splits]
+            bad = [s for s in expand_splits(getattr(self, name, None) or [], kind.splits) if s not in kind.splits]
             if bad:
                 raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(kind.splits)}, not {bad[0]!r}"
                                + (' (RAP v1 has no val split)' if kind.name == 'rap' else ''))

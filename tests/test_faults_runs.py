@@ -642,11 +642,20 @@ def test_a_path_reads_the_same_from_a_parameters_file_as_from_p(tmp_path):
 @pytest.mark.parametrize('params,message', [
     ({'bench': True, 'bench_arch': 'resnet999'}, 'resnet999'),
     ({'profile': 'huge'}, "profile='huge': the synthetic sets come in tiny, quick"),
-    ({'train_splits': ['trainval']}, "Da-HAR names the splits it trains on"),
 ])
 def test_dahar_values_that_failed_inside_the_kernel_are_refused_before_it(params, message):
-    "A benchmark backbone, a synthetic profile or CAM-PAR's 'trainval' spelling failed after (or during) training; now before it."
+    "A benchmark backbone or a synthetic profile failed after (or during) training; now before it."
     with pytest.raises(KitError, match=re.escape(message)): check_parameters('dahar', params)
+
+
+def test_trainval_means_train_and_val_for_every_method():
+    "[15]'s 'trainval' was CAM-PAR's alone (Da-HAR failed in its kernel: no split 'trainval'); the data layer reads it now."
+    from har_kit.data import load_dataset
+    assert check_parameters('dahar', {'train_splits': ['trainval']}) == {'train_splits': ['trainval']}
+    wider, rap = load_dataset('wider'), load_dataset('rap')
+    assert wider.split('trainval') == wider.split('train', 'val') and rap.split(['trainval']) == rap.split('train')
+    with pytest.raises(KitError, match="includes 'val', the split this run scores"):
+        check_parameters('dahar', {'train_splits': ['trainval'], 'eval_split': 'val'})
 
 
 def test_a_mask_rcnn_weights_name_torchvision_lacks_is_refused_before_the_kernel():
