@@ -95,7 +95,7 @@ class DaHarConfig(RunConfig):
         check_arch(self.arch, self.weights)
         if self.bench: check_arch(self.bench_arch, None)   # the benchmark runs after training: a bad name stops it now
         if self.data_root is None: check_profile(self.profile)
-        super().__post_init__()   # then the parameters' ranges (`RunConfig`), after the messages that say more
+        self.check_values()   # then the parameters' ranges (`RunConfig`), after the messages that say more
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
         self.train_config()   # the optimizer and its rates, checked now

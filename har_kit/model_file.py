@@ -523,6 +523,10 @@ class RunConfig:
     def __post_init__(self):   # a subclass's own __post_init__ calls this first (`super().__post_init__()`)
         "Every field of its declared type (`check_type`) and within its parameter's range (`check_range`): what `har-kit run` refuses, a config built in Python refuses too."
         self.check_types()
+        self.check_values()
+
+    def check_values(self):
+        "Every field within its parameter's range, the data root and the split names: `__post_init__` after `check_types` (a subclass whose own checks come between calls the two)."
         for f in dataclasses.fields(self): check_range(f.name, getattr(self, f.name), self._bad(f.name))
         if getattr(self, 'dataset', None) in DATASET_KINDS and hasattr(self, 'data_root'):
             try: check_data_root(self.dataset, self.data_root)
