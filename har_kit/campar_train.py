@@ -23,7 +23,7 @@ from .data import check_train_splits, load_dataset, samples_digest
 from .synth import check_profile
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
-from .metrics import dataset_metric, metrics_by_distraction, metrics_entry, choose_thresholds, target_mass, mass_by_level
+from .metrics import dataset_metric, metrics_by_distraction, reads_unspecified_as_negative, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute_activation, campar_model_file, campar_variant,
                             check_specific_logit, positive_angles)
 
@@ -101,13 +101,9 @@ def carve_validation(samples,   # training samples
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
 # %% ../nbs/41_campar.ipynb #c022
-def _reads_negative(dataset, ignore_unspecified):  # kind; the loss's switch
-    "Whether the metric reads unspecified labels as negative, as the loss does (WIDER's mAP protocol always leaves them out)."
-    return not ignore_unspecified and dataset != 'wider'
-
 def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
     y = np.asarray(labels)
-    return np.where(y == UNSPECIFIED, 0, y) if _reads_negative(dataset, ignore_unspecified) else y
+    return np.where(y == UNSPECIFIED, 0, y) if reads_unspecified_as_negative(dataset, bool(ignore_unspecified)) else y
 
 # %% ../nbs/41_campar.ipynb #c023
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'

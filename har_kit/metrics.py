@@ -15,9 +15,9 @@ from .formats import dataset_kind
 __all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'THRESHOLD_CRITERIA', 'HEADLINE',
            'METRICS_SCHEMA', 'PROTOCOLS', 'ENTRY_KEYS', 'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points',
            'harmonic_f1', 'check_threshold', 'apply_threshold', 'pedestrian_metrics', 'choose_thresholds',
-           'distraction_bin', 'grouped_metrics', 'dataset_metric', 'metrics_by_distraction', 'target_share',
-           'target_mass', 'mass_by_level', 'metrics_entry', 'entry_value', 'format_number', 'entry_line',
-           'read_metrics']
+           'distraction_bin', 'grouped_metrics', 'reads_unspecified_as_negative', 'dataset_metric',
+           'metrics_by_distraction', 'target_share', 'target_mass', 'mass_by_level', 'metrics_entry', 'entry_value',
+           'format_number', 'entry_line', 'read_metrics']
 
 # %% ../nbs/05_metrics.ipynb #c005
 def _numpy(x, name):  # array-like or torch tensor; `name` is used in error messages
@@ -291,12 +291,17 @@ def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
 # %% ../nbs/05_metrics.ipynb #c063
 HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1'), 'csv': ('mA', 'f1')}  # numbers kept per distraction bin
 
+def reads_unspecified_as_negative(dataset: str,                  # dataset kind
+                                  ignore_unspecified: bool | None): # the run's loss switch
+    "Whether a run's metric reads unspecified labels as negative, as its loss does (False); WIDER's mAP protocol always leaves them out."
+    return ignore_unspecified is False and dataset != 'wider'
+
 def dataset_metric(dataset: str,                         # dataset kind: 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
                    ignore_unspecified: bool | None = None): # the run's loss switch: False reads unspecified labels as negative; True / None: left out
     "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics` (unspecified labels read as the run's loss reads them)."
     if dataset not in HEADLINE: raise KitError(f'dataset={dataset!r}: choose one of {", ".join(HEADLINE)}')
     if dataset == 'wider': return mean_ap
-    return functools.partial(pedestrian_metrics, unspecified='negative') if ignore_unspecified is False else pedestrian_metrics
+    return functools.partial(pedestrian_metrics, unspecified='negative') if reads_unspecified_as_negative(dataset, ignore_unspecified) else pedestrian_metrics
 
 # %% ../nbs/05_metrics.ipynb #c064
 def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', 'csv')
