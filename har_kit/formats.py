@@ -92,7 +92,7 @@ def check_data_root(kind,  # a dataset kind
     k = dataset_kind(kind)
     if root is None and not k.synthetic:
         raise KitError(f"dataset {kind!r} has no synthetic stand-in, so it needs its folder (a run's data_root: -p data_root "
-                       f'FOLDER; load_dataset: root=). {k.how}')
+                       f'FOLDER; har-kit config: --data-root FOLDER; load_dataset: root=). {k.how}')
     return root
 
 # %% ../nbs/02_formats.ipynb #c012

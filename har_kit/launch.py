@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
-from .formats import dataset_kind
+from .formats import check_data_root
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
@@ -285,8 +285,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     ap.add_argument('--force', action='store_true', help='replace an existing --out file')
     a = ap.parse_args(argv)
     try:
-        if a.dataset and not a.data_root and not dataset_kind(a.dataset).synthetic:
-            raise KitError(f'--dataset {a.dataset}: the kit has no synthetic stand-in for it: pass its folder with --data-root')
+        if a.dataset: check_data_root(a.dataset, a.data_root)   # a csv set needs its folder: said before any value is read
         section = section_notebook(a.notebook).stem.split('_', 1)[-1]
         values = profile_values(section, a.profile, a.dataset, a.selection)
         if a.data_root: values['data_root'] = str(Path(a.data_root).expanduser().absolute())
