@@ -28,9 +28,9 @@ from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute
                             check_specific_logit, positive_angles)
 
 # %% auto #0
-__all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval', 'carve_validation',
-           'metric_row', 'campar_loaders', 'head_logits', 'cam_mass', 'head_rows', 'evaluate_variant',
-           'held_out_thresholds', 'CamParConfig', 'CamParRecipe']
+__all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'evaluation_split', 'split_train_eval',
+           'carve_validation', 'metric_row', 'campar_loaders', 'head_logits', 'cam_mass', 'head_rows',
+           'evaluate_variant', 'held_out_thresholds', 'CamParConfig', 'CamParRecipe']
 
 # %% ../nbs/41_campar.ipynb #c006
 PLATEAU_MONITORS = {'eval_loss': 'val_loss', 'train_loss': 'loss'}   # plateau_on -> engine monitor name
@@ -65,28 +65,38 @@ class FusionAtBackboneLr(nn.Module):
         return self.model(x)
 
 # %% ../nbs/41_campar.ipynb #c014
+def evaluation_split(train_splits,           # e.g. ['train'], ['train', 'val'] or ['trainval']
+                     available,              # the splits the dataset has (`AttributeData.splits`, `DatasetKind.splits`)
+                     selection='held-out',   # '[15]' or 'held-out'
+                     val_fraction=0.0):      # 'held-out' without a val split: fraction carved from the training images
+    "Where the epoch is selected: 'test', 'val', 'carved' or None (the last epoch), or the KitError naming a contradiction."
+    if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
+    if selection == '[15]': return 'test'
+    names = expand_splits(check_train_splits(train_splits), available)
+    if 'val' in available and 'val' not in names:
+        if val_fraction: raise KitError(f"val_fraction={val_fraction}: the dataset's own 'val' split is held out as it is "
+                                        f"(train_splits={list(train_splits)} does not train on it), so nothing would be carved: use "
+                                        "val_fraction=0 to select on that split, or include 'val' in train_splits (e.g. ['train', 'val']) "
+                                        "to carve the fraction from the training images")
+        return 'val'
+    if not 0 <= val_fraction < 1: raise KitError(f'val_fraction={val_fraction}: use a fraction in [0, 1) of the training images')
+    return 'carved' if val_fraction else None
+
+# %% ../nbs/41_campar.ipynb #c015
 def split_train_eval(data,                    # an `AttributeData`
                      train_splits,            # e.g. ['train'], ['train', 'val'] or ['trainval']
                      selection='held-out',    # '[15]' or 'held-out' (see above)
                      val_fraction=0.0,        # 'held-out' without a val split: fraction carved from the training images
                      seed=0):                 # seed of the carve
     "(train samples, eval samples or None, eval split name) for a selection mode; 'trainval' = train + val."
-    if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
-    train_splits = check_train_splits(train_splits)
-    names = expand_splits(train_splits, data.splits)
+    where = evaluation_split(train_splits, data.splits, selection, val_fraction)
+    names = expand_splits(check_train_splits(train_splits), data.splits)
     train = data.split(*names)
-    if selection == '[15]': return train, data.split('test'), 'test'
-    if 'val' in data.splits and 'val' not in names:
-        if val_fraction: raise KitError(f"val_fraction={val_fraction}: the dataset's own 'val' split is held out as it is "
-                                        f"(train_splits={list(train_splits)} does not train on it), so nothing would be carved: use "
-                                        "val_fraction=0 to select on that split, or include 'val' in train_splits (e.g. ['train', 'val']) "
-                                        "to carve the fraction from the training images")
-        return train, data.split('val'), 'val'
-    if not 0 <= val_fraction < 1: raise KitError(f'val_fraction={val_fraction}: use a fraction in [0, 1) of the training images')
-    if val_fraction == 0: return train, None, None
+    if where in ('test', 'val'): return train, data.split(where), where
+    if where is None: return train, None, None
     return (*carve_validation(train, val_fraction, seed), f'carved {val_fraction:g} of {"+".join(names)}')
 
-# %% ../nbs/41_campar.ipynb #c015
+# %% ../nbs/41_campar.ipynb #c016
 def carve_validation(samples,   # training samples
                      fraction,  # share held out, in (0, 1)
                      seed=0):   # seed of the draw
@@ -100,12 +110,12 @@ def carve_validation(samples,   # training samples
     pick = set(np.random.default_rng(seed).permutation(len(samples))[:n_val].tolist())
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
-# %% ../nbs/41_campar.ipynb #c022
+# %% ../nbs/41_campar.ipynb #c023
 def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
     y = np.asarray(labels)
     return np.where(y == UNSPECIFIED, 0, y) if reads_unspecified_as_negative(dataset, bool(ignore_unspecified)) else y
 
-# %% ../nbs/41_campar.ipynb #c023
+# %% ../nbs/41_campar.ipynb #c024
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                scores,                             # (N, M) probabilities of the scored split
                labels,                             # (N, M) its labels in {1, 0, UNSPECIFIED}
@@ -118,7 +128,7 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
     by = metrics_by_distraction(dataset, scores, y, levels, attributes=attributes) if levels is not None and any(l is not None for l in levels) else None
     return metrics_entry(dataset, {'full': dataset_metric(dataset)(scores, y)}, attributes, by_distractors=by, **extras)
 
-# %% ../nbs/41_campar.ipynb #c027
+# %% ../nbs/41_campar.ipynb #c028
 def campar_loaders(train,                 # training samples (the first value of `split_train_eval`)
                    eval_samples,          # samples scored after every epoch, or None
                    test,                  # the test split's samples
@@ -140,7 +150,7 @@ def campar_loaders(train,                 # training samples (the first value of
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c028
+# %% ../nbs/41_campar.ipynb #c029
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
     kw = dict(device=get_device(device), workers=workers)
     ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
@@ -150,7 +160,7 @@ def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed,
     if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, 'campar-test', with_mask=True)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c034
+# %% ../nbs/41_campar.ipynb #c035
 def _other_formula(model): return next(k for k in SPECIFIC_LOGITS if k != model.specific_logit)   # the formula it was not trained with
 
 @torch.no_grad()
@@ -171,12 +181,12 @@ def head_logits(model: CamParNet,  # a CAM variant
     res['mean'] = (res['shared'] + res['specific']) / 2
     return res
 
-# %% ../nbs/41_campar.ipynb #c035
+# %% ../nbs/41_campar.ipynb #c036
 def cam_mass(out: dict):  # a CAM variant's output (with 'cam', (N, M, h, w))
     "The map `target_mass` scores for a CAM variant: the M CAMs of an image summed, {'attention': (N, 1, h, w)}."
     return {'attention': out['cam'].sum(1, keepdim=True)}
 
-# %% ../nbs/41_campar.ipynb #c037
+# %% ../nbs/41_campar.ipynb #c038
 def head_rows(model: CamParNet,                   # a CAM variant
               loader,                             # the test loader
               dataset: str,                       # dataset kind: its metric and headline keys
@@ -191,7 +201,7 @@ def head_rows(model: CamParNet,                   # a CAM variant
     rows[other][f'corr_with_{model.specific_logit}'] = float(np.corrcoef(p[other].ravel(), p['specific'].ravel())[0, 1])
     return rows
 
-# %% ../nbs/41_campar.ipynb #c039
+# %% ../nbs/41_campar.ipynb #c040
 def evaluate_variant(model: CamParNet,                  # a trained variant (from `train_variant`)
                      dataset: str,                      # dataset kind: its metric and headline keys
                      loaders: dict,                     # 'test' and, on sets with masks, 'test_masks' (`campar_loaders`)
@@ -217,7 +227,7 @@ def evaluate_variant(model: CamParNet,                  # a trained variant (fro
     return metric_row(dataset, t['scores'], t['labels'], attributes, levels, ignore_unspecified, target_mass_by_distractors=mass,
                       params_M=sum(p.numel() for p in model.parameters()) / 1e6, extra=extra, **facts), th
 
-# %% ../nbs/41_campar.ipynb #c042
+# %% ../nbs/41_campar.ipynb #c043
 def held_out_thresholds(model: nn.Module,                  # a trained variant
                         loader,                            # the held-out ('val') loader; never the test split
                         dataset: str,                      # dataset kind
@@ -228,7 +238,7 @@ def held_out_thresholds(model: nn.Module,                  # a trained variant
     y = _metric_labels(dataset, v['labels'], ignore_unspecified)
     return choose_thresholds(v['scores'], y, 'balanced_accuracy')['thresholds']
 
-# %% ../nbs/41_campar.ipynb #c045
+# %% ../nbs/41_campar.ipynb #c046
 @dataclasses.dataclass
 class CamParConfig(RunConfig):
     "One CAM-PAR run's parameters as one value: `41_campar`'s `parameters` cell (same names, same defaults), checked."
@@ -290,6 +300,18 @@ class CamParConfig(RunConfig):
         if self.data_root is None: check_profile(self.profile)
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
+        if splits := dataset_kind(self.dataset).splits:   # known before the data loads (a csv set names its own)
+            self.check_evaluation(evaluation_split(self.train_splits, splits, self.selection, self.val_fraction) is not None)
+
+    def check_evaluation(self, held_out: bool):  # whether the selection leaves an evaluation split (`evaluation_split`)
+        "Refuse the settings that need an evaluation split when there is none."
+        if held_out: return
+        if self.plateau_on == 'eval_loss':
+            raise KitError("plateau_on='eval_loss' needs an evaluation split: use selection='[15]', a val_fraction > 0, "
+                           "a dataset with a val split not trained on, or plateau_on='train_loss'")
+        if self.selection_study:
+            raise KitError('selection_study=True needs a validation split to select on: set val_fraction > 0 (e.g. 0.1), '
+                           'or use a dataset whose val split is not in train_splits')
 
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=False)
         "The engine's `TrainConfig`: `campar_train_config` with this run's values."
@@ -302,7 +324,7 @@ class CamParConfig(RunConfig):
         kw = {'partition': self.partition} if self.dataset == 'rap' else {}   # the synthetic RAP set has five partitions too
         return load_dataset(self.dataset, root=self.data_root, profile=self.profile, **kw)
 
-# %% ../nbs/41_campar.ipynb #c047
+# %% ../nbs/41_campar.ipynb #c048
 class CamParRecipe(Recipe):
     "CAM-PAR's recipe for `har_kit.model_file.train_variant`: Table 2's variants trained as [15], the epoch selected, scored."
     select = 'best'
@@ -317,17 +339,12 @@ class CamParRecipe(Recipe):
                            f'pass CamParConfig(dataset={data.name!r}, ...)')
         self.data = data if data is not None else config.load_data()
         self.train_set, self.eval_set, self.eval_name = split or split_train_eval(self.data, c.train_splits, c.selection, c.val_fraction, c.seed)
-        if c.plateau_on == 'eval_loss' and self.eval_set is None:
-            raise KitError("plateau_on='eval_loss' needs an evaluation split: use selection='[15]', a val_fraction > 0, "
-                           "a dataset with a val split not trained on, or plateau_on='train_loss'")
+        c.check_evaluation(self.eval_set is not None)
         self.test = test if test is not None else self.data.split('test')
         self.key, self.evaluate = dataset_kind(c.dataset).metric, dataset_metric(c.dataset, c.ignore_unspecified)
         self.pos_ratio = pos_ratio(np.stack([s.labels for s in self.train_set]), c.ignore_unspecified)   # [15]'s r_j
         self.levels = [s.meta.get('distractors') for s in self.test]   # distraction levels (synthetic sets; None on real data)
         self.thetas, self._loaders = {}, None
-        if c.selection_study and self.eval_set is None:
-            raise KitError('selection_study=True needs a validation split to select on: set val_fraction > 0 (e.g. 0.1), '
-                           'or use a dataset whose val split is not in train_splits')
         self.watch = ('test',) if c.selection_study else ()   # the test split scored every epoch, read by `selection_study` only
 
     def build(self, variant):  # a key of `har_kit.campar.VARIANTS`
@@ -348,7 +365,7 @@ class CamParRecipe(Recipe):
                                            c.cache_mb, pipeline=c.pipeline, device=c.device)
         return self._loaders
 
-# %% ../nbs/41_campar.ipynb #c048
+# %% ../nbs/41_campar.ipynb #c049
 @patch
 def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
     "What the checkpoints are checked against on resume."

@@ -1,6 +1,7 @@
 "CAM-PAR (har_kit.campar, har_kit.campar_train): Eq. 9-16 on small tensors, the MCA fusion, the four Table 2 variants trained by the engine."
 
 import numpy as np
+from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,7 +166,8 @@ def test_selection_study_scores_both_rules_from_one_training(tmp_path):
     "The test split scored every epoch beside val: the held-out epoch's test mA is the entry's, [15]'s is the history's best."
     loaders = {'train': _loader(_Toy(64, 5, 0), True), 'val': _loader(_Toy(32, 5, 2), False), 'test': _loader(_Toy(32, 5, 1), False)}
     rec = _ToyRecipe(loaders); rec.select, rec.watch, rec.eval_name = 'best', ('test',), 'toy val'
-    rec.config = CamParConfig(optimizer='adam', epochs=5, lr=3e-3, sample_weighting=False, cache_mb=0, selection_study=True)
+    rec.config = CamParConfig(dataset='pa100k', train_splits=['train'], optimizer='adam', epochs=5, lr=3e-3, sample_weighting=False,
+                              cache_mb=0, selection_study=True)   # PA100K's own val split held out, as the toy's
     res = train_variant(rec, 'baseline', tmp_path)
     st, full = res['metrics']['extra']['selection_study'], res['metrics']['full']
     assert st['held_out']['epoch'] == res['epoch'] and st['held_out']['mA'] == pytest.approx(full['mA'], abs=1e-9)
@@ -175,8 +177,14 @@ def test_selection_study_scores_both_rules_from_one_training(tmp_path):
 
 
 def test_selection_study_needs_a_split_to_select_on():
+    "The config refuses it from the dataset kind's splits; the recipe again from the split it is given."
     with pytest.raises(KitError, match='selection_study=True needs a validation split'):
-        CamParRecipe(CamParConfig(dataset='pa100k', train_splits=['train', 'val'], selection_study=True))
+        CamParConfig(dataset='pa100k', train_splits=['train', 'val'], selection_study=True)
+    cfg = CamParConfig(dataset='pa100k', train_splits=['train'], selection_study=True, cache_mb=0)
+    data = SimpleNamespace(name='pa100k', attributes=['a'], splits=['train', 'val', 'test'],
+                           split=lambda *n: [SimpleNamespace(labels=np.ones(1), meta={}) for s in n for _ in range(4)])
+    with pytest.raises(KitError, match='selection_study=True needs a validation split'):
+        CamParRecipe(cfg, data=data, split=(data.split('train'), None, None))
 
 
 # --- issue 16: the paper protocol's readings -------------------------------------------------------------------

@@ -699,3 +699,13 @@ def test_val_fraction_with_selection_on_test_is_refused():
     "[15] selects on test: a val_fraction was recorded and never used."
     with pytest.raises(KitError, match=re.escape("val_fraction=0.1 with selection='[15]'")):
         check_parameters('campar', {'selection': '[15]', 'val_fraction': 0.1})
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'dataset': 'pa100k', 'train_splits': ['train'], 'val_fraction': 0.2}, "the dataset's own 'val' split is held out as it is"),
+    ({'dataset': 'wider', 'train_splits': ['trainval'], 'plateau_on': 'eval_loss'}, "plateau_on='eval_loss' needs an evaluation split"),
+    ({'dataset': 'rap', 'train_splits': ['train'], 'selection_study': True}, 'selection_study=True needs a validation split')])
+def test_a_selection_without_its_evaluation_split_is_refused_before_the_kernel(params, message):
+    "The dataset kind names its splits, so these no longer wait for the data to load inside the kernel."
+    with pytest.raises(KitError, match=re.escape(message)): check_parameters('campar', params)
+    assert check_parameters('campar', {**params, 'train_splits': ['train'], 'val_fraction': 0.1, 'dataset': 'rap'})
