@@ -72,7 +72,10 @@ PROFILES = {
         # watches the test loss) and held-out (a tenth of the training images carved out as the validation split)
         '_selections': {'campar': {'[15]': dict(val_fraction=0.0), 'held-out': dict(val_fraction=0.1)}},
         '_by_dataset': {'campar': {'rap': dict(train_splits=['trainval']),            # [15]: TRAIN_SPLIT trainval
-                                   'pa100k': dict(train_splits=['train', 'val'])}},
+                                   'pa100k': dict(train_splits=['train', 'val']),
+                                   # the matrix study's CAM-PAR on WIDER as on PA100K: [15]'s trainval, and the held-out
+                                   # selection carves its tenth from it (WIDER's own val split is trained on)
+                                   'wider': dict(train_splits=['trainval'])}},
         # pseudo ground-truth person masks for Da-HAR's mask supervision, where the readers look by default
         'masks': dict(source='maskrcnn', maskrcnn_weights='DEFAULT', maskrcnn_min_size=800,   # torchvision's resize
                       fig4_arch='resnet101', fig4_weights='IMAGENET1K_V1', fig4_size=224, device='cuda'),

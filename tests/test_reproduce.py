@@ -3,6 +3,7 @@ changes only size keys, data roots are checked before any kernel starts, failure
 reproduce resumes, status is recorded."""
 from types import SimpleNamespace
 import json
+import pytest
 from pathlib import Path
 
 from har_kit.core import save_json
@@ -34,6 +35,19 @@ def test_paper_plan_lists_full_protocol(capsys):
     assert all(r.name in out for r in runs) and '# needs --data-root for: pa100k, rap' in out
 
 
+@pytest.mark.parametrize('profile', list(PROFILES))
+def test_every_planned_run_passes_its_config_checks(profile):
+    "Each run of every profile, studies included, builds its section's run config: a contradiction in a profile would "
+    "otherwise surface only in that run's kernel, hours into a paper reproduction (the matrix study's CAM-PAR on WIDER did)."
+    from har_kit.reproduce import default_tables
+    from har_kit.run_params import check_config, notebook_parameters, section_notebook
+    runs = plan(default_tables(profile, studies=True), profile)
+    assert runs
+    for r in runs:
+        declared = notebook_parameters(section_notebook(r.spec.notebook))
+        check_config(r.spec.notebook, {k: v for k, v in {**declared, **r.params}.items() if type(v).__name__ != 'Unparsed'})
+
+
 def test_paper_json_plan_follows_the_papers(capsys):
     runs = _json_plan(capsys)
     assert all({'notebook', 'params', 'out_dir', 'deps'} <= set(r) for r in runs)
@@ -44,7 +58,7 @@ def test_paper_json_plan_follows_the_papers(capsys):
     for r in campar:
         p = r['params']
         assert (p['logit_bn'], p['logit_bn_shared'], p['plateau_on'], p['fusion_width'], p['fusion_lr']) == (True, True, 'eval_loss', 128, 'backbone')
-        assert p['train_splits'] == {'rap': ['trainval'], 'pa100k': ['train', 'val']}[p['dataset']]
+        assert p['train_splits'] == {'rap': ['trainval'], 'pa100k': ['train', 'val'], 'wider': ['trainval']}[p['dataset']]
         assert r['out_dir'].endswith({'[15]': '-sel15', 'held-out': '-selheldout'}[p['selection']])
         assert p['val_fraction'] == {'[15]': 0.0, 'held-out': 0.1}[p['selection']]   # held-out: a carved validation split
     # both selection modes for every CAM-PAR configuration on PA100K and RAP partition 0; held-out alone on partitions 1-4
