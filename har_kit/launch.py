@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
 from .formats import check_data_root
 from .model_file import RunConfig
-from .reproduce import (PROFILES, PlannedRun, check_roots, default_tables, describe, execute, missing_roots,
+from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
 from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
@@ -653,14 +653,15 @@ def cli(argv=None):  # the command line (None: sys.argv)
                   f'{a.profile!r}' + (' runs on the synthetic sets' if not read else f' reads {", ".join(sorted(read))} here') + ')', file=sys.stderr)
         if a.dry_run and a.launcher == 'local':
             check_devices(names, where, local=False)
-            try: check_roots(runs, roots)   # the roots the plan reads, checked as a real run checks them; the plan is shown
-            except KitError as e:           # anyway (planning for another machine), the problem said first
-                print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)
+            for check in (lambda: check_roots(runs, roots), lambda: check_planned(runs)):   # as a real run checks them
+                try: check()
+                except KitError as e:   # the plan is shown anyway (planning for another machine), the problem said first
+                    print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)
             return _print_plan(a, runs, devices)
         if missing_roots(runs):
             raise KitError(f'profile {a.profile!r} needs dataset roots: pass ' +
                            ' '.join(f'--data-root {d}=PATH' for d in missing_roots(runs)) + ' (the option once per dataset)')
-        if not a.dry_run: check_roots(runs, roots)
+        if not a.dry_run: check_roots(runs, roots); check_planned(runs)   # every run's parameters, before the first starts
         check_devices(names, where, local=a.launcher == 'local' and not a.dry_run)   # on a scheduler's machines: the names only
         if a.launcher == 'submitit': return _submit_all(a, runs, root)
         return _run_here(a, runs, root, devices)

@@ -14,15 +14,15 @@ from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
-from .run_params import parameter_defaults
+from .run_params import check_parameters, parameter_defaults
 from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_complete, is_done, moved_defaults, read_record,
                           real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
            'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots', 'root_source',
-           'check_roots', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs', 'runs_per_gpu',
-           'gpu_slots', 'execute', 'planned_tables', 'render_tables']
+           'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs',
+           'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -330,6 +330,15 @@ def check_roots(runs,            # PlannedRuns (`plan`)
         except KitError as e: errors.append(f'{root_source(kind, root, data_roots)}: {e}')
     if errors: raise KitError('dataset roots are not usable; nothing was started:\n  ' + '\n  '.join(errors))
     return found
+
+def check_planned(runs   # PlannedRuns (`plan`)
+                 ) -> None:
+    "Check every run's parameters as its start does (`check_parameters`); one KitError naming each refused run."
+    errors = []
+    for r in runs:
+        try: check_parameters(r.spec.notebook, r.params)
+        except KitError as e: errors.append(f'{_short(r.out_dir)}: {e}')
+    if errors: raise KitError(f'{len(errors)} planned run(s) would be refused; nothing was started:\n  ' + '\n  '.join(errors))
 
 def describe(runs   # PlannedRuns (`plan`)
             ) -> str:

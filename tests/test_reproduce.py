@@ -341,6 +341,17 @@ def test_a_dry_run_checks_the_roots_and_names_roots_no_run_reads(capsys, tmp_pat
     assert "no planned run reads --data-root pa100k (profile 'quick' runs on the synthetic sets)" in capsys.readouterr().err
 
 
+def test_a_profile_that_contradicts_itself_stops_before_its_first_run(capsys, tmp_path, monkeypatch):
+    "Every planned run's parameters are checked before any starts: the real command stops (nothing created), the dry run says so."
+    monkeypatch.setitem(PROFILES['quick'], 'campar', {**PROFILES['quick']['campar'], 'selection': '[15]', 'val_fraction': 0.1})
+    assert cli(['campar_t2', '--profile', 'quick', '--dry-run', '--out', str(tmp_path)]) == 0
+    assert "a real run would stop here: " in capsys.readouterr().err
+    assert cli(['campar_t2', '--profile', 'quick', '--out', str(tmp_path), '--jobs', '1']) == 2
+    err = capsys.readouterr().err
+    assert "planned run(s) would be refused; nothing was started" in err and "val_fraction=0.1 with selection='[15]'" in err
+    assert not (tmp_path/'quick'/'campar').exists() and not list(tmp_path.rglob('params.json'))
+
+
 def test_the_papers_sections_are_the_notebooks_reproduce_runs():
     "run_params.PAPER_SECTIONS (what messages call the papers' sections) is what a paper plan executes, plus the tables."
     from har_kit.run_params import PAPER_SECTIONS, section_names
