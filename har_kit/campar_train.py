@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 
-from .core import KitError, UNSPECIFIED, get_device
+from .core import KitError, get_device
 from .backbones import check_arch
 from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind, expand_splits
@@ -23,7 +23,7 @@ from .data import check_train_splits, load_dataset, samples_digest
 from .synth import check_profile
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader
-from .metrics import dataset_metric, metrics_by_distraction, reads_unspecified_as_negative, metrics_entry, choose_thresholds, target_mass, mass_by_level
+from .metrics import dataset_metric, metrics_by_distraction, metric_labels, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute_activation, campar_model_file, campar_variant,
                             check_specific_logit, positive_angles)
 
@@ -111,11 +111,6 @@ def carve_validation(samples,   # training samples
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
 # %% ../nbs/41_campar.ipynb #c023
-def _metric_labels(dataset, labels, ignore_unspecified):  # kind; (N, M) labels; the loss's switch
-    y = np.asarray(labels)
-    return np.where(y == UNSPECIFIED, 0, y) if reads_unspecified_as_negative(dataset, bool(ignore_unspecified)) else y
-
-# %% ../nbs/41_campar.ipynb #c024
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                scores,                             # (N, M) probabilities of the scored split
                labels,                             # (N, M) its labels in {1, 0, UNSPECIFIED}
@@ -124,11 +119,11 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
                ignore_unspecified: bool = False,   # the loss's switch (see above)
                **extras):                          # further common keys of the entry (`har_kit.metrics.ENTRY_KEYS`)
     "One model's `metrics.json` entry (`metrics_entry`): the scored split as protocol `full`, and `by_distractors`."
-    y = _metric_labels(dataset, labels, ignore_unspecified)
-    by = metrics_by_distraction(dataset, scores, y, levels, attributes=attributes) if levels is not None and any(l is not None for l in levels) else None
-    return metrics_entry(dataset, {'full': dataset_metric(dataset)(scores, y)}, attributes, by_distractors=by, **extras)
+    by = (metrics_by_distraction(dataset, scores, labels, levels, attributes=attributes, ignore_unspecified=ignore_unspecified)
+          if levels is not None and any(l is not None for l in levels) else None)
+    return metrics_entry(dataset, {'full': dataset_metric(dataset, ignore_unspecified)(scores, labels)}, attributes, by_distractors=by, **extras)
 
-# %% ../nbs/41_campar.ipynb #c028
+# %% ../nbs/41_campar.ipynb #c027
 def campar_loaders(train,                 # training samples (the first value of `split_train_eval`)
                    eval_samples,          # samples scored after every epoch, or None
                    test,                  # the test split's samples
@@ -150,7 +145,7 @@ def campar_loaders(train,                 # training samples (the first value of
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c029
+# %% ../nbs/41_campar.ipynb #c028
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
     kw = dict(device=get_device(device), workers=workers)
     ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
@@ -160,7 +155,7 @@ def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed,
     if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, 'campar-test', with_mask=True)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c035
+# %% ../nbs/41_campar.ipynb #c034
 def _other_formula(model): return next(k for k in SPECIFIC_LOGITS if k != model.specific_logit)   # the formula it was not trained with
 
 @torch.no_grad()
@@ -181,12 +176,12 @@ def head_logits(model: CamParNet,  # a CAM variant
     res['mean'] = (res['shared'] + res['specific']) / 2
     return res
 
-# %% ../nbs/41_campar.ipynb #c036
+# %% ../nbs/41_campar.ipynb #c035
 def cam_mass(out: dict):  # a CAM variant's output (with 'cam', (N, M, h, w))
     "The map `target_mass` scores for a CAM variant: the M CAMs of an image summed, {'attention': (N, 1, h, w)}."
     return {'attention': out['cam'].sum(1, keepdim=True)}
 
-# %% ../nbs/41_campar.ipynb #c038
+# %% ../nbs/41_campar.ipynb #c037
 def head_rows(model: CamParNet,                   # a CAM variant
               loader,                             # the test loader
               dataset: str,                       # dataset kind: its metric and headline keys
@@ -201,7 +196,7 @@ def head_rows(model: CamParNet,                   # a CAM variant
     rows[other][f'corr_with_{model.specific_logit}'] = float(np.corrcoef(p[other].ravel(), p['specific'].ravel())[0, 1])
     return rows
 
-# %% ../nbs/41_campar.ipynb #c040
+# %% ../nbs/41_campar.ipynb #c039
 def evaluate_variant(model: CamParNet,                  # a trained variant (from `train_variant`)
                      dataset: str,                      # dataset kind: its metric and headline keys
                      loaders: dict,                     # 'test' and, on sets with masks, 'test_masks' (`campar_loaders`)
@@ -227,7 +222,7 @@ def evaluate_variant(model: CamParNet,                  # a trained variant (fro
     return metric_row(dataset, t['scores'], t['labels'], attributes, levels, ignore_unspecified, target_mass_by_distractors=mass,
                       params_M=sum(p.numel() for p in model.parameters()) / 1e6, extra=extra, **facts), th
 
-# %% ../nbs/41_campar.ipynb #c043
+# %% ../nbs/41_campar.ipynb #c042
 def held_out_thresholds(model: nn.Module,                  # a trained variant
                         loader,                            # the held-out ('val') loader; never the test split
                         dataset: str,                      # dataset kind
@@ -235,10 +230,9 @@ def held_out_thresholds(model: nn.Module,                  # a trained variant
                         device='cpu'):                     # where the model runs
     "Per-attribute thresholds for the model file, chosen on the held-out split by balanced accuracy (the mA criterion)."
     v = engine_predict(model, loader, device)
-    y = _metric_labels(dataset, v['labels'], ignore_unspecified)
-    return choose_thresholds(v['scores'], y, 'balanced_accuracy')['thresholds']
+    return choose_thresholds(v['scores'], metric_labels(dataset, v['labels'], ignore_unspecified), 'balanced_accuracy')['thresholds']
 
-# %% ../nbs/41_campar.ipynb #c046
+# %% ../nbs/41_campar.ipynb #c045
 @dataclasses.dataclass
 class CamParConfig(RunConfig):
     "One CAM-PAR run's parameters as one value: `41_campar`'s `parameters` cell (same names, same defaults), checked."
@@ -324,7 +318,7 @@ class CamParConfig(RunConfig):
         kw = {'partition': self.partition} if self.dataset == 'rap' else {}   # the synthetic RAP set has five partitions too
         return load_dataset(self.dataset, root=self.data_root, profile=self.profile, **kw)
 
-# %% ../nbs/41_campar.ipynb #c048
+# %% ../nbs/41_campar.ipynb #c047
 class CamParRecipe(Recipe):
     "CAM-PAR's recipe for `har_kit.model_file.train_variant`: Table 2's variants trained as [15], the epoch selected, scored."
     select = 'best'
@@ -365,7 +359,7 @@ class CamParRecipe(Recipe):
                                            c.cache_mb, pipeline=c.pipeline, device=c.device)
         return self._loaders
 
-# %% ../nbs/41_campar.ipynb #c049
+# %% ../nbs/41_campar.ipynb #c048
 @patch
 def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
     "What the checkpoints are checked against on resume."

@@ -21,7 +21,7 @@ from .formats import DATASET_KINDS, dataset_kind
 from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .pipeline import cached_loader, dahar_batches
-from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metrics_by_distraction, metrics_entry, target_mass
+from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metric_labels, metrics_by_distraction, metrics_entry, target_mass
 from .model_file import Recipe, RunConfig
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
@@ -225,7 +225,8 @@ def model_file(self: DaHarRecipe, model, variant, loaders, facts):  # trained va
     aspect = ASPECT.get(d.name, 1)
     size = (max(1, round(256 * scale)), max(1, round(256 / aspect * scale)))   # the "Full" evaluation resize
     val = self.predict(model, loaders['val']) if 'val' in loaders else None
-    th = choose_thresholds(val['scores'], val['labels'])['thresholds'] if val is not None else None
+    th = (choose_thresholds(val['scores'], metric_labels(d.name, val['labels'], self.config.ignore_unspecified))['thresholds']
+          if val is not None else None)   # the labels as the run's metric reads them
     return dict(builder='dahar_variant', kwargs=self.model_kwargs(variant), attributes=list(d.attributes), input_size=size,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, thresholds=None if th is None else [float(t) for t in th], dataset=d.name)
 
@@ -243,7 +244,8 @@ def _by_distraction(model, data, cfg, full, cache=None):  # full: the engine's p
     test = data.split(cfg.eval_split)
     levels = [s.meta.get('distractors') for s in test]
     if all(l is None for l in levels): return {}
-    out = dict(by_distractors=metrics_by_distraction(data.name, full['scores'], full['labels'], levels, attributes=data.attributes))
+    out = dict(by_distractors=metrics_by_distraction(data.name, full['scores'], full['labels'], levels, attributes=data.attributes,
+                                                     ignore_unspecified=cfg.ignore_unspecified))   # read as `full` is
     if all(s.mask is not None for s in test):
         shares = target_mass(model, mask_loader(data, cfg, cache), dahar_maps, next(model.parameters()).device)
         out['target_mass_by_distractors'] = mass_by_level(shares, levels)

@@ -12,10 +12,10 @@ from .core import UNSPECIFIED, KitError, is_number, load_json
 from .formats import dataset_kind
 
 # %% auto #0
-__all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'THRESHOLD_CRITERIA', 'HEADLINE',
+__all__ = ['AP_VARIANTS', 'DEGENERATE_RULES', 'THRESHOLD_RULES', 'UNSPECIFIED_MODES', 'THRESHOLD_CRITERIA', 'BIN_HEADLINE',
            'METRICS_SCHEMA', 'PROTOCOLS', 'ENTRY_KEYS', 'check_inputs', 'degenerate_columns', 'mean_ap', 'pr_points',
            'harmonic_f1', 'check_threshold', 'apply_threshold', 'pedestrian_metrics', 'choose_thresholds',
-           'distraction_bin', 'grouped_metrics', 'reads_unspecified_as_negative', 'dataset_metric',
+           'distraction_bin', 'grouped_metrics', 'reads_unspecified_as_negative', 'metric_labels', 'dataset_metric',
            'metrics_by_distraction', 'target_share', 'target_mass', 'mass_by_level', 'metrics_entry', 'entry_value',
            'format_number', 'entry_line', 'read_metrics']
 
@@ -289,18 +289,24 @@ def grouped_metrics(metric_fn,    # (scores, labels) -> result, e.g. mean_ap
     return {k: metric_fn(s[g == k], y[g == k]) for k in sorted(set(g.tolist())) if (g == k).sum() >= min_size}
 
 # %% ../nbs/05_metrics.ipynb #c063
-HEADLINE = {'wider': ('mAP',), 'rap': ('mA', 'f1'), 'pa100k': ('mA', 'f1'), 'csv': ('mA', 'f1')}  # numbers kept per distraction bin
+BIN_HEADLINE = {'mAP': ('mAP',), 'mA': ('mA', 'f1')}  # a kind's metric (`DatasetKind.metric`) -> the numbers kept per distraction bin
 
 def reads_unspecified_as_negative(dataset: str,                  # dataset kind
                                   ignore_unspecified: bool | None): # the run's loss switch
     "Whether a run's metric reads unspecified labels as negative, as its loss does (False); WIDER's mAP protocol always leaves them out."
-    return ignore_unspecified is False and dataset != 'wider'
+    return ignore_unspecified is False and dataset_kind(dataset).metric != 'mAP'
+
+def metric_labels(dataset: str,                   # dataset kind
+                  labels,                         # (N, C) labels in {1, 0, UNSPECIFIED}
+                  ignore_unspecified: bool | None): # the run's loss switch
+    "The labels as the run's metric reads them (`reads_unspecified_as_negative`): for what takes labels as they are, e.g. `choose_thresholds`."
+    y = np.asarray(labels)
+    return np.where(y == UNSPECIFIED, 0, y) if reads_unspecified_as_negative(dataset, ignore_unspecified) else y
 
 def dataset_metric(dataset: str,                         # dataset kind: 'wider', 'rap', 'pa100k' or 'csv' (the generic format)
                    ignore_unspecified: bool | None = None): # the run's loss switch: False reads unspecified labels as negative; True / None: left out
     "The metric a dataset kind is reported with: `mean_ap` for WIDER-Attribute, else `pedestrian_metrics` (unspecified labels read as the run's loss reads them)."
-    if dataset not in HEADLINE: raise KitError(f'dataset={dataset!r}: choose one of {", ".join(HEADLINE)}')
-    if dataset == 'wider': return mean_ap
+    if dataset_kind(dataset).metric == 'mAP': return mean_ap
     return functools.partial(pedestrian_metrics, unspecified='negative') if reads_unspecified_as_negative(dataset, ignore_unspecified) else pedestrian_metrics
 
 # %% ../nbs/05_metrics.ipynb #c064
@@ -309,14 +315,16 @@ def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', '
                            labels,   # (N, C) its labels
                            levels,   # (N,) distractors overlapping each target (None = unknown)
                            cap=3,    # levels >= cap share one bin
-                           attributes=None):  # the C attribute names: each bin also gets `per_attribute`, as `full` has
+                           attributes=None,   # the C attribute names: each bin also gets `per_attribute`, as `full` has
+                           ignore_unspecified: bool | None = None):  # the run's loss switch, read as `dataset_metric` reads it
     "Headline metrics of `dataset` per distraction bin: {'0': {'mAP': .., ['per_attribute': ..,] 'n': ..}, ..., '3+': {...}}; unknown levels skipped."
     bins = [distraction_bin(l, cap) for l in levels]
     if len(bins) != len(scores): raise KitError(f'levels has {len(bins)} entries but scores has {len(scores)} samples: one level per sample')
     out = {}
-    for k, m in grouped_metrics(dataset_metric(dataset), scores, labels, bins).items():
+    kind = dataset_kind(dataset)
+    for k, m in grouped_metrics(dataset_metric(dataset, ignore_unspecified), scores, labels, bins).items():
         if k == 'unknown': continue   # a bin averages over the attributes it can score: `per_attribute` names those it leaves out
-        block = _protocol_block(dataset_kind(dataset), k, m, attributes) if attributes is not None else {h: m[h] for h in HEADLINE[dataset]}
+        block = _protocol_block(kind, k, m, attributes) if attributes is not None else {h: m[h] for h in BIN_HEADLINE[kind.metric]}
         out[k] = {**block, 'n': bins.count(k)}
     return out
 

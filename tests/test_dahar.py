@@ -222,3 +222,17 @@ def test_dahar_logits_are_the_mean_of_the_main_and_side_logits():
     with torch.no_grad(): out = net(torch.randn(2, 3, 64, 32))
     assert not torch.allclose(out['logits_main'], out['logits_side'])
     torch.testing.assert_close(out['logits'], (out['logits_main'] + out['logits_side']) / 2)
+
+
+def test_the_distraction_bins_read_unspecified_labels_as_the_full_metric_does():
+    "by_distractors followed `full`'s reading of unspecified labels: it left them out while `full` read them as negatives."
+    from types import SimpleNamespace
+    from har_kit.dahar_train import _by_distraction
+    from har_kit.metrics import dataset_metric
+    test = [SimpleNamespace(meta={'distractors': 0}, mask=None) for _ in range(3)]
+    data = SimpleNamespace(name='rap', attributes=['a', 'b'], split=lambda name: test)
+    full = dict(scores=np.array([[.9, .2], [.4, .7], [.6, .9]]), labels=np.array([[1, 0], [0, -1], [1, 1]]))
+    for ignore in (False, True):
+        cfg = SimpleNamespace(eval_split='test', ignore_unspecified=ignore)
+        got = _by_distraction(None, data, cfg, full)['by_distractors']['0']['mA']
+        assert got == pytest.approx(dataset_metric('rap', ignore)(full['scores'], full['labels'])['mA'])
