@@ -130,8 +130,9 @@ def samples_digest(samples):  # `Sample`s in training order (a split, or any lis
 # %% ../nbs/14_data.ipynb #c024
 def fill_masks(data: AttributeData, # a dataset
                  mask_fn):           # mask_fn(sample) -> Path or None
-    "A copy of `data` whose samples carry `mask=mask_fn(sample)`."
-    return replace(data, samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None)) for s in data.samples])
+    "A copy of `data` whose samples carry `mask=mask_fn(sample)`; its `meta` dicts are copies too (labels and images are shared, read-only)."
+    return replace(data, meta=dict(data.meta), samples=[replace(s, mask=(Path(m) if (m := mask_fn(s)) is not None else None), meta=dict(s.meta))
+                                                        for s in data.samples])
 
 # %% ../nbs/14_data.ipynb #c025
 def _sample_mask(folder, s):  # mask root; a Sample
