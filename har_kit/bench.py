@@ -234,8 +234,8 @@ def loader_options(num_workers=None,   # worker processes (None: `default_worker
 
 # %% ../nbs/18_bench.ipynb #c037
 PIPELINES = {  # name -> (transform builder in har_kit.loading, the paper's plain backbone, input (3, H, W))
-    'campar': ('campar_transforms', 'resnet50', (3, 256, 192)),
-    'dahar': ('dahar_transforms', 'resnet101', (3, 224, 224)),
+    'campar': ('campar_transforms', 'resnet50', (3, *loading.campar_sizes()[0])),
+    'dahar': ('dahar_transforms', 'resnet101', (3, *loading.dahar_sizes(1)[1])),
 }
 
 def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'

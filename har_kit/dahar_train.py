@@ -17,8 +17,8 @@ from .data import check_train_splits, load_dataset, samples_digest
 from .synth import check_profile
 from .distributed import setup_device
 from .engine import TrainConfig, predict
-from .formats import DATASET_KINDS, dataset_kind
-from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_transforms, make_loader
+from .formats import dataset_kind
+from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_sizes, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .pipeline import cached_loader, dahar_batches
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metric_labels, metrics_by_distraction, metrics_entry, target_mass
@@ -26,7 +26,7 @@ from .model_file import Recipe, RunConfig
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
-__all__ = ['ASPECT', 'dahar_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'DaHarRecipe', 'dahar_maps', 'predict_masks',
+__all__ = ['dahar_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'DaHarRecipe', 'dahar_maps', 'predict_masks',
            'plot_fig5']
 
 # %% ../nbs/31_dahar.ipynb #c006
@@ -112,14 +112,12 @@ class DaHarConfig(RunConfig):
         return load_dataset(self.dataset, self.data_root, profile=self.profile, seed=0, **kw)
 
 # %% ../nbs/31_dahar.ipynb #c017
-ASPECT = {k: v.aspect for k, v in DATASET_KINDS.items()}  # height / width of the network input per dataset kind (the registry's)
-
 def dahar_loaders(data,                        # har_kit.data.AttributeData
                   cfg: DaHarConfig,            # splits, scale, batch size, workers and seed of the run
                   with_mask: bool = False,     # training (and validation) batches carry the person mask
                   cache=None):                 # a `SampleCache` the loaders share (`SampleCache.of(cfg.cache_mb)`), or None
     "Loaders 'train', 'val' (when a val split exists and is not trained on), 'full' (256 resize) and 'crops' (five-crop)."
-    aspect, tr, ev, bs = ASPECT.get(data.name, 1), cfg.train_splits, cfg.eval_split, cfg.batch_size
+    aspect, tr, ev, bs = dataset_kind(data.name).aspect, cfg.train_splits, cfg.eval_split, cfg.batch_size   # height / width
     missing = [s for s in [*tr, ev] if s not in data.splits]
     if missing: raise KitError(f'{data.name} at {data.root}: no split(s) {missing} (available: {data.splits}); fix train_splits / eval_split')
     if cfg.pipeline == 'device': return _device_loaders(data, cfg, with_mask, aspect)
@@ -147,7 +145,7 @@ def mask_loader(data,                          # har_kit.data.AttributeData whos
                 cfg: DaHarConfig,              # scale, batch size and workers of the run
                 cache=None):                   # a `SampleCache` shared with the run's other loaders, or None
     "The scored split, single-crop ('Full'), with the person masks: what `target_mass` and `predict_masks` read."
-    return make_loader(data.split(cfg.eval_split), dahar_transforms(False, ASPECT.get(data.name, 1), cfg.scale),
+    return make_loader(data.split(cfg.eval_split), dahar_transforms(False, dataset_kind(data.name).aspect, cfg.scale),
                        cfg.batch_size, False, with_mask=True, num_workers=cfg.num_workers, cache=cache)
 
 # %% ../nbs/31_dahar.ipynb #c024
@@ -222,8 +220,7 @@ def predict(self: DaHarRecipe, model, loader):  # the trained variant; an evalua
 def model_file(self: DaHarRecipe, model, variant, loaders, facts):  # trained variant; its name; its loaders; training facts
     "`save_model`'s arguments: builder, kwargs, attributes, the Full input size, thresholds chosen on 'val' (F1)."
     d, scale = self.data, self.config.scale
-    aspect = ASPECT.get(d.name, 1)
-    size = (max(1, round(256 * scale)), max(1, round(256 / aspect * scale)))   # the "Full" evaluation resize
+    size = dahar_sizes(dataset_kind(d.name).aspect, scale)[0]   # the "Full" evaluation resize
     val = self.predict(model, loaders['val']) if 'val' in loaders else None
     th = (choose_thresholds(val['scores'], metric_labels(d.name, val['labels'], self.config.ignore_unspecified))['thresholds']
           if val is not None else None)   # the labels as the run's metric reads them

@@ -18,8 +18,9 @@ from .core import KitError
 from .formats import box_mask, clip_box, load_grey, load_rgb
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SampleCache', 'mask_size_error', 'HarDataset', 'crop_pairs', 'CornerCenterCrop',
-           'FiveCropStack', 'dahar_transforms', 'campar_transforms', 'refuse_every_split', 'make_loader',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'DAHAR_RESIZE', 'DAHAR_INPUT', 'DAHAR_WINDOWS', 'CAMPAR_RESIZE', 'CAMPAR_PAD',
+           'SampleCache', 'mask_size_error', 'HarDataset', 'crop_pairs', 'CornerCenterCrop', 'FiveCropStack',
+           'dahar_sizes', 'campar_sizes', 'dahar_transforms', 'campar_transforms', 'refuse_every_split', 'make_loader',
            'show_samples']
 
 # %% ../nbs/15_loading.ipynb #c008
@@ -205,7 +206,23 @@ class FiveCropStack(torch.nn.Module):
 def _to_float_normalized():
     return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
-# %% ../nbs/15_loading.ipynb #c028
+# %% ../nbs/15_loading.ipynb #c029
+DAHAR_RESIZE, DAHAR_INPUT = 256, 224          # Da-HAR's fixed resize and network input: heights (widths: / aspect)
+DAHAR_WINDOWS = (256, 224, 192, 168, 128)     # SRN's multi-scale training window heights
+CAMPAR_RESIZE, CAMPAR_PAD = (256, 192), 10    # [15]'s resize (H, W) and the padding of its random crop
+
+def dahar_sizes(aspect=1,    # height / width: 1 for WIDER-Attribute, 2 for RAP
+                scale=1.0):  # size factor (0.25 for the quick CPU profile)
+    "Da-HAR's (fixed resize (H, W), network input (h, w), training window heights) at `scale`."
+    if aspect not in (1, 2): raise KitError(f'Da-HAR: aspect={aspect!r}; use 1 (WIDER-Attribute) or 2 (RAP)')
+    return ((_sz(DAHAR_RESIZE, scale), _sz(DAHAR_RESIZE / aspect, scale)), (_sz(DAHAR_INPUT, scale), _sz(DAHAR_INPUT / aspect, scale)),
+            [_sz(s, scale) for s in DAHAR_WINDOWS])
+
+def campar_sizes(scale=1.0):  # size factor (0.25 -> 64 x 48)
+    "CAM-PAR's (fixed resize (H, W), padding of the random crop) at `scale`."
+    return (_sz(CAMPAR_RESIZE[0], scale), _sz(CAMPAR_RESIZE[1], scale)), _sz(CAMPAR_PAD, scale)
+
+# %% ../nbs/15_loading.ipynb #c031
 def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
                      scale=1.0,       # size factor (0.25 for the quick CPU profile)
@@ -213,27 +230,25 @@ def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      jitter=0.3,      # colour jitter strength (brightness, contrast, saturation)
                      max_distort=1):  # training windows: height and width positions in the size set at most this far apart (SRN: 1)
     "Da-HAR's transforms (§Training Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
-    if aspect not in (1, 2): raise KitError(f'dahar_transforms: aspect={aspect!r}; use 1 (WIDER-Attribute) or 2 (RAP)')
-    base = (_sz(256, scale), _sz(256 / aspect, scale))
-    out = (_sz(224, scale), _sz(224 / aspect, scale))
+    base, out, heights = dahar_sizes(aspect, scale)
     if train:
-        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop([_sz(s, scale) for s in (256, 224, 192, 168, 128)], aspect, max_distort),
+        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop(heights, aspect, max_distort),
                            v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
     return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
 
-# %% ../nbs/15_loading.ipynb #c029
+# %% ../nbs/15_loading.ipynb #c032
 def campar_transforms(train: bool,  # training augmentation, else evaluation
                       scale=1.0):   # size factor (0.25 -> 64 x 48)
     "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
-    size = (_sz(256, scale), _sz(192, scale))
-    aug = [v2.Pad(_sz(10, scale)), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
+    size, pad = campar_sizes(scale)
+    aug = [v2.Pad(pad), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/15_loading.ipynb #c039
+# %% ../nbs/15_loading.ipynb #c042
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
-# %% ../nbs/15_loading.ipynb #c040
+# %% ../nbs/15_loading.ipynb #c043
 def refuse_every_split(samples,  # what a loader was given: a list of `Sample`s or an `AttributeData`
                        shuffle,  # the loader's shuffle (a shuffled loader is a training loader)
                        where):   # the function, for the message
@@ -264,7 +279,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/15_loading.ipynb #c046
+# %% ../nbs/15_loading.ipynb #c049
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, temporary_tag, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
-from .loading import IMAGENET_MEAN, IMAGENET_STD, _sz, crop_pairs, mask_size_error, refuse_every_split
+from .loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, crop_pairs, dahar_sizes, mask_size_error, refuse_every_split
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
@@ -201,8 +201,8 @@ def decoded_cache(paths,            # image files, one per sample
     return _open(d, key, len(paths), tuple(size), masks is not None, verify)
 
 # %% ../nbs/16_pipeline.ipynb #c023
-PAPER_CACHES = {'rap': (41_585, (256, 192)), 'pa100k': (100_000, (256, 192)), 'wider': (57_524, (256, 256)),
-                'rap (Da-HAR)': (41_585, (256, 128))}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
+PAPER_CACHES = {'rap': (41_585, campar_sizes()[0]), 'pa100k': (100_000, campar_sizes()[0]), 'wider': (57_524, dahar_sizes(1)[0]),
+                'rap (Da-HAR)': (41_585, dahar_sizes(2)[0])}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
 def cache_gb(n,      # images
              size):  # (H, W)
@@ -491,12 +491,12 @@ class _Samples:
 def campar_batches(train,       # training augmentation, else evaluation
                    scale=1.0):  # size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
-    pad = _sz(10, scale)
+    size, pad = campar_sizes(scale)
     def augment(x, masks, gen):
         d = {'image': campar_augment(x, campar_params(len(x), pad, gen), pad) if train else normalise(x)}
         if masks is not None and not train: d['mask'] = masks[:, None].float() / 255
         return d
-    return (_sz(256, scale), _sz(192, scale)), augment
+    return size, augment
 
 # %% ../nbs/16_pipeline.ipynb #c069
 def dahar_batches(train,                 # training augmentation, else evaluation
@@ -506,8 +506,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
                   jitter=0.3,            # colour jitter strength
                   max_distort=1):        # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
-    base, out = (_sz(256, scale), _sz(256 / aspect, scale)), (_sz(224, scale), _sz(224 / aspect, scale))
-    heights = [_sz(s, scale) for s in (256, 224, 192, 168, 128)]
+    base, out, heights = dahar_sizes(aspect, scale)
     widths = [max(1, int(round(h / aspect))) for h in heights]
     crop_pairs(len(heights), max_distort); _jitter_span(jitter, 'dahar_batches')   # checked before the first batch
     def augment(x, masks, gen):
