@@ -61,7 +61,7 @@ def job_queued(job: dict   # a run's job record (`job_file`)
     import submitit
     return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
 
-# %% ../nbs/72_launch.ipynb #c009
+# %% ../nbs/72_launch.ipynb #c012
 def _refused(err):  # an error recorded for a run that has no directory
     "True when it says why the run was refused (a parameter the notebook does not take), not that it was never started."
     return bool(err) and not err.startswith('not started') and 'interrupted: not started' not in err   # the latter: status.json of older kits
@@ -116,7 +116,7 @@ def save_status(runs,         # PlannedRuns, or the run records of a saved statu
     save_json(st, status_path(root, profile))
     return st
 
-# %% ../nbs/72_launch.ipynb #c017
+# %% ../nbs/72_launch.ipynb #c021
 def format_status(st   # a status (`save_status`)
                  ) -> str:
     "The status as text: counts, then one line per run that is not done."
@@ -197,7 +197,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
-# %% ../nbs/72_launch.ipynb #c022
+# %% ../nbs/72_launch.ipynb #c028
 def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
               root            # outputs root the runs lie under
@@ -251,7 +251,7 @@ class TablesConfig(RunConfig):
         "The table keys to render: those asked for, else every table of the profile."
         return list(self.tables) if self.tables is not None else [k for k in TABLES if TABLES[k].in_profile(self.profile)]
 
-# %% ../nbs/72_launch.ipynb #c025
+# %% ../nbs/72_launch.ipynb #c033
 def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'cfar', 'masks', ...
                    profile: str,           # 'quick', 'sample' or 'paper'
                    dataset: str | None = None,    # the dataset the values are for (required where they depend on it)
@@ -307,7 +307,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
     return 0
 
-# %% ../nbs/72_launch.ipynb #c028
+# %% ../nbs/72_launch.ipynb #c037
 def _stop_children():
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
     import psutil
@@ -335,7 +335,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed', 'damaged') for s in states.values()): return states
         time.sleep(poll)
 
-# %% ../nbs/72_launch.ipynb #c031
+# %% ../nbs/72_launch.ipynb #c040
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -372,7 +372,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
-# %% ../nbs/72_launch.ipynb #c035
+# %% ../nbs/72_launch.ipynb #c044
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -457,7 +457,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c041
+# %% ../nbs/72_launch.ipynb #c050
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -541,7 +541,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c043
+# %% ../nbs/72_launch.ipynb #c053
 def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))

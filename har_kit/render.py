@@ -272,7 +272,7 @@ def table_rows(table: Table,   # the table
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
 
-# %% ../nbs/63_render.ipynb #c019
+# %% ../nbs/63_render.ipynb #c020
 def header(table: Table,             # the table
            profile: str,             # the profile rendered
            card: dict | None = None  # its protocol card (`protocol_card`), if any
@@ -354,7 +354,7 @@ def to_latex(table,      # the table
     lines.append(r'\end{table}')
     return '\n'.join(lines) + '\n'
 
-# %% ../nbs/63_render.ipynb #c022
+# %% ../nbs/63_render.ipynb #c028
 def render(table: Table,       # the table
            root=None,          # outputs root (None: `outputs_root()`)
            profile='quick',    # the profile whose runs to render
@@ -372,7 +372,7 @@ def render(table: Table,       # the table
         with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
-# %% ../nbs/63_render.ipynb #c027
+# %% ../nbs/63_render.ipynb #c033
 OURS_LABEL = 'ours (mean ± sd over seeds)'
 
 def _legend_above_bars(ax):  # matplotlib axes holding bar charts in percent
@@ -380,7 +380,7 @@ def _legend_above_bars(ax):  # matplotlib axes holding bar charts in percent
     top = max([p.get_height() for p in ax.patches if p.get_height() == p.get_height()] or [100])
     ax.set_ylim(0, top * 1.22); ax.legend(ncol=2, loc='upper right', frameon=False, fontsize=8)
 
-# %% ../nbs/63_render.ipynb #c028
+# %% ../nbs/63_render.ipynb #c034
 def plot_ablation(table: Table,   # an ablation table
                   cells: dict,    # its cells (`collect`)
                   column: str,    # the column to plot
@@ -419,7 +419,7 @@ def plot_per_attribute(table: Table,   # a per-attribute table
     ax.set_title(f'{table.source}: {row.label}'); _legend_above_bars(ax)
     return ax
 
-# %% ../nbs/63_render.ipynb #c030
+# %% ../nbs/63_render.ipynb #c038
 def plot_distraction(table: Table,   # the distraction study
                      cells: dict,    # its cells (`collect`)
                      pairs=(('dahar', 'dahar_baseline'), ('campar', 'campar_baseline'))  # (method row, baseline row) pairs

@@ -166,7 +166,7 @@ def default_tables(profile: str,    # 'quick', 'sample' or 'paper'
     keys = PROFILES[profile].get('_tables') or list(PAPER_TABLES) + (list(STUDY_TABLES) if studies else [])
     return [k for k in keys if TABLES[k].in_profile(profile)]
 
-# %% ../nbs/71_reproduce.ipynb #c014
+# %% ../nbs/71_reproduce.ipynb #c015
 def _own_dims(prof, spec):  # the dimensions a spec varies over by itself: name -> values
     dims = {}
     n = prof.get('_partitions', {}).get(spec.kwargs.get('dataset'))
@@ -199,7 +199,7 @@ def table_keys(tables,        # table keys asked for (None or []: the profile's 
     if off: raise KitError(f'{", ".join(map(repr, off))} not part of profile {profile!r}; its tables: {", ".join(mine)}')
     return keys
 
-# %% ../nbs/71_reproduce.ipynb #c017
+# %% ../nbs/71_reproduce.ipynb #c019
 def profile_params(profile: str,       # a key of PROFILES
                    notebook: str,      # a section
                    dataset=None):      # the dataset its runs read (None: none in particular)
@@ -261,7 +261,7 @@ class _Plan:
         return PlannedRun(spec, seed, run_path(self.root, self.profile, spec, seed, dims), params, dep_dirs,
                           dims=dict(dims), threads=self.threads, data=planned_data(self.profile, params))
 
-# %% ../nbs/71_reproduce.ipynb #c018
+# %% ../nbs/71_reproduce.ipynb #c021
 def _least_seeds(profile, keys):  # a profile; the table keys asked for
     "RunSpec key -> the seeds its run gets: the most that a table asked for or one of the profile's default tables asks of a row it feeds (`Table.seeds`, a compared row's), so one table alone gets the seeds it has in the whole plan."
     least = {}
@@ -300,7 +300,7 @@ def plan(tables=None,      # table keys; None: the profile's default tables
                         if only is None or 'partition' not in d or d['partition'] in only: p.add(s, seed, d, (k, row.key))
     return p.order
 
-# %% ../nbs/71_reproduce.ipynb #c027
+# %% ../nbs/71_reproduce.ipynb #c030
 def missing_roots(runs   # PlannedRuns (`plan`)
                  ) -> list:
     "Datasets a real-data plan needs but has no root for."
@@ -350,7 +350,7 @@ def describe(runs   # PlannedRuns (`plan`)
         if r.deps: lines.append('    after: ' + ', '.join(_short(d) for d in r.deps))
     return '\n'.join(lines)
 
-# %% ../nbs/71_reproduce.ipynb #c031
+# %% ../nbs/71_reproduce.ipynb #c038
 def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
                new: dict    # parameters the plan gives it
               ) -> list:
@@ -400,7 +400,7 @@ def default_jobs(runs,          # PlannedRuns (`plan`)
     gpus = [d for d in (given or sorted(wanted)) if str(d).startswith('cuda')]
     return max(len(given), sum(runs_per_gpu(d) for d in gpus) or 1)
 
-# %% ../nbs/71_reproduce.ipynb #c033
+# %% ../nbs/71_reproduce.ipynb #c044
 GIB_PER_RUN = 24   # GPU memory (GiB) set aside per concurrent run
 MAX_RUNS_PER_GPU = 3
 
@@ -422,7 +422,7 @@ def gpu_slots(r: PlannedRun,  # a planned run
     d = str(dev if dev is not None else r.params.get('device', 'cpu'))
     return 1 if r.spec.notebook in SHARES_GPU or not d.startswith('cuda') else slots
 
-# %% ../nbs/71_reproduce.ipynb #c037
+# %% ../nbs/71_reproduce.ipynb #c050
 def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             devices=None,    # devices the workers take in turn (None: each run's own)
             progress=True,   # tqdm bar over runs
@@ -492,14 +492,14 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     bar.close()
     return status
 
-# %% ../nbs/71_reproduce.ipynb #c046
+# %% ../nbs/71_reproduce.ipynb #c059
 def planned_tables(runs   # PlannedRuns (`plan`)
                   ) -> list:
     "The keys of the tables the runs fill, in `har_kit.results.TABLES` order."
     filled = {t for r in runs for t, _ in r.rows}
     return [k for k in TABLES if k in filled]
 
-# %% ../nbs/71_reproduce.ipynb #c048
+# %% ../nbs/71_reproduce.ipynb #c062
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

@@ -78,7 +78,7 @@ def section_notebook(name):  # path, file name or section name
                        + ('' if ours else "; a notebook of your own needs a cell tagged 'parameters' (and writes out_dir/metrics.json)"))
     return nb
 
-# %% ../nbs/60_run_params.ipynb #c010
+# %% ../nbs/60_run_params.ipynb #c014
 class Unparsed(str):
     "The source text of a parameter default that is not a literal (any value is accepted for it)."
 
@@ -102,13 +102,13 @@ def notebook_parameters(notebook,  # path, file name or section name
                 except (ValueError, SyntaxError, TypeError): out[t.id] = Unparsed(ast.get_source_segment(src, st.value) or '')
     return out
 
-# %% ../nbs/60_run_params.ipynb #c014
+# %% ../nbs/60_run_params.ipynb #c019
 def parameter_defaults(notebook   # path, file name or section name
                       ) -> dict:
     "The notebook's defaults as JSON stores them (`out_dir` aside; an expression as its source text): what a run records."
     return json.loads(json.dumps({k: v for k, v in notebook_parameters(notebook).items() if k != 'out_dir'}))
 
-# %% ../nbs/60_run_params.ipynb #c017
+# %% ../nbs/60_run_params.ipynb #c023
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_directory', '_run')  # name endings of parameters that name a file-system place: a path string or None
@@ -167,7 +167,7 @@ def check_parameter(name,               # the parameter's name
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
 
-# %% ../nbs/60_run_params.ipynb #c019
+# %% ../nbs/60_run_params.ipynb #c026
 def check_parameters(notebook,           # notebook name or path
                      params: dict | None, # {name: value}
                      ) -> dict:
@@ -220,7 +220,7 @@ def list_parameters(notebook) -> set:  # notebook name or path
     cls = config_class(notebook)
     return {f.name for f in dataclasses.fields(cls) if declared_type(f.type) is list} if cls else set()
 
-# %% ../nbs/60_run_params.ipynb #c023
+# %% ../nbs/60_run_params.ipynb #c033
 @functools.lru_cache(maxsize=None)
 def _params_loader():
     "PyYAML's safe loader with YAML 1.2's decimal numbers: int and float resolved and built from decimal text only."

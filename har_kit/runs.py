@@ -70,7 +70,7 @@ def _is_locked(out_dir):
         fcntl.flock(fd, fcntl.LOCK_UN); return None
     finally: os.close(fd)
 
-# %% ../nbs/70_runs.ipynb #c009
+# %% ../nbs/70_runs.ipynb #c010
 def read_record(path,           # a JSON file the runner writes in or beside a run (params, env, metrics, timing, job)
                 problems=None): # a list that gets 'NAME unreadable' when the file is not a JSON object
     "The record as a dict, or None when it is missing or unreadable: a status or a staleness check never stops on one."
@@ -80,7 +80,7 @@ def read_record(path,           # a JSON file the runner writes in or beside a r
         if problems is not None: problems.append(f'{path.name} unreadable')
         return None
 
-# %% ../nbs/70_runs.ipynb #c010
+# %% ../nbs/70_runs.ipynb #c012
 class RunFailed(RuntimeError):
     "A notebook run that did not finish: names the run directory and the failing cell's error."
     def __init__(self,
@@ -110,7 +110,7 @@ def is_complete(out_dir):  # a run directory
     "True when the run is marked `done` and holds what it finished with (`run_damage`)."
     return is_done(out_dir) and not run_damage(out_dir)
 
-# %% ../nbs/70_runs.ipynb #c013
+# %% ../nbs/70_runs.ipynb #c018
 def _kernel_manager(env, cwd):
     "A kernel manager class that starts the kernel with `env` added to this process's environment, in `cwd`."
     from jupyter_client.manager import AsyncKernelManager
@@ -145,7 +145,7 @@ def _compile_cache():
     try: return str(cache_root(writable=True)/'torchinductor')
     except KitError: return None   # a read-only (or unusable) cache folder: compiles go to torch's per-user temporary folder
 
-# %% ../nbs/70_runs.ipynb #c017
+# %% ../nbs/70_runs.ipynb #c022
 _KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)
 _STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
 _SIGNAL = [0]                    # the signal that first called `stop_runs` (0: none, or a direct call)
@@ -187,7 +187,7 @@ class RunInterrupted(RunFailed):
     def __init__(self, out_dir, message):
         self.out_dir = Path(out_dir); RuntimeError.__init__(self, f'run {out_dir} interrupted: {message}')
 
-# %% ../nbs/70_runs.ipynb #c020
+# %% ../nbs/70_runs.ipynb #c029
 SAVE_EVERY = 2.0   # seconds between intermediate saves of a run's executed notebook
 
 def _engine():
@@ -214,7 +214,7 @@ def _engine():
     papermill_engines.register('har-kit', Engine)
     return 'har-kit'
 
-# %% ../nbs/70_runs.ipynb #c022
+# %% ../nbs/70_runs.ipynb #c031
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
 def params_digest(params: dict  # a run's parameters
@@ -369,7 +369,7 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
     print(f'har-kit run: moved the previous run of {out} aside to {aside}', file=sys.stderr)
     return 'run'
 
-# %% ../nbs/70_runs.ipynb #c024
+# %% ../nbs/70_runs.ipynb #c037
 def _cell_of(nb_path):
     "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
     try: cells = json.loads(Path(nb_path).read_text())['cells']
@@ -417,7 +417,7 @@ def _finish_notebook(out, started, log):
                   + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except (OSError, KeyError, ValueError): pass
 
-# %% ../nbs/70_runs.ipynb #c025
+# %% ../nbs/70_runs.ipynb #c038
 def _fail(out, error, cell=None, interrupted=False):
     with contextlib.suppress(OSError, KitError):
         save_json(dict(error=error, cell=cell, time=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
@@ -439,7 +439,7 @@ def batch_copy(nb,    # the notebook
     with atomic_write(dest) as f: json.dump(d, f)
     return n
 
-# %% ../nbs/70_runs.ipynb #c029
+# %% ../nbs/70_runs.ipynb #c042
 class LiveLines:
     "A stream with `\\r` progress bars as whole lines: each line's final state, and a bar's last state once it is cleared."
     def __init__(self): self.cur, self.last = '', ''
@@ -463,7 +463,7 @@ class LiveLines:
         self.cur = self.last = ''
         return rest + '\n' if rest.strip() else ''
 
-# %% ../nbs/70_runs.ipynb #c032
+# %% ../nbs/70_runs.ipynb #c045
 class Echo:
     "A file papermill writes one kernel stream to: all of it into `log`, and live to `stream` (see `LiveLines`)."
     def __init__(self,
@@ -489,7 +489,7 @@ class Echo:
         "End the shown output on a whole line (the log stays open: the runner owns it)."
         self._show(self.lines.close() if self.lines else ('' if self.end in '\n\r' else '\n'))
 
-# %% ../nbs/70_runs.ipynb #c034
+# %% ../nbs/70_runs.ipynb #c047
 _RESOLVED = threading.Lock()
 _resolved = set()   # kernel names whose jupyter objects this process has built once
 
@@ -505,7 +505,7 @@ def _resolve_jupyter_traits(kernel_name):  # the run's (installed) kernel
         KernelProvisionerFactory.instance().create_provisioner_instance('har-kit-resolve', km.kernel_spec, parent=km)
         _resolved.add(kernel_name)
 
-# %% ../nbs/70_runs.ipynb #c035
+# %% ../nbs/70_runs.ipynb #c048
 def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, echo=False):
     "Run papermill into `out` (log, notebook renamed into place, timing); translate every way it can stop into `RunFailed`."
     import papermill as pm
@@ -556,7 +556,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         _finish_notebook(out, started, log)
 
-# %% ../nbs/70_runs.ipynb #c037
+# %% ../nbs/70_runs.ipynb #c050
 def _names_path(name, value):  # a parameter and its value
     "Whether the value is a file-system path the run reads: a place (`run_params.PLACES`) or a `*weights` file."
     return isinstance(value, str) and bool(value) and path_parameter(name) and (name.endswith(PLACES) or is_weights_file(value))
@@ -567,7 +567,7 @@ def absolute_paths(params: dict  # checked parameters
     def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
     return {k: absolute(v) if _names_path(k, v) else v for k, v in params.items()}
 
-# %% ../nbs/70_runs.ipynb #c038
+# %% ../nbs/70_runs.ipynb #c051
 def input_fingerprints(params: dict  # checked parameters, paths absolute (`absolute_paths`)
                       ) -> dict:
     "What the runs and files a run reads besides its dataset hold now: {'input NAME': {file: sha256}} (a run folder's `done`, a file's bytes)."
@@ -579,7 +579,7 @@ def input_fingerprints(params: dict  # checked parameters, paths absolute (`abso
         if files: out[f'input {k}'] = {n: file_sha256(f) for n, f in files.items()}
     return out
 
-# %% ../nbs/70_runs.ipynb #c041
+# %% ../nbs/70_runs.ipynb #c055
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
     "Refuse a place or weights file the run reads that lies in its own run directory (a rerun with --force would move it aside)."
     for k, v in params.items():
@@ -608,12 +608,12 @@ def _check_input_runs(params):  # absolute parameters (`absolute_paths`)
     for k, v in params.items():
         if _input_run(k, v) and (why := _unfinished(Path(v))): raise KitError(f'{k}={v} {why}')
 
-# %% ../nbs/70_runs.ipynb #c043
+# %% ../nbs/70_runs.ipynb #c057
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
-# %% ../nbs/70_runs.ipynb #c045
+# %% ../nbs/70_runs.ipynb #c059
 READS_OTHER_RUNS = ('tables',)   # sections whose run is a view of other runs' outputs: a new folder each time
 
 def default_run_dir(nb,           # the notebook's path
@@ -637,7 +637,7 @@ def run_dir_for(notebook,          # path, file name or section name
     nb = section_notebook(notebook)
     return default_run_dir(nb, absolute_paths(check_parameters(nb, params))).resolve()
 
-# %% ../nbs/70_runs.ipynb #c048
+# %% ../nbs/70_runs.ipynb #c063
 def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
                   where: str,    # where they came from, for messages ('--device')
                   local=True     # the runs execute on this machine (False: on a scheduler's machines)
@@ -660,7 +660,7 @@ def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
             raise KitError(f'{where}: device={d!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); nothing was started')
     return names
 
-# %% ../nbs/70_runs.ipynb #c049
+# %% ../nbs/70_runs.ipynb #c065
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: `default_run_dir`, outputs/runs/<section>-<digest>)
@@ -717,7 +717,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c056
+# %% ../nbs/70_runs.ipynb #c072
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'damaged'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -739,7 +739,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c060
+# %% ../nbs/70_runs.ipynb #c076
 def metrics_summary(metrics: dict,   # a run's metrics.json
                     most: int = 12   # numbers shown of a metrics.json without model entries
                    ) -> list:
@@ -753,7 +753,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
     w = max(map(len, entries))
     return [entry_line(name, e, w) for name, e in entries.items()]
 
-# %% ../nbs/70_runs.ipynb #c062
+# %% ../nbs/70_runs.ipynb #c078
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -771,7 +771,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c065
+# %% ../nbs/70_runs.ipynb #c082
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     tagged = parameters_cells(nb)
@@ -795,7 +795,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c067
+# %% ../nbs/70_runs.ipynb #c084
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -818,7 +818,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c070
+# %% ../nbs/70_runs.ipynb #c088
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -839,7 +839,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c072
+# %% ../nbs/70_runs.ipynb #c091
 def reading_defaults(notebook) -> dict:  # the notebook
     "The notebook's defaults as `coerce_value` reads text against them: a None default of a field declaring a list as [] (`list_parameters`)."
     lists = list_parameters(notebook)
@@ -884,7 +884,7 @@ def cli_params(notebook,  # the notebook
     reading = reading_defaults(notebook)
     return {k: coerce_value(v, reading.get(k), k) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c075
+# %% ../nbs/70_runs.ipynb #c096
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
