@@ -215,7 +215,8 @@ def check_config(notebook,   # notebook name or path
     try: cls.from_params(params)
     except KitError as e: raise KitError(f'{find_notebook(notebook).stem}: {e}') from None
 
-def list_parameters(notebook) -> set:  # notebook name or path
+def list_parameters(notebook  # notebook name or path
+                    ) -> set:
     "The parameters whose run config declares a list (alone or `| None`): text given for one reads as a list, even where its default is None."
     cls = config_class(notebook)
     return {f.name for f in dataclasses.fields(cls) if declared_type(f.type) is list} if cls else set()

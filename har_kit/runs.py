@@ -184,7 +184,9 @@ def interrupted_exit() -> int:
 
 class RunInterrupted(RunFailed):
     "A run stopped by SIGINT / SIGTERM (or not started after one): rerun the same command to resume it."
-    def __init__(self, out_dir, message):
+    def __init__(self,
+                 out_dir,   # the run directory
+                 message):  # why it stopped: the cell a Ctrl-C / SIGTERM stopped it in, or that it never started
         self.out_dir = Path(out_dir); RuntimeError.__init__(self, f'run {out_dir} interrupted: {message}')
 
 # %% ../nbs/70_runs.ipynb #c029
@@ -840,7 +842,8 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
     return value
 
 # %% ../nbs/70_runs.ipynb #c091
-def reading_defaults(notebook) -> dict:  # the notebook
+def reading_defaults(notebook  # the notebook (name or path)
+                     ) -> dict:
     "The notebook's defaults as `coerce_value` reads text against them: a None default of a field declaring a list as [] (`list_parameters`)."
     lists = list_parameters(notebook)
     return {k: [] if v is None and k in lists else v for k, v in notebook_parameters(notebook).items()}
