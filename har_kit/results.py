@@ -410,7 +410,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 ], conventions=f'threshold p >= 0.5; {_F1_15}; 3 seeds', seeds=3,
    profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
-# %% ../nbs/61_results.ipynb #c052
+# %% ../nbs/61_results.ipynb #c053
 SELECTION_SAMPLE_EPOCHS = 10   # the selection study's epochs on the real PA100K sample (the sample profile trains 5)
 _SEL_METRICS = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1', 'epoch': 'epoch'}   # column -> key of the study's entry
 _SEL_RULES = {'held_out': 'epoch chosen on val (held-out)', 'test_15': "epoch chosen on test ([15]'s rule)"}
@@ -440,7 +440,7 @@ SELECTION_REAL = _selection_table(
     _selection_rows('pa100k', 'real PA100K', epochs=SELECTION_SAMPLE_EPOCHS), ('sample',),
     f"{SELECTION_SAMPLE_EPOCHS} epochs; the sample's val split (200 images)")
 
-# %% ../nbs/61_results.ipynb #c054
+# %% ../nbs/61_results.ipynb #c055
 def _specific_rows(variant, name):  # the Table 2 run's variant (Eq. 12), then the same variant trained with the public formula
     public = spec('campar', variant, dataset='rap', variants=['campar', 'campar_fusion'], specific_logit='public')
     return [Row(f'{variant}_eq12', f"{name}: Eq. 12, attribute j's own w_j", {}, _campar(variant, 'rap'), _C2_METRICS),
@@ -458,7 +458,7 @@ STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH
                                    SPECIFIC_LOGIT)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/61_results.ipynb #c059
+# %% ../nbs/61_results.ipynb #c060
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -481,7 +481,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/61_results.ipynb #c065
+# %% ../nbs/61_results.ipynb #c066
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:
