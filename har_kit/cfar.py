@@ -338,7 +338,7 @@ class CFARRunConfig(RunConfig):
     variants: list = dataclasses.field(default_factory=lambda: ['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])  # rows: phase 1, +'_cfar', +'_fc2'
     phase1_variant: str = 'campar_fusion'  # CAM-PAR variant of phase 1 (Table 2: CAM-PAR + Fusion)
     campar_run: str | None = None       # CAM-PAR run directory holding <phase1_variant>/model.pt (None: train one inline)
-    dataset: str = 'rap'                # 'rap', 'pa100k' or 'wider' (scored with the dataset's own metric)
+    dataset: str = 'rap'                # 'rap', 'pa100k', 'wider' or 'csv' (scored with the dataset's own metric)
     data_root: str | None = None        # None: the cached synthetic set; else the real dataset root
     partition: int = 0                  # RAP v1 partition 0..4, the phase-1 run's
     train_splits: list | None = None    # splits CFAR is fitted on; None: the phase-1 run's training splits

@@ -26,11 +26,11 @@ from .model_file import Recipe, RunConfig
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
-__all__ = ['dahar_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'DaHarRecipe', 'dahar_maps', 'predict_masks',
+__all__ = ['dahar_train_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'DaHarRecipe', 'dahar_maps', 'predict_masks',
            'plot_fig5']
 
 # %% ../nbs/31_dahar.ipynb #c006
-def dahar_config(epochs: int = 30,             # training epochs (not given in the paper)
+def dahar_train_config(epochs: int = 30,             # training epochs (not given in the paper)
                  lr: float = 0.003,            # initial learning rate (paper)
                  momentum: float = 0.9,        # SGD momentum (paper)
                  weight_decay: float = 5e-4,   # weight decay (paper)
@@ -101,8 +101,8 @@ class DaHarConfig(RunConfig):
         self.train_config()   # the optimizer and its rates, checked now
 
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=True)
-        "The engine's `TrainConfig`: the paper's optimisation (`dahar_config`) with this run's values."
-        return dahar_config(self.epochs, self.lr, self.momentum, self.weight_decay, self.lr_step, self.gamma, self.optimizer,
+        "The engine's `TrainConfig`: the paper's optimisation (`dahar_train_config`) with this run's values."
+        return dahar_train_config(self.epochs, self.lr, self.momentum, self.weight_decay, self.lr_step, self.gamma, self.optimizer,
                             **{**dict(device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, compile_mode=self.compile_mode,
                                     progress=True), **kwargs})
 

@@ -67,7 +67,7 @@ class Sample:
 @dataclass
 class AttributeData:
     "A dataset as read from disk: attribute names and the samples of every split."
-    name: str                                # 'pa100k', 'rap' or 'wider'
+    name: str                                # the dataset kind: 'pa100k', 'rap', 'wider' or 'csv' (`har_kit.formats.DATASET_KINDS`)
     root: Path                               # the dataset root it was read from
     attributes: list                         # C attribute names, in label-column order
     samples: list                            # every `Sample`, all splits
