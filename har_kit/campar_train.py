@@ -266,7 +266,7 @@ class CamParConfig(RunConfig):
     fuse_at: str = 'shallowest'         # MCA output resolution: 'shallowest' (stride 8) or 'deepest' (stride 32)
     ignore_unspecified: bool = False    # False: unspecified labels are negatives in loss and metric ([15]); True: ignored
     seed: int = 0                       # random seed
-    num_workers: int = 0                # data loader workers
+    num_workers: int = 0                # DataLoader workers; pipeline 'device': the decoded cache's building processes
     cache_mb: float = 512               # decoded samples kept in memory (MiB; 0: decode every read); results unchanged
     pipeline: str = 'loader'            # 'loader' (per-sample transforms) or 'device' (decoded cache, batches augmented on `device`)
     bench: bool = False                 # complexity benchmark (params, latency) against the plain backbone

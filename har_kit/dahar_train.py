@@ -71,7 +71,7 @@ class DaHarConfig(RunConfig):
     weight_decay: float = 5e-4          # SGD weight decay
     lr_step: int = 10                   # epochs between learning-rate decays
     gamma: float = 0.1                  # learning-rate decay factor
-    num_workers: int = 0                # DataLoader workers
+    num_workers: int = 0                # DataLoader workers; pipeline 'device': the decoded cache's building processes
     cache_mb: float = 512               # decoded samples kept in memory (MiB, `SampleCache`); 0: decode every read
     pipeline: str = 'loader'            # 'loader' (per-sample transforms) or 'device' (decoded cache, batches augmented on `device`)
     fig5: bool = True                   # also train without mask supervision and draw the Fig. 5 analogue
