@@ -127,7 +127,7 @@ def check_arch(arch,          # a backbone name
     elif not Path(weights).expanduser().is_file(): raise _no_weights_file(weights, arch)
     return arch
 
-# %% ../nbs/03_backbones.ipynb #c019
+# %% ../nbs/03_backbones.ipynb #c020
 def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny / resnet-small
                 weights=None,            # None, 'DEFAULT', a torchvision weights name ('IMAGENET1K_V1') or a local .pth file
                 last_stride: int = 2):   # 1 keeps the last stage at stride 16 (finer CAMs / attention maps)
@@ -148,7 +148,7 @@ def resnet_taps(arch: str = 'resnet50',  # resnet18/34/50/101/152 or resnet-tiny
     taps.weights_sha256 = sha
     return taps
 
-# %% ../nbs/03_backbones.ipynb #c021
+# %% ../nbs/03_backbones.ipynb #c022
 def count_params(model: nn.Module):  # any module
     "Number of parameters (trainable or not)."
     return sum(p.numel() for p in model.parameters())
@@ -159,7 +159,7 @@ def check_num_attributes(n,                        # an attribute count: the hea
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise KitError(f'{where} must be a positive int, got {n!r}')
     return int(n)
 
-# %% ../nbs/03_backbones.ipynb #c035
+# %% ../nbs/03_backbones.ipynb #c038
 import torch.nn.functional as F
 from typing import List, Optional
 
@@ -179,13 +179,13 @@ def bilinear_matrix(n_in: int,                           # source length
     m = (1 - lam) * (j == i0[:, None]).to(acc) + lam * (j == (i0 + 1).clamp(max=n_in - 1)[:, None]).to(acc)
     return m.to(dtype)
 
-# %% ../nbs/03_backbones.ipynb #c036
+# %% ../nbs/03_backbones.ipynb #c039
 @functools.lru_cache(maxsize=64)
 def _bilinear_matrix_cached(n_in, n_out, device, dtype, align_corners=False):
     with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
         return bilinear_matrix(n_in, n_out, device, dtype, align_corners)
 
-# %% ../nbs/03_backbones.ipynb #c037
+# %% ../nbs/03_backbones.ipynb #c040
 def resize_bilinear(x: torch.Tensor,               # (N, C, H, W) feature maps
                     size: List[int],              # (H_out, W_out)
                     align_corners: bool = False): # as F.interpolate's

@@ -95,7 +95,7 @@ def check_data_root(kind,  # a dataset kind
                        f'FOLDER; har-kit config: --data-root FOLDER; load_dataset: root=). {k.how}')
     return root
 
-# %% ../nbs/02_formats.ipynb #c012
+# %% ../nbs/02_formats.ipynb #c013
 WIDER_FILES = ('wider_attribute_trainval.json', 'wider_attribute_test.json')   # WIDER-Attribute's two annotation files
 LAYOUTS = {  # kind -> [(layout name, annotation file(s) under ROOT, image folder under ROOT)], tried in order
     'wider': [('published', tuple(f'wider_attribute_annotation/{f}' for f in WIDER_FILES), 'Image'),
@@ -124,14 +124,14 @@ class Layout:
         return dict(layout=self.name, annotation=str(self.annotation), images=str(self.images),
                     annotation_files=[str(f) for f in self.files])
 
-# %% ../nbs/02_formats.ipynb #c013
+# %% ../nbs/02_formats.ipynb #c014
 def _listing(root, n=12):
     "What a folder holds, for error messages."
     try: names = sorted(e.name + ('/' if e.is_dir() else '') for e in os.scandir(root))
     except OSError: return 'nothing readable'
     return (', '.join(names[:n]) + (f', ... ({len(names)} entries)' if len(names) > n else '')) or 'nothing (empty folder)'
 
-# %% ../nbs/02_formats.ipynb #c014
+# %% ../nbs/02_formats.ipynb #c015
 def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
                   root): # the dataset root
     "The first known `Layout` of `kind` present under `root`, or a `KitError` listing what was looked for and found."
@@ -155,7 +155,7 @@ def _layout_at(kind, root):  # a dataset kind; an existing folder
             return Layout(kind, root, name, root/files[0], root/images, tuple(root/f for f in files))
     return None
 
-# %% ../nbs/02_formats.ipynb #c015
+# %% ../nbs/02_formats.ipynb #c016
 def explicit_layout(kind,       # dataset kind
                     root,       # dataset root
                     annotation, # annotation file(s) under root
@@ -168,7 +168,7 @@ def explicit_layout(kind,       # dataset kind
                                f'{_listing(root)}. {dataset_kind(kind).how}')
     return Layout(kind, root, 'explicit', files[0], root/images, files)
 
-# %% ../nbs/02_formats.ipynb #c016
+# %% ../nbs/02_formats.ipynb #c017
 def layout_paths(kind,    # dataset kind
                  layout): # a layout name of `kind` (see `LAYOUTS`)
     "(annotation files, image folder) of a named layout of `kind`, relative to the root."
@@ -176,7 +176,7 @@ def layout_paths(kind,    # dataset kind
         if name == layout: return files, images
     raise KitError(f'layout={layout!r}: {kind} layouts are {", ".join(n for n, *_ in LAYOUTS[kind])}')
 
-# %% ../nbs/02_formats.ipynb #c019
+# %% ../nbs/02_formats.ipynb #c020
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path, size, mtime_ns):  # a file; its size and modification time (the cache key: a rewrite misses it)
     h = hashlib.sha256()
@@ -196,7 +196,7 @@ def data_fingerprint(kind,  # dataset kind
     except KitError: return {}
     return {f.relative_to(lay.root).as_posix(): file_sha256(f) for f in lay.files}
 
-# %% ../nbs/02_formats.ipynb #c027
+# %% ../nbs/02_formats.ipynb #c028
 def image_file(images,  # the image folder
                name,    # the image's name as written in the annotation
                where):  # the annotation entry, for the error message (e.g. 'annotation.mat: train_images_name[3]')
@@ -208,7 +208,7 @@ def image_file(images,  # the image folder
                        'relative to it (fix the annotation entry)')
     return Path(images)/norm
 
-# %% ../nbs/02_formats.ipynb #c031
+# %% ../nbs/02_formats.ipynb #c032
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
 SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
@@ -229,7 +229,7 @@ def mask_roots(kind,  # dataset kind
     "Where readers look for a dataset's masks when given no `mask_dir`, in order: `mask_home`, then `ROOT/masks`."
     return [mask_home(kind, root), default_mask_root(kind, root)]
 
-# %% ../nbs/02_formats.ipynb #c033
+# %% ../nbs/02_formats.ipynb #c034
 def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_root`)
               image_rel,       # image name relative to the image folder, as in the annotation
               target_index=0): # target of that image (0 for pedestrian crops)
@@ -237,7 +237,7 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/02_formats.ipynb #c038
+# %% ../nbs/02_formats.ipynb #c039
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -249,7 +249,7 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
     return meta
 
-# %% ../nbs/02_formats.ipynb #c039
+# %% ../nbs/02_formats.ipynb #c040
 def write_synth_meta(root,    # the synthetic set's root
                      version, # the generator's version
                      images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
@@ -257,7 +257,7 @@ def write_synth_meta(root,    # the synthetic set's root
     "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads (further fields as keywords: kind, params, stats, ...)."
     return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
 
-# %% ../nbs/02_formats.ipynb #c040
+# %% ../nbs/02_formats.ipynb #c041
 def target_meta(meta,            # a sidecar from `read_synth_meta`
                 name,            # image name as in the annotation
                 target_index=0): # target of that image
@@ -266,7 +266,7 @@ def target_meta(meta,            # a sidecar from `read_synth_meta`
     except (KeyError, IndexError, TypeError):
         raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
 
-# %% ../nbs/02_formats.ipynb #c041
+# %% ../nbs/02_formats.ipynb #c042
 def synth_target_meta(root): # a dataset root
     "`{(file_name, target index): record}` of the sidecar under `root`; `{}` when there is none (a real dataset)."
     if not (Path(root)/SYNTH_META).exists(): return {}
@@ -279,7 +279,7 @@ def synthetic_set(root): # a dataset root
     m = read_synth_meta(root)
     return {'kind': m.get('kind'), **(m.get('params') or {})}
 
-# %% ../nbs/02_formats.ipynb #c048
+# %% ../nbs/02_formats.ipynb #c050
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
              size,         # (H, W) of the image
              where='box'): # what to call the box in error messages (e.g. the image file and target)
@@ -295,7 +295,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/02_formats.ipynb #c050
+# %% ../nbs/02_formats.ipynb #c052
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
     "Boolean (H, W) mask that is True inside the box: the `box` source, and every source's fallback."
@@ -304,7 +304,7 @@ def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
     m[y0:y1, x0:x1] = True
     return m
 
-# %% ../nbs/02_formats.ipynb #c054
+# %% ../nbs/02_formats.ipynb #c056
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
@@ -338,7 +338,7 @@ def image_problem(path):  # image file
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
     return None
 
-# %% ../nbs/02_formats.ipynb #c055
+# %% ../nbs/02_formats.ipynb #c057
 def pil_rgb(im,             # a PIL image (opened from a file, or made in memory)
             where='image',  # names it in errors: the file, or e.g. 'images[3]'
             photo=False):   # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
@@ -365,7 +365,7 @@ def load_rgb(path,          # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #c061
+# %% ../nbs/02_formats.ipynb #c064
 def collect_images(specs,       # a path-like, or an iterable of them: files, folders and glob patterns
                    exclude=()):  # folders whose images folder and pattern expansions leave out (e.g. the output folder)
     "Expand files, folders (recursively) and globs into a sorted list of image paths, each file once (by its resolved path)."
@@ -389,7 +389,7 @@ def collect_images(specs,       # a path-like, or an iterable of them: files, fo
         for f in found: out.setdefault(f.resolve(), f)
     return list(out.values())
 
-# %% ../nbs/02_formats.ipynb #c062
+# %% ../nbs/02_formats.ipynb #c065
 def check_images(paths):  # image files
     "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
     bad = []
@@ -401,7 +401,7 @@ def check_images(paths):  # image files
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
     return list(paths)
 
-# %% ../nbs/02_formats.ipynb #c066
+# %% ../nbs/02_formats.ipynb #c069
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -411,7 +411,7 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c068
+# %% ../nbs/02_formats.ipynb #c071
 def _mask_values(im):  # an open PIL image of a mask
     "The mask's own values: alpha where it cuts something out, palette indices unless the palette is grey, else grey levels."
     if 'A' in im.getbands() and im.getextrema()[im.getbands().index('A')][0] < 255: return np.asarray(im.getchannel('A'))
@@ -439,7 +439,7 @@ def load_grey(path):  # a mask file
                                        'masks as 0/255 (or 0/1) PNGs, or soft masks on the full scale')
     return out
 
-# %% ../nbs/02_formats.ipynb #c073
+# %% ../nbs/02_formats.ipynb #c076
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -453,10 +453,10 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
-# %% ../nbs/02_formats.ipynb #c074
+# %% ../nbs/02_formats.ipynb #c077
 RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
 
-# %% ../nbs/02_formats.ipynb #c075
+# %% ../nbs/02_formats.ipynb #c078
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -469,7 +469,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #c076
+# %% ../nbs/02_formats.ipynb #c079
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -482,7 +482,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #c078
+# %% ../nbs/02_formats.ipynb #c081
 def csv_records(text,   # the whole CSV, decoded
                 where): # the file, for messages
     "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
@@ -496,7 +496,7 @@ def csv_records(text,   # the whole CSV, decoded
         raise KitError(f'{where}: line {start}: {hint}') from None
     return out
 
-# %% ../nbs/02_formats.ipynb #c081
+# %% ../nbs/02_formats.ipynb #c084
 def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
                         rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
                         where):      # the file it is for, for messages
@@ -514,7 +514,7 @@ def csv_annotation_text(attributes,  # C attribute names (the columns after imag
         raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
     return buf.getvalue()
 
-# %% ../nbs/02_formats.ipynb #c082
+# %% ../nbs/02_formats.ipynb #c085
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -523,7 +523,7 @@ def write_csv_annotation(path,        # labels.csv to write
     with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c089
+# %% ../nbs/02_formats.ipynb #c092
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -537,7 +537,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c090
+# %% ../nbs/02_formats.ipynb #c093
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -549,7 +549,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c091
+# %% ../nbs/02_formats.ipynb #c094
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -568,7 +568,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c093
+# %% ../nbs/02_formats.ipynb #c096
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)
