@@ -71,7 +71,7 @@ def load_checkpoint(path,                # a file written by `save_checkpoint`
     except Exception as e:
         raise KitError(f'{path}: cannot load checkpoint ({type(e).__name__}: {e}); {fix}') from None
 
-# %% ../nbs/06_checkpoints.ipynb #c012
+# %% ../nbs/06_checkpoints.ipynb #c013
 def snapshot(state):  # nested dicts/lists/tuples of tensors and primitives (a checkpoint's state)
     "The same structure with every tensor copied to the CPU and detached; a tensor reached twice is copied once."
     memo = {}
@@ -88,7 +88,7 @@ def snapshot(state):  # nested dicts/lists/tuples of tensors and primitives (a c
         return v
     return copy(state)
 
-# %% ../nbs/06_checkpoints.ipynb #c013
+# %% ../nbs/06_checkpoints.ipynb #c014
 class CheckpointWriter:
     "Writes batches of checkpoint files with `save_checkpoint` on one background thread, one batch at a time."
     def __init__(self): self._pool, self._pending = ThreadPoolExecutor(1, thread_name_prefix='har-kit-checkpoints'), None
