@@ -130,7 +130,7 @@ def set_epoch(loader,  # a loader from `shard_loader`
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/07_distributed.ipynb #c026
+# %% ../nbs/07_distributed.ipynb #c027
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -145,7 +145,7 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         out[k] = full[:n]
     return out
 
-# %% ../nbs/07_distributed.ipynb #c027
+# %% ../nbs/07_distributed.ipynb #c028
 def all_mean(total,   # this process's sum
              count,   # this process's count
              device): # the group's device
@@ -154,7 +154,7 @@ def all_mean(total,   # this process's sum
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-# %% ../nbs/07_distributed.ipynb #c028
+# %% ../nbs/07_distributed.ipynb #c029
 def all_sum(value,   # this process's number
             device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."

@@ -131,14 +131,14 @@ def make_scheduler(optimizer,  # from make_optimizer
     if s == 'plateau': return sch.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.gamma, patience=cfg.patience)
     return None
 
-# %% ../nbs/08_engine.ipynb #c020
+# %% ../nbs/08_engine.ipynb #c021
 def autocast(device,       # a torch.device
              amp='none'):  # 'none' | 'bf16' | 'fp16'
     "The autocast context for `amp` on `device` (a no-op for 'none')."
     if amp == 'none': return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-# %% ../nbs/08_engine.ipynb #c021
+# %% ../nbs/08_engine.ipynb #c022
 def to_device(batch,                # a dict batch with 'image' and 'labels'
               device,               # a torch.device
               channels_last=False): # convert 4-D images to channels_last
@@ -150,7 +150,7 @@ def to_device(batch,                # a dict batch with 'image' and 'labels'
     if channels_last and out['image'].dim() == 4: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/08_engine.ipynb #c023
+# %% ../nbs/08_engine.ipynb #c026
 @contextlib.contextmanager
 def _progress(loader, desc, show):  # a loader; the bar's label; draw the bar
     "The loader's batches under a tqdm bar; the loader's iterator is closed on the way out."
@@ -162,7 +162,7 @@ def _progress(loader, desc, show):  # a loader; the bar's label; draw the bar
     finally:
         if hasattr(it, 'close'): it.close()
 
-# %% ../nbs/08_engine.ipynb #c027
+# %% ../nbs/08_engine.ipynb #c030
 def _forward_logits(model, images):
     "Run the model; K-crop images (N, K, 3, H, W) are flattened and their logits returned as (N, K, C)."
     crops = images.dim() == 5
@@ -172,7 +172,7 @@ def _forward_logits(model, images):
         raise KitError("the model must return a dict with 'logits' (N, C) (CONTRIBUTING.md, Models)")
     return out, out['logits'].float().reshape(n, k, -1)
 
-# %% ../nbs/08_engine.ipynb #c028
+# %% ../nbs/08_engine.ipynb #c031
 @torch.inference_mode()
 def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion=None, progress=False, desc='eval'):
     "Scores/logits/labels over `loader` (gathered over processes) and, for 4-D batches, the criterion's mean loss."
@@ -192,7 +192,7 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
     if criterion is not None: res['loss'] = all_mean(loss_sum, n_loss, device)
     return res
 
-# %% ../nbs/08_engine.ipynb #c029
+# %% ../nbs/08_engine.ipynb #c032
 def predict(model,                # contract model: returns {'logits': (N, C), ...}
             loader,               # DataLoader of dict batches; 'image' (B, 3, H, W) or (B, K, 3, H, W)
             device='cpu',         # torch.device or name
@@ -203,7 +203,7 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
     dev = device if isinstance(device, torch.device) else get_device(device)
     return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
 
-# %% ../nbs/08_engine.ipynb #c033
+# %% ../nbs/08_engine.ipynb #c036
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
 
 LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
@@ -213,7 +213,7 @@ LATER_PARAMS = {  # run parameters recorded since a later version -> the value e
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 
-# %% ../nbs/08_engine.ipynb #c034
+# %% ../nbs/08_engine.ipynb #c037
 def check_identity(ck,           # a loaded checkpoint dict (with 'config' and 'params')
                    cfg,          # the TrainConfig of this run
                    params,       # this run's own parameters (JSON-able dict) or None
@@ -236,7 +236,7 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
             and not (k in LATER_PARAMS and k not in old and LATER_PARAMS[k] in (None, new.get(k, absent)))]
     if diff: raise KitError(f'{path} was trained with other parameters ({", ".join(diff)}): {fix}')
 
-# %% ../nbs/08_engine.ipynb #c035
+# %% ../nbs/08_engine.ipynb #c038
 _EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16, torch.bool, torch.uint8, torch.int8, torch.int16)
 
 class LossGuard:
@@ -292,7 +292,7 @@ class LossGuard:
                        f'rate (lr={lr:g}), set grad_clip, or check the inputs and labels of that batch; '
                        f'nothing of epoch {epoch} is saved')
 
-# %% ../nbs/08_engine.ipynb #c036
+# %% ../nbs/08_engine.ipynb #c039
 def _check_state(model, epoch, device):
     "Stop when a weight or buffer (e.g. a BatchNorm running variance) holds NaN/inf, before anything is saved."
     floats = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
@@ -303,7 +303,7 @@ def _check_state(model, epoch, device):
         raise KitError(f'non-finite values after epoch {epoch} in {names}: the run diverged; nothing of epoch {epoch} '
                        'is saved (earlier checkpoints are kept): lower the learning rate, set grad_clip, or check the inputs')
 
-# %% ../nbs/08_engine.ipynb #c041
+# %% ../nbs/08_engine.ipynb #c045
 def _scalars(d, prefix):
     "The scalar entries of a metric dict, as floats (None for NaN/inf), keys prefixed."
     out = {}
@@ -313,7 +313,7 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
-# %% ../nbs/08_engine.ipynb #c042
+# %% ../nbs/08_engine.ipynb #c046
 def write_history(history,  # list of per-epoch dicts
                   run_dir):  # directory
     "Write history.json and history.csv (one row per epoch), atomically."
@@ -323,7 +323,7 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
-# %% ../nbs/08_engine.ipynb #c043
+# %% ../nbs/08_engine.ipynb #c047
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
     with autocast(device, cfg.amp):
@@ -337,7 +337,7 @@ def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     scaler.step(optimizer); scaler.update()
     return parts
 
-# %% ../nbs/08_engine.ipynb #c044
+# %% ../nbs/08_engine.ipynb #c048
 def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard):  # guard: {'first_loss'}
     net.train()
     count, check, lr = 0, LossGuard(min(cfg.log_every, 256)), optimizer.param_groups[-1]['lr']
@@ -359,14 +359,14 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
     if rank_world()[1] > 1: t = t.to(device); dist.all_reduce(t); t = t.cpu()
     return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
-# %% ../nbs/08_engine.ipynb #c045
+# %% ../nbs/08_engine.ipynb #c049
 def _monitor(rec, cfg):
     "(found, value) of the monitor in an epoch record, accepting the name with or without 'val_'."
     for k in (cfg.monitor, 'val_' + cfg.monitor):
         if k in rec: return True, rec[k]
     return False, None
 
-# %% ../nbs/08_engine.ipynb #c046
+# %% ../nbs/08_engine.ipynb #c050
 def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader ran this epoch
     "Step the schedule after an epoch; return the monitor's value in `rec` (None: undefined or absent)."
     found, value = _monitor(rec, cfg)
@@ -379,7 +379,7 @@ def _step_schedule(scheduler, rec, cfg, validated):  # validated: a val_loader r
     elif scheduler is not None: scheduler.step()
     return value
 
-# %% ../nbs/08_engine.ipynb #c047
+# %% ../nbs/08_engine.ipynb #c051
 def _saved_epoch(path):  # a checkpoint file
     "The epoch a checkpoint records; None when it is missing or unreadable."
     try: return load_checkpoint(path).get('epoch') if Path(path).exists() else None
@@ -400,7 +400,7 @@ def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path, device)
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
     return ck['epoch'], list(ck['history']), ck['best'], dict(first_loss=ck.get('first_loss'), seconds=ck.get('seconds', 0.0))
 
-# %% ../nbs/08_engine.ipynb #c048
+# %% ../nbs/08_engine.ipynb #c052
 def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` gets lr * backbone_lr_mult
         criterion,        # (out, batch) -> {'loss': scalar, **parts}
         train_loader,     # DataLoader of dict batches (the engine re-samples it, see `shard_loader`)
@@ -480,7 +480,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     if stats is not None: stats['seconds'] = guard.get('seconds', 0.0) + time.time() - t0
     return history
 
-# %% ../nbs/08_engine.ipynb #c059
+# %% ../nbs/08_engine.ipynb #c063
 def train_eval(model,            # contract model (see `fit`)
                criterion,        # contract criterion
                loaders,          # {'train': DataLoader, optional 'val', and eval loaders such as 'test', 'test_crops'}
