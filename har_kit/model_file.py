@@ -110,7 +110,7 @@ def _to_storable(value):  # numpy arrays and scalars -> tensors / Python numbers
     if isinstance(value, (list, tuple)): return [_to_storable(v) for v in value]
     return value
 
-# %% ../nbs/09_model_file.ipynb #c013
+# %% ../nbs/09_model_file.ipynb #c014
 def _resolve(builder, where, kind='model'):  # a registry key; the field named in errors; 'model' / 'predictor'
     "The function a registry key names (the kit's table entries are imported from their fixed module)."
     key = _check_builder(builder, where, kind)
@@ -160,7 +160,7 @@ def _check_rebuild(builder, kwargs, state, where):  # registry key; kwargs as st
                        f'{"; ".join(diff[:3])}{"; ..." if len(diff) > 3 else ""}); pass the kwargs that built this model; '
                        'nothing was written')
 
-# %% ../nbs/09_model_file.ipynb #c016
+# %% ../nbs/09_model_file.ipynb #c017
 def _numbers(values):  # a list / tuple / array / tensor of numbers
     "The values as a list of finite floats (arrays and tensors flattened), or None when they are not that."
     if isinstance(values, torch.Tensor): values = values.detach().cpu().numpy()
@@ -196,7 +196,7 @@ def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_mode
         thresholds = th
     return attributes, size, m, sd, thresholds
 
-# %% ../nbs/09_model_file.ipynb #c018
+# %% ../nbs/09_model_file.ipynb #c019
 def save_model(path,                 # destination, e.g. <run_dir>/<variant>/model.pt
                model: nn.Module,     # the trained network (its state_dict is saved)
                *,
@@ -236,7 +236,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(blob, f)   # an open file: the archive's inner name is fixed
     return Path(path)
 
-# %% ../nbs/09_model_file.ipynb #c020
+# %% ../nbs/09_model_file.ipynb #c021
 @dataclasses.dataclass
 class LoadedModel:
     "A model file read back: the network (eval mode) and everything needed to feed it and read its outputs."
@@ -250,7 +250,7 @@ class LoadedModel:
     extra: dict                 # the file's `extra` (tensors / plain values)
     path: Path | None = None    # the file it came from
 
-# %% ../nbs/09_model_file.ipynb #c023
+# %% ../nbs/09_model_file.ipynb #c024
 def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a run directory
                     variant=None):    # variant name inside a run directory (None: the only one)
     "The model file a path names: the file itself, `<dir>/model.pt`, or `<dir>/<variant>/model.pt`."
@@ -267,7 +267,7 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
                    f'; variants with a model here: {found or "none"}' +
                    ('; choose one with --variant NAME (Python: variant=NAME)' if len(found) > 1 else '; train one first (sections save <variant>/model.pt)'))
 
-# %% ../nbs/09_model_file.ipynb #c025
+# %% ../nbs/09_model_file.ipynb #c026
 def _is_torchscript(path):  # any file
     "True for a TorchScript archive (`torch.jit.save`: a zip holding code/ and constants.pkl; `torch.save`'s holds neither)."
     try:
@@ -317,7 +317,7 @@ def read_model_file(path,                # a file written by `save_model`
                            'retrain it (lower the learning rate) rather than use this file')
     return blob
 
-# %% ../nbs/09_model_file.ipynb #c026
+# %% ../nbs/09_model_file.ipynb #c027
 def check_attributes(attributes,  # the model's attribute names
                      expected,    # the names a caller needs (None: no check)
                      where):      # the model file, named in errors
@@ -374,7 +374,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),
                        tuple(meta['std']), None if th is None else np.asarray(th, float), meta, extra, path)
 
-# %% ../nbs/09_model_file.ipynb #c036
+# %% ../nbs/09_model_file.ipynb #c037
 class EpochSelector:
     "The engine's per-epoch `evaluate`: scores the evaluation split and keeps the best epoch's weights in `path` (see above)."
     def __init__(self, model: nn.Module,  # the network being trained (its weights are snapshotted)
@@ -410,7 +410,7 @@ class EpochSelector:
                 save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key, epoch=epoch), self.path)
         return m
 
-# %% ../nbs/09_model_file.ipynb #c037
+# %% ../nbs/09_model_file.ipynb #c038
 def selected_epoch(history,      # the engine's epoch records
                    key,          # the evaluated metric ('mA' or 'mAP')
                    split='val'): # the split it was scored on: 'val', or a loader the engine watched (e.g. 'test')
@@ -421,7 +421,7 @@ def selected_epoch(history,      # the engine's epoch records
     best = max(v for _, v in vals)
     return next(e for e, v in vals if v == best), best
 
-# %% ../nbs/09_model_file.ipynb #c039
+# %% ../nbs/09_model_file.ipynb #c040
 def selection_study(history,        # epoch records with val_<metric> and <scored>_<metric> every epoch
                     key,            # the selection metric ('mA' or 'mAP')
                     scored='test'): # the split both rules are scored on
@@ -433,7 +433,7 @@ def selection_study(history,        # epoch records with val_<metric> and <score
         out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
     return out
 
-# %% ../nbs/09_model_file.ipynb #c042
+# %% ../nbs/09_model_file.ipynb #c044
 POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
             'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
             'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes',
@@ -474,7 +474,7 @@ def check_range(name,     # a parameter's name
                   + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
     return value
 
-# %% ../nbs/09_model_file.ipynb #c044
+# %% ../nbs/09_model_file.ipynb #c047
 _OPTIONAL = {'int': int, 'float': float, 'str': str, 'bool': bool, 'list': list, 'dict': dict}   # what a field may declare, alone or `| None`
 
 def _annotation_parts(annotation):  # as text (`from __future__ import annotations`) or a type
@@ -559,7 +559,7 @@ class RunConfig:
             raise KitError(f'variants={list(v)!r}: ' + (f'no variant {", ".join(map(repr, bad))}; ' if bad else '')
                            + f'name at least one of {", ".join(known)}')
 
-# %% ../nbs/09_model_file.ipynb #c046
+# %% ../nbs/09_model_file.ipynb #c050
 class Recipe:
     "The training contract: `config` (with `seed`; a dataclass unless `params` is defined) and the five methods below."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
@@ -585,7 +585,7 @@ class Recipe:
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c047
+# %% ../nbs/09_model_file.ipynb #c051
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -593,7 +593,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c048
+# %% ../nbs/09_model_file.ipynb #c052
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/
