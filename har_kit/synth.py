@@ -18,8 +18,9 @@ from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_pa
                              write_wider_annotation)
 
 # %% auto #0
-__all__ = ['SYNTH_VERSION', 'LAYOUT', 'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'check_profile',
-           'synth_marker', 'synthetic_dir', 'ensure_synthetic', 'cli']
+__all__ = ['SYNTH_VERSION', 'LAYOUT', 'SPLIT_BOUNDS', 'RAP_TRAIN_FRACTION', 'DEFAULT_SIZE', 'PARALLEL_FROM', 'MAX_WORKERS',
+           'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'check_profile', 'synth_marker',
+           'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/13_synth.ipynb #c006
 SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
@@ -44,11 +45,13 @@ def wider_code(labels,         # (C,) 0/1 labels of the target
 # %% ../nbs/13_synth.ipynb #c012
 _KIND_CODE = {'wider': 1, 'rap': 2, 'pa100k': 3}
 LAYOUT = 'root-level'   # the layout (`har_kit.formats.LAYOUTS`) a synthetic set is written in
+SPLIT_BOUNDS = {'wider': (.6, .7), 'pa100k': (.8, .9)}   # image i is train below the first fraction of n, val below the second, else test
+RAP_TRAIN_FRACTION = .8   # the train share of each of the RAP-like set's random partitions (the rest is test)
 
 def _split_of(kind, i, n):
-    if kind == 'wider': return 'train' if i < .6 * n else ('val' if i < .7 * n else 'test')
-    if kind == 'pa100k': return 'train' if i < .8 * n else ('val' if i < .9 * n else 'test')
-    return 'trainval'
+    if kind not in SPLIT_BOUNDS: return 'trainval'
+    train, val = SPLIT_BOUNDS[kind]
+    return 'train' if i < train * n else ('val' if i < val * n else 'test')
 
 # %% ../nbs/13_synth.ipynb #c013
 def _name_of(kind, i, n, rng):
@@ -116,7 +119,7 @@ def _write_annotations(kind, root, recs, seed):
         write_wider_annotation(path.parent, names, imgs, WIDER_SCENES)
     elif kind == 'rap':
         lab = np.array([r['targets'][0]['attribute'] for r in recs], dtype=np.float64)
-        prng, k = np.random.default_rng([seed, _KIND_CODE[kind], 10 ** 9]), int(round(.8 * len(recs)))
+        prng, k = np.random.default_rng([seed, _KIND_CODE[kind], 10 ** 9]), int(round(RAP_TRAIN_FRACTION * len(recs)))
         perms = [prng.permutation(len(recs)) for _ in range(5)]
         write_rap_annotation(path, names, [r['name'] for r in recs], lab,
                              [(np.sort(p[:k]), np.sort(p[k:])) for p in perms])
@@ -138,6 +141,8 @@ def _check_seed(seed):  # a generator seed
         raise KitError(f'seed={seed!r} (--seed): the generator seed must be a whole number >= 0')
     return int(seed)
 
+DEFAULT_SIZE = {'wider': 144, 'rap': 96, 'pa100k': 96}   # image height in pixels when `size` is None (crops are half as wide, scenes 4/3 as wide)
+
 def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `make_synthetic`
     "`make_synthetic`'s arguments checked before anything is created; the image height to use."
     if kind not in KINDS: raise KitError(f'kind={kind!r}: expected one of {", ".join(KINDS)}')
@@ -146,10 +151,10 @@ def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `mak
         raise KitError(f'n={n!r}: need an integer >= {10 if kind != "rap" else 5} so that every split gets images')
     if distractors is not None and (not isinstance(distractors, (int, np.integer)) or not 0 <= distractors <= 8):
         raise KitError(f'distractors={distractors!r}: expected None (mixed levels) or an integer level 0..8 (levels 0..{MAX_LEVEL} are the studied ones)')
-    if size is None: size = 144 if kind == 'wider' else 96          # only None means the default: 0 is refused below
+    if size is None: size = DEFAULT_SIZE[kind]          # only None means the default: 0 is refused below
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
         raise KitError(f'size={size!r} (--size): images must be at least 32 pixels high (omit it for the default: '
-                       '96 for crops, 144 for WIDER-like scenes)')
+                       f"{DEFAULT_SIZE['pa100k']} for crops, {DEFAULT_SIZE['wider']} for WIDER-like scenes)")
     size = int(size)
     if Path(root).exists() and any(Path(root).iterdir()) and not overwrite:
         raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True')
@@ -169,13 +174,15 @@ def _write_sidecar(kind, root, recs, params, seconds):  # kind; set root; per-im
                      mask_naming='har_kit.formats.mask_path(default_mask_root(kind, root), name, target_index)')
 
 # %% ../nbs/13_synth.ipynb #c026
+PARALLEL_FROM, MAX_WORKERS = 400, 2   # a set of more than PARALLEL_FROM images is rendered by up to MAX_WORKERS processes
+
 def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                    root,              # output directory (created; must be empty unless overwrite=True)
                    n=200,             # images (WIDER-like: scenes, 1-4 annotated targets each)
                    distractors=None,  # None: a level 0..MAX_LEVEL drawn per image; int: that level for every image
-                   size=None,         # image height in pixels (None: 96 for pedestrian crops, 144 for WIDER scenes)
+                   size=None,         # image height in pixels (None: `DEFAULT_SIZE[kind]`)
                    seed=0,            # generator seed
-                   workers=None,      # processes (None: up to 2 when n > 400)
+                   workers=None,      # processes (None: up to MAX_WORKERS when n > PARALLEL_FROM)
                    overwrite=False,   # allow writing into a non-empty directory
                    progress=True):    # tqdm progress bar
     "Generate a synthetic set in the real on-disk format of `kind`, with masks and `synth_meta.json`; return its root."
@@ -183,7 +190,7 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
-    workers = workers or (min(2, os.cpu_count() or 1) if n > 400 else 1)
+    workers = workers or (min(MAX_WORKERS, os.cpu_count() or 1) if n > PARALLEL_FROM else 1)
     bar = dict(total=n, desc=f'synth {kind}', disable=not progress, leave=False)
     if workers > 1:
         ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else None)
@@ -193,7 +200,7 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     _write_sidecar(kind, root, recs, dict(n=int(n), distractors=distractors, size=size, seed=int(seed)), time.time() - t0)
     return root
 
-# %% ../nbs/13_synth.ipynb #c030
+# %% ../nbs/13_synth.ipynb #c031
 PROFILES = {'tiny': dict(wider=100, rap=240, pa100k=240), 'quick': dict(wider=800, rap=2000, pa100k=2000),
             'large': dict(wider=8000, rap=20000, pa100k=20000)}
 
@@ -209,7 +216,7 @@ def synth_marker(kind,          # 'wider' | 'rap' | 'pa100k'
     "The text of a cached set's `done` file: the generator version and everything the set was generated from."
     return f'har_kit.synth {SYNTH_VERSION} kind={kind} n={int(n)} seed={int(seed)} distractors={distractors}\n'
 
-# %% ../nbs/13_synth.ipynb #c032
+# %% ../nbs/13_synth.ipynb #c033
 def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
                   profile='tiny',    # key of PROFILES
                   seed=0,            # generator seed
@@ -217,7 +224,7 @@ def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
     "The cache directory of a synthetic set under `har_kit.core.data_root()`."
     return data_root() / 'synthetic' / (f'{kind}-{profile}-s{seed}' + ('' if distractors is None else f'-d{distractors}'))
 
-# %% ../nbs/13_synth.ipynb #c033
+# %% ../nbs/13_synth.ipynb #c034
 def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                      profile='tiny',    # key of PROFILES
                      seed=0,            # generator seed
@@ -255,7 +262,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/13_synth.ipynb #c041
+# %% ../nbs/13_synth.ipynb #c043
 def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')
@@ -264,7 +271,7 @@ def cli(argv=None):  # command-line arguments after `har-kit synth`
     ap.add_argument('--root', default=None, help='write here instead of the cache (with --n)')
     ap.add_argument('--n', type=int, default=None, help='number of images with --root (default: the profile size)')
     ap.add_argument('--distractors', type=int, default=None, help=f'distraction level 0..{MAX_LEVEL} for every image (default: mixed)')
-    ap.add_argument('--size', type=int, default=None, help='image height in pixels (default 96 crops, 144 scenes)')
+    ap.add_argument('--size', type=int, default=None, help=f"image height in pixels (default {DEFAULT_SIZE['pa100k']} crops, {DEFAULT_SIZE['wider']} scenes)")
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--overwrite', action='store_true', help='allow writing into a non-empty --root')
     a = ap.parse_args(argv)
