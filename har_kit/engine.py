@@ -436,6 +436,9 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             # killed before this epoch's best.pt landed: write it again from the same weights
             save_checkpoint(dict(epoch=start, model=model.state_dict(), best=best, config=cfg.to_dict(), params=_canon(params)),
                             ckdir/'best.pt')
+        # the history files follow last.pt's epochs, which they lag when a stop came between the two (after the last
+        # epoch no epoch is left to write them)
+        if rank == 0: write_history(history, run_dir)
     elif rank == 0:  # a fresh start: no checkpoint of an earlier run may be taken for this one's
         for f in ('last.pt', 'best.pt'): (ckdir/f).unlink(missing_ok=True)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(

@@ -174,6 +174,16 @@ def test_a_run_killed_between_last_and_best_resumes_with_best_of_its_history(tmp
     assert all(torch.equal(best['model'][k], v) for k, v in last['model'].items())
 
 
+def test_a_run_stopped_before_its_last_history_landed_rewrites_it_on_resume(tmp_path):
+    "After the last epoch no epoch is left to write history.json / .csv: the resume writes them from last.pt's history."
+    import json
+    run(tmp_path, 2)
+    want = {f: (tmp_path/f).read_bytes() for f in ('history.json', 'history.csv')}
+    (tmp_path/'history.json').write_text(json.dumps(json.loads(want['history.json'])[:1])); (tmp_path/'history.csv').unlink()
+    run(tmp_path, 2)                                        # resumed at its last epoch: nothing to train
+    assert {f: (tmp_path/f).read_bytes() for f in want} == want
+
+
 def test_evaluate_taking_an_epoch_keyword_is_told_the_epoch(tmp_path):
     seen = []
     def evaluate(scores, labels, epoch=None): seen.append(epoch); return dict(score=float(epoch))
