@@ -166,10 +166,10 @@ def stop_runs(grace: float = 10.0,  # seconds a kernel has after SIGINT before i
 
 @contextlib.contextmanager
 def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
-    "Within: SIGINT / SIGTERM stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
+    "Within: SIGINT / SIGTERM / SIGHUP (a closed terminal) stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
     _STOPPING.clear(); _SIGNAL[0] = 0
     if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
-    old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try: yield _STOPPING.is_set
     finally:
         for s, h in old.items(): signal.signal(s, h)
@@ -181,6 +181,9 @@ def stop_signal() -> int:
 def interrupted_exit() -> int:
     "The exit status of a command its runs were stopped in: 128 + the signal's number (Ctrl-C, or no signal recorded: 130)."
     return 128 + (stop_signal() or signal.SIGINT)
+
+class _RunStopping(Exception):
+    "Raised in papermill's cell loop when a stop came while the kernel was between cells (`_execute` reports the run interrupted)."
 
 class RunInterrupted(RunFailed):
     "A run stopped by SIGINT / SIGTERM (or not started after one): rerun the same command to resume it."
@@ -196,6 +199,10 @@ def _engine():
     "papermill's nbclient engine with throttled saves, registered as 'har-kit' (papermill is imported only when a run starts)."
     from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
     class ThrottledSaves(NotebookExecutionManager):
+        def cell_start(self, cell, cell_index=None, **kwargs):
+            # an idle kernel ignores SIGINT: a stop that reached it between two cells ends the run before the next one
+            if _STOPPING.is_set(): raise _RunStopping('stopped between two cells')
+            super().cell_start(cell, cell_index, **kwargs)
         def save(self, **kwargs):   # skipped within SAVE_EVERY of the last save, unless a save is forced below
             if self.last_save_time and (self.now() - self.last_save_time).total_seconds() < SAVE_EVERY: return
             super().save(**kwargs)

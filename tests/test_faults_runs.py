@@ -413,6 +413,39 @@ def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
     assert st['state'] == 'failed' and st['interrupted'] and 'Ctrl-C' in st['error']
 
 
+def test_a_stop_between_two_cells_ends_the_run_before_the_next_cell(tmp_path, monkeypatch):
+    "An idle kernel ignores SIGINT (ipykernel raises only inside a cell): a stop that lands between two cells ended the "
+    "run only after the next cell, which may be the whole training (or SIGKILL after the grace); now before it starts."
+    import har_kit.runs as R
+    from papermill.engines import NotebookExecutionManager
+    complete = NotebookExecutionManager.cell_complete
+    def stop_after_the_first(self, cell, cell_index=None, **kw):
+        complete(self, cell, cell_index, **kw)
+        if 'first' in ''.join(cell.source): R.stop_runs(grace=60)   # the kernel has replied: it is idle now
+    monkeypatch.setattr(NotebookExecutionManager, 'cell_complete', stop_after_the_first)
+    nb = _nb(tmp_path/'n.ipynb', params_src='out_dir = None', body='import pathlib\npathlib.Path(out_dir, "first").touch()')
+    cells = json.loads(nb.read_text())
+    cells['cells'].append({'cell_type': 'code', 'metadata': {}, 'source': 'pathlib.Path(out_dir, "second").touch()',
+                           'outputs': [], 'execution_count': None})
+    nb.write_text(json.dumps(cells))
+    try:
+        with pytest.raises(R.RunInterrupted, match='rerun the same command'):
+            run_notebook(nb, {}, tmp_path/'run', progress=False)
+    finally: R._STOPPING.clear(); R._SIGNAL[0] = 0
+    assert (tmp_path/'run'/'first').exists() and not (tmp_path/'run'/'second').exists()
+    assert run_status(tmp_path/'run')['interrupted'] and not (tmp_path/'run'/'done').exists()
+
+
+def test_a_closed_terminal_stops_har_kit_run_as_ctrl_c_does(tmp_path):
+    "SIGHUP (the terminal or the SSH session closed) ended the command at once, leaving the kernel's files and no record."
+    import signal
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
+    cmd = f'import sys; from har_kit.runs import cli; sys.exit(cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))'
+    rc, err = _interrupt_when_started(cmd, 'run/started', tmp_path, signal.SIGHUP)
+    assert rc == 128 + signal.SIGHUP and 'interrupted' in err and 'Traceback' not in err, (rc, err)
+    assert run_status(tmp_path/'run')['interrupted'] and not list((tmp_path/'run').glob('.batch-source*'))
+
+
 def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
     "A kernel deaf to SIGINT (a cell that ignores it) is killed after the grace period: the run still stops, exit 130."
     body = 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + _BLOCKING
