@@ -17,7 +17,7 @@ from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import section_notebook
 from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_complete, is_done, params_yaml,
-                          read_record, run_status)
+                          read_record, run_status, stop_runs)
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
@@ -308,11 +308,15 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     return 0
 
 # %% ../nbs/72_launch.ipynb #c037
-def _stop_children():
-    "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel."
+def _stop_children(grace=10.0):  # seconds the children have to go idle after `stop_runs`' SIGINT
+    "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel; busy ones get `grace` s first."
     import psutil
-    kids = psutil.Process().children(recursive=True)
-    for k in kids: k.terminate()
+    kids, end = psutil.Process().children(recursive=True), time.monotonic() + grace
+    with contextlib.suppress(psutil.Error):
+        for k in kids: k.cpu_percent()   # the first reading starts the count
+        while time.monotonic() < end and any(k.is_running() and k.cpu_percent(0.2) > 5 for k in kids): pass   # a cell still stopping
+    for k in kids:
+        with contextlib.suppress(psutil.Error): k.terminate()
     psutil.wait_procs(kids, timeout=30)
 
 def wait_for(dirs,            # run directories
@@ -354,7 +358,8 @@ class RunJob:
 
     def checkpoint(self, *args, **kwargs):  # submitit calls this on preemption / time limit, then requeues
         from submitit.helpers import DelayedSubmission
-        _stop_children()
+        stop_runs()        # SIGINT first: the cell stops at its next step, a checkpoint write in flight lands, the run is recorded interrupted
+        _stop_children()   # then the kernel ends (after up to 10 s), so the requeued job never races it
         return DelayedSubmission(self, *args, **kwargs)
 
 @dataclass

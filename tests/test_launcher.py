@@ -113,3 +113,15 @@ def test_dry_run_shows_jobs_and_dependencies(tmp_path):
     assert [a['action'] for a in acts] == ['submit', 'submit', 'submit']
     assert acts[1]['after'] == [f'<{runs[0].name}>'] and len(acts[2]['after']) == 2   # the tables job: after all
     assert not any(r.out_dir.exists() for r in runs)
+
+
+def test_a_preempted_job_interrupts_its_kernel_before_terminating_it(monkeypatch):
+    "submitit's checkpoint (preemption, time limit): SIGINT to the kernels first (`stop_runs`: the run is recorded "
+    "interrupted, a checkpoint write in flight lands), then the children end; it used to SIGTERM the kernel at once."
+    import har_kit.launch as L
+    from submitit.helpers import DelayedSubmission
+    calls = []
+    monkeypatch.setattr(L, 'stop_runs', lambda *a, **k: calls.append('stop_runs'))
+    monkeypatch.setattr(L, '_stop_children', lambda *a, **k: calls.append('_stop_children'))
+    job = L.RunJob(run=None)
+    assert isinstance(job.checkpoint(), DelayedSubmission) and calls == ['stop_runs', '_stop_children']
