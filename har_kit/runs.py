@@ -18,7 +18,7 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
                                 list_parameters, path_parameter)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'SESSION_KEYS', 'DEMO_TAG', 'READS_OTHER_RUNS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
+__all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
            'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
            'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'code_changed', 'real_data',
            'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
@@ -194,6 +194,7 @@ class RunInterrupted(RunFailed):
 
 # %% ../nbs/70_runs.ipynb #c029
 SAVE_EVERY = 2.0   # seconds between intermediate saves of a run's executed notebook
+READS_OTHER_RUNS = ('tables',)   # sections whose run is a view of other runs' outputs: a new folder each time (`default_run_dir`)
 
 def _engine():
     "papermill's nbclient engine with throttled saves, registered as 'har-kit' (papermill is imported only when a run starts)."
@@ -534,7 +535,9 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
         def halt():
             cell = _cell_of(out/'notebook.running.ipynb')
             where = f'in cell {cell}' if cell is not None else 'before its first cell ran'
-            msg = f'stopped by Ctrl-C / SIGTERM {where}; rerun the same command to resume from its last checkpoint'
+            again = ('rerun the same command to render again (it reads the runs anew; a run folder it did not name is a new one)'
+                     if nb.stem.split('_', 1)[-1] in READS_OTHER_RUNS else 'rerun the same command to resume from its last checkpoint')
+            msg = f'stopped by Ctrl-C / SIGTERM {where}; {again}'
             _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
             return RunInterrupted(out, msg)
         try:
@@ -623,8 +626,6 @@ def _check_run_dir(out):  # the resolved run directory
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
 # %% ../nbs/70_runs.ipynb #c059
-READS_OTHER_RUNS = ('tables',)   # sections whose run is a view of other runs' outputs: a new folder each time
-
 def default_run_dir(nb,           # the notebook's path
                     params: dict  # the run's checked parameters
                    ) -> Path:

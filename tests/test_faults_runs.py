@@ -446,6 +446,14 @@ def test_a_closed_terminal_stops_har_kit_run_as_ctrl_c_does(tmp_path):
     assert run_status(tmp_path/'run')['interrupted'] and not list((tmp_path/'run').glob('.batch-source*'))
 
 
+def test_an_interrupted_render_says_a_rerun_renders_again(tmp_path):
+    "A tables run reads other runs and gets a new folder each time: it has no checkpoint to resume, as the message claimed."
+    nb = _nb(tmp_path/'73_tables.ipynb', params_src='seed = 0\nout_dir = None', body=_BLOCKING)
+    cmd = f'import sys; from har_kit.runs import cli; sys.exit(cli([{str(nb)!r}, "--out", {str(tmp_path/"run")!r}]))'
+    rc, err = _interrupt_when_started(cmd, 'run/started', tmp_path)
+    assert rc == 130 and 'rerun the same command to render again' in err and 'last checkpoint' not in err, (rc, err)
+
+
 def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
     "A kernel deaf to SIGINT (a cell that ignores it) is killed after the grace period: the run still stops, exit 130."
     body = 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + _BLOCKING
