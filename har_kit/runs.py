@@ -424,7 +424,7 @@ def _finish_notebook(out, started, log):
         save_json(t, out/'timing.json')
         log.write(f"\n[har-kit] kernel start {t['kernel_start_seconds']} s, first imports {t['imports_seconds']} s, "
                   f"cells {t['cells_seconds']} s, total {t['total_seconds']} s; slowest: "
-                  + '; '.join(f"cell {r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
+                  + '; '.join(f"cell {r['execution_count'] or r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except (OSError, KeyError, ValueError): pass
 
 # %% ../nbs/70_runs.ipynb #c038
