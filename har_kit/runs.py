@@ -158,6 +158,10 @@ def stop_runs(grace: float = 10.0,  # seconds a kernel has after SIGINT before i
     "Interrupt every running kernel (SIGINT, SIGKILL after `grace` s or on a second call); later runs do not start."
     first = not _STOPPING.is_set(); _STOPPING.set()
     if first: _SIGNAL[0] = int(signum)
+    if signum == signal.SIGHUP:   # the terminal is gone: what would be written to it goes nowhere instead of failing (EIO)
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                if os.isatty(fd): os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
     for pg in list(_KERNELS.values()): _signal_group(pg, signal.SIGINT if first else signal.SIGKILL)
     if first:   # the kernels running now (one starting later is killed as it starts, see `_kernel_manager`)
         pgs = list(_KERNELS.values())
@@ -169,7 +173,9 @@ def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
     "Within: SIGINT / SIGTERM / SIGHUP (a closed terminal) stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
     _STOPPING.clear(); _SIGNAL[0] = 0
     if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
-    old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # a signal this process was started ignoring (`nohup` ignores SIGHUP; a shell's `cmd &` SIGINT) stays ignored
+    old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+           if signal.getsignal(s) is not signal.SIG_IGN}
     try: yield _STOPPING.is_set
     finally:
         for s, h in old.items(): signal.signal(s, h)
@@ -532,9 +538,9 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
         def stop(msg, cell):
             _finish_notebook(out, started, log); _fail(out, msg, cell)
             return RunFailed(out, msg)
-        def halt():
+        def halt(between=False):   # between: stopped after a cell finished, before the next started (`_RunStopping`)
             cell = _cell_of(out/'notebook.running.ipynb')
-            where = f'in cell {cell}' if cell is not None else 'before its first cell ran'
+            where = f'{"after" if between else "in"} cell {cell}' if cell is not None else 'before its first cell ran'
             again = ('rerun the same command to render again (it reads the runs anew; a run folder it did not name is a new one)'
                      if nb.stem.split('_', 1)[-1] in READS_OTHER_RUNS else 'rerun the same command to resume from its last checkpoint')
             msg = f'stopped by Ctrl-C / SIGTERM {where}; {again}'
@@ -548,7 +554,8 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
                                 engine_name=_engine(), shutdown_kernel='immediate')
         except BaseException as e:
             _KERNELS.pop(str(out), None)
-            if _STOPPING.is_set() or isinstance(e, KeyboardInterrupt): raise halt() from None
+            if isinstance(e, SystemExit) and _STOPPING.is_set(): halt(); raise   # a scheduler's preemption exit (submitit requeues on it): recorded, then kept
+            if _STOPPING.is_set() or isinstance(e, KeyboardInterrupt): raise halt(isinstance(e, _RunStopping)) from None
             if isinstance(e, pm.PapermillExecutionError):
                 if e.ename == 'OSError' and 'Errno 28' in str(e.evalue):
                     raise stop(f'the disk is full (cell {e.exec_count} could not write: {e.evalue}); free space and rerun: '

@@ -433,7 +433,34 @@ def test_a_stop_between_two_cells_ends_the_run_before_the_next_cell(tmp_path, mo
             run_notebook(nb, {}, tmp_path/'run', progress=False)
     finally: R._STOPPING.clear(); R._SIGNAL[0] = 0
     assert (tmp_path/'run'/'first').exists() and not (tmp_path/'run'/'second').exists()
-    assert run_status(tmp_path/'run')['interrupted'] and not (tmp_path/'run'/'done').exists()
+    st = run_status(tmp_path/'run')
+    assert st['interrupted'] and 'after cell' in st['error'] and not (tmp_path/'run'/'done').exists()
+
+
+def test_a_schedulers_preemption_exit_is_recorded_and_kept(tmp_path, monkeypatch):
+    "submitit's checkpoint stops the runs and exits from its signal handler (144: requeue me); the run is recorded "
+    "interrupted and the exit goes on, not turned into an error the job would report as its result."
+    import sys as _sys
+    import papermill
+    import har_kit.runs as R
+    def preempted(*a, **k): R.stop_runs(grace=60); _sys.exit(144)
+    monkeypatch.setattr(papermill, 'execute_notebook', preempted)
+    try:
+        with pytest.raises(SystemExit) as e: run_notebook(_nb(tmp_path/'n.ipynb'), {}, tmp_path/'run', progress=False)
+    finally: R._STOPPING.clear(); R._SIGNAL[0] = 0
+    assert e.value.code == 144 and run_status(tmp_path/'run')['interrupted']
+
+
+def test_a_signal_the_command_was_started_ignoring_stays_ignored():
+    "nohup ignores SIGHUP (a shell's `cmd &` SIGINT): closing the terminal must not stop a run started that way."
+    import signal
+    from har_kit.runs import forward_interrupts
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with forward_interrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally: signal.signal(signal.SIGHUP, old)
 
 
 def test_a_closed_terminal_stops_har_kit_run_as_ctrl_c_does(tmp_path):
