@@ -312,9 +312,11 @@ def _stop_children(grace=10.0):  # seconds the children have to go idle after `s
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel; busy ones get `grace` s first."
     import psutil
     kids, end = psutil.Process().children(recursive=True), time.monotonic() + grace
-    with contextlib.suppress(psutil.Error):
-        for k in kids: k.cpu_percent()   # the first reading starts the count
-        while time.monotonic() < end and any(k.is_running() and k.cpu_percent(0.2) > 5 for k in kids): pass   # a cell still stopping
+    def busy(k, interval):   # a child gone (a loader worker ending on the SIGINT) is not busy
+        try: return k.cpu_percent(interval) > 5
+        except psutil.Error: return False
+    for k in kids: busy(k, None)   # the first reading starts the count
+    while time.monotonic() < end and any(busy(k, 0.2) for k in kids): pass   # a cell still stopping (0.2 s per look)
     for k in kids:
         with contextlib.suppress(psutil.Error): k.terminate()
     psutil.wait_procs(kids, timeout=30)

@@ -336,7 +336,9 @@ def check_planned(runs   # PlannedRuns (`plan`)
     "Check every run's parameters as its start does (`check_parameters`); one KitError naming each refused run."
     errors = []
     for r in runs:
-        try: check_parameters(r.spec.notebook, r.params)
+        deps = {str(Path(d)) for d in r.deps}   # a run it reads (CFAR's campar_run) may be run or rerun first: checked at its start
+        params = {k: None if isinstance(v, str) and str(Path(v)) in deps else v for k, v in r.params.items()}
+        try: check_parameters(r.spec.notebook, params)
         except KitError as e: errors.append(f'{_short(r.out_dir)}: {e}')
     if errors: raise KitError(f'{len(errors)} planned run(s) would be refused; nothing was started:\n  ' + '\n  '.join(errors))
 
