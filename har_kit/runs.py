@@ -173,9 +173,9 @@ def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
     "Within: SIGINT / SIGTERM / SIGHUP (a closed terminal) stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
     _STOPPING.clear(); _SIGNAL[0] = 0
     if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
-    # a signal this process was started ignoring (`nohup` ignores SIGHUP; a shell's `cmd &` SIGINT) stays ignored
+    # SIGHUP stays ignored where the command was started ignoring it (`nohup`): closing the terminal must not stop it
     old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-           if signal.getsignal(s) is not signal.SIG_IGN}
+           if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN}
     try: yield _STOPPING.is_set
     finally:
         for s, h in old.items(): signal.signal(s, h)
