@@ -418,8 +418,15 @@ def timing_summary(notebook_path, # an executed notebook
                 cells_seconds=cells_s, total_seconds=round(time.time() - started, 3) if started else None,
                 slowest=sorted(rows, key=lambda r: -r['seconds'])[:5], cells=rows)
 
+_SESSION_SECONDS = ('kernel_start_seconds', 'imports_seconds', 'cells_seconds', 'total_seconds')
+
+def _with_earlier(prev, t):  # an earlier session's timing.json; this session's `timing_summary`
+    "This session's timing with the earlier sessions' seconds added: `sessions` lists each session's, the totals are their sums."
+    sessions = [*(prev.get('sessions') or [{k: prev.get(k) for k in _SESSION_SECONDS}]), {k: t.get(k) for k in _SESSION_SECONDS}]
+    return {**t, **{k: round(sum(s[k] for s in sessions if is_number(s.get(k))), 3) for k in _SESSION_SECONDS}, 'sessions': sessions}
+
 def _finish_notebook(out, started, log):
-    "Rename the executed notebook into place (if it is whole) and write `timing.json` and the log's totals."
+    "Rename the executed notebook into place (if it is whole) and write `timing.json` (over all sessions of the run) and the log's totals."
     running, final = out/'notebook.running.ipynb', out/'notebook.ipynb'
     if not running.exists(): return
     try: json.loads(running.read_text())
@@ -427,7 +434,8 @@ def _finish_notebook(out, started, log):
     os.replace(running, final)
     try:
         t = timing_summary(final, started)
-        save_json(t, out/'timing.json')
+        prev = read_record(out/'timing.json')   # an earlier session of this run (stopped or failed: `_prepare` moves other runs aside)
+        save_json(_with_earlier(prev, t) if isinstance(prev, dict) else t, out/'timing.json')   # the log: this session's
         log.write(f"\n[har-kit] kernel start {t['kernel_start_seconds']} s, first imports {t['imports_seconds']} s, "
                   f"cells {t['cells_seconds']} s, total {t['total_seconds']} s; slowest: "
                   + '; '.join(f"cell {r['execution_count'] or r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')

@@ -484,6 +484,20 @@ def test_an_interrupted_render_says_a_rerun_renders_again(tmp_path):
     assert rc == 130 and 'rerun the same command to render again' in err and 'last checkpoint' not in err, (rc, err)
 
 
+def test_a_resumed_runs_timing_counts_every_session(tmp_path):
+    "timing.json was rewritten by each session, so a run stopped or failed once reported only its last session's time."
+    body = ('import pathlib\nfrom har_kit.core import save_metrics\np = pathlib.Path(out_dir, "second")\nok = p.exists(); p.touch()\n'
+            'assert ok, "first session"\nsave_metrics({"ok": 1}, out_dir)')
+    nb = _nb(tmp_path/'n.ipynb', params_src='out_dir = None', body=body)
+    with pytest.raises(RunFailed): run_notebook(nb, {}, tmp_path/'run', progress=False)
+    first = load_json(tmp_path/'run'/'timing.json')
+    run_notebook(nb, {}, tmp_path/'run', progress=False)
+    t = load_json(tmp_path/'run'/'timing.json')
+    assert len(t['sessions']) == 2 and t['sessions'][0]['total_seconds'] == first['total_seconds']
+    assert t['total_seconds'] == pytest.approx(sum(s['total_seconds'] for s in t['sessions']), abs=2e-3)
+    assert t['total_seconds'] > first['total_seconds']
+
+
 def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
     "A kernel deaf to SIGINT (a cell that ignores it) is killed after the grace period: the run still stops, exit 130."
     body = 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + _BLOCKING
