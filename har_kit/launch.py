@@ -658,13 +658,14 @@ def cli(argv=None):  # the command line (None: sys.argv)
         if set(roots) - read:   # said, not refused: a script may pass every root to every table subset
             print(f'har-kit reproduce: note: no planned run reads --data-root {", ".join(sorted(set(roots) - read))} (profile '
                   f'{a.profile!r}' + (' runs on the synthetic sets' if not read else f' reads {", ".join(sorted(read))} here') + ')', file=sys.stderr)
-        if a.dry_run and a.launcher == 'local':
-            check_devices(names, where, local=False)
-            for check in (lambda: check_roots(runs, roots), lambda: check_planned(runs)):   # as a real run checks them
+        if a.dry_run:
+            if a.launcher == 'local': check_devices(names, where, local=False)
+            # as a real run checks them (the parameters once the roots are given: a missing root is said once)
+            for check in (lambda: check_roots(runs, roots), lambda: missing_roots(runs) or check_planned(runs)):
                 try: check()
                 except KitError as e:   # the plan is shown anyway (planning for another machine), the problem said first
                     print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)
-            return _print_plan(a, runs, devices)
+            if a.launcher == 'local': return _print_plan(a, runs, devices)
         if missing_roots(runs):
             raise KitError(f'profile {a.profile!r} needs dataset roots: pass ' +
                            ' '.join(f'--data-root {d}=PATH' for d in missing_roots(runs)) + ' (the option once per dataset)')

@@ -344,8 +344,10 @@ def test_a_dry_run_checks_the_roots_and_names_roots_no_run_reads(capsys, tmp_pat
 def test_a_profile_that_contradicts_itself_stops_before_its_first_run(capsys, tmp_path, monkeypatch):
     "Every planned run's parameters are checked before any starts: the real command stops (nothing created), the dry run says so."
     monkeypatch.setitem(PROFILES['quick'], 'campar', {**PROFILES['quick']['campar'], 'selection': '[15]', 'val_fraction': 0.1})
-    assert cli(['campar_t2', '--profile', 'quick', '--dry-run', '--out', str(tmp_path)]) == 0
-    assert "a real run would stop here: " in capsys.readouterr().err
+    for launcher in ('local', 'submitit'):   # a scheduler's dry run says it too
+        assert cli(['campar_t2', '--profile', 'quick', '--dry-run', '--out', str(tmp_path), '--launcher', launcher,
+                    *(['--cluster', 'local'] if launcher == 'submitit' else [])]) == 0
+        assert "a real run would stop here: " in capsys.readouterr().err, launcher
     assert cli(['campar_t2', '--profile', 'quick', '--out', str(tmp_path), '--jobs', '1']) == 2
     err = capsys.readouterr().err
     assert "planned run(s) would be refused; nothing was started" in err and "val_fraction=0.1 with selection='[15]'" in err
