@@ -87,6 +87,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
             rec['state'], rec['error'] = 'queued', None
         t = read_record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
         if t:
+            t = t['all_sessions'] if isinstance(t.get('all_sessions'), dict) else t   # every session of a resumed run
             rec['seconds'] = {k: t.get(f'{k}_seconds') if is_number(t.get(f'{k}_seconds')) else None for k in ('total', 'kernel_start', 'imports', 'cells')}
         by_dir[rec['out_dir']] = rec
     for rec in recs:

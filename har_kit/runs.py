@@ -149,6 +149,7 @@ def _compile_cache():
 _KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)
 _STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
 _SIGNAL = [0]                    # the signal that first called `stop_runs` (0: none, or a direct call)
+_TTYS = []                       # stdout / stderr descriptors that were a terminal when `forward_interrupts` was entered
 
 def _signal_group(pg, sig):
     with contextlib.suppress(ProcessLookupError, PermissionError): os.killpg(pg, sig)
@@ -158,10 +159,11 @@ def stop_runs(grace: float = 10.0,  # seconds a kernel has after SIGINT before i
     "Interrupt every running kernel (SIGINT, SIGKILL after `grace` s or on a second call); later runs do not start."
     first = not _STOPPING.is_set(); _STOPPING.set()
     if first: _SIGNAL[0] = int(signum)
-    if signum == signal.SIGHUP:   # the terminal is gone: what would be written to it goes nowhere instead of failing (EIO)
-        for fd in (1, 2):
-            with contextlib.suppress(OSError):
-                if os.isatty(fd): os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    if signum == signal.SIGHUP and _TTYS:   # the terminal is gone (already hung up: isatty says False by now): what would
+        with contextlib.suppress(OSError):   # be written to it goes nowhere instead of failing (EIO)
+            null = os.open(os.devnull, os.O_WRONLY)
+            for fd in _TTYS: os.dup2(null, fd)
+            os.close(null)
     for pg in list(_KERNELS.values()): _signal_group(pg, signal.SIGINT if first else signal.SIGKILL)
     if first:   # the kernels running now (one starting later is killed as it starts, see `_kernel_manager`)
         pgs = list(_KERNELS.values())
@@ -173,6 +175,7 @@ def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
     "Within: SIGINT / SIGTERM / SIGHUP (a closed terminal) stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
     _STOPPING.clear(); _SIGNAL[0] = 0
     if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
+    _TTYS[:] = [fd for fd in (1, 2) if os.isatty(fd)]
     # SIGHUP stays ignored where the command was started ignoring it (`nohup`): closing the terminal must not stop it
     old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
            if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN}
@@ -420,10 +423,15 @@ def timing_summary(notebook_path, # an executed notebook
 
 _SESSION_SECONDS = ('kernel_start_seconds', 'imports_seconds', 'cells_seconds', 'total_seconds')
 
-def _with_earlier(prev, t):  # an earlier session's timing.json; this session's `timing_summary`
-    "This session's timing with the earlier sessions' seconds added: `sessions` lists each session's, the totals are their sums."
-    sessions = [*(prev.get('sessions') or [{k: prev.get(k) for k in _SESSION_SECONDS}]), {k: t.get(k) for k in _SESSION_SECONDS}]
-    return {**t, **{k: round(sum(s[k] for s in sessions if is_number(s.get(k))), 3) for k in _SESSION_SECONDS}, 'sessions': sessions}
+def _with_earlier(prev, t, started):  # the run's timing.json so far (or None); this session's `timing_summary`; its start (time.time())
+    "This session's timing (the top-level figures, as `env.json`'s session), plus `sessions` (each one's seconds and start) and `all_sessions` (their sums)."
+    this = {'started': round(started, 3) if started else None, **{k: t.get(k) for k in _SESSION_SECONDS}}
+    if isinstance(prev, dict) and isinstance(prev.get('sessions'), list): done = [s for s in prev['sessions'] if isinstance(s, dict)]
+    elif isinstance(prev, dict) and any(is_number(prev.get(k)) for k in _SESSION_SECONDS):   # written before sessions were kept
+        done = [{'started': None, **{k: prev.get(k) for k in _SESSION_SECONDS}}]
+    else: done = []
+    sessions = [*done, this]
+    return {**t, 'sessions': sessions, 'all_sessions': {k: round(sum(s[k] for s in sessions if is_number(s.get(k))), 3) for k in _SESSION_SECONDS}}
 
 def _finish_notebook(out, started, log):
     "Rename the executed notebook into place (if it is whole) and write `timing.json` (over all sessions of the run) and the log's totals."
@@ -434,12 +442,12 @@ def _finish_notebook(out, started, log):
     os.replace(running, final)
     try:
         t = timing_summary(final, started)
-        prev = read_record(out/'timing.json')   # an earlier session of this run (stopped or failed: `_prepare` moves other runs aside)
-        save_json(_with_earlier(prev, t) if isinstance(prev, dict) else t, out/'timing.json')   # the log: this session's
+        prev = read_record(out/'timing.json')   # earlier sessions of this run (stopped, failed or damaged: `_prepare` moves other runs aside)
+        save_json(_with_earlier(prev, t, started), out/'timing.json')
         log.write(f"\n[har-kit] kernel start {t['kernel_start_seconds']} s, first imports {t['imports_seconds']} s, "
                   f"cells {t['cells_seconds']} s, total {t['total_seconds']} s; slowest: "
                   + '; '.join(f"cell {r['execution_count'] or r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
-    except (OSError, KeyError, ValueError): pass
+    except Exception: pass   # a timing record is never worth the run's own record (written next by the caller)
 
 # %% ../nbs/70_runs.ipynb #c038
 def _fail(out, error, cell=None, interrupted=False):

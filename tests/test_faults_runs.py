@@ -493,9 +493,38 @@ def test_a_resumed_runs_timing_counts_every_session(tmp_path):
     first = load_json(tmp_path/'run'/'timing.json')
     run_notebook(nb, {}, tmp_path/'run', progress=False)
     t = load_json(tmp_path/'run'/'timing.json')
-    assert len(t['sessions']) == 2 and t['sessions'][0]['total_seconds'] == first['total_seconds']
-    assert t['total_seconds'] == pytest.approx(sum(s['total_seconds'] for s in t['sessions']), abs=2e-3)
-    assert t['total_seconds'] > first['total_seconds']
+    assert len(t['sessions']) == 2 and t['sessions'][0] == first['sessions'][0] and t['sessions'][1]['total_seconds'] == t['total_seconds']
+    assert t['all_sessions']['total_seconds'] == pytest.approx(first['total_seconds'] + t['total_seconds'], abs=2e-3)
+    assert t['sessions'][0]['started'] < t['sessions'][1]['started']   # the top level is the last session's, as env.json's time
+    from har_kit.launch import run_states
+    rec = dict(name='r', out_dir=str(tmp_path/'run'), params={}, deps=[])
+    assert run_states([rec])[0]['seconds']['total'] == t['all_sessions']['total_seconds']   # status and reproduce sum them all
+    (tmp_path/'run'/'timing.json').write_text(json.dumps({'total_seconds': 1, 'sessions': 'oops'}))   # a foreign record: no crash
+    (tmp_path/'run'/'done').unlink(); run_notebook(nb, {}, tmp_path/'run', progress=False)
+    assert [s['total_seconds'] for s in load_json(tmp_path/'run'/'timing.json')['sessions']][:1] == [1]   # read as an old-shape record
+
+
+def test_after_the_terminal_closed_the_last_messages_do_not_fail():
+    "By SIGHUP the terminal is already hung up (isatty is False then): the descriptors that were a terminal on entry go to "
+    "/dev/null, so the command's closing messages do not raise EIO (a traceback and exit 1 instead of 129)."
+    import pty, time
+    pid, fd = pty.fork()
+    if pid == 0:   # the child, in a session of its own whose terminal is the pty
+        code = 3
+        try:
+            from har_kit.runs import forward_interrupts
+            with forward_interrupts() as stopped:
+                os.write(1, b'ready\n')
+                hang = time.monotonic() + 120   # a hang guard only: the SIGHUP comes when the parent closes the pty
+                while not stopped() and time.monotonic() < hang: time.sleep(0.01)
+                code = 0 if stopped() else 2
+            os.write(2, b'har-kit run: interrupted\n'); os.write(1, b'bye\n')   # the descriptors (pytest captures sys.stdout)
+        except BaseException: code = 1
+        os._exit(code)
+    got = b''
+    while b'ready' not in got: got += os.read(fd, 100)
+    os.close(fd)   # the terminal closes: the kernel sends SIGHUP to the session
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
