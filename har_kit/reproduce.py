@@ -337,7 +337,7 @@ def check_planned(runs   # PlannedRuns (`plan`)
     errors = []
     for r in runs:
         deps = {str(Path(d)) for d in r.deps}   # a run it reads (CFAR's campar_run) may be run or rerun first: checked at its start
-        params = {k: None if isinstance(v, str) and str(Path(v)) in deps else v for k, v in r.params.items()}
+        params = {k: v for k, v in r.params.items() if not (isinstance(v, str) and str(Path(v)) in deps)}   # its default stands in
         try: check_parameters(r.spec.notebook, params)
         except KitError as e: errors.append(f'{_short(r.out_dir)}: {e}')
     if errors: raise KitError(f'{len(errors)} planned run(s) would be refused; nothing was started:\n  ' + '\n  '.join(errors))
