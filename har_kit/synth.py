@@ -240,7 +240,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     marker = synth_marker(kind, n, seed, distractors)
     if (dest / 'done').exists():
         if (dest / 'done').read_text() == marker: return dest
-        stale = dest.parent / f'.{dest.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        stale = dest.parent / f'.{dest.name}.tmp-{os.getpid()}-old{uuid.uuid4().hex[:8]}'   # swept as a temporary if killed mid-delete
         try: os.rename(dest, stale)        # another generator version: move it aside (atomic), then regenerate
         except OSError: pass               # a concurrent caller moved it first
         shutil.rmtree(stale, ignore_errors=True)

@@ -222,3 +222,24 @@ def test_ensure_synthetic_sweeps_what_killed_generators_left(tmp_path):
     for t in (dead, live): t.mkdir(parents=True); (t/'x.jpg').write_bytes(b'\0' * 10)
     out = ensure_synthetic('pa100k', 'tiny', seed=0, root=tmp_path/'synthetic'/'pa100k-tiny-s0')
     assert (out/'done').exists() and not dead.exists() and live.exists()
+
+
+def test_a_set_of_another_generator_version_is_replaced_and_a_killed_delete_swept(tmp_path, monkeypatch):
+    "A set whose `done` names another generator version is moved aside under a temporary's name and regenerated; one "
+    "left by a process killed while deleting it (its pid gone) is swept by the next generation."
+    import os
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
+    dest = ensure_synthetic('rap', 'tiny', seed=5)
+    (dest/'done').write_text('har_kit.synth 0 (an older generator)\n')
+    import har_kit.synth as S
+    def killed(p, **k): raise KeyboardInterrupt   # the process stopped while deleting the set it moved aside
+    monkeypatch.setattr(S.shutil, 'rmtree', killed)
+    with pytest.raises(KeyboardInterrupt): ensure_synthetic('rap', 'tiny', seed=5)
+    monkeypatch.undo(); monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
+    [aside] = [p for p in dest.parent.iterdir() if p.name.startswith('.')]
+    assert aside.name.startswith(f'.{dest.name}.tmp-{os.getpid()}-')   # a temporary's name: swept once its process is gone
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    left = aside.rename(aside.with_name(aside.name.replace(f'.tmp-{os.getpid()}-', f'.tmp-{dead}-')))   # as a later process finds it
+    assert ensure_synthetic('rap', 'tiny', seed=5) == dest and (dest/'done').read_text().startswith('har_kit.synth ')
+    assert (dest/'done').read_text() != 'har_kit.synth 0 (an older generator)\n' and not left.exists()
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith('.')]   # nothing aside left behind
