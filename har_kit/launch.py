@@ -661,8 +661,9 @@ def cli(argv=None):  # the command line (None: sys.argv)
                   f'{a.profile!r}' + (' runs on the synthetic sets' if not read else f' reads {", ".join(sorted(read))} here') + ')', file=sys.stderr)
         if a.dry_run:
             if a.launcher == 'local': check_devices(names, where, local=False)
-            # as a real run checks them (the parameters once the roots are given: a missing root is said once)
-            for check in (lambda: check_roots(runs, roots), lambda: missing_roots(runs) or check_planned(runs)):
+            # as a real run checks them (the parameters of the runs whose roots are given: a missing root is said once)
+            rooted = [r for r in runs if not ('data_root' in r.params and not r.params['data_root'])]
+            for check in (lambda: check_roots(runs, roots), lambda: check_planned(rooted)):
                 try: check()
                 except KitError as e:   # the plan is shown anyway (planning for another machine), the problem said first
                     print(f'har-kit reproduce: note: a real run would stop here: {e}', file=sys.stderr)

@@ -334,10 +334,12 @@ def check_roots(runs,            # PlannedRuns (`plan`)
 def check_planned(runs   # PlannedRuns (`plan`)
                  ) -> None:
     "Check every run's parameters as its start does (`check_parameters`); one KitError naming each refused run."
-    errors = []
+    errors, by_dir = [], {str(Path(r.out_dir)): r for r in runs}
     for r in runs:
-        deps = {str(Path(d)) for d in r.deps}   # a run it reads (CFAR's campar_run) may be run or rerun first: checked at its start
-        params = {k: v for k, v in r.params.items() if not (isinstance(v, str) and str(Path(v)) in deps)}   # its default stands in
+        # a run it reads (CFAR's campar_run) that the plan will run or rerun first is checked at this run's start (its
+        # default stands in here); one done and current as planned is checked now
+        later = {d for d in map(str, map(Path, r.deps)) if not (is_complete(d) and (d not in by_dir or not stale_params(by_dir[d])))}
+        params = {k: v for k, v in r.params.items() if not (isinstance(v, str) and str(Path(v)) in later)}
         try: check_parameters(r.spec.notebook, params)
         except KitError as e: errors.append(f'{_short(r.out_dir)}: {e}')
     if errors: raise KitError(f'{len(errors)} planned run(s) would be refused; nothing was started:\n  ' + '\n  '.join(errors))

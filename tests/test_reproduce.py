@@ -354,6 +354,28 @@ def test_a_profile_that_contradicts_itself_stops_before_its_first_run(capsys, tm
     assert not (tmp_path/'quick'/'campar').exists() and not list(tmp_path.rglob('params.json'))
 
 
+def test_check_planned_reads_a_dependency_only_when_it_is_done_and_current(tmp_path, monkeypatch):
+    "CFAR's campar_run is checked against the run on disk only when the plan will not run it first (done, current)."
+    import har_kit.reproduce as R
+    from har_kit.core import KitError
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    cfar = next(r for r in runs if r.spec.notebook == 'cfar')
+    Path(cfar.params['campar_run']).mkdir(parents=True); Path(cfar.params['campar_run'], 'metrics.json').write_text('{}')
+    R.check_planned(runs)                                            # not done: the plan runs it first
+    monkeypatch.setattr(R, 'is_complete', lambda d: True)
+    monkeypatch.setattr(R, 'stale_params', lambda r: ['scale'])
+    R.check_planned(runs)                                            # done but stale: rerun first
+    monkeypatch.setattr(R, 'stale_params', lambda r: [])
+    with pytest.raises(KitError, match='records no `_meta`'): R.check_planned(runs)   # done and current: read now
+
+
+def test_a_dry_run_with_a_missing_root_still_checks_the_runs_that_have_theirs(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES['paper'], 'masks', {**PROFILES['paper']['masks'], 'fig4_size': -1})   # a refused value
+    assert cli(['dahar_t1', 'dahar_t2', '--profile', 'paper', '--dry-run', '--out', str(tmp_path), '--data-root', f'wider={tmp_path}']) == 0
+    refused = [l for l in capsys.readouterr().err.splitlines() if 'fig4_size' in l]
+    assert refused and all('wider' in l and 'rap' not in l for l in refused), refused   # RAP's masks run waits for its root
+
+
 def test_the_papers_sections_are_the_notebooks_reproduce_runs():
     "run_params.PAPER_SECTIONS (what messages call the papers' sections) is what a paper plan executes, plus the tables."
     from har_kit.run_params import PAPER_SECTIONS, section_names
