@@ -325,12 +325,13 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
-                dpi: int = 100):  # resolution of the PNG
+                dpi: int = 100,   # resolution of the PNG
+                tight: bool = True):  # crop to the drawn content (`bbox_inches='tight'`); False: the figure's own size
     "Save `fig` as a PNG in the run directory, atomically (temp name, then rename); the figure stays open to show."
     if not name or Path(name).name != name:
         raise KitError(f'save_figure: name={name!r} must be a plain file name (no folders), e.g. "fig5_masks.png"')
     path = run_dir(out_dir)/(name if name.endswith('.png') else name + '.png')
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
     return path
 
 # %% ../nbs/00_core.ipynb #c075

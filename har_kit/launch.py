@@ -662,7 +662,8 @@ def cli(argv=None):  # the command line (None: sys.argv)
         if a.dry_run:
             if a.launcher == 'local': check_devices(names, where, local=False)
             # as a real run checks them (the parameters of the runs whose roots are given: a missing root is said once)
-            rooted = [r for r in runs if not ('data_root' in r.params and not r.params['data_root'])]
+            missing = set(missing_roots(runs))
+            rooted = [r for r in runs if r.params.get('dataset') not in missing]
             for check in (lambda: check_roots(runs, roots), lambda: check_planned(rooted)):
                 try: check()
                 except KitError as e:   # the plan is shown anyway (planning for another machine), the problem said first
