@@ -137,3 +137,14 @@ def test_run_configs_are_their_notebooks_parameters(notebook, config):
     mod, name = config.split(':')
     params = dict(notebook_parameters(notebook)); params.pop('out_dir')
     assert params == dataclasses.asdict(getattr(importlib.import_module(mod), name)())
+
+
+def test_every_figure_is_written_whole():
+    "A PNG is written under a temporary name and renamed (`core.save_figure`, or `atomic_path` where the user names the file): an interrupt never leaves half a figure."
+    import json
+    bad = []
+    for nb in sorted(NBS.glob('*.ipynb')):
+        for i, cell in enumerate(json.loads(nb.read_text(encoding='utf-8'))['cells']):
+            for line in ''.join(cell['source']).splitlines() if cell['cell_type'] == 'code' else ():
+                if '.savefig(' in line and 'with atomic_path(' not in line: bad.append(f'{nb.name} cell {i}: {line.strip()}')
+    assert not bad, 'write figures with har_kit.core.save_figure:\n' + '\n'.join(bad)
