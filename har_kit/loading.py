@@ -19,9 +19,9 @@ from .formats import box_mask, clip_box, load_grey, load_rgb
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'DAHAR_RESIZE', 'DAHAR_INPUT', 'DAHAR_WINDOWS', 'CAMPAR_RESIZE', 'CAMPAR_PAD',
-           'SampleCache', 'mask_size_error', 'HarDataset', 'crop_pairs', 'CornerCenterCrop', 'FiveCropStack',
-           'dahar_sizes', 'campar_sizes', 'dahar_transforms', 'campar_transforms', 'refuse_every_split', 'make_loader',
-           'show_samples']
+           'SampleCache', 'mask_size_error', 'HarDataset', 'crop_pairs', 'window_widths', 'CornerCenterCrop',
+           'FiveCropStack', 'dahar_sizes', 'campar_sizes', 'dahar_transforms', 'campar_transforms',
+           'refuse_every_split', 'make_loader', 'show_samples']
 
 # %% ../nbs/15_loading.ipynb #c008
 class SampleCache:
@@ -156,6 +156,11 @@ def crop_pairs(n: int,               # sizes in the set
                        'frame\'s aspect; the set size minus 1 draws height and width independently)')
     return [(i, j) for i in range(n) for j in range(n) if abs(i - j) <= max_distort]
 
+def window_widths(heights,    # training window heights in pixels
+                  aspect=1):  # height / width of the frame (1 WIDER-Attribute, 2 RAP)
+    "The window widths paired with `heights` by `crop_pairs`: each height / aspect, rounded, at least 1 pixel."
+    return [max(1, int(round(h / aspect))) for h in heights]
+
 # %% ../nbs/15_loading.ipynb #c021
 class CornerCenterCrop(v2.Transform):
     "Da-HAR's multi-scale crop (SRN's): a (height, width) pair from `sizes` and `sizes / aspect`, at a corner or the centre."
@@ -165,7 +170,7 @@ class CornerCenterCrop(v2.Transform):
         "Crop heights, the frame aspect that gives the crop widths, and the pairs drawn from."
         super().__init__()
         self.sizes, self.aspect = [int(s) for s in sizes], aspect
-        self.widths = [max(1, int(round(s / aspect))) for s in self.sizes]
+        self.widths = window_widths(self.sizes, aspect)
         self.pairs = crop_pairs(len(self.sizes), max_distort)
 
     def make_params(self, flat_inputs):  # the transform's flattened inputs (torchvision v2)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, temporary_tag, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
-from .loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, crop_pairs, dahar_sizes, mask_size_error, refuse_every_split
+from .loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, crop_pairs, dahar_sizes, mask_size_error, refuse_every_split, window_widths
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
@@ -507,7 +507,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
                   max_distort=1):        # as `dahar_transforms`
     "Da-HAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     base, out, heights = dahar_sizes(aspect, scale)
-    widths = [max(1, int(round(h / aspect))) for h in heights]
+    widths = window_widths(heights, aspect)
     crop_pairs(len(heights), max_distort); _jitter_span(jitter, 'dahar_batches')   # checked before the first batch
     def augment(x, masks, gen):
         if train: return dahar_augment(x, dahar_params(len(x), base, heights, widths, jitter, gen, max_distort), out, masks)
