@@ -22,7 +22,7 @@ from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig
 from .campar import campar_model_file
 from .campar_train import CamParConfig, metric_row
-from .data import load_dataset
+from .data import data_warning, load_dataset
 from .synth import check_profile
 from . import losses
 
@@ -456,7 +456,7 @@ def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
     if not isinstance(u, str): return None
     return True if u.startswith('ignored') else False if u.startswith('negative') else None
 
-_TRAINED_WITH = ('ignore_unspecified', 'sample_weighting')   # how phase 1 trained, compared after the data
+_TRAINED_WITH = ('ignore_unspecified', 'sample_weighting', 'test_samples')   # how phase 1 trained and what it scored, compared after the data
 
 def _recorded_sample_weighting(meta):  # a CAM-PAR run's `_meta`
     "The `sample_weighting` a CAM-PAR run trained with: `_meta.sample_weighting`, else the parameter's default (a run that does not record it trained with the default)."
@@ -464,7 +464,7 @@ def _recorded_sample_weighting(meta):  # a CAM-PAR run's `_meta`
     return w if isinstance(w, bool) else CamParConfig.__dataclass_fields__['sample_weighting'].default
 
 def check_phase1_run(campar_run,   # a `har-kit run campar` directory
-                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`), ignore_unspecified, sample_weighting
+                     **expected):  # what this run reads: dataset, data_root, partition, profile, scale (the names of `_meta`), ignore_unspecified, sample_weighting, test_samples (`samples_digest` of its test split, once loaded)
     "Refuse a phase-1 run whose `metrics.json` `_meta` differs from `expected` on any name given (it trained on other data, or with another `ignore_unspecified` or `sample_weighting`), naming the parameters that fix it."
     m = Path(campar_run)/'metrics.json'
     if not m.is_file():
@@ -507,6 +507,16 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
                            f'this run has sample_weighting={here}: Loss_2 is phase 1\'s L and would weight otherwise than the L that '
                            f'trained l_specific; pass {p("sample_weighting", str(there).lower())}, or a CAM-PAR run trained with '
                            f'sample_weighting={here}')
+    if 'test_samples' in expected:   # the same names and parameters, but the annotation there may have changed since
+        there, here = meta.get('test_samples'), expected['test_samples']
+        if there is None:
+            data_warning(f'{m}: records no `test_samples` (a run of an earlier kit), so nothing shows that its test split is this '
+                         'run\'s: if the annotation changed since it trained, its training images may be in this test split; '
+                         'rerun that CAM-PAR run to have it checked')
+        elif there != here:
+            raise KitError(f'campar_run={campar_run} scored another test split than this run reads (its _meta.test_samples '
+                           f'{there}, this data\'s {here}): the annotation changed since it trained, so its training images may '
+                           'be in this test split; rerun that CAM-PAR run on the data as it is now, then this one')
 
 # %% ../nbs/51_cfar.ipynb #c058
 def _selection_record(meta, entry):  # a CAM-PAR run's `_meta`; its variant's entry
