@@ -252,16 +252,16 @@ def _same_file_across_splits(samples):
 def dataset_issues(samples,                  # `Sample`s of every split
                    empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
     "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
-    splits, count = {}, {}
-    for s in samples:
-        name = str(s.meta.get('file_name', s.image))
-        splits.setdefault(name, set()).add(s.split)
-        key = (name, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
+    splits, count, names = {}, {}, {}
+    for s in samples:   # one file is one image, however the annotation spells its name ('a.jpg', './a.jpg', 'x/../a.jpg')
+        f = os.path.normpath(os.path.abspath(s.image)); names.setdefault(f, str(s.meta.get('file_name', s.image)))
+        splits.setdefault(f, set()).add(s.split)
+        key = (f, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
     if empty_row == 'no-positive': zero = [s for s in samples if not (s.labels == 1).any()]
     else: zero = [s for s in samples if s.meta.get('n_unspecified', -1) == len(s.labels)]
-    return dict(in_two_splits=[dict(image=k, splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
+    return dict(in_two_splits=[dict(image=names[k], splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
                 same_file_in_two_splits=_same_file_across_splits(samples),
-                duplicates=[dict(image=k, target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
+                duplicates=[dict(image=names[k], target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
 # %% ../nbs/14_data.ipynb #c048
