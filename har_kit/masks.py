@@ -124,6 +124,8 @@ def _create_root(out):  # the mask root `_mask_root` chose
     return out
 
 # %% ../nbs/21_masks.ipynb #c021
+def _box(s): return None if s.box is None else [float(v) for v in s.box]   # a sample's target box as its log record keeps it
+
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
     "Run the source on a batch, write each mask atomically (a mask read from that very file, the ground truth, is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
@@ -132,7 +134,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
         for i, tm in zip(idx, tms, strict=True):
             dst = mask_path(out, *rels[i])
             if dst.resolve() not in {Path(p).resolve() for p in tm.read}: write_mask(tm.mask, dst)   # not the very file it was read from
-            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(),
+            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(), box=_box(samples[i]),
                             inputs={str(p): file_stamp(p) for p in (samples[i].image, *tm.read)}))
             recs[new[-1]['key']] = new[-1]
     return new
@@ -178,9 +180,9 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                             'named after its image without the suffix): rename one of them, or move it to a folder of its own')
     log, recs = out/'log.jsonl', _read_log(out/'log.jsonl')
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
-    def _done(i):  # written by this source from the files as they are now, and still there
+    def _done(i):  # written by this source for the target's box and from the files as they are now, and still there
         r = rec_of(i)
-        return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
+        return (r is not None and r.get('source', src.key) == src.key and r.get('box') == _box(samples[i]) and mask_path(out, *rels[i]).exists()
                 and all(file_stamp(p) == s for p, s in r.get('inputs', {}).items()))
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
