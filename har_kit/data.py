@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
-from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, dataset_kind, mask_roots,
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, dataset_kind, mask_folder,
                              csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
@@ -140,15 +140,9 @@ def _sample_mask(folder, s):  # mask root; a Sample
     return mask_path(folder, s.meta['file_name'], s.meta.get('target', 0))
 
 # %% ../nbs/14_data.ipynb #c026
-def _holds_png(folder):  # a candidate mask root
-    "Whether `folder` is a folder with at least one PNG somewhere below it (an empty one, left by a failed run, is not a mask root)."
-    return folder.is_dir() and next(folder.rglob('*.png'), None) is not None
-
-# %% ../nbs/14_data.ipynb #c027
 def _find_masks(data: AttributeData, mask_dir):
     "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist; warn when only some exist."
-    if mask_dir is False: return data
-    folder = Path(mask_dir) if mask_dir else next((f for f in mask_roots(data.name, data.root) if _holds_png(f)), None)
+    folder = mask_folder(data.name, data.root, mask_dir)
     if folder is None: return data
     if not folder.is_dir(): raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
     found = fill_masks(data, lambda s: p if (p := _sample_mask(folder, s)).exists() else None)
@@ -159,14 +153,14 @@ def _find_masks(data: AttributeData, mask_dir):
                       f'(e.g. {_sample_mask(folder, miss[0])}); they get mask=None')
     return found
 
-# %% ../nbs/14_data.ipynb #c028
+# %% ../nbs/14_data.ipynb #c027
 def _apply_synth_meta(data: AttributeData):
     "Copy the per-target records of a synthetic sidecar (`har_kit.formats.synth_target_meta`) into `Sample.meta`."
     records = synth_target_meta(data.root)
     for s in data.samples: s.meta.update(records.get((s.meta['file_name'], s.meta.get('target', 0)), {}))
     return data
 
-# %% ../nbs/14_data.ipynb #c033
+# %% ../nbs/14_data.ipynb #c032
 def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotation file(s) and image folder or None
     "The dataset's `Layout`: detected when no path is given, else the given paths (root-level defaults for the other)."
     if annotation is None and image_dir is None: return detect_layout(kind, root)
@@ -176,7 +170,7 @@ def _layout(kind, root, annotation, image_dir):  # kind; root; explicit annotati
     _, files, images = next((l for l in LAYOUTS[kind] if have(*l[1:])), LAYOUTS[kind][-1])   # the missing half: as found
     return explicit_layout(kind, root, annotation if annotation is not None else files, image_dir if image_dir is not None else images)
 
-# %% ../nbs/14_data.ipynb #c034
+# %% ../nbs/14_data.ipynb #c033
 def _require_samples(data, where, scored='test'):  # a reader's result; its annotation file(s); the split runs score (None: no check)
     "Refuse an annotation that lists no sample; warn (`EmptyTestWarning`) when the split runs score has none."
     if not data.samples:
@@ -187,7 +181,7 @@ def _require_samples(data, where, scored='test'):  # a reader's result; its anno
         data_warning(f'{where}: the {scored} split is empty ({have}): a run has nothing to score; get a complete copy of '
                      'the annotation', EmptyTestWarning)
 
-# %% ../nbs/14_data.ipynb #c035
+# %% ../nbs/14_data.ipynb #c034
 def _require_distinct(names, where):  # attribute names as read; the file and field, for the message
     "`KitError` naming the attribute names listed more than once (a name must say which label column it is)."
     dups = list(dict.fromkeys(n for n in names if names.count(n) > 1))
@@ -195,7 +189,7 @@ def _require_distinct(names, where):  # attribute names as read; the file and fi
                             '(results are reported by name); get a clean copy of the annotation')
     return names
 
-# %% ../nbs/14_data.ipynb #c036
+# %% ../nbs/14_data.ipynb #c035
 def _finish(data, where, check_images, mask_dir,  # a reader's result; its file; the reader's switches
             empty_row='no-positive', rows_desc='all-zero label rows',  # as `dataset_issues` / `warn_issues`
             files=None, scored='test'):  # the annotation file(s) an empty split is blamed on (None: `where`); as `_require_samples`
@@ -205,14 +199,14 @@ def _finish(data, where, check_images, mask_dir,  # a reader's result; its file;
     if check_images: require_images(data.samples, where, data.meta['images'])
     return _apply_synth_meta(_find_masks(data, mask_dir))
 
-# %% ../nbs/14_data.ipynb #c038
+# %% ../nbs/14_data.ipynb #c037
 def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; 'keep' or 'negative'
     "Apply the reader's `unspecified` switch: 'keep' the marker (default) or read it as 'negative' (explicitly)."
     if unspecified == 'keep': return labels
     if unspecified == 'negative': return np.where(labels == UNSPECIFIED, 0, labels).astype(np.int8)
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
-# %% ../nbs/14_data.ipynb #c041
+# %% ../nbs/14_data.ipynb #c040
 def require_images(samples,    # `Sample`s whose image files must be usable
                    where,      # the annotation file, for the message
                    image_dir): # the image folder, for the message
@@ -230,7 +224,7 @@ def require_images(samples,    # `Sample`s whose image files must be usable
         raise KitError(f'{where}: {len(bad)} of {len(paths)} listed images are unreadable ({first}). Replace or remove them '
                        '(`har-kit data check KIND ROOT` lists them all); in Python, check_images=False skips this check')
 
-# %% ../nbs/14_data.ipynb #c044
+# %% ../nbs/14_data.ipynb #c043
 def _same_file_across_splits(samples):
     "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
     by_name = {}
@@ -248,7 +242,7 @@ def _same_file_across_splits(samples):
             out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
     return out
 
-# %% ../nbs/14_data.ipynb #c045
+# %% ../nbs/14_data.ipynb #c044
 def dataset_issues(samples,                  # `Sample`s of every split
                    empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
     "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
@@ -264,7 +258,7 @@ def dataset_issues(samples,                  # `Sample`s of every split
                 duplicates=[dict(image=names[k], target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
-# %% ../nbs/14_data.ipynb #c048
+# %% ../nbs/14_data.ipynb #c047
 def warn_issues(issues,                          # a dict from `dataset_issues`
                 where,                           # the annotation file or root, for the message
                 rows_desc='all-zero label rows'): # how to call all-zero rows in the message
@@ -282,7 +276,7 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
         data_warning(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
 
-# %% ../nbs/14_data.ipynb #c052
+# %% ../nbs/14_data.ipynb #c051
 def unused_images(images, # image folder
                   used):  # set of names (relative to it) the annotation lists
     "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
@@ -293,7 +287,7 @@ def unused_images(images, # image folder
         out += [n if rel == '.' else f'{rel}/{n}' for n in sorted(files) if n.lower().endswith(IMAGE_SUFFIXES)]
     return [n for n in out if n not in used]
 
-# %% ../nbs/14_data.ipynb #c055
+# %% ../nbs/14_data.ipynb #c054
 def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
                  root,         # folder to write into (created)
                  n=12,         # images (WIDER: scenes with two targets each)
@@ -304,7 +298,7 @@ def tiny_fixture(kind,         # 'pa100k', 'rap', 'wider' or 'csv'
     if kind not in DATASET_KINDS: raise KitError(f'tiny_fixture: kind={kind!r}; use one of {sorted(DATASET_KINDS)}')
     return write_fixture(kind, root, n_images=n, seed=seed, layout='published' if kind == 'csv' else layout, masks=masks)
 
-# %% ../nbs/14_data.ipynb #c059
+# %% ../nbs/14_data.ipynb #c058
 PA100K_HOW = DATASET_KINDS['pa100k'].how
 
 def read_pa100k(root,                # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
@@ -346,7 +340,7 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         data_warning(f'{lay.images}: {len(unused)} image file(s) are in no split (e.g. {unused[0]}); they are not used')
     return _finish(AttributeData('pa100k', root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir)
 
-# %% ../nbs/14_data.ipynb #c064
+# %% ../nbs/14_data.ipynb #c063
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
@@ -360,7 +354,7 @@ def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; the older na
         raise KitError(f"uncertain={uncertain!r}: use 'negative' (RAP's label 2 read as 0, as [15]) or 'unspecified' (kept as -1; the loss decides)")
     return uncertain
 
-# %% ../nbs/14_data.ipynb #c065
+# %% ../nbs/14_data.ipynb #c064
 def _partition_index(partition, n, where):  # the reader's `partition`; partitions in the file; the field, for messages
     "`partition` checked to be an integer 0..n-1."
     if isinstance(partition, bool) or not isinstance(partition, (int, np.integer)):
@@ -368,7 +362,7 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
-# %% ../nbs/14_data.ipynb #c067
+# %% ../nbs/14_data.ipynb #c066
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
              num_attributes=51,    # first columns kept (51 = the standard protocol); None = all
@@ -414,7 +408,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
                                                                uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
-# %% ../nbs/14_data.ipynb #c071
+# %% ../nbs/14_data.ipynb #c070
 WIDER_HOW = DATASET_KINDS['wider'].how
 _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
@@ -425,7 +419,7 @@ def _wider_attr_names(idmap, where):
     if keys != list(range(len(idmap))): raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", found {keys}')
     return _require_distinct([str(idmap[str(k)]) for k in keys], f'{where}: attribute_id_map')
 
-# %% ../nbs/14_data.ipynb #c072
+# %% ../nbs/14_data.ipynb #c071
 def _load_json(path):  # an annotation file
     "A JSON annotation file as Python objects; `KitError` for a missing file, bytes that are not UTF-8, or bad JSON."
     if not path.exists(): raise KitError(f'{path}: file not found. {WIDER_HOW}')
@@ -437,7 +431,7 @@ def _load_json(path):  # an annotation file
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
 
-# %% ../nbs/14_data.ipynb #c073
+# %% ../nbs/14_data.ipynb #c072
 def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` entry; its name for messages; ...
     "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
     fn = im.get('file_name') if isinstance(im, dict) else None
@@ -463,7 +457,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
-# %% ../nbs/14_data.ipynb #c075
+# %% ../nbs/14_data.ipynb #c074
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -500,12 +494,12 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     return _finish(data, str(root), check_images, mask_dir, 'all-unspecified',
                    'target(s) have every attribute unspecified (all-zero rows)', files=' and '.join(map(str, lay.files)))
 
-# %% ../nbs/14_data.ipynb #c089
+# %% ../nbs/14_data.ipynb #c088
 def dataset_reader(kind):  # 'wider', 'rap', 'pa100k' or 'csv'
     "The reader function of a dataset kind (`read_wider`, `read_rap`, `read_pa100k`, `read_csv_dataset`)."
     return globals()[dataset_kind(kind).reader_name]
 
-# %% ../nbs/14_data.ipynb #c099
+# %% ../nbs/14_data.ipynb #c098
 def attribute_stats(data: AttributeData, # a dataset
                 *splits):           # split names (none = all)
     "Per-attribute counts, positive ratio and imbalance ratio, as a pandas DataFrame."
@@ -517,7 +511,7 @@ def attribute_stats(data: AttributeData, # a dataset
     return pd.DataFrame({'positive': pos, 'negative': neg, 'unspecified': uns,
                          'pos_ratio': data.pos_ratio(*splits), 'imbalance': imb}, index=pd.Index(data.attributes, name='attribute'))
 
-# %% ../nbs/14_data.ipynb #c103
+# %% ../nbs/14_data.ipynb #c102
 CSV_SPLITS = ('train', 'val', 'test', 'trainval')
 _CSV_VALUES = {'1': 1, '0': 0, '-1': UNSPECIFIED}
 
@@ -557,7 +551,7 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
     if not samples: raise KitError(f'{path}: no rows after the header')
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir, scored=None)
 
-# %% ../nbs/14_data.ipynb #c107
+# %% ../nbs/14_data.ipynb #c106
 def load_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv' (see `har_kit.formats.DATASET_KINDS`)
                  root=None,      # dataset root; None = the cached synthetic set of `kind`
                  profile='tiny', # synthetic profile (root=None only)

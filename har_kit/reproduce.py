@@ -15,7 +15,7 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import check_parameters, parameter_defaults
-from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_complete, is_done, moved_defaults, read_record,
+from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_complete, is_done, mask_input, moved_defaults, read_record,
                           real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
@@ -373,7 +373,7 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     if given is not None: diff += param_diff(given, planned)
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
-    now = {**data, **input_fingerprints(planned)}   # the planned synthetic sets, and what the other paths it reads hold now
+    now = {**data, **input_fingerprints(planned), **mask_input(planned, parameter_defaults(nb))}   # the planned synthetic sets, what the other paths it reads hold now, the masks
     if now and env is not None:   # compared on what the plan knows (a real dataset's annotation is checked when the run starts)
         changed = data_changes({'data': {k: v for k, v in (env.get('data') or {}).items() if k in now}}, now)
         if any(not c.startswith('input ') for c in changed): diff.append('data')     # e.g. the quick sets were resized

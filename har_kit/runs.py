@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_number, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
 from .engine import LATER_PARAMS
-from .formats import data_fingerprint, detect_layout, file_sha256
+from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, masks_fingerprint
 from .metrics import entry_line, format_number
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
@@ -22,7 +22,7 @@ __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'DEMO_TAG', 'RunBus
            'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
            'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'code_changed', 'real_data',
            'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'default_run_dir', 'run_dir_for',
+           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'mask_input', 'default_run_dir', 'run_dir_for',
            'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
            'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
@@ -279,7 +279,8 @@ def data_changes(env,   # a run's env.json record, or None
     for k in sorted(set(then) | set(data)):
         a, b = then.get(k), data.get(k)
         if a is None and k.startswith('input '): continue   # a run of an earlier kit recorded no inputs: nothing to compare
-        if isinstance(a, dict) and isinstance(b, dict): diff += [f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        if isinstance(a, dict) and isinstance(b, dict):   # a file under the dataset root, or a folder by its absolute path
+            diff += [f'{k} ({f})' if os.path.isabs(f) else f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
         elif a != b: diff.append(k if a is not None else f'{k} (not recorded)')
     return diff
 
@@ -614,7 +615,18 @@ def input_fingerprints(params: dict  # checked parameters, paths absolute (`abso
         if files: out[f'input {k}'] = {n: file_sha256(f) for n, f in files.items()}
     return out
 
-# %% ../nbs/70_runs.ipynb #c055
+def mask_input(params: dict,    # checked parameters, paths absolute (`absolute_paths`)
+               defaults: dict   # the notebook's defaults (`parameter_defaults`): a `mask_dir` among them marks a notebook that reads person masks
+              ) -> dict:
+    "What the person masks a run reads hold now: {'input masks': {folder: `masks_fingerprint`}} ({} inside: none yet) for a notebook with a `mask_dir` parameter on a real dataset or a given mask_dir; else {} (a synthetic set's masks are its generator's, which its marker names)."
+    if 'mask_dir' not in defaults: return {}
+    v = {**defaults, **params}
+    kind, root, given = v.get('dataset'), v.get('data_root'), v.get('mask_dir')
+    if given is False or not isinstance(kind, str) or not (root or given): return {}
+    folder = mask_folder(kind, root, given)
+    return {'input masks': {str(folder): masks_fingerprint(folder)} if folder is not None and folder.is_dir() else {}}
+
+# %% ../nbs/70_runs.ipynb #c056
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
     "Refuse a place or weights file the run reads that lies in its own run directory (a rerun with --force would move it aside)."
     for k, v in params.items():
@@ -643,12 +655,12 @@ def _check_input_runs(params):  # absolute parameters (`absolute_paths`)
     for k, v in params.items():
         if _input_run(k, v) and (why := _unfinished(Path(v))): raise KitError(f'{k}={v} {why}')
 
-# %% ../nbs/70_runs.ipynb #c057
+# %% ../nbs/70_runs.ipynb #c058
 def _check_run_dir(out):  # the resolved run directory
     "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
     check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
 
-# %% ../nbs/70_runs.ipynb #c059
+# %% ../nbs/70_runs.ipynb #c060
 def default_run_dir(nb,           # the notebook's path
                     params: dict  # the run's checked parameters
                    ) -> Path:
@@ -670,7 +682,7 @@ def run_dir_for(notebook,          # path, file name or section name
     nb = section_notebook(notebook)
     return default_run_dir(nb, absolute_paths(check_parameters(nb, params))).resolve()
 
-# %% ../nbs/70_runs.ipynb #c063
+# %% ../nbs/70_runs.ipynb #c064
 def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
                   where: str,    # where they came from, for messages ('--device')
                   local=True     # the runs execute on this machine (False: on a scheduler's machines)
@@ -693,7 +705,7 @@ def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
             raise KitError(f'{where}: device={d!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); nothing was started')
     return names
 
-# %% ../nbs/70_runs.ipynb #c065
+# %% ../nbs/70_runs.ipynb #c066
 def run_notebook(notebook,                  # path, file name or section name
                  params: dict | None = None,  # {name: value} injected into the `parameters` cell (checked first)
                  out_dir=None,              # the run directory (None: `default_run_dir`, outputs/runs/<section>-<digest>)
@@ -713,7 +725,8 @@ def run_notebook(notebook,                  # path, file name or section name
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
-    data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {})}   # what it reads, by its bytes
+    data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {}),   # what it reads, by its bytes,
+            **mask_input(params, parameter_defaults(nb))}   # and the masks as they are now (a plan made before its masks run cannot know them)
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
@@ -750,7 +763,7 @@ def run_notebook(notebook,                  # path, file name or section name
         raise RunFailed(out, f'the disk is full ({e.filename or "writing the run"}); kept: {kept}; free space and rerun: '
                         'it resumes here') from None
 
-# %% ../nbs/70_runs.ipynb #c072
+# %% ../nbs/70_runs.ipynb #c073
 def run_status(out_dir,  # a run directory
                ) -> dict:
     "`{'state': 'done'|'damaged'|'failed'|'running'|'missing', 'error': ..., ...}` of a run directory."
@@ -772,7 +785,7 @@ def run_status(out_dir,  # a run directory
                     interrupted=True)
     return dict(state='missing', error=None)
 
-# %% ../nbs/70_runs.ipynb #c076
+# %% ../nbs/70_runs.ipynb #c077
 def metrics_summary(metrics: dict,   # a run's metrics.json
                     most: int = 12   # numbers shown of a metrics.json without model entries
                    ) -> list:
@@ -786,7 +799,7 @@ def metrics_summary(metrics: dict,   # a run's metrics.json
     w = max(map(len, entries))
     return [entry_line(name, e, w) for name, e in entries.items()]
 
-# %% ../nbs/70_runs.ipynb #c078
+# %% ../nbs/70_runs.ipynb #c079
 def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
@@ -804,7 +817,7 @@ def _done_id(out):  # a run directory or None
     try: return (Path(out)/'done').stat().st_ino if out else None
     except OSError: return None
 
-# %% ../nbs/70_runs.ipynb #c082
+# %% ../nbs/70_runs.ipynb #c083
 def _parameters_source(nb):  # a notebook path
     "The source of the notebook's cell tagged `parameters` ('' without one)."
     tagged = parameters_cells(nb)
@@ -828,7 +841,7 @@ def parameter_docs(notebook  # path, file name or section name
             if isinstance(t, ast.Name): docs[t.id] = text
     return {n: (d, docs.get(n, '')) for n, d in defaults.items()}
 
-# %% ../nbs/70_runs.ipynb #c084
+# %% ../nbs/70_runs.ipynb #c085
 def _yaml(v):  # a default
     "`v` as one line of YAML flow style (`[baseline, campar]`, `null`, `0.25`)."
     import yaml
@@ -851,7 +864,7 @@ def params_yaml(notebook,                  # path, file name or section name
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
-# %% ../nbs/70_runs.ipynb #c088
+# %% ../nbs/70_runs.ipynb #c089
 _FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 
 def coerce_value(value,    # a value from -p (after `parse_params`) or from a parameters file
@@ -872,7 +885,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
         return [s if strings else coerce_value(parse_value(s), None) for s in (x.strip() for x in text.split(',')) if s]
     return value
 
-# %% ../nbs/70_runs.ipynb #c091
+# %% ../nbs/70_runs.ipynb #c092
 def reading_defaults(notebook  # the notebook (name or path)
                      ) -> dict:
     "The notebook's defaults as `coerce_value` reads text against them: a None default of a field declaring a list as [] (`list_parameters`)."
@@ -918,7 +931,7 @@ def cli_params(notebook,  # the notebook
     reading = reading_defaults(notebook)
     return {k: coerce_value(v, reading.get(k), k) for k, v in parse_params(notebook, pairs).items()}
 
-# %% ../nbs/70_runs.ipynb #c096
+# %% ../nbs/70_runs.ipynb #c097
 def _run_parser():
     "The options of `har-kit run`."
     ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '

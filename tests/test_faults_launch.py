@@ -1,5 +1,6 @@
 """Fault catalogue of the launcher and status side (issue 30): each test tries one fault and states the clear outcome."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -222,6 +223,26 @@ def test_stale_params_names_a_moved_default_and_other_data(tmp_path):
     older = {k: v for k, v in now.items() if k != 'specific_logit'}   # a run from before the parameter existed: it ran Eq. 12
     save_json({'defaults': older, 'data': r.data}, r.out_dir/'env.json')
     assert 'specific_logit' in now and stale_params(r) == []
+
+
+def test_stale_params_names_masks_made_again_for_a_real_dataset(tmp_path):
+    "A done Da-HAR run of the paper profile is stale once the masks its dataset's readers attach were made again (e.g. Mask R-CNN's "
+    "replacing the box masks), so reproduce reruns it instead of returning numbers of the old masks."
+    from har_kit.core import save_json
+    from har_kit.data import tiny_fixture
+    from har_kit.reproduce import plan, stale_params
+    from har_kit.run_params import parameter_defaults
+    from har_kit.runs import mask_input
+    root = tiny_fixture('rap', tmp_path/'RAP', n=8, masks=False)
+    r = next(r for r in plan(['dahar_t2'], 'paper', root=tmp_path/'o', data_roots={'rap': str(root)}) if r.spec.notebook == 'dahar')
+    (Path(root)/'masks').mkdir(); (Path(root)/'masks'/'a_0.png').write_bytes(b'a box mask')
+    r.out_dir.mkdir(parents=True)
+    save_json(r.params, r.out_dir/'params.json'); (r.out_dir/'done').write_text('')
+    save_json({'defaults': parameter_defaults('dahar'), 'data': {**r.data, **mask_input(r.params, parameter_defaults('dahar'))}},
+              r.out_dir/'env.json')
+    assert stale_params(r) == []
+    (Path(root)/'masks'/'a_0.png').write_bytes(b'a Mask R-CNN mask')
+    assert stale_params(r) == ['inputs']
 
 
 def test_a_dry_run_over_several_devices_says_the_runs_take_them_in_turn(tmp_path, capsys):
