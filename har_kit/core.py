@@ -274,7 +274,7 @@ def data_root(writable: bool = False):  # True: the caller is about to write the
 
 # %% ../nbs/00_core.ipynb #c060
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)
-    "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `<data root>/cache`), checked."
+    "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `cache/` in the kit's data folder, `data_root()`), checked."
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
 # %% ../nbs/00_core.ipynb #c062

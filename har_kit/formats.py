@@ -220,7 +220,7 @@ def default_mask_root(kind,  # dataset kind
 
 def mask_home(kind,  # dataset kind
               root): # dataset root
-    "Where `har-kit masks` writes a real dataset's masks by default, outside it: `<data root>/masks/<kind>-<hash of ROOT>/default`."
+    "Where `har-kit masks` writes a real dataset's masks by default, outside it: `$HAR_KIT_DATA/masks/<kind>-<hash of ROOT>/default`."
     dataset_kind(kind)
     return data_root()/'masks'/f'{kind}-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]}'/'default'
 

@@ -4,6 +4,7 @@
     python tools/timing.py                          # collect what the run directories and reference files measured
     python tools/timing.py time -- make test        # run a command, record its wall time, then collect
     python tools/timing.py --fresh                  # forget earlier rows first
+    python tools/timing.py --help                   # this, and nothing written
 
 Sources, each row naming its own:
 - a command run through `time`: wall seconds from start to exit, and the runs it executed (the run directories whose
@@ -139,20 +140,32 @@ def render(rows):
 
 
 def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(prog='python tools/timing.py', description=__doc__.split('\n\n')[0],
+                                 epilog='It rewrites outputs/reference/timing.json and timing.md (README includes them at the next '
+                                        '`python tools/nb2readme.py`); tools/refresh_reference.sh runs it after regenerating the references.')
+    ap.add_argument('--fresh', action='store_true', help='forget the stored rows first')
+    sub = ap.add_subparsers(dest='cmd')
+    t = sub.add_parser('time', help='run a command, record its wall time, then collect: time -- COMMAND [ARGS...]')
+    t.add_argument('command', nargs=argparse.REMAINDER, help='the command to time, after --')
+    a = ap.parse_args(argv)
     rc, new = 0, []
-    if argv[:1] == ['time']:
-        cmd = argv[argv.index('--') + 1:] if '--' in argv else argv[1:]
-        if not cmd: sys.exit('usage: python tools/timing.py time -- COMMAND [ARGS...]')
+    if a.cmd == 'time':
+        cmd = a.command[1:] if a.command[:1] == ['--'] else a.command
+        if not cmd: ap.error('time needs a command: python tools/timing.py time -- COMMAND [ARGS...]')
         rc, row = time_command(cmd)
         new.append(row)
-    stored = {} if '--fresh' in argv else {r['job']: r for r in (_load(STORE) or {}).get('rows', [])}
-    derived = from_profiles() + from_use() + from_gpu()
-    stored = {k: r for k, r in stored.items() if r['source'] not in {d['source'] for d in derived}}   # re-derived from their files
-    for r in derived + new: stored[r['job']] = r
+    before = {} if a.fresh else {r['job']: r for r in (_load(STORE) or {}).get('rows', [])}
+    plans, files = from_profiles(), from_use() + from_gpu()
+    # a reference file's rows are what it holds now; a profile's plan replaces the row of the same plan only (a partial plan,
+    # `har-kit reproduce campar_t2`, adds its own row beside the full profile's)
+    stored = {k: r for k, r in before.items() if r['source'] not in {d['source'] for d in files}}
+    for r in plans + files + new: stored[r['job']] = r
     rows = sorted(stored.values(), key=lambda r: r['job'])
     STORE.write_text(json.dumps(dict(rows=rows), indent=1) + '\n')
     TABLE.write_text(render(rows))
-    print(f'{_rel(TABLE)}: {len(rows)} rows')
+    changed = [r['job'] for r in rows if before.get(r['job']) != r]
+    print(f'{_rel(TABLE)}: {len(rows)} rows' + (f'; new or re-measured: {"; ".join(changed)}' if changed else '; none changed'))
     return rc
 
 
