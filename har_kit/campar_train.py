@@ -15,14 +15,14 @@ from fastcore.basics import patch
 from .core import KitError, get_device
 from .backbones import check_arch
 from .engine import TrainConfig, predict as engine_predict
-from .formats import dataset_kind, expand_splits
+from .formats import dataset_kind, dataset_splits, expand_splits
 from .losses import pos_ratio
 from .model_file import Recipe, RunConfig
 from .model_file import selection_study as _selection_study   # the run parameter `selection_study` is a switch
 from .data import check_train_splits, load_dataset, samples_digest
 from .synth import check_profile
 from .loading import SampleCache, campar_transforms, make_loader
-from .pipeline import campar_batches, cached_loader
+from .pipeline import campar_batches, cached_loader, check_pipeline
 from .metrics import dataset_metric, metrics_by_distraction, metric_labels, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute_activation, campar_model_file, campar_variant,
                             check_specific_logit, positive_angles)
@@ -136,7 +136,7 @@ def campar_loaders(train,                 # training samples (the first value of
                    device: str = 'cpu'):  # where 'device' augments ('auto': CUDA when present)
     "Loaders 'train', 'val' (when held out), 'test', and 'test_masks' (with the target's mask) when every test sample has one."
     if pipeline == 'device': return _device_loaders(train, eval_samples, test, scale, batch_size, num_workers, seed, device)
-    if pipeline != 'loader': raise KitError(f"pipeline={pipeline!r}: use 'loader' or 'device'")
+    check_pipeline(pipeline)
     kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache.of(cache_mb))
     loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=len(train) > batch_size, seed=seed, **kw)}
     if eval_samples: loaders['val'] = make_loader(eval_samples, campar_transforms(False, scale), shuffle=False, **kw)
@@ -280,7 +280,7 @@ class CamParConfig(RunConfig):
         check_arch(self.arch, self.weights)
         self.check_variants(VARIANTS)
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
-        check_specific_logit(self.specific_logit)
+        check_specific_logit(self.specific_logit); check_pipeline(self.pipeline)
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
         if self.selection_study and self.selection != 'held-out':
             raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "
@@ -294,7 +294,7 @@ class CamParConfig(RunConfig):
         if self.data_root is None: check_profile(self.profile)
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
-        if splits := dataset_kind(self.dataset).splits:   # known before the data loads (a csv set names its own)
+        if splits := dataset_splits(self.dataset, self.data_root):   # known before the data loads (a csv set's: its file's split column)
             self.check_evaluation(evaluation_split(self.train_splits, splits, self.selection, self.val_fraction) is not None)
 
     def check_evaluation(self, held_out: bool):  # whether the selection leaves an evaluation split (`evaluation_split`)

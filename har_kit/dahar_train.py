@@ -20,7 +20,7 @@ from .engine import TrainConfig, predict
 from .formats import dataset_kind
 from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_sizes, dahar_transforms, make_loader
 from .losses import pos_ratio
-from .pipeline import cached_loader, dahar_batches
+from .pipeline import cached_loader, check_pipeline, dahar_batches
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metric_labels, metrics_by_distraction, metrics_entry, target_mass
 from .model_file import Recipe, RunConfig
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
@@ -90,7 +90,7 @@ class DaHarConfig(RunConfig):
         if not 0.0 <= self.mix <= 1.0: raise KitError(f'mix={self.mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')
         if self.mask_supervision not in ('mask', 'box'):
             raise KitError(f"mask_supervision={self.mask_supervision!r}: use 'mask' (the person masks) or 'box' (the target's box)")
-        if self.pipeline not in ('loader', 'device'): raise KitError(f"pipeline={self.pipeline!r}: use 'loader' or 'device'")
+        check_pipeline(self.pipeline)
         if self.mask_weight < 0: raise KitError(f'mask_weight={self.mask_weight!r} must be >= 0 (0 = no mask supervision)')
         check_arch(self.arch, self.weights)
         if self.bench: check_arch(self.bench_arch, None)   # the benchmark runs after training: a bad name stops it now

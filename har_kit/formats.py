@@ -23,7 +23,7 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'synthetic_set', 'clip_box',
            'box_mask', 'is_image', 'image_problem', 'pil_rgb', 'load_rgb', 'collect_images', 'check_images',
            'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
-           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'write_fixture']
+           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -544,6 +544,17 @@ def write_csv_annotation(path,        # labels.csv to write
     return Path(path)
 
 # %% ../nbs/02_formats.ipynb #c093
+def dataset_splits(kind,       # dataset kind
+                   root=None): # its root (needed where the file names the splits)
+    "The splits a dataset has, known before its samples load: the kind's own, else (csv) those its annotation's `split` column names, in first-seen order; () when the file cannot tell (its reader says why)."
+    if (k := dataset_kind(kind)).splits or root is None: return k.splits
+    try:
+        lay = detect_layout(kind, root)
+        rows = csv_records(lay.annotation.read_bytes().decode('utf-8-sig'), str(lay.annotation))
+    except (KitError, OSError, UnicodeDecodeError, AttributeError): return ()
+    return tuple(dict.fromkeys(r[1].strip() for _, r in rows[1:] if len(r) > 1 and r[1].strip()))
+
+# %% ../nbs/02_formats.ipynb #c096
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -557,7 +568,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c094
+# %% ../nbs/02_formats.ipynb #c097
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -569,7 +580,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c095
+# %% ../nbs/02_formats.ipynb #c098
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -588,7 +599,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c097
+# %% ../nbs/02_formats.ipynb #c100
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

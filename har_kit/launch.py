@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
-from .formats import check_data_root
+from .formats import check_data_root, dataset_splits
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
@@ -288,18 +288,31 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     try:
         if a.dataset: check_data_root(a.dataset, a.data_root)   # a csv set needs its folder: said before any value is read
         section = section_notebook(a.notebook).stem.split('_', 1)[-1]
-        values = profile_values(section, a.profile, a.dataset, a.selection)
-        if a.data_root: values['data_root'] = str(Path(a.data_root).expanduser().absolute())
+        values = profile_values(section, a.profile, a.dataset, a.selection)   # the profile, dataset and selection checked
         runs = [r for r in plan(default_tables(a.profile, studies=True), a.profile) if r.spec.notebook == section]
         planned = sorted({r.params.get('dataset') for r in runs} - {None})
+        own = bool(a.dataset and planned and a.dataset not in planned)   # e.g. the paper's values for one's own csv set
+        sels = PROFILES[a.profile].get('_selections', {}).get(section, {})
+        held_out = own and a.selection is None and 'held-out' in sels and next(iter(sels)) != 'held-out'
+        if held_out: values = profile_values(section, a.profile, a.dataset, 'held-out')
+        own_val = held_out and 'val' in dataset_splits(a.dataset, a.data_root) and values.get('val_fraction')
+        if own_val: values['val_fraction'] = 0.0   # the set's own val split is what the epoch is chosen on
+        if a.data_root: values['data_root'] = str(Path(a.data_root).expanduser().absolute())
         given = ' with the values given' if a.dataset or a.data_root else ''
         text = params_yaml(a.notebook, values) + (
             f'# the {a.profile} profile\'s values; the rows of a table (variants, partitions, seeds) are set per run: '
             f'har-kit reproduce --profile {a.profile} --dry-run lists every run\'s\n' if runs else
             f'# the {a.profile} profile plans no {a.notebook} run: these are the notebook\'s own defaults{given}\n')
-        if a.dataset and planned and a.dataset not in planned:   # e.g. the paper's values for one's own csv set
+        if own:
             text += (f'# the {a.profile} profile runs {section} on {", ".join(planned)} only: these are its values with the dataset '
                      f'set to {a.dataset}\n')
+        if held_out:   # [15]'s selection picks the epoch on the test split: a paper's protocol, not one for new data
+            text += (f'# selection: held-out, not {next(iter(sels))!r} (which picks the epoch on the test split, as [15]\'s code '
+                     f'does on its benchmarks): pass --selection {shlex.quote(next(iter(sels)))} to have that anyway\n')
+        if own_val: text += '# val_fraction: 0, since the dataset has a val split of its own: the epoch is chosen on it\n'
+        for name in dict.fromkeys(n for r in runs for n, _ in r.spec.needs):   # a run the plan trains first and passes in
+            text += (f'# {name}: the plan passes the folder of the run it trains first; set it to yours (har-kit run '
+                     f'{name.removesuffix("_run")} ..., then its --out folder): left null, the notebook\'s own stand-in runs\n')
         if a.out:
             out = check_writable([a.out], a.force)[0]   # an existing file (without --force) or an unwritable place: refused
             with atomic_write(out) as f: f.write(text)

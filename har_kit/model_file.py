@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import KitError, atomic_path, get_device, is_number, max_threads, seed_everything
-from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, expand_splits, is_image, synthetic_set
+from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, dataset_splits, expand_splits, is_image, synthetic_set
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
@@ -534,14 +534,16 @@ class RunConfig:
         self._check_split_names()
 
     def _check_split_names(self):
-        "Refuse a `train_splits` / `eval_split` name the dataset kind does not have ('trainval': train + val, `expand_splits`)."
+        "Refuse a `train_splits` / `eval_split` name the dataset does not have ('trainval': train + val, `expand_splits`); a csv set's are its file's."
         kind = DATASET_KINDS.get(getattr(self, 'dataset', None))
-        if kind is None or not kind.splits: return   # a kind whose file names its splits (csv): its reader says
+        splits = dataset_splits(kind.name, getattr(self, 'data_root', None)) if kind is not None else ()
+        if not splits: return   # a file that cannot tell: its reader says why
         for name in ('train_splits', 'eval_split'):
-            bad = [s for s in expand_splits(getattr(self, name, None) or [], kind.splits) if s not in kind.splits]
+            bad = [s for s in expand_splits(getattr(self, name, None) or [], splits) if s not in splits]
             if bad:
-                raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(kind.splits)}, not {bad[0]!r}"
-                               + (' (RAP v1 has no val split)' if kind.name == 'rap' else ''))
+                raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(splits)}, not {bad[0]!r}"
+                               + (' (RAP v1 has no val split)' if kind.name == 'rap' else '')
+                               + (f' (the split column of {self.data_root})' if not kind.splits else ''))
 
     def _bad(self, name): return lambda what: KitError(f'{type(self).__name__} {name!r}: {what}')
 

@@ -22,9 +22,10 @@ from .formats import box_mask, clip_box, load_grey, load_rgb
 from .loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, crop_pairs, dahar_sizes, mask_size_error, refuse_every_split, window_widths
 
 # %% auto #0
-__all__ = ['PAPER_CACHES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
+__all__ = ['PAPER_CACHES', 'PIPELINES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
            'campar_augment', 'dahar_params', 'crop_resize', 'colour_jitter', 'dahar_augment', 'five_crop', 'prefetched',
-           'DeviceLoader', 'campar_batches', 'dahar_batches', 'cached_loader', 'loader_rates', 'benchmark']
+           'DeviceLoader', 'campar_batches', 'dahar_batches', 'check_pipeline', 'cached_loader', 'loader_rates',
+           'benchmark']
 
 # %% ../nbs/16_pipeline.ipynb #c007
 def _rgb(path):  # an image file: (3, H, W) uint8, the loader's pixels
@@ -516,7 +517,17 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
         return d
     return base, augment
 
-# %% ../nbs/16_pipeline.ipynb #c071
+# %% ../nbs/16_pipeline.ipynb #c072
+PIPELINES = ('loader', 'device')
+
+def check_pipeline(pipeline):  # a run's `pipeline` parameter
+    "`pipeline`, or the KitError naming the routes (`PIPELINES`)."
+    if pipeline not in PIPELINES:
+        raise KitError(f"pipeline={pipeline!r}: use 'loader' (per-sample torchvision transforms) or 'device' (the decoded cache, "
+                       'batches augmented on the device)')
+    return pipeline
+
+# %% ../nbs/16_pipeline.ipynb #c074
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -540,7 +551,7 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
 
-# %% ../nbs/16_pipeline.ipynb #c075
+# %% ../nbs/16_pipeline.ipynb #c078
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -556,7 +567,7 @@ def loader_rates(loaders: dict,  # name -> loader
             sync(); times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c078
+# %% ../nbs/16_pipeline.ipynb #c081
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch
