@@ -12,7 +12,7 @@ from .core import KitError, atomic_write, check_folder, check_writable, is_numbe
 from .formats import check_data_root, dataset_splits
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, execute, missing_roots,
-                               plan, planned_tables, profile_params, render_tables, run_planned, stale_params, table_keys)
+                               plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
 from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import section_notebook
@@ -77,7 +77,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         rec['state'], rec['error'] = 'interrupted' if st.get('interrupted') else st['state'], st.get('error')
         if st['state'] in ('done', 'damaged') and 'params' in rec and 'notebook' in rec:   # what reproduce would refuse as not current
             diff = stale_params(rec)
-            if diff: rec['state'], rec['error'] = 'stale', f'finished with other parameters: {", ".join(diff)}'
+            if diff: rec['state'], rec['error'] = 'stale', stale_why(diff)
         # refused before its directory existed (e.g. a parameter the notebook does not take): keep the reason
         err = (errors or {}).get(rec['name']) or (before[1] if before[0] == 'failed' else None)
         if rec['state'] == 'missing' and _refused(err): rec['state'], rec['error'] = 'failed', err
@@ -203,7 +203,7 @@ def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
               root            # outputs root the runs lie under
              ) -> dict:
-    "{run directory: why it gives no number} for the runs the tables read that are not done and current, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters: ...', 'failed: ...', 'running', 'missing (not run)', ..."
+    "{run directory: why it gives no number} for the runs the tables read that are not done and current, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ..."
     root, keys = Path(root).absolute(), [k for k in tables if TABLES[k].in_profile(profile)]
     specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
     if not specs: return {}
@@ -443,7 +443,7 @@ def submit(runs,           # PlannedRuns, dependencies first
             if not diff and is_complete(r.out_dir): actions.append(dict(name=r.name, action='done')); continue
             if diff and not force:
                 blocked.add(r.out_dir)
-                actions.append(dict(name=r.name, action='stale', note=f'finished with other parameters ({", ".join(diff)}): --force resubmits it'))
+                actions.append(dict(name=r.name, action='stale', note=f'{stale_why(diff)}: --force resubmits it'))
                 continue
         if any(d in blocked for d in r.deps):
             blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
@@ -549,7 +549,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
     ap.add_argument('--profile', default='quick', choices=list(PROFILES),
                     help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
-    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke)')
+    ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke); '
+                    'it still reads --data-root folders: har_kit.formats.write_fixture(kind, root) writes tiny ones in the published layouts')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them (several: --launcher local only)")
     ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (--launcher local only; default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
@@ -567,7 +568,9 @@ def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; th
     if a.json:
         for r in runs: print(json.dumps(r.record()))
         return 0
-    print(f'# profile {a.profile}{" (smoke)" if a.smoke else ""}: {PROFILES[a.profile]["_about"]}; {len(runs)} runs')
+    about = ('the paper plan\'s runs at toy sizes on CPU (reproduce.SMOKE: tiny backbones, scale, epochs), over the --data-root '
+             'folders' if a.smoke else PROFILES[a.profile]['_about'])
+    print(f'# profile {a.profile}{" (smoke)" if a.smoke else ""}: {about}; {len(runs)} runs')
     print(describe(runs))
     if devices and len(devices) > 1: print(f'# --device {",".join(devices)}: each run takes one of these in turn when it starts (not the device= shown)')
     if missing_roots(runs): print(f'# needs --data-root for: {", ".join(missing_roots(runs))}')

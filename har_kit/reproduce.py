@@ -21,8 +21,8 @@ from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
            'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots', 'root_source',
-           'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'run_planned', 'default_jobs',
-           'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables', 'render_tables']
+           'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'stale_why', 'run_planned',
+           'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -384,6 +384,15 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
         except KitError: diff.append('metrics schema')
     return diff
 
+_READ = {'data': 'data: its dataset or synthetic set', 'inputs': 'inputs: a run, file or masks it reads'}
+
+def stale_why(diff  # `stale_params`' list (non-empty)
+             ) -> str:
+    "Why a finished run is not current, in words: 'finished with other parameters (epochs)', 'what it reads changed since it finished (inputs: ...)', or both."
+    params, read = [d for d in diff if d not in _READ], [_READ[d] for d in diff if d in _READ]
+    return '; '.join(([f'finished with other parameters ({", ".join(params)})'] if params else [])
+                     + ([f'what it reads changed since it finished ({"; ".join(read)})'] if read else []))
+
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)
                 force=False):    # a run directory holding other parameters: move it aside and rerun
@@ -466,7 +475,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                     pending.remove(r); status['skipped'].append(r.name); bar.update(); continue
                 if stale.get(r.out_dir) and not force:   # never reported as done: its results are of other parameters
                     pending.remove(r); failed.add(r.out_dir); bar.update()
-                    status['failed'][r.name] = (f'finished with other parameters ({", ".join(stale[r.out_dir])}): '
+                    status['failed'][r.name] = (f'{stale_why(stale[r.out_dir])}: '
                                                 'pass --force to rerun it (the old run is moved aside)'); continue
                 if any(d in failed for d in r.deps):
                     pending.remove(r); failed.add(r.out_dir)

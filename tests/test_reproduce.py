@@ -461,17 +461,17 @@ def test_the_tables_leave_out_what_status_calls_stale_and_name_it(tmp_path):
     runs = _fake_campar_t2(tmp_path, stale_seed=2)
     assert make_status(plan(['campar_t2'], 'quick', root=tmp_path), 'quick')['counts']['stale'] == 1
     held = held_back(['campar_t2'], 'quick', tmp_path)
-    assert held[runs[2].out_dir] == 'stale: finished with other parameters: epochs' and runs[0].out_dir not in held
+    assert held[runs[2].out_dir] == 'stale: finished with other parameters (epochs)' and runs[0].out_dir not in held
     out = render(CAMPAR_T2, tmp_path, 'quick', held=held)
     assert out['cells'][('baseline', 'mA')]['n'] == 2 and out['cells'][('baseline', 'mA')]['mean'] == 50.0   # not 63.33 ± 23.09
     line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
-    assert '(n=2) — left out: seed2 (stale: finished with other parameters: epochs)' in line, line
+    assert '(n=2) — left out: seed2 (stale: finished with other parameters (epochs))' in line, line
     assert '| no run | no run |' in next(l for l in out['texts']['md'].splitlines() if l.startswith('| + CAM-PAR + fusion + CFAR | ours'))
     ep = lambda card: next(d['runs'] for d in card['differs'] if d['parameter'] == 'epochs')   # the card: the runs the numbers use
     assert out['card']['runs'] == 2 and '30' not in ep(out['card']), ep(out['card'])
     assert '30 (1 run)' in ep(render(CAMPAR_T2, tmp_path, 'quick')['card'])   # without held: every run found
     gone = [r for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['kind'].startswith('left out')]
-    assert {(r['method'], r['column'], r['seed']) for r in gone if r['kind'] == 'left out: stale: finished with other parameters: epochs'} \
+    assert {(r['method'], r['column'], r['seed']) for r in gone if r['kind'] == 'left out: stale: finished with other parameters (epochs)'} \
         == {(row.label, c, 'seed2') for row in CAMPAR_T2.rows[:4] for c in ('mA', 'F1')}
 
 
