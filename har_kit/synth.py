@@ -157,7 +157,7 @@ def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `mak
                        f"{DEFAULT_SIZE['pa100k']} for crops, {DEFAULT_SIZE['wider']} for WIDER-like scenes)")
     size = int(size)
     if Path(root).exists() and any(Path(root).iterdir()) and not overwrite:
-        raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True')
+        raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True (har-kit synth --overwrite)')
     return size
 
 # %% ../nbs/13_synth.ipynb #c025
@@ -267,7 +267,7 @@ def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')
     ap.add_argument('kind', choices=[*KINDS, 'all'], help='which set to write')
-    ap.add_argument('--profile', default='tiny', choices=list(PROFILES), help='cached set size (ignored with --root)')
+    ap.add_argument('--profile', default='tiny', choices=list(PROFILES), help="synthetic set size (ignored with --root; not reproduce's --profile, which names a plan)")
     ap.add_argument('--root', default=None, help='write here instead of the cache (with --n)')
     ap.add_argument('--n', type=int, default=None, help='number of images with --root (default: the profile size)')
     ap.add_argument('--distractors', type=int, default=None, help=f'distraction level 0..{MAX_LEVEL} for every image (default: mixed)')
