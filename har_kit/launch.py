@@ -122,8 +122,9 @@ def format_status(st   # a status (`save_status`)
                  ) -> str:
     "The status as text: counts, then one line per run that is not done."
     t = st.get('seconds') or {}
+    tables = sorted({row.split('/')[0] for r in st['runs'] for row in r.get('rows') or []})   # what the last plan was for
     lines = [f'profile {st["profile"]}: ' + ', '.join(f'{n} {s}' for s, n in st['counts'].items() if n) +
-             f' of {len(st["runs"])} runs ({st["updated"]})']
+             f' of {len(st["runs"])} runs ({st["updated"]})' + (f'; the last plan\'s tables: {", ".join(tables)}' if tables else '')]
     if t.get('total'):
         lines.append(f'  run time, summed over runs: {t["total"]:.0f} s (kernel start {t["kernel_start"]:.0f} s, '
                      f'first imports {t["imports"]:.0f} s, cells {t["cells"]:.0f} s)')
@@ -178,7 +179,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES),
                     help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
-    ap.add_argument('--out', help='outputs root har-kit reproduce was given (default: outputs/)')
+    ap.add_argument('--out', help="outputs root har-kit reproduce was given (default: $HAR_KIT_OUTPUTS, else the clone's outputs/)")
     ap.add_argument('--json', action='store_true', help='print the status as JSON')
     a = ap.parse_args(argv)
     try:
@@ -546,7 +547,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='har-kit reproduce', description="regenerate the papers' tables: plan the runs, "
                                  'execute them (here, or as scheduler jobs), render the tables')
     ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
-    ap.add_argument('--studies', action='store_true', help=f'also the studies beyond the papers: {", ".join(STUDY_TABLES)}')
+    ap.add_argument('--studies', action='store_true', help='also the studies beyond the papers: ' + ', '.join(
+        k + ('' if not t.profiles else f' ({"/".join(t.profiles)} profile only)') for k, t in STUDY_TABLES.items()))
     ap.add_argument('--profile', default='quick', choices=list(PROFILES),
                     help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
     ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke); '
@@ -556,7 +558,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (--launcher local only; default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
     ap.add_argument('--seeds', type=int, default=1, help="the least number of seeds per run, at least 1 (default 1): rows a table compares get at "
                     "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
-    ap.add_argument('--out', help='outputs root (default: outputs/)')
+    ap.add_argument('--out', help="outputs root (default: $HAR_KIT_OUTPUTS, else the clone's outputs/)")
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
     ap.add_argument('--force', action='store_true', help='rerun runs that are not current: their directory holds other parameters (e.g. after a profile changed), a notebook default they did not override has changed since, or an older kit finished them; the old runs are moved aside (a run marked done that lost its metrics.json or a model file is resumed with or without it)')
     ap.add_argument('--json', action='store_true', help='with --dry-run (--launcher local): one JSON object per run (notebook, params, out_dir, deps)')
@@ -567,6 +569,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
 def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))
+        if missing_roots(runs): print(f'# needs --data-root for: {", ".join(missing_roots(runs))}', file=sys.stderr)
         return 0
     about = ('the paper plan\'s runs at toy sizes on CPU (reproduce.SMOKE: tiny backbones, scale, epochs), over the --data-root '
              'folders' if a.smoke else PROFILES[a.profile]['_about'])
