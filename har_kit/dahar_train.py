@@ -106,6 +106,14 @@ class DaHarConfig(RunConfig):
                             **{**dict(device=self.device, amp=self.amp, seed=self.seed, channels_last=self.channels_last, compile_mode=self.compile_mode,
                                     progress=True), **kwargs})
 
+    def supervised(self, variant):  # a key of VARIANTS
+        "Whether `variant` learns a mask: its masked attention, with mask_weight > 0."
+        return VARIANTS[variant]['masked_attention'] and self.mask_weight > 0
+
+    def reads_masks(self) -> bool:
+        "Whether the run reads person masks from files: a variant that learns them (mask_supervision 'mask'), or Fig. 5 comparing them (`DaHarRecipe.check_masks`' rule)."
+        return any(self.supervised(v) for v in self.variants if v in VARIANTS) and (self.mask_supervision == 'mask' or self.fig5)
+
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, the mask folder)."
         kw = {**({'mask_dir': self.mask_dir} if self.mask_dir else {}), **({'partition': self.partition} if self.dataset == 'rap' else {})}
@@ -165,8 +173,8 @@ class DaHarRecipe(Recipe):
     def check_masks(self):
         "Before any training: the splits whose person masks the run reads have them (else a KitError with the three ways out)."
         c, d = self.config, self.data
+        if not c.reads_masks(): return
         sup = [v for v in c.variants if v in VARIANTS and self.supervised(v)]
-        if not sup: return
         splits = [*c.train_splits, *(['val'] if 'val' not in c.train_splits and c.eval_split != 'val' else [])] if c.mask_supervision == 'mask' else []
         splits += [c.eval_split] if c.fig5 else []   # Fig. 5 compares the masks on the scored split
         splits = [s for s in dict.fromkeys(splits) if s in d.splits]
@@ -188,7 +196,7 @@ class DaHarRecipe(Recipe):
 
     def build(self, variant): return dahar_variant(**self.model_kwargs(variant))
     def train_config(self): return self.config.train_config()
-    def supervised(self, variant): return VARIANTS[variant]['masked_attention'] and self.config.mask_weight > 0  # mask loss on
+    def supervised(self, variant): return self.config.supervised(variant)   # mask loss on
 
     def criterion(self, variant):  # a key of VARIANTS
         "`DaHarLoss` of the run (w_c from the training splits); the mask term only where `supervised`."

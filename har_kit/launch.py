@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
+from .campar_train import evaluation_split
 from .formats import check_data_root, dataset_splits
 from .model_file import RunConfig
 from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, execute, missing_roots,
                                plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
 from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
-from .run_params import section_notebook
+from .run_params import parameter_defaults, section_notebook
 from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_complete, is_done, params_yaml,
                           read_record, run_status, stop_runs)
 
@@ -296,8 +297,12 @@ def config_cli(argv=None):  # arguments after `har-kit config`
         sels = PROFILES[a.profile].get('_selections', {}).get(section, {})
         held_out = own and a.selection is None and 'held-out' in sels and next(iter(sels)) != 'held-out'
         if held_out: values = profile_values(section, a.profile, a.dataset, 'held-out')
-        own_val = held_out and 'val' in dataset_splits(a.dataset, a.data_root) and values.get('val_fraction')
-        if own_val: values['val_fraction'] = 0.0   # the set's own val split is what the epoch is chosen on
+        own_val = False   # held-out on a set with a val split of its own: the epoch is chosen on it, nothing carved
+        if own and values.get('selection') == 'held-out' and values.get('val_fraction'):
+            splits, train = dataset_splits(a.dataset, a.data_root), values.get('train_splits', parameter_defaults(section).get('train_splits'))
+            try: evaluation_split(train, splits, 'held-out', values['val_fraction'])
+            except KitError: own_val = evaluation_split(train, splits, 'held-out', 0.0) == 'val'
+        if own_val: values['val_fraction'] = 0.0
         if a.data_root: values['data_root'] = str(Path(a.data_root).expanduser().absolute())
         given = ' with the values given' if a.dataset or a.data_root else ''
         text = params_yaml(a.notebook, values) + (

@@ -180,9 +180,9 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                             'named after its image without the suffix): rename one of them, or move it to a folder of its own')
     log, recs = out/'log.jsonl', _read_log(out/'log.jsonl')
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
-    def _done(i):  # written by this source for the target's box and from the files as they are now, and still there
+    def _done(i):  # written by this source for the target's box (a record of an earlier kit has none: taken as it is) and from the files as they are now, and still there
         r = rec_of(i)
-        return (r is not None and r.get('source', src.key) == src.key and r.get('box') == _box(samples[i]) and mask_path(out, *rels[i]).exists()
+        return (r is not None and r.get('source', src.key) == src.key and r.get('box', _box(samples[i])) == _box(samples[i]) and mask_path(out, *rels[i]).exists()
                 and all(file_stamp(p) == s for p, s in r.get('inputs', {}).items()))
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])

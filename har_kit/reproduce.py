@@ -373,25 +373,31 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     if given is not None: diff += param_diff(given, planned)
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
-    now = {**data, **input_fingerprints(planned), **mask_input(planned, parameter_defaults(nb))}   # the planned synthetic sets, what the other paths it reads hold now, the masks
+    now = {**data, **input_fingerprints(planned), **mask_input(nb, planned)}   # the planned synthetic sets, what the other paths it reads hold now, the masks
     if now and env is not None:   # compared on what the plan knows (a real dataset's annotation is checked when the run starts)
         changed = data_changes({'data': {k: v for k, v in (env.get('data') or {}).items() if k in now}}, now)
         if any(not c.startswith('input ') for c in changed): diff.append('data')     # e.g. the quick sets were resized
-        if any(c.startswith('input ') for c in changed): diff.append('inputs')      # e.g. the CAM-PAR run CFAR reads was trained again
+        if any(c.startswith('input ') and not c.startswith('input masks') for c in changed): diff.append('inputs')   # e.g. the CAM-PAR run CFAR reads was trained again
+        if any(c.startswith('input masks') for c in changed): diff.append('masks')   # e.g. Mask R-CNN's replaced the box masks
     if thread_change(env, rec.get('threads')) is not None: diff.append('threads')   # made with another count than planned
     if nb in ('dahar', 'campar', 'cfar') and is_done(out) and read_record(m, diff) is not None:   # by an older kit?
         try: read_metrics(out)
         except KitError: diff.append('metrics schema')
     return diff
 
-_READ = {'data': 'data: its dataset or synthetic set', 'inputs': 'inputs: a run, file or masks it reads'}
+_READ = {'data': 'data: its dataset or synthetic set', 'inputs': 'inputs: a run or file it reads',
+         'masks': 'masks: the person masks it reads were made, made again or edited'}
+_OTHER = {'threads': 'it ran with another intra-op thread count than planned (threads)',
+          'metrics schema': 'an earlier kit wrote its metrics.json (metrics schema)'}
 
 def stale_why(diff  # `stale_params`' list (non-empty)
              ) -> str:
-    "Why a finished run is not current, in words: 'finished with other parameters (epochs)', 'what it reads changed since it finished (inputs: ...)', or both."
-    params, read = [d for d in diff if d not in _READ], [_READ[d] for d in diff if d in _READ]
+    "Why a finished run is not current, in words: 'finished with other parameters (epochs)', 'what it reads changed since it finished (masks: ...)', a thread count, an earlier kit's record, an unreadable file."
+    kept = lambda d: d in _READ or d in _OTHER or d.endswith(' unreadable')
+    params, read = [d for d in diff if not kept(d)], [_READ[d] for d in diff if d in _READ]
     return '; '.join(([f'finished with other parameters ({", ".join(params)})'] if params else [])
-                     + ([f'what it reads changed since it finished ({"; ".join(read)})'] if read else []))
+                     + ([f'what it reads changed since it finished ({"; ".join(read)})'] if read else [])
+                     + [_OTHER.get(d, d) for d in diff if d in _OTHER or d.endswith(' unreadable')])
 
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)

@@ -11,11 +11,11 @@ from pathlib import Path
 from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_number, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
 from .engine import LATER_PARAMS
-from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, masks_fingerprint
+from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, mask_roots, masks_fingerprint
 from .metrics import entry_line, format_number
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
-                                list_parameters, path_parameter)
+                                list_parameters, path_parameter, config_class)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
@@ -351,7 +351,8 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
                            f'to the old values (with --out {out} to continue in this folder)')
         changed = data_changes(env, data) if data else []
         if changed:
-            why = ('an input it reads was rerun or replaced' if all(c.startswith('input ') for c in changed) else
+            why = ('the person masks it reads were made, made again or edited' if all(c.startswith('input masks') for c in changed) else
+                   'an input it reads was rerun or replaced' if all(c.startswith('input ') for c in changed) else
                    'the dataset was relabelled, extended or regenerated, or an input it reads was rerun or replaced')
             raise KitError(f'{out} holds {"a run" if done else "an unfinished run"} of other data ({", ".join(changed)} '
                            f'changed since it started: {why}): pass --force to move the old run aside and rerun, or another '
@@ -615,16 +616,19 @@ def input_fingerprints(params: dict  # checked parameters, paths absolute (`abso
         if files: out[f'input {k}'] = {n: file_sha256(f) for n, f in files.items()}
     return out
 
-def mask_input(params: dict,    # checked parameters, paths absolute (`absolute_paths`)
-               defaults: dict   # the notebook's defaults (`parameter_defaults`): a `mask_dir` among them marks a notebook that reads person masks
+def mask_input(notebook,      # section name or notebook path
+               params: dict   # checked parameters, paths absolute (`absolute_paths`); the notebook's defaults stand for the rest
               ) -> dict:
-    "What the person masks a run reads hold now: {'input masks': {folder: `masks_fingerprint`}} ({} inside: none yet) for a notebook with a `mask_dir` parameter on a real dataset or a given mask_dir; else {} (a synthetic set's masks are its generator's, which its marker names)."
-    if 'mask_dir' not in defaults: return {}
-    v = {**defaults, **params}
-    kind, root, given = v.get('dataset'), v.get('data_root'), v.get('mask_dir')
-    if given is False or not isinstance(kind, str) or not (root or given): return {}
-    folder = mask_folder(kind, root, given)
-    return {'input masks': {str(folder): masks_fingerprint(folder)} if folder is not None and folder.is_dir() else {}}
+    "What the person masks a run reads hold now: {'input masks': {where: `masks_fingerprint`}} ({} inside: none yet), where a run config says it reads them (`reads_masks`, Da-HAR's) on a real dataset or from a given mask_dir; `where` is the folder's role ('mask_dir', 'mask home', 'ROOT/masks'), not its path, so moving `$HAR_KIT_DATA` changes nothing. {} otherwise: a synthetic set's masks are its generator's, which its marker names."
+    cls = config_class(notebook)
+    if cls is None or not hasattr(cls, 'reads_masks'): return {}
+    try: c = cls.from_params(params)
+    except KitError: return {}   # parameters a run would refuse: it says so when it starts
+    if not c.reads_masks() or not (c.data_root or c.mask_dir): return {}
+    folder = mask_folder(c.dataset, c.data_root, c.mask_dir)
+    if folder is None or not folder.is_dir(): return {'input masks': {}}
+    role = 'mask_dir' if c.mask_dir else dict(zip(mask_roots(c.dataset, c.data_root), ('mask home', 'ROOT/masks')))[folder]
+    return {'input masks': {role: masks_fingerprint(folder)}}
 
 # %% ../nbs/70_runs.ipynb #c056
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
@@ -726,7 +730,7 @@ def run_notebook(notebook,                  # path, file name or section name
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
     data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {}),   # what it reads, by its bytes,
-            **mask_input(params, parameter_defaults(nb))}   # and the masks as they are now (a plan made before its masks run cannot know them)
+            **mask_input(nb, params)}   # and the masks as they are now (a plan made before its masks run cannot know them)
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '

@@ -238,11 +238,11 @@ def test_stale_params_names_masks_made_again_for_a_real_dataset(tmp_path):
     (Path(root)/'masks').mkdir(); (Path(root)/'masks'/'a_0.png').write_bytes(b'a box mask')
     r.out_dir.mkdir(parents=True)
     save_json(r.params, r.out_dir/'params.json'); (r.out_dir/'done').write_text('')
-    save_json({'defaults': parameter_defaults('dahar'), 'data': {**r.data, **mask_input(r.params, parameter_defaults('dahar'))}},
+    save_json({'defaults': parameter_defaults('dahar'), 'data': {**r.data, **mask_input('dahar', r.params)}},
               r.out_dir/'env.json')
     assert stale_params(r) == []
     (Path(root)/'masks'/'a_0.png').write_bytes(b'a Mask R-CNN mask')
-    assert stale_params(r) == ['inputs']
+    assert stale_params(r) == ['masks']
 
 
 def test_a_dry_run_over_several_devices_says_the_runs_take_them_in_turn(tmp_path, capsys):
