@@ -61,7 +61,7 @@ def _runs_detail(runs):  # [(start, seconds, timing, env)] -> text
 
 
 def from_profiles():
-    "One row per `outputs/<profile>/status.json`: its finished runs, summed, and their span."
+    "One row per `outputs/<profile>/status.json`, named by the tables of its last plan: its finished runs, summed, and their span."
     rows = []
     for st_path in sorted(p for p in OUT.rglob('status.json') if REF not in p.parents):
         st = _load(st_path) or {}
@@ -74,7 +74,7 @@ def from_profiles():
         tables = {row.split('/')[0] for rec in st.get('runs', []) for row in rec.get('rows', [])}
         paper = {t for t in tables if re.fullmatch(r'(dahar|campar)_t\d+', t)}   # the papers' tables; the rest are studies
         what = ' + '.join(f'{n} {w}' for n, w in ((len(paper), 'paper tables'), (len(tables - paper), 'studies')) if n)
-        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, its last plan's runs ({what})",
+        rows.append(dict(job=f"`har-kit reproduce --profile {st.get('profile', st_path.parent.name)}{smoke}`, a plan of {what}",
                          seconds=round(end - start, 1) if one_go else None,
                          detail=('first run start to last run end; ' if one_go else 'runs of several invocations: no span; ')
                          + _runs_detail(runs),
