@@ -239,7 +239,7 @@ class Predictor:
         self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded, self.notices)
         synthetic = _trained_on_synthetic(self.loaded)
         if synthetic: self.notices.append(f'{self.loaded.path or "the model"} was trained on the synthetic {synthetic} set: '
-                                          'its decisions on real photographs say nothing; train on real data (-p data_root) to use it')
+                                          'its decisions on real photographs say nothing (on images of that set they are what the tables measure); train on real data (-p data_root) to use it')
         for n in self.notices: print(f'note: {n}', file=sys.stderr)
         if _is_bool(batch_size) or not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
         batch_size = int(batch_size)

@@ -56,7 +56,9 @@ def _run(run_dir):  # one finished run: (start, seconds, timing, env) or None
 
 def _runs_detail(runs):  # [(start, seconds, timing, env)] -> text
     s = lambda k: sum(r[2].get(k) or 0 for r in runs)
-    return (f"{len(runs)} runs, {s('total_seconds'):.0f} s summed over runs (kernel start {s('kernel_start_seconds'):.0f} s, "
+    tables = sum(1 for r in runs if (r[3].get('notebook') or {}).get('section') == 'tables')   # `--dry-run` counts the plan's runs only
+    return (f"{len(runs)} runs{' (the tables run included)' if tables == 1 else f' ({tables} tables runs included)' if tables else ''}, "
+            f"{s('total_seconds'):.0f} s summed over runs (kernel start {s('kernel_start_seconds'):.0f} s, "
             f"first imports {s('imports_seconds'):.0f} s)")
 
 
