@@ -67,6 +67,9 @@ _CPU_CAMPAR = {  # the CPU profiles' CAM-PAR recipe (from scratch, Adam, a few e
 CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that profile departs from the papers
     '*': {'selection': "the kit's held-out selection: the test split never chooses the epoch ([15]'s test-selected "
                        "row is shown beside it when run)",
+          'campar.val_fraction': "held-out selection chooses the epoch on images the model does not train on: where the "
+                                 "dataset has no val split outside train_splits, this fraction of the training images is carved "
+                                 "out for it, so those runs train on the rest ([15] trains on all of trainval and selects on test)",
           'campar.partition': "the kit's addition: all five RAP partitions, mean ± sd; [15]'s code reads partition 0 "
                               '(dataset/pedes.py), so the reported RAP rows most likely come from partition 0 alone',
           'cfar.partition': "the kit's addition: all five RAP partitions, mean ± sd; [15]'s code reads partition 0 "

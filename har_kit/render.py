@@ -265,7 +265,9 @@ def table_rows(table: Table,   # the table
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
             ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
             tag = f', {"[15]: selected on test" + mode[4:] if mode.startswith("[15]") else mode}' if len(all_modes) > 1 and mode else ''
-            if mode and any(m.startswith(f'{mode}, partition ') for m in all_modes): tag += ", mean over partitions: the kit's addition"
+            alone = lambda c: any(len(k) == 3 and k[:2] == (row.key, c) and k[2].startswith(f'{mode}, partition ') for k in cells)
+            if mode and any((row.key, c, mode) in cells and alone(c) for c in table.columns):   # a column of this line averages
+                tag += ", mean over partitions: the kit's addition"   # partitions where its paper ran the one shown alone below
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
                         f'{_left_out_note(cells, keys, table.columns)}{_excluded_note(cells, keys, table.columns)}', *ours])
             if reported: out.append([row.label, f'Δ{tag}', *delta])

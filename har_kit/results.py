@@ -133,6 +133,7 @@ def campar_protocol(**extra   # per-table additions or overrides
         'epochs': Paper(30, '[15]: 30 epochs'),
         'batch_size': Paper(64, '[15]: batch 64'),
         'train_splits': Paper(['trainval'], '[15]: TRAIN_SPLIT trainval'),
+        'val_fraction': Paper(0.0, '[15]: trains on all of its TRAIN_SPLIT; nothing is carved out'),
         'logit_bn': Paper(True, '[15] and the public code: Linear + BatchNorm1d on the logits'),
         'logit_bn_shared': Paper(True, "public code: one BatchNorm1d for both heads (models.py: self.logits[1]); the thesis does not say"),
         'sample_weighting': Paper(True, '[15]: weighted BCE'),

@@ -447,3 +447,33 @@ def test_a_distraction_bin_that_left_an_attribute_out_says_so(tmp_path):
     md = render(DISTRACTION, tmp_path, 'quick')['texts']['md']
     line = next(l for l in md.splitlines() if '| ours' in l and l.startswith(f'| {row.label} |'))
     assert '— 0 distractors over 1 of 2 attributes (bag: no positive or no negative in the scored split, left out)' in line, line
+
+
+def test_the_kits_addition_is_said_only_on_lines_that_average_partitions(tmp_path):
+    "A row over PA-100K and RAP, as CAM-PAR's Table 1: [15] ran RAP's partition 0 only, held-out all five. The [15] line holds "
+    "PA-100K's one run and no mean over partitions, so only the held-out line says its mean is the kit's addition."
+    from har_kit.results import Paper, Row, Table, spec
+    sp, sr = spec('campar', 'baseline', dataset='pa100k'), spec('campar', 'baseline', dataset='rap')
+    t = Table('t', 'T', 'test', ['P', 'R'], [Row('b', 'baseline', {'P': None, 'R': None}, metrics={'P': (sp, 'full.mA'), 'R': (sr, 'full.mA')})],
+              protocol={'campar': {'partition': Paper([0], 'code', datasets=('rap',), across=True)}})
+    def put(s, name, params, mA):   # one finished seed directory of a run
+        d = run_path(tmp_path, 'paper', s, 0).parent/name
+        save_json({**s.kwargs, **QUICK, 'seed': 0, **params}, d/'params.json')
+        save_json({'baseline': _ped(mA, 0.6)}, d/'metrics.json'); (d/'done').write_text('')
+    for sel, tag in (('held-out', 'selheldout'), ('[15]', 'sel15')):
+        put(sp, f'seed0-{tag}', dict(selection=sel), 0.80)
+    for part in range(5): put(sr, f'seed0-part{part}-selheldout', dict(partition=part, selection='held-out'), 0.70 + part / 100)
+    put(sr, 'seed0-part0-sel15', dict(partition=0, selection='[15]'), 0.75)
+    lines = [l for l in render(t, tmp_path, 'paper')['texts']['md'].splitlines() if l.startswith('| baseline | ours')]
+    assert "| baseline | ours, held-out, mean over partitions: the kit's addition (n=1/5) | 80.00 | 72.00 ± 1.58 |" in lines, lines
+    assert '| baseline | ours, [15]: selected on test (n=1) | 80.00 | not in this mode |' in lines, lines
+    assert '| baseline | ours, [15]: selected on test, partition 0 alone (n=1) | not in this mode | 75.00 |' in lines, lines
+
+
+def test_the_card_says_held_out_runs_train_without_their_carved_validation_images(tmp_path):
+    "[15] trains on all of trainval; a held-out run that carves val_fraction of it out trains on the rest, and its card says so."
+    from har_kit.cards import protocol_card
+    spec = CAMPAR_T2.rows[0].run
+    _run(tmp_path, 'paper', spec, 0, dict(QUICK, selection='held-out', val_fraction=0.1, train_splits=['trainval']), _ped(0.7, 0.6))
+    vf = next(d for d in protocol_card(CAMPAR_T2, tmp_path, 'paper')['differs'] if d['parameter'] == 'val_fraction')
+    assert vf['paper'] == '0.0' and '0.1' in vf['runs'] and 'carved out' in vf['reason'], vf
