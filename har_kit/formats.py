@@ -562,7 +562,7 @@ def dataset_splits(kind,       # dataset kind
     try:
         lay = detect_layout(kind, root)
         rows = csv_records(lay.annotation.read_bytes().decode('utf-8-sig'), str(lay.annotation))
-    except (KitError, OSError, UnicodeDecodeError, AttributeError): return ()
+    except (KitError, OSError, UnicodeDecodeError): return ()
     return tuple(dict.fromkeys(r[1].strip() for _, r in rows[1:] if len(r) > 1 and r[1].strip()))
 
 # %% ../nbs/02_formats.ipynb #c096

@@ -297,11 +297,9 @@ def config_cli(argv=None):  # arguments after `har-kit config`
         sels = PROFILES[a.profile].get('_selections', {}).get(section, {})
         held_out = own and a.selection is None and 'held-out' in sels and next(iter(sels)) != 'held-out'
         if held_out: values = profile_values(section, a.profile, a.dataset, 'held-out')
-        own_val = False   # held-out on a set with a val split of its own: the epoch is chosen on it, nothing carved
-        if own and values.get('selection') == 'held-out' and values.get('val_fraction'):
-            splits, train = dataset_splits(a.dataset, a.data_root), values.get('train_splits', parameter_defaults(section).get('train_splits'))
-            try: evaluation_split(train, splits, 'held-out', values['val_fraction'])
-            except KitError: own_val = evaluation_split(train, splits, 'held-out', 0.0) == 'val'
+        own_val = (own and values.get('selection') == 'held-out' and bool(values.get('val_fraction'))   # held-out on a set whose own
+                   and evaluation_split(values.get('train_splits', parameter_defaults(section).get('train_splits')),  # val split is not
+                                        dataset_splits(a.dataset, a.data_root), 'held-out') == 'val')   # trained on: chosen on it
         if own_val: values['val_fraction'] = 0.0
         if a.data_root: values['data_root'] = str(Path(a.data_root).expanduser().absolute())
         given = ' with the values given' if a.dataset or a.data_root else ''

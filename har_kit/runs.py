@@ -279,8 +279,7 @@ def data_changes(env,   # a run's env.json record, or None
     for k in sorted(set(then) | set(data)):
         a, b = then.get(k), data.get(k)
         if a is None and k.startswith('input '): continue   # a run of an earlier kit recorded no inputs: nothing to compare
-        if isinstance(a, dict) and isinstance(b, dict):   # a file under the dataset root, or a folder by its absolute path
-            diff += [f'{k} ({f})' if os.path.isabs(f) else f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        if isinstance(a, dict) and isinstance(b, dict): diff += [f'{k}/{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
         elif a != b: diff.append(k if a is not None else f'{k} (not recorded)')
     return diff
 
