@@ -220,8 +220,14 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
                                 'takes r_hat_j = pv_k^T y_f,j of its nearest key k (Euclidean, on sigma(l_specific)) (51_cfar)',
          'the thesis writes "pk in R^(K x D)" for centroids of r, which have M entries, and searches "the nearest pk from '
          'each l_specific"; keys in confidence space is the reading its text allows; Eq. 19 prints r_hat = p_k^T y_f, '
-         'which has a D-wide factor only when read with the value pv_k; training rows through their nearest key train '
-         'phase 2 on what it sees at test time')],
+         'which has a D-wide factor only when read with the value pv_k; training rows go through their nearest key as test '
+         'rows do, so phase 2 trains on the lookup it meets at test time'),
+        ('phase-1 outputs', "r, the dictionary and phase 2's training rows come from phase 1's outputs on its own training "
+                            "images (`train_splits`, no augmentation; in the held-out mode the tenth phase 1 held out for its "
+                            'epoch choice is among them) (51_cfar)',
+         'Fig. 6 takes r "from the converged network from the first step of training" and does not say on which images; '
+         "outputs on the images a network was fitted to are more confident than on test images, so the training rows' keys "
+         "and the test rows' differ in spread (out-of-fold outputs would not; the kit does not run them)")],
 }
 
 UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what the runs did instead, why)

@@ -243,7 +243,7 @@ def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on
 # %% ../nbs/16_pipeline.ipynb #c035
 def _jitter_span(jitter, where):  # a colour jitter strength; the function given it, for the message
     "The factors' range of torchvision's `ColorJitter(jitter, jitter, jitter)`, or None at 0 (it draws none)."
-    if not is_number(jitter) or jitter < 0: raise KitError(f'{where}: jitter={jitter!r}; pass a colour jitter strength >= 0 (0: none; the papers: 0.3)')
+    if not is_number(jitter) or jitter < 0: raise KitError(f'{where}: jitter={jitter!r}; pass a colour jitter strength >= 0 (0: none; Da-HAR defaults to 0.3, a choice: the paper names no strength)')
     return None if jitter == 0 else (max(0.0, 1 - float(jitter)), 1 + float(jitter))
 
 # %% ../nbs/16_pipeline.ipynb #c036

@@ -163,7 +163,8 @@ def campar_protocol(**extra   # per-table additions or overrides
             'n_prototypes': Paper(None, 'K prototypes: not stated', open=True),
             'phase2_epochs': Paper(None, "phase 2's length: not stated", open=True),
             'phase2_lr': Paper(None, "phase 2's optimiser and rate: not stated (the kit: Adam)", open=True),
-            'sample_weighting': Paper(True, "Eq. 20's L is Eq. 16's: [15]'s weighted BCE, as phase 1 trains"),
+            'sample_weighting': Paper(None, "Eq. 20 names Eq. 13's L, as Eq. 16 does; for phase 1 the thesis defers to [15]'s weighted BCE, "
+                                             'which the public phase-1 code trains with; no CFAR code is public', open=True),
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
