@@ -38,7 +38,7 @@ def profile(spec, cfg, steps=5, e2e=False):
             def __init__(self, k): self.k = k
             def __len__(self): return self.k
             def __iter__(self): return (b for _, b in zip(range(self.k), (b for _ in range(10**6) for b in loader)))
-        G.Cycle = lambda _data, k: Fed(k)   # noqa: the two calls below
+        G.Cycle = lambda _data, k: Fed(k)   # noqa: E731 (the two calls below)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
     model = torch.compile(model, mode=mode) if mode != 'none' else model
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
