@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from torchvision.io import decode_jpeg, read_file
 from tqdm import tqdm
 
 from .core import KitError, UNSPECIFIED, atomic_write, check_writable, save_json
-from .data import EmptyTestWarning, dataset_issues, dataset_reader, unused_images
+from .data import EmptyTestWarning, dataset_issues, dataset_reader, identical_across_splits, unused_images
 from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path)
 
@@ -112,18 +113,38 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
     return dest
 
 # %% ../nbs/17_check.ipynb #c021
+def _libjpeg_says(path):  # a JPEG file
+    "What libjpeg writes to standard error while torchvision decodes the file, on one line: '' for a clean file."
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as err:
+        keep = os.dup(2)
+        try:
+            os.dup2(err.fileno(), 2)
+            with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec
+                warnings.simplefilter('ignore')
+                try: decode_jpeg(read_file(str(path)))
+                except Exception as e: return f'{type(e).__name__}: {e}'
+        finally: os.dup2(keep, 2); os.close(keep)
+        err.seek(0)
+        return ' '.join(err.read().decode(errors='replace').split())
+
 def _decode_problem(path,         # an image file
                     sizes=None,   # a dict that receives `path: (H, W)` when the image decodes
-                    turned=None): # a dict that receives `path: EXIF orientation` when the file asks to be shown turned
+                    turned=None,  # a dict that receives `path: EXIF orientation` when the file asks to be shown turned
+                    notes=None):  # a dict that receives `path: (kind, detail)` for an image that decodes with a caveat: 'corrupt' or 'transparent'
     "None when the image decodes completely, else what is wrong (after the cheap `image_problem` check)."
     if (q := image_problem(path)): return q
     try:
         with PILImage.open(path) as im:
-            im.load(); size, orientation = im.size[::-1], None
+            im.load(); size, orientation, fmt = im.size[::-1], None, im.format
             with contextlib.suppress(Exception): orientation = im.getexif().get(0x0112)   # a malformed EXIF block: none
+            clear = (np.asarray(im.convert('RGBA'))[..., 3] < 255).mean() if 'A' in im.getbands() or 'transparency' in im.info else 0
     except Exception as e: return f'does not decode ({type(e).__name__}: {e})'
     if sizes is not None: sizes[path] = size
     if turned is not None and orientation in range(2, 9): turned[path] = orientation   # 1: as stored; other values: not an orientation
+    if notes is not None:
+        if fmt == 'JPEG' and (said := _libjpeg_says(path)): notes[path] = ('corrupt', said)
+        elif clear: notes[path] = ('transparent', 'under 1%' if clear < 0.01 else f'{clear:.0%}')
     return None
 
 # %% ../nbs/17_check.ipynb #c022
@@ -179,8 +200,8 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                          for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
     rep['issues'] = {k: len(v) for k, v in dataset_issues(data.samples, 'all-unspecified' if kind == 'wider' else 'no-positive').items()}
     paths = _images_to_check(data, sample)
-    sizes, turned = {}, {}
-    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p, sizes, turned))]
+    sizes, turned, notes = {}, {}, {}
+    bad = [(p, q) for p in tqdm(paths, desc=f'check {kind} images', unit='img', disable=not progress) if (q := _decode_problem(p, sizes, turned, notes))]
     missing = [str(p) for p, q in bad if q == 'missing']
     unreadable = [f'{p}: {q}' for p, q in bad if q != 'missing']
     rep['images'] = dict(listed=len(dict.fromkeys(s.image for s in data.samples)), checked=len(paths),
@@ -202,6 +223,19 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
         rep['warnings'].append(f'{len(turned)} of the {len(paths)} images checked carry an EXIF orientation, e.g. {p} (orientation {o}): '
                                'training reads their stored pixels (as torchvision\'s decoder does), while a photo viewer and har-kit '
                                f'predict show them turned; so that training and prediction see the same picture, {fix}')
+    for k, what in (('corrupt', 'decode with data libjpeg reports corrupt ({d}), e.g. {p}: the loaders read them with grey or garbled '
+                                'regions; replace them with good copies'),
+                    ('transparent', 'have transparent pixels, e.g. {p} ({d} of its pixels): training reads the colours under the '
+                                    'alpha, while har-kit predict refuses such a photo; flatten them onto the background you mean')):
+        hit = [(p, d) for p, (kk, d) in notes.items() if kk == k]
+        rep['images'][k] = len(hit)
+        if hit: rep['warnings'].append(f'{len(hit)} of the {len(paths)} images checked ' + what.format(p=hit[0][0], d=hit[0][1]))
+    checked = set(paths)   # the same bytes under two names in two splits, across all files of one size
+    same = identical_across_splits([s for s in data.samples if s.image in checked], by_name=False)
+    if len(same) > rep['issues']['same_file_in_two_splits']:   # more than loading (one name at a time) warned about
+        rep['issues']['same_file_in_two_splits'] = len(same)
+        rep['warnings'].append(f'{len(same)} group(s) of files listed in different splits have identical bytes under different names '
+                               f'(e.g. {" and ".join(same[0])}): evaluation may leak training data; keep each picture in one split')
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 

@@ -20,8 +20,9 @@ from .synth import ensure_synthetic
 # %% auto #0
 __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'DataWarning', 'EmptyTestWarning',
            'data_warning', 'Sample', 'AttributeData', 'check_train_splits', 'samples_digest', 'fill_masks',
-           'require_images', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k',
-           'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats', 'read_csv_dataset', 'load_dataset']
+           'require_images', 'identical_across_splits', 'dataset_issues', 'warn_issues', 'unused_images',
+           'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats',
+           'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/14_data.ipynb #c006
 class DataWarning(UserWarning):
@@ -225,37 +226,47 @@ def require_images(samples,    # `Sample`s whose image files must be usable
                        '(`har-kit data check KIND ROOT` lists them all); in Python, check_images=False skips this check')
 
 # %% ../nbs/14_data.ipynb #c043
-def _same_file_across_splits(samples):
-    "Files listed under different names in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg)."
-    by_name = {}
-    for s in samples: by_name.setdefault(os.path.basename(s.image), {})[s.image] = s.split
+def _sha1(path):  # a file
+    try: return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError: return None
+
+def identical_across_splits(samples,       # `Sample`s of every split
+                            by_name=True): # True: compare only files sharing a base name (cheap, what loading does); False: all files of one size (`har-kit data check`)
+    "Distinct files listed in different splits with identical bytes (WIDER's train/x.jpg and test/x.jpg, a renamed copy): lists of their paths."
+    groups = {}
+    for s in samples:   # one file, however spelt, is one path here
+        f = os.path.normpath(os.path.abspath(s.image))
+        groups.setdefault(os.path.basename(f) if by_name else '', {}).setdefault(f, set()).add(s.split)
+    spans = lambda pairs: len(set().union(*(sp for _, sp in pairs))) > 1   # the files' entries cover two splits or more
     out = []
-    for group in by_name.values():
-        if len(set(group.values())) < 2: continue
+    for group in groups.values():
         sizes = {}
         for p, sp in group.items():
             try: sizes.setdefault(os.path.getsize(p), []).append((p, sp))
             except OSError: continue
         for same in sizes.values():
+            if len(same) < 2 or not spans(same): continue
             digests = {}
-            for p, sp in same: digests.setdefault(hashlib.sha1(Path(p).read_bytes()).hexdigest(), []).append((p, sp))
-            out += [sorted(str(p) for p, _ in d) for d in digests.values() if len({sp for _, sp in d}) > 1]
+            for p, sp in same: digests.setdefault(_sha1(p), []).append((p, sp))
+            out += [sorted(p for p, _ in d) for h, d in digests.items() if h is not None and len(d) > 1 and spans(d)]
     return out
 
 # %% ../nbs/14_data.ipynb #c044
 def dataset_issues(samples,                  # `Sample`s of every split
                    empty_row='no-positive'): # what an all-zero row is: 'no-positive' or 'all-unspecified' (WIDER)
     "Readable but suspicious entries: images in two splits, duplicate entries in a split, all-zero rows; a dict of lists."
-    splits, count, names = {}, {}, {}
+    splits, count, names, labels = {}, {}, {}, {}
     for s in samples:   # one file is one image, however the annotation spells its name ('a.jpg', './a.jpg', 'x/../a.jpg')
         f = os.path.normpath(os.path.abspath(s.image)); names.setdefault(f, str(s.meta.get('file_name', s.image)))
         splits.setdefault(f, set()).add(s.split)
         key = (f, s.meta.get('target', 0), s.split); count[key] = count.get(key, 0) + 1
+        labels.setdefault(key, set()).add(np.asarray(s.labels).tobytes())
     if empty_row == 'no-positive': zero = [s for s in samples if not (s.labels == 1).any()]
     else: zero = [s for s in samples if s.meta.get('n_unspecified', -1) == len(s.labels)]
     return dict(in_two_splits=[dict(image=names[k], splits=sorted(v)) for k, v in splits.items() if len(v) > 1],
-                same_file_in_two_splits=_same_file_across_splits(samples),
-                duplicates=[dict(image=names[k], target=t, split=sp, times=c) for (k, t, sp), c in count.items() if c > 1],
+                same_file_in_two_splits=identical_across_splits(samples),
+                duplicates=[dict(image=names[k], target=t, split=sp, times=c, conflicting=len(labels[(k, t, sp)]) > 1)
+                            for (k, t, sp), c in count.items() if c > 1],
                 all_zero_rows=[dict(image=str(s.meta.get('file_name', s.image)), target=s.meta.get('target', 0), split=s.split) for s in zero])
 
 # %% ../nbs/14_data.ipynb #c047
@@ -270,8 +281,11 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
         data_warning(f'{where}: {len(m)} file(s) are listed in two splits under different names with identical bytes '
                       f'(e.g. {" and ".join(m[0])}): evaluation may leak training data')
     if (m := issues['duplicates']):
+        c = [d for d in m if d.get('conflicting')]
         data_warning(f'{where}: {len(m)} entr{"y is" if len(m) == 1 else "ies are"} listed more than once in one split '
-                      f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice')
+                      f'(e.g. {m[0]["image"]} target {m[0]["target"]} {m[0]["times"]} times in {m[0]["split"]}): they count twice'
+                      + (f'; {len(c)} of them with labels that disagree (e.g. {c[0]["image"]} in {c[0]["split"]}): one set of labels '
+                         'is wrong, so keep the right line only' if c else ''))
     if (m := issues['all_zero_rows']):
         data_warning(f'{where}: {len(m)} {rows_desc} (e.g. {m[0]["image"]} in {m[0]["split"]}): '
                       'no positive attribute; check the annotation')
@@ -549,6 +563,11 @@ def read_csv_dataset(root,               # dataset folder: labels.csv and images
         y = np.array([_CSV_VALUES[v.strip()] for v in r[2:]], np.int8)
         samples.append(Sample(img, y, split, meta=dict(file_name=name, row=ln)))
     if not samples: raise KitError(f'{path}: no rows after the header')
+    both = {s.split for s in samples} & {'train', 'val'}
+    if both and (tv := next((s for s in samples if s.split == 'trainval'), None)):
+        raise KitError(f"{path}: line {tv.meta['row']} has the split 'trainval' and other lines have {' and '.join(sorted(both))}: "
+                       "train_splits=['trainval'] means the split of that name where a file has one, else train + val, so a file "
+                       "with both is read two ways; mark the 'trainval' lines train (or val)")
     return _finish(AttributeData('csv', lay.root, attrs, samples, meta=lay.record()), str(path), check_images, mask_dir, scored=None)
 
 # %% ../nbs/14_data.ipynb #c106

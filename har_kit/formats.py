@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import contextlib, csv, functools, glob, hashlib, io, json, math, os
+import contextlib, csv, functools, glob, hashlib, io, json, math, os, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,7 +336,7 @@ def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
     return m
 
 # %% ../nbs/02_formats.ipynb #c057
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
 
@@ -350,6 +350,13 @@ def is_image(path):  # any file
         with Image.open(path): return True
     except Exception: return False
 
+def _decodes(path):  # an image file
+    "True when PIL decodes the whole file (it refuses a truncated one)."
+    try:
+        with Image.open(path) as im: im.load()
+        return True
+    except Exception: return False
+
 def image_problem(path):  # image file
     "None when the file looks like a complete image the kit can read, else what is wrong (a short phrase)."
     try:
@@ -359,10 +366,12 @@ def image_problem(path):  # image file
     except FileNotFoundError: return 'missing'
     except OSError as e: return f'cannot be opened ({e})'
     if size == 0: return 'empty file (0 bytes)'
-    if head.startswith(b'\xff\xd8\xff'):   # JPEG: complete when its end-of-image marker is there
-        return None if b'\xff\xd9' in tail else 'truncated JPEG (no end-of-image marker)'
-    if head.startswith(b'\x89PNG\r\n\x1a\n'):   # PNG: complete when its IEND chunk is there
-        return None if b'IEND' in tail[-64:] else 'truncated PNG (no IEND chunk)'
+    # complete when its end marker is there; data appended after it (a phone's "motion photo" video) moves the marker
+    # away from the end, so a file without one at the end is decoded once to tell the two apart
+    if head.startswith(b'\xff\xd8\xff'):   # JPEG: its end-of-image marker
+        return None if b'\xff\xd9' in tail or _decodes(path) else 'truncated JPEG (no end-of-image marker)'
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):   # PNG: its IEND chunk
+        return None if b'IEND' in tail[-64:] or _decodes(path) else 'truncated PNG (no IEND chunk)'
     try:
         with Image.open(path) as im: mode = im.mode
     except Exception as e: return f'not a readable image ({type(e).__name__}: {e})'
@@ -379,7 +388,8 @@ def pil_rgb(im,             # a PIL image (opened from a file, or made in memory
     if photo and ('A' in im.getbands() or 'transparency' in im.info):   # RGB alone would show what the alpha hides
         alpha = np.asarray(im.convert('RGBA'))[..., 3]
         if (alpha < 255).any():
-            raise KitError(f'{where}: {(alpha < 255).mean():.0%} of its pixels are transparent; flatten it onto the background '
+            share = (alpha < 255).mean()
+            raise KitError(f'{where}: {"under 1%" if share < 0.01 else f"{share:.0%}"} of its pixels are transparent; flatten it onto the background '
                            'you mean (e.g. PIL: Image.alpha_composite(white, img).convert("RGB")) and pass that')
     if im.mode in _REFUSED: raise KitError(f'{where}: mode {im.mode} (floating-point pixels) is not supported; convert it to 8-bit RGB')
     if im.mode in _SIXTEEN:
@@ -397,6 +407,19 @@ def load_rgb(path,          # image file
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
 # %% ../nbs/02_formats.ipynb #c065
+_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'II*\x00', b'MM\x00*')   # JPEG, PNG, GIF, TIFF
+
+def _warn_unlisted(spec, others):  # a folder or pattern; the files its expansion left out by their suffix
+    "Warn when some of them are images all the same (a JPEG, PNG, GIF, TIFF or WebP signature): a suffix the list does not know."
+    def looks(f):
+        try:
+            with open(f, 'rb') as fh: head = fh.read(12)
+        except OSError: return False
+        return head.startswith(_SIGNATURES) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP')
+    if (hit := [f for f in sorted(others) if looks(f)]):
+        warnings.warn(f'{spec}: {len(hit)} image file(s) left out for their name, e.g. {hit[0]}: only {", ".join(IMAGE_SUFFIXES)} '
+                      'files are collected from folders and patterns; rename them, or pass each by its name', UserWarning, stacklevel=3)
+
 def collect_images(specs,       # a path-like, or an iterable of them: files, folders and glob patterns
                    exclude=()):  # folders whose images folder and pattern expansions leave out (e.g. the output folder)
     "Expand files, folders (recursively) and globs into a sorted list of image paths, each file once (by its resolved path)."
@@ -412,9 +435,10 @@ def collect_images(specs,       # a path-like, or an iterable of them: files, fo
     for spec in specs:
         p = Path(spec)
         if p.is_file(): found = [p]
-        elif p.is_dir(): found = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and kept(f))
-        elif any(c in str(spec) for c in '*?['):
-            found = sorted(Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES and kept(Path(f)))
+        elif p.is_dir() or any(c in str(spec) for c in '*?['):
+            files = [f for f in (p.rglob('*') if p.is_dir() else map(Path, glob.glob(str(spec), recursive=True))) if f.is_file() and kept(f)]
+            found = sorted(f for f in files if f.suffix.lower() in IMAGE_SUFFIXES)
+            _warn_unlisted(spec, [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES])
         else: raise KitError(f'{spec}: no such image file or folder')
         if not found: raise KitError(f'{spec}: matches no image ({", ".join(IMAGE_SUFFIXES)})')
         for f in found: out.setdefault(f.resolve(), f)

@@ -33,9 +33,9 @@ def _rgb(path):  # an image file: (3, H, W) uint8, the loader's pixels
         with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec; same pixels until then
             warnings.simplefilter('ignore', DeprecationWarning)
             img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        if img.dtype == torch.uint8: return img
+        if img.dtype == torch.uint8 and img.ndim == 3: return img
     except Exception: pass
-    return torch.from_numpy(np.ascontiguousarray(load_rgb(path))).permute(2, 0, 1)   # PIL: 16-bit (decoded as uint16 above), odd formats
+    return torch.from_numpy(np.ascontiguousarray(load_rgb(path))).permute(2, 0, 1)   # PIL: 16-bit (decoded as uint16 above), animations (the first frame), odd formats
 
 # %% ../nbs/16_pipeline.ipynb #c008
 def decode_resized(path,        # image file
