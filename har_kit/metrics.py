@@ -423,12 +423,20 @@ def format_number(v):  # a number of metrics.json
     if v and abs(v) < 1e-3: return f'{v:.3g}'
     return f'{v:.3f}' if abs(v) < 10 else f'{v:.4g}' if abs(v) < 1e4 else f'{v:.0f}'
 
+def _left_out(block):  # one protocol's block of an entry
+    "' (over 22 of 26 attributes; left out: a, b, ...)' when the mean leaves attributes out (None in `per_attribute`), else ''."
+    pa = block.get('per_attribute') or {}
+    out = [a for a, v in pa.items() if v is None]
+    if not out: return ''
+    return (f' (over {len(pa) - len(out)} of {len(pa)} attributes; left out, with no positive or no negative label to score: '
+            f'{", ".join(out[:3])}{" ..." if len(out) > 3 else ""})')
+
 def entry_line(name,     # the variant's name
                entry,    # its metrics.json entry (`metrics_entry`)
                width=0): # the name's column width
     "'name  mA 0.612 acc ... | crops: ...  (epoch 3, 12 s)': each protocol's numbers, then the epoch and seconds where recorded."
     blocks = [(p, b) for p, b in entry.items() if isinstance(b, dict) and 'per_attribute' in b]
-    parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {format_number(v)}' for k, v in b.items() if is_number(v))
+    parts = [('' if p == 'full' else f'{p}: ') + ' '.join(f'{k} {format_number(v)}' for k, v in b.items() if is_number(v)) + _left_out(b)
              for p, b in blocks]
     facts = [f'epoch {entry["epoch"]}'] if is_number(entry.get('epoch')) else []
     facts += [f'{entry["seconds"]:.0f} s'] if is_number(entry.get('seconds')) else []
