@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_data.ipynb #c002
 from __future__ import annotations
-import difflib, hashlib, json, math, os, sys, warnings
+import difflib, hashlib, json, math, os, sys, unicodedata, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -208,6 +208,14 @@ def _unspecified_policy(labels, unspecified):  # int8 labels with UNSPECIFIED; '
     raise KitError(f"unspecified={unspecified!r}: use 'keep' (carry the marker; the loss decides) or 'negative'")
 
 # %% ../nbs/14_data.ipynb #c040
+def _spelt_otherwise(path):  # a listed image file that is missing
+    "The file beside it whose name differs only in its Unicode form (NFC or NFD: 'café' typed on one system, stored on another), or None."
+    p = Path(path)
+    for form in ('NFC', 'NFD'):
+        alt = p.parent/unicodedata.normalize(form, p.name)
+        if alt.name != p.name and alt.exists(): return alt
+    return None
+
 def require_images(samples,    # `Sample`s whose image files must be usable
                    where,      # the annotation file, for the message
                    image_dir): # the image folder, for the message
@@ -217,8 +225,11 @@ def require_images(samples,    # `Sample`s whose image files must be usable
     missing = [p for p, q in bad if q == 'missing']
     if missing:
         first = ', '.join(str(p.name) for p in missing[:5])
+        alt = next(((p, a) for p in missing[:100] if (a := _spelt_otherwise(p))), None)
+        hint = (f'{alt[0].name!r} is on disk as {alt[1].name!r}: the same letters in another Unicode form (NFC/NFD); write the '
+                "annotation's names as the files spell them (unicodedata.normalize). " if alt else '')
         raise KitError(f'{where}: {len(missing)} of {len(paths)} listed images are missing under {image_dir} (first: {first}). '
-                       'Point root at the complete dataset folder (`har-kit data check KIND ROOT` lists them all); in Python, '
+                       + hint + 'Point root at the complete dataset folder (`har-kit data check KIND ROOT` lists them all); in Python, '
                        'check_images=False skips this check')
     if bad:
         first = '; '.join(f'{p}: {q}' for p, q in bad[:3])
