@@ -226,7 +226,7 @@ def campar_variant(name: str = 'campar_fusion',  # a key of `VARIANTS` (default:
 class CamParLoss(nn.Module):
     "Eq. 16: BCE(shared) + BCE(specific) (Eq. 13: `har_kit.losses.bce_loss`); the engine's criterion `(out, batch) -> dict(loss, shared, specific)`."
     def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
-                 pos_ratio=None):                          # (M,) positive ratios r_j for [15]'s weighting (`losses.sample_weights_15`), or None
+                 pos_ratio=None):                          # (M,) positive ratios ρ_j for [15]'s weighting (`losses.sample_weights_15`), or None
         super().__init__()
         self.ignore_unspecified = ignore_unspecified
         self.pos_ratio = None if pos_ratio is None else np.asarray(pos_ratio, dtype=np.float32)
@@ -288,7 +288,8 @@ def plot_theta(thetas: dict,            # name -> 1-D array of angles in degrees
     if num_attributes:
         ax.axhline(math.degrees(math.acos(1 / math.sqrt(num_attributes))), ls='--', c='gray', lw=1,
                    label=f'OFMA bound arccos(1/√{num_attributes})')
-    ax.set_ylabel('θ (degrees), positive attributes'); ax.set_xlabel(''); ax.set_ylim(0, 180)
+    ax.set_ylabel('θ (degrees), positive attributes'); ax.set_xlabel('model'); ax.set_ylim(0, 180)
+    ax.set_title("Fig. 7: angle θ between an attribute's feature and its classifier", fontsize=9)
     ax.legend(loc='upper right', fontsize=7)
     return ax.figure
 

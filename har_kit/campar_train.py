@@ -259,7 +259,7 @@ class CamParConfig(RunConfig):
     selection: str = 'held-out'         # epoch kept: '[15]' (best test-split metric) or 'held-out' (best on a val split, else last)
     val_fraction: float = 0.0           # 'held-out' without a val split: fraction of the training images carved out as val
     selection_study: bool = False       # also score test every epoch: its metrics at the held-out epoch and at [15]'s (extra.selection_study)
-    sample_weighting: bool = True       # [15]'s weighted BCE: exp(1-r_j) on positives, exp(r_j) on negatives
+    sample_weighting: bool = True       # [15]'s weighted BCE: exp(1-ρ_j) on positives, exp(ρ_j) on negatives
     grad_clip: float = 10.0             # global gradient-norm clip before each step ([15]: 10); 0: none
     predict: str = 'specific'           # which CAM-PAR logits are `logits` at test time: 'specific', 'shared' or 'mean'
     specific_logit: str = 'eq12'        # the specific logits: 'eq12' (the thesis's w_j) or 'public' (the public code's sum of all w_k, no bias)
@@ -336,7 +336,7 @@ class CamParRecipe(Recipe):
         c.check_evaluation(self.eval_set is not None)
         self.test = test if test is not None else self.data.split('test')
         self.key, self.evaluate = dataset_kind(c.dataset).metric, dataset_metric(c.dataset, c.ignore_unspecified)
-        self.pos_ratio = pos_ratio(np.stack([s.labels for s in self.train_set]), c.ignore_unspecified)   # [15]'s r_j
+        self.pos_ratio = pos_ratio(np.stack([s.labels for s in self.train_set]), c.ignore_unspecified)   # [15]'s ρ_j
         self.levels = [s.meta.get('distractors') for s in self.test]   # distraction levels (synthetic sets; None on real data)
         self.thetas, self._loaders = {}, None
         self.watch = ('test',) if c.selection_study else ()   # the test split scored every epoch, read by `selection_study` only

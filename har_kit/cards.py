@@ -153,7 +153,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('mask loss', "per-pixel mean BCE against the pseudo mask area-averaged to the branch's resolution (14 x 14; 14 x 7 on RAP) (`mask_loss`), "
                       'added at mask_weight to Eq. 1, which sums over the attributes',
          'not stated; with mask_weight 1 the mask term weighs like one attribute\'s BCE (1/14 of WIDER\'s, 1/51 of RAP\'s)'),
-        ('architecture', 'self-mask after all four stages, 1x1 convs C -> C/4 -> C/4 -> 1, f x (1 + m); fusion of c3, c4, c5 '
+        ('architecture', 'self-mask after all four stages, 1x1 convs c -> c/4 -> c/4 -> 1 (c: the stage width), f x (1 + m); fusion of c3, c4, c5 '
                          'each reduced to 256 (1x1 conv + BN) and then re-sampled to c4 resolution, summed, two BasicBlocks; mask head 3x3 conv to 64, 1x1 to 1, f x '
                          'sigma(M); two BasicBlocks after the masking; SRN attention 512 wide on the fused map (30_dahar_model)',
          "the 52.4M parameters of Computational Complexity fix the widths and block kinds (the kit's counts: "
@@ -163,7 +163,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
                                    'only in the side branch\'s masked attention',
          '"filter out the unconcerned regions" could be read as f x m; the residual form keeps the identity path, so the '
          'unsupervised masks re-weight a pretrained backbone\'s features without erasing them (relative suppression at most 2:1), '
-         'as HydraPlus-Net, which the paper cites, adds its masks back on the features; Residual Attention (Wang et al. 2017, '
+         'as HydraPlus-Net, which the paper cites, adds its masks back on the features; the Residual Attention Network (F. Wang et al. 2017, '
          'Sec. 3.1) measures a drop when f x m modules are stacked naively; removing a region is left to the side branch\'s '
          'mask, the one supervised by person masks (30_dahar_model)'),
         ('colour jitter', 'brightness, contrast and saturation factors drawn from [0.7, 1.3], in a random order per image, '
@@ -205,7 +205,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          'not stated; the public code (models.py) does not detach its CAMs either'),
         ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`), as [15]'s 2021 code and the public CAM-PAR code's "
                         "`pedes.py`, what its authors ran; the data's meta records how many (`n_uncertain`)",
-         "[15]'s 2020 code kept the 2s: its BCE takes them as targets of 2 with the positive weight e^(1-r_j) (its "
+         "[15]'s 2020 code kept the 2s: its BCE takes them as targets of 2 with the positive weight e^(1-ρ_j) (its "
          "`weights[targets > 1] = 0` reads the 0/1 mask built from the targets, where nothing exceeds 1), mA's counts leave "
          "them out, the positive ratios count them as 2; no reading here reproduces a target of 2; "
          "uncertain='unspecified' with ignore_unspecified=True agrees with it in mA's counts and leaves them out of the loss (14_data)"),

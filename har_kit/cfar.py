@@ -142,7 +142,7 @@ def phase2_config(epochs=30,         # phase-2 epochs
                        device=device, seed=seed, progress=progress)
 
 def loss2(ignore_unspecified=False,  # True: unspecified entries leave the loss; False: read as negatives ([15])
-          pos_ratio=None):           # (M,) positive ratios r_j: [15]'s weighting, as phase 1's (`losses.sample_weights_15`); None: unweighted
+          pos_ratio=None):           # (M,) positive ratios ρ_j: [15]'s weighting, as phase 1's (`losses.sample_weights_15`); None: unweighted
     "Loss_2 (Eq. 20) as the engine's criterion: phase 1's L (Eq. 13's BCE, [15]'s weights with `pos_ratio`) on fc_2's logits."
     r = None if pos_ratio is None else np.asarray(pos_ratio, dtype=np.float32)
     def criterion(out, batch):
@@ -153,7 +153,7 @@ def loss2(ignore_unspecified=False,  # True: unspecified entries leave the loss;
 
 def phase2_ratio(labels,   # (N, M) labels fc_2 is fitted on
                  config):  # a `CFARConfig` (its `sample_weighting` and `ignore_unspecified`)
-    "Loss_2's r_j: the positive ratios of the fitted rows (`losses.pos_ratio`) when `config.sample_weighting`, else None."
+    "Loss_2's ρ_j: the positive ratios of the fitted rows (`losses.pos_ratio`) when `config.sample_weighting`, else None."
     return losses.pos_ratio(labels, config.ignore_unspecified) if config.sample_weighting else None
 
 # %% ../nbs/51_cfar.ipynb #c022
@@ -195,7 +195,7 @@ class CFARConfig:
     init: str = 'identity'         # fc_2 initialisation: 'identity' or 'default'
     use_r_hat: bool = True         # False: control, fc_2 sees zeros instead of r_hat
     ignore_unspecified: bool = False  # Loss_2: unspecified labels as negatives (False, [15]) or masked out
-    sample_weighting: bool = True  # Loss_2 is phase 1's L: [15]'s weighted BCE with the fitted rows' r_j; False: unweighted
+    sample_weighting: bool = True  # Loss_2 is phase 1's L: [15]'s weighted BCE with the fitted rows' ρ_j; False: unweighted
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 

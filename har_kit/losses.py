@@ -56,7 +56,7 @@ def batch_labels(batch,    # a batch dict holding 'labels', (N, C) in {1, 0, -1 
 # %% ../nbs/04_losses.ipynb #c012
 def pos_ratio(labels,                         # (N, C) training labels in {1, 0, -1}
               ignore_unspecified: bool = False):  # True: ratio over specified labels; False: unspecified count as negative
-    "Positive ratio of each attribute (Da-HAR Eq. 2's w_c, [15]'s r_c), consistent with the unspecified switch."
+    "Positive ratio of each attribute (Da-HAR Eq. 2's w_c, [15]'s ρ_c), consistent with the unspecified switch."
     labels = np.asarray(labels)
     if labels.ndim != 2 or len(labels) == 0: raise KitError(f'pos_ratio: labels must be a non-empty (N, C) array, got shape {labels.shape}')
     den = (labels != UNSPECIFIED).sum(0) if ignore_unspecified else np.full(labels.shape[1], len(labels))
@@ -80,8 +80,8 @@ def eq2_weights(labels,                       # (N, C) labels in {1, 0, -1} (uns
 
 # %% ../nbs/04_losses.ipynb #c014
 def sample_weights_15(labels,                 # (N, C) labels in {1, 0, -1}
-                      ratio):                 # (C,) positive ratio r_c
-    "[15]'s per-entry weights (with CAM-PAR's Eq. 13): exp(1 - r_c) for positives, exp(r_c) otherwise."
+                      ratio):                 # (C,) positive ratio ρ_c
+    "[15]'s per-entry weights (with CAM-PAR's Eq. 13): exp(1 - ρ_c) for positives, exp(ρ_c) otherwise."
     y = torch.as_tensor(labels) == 1
     r = host_to_device(_ratio(ratio, y), y.device)
     return torch.where(y, torch.exp(1 - r), torch.exp(r))
@@ -97,9 +97,9 @@ def weighted_bce_loss(logits,                 # (N, C) logits
 # %% ../nbs/04_losses.ipynb #c016
 def bce_15_loss(logits,                       # (N, C) logits
                 labels,                       # (N, C) labels in {1, 0, -1}
-                ratio=None,                   # (C,) positive ratio r_c for [15]'s weights; None: the plain Eq. 13
+                ratio=None,                   # (C,) positive ratio ρ_c for [15]'s weights; None: the plain Eq. 13
                 ignore_unspecified: bool = False):  # as bce_loss
-    "CAM-PAR Eq. 13 (the BCE of Da-HAR Eq. 1), optionally with [15]'s weights exp(1 - r_c) / exp(r_c)."
+    "CAM-PAR Eq. 13 (the BCE of Da-HAR Eq. 1), optionally with [15]'s weights exp(1 - ρ_c) / exp(ρ_c)."
     w = None if ratio is None else sample_weights_15(labels, ratio).to(logits.device)
     return bce_loss(logits, labels, ignore_unspecified, w)
 
