@@ -147,6 +147,7 @@ def _compile_cache():
 
 # %% ../nbs/70_runs.ipynb #c022
 _KERNELS = {}                    # run directory -> process group of the kernel running it (kernels this process started)
+_CELLS = set()                   # run directories whose kernel has been sent a cell (before that, a kernel is still starting)
 _STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
 _SIGNAL = [0]                    # the signal that first called `stop_runs` (0: none, or a direct call)
 _TTYS = []                       # stdout / stderr descriptors that were a terminal when `forward_interrupts` was entered
@@ -164,9 +165,14 @@ def stop_runs(grace: float = 10.0,  # seconds a kernel has after SIGINT before i
             null = os.open(os.devnull, os.O_WRONLY)
             for fd in _TTYS: os.dup2(null, fd)
             os.close(null)
-    for pg in list(_KERNELS.values()): _signal_group(pg, signal.SIGINT if first else signal.SIGKILL)
-    if first:   # the kernels running now (one starting later is killed as it starts, see `_kernel_manager`)
-        pgs = list(_KERNELS.values())
+    running = {run: pg for run, pg in list(_KERNELS.items()) if run in _CELLS}   # a kernel with no cell yet ignores SIGINT: nothing ran
+    for run, pg in list(_KERNELS.items()): _signal_group(pg, signal.SIGINT if first and run in running else signal.SIGKILL)
+    if first and running:   # the kernels running now (one starting later is killed as it starts, see `_kernel_manager`)
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            print(f'har-kit: stopping: the running cell{"s" if len(running) > 1 else ""} get{"" if len(running) > 1 else "s"} up to '
+                  f'{grace:.0f} s to end (a checkpoint being written lands){"; Ctrl-C again stops at once" if signum == signal.SIGINT else ""}',
+                  file=sys.stderr, flush=True)
+        pgs = list(running.values())
         t = threading.Timer(grace, lambda: [_signal_group(pg, signal.SIGKILL) for pg in pgs if pg in _KERNELS.values()])
         t.daemon = True; t.start()
 
@@ -212,6 +218,7 @@ def _engine():
         def cell_start(self, cell, cell_index=None, **kwargs):
             # an idle kernel ignores SIGINT: a stop that reached it between two cells ends the run before the next one
             if _STOPPING.is_set(): raise _RunStopping('stopped between two cells')
+            _CELLS.add(str(Path(self.output_path).parent))   # from here on its kernel runs code: a stop interrupts it (`stop_runs`)
             super().cell_start(cell, cell_index, **kwargs)
         def save(self, **kwargs):   # skipped within SAVE_EVERY of the last save, unless a save is forced below
             if self.last_save_time and (self.now() - self.last_save_time).total_seconds() < SAVE_EVERY: return
@@ -570,7 +577,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
                                 execution_timeout=timeout, kernel_manager_class=_kernel_manager(env, out),
                                 engine_name=_engine(), shutdown_kernel='immediate')
         except BaseException as e:
-            _KERNELS.pop(str(out), None)
+            _KERNELS.pop(str(out), None); _CELLS.discard(str(out))
             if isinstance(e, SystemExit) and _STOPPING.is_set(): halt(); raise   # a scheduler's preemption exit (submitit requeues on it): recorded, then kept
             if _STOPPING.is_set() or isinstance(e, KeyboardInterrupt): raise halt(isinstance(e, _RunStopping)) from None
             if isinstance(e, pm.PapermillExecutionError):
@@ -588,7 +595,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
             if isinstance(e, Exception) and not _disk_full(e):   # the kernel's start or papermill itself: recorded, so status says failed and why
                 raise stop(f'papermill stopped {"before the first cell" if cell is None else f"in cell {cell}"}: {type(e).__name__}: {e}', cell) from e
             raise
-        _KERNELS.pop(str(out), None)
+        _KERNELS.pop(str(out), None); _CELLS.discard(str(out))
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         _finish_notebook(out, started, log)
 

@@ -408,6 +408,7 @@ def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
     rc, err = _interrupt_when_started(cmd, 'run/started', tmp_path)
     assert rc == 130, (rc, err)
     assert 'interrupted' in err and 'rerun the same command' in err and 'Traceback' not in err, err
+    assert 'stopping: the running cell gets up to 10 s to end' in err and 'Ctrl-C again stops at once' in err, err
     assert not (tmp_path/'run'/'done').exists()
     st = run_status(tmp_path/'run')
     assert st['state'] == 'failed' and st['interrupted'] and 'Ctrl-C' in st['error']
@@ -537,6 +538,22 @@ def test_ctrl_c_stops_a_kernel_that_ignores_sigint(tmp_path):
     rc, err = _interrupt_when_started(cmd, 'run/started', tmp_path)
     assert rc == 130 and 'interrupted' in err and 'Traceback' not in err, (rc, err)
     assert not (tmp_path/'run'/'done').exists() and run_status(tmp_path/'run')['interrupted']
+
+
+def test_a_stop_kills_a_kernel_still_starting_and_interrupts_one_running_a_cell(monkeypatch):
+    "A kernel ignores SIGINT until its first cell (ipykernel starts with SIGINT ignored): one still starting, which has run "
+    "nothing, is killed at once rather than after the grace; a kernel running a cell gets SIGINT and the grace."
+    import signal, threading
+    import har_kit.runs as R
+    sent = []
+    monkeypatch.setattr(R, '_signal_group', lambda pg, sig: sent.append((pg, sig)))
+    monkeypatch.setattr(R, '_KERNELS', {'/runs/a': 11, '/runs/b': 22})
+    monkeypatch.setattr(R, '_CELLS', {'/runs/b'})   # b's kernel has been sent a cell; a's is still starting
+    monkeypatch.setattr(R, '_STOPPING', threading.Event()); monkeypatch.setattr(R, '_SIGNAL', [0])
+    R.stop_runs(grace=600)
+    assert sorted(sent) == [(11, signal.SIGKILL), (22, signal.SIGINT)], sent
+    R.stop_runs(grace=600)   # a second Ctrl-C: every kernel killed at once
+    assert sorted(sent[2:]) == [(11, signal.SIGKILL), (22, signal.SIGKILL)], sent
 
 
 def test_ctrl_c_stops_har_kit_reproduce_with_a_summary(tmp_path):
