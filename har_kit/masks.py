@@ -116,6 +116,21 @@ def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller'
     return out
 
 # %% ../nbs/21_masks.ipynb #c020
+def _first_missing(path):  # a folder
+    "The outermost of `path` and its parents that does not exist yet (None when `path` exists)."
+    p, top = Path(path), None
+    while not p.exists(): top, p = p, p.parent
+    return top
+
+def _remove_empty(path, top):  # a folder; the outermost folder to remove with it (`_first_missing` before it was made), or None
+    "Remove `path` and its parents up to `top` while they are empty: what an interrupted call created, no more."
+    if top is None: return
+    p = Path(path)
+    while not any(p.iterdir()):
+        p.rmdir()
+        if p == top: return
+        p = p.parent
+
 def _create_root(out):  # the mask root `_mask_root` chose
     "Create the mask root, once the source has accepted its targets (a refused run leaves no empty folder behind)."
     try: out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +138,7 @@ def _create_root(out):  # the mask root `_mask_root` chose
                                         'and give the readers mask_dir=<that folder>') from None
     return out
 
-# %% ../nbs/21_masks.ipynb #c021
+# %% ../nbs/21_masks.ipynb #c022
 def _box(s): return None if s.box is None else [float(v) for v in s.box]   # a sample's target box as its log record keeps it
 
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
@@ -139,7 +154,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
             recs[new[-1]['key']] = new[-1]
     return new
 
-# %% ../nbs/21_masks.ipynb #c022
+# %% ../nbs/21_masks.ipynb #c023
 def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make_masks` knows at its end
     "The `make_masks` report: where, how many computed and cached (and shared: samples listed twice), fallbacks, clipped boxes, notes."
     fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
@@ -149,7 +164,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
-# %% ../nbs/21_masks.ipynb #c023
+# %% ../nbs/21_masks.ipynb #c024
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
                mask_root=None,      # where to write; None: `mask_home` (a synthetic set: ROOT/masks), where readers look unasked
@@ -186,7 +201,7 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                 and all(file_stamp(p) == s for p, s in r.get('inputs', {}).items()))
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
-    created = not out.exists()
+    top = _first_missing(out)                    # the outermost folder this call creates (None: out exists)
     _create_root(out)                            # only now: a source that refuses leaves nothing behind
     groups = {}
     for i in todo: groups.setdefault(Path(samples[i].image), []).append(i)
@@ -196,23 +211,22 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
             for b in range(0, len(groups), bs):
                 new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs)
                 _append_log(log, new); bar.update(len(new))
-    except BaseException:   # e.g. Mask R-CNN's weights cannot be fetched (first batch): a folder this call made, still empty, goes
-        try:
-            if created and not any(out.iterdir()): out.rmdir()
+    except BaseException:   # e.g. Mask R-CNN's weights cannot be fetched (first batch): the folders this call made, still empty, go
+        try: _remove_empty(out, top)
         except OSError: pass   # the error that stopped the run is the one to show
         raise
     report = _report(data, src, out, indices, keys, {i: rec_of(i) for i in indices}, len(todo), len(first) - len(todo))
     save_json(report, out/'report.json')
     return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)
 
-# %% ../nbs/21_masks.ipynb #c024
+# %% ../nbs/21_masks.ipynb #c025
 def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
     pos = {id(s): i for i, s in enumerate(data.samples)}
     return fill_masks(data, lambda s: masks.get(pos[id(s)], s.mask))
 
-# %% ../nbs/21_masks.ipynb #c028
+# %% ../nbs/21_masks.ipynb #c029
 def mask_iou(a,  # (H, W) bool
              b): # (H, W) bool
     "Intersection over union of two binary masks (1.0 when both are empty)."
@@ -220,7 +234,7 @@ def mask_iou(a,  # (H, W) bool
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
-# %% ../nbs/21_masks.ipynb #c029
+# %% ../nbs/21_masks.ipynb #c030
 def mask_quality(data,       # `AttributeData` the masks were made for
                  masks,      # `MaskSet` to judge
                  reference): # `MaskSet` of ground truth (source 'renderer')
@@ -234,7 +248,7 @@ def mask_quality(data,       # `AttributeData` the masks were made for
                          iou=mask_iou(read_mask(masks[i], ref.shape), ref), fallback=i in fell))
     return pd.DataFrame(rows, columns=['index', 'distractors', 'iou', 'fallback'])
 
-# %% ../nbs/21_masks.ipynb #c033
+# %% ../nbs/21_masks.ipynb #c034
 def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (tensor or array)
     "Fig. 4: sum a feature map over channels and threshold at its median; return (summed map, bool outline)."
     f = torch.as_tensor(np.asarray(feature) if not torch.is_tensor(feature) else feature).detach().float()
@@ -243,7 +257,7 @@ def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (
     med = s.flatten(-2).median(-1).values[..., None, None]
     return s, s > med
 
-# %% ../nbs/21_masks.ipynb #c037
+# %% ../nbs/21_masks.ipynb #c038
 def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '
