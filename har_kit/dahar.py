@@ -16,8 +16,9 @@ from .backbones import check_num_attributes, count_params
 from .losses import batch_labels, bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
 # %% auto #0
-__all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'LOSSES', 'init_new_block', 'SelfMaskBlock', 'FusionBlock',
-           'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table', 'DaHarLoss']
+__all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'PAPER_LATENCY_MS', 'LOSSES', 'init_new_block', 'SelfMaskBlock',
+           'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table',
+           'DaHarLoss']
 
 # %% ../nbs/30_dahar_model.ipynb #c005
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -241,6 +242,7 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
 
 # %% ../nbs/30_dahar_model.ipynb #c037
 PAPER_PARAMS_M = {'baseline': 45.4, 'dahar': 52.4}  # Computational Complexity Analysis (ResNet-101, 14 attributes)
+PAPER_LATENCY_MS = {'baseline': 22.28, 'dahar': 24.04}  # the same section: one image on an NVIDIA 1080Ti
 
 def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
                 arch: str = 'resnet101'):     # backbone

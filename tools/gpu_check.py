@@ -403,7 +403,7 @@ def latency(cfg):
     import torch
     from har_kit.bench import plain_baseline
     from har_kit.core import get_device
-    from har_kit.dahar import dahar_variant
+    from har_kit.dahar import PAPER_LATENCY_MS as P, dahar_variant
     dev, out = get_device(cfg['device']), {}
     pairs = {'dahar/baseline': ('dahar', 'dahar_baseline'), 'campar/plain': ('campar', None), 'campar_fusion/plain': ('campar_fusion', None)}
     pairs.update({f'dahar {v}/baseline': (v, 'dahar_baseline') for v in DAHAR_PARTS})
@@ -415,7 +415,7 @@ def latency(cfg):
         ops = dict(ops=op_count(model.to(dev), x), ops_baseline=op_count(base.to(dev), x))
         for graph in ((True,) if m in DAHAR_PARTS else (False, True)):
             out[f'{key} ({"graph" if graph else "eager"})'] = dict(_latency_row(*_latency_pair(model, base, x, cfg['latency_iters'], graph)), **ops)
-    out['paper_anchor'] = dict(ratio=24.04 / 22.28, note='Da-HAR 24.04 ms vs baseline 22.28 ms, one image, 1080Ti')
+    out['paper_anchor'] = dict(ratio=P['dahar'] / P['baseline'], note=f"Da-HAR {P['dahar']} ms vs baseline {P['baseline']} ms, one image, 1080Ti")
     return out
 
 
