@@ -251,6 +251,7 @@ def identical_across_splits(samples,       # `Sample`s of every split
     spans = lambda pairs: len(set().union(*(sp for _, sp in pairs))) > 1   # the files' entries cover two splits or more
     out = []
     for group in groups.values():
+        if not spans(group.items()): continue   # one split only: nothing to compare (loading stats no file for it)
         sizes = {}
         for p, sp in group.items():
             try: sizes.setdefault(os.path.getsize(p), []).append((p, sp))
