@@ -254,7 +254,9 @@ def format_check(rep):  # a report from `check_dataset`
         lines.append('splits: ' + ', '.join(f'{k} {v}' for k, v in rep['splits'].items()) + f'; {len(rep["attributes"])} attributes')
         im = rep['images']
         lines.append(f'images: {im["listed"]} listed, {im["checked"]} checked: {im["missing"]} missing, {im["unreadable"]} unreadable; '
-                     f'{im["without_labels"]} without labels')
+                     f'{im["without_labels"]} without labels'
+                     + ''.join(f'; {im[k]} {what}' for k, what in (('corrupt', 'with corrupt JPEG data'), ('transparent', 'with transparent pixels'))
+                               if im.get(k)))
         lines.append(f'{"attribute":<22}{"pos %":>7}{"unspecified":>13}')
         for a in rep['attributes']:
             pos = '-' if a['pos_ratio'] is None else f"{100 * a['pos_ratio']:.1f}"
