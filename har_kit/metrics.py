@@ -424,7 +424,7 @@ def format_number(v):  # a number of metrics.json
     return f'{v:.3f}' if abs(v) < 10 else f'{v:.4g}' if abs(v) < 1e4 else f'{v:.0f}'
 
 def _left_out(block):  # one protocol's block of an entry
-    "' (over 22 of 26 attributes; left out: a, b, ...)' when the mean leaves attributes out (None in `per_attribute`), else ''."
+    "' (over 22 of 26 attributes; left out, ...: a, b, c ...)' when the mean leaves attributes out (None in `per_attribute`), else ''."
     pa = block.get('per_attribute') or {}
     out = [a for a, v in pa.items() if v is None]
     if not out: return ''

@@ -332,7 +332,7 @@ def to_seeds_csv(table,  # the table
 
 _TEX = {'\\': r'\textbackslash{}', '{': r'\{', '}': r'\}', '$': r'\$', '^': r'\^{}', '~': r'\~{}', '%': r'\%', '&': r'\&',
         '_': r'\_', '#': r'\#', '<': r'$<$', '>': r'$>$', '≤': r'$\leq$', '≥': r'$\geq$', '±': r'$\pm$', 'Δ': r'$\Delta$',
-        '−': r'$-$', '`': ''}   # LaTeX's special characters, and what pdflatex's default font cannot set
+        '−': r'$-$', 'ρ': r'$\rho$', 'θ': r'$\theta$', 'σ': r'$\sigma$', '×': r'$\times$', '`': ''}   # LaTeX's special characters, and what pdflatex's default font cannot set
 
 def _tex(s): return ''.join(_TEX.get(c, c) for c in str(s).replace('>=', '≥').replace('<=', '≤'))   # text as LaTeX sets it
 
