@@ -65,6 +65,14 @@ def test_without_a_run_directory_the_same_parameters_find_their_run(tmp_path, mo
     assert default_run_dir(nb, {'x': 3}) != first
 
 
+def test_the_data_notebook_runs_as_har_kit_run_runs_it(tmp_path):
+    "`har-kit run data` with its defaults: batch runs skip the demonstration cells, and the command's kernel asks for "
+    "data warnings once per folder; 14_data's assertions about the library's warnings failed under it."
+    from har_kit.cli import main
+    assert main(['run', 'data', '--out', str(tmp_path/'run'), '--quiet']) == 0
+    assert (tmp_path/'run'/'done').exists()
+
+
 def test_resume_keeps_earlier_sessions_and_refuses_another_thread_count(tmp_path):
     "A failed run resumed records its earlier session in env.json; resuming with another thread count is refused, --force starts afresh."
     from har_kit.core import KitError
