@@ -42,6 +42,8 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert all(v['e2e_prefetch_images_per_s'] > 0 and v['prefetch_same_batches'] is True and v['prefetch'] == 2 for v in e2e), e2e
     cc = rep['concurrency_configured']['dahar_rap|2']   # two configured Da-HAR trainings at once, each fed by the decoded cache
     assert cc['model'] == 'dahar_rap' and len(cc['images_per_s_each']) == 2 and all(v > 0 for v in cc['images_per_s_each'])
+    assert cc['timed'] == 'e2e' and len(list((tmp_path/'workers'/'dahar_rap-2').glob('*.err'))) == 2   # their logs kept with the report
+    assert not [k for k, v in rep['sections'].items() if 'state' in v]   # no section left marked running
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
     assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0
     ck = rep['checkpoints']   # one epoch's files: the training thread waits for the host copy only
@@ -57,6 +59,16 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     md = (tmp_path/'report.md').read_text()
     assert '| dahar | 2 | 32x32 | bf16 | channels_last | none | sgd |' in md and 'Paper anchor: 1.079' in md and 'Compiled (eager, default mode)' in md and 'GPU-hours as configured' in md
     assert '| campar_fusion | ' in md.split('checkpoint files')[1] and 'the background write takes from it (the checkpoints section)' in md
+
+
+def test_a_section_shows_as_running_in_the_saved_report_while_it_runs(tmp_path):
+    "A run cut by a device's time limit leaves a report saying which section it was in."
+    chk = gpu_check.Check(tmp_path, {})
+    seen = chk.step('probe', lambda: json.loads((tmp_path/'report.json').read_text())['sections']['probe'])
+    assert seen['state'] == 'running' and 'probe running' not in (tmp_path/'report.md').read_text()
+    assert set(json.loads((tmp_path/'report.json').read_text())['sections']['probe']) == {'seconds'}
+    chk.report['sections']['steps'] = dict(state='running', started='12:00:00'); chk.save()
+    assert 'steps running' in (tmp_path/'report.md').read_text()
 
 
 def test_projection_prices_masks_as_mask_rcnn_passes_and_rap_dahar_at_its_own_size():
