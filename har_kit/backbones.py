@@ -111,7 +111,7 @@ def _fetch(arch, w):  # torchvision's model with weights `w` (an enum member or 
         if w is None: raise
         hub = Path(torch.hub.get_dir())/'checkpoints'
         raise KitError(f'could not fetch {w.url} ({type(e).__name__}: {str(e)[:200]}): download that file on a machine with '
-                       f'internet and put it in {hub}/ (TORCH_HOME moves that folder), or pass weights=PATH to the file') from None
+                       f'internet and put it in {hub}/ (TORCH_HOME moves that folder), or pass weights=PATH to the file (har-kit run: -p weights PATH)') from None
 
 # %% ../nbs/03_backbones.ipynb #c016
 def check_arch(arch,          # a backbone name

@@ -176,8 +176,9 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
     except (RuntimeError, TypeError):
         raise KitError(f"device={device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise KitError(f"device={device!r} but CUDA is not available here: use the device cpu (or auto, which takes CUDA where "
-                       "there is one): --device cpu, -p device cpu, device='cpu' in Python")
+        build = 'a CPU-only build' if torch.version.cuda is None else f'built for CUDA {torch.version.cuda}, no GPU seen'
+        raise KitError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, {build}): run on a machine "
+                       "with a CUDA GPU, or choose the device 'cpu' (or 'auto', which takes CUDA where there is one)")
     return dev
 
 # %% ../nbs/00_core.ipynb #c040

@@ -41,7 +41,7 @@ def data_warning(message: str,          # the issue: the file, what is wrong, wh
             if mark.exists(): return
             try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(message + '\n')
             except OSError: pass                       # a read-only data folder: shown again next time
-        print(f'warning: {message} (shown once per data folder; `har-kit data check` lists every issue)', file=sys.stderr)
+        print(f'warning: {message} (shown once per kit data folder, $HAR_KIT_DATA; `har-kit data check` lists every issue)', file=sys.stderr)
         return
     warnings.warn(message, category, stacklevel=2)
 

@@ -70,7 +70,8 @@ DATASET_KINDS = {
         'ROOT/data/release_data/release_data/.', synthetic=True, splits=('train', 'val', 'test')),
     'csv': DatasetKind('csv', 'read_csv_dataset', 2, 'mA', _PED, None,
         "The kit's generic format: ROOT/labels.csv (columns image, split, then one column per attribute holding "
-        '1, 0 or -1) and ROOT/images/<image>; `har_kit.check.to_csv_dataset` converts any dataset into it.'),
+        '1, 0 or -1) and ROOT/images/<image>; `har-kit data convert KIND ROOT DEST` (`har_kit.check.to_csv_dataset` in '
+        'Python) converts any dataset into it.'),
 }
 
 def expand_splits(names,      # split names as a run gives them (`train_splits`), or one name
@@ -145,7 +146,8 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     if found is not None: return found
     tried = '; '.join(f'{name}: {" + ".join(files)} with {images}/' for name, files, images in LAYOUTS[kind])
     other = next((o for o in LAYOUTS if o != kind and _layout_at(o, root) is not None), None)
-    hint = f' It holds a {other} layout: if that is the dataset, read it as the kind {other!r}.' if other else ''
+    hint = (f' It holds a {other} layout: if that is the dataset, read it as the kind {other!r} (har-kit run: -p dataset '
+            f'{other}; har-kit data check {other} ROOT; kind={other!r} in Python).' if other else '')
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint} {k.how}')
 
 def _layout_at(kind, root):  # a dataset kind; an existing folder

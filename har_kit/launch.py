@@ -314,6 +314,9 @@ def config_cli(argv=None):  # arguments after `har-kit config`
             text += (f'# selection: held-out, not {next(iter(sels))!r} (which picks the epoch on the test split, as [15]\'s code '
                      f'does on its benchmarks): pass --selection {shlex.quote(next(iter(sels)))} to have that anyway\n')
         if own_val: text += '# val_fraction: 0, since the dataset has a val split of its own: the epoch is chosen on it\n'
+        if 'data_root' in parameter_defaults(section) and values.get('data_root', parameter_defaults(section)['data_root']) is None:
+            text += ('# data_root: null, so the run reads the synthetic stand-in of its dataset (its size: profile), not the real '
+                     'one: pass --data-root FOLDER here, or -p data_root FOLDER to har-kit run\n')
         for name in dict.fromkeys(n for r in runs for n, _ in r.spec.needs):   # a run the plan trains first and passes in
             text += (f'# {name}: the plan passes the folder of the run it trains first; set it to yours (har-kit run '
                      f'{name.removesuffix("_run")} ..., then its --out folder): left null, the notebook\'s own stand-in runs\n')
@@ -549,9 +552,14 @@ def reproduce_parser() -> argparse.ArgumentParser:
     "The options of `har-kit reproduce`."
     ap = argparse.ArgumentParser(prog='har-kit reproduce', description="regenerate the papers' tables: plan the runs, "
                                  'execute them (here, or as scheduler jobs), render the tables')
-    ap.add_argument('tables', nargs='*', help=f'tables to regenerate (default: the five paper tables): {", ".join(TABLES)}')
+    own = {p: v['_tables'] for p, v in PROFILES.items() if v.get('_tables')}   # profiles with tables of their own
+    ap.add_argument('tables', nargs='*', help='tables to regenerate (default: the profile\'s own: the five paper tables; ' +
+                    '; '.join(f'on {p}: {", ".join(t)}' for p, t in own.items()) + f'): {", ".join(TABLES)}')
+    def where(k, t):   # a study's profiles, and whether it is one of a profile's own tables (run without --studies)
+        by_default = [p for p in t.profiles if k in own.get(p, ())]
+        return '' if not t.profiles else f' ({"/".join(t.profiles)} profile only' + (f'; run by default on {"/".join(by_default)})' if by_default else ')')
     ap.add_argument('--studies', action='store_true', help='also the studies beyond the papers: ' + ', '.join(
-        k + ('' if not t.profiles else f' ({"/".join(t.profiles)} profile only)') for k, t in STUDY_TABLES.items()))
+        k + where(k, t) for k, t in STUDY_TABLES.items()))
     ap.add_argument('--profile', default='quick', choices=list(PROFILES),
                     help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
     ap.add_argument('--smoke', action='store_true', help='paper profile only: every paper run at toy sizes on CPU, RAP on partition 0 of 5 (the CI rehearsal; outputs go to OUT/smoke); '
@@ -591,8 +599,19 @@ def _local_launcher_options(a):  # --launcher local: the scheduler's options mea
                     '--launcher submitit)', file=sys.stderr)
     return opts
 
+def _slurm_found() -> bool:   # submitit's own test for SLURM (its executor's affinity): srun on the PATH
+    import shutil
+    return shutil.which('srun') is not None
+
+def _executor_name(a) -> str:   # the executor submitit will use, as the dry run and the refusals say it
+    return a.cluster or ('slurm' if _slurm_found() else 'local')
+
 def _submitit_refusals(a, devices):  # --launcher submitit; the --device names
-    "Refuse the local launcher's options, which submitit would ignore: --jobs, several --device names, --json."
+    "Refuse the local launcher's options, which submitit would ignore (--jobs, several --device names, --json), and a SLURM not found without --cluster."
+    if a.cluster is None and not _slurm_found():   # submitit would quietly run every job as a process on this machine
+        raise KitError('--launcher submitit: no SLURM here (srun is not on the PATH): load the cluster\'s SLURM module or '
+                       'submit from a machine that has it, or pass --cluster local to run the jobs as processes on this '
+                       'machine; nothing was submitted')
     bad = ([f'--jobs {a.jobs} (how many jobs run at once is the scheduler\'s to decide; each run is one job with the '
             'resources --gpus, --cpus, --mem-gb and --time give it)'] if a.jobs is not None else [])
     bad += ([f'--device {a.device} (several devices: a job runs on the GPUs the scheduler gives it, --gpus per job; pass '
@@ -609,6 +628,7 @@ def _submit_all(a, runs, root):  # --launcher submitit
     opts = {'gpus': 0 if a.smoke else 1, **_launcher_options(a)}
     ex = None if a.dry_run else make_executor(root/a.profile/'jobs', **opts)   # a dry run creates nothing
     actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run, force=a.force)
+    if a.dry_run: print(f'# executor: {_executor_name(a)}' + (' (--cluster)' if a.cluster else ' (srun found on the PATH)'))
     print(describe_jobs(actions))
     if a.dry_run: return 0
     save_status(runs, root, a.profile)
@@ -676,7 +696,9 @@ def cli(argv=None):  # the command line (None: sys.argv)
         runs = plan(a.tables or default_tables(a.profile, a.studies), a.profile, a.seeds, roots, root,
                     device=devices[0] if devices and len(devices) == 1 else None, smoke=a.smoke)
         names, where = (devices, '--device') if devices else (sorted({str(r.params['device']) for r in runs if 'device' in r.params}),
-                                                              f'profile {a.profile!r} (pass --device to choose another)')
+                                                              f'profile {a.profile!r} (its runs\' device' + (
+                                                                  '; on a machine without a GPU, --smoke rehearses the same runs at toy sizes'
+                                                                  if a.profile == 'paper' and not a.smoke else '') + '; pass --device to choose another)')
         read = {r.params['dataset'] for r in runs if r.params.get('data_root')}
         if set(roots) - read:   # said, not refused: a script may pass every root to every table subset
             print(f'har-kit reproduce: note: no planned run reads --data-root {", ".join(sorted(set(roots) - read))} (profile '

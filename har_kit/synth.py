@@ -272,7 +272,7 @@ def cli(argv=None):  # command-line arguments after `har-kit synth`
     ap.add_argument('--n', type=int, default=None, help='number of images with --root (default: the profile size)')
     ap.add_argument('--distractors', type=int, default=None, help=f'distraction level 0..{MAX_LEVEL} for every image (default: mixed)')
     ap.add_argument('--size', type=int, default=None, help=f"image height in pixels (default {DEFAULT_SIZE['pa100k']} crops, {DEFAULT_SIZE['wider']} scenes)")
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--seed', type=int, default=0, help='seed of the set (default 0; the same seed writes the same images)')
     ap.add_argument('--overwrite', action='store_true', help='allow writing into a non-empty --root')
     a = ap.parse_args(argv)
     try:

@@ -45,3 +45,16 @@ def test_a_partial_plan_keeps_the_full_profiles_row(timing):
     timing.main([])
     jobs = [r['job'] for r in json.loads(timing.STORE.read_text())['rows']]
     assert full[0] in jobs and any('1 paper tables' in j for j in jobs) and len(jobs) == 2, jobs
+
+
+def test_a_timed_command_counts_only_the_runs_it_executed(timing):
+    "`make studies` after `make main` reuses main's runs: its row counts the runs it executed and says the others were reused."
+    import os, sys
+    _plan(timing.OUT, 'quick', ['dahar_t1'], 1)   # finished by an earlier command
+    for p in timing.OUT.rglob('*'): os.utime(p, (0, 0))   # long before: no clock tick decides which runs count
+    new = timing.OUT/'quick'/'runs'/'new'
+    script = (f"import json, pathlib; d = pathlib.Path({str(new)!r}); d.mkdir(parents=True); (d/'done').write_text(''); "
+              "(d/'timing.json').write_text(json.dumps(dict(total_seconds=5.0))); "
+              "(d/'env.json').write_text(json.dumps(dict(time='2026-12-06T03:00:00+00:00', cpu_count=2)))")
+    rc, row = timing.time_command([sys.executable, '-c', script])
+    assert rc == 0 and '; 1 runs it executed (runs an earlier command finished are reused, not counted), 5 s summed' in row['detail'], row

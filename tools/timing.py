@@ -54,10 +54,10 @@ def _run(run_dir):  # one finished run: (start, seconds, timing, env) or None
     return _ts(env['time']), t['total_seconds'], t, env
 
 
-def _runs_detail(runs):  # [(start, seconds, timing, env)] -> text
+def _runs_detail(runs, what=''):  # [(start, seconds, timing, env)], words after the count -> text
     s = lambda k: sum(r[2].get(k) or 0 for r in runs)
     tables = sum(1 for r in runs if (r[3].get('notebook') or {}).get('section') == 'tables')   # `--dry-run` counts the plan's runs only
-    return (f"{len(runs)} runs{' (the tables run included)' if tables == 1 else f' ({tables} tables runs included)' if tables else ''}, "
+    return (f"{len(runs)} runs{what}{' (the tables run included)' if tables == 1 else f' ({tables} tables runs included)' if tables else ''}, "
             f"{s('total_seconds'):.0f} s summed over runs (kernel start {s('kernel_start_seconds'):.0f} s, "
             f"first imports {s('imports_seconds'):.0f} s)")
 
@@ -126,7 +126,7 @@ def time_command(cmd):
     try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError: commit = ''
     row = dict(job=f"`{' '.join(cmd)}`", seconds=round(wall, 1),
-               detail=f"wall, start to exit (status {rc}" + (f", commit {commit})" if commit else ')') + (f"; {_runs_detail(runs)}" if runs else ''),
+               detail=f"wall, start to exit (status {rc}" + (f", commit {commit})" if commit else ')') + (f"; {_runs_detail(runs, ' it executed (runs an earlier command finished are reused, not counted)')}" if runs else ''),
                machine=f"{os.cpu_count()} CPUs, load {load:.1f} at start", date=_day(t0), source='tools/timing.py time')
     return rc, row
 
