@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, signal, socket, sys, threading, time, warnings
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, shlex, signal, socket, sys, threading, time, warnings
 import tokenize
 from pathlib import Path
 
@@ -22,9 +22,10 @@ __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'DEMO_TAG', 'RunBus
            'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
            'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'code_changed', 'real_data',
            'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'mask_input', 'default_run_dir', 'run_dir_for',
-           'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
-           'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir',
+           'run_dir_for', 'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
+           'parameter_docs', 'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli',
+           'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -636,6 +637,19 @@ def mask_input(notebook,      # section name or notebook path
     role = 'mask_dir' if c.mask_dir else dict(zip(mask_roots(c.dataset, c.data_root), ('mask home', 'ROOT/masks')))[folder]
     return {'input masks': {role: masks_fingerprint(folder)}}
 
+def no_masks(notebook,      # section name or notebook path
+             params: dict   # checked parameters, paths absolute, for which `mask_input` found no mask folder
+            ) -> str:
+    "Why a run that reads person masks cannot start where the readers find none, and the ways out: said before its kernel starts (each split's masks are checked in the run, `DaHarRecipe.check_masks`)."
+    c = config_class(notebook).from_params(params)
+    where = [Path(c.mask_dir)] if c.mask_dir else mask_roots(c.dataset, c.data_root)
+    box = '-p mask_supervision box (the target box as the mask)' if c.mask_supervision == 'mask' else ''
+    fig5 = '-p fig5 False (Fig. 5 compares the masks)' if c.fig5 else ''
+    ways = ' or '.join([w for w in (' with '.join(w for w in (box, fig5) if w), '-p mask_weight 0 (no mask learned)') if w])
+    return (f'{c.dataset} at {c.data_root}: the run reads person masks and there are none (looked in {" and ".join(map(str, where))}). '
+            f'Write them first: har-kit masks --dataset {c.dataset} --root {shlex.quote(str(c.data_root))} --source box (or --source '
+            f'maskrcnn, on a GPU); or run with {ways}. Nothing was started')
+
 # %% ../nbs/70_runs.ipynb #c056
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
     "Refuse a place or weights file the run reads that lies in its own run directory (a rerun with --force would move it aside)."
@@ -737,6 +751,7 @@ def run_notebook(notebook,                  # path, file name or section name
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
     data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {}),   # what it reads, by its bytes,
             **mask_input(nb, params)}   # and the masks as they are now (a plan made before its masks run cannot know them)
+    if data.get('input masks') == {}: raise KitError(no_masks(nb, params))   # its first cells would stop on it, after a kernel start
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
@@ -944,7 +959,8 @@ def cli_params(notebook,  # the notebook
 # %% ../nbs/70_runs.ipynb #c097
 def _run_parser():
     "The options of `har-kit run`."
-    ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, description='Execute one section notebook as a run '
+    ap = argparse.ArgumentParser(prog='har-kit run', add_help=False, usage='%(prog)s NOTEBOOK [-p NAME VALUE]... [-f FILE] [options]; '
+                                 '%(prog)s --help [NOTEBOOK]', description='Execute one section notebook as a run '
                                  '(papermill) into its run directory; its output is shown as it runs and kept in log.txt.')
     ap.add_argument('notebook', nargs='?', help="path, file name or section name ('dahar', '31_dahar.ipynb')")
     ap.add_argument('-h', '--help', action='store_true', help="show this help and, with NOTEBOOK, the notebook's parameters")

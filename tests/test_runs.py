@@ -321,3 +321,18 @@ def test_a_masks_run_with_an_unknown_source_is_refused_before_a_kernel_starts(tm
     with pytest.raises(Exception, match="21_masks: source='foo': choose one of"): check_config('masks', {'source': 'foo'})
     with pytest.raises(Exception, match="mask_directory='/nonexistent': no such folder"):
         check_config('masks', {'source': 'directory', 'mask_directory': '/nonexistent'})
+
+
+def test_a_dahar_run_on_a_real_dataset_without_masks_is_refused_before_a_kernel_starts(tmp_path, monkeypatch):
+    "Da-HAR's default variants learn person masks: on a real dataset with none, `har-kit run` says how to make them, and starts nothing."
+    import shutil
+    from har_kit.formats import write_fixture
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))   # no mask home holding this root's masks
+    root = tmp_path/'RAP'; write_fixture('rap', root); shutil.rmtree(root/'masks')
+    with pytest.raises(KitError, match=r'the run reads person masks and there are none .*har-kit masks --dataset rap --root .*'
+                                       r'-p mask_supervision box .* Nothing was started'):
+        run_notebook('dahar', {'dataset': 'rap', 'data_root': str(root)}, out_dir=tmp_path/'run')
+    assert not (tmp_path/'run').exists()
+    from har_kit.runs import mask_input   # each way out the message names reads no mask file
+    for way in ({'mask_supervision': 'box', 'fig5': False}, {'mask_weight': 0.0}):
+        assert mask_input('dahar', {'dataset': 'rap', 'data_root': str(root), **way}) == {}, way
