@@ -116,6 +116,9 @@ def test_merge_keys_runs_sharing_the_gpu_by_model_and_sums_a_sections_seconds(tm
     assert set(rep['concurrency_configured']) == {'dahar_rap|3', 'campar_baseline|3'}
     assert rep['sections']['configured']['seconds'] == 150.0 and len(rep['merged_from']) == 2
     assert (tmp_path/'out'/'report.md').exists()
+    cut = dict(b, finished=None, sections=dict(configured=dict(state='running', started='00:01:00'), latency=dict(seconds=0, skipped='time budget')))
+    paths.append(tmp_path/'cut.json'); paths[-1].write_text(json.dumps({k: v for k, v in cut.items() if v is not None}))
+    assert gpu_check.merge(paths, tmp_path/'out2')['sections']['configured'] == dict(seconds=150.0)   # a lease cut short: the earlier entry stands
     c = tmp_path/'c.json'; c.write_text(json.dumps(dict(b, environment=dict(name='NVIDIA H100 80GB HBM3'))))
     paths = [tmp_path/'a2.json', c]; paths[0].write_text(json.dumps(dict(a, environment=dict(name='NVIDIA H200'))))
     with pytest.raises(SystemExit, match='measured on NVIDIA H100 80GB HBM3, the reports before it on NVIDIA H200'):

@@ -35,7 +35,8 @@ is skipped:
   notebooks    the section notebooks' paper-size parameters checked against their parameters cells (run through
                papermill on the device only with --notebooks, which needs the carried wheels below)
 
-The GPU machine has its own PyTorch/torchvision; the sections above need only numpy, PIL and tqdm besides. For
+The GPU machine has its own PyTorch/torchvision (and numpy, scipy, PIL, tqdm); the sections above need only fastcore
+besides, carried in `.gpu-site/` (tools/gpu_lease.sh says how). For
 --notebooks, papermill, nbdev and the like travel as wheels in `.whl/` at the repository root (ignored by git), which
 the script installs with `pip --no-index --no-deps --target` before it imports har_kit. Refresh them (on a machine with
 PyPI access, for the device's Python 3.12) with `python tools/gpu_check.py --download-wheels .whl`.
@@ -1033,6 +1034,7 @@ def merge(paths, out, note=None):
             if k == 'sections':   # a section run in several leases: its seconds summed
                 for n, sec in v.items():
                     old = rep['sections'].get(n, {})
+                    if old and ('state' in sec or 'skipped' in sec): continue   # cut short or not started here: the earlier lease's stands
                     rep['sections'][n] = {**sec, 'seconds': round(old.get('seconds', 0) + sec.get('seconds', 0), 2)} if 'seconds' in sec else sec
             elif (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'): rep.setdefault(k, {}).update(v)
             else: rep[k] = v
