@@ -176,7 +176,8 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
     except (RuntimeError, TypeError):
         raise KitError(f"device={device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        build = 'a CPU-only build' if torch.version.cuda is None else f'built for CUDA {torch.version.cuda}, no GPU seen'
+        gpu = torch.version.cuda or getattr(torch.version, 'hip', None)   # ROCm builds answer to 'cuda' too
+        build = 'a CPU-only build' if gpu is None else f'built for {"CUDA" if torch.version.cuda else "ROCm"} {gpu}, no GPU seen'
         raise KitError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, {build}): run on a machine "
                        "with a CUDA GPU, or choose the device 'cpu' (or 'auto', which takes CUDA where there is one)")
     return dev

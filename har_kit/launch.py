@@ -540,7 +540,7 @@ def _launcher_options(a):
 def _scheduler_options(ap):
     g = ap.add_argument_group('scheduler (--launcher submitit)')
     g.add_argument('--launcher', default='local', choices=['local', 'submitit'], help='local: run here; submitit: one scheduler job per run')
-    g.add_argument('--cluster', choices=['slurm', 'local'], help='submitit executor (default: slurm when sbatch is found, else local)')
+    g.add_argument('--cluster', choices=['slurm', 'local'], help='submitit executor (default: slurm when srun is on the PATH; without it, pass local to run the jobs here)')
     g.add_argument('--partition', help='SLURM partition'); g.add_argument('--account', help='SLURM account')
     g.add_argument('--qos', help='SLURM quality of service')
     g.add_argument('--time', type=int, help='time limit per job in minutes (default 1440; a job past it is requeued and resumes)')
@@ -603,12 +603,14 @@ def _slurm_found() -> bool:   # submitit's own test for SLURM (its executor's af
     import shutil
     return shutil.which('srun') is not None
 
-def _executor_name(a) -> str:   # the executor submitit will use, as the dry run and the refusals say it
-    return a.cluster or ('slurm' if _slurm_found() else 'local')
+def _executor(a) -> tuple:   # the executor submitit will use and why: (name, reason)
+    chosen = _launcher_options(a).get('cluster')   # --cluster, else a --launcher-config's cluster
+    if chosen: return chosen, '--cluster' if a.cluster else f'cluster in {a.launcher_config}'
+    return ('slurm', 'srun found on the PATH') if _slurm_found() else ('local', 'no srun on the PATH')
 
 def _submitit_refusals(a, devices):  # --launcher submitit; the --device names
-    "Refuse the local launcher's options, which submitit would ignore (--jobs, several --device names, --json), and a SLURM not found without --cluster."
-    if a.cluster is None and not _slurm_found():   # submitit would quietly run every job as a process on this machine
+    "Refuse the local launcher's options, which submitit would ignore (--jobs, several --device names, --json), and a submission without SLURM that no option asked to run here."
+    if _executor(a)[1] == 'no srun on the PATH' and not a.dry_run:   # submitit would quietly run every job on this machine
         raise KitError('--launcher submitit: no SLURM here (srun is not on the PATH): load the cluster\'s SLURM module or '
                        'submit from a machine that has it, or pass --cluster local to run the jobs as processes on this '
                        'machine; nothing was submitted')
@@ -628,7 +630,8 @@ def _submit_all(a, runs, root):  # --launcher submitit
     opts = {'gpus': 0 if a.smoke else 1, **_launcher_options(a)}
     ex = None if a.dry_run else make_executor(root/a.profile/'jobs', **opts)   # a dry run creates nothing
     actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run, force=a.force)
-    if a.dry_run: print(f'# executor: {_executor_name(a)}' + (' (--cluster)' if a.cluster else ' (srun found on the PATH)'))
+    if a.dry_run: print('# executor: {} ({})'.format(*_executor(a)) + (': a submission here would be refused unless --cluster local '
+                                                                       'asks for it' if _executor(a)[1] == 'no srun on the PATH' else ''))
     print(describe_jobs(actions))
     if a.dry_run: return 0
     save_status(runs, root, a.profile)

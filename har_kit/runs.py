@@ -646,9 +646,11 @@ def no_masks(notebook,      # section name or notebook path
     box = '-p mask_supervision box (the target box as the mask)' if c.mask_supervision == 'mask' else ''
     fig5 = '-p fig5 False (Fig. 5 compares the masks)' if c.fig5 else ''
     ways = ' or '.join([w for w in (' with '.join(w for w in (box, fig5) if w), '-p mask_weight 0 (no mask learned)') if w])
-    return (f'{c.dataset} at {c.data_root}: the run reads person masks and there are none (looked in {" and ".join(map(str, where))}). '
-            f'Write them first: har-kit masks --dataset {c.dataset} --root {shlex.quote(str(c.data_root))} --source box (or --source '
-            f'maskrcnn, on a GPU); or run with {ways}. Nothing was started')
+    root = shlex.quote(str(c.data_root)) if c.data_root else 'ROOT'   # a synthetic set read with a mask_dir: its folder is the user's
+    to = f' --mask-root {shlex.quote(str(c.mask_dir))}' if c.mask_dir else ''   # where the run looks
+    return (f'{c.dataset}{f" at {c.data_root}" if c.data_root else ""}: the run reads person masks and there are none (looked in '
+            f'{" and ".join(map(str, where))}). Write them first: har-kit masks --dataset {c.dataset} --root {root}{to} --source box '
+            f'(or --source maskrcnn, on a GPU); or run with {ways}. Nothing was started')
 
 # %% ../nbs/70_runs.ipynb #c056
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory

@@ -659,27 +659,28 @@ def test_a_done_run_whose_input_run_was_trained_again_is_refused(tmp_path, monke
 
 
 def test_a_done_run_whose_masks_were_made_again_is_refused(tmp_path, monkeypatch):
-    "A Da-HAR run on a real dataset reads the masks the readers find: once they are made again with other pixels (or first "
-    "made), the done run's numbers are not returned; a copy of them is no change, and a run that reads no masks is not concerned."
+    "A Da-HAR run on a real dataset reads the masks the readers find (with none it is refused before a kernel starts): once "
+    "they are made again with other pixels, the done run's numbers are not returned; a copy of them is no change, and a run "
+    "that reads no masks is not concerned."
     import shutil
     from har_kit.data import tiny_fixture
     calls = _fake(monkeypatch)
     root = Path(tiny_fixture('rap', tmp_path/'RAP', n=8, masks=False))
     src = 'seed = 0\ndataset = "rap"\ndata_root = None\nmask_dir = None\nvariants = ["dahar"]\nout_dir = None'
     nb = _nb(tmp_path/'31_dahar.ipynb', params_src=src)   # named as the section, whose config says it reads masks
-    for v, run in ((['dahar'], 'run'), (['baseline'], 'other')):
-        run_notebook(nb, {'data_root': str(root), 'variants': v}, tmp_path/run, progress=False)
-    assert load_json(tmp_path/'run'/'env.json')['data']['input masks'] == {}   # none yet: recorded, so that new ones count
+    with pytest.raises(KitError, match='the run reads person masks and there are none'):   # none yet: no kernel started
+        run_notebook(nb, {'data_root': str(root), 'variants': ['dahar']}, tmp_path/'run', progress=False)
+    run_notebook(nb, {'data_root': str(root), 'variants': ['baseline']}, tmp_path/'other', progress=False)
+    assert not (tmp_path/'run').exists() and len(calls) == 1
     assert 'input masks' not in load_json(tmp_path/'other'/'env.json')['data']   # the baseline learns no mask
     (root/'masks').mkdir(); (root/'masks'/'a_0.png').write_bytes(b'a mask')   # `har-kit masks` wrote some since
-    with pytest.raises(KitError, match=r'other data \(input masks/ROOT/masks changed since it started: the person masks it reads were made'):
-        run_notebook(nb, {'data_root': str(root), 'variants': ['dahar']}, tmp_path/'run', progress=False)
-    assert run_notebook(nb, {'data_root': str(root), 'variants': ['baseline']}, tmp_path/'other', progress=False) and len(calls) == 2
+    assert run_notebook(nb, {'data_root': str(root), 'variants': ['baseline']}, tmp_path/'other', progress=False) and len(calls) == 1
     run_notebook(nb, {'data_root': str(root), 'variants': ['dahar']}, tmp_path/'run2', progress=False)
+    assert list(load_json(tmp_path/'run2'/'env.json')['data']['input masks']) == ['ROOT/masks']
     shutil.copytree(root/'masks', tmp_path/'copy'); shutil.rmtree(root/'masks'); shutil.copytree(tmp_path/'copy', root/'masks')
-    assert run_notebook(nb, {'data_root': str(root), 'variants': ['dahar']}, tmp_path/'run2', progress=False) and len(calls) == 3   # same bytes
+    assert run_notebook(nb, {'data_root': str(root), 'variants': ['dahar']}, tmp_path/'run2', progress=False) and len(calls) == 2   # same bytes
     (root/'masks'/'a_0.png').write_bytes(b'another mask')   # made again (say, Mask R-CNN replacing the box)
-    with pytest.raises(KitError, match=r'input masks/ROOT/masks'):
+    with pytest.raises(KitError, match=r'other data \(input masks/ROOT/masks changed since it started: the person masks it reads were made'):
         run_notebook(nb, {'data_root': str(root), 'variants': ['dahar']}, tmp_path/'run2', progress=False)
 
 
