@@ -508,11 +508,12 @@ def test_a_resumed_runs_timing_counts_every_session(tmp_path):
 def test_after_the_terminal_closed_the_last_messages_do_not_fail():
     "By SIGHUP the terminal is already hung up (isatty is False then): the descriptors that were a terminal on entry go to "
     "/dev/null, so the command's closing messages do not raise EIO (a traceback and exit 1 instead of 129)."
-    import pty, time
+    import pty, signal, time
     pid, fd = pty.fork()
     if pid == 0:   # the child, in a session of its own whose terminal is the pty
         code = 3
         try:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)   # as from a terminal, whatever started these tests (nohup ignores it)
             from har_kit.runs import forward_interrupts
             with forward_interrupts() as stopped:
                 os.write(1, b'ready\n')
