@@ -114,6 +114,15 @@ class DaHarConfig(RunConfig):
         "Whether the run reads person masks from files: a variant that learns them (mask_supervision 'mask'), or Fig. 5 comparing them (`DaHarRecipe.check_masks`' rule)."
         return any(self.supervised(v) for v in self.variants if v in VARIANTS) and (self.mask_supervision == 'mask' or self.fig5)
 
+    def masks_hint(self, root) -> str:  # the dataset's root (None: a synthetic set read with a mask_dir)
+        "How a run missing the person masks it reads goes on: the command that writes them where it looks, or the parameters that read none."
+        box = '-p mask_supervision box (the target box as the mask)' if self.mask_supervision == 'mask' else ''
+        fig5 = f'-p fig5 False (Fig. 5 compares the {self.eval_split!r} masks)' if self.fig5 else ''
+        ways = ' or '.join(w for w in (' with '.join(w for w in (box, fig5) if w), '-p mask_weight 0 (no mask learned)') if w)
+        to = f' --mask-root {shlex.quote(str(self.mask_dir))}' if self.mask_dir else ''   # where the run looks
+        return (f'Write them first: har-kit masks --dataset {self.dataset} --root {shlex.quote(str(root)) if root else "ROOT"}{to} '
+                f'--source box (or --source maskrcnn, on a GPU); or run with {ways}')
+
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, the mask folder)."
         kw = {**({'mask_dir': self.mask_dir} if self.mask_dir else {}), **({'partition': self.partition} if self.dataset == 'rap' else {})}
@@ -182,11 +191,7 @@ class DaHarRecipe(Recipe):
         if not bare: return
         raise KitError(f'{", ".join(sup)} learn(s) person masks (mask_weight={c.mask_weight}), but {len(bare)} of '
                        f'{len(d.split(*splits))} targets of split(s) {splits} of {d.name} at {d.root} have none (first: {bare[0].image}). '
-                       f'Write them first (har-kit masks --dataset {d.name} --root {shlex.quote(str(d.root))} --source box, or '
-                       f'--source maskrcnn)' + (", or set mask_supervision='box' (the target box as the mask; har-kit run: "
-                                                "-p mask_supervision box) or mask_weight=0 (no mask supervision; -p mask_weight 0)"
-                                                if c.mask_supervision == 'mask' else '')
-                       + (f'; fig5=False (-p fig5 False) skips Fig. 5, which reads the {c.eval_split!r} masks' if c.fig5 else ''))
+                       + c.masks_hint(d.root))
 
     def model_kwargs(self, variant):  # a key of VARIANTS
         "`dahar_variant`'s keyword arguments (JSON values): what the model file rebuilds it from."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, shlex, signal, socket, sys, threading, time, warnings
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, signal, socket, sys, threading, time, warnings
 import tokenize
 from pathlib import Path
 
@@ -640,17 +640,11 @@ def mask_input(notebook,      # section name or notebook path
 def no_masks(notebook,      # section name or notebook path
              params: dict   # checked parameters, paths absolute, for which `mask_input` found no mask folder
             ) -> str:
-    "Why a run that reads person masks cannot start where the readers find none, and the ways out: said before its kernel starts (each split's masks are checked in the run, `DaHarRecipe.check_masks`)."
+    "Why a run that reads person masks cannot start where the readers find none, and the ways out (its config's `masks_hint`): said before its kernel starts (each split's masks are checked in the run, `DaHarRecipe.check_masks`)."
     c = config_class(notebook).from_params(params)
     where = [Path(c.mask_dir)] if c.mask_dir else mask_roots(c.dataset, c.data_root)
-    box = '-p mask_supervision box (the target box as the mask)' if c.mask_supervision == 'mask' else ''
-    fig5 = '-p fig5 False (Fig. 5 compares the masks)' if c.fig5 else ''
-    ways = ' or '.join([w for w in (' with '.join(w for w in (box, fig5) if w), '-p mask_weight 0 (no mask learned)') if w])
-    root = shlex.quote(str(c.data_root)) if c.data_root else 'ROOT'   # a synthetic set read with a mask_dir: its folder is the user's
-    to = f' --mask-root {shlex.quote(str(c.mask_dir))}' if c.mask_dir else ''   # where the run looks
     return (f'{c.dataset}{f" at {c.data_root}" if c.data_root else ""}: the run reads person masks and there are none (looked in '
-            f'{" and ".join(map(str, where))}). Write them first: har-kit masks --dataset {c.dataset} --root {root}{to} --source box '
-            f'(or --source maskrcnn, on a GPU); or run with {ways}. Nothing was started')
+            f'{" and ".join(map(str, where))}). {c.masks_hint(c.data_root)}. Nothing was started')
 
 # %% ../nbs/70_runs.ipynb #c056
 def _check_inputs_outside(params, out):  # absolute parameters (`absolute_paths`); the resolved run directory
