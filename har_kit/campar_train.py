@@ -147,12 +147,14 @@ def campar_loaders(train,                 # training samples (the first value of
 
 # %% ../nbs/41_campar.ipynb #c028
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
-    kw = dict(device=get_device(device), workers=workers)
-    ev = lambda ss, name, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, name=name, **k, **kw)   # evaluation at 4x the batch
-    loaders = {'train': cached_loader(train, campar_batches(True, scale), batch_size, True, drop_last=len(train) > batch_size, seed=seed, name='campar-train', **kw)}
-    if eval_samples: loaders['val'] = ev(eval_samples, 'campar-eval')
-    loaders['test'] = ev(test, 'campar-test')
-    if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, 'campar-test', with_mask=True)
+    # one cache for the run's every list (`pool_rows`): their union is the dataset's samples whatever the carve, so every
+    # selection, partition and seed reads the same copy
+    kw = dict(device=get_device(device), workers=workers, name='campar', pool=[*train, *(eval_samples or ()), *test])
+    ev = lambda ss, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, **k, **kw)   # evaluation at 4x the batch
+    loaders = {'train': cached_loader(train, campar_batches(True, scale), batch_size, True, drop_last=len(train) > batch_size, seed=seed, **kw)}
+    if eval_samples: loaders['val'] = ev(eval_samples)
+    loaders['test'] = ev(test)
+    if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, with_mask=True)
     return loaders
 
 # %% ../nbs/41_campar.ipynb #c034

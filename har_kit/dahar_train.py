@@ -149,12 +149,13 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
 # %% ../nbs/31_dahar.ipynb #c018
 def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the decoded cache, augmented on cfg.device
     tr, ev, bs, n = cfg.train_splits, cfg.eval_split, cfg.batch_size, data.name
-    kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box')
-    test = lambda **k: cached_loader(data.split(ev), dahar_batches(False, aspect, cfg.scale, **k), 4 * bs, False, name=f'{n}-{ev}', **kw)
+    # one cache per dataset and size (`pool_rows`): every split list, partition and seed reads the same copy
+    kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box', pool=data, name=n)
+    test = lambda **k: cached_loader(data.split(ev), dahar_batches(False, aspect, cfg.scale, **k), 4 * bs, False, **kw)
     loaders = dict(train=cached_loader(data.split(*tr), dahar_batches(True, aspect, cfg.scale, max_distort=cfg.max_distort), bs, True, with_mask=with_mask,
-                                       drop_last=len(data.split(*tr)) > bs, seed=cfg.seed, name=f'{n}-train', **kw))
+                                       drop_last=len(data.split(*tr)) > bs, seed=cfg.seed, **kw))
     if 'val' in data.splits and 'val' not in tr and ev != 'val':
-        loaders['val'] = cached_loader(data.split('val'), dahar_batches(False, aspect, cfg.scale), 4 * bs, False, with_mask=with_mask, name=f'{n}-val', **kw)
+        loaders['val'] = cached_loader(data.split('val'), dahar_batches(False, aspect, cfg.scale), 4 * bs, False, with_mask=with_mask, **kw)
     return dict(**loaders, full=test(), crops=test(five_crop_eval=True))
 
 # %% ../nbs/31_dahar.ipynb #c019

@@ -15,6 +15,7 @@ import torchvision
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, write_file
 from torchvision.transforms.v2 import functional as TF
+from PIL import Image
 from tqdm import tqdm
 
 from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, temporary_tag, torch_threads
@@ -24,8 +25,8 @@ from .loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, crop_pairs, daha
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'PIPELINES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
            'campar_augment', 'dahar_params', 'crop_resize', 'colour_jitter', 'dahar_augment', 'five_crop', 'prefetched',
-           'DeviceLoader', 'campar_batches', 'dahar_batches', 'check_pipeline', 'cached_loader', 'loader_rates',
-           'benchmark']
+           'DeviceLoader', 'campar_batches', 'dahar_batches', 'check_pipeline', 'pool_rows', 'cached_loader',
+           'loader_rates', 'benchmark']
 
 # %% ../nbs/16_pipeline.ipynb #c007
 def _rgb(path):  # an image file: (3, H, W) uint8, the loader's pixels
@@ -38,19 +39,22 @@ def _rgb(path):  # an image file: (3, H, W) uint8, the loader's pixels
     return torch.from_numpy(np.ascontiguousarray(load_rgb(path))).permute(2, 0, 1)   # PIL: 16-bit (decoded as uint16 above), animations (the first frame), odd formats
 
 # %% ../nbs/16_pipeline.ipynb #c008
+def _mask_resized(mask, xyxy, shape, size):  # 'box' or a mask file; the target's clipped box; its image's (H, W); the fixed resize
+    x0, y0, x1, y1 = xyxy
+    m = torch.from_numpy(box_mask(xyxy, shape).astype(np.uint8) * 255 if mask == 'box' else np.array(load_grey(mask)))
+    if m.shape == shape: m = m[y0:y1, x0:x1]
+    if m.shape != (y1 - y0, x1 - x0): raise mask_size_error(mask, m.shape, shape)
+    return TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size)).as_subclass(torch.Tensor)[0].numpy()
+
 def decode_resized(path,        # image file
                    box,         # (x, y, w, h) target box, or None for the whole image
                    size,        # (H, W) of the fixed resize
                    mask=None):  # mask file, 'box' (the box is the mask), or None
     "The sample's fixed resize as uint8 (H, W, 3), and its mask (H, W) or None: the loader's pixels."
-    img = _rgb(path); H, W = img.shape[-2:]
-    x0, y0, x1, y1 = clip_box(box, (H, W), str(path))[0]
-    m = None if mask is None else torch.from_numpy(box_mask((x0, y0, x1, y1), (H, W)).astype(np.uint8) * 255 if mask == 'box' else np.array(load_grey(mask)))
-    img = img[:, y0:y1, x0:x1]
-    if m is not None and m.shape == (H, W): m = m[y0:y1, x0:x1]
-    if m is not None and m.shape != img.shape[-2:]: raise mask_size_error(mask, m.shape, (H, W))
-    img = TF.resize(tv_tensors.Image(img), list(size)).as_subclass(torch.Tensor).permute(1, 2, 0).contiguous().numpy()
-    if m is not None: m = TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size)).as_subclass(torch.Tensor)[0].numpy()
+    img = _rgb(path); shape = tuple(img.shape[-2:])
+    x0, y0, x1, y1 = xyxy = clip_box(box, shape, str(path))[0]
+    m = None if mask is None else _mask_resized(mask, xyxy, shape, size)
+    img = TF.resize(tv_tensors.Image(img[:, y0:y1, x0:x1]), list(size)).as_subclass(torch.Tensor).permute(1, 2, 0).contiguous().numpy()
     return img, m
 
 # %% ../nbs/16_pipeline.ipynb #c012
@@ -66,7 +70,7 @@ def cache_key(paths,        # image files, one per sample
     spec = dict(files=[str(p) for p in paths], boxes=[None if b is None else [float(v) for v in b] for b in boxes],
                 masks=None if masks is None else [None if m is None else str(m) for m in masks], size=[int(v) for v in size],
                 stamps=[_stamp(p) for p in paths] + [_stamp(m) for m in (masks or ()) if m not in (None, 'box')],
-                torchvision=torchvision.__version__, layout='NHWC-uint8-v1')
+                torchvision=torchvision.__version__, layout='NHWC-uint8-v2')
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
 # %% ../nbs/16_pipeline.ipynb #c015
@@ -78,9 +82,20 @@ def _digest(arrays):
     return h.hexdigest()
 
 # %% ../nbs/16_pipeline.ipynb #c016
-def _decode_chunk(job):  # (indices, paths, boxes, size, masks): one intra-op thread (`_fill` sets it)
-    idx, paths, boxes, size, masks = job
-    return idx, [decode_resized(p, b, size, None if masks is None else masks[k]) for k, (p, b) in enumerate(zip(paths, boxes))]
+def _image_shape(path):  # (H, W) of an image file as `_rgb` decodes it (neither turns it by its EXIF orientation), from its header
+    try:
+        with Image.open(path) as im: return im.size[::-1]
+    except Exception: return tuple(_rgb(path).shape[-2:])   # (the loader's reader names a file it cannot read)
+
+def _mask_of(path, box, size, mask):  # a target's resized mask without decoding its image; zeros where it has none
+    if mask is None: return np.zeros(size, np.uint8)
+    shape = _image_shape(path)
+    return _mask_resized(mask, clip_box(box, shape, str(path))[0], shape, size)
+
+def _decode_chunk(job):  # (indices, array name, paths, boxes, size, masks): one intra-op thread (`_fill` sets it)
+    idx, what, paths, boxes, size, masks = job
+    if what == 'images': return idx, [decode_resized(p, b, size)[0] for p, b in zip(paths, boxes)]
+    return idx, [_mask_of(p, b, size, m) for p, b, m in zip(paths, boxes, masks)]
 
 # %% ../nbs/16_pipeline.ipynb #c017
 def _no_room(d, need, free):  # d: the build's temporary folder
@@ -100,30 +115,28 @@ def _decoder_init(fds):  # a decoding process: it closes its copies of its paren
 
 def _identity(f): st = os.stat(f); return st.st_dev, st.st_ino, st.st_size   # a file, not just its name
 
-def _fill(d, paths, boxes, size, masks, workers, desc):  # -> (pixels' hash, {array file: its `_identity`})
-    n, (H, W) = len(paths), size
-    need, free = n * H * W * (3 if masks is None else 4), shutil.disk_usage(d).free
+def _shape(what, n, size): return (n, *size, 3) if what == 'images' else (n, *size)   # an array of the cache: images or masks
+
+def _fill(d, what, paths, boxes, size, masks, workers, desc):  # -> (pixels' hash, {array file: its `_identity`})
+    shape = _shape(what, len(paths), size)
+    need, free = int(np.prod(shape)), shutil.disk_usage(d).free
     if need > free: raise _no_room(d, need, free)
-    img = np.lib.format.open_memmap(d/'images.npy', 'w+', np.uint8, (n, H, W, 3))
-    msk = None if masks is None else np.lib.format.open_memmap(d/'masks.npy', 'w+', np.uint8, (n, H, W))
-    if not all(_reserve(a.filename) for a in (img, msk) if a is not None): raise _no_room(d, need, free)   # writing a hole on a full disk is a SIGBUS
-    files = {Path(a.filename).name: _identity(a.filename) for a in (img, msk) if a is not None}
-    chunks = [list(range(i, min(i + 64, n))) for i in range(0, n, 64)]
-    jobs = [(c, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]
+    a = np.lib.format.open_memmap(d/f'{what}.npy', 'w+', np.uint8, shape)
+    if not _reserve(a.filename): raise _no_room(d, need, free)   # writing a hole on a full disk is a SIGBUS
+    files = {Path(a.filename).name: _identity(a.filename)}
+    n, chunks = len(paths), [list(range(i, min(i + 64, len(paths)))) for i in range(0, len(paths), 64)]
+    jobs = [(c, what, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]
     # one intra-op thread per decoding process; in the caller's own process only for the build, its count restored after
     ex = ProcessPoolExecutor(workers, initializer=_decoder_init, initargs=(tuple(_HELD),)) if workers > 1 else None
     try:
         with tqdm(total=n, desc=desc, unit='img') as bar, torch_threads(1):
             for idx, outs in (ex.map(_decode_chunk, jobs) if ex else map(_decode_chunk, jobs)):
-                for i, (a, m) in zip(idx, outs):
-                    img[i] = a
-                    if msk is not None: msk[i] = m
+                for i, x in zip(idx, outs): a[i] = x
                 bar.update(len(idx))
     finally:   # a decode error or Ctrl-C: the chunks not started are dropped and the decoding processes end with the build
         if ex: ex.shutdown(wait=True, cancel_futures=True)
-    img.flush(); arrays = [img] + ([msk] if msk is not None else [])
-    if msk is not None: msk.flush()
-    return _digest(arrays), files
+    a.flush()
+    return _digest([a]), files
 
 # %% ../nbs/16_pipeline.ipynb #c018
 def _waiting(d, lock):  # said once when a build waits for another process's build of the same cache
@@ -147,17 +160,15 @@ def _layout(a, shape):  # an opened array: what is wrong with it, or None when i
     ok = a.dtype == np.uint8 and a.shape == shape and a.flags.c_contiguous
     return None if ok else f'{Path(a.filename).name} holds {a.dtype} {a.shape}{"" if a.flags.c_contiguous else " in Fortran order"}, not uint8 {shape}'
 
-def _open(d, key, n, size, with_masks, verify):  # a finished cache folder; any damage is one KitError naming it
+def _open(d, key, what, shape, verify):  # a finished cache folder of array `what`; any damage is one KitError naming it
     try:
         meta = json.loads((d/'meta.json').read_text(encoding='utf-8'))
-        out = dict(images=np.load(d/'images.npy', mmap_mode='r'), masks=np.load(d/'masks.npy', mmap_mode='r') if meta['masks'] else None, dir=d)
-        arrays = [a for a in (out['images'], out['masks']) if a is not None]
-        layout = _layout(out['images'], (n, *size, 3)) or (out['masks'] is not None and _layout(out['masks'], (n, *size)))
-        why = ('it does not match its key' if meta['key'] != key or bool(meta['masks']) != with_masks else layout if layout else
-               'its pixels do not match their hash' if verify and _digest(arrays) != meta['blake2b'] else None)
+        a = np.load(d/f'{what}.npy', mmap_mode='r')
+        why = ('it does not match its key' if meta['key'] != key or meta['array'] != what else _layout(a, shape) or
+               ('its pixels do not match their hash' if verify and _digest([a]) != meta['blake2b'] else None))
     except Exception as e: why = f'{type(e).__name__}: {e}'
     if why: raise KitError(f'decoded cache {d} is damaged ({why}); delete that folder and rerun')
-    return out
+    return a
 
 def _removed(tmp):
     return KitError(f'{tmp}: this temporary folder was removed while the decoded cache was built in it (the cache folder cleared by hand, '
@@ -166,8 +177,10 @@ def _removed(tmp):
 def _build(d, meta, paths, boxes, masks, workers, name):  # decode into `<d>.tmp-<pid>@<host>`, then rename it to d when it is whole
     sweep_temporaries(d.parent)
     tmp = d.with_name(f'{d.name}.tmp-{temporary_tag()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    what = meta['array']
     try:
-        digest, files = _fill(tmp, paths, boxes, tuple(meta['size']), None if masks is None else list(masks), int(workers), f'decode {name}')
+        digest, files = _fill(tmp, what, paths, boxes, tuple(meta['size']), None if masks is None else list(masks), int(workers),
+                              f"{'decode' if what == 'images' else 'masks'} {name}")
         if not tmp.is_dir(): raise _removed(tmp)
         save_json({**meta, 'blake2b': digest, 'torchvision': torchvision.__version__}, tmp/'meta.json')   # (save_json makes a missing folder)
         try:
@@ -181,34 +194,38 @@ def _build(d, meta, paths, boxes, masks, workers, name):  # decode into `<d>.tmp
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
                   size,             # (H, W) of the fixed resize
-                  masks=None,       # mask file (or 'box') per sample, or None: no masks
-                  name='images',    # readable prefix of the cache folder (dataset, split)
+                  masks=None,       # mask file, 'box' or None (zeros) per sample, or None: no masks
+                  name='images',    # readable prefix of the cache folders (the dataset)
                   workers=0,        # decoding processes; 0 or 1: this process (as a DataLoader's num_workers)
                   verify=True,      # check the pixels' hash when opening an existing cache
                   root=None):       # cache folder; None: `har_kit.core.cache_root()`
-    "{'images': (N, H, W, 3) uint8 memmap, 'masks': (N, H, W) or None, 'dir'}: built once (atomically), then reused."
+    "{'images': (N, H, W, 3) uint8 memmap, 'masks': (N, H, W) or None, 'dir' (the images' folder), 'mask_cache' (the masks' folder or None)}: each array built once (atomically) in its own folder, then reused."
     paths, boxes = list(paths), list(boxes)
     if len(paths) != len(boxes) or (masks is not None and len(masks) != len(paths)):
         raise KitError(f'decoded_cache({name}): {len(paths)} paths, {len(boxes)} boxes, {None if masks is None else len(masks)} masks: pass one per sample')
     if not paths: raise KitError(f'decoded_cache({name}): no samples (check the split name you selected)')
-    key = cache_key(paths, boxes, size, masks)
-    d = Path(root or cache_root())/f'{name}-{size[0]}x{size[1]}-{key[:16]}'
-    if not d.exists():
-        if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with _build_lock(d):
-            if not d.exists():   # else another process built it while this one waited: open its copy
-                _build(d, dict(key=key, n=len(paths), size=list(size), masks=masks is not None), paths, boxes, masks, workers, name)
-    return _open(d, key, len(paths), tuple(size), masks is not None, verify)
+    out = dict(masks=None, mask_cache=None)
+    for what, prefix, ms in [('images', name, None)] + ([] if masks is None else [('masks', f'{name}-masks', list(masks))]):
+        key = cache_key(paths, boxes, size, ms)
+        d = Path(root or cache_root())/f'{prefix}-{size[0]}x{size[1]}-{key[:16]}'
+        if not d.exists():
+            if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
+            d.parent.mkdir(parents=True, exist_ok=True)
+            with _build_lock(d):
+                if not d.exists():   # else another process built it while this one waited: open its copy
+                    _build(d, dict(key=key, array=what, n=len(paths), size=list(size)), paths, boxes, ms, workers, name)
+        out[what], out['dir' if what == 'images' else 'mask_cache'] = _open(d, key, what, _shape(what, len(paths), tuple(size)), verify), d
+    return out
 
 # %% ../nbs/16_pipeline.ipynb #c023
 PAPER_CACHES = {'rap': (41_585, campar_sizes()[0]), 'pa100k': (100_000, campar_sizes()[0]), 'wider': (57_524, dahar_sizes(1)[0]),
                 'rap (Da-HAR)': (41_585, dahar_sizes(2)[0])}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
-def cache_gb(n,      # images
-             size):  # (H, W)
-    "Bytes of a decoded cache of `n` RGB images at `size`, in GB (10^9)."
-    return n * size[0] * size[1] * 3 / 1e9
+def cache_gb(n,            # images
+             size,         # (H, W)
+             channels=3):  # 3: the RGB images; 1: their masks
+    "Bytes of a decoded cache of `n` images (or masks) at `size`, in GB (10^9)."
+    return n * size[0] * size[1] * channels / 1e9
 
 # %% ../nbs/16_pipeline.ipynb #c027
 def campar_params(n,     # samples
@@ -413,14 +430,19 @@ class DeviceLoader:
                  drop_last=False,  # drop the last incomplete batch
                  seed=0,           # seed of the shuffling and augmentation generator
                  device='cpu',     # where batches are augmented and returned
-                 prefetch=0):      # batches prepared ahead on a thread (`prefetched`); 0: in the consuming thread
+                 prefetch=0,       # batches prepared ahead on a thread (`prefetched`); 0: in the consuming thread
+                 rows=None):       # the cache row of each sample (`pool_rows`); None: sample i is row i
         "A loader over `cache` with `labels`; `augment` turns a uint8 batch (and its masks) into the batch's tensors."
         self.cache, self.labels, self.augment, self.batch_size = cache, torch.as_tensor(np.asarray(labels, np.float32)), augment, int(batch_size)
         self.shuffle, self.drop_last, self.device, self.sampler = shuffle, drop_last, torch.device(device), None
         if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
             raise KitError(f'DeviceLoader: prefetch={prefetch!r} must be a whole number of batches >= 0 (0: prepared in the consuming thread)')
-        self.prefetch = int(prefetch)
-        if len(self.labels) != len(cache['images']): raise KitError(f"DeviceLoader: {len(self.labels)} label rows for {len(cache['images'])} cached images ({cache['dir']}); pass one row per sample")
+        self.prefetch, n = int(prefetch), len(cache['images'])
+        if rows is None and len(self.labels) != n: raise KitError(f"DeviceLoader: {len(self.labels)} label rows for {n} cached images ({cache['dir']}); pass one row per sample")
+        self.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        if len(self.rows) != len(self.labels) or (len(self.rows) and not 0 <= self.rows.min() <= self.rows.max() < n):
+            raise KitError(f"DeviceLoader: {len(self.rows)} rows (from {self.rows.min(initial=0)} to {self.rows.max(initial=0)}) for {len(self.labels)} label rows "
+                           f"and {n} cached images ({cache['dir']}); pass one row of the cache per sample")
         self.generator = torch.Generator(); self.generator.manual_seed(int(seed))
         self.dataset = _Samples(self)
 
@@ -450,8 +472,8 @@ class DeviceLoader:
     def _batches(self, order):
         "`__iter__` on the CPU: rows read in file order, restored to the sample order, augmented."
         for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size]; rows = np.sort(idx.numpy())   # memmap reads in file order
-            back = torch.from_numpy(np.searchsorted(rows, idx.numpy()))
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]; want = self.rows[idx.numpy()]
+            rows = np.sort(want); back = torch.from_numpy(np.searchsorted(rows, want))   # memmap reads in file order
             x = torch.from_numpy(self.cache['images'][rows])[back].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             m = None if self.cache['masks'] is None else torch.from_numpy(self.cache['masks'][rows])[back].to(self.device, non_blocking=True)
             yield {**self.augment(x, m, self.generator), 'labels': self.labels[idx], 'index': idx}
@@ -461,7 +483,7 @@ class DeviceLoader:
         labels, dev_order, bufs, copied = self.labels.to(self.device), order.to(self.device), {}, [None, None]
         for k in range(len(self)):
             s, j = slice(k * self.batch_size, (k + 1) * self.batch_size), k % 2
-            idx = order[s].numpy()
+            idx = self.rows[order[s].numpy()]
             if copied[j] is not None: copied[j].synchronize()   # this buffer's copy, two batches ago, has left it
             out = []
             for name in ('images', 'masks'):
@@ -484,8 +506,9 @@ class _Samples:
     def __len__(self): return len(self.loader.labels)
     def __getitem__(self, i):
         ld, g = self.loader, torch.Generator().manual_seed(int(i))
-        x = torch.from_numpy(np.array(ld.cache['images'][i:i + 1])).to(ld.device).permute(0, 3, 1, 2)
-        m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
+        r = int(ld.rows[i])
+        x = torch.from_numpy(np.array(ld.cache['images'][r:r + 1])).to(ld.device).permute(0, 3, 1, 2)
+        m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][r:r + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
 # %% ../nbs/16_pipeline.ipynb #c067
@@ -527,7 +550,27 @@ def check_pipeline(pipeline):  # a run's `pipeline` parameter
                        'batches augmented on the device)')
     return pipeline
 
-# %% ../nbs/16_pipeline.ipynb #c074
+# %% ../nbs/16_pipeline.ipynb #c075
+def _target(s): return str(s.image), () if s.box is None else tuple(float(v) for v in s.box)   # a sample's target: image and box
+
+def pool_rows(samples,          # the loader's samples
+              pool=None,        # the samples the cache holds (e.g. `AttributeData.samples`); None: `samples`, one row each
+              by_mask=False):   # the cache holds the samples' mask files: refuse to share a target whose samples name different ones
+    "The targets of the cache, in a fixed order, and each of `samples`' row among them."
+    samples = list(samples)
+    if pool is None: return samples, np.arange(len(samples), dtype=np.int64)
+    first = {}
+    for s in getattr(pool, 'samples', pool):
+        k = _target(s)
+        if k not in first or (first[k].mask is None and s.mask is not None): first[k] = s
+    at = {k: i for i, k in enumerate(sorted(first))}
+    if (out := next((s for s in samples if _target(s) not in at), None)) is not None:
+        raise KitError(f'cached_loader: sample {out.image} (box {out.box}) is not in the pool of {len(first)} targets; '
+                       'pass pool= the dataset the samples were drawn from (or pool=None)')
+    if by_mask and any(s.mask != first[_target(s)].mask for s in samples): return pool_rows(samples)   # one target, two masks
+    return [first[k] for k in sorted(first)], np.array([at[_target(s)] for s in samples], np.int64)
+
+# %% ../nbs/16_pipeline.ipynb #c078
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -539,7 +582,8 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
                   device='cpu',         # where batches are augmented
                   name='images',        # the cache's name (its folder and progress bar)
                   workers=0,            # decoding processes of a cache build
-                  prefetch=0):          # batches prepared ahead (`prefetched`)
+                  prefetch=0,           # batches prepared ahead (`prefetched`)
+                  pool=None):           # the samples whose targets the cache holds (`pool_rows`: a dataset's every sample); None: `samples`
     "`make_loader`'s batches from a decoded cache augmented on `device`: a `DeviceLoader`."
     refuse_every_split(samples, shuffle, 'cached_loader')
     ss = list(getattr(samples, 'samples', samples))
@@ -547,11 +591,12 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     if with_mask and not mask_from_box and any(s.mask is None for s in ss):
         raise KitError(f'cached_loader(with_mask=True): samples without a mask (first: {next(s.image for s in ss if s.mask is None)}); write masks (`har-kit masks`) or pass with_mask=False')
     size, augment = batches
-    masks = None if not with_mask else ['box' if mask_from_box else s.mask for s in ss]
-    cache = decoded_cache([s.image for s in ss], [s.box for s in ss], size, masks, name=name, workers=workers)
-    return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch)
+    targets, rows = pool_rows(ss, pool, with_mask and not mask_from_box)
+    masks = None if not with_mask else ['box' if mask_from_box else t.mask for t in targets]
+    cache = decoded_cache([t.image for t in targets], [t.box for t in targets], size, masks, name=name, workers=workers)
+    return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch, rows)
 
-# %% ../nbs/16_pipeline.ipynb #c078
+# %% ../nbs/16_pipeline.ipynb #c082
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -567,7 +612,7 @@ def loader_rates(loaders: dict,  # name -> loader
             sync(); times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c081
+# %% ../nbs/16_pipeline.ipynb #c085
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch

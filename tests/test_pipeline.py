@@ -121,27 +121,46 @@ def _pa_args(sets, size=(16, 12)):
     return [s.image for s in ss], [s.box for s in ss], size
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'empty', 'missing', 'meta-keys', 'meta-json', 'meta-missing', 'meta-no-masks',
-                                    'int8', 'masks-int8', 'shape', 'fortran'])
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'missing', 'meta-keys', 'meta-json', 'meta-missing', 'meta-array',
+                                    'int8', 'masks-int8', 'masks-missing', 'masks-meta-array', 'shape', 'masks-shape', 'fortran'])
 def test_a_damaged_cache_names_its_folder_and_deleting_it_rebuilds(sets, tmp_path, damage):
-    args = _pa_args(sets)
-    d = P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path)['dir']
-    f = d/('meta.json' if damage.startswith('meta') else 'masks.npy' if damage.startswith('masks') else 'images.npy')
+    args, masks = _pa_args(sets), [s.mask for s in sets['pa100k'].samples]
+    c = P.decoded_cache(*args, masks, name='pa', root=tmp_path)
+    d = c['mask_cache'] if damage.startswith('masks') else c['dir']   # the images and the masks: a folder each
+    f = d/('meta.json' if 'meta' in damage else 'masks.npy' if damage.startswith('masks') else 'images.npy')
     header = lambda old, new: f.write_bytes(f.read_bytes().replace(old, new, 1))   # the .npy header: no hash covers it
     if damage == 'truncated': os.truncate(f, f.stat().st_size // 2)
     elif damage == 'empty': f.write_bytes(b'')
-    elif damage in ('missing', 'meta-missing'): f.unlink()
+    elif damage in ('missing', 'meta-missing', 'masks-missing'): f.unlink()
     elif damage == 'meta-keys': f.write_text('{}')
-    elif damage == 'meta-no-masks': f.write_text(json.dumps({**json.loads(f.read_text()), 'masks': False}))
+    elif damage in ('meta-array', 'masks-meta-array'):   # the other array's meta: a folder of the wrong kind
+        f.write_text(json.dumps({**json.loads(f.read_text()), 'array': 'images' if damage.startswith('masks') else 'masks'}))
     elif damage in ('int8', 'masks-int8'): header(b"'|u1'", b"'|i1'")
     elif damage == 'shape': header(b'(12, 16, 12, 3)', b'(12, 12, 16, 3)')
+    elif damage == 'masks-shape': header(b'(12, 16, 12)', b'(12, 12, 16)')
     elif damage == 'fortran': header(b"'fortran_order': False", b"'fortran_order': True ")
     else: f.write_text('{"key": ')
     with pytest.raises(KitError, match=rf'decoded cache {d} is damaged \(.+\); delete that folder and rerun'):
-        P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path, verify=False)
-    shutil.rmtree(d)   # what the message says: the next run rebuilds it
-    c = P.decoded_cache(*args, [s.mask for s in sets['pa100k'].samples], name='pa', root=tmp_path)
-    assert c['dir'] == d and c['images'].shape == (12, 16, 12, 3) and _entries(tmp_path) == [d.name]
+        P.decoded_cache(*args, masks, name='pa', root=tmp_path, verify=False)
+    shutil.rmtree(d)   # what the message says: the next run rebuilds it (that folder alone)
+    again = P.decoded_cache(*args, masks, name='pa', root=tmp_path)
+    assert (again['dir'], again['mask_cache']) == (c['dir'], c['mask_cache']) and again['images'].shape == (12, 16, 12, 3)
+    assert _entries(tmp_path) == sorted([c['dir'].name, c['mask_cache'].name])
+
+
+def test_images_are_cached_once_whatever_the_masks(sets, tmp_path, monkeypatch):
+    "The images' folder leaves the masks out of its key: runs with and without masks, or with new masks, decode the images once."
+    fills, fill = [], P._fill
+    monkeypatch.setattr(P, '_fill', lambda d, what, *a: (fills.append(what), fill(d, what, *a))[1])
+    ss = sets['wider'].samples
+    args = ([s.image for s in ss], [s.box for s in ss], (32, 32))
+    plain = P.decoded_cache(*args, name='w', root=tmp_path)
+    boxed = P.decoded_cache(*args, ['box'] * len(ss), name='w', root=tmp_path)
+    real = P.decoded_cache(*args, [s.mask for s in ss], name='w', root=tmp_path)
+    assert fills == ['images', 'masks', 'masks'] and plain['dir'] == boxed['dir'] == real['dir'] and boxed['mask_cache'] != real['mask_cache']
+    _, ref = _loader_resize(ss, (32, 32), with_mask=True)   # masks made from the image's header alone: the loader's, exactly
+    np.testing.assert_array_equal(np.asarray(real['masks']), ref)
+    assert (np.asarray(boxed['masks']) == 255).all()        # a WIDER target cut out by its box is all box
 
 
 def test_a_full_disk_is_refused_before_decoding(sets, tmp_path, monkeypatch):
@@ -263,7 +282,7 @@ def test_a_build_waits_for_the_lock_then_opens_the_published_cache(sets, tmp_pat
         t = threading.Thread(target=build); t.start()
         assert waiting.wait(600) and 'error' not in out, out   # it said it waits (a timeout only against a hang)
         assert t.is_alive() and not d.exists()                # ... and waits: nothing can be built while the lock is held
-        P._build(d, dict(key=P.cache_key(*args), n=12, size=[16, 12], masks=False), args[0], args[1], None, 0, 'pa')
+        P._build(d, dict(key=P.cache_key(*args), array='images', n=12, size=[16, 12]), args[0], args[1], None, 0, 'pa')
     t.join()
     assert 'error' not in out and out['cache']['dir'] == d and len(fills) == 1   # opened, not decoded again
     assert said == [(d, str(tmp_path/f'.{d.name}.lock'))]
@@ -534,3 +553,25 @@ def test_cache_key_holds_every_box(tmp_path):
     assert P.cache_key(imgs, [(1, 2, 10, 20), (0, 0, 8, 8)], (8, 8)) == key
     assert P.cache_key(imgs, [(1, 2, 10, 20), (1, 0, 8, 8)], (8, 8)) != key
     assert P.cache_key(imgs, [(1, 2, 10, 20), None], (8, 8)) != key
+
+
+def test_every_split_list_of_a_dataset_reads_one_cache(tmp_path, monkeypatch):
+    "RAP's partitions, [15]'s selection and a held-out carve: every run's loaders read one copy of the dataset's pixels (one per size), with the batches of a cache of their own list."
+    from har_kit.campar_train import campar_loaders, split_train_eval
+    from har_kit.dahar_train import DaHarConfig, dahar_loaders
+    fills, fill = [], P._fill
+    monkeypatch.setattr(P, '_fill', lambda d, what, *a: (fills.append((d.name.split('-')[0], what)), fill(d, what, *a))[1])
+    root = tiny_fixture('rap', tmp_path/'rap', n=12)
+    dirs = set()
+    for part in (0, 1, 2):
+        data = read_rap(root, partition=part)
+        for selection, fraction in (('[15]', 0.0), ('held-out', 0.25)):
+            tr, ev, _ = split_train_eval(data, ['train'], selection, fraction, 0)
+            lo = campar_loaders(tr, ev, data.split('test'), scale=0.125, batch_size=4, pipeline='device')
+            dirs |= {('campar', str(ld.cache['dir'])) for ld in lo.values()}
+        lo = dahar_loaders(data, DaHarConfig(batch_size=4, scale=0.25, pipeline='device', mask_supervision='box'), with_mask=True)
+        dirs |= {('dahar', str(ld.cache['dir'])) for ld in lo.values()}
+    assert len(dirs) == 2 and sorted(fills) == [('campar', 'images'), ('campar', 'masks'), ('rap', 'images'), ('rap', 'masks')], (dirs, fills)
+    own = P.cached_loader(tr, P.campar_batches(True, 0.125), 4, True, seed=3, name='own')     # the last carve, a cache of its own
+    pooled = P.cached_loader(tr, P.campar_batches(True, 0.125), 4, True, seed=3, name='campar', pool=data)
+    for a, b in zip(own, pooled, strict=True): assert torch.equal(a['image'], b['image']) and torch.equal(a['index'], b['index'])
