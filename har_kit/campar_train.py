@@ -133,9 +133,10 @@ def campar_loaders(train,                 # training samples (the first value of
                    seed: int = 0,         # shuffling seed
                    cache_mb: float = 0,   # decoded samples the loaders share in memory (MiB, `SampleCache`); 0: none
                    pipeline: str = 'loader',  # 'loader' (per-sample transforms) or 'device' (decoded cache, batches augmented on `device`)
-                   device: str = 'cpu'):  # where 'device' augments ('auto': CUDA when present)
+                   device: str = 'cpu',   # where 'device' augments ('auto': CUDA when present)
+                   pool=None):            # 'device': the dataset the lists come from (`har_kit.pipeline.pool_rows`); None: the lists
     "Loaders 'train', 'val' (when held out), 'test', and 'test_masks' (with the target's mask) when every test sample has one."
-    if pipeline == 'device': return _device_loaders(train, eval_samples, test, scale, batch_size, num_workers, seed, device)
+    if pipeline == 'device': return _device_loaders(train, eval_samples, test, scale, batch_size, num_workers, seed, device, pool)
     check_pipeline(pipeline)
     kw = dict(batch_size=batch_size, num_workers=num_workers, cache=SampleCache.of(cache_mb))
     loaders = {'train': make_loader(train, campar_transforms(True, scale), shuffle=True, drop_last=len(train) > batch_size, seed=seed, **kw)}
@@ -146,10 +147,10 @@ def campar_loaders(train,                 # training samples (the first value of
     return loaders
 
 # %% ../nbs/41_campar.ipynb #c028
-def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device):
-    # one cache for the run's every list (`pool_rows`): their union is the dataset's samples whatever the carve, so every
-    # selection, partition and seed reads the same copy
-    kw = dict(device=get_device(device), workers=workers, name='campar', pool=[*train, *(eval_samples or ()), *test])
+def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device, pool):
+    # one cache of the dataset's images (`pool_rows`): every selection, carve, partition and seed reads the same copy
+    pool = pool if pool is not None else [*train, *(eval_samples or ()), *test]
+    kw = dict(device=get_device(device), workers=workers, name=getattr(pool, 'name', 'campar'), pool=pool)
     ev = lambda ss, **k: cached_loader(ss, campar_batches(False, scale), 4 * batch_size, False, **k, **kw)   # evaluation at 4x the batch
     loaders = {'train': cached_loader(train, campar_batches(True, scale), batch_size, True, drop_last=len(train) > batch_size, seed=seed, **kw)}
     if eval_samples: loaders['val'] = ev(eval_samples)
@@ -358,7 +359,7 @@ class CamParRecipe(Recipe):
         c = self.config
         if self._loaders is None:
             self._loaders = campar_loaders(self.train_set, self.eval_set, self.test, c.scale, c.batch_size, c.num_workers, c.seed,
-                                           c.cache_mb, pipeline=c.pipeline, device=c.device)
+                                           c.cache_mb, pipeline=c.pipeline, device=c.device, pool=self.data)
         return self._loaders
 
 # %% ../nbs/41_campar.ipynb #c048

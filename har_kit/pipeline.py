@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_pipeline.ipynb #c003
 from __future__ import annotations
-import contextlib, copy, errno, fcntl, functools, hashlib, json, os, queue, shutil, sys, tempfile, threading, time, warnings
+import contextlib, copy, errno, fcntl, functools, hashlib, json, os, queue, shutil, sys, tempfile, threading, time, uuid, warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -160,14 +160,19 @@ def _layout(a, shape):  # an opened array: what is wrong with it, or None when i
     ok = a.dtype == np.uint8 and a.shape == shape and a.flags.c_contiguous
     return None if ok else f'{Path(a.filename).name} holds {a.dtype} {a.shape}{"" if a.flags.c_contiguous else " in Fortran order"}, not uint8 {shape}'
 
+_VERIFIED = {}   # folder -> (array file's identity and time, hash) of the caches this process has hashed
+
 def _open(d, key, what, shape, verify):  # a finished cache folder of array `what`; any damage is one KitError naming it
     try:
         meta = json.loads((d/'meta.json').read_text(encoding='utf-8'))
         a = np.load(d/f'{what}.npy', mmap_mode='r')
+        seen = (_identity(a.filename), os.stat(a.filename).st_mtime_ns, meta['blake2b'], meta.get('build'))
+        hashed = verify and _VERIFIED.get(str(d)) != seen   # a run's loaders share a dataset's cache: hashed once per process
         why = ('it does not match its key' if meta['key'] != key or meta['array'] != what else _layout(a, shape) or
-               ('its pixels do not match their hash' if verify and _digest([a]) != meta['blake2b'] else None))
+               ('its pixels do not match their hash' if hashed and _digest([a]) != meta['blake2b'] else None))
     except Exception as e: why = f'{type(e).__name__}: {e}'
     if why: raise KitError(f'decoded cache {d} is damaged ({why}); delete that folder and rerun')
+    if hashed: _VERIFIED[str(d)] = seen
     return a
 
 def _removed(tmp):
@@ -182,7 +187,8 @@ def _build(d, meta, paths, boxes, masks, workers, name):  # decode into `<d>.tmp
         digest, files = _fill(tmp, what, paths, boxes, tuple(meta['size']), None if masks is None else list(masks), int(workers),
                               f"{'decode' if what == 'images' else 'masks'} {name}")
         if not tmp.is_dir(): raise _removed(tmp)
-        save_json({**meta, 'blake2b': digest, 'torchvision': torchvision.__version__}, tmp/'meta.json')   # (save_json makes a missing folder)
+        save_json({**meta, 'blake2b': digest, 'torchvision': torchvision.__version__, 'build': uuid.uuid4().hex},   # (this build's own name)
+                  tmp/'meta.json')   # (save_json makes a missing folder)
         try:
             if any(_identity(tmp/f) != v for f, v in files.items()): raise _removed(tmp)   # the arrays it wrote, whole
         except FileNotFoundError: raise _removed(tmp) from None
@@ -204,18 +210,19 @@ def decoded_cache(paths,            # image files, one per sample
     if len(paths) != len(boxes) or (masks is not None and len(masks) != len(paths)):
         raise KitError(f'decoded_cache({name}): {len(paths)} paths, {len(boxes)} boxes, {None if masks is None else len(masks)} masks: pass one per sample')
     if not paths: raise KitError(f'decoded_cache({name}): no samples (check the split name you selected)')
-    out = dict(masks=None, mask_cache=None)
-    for what, prefix, ms in [('images', name, None)] + ([] if masks is None else [('masks', f'{name}-masks', list(masks))]):
-        key = cache_key(paths, boxes, size, ms)
-        d = Path(root or cache_root())/f'{prefix}-{size[0]}x{size[1]}-{key[:16]}'
-        if not d.exists():
-            if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
-            d.parent.mkdir(parents=True, exist_ok=True)
-            with _build_lock(d):
-                if not d.exists():   # else another process built it while this one waited: open its copy
-                    _build(d, dict(key=key, array=what, n=len(paths), size=list(size)), paths, boxes, ms, workers, name)
-        out[what], out['dir' if what == 'images' else 'mask_cache'] = _open(d, key, what, _shape(what, len(paths), tuple(size)), verify), d
-    return out
+    out = dict(zip(('images', 'dir'), _cached('images', paths, boxes, size, None, name, workers, verify, root)))
+    return {**out, **dict(zip(('masks', 'mask_cache'), (None, None) if masks is None else _cached('masks', paths, boxes, size, list(masks), name, workers, verify, root)))}
+
+def _cached(what, paths, boxes, size, masks, name, workers, verify, root):  # one array of `decoded_cache`: (memmap, its folder)
+    key = cache_key(paths, boxes, size, masks)
+    d = Path(root or cache_root())/f"{name}{'' if what == 'images' else '-masks'}-{size[0]}x{size[1]}-{key[:16]}"
+    if not d.exists():
+        if root is None: cache_root(writable=True)   # about to build: a read-only cache folder is named before any decoding
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(d):
+            if not d.exists():   # else another process built it while this one waited: open its copy
+                _build(d, dict(key=key, array=what, n=len(paths), size=list(size)), paths, boxes, masks, workers, name)
+    return _open(d, key, what, _shape(what, len(paths), tuple(size)), verify), d
 
 # %% ../nbs/16_pipeline.ipynb #c023
 PAPER_CACHES = {'rap': (41_585, campar_sizes()[0]), 'pa100k': (100_000, campar_sizes()[0]), 'wider': (57_524, dahar_sizes(1)[0]),
@@ -422,8 +429,8 @@ def prefetched(batches,         # an iterator of dict batches, e.g. a `DeviceLoa
 # %% ../nbs/16_pipeline.ipynb #c063
 class DeviceLoader:
     "Batches of a decoded cache augmented on `device`: dicts {'image', 'labels', 'index'[, 'mask']} like `make_loader`'s."
-    def __init__(self, cache,      # from `decoded_cache`
-                 labels,           # (N, C) labels, one row per cached image
+    def __init__(self, cache,      # from `decoded_cache`: 'images' (read at `rows`) and 'masks' (None, or one per sample)
+                 labels,           # (N, C) labels, one row per sample
                  augment,          # augment(x uint8, masks, gen) -> dict of the batch's tensors
                  batch_size,       # samples per batch
                  shuffle=False,    # reshuffle every epoch (training)
@@ -431,7 +438,7 @@ class DeviceLoader:
                  seed=0,           # seed of the shuffling and augmentation generator
                  device='cpu',     # where batches are augmented and returned
                  prefetch=0,       # batches prepared ahead on a thread (`prefetched`); 0: in the consuming thread
-                 rows=None):       # the cache row of each sample (`pool_rows`); None: sample i is row i
+                 rows=None):       # the images' row of each sample (`pool_rows`); None: sample i is row i
         "A loader over `cache` with `labels`; `augment` turns a uint8 batch (and its masks) into the batch's tensors."
         self.cache, self.labels, self.augment, self.batch_size = cache, torch.as_tensor(np.asarray(labels, np.float32)), augment, int(batch_size)
         self.shuffle, self.drop_last, self.device, self.sampler = shuffle, drop_last, torch.device(device), None
@@ -443,6 +450,8 @@ class DeviceLoader:
         if len(self.rows) != len(self.labels) or (len(self.rows) and not 0 <= self.rows.min() <= self.rows.max() < n):
             raise KitError(f"DeviceLoader: {len(self.rows)} rows (from {self.rows.min(initial=0)} to {self.rows.max(initial=0)}) for {len(self.labels)} label rows "
                            f"and {n} cached images ({cache['dir']}); pass one row of the cache per sample")
+        if cache.get('masks') is not None and len(cache['masks']) != len(self.labels):
+            raise KitError(f"DeviceLoader: {len(cache['masks'])} cached masks ({cache.get('mask_cache')}) for {len(self.labels)} samples; pass one mask per sample")
         self.generator = torch.Generator(); self.generator.manual_seed(int(seed))
         self.dataset = _Samples(self)
 
@@ -472,10 +481,9 @@ class DeviceLoader:
     def _batches(self, order):
         "`__iter__` on the CPU: rows read in file order, restored to the sample order, augmented."
         for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size]; want = self.rows[idx.numpy()]
-            rows = np.sort(want); back = torch.from_numpy(np.searchsorted(rows, want))   # memmap reads in file order
-            x = torch.from_numpy(self.cache['images'][rows])[back].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            m = None if self.cache['masks'] is None else torch.from_numpy(self.cache['masks'][rows])[back].to(self.device, non_blocking=True)
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            x = _read(self.cache['images'], self.rows[idx.numpy()]).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            m = None if self.cache['masks'] is None else _read(self.cache['masks'], idx.numpy()).to(self.device, non_blocking=True)
             yield {**self.augment(x, m, self.generator), 'labels': self.labels[idx], 'index': idx}
 
     def _cuda_batches(self, order):
@@ -483,23 +491,28 @@ class DeviceLoader:
         labels, dev_order, bufs, copied = self.labels.to(self.device), order.to(self.device), {}, [None, None]
         for k in range(len(self)):
             s, j = slice(k * self.batch_size, (k + 1) * self.batch_size), k % 2
-            idx = self.rows[order[s].numpy()]
+            idx = order[s].numpy()
             if copied[j] is not None: copied[j].synchronize()   # this buffer's copy, two batches ago, has left it
             out = []
-            for name in ('images', 'masks'):
+            for name, at in (('images', self.rows[idx]), ('masks', idx)):   # the images through the rows; the masks are the samples'
                 a = self.cache[name]
                 if a is None: out.append(None); continue
                 if bufs.get((name, j)) is None or len(bufs[name, j]) != len(idx):
                     with torch.cuda.device(self.device):   # pinned through this GPU's context, not the current device's
                         bufs[name, j] = torch.empty((len(idx), *a.shape[1:]), dtype=torch.uint8, pin_memory=True)
-                np.take(a, idx, axis=0, out=bufs[name, j].numpy(), mode='clip')
+                np.take(a, at, axis=0, out=bufs[name, j].numpy(), mode='clip')
                 out.append(bufs[name, j].to(self.device, non_blocking=True))
             # recorded on the stream that copied (this device's current one): the current device's stream would say
             # nothing about this copy on a run on cuda:N, N > 0, and the buffer would be refilled while it is still read
             copied[j] = torch.cuda.Event(); copied[j].record(torch.cuda.current_stream(self.device))
             yield {**self.augment(out[0].permute(0, 3, 1, 2), out[1], self.generator), 'labels': labels[dev_order[s]], 'index': dev_order[s]}
 
-# %% ../nbs/16_pipeline.ipynb #c065
+# %% ../nbs/16_pipeline.ipynb #c064
+def _read(a, rows):  # a memmap's `rows` (repeats allowed) as a tensor in their order, read in file order
+    s = np.sort(rows)
+    return torch.from_numpy(a[s])[torch.from_numpy(np.searchsorted(s, rows))]
+
+# %% ../nbs/16_pipeline.ipynb #c066
 class _Samples:
     "A `DeviceLoader`'s samples one by one (`loader.dataset[i]`: the batch transform of sample i alone, its own draws)."
     def __init__(self, loader): self.loader = loader
@@ -508,10 +521,10 @@ class _Samples:
         ld, g = self.loader, torch.Generator().manual_seed(int(i))
         r = int(ld.rows[i])
         x = torch.from_numpy(np.array(ld.cache['images'][r:r + 1])).to(ld.device).permute(0, 3, 1, 2)
-        m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][r:r + 1])).to(ld.device)
+        m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)
         return {**{k: v[0] for k, v in ld.augment(x, m, g).items()}, 'labels': ld.labels[i], 'index': int(i)}
 
-# %% ../nbs/16_pipeline.ipynb #c067
+# %% ../nbs/16_pipeline.ipynb #c068
 def campar_batches(train,       # training augmentation, else evaluation
                    scale=1.0):  # size factor
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
@@ -522,7 +535,7 @@ def campar_batches(train,       # training augmentation, else evaluation
         return d
     return size, augment
 
-# %% ../nbs/16_pipeline.ipynb #c069
+# %% ../nbs/16_pipeline.ipynb #c070
 def dahar_batches(train,                 # training augmentation, else evaluation
                   aspect=1,              # height / width: 1 for WIDER-Attribute, 2 for RAP
                   scale=1.0,             # size factor
@@ -540,7 +553,7 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
         return d
     return base, augment
 
-# %% ../nbs/16_pipeline.ipynb #c072
+# %% ../nbs/16_pipeline.ipynb #c073
 PIPELINES = ('loader', 'device')
 
 def check_pipeline(pipeline):  # a run's `pipeline` parameter
@@ -550,27 +563,22 @@ def check_pipeline(pipeline):  # a run's `pipeline` parameter
                        'batches augmented on the device)')
     return pipeline
 
-# %% ../nbs/16_pipeline.ipynb #c075
+# %% ../nbs/16_pipeline.ipynb #c076
 def _target(s): return str(s.image), () if s.box is None else tuple(float(v) for v in s.box)   # a sample's target: image and box
 
-def pool_rows(samples,          # the loader's samples
-              pool=None,        # the samples the cache holds (e.g. `AttributeData.samples`); None: `samples`, one row each
-              by_mask=False):   # the cache holds the samples' mask files: refuse to share a target whose samples name different ones
-    "The targets of the cache, in a fixed order, and each of `samples`' row among them."
+def pool_rows(samples,      # the loader's samples
+              pool=None):   # the samples the cache holds (an `AttributeData` or a list); None: `samples`, one row each
+    "The targets (image, box) the images' cache holds, in a fixed order, and each of `samples`' row among them."
     samples = list(samples)
-    if pool is None: return samples, np.arange(len(samples), dtype=np.int64)
-    first = {}
-    for s in getattr(pool, 'samples', pool):
-        k = _target(s)
-        if k not in first or (first[k].mask is None and s.mask is not None): first[k] = s
-    at = {k: i for i, k in enumerate(sorted(first))}
+    if pool is None: return [_target(s) for s in samples], np.arange(len(samples), dtype=np.int64)
+    targets = sorted({_target(s) for s in getattr(pool, 'samples', pool)})
+    at = {t: i for i, t in enumerate(targets)}
     if (out := next((s for s in samples if _target(s) not in at), None)) is not None:
-        raise KitError(f'cached_loader: sample {out.image} (box {out.box}) is not in the pool of {len(first)} targets; '
+        raise KitError(f'cached_loader: sample {out.image} (box {out.box}) is not in the pool of {len(targets)} targets; '
                        'pass pool= the dataset the samples were drawn from (or pool=None)')
-    if by_mask and any(s.mask != first[_target(s)].mask for s in samples): return pool_rows(samples)   # one target, two masks
-    return [first[k] for k in sorted(first)], np.array([at[_target(s)] for s in samples], np.int64)
+    return targets, np.array([at[_target(s)] for s in samples], np.int64)
 
-# %% ../nbs/16_pipeline.ipynb #c078
+# %% ../nbs/16_pipeline.ipynb #c079
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -580,7 +588,7 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
                   drop_last=False,      # drop the last incomplete batch
                   seed=0,               # seed of the shuffling and augmentation generator
                   device='cpu',         # where batches are augmented
-                  name='images',        # the cache's name (its folder and progress bar)
+                  name='images',        # the caches' name (their folders' prefix and progress bars): the dataset's
                   workers=0,            # decoding processes of a cache build
                   prefetch=0,           # batches prepared ahead (`prefetched`)
                   pool=None):           # the samples whose targets the cache holds (`pool_rows`: a dataset's every sample); None: `samples`
@@ -591,12 +599,14 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     if with_mask and not mask_from_box and any(s.mask is None for s in ss):
         raise KitError(f'cached_loader(with_mask=True): samples without a mask (first: {next(s.image for s in ss if s.mask is None)}); write masks (`har-kit masks`) or pass with_mask=False')
     size, augment = batches
-    targets, rows = pool_rows(ss, pool, with_mask and not mask_from_box)
-    masks = None if not with_mask else ['box' if mask_from_box else t.mask for t in targets]
-    cache = decoded_cache([t.image for t in targets], [t.box for t in targets], size, masks, name=name, workers=workers)
+    targets, rows = pool_rows(ss, pool)
+    cache = decoded_cache([p for p, _ in targets], [b or None for _, b in targets], size, name=name, workers=workers)
+    if with_mask:   # the loader's own masks, one per sample
+        cache['masks'], cache['mask_cache'] = _cached('masks', [s.image for s in ss], [s.box for s in ss], size,
+                                                      ['box' if mask_from_box else s.mask for s in ss], name, workers, True, None)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch, rows)
 
-# %% ../nbs/16_pipeline.ipynb #c082
+# %% ../nbs/16_pipeline.ipynb #c083
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -612,7 +622,7 @@ def loader_rates(loaders: dict,  # name -> loader
             sync(); times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c085
+# %% ../nbs/16_pipeline.ipynb #c086
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch

@@ -111,6 +111,7 @@ def test_cache_is_built_once_atomically_and_checked(sets, tmp_path):
     os.utime(mask, ns=(2, 2))                                                            # a mask rewritten in place, same size
     assert P.cache_key([img], [None], (8, 8), [mask]) != key and P.cache_key([img], [None], (8, 8), ['box']) == P.cache_key([img], [None], (8, 8), ['box'])
     m = np.load(c['dir']/'images.npy', mmap_mode='r+'); m[3, 1, 1, 1] ^= 255; m.flush(); del m
+    P._VERIFIED.clear()   # the next run's process, which hashes the folder again
     with pytest.raises(KitError, match='delete that folder'): P.decoded_cache(*args, name='pa')
     assert P.decoded_cache(*args, name='pa', verify=False)['images'].shape == (12, 32, 24, 3)
     with pytest.raises(KitError, match='one per sample'): P.decoded_cache(args[0], args[1][:2], (8, 8))
@@ -560,18 +561,42 @@ def test_every_split_list_of_a_dataset_reads_one_cache(tmp_path, monkeypatch):
     from har_kit.campar_train import campar_loaders, split_train_eval
     from har_kit.dahar_train import DaHarConfig, dahar_loaders
     fills, fill = [], P._fill
-    monkeypatch.setattr(P, '_fill', lambda d, what, *a: (fills.append((d.name.split('-')[0], what)), fill(d, what, *a))[1])
+    monkeypatch.setattr(P, '_fill', lambda d, what, *a: (fills.append((what, a[2])), fill(d, what, *a))[1])   # (array, size)
     root = tiny_fixture('rap', tmp_path/'rap', n=12)
-    dirs = set()
+    dirs, campar, dahar = set(), (32, 24), (64, 32)   # CAM-PAR's and Da-HAR's fixed resizes here
     for part in (0, 1, 2):
         data = read_rap(root, partition=part)
         for selection, fraction in (('[15]', 0.0), ('held-out', 0.25)):
             tr, ev, _ = split_train_eval(data, ['train'], selection, fraction, 0)
-            lo = campar_loaders(tr, ev, data.split('test'), scale=0.125, batch_size=4, pipeline='device')
-            dirs |= {('campar', str(ld.cache['dir'])) for ld in lo.values()}
+            lo = campar_loaders(tr, ev, data.split('test'), scale=0.125, batch_size=4, pipeline='device', pool=data)
+            dirs |= {str(ld.cache['dir']) for ld in lo.values()}
         lo = dahar_loaders(data, DaHarConfig(batch_size=4, scale=0.25, pipeline='device', mask_supervision='box'), with_mask=True)
-        dirs |= {('dahar', str(ld.cache['dir'])) for ld in lo.values()}
-    assert len(dirs) == 2 and sorted(fills) == [('campar', 'images'), ('campar', 'masks'), ('rap', 'images'), ('rap', 'masks')], (dirs, fills)
+        dirs |= {str(ld.cache['dir']) for ld in lo.values()}
+    # the images once per size; masks per list read with them: CAM-PAR's test lists (its masks loader) and Da-HAR's training lists
+    assert len(dirs) == 2 and sorted(fills) == sorted([('images', campar), ('images', dahar)] + [('masks', campar)] * 3 + [('masks', dahar)] * 3), (dirs, fills)
     own = P.cached_loader(tr, P.campar_batches(True, 0.125), 4, True, seed=3, name='own')     # the last carve, a cache of its own
-    pooled = P.cached_loader(tr, P.campar_batches(True, 0.125), 4, True, seed=3, name='campar', pool=data)
+    pooled = P.cached_loader(tr, P.campar_batches(True, 0.125), 4, True, seed=3, name='rap', pool=data)
     for a, b in zip(own, pooled, strict=True): assert torch.equal(a['image'], b['image']) and torch.equal(a['index'], b['index'])
+
+
+def test_a_mask_the_loader_does_not_read_never_stops_it(sets, tmp_path):
+    "A broken mask of another split: the pooled training loader builds its own masks, and serves the per-list loader's batches."
+    data = read_wider(tiny_fixture('wider', tmp_path/'w', n=12))
+    from PIL import Image
+    Image.new('L', (9, 7), 255).save(data.split('test')[0].mask)   # fits neither its image nor its box
+    tr = data.split('train')
+    pooled = P.cached_loader(tr, P.dahar_batches(True, 1, 0.25), 4, True, with_mask=True, seed=1, name='w', pool=data)
+    own = P.cached_loader(tr, P.dahar_batches(True, 1, 0.25), 4, True, with_mask=True, seed=1, name='own')
+    assert len(pooled.cache['images']) == len({(s.image, s.box) for s in data.samples}) > len(tr) == len(pooled.cache['masks'])
+    for a, b in zip(own, pooled, strict=True): assert all(torch.equal(a[k], b[k]) for k in ('image', 'mask', 'index', 'labels'))
+
+
+def test_a_process_hashes_a_cache_once(sets, tmp_path, monkeypatch):
+    "The loaders of a run share the dataset's cache: the first open hashes it, the others check its key and layout; a rebuilt folder is hashed again."
+    args, hashed, digest = _pa_args(sets), [], P._digest
+    monkeypatch.setattr(P, '_digest', lambda arrays: (hashed.append(1), digest(arrays))[1])
+    c = P.decoded_cache(*args, name='pa', root=tmp_path); n = len(hashed)   # the build's hash, then the open's
+    P.decoded_cache(*args, name='pa', root=tmp_path)
+    assert len(hashed) == n
+    shutil.rmtree(c['dir']); P.decoded_cache(*args, name='pa', root=tmp_path)
+    assert len(hashed) == 2 * n
