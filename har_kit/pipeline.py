@@ -160,13 +160,15 @@ def _layout(a, shape):  # an opened array: what is wrong with it, or None when i
     ok = a.dtype == np.uint8 and a.shape == shape and a.flags.c_contiguous
     return None if ok else f'{Path(a.filename).name} holds {a.dtype} {a.shape}{"" if a.flags.c_contiguous else " in Fortran order"}, not uint8 {shape}'
 
-_VERIFIED = {}   # folder -> (array file's identity and time, hash) of the caches this process has hashed
+_VERIFIED = {}   # folder -> `_seen` of the caches this process has hashed (or built)
+
+def _seen(f, meta): return _identity(f), os.stat(f).st_mtime_ns, meta.get('blake2b'), meta.get('build')   # an array file as hashed
 
 def _open(d, key, what, shape, verify):  # a finished cache folder of array `what`; any damage is one KitError naming it
     try:
         meta = json.loads((d/'meta.json').read_text(encoding='utf-8'))
         a = np.load(d/f'{what}.npy', mmap_mode='r')
-        seen = (_identity(a.filename), os.stat(a.filename).st_mtime_ns, meta['blake2b'], meta.get('build'))
+        seen = _seen(a.filename, meta)
         hashed = verify and _VERIFIED.get(str(d)) != seen   # a run's loaders share a dataset's cache: hashed once per process
         why = ('it does not match its key' if meta['key'] != key or meta['array'] != what else _layout(a, shape) or
                ('its pixels do not match their hash' if hashed and _digest([a]) != meta['blake2b'] else None))
@@ -187,14 +189,15 @@ def _build(d, meta, paths, boxes, masks, workers, name):  # decode into `<d>.tmp
         digest, files = _fill(tmp, what, paths, boxes, tuple(meta['size']), None if masks is None else list(masks), int(workers),
                               f"{'decode' if what == 'images' else 'masks'} {name}")
         if not tmp.is_dir(): raise _removed(tmp)
-        save_json({**meta, 'blake2b': digest, 'torchvision': torchvision.__version__, 'build': uuid.uuid4().hex},   # (this build's own name)
-                  tmp/'meta.json')   # (save_json makes a missing folder)
+        meta = {**meta, 'blake2b': digest, 'torchvision': torchvision.__version__, 'build': uuid.uuid4().hex}   # (this build's own name)
+        save_json(meta, tmp/'meta.json')   # (save_json makes a missing folder)
         try:
             if any(_identity(tmp/f) != v for f, v in files.items()): raise _removed(tmp)   # the arrays it wrote, whole
         except FileNotFoundError: raise _removed(tmp) from None
         try: tmp.rename(d)
         except OSError:
             if not d.exists(): raise   # else another process finished first (no locks on this file system): use its copy
+        else: _VERIFIED[str(d)] = _seen(d/f'{what}.npy', meta)   # its hash was just computed from the pixels written
     finally: shutil.rmtree(tmp, ignore_errors=True)   # after a rename nothing is left; after a failure or Ctrl-C neither
 
 def decoded_cache(paths,            # image files, one per sample
@@ -205,7 +208,7 @@ def decoded_cache(paths,            # image files, one per sample
                   workers=0,        # decoding processes; 0 or 1: this process (as a DataLoader's num_workers)
                   verify=True,      # check the pixels' hash when opening an existing cache
                   root=None):       # cache folder; None: `har_kit.core.cache_root()`
-    "{'images': (N, H, W, 3) uint8 memmap, 'masks': (N, H, W) or None, 'dir' (the images' folder), 'mask_cache' (the masks' folder or None)}: each array built once (atomically) in its own folder, then reused."
+    "{'images': (N, H, W, 3) uint8 memmap, 'masks': (N, H, W) or None, 'dir' (the images' folder), 'mask_cache' (the masks' folder or None)}, one row of each per path: each array built once (atomically) in its own folder, then reused."
     paths, boxes = list(paths), list(boxes)
     if len(paths) != len(boxes) or (masks is not None and len(masks) != len(paths)):
         raise KitError(f'decoded_cache({name}): {len(paths)} paths, {len(boxes)} boxes, {None if masks is None else len(masks)} masks: pass one per sample')

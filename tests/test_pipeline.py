@@ -429,10 +429,12 @@ def test_sharded_like_the_dataloader_and_partitioned(sets, monkeypatch):
     assert len(shards[0]) == len(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(len(ss)))   # every sample, equal shares
 
 
-def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch):
+@pytest.mark.parametrize('pooled', [False, True])
+def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch, pooled):
     """The CUDA path (pinned double buffers, labels indexed on the device) yields the CPU path's batches (run here on CPU
     tensors); the event that guards a buffer's reuse is recorded on the stream of the loader's device, the one that copied
-    (the current device's stream says nothing about a copy on cuda:N, N > 0)."""
+    (the current device's stream says nothing about a copy on cuda:N, N > 0). Pooled: images through the rows of the
+    dataset's cache, the list's own masks by sample."""
     streams = []
     class Event:   # stands in for torch.cuda.Event: the copies it waits for are synchronous on the CPU
         def record(self, stream=None): streams.append(stream)
@@ -441,8 +443,11 @@ def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'Event', Event)
     monkeypatch.setattr(torch.cuda, 'current_stream', lambda device=None: ('stream of', str(device)))
     monkeypatch.setattr(torch.cuda, 'device', lambda device: contextlib.nullcontext())
-    ss = sets['wider'].samples
-    dl = P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 5, True, with_mask=True, mask_from_box=True, seed=3, name='wider')
+    data = sets['wider']
+    ss = data.samples[::-1][1:] if pooled else data.samples   # pooled: a reversed part of the set, its rows not its indices
+    dl = P.cached_loader(ss, P.dahar_batches(True, 1, 0.25), 5, True, with_mask=True, mask_from_box=not pooled, seed=3, name='wider',
+                         pool=data if pooled else None)
+    assert (dl.rows != np.arange(len(ss))).any() == pooled
     want = list(dl)   # the CPU path
     dl.generator.manual_seed(3)
     monkeypatch.setattr(torch, 'empty', lambda *a, pin_memory=False, **k: empty(*a, **k))
@@ -589,14 +594,21 @@ def test_a_mask_the_loader_does_not_read_never_stops_it(sets, tmp_path):
     own = P.cached_loader(tr, P.dahar_batches(True, 1, 0.25), 4, True, with_mask=True, seed=1, name='own')
     assert len(pooled.cache['images']) == len({(s.image, s.box) for s in data.samples}) > len(tr) == len(pooled.cache['masks'])
     for a, b in zip(own, pooled, strict=True): assert all(torch.equal(a[k], b[k]) for k in ('image', 'mask', 'index', 'labels'))
+    for i in range(len(tr)):   # one sample alone (`loader.dataset[i]`): its image through the rows, its own mask
+        assert all(torch.equal(own.dataset[i][k], pooled.dataset[i][k]) for k in ('image', 'mask', 'labels'))
 
 
 def test_a_process_hashes_a_cache_once(sets, tmp_path, monkeypatch):
     "The loaders of a run share the dataset's cache: the first open hashes it, the others check its key and layout; a rebuilt folder is hashed again."
     args, hashed, digest = _pa_args(sets), [], P._digest
     monkeypatch.setattr(P, '_digest', lambda arrays: (hashed.append(1), digest(arrays))[1])
-    c = P.decoded_cache(*args, name='pa', root=tmp_path); n = len(hashed)   # the build's hash, then the open's
+    c = P.decoded_cache(*args, name='pa', root=tmp_path)
+    assert len(hashed) == 1   # the build's hash of the pixels it wrote, which the build's own open trusts
     P.decoded_cache(*args, name='pa', root=tmp_path)
-    assert len(hashed) == n
-    shutil.rmtree(c['dir']); P.decoded_cache(*args, name='pa', root=tmp_path)
-    assert len(hashed) == 2 * n
+    assert len(hashed) == 1
+    P._VERIFIED.clear(); P.decoded_cache(*args, name='pa', root=tmp_path)   # the next run's process
+    assert len(hashed) == 2
+    m = np.load(c['dir']/'images.npy', mmap_mode='r+'); m[0, 0, 0, 0] ^= 1; m.flush(); del m; os.utime(c['dir']/'images.npy', ns=(1, 1))   # changed in place
+    with pytest.raises(KitError, match='pixels do not match their hash'): P.decoded_cache(*args, name='pa', root=tmp_path)
+    shutil.rmtree(c['dir']); P.decoded_cache(*args, name='pa', root=tmp_path)   # rebuilt: its build's hash
+    assert len(hashed) == 4
