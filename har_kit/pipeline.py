@@ -87,8 +87,7 @@ def _image_shape(path):  # (H, W) of an image file as `_rgb` decodes it (neither
         with Image.open(path) as im: return im.size[::-1]
     except Exception: return tuple(_rgb(path).shape[-2:])   # (the loader's reader names a file it cannot read)
 
-def _mask_of(path, box, size, mask):  # a target's resized mask without decoding its image; zeros where it has none
-    if mask is None: return np.zeros(size, np.uint8)
+def _mask_of(path, box, size, mask):  # a target's resized mask, without decoding its image
     shape = _image_shape(path)
     return _mask_resized(mask, clip_box(box, shape, str(path))[0], shape, size)
 
@@ -203,7 +202,7 @@ def _build(d, meta, paths, boxes, masks, workers, name):  # decode into `<d>.tmp
 def decoded_cache(paths,            # image files, one per sample
                   boxes,            # (x, y, w, h) per sample, or None (whole image)
                   size,             # (H, W) of the fixed resize
-                  masks=None,       # mask file, 'box' or None (zeros) per sample, or None: no masks
+                  masks=None,       # mask file (or 'box') per sample, or None: no masks
                   name='images',    # readable prefix of the cache folders (the dataset)
                   workers=0,        # decoding processes; 0 or 1: this process (as a DataLoader's num_workers)
                   verify=True,      # check the pixels' hash when opening an existing cache
@@ -231,11 +230,10 @@ def _cached(what, paths, boxes, size, masks, name, workers, verify, root):  # on
 PAPER_CACHES = {'rap': (41_585, campar_sizes()[0]), 'pa100k': (100_000, campar_sizes()[0]), 'wider': (57_524, dahar_sizes(1)[0]),
                 'rap (Da-HAR)': (41_585, dahar_sizes(2)[0])}   # images (WIDER: targets) and the fixed resize of each paper-scale cache
 
-def cache_gb(n,            # images
-             size,         # (H, W)
-             channels=3):  # 3: the RGB images; 1: their masks
-    "Bytes of a decoded cache of `n` images (or masks) at `size`, in GB (10^9)."
-    return n * size[0] * size[1] * channels / 1e9
+def cache_gb(n,      # images
+             size):  # (H, W)
+    "Bytes of a decoded cache of `n` RGB images at `size`, in GB (10^9)."
+    return n * size[0] * size[1] * 3 / 1e9
 
 # %% ../nbs/16_pipeline.ipynb #c027
 def campar_params(n,     # samples
