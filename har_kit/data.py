@@ -12,7 +12,8 @@ import numpy as np
 
 from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
 from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, dataset_kind, mask_folder,
-                             csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, synth_target_meta, write_fixture)
+                             csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, mask_record_change,
+                             read_mask_log, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
@@ -122,10 +123,11 @@ def check_train_splits(train_splits,         # a split name or a list of them (p
 
 # %% ../nbs/14_data.ipynb #c020
 def samples_digest(samples):  # `Sample`s in training order (a split, or any list)
-    "A 16-hex-digit hash of the samples' file names, boxes, labels and splits, in order."
+    "A 16-hex-digit hash of the samples' names in the image folder (else the file's name), boxes, labels and splits, in order."
     h = hashlib.sha256()
     for s in samples:
-        h.update(f'{Path(s.image).name}|{s.box}|{s.split}|'.encode()); h.update(np.asarray(s.labels, np.int8).tobytes())
+        name = (s.meta or {}).get('file_name') or Path(s.image).name
+        h.update(f'{name}|{s.box}|{s.split}|'.encode()); h.update(np.asarray(s.labels, np.int8).tobytes())
     return h.hexdigest()[:16]
 
 # %% ../nbs/14_data.ipynb #c024
@@ -142,16 +144,23 @@ def _sample_mask(folder, s):  # mask root; a Sample
 
 # %% ../nbs/14_data.ipynb #c026
 def _find_masks(data: AttributeData, mask_dir):
-    "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist; warn when only some exist."
+    "Attach the masks at `mask_path(<mask root>, file_name, target)` that exist and still fit their target (`mask_record_change`); warn about the others."
     folder = mask_folder(data.name, data.root, mask_dir)
     if folder is None: return data
     if not folder.is_dir(): raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
-    found = fill_masks(data, lambda s: p if (p := _sample_mask(folder, s)).exists() else None)
-    miss = [s for s in found.samples if s.mask is None]
-    found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(miss))
-    if miss:
-        data_warning(f'{folder}: {len(miss)} of {len(found.samples)} samples have no mask '
-                      f'(e.g. {_sample_mask(folder, miss[0])}); they get mask=None')
+    log, absent, stale = read_mask_log(folder), [], []
+    def fits(s):  # the sample's mask, or None: absent, or made for another box or from another image (its log record says so)
+        if not (p := _sample_mask(folder, s)).exists(): absent.append(p); return None
+        why = (r := log.get(p.relative_to(folder).as_posix())) and mask_record_change(r, s.box)
+        if why: stale.append((p, why)); return None
+        return p
+    found = fill_masks(data, fits)
+    found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(absent) - len(stale), masks_stale=len(stale))
+    if stale:
+        data_warning(f'{folder}: {len(stale)} of {len(found.samples)} masks no longer fit their targets (e.g. {stale[0][0]}: '
+                     f'{stale[0][1]}); they get mask=None: run har-kit masks again with the same source to make them again')
+    if absent:
+        data_warning(f'{folder}: {len(absent)} of {len(found.samples)} samples have no mask (e.g. {absent[0]}); they get mask=None')
     return found
 
 # %% ../nbs/14_data.ipynb #c027

@@ -11,19 +11,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, data_root, save_json
+from .core import KitError, UNSPECIFIED, atomic_path, atomic_write, data_root, file_stamp, save_json
 from .matfile import mat_cell, save_mat
 
 # %% auto #0
 __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTRIBUTES_51', 'DATASET_KINDS', 'WIDER_FILES',
-           'LAYOUTS', 'MASK_DIR', 'SYNTH_META', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS',
+           'LAYOUTS', 'MASK_DIR', 'SYNTH_META', 'MASK_LOG', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS',
            'FIXTURE_ATTRIBUTES', 'DatasetKind', 'expand_splits', 'dataset_kind', 'check_data_root', 'Layout',
            'detect_layout', 'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file',
            'default_mask_root', 'mask_home', 'mask_roots', 'mask_folder', 'masks_fingerprint', 'mask_path',
-           'read_synth_meta', 'write_synth_meta', 'target_meta', 'synth_target_meta', 'synthetic_set', 'clip_box',
-           'box_mask', 'is_image', 'image_problem', 'pil_rgb', 'load_rgb', 'collect_images', 'check_images',
-           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
-           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
+           'read_mask_log', 'log_box', 'mask_record_change', 'read_synth_meta', 'write_synth_meta', 'target_meta',
+           'synth_target_meta', 'synthetic_set', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb',
+           'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
+           'write_rap_annotation', 'write_wider_annotation', 'csv_records', 'csv_annotation_text',
+           'write_csv_annotation', 'dataset_splits', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -270,7 +271,33 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/02_formats.ipynb #c040
+# %% ../nbs/02_formats.ipynb #c038
+MASK_LOG = 'log.jsonl'   # in a mask root: how each mask was made (`har_kit.masks.make_masks` appends a record per mask)
+
+def read_mask_log(folder):  # a mask root
+    "The records of `folder`'s `log.jsonl` by mask key (the PNG's path under `folder`), the last one of each key; lines cut by an interruption are skipped."
+    recs, path = {}, Path(folder)/MASK_LOG
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try: r = json.loads(line); recs[r['key']] = r
+            except (json.JSONDecodeError, KeyError, TypeError): continue
+    return recs
+
+def log_box(box):  # a sample's target box (x, y, w, h), or None
+    "A target box as the mask log records it: a list of floats, or None."
+    return None if box is None else [float(v) for v in box]
+
+def mask_record_change(rec,           # a record of `read_mask_log`
+                       box,           # the target's box now (the sample's)
+                       strict=False): # True (the writer): a file the mask was made from that is gone counts as changed; False (the readers): only a file there now and changed (a moved dataset keeps its masks)
+    "Why the mask a log record describes no longer fits its target: made for another box, or from a file changed since; None when it fits (a record without box or inputs, written by an earlier kit, is taken as it is)."
+    if 'box' in rec and rec['box'] != log_box(box): return f"made for the box {rec['box']}, but the annotation now gives {log_box(box)}"
+    for p, stamp in (rec.get('inputs') or {}).items():
+        now = file_stamp(p)
+        if now != stamp and (strict or now is not None): return f'made from {p}, which is gone' if now is None else f'made from {p}, which has changed since'
+    return None
+
+# %% ../nbs/02_formats.ipynb #c044
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -282,7 +309,7 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
     return meta
 
-# %% ../nbs/02_formats.ipynb #c041
+# %% ../nbs/02_formats.ipynb #c045
 def write_synth_meta(root,    # the synthetic set's root
                      version, # the generator's version
                      images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
@@ -290,7 +317,7 @@ def write_synth_meta(root,    # the synthetic set's root
     "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads (further fields as keywords: kind, params, stats, ...)."
     return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
 
-# %% ../nbs/02_formats.ipynb #c042
+# %% ../nbs/02_formats.ipynb #c046
 def target_meta(meta,            # a sidecar from `read_synth_meta`
                 name,            # image name as in the annotation
                 target_index=0): # target of that image
@@ -299,7 +326,7 @@ def target_meta(meta,            # a sidecar from `read_synth_meta`
     except (KeyError, IndexError, TypeError):
         raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
 
-# %% ../nbs/02_formats.ipynb #c043
+# %% ../nbs/02_formats.ipynb #c047
 def synth_target_meta(root): # a dataset root
     "`{(file_name, target index): record}` of the sidecar under `root`; `{}` when there is none (a real dataset)."
     if not (Path(root)/SYNTH_META).exists(): return {}
@@ -312,7 +339,7 @@ def synthetic_set(root): # a dataset root
     m = read_synth_meta(root)
     return {'kind': m.get('kind'), **(m.get('params') or {})}
 
-# %% ../nbs/02_formats.ipynb #c051
+# %% ../nbs/02_formats.ipynb #c055
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
              size,         # (H, W) of the image
              where='box'): # what to call the box in error messages (e.g. the image file and target)
@@ -328,7 +355,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/02_formats.ipynb #c053
+# %% ../nbs/02_formats.ipynb #c057
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
     "Boolean (H, W) mask that is True inside the box: the `box` source, and every source's fallback."
@@ -337,7 +364,7 @@ def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
     m[y0:y1, x0:x1] = True
     return m
 
-# %% ../nbs/02_formats.ipynb #c057
+# %% ../nbs/02_formats.ipynb #c061
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
@@ -380,7 +407,7 @@ def image_problem(path):  # image file
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
     return None
 
-# %% ../nbs/02_formats.ipynb #c058
+# %% ../nbs/02_formats.ipynb #c062
 def pil_rgb(im,             # a PIL image (opened from a file, or made in memory)
             where='image',  # names it in errors: the file, or e.g. 'images[3]'
             photo=False):   # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
@@ -408,7 +435,7 @@ def load_rgb(path,          # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #c065
+# %% ../nbs/02_formats.ipynb #c069
 _SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'II*\x00', b'MM\x00*')   # JPEG, PNG, GIF, TIFF
 
 def _warn_unlisted(spec, others):  # a folder or pattern; the files its expansion left out by their suffix
@@ -446,7 +473,7 @@ def collect_images(specs,       # a path-like, or an iterable of them: files, fo
         for f in found: out.setdefault(f.resolve(), f)
     return list(out.values())
 
-# %% ../nbs/02_formats.ipynb #c066
+# %% ../nbs/02_formats.ipynb #c070
 def check_images(paths):  # image files
     "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
     bad = []
@@ -458,7 +485,7 @@ def check_images(paths):  # image files
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
     return list(paths)
 
-# %% ../nbs/02_formats.ipynb #c070
+# %% ../nbs/02_formats.ipynb #c074
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -468,7 +495,7 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c072
+# %% ../nbs/02_formats.ipynb #c076
 def _mask_values(im):  # an open PIL image of a mask
     "The mask's own values: alpha where it cuts something out, palette indices unless the palette is grey, else grey levels."
     if 'A' in im.getbands() and im.getextrema()[im.getbands().index('A')][0] < 255: return np.asarray(im.getchannel('A'))
@@ -496,7 +523,7 @@ def load_grey(path):  # a mask file
                                        'masks as 0/255 (or 0/1) PNGs, or soft masks on the full scale')
     return out
 
-# %% ../nbs/02_formats.ipynb #c077
+# %% ../nbs/02_formats.ipynb #c081
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -510,10 +537,10 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
-# %% ../nbs/02_formats.ipynb #c078
+# %% ../nbs/02_formats.ipynb #c082
 RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
 
-# %% ../nbs/02_formats.ipynb #c079
+# %% ../nbs/02_formats.ipynb #c083
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -526,7 +553,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #c080
+# %% ../nbs/02_formats.ipynb #c084
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -539,7 +566,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #c082
+# %% ../nbs/02_formats.ipynb #c086
 def csv_records(text,   # the whole CSV, decoded
                 where): # the file, for messages
     "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
@@ -553,7 +580,7 @@ def csv_records(text,   # the whole CSV, decoded
         raise KitError(f'{where}: line {start}: {hint}') from None
     return out
 
-# %% ../nbs/02_formats.ipynb #c085
+# %% ../nbs/02_formats.ipynb #c089
 def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
                         rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
                         where):      # the file it is for, for messages
@@ -571,7 +598,7 @@ def csv_annotation_text(attributes,  # C attribute names (the columns after imag
         raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
     return buf.getvalue()
 
-# %% ../nbs/02_formats.ipynb #c086
+# %% ../nbs/02_formats.ipynb #c090
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -580,7 +607,7 @@ def write_csv_annotation(path,        # labels.csv to write
     with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c093
+# %% ../nbs/02_formats.ipynb #c097
 def dataset_splits(kind,       # dataset kind
                    root=None): # its root (needed where the file names the splits)
     "The splits a dataset has, known before its samples load: the kind's own, else (csv) those its annotation's `split` column names, in first-seen order; () when the file cannot tell (its reader says why)."
@@ -591,7 +618,7 @@ def dataset_splits(kind,       # dataset kind
     except (KitError, OSError, UnicodeDecodeError): return ()
     return tuple(dict.fromkeys(r[1].strip() for _, r in rows[1:] if len(r) > 1 and r[1].strip()))
 
-# %% ../nbs/02_formats.ipynb #c096
+# %% ../nbs/02_formats.ipynb #c100
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -605,7 +632,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c097
+# %% ../nbs/02_formats.ipynb #c101
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -617,7 +644,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c098
+# %% ../nbs/02_formats.ipynb #c102
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -636,7 +663,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c100
+# %% ../nbs/02_formats.ipynb #c104
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

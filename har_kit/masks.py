@@ -16,7 +16,8 @@ import dataclasses
 from .backbones import check_arch
 from .core import KitError, data_root, file_stamp, is_weights_file, save_json
 from .data import fill_masks, load_dataset
-from .formats import DATASET_KINDS, SYNTH_META, default_mask_root, mask_home, mask_path, mask_roots, synthetic_set
+from .formats import (DATASET_KINDS, MASK_LOG, SYNTH_META, default_mask_root, log_box, mask_home, mask_path, mask_record_change,
+                             mask_roots, read_mask_log, synthetic_set)
 from .mask_sources import (MASK_SOURCES, MaskSource, check_maskrcnn_weights, check_source, mask_source, read_mask, sample_key,
                                   short_hash, target_of, write_mask)
 from .model_file import RunConfig
@@ -85,23 +86,13 @@ def mask_cache_dir(data,            # `AttributeData` (uses `.name` and `.root`)
     return base/f'{data.name}-{short_hash(Path(data.root).resolve())}'/source.key
 
 # %% ../nbs/21_masks.ipynb #c016
-def _read_log(path):  # `log.jsonl` in a mask root
-    "Records of `log.jsonl` by sample key; lines cut by an interruption are skipped."
-    recs = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try: r = json.loads(line); recs[r['key']] = r
-            except (json.JSONDecodeError, KeyError, TypeError): continue
-    return recs
-
-# %% ../nbs/21_masks.ipynb #c017
 def _append_log(path, recs):  # `log.jsonl`; the records to append
     "Append records as JSON lines, starting on a fresh line if an earlier write was cut; fsync."
     head = '\n' if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b'\n') else ''
     with open(path, 'a') as f:
         f.write(head + ''.join(json.dumps(r) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/21_masks.ipynb #c019
+# %% ../nbs/21_masks.ipynb #c018
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir
     "Where `make_masks` writes (not created yet): `mask_root`, else a per-source cache folder, else `mask_home` (synthetic: `ROOT/masks`)."
     if mask_root is not None and cache_dir is not None: raise KitError('pass mask_root or cache_dir, not both')
@@ -115,7 +106,7 @@ def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller'
                            'pass mask_root=<folder> (har-kit masks --mask-root) and give the readers mask_dir=<folder>')
     return out
 
-# %% ../nbs/21_masks.ipynb #c020
+# %% ../nbs/21_masks.ipynb #c019
 def _first_missing(path):  # a folder
     "The outermost of `path` and its parents that does not exist yet (None when `path` exists)."
     p, top = Path(path), None
@@ -138,9 +129,7 @@ def _create_root(out):  # the mask root `_mask_root` chose
                                         'and give the readers mask_dir=<that folder>') from None
     return out
 
-# %% ../nbs/21_masks.ipynb #c022
-def _box(s): return None if s.box is None else [float(v) for v in s.box]   # a sample's target box as its log record keeps it
-
+# %% ../nbs/21_masks.ipynb #c021
 def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
     "Run the source on a batch, write each mask atomically (a mask read from that very file, the ground truth, is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
@@ -149,12 +138,12 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
         for i, tm in zip(idx, tms, strict=True):
             dst = mask_path(out, *rels[i])
             if dst.resolve() not in {Path(p).resolve() for p in tm.read}: write_mask(tm.mask, dst)   # not the very file it was read from
-            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(), box=_box(samples[i]),
+            new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(), box=log_box(samples[i].box),
                             inputs={str(p): file_stamp(p) for p in (samples[i].image, *tm.read)}))
             recs[new[-1]['key']] = new[-1]
     return new
 
-# %% ../nbs/21_masks.ipynb #c023
+# %% ../nbs/21_masks.ipynb #c022
 def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make_masks` knows at its end
     "The `make_masks` report: where, how many computed and cached (and shared: samples listed twice), fallbacks, clipped boxes, notes."
     fb = [dict(index=i, key=keys[i], reason=rec[i]['reason']) for i in indices if rec[i].get('reason')]
@@ -164,7 +153,7 @@ def _report(data, src, out, indices, keys, rec, computed, cached):  # what `make
                 clipped=[i for i in indices if rec[i].get('clipped')],
                 notes=[dict(index=i, note=rec[i]['note']) for i in indices if rec[i].get('note')])
 
-# %% ../nbs/21_masks.ipynb #c024
+# %% ../nbs/21_masks.ipynb #c023
 def make_masks(data,                # `AttributeData` from a reader (`har_kit.data`)
                source='renderer',   # 'renderer', 'maskrcnn', 'directory', 'box' ('none'), or a `MaskSource`
                mask_root=None,      # where to write; None: `mask_home` (a synthetic set: ROOT/masks), where readers look unasked
@@ -193,12 +182,12 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     both = next(((p, v) for p, v in named.items() if len(v) > 1), None)
     if both: raise KitError(f'{data.root}: images {both[1][0]!r} and {both[1][1]!r} would share the mask {both[0].name} (a mask is '
                             'named after its image without the suffix): rename one of them, or move it to a folder of its own')
-    log, recs = out/'log.jsonl', _read_log(out/'log.jsonl')
+    log, recs = out/MASK_LOG, read_mask_log(out)
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
-    def _done(i):  # written by this source for the target's box (a record of an earlier kit has none: taken as it is) and from the files as they are now, and still there
+    def _done(i):  # written by this source for the target's box from the files as they are now (`mask_record_change`), and still there
         r = rec_of(i)
-        return (r is not None and r.get('source', src.key) == src.key and r.get('box', _box(samples[i])) == _box(samples[i]) and mask_path(out, *rels[i]).exists()
-                and all(file_stamp(p) == s for p, s in r.get('inputs', {}).items()))
+        return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
+                and mask_record_change(r, samples[i].box, strict=True) is None)
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
     top = _first_missing(out)                    # the outermost folder this call creates (None: out exists)
@@ -219,14 +208,14 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
     save_json(report, out/'report.json')
     return MaskSet({i: mask_path(out, *rels[i]) for i in indices}, report, out)
 
-# %% ../nbs/21_masks.ipynb #c025
+# %% ../nbs/21_masks.ipynb #c024
 def attach_masks(data,   # `AttributeData`
                  masks): # dict sample index -> mask path (a `MaskSet`)
     "A copy of `data` whose samples carry these masks in `Sample.mask` (samples not in `masks` keep theirs)."
     pos = {id(s): i for i, s in enumerate(data.samples)}
     return fill_masks(data, lambda s: masks.get(pos[id(s)], s.mask))
 
-# %% ../nbs/21_masks.ipynb #c029
+# %% ../nbs/21_masks.ipynb #c028
 def mask_iou(a,  # (H, W) bool
              b): # (H, W) bool
     "Intersection over union of two binary masks (1.0 when both are empty)."
@@ -234,7 +223,7 @@ def mask_iou(a,  # (H, W) bool
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
-# %% ../nbs/21_masks.ipynb #c030
+# %% ../nbs/21_masks.ipynb #c029
 def mask_quality(data,       # `AttributeData` the masks were made for
                  masks,      # `MaskSet` to judge
                  reference): # `MaskSet` of ground truth (source 'renderer')
@@ -248,7 +237,7 @@ def mask_quality(data,       # `AttributeData` the masks were made for
                          iou=mask_iou(read_mask(masks[i], ref.shape), ref), fallback=i in fell))
     return pd.DataFrame(rows, columns=['index', 'distractors', 'iou', 'fallback'])
 
-# %% ../nbs/21_masks.ipynb #c034
+# %% ../nbs/21_masks.ipynb #c033
 def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (tensor or array)
     "Fig. 4: sum a feature map over channels and threshold at its median; return (summed map, bool outline)."
     f = torch.as_tensor(np.asarray(feature) if not torch.is_tensor(feature) else feature).detach().float()
@@ -257,7 +246,7 @@ def summed_feature_outline(feature):  # (C, h, w) or (N, C, h, w) stage output (
     med = s.flatten(-2).median(-1).values[..., None, None]
     return s, s > med
 
-# %% ../nbs/21_masks.ipynb #c038
+# %% ../nbs/21_masks.ipynb #c037
 def cli(argv=None):  # arguments after `har-kit masks`
     "`har-kit masks --dataset wider --root PATH --source maskrcnn`: compute and cache the dataset's masks."
     p = argparse.ArgumentParser(prog='har-kit masks', description='Compute and cache target-person masks '

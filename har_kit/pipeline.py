@@ -519,7 +519,8 @@ class _Samples:
     def __init__(self, loader): self.loader = loader
     def __len__(self): return len(self.loader.labels)
     def __getitem__(self, i):
-        ld, g = self.loader, torch.Generator().manual_seed(int(i))
+        i = range(len(self))[int(i)]   # a negative index counts from the end, as a list's; one out of range is an IndexError
+        ld, g = self.loader, torch.Generator().manual_seed(i)
         r = int(ld.rows[i])
         x = torch.from_numpy(np.array(ld.cache['images'][r:r + 1])).to(ld.device).permute(0, 3, 1, 2)
         m = None if ld.cache['masks'] is None else torch.from_numpy(np.array(ld.cache['masks'][i:i + 1])).to(ld.device)

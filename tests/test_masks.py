@@ -131,8 +131,14 @@ def test_an_image_replaced_by_one_of_another_size_says_to_remake_its_masks_and_a
     make_masks(data, 'box', progress=False)
     s = data.samples[0]; Image.new('RGB', (30, 70)).save(s.image, format='JPEG')   # replaced in place, another size
     ds = lambda: HarDataset(load_dataset('pa100k', root), with_mask=True)
-    with pytest.raises(KitError, match='make its masks again'): ds()[0]
-    assert make_masks(load_dataset('pa100k', root), 'box', progress=False).report['computed'] == 1
+    from har_kit.data import DataWarning
+    with pytest.warns(DataWarning, match='1 of 6 masks no longer fit.*which has changed since.*run har-kit masks again'), \
+            pytest.raises(KitError, match='1 of 6 samples have no mask.*har-kit masks'): ds()   # the mask's log says so
+    log = mask_home('pa100k', root)/'log.jsonl'; kept = log.read_bytes(); log.unlink()
+    with pytest.raises(KitError, match='make its masks again'): ds()[0]   # without a log, the loader sees the sizes differ
+    log.write_bytes(kept)
+    with pytest.warns(DataWarning, match='no longer fit'): stale = load_dataset('pa100k', root)
+    assert make_masks(stale, 'box', progress=False).report['computed'] == 1
     assert ds()[0]['mask'].shape[-2:] == ds()[0]['image'].shape[-2:]
 
 
@@ -340,3 +346,44 @@ def test_a_refused_source_leaves_no_mask_root_and_an_empty_one_hides_nothing(tmp
     mask_home('pa100k', root).mkdir(parents=True)                               # an empty mask home, as the old kit left it
     data = load_dataset('pa100k', root)
     assert data.meta['masks_attached'] == 12 and data.meta['mask_root'] == str(root/'masks')
+
+
+def test_a_mask_made_for_another_box_or_image_is_left_off_by_the_readers_until_made_again(tmp_path, monkeypatch):
+    "A corrected box or an image replaced in place (same size): the readers leave the old mask off and say so, instead of "
+    "cutting it to the new target; `make_masks` with the same source makes exactly those again, and they are attached."
+    import os, warnings
+    from har_kit.data import DataWarning
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))
+    root = write_fixture('wider', tmp_path/'w', n_images=6, masks=False, layout='published')
+    assert make_masks(read_wider(root), 'box', progress=False).report['computed'] == 12
+    ann = next(root.rglob('wider_attribute_trainval.json'))
+    j = json.loads(ann.read_text()); j['images'][0]['targets'][0]['bbox'] = [30, 10, 20, 40]; ann.write_text(json.dumps(j))
+    img = root/'Image'/j['images'][2]['file_name']; st = img.stat()
+    Image.new('RGB', Image.open(img).size, (200, 10, 10)).save(img, format='JPEG')   # replaced in place, the same size
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        data = read_wider(root)
+    said = [str(x.message) for x in w if issubclass(x.category, DataWarning)]
+    assert len(said) == 1 and '3 of 12 masks no longer fit their targets' in said[0] and 'run har-kit masks again' in said[0], said
+    off = [s for s in data.samples if s.mask is None]   # the moved box's target, and both targets of the replaced image
+    assert {(s.meta['file_name'], s.meta['target']) for s in off} == {(j['images'][0]['file_name'], 0)} | \
+        {(j['images'][2]['file_name'], t) for t in (0, 1)} and data.meta['masks_stale'] == 3 and data.meta['masks_attached'] == 9, off
+    assert make_masks(data, 'box', progress=False).report['computed'] == 3   # exactly those
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', DataWarning)
+        again = read_wider(root)
+    assert again.meta['masks_attached'] == 12 and again.meta['masks_stale'] == 0
+    s = next(x for x in again.samples if x.meta['file_name'] == j['images'][0]['file_name'] and x.meta['target'] == 0)
+    assert HarDataset([s], with_mask=True)[0]['mask'].float().mean() == 1   # the box source's mask of the new box: all person
+
+
+def test_a_moved_dataset_keeps_the_masks_shipped_in_it(tmp_path):
+    "Masks in ROOT/masks whose log names the images where they were made: once the dataset is moved, those paths are "
+    "gone, which says nothing about the images, so the readers keep attaching the masks (the writer would make them again)."
+    import shutil
+    root = write_fixture('pa100k', tmp_path/'pa', n_images=6, masks=False)
+    make_masks(load_dataset('pa100k', root), 'box', mask_root=root/'masks', progress=False)
+    moved = shutil.move(root, tmp_path/'moved')
+    data = load_dataset('pa100k', moved)
+    assert data.meta['masks_attached'] == len(data) and data.meta['masks_stale'] == 0

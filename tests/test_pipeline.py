@@ -596,6 +596,9 @@ def test_a_mask_the_loader_does_not_read_never_stops_it(sets, tmp_path):
     for a, b in zip(own, pooled, strict=True): assert all(torch.equal(a[k], b[k]) for k in ('image', 'mask', 'index', 'labels'))
     for i in range(len(tr)):   # one sample alone (`loader.dataset[i]`): its image through the rows, its own mask
         assert all(torch.equal(own.dataset[i][k], pooled.dataset[i][k]) for k in ('image', 'mask', 'labels'))
+    last, end = pooled.dataset[len(tr) - 1], pooled.dataset[-1]   # counted from the end, as a list's index
+    assert end['index'] == last['index'] == len(tr) - 1 and all(torch.equal(end[k], last[k]) for k in ('image', 'mask', 'labels'))
+    with pytest.raises(IndexError): pooled.dataset[len(tr)]
 
 
 def test_a_process_hashes_a_cache_once(sets, tmp_path, monkeypatch):
