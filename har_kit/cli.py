@@ -33,7 +33,7 @@ def usage():
     "The top-level help text."
     lines = ['usage: har-kit SUBCOMMAND [ARGS...]', '', 'subcommands:']
     lines += [f'  {n:<10} {h}' for n, (_, h) in SUBCOMMANDS.items()]
-    lines += ['', "run 'har-kit SUBCOMMAND --help' for a subcommand's options"]
+    lines += ['', "run 'har-kit SUBCOMMAND --help' for a subcommand's options; 'har-kit --version' prints the kit's version"]
     return '\n'.join(lines)
 
 def _one_line(message, category, filename, lineno, line=None):  # `warnings.formatwarning`'s arguments

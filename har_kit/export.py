@@ -142,7 +142,7 @@ def cli(argv=None):  # arguments after `har-kit export`
                     help="default: the one --out's name says (.onnx; .pt / .ts.pt: torchscript), else onnx")
     ap.add_argument('--out', default=None, help='destination file (default: next to the model, model.onnx / model.ts.pt)')
     ap.add_argument('--variant', default=None, help='variant inside a run directory holding several')
-    ap.add_argument('--tol', type=float, default=1e-4, help='largest allowed |exported - PyTorch| on the check batch')
+    ap.add_argument('--tol', type=float, default=1e-4, help='largest allowed |exported - PyTorch| on the check batch (default %(default)s)')
     ap.add_argument('--force', action='store_true', help='replace an existing --out file (never the model file itself)')
     a = ap.parse_args(argv)
     try:

@@ -180,7 +180,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES),
                     help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')
-    ap.add_argument('--out', help="outputs root har-kit reproduce was given (default: $HAR_KIT_OUTPUTS, else the clone's outputs/)")
+    ap.add_argument('--out', help="outputs root har-kit reproduce was given (default: $HAR_KIT_OUTPUTS, else the clone's outputs/, else ./outputs)")
     ap.add_argument('--json', action='store_true', help='print the status as JSON')
     a = ap.parse_args(argv)
     try:
@@ -569,7 +569,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (--launcher local only; default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
     ap.add_argument('--seeds', type=int, default=1, help="the least number of seeds per run, at least 1 (default 1): rows a table compares get at "
                     "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
-    ap.add_argument('--out', help="outputs root (default: $HAR_KIT_OUTPUTS, else the clone's outputs/)")
+    ap.add_argument('--out', help="outputs root (default: $HAR_KIT_OUTPUTS, else the clone's outputs/, else ./outputs)")
     ap.add_argument('--dry-run', action='store_true', help='print every run with its full parameters (or, with submitit, the jobs) and exit')
     ap.add_argument('--force', action='store_true', help='rerun runs that are not current: their directory holds other parameters (e.g. after a profile changed), a notebook default they did not override has changed since, or an older kit finished them; the old runs are moved aside (a run marked done that lost its metrics.json or a model file is resumed with or without it)')
     ap.add_argument('--json', action='store_true', help='with --dry-run (--launcher local): one JSON object per run (notebook, params, out_dir, deps)')

@@ -354,7 +354,7 @@ def _predict_parser():
     ap.add_argument('--out', default=None, help='folder for predictions.csv / .json (default $HAR_KIT_OUTPUTS/predictions: '
                     'outputs/predictions in a clone, where runs land too)')
     ap.add_argument('--batch-size', type=int, default=16, help='images per forward pass (default 16)')
-    ap.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
+    ap.add_argument('--device', default='auto', help="'auto' (the default: CUDA when present), 'cpu', 'cuda', ...")
     ap.add_argument('--explain', action='store_true', help='also save, per image, the maps of where the model looked')
     ap.add_argument('--max-attributes', type=int, default=6, help='attribute panels per explanation figure (default 6)')
     ap.add_argument('--top', type=int, default=None, help='print at most this many attributes per image, most probable first (default: every predicted one)')

@@ -267,7 +267,7 @@ def cli(argv=None):  # command-line arguments after `har-kit synth`
     "Entry point of `har-kit synth`: generate a synthetic set and print its label statistics."
     ap = argparse.ArgumentParser(prog='har-kit synth', description='Generate the synthetic distraction benchmark in the real datasets\' on-disk formats.')
     ap.add_argument('kind', choices=[*KINDS, 'all'], help='which set to write')
-    ap.add_argument('--profile', default='tiny', choices=list(PROFILES), help="synthetic set size (ignored with --root; not reproduce's --profile, which names a plan)")
+    ap.add_argument('--profile', default='tiny', choices=list(PROFILES), help="synthetic set size (with --root: the number of images, unless --n; not reproduce's --profile, which names a plan)")
     ap.add_argument('--root', default=None, help='write here instead of the cache (with --n)')
     ap.add_argument('--n', type=int, default=None, help='number of images with --root (default: the profile size)')
     ap.add_argument('--distractors', type=int, default=None, help=f'distraction level 0..{MAX_LEVEL} for every image (default: mixed)')

@@ -2,7 +2,7 @@
 # Regenerate outputs/reference/ from nothing at the current commit: the quick tables and studies, the real PA-100K
 # sample's table, a model trained on the sample with its predictions and explanation (README's "Use" commands), and
 # the synthetic benchmark's difficulty check.
-# Runs take about 40 min on 2 cores. Afterwards compare with `git diff --stat outputs/reference` and say in the commit which
+# Runs take about 65 min on 2 cores (outputs/reference/timing.md has each make target's time). Afterwards compare with `git diff --stat outputs/reference` and say in the commit which
 # files moved and why (env.json and the use run's wall-clock seconds always do).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -41,9 +41,14 @@ def _day(t): return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).st
 def _rel(p): return str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(p)
 
 
+def _cpu_model():  # this machine's processor, as the runs' env.json name it (Linux: /proc/cpuinfo), or ''
+    try: return next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '')
+    except OSError: return ''
+
+
 def _machine(env):  # a run's env.json
-    dev = [d for d in env.get('devices', []) if d != 'cpu']
-    return f"{env.get('cpu_count')} CPUs" + (f", {', '.join(dev)}" if dev else '') + \
+    dev, model = [d for d in env.get('devices', []) if d != 'cpu'], (env.get('cpu') or {}).get('model')
+    return f"{model + ', ' if model else ''}{env.get('cpu_count')} CPUs" + (f", {', '.join(dev)}" if dev else '') + \
         (f", threads per run: {env['threads']}" if env.get('threads') else '')
 
 
@@ -127,7 +132,8 @@ def time_command(cmd):
     except OSError: commit = ''
     row = dict(job=f"`{' '.join(cmd)}`", seconds=round(wall, 1),
                detail=f"wall, start to exit (status {rc}" + (f", commit {commit})" if commit else ')') + (f"; {_runs_detail(runs, ' it executed (runs an earlier command finished are reused, not counted)')}" if runs else ''),
-               machine=f"{os.cpu_count()} CPUs, load {load:.1f} at start", date=_day(t0), source='tools/timing.py time')
+               machine=f"{_cpu_model() + ', ' if _cpu_model() else ''}{os.cpu_count()} CPUs, load {load:.1f} at start", date=_day(t0),
+               source='tools/timing.py time')
     return rc, row
 
 
