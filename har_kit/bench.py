@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import KitError, check_writable, get_device, outputs_root, save_json
+from .core import KitError, available_cpus, check_writable, get_device, outputs_root, save_json
 from .backbones import count_params, resnet_taps
 from . import data, loading
 
 # %% auto #0
 __all__ = ['PIPELINES', 'PlainClassifier', 'plain_baseline', 'ratio_stats', 'compare_models', 'complexity', 'throughput',
-           'available_cpus', 'default_workers', 'loader_options', 'pipeline_transform', 'synthetic_samples',
-           'data_throughput', 'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
+           'default_workers', 'loader_options', 'pipeline_transform', 'synthetic_samples', 'data_throughput',
+           'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
 
 # %% ../nbs/18_bench.ipynb #c006
 class PlainClassifier(nn.Module):
@@ -206,12 +206,6 @@ def throughput(model,                       # a throwaway model (train=True upda
                 input_size=list(input_size), train=train, amp=amp or 'none', channels_last=channels_last, device=str(dev))
 
 # %% ../nbs/18_bench.ipynb #c034
-def available_cpus():
-    "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
-    try: return len(os.sched_getaffinity(0))
-    except AttributeError: return os.cpu_count() or 1
-
-# %% ../nbs/18_bench.ipynb #c035
 def default_workers(reserve: int = 1):  # CPUs left to the training loop
     "DataLoader workers for a paper-size run: `$HAR_KIT_WORKERS`, else the available CPUs minus `reserve` (at least 0)."
     env = os.environ.get('HAR_KIT_WORKERS')
@@ -220,7 +214,7 @@ def default_workers(reserve: int = 1):  # CPUs left to the training loop
         except ValueError: raise KitError(f'$HAR_KIT_WORKERS={env!r}: expected a whole number of DataLoader workers') from None
     return max(0, available_cpus() - reserve)
 
-# %% ../nbs/18_bench.ipynb #c036
+# %% ../nbs/18_bench.ipynb #c035
 def loader_options(num_workers=None,   # worker processes (None: `default_workers()`)
                    device='cpu',       # where training runs: pinned memory only helps CUDA
                    prefetch_factor=4): # batches each worker prepares ahead
@@ -232,7 +226,7 @@ def loader_options(num_workers=None,   # worker processes (None: `default_worker
     if n > 0: opts.update(persistent_workers=True, prefetch_factor=prefetch_factor)
     return opts
 
-# %% ../nbs/18_bench.ipynb #c037
+# %% ../nbs/18_bench.ipynb #c036
 PIPELINES = {  # name -> (transform builder in har_kit.loading, the paper's plain backbone, input (3, H, W))
     'campar': ('campar_transforms', 'resnet50', (3, *loading.campar_sizes()[0])),
     'dahar': ('dahar_transforms', 'resnet101', (3, *loading.dahar_sizes(1)[1])),
@@ -243,7 +237,7 @@ def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'
     if pipeline not in PIPELINES: raise KitError(f'pipeline={pipeline!r}; use one of {", ".join(PIPELINES)}')
     return getattr(loading, PIPELINES[pipeline][0])(True)
 
-# %% ../nbs/18_bench.ipynb #c040
+# %% ../nbs/18_bench.ipynb #c039
 def synthetic_samples(n: int = 64,           # images to write
                       size=(384, 160),       # (H, W) of each JPEG (PA-100K crops are roughly 100-300 px tall)
                       root=None,             # folder to write into (None: a new temporary folder)
@@ -263,7 +257,7 @@ def synthetic_samples(n: int = 64,           # images to write
         out.append(data.Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
     return out
 
-# %% ../nbs/18_bench.ipynb #c041
+# %% ../nbs/18_bench.ipynb #c040
 def data_throughput(samples,                 # list of `har_kit.data.Sample`
                     transform,               # e.g. `har_kit.loading.campar_transforms(True)`
                     workers=(0, 1, 2),       # worker counts to measure
@@ -285,11 +279,11 @@ def data_throughput(samples,                 # list of `har_kit.data.Sample`
         del it, loader
     return out
 
-# %% ../nbs/18_bench.ipynb #c042
+# %% ../nbs/18_bench.ipynb #c041
 def _cycle(loader):
     while True: yield from loader
 
-# %% ../nbs/18_bench.ipynb #c043
+# %% ../nbs/18_bench.ipynb #c042
 def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 'dahar' (224x224, ResNet-101)
                samples=None,                 # `Sample`s to read (None: `synthetic_samples(images)`)
                workers=None,                 # worker counts (None: 0, 1, 2, 4, ... up to `default_workers()`)
@@ -315,12 +309,12 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
                 ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
                 cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples))
 
-# %% ../nbs/18_bench.ipynb #c044
+# %% ../nbs/18_bench.ipynb #c043
 def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/18_bench.ipynb #c049
+# %% ../nbs/18_bench.ipynb #c048
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')
@@ -339,7 +333,7 @@ def build_model(spec: str):  # 'package.module:builder' optionally followed by J
                            f'pass its arguments as JSON after the name, e.g. \'{mod}:{fn}{{"name": value}}\'') from None
     return builder(**kwargs)
 
-# %% ../nbs/18_bench.ipynb #c050
+# %% ../nbs/18_bench.ipynb #c049
 def format_table(rows: dict):  # name -> `complexity` result
     "A plain-text table of parameters, latency and train-step time with their median ratios and interquartile ranges."
     w = max([len('model')] + [len(n) for n in rows])
@@ -352,7 +346,7 @@ def format_table(rows: dict):  # name -> `complexity` result
                      f'{r["latency_ratio"]:>6.2f} {iqr(r, "latency_ratio"):>10} {tr}')
     return '\n'.join(lines)
 
-# %% ../nbs/18_bench.ipynb #c051
+# %% ../nbs/18_bench.ipynb #c050
 def format_data(res: dict):  # a `data_bench` result
     "A plain-text table of the pipeline's images/s per worker count and its ratio to the model's training images/s."
     lines = [f'data pipeline {res["pipeline"]} at {res["input_size"][1]}x{res["input_size"][2]} vs {res["model"]} training '
@@ -361,7 +355,7 @@ def format_data(res: dict):  # a `data_bench` result
     lines += [f'{k:>7} {v:>9.1f} {res["ratio"][k]:>8.2f}' for k, v in res['data_images_per_s'].items()]
     return '\n'.join(lines)
 
-# %% ../nbs/18_bench.ipynb #c052
+# %% ../nbs/18_bench.ipynb #c051
 def cli(argv=None):  # arguments after `har-kit bench`
     "`har-kit bench`: time models (or plain backbones) against a plain-backbone baseline, or the data pipeline; print and save."
     p = argparse.ArgumentParser(prog='har-kit bench', description=__doc__ or 'complexity benchmark')

@@ -85,7 +85,7 @@ def check_csv_dest(dest):  # the folder `to_csv_dataset` is asked to write
         raise KitError(f'DEST {dest} is a file: choose a new folder for the converted dataset')
     if dest.is_dir() and any(dest.iterdir()):
         raise KitError(f'DEST {dest} is not empty: choose a new folder for the converted dataset')
-    check_writable([dest], force=True, where='DEST')
+    check_writable([dest], force=True, where='DEST', folders=True)
     return dest
 
 # %% ../nbs/17_check.ipynb #c017

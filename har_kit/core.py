@@ -12,10 +12,10 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_path', 'atomic_write',
-           'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'kit_threads', 'torch_threads',
-           'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared',
-           'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number',
-           'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir',
+           'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads',
+           'torch_threads', 'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root',
+           'skipped_shared', 'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries',
+           'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir',
            'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
@@ -70,10 +70,12 @@ def atomic_write(path,      # final destination (like `open(path, mode)`, but al
 # %% ../nbs/00_core.ipynb #c020
 def check_writable(files,          # the files a command will write (the first names the place)
                    force=False,    # replace files that exist
-                   where='--out'): # the option or parameter that chose them, for messages
-    "Refuse, before any work, existing `files` (unless `force`) and a place that is not a writable folder."
+                   where='--out',  # the option or parameter that chose them, for messages
+                   folders=False): # True: they are folders to fill (an existing one is the caller's to judge)
+    "Refuse, before any work, existing `files` (unless `force`), a folder where a file is to be written, and a place that is not a writable folder."
     files = [Path(f).expanduser() for f in files]
     for f in files:
+        if f.is_dir() and not folders: raise KitError(f'{where} {f} is a folder: name the file to write (e.g. {f/"<name>"}), or choose another {where}')
         if f.exists() and not force: raise KitError(f'{f} exists: pass --force (Python: force=True) to replace it, or choose another {where}')
     parent = next(p for p in [files[0].parent, *files[0].parent.parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
@@ -131,7 +133,13 @@ def max_threads():
     "The largest intra-op thread count a run may ask for: `MAX_THREADS`, or the core count when larger."
     return max(MAX_THREADS, os.cpu_count() or 1)
 
-# %% ../nbs/00_core.ipynb #c034
+# %% ../nbs/00_core.ipynb #c035
+def available_cpus():
+    "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+# %% ../nbs/00_core.ipynb #c037
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked to be 1..`max_threads()`."
     env = os.environ.get('HAR_KIT_THREADS')
@@ -145,7 +153,7 @@ def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT
                        + (' or unset it' if threads is None else ''))
     return int(t)
 
-# %% ../nbs/00_core.ipynb #c035
+# %% ../nbs/00_core.ipynb #c038
 @contextlib.contextmanager
 def torch_threads(n: int | None):  # intra-op threads inside the block (None: leave the count as it is)
     "Run the block with `torch.set_num_threads(n)`, restoring the caller's count afterwards."
@@ -155,7 +163,7 @@ def torch_threads(n: int | None):  # intra-op threads inside the block (None: le
     try: yield
     finally: torch.set_num_threads(before)
 
-# %% ../nbs/00_core.ipynb #c037
+# %% ../nbs/00_core.ipynb #c040
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -167,7 +175,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #c038
+# %% ../nbs/00_core.ipynb #c041
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
     import torch
@@ -182,7 +190,7 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
                        "with a CUDA GPU, or choose the device 'cpu' (or 'auto', which takes CUDA where there is one)")
     return dev
 
-# %% ../nbs/00_core.ipynb #c040
+# %% ../nbs/00_core.ipynb #c043
 def host_to_device(x,        # a tensor or array in host memory (a tensor already on `device` is returned as it is)
                    device):  # a torch.device or its name
     "`x` on `device` without a host wait: a copy to CUDA goes through pinned memory, queued on the current stream."
@@ -191,14 +199,14 @@ def host_to_device(x,        # a tensor or array in host memory (a tensor alread
     if device.type != 'cuda' or x.device.type != 'cpu': return x.to(device)
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
-# %% ../nbs/00_core.ipynb #c046
+# %% ../nbs/00_core.ipynb #c049
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #c048
+# %% ../nbs/00_core.ipynb #c051
 def shared_sample_root():
     "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE`; None outside a clone."
     if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE'])
@@ -211,7 +219,7 @@ def skipped_shared(path):  # the shared input that is missing (None: outside a c
         raise KitError(f'{path} is missing: CI lays out ../shared beside the clone, so it must be there')
     return f'{path or "../shared/data/pa100k-sample"} not found: skipped'
 
-# %% ../nbs/00_core.ipynb #c052
+# %% ../nbs/00_core.ipynb #c055
 def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
                default,         # () -> the folder when the variable is unset or empty
                writable=False): # True: the caller is about to write there (a read-only folder is refused)
@@ -234,7 +242,7 @@ def check_folder(path,            # a folder that exists or is about to be creat
                        f'{fix} you can write to, or fix its permissions')
     return path
 
-# %% ../nbs/00_core.ipynb #c055
+# %% ../nbs/00_core.ipynb #c058
 def pid_alive(pid):  # a process id
     "Whether a process with this id exists (perhaps another user's)."
     try: os.kill(pid, 0)
@@ -262,24 +270,24 @@ def is_weights_file(weights):  # a `weights` argument
     "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
     return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))
 
-# %% ../nbs/00_core.ipynb #c058
+# %% ../nbs/00_core.ipynb #c061
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c059
+# %% ../nbs/00_core.ipynb #c062
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c060
+# %% ../nbs/00_core.ipynb #c063
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)
     "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `cache/` in the kit's data folder, `data_root()`), checked."
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
-# %% ../nbs/00_core.ipynb #c062
+# %% ../nbs/00_core.ipynb #c065
 DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this data folder records it
 
 @contextlib.contextmanager
@@ -291,7 +299,7 @@ def data_warnings_once(on: bool = True):  # False: leave the setting as it is (e
     finally:
         if on and old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
 
-# %% ../nbs/00_core.ipynb #c068
+# %% ../nbs/00_core.ipynb #c071
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -301,7 +309,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c069
+# %% ../nbs/00_core.ipynb #c072
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -315,7 +323,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c070
+# %% ../nbs/00_core.ipynb #c073
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -323,7 +331,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c071
+# %% ../nbs/00_core.ipynb #c074
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -336,17 +344,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
     return path
 
-# %% ../nbs/00_core.ipynb #c075
+# %% ../nbs/00_core.ipynb #c078
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c076
+# %% ../nbs/00_core.ipynb #c079
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c077
+# %% ../nbs/00_core.ipynb #c080
 CPU_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')  # pick the CPU's maths instructions
 
 def _cpu_model():
@@ -356,7 +364,7 @@ def _cpu_model():
     except OSError: name = None
     return name or platform.processor() or None
 
-# %% ../nbs/00_core.ipynb #c078
+# %% ../nbs/00_core.ipynb #c081
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

@@ -191,7 +191,13 @@ def status_cli(argv=None   # the command line (None: sys.argv)
                            (f'--out {root}' if a.out else f'{root} (the default outputs root; pass --out ROOT for another)') +
                            f'; har-kit reproduce --profile {a.profile}{f" --out {root}" if a.out else ""} starts them')
         p = status_path(root, a.profile)
-        runs = read_status_runs(p) if p.exists() else plan(None, a.profile, root=root)
+        runs = read_status_runs(p) if p.exists() else None
+        away = [r['out_dir'] for r in runs or [] if not Path(r['out_dir']).resolve().is_relative_to(folder.resolve())]
+        if away:   # copied or moved here with its outputs root: its records name the runs where they were made
+            print(f'har-kit status: note: {p} lists runs outside {folder} (e.g. {away[0]}): the outputs root was copied or '
+                  f'moved since har-kit reproduce wrote it, so the runs here are judged from a fresh plan', file=sys.stderr)
+            runs = None
+        if runs is None: runs = plan(None, a.profile, root=root)
         st = make_status(runs, a.profile)
         if p.exists() and os.access(p.parent, os.W_OK | os.X_OK):   # reproduce's status.json kept current, nothing else written
             with contextlib.suppress(OSError): save_json(st, p)
@@ -566,7 +572,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
                     'it still reads --data-root folders: har_kit.formats.write_fixture(kind, root) writes tiny ones in the published layouts')
     ap.add_argument('--data-root', action='append', metavar='NAME=PATH', help='dataset root for real-data profiles (repeatable)')
     ap.add_argument('--device', help="device for every run (e.g. cpu, cuda); with several, comma-separated ('cuda:0,cuda:1'), runs are spread over them (several: --launcher local only)")
-    ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (--launcher local only; default: on GPUs, runs_per_gpu on each; on CPU, the cores divided by the profile's threads per run)")
+    ap.add_argument('--jobs', type=int, help="runs executed at once, at least 1 (--launcher local only; default: on GPUs, runs_per_gpu on each; on CPU, the CPUs this process may use divided by the profile's threads per run)")
     ap.add_argument('--seeds', type=int, default=1, help="the least number of seeds per run, at least 1 (default 1): rows a table compares get at "
                     "least the profile's compared seeds (3 on quick) and a table that asks for more gets its own; rows report mean ± sd")
     ap.add_argument('--out', help="outputs root (default: $HAR_KIT_OUTPUTS, else the clone's outputs/, else ./outputs)")
@@ -692,7 +698,8 @@ def cli(argv=None):  # the command line (None: sys.argv)
             raise KitError(f'--device {a.device}: ' + (f'{", ".join(twice)} named twice' if twice else 'an empty name')
                            + "; name each device once, comma-separated ('cuda:0,cuda:1')")
         if a.launcher == 'submitit': _submitit_refusals(a, devices)   # before anything is planned, created or submitted
-        root = Path(a.out or outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
+        if a.json and not a.dry_run: raise KitError('--json lists the plan without running it: add --dry-run (nothing was started)')
+        root = (Path(a.out).expanduser() if a.out else outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
         if not a.dry_run: check_out(root, a.profile, where='--out' if a.out else 'outputs root')
         if a.launcher == 'local': _local_launcher_options(a)
         roots = _parse_roots(a.data_root)

@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import KitError, outputs_root, shared_sample_root
+from .core import KitError, available_cpus, outputs_root, shared_sample_root
 from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
@@ -409,13 +409,13 @@ def run_planned(r: PlannedRun,   # the run
 def default_jobs(runs,          # PlannedRuns (`plan`)
                  devices=None   # devices given on the command line (None: each run's own)
                 ) -> int:
-    "Concurrent runs: `runs_per_gpu` on each GPU; on CPU (or 'auto' without a GPU), the cores divided by the runs' threads."
+    "Concurrent runs: `runs_per_gpu` on each GPU; on CPU (or 'auto' without a GPU), the CPUs this process may use (`available_cpus`) divided by the runs' threads."
     given = list(devices or [])
     wanted = set(given) if given else {r.params.get('device', 'cpu') for r in runs}
     if 'auto' in wanted:   # the sample profile: 'auto' is the CPU on a machine without a GPU
         import torch       # here, not at the top: planning and the CLI stay light until a GPU is asked about
         wanted = {('cuda' if torch.cuda.is_available() else 'cpu') if d == 'auto' else d for d in wanted}
-    if wanted <= {'cpu'}: return max(1, (os.cpu_count() or 1) // max([r.threads for r in runs] or [1]))
+    if wanted <= {'cpu'}: return max(1, available_cpus() // max([r.threads for r in runs] or [1]))
     gpus = [d for d in (given or sorted(wanted)) if str(d).startswith('cuda')]
     return max(len(given), sum(runs_per_gpu(d) for d in gpus) or 1)
 

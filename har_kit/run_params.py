@@ -28,8 +28,11 @@ def notebooks_dir():
     return Path(list(spec.submodule_search_locations)[0])
 
 def _cells(nb):  # a notebook's path
-    try: return json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
+    try: cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e: raise KitError(f'{nb}: not a readable notebook ({e})') from None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and isinstance(c.get('metadata', {}), dict) for c in cells):
+        raise KitError(f'{nb}: not a readable notebook (its "cells" is not a list of cells)')
+    return cells
 
 def parameters_cells(nb):  # a notebook's path
     "The notebook's code cells tagged `parameters`."

@@ -34,10 +34,17 @@ class RunBusy(KitError):
 @contextlib.contextmanager
 def run_lock(out_dir):  # the run directory (created if needed)
     "Hold the run directory's exclusive lock for the block, or raise `KitError` naming the process that holds it."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    def made(fn, *args):  # the folder or its lock file, made: an error other than a full disk names the run directory
+        try: return fn(*args)
+        except OSError as e:
+            if e.errno == errno.ENOSPC: raise   # the caller keeps what the run wrote and says so
+            raise KitError(f'{out}: cannot make the run directory or its lock ({e.strerror or e}); pass a run directory '
+                           '(--out) you can write to') from None
+    made(lambda: out.mkdir(parents=True, exist_ok=True))
     path = out/'.lock'
     for attempt in range(100):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = made(os.open, path, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
@@ -321,13 +328,17 @@ def _said(params, k, defaults):  # `_as_run`'s value in a message, a default nam
     if k in params: return repr(params[k])
     return f'{defaults[k]!r} (default)' if k in defaults else 'absent'
 
+def _not_a_run(out):  # a run directory that exists
+    "The `KitError` for a folder that holds other files and no run (no params.json), else None."
+    if any(p.name != '.lock' for p in out.iterdir()) and not (out/'params.json').exists():
+        return KitError(f'{out} is not empty and is not a run directory (no params.json): pass an empty or new run '
+                        'directory (--out); --force moves only an earlier run aside')
+
 def _prepare(out, params, force, data=None, defaults=None, threads=None, notebook=None):  # ...; the data it would read (`real_data`, a plan's synthetic sets); the notebook's defaults now; the kernel's thread count; the notebook's record (`notebook_record`)
     "Decide what to do with an existing run directory (see above); return 'skip' or 'run'."
     entries = [p for p in out.iterdir() if p.name != '.lock']
     if not entries: return 'run'
-    if not (out/'params.json').exists():   # not a run folder: --force moves runs aside, never a folder of other files
-        raise KitError(f'{out} is not empty and is not a run directory (no params.json): pass an empty or new run '
-                       'directory (--out); --force moves only an earlier run aside')
+    if (e := _not_a_run(out)): raise e   # not a run folder: --force moves runs aside, never a folder of other files
     try: old = load_json(out/'params.json', dict)
     except KitError: old = None
     env = read_record(out/'env.json')   # None when missing or unreadable: nothing recorded to compare
@@ -677,8 +688,9 @@ def _check_input_runs(params):  # absolute parameters (`absolute_paths`)
 
 # %% ../nbs/70_runs.ipynb #c058
 def _check_run_dir(out):  # the resolved run directory
-    "Refuse a run directory that is a file or lies under one, before anything is created (`run_lock` would create it)."
-    check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)')
+    "Refuse a run directory that is a file or lies under one, cannot be written, or holds other files and no run, before anything is created (`run_lock` would create it and its lock)."
+    check_folder(out, f'out_dir (--out) {out}', 'pass a run directory (a new or existing folder)', writable=True)
+    if out.is_dir() and (e := _not_a_run(out)): raise e
 
 # %% ../nbs/70_runs.ipynb #c060
 def default_run_dir(nb,           # the notebook's path
@@ -698,7 +710,7 @@ def run_dir_for(notebook,          # path, file name or section name
                 params: dict,      # {name: value}, as for `run_notebook`
                 out_dir=None):     # the run directory given, or None
     "The run directory `run_notebook` uses for these arguments (rank 0's): `out_dir`, else `default_run_dir`."
-    if out_dir: return Path(out_dir).resolve()
+    if out_dir: return Path(out_dir).expanduser().resolve()
     nb = section_notebook(notebook)
     return default_run_dir(nb, absolute_paths(check_parameters(nb, params))).resolve()
 

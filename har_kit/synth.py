@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .core import KitError, UNSPECIFIED, data_root, sweep_temporaries
+from .core import KitError, UNSPECIFIED, available_cpus, data_root, sweep_temporaries
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
 from .synth_scenes import WIDER_SCENES, render
 from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
@@ -190,7 +190,7 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
-    workers = workers or (min(MAX_WORKERS, os.cpu_count() or 1) if n > PARALLEL_FROM else 1)
+    workers = workers or (min(MAX_WORKERS, available_cpus()) if n > PARALLEL_FROM else 1)
     bar = dict(total=n, desc=f'synth {kind}', disable=not progress, leave=False)
     if workers > 1:
         ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else None)

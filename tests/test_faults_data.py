@@ -240,6 +240,8 @@ def test_convert_into_a_non_empty_folder_is_refused(tmp_path):
     (tmp_path/'out').mkdir(); (tmp_path/'out'/'x').touch()
     with pytest.raises(KitError, match='is not empty'): to_csv_dataset(data, tmp_path/'out', progress=False)
     assert [p.name for p in (tmp_path/'out').iterdir()] == ['x']
+    (tmp_path/'empty').mkdir()   # an empty folder is a place to convert into
+    assert to_csv_dataset(data, tmp_path/'empty', progress=False) and (tmp_path/'empty'/'labels.csv').exists()
 
 
 @pytest.mark.parametrize('below', [False, True])

@@ -97,6 +97,22 @@ def test_commands_that_write_refuse_a_read_only_location_before_any_work(monkeyp
     assert list(ro.iterdir()) == []   # nothing written
 
 
+def test_a_run_directory_that_cannot_serve_is_refused_before_anything_is_made_in_it(monkeypatch, tmp_path):
+    "A read-only --out (a traceback from its lock file before), a folder of other files (refused, but a .lock was left in "
+    "it), and a notebook file that is JSON but no notebook: one KitError each, no kernel, nothing written."
+    monkeypatch.setattr(runs, '_execute', lambda *a, **k: pytest.fail('the kernel must not start'))
+    ro = tmp_path/'ro'; ro.mkdir()
+    _read_only(monkeypatch, ro)
+    with pytest.raises(KitError, match=r'out_dir \(--out\) .*/ro/run: .*/ro cannot be written'):
+        runs.run_notebook('matfile', {}, ro/'run', progress=False)
+    mine = tmp_path/'mine'; mine.mkdir(); (mine/'notes.txt').write_text('x')
+    with pytest.raises(KitError, match='mine is not empty and is not a run directory'): runs.run_notebook('matfile', {}, mine, progress=False)
+    assert list(ro.iterdir()) == [] and [p.name for p in mine.iterdir()] == ['notes.txt']
+    for text in ('{"cells": 5}', '[]', '{"cells": [1]}', '{"cells": [{"metadata": []}]}'):
+        nb = tmp_path/'odd.ipynb'; nb.write_text(text)
+        with pytest.raises(KitError, match='odd.ipynb: not a readable notebook'): runs.run_notebook(nb, {}, tmp_path/'r', progress=False)
+
+
 def test_a_kit_error_a_subcommand_lets_through_is_one_line(monkeypatch, tmp_path, capsys):
     "`HAR_KIT_OUTPUTS=<file> har-kit status` printed a KitError traceback: the console script reports it and exits 2."
     from har_kit import cli

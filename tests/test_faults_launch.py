@@ -89,6 +89,7 @@ def test_status_creates_nothing(tmp_path, capsys):
     (['--device', 'cpu,'], '--device cpu,: an empty name'),
     (['--data-root', 'wider=a', '--data-root', 'wider=b'], '--data-root wider is given twice'),
     (['--launcher-config', 'no-such.yaml'], '--launcher-config no-such.yaml: no such file'),
+    (['--json'], '--json lists the plan without running it: add --dry-run'),   # it started the whole plan
 ])
 def test_reproduce_refuses_options_that_cannot_work_before_anything(tmp_path, capsys, monkeypatch, args, message):
     import re
@@ -99,6 +100,43 @@ def test_reproduce_refuses_options_that_cannot_work_before_anything(tmp_path, ca
     err = capsys.readouterr().err
     assert re.search(message, err) and 'Traceback' not in err, err
     assert [p.name for p in (tmp_path/'o').rglob('*')] == ['quick', 'dahar']   # nothing created, no status.json
+
+
+def test_a_home_relative_out_is_the_same_root_for_reproduce_run_and_status(tmp_path, capsys, monkeypatch):
+    "`--out=~/x` (no shell expands a ~ after '='): reproduce and run made a folder named '~' where status looked in $HOME."
+    import json
+    from har_kit.launch import cli
+    from har_kit.runs import run_dir_for
+    monkeypatch.setenv('HOME', str(tmp_path/'home')); monkeypatch.chdir(tmp_path)
+    assert cli(['dahar_t1', '--profile', 'quick', '--out=~/x', '--dry-run', '--json']) == 0
+    dirs = [json.loads(l)['out_dir'] for l in capsys.readouterr().out.splitlines() if l.startswith('{')]
+    assert dirs and all(d.startswith(str(tmp_path/'home'/'x'/'quick')) for d in dirs), dirs[:2]
+    assert run_dir_for('matfile', {}, '~/r') == tmp_path/'home'/'r' and not (tmp_path/'~').exists()
+
+
+def test_status_of_a_copied_outputs_root_judges_the_runs_there(tmp_path, capsys):
+    "A status.json copied with its outputs root names the runs where reproduce made them: status read those, said they "
+    "were done, and wrote them into the copy; it now plans afresh under the root it was given, and says why."
+    import shutil
+    from har_kit.launch import read_status_runs, save_status, status_path
+    from har_kit.reproduce import plan
+    a = tmp_path/'a'
+    save_status(plan(['dahar_t1'], 'quick', root=a), a, 'quick')
+    b = shutil.copytree(a, tmp_path/'b')
+    status_cli(['--profile', 'quick', '--out', str(b)])
+    assert 'lists runs outside' in capsys.readouterr().err
+    runs = read_status_runs(status_path(b, 'quick'))
+    assert runs and all(r['out_dir'].startswith(str(b/'quick')) for r in runs), runs[0]['out_dir']
+
+
+def test_config_into_a_folder_asks_for_a_file_name(tmp_path, capsys):
+    "It said 'exists: pass --force', and with --force it died replacing the folder (IsADirectoryError)."
+    from har_kit.launch import config_cli
+    for force in ([], ['--force']):
+        assert config_cli(['dahar', '--out', str(tmp_path), *force]) == 2
+        err = capsys.readouterr().err
+        assert 'is a folder: name the file to write' in err and 'Traceback' not in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reproduce_refuses_an_out_that_is_a_file(tmp_path, capsys):

@@ -137,7 +137,10 @@ def test_interrupted_reproduce_resumes(tmp_path):
 
 
 def test_default_jobs_from_cores_and_threads(monkeypatch):
-    monkeypatch.setattr('os.cpu_count', lambda: 8)
+    monkeypatch.setattr('os.sched_getaffinity', lambda pid: {0, 1})   # taskset, a cpuset or SLURM's --cpus-per-task: 2 of 64
+    monkeypatch.setattr('os.cpu_count', lambda: 64)
+    assert default_jobs(plan(['campar_t2'], 'quick')) == max(1, 2 // PROFILES['quick']['_threads'])
+    monkeypatch.setattr('os.sched_getaffinity', lambda pid: set(range(8)))
     quick = plan(['campar_t2'], 'quick')
     assert default_jobs(quick) == 8 // PROFILES['quick']['_threads']
     paper = plan(['campar_t2'], 'paper', data_roots={'rap': '/r'})
