@@ -73,6 +73,12 @@ class TrainConfig:
             need(number(getattr(self, f)) and getattr(self, f) > 0, f, 'must be a number > 0 (not true/false)')
         for f in ('momentum', 'weight_decay', 'grad_clip', 'max_loss_ratio'):
             need(number(getattr(self, f)) and getattr(self, f) >= 0, f, 'must be a number >= 0 (not true/false)')
+        need(self.momentum < 1, 'momentum', "must be below 1 (SGD's momentum, Adam's beta1)")
+        for f in ('channels_last', 'progress', 'resume', 'sync_bn', 'find_unused_parameters'):   # 'False' would be true
+            need(isinstance(getattr(self, f), (bool, np.bool_)), f, 'must be True or False (a string or number is not read as one)')
+        need(whole(self.seed) and 0 <= self.seed < 2**32, 'seed', 'must be a whole number from 0 to 2**32 - 1 (numpy seeds no other)')
+        need(isinstance(self.milestones, (tuple, list)) and all(whole(m) and m >= 1 for m in self.milestones), 'milestones',
+             'must be a list of whole epoch numbers >= 1, e.g. (10, 20)')
         for f, lo in (('step_size', 1), ('log_every', 1), ('patience', 0)):
             need(whole(getattr(self, f)) and getattr(self, f) >= lo, f, f'must be an integer >= {lo} (not true/false)')
         need(self.scheduler != 'multistep' or len(self.milestones) > 0, 'milestones', "scheduler='multistep' needs epochs, e.g. (10, 20)")
@@ -118,7 +124,7 @@ def make_optimizer(model,  # the model
     fused = {'fused': True} if all(p.is_cuda for g in groups for p in g['params']) else {}   # one kernel per step on CUDA
     if cfg.optimizer == 'sgd': return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     opt = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
-    return opt(groups, lr=cfg.lr, betas=(cfg.momentum or 0.9, 0.999), weight_decay=cfg.weight_decay, **fused)
+    return opt(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay, **fused)
 
 # %% ../nbs/08_engine.ipynb #c017
 def make_scheduler(optimizer,  # from make_optimizer

@@ -76,6 +76,7 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
     "One threshold per attribute (C,) and a description of where it came from."
     names, C = model.attributes, len(model.attributes)
     if spec is None: spec = 0.5
+    if not isinstance(spec, dict) and callable(getattr(spec, 'to_dict', None)): spec = spec.to_dict()   # a pandas Series: by name, never by position
     if isinstance(spec, (list, tuple, np.ndarray, torch.Tensor)):   # finite and one per attribute; in [0, 1] below
         if any(_is_bool(v) for v in (spec.reshape(-1) if hasattr(spec, 'reshape') else spec)):
             raise KitError(f'threshold {spec!r:.120}: booleans are not thresholds; pass numbers in [0, 1], one per attribute')
@@ -99,7 +100,10 @@ def resolve_thresholds(spec,                 # None, a number, 'val', a JSON/CSV
                            + ', '.join(missing))
     else:
         if _is_bool(spec): raise KitError(f'threshold={spec!r}: a boolean is not a threshold; pass a number in [0, 1]')
-        t = check_threshold(float(spec), C); t, what = np.full(C, t), f'{t:g} for every attribute'
+        try: t = float(spec)
+        except (TypeError, ValueError):
+            raise KitError(f'threshold {spec!r:.120}: not a number, \'val\', a file, a sequence or a {{name: threshold}} mapping') from None
+        t = check_threshold(t, C); t, what = np.full(C, t), f'{t:g} for every attribute'
     bad = [j for j in range(C) if not 0 <= t[j] <= 1]
     if bad: raise KitError(f'threshold {spec!r:.120}: thresholds must lie in [0, 1], but {names[bad[0]]!r} gets {t[bad[0]]:g}'
                            + (f' (and {len(bad) - 1} more)' if bad[1:] else ''))

@@ -139,6 +139,22 @@ def test_a_bool_is_not_a_number_of_the_config(field, value):
     assert TrainConfig(lr=1).lr == 1 and TrainConfig(epochs=np.int64(2)).epochs == 2
 
 
+@pytest.mark.parametrize('field,value,message', [
+    ('resume', 'False', 'must be True or False'), ('channels_last', 1, 'must be True or False'), ('progress', None, 'must be True or False'),
+    ('seed', -1, 'from 0 to 2\\*\\*32 - 1'), ('seed', 2**40, 'from 0 to'), ('seed', 'a', 'from 0 to'),
+    ('milestones', (2.7,), 'whole epoch numbers'), ('milestones', (-3,), 'whole epoch numbers'), ('milestones', 5, 'whole epoch numbers'),
+    ('momentum', 1.5, 'must be below 1')])
+def test_fields_that_would_be_misread_or_fail_late_are_refused(field, value, message):
+    "resume='False' resumed (a non-empty string is true); a seed numpy cannot take failed inside fit; milestones 2.7 became 2."
+    with pytest.raises(KitError, match=f'TrainConfig.{field}=.*{message}'): TrainConfig(**{field: value})
+
+
+def test_adam_takes_momentum_as_its_beta1_zero_included():
+    from har_kit.engine import make_optimizer
+    for m in (0.0, 0.5, 0.9):   # 0 gave 0.9 (`momentum or 0.9`)
+        assert make_optimizer(torch.nn.Linear(2, 2), TrainConfig(optimizer='adam', momentum=m)).param_groups[0]['betas'] == (m, 0.999)
+
+
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(KitError, match='TrainConfig.scheduler'): TrainConfig(scheduler='exp')
     with pytest.raises(KitError, match='TrainConfig.amp'): TrainConfig(amp='fp8')

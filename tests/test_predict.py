@@ -258,6 +258,9 @@ def test_threshold_specs(tmp_path, model_file):
     net, builder, kw = _dahar()
     no_val = load_model(_save(tmp_path/'nv.pt', net, builder, kw))
     with pytest.raises(KitError, match="nv.pt.*no validation thresholds"): resolve_thresholds('val', no_val)
+    import pandas as pd   # a pandas Series (df.set_index('attribute')['threshold']) is read by name, never by position
+    assert resolve_thresholds(pd.Series({'boots': 0.4, 'hat': 0.1, 'bag': 0.2, 'skirt': 0.3}), lm)[0].tolist() == [.1, .2, .3, .4]
+    with pytest.raises(KitError, match="threshold <object .*: not a number, 'val', a file"): resolve_thresholds(object(), lm)
 
 
 def test_bad_images_named_before_any_work(tmp_path, images, model_file):
