@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, importlib, sys, warnings
 
 from . import __version__
-from .core import KitError, data_warnings_once
+from .core import KitError, data_warnings_once, lean_jupyter_imports
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'CLI_FUNCTIONS', 'usage', 'main']
@@ -50,6 +50,7 @@ def _warnings_as_lines():
 def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
         ):
     "Entry point of the `har-kit` console script."
+    if argv is None: lean_jupyter_imports()   # the console script: a process of its own (a caller passing argv keeps its imports)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (['-h'], ['--help']): print(usage()); return 0
     if argv[:1] == ['--version']: print(f'har-kit {__version__}'); return 0

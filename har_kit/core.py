@@ -15,8 +15,8 @@ __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitErr
            'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads',
            'torch_threads', 'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root',
            'skipped_shared', 'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries',
-           'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'run_dir',
-           'save_metrics', 'save_figure', 'env_info']
+           'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once',
+           'lean_jupyter_imports', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -299,7 +299,12 @@ def data_warnings_once(on: bool = True):  # False: leave the setting as it is (e
     finally:
         if on and old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
 
-# %% ../nbs/00_core.ipynb #c071
+# %% ../nbs/00_core.ipynb #c069
+def lean_jupyter_imports():
+    "In a process the kit owns (the `har-kit` command, a submitted job), before anything imports `jsonschema`: leave out its optional IRI format checker (`rfc3987_syntax`: seconds of grammar building at import, for a format notebooks never use)."
+    if 'jsonschema' not in sys.modules: sys.modules.setdefault('rfc3987_syntax', None)
+
+# %% ../nbs/00_core.ipynb #c074
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -309,7 +314,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c072
+# %% ../nbs/00_core.ipynb #c075
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -323,7 +328,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c073
+# %% ../nbs/00_core.ipynb #c076
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -331,7 +336,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c074
+# %% ../nbs/00_core.ipynb #c077
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -344,17 +349,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
     return path
 
-# %% ../nbs/00_core.ipynb #c078
+# %% ../nbs/00_core.ipynb #c081
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c079
+# %% ../nbs/00_core.ipynb #c082
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c080
+# %% ../nbs/00_core.ipynb #c083
 CPU_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')  # pick the CPU's maths instructions
 
 def _cpu_model():
@@ -364,7 +369,7 @@ def _cpu_model():
     except OSError: name = None
     return name or platform.processor() or None
 
-# %% ../nbs/00_core.ipynb #c081
+# %% ../nbs/00_core.ipynb #c084
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

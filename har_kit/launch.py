@@ -8,7 +8,7 @@ import argparse, contextlib, json, os, re, shlex, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import KitError, atomic_write, check_folder, check_writable, is_number, load_json, outputs_root, save_json
+from .core import KitError, atomic_write, check_folder, check_writable, is_number, lean_jupyter_imports, load_json, outputs_root, save_json
 from .campar_train import evaluation_split
 from .formats import check_data_root, dataset_splits
 from .model_file import RunConfig
@@ -378,6 +378,7 @@ class RunJob:
     force: bool = False         # the run directory holds other parameters: move it aside and rerun
 
     def __call__(self):
+        lean_jupyter_imports()   # a job's process is the kit's own
         if self.wait_deps: wait_for(self.run.deps)
         elif not all(is_complete(d) for d in self.run.deps):   # the scheduler's afterok should have made sure of it
             raise KitError(f'{self.run.name} started before the runs it needs were done: {self.run.deps}')
@@ -400,6 +401,7 @@ class RenderJob:
     wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
     tables: list | None = None  # table keys (`planned_tables`; None: every table of the profile)
     def __call__(self):
+        lean_jupyter_imports()
         if self.wait_deps: wait_for(self.dirs, need_done=False)
         return str(render_tables(self.profile, self.root, self.tables))
     def checkpoint(self, *args, **kwargs):

@@ -121,6 +121,25 @@ def test_cli_run_end_to_end(tmp_path):
     assert r.returncode == 1 and 'ZeroDivisionError' in r.stderr and f"log: {tmp_path/'bad'/'log.txt'}" in r.stderr, r.stderr
 
 
+LEAN = '''import sys
+from har_kit.cli import main
+assert main(['params', NB]) == 0 and sys.modules.get('rfc3987_syntax', 'absent') is not None   # a caller passing argv: untouched
+sys.argv = ['har-kit', 'run', NB, '--out', OUT, '--quiet']
+rc = main()                                   # as the console script calls it
+import jsonschema
+print(rc, sys.modules.get('rfc3987_syntax', 'absent') is None, 'iri' in jsonschema.FormatChecker.checkers)
+'''
+
+
+def test_the_command_leaves_out_jsonschemas_iri_checker(tmp_path):
+    "The `har-kit` process validates notebooks without jsonschema's IRI format checker (its grammar costs seconds at import), and runs."
+    nb = _nb(tmp_path/'e.ipynb', [('out_dir = None', ['parameters']), ('from har_kit.core import save_metrics\nsave_metrics({"x": 1}, out_dir)', None)])
+    code = f'NB, OUT = {str(nb)!r}, {str(tmp_path/"run")!r}\n' + LEAN
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split()[-3:] == ['0', 'True', 'False'], r.stdout + r.stderr
+    assert load_json(tmp_path/'run'/'metrics.json') == {'x': 1}
+
+
 def test_parameters_cells_parse_with_papermill():
     "papermill must parse every parameter line (an '=' inside a comment breaks its parser, and `har-kit run` help)."
     import papermill as pm
