@@ -6,6 +6,8 @@
   clone; the PA-100K sample may be elsewhere via HAR_KIT_PA100K_SAMPLE). Missing, it is skipped on a developer's
   machine and **fails** in CI (`CI` set), where `../shared` is always laid out: a vanished input must not pass quietly.
 - `slow` marks tests that start kernels or processes; `make test-fast` runs the rest.
+- The session imports jupyter's classes as the kit's own processes do (`har_kit.core.lean_jupyter_imports`: without
+  jsonschema's IRI format checker, seconds of import in each worker).
 - SIGINT has its normal meaning in the session and the processes it starts, also when the session itself was started
   in the background (`make test &`), which starts it with SIGINT ignored: the tests that interrupt or cancel a job need it.
 """
@@ -14,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from har_kit.core import lean_jupyter_imports
+
 signal.signal(signal.SIGINT, signal.default_int_handler)
+lean_jupyter_imports()
 
 SLOW_FIRST = ('test_wheel.py',)
 SHARED = Path(__file__).resolve().parents[1].parent/'shared'

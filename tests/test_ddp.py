@@ -1,4 +1,5 @@
-"DDP: two gloo processes on CPU (launched as torchrun would: RANK/WORLD_SIZE env) match one process on the same data."
+"""DDP: two gloo processes on CPU (launched as torchrun would: RANK/WORLD_SIZE env) match one process on the same data,
+with each pipeline in turn in the same two processes (one launch: the process group is set up once and reused)."""
 import json, os, shutil, socket, subprocess, sys, time
 from pathlib import Path
 
@@ -49,9 +50,9 @@ def job(out, pipeline='loader'):
     from har_kit.engine import TrainConfig, train_eval
     from har_kit.distributed import is_main_process
     torch.set_num_threads(1)
-    if os.environ.get('RANK') == '0':   # rank 0's last files land late: no other rank may read best.pt before they have
+    if os.environ.get('RANK') == '0' and not hasattr(job, 'late'):   # rank 0's last files land late: no other rank may read best.pt before they have
         import time, har_kit.checkpoints as ck
-        real = ck.save_checkpoint
+        real = job.late = ck.save_checkpoint
         def late(state, path):
             if state['epoch'] == 3: time.sleep(1.0)
             return real(state, path)
@@ -76,13 +77,16 @@ def _free_port():
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def _ranks(out, pipeline, logs):  # the run's folder; which loader; where each rank's output goes
+PIPELINES = ('loader', 'device')   # DataLoader; the decoded cache's DeviceLoader
+
+
+def _ranks(out, logs):  # the runs' folder (one per pipeline); where each rank's output goes
     "Run the two ranks to the end; when one fails, stop the other at once (alone it would wait in a collective for gloo's "
     "timeout). No time limit decides the outcome: the hour below only guards against a real hang."
     env = {**os.environ, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(_free_port()), 'WORLD_SIZE': '2',
            'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(Path(__file__).parent) + os.pathsep + os.environ.get('PYTHONPATH', '')}
     files = [open(logs/f'rank{r}.log', 'w') for r in range(2)]   # files, not pipes: a full pipe cannot stall a rank
-    procs = [subprocess.Popen([sys.executable, __file__, str(out), pipeline], env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)},
+    procs = [subprocess.Popen([sys.executable, __file__, str(out)], env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)},
                               stdout=files[r], stderr=subprocess.STDOUT) for r in range(2)]
     hang = time.monotonic() + 3600
     while None in (codes := [p.poll() for p in procs]):   # every process polled each round
@@ -94,29 +98,32 @@ def _ranks(out, pipeline, logs):  # the run's folder; which loader; where each r
     return [p.returncode for p in procs], '\n'.join((logs/f'rank{r}.log').read_text() for r in range(2))
 
 
-@pytest.mark.parametrize('pipeline', ['loader', 'device'])   # DataLoader; the decoded cache's DeviceLoader
-def test_two_processes_match_one(tmp_path, pipeline):
-    job(tmp_path/'one', pipeline)
+def test_two_processes_match_one(tmp_path):
+    for pipeline in PIPELINES: job(tmp_path/'one'/pipeline, pipeline)
     for attempt in range(3):   # the free port is found, then released: another process may take it before rank 0 binds it
         shutil.rmtree(tmp_path/'two', ignore_errors=True)
-        codes, log = _ranks(tmp_path/'two', pipeline, tmp_path)
+        codes, log = _ranks(tmp_path/'two', tmp_path)
         if codes == [0, 0] or 'address already in use' not in log.lower(): break
     assert codes == [0, 0], log
-    a, b = (torch.load(tmp_path/d/'final.pt', weights_only=True) for d in ('one', 'two'))
+    for pipeline in PIPELINES: _same_training(tmp_path/'one'/pipeline, tmp_path/'two'/pipeline)
+
+
+def _same_training(one, two):  # the single process's run folder; the two processes'
+    a, b = (torch.load(d/'final.pt', weights_only=True) for d in (one, two))
     for k in a: torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
-    ra, rb = (json.loads((tmp_path/d/'result.json').read_text()) for d in ('one', 'two'))
+    ra, rb = (json.loads((d/'result.json').read_text()) for d in (one, two))
     assert [r['epoch'] for r in rb['history']] == [1, 2, 3]
     for ha, hb in zip(ra['history'], rb['history']):
         assert ha.keys() == hb.keys() and all(ha[k] == pytest.approx(hb[k], rel=1e-5, abs=1e-6) for k in ha)
     assert ra['metrics'].keys() == rb['metrics'].keys()
     for k in ra['metrics']: assert ra['metrics'][k] == pytest.approx(rb['metrics'][k])
-    pa, pb = np.load(tmp_path/'one'/'pred.npz'), np.load(tmp_path/'two'/'pred.npz')
+    pa, pb = np.load(one/'pred.npz'), np.load(two/'pred.npz')
     assert pb['test_scores'].shape == (21, 3)
     for k in pa.files: np.testing.assert_allclose(pa[k], pb[k], atol=1e-5)
     # only rank 0 wrote: one history, one set of checkpoints
-    assert sorted(p.name for p in (tmp_path/'two'/'checkpoints').iterdir()) == ['best.pt', 'last.pt']
-    assert load_checkpoint(tmp_path/'two'/'checkpoints'/'last.pt')['world_size'] == 2
+    assert sorted(p.name for p in (two/'checkpoints').iterdir()) == ['best.pt', 'last.pt']
+    assert load_checkpoint(two/'checkpoints'/'last.pt')['world_size'] == 2
 
 
 if __name__ == '__main__':
-    job(sys.argv[1], sys.argv[2])
+    for pipeline in PIPELINES: job(Path(sys.argv[1])/pipeline, pipeline)

@@ -247,6 +247,8 @@ def test_cli_run_parameters_file_under_p_values(tmp_path):
 
 
 CHECK_RESOLVED = '''
+from har_kit.core import lean_jupyter_imports
+lean_jupyter_imports()   # as the kit's own processes import jupyter's classes
 from traitlets.traitlets import ClassBasedTraitType
 from nbclient import NotebookClient
 from jupyter_client.manager import AsyncKernelManager
