@@ -68,6 +68,7 @@ class TrainConfig:
         need(self.amp in AMPS, 'amp', f'choose one of {AMPS}')
         need(self.compile_mode in COMPILE_MODES, 'compile_mode', f'choose one of {COMPILE_MODES}')
         need(self.monitor_mode in ('auto', 'max', 'min'), 'monitor_mode', "choose 'auto', 'max' or 'min'")
+        need(isinstance(self.monitor, str) and self.monitor != '', 'monitor', "name an epoch-record key, e.g. 'val_loss' or 'mA'")
         need(whole(self.epochs) and self.epochs >= 0, 'epochs', 'must be an integer >= 0 (not true/false)')
         for f in ('lr', 'backbone_lr_mult', 'gamma'):
             need(number(getattr(self, f)) and getattr(self, f) > 0, f, 'must be a number > 0 (not true/false)')
@@ -82,6 +83,7 @@ class TrainConfig:
         for f, lo in (('step_size', 1), ('log_every', 1), ('patience', 0)):
             need(whole(getattr(self, f)) and getattr(self, f) >= lo, f, f'must be an integer >= {lo} (not true/false)')
         need(self.scheduler != 'multistep' or len(self.milestones) > 0, 'milestones', "scheduler='multistep' needs epochs, e.g. (10, 20)")
+        need(self.scheduler != 'plateau' or self.gamma < 1, 'gamma', "scheduler='plateau' lowers the rate by this factor: use a number below 1, e.g. 0.1")
         self.milestones, self.epochs = tuple(int(m) for m in self.milestones), int(self.epochs)
 
     @property
@@ -97,6 +99,16 @@ class TrainConfig:
         bad = set(overrides) - names
         if bad: raise KitError(f'TrainConfig has no field(s) {sorted(bad)}; fields are {sorted(names)}')
         return cls(**{**{k: v for k, v in dict(params or {}).items() if k in names}, **overrides})
+
+    @classmethod
+    def of(cls, config):  # a TrainConfig, or a dict of its fields (every key must be one)
+        "`config` as a TrainConfig: a dict's keys must all be fields (a misspelt one would train with the default), unlike `from_params`."
+        if isinstance(config, cls): return config
+        if not isinstance(config, dict): raise KitError(f'config: pass a TrainConfig or a dict of its fields, got {type(config).__name__}')
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(config) - names)
+        if bad: raise KitError(f'config: TrainConfig has no field(s) {bad} (a misspelt name would train with its default); fields are {sorted(names)}')
+        return cls(**config)
 
     def to_dict(self):
         "The fields as plain JSON/checkpoint-safe values."
@@ -228,8 +240,9 @@ def check_identity(ck,           # a loaded checkpoint dict (with 'config' and '
     saved = ck.get('config', {})
     fix = (f'use a new run_dir, or delete {Path(path).parent} to start over (`fit`: TrainConfig(resume=False); '
            'har-kit run: --force moves the old run aside)')
+    free = [k for k in _RESUME_FREE if not (k == 'epochs' and cfg.scheduler == 'cosine')]   # cosine anneals over epochs: its earlier epochs followed that length
     diff = [f'{k}: {saved[k]!r} -> {v!r}' for k, v in cfg.to_dict().items()
-            if k in saved and k not in _RESUME_FREE and saved[k] != v]
+            if k in saved and k not in free and saved[k] != v]
     if diff: raise KitError(f'{path} was written with another config ({", ".join(diff)}): {fix}')
     if (ck.get('epoch') or 0) > cfg.epochs:   # the later weights would be returned as this shorter run's
         raise KitError(f'{path} holds epoch {ck["epoch"]}, past this run\'s epochs={cfg.epochs}: a shorter schedule cannot resume a '
@@ -319,6 +332,13 @@ def _scalars(d, prefix):
         out[prefix + str(k)] = float(v) if math.isfinite(v) else None
     return out
 
+def _finite_loss(v, epoch):  # the validation loss of `epoch`
+    "`v`, or None (recorded as null, never selected, the schedule left as it is) with a warning when it is NaN/inf."
+    if math.isfinite(v): return v
+    warnings.warn(f'epoch {epoch}: the validation loss is {v} (training stayed finite): recorded as null; this epoch is '
+                  'not selected on it. Check the criterion on validation batches (e.g. a division by a count that can be 0)')
+    return None
+
 # %% ../nbs/08_engine.ipynb #c046
 def write_history(history,  # list of per-epoch dicts
                   run_dir):  # directory
@@ -398,9 +418,14 @@ def _epoch_kw(evaluate, epoch):  # the per-epoch `evaluate`; the epoch it scores
 
 def _restore(ck, model, optimizer, scheduler, scaler, cfg, params, path, device):
     check_identity(ck, cfg, params, path)
-    model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
-    if scheduler is not None and ck['scheduler']: scheduler.load_state_dict(ck['scheduler'])
-    if ck['scaler']: scaler.load_state_dict(ck['scaler'])
+    try:
+        model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
+        if scheduler is not None and ck['scheduler']: scheduler.load_state_dict(ck['scheduler'])
+        if ck['scaler']: scaler.load_state_dict(ck['scaler'])
+    except (RuntimeError, ValueError, KeyError) as e:   # same config and parameters, another network
+        why = ' '.join(str(e).split())[:300]
+        raise KitError(f'{path} holds the state of another model ({why}): use a new run_dir, or '
+                       f'delete {Path(path).parent} to start over (`fit`: TrainConfig(resume=False))') from None
     rank, world = rank_world()
     if len(ck['rng']) == world: set_rng_state(ck['rng'][rank], device)
     else: warnings.warn(f'{path}: saved by {len(ck["rng"])} processes, resumed by {world}: RNG states not restored')
@@ -418,7 +443,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         watch=None,       # optional {name: (DataLoader, metric_fn)} also scored after every epoch, recorded as <name>_<metric>
         stats=None):      # optional dict that gets 'seconds': the training's wall time over all its sessions (a resume adds on)
     "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt; seeds Python, numpy and torch globally (config.seed + rank) and, on CUDA, sets cudnn.benchmark."
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
+    cfg = TrainConfig.of(config)
     if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
@@ -460,7 +485,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             rec.update(_train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard))
             if val_loader is not None:
                 res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
-                if res['loss'] is not None: rec['val_loss'] = res['loss']
+                if res['loss'] is not None: rec['val_loss'] = _finite_loss(res['loss'], epoch)
                 if evaluate is not None: rec.update(_scalars(evaluate(res['scores'], res['labels'], **_epoch_kw(evaluate, epoch)), 'val_'))
             for name, (ld, fn) in (watch or {}).items():   # scored, never read by training: the RNG streams it would draw are put back
                 with torch.random.fork_rng(devices=[]):
@@ -500,7 +525,7 @@ def train_eval(model,            # contract model (see `fit`)
                params=None):     # the caller's run parameters, checked against the checkpoints (see `fit`)
     "Fit on loaders['train'], reload best.pt, evaluate every other loader: {'metrics', 'history', 'predictions', 'epoch'}."
     if 'train' not in loaders: raise KitError(f"loaders needs a 'train' DataLoader; got keys {sorted(loaders)}")
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_params(config)
+    cfg = TrainConfig.of(config)
     history = fit(model, criterion, loaders['train'], cfg, run_dir, loaders.get('val'), metric_fn, params)
     device, ck = setup_device(cfg.device), Path(run_dir)/'checkpoints'/'best.pt'
     epoch = history[-1]['epoch'] if history else 0

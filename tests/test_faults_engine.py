@@ -272,3 +272,50 @@ def test_a_resumed_fit_reports_the_seconds_of_all_its_sessions(tmp_path, monkeyp
     step[0] = 1.0
     fit(Net(), bce, TRAIN, TrainConfig(epochs=2, progress=False, device='cpu'), tmp_path, stats=second)
     assert second['seconds'] > load_checkpoint(tmp_path/'checkpoints'/'last.pt')['seconds'] - 1e-9 >= 1000   # the first session's time counts
+
+
+# ---- from a fault hunt of the resume path ----
+def test_a_misspelt_key_of_a_dict_config_is_refused(tmp_path):
+    "fit/train_eval take a dict of TrainConfig's fields: a key that is none (epoch, learning_rate) would train with the default."
+    with pytest.raises(KitError, match=r"no field\(s\) \['epoch', 'learning_rate'\]"):
+        fit(Net(), bce, TRAIN, {'epoch': 3, 'learning_rate': 0.5, 'device': 'cpu', 'progress': False}, tmp_path)
+    with pytest.raises(KitError, match=r"no field\(s\) \['lr_'\]"):
+        train_eval(Net(), bce, dict(train=TRAIN), {'lr_': 0.1}, tmp_path, lambda s, l: {})
+    assert fit(Net(), bce, TRAIN, {'epochs': 1, 'device': 'cpu', 'progress': False}, tmp_path/'ok')[-1]['epoch'] == 1
+
+
+@pytest.mark.parametrize('kw, field', [(dict(monitor=None), 'monitor'), (dict(monitor=3), 'monitor'),
+                                       (dict(scheduler='plateau', gamma=1.0), 'gamma'), (dict(scheduler='plateau', gamma=2.0), 'gamma')])
+def test_values_torch_or_the_engine_would_fail_on_are_refused_by_the_config(kw, field):
+    with pytest.raises(KitError, match=f'TrainConfig.{field}='): TrainConfig(**kw)
+
+
+def test_a_cosine_run_is_not_extended_in_place(tmp_path):
+    "Cosine anneals over `epochs`: resuming a 2-epoch run with epochs=4 would follow neither schedule; step schedules extend."
+    run(tmp_path/'cos', 2, scheduler='cosine')
+    with pytest.raises(KitError, match=r'another config \(epochs: 2 -> 4\)'): run(tmp_path/'cos', 4, scheduler='cosine')
+    run(tmp_path/'step', 2, scheduler='step', step_size=1)
+    assert [r['epoch'] for r in run(tmp_path/'step', 3, scheduler='step', step_size=1)] == [1, 2, 3]
+
+
+def test_resuming_with_another_network_names_the_checkpoint(tmp_path):
+    run(tmp_path, 1)
+    class Wider(Net):
+        def __init__(self):
+            super().__init__(); self.head = nn.Linear(6, 5)
+    with pytest.raises(KitError, match=r'last\.pt holds the state of another model .*size mismatch.*resume=False'):
+        fit(Wider(), bce, TRAIN, TrainConfig(epochs=2, progress=False, device='cpu'), tmp_path)
+
+
+def test_a_non_finite_validation_loss_is_recorded_as_null_and_the_run_resumes(tmp_path):
+    "A NaN val loss (training finite) is null in the history with a warning, is never selected, and the run resumes."
+    def crit(out, batch):   # NaN on evaluation batches only
+        loss = nn.functional.binary_cross_entropy_with_logits(out['logits'], batch['labels'])
+        return dict(loss=loss if torch.is_grad_enabled() else loss * float('nan'))
+    def go(epochs):
+        torch.manual_seed(0)
+        return fit(Net(), crit, TRAIN, TrainConfig(epochs=epochs, progress=False, device='cpu'), tmp_path, DataLoader(Toy(8, 1), 4))
+    with pytest.warns(UserWarning, match='epoch 1: the validation loss is nan'): h = go(1)
+    assert h[0]['val_loss'] is None and (tmp_path/'history.json').exists()
+    with pytest.warns(UserWarning, match='epoch 2: the validation loss'): h = go(2)
+    assert [r['val_loss'] for r in h] == [None, None] and not (tmp_path/'checkpoints'/'best.pt').exists()
