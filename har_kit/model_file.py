@@ -385,19 +385,27 @@ class EpochSelector:
         self.prev, self._settled = self.path.with_name(f'{self.path.stem}.prev{self.path.suffix}'), False
         if not (self.path.parent/'last.pt').exists():   # a fresh start: nothing kept is ours
             for f in (self.path, self.prev): f.unlink(missing_ok=True)
-        self.best = load_checkpoint(self.path)['value'] if self.path.exists() else None   # resumed run: keep its best
+        kept = load_checkpoint(self.path) if self.path.exists() else {}   # resumed run: keep its best
+        self.best, self.epoch = kept.get('value'), kept.get('epoch')      # the kept file's value and epoch
+
+    def _landed(self, epoch):  # the epoch being scored
+        "The last epoch whose `last.pt` has landed, as the engine's `history.json` (written after it) says; at most `epoch - 1`."
+        try: h = json.loads((self.path.parent.parent/'history.json').read_text())
+        except (OSError, ValueError): return 0
+        last = h[-1].get('epoch') if isinstance(h, list) and h and isinstance(h[-1], dict) else None
+        return min(last if isinstance(last, int) else 0, (epoch or 1) - 1)
 
     def _settle(self, epoch):  # the first epoch this process scores
         "Drop the weights an interrupted attempt wrote for `epoch` or later (see above), restoring the best before them."
         read = lambda f: load_checkpoint(f) if f.exists() else None
         cur = read(self.path)
-        if epoch is None or cur is None or (cur.get('epoch') or 0) < epoch: return
-        prev = read(self.prev)
+        if epoch is None or (cur is not None and (cur.get('epoch') or 0) < epoch): return
+        prev = read(self.prev)   # `cur` None: stopped while writing it, after the previous best was moved aside
         keep = prev is not None and (prev.get('epoch') or 0) < epoch
         if is_main_process():
             if keep: self.prev.replace(self.path)
             else: self.path.unlink(missing_ok=True); self.prev.unlink(missing_ok=True)
-        self.best = prev['value'] if keep else None
+        self.best, self.epoch = (prev['value'], prev.get('epoch')) if keep else (None, None)
 
     def __call__(self, scores, labels, epoch=None):  # as the engine calls it; `epoch`: the epoch scored
         if not self._settled: self._settled = True; self._settle(epoch)
@@ -406,8 +414,10 @@ class EpochSelector:
         if v is not None and np.isfinite(v) and (self.best is None or v > self.best):
             self.best = float(v)
             if is_main_process():
-                if self.path.exists(): self.path.replace(self.prev)   # the best before stands until this epoch's last.pt lands
+                if self.path.exists() and (self.epoch or 0) <= self._landed(epoch):   # its epoch's last.pt has landed: it
+                    self.path.replace(self.prev)                                     # stands until this epoch's lands
                 save_checkpoint(dict(model=self.model.state_dict(), value=self.best, key=self.key, epoch=epoch), self.path)
+            self.epoch = epoch
         return m
 
 # %% ../nbs/09_model_file.ipynb #c038
@@ -592,7 +602,12 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
     epoch, value = selected_epoch(history, key)
-    model.load_state_dict(load_checkpoint(sel.path, get_device(device))['model'])
+    ck = load_checkpoint(sel.path, get_device(device))
+    if ck.get('epoch') not in (None, epoch):   # never one epoch's weights under another's numbers
+        raise KitError(f'{sel.path} holds the weights of epoch {ck["epoch"]}, but the history selects epoch {epoch} '
+                       f'(val {key} {value:.4g}): a stop while they were being written lost the selection; train this '
+                       'variant again from the start (har-kit run: --force)')
+    model.load_state_dict(ck['model'])
     return epoch, value
 
 # %% ../nbs/09_model_file.ipynb #c052

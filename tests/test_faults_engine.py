@@ -319,3 +319,44 @@ def test_a_non_finite_validation_loss_is_recorded_as_null_and_the_run_resumes(tm
     assert h[0]['val_loss'] is None and (tmp_path/'history.json').exists()
     with pytest.warns(UserWarning, match='epoch 2: the validation loss'): h = go(2)
     assert [r['val_loss'] for r in h] == [None, None] and not (tmp_path/'checkpoints'/'best.pt').exists()
+
+
+def _selecting(d, table, session):
+    "A fit whose EpochSelector scores val mA from `table[(session, epoch)]` (a resumed session may score an epoch anew)."
+    from har_kit.model_file import EpochSelector
+    torch.manual_seed(0); model = Net()
+    sel = EpochSelector(model, None, 'mA', d/'checkpoints'/'selected.pt')
+    def evaluate(scores, labels, epoch=None):
+        sel.metric_fn = lambda s, y: dict(mA=table[session, epoch])
+        return sel(scores, labels, epoch=epoch)
+    return model, sel, fit(model, bce, TRAIN, TrainConfig(epochs=3, progress=False, device='cpu'), d, DataLoader(Toy(16, 1), 8), evaluate)
+
+
+@pytest.mark.parametrize('stop', ['selected.pt', 'last.pt'])
+def test_a_stop_while_the_selection_moves_keeps_the_best_so_far(tmp_path, monkeypatch, stop):
+    """Stopped while epoch 2's selected.pt was written (only selected.prev.pt left), or while epoch 2's last.pt was still
+    being written as epoch 3 was selected: the resumed run (scoring epochs 2 and 3 anew, lower) keeps epoch 1's weights,
+    the epoch its history selects."""
+    import har_kit.checkpoints as C, har_kit.model_file as MF
+    from har_kit.model_file import _keep_selected
+    table = {(1, 1): .5, (1, 2): .7, (1, 3): .8, (2, 2): .4, (2, 3): .45}
+    module, real = (MF, MF.save_checkpoint) if stop == 'selected.pt' else (C, C.save_checkpoint)
+    def dies(state, path):
+        if path.name == stop and state.get('epoch') == 2: raise OSError(f'stopped while {stop} was written')
+        return real(state, path)
+    monkeypatch.setattr(module, 'save_checkpoint', dies)
+    with pytest.raises(OSError): _selecting(tmp_path, table, 1)
+    monkeypatch.setattr(module, 'save_checkpoint', real)
+    assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['epoch'] == 1
+    model, sel, hist = _selecting(tmp_path, table, 2)
+    assert _keep_selected(model, sel, hist, 'mA', 'cpu') == (1, .5)
+    assert load_checkpoint(sel.path)['epoch'] == 1
+
+
+def test_weights_of_another_epoch_than_the_history_selects_are_refused(tmp_path):
+    from har_kit.model_file import _keep_selected
+    model, sel, hist = _selecting(tmp_path, {(1, 1): .5, (1, 2): .7, (1, 3): .6}, 1)
+    assert _keep_selected(model, sel, hist, 'mA', 'cpu') == (2, .7)
+    ck = load_checkpoint(sel.path); ck['epoch'] = 3; save_checkpoint(ck, sel.path)
+    with pytest.raises(KitError, match=r'selected\.pt holds the weights of epoch 3, but the history selects epoch 2 .*--force'):
+        _keep_selected(model, sel, hist, 'mA', 'cpu')
