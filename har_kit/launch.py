@@ -94,6 +94,13 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
     for rec in recs:
         bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
         if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
+    changed = True
+    while changed:   # a done run that reads a stale one (a CFAR run on a CAM-PAR run of other parameters) is not current either
+        changed = False
+        for rec in recs:
+            old = [by_dir[d] for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'stale']
+            if rec['state'] == 'done' and old:
+                rec['state'], rec['error'], changed = 'stale', f'reads {old[0]["name"]}, which is stale ({old[0]["error"]})', True
     return recs
 
 STATES = ('done', 'stale', 'damaged', 'failed', 'interrupted', 'running', 'queued', 'missing')   # a run's states, in the order counted
@@ -453,15 +460,16 @@ def submit(runs,           # PlannedRuns, dependencies first
         executor.update_parameters(name=f'har-kit:{name}')
         return executor.submit(fn)
     for r in runs:
+        if any(d in blocked for d in r.deps):   # done or not: it reads a run of other parameters
+            blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
+        rerun = any(d in ids for d in r.deps)   # a run it reads is (re)submitted: what it holds was made from the old one
         if is_done(r.out_dir):   # a damaged run (`run_damage`) is submitted again: its job resumes it
             diff = stale_params(r)
-            if not diff and is_complete(r.out_dir): actions.append(dict(name=r.name, action='done')); continue
+            if not diff and is_complete(r.out_dir) and not rerun: actions.append(dict(name=r.name, action='done')); continue
             if diff and not force:
                 blocked.add(r.out_dir)
                 actions.append(dict(name=r.name, action='stale', note=f'{stale_why(diff)}: --force resubmits it'))
                 continue
-        if any(d in blocked for d in r.deps):
-            blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
         jf = job_file(r.out_dir)
         if jf.exists() and job_queued(load_json(jf)):
             ids[r.out_dir] = load_json(jf)['job_id']
@@ -470,7 +478,7 @@ def submit(runs,           # PlannedRuns, dependencies first
         if dry_run:
             ids[r.out_dir] = f'<{r.name}>'
             actions.append(dict(name=r.name, action='submit', after=after)); continue
-        job = send(RunJob(r, not native, run_fn, force), r.name, after, 'afterok')
+        job = send(RunJob(r, not native, run_fn, force or rerun), r.name, after, 'afterok')   # rerun: moved aside once its input changed
         info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
                     submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
         if cluster in ('local', 'debug') and str(job.job_id).isdigit():   # a local job is a process: keep its start time

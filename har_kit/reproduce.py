@@ -454,7 +454,8 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     from tqdm import tqdm
     if jobs is not None and (type(jobs) is not int or jobs < 1):
         raise KitError(f'jobs={jobs!r} (--jobs): expected a whole number of runs at once, at least 1 (None: the default)')
-    run_fn = run_fn or (lambda r, dev: run_planned(r, dev, force))
+    reran = set()   # runs executed here: a run reading one of them holds results of its old version, moved aside when it reruns
+    run_fn = run_fn or (lambda r, dev: run_planned(r, dev, force or any(d in reran for d in r.deps)))
     devices = list(devices or [None])
     jobs = jobs or default_jobs(runs, devices if devices != [None] else None)
     free = [devices[i % len(devices)] for i in range(jobs)]
@@ -502,7 +503,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             for f in done_f:
                 r, dev, err = f.result()
                 free.extend([dev] * taken.pop(r.out_dir))
-                if err is None: finished.add(r.out_dir); status['done'].append(r.name)
+                if err is None: finished.add(r.out_dir); reran.add(r.out_dir); status['done'].append(r.name)
                 elif isinstance(err, RunInterrupted): stopped.add(r.out_dir); status['interrupted'].append(r.name)
                 elif isinstance(err, RunBusy): busy.add(r.out_dir); status['busy'].append(r.name)
                 else: failed.add(r.out_dir); status['failed'][r.name] = str(err)

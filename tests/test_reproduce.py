@@ -491,3 +491,54 @@ def test_the_tables_name_a_failed_or_missing_seed(tmp_path):
     shutil.rmtree(runs[1].out_dir)   # never run: missing from the plan
     out = render(CAMPAR_T2, tmp_path, 'quick', held=held_back(['campar_t2'], 'quick', tmp_path))
     assert '(n=2) — left out: seed1 (missing (not run))' in next(l for l in out['texts']['md'].splitlines() if l.startswith('| + fusion | ours'))
+
+
+def _finish(r, stamp='2024-01-01T00:00:00', models=False, **extra):
+    "A planned campar/cfar run as a finished run leaves it (params, metrics, env with its inputs' fingerprints, done)."
+    from har_kit.core import save_json
+    from har_kit.metrics import metrics_entry
+    from har_kit.run_params import parameter_defaults
+    from har_kit.runs import input_fingerprints, params_digest
+    p = {**r.params, **extra}
+    save_json(p, r.out_dir/'params.json')
+    full = dict(mA=0.5, acc=0.5, prec=0.5, rec=0.5, f1=0.5, f1_mean_instance=0.5, ma_per_attr=[0.6, 0.7])
+    m = {v: metrics_entry('rap', {'full': full}, ['hat', 'bag'], **({'model_file': f'{v}/model.pt'} if models else {})) for v in p['variants']}
+    save_json(m, r.out_dir/'metrics.json')
+    for v in p['variants'] if models else []: (r.out_dir/v).mkdir(parents=True, exist_ok=True); (r.out_dir/v/'model.pt').write_bytes(b'x')
+    save_json({'defaults': parameter_defaults(r.spec.notebook), 'data': {**r.data, **input_fingerprints(p)}, 'threads': r.threads}, r.out_dir/'env.json')
+    (r.out_dir/'done').write_text(f'{stamp}\nparams-sha256 {params_digest(p)}\n')
+
+
+def test_a_done_run_that_reads_a_stale_one_is_stale_in_status_tables_and_submit(tmp_path):
+    "CFAR seed 0 finished on a CAM-PAR seed 0 that now has other parameters: status calls it stale, the tables leave it out, submit blocks it."
+    from har_kit.launch import describe_jobs, held_back, make_status, submit
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r, **({'epochs': 30} if r.spec.notebook == 'campar' and r.seed == 0 else {}))
+    cfar0 = next(r for r in runs if r.spec.notebook == 'cfar' and r.seed == 0)
+    st = make_status(runs, 'quick')
+    assert st['counts']['stale'] == 2 and st['counts']['done'] == len(runs) - 2, st['counts']
+    rec = next(x for x in st['runs'] if x['out_dir'] == str(cfar0.out_dir))
+    assert rec['state'] == 'stale' and rec['error'].startswith('reads campar/') and '(epochs)' in rec['error'], rec
+    assert held_back(['campar_t2'], 'quick', tmp_path)[cfar0.out_dir].startswith('stale: reads campar/')
+    for force in (False, True):
+        jobs = {a['name']: a['action'] for a in submit(runs, None, 'quick', tmp_path, dry_run=True, force=force)}
+        assert jobs[cfar0.name] == ('submit' if force else 'blocked'), describe_jobs(submit(runs, None, 'quick', tmp_path, dry_run=True, force=force))
+
+
+def test_a_run_reading_a_repaired_damaged_run_is_rerun_without_force(tmp_path, monkeypatch):
+    "A damaged CAM-PAR run resumed by a plain reproduce rewrites done: the CFAR run reading it reruns (its old run moved aside), not refused."
+    import har_kit.reproduce as R
+    from har_kit.runs import run_status
+    runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path, seeds=1) if r.seed == 0]
+    camp, cf = (next(r for r in runs if r.spec.notebook == nb) for nb in ('campar', 'cfar'))
+    _finish(camp, models=True); _finish(cf, '2024-01-01T00:10:00', models=True)
+    (camp.out_dir/'baseline'/'model.pt').unlink()
+    assert run_status(camp.out_dir)['state'] == 'damaged'
+    forced = {}
+    def run_notebook(nb, params, out, **kw):   # the campar run resumes (rewriting done); the cfar run records how it was asked
+        forced[nb] = kw['force']
+        if nb == 'campar': _finish(camp, '2024-06-01T00:00:00', models=True)
+    monkeypatch.setattr(R, 'run_notebook', run_notebook)
+    st = R.execute([camp, cf], progress=False, jobs=1)   # no --force
+    assert st['failed'] == {} and st['done'] == [camp.name, cf.name], st
+    assert forced == {'campar': False, 'cfar': True}   # its input changed: the old CFAR run is moved aside, not a refusal
