@@ -542,3 +542,20 @@ def test_a_run_reading_a_repaired_damaged_run_is_rerun_without_force(tmp_path, m
     st = R.execute([camp, cf], progress=False, jobs=1)   # no --force
     assert st['failed'] == {} and st['done'] == [camp.name, cf.name], st
     assert forced == {'campar': False, 'cfar': True}   # its input changed: the old CFAR run is moved aside, not a refusal
+
+
+def test_a_seed_folder_no_plan_makes_is_left_out_of_the_tables_and_named(tmp_path):
+    "seed0-sel15 beside the quick plan's CFAR seeds (an earlier plan's, other parameters, mA 0.99) is held back, not averaged in."
+    from har_kit.launch import held_back
+    from har_kit.render import collect
+    from har_kit.results import CAMPAR_T2
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
+    c0 = next(r for r in runs if r.spec.notebook == 'cfar' and r.seed == 0)
+    import dataclasses
+    orphan = dataclasses.replace(c0, out_dir=c0.out_dir.parent/'seed0-sel15')
+    _finish(orphan, phase2_epochs=1)
+    held = held_back(['campar_t2'], 'quick', tmp_path)
+    assert held == {orphan.out_dir: 'not in the plan (an earlier version of the kit planned it): move it aside'}, held
+    cell = collect(CAMPAR_T2, tmp_path, 'quick', held=held)[('campar_fusion_cfar', 'mA')]
+    assert cell['n'] == 3 and 'seed0-sel15' not in cell['seeds'] and [e[0] for e in cell['excluded']] == ['seed0-sel15'], cell
