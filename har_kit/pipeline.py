@@ -111,6 +111,11 @@ def _decoder_init(fds):  # a decoding process: it closes its copies of its paren
     for fd in fds:
         with contextlib.suppress(OSError): os.close(fd)
     torch.set_num_threads(1)
+    parent = os.getppid()
+    def orphaned():   # a build killed outright (SIGTERM, SIGKILL) never closes the pool's queue: this process would wait
+        while os.getppid() == parent: time.sleep(1.0)     # forever, holding the arrays' disk space through its copy of
+        os._exit(1)                                       # the memory map
+    threading.Thread(target=orphaned, name='har-kit-orphaned', daemon=True).start()
 
 def _identity(f): st = os.stat(f); return st.st_dev, st.st_ino, st.st_size   # a file, not just its name
 
@@ -212,6 +217,10 @@ def decoded_cache(paths,            # image files, one per sample
     if len(paths) != len(boxes) or (masks is not None and len(masks) != len(paths)):
         raise KitError(f'decoded_cache({name}): {len(paths)} paths, {len(boxes)} boxes, {None if masks is None else len(masks)} masks: pass one per sample')
     if not paths: raise KitError(f'decoded_cache({name}): no samples (check the split name you selected)')
+    if masks is not None and None in list(masks):
+        i = list(masks).index(None)
+        raise KitError(f"decoded_cache({name}): no mask for {paths[i]} (masks[{i}] is None): give every sample its mask file, "
+                       "'box' for a box-shaped one (har-kit masks makes them), or pass masks=None")
     out = dict(zip(('images', 'dir'), _cached('images', paths, boxes, size, None, name, workers, verify, root)))
     return {**out, **dict(zip(('masks', 'mask_cache'), (None, None) if masks is None else _cached('masks', paths, boxes, size, list(masks), name, workers, verify, root)))}
 

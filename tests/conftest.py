@@ -25,7 +25,7 @@ SLOW_FIRST = ('test_wheel.py',)
 SHARED = Path(__file__).resolve().parents[1].parent/'shared'
 # files whose tests start papermill kernels, subprocesses or process pools: not in `make test-fast`
 SLOW_FILES = {'test_wheel.py', 'test_determinism.py', 'test_runs.py', 'test_ddp.py', 'test_faults_runs.py', 'test_launcher.py',
-              'test_packaging.py', 'test_reproduce.py', 'test_gpu_check.py'}
+              'test_packaging.py', 'test_reproduce.py', 'test_gpu_check.py', 'test_faults_cache.py'}
 
 
 def shared_path(rel):  # path under ../shared, e.g. 'data/pa100k-sample'

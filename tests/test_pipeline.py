@@ -615,3 +615,9 @@ def test_a_process_hashes_a_cache_once(sets, tmp_path, monkeypatch):
     with pytest.raises(KitError, match='pixels do not match their hash'): P.decoded_cache(*args, name='pa', root=tmp_path)
     shutil.rmtree(c['dir']); P.decoded_cache(*args, name='pa', root=tmp_path)   # rebuilt: its build's hash
     assert len(hashed) == 4
+
+
+def test_a_sample_without_its_mask_is_named(sets):
+    s = sets['pa100k'].samples[:3]
+    with pytest.raises(KitError, match=r"no mask for .*masks\[0\] is None.*'box'.*masks=None"):
+        P.decoded_cache([x.image for x in s], [x.box for x in s], (32, 24), masks=[None, 'box', 'box'], name='m')
