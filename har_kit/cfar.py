@@ -20,9 +20,9 @@ from .backbones import check_arch
 from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
 from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig
-from .campar import campar_model_file
+from .campar import VARIANTS as CAMPAR_VARIANTS, campar_model_file
 from .campar_train import CamParConfig, metric_row
-from .data import data_warning, load_dataset
+from .data import check_train_splits, data_warning, load_dataset
 from .synth import check_profile
 from . import losses
 
@@ -369,6 +369,11 @@ class CFARRunConfig(RunConfig):
         super().__post_init__()   # the parameters' ranges (`RunConfig`: phase2_epochs at least 1, phase2_lr above 0, ...)
         check_arch(self.arch, self.weights)
         if self.data_root is None: check_profile(self.profile)
+        cams = [v for v, spec in CAMPAR_VARIANTS.items() if spec['cam']]   # CFAR reads the CAM-specific logits (Eq. 12)
+        if self.phase1_variant not in cams:
+            raise KitError(f"CFARRunConfig 'phase1_variant': {self.phase1_variant!r} has no CAM-specific logits (Eq. 12), which "
+                           f"CFAR reads: use one of {', '.join(map(repr, cams))}")
+        if self.train_splits is not None: check_train_splits(self.train_splits, 'test', "CFARRunConfig 'train_splits'")
         self.check_variants([self.phase1_variant, f'{self.phase1_variant}_cfar', f'{self.phase1_variant}_fc2'])
         self.variants = list(self.variants)
         if self.campar_run is not None and (Path(self.campar_run)/'metrics.json').is_file():   # a finished phase-1 run's data,

@@ -306,3 +306,12 @@ def test_a_synthetic_rap_run_reads_and_checks_its_partition():
     assert c.phase1_expected() == dict(dataset='rap', scale=0.25, profile='tiny', partition=2, ignore_unspecified=False, sample_weighting=True)
     assert c.load_data().meta['partition'] == 2
     assert 'partition' not in CFARRunConfig(dataset='pa100k', variants=['campar_fusion']).phase1_expected()
+
+
+@pytest.mark.parametrize('kw, msg', [(dict(phase1_variant='baseline', variants=['baseline', 'baseline_cfar', 'baseline_fc2']),
+                                      "'baseline' has no CAM-specific logits"),
+                                     (dict(train_splits=['train', 'test']), "includes 'test', the split this run scores")])
+def test_a_cfar_config_refuses_what_its_run_would_fail_on(kw, msg):
+    "Built in Python, as `har-kit run` builds it: refused before phase 1 is read or trained, naming the parameter."
+    from har_kit.cfar import CFARRunConfig
+    with pytest.raises(KitError, match=msg): CFARRunConfig(**kw)
