@@ -95,19 +95,23 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params=None, **overrides):  # e.g. a notebook's `globals()`: only field names are read
         "A config from the entries of `params` named like fields (others ignored), then `overrides` (must be fields)."
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = set(overrides) - names
-        if bad: raise KitError(f'TrainConfig has no field(s) {sorted(bad)}; fields are {sorted(names)}')
+        names = cls._fields(overrides)
         return cls(**{**{k: v for k, v in dict(params or {}).items() if k in names}, **overrides})
+
+    @classmethod
+    def _fields(cls, keys, why=''):  # names that must all be fields; what a wrong one would do, for the message
+        "The field names, once every key in `keys` is one; else the KitError naming the others."
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(keys) - names)
+        if bad: raise KitError(f'TrainConfig has no field(s) {bad}{why}; fields are {sorted(names)}')
+        return names
 
     @classmethod
     def of(cls, config):  # a TrainConfig, or a dict of its fields (every key must be one)
         "`config` as a TrainConfig: a dict's keys must all be fields (a misspelt one would train with the default), unlike `from_params`."
         if isinstance(config, cls): return config
         if not isinstance(config, dict): raise KitError(f'config: pass a TrainConfig or a dict of its fields, got {type(config).__name__}')
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(config) - names)
-        if bad: raise KitError(f'config: TrainConfig has no field(s) {bad} (a misspelt name would train with its default); fields are {sorted(names)}')
+        cls._fields(config, ' (a misspelt name would train with its default)')
         return cls(**config)
 
     def to_dict(self):

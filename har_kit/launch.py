@@ -218,7 +218,7 @@ def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
               root            # outputs root the runs lie under
              ) -> dict:
-    "{run directory: why it gives no number} for the runs the tables read that are not done and current, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ...; and the seed folders no plan of the profile makes (left by an earlier version)."
+    "{run directory: why it gives no number} for the runs the tables read that are not done and current, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ...; and the seed folders the plan does not make (left by an earlier version)."
     root, keys = Path(root).absolute(), [k for k in tables if TABLES[k].in_profile(profile)]
     specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
     if not specs: return {}
@@ -243,8 +243,7 @@ def held_back(tables,         # table keys the rendering reads
         why = error_cell(rec['error'], 100) if rec.get('error') else ''
         held[Path(rec['out_dir'])] = (f'{rec["state"]}: {why}' if why else
                                       'missing (not run)' if rec['state'] == 'missing' else rec['state'])
-    every = {str(r.out_dir) for r in plan([k for k in TABLES if TABLES[k].in_profile(profile)], profile, seeds=n, root=root)}
-    for d in sorted(found - every - set(recs)):   # a seed folder no plan of the profile makes (an earlier version's): never averaged in
+    for d in sorted(found - set(recs)):   # a seed folder the plan does not make (an earlier version's): never averaged in
         held[Path(d)] = 'not in the plan (an earlier version of the kit planned it): move it aside'
     return held
 

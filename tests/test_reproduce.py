@@ -559,3 +559,15 @@ def test_a_seed_folder_no_plan_makes_is_left_out_of_the_tables_and_named(tmp_pat
     assert held == {orphan.out_dir: 'not in the plan (an earlier version of the kit planned it): move it aside'}, held
     cell = collect(CAMPAR_T2, tmp_path, 'quick', held=held)[('campar_fusion_cfar', 'mA')]
     assert cell['n'] == 3 and 'seed0-sel15' not in cell['seeds'] and [e[0] for e in cell['excluded']] == ['seed0-sel15'], cell
+
+
+@pytest.mark.parametrize('profile, kw', [('quick', {}), ('sample', {}), ('paper', dict(smoke=True))])
+def test_no_folder_a_plan_makes_is_held_as_not_in_the_plan(tmp_path, profile, kw):
+    "Every seed folder the profile's plans make (its paper tables and studies alike) counts as planned in every table that reads it."
+    from har_kit.launch import held_back
+    from har_kit.results import TABLES
+    keys = [k for k in TABLES if TABLES[k].in_profile(profile)]
+    for r in plan(keys, profile, root=tmp_path, **kw): r.out_dir.mkdir(parents=True, exist_ok=True)
+    for k in keys:
+        held = held_back([k], profile, tmp_path)
+        assert not [d for d, why in held.items() if why.startswith('not in the plan')], (k, held)
