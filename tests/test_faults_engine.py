@@ -1,5 +1,5 @@
 "Engine faults (issue 13): corrupted or foreign checkpoints, changed parameters on resume, divergence, non-finite state."
-import re
+import json, re, time
 from pathlib import Path
 
 import pytest
@@ -321,12 +321,16 @@ def test_a_non_finite_validation_loss_is_recorded_as_null_and_the_run_resumes(tm
     assert [r['val_loss'] for r in h] == [None, None] and not (tmp_path/'checkpoints'/'best.pt').exists()
 
 
-def _selecting(d, table, session):
-    "A fit whose EpochSelector scores val mA from `table[(session, epoch)]` (a resumed session may score an epoch anew)."
+def _selecting(d, table, session, landed=None):
+    "A fit whose EpochSelector scores val mA from `table[(session, epoch)]` (a resumed session may score an epoch anew); "
+    "`landed`: {epoch: the epoch whose files must have landed (history.json) before it is scored}."
     from har_kit.model_file import EpochSelector
     torch.manual_seed(0); model = Net()
     sel = EpochSelector(model, None, 'mA', d/'checkpoints'/'selected.pt')
     def evaluate(scores, labels, epoch=None):
+        while (landed or {}).get(epoch) and not ((d/'history.json').exists() and
+                                                 json.loads((d/'history.json').read_text())[-1]['epoch'] >= landed[epoch]):
+            time.sleep(0.05)   # waits for the event (the background write of that epoch), however long it takes
         sel.metric_fn = lambda s, y: dict(mA=table[session, epoch])
         return sel(scores, labels, epoch=epoch)
     return model, sel, fit(model, bce, TRAIN, TrainConfig(epochs=3, progress=False, device='cpu'), d, DataLoader(Toy(16, 1), 8), evaluate)
@@ -345,7 +349,7 @@ def test_a_stop_while_the_selection_moves_keeps_the_best_so_far(tmp_path, monkey
         if path.name == stop and state.get('epoch') == 2: raise OSError(f'stopped while {stop} was written')
         return real(state, path)
     monkeypatch.setattr(module, 'save_checkpoint', dies)
-    with pytest.raises(OSError): _selecting(tmp_path, table, 1)
+    with pytest.raises(OSError): _selecting(tmp_path, table, 1, landed={2: 1})   # epoch 1's files land within epoch 2
     monkeypatch.setattr(module, 'save_checkpoint', real)
     assert load_checkpoint(tmp_path/'checkpoints'/'last.pt')['epoch'] == 1
     model, sel, hist = _selecting(tmp_path, table, 2)
