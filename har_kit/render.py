@@ -10,7 +10,7 @@ from pathlib import Path
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
 from .core import KitError, atomic_write, load_json, outputs_root
 from .metrics import entry_value, read_metrics
-from .results import SEED_DIR, Table, column_source, row_runs, run_dirs, seed_dirs, spec_dir
+from .results import SEED_DIR, Printed, Table, column_source, row_runs, run_dirs, seed_dirs, spec_dir
 
 # %% auto #0
 __all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'left_out', 'paper_partition',
@@ -199,9 +199,9 @@ def _fmt(v, digits=2):
 def _decimals(v): return len(repr(float(v)).split('.')[1]) if 'e' not in repr(float(v)) else 2   # 80.0 -> 1, 81.25 -> 2
 
 def _printed(reported: dict):  # a row's reported values, typed as the paper prints them
-    "A formatter of the row's reported values: a whole number as typed (94), a decimal with as many places as the row's most precise one (80.0, 76.10)."
-    d = max((_decimals(v) for v in reported.values() if isinstance(v, float)), default=2)
-    return lambda v: _fmt(v, 0 if isinstance(v, int) and not isinstance(v, bool) else d)
+    "A formatter of the row's reported values: a whole number as typed (94), a `Printed` one as its text (83.70), a decimal with as many places as the row's most precise plain one (80.0, 76.10)."
+    d = max((_decimals(v) for v in reported.values() if isinstance(v, float) and not isinstance(v, Printed)), default=2)
+    return lambda v: _fmt(v, v.places if isinstance(v, Printed) else 0 if isinstance(v, int) and not isinstance(v, bool) else d)
 
 def _row_modes(table, row, cells):
     return sorted({k[2] for k in cells if len(k) == 3 and k[0] == row.key and k[2] != 'missing'}, key=mode_order)

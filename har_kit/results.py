@@ -14,9 +14,9 @@ from .formats import WIDER_IMBALANCE
 __all__ = ['WIDER_COLUMNS', 'DAHAR_ARCHS', 'DAHAR_IMBALANCE', 'DAHAR_T1', 'DAHAR_T2', 'DAHAR_T3', 'CAMPAR_VARIANTS', 'CAMPAR_T1',
            'CAMPAR_T2', 'PAPER_TABLES', 'TABLES', 'DISTRACTION_BINS', 'DISTRACTION', 'WHERE_THEY_LOOK', 'MATRIX',
            'LONGER', 'TRAINING_LENGTH', 'REAL_PA100K', 'SELECTION_SAMPLE_EPOCHS', 'SELECTION', 'SELECTION_REAL',
-           'SPECIFIC_LOGIT', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Row', 'Table', 'Paper', 'dahar_protocol',
-           'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir', 'run_dir_name',
-           'run_path', 'run_dirs', 'seed_dirs']
+           'SPECIFIC_LOGIT', 'STUDY_TABLES', 'SEED_DIR', 'RunSpec', 'spec', 'Printed', 'Row', 'Table', 'Paper',
+           'dahar_protocol', 'campar_protocol', 'row_runs', 'column_source', 'spec_slug', 'spec_hash', 'spec_dir',
+           'run_dir_name', 'run_path', 'run_dirs', 'seed_dirs']
 
 # %% ../nbs/61_results.ipynb #c005
 @dataclass(frozen=True)
@@ -45,6 +45,17 @@ def spec(notebook,    # section notebook: 'dahar', 'campar', 'cfar'
     return RunSpec(notebook, params, variant, tuple(sorted((needs or {}).items())))
 
 # %% ../nbs/61_results.ipynb #c010
+class Printed(float):
+    "A reported number that keeps the paper's text: `Printed('83.70')` is 83.7 and is printed 83.70."
+    def __new__(cls, text: str):   # the number as the paper prints it
+        v = super().__new__(cls, text)
+        v.text = str(text)
+        return v
+    def __getnewargs__(self): return (self.text,)   # copies and pickles keep the text
+    @property
+    def places(self): return len(self.text.split('.')[1]) if '.' in self.text else 0
+
+# %% ../nbs/61_results.ipynb #c013
 @dataclass
 class Row:
     "A table row: what the paper reports and, when the kit reproduces it, how."
@@ -78,7 +89,7 @@ class Table:
     def has_reported(self): return any(isinstance(v, (int, float)) for r in self.rows for v in r.reported.values())
     def in_profile(self, profile): return not self.profiles or profile in self.profiles
 
-# %% ../nbs/61_results.ipynb #c013
+# %% ../nbs/61_results.ipynb #c016
 @dataclass(frozen=True)
 class Paper:
     "One parameter of a paper's protocol: its value in the notebook's terms and where the text (or the code it defers to) says so."
@@ -88,7 +99,7 @@ class Paper:
     datasets: tuple = ()          # only for runs on these dataset kinds (empty: every run)
     across: bool = False          # `value` is a list the runs should cover together (e.g. RAP's five partitions)
 
-# %% ../nbs/61_results.ipynb #c016
+# %% ../nbs/61_results.ipynb #c019
 _REAL = Paper('real', 'Experiments: the published WIDER-Attribute / RAP / PA-100K datasets')
 
 def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=Paper(...)
@@ -119,7 +130,7 @@ def dahar_protocol(**extra   # per-table additions or overrides, e.g. partition=
 _RAP5 = dict(partition=Paper([0, 1, 2, 3, 4], 'RAP: "the standard protocol (Li et al. 2016a)": 5 random partitions, averaged',
                              datasets=('rap',), across=True))
 
-# %% ../nbs/61_results.ipynb #c019
+# %% ../nbs/61_results.ipynb #c022
 def campar_protocol(**extra   # per-table additions or overrides
                    ):
     "CAM-PAR's training protocol (the thesis, and [15] where it defers to it), in `41_campar`/`51_cfar` parameter names."
@@ -168,7 +179,7 @@ def campar_protocol(**extra   # per-table additions or overrides
             'device': Paper('cuda', 'GPU training'), **{k: v for k, v in extra.items() if k == 'partition'}}
     return {'campar': train, 'cfar': cfar}
 
-# %% ../nbs/61_results.ipynb #c022
+# %% ../nbs/61_results.ipynb #c025
 WIDER_COLUMNS = {  # paper column -> WIDER-Attribute attribute name (attribute_id_map of the real set)
     'Male': 'Male', 'Long Hair': 'longHair', 'Sunglasses': 'sunglass', 'Hat': 'Hat', 'T-shirt': 'Tshiirt',
     'Long Sleeve': 'longSleeve', 'Formal': 'formal', 'Shorts': 'shorts', 'Jeans': 'jeans', 'Long Pants': 'longPants',
@@ -202,7 +213,7 @@ DAHAR_T1 = Table('dahar_t1', 'WIDER-Attribute: per-attribute AP and mAP (%)', 'D
 ], conventions='AP: VOC-style interpolated (SRN/DIAA evaluation), unspecified labels ignored; full = whole person patch resized',
    protocol=dahar_protocol())
 
-# %% ../nbs/61_results.ipynb #c024
+# %% ../nbs/61_results.ipynb #c027
 _T2_COLS = ['loss', 'mA', 'Acc', 'Prec', 'Rec', 'F1']
 _PED = {'mA': 'full.mA', 'Acc': 'full.acc', 'Prec': 'full.prec', 'Rec': 'full.rec', 'F1': 'full.f1'}
 
@@ -220,7 +231,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
     Row('ia2net', "IA2Net PRL'19", _reported(_T2_COLS, ['f.', 77.44, 67.75, 79.01, 77.45, 78.03])),
     Row('jlpls', "JLPLS TIP'19", _reported(_T2_COLS, ['o.', 81.25, 67.91, 78.56, 81.45, 79.98])),
     Row('cocnn', "CoCNN IJCAI'19", _reported(_T2_COLS, ['o.', 81.42, 68.37, 81.04, 80.27, 80.65])),
-    Row('dcl', "DCL ICCV'19", _reported(_T2_COLS, ['m.', 83.70, None, None, None, None])),
+    Row('dcl', "DCL ICCV'19", _reported(_T2_COLS, ['m.', Printed('83.70'), None, None, None, None])),
     *[Row(f'dahar_{l}', f'Da-HAR (Ours) {l}.', _reported(_T2_COLS, v), spec('dahar', 'dahar', dataset='rap', loss=loss), _PED)
       for l, loss, v in [('o', 'bce', ['o.', 73.78, 68.67, 84.54, 76.84, 80.50]),
                          ('w', 'weighted', ['w.', 84.28, 59.84, 66.50, 84.13, 74.28]),
@@ -228,7 +239,7 @@ DAHAR_T2 = Table('dahar_t2', 'RAP: label- and instance-based metrics (%)', 'Da-H
 ], conventions='threshold: p >= 0.5 is positive; F1 = harmonic mean of mean Prec and mean Rec; first 51 attributes',
    protocol=dahar_protocol(**_RAP5, mix=Paper(None, 'lambda of the mixed loss (m.: Eq. 1 and Eq. 2 mixed): not stated', open=True)), compare={'dahar_w': 'dahar_o', 'dahar_m': 'dahar_o'})
 
-# %% ../nbs/61_results.ipynb #c026
+# %% ../nbs/61_results.ipynb #c029
 _T3_COLS = ['crops', 'full']
 _T3_METRICS = {'crops': 'crops.mAP', 'full': 'full.mAP'}
 
@@ -244,7 +255,7 @@ DAHAR_T3 = Table('dahar_t3', 'WIDER-Attribute ablation: mAP (%), five-crop / ful
 ], conventions='AP: VOC-style interpolated; crops = average over five crops; full = whole patch resized to the input size',
    protocol=dahar_protocol(), compare={k: 'baseline' for k in ('fusion', 'self_mask', 'coarse_to_fine', 'dahar', 'dahar_ignore0', 'dahar_trainval')})
 
-# %% ../nbs/61_results.ipynb #c028
+# %% ../nbs/61_results.ipynb #c031
 _C1_COLS = ['backbone', 'PA100K mA', 'PA100K Accu', 'PA100K F1', 'RAPv1 mA', 'RAPv1 Accu', 'RAPv1 F1']
 
 CAMPAR_VARIANTS = {'rap': ['baseline', 'fusion', 'campar', 'campar_fusion']}   # Table 2's rows: one run on RAP trains all four
@@ -281,7 +292,7 @@ CAMPAR_T1 = Table('campar_t1', 'PA100K and RAPv1 (%)', 'CAM-PAR, UNIST 2023, Tab
 ], conventions=f'threshold: p >= 0.5 is positive; Accu = instance accuracy (Eq. 22); {_F1_15}',
    param_columns={'backbone': 'arch'}, protocol=campar_protocol(**_RAP5C), compare={'ours': 'baseline'})
 
-# %% ../nbs/61_results.ipynb #c030
+# %% ../nbs/61_results.ipynb #c033
 def row_runs(row: Row   # a table row
             ) -> list:
     "The distinct RunSpecs a row's columns come from."
@@ -300,7 +311,7 @@ def column_source(row: Row,  # a table row
     if m is None: return None
     return m if isinstance(m, tuple) else (row.run, m)
 
-# %% ../nbs/61_results.ipynb #c034
+# %% ../nbs/61_results.ipynb #c037
 _C2_COLS = ['mA', 'F1']
 _C2_METRICS = {'mA': 'full.mA', 'F1': 'full.f1'}
 
@@ -319,7 +330,7 @@ CAMPAR_T2 = Table('campar_t2', 'RAPv1 ablation (%)', 'CAM-PAR, UNIST 2023, Table
 PAPER_TABLES = {t.key: t for t in (DAHAR_T1, DAHAR_T2, DAHAR_T3, CAMPAR_T1, CAMPAR_T2)}
 TABLES = dict(PAPER_TABLES)  # the studies below are added to it
 
-# %% ../nbs/61_results.ipynb #c040
+# %% ../nbs/61_results.ipynb #c043
 DISTRACTION_BINS = ['0', '1', '2', '3+']
 
 def _by_level(metric): return {f'{b} distractors': f'by_distractors.{b}.{metric}' for b in DISTRACTION_BINS}
@@ -337,7 +348,7 @@ DISTRACTION = Table('distraction', 'mAP (%) by distractors overlapping the targe
    profiles=('quick',), figure='distraction.png', protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar': 'dahar_baseline', 'campar': 'campar_baseline'})
 
-# %% ../nbs/61_results.ipynb #c042
+# %% ../nbs/61_results.ipynb #c045
 def _mass_by_level(m): return {f'{b} distractors': f'target_mass_by_distractors.{b}.{m}' for b in DISTRACTION_BINS}
 
 _DAHAR_NOSUP = spec('dahar', 'dahar', dataset='wider', mask_weight=0.0)   # the mask branch without its supervision
@@ -358,7 +369,7 @@ WHERE_THEY_LOOK = Table('where_they_look', 'Share of each map\'s mass on the tar
    profiles=('quick',), protocol={**dahar_protocol(), **campar_protocol()},
    compare={'dahar_mask': 'dahar_mask_nosup', 'dahar_mask_box': 'dahar_mask_nosup', 'dahar_attention': 'baseline_attention', 'campar_cam': 'campar_chance'})
 
-# %% ../nbs/61_results.ipynb #c045
+# %% ../nbs/61_results.ipynb #c048
 _MX_COLS = ['WIDER mAP', 'RAP mA', 'RAP F1', 'PA100K mA', 'PA100K F1']
 
 def _matrix_row(spec_fn):
@@ -369,7 +380,7 @@ def _dahar_on(d):  # the published configurations: BCE everywhere (Table 2 o.), 
     return _arch('dahar') if d == 'wider' else spec('dahar', 'dahar', dataset=d, loss='bce')
 
 MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: method x dataset', _MX_COLS, [
-    Row('dahar', 'Da-HAR', _reported(_MX_COLS, [87.1, 73.78, 80.50, None, None]),
+    Row('dahar', 'Da-HAR', _reported(_MX_COLS, [Printed('87.1'), 73.78, 80.50, None, None]),   # Table 3's one decimal
         None, _matrix_row(_dahar_on)),
     Row('campar', 'CAM-PAR + fusion', _reported(_MX_COLS, [None, 81.18, 79.18, None, None]),
         None, _matrix_row(lambda d: _campar('campar_fusion', d))),
@@ -380,7 +391,7 @@ MATRIX = Table('matrix', 'Every method on every dataset (%)', 'har-kit study: me
                 'and on RAP from its Table 2 (Da-HAR o.); CAM-PAR and CFAR on RAP from the thesis\'s Table 2, CFAR on PA100K from its Table 1',
    protocol={**dahar_protocol(**_RAP5), **campar_protocol(**_RAP5C)}, compare={'campar_cfar': 'campar'})
 
-# %% ../nbs/61_results.ipynb #c047
+# %% ../nbs/61_results.ipynb #c050
 LONGER = 4   # the training-length study's factor on the quick profile's epochs
 _QUICK_EPOCHS = 3   # the quick profile's epochs (71_reproduce checks that they agree)
 _TL_COLS = [f'{_QUICK_EPOCHS} epochs (the tables)', f'{LONGER * _QUICK_EPOCHS} epochs']
@@ -401,7 +412,7 @@ TRAINING_LENGTH = Table('training_length', 'Training length: the compared pairs 
                'only in `epochs` (a run trains the pair); 3 seeds', seeds=3, profiles=('quick',),
    protocol={**dahar_protocol(), **campar_protocol()}, compare={'dahar': 'dahar_baseline', 'campar_fusion': 'campar_baseline'})
 
-# %% ../nbs/61_results.ipynb #c050
+# %% ../nbs/61_results.ipynb #c053
 _RP_COLS = ['mA', 'Acc', 'Prec', 'Rec', 'F1']
 _RP = _PED
 REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Table 1 rows, on real data', _RP_COLS, [
@@ -412,7 +423,7 @@ REAL_PA100K = Table('real_pa100k', 'Real PA100K images (%)', 'CAM-PAR thesis Tab
 ], conventions=f'threshold p >= 0.5; {_F1_15}; 3 seeds', seeds=3,
    profiles=('sample', 'paper'), protocol=campar_protocol(), compare={'campar': 'baseline', 'campar_cfar': 'baseline'})
 
-# %% ../nbs/61_results.ipynb #c053
+# %% ../nbs/61_results.ipynb #c056
 SELECTION_SAMPLE_EPOCHS = 10   # the selection study's epochs on the real PA100K sample (the sample profile trains 5)
 _SEL_METRICS = {'mA': 'mA', 'Acc': 'acc', 'Prec': 'prec', 'Rec': 'rec', 'F1': 'f1', 'epoch': 'epoch'}   # column -> key of the study's entry
 _SEL_RULES = {'held_out': 'epoch chosen on val (held-out)', 'test_15': "epoch chosen on test ([15]'s rule)"}
@@ -442,7 +453,7 @@ SELECTION_REAL = _selection_table(
     _selection_rows('pa100k', 'real PA100K', epochs=SELECTION_SAMPLE_EPOCHS), ('sample',),
     f"{SELECTION_SAMPLE_EPOCHS} epochs; the sample's val split (200 images)")
 
-# %% ../nbs/61_results.ipynb #c055
+# %% ../nbs/61_results.ipynb #c058
 def _specific_rows(variant, name):  # the Table 2 run's variant (Eq. 12), then the same variant trained with the public formula
     public = spec('campar', variant, dataset='rap', variants=['campar', 'campar_fusion'], specific_logit='public')
     return [Row(f'{variant}_eq12', f"{name}: Eq. 12, attribute j's own w_j", {}, _campar(variant, 'rap'), _C2_METRICS),
@@ -460,7 +471,7 @@ STUDY_TABLES = {t.key: t for t in (DISTRACTION, WHERE_THEY_LOOK, TRAINING_LENGTH
                                    SPECIFIC_LOGIT)}
 TABLES.update(STUDY_TABLES)
 
-# %% ../nbs/61_results.ipynb #c060
+# %% ../nbs/61_results.ipynb #c063
 def spec_slug(spec: RunSpec   # the run
              ) -> str:
     "A readable name for a run: its variants, dataset and other row-defining values (`dahar-wider-ignore_unspecified`)."
@@ -483,7 +494,7 @@ def spec_dir(root,           # outputs root (`outputs/`)
     "Directory holding a run's seeds: `<root>/<profile>/<notebook>/<slug>-<hash>`."
     return Path(root)/profile/spec.notebook/f'{spec_slug(spec)}-{spec_hash(spec)}'
 
-# %% ../nbs/61_results.ipynb #c066
+# %% ../nbs/61_results.ipynb #c069
 def run_dir_name(seed: int,     # the run's seed
                  dims=None      # plan dimensions beyond the seed: {'partition': 3, 'selection': '[15]'}
                 ) -> str:
