@@ -171,13 +171,26 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
 
 # %% ../nbs/17_check.ipynb #c024
 def _box_problems(samples, sizes):  # `Sample`s; (H, W) of the images that decoded
-    "What `clip_box` (the loaders' crop) says of each boxed sample's box on its decoded image: a list of messages."
-    out = []
+    "What `clip_box` (the loaders' crop) says of each boxed sample's box on its decoded image: (messages of the boxes it cannot crop, [(box, share of its area cut off)] of those it cuts at the image's edge, boxes looked at)."
+    out, cut, n = [], [], 0
     for s in samples:
         if s.box is None or s.image not in sizes: continue
-        try: clip_box(s.box, sizes[s.image], f'{s.image} target {s.meta.get("target", 0)}')
-        except KitError as e: out.append(str(e))
-    return out
+        where = f'{s.image} target {s.meta.get("target", 0)}'
+        n += 1
+        try: (x0, y0, x1, y1), clipped = clip_box(s.box, sizes[s.image], where)
+        except KitError as e: out.append(str(e)); continue
+        if clipped: cut.append((f'{where}: box {tuple(s.box)} on the {sizes[s.image][1]}x{sizes[s.image][0]} image',
+                                1 - (x1 - x0) * (y1 - y0) / (float(s.box[2]) * float(s.box[3]))))
+    return out, cut, n
+
+def _cut_warning(cut, n):  # `_box_problems`' boxes cut at the edge; boxes looked at
+    "The warning about boxes that reach past their image, or None; many of them usually mean corners were given for [x, y, w, h]."
+    if not cut: return None
+    where, lost = max(cut, key=lambda c: c[1])
+    hint = (': so many usually mean the annotation gives corners (x1, y1, x2, y2) where WIDER-Attribute gives [x, y, w, h]; '
+            'convert them' if len(cut) > 0.25 * n else '; a few at the edges are normal')
+    return (f'{len(cut)} of the {n} boxes checked reach past their image and are cut at its edge, the most {where} '
+            f'({lost:.0%} of its area outside){hint}')
 
 # %% ../nbs/17_check.ipynb #c025
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
@@ -207,8 +220,9 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep['images'] = dict(listed=len(dict.fromkeys(s.image for s in data.samples)), checked=len(paths),
                          missing=len(missing), unreadable=len(unreadable))
     if missing: rep['errors'].append(f'{len(missing)} listed image(s) do not exist (labels without images), e.g. ' + ', '.join(missing[:3]))
-    boxes = _box_problems(data.samples, sizes)
-    rep['images']['bad_boxes'] = len(boxes)
+    boxes, cut, n_boxes = _box_problems(data.samples, sizes)
+    rep['images'].update(bad_boxes=len(boxes), cut_boxes=len(cut))
+    if cut: rep['warnings'].append(_cut_warning(cut, n_boxes))
     rep['errors'] += unreadable + boxes[:3] + ([f'... and {len(boxes) - 3} more boxes the loaders cannot crop'] if len(boxes) > 3 else [])
     images = Path(rep['layout'].get('images', ''))
     unused = unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []

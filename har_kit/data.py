@@ -449,10 +449,12 @@ _WIDER_MAP = {1: 1, -1: 0, 0: UNSPECIFIED}
 
 def _wider_attr_names(idmap, where):
     if not isinstance(idmap, dict) or not idmap: raise KitError(f'{where}: attribute_id_map must be a non-empty object')
-    try: keys = sorted(int(k) for k in idmap)
+    try: by_int = {int(k): v for k, v in idmap.items()}   # "01" and " 1" are the index 1, as the published "1"
     except ValueError: raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}"') from None
-    if keys != list(range(len(idmap))): raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", found {keys}')
-    return _require_distinct([str(idmap[str(k)]) for k in keys], f'{where}: attribute_id_map')
+    keys = sorted(by_int)
+    if len(by_int) < len(idmap) or keys != list(range(len(idmap))):
+        raise KitError(f'{where}: attribute_id_map keys must be "0".."{len(idmap) - 1}", each once, found {list(idmap)}')
+    return _require_distinct([str(by_int[k]) for k in keys], f'{where}: attribute_id_map')
 
 # %% ../nbs/14_data.ipynb #c071
 def _load_json(path):  # an annotation file
@@ -471,7 +473,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
     "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
     fn = im.get('file_name') if isinstance(im, dict) else None
     if not isinstance(fn, str) or not fn: raise KitError(f'{w}.file_name is missing or empty')
-    split = Path(fn).parts[0]
+    split = fn.replace('\\', '/').split('/')[0]   # a name written on Windows, as `image_file` reads it
     if split not in ('train', 'val', 'test'): raise KitError(f'{w}.file_name {fn!r} must start with train/, val/ or test/')
     image = image_file(images, fn, f'{w}.file_name')
     targets = im.get('targets')
@@ -482,7 +484,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
         a, b = (tg.get('attribute'), tg.get('bbox')) if isinstance(tg, dict) else (None, None)
         if not isinstance(a, list) or len(a) != C or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v not in _WIDER_MAP for v in a):
             raise KitError(f'{wt}.attribute must be {C} values in {{1, -1, 0}} (attribute_id_map has {C} names), found {a!r}')
-        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in b):
+        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b):
             raise KitError(f'{wt}.bbox must be [x, y, w, h] (4 finite numbers), found {b!r}')
         if b[2] <= 0 or b[3] <= 0: dropped += 1; continue
         y = _unspecified_policy(np.array([_WIDER_MAP[v] for v in a], np.int8), unspecified)
@@ -522,7 +524,7 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
                 samples += ss; dropped += d
         except RecursionError:   # lists or objects nested deeper than Python's recursion limit (the format is 6 levels deep)
             raise KitError(f'{path}: JSON nested hundreds of levels deep, which no WIDER-Attribute annotation is. {WIDER_HOW}') from None
-    if dropped: data_warning(f'{root}: dropped {dropped} target(s) whose bbox has zero width or height')
+    if dropped: data_warning(f'{root}: dropped {dropped} target(s) whose bbox has zero or negative width or height (bbox is [x, y, w, h])')
     order = {'train': 0, 'val': 1, 'test': 2}
     samples.sort(key=lambda s: order[s.split])   # stable: file order within a split
     data = AttributeData('wider', root, attrs, samples, meta=dict(**lay.record(), unspecified=unspecified, dropped_boxes=dropped))

@@ -151,12 +151,21 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
             f'{other}; har-kit data check {other} ROOT; kind={other!r} in Python).' if other else '')
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint} {k.how}')
 
+def _holds_any(folder):  # an existing folder
+    with os.scandir(folder) as it: return next(it, None) is not None
+
 def _layout_at(kind, root):  # a dataset kind; an existing folder
-    "The first of `kind`'s layouts present under `root`, else None."
-    for name, files, images in LAYOUTS[kind]:
-        if all((root/f).is_file() for f in files) and (root/images).is_dir():
-            return Layout(kind, root, name, root/files[0], root/images, tuple(root/f for f in files))
-    return None
+    "The first of `kind`'s layouts present under `root` (one with images first), else None; a `KitError` when two present annotations differ."
+    present = [(name, tuple(root/f for f in files), root/images) for name, files, images in LAYOUTS[kind]
+               if all((root/f).is_file() for f in files) and (root/images).is_dir()]
+    if not present: return None
+    name, files, images = next((p for p in present if _holds_any(p[2])), present[0])
+    for other, ofiles, _ in present:
+        for f, g in zip(files, ofiles):
+            if f != g and file_sha256(f) != file_sha256(g):
+                raise KitError(f'{root}: two {kind} annotations differ, {f} (the {name} layout, which would be read) and {g} '
+                               f'(the {other} layout): keep the one you mean and move the other out of {root}')
+    return Layout(kind, root, name, files[0], images, files)
 
 # %% ../nbs/02_formats.ipynb #c016
 def explicit_layout(kind,       # dataset kind
@@ -199,7 +208,7 @@ def data_fingerprint(kind,  # dataset kind
     except KitError: return {}
     return {f.relative_to(lay.root).as_posix(): file_sha256(f) for f in lay.files}
 
-# %% ../nbs/02_formats.ipynb #c028
+# %% ../nbs/02_formats.ipynb #c030
 def image_file(images,  # the image folder
                name,    # the image's name as written in the annotation
                where):  # the annotation entry, for the error message (e.g. 'annotation.mat: train_images_name[3]')
@@ -211,7 +220,7 @@ def image_file(images,  # the image folder
                        'relative to it (fix the annotation entry)')
     return Path(images)/norm
 
-# %% ../nbs/02_formats.ipynb #c032
+# %% ../nbs/02_formats.ipynb #c034
 MASK_DIR = 'masks'  # name of the default mask root under a dataset root
 SYNTH_META = 'synth_meta.json'  # sidecar a synthetic set (`har_kit.synth`) writes next to its annotation
 
@@ -263,7 +272,7 @@ def masks_fingerprint(folder):  # a mask folder (`mask_folder`)
             rows.append(f'{os.path.relpath(p, folder)}|{digest}')
     return hashlib.sha256('\n'.join(sorted(rows)).encode()).hexdigest()[:16]
 
-# %% ../nbs/02_formats.ipynb #c035
+# %% ../nbs/02_formats.ipynb #c037
 def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_root`)
               image_rel,       # image name relative to the image folder, as in the annotation
               target_index=0): # target of that image (0 for pedestrian crops)
@@ -271,7 +280,7 @@ def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_
     rel = image_file(Path(mask_root), image_rel, f'mask of {image_rel!r}').relative_to(Path(mask_root))
     return Path(mask_root)/rel.parent/f'{rel.stem}_{int(target_index)}.png'
 
-# %% ../nbs/02_formats.ipynb #c038
+# %% ../nbs/02_formats.ipynb #c040
 MASK_LOG = 'log.jsonl'   # in a mask root: how each mask was made (`har_kit.masks.make_masks` appends a record per mask)
 
 def read_mask_log(folder):  # a mask root
@@ -297,7 +306,7 @@ def mask_record_change(rec,           # a record of `read_mask_log`
         if now != stamp and (strict or now is not None): return f'made from {p}, which is gone' if now is None else f'made from {p}, which has changed since'
     return None
 
-# %% ../nbs/02_formats.ipynb #c044
+# %% ../nbs/02_formats.ipynb #c046
 def read_synth_meta(root):  # a directory written by har_kit.synth.make_synthetic / ensure_synthetic
     "The generator's sidecar `synth_meta.json` (version, parameters, per-target distraction levels, statistics)."
     p = Path(root)/SYNTH_META
@@ -309,7 +318,7 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')
     return meta
 
-# %% ../nbs/02_formats.ipynb #c045
+# %% ../nbs/02_formats.ipynb #c047
 def write_synth_meta(root,    # the synthetic set's root
                      version, # the generator's version
                      images,  # {file_name: {'split', 'level', 'targets': [per-target record, ...]}}
@@ -317,7 +326,7 @@ def write_synth_meta(root,    # the synthetic set's root
     "Write the sidecar `ROOT/synth_meta.json` that `read_synth_meta` reads (further fields as keywords: kind, params, stats, ...)."
     return save_json(dict(generator='har_kit.synth', version=version, **info, images=images), Path(root)/SYNTH_META)
 
-# %% ../nbs/02_formats.ipynb #c046
+# %% ../nbs/02_formats.ipynb #c048
 def target_meta(meta,            # a sidecar from `read_synth_meta`
                 name,            # image name as in the annotation
                 target_index=0): # target of that image
@@ -326,7 +335,7 @@ def target_meta(meta,            # a sidecar from `read_synth_meta`
     except (KeyError, IndexError, TypeError):
         raise KitError(f'{SYNTH_META} has no target {target_index} for image {name!r}') from None
 
-# %% ../nbs/02_formats.ipynb #c047
+# %% ../nbs/02_formats.ipynb #c049
 def synth_target_meta(root): # a dataset root
     "`{(file_name, target index): record}` of the sidecar under `root`; `{}` when there is none (a real dataset)."
     if not (Path(root)/SYNTH_META).exists(): return {}
@@ -339,7 +348,7 @@ def synthetic_set(root): # a dataset root
     m = read_synth_meta(root)
     return {'kind': m.get('kind'), **(m.get('params') or {})}
 
-# %% ../nbs/02_formats.ipynb #c055
+# %% ../nbs/02_formats.ipynb #c057
 def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole image"
              size,         # (H, W) of the image
              where='box'): # what to call the box in error messages (e.g. the image file and target)
@@ -355,7 +364,7 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
-# %% ../nbs/02_formats.ipynb #c057
+# %% ../nbs/02_formats.ipynb #c059
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
     "Boolean (H, W) mask that is True inside the box: the `box` source, and every source's fallback."
@@ -364,7 +373,7 @@ def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
     m[y0:y1, x0:x1] = True
     return m
 
-# %% ../nbs/02_formats.ipynb #c061
+# %% ../nbs/02_formats.ipynb #c063
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')  # what counts as an image file
 _SIXTEEN = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _REFUSED = ('F',)
@@ -397,17 +406,20 @@ def image_problem(path):  # image file
     if size == 0: return 'empty file (0 bytes)'
     # complete when its end marker is there; data appended after it (a phone's "motion photo" video) moves the marker
     # away from the end, so a file without one at the end is decoded once to tell the two apart
+    # (an end marker's bytes inside the file, e.g. an EXIF thumbnail's or a comment's, do not count: only the file's end,
+    # past any zero padding); other formats carry no such marker and are decoded whole
+    end = tail.rstrip(b'\x00')
     if head.startswith(b'\xff\xd8\xff'):   # JPEG: its end-of-image marker
-        return None if b'\xff\xd9' in tail or _decodes(path) else 'truncated JPEG (no end-of-image marker)'
-    if head.startswith(b'\x89PNG\r\n\x1a\n'):   # PNG: its IEND chunk
-        return None if b'IEND' in tail[-64:] or _decodes(path) else 'truncated PNG (no IEND chunk)'
+        return None if end.endswith(b'\xff\xd9') or _decodes(path) else 'truncated JPEG (no end-of-image marker)'
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):   # PNG: its IEND chunk (length, type, CRC: the last 12 bytes)
+        return None if end[-8:-4] == b'IEND' or _decodes(path) else 'truncated PNG (no IEND chunk)'
     try:
-        with Image.open(path) as im: mode = im.mode
+        with Image.open(path) as im: mode = im.mode; im.load()
     except Exception as e: return f'not a readable image ({type(e).__name__}: {e})'
     if mode in _REFUSED: return f'mode {mode} (floating-point pixels) is not supported; convert it to 8-bit RGB'
     return None
 
-# %% ../nbs/02_formats.ipynb #c062
+# %% ../nbs/02_formats.ipynb #c064
 def pil_rgb(im,             # a PIL image (opened from a file, or made in memory)
             where='image',  # names it in errors: the file, or e.g. 'images[3]'
             photo=False):   # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
@@ -435,7 +447,7 @@ def load_rgb(path,          # image file
     except KitError: raise
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
-# %% ../nbs/02_formats.ipynb #c069
+# %% ../nbs/02_formats.ipynb #c071
 _SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'II*\x00', b'MM\x00*')   # JPEG, PNG, GIF, TIFF
 
 def _warn_unlisted(spec, others):  # a folder or pattern; the files its expansion left out by their suffix
@@ -473,7 +485,7 @@ def collect_images(specs,       # a path-like, or an iterable of them: files, fo
         for f in found: out.setdefault(f.resolve(), f)
     return list(out.values())
 
-# %% ../nbs/02_formats.ipynb #c070
+# %% ../nbs/02_formats.ipynb #c072
 def check_images(paths):  # image files
     "Open every file's header (cheap, no decoding) before any work; `KitError` listing the files that cannot be read."
     bad = []
@@ -485,7 +497,7 @@ def check_images(paths):  # image files
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')
     return list(paths)
 
-# %% ../nbs/02_formats.ipynb #c074
+# %% ../nbs/02_formats.ipynb #c076
 def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
                path,        # destination: .png, or .jpg / .jpeg for JPEG
                quality=95): # JPEG quality
@@ -495,7 +507,7 @@ def save_image(img,         # uint8 (H, W, 3) or (H, W) array, or a PIL image
     with atomic_path(path) as tmp: img.save(tmp, format='JPEG' if jpeg else 'PNG', **(dict(quality=quality) if jpeg else {}))
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c076
+# %% ../nbs/02_formats.ipynb #c078
 def _mask_values(im):  # an open PIL image of a mask
     "The mask's own values: alpha where it cuts something out, palette indices unless the palette is grey, else grey levels."
     if 'A' in im.getbands() and im.getextrema()[im.getbands().index('A')][0] < 255: return np.asarray(im.getchannel('A'))
@@ -523,7 +535,7 @@ def load_grey(path):  # a mask file
                                        'masks as 0/255 (or 0/1) PNGs, or soft masks on the full scale')
     return out
 
-# %% ../nbs/02_formats.ipynb #c081
+# %% ../nbs/02_formats.ipynb #c083
 PA100K_SPLITS = ('train', 'val', 'test')
 
 def write_pa100k_annotation(path,        # annotation.mat to write
@@ -537,10 +549,10 @@ def write_pa100k_annotation(path,        # annotation.mat to write
         md[f'{sp}_label'] = np.asarray(labels, np.uint8).reshape(len(names), len(attributes))
     return save_mat(path, md)
 
-# %% ../nbs/02_formats.ipynb #c082
+# %% ../nbs/02_formats.ipynb #c084
 RAP_PARTITIONS = 5  # RAP v1's random train/test partitions (`partion{1..5}` of RAP_annotation.mat; the kit counts 0..4)
 
-# %% ../nbs/02_formats.ipynb #c083
+# %% ../nbs/02_formats.ipynb #c085
 def write_rap_annotation(path,        # RAP_annotation.mat to write
                          attributes,  # attribute_eng names (92 in RAP v1)
                          names,       # image file names under RAP_dataset/
@@ -553,7 +565,7 @@ def write_rap_annotation(path,        # RAP_annotation.mat to write
     return save_mat(path, {'RAP_annotation': {'imagesname': mat_cell(names), 'label': np.asarray(labels, float),
                                               'attribute_eng': mat_cell(attributes), 'partion': parts}})
 
-# %% ../nbs/02_formats.ipynb #c084
+# %% ../nbs/02_formats.ipynb #c086
 def write_wider_annotation(folder,      # folder to write wider_attribute_{trainval,test}.json into
                            attributes,  # 14 attribute names, index order
                            images,      # [{'file_name': 'train/...', 'scene_id': int, 'targets': [{'attribute': [1|-1|0]*C, 'bbox': [x, y, w, h]}]}]
@@ -566,7 +578,7 @@ def write_wider_annotation(folder,      # folder to write wider_attribute_{train
         with atomic_write(Path(folder)/fname) as f: json.dump({'images': imgs, **head}, f)
     return Path(folder)
 
-# %% ../nbs/02_formats.ipynb #c086
+# %% ../nbs/02_formats.ipynb #c088
 def csv_records(text,   # the whole CSV, decoded
                 where): # the file, for messages
     "`[(line, fields)]` of every CSV record in `text` (line: where the record starts, 1-based), or a `KitError`."
@@ -580,7 +592,7 @@ def csv_records(text,   # the whole CSV, decoded
         raise KitError(f'{where}: line {start}: {hint}') from None
     return out
 
-# %% ../nbs/02_formats.ipynb #c089
+# %% ../nbs/02_formats.ipynb #c091
 def csv_annotation_text(attributes,  # C attribute names (the columns after image and split)
                         rows,        # [(image name under images/, split, (C,) labels in {1, 0, -1})]
                         where):      # the file it is for, for messages
@@ -598,7 +610,7 @@ def csv_annotation_text(attributes,  # C attribute names (the columns after imag
         raise KitError(f'{where}: the header or a split does not read back unchanged; use plain attribute names and splits')
     return buf.getvalue()
 
-# %% ../nbs/02_formats.ipynb #c090
+# %% ../nbs/02_formats.ipynb #c092
 def write_csv_annotation(path,        # labels.csv to write
                          attributes,  # C attribute names (the columns after image and split)
                          rows):       # [(image name under images/, split, (C,) labels in {1, 0, -1})]
@@ -607,7 +619,7 @@ def write_csv_annotation(path,        # labels.csv to write
     with atomic_write(path, encoding='utf-8', newline='') as f: f.write(text)
     return Path(path)
 
-# %% ../nbs/02_formats.ipynb #c097
+# %% ../nbs/02_formats.ipynb #c099
 def dataset_splits(kind,       # dataset kind
                    root=None): # its root (needed where the file names the splits)
     "The splits a dataset has, known before its samples load: the kind's own, else (csv) those its annotation's `split` column names, in first-seen order; () when the file cannot tell (its reader says why)."
@@ -618,7 +630,7 @@ def dataset_splits(kind,       # dataset kind
     except (KitError, OSError, UnicodeDecodeError): return ()
     return tuple(dict.fromkeys(r[1].strip() for _, r in rows[1:] if len(r) > 1 and r[1].strip()))
 
-# %% ../nbs/02_formats.ipynb #c100
+# %% ../nbs/02_formats.ipynb #c102
 FIXTURE_ATTRIBUTES = {'pa100k': ['Female', 'Hat', 'Backpack', 'LongSleeve'],
                       'rap': ['Female', 'hs-Hat', 'ub-Jacket', 'lb-Jeans', 'attachment-Backpack'] + [f'attr{i}' for i in range(5, 92)],
                       'wider': WIDER_ATTRIBUTES, 'csv': ['Female', 'Hat', 'Backpack', 'LongSleeve']}
@@ -632,7 +644,7 @@ def _person(rng, h, w, y):  # random Generator; image height/width; label row
     mask[y0:y1, x0:x1] = 255
     return img, mask
 
-# %% ../nbs/02_formats.ipynb #c101
+# %% ../nbs/02_formats.ipynb #c103
 def _fixture_crops(kind, root, n, rng, images, masks):
     "Pedestrian-crop kinds: (names, (n, C) 0/1 labels), images and masks written."
     C = len(FIXTURE_ATTRIBUTES[kind])
@@ -644,7 +656,7 @@ def _fixture_crops(kind, root, n, rng, images, masks):
         if masks: save_image(mk, mask_path(default_mask_root(kind, root), nm, 0))
     return names, Y
 
-# %% ../nbs/02_formats.ipynb #c102
+# %% ../nbs/02_formats.ipynb #c104
 def _fixture_wider(root, n, rng, images, masks):
     "WIDER: n scenes with two targets each (labels 1 / -1 / 0); the `images` records, images and masks written."
     C, records = len(WIDER_ATTRIBUTES), []
@@ -663,7 +675,7 @@ def _fixture_wider(root, n, rng, images, masks):
         records.append({'file_name': fn, 'scene_id': 0, 'targets': targets})
     return records
 
-# %% ../nbs/02_formats.ipynb #c104
+# %% ../nbs/02_formats.ipynb #c106
 def write_fixture(kind,                # 'wider', 'rap', 'pa100k' or 'csv'
                   root,                # folder to write into (created)
                   n_images=24,         # images (WIDER: scenes with two targets each)

@@ -14,7 +14,7 @@ from .core import KitError, atomic_path
 # %% auto #0
 __all__ = ['load_mat', 'mat_strings', 'mat_field', 'mat_int_matrix', 'mat_index', 'mat_cell', 'save_mat']
 
-# %% ../nbs/01_matfile.ipynb #fd470fd1
+# %% ../nbs/01_matfile.ipynb #c006
 def load_mat(path, # .mat file
              how): # where the dataset comes from (for the error message)
     "Load a MATLAB v5 file as a dict of its variables, with errors naming the file."
@@ -28,7 +28,7 @@ def load_mat(path, # .mat file
     except Exception as e: raise KitError(f'{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}). {how}') from None
     return {k: v for k, v in m.items() if not k.startswith('__')}
 
-# %% ../nbs/01_matfile.ipynb #fa68efea
+# %% ../nbs/01_matfile.ipynb #c007
 def mat_strings(value,  # cell of strings, char matrix or string array
                 where):  # "file: field", for errors
     "A list of strings from a MATLAB cell of char (N x 1 or 1 x N) or a char matrix; empty entries become ''."
@@ -45,7 +45,7 @@ def mat_strings(value,  # cell of strings, char matrix or string array
         out.append(str(x.ravel()[0]).strip())
     return out
 
-# %% ../nbs/01_matfile.ipynb #c010
+# %% ../nbs/01_matfile.ipynb #c011
 def mat_field(struct, # MATLAB struct as loaded (record array, np.void, mat_struct or dict)
               name,   # field name
               where): # "file: field", for errors
@@ -61,11 +61,12 @@ def mat_field(struct, # MATLAB struct as loaded (record array, np.void, mat_stru
         raise KitError(f'{where} has no field {name!r} (fields: {", ".join(names)})' + (f'; did you mean {close[0]!r}?' if close else ''))
     return s[name] if not hasattr(s, '_fieldnames') else getattr(s, name)
 
-# %% ../nbs/01_matfile.ipynb #02c0e680
+# %% ../nbs/01_matfile.ipynb #c013
 def mat_int_matrix(value,   # numeric array
                    where,   # "file: field", for errors
                    allowed): # the values it may hold
     "A 2-D integer matrix whose values all lie in `allowed`, else a `KitError` saying which value is where."
+    if hasattr(value, 'toarray'): value = value.toarray()   # a MATLAB sparse matrix (scipy.sparse when loaded)
     a = np.asarray(value)
     if a.dtype.kind not in 'uifb' or a.ndim > 2: raise KitError(f'{where} must be a numeric matrix, found {a.dtype} of shape {a.shape}')
     a = np.atleast_2d(a)
@@ -78,7 +79,7 @@ def mat_int_matrix(value,   # numeric array
         raise KitError(f'{where} holds value {a[r, c]} at row {r + 1}, column {c + 1}; allowed values are {sorted(allowed)}')
     return a
 
-# %% ../nbs/01_matfile.ipynb #6fd4e6f8
+# %% ../nbs/01_matfile.ipynb #c014
 def mat_index(value, # 1-based index array
               where, # "file: field", for errors
               n):    # number of images: indices must lie in 1..n
@@ -92,14 +93,14 @@ def mat_index(value, # 1-based index array
         raise KitError(f'{where} holds indices outside 1..{n} (min {a.min()}, max {a.max()}); MATLAB indices are 1-based')
     return a - 1
 
-# %% ../nbs/01_matfile.ipynb #5f9d169a
+# %% ../nbs/01_matfile.ipynb #c020
 def mat_cell(strings): # names
     "An N x 1 object array, written by `savemat` as an N x 1 cell of char."
     a = np.empty((len(strings), 1), dtype=object)
     for i, s in enumerate(strings): a[i, 0] = str(s)
     return a
 
-# %% ../nbs/01_matfile.ipynb #f2542c1f
+# %% ../nbs/01_matfile.ipynb #c021
 def save_mat(path,  # .mat file to write
              mdict): # {variable name: value}
     "Write a MATLAB v5 file atomically (a temporary name, then a rename); return its path."

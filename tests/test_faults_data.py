@@ -459,3 +459,47 @@ def test_split_takes_a_list_of_split_names():
     assert d.split(['train', 'val']) == d.split('train', 'val') == d.split(('train', 'val')) == d.samples
     assert d.labels(['val']).tolist() == [[0, 1]]
     with pytest.raises(KitError, match=r"toy: no split \['tset'\]"): d.split(['train', 'tset'])
+
+
+def _rewrite_wider(root, edit_image=None, edit_doc=None):  # apply the edits to both WIDER annotation files
+    for f in root.glob('*.json'):
+        j = json.loads(f.read_text())
+        if edit_doc: edit_doc(j)
+        for im in j['images']:
+            if edit_image: edit_image(im)
+        f.write_text(json.dumps(j))
+
+
+def test_wider_names_read_from_zero_padded_ids_and_windows_paths(tmp_path):
+    "attribute_id_map keys '00'..'13' are the indices 0..13; a file_name written with backslashes is read (its split too)."
+    root = write_fixture('wider', tmp_path/'w', n_images=6, layout='root-level', masks=False)
+    want = read_wider(root, mask_dir=False)
+    def pad(j): j['attribute_id_map'] = {f'{int(k):02d}': v for k, v in j['attribute_id_map'].items()}
+    def windows(im): im['file_name'] = im['file_name'].replace('/', '\\')
+    _rewrite_wider(root, windows, pad)
+    got = read_wider(root, mask_dir=False)
+    assert got.attributes == want.attributes
+    assert [(s.image, s.split) for s in got.samples] == [(s.image, s.split) for s in want.samples]
+    _rewrite_wider(root, edit_doc=lambda j: j['attribute_id_map'].update({'1': j['attribute_id_map']['01']}))   # index 1 twice
+    with pytest.raises(KitError, match='attribute_id_map keys must be "0".."14", each once'): read_wider(root, mask_dir=False)
+
+
+def test_a_wider_box_of_booleans_is_refused(tmp_path):
+    root = write_fixture('wider', tmp_path/'w', n_images=6, layout='root-level', masks=False)
+    def booleans(im): im['targets'][0]['bbox'] = [True, False, True, True]
+    _rewrite_wider(root, booleans)
+    with pytest.raises(KitError, match=r'targets\[0\].bbox must be \[x, y, w, h\] \(4 finite numbers\), found \[True'):
+        read_wider(root, mask_dir=False)
+
+
+def test_truncated_images_behind_an_early_end_marker_are_refused_when_read(tmp_path):
+    "A JPEG with an end marker's bytes early (a comment or EXIF thumbnail) cut mid-scan, and a cut BMP: the reader refuses both by name."
+    rng = np.random.default_rng(0)
+    for suffix, cut in (('.jpg', 3000), ('.bmp', 5000)):
+        root = write_fixture('pa100k', tmp_path/suffix[1:], n_images=6, layout='root-level', masks=False)
+        first = sorted((root/'data').iterdir())[0]
+        img = Image.fromarray(rng.integers(0, 255, (160, 64, 3), dtype=np.uint8))
+        if suffix == '.jpg': img.save(first, 'JPEG', comment=b'thumb\xff\xd9end')
+        else: img.save(first, 'BMP')
+        first.write_bytes(first.read_bytes()[:cut])
+        with pytest.raises(KitError, match=first.name): read_pa100k(root, mask_dir=False)
