@@ -4,6 +4,7 @@
 
 # %% ../nbs/80_explain.ipynb #c002
 from __future__ import annotations
+import hashlib, os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from .formats import check_images, collect_images
 from .campar import attribute_activation, class_activation_map
 
 # %% auto #0
-__all__ = ['model_maps', 'plot_explanation', 'explain']
+__all__ = ['model_maps', 'plot_explanation', 'figure_name', 'explain']
 
 # %% ../nbs/80_explain.ipynb #c006
 @torch.no_grad()
@@ -48,7 +49,7 @@ def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None;
         m = F.interpolate(m[None, None].float(), size=image.shape[:2], mode='bilinear', align_corners=False)[0, 0]
         if float(m.max() - m.min()) <= 1e-6 * max(float(m.abs().max()), 1.): title += '\n(flat map: a uniform tint)'
         art = ax.imshow((m / m.max().clamp(min=1e-12)).numpy(), cmap='jet', alpha=.45, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=8); ax.axis('off')
+    ax.set_title(title, fontsize=8, parse_math=False); ax.axis('off')   # a name's '$' is text, not mathtext
     return art
 
 # %% ../nbs/80_explain.ipynb #c008
@@ -72,7 +73,7 @@ def plot_explanation(image,              # (H, W, 3) uint8: the network input sh
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, (2.1 * h / w + .5) * nrows + .3), squeeze=False)
     arts = [_overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name) for ax, (name, m) in zip(axes.flat, panels)]
     for ax in axes.flat[len(panels):]: ax.axis('off')
-    if title: fig.suptitle(title, fontsize=9)
+    if title: fig.suptitle(title, fontsize=9, parse_math=False)
     fig.tight_layout(rect=(0, 0, .9, 1))
     if any(a is not None for a in arts):   # one scale for every panel: each map is shown relative to its own maximum
         fig.colorbar(next(a for a in arts if a is not None), cax=fig.add_axes([.92, .15, .015, .7]), label='map / its maximum')
@@ -84,6 +85,18 @@ def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) ui
     return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
 
 # %% ../nbs/80_explain.ipynb #c011
+def _shown_name(name): return name.encode('utf-8', 'backslashreplace').decode('utf-8')   # bytes that are not UTF-8 as \udcXX
+
+def figure_name(i,   # the image's place in the list
+                p):  # the image file
+    "`NNNN_<image stem>.png`; a stem too long for a file name beside its temporary copy (over 120 bytes) is cut and given a digest."
+    stem = Path(p).stem
+    raw = os.fsencode(stem)
+    if len(raw) <= 120: return f'{i:04d}_{stem}.png'
+    short = stem[:100]
+    while len(os.fsencode(short)) > 100: short = short[:-1]   # whole characters
+    return f'{i:04d}_{short}-{hashlib.sha1(raw).hexdigest()[:10]}.png'
+
 def explain(predictor,              # a `har_kit.predict.Predictor` (model, thresholds, device)
             images,                 # files, folders, globs
             out_dir,                # folder for one PNG per image
@@ -99,8 +112,8 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
         one = dict(kind=maps['kind'], attribute_maps=None if maps['attribute_maps'] is None else maps['attribute_maps'][0].cpu(),
                    global_maps={k: v[0].cpu() for k, v in maps['global_maps'].items()})
         fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
-                               lm.attributes, max_attributes, title=Path(p).name)
-        dest = Path(out_dir)/f'{i:04d}_{Path(p).stem}.png'
+                               lm.attributes, max_attributes, title=_shown_name(Path(p).name))
+        dest = Path(out_dir)/figure_name(i, p)
         with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # the colour bar's label whole
         plt.close(fig); out.append(dest)
     return out

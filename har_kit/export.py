@@ -113,7 +113,7 @@ def export_model(model,                # model file / run dir, or a LoadedModel
     tol = check_tol(tol)
     src = model.path if isinstance(model, LoadedModel) else find_model_file(model, variant)
     out = check_destination(out, src, force, format)
-    lm = model if isinstance(model, LoadedModel) else load_model(src)
+    lm = model if isinstance(model, LoadedModel) else load_model(src, variant)   # a file of another variant is refused
     side = out.with_name(out.name + '.json')
     try: meta = to_jsonable(_sidecar(lm, format), side.name)   # the sidecar checked before any file is written
     except KitError as e: raise KitError(f'{src}: {e}; nothing written: export a model with finite thresholds, mean and std') from None
@@ -152,7 +152,7 @@ def cli(argv=None):  # arguments after `har-kit export`
         path = find_model_file(a.model, variant)
         fmt = a.format or (a.out and format_of(a.out)) or 'onnx'
         out = a.out if a.out else path.with_name(path.stem + EXPORT_SUFFIX[fmt])
-        rep = export_model(path, out, fmt, tol=a.tol, force=a.force)
+        rep = export_model(path, out, fmt, variant, tol=a.tol, force=a.force)
         diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
         print(f"wrote {rep['path']} ({fmt}; {diff} against PyTorch) and {rep['sidecar']}")
     except KitError as e:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, hashlib, importlib, inspect, json, math, warnings, zipfile
+import dataclasses, hashlib, importlib, inspect, json, math, re, warnings, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,11 @@ from .engine import fit
 from . import __version__
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO', 'AT_MOST', 'CHOICES',
-           'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model', 'LoadedModel',
-           'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector', 'selected_epoch',
-           'selection_study', 'check_range', 'declared_type', 'declares_none', 'type_name', 'check_type', 'RunConfig',
-           'Recipe', 'train_variant']
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'MAX_SIDE', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO',
+           'AT_MOST', 'CHOICES', 'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model',
+           'LoadedModel', 'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector',
+           'selected_epoch', 'selection_study', 'check_range', 'declared_type', 'declares_none', 'type_name',
+           'check_type', 'RunConfig', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -139,6 +139,9 @@ def _check_outputs(model, attributes, input_size, where):  # network; names; (H,
     x = torch.zeros(1, 3, *input_size, device=p.device if p is not None else 'cpu')
     try:
         with torch.no_grad(): out = model(x)
+    except RuntimeError as e:   # torch's: a size the network cannot take
+        raise KitError(f'{where}: the network cannot run on its stored input_size {tuple(input_size)} ({str(e)[:200]}); '
+                       'save it with the size it was trained at') from None
     finally: model.train(was)
     n = out['logits'].shape[-1] if isinstance(out, dict) and isinstance(out.get('logits'), torch.Tensor) else None
     if n != len(attributes):
@@ -170,6 +173,8 @@ def _numbers(values):  # a list / tuple / array / tensor of numbers
             for v in values): return None
     return [float(v) for v in values]
 
+MAX_SIDE = 4096   # the largest input side a model file may state (the papers': 256); a larger one is a damaged or forged file
+
 def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_model` receives them, or a model file stores them
     "Validate the descriptive fields; return them as plain lists."
     try: names = [] if attributes is None or isinstance(attributes, str) else list(attributes)
@@ -178,9 +183,9 @@ def _check_meta(attributes, input_size, mean, std, thresholds):  # as `save_mode
         raise KitError(f'attributes: expected a non-empty list of distinct names, got {attributes!r:.200}')
     attributes = [str(a) for a in names]
     size = list(input_size) if isinstance(input_size, (list, tuple)) else None
-    if not size or len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1
+    if not size or len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 1 <= v <= MAX_SIDE
                                              for v in size):
-        raise KitError(f'input_size={input_size!r:.100}: expected the network input (height, width) in pixels, two positive integers')
+        raise KitError(f'input_size={input_size!r:.100}: expected the network input (height, width) in pixels, two integers from 1 to {MAX_SIDE}')
     size = [int(v) for v in size]
     m, sd = _numbers(mean), _numbers(std)
     if m is None or sd is None or len(m) != 3 or len(sd) != 3 or min(sd) <= 0:
@@ -298,7 +303,8 @@ def read_model_file(path,                # a file written by `save_model`
         raise KitError(f'{path}: not a har-kit model file (no format={MODEL_FORMAT!r}); training checkpoints '
                        '(checkpoints/*.pt) are not model files: use <variant>/model.pt')
     if blob.get('version') != MODEL_VERSION:
-        raise KitError(f'{path}: model file version {blob.get("version")!r}, this har_kit reads {MODEL_VERSION}')
+        raise KitError(f'{path}: model file version {blob.get("version")!r}, this har_kit reads {MODEL_VERSION}; '
+                       + _saved_by(blob.get('meta') if isinstance(blob.get('meta'), dict) else {}))
     try: ok = model_digest(blob['meta'], blob['state_dict'], blob['extra']) == blob['sha256']
     except (KeyError, KitError, TypeError, AttributeError): ok = False
     if not ok: raise KitError(f'{path}: content hash mismatch: the file is corrupted; save it again from its run')
@@ -331,6 +337,14 @@ def check_attributes(attributes,  # the model's attribute names
                    + ('; same names in another order' if not missing and not unknown else '')
                    + ': use a model trained on this attribute set')
 
+def _saved_by(meta):  # a model file's meta
+    "Which har_kit saved the file beside this one, and what to do: upgrade when it was a newer one, else save the model again."
+    v = str(meta.get('har_kit') or 'an unknown version')
+    key = lambda s: tuple(int(x) for x in re.findall(r'\d+', s)[:3])
+    if key(v) > key(str(__version__)):
+        return f'it was saved by har_kit {v}, newer than this {__version__}: upgrade har-kit (pip install -U har-kit) to read it'
+    return f'it was saved by har_kit {v} (this is {__version__}): save the model again from its run'
+
 def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a run directory
                variant=None,          # variant name inside a run directory (None: the only one)
                map_location='cpu',    # where tensors are loaded
@@ -343,7 +357,10 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     meta, extra = blob['meta'], blob['extra']
     if Path(path_or_run_dir).is_dir() and meta.get('variant', path.parent.name) != path.parent.name:
         raise KitError(f"{path}: saved as variant {meta['variant']!r}, found in {path.parent.name!r}'s folder; "
-                       'load it from its own folder or train this variant')
+                       'load it from its own folder, pass the file itself, or train this variant')
+    if Path(path_or_run_dir).is_file() and variant is not None and meta.get('variant') != variant:   # a file holds one variant
+        raise KitError(f"{path}: a model file of variant {meta.get('variant')!r}, not {variant!r}: drop --variant (Python: "
+                       f'variant=), or pass the run directory holding {variant}/model.pt')
     check_attributes(meta['attributes'], attributes, path)
     kwargs = dict(meta['kwargs'])
     if 'weights' in kwargs: kwargs['weights'] = None
@@ -353,15 +370,16 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
                        + (f'import {mod} (its register_builder call) before load_model' if mod != '__main__' else
                           f"run the script or notebook cell that calls register_builder({b!r}) before load_model"))
     build = _resolve(b, f'{path}: builder')
-    _check_kwargs(build, kwargs, f'{path}: kwargs')
+    try: _check_kwargs(build, kwargs, f'{path}: kwargs')
+    except KitError as e: raise KitError(f'{e}; {_saved_by(meta)}') from None
     try: model = build(**kwargs)
     except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
         raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '
-                       'the stored kwargs do not fit this har_kit: save the model again from its run') from None
+                       f'the stored kwargs do not fit this har_kit; {_saved_by(meta)}') from None
     try: model.load_state_dict(blob['state_dict'])
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
-                       'the file was saved by another version of the architecture') from None
+                       f'another version of the architecture; {_saved_by(meta)}') from None
     model = model.to(map_location) if not callable(map_location) else model
     if 'predictor' in extra:
         make = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, io, json, math, os, re, sys
+import argparse, csv, io, json, math, os, re, shutil, sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,9 @@ from .model_file import LoadedModel, check_attributes, load_model
 from .runs import run_status
 
 # %% auto #0
-__all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'resolve_thresholds', 'preprocess', 'array_rgb',
-           'default_variant', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir', 'clear_previous',
-           'format_record', 'cli']
+__all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'STAGED', 'resolve_thresholds', 'preprocess', 'array_rgb',
+           'default_variant', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir', 'printable',
+           'kit_figures', 'land_outputs', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
@@ -300,7 +300,9 @@ def write_predictions(records,          # `Predictor.predict` output
     doc = json.dumps(to_jsonable(dict(**meta, images=records), 'predictions.json'), indent=2) + '\n'   # checked before any file
     rows = [['image', 'predicted', *names]] + [[r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)]
                                                for r in records]
-    with atomic_write(out_dir/'predictions.csv', newline='') as fc, atomic_write(out_dir/'predictions.json') as fj:
+    # a file name that is not UTF-8 (bytes a POSIX file system allows) keeps its bytes in the CSV; JSON escapes it
+    with atomic_write(out_dir/'predictions.csv', newline='', encoding='utf-8', errors='surrogateescape') as fc, \
+         atomic_write(out_dir/'predictions.json', encoding='utf-8') as fj:
         csv.writer(fc).writerows(rows); fj.write(doc)   # renamed into place only once both are written
     return out_dir/'predictions.csv', out_dir/'predictions.json'
 
@@ -329,19 +331,38 @@ def check_out_dir(out_dir,      # the folder predictions go to
                        '--force to replace them, or choose another --out')
     return out
 
-def clear_previous(out_dir):  # a --out folder (with --force)
-    "Remove what an earlier run wrote in `out_dir` (`previous_outputs`; the explain folder too once empty), so it holds one run's outputs."
-    gone = previous_outputs(out_dir)
-    for f in gone: f.unlink()
-    ex = Path(out_dir).expanduser()/EXPLAIN_DIR
+def printable(name):  # a file name, perhaps with bytes that are not UTF-8 (surrogate escapes)
+    "`name` as any terminal prints it: bytes that are not UTF-8 shown as \\udcXX escapes."
+    return str(name).encode('utf-8', 'backslashreplace').decode('utf-8')
+
+def kit_figures(paths):  # image files
+    "The files among `paths` that an earlier `har-kit predict --explain` wrote: NNNN_<name>.png in an explain/ folder beside predictions.json."
+    return [p for p in paths if Path(p).parent.name == EXPLAIN_DIR and _KIT_FIGURE.fullmatch(Path(p).name)
+            and (Path(p).parent.parent/'predictions.json').is_file()]
+
+STAGED = '.explain.staged'   # the sub-folder of --out that figures are made in, moved into explain/ once all are there
+
+def land_outputs(records, predictor, out_dir,  # as `write_predictions`
+                 staged=None,                  # the folder holding this run's figures (`explain`), or None
+                 force=False):                 # replace an earlier run's outputs
+    "Write the predictions, then replace an earlier run's figures (with `force`) by this run's: the folder ends holding one run's outputs."
+    out = Path(out_dir)
+    paths = write_predictions(records, predictor, out)
+    old = [f for f in previous_outputs(out) if f.parent.name == EXPLAIN_DIR] if force else []
+    for f in old: f.unlink()
+    if staged is not None:
+        (out/EXPLAIN_DIR).mkdir(exist_ok=True)
+        for f in sorted(Path(staged).iterdir()): os.replace(f, out/EXPLAIN_DIR/f.name)
+        Path(staged).rmdir()
+    ex = out/EXPLAIN_DIR
     if ex.is_dir() and not any(ex.iterdir()): ex.rmdir()
-    return gone
+    return paths
 
 def format_record(r,          # a record of `Predictor.predict`
                   top=None):  # at most this many names (None: all)
     "One printed line: the image and its predicted attributes with their probabilities."
     names = r['predicted'][:top] if top else r['predicted']
-    return f"{r['image']}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
+    return f"{printable(r['image'])}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
 
 # %% ../nbs/81_predict.ipynb #c029
 def _predict_parser():
@@ -379,21 +400,27 @@ def cli(argv=None):  # arguments after `har-kit predict`
         with torch_threads(threads):   # the whole command, explanations included
             pred = Predictor(a.model, a.threshold, a.device, a.batch_size, a.variant, threads=threads)   # the model's problems first
             out = check_out_dir(a.out or outputs_root(writable=True)/'predictions', a.force)
-            images = check_images(collect_images(a.images, exclude=[out/EXPLAIN_DIR]))   # once, for both; never this command's own figures
+            found = check_images(collect_images(a.images, exclude=[out/EXPLAIN_DIR, out/STAGED]))   # never this command's own figures
+            earlier = set(kit_figures(found))   # nor an earlier run's, wherever its --out was
+            images = [p for p in found if p not in earlier]
+            if earlier: print(f'har-kit predict: left out {len(earlier)} figure(s) an earlier har-kit predict --explain wrote, e.g. '
+                              f'{printable(sorted(earlier)[0])}', file=sys.stderr)
+            if not images: raise KitError('every image found is a figure an earlier har-kit predict --explain wrote: name the images themselves')
             records = pred.predict(images, progress=not a.quiet)
             if not a.quiet:
                 for r in records: print(format_record(r, a.top))
-            if a.force: clear_previous(out)   # every check passed and every image scored: the earlier run's outputs go
-            csv_path, json_path = write_predictions(records, pred, out)
-            print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
-            if a.explain:
-                try: pngs = explain(pred, images, out/EXPLAIN_DIR, a.max_attributes, progress=not a.quiet)
-                except BaseException:   # Ctrl-C or a failure part way: this command's outputs go (all it wrote), none half-done
-                    clear_previous(out)
-                    print(f'har-kit predict: stopped while explaining; removed its predictions and figures from {out}: '
-                          'rerun the same command', file=sys.stderr)
+            staged = None
+            if a.explain:   # made aside; the earlier outputs stay until every figure is there
+                staged = out/STAGED
+                if staged.exists(): shutil.rmtree(staged)   # a stopped run's
+                try: pngs = explain(pred, images, staged, a.max_attributes, progress=not a.quiet)
+                except BaseException:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    print(f'har-kit predict: stopped while explaining; {out} is as it was', file=sys.stderr)
                     raise
-                print(f'explanations: {len(pngs)} figures in {out/EXPLAIN_DIR}')
+            csv_path, json_path = land_outputs(records, pred, out, staged, a.force)
+            print(f'{len(records)} images, threshold {pred.threshold_source}: wrote {csv_path} and {json_path}')
+            if a.explain: print(f'explanations: {len(pngs)} figures in {out/EXPLAIN_DIR}')
     except KitError as e:
         print(f'har-kit predict: {e}', file=sys.stderr); return 2
     return 0

@@ -655,17 +655,46 @@ def test_booleans_and_strings_where_numbers_and_lists_belong_are_refused(model_f
     assert Predictor(lm, batch_size=np.int64(8)).batch_size == 8
 
 
-def test_a_predict_stopped_while_explaining_leaves_nothing_and_reruns(tmp_path, images, model_file, monkeypatch, capsys):
-    "Ctrl-C part way through the figures: no predictions beside a part of their figures; the same command then runs."
+def _snapshot(folder): return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob('*')) if p.is_file()}
+
+
+def test_a_predict_stopped_while_explaining_leaves_the_folder_as_it_was_and_reruns(tmp_path, images, model_file, monkeypatch, capsys):
+    "Ctrl-C part way through the figures: no predictions beside a part of their figures; with --force the earlier run's outputs stay whole."
     import har_kit.predict as P
     real, out = P.explain, tmp_path/'o'
     def stop_after_one(pred, imgs, where, *a, **k):
         real(pred, imgs[:1], where, *a, **k); raise KeyboardInterrupt
     monkeypatch.setattr(P, 'explain', stop_after_one)
     with pytest.raises(KeyboardInterrupt): cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet'])
-    assert 'removed its predictions and figures' in capsys.readouterr().err and P.previous_outputs(out) == []
+    assert f'stopped while explaining; {out} is as it was' in capsys.readouterr().err and P.previous_outputs(out) == []
     monkeypatch.setattr(P, 'explain', real)
     assert cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet']) == 0
+    earlier = _snapshot(out)
+    assert len(earlier) == 5   # predictions.csv / .json and three figures
+    monkeypatch.setattr(P, 'explain', stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet', '--force', '--threshold', '0.9'])
+    assert _snapshot(out) == earlier and not (out/P.STAGED).exists()
+
+
+def test_an_earlier_runs_figures_elsewhere_are_not_scored(tmp_path, images, model_file, capsys):
+    "Figures `--explain` wrote into another --out inside the image folder are left out, and named, when the folder is scored again."
+    assert cli([str(model_file), str(images), '--out', str(images/'res1'), '--explain', '--quiet']) == 0
+    assert cli([str(model_file), str(images), '--out', str(tmp_path/'res2'), '--quiet']) == 0
+    got = json.loads((tmp_path/'res2'/'predictions.json').read_text())['images']
+    assert len(got) == 3 and 'left out 3 figure(s) an earlier har-kit predict --explain wrote' in capsys.readouterr().err
+
+
+def test_file_names_that_are_not_utf8_long_or_hold_dollars_are_predicted_and_explained(tmp_path, model_file, capsys):
+    "A name with bytes that are not UTF-8 keeps them in the CSV; a 240-character name and a '$...$' name get their figures."
+    d = tmp_path/'imgs'; d.mkdir()
+    names = [os.fsdecode(b'caf\xe9.png'), 'x' * 240 + '.png', 'shop_$x^$_2.png']
+    for n in names: Image.fromarray(np.zeros((40, 20, 3), np.uint8)).save(d/n)
+    assert cli([str(model_file), str(d), '--out', str(tmp_path/'o'), '--explain']) == 0, capsys.readouterr().err
+    assert 'caf\\udce9.png: ' in capsys.readouterr().out
+    csv_bytes = (tmp_path/'o'/'predictions.csv').read_bytes()
+    assert os.fsencode(str(d/names[0])) in csv_bytes   # the file's own bytes: the path opens again
+    assert len(list((tmp_path/'o'/'explain').iterdir())) == 3
 
 
 def test_val_threshold_on_a_cfar_model_says_why_there_is_none(tmp_path):
@@ -675,3 +704,22 @@ def test_val_threshold_on_a_cfar_model_says_why_there_is_none(tmp_path):
                                        r"pass a number .* or a thresholds file") as e:
         Predictor(tmp_path, threshold='val')
     assert 'trained without a validation split' not in str(e.value)
+
+
+def test_a_variant_named_beside_a_model_file_must_be_its_own(tmp_path, images, model_file, capsys):
+    "--variant cannot choose inside a file: another variant's name is refused by predict and export instead of ignored."
+    for run in (lambda: cli([str(model_file), str(images), '--variant', 'campar', '--out', str(tmp_path/'o'), '--quiet']),
+                lambda: export_cli([str(model_file), '--variant', 'campar', '--format', 'torchscript', '--out', str(tmp_path/'x.ts.pt')])):
+        assert run() == 2 and "a model file of variant 'dahar', not 'campar': drop --variant" in capsys.readouterr().err
+    assert not (tmp_path/'o').exists() and not (tmp_path/'x.ts.pt').exists()
+
+
+def test_a_forged_input_size_is_refused_naming_the_file(tmp_path, images, model_file, capsys):
+    blob = torch.load(model_file, weights_only=True)
+    for size in ([10 ** 6, 10 ** 6], [5000, 32]):   # beyond any picture; past the largest side a model file may state
+        blob['meta']['input_size'] = size
+        blob['sha256'] = model_digest(blob['meta'], blob['state_dict'], blob['extra'])
+        torch.save(blob, tmp_path/'forged.pt')
+        assert cli([str(tmp_path/'forged.pt'), str(images), '--out', str(tmp_path/'o'), '--quiet']) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'har-kit predict: {tmp_path/"forged.pt"}') or 'forged.pt' in err, err
