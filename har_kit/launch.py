@@ -263,6 +263,8 @@ class TablesConfig(RunConfig):
                            '(har-kit reproduce --out), or leave it None for outputs/')
         if self.tables is not None and not isinstance(self.tables, (list, tuple)):
             raise KitError(f'tables={self.tables!r}: pass a list of table keys, e.g. [{str(self.tables)!r}], or None for all')
+        if self.tables is not None and not self.tables:   # a run that renders nothing would still be done
+            raise KitError('tables=[]: name at least one table key, e.g. [dahar_t1], or None for every table of the profile')
         table_keys(self.tables, self.profile)   # the profile and the keys, as `reproduce` checks them
 
     def keys(self) -> list:

@@ -197,7 +197,7 @@ def table_keys(tables,        # table keys asked for (None or []: the profile's 
     if bad: raise KitError(f'no table {", ".join(map(repr, bad))}; choose from {", ".join(mine)} (profile {profile!r})')
     off = [k for k in keys if k not in mine]
     if off: raise KitError(f'{", ".join(map(repr, off))} not part of profile {profile!r}; its tables: {", ".join(mine)}')
-    return keys
+    return list(dict.fromkeys(keys))   # a key named twice plans (and lists) its rows once
 
 # %% ../nbs/71_reproduce.ipynb #c019
 def profile_params(profile: str,       # a key of PROFILES

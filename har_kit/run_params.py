@@ -13,7 +13,7 @@ from .model_file import check_range, declared_type, type_name
 
 # %% auto #0
 __all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells', 'section_names',
-           'describe_sections', 'find_notebook', 'section_notebook', 'Unparsed', 'notebook_parameters',
+           'describe_sections', 'find_notebook', 'run_name', 'section_notebook', 'Unparsed', 'notebook_parameters',
            'parameter_defaults', 'check_parameter', 'check_parameters', 'config_class', 'check_config',
            'list_parameters', 'load_yaml', 'parse_value', 'path_parameter', 'parse_params']
 
@@ -70,6 +70,11 @@ def find_notebook(name):  # path, file name ('31_dahar.ipynb') or section name (
     close = difflib.get_close_matches(stem, [c.stem.split('_', 1)[-1] for c in cands], 1)
     raise KitError(f'notebook {name!r} not found in {d}' + (f' (did you mean {close[0]!r}?)' if close else '')
                    + f'; runs execute {describe_sections()}')
+
+def run_name(notebook):  # path, file name or section name
+    "How `har-kit run` names the notebook: a packaged section by its short name ('dahar'), a notebook of your own by its path."
+    nb = find_notebook(notebook)
+    return nb.stem.split('_', 1)[-1] if nb.parent.resolve() == notebooks_dir().resolve() else str(nb)
 
 def section_notebook(name):  # path, file name or section name
     "`find_notebook` for a run: a notebook that is not a section (`_is_section`: a library notebook) is refused, naming the sections."
@@ -149,7 +154,8 @@ def check_parameter(name,               # the parameter's name
         if not isinstance(value, str): raise bad(f'expects a string (default {default!r}), got {type_name(value)} {value!r}')
     elif isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
-            example = value if value not in (None, '') else ', '.join(map(str, default)) or 'a, b'
+            broken = isinstance(value, str) and value.lstrip().startswith('[')   # a list already, written wrongly: show a good one
+            example = value if value not in (None, '') and not broken else ', '.join(map(str, default)) or 'a, b'
             raise bad(f'expects a list (default {list(default)!r}), got {type_name(value)} {value!r}; '
                       f"write a list, e.g. -p {name} '[{example}]'")
         value = list(value)

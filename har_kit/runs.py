@@ -15,7 +15,7 @@ from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, 
 from .metrics import entry_line, format_number
 from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
-                                list_parameters, path_parameter, config_class)
+                                list_parameters, path_parameter, config_class, run_name)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
@@ -893,7 +893,7 @@ def params_yaml(notebook,                  # path, file name or section name
         return f'{n}: {_yaml(d)}', c
     rows = [row(n, d, c) for n, (d, c) in docs.items() if n != 'out_dir']
     w = min(max((len(r) for r, _ in rows), default=0), 44)
-    head = (f'# parameters of {nb.name}: har-kit run {nb.stem.split("_", 1)[-1]} -f THIS.yaml [-p NAME VALUE ...] '
+    head = (f'# parameters of {nb.name}: har-kit run {run_name(nb)} -f THIS.yaml [-p NAME VALUE ...] '
             '(-p wins; out_dir is set by --out)')
     return '\n'.join([head, *(f'{r:<{w}}  # {c}' if c else r for r, c in rows)]) + '\n'
 
@@ -954,7 +954,7 @@ def read_params_file(path,      # a YAML file of `name: value` lines (papermill'
         if k not in declared:
             close = difflib.get_close_matches(str(k), list(declared), n=1)
             raise KitError(f'{p}: unknown parameter {k!r} for {nb.name}' + (f' (did you mean {close[0]!r}?)' if close else '')
-                           + f'; `har-kit params {nb.stem.split("_", 1)[-1]}` lists its parameters')
+                           + f'; `har-kit params {run_name(nb)}` lists its parameters')
         out[k] = check_parameter(k, coerce_value(v, reading[k], k), declared[k], where=f'{p}: parameter')
     return out
 

@@ -80,6 +80,7 @@ def test_parameter_name_cannot_inject_code(tmp_path, capsys):
     ({'seed': {'a': 1}}, "'seed': expects a whole number \\(default 0\\), got a dict"),
     ({'threshold': '0.5'}, "'threshold': expects a number .*without quotes"),
     ({'variants': 'campar'}, "'variants': expects a list .*'\\[campar\\]'"),
+    ({'variants': '[baseline,'}, "'variants': expects a list .*write a list, e.g. -p variants '\\[a, b\\]'"),   # a broken list: a good one shown
     ({'out_dir': '/x'}, 'set by the runner'),
 ])
 def test_bad_values_get_clear_errors(tmp_path, params, message):

@@ -357,3 +357,14 @@ def test_a_dahar_run_on_a_real_dataset_without_masks_is_refused_before_a_kernel_
     from har_kit.runs import mask_input   # each way out the message names reads no mask file
     for way in ({'mask_supervision': 'box', 'fig5': False}, {'mask_weight': 0.0}):
         assert mask_input('dahar', {'dataset': 'rap', 'data_root': str(root), **way}) == {}, way
+
+
+def test_the_parameters_file_of_your_own_notebook_names_its_path(tmp_path):
+    "A copy of a section outside nbs/ runs as its path: the YAML's header and the unknown-parameter hint say so, not the packaged section."
+    import shutil
+    from har_kit.run_params import find_notebook
+    from har_kit.runs import params_yaml, read_params_file
+    own = tmp_path/'my_tables.ipynb'; shutil.copy(find_notebook('tables'), own)
+    assert params_yaml(own).splitlines()[0].startswith(f'# parameters of my_tables.ipynb: har-kit run {own.resolve()} -f THIS.yaml')
+    (tmp_path/'p.yaml').write_text('profyle: quick\n')
+    with pytest.raises(KitError, match=f'`har-kit params {own.resolve()}` lists its parameters'): read_params_file(tmp_path/'p.yaml', own)
