@@ -40,7 +40,8 @@ def _sidecar(lm, fmt):  # LoadedModel; format
     return dict(format=fmt, input='images', output='probabilities', attributes=lm.attributes,
                 input_size=list(lm.input_size), mean=list(lm.mean), std=list(lm.std), rule='>=',
                 thresholds=None if lm.thresholds is None else lm.thresholds.tolist(), source=str(lm.path),
-                builder=lm.meta['builder'], layout='NCHW float32, RGB in [0, 1] then (x - mean) / std')
+                builder=lm.meta['builder'], layout='NCHW float32, RGB in [0, 1] then (x - mean) / std',
+                dataset=lm.meta.get('dataset'), synthetic=lm.meta.get('synthetic'))   # what it was trained on
 
 def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
     "The exported model's probabilities on x (numpy), or None when onnxruntime is missing."
