@@ -184,8 +184,7 @@ def _box_problems(samples, sizes):  # `Sample`s; (H, W) of the images that decod
     return out, cut, n
 
 def _cut_warning(cut, n):  # `_box_problems`' boxes cut at the edge; boxes looked at
-    "The warning about boxes that reach past their image, or None; many of them usually mean corners were given for [x, y, w, h]."
-    if not cut: return None
+    "The warning about boxes that reach past their image (`cut` not empty); many of them usually mean corners were given for [x, y, w, h]."
     where, lost = max(cut, key=lambda c: c[1])
     hint = (': so many usually mean the annotation gives corners (x1, y1, x2, y2) where WIDER-Attribute gives [x, y, w, h]; '
             'convert them' if len(cut) > 0.25 * n else '; a few at the edges are normal')

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .core import KitError, atomic_path
-from .formats import check_images, collect_images
+from .formats import check_images, collect_images, printable
 from .campar import attribute_activation, class_activation_map
 
 # %% auto #0
@@ -85,8 +85,6 @@ def _display_image(x, mean, std):  # (3, h, w) normalised tensor -> (h, w, 3) ui
     return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + .5).astype(np.uint8)
 
 # %% ../nbs/80_explain.ipynb #c011
-def _shown_name(name): return name.encode('utf-8', 'backslashreplace').decode('utf-8')   # bytes that are not UTF-8 as \udcXX
-
 def figure_name(i,   # the image's place in the list
                 p):  # the image file
     "`NNNN_<image stem>.png`; a stem too long for a file name beside its temporary copy (over 120 bytes) is cut and given a digest."
@@ -112,7 +110,7 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
         one = dict(kind=maps['kind'], attribute_maps=None if maps['attribute_maps'] is None else maps['attribute_maps'][0].cpu(),
                    global_maps={k: v[0].cpu() for k, v in maps['global_maps'].items()})
         fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
-                               lm.attributes, max_attributes, title=_shown_name(Path(p).name))
+                               lm.attributes, max_attributes, title=printable(Path(p).name))
         dest = Path(out_dir)/figure_name(i, p)
         with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # the colour bar's label whole
         plt.close(fig); out.append(dest)

@@ -22,9 +22,9 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'default_mask_root', 'mask_home', 'mask_roots', 'mask_folder', 'masks_fingerprint', 'mask_path',
            'read_mask_log', 'log_box', 'mask_record_change', 'read_synth_meta', 'write_synth_meta', 'target_meta',
            'synth_target_meta', 'synthetic_set', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb',
-           'load_rgb', 'collect_images', 'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation',
-           'write_rap_annotation', 'write_wider_annotation', 'csv_records', 'csv_annotation_text',
-           'write_csv_annotation', 'dataset_splits', 'write_fixture']
+           'load_rgb', 'printable', 'collect_images', 'check_images', 'save_image', 'load_grey',
+           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+           'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -460,6 +460,10 @@ def _warn_unlisted(spec, others):  # a folder or pattern; the files its expansio
     if (hit := [f for f in sorted(others) if looks(f)]):
         warnings.warn(f'{spec}: {len(hit)} image file(s) left out for their name, e.g. {hit[0]}: only {", ".join(IMAGE_SUFFIXES)} '
                       'files are collected from folders and patterns; rename them, or pass each by its name', UserWarning, stacklevel=3)
+
+def printable(name):  # a file name, perhaps with bytes that are not UTF-8 (surrogate escapes)
+    "`name` as any terminal or figure title shows it: bytes that are not UTF-8 as \\udcXX escapes."
+    return str(name).encode('utf-8', 'backslashreplace').decode('utf-8')
 
 def collect_images(specs,       # a path-like, or an iterable of them: files, folders and glob patterns
                    exclude=()):  # folders whose images folder and pattern expansions leave out (e.g. the output folder)

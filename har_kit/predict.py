@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
 from PIL.Image import Image as PILImage
-from .formats import check_images, collect_images, load_rgb, pil_rgb
+from .formats import check_images, collect_images, load_rgb, pil_rgb, printable
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
@@ -21,8 +21,8 @@ from .runs import run_status
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'STAGED', 'resolve_thresholds', 'preprocess', 'array_rgb',
-           'default_variant', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir', 'printable',
-           'kit_figures', 'land_outputs', 'format_record', 'cli']
+           'default_variant', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir', 'kit_figures',
+           'land_outputs', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
@@ -330,10 +330,6 @@ def check_out_dir(out_dir,      # the folder predictions go to
         raise KitError(f'{out/EXPLAIN_DIR} holds {len(figures)} figure(s) of an earlier run ({figures[0].name}, ...): pass '
                        '--force to replace them, or choose another --out')
     return out
-
-def printable(name):  # a file name, perhaps with bytes that are not UTF-8 (surrogate escapes)
-    "`name` as any terminal prints it: bytes that are not UTF-8 shown as \\udcXX escapes."
-    return str(name).encode('utf-8', 'backslashreplace').decode('utf-8')
 
 def kit_figures(paths):  # image files
     "The files among `paths` that an earlier `har-kit predict --explain` wrote: NNNN_<name>.png in an explain/ folder beside predictions.json."
