@@ -13,7 +13,7 @@ from torch import nn
 
 from .core import KitError, atomic_path, check_writable, save_json, to_jsonable
 from .model_file import LoadedModel, find_model_file, load_model
-from .predict import default_variant
+from .predict import default_variant, trained_on_synthetic
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'EXPORT_SUFFIX', 'EXPORT_ENDINGS', 'ProbabilityModel', 'format_of', 'check_destination', 'check_tol',
@@ -41,7 +41,12 @@ def _sidecar(lm, fmt):  # LoadedModel; format
                 input_size=list(lm.input_size), mean=list(lm.mean), std=list(lm.std), rule='>=',
                 thresholds=None if lm.thresholds is None else lm.thresholds.tolist(), source=str(lm.path),
                 builder=lm.meta['builder'], layout='NCHW float32, RGB in [0, 1] then (x - mean) / std',
-                dataset=lm.meta.get('dataset'), synthetic=lm.meta.get('synthetic'))   # what it was trained on
+                dataset=lm.meta.get('dataset'), synthetic=_synthetic(lm))   # what it was trained on
+
+def _synthetic(lm):  # LoadedModel
+    "The sidecar's `synthetic`: the file's own record, else the kind its run says it was trained on (`trained_on_synthetic`), else None."
+    kind = trained_on_synthetic(lm)
+    return lm.meta.get('synthetic') or (None if kind is None else {'kind': kind})
 
 def _run_exported(path, fmt, x):  # exported file; format; (N, 3, h, w) tensor
     "The exported model's probabilities on x (numpy), or None when onnxruntime is missing."
@@ -131,7 +136,7 @@ def export_model(model,                # model file / run dir, or a LoadedModel
             raise KitError(f'{out}: the exported model differs from PyTorch by {diff:.3g} (> tol={tol}); not written')
         save_json({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,   # last: the export lands only with its sidecar
                                          note=None if diff is not None else 'onnxruntime not installed: not checked')}, side)
-    return dict(path=out, sidecar=side, max_abs_diff=diff, format=format)
+    return dict(path=out, sidecar=side, max_abs_diff=diff, format=format, synthetic=trained_on_synthetic(lm))
 
 # %% ../nbs/82_export.ipynb #c011
 def cli(argv=None):  # arguments after `har-kit export`
@@ -156,6 +161,8 @@ def cli(argv=None):  # arguments after `har-kit export`
         rep = export_model(path, out, fmt, variant, tol=a.tol, force=a.force)
         diff = 'not checked (onnxruntime missing)' if rep['max_abs_diff'] is None else f"max |diff| {rep['max_abs_diff']:.2g}"
         print(f"wrote {rep['path']} ({fmt}; {diff} against PyTorch) and {rep['sidecar']}")
+        if rep['synthetic']: print(f"note: {path} was trained on the synthetic {rep['synthetic']} set: the exported file's decisions on real "
+                                   "photographs say nothing (its sidecar's 'synthetic' says so too); train on real data (-p data_root) to deploy one", file=sys.stderr)
     except KitError as e:
         print(f'har-kit export: {e}', file=sys.stderr); return 2
     return 0

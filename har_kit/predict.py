@@ -21,8 +21,8 @@ from .runs import run_status
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'MAIN_VARIANTS', 'EXPLAIN_DIR', 'STAGED', 'resolve_thresholds', 'preprocess', 'array_rgb',
-           'default_variant', 'Predictor', 'write_predictions', 'previous_outputs', 'check_out_dir', 'kit_figures',
-           'land_outputs', 'format_record', 'cli']
+           'default_variant', 'trained_on_synthetic', 'Predictor', 'write_predictions', 'previous_outputs',
+           'check_out_dir', 'kit_figures', 'land_outputs', 'format_record', 'cli']
 
 # %% ../nbs/81_predict.ipynb #c007
 def _unique(pairs):  # (name, value) pairs of a JSON object or CSV rows
@@ -208,7 +208,7 @@ def _refuse_non_finite(bad,                   # the images whose probabilities a
                                 f'image(s) ({bad[0] if isinstance(bad[0], (str, Path)) else "an array"}, ...): the model '
                                 'diverged or overflows; nothing written: use a model from a run that trained normally')
 
-def _trained_on_synthetic(loaded):  # a `LoadedModel`
+def trained_on_synthetic(loaded):  # a `LoadedModel`
     "The synthetic set's dataset kind when the model was trained on one (its file records it; else its run, <run>/<variant>/model.pt, read no data_root), else None."
     if loaded.meta.get('synthetic'): return str(loaded.meta['synthetic'].get('kind') or loaded.meta.get('dataset') or 'default')
     if loaded.path is None: return None
@@ -241,7 +241,7 @@ class Predictor:
         self.model = self.loaded.model.to(self.device).eval()
         self.attributes = self.loaded.attributes
         self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded, self.notices)
-        synthetic = _trained_on_synthetic(self.loaded)
+        synthetic = trained_on_synthetic(self.loaded)
         if synthetic: self.notices.append(f'{self.loaded.path or "the model"} was trained on the synthetic {synthetic} set: '
                                           'its decisions on real photographs say nothing (on images of that set they are what the tables measure); train on real data (-p data_root) to use it')
         for n in self.notices: print(f'note: {n}', file=sys.stderr)

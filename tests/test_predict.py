@@ -625,6 +625,19 @@ def test_a_model_trained_on_a_synthetic_set_says_so(tmp_path, images, model_file
     assert 'synthetic' not in capsys.readouterr().err
 
 
+def test_export_of_a_model_trained_on_a_synthetic_set_says_so(tmp_path, model_file, capsys):
+    "`har-kit export` notes it on the terminal as predict does, and the sidecar records it also for a file saved without the record (its run says it)."
+    from har_kit.core import save_json
+    run = model_file.parent.parent
+    save_json({'epochs': 2}, run/'params.json'); save_json({'defaults': {'dataset': 'rap'}}, run/'env.json')
+    assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(tmp_path/'a.ts.pt')]) == 0
+    assert "model.pt was trained on the synthetic rap set: the exported file's decisions on real photographs say nothing" in capsys.readouterr().err
+    assert json.loads((tmp_path/'a.ts.pt.json').read_text())['synthetic'] == {'kind': 'rap'}
+    save_json({'data_root': '/data/RAP', 'dataset': 'rap'}, run/'params.json')
+    assert export_cli([str(model_file), '--format', 'torchscript', '--out', str(tmp_path/'b.ts.pt')]) == 0
+    assert 'synthetic' not in capsys.readouterr().err and json.loads((tmp_path/'b.ts.pt.json').read_text())['synthetic'] is None
+
+
 def test_a_model_file_that_records_a_synthetic_set_says_so_anywhere(tmp_path, capsys):
     "A model trained from Python (no run folder beside it) records its synthetic set in the file (`save_model(synthetic=)`, "
     "which train_variant fills from the recipe's data): predict notes it wherever the file goes."
