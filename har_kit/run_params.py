@@ -210,8 +210,8 @@ RUN_CONFIGS = {'dahar': 'har_kit.dahar_train:DaHarConfig', 'campar': 'har_kit.ca
                'tables': 'har_kit.launch:TablesConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
 
 def config_class(notebook):  # notebook name or path
-    "The section's run config class (`RUN_CONFIGS`, imported when asked for), or None for a section without one."
-    key = RUN_CONFIGS.get(find_notebook(notebook).stem.split('_', 1)[-1])
+    "A packaged section's run config class (`RUN_CONFIGS`, imported when asked for); None for a section without one and for a notebook of your own, whatever its name (its cells check its values)."
+    key = RUN_CONFIGS.get(run_name(notebook))   # a notebook of your own is named by its path: 'my_dahar.ipynb' is not the dahar section
     if key is None: return None
     mod, name = key.split(':')
     return getattr(importlib.import_module(mod), name)
