@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import numpy as np
 from torch import nn
 
 from .core import KitError, available_cpus, check_writable, get_device, outputs_root, save_json
@@ -16,9 +17,9 @@ from .backbones import count_params, resnet_taps
 from . import data, loading
 
 # %% auto #0
-__all__ = ['PIPELINES', 'PlainClassifier', 'plain_baseline', 'ratio_stats', 'compare_models', 'complexity', 'throughput',
-           'default_workers', 'loader_options', 'pipeline_transform', 'synthetic_samples', 'data_throughput',
-           'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
+__all__ = ['FLAGS', 'PIPELINES', 'PlainClassifier', 'plain_baseline', 'ratio_stats', 'check_input_size', 'compare_models',
+           'complexity', 'throughput', 'default_workers', 'loader_options', 'pipeline_transform', 'synthetic_samples',
+           'data_throughput', 'data_bench', 'build_model', 'format_table', 'format_data', 'cli']
 
 # %% ../nbs/18_bench.ipynb #c006
 class PlainClassifier(nn.Module):
@@ -108,7 +109,41 @@ def ratio_stats(times,  # per-repeat times of a model
     q = statistics.quantiles(r, n=4, method='inclusive') if len(r) > 1 else [r[0]] * 3
     return dict(median=statistics.median(r), iqr=[q[0], q[2]], range=[r[0], r[-1]], n=len(r))
 
-# %% ../nbs/18_bench.ipynb #c021
+# %% ../nbs/18_bench.ipynb #c022
+FLAGS = {'iters': '--iters', 'warmup': '--warmup', 'batch_size': '--batch-size', 'batches': '--batches', 'images': '--images',
+         'workers': '--workers', 'input_size': '--input-size'}   # a parameter -> the `har-kit bench` flag that sets it
+
+def _at_least(v, low, name, what):  # a value; its least; the parameter's name; what it counts
+    "`v` as an int when it is a whole number >= `low`, else a `KitError` naming the parameter and its flag."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise KitError(f'{name}={v!r} ({FLAGS[name]}): {what} must be a whole number >= {low}')
+    return int(v)
+
+def check_input_size(input_size):  # (C, H, W) of the timed input
+    "`input_size` as a tuple once it is an RGB input (C = 3) of whole-number sides >= 1; else a `KitError` naming --input-size."
+    c, h, w = input_size
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in input_size) or c != 3 or h < 1 or w < 1:
+        raise KitError(f'input_size={tuple(input_size)} (--input-size C H W): the models take RGB images, so C is 3 and H, W are '
+                       'whole numbers >= 1, e.g. --input-size 3 224 224')
+    return tuple(int(v) for v in input_size)
+
+def _check_model(name, m, train_step):  # its name in messages; the model; whether a training step is timed
+    "A `KitError` unless `m` is a torch module, with parameters that train when a training step is timed."
+    if not isinstance(m, nn.Module):
+        raise KitError(f'{name}: a {type(m).__name__}, not a torch.nn.Module: a --model builder returns the network to time')
+    if train_step and not any(p.requires_grad for p in m.parameters()):
+        raise KitError(f'{name}: no parameter to train, so it has no training step to time: pass train_step=False (--no-train-step)')
+
+def _check_forward(name, m, x):  # its name in messages; the model on its device; the timed input
+    "One untimed inference call; a `KitError` naming the model and the input when it fails."
+    m.eval()
+    try:
+        with torch.inference_mode(): m(x)
+    except (RuntimeError, ValueError) as e:
+        raise KitError(f'{name}: its forward fails on a {"x".join(map(str, x.shape))} input ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+                       'pass an input it takes (--input-size C H W, --batch-size)') from None
+
+# %% ../nbs/18_bench.ipynb #c024
 def compare_models(models: dict,                # name -> model to measure
                    baseline,                    # the reference (e.g. `plain_baseline('resnet50', C)`)
                    input_size=(3, 224, 224),    # (3, H, W) of the timed input
@@ -118,17 +153,19 @@ def compare_models(models: dict,                # name -> model to measure
                    iters: int = 20,             # timed repeats (each repeat times every model and the baseline once)
                    train_step: bool = True):    # also time one forward+backward step
     "Parameters, latency and train-step time of every model against the baseline, interleaved; ratios per repeat."
-    if iters < 1 or warmup < 0 or batch_size < 1:
-        raise KitError(f'complexity: need iters >= 1, warmup >= 0, batch_size >= 1 (got {iters}, {warmup}, {batch_size})')
+    _at_least(iters, 1, 'iters', 'timed repeats'); _at_least(warmup, 0, 'warmup', 'untimed calls'); _at_least(batch_size, 1, 'batch_size', 'images per call')
     if len(input_size) != 3: raise KitError(f'complexity: input_size must be (C, H, W), got {input_size!r}')
+    check_input_size(input_size)
     if not models: raise KitError('compare_models: no models given')
     dev = get_device(device)
     ms = list(models.values()) + [baseline]
+    for name, m in [*models.items(), ('the baseline', baseline)]: _check_model(name, m, train_step)
     saved = [({k: v.detach().clone() for k, v in m.state_dict().items()}, m.training) for m in ms]
     x = torch.randn(batch_size, *input_size, device=dev)
     timer, out = _timer(dev), {}
     try:
         for m in ms: m.to(dev)
+        for name, m in [*models.items(), ('the baseline', baseline)]: _check_forward(name, m, x)
         if train_step:
             for name, m in [*models.items(), ('the baseline', baseline)]: _check_train_batch(name, m, x)
         for m in ms: m.eval()
@@ -153,7 +190,7 @@ def compare_models(models: dict,                # name -> model to measure
             m.zero_grad(set_to_none=True); m.load_state_dict(state); m.train(training)
     return out
 
-# %% ../nbs/18_bench.ipynb #c022
+# %% ../nbs/18_bench.ipynb #c025
 def complexity(model,                         # the model to measure
                baseline,                      # the reference (e.g. `plain_baseline('resnet50', C)`)
                input_size=(3, 224, 224),      # (3, H, W) of the timed input
@@ -165,13 +202,13 @@ def complexity(model,                         # the model to measure
     "Parameters, inference latency and train-step time of `model` and `baseline`, with model/baseline ratios."
     return compare_models({'model': model}, baseline, input_size, device, batch_size, warmup, iters, train_step)['model']
 
-# %% ../nbs/18_bench.ipynb #c029
+# %% ../nbs/18_bench.ipynb #c032
 def _autocast(dev, amp):
     if amp in (None, 'none', False): return nullcontext()
     if amp not in ('bf16', 'fp16'): raise KitError(f"amp={amp!r}: use 'none', 'bf16' or 'fp16'")
     return torch.autocast(dev.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
-# %% ../nbs/18_bench.ipynb #c030
+# %% ../nbs/18_bench.ipynb #c033
 def throughput(model,                       # a throwaway model (train=True updates its weights)
                input_size=(3, 224, 224),    # (3, H, W)
                batch_size: int = 32,        # images per step
@@ -205,7 +242,7 @@ def throughput(model,                       # a throwaway model (train=True upda
     return dict(images_per_s=batch_size / ms * 1e3, step_ms=ms, peak_mem_mib=peak, batch_size=batch_size,
                 input_size=list(input_size), train=train, amp=amp or 'none', channels_last=channels_last, device=str(dev))
 
-# %% ../nbs/18_bench.ipynb #c034
+# %% ../nbs/18_bench.ipynb #c037
 def default_workers(reserve: int = 1):  # CPUs left to the training loop
     "DataLoader workers for a paper-size run: `$HAR_KIT_WORKERS`, else the available CPUs minus `reserve` (at least 0)."
     env = os.environ.get('HAR_KIT_WORKERS')
@@ -214,7 +251,7 @@ def default_workers(reserve: int = 1):  # CPUs left to the training loop
         except ValueError: raise KitError(f'$HAR_KIT_WORKERS={env!r}: expected a whole number of DataLoader workers') from None
     return max(0, available_cpus() - reserve)
 
-# %% ../nbs/18_bench.ipynb #c035
+# %% ../nbs/18_bench.ipynb #c038
 def loader_options(num_workers=None,   # worker processes (None: `default_workers()`)
                    device='cpu',       # where training runs: pinned memory only helps CUDA
                    prefetch_factor=4): # batches each worker prepares ahead
@@ -226,7 +263,7 @@ def loader_options(num_workers=None,   # worker processes (None: `default_worker
     if n > 0: opts.update(persistent_workers=True, prefetch_factor=prefetch_factor)
     return opts
 
-# %% ../nbs/18_bench.ipynb #c036
+# %% ../nbs/18_bench.ipynb #c039
 PIPELINES = {  # name -> (transform builder in har_kit.loading, the paper's plain backbone, input (3, H, W))
     'campar': ('campar_transforms', 'resnet50', (3, *loading.campar_sizes()[0])),
     'dahar': ('dahar_transforms', 'resnet101', (3, *loading.dahar_sizes(1)[1])),
@@ -237,7 +274,7 @@ def pipeline_transform(pipeline: str):  # 'campar' or 'dahar'
     if pipeline not in PIPELINES: raise KitError(f'pipeline={pipeline!r}; use one of {", ".join(PIPELINES)}')
     return getattr(loading, PIPELINES[pipeline][0])(True)
 
-# %% ../nbs/18_bench.ipynb #c039
+# %% ../nbs/18_bench.ipynb #c042
 def synthetic_samples(n: int = 64,           # images to write
                       size=(384, 160),       # (H, W) of each JPEG (PA-100K crops are roughly 100-300 px tall)
                       root=None,             # folder to write into (None: a new temporary folder)
@@ -257,21 +294,23 @@ def synthetic_samples(n: int = 64,           # images to write
         out.append(data.Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
     return out
 
-# %% ../nbs/18_bench.ipynb #c040
+# %% ../nbs/18_bench.ipynb #c043
 def data_throughput(samples,                 # list of `har_kit.data.Sample`
                     transform,               # e.g. `har_kit.loading.campar_transforms(True)`
                     workers=(0, 1, 2),       # worker counts to measure
                     batch_size: int = 32,    # images per batch
                     batches: int = 8,        # timed batches per worker count (after the first, which starts the workers)
                     device='cpu'):           # pinned memory when 'cuda'
-    "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: images/s}."
+    "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: images/s}, over one epoch of `batches` + 1 batches (the samples repeated when fewer), so no worker restarts inside the timing."
     if not samples: raise KitError('data_throughput: no samples')
+    batch_size, batches = _at_least(batch_size, 1, 'batch_size', 'images per batch'), _at_least(batches, 1, 'batches', 'timed batches')
+    workers = [_at_least(n, 0, 'workers', 'worker counts') for n in workers]
+    need = batch_size * (batches + 1)
+    samples = [samples[i % len(samples)] for i in range(max(need, len(samples)))][:need]   # one epoch is exactly the batches read
     out = {}
     for n in workers:
-        opts = loader_options(n, device)
-        opts.pop('persistent_workers', None)
-        loader = loading.make_loader(samples, transform, batch_size, shuffle=True, drop_last=False, **opts)
-        it, seen = iter(_cycle(loader)), 0
+        loader = loading.make_loader(samples, transform, batch_size, shuffle=True, drop_last=False, **loader_options(n, device))
+        it, seen = iter(loader), 0
         next(it)                                       # worker start-up and the first batch are not timed
         t = time.perf_counter()
         for _ in range(batches): seen += len(next(it)['index'])
@@ -279,11 +318,7 @@ def data_throughput(samples,                 # list of `har_kit.data.Sample`
         del it, loader
     return out
 
-# %% ../nbs/18_bench.ipynb #c041
-def _cycle(loader):
-    while True: yield from loader
-
-# %% ../nbs/18_bench.ipynb #c042
+# %% ../nbs/18_bench.ipynb #c044
 def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 'dahar' (224x224, ResNet-101)
                samples=None,                 # `Sample`s to read (None: `synthetic_samples(images)`)
                workers=None,                 # worker counts (None: 0, 1, 2, 4, ... up to `default_workers()`)
@@ -293,28 +328,31 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
                device='cpu',                 # where the model trains
                model_batch: int | None = None,  # batch of the model's timed step (None: batch_size)
                model_iters: int = 3,         # timed training steps of the model
-               arch: str | None = None):     # the model's backbone (None: the paper's, at the paper's input size)
+               arch: str | None = None,      # the model's backbone (None: the paper's, at the paper's input size)
+               model_warmup: int = 1):       # untimed training steps of the model first
     "The data pipeline's images/s per worker count beside the paper backbone's training images/s, and their ratio."
     tf, (_, arch_, size) = pipeline_transform(pipeline), PIPELINES[pipeline]
     arch_ = arch or arch_
-    samples = samples if samples is not None else synthetic_samples(images)
     if workers is None:
         top, workers = default_workers(), [0]
         while workers[-1] < top: workers.append(min(top, max(1, workers[-1] * 2)))
-    rates = data_throughput(samples, tf, workers, batch_size, batches, device)
-    model = throughput(plain_baseline(arch_, 26), size, model_batch or batch_size, device, train=True, warmup=1, iters=model_iters)
+    with tempfile.TemporaryDirectory(prefix='har-kit-databench-') as tmp:   # synthetic JPEGs: removed after, also on an error or Ctrl-C
+        if samples is None: samples = synthetic_samples(_at_least(images, 1, 'images', 'synthetic images to write'), root=tmp)
+        rates = data_throughput(samples, tf, workers, batch_size, batches, device)
+    model = throughput(plain_baseline(arch_, 26), size, model_batch or batch_size, device, train=True, warmup=model_warmup, iters=model_iters)
     best = max(rates.values())
     return dict(pipeline=pipeline, input_size=list(size), model=f'plain {arch_}', device=model['device'],
                 data_images_per_s={str(k): v for k, v in rates.items()}, model_train_images_per_s=model['images_per_s'],
                 ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
-                cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples))
+                cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples),
+                samples_read=batch_size * (batches + 1), model_warmup=model_warmup, model_iters=model_iters)
 
-# %% ../nbs/18_bench.ipynb #c043
+# %% ../nbs/18_bench.ipynb #c045
 def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/18_bench.ipynb #c048
+# %% ../nbs/18_bench.ipynb #c050
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')
@@ -333,7 +371,7 @@ def build_model(spec: str):  # 'package.module:builder' optionally followed by J
                            f'pass its arguments as JSON after the name, e.g. \'{mod}:{fn}{{"name": value}}\'') from None
     return builder(**kwargs)
 
-# %% ../nbs/18_bench.ipynb #c049
+# %% ../nbs/18_bench.ipynb #c051
 def format_table(rows: dict):  # name -> `complexity` result
     "A plain-text table of parameters, latency and train-step time with their median ratios and interquartile ranges."
     w = max([len('model')] + [len(n) for n in rows])
@@ -346,7 +384,7 @@ def format_table(rows: dict):  # name -> `complexity` result
                      f'{r["latency_ratio"]:>6.2f} {iqr(r, "latency_ratio"):>10} {tr}')
     return '\n'.join(lines)
 
-# %% ../nbs/18_bench.ipynb #c050
+# %% ../nbs/18_bench.ipynb #c052
 def format_data(res: dict):  # a `data_bench` result
     "A plain-text table of the pipeline's images/s per worker count and its ratio to the model's training images/s."
     lines = [f'data pipeline {res["pipeline"]} at {res["input_size"][1]}x{res["input_size"][2]} vs {res["model"]} training '
@@ -355,7 +393,7 @@ def format_data(res: dict):  # a `data_bench` result
     lines += [f'{k:>7} {v:>9.1f} {res["ratio"][k]:>8.2f}' for k, v in res['data_images_per_s'].items()]
     return '\n'.join(lines)
 
-# %% ../nbs/18_bench.ipynb #c051
+# %% ../nbs/18_bench.ipynb #c053
 def cli(argv=None):  # arguments after `har-kit bench`
     "`har-kit bench`: time models (or plain backbones) against a plain-backbone baseline, or the data pipeline; print and save."
     p = argparse.ArgumentParser(prog='har-kit bench', description=__doc__ or 'complexity benchmark')
@@ -366,8 +404,9 @@ def cli(argv=None):  # arguments after `har-kit bench`
     p.add_argument('--input-size', type=int, nargs=3, default=[3, 224, 224], metavar=('C', 'H', 'W'), help='input size (default 3 224 224)')
     p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N'")
     p.add_argument('--batch-size', type=int, default=1, help='images per forward (default 1: latency; --data: 32 when 1)')
-    p.add_argument('--warmup', type=int, default=3, help='untimed repeats first (default 3)')
-    p.add_argument('--iters', type=int, default=20, help='timed repeats, each timing every model and the baseline once (default %(default)s)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed repeats first (default 3; --data: the model\'s untimed training steps, at most 1)')
+    p.add_argument('--iters', type=int, default=20, help='timed repeats, each timing every model and the baseline once (default %(default)s; '
+                   '--data: the model\'s timed training steps, at most 5)')
     p.add_argument('--no-train-step', action='store_true', help='time inference only')
     p.add_argument('--data', choices=list(PIPELINES), help='benchmark the data pipeline of this paper instead of models')
     p.add_argument('--data-root', type=Path, help='--data: a real dataset root (default: synthetic pedestrian-sized JPEGs)')
@@ -378,16 +417,20 @@ def cli(argv=None):  # arguments after `har-kit bench`
     p.add_argument('--out', type=Path, default=None, help='JSON output (default outputs/bench/complexity.json or data_<pipeline>.json)')
     a = p.parse_args(argv)
     if a.num_attributes < 1: raise KitError(f'--num-attributes {a.num_attributes}: the classifier needs at least 1 attribute')
+    _at_least(a.iters, 1, 'iters', 'timed repeats'); _at_least(a.warmup, 0, 'warmup', 'untimed repeats'); _at_least(a.batch_size, 1, 'batch_size', 'images per batch')
+    if a.data:
+        _at_least(a.batches, 1, 'batches', 'timed batches'); _at_least(a.images, 1, 'images', 'synthetic images to write')
+        for n in a.workers or (): _at_least(n, 0, 'workers', 'worker counts')
+    else: check_input_size(a.input_size)
     name = f'data_{a.data}.json' if a.data else 'complexity.json'
     out = a.out.expanduser() if a.out else outputs_root(writable=True)/'bench'/name   # checked before any timing
     if out.is_dir(): raise KitError(f'--out {out} is a folder: name the JSON file to write, e.g. {out/name}')
     check_writable([out], force=True)
     if a.data:
-        samples = None
+        samples, bs = None, (a.batch_size if a.batch_size > 1 else 32)
         if a.data_root:
-            samples = data.load_dataset(a.dataset, a.data_root).split('train')[:max(a.images, a.batch_size * (a.batches + 1))]
-        bs = a.batch_size if a.batch_size > 1 else 32
-        res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=max(1, min(a.iters, 5)))
+            samples = data.load_dataset(a.dataset, a.data_root).split('train')[:max(a.images, bs * (a.batches + 1))]
+        res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=min(a.iters, 5), model_warmup=min(a.warmup, 1))
         print(format_data(res))
         out = save_json(res, out)
         print(f'wrote {out}')

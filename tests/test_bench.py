@@ -56,7 +56,7 @@ def test_models_are_left_as_they_were():
 
 
 def test_bad_arguments():
-    with pytest.raises(KitError, match='iters >= 1'): complexity(Branchy(), Branchy(), iters=0)
+    with pytest.raises(KitError, match=r'iters=0 \(--iters\): timed repeats must be a whole number >= 1'): complexity(Branchy(), Branchy(), iters=0)
     with pytest.raises(KitError, match='input_size'): complexity(Branchy(), Branchy(), input_size=(32, 32))
     with pytest.raises(KitError, match='package.module:builder'): build_model('nomodule')
     with pytest.raises(KitError, match='not valid JSON'): build_model('har_kit.bench:plain_baseline{"arch": }')
@@ -129,3 +129,46 @@ def test_cli_checks_out_batch_and_attributes_before_timing(tmp_path, capsys, mon
     assert timed == [] and not (tmp_path/'b.json').exists()
     assert main([*small, '--batch-size', '2', '--out', str(tmp_path/'b.json')]) == 0 and timed   # two images: it runs
     with pytest.raises(KitError, match='at least 1 attribute'): plain_baseline('resnet-tiny', 0)
+
+
+def test_data_throughput_reads_one_epoch_per_worker_count(monkeypatch, tmp_path):
+    "The timed batches come from the loader's first epoch (the samples repeated to fill it): no worker restarts while timed."
+    made = []
+    real = bench.loading.make_loader
+    class Counted:
+        def __init__(self, loader): self.loader, self.epochs = loader, 0
+        def __iter__(self): self.epochs += 1; return iter(self.loader)
+    def counted(*a, **kw):
+        made.append(Counted(real(*a, **kw))); return made[-1]
+    monkeypatch.setattr(bench.loading, 'make_loader', counted)
+    samples = bench.synthetic_samples(3, (40, 20), root=tmp_path)
+    rates = bench.data_throughput(samples, bench.pipeline_transform('campar'), [0, 1], batch_size=2, batches=4)
+    assert set(rates) == {0, 1} and [c.epochs for c in made] == [1, 1] and [len(c.loader.dataset) for c in made] == [10, 10]
+
+
+def test_data_bench_removes_its_synthetic_images_also_when_stopped(monkeypatch, tmp_path):
+    "The synthetic JPEGs live in a temporary folder that is gone after the benchmark, finished or interrupted."
+    monkeypatch.setattr(bench.tempfile, 'tempdir', str(tmp_path))
+    res = bench.data_bench('campar', workers=[0], batch_size=2, batches=1, images=3, model_batch=2, model_iters=1, arch='resnet-tiny')
+    assert res['images'] == 3 and res['samples_read'] == 4 and list(tmp_path.iterdir()) == []
+    def stop(*a, **kw): raise KeyboardInterrupt
+    monkeypatch.setattr(bench, 'data_throughput', stop)
+    with pytest.raises(KeyboardInterrupt): bench.data_bench('campar', workers=[0], batch_size=2, batches=1, images=3, arch='resnet-tiny')
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('args, says', [
+    (['--data', 'campar', '--batches', '0'], 'batches=0 (--batches): timed batches must be a whole number >= 1'),
+    (['--data', 'campar', '--batch-size', '-5'], 'batch_size=-5 (--batch-size)'),
+    (['--data', 'campar', '--images', '0'], 'images=0 (--images)'),
+    (['--data', 'campar', '--workers', '0', '-1'], 'workers=-1 (--workers)'),
+    (['--iters', '0'], 'iters=0 (--iters)'),
+    (['--input-size', '1', '32', '32'], 'input_size=(1, 32, 32) (--input-size C H W): the models take RGB images'),
+    (['--input-size', '3', '0', '32'], 'input_size=(3, 0, 32) (--input-size C H W)'),
+    (['--model', 'builtins:dict', '--baseline', 'resnet-tiny'], 'builtins:dict: a dict, not a torch.nn.Module'),
+    (['--model', 'torch.nn:Identity', '--baseline', 'resnet-tiny'], 'torch.nn:Identity: no parameter to train'),
+])
+def test_bench_cli_names_the_flag_of_a_bad_value(tmp_path, args, says, capsys):
+    "Refused before any timing, with the flag named: nothing is written."
+    assert main(['bench', *args, '--out', str(tmp_path/'b.json')]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path/'b.json').exists()
