@@ -283,6 +283,7 @@ def synthetic_samples(n: int = 64,           # images to write
     import numpy as np
     from PIL import Image
     root = Path(root or tempfile.mkdtemp(prefix='har-kit-databench-'))
+    root.mkdir(parents=True, exist_ok=True)
     rng, (H, W) = np.random.default_rng(seed), size
     yy, xx = np.mgrid[0:H, 0:W] / max(H, W)
     out = []

@@ -1,5 +1,5 @@
 "GPU check in its CPU mode: every step runs at tiny sizes, the report is complete, the notebook runs it plans still fit the notebooks."
-import importlib.util, json
+import importlib.util, json, tempfile
 
 import pytest
 from pathlib import Path
@@ -11,8 +11,10 @@ spec = importlib.util.spec_from_file_location('gpu_check', TOOL)
 gpu_check = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu_check)
 
 
-def test_cpu_tiny_writes_a_complete_report(tmp_path):
+def test_cpu_tiny_writes_a_complete_report(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
+    tmp = tmp_path/'tmp'; tmp.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp))   # the check's own temporary files, e.g. the loaders' JPEGs
     try: rc = gpu_check.main(['--cpu-tiny', '--out', str(tmp_path)])
     finally: torch.set_num_threads(threads)
     rep = json.loads((tmp_path/'report.json').read_text())
@@ -44,6 +46,7 @@ def test_cpu_tiny_writes_a_complete_report(tmp_path):
     assert cc['model'] == 'dahar_rap' and len(cc['images_per_s_each']) == 2 and all(v > 0 for v in cc['images_per_s_each'])
     assert cc['timed'] == 'e2e' and len(list((tmp_path/'workers'/'dahar_rap-2').glob('*.err'))) == 2   # their logs kept with the report
     assert not [k for k, v in rep['sections'].items() if 'state' in v]   # no section left marked running
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith('har-kit')]   # no temporary folder of the kit's left behind
     assert rep['concurrency']['2']['images_per_s_total'] > 0 and len(rep['concurrency']['2']['images_per_s_each']) == 2
     assert {v['workers'] for v in rep['loaders'].values() if isinstance(v, dict)} == {0, 1} and rep['maskrcnn']['images_per_s'] > 0
     ck = rep['checkpoints']   # one epoch's files: the training thread waits for the host copy only

@@ -42,7 +42,7 @@ the script installs with `pip --no-index --no-deps --target` before it imports h
 PyPI access, for the device's Python 3.12) with `python tools/gpu_check.py --download-wheels .whl`.
 """
 from __future__ import annotations
-import argparse, os, platform, statistics, subprocess, sys, tempfile, time, traceback
+import argparse, os, platform, shutil, statistics, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -515,16 +515,28 @@ def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=
     images/s. `configured`: the paper profile's compiled step fed by the decoded cache (end-to-end rates). Workers still
     running `timeout_s` after they started (hung: a compile, a barrier never met) are stopped and the section fails.
     Their output goes to `logs_root`/workers/MODEL-N (kept with the report) when given."""
+    made, failed = [], True   # temporary folders: removed at the end, except a failed section's worker logs, which its error names
+    def tmp(prefix): made.append(tempfile.mkdtemp(prefix=prefix)); return made[-1]
+    try:
+        out = _concurrency(cfg, cpu_tiny, model, counts, configured, timeout_s, logs_root, tmp)
+        failed = False
+        return out
+    finally:
+        for d in made:
+            if not (failed and 'gpu-workers' in d): shutil.rmtree(d, ignore_errors=True)
+
+
+def _concurrency(cfg, cpu_tiny, model, counts, configured, timeout_s, logs_root, tmp):  # `concurrency`; `tmp(prefix)` makes its temporary folders
     import json as _json
     out = {}
-    cache = tempfile.mkdtemp(prefix='har-kit-gpu-cache-') if configured else None
+    cache = tmp('har-kit-gpu-cache-') if configured else None
     if cache: _cached_loader(model, cfg, cfg['cache_images'], cache)   # written once here, before the workers read it
     for n in counts or cfg['concurrency']:
-        bar = Path(tempfile.mkdtemp(prefix='har-kit-gpu-bar-'))
+        bar = Path(tmp('har-kit-gpu-bar-'))
         cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', model, '--worker-of', str(n), '--barrier', str(bar)]
         if cpu_tiny: cmd.append('--cpu-tiny')
         if cache: cmd += ['--cache-dir', cache]
-        logs = Path(logs_root)/'workers'/f'{model}-{n}' if logs_root else Path(tempfile.mkdtemp(prefix='har-kit-gpu-workers-'))
+        logs = Path(logs_root)/'workers'/f'{model}-{n}' if logs_root else Path(tmp('har-kit-gpu-workers-'))
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
         rates = []
@@ -541,11 +553,16 @@ def concurrency(cfg, cpu_tiny, model='campar_baseline', counts=None, configured=
 
 def loaders(cfg):
     "The torchvision loaders at steady state (persistent workers, timed after a warm epoch): JPEG decode + the papers' transforms."
-    from har_kit.bench import loader_options, synthetic_samples
-    from har_kit.loading import campar_transforms, dahar_transforms, make_loader
+    from har_kit.bench import synthetic_samples
+    with tempfile.TemporaryDirectory(prefix='har-kit-gpucheck-') as tmp:   # the JPEGs are gone after the section, also on an error
+        return _loaders(cfg, synthetic_samples(cfg['loader_images'], size=cfg['person_size'], root=Path(tmp)/'people'),
+                        synthetic_samples(max(cfg['loader_images'] // 4, 2), size=cfg['scene_size'], root=Path(tmp)/'scenes'))
+
+
+def _loaders(cfg, people, scenes):  # `loaders` on its synthetic person crops and scenes
     from dataclasses import replace
-    people = synthetic_samples(cfg['loader_images'], size=cfg['person_size'])
-    scenes = synthetic_samples(max(cfg['loader_images'] // 4, 2), size=cfg['scene_size'])
+    from har_kit.bench import loader_options
+    from har_kit.loading import campar_transforms, dahar_transforms, make_loader
     h, w = cfg['scene_size']
     targets = [replace(s, box=(w * (.1 + .2 * (i % 4)), h * .2, w * .15, h * .5)) for s in scenes for i in range(4)]
     out = {}
@@ -695,12 +712,17 @@ def recipes(cfg):
     """Each method's recipe trained and scored as a paper run is (`recipe_params`): on a GPU, the code that only runs
     when the batches live there (a test-time loop meeting GPU labels, say); then the same run again, which resumes from
     its last.pt (checkpoint and RNG states read back onto the device's run). State and seconds per method."""
-    import dataclasses
     from har_kit.campar_train import CamParConfig, CamParRecipe
     from har_kit.dahar_train import DaHarConfig, DaHarRecipe
-    from har_kit.model_file import train_variant
     make = {'campar': (CamParConfig, CamParRecipe), 'dahar': (DaHarConfig, DaHarRecipe)}
-    out, root = {}, Path(tempfile.mkdtemp(prefix='har-kit-gpu-recipes-'))
+    with tempfile.TemporaryDirectory(prefix='har-kit-gpu-recipes-') as root:   # the trained runs are not kept: the rows say how they went
+        return _recipes(cfg, make, Path(root))
+
+
+def _recipes(cfg, make, root):  # `recipes` into the folder `root`
+    import dataclasses
+    from har_kit.model_file import train_variant
+    out = {}
     for nb, (config, recipe) in make.items():
         t, p = time.perf_counter(), recipe_params(nb, cfg['device'])
         fields = {f.name for f in dataclasses.fields(config)}
@@ -721,7 +743,12 @@ def recipes(cfg):
 def notebook_runs(cfg):
     "One papermill run per section notebook at paper size on the device; status and wall time of each."
     from har_kit.runs import run_notebook
-    out, root = {}, Path(tempfile.mkdtemp(prefix='har-kit-gpu-runs-'))
+    with tempfile.TemporaryDirectory(prefix='har-kit-gpu-runs-') as root:   # the runs are not kept: the rows say how they went
+        return _notebook_runs(cfg, run_notebook, Path(root))
+
+
+def _notebook_runs(cfg, run_notebook, root):  # `notebook_runs` into the folder `root`
+    out = {}
     for nb, (params, dropped) in notebook_plan(cfg['device']).items():
         if cfg.get('only_notebooks') and nb not in cfg['only_notebooks']: continue
         t = time.perf_counter()
