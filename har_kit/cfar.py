@@ -17,9 +17,9 @@ from fastcore.basics import patch
 
 from .core import KitError, load_json, seed_everything
 from .backbones import check_arch
-from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
+from .cfar_factors import check_als_tol, check_confidences, check_p_t, check_threads, fit_latent_factors
 from .engine import TrainConfig, fit
-from .model_file import Recipe, RunConfig
+from .model_file import Recipe, RunConfig, check_range, check_type, declared_type, declares_none
 from .campar import VARIANTS as CAMPAR_VARIANTS, campar_model_file
 from .campar_train import CamParConfig, metric_row
 from .data import check_train_splits, data_warning, load_dataset
@@ -28,9 +28,9 @@ from . import losses
 
 # %% auto #0
 __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
-           'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'CFAR', 'fit_dictionary', 'fit_cfar',
-           'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'CFARRecipe',
-           'phase1_labels', 'check_phase1_run', 'phase1_selection', 'plot_dictionary']
+           'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'phase1_confidences', 'CFAR',
+           'fit_dictionary', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
+           'CFARRunConfig', 'CFARRecipe', 'phase1_labels', 'check_phase1_run', 'phase1_selection', 'plot_dictionary']
 
 # %% ../nbs/51_cfar.ipynb #c006
 @dataclasses.dataclass
@@ -199,7 +199,25 @@ class CFARConfig:
     seed: int = 0                  # ALS initialisation, k-means and phase-2 seed
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
-# %% ../nbs/51_cfar.ipynb #c030
+    def __post_init__(self):
+        "Each value checked as a run's parameters are (`check_type`, `check_range`), then Eq. 17's p_t, ALS's `tol` and sweeps, fc_2's start: a bad value fails here, naming its field, not inside implicit or torch."
+        for f in dataclasses.fields(self):
+            bad = lambda what, n=f.name: KitError(f'CFARConfig {n!r}: {what}')
+            check_range(f.name, check_type(f.name, getattr(self, f.name), declared_type(f.type), bad, declares_none(f.type)), bad)
+        check_p_t(self.p_t); check_als_tol(self.tol); check_threads(self.num_threads)
+        if self.iterations < 1: raise KitError(f'CFARConfig \'iterations\': ALS needs at least 1 sweep, got {self.iterations}')
+        if self.init not in ('identity', 'default'): raise KitError(f"CFARConfig 'init': {self.init!r}; use 'identity' or 'default'")
+
+# %% ../nbs/51_cfar.ipynb #c031
+def phase1_confidences(l_specific):  # (N, M) frozen phase-1 logits
+    "r = expit(l_specific) (`check_confidences`) once every logit is finite; else a `KitError` naming the first (an infinite logit gives r of exactly 0 or 1 and fc_2 an infinite input)."
+    l = np.asarray(l_specific, dtype=np.float64)
+    bad = ~np.isfinite(l)
+    if bad.any():
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        raise KitError(f'l_specific{list(i)} is {l[i]} ({int(bad.sum())} non-finite logits): phase-1 logits must be finite; check the phase-1 network (diverged training?)')
+    return check_confidences(expit(l), 'expit(l_specific)')
+
 class CFAR:
     "A fitted CFAR: attribute factors y_f, the dictionary and fc_2; maps frozen phase-1 l_specific to final logits."
     def __init__(self, config: CFARConfig,                  # the hyperparameters it was fitted with
@@ -211,7 +229,7 @@ class CFAR:
 
     def r_hat(self, l_specific):  # (N, M) phase-1 logits
         "Eq. 19 confidences through the dictionary (no per-image optimisation; zeros for the control)."
-        r_hat = infer_confidence(self.dictionary, self.y_f, check_confidences(expit(l_specific), 'expit(l_specific)'))
+        r_hat = infer_confidence(self.dictionary, self.y_f, phase1_confidences(l_specific))
         return r_hat if self.config.use_r_hat else np.zeros_like(r_hat)
 
     def logits(self, l_specific):  # (N, M) phase-1 logits
@@ -236,6 +254,13 @@ class CFAR:
         try:
             arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
             config = CFARConfig(**{'sample_weighting': False, **s['config']})   # a state without the field was fitted with an unweighted Loss_2
+        except (KeyError, AttributeError, TypeError, RuntimeError, KitError) as e:
+            raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); save the variant again with a 51_cfar run') from None
+        for k, v in arr.items():   # the shapes and values Eq. 19 and fc_2 read
+            if v.ndim != (1 if k == 'counts' else 2) or not np.isfinite(v).all():
+                raise KitError(f'{where}: {k} is a {v.ndim}-d array of shape {v.shape}' + ('' if v.ndim != (1 if k == 'counts' else 2) else ' with non-finite values')
+                               + '; save the variant again with a 51_cfar run')
+        try:
             head = CFARHead(arr['y_f'].shape[0], 'default'); head.load_state_dict(s['head'])
             d = AttributeSetDictionary(arr['keys'], arr['values'], arr['counts'])
         except (KeyError, AttributeError, TypeError, RuntimeError) as e:
@@ -244,7 +269,7 @@ class CFAR:
             raise KitError(f'{where}: keys {d.keys.shape}, values {d.values.shape} and y_f {arr["y_f"].shape} do not fit together')
         return cls(config, arr['y_f'], d, head.eval(), dict(s.get('info', {})))
 
-# %% ../nbs/51_cfar.ipynb #c031
+# %% ../nbs/51_cfar.ipynb #c032
 def _plain_info(info):  # fit information: numbers, lists, strings
     "The fit information as plain Python values (numpy scalars and arrays converted)."
     if isinstance(info, dict): return {str(k): _plain_info(v) for k, v in info.items()}
@@ -252,13 +277,13 @@ def _plain_info(info):  # fit information: numbers, lists, strings
     if isinstance(info, np.generic): return info.item()
     return info
 
-# %% ../nbs/51_cfar.ipynb #c034
+# %% ../nbs/51_cfar.ipynb #c035
 def fit_dictionary(l_specific,           # (N, M) frozen phase-1 logits of the training images
                    config: CFARConfig,   # hyperparameters
                    names=None):          # the M attribute names (warnings name them; None: their indices)
     "Phase 2's fixed part: factors (Eq. 17-18), dictionary (Fig. 6) and r_hat (Eq. 19; zeros for the control): (factors, dictionary, r_hat)."
     c = config
-    r = check_confidences(expit(l_specific), 'expit(l_specific)')
+    r = phase1_confidences(l_specific)
     lf = fit_latent_factors(r, c.factors, c.regularization, c.alpha, c.p_t, c.iterations, c.use_cg, c.seed, c.num_threads, tol=c.tol,
                             names=names)
     d = build_dictionary(r, lf.x_f, c.n_prototypes, c.seed)
@@ -269,7 +294,7 @@ def _fitted(c, lf, d, head, phase2_loss):  # config, factors, dictionary, traine
                 als_objectives=lf.objectives, never_positive=lf.never_positive, phase2_loss=phase2_loss)
     return CFAR(c, lf.y_f, d, head.cpu().eval(), info)
 
-# %% ../nbs/51_cfar.ipynb #c035
+# %% ../nbs/51_cfar.ipynb #c036
 def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the training images
              labels,                   # (N, M) their labels (-1 unspecified)
              config: CFARConfig | None = None,  # hyperparameters (None: `CFARConfig()`)
@@ -281,7 +306,7 @@ def fit_cfar(l_specific,               # (N, M) frozen phase-1 logits of the tra
                                 c.ignore_unspecified, phase2_ratio(labels, c), params=dataclasses.asdict(c))
     return _fitted(c, lf, d, head, losses)
 
-# %% ../nbs/51_cfar.ipynb #c042
+# %% ../nbs/51_cfar.ipynb #c044
 class CFARPredictor(nn.Module):
     "Phase 1 + CFAR as one network: images -> {'logits' (Eq. 20), 'logits_phase1', 'logits_specific'}."
     def __init__(self, phase1: nn.Module,  # a CAM-PAR variant with a 'logits_specific' output
@@ -301,12 +326,12 @@ class CFARPredictor(nn.Module):
         else: r_hat = torch.zeros_like(r)
         return {'logits': self.head(r_hat.to(l.dtype), l), 'logits_phase1': out['logits'], 'logits_specific': l}
 
-# %% ../nbs/51_cfar.ipynb #c043
+# %% ../nbs/51_cfar.ipynb #c045
 def cfar_extra(cfar: CFAR):  # a fitted CFAR
     "The model file's `extra` for a CFAR variant: the predictor's builder and the CFAR state (tensors, plain values)."
     return {'predictor': 'har_kit.cfar:cfar_predictor', 'cfar': cfar.state()}
 
-# %% ../nbs/51_cfar.ipynb #c044
+# %% ../nbs/51_cfar.ipynb #c046
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
                    meta):   # the model file's metadata (unused; the loader's calling convention)
@@ -314,7 +339,7 @@ def cfar_predictor(model,   # the rebuilt phase-1 network
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
     return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
 
-# %% ../nbs/51_cfar.ipynb #c049
+# %% ../nbs/51_cfar.ipynb #c051
 @torch.inference_mode()
 def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    loader,          # DataLoader of dict batches
@@ -331,7 +356,7 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
         acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
-# %% ../nbs/51_cfar.ipynb #c052
+# %% ../nbs/51_cfar.ipynb #c054
 @dataclasses.dataclass
 class CFARRunConfig(RunConfig):
     "One CFAR run's parameters as one value: `51_cfar`'s `parameters` cell (same names, same defaults), checked."
@@ -365,7 +390,7 @@ class CFARRunConfig(RunConfig):
     device: str = 'cpu'                 # where phase 1 runs: 'cpu', 'cuda', 'auto' (phase 2 is tiny: the CPU)
 
     def __post_init__(self):
-        check_p_t(self.p_t); check_als_tol(self.als_tol)   # what the ALS fit would refuse after phase 1 (`50_cfar_factors`), now
+        check_p_t(self.p_t); check_als_tol(self.als_tol, none_ok=False)   # what the ALS fit would refuse after phase 1 (`50_cfar_factors`), now
         super().__post_init__()   # the parameters' ranges (`RunConfig`: phase2_epochs at least 1, phase2_lr above 0, ...)
         check_arch(self.arch, self.weights)
         if self.data_root is None: check_profile(self.profile)
@@ -398,7 +423,7 @@ class CFARRunConfig(RunConfig):
                           sample_weighting=self.sample_weighting,
                           use_r_hat=use_r_hat)
 
-# %% ../nbs/51_cfar.ipynb #c053
+# %% ../nbs/51_cfar.ipynb #c055
 class CFARRecipe(Recipe):
     "CFAR's phase 2 for `har_kit.model_file.train_variant`: on cached phase-1 outputs, fc_2 trained, phase 1 + CFAR saved and scored."
     def __init__(self, config: CFARRunConfig,  # the run's parameters
@@ -428,7 +453,7 @@ class CFARRecipe(Recipe):
         c, r_hat, tr = self._parts[variant][0], self._parts[variant][3], self.outputs['train']
         return {'train': phase2_rows(r_hat, tr['l_specific'], tr['labels'], c.batch_size)}
 
-# %% ../nbs/51_cfar.ipynb #c054
+# %% ../nbs/51_cfar.ipynb #c056
 @patch
 def model_file(self: CFARRecipe, model, variant, loaders, facts):  # fc_2's view; its name; its loaders; training facts
     "`save_model`'s arguments: phase 1 (`campar_model_file`) with the fitted CFAR's state in `extra`."
@@ -453,7 +478,7 @@ def phase1_labels(kept):  # `phase1_selection`'s record (or {})
     return {k: v for k, v in dict(selection=kept.get('selection_mode'), selected_on=kept.get('selected_on'),
                                   phase1_epoch=kept.get('epoch')).items() if v is not None}
 
-# %% ../nbs/51_cfar.ipynb #c057
+# %% ../nbs/51_cfar.ipynb #c059
 def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
     "The `ignore_unspecified` a CAM-PAR run trained with: `_meta.ignore_unspecified`, or for a run of an earlier kit the label it wrote in `_meta.unspecified` (None: neither)."
     if isinstance(meta.get('ignore_unspecified'), bool): return meta['ignore_unspecified']
@@ -523,7 +548,7 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
                            f'{there}, this data\'s {here}): the annotation changed since it trained, so its training images may '
                            'be in this test split; rerun that CAM-PAR run on the data as it is now, then this one')
 
-# %% ../nbs/51_cfar.ipynb #c058
+# %% ../nbs/51_cfar.ipynb #c060
 def _selection_record(meta, entry):  # a CAM-PAR run's `_meta`; its variant's entry
     x = entry.get('extra') or {}
     label = meta.get('selection')
@@ -543,7 +568,7 @@ def phase1_selection(campar_run,  # a `har-kit run campar` directory
     m = load_json(run/'metrics.json', dict) if (run/'metrics.json').is_file() else {}
     return _selection_record(m.get('_meta') or {}, m.get(str(variant)) or {})
 
-# %% ../nbs/51_cfar.ipynb #c064
+# %% ../nbs/51_cfar.ipynb #c066
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

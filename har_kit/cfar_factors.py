@@ -13,9 +13,9 @@ from tqdm import tqdm
 from .core import KitError
 
 # %% auto #0
-__all__ = ['check_confidences', 'check_p_t', 'check_als_tol', 'preference_confidence', 'confidence_matrix', 'eq18_objective',
-           'eq18_gradient', 'als_reference', 'LatentFactors', 'fit_latent_factors', 'implicit_loss_to_eq18',
-           'benchmark_als']
+__all__ = ['check_confidences', 'check_p_t', 'check_als_tol', 'check_threads', 'preference_confidence', 'confidence_matrix',
+           'eq18_objective', 'eq18_gradient', 'als_reference', 'LatentFactors', 'fit_latent_factors',
+           'implicit_loss_to_eq18', 'benchmark_als']
 
 # %% ../nbs/50_cfar_factors.ipynb #c007
 def check_confidences(r,           # (N, M) array of phase-1 confidences sigma(l_specific)
@@ -41,11 +41,17 @@ def check_p_t(p_t):  # the preference threshold p^t of Eq. 17
         raise KitError(f'p_t={p_t!r}: the preference threshold of Eq. 17 must lie in [0, 1] (it compares sigmoid outputs r; the default 0.5)')
     return p_t
 
-def check_als_tol(tol):  # the relative change of Eq. 18 ALS stops at, or None
+def check_als_tol(tol,            # the relative change of Eq. 18 ALS stops at, or None
+                  none_ok=True):  # whether None (a fixed number of sweeps) is allowed: not for a run's `als_tol`
     "`tol`, or a `KitError`: ALS stops when Eq. 18's relative change falls under a number > 0 (0 never stops before the last sweep)."
-    if tol is not None and not (isinstance(tol, (int, float, np.number)) and not isinstance(tol, bool) and tol > 0):
-        raise KitError(f'als_tol={tol!r}: use a relative change > 0 (e.g. 1e-4), or None for a fixed number of sweeps')
-    return tol
+    if (tol is None and none_ok) or (isinstance(tol, (int, float, np.number)) and not isinstance(tol, bool) and tol > 0): return tol
+    raise KitError(f'als_tol={tol!r}: use a relative change > 0 (e.g. 1e-4)' + (', or None for a fixed number of sweeps' if none_ok else ''))
+
+def check_threads(num_threads):  # implicit's thread count
+    "`num_threads` as an int once it is a whole number >= 0 (0: all cores), else a `KitError` (a negative count aborts the process in OpenMP)."
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+        raise KitError(f'num_threads={num_threads!r}: implicit\'s threads must be a whole number >= 0 (0: all cores)')
+    return int(num_threads)
 
 def preference_confidence(r,           # (N, M) confidences in [0, 1]
                           p_t=0.5,     # preference threshold p^t
@@ -144,7 +150,9 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
     from threadpoolctl import threadpool_limits
     r = check_confidences(r)
     if not (isinstance(factors, (int, np.integer)) and factors >= 1): raise KitError(f'factors={factors}: D must be an integer >= 1')
-    if not regularization >= 0: raise KitError(f'regularization={regularization}: lambda of Eq. 18 must be >= 0')
+    if isinstance(regularization, bool) or not isinstance(regularization, (int, float, np.number)) or not (math.isfinite(regularization) and regularization >= 0):
+        raise KitError(f'regularization={regularization!r}: lambda of Eq. 18 must be a finite number >= 0 (e.g. 0.1)')
+    num_threads = check_threads(num_threads)
     if not (isinstance(iterations, (int, np.integer)) and iterations >= 1): raise KitError(f'iterations={iterations}: ALS needs an integer >= 1 sweeps')
     check_als_tol(tol)
     if names is not None and len(names) != r.shape[1]:
@@ -170,12 +178,15 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
                     history.append(objective())
                     if sweeps > 1 and abs(history[-2] - history[-1]) <= tol * abs(history[-2]): converged = True; break
         except ValueError as e:
-            raise KitError(f'implicit ALS failed ({e}) with factors={factors}, regularization={regularization}: '
-                           f'increase regularization or use factors <= {r.shape[1]} (the number of attributes)') from None
+            raise KitError(f'implicit ALS failed ({e}) with factors={factors}, regularization={regularization}: increase regularization'
+                           + (f' or use factors <= {r.shape[1]} (the number of attributes)' if factors > r.shape[1] else
+                              ' (with a small lambda the normal equations of a rank-deficient r are singular)')) from None
         secs = time.perf_counter() - t0
     if converged is False:
-        warnings.warn(f'ALS stopped after {sweeps} sweeps with the Eq. 18 objective still changing by '
-                      f'{abs(history[-2] - history[-1]) / abs(history[-2]):.2g} > tol={tol}: raise iterations (the run parameter als_max_iterations)')
+        change = (f'still changing by {abs(history[-2] - history[-1]) / abs(history[-2]):.2g} > tol={tol}' if len(history) > 1 else
+                  f'unmeasured: tol={tol} compares two sweeps')
+        warnings.warn(f'ALS stopped after {sweeps} sweep{"s" if sweeps > 1 else ""} with the Eq. 18 objective\'s relative change {change}: '
+                      'raise iterations (the run parameter als_max_iterations)')
     x, y = np.asarray(als.user_factors), np.asarray(als.item_factors)
     return LatentFactors(x, y, eq18_objective(r, x, y, p_t, alpha, regularization), secs, never, sweeps, converged, history)
 

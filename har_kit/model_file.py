@@ -490,6 +490,7 @@ def check_range(name,     # a parameter's name
                 bad):     # what makes the KitError from the complaint: `bad('must be at least 1, got 0')`
     "`value`, or the error of a number outside its parameter's range (the rules above; other values pass)."
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value): raise bad(f'must be a finite number, got {value!r}')   # `.nan` / `.inf` in YAML: no parameter means them
         why = f' ({BELOW_NOTES[name]})' if name in BELOW_NOTES else ''
         if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}{why}')
         if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}{why}')

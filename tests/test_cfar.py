@@ -315,3 +315,34 @@ def test_a_cfar_config_refuses_what_its_run_would_fail_on(kw, msg):
     "Built in Python, as `har-kit run` builds it: refused before phase 1 is read or trained, naming the parameter."
     from har_kit.cfar import CFARRunConfig
     with pytest.raises(KitError, match=msg): CFARRunConfig(**kw)
+
+
+def test_als_and_the_cfar_config_refuse_what_implicit_or_torch_would_choke_on():
+    "Each value named before implicit's OpenMP (a negative thread count aborts the process) or torch sees it; one sweep with a tol warns."
+    import warnings
+    r = _grid_r()
+    for threads in (None, 1.5):
+        with pytest.raises(KitError, match="implicit's threads must be a whole number >= 0"): cf.fit_latent_factors(r, 3, num_threads=threads)
+    for lam in (float('inf'), float('nan')):
+        with pytest.raises(KitError, match='lambda of Eq. 18 must be a finite number'): cf.fit_latent_factors(r, 3, regularization=lam, num_threads=1)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        assert cf.fit_latent_factors(r, 3, iterations=1, tol=1e-4, num_threads=1).converged is False   # not an IndexError
+    assert any('after 1 sweep' in str(x.message) for x in w)
+    for kw, msg in ((dict(num_threads=-1), "'num_threads': must be at least 0"), (dict(regularization=float('inf')), 'must be a finite number'),
+                    (dict(batch_size=0), "'batch_size': must be at least 1"), (dict(init='zeros'), "'init'")):
+        with pytest.raises(KitError, match=msg): cfar.CFARConfig(**kw)
+    with pytest.raises(KitError, match="'regularization': must be a finite number"): cfar.CFARRunConfig(regularization=float('nan'))
+    with pytest.raises(KitError, match=r'als_tol=None: use a relative change > 0 \(e.g. 1e-4\)$'): cfar.check_als_tol(None, none_ok=False)
+
+
+def test_a_malformed_cfar_state_or_an_infinite_logit_is_named():
+    "A state's 1-D or NaN arrays and an infinite phase-1 logit are refused by name, not met as an IndexError or a 'lower the learning rate'."
+    l, y = cfar.synthetic_phase1(120, 5, 3, seed=0)
+    fitted = cfar.fit_cfar(l, y, cfar.CFARConfig(num_threads=1, epochs=1, n_prototypes=3, tol=None, iterations=3))
+    st = fitted.state()
+    with pytest.raises(KitError, match='keys is a 1-d array'): cfar.CFAR.from_state({**st, 'keys': st['keys'][0]})
+    with pytest.raises(KitError, match='non-finite values'): cfar.CFAR.from_state({**st, 'keys': st['keys'] * float('nan')})
+    bad = l.copy(); bad[2, 1] = np.inf
+    with pytest.raises(KitError, match=r'l_specific\[2, 1\] is inf'): fitted.logits(bad)
+    with pytest.raises(KitError, match='phase-1 logits must be finite'): cfar.fit_cfar(bad, y, cfar.CFARConfig(num_threads=1, epochs=1, n_prototypes=3, tol=None, iterations=3))
