@@ -148,11 +148,12 @@ def _find_masks(data: AttributeData, mask_dir):
     folder = mask_folder(data.name, data.root, mask_dir)
     if folder is None: return data
     if not folder.is_dir(): raise KitError(f'mask_dir={str(mask_dir)!r} is not a folder: pass the folder holding the mask PNGs, or None/False')
-    log, absent, stale = read_mask_log(folder), [], []
+    log, absent, stale, sources = read_mask_log(folder), [], [], {}
     def fits(s):  # the sample's mask, or None: absent, or made for another box or from another image (its log record says so)
         if not (p := _sample_mask(folder, s)).exists(): absent.append(p); return None
         why = (r := log.get(p.relative_to(folder).as_posix())) and mask_record_change(r, s.box)
         if why: stale.append((p, why)); return None
+        if r and r.get('source'): sources[r['source']] = sources.get(r['source'], 0) + 1   # which source made each attached mask
         return p
     found = fill_masks(data, fits)
     found.meta.update(mask_root=str(folder), masks_attached=len(found.samples) - len(absent) - len(stale), masks_stale=len(stale))
@@ -161,6 +162,9 @@ def _find_masks(data: AttributeData, mask_dir):
                      f'{stale[0][1]}); they get mask=None: run har-kit masks again with the same source to make them again')
     if absent:
         data_warning(f'{folder}: {len(absent)} of {len(found.samples)} samples have no mask (e.g. {absent[0]}); they get mask=None')
+    if len(sources) > 1:   # one folder, masks of several sources: usually a run of another source stopped part way
+        data_warning(f'{folder}: the attached masks come from {len(sources)} sources (' + ', '.join(f'{k}: {v}' for k, v in sorted(sources.items(), key=lambda kv: (-kv[1], kv[0])))
+                     + '); a har-kit masks run of another source stopped part way? run it again to finish, or give each source its own --mask-root')
     return found
 
 # %% ../nbs/14_data.ipynb #c027

@@ -135,6 +135,9 @@ class MaskSource:
     def key(self): return self.name
     def check(self, items):  # the (key, Sample) pairs to be made
         "Validate the targets before any work; raise `KitError` (the base accepts all)."
+    def reads(self, items):  # the (key, Sample) pairs whose cached masks are being checked
+        "{key: [files]}: what each target's mask would be made from now besides its image, or None where only making it tells (the base); `make_masks` remakes a cached mask whose recorded files differ."
+        return None
     def __call__(self, jobs): raise NotImplementedError(f'{type(self).__name__} must implement __call__(jobs)')
     def per_target(self,
                    jobs,         # [(image path, [(key, Sample), ...]), ...]
@@ -191,26 +194,38 @@ class DirectorySource(MaskSource):
 
 # %% ../nbs/20_mask_sources.ipynb #c038
 @patch
+def reads(self:DirectorySource, items):  # the (key, Sample) pairs whose cached masks are being checked
+    "{key: [the PNG `path` finds now]}: a PNG added since in a layout that comes first (`path`'s order) makes the cached mask stale."
+    per_image = {}
+    for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
+    return {k: [p] if (p := self.path(k, per_image[s.image] == 1, s)) is not None else [] for k, s in items}
+
+# %% ../nbs/20_mask_sources.ipynb #c039
+@patch
 def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
     "Every target has its PNG, or a `KitError` listing how many do not, before any work."
     per_image = {}
     for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
     found = {k: self.path(k, per_image[s.image] == 1, s) for k, s in items}
     missing = [k for k, p in found.items() if p is None]
-    if missing: raise KitError(f'{self.directory}: no mask PNG for {len(missing)} of {len(items)} samples, e.g. '
-                               + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
-                               '(see har_kit.mask_sources.sample_key) or <image stem>.png for single-target images')
+    if missing:
+        laid = next((s for k, s in items if k in missing and (s.meta or {}).get('file_name')), None)   # a sample the kit's layout names
+        raise KitError(f'{self.directory}: no mask PNG for {len(missing)} of {len(items)} samples, e.g. '
+                       + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
+                       '(see har_kit.mask_sources.sample_key), <image stem>.png for single-target images'
+                       + (f', or as the kit lays masks out (har_kit.formats.mask_path: '
+                          f'{mask_path(self.directory, *target_of(laid)).relative_to(self.directory)})' if laid else ''))
     # a PNG named after the image's stem alone is that image's only where no other image has the same stem
     for p in {found[k] for k, s in items if found[k] == self.directory/f'{Path(s.image).stem}.png'}:
         same = sorted({Path(s.image) for _, s in items if Path(s.image).stem == p.stem})
         if len(same) > 1: raise KitError(f'{p}: images {same[0]} and {same[1]} both have the stem {p.stem!r}, so this PNG cannot say '
                                          'whose mask it is; name the masks <sample key>.png (see har_kit.mask_sources.sample_key)')
 
-# %% ../nbs/20_mask_sources.ipynb #c039
+# %% ../nbs/20_mask_sources.ipynb #c040
 @patch
 def __call__(self:DirectorySource, jobs): return self.per_target(jobs, self._target_mask)
 
-# %% ../nbs/20_mask_sources.ipynb #c040
+# %% ../nbs/20_mask_sources.ipynb #c041
 @patch
 def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # as `MaskSource.per_target` passes them
     "A user's PNG for one target: image-sized, or box-sized and pasted into the box; any other size is an error."
@@ -225,7 +240,7 @@ def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # a
                        f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
     return TargetMask(m & box_mask(box, size), clipped=clipped, note=note, read=(path,))
 
-# %% ../nbs/20_mask_sources.ipynb #c044
+# %% ../nbs/20_mask_sources.ipynb #c045
 PERSON = 1  # COCO category id of "person" in torchvision's detection models
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
 
@@ -256,6 +271,12 @@ class MaskRCNNSource(MaskSource):
         self.weights, self.device, self.arch, self.seed, self.model_kw = weights, get_device(device), arch, seed, model_kw
         self.select_kw = dict(min_iou=min_iou, min_inside=min_inside, mask_thresh=mask_thresh)
         self.score_thresh, self.model = score_thresh, None
+        if isinstance(score_thresh, bool) or not isinstance(score_thresh, (int, float)) or not 0 <= score_thresh <= 1:
+            raise KitError(f'score_thresh={score_thresh!r} (--score-thresh): the least person detection score, a number in [0, 1] (e.g. 0.5)')
+        for k in ('min_size', 'max_size'):   # torchvision's resize of every image: 0 or below gives no image
+            v = model_kw.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise KitError(f'{k}={v!r} (--{k.replace("_", "-")}): Mask R-CNN\'s resize, a whole number of pixels >= 1 (torchvision: min_size 800)')
         self._weights_file()   # a weights file that is not there: refused now, before anything is created for it
     @property
     def key(self):
@@ -270,7 +291,7 @@ class MaskRCNNSource(MaskSource):
         if not Path(w).is_file(): raise KitError(f'weights={str(w)!r}: no such file; pass the Mask R-CNN state-dict file you downloaded')
         return Path(w)
 
-# %% ../nbs/20_mask_sources.ipynb #c047
+# %% ../nbs/20_mask_sources.ipynb #c048
 @patch
 def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while fetching the weights
     "The `KitError` for weights that could not be fetched: what happened and what to do instead."
@@ -280,7 +301,7 @@ def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while 
                     f'download {url} on another machine and pass its path as the weights (har-kit masks --weights FILE, '
                     "21_masks maskrcnn_weights=FILE), or use another source (--source box, renderer or directory)")
 
-# %% ../nbs/20_mask_sources.ipynb #c048
+# %% ../nbs/20_mask_sources.ipynb #c049
 @patch
 def build(self:MaskRCNNSource):
     "Build (once) the torchvision model in eval mode on the source's device; weights from torchvision or a file."
@@ -296,7 +317,7 @@ def build(self:MaskRCNNSource):
     self.model = net.eval().to(self.device)
     return self.model
 
-# %% ../nbs/20_mask_sources.ipynb #c049
+# %% ../nbs/20_mask_sources.ipynb #c050
 @patch
 @torch.inference_mode()
 def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
@@ -309,17 +330,18 @@ def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
         res.append((o['boxes'][keep].cpu().numpy(), o['masks'][keep, 0].float().cpu().numpy()))
     return res
 
-# %% ../nbs/20_mask_sources.ipynb #c050
+# %% ../nbs/20_mask_sources.ipynb #c051
 @patch
 def __call__(self:MaskRCNNSource, jobs):
     images = [load_rgb(img) for img, _ in jobs]
     out = []
+    file = self._weights_file()   # a weights file is an input of every mask: replaced in place, the masks are remade
     for (img, items), im, (boxes, masks) in zip(jobs, images, self.detect(images)):
-        out.append([select_target(s.box, im.shape[:2], boxes, masks, where=_where(img, key), **self.select_kw)
-                    for key, s in items])
+        out.append([dataclasses.replace(tm, read=(*tm.read, file)) if file else tm
+                    for tm in (select_target(s.box, im.shape[:2], boxes, masks, where=_where(img, key), **self.select_kw) for key, s in items)])
     return out
 
-# %% ../nbs/20_mask_sources.ipynb #c052
+# %% ../nbs/20_mask_sources.ipynb #c053
 MASK_SOURCES = {'box': BoxSource, 'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource,
                 'maskrcnn': MaskRCNNSource}
 

@@ -139,7 +139,7 @@ def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (i
             dst = mask_path(out, *rels[i])
             if dst.resolve() not in {Path(p).resolve() for p in tm.read}: write_mask(tm.mask, dst)   # not the very file it was read from
             new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(), box=log_box(samples[i].box),
-                            inputs={str(p): file_stamp(p) for p in (samples[i].image, *tm.read)}))
+                            inputs={str(Path(p).resolve()): file_stamp(p) for p in (samples[i].image, *tm.read)}))   # absolute: checked from any folder
             recs[new[-1]['key']] = new[-1]
     return new
 
@@ -184,14 +184,20 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                             'named after its image without the suffix): rename one of them, or move it to a folder of its own')
     log, recs = out/MASK_LOG, read_mask_log(out)
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
+    reads = src.reads([(keys[i], samples[i]) for i in first.values()]) or {}   # what the source would make each mask from now
+    def _same_reads(i, r):  # the files a cached mask was made from, besides its image, are the ones the source would read now
+        if keys[i] not in reads: return True
+        made = {str(Path(p).resolve()) for p in r.get('inputs') or {}} - {str(Path(samples[i].image).resolve())}
+        return made == {str(Path(p).resolve()) for p in reads[keys[i]]}
     def _done(i):  # written by this source for the target's box from the files as they are now (`mask_record_change`), and still there
         r = rec_of(i)
         return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
-                and mask_record_change(r, samples[i].box, strict=True) is None)
+                and mask_record_change(r, samples[i].box, strict=True) is None and _same_reads(i, r))
     todo = [i for i in first.values() if not _done(i)]
     src.check([(keys[i], samples[i]) for i in todo])
     top = _first_missing(out)                    # the outermost folder this call creates (None: out exists)
     _create_root(out)                            # only now: a source that refuses leaves nothing behind
+    if todo: (out/'report.json').unlink(missing_ok=True)   # it describes the folder once this call ends: a stopped call leaves none
     groups = {}
     for i in todo: groups.setdefault(Path(samples[i].image), []).append(i)
     groups, bs = list(groups.items()), int(batch_size)
@@ -264,9 +270,13 @@ def cli(argv=None):  # arguments after `har-kit masks`
     p.add_argument('--score-thresh', type=float, default=0.5, help='least person detection score (default: %(default)s)')
     p.add_argument('--min-size', type=int, default=None, help="Mask R-CNN's resize (torchvision default 800)")
     a = p.parse_args(argv)
-    kw = {}
+    kw, wrong = {}, None
+    if a.directory is not None and a.source != 'directory': wrong = f'--directory is for --source directory, not {a.source}'
+    if a.source != 'maskrcnn' and (a.score_thresh != 0.5 or a.min_size is not None or a.weights != 'DEFAULT'):
+        wrong = f'--score-thresh, --min-size and --weights are for --source maskrcnn, not {a.source}: leave them out'
+    if wrong: print(f'har-kit masks: {wrong}', file=sys.stderr); return 2
     if a.source == 'maskrcnn':
-        kw = dict(score_thresh=a.score_thresh, **({'min_size': a.min_size} if a.min_size else {}))
+        kw = dict(score_thresh=a.score_thresh, **({'min_size': a.min_size} if a.min_size is not None else {}))
     try:
         data = load_dataset(a.dataset, root=a.root, profile=a.profile)
         masks = make_masks(data, a.source, mask_root=a.mask_root, cache_dir=a.cache_dir, device=a.device, batch_size=a.batch_size,

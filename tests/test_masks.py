@@ -387,3 +387,82 @@ def test_a_moved_dataset_keeps_the_masks_shipped_in_it(tmp_path):
     moved = shutil.move(root, tmp_path/'moved')
     data = load_dataset('pa100k', moved)
     assert data.meta['masks_attached'] == len(data) and data.meta['masks_stale'] == 0
+
+
+def test_a_mask_made_from_a_relative_root_is_checked_from_any_folder(tmp_path, monkeypatch):
+    "The log names the files a mask was made from by their absolute path: an image changed since is seen from any working folder."
+    from har_kit.data import DataWarning
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))
+    write_fixture('pa100k', tmp_path/'p4', n_images=6, masks=False)
+    monkeypatch.chdir(tmp_path)
+    make_masks(load_dataset('pa100k', 'p4'), 'box', progress=False)               # a relative root, as `har-kit masks --root p4`
+    img = load_dataset('pa100k', 'p4').samples[0].image
+    Image.new('RGB', Image.open(img).size, (9, 9, 9)).save(img, format='JPEG')   # the image changes
+    (tmp_path/'elsewhere').mkdir(); monkeypatch.chdir(tmp_path/'elsewhere')
+    with pytest.warns(DataWarning, match='1 of 6 masks no longer fit'):
+        assert load_dataset('pa100k', tmp_path/'p4').meta['masks_stale'] == 1
+    r = make_masks(load_dataset('pa100k', tmp_path/'p4'), 'box', progress=False).report
+    assert (r['computed'], r['cached']) == (1, 5)   # the others are found from here too
+
+
+def test_a_directory_png_added_in_a_layout_read_first_remakes_the_cached_mask(tmp_path):
+    "The directory source reads the kit's mask_path layout before <image stem>.png: a PNG added there is what the mask is made from now."
+    root = write_fixture('pa100k', tmp_path/'p5', n_images=6, masks=False)
+    data, user = load_dataset('pa100k', root), tmp_path/'user'
+    for s in data.samples: write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{s.image.stem}.png')
+    run = lambda: make_masks(data, 'directory', directory=user, mask_root=tmp_path/'out', progress=False)
+    assert run().report['computed'] == 6
+    s = data.samples[0]; h, w = Image.open(s.image).size[::-1]
+    half = np.zeros((h, w), bool); half[:, :w // 2] = True
+    write_mask(half, mask_path(user, *target_of(s)))   # the kit's own layout, read first
+    again = run()
+    assert (again.report['computed'], again.report['cached']) == (1, 5) and read_mask(again[0]).sum() == half.sum()
+
+
+class _NoPeople(MaskRCNNSource):
+    "Mask R-CNN from a weights file, with no model run: it detects no one, so every mask is the box (a fallback)."
+    def detect(self, images): return [(np.zeros((0, 4), np.float32), np.zeros((0, *im.shape[:2]), np.float32)) for im in images]
+
+
+def test_a_maskrcnn_weights_file_replaced_in_place_remakes_the_masks(tmp_path):
+    "The weights file is an input of every Mask R-CNN mask: the same path with other weights makes them again."
+    root = write_fixture('pa100k', tmp_path/'p1', n_images=6, masks=False)
+    data, w = load_dataset('pa100k', root), tmp_path/'w.pth'
+    torch.save({'a': torch.zeros(1)}, w)
+    run = lambda: make_masks(data, _NoPeople(weights=w), mask_root=tmp_path/'out', progress=False).report
+    assert run()['computed'] == 6 and run()['cached'] == 6
+    torch.save({'a': torch.zeros(5)}, w)   # other weights at the same path
+    assert run()['computed'] == 6
+
+
+def test_a_stopped_run_of_another_source_is_said_and_leaves_no_report(tmp_path, monkeypatch):
+    "Box masks, then a directory run stopped after its first batch in the same folder: the readers say the masks come from two sources."
+    from har_kit.data import DataWarning
+    from har_kit.mask_sources import DirectorySource
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kit-data'))
+    root = write_fixture('pa100k', tmp_path/'pb', n_images=6, masks=False)
+    data, user = load_dataset('pa100k', root), tmp_path/'user'
+    for s in data.samples: write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{s.image.stem}.png')
+    home = make_masks(data, 'box', progress=False).directory
+    assert (home/'report.json').exists()
+    class Stops(DirectorySource):
+        calls = 0
+        def __call__(self, jobs):
+            Stops.calls += 1
+            if Stops.calls > 1: raise KeyboardInterrupt
+            return super().__call__(jobs)
+    with pytest.raises(KeyboardInterrupt): make_masks(data, Stops(user), batch_size=2, progress=False)
+    assert not (home/'report.json').exists()   # it would say "box, 6 computed"
+    with pytest.warns(DataWarning, match=r'come from 2 sources \(box: 4, directory-\w+: 2\).*stopped part way'):
+        load_dataset('pa100k', root)
+
+
+@pytest.mark.parametrize('args, says', [(['--source', 'maskrcnn', '--weights', 'none', '--min-size', '-5'], "min_size=-5 (--min-size)"),
+                                        (['--source', 'maskrcnn', '--weights', 'none', '--min-size', '0'], "min_size=0 (--min-size)"),
+                                        (['--source', 'maskrcnn', '--weights', 'none', '--score-thresh', 'nan'], 'score_thresh=nan (--score-thresh)'),
+                                        (['--source', 'box', '--directory', 'x'], '--directory is for --source directory'),
+                                        (['--source', 'box', '--score-thresh', '0.7'], '--score-thresh, --min-size and --weights are for --source maskrcnn')])
+def test_masks_cli_refuses_options_it_would_misuse_or_ignore(tmp_path, args, says, capsys):
+    root = write_fixture('pa100k', tmp_path/'p', n_images=6, masks=False)
+    assert cli(['--dataset', 'pa100k', '--root', str(root), '--mask-root', str(tmp_path/'out'), *args]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path/'out').exists()
