@@ -13,14 +13,14 @@ from tqdm import tqdm
 from .core import KitError, UNSPECIFIED, available_cpus, data_root, sweep_temporaries
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
 from .synth_scenes import WIDER_SCENES, render
-from .formats import (WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
+from .formats import (SYNTH_META, WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
                              write_pa100k_annotation, write_rap_annotation, write_synth_meta,
                              write_wider_annotation)
 
 # %% auto #0
-__all__ = ['SYNTH_VERSION', 'LAYOUT', 'SPLIT_BOUNDS', 'RAP_TRAIN_FRACTION', 'DEFAULT_SIZE', 'PARALLEL_FROM', 'MAX_WORKERS',
-           'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'check_profile', 'synth_marker',
-           'synthetic_dir', 'ensure_synthetic', 'cli']
+__all__ = ['SYNTH_VERSION', 'LAYOUT', 'SPLIT_BOUNDS', 'RAP_TRAIN_FRACTION', 'MAX_SIZE', 'DEFAULT_SIZE', 'PARALLEL_FROM',
+           'MAX_WORKERS', 'PROFILES', 'wider_code', 'label_stats', 'format_stats', 'make_synthetic', 'check_profile',
+           'synth_marker', 'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/13_synth.ipynb #c006
 SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
@@ -141,6 +141,7 @@ def _check_seed(seed):  # a generator seed
         raise KitError(f'seed={seed!r} (--seed): the generator seed must be a whole number >= 0')
     return int(seed)
 
+MAX_SIZE = 4096   # the largest image height: a set of 1,000 such crops is about 12 GB of pixels while it is written
 DEFAULT_SIZE = {'wider': 144, 'rap': 96, 'pa100k': 96}   # image height in pixels when `size` is None (crops are half as wide, scenes 4/3 as wide)
 
 def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `make_synthetic`
@@ -152,13 +153,28 @@ def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `mak
     if distractors is not None and (not isinstance(distractors, (int, np.integer)) or not 0 <= distractors <= 8):
         raise KitError(f'distractors={distractors!r}: expected None (mixed levels) or an integer level 0..8 (levels 0..{MAX_LEVEL} are the studied ones)')
     if size is None: size = DEFAULT_SIZE[kind]          # only None means the default: 0 is refused below
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
-        raise KitError(f'size={size!r} (--size): images must be at least 32 pixels high (omit it for the default: '
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 32 <= size <= MAX_SIZE:
+        raise KitError(f'size={size!r} (--size): images must be 32 to {MAX_SIZE} pixels high (omit it for the default: '
                        f"{DEFAULT_SIZE['pa100k']} for crops, {DEFAULT_SIZE['wider']} for WIDER-like scenes)")
     size = int(size)
-    if Path(root).exists() and any(Path(root).iterdir()) and not overwrite:
-        raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True (har-kit synth --overwrite)')
+    if Path(root).exists() and any(Path(root).iterdir()):
+        if not overwrite: raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True (har-kit synth --overwrite)')
+        if not (Path(root)/SYNTH_META).is_file():   # overwrite replaces the folder: never one the generator did not write
+            raise KitError(f'{root} holds files but no {SYNTH_META}, so no set har-kit synth wrote: overwrite=True (--overwrite) '
+                           'replaces only such a set; choose a new or empty directory')
     return size
+
+def _replace_set(root, make):  # a set's root; make(folder) writes the new set there
+    "Write the new set beside `root`, then swap it in: a stopped run leaves the old set whole (never its labels over new images)."
+    tmp = root.parent/f'.{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    old = root.parent/f'.{root.name}.tmp-{os.getpid()}-old{uuid.uuid4().hex[:8]}'
+    try:
+        make(tmp)
+        os.rename(root, old); os.rename(tmp, root)
+    finally:
+        for d in (tmp, old):
+            if d.exists(): shutil.rmtree(d, ignore_errors=True)
+    return root
 
 # %% ../nbs/13_synth.ipynb #c025
 def _write_sidecar(kind, root, recs, params, seconds):  # kind; set root; per-image records; generator parameters; time taken
@@ -187,6 +203,8 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                    progress=True):    # tqdm progress bar
     "Generate a synthetic set in the real on-disk format of `kind`, with masks and `synth_meta.json`; return its root."
     size, root = _check_args(kind, n, distractors, size, root, overwrite, seed), Path(root)
+    if root.exists() and any(root.iterdir()):   # overwrite: an earlier set, replaced whole once the new one is written
+        return _replace_set(root, lambda tmp: make_synthetic(kind, tmp, n, distractors, size, seed, workers, progress=progress))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
@@ -270,10 +288,10 @@ def cli(argv=None):  # command-line arguments after `har-kit synth`
     ap.add_argument('--profile', default='tiny', choices=list(PROFILES), help="synthetic set size (with --root: the number of images, unless --n; not reproduce's --profile, which names a plan)")
     ap.add_argument('--root', default=None, help='write here instead of the cache (with --n)')
     ap.add_argument('--n', type=int, default=None, help='number of images with --root (default: the profile size)')
-    ap.add_argument('--distractors', type=int, default=None, help=f'distraction level 0..{MAX_LEVEL} for every image (default: mixed)')
+    ap.add_argument('--distractors', type=int, default=None, help=f'distraction level 0..8 for every image (levels 0..{MAX_LEVEL} are the studied ones; default: mixed levels 0..{MAX_LEVEL})')
     ap.add_argument('--size', type=int, default=None, help=f"image height in pixels (default {DEFAULT_SIZE['pa100k']} crops, {DEFAULT_SIZE['wider']} scenes)")
     ap.add_argument('--seed', type=int, default=0, help='seed of the set (default 0; the same seed writes the same images)')
-    ap.add_argument('--overwrite', action='store_true', help='allow writing into a non-empty --root')
+    ap.add_argument('--overwrite', action='store_true', help='replace the set har-kit synth wrote at --root (written beside it, then swapped in)')
     a = ap.parse_args(argv)
     try:
         for k in (KINDS if a.kind == 'all' else [a.kind]):

@@ -199,7 +199,7 @@ def test_seed_size_and_n_are_checked_before_anything_is_created(tmp_path, capsys
     "--seed -1, --size 0 and --n 0 are refused naming the option; 0 never means the default; no folder is left."
     monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'cache'))
     cases = [(['--seed', '-1'], 'seed=-1 (--seed): the generator seed must be a whole number >= 0'),
-             (['--size', '0'], 'size=0 (--size): images must be at least 32 pixels high'),
+             (['--size', '0'], 'size=0 (--size): images must be 32 to 4096 pixels high'),
              (['--n', '0'], 'n=0: need an integer >= 10')]
     for args, message in cases:
         assert cli(['pa100k', '--root', str(tmp_path/'new'), *args]) == 2
@@ -243,3 +243,23 @@ def test_a_set_of_another_generator_version_is_replaced_and_a_killed_delete_swep
     assert ensure_synthetic('rap', 'tiny', seed=5) == dest and (dest/'done').read_text().startswith('har_kit.synth ')
     assert (dest/'done').read_text() != 'har_kit.synth 0 (an older generator)\n' and not left.exists()
     assert not [p for p in dest.parent.iterdir() if p.name.startswith('.')]   # nothing aside left behind
+
+
+def test_overwrite_replaces_a_set_whole_and_never_a_folder_the_generator_did_not_write(tmp_path, capsys, monkeypatch):
+    "--overwrite writes the new set beside the old and swaps it in: a stopped run leaves the old set with its own labels; "
+    "a smaller set leaves none of the old images; a folder without synth_meta.json (a real dataset, say) is refused."
+    from har_kit import synth
+    root = tmp_path/'s'
+    assert cli(['pa100k', '--root', str(root), '--n', '20']) == 0
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob('*') if p.is_file()}
+    def stop(*a, **kw): raise KeyboardInterrupt
+    monkeypatch.setattr(synth, '_write_annotations', stop)   # stopped after the new images, before their labels
+    with pytest.raises(KeyboardInterrupt): cli(['pa100k', '--root', str(root), '--n', '20', '--seed', '1', '--overwrite'])
+    monkeypatch.undo()
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob('*') if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ['s']   # no temporary folder left
+    assert cli(['pa100k', '--root', str(root), '--n', '10', '--seed', '1', '--overwrite']) == 0
+    assert read_synth_meta(root)['params']['seed'] == 1 and len(list(root.rglob('*.jpg'))) == 10
+    real = tmp_path/'real'; real.mkdir(); (real/'annotation.mat').write_bytes(b'mine')
+    assert cli(['pa100k', '--root', str(real), '--n', '10', '--overwrite']) == 2
+    assert 'no set har-kit synth wrote' in capsys.readouterr().err and (real/'annotation.mat').read_bytes() == b'mine'
