@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .core import KitError, UNSPECIFIED, atomic_write, check_writable, save_json
 from .data import EmptyTestWarning, dataset_issues, dataset_reader, identical_across_splits, unused_images
 from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
-                             image_file, image_problem, load_grey, load_rgb, mask_path)
+                             image_file, image_problem, load_grey, load_rgb, mask_folder, mask_path)
 
 # %% auto #0
 __all__ = ['ISSUE_LABELS', 'check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'check_json_dest', 'cli']
@@ -30,6 +30,11 @@ def _place(src, dst, link):  # existing file; destination; try a hard link first
     shutil.copyfile(src, dst)
 
 # %% ../nbs/17_check.ipynb #c009
+def _mask_size(s, shape, size, cut):  # a Sample; its mask's (h, w); its image's (H, W); the clipped box (x0, y0, x1, y1)
+    "What is wrong with a mask that fits neither its image nor the target's clipped box (what the loaders read), and what to do."
+    return (f'{s.mask}: mask is {shape[1]}x{shape[0]}, but its image {s.image} is {size[1]}x{size[0]} and the target box '
+            f'{cut[2] - cut[0]}x{cut[3] - cut[1]}: make the masks again (har-kit masks) or replace it')
+
 def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its mask PNG (or None)
     "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
     img = load_rgb(s.image)
@@ -40,6 +45,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
     if mask_dst is not None:
         m = load_grey(s.mask)
         if m.shape == (H, W): m = m[y0:y1, x0:x1]
+        elif m.shape != (y1 - y0, x1 - x0): raise KitError(_mask_size(s, m.shape, (H, W), (x0, y0, x1, y1)))   # as training would stop
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
@@ -192,6 +198,28 @@ def _cut_warning(cut, n):  # `_box_problems`' boxes cut at the edge; boxes looke
             f'({lost:.0%} of its area outside){hint}')
 
 # %% ../nbs/17_check.ipynb #c025
+def _mask_problems(kind, root, reader_kw, sizes, rep):  # as `check_dataset` has them; (H, W) of the images that decoded
+    "The masks the readers attach unasked (`rep['masks']`): their warnings (stale, missing, of several sources) into `rep`, and the messages of attached masks of checked images that do not decode or fit neither their image nor their clipped box, which training with masks stops on."
+    folder = mask_folder(kind, Path(root), None)
+    if folder is None or not folder.is_dir(): return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        data = dataset_reader(kind)(root, check_images=False, **reader_kw)   # as a run reads it: the masks attached
+    rep['warnings'] += [str(w.message) for w in caught if str(w.message).startswith(str(folder))]
+    bad, n = [], 0
+    for s in data.samples:
+        if s.mask is None or s.image not in sizes: continue
+        n += 1
+        H, W = sizes[s.image]
+        try:
+            m = load_grey(s.mask)
+            cut = clip_box(s.box, (H, W), str(s.image))[0] if s.box is not None else (0, 0, W, H)
+        except KitError as e: bad.append(str(e)); continue
+        if m.shape not in ((H, W), (cut[3] - cut[1], cut[2] - cut[0])): bad.append(_mask_size(s, m.shape, (H, W), cut))
+    rep['masks'] = dict(folder=str(folder), attached=int(data.meta.get('masks_attached', 0)), checked=n, unusable=len(bad))
+    return bad
+
+# %% ../nbs/17_check.ipynb #c026
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
@@ -223,6 +251,8 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep['images'].update(bad_boxes=len(boxes), cut_boxes=len(cut))
     if cut: rep['warnings'].append(_cut_warning(cut, n_boxes))
     rep['errors'] += unreadable + boxes[:3] + ([f'... and {len(boxes) - 3} more boxes the loaders cannot crop'] if len(boxes) > 3 else [])
+    masks = _mask_problems(kind, root, reader_kw, sizes, rep)
+    rep['errors'] += masks[:3] + ([f'... and {len(masks) - 3} more masks training with masks cannot read'] if len(masks) > 3 else [])
     images = Path(rep['layout'].get('images', ''))
     unused = unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []
     rep['images']['without_labels'] = len(unused)
@@ -252,7 +282,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/17_check.ipynb #c029
+# %% ../nbs/17_check.ipynb #c030
 ISSUE_LABELS = {  # `dataset_issues` keys as the report says them
     'in_two_splits': 'one image listed in two splits', 'same_file_in_two_splits': 'identical bytes under two names in two splits',
     'duplicates': 'entries listed twice in a split', 'all_zero_rows': 'label rows with no positive'}
@@ -270,6 +300,9 @@ def format_check(rep):  # a report from `check_dataset`
                      f'{im["without_labels"]} without labels'
                      + ''.join(f'; {im[k]} {what}' for k, what in (('corrupt', 'with corrupt JPEG data'), ('transparent', 'with transparent pixels'))
                                if im.get(k)))
+        if rep.get('masks'):
+            m = rep['masks']
+            lines.append(f"masks: {m['attached']} attached from {m['folder']} (the readers attach them unasked), {m['checked']} checked: {m['unusable']} unusable")
         lines.append(f'{"attribute":<22}{"pos %":>7}{"unspecified":>13}')
         for a in rep['attributes']:
             pos = '-' if a['pos_ratio'] is None else f"{100 * a['pos_ratio']:.1f}"
@@ -280,7 +313,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"}' + (f' ({", ".join(said)})' if said else '') + f' in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/17_check.ipynb #c032
+# %% ../nbs/17_check.ipynb #c033
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
@@ -302,7 +335,7 @@ def _parser():
                    'editing one edits the other)')
     return p
 
-# %% ../nbs/17_check.ipynb #c033
+# %% ../nbs/17_check.ipynb #c034
 def check_json_dest(path,         # the --json file of `har-kit data check`
                     root,         # the dataset root being checked
                     force=False): # replace an existing file
@@ -313,7 +346,7 @@ def check_json_dest(path,         # the --json file of `har-kit data check`
     if path.is_dir(): raise KitError(f'--json {path} is a folder: name a file, e.g. {path/"check.json"}')
     return check_writable([path], force, where='--json')[0]
 
-# %% ../nbs/17_check.ipynb #c034
+# %% ../nbs/17_check.ipynb #c035
 def cli(argv=None):  # arguments after `har-kit data`
     "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
     p = _parser()

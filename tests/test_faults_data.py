@@ -503,3 +503,20 @@ def test_truncated_images_behind_an_early_end_marker_are_refused_when_read(tmp_p
         else: img.save(first, 'BMP')
         first.write_bytes(first.read_bytes()[:cut])
         with pytest.raises(KitError, match=first.name): read_pa100k(root, mask_dir=False)
+
+
+def test_data_check_reads_the_masks_the_readers_attach_and_convert_never_copies_a_wrong_size_one(tmp_path):
+    "A mask the readers attach unasked that does not decode, or fits neither its image nor its box, fails `har-kit data check` "
+    "(training with masks would stop on it) and is never carried into a converted set."
+    import numpy as np
+    from PIL import Image
+    from har_kit.check import check_dataset, to_csv_dataset
+    from har_kit.data import read_wider, tiny_fixture
+    root = tiny_fixture('wider', tmp_path/'w')
+    assert check_dataset('wider', root, progress=False)['masks']['unusable'] == 0
+    ms = sorted((root/'masks').rglob('*.png'))
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(ms[0])
+    rep = check_dataset('wider', root, progress=False)
+    assert not rep['ok'] and any(f'{ms[0]}: mask is 10x10, but its image' in e for e in rep['errors']), rep['errors']
+    with pytest.raises(KitError, match='mask is 10x10'): to_csv_dataset(read_wider(root), tmp_path/'c', progress=False)
+    assert not (tmp_path/'c').exists()
