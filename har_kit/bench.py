@@ -302,12 +302,13 @@ def data_throughput(samples,                 # list of `har_kit.data.Sample`
                     batch_size: int = 32,    # images per batch
                     batches: int = 8,        # timed batches per worker count (after the first, which starts the workers)
                     device='cpu'):           # pinned memory when 'cuda'
-    "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: images/s}, over one epoch of `batches` + 1 batches (the samples repeated when fewer), so no worker restarts inside the timing."
+    "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: images/s}, over one epoch of `batches` + 1 batches drawn from `samples` (seed 0; repeated when fewer), so no worker restarts inside the timing."
     if not samples: raise KitError('data_throughput: no samples')
     batch_size, batches = _at_least(batch_size, 1, 'batch_size', 'images per batch'), _at_least(batches, 1, 'batches', 'timed batches')
     workers = [_at_least(n, 0, 'workers', 'worker counts') for n in workers]
     need = batch_size * (batches + 1)
-    samples = [samples[i % len(samples)] for i in range(max(need, len(samples)))][:need]   # one epoch is exactly the batches read
+    pick = np.random.default_rng(0).permutation(len(samples))
+    samples = [samples[pick[i % len(samples)]] for i in range(need)]   # one epoch is exactly the batches read: a draw from them all
     out = {}
     for n in workers:
         loader = loading.make_loader(samples, transform, batch_size, shuffle=True, drop_last=False, **loader_options(n, device))
@@ -346,7 +347,8 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
                 data_images_per_s={str(k): v for k, v in rates.items()}, model_train_images_per_s=model['images_per_s'],
                 ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
                 cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples),
-                samples_read=batch_size * (batches + 1), model_warmup=model_warmup, model_iters=model_iters)
+                samples_read=batch_size * (batches + 1), images_read=min(len(samples), batch_size * (batches + 1)),
+                model_warmup=model_warmup, model_iters=model_iters)
 
 # %% ../nbs/18_bench.ipynb #c045
 def _load():
@@ -430,7 +432,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
     if a.data:
         samples, bs = None, (a.batch_size if a.batch_size > 1 else 32)
         if a.data_root:
-            samples = data.load_dataset(a.dataset, a.data_root).split('train')[:max(a.images, bs * (a.batches + 1))]
+            samples = data.load_dataset(a.dataset, a.data_root).split('train')   # the batches read are drawn from all of it
         res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=min(a.iters, 5), model_warmup=min(a.warmup, 1))
         print(format_data(res))
         out = save_json(res, out)

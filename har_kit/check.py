@@ -15,7 +15,8 @@ from tqdm import tqdm
 from .core import KitError, UNSPECIFIED, atomic_write, check_writable, save_json
 from .data import EmptyTestWarning, dataset_issues, dataset_reader, identical_across_splits, unused_images
 from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
-                             image_file, image_problem, load_grey, load_rgb, mask_folder, mask_path)
+                             image_file, image_problem, load_grey, load_rgb, mask_path)
+from .loading import mask_size_error
 
 # %% auto #0
 __all__ = ['ISSUE_LABELS', 'check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'check_json_dest', 'cli']
@@ -30,11 +31,6 @@ def _place(src, dst, link):  # existing file; destination; try a hard link first
     shutil.copyfile(src, dst)
 
 # %% ../nbs/17_check.ipynb #c009
-def _mask_size(s, shape, size, cut):  # a Sample; its mask's (h, w); its image's (H, W); the clipped box (x0, y0, x1, y1)
-    "What is wrong with a mask that fits neither its image nor the target's clipped box (what the loaders read), and what to do."
-    return (f'{s.mask}: mask is {shape[1]}x{shape[0]}, but its image {s.image} is {size[1]}x{size[0]} and the target box '
-            f'{cut[2] - cut[0]}x{cut[3] - cut[1]}: make the masks again (har-kit masks) or replace it')
-
 def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its mask PNG (or None)
     "Cut a boxed target (and its mask, when image-sized) out of its scene into PNG files."
     img = load_rgb(s.image)
@@ -45,7 +41,7 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
     if mask_dst is not None:
         m = load_grey(s.mask)
         if m.shape == (H, W): m = m[y0:y1, x0:x1]
-        elif m.shape != (y1 - y0, x1 - x0): raise KitError(_mask_size(s, m.shape, (H, W), (x0, y0, x1, y1)))   # as training would stop
+        elif m.shape != (y1 - y0, x1 - x0): raise mask_size_error(s.mask, m.shape, (H, W))   # as training would stop
         mask_dst.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(m).save(mask_dst, format='PNG')
 
@@ -160,7 +156,7 @@ def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being
     lay = detect_layout(kind, root) if not {'annotation', 'files', 'image_dir'} & set(reader_kw) else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        data = reader(root, check_images=False, mask_dir=False, **reader_kw)
+        data = reader(root, check_images=False, **reader_kw)   # masks attached as a run reads them (their warnings said too)
     rep['warnings'] += [str(w.message) for w in caught if not issubclass(w.category, EmptyTestWarning)]   # an empty test split: an error below
     rep['layout'] = lay.record() if lay else {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
     return data
@@ -198,25 +194,20 @@ def _cut_warning(cut, n):  # `_box_problems`' boxes cut at the edge; boxes looke
             f'({lost:.0%} of its area outside){hint}')
 
 # %% ../nbs/17_check.ipynb #c025
-def _mask_problems(kind, root, reader_kw, sizes, rep):  # as `check_dataset` has them; (H, W) of the images that decoded
-    "The masks the readers attach unasked (`rep['masks']`): their warnings (stale, missing, of several sources) into `rep`, and the messages of attached masks of checked images that do not decode or fit neither their image nor their clipped box, which training with masks stops on."
-    folder = mask_folder(kind, Path(root), None)
-    if folder is None or not folder.is_dir(): return []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        data = dataset_reader(kind)(root, check_images=False, **reader_kw)   # as a run reads it: the masks attached
-    rep['warnings'] += [str(w.message) for w in caught if str(w.message).startswith(str(folder))]
+def _mask_problems(data, sizes, rep):  # the dataset as `_read_for_check` read it (masks attached); (H, W) of the images that decoded
+    "The masks the readers attached unasked (`rep['masks']`): the messages of those of checked images that do not decode or fit neither their image nor their clipped box (the loaders' rule), which training with masks stops on."
+    if not data.meta.get('mask_root'): return []
     bad, n = [], 0
     for s in data.samples:
         if s.mask is None or s.image not in sizes: continue
-        n += 1
         H, W = sizes[s.image]
-        try:
-            m = load_grey(s.mask)
-            cut = clip_box(s.box, (H, W), str(s.image))[0] if s.box is not None else (0, 0, W, H)
+        try: cut = clip_box(s.box, (H, W), str(s.image))[0] if s.box is not None else (0, 0, W, H)
+        except KitError: continue   # a box the loaders cannot crop: `_box_problems` names it
+        n += 1
+        try: m = load_grey(s.mask)
         except KitError as e: bad.append(str(e)); continue
-        if m.shape not in ((H, W), (cut[3] - cut[1], cut[2] - cut[0])): bad.append(_mask_size(s, m.shape, (H, W), cut))
-    rep['masks'] = dict(folder=str(folder), attached=int(data.meta.get('masks_attached', 0)), checked=n, unusable=len(bad))
+        if m.shape not in ((H, W), (cut[3] - cut[1], cut[2] - cut[0])): bad.append(str(mask_size_error(s.mask, m.shape, (H, W))))
+    rep['masks'] = dict(folder=data.meta['mask_root'], attached=int(data.meta.get('masks_attached', 0)), checked=n, unusable=len(bad))
     return bad
 
 # %% ../nbs/17_check.ipynb #c026
@@ -251,7 +242,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep['images'].update(bad_boxes=len(boxes), cut_boxes=len(cut))
     if cut: rep['warnings'].append(_cut_warning(cut, n_boxes))
     rep['errors'] += unreadable + boxes[:3] + ([f'... and {len(boxes) - 3} more boxes the loaders cannot crop'] if len(boxes) > 3 else [])
-    masks = _mask_problems(kind, root, reader_kw, sizes, rep)
+    masks = _mask_problems(data, sizes, rep)
     rep['errors'] += masks[:3] + ([f'... and {len(masks) - 3} more masks training with masks cannot read'] if len(masks) > 3 else [])
     images = Path(rep['layout'].get('images', ''))
     unused = unused_images(images, {s.meta['file_name'] for s in data.samples}) if images.is_dir() else []

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import contextlib, datetime, json, math, os, platform, random, shutil, subprocess, sys, tempfile
+import contextlib, datetime, glob, json, math, os, platform, random, shutil, subprocess, sys, tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -254,9 +254,10 @@ def temporary_tag():
     "`<pid>@<host>`: a build's temporary folder `<name>.tmp-<pid>@<host>` is swept only on its own machine, where its PID means something."
     return f'{os.getpid()}@{platform.node()}'
 
-def sweep_temporaries(root):  # a folder where builds write `<name>.tmp-<pid>[-<suffix>]` or `<name>.tmp-<pid>@<host>` folders, then rename them
+def sweep_temporaries(root,       # a folder where builds write `<name>.tmp-<pid>[-<suffix>]` or `<name>.tmp-<pid>@<host>` folders, then rename them
+                      name=None):  # only the temporaries of this `<name>` (a folder of the user's: no one else's); None: every one
     "Remove the temporary folders in `root` whose process is gone: a build killed part way left them (a live one may be writing there now)."
-    for t in Path(root).glob('*.tmp-*'):
+    for t in Path(root).glob('*.tmp-*' if name is None else f'{glob.escape(name)}.tmp-*'):
         pid, at, host = t.name.rpartition('.tmp-')[2].partition('@')
         if at and host != platform.node(): continue   # another machine's build (a folder shared between nodes): alive or not, not this one's to judge
         pid = pid.split('-')[0]

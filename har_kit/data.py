@@ -164,7 +164,8 @@ def _find_masks(data: AttributeData, mask_dir):
         data_warning(f'{folder}: {len(absent)} of {len(found.samples)} samples have no mask (e.g. {absent[0]}); they get mask=None')
     if len(sources) > 1:   # one folder, masks of several sources: usually a run of another source stopped part way
         data_warning(f'{folder}: the attached masks come from {len(sources)} sources (' + ', '.join(f'{k}: {v}' for k, v in sorted(sources.items(), key=lambda kv: (-kv[1], kv[0])))
-                     + '); a har-kit masks run of another source stopped part way? run it again to finish, or give each source its own --mask-root')
+                     + '); a har-kit masks run of another source stopped part way? run it again to finish (or, to train on one source\'s masks, make them '
+                     'into a folder of their own with --mask-root and read the dataset with mask_dir=that folder)')
     return found
 
 # %% ../nbs/14_data.ipynb #c027

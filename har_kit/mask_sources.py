@@ -209,7 +209,8 @@ def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
     found = {k: self.path(k, per_image[s.image] == 1, s) for k, s in items}
     missing = [k for k, p in found.items() if p is None]
     if missing:
-        laid = next((s for k, s in items if k in missing and (s.meta or {}).get('file_name')), None)   # a sample the kit's layout names
+        gone = set(missing)
+        laid = next((s for k, s in items if k in gone and (s.meta or {}).get('file_name')), None)   # a sample the kit's layout names
         raise KitError(f'{self.directory}: no mask PNG for {len(missing)} of {len(items)} samples, e.g. '
                        + ', '.join(f'{k}.png' for k in missing[:3]) + '; name them <sample key>.png '
                        '(see har_kit.mask_sources.sample_key), <image stem>.png for single-target images'
@@ -273,9 +274,9 @@ class MaskRCNNSource(MaskSource):
         self.score_thresh, self.model = score_thresh, None
         if isinstance(score_thresh, bool) or not isinstance(score_thresh, (int, float)) or not 0 <= score_thresh <= 1:
             raise KitError(f'score_thresh={score_thresh!r} (--score-thresh): the least person detection score, a number in [0, 1] (e.g. 0.5)')
-        for k in ('min_size', 'max_size'):   # torchvision's resize of every image: 0 or below gives no image
+        for k in ('min_size', 'max_size'):   # torchvision's resize of every image (min_size may list sizes): 0 or below gives no image
             v = model_kw.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            if v is not None and not all(not isinstance(x, bool) and isinstance(x, int) and x >= 1 for x in (v if isinstance(v, (tuple, list)) and v else [v])):
                 raise KitError(f'{k}={v!r} (--{k.replace("_", "-")}): Mask R-CNN\'s resize, a whole number of pixels >= 1 (torchvision: min_size 800)')
         self._weights_file()   # a weights file that is not there: refused now, before anything is created for it
     @property

@@ -130,12 +130,13 @@ def _create_root(out):  # the mask root `_mask_root` chose
     return out
 
 # %% ../nbs/21_masks.ipynb #c021
-def _write_batch(src, chunk, samples, keys, rels, out, recs):  # one batch of (image, sample indices)
-    "Run the source on a batch, write each mask atomically (a mask read from that very file, the ground truth, is left where it is); the log records."
+def _write_batch(src, chunk, samples, keys, rels, out, recs, todo):  # one batch of (image, sample indices); the indices to write
+    "Run the source on a batch (every target of each image, as sources count an image's targets), write the masks of `todo` atomically (a mask read from that very file, the ground truth, is left where it is); the log records."
     results = src([(img, [(keys[i], samples[i]) for i in idx]) for img, idx in chunk])
     new = []
     for (img, idx), tms in zip(chunk, results, strict=True):
         for i, tm in zip(idx, tms, strict=True):
+            if i not in todo: continue   # cached and still fitting: left as it is
             dst = mask_path(out, *rels[i])
             if dst.resolve() not in {Path(p).resolve() for p in tm.read}: write_mask(tm.mask, dst)   # not the very file it was read from
             new.append(dict(key=dst.relative_to(out).as_posix(), source=src.key, **tm.info(), box=log_box(samples[i].box),
@@ -194,17 +195,18 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
         return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
                 and mask_record_change(r, samples[i].box, strict=True) is None and _same_reads(i, r))
     todo = [i for i in first.values() if not _done(i)]
-    src.check([(keys[i], samples[i]) for i in todo])
+    groups, need = {}, {Path(samples[i].image) for i in todo}   # every target of an image with one to make: a source (the directory's
+    for i in first.values():                                      # "single target" PNG name) counts them as `reads` did
+        if Path(samples[i].image) in need: groups.setdefault(Path(samples[i].image), []).append(i)
+    src.check([(keys[i], samples[i]) for idx in groups.values() for i in idx])
     top = _first_missing(out)                    # the outermost folder this call creates (None: out exists)
     _create_root(out)                            # only now: a source that refuses leaves nothing behind
     if todo: (out/'report.json').unlink(missing_ok=True)   # it describes the folder once this call ends: a stopped call leaves none
-    groups = {}
-    for i in todo: groups.setdefault(Path(samples[i].image), []).append(i)
-    groups, bs = list(groups.items()), int(batch_size)
+    groups, bs, todo_set = list(groups.items()), int(batch_size), set(todo)
     try:
         with tqdm(total=len(todo), desc=f'masks:{src.name}', unit='mask', disable=not progress or not todo) as bar:
             for b in range(0, len(groups), bs):
-                new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs)
+                new = _write_batch(src, groups[b:b + bs], samples, keys, rels, out, recs, todo_set)
                 _append_log(log, new); bar.update(len(new))
     except BaseException:   # e.g. Mask R-CNN's weights cannot be fetched (first batch): the folders this call made, still empty, go
         try: _remove_empty(out, top)
@@ -264,23 +266,24 @@ def cli(argv=None):  # arguments after `har-kit masks`
     p.add_argument('--directory', default=None, help="folder of PNG masks for --source directory")
     p.add_argument('--mask-root', '--mask-dir', dest='mask_root', default=None, help="the runs' mask_dir: where to write (default: the dataset's mask home under $HAR_KIT_DATA/masks, outside the dataset, which the readers attach unasked)")
     p.add_argument('--cache-dir', default=None, help='instead of --mask-root: a cache root with one folder per dataset and source')
-    p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda' (default: %(default)s)")
+    p.add_argument('--device', default=None, help="--source maskrcnn: 'auto' (CUDA when present), 'cpu', 'cuda' (default: auto)")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass (default: %(default)s)')
-    p.add_argument('--weights', default='DEFAULT', help="Mask R-CNN weights: DEFAULT (COCO), a downloaded .pth file, or 'none' (random) (default: %(default)s)")
-    p.add_argument('--score-thresh', type=float, default=0.5, help='least person detection score (default: %(default)s)')
-    p.add_argument('--min-size', type=int, default=None, help="Mask R-CNN's resize (torchvision default 800)")
+    p.add_argument('--weights', default=None, help="--source maskrcnn: weights DEFAULT (COCO), a downloaded .pth file, or 'none' (random) (default: DEFAULT)")
+    p.add_argument('--score-thresh', type=float, default=None, help='--source maskrcnn: least person detection score (default: 0.5)')
+    p.add_argument('--min-size', type=int, default=None, help="--source maskrcnn: Mask R-CNN's resize (torchvision default 800)")
     a = p.parse_args(argv)
-    kw, wrong = {}, None
-    if a.directory is not None and a.source != 'directory': wrong = f'--directory is for --source directory, not {a.source}'
-    if a.source != 'maskrcnn' and (a.score_thresh != 0.5 or a.min_size is not None or a.weights != 'DEFAULT'):
-        wrong = f'--score-thresh, --min-size and --weights are for --source maskrcnn, not {a.source}: leave them out'
-    if wrong: print(f'har-kit masks: {wrong}', file=sys.stderr); return 2
+    kw, wrong = {}, []   # options the chosen source would ignore: refused, as the masks run config refuses them
+    if a.directory is not None and a.source != 'directory': wrong.append(f'--directory is for --source directory, not {a.source}')
+    given = [f for f, v in (('--score-thresh', a.score_thresh), ('--min-size', a.min_size), ('--weights', a.weights), ('--device', a.device)) if v is not None]
+    if given and a.source != 'maskrcnn': wrong.append(f'{", ".join(given)} {"is" if len(given) == 1 else "are"} for --source maskrcnn, not {a.source}: leave {"it" if len(given) == 1 else "them"} out')
+    if wrong: print(f'har-kit masks: {"; ".join(wrong)}', file=sys.stderr); return 2
     if a.source == 'maskrcnn':
-        kw = dict(score_thresh=a.score_thresh, **({'min_size': a.min_size} if a.min_size is not None else {}))
+        kw = dict(score_thresh=0.5 if a.score_thresh is None else a.score_thresh, **({'min_size': a.min_size} if a.min_size is not None else {}))
+    weights = 'DEFAULT' if a.weights is None else None if str(a.weights).lower() == 'none' else a.weights
     try:
         data = load_dataset(a.dataset, root=a.root, profile=a.profile)
-        masks = make_masks(data, a.source, mask_root=a.mask_root, cache_dir=a.cache_dir, device=a.device, batch_size=a.batch_size,
-                           weights=None if str(a.weights).lower() == 'none' else a.weights, directory=a.directory, **kw)
+        masks = make_masks(data, a.source, mask_root=a.mask_root, cache_dir=a.cache_dir, device=a.device or 'auto', batch_size=a.batch_size,
+                           weights=weights, directory=a.directory, **kw)
     except KitError as e:
         print(f'har-kit masks: {e}', file=sys.stderr); return 2
     r = masks.report

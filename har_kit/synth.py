@@ -157,21 +157,26 @@ def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `mak
         raise KitError(f'size={size!r} (--size): images must be 32 to {MAX_SIZE} pixels high (omit it for the default: '
                        f"{DEFAULT_SIZE['pa100k']} for crops, {DEFAULT_SIZE['wider']} for WIDER-like scenes)")
     size = int(size)
-    if Path(root).exists() and any(Path(root).iterdir()):
-        if not overwrite: raise KitError(f'{root} is not empty: choose a new directory or pass overwrite=True (har-kit synth --overwrite)')
-        if not (Path(root)/SYNTH_META).is_file():   # overwrite replaces the folder: never one the generator did not write
-            raise KitError(f'{root} holds files but no {SYNTH_META}, so no set har-kit synth wrote: overwrite=True (--overwrite) '
-                           'replaces only such a set; choose a new or empty directory')
+    if Path(root).exists() and any(Path(root).iterdir()):   # overwrite replaces a set: never a folder the generator did not write
+        if not (Path(root)/SYNTH_META).is_file():
+            raise KitError(f'{root} holds files but no {SYNTH_META}, so no set har-kit synth wrote: choose a new or empty directory '
+                           '(overwrite=True, --overwrite, replaces only such a set)')
+        if not overwrite: raise KitError(f'{root} holds a synthetic set: choose a new directory, or pass overwrite=True (har-kit synth --overwrite) to replace it')
     return size
 
-def _replace_set(root, make):  # a set's root; make(folder) writes the new set there
-    "Write the new set beside `root`, then swap it in: a stopped run leaves the old set whole (never its labels over new images)."
-    tmp = root.parent/f'.{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-    old = root.parent/f'.{root.name}.tmp-{os.getpid()}-old{uuid.uuid4().hex[:8]}'
+def _write_set(root, make):  # the set's folder (resolved: a symlink's target is replaced where it lies); make(folder) writes a set there
+    "Write a set beside `root`, then swap it in (an earlier set moved aside, then removed): stopped at any point, `root` holds the earlier set whole or nothing, never new images under old labels."
+    sweep_temporaries(root.parent, f'.{root.name}')   # what a run of this set killed part way left
+    tmp, old = (root.parent/f'.{root.name}.tmp-{os.getpid()}-{s}{uuid.uuid4().hex[:8]}' for s in ('', 'old'))
+    try: tmp.mkdir(parents=True)
+    except OSError as e: raise KitError(f'{root.parent}: cannot write there ({e.strerror}): a set is written beside {root.name} and swapped in; '
+                                        'choose a folder whose parent you can write') from None
     try:
         make(tmp)
-        os.rename(root, old); os.rename(tmp, root)
+        if root.exists(): root.rmdir() if not any(root.iterdir()) else os.rename(root, old)
+        os.rename(tmp, root)
     finally:
+        if not root.exists() and old.exists(): os.rename(old, root)   # stopped between the two renames: the earlier set back
         for d in (tmp, old):
             if d.exists(): shutil.rmtree(d, ignore_errors=True)
     return root
@@ -203,9 +208,11 @@ def make_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
                    progress=True):    # tqdm progress bar
     "Generate a synthetic set in the real on-disk format of `kind`, with masks and `synth_meta.json`; return its root."
     size, root = _check_args(kind, n, distractors, size, root, overwrite, seed), Path(root)
-    if root.exists() and any(root.iterdir()):   # overwrite: an earlier set, replaced whole once the new one is written
-        return _replace_set(root, lambda tmp: make_synthetic(kind, tmp, n, distractors, size, seed, workers, progress=progress))
-    root.mkdir(parents=True, exist_ok=True)
+    _write_set(root.resolve(), lambda out: _generate(kind, out, n, distractors, size, seed, workers, progress))
+    return root
+
+def _generate(kind, root, n, distractors, size, seed, workers, progress):  # as `make_synthetic`, into the existing folder `root`
+    "Render the images, masks, annotation and sidecar of a set into `root`."
     t0 = time.time()
     jobs = [(kind, str(root), i, int(n), int(seed), size, distractors) for i in range(n)]
     workers = workers or (min(MAX_WORKERS, available_cpus()) if n > PARALLEL_FROM else 1)

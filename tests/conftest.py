@@ -11,7 +11,7 @@
 - SIGINT has its normal meaning in the session and the processes it starts, also when the session itself was started
   in the background (`make test &`), which starts it with SIGINT ignored: the tests that interrupt or cancel a job need it.
 """
-import os, signal
+import os, signal, tempfile
 from pathlib import Path
 
 import pytest
@@ -67,3 +67,11 @@ def write_cfar_model(path):  # where model.pt goes: <run>/<variant>/model.pt
     phase1 = campar_variant('campar', 5, arch='resnet-tiny').eval()
     save_model(path, phase1, **campar_model_file(phase1, list('abcde'), (64, 48), None, 'rap', extra=cfar.cfar_extra(fitted)))
     return path, fitted, phase1
+
+
+class TempIn:
+    "A module's `tempfile` whose folders go in `d` (`monkeypatch.setattr(module, 'tempfile', TempIn(d))`): the real module's `tempdir` stays, under which multiprocessing keeps sockets whose paths have a length limit."
+    def __init__(self, d): self.d = d
+    def __getattr__(self, name): return getattr(tempfile, name)
+    def mkdtemp(self, **kw): return tempfile.mkdtemp(dir=self.d, **kw)
+    def TemporaryDirectory(self, **kw): return tempfile.TemporaryDirectory(dir=self.d, **kw)

@@ -144,11 +144,16 @@ def test_data_throughput_reads_one_epoch_per_worker_count(monkeypatch, tmp_path)
     samples = bench.synthetic_samples(3, (40, 20), root=tmp_path)
     rates = bench.data_throughput(samples, bench.pipeline_transform('campar'), [0, 1], batch_size=2, batches=4)
     assert set(rates) == {0, 1} and [c.epochs for c in made] == [1, 1] and [len(c.loader.dataset) for c in made] == [10, 10]
+    many = bench.synthetic_samples(40, (40, 20), root=tmp_path/'many')   # more than one epoch reads: a draw from all of them
+    bench.data_throughput(many, bench.pipeline_transform('campar'), [0], batch_size=2, batches=4)
+    read = {s.image.name for s in made[-1].loader.dataset.samples}
+    assert len(read) == 10 and not read <= {s.image.name for s in many[:10]}
 
 
 def test_data_bench_removes_its_synthetic_images_also_when_stopped(monkeypatch, tmp_path):
     "The synthetic JPEGs live in a temporary folder that is gone after the benchmark, finished or interrupted."
-    monkeypatch.setattr(bench.tempfile, 'tempdir', str(tmp_path))
+    from conftest import TempIn
+    monkeypatch.setattr(bench, 'tempfile', TempIn(tmp_path))   # bench's temporary folders only
     res = bench.data_bench('campar', workers=[0], batch_size=2, batches=1, images=3, model_batch=2, model_iters=1, arch='resnet-tiny')
     assert res['images'] == 3 and res['samples_read'] == 4 and list(tmp_path.iterdir()) == []
     def stop(*a, **kw): raise KeyboardInterrupt

@@ -517,6 +517,11 @@ def test_data_check_reads_the_masks_the_readers_attach_and_convert_never_copies_
     ms = sorted((root/'masks').rglob('*.png'))
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(ms[0])
     rep = check_dataset('wider', root, progress=False)
-    assert not rep['ok'] and any(f'{ms[0]}: mask is 10x10, but its image' in e for e in rep['errors']), rep['errors']
+    assert not rep['ok'] and any(f'{ms[0]}: mask is 10x10 but must match the image' in e for e in rep['errors']), rep['errors']
     with pytest.raises(KitError, match='mask is 10x10'): to_csv_dataset(read_wider(root), tmp_path/'c', progress=False)
+    import json
+    ann = root/'wider_attribute_test.json'; j = json.loads(ann.read_text()); j['images'][0]['targets'][0]['bbox'] = [500, 500, 10, 10]
+    ann.write_text(json.dumps(j))   # a box off its image: named once, by the box check, not again as a mask
+    rep = check_dataset('wider', root, progress=False)
+    assert sum('lies entirely outside' in e for e in rep['errors']) == 1, rep['errors']
     assert not (tmp_path/'c').exists()

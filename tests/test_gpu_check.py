@@ -1,10 +1,12 @@
 "GPU check in its CPU mode: every step runs at tiny sizes, the report is complete, the notebook runs it plans still fit the notebooks."
-import importlib.util, json, tempfile
+import importlib.util, json
 
 import pytest
 from pathlib import Path
 
 import torch
+
+from conftest import TempIn
 
 TOOL = Path(__file__).resolve().parents[1]/'tools'/'gpu_check.py'
 spec = importlib.util.spec_from_file_location('gpu_check', TOOL)
@@ -14,7 +16,7 @@ gpu_check = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu_c
 def test_cpu_tiny_writes_a_complete_report(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     tmp = tmp_path/'tmp'; tmp.mkdir()
-    monkeypatch.setattr(tempfile, 'tempdir', str(tmp))   # the check's own temporary files, e.g. the loaders' JPEGs
+    monkeypatch.setattr(gpu_check, 'tempfile', TempIn(tmp))   # the check's own temporary folders, e.g. the loaders' JPEGs
     try: rc = gpu_check.main(['--cpu-tiny', '--out', str(tmp_path)])
     finally: torch.set_num_threads(threads)
     rep = json.loads((tmp_path/'report.json').read_text())

@@ -1,5 +1,6 @@
 "Masks: target selection on constructed detections, the four sources through `make_masks`, cache resume, bad input,\nand the one mask convention: what `make_masks` writes, every reader attaches, for every dataset kind and source."
 import dataclasses, json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -461,8 +462,25 @@ def test_a_stopped_run_of_another_source_is_said_and_leaves_no_report(tmp_path, 
                                         (['--source', 'maskrcnn', '--weights', 'none', '--min-size', '0'], "min_size=0 (--min-size)"),
                                         (['--source', 'maskrcnn', '--weights', 'none', '--score-thresh', 'nan'], 'score_thresh=nan (--score-thresh)'),
                                         (['--source', 'box', '--directory', 'x'], '--directory is for --source directory'),
-                                        (['--source', 'box', '--score-thresh', '0.7'], '--score-thresh, --min-size and --weights are for --source maskrcnn')])
+                                        (['--source', 'box', '--score-thresh', '0.5'], '--score-thresh is for --source maskrcnn, not box'),
+                                        (['--source', 'box', '--directory', 'x', '--device', 'cpu', '--weights', 'none'],
+                                         '--directory is for --source directory, not box; --weights, --device are for --source maskrcnn')])
 def test_masks_cli_refuses_options_it_would_misuse_or_ignore(tmp_path, args, says, capsys):
     root = write_fixture('pa100k', tmp_path/'p', n_images=6, masks=False)
     assert cli(['--dataset', 'pa100k', '--root', str(root), '--mask-root', str(tmp_path/'out'), *args]) == 2
     assert says in capsys.readouterr().err and not (tmp_path/'out').exists()
+
+
+def test_a_directory_mask_of_a_two_target_image_is_remade_once_and_never_from_the_stem_png(wider, tmp_path):
+    "An image's targets are counted the same way when deciding what to remake and when making it: a stem PNG is never "
+    "taken for one target of a two-target image (a fresh run refuses it), and a remade mask is cached afterwards."
+    user = tmp_path/'user'
+    for s in wider.samples: write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{sample_key(s, wider.root)}.png')
+    run = lambda: make_masks(wider, 'directory', directory=user, mask_root=tmp_path/'out', progress=False).report
+    assert run()['computed'] == len(wider.samples)
+    s = next(s for s in wider.samples if s.meta.get('target') == 1)
+    (user/f'{sample_key(s, wider.root)}.png').unlink()
+    write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{Path(s.image).stem}.png')   # named after its image alone
+    with pytest.raises(KitError, match='no mask PNG for 1 of 2'): run()   # two targets: the stem names neither, as a fresh run says
+    write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{sample_key(s, wider.root)}.png')
+    assert (run()['computed'], run()['computed']) == (1, 0)   # made again once from its own PNG, then taken from the cache

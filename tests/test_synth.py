@@ -156,7 +156,7 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(KitError, match='n='): make_synthetic('rap', tmp_path/'x', n=2)
     with pytest.raises(KitError, match='size'): make_synthetic('rap', tmp_path/'x', size=8)
     make_synthetic('pa100k', tmp_path/'y', n=10, progress=False)
-    with pytest.raises(KitError, match='not empty'): make_synthetic('pa100k', tmp_path/'y', n=10)
+    with pytest.raises(KitError, match='holds a synthetic set'): make_synthetic('pa100k', tmp_path/'y', n=10)
     with pytest.raises(KitError, match='synth_meta.json'): read_synth_meta(tmp_path)
     with pytest.raises(KitError, match='profile'): ensure_synthetic('rap', 'enormous')
 
@@ -189,7 +189,7 @@ def test_cli_prints_statistics(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'Female' in out and 'imbalance' in out and '20 images' in out
     assert cli(['pa100k', '--root', str(tmp_path/'p'), '--n', '20']) == 2  # not empty
-    assert 'not empty' in capsys.readouterr().err
+    assert 'holds a synthetic set' in capsys.readouterr().err
     from har_kit.cli import main
     assert main(['synth', 'rap', '--root', str(tmp_path/'r'), '--n', '10']) == 0
     assert read_synth_meta(tmp_path/'r')['params']['n'] == 10
