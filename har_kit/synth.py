@@ -141,7 +141,7 @@ def _check_seed(seed):  # a generator seed
         raise KitError(f'seed={seed!r} (--seed): the generator seed must be a whole number >= 0')
     return int(seed)
 
-MAX_SIZE = 4096   # the largest image height: a set of 1,000 such crops is about 12 GB of pixels while it is written
+MAX_SIZE = 4096   # the largest image height: one such crop (4096x2048 RGB) is 25 MB of pixels while it is rendered
 DEFAULT_SIZE = {'wider': 144, 'rap': 96, 'pa100k': 96}   # image height in pixels when `size` is None (crops are half as wide, scenes 4/3 as wide)
 
 def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `make_synthetic`
