@@ -210,8 +210,12 @@ RUN_CONFIGS = {'dahar': 'har_kit.dahar_train:DaHarConfig', 'campar': 'har_kit.ca
                'tables': 'har_kit.launch:TablesConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
 
 def config_class(notebook):  # notebook name or path
-    "A packaged section's run config class (`RUN_CONFIGS`, imported when asked for); None for a section without one and for a notebook of your own, whatever its name (its cells check its values)."
-    key = RUN_CONFIGS.get(run_name(notebook))   # a notebook of your own is named by its path: 'my_dahar.ipynb' is not the dahar section
+    "A section's run config class (`RUN_CONFIGS`, imported when asked for): a packaged section's, or that of the section a notebook of your own copies under the same file name ('31_dahar.ipynb'); None for a section without one and for any other notebook of your own ('my_dahar.ipynb': its cells check its values)."
+    nb = find_notebook(notebook)
+    name = run_name(nb)
+    if name not in RUN_CONFIGS:   # a notebook of your own, named by its path: a copy keeping a section's file name keeps its checks
+        name = next((s.stem.split('_', 1)[-1] for s in notebooks_dir().glob('*.ipynb') if s.stem == nb.stem), None)
+    key = RUN_CONFIGS.get(name)
     if key is None: return None
     mod, name = key.split(':')
     return getattr(importlib.import_module(mod), name)
