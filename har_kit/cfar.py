@@ -17,7 +17,7 @@ from fastcore.basics import patch
 
 from .core import KitError, load_json, seed_everything
 from .backbones import check_arch
-from .cfar_factors import check_als_tol, check_confidences, check_p_t, check_threads, fit_latent_factors
+from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
 from .engine import TrainConfig, fit
 from .model_file import Recipe, RunConfig, check_range, check_type, declared_type, declares_none
 from .campar import VARIANTS as CAMPAR_VARIANTS, campar_model_file
@@ -200,11 +200,11 @@ class CFARConfig:
     num_threads: int = 0           # implicit's threads (0 = all cores)
 
     def __post_init__(self):
-        "Each value checked as a run's parameters are (`check_type`, `check_range`), then Eq. 17's p_t, ALS's `tol` and sweeps, fc_2's start: a bad value fails here, naming its field, not inside implicit or torch."
+        "Each value checked as a run's parameters are (`check_type`, `check_range`: `num_threads` a whole number >= 0 among them), then Eq. 17's p_t, ALS's `tol` and sweeps, fc_2's start: a bad value fails here, naming its field, not inside implicit or torch."
         for f in dataclasses.fields(self):
             bad = lambda what, n=f.name: KitError(f'CFARConfig {n!r}: {what}')
             check_range(f.name, check_type(f.name, getattr(self, f.name), declared_type(f.type), bad, declares_none(f.type)), bad)
-        check_p_t(self.p_t); check_als_tol(self.tol); check_threads(self.num_threads)
+        check_p_t(self.p_t); check_als_tol(self.tol)
         if self.iterations < 1: raise KitError(f'CFARConfig \'iterations\': ALS needs at least 1 sweep, got {self.iterations}')
         if self.init not in ('identity', 'default'): raise KitError(f"CFARConfig 'init': {self.init!r}; use 'identity' or 'default'")
 

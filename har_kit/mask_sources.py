@@ -203,10 +203,8 @@ def reads(self:DirectorySource, items):  # the (key, Sample) pairs whose cached 
 # %% ../nbs/20_mask_sources.ipynb #c039
 @patch
 def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
-    "Every target has its PNG, or a `KitError` listing how many do not, before any work."
-    per_image = {}
-    for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
-    found = {k: self.path(k, per_image[s.image] == 1, s) for k, s in items}
+    "Every target has its PNG (`reads`), or a `KitError` listing how many do not, before any work."
+    found = {k: ps[0] if ps else None for k, ps in self.reads(items).items()}
     missing = [k for k, p in found.items() if p is None]
     if missing:
         gone = set(missing)
