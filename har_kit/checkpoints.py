@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import KitError, atomic_path
+from .core import KitError, atomic_write
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'snapshot',
@@ -48,7 +48,7 @@ def save_checkpoint(state,  # dict of tensors and primitive containers
     payload = buf.getbuffer()   # the serialised bytes, not copied (a ResNet-101 with Adam's state: 535 MB)
     wrapped = dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
                    payload=torch.frombuffer(payload, dtype=torch.uint8))
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(wrapped, f)   # an open file: the archive's inner name is fixed
+    with atomic_write(path, 'wb') as f: torch.save(wrapped, f)   # on disk before the rename; an open file: the archive's inner name is fixed
     return Path(path)
 
 # %% ../nbs/06_checkpoints.ipynb #c008

@@ -70,9 +70,12 @@ class TrainConfig:
         need(self.monitor_mode in ('auto', 'max', 'min'), 'monitor_mode', "choose 'auto', 'max' or 'min'")
         need(isinstance(self.monitor, str) and self.monitor != '', 'monitor', "name an epoch-record key, e.g. 'val_loss' or 'mA'")
         need(whole(self.epochs) and self.epochs >= 0, 'epochs', 'must be an integer >= 0 (not true/false)')
+        finite = lambda v: number(v) and math.isfinite(v)
         for f in ('lr', 'backbone_lr_mult', 'gamma'):
-            need(number(getattr(self, f)) and getattr(self, f) > 0, f, 'must be a number > 0 (not true/false)')
-        for f in ('momentum', 'weight_decay', 'grad_clip', 'max_loss_ratio'):
+            need(finite(getattr(self, f)) and getattr(self, f) > 0, f, 'must be a number > 0 and finite (not true/false)')
+        for f in ('momentum', 'weight_decay'):
+            need(finite(getattr(self, f)) and getattr(self, f) >= 0, f, 'must be a number >= 0 and finite (not true/false)')
+        for f in ('grad_clip', 'max_loss_ratio'):   # inf: no limit, as 0 says
             need(number(getattr(self, f)) and getattr(self, f) >= 0, f, 'must be a number >= 0 (not true/false)')
         need(self.momentum < 1, 'momentum', "must be below 1 (SGD's momentum, Adam's beta1)")
         for f in ('channels_last', 'progress', 'resume', 'sync_bn', 'find_unused_parameters'):   # 'False' would be true
@@ -85,6 +88,8 @@ class TrainConfig:
         need(self.scheduler != 'multistep' or len(self.milestones) > 0, 'milestones', "scheduler='multistep' needs epochs, e.g. (10, 20)")
         need(self.scheduler != 'plateau' or self.gamma < 1, 'gamma', "scheduler='plateau' lowers the rate by this factor: use a number below 1, e.g. 0.1")
         self.milestones, self.epochs = tuple(int(m) for m in self.milestones), int(self.epochs)
+        for f in dataclasses.fields(self):   # numpy numbers as Python's: checkpoints load with weights_only, which refuses numpy
+            if isinstance(getattr(self, f.name), np.generic): setattr(self, f.name, getattr(self, f.name).item())
 
     @property
     def mode(self):
@@ -210,6 +215,7 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
                     loss_sum += float(criterion(out, batch)['loss']) * len(lg); n_loss += len(lg)
             acc['scores'].append(torch.sigmoid(lg).mean(1).cpu()); acc['logits'].append(lg.mean(1).cpu())
             acc['labels'].append(batch['labels'].float().cpu())
+    if not acc['scores']: raise KitError(f'{desc}: the DataLoader yielded no batches: check its dataset (an empty split?)')
     res = gather_in_order({k: torch.cat(v).numpy() for k, v in acc.items()}, len(loader.dataset))
     if criterion is not None: res['loss'] = all_mean(loss_sum, n_loss, device)
     return res
@@ -387,7 +393,11 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
     keys = sorted(check.sums)   # sample-weighted sums over the epoch, in float64 (summed over processes under torchrun)
     t = torch.tensor([check.sums[k] for k in keys] + [float(count)], dtype=torch.float64)
     if rank_world()[1] > 1: t = t.to(device); dist.all_reduce(t); t = t.cpu()
-    return {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
+    means = {('loss' if k == 'loss' else f'train_{k}'): float(t[i] / t[-1]) for i, k in enumerate(keys)}
+    bad = sorted(k for k, v in means.items() if not math.isfinite(v))   # a logged part only: the loss itself is checked above
+    if bad: warnings.warn(f'epoch {epoch}: the criterion\'s logged part(s) {bad} are NaN/inf (the loss stayed finite): '
+                          'recorded as null. Check the criterion (e.g. a division by a count that can be 0)')
+    return {k: (v if math.isfinite(v) else None) for k, v in means.items()}
 
 # %% ../nbs/08_engine.ipynb #c049
 def _monitor(rec, cfg):
@@ -449,11 +459,14 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt; seeds Python, numpy and torch globally (config.seed + rank) and, on CUDA, sets cudnn.benchmark."
     cfg = TrainConfig.of(config)
     if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
+    for name, ld in [('val_loader', val_loader)] + [(f'watch[{k!r}]', v[0]) for k, v in (watch or {}).items()]:
+        if ld is not None and hasattr(ld, '__len__') and len(ld) == 0:   # refused before an epoch trains, not after it
+            raise KitError(f'{name} yields no batches: check its dataset (an empty split?), or pass None to score nothing')
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed input sizes: pick the fastest kernels once
     rank, world = rank_world()
-    seed_everything(cfg.seed + rank)
+    seed_everything((cfg.seed + rank) % 2**32)   # every rank a seed numpy takes, also from the largest one
     model.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
     if world > 1 and cfg.sync_bn:
@@ -487,6 +500,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             set_epoch(loader, cfg.seed, epoch)
             rec = dict(epoch=epoch, lr=optimizer.param_groups[-1]['lr'])
             rec.update(_train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, guard))
+            _check_state(model, epoch, device)   # before the scoring: an `evaluate` may save the weights (EpochSelector)
             if val_loader is not None:
                 res = _eval_pass(model, val_loader, device, cfg.amp, cfg.channels_last, criterion, cfg.progress, 'val')
                 if res['loss'] is not None: rec['val_loss'] = _finite_loss(res['loss'], epoch)
@@ -499,7 +513,6 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             improved = val_loader is None or (value is not None and (best is None or best['value'] is None or
                                               (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
             if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
-            _check_state(model, epoch, device)
             history.append(rec)
             rngs = [rng_state(device)]
             if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state(device))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_path, get_device, is_number, max_threads, seed_everything
+from .core import KitError, atomic_write, get_device, is_number, max_threads, seed_everything
 from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, dataset_splits, expand_splits, is_image, synthetic_set
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
@@ -238,7 +238,7 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
     if synthetic is not None: meta['synthetic'] = _plain(synthetic, 'synthetic')
     blob = dict(format=MODEL_FORMAT, version=MODEL_VERSION, meta=meta, state_dict=state, extra=extra,
                 sha256=model_digest(meta, state, extra))
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(blob, f)   # an open file: the archive's inner name is fixed
+    with atomic_write(path, 'wb') as f: torch.save(blob, f)   # on disk before the rename; an open file: the archive's inner name is fixed
     return Path(path)
 
 # %% ../nbs/09_model_file.ipynb #c021

@@ -2,6 +2,7 @@
 import json, re, time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -364,3 +365,88 @@ def test_weights_of_another_epoch_than_the_history_selects_are_refused(tmp_path)
     ck = load_checkpoint(sel.path); ck['epoch'] = 3; save_checkpoint(ck, sel.path)
     with pytest.raises(KitError, match=r'selected\.pt holds the weights of epoch 3, but the history selects epoch 2 .*--force'):
         _keep_selected(model, sel, hist, 'mA', 'cpu')
+
+
+@pytest.mark.parametrize('kw', [dict(lr=np.float64(0.01)), dict(lr=np.float32(0.01)), dict(seed=np.int64(3)),
+                                dict(step_size=np.int64(1), scheduler='step'), dict(resume=np.bool_(True))])
+def test_numpy_numbers_in_the_config_save_checkpoints_that_resume(tmp_path, kw):
+    "A numpy number the config accepts is stored as Python's: a checkpoint holding numpy would not load (weights_only)."
+    run(tmp_path, 1, **kw)
+    assert [r['epoch'] for r in run(tmp_path, 2, **kw)] == [1, 2]
+    assert all(not isinstance(v, np.generic) for v in TrainConfig(**kw).to_dict().values())
+
+
+@pytest.mark.parametrize('field', ['lr', 'weight_decay', 'gamma', 'backbone_lr_mult', 'momentum'])
+def test_an_infinite_rate_or_factor_is_refused_naming_it(field):
+    with pytest.raises(KitError, match=rf'TrainConfig\.{field}=inf: must be a number >?=? ?0 and finite'): TrainConfig(**{field: float('inf')})
+    assert TrainConfig(grad_clip=float('inf'), max_loss_ratio=float('inf')).grad_clip == float('inf')   # inf: no limit
+
+
+def test_a_non_finite_logged_part_is_null_and_the_run_resumes(tmp_path):
+    "A logged part of the criterion that is NaN while the loss is finite: recorded as null with a warning, not a history that cannot be written."
+    def crit(out, batch):
+        r = bce(out, batch)
+        r['pos_share'] = out['logits'][:, 0].detach().sum() / (batch['labels'][:, 0].sum() * 0)   # x/0
+        return r
+    def go(epochs):
+        torch.manual_seed(0)
+        return fit(Net(), crit, TRAIN, TrainConfig(epochs=epochs, progress=False, device='cpu'), tmp_path)
+    with pytest.warns(UserWarning, match=r"epoch 1: the criterion's logged part\(s\) \['train_pos_share'\] are NaN/inf"): go(1)
+    with pytest.warns(UserWarning): h = go(2)
+    assert [r['train_pos_share'] for r in h] == [None, None] and json.loads((tmp_path/'history.json').read_text())[1]['epoch'] == 2
+
+
+def test_non_finite_weights_are_refused_before_an_evaluate_saves_them(tmp_path):
+    "An `evaluate` that saves weights (EpochSelector) never sees an epoch whose state went non-finite."
+    from har_kit.model_file import EpochSelector
+    class Blows(Net):   # a BatchNorm running variance turns inf in epoch 2, the loss stays finite
+        calls = 0
+        def forward(self, x):
+            self.calls += self.training
+            if self.calls > len(TRAIN): self.backbone[1].running_var.fill_(float('inf'))
+            return super().forward(x)
+    torch.manual_seed(0); m = Blows()
+    vals = iter([0.5, 0.9])
+    sel = EpochSelector(m, lambda s, y: dict(mA=next(vals)), 'mA', tmp_path/'checkpoints'/'selected.pt')
+    with pytest.raises(KitError, match='non-finite values after epoch 2'):
+        fit(m, bce, TRAIN, TrainConfig(epochs=3, progress=False, device='cpu'), tmp_path, DataLoader(Toy(8, 1), 4), sel)
+    assert load_checkpoint(tmp_path/'checkpoints'/'selected.pt')['epoch'] == 1
+
+
+def test_an_empty_scoring_loader_is_refused_before_training(tmp_path):
+    acc = lambda s, y: dict(acc=float(((s > .5) == (y > .5)).mean()))
+    trained = []
+    def crit(out, batch): trained.append(1); return bce(out, batch)
+    empty = DataLoader(Toy(0), 4)
+    with pytest.raises(KitError, match=r'val_loader yields no batches'):
+        fit(Net(), crit, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path, empty, acc)
+    with pytest.raises(KitError, match=r"watch\['test'\] yields no batches"):
+        fit(Net(), crit, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path, watch={'test': (empty, acc)})
+    assert trained == []
+    from har_kit.engine import predict
+    with pytest.raises(KitError, match='predict: the DataLoader yielded no batches'): predict(Net(), empty)
+
+
+def test_the_largest_seed_seeds_every_rank(tmp_path, monkeypatch):
+    import har_kit.engine as E
+    class Seeded(Exception): pass
+    def seed(s): raise Seeded(s)   # the rest of a second rank's start needs its process group
+    monkeypatch.setattr(E, 'rank_world', lambda: (1, 2))
+    monkeypatch.setattr(E, 'seed_everything', seed)
+    with pytest.raises(Seeded) as e: fit(Net(), bce, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu', seed=2**32 - 1), tmp_path)
+    assert e.value.args == (0,)   # (2**32 - 1 + rank 1) mod 2**32, a seed numpy takes
+
+
+def test_checkpoints_and_model_files_are_on_disk_before_their_rename(tmp_path, monkeypatch):
+    "A power loss after the rename must not leave an empty file: each is synced first, as the JSON records are."
+    import os
+    import har_kit.core as core
+    from har_kit.model_file import save_model
+    synced = []
+    monkeypatch.setattr(core.os, 'fsync', lambda fd: synced.append(os.readlink(f'/proc/self/fd/{fd}')))
+    save_checkpoint(dict(w=torch.ones(2)), tmp_path/'last.pt')
+    from har_kit.dahar import dahar_variant
+    kw = dict(name='dahar', num_attributes=3, arch='resnet-tiny', weights=None)
+    save_model(tmp_path/'model.pt', dahar_variant(**kw), builder='dahar_variant', kwargs=kw, attributes=list('abc'),
+               input_size=(64, 32), mean=(0., 0., 0.), std=(1., 1., 1.))
+    assert [Path(p).name.startswith(('.last.pt.', '.model.pt.')) for p in synced] == [True, True], synced
