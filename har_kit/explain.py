@@ -30,8 +30,8 @@ def model_maps(model,   # a contract model
     elif out.get('attention') is not None: per_attr, kind = out['attention'], 'attention'
     elif hasattr(model, 'feature_map') and hasattr(model, 'classifier'):
         per_attr, kind = class_activation_map(attribute_activation(model.feature_map(images), model.classifier.weight)), 'CAM'
-    stages = list(getattr(model, 'self_masks', {}) or {})
-    glob_maps = {f'self-mask (stage {int(stages[i]) + 1 if i < len(stages) else i})': m
+    stages = sorted(int(k) for k in (getattr(model, 'self_masks', {}) or {}))   # the masks come in stage order
+    glob_maps = {f'self-mask (stage {stages[i] + 1 if i < len(stages) else i})': m
                  for i, m in enumerate(out.get('self_masks') or [])}
     if out.get('mask_logits') is not None: glob_maps['mask branch'] = torch.sigmoid(out['mask_logits'])
     if per_attr is None and not glob_maps:
@@ -53,6 +53,12 @@ def _overlay(ax, image, m, title):  # axes; (H, W, 3) uint8; (h, w) map or None;
     return art
 
 # %% ../nbs/80_explain.ipynb #c008
+def _check_max_attributes(v):  # attribute panels per figure
+    "`v` as an int when it is a whole number >= 1 (not a bool); else a `KitError` naming max_attributes."
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise KitError(f'max_attributes={v!r}: a whole number >= 1 (the attribute panels per figure)')
+    return int(v)
+
 def plot_explanation(image,              # (H, W, 3) uint8: the network input shown under the maps
                      maps: dict,         # `model_maps` output for this one image (tensors without the batch axis)
                      probabilities,      # (C,) probabilities
@@ -62,7 +68,7 @@ def plot_explanation(image,              # (H, W, 3) uint8: the network input sh
                      title=None):        # figure title (e.g. the file name)
     "One figure: the image, the global maps, then one labelled overlay per predicted attribute (top-3 when none)."
     import matplotlib.pyplot as plt
-    order = [j for j in np.argsort(-probabilities) if decisions[j]][:max_attributes]
+    order = [j for j in np.argsort(-probabilities) if decisions[j]][:_check_max_attributes(max_attributes)]
     shown = order or list(np.argsort(-probabilities)[:3])
     panels = [('input', None)] + list(maps['global_maps'].items())
     if maps['attribute_maps'] is not None:
@@ -102,11 +108,15 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
             progress=True):         # tqdm progress
     "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths."
     import matplotlib.pyplot as plt
+    _check_max_attributes(max_attributes)
     paths, lm, out = check_images(collect_images(images)), predictor.loaded, []   # files: each figure is named after one
     for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
         x = predictor.tensor([p]).to(predictor.device)
         maps = model_maps(predictor.model, x)
         probs = torch.sigmoid(maps['logits'].float())[0].cpu().numpy()
+        if not np.isfinite(probs).all():   # as predict refuses them: no figure of a diverged model's decisions
+            raise KitError(f'{lm.path or "the model"}: non-finite probabilities (NaN/inf) for {p}: the model diverged or '
+                           f'overflows; no figure drawn for it ({len(out)} drawn before it): use a model from a run that trained normally')
         one = dict(kind=maps['kind'], attribute_maps=None if maps['attribute_maps'] is None else maps['attribute_maps'][0].cpu(),
                    global_maps={k: v[0].cpu() for k, v in maps['global_maps'].items()})
         fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,

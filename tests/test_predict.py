@@ -1,5 +1,5 @@
 "Model file (save_model / load_model), Predictor, explain and export."
-import json, os
+import json, os, re
 from pathlib import Path
 
 import numpy as np
@@ -736,3 +736,27 @@ def test_a_forged_input_size_is_refused_naming_the_file(tmp_path, images, model_
         assert cli([str(tmp_path/'forged.pt'), str(images), '--out', str(tmp_path/'o'), '--quiet']) == 2
         err = capsys.readouterr().err
         assert err.startswith(f'har-kit predict: {tmp_path/"forged.pt"}') or 'forged.pt' in err, err
+
+
+def test_explain_refuses_non_finite_probabilities_and_odd_panel_counts(tmp_path, images, model_file):
+    "explain draws no figure of NaN probabilities (predict refuses them too); max_attributes is a whole number >= 1."
+    lm = load_model(model_file)
+    with torch.no_grad(): next(lm.model.parameters()).view(-1)[0] = float('nan')   # a diverged network, in memory
+    with pytest.raises(KitError, match=r'non-finite probabilities \(NaN/inf\) for .*a\.png: .*no figure drawn for it \(0 drawn'):
+        explain_images(Predictor(lm), images, tmp_path/'x', progress=False)
+    assert not (tmp_path/'x').exists() or not list((tmp_path/'x').iterdir())
+    for bad in (0, -1, True, 2.5, '3'):
+        with pytest.raises(KitError, match=re.escape(f'max_attributes={bad!r}: a whole number >= 1')):
+            explain_images(Predictor(model_file), images, tmp_path/'y', max_attributes=bad, progress=False)
+    assert not (tmp_path/'y').exists()
+
+
+def test_self_mask_panels_name_their_stages_in_any_order():
+    "self_mask_after=[2, 0]: the masks come in stage order, so the panel names must too."
+    from har_kit.dahar import dahar_variant
+    torch.manual_seed(0)
+    net = dahar_variant(name='self_mask', num_attributes=4, arch='resnet-tiny', weights=None, self_mask_after=[2, 0]).eval()
+    x = torch.randn(1, 3, 64, 32)
+    m, out = model_maps(net, x), net(x)
+    assert [k for k in m['global_maps'] if k.startswith('self-mask')] == ['self-mask (stage 1)', 'self-mask (stage 3)']
+    assert m['global_maps']['self-mask (stage 1)'].shape == out['self_masks'][0].shape != out['self_masks'][1].shape
