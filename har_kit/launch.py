@@ -4,7 +4,7 @@
 
 # %% ../nbs/72_launch.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, json, os, re, shlex, sys, time
+import argparse, contextlib, io, json, os, re, shlex, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
               ) -> list:
     "One record per planned run: its plan record plus `state`, `error` and its scheduler job (if any)."
     recs = [dict(r.record() if isinstance(r, PlannedRun) else r) for r in runs]
-    by_dir = {}
+    by_dir, unstarted = {}, set()   # unstarted: runs whose job ended before they began
     for rec in recs:
         st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
         rec['state'], rec['error'] = 'interrupted' if st.get('interrupted') else st['state'], st.get('error')
@@ -84,8 +84,11 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         if rec['state'] == 'missing' and _refused(err): rec['state'], rec['error'] = 'failed', err
         job = job_file(rec['out_dir'])
         rec['job'] = read_record(job)
-        if rec['state'] in ('missing', 'failed', 'interrupted') and rec['job'] and job_queued(rec['job']):   # waiting, or requeued
-            rec['state'], rec['error'] = 'queued', None
+        if rec['state'] in ('missing', 'failed', 'interrupted') and rec['job']:
+            if job_queued(rec['job']): rec['state'], rec['error'] = 'queued', None   # waiting, or requeued
+            elif rec['state'] == 'missing':   # its job is gone and the run never began: cancelled while pending (or killed at once)
+                rec['state'], rec['error'] = 'interrupted', f'job {rec["job"].get("job_id")} ended without starting (cancelled?)'
+                unstarted.add(rec['out_dir'])
         t = read_record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
         if t:
             t = t['all_sessions'] if isinstance(t.get('all_sessions'), dict) else t   # every session of a resumed run
@@ -93,7 +96,8 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         by_dir[rec['out_dir']] = rec
     for rec in recs:
         bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
-        if rec['state'] == 'missing' and bad: rec['error'] = f'not started: needs {bad[0]}, which failed'
+        if (rec['state'] == 'missing' or rec['out_dir'] in unstarted) and bad:   # its job ended (or was cancelled) for that reason
+            rec['state'], rec['error'] = 'missing', f'not started: needs {bad[0]}, which failed'
     changed = True
     while changed:   # a done run that reads a stale one (a CFAR run on a CAM-PAR run of other parameters) is not current either
         changed = False
@@ -363,14 +367,15 @@ def wait_for(dirs,            # run directories
              poll=0.5,        # seconds between looks
              need_done=True   # True: a failed run raises KitError
             ) -> dict:
-    "Wait until every run directory is done or failed (a job that ended without `done` counts as failed)."
+    "Wait until every run directory is done or failed (a job that ended without `done` counts as failed); while a run's job is queued or alive, it is waited for, even past an old `done` (a `--force` rerun moves that run aside only when its job starts)."
     dirs = [Path(d) for d in dirs]
     while True:
         states = {}
         for d in dirs:
             s = run_status(d)['state']
-            if s not in ('done', 'running') and job_file(d).exists():   # its job decides: alive (maybe requeued) or gone
-                s = 'waiting' if job_queued(load_json(job_file(d))) else 'failed'
+            job = read_record(job_file(d))
+            if job and s != 'running':   # its job decides: alive (maybe requeued, or about to rerun a done run) or gone
+                s = 'waiting' if job_queued(job) else 'failed' if s not in ('done', 'damaged') else s
             states[d] = s
         bad = [d for d, s in states.items() if s in ('failed', 'damaged')]
         if bad and need_done:
@@ -444,6 +449,12 @@ def make_executor(folder,          # submitit's folder (job scripts, pickles, lo
     ex.update_parameters(**{LAUNCHER_OPTIONS[k]: v for k, v in opts.items() if v is not None}, **(extra or {}))
     return ex
 
+class _SubmitRefused(KitError):
+    "The scheduler refused a job (sbatch's error): the message quotes it; `submitted` names the jobs that went in before it."
+    def __init__(self, msg, submitted): super().__init__(msg); self.submitted = submitted
+
+def _tables_dir(root, profile): return Path(root)/profile/'tables'   # the tables job's record: `job_file` of it, <root>/<profile>/tables.job.json
+
 def submit(runs,           # PlannedRuns, dependencies first
            executor,       # `make_executor(...)`; None in a dry run
            profile=None,   # with `root` and `render`: also submit the tables job, after all runs
@@ -453,16 +464,28 @@ def submit(runs,           # PlannedRuns, dependencies first
            dry_run=False,  # only say what would be submitted
            force=False     # resubmit runs whose directory holds other parameters (moved aside when they start)
           ) -> list:
-    "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json`; return one action per run."
+    "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json` (the tables job: `<root>/<profile>/tables.job.json`); return one action per run. A job the scheduler refuses raises a `KitError` quoting it, naming the jobs submitted before it (recorded, left queued)."
     cluster = getattr(executor, 'cluster', 'local')
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
     ids, actions, blocked = {}, [], set()
-    def send(fn, name, after, kind):
+    def send(fn, name, after, kind, jf, **more):   # submit one job and record it in `jf`; the record
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
         if native:   # a run whose dependency failed is cancelled rather than left pending
             executor.update_parameters(slurm_additional_parameters={'dependency': f'{kind}:' + ':'.join(after),
                                                                     'kill-on-invalid-dep': 'yes'} if after else {})
         executor.update_parameters(name=f'har-kit:{name}')
-        return executor.submit(fn)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()): job = executor.submit(fn)   # submitit prints sbatch's complaint: quoted below
+        except (FailedJobError, FailedSubmissionError) as e:
+            said = ' / '.join(line.strip() for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
+            sent = [f'{a["name"]} [job {a["job_id"]}]' for a in actions if a['action'] == 'submit']
+            raise _SubmitRefused(f'the scheduler ({cluster}) refused the job of {name}: {said}', sent) from None
+        info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
+                    submitted=time.strftime('%Y-%m-%dT%H:%M:%S'), **more)
+        if cluster in ('local', 'debug') and str(job.job_id).isdigit():   # a local job is a process: keep its start time
+            info['started'] = -1.0 if (t := _process_started(int(job.job_id))) is None else t   # -1: already ended
+        save_json(info, jf)
+        return job, info
     for r in runs:
         if any(d in blocked for d in r.deps):   # done or not: it reads a run of other parameters
             blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
@@ -482,20 +505,22 @@ def submit(runs,           # PlannedRuns, dependencies first
         if dry_run:
             ids[r.out_dir] = f'<{r.name}>'
             actions.append(dict(name=r.name, action='submit', after=after)); continue
-        job = send(RunJob(r, not native, run_fn, force or rerun), r.name, after, 'afterok')   # rerun: moved aside once its input changed
-        info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
-                    submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
-        if cluster in ('local', 'debug') and str(job.job_id).isdigit():   # a local job is a process: keep its start time
-            info['started'] = -1.0 if (t := _process_started(int(job.job_id))) is None else t   # -1: already ended
-        save_json(info, jf)
+        job, info = send(RunJob(r, not native, run_fn, force or rerun), r.name, after, 'afterok', jf)   # rerun: moved aside once its input changed
         ids[r.out_dir] = info['job_id']
         actions.append(dict(name=r.name, action='submit', after=after, job_id=info['job_id'], job=job))
-    if render and profile and any(a['action'] != 'done' for a in actions):
-        after = list(ids.values())
-        if dry_run: actions.append(dict(name=f'{profile}/tables', action='submit', after=after))
+    if render and profile and root is not None and any(a['action'] != 'done' for a in actions):
+        after, name, tables, dirs = list(ids.values()), f'{profile}/tables', planned_tables(runs), [str(r.out_dir) for r in runs]
+        jf = job_file(_tables_dir(root, profile))
+        old = read_record(jf)
+        # a tables job still queued or alive renders these tables after these runs, unless a run job is new now (a queued SLURM
+        # job's afterany names only the jobs it was sent after): not sent twice
+        if (old and not any(a['action'] == 'submit' for a in actions) and set(tables) <= set(old.get('tables') or ())
+                and set(dirs) <= set(old.get('dirs') or ()) and job_queued(old)):
+            actions.append(dict(name=name, action='queued', job_id=old['job_id']))
+        elif dry_run: actions.append(dict(name=name, action='submit', after=after))
         else:
-            job = send(RenderJob(profile, str(root), [str(r.out_dir) for r in runs], not native, planned_tables(runs)), f'{profile}/tables', after, 'afterany')
-            actions.append(dict(name=f'{profile}/tables', action='submit', after=after, job_id=str(job.job_id), job=job))
+            job, info = send(RenderJob(profile, str(root), dirs, not native, tables), name, after, 'afterany', jf, tables=tables, dirs=dirs)
+            actions.append(dict(name=name, action='submit', after=after, job_id=info['job_id'], job=job))
     return actions
 
 def describe_jobs(actions   # actions returned by `submit`
@@ -523,7 +548,9 @@ _OPTION_CHECKS = {  # option -> (accepts the value?, what it must be)
     'time': (lambda v: type(v) is int and 1 <= v <= 525600, 'whole minutes, 1 to 525600'),
     'gpus': (lambda v: type(v) is int and 0 <= v <= 64, 'a whole number of GPUs, 0 to 64'),
     'cpus': (lambda v: type(v) is int and 1 <= v <= 1024, 'a whole number of CPUs, 1 to 1024'),
-    'mem_gb': (lambda v: type(v) in (int, float) and 0 < v <= 1e5, 'a positive number of GB'),
+    'mem_gb': (lambda v: type(v) in (int, float) and 1 / 1024 <= v <= 1e5,   # below 1 MB, SLURM's --mem=0MB: all of a node's memory
+               "a positive number of GB, at least 1/1024 GB (1 MB: SLURM counts whole MB, and 0 MB would ask for all of a node's "
+               'memory), at most 1e5'),
 }
 
 def check_launcher_options(opts: dict,  # option -> value (`LAUNCHER_OPTIONS` keys)
@@ -649,7 +676,15 @@ def _follow(a, root): return f'har-kit status --profile {a.profile}' + (f' --out
 def _submit_all(a, runs, root):  # --launcher submitit
     opts = {'gpus': 0 if a.smoke else 1, **_launcher_options(a)}
     ex = None if a.dry_run else make_executor(root/a.profile/'jobs', **opts)   # a dry run creates nothing
-    actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run, force=a.force)
+    try: actions = submit(runs, ex, a.profile, root, dry_run=a.dry_run, force=a.force)
+    except _SubmitRefused as e:   # the jobs that went in are recorded and followed like any; the rest is sent on the next try
+        save_status(runs, root, a.profile)
+        given = ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in opts.items()) + (f' (with --launcher-config {a.launcher_config})'
+                                                                                     if a.launcher_config else '')
+        sent = (f'{len(e.submitted)} jobs were submitted before it and stay queued ({", ".join(e.submitted[:6])}'
+                f'{", ..." if len(e.submitted) > 6 else ""}; follow them with: {_follow(a, root)})' if e.submitted else 'nothing was submitted')
+        raise KitError(f'{e}; launcher options in use: {given}; {sent}; once what it names is fixed (an option above, a submit '
+                       'limit reached), rerun the same command: it submits the rest, not the jobs already queued') from None
     if a.dry_run: print('# executor: {} ({})'.format(*_executor(a)) + (': a submission here would be refused unless --cluster local '
                                                                        'asks for it' if _executor(a)[1] == 'no srun on the PATH' else ''))
     print(describe_jobs(actions))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from har_kit.core import KitError
+from har_kit.core import KitError, load_json
 from har_kit.launch import _read_launcher_config, check_launcher_options, job_queued, read_status_runs, status_cli
 
 
@@ -305,3 +305,102 @@ def test_a_status_it_wrote_is_read_back_whatever_failed_json_held(tmp_path):
     (d/'failed.json').write_text(json.dumps({'error': {'type': 'ValueError', 'message': 'x'}, 'cell': 3}))
     st = run_status(d)
     assert st['state'] == 'failed' and isinstance(st['error'], str) and 'ValueError' in st['error']
+
+
+# --- scheduler jobs: refusals, the tables job, jobs that end before their run, reruns of done runs ----------------------
+
+def _fake_slurm(folder, accepted):  # sbatch that takes `accepted` jobs, then refuses as SLURM does; sacct: every job pending
+    folder.mkdir()
+    (folder/'sbatch').write_text(f'#!/bin/sh\nn=$(cat {folder}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {folder}/n\n'
+                                 f'if [ $n -le {accepted} ]; then echo "Submitted batch job $((1000+n))"; exit 0; fi\n'
+                                 'echo "sbatch: error: invalid partition specified: nosuch" >&2\n'
+                                 'echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2\nexit 1\n')
+    (folder/'sacct').write_text('#!/bin/sh\necho "JobID|State|NodeList"\nfor i in 1001 1002 1003; do echo "$i|PENDING|None"; done\n')
+    (folder/'srun').write_text('#!/bin/sh\nexit 0\n')
+    for f in folder.iterdir(): f.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize('accepted', [0, 1])
+def test_a_job_the_scheduler_refuses_is_one_line_and_what_went_in_is_kept(tmp_path, capsys, monkeypatch, accepted):
+    "sbatch refusing a job (an unknown partition, a submit limit) escaped as submitit's FailedJobError, after some jobs "
+    "went in unrecorded in status.json; now one line quoting sbatch, the options and the jobs submitted, exit 2."
+    from har_kit.launch import cli, job_file, status_path
+    from har_kit.reproduce import plan
+    monkeypatch.setenv('PATH', f'{_fake_slurm(tmp_path/"bin", accepted)}:{os.environ["PATH"]}')
+    out = tmp_path/'o'
+    assert cli(['campar_t1', '--launcher', 'submitit', '--partition', 'nosuch', '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith('har-kit reproduce: the scheduler (slurm) refused') and 'Traceback' not in err, err
+    assert 'sbatch: error: invalid partition specified: nosuch / sbatch: error: Batch job submission failed' in err, err
+    assert 'launcher options in use: --gpus 1 --partition nosuch' in err, err
+    runs = plan(['campar_t1'], 'quick', root=out)
+    assert [r.name for r in runs if job_file(r.out_dir).exists()] == [r.name for r in runs[:accepted]]
+    assert (f'1 jobs were submitted before it and stay queued ({runs[0].name} [job 1001]' if accepted else 'nothing was submitted') in err
+    st = load_json(status_path(out, 'quick'))
+    assert st['counts']['queued'] == accepted and st['counts']['missing'] == len(runs) - accepted
+
+
+class _FakeExecutor:   # submitit's executor as `submit` uses it: every job is this process, so it reads as queued (alive)
+    cluster, folder = 'local', '/nowhere'
+    def __init__(self): self.sent = []
+    def update_parameters(self, **kw): pass
+    def submit(self, fn):
+        import types
+        self.sent.append(fn); return types.SimpleNamespace(job_id=str(os.getpid()))
+
+
+def _two(root):  # a CAM-PAR run and the CFAR run that needs it
+    from har_kit.reproduce import plan
+    return [r for r in plan(['campar_t1'], 'quick', root=root) if r.spec.notebook in ('campar', 'cfar')
+            and r.params['dataset'] == 'rap' and r.seed == 0]
+
+
+def test_submitting_again_while_the_jobs_are_queued_sends_no_second_tables_job(tmp_path):
+    "The runs read as queued, but a second tables job was submitted each time; the tables job is recorded now."
+    from har_kit.launch import RenderJob, job_file, submit
+    runs, ex = _two(tmp_path), _FakeExecutor()
+    assert [a['action'] for a in submit(runs, ex, 'quick', tmp_path)] == ['submit'] * 3
+    again = submit(runs, ex, 'quick', tmp_path)
+    assert [a['action'] for a in again] == ['queued'] * 3 and again[2]['name'] == 'quick/tables', again
+    assert sum(isinstance(f, RenderJob) for f in ex.sent) == 1 and load_json(job_file(tmp_path/'quick'/'tables'))['job_id'] == str(os.getpid())
+
+
+def test_a_job_that_ended_before_its_run_started_is_interrupted_not_missing(tmp_path):
+    "A job cancelled while pending (here: waiting for the run it needs) left the run 'missing', like one never submitted."
+    from har_kit.core import save_json
+    from har_kit.launch import _process_started, job_file, make_status
+    runs = _two(tmp_path)
+    save_json({'job_id': str(os.getpid()), 'cluster': 'local', 'started': _process_started(os.getpid())}, job_file(runs[0].out_dir))
+    save_json({'job_id': '4242', 'cluster': 'local', 'started': -1.0}, job_file(runs[1].out_dir))   # -1.0: its process ended
+    st = make_status(runs, 'quick')
+    assert [(r['state'], r['error']) for r in st['runs']] == [('queued', None), ('interrupted', 'job 4242 ended without starting (cancelled?)')]
+    assert st['counts']['interrupted'] == 1 and st['counts']['missing'] == 0
+
+
+def test_a_job_waits_for_the_rerun_of_a_done_run_not_the_old_one(tmp_path, monkeypatch):
+    "--force on the local executor: the dependency's old `done` is there until its rerun's job moves it aside, and the job "
+    "that needs it read the old run; a dependency whose job is queued or alive is waited for now."
+    import types
+    from har_kit import launch as L
+    from har_kit.core import save_json
+    d = tmp_path/'dep'; d.mkdir()
+    (d/'metrics.json').write_text('{}'); (d/'done').write_text('')
+    alive = {'job_id': str(os.getpid()), 'cluster': 'local', 'started': L._process_started(os.getpid())}
+    save_json(alive, L.job_file(d))
+    looks = []
+    def sleep(s):   # the rerun's job ends between two looks
+        looks.append(s); save_json({**alive, 'started': -1.0}, L.job_file(d))
+    monkeypatch.setattr(L, 'time', types.SimpleNamespace(sleep=sleep))
+    assert L.wait_for([d]) == {d: 'done'} and len(looks) == 1
+    for need_done in (True, False):   # the tables job waits the same way
+        looks.clear(); save_json(alive, L.job_file(d))
+        assert L.wait_for([d], need_done=need_done) == {d: 'done'} and len(looks) == 1
+
+
+@pytest.mark.parametrize('mem', [0.0005, 1 / 2048])
+def test_memory_below_one_megabyte_is_refused(mem):
+    "--mem-gb 0.0005 became SLURM's --mem=0MB: all of a node's memory."
+    with pytest.raises(KitError, match=f'mem_gb={mem!r}: expected a positive number of GB, at least 1/1024 GB \\(1 MB'):
+        check_launcher_options({'mem_gb': mem}, 'reproduce options')
+    assert check_launcher_options({'mem_gb': 1 / 1024}, 'x') == {'mem_gb': 1 / 1024}
