@@ -218,25 +218,36 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
 # %% ../nbs/72_launch.ipynb #c028
+from .reproduce import SMOKE   # what a --smoke plan changes
+
+def _saved_options(saved,   # {run directory: record} of a saved status.json, the tables' runs only
+                   profile   # the profile
+                  ) -> dict:
+    "The `plan` options the saved runs were planned with that today's plan cannot know: the data roots `--data-root` gave, and `--smoke` (a record with mostly `SMOKE`'s sizes)."
+    roots = {r['params']['dataset']: r['params']['data_root'] for r in saved.values() if r['params'].get('dataset') and r['params'].get('data_root')}
+    smoke = profile == 'paper' and any(2*sum(r['params'].get(k) == v for k, v in SMOKE[r['notebook']].items()) > len(SMOKE[r['notebook']])
+                                       for r in saved.values() if r['notebook'] in SMOKE)
+    return dict(data_roots=roots, smoke=smoke)
+
 def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
               root            # outputs root the runs lie under
              ) -> dict:
-    "{run directory: why it gives no number} for the runs the tables read that are not done and current, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ...; and the seed folders the plan does not make (left by an earlier version)."
+    "{run directory: why it gives no number} for the runs the tables read that are not done and current against today's plan, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ...; and the seed folders the plan does not make (left by an earlier version)."
     root, keys = Path(root).absolute(), [k for k in tables if TABLES[k].in_profile(profile)]
     specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
     if not specs: return {}
     bases = {str(spec_dir(root, profile, s)) for s in specs.values()}
     found = {str(d.absolute()) for s in specs.values() for d in run_dirs(root, profile, s)}
-    n = max([int(re.match(r'seed(\d+)', Path(d).name).group(1)) + 1 for d in found] or [1])
-    fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root)}   # every seed directory found has its plan
     saved = []
     if status_path(root, profile).exists():
         with contextlib.suppress(KitError): saved = read_status_runs(status_path(root, profile))
     saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
-    expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root)}   # what a missing seed is missing from
-    recs = {d: saved.get(d, r) for d, r in fresh.items() if d in expected or d in found}
-    recs.update({d: r for d, r in saved.items() if d not in recs})
+    opts = _saved_options(saved, profile)   # only what the saved plan knows and today's cannot: its parameters are not used
+    n = max([int(m.group(1)) + 1 for d in found | set(saved) if (m := re.match(r'seed(\d+)', Path(d).name))] or [1])
+    fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root, **opts)}   # every seed directory found has its plan
+    expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root, **opts)}   # what a missing seed is missing from
+    recs = {d: r for d, r in fresh.items() if d in expected or d in found}
     for d, r in recs.items():   # a real dataset's root: the one the run recorded, when the plan has none
         given = read_record(Path(d)/'params.json') or {}
         if 'data_root' in r['params'] and r['params']['data_root'] is None and given.get('data_root'):

@@ -571,3 +571,20 @@ def test_no_folder_a_plan_makes_is_held_as_not_in_the_plan(tmp_path, profile, kw
     for k in keys:
         held = held_back([k], profile, tmp_path)
         assert not [d for d, why in held.items() if why.startswith('not in the plan')], (k, held)
+
+
+def test_the_tables_judge_runs_against_todays_plan_not_a_saved_status(tmp_path):
+    "Runs finished with epochs=2, recorded so in the status.json an earlier reproduce saved, are stale when today's plan says 3."
+    from har_kit.launch import held_back, save_status
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    for r in runs:
+        if r.spec.notebook == 'campar': r.params['epochs'] = 2   # the earlier kit's quick profile
+    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
+    save_status(runs, tmp_path, 'quick')
+    held = held_back(['campar_t2'], 'quick', tmp_path)
+    assert {held.get(r.out_dir) for r in runs if r.spec.notebook == 'campar'} == {'stale: finished with other parameters (epochs)'}, held
+    smoke = [r for r in plan(['campar_t2'], 'paper', root=tmp_path, smoke=True) if r.spec.notebook == 'campar']   # what today's plan
+    for r in smoke: _finish(r)                                                         # cannot know comes from status.json:
+    save_status(smoke, tmp_path, 'paper')                                              # --smoke's sizes, not the paper's
+    assert not set(held_back(['campar_t2'], 'paper', tmp_path)) & {r.out_dir for r in smoke}
+
