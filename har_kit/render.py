@@ -4,19 +4,21 @@
 
 # %% ../nbs/63_render.ipynb #c002
 from __future__ import annotations
-import csv, io, math, statistics
+import csv, functools, io, math, statistics
 from pathlib import Path
 
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
 from .core import KitError, atomic_write, load_json, outputs_root
 from .metrics import entry_value, read_metrics
 from .results import SEED_DIR, Printed, Table, column_source, row_runs, run_dirs, seed_dirs, spec_dir
+from .run_params import find_notebook
+from .runs import code_changed, notebook_record
 
 # %% auto #0
-__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'left_out', 'paper_partition',
-           'error_cell', 'seed_exclusion', 'collect', 'paired_interval', 'table_rows', 'header', 'to_markdown',
-           'to_csv', 'to_seeds_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute', 'plot_distraction',
-           'plot_curves']
+__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'older_code', 'left_out',
+           'paper_partition', 'error_cell', 'seed_exclusion', 'collect', 'paired_interval', 'table_rows', 'header',
+           'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
+           'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
 def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
@@ -45,10 +47,25 @@ def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.me
     vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
     return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
 
-def _summary(vals, seeds, constant=None, dirs=None, left_out=None, mode=None, excluded=None):  # per-seed lists (`_by_mode`); the selection mode; the seeds left out [(seed, why, dir)]
+def _summary(vals, seeds, constant=None, dirs=None, left_out=None, older=None, mode=None, excluded=None):  # per-seed lists (`_by_mode`); the selection mode; the seeds left out [(seed, why, dir)]
     return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
                 values=vals, seeds=seeds, mode=mode, constant=constant or [], dirs=dirs or [], left_out=left_out or [],
-                excluded=excluded or [])
+                older_code=[(s, f) for s, f in zip(seeds, older or []) if f], excluded=excluded or [])
+
+def older_code(d,        # a finished seed directory
+               notebook  # its section notebook ('campar')
+              ) -> str | None:
+    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.runs.code_changed`), else None: such a run is kept as it is (`har_kit.runs.prepare` only warns), so its row says so."
+    try: was, now = load_json(Path(d)/'env.json').get('notebook'), _record_now(notebook)
+    except (KitError, OSError, AttributeError): return None
+    return now['file'] if isinstance(was, dict) and code_changed(was, now) else None
+
+def _record_now(notebook):  # the notebook's record now (`notebook_record`), hashed again only when its file changed
+    p = find_notebook(notebook); st = p.stat()
+    return _record_of(p, st.st_mtime_ns, st.st_size)
+
+@functools.lru_cache(maxsize=64)
+def _record_of(path, mtime_ns, size): return notebook_record(path)
 
 def left_out(entry: dict,  # one variant's metrics.json entry
              path: str     # the dotted path of the number a column reads, e.g. 'full.mA'
@@ -85,7 +102,7 @@ def seed_exclusion(d,           # a seed directory of a run (`run_dirs`), or one
         except KitError: return 'failed: failed.json unreadable'
     return 'not done'
 
-def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out])}, [(seed dir, why left out, its mode or None)]) of one column's run; scale: 100 (percent) or 1
+def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out], [older code])}, [(seed dir, why left out, its mode or None)]) of one column's run; scale: 100 (percent) or 1
     by_mode, excluded, done = {}, [], []
     for d in dirs:
         why = seed_exclusion(d, held)
@@ -105,10 +122,11 @@ def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], 
             # runs over several partitions where the paper ran one: the paper's partition alone is a mode of its own
             extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts[mode]) > 1 and params[d].get('partition') == one else []
             for m in [mode] + extra:
-                vs, ss, cs, ds, lo = by_mode.setdefault(m, ([], [], [], [], []))
+                vs, ss, cs, ds, lo, oc = by_mode.setdefault(m, ([], [], [], [], [], []))
                 vs.append(float(v) * scale); ss.append(d.name); cs.append(constant_share(entry)); ds.append(d); lo.append(left_out(entry, path))
+                oc.append(older_code(d, spec_.notebook))
         else:   # finished, but this number is not in it: named, never silently dropped
-            got = 'NaN' if isinstance(v, float) else 'no value' if v is None or isinstance(v, (dict, list)) else repr(v)
+            got = ('NaN' if math.isnan(v) else str(v)) if isinstance(v, float) else 'no value' if v is None or isinstance(v, (dict, list)) else repr(v)   # NaN, inf, -inf
             excluded.append((d, f'done, but {path} of {spec_.variant!r} in its metrics.json is {got}' if got != 'no value'
                              else f'done, but no {path} of {spec_.variant!r} in its metrics.json', selection_of(params[d])))
     return by_mode, excluded
@@ -147,7 +165,8 @@ def collect(table: Table,      # the table
             if not by_mode:
                 found = [d for d in dirs if d.exists()]
                 named = [(d.name, why, d) for d, why, _ in excluded]
-                cells[(row.key, col, 'missing')] = (_excluded_text(named) if any(d in held for d in found)
+                number = any(' in its metrics.json is ' in why for _, why, _ in named)   # a seed has the entry, its number NaN or inf
+                cells[(row.key, col, 'missing')] = (_excluded_text(named) if number or any(d in held for d in found)
                                                     else missing_reason(found, src[0].variant))
                 cells[(row.key, col, 'missing', 'seeds')] = named
             brow = next((r for r in table.rows if r.key == table.compare.get(row.key)), None)
@@ -161,6 +180,9 @@ def collect(table: Table,      # the table
             runs = [(s, d) for s in row_runs(row) for d in seed_dirs(root, profile, s) if Path(d).absolute() not in held]
             if runs and (runs[0][1]/'params.json').exists():
                 cells[(row.key, col)] = dict(text=str(run_params(runs[0][1], runs[0][0].notebook).get(param, '?')))
+            elif row_runs(row):   # no current run: the row's reason ('no run', 'stale', ...), never the paper's text as ours
+                why = next((cells[k] for c in table.columns if (k := (row.key, c, 'missing')) in cells), '?') if not runs else '?'
+                cells[(row.key, col)] = dict(text=why.split(':')[0])
     return cells
 
 # %% ../nbs/63_render.ipynb #c010
@@ -234,6 +256,13 @@ def _excluded_note(cells, keys, columns):  # ' — left out: seed2 (stale: ...)'
     for (name, why), cs in where.items(): groups.setdefault((why, tuple(cs) if len(cs) < len(numeric) else ()), []).append(name)
     return ''.join(f' — left out{" of " + ", ".join(cs) if cs else ""}: {", ".join(names)} ({why})' for (why, cs), names in groups.items())
 
+def _older_code_note(cells, keys, columns):  # ' — seed0: 1 of 3 seeds made by earlier code of 41_campar.ipynb (...)' for seeds kept although their code changed
+    by, ns = {}, [cells[k]['n'] for k in keys if 'n' in cells.get(k, {})]
+    for k in keys:
+        for seed, f in cells.get(k, {}).get('older_code') or []: by.setdefault(f, dict())[seed] = None
+    return ''.join(f' — {", ".join(ss)}: {len(ss)} of {max(ns)} seeds made by earlier code of {f} (its code cells changed since; '
+                   'kept as done, har-kit reproduce --force reruns them)' for f, ss in by.items())
+
 def table_rows(table: Table,   # the table
                cells: dict     # its cells (`collect`)
               ) -> list:
@@ -247,7 +276,7 @@ def table_rows(table: Table,   # the table
         if not row_runs(row): continue
         for mode in _row_modes(table, row, cells) or [None]:
             ours, delta, vs = [], [], []
-            said = set()
+            said, bsaid = set(), set()   # the reasons this line gave in full (ours; the baseline's)
             for c in table.columns:
                 cell, rep = cells.get((row.key, c) if mode is None else (row.key, c, mode)), row.reported.get(c)
                 text = cells.get((row.key, c))
@@ -261,7 +290,9 @@ def table_rows(table: Table,   # the table
                 delta.append(f'{cell["mean"] - rep:+.2f}' if isinstance(rep, (int, float)) else '')
                 base = table.compare.get(row.key)
                 b = (cells.get((row.key, c, cell['mode'], 'vs')) or cells.get((base, c, cell['mode']))) if base else None
-                vs.append(_fmt_interval(paired_interval(cell, b), max(cell['n'], b['n'])) if b else '')
+                if b or not base: vs.append(_fmt_interval(paired_interval(cell, b), max(cell['n'], b['n'])) if b else ''); continue
+                why = cells.get((base, c, 'missing'), 'not in this mode')   # no Δ: the baseline's reason, in full once per line
+                vs.append(f'baseline: {why if why.split(":")[0] not in bsaid else why.split(":")[0]}'); bsaid.add(why.split(':')[0])
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
             ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
             tag = f', {"[15]: selected on test" + mode[4:] if mode.startswith("[15]") else mode}' if len(all_modes) > 1 and mode else ''
@@ -269,7 +300,8 @@ def table_rows(table: Table,   # the table
             if mode and any((row.key, c, mode) in cells and alone(c) for c in table.columns):   # a column of this line averages
                 tag += ", mean over partitions: the kit's addition"   # partitions where its paper ran the one shown alone below
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
-                        f'{_left_out_note(cells, keys, table.columns)}{_excluded_note(cells, keys, table.columns)}', *ours])
+                        f'{_left_out_note(cells, keys, table.columns)}{_excluded_note(cells, keys, table.columns)}'
+                        f'{_older_code_note(cells, keys, table.columns)}', *ours])
             if reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
@@ -312,7 +344,7 @@ def to_csv(table,  # the table
 def to_seeds_csv(table,  # the table
                  cells,  # its cells (`collect`)
                  root):  # the outputs root the run directories lie under
-    "Every seed's number behind the table: method, column, selection, kind (ours, or the baseline's definition a Δ compares with; 'left out: <why>' for a seed without a number in it), seed, value, run directory under `root`."
+    "Every seed's number behind the table: method, column, selection, kind (ours, or the baseline's definition a Δ compares with, adding ', made by earlier code of <notebook>' for a seed its notebook's code has changed since; 'left out: <why>' for a seed without a number in it), seed, value, run directory under `root`."
     buf = io.StringIO(); w = csv.writer(buf)
     w.writerow(['method', 'column', 'selection', 'kind', 'seed', 'value', 'run'])
     labels = {r.key: r.label for r in table.rows}
@@ -323,9 +355,10 @@ def to_seeds_csv(table,  # the table
         if len(k) == 4 and k[2] == 'missing':   # a column without a number: every seed it left out
             w.writerows([labels[k[0]], k[1], '', f'left out: {why}', seed, '', rel(d)] for seed, why, d in cell)
         if len(k) < 3 or not isinstance(cell, dict) or 'values' not in cell: continue
-        kind = 'ours' if len(k) == 3 else 'baseline, as compared'
+        kind, older = 'ours' if len(k) == 3 else 'baseline, as compared', dict(cell.get('older_code') or [])
         for seed, v, d in zip(cell['seeds'], cell['values'], cell['dirs']):
-            w.writerow([labels[k[0]], k[1], k[2], kind, seed, f'{v:.6f}', rel(d)])
+            w.writerow([labels[k[0]], k[1], k[2], kind + (f', made by earlier code of {older[seed]}' if seed in older else ''),
+                        seed, f'{v:.6f}', rel(d)])
         w.writerows([labels[k[0]], k[1], k[2], f'left out: {why}' + ('' if len(k) == 3 else ' (baseline, as compared)'), seed, '', rel(d)]
                     for seed, why, d in cell['excluded'])
     return buf.getvalue()
@@ -450,18 +483,22 @@ def plot_distraction(table: Table,   # the distraction study
 
 def plot_curves(root=None,        # outputs root (None: `outputs_root()`)
                 profile='quick',  # the profile whose runs to plot
-                axes=None         # two matplotlib axes (None: a new figure)
+                axes=None,        # two matplotlib axes (None: a new figure)
+                held=None         # {run directory: why}: runs held back from the tables (`har_kit.launch.held_back`), not drawn
                ):
-    """Every finished run's training curves under a profile (its history.json files), coloured by notebook: the training
+    """Every finished run's training curves under a profile (its history.json files; a seed without `done`, failed or
+    unfinished, and one `held` back as stale are not drawn), coloured by notebook: the training
     loss relative to its first epoch, and the held-out metric per epoch (`val_mAP` or `val_mA`) where the run has one.
     Returns the two axes."""
     import matplotlib.pyplot as plt
     axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.2))[1]
-    base = Path(root or outputs_root())/profile
+    base, held = Path(root or outputs_root())/profile, {Path(d).absolute() for d in held or {}}
     colours, labelled = {}, (set(), set())   # one legend entry per notebook and panel
     for h in sorted(base.glob('*/*/seed*/**/history.json')):
         rel = h.relative_to(base)
         if not SEED_DIR.fullmatch(rel.parts[2]): continue   # a run moved aside by --force
+        seed = (base/Path(*rel.parts[:3])).absolute()
+        if not (seed/'done').exists() or seed in held: continue   # failed, unfinished, or not current: no curve of its own
         hist = load_json(h)
         hist = [e for e in (hist.get('epochs', hist) if isinstance(hist, dict) else hist) if isinstance(e, dict)]
         nb = rel.parts[0]

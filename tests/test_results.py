@@ -477,3 +477,67 @@ def test_the_card_says_held_out_runs_train_without_their_carved_validation_image
     _run(tmp_path, 'paper', spec, 0, dict(QUICK, selection='held-out', val_fraction=0.1, train_splits=['trainval']), _ped(0.7, 0.6))
     vf = next(d for d in protocol_card(CAMPAR_T2, tmp_path, 'paper')['differs'] if d['parameter'] == 'val_fraction')
     assert vf['paper'] == '0.0' and '0.1' in vf['runs'] and 'carved out' in vf['reason'], vf
+
+
+def test_a_seed_made_by_earlier_notebook_code_is_said_in_its_row_and_seeds_csv(tmp_path):
+    "A done seed whose env.json records other code cells of 41_campar.ipynb is kept (as runs.prepare keeps it), and said so."
+    import csv, io
+    from har_kit.run_params import find_notebook
+    from har_kit.runs import notebook_record
+    now, spec = notebook_record(find_notebook('campar')), CAMPAR_T2.rows[0].run
+    for s in range(3):
+        d = _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))
+        save_json({'notebook': {**now, 'code_sha256': 'f' * 64, 'sha256': 'e' * 64} if s == 0 else now}, d/'env.json')
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
+    assert '(n=3) — seed0: 1 of 3 seeds made by earlier code of 41_campar.ipynb' in line, line
+    kinds = {(r['seed'], r['kind']) for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['method'] == 'baseline'}
+    assert kinds == {('seed0', 'ours, made by earlier code of 41_campar.ipynb'), ('seed1', 'ours'), ('seed2', 'ours')}, kinds
+
+
+def _wider(v): return metrics_entry('wider', {'full': dict(mAP=v, ap=[]), 'crops': dict(mAP=v - 0.01, ap=[])}, [])
+
+
+def test_a_compared_row_says_why_its_baseline_gives_no_delta(tmp_path):
+    "Table 3's baseline run failed in every seed: the rows compared with it keep a Δ vs baseline line that says why."
+    for s in range(2):
+        _run(tmp_path, 'quick', DAHAR_T3.rows[0].run, s, QUICK, failed='RuntimeError: out of memory\nTraceback ...')
+        _run(tmp_path, 'quick', DAHAR_T3.rows[5].run, s, QUICK, _wider(0.6 + s / 100))
+    md = render(DAHAR_T3, tmp_path, 'quick')['texts']['md'].splitlines()
+    line = next((l for l in md if l.startswith(f'| {DAHAR_T3.rows[5].label} | Δ vs')), None)
+    assert line and line.endswith('| baseline: failed: RuntimeError: out of memory | baseline: failed |'), line
+
+
+def test_the_training_curves_leave_out_failed_and_held_back_runs(tmp_path):
+    "A failed seed's history.json and a done one held back (stale) draw no curve; a done, current seed draws one."
+    import matplotlib; matplotlib.use('Agg')
+    from har_kit.render import plot_curves
+    spec = CAMPAR_T2.rows[0].run
+    hist = [{'epoch': 1, 'train_loss': 1.0, 'val_mA': 0.5}, {'epoch': 2, 'train_loss': 50.0, 'val_mA': 0.1}]
+    dirs = [_run(tmp_path, 'quick', spec, 0, QUICK, failed='FloatingPointError: loss diverged'),
+            _run(tmp_path, 'quick', spec, 1, QUICK, _entry_t2(0.5)), _run(tmp_path, 'quick', spec, 2, QUICK, _entry_t2(0.5))]
+    for d in dirs: save_json(hist, d/'baseline'/'history.json')
+    axes = plot_curves(tmp_path, 'quick', held={dirs[2]: 'stale: finished with other parameters (epochs)'})
+    assert (len(axes[0].lines), len(axes[1].lines)) == (1, 1)
+
+
+def test_a_cell_whose_every_seed_is_nan_or_inf_says_so(tmp_path):
+    "An inf mA is called inf (not NaN); when every seed's number is NaN the cell says that, not that the entry is missing."
+    import json
+    spec = CAMPAR_T2.rows[0].run
+    for s in range(3):
+        d = _run(tmp_path, 'quick', spec, s, QUICK, {v: _entry_t2(0.5) for v in ('fusion', 'campar')})
+        m = {v: _entry_t2(0.5) for v in ('fusion', 'campar')}
+        m['campar']['full']['mA'] = float('nan')
+        if s == 0: m['fusion']['full']['mA'] = float('inf')
+        (d/'metrics.json').write_text(json.dumps(m))
+    md = render(CAMPAR_T2, tmp_path, 'quick')['texts']['md'].splitlines()
+    assert "left out of mA: seed0 (done, but full.mA of 'fusion' in its metrics.json is inf)" in next(l for l in md if l.startswith('| + fusion | ours'))
+    assert "| done, but full.mA of 'campar' in its metrics.json is NaN (seed0, seed1, seed2) |" in next(l for l in md if l.startswith('| + CAM-PAR | ours'))
+
+
+def test_our_backbone_cell_never_shows_the_papers_without_a_run(tmp_path):
+    "CAM-PAR Table 1's backbone on an ours line: the reason there is no run, never the reported ResNet50."
+    md = render(CAMPAR_T1, tmp_path, 'quick')['texts']['md'].splitlines()
+    ours = [l for l in md if '| ours' in l]
+    assert len(ours) == 2 and all(l.split(' | ')[2] == 'no run' for l in ours), ours
