@@ -43,7 +43,8 @@ def _umask(): return _UMASK
 
 # %% ../nbs/00_core.ipynb #c014
 @contextlib.contextmanager
-def atomic_path(path):  # final destination; the block writes to the yielded temporary path
+def atomic_path(path,        # final destination; the block writes to the yielded temporary path
+                sync=False): # sync the written file to disk before the rename (a file that is not remade cheaply)
     "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,10 @@ def atomic_path(path):  # final destination; the block writes to the yielded tem
     try:
         yield Path(tmp)
         if os.path.exists(tmp): os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file open()'s mode
+        if sync and os.path.exists(tmp):   # a power loss after the rename then leaves the whole file, not an empty one
+            fd = os.open(tmp, os.O_RDONLY)
+            try: os.fsync(fd)
+            finally: os.close(fd)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)

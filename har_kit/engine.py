@@ -461,7 +461,9 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
     for name, ld in [('val_loader', val_loader)] + [(f'watch[{k!r}]', v[0]) for k, v in (watch or {}).items()]:
         if ld is not None and hasattr(ld, '__len__') and len(ld) == 0:   # refused before an epoch trains, not after it
-            raise KitError(f'{name} yields no batches: check its dataset (an empty split?), or pass None to score nothing')
+            held = f'its dataset holds {len(ld.dataset)} sample(s)' if hasattr(getattr(ld, 'dataset', None), '__len__') else 'check its dataset'
+            raise KitError(f'{name} yields no batches: {held} (an empty split? with drop_last, fewer than one batch gives none), '
+                           'or pass None to score nothing')
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed input sizes: pick the fastest kernels once

@@ -127,7 +127,7 @@ def export_model(model,                # model file / run dir, or a LoadedModel
     wrapper = ProbabilityModel(net.cpu().eval()).eval()
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
-    with atomic_path(out) as tmp:
+    with atomic_path(out, sync=True) as tmp:   # the model on disk before the rename, as its sidecar is
         (_write_onnx if format == 'onnx' else _write_torchscript)(wrapper, x, tmp, meta)
         with torch.no_grad(): ref = wrapper(x_check).numpy()
         got = _run_exported(tmp, format, x_check)

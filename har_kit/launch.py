@@ -21,8 +21,8 @@ from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts,
                           read_record, run_status, stop_runs)
 
 # %% auto #0
-__all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_queued', 'run_states', 'make_status', 'save_status',
-           'format_status', 'read_status_runs', 'check_out', 'status_cli', 'held_back', 'TablesConfig',
+__all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_state', 'job_queued', 'run_states', 'make_status',
+           'save_status', 'format_status', 'read_status_runs', 'check_out', 'status_cli', 'held_back', 'TablesConfig',
            'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
            'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
@@ -55,12 +55,23 @@ def job_file(out_dir   # a run directory
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + '.job.json')
 
+def job_state(job: dict,     # a run's job record (`job_file`)
+              certain=False  # local jobs: 'active' only for a process whose start time was recorded (a pid alone may be reused)
+             ) -> str:
+    "'active' while the recorded job is pending or running, 'ended' once it ended, 'unknown' while the scheduler cannot say (sacct lists a new job late, or fails)."
+    if job.get('cluster') in ('local', 'debug'):
+        if not str(job.get('job_id')).isdigit(): return 'ended'   # the debug executor's jobs run in the submitting process
+        started = job.get('started')
+        if certain and not (is_number(started) and started > 0): return 'ended'
+        return 'active' if _pid_alive(int(job['job_id']), started) else 'ended'
+    import submitit
+    state = submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0]
+    return 'active' if state in _ACTIVE_SLURM else 'unknown' if state == 'UNKNOWN' else 'ended'
+
 def job_queued(job: dict   # a run's job record (`job_file`)
               ) -> bool:
-    "True while the scheduler job recorded for a run is pending or running."
-    if job.get('cluster') in ('local', 'debug'): return _pid_alive(int(job['job_id']), job.get('started'))
-    import submitit
-    return submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0] in _ACTIVE_SLURM
+    "True while the scheduler job recorded for a run is pending or running (`job_state` says 'active')."
+    return job_state(job) == 'active'
 
 # %% ../nbs/72_launch.ipynb #c012
 def _refused(err):  # an error recorded for a run that has no directory
@@ -85,19 +96,27 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
         job = job_file(rec['out_dir'])
         rec['job'] = read_record(job)
         if rec['state'] in ('missing', 'failed', 'interrupted') and rec['job']:
-            if job_queued(rec['job']): rec['state'], rec['error'] = 'queued', None   # waiting, or requeued
-            elif rec['state'] == 'missing':   # its job is gone and the run never began: cancelled while pending (or killed at once)
-                rec['state'], rec['error'] = 'interrupted', f'job {rec["job"].get("job_id")} ended without starting (cancelled?)'
+            js, jid = job_state(rec['job']), rec['job'].get('job_id')
+            if js == 'active': rec['state'], rec['error'] = 'queued', None   # waiting, or requeued
+            elif rec['state'] == 'missing' and js == 'ended':   # its job is gone and the run never began: cancelled while pending (or killed at once)
+                rec['state'], rec['error'] = 'interrupted', f'job {jid} ended without starting (cancelled?)'
                 unstarted.add(rec['out_dir'])
+            elif rec['state'] == 'missing':   # e.g. just after sbatch, before sacct lists the job
+                rec['error'] = f'job {jid} submitted; the scheduler does not say its state (yet): see squeue / sacct'
         t = read_record(Path(rec['out_dir'])/'timing.json')   # where the run's time went (written by run_notebook)
         if t:
             t = t['all_sessions'] if isinstance(t.get('all_sessions'), dict) else t   # every session of a resumed run
             rec['seconds'] = {k: t.get(f'{k}_seconds') if is_number(t.get(f'{k}_seconds')) else None for k in ('total', 'kernel_start', 'imports', 'cells')}
         by_dir[rec['out_dir']] = rec
-    for rec in recs:
-        bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed']
-        if (rec['state'] == 'missing' or rec['out_dir'] in unstarted) and bad:   # its job ended (or was cancelled) for that reason
-            rec['state'], rec['error'] = 'missing', f'not started: needs {bad[0]}, which failed'
+    blocked, changed = set(), True   # blocked: not started because a run it needs failed, or did not start for that reason
+    while changed:
+        changed = False
+        for rec in recs:
+            bad = [d for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'failed' or d in blocked]
+            if rec['out_dir'] not in blocked and (rec['state'] == 'missing' or rec['out_dir'] in unstarted) and bad:   # its job ended (or was cancelled) for that reason
+                why = 'failed' if by_dir[bad[0]]['state'] == 'failed' else 'did not start'
+                rec['state'], rec['error'], changed = 'missing', f'not started: needs {bad[0]}, which {why}', True
+                blocked.add(rec['out_dir'])
     changed = True
     while changed:   # a done run that reads a stale one (a CFAR run on a CAM-PAR run of other parameters) is not current either
         changed = False
@@ -129,7 +148,7 @@ def save_status(runs,         # PlannedRuns, or the run records of a saved statu
     save_json(st, status_path(root, profile))
     return st
 
-# %% ../nbs/72_launch.ipynb #c021
+# %% ../nbs/72_launch.ipynb #c023
 def format_status(st   # a status (`save_status`)
                  ) -> str:
     "The status as text: counts, then one line per run that is not done."
@@ -217,7 +236,7 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
-# %% ../nbs/72_launch.ipynb #c028
+# %% ../nbs/72_launch.ipynb #c030
 from .reproduce import SMOKE   # what a --smoke plan changes
 
 def _saved_options(saved,   # {run directory: record} of a saved status.json, the tables' runs only
@@ -286,7 +305,7 @@ class TablesConfig(RunConfig):
         "The table keys to render: those asked for, else every table of the profile."
         return list(self.tables) if self.tables is not None else [k for k in TABLES if TABLES[k].in_profile(self.profile)]
 
-# %% ../nbs/72_launch.ipynb #c033
+# %% ../nbs/72_launch.ipynb #c035
 def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'cfar', 'masks', ...
                    profile: str,           # 'quick', 'sample' or 'paper'
                    dataset: str | None = None,    # the dataset the values are for (required where they depend on it)
@@ -360,7 +379,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
     return 0
 
-# %% ../nbs/72_launch.ipynb #c037
+# %% ../nbs/72_launch.ipynb #c039
 def _stop_children(grace=10.0):  # seconds the children have to go idle after `stop_runs`' SIGINT
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel; busy ones get `grace` s first."
     import psutil
@@ -385,8 +404,10 @@ def wait_for(dirs,            # run directories
         for d in dirs:
             s = run_status(d)['state']
             job = read_record(job_file(d))
-            if job and s != 'running':   # its job decides: alive (maybe requeued, or about to rerun a done run) or gone
-                s = 'waiting' if job_queued(job) else 'failed' if s not in ('done', 'damaged') else s
+            if job and s in ('done', 'damaged'):   # a --force rerun about to move it aside: only a job known to be alive says so
+                s = 'waiting' if job_state(job, certain=True) == 'active' else s
+            elif job and s != 'running':   # its job decides: alive (maybe requeued) or gone
+                s = 'waiting' if job_queued(job) else 'failed'
             states[d] = s
         bad = [d for d, s in states.items() if s in ('failed', 'damaged')]
         if bad and need_done:
@@ -395,7 +416,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed', 'damaged') for s in states.values()): return states
         time.sleep(poll)
 
-# %% ../nbs/72_launch.ipynb #c040
+# %% ../nbs/72_launch.ipynb #c044
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -435,7 +456,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
-# %% ../nbs/72_launch.ipynb #c044
+# %% ../nbs/72_launch.ipynb #c048
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -541,7 +562,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c050
+# %% ../nbs/72_launch.ipynb #c056
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -634,7 +655,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c053
+# %% ../nbs/72_launch.ipynb #c059
 def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))

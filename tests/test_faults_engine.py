@@ -418,8 +418,10 @@ def test_an_empty_scoring_loader_is_refused_before_training(tmp_path):
     trained = []
     def crit(out, batch): trained.append(1); return bce(out, batch)
     empty = DataLoader(Toy(0), 4)
-    with pytest.raises(KitError, match=r'val_loader yields no batches'):
+    with pytest.raises(KitError, match=r'val_loader yields no batches: its dataset holds 0 sample\(s\)'):
         fit(Net(), crit, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path, empty, acc)
+    with pytest.raises(KitError, match=r'val_loader yields no batches: its dataset holds 6 sample\(s\) .*with drop_last'):
+        fit(Net(), crit, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path, DataLoader(Toy(6), 8, drop_last=True), acc)
     with pytest.raises(KitError, match=r"watch\['test'\] yields no batches"):
         fit(Net(), crit, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path, watch={'test': (empty, acc)})
     assert trained == []

@@ -1,5 +1,5 @@
 """Fault catalogue of the launcher and status side (issue 30): each test tries one fault and states the clear outcome."""
-import os
+import json, os
 from pathlib import Path
 
 import pytest
@@ -404,3 +404,46 @@ def test_memory_below_one_megabyte_is_refused(mem):
     with pytest.raises(KitError, match=f'mem_gb={mem!r}: expected a positive number of GB, at least 1/1024 GB \\(1 MB'):
         check_launcher_options({'mem_gb': mem}, 'reproduce options')
     assert check_launcher_options({'mem_gb': 1 / 1024}, 'x') == {'mem_gb': 1 / 1024}
+
+
+def test_a_job_the_scheduler_does_not_list_yet_is_not_called_cancelled(tmp_path, monkeypatch):
+    "Just after sbatch (or when sacct fails) submitit says UNKNOWN: the run stays missing, with the job named, not 'cancelled?'."
+    import submitit
+    from har_kit.core import save_json
+    from har_kit.launch import job_file, make_status
+    runs = _two(tmp_path)
+    monkeypatch.setattr(submitit.SlurmJob, 'state', property(lambda self: 'UNKNOWN'))
+    for i, r in enumerate(runs): save_json({'job_id': f'90{i}', 'cluster': 'slurm', 'folder': str(tmp_path)}, job_file(r.out_dir))
+    st = make_status(runs, 'quick')
+    assert [r['state'] for r in st['runs']] == ['missing', 'missing'] and st['counts']['interrupted'] == 0
+    assert st['runs'][0]['error'] == 'job 900 submitted; the scheduler does not say its state (yet): see squeue / sacct'
+    monkeypatch.setattr(submitit.SlurmJob, 'state', property(lambda self: 'CANCELLED by 0'))
+    assert [r['state'] for r in make_status(runs, 'quick')['runs']] == ['interrupted', 'interrupted']
+
+
+def test_a_run_two_steps_after_a_failure_says_why_it_did_not_start(tmp_path):
+    "A failed -> B and C cancelled by their dependencies: both say which run they needed, neither 'cancelled?'."
+    from har_kit.core import save_json
+    from har_kit.launch import job_file, make_status
+    A, B, C = (tmp_path/'p'/n for n in 'ABC')
+    A.mkdir(parents=True)
+    (A/'failed.json').write_text(json.dumps({'error': {'type': 'ValueError', 'message': 'boom'}, 'cell': 3}))
+    for d, jid in ((B, '1002'), (C, '1003')): save_json({'job_id': jid, 'cluster': 'local', 'started': -1.0}, job_file(d))
+    recs = [dict(name='C', out_dir=str(C), deps=[str(B)]), dict(name='A', out_dir=str(A), deps=[]),   # any order
+            dict(name='B', out_dir=str(B), deps=[str(A)])]
+    st = make_status(recs, 'quick')
+    assert {r['name']: (r['state'], r['error']) for r in st['runs'] if r['name'] != 'A'} == {
+        'B': ('missing', f'not started: needs {A}, which failed'), 'C': ('missing', f'not started: needs {B}, which did not start')}
+
+
+@pytest.mark.parametrize('job', [{'job_id': 'DEBUG_3', 'cluster': 'debug'}, {'job_id': '1', 'cluster': 'local'},
+                                 {'job_id': '1', 'cluster': 'local', 'started': 0.0}])
+def test_a_done_run_is_not_held_by_a_job_record_that_proves_nothing(tmp_path, job):
+    "A done run's record of a debug job, or of a local pid without a start time (a kit before it was recorded; pid 1 runs "
+    "forever): wait_for returns, it neither crashes nor waits for another process."
+    from har_kit import launch as L
+    from har_kit.core import save_json
+    d = tmp_path/'dep'; d.mkdir()
+    (d/'metrics.json').write_text('{}'); (d/'done').write_text('')
+    save_json(job, L.job_file(d))
+    assert L.wait_for([d]) == {d: 'done'}

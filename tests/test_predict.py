@@ -760,3 +760,12 @@ def test_self_mask_panels_name_their_stages_in_any_order():
     m, out = model_maps(net, x), net(x)
     assert [k for k in m['global_maps'] if k.startswith('self-mask')] == ['self-mask (stage 1)', 'self-mask (stage 3)']
     assert m['global_maps']['self-mask (stage 1)'].shape == out['self_masks'][0].shape != out['self_masks'][1].shape
+
+
+def test_an_exported_model_is_on_disk_before_its_rename(tmp_path, model_file, monkeypatch):
+    "Its sidecar is synced (save_json): the model it describes must be too, or a power loss leaves a sidecar beside an empty file."
+    import har_kit.core as core
+    synced = []
+    monkeypatch.setattr(core.os, 'fsync', lambda fd: synced.append(Path(os.readlink(f'/proc/self/fd/{fd}')).name))
+    export_model(model_file, tmp_path/'m.ts.pt', 'torchscript')
+    assert any(n.startswith('.m.ts.pt.') and not n.startswith('.m.ts.pt.json') for n in synced), synced
