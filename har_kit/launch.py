@@ -239,14 +239,13 @@ def status_cli(argv=None   # the command line (None: sys.argv)
 # %% ../nbs/72_launch.ipynb #c030
 from .reproduce import SMOKE   # what a --smoke plan changes
 
-def _saved_options(saved,   # {run directory: record} of a saved status.json, the tables' runs only
+def _saved_options(saved,   # the run records of a saved status.json (`read_status_runs`)
                    profile   # the profile
                   ) -> dict:
-    "The `plan` options the saved runs were planned with that today's plan cannot know: the data roots `--data-root` gave, and `--smoke` (a record with mostly `SMOKE`'s sizes)."
-    roots = {r['params']['dataset']: r['params']['data_root'] for r in saved.values() if r['params'].get('dataset') and r['params'].get('data_root')}
+    "The `plan` options the saved runs were planned with that today's plan cannot know: `--smoke` (records with mostly `SMOKE`'s sizes: a rehearsal's root holds no other)."
     smoke = profile == 'paper' and any(2*sum(r['params'].get(k) == v for k, v in SMOKE[r['notebook']].items()) > len(SMOKE[r['notebook']])
-                                       for r in saved.values() if r['notebook'] in SMOKE)
-    return dict(data_roots=roots, smoke=smoke)
+                                       for r in saved if r.get('notebook') in SMOKE and isinstance(r.get('params'), dict))
+    return dict(smoke=smoke)
 
 def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
@@ -261,8 +260,8 @@ def held_back(tables,         # table keys the rendering reads
     saved = []
     if status_path(root, profile).exists():
         with contextlib.suppress(KitError): saved = read_status_runs(status_path(root, profile))
-    saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
     opts = _saved_options(saved, profile)   # only what the saved plan knows and today's cannot: its parameters are not used
+    saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
     n = max([int(m.group(1)) + 1 for d in found | set(saved) if (m := re.match(r'seed(\d+)', Path(d).name))] or [1])
     fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root, **opts)}   # every seed directory found has its plan
     expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root, **opts)}   # what a missing seed is missing from

@@ -61,8 +61,11 @@ def older_code(d,        # a finished seed directory
     return now['file'] if isinstance(was, dict) and code_changed(was, now) else None
 
 def _record_now(notebook):  # the notebook's record now (`notebook_record`), hashed again only when its file changed
-    p = find_notebook(notebook); st = p.stat()
+    p = _notebook_file(notebook); st = p.stat()
     return _record_of(p, st.st_mtime_ns, st.st_size)
+
+@functools.lru_cache(maxsize=64)
+def _notebook_file(notebook): return find_notebook(notebook)   # looked up once: a table asks for every seed of every cell
 
 @functools.lru_cache(maxsize=64)
 def _record_of(path, mtime_ns, size): return notebook_record(path)
@@ -261,7 +264,7 @@ def _older_code_note(cells, keys, columns):  # ' — seed0: 1 of 3 seeds made by
     for k in keys:
         for seed, f in cells.get(k, {}).get('older_code') or []: by.setdefault(f, dict())[seed] = None
     return ''.join(f' — {", ".join(ss)}: {len(ss)} of {max(ns)} seeds made by earlier code of {f} (its code cells changed since; '
-                   'kept as done, har-kit reproduce --force reruns them)' for f, ss in by.items())
+                   'kept as done; move a seed\'s folder aside and har-kit reproduce makes it again)' for f, ss in by.items())
 
 def table_rows(table: Table,   # the table
                cells: dict     # its cells (`collect`)

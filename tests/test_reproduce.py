@@ -588,3 +588,12 @@ def test_the_tables_judge_runs_against_todays_plan_not_a_saved_status(tmp_path):
     save_status(smoke, tmp_path, 'paper')                                              # --smoke's sizes, not the paper's
     assert not set(held_back(['campar_t2'], 'paper', tmp_path)) & {r.out_dir for r in smoke}
 
+
+
+def test_a_root_given_to_a_later_reproduce_of_other_tables_leaves_these_runs_current(tmp_path):
+    "campar_t2 finished on rap=/data/old; the last reproduce (dahar_t2) was given rap=/data/new: the campar_t2 runs keep the root they recorded."
+    from har_kit.launch import held_back, save_status
+    a = plan(['campar_t2'], 'paper', root=tmp_path, data_roots={'rap': '/data/old'})
+    for r in sorted(a, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
+    save_status(plan(['dahar_t2'], 'paper', root=tmp_path, data_roots={'rap': '/data/new', 'wider': '/data/w'}), tmp_path, 'paper')
+    assert not set(held_back(['campar_t2', 'dahar_t2'], 'paper', tmp_path)) & {r.out_dir for r in a}

@@ -491,6 +491,7 @@ def test_a_seed_made_by_earlier_notebook_code_is_said_in_its_row_and_seeds_csv(t
     out = render(CAMPAR_T2, tmp_path, 'quick')
     line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
     assert '(n=3) — seed0: 1 of 3 seeds made by earlier code of 41_campar.ipynb' in line, line
+    assert "move a seed's folder aside and har-kit reproduce makes it again" in line   # reproduce --force skips a done, current run
     kinds = {(r['seed'], r['kind']) for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['method'] == 'baseline'}
     assert kinds == {('seed0', 'ours, made by earlier code of 41_campar.ipynb'), ('seed1', 'ours'), ('seed2', 'ours')}, kinds
 
