@@ -22,8 +22,8 @@ from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts,
 
 # %% auto #0
 __all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_state', 'job_queued', 'run_states', 'make_status',
-           'save_status', 'format_status', 'read_status_runs', 'check_out', 'status_cli', 'held_back', 'TablesConfig',
-           'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
+           'save_status', 'todays_runs', 'format_status', 'read_status_runs', 'check_out', 'status_cli', 'held_back',
+           'TablesConfig', 'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
            'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
@@ -149,6 +149,41 @@ def save_status(runs,         # PlannedRuns, or the run records of a saved statu
     return st
 
 # %% ../nbs/72_launch.ipynb #c023
+from .reproduce import SMOKE   # what a --smoke plan changes
+
+def _saved_options(saved,   # the run records of a saved status.json (`read_status_runs`)
+                   profile   # the profile
+                  ) -> dict:
+    "The `plan` options the saved runs were planned with that today's plan cannot know: `--smoke` (records with mostly `SMOKE`'s sizes: a rehearsal's root holds no other)."
+    smoke = profile == 'paper' and any(2*sum(r['params'].get(k) == v for k, v in SMOKE[r['notebook']].items()) > len(SMOKE[r['notebook']])
+                                       for r in saved if r.get('notebook') in SMOKE and isinstance(r.get('params'), dict))
+    return dict(smoke=smoke)
+
+def todays_runs(keys,           # table keys
+                profile: str,   # the profile
+                root,           # outputs root the runs lie under
+                saved=()        # the run records of the profile's saved status.json (`read_status_runs`), if any
+               ) -> tuple:
+    "({run directory: today's plan record}, {seed directories found}) for the tables' runs: the seeds the saved status planned and those found, `--smoke` as it was (`_saved_options`), each real dataset's root as its run recorded it; a saved record's state and error of a run refused before its directory existed are kept."
+    root = Path(root).absolute()
+    specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
+    if not specs: return {}, set()
+    bases = {str(spec_dir(root, profile, s)) for s in specs.values()}
+    found = {str(d.absolute()) for s in specs.values() for d in run_dirs(root, profile, s)}
+    opts = _saved_options(saved, profile)   # only what the saved plan knows and today's cannot: its parameters are not used
+    saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
+    n = max([int(m.group(1)) + 1 for d in found | set(saved) if (m := re.match(r'seed(\d+)', Path(d).name))] or [1])
+    fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root, **opts)}   # every seed directory found has its plan
+    expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root, **opts)}   # what a missing seed is missing from
+    recs = {d: r for d, r in fresh.items() if d in expected or d in found}
+    for d, r in recs.items():   # a real dataset's root: the one the run recorded, when the plan has none
+        given = read_record(Path(d)/'params.json') or {}
+        if 'data_root' in r['params'] and r['params']['data_root'] is None and given.get('data_root'):
+            r = recs[d] = {**r, 'params': {**r['params'], 'data_root': given['data_root']}}
+        if d in saved: recs[d] = {**r, **{k: saved[d][k] for k in ('state', 'error') if k in saved[d]}}
+    return recs, found
+
+# %% ../nbs/72_launch.ipynb #c024
 def format_status(st   # a status (`save_status`)
                  ) -> str:
     "The status as text: counts, then one line per run that is not done."
@@ -228,6 +263,10 @@ def status_cli(argv=None   # the command line (None: sys.argv)
                   f'moved since har-kit reproduce wrote it, so the runs here are judged from a fresh plan', file=sys.stderr)
             runs = None
         if runs is None: runs = plan(None, a.profile, root=root)
+        else:   # judged against today's plan, as the tables are (`held_back`): a profile changed since makes its runs stale
+            keys = sorted({row.split('/')[0] for r in runs for row in r.get('rows') or []} & set(TABLES))
+            recs, _ = todays_runs(keys, a.profile, root, runs)
+            runs = list(recs.values()) + [r for r in runs if r['out_dir'] not in recs]   # one today's plan no longer makes: as recorded
         st = make_status(runs, a.profile)
         if p.exists() and os.access(p.parent, os.W_OK | os.X_OK):   # reproduce's status.json kept current, nothing else written
             with contextlib.suppress(OSError): save_json(st, p)
@@ -236,40 +275,17 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     print(json.dumps(st, indent=1) if a.json else format_status(st))
     return 1 if st['counts']['failed'] or st['counts']['interrupted'] or st['counts']['damaged'] else 0   # a stopped, killed or damaged run is not done either
 
-# %% ../nbs/72_launch.ipynb #c030
-from .reproduce import SMOKE   # what a --smoke plan changes
-
-def _saved_options(saved,   # the run records of a saved status.json (`read_status_runs`)
-                   profile   # the profile
-                  ) -> dict:
-    "The `plan` options the saved runs were planned with that today's plan cannot know: `--smoke` (records with mostly `SMOKE`'s sizes: a rehearsal's root holds no other)."
-    smoke = profile == 'paper' and any(2*sum(r['params'].get(k) == v for k, v in SMOKE[r['notebook']].items()) > len(SMOKE[r['notebook']])
-                                       for r in saved if r.get('notebook') in SMOKE and isinstance(r.get('params'), dict))
-    return dict(smoke=smoke)
-
+# %% ../nbs/72_launch.ipynb #c031
 def held_back(tables,         # table keys the rendering reads
               profile: str,   # the profile
               root            # outputs root the runs lie under
              ) -> dict:
     "{run directory: why it gives no number} for the runs the tables read that are not done and current against today's plan, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ...; and the seed folders the plan does not make (left by an earlier version)."
     root, keys = Path(root).absolute(), [k for k in tables if TABLES[k].in_profile(profile)]
-    specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
-    if not specs: return {}
-    bases = {str(spec_dir(root, profile, s)) for s in specs.values()}
-    found = {str(d.absolute()) for s in specs.values() for d in run_dirs(root, profile, s)}
     saved = []
     if status_path(root, profile).exists():
         with contextlib.suppress(KitError): saved = read_status_runs(status_path(root, profile))
-    opts = _saved_options(saved, profile)   # only what the saved plan knows and today's cannot: its parameters are not used
-    saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
-    n = max([int(m.group(1)) + 1 for d in found | set(saved) if (m := re.match(r'seed(\d+)', Path(d).name))] or [1])
-    fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root, **opts)}   # every seed directory found has its plan
-    expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root, **opts)}   # what a missing seed is missing from
-    recs = {d: r for d, r in fresh.items() if d in expected or d in found}
-    for d, r in recs.items():   # a real dataset's root: the one the run recorded, when the plan has none
-        given = read_record(Path(d)/'params.json') or {}
-        if 'data_root' in r['params'] and r['params']['data_root'] is None and given.get('data_root'):
-            recs[d] = {**r, 'params': {**r['params'], 'data_root': given['data_root']}}
+    recs, found = todays_runs(keys, profile, root, saved)
     held = {}
     for rec in run_states(list(recs.values())):
         if rec['state'] == 'done': continue
@@ -304,7 +320,7 @@ class TablesConfig(RunConfig):
         "The table keys to render: those asked for, else every table of the profile."
         return list(self.tables) if self.tables is not None else [k for k in TABLES if TABLES[k].in_profile(self.profile)]
 
-# %% ../nbs/72_launch.ipynb #c035
+# %% ../nbs/72_launch.ipynb #c036
 def profile_values(notebook: str,          # section name: 'dahar', 'campar', 'cfar', 'masks', ...
                    profile: str,           # 'quick', 'sample' or 'paper'
                    dataset: str | None = None,    # the dataset the values are for (required where they depend on it)
@@ -378,7 +394,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
     except KitError as e: print(f'har-kit config: {e}', file=sys.stderr); return 2
     return 0
 
-# %% ../nbs/72_launch.ipynb #c039
+# %% ../nbs/72_launch.ipynb #c040
 def _stop_children(grace=10.0):  # seconds the children have to go idle after `stop_runs`' SIGINT
     "Terminate this process's children (a papermill kernel) so a requeued job never races its previous kernel; busy ones get `grace` s first."
     import psutil
@@ -415,7 +431,7 @@ def wait_for(dirs,            # run directories
         if all(s in ('done', 'failed', 'damaged') for s in states.values()): return states
         time.sleep(poll)
 
-# %% ../nbs/72_launch.ipynb #c044
+# %% ../nbs/72_launch.ipynb #c045
 @dataclass
 class RunJob:
     "What one scheduler job executes: one planned run, after the runs it needs; checkpointable (requeue + resume)."
@@ -455,7 +471,7 @@ class RenderJob:
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
-# %% ../nbs/72_launch.ipynb #c048
+# %% ../nbs/72_launch.ipynb #c049
 LAUNCHER_OPTIONS = {  # option (CLI --NAME, config-file key) -> submitit parameter
     'cluster': None, 'partition': 'slurm_partition', 'account': 'slurm_account', 'qos': 'slurm_qos',
     'time': 'timeout_min', 'gpus': 'gpus_per_node', 'cpus': 'cpus_per_task', 'mem_gb': 'mem_gb',
@@ -561,7 +577,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c056
+# %% ../nbs/72_launch.ipynb #c057
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -654,7 +670,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c059
+# %% ../nbs/72_launch.ipynb #c060
 def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))

@@ -597,3 +597,17 @@ def test_a_root_given_to_a_later_reproduce_of_other_tables_leaves_these_runs_cur
     for r in sorted(a, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
     save_status(plan(['dahar_t2'], 'paper', root=tmp_path, data_roots={'rap': '/data/new', 'wider': '/data/w'}), tmp_path, 'paper')
     assert not set(held_back(['campar_t2', 'dahar_t2'], 'paper', tmp_path)) & {r.out_dir for r in a}
+
+
+def test_status_judges_runs_against_todays_plan_as_the_tables_do(tmp_path, capsys):
+    "Runs finished with epochs=2 under a status.json that recorded 2: `har-kit status` calls them stale, as the tables hold them back."
+    from har_kit.launch import held_back, save_status, status_cli
+    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+    for r in runs:
+        if r.spec.notebook == 'campar': r.params['epochs'] = 2   # the earlier kit's quick profile
+    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
+    save_status(runs, tmp_path, 'quick')
+    assert status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json']) == 0   # stale: not failed, a rerun brings it up to date
+    st = json.loads(capsys.readouterr().out)
+    stale = {r['out_dir'] for r in st['runs'] if r['state'] == 'stale'}
+    assert stale == {str(d) for d in held_back(['campar_t2'], 'quick', tmp_path)} and len(stale) == len(runs), st['counts']
