@@ -18,7 +18,7 @@ from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, fi
                                 list_parameters, path_parameter, config_class, run_name)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'DEMO_TAG', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
+__all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'DEMO_TAG', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
            'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
            'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'code_changed', 'real_data',
            'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
@@ -256,19 +256,25 @@ def params_digest(params: dict  # a run's parameters
     "SHA-256 of the parameters in canonical JSON (what `done` records of the executed run)."
     return hashlib.sha256(json.dumps(to_jsonable(params), sort_keys=True).encode()).hexdigest()
 
+DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by runs unless `demos=True`
+
 def notebook_record(nb):  # the path of the notebook a run executes
-    "What env.json records of a run's notebook: its section (the name after the number), file name, sha256, and the sha256 of its code cells alone."
+    "What env.json records of a run's notebook: its section (the name after the number), file name, sha256, the sha256 of its code cells alone, and of those a batch run executes (no `demo` cell)."
     nb = Path(nb)
-    try: code = '\n\x00'.join(''.join(c.get('source', '')) for c in json.loads(nb.read_text())['cells'] if c.get('cell_type') == 'code')
-    except (ValueError, KeyError, TypeError): code = nb.read_text(errors='replace')   # not notebook JSON: the whole text
-    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest(),
-                code_sha256=hashlib.sha256(code.encode()).hexdigest())
+    code = lambda cells: hashlib.sha256('\n\x00'.join(''.join(c.get('source', '')) for c in cells).encode()).hexdigest()
+    try:
+        cells = [c for c in json.loads(nb.read_text())['cells'] if c.get('cell_type') == 'code']
+        hashes = dict(code_sha256=code(cells), run_code_sha256=code(c for c in cells if DEMO_TAG not in c.get('metadata', {}).get('tags', [])))
+    except (ValueError, KeyError, TypeError, AttributeError):   # not notebook JSON: the whole text
+        hashes = dict(code_sha256=hashlib.sha256(nb.read_text(errors='replace').encode()).hexdigest())
+    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest(), **hashes)
 
 def code_changed(was,   # the notebook record a run's env.json holds (`notebook_record`), or None
                  now):  # this notebook's record
-    "Whether the notebook's code changed since `was`: its code cells' hash where both records have one (prose edits aside), else the file's."
+    "Whether the notebook's code changed since `was`: the hash of the code a run executes where both records have one (prose and demonstrations aside), else of all its code cells, else the file's."
     if not was or not now: return False
-    if was.get('code_sha256') and now.get('code_sha256'): return was['code_sha256'] != now['code_sha256']
+    for k in ('run_code_sha256', 'code_sha256'):
+        if was.get(k) and now.get(k): return was[k] != now[k]
     return was.get('sha256') not in (None, now.get('sha256'))
 
 def real_data(params: dict  # a run's parameters
@@ -476,8 +482,6 @@ def _fail(out, error, cell=None, interrupted=False):
                        **({'interrupted': True} if interrupted else {})), out/'failed.json')
 
 def _disk_full(e): return isinstance(e, OSError) and e.errno == errno.ENOSPC
-
-DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by runs unless `demos=True`
 
 def batch_copy(nb,    # the notebook
                dest,  # where to write the copy

@@ -487,7 +487,7 @@ def test_a_seed_made_by_earlier_notebook_code_is_said_in_its_row_and_seeds_csv(t
     now, spec = notebook_record(find_notebook('campar')), CAMPAR_T2.rows[0].run
     for s in range(3):
         d = _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))
-        save_json({'notebook': {**now, 'code_sha256': 'f' * 64, 'sha256': 'e' * 64} if s == 0 else now}, d/'env.json')
+        save_json({'notebook': {**now, 'run_code_sha256': 'f' * 64, 'code_sha256': 'f' * 64, 'sha256': 'e' * 64} if s == 0 else now}, d/'env.json')
     out = render(CAMPAR_T2, tmp_path, 'quick')
     line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
     assert '(n=3) — seed0: 1 of 3 seeds made by earlier code of 41_campar.ipynb' in line, line

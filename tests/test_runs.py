@@ -368,3 +368,16 @@ def test_the_parameters_file_of_your_own_notebook_names_its_path(tmp_path):
     assert params_yaml(own).splitlines()[0].startswith(f'# parameters of my_tables.ipynb: har-kit run {own.resolve()} -f THIS.yaml')
     (tmp_path/'p.yaml').write_text('profyle: quick\n')
     with pytest.raises(KitError, match=f'`har-kit params {own.resolve()}` lists its parameters'): read_params_file(tmp_path/'p.yaml', own)
+
+
+def test_a_demonstration_edited_only_is_not_a_code_change_of_the_runs(tmp_path):
+    "Runs skip `demo` cells: editing one leaves every run's code as it was (no 'made by earlier code' note, no rerun warning)."
+    from har_kit.runs import code_changed, notebook_record
+    def nb(demo, work):
+        cells = [{'cell_type': 'code', 'metadata': {}, 'source': work, 'outputs': [], 'execution_count': None},
+                 {'cell_type': 'code', 'metadata': {'tags': ['demo']}, 'source': demo, 'outputs': [], 'execution_count': None}]
+        p = tmp_path/'31_dahar.ipynb'; p.write_text(json.dumps({'cells': cells, 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}))
+        return notebook_record(p)
+    was = nb('print(1)', 'x = 1')
+    assert not code_changed(was, nb('print(2)', 'x = 1')) and code_changed(was, nb('print(1)', 'x = 2'))
+    assert code_changed({k: v for k, v in was.items() if k != 'run_code_sha256'}, nb('print(2)', 'x = 1'))   # an older record: all code cells
