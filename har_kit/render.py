@@ -11,8 +11,7 @@ from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_car
 from .core import KitError, atomic_write, load_json, outputs_root
 from .metrics import entry_value, read_metrics
 from .results import SEED_DIR, Printed, Table, column_source, row_runs, run_dirs, seed_dirs, spec_dir
-from .run_params import find_notebook
-from .runs import code_changed, notebook_record
+from .run_params import code_changed, find_notebook, notebook_record
 
 # %% auto #0
 __all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'older_code', 'left_out',
@@ -55,7 +54,7 @@ def _summary(vals, seeds, constant=None, dirs=None, left_out=None, older=None, m
 def older_code(d,        # a finished seed directory
                notebook  # its section notebook ('campar')
               ) -> str | None:
-    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.runs.code_changed`), else None: such a run is kept as it is (`har_kit.runs.prepare` only warns), so its row says so."
+    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.run_params.code_changed`), else None: such a run is kept as it is (`har_kit.runs.prepare` only warns), so its row says so."
     try: was, now = load_json(Path(d)/'env.json').get('notebook'), _record_now(notebook)
     except (KitError, OSError, AttributeError): return None
     return now['file'] if isinstance(was, dict) and code_changed(was, now) else None

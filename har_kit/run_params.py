@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_run_params.ipynb #c002
 from __future__ import annotations
-import ast, dataclasses, difflib, functools, importlib, importlib.util, json, keyword, re
+import ast, dataclasses, difflib, functools, hashlib, importlib, importlib.util, json, keyword, re
 from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
@@ -12,10 +12,11 @@ from .data import check_train_splits
 from .model_file import check_range, declared_type, type_name
 
 # %% auto #0
-__all__ = ['PAPER_SECTIONS', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells', 'section_names',
-           'describe_sections', 'find_notebook', 'run_name', 'section_notebook', 'Unparsed', 'notebook_parameters',
-           'parameter_defaults', 'check_parameter', 'check_parameters', 'config_class', 'check_config',
-           'list_parameters', 'load_yaml', 'parse_value', 'path_parameter', 'parse_params']
+__all__ = ['PAPER_SECTIONS', 'DEMO_TAG', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells',
+           'section_names', 'describe_sections', 'find_notebook', 'run_name', 'section_notebook', 'notebook_record',
+           'code_changed', 'Unparsed', 'notebook_parameters', 'parameter_defaults', 'check_parameter',
+           'check_parameters', 'config_class', 'check_config', 'list_parameters', 'load_yaml', 'parse_value',
+           'path_parameter', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -86,7 +87,29 @@ def section_notebook(name):  # path, file name or section name
                        + ('' if ours else "; a notebook of your own needs a cell tagged 'parameters' (and writes out_dir/metrics.json)"))
     return nb
 
-# %% ../nbs/60_run_params.ipynb #c014
+# %% ../nbs/60_run_params.ipynb #c006
+DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by runs unless `demos=True`
+
+def notebook_record(nb):  # the path of the notebook a run executes
+    "What env.json records of a run's notebook: its section (the name after the number), file name, sha256, the sha256 of its code cells alone, and of those a batch run executes (no `demo` cell)."
+    nb = Path(nb)
+    code = lambda cells: hashlib.sha256('\n\x00'.join(''.join(c.get('source', '')) for c in cells).encode()).hexdigest()
+    try:
+        cells = [c for c in json.loads(nb.read_text())['cells'] if c.get('cell_type') == 'code']
+        hashes = dict(code_sha256=code(cells), run_code_sha256=code(c for c in cells if DEMO_TAG not in c.get('metadata', {}).get('tags', [])))
+    except (ValueError, KeyError, TypeError, AttributeError):   # not notebook JSON: the whole text
+        hashes = dict(code_sha256=hashlib.sha256(nb.read_text(errors='replace').encode()).hexdigest())
+    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest(), **hashes)
+
+def code_changed(was,   # the notebook record a run's env.json holds (`notebook_record`), or None
+                 now):  # this notebook's record
+    "Whether the notebook's code changed since `was`: the hash of the code a run executes where both records have one (prose and demonstrations aside), else of all its code cells, else the file's."
+    if not was or not now: return False
+    for k in ('run_code_sha256', 'code_sha256'):
+        if was.get(k) and now.get(k): return was[k] != now[k]
+    return was.get('sha256') not in (None, now.get('sha256'))
+
+# %% ../nbs/60_run_params.ipynb #c015
 class Unparsed(str):
     "The source text of a parameter default that is not a literal (any value is accepted for it)."
 
@@ -110,13 +133,13 @@ def notebook_parameters(notebook,  # path, file name or section name
                 except (ValueError, SyntaxError, TypeError): out[t.id] = Unparsed(ast.get_source_segment(src, st.value) or '')
     return out
 
-# %% ../nbs/60_run_params.ipynb #c019
+# %% ../nbs/60_run_params.ipynb #c020
 def parameter_defaults(notebook   # path, file name or section name
                       ) -> dict:
     "The notebook's defaults as JSON stores them (`out_dir` aside; an expression as its source text): what a run records."
     return json.loads(json.dumps({k: v for k, v in notebook_parameters(notebook).items() if k != 'out_dir'}))
 
-# %% ../nbs/60_run_params.ipynb #c023
+# %% ../nbs/60_run_params.ipynb #c024
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
 NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
 PLACES = ('_root', '_dir', '_directory', '_run')  # name endings of parameters that name a file-system place: a path string or None
@@ -176,7 +199,7 @@ def check_parameter(name,               # the parameter's name
     except TypeError: raise bad(f'{value!r} is not a plain value') from None
     return value
 
-# %% ../nbs/60_run_params.ipynb #c026
+# %% ../nbs/60_run_params.ipynb #c027
 def check_parameters(notebook,           # notebook name or path
                      params: dict | None, # {name: value}
                      ) -> dict:
@@ -234,7 +257,7 @@ def list_parameters(notebook  # notebook name or path
     cls = config_class(notebook)
     return {f.name for f in dataclasses.fields(cls) if declared_type(f.type) is list} if cls else set()
 
-# %% ../nbs/60_run_params.ipynb #c033
+# %% ../nbs/60_run_params.ipynb #c034
 @functools.lru_cache(maxsize=None)
 def _params_loader():
     "PyYAML's safe loader with YAML 1.2's decimal numbers: int and float resolved and built from decimal text only."

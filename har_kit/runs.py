@@ -13,19 +13,18 @@ from .core import (KitError, atomic_write, cache_root, check_folder, data_root, 
 from .engine import LATER_PARAMS
 from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, mask_roots, masks_fingerprint
 from .metrics import entry_line, format_number
-from .run_params import (PLACES, Unparsed, check_parameter, check_parameters, find_notebook, notebook_parameters,
+from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_parameters, code_changed, find_notebook, notebook_parameters, notebook_record,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
                                 list_parameters, path_parameter, config_class, run_name)
 
 # %% auto #0
-__all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'DEMO_TAG', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed',
-           'is_done', 'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
-           'interrupted_exit', 'RunInterrupted', 'params_digest', 'notebook_record', 'code_changed', 'real_data',
-           'moved_defaults', 'data_changes', 'thread_change', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir',
-           'run_dir_for', 'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
-           'parameter_docs', 'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli',
-           'params_cli']
+__all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed', 'is_done',
+           'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
+           'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data', 'moved_defaults', 'data_changes',
+           'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
+           'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir', 'run_dir_for', 'check_devices',
+           'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
+           'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -255,27 +254,6 @@ def params_digest(params: dict  # a run's parameters
                  ) -> str:
     "SHA-256 of the parameters in canonical JSON (what `done` records of the executed run)."
     return hashlib.sha256(json.dumps(to_jsonable(params), sort_keys=True).encode()).hexdigest()
-
-DEMO_TAG = 'demo'   # the cell tag of a demonstration: skipped by runs unless `demos=True`
-
-def notebook_record(nb):  # the path of the notebook a run executes
-    "What env.json records of a run's notebook: its section (the name after the number), file name, sha256, the sha256 of its code cells alone, and of those a batch run executes (no `demo` cell)."
-    nb = Path(nb)
-    code = lambda cells: hashlib.sha256('\n\x00'.join(''.join(c.get('source', '')) for c in cells).encode()).hexdigest()
-    try:
-        cells = [c for c in json.loads(nb.read_text())['cells'] if c.get('cell_type') == 'code']
-        hashes = dict(code_sha256=code(cells), run_code_sha256=code(c for c in cells if DEMO_TAG not in c.get('metadata', {}).get('tags', [])))
-    except (ValueError, KeyError, TypeError, AttributeError):   # not notebook JSON: the whole text
-        hashes = dict(code_sha256=hashlib.sha256(nb.read_text(errors='replace').encode()).hexdigest())
-    return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest(), **hashes)
-
-def code_changed(was,   # the notebook record a run's env.json holds (`notebook_record`), or None
-                 now):  # this notebook's record
-    "Whether the notebook's code changed since `was`: the hash of the code a run executes where both records have one (prose and demonstrations aside), else of all its code cells, else the file's."
-    if not was or not now: return False
-    for k in ('run_code_sha256', 'code_sha256'):
-        if was.get(k) and now.get(k): return was[k] != now[k]
-    return was.get('sha256') not in (None, now.get('sha256'))
 
 def real_data(params: dict  # a run's parameters
               ) -> dict:

@@ -483,7 +483,7 @@ def test_a_seed_made_by_earlier_notebook_code_is_said_in_its_row_and_seeds_csv(t
     "A done seed whose env.json records other code cells of 41_campar.ipynb is kept (as runs.prepare keeps it), and said so."
     import csv, io
     from har_kit.run_params import find_notebook
-    from har_kit.runs import notebook_record
+    from har_kit.run_params import notebook_record
     now, spec = notebook_record(find_notebook('campar')), CAMPAR_T2.rows[0].run
     for s in range(3):
         d = _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))

@@ -166,7 +166,7 @@ def _names(src):
 
 def test_demo_cells_define_nothing_the_run_needs():
     "Runs skip cells tagged `demo` (unless asked): no other cell of a section notebook may read a name only a demo cell defines."
-    from har_kit.runs import DEMO_TAG
+    from har_kit.run_params import DEMO_TAG
     tagged = 0
     for nb in sorted((ROOT/'nbs').glob('[0-8]*.ipynb')):
         cells = [c for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
@@ -372,7 +372,7 @@ def test_the_parameters_file_of_your_own_notebook_names_its_path(tmp_path):
 
 def test_a_demonstration_edited_only_is_not_a_code_change_of_the_runs(tmp_path):
     "Runs skip `demo` cells: editing one leaves every run's code as it was (no 'made by earlier code' note, no rerun warning)."
-    from har_kit.runs import code_changed, notebook_record
+    from har_kit.run_params import code_changed, notebook_record
     def nb(demo, work):
         cells = [{'cell_type': 'code', 'metadata': {}, 'source': work, 'outputs': [], 'execution_count': None},
                  {'cell_type': 'code', 'metadata': {'tags': ['demo']}, 'source': demo, 'outputs': [], 'execution_count': None}]
