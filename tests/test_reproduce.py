@@ -573,21 +573,27 @@ def test_no_folder_a_plan_makes_is_held_as_not_in_the_plan(tmp_path, profile, kw
         assert not [d for d, why in held.items() if why.startswith('not in the plan')], (k, held)
 
 
-def test_the_tables_judge_runs_against_todays_plan_not_a_saved_status(tmp_path):
-    "Runs finished with epochs=2, recorded so in the status.json an earlier reproduce saved, are stale when today's plan says 3."
-    from har_kit.launch import held_back, save_status
-    runs = plan(['campar_t2'], 'quick', root=tmp_path)
+def _finished_with_two_epochs(root):
+    "campar_t2's quick runs finished with epochs=2, the status.json an earlier reproduce saved recording 2: the runs."
+    from har_kit.launch import save_status
+    runs = plan(['campar_t2'], 'quick', root=root)
     for r in runs:
         if r.spec.notebook == 'campar': r.params['epochs'] = 2   # the earlier kit's quick profile
     for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
-    save_status(runs, tmp_path, 'quick')
+    save_status(runs, root, 'quick')
+    return runs
+
+
+def test_the_tables_judge_runs_against_todays_plan_not_a_saved_status(tmp_path):
+    "Runs finished with epochs=2, recorded so in the status.json an earlier reproduce saved, are stale when today's plan says 3."
+    from har_kit.launch import held_back, save_status
+    runs = _finished_with_two_epochs(tmp_path)
     held = held_back(['campar_t2'], 'quick', tmp_path)
     assert {held.get(r.out_dir) for r in runs if r.spec.notebook == 'campar'} == {'stale: finished with other parameters (epochs)'}, held
     smoke = [r for r in plan(['campar_t2'], 'paper', root=tmp_path, smoke=True) if r.spec.notebook == 'campar']   # what today's plan
     for r in smoke: _finish(r)                                                         # cannot know comes from status.json:
     save_status(smoke, tmp_path, 'paper')                                              # --smoke's sizes, not the paper's
     assert not set(held_back(['campar_t2'], 'paper', tmp_path)) & {r.out_dir for r in smoke}
-
 
 
 def test_a_root_given_to_a_later_reproduce_of_other_tables_leaves_these_runs_current(tmp_path):
@@ -601,12 +607,8 @@ def test_a_root_given_to_a_later_reproduce_of_other_tables_leaves_these_runs_cur
 
 def test_status_judges_runs_against_todays_plan_as_the_tables_do(tmp_path, capsys):
     "Runs finished with epochs=2 under a status.json that recorded 2: `har-kit status` calls them stale, as the tables hold them back."
-    from har_kit.launch import held_back, save_status, status_cli
-    runs = plan(['campar_t2'], 'quick', root=tmp_path)
-    for r in runs:
-        if r.spec.notebook == 'campar': r.params['epochs'] = 2   # the earlier kit's quick profile
-    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
-    save_status(runs, tmp_path, 'quick')
+    from har_kit.launch import held_back, status_cli
+    runs = _finished_with_two_epochs(tmp_path)
     assert status_cli(['--profile', 'quick', '--out', str(tmp_path), '--json']) == 0   # stale: not failed, a rerun brings it up to date
     st = json.loads(capsys.readouterr().out)
     stale = {r['out_dir'] for r in st['runs'] if r['state'] == 'stale'}
