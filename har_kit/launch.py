@@ -21,10 +21,10 @@ from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts,
                           read_record, run_status, stop_runs)
 
 # %% auto #0
-__all__ = ['STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_state', 'job_queued', 'run_states', 'make_status',
-           'save_status', 'todays_runs', 'format_status', 'read_status_runs', 'check_out', 'status_cli', 'held_back',
-           'TablesConfig', 'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit',
-           'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
+__all__ = ['SACCT_LAG', 'STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_state', 'job_queued', 'run_states',
+           'make_status', 'save_status', 'todays_runs', 'format_status', 'read_status_runs', 'check_out', 'status_cli',
+           'held_back', 'TablesConfig', 'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob',
+           'make_executor', 'submit', 'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -55,10 +55,12 @@ def job_file(out_dir   # a run directory
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + '.job.json')
 
+SACCT_LAG = 600   # seconds after sbatch in which a job sacct does not list yet counts as queued (its accounting lags)
+
 def job_state(job: dict,     # a run's job record (`job_file`)
               certain=False  # local jobs: 'active' only for a process whose start time was recorded (a pid alone may be reused)
              ) -> str:
-    "'active' while the recorded job is pending or running, 'ended' once it ended, 'unknown' while the scheduler cannot say (sacct lists a new job late, or fails)."
+    "'active' while the recorded job is pending or running (a job sacct does not list yet: for `SACCT_LAG` seconds after its submission), 'ended' once it ended, 'unknown' while the scheduler cannot say (sacct fails, or never listed it)."
     if job.get('cluster') in ('local', 'debug'):
         if not str(job.get('job_id')).isdigit(): return 'ended'   # the debug executor's jobs run in the submitting process
         started = job.get('started')
@@ -66,7 +68,10 @@ def job_state(job: dict,     # a run's job record (`job_file`)
         return 'active' if _pid_alive(int(job['job_id']), started) else 'ended'
     import submitit
     state = submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0]
-    return 'active' if state in _ACTIVE_SLURM else 'unknown' if state == 'UNKNOWN' else 'ended'
+    if state != 'UNKNOWN': return 'active' if state in _ACTIVE_SLURM else 'ended'
+    try: age = time.time() - time.mktime(time.strptime(str(job.get('submitted')), '%Y-%m-%dT%H:%M:%S'))   # as `submit` records it
+    except ValueError: return 'unknown'
+    return 'active' if 0 <= age < SACCT_LAG else 'unknown'   # just submitted: not sent a second time, not called cancelled
 
 def job_queued(job: dict   # a run's job record (`job_file`)
               ) -> bool:

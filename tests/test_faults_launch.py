@@ -447,3 +447,23 @@ def test_a_done_run_is_not_held_by_a_job_record_that_proves_nothing(tmp_path, jo
     (d/'metrics.json').write_text('{}'); (d/'done').write_text('')
     save_json(job, L.job_file(d))
     assert L.wait_for([d]) == {d: 'done'}
+
+
+def test_a_job_just_submitted_counts_as_queued_while_sacct_does_not_list_it(tmp_path, monkeypatch):
+    "Right after sbatch, sacct may not list a job yet (UNKNOWN): for SACCT_LAG seconds it is queued, so a second submit does not send it again."
+    import time
+    import submitit
+    from har_kit.core import save_json
+    from har_kit.launch import SACCT_LAG, RunJob, job_file, make_status, submit
+    runs, ex = _two(tmp_path), _FakeExecutor()
+    monkeypatch.setattr(submitit.SlurmJob, 'state', property(lambda self: 'UNKNOWN'))
+    def record(ago):
+        for i, r in enumerate(runs):
+            save_json({'job_id': f'90{i}', 'cluster': 'slurm', 'folder': str(tmp_path),
+                       'submitted': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(time.time() - ago))}, job_file(r.out_dir))
+    record(5)
+    assert [r['state'] for r in make_status(runs, 'quick')['runs']] == ['queued', 'queued']
+    assert [a['action'] for a in submit(runs, ex, 'quick', tmp_path)][:2] == ['queued', 'queued']
+    assert not any(isinstance(f, RunJob) for f in ex.sent)   # no run job sent a second time
+    record(SACCT_LAG + 60)   # never listed: the scheduler cannot say; the run stays missing, not called cancelled
+    assert [r['state'] for r in make_status(runs, 'quick')['runs']] == ['missing', 'missing']
