@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from .core import KitError, get_device
 
 # %% auto #0
-__all__ = ['dist_env', 'rank_world', 'is_main_process', 'setup_device', 'sample_seed', 'KeyedSampler', 'shard_loader',
-           'set_epoch', 'gather_in_order', 'all_mean', 'all_sum']
+__all__ = ['SHUFFLE_STRIDE', 'dist_env', 'rank_world', 'is_main_process', 'setup_device', 'sample_seed', 'KeyedSampler',
+           'shuffle_seed', 'shard_loader', 'set_epoch', 'gather_in_order', 'all_mean', 'all_sum']
 
 # %% ../nbs/07_distributed.ipynb #c005
 def dist_env():
@@ -101,8 +101,16 @@ class KeyedSampler(DistributedSampler):
     def __iter__(self): return ((i, sample_seed(self.seed, self.epoch, i)) for i in super().__iter__())
 
 # %% ../nbs/07_distributed.ipynb #c014
+SHUFFLE_STRIDE = 1_000_003   # a prime above any run's epoch count: seed s shuffles epoch e with s * SHUFFLE_STRIDE + e
+
+def shuffle_seed(seed: int   # the config's seed
+                ) -> int:
+    "The `DistributedSampler` seed of a run of `seed`: no (seed, epoch) order is another's, seed 0's is 0."
+    return int(seed) * SHUFFLE_STRIDE
+
+# %% ../nbs/07_distributed.ipynb #c015
 def shard_loader(loader,        # a DataLoader over a map-style dataset
-                 seed=0,        # shuffling seed (the config's seed)
+                 seed=0,        # the config's seed (the sampler shuffles with `shuffle_seed(seed)`)
                  shuffle=None): # None: shuffle iff `loader` did
     "Rebuild `loader` on a seeded `DistributedSampler`: this rank's shard, the global batch split over ranks."
     rank, world = rank_world()
@@ -117,12 +125,12 @@ def shard_loader(loader,        # a DataLoader over a map-style dataset
                                   f'batch_size/WORLD_SIZE samples; use a multiple of {world}')
     keyed = not own and getattr(loader.dataset, 'keyed_draws', False)   # (index, seed) keys: draws independent of the workers
     sampler = (KeyedSampler if keyed else DistributedSampler)(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle,
-                                                              seed=seed, drop_last=False)
+                                                              seed=shuffle_seed(seed), drop_last=False)
     if own: return loader.with_sampler(sampler, bs // world)
     return DataLoader(loader.dataset, batch_size=bs // world, sampler=sampler, generator=torch.Generator(),
                       **_loader_options(loader))
 
-# %% ../nbs/07_distributed.ipynb #c015
+# %% ../nbs/07_distributed.ipynb #c016
 def set_epoch(loader,  # a loader from `shard_loader`
               seed,    # the config's seed
               epoch):  # 1-based epoch
@@ -130,7 +138,7 @@ def set_epoch(loader,  # a loader from `shard_loader`
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/07_distributed.ipynb #c027
+# %% ../nbs/07_distributed.ipynb #c031
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -145,7 +153,7 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         out[k] = full[:n]
     return out
 
-# %% ../nbs/07_distributed.ipynb #c028
+# %% ../nbs/07_distributed.ipynb #c032
 def all_mean(total,   # this process's sum
              count,   # this process's count
              device): # the group's device
@@ -154,7 +162,7 @@ def all_mean(total,   # this process's sum
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-# %% ../nbs/07_distributed.ipynb #c029
+# %% ../nbs/07_distributed.ipynb #c033
 def all_sum(value,   # this process's number
             device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."
