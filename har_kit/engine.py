@@ -204,15 +204,22 @@ def _forward_logits(model, images):
 def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion=None, progress=False, desc='eval'):
     "Scores/logits/labels over `loader` (gathered over processes) and, for 4-D batches, the criterion's mean loss."
     model.eval()
-    ldr = shard_loader(loader, shuffle=False) if rank_world()[1] > 1 else loader
-    acc, loss_sum, n_loss = dict(scores=[], logits=[], labels=[]), 0.0, 0
+    rank, world = rank_world()
+    ldr = shard_loader(loader, shuffle=False) if world > 1 else loader
+    acc, loss_sum, n_loss, seen = dict(scores=[], logits=[], labels=[]), 0.0, 0, 0
+    real = max(-(-(len(loader.dataset) - rank) // world), 0)   # this shard's samples before the sampler's padding (rank + world*j < n)
     with _progress(ldr, desc, progress and is_main_process()) as bar:
         for batch in bar:
             batch = to_device(batch, device, channels_last)
             with autocast(device, amp):
                 out, lg = _forward_logits(model, batch['image'])
                 if criterion is not None and lg.shape[1] == 1:
-                    loss_sum += float(criterion(out, batch)['loss']) * len(lg); n_loss += len(lg)
+                    keep, part = min(len(lg), max(real - seen, 0)), batch
+                    if 0 < keep < len(lg):   # the last batch holds a repeat: the loss of its real samples alone
+                        part = {k: v[:keep] if torch.is_tensor(v) and len(v) == len(lg) else v for k, v in batch.items()}
+                        out = _forward_logits(model, part['image'])[0]
+                    if keep: loss_sum += float(criterion(out, part)['loss']) * keep; n_loss += keep
+                    seen += len(lg)
             acc['scores'].append(torch.sigmoid(lg).mean(1).cpu()); acc['logits'].append(lg.mean(1).cpu())
             acc['labels'].append(batch['labels'].float().cpu())
     if not acc['scores']: raise KitError(f'{desc}: the DataLoader yielded no batches: check its dataset (an empty split?)')

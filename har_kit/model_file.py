@@ -347,11 +347,12 @@ def _saved_by(meta):  # a model file's meta
 
 def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a run directory
                variant=None,          # variant name inside a run directory (None: the only one)
-               map_location='cpu',    # where tensors are loaded
+               map_location='cpu',    # a device name or `torch.device` (the network moves there), or a dict or function as `torch.load` takes (it stays on the CPU)
                attributes=None,       # expected attribute names (None: no check)
               ) -> LoadedModel:
     "Rebuild a model saved by `save_model`: `LoadedModel` with the network in eval mode."
-    if isinstance(map_location, str): get_device(map_location)      # a clear error when CUDA is asked for but absent
+    to = isinstance(map_location, (str, torch.device))
+    if to: get_device(str(map_location))      # a clear error when CUDA is asked for but absent
     path = find_model_file(path_or_run_dir, variant)
     blob = read_model_file(path, map_location)
     meta, extra = blob['meta'], blob['extra']
@@ -380,7 +381,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
                        f'another version of the architecture; {_saved_by(meta)}') from None
-    model = model.to(map_location) if not callable(map_location) else model
+    if to: model = model.to(map_location)
     if 'predictor' in extra:
         make = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')
         try: model = make(model.eval(), extra, meta)
