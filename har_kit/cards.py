@@ -14,9 +14,9 @@ from .results import Table, row_runs, run_dirs
 from .run_params import notebook_parameters
 
 # %% auto #0
-__all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'FIXED_CHOICES', 'UNUSED', 'notebook_defaults', 'run_params', 'selection_of',
-           'mode_order', 'choice_reason', 'fixed_choices', 'table_runs', 'protocol_card', 'card_markdown', 'card_notes',
-           'card_csv']
+__all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'FIXED_CHOICES', 'UNUSED', 'SYNTHETIC_CHOICES', 'notebook_defaults', 'run_params',
+           'selection_of', 'mode_order', 'choice_reason', 'fixed_choices', 'table_runs', 'protocol_card',
+           'card_markdown', 'card_notes', 'card_csv']
 
 # %% ../nbs/62_cards.ipynb #c006
 SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
@@ -238,11 +238,24 @@ UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what th
                  "not SGD momentum: Adam, whose beta1 takes the value (betas (0.9, 0.999))",
                  'the profile trains with Adam (see `optimizer`); Adam has no momentum term to compare with the paper\'s')}
 
+SYNTHETIC_CHOICES = {  # notebook -> {choice: (what the kit does, why)}: a `FIXED_CHOICES` entry as the runs on the kit's synthetic sets meet it
+    'dahar': {'mask source': ("the synthetic set's own person masks, drawn by its renderer with each target (13_synth): no detector runs",
+                              'the stand-in sets carry exact silhouettes, so the mask branch learns from cleaner masks than the '
+                              "paper's pseudo masks; on a real dataset the kit makes them with Mask R-CNN (torchvision's COCO "
+                              'weights) on the whole scene, each target matched to its box by IoU (20_mask_sources)')}}
+
 def fixed_choices(table: Table,   # the table
-                  notebooks       # the notebooks whose runs the card read
+                  notebooks,      # the notebooks whose runs the card read
+                  data=None       # {notebook: {'synthetic', 'real'}}: the data its runs read (None: real)
                  ) -> list:
     "(notebook, choice, what the kit does, why) for every open choice fixed in code that the table's runs depend on."
-    out = [(nb, *c) for nb in table.protocol if nb in notebooks for c in FIXED_CHOICES.get(nb, [])]
+    out = []
+    for nb in (n for n in table.protocol if n in notebooks):
+        kinds = (data or {}).get(nb, {'real'})
+        for c in FIXED_CHOICES.get(nb, []):
+            alt = SYNTHETIC_CHOICES.get(nb, {}).get(c[0]) if 'synthetic' in kinds else None
+            if alt is None or 'real' in kinds: out.append((nb, *c))
+            if alt is not None: out.append((nb, c[0] + (' on the synthetic sets' if 'real' in kinds else ''), *alt))
     if any('mAP' in str(c) for c in table.columns): out.append(('metrics', *_AP_TIES))
     return out
 
@@ -312,7 +325,9 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
             if not same:
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason=choice_reason(profile, nb, param)))
-    card['choices'] = fixed_choices(table, {nb for nb, _, _, _ in runs})
+    data = {}
+    for nb, _, _, p in runs: data.setdefault(nb, set()).add(_norm('data_root', p.get('data_root')))
+    card['choices'] = fixed_choices(table, set(data), data)
     card['header'] = _protocol_header(runs, {nb for nb, decl in table.protocol.items() if 'weights' in decl}, table.protocol)
     return card
 

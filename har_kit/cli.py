@@ -22,7 +22,7 @@ SUBCOMMANDS = {  # name -> (module with a `cli(argv) -> int`, one-line help)
     'reproduce': ('har_kit.launch', "regenerate the papers' tables (profiles quick, sample, paper)"),
     'bench': ('har_kit.bench', 'complexity benchmark: parameters and latency against a plain torchvision backbone'),
     'data': ('har_kit.check', 'check a dataset root: layout, annotation, every image (har-kit data check KIND ROOT), or convert it to the generic csv kind (har-kit data convert KIND ROOT DEST)'),
-    'status': ('har_kit.launch', "where each run of a profile stands: done, damaged, stale, running, queued, failed (with the cell's error), interrupted, missing (creates nothing)"),
+    'status': ('har_kit.launch', "where each run of a profile stands: done, damaged, stale, running, queued, failed (with the cell's error), interrupted, missing (starts no run)"),
     'predict': ('har_kit.predict', 'attribute names, probabilities and decisions for images, from a trained model'),
     'export': ('har_kit.export', 'export a trained model to ONNX or TorchScript (probabilities out)'),
 }

@@ -198,7 +198,7 @@ def format_status(st   # a status (`save_status`)
              f' of {len(st["runs"])} runs ({st["updated"]})' + (f'; the last plan\'s tables: {", ".join(tables)}' if tables else '')]
     if t.get('total'):
         lines.append(f'  run time, summed over runs: {t["total"]:.0f} s (kernel start {t["kernel_start"]:.0f} s, '
-                     f'first imports {t["imports"]:.0f} s, cells {t["cells"]:.0f} s)')
+                     f'cells {t["cells"]:.0f} s, of which first imports {t["imports"]:.0f} s)')
     for r in st['runs']:
         if r['state'] != 'done':
             job = f' [job {r["job"]["job_id"]}]' if r.get('job') else ''
@@ -246,7 +246,7 @@ def check_out(root,             # an outputs root
 
 def status_cli(argv=None   # the command line (None: sys.argv)
               ):
-    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/stale/damaged/running/queued/failed/interrupted/missing); creates nothing (it refreshes the status.json reproduce wrote); exit 1 when a run failed, was stopped or is damaged."
+    "`har-kit status [--profile P] [--out ROOT] [--json]`: where each run of a profile stands (done/stale/damaged/running/queued/failed/interrupted/missing); starts and creates no run (it refreshes the status.json reproduce wrote); exit 1 when a run failed, was stopped or is damaged, 2 when no run of the profile was started under the outputs root or an option is refused."
     ap = argparse.ArgumentParser(prog='har-kit status', description=status_cli.__doc__)
     ap.add_argument('--profile', default='quick', choices=list(PROFILES),
                     help='quick: the embedded synthetic benchmark on CPU (default); sample: the real PA-100K sample; paper: the papers\' protocol on the real datasets')

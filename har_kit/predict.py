@@ -356,9 +356,10 @@ def land_outputs(records, predictor, out_dir,  # as `write_predictions`
 
 def format_record(r,          # a record of `Predictor.predict`
                   top=None):  # at most this many names (None: all)
-    "One printed line: the image and its predicted attributes with their probabilities."
+    "One printed line: the image and its predicted attributes with their probabilities (and, cut by `top`, how many were predicted)."
     names = r['predicted'][:top] if top else r['predicted']
-    return f"{printable(r['image'])}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)')
+    more = f" (the top {top} of {len(r['predicted'])} predicted)" if top and len(r['predicted']) > top else ''
+    return f"{printable(r['image'])}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)') + more
 
 # %% ../nbs/81_predict.ipynb #c029
 def _predict_parser():

@@ -448,8 +448,8 @@ def _finish_notebook(out, started, log):
         t = timing_summary(final, started)
         prev = read_record(out/'timing.json')   # earlier sessions of this run (stopped, failed or damaged: `_prepare` moves other runs aside)
         save_json(_with_earlier(prev, t, started), out/'timing.json')
-        log.write(f"\n[har-kit] kernel start {t['kernel_start_seconds']} s, first imports {t['imports_seconds']} s, "
-                  f"cells {t['cells_seconds']} s, total {t['total_seconds']} s; slowest: "
+        log.write(f"\n[har-kit] kernel start {t['kernel_start_seconds']} s, cells {t['cells_seconds']} s (of which first imports "
+                  f"{t['imports_seconds']} s), total {t['total_seconds']} s; slowest: "
                   + '; '.join(f"cell {r['execution_count'] or r['cell']} ({r['first_line']!r}) {r['seconds']} s" for r in t['slowest'][:3]) + '\n')
     except Exception: pass   # a timing record is never worth the run's own record (written next by the caller)
 
@@ -499,28 +499,29 @@ class LiveLines:
 
 # %% ../nbs/70_runs.ipynb #c045
 class Echo:
-    "A file papermill writes one kernel stream to: all of it into `log`, and live to `stream` (see `LiveLines`)."
+    "A file papermill writes one kernel stream to: into `log` as whole lines, progress bars at their last state (`LiveLines`), and live to `stream`."
     def __init__(self,
                  log,      # the run's open log.txt
-                 stream):  # where it is shown: sys.stdout or sys.stderr
-        self.log, self.stream, self.end = log, stream, '\n'
+                 stream):  # where it is shown: sys.stdout or sys.stderr; None: only logged
+        self.log, self.stream, self.end, self.logged = log, stream, '\n', LiveLines()
         try: tty = stream.isatty()
         except (AttributeError, ValueError): tty = False
         self.lines = None if tty else LiveLines()
 
     def _show(self, text):
-        if not text: return
+        if not text or self.stream is None: return
         with contextlib.suppress(OSError, ValueError):   # a closed terminal or pipe must not stop the run
             self.stream.write(text); self.stream.flush(); self.end = text[-1]
 
     def write(self, text):  # a chunk of the kernel's stream
-        self.log.write(text)
+        self.log.write(self.logged.feed(text))
         self._show(text if self.lines is None else self.lines.feed(text))
 
     def flush(self): self.log.flush()
 
     def close(self):
-        "End the shown output on a whole line (the log stays open: the runner owns it)."
+        "End the logged and the shown output on a whole line (the log stays open: the runner owns it)."
+        self.log.write(self.logged.close())
         self._show(self.lines.close() if self.lines else ('' if self.end in '\n\r' else '\n'))
 
 # %% ../nbs/70_runs.ipynb #c047
@@ -549,8 +550,8 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
     skipped = 0 if demos else batch_copy(nb, source)
     with open(out/'log.txt', 'a') as log, contextlib.ExitStack() as cleanup:
         if not demos: cleanup.callback(lambda: source.unlink(missing_ok=True))
-        streams = (Echo(log, sys.stdout), Echo(log, sys.stderr)) if echo else (log, log)
-        if echo: cleanup.callback(lambda: [s.close() for s in streams])
+        streams = tuple(Echo(log, s if echo else None) for s in (sys.stdout, sys.stderr))
+        cleanup.callback(lambda: [s.close() for s in streams])
         log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}'
                   + (f' {skipped} demonstration cells skipped (--demos runs them)' if not demos else '') + '\n'); log.flush()
         def stop(msg, cell):
