@@ -116,6 +116,9 @@ def choice_reason(profile: str,    # the profile
 
 _AP_TIES = ('AP at tied scores', 'tied samples enter the ranking together, as one threshold (05_metrics)',
             "the reference MATLAB evaluation breaks ties by dataset order; both agree whenever scores are distinct")
+_MA_EMPTY = ('mA of an attribute without positives or negatives', 'left out of the mean, and named beside the row (05_metrics)',
+             "[15]'s code averages every attribute, with an eps in each rate, so one without a positive in the scored split "
+             'counts (0 + its true-negative rate) / 2; both agree whenever every attribute of the split has both')
 
 FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the papers leave open that are code, not parameters
     'dahar': [
@@ -174,6 +177,9 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('Table 3, row 4', 'self-mask + masked attention (the `coarse_to_fine` variant)',
          '"The masked attention block ... further improves the mAP ... the necessity of the coarse-to-fine attention scheme": '
          'added to the self-mask row before it'),
+        ('Table 3, row 5', 'all three components, 0-labels trained as negatives (the `dahar` variant); row 6 ignores them',
+         '"By integrating all the three components, the mAP rises to 86.2%/87.1%. ... grows to 86.5%/87.3%, if we ignore '
+         '0-label attributes": the text; the table as printed ticks the same four boxes on rows 5 to 7'),
         ('RAP label 2', "read as 0 (`read_rap(uncertain='negative')`); the data's meta records how many (`n_uncertain`)",
          "the paper does not say; as CAM-PAR's [15] (2021); uncertain='unspecified' with ignore_unspecified=True leaves them "
          'out of the loss'),
@@ -183,6 +189,10 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
         ('RAP evaluation', 'the direct 256 x 128 resize (Full), not the five crops', 'Table 2 does not say which strategy; Full is '
                            "the better one in every row of Table 3")],
     'campar': [
+        ('loss weighting (Eq. 13, 16)', 'BCE weighted per attribute j: exp(1 - ρ_j) on a positive label, exp(ρ_j) on a negative '
+                                        '(`sample_weighting=True`; False trains Eq. 13 as printed)',
+         "Eq. 13 and 16 print plain BCE; [15]'s code, which the thesis follows for its baseline, and the public CAM-PAR "
+         'code (loss.py) weight it so'),
         ('specific logits (Eq. 12)', "l_specific,j = w_j^T GAP(CAM_j x f): attribute j's disentangled feature scored by its "
                                      'own classifier w_j (`l_specific`, `specific_logit=\'eq12\'`), trained and tested',
          "Eq. 12 as printed; the public code (models.py, `LinearClassifier.forward`) computes `(cams_feature @ W^T).sum(2)` "
@@ -209,7 +219,8 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
          "`weights[targets > 1] = 0` reads the 0/1 mask built from the targets, where nothing exceeds 1), mA's counts leave "
          "them out, the positive ratios count them as 2; no reading here reproduces a target of 2; "
          "uncertain='unspecified' with ignore_unspecified=True agrees with it in mA's counts and leaves them out of the loss (14_data)"),
-        ('test-time logits', "plain sigmoid, positive at p >= 0.5, each image on its own ([15]'s protocol, Eq. 21-25)",
+        ('test-time logits', "plain sigmoid, positive at p >= 0.5 (Eq. 1's >=; [15]'s and the public code's > differ only at "
+                             "exactly 0.5), each image on its own ([15]'s protocol, Eq. 21-25)",
          "the public evaluation (infer.py) subtracts, per attribute, each test batch's logit mean divided by its "
          "standard deviation before the sigmoid, so an image's prediction depends on the batch it is scored in")],
     'cfar': [
@@ -257,6 +268,7 @@ def fixed_choices(table: Table,   # the table
             if alt is None or 'real' in kinds: out.append((nb, *c))
             if alt is not None: out.append((nb, c[0] + (' on the synthetic sets' if 'real' in kinds else ''), *alt))
     if any('mAP' in str(c) for c in table.columns): out.append(('metrics', *_AP_TIES))
+    if any(str(c).split()[-1] == 'mA' for c in table.columns): out.append(('metrics', *_MA_EMPTY))
     return out
 
 # %% ../nbs/62_cards.ipynb #c019

@@ -89,8 +89,8 @@ PROFILES = {
         'campar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=64, logit_bn=True, logit_bn_shared=True,
                        plateau_on='eval_loss', fusion_width=128, fusion_project_deepest=False, fusion_lr='backbone', fusion_align_corners=True,
                        cache_mb=0, device='cuda', pipeline='device', **GPU_SPEED),
-        'cfar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, batch_size=64, als_tol=1e-4,
-                     als_max_iterations=1000, device='cuda'),
+        'cfar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, batch_size=64, epochs=30, als_tol=1e-4,
+                     als_max_iterations=1000, device='cuda'),   # epochs: phase 1 trained inline, without campar_run ([15]'s 30)
     },
 }
 
@@ -112,7 +112,7 @@ SMOKE = {  # notebook -> overrides of the paper profile in smoke mode (keys from
                   amp='none', channels_last=False, compile_mode='none'),
     'campar': dict(arch='resnet-tiny', weights=None, scale=0.25, epochs=1, batch_size=8, device='cpu', num_workers=0,
                    amp='none', channels_last=False, compile_mode='none'),
-    'cfar': dict(arch='resnet-tiny', weights=None, scale=0.25, batch_size=8, phase2_epochs=1, als_max_iterations=3,
+    'cfar': dict(arch='resnet-tiny', weights=None, scale=0.25, batch_size=8, epochs=1, phase2_epochs=1, als_max_iterations=3,
                  bench_rows=64, device='cpu'),
 }
 
