@@ -253,7 +253,9 @@ SYNTHETIC_CHOICES = {  # notebook -> {choice: (what the kit does, why)}: a `FIXE
     'dahar': {'mask source': ("the synthetic set's own person masks, drawn by its renderer with each target (13_synth): no detector runs",
                               'the stand-in sets carry exact silhouettes, so the mask branch learns from cleaner masks than the '
                               "paper's pseudo masks; on a real dataset the kit makes them with Mask R-CNN (torchvision's COCO "
-                              'weights) on the whole scene, each target matched to its box by IoU (20_mask_sources)')}}
+                              'weights) on the whole scene, each target matched to its box by IoU (20_mask_sources)'),
+              'pseudo-mask match': ('none: the renderer draws each target\'s own mask, so no detection is matched to a box',
+                                    "the match rule serves the detector's masks of a real dataset (20_mask_sources)")}}
 
 def fixed_choices(table: Table,   # the table
                   notebooks,      # the notebooks whose runs the card read
@@ -267,8 +269,10 @@ def fixed_choices(table: Table,   # the table
             alt = SYNTHETIC_CHOICES.get(nb, {}).get(c[0]) if 'synthetic' in kinds else None
             if alt is None or 'real' in kinds: out.append((nb, *c))
             if alt is not None: out.append((nb, c[0] + (' on the synthetic sets' if 'real' in kinds else ''), *alt))
-    if any('mAP' in str(c) for c in table.columns): out.append(('metrics', *_AP_TIES))
-    if any(str(c).split()[-1] == 'mA' for c in table.columns): out.append(('metrics', *_MA_EMPTY))
+    paths = (p[-1] if isinstance(p, tuple) else p for r in table.rows for p in r.metrics.values())   # a path, or (run, path)
+    shown = {str(c).split()[-1] for c in table.columns} | {str(p).rsplit('.', 1)[-1] for p in paths}
+    if 'mAP' in shown: out.append(('metrics', *_AP_TIES))   # a column named so, or a row reading it (a column named by epochs, crops)
+    if 'mA' in shown: out.append(('metrics', *_MA_EMPTY))
     return out
 
 # %% ../nbs/62_cards.ipynb #c019

@@ -207,14 +207,14 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
     rank, world = rank_world()
     ldr = shard_loader(loader, shuffle=False) if world > 1 else loader
     acc, loss_sum, n_loss, seen = dict(scores=[], logits=[], labels=[]), 0.0, 0, 0
-    real = max(-(-(len(loader.dataset) - rank) // world), 0)   # this shard's samples before the sampler's padding (rank + world*j < n)
+    real = max(-(-(len(loader.dataset) - rank) // world), 0) if world > 1 else None   # this shard's samples before the sampler's padding (rank + world*j < n)
     with _progress(ldr, desc, progress and is_main_process()) as bar:
         for batch in bar:
             batch = to_device(batch, device, channels_last)
             with autocast(device, amp):
                 out, lg = _forward_logits(model, batch['image'])
                 if criterion is not None and lg.shape[1] == 1:
-                    keep, part = min(len(lg), max(real - seen, 0)), batch
+                    keep, part = len(lg) if real is None else min(len(lg), max(real - seen, 0)), batch
                     if 0 < keep < len(lg):   # the last batch holds a repeat: the loss of its real samples alone
                         part = {k: v[:keep] if torch.is_tensor(v) and len(v) == len(lg) else v for k, v in batch.items()}
                         out = _forward_logits(model, part['image'])[0]

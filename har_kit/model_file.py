@@ -351,8 +351,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
                attributes=None,       # expected attribute names (None: no check)
               ) -> LoadedModel:
     "Rebuild a model saved by `save_model`: `LoadedModel` with the network in eval mode."
-    to = isinstance(map_location, (str, torch.device))
-    if to: get_device(str(map_location))      # a clear error when CUDA is asked for but absent
+    if isinstance(map_location, (str, torch.device)): map_location = get_device(str(map_location))   # 'auto' resolved; CUDA asked for but absent named
     path = find_model_file(path_or_run_dir, variant)
     blob = read_model_file(path, map_location)
     meta, extra = blob['meta'], blob['extra']
@@ -381,7 +380,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
                        f'another version of the architecture; {_saved_by(meta)}') from None
-    if to: model = model.to(map_location)
+    if isinstance(map_location, torch.device): model = model.to(map_location)
     if 'predictor' in extra:
         make = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')
         try: model = make(model.eval(), extra, meta)

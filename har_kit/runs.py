@@ -551,11 +551,12 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
     with open(out/'log.txt', 'a') as log, contextlib.ExitStack() as cleanup:
         if not demos: cleanup.callback(lambda: source.unlink(missing_ok=True))
         streams = tuple(Echo(log, s if echo else None) for s in (sys.stdout, sys.stderr))
-        cleanup.callback(lambda: [s.close() for s in streams])
+        def drain(): [s.close() for s in streams]   # a held last line or bar goes out before the run's closing line
+        cleanup.callback(drain)
         log.write(f'[har-kit] {time.strftime("%Y-%m-%dT%H:%M:%S%z")} run {nb.name} threads={env["HAR_KIT_THREADS"]}'
                   + (f' {skipped} demonstration cells skipped (--demos runs them)' if not demos else '') + '\n'); log.flush()
         def stop(msg, cell):
-            _finish_notebook(out, started, log); _fail(out, msg, cell)
+            drain(); _finish_notebook(out, started, log); _fail(out, msg, cell)
             return RunFailed(out, msg)
         def halt(between=False):   # between: stopped after a cell finished, before the next started (`_RunStopping`)
             cell = _cell_of(out/'notebook.running.ipynb')
@@ -563,7 +564,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
             again = ('rerun the same command to render again (it reads the runs anew; a run folder it did not name is a new one)'
                      if nb.stem.split('_', 1)[-1] in READS_OTHER_RUNS else 'rerun the same command to resume from its last checkpoint')
             msg = f'stopped by Ctrl-C / SIGTERM {where}; {again}'
-            _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
+            drain(); _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
             return RunInterrupted(out, msg)
         try:
             _resolve_jupyter_traits(kernel_name)
@@ -592,7 +593,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
             raise
         _KERNELS.pop(str(out), None); _CELLS.discard(str(out))
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
-        _finish_notebook(out, started, log)
+        drain(); _finish_notebook(out, started, log)
 
 # %% ../nbs/70_runs.ipynb #c050
 def _names_path(name, value):  # a parameter and its value

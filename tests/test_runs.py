@@ -205,6 +205,7 @@ def test_cli_run_shows_output_live_then_a_summary_and_skips_a_done_run(tmp_path)
     nb = _nb(tmp_path/'live.ipynb', [('epochs = 1\nout_dir = None', ['parameters']),
         ('import sys\nfrom har_kit.core import save_metrics\n'
          f'print("epoch 1/1 loss 0.5", flush=True)\nopen({str(gate)!r}).read()\n'
+         'sys.stderr.write("bar 1/2\\rbar 2/2"); sys.stderr.flush()\n'   # a bar left unfinished by the run's last cell
          f'save_metrics({{"_meta": {{}}, "campar_fusion": {_entry(0.526, 0.632)!r}}}, out_dir)', None)])
     exe, out = Path(sys.executable).parent/'har-kit', tmp_path/'run'
     p = subprocess.Popen([str(exe), 'run', str(nb), '--out', str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -222,7 +223,10 @@ def test_cli_run_shows_output_live_then_a_summary_and_skips_a_done_run(tmp_path)
     assert f'har-kit run: done -> {out}' in rest and 'campar_fusion  mA 0.526 f1 0.632  (epoch 1)' in rest, rest
     assert f'log: {out/"log.txt"}' in rest and f'metrics: {out/"metrics.json"}' in rest, rest
     assert 'Executing' not in err, err    # papermill's cell counter is off while the output is shown
-    assert 'epoch 1/1 loss 0.5' in (out/'log.txt').read_text()
+    log = (out/'log.txt').read_text()
+    assert 'epoch 1/1 loss 0.5' in log
+    # whole lines, each bar at its last state, and the unfinished bar before the run's closing line
+    assert '\r' not in log and 'bar 1/2' not in log and log.index('bar 2/2') < log.index('[har-kit] kernel start'), log
     (out/'count').write_text('x')
     r = subprocess.run([str(exe), 'run', str(nb), '--out', str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and 'skipped: already done' in r.stdout and '--force' in r.stdout, r.stdout
