@@ -15,7 +15,7 @@ from .core import KitError, get_device
 
 # %% auto #0
 __all__ = ['SHUFFLE_STRIDE', 'dist_env', 'rank_world', 'is_main_process', 'setup_device', 'sample_seed', 'KeyedSampler',
-           'shuffle_seed', 'shard_loader', 'set_epoch', 'gather_in_order', 'all_mean', 'all_sum']
+           'shuffle_seed', 'shard_loader', 'set_epoch', 'gather_in_order', 'shard_samples', 'all_mean', 'all_sum']
 
 # %% ../nbs/07_distributed.ipynb #c005
 def dist_env():
@@ -152,6 +152,13 @@ def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a
         for r, p in enumerate(parts): full[r::world] = p[k]
         out[k] = full[:n]
     return out
+
+def shard_samples(n: int,     # the dataset's length
+                  rank: int,  # this process's rank
+                  world: int  # the number of processes
+                 ) -> int:
+    "How many of this process's samples of a non-shuffled `DistributedSampler` are the dataset's (positions rank + world*j < n); the rest are the padding `gather_in_order` drops."
+    return max(-(-(n - rank) // world), 0)
 
 # %% ../nbs/07_distributed.ipynb #c032
 def all_mean(total,   # this process's sum

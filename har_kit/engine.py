@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .core import KitError, atomic_write, get_device, is_number, save_json, seed_everything
 from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_world, set_epoch, setup_device,
-                                 shard_loader)
+                                 shard_loader, shard_samples)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'LATER_PARAMS', 'TrainConfig', 'param_groups', 'make_optimizer',
@@ -207,7 +207,7 @@ def _eval_pass(model, loader, device, amp='none', channels_last=False, criterion
     rank, world = rank_world()
     ldr = shard_loader(loader, shuffle=False) if world > 1 else loader
     acc, loss_sum, n_loss, seen = dict(scores=[], logits=[], labels=[]), 0.0, 0, 0
-    real = max(-(-(len(loader.dataset) - rank) // world), 0) if world > 1 else None   # this shard's samples before the sampler's padding (rank + world*j < n)
+    real = shard_samples(len(loader.dataset), rank, world) if world > 1 else None   # this shard's samples before the sampler's padding
     with _progress(ldr, desc, progress and is_main_process()) as bar:
         for batch in bar:
             batch = to_device(batch, device, channels_last)

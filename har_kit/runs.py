@@ -506,7 +506,7 @@ class Echo:
         self.log, self.stream, self.end, self.logged = log, stream, '\n', LiveLines()
         try: tty = stream.isatty()
         except (AttributeError, ValueError): tty = False
-        self.lines = None if tty else LiveLines()
+        self.lines = None if tty or stream is None else LiveLines()
 
     def _show(self, text):
         if not text or self.stream is None: return
