@@ -4,7 +4,7 @@
 
 # %% ../nbs/63_render.ipynb #c002
 from __future__ import annotations
-import csv, functools, io, math, statistics
+import csv, functools, io, math, statistics, textwrap
 from pathlib import Path
 
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
@@ -412,6 +412,11 @@ def render(table: Table,       # the table
 # %% ../nbs/63_render.ipynb #c033
 OURS_LABEL = 'ours (mean ± sd over seeds)'
 
+def _tick_label(label: str,    # a row's label, as the paper prints it
+               width: int = 13):  # characters per line (a longer word keeps its line)
+    "A row label wrapped to lines of `width` characters for an axis tick: the paper's name, not the kit's key."
+    return textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False)
+
 def _legend_above_bars(ax):  # matplotlib axes holding bar charts in percent
     "One legend row in headroom added above the tallest bar, so it hides no bar."
     top = max([p.get_height() for p in ax.patches if p.get_height() == p.get_height()] or [100])
@@ -434,7 +439,7 @@ def plot_ablation(table: Table,   # an ablation table
     err = [cells.get((r.key, column), {}).get('sd') or 0 for r in rows]
     ax.bar([x - 0.2 for x in xs], rep, 0.4, label='reported', color='#bbbbbb')
     ax.bar([x + 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label=OURS_LABEL, color='#3b75af')
-    ax.set_xticks(list(xs)); ax.set_xticklabels([r.key for r in rows], rotation=30, ha='right')
+    ax.set_xticks(list(xs)); ax.set_xticklabels([_tick_label(r.label) for r in rows], fontsize=7)
     ax.set_ylabel(ylabel or f'{column} (%)'); ax.set_title(f'{table.source}: {column}'); _legend_above_bars(ax)
     return ax
 
