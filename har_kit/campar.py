@@ -17,10 +17,11 @@ from .loading import IMAGENET_MEAN, IMAGENET_STD
 from . import losses
 
 # %% auto #0
-__all__ = ['SPECIFIC_LOGITS', 'VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific', 'l_shared',
-           'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'l_specific_summed', 'MCAFusion',
-           'mca_params', 'check_specific_logit', 'CamParNet', 'campar_variant', 'CamParLoss', 'attribute_angles',
-           'positive_angles', 'plot_theta', 'variant_kwargs', 'campar_model_file']
+__all__ = ['FUSE_AT', 'SPECIFIC_LOGITS', 'PREDICTS', 'VARIANTS', 'attribute_activation', 'class_activation_map', 'l_specific',
+           'l_shared', 'disentangled_features', 'l_specific_materialised', 'l_specific_public', 'l_specific_summed',
+           'check_fuse_at', 'MCAFusion', 'mca_params', 'check_specific_logit', 'check_predict', 'CamParNet',
+           'campar_variant', 'CamParLoss', 'attribute_angles', 'positive_angles', 'plot_theta', 'variant_kwargs',
+           'campar_model_file']
 
 # %% ../nbs/40_campar_model.ipynb #c005
 def attribute_activation(f: torch.Tensor,       # (N, C, H, W) encoder feature map F_l(x)
@@ -79,6 +80,13 @@ def l_specific_summed(cam: torch.Tensor,  # (N, M, H, W) CAMs from Eq. 10
     return (cam * a.sum(1, keepdim=True)).mean((2, 3))
 
 # %% ../nbs/40_campar_model.ipynb #c023
+FUSE_AT = ('shallowest', 'deepest')   # `fuse_at`: the MCA output's resolution, the finest (stride 8, SPOL) or the deepest map's
+
+def check_fuse_at(v):  # a `fuse_at` value
+    "`v` when it is one of FUSE_AT, else the KitError saying what each means (what a run config checks first)."
+    if v not in FUSE_AT: raise KitError(f"fuse_at={v!r}: use 'shallowest' (the finest fused map, SPOL's) or 'deepest' (c5's)")
+    return v
+
 class MCAFusion(nn.Module):
     "SPOL's multiplicative channel attention fusion of several stages (CAM-PAR Sec. 4.2)."
     def __init__(self, in_channels: list[int],   # channels of the fused stages, shallow to deep (c3, c4, c5)
@@ -88,8 +96,7 @@ class MCAFusion(nn.Module):
                  project_deepest: bool = True,     # 1x1 conv on the deepest stage too; False: BN + ReLU only (public code)
                  align_corners: bool = False):     # bilinear re-sampling as F.interpolate's flag (public code: True)
         super().__init__()
-        if fuse_at not in ('shallowest', 'deepest'):
-            raise KitError(f"fuse_at={fuse_at!r}: use 'shallowest' or 'deepest'")
+        check_fuse_at(fuse_at)
         self.in_channels, self.fuse_at, self.project_deepest = list(in_channels), fuse_at, project_deepest
         self.align_corners = bool(align_corners)
         self.out_channels = out_channels or self.in_channels[-1]
@@ -135,6 +142,14 @@ def check_specific_logit(v):  # a `specific_logit` value
         raise KitError(f"specific_logit={v!r}: use 'eq12' (the thesis's Eq. 12) or 'public' (the public code's summed classifier)")
     return v
 
+PREDICTS = ('specific', 'shared', 'mean')   # `predict`: which logits a CAM-PAR model's `logits` are at test time
+
+def check_predict(v):  # a `predict` value
+    "`v` when it is one of PREDICTS, else the KitError saying what each means (what a run config checks first)."
+    if v not in PREDICTS:
+        raise KitError(f"predict={v!r}: use 'specific' (the CAM-specific logits, `specific_logit`'s formula), 'shared' (Eq. 15's) or 'mean' (their average)")
+    return v
+
 class CamParNet(nn.Module):
     "Backbone -> (MCA fusion) -> f -> linear classifier w; shared logits (Eq. 15) and CAM-specific logits (Eq. 12)."
     def __init__(self, backbone: nn.Module,        # `ResNetTaps`: forward -> [c2, c3, c4, c5], `.channels`
@@ -147,9 +162,7 @@ class CamParNet(nn.Module):
                  detach_cam: bool = False,         # stop gradients through the CAM weights
                  specific_logit: str = 'eq12'):    # 'eq12' (the thesis) or 'public' (the public code's summed classifier)
         super().__init__()
-        if predict not in ('specific', 'shared', 'mean'):
-            raise KitError(f"predict={predict!r}: use 'specific', 'shared' or 'mean'")
-        check_specific_logit(specific_logit)
+        check_predict(predict); check_specific_logit(specific_logit)
         self.backbone, self.fusion, self.cam, self.predict, self.detach_cam = backbone, fusion, cam, predict, detach_cam
         self.specific_logit = specific_logit
         n_fused = len(fusion.in_channels) if fusion is not None else 1

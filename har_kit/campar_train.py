@@ -25,7 +25,7 @@ from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader, check_pipeline
 from .metrics import dataset_metric, metrics_by_distraction, metric_labels, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute_activation, campar_model_file, campar_variant,
-                            check_specific_logit, positive_angles)
+                            check_fuse_at, check_predict, check_specific_logit, positive_angles)
 
 # %% auto #0
 __all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'evaluation_split', 'split_train_eval',
@@ -283,7 +283,7 @@ class CamParConfig(RunConfig):
         check_arch(self.arch, self.weights)
         self.check_variants(VARIANTS)
         if self.fusion_lr not in ('backbone', 'head'): raise KitError(f"fusion_lr={self.fusion_lr!r}: use 'backbone' (the public code) or 'head'")
-        check_specific_logit(self.specific_logit); check_pipeline(self.pipeline)
+        check_specific_logit(self.specific_logit); check_fuse_at(self.fuse_at); check_predict(self.predict); check_pipeline(self.pipeline)
         if self.selection not in SELECTIONS: raise KitError(f"selection={self.selection!r}: use '[15]' (best test-split mA) or 'held-out'")
         if self.selection_study and self.selection != 'held-out':
             raise KitError("selection_study=True compares the held-out epoch with [15]'s: train with selection='held-out' "

@@ -187,6 +187,14 @@ def test_selection_study_needs_a_split_to_select_on():
         CamParRecipe(cfg, data=data, split=(data.split('train'), None, None))
 
 
+@pytest.mark.parametrize('name,value', [('fuse_at', 'deep'), ('predict', 'max')])
+def test_a_bad_model_setting_is_refused_before_any_variant_trains(name, value):
+    "Checked by the config (and so by `har-kit run` before a kernel starts), not when `build` first reaches a variant that uses it."
+    from har_kit.run_params import check_config
+    with pytest.raises(KitError, match=f"{name}={value!r}"): CamParConfig(variants=['baseline', 'campar_fusion'], **{name: value})
+    with pytest.raises(KitError, match=f"{name}={value!r}"): check_config('41_campar', {name: value, 'variants': ['baseline', 'campar_fusion']})
+
+
 # --- issue 16: the paper protocol's readings -------------------------------------------------------------------
 
 def test_fusion_at_the_paper_width_counts_as_the_public_code():
