@@ -252,7 +252,7 @@ class CFAR:
         if not isinstance(s, dict) or s.get('format') != 'har-kit-cfar':
             raise KitError(f'{where}: not a CFAR state (no format="har-kit-cfar"); save the variant again with a 51_cfar run (cfar_extra)')
         try:
-            arr = {k: s[k].numpy() for k in ('y_f', 'keys', 'values', 'counts')}
+            arr = {k: s[k].detach().cpu().numpy() for k in ('y_f', 'keys', 'values', 'counts')}   # loaded onto a GPU too
             config = CFARConfig(**{'sample_weighting': False, **s['config']})   # a state without the field was fitted with an unweighted Loss_2
         except (KeyError, AttributeError, TypeError, RuntimeError, KitError) as e:
             raise KitError(f'{where}: incomplete or inconsistent CFAR state ({type(e).__name__}: {e}); save the variant again with a 51_cfar run') from None

@@ -380,13 +380,13 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
                        f'another version of the architecture; {_saved_by(meta)}') from None
-    if isinstance(map_location, torch.device): model = model.to(map_location)
     if 'predictor' in extra:
         make = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')
         try: model = make(model.eval(), extra, meta)
         except (TypeError, ValueError, KeyError, KitError) as e:
             raise KitError(f"{path}: extra['predictor']={extra['predictor']!r} cannot be built from this file's extra "
                            f'({type(e).__name__}: {str(e)[:300]}); save the variant again from its run, with its state in extra') from None
+    if isinstance(map_location, torch.device): model = model.to(map_location)   # after the predictor: its own buffers move too
     _check_outputs(model, meta['attributes'], meta['input_size'], path)
     th = meta.get('thresholds')
     return LoadedModel(model.eval(), list(meta['attributes']), tuple(meta['input_size']), tuple(meta['mean']),

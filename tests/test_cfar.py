@@ -193,6 +193,19 @@ def test_cfar_model_file_loads_as_one_predictor_and_exports(tmp_path):
     assert rep['max_abs_diff'] is not None and rep['max_abs_diff'] < 1e-4
 
 
+def test_a_cfar_model_file_loaded_onto_a_device_moves_as_one_predictor(tmp_path, monkeypatch):
+    "With `map_location` a device, the CFAR state (loaded there too) is read, and the whole predictor moves, buffers included."
+    from har_kit.model_file import load_model
+    write_cfar_model(tmp_path/'campar_cfar'/'model.pt')
+    st = torch.load(tmp_path/'campar_cfar'/'model.pt', weights_only=True)['extra']['cfar']
+    # a tensor with grad stands in for a CUDA one: `.numpy()` refuses both; what the state is read with must not
+    cfar.CFAR.from_state({k: v.clone().requires_grad_(True) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in st.items()})
+    moved, to = [], torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, 'to', lambda self, *a, **k: moved.append(type(self).__name__) or to(self, *a, **k))
+    assert isinstance(load_model(tmp_path, 'campar_cfar', map_location=torch.device('cpu')).model, cfar.CFARPredictor)
+    assert moved == ['CFARPredictor'], moved   # not phase 1 alone, with the CFAR's buffers left behind
+
+
 def test_a_cfar_saved_before_loss2_was_weighted_reads_as_unweighted():
     "A model file's CFAR state without `sample_weighting` was trained with Eq. 13's plain BCE: it must not read as weighted."
     l, y = cfar.synthetic_phase1(300, 6, 3, seed=0)
