@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
-import dataclasses, shlex, tempfile, warnings
+import dataclasses, hashlib, shlex, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ from . import losses
 __all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
            'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'phase1_confidences', 'CFAR',
            'fit_dictionary', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
-           'CFARRunConfig', 'CFARRecipe', 'phase1_labels', 'check_phase1_run', 'phase1_selection', 'plot_dictionary']
+           'CFARRunConfig', 'phase1_digest', 'CFARRecipe', 'phase1_labels', 'check_phase1_run', 'phase1_selection',
+           'plot_dictionary']
 
 # %% ../nbs/51_cfar.ipynb #c006
 @dataclasses.dataclass
@@ -424,6 +425,15 @@ class CFARRunConfig(RunConfig):
                           use_r_hat=use_r_hat)
 
 # %% ../nbs/51_cfar.ipynb #c055
+def phase1_digest(phase1: nn.Module,  # the frozen phase-1 network
+                  labels):            # the (N, M) labels phase 2 trains on
+    "A 16-hex-digit hash of phase 1's weights and phase 2's training labels: what a phase-2 checkpoint must have been trained over."
+    h = hashlib.sha256()
+    for k, t in sorted(phase1.state_dict().items()):
+        h.update(k.encode()); h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(np.ascontiguousarray(labels, np.int8).tobytes())
+    return h.hexdigest()[:16]
+
 class CFARRecipe(Recipe):
     "CFAR's phase 2 for `har_kit.model_file.train_variant`: on cached phase-1 outputs, fc_2 trained, phase 1 + CFAR saved and scored."
     def __init__(self, config: CFARRunConfig,  # the run's parameters
@@ -434,6 +444,7 @@ class CFARRecipe(Recipe):
                  phase1_kept=None):            # how phase 1's epoch was kept (`phase1_selection`), written into each row; None: not known
         self.config, self.data, self.phase1, self.outputs, self.input_size = config, data, phase1, outputs, list(input_size)
         self.phase1_kept = phase1_kept or {}
+        self.phase1_id = phase1_digest(phase1, outputs['train']['labels'])   # checked on resume: fc_2 never continues over another phase 1
         self.levels = [s.meta.get('distractors') for s in data.split('test')]   # distraction levels (synthetic sets)
         self.fitted, self._parts = {}, {}   # variant -> the fitted `CFAR`; variant -> (config, factors, dictionary, r_hat, head)
 
@@ -447,7 +458,7 @@ class CFARRecipe(Recipe):
 
     def criterion(self, variant): return loss2(self.config.ignore_unspecified, phase2_ratio(self.outputs['train']['labels'], self._parts[variant][0]))
     def train_config(self): return phase2_config(self.config.phase2_epochs, self.config.phase2_lr, self.config.seed)
-    def params(self, variant): return dataclasses.asdict(self._parts[variant][0])
+    def params(self, variant): return dict(dataclasses.asdict(self._parts[variant][0]), phase1=self.phase1_id)
 
     def loaders(self, variant):
         c, r_hat, tr = self._parts[variant][0], self._parts[variant][3], self.outputs['train']

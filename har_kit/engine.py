@@ -243,6 +243,7 @@ _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_
 
 LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
     'train_samples': None,       # a checkpoint without it resumes unchecked
+    'phase1': None,              # CFAR phase 2's phase-1 network and labels (`cfar.phase1_digest`): likewise
     'specific_logit': 'eq12',    # CAM-PAR's specific logits: Eq. 12 was the only formula before the switch
 }
 

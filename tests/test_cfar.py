@@ -206,6 +206,27 @@ def test_a_cfar_model_file_loaded_onto_a_device_moves_as_one_predictor(tmp_path,
     assert moved == ['CFARPredictor'], moved   # not phase 1 alone, with the CFAR's buffers left behind
 
 
+def test_phase2_does_not_resume_over_another_phase1(tmp_path):
+    "fc_2's checkpoints name the phase 1 (weights) and labels they trained over: a replaced phase 1 is refused, the same one resumes."
+    import types
+    from har_kit.campar import campar_variant
+    from har_kit.model_file import train_variant
+    class Data:
+        attributes = list('abcde')
+        def split(self, n): return [types.SimpleNamespace(meta={}) for _ in range(40)]
+    l, y = cfar.synthetic_phase1(240, 5, 3, seed=0)
+    outs = {'train': dict(l_specific=l[:200], labels=y[:200]), 'test': dict(l_specific=l[200:], labels=y[200:])}
+    cfg = cfar.CFARRunConfig(phase1_variant='campar', variants=['campar', 'campar_cfar'], phase2_epochs=1, als_max_iterations=5, als_tol=0.5, num_threads=1)
+    phase1 = lambda seed: (torch.manual_seed(seed), campar_variant('campar', 5, arch='resnet-tiny'))[1]
+    train_variant(cfar.CFARRecipe(cfg, Data(), phase1(0), outs, (64, 48)), 'campar_cfar', tmp_path)
+    train_variant(cfar.CFARRecipe(cfg, Data(), phase1(0), outs, (64, 48)), 'campar_cfar', tmp_path)   # the same: resumes
+    with pytest.raises(KitError, match='phase1'):
+        train_variant(cfar.CFARRecipe(cfg, Data(), phase1(1), outs, (64, 48)), 'campar_cfar', tmp_path)
+    other = {**outs, 'train': dict(outs['train'], labels=1 - outs['train']['labels'])}
+    with pytest.raises(KitError, match='phase1'):
+        train_variant(cfar.CFARRecipe(cfg, Data(), phase1(0), other, (64, 48)), 'campar_cfar', tmp_path)
+
+
 def test_a_cfar_saved_before_loss2_was_weighted_reads_as_unweighted():
     "A model file's CFAR state without `sample_weighting` was trained with Eq. 13's plain BCE: it must not read as weighted."
     l, y = cfar.synthetic_phase1(300, 6, 3, seed=0)
