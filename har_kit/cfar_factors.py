@@ -157,6 +157,12 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
     check_als_tol(tol)
     if names is not None and len(names) != r.shape[1]:
         raise KitError(f'names: {len(names)} attribute names for {r.shape[1]} columns of r; pass the names of r\'s attributes, in order')
+    if init is not None:   # the library would take any widths; Eq. 18 then fails on a raw broadcast, or D quietly follows init
+        shapes = [np.shape(a) for a in init] if isinstance(init, (tuple, list)) else None
+        want = [(r.shape[0], int(factors)), (r.shape[1], int(factors))]
+        if shapes != want:
+            raise KitError(f'init: starting factors of shapes {shapes or type(init).__name__} for r of shape {r.shape} and factors={factors}; '
+                           f'pass (x_f, y_f) of shapes {want[0]} (images x D) and {want[1]} (attributes x D)')
     cui = confidence_matrix(r, p_t, alpha)
     never = [int(j) for j in np.flatnonzero((r >= p_t).sum(0) == 0)]
     if never: warnings.warn(f'attributes {", ".join(str(names[j]) for j in never) if names is not None else never} have r < p_t={p_t} '

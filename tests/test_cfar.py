@@ -77,6 +77,9 @@ def test_bad_hyperparameters():
     lf = cf.fit_latent_factors(r, 3, num_threads=1)
     with pytest.raises(KitError, match='K <= N'): cfar.build_dictionary(r, lf.x_f, n_prototypes=31)
     with pytest.raises(KitError, match='rows'): cfar.build_dictionary(r, lf.x_f[:5], n_prototypes=3)
+    rng = np.random.default_rng(0)   # starting factors of another width or count: named, not a quiet D or a raw broadcast error
+    for init in [(rng.random((30, 2)), rng.random((6, 2))), (rng.random((29, 3)), rng.random((6, 3))), rng.random((30, 3))]:
+        with pytest.raises(KitError, match=r'init: .*\(30, 3\) \(images x D\)'): cf.fit_latent_factors(r, 3, num_threads=1, init=init)
 
 
 def test_never_positive_warning_names_the_attribute():
