@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from .core import KitError, get_device
 
 # %% auto #0
-__all__ = ['SHUFFLE_STRIDE', 'dist_env', 'rank_world', 'is_main_process', 'setup_device', 'sample_seed', 'KeyedSampler',
-           'shuffle_seed', 'shard_loader', 'set_epoch', 'gather_in_order', 'shard_samples', 'all_mean', 'all_sum']
+__all__ = ['SHUFFLE_STRIDE', 'RANK_STRIDE', 'dist_env', 'rank_world', 'is_main_process', 'setup_device', 'sample_seed',
+           'KeyedSampler', 'shuffle_seed', 'rank_seed', 'shard_loader', 'set_epoch', 'gather_in_order', 'shard_samples',
+           'all_mean', 'all_sum']
 
 # %% ../nbs/07_distributed.ipynb #c005
 def dist_env():
@@ -108,6 +109,14 @@ def shuffle_seed(seed: int   # the config's seed
     "The `DistributedSampler` seed of a run of `seed`: no (seed, epoch) order is another's, seed 0's is 0."
     return int(seed) * SHUFFLE_STRIDE
 
+RANK_STRIDE = 0x9E3779B9   # odd, about 2**32 / golden ratio: rank r's multiples land far from the small seeds runs use
+
+def rank_seed(seed: int,   # the config's seed
+              rank: int    # this process's rank
+             ) -> int:
+    "The global RNG seed of one process (`seed_everything`): rank 0's is `seed`; no rank's is another small seed's, as `seed + rank` was."
+    return (int(seed) + int(rank) * RANK_STRIDE) % 2**32
+
 # %% ../nbs/07_distributed.ipynb #c015
 def shard_loader(loader,        # a DataLoader over a map-style dataset
                  seed=0,        # the config's seed (the sampler shuffles with `shuffle_seed(seed)`)
@@ -138,7 +147,7 @@ def set_epoch(loader,  # a loader from `shard_loader`
     if isinstance(loader.sampler, DistributedSampler): loader.sampler.set_epoch(epoch)
     if loader.generator is not None: loader.generator.manual_seed(seed * 100_003 + epoch * 1_009 + rank_world()[0])
 
-# %% ../nbs/07_distributed.ipynb #c031
+# %% ../nbs/07_distributed.ipynb #c033
 def gather_in_order(arrays: dict, # name -> this process's (n_r, ...) array of a non-shuffled DistributedSampler
                     n: int):      # the dataset's length (the sampler's padding is dropped)
     "Every process's arrays, gathered into dataset order on every process."
@@ -160,7 +169,7 @@ def shard_samples(n: int,     # the dataset's length
     "How many of this process's samples of a non-shuffled `DistributedSampler` are the dataset's (positions rank + world*j < n); the rest are the padding `gather_in_order` drops."
     return max(-(-(n - rank) // world), 0)
 
-# %% ../nbs/07_distributed.ipynb #c032
+# %% ../nbs/07_distributed.ipynb #c034
 def all_mean(total,   # this process's sum
              count,   # this process's count
              device): # the group's device
@@ -169,7 +178,7 @@ def all_mean(total,   # this process's sum
     if rank_world()[1] > 1: dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
-# %% ../nbs/07_distributed.ipynb #c033
+# %% ../nbs/07_distributed.ipynb #c035
 def all_sum(value,   # this process's number
             device): # the group's device
     "The sum over processes of a local number (every process gets the same answer, so they stop together)."

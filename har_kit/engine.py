@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from .core import KitError, atomic_write, get_device, is_number, save_json, seed_everything
 from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_world, set_epoch, setup_device,
-                                 shard_loader, shard_samples)
+from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_seed, rank_world, set_epoch,
+                                 setup_device, shard_loader, shard_samples)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'LATER_PARAMS', 'TrainConfig', 'param_groups', 'make_optimizer',
@@ -464,7 +464,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
         params=None,      # the caller's run parameters (JSON-able dict), stored in checkpoints and checked on resume
         watch=None,       # optional {name: (DataLoader, metric_fn)} also scored after every epoch, recorded as <name>_<metric>
         stats=None):      # optional dict that gets 'seconds': the training's wall time over all its sessions (a resume adds on)
-    "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt; seeds Python, numpy and torch globally (config.seed + rank) and, on CUDA, sets cudnn.benchmark."
+    "Train `model` per `config`, checkpointing every epoch under run_dir/checkpoints and resuming from last.pt; seeds Python, numpy and torch globally (`rank_seed(config.seed, rank)`) and, on CUDA, sets cudnn.benchmark."
     cfg = TrainConfig.of(config)
     if watch and {'val', 'train'} & set(watch): raise KitError(f"watch: name the scored loaders other than 'val' and 'train' (got {sorted(watch)})")
     for name, ld in [('val_loader', val_loader)] + [(f'watch[{k!r}]', v[0]) for k, v in (watch or {}).items()]:
@@ -476,7 +476,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
     device = setup_device(cfg.device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed input sizes: pick the fastest kernels once
     rank, world = rank_world()
-    seed_everything((cfg.seed + rank) % 2**32)   # every rank a seed numpy takes, also from the largest one
+    seed_everything(rank_seed(cfg.seed, rank))   # rank 0: the seed; every other rank far from any small seed (below 2**32, as numpy takes)
     model.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
     if world > 1 and cfg.sync_bn:
