@@ -20,7 +20,7 @@ from .formats import box_mask, clip_box, load_grey, load_rgb
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'DAHAR_RESIZE', 'DAHAR_INPUT', 'DAHAR_WINDOWS', 'CAMPAR_RESIZE', 'CAMPAR_PAD',
            'SampleCache', 'mask_size_error', 'HarDataset', 'crop_pairs', 'window_widths', 'CornerCenterCrop',
-           'FiveCropStack', 'dahar_sizes', 'campar_sizes', 'dahar_transforms', 'campar_transforms',
+           'FiveCropStack', 'dahar_sizes', 'campar_sizes', 'AlignedResize', 'dahar_transforms', 'campar_transforms',
            'refuse_every_split', 'make_loader', 'show_samples']
 
 # %% ../nbs/15_loading.ipynb #c008
@@ -227,7 +227,18 @@ def campar_sizes(scale=1.0):  # size factor (0.25 -> 64 x 48)
     "CAM-PAR's (fixed resize (H, W), padding of the random crop) at `scale`."
     return (_sz(CAMPAR_RESIZE[0], scale), _sz(CAMPAR_RESIZE[1], scale)), _sz(CAMPAR_PAD, scale)
 
-# %% ../nbs/15_loading.ipynb #c031
+# %% ../nbs/15_loading.ipynb #c032
+class AlignedResize(v2.Resize):
+    "`v2.Resize` whose masks sample the pixel centres their image is resampled at (nearest-exact), not torchvision's NEAREST."
+    def transform(self,
+                  inpt,    # one input (image, mask or boxes)
+                  params): # torchvision's (none for a resize)
+        "Resize one input: a mask by nearest-exact, anything else as `v2.Resize` does."
+        if isinstance(inpt, tv_tensors.Mask):
+            return self._call_kernel(TF.resize, inpt, self.size, interpolation=v2.InterpolationMode.NEAREST_EXACT, max_size=self.max_size)
+        return super().transform(inpt, params)
+
+# %% ../nbs/15_loading.ipynb #c035
 def dahar_transforms(train: bool,     # training augmentation, else evaluation
                      aspect=1,        # height / width: 1 for WIDER-Attribute, 2 for RAP
                      scale=1.0,       # size factor (0.25 for the quick CPU profile)
@@ -237,11 +248,11 @@ def dahar_transforms(train: bool,     # training augmentation, else evaluation
     "Da-HAR's transforms (§Training Details): multi-scale corner/centre crops for training; resize or five-crop for evaluation."
     base, out, heights = dahar_sizes(aspect, scale)
     if train:
-        return v2.Compose([v2.ToImage(), v2.Resize(base), CornerCenterCrop(heights, aspect, max_distort),
-                           v2.Resize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
-    return v2.Compose([v2.ToImage(), v2.Resize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
+        return v2.Compose([v2.ToImage(), AlignedResize(base), CornerCenterCrop(heights, aspect, max_distort),
+                           AlignedResize(out), v2.RandomHorizontalFlip(0.5), v2.ColorJitter(jitter, jitter, jitter), *_to_float_normalized()])
+    return v2.Compose([v2.ToImage(), AlignedResize(base), *_to_float_normalized(), *([FiveCropStack(out)] if five_crop else [])])
 
-# %% ../nbs/15_loading.ipynb #c032
+# %% ../nbs/15_loading.ipynb #c036
 def campar_transforms(train: bool,  # training augmentation, else evaluation
                       scale=1.0):   # size factor (0.25 -> 64 x 48)
     "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
@@ -249,11 +260,11 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     aug = [v2.Pad(pad), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
     return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
 
-# %% ../nbs/15_loading.ipynb #c042
+# %% ../nbs/15_loading.ipynb #c046
 def _worker_init(worker_id):
     np.random.seed(torch.initial_seed() % 2**32)
 
-# %% ../nbs/15_loading.ipynb #c043
+# %% ../nbs/15_loading.ipynb #c047
 def refuse_every_split(samples,  # what a loader was given: a list of `Sample`s or an `AttributeData`
                        shuffle,  # the loader's shuffle (a shuffled loader is a training loader)
                        where):   # the function, for the message
@@ -284,7 +295,7 @@ def make_loader(samples,          # list of `Sample` or an `AttributeData`
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=g, worker_init_fn=_worker_init if num_workers else None, **kwargs)
 
-# %% ../nbs/15_loading.ipynb #c049
+# %% ../nbs/15_loading.ipynb #c053
 def show_samples(data,           # an `AttributeData`
                  n=8,            # how many samples
                  split=None,     # a split name; None: all

@@ -44,7 +44,7 @@ def _mask_resized(mask, xyxy, shape, size):  # 'box' or a mask file; the target'
     m = torch.from_numpy(box_mask(xyxy, shape).astype(np.uint8) * 255 if mask == 'box' else np.array(load_grey(mask)))
     if m.shape == shape: m = m[y0:y1, x0:x1]
     if m.shape != (y1 - y0, x1 - x0): raise mask_size_error(mask, m.shape, shape)
-    return TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size)).as_subclass(torch.Tensor)[0].numpy()
+    return TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size), interpolation=TF.InterpolationMode.NEAREST_EXACT).as_subclass(torch.Tensor)[0].numpy()
 
 def decode_resized(path,        # image file
                    box,         # (x, y, w, h) target box, or None for the whole image
@@ -70,7 +70,8 @@ def cache_key(paths,        # image files, one per sample
     spec = dict(files=[str(p) for p in paths], boxes=[None if b is None else [float(v) for v in b] for b in boxes],
                 masks=None if masks is None else [None if m is None else str(m) for m in masks], size=[int(v) for v in size],
                 stamps=[_stamp(p) for p in paths] + [_stamp(m) for m in (masks or ()) if m not in (None, 'box')],
-                torchvision=torchvision.__version__, layout='NHWC-uint8-v2')
+                torchvision=torchvision.__version__, layout='NHWC-uint8-v2',
+                **({} if masks is None else {'mask_resize': 'nearest-exact'}))   # masks made with torchvision's NEAREST are not reused
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
 # %% ../nbs/16_pipeline.ipynb #c015
@@ -304,7 +305,7 @@ def dahar_params(n,               # samples
 
 # %% ../nbs/16_pipeline.ipynb #c040
 @functools.lru_cache(maxsize=512)
-def _window_weights(n, start, size, out, mode, device):  # image length; window start and length; output length; 'bilinear' or 'nearest'; device name
+def _window_weights(n, start, size, out, mode, device):  # image length; window start and length; output length; 'bilinear' or 'nearest-exact'; device name
     "(out, n) float64 weights that resize the window [start, start + size) of a length-n axis to `out`, as `F.interpolate` does."
     kw = {'antialias': True, 'align_corners': False} if mode == 'bilinear' else {}
     with torch.inference_mode(False), torch.no_grad():   # a plain tensor even when first asked for under inference_mode
@@ -336,9 +337,9 @@ def _crop_resize_grouped(x, geo, out, mode):
 def crop_resize(x,                # (N, C, H, W) batch
                 geo,              # (N, >=4) top, left, h, w of each sample's window
                 out,              # (h, w) output
-                mode='bilinear',  # 'bilinear' (images) or 'nearest' (masks)
+                mode='bilinear',  # 'bilinear' (images) or 'nearest-exact' (masks: `har_kit.loading.AlignedResize`'s rule)
                 matmul=None):     # the matrix-product route; None: on CUDA
-    "Each sample's window resized to `out` (antialiased bilinear rounded to uint8 levels, or nearest)."
+    "Each sample's window resized to `out` (antialiased bilinear rounded to uint8 levels, or nearest-exact)."
     use = x.device.type == 'cuda' if matmul is None else matmul
     return (_crop_resize_matmul if use else _crop_resize_grouped)(x, geo, tuple(out), mode)
 
@@ -378,7 +379,7 @@ def dahar_augment(x,            # (N, 3, H, W) uint8 batch of Da-HAR's fixed res
     y = colour_jitter(torch.where(flip, y.flip(-1), y), params['perm'], params['fac'])
     d = {'image': normalise(y)}
     if masks is not None:
-        m = crop_resize(masks[:, None], geo, out, 'nearest')
+        m = crop_resize(masks[:, None], geo, out, 'nearest-exact')
         d['mask'] = torch.where(flip, m.flip(-1), m) / 255
     return d
 

@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 from har_kit.core import KitError
 from har_kit.data import Sample, read_pa100k, read_rap, read_wider, tiny_fixture
 from har_kit.distributed import set_epoch
-from har_kit.loading import HarDataset, campar_transforms, dahar_transforms, make_loader
+from har_kit.loading import AlignedResize, HarDataset, campar_transforms, dahar_transforms, make_loader
 from har_kit import pipeline as P
 
 from conftest import shared_path
@@ -35,12 +35,12 @@ def sets(tmp_path_factory):
 
 
 def _loader_resize(samples, size, with_mask=False):
-    "Today's loader: HarDataset's decode and cut, then v2.Resize, as uint8 (N, H, W, 3) and masks (N, H, W)."
+    "Today's loader: HarDataset's decode and cut, then its resize (`AlignedResize`), as uint8 (N, H, W, 3) and masks (N, H, W)."
     ds = HarDataset(samples, with_mask=with_mask)
     imgs, masks = [], []
     for i in range(len(ds)):
         img, m, _ = ds.load(i)
-        out = v2.Resize(size)(img, m) if m is not None else (v2.Resize(size)(img), None)
+        out = AlignedResize(size)(img, m) if m is not None else (AlignedResize(size)(img), None)
         imgs.append(out[0].permute(1, 2, 0).numpy()); masks.append(None if m is None else out[1][0].numpy())
     return np.stack(imgs), (np.stack(masks) if with_mask else None)
 
