@@ -318,8 +318,12 @@ def warn_issues(issues,                          # a dict from `dataset_issues`
 
 # %% ../nbs/14_data.ipynb #c051
 def unused_images(images, # image folder
-                  used):  # set of names (relative to it) the annotation lists
-    "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder."
+                  used):  # names (relative to it) the annotation lists, as written: 'a.jpg', './a.jpg', 'train\\a.jpg'
+    "Image files under the folder (not in `masks/`) that no entry lists, as names relative to the folder; a listed name counts as the file `image_file` reads for it."
+    def listed(n):   # the file `image_file` reads for a listed name, relative to the folder ('./a.jpg' is 'a.jpg')
+        try: return image_file(images, n, 'unused_images').relative_to(images).as_posix()
+        except KitError: return None   # a name outside the folder lists none of its files
+    used = {listed(n) for n in used}
     out = []
     for dirpath, dirs, files in os.walk(images):
         dirs[:] = sorted(d for d in dirs if d != MASK_DIR)

@@ -525,3 +525,21 @@ def test_data_check_reads_the_masks_the_readers_attach_and_convert_never_copies_
     rep = check_dataset('wider', root, progress=False)
     assert sum('lies entirely outside' in e for e in rep['errors']) == 1, rep['errors']
     assert not (tmp_path/'c').exists()
+
+
+def test_names_written_with_backslashes_or_dot_slash_are_not_unused_images(tmp_path):
+    "PA-100K names './000001.jpg' and WIDER names 'train\\x.jpg' (read by `image_file`) name their files: neither the reader "
+    "nor `data check` calls those images unused (both compared the names as written with the files on disk)."
+    root = _pa(tmp_path)
+    m = {k: v for k, v in sio.loadmat(root/'annotation.mat').items() if not k.startswith('__')}
+    _edit_pa(root, **{f'{sp}_images_name': _cell(['./' + str(x[0]) for x in m[f'{sp}_images_name'][:, 0]])
+                      for sp in ('train', 'val', 'test')})
+    assert 'in no split' not in _warnings(lambda: read_pa100k(root))
+    rep = check_dataset('pa100k', root, progress=False)
+    assert rep['images']['without_labels'] == 0 and not any('in no split' in w for w in rep['warnings']), rep['warnings']
+    (root/'data'/'zz_unlisted.jpg').write_bytes((root/'data'/'000001.jpg').read_bytes())   # a file no entry lists still is one
+    assert check_dataset('pa100k', root, progress=False)['images']['without_labels'] == 1
+    w, _ = _wider(tmp_path)
+    _rewrite_wider(w, lambda im: im.__setitem__('file_name', im['file_name'].replace('/', '\\')))
+    rep = check_dataset('wider', w, progress=False)
+    assert rep['images']['without_labels'] == 0, rep['warnings']
