@@ -406,6 +406,20 @@ def _partition_index(partition, n, where):  # the reader's `partition`; partitio
     if not 0 <= partition < n: raise KitError(f'partition={partition} but {where} has {n} partitions: use 0..{n - 1}')
     return int(partition)
 
+_RAP_V2_FIELDS = ('name', 'data', 'attribute', 'selected_attribute', 'partition_attribute')
+
+def _refuse_rap_v2(st, where):  # the RAP_annotation struct; the file and variable, for the message
+    "A `KitError` when the struct has RAP v2's fields and not RAP v1's `imagesname`: the kit reads RAP v1's layout only."
+    def has(f):
+        try: mat_field(st, f, where); return True
+        except KitError: return False
+    if has('imagesname') or not all(has(f) for f in _RAP_V2_FIELDS[:3]) or not any(has(f) for f in _RAP_V2_FIELDS[3:]): return
+    raise KitError(f"{where} looks like RAP v2's annotation (fields {', '.join(f for f in _RAP_V2_FIELDS if has(f))}), which the kit "
+                   "does not read: it reads RAP v1's layout (imagesname, label, attribute_eng, partion: 41,585 images, 5 train/test "
+                   "partitions), the one both papers use. Point ROOT at RAP v1 (its authors send it on request, rap.idealtest.org), "
+                   "or write RAP v2's images and labels as the generic csv kind (labels.csv: image, split, one 1/0/-1 column per "
+                   "attribute) and read that with kind 'csv'")
+
 # %% ../nbs/14_data.ipynb #c066
 def read_rap(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
              partition=0,          # which of the 5 random partitions (0-based integer 0..4)
@@ -423,22 +437,27 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
     m = load_mat(path, RAP_HOW)
     if 'RAP_annotation' not in m: raise KitError(f'{path}: no variable RAP_annotation (found: {", ".join(m) or "none"}). {RAP_HOW}')
     st, w = m['RAP_annotation'], f'{path}: RAP_annotation'
+    _refuse_rap_v2(st, w)
     names = mat_strings(mat_field(st, 'imagesname', w), f'{w}.imagesname')
     attrs = mat_strings(mat_field(st, 'attribute_eng', w), f'{w}.attribute_eng')
-    labels = mat_int_matrix(mat_field(st, 'label', w), f'{w}.label', {0, 1, 2})
+    if num_attributes is not None:
+        if isinstance(num_attributes, bool) or not isinstance(num_attributes, (int, np.integer)) or not 1 <= num_attributes <= len(attrs):
+            raise KitError(f'num_attributes={num_attributes!r} but {path} has {len(attrs)} attributes: use an integer 1..{len(attrs)} or None')
+    keep = len(attrs) if num_attributes is None else int(num_attributes)
+    raw = mat_field(st, 'label', w)
+    raw = raw.toarray() if hasattr(raw, 'toarray') else np.asarray(raw)   # a MATLAB sparse matrix, as `mat_int_matrix` reads it
+    fits = raw.ndim == 2 and raw.shape == (len(names), len(attrs))
+    labels = mat_int_matrix(raw[:, :keep] if fits else raw, f'{w}.label', {0, 1, 2})   # only the kept columns' values are read
     try: parts = mat_field(st, 'partion', w)
     except KitError:
         try: parts = mat_field(st, 'partition', w)
         except KitError: raise KitError(f'{w} has neither partion nor partition: the 5 train/test partitions are needed') from None
-    if labels.shape != (len(names), len(attrs)):
+    if not fits:
         raise KitError(f'{w}.label is {labels.shape[0]} x {labels.shape[1]} but imagesname has {len(names)} entries and '
                        f'attribute_eng {len(attrs)}: they must agree (label is images x attributes)')
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty: raise KitError(f'{w}.imagesname has {len(empty)} empty entries (first at {empty[0]}); get a clean copy')
-    if num_attributes is not None:
-        if isinstance(num_attributes, bool) or not isinstance(num_attributes, (int, np.integer)) or not 1 <= num_attributes <= len(attrs):
-            raise KitError(f'num_attributes={num_attributes!r} but {path} has {len(attrs)} attributes: use an integer 1..{len(attrs)} or None')
-        attrs, labels = attrs[:int(num_attributes)], labels[:, :int(num_attributes)]
+    attrs = attrs[:keep]
     _require_distinct(attrs, f'{w}.attribute_eng')
     parts = np.asarray(parts, dtype=object).ravel() if np.asarray(parts).dtype == object else np.asarray(parts).ravel()
     partition = _partition_index(partition, len(parts), f'{w}.partion')

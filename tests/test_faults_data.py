@@ -543,3 +543,33 @@ def test_names_written_with_backslashes_or_dot_slash_are_not_unused_images(tmp_p
     _rewrite_wider(w, lambda im: im.__setitem__('file_name', im['file_name'].replace('/', '\\')))
     rep = check_dataset('wider', w, progress=False)
     assert rep['images']['without_labels'] == 0, rep['warnings']
+
+
+def test_rap_label_values_are_checked_in_the_kept_columns_only(tmp_path):
+    "A value outside {0, 1, 2} in a column past `num_attributes` (RAP's 92 columns, 51 kept) is not read, so not refused; "
+    "kept, it is refused naming its row and column."
+    root = write_fixture('rap', tmp_path/'r', n_images=6, layout='root-level', masks=False)
+    m = sio.loadmat(root/'RAP_annotation.mat'); st = m['RAP_annotation']
+    label = st['label'][0, 0]; assert label.shape[1] == 92
+    label[1, 60] = 3
+    sio.savemat(root/'RAP_annotation.mat', {'RAP_annotation': st})
+    data = read_rap(root)
+    assert len(data.attributes) == 51 and len(data) == 6
+    with pytest.raises(KitError, match=r'RAP_annotation\.label holds value 3 at row 2, column 61'): read_rap(root, num_attributes=None)
+
+
+def test_rap_v2_annotation_is_refused_as_rap_v2(tmp_path):
+    "RAP v2's RAP_annotation.mat (name, data, attribute, selected_attribute, partition_attribute) -> KitError saying it is "
+    "RAP v2, that the kit reads RAP v1's layout, and what to do; not just 'no field imagesname'."
+    from har_kit.matfile import mat_cell
+    root = write_fixture('rap', tmp_path/'r', n_images=6, layout='root-level', masks=False)
+    parts = np.empty((1, 5), object)
+    for k in range(5): parts[0, k] = {'train_index': np.arange(1, 5.)[None], 'val_index': np.array([[5.]]), 'test_index': np.array([[6.]])}
+    sio.savemat(root/'RAP_annotation.mat', {'RAP_annotation': {
+        'name': mat_cell([f'{i:06d}.png' for i in range(1, 7)]), 'data': np.zeros((6, 152)), 'attribute': mat_cell([f'a{i}' for i in range(152)]),
+        'selected_attribute': np.arange(1, 55.)[None], 'partition_attribute': parts, 'person_identity': np.zeros((6, 1))}})
+    with pytest.raises(KitError, match=r"RAP_annotation looks like RAP v2's annotation \(fields name, data, attribute, selected_attribute, "
+                                       r"partition_attribute\), which the kit does not read: it reads RAP v1's layout .* Point ROOT at RAP v1"):
+        read_rap(root)
+    rep = check_dataset('rap', root, progress=False)
+    assert not rep['ok'] and 'looks like RAP v2' in rep['errors'][0]
