@@ -573,3 +573,21 @@ def test_rap_v2_annotation_is_refused_as_rap_v2(tmp_path):
         read_rap(root)
     rep = check_dataset('rap', root, progress=False)
     assert not rep['ok'] and 'looks like RAP v2' in rep['errors'][0]
+
+
+def test_data_check_lists_every_reader_issue_under_warnings_once(tmp_path, monkeypatch, capsys):
+    "HAR_KIT_DATA_WARNINGS=once (reader warnings printed the first time only) does not reach `data check`: two checks in a "
+    "row both list the reader's issues, in the report and in the printed text; the setting is as before afterwards."
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path/'kitdata'))   # where 'once' marks what it showed
+    monkeypatch.setenv('HAR_KIT_DATA_WARNINGS', 'once')
+    root = _pa(tmp_path)
+    label = sio.loadmat(root/'annotation.mat')['train_label']; label[0] = 0
+    _edit_pa(root, train_label=label)                             # a label row with no positive: the reader's warning
+    said = 'annotation.mat: 1 all-zero label rows (e.g. 000001.jpg in train)'
+    for _ in range(2):
+        rep = check_dataset('pa100k', root, progress=False)
+        assert any(said in w for w in rep['warnings']), rep['warnings']
+    for _ in range(2):
+        cli(['check', 'pa100k', str(root)])
+        assert said in capsys.readouterr().out
+    assert os.environ['HAR_KIT_DATA_WARNINGS'] == 'once'
