@@ -66,6 +66,22 @@ def _csv_rows(data):  # an `AttributeData`
     return [(crops[id(s)] if s.box is not None else fn(s), s.split, s.labels) for s in data.samples]
 
 # %% ../nbs/17_check.ipynb #c013
+def _check_unboxed_masks(data, rows, masks):  # dataset; its `_csv_rows`; as `to_csv_dataset`
+    "The error `_crop_target` raises for a boxed target's mask, for the first mask of a sample without a box that would be copied (its file as it is) but that training could not use: undecodable, or not its image's size."
+    if not masks: return
+    seen = set()
+    for s, (name, _, _) in zip(data.samples, rows):   # the samples `_write_csv_files` places: the first of each name
+        if name in seen: continue
+        seen.add(name)
+        if s.box is not None or s.mask is None: continue
+        m = load_grey(s.mask)                             # a KitError naming the mask when it does not decode
+        try:
+            with PILImage.open(s.image) as im: size = im.size[::-1]
+        except Exception as e:
+            raise KitError(f'{s.image}: cannot read the image ({type(e).__name__}: {e}) to check its mask {s.mask} against it; '
+                           'replace the image (har-kit data check lists every unreadable one)') from None
+        if m.shape != size: raise mask_size_error(s.mask, m.shape, size)   # as training would stop
+
 def _write_csv_files(data, rows, text, tmp, link, masks, progress):  # dataset; its `_csv_rows`; labels.csv text; folder to fill; as `to_csv_dataset`
     "Place every sample's image (and mask) under `tmp` by its row's name and write `labels.csv`."
     images, mroot, placed = tmp/'images', default_mask_root('csv', tmp), set()
@@ -100,6 +116,7 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
     dest = check_csv_dest(dest)
     rows = _csv_rows(data)
     text = csv_annotation_text(data.attributes, rows, str(dest/'labels.csv'))   # a name that cannot be written: before any copy
+    _check_unboxed_masks(data, rows, masks)                                       # a mask copied as it is: before any copy
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
     try:

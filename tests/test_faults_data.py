@@ -1,7 +1,7 @@
 """Fault catalogue of the data side (issue 13): each test plants one fault in a small dataset and states the outcome.
 Outcomes: a `KitError` naming the file/entry and what to do (refused), a warning naming the entry (reported), or the
 right result (repaired). Every fault is found when the dataset is read or checked, before any training starts."""
-import json, os, warnings
+import json, os, re, warnings
 from pathlib import Path
 
 import numpy as np
@@ -591,3 +591,21 @@ def test_data_check_lists_every_reader_issue_under_warnings_once(tmp_path, monke
         cli(['check', 'pa100k', str(root)])
         assert said in capsys.readouterr().out
     assert os.environ['HAR_KIT_DATA_WARNINGS'] == 'once'
+
+
+@pytest.mark.parametrize('kind', ['pa100k', 'rap', 'csv'])
+@pytest.mark.parametrize('bad,what', [(lambda p: Image.fromarray(np.full((10, 10), 255, np.uint8)).save(p), 'mask is 10x10 but must match the image'),
+                                      (lambda p: p.write_bytes(b'garbage'), 'cannot read mask')])
+def test_convert_refuses_an_unusable_mask_of_a_sample_without_a_box_before_writing(tmp_path, kind, bad, what):
+    "A mask the readers attach to an unboxed sample (PA-100K, RAP, csv) that is another size than its image, or does not "
+    "decode -> `to_csv_dataset` raises the error a boxed target's mask gets (training would stop on it), before anything "
+    "is written: no DEST, nothing beside it."
+    from har_kit.data import tiny_fixture, dataset_reader
+    root = tiny_fixture(kind, tmp_path/'src')
+    data = dataset_reader(kind)(root)
+    s = next(s for s in data.samples if s.mask is not None)
+    assert s.box is None
+    bad(s.mask)
+    out = tmp_path/'out'/'csv'
+    with pytest.raises(KitError, match=re.escape(f'{s.mask}: {what}')): to_csv_dataset(data, out, progress=False)
+    assert not (tmp_path/'out').exists() or not any((tmp_path/'out').iterdir())
