@@ -19,7 +19,8 @@ from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask
 from .loading import mask_size_error
 
 # %% auto #0
-__all__ = ['ISSUE_LABELS', 'check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check', 'check_json_dest', 'cli']
+__all__ = ['UNCERTAIN_READINGS', 'ISSUE_LABELS', 'check_csv_dest', 'to_csv_dataset', 'check_dataset', 'format_check',
+           'check_json_dest', 'cli']
 
 # %% ../nbs/17_check.ipynb #c008
 def _place(src, dst, link):  # existing file; destination; try a hard link first
@@ -236,6 +237,12 @@ def _mask_problems(data, sizes, rep):  # the dataset as `_read_for_check` read i
     return bad
 
 # %% ../nbs/17_check.ipynb #c026
+UNCERTAIN_READINGS = {  # `read_rap`'s `uncertain` rule for RAP's label 2, as the report says it
+    'negative': "read as negative (0), [15]'s reading (counted as negatives above); uncertain='unspecified' (read_rap, or "
+                "check_dataset in Python) keeps them unspecified",
+    'unspecified': "kept unspecified (uncertain='unspecified'; counted in the unspecified column above); the default, "
+                   "uncertain='negative', reads them as negative (0), [15]'s reading"}
+
 def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
                   root,           # dataset root
                   sample=None,    # decode only this many images (drawn at random, seed 0); None: every image
@@ -254,6 +261,10 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     y = data.labels()
     rep['attributes'] = [dict(name=a, pos_ratio=None if np.isnan(r) else round(float(r), 4), unspecified=int(u))
                          for a, r, u in zip(data.attributes, data.pos_ratio(), (y == UNSPECIFIED).sum(0))]
+    if (unc := data.meta.get('uncertain_by_attribute')) is not None:   # RAP's label 2: gone from the labels, read by a rule
+        for a, n in zip(rep['attributes'], unc): a['uncertain'] = int(n)
+        rule = data.meta['uncertain']
+        rep['uncertain'] = dict(label=2, count=int(sum(unc)), rule=rule, reading=UNCERTAIN_READINGS[rule])
     rep['issues'] = {k: len(v) for k, v in dataset_issues(data.samples, 'all-unspecified' if kind == 'wider' else 'no-positive').items()}
     paths = _images_to_check(data, sample)
     sizes, turned, notes = {}, {}, {}
@@ -319,10 +330,13 @@ def format_check(rep):  # a report from `check_dataset`
         if rep.get('masks'):
             m = rep['masks']
             lines.append(f"masks: {m['attached']} attached from {m['folder']} (the readers attach them unasked), {m['checked']} checked: {m['unusable']} unusable")
-        lines.append(f'{"attribute":<22}{"pos %":>7}{"unspecified":>13}')
+        unc = rep.get('uncertain')   # RAP: a column of label 2s, and the rule they were read by
+        lines.append(f'{"attribute":<22}{"pos %":>7}{"unspecified":>13}' + (f'{"uncertain":>11}' if unc else ''))
         for a in rep['attributes']:
             pos = '-' if a['pos_ratio'] is None else f"{100 * a['pos_ratio']:.1f}"
-            lines.append(f"{a['name'][:21]:<22}{pos:>7}{a['unspecified']:>13}")
+            lines.append(f"{a['name'][:21]:<22}{pos:>7}{a['unspecified']:>13}" + (f"{a.get('uncertain', 0):>11}" if unc else ''))
+        if unc: lines.append(f"uncertain: {unc['count']} label{'' if unc['count'] == 1 else 's'} {'is' if unc['count'] == 1 else 'are'} "
+                             f"RAP's {unc['label']} ('uncertain'), {unc['reading']}")
         lines.append('issues: ' + ', '.join(f'{ISSUE_LABELS.get(k, k.replace("_", " "))} {v}' for k, v in rep['issues'].items()))
     lines += [f'warning: {w}' for w in rep['warnings']] + [f'error: {e}' for e in rep['errors']]
     said = [f'{len(rep[k])} {k[:-1] if len(rep[k]) == 1 else k}' for k in ('errors', 'warnings') if rep[k]]

@@ -464,11 +464,14 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
     p, wp = parts[partition], f'{w}.partion{{{partition + 1}}}'
     idx = {sp: mat_index(mat_field(p, f'{sp}_index', wp), f'{wp}.{sp}_index', len(names)) for sp in ('train', 'test')}
     n_unc = int((labels == 2).sum())
+    rows = [int(i) for sp in ('train', 'test') for i in idx[sp]]   # the samples' rows
+    by_attr = [int(c) for c in (labels[rows] == 2).sum(0)]          # label 2 per attribute among the samples (`har-kit data check`)
     y = np.where(labels == 2, 0 if rule == 'negative' else UNSPECIFIED, labels).astype(np.int8)
     samples = [Sample(image_file(lay.images, names[i], f'{w}.imagesname{{{i + 1}}}'), y[i], sp, meta=dict(file_name=names[i], row=int(i)))
                for sp in ('train', 'test') for i in idx[sp]]
     data = AttributeData('rap', root, attrs, samples, meta=dict(**lay.record(), partition=partition, n_uncertain=n_unc,
-                                                               uncertain=rule, unspecified='keep' if rule == 'unspecified' else 'negative'))
+                                                               uncertain_by_attribute=by_attr, uncertain=rule,
+                                                               unspecified='keep' if rule == 'unspecified' else 'negative'))
     return _finish(data, f'{path} (partition {partition})', check_images, mask_dir)
 
 # %% ../nbs/14_data.ipynb #c070

@@ -609,3 +609,27 @@ def test_convert_refuses_an_unusable_mask_of_a_sample_without_a_box_before_writi
     out = tmp_path/'out'/'csv'
     with pytest.raises(KitError, match=re.escape(f'{s.mask}: {what}')): to_csv_dataset(data, out, progress=False)
     assert not (tmp_path/'out').exists() or not any((tmp_path/'out').iterdir())
+
+
+def test_data_check_reports_raps_uncertain_labels_and_the_rule_read_by(tmp_path, capsys):
+    "RAP's label 2 ('uncertain'), read as 0 by default, is gone from the labels: `data check` counts it per attribute "
+    "(an `uncertain` column; `attributes[i]['uncertain']` in --json), in all (`uncertain`), and says the rule it was read "
+    "by and the other one; with uncertain='unspecified' the same 2s are in the unspecified column and the rule says so."
+    root = write_fixture('rap', tmp_path/'r', n_images=6, layout='root-level', masks=False)
+    m = sio.loadmat(root/'RAP_annotation.mat'); st = m['RAP_annotation']
+    label = st['label'][0, 0]; label[:, :3] = np.where(label[:, :3] == 2, 1, label[:, :3])   # the fixture's own 2 out
+    label[0, 0] = label[1, 0] = label[2, 2] = 2; label[3, 60] = 2                            # 2 + 1 in kept columns, 1 past them
+    sio.savemat(root/'RAP_annotation.mat', {'RAP_annotation': st})
+    assert cli(['check', 'rap', str(root), '--json', str(tmp_path/'rep.json')]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path/'rep.json').read_text())
+    assert rep['uncertain']['count'] == 3 and rep['uncertain']['rule'] == 'negative' and 'read as negative (0)' in rep['uncertain']['reading']
+    assert [a['uncertain'] for a in rep['attributes'][:4]] == [2, 0, 1, 0] and sum(a['uncertain'] for a in rep['attributes']) == 3
+    assert all(a['unspecified'] == 0 for a in rep['attributes'])
+    assert "uncertain: 3 labels are RAP's 2 ('uncertain'), read as negative (0), [15]'s reading" in out and "uncertain='unspecified'" in out
+    head = next(l for l in out.splitlines() if l.startswith('attribute'))
+    assert head.split() == ['attribute', 'pos', '%', 'unspecified', 'uncertain']
+    assert next(l for l in out.splitlines() if l.startswith('Female')).split()[-2:] == ['0', '2']
+    rep = check_dataset('rap', root, progress=False, uncertain='unspecified')
+    assert rep['uncertain']['rule'] == 'unspecified' and 'kept unspecified' in rep['uncertain']['reading']
+    assert [(a['unspecified'], a['uncertain']) for a in rep['attributes'][:3]] == [(2, 2), (0, 0), (1, 1)]
