@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_path, check_writable, save_json, to_jsonable
+from .core import KitError, atomic_paths, check_writable, to_jsonable
 from .model_file import LoadedModel, find_model_file, load_model
 from .predict import default_variant, trained_on_synthetic
 
@@ -127,15 +127,15 @@ def export_model(model,                # model file / run dir, or a LoadedModel
     wrapper = ProbabilityModel(net.cpu().eval()).eval()
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
-    with atomic_path(out, sync=True) as tmp:   # the model on disk before the rename, as its sidecar is
+    with atomic_paths([out, side]) as (tmp, tmp_side):   # both on disk, then renamed together: the model, then its sidecar
         (_write_onnx if format == 'onnx' else _write_torchscript)(wrapper, x, tmp, meta)
         with torch.no_grad(): ref = wrapper(x_check).numpy()
         got = _run_exported(tmp, format, x_check)
         diff = None if got is None else float(np.abs(got - ref).max())
         if diff is not None and not diff <= tol:
             raise KitError(f'{out}: the exported model differs from PyTorch by {diff:.3g} (> tol={tol}); not written')
-        save_json({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,   # last: the export lands only with its sidecar
-                                         note=None if diff is not None else 'onnxruntime not installed: not checked')}, side)
+        tmp_side.write_text(json.dumps(to_jsonable({**meta, 'check': dict(batch=3, max_abs_diff=diff, tol=tol,
+            note=None if diff is not None else 'onnxruntime not installed: not checked')}), indent=2) + '\n')
     return dict(path=out, sidecar=side, max_abs_diff=diff, format=format, synthetic=trained_on_synthetic(lm))
 
 # %% ../nbs/82_export.ipynb #c011

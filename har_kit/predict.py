@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
+from .core import KitError, atomic_paths, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
 from PIL.Image import Image as PILImage
 from .formats import check_images, collect_images, load_rgb, pil_rgb, printable
 from .explain import explain
@@ -301,9 +301,9 @@ def write_predictions(records,          # `Predictor.predict` output
     rows = [['image', 'predicted', *names]] + [[r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)]
                                                for r in records]
     # a file name that is not UTF-8 (bytes a POSIX file system allows) keeps its bytes in the CSV; JSON escapes it
-    with atomic_write(out_dir/'predictions.csv', newline='', encoding='utf-8', errors='surrogateescape') as fc, \
-         atomic_write(out_dir/'predictions.json', encoding='utf-8') as fj:
-        csv.writer(fc).writerows(rows); fj.write(doc)   # renamed into place only once both are written
+    with atomic_paths([out_dir/'predictions.csv', out_dir/'predictions.json']) as (tc, tj):   # both synced, then renamed together
+        with open(tc, 'w', newline='', encoding='utf-8', errors='surrogateescape') as fc: csv.writer(fc).writerows(rows)
+        tj.write_text(doc, encoding='utf-8')
     return out_dir/'predictions.csv', out_dir/'predictions.json'
 
 EXPLAIN_DIR = 'explain'   # the sub-folder of --out that `har-kit predict --explain` writes its figures into

@@ -762,6 +762,38 @@ def test_self_mask_panels_name_their_stages_in_any_order():
     assert m['global_maps']['self-mask (stage 1)'].shape == out['self_masks'][0].shape != out['self_masks'][1].shape
 
 
+def _interrupt_fsync_of(monkeypatch, name):  # a file name: Ctrl-C while its temporary file is synced
+    import har_kit.core as core
+    real = core.os.fsync
+    def fsync(fd):
+        if re.fullmatch(rf'\.{re.escape(name)}\.[^.]+\.tmp', Path(os.readlink(f'/proc/self/fd/{fd}')).name): raise KeyboardInterrupt
+        return real(fd)
+    monkeypatch.setattr(core.os, 'fsync', fsync)
+
+
+@pytest.mark.parametrize('stopped_at', ['m.ts.pt', 'm.ts.pt.json'])
+def test_an_export_stopped_while_syncing_leaves_the_old_model_and_sidecar(tmp_path, model_file, monkeypatch, stopped_at):
+    "--force over an earlier export: stopped while either file is synced, both earlier files stay, neither replaced alone."
+    out = tmp_path/'m.ts.pt'
+    out.write_bytes(b'OLD MODEL'); (tmp_path/'m.ts.pt.json').write_text('{"old": true}')
+    _interrupt_fsync_of(monkeypatch, stopped_at)
+    with pytest.raises(KeyboardInterrupt): export_model(model_file, out, 'torchscript', force=True)
+    assert out.read_bytes() == b'OLD MODEL' and json.loads((tmp_path/'m.ts.pt.json').read_text()) == {'old': True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['m.ts.pt', 'm.ts.pt.json', 'run']   # no temporary left
+
+
+@pytest.mark.parametrize('stopped_at', ['predictions.csv', 'predictions.json'])
+def test_predictions_stopped_while_syncing_leave_both_earlier_files(tmp_path, images, model_file, monkeypatch, stopped_at):
+    "A --force rerun stopped while either file is synced keeps the earlier csv and json, a pair."
+    out = tmp_path/'out'
+    assert cli([str(model_file), str(images), '--out', str(out), '--quiet']) == 0
+    before = {n: (out/n).read_bytes() for n in ('predictions.csv', 'predictions.json')}
+    _interrupt_fsync_of(monkeypatch, stopped_at)
+    with pytest.raises(KeyboardInterrupt): cli([str(model_file), str(images/'a.png'), '--out', str(out), '--force', '--quiet'])
+    assert {n: (out/n).read_bytes() for n in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ['predictions.csv', 'predictions.json']
+
+
 def test_an_exported_model_is_on_disk_before_its_rename(tmp_path, model_file, monkeypatch):
     "Its sidecar is synced (save_json): the model it describes must be too, or a power loss leaves a sidecar beside an empty file."
     import har_kit.core as core
