@@ -155,6 +155,11 @@ def array_rgb(image,               # an in-memory image (numpy array, or anythin
 
 # %% ../nbs/81_predict.ipynb #c018
 MAIN_VARIANTS = ('campar_fusion_cfar', 'dahar', 'campar_fusion', 'campar')   # a run's main method: the first of these it holds
+_CFAR_SUFFIX = '_cfar'   # a CFAR variant, '<phase 1>_cfar': its run's main method, whatever its phase 1
+
+def _main_variant(pool):  # variant names a run trained (or holds)
+    "The main method among `pool`: a CFAR variant first, then the first of MAIN_VARIANTS, else None."
+    return next((v for v in pool if v.endswith(_CFAR_SUFFIX)), None) or next((v for v in MAIN_VARIANTS if v in pool), None)
 
 def default_variant(path,          # a model file, variant directory or run directory
                     variant=None): # the variant asked for (None: choose)
@@ -175,7 +180,7 @@ def default_variant(path,          # a model file, variant directory or run dire
                            f'may lack its main method: rerun it to finish it (it resumes), or{pick}')
         planned = load_json(p/'params.json', dict).get('variants')
     pool = planned if isinstance(planned, list) and planned else found
-    main = next((v for v in MAIN_VARIANTS if v in pool), None)
+    main = _main_variant(pool)
     others = [v for v in pool if v != 'baseline']
     if main is None and len(others) == 1: main = others[0]
     if main is not None and main not in found:
@@ -369,7 +374,7 @@ def _predict_parser():
     ap.add_argument('model', help='model file, variant directory or run directory')
     ap.add_argument('images', nargs='+', help='image files, folders (searched recursively) or glob patterns')
     ap.add_argument('--variant', default=None, help="variant inside a run directory holding several (default: the run's "
-                    f"main method, the first of {', '.join(MAIN_VARIANTS)} it holds)")
+                    f"main method: a CFAR variant, else the first of {', '.join(MAIN_VARIANTS)} it holds)")
     ap.add_argument('--threshold', default='0.5', help="0.5 (default), a number, 'val' (per-attribute thresholds "
                     'chosen on the validation split, stored in the model) or a file of per-attribute thresholds: JSON '
                     '{"attribute": threshold, ...}, or CSV with the header line attribute,threshold; attributes it leaves out keep 0.5')

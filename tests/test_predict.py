@@ -333,6 +333,14 @@ def test_run_with_two_variants_predicts_with_its_main_method(tmp_path, images, c
     assert 'baseline, fusion, self_mask' in err and '--variant NAME' in err and 'variant=NAME' in err, err
 
 
+def test_a_cfar_run_over_campar_without_fusion_predicts_with_its_cfar(tmp_path):
+    "phase1_variant='campar': the run holds campar, campar_cfar and campar_fc2; its main method is the CFAR, not phase 1."
+    from har_kit.predict import default_variant
+    run = tmp_path/'cfar_run'
+    for v in ('campar', 'campar_cfar', 'campar_fc2'): _save(run/v/'model.pt', *_dahar())
+    assert default_variant(run)[0] == 'campar_cfar'
+
+
 def test_export_of_a_run_with_two_variants_takes_its_main_method(tmp_path, capsys):
     "`har-kit export RUN` picks the run's main method as predict does, and says so."
     run = tmp_path/'run'
