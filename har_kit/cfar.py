@@ -335,10 +335,14 @@ def cfar_extra(cfar: CFAR):  # a fitted CFAR
 # %% ../nbs/51_cfar.ipynb #c046
 def cfar_predictor(model,   # the rebuilt phase-1 network
                    extra,   # the model file's `extra` (from `cfar_extra`)
-                   meta):   # the model file's metadata (unused; the loader's calling convention)
+                   meta):   # the model file's metadata (its attributes: the CFAR's must be as many)
     "Called by `har_kit.model_file.load_model` for CFAR model files: phase 1 + CFAR as one `CFARPredictor`."
     if 'cfar' not in extra: raise KitError("model file: extra has no 'cfar' state; save CFAR variants with cfar_extra(cfar)")
-    return CFARPredictor(model, CFAR.from_state(extra['cfar'], "model file extra['cfar']")).eval()
+    cfar = CFAR.from_state(extra['cfar'], "model file extra['cfar']")
+    if (m := len((meta or {}).get('attributes') or ())) and cfar.y_f.shape[0] != m:
+        raise KitError(f"model file extra['cfar']: a CFAR fitted over {cfar.y_f.shape[0]} attributes, in a file of {m}: "
+                       'save the CFAR with the phase 1 it was fitted on')
+    return CFARPredictor(model, cfar).eval()
 
 # %% ../nbs/51_cfar.ipynb #c051
 @torch.inference_mode()

@@ -132,7 +132,8 @@ def _check_kwargs(fn, kwargs, where):  # the builder; its stored kwargs; the fie
             if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
                 raise KitError(f'{where}: kwargs.{k}={v!r:.80} is not {ann}')
 
-def _check_outputs(model, attributes, input_size, where):  # network; names; (H, W); named in errors
+def _check_outputs(model, attributes, input_size, where,   # network; names; (H, W); named in errors
+                   fix='save it from the run that trained it'):  # what to do when its parts do not fit together
     "Run one blank image through the network; its `logits` must have one column per attribute."
     was = model.training; model.eval()
     p = next(iter(model.parameters()), None)
@@ -142,26 +143,37 @@ def _check_outputs(model, attributes, input_size, where):  # network; names; (H,
     except RuntimeError as e:   # torch's: a size the network cannot take
         raise KitError(f'{where}: the network cannot run on its stored input_size {tuple(input_size)} ({str(e)[:200]}); '
                        'save it with the size it was trained at') from None
+    except Exception as e:   # anything else a network (or a predictor over it) raises: its parts do not fit together
+        raise KitError(f'{where}: the network fails on one blank image of its input_size {tuple(input_size)} '
+                       f'({type(e).__name__}: {str(e)[:200]}); its parts do not fit together: {fix}') from None
     finally: model.train(was)
     n = out['logits'].shape[-1] if isinstance(out, dict) and isinstance(out.get('logits'), torch.Tensor) else None
     if n != len(attributes):
         raise KitError(f"{where}: the network gives {n} logits but {len(attributes)} attribute names are stored; "
                        'save it with its own attribute list')
 
-def _check_rebuild(builder, kwargs, state, where):  # registry key; kwargs as stored; the weights; named in errors
+def _with_predictor(model, extra, meta, where, fix):  # network; the file's extra; its meta; named in errors; what to do
+    "The composite `extra['predictor']` builds over `model` (what `load_model` returns), or `model` when there is none."
+    if 'predictor' not in extra: return model
+    make = _resolve(extra['predictor'], f"{where}: extra['predictor']", 'predictor')
+    try: return make(model.eval(), extra, meta)
+    except (TypeError, ValueError, KeyError, KitError) as e:
+        raise KitError(f"{where}: extra['predictor']={extra['predictor']!r} cannot be built from this file's extra "
+                       f'({type(e).__name__}: {str(e)[:300]}); {fix}') from None
+
+def _check_rebuild(builder, kwargs, state, where,   # registry key; kwargs as stored; the weights; named in errors
+                   fix='pass the kwargs that built this model; nothing was written'):   # what to do, for the messages
     "Refuse weights that `builder(**kwargs)` cannot take back, as `load_model` would: built on the meta device (no memory, no download)."
     try:
         with torch.device('meta'): net = _resolve(builder, 'builder')(**kwargs)
     except (TypeError, ValueError, RuntimeError, KitError) as e:
-        raise KitError(f'{where}: {builder}(**kwargs) cannot build a network ({type(e).__name__}: {str(e)[:200]}); '
-                       'pass the kwargs that built this model; nothing was written') from None
+        raise KitError(f'{where}: {builder}(**kwargs) cannot build a network ({type(e).__name__}: {str(e)[:200]}); {fix}') from None
     want, have = ({k: tuple(v.shape) for k, v in s.items()} for s in (net.state_dict(), state))
     if want != have:
         diff = ([f'missing {k}' for k in want if k not in have] + [f'unexpected {k}' for k in have if k not in want]
                 + [f'{k} {have[k]} vs {want[k]}' for k in have if k in want and have[k] != want[k]])
         raise KitError(f'{where}: {builder}(**{kwargs}) builds another network than the one saved ({len(diff)} differences: '
-                       f'{"; ".join(diff[:3])}{"; ..." if len(diff) > 3 else ""}); pass the kwargs that built this model; '
-                       'nothing was written')
+                       f'{"; ".join(diff[:3])}{"; ..." if len(diff) > 3 else ""}); {fix}')
 
 # %% ../nbs/09_model_file.ipynb #c017
 def _numbers(values):  # a list / tuple / array / tensor of numbers
@@ -236,6 +248,11 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
                 har_kit=str(__version__), torch=str(torch.__version__))
     if builder in _REGISTRY: meta['registered_in'] = _REGISTRY[builder][1].__module__   # where load_model can say to import
     if synthetic is not None: meta['synthetic'] = _plain(synthetic, 'synthetic')
+    if 'predictor' in extra:   # the composite load_model will return must run too (a CFAR over another phase 1 does not)
+        was, dev = model.training, next(iter(model.parameters()), torch.zeros(0)).device
+        fix = 'pass the extra made for this network; nothing was written'
+        try: _check_outputs(_with_predictor(model, extra, meta, Path(path), fix).to(dev), attributes, size, Path(path), fix)
+        finally: model.train(was)
     blob = dict(format=MODEL_FORMAT, version=MODEL_VERSION, meta=meta, state_dict=state, extra=extra,
                 sha256=model_digest(meta, state, extra))
     with atomic_write(path, 'wb') as f: torch.save(blob, f)   # on disk before the rename; an open file: the archive's inner name is fixed
@@ -372,6 +389,8 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     build = _resolve(b, f'{path}: builder')
     try: _check_kwargs(build, kwargs, f'{path}: kwargs')
     except KitError as e: raise KitError(f'{e}; {_saved_by(meta)}') from None
+    _check_rebuild(b, kwargs, blob['state_dict'], path,   # on the meta device: kwargs that would allocate more than the weights hold never build
+                   f'the stored kwargs do not fit its weights (or this har_kit); {_saved_by(meta)}')
     try: model = build(**kwargs)
     except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
         raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '
@@ -380,12 +399,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     except RuntimeError as e:
         raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
                        f'another version of the architecture; {_saved_by(meta)}') from None
-    if 'predictor' in extra:
-        make = _resolve(extra['predictor'], f"{path}: extra['predictor']", 'predictor')
-        try: model = make(model.eval(), extra, meta)
-        except (TypeError, ValueError, KeyError, KitError) as e:
-            raise KitError(f"{path}: extra['predictor']={extra['predictor']!r} cannot be built from this file's extra "
-                           f'({type(e).__name__}: {str(e)[:300]}); save the variant again from its run, with its state in extra') from None
+    model = _with_predictor(model, extra, meta, path, 'save the variant again from its run, with its state in extra')
     if isinstance(map_location, torch.device): model = model.to(map_location)   # after the predictor: its own buffers move too
     _check_outputs(model, meta['attributes'], meta['input_size'], path)
     th = meta.get('thresholds')

@@ -88,13 +88,29 @@ def test_cfar_predictor_without_state():
 
 
 def test_cfar_model_file_without_state_names_the_file(tmp_path):
-    "A model file naming CFAR's predictor but holding no CFAR state: a KitError naming the file, not the predictor's."
-    from har_kit.model_file import load_model, save_model
+    "A model file naming CFAR's predictor but holding no CFAR state is never written: a KitError naming the file, not the predictor's."
+    from har_kit.model_file import save_model
     kw = dict(name='campar', num_attributes=4, arch='resnet-tiny', weights=None)
-    f = save_model(tmp_path/'campar_cfar'/'model.pt', campar.campar_variant(**kw).eval(), builder='campar_variant', kwargs=kw,
+    f = tmp_path/'campar_cfar'/'model.pt'
+    with pytest.raises(KitError, match=re.escape(f"{f}: extra['predictor']='cfar_predictor' cannot be built") + ".*'cfar'.*nothing was written"):
+        save_model(f, campar.campar_variant(**kw).eval(), builder='campar_variant', kwargs=kw,
                    attributes=list('abcd'), input_size=(64, 32), mean=(0, 0, 0), std=(1, 1, 1), extra={'predictor': 'cfar_predictor'})
-    with pytest.raises(KitError, match=re.escape(f"{f}: extra['predictor']='cfar_predictor' cannot be built") + ".*'cfar'"):
-        load_model(f)
+    assert not f.exists()
+
+
+def test_a_cfar_over_another_network_is_never_saved(tmp_path):
+    "A CFAR state over a phase 1 without CAM-specific logits (a baseline), or fitted over other attributes: refused by save_model, not a raw error in load_model."
+    from conftest import write_cfar_model
+    from har_kit.cfar import cfar_extra
+    from har_kit.model_file import save_model
+    _, fitted, _ = write_cfar_model(tmp_path/'ok'/'model.pt')
+    for name, n in (('baseline', 5), ('campar', 4)):
+        kw = dict(name=name, num_attributes=n, arch='resnet-tiny', weights=None)
+        f = tmp_path/name/'model.pt'
+        with pytest.raises(KitError, match=re.escape(str(f)) + '.*nothing was written'):
+            save_model(f, campar.campar_variant(**kw).eval(), builder='campar_variant', kwargs=kw, attributes=list('abcde')[:n],
+                       input_size=(64, 48), mean=(0, 0, 0), std=(1, 1, 1), extra=cfar_extra(fitted))
+        assert not f.exists()
 
 
 @pytest.mark.parametrize('call,match', [

@@ -147,7 +147,9 @@ def test_model_file_kwargs_and_outputs_are_checked(tmp_path):
     (dict(thresholds=[0.5] * 3), 'thresholds: expected 4 finite values'), (dict(thresholds='0.5'), 'thresholds'),
     (dict(thresholds=[float('nan')] * 4), 'thresholds'), (dict(input_size=[64, 32, 3]), 'input_size'),
     (dict(input_size=[-1, 32]), 'input_size'), (dict(mean='abc'), 'mean'), (dict(std=[0, 0, 0]), 'std > 0'),
-    (dict(kwargs=dict(name='dahar', num_attributes=4, arch='resnet-tiny', weights=None, foo=1)), 'cannot build its network'),
+    (dict(kwargs=dict(name='dahar', num_attributes=4, arch='resnet-tiny', weights=None, foo=1)), 'cannot build a network'),
+    # kwargs of a far larger network than the weights: compared on the meta device, never built (no memory taken)
+    (dict(kwargs=dict(name='dahar', num_attributes=400_000, arch='resnet-tiny', weights=None)), 'builds another network than the one saved'),
 ])
 def test_a_forged_meta_is_held_to_the_save_checks_on_load(tmp_path, meta, match):
     "A file edited with its hash recomputed: what save_model refuses, load_model refuses too, naming the file."
