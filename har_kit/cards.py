@@ -122,13 +122,14 @@ _MA_EMPTY = ('mA of an attribute without positives or negatives', 'left out of t
 
 FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the papers leave open that are code, not parameters
     'dahar': [
-        ('mask source', "Mask R-CNN (torchvision's COCO weights) on the whole scene, each target matched to its box by IoU "
-                        '(20_mask_sources; `masks` step of the paper profile)',
+        ('mask source', "Mask R-CNN (torchvision's COCO weights) on the whole scene, each target matched to its box by IoU, "
+                        'one detection per target (20_mask_sources; `masks` step of the paper profile)',
          'the paper segments 224x224 target crops with its own COCO-trained FPN (P2) network, which is not published; '
          "torchvision's COCO Mask R-CNN is the nearest off-the-shelf model, and whole-scene detection keeps people cut by the crop whole"),
         ('pseudo-mask match', 'a detection is the target when its box IoU >= 0.3, >= 50% of its mask lies in the box and its mask '
-                              'is thresholded at 0.5; the best IoU x inside wins; no match: the whole box is the mask '
-                              '(`select_target`; `masks` reports how many fell back, and why)',
+                              "is thresholded at 0.5; one detection per target: an image's detections go to its targets "
+                              'one-to-one, best IoU x inside pairs first; no match, or its match the better one of another '
+                              'target: the whole box is the mask (`select_targets`; `masks` reports how many fell back, and why)',
          'the paper notes only that the masks fail "when the target person is mostly occluded"; the box is the nearest '
          'target that still marks where the person is'),
         ('training windows', "SRN's pairs: a (height, width) pair from {256, 224, 192, 168, 128} whose positions differ by at "
@@ -253,7 +254,7 @@ SYNTHETIC_CHOICES = {  # notebook -> {choice: (what the kit does, why)}: a `FIXE
     'dahar': {'mask source': ("the synthetic set's own person masks, drawn by its renderer with each target (13_synth): no detector runs",
                               'the stand-in sets carry exact silhouettes, so the mask branch learns from cleaner masks than the '
                               "paper's pseudo masks; on a real dataset the kit makes them with Mask R-CNN (torchvision's COCO "
-                              'weights) on the whole scene, each target matched to its box by IoU (20_mask_sources)'),
+                              'weights) on the whole scene, each target matched to its box by IoU, one detection per target (20_mask_sources)'),
               'pseudo-mask match': ('none: the renderer draws each target\'s own mask, so no detection is matched to a box',
                                     "the match rule serves the detector's masks of a real dataset (20_mask_sources)")}}
 

@@ -18,9 +18,9 @@ from .core import KitError, atomic_path, get_device
 from .formats import box_mask, clip_box, load_grey, load_rgb, mask_path
 
 # %% auto #0
-__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_target', 'image_size', 'read_mask', 'write_mask',
-           'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource',
-           'check_maskrcnn_weights', 'MaskRCNNSource', 'check_source', 'mask_source']
+__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_targets', 'select_target', 'image_size', 'read_mask',
+           'write_mask', 'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource',
+           'DirectorySource', 'check_maskrcnn_weights', 'MaskRCNNSource', 'check_source', 'mask_source']
 
 # %% ../nbs/20_mask_sources.ipynb #c008
 @dataclass
@@ -40,6 +40,49 @@ class TargetMask:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ('mask', 'read')}
 
 # %% ../nbs/20_mask_sources.ipynb #c010
+def _match_stats(box,        # a clipped (x0, y0, x1, y1) target box
+                 size,       # (H, W) of the image
+                 det_boxes,  # (K, 4) person detections, K >= 1
+                 det_masks): # (K, H, W) binarized detection masks
+    "(box IoU, fraction of each mask inside the box, mask pixels inside the box) of every detection with one target box."
+    iou = box_iou(torch.as_tensor(det_boxes), torch.tensor([box], dtype=torch.float64))[:, 0].numpy()
+    area = det_masks.reshape(len(det_masks), -1).sum(1)
+    inner = (det_masks & box_mask(box, size)).reshape(len(det_masks), -1).sum(1)
+    return iou, inner / np.maximum(area, 1), inner
+
+def select_targets(target_boxes,      # the annotated (x, y, w, h) boxes of one image's targets (None: a whole-image crop)
+                   size,              # (H, W) of the image
+                   det_boxes,         # (K, 4) person detections (x0, y0, x1, y1), K may be 0
+                   det_masks,         # (K, H, W) mask probabilities in [0, 1] (or bools)
+                   min_iou=0.3,       # least box IoU for a detection to be a target
+                   min_inside=0.5,    # least fraction of the detection's mask inside the target box
+                   mask_thresh=0.5,   # binarization threshold on the mask probabilities
+                   where='target'):   # names the samples in error messages: one name, or one per target
+    "One `TargetMask` per target of an image: detections go to targets one-to-one, best `IoU x inside` pairs first; a target left without one gets its box."
+    wheres = [where] * len(target_boxes) if isinstance(where, str) else list(where)
+    clipped = [clip_box(b, size, w) for b, w in zip(target_boxes, wheres, strict=True)]
+    det_masks = np.asarray(det_masks).reshape(-1, *size) >= mask_thresh
+    if len(det_masks) == 0: return [TargetMask(box_mask(b, size), reason='no person detected', clipped=c) for b, c in clipped]
+    det_boxes = np.asarray(det_boxes, np.float64).reshape(-1, 4)
+    stats = [_match_stats(b, size, det_boxes, det_masks) for b, _ in clipped]
+    ok = [(iou >= min_iou) & (inside >= min_inside) & (inner > 0) for iou, inside, inner in stats]
+    pairs = sorted((-float(iou[k] * inside[k]), t, k) for t, (iou, inside, _) in enumerate(stats) for k in np.flatnonzero(ok[t]))
+    det_of, used = {}, set()
+    for _, t, k in pairs:   # greedy: the best remaining pair first, each detection and each target used once
+        if t not in det_of and k not in used: det_of[t] = int(k); used.add(k)
+    out = []
+    for t, ((box, clip), (iou, inside, _)) in enumerate(zip(clipped, stats)):
+        inbox = box_mask(box, size)
+        k = det_of.get(t, int(np.argmax(np.where(ok[t], iou * inside, -1.0) if ok[t].any() else iou * inside)))
+        st = dict(iou=round(float(iou[k]), 4), inside=round(float(inside[k]), 4), clipped=clip)
+        if t in det_of: out.append(TargetMask(det_masks[k] & inbox, det=k, **st))
+        elif ok[t].any():   # its detections are the better matches of other targets: one person's mask is no one else's
+            out.append(TargetMask(inbox, reason=f'the detections that matched the box went to other targets of the image (best: '
+                                              f'detection {k}, IoU {iou[k]:.2f}, {inside[k]:.0%} of its mask inside)', **st))
+        else: out.append(TargetMask(inbox, reason=f'no detection matched the box (best IoU {iou[k]:.2f}, '
+                                                  f'{inside[k]:.0%} of its mask inside)', **st))
+    return out
+
 def select_target(target_box,        # the annotated (x, y, w, h) box, or None for a whole-image crop
                   size,              # (H, W) of the image
                   det_boxes,         # (K, 4) person detections (x0, y0, x1, y1), K may be 0
@@ -48,26 +91,10 @@ def select_target(target_box,        # the annotated (x, y, w, h) box, or None f
                   min_inside=0.5,    # least fraction of the detection's mask inside the target box
                   mask_thresh=0.5,   # binarization threshold on the mask probabilities
                   where='target'):   # names the sample in error messages
-    "Pick the detected person that is the target, crop its mask to the box, binarize; fall back to the box."
-    box, clipped = clip_box(target_box, size, where)
-    inbox = box_mask(box, size)
-    det_masks = np.asarray(det_masks).reshape(-1, *size) >= mask_thresh
-    if len(det_masks) == 0:
-        return TargetMask(inbox, reason='no person detected', clipped=clipped)
-    boxes = torch.as_tensor(np.asarray(det_boxes, np.float64).reshape(-1, 4))
-    iou = box_iou(boxes, torch.tensor([box], dtype=torch.float64))[:, 0].numpy()
-    area = det_masks.reshape(len(det_masks), -1).sum(1)
-    inner = (det_masks & inbox).reshape(len(det_masks), -1).sum(1)
-    inside = inner / np.maximum(area, 1)
-    ok = (iou >= min_iou) & (inside >= min_inside) & (inner > 0)
-    k = int(np.argmax(np.where(ok, iou * inside, -1.0) if ok.any() else iou * inside))
-    stats = dict(iou=round(float(iou[k]), 4), inside=round(float(inside[k]), 4), clipped=clipped)
-    if not ok.any():
-        return TargetMask(inbox, reason=f'no detection matched the box (best IoU {iou[k]:.2f}, '
-                                        f'{inside[k]:.0%} of its mask inside)', **stats)
-    return TargetMask(det_masks[k] & inbox, det=k, **stats)
+    "Pick the detected person that is the target, crop its mask to the box, binarize; fall back to the box (`select_targets` for one target)."
+    return select_targets([target_box], size, det_boxes, det_masks, min_iou, min_inside, mask_thresh, [where])[0]
 
-# %% ../nbs/20_mask_sources.ipynb #c015
+# %% ../nbs/20_mask_sources.ipynb #c017
 def image_size(path):  # an image file
     "(H, W) of an image file, read from its header; `KitError` naming the file when it cannot be read."
     try:
@@ -75,7 +102,7 @@ def image_size(path):  # an image file
     except (OSError, UnidentifiedImageError) as e:
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
-# %% ../nbs/20_mask_sources.ipynb #c017
+# %% ../nbs/20_mask_sources.ipynb #c019
 def read_mask(path,        # a mask PNG in any encoding `load_grey` reads; >= 128 counts as person
               size=None):  # expected (H, W); None = any
     "Binary (H, W) mask from a PNG; `KitError` naming the file when unreadable or of the wrong size."
@@ -85,14 +112,14 @@ def read_mask(path,        # a mask PNG in any encoding `load_grey` reads; >= 12
                        'masks must have the size of their image (or of the target box)')
     return m
 
-# %% ../nbs/20_mask_sources.ipynb #c018
+# %% ../nbs/20_mask_sources.ipynb #c020
 def write_mask(mask,  # (H, W) bool
                path): # destination PNG
     "Write a binary mask as an L-mode 0/255 PNG, atomically; return the path."
     with atomic_path(path) as tmp: Image.fromarray(np.asarray(mask, np.uint8) * 255, 'L').save(tmp, format='PNG')
     return Path(path)
 
-# %% ../nbs/20_mask_sources.ipynb #c022
+# %% ../nbs/20_mask_sources.ipynb #c024
 def short_hash(text):  # any value; its `str` is hashed
     "First 8 hex digits of the SHA-1 of `str(text)`: short, stable folder and file names."
     return hashlib.sha1(str(text).encode()).hexdigest()[:8]
@@ -102,7 +129,7 @@ def _relative(path, root):  # a file; a folder it may lie under (or None)
     try: return Path(path).relative_to(root).as_posix() if root is not None else None
     except ValueError: return None
 
-# %% ../nbs/20_mask_sources.ipynb #c024
+# %% ../nbs/20_mask_sources.ipynb #c026
 def sample_key(sample,     # a `har_kit.data.Sample`
                root=None): # the dataset root its image path is taken relative to
     "Stable file stem of a sample's mask: its image path under `root`, plus the target (`meta['target']`) or box."
@@ -115,7 +142,7 @@ def sample_key(sample,     # a `har_kit.data.Sample`
     if sample.box is not None: return stem + '__box' + '_'.join(f'{float(v):g}' for v in sample.box)
     return stem
 
-# %% ../nbs/20_mask_sources.ipynb #c025
+# %% ../nbs/20_mask_sources.ipynb #c027
 def target_of(sample,     # a `har_kit.data.Sample`
               root=None): # the dataset root (for samples a reader did not make)
     "(image name in its image folder, target index) of a sample: the arguments of `har_kit.formats.mask_path`."
@@ -124,10 +151,10 @@ def target_of(sample,     # a `har_kit.data.Sample`
     name = meta.get('file_name') or _relative(p, root) or f'_ext/{short_hash(p.parent.resolve())}/{p.name}'
     return str(name), int(meta.get('target', meta.get('target_index', 0)) or 0)
 
-# %% ../nbs/20_mask_sources.ipynb #c029
+# %% ../nbs/20_mask_sources.ipynb #c031
 def _where(img, key): return f'{img} (mask {key})'
 
-# %% ../nbs/20_mask_sources.ipynb #c030
+# %% ../nbs/20_mask_sources.ipynb #c032
 class MaskSource:
     "Interface of a mask source: `key` names its cache folder; `source(jobs)` gives one `TargetMask` per target."
     name = 'source'
@@ -150,7 +177,7 @@ class MaskSource:
                         for key, s in items])
         return out
 
-# %% ../nbs/20_mask_sources.ipynb #c031
+# %% ../nbs/20_mask_sources.ipynb #c033
 class BoxSource(MaskSource):
     "Source `box` (alias `none`): the target's box itself (the whole image for an unboxed pedestrian crop)."
     name = 'box'
@@ -158,7 +185,7 @@ class BoxSource(MaskSource):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
                                TargetMask(box_mask(box, size), clipped=clipped))
 
-# %% ../nbs/20_mask_sources.ipynb #c032
+# %% ../nbs/20_mask_sources.ipynb #c034
 class RendererSource(MaskSource):
     "Source `renderer`: the synthetic generator's ground-truth person mask (`Sample.mask`), cropped to the box."
     name = 'renderer'
@@ -172,7 +199,7 @@ class RendererSource(MaskSource):
         return self.per_target(jobs, lambda img, size, key, s, box, clipped, n:
                                TargetMask(read_mask(s.mask, size) & box_mask(box, size), clipped=clipped, read=(s.mask,)))
 
-# %% ../nbs/20_mask_sources.ipynb #c037
+# %% ../nbs/20_mask_sources.ipynb #c039
 class DirectorySource(MaskSource):
     "Source `directory`: PNG masks the user already has, one per target, named by `sample_key` (or image stem)."
     name = 'directory'
@@ -192,7 +219,7 @@ class DirectorySource(MaskSource):
         cands += [self.directory/f'{key}.png'] + ([self.directory/f'{stem}.png', self.directory/f'{Path(stem).name}.png'] if single else [])
         return next((c for c in cands if c.exists()), None)
 
-# %% ../nbs/20_mask_sources.ipynb #c038
+# %% ../nbs/20_mask_sources.ipynb #c040
 @patch
 def reads(self:DirectorySource, items):  # the (key, Sample) pairs whose cached masks are being checked
     "{key: [the PNG `path` finds now]}: a PNG added since in a layout that comes first (`path`'s order) makes the cached mask stale."
@@ -200,7 +227,7 @@ def reads(self:DirectorySource, items):  # the (key, Sample) pairs whose cached 
     for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
     return {k: [p] if (p := self.path(k, per_image[s.image] == 1, s)) is not None else [] for k, s in items}
 
-# %% ../nbs/20_mask_sources.ipynb #c039
+# %% ../nbs/20_mask_sources.ipynb #c041
 @patch
 def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
     "Every target has its PNG (`reads`), or a `KitError` listing how many do not, before any work."
@@ -220,11 +247,11 @@ def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
         if len(same) > 1: raise KitError(f'{p}: images {same[0]} and {same[1]} both have the stem {p.stem!r}, so this PNG cannot say '
                                          'whose mask it is; name the masks <sample key>.png (see har_kit.mask_sources.sample_key)')
 
-# %% ../nbs/20_mask_sources.ipynb #c040
+# %% ../nbs/20_mask_sources.ipynb #c042
 @patch
 def __call__(self:DirectorySource, jobs): return self.per_target(jobs, self._target_mask)
 
-# %% ../nbs/20_mask_sources.ipynb #c041
+# %% ../nbs/20_mask_sources.ipynb #c043
 @patch
 def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # as `MaskSource.per_target` passes them
     "A user's PNG for one target: image-sized, or box-sized and pasted into the box; any other size is an error."
@@ -239,7 +266,7 @@ def _target_mask(self:DirectorySource, img, size, key, s, box, clipped, n):  # a
                        f'{size[1]}x{size[0]} and the target box {bw}x{bh}; write masks at either size')
     return TargetMask(m & box_mask(box, size), clipped=clipped, note=note, read=(path,))
 
-# %% ../nbs/20_mask_sources.ipynb #c045
+# %% ../nbs/20_mask_sources.ipynb #c047
 PERSON = 1  # COCO category id of "person" in torchvision's detection models
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
 
@@ -253,16 +280,16 @@ def check_maskrcnn_weights(weights,                       # None, a torchvision 
                        '.pth state-dict file, or None (random weights)')
 
 class MaskRCNNSource(MaskSource):
-    "Source `maskrcnn`: torchvision Mask R-CNN (COCO) person instances, matched to the target by `select_target`."
+    "Source `maskrcnn`: torchvision Mask R-CNN (COCO) person instances, matched to the targets one-to-one by `select_targets`."
     name = 'maskrcnn'
     def __init__(self,
                  weights='DEFAULT',             # torchvision weights ('DEFAULT', 'COCO_V1'), a state-dict file, or None (random)
                  device='cpu',                  # 'cpu', 'cuda', 'auto'
                  arch='maskrcnn_resnet50_fpn',  # or 'maskrcnn_resnet50_fpn_v2'
                  score_thresh=0.5,              # least detection score of a person instance
-                 min_iou=0.3,                   # `select_target`: least box IoU with the target box
-                 min_inside=0.5,                # `select_target`: least fraction of the mask inside the target box
-                 mask_thresh=0.5,               # `select_target`: binarization threshold on mask probabilities
+                 min_iou=0.3,                   # `select_targets`: least box IoU with the target box
+                 min_inside=0.5,                # `select_targets`: least fraction of the mask inside the target box
+                 mask_thresh=0.5,               # `select_targets`: binarization threshold on mask probabilities
                  seed=0,                        # seed for building a random (weights=None) model
                  **model_kw):                   # to torchvision's builder, e.g. min_size=128
         if arch not in MASKRCNN_ARCHS: raise KitError(f"arch={arch!r}: choose one of {', '.join(MASKRCNN_ARCHS)}")
@@ -280,7 +307,8 @@ class MaskRCNNSource(MaskSource):
     @property
     def key(self):
         spec = dict(arch=self.arch, weights=str(self.weights), seed=self.seed if self.weights is None else None,
-                    score=self.score_thresh, **self.select_kw, **self.model_kw)
+                    score=self.score_thresh, **self.select_kw, **self.model_kw,
+                    match='one-to-one')   # `select_targets`' rule: masks matched per target alone (one detection could serve two) are remade
         w = f'file{short_hash(Path(self.weights).resolve())}' if self._weights_file() else (self.weights or 'random')
         return f'maskrcnn-{w}-{short_hash(json.dumps(spec, sort_keys=True))}'
     def _weights_file(self):
@@ -290,7 +318,7 @@ class MaskRCNNSource(MaskSource):
         if not Path(w).is_file(): raise KitError(f'weights={str(w)!r}: no such file; pass the Mask R-CNN state-dict file you downloaded')
         return Path(w)
 
-# %% ../nbs/20_mask_sources.ipynb #c048
+# %% ../nbs/20_mask_sources.ipynb #c050
 @patch
 def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while fetching the weights
     "The `KitError` for weights that could not be fetched: what happened and what to do instead."
@@ -300,7 +328,7 @@ def _offline(self:MaskRCNNSource, e):  # the exception torchvision raised while 
                     f'download {url} on another machine and pass its path as the weights (har-kit masks --weights FILE, '
                     "21_masks maskrcnn_weights=FILE), or use another source (--source box, renderer or directory)")
 
-# %% ../nbs/20_mask_sources.ipynb #c049
+# %% ../nbs/20_mask_sources.ipynb #c051
 @patch
 def build(self:MaskRCNNSource):
     "Build (once) the torchvision model in eval mode on the source's device; weights from torchvision or a file."
@@ -316,7 +344,7 @@ def build(self:MaskRCNNSource):
     self.model = net.eval().to(self.device)
     return self.model
 
-# %% ../nbs/20_mask_sources.ipynb #c050
+# %% ../nbs/20_mask_sources.ipynb #c052
 @patch
 @torch.inference_mode()
 def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
@@ -329,7 +357,7 @@ def detect(self:MaskRCNNSource, images):  # list of uint8 (H, W, 3) arrays
         res.append((o['boxes'][keep].cpu().numpy(), o['masks'][keep, 0].float().cpu().numpy()))
     return res
 
-# %% ../nbs/20_mask_sources.ipynb #c051
+# %% ../nbs/20_mask_sources.ipynb #c053
 @patch
 def __call__(self:MaskRCNNSource, jobs):
     images = [load_rgb(img) for img, _ in jobs]
@@ -337,10 +365,11 @@ def __call__(self:MaskRCNNSource, jobs):
     file = self._weights_file()   # a weights file is an input of every mask: replaced in place, the masks are remade
     for (img, items), im, (boxes, masks) in zip(jobs, images, self.detect(images)):
         out.append([dataclasses.replace(tm, read=(*tm.read, file)) if file else tm
-                    for tm in (select_target(s.box, im.shape[:2], boxes, masks, where=_where(img, key), **self.select_kw) for key, s in items)])
+                    for tm in select_targets([s.box for _, s in items], im.shape[:2], boxes, masks,
+                                             where=[_where(img, key) for key, _ in items], **self.select_kw)])
     return out
 
-# %% ../nbs/20_mask_sources.ipynb #c053
+# %% ../nbs/20_mask_sources.ipynb #c055
 MASK_SOURCES = {'box': BoxSource, 'none': BoxSource, 'renderer': RendererSource, 'directory': DirectorySource,
                 'maskrcnn': MaskRCNNSource}
 

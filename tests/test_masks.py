@@ -484,3 +484,31 @@ def test_a_directory_mask_of_a_two_target_image_is_remade_once_and_never_from_th
     with pytest.raises(KitError, match='no mask PNG for 1 of 2'): run()   # two targets: the stem names neither, as a fresh run says
     write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{sample_key(s, wider.root)}.png')
     assert (run()['computed'], run()['computed']) == (1, 0)   # made again once from its own PNG, then taken from the cache
+
+
+class _OnlyB(MaskRCNNSource):
+    "Mask R-CNN with no model run: of two people side by side, only the right one (person B, x=50..130) is detected."
+    def detect(self, images):
+        m = np.zeros((1, *images[0].shape[:2]), np.float32); m[:, :, 50:130] = 1
+        return [(np.array([[50, 0, 130, 200]], np.float32), m) for _ in images]
+
+
+def test_one_detection_is_given_to_one_target_of_the_image(tmp_path):
+    "Targets A and B overlap, only B was detected: B gets the detection; A, which it would also match alone, gets its box and a reason."
+    from har_kit.data import Sample
+    img = tmp_path/'scene.jpg'; Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(img)
+    a, b = (Sample(img, np.zeros(2, np.int8), 'train', box, meta={'target': t}) for t, box in enumerate([(0, 0, 100, 200), (50, 0, 80, 200)]))
+    src = _OnlyB(weights=None, min_size=32)
+    (ta, tb), = src([(img, [('a', a), ('b', b)])])
+    assert (ta.det, tb.det) == (None, 0)
+    assert ta.mask.sum() == 100 * 200 and 'went to other targets' in ta.reason     # A: its box, and why
+    assert tb.mask.sum() == 80 * 200 and tb.reason is None
+    (tb2, ta2), = src([(img, [('b', b), ('a', a)])])                                # whatever the targets' order
+    assert (ta2.det, tb2.det) == (None, 0)
+    # two people both detected: each keeps its own, though B's detection matches A's box too
+    class _Both(MaskRCNNSource):
+        def detect(self, images):
+            m = np.zeros((2, 200, 200), np.float32); m[0, :, 0:100] = 1; m[1, :, 50:130] = 1
+            return [(np.array([[0, 0, 100, 200], [50, 0, 130, 200]], np.float32), m)]
+    (ta, tb), = _Both(weights=None, min_size=32)([(img, [('a', a), ('b', b)])])
+    assert (ta.det, tb.det) == (0, 1) and ta.reason is tb.reason is None
