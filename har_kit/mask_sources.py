@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_mask_sources.ipynb #c003
 from __future__ import annotations
-import dataclasses, hashlib, json
+import dataclasses, hashlib, json, numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,10 +295,15 @@ class MaskRCNNSource(MaskSource):
         if arch not in MASKRCNN_ARCHS: raise KitError(f"arch={arch!r}: choose one of {', '.join(MASKRCNN_ARCHS)}")
         check_maskrcnn_weights(weights, arch)
         self.weights, self.device, self.arch, self.seed, self.model_kw = weights, get_device(device), arch, seed, model_kw
-        self.select_kw = dict(min_iou=min_iou, min_inside=min_inside, mask_thresh=mask_thresh)
         self.score_thresh, self.model = score_thresh, None
         if isinstance(score_thresh, bool) or not isinstance(score_thresh, (int, float)) or not 0 <= score_thresh <= 1:
             raise KitError(f'score_thresh={score_thresh!r} (--score-thresh): the least person detection score, a number in [0, 1] (e.g. 0.5)')
+        for k, v, what, eg in (('min_iou', min_iou, 'the least box IoU of a detection with the target box', 0.3),
+                               ('min_inside', min_inside, "the least fraction of a detection's mask inside the target box", 0.5),
+                               ('mask_thresh', mask_thresh, "the threshold on Mask R-CNN's mask probabilities", 0.5)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:   # NaN fails 0 <= v; refused before the detector runs
+                raise KitError(f'{k}={v!r}: {what} (`select_targets`), a number in [0, 1] (e.g. {eg})')
+        self.select_kw = dict(min_iou=float(min_iou), min_inside=float(min_inside), mask_thresh=float(mask_thresh))   # JSON-able in the key
         for k in ('min_size', 'max_size'):   # torchvision's resize of every image (min_size may list sizes): 0 or below gives no image
             v = model_kw.get(k)
             if v is not None and not all(not isinstance(x, bool) and isinstance(x, int) and x >= 1 for x in (v if isinstance(v, (tuple, list)) and v else [v])):

@@ -512,3 +512,11 @@ def test_one_detection_is_given_to_one_target_of_the_image(tmp_path):
             return [(np.array([[0, 0, 100, 200], [50, 0, 130, 200]], np.float32), m)]
     (ta, tb), = _Both(weights=None, min_size=32)([(img, [('a', a), ('b', b)])])
     assert (ta.det, tb.det) == (0, 1) and ta.reason is tb.reason is None
+
+
+@pytest.mark.parametrize('name', ['min_iou', 'min_inside', 'mask_thresh'])
+@pytest.mark.parametrize('bad', ['0.5', 2, -0.1, float('nan'), True, None])
+def test_maskrcnn_match_numbers_are_checked_when_the_source_is_made(name, bad):
+    "A string (a raw numpy error after the detector ran) or min_iou=2 (every mask silently the box) is refused, naming the parameter."
+    with pytest.raises(KitError, match=f'{name}=.*a number in \\[0, 1\\]'): MaskRCNNSource(weights=None, **{name: bad})
+    MaskRCNNSource(weights=None, **{name: 0}); MaskRCNNSource(weights=None, **{name: np.float32(1)})   # the ends, a numpy number
