@@ -166,6 +166,20 @@ class MaskSource:
         "{key: [files]}: what each target's mask would be made from now besides its image, or None where only making it tells (the base); `make_masks` remakes a cached mask whose recorded files differ."
         return None
     def __call__(self, jobs): raise NotImplementedError(f'{type(self).__name__} must implement __call__(jobs)')
+    image_targets = None   # {image path: its targets in the whole dataset}, set by `count_targets`; None: counted over the targets passed
+    def count_targets(self,
+                      samples,    # every sample of the dataset (`AttributeData.samples`), not only those masks are made for
+                      root=None): # the dataset root (`target_of`)
+        "Count each image's targets over the whole dataset (`make_masks` does, first): whether an image has a single target (`directory`'s `<image stem>.png`) never depends on which targets a call makes."
+        per = {}
+        for s in samples: per.setdefault(Path(s.image), set()).add(target_of(s, root))
+        self.image_targets = {p: len(t) for p, t in per.items()}
+        return self
+    def n_targets(self,
+                  image,   # an image path
+                  passed): # how many of its targets this call passed
+        "How many targets `image` has: over the whole dataset where `count_targets` saw it, else over those passed."
+        return max(passed, (self.image_targets or {}).get(Path(image), 0))
     def per_target(self,
                    jobs,         # [(image path, [(key, Sample), ...]), ...]
                    target_mask): # (img, size, key, sample, box, clipped, n_targets) -> TargetMask
@@ -173,7 +187,7 @@ class MaskSource:
         out = []
         for img, items in jobs:
             size = image_size(img)
-            out.append([target_mask(img, size, key, s, *clip_box(s.box, size, _where(img, key)), len(items))
+            out.append([target_mask(img, size, key, s, *clip_box(s.box, size, _where(img, key)), self.n_targets(img, len(items)))
                         for key, s in items])
         return out
 
@@ -225,7 +239,7 @@ def reads(self:DirectorySource, items):  # the (key, Sample) pairs whose cached 
     "{key: [the PNG `path` finds now]}: a PNG added since in a layout that comes first (`path`'s order) makes the cached mask stale."
     per_image = {}
     for k, s in items: per_image[s.image] = per_image.get(s.image, 0) + 1
-    return {k: [p] if (p := self.path(k, per_image[s.image] == 1, s)) is not None else [] for k, s in items}
+    return {k: [p] if (p := self.path(k, self.n_targets(s.image, per_image[s.image]) == 1, s)) is not None else [] for k, s in items}
 
 # %% ../nbs/20_mask_sources.ipynb #c041
 @patch
@@ -243,7 +257,8 @@ def check(self:DirectorySource, items):  # the (key, Sample) pairs to be made
                           f'{mask_path(self.directory, *target_of(laid)).relative_to(self.directory)})' if laid else ''))
     # a PNG named after the image's stem alone is that image's only where no other image has the same stem
     for p in {found[k] for k, s in items if found[k] == self.directory/f'{Path(s.image).stem}.png'}:
-        same = sorted({Path(s.image) for _, s in items if Path(s.image).stem == p.stem})
+        same = sorted({Path(s.image) for _, s in items if Path(s.image).stem == p.stem}     # the dataset's other images too,
+                      | {q for q in self.image_targets or {} if q.stem == p.stem})            # made in this call or not
         if len(same) > 1: raise KitError(f'{p}: images {same[0]} and {same[1]} both have the stem {p.stem!r}, so this PNG cannot say '
                                          'whose mask it is; name the masks <sample key>.png (see har_kit.mask_sources.sample_key)')
 

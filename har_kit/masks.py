@@ -185,6 +185,7 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
                             'named after its image without the suffix): rename one of them, or move it to a folder of its own')
     log, recs = out/MASK_LOG, read_mask_log(out)
     rec_of = lambda i: recs.get(mask_path(out, *rels[i]).relative_to(out).as_posix())
+    src.count_targets(samples, data.root)   # each image's targets over the whole dataset, not only `indices` (the directory's stem PNG)
     reads = src.reads([(keys[i], samples[i]) for i in first.values()]) or {}   # what the source would make each mask from now
     def _same_reads(i, r):  # the files a cached mask was made from, besides its image, are the ones the source would read now
         if keys[i] not in reads: return True

@@ -520,3 +520,28 @@ def test_maskrcnn_match_numbers_are_checked_when_the_source_is_made(name, bad):
     "A string (a raw numpy error after the detector ran) or min_iou=2 (every mask silently the box) is refused, naming the parameter."
     with pytest.raises(KitError, match=f'{name}=.*a number in \\[0, 1\\]'): MaskRCNNSource(weights=None, **{name: bad})
     MaskRCNNSource(weights=None, **{name: 0}); MaskRCNNSource(weights=None, **{name: np.float32(1)})   # the ends, a numpy number
+
+
+def test_a_stem_png_is_refused_for_one_target_of_a_two_target_image_made_alone(wider, tmp_path):
+    "Whether an image has one target is counted over the whole dataset: `indices` naming one of its two targets does not make it single."
+    s = next(s for s in wider.samples if s.meta.get('target') == 1)
+    idx = [i for i, t in enumerate(wider.samples) if t.image == s.image]
+    assert len(idx) == 2
+    user = tmp_path/'user'
+    write_mask(np.ones(Image.open(s.image).size[::-1], bool), user/f'{Path(s.image).stem}.png')   # named after its image alone
+    for i in idx:
+        with pytest.raises(KitError, match='no mask PNG for 1 of 1'):
+            make_masks(wider, 'directory', directory=user, mask_root=tmp_path/'out', indices=[i], progress=False)
+    with pytest.raises(KitError, match='no mask PNG for 2 of 2'):
+        make_masks(wider, 'directory', directory=user, mask_root=tmp_path/'out', indices=idx, progress=False)
+
+
+def test_a_stem_png_is_ambiguous_when_an_image_not_made_in_this_call_has_the_stem(tmp_path):
+    "a/x.jpg and b/x.jpg in the dataset, only a's target made: x.png still cannot say whose mask it is."
+    from har_kit.data import AttributeData, Sample
+    a, b = (Sample(tmp_path/'data'/d/'x.jpg', np.zeros(2, np.int8), 'train') for d in 'ab')
+    for s in (a, b): s.image.parent.mkdir(parents=True); Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(s.image)
+    write_mask(np.ones((8, 8), bool), tmp_path/'user'/'x.png')
+    data = AttributeData('csv', tmp_path/'data', ['p', 'q'], [a, b])
+    with pytest.raises(KitError, match="both have the stem 'x'"):
+        make_masks(data, 'directory', directory=tmp_path/'user', mask_root=tmp_path/'out', indices=[0], progress=False)
