@@ -116,10 +116,18 @@ def mixed_loss(logits,                        # (N, C) logits
 
 # %% ../nbs/04_losses.ipynb #c027
 def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
-              mask):                          # (N, 1, H, W) pseudo person mask in [0, 1]
+              mask):                          # (N, 1, H, W) or (N, H, W) pseudo person mask: floats in [0, 1] (or bools)
     "BCE between a mask branch and the person mask, area-averaged to the branch's resolution."
+    if not (mask.dtype.is_floating_point or mask.dtype == torch.bool):   # the dtype, not the values: no host sync in the step
+        raise KitError(f"batch['mask'] is {mask.dtype}: masks are floats in [0, 1]; divide a 0..255 mask by 255 "
+                       '(mask.float() / 255, as the loaders do), or make a 0/1 one float')
     if mask.dim() == 3: mask = mask.unsqueeze(1)
     if mask.dim() != 4 or mask.shape[1] != 1:
         raise KitError(f"batch['mask'] must be (N, 1, H, W) with values in [0, 1], got shape {tuple(mask.shape)}")
+    if mask_logits.dim() != 4 or mask_logits.shape[1] != 1:
+        raise KitError(f'mask_logits must be (N, 1, h, w), one map per image, got shape {tuple(mask_logits.shape)}')
+    if mask.shape[0] != mask_logits.shape[0]:
+        raise KitError(f"batch['mask'] holds {mask.shape[0]} masks for {mask_logits.shape[0]} images (mask_logits "
+                       f'{tuple(mask_logits.shape)}): one mask per image of the batch, in its order')
     target = F.adaptive_avg_pool2d(mask.to(mask_logits.dtype), mask_logits.shape[-2:]).clamp(0, 1)
     return F.binary_cross_entropy_with_logits(mask_logits, target)

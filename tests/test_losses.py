@@ -63,3 +63,16 @@ def test_mask_loss_area_averages_the_mask_to_the_branch():
     target = torch.tensor([[[[0.25, 0.0], [0.0, 0.0]]]])
     want = -(target * torch.log(torch.sigmoid(logits)) + (1 - target) * torch.log(1 - torch.sigmoid(logits))).mean()
     torch.testing.assert_close(mask_loss(logits, m), want)
+
+
+def test_mask_loss_refuses_another_batch_of_masks_and_integer_masks():
+    "Masks of another N than the logits (a raw ValueError) and a 0..255 uint8 mask (silently clamped to 0/1) are KitErrors."
+    logits, m = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 8, 8)
+    with pytest.raises(KitError, match='holds 3 masks for 2 images'): mask_loss(logits, torch.zeros(3, 1, 8, 8))
+    with pytest.raises(KitError, match='holds 3 masks for 2 images'): mask_loss(logits, torch.zeros(3, 8, 8))   # (N, H, W) too
+    with pytest.raises(KitError, match='mask_logits must be'): mask_loss(torch.zeros(2, 3, 2, 2), m)
+    for dt in (torch.uint8, torch.int64):
+        with pytest.raises(KitError, match='floats in \\[0, 1\\].*divide a 0..255 mask by 255'): mask_loss(logits, (m * 255).to(dt))
+    m[..., :4, :] = 1
+    assert float(mask_loss(logits, m.bool())) == pytest.approx(float(mask_loss(logits, m)))   # bools are 0/1 floats
+    assert mask_loss(logits, m[:, 0]).shape == ()   # spatial handling as before: any H, W, (N, H, W) accepted
