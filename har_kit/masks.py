@@ -88,9 +88,11 @@ def mask_cache_dir(data,            # `AttributeData` (uses `.name` and `.root`)
 # %% ../nbs/21_masks.ipynb #c016
 def _append_log(path, recs):  # `log.jsonl`; the records to append
     "Append records as JSON lines, starting on a fresh line if an earlier write was cut; fsync."
-    head = '\n' if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b'\n') else ''
-    with open(path, 'a') as f:
-        f.write(head + ''.join(json.dumps(r) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
+    with open(path, 'a+b') as f:   # appends go to the end whatever the position: only the last byte is read (WIDER's log: ~57k lines)
+        end = f.seek(0, os.SEEK_END)
+        if end: f.seek(end - 1)
+        head = b'\n' if end and f.read(1) != b'\n' else b''
+        f.write(head + ''.join(json.dumps(r) + '\n' for r in recs).encode()); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/21_masks.ipynb #c018
 def _mask_root(data, src, mask_root, cache_dir):  # dataset; source; the caller's mask_root and cache_dir

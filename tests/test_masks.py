@@ -545,3 +545,18 @@ def test_a_stem_png_is_ambiguous_when_an_image_not_made_in_this_call_has_the_ste
     data = AttributeData('csv', tmp_path/'data', ['p', 'q'], [a, b])
     with pytest.raises(KitError, match="both have the stem 'x'"):
         make_masks(data, 'directory', directory=tmp_path/'user', mask_root=tmp_path/'out', indices=[0], progress=False)
+
+
+def test_the_log_is_appended_reading_only_its_last_byte(tmp_path, monkeypatch):
+    "Each batch's append reads the last byte of log.jsonl with a seek, not the whole file (O(n^2) over WIDER); a cut last line is still repaired."
+    from har_kit.formats import MASK_LOG, read_mask_log
+    from har_kit.masks import _append_log
+    log = tmp_path/MASK_LOG
+    def whole(*a, **k): raise AssertionError('the whole log was read to append to it')
+    monkeypatch.setattr(Path, 'read_bytes', whole); monkeypatch.setattr(Path, 'read_text', whole)
+    _append_log(log, [dict(key='a', source='box')])                                 # a new log
+    with open(log, 'a') as f: f.write('{"key": "b", "sou')                         # a write cut by an interruption
+    _append_log(log, [dict(key='c', source='box')]); _append_log(log, [])
+    monkeypatch.undo()
+    assert log.read_text().splitlines() == ['{"key": "a", "source": "box"}', '{"key": "b", "sou', '{"key": "c", "source": "box"}']
+    assert sorted(read_mask_log(tmp_path)) == ['a', 'c']
