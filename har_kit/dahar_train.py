@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_dahar.ipynb #c002
 from __future__ import annotations
-import dataclasses, shlex
+import dataclasses, math, shlex
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from .synth import check_profile
 from .distributed import setup_device
 from .engine import TrainConfig, predict
 from .formats import dataset_kind
-from .loading import IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_sizes, dahar_transforms, make_loader
+from .loading import DAHAR_INPUT, IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_sizes, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .pipeline import cached_loader, check_pipeline, dahar_batches
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metric_labels, metrics_by_distraction, metrics_entry, target_mass
@@ -26,8 +26,8 @@ from .model_file import Recipe, RunConfig
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0
-__all__ = ['dahar_train_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'DaHarRecipe', 'dahar_maps', 'predict_masks',
-           'plot_fig5']
+__all__ = ['DAHAR_MIN_INPUT', 'dahar_train_config', 'DaHarConfig', 'dahar_loaders', 'mask_loader', 'DaHarRecipe', 'dahar_maps',
+           'predict_masks', 'plot_fig5']
 
 # %% ../nbs/31_dahar.ipynb #c006
 def dahar_train_config(epochs: int = 30,             # training epochs (not given in the paper)
@@ -43,6 +43,8 @@ def dahar_train_config(epochs: int = 30,             # training epochs (not give
                        scheduler='step', step_size=lr_step, gamma=gamma, **kwargs)
 
 # %% ../nbs/31_dahar.ipynb #c010
+DAHAR_MIN_INPUT = 32   # least network input height in pixels after `scale` (the pedestrian sets' width: half of it)
+
 @dataclasses.dataclass
 class DaHarConfig(RunConfig):
     "One Da-HAR run's parameters as one value: the notebook's `parameters` cell (same names, same defaults), checked."
@@ -96,9 +98,20 @@ class DaHarConfig(RunConfig):
         if self.bench: check_arch(self.bench_arch, None)   # the benchmark runs after training: a bad name stops it now
         if self.data_root is None: check_profile(self.profile)
         self.check_values()   # then the parameters' ranges (`RunConfig`), after the messages that say more
+        self.check_input_size()
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits, self.eval_split)
         if self.weights is not None: self.weights = str(self.weights)   # JSON-able (a torchvision enum -> its name)
         self.train_config()   # the optimizer and its rates, checked now
+
+    def check_input_size(self):
+        "Refuse a `scale` whose network input is under `DAHAR_MIN_INPUT` px high (`DAHAR_MIN_INPUT / aspect` wide): the backbone's stages would see a few pixels."
+        aspect = dataset_kind(self.dataset).aspect
+        h, w = dahar_sizes(aspect, self.scale)[1]
+        if h < DAHAR_MIN_INPUT or w < DAHAR_MIN_INPUT / aspect:
+            least = DAHAR_MIN_INPUT / DAHAR_INPUT
+            raise KitError(f'scale={self.scale!r}: the network input would be {h} x {w} px (the paper\'s {DAHAR_INPUT} x '
+                           f'{DAHAR_INPUT // aspect} times scale); Da-HAR trains on inputs at least {DAHAR_MIN_INPUT} px high '
+                           f'({DAHAR_MIN_INPUT} x {DAHAR_MIN_INPUT // aspect}): pass scale >= {math.ceil(least * 1000) / 1000} (the quick profile: 0.1875)')
 
     def train_config(self, **kwargs):  # TrainConfig fields to override (e.g. progress=True)
         "The engine's `TrainConfig`: the paper's optimisation (`dahar_train_config`) with this run's values."

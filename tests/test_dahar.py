@@ -236,3 +236,11 @@ def test_the_distraction_bins_read_unspecified_labels_as_the_full_metric_does():
         cfg = SimpleNamespace(eval_split='test', ignore_unspecified=ignore)
         got = _by_distraction(None, data, cfg, full)['by_distractors']['0']['mA']
         assert got == pytest.approx(dataset_metric('rap', ignore)(full['scores'], full['labels'])['mA'])
+
+
+@pytest.mark.parametrize('dataset, scale, size', [('wider', 0.01, '2 x 2'), ('wider', 0.1, '22 x 22'), ('rap', 0.1, '22 x 11'),
+                                                  ('pa100k', 0.14, '31 x 16')])
+def test_a_scale_giving_a_tiny_input_is_refused_naming_scale_and_the_size(dataset, scale, size):
+    "scale=0.01 trained a 2 x 2 input without a word: an input under 32 px high (16 wide on the pedestrian sets) is a KitError."
+    with pytest.raises(KitError, match=f'scale={scale}: the network input would be {size} px'): DaHarConfig(dataset=dataset, scale=scale)
+    DaHarConfig(dataset=dataset, scale=0.1875); DaHarConfig(dataset=dataset, scale=0.143)   # the quick profile (RAP: 42 x 21); the least
