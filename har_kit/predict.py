@@ -289,7 +289,7 @@ class Predictor:
         dec = apply_threshold(probs, self.thresholds, '>=')
         return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
                      predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
-                     probabilities={a: round(float(v), 6) for a, v in zip(self.attributes, pr)})
+                     probabilities={a: float(v) for a, v in zip(self.attributes, pr)})   # in full: the decisions follow from them
                 for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
 
 # %% ../nbs/81_predict.ipynb #c023
@@ -303,7 +303,7 @@ def write_predictions(records,          # `Predictor.predict` output
                 thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names,
                 threads=predictor.scored_threads)   # torch's intra-op threads while scoring (last digits depend on it)
     doc = json.dumps(to_jsonable(dict(**meta, images=records), 'predictions.json'), indent=2) + '\n'   # checked before any file
-    rows = [['image', 'predicted', *names]] + [[r['image'], ';'.join(r['predicted']), *(f"{r['probabilities'][a]:.6f}" for a in names)]
+    rows = [['image', 'predicted', *names]] + [[r['image'], ';'.join(r['predicted']), *(repr(float(r['probabilities'][a])) for a in names)]
                                                for r in records]
     # a file name that is not UTF-8 (bytes a POSIX file system allows) keeps its bytes in the CSV; JSON escapes it
     with atomic_paths([out_dir/'predictions.csv', out_dir/'predictions.json']) as (tc, tj):   # both synced, then renamed together

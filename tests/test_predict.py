@@ -1,5 +1,5 @@
 "Model file (save_model / load_model), Predictor, explain and export."
-import json, os, re
+import csv, json, os, re
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +287,20 @@ def test_sixteen_bit_png_is_not_white(tmp_path):
     Image.fromarray(a).save(tmp_path/'g16.png')
     g = read_image(tmp_path/'g16.png')
     assert g.dtype == np.uint8 and g.shape == (20, 30, 3) and g.min() == 0 and g.max() == 255 and 100 < g.mean() < 155
+
+
+def test_the_written_probabilities_give_the_written_predictions(tmp_path, images):
+    "Thresholds at an image's own probabilities (every attribute on its threshold): the files' numbers, read back, clear them all."
+    net, b, kw = _dahar()
+    p = Predictor(_save(tmp_path/'m0.pt', net, b, kw), threshold=0.5).probabilities([images/'a.png'])[0]
+    f = _save(tmp_path/'m.pt', net, b, kw, thresholds=[float(v) for v in p])
+    out = tmp_path/'out'
+    assert cli([str(f), str(images/'a.png'), '--threshold', 'val', '--out', str(out), '--quiet']) == 0
+    row = next(csv.DictReader((out/'predictions.csv').open()))
+    th = json.loads((out/'predictions.json').read_text())['thresholds']
+    assert set(row['predicted'].split(';')) == set(NAMES) == {a for a in NAMES if float(row[a]) >= th[a]}
+    rec = json.loads((out/'predictions.json').read_text())['images'][0]
+    assert all(rec['probabilities'][a] >= th[a] for a in NAMES)
 
 
 def test_cli_writes_csv_json_and_explain(tmp_path, images, model_file, capsys):
