@@ -429,14 +429,24 @@ def test_an_empty_scoring_loader_is_refused_before_training(tmp_path):
     with pytest.raises(KitError, match='predict: the DataLoader yielded no batches'): predict(Net(), empty)
 
 
-def test_the_largest_seed_seeds_every_rank(tmp_path, monkeypatch):
+def _rank_seed_of(tmp_path, monkeypatch, seed, rank):  # the global seed `fit` gives a process of this rank
     import har_kit.engine as E
     class Seeded(Exception): pass
-    def seed(s): raise Seeded(s)   # the rest of a second rank's start needs its process group
-    monkeypatch.setattr(E, 'rank_world', lambda: (1, 2))
-    monkeypatch.setattr(E, 'seed_everything', seed)
-    with pytest.raises(Seeded) as e: fit(Net(), bce, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu', seed=2**32 - 1), tmp_path)
-    assert e.value.args == (0,)   # (2**32 - 1 + rank 1) mod 2**32, a seed numpy takes
+    def seeded(s): raise Seeded(s)   # the rest of a second rank's start needs its process group
+    monkeypatch.setattr(E, 'rank_world', lambda: (rank, 2))
+    monkeypatch.setattr(E, 'seed_everything', seeded)
+    with pytest.raises(Seeded) as e: fit(Net(), bce, TRAIN, TrainConfig(epochs=1, progress=False, device='cpu', seed=seed), tmp_path)
+    return e.value.args[0]
+
+
+def test_the_largest_seed_seeds_every_rank(tmp_path, monkeypatch):
+    assert 0 <= _rank_seed_of(tmp_path, monkeypatch, 2**32 - 1, 1) < 2**32   # a seed numpy takes
+
+
+def test_ranks_of_neighbouring_seeds_draw_apart(tmp_path, monkeypatch):
+    "Rank 1 of seed 0 is not rank 0 of seed 1 (`seed + rank` made them one): two seeds of a multi-GPU cell share no draws."
+    assert _rank_seed_of(tmp_path, monkeypatch, 0, 0) == 0 and _rank_seed_of(tmp_path, monkeypatch, 1, 0) == 1   # one process: as before
+    assert _rank_seed_of(tmp_path, monkeypatch, 0, 1) not in range(1000)
 
 
 def test_checkpoints_and_model_files_are_on_disk_before_their_rename(tmp_path, monkeypatch):
