@@ -167,6 +167,7 @@ class MaskSource:
         return None
     def __call__(self, jobs): raise NotImplementedError(f'{type(self).__name__} must implement __call__(jobs)')
     image_targets = None   # {image path: its targets in the whole dataset}, set by `count_targets`; None: counted over the targets passed
+    joint = False          # True: an image's targets are matched together (Mask R-CNN), so `make_masks` passes all of an image's targets
     def count_targets(self,
                       samples,    # every sample of the dataset (`AttributeData.samples`), not only those masks are made for
                       root=None): # the dataset root (`target_of`)
@@ -297,6 +298,7 @@ def check_maskrcnn_weights(weights,                       # None, a torchvision 
 class MaskRCNNSource(MaskSource):
     "Source `maskrcnn`: torchvision Mask R-CNN (COCO) person instances, matched to the targets one-to-one by `select_targets`."
     name = 'maskrcnn'
+    joint = True   # one detection per target: every target of an image is matched at once, whichever a call makes
     def __init__(self,
                  weights='DEFAULT',             # torchvision weights ('DEFAULT', 'COCO_V1'), a state-dict file, or None (random)
                  device='cpu',                  # 'cpu', 'cuda', 'auto'

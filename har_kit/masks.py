@@ -198,9 +198,14 @@ def make_masks(data,                # `AttributeData` from a reader (`har_kit.da
         return (r is not None and r.get('source', src.key) == src.key and mask_path(out, *rels[i]).exists()
                 and mask_record_change(r, samples[i].box, strict=True) is None and _same_reads(i, r))
     todo = [i for i in first.values() if not _done(i)]
-    groups, need = {}, {Path(samples[i].image) for i in todo}   # every target of an image with one to make: a source (the directory's
-    for i in first.values():                                      # "single target" PNG name) counts them as `reads` did
-        if Path(samples[i].image) in need: groups.setdefault(Path(samples[i].image), []).append(i)
+    need, groups, seen = {Path(samples[i].image) for i in todo}, {}, set()
+    for i in [*first.values(), *(range(len(samples)) if src.joint else ())]:   # every target of an image with one to make: a source
+        if Path(samples[i].image) not in need: continue   # counts them (the directory's stem PNG); a joint one matches them together,
+        if i not in rels: rels[i], keys[i] = target_of(samples[i], data.root), sample_key(samples[i], data.root)   # `indices` or not
+        if rels[i] not in seen: seen.add(rels[i]); groups.setdefault(Path(samples[i].image), []).append(i)
+    groups = {img: sorted(idx) for img, idx in groups.items()}   # in dataset order, whichever targets a call names
+    if src.joint:   # a cached target of such an image is made again: its match depends on its neighbours' boxes
+        mine = set(first.values()); todo = [i for idx in groups.values() for i in idx if i in mine]
     src.check([(keys[i], samples[i]) for idx in groups.values() for i in idx])
     top = _first_missing(out)                    # the outermost folder this call creates (None: out exists)
     _create_root(out)                            # only now: a source that refuses leaves nothing behind

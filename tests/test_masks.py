@@ -514,6 +514,21 @@ def test_one_detection_is_given_to_one_target_of_the_image(tmp_path):
     assert (ta.det, tb.det) == (0, 1) and ta.reason is tb.reason is None
 
 
+def test_a_call_naming_one_target_matches_it_with_its_images_other_targets(tmp_path):
+    "make_masks(indices=[A]) gives A what a full run gives it (B's detection is B's), and a later full run neither keeps A's mask of B nor gives B's detection twice."
+    from har_kit.data import AttributeData, Sample
+    from har_kit.masks import make_masks
+    img = tmp_path/'scene.jpg'; Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(img)
+    a, b = (Sample(img, np.zeros(2, np.int8), 'train', box, meta={'target': t}) for t, box in enumerate([(0, 0, 100, 200), (50, 0, 80, 200)]))
+    data = AttributeData('wider', tmp_path, ['x', 'y'], [a, b])
+    src = _OnlyB(weights=None, min_size=32)
+    alone = make_masks(data, src, mask_root=tmp_path/'masks', indices=[0], progress=False)
+    assert alone.report['fallbacks'] == 1 and 'went to other targets' in alone.report['fallback_samples'][0]['reason']
+    full = make_masks(data, src, mask_root=tmp_path/'masks', progress=False)
+    ma, mb = (read_mask(full[i]) for i in (0, 1))
+    assert ma.sum() == 100 * 200 and mb.sum() == 80 * 200 and full.report['fallbacks'] == 1   # A its box, B the detection
+
+
 @pytest.mark.parametrize('name', ['min_iou', 'min_inside', 'mask_thresh'])
 @pytest.mark.parametrize('bad', ['0.5', 2, -0.1, float('nan'), True, None])
 def test_maskrcnn_match_numbers_are_checked_when_the_source_is_made(name, bad):
