@@ -258,7 +258,7 @@ def campar_transforms(train: bool,  # training augmentation, else evaluation
     "CAM-PAR / strong-baseline transforms: resize 256x192, pad 10 + random crop, flip (train); resize (eval)."
     size, pad = campar_sizes(scale)
     aug = [v2.Pad(pad), v2.RandomCrop(size), v2.RandomHorizontalFlip(0.5)] if train else []
-    return v2.Compose([v2.ToImage(), v2.Resize(size), *aug, *_to_float_normalized()])
+    return v2.Compose([v2.ToImage(), AlignedResize(size), *aug, *_to_float_normalized()])   # masks (the where-they-look study's) as Da-HAR's
 
 # %% ../nbs/15_loading.ipynb #c046
 def _worker_init(worker_id):

@@ -54,6 +54,21 @@ def test_cache_pixels_equal_the_loaders_resize(sets, kind, size):
     np.testing.assert_array_equal(np.asarray(c['masks']), msk)
 
 
+@pytest.mark.parametrize('scale', [1.0, 0.25])
+def test_campar_test_masks_are_the_same_on_both_pipelines(tmp_path, scale):
+    "CAM-PAR's 'test_masks' (the where-they-look study) through per-sample transforms and through the decoded cache, on masks of noise: equal."
+    from PIL import Image
+    from har_kit.campar_train import campar_loaders
+    data = read_pa100k(tiny_fixture('pa100k', tmp_path/'pa', n=8))
+    rng = np.random.default_rng(0)
+    for s in data.samples:   # pixel noise: every row and column of the resize shows which source pixel it took
+        Image.fromarray((rng.random(Image.open(s.image).size[::-1]) > 0.5).astype(np.uint8) * 255).save(s.mask)
+    test = data.split('test')
+    masks = {p: torch.cat([b['mask'] for b in campar_loaders(test, None, test, scale, batch_size=4, pipeline=p)['test_masks']])
+             for p in ('loader', 'device')}
+    assert masks['loader'].shape == masks['device'].shape and torch.equal(masks['loader'], masks['device'])
+
+
 def test_a_16_bit_png_is_cached_as_the_loader_reads_it(tmp_path):
     "torchvision decodes a 16-bit PNG as uint16 (no error): it goes through the loader's reader, not wrapped modulo 256."
     from PIL import Image
