@@ -82,6 +82,8 @@ def atomic_paths(paths):  # final destinations, renamed onto in this order
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f'.{p.name}.', suffix='.tmp', dir=p.parent); os.close(fd); tmps.append(tmp)
         yield [Path(t) for t in tmps]
+        if dirs := [str(p) for p in paths if p.is_dir()]:   # a rename onto it would fail after the earlier files landed
+            raise KitError(f'{dirs[0]} is a folder where a file is to be written: move it, or write elsewhere; nothing was replaced')
         for t in tmps:   # every file whole on disk before the first lands
             os.chmod(t, 0o666 & ~_umask())
             fd = os.open(t, os.O_RDONLY)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_file.ipynb #c002
 from __future__ import annotations
-import dataclasses, hashlib, importlib, inspect, json, math, re, warnings, zipfile
+import copy, dataclasses, hashlib, importlib, inspect, json, math, re, warnings, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +162,21 @@ def _with_predictor(model, extra, meta, where, fix):  # network; the file's extr
                        f'({type(e).__name__}: {str(e)[:300]}); {fix}') from None
 
 def _check_rebuild(builder, kwargs, state, where,   # registry key; kwargs as stored; the weights; named in errors
-                   fix='pass the kwargs that built this model; nothing was written'):   # what to do, for the messages
-    "Refuse weights that `builder(**kwargs)` cannot take back, as `load_model` would: built on the meta device (no memory, no download)."
+                   fix='pass the kwargs that built this model; nothing was written',   # what to do, for the messages
+                   meta_only=False):  # True (`load_model`, which builds next): a builder the meta device cannot run is left unchecked
+    "Refuse weights that `builder(**kwargs)` cannot take back, as `load_model` would: built on the meta device (no memory, no download); a builder that cannot build there (an init reading its values, lazy modules) is built for real."
+    build = _resolve(builder, 'builder')
+    shapes = lambda net: {k: tuple(v.shape) for k, v in net.state_dict().items()}
     try:
-        with torch.device('meta'): net = _resolve(builder, 'builder')(**kwargs)
-    except (TypeError, ValueError, RuntimeError, KitError) as e:
-        raise KitError(f'{where}: {builder}(**kwargs) cannot build a network ({type(e).__name__}: {str(e)[:200]}); {fix}') from None
-    want, have = ({k: tuple(v.shape) for k, v in s.items()} for s in (net.state_dict(), state))
+        with torch.device('meta'), warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # a builder copying weights into its meta parameters: torch says the copy is a no-op
+            want = shapes(build(**kwargs))
+    except Exception:
+        if meta_only: return
+        try: want = shapes(build(**kwargs))
+        except (TypeError, ValueError, RuntimeError, KitError) as e:
+            raise KitError(f'{where}: {builder}(**kwargs) cannot build a network ({type(e).__name__}: {str(e)[:200]}); {fix}') from None
+    have = {k: tuple(v.shape) for k, v in state.items()}
     if want != have:
         diff = ([f'missing {k}' for k in want if k not in have] + [f'unexpected {k}' for k in have if k not in want]
                 + [f'{k} {have[k]} vs {want[k]}' for k in have if k in want and have[k] != want[k]])
@@ -248,11 +256,10 @@ def save_model(path,                 # destination, e.g. <run_dir>/<variant>/mod
                 har_kit=str(__version__), torch=str(torch.__version__))
     if builder in _REGISTRY: meta['registered_in'] = _REGISTRY[builder][1].__module__   # where load_model can say to import
     if synthetic is not None: meta['synthetic'] = _plain(synthetic, 'synthetic')
-    if 'predictor' in extra:   # the composite load_model will return must run too (a CFAR over another phase 1 does not)
-        was, dev = model.training, next(iter(model.parameters()), torch.zeros(0)).device
+    if 'predictor' in extra:   # the composite load_model will return must run too (a CFAR over another phase 1 does not),
+        dev = next(iter(model.parameters()), torch.zeros(0)).device   # built over a copy: whatever it does to the network stays there
         fix = 'pass the extra made for this network; nothing was written'
-        try: _check_outputs(_with_predictor(model, extra, meta, Path(path), fix).to(dev), attributes, size, Path(path), fix)
-        finally: model.train(was)
+        _check_outputs(_with_predictor(copy.deepcopy(model), extra, meta, Path(path), fix).to(dev), attributes, size, Path(path), fix)
     blob = dict(format=MODEL_FORMAT, version=MODEL_VERSION, meta=meta, state_dict=state, extra=extra,
                 sha256=model_digest(meta, state, extra))
     with atomic_write(path, 'wb') as f: torch.save(blob, f)   # on disk before the rename; an open file: the archive's inner name is fixed
@@ -390,7 +397,7 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     try: _check_kwargs(build, kwargs, f'{path}: kwargs')
     except KitError as e: raise KitError(f'{e}; {_saved_by(meta)}') from None
     _check_rebuild(b, kwargs, blob['state_dict'], path,   # on the meta device: kwargs that would allocate more than the weights hold never build
-                   f'the stored kwargs do not fit its weights (or this har_kit); {_saved_by(meta)}')
+                   f'the stored kwargs do not fit its weights (or this har_kit); {_saved_by(meta)}', meta_only=True)
     try: model = build(**kwargs)
     except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
         raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '

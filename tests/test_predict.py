@@ -147,7 +147,7 @@ def test_model_file_kwargs_and_outputs_are_checked(tmp_path):
     (dict(thresholds=[0.5] * 3), 'thresholds: expected 4 finite values'), (dict(thresholds='0.5'), 'thresholds'),
     (dict(thresholds=[float('nan')] * 4), 'thresholds'), (dict(input_size=[64, 32, 3]), 'input_size'),
     (dict(input_size=[-1, 32]), 'input_size'), (dict(mean='abc'), 'mean'), (dict(std=[0, 0, 0]), 'std > 0'),
-    (dict(kwargs=dict(name='dahar', num_attributes=4, arch='resnet-tiny', weights=None, foo=1)), 'cannot build a network'),
+    (dict(kwargs=dict(name='dahar', num_attributes=4, arch='resnet-tiny', weights=None, foo=1)), 'cannot build its network'),
     # kwargs of a far larger network than the weights: compared on the meta device, never built (no memory taken)
     (dict(kwargs=dict(name='dahar', num_attributes=400_000, arch='resnet-tiny', weights=None)), 'builds another network than the one saved'),
 ])
@@ -186,6 +186,39 @@ def test_composite_predictor_from_extra(tmp_path):
     lm = load_model(f)
     x = torch.randn(1, 3, 64, 32)
     with torch.no_grad(): torch.testing.assert_close(lm.model(x)['logits'], 2 * net(x)['logits'])
+
+
+def _freezing(model, extra, meta):  # a predictor builder with a side effect on the network it wraps
+    model.requires_grad_(False); return _Scaled(model, extra['scale'])
+
+
+def test_saving_with_a_predictor_leaves_the_callers_network_as_it_was(tmp_path):
+    "save_model runs the composite over a copy: a predictor builder that freezes its network does not freeze the caller's."
+    net, builder, kw = _dahar()
+    register_builder('test_freezing', 'predictor')(_freezing)
+    net.train()
+    _save(tmp_path/'m.pt', net, builder, kw, extra={'predictor': 'test_freezing', 'scale': torch.tensor(2.)})
+    assert net.training and all(p.requires_grad for p in net.parameters())
+
+
+class _ReadsItsInit(nn.Module):
+    "A user network whose construction reads a value (no meta tensor has one)."
+    def __init__(self, num_attributes: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(3, num_attributes)
+        if self.fc.weight.abs().max().item() > 0: nn.init.zeros_(self.fc.bias)
+    def forward(self, x): return {'logits': self.fc(x.mean((2, 3)))}
+
+
+def test_a_builder_that_cannot_build_on_the_meta_device_saves_and_loads(tmp_path):
+    "The rebuild check builds on the meta device where it can, for real where it cannot; load_model then builds as before."
+    register_builder('test_reads_its_init')(_ReadsItsInit)
+    net = _ReadsItsInit(4).eval()
+    f = save_model(tmp_path/'m.pt', net, builder='test_reads_its_init', kwargs={'num_attributes': 4}, attributes=NAMES, **PRE)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad(): torch.testing.assert_close(load_model(f).model(x)['logits'], net(x)['logits'])
+    with pytest.raises(KitError, match='builds another network than the one saved'):   # still checked, built for real
+        save_model(tmp_path/'n.pt', net, builder='test_reads_its_init', kwargs={'num_attributes': 5}, attributes=NAMES, **PRE)
 
 
 def test_a_rerun_notebook_cell_registers_its_builder_again(monkeypatch):
