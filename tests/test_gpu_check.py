@@ -131,6 +131,34 @@ def test_merge_keys_runs_sharing_the_gpu_by_model_and_sums_a_sections_seconds(tm
     assert not (tmp_path/'mixed').exists()
 
 
+REFERENCE = Path(__file__).resolve().parents[1]/'outputs'/'reference'/'gpu'/'report.json'   # the committed report
+
+
+def test_a_lease_that_skipped_or_failed_a_row_keeps_the_measured_one(tmp_path):
+    "Merged over the committed report: a row this lease skipped for time or lost to an error leaves the measured row and the projection as they were."
+    import json
+    ref = json.loads(REFERENCE.read_text())
+    env = ref['environment']
+    lease = dict(started='2027-01-01T00:00:00+0000', finished='2027-01-01T00:08:00+0000', environment=env, sections={}, configured={
+        'dahar|bf16|channels_last|reduce-overhead': dict(model='dahar', amp='bf16', channels_last=True, compile='reduce-overhead', skipped='time budget'),
+        'dahar_rap|bf16|channels_last|reduce-overhead': dict(model='dahar_rap', amp='bf16', channels_last=True, compile='reduce-overhead', error='OOM')})
+    paths = [tmp_path/'ref.json', tmp_path/'lease.json']
+    paths[0].write_text(json.dumps(ref)); paths[1].write_text(json.dumps(lease))
+    rep = gpu_check.merge(paths, tmp_path/'out')
+    assert rep['configured'] == ref['configured'] and rep['projection']['total_hours'] == pytest.approx(ref['projection']['total_hours'])
+
+
+def test_a_report_without_every_runs_rate_projects_no_total():
+    "One lease's Da-HAR rows alone price Da-HAR's runs only: no total, and the runs without a rate named (not priced at 0 or left out)."
+    import json
+    ref = json.loads(REFERENCE.read_text())
+    alone = dict(environment=ref['environment'], configured={k: v for k, v in ref['configured'].items() if v['model'].startswith('dahar')})
+    p = gpu_check.projection(alone)
+    assert p['total_hours'] is None and p['unpriced'] and any(u.startswith('masks') for u in p['unpriced'])
+    assert len(p['runs']) + len(p['unpriced']) == len(gpu_check.projection(ref)['runs'])
+    assert '**no total**' in gpu_check.to_markdown(dict(alone, projection=p))
+
+
 def test_unknown_sections_are_refused_before_anything_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as e: gpu_check.main(['--cpu-tiny', '--out', str(tmp_path), '--only', 'configured', 'latencies'])
     assert e.value.code == 2 and 'unknown section(s) latencies' in capsys.readouterr().err and not any(tmp_path.iterdir())

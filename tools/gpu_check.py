@@ -217,7 +217,7 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     model, crit, size = build(name, cfg)
     batch = cfg['campar_batch'] if name.startswith('campar') else cfg['dahar_batch']
     tc = TrainConfig(**configured_optimizer(name), amp=amp, channels_last=channels_last, progress=False, device=cfg['device'],
-                     max_loss_ratio=0, log_every=50)
+                     max_loss_ratio=0)   # log_every: the engine's default, as the paper profile's runs read their losses back
     model.to(dev)
     if channels_last: model.to(memory_format=torch.channels_last)
     net = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode != 'none' else model
@@ -225,10 +225,11 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
     data = synthetic_batches(size, batch, MODELS[name][3], dev)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True; torch.cuda.reset_peak_memory_stats()
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
-    t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, cfg['warm_steps']), opt, scaler, tc, dev, 1, {}); sync()
+    guard = {}   # one run's: its first loss is read back once, as a run's is (not at every window's first step)
+    t = time.perf_counter(); _train_epoch(net, crit, Cycle(data, cfg['warm_steps']), opt, scaler, tc, dev, 1, guard); sync()
     warm = time.perf_counter() - t
     n, reps = steps or cfg['steps'], cfg.get('reps', 3)
-    phases = {'step': (lambda e: _train_epoch(net, crit, Cycle(data, max(1, n // reps)), opt, scaler, tc, dev, e, {}), max(1, n // reps))}
+    phases = {'step': (lambda e: _train_epoch(net, crit, Cycle(data, max(1, n // reps)), opt, scaler, tc, dev, e, guard), max(1, n // reps))}
     if loader is not None:
         ahead = prefetching(loader, cfg['prefetch'])
         class Epochs:   # k batches drawn from a loader's epochs in turn (its shuffle order advancing)
@@ -248,10 +249,10 @@ def train_rate(name, cfg, amp='bf16', channels_last=True, compile_mode='none', s
                     finally: it.close()   # a prefetching loader's thread stops here
         k = max(1, cfg['e2e_steps'] // reps)
         same = same_batches(loader, ahead, 3)   # on this device: the batches prepared ahead are the loader's own
-        _train_epoch(net, crit, Epochs(cfg['warm_steps']), opt, scaler, tc, dev, 2, {}); sync()   # the loader's first batches
-        _train_epoch(net, crit, Epochs(cfg['warm_steps'], ahead), opt, scaler, tc, dev, 2, {}); sync()
-        phases['e2e'] = (lambda e: _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, e, {}), k)
-        phases['e2e_prefetch'] = (lambda e: _train_epoch(net, crit, Epochs(k, ahead), opt, scaler, tc, dev, e, {}), k)
+        _train_epoch(net, crit, Epochs(cfg['warm_steps']), opt, scaler, tc, dev, 2, guard); sync()   # the loader's first batches
+        _train_epoch(net, crit, Epochs(cfg['warm_steps'], ahead), opt, scaler, tc, dev, 2, guard); sync()
+        phases['e2e'] = (lambda e: _train_epoch(net, crit, Epochs(k), opt, scaler, tc, dev, e, guard), k)
+        phases['e2e_prefetch'] = (lambda e: _train_epoch(net, crit, Epochs(k, ahead), opt, scaler, tc, dev, e, guard), k)
         phases['loader_alone'] = (lambda e: sum(1 for _ in Epochs(k)), k)   # batches ready on the device, no model
     if timed is not None: phases = {p: v for p, v in phases.items() if p in timed}
     if barrier: barrier()
@@ -871,13 +872,14 @@ def projection(report):
     from har_kit.reproduce import SHARES_GPU, plan
     runs, share = plan(profile='paper', seeds=1), _sharing(report)
     ck_note = 'the checkpoints section' if report.get('checkpoints') else 'not measured in this report: counted as 0 s'
-    rows, tot = [], dict(configured=0.0, lean=0.0, prefetch=0.0)
+    rows, tot, unpriced = [], dict(configured=0.0, lean=0.0, prefetch=0.0), []
     for r in runs:
         amp, cl, mode, workers, pipe = _as_configured(r.spec.notebook)
         a = _run_hours(report, r, amp, cl, workers, cached=pipe == 'device', compile_mode=mode)
         b = _run_hours(report, r, amp, cl, workers, cached=False, compile_mode=mode)   # the torchvision loader instead
         c = _run_hours(report, r, amp, cl, workers, cached=pipe == 'device', compile_mode=mode, prefetch=True)   # batches prepared ahead
-        if a is None or b is None: continue
+        if a is None or b is None or (r.spec.notebook == 'masks' and not (report.get('maskrcnn') or {}).get('images_per_s')):
+            unpriced.append(f'{r.spec.notebook} {r.params.get("dataset")}'); continue   # no rate measured for it: named, never a 0
         if pipe == 'device' and r.spec.notebook in SHARES_GPU and r.spec.notebook in share:   # concurrency was measured without
             a['hours'] /= share[r.spec.notebook]; c['hours'] = min(c['hours'], a['hours'])    # prefetching: the better of the two
         tot['configured'] += a['hours']; tot['lean'] += b['hours']; tot['prefetch'] += c['hours']
@@ -885,8 +887,10 @@ def projection(report):
                          partition=r.params.get('partition'), val_fraction=r.params.get('val_fraction'), amp=amp,
                          channels_last=cl, compile_mode=mode, num_workers=workers, pipeline=pipe, hours=a['hours'],
                          hours_torchvision_loader=b['hours']))
-    return dict(runs=rows, total_hours=tot['configured'], total_hours_torchvision_loader=tot['lean'],
-                total_hours_prefetch=tot['prefetch'] if _measured_prefetch(report) else None, gpu_sharing=share, planned_from='har_kit.reproduce.plan(profile="paper", seeds=1)',
+    whole = not unpriced   # a total over part of the plan is no total
+    return dict(runs=rows, unpriced=unpriced, total_hours=tot['configured'] if whole else None,
+                total_hours_torchvision_loader=tot['lean'] if whole else None,
+                total_hours_prefetch=tot['prefetch'] if whole and _measured_prefetch(report) else None, gpu_sharing=share, planned_from='har_kit.reproduce.plan(profile="paper", seeds=1)',
                 datasets={k: v['note'] for k, v in DATASET_SIZES.items()},
                 assumptions=f'one seed; as configured = the paper profile over the notebooks\' defaults (precision, memory '
                             f'format, compile mode, loader workers, pipeline); a run on the decoded cache with device '
@@ -1033,13 +1037,23 @@ def to_markdown(r):
         ahead = (f'; {p["total_hours_prefetch"]:.1f} if the decoded cache\'s loader prepared batches ahead on a thread '
                  f'(`prefetch`; each run at the faster of its two measured end-to-end rates, a shared GPU\'s runs at the better of '
                  f'sharing and running alone prepared ahead)') if p.get('total_hours_prefetch') else ''
-        L += [f'Projected paper profile: **{p["total_hours"]:.1f} GPU-hours as configured**; {p["total_hours_torchvision_loader"]:.1f} '
+        if p.get('unpriced'):   # a partial report (one lease's sections alone): no total, and the runs it could not price named
+            L += [f'Projected paper profile: **no total**: {len(p["unpriced"])} of {len(p["runs"]) + len(p["unpriced"])} planned runs '
+                  f'have no measured rate in this report ({", ".join(sorted(set(p["unpriced"])))}); merge it with a report that '
+                  f'measured them (`--merge`).', '']
+        else: L += [f'Projected paper profile: **{p["total_hours"]:.1f} GPU-hours as configured**; {p["total_hours_torchvision_loader"]:.1f} '
               f'if every run read through the torchvision loader instead of the decoded cache{ahead} ({len(p["runs"])} runs from '
               f'{p["planned_from"]}; {p["assumptions"]}).', '']
     errs = {k: v['error'] for k, v in r.get('sections', {}).items() if 'error' in v}
     if errs: L += ['Sections that failed: ' + '; '.join(f'{k}: {v}' for k, v in errs.items()), '']
     L += ['Section times (s): ' + ', '.join(f'{k} {v.get("seconds", v.get("state"))}' for k, v in r.get('sections', {}).items())]
     return '\n'.join(L) + '\n'
+
+
+def _has_rate(row):  # a report row
+    "Whether a row holds a measured rate (not a skipped, failed or cut one)."
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) and k.endswith(('images_per_s', 'images_per_s_total', 'ratio', 'ms'))
+               for k, v in row.items())
 
 
 def merge(paths, out, note=None):
@@ -1063,7 +1077,11 @@ def merge(paths, out, note=None):
                     old = rep['sections'].get(n, {})
                     if old and ('state' in sec or 'skipped' in sec): continue   # cut short or not started here: the earlier lease's stands
                     rep['sections'][n] = {**sec, 'seconds': round(old.get('seconds', 0) + sec.get('seconds', 0), 2)} if 'seconds' in sec else sec
-            elif (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'): rep.setdefault(k, {}).update(v)
+            elif (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'):
+                for rk, rv in v.items():   # a row this lease skipped or failed keeps the earlier lease's measured one
+                    old = rep[k].get(rk)
+                    if isinstance(old, dict) and _has_rate(old) and isinstance(rv, dict) and not _has_rate(rv): continue
+                    rep[k][rk] = rv
             else: rep[k] = v
     rep['started'] = min(m['started'] for m in rep['merged_from'] if m['started'])
     rep['finished'] = max(m['finished'] for m in rep['merged_from'] if m['finished'])

@@ -26,7 +26,7 @@ def profile(spec, cfg, steps=5, e2e=False):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, crit, size = G.build(name, cfg)
     batch = cfg['campar_batch'] if name.startswith('campar') else cfg['dahar_batch']
-    tc = TrainConfig(**G.configured_optimizer(name), amp=amp, channels_last=cl, progress=False, device=cfg['device'], max_loss_ratio=0, log_every=50)
+    tc = TrainConfig(**G.configured_optimizer(name), amp=amp, channels_last=cl, progress=False, device=cfg['device'], max_loss_ratio=0)
     model.to(dev)
     if cl: model.to(memory_format=torch.channels_last)
     opt, scaler = make_optimizer(model, tc), torch.amp.GradScaler(dev.type, enabled=False)
