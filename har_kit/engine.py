@@ -51,7 +51,7 @@ class TrainConfig:
     seed: int = 0                 # seeds python/numpy/torch and the per-epoch shuffling
     monitor: str = 'val_loss'     # epoch-record key for best.pt and 'plateau' (e.g. 'mA', 'mAP')
     monitor_mode: str = 'auto'    # 'max' | 'min' | 'auto' (min for names ending in 'loss', else max)
-    log_every: int = 10           # steps between the host's loss checks and progress updates (each one device sync)
+    log_every: int = 50           # steps between the host's loss checks and progress updates (each one device sync: a GPU's queue drains)
     compile_mode: str = 'none'    # torch.compile mode of the training forward: 'none' | 'default' | 'reduce-overhead' | 'max-autotune'
     progress: bool = True         # tqdm progress bars (rank 0 only)
     resume: bool = True           # continue from run_dir/checkpoints/last.pt when it exists
