@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_cfar.ipynb #c002
 from __future__ import annotations
-import dataclasses, hashlib, shlex, tempfile, warnings
+import dataclasses, shlex, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from .core import KitError, load_json, seed_everything
 from .backbones import check_arch
 from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
 from .engine import TrainConfig, fit
-from .model_file import Recipe, RunConfig, check_range, check_type, declared_type, declares_none
+from .model_file import Recipe, RunConfig, check_range, check_type, declared_type, declares_none, model_digest
 from .campar import VARIANTS as CAMPAR_VARIANTS, campar_model_file
 from .campar_train import CamParConfig, metric_row
 from .data import check_train_splits, data_warning, load_dataset
@@ -432,11 +432,7 @@ class CFARRunConfig(RunConfig):
 def phase1_digest(phase1: nn.Module,  # the frozen phase-1 network
                   labels):            # the (N, M) labels phase 2 trains on
     "A 16-hex-digit hash of phase 1's weights and phase 2's training labels: what a phase-2 checkpoint must have been trained over."
-    h = hashlib.sha256()
-    for k, t in sorted(phase1.state_dict().items()):
-        h.update(k.encode()); h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(np.ascontiguousarray(labels, np.int8).tobytes())
-    return h.hexdigest()[:16]
+    return model_digest({}, phase1.state_dict(), {'labels': torch.as_tensor(np.asarray(labels, np.int8))})[:16]   # a model file's own hash
 
 class CFARRecipe(Recipe):
     "CFAR's phase 2 for `har_kit.model_file.train_variant`: on cached phase-1 outputs, fc_2 trained, phase 1 + CFAR saved and scored."

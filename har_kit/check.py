@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from torchvision.io import decode_jpeg, read_file
 from tqdm import tqdm
 
-from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, atomic_write, check_writable, save_json
+from .core import KitError, UNSPECIFIED, atomic_write, check_writable, data_warnings_once, save_json
 from .data import EmptyTestWarning, dataset_issues, dataset_reader, identical_across_splits, unused_images
 from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path)
@@ -168,19 +168,11 @@ def _decode_problem(path,         # an image file
     return None
 
 # %% ../nbs/17_check.ipynb #c022
-@contextlib.contextmanager
-def _every_data_warning():
-    "Within: `data_warning` warns about every issue every time, whatever `$HAR_KIT_DATA_WARNINGS` says (under 'once' it prints the first time only, where `catch_warnings` records nothing)."
-    old = os.environ.pop(DATA_WARNINGS_ENV, None)
-    try: yield
-    finally:
-        if old is not None: os.environ[DATA_WARNINGS_ENV] = old
-
 def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being filled; reader options
     "Read the dataset with the image checks off, recording its layout and every one of the reader's warnings in `rep`."
     reader = dataset_reader(kind)
     lay = detect_layout(kind, root) if not {'annotation', 'files', 'image_dir'} & set(reader_kw) else None
-    with _every_data_warning(), warnings.catch_warnings(record=True) as caught:
+    with data_warnings_once(False), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         data = reader(root, check_images=False, **reader_kw)   # masks attached as a run reads them (their warnings said too)
     rep['warnings'] += [str(w.message) for w in caught if not issubclass(w.category, EmptyTestWarning)]   # an empty test split: an error below
@@ -386,7 +378,7 @@ def cli(argv=None):  # arguments after `har-kit data`
     try:
         if a.command == 'convert':
             check_csv_dest(a.dest)                          # before the dataset is read
-            with _every_data_warning(), warnings.catch_warnings(record=True) as caught:   # the reader's warnings as `data check` prints them
+            with data_warnings_once(False), warnings.catch_warnings(record=True) as caught:   # the reader's warnings as `data check` prints them
                 warnings.simplefilter('always')
                 data = dataset_reader(a.kind)(a.root, **kw)
             for w in dict.fromkeys(str(w.message) for w in caught): print(f'warning: {w}', file=sys.stderr)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_path', 'atomic_write',
-           'atomic_paths', 'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'available_cpus',
+__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_paths', 'atomic_path',
+           'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'available_cpus',
            'kit_threads', 'torch_threads', 'seed_everything', 'get_device', 'host_to_device', 'repo_root',
            'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder', 'pid_alive', 'temporary_tag',
            'sweep_temporaries', 'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root',
@@ -43,23 +43,34 @@ def _umask(): return _UMASK
 
 # %% ../nbs/00_core.ipynb #c014
 @contextlib.contextmanager
+def atomic_paths(paths,      # final destinations, renamed onto in this order
+                 sync=True): # sync every written file to disk before the first rename (False: files remade cheaply)
+    "Yield temporary paths next to `paths`; when the block succeeds, sync them, then rename them onto `paths` back to back."
+    paths, tmps = [Path(p) for p in paths], []
+    try:
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f'.{p.name}.', suffix='.tmp', dir=p.parent); os.close(fd); tmps.append(tmp)
+        yield [Path(t) for t in tmps]
+        if dirs := [str(p) for p in paths if p.is_dir()]:   # a rename onto it would fail after the earlier files landed
+            raise KitError(f'{dirs[0]} is a folder where a file is to be written: move it, or write elsewhere; nothing was replaced')
+        for t in tmps:   # every file whole on disk before the first lands (a power loss after a rename leaves whole files)
+            if not os.path.exists(t): continue
+            os.chmod(t, 0o666 & ~_umask())   # mkstemp makes 0600; give the file open()'s mode
+            if sync:
+                fd = os.open(t, os.O_RDONLY)
+                try: os.fsync(fd)
+                finally: os.close(fd)
+        for t, p in zip(tmps, paths): os.replace(t, p)
+    finally:
+        for t in tmps:
+            with contextlib.suppress(FileNotFoundError): os.unlink(t)
+
+@contextlib.contextmanager
 def atomic_path(path,        # final destination; the block writes to the yielded temporary path
                 sync=False): # sync the written file to disk before the rename (a file that is not remade cheaply)
-    "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        if os.path.exists(tmp): os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file open()'s mode
-        if sync and os.path.exists(tmp):   # a power loss after the rename then leaves the whole file, not an empty one
-            fd = os.open(tmp, os.O_RDONLY)
-            try: os.fsync(fd)
-            finally: os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+    "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error (`atomic_paths` of one)."
+    with atomic_paths([path], sync) as (tmp,): yield tmp
 
 # %% ../nbs/00_core.ipynb #c015
 @contextlib.contextmanager
@@ -72,29 +83,7 @@ def atomic_write(path,      # final destination (like `open(path, mode)`, but al
             yield f
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/00_core.ipynb #c019
-@contextlib.contextmanager
-def atomic_paths(paths):  # final destinations, renamed onto in this order
-    "Yield temporary paths next to `paths`; when the block succeeds, sync them all, then rename them onto `paths` back to back."
-    paths, tmps = [Path(p) for p in paths], []
-    try:
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f'.{p.name}.', suffix='.tmp', dir=p.parent); os.close(fd); tmps.append(tmp)
-        yield [Path(t) for t in tmps]
-        if dirs := [str(p) for p in paths if p.is_dir()]:   # a rename onto it would fail after the earlier files landed
-            raise KitError(f'{dirs[0]} is a folder where a file is to be written: move it, or write elsewhere; nothing was replaced')
-        for t in tmps:   # every file whole on disk before the first lands
-            os.chmod(t, 0o666 & ~_umask())
-            fd = os.open(t, os.O_RDONLY)
-            try: os.fsync(fd)
-            finally: os.close(fd)
-        for t, p in zip(tmps, paths): os.replace(t, p)
-    finally:
-        for t in tmps:
-            with contextlib.suppress(FileNotFoundError): os.unlink(t)
-
-# %% ../nbs/00_core.ipynb #c023
+# %% ../nbs/00_core.ipynb #c022
 def check_writable(files,          # the files a command will write (the first names the place)
                    force=False,    # replace files that exist
                    where='--out',  # the option or parameter that chose them, for messages
@@ -109,7 +98,7 @@ def check_writable(files,          # the files a command will write (the first n
         raise KitError(f'{where} {files[0]}: {parent} is not a writable folder; choose another {where}')
     return files
 
-# %% ../nbs/00_core.ipynb #c027
+# %% ../nbs/00_core.ipynb #c026
 def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
                 where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
@@ -127,7 +116,7 @@ def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
     if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0: return to_jsonable(obj.item(), where)
     return obj
 
-# %% ../nbs/00_core.ipynb #c028
+# %% ../nbs/00_core.ipynb #c027
 def save_json(obj,   # JSON-able after `to_jsonable`
               path): # destination file
     "Write `obj` as indented JSON, atomically; return the path."
@@ -135,7 +124,7 @@ def save_json(obj,   # JSON-able after `to_jsonable`
     with atomic_write(path) as f: f.write(data + '\n')
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #c029
+# %% ../nbs/00_core.ipynb #c028
 def _article(noun): return ('an ' if noun[0] in 'aeiou' else 'a ') + noun
 
 def load_json(path,          # JSON file written by `save_json` (or by hand)
@@ -152,21 +141,21 @@ def load_json(path,          # JSON file written by `save_json` (or by hand)
                        'delete it and rerun the step that writes it')
     return value
 
-# %% ../nbs/00_core.ipynb #c034
+# %% ../nbs/00_core.ipynb #c033
 MAX_THREADS = 256  # the thread cap on a machine with fewer cores (a larger machine allows its core count)
 
-# %% ../nbs/00_core.ipynb #c035
+# %% ../nbs/00_core.ipynb #c034
 def max_threads():
     "The largest intra-op thread count a run may ask for: `MAX_THREADS`, or the core count when larger."
     return max(MAX_THREADS, os.cpu_count() or 1)
 
-# %% ../nbs/00_core.ipynb #c038
+# %% ../nbs/00_core.ipynb #c037
 def available_cpus():
     "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-# %% ../nbs/00_core.ipynb #c040
+# %% ../nbs/00_core.ipynb #c039
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked to be 1..`max_threads()`."
     env = os.environ.get('HAR_KIT_THREADS')
@@ -180,7 +169,7 @@ def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT
                        + (' or unset it' if threads is None else ''))
     return int(t)
 
-# %% ../nbs/00_core.ipynb #c041
+# %% ../nbs/00_core.ipynb #c040
 @contextlib.contextmanager
 def torch_threads(n: int | None):  # intra-op threads inside the block (None: leave the count as it is)
     "Run the block with `torch.set_num_threads(n)`, restoring the caller's count afterwards."
@@ -190,7 +179,7 @@ def torch_threads(n: int | None):  # intra-op threads inside the block (None: le
     try: yield
     finally: torch.set_num_threads(before)
 
-# %% ../nbs/00_core.ipynb #c043
+# %% ../nbs/00_core.ipynb #c042
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -202,7 +191,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #c044
+# %% ../nbs/00_core.ipynb #c043
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
     import torch
@@ -217,7 +206,7 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
                        "with a CUDA GPU, or choose the device 'cpu' (or 'auto', which takes CUDA where there is one)")
     return dev
 
-# %% ../nbs/00_core.ipynb #c046
+# %% ../nbs/00_core.ipynb #c045
 def host_to_device(x,        # a tensor or array in host memory (a tensor already on `device` is returned as it is)
                    device):  # a torch.device or its name
     "`x` on `device` without a host wait: a copy to CUDA goes through pinned memory, queued on the current stream."
@@ -226,14 +215,14 @@ def host_to_device(x,        # a tensor or array in host memory (a tensor alread
     if device.type != 'cuda' or x.device.type != 'cpu': return x.to(device)
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
-# %% ../nbs/00_core.ipynb #c052
+# %% ../nbs/00_core.ipynb #c051
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #c054
+# %% ../nbs/00_core.ipynb #c053
 def shared_sample_root():
     "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE`; None outside a clone."
     if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE'])
@@ -246,7 +235,7 @@ def skipped_shared(path):  # the shared input that is missing (None: outside a c
         raise KitError(f'{path} is missing: CI lays out ../shared beside the clone, so it must be there')
     return f'{path or "../shared/data/pa100k-sample"} not found: skipped'
 
-# %% ../nbs/00_core.ipynb #c058
+# %% ../nbs/00_core.ipynb #c057
 def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
                default,         # () -> the folder when the variable is unset or empty
                writable=False): # True: the caller is about to write there (a read-only folder is refused)
@@ -269,7 +258,7 @@ def check_folder(path,            # a folder that exists or is about to be creat
                        f'{fix} you can write to, or fix its permissions')
     return path
 
-# %% ../nbs/00_core.ipynb #c061
+# %% ../nbs/00_core.ipynb #c060
 def pid_alive(pid):  # a process id
     "Whether a process with this id exists (perhaps another user's)."
     try: os.kill(pid, 0)
@@ -298,41 +287,43 @@ def is_weights_file(weights):  # a `weights` argument
     "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
     return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))
 
-# %% ../nbs/00_core.ipynb #c064
+# %% ../nbs/00_core.ipynb #c063
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c065
+# %% ../nbs/00_core.ipynb #c064
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c066
+# %% ../nbs/00_core.ipynb #c065
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)
     "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `cache/` in the kit's data folder, `data_root()`), checked."
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
-# %% ../nbs/00_core.ipynb #c068
+# %% ../nbs/00_core.ipynb #c067
 DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this data folder records it
 
 @contextlib.contextmanager
-def data_warnings_once(on: bool = True):  # False: leave the setting as it is (e.g. for `har-kit data`, which lists every issue)
-    "Within: dataset warnings shown once per data folder, in this process and the kernels it starts (an outer setting wins)."
+def data_warnings_once(on: bool = True):  # False: every issue every time, whatever is set outside (`har-kit data`, which lists them all)
+    "Within: dataset warnings shown once per data folder, in this process and the kernels it starts (an outer 'once' stands), or, with `on=False`, every time."
     old = os.environ.get(DATA_WARNINGS_ENV)
     if on and old is None: os.environ[DATA_WARNINGS_ENV] = 'once'
+    if not on: os.environ.pop(DATA_WARNINGS_ENV, None)   # under 'once' an issue is printed, not warned: a check could not record it
     try: yield
     finally:
-        if on and old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
+        if old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
+        else: os.environ[DATA_WARNINGS_ENV] = old
 
-# %% ../nbs/00_core.ipynb #c072
+# %% ../nbs/00_core.ipynb #c071
 def lean_jupyter_imports():
     "In a process the kit owns (the `har-kit` command, a submitted job), before anything imports `jsonschema`: leave out its optional IRI format checker (`rfc3987_syntax`: seconds of grammar building at import, for a format notebooks never use)."
     if 'jsonschema' not in sys.modules: sys.modules.setdefault('rfc3987_syntax', None)
 
-# %% ../nbs/00_core.ipynb #c077
+# %% ../nbs/00_core.ipynb #c076
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -342,7 +333,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c078
+# %% ../nbs/00_core.ipynb #c077
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -356,7 +347,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c079
+# %% ../nbs/00_core.ipynb #c078
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -364,7 +355,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c080
+# %% ../nbs/00_core.ipynb #c079
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -377,17 +368,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
     return path
 
-# %% ../nbs/00_core.ipynb #c084
+# %% ../nbs/00_core.ipynb #c083
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c085
+# %% ../nbs/00_core.ipynb #c084
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c086
+# %% ../nbs/00_core.ipynb #c085
 CPU_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')  # pick the CPU's maths instructions
 
 def _cpu_model():
@@ -397,7 +388,7 @@ def _cpu_model():
     except OSError: name = None
     return name or platform.processor() or None
 
-# %% ../nbs/00_core.ipynb #c087
+# %% ../nbs/00_core.ipynb #c086
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

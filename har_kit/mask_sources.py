@@ -87,12 +87,10 @@ def select_target(target_box,        # the annotated (x, y, w, h) box, or None f
                   size,              # (H, W) of the image
                   det_boxes,         # (K, 4) person detections (x0, y0, x1, y1), K may be 0
                   det_masks,         # (K, H, W) mask probabilities in [0, 1] (or bools)
-                  min_iou=0.3,       # least box IoU for a detection to be the target
-                  min_inside=0.5,    # least fraction of the detection's mask inside the target box
-                  mask_thresh=0.5,   # binarization threshold on the mask probabilities
-                  where='target'):   # names the sample in error messages
+                  where='target',    # names the sample in error messages
+                  **match):          # min_iou, min_inside, mask_thresh as `select_targets` takes them
     "Pick the detected person that is the target, crop its mask to the box, binarize; fall back to the box (`select_targets` for one target)."
-    return select_targets([target_box], size, det_boxes, det_masks, min_iou, min_inside, mask_thresh, [where])[0]
+    return select_targets([target_box], size, det_boxes, det_masks, where=[where], **match)[0]
 
 # %% ../nbs/20_mask_sources.ipynb #c017
 def image_size(path):  # an image file

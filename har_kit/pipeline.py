@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .core import KitError, cache_root, file_stamp, host_to_device, is_number, save_json, sweep_temporaries, temporary_tag, torch_threads
 from .formats import box_mask, clip_box, load_grey, load_rgb
-from .loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, crop_pairs, dahar_sizes, mask_size_error, refuse_every_split, window_widths
+from .loading import IMAGENET_MEAN, IMAGENET_STD, AlignedResize, campar_sizes, crop_pairs, dahar_sizes, mask_size_error, refuse_every_split, window_widths
 
 # %% auto #0
 __all__ = ['PAPER_CACHES', 'PIPELINES', 'decode_resized', 'cache_key', 'decoded_cache', 'cache_gb', 'campar_params', 'normalise',
@@ -44,7 +44,7 @@ def _mask_resized(mask, xyxy, shape, size):  # 'box' or a mask file; the target'
     m = torch.from_numpy(box_mask(xyxy, shape).astype(np.uint8) * 255 if mask == 'box' else np.array(load_grey(mask)))
     if m.shape == shape: m = m[y0:y1, x0:x1]
     if m.shape != (y1 - y0, x1 - x0): raise mask_size_error(mask, m.shape, shape)
-    return TF.resize(tv_tensors.Mask(m[None].contiguous()), list(size), interpolation=TF.InterpolationMode.NEAREST_EXACT).as_subclass(torch.Tensor)[0].numpy()
+    return AlignedResize(list(size))(tv_tensors.Mask(m[None].contiguous())).as_subclass(torch.Tensor)[0].numpy()   # the loader's mask rule
 
 def decode_resized(path,        # image file
                    box,         # (x, y, w, h) target box, or None for the whole image
