@@ -69,3 +69,7 @@ def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
     except BrokenPipeError:     # `har-kit run dahar --help | head -5`: the reader has what it wanted
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 0
+
+# %% ../nbs/89_cli.ipynb #c007
+if __name__ == '__main__' and __spec__ is not None:   # `python -m har_kit.cli`
+    sys.exit(main())

@@ -43,6 +43,14 @@ def test_console_script_help(capsys):
     assert main([]) == 2 and 'name a subcommand' in capsys.readouterr().err
 
 
+def test_python_m_runs_the_console_script():
+    "`python -m har_kit.cli` is `har-kit` (a job script calling an environment's python): it used to exit 0 doing nothing."
+    r = subprocess.run([sys.executable, '-m', 'har_kit.cli', '--version'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith('har-kit '), (r.returncode, r.stdout, r.stderr)
+    r = subprocess.run([sys.executable, '-m', 'har_kit.cli', 'nope'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "unknown subcommand 'nope'" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_readme_is_rendered_from_index():
     "README.md is nbs/index.ipynb rendered by tools/nb2readme.py (run it after editing the index notebook)."
     r = subprocess.run([sys.executable, str(ROOT/'tools'/'nb2readme.py'), '--check'], capture_output=True, text=True)
