@@ -86,7 +86,11 @@ class TrainConfig:
         for f, lo in (('step_size', 1), ('log_every', 1), ('patience', 0)):
             need(whole(getattr(self, f)) and getattr(self, f) >= lo, f, f'must be an integer >= {lo} (not true/false)')
         need(self.scheduler != 'multistep' or len(self.milestones) > 0, 'milestones', "scheduler='multistep' needs epochs, e.g. (10, 20)")
+        need(len(set(self.milestones)) == len(self.milestones), 'milestones', 'lists an epoch twice (the rate would decay twice there): list each once')
         need(self.scheduler != 'plateau' or self.gamma < 1, 'gamma', "scheduler='plateau' lowers the rate by this factor: use a number below 1, e.g. 0.1")
+        need(self.gamma <= 1, 'gamma', 'is a decay factor: use a number up to 1, e.g. 0.1 (above 1 the rate would grow at every decay)')
+        need(self.max_loss_ratio == 0 or self.max_loss_ratio >= 1, 'max_loss_ratio',
+             'must be 0 (off) or at least 1: below 1 a healthy loss, near its first value, would read as diverged')
         self.milestones, self.epochs = tuple(int(m) for m in self.milestones), int(self.epochs)
         for f in dataclasses.fields(self):   # numpy numbers as Python's: checkpoints load with weights_only, which refuses numpy
             if isinstance(getattr(self, f.name), np.generic): setattr(self, f.name, getattr(self, f.name).item())
@@ -371,7 +375,12 @@ def write_history(history,  # list of per-epoch dicts
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
     with autocast(device, cfg.amp):
-        parts = criterion(net(batch['image']), batch)
+        try: parts = criterion(net(batch['image']), batch)
+        except ValueError as e:   # torch's BatchNorm on one value per channel: name what to change, not the layer
+            if 'more than 1 value per channel' not in str(e): raise
+            raise KitError(f'a training batch of {len(batch["labels"])} image(s) reached a BatchNorm that normalises over the batch '
+                           f'({e}): use a batch_size of at least 2 per process (under torchrun: batch_size / WORLD_SIZE), and '
+                           'drop_last=True in the training loader so its last batch is never a single image') from None
     if not isinstance(parts, dict) or 'loss' not in parts:
         raise KitError("the criterion must return a dict with 'loss' (CONTRIBUTING.md, Models)")
     optimizer.zero_grad(set_to_none=True)
@@ -393,9 +402,9 @@ def _train_epoch(net, criterion, loader, optimizer, scaler, cfg, device, epoch, 
             n = len(batch['labels']); count += n
             check.note(step, parts, limit, n)   # one kernel: the parts stacked on the device, read back at the next check
             if first is None: check.check(epoch, lr, device); guard['first_loss'] = float(parts['loss'].detach())
-            if step % cfg.log_every == 0:
+            if step % cfg.log_every == 0 or step % check.capacity == 0:   # a full buffer is checked at once, not at the next log_every
                 check.check(epoch, lr, device)
-                if not bar.disable: bar.set_postfix(loss=f'{check.sums["loss"] / count:.4f}')
+                if step % cfg.log_every == 0 and not bar.disable: bar.set_postfix(loss=f'{check.sums["loss"] / count:.4f}')
     if count == 0: raise KitError('the training DataLoader yielded no batches: check the dataset (empty split?) and drop_last')
     check.check(epoch, lr, device)
     keys = sorted(check.sums)   # sample-weighted sums over the epoch, in float64 (summed over processes under torchrun)
@@ -472,6 +481,9 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
             held = f'its dataset holds {len(ld.dataset)} sample(s)' if hasattr(getattr(ld, 'dataset', None), '__len__') else 'check its dataset'
             raise KitError(f'{name} yields no batches: {held} (an empty split? with drop_last, fewer than one batch gives none), '
                            'or pass None to score nothing')
+    if cfg.scheduler == 'plateau' and val_loader is None and not watch and not (cfg.monitor == 'loss' or cfg.monitor.startswith('train_')):
+        raise KitError(f"scheduler='plateau' with no val_loader: monitor={cfg.monitor!r} would not be in any epoch's record "
+                       "(only the training losses are): pass a val_loader, or set monitor='loss'")   # now, not after epoch 1
     run_dir = Path(run_dir); ckdir = run_dir/'checkpoints'
     device = setup_device(cfg.device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed input sizes: pick the fastest kernels once

@@ -160,7 +160,7 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(KitError, match='TrainConfig.amp'): TrainConfig(amp='fp8')
     with pytest.raises(KitError, match="monitor='mAP' is not in the epoch record"):
         fit(Net(), bce, TRAIN, TrainConfig(progress=False, monitor='mAP'), tmp_path/'a', VAL, acc)
-    with pytest.raises(KitError, match="scheduler='plateau' needs monitor"):
+    with pytest.raises(KitError, match="scheduler='plateau' with no val_loader: monitor='mAP'"):
         fit(Net(), bce, TRAIN, TrainConfig(progress=False, scheduler='plateau', monitor='mAP'), tmp_path/'b')
     tuples = DataLoader([(torch.zeros(3, 8, 8), torch.zeros(3))] * 4, 2)
     with pytest.raises(KitError, match="dict batches with 'image' and 'labels'"):

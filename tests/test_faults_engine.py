@@ -286,9 +286,44 @@ def test_a_misspelt_key_of_a_dict_config_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('kw, field', [(dict(monitor=None), 'monitor'), (dict(monitor=3), 'monitor'),
-                                       (dict(scheduler='plateau', gamma=1.0), 'gamma'), (dict(scheduler='plateau', gamma=2.0), 'gamma')])
+                                       (dict(scheduler='plateau', gamma=1.0), 'gamma'), (dict(scheduler='plateau', gamma=2.0), 'gamma'),
+                                       (dict(scheduler='step', gamma=2.0), 'gamma'), (dict(scheduler='multistep', milestones=(1,), gamma=1.5), 'gamma'),
+                                       (dict(scheduler='multistep', milestones=(2, 2)), 'milestones'),
+                                       (dict(max_loss_ratio=0.5), 'max_loss_ratio')])
 def test_values_torch_or_the_engine_would_fail_on_are_refused_by_the_config(kw, field):
+    "gamma 2 doubled the rate at every 'decay'; milestones (2, 2) decayed twice at epoch 2; max_loss_ratio 0.5 stopped healthy runs as diverged."
     with pytest.raises(KitError, match=f'TrainConfig.{field}='): TrainConfig(**kw)
+    assert TrainConfig(max_loss_ratio=1.0).max_loss_ratio == 1.0 and TrainConfig(scheduler='step', gamma=1.0).gamma == 1.0   # the edges stay
+
+
+def test_plateau_without_a_val_loader_is_refused_before_an_epoch_trains(tmp_path):
+    "Its monitor can only be in the record with a val_loader (or the training loss): refused after epoch 1 before, that epoch lost."
+    calls = []
+    def counting(out, batch): calls.append(1); return bce(out, batch)
+    with pytest.raises(KitError, match="scheduler='plateau' with no val_loader: monitor='val_loss'"):
+        fit(Net(), counting, TRAIN, TrainConfig(epochs=1, scheduler='plateau', progress=False, device='cpu'), tmp_path)
+    assert calls == []
+    assert fit(Net(), bce, TRAIN, TrainConfig(epochs=1, scheduler='plateau', monitor='loss', progress=False, device='cpu'), tmp_path/'ok')
+
+
+def test_a_batch_of_one_through_a_batchnorm_names_the_batch_size(tmp_path):
+    "17 samples in batches of 8 leave one for the last batch: BatchNorm1d's raw ValueError, now a KitError saying what to change."
+    class Logits(Net):
+        def __init__(self): super().__init__(); self.bn = nn.BatchNorm1d(3)
+        def forward(self, x): return dict(logits=self.bn(super().forward(x)['logits']))
+    with pytest.raises(KitError, match=r'a training batch of 1 image\(s\) reached a BatchNorm.*batch_size of at least 2.*drop_last=True'):
+        fit(Logits(), bce, DataLoader(Toy(17), 8, shuffle=True), TrainConfig(epochs=1, progress=False, device='cpu'), tmp_path)
+
+
+def test_a_full_loss_buffer_stops_the_run_at_once_not_at_the_next_log_every(tmp_path):
+    "With log_every above the buffer's 256 steps, a NaN read back at step 256 raised only at log_every (or the epoch's end)."
+    calls = []
+    def nan_at_2(out, batch):
+        calls.append(1); loss = bce(out, batch)['loss']
+        return dict(loss=loss * float('nan') if len(calls) == 2 else loss)
+    with pytest.raises(KitError, match='non-finite loss at epoch 1, step 2'):
+        fit(Net(), nan_at_2, DataLoader(Toy(300), 1), TrainConfig(epochs=1, log_every=1000, progress=False, device='cpu'), tmp_path)
+    assert len(calls) == 256
 
 
 def test_a_cosine_run_is_not_extended_in_place(tmp_path):
