@@ -372,7 +372,7 @@ def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
                 fusion_project_deepest=c.fusion_project_deepest, fusion_lr=c.fusion_lr,
                 fusion_align_corners=c.fusion_align_corners, selection=c.selection, val_fraction=c.val_fraction,
                 sample_weighting=c.sample_weighting, predict=c.predict, specific_logit=c.specific_logit, fuse_at=c.fuse_at, ignore_unspecified=c.ignore_unspecified, variant=variant,
-                train_samples=samples_digest(self.train_set))
+                pipeline=c.pipeline, train_samples=samples_digest(self.train_set))   # pipeline: whose random draws augment
 
 @patch
 def thresholds_chosen(self: CamParRecipe, loaders):  # the loaders the variant trained with

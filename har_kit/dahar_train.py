@@ -4,7 +4,8 @@
 
 # %% ../nbs/31_dahar.ipynb #c002
 from __future__ import annotations
-import dataclasses, math, shlex
+import dataclasses, math, os, shlex
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -228,13 +229,16 @@ class DaHarRecipe(Recipe):
 # %% ../nbs/31_dahar.ipynb #c025
 @patch
 def params(self: DaHarRecipe, variant):  # a key of VARIANTS
-    "What the checkpoints are checked against on resume."
+    "What the checkpoints are checked against on resume: the model, loss, data, augmentation and, where they supervise, the masks' folder."
     c, d = self.config, self.data
+    train = d.split(*c.train_splits)
+    masks = [str(Path(s.mask).parent) for s in train if s.mask is not None] if self.supervised(variant) and c.mask_supervision == 'mask' else []
     return dict(model=self.model_kwargs(variant), loss=c.loss, mix=c.mix, mask_weight=c.mask_weight,
                 mask_supervision=c.mask_supervision, ignore_unspecified=c.ignore_unspecified, train_splits=c.train_splits,
                 eval_split=c.eval_split, scale=c.scale, batch_size=c.batch_size, dataset=d.name, attributes=list(d.attributes),
-                n_train=len(d.split(*c.train_splits)), partition=d.meta.get('partition'),
-                train_samples=samples_digest(d.split(*c.train_splits)))
+                n_train=len(train), partition=d.meta.get('partition'), train_samples=samples_digest(train),
+                max_distort=c.max_distort, pipeline=c.pipeline,   # the crop windows drawn, and whose draws
+                mask_folder=str(Path(os.path.commonpath(masks)).resolve()) if masks else None)
 
 @patch
 def predict(self: DaHarRecipe, model, loader):  # the trained variant; an evaluation loader

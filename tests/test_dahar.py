@@ -107,6 +107,23 @@ def test_dahar_run_resumes(wider, tmp_path):
     assert resumed['metrics']['full']['mAP'] == pytest.approx(straight['metrics']['full']['mAP'], abs=1e-6)
 
 
+def test_a_resume_with_other_augmentation_or_masks_is_refused(wider, tmp_path):
+    "max_distort, the pipeline and the masks' folder were not in the checkpoints' params: a resume under others went on without a word."
+    import shutil
+    from har_kit.data import read_wider
+    train_variant('dahar', wider, tmp_path/'run', _cfg(1))
+    for kw, what in ((dict(max_distort=2), 'max_distort: 1 -> 2'), (dict(pipeline='device'), "pipeline: 'loader' -> 'device'")):
+        with pytest.raises(KitError, match=f'other parameters \\({what}\\)'): train_variant('dahar', wider, tmp_path/'run', _cfg(2, **kw))
+    root = wider.samples[0].image.parents[3]
+    shutil.copytree(root/'masks', tmp_path/'other_masks')
+    other = read_wider(root, mask_dir=tmp_path/'other_masks')
+    with pytest.raises(KitError, match=r'other parameters \(mask_folder: .*masks.* -> .*other_masks'):
+        train_variant('dahar', other, tmp_path/'run', _cfg(2))
+    assert [h['epoch'] for h in train_variant('dahar', wider, tmp_path/'run', _cfg(2))['history']] == [1, 2]   # its own resumes
+    box = DaHarRecipe(_cfg(mask_supervision='box'), wider)
+    assert box.params('dahar')['mask_folder'] is None and DaHarRecipe(_cfg(), wider).params('baseline')['mask_folder'] is None
+
+
 def test_mask_supervision_teaches_the_mask(wider):
     "Overfitting one batch: with the mask loss the masked-attention mask moves onto the target; without it, it does not learn the person."
     torch.manual_seed(0)
