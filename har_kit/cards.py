@@ -248,7 +248,10 @@ UNUSED = {  # parameter -> (test: is it in effect for these parameters?, what th
                         'the profile trains without the logit BatchNorm (see `logit_bn`)'),
     'momentum': (lambda p: p.get('optimizer', 'sgd') == 'sgd',
                  "not SGD momentum: Adam, whose beta1 takes the value (betas (0.9, 0.999))",
-                 'the profile trains with Adam (see `optimizer`); Adam has no momentum term to compare with the paper\'s')}
+                 'the profile trains with Adam (see `optimizer`); Adam has no momentum term to compare with the paper\'s'),
+    'gamma': (lambda p: 'lr_step' not in p or p['lr_step'] < p.get('epochs', 0),   # StepLR decays after lr_step epochs
+              'not in effect: the rate never decays (lr_step >= epochs)',
+              'the profile trains fewer epochs than `lr_step` (see `epochs`), so the decay factor is never applied')}
 
 SYNTHETIC_CHOICES = {  # notebook -> {choice: (what the kit does, why)}: a `FIXED_CHOICES` entry as the runs on the kit's synthetic sets meet it
     'dahar': {'mask source': ("the synthetic set's own person masks, drawn by its renderer with each target (13_synth): no detector runs",
@@ -277,8 +280,8 @@ def fixed_choices(table: Table,   # the table
     return out
 
 # %% ../nbs/62_cards.ipynb #c019
-def _norm(param, v):
-    if param == 'data_root': return 'synthetic' if v in (None, '') else 'real'
+def _norm(param, v, profile=None):   # profile: the runs' profile ('sample' reads a subset of a real set)
+    if param == 'data_root': return 'synthetic' if v in (None, '') else 'sample' if profile == 'sample' else 'real'
     if param == 'train_splits' and isinstance(v, (list, tuple)):
         return tuple(sorted(expand_splits(v, ('train', 'val'))))
     if isinstance(v, list): return tuple(v)
@@ -299,14 +302,20 @@ def table_runs(table: Table,       # the table
                root=None,          # outputs root (None: `outputs_root()`)
                profile='quick'     # the profile whose runs to read
               ) -> list:
-    "(notebook, row-defining parameter names, seed directory, effective parameters) of every run of a table with a params.json."
-    root, out, seen = Path(root or outputs_root()), [], set()
+    """(notebook, row-defining parameter names, seed directory, effective parameters, printed) of every run of a table with a
+    params.json; printed: a row reading the run prints the paper's numbers, so its label states the row-defining values."""
+    root, out, seen, printed = Path(root or outputs_root()), [], set(), {}
+    def mark(s, paper):
+        for _, dep in s.needs: mark(dep, paper)
+        printed[s.key()] = printed.get(s.key(), False) or paper
     def add(s):
         for _, dep in s.needs: add(dep)
         if s.key() in seen: return
         seen.add(s.key())
         for d in run_dirs(root, profile, s):
-            if (d/'params.json').exists(): out.append((s.notebook, set(s.kwargs), d, run_params(d, s.notebook)))
+            if (d/'params.json').exists(): out.append((s.notebook, set(s.kwargs), d, run_params(d, s.notebook), printed[s.key()]))
+    for row in table.rows:
+        for s in row_runs(row): mark(s, any(v is not None for v in row.reported.values()))
     for row in table.rows:
         for s in row_runs(row): add(s)
     return out
@@ -319,11 +328,15 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
     "The table's runs against its declared protocol: {'runs', 'done', 'differs': [...], 'open': [...], 'unchecked': [...], 'header'}."
     out = {Path(d).absolute() for d in held or {}}
     runs = [r for r in table_runs(table, root, profile) if Path(r[2]).absolute() not in out]   # the card describes the runs the numbers come from
-    card = dict(runs=len(runs), done=sum((d/'done').exists() for _, _, d, _ in runs), differs=[], open=[], unchecked=[])
+    card = dict(runs=len(runs), done=sum((d/'done').exists() for _, _, d, _, _ in runs), differs=[], open=[], unchecked=[])
     for nb, decl in table.protocol.items():
-        mine = [(rowp, p) for n, rowp, _, p in runs if n == nb]
+        mine = [(rowp, p, printed) for n, rowp, _, p, printed in runs if n == nb]
         for param, paper in decl.items():
-            rel = [p for rowp, p in mine if param not in rowp and (not paper.datasets or p.get('dataset') in paper.datasets)]
+            # a value a row defines is compared too, unless that row is the paper's (its label states it, e.g. Table 2's loss)
+            mine_p = [(param in rowp, p) for rowp, p, printed in mine
+                      if not (param in rowp and printed) and (not paper.datasets or p.get('dataset') in paper.datasets)]
+            rel = [p for _, p in mine_p]
+            by_row, others = [p for row_set, p in mine_p if row_set], [p for row_set, p in mine_p if not row_set]
             if not rel: continue
             if any(param not in p for p in rel): card['unchecked'].append(f'{nb} `{param}`'); continue
             if param in UNUSED:
@@ -334,37 +347,41 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
                                                 runs=UNUSED[param][1] + (f' ({_n_runs(len(idle))})' if rel else ''),
                                                 reason=UNUSED[param][2]))
                 if not rel: continue
-            got = Counter(_norm(param, p[param]) for p in rel)
+            got = Counter(_norm(param, p[param], profile) for p in rel)
             if paper.open: card['open'].append(f'{nb} `{param}` = {_values(got)} ({paper.source})'); continue
             want = _norm(param, paper.value)
             if paper.across: same, shown = set(got) == set(want), _show(sorted(got))
             else: same, shown = set(got) == {want}, _values(got)
             if not same:
+                rows_differ = not paper.across and any(_norm(param, p[param], profile) != want for p in by_row if param in p)
+                others_differ = paper.across or any(_norm(param, p[param], profile) != want for p in others)
+                why = ([f"this table's rows set it ({_n_runs(len(by_row))}; each row's label says to what)"] if rows_differ else []) + \
+                      ([choice_reason(profile, nb, param)] if others_differ else [])
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
-                                            runs=shown, reason=choice_reason(profile, nb, param)))
+                                            runs=shown, reason='; '.join(why)))
     data = {}
-    for nb, _, _, p in runs: data.setdefault(nb, set()).add(_norm('data_root', p.get('data_root')))
+    for nb, _, _, p, _ in runs: data.setdefault(nb, set()).add(_norm('data_root', p.get('data_root')))
     card['choices'] = fixed_choices(table, set(data), data)
     card['header'] = _protocol_header(runs, {nb for nb, decl in table.protocol.items() if 'weights' in decl}, table.protocol)
     return card
 
 def _protocol_header(runs, weighted, protocol=None) -> str:  # the table's runs; notebooks whose `weights` the protocol declares; the protocol
     if not runs: return 'Weights, partitions, selection: no runs yet.'
-    w = Counter(_show(p['weights']) if p.get('weights') else 'None (from scratch)' for nb, _, _, p in runs if nb in weighted and 'weights' in p)
+    w = Counter(_show(p['weights']) if p.get('weights') else 'None (from scratch)' for nb, _, _, p, _ in runs if nb in weighted and 'weights' in p)
     parts = [f'Weights: {", ".join(w) or "not a parameter"}.']
-    rap = [p for _, _, _, p in runs if p.get('dataset') == 'rap']
+    rap = [p for _, _, _, p, _ in runs if p.get('dataset') == 'rap']
     if rap:
         ps = sorted({p['partition'] for p in rap if 'partition' in p})
         if len(ps) > 1:
             parts.append(f'RAP: mean ± sd over partitions {", ".join(map(str, ps))} (and seeds).')
             fewer = {nb: d['partition'] for nb, d in (protocol or {}).items() if 'partition' in d and len(d['partition'].value) < len(ps)
-                     and any(n == nb for n, _, _, p in runs if p.get('dataset') == 'rap')}
+                     and any(n == nb for n, _, _, p, _ in runs if p.get('dataset') == 'rap')}
             for nb, paper in fewer.items():
                 parts.append(f"For {nb} the mean over partitions is the kit's addition: its paper's RAP rows ran partition "
                              f'{_show(paper.value)} ({paper.source}).')
         elif ps: parts.append(f'RAP: partition {ps[0]} only.')
         else: parts.append("RAP: the reader's one split (no partition parameter).")
-    modes = sorted({selection_of(p) for _, _, _, p in runs}, key=mode_order)
+    modes = sorted({selection_of(p) for _, _, _, p, _ in runs}, key=mode_order)
     parts.append('Selection: ' + ('; '.join(SELECTION_MODES.get(m, m) for m in modes)) +
                  (' (both shown, one row each)' if len(modes) > 1 else '') + '.')
     return ' '.join(parts)

@@ -190,6 +190,36 @@ def test_protocol_card_applies_a_dataset_scoped_declaration_to_its_datasets_only
         assert card['runs'] == 1 and [d['parameter'] for d in card['differs']] == differs, dataset
 
 
+def _planned_card(key, profile, root, **kw):
+    "The card of table `key` over its planned runs' params.json (no run executed)."
+    import json
+    from har_kit.cards import protocol_card
+    from har_kit.reproduce import plan
+    for r in plan([key], profile, root=root, **kw):
+        d = Path(r.out_dir); d.mkdir(parents=True, exist_ok=True); (d/'params.json').write_text(json.dumps(r.params, default=str))
+    return {(d['notebook'], d['parameter']): d for d in protocol_card(TABLES[key], root, profile)['differs']}
+
+
+def test_a_value_a_study_row_sets_is_on_the_card_and_a_paper_rows_is_not(tmp_path):
+    "Cards skipped every row-defining parameter: training_length said campar epochs '3' though half its runs trained 12."
+    length = _planned_card('training_length', 'quick', tmp_path/'a')
+    assert length['campar', 'epochs']['runs'] == '3 (3 runs), 12 (3 runs)'
+    assert "this table's rows set it" in length['campar', 'epochs']['reason']
+    selection = _planned_card('epoch_selection', 'quick', tmp_path/'b')
+    assert selection['campar', 'epochs']['runs'] == '12' and ('campar', 'val_fraction') in selection
+    assert ('dahar', 'loss') not in _planned_card('dahar_t2', 'quick', tmp_path/'c')   # Table 2's columns are the paper's losses
+
+
+def test_the_sample_profile_card_names_its_data_and_an_idle_decay_is_not_a_match(tmp_path):
+    "The sample's runs read a 2,000-image subset, which the card called the paper's data; gamma never applied in 3 epochs."
+    from har_kit.cards import CHOICE_REASONS
+    sample = _planned_card('real_pa100k', 'sample', tmp_path/'s', data_roots={'pa100k': str(tmp_path/'pa100k')})
+    assert sample['campar', 'data_root']['runs'] == 'sample'
+    assert sample['campar', 'data_root']['reason'] == CHOICE_REASONS['sample']['data_root']
+    gamma = _planned_card('dahar_t3', 'quick', tmp_path/'q')['dahar', 'gamma']
+    assert gamma['runs'].startswith('not in effect: the rate never decays')
+
+
 def test_rap_partitions_and_both_selection_modes(tmp_path):
     spec = CAMPAR_T2.rows[0].run
     for part in range(5):
