@@ -30,6 +30,15 @@ __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'RunBusy', 'run_loc
 class RunBusy(KitError):
     "A run directory another process holds (its lock is taken): that process's run, not a failure of this one."
 
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)   # flock's errors where the filesystem has no locks
+
+def _no_locks(out, e):  # the run directory; flock's OSError
+    "The `KitError` for a run directory on a filesystem without file locks: what failed and where to put the runs instead."
+    return KitError(f'{out}: this filesystem does not support file locks (flock: {e.strerror or e}), which keep two runs '
+                    'out of one run directory; put the outputs on one that does (mount Lustre with -o flock, NFS with its '
+                    'lock daemon, or use a local disk): pass another run directory or outputs root (--out), or set '
+                    '$HAR_KIT_OUTPUTS')
+
 @contextlib.contextmanager
 def run_lock(out_dir):  # the run directory (created if needed)
     "Hold the run directory's exclusive lock for the block, or raise `KitError` naming the process that holds it."
@@ -50,6 +59,10 @@ def run_lock(out_dir):  # the run directory (created if needed)
             if attempt < 5: time.sleep(0.05); continue          # a `run_status` probe holds it for microseconds
             raise RunBusy(f'{out} is in use by another run ({_holder(path)}): wait for it to finish, or pass another '
                           'run directory (--out)') from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in _NO_LOCKS: raise _no_locks(out, e) from None
+            raise
         try: same = os.stat(path).st_ino == os.fstat(fd).st_ino     # the directory may have been moved aside meanwhile
         except FileNotFoundError: same = False
         if same: break
@@ -74,6 +87,9 @@ def _is_locked(out_dir):
     try:
         try: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError: return _holder(path)
+        except OSError as e:   # no locks on this filesystem: no runner holds it (`run_lock` refuses to start there)
+            if e.errno in _NO_LOCKS: return None
+            raise
         fcntl.flock(fd, fcntl.LOCK_UN); return None
     finally: os.close(fd)
 

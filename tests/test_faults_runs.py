@@ -194,6 +194,27 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path, monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize('err', [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_filesystem_without_locks_is_one_line_naming_the_folder_and_status_still_reads(tmp_path, monkeypatch, capsys, err):
+    "Lustre without -o flock (ENOSYS), NFS without its lock daemon (ENOLCK): `har-kit run` ended in a raw OSError traceback, "
+    "and `run_status` (status, the tables) could not read a run there."
+    import fcntl
+    calls, nb = _fake(monkeypatch), _nb(tmp_path/'n.ipynb')
+    def flock(fd, op): raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(fcntl, 'flock', flock)
+    run = tmp_path/'run'
+    with pytest.raises(KitError, match=rf'^{re.escape(str(run))}: this filesystem does not support file locks \(flock: '
+                                       rf'{re.escape(os.strerror(err))}\).*-o flock.*\$HAR_KIT_OUTPUTS'):
+        run_notebook(nb, {}, run, progress=False)
+    assert calls == [] and (run/'.lock').exists()
+    assert run_status(run) == {'state': 'missing', 'error': None}   # a lock that cannot be taken: no runner holds it
+    (run/'params.json').write_text('{}'); (run/'metrics.json').write_text('{}'); (run/'done').write_text('2026-01-01T00:00:00\n')
+    assert run_status(run)['state'] == 'done'
+    assert cli([str(nb), '--out', str(tmp_path/'r2'), '--quiet']) == 1
+    out = capsys.readouterr().err
+    assert 'does not support file locks' in out and 'Traceback' not in out and len(out.strip().splitlines()) == 1, out
+
+
 def test_other_parameters_are_refused_and_force_moves_the_old_run_aside(tmp_path, monkeypatch):
     _fake(monkeypatch)
     nb = _nb(tmp_path/'n.ipynb')
