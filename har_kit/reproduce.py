@@ -15,8 +15,8 @@ from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .run_params import check_parameters, parameter_defaults
-from .runs import (RunBusy, RunInterrupted, data_changes, input_fingerprints, is_complete, is_done, mask_input, moved_defaults, read_record,
-                          real_data, run_notebook, run_status, thread_change)
+from .runs import (RunBusy, RunInterrupted, data_changes, done_digest, input_fingerprints, is_complete, is_done, mask_input, moved_defaults,
+                          params_digest, read_record, real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
@@ -364,13 +364,15 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'inputs' when a path it reads (the CAM-PAR run a CFAR run reads) holds something else now; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'params.json edited' when it no longer matches the parameters the notebook executed (the digest `done` recorded); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'inputs' when a path it reads (the CAM-PAR run a CFAR run reads) holds something else now; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
     rec = r.record() if isinstance(r, PlannedRun) else r
     out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
     p, e, m = out/'params.json', out/'env.json', out/'metrics.json'
     diff = []
     given = read_record(p, diff)
     if given is not None: diff += param_diff(given, planned)
+    if given is not None and (ran := done_digest(out)) and ran != params_digest(given):   # what `har-kit run` refuses (`check_run_params`)
+        diff.append('params.json edited')
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
     now = {**data, **input_fingerprints(planned), **mask_input(nb, planned)}   # the planned synthetic sets, what the other paths it reads hold now, the masks
@@ -388,7 +390,9 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
 _READ = {'data': 'data: its dataset or synthetic set', 'inputs': 'inputs: a run or file it reads',
          'masks': 'masks: the person masks it reads were made, made again or edited'}
 _OTHER = {'threads': 'it ran with another intra-op thread count than planned (threads)',
-          'metrics schema': 'an earlier kit wrote its metrics.json (metrics schema)'}
+          'metrics schema': 'an earlier kit wrote its metrics.json (metrics schema)',
+          'params.json edited': 'params.json edited after the run (it no longer matches the parameters the notebook executed, '
+                                'whose digest done recorded)'}
 
 def stale_why(diff  # `stale_params`' list (non-empty)
              ) -> str:

@@ -21,10 +21,10 @@ from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_para
 __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed', 'is_done',
            'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
            'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data', 'moved_defaults', 'data_changes',
-           'thread_change', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo', 'absolute_paths',
-           'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir', 'run_dir_for', 'check_devices',
-           'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs', 'params_yaml',
-           'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'thread_change', 'done_digest', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo',
+           'absolute_paths', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir', 'run_dir_for',
+           'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
+           'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -304,13 +304,20 @@ def thread_change(env,      # a run's env.json record, or None
     ran = (env or {}).get('threads')
     return ran if isinstance(ran, int) and threads is not None and ran != int(threads) else None
 
+def done_digest(out_dir  # a run directory
+               ) -> str | None:
+    "The digest (`params_digest`) of the parameters the notebook executed, as the run's `done` recorded it; None without a readable `done`, or for one written before digests were recorded."
+    try: lines = (Path(out_dir)/'done').read_text().splitlines()[1:]
+    except (OSError, UnicodeDecodeError): return None
+    return next((l.split()[1] for l in lines if l.startswith('params-sha256 ') and len(l.split()) > 1), None)
+
 def check_run_params(out_dir  # a done run directory
                     ) -> dict:
     "The run's `params.json`, or a `KitError` when it no longer matches the digest its `done` recorded (edited by hand)."
     out = Path(out_dir)
     params = load_json(out/'params.json', dict)
-    rec = [l.split()[1] for l in (out/'done').read_text().splitlines()[1:] if l.startswith('params-sha256 ')]
-    if rec and rec[0] != params_digest(params):   # a `done` written before digests were recorded has none to compare
+    rec = done_digest(out)
+    if rec and rec != params_digest(params):   # a `done` written before digests were recorded has none to compare
         raise KitError(f'{out/"params.json"} was changed after the run finished: it no longer matches the parameters '
                        'the notebook executed (digest in done); restore it, or rerun with --force (the old run is moved aside)')
     return params

@@ -613,3 +613,24 @@ def test_status_judges_runs_against_todays_plan_as_the_tables_do(tmp_path, capsy
     st = json.loads(capsys.readouterr().out)
     stale = {r['out_dir'] for r in st['runs'] if r['state'] == 'stale'}
     assert stale == {str(d) for d in held_back(['campar_t2'], 'quick', tmp_path)} and len(stale) == len(runs), st['counts']
+
+
+def test_a_done_run_whose_params_json_was_edited_is_stale_everywhere(tmp_path):
+    "A run made with epochs=1 whose params.json was edited to the plan's epochs since: `har-kit run` refused it, but reproduce "
+    "skipped it as done and status and the tables counted it current. Now it is stale everywhere, and --force reruns it."
+    from har_kit.launch import held_back, make_status, submit
+    from har_kit.reproduce import stale_params
+    camp = next(r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0 and r.spec.notebook == 'campar')
+    _finish(camp, epochs=1)
+    save_json(camp.params, camp.out_dir/'params.json')   # edited to claim the plan's epochs
+    assert stale_params(camp) == ['params.json edited']
+    ran = []
+    st = execute([camp], progress=False, jobs=1, run_fn=lambda r, d: ran.append(r.name))
+    assert ran == [] and st['failed'][camp.name].startswith('params.json edited after the run') and '--force' in st['failed'][camp.name], st
+    assert make_status([camp], 'quick')['runs'][0]['state'] == 'stale'
+    assert held_back(['campar_t2'], 'quick', tmp_path)[camp.out_dir].startswith('stale: params.json edited after the run')
+    assert [a['action'] for a in submit([camp], None, dry_run=True)] == ['stale']
+    st = execute([camp], progress=False, jobs=1, force=True, run_fn=lambda r, d: ran.append(r.name))
+    assert ran == [camp.name] and st['done'] == [camp.name]
+    _finish(camp)   # run with the plan's values: current
+    assert stale_params(camp) == [] and make_status([camp], 'quick')['runs'][0]['state'] == 'done'
