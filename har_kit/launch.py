@@ -465,7 +465,7 @@ class RenderJob:
     "The results job: after every run has finished (done or failed), render the profile's tables."
     profile: str                # the profile to render
     root: str                   # outputs root
-    dirs: list                  # run directories to wait for
+    dirs: list                  # run directories to wait for: those with a job (`submit`)
     wait_deps: bool = False     # True where the scheduler has no dependencies (local executor)
     tables: list | None = None  # table keys (`planned_tables`; None: every table of the profile)
     def __call__(self):
@@ -542,14 +542,15 @@ def submit(runs,           # PlannedRuns, dependencies first
         if any(d in blocked for d in r.deps):   # done or not: it reads a run of other parameters
             blocked.add(r.out_dir); actions.append(dict(name=r.name, action='blocked', note='a run it needs is stale')); continue
         rerun = any(d in ids for d in r.deps)   # a run it reads is (re)submitted: what it holds was made from the old one
+        jf = job_file(r.out_dir)
         if is_done(r.out_dir):   # a damaged run (`run_damage`) is submitted again: its job resumes it
             diff = stale_params(r)
             if not diff and is_complete(r.out_dir) and not rerun: actions.append(dict(name=r.name, action='done')); continue
-            if diff and not force:
+            # stale, unless a job known to be alive reruns it (an earlier --force's: it moves the old run aside when it starts)
+            if diff and not force and not (jf.exists() and job_state(load_json(jf), certain=True) == 'active'):
                 blocked.add(r.out_dir)
                 actions.append(dict(name=r.name, action='stale', note=f'{stale_why(diff)}: --force resubmits it'))
                 continue
-        jf = job_file(r.out_dir)
         if jf.exists() and job_queued(load_json(jf)):
             ids[r.out_dir] = load_json(jf)['job_id']
             actions.append(dict(name=r.name, action='queued', job_id=ids[r.out_dir])); continue
@@ -561,7 +562,9 @@ def submit(runs,           # PlannedRuns, dependencies first
         ids[r.out_dir] = info['job_id']
         actions.append(dict(name=r.name, action='submit', after=after, job_id=info['job_id'], job=job))
     if render and profile and root is not None and any(a['action'] != 'done' for a in actions):
-        after, name, tables, dirs = list(ids.values()), f'{profile}/tables', planned_tables(runs), [str(r.out_dir) for r in runs]
+        # it waits for the runs that have a job (sent now or queued), as SLURM's afterany does: a run done, stale or blocked
+        # (never submitted: no job will ever end it) is as it stays, and held back from the tables if it gives no number
+        after, name, tables, dirs = list(ids.values()), f'{profile}/tables', planned_tables(runs), [str(d) for d in ids]
         jf = job_file(_tables_dir(root, profile))
         old = read_record(jf)
         # a tables job still queued or alive renders these tables after these runs, unless a run job is new now (a queued SLURM
@@ -582,7 +585,7 @@ def describe_jobs(actions   # actions returned by `submit`
                      (f' after {", ".join(a["after"])}' if a.get('after') else '') + (f': {a["note"]}' if a.get('note') else '')
                      for a in actions)
 
-# %% ../nbs/72_launch.ipynb #c057
+# %% ../nbs/72_launch.ipynb #c059
 def _parse_roots(pairs):
     roots = {}
     for p in pairs or []:
@@ -675,7 +678,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     _scheduler_options(ap)
     return ap
 
-# %% ../nbs/72_launch.ipynb #c060
+# %% ../nbs/72_launch.ipynb #c062
 def _print_plan(a, runs, devices=None):  # --dry-run with the local launcher; the --device names
     if a.json:
         for r in runs: print(json.dumps(r.record()))

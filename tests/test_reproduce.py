@@ -615,6 +615,43 @@ def test_status_judges_runs_against_todays_plan_as_the_tables_do(tmp_path, capsy
     assert stale == {str(d) for d in held_back(['campar_t2'], 'quick', tmp_path)} and len(stale) == len(runs), st['counts']
 
 
+class _Executor:   # submitit's executor as `submit` uses it: records each job; every job is this process, so it reads as alive
+    cluster, folder = 'local', '/nowhere'
+    def __init__(self): self.sent = []
+    def update_parameters(self, **kw): pass
+    def submit(self, fn):
+        import os
+        self.sent.append(fn); return SimpleNamespace(job_id=str(os.getpid()))
+
+
+def _alive():   # a job record of this process: a job that is queued or running
+    import os, psutil
+    return dict(cluster='local', job_id=str(os.getpid()), started=psutil.Process().create_time(), submitted='2026-01-01T00:00:00')
+
+
+def test_the_tables_job_waits_only_for_runs_that_have_a_job(tmp_path, monkeypatch):
+    "A stale CAM-PAR seed (no --force) blocks its CFAR seed, which is never submitted: on a scheduler without dependencies "
+    "(--cluster local) the tables job waited for that run for ever. It waits for the runs sent or queued, as SLURM's afterany does."
+    from har_kit import launch as L
+    runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0 or r.spec.notebook == 'campar']
+    camp0 = next(r for r in runs if r.spec.notebook == 'campar' and r.seed == 0)
+    _finish(camp0, epochs=30)   # done with other epochs than the plan's: stale
+    ex = _Executor()
+    acts = L.submit(runs, ex, 'quick', tmp_path)
+    assert {a['name']: a['action'] for a in acts} == {**{r.name: 'submit' for r in runs if r.seed != 0}, camp0.name: 'stale',
+                                                      **{r.name: 'blocked' for r in runs if r.seed == 0 and r is not camp0},
+                                                      'quick/tables': 'submit'}, L.describe_jobs(acts)
+    render = next(j for j in ex.sent if isinstance(j, L.RenderJob))
+    assert render.wait_deps and sorted(render.dirs) == sorted(str(r.out_dir) for r in runs if r.seed != 0)
+    assert L.load_json(L.job_file(tmp_path/'quick'/'tables'))['dirs'] == render.dirs
+    for r in runs:   # the jobs sent end, their runs done: the tables job must not wait another moment
+        if r.seed != 0: _finish(r); L.save_json({**_alive(), 'started': -1.0}, L.job_file(r.out_dir))
+    def sleep(s): raise AssertionError(f'the tables job waits for {[d for d, st in states().items() if st == "missing"]}')
+    states = lambda: {d: L.run_status(d)['state'] for d in render.dirs}
+    monkeypatch.setattr(L, 'time', SimpleNamespace(sleep=sleep))
+    assert set(L.wait_for(render.dirs, need_done=False).values()) == {'done'}
+
+
 def test_a_done_run_whose_params_json_was_edited_is_stale_everywhere(tmp_path):
     "A run made with epochs=1 whose params.json was edited to the plan's epochs since: `har-kit run` refused it, but reproduce "
     "skipped it as done and status and the tables counted it current. Now it is stale everywhere, and --force reruns it."
@@ -634,3 +671,16 @@ def test_a_done_run_whose_params_json_was_edited_is_stale_everywhere(tmp_path):
     assert ran == [camp.name] and st['done'] == [camp.name]
     _finish(camp)   # run with the plan's values: current
     assert stale_params(camp) == [] and make_status([camp], 'quick')['runs'][0]['state'] == 'done'
+
+
+def test_a_stale_run_whose_rerun_is_queued_is_queued_and_its_readers_follow_it(tmp_path):
+    "An earlier `reproduce --force` queued the rerun of a stale CAM-PAR run and of its CFAR run: a plain reproduce called the "
+    "first 'stale' and the second 'blocked', though both jobs are alive and will run."
+    from har_kit.launch import describe_jobs, job_file, submit
+    runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0]
+    for r in runs: _finish(r, **({'epochs': 30} if r.spec.notebook == 'campar' else {}))   # the CAM-PAR run: stale
+    for r in runs: save_json(_alive(), job_file(r.out_dir))
+    acts = submit(runs, _Executor(), 'quick', tmp_path)
+    assert [a['action'] for a in acts[:2]] == ['queued', 'queued'], describe_jobs(acts)
+    for r in runs: save_json({**_alive(), 'started': -1.0}, job_file(r.out_dir))   # the jobs have ended: stale again
+    assert [a['action'] for a in submit(runs, None, dry_run=True)] == ['stale', 'blocked']
