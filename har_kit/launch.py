@@ -12,8 +12,8 @@ from .core import KitError, atomic_write, check_folder, check_writable, is_numbe
 from .campar_train import evaluation_split
 from .formats import check_data_root, dataset_splits
 from .model_file import RunConfig
-from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, execute, missing_roots,
-                               plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
+from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, earlier_code, execute,
+                               missing_roots, plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
 from .render import error_cell
 from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import parameter_defaults, section_notebook
@@ -90,6 +90,7 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
     recs = [dict(r.record() if isinstance(r, PlannedRun) else r) for r in runs]
     by_dir, unstarted = {}, set()   # unstarted: runs whose job ended before they began
     for rec in recs:
+        rec.pop('note', None)   # a saved record's: judged afresh below
         st, before = run_status(rec['out_dir']), (rec.get('state'), rec.get('error'))
         rec['state'], rec['error'] = 'interrupted' if st.get('interrupted') else st['state'], st.get('error')
         if st['state'] in ('done', 'damaged') and 'params' in rec and 'notebook' in rec:   # what reproduce would refuse as not current
@@ -129,7 +130,16 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
             old = [by_dir[d] for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'stale']
             if rec['state'] == 'done' and old:
                 rec['state'], rec['error'], changed = 'stale', f'reads {old[0]["name"]}, which is stale ({old[0]["error"]})', True
+    books = {}   # each notebook's record now, read once
+    for rec in recs:   # current, but made by an earlier version of its notebook's code: said, still counted
+        if rec['state'] == 'done' and 'notebook' in rec and (nb := earlier_code(rec, books)): rec['note'] = _code_note(nb)
     return recs
+
+def _code_note(notebook  # the notebook's file name (`har_kit.reproduce.earlier_code`)
+             ) -> str:
+    "The note of a done run made by an earlier version of the notebook's code."
+    return (f"done with an earlier version of {notebook}'s code (its results count as they are); to remake it with this "
+            "code, move its run directory aside and run har-kit reproduce again")
 
 STATES = ('done', 'stale', 'damaged', 'failed', 'interrupted', 'running', 'queued', 'missing')   # a run's states, in the order counted
 
@@ -191,7 +201,7 @@ def todays_runs(keys,           # table keys
 # %% ../nbs/72_launch.ipynb #c024
 def format_status(st   # a status (`save_status`)
                  ) -> str:
-    "The status as text: counts, then one line per run that is not done."
+    "The status as text: counts, then one line per run that is not done or has a note."
     t = st.get('seconds') or {}
     tables = sorted({row.split('/')[0] for r in st['runs'] for row in r.get('rows') or []})   # what the last plan was for
     lines = [f'profile {st["profile"]}: ' + ', '.join(f'{n} {s}' for s, n in st['counts'].items() if n) +
@@ -200,9 +210,9 @@ def format_status(st   # a status (`save_status`)
         lines.append(f'  run time, summed over runs: {t["total"]:.0f} s (kernel start {t["kernel_start"]:.0f} s, '
                      f'cells {t["cells"]:.0f} s, of which first imports {t["imports"]:.0f} s)')
     for r in st['runs']:
-        if r['state'] != 'done':
+        if r['state'] != 'done' or r.get('note'):
             job = f' [job {r["job"]["job_id"]}]' if r.get('job') else ''
-            err = ' / '.join(str(r.get('error') or '').split('\n')[:3])   # a multi-line error on one line
+            err = ' / '.join(str(r.get('error') or r.get('note') or '').split('\n')[:3])   # a multi-line error on one line
             lines.append(f'  {r["state"]:<8} {r["name"]}{job}' + (f': {err}' if err else ''))
     return '\n'.join(lines)
 
@@ -519,7 +529,7 @@ def submit(runs,           # PlannedRuns, dependencies first
     "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json` (the tables job: `<root>/<profile>/tables.job.json`); return one action per run. A job the scheduler refuses raises a `KitError` quoting it, naming the jobs submitted before it (recorded, left queued)."
     cluster = getattr(executor, 'cluster', 'local')
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
-    ids, actions, blocked = {}, [], set()
+    ids, actions, blocked, books = {}, [], set(), {}   # books: each notebook's record now (`earlier_code`)
     def send(fn, name, after, kind, jf, **more):   # submit one job and record it in `jf`; the record
         from submitit.core.utils import FailedJobError, FailedSubmissionError
         if native:   # a run whose dependency failed is cancelled rather than left pending
@@ -545,7 +555,9 @@ def submit(runs,           # PlannedRuns, dependencies first
         jf = job_file(r.out_dir)
         if is_done(r.out_dir):   # a damaged run (`run_damage`) is submitted again: its job resumes it
             diff = stale_params(r)
-            if not diff and is_complete(r.out_dir) and not rerun: actions.append(dict(name=r.name, action='done')); continue
+            if not diff and is_complete(r.out_dir) and not rerun:
+                nb = earlier_code(r, books)
+                actions.append(dict(name=r.name, action='done', **({'note': _code_note(nb)} if nb else {}))); continue
             # stale, unless a job known to be alive reruns it (an earlier --force's: it moves the old run aside when it starts)
             if diff and not force and not (jf.exists() and job_state(load_json(jf), certain=True) == 'active'):
                 blocked.add(r.out_dir)
@@ -781,6 +793,9 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
         print('har-kit reproduce: interrupted while rendering the tables; every run is kept, rerun the same command to render them',
               file=sys.stderr)
         return interrupted_exit()
+    earlier = [r['name'] for r in st['runs'] if r.get('note')]
+    if earlier: print(f'har-kit reproduce: note: {len(earlier)} done run(s) made by an earlier version of their notebook\'s code count as '
+                      f'they are ({", ".join(earlier[:3])}{", ..." if len(earlier) > 3 else ""}); {_follow(a, root)} names them')
     print(f'har-kit reproduce: {len(status["done"])} ran, {len(status["skipped"])} already done, '
           f'{len(status["failed"])} failed, {len(status["busy"])} held by another process in {time.time() - t0:.0f}s (summed over runs: {st["seconds"]["total"]:.0f}s, of '
           f'which kernel start {st["seconds"]["kernel_start"]:.0f}s, first imports {st["seconds"]["imports"]:.0f}s); '

@@ -14,15 +14,15 @@ from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
-from .run_params import check_parameters, parameter_defaults
+from .run_params import check_parameters, code_changed, find_notebook, notebook_record, parameter_defaults
 from .runs import (RunBusy, RunInterrupted, data_changes, done_digest, input_fingerprints, is_complete, is_done, mask_input, moved_defaults,
                           params_digest, read_record, real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
 __all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
            'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots', 'root_source',
-           'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'stale_why', 'run_planned',
-           'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables', 'render_tables']
+           'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'stale_why', 'earlier_code',
+           'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -403,6 +403,22 @@ def stale_why(diff  # `stale_params`' list (non-empty)
                      + ([f'what it reads changed since it finished ({"; ".join(read)})'] if read else [])
                      + [_OTHER.get(d, d) for d in diff if d in _OTHER or d.endswith(' unreadable')])
 
+def earlier_code(r,              # a planned run, or its record (`PlannedRun.record`)
+                 notebooks=None   # {section: its `notebook_record` now} read so far, filled in here: each notebook is read once
+                ) -> str | None:
+    "The notebook's file name when the run is done and its env.json records an earlier version of that notebook's code (`code_changed`), else None."
+    rec = r.record() if isinstance(r, PlannedRun) else r
+    out, nb = Path(rec['out_dir']), rec['notebook']
+    if not is_done(out): return None
+    was = (read_record(out/'env.json') or {}).get('notebook')
+    if not isinstance(was, dict): return None   # a run of an older kit recorded none
+    notebooks = {} if notebooks is None else notebooks
+    if nb not in notebooks:
+        try: notebooks[nb] = notebook_record(find_notebook(nb))
+        except (KitError, OSError): notebooks[nb] = None   # no such notebook here: nothing to compare
+    now = notebooks[nb]
+    return now['file'] if code_changed(was, now) else None
+
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)
                 force=False):    # a run directory holding other parameters: move it aside and rerun
@@ -423,7 +439,7 @@ def default_jobs(runs,          # PlannedRuns (`plan`)
     gpus = [d for d in (given or sorted(wanted)) if str(d).startswith('cuda')]
     return max(len(given), sum(runs_per_gpu(d) for d in gpus) or 1)
 
-# %% ../nbs/71_reproduce.ipynb #c044
+# %% ../nbs/71_reproduce.ipynb #c045
 GIB_PER_RUN = 24   # GPU memory (GiB) set aside per concurrent run
 MAX_RUNS_PER_GPU = 3
 
@@ -445,7 +461,7 @@ def gpu_slots(r: PlannedRun,  # a planned run
     d = str(dev if dev is not None else r.params.get('device', 'cpu'))
     return 1 if r.spec.notebook in SHARES_GPU or not d.startswith('cuda') else slots
 
-# %% ../nbs/71_reproduce.ipynb #c050
+# %% ../nbs/71_reproduce.ipynb #c051
 def execute(runs,            # PlannedRuns, dependencies first (`plan`)
             devices=None,    # devices the workers take in turn (None: each run's own)
             progress=True,   # tqdm bar over runs
@@ -516,14 +532,14 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     bar.close()
     return status
 
-# %% ../nbs/71_reproduce.ipynb #c059
+# %% ../nbs/71_reproduce.ipynb #c060
 def planned_tables(runs   # PlannedRuns (`plan`)
                   ) -> list:
     "The keys of the tables the runs fill, in `har_kit.results.TABLES` order."
     filled = {t for r in runs for t, _ in r.rows}
     return [k for k in TABLES if k in filled]
 
-# %% ../nbs/71_reproduce.ipynb #c062
+# %% ../nbs/71_reproduce.ipynb #c063
 def render_tables(profile: str,     # the profile to render
                   root=None,        # outputs root (None: `outputs_root()`)
                   tables=None,      # table keys (None: every table of the profile)

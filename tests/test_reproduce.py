@@ -684,3 +684,26 @@ def test_a_stale_run_whose_rerun_is_queued_is_queued_and_its_readers_follow_it(t
     assert [a['action'] for a in acts[:2]] == ['queued', 'queued'], describe_jobs(acts)
     for r in runs: save_json({**_alive(), 'started': -1.0}, job_file(r.out_dir))   # the jobs have ended: stale again
     assert [a['action'] for a in submit(runs, None, dry_run=True)] == ['stale', 'blocked']
+
+
+def test_status_notes_a_done_run_made_by_an_earlier_version_of_its_notebook(tmp_path):
+    "A done run whose notebook's code changed since is not stale (its results count), but status, reproduce and submit "
+    "never said so: `har-kit run` alone warned."
+    from har_kit.launch import format_status, held_back, make_status, submit
+    from har_kit.run_params import find_notebook, notebook_record
+    runs = [r for r in plan(['campar_t2'], 'quick', root=tmp_path) if r.seed == 0]
+    for r in runs: _finish(r)
+    camp = next(r for r in runs if r.spec.notebook == 'campar')
+    now = notebook_record(find_notebook('campar'))
+    env = json.loads((camp.out_dir/'env.json').read_text())
+    save_json({**env, 'notebook': now}, camp.out_dir/'env.json')
+    assert [r.get('note') for r in make_status(runs, 'quick')['runs']] == [None, None]   # the same code: nothing to say
+    save_json({**env, 'notebook': {**now, 'run_code_sha256': 'an earlier one'}}, camp.out_dir/'env.json')
+    st = make_status(runs, 'quick')
+    rec = next(r for r in st['runs'] if r['name'] == camp.name)
+    assert rec['state'] == 'done' and st['counts']['done'] == 2, st['counts']
+    assert rec['note'].startswith(f"done with an earlier version of {now['file']}'s code"), rec
+    assert f'  done     {camp.name}: done with an earlier version of {now["file"]}' in format_status(st)
+    assert camp.out_dir not in held_back(['campar_t2'], 'quick', tmp_path)
+    acts = submit(runs, None, dry_run=True)
+    assert [a['action'] for a in acts] == ['done', 'done'] and now['file'] in acts[0].get('note', ''), acts
