@@ -98,15 +98,20 @@ def _decode_chunk(job):  # (indices, array name, paths, boxes, size, masks): one
     return idx, [_mask_of(p, b, size, m) for p, b, m in zip(paths, boxes, masks)]
 
 # %% ../nbs/16_pipeline.ipynb #c017
-def _no_room(d, need, free):  # d: the build's temporary folder
-    return KitError(f'{d.parent}: no room for a decoded cache of {need/1e9:.3g} GB ({free/1e9:.3g} GB free there); '
-                    'free space on that disk or point $HAR_KIT_CACHE (where decoded caches live) at a larger one, then rerun')
+def _no_room(d, need, why):  # d: the build's temporary folder; why: what said no ('N GB free there', or the reservation's error)
+    return KitError(f'{d.parent}: no room for a decoded cache of {need/1e9:.3g} GB ({why}); free space on that disk or in '
+                    'your quota there, or point $HAR_KIT_CACHE (where decoded caches live) at a disk with room, then rerun')
 
-def _reserve(f):  # allocate a memmap's blocks now (it is sparse): False when the disk is full
+_UNRESERVABLE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}   # posix_fallocate cannot reserve on this file system
+
+def _reserve(f):  # allocate a memmap's blocks now (it is sparse): None when reserved, else why not ('' when unsupported here)
     try:
         with open(f, 'r+b') as fh: os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
-    except (AttributeError, OSError) as e: return getattr(e, 'errno', None) != errno.ENOSPC   # unsupported: the free-space check stands
-    return True
+    except AttributeError: return ''   # no posix_fallocate (macOS): the free-space check stands
+    except OSError as e:   # ENOSPC (disk full), EDQUOT (quota), EFBIG (too large for the file system), anything else: no room
+        if e.errno in _UNRESERVABLE: return ''   # the free-space check stands
+        return f'reserving {f} failed: {errno.errorcode.get(e.errno, e.errno)}, {e.strerror or e}'
+    return None
 
 def _decoder_init(fds):  # a decoding process: it closes its copies of its parent's build locks, decodes with one intra-op thread
     for fd in fds:
@@ -125,9 +130,9 @@ def _shape(what, n, size): return (n, *size, 3) if what == 'images' else (n, *si
 def _fill(d, what, paths, boxes, size, masks, workers, desc):  # -> (pixels' hash, {array file: its `_identity`})
     shape = _shape(what, len(paths), size)
     need, free = int(np.prod(shape)), shutil.disk_usage(d).free
-    if need > free: raise _no_room(d, need, free)
+    if need > free: raise _no_room(d, need, f'{free/1e9:.3g} GB free there')
     a = np.lib.format.open_memmap(d/f'{what}.npy', 'w+', np.uint8, shape)
-    if not _reserve(a.filename): raise _no_room(d, need, free)   # writing a hole on a full disk is a SIGBUS
+    if why := _reserve(a.filename): raise _no_room(d, need, why)   # writing a hole past a full disk or quota is a SIGBUS
     files = {Path(a.filename).name: _identity(a.filename)}
     n, chunks = len(paths), [list(range(i, min(i + 64, len(paths)))) for i in range(0, len(paths), 64)]
     jobs = [(c, what, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]

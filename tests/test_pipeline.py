@@ -194,6 +194,35 @@ def test_a_full_disk_is_refused_before_decoding(sets, tmp_path, monkeypatch):
     assert P.decoded_cache(*args, name='pa', root=tmp_path)['images'].shape == (12, 16, 12, 3)   # no reservation here: built as before
 
 
+@pytest.mark.parametrize('err', ['EDQUOT', 'EFBIG', 'EIO', 'EOPNOTSUPP', 'ENOSYS', 'EINVAL'])
+def test_a_quota_or_any_reservation_error_is_no_room(sets, tmp_path, monkeypatch, err):
+    """Only a file system that cannot reserve (EOPNOTSUPP, ENOSYS, EINVAL) leaves the free-space count to judge; an exhausted
+    quota (a shared disk with terabytes free, none for this user), a file too large or any other error is no room, named
+    without the disk's free space: before, EDQUOT counted as room and the memory map died of SIGBUS past the quota."""
+    import errno
+    code = getattr(errno, err)
+    monkeypatch.setattr(os, 'posix_fallocate', lambda *a: (_ for _ in ()).throw(OSError(code, os.strerror(code))))
+    if err in ('EOPNOTSUPP', 'ENOSYS', 'EINVAL'):
+        assert P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['images'].shape == (12, 16, 12, 3); return
+    with pytest.raises(KitError) as e: P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)
+    said = str(e.value)
+    assert said.startswith(f'{tmp_path}: no room for a decoded cache') and f'images.npy failed: {err}, {os.strerror(code)}' in said
+    assert 'quota' in said and '$HAR_KIT_CACHE' in said and 'free there' not in said
+    assert _entries(tmp_path) == []   # the temporary folder is gone
+
+
+@pytest.mark.parametrize('err', ['ENOLCK', 'EOPNOTSUPP', 'ENOSYS'])
+def test_a_file_system_without_locks_builds_unlocked(sets, tmp_path, monkeypatch, err):
+    """No flock on the cache folder's file system (some network mounts): the build goes on without its lock, no
+    traceback; builds side by side are safe (each in its own temporary folder; the first rename wins, the others open it)."""
+    import errno
+    code = getattr(errno, err)
+    monkeypatch.setattr(fcntl, 'flock', lambda *a: (_ for _ in ()).throw(OSError(code, os.strerror(code))))
+    c = P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)
+    assert c['images'].shape == (12, 16, 12, 3) and _entries(tmp_path) == [c['dir'].name]
+    assert P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'] == c['dir']
+
+
 def test_a_failed_build_leaves_no_temporary_folder(sets, tmp_path, monkeypatch):
     args = _pa_args(sets)
     def stop(job): raise KeyboardInterrupt   # Ctrl-C part way (any exception goes the same way)
