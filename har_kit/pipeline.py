@@ -269,16 +269,20 @@ def normalise(x):  # (N, 3, H, W) uint8 or float holding 0..255 values
     return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 # %% ../nbs/16_pipeline.ipynb #c031
-def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on any device
-                   params,   # (N, 3) from `campar_params`
-                   pad):     # the padding (10 at scale 1)
-    "CAM-PAR's pad + random crop + flip as one gather from the zero-padded batch, then normalised: (N, 3, H, W) float."
+def _pad_crop_flip(x, params, pad):  # (N, C, H, W) images (C = 3) or masks (C = 1); `campar_params`; the padding
+    "CAM-PAR's pad + random crop + flip as one gather from the zero-padded batch: (N, C, H, W), `x`'s dtype."
     N, C, H, W = x.shape
     p, ar = host_to_device(params, x.device), lambda n: torch.arange(n, device=x.device)
     rows = p[:, :1] + ar(H)                                                            # (N, H) rows of the padded image
     cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), W - 1 - ar(W), ar(W))            # (N, W) its columns, mirrored when flipped
     idx = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).view(N, 1, H * W).expand(N, C, H * W)
-    return normalise(F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W))
+    return F.pad(x, (pad,) * 4).flatten(2).gather(2, idx).view(N, C, H, W)
+
+def campar_augment(x,        # (N, 3, H, W) uint8 batch of 256 x 192 resizes, on any device
+                   params,   # (N, 3) from `campar_params`
+                   pad):     # the padding (10 at scale 1)
+    "CAM-PAR's pad + random crop + flip as one gather from the zero-padded batch, then normalised: (N, 3, H, W) float."
+    return normalise(_pad_crop_flip(x, params, pad))
 
 # %% ../nbs/16_pipeline.ipynb #c035
 def _jitter_span(jitter, where):  # a colour jitter strength; the function given it, for the message
@@ -547,12 +551,14 @@ def campar_batches(train,       # training augmentation, else evaluation
     "CAM-PAR's batch transform: (fixed resize size, augment(x, masks, gen) -> dict)."
     size, pad = campar_sizes(scale)
     def augment(x, masks, gen):
-        d = {'image': campar_augment(x, campar_params(len(x), pad, gen), pad) if train else normalise(x)}
-        if masks is not None and not train: d['mask'] = masks[:, None].float() / 255
+        if not train: return {'image': normalise(x), **({} if masks is None else {'mask': masks[:, None].float() / 255})}
+        p = campar_params(len(x), pad, gen)
+        d = {'image': campar_augment(x, p, pad)}
+        if masks is not None: d['mask'] = _pad_crop_flip(masks[:, None], p, pad).float() / 255   # the image's own pad, crop and flip
         return d
     return size, augment
 
-# %% ../nbs/16_pipeline.ipynb #c070
+# %% ../nbs/16_pipeline.ipynb #c071
 def dahar_batches(train,                 # training augmentation, else evaluation
                   aspect=1,              # height / width: 1 for WIDER-Attribute, 2 for RAP
                   scale=1.0,             # size factor
@@ -566,11 +572,11 @@ def dahar_batches(train,                 # training augmentation, else evaluatio
     def augment(x, masks, gen):
         if train: return dahar_augment(x, dahar_params(len(x), base, heights, widths, jitter, gen, max_distort), out, masks)
         d = {'image': five_crop(normalise(x), out) if five_crop_eval else normalise(x)}
-        if masks is not None and not five_crop_eval: d['mask'] = masks[:, None].float() / 255
+        if masks is not None: d['mask'] = five_crop(masks[:, None], out).float() / 255 if five_crop_eval else masks[:, None].float() / 255
         return d
     return base, augment
 
-# %% ../nbs/16_pipeline.ipynb #c073
+# %% ../nbs/16_pipeline.ipynb #c074
 PIPELINES = ('loader', 'device')
 
 def check_pipeline(pipeline):  # a run's `pipeline` parameter
@@ -580,7 +586,7 @@ def check_pipeline(pipeline):  # a run's `pipeline` parameter
                        'batches augmented on the device)')
     return pipeline
 
-# %% ../nbs/16_pipeline.ipynb #c076
+# %% ../nbs/16_pipeline.ipynb #c077
 def _target(s): return str(s.image), () if s.box is None else tuple(float(v) for v in s.box)   # a sample's target: image and box
 
 def pool_rows(samples,      # the loader's samples
@@ -595,7 +601,7 @@ def pool_rows(samples,      # the loader's samples
                        'pass pool= the dataset the samples were drawn from (or pool=None)')
     return targets, np.array([at[_target(s)] for s in samples], np.int64)
 
-# %% ../nbs/16_pipeline.ipynb #c079
+# %% ../nbs/16_pipeline.ipynb #c080
 def cached_loader(samples,              # as for `make_loader`: list of `Sample` or an `AttributeData`
                   batches,              # from `campar_batches` / `dahar_batches`
                   batch_size,           # samples per batch
@@ -623,7 +629,7 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
                                                       ['box' if mask_from_box else s.mask for s in ss], name, workers, True, None)
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch, rows)
 
-# %% ../nbs/16_pipeline.ipynb #c083
+# %% ../nbs/16_pipeline.ipynb #c084
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
@@ -639,7 +645,7 @@ def loader_rates(loaders: dict,  # name -> loader
             sync(); times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
-# %% ../nbs/16_pipeline.ipynb #c086
+# %% ../nbs/16_pipeline.ipynb #c087
 def benchmark(device='cpu',  # where to augment
               images=256,    # cache size
               batch=64,      # samples per batch
