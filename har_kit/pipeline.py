@@ -630,19 +630,30 @@ def cached_loader(samples,              # as for `make_loader`: list of `Sample`
     return DeviceLoader(cache, np.stack([s.labels for s in ss]), augment, batch_size, shuffle, drop_last, seed, device, prefetch, rows)
 
 # %% ../nbs/16_pipeline.ipynb #c084
+def _cuda_devices(ld, batch=None):  # a loader, and a batch it gave: the CUDA devices its batches' kernels run on
+    "The loader's own `device` (a `DeviceLoader`'s) and its batch's tensors' devices, those that are CUDA devices."
+    devs = [getattr(ld, 'device', None), *(v.device for v in (batch or {}).values() if torch.is_tensor(v))]
+    return {torch.device(d) for d in devs if d is not None and torch.device(d).type == 'cuda'}
+
+def _synchronize(devices):  # CUDA devices
+    "Wait for the kernels queued on each of `devices`: asked at each call, as CUDA starts lazily at a device loader's first batch."
+    if devices and torch.cuda.is_initialized():
+        for d in devices: torch.cuda.synchronize(d)
+
 def loader_rates(loaders: dict,  # name -> loader
                  batches=4,       # batches per timing
                  repeats=3):      # interleaved repetitions
     "Images per second of each loader (median over interleaved repetitions of `batches` batches; on CUDA, the batches' kernels finished)."
     times = {k: [] for k in loaders}
-    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)   # a device loader queues kernels
     for _ in tqdm(range(repeats), desc='loader rates', leave=False):
         for k, ld in loaders.items():
-            sync(); t, n, it = time.perf_counter(), 0, iter(ld)
+            devs = _cuda_devices(ld); _synchronize(devs)   # a device loader queues kernels: its own GPU's, not the current one's
+            t, n, it, b = time.perf_counter(), 0, iter(ld), None
             for _b in range(batches):
-                try: n += len(next(it)['index'])
+                try: b = next(it)
                 except StopIteration: break
-            sync(); times[k].append(n / (time.perf_counter() - t))
+                n += len(b['index'])
+            _synchronize(devs | _cuda_devices(ld, b)); times[k].append(n / (time.perf_counter() - t))
     return {k: float(np.median(v)) for k, v in times.items()}
 
 # %% ../nbs/16_pipeline.ipynb #c087

@@ -523,6 +523,25 @@ def test_cuda_batches_equal_the_cpu_batches(sets, monkeypatch, pooled):
     assert streams == [('stream of', str(dl.device))] * len(dl)
 
 
+def test_loader_rates_waits_for_each_loaders_own_device(monkeypatch):
+    """Each window's end waits for the kernels of the loader's own GPU (cuda:1 here, not the current device), decided per
+    window: CUDA starts lazily at a device loader's first batch, and a choice made once before any loader ran never
+    synchronised (the device loader was timed on its kernel launches). Simulated on CPU: synchronize counts its calls."""
+    state, calls = {'init': False}, []
+    monkeypatch.setattr(torch.cuda, 'is_initialized', lambda: state['init'])
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: calls.append(device))
+    class OnGpu1:   # stands for a DeviceLoader on cuda:1 (constructing one touches no CUDA)
+        device = torch.device('cuda', 1)
+        def __iter__(self):
+            state['init'] = True   # the first batch's copy to the GPU starts CUDA
+            for _ in range(4): yield {'index': torch.arange(8)}
+    class OnHost:   # a DataLoader's CPU batches: nothing to wait for
+        def __iter__(self): return iter([{'index': torch.arange(8)}] * 4)
+    rates = P.loader_rates({'device': OnGpu1(), 'host': OnHost()}, batches=4, repeats=3)
+    assert set(rates) == {'device', 'host'}
+    assert calls == [torch.device('cuda', 1)] * 5   # the first window's end, then both ends of the two others
+
+
 def _memory_loader(n=40, batch=8, prefetch=0, seed=0):
     "A DeviceLoader over random uint8 images in memory whose augmentation draws from the loader's generator."
     g = torch.Generator().manual_seed(seed)
