@@ -111,7 +111,7 @@ def ratio_stats(times,  # per-repeat times of a model
 
 # %% ../nbs/18_bench.ipynb #c022
 FLAGS = {'iters': '--iters', 'warmup': '--warmup', 'batch_size': '--batch-size', 'batches': '--batches', 'images': '--images',
-         'workers': '--workers', 'input_size': '--input-size'}   # a parameter -> the `har-kit bench` flag that sets it
+         'workers': '--workers', 'input_size': '--input-size', 'rounds': '--rounds'}   # a parameter -> the `har-kit bench` flag that sets it
 
 def _at_least(v, low, name, what):  # a value; its least; the parameter's name; what it counts
     "`v` as an int when it is a whole number >= `low`, else a `KitError` naming the parameter and its flag."
@@ -295,43 +295,53 @@ def synthetic_samples(n: int = 64,           # images to write
         out.append(data.Sample(image=p, labels=np.zeros(26, np.int8), split='train'))
     return out
 
-# %% ../nbs/18_bench.ipynb #c043
+# %% ../nbs/18_bench.ipynb #c044
+def _epoch_batches(batches, n, per_worker=4):  # timed batches asked for; worker processes; the least batches per worker
+    "The batches of a timed epoch: `batches`, at least `per_worker` per worker (`loader_options`' prefetch), a whole number per worker."
+    return -(-max(batches, per_worker * n) // max(n, 1)) * max(n, 1)
+
+def _data_rates(samples, transform, workers, batch_size, batches, device, rounds):
+    "{workers: images/s of each timed epoch}: `data_throughput`'s measurement, every round kept."
+    if not samples: raise KitError('data_throughput: no samples')
+    batch_size, batches = _at_least(batch_size, 1, 'batch_size', 'images per batch'), _at_least(batches, 1, 'batches', 'timed batches')
+    rounds = _at_least(rounds, 1, 'rounds', 'timed epochs per worker count')
+    workers = list(dict.fromkeys(_at_least(n, 0, 'workers', 'worker counts') for n in workers))
+    pick = np.random.default_rng(0).permutation(len(samples))
+    loaders, seen = {}, {n: [] for n in workers}
+    try:
+        for n in workers:   # one epoch is exactly the batches read: a draw from all the samples (repeated when fewer)
+            drawn = [samples[pick[i % len(samples)]] for i in range(batch_size * _epoch_batches(batches, n))]
+            loaders[n] = loading.make_loader(drawn, transform, batch_size, shuffle=True, drop_last=False, **loader_options(n, device))
+        def epoch(n):   # a whole epoch, its iterator made inside the clock: nothing prepared before it is counted
+            def run(): seen[n].append(sum(len(b['index']) for b in loaders[n]))
+            return run
+        times = _interleaved([epoch(n) for n in workers], _timer(torch.device('cpu')), 1, rounds)   # warm-up: the workers start
+    finally: loaders.clear()   # the persistent workers end with their loaders
+    return {n: [k / (ms / 1e3) for k, ms in zip(seen[n][1:], t)] for n, t in zip(workers, times)}
+
 def data_throughput(samples,                 # list of `har_kit.data.Sample`
                     transform,               # e.g. `har_kit.loading.campar_transforms(True)`
                     workers=(0, 1, 2),       # worker counts to measure
                     batch_size: int = 32,    # images per batch
-                    batches: int = 8,        # timed batches per worker count (after the first, which starts the workers)
-                    device='cpu'):           # pinned memory when 'cuda'
-    "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: images/s}, over one epoch of `batches` + 1 batches drawn from `samples` (seed 0; repeated when fewer), so no worker restarts inside the timing."
-    if not samples: raise KitError('data_throughput: no samples')
-    batch_size, batches = _at_least(batch_size, 1, 'batch_size', 'images per batch'), _at_least(batches, 1, 'batches', 'timed batches')
-    workers = [_at_least(n, 0, 'workers', 'worker counts') for n in workers]
-    need = batch_size * (batches + 1)
-    pick = np.random.default_rng(0).permutation(len(samples))
-    samples = [samples[pick[i % len(samples)]] for i in range(need)]   # one epoch is exactly the batches read: a draw from them all
-    out = {}
-    for n in workers:
-        loader = loading.make_loader(samples, transform, batch_size, shuffle=True, drop_last=False, **loader_options(n, device))
-        it, seen = iter(loader), 0
-        next(it)                                       # worker start-up and the first batch are not timed
-        t = time.perf_counter()
-        for _ in range(batches): seen += len(next(it)['index'])
-        out[n] = seen / (time.perf_counter() - t)
-        del it, loader
-    return out
+                    batches: int = 8,        # batches per timed epoch (at least 4 per worker, a whole number per worker)
+                    device='cpu',            # pinned memory when 'cuda'
+                    rounds: int = 3):        # timed epochs per worker count, interleaved across the counts
+    "Images/s the loader delivers (decode + transform + collate) for each worker count: {workers: median images/s over `rounds` whole epochs}, after an untimed epoch that starts the workers."
+    return {n: statistics.median(r) for n, r in _data_rates(samples, transform, workers, batch_size, batches, device, rounds).items()}
 
-# %% ../nbs/18_bench.ipynb #c044
+# %% ../nbs/18_bench.ipynb #c045
 def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 'dahar' (224x224, ResNet-101)
                samples=None,                 # `Sample`s to read (None: `synthetic_samples(images)`)
                workers=None,                 # worker counts (None: 0, 1, 2, 4, ... up to `default_workers()`)
                batch_size: int = 32,         # images per batch (loader and model)
-               batches: int = 8,             # timed loader batches per worker count
+               batches: int = 8,             # batches per timed loader epoch (at least 4 per worker, a whole number per worker)
                images: int = 64,             # synthetic images when `samples` is None
                device='cpu',                 # where the model trains
                model_batch: int | None = None,  # batch of the model's timed step (None: batch_size)
                model_iters: int = 3,         # timed training steps of the model
                arch: str | None = None,      # the model's backbone (None: the paper's, at the paper's input size)
-               model_warmup: int = 1):       # untimed training steps of the model first
+               model_warmup: int = 1,        # untimed training steps of the model first
+               rounds: int = 3):             # timed loader epochs per worker count
     "The data pipeline's images/s per worker count beside the paper backbone's training images/s, and their ratio."
     tf, (_, arch_, size) = pipeline_transform(pipeline), PIPELINES[pipeline]
     arch_ = arch or arch_
@@ -340,22 +350,24 @@ def data_bench(pipeline: str = 'campar',     # 'campar' (256x192, ResNet-50) or 
         while workers[-1] < top: workers.append(min(top, max(1, workers[-1] * 2)))
     with tempfile.TemporaryDirectory(prefix='har-kit-databench-') as tmp:   # synthetic JPEGs: removed after, also on an error or Ctrl-C
         if samples is None: samples = synthetic_samples(_at_least(images, 1, 'images', 'synthetic images to write'), root=tmp)
-        rates = data_throughput(samples, tf, workers, batch_size, batches, device)
+        per_round = _data_rates(samples, tf, workers, batch_size, batches, device, rounds)
+    rates = {k: statistics.median(v) for k, v in per_round.items()}
     model = throughput(plain_baseline(arch_, 26), size, model_batch or batch_size, device, train=True, warmup=model_warmup, iters=model_iters)
-    best = max(rates.values())
+    best, epoch = max(rates.values()), {str(k): batch_size * _epoch_batches(batches, k) for k in rates}
     return dict(pipeline=pipeline, input_size=list(size), model=f'plain {arch_}', device=model['device'],
-                data_images_per_s={str(k): v for k, v in rates.items()}, model_train_images_per_s=model['images_per_s'],
+                data_images_per_s={str(k): v for k, v in rates.items()}, data_range={str(k): [min(v), max(v)] for k, v in per_round.items()},
+                model_train_images_per_s=model['images_per_s'],
                 ratio={str(k): v / model['images_per_s'] for k, v in rates.items()}, best_ratio=best / model['images_per_s'],
-                cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, images=len(samples),
-                samples_read=batch_size * (batches + 1), images_read=min(len(samples), batch_size * (batches + 1)),
+                cpus=available_cpus(), load=_load(), batch_size=batch_size, batches=batches, rounds=rounds, images=len(samples),
+                epoch_images=epoch, images_read=min(len(samples), max(epoch.values())),
                 model_warmup=model_warmup, model_iters=model_iters)
 
-# %% ../nbs/18_bench.ipynb #c045
+# %% ../nbs/18_bench.ipynb #c046
 def _load():
     try: return list(os.getloadavg())
     except OSError: return None
 
-# %% ../nbs/18_bench.ipynb #c050
+# %% ../nbs/18_bench.ipynb #c051
 def build_model(spec: str):  # 'package.module:builder' optionally followed by JSON kwargs '{"k": v}'
     "Import `package.module`, call `builder(**kwargs)` and return the model."
     target, _, kw = spec.partition('{')
@@ -374,7 +386,7 @@ def build_model(spec: str):  # 'package.module:builder' optionally followed by J
                            f'pass its arguments as JSON after the name, e.g. \'{mod}:{fn}{{"name": value}}\'') from None
     return builder(**kwargs)
 
-# %% ../nbs/18_bench.ipynb #c051
+# %% ../nbs/18_bench.ipynb #c052
 def format_table(rows: dict):  # name -> `complexity` result
     "A plain-text table of parameters, latency and train-step time with their median ratios and interquartile ranges."
     w = max([len('model')] + [len(n) for n in rows])
@@ -387,16 +399,17 @@ def format_table(rows: dict):  # name -> `complexity` result
                      f'{r["latency_ratio"]:>6.2f} {iqr(r, "latency_ratio"):>10} {tr}')
     return '\n'.join(lines)
 
-# %% ../nbs/18_bench.ipynb #c052
+# %% ../nbs/18_bench.ipynb #c053
 def format_data(res: dict):  # a `data_bench` result
     "A plain-text table of the pipeline's images/s per worker count and its ratio to the model's training images/s."
     lines = [f'data pipeline {res["pipeline"]} at {res["input_size"][1]}x{res["input_size"][2]} vs {res["model"]} training '
              f'({res["model_train_images_per_s"]:.1f} images/s on {res["device"]}); {res["cpus"]} CPUs, load {res["load"]}',
-             f'{"workers":>7} {"images/s":>9} {"x model":>8}']
-    lines += [f'{k:>7} {v:>9.1f} {res["ratio"][k]:>8.2f}' for k, v in res['data_images_per_s'].items()]
+             f'{"workers":>7} {"images/s":>9} {"x model":>8} {"range (images/s)":>17}']
+    span = lambda k: '{:.1f}-{:.1f}'.format(*res['data_range'][k]) if k in res.get('data_range', {}) else '-'
+    lines += [f'{k:>7} {v:>9.1f} {res["ratio"][k]:>8.2f} {span(k):>17}' for k, v in res['data_images_per_s'].items()]
     return '\n'.join(lines)
 
-# %% ../nbs/18_bench.ipynb #c053
+# %% ../nbs/18_bench.ipynb #c054
 def cli(argv=None):  # arguments after `har-kit bench`
     "`har-kit bench`: time models (or plain backbones) against a plain-backbone baseline, or the data pipeline; print and save."
     p = argparse.ArgumentParser(prog='har-kit bench', description=__doc__ or 'complexity benchmark')
@@ -415,7 +428,8 @@ def cli(argv=None):  # arguments after `har-kit bench`
     p.add_argument('--data-root', type=Path, help='--data: a real dataset root (default: synthetic pedestrian-sized JPEGs)')
     p.add_argument('--dataset', default='pa100k', help='--data: the dataset kind of --data-root (default %(default)s)')
     p.add_argument('--workers', type=int, nargs='+', help='--data: worker counts (default 0, 1, 2, 4, ... up to the CPUs - 1)')
-    p.add_argument('--batches', type=int, default=8, help='--data: timed batches per worker count (default %(default)s)')
+    p.add_argument('--batches', type=int, default=8, help='--data: batches per timed loader epoch, at least 4 per worker and a whole number per worker (default %(default)s)')
+    p.add_argument('--rounds', type=int, default=3, help='--data: timed loader epochs per worker count, after an untimed one (default %(default)s)')
     p.add_argument('--images', type=int, default=128, help='--data: synthetic images to write (default %(default)s)')
     p.add_argument('--out', type=Path, default=None, help='JSON output (default outputs/bench/complexity.json or data_<pipeline>.json)')
     a = p.parse_args(argv)
@@ -423,6 +437,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
     _at_least(a.iters, 1, 'iters', 'timed repeats'); _at_least(a.warmup, 0, 'warmup', 'untimed repeats'); _at_least(a.batch_size, 1, 'batch_size', 'images per batch')
     if a.data:
         _at_least(a.batches, 1, 'batches', 'timed batches'); _at_least(a.images, 1, 'images', 'synthetic images to write')
+        _at_least(a.rounds, 1, 'rounds', 'timed epochs per worker count')
         for n in a.workers or (): _at_least(n, 0, 'workers', 'worker counts')
     else: check_input_size(a.input_size)
     name = f'data_{a.data}.json' if a.data else 'complexity.json'
@@ -433,7 +448,8 @@ def cli(argv=None):  # arguments after `har-kit bench`
         samples, bs = None, (a.batch_size if a.batch_size > 1 else 32)
         if a.data_root:
             samples = data.load_dataset(a.dataset, a.data_root).split('train')   # the batches read are drawn from all of it
-        res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=min(a.iters, 5), model_warmup=min(a.warmup, 1))
+        res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=min(a.iters, 5), model_warmup=min(a.warmup, 1),
+                         rounds=a.rounds)
         print(format_data(res))
         out = save_json(res, out)
         print(f'wrote {out}')

@@ -131,8 +131,9 @@ def test_cli_checks_out_batch_and_attributes_before_timing(tmp_path, capsys, mon
     with pytest.raises(KitError, match='at least 1 attribute'): plain_baseline('resnet-tiny', 0)
 
 
-def test_data_throughput_reads_one_epoch_per_worker_count(monkeypatch, tmp_path):
-    "The timed batches come from the loader's first epoch (the samples repeated to fill it): no worker restarts while timed."
+def test_data_throughput_times_whole_epochs_of_persistent_workers(monkeypatch, tmp_path):
+    """Each worker count's loader runs one untimed epoch, then `rounds` timed ones (its workers persist, none restarts):
+    an epoch is `batches`, at least 4 a worker and a whole number a worker, drawn from all the samples (repeated when fewer)."""
     made = []
     real = bench.loading.make_loader
     class Counted:
@@ -142,12 +143,52 @@ def test_data_throughput_reads_one_epoch_per_worker_count(monkeypatch, tmp_path)
         made.append(Counted(real(*a, **kw))); return made[-1]
     monkeypatch.setattr(bench.loading, 'make_loader', counted)
     samples = bench.synthetic_samples(3, (40, 20), root=tmp_path)
-    rates = bench.data_throughput(samples, bench.pipeline_transform('campar'), [0, 1], batch_size=2, batches=4)
-    assert set(rates) == {0, 1} and [c.epochs for c in made] == [1, 1] and [len(c.loader.dataset) for c in made] == [10, 10]
+    rates = bench.data_throughput(samples, bench.pipeline_transform('campar'), [0, 2], batch_size=2, batches=3, rounds=2)
+    assert set(rates) == {0, 2} and [c.epochs for c in made] == [3, 3] and [len(c.loader.dataset) for c in made] == [6, 16]
+    assert made[1].loader.persistent_workers and made[1].loader.num_workers == 2
     many = bench.synthetic_samples(40, (40, 20), root=tmp_path/'many')   # more than one epoch reads: a draw from all of them
-    bench.data_throughput(many, bench.pipeline_transform('campar'), [0], batch_size=2, batches=4)
+    bench.data_throughput(many, bench.pipeline_transform('campar'), [0], batch_size=2, batches=5, rounds=1)
     read = {s.image.name for s in made[-1].loader.dataset.samples}
     assert len(read) == 10 and not read <= {s.image.name for s in many[:10]}
+
+
+def test_data_throughput_counts_no_batch_made_before_its_clock(monkeypatch):
+    """A DataLoader's workers start on `num_workers * prefetch_factor` batches as soon as its iterator is made: every
+    batch counted in a timed window was made inside it, and the rate is the window's images over its time. Before, the
+    clock started after the first batch, with the prefetched ones already made (up to 2x the true rate at 12 workers).
+    Structure, not speed: the loader and the clock are stand-ins that write one log."""
+    log, tokens = [], iter(range(10**6))
+    class Prefetching:   # a DataLoader's shape: iter() sets `num_workers * prefetch_factor` batches going at once
+        def __init__(self, samples, transform, batch_size, shuffle, drop_last, num_workers=0, prefetch_factor=None, **kw):
+            self.n, self.bs, self.ahead, self.epochs = len(samples) // batch_size, batch_size, num_workers * (prefetch_factor or 0), 0
+        def __iter__(self):
+            self.epochs += 1
+            todo, ready = self.n, []
+            def start():   # a worker takes a batch: it is made from now on
+                nonlocal todo
+                todo -= 1; ready.append(next(tokens)); log.append(('made', ready[-1]))
+            for _ in range(min(self.ahead, todo)): start()
+            def batches():
+                while ready or todo:
+                    if not ready: start()   # no workers: made when asked for
+                    k = ready.pop(0)
+                    if self.ahead and todo: start()   # the worker that handed it over takes the next one
+                    log.append(('used', k, self)); yield {'index': torch.arange(self.bs)}
+            return batches()
+    made = []
+    monkeypatch.setattr(bench.loading, 'make_loader', lambda *a, **kw: made.append(Prefetching(*a, **kw)) or made[-1])
+    monkeypatch.setattr(bench.time, 'perf_counter', lambda: log.append(('clock',)) or float(len(log)))
+    rates = bench.data_throughput(list('ab'), None, [0, 2], batch_size=2, batches=3)   # rounds: 3 by default
+    clocks = [i for i, e in enumerate(log) if e[0] == 'clock']
+    made_at = {e[1]: i for i, e in enumerate(log) if e[0] == 'made'}
+    per = {id(ld): [] for ld in made}
+    for start, end in zip(clocks[::2], clocks[1::2]):
+        used = [e for e in log[start:end] if e[0] == 'used']
+        assert used and len({id(e[2]) for e in used}) == 1 and all(made_at[e[1]] > start for e in used), log[start:end]
+        per[id(used[0][2])].append(2 * len(used) / (end - start))   # images over the window's (stand-in) seconds
+    assert len(clocks) == 2 * 2 * 3   # two reads a window, a window per round and worker count
+    assert [(ld.n, ld.ahead, ld.epochs) for ld in made] == [(3, 0, 4), (8, 8, 4)]   # 3 batches; 8 for 2 workers (4 each, their prefetch)
+    assert [rates[0], rates[2]] == [pytest.approx(sorted(per[id(ld)])[1]) for ld in made]   # the median of the rounds
 
 
 def test_data_bench_removes_its_synthetic_images_also_when_stopped(monkeypatch, tmp_path):
@@ -155,9 +196,9 @@ def test_data_bench_removes_its_synthetic_images_also_when_stopped(monkeypatch, 
     from conftest import TempIn
     monkeypatch.setattr(bench, 'tempfile', TempIn(tmp_path))   # bench's temporary folders only
     res = bench.data_bench('campar', workers=[0], batch_size=2, batches=1, images=3, model_batch=2, model_iters=1, arch='resnet-tiny')
-    assert res['images'] == 3 and res['samples_read'] == 4 and list(tmp_path.iterdir()) == []
+    assert res['images'] == 3 and res['epoch_images'] == {'0': 2} and list(tmp_path.iterdir()) == []
     def stop(*a, **kw): raise KeyboardInterrupt
-    monkeypatch.setattr(bench, 'data_throughput', stop)
+    monkeypatch.setattr(bench, '_data_rates', stop)
     with pytest.raises(KeyboardInterrupt): bench.data_bench('campar', workers=[0], batch_size=2, batches=1, images=3, arch='resnet-tiny')
     assert list(tmp_path.iterdir()) == []
 
@@ -166,6 +207,7 @@ def test_data_bench_removes_its_synthetic_images_also_when_stopped(monkeypatch, 
     (['--data', 'campar', '--batches', '0'], 'batches=0 (--batches): timed batches must be a whole number >= 1'),
     (['--data', 'campar', '--batch-size', '-5'], 'batch_size=-5 (--batch-size)'),
     (['--data', 'campar', '--images', '0'], 'images=0 (--images)'),
+    (['--data', 'campar', '--rounds', '0'], 'rounds=0 (--rounds): timed epochs per worker count must be a whole number >= 1'),
     (['--data', 'campar', '--workers', '0', '-1'], 'workers=-1 (--workers)'),
     (['--iters', '0'], 'iters=0 (--iters)'),
     (['--input-size', '1', '32', '32'], 'input_size=(1, 32, 32) (--input-size C H W): the models take RGB images'),
