@@ -95,7 +95,7 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
                "compiled on an H200: 1.65x TF32's (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "
                "runs one without autocast (torch's defaults: matrix products in fp32, cuDNN convolutions in TF32)"},
     'sample': {
-        'data_root': 'the real PA100K sample beside the project (1,600 / 200 / 200 images), not the full set',
+        'data_root': 'a sample of PA100K (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), not the full set',
         'arch': 'CPU: resnet-tiny trains in minutes', 'weights': 'from scratch: resnet-tiny has no ImageNet weights',
         'scale': 'CPU: 3/8-size inputs', 'epochs': 'CPU budget: three seeds of the table in minutes',
         'batch_size': 'CPU', 'device': "'auto': the GPU when there is one, else the CPU",

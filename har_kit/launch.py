@@ -130,9 +130,8 @@ def run_states(runs,         # PlannedRuns, or the run records of a saved status
             old = [by_dir[d] for d in rec['deps'] if by_dir.get(d, {}).get('state') == 'stale']
             if rec['state'] == 'done' and old:
                 rec['state'], rec['error'], changed = 'stale', f'reads {old[0]["name"]}, which is stale ({old[0]["error"]})', True
-    books = {}   # each notebook's record now, read once
     for rec in recs:   # current, but made by an earlier version of its notebook's code: said, still counted
-        if rec['state'] == 'done' and 'notebook' in rec and (nb := earlier_code(rec, books)): rec['note'] = _code_note(nb)
+        if rec['state'] == 'done' and 'notebook' in rec and (nb := earlier_code(rec)): rec['note'] = _code_note(nb)
     return recs
 
 def _code_note(notebook  # the notebook's file name (`har_kit.reproduce.earlier_code`)
@@ -529,7 +528,7 @@ def submit(runs,           # PlannedRuns, dependencies first
     "Submit every run neither done nor queued as one job with its dependencies; record `<run>.job.json` (the tables job: `<root>/<profile>/tables.job.json`); return one action per run. A job the scheduler refuses raises a `KitError` quoting it, naming the jobs submitted before it (recorded, left queued)."
     cluster = getattr(executor, 'cluster', 'local')
     native = cluster == 'slurm'            # the scheduler orders jobs; elsewhere a job waits for what it needs
-    ids, actions, blocked, books = {}, [], set(), {}   # books: each notebook's record now (`earlier_code`)
+    ids, actions, blocked = {}, [], set()
     def send(fn, name, after, kind, jf, **more):   # submit one job and record it in `jf`; the record
         from submitit.core.utils import FailedJobError, FailedSubmissionError
         if native:   # a run whose dependency failed is cancelled rather than left pending
@@ -556,7 +555,7 @@ def submit(runs,           # PlannedRuns, dependencies first
         if is_done(r.out_dir):   # a damaged run (`run_damage`) is submitted again: its job resumes it
             diff = stale_params(r)
             if not diff and is_complete(r.out_dir) and not rerun:
-                nb = earlier_code(r, books)
+                nb = earlier_code(r)
                 actions.append(dict(name=r.name, action='done', **({'note': _code_note(nb)} if nb else {}))); continue
             # stale, unless a job known to be alive reruns it (an earlier --force's: it moves the old run aside when it starts)
             if diff and not force and not (jf.exists() and job_state(load_json(jf), certain=True) == 'active'):

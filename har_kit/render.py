@@ -54,7 +54,7 @@ def _summary(vals, seeds, constant=None, dirs=None, left_out=None, older=None, m
 def older_code(d,        # a finished seed directory
                notebook  # its section notebook ('campar')
               ) -> str | None:
-    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.run_params.code_changed`), else None: such a run is kept as it is (`har_kit.runs.prepare` only warns), so its row says so."
+    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.run_params.code_changed`), else None: such a run is kept as it is (`har-kit run` only warns), so its row says so."
     try: was, now = load_json(Path(d)/'env.json').get('notebook'), _record_now(notebook)
     except (KitError, OSError, AttributeError): return None
     return now['file'] if isinstance(was, dict) and code_changed(was, now) else None
@@ -212,7 +212,7 @@ def _fmt_interval(iv, n=None):  # `paired_interval`'s result; the seeds the two 
 PROFILE_NOTES = {
     'quick': 'synthetic stand-in data (the kit\'s procedural WIDER-/RAP-/PA100K-like benchmark), small backbone and '
              'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s: only the orderings are.',
-    'sample': 'the real PA100K sample (1,600 training images), from-scratch weights: far below the paper by design.',
+    'sample': 'the real PA100K sample (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), from-scratch weights: far below the paper by design.',
     'paper': 'the real datasets with the papers\' backbones, inputs and schedules.',
 }
 

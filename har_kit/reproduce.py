@@ -14,7 +14,8 @@ from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
-from .run_params import check_parameters, code_changed, find_notebook, notebook_record, parameter_defaults
+from .render import older_code
+from .run_params import check_parameters, parameter_defaults
 from .runs import (RunBusy, RunInterrupted, data_changes, done_digest, input_fingerprints, is_complete, is_done, mask_input, moved_defaults,
                           params_digest, read_record, real_data, run_notebook, run_status, thread_change)
 
@@ -46,7 +47,7 @@ PROFILES = {
         'cfar': dict(profile='quick', scale=0.1875, device='cpu'),   # phase 2 sees the inputs phase 1 was trained on
     },
     'sample': {
-        '_about': 'the real PA100K sample (1,600 train / 200 val / 200 test real images), resnet-tiny from scratch, 3/8-size inputs',
+        '_about': 'the real PA100K sample (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), resnet-tiny from scratch, 3/8-size inputs',
         '_data': 'pa100k-sample',
         '_threads': 1,
         '_datasets': ['pa100k'],
@@ -403,21 +404,12 @@ def stale_why(diff  # `stale_params`' list (non-empty)
                      + ([f'what it reads changed since it finished ({"; ".join(read)})'] if read else [])
                      + [_OTHER.get(d, d) for d in diff if d in _OTHER or d.endswith(' unreadable')])
 
-def earlier_code(r,              # a planned run, or its record (`PlannedRun.record`)
-                 notebooks=None   # {section: its `notebook_record` now} read so far, filled in here: each notebook is read once
+def earlier_code(r   # a planned run, or its record (`PlannedRun.record`)
                 ) -> str | None:
-    "The notebook's file name when the run is done and its env.json records an earlier version of that notebook's code (`code_changed`), else None."
+    "The notebook's file name when the run is done and was made by an earlier version of that notebook's code (`har_kit.render.older_code`, which its table row names too), else None."
     rec = r.record() if isinstance(r, PlannedRun) else r
-    out, nb = Path(rec['out_dir']), rec['notebook']
-    if not is_done(out): return None
-    was = (read_record(out/'env.json') or {}).get('notebook')
-    if not isinstance(was, dict): return None   # a run of an older kit recorded none
-    notebooks = {} if notebooks is None else notebooks
-    if nb not in notebooks:
-        try: notebooks[nb] = notebook_record(find_notebook(nb))
-        except (KitError, OSError): notebooks[nb] = None   # no such notebook here: nothing to compare
-    now = notebooks[nb]
-    return now['file'] if code_changed(was, now) else None
+    out = Path(rec['out_dir'])
+    return older_code(out, rec['notebook']) if is_done(out) else None
 
 def run_planned(r: PlannedRun,   # the run
                 dev=None,        # a device replacing the planned one (one of --device's list)
