@@ -285,7 +285,7 @@ def find_model_file(path_or_run_dir,  # a model file, a variant directory, or a 
     "The model file a path names: the file itself, `<dir>/model.pt`, or `<dir>/<variant>/model.pt`."
     p = Path(path_or_run_dir)
     if p.is_file(): return p
-    if not p.is_dir(): raise KitError(f'{p}: no such model file or run directory')
+    if not p.is_dir(): raise KitError(f'{p}: no such model file or run directory: train one first (har-kit run <section> ...; sections save <variant>/model.pt there), or name an existing one')
     if variant is not None:
         f = p/str(variant)/'model.pt'
         if f.is_file(): return f

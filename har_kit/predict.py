@@ -176,7 +176,8 @@ def default_variant(path,          # a model file, variant directory or run dire
     if found and (p/'params.json').is_file():   # a section's run directory: its main method is the one it was asked for
         st = run_status(p)
         if st['state'] != 'done':
-            raise KitError(f'{p}: the run is {st["state"]} ({st.get("error") or "no done marker"}), so its models ({", ".join(found)}) '
+            state = 'interrupted' if st.get('interrupted') else st['state']   # as `har-kit status` says it
+            raise KitError(f'{p}: the run is {state} ({st.get("error") or "no done marker"}), so its models ({", ".join(found)}) '
                            f'may lack its main method: rerun it to finish it (it resumes), or{pick}')
         planned = load_json(p/'params.json', dict).get('variants')
     pool = planned if isinstance(planned, list) and planned else found

@@ -760,7 +760,7 @@ def run_notebook(notebook,                  # path, file name or section name
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, find_kernel_specs
     nb = section_notebook(notebook)   # a notebook with a `parameters` cell
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
-    if 'device' in params: check_devices([str(params['device'])], 'device (-p device)')   # a GPU this machine lacks: refused here
+    if 'device' in params: check_devices([str(params['device'])], 'the parameter device (-p device, or a -f file)')   # a GPU this machine lacks: refused here
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here

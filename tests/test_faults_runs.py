@@ -665,7 +665,7 @@ def test_a_gpu_this_machine_lacks_is_refused_before_a_kernel_starts(tmp_path, ca
     "-p device cuda:99 stops at the parameters, not in the notebook's 44th cell; nothing is created."
     assert cli(['campar', '-p', 'device', 'cuda:99', '--out', str(tmp_path/'r')]) == 1
     err = capsys.readouterr().err
-    assert "device (-p device): device='cuda:99'" in err and 'nothing was started' in err and not (tmp_path/'r').exists()
+    assert "the parameter device (-p device, or a -f file): device='cuda:99'" in err and 'nothing was started' in err and not (tmp_path/'r').exists()
 
 
 def test_a_done_run_whose_input_run_was_trained_again_is_refused(tmp_path, monkeypatch):

@@ -57,6 +57,15 @@ def test_readme_is_rendered_from_index():
     assert r.returncode == 0, r.stdout
 
 
+def test_readme_numbers_are_the_codes():
+    "Numbers the README types that the code computes (Da-HAR's parameter counts, the paper caches' size): an edit to the code fails here until the prose follows."
+    from har_kit import pipeline as P
+    from har_kit.dahar import param_table
+    readme, t = (ROOT/'README.md').read_text(), param_table()['paper']
+    assert f"count, {t['baseline']:.2f}M, matches" in readme and f"({t['dahar']:.2f}M parameters against" in readme, t
+    assert f"holds {round(sum(P.cache_gb(*v) for v in P.PAPER_CACHES.values()))} GB in all" in readme
+
+
 def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     readme = (ROOT/'README.md').read_text()
     assert 'make main' in readme and 'make test' in readme

@@ -858,3 +858,16 @@ def test_an_exported_model_is_on_disk_before_its_rename(tmp_path, model_file, mo
     monkeypatch.setattr(core.os, 'fsync', lambda fd: synced.append(Path(os.readlink(f'/proc/self/fd/{fd}')).name))
     export_model(model_file, tmp_path/'m.ts.pt', 'torchscript')
     assert any(n.startswith('.m.ts.pt.') and not n.startswith('.m.ts.pt.json') for n in synced), synced
+
+
+def test_a_missing_model_path_and_an_interrupted_run_say_what_to_do(tmp_path):
+    "predict before any run: 'no such model file' now says to train one; a run stopped by Ctrl-C is 'interrupted', as status says."
+    from har_kit.model_file import find_model_file
+    from har_kit.predict import default_variant
+    with pytest.raises(KitError, match=r'nope: no such model file or run directory: train one first \(har-kit run'):
+        find_model_file(tmp_path/'nope')
+    run = tmp_path/'run'
+    for v in ('baseline', 'campar'): (run/v).mkdir(parents=True); (run/v/'model.pt').write_bytes(b'')
+    (run/'params.json').write_text('{}')   # params.json and no done, no failed.json: the run stopped without finishing
+    with pytest.raises(KitError, match=r'the run is interrupted \(interrupted: the run stopped'):
+        default_variant(run)
