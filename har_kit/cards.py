@@ -355,7 +355,7 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
             if not same:
                 rows_differ = not paper.across and any(_norm(param, p[param], profile) != want for p in by_row if param in p)
                 others_differ = paper.across or any(_norm(param, p[param], profile) != want for p in others)
-                why = ([f"this table's rows set it ({_n_runs(len(by_row))}; each row's label says to what)"] if rows_differ else []) + \
+                why = ([f"this table's rows set it ({_n_runs(len(by_row))}; see the rows, columns or conventions)"] if rows_differ else []) + \
                       ([choice_reason(profile, nb, param)] if others_differ else [])
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason='; '.join(why)))

@@ -5,7 +5,6 @@
 # %% ../nbs/31_dahar.ipynb #c002
 from __future__ import annotations
 import dataclasses, math, os, shlex
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from .data import check_train_splits, load_dataset, samples_digest
 from .synth import check_profile
 from .distributed import setup_device
 from .engine import TrainConfig, predict
-from .formats import dataset_kind
+from .formats import dataset_kind, masks_fingerprint
 from .loading import DAHAR_INPUT, IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_sizes, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .pipeline import cached_loader, check_pipeline, dahar_batches
@@ -229,16 +228,16 @@ class DaHarRecipe(Recipe):
 # %% ../nbs/31_dahar.ipynb #c025
 @patch
 def params(self: DaHarRecipe, variant):  # a key of VARIANTS
-    "What the checkpoints are checked against on resume: the model, loss, data, augmentation and, where they supervise, the masks' folder."
+    "What the checkpoints are checked against on resume: the model, loss, data, augmentation and, where they supervise, the masks' names and bytes."
     c, d = self.config, self.data
     train = d.split(*c.train_splits)
-    masks = [str(Path(s.mask).parent) for s in train if s.mask is not None] if self.supervised(variant) and c.mask_supervision == 'mask' else []
+    masks = [s.mask for s in train if s.mask is not None] if self.supervised(variant) and c.mask_supervision == 'mask' else []
     return dict(model=self.model_kwargs(variant), loss=c.loss, mix=c.mix, mask_weight=c.mask_weight,
                 mask_supervision=c.mask_supervision, ignore_unspecified=c.ignore_unspecified, train_splits=c.train_splits,
                 eval_split=c.eval_split, scale=c.scale, batch_size=c.batch_size, dataset=d.name, attributes=list(d.attributes),
                 n_train=len(train), partition=d.meta.get('partition'), train_samples=samples_digest(train),
                 max_distort=c.max_distort, pipeline=c.pipeline,   # the crop windows drawn, and whose draws
-                mask_folder=str(Path(os.path.commonpath(masks)).resolve()) if masks else None)
+                masks=masks_fingerprint(os.path.commonpath(masks), masks) if masks else None)   # their names and bytes: a move keeps it
 
 @patch
 def predict(self: DaHarRecipe, model, loader):  # the trained variant; an evaluation loader

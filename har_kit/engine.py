@@ -249,9 +249,9 @@ LATER_PARAMS = {  # run parameters recorded since a later version -> the value e
     'train_samples': None,       # a checkpoint without it resumes unchecked
     'phase1': None,              # CFAR phase 2's phase-1 network and labels (`cfar.phase1_digest`): likewise
     'specific_logit': 'eq12',    # CAM-PAR's specific logits: Eq. 12 was the only formula before the switch
-    'max_distort': None,         # Da-HAR's crop windows, its augmentation pipeline and its masks' folder: a checkpoint
-    'pipeline': None,            # without them resumes unchecked on them
-    'mask_folder': None,
+    'max_distort': None,         # Da-HAR's crop windows, its augmentation pipeline and its training masks' names and
+    'pipeline': None,            # bytes: a checkpoint without them resumes unchecked on them
+    'masks': None,
 }
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))

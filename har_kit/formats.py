@@ -258,18 +258,22 @@ _mask_sha256 = functools.lru_cache(maxsize=1 << 18)(_file_sha256.__wrapped__)   
 def _unreadable(e):  # os.walk's error
     raise KitError(f'{e.filename}: cannot read this mask folder ({e.strerror or e}); fix its permissions, then run again')
 
-def masks_fingerprint(folder):  # a mask folder (`mask_folder`)
-    "A 16-hex-digit hash of the relative name and the bytes of every PNG below `folder` (linked folders followed, as the readers do): it changes when a mask is made again with other pixels, edited, added or removed; not when the folder is copied or moved, nor when `har-kit masks` only rewrites its report."
-    rows, seen = [], set()
+def _walk_pngs(folder):
+    "Every PNG below `folder`, linked folders followed (as the readers do), each folder once."
+    seen = set()
     for d, dirs, files in os.walk(folder, onerror=_unreadable, followlinks=True):
         if (real := os.path.realpath(d)) in seen: dirs[:] = []; continue   # a folder reached twice (a link loop): once
         seen.add(real)
-        for f in files:
-            if not f.endswith('.png'): continue
-            p = os.path.join(d, f)
-            try: st = os.stat(p); digest = _mask_sha256(os.path.realpath(p), st.st_size, st.st_mtime_ns)
-            except OSError as e: raise KitError(f'{p}: cannot read this mask ({e.strerror or e}); fix or remove it, then run again') from None
-            rows.append(f'{os.path.relpath(p, folder)}|{digest}')
+        yield from (os.path.join(d, f) for f in files if f.endswith('.png'))
+
+def masks_fingerprint(folder,      # a mask folder (`mask_folder`)
+                      files=None):  # the masks below it to hash (e.g. a split's); None: every PNG below it
+    "A 16-hex-digit hash of the relative name and the bytes of every PNG below `folder` (or of `files`): it changes when a mask is made again with other pixels, edited, added or removed; not when the folder is copied or moved, nor when `har-kit masks` only rewrites its report."
+    rows = []
+    for p in (_walk_pngs(folder) if files is None else map(str, files)):
+        try: st = os.stat(p); digest = _mask_sha256(os.path.realpath(p), st.st_size, st.st_mtime_ns)
+        except OSError as e: raise KitError(f'{p}: cannot read this mask ({e.strerror or e}); fix or remove it, then run again') from None
+        rows.append(f'{os.path.relpath(p, folder)}|{digest}')
     return hashlib.sha256('\n'.join(sorted(rows)).encode()).hexdigest()[:16]
 
 # %% ../nbs/02_formats.ipynb #c037

@@ -108,20 +108,24 @@ def test_dahar_run_resumes(wider, tmp_path):
 
 
 def test_a_resume_with_other_augmentation_or_masks_is_refused(wider, tmp_path):
-    "max_distort, the pipeline and the masks' folder were not in the checkpoints' params: a resume under others went on without a word."
+    "max_distort, the pipeline and the masks were not in the checkpoints' params: a resume under others went on without a word."
     import shutil
+    from PIL import Image
     from har_kit.data import read_wider
-    train_variant('dahar', wider, tmp_path/'run', _cfg(1))
+    root = tmp_path/'data'; shutil.copytree(wider.samples[0].image.parents[3], root)
+    data = read_wider(root)
+    train_variant('dahar', data, tmp_path/'run', _cfg(1))
     for kw, what in ((dict(max_distort=2), 'max_distort: 1 -> 2'), (dict(pipeline='device'), "pipeline: 'loader' -> 'device'")):
-        with pytest.raises(KitError, match=f'other parameters \\({what}\\)'): train_variant('dahar', wider, tmp_path/'run', _cfg(2, **kw))
-    root = wider.samples[0].image.parents[3]
+        with pytest.raises(KitError, match=f'other parameters \\({what}\\)'): train_variant('dahar', data, tmp_path/'run', _cfg(2, **kw))
     shutil.copytree(root/'masks', tmp_path/'other_masks')
-    other = read_wider(root, mask_dir=tmp_path/'other_masks')
-    with pytest.raises(KitError, match=r'other parameters \(mask_folder: .*masks.* -> .*other_masks'):
-        train_variant('dahar', other, tmp_path/'run', _cfg(2))
-    assert [h['epoch'] for h in train_variant('dahar', wider, tmp_path/'run', _cfg(2))['history']] == [1, 2]   # its own resumes
+    one = next(s.mask for s in data.split('train') if s.mask is not None)
+    Image.new('L', Image.open(one).size, 255).save(tmp_path/'other_masks'/one.relative_to(root/'masks'))   # another mask for one target
+    with pytest.raises(KitError, match=r'other parameters \(masks: '):
+        train_variant('dahar', read_wider(root, mask_dir=tmp_path/'other_masks'), tmp_path/'run', _cfg(2))
+    shutil.move(root, tmp_path/'moved')   # the same data and masks elsewhere (staged to a node's disk): it resumes
+    assert [h['epoch'] for h in train_variant('dahar', read_wider(tmp_path/'moved'), tmp_path/'run', _cfg(2))['history']] == [1, 2]
     box = DaHarRecipe(_cfg(mask_supervision='box'), wider)
-    assert box.params('dahar')['mask_folder'] is None and DaHarRecipe(_cfg(), wider).params('baseline')['mask_folder'] is None
+    assert box.params('dahar')['masks'] is None and DaHarRecipe(_cfg(), wider).params('baseline')['masks'] is None
 
 
 def test_mask_supervision_teaches_the_mask(wider):
