@@ -157,7 +157,10 @@ _HELD = set()   # descriptors of the build locks this process holds: a forked de
 @contextlib.contextmanager
 def _build_lock(d):  # a cache folder about to be built
     "Hold an exclusive lock on `.<d>.lock` beside `d` while the block builds it: builds of one cache take turns; the OS releases it on any exit."
-    with open(d.with_name(f'.{d.name}.lock'), 'a') as f:
+    lock = d.with_name(f'.{d.name}.lock')
+    try: f = open(lock, 'a')
+    except PermissionError: f = open(lock)   # another user's lock file beside a shared cache: flock needs no write access
+    with f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError: _waiting(d, f.name); fcntl.flock(f, fcntl.LOCK_EX)   # blocks; Ctrl-C still interrupts it
         except OSError: pass   # no locks on this file system: builds may run side by side, the first rename wins

@@ -244,6 +244,20 @@ def test_a_file_system_without_locks_builds_unlocked(sets, tmp_path, monkeypatch
     assert P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'] == c['dir']
 
 
+def test_another_users_lock_file_is_opened_to_read(sets, tmp_path, monkeypatch):
+    "A shared cache folder whose .lock another user made (mode 0644): opening it to append raised a raw PermissionError; flock needs only a reading descriptor."
+    import builtins, shutil
+    shutil.rmtree(P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['dir'])   # its lock file stays, as another user's would
+    real, modes = builtins.open, []
+    def not_ours(file, mode='r', *a, **k):   # root may write any file: the test stands in for the permission check
+        if str(file).endswith('.lock'):
+            modes.append(mode)
+            if mode == 'a': raise PermissionError(13, 'Permission denied', str(file))
+        return real(file, mode, *a, **k)
+    monkeypatch.setattr(builtins, 'open', not_ours)
+    assert P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path)['images'].shape == (12, 16, 12, 3) and modes == ['a', 'r']
+
+
 def test_a_failed_build_leaves_no_temporary_folder(sets, tmp_path, monkeypatch):
     args = _pa_args(sets)
     def stop(job): raise KeyboardInterrupt   # Ctrl-C part way (any exception goes the same way)
