@@ -80,7 +80,10 @@ def resolve_weights(arch: str,   # a torchvision arch of TORCHVISION_ARCHES
     if weights is None: return None
     enum = torchvision.models.get_model_weights(arch)
     if isinstance(weights, enum): return weights
-    name = str(weights).split('.')[-1] if isinstance(weights, str) else None
+    prefix, _, name = str(weights).rpartition('.') if isinstance(weights, str) else ('', '', None)
+    if prefix and prefix != enum.__name__:   # another arch's weights, read by their member name alone, would load silently
+        raise KitError(f'weights={weights!r} are {prefix}, not {arch}\'s {enum.__name__}: pass {enum.__name__}.{name} or just '
+                       f'"{name}", or choose the arch those weights are for')
     if name == 'DEFAULT': return enum.DEFAULT
     if name in enum.__members__: return enum[name]
     raise KitError(f'weights={weights!r} is not a {enum.__name__} weight: choose None, "DEFAULT" or one of '

@@ -34,9 +34,10 @@ def bce_loss(logits,                          # (N, C) logits
     "BCE of Da-HAR Eq. 1 = CAM-PAR Eq. 13 (and CFAR's Loss_2): summed over attributes, averaged over the batch."
     labels = torch.as_tensor(labels)
     if labels.shape != logits.shape: raise KitError(f'labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (N, C)')
+    logits = logits.float()   # bf16 logits (amp): the loss, its weights and its sum in float32, not rounded to 3 digits
     y, keep = targets(labels, ignore_unspecified)   # on the labels' device (checked on the host), then moved
-    y, keep = y.to(logits.device, logits.dtype), keep.to(logits.device, logits.dtype)
-    if weight is not None: keep = keep * torch.as_tensor(weight, dtype=logits.dtype, device=logits.device)
+    y, keep = y.to(logits.device), keep.to(logits.device)
+    if weight is not None: keep = keep * torch.as_tensor(weight, dtype=torch.float32, device=logits.device)
     return (F.binary_cross_entropy_with_logits(logits, y, reduction='none') * keep).sum() / logits.shape[0]
 
 # %% ../nbs/04_losses.ipynb #c008
@@ -65,6 +66,7 @@ def pos_ratio(labels,                         # (N, C) training labels in {1, 0,
 # %% ../nbs/04_losses.ipynb #c013
 def _ratio(ratio, labels):  # the `ratio` argument; the (N, C) labels it weights
     "The positive ratios as float32, refused unless (C,) values in [0, 1]."
+    if torch.is_tensor(ratio): ratio = ratio.detach().cpu()   # e.g. a criterion's buffer, moved with it to a GPU
     r, c = np.asarray(ratio, dtype=np.float32), labels.shape[-1]
     if r.shape != (c,) or not (np.isfinite(r).all() and r.min(initial=0) >= 0 and r.max(initial=0) <= 1):
         raise KitError(f'ratio: expected {c} positive ratios in [0, 1], one per attribute (`pos_ratio` of the training '

@@ -76,3 +76,28 @@ def test_mask_loss_refuses_another_batch_of_masks_and_integer_masks():
     m[..., :4, :] = 1
     assert float(mask_loss(logits, m.bool())) == pytest.approx(float(mask_loss(logits, m)))   # bools are 0/1 floats
     assert mask_loss(logits, m[:, 0]).shape == ()   # spatial handling as before: any H, W, (N, H, W) accepted
+
+
+def test_bf16_logits_are_scored_in_float32_with_unrounded_weights():
+    "Eq. 2's and [15]'s weights were cast to the logits' dtype: under amp='bf16' rounded to about 3 digits, the sum in bf16."
+    w = sample_weights_15(LABELS.clamp(min=0), np.array([0.1, 0.37, 0.9], dtype=np.float32))
+    half = bce_loss(LOGITS.bfloat16(), LABELS, weight=w)
+    assert half.dtype == torch.float32 and torch.equal(half, bce_loss(LOGITS.bfloat16().float(), LABELS, weight=w))
+
+
+def test_a_ratio_held_as_a_tensor_is_read():
+    "DaHarLoss keeps pos_ratio as a buffer, which .to('cuda') moves: the weighted losses read it with np.asarray, which a CUDA tensor (or one needing grad) refuses."
+    from har_kit.dahar import DaHarLoss
+    ratio = torch.tensor([0.2, 0.5, 0.7], requires_grad=True)   # np.asarray refuses it as it refuses a CUDA tensor
+    assert torch.equal(weighted_bce_loss(LOGITS, LABELS, ratio), weighted_bce_loss(LOGITS, LABELS, ratio.detach().numpy()))
+    crit = DaHarLoss('weighted', pos_ratio=[0.2, 0.5, 0.7])
+    crit.pos_ratio.requires_grad_(True)
+    assert torch.isfinite(crit(dict(logits=LOGITS), dict(labels=LABELS))['loss'])
+
+
+def test_another_archs_weights_are_refused():
+    "resolve_weights('resnet101', 'ResNet50_Weights.IMAGENET1K_V1') gave ResNet101's weights: the prefix was dropped."
+    from har_kit.backbones import resolve_weights
+    with pytest.raises(KitError, match=r"are ResNet50_Weights, not resnet101's ResNet101_Weights"):
+        resolve_weights('resnet101', 'ResNet50_Weights.IMAGENET1K_V1')
+    assert resolve_weights('resnet101', 'ResNet101_Weights.IMAGENET1K_V1').name == 'IMAGENET1K_V1'
