@@ -5,6 +5,7 @@
 # %% ../nbs/16_pipeline.ipynb #c003
 from __future__ import annotations
 import contextlib, copy, errno, fcntl, functools, hashlib, json, os, queue, shutil, sys, tempfile, threading, time, uuid, warnings
+import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -137,7 +138,11 @@ def _fill(d, what, paths, boxes, size, masks, workers, desc):  # -> (pixels' has
     n, chunks = len(paths), [list(range(i, min(i + 64, len(paths)))) for i in range(0, len(paths), 64)]
     jobs = [(c, what, [paths[i] for i in c], [boxes[i] for i in c], size, None if masks is None else [masks[i] for i in c]) for c in chunks]
     # one intra-op thread per decoding process; in the caller's own process only for the build, its count restored after
-    ex = ProcessPoolExecutor(workers, initializer=_decoder_init, initargs=(tuple(_HELD),)) if workers > 1 else None
+    # forked: a worker's copies of the build locks are the parent's descriptors, which it closes; a worker started
+    # otherwise (forkserver, Python 3.14's default) shares none, and those numbers would be its own pipes to the pool
+    fork = 'fork' in mp.get_all_start_methods()
+    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if fork else None), initializer=_decoder_init,
+                             initargs=(tuple(_HELD) if fork else (),)) if workers > 1 else None
     try:
         with tqdm(total=n, desc=desc, unit='img') as bar, torch_threads(1):
             for idx, outs in (ex.map(_decode_chunk, jobs) if ex else map(_decode_chunk, jobs)):

@@ -298,6 +298,18 @@ def test_a_failed_multi_process_build_stops_its_workers(sets, tmp_path, monkeypa
     assert multiprocessing.active_children() == [] and _entries(tmp_path) == []
 
 
+def test_the_decoding_processes_are_forked_whatever_the_default_start_method(sets, tmp_path, monkeypatch):
+    "Their initializer closes the parent's build-lock descriptors by number: under forkserver (Python 3.14's default) those numbers were the worker's own pipes (BrokenProcessPool)."
+    made = []
+    class Pool(P.ProcessPoolExecutor):
+        def __init__(self, *a, **k): made.append(k); super().__init__(*a, **k)
+    monkeypatch.setattr(P, 'ProcessPoolExecutor', Pool)
+    monkeypatch.setattr(multiprocessing, 'get_start_method', lambda allow_none=False: 'forkserver')
+    assert P.decoded_cache(*_pa_args(sets), name='pa', root=tmp_path, workers=2)['images'].shape == (12, 16, 12, 3)
+    [k] = made
+    assert k['mp_context'].get_start_method() == 'fork'
+
+
 @pytest.mark.parametrize('how', ['removed', 'removed-then-meta'])
 def test_a_temporary_folder_removed_during_the_build_publishes_nothing(sets, tmp_path, monkeypatch, how):
     "A sweep on another node, or a user clearing the cache, removed the build's folder: save_json would make it again with meta.json alone."
