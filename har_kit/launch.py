@@ -4,7 +4,7 @@
 
 # %% ../nbs/72_launch.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, io, json, os, re, shlex, sys, time
+import argparse, contextlib, datetime, io, json, os, re, shlex, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,11 @@ def job_file(out_dir   # a run directory
 
 SACCT_LAG = 600   # seconds after sbatch in which a job sacct does not list yet counts as queued (its accounting lags)
 
+def _submitted_at(stamp):  # a job record's 'submitted'
+    "Seconds since the epoch: the stamp with its UTC offset, as `submit` records it; an older record's local time read as local (an hour off in the hour a clock goes back)."
+    try: return datetime.datetime.strptime(stamp, '%Y-%m-%dT%H:%M:%S%z').timestamp()
+    except ValueError: return time.mktime(time.strptime(stamp, '%Y-%m-%dT%H:%M:%S'))
+
 def job_state(job: dict,     # a run's job record (`job_file`)
               certain=False  # local jobs: 'active' only for a process whose start time was recorded (a pid alone may be reused)
              ) -> str:
@@ -69,7 +74,7 @@ def job_state(job: dict,     # a run's job record (`job_file`)
     import submitit
     state = submitit.SlurmJob(job['folder'], job['job_id']).state.split(' ')[0]
     if state != 'UNKNOWN': return 'active' if state in _ACTIVE_SLURM else 'ended'
-    try: age = time.time() - time.mktime(time.strptime(str(job.get('submitted')), '%Y-%m-%dT%H:%M:%S'))   # as `submit` records it
+    try: age = time.time() - _submitted_at(str(job.get('submitted')))
     except ValueError: return 'unknown'
     return 'active' if 0 <= age < SACCT_LAG else 'unknown'   # just submitted: not sent a second time, not called cancelled
 
@@ -542,7 +547,7 @@ def submit(runs,           # PlannedRuns, dependencies first
             sent = [f'{a["name"]} [job {a["job_id"]}]' for a in actions if a['action'] == 'submit']
             raise _SubmitRefused(f'the scheduler ({cluster}) refused the job of {name}: {said}', sent) from None
         info = dict(job_id=str(job.job_id), cluster=cluster, folder=str(executor.folder), after=after,
-                    submitted=time.strftime('%Y-%m-%dT%H:%M:%S'), **more)
+                    submitted=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **more)   # with its offset: unambiguous when a clock goes back
         if cluster in ('local', 'debug') and str(job.job_id).isdigit():   # a local job is a process: keep its start time
             info['started'] = -1.0 if (t := _process_started(int(job.job_id))) is None else t   # -1: already ended
         save_json(info, jf)

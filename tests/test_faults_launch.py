@@ -449,6 +449,15 @@ def test_a_done_run_is_not_held_by_a_job_record_that_proves_nothing(tmp_path, jo
     assert L.wait_for([d]) == {d: 'done'}
 
 
+def test_a_submission_stamp_is_read_with_its_offset_and_an_older_one_as_local_time():
+    "In the hour a clock goes back, a local stamp without offset read a job sent 5 s ago as an hour old (then 'unknown', sent again)."
+    import time
+    from har_kit.launch import _submitted_at
+    first, second = _submitted_at('2026-11-01T01:30:00-0400'), _submitted_at('2026-11-01T01:30:00-0500')   # New York's twice-lived 1:30
+    assert second - first == 3600
+    assert _submitted_at('2026-01-01T00:00:00') == time.mktime(time.strptime('2026-01-01T00:00:00', '%Y-%m-%dT%H:%M:%S'))   # an older record
+
+
 def test_a_job_just_submitted_counts_as_queued_while_sacct_does_not_list_it(tmp_path, monkeypatch):
     "Right after sbatch, sacct may not list a job yet (UNKNOWN): for SACCT_LAG seconds it is queued, so a second submit does not send it again."
     import time
@@ -460,7 +469,7 @@ def test_a_job_just_submitted_counts_as_queued_while_sacct_does_not_list_it(tmp_
     def record(ago):
         for i, r in enumerate(runs):
             save_json({'job_id': f'90{i}', 'cluster': 'slurm', 'folder': str(tmp_path),
-                       'submitted': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(time.time() - ago))}, job_file(r.out_dir))
+                       'submitted': time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(time.time() - ago))}, job_file(r.out_dir))
     record(5)
     assert [r['state'] for r in make_status(runs, 'quick')['runs']] == ['queued', 'queued']
     assert [a['action'] for a in submit(runs, ex, 'quick', tmp_path)][:2] == ['queued', 'queued']
