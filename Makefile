@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' 
 PROFILE ?= quick
 export MPLBACKEND := agg
 export PYTHONHASHSEED := 0
+# one target at a time, even under make -jN (or MAKEFLAGS=-jN): the checks rewrite har_kit/ and nbs/ that the tests import
+.NOTPARALLEL:
 # the venv is installed without byte-compiling its 6 GB (pip's compile step is half of a fresh setup); Python caches
 # the modules the kit actually imports on their first import, so these targets let it write bytecode
 unexport PYTHONDONTWRITEBYTECODE
@@ -65,7 +67,7 @@ pytest-fast:
 
 ## two notebooks at a time, one thread each: parallel jobs must not oversubscribe the cores
 nbtest:
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+	T=$$(mktemp -d) && trap 'rm -rf "$$T"' EXIT && TMPDIR=$$T OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 export:
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python tools/nb2readme.py

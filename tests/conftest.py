@@ -57,6 +57,14 @@ def pytest_runtest_setup(item):
         pytest.skip(msg)
 
 
+@pytest.fixture
+def read_only(monkeypatch):
+    "`read_only(folder)` makes the folder read-only to the kit's writability check (`har_kit.core.check_writable`): chmod does not bite as root, which CI may be."
+    real, folders = os.access, set()
+    monkeypatch.setattr('har_kit.core.os.access', lambda p, mode: False if Path(p) in folders and mode & os.W_OK else real(p, mode))
+    return lambda folder: folders.add(Path(folder))
+
+
 def write_cfar_model(path):  # where model.pt goes: <run>/<variant>/model.pt
     "A CFAR variant's model file (a tiny phase 1 + a fitted CFAR in `extra`) over five attributes 'a'..'e': (path, the CFAR, phase 1)."
     from har_kit import cfar

@@ -450,6 +450,7 @@ def test_logit_bn_with_a_batch_of_one_is_refused_before_a_kernel(tmp_path):
     assert CamParConfig(batch_size=2, logit_bn=True).batch_size == 2 and CamParConfig(batch_size=1).batch_size == 1
 
 
+@pytest.mark.slow   # a papermill kernel: not in make test-fast
 def test_bench_runs_with_the_default_small_arch(tmp_path):
     "bench=True times each variant against the plain backbone of the run's own arch (resnet-tiny here), logit_bn too."
     from har_kit.runs import run_notebook
