@@ -193,17 +193,33 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
 
 # %% ../nbs/00_core.ipynb #c043
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
-    "Resolve a device name to a `torch.device`, with a clear error when CUDA is asked for but absent."
+    "Resolve a device name to a `torch.device` this machine has; else a `KitError` naming the device and what to choose."
     import torch
     if device in (None, 'auto'): return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try: dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise KitError(f"device={device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    other = "choose the device 'cpu' (or 'auto', which takes CUDA where there is one)"
     if dev.type == 'cuda' and not torch.cuda.is_available():
         gpu = torch.version.cuda or getattr(torch.version, 'hip', None)   # ROCm builds answer to 'cuda' too
         build = 'a CPU-only build' if gpu is None else f'built for {"CUDA" if torch.version.cuda else "ROCm"} {gpu}, no GPU seen'
         raise KitError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, {build}): run on a machine "
-                       "with a CUDA GPU, or choose the device 'cpu' (or 'auto', which takes CUDA where there is one)")
+                       f"with a CUDA GPU, or {other}")
+    if dev.type == 'cuda':   # checked without touching the GPU (a process of a multi-GPU run makes no context on another's)
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise KitError(f"device={device!r} but this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1}): choose one of them, or {other}")
+        return dev
+    if dev.type == 'cpu': return dev
+    backend = {'mps': getattr(torch.backends, 'mps', None), 'xpu': getattr(torch, 'xpu', None)}.get(dev.type)
+    usable = backend is None or bool(getattr(backend, 'is_available', lambda: False)())
+    if usable:   # any other kind (and mps / xpu when present): one empty tensor made there says whether torch can use it
+        try: torch.empty(0, device=dev)
+        except Exception as e: usable, why = False, f'{type(e).__name__}: {str(e).split(". ")[0][:160]}'   # torch's first sentence
+    else: why = f'torch.{"backends.mps" if dev.type == "mps" else dev.type}.is_available() is False'
+    if not usable:
+        raise KitError(f"device={device!r} is not usable here (torch {torch.__version__}: {why}): run on a machine that has it, "
+                       f"or {other}")
     return dev
 
 # %% ../nbs/00_core.ipynb #c045

@@ -62,3 +62,33 @@ def test_the_cuda_generator_saved_is_the_run_devices_and_resumes_on_any_gpu(keep
     old = dict(st, cuda=[torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)])   # an earlier file: one per GPU
     C.set_rng_state(old, 'cuda:1'); C.set_rng_state(old, 'cuda:5')
     assert restored[1:] == [([8], 'cuda:1'), ([8], 'cuda:5')]
+
+
+@pytest.mark.parametrize('name', ['mps', 'xpu', 'hpu'])
+def test_a_device_this_machine_lacks_is_named_not_a_raw_torch_error(name):
+    from har_kit.core import KitError, get_device
+    if name == 'mps' and torch.backends.mps.is_available() or name == 'xpu' and torch.xpu.is_available():
+        pytest.skip(f'this machine has {name}')
+    with pytest.raises(KitError, match=rf"device='{name}' is not usable here.*choose the device 'cpu'"):
+        get_device(name)
+
+
+def test_a_cuda_index_past_the_machines_gpus_is_refused(monkeypatch):
+    from har_kit.core import KitError, get_device
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    assert get_device('cuda:1') == torch.device('cuda:1') and get_device('cuda') == torch.device('cuda')
+    with pytest.raises(KitError, match=r"device='cuda:2' but this machine has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        get_device('cuda:2')
+
+
+def test_a_device_torch_cannot_make_a_tensor_on_is_refused_naming_it(monkeypatch):
+    "The general fallback: whatever torch raises making an empty tensor there becomes a KitError naming the device."
+    from har_kit.core import KitError, get_device
+    real = torch.empty
+    def empty(*a, device=None, **k):
+        if torch.device(device).type == 'meta': raise RuntimeError('no such backend. more text')
+        return real(*a, device=device, **k)
+    monkeypatch.setattr(torch, 'empty', empty)
+    with pytest.raises(KitError, match=r"device='meta' is not usable here \(torch .*RuntimeError: no such backend\)"):
+        get_device('meta')

@@ -870,3 +870,10 @@ def test_a_missing_model_path_and_an_interrupted_run_say_what_to_do(tmp_path):
     (run/'params.json').write_text('{}')   # params.json and no done, no failed.json: the run stopped without finishing
     with pytest.raises(KitError, match=r'the run is interrupted \(interrupted: the run stopped'):
         default_variant(run)
+
+
+def test_a_device_this_machine_lacks_is_not_blamed_on_the_model_file(model_file):
+    if torch.backends.mps.is_available(): pytest.skip('this machine has mps')
+    with pytest.raises(KitError) as e: load_model(model_file, map_location='mps')
+    assert "device='mps' is not usable here" in str(e.value) and 'corrupted' not in str(e.value)
+    with pytest.raises(KitError, match="device='mps' is not usable here"): Predictor(model_file, device='mps')
