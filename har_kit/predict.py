@@ -128,7 +128,8 @@ def preprocess(image,         # (H, W, 3) uint8 RGB
     "Resize (bilinear, antialiased) and normalise one image into a (3, h, w) float tensor, as the sections' evaluation transform."
     from torchvision.transforms import v2
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)        # a copy: PIL arrays are read-only
-    x = v2.functional.resize(x, list(input_size), antialias=True).float() / 255
+    x = v2.functional.resize(x, list(input_size), antialias=True)
+    x = v2.functional.to_dtype(x, torch.float32, scale=True)   # the evaluation's v2.ToDtype(scale=True): x * (1 / 255), bit for bit
     return v2.functional.normalize(x, list(mean), list(std))
 
 # %% ../nbs/81_predict.ipynb #c015

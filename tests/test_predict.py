@@ -877,3 +877,16 @@ def test_a_device_this_machine_lacks_is_not_blamed_on_the_model_file(model_file)
     with pytest.raises(KitError) as e: load_model(model_file, map_location='mps')
     assert "device='mps' is not usable here" in str(e.value) and 'corrupted' not in str(e.value)
     with pytest.raises(KitError, match="device='mps' is not usable here"): Predictor(model_file, device='mps')
+
+
+@pytest.mark.parametrize('method', ['campar', 'dahar'])
+def test_preprocess_is_the_evaluation_transform_bit_for_bit(method):
+    "Probabilities on a validation image are those its validation thresholds were chosen on: the same input bits."
+    from har_kit.loading import IMAGENET_MEAN, IMAGENET_STD, campar_sizes, campar_transforms, dahar_sizes, dahar_transforms
+    from har_kit.predict import preprocess
+    tf, size = ((campar_transforms(False, .375), campar_sizes(.375)[0]) if method == 'campar'
+                else (dahar_transforms(False, 2, .5), dahar_sizes(2, .5)[0]))
+    rng = np.random.default_rng(0)
+    for shape in [(300, 120, 3), (97, 41, 3), (1, 1, 3), (400, 260, 3)]:
+        a = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert torch.equal(preprocess(a, size, IMAGENET_MEAN, IMAGENET_STD), tf(a)), shape
