@@ -890,3 +890,17 @@ def test_preprocess_is_the_evaluation_transform_bit_for_bit(method):
     for shape in [(300, 120, 3), (97, 41, 3), (1, 1, 3), (400, 260, 3)]:
         a = rng.integers(0, 256, shape, dtype=np.uint8)
         assert torch.equal(preprocess(a, size, IMAGENET_MEAN, IMAGENET_STD), tf(a)), shape
+
+
+def test_explain_scores_with_the_predictors_threads(tmp_path, images, model_file, monkeypatch):
+    "A figure's probabilities are computed with Predictor.threads, as predict's: never the caller's count."
+    import har_kit.explain as E
+    seen, real = [], E.model_maps
+    monkeypatch.setattr(E, 'model_maps', lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        explain_images(Predictor(model_file, threads=1), [images/'a.png'], tmp_path/'x', progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally: torch.set_num_threads(before)
+
