@@ -124,7 +124,7 @@ def export_model(model,                # model file / run dir, or a LoadedModel
     try: meta = to_jsonable(_sidecar(lm, format), side.name)   # the sidecar checked before any file is written
     except KitError as e: raise KitError(f'{src}: {e}; nothing written: export a model with finite thresholds, mean and std') from None
     net = copy.deepcopy(lm.model) if lm is model else lm.model   # a caller's model (a Predictor's, on its GPU) stays as it was
-    wrapper = ProbabilityModel(net.cpu().eval()).eval()
+    wrapper = ProbabilityModel(net.cpu().eval()).eval().requires_grad_(False)   # a deployed file's outputs need no grad: .numpy() works on them
     g = torch.Generator().manual_seed(0)
     x, x_check = (torch.randn(n, 3, *lm.input_size, generator=g) for n in (2, 3))
     with atomic_paths([out, side]) as (tmp, tmp_side):   # both on disk, then renamed together: the model, then its sidecar

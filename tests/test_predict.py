@@ -904,3 +904,12 @@ def test_explain_scores_with_the_predictors_threads(tmp_path, images, model_file
         assert seen == [1] and torch.get_num_threads() == 2
     finally: torch.set_num_threads(before)
 
+
+def test_an_exported_torchscript_models_outputs_need_no_grad(tmp_path, model_file):
+    "As a deployer calls it: torch.jit.load(f)(x).numpy(), outside torch.no_grad."
+    import warnings
+    ts = export_model(model_file, tmp_path/'m.ts.pt', 'torchscript')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        y = torch.jit.load(str(ts['path']))(torch.zeros(2, 3, 64, 32))
+    assert not y.requires_grad and y.numpy().shape == (2, 4)
