@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import contextlib, csv, functools, glob, hashlib, io, json, math, os, warnings
+import contextlib, csv, functools, glob, hashlib, io, json, math, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -443,12 +443,21 @@ def pil_rgb(im,             # a PIL image (opened from a file, or made in memory
         return np.repeat(_eight_bits(a)[..., None], 3, axis=2)
     return np.asarray(im.convert('RGB'))
 
+def _too_many_pixels(e):  # a PIL `Image.DecompressionBombError`
+    "What to say of an image PIL refuses for its size: its pixel count, PIL's limit, and to downscale it."
+    n = [int(v) for v in re.findall(r'\d+', str(e))]   # PIL: 'Image size (N pixels) exceeds limit of L pixels, ...'
+    size = f'{n[0]:,} pixels, over' if len(n) >= 2 else 'more pixels than'
+    limit = f' of {n[1]:,}' if len(n) >= 2 else ''
+    return (f"{size} PIL's limit{limit} (twice PIL.Image.MAX_IMAGE_PIXELS, its guard against decompression bombs): "
+            'downscale it (e.g. to at most 4000 pixels a side) and pass that')
+
 def load_rgb(path,          # image file
              photo=False):  # as `pil_rgb`
     "The image file as a uint8 (H, W, 3) RGB array (`pil_rgb`); `KitError` naming the file."
     try:
         with Image.open(path) as im: return pil_rgb(im, path, photo)
     except KitError: raise
+    except Image.DecompressionBombError as e: raise KitError(f'{path}: {_too_many_pixels(e)}') from None
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
 
 # %% ../nbs/02_formats.ipynb #c071
@@ -500,6 +509,7 @@ def check_images(paths):  # image files
     for p in paths:
         try:
             with Image.open(p) as im: im.size
+        except Image.DecompressionBombError as e: bad.append(f'{p} ({_too_many_pixels(e)})')
         except Exception as e: bad.append(f'{p} ({type(e).__name__})')
     if bad: raise KitError(f'{len(bad)} of {len(paths)} images cannot be read: {"; ".join(bad[:5])}'
                            + (' ...' if len(bad) > 5 else '') + ': remove or replace them')

@@ -100,3 +100,14 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     Image.fromarray(a).save(tmp_path/'g.png')
     out = load_rgb(tmp_path/'g.png')
     assert out.shape == (8, 8, 3) and (out[..., 0] == (a >> 8)).all() and out.min() == 0 and out.max() == 255
+
+
+def test_an_image_over_pils_pixel_limit_says_its_size_and_to_downscale_it(tmp_path, monkeypatch):
+    "PIL's DecompressionBombError (over twice Image.MAX_IMAGE_PIXELS) is explained, not named alone; no huge file needed."
+    from PIL import Image
+    from har_kit.core import KitError
+    from har_kit.formats import check_images, load_rgb
+    Image.new('RGB', (40, 30)).save(tmp_path/'big.png')
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 500)
+    for f in (lambda: check_images([tmp_path/'big.png']), lambda: load_rgb(tmp_path/'big.png', photo=True)):
+        with pytest.raises(KitError, match=r"big.png.*1,200 pixels, over PIL's limit of 1,000 .*downscale it"): f()
