@@ -21,9 +21,9 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'detect_layout', 'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file',
            'default_mask_root', 'mask_home', 'mask_roots', 'mask_folder', 'masks_fingerprint', 'mask_path',
            'read_mask_log', 'log_box', 'mask_record_change', 'read_synth_meta', 'write_synth_meta', 'target_meta',
-           'synth_target_meta', 'synthetic_set', 'clip_box', 'box_mask', 'is_image', 'image_problem', 'pil_rgb',
-           'load_rgb', 'printable', 'collect_images', 'check_images', 'save_image', 'load_grey',
-           'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
+           'synth_target_meta', 'synthetic_set', 'clip_box', 'crop_box', 'box_mask', 'is_image', 'image_problem',
+           'exif_orientation', 'pil_rgb', 'load_rgb', 'printable', 'collect_images', 'check_images', 'save_image',
+           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
            'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
@@ -54,6 +54,7 @@ class DatasetKind:
     how: str                # where the dataset comes from and how it is laid out
     synthetic: bool = False # the kit generates a stand-in of it (`har_kit.synth`): a run without a data root reads that
     splits: tuple = ()      # the splits its reader gives, real set and stand-in alike (empty: the file names them, as csv's)
+    boxed: bool = False     # its targets are boxes in scenes, cut out before the transform (`HarDataset(crop_to_box=True)`): a model sees one person's crop
 
 # %% ../nbs/02_formats.ipynb #c007
 _PED = ('mA', 'acc', 'prec', 'rec', 'f1', 'f1_mean_instance')   # f1: Eq. 25; f1_mean_instance: [15]'s 2020 code's F1
@@ -61,7 +62,7 @@ DATASET_KINDS = {
     'wider': DatasetKind('wider', 'read_wider', 1, 'mAP', ('mAP',), WIDER_ATTRIBUTES,
         "WIDER-Attribute (Li et al., ECCV 2016) is obtained from the authors' page (mmlab.ie.cuhk.edu.hk/projects/"
         'WIDERAttribute); its archives unpack to ROOT/wider_attribute_annotation/wider_attribute_{trainval,test}.json '
-        'and ROOT/Image/<file_name>.', synthetic=True, splits=('train', 'val', 'test')),
+        'and ROOT/Image/<file_name>.', synthetic=True, splits=('train', 'val', 'test'), boxed=True),
     'rap': DatasetKind('rap', 'read_rap', 2, 'mA', _PED, RAP_ATTRIBUTES_51,
         'RAP v1 (Li et al. 2016) is obtained from its authors on request (rap.idealtest.org); its archive unpacks to '
         'ROOT/RAP_annotation/RAP_annotation.mat and ROOT/RAP_dataset/<image name>.', synthetic=True, splits=('train', 'test')),
@@ -368,6 +369,13 @@ def clip_box(box,          # (x, y, w, h) in pixels, or None for "the whole imag
         raise KitError(f'{where}: box {tuple(box)} lies entirely outside the {W}x{H} image; fix or drop the annotation')
     return (x0, y0, x1, y1), (x0, y0, x1, y1) != raw
 
+def crop_box(image,         # (H, W, ...) array
+             box,           # (x, y, w, h) in pixels, or None for the whole image
+             where='box'):  # names the box in errors (`clip_box`)
+    "The part of `image` inside `box` clipped to it: how the loaders cut a target out of its scene (`HarDataset(crop_to_box=True)`)."
+    x0, y0, x1, y1 = clip_box(box, image.shape[:2], where)[0]
+    return image[y0:y1, x0:x1]
+
 # %% ../nbs/02_formats.ipynb #c059
 def box_mask(box,   # (x0, y0, x1, y1) integer pixel bounds, as from `clip_box`
              size): # (H, W)
@@ -424,11 +432,17 @@ def image_problem(path):  # image file
     return None
 
 # %% ../nbs/02_formats.ipynb #c064
+def exif_orientation(im):  # a PIL image (opened from a file, or made in memory)
+    "The EXIF orientation (2..8: turned or mirrored) `pil_rgb(photo=True)` applies to `im`, else None (none, 1, or unreadable)."
+    try: o = im.getexif().get(0x0112)   # ExifTags.Base.Orientation
+    except Exception: return None
+    return int(o) if isinstance(o, int) and 2 <= o <= 8 else None
+
 def pil_rgb(im,             # a PIL image (opened from a file, or made in memory)
             where='image',  # names it in errors: the file, or e.g. 'images[3]'
             photo=False):   # True (`har_kit.predict`): a user's photo, turned by its EXIF orientation and refused when transparent
     "A PIL image as a uint8 (H, W, 3) RGB array: any mode PIL converts, 16-bit grey scaled to 8 bits, float images refused."
-    if photo:
+    if photo and exif_orientation(im):
         with contextlib.suppress(Exception): im = ImageOps.exif_transpose(im)   # malformed EXIF: the stored pixels
     if photo and ('A' in im.getbands() or 'transparency' in im.info):   # RGB alone would show what the alpha hides
         alpha = np.asarray(im.convert('RGBA'))[..., 3]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, csv, io, json, math, os, re, shutil, sys
+import argparse, csv, io, json, math, numbers, os, re, shutil, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,9 @@ import torch
 from tqdm import tqdm
 
 from .core import KitError, atomic_paths, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
+import PIL.Image
 from PIL.Image import Image as PILImage
-from .formats import check_images, collect_images, load_rgb, pil_rgb, printable
+from .formats import DATASET_KINDS, check_images, collect_images, crop_box, exif_orientation, load_rgb, pil_rgb, printable
 from .explain import explain
 from .metrics import apply_threshold, check_threshold
 from .model_file import LoadedModel, check_attributes, load_model
@@ -202,11 +203,40 @@ def _image_list(images):  # `images` of `Predictor.probabilities` / `predict`: o
     one_array = len(shape) == 2 or (len(shape) == 3 and (shape[2] in (1, 3, 4) or shape[0] in (1, 3)))   # (3, H, W): refused by array_rgb
     return [images] if isinstance(images, (str, Path)) or hasattr(images, 'getpixel') or one_array else list(images)
 
+def _box_list(boxes,   # `boxes` of `Predictor.probabilities` / `predict`: None, or one (x, y, w, h) or None per image
+              n):      # how many images
+    "One box or None per image, each None or 4 numbers; a single (x, y, w, h) goes with a single image. Else a `KitError`."
+    if boxes is None: return [None] * n
+    b = boxes.tolist() if hasattr(boxes, 'tolist') else list(boxes)
+    if n == 1 and len(b) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in b): b = [b]   # one image, its box
+    if len(b) != n: raise KitError(f'boxes: {len(b)} given for {n} image(s): pass one (x, y, w, h) or None per image, in their order')
+    for k, v in enumerate(b):
+        if v is None: continue
+        v = v.tolist() if hasattr(v, 'tolist') else v
+        if not (isinstance(v, (list, tuple)) and len(v) == 4 and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v)):
+            raise KitError(f'boxes[{k}] = {v!r:.80}: expected (x, y, w, h) in pixels (4 numbers), or None for the whole image')
+    return [None if v is None else tuple(float(x) for x in (v.tolist() if hasattr(v, 'tolist') else v)) for v in b]
+
+def _cut(image, box, where):  # (H, W, 3) uint8 as read; (x, y, w, h) or None; names the image in errors
+    "The target's box cut out of its image as the evaluation loader cuts it (`har_kit.formats.crop_box`), or the whole image."
+    return image if box is None else crop_box(image, box, where)
+
 class _Images(torch.utils.data.Dataset):
-    "Image files, read and preprocessed for one model, for a `DataLoader`."
-    def __init__(self, paths, size, mean, std): self.paths, self.size, self.mean, self.std = paths, size, mean, std
+    "Image files, read, cut to their boxes and preprocessed for one model, for a `DataLoader`."
+    def __init__(self, paths, size, mean, std, boxes):
+        self.paths, self.size, self.mean, self.std, self.boxes = paths, size, mean, std, boxes
     def __len__(self): return len(self.paths)
-    def __getitem__(self, i): return preprocess(load_rgb(self.paths[i], photo=True), self.size, self.mean, self.std)
+    def __getitem__(self, i):
+        img = _cut(load_rgb(self.paths[i], photo=True), self.boxes[i], f'{self.paths[i]}: boxes[{i}]')
+        return preprocess(img, self.size, self.mean, self.std)
+
+def _turned(image):  # an image file, a PIL image or an array
+    "The EXIF orientation (2..8) `load_rgb(photo=True)` turned the image by, else None (an array has none)."
+    if isinstance(image, PILImage): return exif_orientation(image)
+    if not isinstance(image, (str, os.PathLike)): return None
+    try:
+        with PIL.Image.open(image) as im: return exif_orientation(im)
+    except Exception: return None
 
 def _refuse_non_finite(bad,                   # the images whose probabilities are NaN/inf
                        predictor):             # the `Predictor` that scored them (its model is named)
@@ -252,47 +282,77 @@ class Predictor:
         if synthetic: self.notices.append(f'{self.loaded.path or "the model"} was trained on the synthetic {synthetic} set: '
                                           'its decisions on real photographs say nothing (on images of that set they are what the tables measure); train on real data (-p data_root) to use it')
         for n in self.notices: print(f'note: {n}', file=sys.stderr)
+        kind = DATASET_KINDS.get(self.loaded.meta.get('dataset'))
+        self.boxed = kind.name if kind is not None and kind.boxed else None   # trained on targets cut out of scenes
+        self._box_warned = False
         if _is_bool(batch_size) or not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1): raise KitError(f'batch_size={batch_size!r}: an integer >= 1')
         batch_size = int(batch_size)
         self.batch_size = batch_size
 
-    def tensor(self, images):  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)
+    def tensor(self, images,  # list of paths or in-memory images (`array_rgb`: (H, W, 3) or (H, W) uint8)
+               boxes=None):    # one (x, y, w, h) or None per image: the part scored (None: whole images)
         "The preprocessed batch (N, 3, h, w)."
-        lm = self.loaded
-        return torch.stack([preprocess(load_rgb(i, photo=True) if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]'),
-                                       lm.input_size, lm.mean, lm.std) for k, i in enumerate(images)])
+        lm, boxes = self.loaded, _box_list(boxes, len(images))
+        read = lambda k, i: (load_rgb(i, photo=True) if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]'))
+        where = lambda k, i: f'{i if isinstance(i, (str, os.PathLike)) else "images"}: boxes[{k}]'
+        return torch.stack([preprocess(_cut(read(k, i), boxes[k], where(k, i)), lm.input_size, lm.mean, lm.std)
+                            for k, i in enumerate(images)])
+
+    def _warn_scenes(self, boxes, stacklevel):  # `boxes` as given; `warnings.warn`'s, to name the caller's line
+        "Once per Predictor: a model trained on person crops cut from scenes (WIDER-Attribute) scoring whole images without boxes."
+        if boxes is not None or not self.boxed or self._box_warned: return
+        self._box_warned = True
+        warnings.warn(f'{self.loaded.path or "the model"} was trained on {self.boxed!r} targets: person crops cut out of their '
+                      'scenes by their boxes, so a whole group photo is not what it saw: pass crops of one person each, or '
+                      '(Python) boxes=[(x, y, w, h) or None per image] to cut them as the evaluation does', UserWarning, stacklevel=stacklevel)
 
     @torch.no_grad()
     def probabilities(self,
                       images,          # image paths, or (H, W, 3) uint8 arrays
-                      progress=False): # show a tqdm bar
-        "(N, C) sigmoid probabilities, in the order of `images` (with `self.threads` intra-op threads, if set)."
+                      progress=False,  # show a tqdm bar
+                      boxes=None):     # one (x, y, w, h) or None per image: the target's box, cut out as the evaluation does
+        "(N, C) sigmoid probabilities, one row per entry of `images` in its order (with `self.threads` intra-op threads, if set)."
         images = _image_list(images)
+        given, boxes = boxes, _box_list(boxes, len(images))
+        self._warn_scenes(given, 4)   # the caller's line (past torch.no_grad's wrapper)
         if all(isinstance(i, (str, os.PathLike)) for i in images):
             lm = self.loaded
-            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std), self.batch_size)
+            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std, boxes), self.batch_size)
             batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
         else:   # every array checked before any work, named by its index in `images`
             images = [i if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
-            batches = (self.tensor(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size))
+            batches = (self.tensor(images[i:i + self.batch_size], boxes[i:i + self.batch_size])
+                       for i in range(0, len(images), self.batch_size))
         with torch_threads(self.threads):
             self.scored_threads = torch.get_num_threads()
             out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
 
     def predict(self,
-                images,         # files, folders and globs (or (H, W, 3) uint8 arrays)
-                progress=True): # show a tqdm bar
-        "One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}."
+                images,          # files, folders and globs (or (H, W, 3) uint8 arrays)
+                progress=True,   # show a tqdm bar
+                boxes=None):     # one (x, y, w, h) or None per image file or array (no folders or globs then)
+        """One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}, with
+        'box' (the part scored) when a box was given and 'rotated' (the EXIF orientation, 2..8) when the image was turned by it.
+        A file or array gives one record per entry, in the order given (a file named twice is scored twice, as in
+        `probabilities`); a folder or glob gives its images, sorted, each once."""
         images = _image_list(images)
-        paths = check_images(collect_images(images)) if all(isinstance(i, (str, os.PathLike)) for i in images) else list(images)
-        probs = self.probabilities(paths, progress)
+        files = all(isinstance(i, (str, os.PathLike)) for i in images)
+        if files and boxes is not None:
+            many = next((i for i in images if not Path(i).is_file()), None)
+            if many is not None: raise KitError(f'boxes go one per image file or array, but {many} is a folder or pattern (or '
+                                                'missing): name each image file with its box')
+        paths = check_images([f for i in images for f in collect_images(i)]) if files else list(images)
+        self._warn_scenes(boxes, 3)
+        probs = self.probabilities(paths, progress, boxes)
         _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)
         dec = apply_threshold(probs, self.thresholds, '>=')
+        boxes = _box_list(boxes, len(paths))
         return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
                      predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
-                     probabilities={a: float(v) for a, v in zip(self.attributes, pr)})   # in full: the decisions follow from them
-                for i, (p, pr, d) in enumerate(zip(paths, probs, dec))]
+                     probabilities={a: float(v) for a, v in zip(self.attributes, pr)},   # in full: the decisions follow from them
+                     **({} if b is None else {'box': list(b)}), **({} if r is None else {'rotated': r}))
+                for i, (p, pr, d, b, r) in enumerate(zip(paths, probs, dec, boxes, map(_turned, paths)))]
 
 # %% ../nbs/81_predict.ipynb #c023
 def write_predictions(records,          # `Predictor.predict` output
@@ -411,6 +471,9 @@ def cli(argv=None):  # arguments after `har-kit predict`
                               f'{printable(sorted(earlier)[0])}', file=sys.stderr)
             if not images: raise KitError('every image found is a figure an earlier har-kit predict --explain wrote: name the images themselves')
             records = pred.predict(images, progress=not a.quiet)
+            turned = sum('rotated' in r for r in records)
+            if turned: print(f'har-kit predict: {turned} image(s) turned by their EXIF orientation before scoring, as viewers show '
+                             'them (their "rotated" in predictions.json)', file=sys.stderr)
             if not a.quiet:
                 for r in records: print(format_record(r, a.top))
             staged = None

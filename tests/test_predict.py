@@ -913,3 +913,66 @@ def test_an_exported_torchscript_models_outputs_need_no_grad(tmp_path, model_fil
         warnings.simplefilter('ignore', FutureWarning)
         y = torch.jit.load(str(ts['path']))(torch.zeros(2, 3, 64, 32))
     assert not y.requires_grad and y.numpy().shape == (2, 4)
+
+
+def _scene(tmp_path):  # a group photo with one target's box (fractional, running past the right edge), as WIDER's
+    from har_kit.data import Sample
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(tmp_path/'scene.png')
+    return Sample(tmp_path/'scene.png', np.array([1, 0, 0, 1], np.int8), 'test', box=(101.5, 12.25, 70, 90.5))
+
+
+@pytest.mark.parametrize('make', [_dahar, _campar])
+def test_a_boxed_target_scores_as_the_evaluation_loader_scores_it(tmp_path, make):
+    "Predictor(boxes=) cuts the box as HarDataset(crop_to_box=True) does: the probabilities evaluation computed for that sample."
+    from har_kit.loading import HarDataset, campar_sizes, campar_transforms, dahar_sizes, dahar_transforms
+    s = _scene(tmp_path)
+    net, builder, kw = make()
+    size, tf = ((dahar_sizes(1, .25)[0], dahar_transforms(False, 1, .25)) if make is _dahar
+                else (campar_sizes(.25)[0], campar_transforms(False, .25)))
+    f = save_model(tmp_path/'m.pt', net, builder=builder, kwargs=kw, attributes=NAMES, input_size=size,
+                   mean=PRE['mean'], std=PRE['std'], dataset='wider')
+    with torch.no_grad(): ev = torch.sigmoid(net(HarDataset([s], tf)[0]['image'][None])['logits']).numpy()
+    p = Predictor(f, device='cpu')
+    np.testing.assert_allclose(p.probabilities([s.image], boxes=[s.box]), ev, atol=1e-6)
+    np.testing.assert_allclose(p.probabilities(s.image, boxes=s.box), ev, atol=1e-6)   # one image, its one box
+    rec = p.predict([s.image], boxes=[s.box], progress=False)[0]
+    np.testing.assert_allclose([rec['probabilities'][a] for a in NAMES], ev[0], atol=1e-6)
+    assert rec['box'] == list(s.box)
+    np.testing.assert_allclose(p.probabilities([read_image(s.image)], boxes=[s.box]), ev, atol=1e-6)   # an array: the same cut
+    with pytest.raises(KitError, match=r'boxes\[0\].*lies entirely outside'): p.probabilities([s.image], boxes=[(500, 0, 5, 5)])
+    with pytest.raises(KitError, match=r'boxes\[1\] = .*expected \(x, y, w, h\)'): p.probabilities([s.image] * 2, boxes=[None, (1, 2)])
+
+
+def test_a_wider_model_scoring_whole_images_warns_once(tmp_path, recwarn):
+    s = _scene(tmp_path)
+    net, builder, kw = _dahar()
+    p = Predictor(_save(tmp_path/'w.pt', net, builder, kw, dataset='wider'), device='cpu')
+    with pytest.warns(UserWarning, match=r"trained on 'wider' targets: person crops cut out of their scenes.*boxes="):
+        p.predict([s.image], progress=False)
+    recwarn.clear()
+    p.predict([s.image], progress=False); p.probabilities([s.image])
+    q = Predictor(_save(tmp_path/'w2.pt', net, builder, kw, dataset='wider'), device='cpu')
+    q.predict([s.image], boxes=[None], progress=False)   # boxes given (None: this one is a crop already): nothing to say
+    Predictor(_save(tmp_path/'p.pt', net, builder, kw, dataset='pa100k'), device='cpu').predict([s.image], progress=False)
+    assert not [w for w in recwarn if 'person crops' in str(w.message)]
+
+
+def test_predict_gives_one_record_per_entry_in_order(images, model_file):
+    "An explicit list: a file named twice is scored twice, as probabilities() does; a folder's images once each."
+    p = Predictor(model_file)
+    files = [images/'b.jpg', images/'a.png', images/'b.jpg', images/'sub'/'..'/'a.png']
+    recs = p.predict(files, progress=False)
+    assert [r['image'] for r in recs] == [str(f) for f in files]
+    np.testing.assert_allclose([[r['probabilities'][a] for a in NAMES] for r in recs], p.probabilities(files), atol=1e-6)
+    assert len(p.predict([images, images/'a.png'], progress=False)) == 4   # the folder's 3 images, then a.png again
+
+
+def test_a_photo_turned_by_its_exif_orientation_says_so(tmp_path, images, model_file, capsys):
+    ex = Image.new('RGB', (30, 50)).getexif(); ex[0x0112] = 6
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(images/'turned.jpg', exif=ex)
+    recs = {Path(r['image']).name: r for r in Predictor(model_file).predict(images, progress=False)}
+    assert recs['turned.jpg']['rotated'] == 6 and not any('rotated' in r for n, r in recs.items() if n != 'turned.jpg')
+    assert cli([str(model_file), str(images), '--out', str(tmp_path/'o'), '--quiet']) == 0
+    assert '1 image(s) turned by their EXIF orientation' in capsys.readouterr().err
+    doc = json.loads((tmp_path/'o'/'predictions.json').read_text())
+    assert [Path(r['image']).name for r in doc['images'] if r.get('rotated') == 6] == ['turned.jpg']
