@@ -381,7 +381,8 @@ def save_figure(fig,            # a matplotlib Figure
     if not name or Path(name).name != name:
         raise KitError(f'save_figure: name={name!r} must be a plain file name (no folders), e.g. "fig5_masks.png"')
     path = run_dir(out_dir)/(name if name.endswith('.png') else name + '.png')
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
+    with atomic_path(path) as tmp:   # no 'Software' text (matplotlib's version): the same figure is the same bytes under any matplotlib
+        fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None, metadata={'Software': None})
     return path
 
 # %% ../nbs/00_core.ipynb #c083
@@ -410,7 +411,7 @@ def env_info():
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 python=sys.version.split()[0], platform=platform.platform(), cpu_count=os.cpu_count(),
                 packages={p: _version(p) for p in ('har_kit', 'torch', 'torchvision', 'numpy', 'scipy', 'implicit',
-                                                   'scikit-learn', 'papermill', 'nbdev')})
+                                                   'scikit-learn', 'papermill', 'nbdev', 'matplotlib', 'pandas', 'pillow')})
     try:
         import torch
         info['cpu'] = dict(model=_cpu_model(), capability=torch.backends.cpu.get_cpu_capability(),

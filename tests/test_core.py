@@ -92,3 +92,14 @@ def test_a_device_torch_cannot_make_a_tensor_on_is_refused_naming_it(monkeypatch
     monkeypatch.setattr(torch, 'empty', empty)
     with pytest.raises(KitError, match=r"device='meta' is not usable here \(torch .*RuntimeError: no such backend\)"):
         get_device('meta')
+
+
+def test_a_saved_figure_does_not_name_the_matplotlib_that_drew_it(tmp_path):
+    "PNGs carried 'Software: Matplotlib version3.x': the reference figures differed under another matplotlib though not a pixel did."
+    import matplotlib; matplotlib.use('agg')
+    import matplotlib.pyplot as plt
+    from har_kit.core import env_info, save_figure
+    fig, ax = plt.subplots(); ax.plot([0, 1])
+    assert b'Matplotlib' not in save_figure(fig, 'x.png', tmp_path).read_bytes()
+    plt.close(fig)
+    assert {'matplotlib', 'pandas', 'pillow'} <= set(env_info()['packages'])   # what drew the figures and read the tables: recorded
