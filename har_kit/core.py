@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_paths', 'atomic_path',
-           'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads', 'available_cpus',
-           'kit_threads', 'torch_threads', 'seed_everything', 'get_device', 'host_to_device', 'repo_root',
-           'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder', 'pid_alive', 'temporary_tag',
-           'sweep_temporaries', 'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root',
-           'data_warnings_once', 'lean_jupyter_imports', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
+__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'PNG_METADATA', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_paths',
+           'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads',
+           'available_cpus', 'kit_threads', 'torch_threads', 'seed_everything', 'get_device', 'host_to_device',
+           'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder', 'pid_alive',
+           'temporary_tag', 'sweep_temporaries', 'is_number', 'is_weights_file', 'outputs_root', 'data_root',
+           'cache_root', 'data_warnings_once', 'lean_jupyter_imports', 'run_dir', 'save_metrics', 'save_figure',
+           'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -372,6 +373,8 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
 # %% ../nbs/00_core.ipynb #c079
+PNG_METADATA = {'Software': None}   # no matplotlib version in a PNG: the same figure is the same bytes under any matplotlib
+
 def save_figure(fig,            # a matplotlib Figure
                 name: str,      # file name in the run directory ('fig5_masks' or 'fig5_masks.png')
                 out_dir=None,   # the run directory (None: the notebook's folder, see `run_dir`)
@@ -381,8 +384,7 @@ def save_figure(fig,            # a matplotlib Figure
     if not name or Path(name).name != name:
         raise KitError(f'save_figure: name={name!r} must be a plain file name (no folders), e.g. "fig5_masks.png"')
     path = run_dir(out_dir)/(name if name.endswith('.png') else name + '.png')
-    with atomic_path(path) as tmp:   # no 'Software' text (matplotlib's version): the same figure is the same bytes under any matplotlib
-        fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None, metadata={'Software': None})
+    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None, metadata=PNG_METADATA)
     return path
 
 # %% ../nbs/00_core.ipynb #c083

@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .core import KitError, atomic_path, torch_threads
+from .core import PNG_METADATA, KitError, atomic_path, torch_threads
 from .formats import check_images, collect_images, printable
 from .campar import attribute_activation, class_activation_map
 
@@ -122,6 +122,6 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
         fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
                                lm.attributes, max_attributes, title=printable(Path(p).name))
         dest = Path(out_dir)/figure_name(i, p)
-        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # the colour bar's label whole
+        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight', metadata=PNG_METADATA)   # the colour bar's label whole
         plt.close(fig); out.append(dest)
     return out
