@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .core import KitError, UNSPECIFIED, available_cpus, data_root, sweep_temporaries
+from .core import KitError, UNSPECIFIED, available_cpus, data_root, sweep_temporaries, temporary_tag
 from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
 from .synth_scenes import WIDER_SCENES, render
 from .formats import (SYNTH_META, WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
@@ -164,10 +164,15 @@ def _check_args(kind, n, distractors, size, root, overwrite, seed=0):  # as `mak
         if not overwrite: raise KitError(f'{root} holds a synthetic set: choose a new directory, or pass overwrite=True (har-kit synth --overwrite) to replace it')
     return size
 
+def _temporary(dest, what=''):  # the folder a temporary stands in for; 'old' for a set moved aside
+    "A fresh temporary beside `dest`, `.<name>.tmp-<pid>-<id>@<host>` (`core.temporary_tag`): only its own machine sweeps it."
+    pid, _, host = temporary_tag().partition('@')
+    return dest.parent / f'.{dest.name}.tmp-{pid}-{what}{uuid.uuid4().hex[:8]}@{host}'
+
 def _write_set(root, make):  # the set's folder (resolved: a symlink's target is replaced where it lies); make(folder) writes a set there
     "Write a set beside `root`, then swap it in (an earlier set moved aside, then removed): stopped at any point, `root` holds the earlier set whole or nothing, never new images under old labels."
     sweep_temporaries(root.parent, f'.{root.name}')   # what a run of this set killed part way left
-    tmp, old = (root.parent/f'.{root.name}.tmp-{os.getpid()}-{s}{uuid.uuid4().hex[:8]}' for s in ('', 'old'))
+    tmp, old = _temporary(root), _temporary(root, 'old')
     try: tmp.mkdir(parents=True)
     except OSError as e: raise KitError(f'{root.parent}: cannot write there ({e.strerror}): a set is written beside {root.name} and swapped in; '
                                         'choose a folder whose parent you can write') from None
@@ -265,7 +270,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     marker = synth_marker(kind, n, seed, distractors)
     if (dest / 'done').exists():
         if (dest / 'done').read_text() == marker: return dest
-        stale = dest.parent / f'.{dest.name}.tmp-{os.getpid()}-old{uuid.uuid4().hex[:8]}'   # swept as a temporary if killed mid-delete
+        stale = _temporary(dest, 'old')    # swept as a temporary, on this machine, if killed mid-delete
         try: os.rename(dest, stale)        # another generator version: move it aside (atomic), then regenerate
         except OSError: pass               # a concurrent caller moved it first
         shutil.rmtree(stale, ignore_errors=True)
@@ -275,7 +280,7 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     if root is None: data_root(writable=True)   # generating: a read-only $HAR_KIT_DATA is named before any work
     dest.parent.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(dest.parent)   # what generators killed part way left (a live one's stays)
-    tmp = dest.parent / f'.{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    tmp = _temporary(dest)
     try:
         make_synthetic(kind, tmp, n=n, distractors=distractors, seed=seed, progress=progress)
         (tmp / 'done').write_text(marker)

@@ -263,3 +263,23 @@ def test_overwrite_replaces_a_set_whole_and_never_a_folder_the_generator_did_not
     real = tmp_path/'real'; real.mkdir(); (real/'annotation.mat').write_bytes(b'mine')
     assert cli(['pa100k', '--root', str(real), '--n', '10', '--overwrite']) == 2
     assert 'no set har-kit synth wrote' in capsys.readouterr().err and (real/'annotation.mat').read_bytes() == b'mine'
+
+
+def test_another_nodes_sweep_leaves_a_generation_in_progress(tmp_path, monkeypatch):
+    "Nodes sharing $HAR_KIT_DATA: node B's sweep (where node A's pid means nothing) runs half way through A's generation; "
+    "A's temporaries carry A's host, so B leaves them and A's set is whole (it was marked done with images missing)."
+    import platform
+    import har_kit.core as core, har_kit.synth as S
+    monkeypatch.setitem(S.PROFILES, 'tiny', dict(S.PROFILES['tiny'], pa100k=20))
+    render_item, calls = S._render_item, []
+    def node_b_sweeps_midway(job):
+        calls.append(job)
+        if len(calls) == 10:
+            with monkeypatch.context() as m:   # node B: another host, where A's pid is no live process
+                m.setattr(platform, 'node', lambda: 'node-b'); m.setattr(core, 'pid_alive', lambda pid: False)
+                core.sweep_temporaries(tmp_path/'synthetic')
+        return render_item(job)
+    monkeypatch.setattr(S, '_render_item', node_b_sweeps_midway)
+    dest = ensure_synthetic('pa100k', 'tiny', seed=0, root=tmp_path/'synthetic'/'pa100k-tiny-s0')
+    assert len(calls) == 20 and (dest/'done').exists()
+    assert len(list((dest/'data').glob('*.jpg'))) == 20   # every image, none swept by node B
