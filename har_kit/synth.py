@@ -11,9 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .core import KitError, UNSPECIFIED, available_cpus, data_root, sweep_temporaries, temporary_tag
-from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng
+from .synth_people import ATTRIBUTES, KINDS, MAX_LEVEL, make_rng, unseen
 from .synth_scenes import WIDER_SCENES, render
-from .formats import (SYNTH_META, WIDER_ATTRIBUTES, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
+from .formats import (SYNTH_META, default_mask_root, layout_paths, mask_path, read_synth_meta, save_image,
                              write_pa100k_annotation, write_rap_annotation, write_synth_meta,
                              write_wider_annotation)
 
@@ -23,7 +23,7 @@ __all__ = ['SYNTH_VERSION', 'LAYOUT', 'SPLIT_BOUNDS', 'RAP_TRAIN_FRACTION', 'MAX
            'synth_marker', 'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/13_synth.ipynb #c006
-SYNTH_VERSION = 2  # bump when the output changes: cached sets of another version are regenerated
+SYNTH_VERSION = 3  # bump when the output changes: cached sets of another version are regenerated
 
 # %% ../nbs/13_synth.ipynb #c008
 _WIDER_REGION = [None, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 0, 1, 1]  # region of each WIDER attribute (head/upper/lower)
@@ -36,9 +36,9 @@ def wider_code(labels,         # (C,) 0/1 labels of the target
                omit_p=.02):    # probability that an annotator leaves a visible attribute unspecified
     "Encode a target's labels in WIDER's JSON convention (1 / -1 / 0 = positive / negative / unspecified)."
     out = np.where(np.asarray(labels) > 0, 1, -1).astype(int)
+    unshown = unseen('wider', facts)   # what the view does not draw
     for c, reg in enumerate(_WIDER_REGION):
-        hidden = visible < .25 if reg is None else region_visible[reg] < .4
-        if facts['view'] == 'back' and WIDER_ATTRIBUTES[c] in ('sunglass', 'faceMask', 'logo'): hidden = True
+        hidden = unshown[c] or (visible < .25 if reg is None else region_visible[reg] < .4)
         if hidden or rng.random() < omit_p: out[c] = 0
     return out.tolist()
 

@@ -13,7 +13,8 @@ from .formats import PA100K_ATTRIBUTES, RAP_ATTRIBUTES_51, WIDER_ATTRIBUTES
 
 # %% auto #0
 __all__ = ['KINDS', 'MAX_LEVEL', 'PALETTE', 'COMMON_COLOURS', 'RARE_COLOURS', 'RARE_P', 'RAP_RARE', 'RAP_ATTRIBUTES',
-           'ATTRIBUTES', 'SKIN', 'HAIR', 'JEANS', 'SynthRng', 'make_rng', 'sample_person', 'person_labels']
+           'ATTRIBUTES', 'SKIN', 'HAIR', 'JEANS', 'SHOWN_BY', 'SynthRng', 'make_rng', 'sample_person', 'visible',
+           'unseen', 'person_labels']
 
 # %% ../nbs/10_synth_people.ipynb #c006
 KINDS = ('wider', 'rap', 'pa100k')
@@ -169,7 +170,8 @@ def _colours(rng, s):  # a `SynthRng`; the person (garments and accessories draw
     s['low_col'] = s['up_col'] if lo == 'dress' else (JEANS[int(rng.integers(4))] if lo == 'jeans' else
                    _colour(rng, s, 'low', suit_cols if up == 'suit' else COMMON_COLOURS))
     s['low_col2'] = _colour(rng, {'rare': {}}, 'none')
-    s['shoe_col'] = _colour(rng, s, 'shoes', ['black', 'brown', 'grey', 'navy', 'white', 'red'])
+    s['shoe_col'] = _colour(rng, s if s['shoes'] != 'leather' else {'rare': {}}, 'shoes',  # leather is drawn black:
+                            ['black', 'brown', 'grey', 'navy', 'white', 'red'])         # no rare colour recorded
     s['hat_col'] = _colour(rng, s, 'hat') if s['hat'] else None
     has_bag = s['backpack'] or s['ssbag'] or s['handbag']
     s['bag_col'] = _colour(rng, s, 'bag') if has_bag else _colour(rng, {'rare': {}}, 'none')
@@ -190,9 +192,30 @@ def sample_person(rng,               # a `SynthRng` (see `make_rng`)
     return s
 
 # %% ../nbs/10_synth_people.ipynb #c020
+def visible(fact, # a fact of `sample_person`; 'face' for the face itself
+            s):   # the person (its view and what covers the fact)
+    "Whether an image of `s` shows `fact` at all, whatever its value: the one rule of the renderer and the labels."
+    view = s['view']
+    if fact == 'logo': return view == 'front'                          # printed on the chest
+    if fact in ('face', 'glasses', 'face_mask'): return view != 'back'
+    if fact == 'talking': return view != 'back' and not s['face_mask']  # an open mouth, under a mask if one is worn
+    if fact == 'lower_pattern': return s['upper'] != 'coat' or s['lower'] in ('trousers', 'jeans', 'tight_trousers')  # below it
+    return True
+
+SHOWN_BY = {  # attribute -> the fact whose drawing shows it, for the attributes that `visible` can hide
+    'wider': {'sunglass': 'glasses', 'faceMask': 'face_mask', 'logo': 'logo'},
+    'pa100k': {'Glasses': 'glasses', 'UpperLogo': 'logo', 'LowerStripe': 'lower_pattern', 'LowerPattern': 'lower_pattern'},
+    'rap': {'Glasses': 'glasses', 'Talking': 'talking'}}
+
+def unseen(kind, # 'wider' | 'rap' | 'pa100k'
+           s):   # a person from `sample_person`
+    "(C,) bool: the attributes of `kind` that an image of `s` cannot show (`visible` of the fact that shows each)."
+    return np.array([a in SHOWN_BY[kind] and not visible(SHOWN_BY[kind][a], s) for a in ATTRIBUTES[kind]])
+
+# %% ../nbs/10_synth_people.ipynb #265503b3
 def person_labels(kind, # 'wider' | 'rap' | 'pa100k'
                   s):    # a person from `sample_person`
-    "The 0/1 ground-truth label vector of one person for a dataset kind (unspecified is decided later, by visibility)."
+    "The 0/1 label vector of one person for a dataset kind (RAP, PA-100K: 0 where its image cannot show the fact)."
     up, lo, g = s['upper'], s['lower'], s['glasses']
     longp = lo in ('trousers', 'jeans', 'tight_trousers')
     if kind == 'wider':
@@ -219,4 +242,6 @@ def person_labels(kind, # 'wider' | 'rap' | 'pa100k'
              s['holding'], s['pushing'], s['pulling'], s['carry_arm'], s['carry_hand']]
         v += [s['rare'].get(part) == c for part, cs in RARE_COLOURS.items() for c in cs]
     else: raise KitError(f'kind={kind!r}: expected one of {KINDS}')
-    return np.array(v, dtype=np.int8)
+    v = np.array(v, dtype=np.int8)
+    if kind != 'wider': v[unseen(kind, s)] = 0   # RAP and PA-100K annotators mark what they cannot see as absent
+    return v

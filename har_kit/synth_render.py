@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synth_people import make_rng
+from .synth_people import make_rng, visible
 
 # %% auto #0
 __all__ = ['OCCLUDER', 'BODY_W', 'Canvas', 'draw_person']
@@ -133,7 +133,7 @@ def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
         if lo == 'jeans':
             cv.line([(hx, yhip + .02 * h), (fx, yank)], _shade(loc, 1.45), 1)
             cv.ell(hx + (fx - hx) * .5, yhip + leg * .5, lw * .5, leg * .08, _shade(loc, 1.25))
-        if s['lower_pattern'] == 'stripe' and lo in ('trousers', 'tight_trousers', 'shorts'):
+        if s['lower_pattern'] == 'stripe' and lo in ('trousers', 'tight_trousers', 'shorts') and visible('lower_pattern', s):
             end = .42 if lo == 'shorts' else 1.
             o = lw * .75 * (1 if hx > cx else -1)
             cv.line([(hx + o, yhip), (hx + (fx - hx) * end + o * .9, yhip + leg * end)], s['low_col2'], max(1, lw * .35))
@@ -143,12 +143,12 @@ def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
         k = {'skirt': .55, 'short_skirt': .3, 'dress': .62}[lo]
         fl = hw * 1.05 + .08 * h * g.bw * k * g.vf
         cv.poly([(cx - hw * 1.05, yhip - .01 * h), (cx + hw * 1.05, yhip - .01 * h), (cx + fl, yhip + leg * k), (cx - fl, yhip + leg * k)], loc)
-        if s['lower_pattern'] == 'stripe':
+        if s['lower_pattern'] == 'stripe' and visible('lower_pattern', s):
             for t in (.35, .7): cv.line([(cx - hw - (fl - hw) * t, yhip + leg * k * t), (cx + hw + (fl - hw) * t, yhip + leg * k * t)], s['low_col2'], max(1, .012 * h))
-    if s['lower_pattern'] == 'pattern':
-        rr = make_rng(int(sum(loc)))
+    if s['lower_pattern'] == 'pattern' and visible('lower_pattern', s):
+        rr, y0 = make_rng(int(sum(loc))), .6 if g.up == 'coat' else .05   # below a long coat (it ends at .55 leg)
         for _ in range(6):
-            x = cx + rr.uniform(-1, 1) * hw; y = yhip + rr.uniform(.05, .4) * leg
+            x = cx + rr.uniform(-1, 1) * hw; y = yhip + rr.uniform(y0, y0 + .35) * leg
             cv.ell(x, y, .012 * h, .012 * h, s['low_col2'])
 
 # %% ../nbs/11_synth_render.ipynb #6ab314c7
@@ -165,7 +165,7 @@ def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
 
 # %% ../nbs/11_synth_render.ipynb #28002242
 def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
-    "Neck, torso and upper garment with its pattern and front details (collar, tie, logo), straps, bags and muffler."
+    "Neck, torso and upper garment with its pattern and front details (collar, tie), logo, worn bags."
     cx, h, sw, hw, ysh, yhip, up, upc = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc
     cv.rid = HEAD
     cv.rect(cx - .022 * h, ysh - .03 * h, cx + .022 * h, ysh + .01 * h, g.skin)
@@ -189,12 +189,13 @@ def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     if up == 'coat':
         cv.line([(cx - xs(yhip), yhip - .02 * h), (cx + xs(yhip), yhip - .02 * h)], _shade(upc, .6), max(1, .012 * h))
     if g.view == 'front': _draw_front(cv, s, g, ybot)
+    if s['logo'] and visible('logo', s): _draw_logo(cv, s, g)
     _draw_worn_bags(cv, s, g)
 
 # %% ../nbs/11_synth_render.ipynb #458c697e
 def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the upper garment
-    "What only the front shows: collar, tie or neckline, zip, logo, backpack straps."
-    cx, h, sw, ysh, up, upc = g.cx, g.h, g.sw, g.ysh, g.up, g.upc
+    "What only the front shows: collar, tie or neckline, zip."
+    cx, h, ysh, up, upc = g.cx, g.h, g.ysh, g.up, g.upc
     if up == 'suit':
         cv.poly([(cx - .04 * h, ysh), (cx + .04 * h, ysh), (cx, ysh + .13 * h)], (236, 236, 236))
         cv.line([(cx, ysh + .01 * h), (cx, ysh + .11 * h)], s['acc_col'], max(1, .016 * h))
@@ -207,19 +208,23 @@ def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the up
     elif up in ('jacket', 'coat'):
         cv.line([(cx, ysh), (cx, ybot)], (150, 150, 150) if up == 'jacket' else _shade(upc, .6), 1)
         cv.rect(cx - .04 * h, ysh - .012 * h, cx + .04 * h, ysh + .01 * h, _shade(upc, .8))
-    if s['logo']:
-        lc, lx, ly, ls = _contrast(upc) if s['acc_col'][1] > 120 else s['acc_col'], cx + .02 * h * (1 if s['acc_col'][0] > 128 else -1), ysh + .085 * h, .026 * h
-        shape = s['acc_col'][2] % 3
-        if shape == 0: cv.ell(lx, ly, ls, ls, lc)
-        elif shape == 1: cv.rect(lx - ls, ly - ls, lx + ls, ly + ls, lc)
-        else: cv.poly([(lx, ly - ls * 1.2), (lx + ls * 1.2, ly + ls), (lx - ls * 1.2, ly + ls)], lc)
-    if s['backpack']:
-        for sx in (-1, 1): cv.line([(cx + sx * sw * .6, ysh), (cx + sx * sw * .55, ysh + .16 * h)], _shade(s['bag_col'], .6), max(1, .012 * h))
 
 # %% ../nbs/11_synth_render.ipynb #305ba66c
+def _draw_logo(cv, s, g):  # canvas, facts, `_geometry`
+    "A logo on the chest: a circle, square or triangle in a contrasting or an accessory colour."
+    cx, h, ysh, upc = g.cx, g.h, g.ysh, g.upc
+    lc, lx, ly, ls = _contrast(upc) if s['acc_col'][1] > 120 else s['acc_col'], cx + .02 * h * (1 if s['acc_col'][0] > 128 else -1), ysh + .085 * h, .026 * h
+    shape = s['acc_col'][2] % 3
+    if shape == 0: cv.ell(lx, ly, ls, ls, lc)
+    elif shape == 1: cv.rect(lx - ls, ly - ls, lx + ls, ly + ls, lc)
+    else: cv.poly([(lx, ly - ls * 1.2), (lx + ls * 1.2, ly + ls), (lx - ls * 1.2, ly + ls)], lc)
+
+# %% ../nbs/11_synth_render.ipynb #2a44fe74
 def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
-    "A backpack seen from the side or back, a single-shoulder bag, a muffler."
+    "A backpack (its straps from the front, itself from the side or back) and a single-shoulder bag."
     cx, h, sw, hw, ysh, yhip, view, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.view, g.d
+    if s['backpack'] and view == 'front':
+        for sx in (-1, 1): cv.line([(cx + sx * sw * .6, ysh), (cx + sx * sw * .55, ysh + .16 * h)], _shade(s['bag_col'], .6), max(1, .012 * h))
     if s['backpack'] and view != 'front':
         bx = cx if view == 'back' else cx - d * (sw + .03 * h)
         cv.rect(bx - sw * (.72 if view == 'back' else .45), ysh + .03 * h, bx + sw * (.72 if view == 'back' else .45), yhip - .03 * h, s['bag_col'])
@@ -228,9 +233,6 @@ def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
         sx = -d if view != 'side' else -1
         cv.line([(cx + sx * sw * .7, ysh), (cx - sx * hw * 1.05, yhip - .03 * h)], _shade(s['bag_col'], .55), max(1, .01 * h))
         cv.rect(cx - sx * (hw + .01 * h) - .04 * h, yhip - .06 * h, cx - sx * (hw + .01 * h) + .04 * h, yhip + .04 * h, s['bag_col'])
-    if s['muffler']:
-        cv.ell(cx, ysh + .005 * h, max(sw * .5, .04 * h), .02 * h, s['acc_col'])
-        cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
 
 # %% ../nbs/11_synth_render.ipynb #8f3653fe
 def _arm_poses(s, g):  # facts, `_geometry`
@@ -287,7 +289,7 @@ def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm pos
     cx, h, ysh, yhip, fy, d = g.cx, g.h, g.ysh, g.yhip, g.fy, g.d
     hands = [arms[0][2], arms[1][2]]
     free = [i for i in (0, 1) if not (s['calling'] and i == R) and not (s['pulling'] and i == 1 - R) and not s['holding'] and not s['pushing']]
-    carried = [w for w in ('handbag', 'plastic', 'paper') if s[w] and not (w == 'handbag' and s['carry_arm'])]
+    carried = [w for w in ('plastic', 'paper', 'handbag') if s[w] and not (w == 'handbag' and s['carry_arm'])]  # smallest on top
     for j, w in enumerate(carried):
         x, y = hands[free[j % len(free)]] if free else (cx + d * .2 * h, yhip)
         _hand_bag(cv, s, x, y, h, w)
@@ -317,7 +319,7 @@ def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and 
     "Head, hair, face (eyes, nose, mouth), glasses, face mask, hat, and a phone at the ear."
     cx, h, r, hy, ysh, d, view, skin, hair = g.cx, g.h, g.r, g.hy, g.ysh, g.d, g.view, g.skin, g.hair
     cv.ell(cx, hy, r * .85, r, skin)
-    if view == 'back':
+    if not visible('face', s):
         if s['hair'] != 'bald': cv.ell(cx, hy, r * .88, r * 1.02, hair)
         if s['hair'] == 'long': cv.poly([(cx - r * .9, hy), (cx + r * .9, hy), (cx + r * 1.05, ysh + .1 * h), (cx - r * 1.05, ysh + .1 * h)], hair)
     else:
@@ -327,14 +329,14 @@ def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and 
         for ex in eyes: cv.ell(ex, ey, er, er, (25, 20, 20))
         if view == 'side': cv.poly([(cx + d * r * .8, ey), (cx + d * r * 1.05, ey + r * .3), (cx + d * r * .8, ey + r * .35)], skin)
         mx = cx + (d * r * .5 if view == 'side' else 0)
-        if s['talking']: cv.ell(mx, hy + r * .5, r * .2, r * .17, (70, 20, 25))
+        if s['talking'] and visible('talking', s): cv.ell(mx, hy + r * .5, r * .2, r * .17, (70, 20, 25))
         else: cv.line([(mx - r * .2, hy + r * .5), (mx + r * .2, hy + r * .5)], (120, 60, 60), 1)
-        if s['glasses'] == 'sunglasses':
+        if s['glasses'] == 'sunglasses' and visible('glasses', s):
             x0, x1 = (cx - r * .72, cx + r * .72) if view == 'front' else sorted((cx + d * r * .1, cx + d * r * .8))
             cv.rect(x0, ey - r * .2, x1, ey + r * .2, (15, 15, 20))
-        elif s['glasses'] == 'glasses':
+        elif s['glasses'] == 'glasses' and visible('glasses', s):
             for ex in eyes: cv.ell(ex, ey, r * .28, r * .24, (40, 40, 45), outline=1)
-        if s['face_mask']:
+        if s['face_mask'] and visible('face_mask', s):
             x0, x1 = (cx - r * .62, cx + r * .62) if view == 'front' else sorted((cx, cx + d * r * .88))
             cv.rect(x0, hy + r * .15, x1, hy + r * .85, (225, 232, 240))
     if s['hat']:
@@ -342,6 +344,13 @@ def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and 
         cv.chord(cx, g.top + r * .45, r * .88, r * .55, 180, 360, s['hat_col'])
     if s['calling']:
         x, y = arms[R][2]; cv.rect(x - .01 * h, y - .03 * h, x + .01 * h, y + .01 * h, (20, 20, 25))
+
+# %% ../nbs/11_synth_render.ipynb #c019
+def _draw_muffler(cv, s, g):  # canvas, facts, `_geometry` (region: upper body)
+    "A muffler round the neck and its hanging end, over long hair seen from the back."
+    cx, h, ysh = g.cx, g.h, g.ysh
+    cv.ell(cx, ysh + .005 * h, max(g.sw * .5, .04 * h), .02 * h, s['acc_col'])
+    cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
 
 # %% ../nbs/11_synth_render.ipynb #c021
 def draw_person(cv,         # the `Canvas`
@@ -362,4 +371,6 @@ def draw_person(cv,         # the `Canvas`
     _draw_carried(cv, s, g, arms, R, UP)
     cv.rid = HEAD
     _draw_head(cv, s, g, arms, R)
+    cv.rid = UP
+    if s['muffler']: _draw_muffler(cv, s, g)
     return HEAD, UP, LOW

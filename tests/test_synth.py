@@ -265,6 +265,90 @@ def test_overwrite_replaces_a_set_whole_and_never_a_folder_the_generator_did_not
     assert 'no set har-kit synth wrote' in capsys.readouterr().err and (real/'annotation.mat').read_bytes() == b'mine'
 
 
+def _one_fact_changed(s):
+    "(fact, person) for each label-bearing fact of `s` set to each other value `sample_person` can give it with the rest."
+    up, lo = s['upper'], s['lower']
+    alts = dict(hat=[not s['hat']], face_mask=[not s['face_mask']], muffler=[not s['muffler']], plastic=[not s['plastic']],
+                paper=[not s['paper']], handbag=[not s['handbag']], trunk=[not s['trunk']],
+                glasses=['none', 'glasses', 'sunglasses'], hair=['long', 'short', 'bald'], body=['thin', 'normal', 'fat'],
+                shoes=['sport', 'boots', 'cloth', 'casual'] + ([] if 'shoes' in s['rare'] else ['leather']))
+    if not s['ssbag']: alts['backpack'] = [not s['backpack']]
+    if not s['backpack']: alts['ssbag'] = [not s['ssbag']]
+    if not s['talking']: alts['calling'] = [not s['calling']]
+    if not s['calling']: alts['talking'] = [not s['talking']]
+    if not s['box']: alts['other'] = [not s['other']]
+    if not s['box'] and not s['calling']: alts['holding'] = [not s['holding']]
+    if s['trunk']: alts['pulling'] = [not s['pulling']]
+    if s['handbag']: alts['carry_arm'] = [not s['carry_arm']]
+    if up not in ('suit', 'coat', 'dress'): alts['logo'] = [not s['logo']]
+    if up != 'suit': alts['pattern'] = ['plain', 'stripe', 'plaid', 'splice']
+    if up in ('tshirt', 'shirt', 'sweater', 'vest'): alts['tight'] = [not s['tight']]
+    if up == 'shirt': alts['sleeve'] = ['long', 'short']
+    if lo in ('trousers', 'skirt', 'short_skirt', 'shorts', 'tight_trousers'): alts['lower_pattern'] = ['plain', 'stripe', 'pattern']
+    if lo != 'dress' and s['lower_pattern'] == 'plain': alts['lower'] = ['skirt', 'short_skirt', 'shorts', 'jeans', 'tight_trousers', 'trousers']
+    if s['age'] in ('child', 'young'): alts['age'] = ['child', 'young']   # young, middle and old look alike: abstract
+    for f, vals in alts.items():
+        for v in vals:
+            if v == s[f]: continue
+            t = dict(s, **{f: v})
+            if f == 'box' and v: t.update(holding=True, other=False)
+            if f == 'trunk' and not v: t['pulling'] = False
+            if f == 'handbag' and not v: t['carry_arm'] = False
+            t['carry_hand'] = (t['handbag'] and not t['carry_arm']) or t['plastic'] or t['paper'] or (t['trunk'] and not t['pulling'])
+            yield f, t
+    box = dict(s, box=not s['box'], holding=not s['box'] or s['holding'], other=False)
+    if s['box'] or not s['pushing']: yield 'box', box
+    if s['view'] == 'front' and s['sleeve'] == 'long' and up in ('suit', 'jacket', 'shirt', 'sweater', 'cotton', 'coat'):
+        for v in ('suit', 'jacket', 'shirt', 'sweater', 'cotton', 'coat'):   # from the side or back some look alike (nb 10)
+            if v != up: yield 'upper', dict(s, upper=v, logo=s['logo'] and v not in ('suit', 'coat'), tight=s['tight'] and v in ('shirt', 'sweater'),
+                                           pattern='plain' if v == 'suit' else s['pattern'])
+
+
+def test_what_is_labelled_is_drawn():
+    "Two people who differ in one fact and whose labels differ (RAP, PA-100K 0/1; WIDER 1/-1/0, all else visible) look different: "
+    "no label claims what the renderer does not draw (a logo from the side, glasses from the back, talking under a mask)."
+    from har_kit.synth import wider_code
+    from har_kit.synth_render import Canvas, draw_person
+    def image(s):
+        cv = Canvas(48, 96); draw_person(cv, s, 24, 92, 86); return np.asarray(cv.rgb).copy()
+    def written(s):   # every kind's labels, as the writer codes them for a fully visible target
+        return {k: np.asarray(wider_code(person_labels(k, s), s, 1., [1., 1., 1.], make_rng(0), omit_p=0) if k == 'wider'
+                              else person_labels(k, s)) for k in ATTRIBUTES}
+    seen, unseen_facts = set(), []
+    for i in range(60):   # every view, and the contexts where something could hide a fact: a face mask, a long coat,
+        s = sample_person(make_rng(17, i))   # long hair and a box seen from the back, a hand shared by two bags
+        s.update(view=('front', 'side', 'back')[i % 3], pushing=s['pushing'] and i % 3 == 1, face_mask=s['face_mask'] or i % 4 == 0)
+        if i % 5 == 1 and s['lower'] != 'dress': s.update(upper='coat', sleeve='long', logo=False, tight=False)
+        if i % 6 == 2: s.update(hair='long', box=True, holding=True, other=False, pushing=False)
+        if i % 7 == 3 and not s['box']: s.update(calling=True, talking=False, holding=False, plastic=True, carry_hand=True)
+        base, labels = image(s), written(s)
+        for fact, t in _one_fact_changed(s):
+            other = written(t)
+            differ = [f'{k}:{ATTRIBUTES[k][c]}' for k in labels for c in np.nonzero(labels[k] != other[k])[0]]
+            if differ:
+                seen.add(fact)
+                bags = s['plastic'] + s['paper'] + (s['handbag'] and not s['carry_arm'])
+                if fact == 'lower_pattern' and s['view'] == 'side' and bags >= 2: continue   # known, left: from the side the bags
+                if np.array_equal(base, image(t)):                                            # of both hands can cover a lower-body
+                    unseen_facts.append((i, s['view'], fact, s[fact], t[fact], differ))      # pattern (0.1 % of its positives)
+    assert not unseen_facts, unseen_facts[:10]
+    assert seen >= {'logo', 'glasses', 'talking', 'face_mask', 'hat', 'muffler', 'handbag', 'lower_pattern', 'upper', 'box'}, seen
+
+
+def test_what_the_image_cannot_show_is_not_annotated_present():
+    "RAP and PA-100K label a fact the view does not show as absent (0); WIDER codes it unspecified (0), true or not."
+    from har_kit.synth import wider_code
+    s = dict(sample_person(make_rng(3)), upper='tshirt', logo=True, glasses='sunglasses', face_mask=True, talking=True, calling=False)
+    at = lambda kind, name, **kw: person_labels(kind, dict(s, **kw))[ATTRIBUTES[kind].index(name)]
+    assert [at('pa100k', 'UpperLogo', view=v) for v in ('front', 'side', 'back')] == [1, 0, 0]
+    assert [at('rap', 'Glasses', view=v) for v in ('front', 'side', 'back')] == [1, 1, 0]
+    assert [at('rap', 'Talking', view='front', face_mask=m) for m in (False, True)] == [1, 0]
+    code = lambda view, **kw: wider_code(person_labels('wider', dict(s, view=view, **kw)), dict(s, view=view, **kw), 1., [1., 1., 1.], make_rng(0), omit_p=0)
+    logo = WIDER_ATTRIBUTES.index('logo')
+    assert [code(v)[logo] for v in ('front', 'side', 'back')] == [1, 0, 0]
+    assert [code(v, logo=False)[logo] for v in ('front', 'side', 'back')] == [-1, 0, 0]
+
+
 def test_another_nodes_sweep_leaves_a_generation_in_progress(tmp_path, monkeypatch):
     "Nodes sharing $HAR_KIT_DATA: node B's sweep (where node A's pid means nothing) runs half way through A's generation; "
     "A's temporaries carry A's host, so B leaves them and A's set is whole (it was marked done with images missing)."
@@ -283,3 +367,20 @@ def test_another_nodes_sweep_leaves_a_generation_in_progress(tmp_path, monkeypat
     dest = ensure_synthetic('pa100k', 'tiny', seed=0, root=tmp_path/'synthetic'/'pa100k-tiny-s0')
     assert len(calls) == 20 and (dest/'done').exists()
     assert len(list((dest/'data').glob('*.jpg'))) == 20   # every image, none swept by node B
+
+
+def test_a_rare_colour_label_is_a_drawn_colour():
+    "Each rare-colour column (RAP's extras) names a colour the image shows: recoloured, the garment looks different (a "
+    "leather shoe is drawn black whatever its colour, so it gets none)."
+    from har_kit.synth_render import Canvas, draw_person
+    def image(s):
+        cv = Canvas(48, 96); draw_person(cv, s, 24, 92, 86); return np.asarray(cv.rgb).copy()
+    field = dict(up='up_col', low='low_col', shoes='shoe_col', hat='hat_col', bag='bag_col')
+    rng, checked, undrawn = make_rng(0, 98), 0, []
+    for i in range(3000):
+        s = sample_person(rng)
+        for part in s['rare']:
+            t = dict(s, **{field[part]: (128, 128, 128)}, **({'low_col': (128, 128, 128)} if part == 'up' and s['lower'] == 'dress' else {}))
+            checked += 1
+            if np.array_equal(image(s), image(t)): undrawn.append((i, part, s['rare'][part], s['shoes']))
+    assert checked > 100 and not undrawn, undrawn[:10]
