@@ -86,6 +86,15 @@ def _targets(rng,    # the image's `SynthRng`
         targets.append((s, float(rng.uniform(.08, .92) * W), float(fy), float(h)))
     return targets
 
+# %% ../nbs/12_synth_scenes.ipynb #c3213d4b
+def _companion(rng,  # the image's `SynthRng`
+               s,    # the gathering target's facts
+               cx, fy, h, # its centre x, foot y and height
+               side):     # -1: on its left, 1: on its right
+    "A drawing-list item: one of the two people a gathering target stands with, beside it and facing it."
+    c = dict(sample_person(rng, season=s['season']), view='side', facing=-side)
+    return (fy - .2, 1, ('person', c, cx + side * rng.uniform(.22, .3) * h, fy, h * rng.uniform(.9, 1.06), None))
+
 # %% ../nbs/12_synth_scenes.ipynb #c012
 def _distractions(rng,     # the image's `SynthRng`
                   kind,    # dataset kind (for the labels)
@@ -97,13 +106,14 @@ def _distractions(rng,     # the image's `SynthRng`
     for t, (s, cx, fy, h) in enumerate(targets):
         items.append((fy, 0, ('person', s, cx, fy, h, t)))
         n_people = level + (2 if s['gathering'] else 0)
-        for j in range(n_people):
+        for j in range(level):
             ds = _similar(rng, s) if rng.random() < .4 else sample_person(rng, season=season)
             side = -1 if (j + (rng.random() < .5)) % 2 else 1
             dx = cx + side * rng.uniform(.1, .5) * h
             dh = h * rng.uniform(.85, 1.12)
             front = rng.random() < .5
             items.append((fy + (1 if front else -1) * rng.uniform(.5, 3), 1, ('person', ds, dx, fy + rng.uniform(-.04, .04) * h, dh, None)))
+        if s['gathering']: items += [_companion(rng, s, cx, fy, h, side) for side in (-1, 1)]
         for j in range(level):
             front = rng.random() < .3
             ox = cx + rng.uniform(-.6, .6) * h

@@ -384,3 +384,18 @@ def test_a_rare_colour_label_is_a_drawn_colour():
             checked += 1
             if np.array_equal(image(s), image(t)): undrawn.append((i, part, s['rare'][part], s['shoes']))
     assert checked > 100 and not undrawn, undrawn[:10]
+
+
+def test_a_gathering_target_stands_with_two_companions_facing_it():
+    "RAP's Gathering is drawn: two companions beside the target on its foot line, in side view facing it, just behind "
+    "it (they were placed like the surrounding people, so the label could not be seen)."
+    from har_kit.synth_scenes import _distractions, _targets
+    for i in range(20):
+        targets = _targets(make_rng(4, i), 'rap', 48, 96, 'summer', {})
+        s, cx, fy, h = targets[0]; s['gathering'] = True
+        items, info = _distractions(make_rng(5, i), 'rap', targets, i % (MAX_LEVEL + 1), 'summer')
+        people = [(depth, it) for depth, _, it in items if it[0] == 'person' and it[5] is None]
+        near = sorted((np.sign(it[2] - cx), it[1]['facing'], it[1]['view']) for depth, it in people
+                      if abs(it[2] - cx) <= .3 * h and it[3] == fy and fy - 1 < depth < fy)
+        assert near == [(-1, 1, 'side'), (1, -1, 'side')], (i, near)
+        assert info[0]['people'] == len(people) == i % (MAX_LEVEL + 1) + 2
