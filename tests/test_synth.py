@@ -168,6 +168,7 @@ S.PROFILES["tiny"] = dict(S.PROFILES["tiny"], pa100k=24)   # the race, not the s
 print(S.ensure_synthetic("pa100k", "tiny", seed=0, root=sys.argv[1]))
 '''
 
+@pytest.mark.slow   # starts processes: not in make test-fast
 def test_ensure_synthetic_is_atomic_under_a_race(tmp_path, monkeypatch):
     import har_kit.synth as S
     monkeypatch.setitem(S.PROFILES, 'tiny', dict(S.PROFILES['tiny'], pa100k=24))   # the size the racers generated
@@ -224,6 +225,7 @@ def test_ensure_synthetic_sweeps_what_killed_generators_left(tmp_path):
     assert (out/'done').exists() and not dead.exists() and live.exists()
 
 
+@pytest.mark.slow   # starts processes: not in make test-fast
 def test_a_set_of_another_generator_version_is_replaced_and_a_killed_delete_swept(tmp_path, monkeypatch):
     "A set whose `done` names another generator version is moved aside under a temporary's name and regenerated; one "
     "left by a process killed while deleting it (its pid gone) is swept by the next generation."
