@@ -23,7 +23,7 @@ __all__ = ['SYNTH_VERSION', 'LAYOUT', 'SPLIT_BOUNDS', 'RAP_TRAIN_FRACTION', 'MAX
            'synth_marker', 'synthetic_dir', 'ensure_synthetic', 'cli']
 
 # %% ../nbs/13_synth.ipynb #c006
-SYNTH_VERSION = 3  # bump when the output changes: cached sets of another version are regenerated
+SYNTH_VERSION = 4  # bump when the output changes: cached sets of another version are regenerated
 
 # %% ../nbs/13_synth.ipynb #c008
 _WIDER_REGION = [None, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 0, 1, 1]  # region of each WIDER attribute (head/upper/lower)

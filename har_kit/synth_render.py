@@ -14,7 +14,7 @@ from .synth_people import make_rng, visible
 # %% auto #0
 __all__ = ['OCCLUDER', 'BODY_W', 'Canvas', 'draw_person']
 
-# %% ../nbs/11_synth_render.ipynb #3a8508c7
+# %% ../nbs/11_synth_render.ipynb #c006
 OCCLUDER = 254  # id-map value of non-person objects drawn in front of people
 
 class Canvas:
@@ -75,17 +75,17 @@ class Canvas:
         "The region-id map as a (H, W) uint8 array."
         return np.asarray(self.ids)
 
-# %% ../nbs/11_synth_render.ipynb #a2e005cf
+# %% ../nbs/11_synth_render.ipynb #c007
 BODY_W = {'thin': .8, 'normal': 1., 'fat': 1.35}
 
 def _shade(c, f):  # colour, factor (<1 darker, >1 lighter)
     return tuple(int(min(255, max(0, v * f))) for v in c)
 
-# %% ../nbs/11_synth_render.ipynb #f689cdec
+# %% ../nbs/11_synth_render.ipynb #c008
 def _contrast(c):  # a colour that stands out on c
     return (235, 235, 235) if sum(c) < 330 else (30, 30, 30)
 
-# %% ../nbs/11_synth_render.ipynb #c009
+# %% ../nbs/11_synth_render.ipynb #c011
 def _geometry(s, cx, fy, h):  # person facts; centre x, foot y, height (pixels)
     "The figure's measurements, in pixels: head, shoulders, hips, ankles, widths of torso, hips and legs, feet and hips x."
     g = SimpleNamespace(cx=cx, fy=fy, h=h, r=h * (.085 if s['age'] == 'child' else .068), bw=BODY_W[s['body']],
@@ -103,7 +103,7 @@ def _geometry(s, cx, fy, h):  # person facts; centre x, foot y, height (pixels)
     else: g.feet, g.hips = [cx - .045 * h * g.bw - st * .5, cx + .045 * h * g.bw + st * .5], [cx - g.hw * .5, cx + g.hw * .5]
     return g
 
-# %% ../nbs/11_synth_render.ipynb #92375819
+# %% ../nbs/11_synth_render.ipynb #c014
 def _draw_behind(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "What is behind the body: long hair (front/side), a backpack's body (front), a pulled suitcase."
     cx, h, r, hy, ysh, yhip, fy, d = g.cx, g.h, g.r, g.hy, g.ysh, g.yhip, g.fy, g.d
@@ -119,7 +119,7 @@ def _draw_behind(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
         cv.poly([(tx - .06 * h, fy - .2 * h), (tx + .05 * h, fy - .22 * h), (tx + .06 * h, fy - .01 * h), (tx - .05 * h, fy)], s['acc_col'])
         cv.line([(tx, fy - .21 * h), (cx - d * .1 * h, yhip + .04 * h)], (60, 60, 60), max(1, .01 * h))
 
-# %% ../nbs/11_synth_render.ipynb #85e5c601
+# %% ../nbs/11_synth_render.ipynb #c015
 def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
     "Legs, the lower garment (trousers, jeans, shorts, skirts, dress) and its stripes or pattern."
     cx, h, hw, lw, yhip, yank, leg, lo, loc = g.cx, g.h, g.hw, g.lw, g.yhip, g.yank, g.leg, g.lo, g.loc
@@ -151,7 +151,7 @@ def _draw_legs(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
             x = cx + rr.uniform(-1, 1) * hw; y = yhip + rr.uniform(y0, y0 + .35) * leg
             cv.ell(x, y, .012 * h, .012 * h, s['low_col2'])
 
-# %% ../nbs/11_synth_render.ipynb #6ab314c7
+# %% ../nbs/11_synth_render.ipynb #c016
 def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
     "Shoes (sport, leather, cloth, casual) or boots on both feet."
     h, lw, yank, shoe_h = g.h, g.lw, g.yank, g.shoe_h
@@ -163,7 +163,7 @@ def _draw_shoes(cv, s, g):  # canvas, facts, `_geometry` (region: lower body)
         if sh == 'sport': cv.line([(fx - lw * .8, yank + shoe_h * .5), (fx + lw * .8, yank + shoe_h * .5)], s['shoe_col'], 1)
         if sh == 'leather': cv.ell(fx + lw * .4, yank + shoe_h * .3, .5, .5, (200, 200, 200))
 
-# %% ../nbs/11_synth_render.ipynb #28002242
+# %% ../nbs/11_synth_render.ipynb #c019
 def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     "Neck, torso and upper garment with its pattern and front details (collar, tie), logo, worn bags."
     cx, h, sw, hw, ysh, yhip, up, upc = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.up, g.upc
@@ -192,7 +192,7 @@ def _draw_torso(cv, s, g, HEAD, UP):  # canvas, facts, `_geometry`, region ids
     if s['logo'] and visible('logo', s): _draw_logo(cv, s, g)
     _draw_worn_bags(cv, s, g)
 
-# %% ../nbs/11_synth_render.ipynb #458c697e
+# %% ../nbs/11_synth_render.ipynb #c020
 def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the upper garment
     "What only the front shows: collar, tie or neckline, zip."
     cx, h, ysh, up, upc = g.cx, g.h, g.ysh, g.up, g.upc
@@ -209,7 +209,7 @@ def _draw_front(cv, s, g, ybot):  # canvas, facts, `_geometry`, bottom of the up
         cv.line([(cx, ysh), (cx, ybot)], (150, 150, 150) if up == 'jacket' else _shade(upc, .6), 1)
         cv.rect(cx - .04 * h, ysh - .012 * h, cx + .04 * h, ysh + .01 * h, _shade(upc, .8))
 
-# %% ../nbs/11_synth_render.ipynb #305ba66c
+# %% ../nbs/11_synth_render.ipynb #c021
 def _draw_logo(cv, s, g):  # canvas, facts, `_geometry`
     "A logo on the chest: a circle, square or triangle in a contrasting or an accessory colour."
     cx, h, ysh, upc = g.cx, g.h, g.ysh, g.upc
@@ -219,7 +219,7 @@ def _draw_logo(cv, s, g):  # canvas, facts, `_geometry`
     elif shape == 1: cv.rect(lx - ls, ly - ls, lx + ls, ly + ls, lc)
     else: cv.poly([(lx, ly - ls * 1.2), (lx + ls * 1.2, ly + ls), (lx - ls * 1.2, ly + ls)], lc)
 
-# %% ../nbs/11_synth_render.ipynb #2a44fe74
+# %% ../nbs/11_synth_render.ipynb #c022
 def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
     "A backpack (its straps from the front, itself from the side or back) and a single-shoulder bag."
     cx, h, sw, hw, ysh, yhip, view, d = g.cx, g.h, g.sw, g.hw, g.ysh, g.yhip, g.view, g.d
@@ -234,7 +234,7 @@ def _draw_worn_bags(cv, s, g):  # canvas, facts, `_geometry`
         cv.line([(cx + sx * sw * .7, ysh), (cx - sx * hw * 1.05, yhip - .03 * h)], _shade(s['bag_col'], .55), max(1, .01 * h))
         cv.rect(cx - sx * (hw + .01 * h) - .04 * h, yhip - .06 * h, cx - sx * (hw + .01 * h) + .04 * h, yhip + .04 * h, s['bag_col'])
 
-# %% ../nbs/11_synth_render.ipynb #8f3653fe
+# %% ../nbs/11_synth_render.ipynb #c025
 def _arm_poses(s, g):  # facts, `_geometry`
     "(shoulder, elbow, hand) of each arm after the actions (holding, pushing, pulling, calling, carrying), and the acting arm."
     cx, h, ysh, yhip, d = g.cx, g.h, g.ysh, g.yhip, g.d
@@ -254,7 +254,7 @@ def _arm_poses(s, g):  # facts, `_geometry`
     if s['carry_arm']: arms[1 - R][1:] = [(arms[1 - R][0][0] - d * .03 * h, ysh + .15 * h), (arms[1 - R][0][0] + d * .03 * h, ysh + .13 * h)]
     return arms, R, aw
 
-# %% ../nbs/11_synth_render.ipynb #9cb36e6f
+# %% ../nbs/11_synth_render.ipynb #c026
 def _draw_arms(cv, s, g, arms, R, aw):  # canvas, facts, `_geometry`, `_arm_poses` output
     "Both arms (the far one hidden from the side unless it reaches forward), sleeves and hands."
     sleeve = s['sleeve']
@@ -267,7 +267,7 @@ def _draw_arms(cv, s, g, arms, R, aw):  # canvas, facts, `_geometry`, `_arm_pose
             if sleeve == 'short': cv.line([(x0, y0_), (x0 + (x1 - x0) * .6, y0_ + (y1 - y0_) * .6)], g.upc, aw * 1.1)
         cv.ell(x2, y2, aw * .55, aw * .55, g.skin)
 
-# %% ../nbs/11_synth_render.ipynb #2741a428
+# %% ../nbs/11_synth_render.ipynb #c027
 def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height, 'handbag'|'plastic'|'paper'
     "Draw a bag hanging from a hand."
     if what == 'plastic':
@@ -283,16 +283,18 @@ def _hand_bag(cv, s, x, y, h, what):  # hand (or elbow) position, person height,
         cv.line([(x - w * .25, y + .02 * h), (x, y - .005 * h), (x + w * .25, y + .02 * h)], _shade(s['bag_col'], .7), max(1, .008 * h))
         cv.poly([(x - w * .4, y + .02 * h), (x + w * .4, y + .02 * h), (x + w * .5, y + .02 * h + hh), (x - w * .5, y + .02 * h + hh)], s['bag_col'])
 
-# %% ../nbs/11_synth_render.ipynb #a930d93a
+# %% ../nbs/11_synth_render.ipynb #c028
 def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm poses and acting arm, upper-body region id
     "Hand-held things (bags, a box, an object, an umbrella-like 'other'), and the separate suitcase and cart (occluders)."
     cx, h, ysh, yhip, fy, d = g.cx, g.h, g.ysh, g.yhip, g.fy, g.d
     hands = [arms[0][2], arms[1][2]]
     free = [i for i in (0, 1) if not (s['calling'] and i == R) and not (s['pulling'] and i == 1 - R) and not s['holding'] and not s['pushing']]
     carried = [w for w in ('plastic', 'paper', 'handbag') if s[w] and not (w == 'handbag' and s['carry_arm'])]  # smallest on top
+    placed = []   # where bags already hang: a further bag at the same point hangs beside them, not over them
     for j, w in enumerate(carried):
         x, y = hands[free[j % len(free)]] if free else (cx + d * .2 * h, yhip)
-        _hand_bag(cv, s, x, y, h, w)
+        k = sum(abs(x - px) < .05 * h and abs(y - py) < .05 * h for px, py in placed); placed.append((x, y))
+        _hand_bag(cv, s, x + (-1) ** k * .06 * h * ((k + 1) // 2), y, h, w)   # 0, then left, then right of the hand
     if s['carry_arm']:
         x, y = arms[1 - R][1]; _hand_bag(cv, s, x, y, h, 'handbag')
     if s['box']: cv.rect(cx - .075 * h, ysh + .12 * h, cx + .075 * h, ysh + .25 * h, (170, 125, 75)); cv.line([(cx, ysh + .12 * h), (cx, ysh + .25 * h)], (210, 190, 150), 1)
@@ -314,7 +316,7 @@ def _draw_carried(cv, s, g, arms, R, UP):  # canvas, facts, `_geometry`, arm pos
         for wx in (px + d * .08 * h, px + d * .26 * h): cv.ell(wx, fy - .035 * h, .035 * h, .035 * h, (30, 30, 30))
         cv.rid = UP
 
-# %% ../nbs/11_synth_render.ipynb #830834ba
+# %% ../nbs/11_synth_render.ipynb #c029
 def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and acting arm (region: head)
     "Head, hair, face (eyes, nose, mouth), glasses, face mask, hat, and a phone at the ear."
     cx, h, r, hy, ysh, d, view, skin, hair = g.cx, g.h, g.r, g.hy, g.ysh, g.d, g.view, g.skin, g.hair
@@ -345,14 +347,15 @@ def _draw_head(cv, s, g, arms, R):  # canvas, facts, `_geometry`, arm poses and 
     if s['calling']:
         x, y = arms[R][2]; cv.rect(x - .01 * h, y - .03 * h, x + .01 * h, y + .01 * h, (20, 20, 25))
 
-# %% ../nbs/11_synth_render.ipynb #c019
+# %% ../nbs/11_synth_render.ipynb #c030
 def _draw_muffler(cv, s, g):  # canvas, facts, `_geometry` (region: upper body)
     "A muffler round the neck and its hanging end, over long hair seen from the back."
     cx, h, ysh = g.cx, g.h, g.ysh
     cv.ell(cx, ysh + .005 * h, max(g.sw * .5, .04 * h), .02 * h, s['acc_col'])
-    cv.rect(cx + .005 * h, ysh, cx + .035 * h, ysh + .12 * h, s['acc_col'])
+    side = -1 if s['acc_col'][0] > 128 else 1   # the hanging end on the side away from a logo (`_draw_logo`), never over it
+    cv.rect(cx + side * .035 * h, ysh, cx + side * .005 * h, ysh + .12 * h, s['acc_col'])
 
-# %% ../nbs/11_synth_render.ipynb #c021
+# %% ../nbs/11_synth_render.ipynb #c033
 def draw_person(cv,         # the `Canvas`
                 s,          # the person's facts (`sample_person`)
                 cx,         # centre x in pixels

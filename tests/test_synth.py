@@ -401,3 +401,26 @@ def test_a_gathering_target_stands_with_two_companions_facing_it():
                       if abs(it[2] - cx) <= .3 * h and it[3] == fy and fy - 1 < depth < fy)
         assert near == [(-1, 1, 'side'), (1, -1, 'side')], (i, near)
         assert info[0]['people'] == len(people) == i % (MAX_LEVEL + 1) + 2
+
+
+def test_a_labelled_logo_or_bag_keeps_most_of_its_own_pixels():
+    "Some pixel differing is not enough: a muffler's end covered all but 5 of a logo's 29 pixels, a paper bag nearly all of a "
+    "plastic one in the same hand, their labels still 1. Each keeps a fair share of the pixels it has alone."
+    from har_kit.synth_render import Canvas, draw_person
+    def image(s):
+        cv = Canvas(48, 96); draw_person(cv, s, 24, 92, 86); return np.asarray(cv.rgb)
+    def share(s, fact, alone):   # pixels the fact changes in `s`, over those it changes in `alone`
+        off = {fact: False, **({'carry_arm': False} if fact == 'handbag' else {})}   # a handbag at the elbow is a handbag too
+        full = (image(alone) != image(dict(alone, **off))).any(2).sum()
+        assert full > 0, (fact, s['view'])   # drawn where it is labelled
+        return (image(s) != image(dict(s, **off))).any(2).sum() / full
+    bags, worst = ('plastic', 'paper', 'handbag'), {}
+    rng = make_rng(0, 12)
+    for _ in range(1500):
+        s = sample_person(rng, season='winter')
+        if s['logo'] and s['view'] == 'front':
+            worst['logo'] = min(worst.get('logo', 1), share(s, 'logo', dict(s, muffler=False)))
+        for b in bags:
+            if s[b] and sum(s[o] for o in bags) > 1:
+                worst[b] = min(worst.get(b, 1), share(s, b, dict(s, **{o: False for o in bags if o != b})))
+    assert set(worst) == {'logo', *bags} and min(worst.values()) >= .2, worst
