@@ -131,5 +131,6 @@ def mask_loss(mask_logits,                    # (N, 1, h, w) mask-branch logits
     if mask.shape[0] != mask_logits.shape[0]:
         raise KitError(f"batch['mask'] holds {mask.shape[0]} masks for {mask_logits.shape[0]} images (mask_logits "
                        f'{tuple(mask_logits.shape)}): one mask per image of the batch, in its order')
-    target = F.adaptive_avg_pool2d(mask.to(mask_logits.dtype), mask_logits.shape[-2:]).clamp(0, 1)
+    mask_logits = mask_logits.float()   # bf16 logits (amp): the pooled target and the loss in float32, as `bce_loss`
+    target = F.adaptive_avg_pool2d(mask.float(), mask_logits.shape[-2:]).clamp(0, 1)
     return F.binary_cross_entropy_with_logits(mask_logits, target)

@@ -333,7 +333,8 @@ class Predictor:
                 progress=True,   # show a tqdm bar
                 boxes=None):     # one (x, y, w, h) or None per image file or array (no folders or globs then)
         """One record per image: {'image', 'predicted' (names, most probable first), 'probabilities' {name: p}}, with
-        'box' (the part scored) when a box was given and 'rotated' (the EXIF orientation, 2..8) when the image was turned by it.
+        'box' (as given; the part scored is that box clipped to the image) when a box was given and 'rotated' (the EXIF
+        orientation, 2..8) when the image was turned by it (a box is read in the turned image).
         A file or array gives one record per entry, in the order given (a file named twice is scored twice, as in
         `probabilities`); a folder or glob gives its images, sorted, each once."""
         images = _image_list(images)
@@ -348,11 +349,16 @@ class Predictor:
         _refuse_non_finite([p for p, ok in zip(paths, np.isfinite(probs).all(1)) if not ok], self)
         dec = apply_threshold(probs, self.thresholds, '>=')
         boxes = _box_list(boxes, len(paths))
-        return [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
-                     predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
-                     probabilities={a: float(v) for a, v in zip(self.attributes, pr)},   # in full: the decisions follow from them
-                     **({} if b is None else {'box': list(b)}), **({} if r is None else {'rotated': r}))
-                for i, (p, pr, d, b, r) in enumerate(zip(paths, probs, dec, boxes, map(_turned, paths)))]
+        records = [dict(image=str(p) if isinstance(p, (str, Path)) else f'array[{i}]',
+                        predicted=[self.attributes[j] for j in np.argsort(-pr) if d[j]],
+                        probabilities={a: float(v) for a, v in zip(self.attributes, pr)},   # in full: the decisions follow from them
+                        **({} if b is None else {'box': list(b)}), **({} if r is None else {'rotated': r}))
+                   for i, (p, pr, d, b, r) in enumerate(zip(paths, probs, dec, boxes, map(_turned, paths)))]
+        if turned := [r['image'] for r in records if 'box' in r and 'rotated' in r]:
+            warnings.warn(f'{len(turned)} image(s) with a box were turned by their EXIF orientation first ({turned[0]}, ...): '
+                          'their boxes were read in the turned image, while a dataset\'s boxes (and the evaluation loader) '
+                          'refer to the stored pixels; give boxes in the image as shown', UserWarning, stacklevel=2)
+        return records
 
 # %% ../nbs/81_predict.ipynb #c023
 def write_predictions(records,          # `Predictor.predict` output
@@ -365,8 +371,10 @@ def write_predictions(records,          # `Predictor.predict` output
                 thresholds=dict(zip(names, predictor.thresholds.tolist())), attributes=names,
                 threads=predictor.scored_threads)   # torch's intra-op threads while scoring (last digits depend on it)
     doc = json.dumps(to_jsonable(dict(**meta, images=records), 'predictions.json'), indent=2) + '\n'   # checked before any file
-    rows = [['image', 'predicted', *names]] + [[r['image'], ';'.join(r['predicted']), *(repr(float(r['probabilities'][a])) for a in names)]
-                                               for r in records]
+    extra = [k for k in ('box', 'rotated') if any(k in r for r in records)]   # which target of a scene; a turned photo
+    cell = lambda r, k: ' '.join(repr(float(v)) for v in r[k]) if k == 'box' and k in r else r.get(k, '')
+    rows = [['image', *extra, 'predicted', *names]] + [[r['image'], *(cell(r, k) for k in extra), ';'.join(r['predicted']),
+                                                        *(repr(float(r['probabilities'][a])) for a in names)] for r in records]
     # a file name that is not UTF-8 (bytes a POSIX file system allows) keeps its bytes in the CSV; JSON escapes it
     with atomic_paths([out_dir/'predictions.csv', out_dir/'predictions.json']) as (tc, tj):   # both synced, then renamed together
         with open(tc, 'w', newline='', encoding='utf-8', errors='surrogateescape') as fc: csv.writer(fc).writerows(rows)

@@ -101,3 +101,11 @@ def test_another_archs_weights_are_refused():
     with pytest.raises(KitError, match=r"are ResNet50_Weights, not resnet101's ResNet101_Weights"):
         resolve_weights('resnet101', 'ResNet50_Weights.IMAGENET1K_V1')
     assert resolve_weights('resnet101', 'ResNet101_Weights.IMAGENET1K_V1').name == 'IMAGENET1K_V1'
+
+
+def test_the_mask_loss_is_computed_in_float32_under_bf16():
+    "The pooled pseudo-mask target was rounded to the mask logits' bf16 (3 digits), as the weights of b3a61de were."
+    m = torch.rand(2, 1, 16, 8, generator=torch.Generator().manual_seed(1))
+    logits = torch.randn(2, 1, 4, 2, generator=torch.Generator().manual_seed(2))
+    half = mask_loss(logits.bfloat16(), m)
+    assert half.dtype == torch.float32 and torch.equal(half, mask_loss(logits.bfloat16().float(), m))

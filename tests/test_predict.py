@@ -976,3 +976,19 @@ def test_a_photo_turned_by_its_exif_orientation_says_so(tmp_path, images, model_
     assert '1 image(s) turned by their EXIF orientation' in capsys.readouterr().err
     doc = json.loads((tmp_path/'o'/'predictions.json').read_text())
     assert [Path(r['image']).name for r in doc['images'] if r.get('rotated') == 6] == ['turned.jpg']
+
+
+def test_box_and_rotation_reach_the_csv_and_a_box_on_a_turned_photo_warns(tmp_path, images, model_file):
+    "Two targets of one scene gave two CSV rows with the same image and nothing to tell them apart (box and rotated were in the JSON only)."
+    import csv as _csv
+    ex = Image.new('RGB', (30, 50)).getexif(); ex[0x0112] = 6
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(images/'turned.jpg', exif=ex)
+    p = Predictor(model_file)
+    with pytest.warns(UserWarning, match=r'1 image\(s\) with a box were turned by their EXIF orientation first .*turned.jpg'):
+        recs = p.predict([images/'a.png', images/'a.png', images/'turned.jpg'], boxes=[(0, 0, 10, 12.5), (5, 5, 8, 8), (1, 1, 20, 20)], progress=False)
+    write_predictions(recs, p, tmp_path/'o')
+    rows = list(_csv.reader(open(tmp_path/'o'/'predictions.csv')))
+    assert rows[0][:4] == ['image', 'box', 'rotated', 'predicted']
+    assert [r[1:3] for r in rows[1:]] == [['0.0 0.0 10.0 12.5', ''], ['5.0 5.0 8.0 8.0', ''], ['1.0 1.0 20.0 20.0', '6']]
+    write_predictions(p.predict([images/'a.png'], progress=False), p, tmp_path/'plain')   # neither: the columns as before
+    assert next(_csv.reader(open(tmp_path/'plain'/'predictions.csv')))[:2] == ['image', 'predicted']
