@@ -6,6 +6,9 @@
 # files moved and why (env.json and the use run's wall-clock seconds always do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# this tree's har_kit, even when .venv is another tree's (a worktree sharing its editable install): runs, kernels
+# and the notebooks they find all follow the package
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SAMPLE=${HAR_KIT_PA100K_SAMPLE:-../shared/data/pa100k-sample}
 rm -rf outputs/quick outputs/sample outputs/use outputs/synth-difficulty
 T='python3 tools/timing.py time --'
