@@ -60,7 +60,7 @@ lint:
 
 ## two test files at a time (pytest-xdist), one thread each; the longest files start first (tests/conftest.py)
 pytest:
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 pytest-fast:
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n 2 -m 'not slow'

@@ -1,7 +1,9 @@
 """Test-session setup.
 
-- With `pytest -n 2 --dist loadfile` (the test command), the longest file (the wheel's paper smoke rehearsal) starts
-  first, so the rest of the suite runs beside it instead of after it.
+- With `pytest -n 2 --dist loadfile --no-loadscope-reorder` (the test command), files are handed out longest first
+  (`LONGEST_FIRST`, then collection order), so the wheel's paper smoke rehearsal runs beside the rest of the suite and
+  the two workers end together. xdist's default order (most tests first) started that rehearsal last: 40 s of one
+  worker idle at the end.
 - `@pytest.mark.shared('data/pa100k-sample/annotation.mat')`: the test needs that file under `../shared` (beside the
   clone; the PA-100K sample may be elsewhere via HAR_KIT_PA100K_SAMPLE). Missing, it is skipped on a developer's
   machine and **fails** in CI (`CI` set), where `../shared` is always laid out: a vanished input must not pass quietly.
@@ -24,7 +26,14 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 if not os.environ.get('HAR_KIT_TEST_CUDA'): os.environ['CUDA_VISIBLE_DEVICES'] = ''
 lean_jupyter_imports()
 
-SLOW_FIRST = ('test_wheel.py',)
+# the files that take longest in the test command (seconds of one worker, measured 2026-12-07 on 2 cores): longest first
+LONGEST_FIRST = ('test_wheel.py',        # 100: the wheel, its venv and the paper smoke rehearsal (two kernels at a time)
+                 'test_predict.py',      # 69
+                 'test_runs.py',         # 48
+                 'test_faults_runs.py',  # 43
+                 'test_launcher.py',     # 32
+                 'test_gpu_check.py',    # 28
+                 'test_ddp.py')          # 20
 SHARED = Path(__file__).resolve().parents[1].parent/'shared'
 # files whose tests start papermill kernels, subprocesses or process pools: not in `make test-fast`
 SLOW_FILES = {'test_wheel.py', 'test_determinism.py', 'test_runs.py', 'test_ddp.py', 'test_faults_runs.py', 'test_launcher.py',
@@ -45,7 +54,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = lambda item: next((i for i, name in enumerate(SLOW_FIRST) if item.path.name == name), len(SLOW_FIRST))
+    rank = lambda item: next((i for i, name in enumerate(LONGEST_FIRST) if item.path.name == name), len(LONGEST_FIRST))
     items.sort(key=rank)   # stable: every other file keeps its order
     for item in items:
         if item.path.name in SLOW_FILES: item.add_marker(pytest.mark.slow)
