@@ -17,9 +17,10 @@ from .backbones import check_arch
 from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind, dataset_splits, expand_splits
 from .losses import pos_ratio
-from .model_file import Recipe, RunConfig
+from .model_file import Recipe
+from .run_config import SELECTIONS, RunConfig, check_train_splits, evaluation_split
 from .model_file import selection_study as _selection_study   # the run parameter `selection_study` is a switch
-from .data import check_train_splits, load_dataset, samples_digest
+from .data import load_dataset, samples_digest
 from .synth import check_profile
 from .loading import SampleCache, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader, check_pipeline
@@ -28,13 +29,12 @@ from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute
                             check_fuse_at, check_predict, check_specific_logit, positive_angles)
 
 # %% auto #0
-__all__ = ['PLATEAU_MONITORS', 'SELECTIONS', 'campar_train_config', 'FusionAtBackboneLr', 'evaluation_split', 'split_train_eval',
-           'carve_validation', 'metric_row', 'campar_loaders', 'head_logits', 'cam_mass', 'head_rows',
-           'evaluate_variant', 'held_out_thresholds', 'CamParConfig', 'CamParRecipe']
+__all__ = ['PLATEAU_MONITORS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval', 'carve_validation', 'metric_row',
+           'campar_loaders', 'head_logits', 'cam_mass', 'head_rows', 'evaluate_variant', 'held_out_thresholds',
+           'CamParConfig', 'CamParRecipe']
 
 # %% ../nbs/41_campar.ipynb #c006
 PLATEAU_MONITORS = {'eval_loss': 'val_loss', 'train_loss': 'loss'}   # plateau_on -> engine monitor name
-SELECTIONS = ('[15]', 'held-out')                                     # epoch selection modes (see below)
 
 def campar_train_config(optimizer: str = 'sgd',          # 'sgd' ([15], the paper profile) or 'adam' (Rethinking_of_PAR's 2021 configs)
                         epochs: int = 30,                # [15]: 30
@@ -63,24 +63,6 @@ class FusionAtBackboneLr(nn.Module):
 
     def forward(self, x):  # images (N, 3, H, W)
         return self.model(x)
-
-# %% ../nbs/41_campar.ipynb #c014
-def evaluation_split(train_splits,           # e.g. ['train'], ['train', 'val'] or ['trainval']
-                     available,              # the splits the dataset has (`AttributeData.splits`, `DatasetKind.splits`)
-                     selection='held-out',   # '[15]' or 'held-out'
-                     val_fraction=0.0):      # 'held-out' without a val split: fraction carved from the training images
-    "Where the epoch is selected: 'test', 'val', 'carved' or None (the last epoch), or the KitError naming a contradiction."
-    if selection not in SELECTIONS: raise KitError(f"selection={selection!r}: use '[15]' (best test-split mA) or 'held-out'")
-    if selection == '[15]': return 'test'
-    names = expand_splits(check_train_splits(train_splits), available)
-    if 'val' in available and 'val' not in names:
-        if val_fraction: raise KitError(f"val_fraction={val_fraction}: the dataset's own 'val' split is held out as it is "
-                                        f"(train_splits={list(train_splits)} does not train on it), so nothing would be carved: use "
-                                        "val_fraction=0 to select on that split, or include 'val' in train_splits (e.g. ['train', 'val']) "
-                                        "to carve the fraction from the training images")
-        return 'val'
-    if not 0 <= val_fraction < 1: raise KitError(f'val_fraction={val_fraction}: use a fraction in [0, 1) of the training images')
-    return 'carved' if val_fraction else None
 
 # %% ../nbs/41_campar.ipynb #c015
 def split_train_eval(data,                    # an `AttributeData`

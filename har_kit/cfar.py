@@ -19,10 +19,11 @@ from .core import KitError, load_json, seed_everything
 from .backbones import check_arch
 from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
 from .engine import TrainConfig, fit
-from .model_file import Recipe, RunConfig, check_range, check_type, declared_type, declares_none, model_digest
+from .model_file import Recipe, model_digest
+from .run_config import RunConfig, check_range, check_train_splits, check_type, declared_type, declares_none
 from .campar import VARIANTS as CAMPAR_VARIANTS, campar_model_file
 from .campar_train import CamParConfig, metric_row
-from .data import check_train_splits, data_warning, load_dataset
+from .data import data_warning, load_dataset
 from .synth import check_profile
 from . import losses
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'PNG_METADATA', 'CPU_ENV', 'KitError', 'file_stamp', 'atomic_paths',
-           'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json', 'max_threads',
-           'available_cpus', 'kit_threads', 'torch_threads', 'seed_everything', 'get_device', 'host_to_device',
-           'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder', 'pid_alive',
-           'temporary_tag', 'sweep_temporaries', 'is_number', 'is_weights_file', 'outputs_root', 'data_root',
-           'cache_root', 'data_warnings_once', 'lean_jupyter_imports', 'run_dir', 'save_metrics', 'save_figure',
-           'env_info']
+__all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'PNG_METADATA', 'CPU_ENV', 'LATER_PARAMS', 'KitError', 'file_stamp',
+           'atomic_paths', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json',
+           'max_threads', 'available_cpus', 'kit_threads', 'torch_threads', 'seed_everything', 'get_device',
+           'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder',
+           'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number', 'is_weights_file', 'outputs_root',
+           'data_root', 'cache_root', 'data_warnings_once', 'lean_jupyter_imports', 'run_dir', 'save_metrics',
+           'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -432,3 +432,13 @@ def env_info():
         except (OSError, ValueError): built = None
         if isinstance(built, dict) and isinstance(built.get('git_commit'), str): info['built_from'] = built
     return info
+
+# %% ../nbs/00_core.ipynb #c090
+LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
+    'train_samples': None,       # a checkpoint without it resumes unchecked
+    'phase1': None,              # CFAR phase 2's phase-1 network and labels (`cfar.phase1_digest`): likewise
+    'specific_logit': 'eq12',    # CAM-PAR's specific logits: Eq. 12 was the only formula before the switch
+    'max_distort': None,         # Da-HAR's crop windows, its augmentation pipeline and its training masks' names and
+    'pipeline': None,            # bytes: a checkpoint without them resumes unchecked on them
+    'masks': None,
+}

@@ -13,7 +13,7 @@ from fastcore.basics import patch
 
 from .core import KitError, get_device
 from .backbones import check_arch, count_params
-from .data import check_train_splits, load_dataset, samples_digest
+from .data import load_dataset, samples_digest
 from .synth import check_profile
 from .distributed import setup_device
 from .engine import TrainConfig, predict
@@ -22,7 +22,8 @@ from .loading import DAHAR_INPUT, IMAGENET_MEAN, IMAGENET_STD, SampleCache, daha
 from .losses import pos_ratio
 from .pipeline import cached_loader, check_pipeline, dahar_batches
 from .metrics import PROTOCOLS, choose_thresholds, dataset_metric, mass_by_level, metric_labels, metrics_by_distraction, metrics_entry, target_mass
-from .model_file import Recipe, RunConfig
+from .model_file import Recipe
+from .run_config import RunConfig, check_train_splits
 from .dahar import LOSSES, VARIANTS, DaHarLoss, dahar_variant
 
 # %% auto #0

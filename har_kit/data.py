@@ -20,10 +20,9 @@ from .synth import ensure_synthetic
 
 # %% auto #0
 __all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'DataWarning', 'EmptyTestWarning',
-           'data_warning', 'Sample', 'AttributeData', 'check_train_splits', 'samples_digest', 'fill_masks',
-           'require_images', 'identical_across_splits', 'dataset_issues', 'warn_issues', 'unused_images',
-           'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats',
-           'read_csv_dataset', 'load_dataset']
+           'data_warning', 'Sample', 'AttributeData', 'samples_digest', 'fill_masks', 'require_images',
+           'identical_across_splits', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k',
+           'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats', 'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/14_data.ipynb #c006
 class DataWarning(UserWarning):
@@ -106,20 +105,6 @@ class AttributeData:
     def __repr__(self):
         counts = ', '.join(f'{k}={len(self.split(k))}' for k in self.splits)
         return f'AttributeData({self.name!r}, {len(self.attributes)} attributes, {counts}, root={str(self.root)!r})'
-
-# %% ../nbs/14_data.ipynb #c016
-def check_train_splits(train_splits,         # a split name or a list of them (parameter `train_splits`)
-                       eval_split='test',    # the split the run scores
-                       where='train_splits'):  # the parameter, for the message
-    "The training split names as a list; `KitError` when there are none or when they include `eval_split`."
-    names = [train_splits] if isinstance(train_splits, str) else list(train_splits or [])
-    if not names:
-        raise KitError(f"{where}=[] would train on every split, {eval_split!r} included: name the split(s) to train on, "
-                       "e.g. ['train'] or ['train', 'val']")
-    if eval_split in expand_splits(names, ('train', 'val', eval_split)):   # 'trainval' holds val
-        raise KitError(f"{where}={names!r} includes {eval_split!r}, the split this run scores: its numbers would be measured "
-                       "on training images; train on ['train'] or ['train', 'val']")
-    return names
 
 # %% ../nbs/14_data.ipynb #c020
 def samples_digest(samples):  # `Sample`s in training order (a split, or any list)

@@ -13,15 +13,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .core import KitError, atomic_write, get_device, is_number, save_json, seed_everything
+from .core import LATER_PARAMS, KitError, atomic_write, get_device, is_number, save_json, seed_everything
 from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_seed, rank_world, set_epoch,
                                  setup_device, shard_loader, shard_samples)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'LATER_PARAMS', 'TrainConfig', 'param_groups', 'make_optimizer',
-           'make_scheduler', 'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history', 'fit',
-           'train_eval']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler',
+           'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history', 'fit', 'train_eval']
 
 # %% ../nbs/08_engine.ipynb #c008
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -244,15 +243,6 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
 
 # %% ../nbs/08_engine.ipynb #c036
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change
-
-LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
-    'train_samples': None,       # a checkpoint without it resumes unchecked
-    'phase1': None,              # CFAR phase 2's phase-1 network and labels (`cfar.phase1_digest`): likewise
-    'specific_logit': 'eq12',    # CAM-PAR's specific logits: Eq. 12 was the only formula before the switch
-    'max_distort': None,         # Da-HAR's crop windows, its augmentation pipeline and its training masks' names and
-    'pipeline': None,            # bytes: a checkpoint without them resumes unchecked on them
-    'masks': None,
-}
 
 def _canon(params): return json.loads(json.dumps(params or {}, sort_keys=True, default=repr))
 

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, lean_jupyter_imports, load_json, outputs_root, save_json
-from .campar_train import evaluation_split
 from .formats import check_data_root, dataset_splits
-from .model_file import RunConfig
+from .run_config import RunConfig, evaluation_split
 from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, earlier_code, execute,
                                missing_roots, plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
 from .render import error_cell

@@ -20,7 +20,7 @@ from .formats import (DATASET_KINDS, MASK_LOG, SYNTH_META, default_mask_root, lo
                              mask_roots, read_mask_log, synthetic_set)
 from .mask_sources import (MASK_SOURCES, MaskSource, check_maskrcnn_weights, check_source, mask_source, read_mask, sample_key,
                                   short_hash, target_of, write_mask)
-from .model_file import RunConfig
+from .run_config import RunConfig
 
 # %% auto #0
 __all__ = ['MasksConfig', 'MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality',

@@ -11,19 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_write, get_device, is_number, max_threads, seed_everything
-from .formats import DATASET_KINDS, RAP_PARTITIONS, check_data_root, dataset_splits, expand_splits, is_image, synthetic_set
+from .core import KitError, atomic_write, get_device, seed_everything
+from .formats import is_image, synthetic_set
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
 from .engine import fit
 from . import __version__
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'MAX_SIDE', 'POSITIVE', 'NON_NEGATIVE', 'GREATER_THAN_ZERO',
-           'AT_MOST', 'CHOICES', 'BELOW_ONE', 'BELOW_NOTES', 'model_digest', 'register_builder', 'save_model',
+__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'KIT_BUILDERS', 'MAX_SIDE', 'model_digest', 'register_builder', 'save_model',
            'LoadedModel', 'find_model_file', 'read_model_file', 'check_attributes', 'load_model', 'EpochSelector',
-           'selected_epoch', 'selection_study', 'check_range', 'declared_type', 'declares_none', 'type_name',
-           'check_type', 'RunConfig', 'Recipe', 'train_variant']
+           'selected_epoch', 'selection_study', 'Recipe', 'train_variant']
 
 # %% ../nbs/09_model_file.ipynb #c005
 MODEL_FORMAT, MODEL_VERSION = 'har-kit-model', 1
@@ -481,135 +479,6 @@ def selection_study(history,        # epoch records with val_<metric> and <score
         rec = next(r for r in history if r['epoch'] == e)
         out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
     return out
-
-# %% ../nbs/09_model_file.ipynb #c044
-POSITIVE = ('epochs', 'batch_size', 'iters', 'n_train', 'check_n', 'factors', 'n_prototypes', 'als_iterations',
-            'als_max_iterations', 'fusion_width', 'maskrcnn_images', 'bench_rows', 'lr_step',
-            'n_show', 'n_images', 'fig4_size', 'maskrcnn_min_size', 'num_attributes',
-            'phase2_epochs')   # CFAR's fc_2: 0 epochs would score phase 1 as the +CFAR row
-NON_NEGATIVE = ('check_epochs', 'num_workers', 'seed', 'warmup',
-                'weight_decay', 'momentum', 'mix', 'mask_weight', 'regularization', 'alpha', 'partition', 'cache_mb',
-                'grad_clip', 'num_threads', 'max_distort')   # num_threads 0: implicit's "all cores"
-GREATER_THAN_ZERO = ('scale',      # a size factor: 0 or below gives no image, not a training problem
-                     'lr', 'phase2_lr')   # learning rates: the engine (`TrainConfig`) refuses 0
-AT_MOST = {'scale': 4.0,            # input-size factor: 1.0 is the papers' 256-pixel resize; 4.0 a 1,024-pixel one
-           'epochs': 1000, 'phase2_epochs': 1000, 'check_epochs': 1000,   # the papers train 30
-           'batch_size': 4096, 'num_workers': 256,
-           'num_threads': max_threads(),   # as $HAR_KIT_THREADS (`har_kit.core.max_threads`)
-           'fusion_width': 8192, 'factors': 4096, 'n_prototypes': 4096,
-           'iters': 100_000, 'warmup': 100_000, 'n_train': 1_000_000, 'check_n': 1_000_000,
-           'fig4_size': 4096, 'maskrcnn_min_size': 4096}   # pixels
-CHOICES = {'partition': tuple(range(RAP_PARTITIONS)),   # RAP v1's five train/test partitions
-           'dataset': DATASET_KINDS}                     # the dataset kinds with a reader (the registry itself: kinds added later count)
-BELOW_ONE = ('momentum',)           # SGD's momentum (Adam's beta1): 1 or more makes the steps grow without bound
-BELOW_NOTES = {'phase2_epochs': "0 trains no fc_2: the +CFAR and control rows would be phase 1's own, fc_2's identity start",
-               'phase2_lr': "Adam's step size: at 0 fc_2 would stay at its start",
-               'lr': 'the step size: at 0 the network would stay at its start'}   # why a lower bound holds
-
-def check_range(name,     # a parameter's name
-                value,    # its value
-                bad):     # what makes the KitError from the complaint: `bad('must be at least 1, got 0')`
-    "`value`, or the error of a number outside its parameter's range (the rules above; other values pass)."
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value): raise bad(f'must be a finite number, got {value!r}')   # `.nan` / `.inf` in YAML: no parameter means them
-        why = f' ({BELOW_NOTES[name]})' if name in BELOW_NOTES else ''
-        if name in POSITIVE and value < 1: raise bad(f'must be at least 1, got {value!r}{why}')
-        if name in NON_NEGATIVE and value < 0: raise bad(f'must be at least 0, got {value!r}{why}')
-        if name in GREATER_THAN_ZERO and not value > 0: raise bad(f'must be above 0, got {value!r}{why}')
-        if name == 'seed' and value >= 2**32: raise bad(f'must be below 2^32 = {2**32}, got {value!r}')
-        if name in AT_MOST and value > AT_MOST[name]: raise bad(f'must be at most {AT_MOST[name]!r}, got {value!r}')
-        if name in BELOW_ONE and value >= 1: raise bad(f'must be below 1, got {value!r} (it would diverge, not train)')
-    if name in CHOICES and isinstance(value, (int, str)) and not isinstance(value, bool) and value not in CHOICES[name]:
-        raise bad(f'must be one of {", ".join(map(str, CHOICES[name]))}, got {value!r}'
-                  + (" (RAP v1's five train/test partitions)" if name == 'partition' else ''))
-    return value
-
-# %% ../nbs/09_model_file.ipynb #c047
-_OPTIONAL = {'int': int, 'float': float, 'str': str, 'bool': bool, 'list': list, 'dict': dict}   # what a field may declare, alone or `| None`
-
-def _annotation_parts(annotation):  # as text (`from __future__ import annotations`) or a type
-    return {p.strip() for p in (annotation.__name__ if isinstance(annotation, type) else str(annotation)).split('|')}
-
-def declared_type(annotation):  # a dataclass field's annotation, as text (`from __future__ import annotations`) or a type
-    "The plain type a field declares, alone or beside None (`'int'` -> int, `'float | None'` -> float); None for any other annotation."
-    parts = _annotation_parts(annotation) - {'None'}
-    return _OPTIONAL.get(parts.pop()) if len(parts) == 1 else None
-
-def declares_none(annotation):  # as `declared_type` takes it
-    "Whether a field's annotation allows None (`'str | None'`)."
-    return 'None' in _annotation_parts(annotation)
-
-_KINDS = {int: 'a whole number', float: 'a number', bool: 'true/false', str: 'a string', list: 'a list', dict: 'a dict'}
-
-def type_name(v):  # any value
-    "What a value is, as the kit's errors say it: 'a whole number', 'true/false', 'a list' (a tuple too), else its Python type."
-    return _KINDS.get(list if isinstance(v, tuple) else type(v), type(v).__name__)
-
-def check_type(name,   # a parameter's name
-               value,  # its value
-               kind,   # the type its field declares (`declared_type`), or None: any value
-               bad,    # what makes the KitError from the complaint, as for `check_range`
-               none=True): # whether None passes (`declares_none`)
-    "`value`, or the error of a value of another kind than `kind` (see above)."
-    if kind is None or value is None and none: return value
-    if value is None: raise bad(f'expects {_KINDS[kind]}, got None')
-    flag, number = isinstance(value, (bool, np.bool_)), is_number(value)
-    whole = number and isinstance(value, (int, np.integer))
-    ok = {int: whole, float: number, bool: flag, dict: isinstance(value, dict),
-          list: not (flag or number or isinstance(value, dict)),
-          str: not (flag or number or isinstance(value, (dict, list, tuple)))}[kind]
-    if not ok:
-        raise bad(f'expects {_KINDS[kind]}{" or None" if none else ""}, got {type_name(value)} {value!r}'
-                  + (' (a number is written without quotes)' if kind in (int, float) and isinstance(value, str) else ''))
-    return value
-
-class RunConfig:
-    "Base of a method's run config, a dataclass whose fields are its notebook's parameters: `from_params` reads them; built, it checks their ranges."
-    @classmethod
-    def from_params(cls, params: dict):  # a dict holding (at least) the notebook's parameters, e.g. globals()
-        "The config of the parameters named like its fields (other keys ignored)."
-        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
-
-    def __post_init__(self):   # a subclass's own __post_init__ calls this first (`super().__post_init__()`)
-        "Every field of its declared type (`check_type`) and within its parameter's range (`check_range`): what `har-kit run` refuses, a config built in Python refuses too."
-        self.check_types()
-        self.check_values()
-
-    def check_values(self):
-        "Every field within its parameter's range, the data root and the split names: `__post_init__` after `check_types` (a subclass whose own checks come between calls the two)."
-        for f in dataclasses.fields(self): check_range(f.name, getattr(self, f.name), self._bad(f.name))
-        if getattr(self, 'dataset', None) in DATASET_KINDS and hasattr(self, 'data_root'):
-            try: check_data_root(self.dataset, self.data_root)
-            except KitError as e: raise KitError(f"{type(self).__name__} 'data_root': {e}") from None
-        self._check_split_names()
-
-    def _check_split_names(self):
-        "Refuse a `train_splits` / `eval_split` name the dataset does not have ('trainval': train + val, `expand_splits`); a csv set's are its file's."
-        kind = DATASET_KINDS.get(getattr(self, 'dataset', None))
-        splits = dataset_splits(kind.name, getattr(self, 'data_root', None)) if kind is not None else ()
-        if not splits: return   # a file that cannot tell: its reader says why
-        for name in ('train_splits', 'eval_split'):
-            bad = [s for s in expand_splits(getattr(self, name, None) or [], splits) if s not in splits]
-            if bad:
-                raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(splits)}, not {bad[0]!r}"
-                               + (' (RAP v1 has no val split)' if kind.name == 'rap' else '')
-                               + (f' (the split column of {self.data_root})' if not kind.splits else ''))
-
-    def _bad(self, name): return lambda what: KitError(f'{type(self).__name__} {name!r}: {what}')
-
-    def check_types(self):
-        "Every field of its declared type (`check_type`): a subclass whose own checks compare values calls this first."
-        for f in dataclasses.fields(self):
-            check_type(f.name, getattr(self, f.name), declared_type(f.type), self._bad(f.name), declares_none(f.type))
-
-    def check_variants(self, known):  # the names the config's `variants` may hold, e.g. the method's VARIANTS
-        "Refuse a `variants` that is not a non-empty list of known names, saying what to pass."
-        v = self.variants
-        if isinstance(v, str): raise KitError(f'variants={v!r}: pass a list of names, e.g. [{v!r}]')
-        bad = [x for x in v if x not in known]
-        if not v or bad:
-            raise KitError(f'variants={list(v)!r}: ' + (f'no variant {", ".join(map(repr, bad))}; ' if bad else '')
-                           + f'name at least one of {", ".join(known)}')
 
 # %% ../nbs/09_model_file.ipynb #c050
 class Recipe:

@@ -8,8 +8,7 @@ import ast, dataclasses, difflib, functools, hashlib, importlib, importlib.util,
 from pathlib import Path
 
 from .core import KitError, repo_root, to_jsonable
-from .data import check_train_splits
-from .model_file import check_range, declared_type, type_name
+from .run_config import check_range, check_train_splits, declared_type, type_name
 
 # %% auto #0
 __all__ = ['PAPER_SECTIONS', 'DEMO_TAG', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells',

@@ -8,9 +8,8 @@ import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, 
 import tokenize
 from pathlib import Path
 
-from .core import (KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_number, is_weights_file, kit_threads, load_json,
+from .core import (LATER_PARAMS, KitError, atomic_write, cache_root, check_folder, data_root, env_info, get_device, is_number, is_weights_file, kit_threads, load_json,
                           outputs_root, save_json, to_jsonable)
-from .engine import LATER_PARAMS
 from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, mask_roots, masks_fingerprint
 from .metrics import entry_line, format_number
 from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_parameters, code_changed, find_notebook, notebook_parameters, notebook_record,
@@ -729,7 +728,7 @@ def check_devices(names,         # device names ('cpu', 'cuda:1', 'auto')
     "Refuse, before any run starts, a name torch does not read as a device (`har_kit.core.get_device`'s check) and, when `local`, a CUDA device this machine lacks."
     names = list(dict.fromkeys(names))
     if set(names) <= {'cpu', 'auto'}: return names   # no torch import for the CPU profiles
-    import torch   # only for a device other than the CPU (the CLI's own imports already hold torch: run_params -> data)
+    import torch   # only for a device other than the CPU: the run layer imports no torch of its own (`19_run_config`)
     for d in names:
         if d == 'auto': continue
         try: torch.device(d)

@@ -134,7 +134,7 @@ def test_training_on_the_scored_split_and_empty_runs_are_refused_before_a_kernel
 
 
 def test_the_training_code_refuses_them_too():
-    from har_kit.data import check_train_splits
+    from har_kit.run_config import check_train_splits
     for bad in ([], None, ['test'], 'test'):
         with pytest.raises(KitError, match='train_splits'): check_train_splits(bad, 'test')
 

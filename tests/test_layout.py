@@ -1,5 +1,5 @@
 "The package's layout: notebooks numbered by layer with unique prefixes, and every import pointing to a lower-numbered notebook."
-import ast, re
+import ast, re, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +104,18 @@ def test_no_star_imports_and_no_hidden_kit_imports():
             if local and p.stem != 'core' and tgt != '<computed>': bad.append(f'{p.name}:{line} imports {tgt} inside a function')
             if tgt == '<computed>' and p.stem not in DYNAMIC_IMPORTS: bad.append(f'{p.name}:{line} importlib with a computed name')
     assert not bad, '\n'.join(bad)
+
+
+RUN_LAYER = ('run_config', 'run_params', 'results', 'cards', 'render', 'runs', 'reproduce', 'launch', 'cli')
+
+
+def test_the_run_layer_imports_no_torch():
+    "`har-kit run`, `status`, `reproduce` and a SLURM job's process start without importing torch or torchvision (a few "
+    "seconds each): the run layer's modules import neither; a run's kernel does."
+    code = (f"import sys\nimport {', '.join('har_kit.' + m for m in RUN_LAYER)}\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr[-2000:]
 
 
 def test_the_layout_test_sees_an_upward_import(tmp_path):
