@@ -110,8 +110,8 @@ RUN_LAYER = ('run_config', 'run_params', 'results', 'cards', 'render', 'runs', '
 
 
 def test_the_run_layer_imports_no_torch():
-    "`har-kit run`, `status`, `reproduce` and a SLURM job's process start without importing torch or torchvision (a few "
-    "seconds each): the run layer's modules import neither; a run's kernel does."
+    "`har-kit status`, `params`, `config` and `--help` answer without importing torch or torchvision (2-4 s before): the "
+    "run layer's modules import neither; a run imports them for its method's config, its environment record and its kernel."
     code = (f"import sys\nimport {', '.join('har_kit.' + m for m in RUN_LAYER)}\n"
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
