@@ -385,3 +385,9 @@ def test_a_demonstration_edited_only_is_not_a_code_change_of_the_runs(tmp_path):
     was = nb('print(1)', 'x = 1')
     assert not code_changed(was, nb('print(2)', 'x = 1')) and code_changed(was, nb('print(1)', 'x = 2'))
     assert code_changed({k: v for k, v in was.items() if k != 'run_code_sha256'}, nb('print(2)', 'x = 1'))   # an older record: all code cells
+
+
+def test_mask_readers_are_the_sections_whose_config_reads_masks():
+    "`MASK_READERS` (the sections whose config `mask_input` imports to ask) is exactly those whose config has `reads_masks`."
+    from har_kit.run_params import MASK_READERS, RUN_CONFIGS, config_class
+    assert {s for s in RUN_CONFIGS if hasattr(config_class(s), 'reads_masks')} == set(MASK_READERS)
