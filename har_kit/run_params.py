@@ -11,11 +11,11 @@ from .core import KitError, repo_root, to_jsonable
 from .run_config import check_range, check_train_splits, declared_type, type_name
 
 # %% auto #0
-__all__ = ['PAPER_SECTIONS', 'DEMO_TAG', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'MASK_READERS', 'notebooks_dir',
-           'parameters_cells', 'section_names', 'describe_sections', 'find_notebook', 'run_name', 'section_notebook',
-           'notebook_record', 'code_changed', 'Unparsed', 'notebook_parameters', 'parameter_defaults',
-           'check_parameter', 'check_parameters', 'config_section', 'config_class', 'check_config', 'list_parameters',
-           'load_yaml', 'parse_value', 'path_parameter', 'parse_params']
+__all__ = ['PAPER_SECTIONS', 'DEMO_TAG', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_CONFIGS', 'notebooks_dir', 'parameters_cells',
+           'section_names', 'describe_sections', 'find_notebook', 'run_name', 'section_notebook', 'notebook_record',
+           'code_changed', 'Unparsed', 'notebook_parameters', 'parameter_defaults', 'check_parameter',
+           'check_parameters', 'config_class', 'check_config', 'list_parameters', 'load_yaml', 'parse_value',
+           'path_parameter', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -231,20 +231,13 @@ RUN_CONFIGS = {'dahar': 'har_kit.dahar_train:DaHarConfig', 'campar': 'har_kit.ca
                'cfar': 'har_kit.cfar:CFARRunConfig', 'masks': 'har_kit.masks:MasksConfig',
                'tables': 'har_kit.launch:TablesConfig'}   # section -> its RunConfig, a later layer's, imported when a run is checked
 
-MASK_READERS = frozenset({'dahar'})   # the sections whose run config may read person masks (it has `reads_masks`): only their
-                                      # configs are imported to ask (`har_kit.runs.mask_input`), so `har-kit status` stays torch-free
-
-def config_section(notebook):  # notebook name or path
-    "The `RUN_CONFIGS` key of a notebook, without importing its class: a packaged section's name, or that of the section a notebook of your own copies under the same file name ('31_dahar.ipynb'); None for a section without one and for any other notebook of your own ('my_dahar.ipynb': its cells check its values)."
+def config_class(notebook):  # notebook name or path
+    "A section's run config class (`RUN_CONFIGS`, imported when asked for): a packaged section's, or that of the section a notebook of your own copies under the same file name ('31_dahar.ipynb'); None for a section without one and for any other notebook of your own ('my_dahar.ipynb': its cells check its values)."
     nb = find_notebook(notebook)
     name = run_name(nb)
     if name not in RUN_CONFIGS:   # a notebook of your own, named by its path: a copy keeping a section's file name keeps its checks
         name = next((s.stem.split('_', 1)[-1] for s in notebooks_dir().glob('*.ipynb') if s.stem == nb.stem), None)
-    return name if name in RUN_CONFIGS else None
-
-def config_class(notebook):  # notebook name or path
-    "A section's run config class (`RUN_CONFIGS`, imported when asked for: the method's module, and with it torch), for the section `config_section` names; None where it names none."
-    key = RUN_CONFIGS.get(config_section(notebook))
+    key = RUN_CONFIGS.get(name)
     if key is None: return None
     mod, name = key.split(':')
     return getattr(importlib.import_module(mod), name)

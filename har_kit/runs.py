@@ -14,7 +14,7 @@ from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, 
 from .metrics import entry_line, format_number
 from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_parameters, code_changed, find_notebook, notebook_parameters, notebook_record,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
-                                list_parameters, path_parameter, config_class, config_section, run_name, MASK_READERS)
+                                list_parameters, path_parameter, config_class, run_name)
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed', 'is_done',
@@ -644,7 +644,7 @@ def mask_input(notebook,      # section name or notebook path
                params: dict   # checked parameters, paths absolute (`absolute_paths`); the notebook's defaults stand for the rest
               ) -> dict:
     "What the person masks a run reads hold now: {'input masks': {where: `masks_fingerprint`}} ({} inside: none yet), where a run config says it reads them (`reads_masks`, Da-HAR's) on a real dataset or from a given mask_dir; `where` is the folder's role ('mask_dir', 'mask home', 'ROOT/masks'), not its path, so moving `$HAR_KIT_DATA` changes nothing. {} otherwise: a synthetic set's masks are its generator's, which its marker names."
-    if config_section(notebook) not in MASK_READERS: return {}   # no other section's config reads masks: not imported to ask
+    if 'mask_dir' not in notebook_parameters(notebook): return {}   # it names no mask folder, so it reads none: its config (and torch) not imported to ask
     cls = config_class(notebook)
     if cls is None or not hasattr(cls, 'reads_masks'): return {}
     try: c = cls.from_params(params)

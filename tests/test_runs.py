@@ -387,7 +387,9 @@ def test_a_demonstration_edited_only_is_not_a_code_change_of_the_runs(tmp_path):
     assert code_changed({k: v for k, v in was.items() if k != 'run_code_sha256'}, nb('print(2)', 'x = 1'))   # an older record: all code cells
 
 
-def test_mask_readers_are_the_sections_whose_config_reads_masks():
-    "`MASK_READERS` (the sections whose config `mask_input` imports to ask) is exactly those whose config has `reads_masks`."
-    from har_kit.run_params import MASK_READERS, RUN_CONFIGS, config_class
-    assert {s for s in RUN_CONFIGS if hasattr(config_class(s), 'reads_masks')} == set(MASK_READERS)
+def test_a_section_whose_config_reads_masks_names_a_mask_folder():
+    "`mask_input` imports a section's config only where its parameters name a `mask_dir` (so `har-kit status` stays "
+    "torch-free): every config that may read person masks (`reads_masks`) must have that parameter."
+    from har_kit.run_params import RUN_CONFIGS, config_class, notebook_parameters
+    readers = {s for s in RUN_CONFIGS if hasattr(config_class(s), 'reads_masks')}
+    assert readers and readers <= {s for s in RUN_CONFIGS if 'mask_dir' in notebook_parameters(s)}, readers
