@@ -112,7 +112,7 @@ RUN_LAYER = ('run_config', 'run_params', 'results', 'cards', 'render', 'runs', '
 def test_the_run_layer_imports_no_torch():
     "`har-kit status`, `params` and `--help` answer without importing torch or torchvision (2-4 s before): the run "
     "layer's modules import neither, nor does status's look at a finished run's masks (`mask_input`) for a section whose "
-    "config reads none; `config`, a plan and a run import them for the method's config, a run for its environment record."
+    "parameters name no mask_dir; `config`, a plan and a run import them for the method's config, a run for its environment record."
     code = (f"import sys\nimport {', '.join('har_kit.' + m for m in RUN_LAYER)}\n"
             "for s in ('campar', 'cfar', 'masks', 'tables'): assert har_kit.runs.mask_input(s, dict(dataset='rap', data_root='/data/rap')) == {}\n"
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
