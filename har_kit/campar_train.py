@@ -228,7 +228,7 @@ class CamParConfig(RunConfig):
     partition: int = 0                  # RAP v1 partition 0..4 (ignored for other kinds)
     train_splits: list = dataclasses.field(default_factory=lambda: ['train'])  # splits trained on; 'trainval' is train + val
     arch: str = 'resnet-tiny'           # encoder; the thesis: 'resnet50'
-    weights: str | None = None          # torchvision weights name ('IMAGENET1K_V1' in the paper profile) or None
+    weights: str | None = None          # torchvision weights name ('IMAGENET1K_V1' in the paper profile), a .pth file, or None
     scale: float = 0.25                 # input size factor: 1.0 gives the thesis's 256x192
     optimizer: str = 'sgd'              # 'sgd' ([15]) or 'adam' (Rethinking_of_PAR), see `campar_train_config`
     epochs: int = 2                     # training epochs ([15]: 30)

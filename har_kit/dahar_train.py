@@ -63,7 +63,7 @@ class DaHarConfig(RunConfig):
     mask_supervision: str = 'mask'      # what the mask branch learns: 'mask' (person masks) or 'box' (the target box)
     ignore_unspecified: bool = False    # unspecified labels leave every loss
     arch: str = 'resnet-tiny'           # backbone (paper: 'resnet101')
-    weights: str | None = None          # backbone weights: a torchvision name (paper: 'IMAGENET1K_V1')
+    weights: str | None = None          # backbone weights: a torchvision name (paper: 'IMAGENET1K_V1') or a .pth file
     scale: float = 0.25                 # input-size factor (1.0: the paper's 256 resize, 224 crops)
     max_distort: int = 1                # training windows: height and width positions in the size set at most this far apart (SRN: 1)
     epochs: int = 2                     # training epochs

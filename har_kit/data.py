@@ -373,11 +373,11 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
 RAP_HOW = DATASET_KINDS['rap'].how
 UNCERTAIN_RULES = ('negative', 'unspecified')
 
-def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; the older name `unspecified` ('keep' | 'negative')
-    "The one rule for RAP's label 2, from `uncertain` (or the older `unspecified` switch, when given)."
+def _rap_rule(uncertain, unspecified):  # the reader's `uncertain`; WIDER's switch `unspecified` ('keep' | 'negative')
+    "The one rule for RAP's label 2, from `uncertain` (or WIDER's `unspecified` switch, when given, so one `unspecified=` serves every reader)."
     if unspecified is not None:
         old = {'keep': 'unspecified', 'negative': 'negative'}.get(unspecified)
-        if old is None: raise KitError(f"unspecified={unspecified!r}: use 'keep' or 'negative' (or the newer uncertain='unspecified' | 'negative')")
+        if old is None: raise KitError(f"unspecified={unspecified!r}: use 'keep' or 'negative' (or RAP's own uncertain='unspecified' | 'negative')")
         uncertain = old
     if uncertain not in UNCERTAIN_RULES:
         raise KitError(f"uncertain={uncertain!r}: use 'negative' (RAP's label 2 read as 0, as [15]) or 'unspecified' (kept as -1; the loss decides)")
@@ -414,7 +414,7 @@ def read_rap(root,                 # dataset folder (layout detected: see `har_k
              image_dir=None,       # image folder under root; None: detected
              check_images=True,    # fail when listed images are missing or unreadable
              mask_dir=None,        # None: mask_home, else ROOT/masks, when present; a folder; False: no masks
-             unspecified=None):    # older name of `uncertain`: 'keep' (= 'unspecified') or 'negative'; None: use `uncertain`
+             unspecified=None):    # WIDER's name for the switch: 'keep' (= 'unspecified') or 'negative'; None: use `uncertain`
     "Read RAP v1's `RAP_annotation.mat` into an `AttributeData` with splits train/test of one partition."
     rule = _rap_rule(uncertain, unspecified)
     lay = _layout('rap', root, annotation, image_dir)

@@ -184,7 +184,7 @@ def test_rap_uncertain_switch(tmp_path):
     root, names, y, parts = write_rap(tmp_path)
     keep, neg = D.read_rap(root, uncertain='unspecified'), D.read_rap(root)   # default: [15]'s rule, 2 -> 0
     assert neg.meta['uncertain'] == 'negative' and keep.meta['uncertain'] == 'unspecified'
-    np.testing.assert_array_equal(D.read_rap(root, unspecified='keep').labels(), keep.labels())   # the older switch
+    np.testing.assert_array_equal(D.read_rap(root, unspecified='keep').labels(), keep.labels())   # WIDER's switch, accepted by the RAP reader too
     np.testing.assert_array_equal(D.read_rap(root, unspecified='negative').labels(), neg.labels())
     k = keep.labels() == UNSPECIFIED
     assert k.sum() == (y[np.concatenate([(parts[0][f'{s}_index'].ravel() - 1).astype(int) for s in ('train', 'test')]), :51] == 2).sum() >= 1

@@ -86,7 +86,7 @@ def test_smoke_changes_only_size_and_length(capsys):
     rel = lambda x, root: str(Path(x).relative_to(root))
     paper = [r for r in paper if r['dims'].get('partition', 0) < SMOKE['_partitions']['rap']]   # RAP: partition 0 of 5
     assert [r['name'] for r in smoke] == [r['name'] for r in paper]
-    assert len(smoke) == 16 and len(_json_plan(capsys)) == 36   # the counts 71_reproduce's prose (and the README) state
+    assert len(smoke) == 16 and len(_json_plan(capsys)) == 36   # the README's smoke count; the paper plan's, which the GPU report prices
     for s, p in zip(smoke, paper):
         assert s['notebook'] == p['notebook'] and s['dims'] == p['dims']
         assert [rel(d, '/tmp/o/smoke') for d in s['deps']] == [rel(d, '/tmp/o') for d in p['deps']]
