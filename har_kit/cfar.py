@@ -28,11 +28,11 @@ from .synth import check_profile
 from . import losses
 
 # %% auto #0
-__all__ = ['AttributeSetDictionary', 'build_dictionary', 'infer_confidence', 'synthetic_phase1', 'CFARHead', 'phase2_rows',
-           'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2', 'CFARConfig', 'phase1_confidences', 'CFAR',
-           'fit_dictionary', 'fit_cfar', 'CFARPredictor', 'cfar_extra', 'cfar_predictor', 'phase1_outputs',
-           'CFARRunConfig', 'phase1_digest', 'CFARRecipe', 'phase1_labels', 'check_phase1_run', 'phase1_selection',
-           'plot_dictionary']
+__all__ = ['PHASE1_FROM_RUN', 'PHASE1_LAST_EPOCH', 'AttributeSetDictionary', 'build_dictionary', 'infer_confidence',
+           'synthetic_phase1', 'CFARHead', 'phase2_rows', 'phase2_config', 'loss2', 'phase2_ratio', 'train_phase2',
+           'CFARConfig', 'phase1_confidences', 'CFAR', 'fit_dictionary', 'fit_cfar', 'CFARPredictor', 'cfar_extra',
+           'cfar_predictor', 'phase1_outputs', 'CFARRunConfig', 'phase1_digest', 'CFARRecipe', 'phase1_labels',
+           'check_phase1_params', 'check_phase1_run', 'phase1_selection', 'plot_dictionary']
 
 # %% ../nbs/51_cfar.ipynb #c006
 @dataclasses.dataclass
@@ -369,6 +369,7 @@ class CFARRunConfig(RunConfig):
     variants: list = dataclasses.field(default_factory=lambda: ['campar_fusion', 'campar_fusion_cfar', 'campar_fusion_fc2'])  # rows: phase 1, +'_cfar', +'_fc2'
     phase1_variant: str = 'campar_fusion'  # CAM-PAR variant of phase 1 (Table 2: CAM-PAR + Fusion)
     campar_run: str | None = None       # CAM-PAR run directory holding <phase1_variant>/model.pt (None: train one inline)
+    phase1_params: dict | None = None   # CAM-PAR settings of a phase 1 trained inline (`phase1_config`); None: CAM-PAR's defaults
     dataset: str = 'rap'                # 'rap', 'pa100k', 'wider' or 'csv' (scored with the dataset's own metric)
     data_root: str | None = None        # None: the cached synthetic set; else the real dataset root
     partition: int = 0                  # RAP v1 partition 0..4, the phase-1 run's
@@ -410,6 +411,8 @@ class CFARRunConfig(RunConfig):
         if self.campar_run is not None and (Path(self.campar_run)/'metrics.json').is_file():   # a finished phase-1 run's data,
             check_phase1_run(self.campar_run, **self.phase1_expected())   # protocol and model file: refused before a kernel
             phase1_selection(self.campar_run, self.phase1_variant)        # starts (an unfinished one: `har-kit run` says why)
+        check_phase1_params(self.phase1_params)
+        if self.campar_run is None: self.phase1_config()   # the inline phase 1's values, checked before a kernel starts
 
     def load_data(self):
         "The dataset the parameters name (`har_kit.data.load_dataset`; the RAP partition, real or synthetic: both have five)."
@@ -420,6 +423,16 @@ class CFARRunConfig(RunConfig):
         return dict(dataset=self.dataset, scale=self.scale, **({'data_root': self.data_root} if self.data_root else {'profile': self.profile}),
                     **({'partition': self.partition} if self.dataset == 'rap' else {}), ignore_unspecified=self.ignore_unspecified,
                     sample_weighting=self.sample_weighting)
+
+    def phase1_config(self):
+        "The `CamParConfig` of a phase 1 trained inline: this run's data, encoder, input size, length and loss, `phase1_params` for the rest."
+        try:
+            return CamParConfig(variants=[self.phase1_variant], dataset=self.dataset, data_root=self.data_root, profile=self.profile,
+                                partition=self.partition, train_splits=self.train_splits or ['train'], arch=self.arch, weights=self.weights,
+                                scale=self.scale, epochs=self.epochs, batch_size=self.batch_size, sample_weighting=self.sample_weighting,
+                                ignore_unspecified=self.ignore_unspecified, seed=self.seed, cache_mb=0, device=self.device,
+                                **(self.phase1_params or {}))
+        except KitError as e: raise KitError(f'CFARRunConfig \'phase1_params\' (the inline phase 1): {e}') from None
 
     def cfar_config(self, use_r_hat: bool = True):  # False: the control (zeros instead of r_hat)
         "The fit's hyperparameters (`CFARConfig`) of this run."
@@ -489,6 +502,27 @@ def phase1_labels(kept):  # `phase1_selection`'s record (or {})
     "The selection keys of a CFAR run's rows, as CAM-PAR labels its own: phase 1's `selection` mode, `selected_on`, and `phase1_epoch`."
     return {k: v for k, v in dict(selection=kept.get('selection_mode'), selected_on=kept.get('selected_on'),
                                   phase1_epoch=kept.get('epoch')).items() if v is not None}
+
+# %% ../nbs/51_cfar.ipynb #c075
+PHASE1_FROM_RUN = ('variants', 'dataset', 'data_root', 'profile', 'partition', 'train_splits', 'arch', 'weights', 'scale',
+                   'epochs', 'batch_size', 'sample_weighting', 'ignore_unspecified', 'seed', 'device', 'cache_mb')   # set by CFAR's own
+PHASE1_LAST_EPOCH = ('selection', 'val_fraction', 'selection_study', 'bench')   # an inline phase 1 holds nothing out: its last epoch
+
+def check_phase1_params(params):  # a run's `phase1_params`: {CAM-PAR parameter: value}, or None
+    "Refuse `phase1_params` that name no CAM-PAR parameter, one this run sets itself, or one an inline phase 1 cannot honour."
+    if params is None: return
+    if not isinstance(params, dict): raise KitError(f"CFARRunConfig 'phase1_params': expects a dict of CAM-PAR parameters or None, got {params!r}")
+    known = [f.name for f in dataclasses.fields(CamParConfig)]
+    for k in params:
+        if k in PHASE1_FROM_RUN:
+            raise KitError(f"CFARRunConfig 'phase1_params': {k!r} is this run's own parameter (phase 1 trains with it): "
+                           f"set it with -p {k} VALUE and drop it from phase1_params")
+        if k in PHASE1_LAST_EPOCH:
+            raise KitError(f"CFARRunConfig 'phase1_params': {k!r}: a phase 1 trained here holds nothing out and keeps its last "
+                           "epoch; to choose its epoch, train it with `har-kit run campar` and pass that run as campar_run")
+        if k not in known:
+            raise KitError(f"CFARRunConfig 'phase1_params': no CAM-PAR parameter {k!r}: use names `har-kit params campar` lists ("
+                           + ', '.join(n for n in known if n not in PHASE1_FROM_RUN + PHASE1_LAST_EPOCH) + ')')
 
 # %% ../nbs/51_cfar.ipynb #c059
 def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`

@@ -403,7 +403,7 @@ def config_cli(argv=None):  # arguments after `har-kit config`
                      'one: pass --data-root FOLDER here, or -p data_root FOLDER to har-kit run\n')
         for name in dict.fromkeys(n for r in runs for n, _ in r.spec.needs):   # a run the plan trains first and passes in
             text += (f'# {name}: the plan passes the folder of the run it trains first; set it to yours (har-kit run '
-                     f'{name.removesuffix("_run")} ..., then its --out folder): left null, the notebook\'s own stand-in runs\n')
+                     f'{name.removesuffix("_run")} ..., then its --out folder): left null, the notebook trains that step itself (har-kit params {a.notebook} says how)\n')
         if a.out:
             out = check_writable([a.out], a.force)[0]   # an existing file (without --force) or an unwritable place: refused
             with atomic_write(out) as f: f.write(text)

@@ -20,13 +20,19 @@ from .runs import (RunBusy, RunInterrupted, data_changes, done_digest, input_fin
                           params_digest, read_record, real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
-__all__ = ['GPU_SPEED', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU', 'PlannedRun',
-           'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots', 'root_source',
-           'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'stale_why', 'earlier_code',
-           'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables', 'render_tables']
+__all__ = ['GPU_SPEED', 'PUBLIC_CAMPAR', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU',
+           'PlannedRun', 'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots',
+           'root_source', 'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'stale_why',
+           'earlier_code', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables',
+           'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
+# CAM-PAR's model and recipe as the public code builds them (MCA latent 128, c5 BN + ReLU only: 4.08M, align_corners=True,
+# the fusion at the backbone's learning rate), the reading 40_campar_model states: the paper profile's CAM-PAR runs and the
+# phase 1 a CFAR run trains itself when no campar_run is given
+PUBLIC_CAMPAR = dict(logit_bn=True, logit_bn_shared=True, fusion_width=128, fusion_project_deepest=False, fusion_lr='backbone',
+                     fusion_align_corners=True)
 
 PROFILES = {
     'quick': {
@@ -86,12 +92,12 @@ PROFILES = {
         # decoded cache with the papers' augmentation on the GPU (`pipeline='device'`, 16_pipeline)
         'dahar': dict(arch='resnet101', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=32, lr=0.003,
                       fig5=False, cache_mb=0, device='cuda', pipeline='device', **GPU_SPEED),
-        # MCA as the public code builds it (latent 128, c5 BN + ReLU only: 4.08M, align_corners=True), the reading 40_campar_model states
-        'campar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=64, logit_bn=True, logit_bn_shared=True,
-                       plateau_on='eval_loss', fusion_width=128, fusion_project_deepest=False, fusion_lr='backbone', fusion_align_corners=True,
+        'campar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, epochs=30, batch_size=64, **PUBLIC_CAMPAR, plateau_on='eval_loss',
                        cache_mb=0, device='cuda', pipeline='device', **GPU_SPEED),
+        # without campar_run (har-kit run cfar on these values), phase 1 trains in the CFAR run: [15]'s 30 epochs, the public
+        # code's model (phase1_params), plateau on the training loss and the last epoch (it holds nothing out, 51_cfar)
         'cfar': dict(arch='resnet50', weights='IMAGENET1K_V1', scale=1.0, batch_size=64, epochs=30, als_tol=1e-4,
-                     als_max_iterations=1000, device='cuda'),   # epochs: phase 1 trained inline, without campar_run ([15]'s 30)
+                     als_max_iterations=1000, device='cuda', phase1_params=dict(PUBLIC_CAMPAR, pipeline='device', **GPU_SPEED)),
     },
 }
 

@@ -707,3 +707,16 @@ def test_status_notes_a_done_run_made_by_an_earlier_version_of_its_notebook(tmp_
     assert camp.out_dir not in held_back(['campar_t2'], 'quick', tmp_path)
     acts = submit(runs, None, dry_run=True)
     assert [a['action'] for a in acts] == ['done', 'done'] and now['file'] in acts[0].get('note', ''), acts
+
+
+def test_a_cfar_run_without_campar_run_trains_the_paper_profiles_campar_recipe():
+    """`har-kit run cfar` on the paper profile's values (no campar_run) trains phase 1 as the profile's CAM-PAR run
+    would, apart from what an inline phase 1 cannot do: it holds nothing out, so it keeps its last epoch and its plateau watches
+    the training loss."""
+    from dataclasses import fields
+    from har_kit.campar_train import CamParConfig
+    from har_kit.cfar import CFARRunConfig
+    paper = PROFILES['paper']
+    inline = CFARRunConfig(dataset='rap', **paper['cfar']).phase1_config()
+    own = CamParConfig(dataset='rap', variants=['campar_fusion'], selection='[15]', **paper['campar'])   # the plan's selection
+    assert {f.name for f in fields(CamParConfig) if getattr(inline, f.name) != getattr(own, f.name)} == {'plateau_on', 'selection'}
