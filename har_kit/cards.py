@@ -126,7 +126,7 @@ FIXED_CHOICES = {  # notebook -> (choice, what the kit does, why): choices the p
                         'one detection per target (20_mask_sources; `masks` step of the paper profile)',
          'the paper segments 224x224 target crops with its own COCO-trained FPN (P2) network, which is not published; '
          "torchvision's COCO Mask R-CNN is the nearest off-the-shelf model, and whole-scene detection keeps people cut by the crop whole"),
-        ('pseudo-mask match', 'a detection is the target when its box IoU >= 0.3, >= 50% of its mask lies in the box and its mask '
+        ('pseudo-mask match', 'person detections scoring >= 0.5 (`score_thresh`, `har-kit masks --score-thresh`); one is the target when its box IoU >= 0.3, >= 50% of its mask lies in the box and its mask '
                               "is thresholded at 0.5; one detection per target: an image's detections go to its targets "
                               'one-to-one, best IoU x inside pairs first; no match, or its match the better one of another '
                               'target: the whole box is the mask (`select_targets`; `masks` reports how many fell back, and why)',
