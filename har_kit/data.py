@@ -9,10 +9,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
-from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, dataset_kind, mask_folder,
-                             csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, mask_record_change,
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, clip_box, dataset_kind,
+                             mask_folder, csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, mask_record_change,
                              read_mask_log, synth_target_meta, write_fixture)
 from .losses import pos_ratio
 from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
@@ -510,12 +511,27 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
                                     n_unspecified=int(sum(v == 0 for v in a)))))
     return out, dropped
 
+# %% ../nbs/14_data.ipynb #c015
+def _outside_boxes(samples):  # `Sample`s; those with a box are checked
+    "The samples whose box `clip_box` (the loaders' crop) finds wholly outside its image, each image's size read once from its header (no decode); an image that does not open is left to `require_images`."
+    sizes, out = {}, []
+    for s in samples:
+        if s.box is None: continue
+        if s.image not in sizes:
+            try:
+                with Image.open(s.image) as im: sizes[s.image] = im.size[::-1]   # (H, W), as `load_rgb` gives it
+            except Exception: sizes[s.image] = None                           # missing or unreadable: `require_images` says so
+        if sizes[s.image] is None: continue
+        try: clip_box(s.box, sizes[s.image])
+        except KitError: out.append(s)
+    return out
+
 # %% ../nbs/14_data.ipynb #c074
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
                image_dir=None,       # image folder under root; None: detected
-               check_images=True,    # fail when listed images are missing or unreadable
+               check_images=True,    # fail when listed images are missing or unreadable; drop targets whose box lies outside its image
                mask_dir=None):       # None: mask_home, else ROOT/masks, when present; a folder; False: no masks
     "Read WIDER-Attribute's JSON annotations into an `AttributeData`: one sample per target, splits train/val/test."
     _unspecified_policy(np.zeros(1, np.int8), unspecified)
@@ -541,6 +557,11 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
         except RecursionError:   # lists or objects nested deeper than Python's recursion limit (the format is 6 levels deep)
             raise KitError(f'{path}: JSON nested hundreds of levels deep, which no WIDER-Attribute annotation is. {WIDER_HOW}') from None
     if dropped: data_warning(f'{root}: dropped {dropped} target(s) whose bbox has zero or negative width or height (bbox is [x, y, w, h])')
+    if check_images and (out := _outside_boxes(samples)):   # the loaders could not crop them
+        gone = set(map(id, out)); samples = [s for s in samples if id(s) not in gone]; dropped += len(out)
+        f = out[0]
+        data_warning(f'{root}: dropped {len(out)} target(s) whose bbox lies wholly outside its image (first: {f.meta["file_name"]} '
+                     f'target {f.meta["target"]}, bbox {list(f.box)}; bbox is [x, y, w, h]); `har-kit data check wider ROOT` lists them all')
     order = {'train': 0, 'val': 1, 'test': 2}
     samples.sort(key=lambda s: order[s.split])   # stable: file order within a split
     data = AttributeData('wider', root, attrs, samples, meta=dict(**lay.record(), unspecified=unspecified, dropped_boxes=dropped))

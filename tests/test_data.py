@@ -248,6 +248,24 @@ def test_wider_other_errors_and_warnings(tmp_path):
     assert 'dropped 1 target(s)' in msgs and 'every attribute unspecified' in msgs
     assert len(data.split('train')) == 1 and data.meta['dropped_boxes'] == 1
 
+def test_wider_box_outside_its_scene_dropped_with_a_warning(tmp_path, monkeypatch):
+    "A box with size but wholly outside its 96 x 64 scene is dropped and counted as a box without area is (the loaders' crop refuses it); with check_images=False it is kept."
+    root = write_wider(tmp_path, trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0, 'targets': [
+        {'attribute': [1] * 14, 'bbox': [10, 5, 20, 40]}, {'attribute': [1] * 14, 'bbox': [200, 10, 30, 40]},
+        {'attribute': [1] * 14, 'bbox': [0, 0, 0, 5]}, {'attribute': [-1] * 14, 'bbox': [90, 60, 30, 40]}]}])  # the last is cut at the edge: kept
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, 'open', lambda f, *a, **k: opened.append(Path(f).name) or real_open(f, *a, **k))
+    with pytest.warns(UserWarning) as rec: data = D.read_wider(root, mask_dir=False)
+    msgs = ' | '.join(str(w.message) for w in rec)
+    assert 'dropped 1 target(s) whose bbox lies wholly outside its image (first: train/0--P/x.jpg target 1, bbox [200.0, 10.0, 30.0, 40.0]' in msgs
+    assert 'dropped 1 target(s) whose bbox has zero' in msgs
+    assert [s.meta['target'] for s in data.split('train')] == [0, 3] and data.meta['dropped_boxes'] == 2
+    assert opened.count('x.jpg') == 1   # one header read per scene, not per target
+    ds = L.HarDataset(data.samples, L.dahar_transforms(False, scale=0.25))
+    assert all(ds[i]['labels'].shape == (14,) for i in range(len(ds)))   # every sample kept loads
+    assert [s.meta['target'] for s in D.read_wider(root, mask_dir=False, check_images=False).split('train')] == [0, 1, 3]
+
 
 # ---------------------------------------------------------------- masks, Dataset, transforms, loaders
 def test_masks_found_and_cropped_with_clipped_box(tmp_path):
@@ -279,7 +297,7 @@ def test_dataset_full_scene_with_box(tmp_path):
 def test_box_outside_image(tmp_path):
     root = write_wider(tmp_path, trainval=[{'file_name': 'train/0--P/x.jpg', 'scene_id': 0,
                                             'targets': [{'attribute': [1] * 14, 'bbox': [200, 0, 5, 5]}]}])
-    with pytest.raises(KitError, match='outside the 96x64 image'): L.HarDataset(D.read_wider(root))[0]
+    with pytest.raises(KitError, match='outside the 96x64 image'): L.HarDataset(D.read_wider(root, check_images=False))[0]   # the reader drops it when it checks images
 
 @pytest.mark.parametrize('tf,shape', [
     (lambda: L.dahar_transforms(True), (3, 224, 224)),
