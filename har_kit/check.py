@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_check.ipynb #c003
 from __future__ import annotations
-import argparse, contextlib, os, shlex, shutil, sys, tempfile, time, warnings
+import argparse, contextlib, hashlib, os, shlex, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,23 +48,30 @@ def _crop_target(s, dst, mask_dst):  # a boxed Sample; crop PNG to write; its ma
 
 # %% ../nbs/17_check.ipynb #c011
 def _crop_names(samples):  # `Sample`s
-    "Each boxed sample's crop name `<scene stem>_t<target>.png`, with the scene's suffix when two scene files share a stem."
+    "Each boxed sample's crop name `<scene stem>_t<target>.png`: the scene's suffix joins the stem when two scene files share one, and a short hash of the scene's name when two scenes would still share a name (ignoring case: `x.jpg` and `x.JPG`)."
     fn = lambda s: Path(s.meta.get('file_name') or Path(s.image).name)
-    files = {}
-    for s in samples:
-        if s.box is not None: files.setdefault(fn(s).with_suffix('').as_posix(), set()).add(fn(s).as_posix())
-    def name(s):
-        stem = fn(s).with_suffix('').as_posix()
-        if len(files[stem]) > 1: stem += '_' + fn(s).suffix.lstrip('.').lower()
-        return f'{stem}_t{s.meta.get("target", 0)}.png'
-    return {id(s): name(s) for s in samples if s.box is not None}
+    stems = {}
+    for f in dict.fromkeys(fn(s) for s in samples if s.box is not None): stems.setdefault(f.with_suffix('').as_posix(), []).append(f)
+    base = {f: st + '_' + f.suffix.lstrip('.') if len(fs) > 1 else st for st, fs in stems.items() for f in fs}
+    same = {}
+    for f, b in base.items(): same.setdefault(b.casefold(), []).append(f)   # a file system that ignores case holds one of them
+    tag = lambda f: hashlib.sha1(f.as_posix().encode('utf-8', 'surrogateescape')).hexdigest()[:8]
+    base = {f: f'{b}_{tag(f)}' if len(same[b.casefold()]) > 1 else b for f, b in base.items()}
+    return {id(s): f'{base[fn(s)]}_t{s.meta.get("target", 0)}.png' for s in samples if s.box is not None}
 
 # %% ../nbs/17_check.ipynb #c012
 def _csv_rows(data):  # an `AttributeData`
-    "`(name, split, labels)` of every sample as the generic format lists it: its file name, or its crop's name."
+    "`(name, split, labels)` of every sample as the generic format lists it: its file name, or its crop's name; `KitError` when two pictures would get one name."
     crops = _crop_names(data.samples)
     fn = lambda s: Path(s.meta.get('file_name') or Path(s.image).name).as_posix()
-    return [(crops[id(s)] if s.box is not None else fn(s), s.split, s.labels) for s in data.samples]
+    rows, source = [(crops[id(s)] if s.box is not None else fn(s), s.split, s.labels) for s in data.samples], {}
+    for s, (name, _, _) in zip(data.samples, rows):   # one name, one picture: a scene's target, or a file as it is
+        what = (fn(s), s.meta.get('target', 0) if s.box is not None else None)
+        if (first := source.setdefault(name, what)) != what:
+            say = lambda w: w[0] + (f' target {w[1]}' if w[1] is not None else '')
+            raise KitError(f'{name}: the converted dataset would hold both {say(first)} and {say(what)} under this name; '
+                           'rename one of the files (a crop is named after its scene and target)')
+    return rows
 
 # %% ../nbs/17_check.ipynb #c013
 def _check_unboxed_masks(data, rows, masks):  # dataset; its `_csv_rows`; as `to_csv_dataset`

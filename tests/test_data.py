@@ -441,6 +441,31 @@ def test_convert_keeps_scenes_with_one_stem_apart_and_copies(tmp_path):
     assert C.cli(['convert', 'wider', str(tmp_path/'nowhere'), str(tmp_path/'o2'), '--link']) == 2
 
 
+@pytest.mark.parametrize('names', [('x.jpg', 'x.JPG'), ('x.jpg', 'x.png', 'x_jpg.jpg')])
+def test_convert_gives_each_scene_crops_of_its_own(tmp_path, names):
+    "Scenes whose crop names met before (x.jpg and x.JPG, the suffix lower-cased; x_jpg.jpg beside x.jpg and x.png): each target's crop holds its own scene's pixels."
+    from PIL import Image
+    (tmp_path/'s').mkdir()
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250)][:len(names)]
+    for name, colour in zip(names, colours): Image.new('RGB', (20, 30), colour).save(tmp_path/'s'/name, format='PNG')
+    samples = [D.Sample(tmp_path/'s'/n, np.array([1, 0], np.int8), 'train', box=(2, 2, 10, 10), meta=dict(file_name=n, target=0)) for n in names]
+    out = C.to_csv_dataset(D.AttributeData('wider', tmp_path/'s', ['a', 'b'], samples, meta={}), tmp_path/'out', masks=False, progress=False)
+    back = D.read_csv_dataset(out, check_images=False, mask_dir=False)
+    crops = [s.meta['file_name'] for s in back.samples]
+    assert len({c.casefold() for c in crops}) == len(names), crops
+    assert [tuple(np.asarray(Image.open(s.image))[0, 0]) for s in back.samples] == colours, crops
+
+def test_convert_refuses_two_pictures_under_one_name(tmp_path):
+    "A file without a box named as another scene's crop would be: refused, naming both, before anything is written."
+    (tmp_path/'s').mkdir()
+    for n in ('x.jpg', 'x_t0.png'): Image.new('RGB', (20, 30)).save(tmp_path/'s'/n)
+    samples = [D.Sample(tmp_path/'s'/'x.jpg', np.array([1, 0], np.int8), 'train', box=(2, 2, 10, 10), meta=dict(file_name='x.jpg', target=0)),
+               D.Sample(tmp_path/'s'/'x_t0.png', np.array([1, 0], np.int8), 'test', meta=dict(file_name='x_t0.png'))]
+    with pytest.raises(KitError, match=r'x_t0\.png: the converted dataset would hold both x\.jpg target 0 and x_t0\.png under this name'):
+        C.to_csv_dataset(D.AttributeData('wider', tmp_path/'s', ['a', 'b'], samples, meta={}), tmp_path/'out', masks=False, progress=False)
+    assert not (tmp_path/'out').exists()
+
+
 @pytest.mark.parametrize('kind', ['wider', 'rap', 'pa100k'])
 def test_csv_round_trip(kind, tmp_path):
     src = D.tiny_fixture(kind, tmp_path/kind, n=6, layout='published')
