@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.ops import box_iou
 
 from .core import KitError, atomic_path, get_device
-from .formats import box_mask, clip_box, load_grey, load_rgb, mask_path
+from .formats import _too_many_pixels, box_mask, clip_box, load_grey, load_rgb, mask_path
 
 # %% auto #0
 __all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_targets', 'select_target', 'image_size', 'read_mask',
@@ -94,9 +94,10 @@ def select_target(target_box,        # the annotated (x, y, w, h) box, or None f
 
 # %% ../nbs/20_mask_sources.ipynb #c017
 def image_size(path):  # an image file
-    "(H, W) of an image file, read from its header; `KitError` naming the file when it cannot be read."
+    "(H, W) of an image file, read from its header; `KitError` naming the file when it cannot be read or has more pixels than PIL opens (as `load_rgb` says)."
     try:
         with Image.open(path) as im: return im.size[::-1]
+    except Image.DecompressionBombError as e: raise KitError(f'{path}: {_too_many_pixels(e)}') from None
     except (OSError, UnidentifiedImageError) as e:
         raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 

@@ -230,6 +230,17 @@ def test_unreadable_image_is_an_error_naming_it(wider, tmp_path):
         make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
 
 
+def test_image_over_pils_pixel_limit_is_an_error_naming_it(tmp_path, monkeypatch):
+    "PIL's DecompressionBombError (over ~179 MP; a small MAX_IMAGE_PIXELS stands in) -> the KitError load_rgb gives, not a raw traceback."
+    from har_kit.formats import load_rgb
+    from har_kit.mask_sources import image_size
+    Image.new('RGB', (300, 400)).save(tmp_path/'big.jpg')
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 20_000)
+    with pytest.raises(KitError) as said: load_rgb(tmp_path/'big.jpg')
+    with pytest.raises(KitError, match="big.jpg: 120,000 pixels, over PIL's limit of 40,000") as e: image_size(tmp_path/'big.jpg')
+    assert str(e.value) == str(said.value)
+
+
 def test_directory_sizes_missing_and_box_sized_masks(wider, tmp_path):
     s0 = wider.samples[0]
     user = tmp_path/'user'
