@@ -31,9 +31,10 @@ def load_mat(path, # .mat file
 # %% ../nbs/01_matfile.ipynb #c007
 def mat_strings(value,  # cell of strings, char matrix or string array
                 where):  # "file: field", for errors
-    "A list of strings from a MATLAB cell of char (N x 1 or 1 x N) or a char matrix; empty entries become ''."
+    "A list of strings from a MATLAB cell of char (N x 1 or 1 x N) or a char matrix; empty entries become '', and MATLAB's `[]` (no numbers) no strings."
     a = np.asarray(value)
     if a.dtype.kind == 'U': return [str(s).strip() for s in a.ravel()]
+    if a.size == 0 and a.dtype.kind in 'biuf': return []   # `x = []` in MATLAB: a 0 x 0 double, as empty as `{}`
     if a.dtype != object: raise KitError(f'{where} must be a cell array of strings, found a {a.dtype} array of shape {a.shape}')
     if a.ndim > 1 and sorted(a.shape)[-2] > 1: raise KitError(f'{where} must be an N x 1 or 1 x N cell, found {a.shape}')
     out = []

@@ -332,14 +332,16 @@ def test_empty_test_split_is_warned_and_fails_data_check(tmp_path, kind, capsys)
     assert 'error: ' in out and 'the test split is empty' in out.split('error: ', 1)[1] and 'FAILED' in out
 
 
+@pytest.mark.parametrize('names', ['{}', '[]'])
 @pytest.mark.parametrize('splits', [('test',), ('val', 'test')])
-def test_pa100k_split_written_as_matlab_empty_is_an_empty_split(tmp_path, splits):
-    "A PA-100K split saved as MATLAB's [] (0 x 0 cell and 0 x 0 matrix, not 0 x 26) reads as an empty split, as 0 x 26 does: no column error."
+def test_pa100k_split_written_as_matlab_empty_is_an_empty_split(tmp_path, splits, names):
+    "A PA-100K split saved empty in MATLAB (names as {}, a 0 x 0 cell, or [], a 0 x 0 double; labels as [], a 0 x 0 double, not 0 x 26) reads as an empty split, as 0 x 26 does: no column error."
     from har_kit.data import EmptyTestWarning
     root = write_fixture('pa100k', tmp_path/'p', n_images=6, layout='root-level', masks=False)
-    _edit_pa(root, **{k: v for sp in splits for k, v in ((f'{sp}_images_name', np.empty((0, 0), object)),
-                                                          (f'{sp}_label', np.zeros((0, 0))))})
+    empty = np.empty((0, 0), object) if names == '{}' else np.zeros((0, 0))
+    _edit_pa(root, **{k: v for sp in splits for k, v in ((f'{sp}_images_name', empty), (f'{sp}_label', np.zeros((0, 0))))})
     assert sio.loadmat(root/'annotation.mat')['test_label'].shape == (0, 0)
+    assert sio.loadmat(root/'annotation.mat')['test_images_name'].dtype == (object if names == '{}' else np.float64)
     with pytest.warns(EmptyTestWarning, match='the test split is empty'): data = read_pa100k(root, check_images=False)
     assert not set(splits) & set(data.splits) and 'train' in data.splits and len(data) > 0
 
