@@ -251,8 +251,8 @@ def synthetic_dir(kind,              # 'wider' | 'rap' | 'pa100k'
                   profile='tiny',    # key of PROFILES
                   seed=0,            # generator seed
                   distractors=None): # None: mixed levels; int: every image at that level
-    "The cache directory of a synthetic set under `har_kit.core.data_root()`."
-    return data_root() / 'synthetic' / (f'{kind}-{profile}-s{seed}' + ('' if distractors is None else f'-d{distractors}'))
+    "The cache directory of a synthetic set under `har_kit.core.data_root()`, in a folder of its generator version (`SYNTH_VERSION`)."
+    return data_root() / 'synthetic' / f'v{SYNTH_VERSION}' / (f'{kind}-{profile}-s{seed}' + ('' if distractors is None else f'-d{distractors}'))
 
 # %% ../nbs/13_synth.ipynb #c034
 def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'

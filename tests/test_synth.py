@@ -225,6 +225,22 @@ def test_ensure_synthetic_sweeps_what_killed_generators_left(tmp_path):
     assert (out/'done').exists() and not dead.exists() and live.exists()
 
 
+def test_two_generator_versions_sharing_one_data_folder_keep_a_set_each(tmp_path, monkeypatch):
+    "Kits of two generator versions on one $HAR_KIT_DATA: each gets its own folder, and neither deletes (or rewrites) the set the other reads."
+    import har_kit.synth as S
+    monkeypatch.setenv('HAR_KIT_DATA', str(tmp_path))
+    def fake(kind, root, **kw):   # the folder logic is under test, not the generator
+        Path(root).mkdir(parents=True); (Path(root)/'made-by').write_text(str(S.SYNTH_VERSION))
+    monkeypatch.setattr(S, 'make_synthetic', fake)
+    mine = S.ensure_synthetic('pa100k', 'tiny')
+    monkeypatch.setattr(S, 'SYNTH_VERSION', S.SYNTH_VERSION + 1)   # another kit version, same data folder
+    theirs = S.ensure_synthetic('pa100k', 'tiny')
+    assert theirs != mine and theirs.parent.name == f'v{S.SYNTH_VERSION}' and (theirs/'made-by').read_text() == str(S.SYNTH_VERSION)
+    assert (mine/'done').exists() and (mine/'made-by').read_text() == str(S.SYNTH_VERSION - 1)   # the first version's set is intact
+    monkeypatch.setattr(S, 'SYNTH_VERSION', S.SYNTH_VERSION - 1)
+    assert S.ensure_synthetic('pa100k', 'tiny') == mine and (theirs/'done').exists()   # back again: both reused, nothing regenerated
+
+
 @pytest.mark.slow   # starts processes: not in make test-fast
 def test_a_set_of_another_generator_version_is_replaced_and_a_killed_delete_swept(tmp_path, monkeypatch):
     "A set whose `done` names another generator version is moved aside under a temporary's name and regenerated; one "
