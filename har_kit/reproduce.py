@@ -23,8 +23,8 @@ from .runs import (RunBusy, RunInterrupted, data_changes, done_digest, input_fin
 __all__ = ['GPU_SPEED', 'PUBLIC_CAMPAR', 'PROFILES', 'SMOKE_KEYS', 'SMOKE', 'GIB_PER_RUN', 'MAX_RUNS_PER_GPU', 'SHARES_GPU',
            'PlannedRun', 'planned_data', 'default_tables', 'table_keys', 'profile_params', 'plan', 'missing_roots',
            'root_source', 'check_roots', 'check_planned', 'describe', 'param_diff', 'stale_params', 'stale_why',
-           'earlier_code', 'run_planned', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute', 'planned_tables',
-           'render_tables']
+           'earlier_code', 'run_planned', 'resolve_auto', 'default_jobs', 'runs_per_gpu', 'gpu_slots', 'execute',
+           'planned_tables', 'render_tables']
 
 # %% ../nbs/71_reproduce.ipynb #c006
 GPU_SPEED = dict(amp='bf16', channels_last=True, compile_mode='reduce-overhead', num_workers=8)   # the paper profile on a GPU
@@ -424,17 +424,20 @@ def run_planned(r: PlannedRun,   # the run
     return run_notebook(r.spec.notebook, {**r.params, **({'device': dev} if dev else {})}, r.out_dir,
                         progress=False, threads=r.threads, force=force and bool(stale_params(r)), demos=False, data=r.data)
 
+def resolve_auto(device):  # a device name ('auto', 'cpu', 'cuda:1', ...)
+    "The device 'auto' stands for here ('cuda' where torch sees a GPU, else 'cpu', as `har_kit.core.get_device`); any other name as given."
+    if str(device) != 'auto': return str(device)
+    import torch   # here, not at the top: planning and the CLI stay light until a GPU is asked about
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
 def default_jobs(runs,          # PlannedRuns (`plan`)
                  devices=None   # devices given on the command line (None: each run's own)
                 ) -> int:
     "Concurrent runs: `runs_per_gpu` on each GPU; on CPU (or 'auto' without a GPU), the CPUs this process may use (`available_cpus`) divided by the runs' threads."
-    given = list(devices or [])
-    wanted = set(given) if given else {r.params.get('device', 'cpu') for r in runs}
-    if 'auto' in wanted:   # the sample profile: 'auto' is the CPU on a machine without a GPU
-        import torch       # here, not at the top: planning and the CLI stay light until a GPU is asked about
-        wanted = {('cuda' if torch.cuda.is_available() else 'cpu') if d == 'auto' else d for d in wanted}
+    given = [resolve_auto(d) for d in devices or []]
+    wanted = set(given) if given else {resolve_auto(r.params.get('device', 'cpu')) for r in runs}
     if wanted <= {'cpu'}: return max(1, available_cpus() // max([r.threads for r in runs] or [1]))
-    gpus = [d for d in (given or sorted(wanted)) if str(d).startswith('cuda')]
+    gpus = [d for d in (given or sorted(wanted)) if d.startswith('cuda')]
     return max(len(given), sum(runs_per_gpu(d) for d in gpus) or 1)
 
 # %% ../nbs/71_reproduce.ipynb #c045
@@ -456,7 +459,7 @@ def gpu_slots(r: PlannedRun,  # a planned run
               slots: int      # that device's slots in `execute`
              ) -> int:
     "Slots a run takes: one off the GPU or for a notebook in `SHARES_GPU`; on a GPU, all of them for the others."
-    d = str(dev if dev is not None else r.params.get('device', 'cpu'))
+    d = resolve_auto(dev if dev is not None else r.params.get('device', 'cpu'))   # 'auto' on a GPU machine is the GPU
     return 1 if r.spec.notebook in SHARES_GPU or not d.startswith('cuda') else slots
 
 # %% ../nbs/71_reproduce.ipynb #c051

@@ -153,6 +153,19 @@ def test_default_jobs_from_cores_and_threads(monkeypatch):
         assert default_jobs(quick, ['cuda:0', 'cuda:1']) == 2 * per_gpu and default_jobs(quick, ['cpu']) == 8 // PROFILES['quick']['_threads']
 
 
+def test_auto_is_placed_as_the_gpu_where_there_is_one(monkeypatch):
+    "'auto' (the sample profile's device, or --device auto) on a GPU machine takes the GPU's jobs and slots; without one, the CPU's."
+    monkeypatch.setattr('torch.cuda.is_available', lambda: True)
+    monkeypatch.setattr('torch.cuda.get_device_properties', lambda i: SimpleNamespace(total_memory=80 * 2**30))
+    run = lambda nb, dev: SimpleNamespace(spec=SimpleNamespace(notebook=nb), params={'device': dev}, threads=1)
+    assert default_jobs([run('campar', 'cuda')], ['auto']) == default_jobs([run('campar', 'auto')]) == runs_per_gpu('cuda') == 3
+    assert gpu_slots(run('campar', 'auto'), None, 3) == gpu_slots(run('campar', 'cuda'), 'auto', 3) == 3   # CAM-PAR never shares
+    assert gpu_slots(run('dahar', 'auto'), None, 3) == 1
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    monkeypatch.setattr('os.sched_getaffinity', lambda pid: {0, 1})
+    assert default_jobs([run('campar', 'auto')]) == 2 and gpu_slots(run('campar', 'auto'), None, 3) == 1
+
+
 def test_execute_shares_a_gpu_among_dahar_runs_and_gives_the_others_a_whole_one(tmp_path):
     "Three slots on one GPU: the first three Da-HAR runs meet at a barrier (they run at once); a CAM-PAR run never shares."
     import threading
