@@ -8,7 +8,7 @@ import csv, functools, io, math, statistics, textwrap
 from pathlib import Path
 
 from .cards import card_csv, card_markdown, card_notes, mode_order, protocol_card, run_params, selection_of
-from .core import KitError, atomic_write, load_json, outputs_root
+from .core import KitError, atomic_paths, load_json, outputs_root
 from .metrics import entry_value, read_metrics
 from .results import SEED_DIR, Printed, Table, column_source, row_runs, run_dirs, seed_dirs, spec_dir
 from .run_params import code_changed, find_notebook, notebook_record
@@ -405,8 +405,9 @@ def render(table: Table,       # the table
     texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows),
              'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
     out = Path(out or root/profile/'tables')
-    for ext, text in texts.items():
-        with atomic_write(out/f'{table.key}.{ext}') as f: f.write(text)
+    with atomic_paths([out/f'{table.key}.{ext}' for ext in texts], sync=False) as tmps:   # one table's files land together:
+        for tmp, text in zip(tmps, texts.values()):                                      # a stop or an error part way leaves
+            with open(tmp, 'w') as f: f.write(text)                                      # the earlier set whole, never a mix
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
 # %% ../nbs/63_render.ipynb #c033

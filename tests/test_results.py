@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from har_kit.core import load_json, save_json
+from har_kit.core import KitError, load_json, save_json
 from har_kit.metrics import metrics_entry
 from har_kit.render import paired_interval, render
 from har_kit.results import (CAMPAR_T1, CAMPAR_T2, DAHAR_T1, DAHAR_T2, DAHAR_T3, TABLES, WIDER_COLUMNS, row_runs, run_path,
@@ -572,3 +572,19 @@ def test_our_backbone_cell_never_shows_the_papers_without_a_run(tmp_path):
     md = render(CAMPAR_T1, tmp_path, 'quick')['texts']['md'].splitlines()
     ours = [l for l in md if '| ours' in l]
     assert len(ours) == 2 and all(l.split(' | ')[2] == 'no run' for l in ours), ours
+
+
+def test_a_tables_files_land_together(tmp_path):
+    "An error part way through writing a table's five files (here a folder where its .tex goes) replaces none of them: never old and new mixed."
+    out = tmp_path/'tables'
+    render(CAMPAR_T2, tmp_path, 'quick', out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 5
+    save_json({'baseline': _ped(0.7, 0.6)}, run_path(tmp_path, 'quick', CAMPAR_T2.rows[0].run, 0)/'metrics.json')   # a new number
+    (out/'campar_t2.tex').unlink(); (out/'campar_t2.tex').mkdir()
+    with pytest.raises((KitError, OSError)): render(CAMPAR_T2, tmp_path, 'quick', out=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {k: v for k, v in before.items() if k != 'campar_t2.tex'}
+    assert [p.name for p in out.iterdir() if p.name.endswith('.tmp')] == []
+    (out/'campar_t2.tex').rmdir()
+    render(CAMPAR_T2, tmp_path, 'quick', out=out)
+    assert all((out/n).read_bytes() != before[n] for n in ('campar_t2.md', 'campar_t2.csv', 'campar_t2.tex'))   # then the new set lands whole
