@@ -114,8 +114,8 @@ def read_mask(path,        # a mask PNG in any encoding `load_grey` reads; >= 12
 # %% ../nbs/20_mask_sources.ipynb #c020
 def write_mask(mask,  # (H, W) bool
                path): # destination PNG
-    "Write a binary mask as an L-mode 0/255 PNG, atomically; return the path."
-    with atomic_path(path) as tmp: Image.fromarray(np.asarray(mask, np.uint8) * 255, 'L').save(tmp, format='PNG')
+    "Write a binary mask as an L-mode 0/255 PNG, atomically and synced to disk (the mask log's line that trusts it follows); return the path."
+    with atomic_path(path, sync=True) as tmp: Image.fromarray(np.asarray(mask, np.uint8) * 255, 'L').save(tmp, format='PNG')
     return Path(path)
 
 # %% ../nbs/20_mask_sources.ipynb #c024

@@ -1,5 +1,5 @@
 "Masks: target selection on constructed detections, the four sources through `make_masks`, cache resume, bad input,\nand the one mask convention: what `make_masks` writes, every reader attaches, for every dataset kind and source."
-import dataclasses, json
+import dataclasses, json, re
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,16 @@ def test_box_partly_outside_is_clipped_and_flagged_fully_outside_is_an_error():
 def wider(tmp_path):
     root = tiny_fixture('wider', tmp_path/'wider', n=6)
     return read_wider(root)
+
+
+def test_every_mask_is_on_disk_before_the_log_line_that_trusts_it(wider, tmp_path, monkeypatch):
+    "The log marks a mask made; a rerun then never remakes it, so the PNG is synced before its line is (a power loss in between)."
+    import os
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: (synced.append(os.readlink(f'/proc/self/fd/{fd}')), fsync(fd))[1])
+    masks = make_masks(wider, 'none', cache_dir=tmp_path/'c', progress=False)
+    kinds = ''.join('L' if p.endswith('log.jsonl') else 'P' if '.png.' in Path(p).name else '' for p in synced)   # report.json aside
+    assert re.fullmatch('(P+L)+', kinds) and kinds.count('P') == len(masks) == len(wider.samples), kinds   # each batch: its PNGs, then its lines
 
 
 def test_four_sources_through_one_call(wider, tmp_path):
