@@ -18,12 +18,13 @@ from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_para
 
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed', 'is_done',
-           'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'forward_interrupts', 'stop_signal',
-           'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data', 'moved_defaults', 'data_changes',
-           'thread_change', 'done_digest', 'check_run_params', 'timing_summary', 'batch_copy', 'LiveLines', 'Echo',
-           'absolute_paths', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir', 'run_dir_for',
-           'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report', 'parameter_docs',
-           'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli', 'params_cli']
+           'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'reading_inputs', 'forward_interrupts',
+           'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data', 'moved_defaults',
+           'data_changes', 'thread_change', 'done_digest', 'check_run_params', 'timing_summary', 'batch_copy',
+           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir',
+           'run_dir_for', 'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
+           'parameter_docs', 'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli',
+           'params_cli']
 
 # %% ../nbs/70_runs.ipynb #c005
 class RunBusy(KitError):
@@ -172,6 +173,7 @@ _KERNELS = {}                    # run directory -> process group of the kernel 
 _CELLS = set()                   # run directories whose kernel has been sent a cell (before that, a kernel is still starting)
 _STOPPING = threading.Event()    # set by `stop_runs`: no run starts after it, running ones end interrupted
 _SIGNAL = [0]                    # the signal that first called `stop_runs` (0: none, or a direct call)
+_READING = set()                 # threads reading a run's inputs before anything is written (`reading_inputs`)
 _TTYS = []                       # stdout / stderr descriptors that were a terminal when `forward_interrupts` was entered
 
 def _signal_group(pg, sig):
@@ -198,6 +200,18 @@ def stop_runs(grace: float = 10.0,  # seconds a kernel has after SIGINT before i
         t = threading.Timer(grace, lambda: [_signal_group(pg, signal.SIGKILL) for pg in pgs if pg in _KERNELS.values()])
         t.daemon = True; t.start()
 
+def _on_signal(grace, signum):  # `forward_interrupts`' handler, in the main thread
+    stop_runs(grace, signum)
+    if threading.get_ident() in _READING:   # no kernel yet and nothing written: stop now, not after the inputs are hashed
+        raise KeyboardInterrupt('not started: stopped while it read its inputs (Ctrl-C / SIGTERM); rerun the same command to start it')
+
+@contextlib.contextmanager
+def reading_inputs():
+    "Within, in the main thread under `forward_interrupts`: a stop raises `KeyboardInterrupt` at once (a block that only reads)."
+    me = threading.get_ident(); _READING.add(me)
+    try: yield
+    finally: _READING.discard(me)
+
 @contextlib.contextmanager
 def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
     "Within: SIGINT / SIGTERM / SIGHUP (a closed terminal) stop the runs (`stop_runs`) instead of raising in the main thread; yields a `() -> bool` 'interrupted?'."
@@ -205,7 +219,7 @@ def forward_interrupts(grace: float = 10.0):  # see `stop_runs`
     if threading.current_thread() is not threading.main_thread(): yield _STOPPING.is_set; return
     _TTYS[:] = [fd for fd in (1, 2) if os.isatty(fd)]
     # SIGHUP stays ignored where the command was started ignoring it (`nohup`): closing the terminal must not stop it
-    old = {s: signal.signal(s, lambda sig, _: stop_runs(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, lambda sig, _: _on_signal(grace, sig)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
            if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN}
     try: yield _STOPPING.is_set
     finally:
@@ -584,7 +598,8 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
             cell = _cell_of(out/'notebook.running.ipynb')
             where = f'{"after" if between else "in"} cell {cell}' if cell is not None else 'before its first cell ran'
             again = ('rerun the same command to render again (it reads the runs anew; a run folder it did not name is a new one)'
-                     if nb.stem.split('_', 1)[-1] in READS_OTHER_RUNS else 'rerun the same command to resume from its last checkpoint')
+                     if nb.stem.split('_', 1)[-1] in READS_OTHER_RUNS else 'rerun the same command to start it' if cell is None
+                     else 'rerun the same command to resume from its last checkpoint')
             msg = f'stopped by Ctrl-C / SIGTERM {where}; {again}'
             drain(); _finish_notebook(out, started, log); _fail(out, msg, cell, interrupted=True)
             return RunInterrupted(out, msg)
@@ -761,8 +776,9 @@ def run_notebook(notebook,                  # path, file name or section name
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here
-    data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {}),   # what it reads, by its bytes,
-            **mask_input(nb, params)}   # and the masks as they are now (a plan made before its masks run cannot know them)
+    with reading_inputs():   # hashing a large mask folder takes a while: a Ctrl-C stops it at once (nothing is written yet)
+        data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {}),   # what it reads, by its bytes,
+                **mask_input(nb, params)}   # and the masks as they are now (a plan made before its masks run cannot know them)
     if data.get('input masks') == {}: raise KitError(no_masks(nb, params))   # its first cells would stop on it, after a kernel start
     try: KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:

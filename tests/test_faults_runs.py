@@ -436,6 +436,35 @@ def test_ctrl_c_stops_har_kit_run_and_marks_it_interrupted(tmp_path):
     assert st['state'] == 'failed' and st['interrupted'] and 'Ctrl-C' in st['error']
 
 
+def test_ctrl_c_while_har_kit_run_reads_its_inputs_stops_it_at_once(tmp_path, monkeypatch, capsys):
+    "Hashing a run's inputs (a large mask folder) comes before its kernel: a Ctrl-C there was only noted, silently, until they were all read."
+    import signal, threading
+    import har_kit.runs as R
+    nb, read_on = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body='x = 1'), []
+    def hashing(params):   # the signal is delivered to this process before os.kill returns; its handler runs in the loop
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000): pass
+        read_on.append(True); return {}
+    monkeypatch.setattr(R, 'input_fingerprints', hashing)
+    monkeypatch.setattr(R, '_STOPPING', threading.Event()); monkeypatch.setattr(R, '_SIGNAL', [0])   # the stop stays in this test
+    assert cli([str(nb), '--out', str(tmp_path/'run')]) == 130
+    err = capsys.readouterr().err
+    assert read_on == [] and 'not started: stopped while it read its inputs' in err and 'rerun the same command' in err, err
+    assert not (tmp_path/'run').exists()
+
+
+def test_a_run_stopped_before_its_first_cell_is_told_to_start_not_resume(tmp_path, monkeypatch):
+    "Stopped while its kernel started: nothing ran, so there is no checkpoint to resume from; the message says rerun to start it."
+    import threading
+    import har_kit.runs as R
+    def starting(*a, **kw): R.stop_runs(); raise KeyboardInterrupt   # a Ctrl-C while papermill starts the kernel
+    monkeypatch.setattr(papermill, 'execute_notebook', starting)
+    monkeypatch.setattr(R, '_STOPPING', threading.Event()); monkeypatch.setattr(R, '_SIGNAL', [0])   # the stop stays in this test
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body='x = 1')
+    with pytest.raises(R.RunInterrupted, match='before its first cell ran; rerun the same command to start it$'):
+        with R.forward_interrupts(): run_notebook(nb, {}, tmp_path/'run', progress=False)
+
+
 def test_a_stop_between_two_cells_ends_the_run_before_the_next_cell(tmp_path, monkeypatch):
     "An idle kernel ignores SIGINT (ipykernel raises only inside a cell): a stop that lands between two cells ended the "
     "run only after the next cell, which may be the whole training (or SIGKILL after the grace); now before it starts."
