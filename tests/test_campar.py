@@ -467,3 +467,15 @@ def test_the_synthetic_rap_set_is_read_at_the_partition_asked():
     a, b = CamParConfig(partition=0).load_data(), CamParConfig(partition=3).load_data()
     assert (a.meta['partition'], b.meta['partition']) == (0, 3)
     assert [s.image for s in a.split('test')] != [s.image for s in b.split('test')]
+
+
+def test_held_out_thresholds_read_unspecified_labels_as_the_loss_does(monkeypatch):
+    "ignore_unspecified=False: the loss reads -1 as negative, so do the thresholds a CAM-PAR model file keeps (balanced accuracy)."
+    import har_kit.campar_train as T
+    from har_kit.metrics import choose_thresholds
+    s = np.array([[.9, .2], [.4, .7], [.6, .9], [.3, .1], [.8, .6]])
+    y = np.array([[1, 0], [0, UNSPECIFIED], [1, 1], [0, UNSPECIFIED], [1, 0]])
+    monkeypatch.setattr(T, 'engine_predict', lambda model, loader, device='cpu': dict(scores=s, labels=y))
+    got = T.held_out_thresholds(None, None, 'rap', ignore_unspecified=False)
+    np.testing.assert_array_equal(got, choose_thresholds(s, np.where(y == UNSPECIFIED, 0, y), 'balanced_accuracy')['thresholds'])
+    assert not np.array_equal(got, choose_thresholds(s, y, 'balanced_accuracy')['thresholds'])

@@ -265,3 +265,40 @@ def test_a_scale_giving_a_tiny_input_is_refused_naming_scale_and_the_size(datase
     "scale=0.01 trained a 2 x 2 input without a word: an input under 32 px high (16 wide on the pedestrian sets) is a KitError."
     with pytest.raises(KitError, match=f'scale={scale}: the network input would be {size} px'): DaHarConfig(dataset=dataset, scale=scale)
     DaHarConfig(dataset=dataset, scale=0.1875); DaHarConfig(dataset=dataset, scale=0.143)   # the quick profile (RAP: 42 x 21); the least
+
+
+def test_the_masks_learn_from_the_classification_loss():
+    "Eq. 1's gradient reaches the self-mask blocks (no loss of their own) and the masked-attention mask (its only signal at "
+    "mask_weight 0, Fig. 5's unsupervised model): a detached mask would freeze them silently."
+    torch.manual_seed(0)
+    net = dahar_variant('dahar', 4, 'resnet-tiny')
+    out = net(torch.randn(2, 3, 64, 64))
+    DaHarLoss('bce', mask_weight=0)(out, dict(labels=torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]])))['loss'].backward()
+    grads = {'side.mask': net.side.mask[-1].weight.grad, **{f'self_masks.{k}': b.mask[0].weight.grad for k, b in net.self_masks.items()}}
+    assert len(grads) > 1 and all(g is not None and float(g.norm()) > 0 for g in grads.values()), grads
+
+
+def test_branch_weight_adds_both_branches_losses():
+    "branch_weight w: L(logits) + w (L(main) + L(side)), each with the configured classification loss."
+    from har_kit.losses import bce_loss
+    g = torch.Generator().manual_seed(0)
+    out = {k: torch.randn(3, 4, generator=g) for k in ('logits', 'logits_main', 'logits_side')}
+    y = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]])
+    got = DaHarLoss('bce', mask_weight=0, branch_weight=0.5)(out, dict(labels=y))['loss']
+    torch.testing.assert_close(got, bce_loss(out['logits'], y) + 0.5 * (bce_loss(out['logits_main'], y) + bce_loss(out['logits_side'], y)))
+
+
+def test_the_metric_and_the_saved_thresholds_read_unspecified_labels_as_the_loss_does(tmp_path):
+    "ignore_unspecified=False: the loss reads -1 as negative, so do the run's metric and the thresholds its model file keeps."
+    from har_kit.core import UNSPECIFIED
+    from har_kit.metrics import choose_thresholds, pedestrian_metrics
+    data = read_rap(tiny_fixture('rap', tmp_path/'rap', n=12), uncertain='unspecified', mask_dir=False)
+    rec = DaHarRecipe(DaHarConfig(dataset='rap', ignore_unspecified=False, mask_weight=0.0, cache_mb=0), data=data)
+    s = np.array([[.9, .2], [.4, .7], [.6, .9], [.3, .1]]); y = np.array([[1, 0], [0, UNSPECIFIED], [1, 1], [0, UNSPECIFIED]])
+    assert rec.evaluate(s, y)['mA'] == pedestrian_metrics(s, y, unspecified='negative')['mA'] != pedestrian_metrics(s, y)['mA']
+    m = len(data.attributes)
+    sv, yv = np.tile(s, (1, m))[:, :m], np.tile(y, (1, m))[:, :m]
+    rec.predict = lambda model, loader: dict(scores=sv, labels=yv)   # the validation split's predictions
+    th = rec.model_file(None, 'dahar', {'val': None}, {})['thresholds']
+    assert th == [float(t) for t in choose_thresholds(sv, np.where(yv == UNSPECIFIED, 0, yv))['thresholds']]
+    assert th != [float(t) for t in choose_thresholds(sv, yv)['thresholds']]

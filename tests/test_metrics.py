@@ -318,3 +318,11 @@ def test_distraction_bin_puts_the_cap_itself_in_the_top_bin(level, label):
     from har_kit.metrics import distraction_bin
     assert distraction_bin(level) == label
     assert distraction_bin(5, cap=5) == '5+' and distraction_bin(4, cap=5) == '4'
+
+
+def test_unspecified_labels_read_as_negative_only_where_the_loss_says_so():
+    "False (the loss's negatives) reads them as negative; True, and None (a switch not known), leave them out; WIDER's mAP always does."
+    from har_kit.metrics import reads_unspecified_as_negative
+    assert reads_unspecified_as_negative('rap', False) and reads_unspecified_as_negative('pa100k', False)
+    assert not any(reads_unspecified_as_negative('rap', v) for v in (True, None))
+    assert not reads_unspecified_as_negative('wider', False)
