@@ -445,6 +445,7 @@ def test_ctrl_c_while_har_kit_run_reads_its_inputs_stops_it_at_once(tmp_path, mo
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(10_000): pass
         read_on.append(True); return {}
+    assert threading.current_thread() is threading.main_thread()   # where the CLI installs its handler (else the signal would stop pytest)
     monkeypatch.setattr(R, 'input_fingerprints', hashing)
     monkeypatch.setattr(R, '_STOPPING', threading.Event()); monkeypatch.setattr(R, '_SIGNAL', [0])   # the stop stays in this test
     assert cli([str(nb), '--out', str(tmp_path/'run')]) == 130
