@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 # and the notebooks they find all follow the package
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SAMPLE=${HAR_KIT_PA100K_SAMPLE:-../shared/data/pa100k-sample}
+if [ -L .venv ]; then   # another tree's .venv: `make main` below re-runs setup here, pointing its editable install and its
+    HOME_TREE=$(cd "$(readlink -f .venv)/.." && pwd)   # Jupyter kernel at this tree; give both back when the script ends
+    trap 'cd "$HOME_TREE" && .venv/bin/python -m pip install -q --no-deps --no-compile -e . && .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (har-kit)" >/dev/null' EXIT
+fi
 rm -rf outputs/quick outputs/sample outputs/use outputs/synth-difficulty
 T='python3 tools/timing.py time --'
 $T make main      # one command a line: with set -e a failure stops the script (in an && list it would not)
