@@ -520,6 +520,19 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     return epoch, value
 
 # %% ../nbs/09_model_file.ipynb #c052
+def _check_selection(recipe, loaders):  # a recipe; its loaders
+    "Refuse, before any training, a `select` other than 'last' or 'best', and a 'best' or `watch` that `evaluate` and `key` could not score."
+    who = type(recipe).__name__
+    if recipe.select not in ('last', 'best'):
+        raise KitError(f"{who}.select={recipe.select!r}: use 'last' (the last epoch) or 'best' (the best `key` on the 'val' loader)")
+    scored = recipe.select == 'best' and 'val' in loaders
+    if (scored or recipe.watch) and not callable(recipe.evaluate):
+        raise KitError(f"{who}.evaluate is {recipe.evaluate!r}, but {'select=best' if scored else f'watch={recipe.watch!r}'} scores "
+                       'loaders after every epoch: give it a function (scores, labels) -> dict of metrics')
+    if scored and not isinstance(recipe.key, str):
+        raise KitError(f"{who}.key is {recipe.key!r}, but select='best' keeps the epoch with the best value of `key` in "
+                       "evaluate's dict: name one, e.g. 'mA'")
+
 def train_variant(recipe,         # a method's recipe (see above)
                   variant: str,   # the variant `recipe.build` makes
                   run_dir,        # the run directory: the variant trains in <run_dir>/<name>/
@@ -538,6 +551,7 @@ def train_variant(recipe,         # a method's recipe (see above)
     loaders = recipe.loaders(variant) if loaders is None else loaders
     g = getattr(loaders['train'], 'generator', None)   # rewound to its own seed: the data order of a fresh loader, so a
     if g is not None: g.manual_seed(g.initial_seed())   # variant trains as alone, whichever variants used these loaders
+    _check_selection(recipe, loaders)
     best = recipe.select == 'best' and 'val' in loaders
     sel = EpochSelector(model, recipe.evaluate, recipe.key, vdir/'checkpoints'/'selected.pt') if best else None
     stats = {}

@@ -139,3 +139,23 @@ def test_dahar_variant_refuses_a_bad_attribute_count_as_campar_variant_does(bad)
         dahar_variant('baseline', bad, 'resnet-tiny')
     with torch.no_grad(): out = dahar_variant('baseline', np.int64(3), 'resnet-tiny').eval()(torch.randn(2, 3, 64, 64))
     assert out['logits'].shape == (2, 3)   # a numpy count (labels.shape[1]) is taken
+
+
+def test_a_recipe_whose_selection_cannot_be_scored_is_refused_before_training(tmp_path):
+    "select 'Best' (a typo) kept the last epoch silently; 'best' with key None trained to the end, then failed; evaluate None crashed after epoch 1."
+    import dataclasses
+    from har_kit.model_file import Recipe, train_variant
+    @dataclasses.dataclass
+    class Config: seed: int = 0
+    class Own(Recipe):
+        select, key, evaluate = 'best', 'mA', staticmethod(lambda s, y: {'mA': 0.5})
+        def __init__(self, **kw): self.config = Config(); self.__dict__.update(kw)
+        def build(self, variant): return torch.nn.Linear(2, 2)
+        def criterion(self, variant): return None
+        def loaders(self, variant): return {'train': [], 'val': []}
+        def train_config(self): return None   # never reaches the engine
+    for kw, msg in ((dict(select='Best'), "Own.select='Best': use 'last'"), (dict(key=None), "Own.key is None, but select='best'"),
+                    (dict(evaluate=None), 'Own.evaluate is None, but select=best'), (dict(select='last', evaluate=None, watch=('test',)),
+                                                                                     "Own.evaluate is None, but watch=('test',)")):
+        with pytest.raises(KitError, match=re.escape(msg)): train_variant(Own(**kw), 'v', tmp_path)
+    assert list(tmp_path.iterdir()) == []
