@@ -746,6 +746,28 @@ def test_a_predict_stopped_while_explaining_leaves_the_folder_as_it_was_and_reru
     assert _snapshot(out) == earlier and not (out/P.STAGED).exists()
 
 
+def test_a_stop_while_the_outputs_land_waits_until_they_have_landed(tmp_path, images, model_file, monkeypatch):
+    "A Ctrl-C between two figure moves left new predictions beside part of their figures (the rest in .explain.staged), "
+    "and the same command then refused to run; now the landing finishes first, then the stop is delivered."
+    import signal, threading
+    import har_kit.predict as P
+    assert threading.current_thread() is threading.main_thread()   # the signal must reach this test's handler
+    def stop(signum, frame): raise KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, stop)
+    real, moved = os.replace, []
+    def replace(a, b):
+        real(a, b)
+        if Path(b).parent.name == P.EXPLAIN_DIR:   # a figure moved into explain/, the predictions written before it
+            moved.append(b)
+            if len(moved) == 1: os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(P.os, 'replace', replace)
+    out = tmp_path/'o'
+    try:
+        with pytest.raises(KeyboardInterrupt): cli([str(model_file), str(images), '--out', str(out), '--explain', '--quiet'])
+    finally: signal.signal(signal.SIGINT, old)
+    assert len(list((out/P.EXPLAIN_DIR).iterdir())) == 3 and not (out/P.STAGED).exists() and (out/'predictions.json').is_file()
+
+
 def test_an_earlier_runs_figures_elsewhere_are_not_scored(tmp_path, images, model_file, capsys):
     "Figures `--explain` wrote into another --out inside the image folder are left out, and named, when the folder is scored again."
     assert cli([str(model_file), str(images), '--out', str(images/'res1'), '--explain', '--quiet']) == 0
