@@ -133,6 +133,9 @@ def _check_kwargs(fn, kwargs, where):  # the builder; its stored kwargs; the fie
 def _check_outputs(model, attributes, input_size, where,   # network; names; (H, W); named in errors
                    fix='save it from the run that trained it'):  # what to do when its parts do not fit together
     "Run one blank image through the network; its `logits` must have one column per attribute."
+    if low := sorted({str(t.dtype).removeprefix('torch.') for t in model.state_dict().values() if t.dtype in (torch.bfloat16, torch.float16)}):
+        raise KitError(f'{where}: the network holds {", ".join(low)} weights; a load rebuilds it in float32, so a model file holds '
+                       'float32 weights: save model.float() (autocast trains in bf16 and keeps float32 weights)')
     was = model.training; model.eval()
     p = next(iter(model.parameters()), None)
     x = torch.zeros(1, 3, *input_size, device=p.device if p is not None else 'cpu')

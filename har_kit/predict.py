@@ -260,7 +260,7 @@ def trained_on_synthetic(loaded):  # a `LoadedModel`
 class Predictor:
     "Score images with a saved model: probabilities, per-attribute decisions and predicted attribute names."
     def __init__(self,
-                 model,                     # a model file / run directory, or a `LoadedModel`
+                 model,                     # a model file / run directory, or a `LoadedModel` (whose `.model` moves to `device`)
                  threshold=0.5,             # 0.5, a number, 'val', a per-attribute file or {name: threshold} (see `resolve_thresholds`)
                  device='auto',             # 'auto', 'cpu', 'cuda', ...
                  batch_size: int = 16,      # images per forward pass

@@ -159,3 +159,14 @@ def test_a_recipe_whose_selection_cannot_be_scored_is_refused_before_training(tm
                                                                                      "Own.evaluate is None, but watch=('test',)")):
         with pytest.raises(KitError, match=re.escape(msg)): train_variant(Own(**kw), 'v', tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_a_bf16_network_names_its_dtype_not_its_input_size(tmp_path):
+    "A network cast to bf16 was refused as 'cannot run on its stored input_size ... save it with the size it was trained at'."
+    from har_kit.campar import campar_variant
+    from har_kit.model_file import save_model
+    kw = dict(name='campar', num_attributes=3, arch='resnet-tiny', weights=None)
+    with pytest.raises(KitError, match=r'holds bfloat16 weights; a load rebuilds it in float32.*save model\.float\(\)'):
+        save_model(tmp_path/'m.pt', campar_variant(**kw).to(torch.bfloat16), builder='campar_variant', kwargs=kw,
+                   attributes=list('abc'), input_size=(64, 48), mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert not (tmp_path/'m.pt').exists()
