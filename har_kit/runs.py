@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, signal, socket, sys, threading, time, warnings
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, shutil, signal, socket, sys, threading, time, warnings
 import tokenize
 from pathlib import Path
 
@@ -780,10 +780,14 @@ def run_notebook(notebook,                  # path, file name or section name
         data = {**real_data({**params, 'dataset': kind}), **input_fingerprints(params), **(data or {}),   # what it reads, by its bytes,
                 **mask_input(nb, params)}   # and the masks as they are now (a plan made before its masks run cannot know them)
     if data.get('input masks') == {}: raise KitError(no_masks(nb, params))   # its first cells would stop on it, after a kernel start
-    try: KernelSpecManager().get_kernel_spec(kernel_name)
+    try: spec = KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         raise KitError(f'kernel_name={kernel_name!r} (--kernel) is not installed; installed kernels: '
                        f'{", ".join(sorted(find_kernel_specs())) or "none"} (python3 is always available with ipykernel)') from None
+    if (exe := (spec.argv or [None])[0]) and not (Path(exe).is_file() if os.path.isabs(exe) else shutil.which(exe)):   # a moved or deleted
+        raise KitError(f'kernel {kernel_name!r} ({Path(spec.resource_dir)/"kernel.json"}) starts {exe}, which does not exist '   # environment
+                       f'(its environment was moved or deleted); reinstall it: {sys.executable} -m ipykernel install --sys-prefix '
+                       f'--name {kernel_name}')
     out = run_dir_for(nb, params, out_dir)
     rank = int(os.environ.get('RANK', 0))   # under torchrun every rank executes the notebook: rank 0 owns the run directory,
     if rank > 0: out = out.with_name(f'{out.name}.rank{rank}')   # the others get their own beside it (never collected)

@@ -466,6 +466,19 @@ def test_a_run_stopped_before_its_first_cell_is_told_to_start_not_resume(tmp_pat
         with R.forward_interrupts(): run_notebook(nb, {}, tmp_path/'run', progress=False)
 
 
+def test_a_kernel_whose_python_is_gone_is_named_with_the_command_that_reinstalls_it(tmp_path, monkeypatch):
+    "A kernel spec left pointing at a moved or deleted environment failed every run in papermill with a bare FileNotFoundError."
+    spec = tmp_path/'jp'/'kernels'/'gone'
+    spec.mkdir(parents=True)
+    (spec/'kernel.json').write_text(json.dumps({'argv': ['/gone/clone/.venv/bin/python', '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+                                                'display_name': 'gone', 'language': 'python'}))
+    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path/'jp'))
+    nb = _nb(tmp_path/'n.ipynb', params_src='seed = 0\nout_dir = None', body='x = 1')
+    with pytest.raises(KitError, match=r"kernel 'gone' \(.*kernel\.json\) starts /gone/clone/\.venv/bin/python, which does not exist.*ipykernel install --sys-prefix --name gone"):
+        run_notebook(nb, {}, tmp_path/'run', kernel_name='gone', progress=False)
+    assert not (tmp_path/'run').exists()
+
+
 def test_a_stop_between_two_cells_ends_the_run_before_the_next_cell(tmp_path, monkeypatch):
     "An idle kernel ignores SIGINT (ipykernel raises only inside a cell): a stop that lands between two cells ended the "
     "run only after the next cell, which may be the whole training (or SIGKILL after the grace); now before it starts."
