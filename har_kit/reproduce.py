@@ -4,7 +4,7 @@
 
 # %% ../nbs/71_reproduce.ipynb #c002
 from __future__ import annotations
-import itertools, json, os, shutil
+import itertools, json, os, shutil, sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -527,7 +527,11 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
                 if err is None: finished.add(r.out_dir); reran.add(r.out_dir); status['done'].append(r.name)
                 elif isinstance(err, RunInterrupted): stopped.add(r.out_dir); status['interrupted'].append(r.name)
                 elif isinstance(err, RunBusy): busy.add(r.out_dir); status['busy'].append(r.name)
-                else: failed.add(r.out_dir); status['failed'][r.name] = str(err)
+                else:
+                    failed.add(r.out_dir); status['failed'][r.name] = str(err)
+                    if progress:   # said now, not after the last run: on a GPU that may be hours later
+                        bar.write(f'FAILED {r.name}: {str(err).splitlines()[0][:300] if str(err) else type(err).__name__} '
+                                  f'(log: {Path(r.out_dir)/"log.txt"}); the other runs go on', file=sys.stderr)
                 if not isinstance(err, (RunInterrupted, RunBusy)): bar.update()   # finished or failed: stopped and held runs never ran
                 if on_change: on_change(status)
     bar.close()

@@ -733,3 +733,16 @@ def test_a_cfar_run_without_campar_run_trains_the_paper_profiles_campar_recipe()
     inline = CFARRunConfig(dataset='rap', **paper['cfar']).phase1_config()
     own = CamParConfig(dataset='rap', variants=['campar_fusion'], selection='[15]', **paper['campar'])   # the plan's selection
     assert {f.name for f in fields(CamParConfig) if getattr(inline, f.name) != getattr(own, f.name)} == {'plateau_on', 'selection'}
+
+
+def test_a_failed_run_is_said_when_it_fails_not_after_the_last(tmp_path, capsys):
+    "On the paper profile the other runs may take hours: a failure is written above the bar at once, with its log."
+    runs = [SimpleNamespace(name=f'r{i}', spec=SimpleNamespace(notebook='campar'), out_dir=tmp_path/f'r{i}', deps=(),
+                            params={'device': 'cpu'}) for i in range(2)]
+    seen = []
+    def run_fn(r, dev):
+        if r.name == 'r0': raise RunFailed(r.out_dir, 'cell 3 raised KitError: labels.csv line 4: label 2\nmore')
+        seen.append(capsys.readouterr().err)   # what the terminal showed when the next run started
+    status = execute(runs, jobs=1, run_fn=run_fn, progress=True)
+    assert list(status['failed']) == ['r0'] and status['done'] == ['r1']
+    assert f"FAILED r0: run {tmp_path/'r0'} failed: cell 3 raised KitError: labels.csv line 4: label 2 (log: {tmp_path/'r0'/'log.txt'})" in seen[0], seen
