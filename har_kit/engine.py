@@ -19,8 +19,9 @@ from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, r
                                  setup_device, shard_loader, shard_samples)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler',
-           'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history', 'fit', 'train_eval']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'COMPILE_MODES', 'EPOCH_KEYS', 'TrainConfig', 'param_groups', 'make_optimizer',
+           'make_scheduler', 'autocast', 'to_device', 'predict', 'check_identity', 'LossGuard', 'write_history',
+           'epoch_line', 'fit', 'train_eval']
 
 # %% ../nbs/08_engine.ipynb #c008
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -364,6 +365,14 @@ def write_history(history,  # list of per-epoch dicts
     w.writeheader(); w.writerows(history)
     with atomic_write(Path(run_dir)/'history.csv') as f: f.write(buf.getvalue())
 
+EPOCH_KEYS = ('loss', 'val_loss', 'val_mA', 'val_mAP', 'val_f1')   # what `epoch_line` prints of a record, when it holds them
+
+def epoch_line(rec,      # an epoch's history record
+               epochs):  # the epochs the training runs to
+    "The line `fit` prints after each epoch (with progress on): its number, training and validation loss, headline metrics, learning rate."
+    shown = [f'{k} {rec[k]:.4g}' for k in EPOCH_KEYS if isinstance(rec.get(k), (int, float))]
+    return f"epoch {rec['epoch']}/{epochs}: " + ', '.join(shown + [f"lr {rec['lr']:.3g}"])
+
 # %% ../nbs/08_engine.ipynb #c047
 def _train_step(net, criterion, batch, optimizer, scaler, cfg, device):
     "Forward, loss, backward and update of one batch; the criterion's parts (tensors still on the device)."
@@ -529,6 +538,7 @@ def fit(model,            # returns {'logits': (N, C), ...}; `model.backbone` ge
                                               (value > best['value'] if cfg.mode == 'max' else value < best['value'])))
             if improved: best = dict(epoch=epoch, value=value, monitor=cfg.monitor)
             history.append(rec)
+            if cfg.progress and rank == 0: print(epoch_line(rec, cfg.epochs), flush=True)   # every row of history.csv, as it lands
             rngs = [rng_state(device)]
             if world > 1: rngs = [None] * world; dist.all_gather_object(rngs, rng_state(device))
             if rank == 0:

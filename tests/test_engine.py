@@ -284,3 +284,13 @@ def test_each_epoch_has_its_own_shuffle_order_and_a_rerun_repeats_them(tmp_path)
     assert sorted(first[0]) == sorted(first[1]) == list(range(24))
     assert first[0] != first[1]                                 # a fixed epoch would repeat epoch 1's order
     assert orders('b') == first
+
+
+def test_each_epoch_prints_its_losses_and_metrics_as_it_ends(tmp_path, capsys):
+    "A 30-epoch run on one's own data showed only progress bars until the end; now a line per epoch (progress on), none with progress off."
+    cfg = dict(epochs=2, device='cpu', seed=3, monitor='acc')
+    hist = fit(Net(), bce, TRAIN, TrainConfig(progress=True, **cfg), tmp_path/'a', VAL, acc)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('epoch ')]
+    assert lines == [f"epoch {h['epoch']}/2: loss {h['loss']:.4g}, val_loss {h['val_loss']:.4g}, lr {h['lr']:.3g}" for h in hist], lines
+    fit(Net(), bce, TRAIN, TrainConfig(progress=False, **cfg), tmp_path/'b', VAL, acc)
+    assert 'epoch ' not in capsys.readouterr().out
