@@ -773,6 +773,10 @@ def run_notebook(notebook,                  # path, file name or section name
     nb = section_notebook(notebook)   # a notebook with a `parameters` cell
     params = absolute_paths(check_parameters(nb, params))       # before anything is created or run
     if 'device' in params: check_devices([str(params['device'])], 'the parameter device (-p device, or a -f file)')   # a GPU this machine lacks: refused here
+    slow = [f'{k}={params[k]!r}' for k in ('amp', 'compile_mode') if params.get(k, 'none') != 'none']   # the paper profile's GPU settings
+    if str(params.get('device')) == 'cpu' and slow:   # e.g. its config with -p device cpu: legal, and many times slower there
+        print(f"note: {', '.join(slow)} are GPU settings; on the CPU they make training many times slower (-p amp none -p compile_mode "
+              "none, or a config from --profile quick)", file=sys.stderr)
     kind = params.get('dataset', notebook_parameters(nb).get('dataset'))   # given, or the notebook's default
     if not isinstance(kind, str) or isinstance(kind, Unparsed): kind = None
     if kind and params.get('data_root'): detect_layout(kind, params['data_root'])   # a wrong root stops here

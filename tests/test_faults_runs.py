@@ -479,6 +479,15 @@ def test_a_kernel_whose_python_is_gone_is_named_with_the_command_that_reinstalls
     assert not (tmp_path/'run').exists()
 
 
+def test_gpu_settings_on_the_cpu_are_named_before_the_run(tmp_path, capsys):
+    "The paper profile's config with -p device cpu (as the refusal of 'cuda' advises) kept bf16 and compile: about 100x slower, silently."
+    nb = _nb(tmp_path/'n.ipynb', params_src="seed = 0\nout_dir = None\ndevice = 'cpu'\namp = 'none'\ncompile_mode = 'none'", body='x = 1')
+    for params, said in (({'amp': 'bf16', 'compile_mode': 'reduce-overhead'}, True), ({}, False), ({'amp': 'bf16', 'device': 'cuda'}, False)):
+        with pytest.raises(KitError): run_notebook(nb, {'device': 'cpu', **params}, tmp_path/'run', kernel_name='no-such-kernel', progress=False)
+        err = capsys.readouterr().err
+        assert ("note: amp='bf16', compile_mode='reduce-overhead' are GPU settings; on the CPU" in err) == said, err
+
+
 def test_a_stop_between_two_cells_ends_the_run_before_the_next_cell(tmp_path, monkeypatch):
     "An idle kernel ignores SIGINT (ipykernel raises only inside a cell): a stop that lands between two cells ended the "
     "run only after the next cell, which may be the whole training (or SIGKILL after the grace); now before it starts."
