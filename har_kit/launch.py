@@ -782,11 +782,14 @@ def _run_here(a, runs, root, devices):  # --launcher local: execute, record the 
         print(f'har-kit reproduce: no run planned for {" ".join(a.tables or []) or "these tables"} on profile {a.profile!r}; nothing rendered')
         return 0
     held = [t for t in tables if t in {t for r in runs if r.name in status['failed'] or r.name in status['busy'] for t, _ in r.rows}]
+    ran = {t for r in runs if r.name in status['done'] or r.name in status['skipped'] for t, _ in r.rows}   # a finished seed fills them
+    some = [t for t in held if t in ran]
     if held: print(f'har-kit reproduce: not rendered: {", ".join(held)} (a run of theirs failed, is stale or runs in another '
-                   'process, see below: its rows would mix it in or leave it out); to render them now from the seeds that '
-                   'finished, each left-out seed named in its row: har-kit run tables -p profile '
-                   f'{a.profile} -p tables {",".join(held)}' + (f' -p runs_root {shlex.quote(str(root))}' if a.out or a.smoke else ''),
-                   file=sys.stderr)
+                   'process, see below: its rows would mix it in or leave it out)' + (
+                   f'; to render {"them" if some == held else ", ".join(some)} now from the seeds that finished, each left-out seed '
+                   f'named in its row: har-kit run tables -p profile {a.profile} -p tables {",".join(some)}'
+                   + (f' -p runs_root {shlex.quote(str(root))}' if a.out or a.smoke else '') if some else
+                   '; no seed of theirs finished, so there is nothing to render yet'), file=sys.stderr)
     tables = [t for t in tables if t not in held]
     with forward_interrupts() as interrupted:   # the rendering notebook is a run too: Ctrl-C / SIGTERM stop it the same way
         try: tables_run = render_tables(a.profile, root, tables) if tables else None

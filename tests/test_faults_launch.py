@@ -233,6 +233,21 @@ def test_a_table_whose_run_failed_or_is_stale_is_not_rendered(tmp_path, monkeypa
     assert 'not rendered: dahar_t1' in err and f'har-kit run tables -p profile quick -p tables dahar_t1 -p runs_root {tmp_path}' in err
 
 
+def test_a_table_none_of_whose_seeds_finished_gets_no_render_hint(tmp_path, monkeypatch, capsys):
+    "Every run failed: the summary no longer offers to render the tables 'from the seeds that finished' (there are none)."
+    import types
+    from har_kit import launch
+    from har_kit.reproduce import plan
+    runs = plan(['dahar_t1'], 'quick', 1, None, tmp_path)
+    monkeypatch.setattr(launch, 'execute', lambda runs, *a, **k: {
+        'done': [], 'skipped': [], 'interrupted': [], 'busy': [], 'failed': {r.name: 'cell 3 raised KitError: x' for r in runs}})
+    monkeypatch.setattr(launch, 'render_tables', lambda profile, root, tables: pytest.fail('nothing to render'))
+    a = types.SimpleNamespace(profile='quick', jobs=1, force=False, tables=None, out=str(tmp_path), smoke=False)
+    assert launch._run_here(a, runs, tmp_path, None) == 1
+    err = capsys.readouterr().err
+    assert 'not rendered: dahar_t1' in err and 'no seed of theirs finished' in err and 'har-kit run tables' not in err, err
+
+
 def test_param_diff_names_a_parameter_the_run_did_not_record():
     "A parameter the plan adds (absent from params.json) is a difference, like one the plan dropped; the device never is."
     from har_kit.reproduce import param_diff
