@@ -9,10 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .core import DATA_WARNINGS_ENV, KitError, UNSPECIFIED, data_root as kit_data_root   # `data_root` is a parameter here
-from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, clip_box, dataset_kind,
+from .formats import (DATASET_KINDS, IMAGE_SUFFIXES, LAYOUTS, MASK_DIR, PA100K_SPLITS, check_data_root, clip_box, dataset_kind, image_size,
                              mask_folder, csv_records, detect_layout, expand_splits, explicit_layout, image_file, image_problem, mask_path, mask_record_change,
                              read_mask_log, synth_target_meta, write_fixture)
 from .losses import pos_ratio
@@ -518,9 +517,8 @@ def _outside_boxes(samples):  # `Sample`s; those with a box are checked
     for s in samples:
         if s.box is None: continue
         if s.image not in sizes:
-            try:
-                with Image.open(s.image) as im: sizes[s.image] = im.size[::-1]   # (H, W), as `load_rgb` gives it
-            except Exception: sizes[s.image] = None                           # missing or unreadable: `require_images` says so
+            try: sizes[s.image] = image_size(s.image)
+            except KitError: sizes[s.image] = None   # missing or unreadable: `require_images` says so
         if sizes[s.image] is None: continue
         try: clip_box(s.box, sizes[s.image])
         except KitError: out.append(s)

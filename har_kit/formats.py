@@ -22,9 +22,9 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'default_mask_root', 'mask_home', 'mask_roots', 'mask_folder', 'masks_fingerprint', 'mask_path',
            'read_mask_log', 'log_box', 'mask_record_change', 'read_synth_meta', 'write_synth_meta', 'target_meta',
            'synth_target_meta', 'synthetic_set', 'clip_box', 'crop_box', 'box_mask', 'is_image', 'image_problem',
-           'exif_orientation', 'pil_rgb', 'load_rgb', 'printable', 'collect_images', 'check_images', 'save_image',
-           'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation', 'csv_records',
-           'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
+           'exif_orientation', 'pil_rgb', 'load_rgb', 'image_size', 'printable', 'collect_images', 'check_images',
+           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
+           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -473,6 +473,15 @@ def load_rgb(path,          # image file
     except KitError: raise
     except Image.DecompressionBombError as e: raise KitError(f'{path}: {_too_many_pixels(e)}') from None
     except Exception as e: raise KitError(f'{path}: cannot read image ({type(e).__name__}: {e}); replace the file or drop its samples') from None
+
+# %% ../nbs/02_formats.ipynb #c112
+def image_size(path):  # an image file
+    "(H, W) of an image file, read from its header; `KitError` naming the file when it cannot be read or has more pixels than PIL opens (as `load_rgb` says)."
+    try:
+        with Image.open(path) as im: return im.size[::-1]
+    except Image.DecompressionBombError as e: raise KitError(f'{path}: {_too_many_pixels(e)}') from None
+    except OSError as e:   # PIL.UnidentifiedImageError too
+        raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
 # %% ../nbs/02_formats.ipynb #c071
 _SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'II*\x00', b'MM\x00*')   # JPEG, PNG, GIF, TIFF

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch, torchvision
 from fastcore.basics import patch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.ops import box_iou
 
 from .core import KitError, atomic_path, get_device
-from .formats import _too_many_pixels, box_mask, clip_box, load_grey, load_rgb, mask_path
+from .formats import box_mask, clip_box, image_size, load_grey, load_rgb, mask_path
 
 # %% auto #0
-__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_targets', 'select_target', 'image_size', 'read_mask',
-           'write_mask', 'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource',
-           'DirectorySource', 'check_maskrcnn_weights', 'MaskRCNNSource', 'check_source', 'mask_source']
+__all__ = ['PERSON', 'MASKRCNN_ARCHS', 'MASK_SOURCES', 'TargetMask', 'select_targets', 'select_target', 'read_mask', 'write_mask',
+           'short_hash', 'sample_key', 'target_of', 'MaskSource', 'BoxSource', 'RendererSource', 'DirectorySource',
+           'check_maskrcnn_weights', 'MaskRCNNSource', 'check_source', 'mask_source']
 
 # %% ../nbs/20_mask_sources.ipynb #c008
 @dataclass
@@ -91,15 +91,6 @@ def select_target(target_box,        # the annotated (x, y, w, h) box, or None f
                   **match):          # min_iou, min_inside, mask_thresh as `select_targets` takes them
     "Pick the detected person that is the target, crop its mask to the box, binarize; fall back to the box (`select_targets` for one target)."
     return select_targets([target_box], size, det_boxes, det_masks, where=[where], **match)[0]
-
-# %% ../nbs/20_mask_sources.ipynb #c017
-def image_size(path):  # an image file
-    "(H, W) of an image file, read from its header; `KitError` naming the file when it cannot be read or has more pixels than PIL opens (as `load_rgb` says)."
-    try:
-        with Image.open(path) as im: return im.size[::-1]
-    except Image.DecompressionBombError as e: raise KitError(f'{path}: {_too_many_pixels(e)}') from None
-    except (OSError, UnidentifiedImageError) as e:
-        raise KitError(f'{path}: cannot read this image ({e}); replace the file or drop its samples') from None
 
 # %% ../nbs/20_mask_sources.ipynb #c019
 def read_mask(path,        # a mask PNG in any encoding `load_grey` reads; >= 128 counts as person

@@ -243,7 +243,7 @@ def test_unreadable_image_is_an_error_naming_it(wider, tmp_path):
 def test_image_over_pils_pixel_limit_is_an_error_naming_it(tmp_path, monkeypatch):
     "PIL's DecompressionBombError (over ~179 MP; a small MAX_IMAGE_PIXELS stands in) -> the KitError load_rgb gives, not a raw traceback."
     from har_kit.formats import load_rgb
-    from har_kit.mask_sources import image_size
+    from har_kit.formats import image_size
     Image.new('RGB', (300, 400)).save(tmp_path/'big.jpg')
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 20_000)
     with pytest.raises(KitError) as said: load_rgb(tmp_path/'big.jpg')
