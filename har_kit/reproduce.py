@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import KitError, available_cpus, outputs_root, shared_sample_root
+from .core import KitError, available_cpus, get_device, outputs_root, shared_sample_root
 from .formats import detect_layout
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
@@ -425,10 +425,8 @@ def run_planned(r: PlannedRun,   # the run
                         progress=False, threads=r.threads, force=force and bool(stale_params(r)), demos=False, data=r.data)
 
 def resolve_auto(device):  # a device name ('auto', 'cpu', 'cuda:1', ...)
-    "The device 'auto' stands for here ('cuda' where torch sees a GPU, else 'cpu', as `har_kit.core.get_device`); any other name as given."
-    if str(device) != 'auto': return str(device)
-    import torch   # here, not at the top: planning and the CLI stay light until a GPU is asked about
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
+    "The device 'auto' stands for here (`har_kit.core.get_device`: 'cuda' where torch sees a GPU, else 'cpu'); any other name as given."
+    return str(get_device('auto')) if str(device) == 'auto' else str(device)   # torch is imported only for 'auto'
 
 def default_jobs(runs,          # PlannedRuns (`plan`)
                  devices=None   # devices given on the command line (None: each run's own)
