@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import contextlib, datetime, glob, json, math, os, platform, random, shutil, subprocess, sys, tempfile
+import contextlib, datetime, glob, json, math, os, platform, random, shutil, signal, subprocess, sys, tempfile, threading
 from importlib import metadata
 from pathlib import Path
 
@@ -12,12 +12,12 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'PNG_METADATA', 'CPU_ENV', 'LATER_PARAMS', 'KitError', 'file_stamp',
-           'atomic_paths', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable', 'save_json', 'load_json',
-           'max_threads', 'available_cpus', 'kit_threads', 'torch_threads', 'seed_everything', 'get_device',
-           'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder', 'check_folder',
-           'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number', 'is_weights_file', 'outputs_root',
-           'data_root', 'cache_root', 'data_warnings_once', 'lean_jupyter_imports', 'run_dir', 'save_metrics',
-           'save_figure', 'env_info']
+           'stops_deferred', 'atomic_paths', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable',
+           'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads', 'torch_threads', 'seed_everything',
+           'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder',
+           'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number', 'is_weights_file',
+           'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'lean_jupyter_imports', 'run_dir',
+           'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -44,6 +44,20 @@ def _umask(): return _UMASK
 
 # %% ../nbs/00_core.ipynb #c014
 @contextlib.contextmanager
+def stops_deferred():
+    "Within, in the main thread: a Ctrl-C or SIGTERM waits until the block ends (files that land together; a block of milliseconds)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    got, held = [], (signal.SIGINT, signal.SIGTERM)   # the handlers, not a signal mask: any thread may take a process's signal
+    was = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        if was[s] is not None: signal.signal(s, lambda n, _: got.append(n))
+    try: yield
+    finally:
+        for s in held:
+            if was[s] is not None: signal.signal(s, was[s])
+        if got: os.kill(os.getpid(), got[0])   # the stop that came meanwhile, delivered now to the handler the process had
+
+@contextlib.contextmanager
 def atomic_paths(paths,      # final destinations, renamed onto in this order
                  sync=True): # sync every written file to disk before the first rename (False: files remade cheaply)
     "Yield temporary paths next to `paths`; when the block succeeds, sync them, then rename them onto `paths` back to back."
@@ -62,7 +76,8 @@ def atomic_paths(paths,      # final destinations, renamed onto in this order
                 fd = os.open(t, os.O_RDONLY)
                 try: os.fsync(fd)
                 finally: os.close(fd)
-        for t, p in zip(tmps, paths): os.replace(t, p)
+        with stops_deferred():   # renamed back to back: a stop between two renames would leave old and new files mixed
+            for t, p in zip(tmps, paths): os.replace(t, p)
     finally:
         for t in tmps:
             with contextlib.suppress(FileNotFoundError): os.unlink(t)

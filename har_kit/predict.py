@@ -4,14 +4,14 @@
 
 # %% ../nbs/81_predict.ipynb #c002
 from __future__ import annotations
-import argparse, contextlib, csv, io, json, math, numbers, os, re, shutil, signal, sys, threading, warnings
+import argparse, csv, io, json, math, numbers, os, re, shutil, sys, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .core import KitError, atomic_paths, check_writable, get_device, kit_threads, load_json, outputs_root, to_jsonable, torch_threads
+from .core import KitError, atomic_paths, check_writable, get_device, kit_threads, load_json, outputs_root, stops_deferred, to_jsonable, torch_threads
 import PIL.Image
 from PIL.Image import Image as PILImage
 from .formats import DATASET_KINDS, check_images, collect_images, crop_box, exif_orientation, load_rgb, pil_rgb, printable
@@ -413,26 +413,12 @@ def kit_figures(paths):  # image files
 
 STAGED = '.explain.staged'   # the sub-folder of --out that figures are made in, moved into explain/ once all are there
 
-@contextlib.contextmanager
-def _stops_deferred():
-    "Within, in the main thread: a Ctrl-C or SIGTERM waits until the block ends (a few file moves that land together)."
-    if threading.current_thread() is not threading.main_thread(): yield; return
-    got, held = [], (signal.SIGINT, signal.SIGTERM)   # the handlers, not a signal mask: any thread may take a process's signal
-    was = {s: signal.getsignal(s) for s in held}
-    for s in held:
-        if was[s] is not None: signal.signal(s, lambda n, _: got.append(n))
-    try: yield
-    finally:
-        for s in held:
-            if was[s] is not None: signal.signal(s, was[s])
-        if got: os.kill(os.getpid(), got[0])   # the stop that came meanwhile, delivered now to the command's own handler
-
 def land_outputs(records, predictor, out_dir,  # as `write_predictions`
                  staged=None,                  # the folder holding this run's figures (`explain`), or None
                  force=False):                 # replace an earlier run's outputs
     "Write the predictions, then replace an earlier run's figures (with `force`) by this run's: the folder ends holding one run's outputs (a stop waits for it)."
     out = Path(out_dir)
-    with _stops_deferred(): return _land(records, predictor, out, staged, force)
+    with stops_deferred(): return _land(records, predictor, out, staged, force)
 
 def _land(records, predictor, out, staged, force):  # as `land_outputs`
     paths = write_predictions(records, predictor, out)

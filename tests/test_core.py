@@ -103,3 +103,25 @@ def test_a_saved_figure_does_not_name_the_matplotlib_that_drew_it(tmp_path):
     assert b'Matplotlib' not in save_figure(fig, 'x.png', tmp_path).read_bytes()
     plt.close(fig)
     assert {'matplotlib', 'pandas', 'pillow'} <= set(env_info()['packages'])   # what drew the figures and read the tables: recorded
+
+
+def test_a_stop_while_atomic_paths_renames_waits_until_every_file_landed(tmp_path, monkeypatch):
+    "The files are renamed back to back; a Ctrl-C between two renames left old and new files mixed; now it is delivered after the last."
+    import os, signal, threading
+    import har_kit.core as C
+    assert threading.current_thread() is threading.main_thread()   # the signal must reach this test's handler
+    paths = [tmp_path/f'{k}.txt' for k in 'abc']
+    for p in paths: p.write_text('old')
+    real, renamed = os.replace, []
+    def replace(a, b):
+        real(a, b); renamed.append(b)
+        if len(renamed) == 1: os.kill(os.getpid(), signal.SIGINT)
+    def stop(signum, frame): raise KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, stop)
+    monkeypatch.setattr(C.os, 'replace', replace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with C.atomic_paths(paths, sync=False) as tmps:
+                for t in tmps: t.write_text('new')
+    finally: signal.signal(signal.SIGINT, old)
+    assert [p.read_text() for p in paths] == ['new'] * 3 and signal.getsignal(signal.SIGINT) is old
