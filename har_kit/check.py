@@ -276,7 +276,12 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     boxes, cut, n_boxes = _box_problems(data.samples, sizes)
     rep['images'].update(bad_boxes=len(boxes), cut_boxes=len(cut))
     if cut: rep['warnings'].append(_cut_warning(cut, n_boxes))
-    rep['errors'] += unreadable + boxes[:3] + ([f'... and {len(boxes) - 3} more boxes the loaders cannot crop'] if len(boxes) > 3 else [])
+    if boxes:   # `read_wider` drops these targets as it reads (`_outside_boxes`): a run goes on without them
+        rep['outside_boxes'] = boxes
+        rep['warnings'].append(f'{len(boxes)} target(s) have a box the loaders cannot crop, which the reader drops (runs train and '
+                               'score without them; fix the annotation to keep them): ' + '; '.join(boxes[:3])
+                               + (f'; and {len(boxes) - 3} more (--json lists them all, under outside_boxes)' if len(boxes) > 3 else ''))
+    rep['errors'] += unreadable
     masks = _mask_problems(data, sizes, rep)
     rep['errors'] += masks[:3] + ([f'... and {len(masks) - 3} more masks training with masks cannot read'] if len(masks) > 3 else [])
     images = Path(rep['layout'].get('images', ''))

@@ -427,7 +427,7 @@ def test_empty_test_split_fails_data_check_for_csv_and_with_warnings_shown_once(
 
 
 def test_data_check_lists_three_bad_boxes_and_counts_the_rest(tmp_path):
-    "Boxes the loaders cannot crop: the first three named, the rest counted, the total in the report."
+    "Boxes the loaders cannot crop (the reader drops them): a warning naming the first three and counting the rest, every one in the report."
     root = write_fixture('wider', tmp_path/'w', n_images=6, layout='root-level', masks=False)
     n = 0
     for f in root.glob('*.json'):
@@ -436,8 +436,23 @@ def test_data_check_lists_three_bad_boxes_and_counts_the_rest(tmp_path):
             for t in im['targets']: t['bbox'] = [-500, -500, 10, 10]; n += 1
         f.write_text(json.dumps(j))
     rep = check_dataset('wider', root, progress=False)
-    assert n > 4 and rep['images']['bad_boxes'] == n
-    assert sum('lies entirely outside' in e for e in rep['errors']) == 3 and f'... and {n - 3} more boxes' in rep['errors'][-1]
+    assert n > 4 and rep['images']['bad_boxes'] == n and len(rep['outside_boxes']) == n
+    assert all('lies entirely outside' in b for b in rep['outside_boxes']) and not any('lies entirely outside' in e for e in rep['errors'])
+    w = [w for w in rep['warnings'] if w.startswith(f'{n} target(s) have a box the loaders cannot crop, which the reader drops')]
+    assert len(w) == 1 and w[0].count('lies entirely outside') == 3 and f'and {n - 3} more (--json lists them all' in w[0], rep['warnings']
+    assert json.loads(json.dumps(rep))['outside_boxes'] == rep['outside_boxes']
+
+
+def test_data_check_passes_a_wider_set_the_reader_reads_by_dropping_outside_boxes(tmp_path):
+    "A box wholly outside its scene: the reader drops the target with a warning and a run goes on, so data check warns, not fails."
+    root = write_fixture('wider', tmp_path/'w', n_images=6, layout='root-level', masks=False)
+    f = sorted(root.glob('*.json'))[0]
+    j = json.loads(f.read_text()); j['images'][0]['targets'][0]['bbox'] = [-500, -500, 10, 10]; f.write_text(json.dumps(j))
+    with pytest.warns(UserWarning, match=r'dropped 1 target\(s\) whose bbox lies wholly outside its image.*data check wider ROOT` lists them all'):
+        data = read_wider(root)
+    rep = check_dataset('wider', root, progress=False)
+    assert rep['ok'] and rep['errors'] == [] and len(rep['outside_boxes']) == 1, rep
+    assert len(data.samples) == sum(rep['splits'].values()) - 1
 
 
 def test_sample_labels_given_as_a_list_are_an_int8_array_or_refused_by_name():
