@@ -511,16 +511,15 @@ def batch_copy(nb,    # the notebook
 
 # %% ../nbs/70_runs.ipynb #c042
 class LiveLines:
-    "A stream with `\\r` progress bars as whole lines: each line's final state, and a bar's last state once it is cleared."
+    "A stream with `\\r` progress bars as whole lines, as a terminal shows them at the end: each line's final state; a bar that clears itself leaves nothing."
     def __init__(self): self.cur, self.last = '', ''
 
     def feed(self, text: str) -> str:  # the next chunk of the stream
         "The lines `text` completes (bars collapsed), ready to write."
         out = []
         for piece in re.split(r'(\r|\n)', text):
-            if piece == '\r':                          # a redraw follows: keep the state, or emit a cleared bar's last one
-                if self.cur.strip(): self.last = self.cur
-                elif self.last: out.append(self.last + '\n'); self.last = ''
+            if piece == '\r':                          # a redraw follows: keep the state; a blank one clears the bar
+                self.last = self.cur if self.cur.strip() else ''
                 self.cur = ''
             elif piece == '\n':
                 out.append((self.cur if self.cur.strip() or not self.last else self.last) + '\n'); self.cur = self.last = ''
@@ -528,7 +527,7 @@ class LiveLines:
         return ''.join(out)
 
     def close(self) -> str:
-        "What is left of an unfinished line, as a last line ('' when nothing is)."
+        "What is left of an unfinished line or a bar still drawn (where a stopped run was), as a last line ('' when nothing is)."
         rest = self.cur if self.cur.strip() else self.last
         self.cur = self.last = ''
         return rest + '\n' if rest.strip() else ''

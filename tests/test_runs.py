@@ -393,3 +393,21 @@ def test_a_section_whose_config_reads_masks_names_a_mask_folder():
     from har_kit.run_params import RUN_CONFIGS, config_class, notebook_parameters
     readers = {s for s in RUN_CONFIGS if hasattr(config_class(s), 'reads_masks')}
     assert readers and readers <= {s for s in RUN_CONFIGS if 'mask_dir' in notebook_parameters(s)}, readers
+
+
+def test_the_log_keeps_no_stale_state_of_a_bar_that_cleared_itself():
+    "tqdm's leave=False bar (the engine's epochs) leaves nothing in log.txt or a piped output: its last drawn state is whatever the rate limit let through."
+    import io
+    from tqdm import tqdm
+    from har_kit.runs import Echo
+    log, shown = io.StringIO(), io.StringIO()
+    err = Echo(log, shown)
+    for epoch in (1, 2):
+        with tqdm(range(40), desc=f'epoch {epoch}/2', leave=False, file=err, mininterval=3600, miniters=1) as bar:
+            for _ in bar: pass   # a rate limit of an hour: the last state drawn is 0%, a finished epoch
+        err.write(f'epoch {epoch}/2: loss 0.{epoch}\n')
+    for x in tqdm(range(3), desc='masks', file=err, mininterval=0): pass   # a bar that stays ends at its last state
+    err.write('stopped  40%|'); err.close()
+    want = 'epoch 1/2: loss 0.1\nepoch 2/2: loss 0.2\nmasks: 100%|'
+    for out in (log.getvalue(), shown.getvalue()):
+        assert out.startswith(want) and out.count('\n') == 4 and out.endswith('stopped  40%|\n') and 'epoch 1/2:   0%' not in out, out
