@@ -8,7 +8,7 @@ import dataclasses, math, time, warnings
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
 
 from .core import KitError
 
@@ -169,7 +169,9 @@ def fit_latent_factors(r,                   # (N, M) phase-1 confidences in [0, 
                             'for every training image: their factors only learn "absent" (r_hat ~ 0); fc_2 still sees their l_specific')
     objective = lambda: eq18_objective(r, als.user_factors, als.item_factors, p_t, alpha, regularization)
     with threadpool_limits(1, 'blas'):
-        from implicit.cpu.als import AlternatingLeastSquares
+        with warnings.catch_warnings():   # implicit imports `tqdm.auto`, which asks for ipywidgets in a kernel: not ours to need
+            warnings.filterwarnings('ignore', 'IProgress not found', TqdmWarning)
+            from implicit.cpu.als import AlternatingLeastSquares
         als = AlternatingLeastSquares(factors=int(factors), regularization=regularization, alpha=1.0, dtype=dtype,
                                       use_cg=use_cg, iterations=int(iterations) if tol is None else 1,
                                       num_threads=num_threads, random_state=seed)

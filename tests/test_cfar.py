@@ -383,3 +383,22 @@ def test_a_malformed_cfar_state_or_an_infinite_logit_is_named():
     bad = l.copy(); bad[2, 1] = np.inf
     with pytest.raises(KitError, match=r'l_specific\[2, 1\] is inf'): fitted.logits(bad)
     with pytest.raises(KitError, match='phase-1 logits must be finite'): cfar.fit_cfar(bad, y, cfar.CFARConfig(num_threads=1, epochs=1, n_prototypes=3, tol=None, iterations=3))
+
+
+def test_fitting_in_a_kernel_without_ipywidgets_says_nothing_of_ipywidgets():
+    "implicit imports tqdm.auto, which warns 'IProgress not found ... update jupyter and ipywidgets' in a kernel: a run's log is not the place for it."
+    import os, subprocess, sys
+    code = ('import sys, types, warnings\n'
+            'class ZMQInteractiveShell: pass\n'
+            'ip = types.ModuleType("IPython"); ip.get_ipython = lambda: ZMQInteractiveShell()\n'
+            'sys.modules["IPython"], sys.modules["ipykernel.zmqshell"] = ip, types.ModuleType("zmqshell")   # a Jupyter kernel, as tqdm.autonotebook sees one\n'
+            'import tqdm.notebook; tqdm.notebook.IProgress = None   # ... without ipywidgets\n'
+            'import numpy as np\n'
+            'from tqdm import TqdmWarning\n'
+            'from har_kit.cfar_factors import fit_latent_factors\n'
+            'with warnings.catch_warnings(record=True) as w:\n'
+            '    warnings.simplefilter("always")\n'
+            '    fit_latent_factors(np.random.default_rng(0).random((20, 4)), factors=2, iterations=2, num_threads=1)\n'
+            'print([str(x.message)[:60] for x in w if issubclass(x.category, TqdmWarning)])\n')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0 and r.stdout.strip() == '[]', (r.stdout, r.stderr[-2000:])
