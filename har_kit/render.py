@@ -14,10 +14,10 @@ from .results import SEED_DIR, Printed, Table, column_source, row_runs, run_dirs
 from .run_params import code_changed, find_notebook, notebook_record
 
 # %% auto #0
-__all__ = ['PRIOR_ONLY', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'older_code', 'left_out',
-           'paper_partition', 'error_cell', 'seed_exclusion', 'collect', 'paired_interval', 'table_rows', 'header',
-           'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex', 'render', 'plot_ablation', 'plot_per_attribute',
-           'plot_distraction', 'plot_curves']
+__all__ = ['PRIOR_ONLY', 'MADE_WITH', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'older_code',
+           'made_with', 'left_out', 'paper_partition', 'error_cell', 'seed_exclusion', 'collect', 'paired_interval',
+           'table_rows', 'header', 'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex', 'render', 'plot_ablation',
+           'plot_per_attribute', 'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
 def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
@@ -46,18 +46,34 @@ def constant_share(entry: dict   # one variant's metrics.json entry (`har_kit.me
     vals = [v for v in (pa or {}).values() if isinstance(v, (int, float))]
     return sum(abs(v - 0.5) < 1e-9 for v in vals) / len(vals) if vals else None
 
-def _summary(vals, seeds, constant=None, dirs=None, left_out=None, older=None, mode=None, excluded=None):  # per-seed lists (`_by_mode`); the selection mode; the seeds left out [(seed, why, dir)]
+def _summary(vals, seeds, constant=None, dirs=None, left_out=None, older=None, made=None, mode=None, excluded=None):  # per-seed lists (`_by_mode`); the selection mode; the seeds left out [(seed, why, dir)]
     return dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None, n=len(vals),
                 values=vals, seeds=seeds, mode=mode, constant=constant or [], dirs=dirs or [], left_out=left_out or [],
-                older_code=[(s, f) for s, f in zip(seeds, older or []) if f], excluded=excluded or [])
+                older_code=[(s, f) for s, f in zip(seeds, older or []) if f], made_with=list(zip(seeds, made or [])),
+                excluded=excluded or [])
 
 def older_code(d,        # a finished seed directory
                notebook  # its section notebook ('campar')
               ) -> str | None:
-    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.run_params.code_changed`), else None: such a run is kept as it is (`har-kit run` only warns), so its row says so."
-    try: was, now = load_json(Path(d)/'env.json').get('notebook'), _record_now(notebook)
+    "The notebook's file name when the seed was made by earlier code of it (its env.json's notebook record, `har_kit.run_params.code_changed`), with ', in part (resumed)' when only a session before a resume ran it; else None: such a run is kept as it is (`har-kit run` only warns), so its row says so."
+    try: env, now = load_json(Path(d)/'env.json'), _record_now(notebook)
     except (KitError, OSError, AttributeError): return None
-    return now['file'] if isinstance(was, dict) and code_changed(was, now) else None
+    changed = lambda e: isinstance(e, dict) and isinstance(e.get('notebook'), dict) and code_changed(e['notebook'], now)
+    if changed(env): return now['file']
+    return f"{now['file']}, in part (resumed)" if any(map(changed, env.get('sessions') or [])) else None
+
+MADE_WITH = ('commit', 'har_kit', 'torch', 'torchvision')   # what `made_with` records of each session of a seed
+
+def made_with(d  # a finished seed directory
+             ) -> tuple:
+    "What made the seed, from its env.json: per session (those before a resume first), the kit's git commit (`+dirty` when har_kit/ or nbs/ had changes; a wheel's build commit) and the versions of har_kit, torch and torchvision, as tuples in `MADE_WITH`'s order; () without a record."
+    try: env = load_json(Path(d)/'env.json')
+    except (KitError, OSError): return ()
+    def one(e):
+        c = e.get('git_commit') or (e.get('built_from') if isinstance(e.get('built_from'), dict) else {}).get('git_commit')
+        pk = e.get('packages') if isinstance(e.get('packages'), dict) else {}
+        return ((c[:7] + ('+dirty' if e.get('git_dirty') else '')) if isinstance(c, str) else None, *(pk.get(p) for p in MADE_WITH[1:]))
+    return tuple(dict.fromkeys(one(e) for e in [*(env.get('sessions') or []), env] if isinstance(e, dict)))
 
 def _record_now(notebook):  # the notebook's record now (`notebook_record`), hashed again only when its file changed
     p = _notebook_file(notebook); st = p.stat()
@@ -104,7 +120,7 @@ def seed_exclusion(d,           # a seed directory of a run (`run_dirs`), or one
         except KitError: return 'failed: failed.json unreadable'
     return 'not done'
 
-def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out], [older code])}, [(seed dir, why left out, its mode or None)]) of one column's run; scale: 100 (percent) or 1
+def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], [seed dir names], [constant shares], [seed dirs], [left out], [older code], [made with])}, [(seed dir, why left out, its mode or None)]) of one column's run; scale: 100 (percent) or 1
     by_mode, excluded, done = {}, [], []
     for d in dirs:
         why = seed_exclusion(d, held)
@@ -124,9 +140,9 @@ def _by_mode(table, spec_, path, dirs, scale, held=None):  # ({mode: ([values], 
             # runs over several partitions where the paper ran one: the paper's partition alone is a mode of its own
             extra = [f'{mode}, partition {one} alone'] if one is not None and len(parts[mode]) > 1 and params[d].get('partition') == one else []
             for m in [mode] + extra:
-                vs, ss, cs, ds, lo, oc = by_mode.setdefault(m, ([], [], [], [], [], []))
+                vs, ss, cs, ds, lo, oc, mw = by_mode.setdefault(m, ([], [], [], [], [], [], []))
                 vs.append(float(v) * scale); ss.append(d.name); cs.append(constant_share(entry)); ds.append(d); lo.append(left_out(entry, path))
-                oc.append(older_code(d, spec_.notebook))
+                oc.append(older_code(d, spec_.notebook)); mw.append(made_with(d))
         else:   # finished, but this number is not in it: named, never silently dropped
             got = ('NaN' if math.isnan(v) else str(v)) if isinstance(v, float) else 'no value' if v is None or isinstance(v, (dict, list)) else repr(v)   # NaN, inf, -inf
             excluded.append((d, f'done, but {path} of {spec_.variant!r} in its metrics.json is {got}' if got != 'no value'
@@ -247,7 +263,7 @@ def _prior_note(cells, keys, columns):  # ' — label prior only ...' for the co
     if not flagged: return ''
     numeric = [c for c, k in zip(columns, keys) if 'n' in cells.get(k, {})]
     where = '' if len(flagged) == len(numeric) else ' in ' + ', '.join(c for c, _ in flagged)
-    return f' — label prior only{where}: {min(x for _, x in flagged):.0%}+ of attributes constant in every seed'
+    return f' — label prior only{where}: {math.floor(100 * min(x for _, x in flagged) + 1e-9)}%+ of attributes constant in every seed'   # a floor, never rounded up
 
 def _excluded_note(cells, keys, columns):  # ' — left out: seed2 (stale: ...)' for the seeds the row's numbers were made without
     where = {}   # (seed, why) -> the columns that left it out
@@ -264,6 +280,19 @@ def _older_code_note(cells, keys, columns):  # ' — seed0: 1 of 3 seeds made by
         for seed, f in cells.get(k, {}).get('older_code') or []: by.setdefault(f, dict())[seed] = None
     return ''.join(f' — {", ".join(ss)}: {len(ss)} of {max(ns)} seeds made by earlier code of {f} (its code cells changed since; '
                    'kept as done; move a seed\'s folder aside and har-kit reproduce makes it again)' for f, ss in by.items())
+
+def _made_with_note(cells, keys, columns):  # ' — made by other code: seed0 (commit 1234567), seed1, seed2 (commit 89abcde)' when the row's seeds differ
+    made = {}   # seed -> what made it, over the row's cells (a seed is one run folder per column)
+    for k in keys:
+        for seed, m in cells.get(k, {}).get('made_with') or []: made.setdefault((k[1], seed), m)
+    if len(set(made.values())) < 2: return ''
+    every = [s for m in made.values() for s in m]
+    vary = [i for i in range(len(MADE_WITH)) if len({s[i] for s in every}) > 1]
+    text = lambda m: ' then '.join(dict.fromkeys(', '.join(f'{MADE_WITH[i]} {s[i]}' for i in vary) for s in m)) or 'no record'
+    groups = {}
+    for (_, seed), m in made.items(): groups.setdefault(text(m), dict())[seed] = None
+    return (' — made by different code: ' + '; '.join(f'{", ".join(ss)} ({t})' for t, ss in groups.items())
+            + ' (one code for all: move the others\' folders aside and har-kit reproduce makes them again)')
 
 def table_rows(table: Table,   # the table
                cells: dict     # its cells (`collect`)
@@ -303,7 +332,7 @@ def table_rows(table: Table,   # the table
                 tag += ", mean over partitions: the kit's addition"   # partitions where its paper ran the one shown alone below
             out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
                         f'{_left_out_note(cells, keys, table.columns)}{_excluded_note(cells, keys, table.columns)}'
-                        f'{_older_code_note(cells, keys, table.columns)}', *ours])
+                        f'{_older_code_note(cells, keys, table.columns)}{_made_with_note(cells, keys, table.columns)}', *ours])
             if reported: out.append([row.label, f'Δ{tag}', *delta])
             if any(vs): out.append([row.label, f'Δ vs {labels.get(table.compare[row.key], "baseline")}{tag} (paired 95% CI)', *vs])
     return out
@@ -335,12 +364,14 @@ def to_markdown(table,      # the table
     lines += ['| ' + ' | '.join(str(x) for x in r) + ' |' for r in rows]
     return '\n'.join(lines) + '\n' + ('\n' + card_markdown(card) if card else '')
 
-def to_csv(table,  # the table
-           rows    # its rendered rows (`table_rows`)
+def to_csv(table,         # the table
+           rows,          # its rendered rows (`table_rows`)
+           profile=None   # the profile rendered: a last column `profile` on every line (None: no such column)
           ):
-    "CSV rendering (one line per rendered row)."
+    "CSV rendering (one line per rendered row), each line saying the profile its numbers come from (the file alone does not say whether they are the synthetic benchmark's or the real datasets')."
     buf = io.StringIO(); w = csv.writer(buf)
-    w.writerow(['method', 'kind', *table.columns]); w.writerows(rows)
+    tail = [] if profile is None else [profile]
+    w.writerow(['method', 'kind', *table.columns] + (['profile'] if tail else [])); w.writerows(list(r) + tail for r in rows)
     return buf.getvalue()
 
 def to_seeds_csv(table,  # the table
@@ -402,7 +433,7 @@ def render(table: Table,       # the table
     root = Path(root or outputs_root())
     cells, card = collect(table, root, profile, held), protocol_card(table, root, profile, held)
     rows = table_rows(table, cells)
-    texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows),
+    texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows, profile),
              'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
     out = Path(out or root/profile/'tables')
     with atomic_paths([out/f'{table.key}.{ext}' for ext in texts], sync=False) as tmps:   # one table's files land together:
@@ -439,7 +470,11 @@ def plot_ablation(table: Table,   # an ablation table
     ours = [cells.get((r.key, column), {}).get('mean', float('nan')) for r in rows]
     err = [cells.get((r.key, column), {}).get('sd') or 0 for r in rows]
     ax.bar([x - 0.2 for x in xs], rep, 0.4, label='reported', color='#bbbbbb')
-    ax.bar([x + 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label=OURS_LABEL, color='#3b75af')
+    modes = sorted({cells[(r.key, column)]['mode'] for r in rows if cells.get((r.key, column), {}).get('mode')}, key=mode_order)
+    every = {k[2] for k in cells if len(k) == 3 and k[1] == column and k[2] != 'missing'}   # the table's lines of this column
+    said = [m + (', mean over partitions' if any(o.startswith(f'{m}, partition ') for o in every) else '') for m in modes]
+    label = f'ours, {" / ".join(said)} (mean ± sd over seeds; the table has the other lines)' if len(every) > len(modes) else OURS_LABEL
+    ax.bar([x + 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label=label, color='#3b75af')
     ax.set_xticks(list(xs)); ax.set_xticklabels([_tick_label(r.label) for r in rows], fontsize=7)
     ax.set_ylabel(ylabel or f'{column} (%)'); ax.set_title(f'{table.source}: {column}'); _legend_above_bars(ax)
     return ax

@@ -452,7 +452,7 @@ SELECTION = _selection_table(
 SELECTION_REAL = _selection_table(
     'epoch_selection_real', 'Selection optimism on real PA100K images: test metrics at the epoch chosen on val and on test (%)',
     _selection_rows('pa100k', 'real PA100K', epochs=SELECTION_SAMPLE_EPOCHS), ('sample',),
-    f"{SELECTION_SAMPLE_EPOCHS} epochs; the sample's val split (200 images)")
+    f"{SELECTION_SAMPLE_EPOCHS} epochs; the sample's val split (200 images in the bundled sample)")
 
 # %% ../nbs/61_results.ipynb #c058
 def _specific_rows(variant, name):  # the Table 2 run's variant (Eq. 12), then the same variant trained with the public formula

@@ -526,6 +526,42 @@ def test_a_seed_made_by_earlier_notebook_code_is_said_in_its_row_and_seeds_csv(t
     assert kinds == {('seed0', 'ours, made by earlier code of 41_campar.ipynb'), ('seed1', 'ours'), ('seed2', 'ours')}, kinds
 
 
+
+def test_a_seed_resumed_across_a_change_of_its_notebook_code_is_said_in_part(tmp_path):
+    "A resume overwrites env.json's notebook record with today's; the session before it, which ran the earlier code, is in `sessions`."
+    import csv, io
+    from har_kit.run_params import find_notebook, notebook_record
+    now, spec = notebook_record(find_notebook('campar')), CAMPAR_T2.rows[0].run
+    old = {**now, 'run_code_sha256': 'f' * 64, 'code_sha256': 'f' * 64, 'sha256': 'e' * 64}
+    for s in range(3):
+        d = _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))
+        save_json({'notebook': now, **({'sessions': [{'notebook': old}]} if s == 2 else {})}, d/'env.json')
+    out = render(CAMPAR_T2, tmp_path, 'quick')
+    line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
+    assert '(n=3) — seed2: 1 of 3 seeds made by earlier code of 41_campar.ipynb, in part (resumed)' in line, line
+    kinds = {(r['seed'], r['kind']) for r in csv.DictReader(io.StringIO(out['texts']['seeds.csv'])) if r['method'] == 'baseline'}
+    assert ('seed2', 'ours, made by earlier code of 41_campar.ipynb, in part (resumed)') in kinds, kinds
+
+
+def test_seeds_made_by_different_kit_code_are_named_in_their_row(tmp_path):
+    "Seeds of one row made at other commits of the kit, from a changed tree, or with another torch: the row names what made each, only what differs."
+    spec = CAMPAR_T2.rows[0].run
+    made = [dict(git_commit='a' * 40, git_dirty=False), dict(git_commit='a' * 40, git_dirty=False), dict(git_commit='b' * 40, git_dirty=True)]
+    for s, m in enumerate(made):
+        d = _run(tmp_path, 'quick', spec, s, QUICK, _entry_t2(0.5 + s / 100))
+        save_json({**m, 'packages': {'har_kit': '0.1.0', 'torch': '2.14.1', 'torchvision': '0.29.1'}}, d/'env.json')
+    line = lambda: next(l for l in render(CAMPAR_T2, tmp_path, 'quick')['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
+    assert ' — made by different code: seed0, seed1 (commit aaaaaaa); seed2 (commit bbbbbbb+dirty) (one code for all: ' in line(), line()
+    d = _run(tmp_path, 'quick', spec, 2, QUICK, _entry_t2(0.52))   # seed2 made again, with the same commit, by another torch
+    save_json({**made[0], 'packages': {'har_kit': '0.1.0', 'torch': '2.9.0', 'torchvision': '0.29.1'}}, d/'env.json')
+    assert ' — made by different code: seed0, seed1 (torch 2.14.1); seed2 (torch 2.9.0) (' in line(), line()
+    save_json({**made[0], 'packages': {'har_kit': '0.1.0', 'torch': '2.14.1', 'torchvision': '0.29.1'},   # resumed from a session
+               'sessions': [{**made[0], 'git_commit': 'c' * 40, 'packages': {'torch': '2.14.1', 'torchvision': '0.29.1', 'har_kit': '0.1.0'}}]}, d/'env.json')
+    assert ' — made by different code: seed0, seed1 (commit aaaaaaa); seed2 (commit ccccccc then commit aaaaaaa) (' in line(), line()
+    save_json({**made[0], 'packages': {'har_kit': '0.1.0', 'torch': '2.14.1', 'torchvision': '0.29.1'}}, d/'env.json')
+    assert 'made by different code' not in line(), line()   # one code: nothing said
+
+
 def _wider(v): return metrics_entry('wider', {'full': dict(mAP=v, ap=[]), 'crops': dict(mAP=v - 0.01, ap=[])}, [])
 
 
@@ -588,3 +624,26 @@ def test_a_tables_files_land_together(tmp_path):
     (out/'campar_t2.tex').rmdir()
     render(CAMPAR_T2, tmp_path, 'quick', out=out)
     assert all((out/n).read_bytes() != before[n] for n in ('campar_t2.md', 'campar_t2.csv', 'campar_t2.tex'))   # then the new set lands whole
+
+
+def test_a_figure_of_a_table_with_several_selections_says_which_it_plots_and_a_csv_says_its_profile(tmp_path):
+    "Bars beside the paper's say which selection (and mean over partitions) they show when the table has other lines; every CSV line names its profile."
+    import matplotlib; matplotlib.use('Agg')
+    from har_kit.render import OURS_LABEL, collect, plot_ablation
+    from har_kit.results import Paper, Row, Table, spec
+    sr = spec('campar', 'baseline', dataset='rap')
+    t = Table('t', 'T', 'test', ['R'], [Row('b', 'baseline', {'R': 70.0}, metrics={'R': (sr, 'full.mA')})],
+              protocol={'campar': {'partition': Paper([0], 'code', datasets=('rap',), across=True)}})
+    def put(name, params, mA):
+        d = run_path(tmp_path, 'paper', sr, 0).parent/name
+        save_json({**sr.kwargs, **QUICK, 'seed': 0, **params}, d/'params.json')
+        save_json({'baseline': _ped(mA, 0.6)}, d/'metrics.json'); (d/'done').write_text('')
+    for part in range(2): put(f'seed0-part{part}-selheldout', dict(partition=part, selection='held-out'), 0.70 + part / 100)
+    ax = plot_ablation(t, collect(t, tmp_path, 'paper'), 'R')
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[1] == 'ours, held-out, mean over partitions (mean ± sd over seeds; the table has the other lines)', labels
+    lines = render(t, tmp_path, 'paper')['texts']['csv'].splitlines()
+    assert lines[0].endswith(',profile') and all(l.endswith(',paper') for l in lines[1:]), lines
+    for part in range(2): (run_path(tmp_path, 'paper', sr, 0).parent/f'seed0-part{part}-selheldout'/'done').unlink()
+    put('seed0', {}, 0.7)   # one selection only: the plain label
+    assert plot_ablation(t, collect(t, tmp_path, 'paper'), 'R').get_legend_handles_labels()[1][1] == OURS_LABEL
