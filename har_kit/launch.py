@@ -21,9 +21,9 @@ from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts,
 
 # %% auto #0
 __all__ = ['SACCT_LAG', 'STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_state', 'job_queued', 'run_states',
-           'make_status', 'save_status', 'todays_runs', 'format_status', 'read_status_runs', 'check_out', 'status_cli',
-           'held_back', 'TablesConfig', 'profile_values', 'config_cli', 'wait_for', 'RunJob', 'RenderJob',
-           'make_executor', 'submit', 'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
+           'make_status', 'save_status', 'data_roots_now', 'todays_runs', 'format_status', 'read_status_runs',
+           'check_out', 'status_cli', 'held_back', 'TablesConfig', 'profile_values', 'config_cli', 'wait_for', 'RunJob',
+           'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -167,7 +167,7 @@ def save_status(runs,         # PlannedRuns, or the run records of a saved statu
     return st
 
 # %% ../nbs/72_launch.ipynb #c023
-from .reproduce import SMOKE   # what a --smoke plan changes
+from .reproduce import SMOKE, planned_data   # what a --smoke plan changes; what a run reads that no parameter names
 
 def _saved_options(saved,   # the run records of a saved status.json (`read_status_runs`)
                    profile   # the profile
@@ -177,27 +177,46 @@ def _saved_options(saved,   # the run records of a saved status.json (`read_stat
                                        for r in saved if r.get('notebook') in SMOKE and isinstance(r.get('params'), dict))
     return dict(smoke=smoke)
 
+def _spec_of(d): return str(Path(d).parent) if Path(d).name.startswith('seed') else str(d)   # a seed's run folder (`spec_dir`); a run without seeds: itself
+
+def data_roots_now(recs,      # {run directory: plan record} of runs whose plan names no dataset root
+                   saved=()   # the run records of the profile's saved status.json (`read_status_runs`)
+                  ) -> dict:
+    "{(run folder, dataset): root} the runs of a run folder (`spec_dir`: its seeds, partitions, selections) are judged by: the one the saved status planned there (the `--data-root` the last reproduce of their tables was given), else the one they all recorded; none where they recorded several."
+    planned, ran = {}, {}
+    for r in saved:
+        p = r.get('params') if isinstance(r.get('params'), dict) else {}
+        if p.get('dataset') and p.get('data_root'): planned.setdefault((_spec_of(r['out_dir']), p['dataset']), set()).add(str(p['data_root']))
+    for d, r in recs.items():
+        given = read_record(Path(d)/'params.json') or {}
+        if given.get('data_root'): ran.setdefault((_spec_of(d), r['params'].get('dataset')), set()).add(str(given['data_root']))
+    return {k: next(iter(v)) for k, v in {**ran, **planned}.items() if len(v) == 1}
+
 def todays_runs(keys,           # table keys
                 profile: str,   # the profile
                 root,           # outputs root the runs lie under
                 saved=()        # the run records of the profile's saved status.json (`read_status_runs`), if any
                ) -> tuple:
-    "({run directory: today's plan record}, {seed directories found}) for the tables' runs: the seeds the saved status planned and those found, `--smoke` as it was (`_saved_options`), each real dataset's root as its run recorded it; a saved record's state and error of a run refused before its directory existed are kept."
+    "({run directory: today's plan record}, {seed directories found}) for the tables' runs: the seeds the saved status planned and those found, `--smoke` as it was (`_saved_options`), each real dataset's root as `data_roots_now` finds it, with what its annotation holds now; a saved record's state and error of a run refused before its directory existed are kept."
     root = Path(root).absolute()
     specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
     if not specs: return {}, set()
     bases = {str(spec_dir(root, profile, s)) for s in specs.values()}
     found = {str(d.absolute()) for s in specs.values() for d in run_dirs(root, profile, s)}
     opts = _saved_options(saved, profile)   # only what the saved plan knows and today's cannot: its parameters are not used
-    saved = {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
+    everything, saved = saved, {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
     n = max([int(m.group(1)) + 1 for d in found | set(saved) if (m := re.match(r'seed(\d+)', Path(d).name))] or [1])
     fresh = {str(r.out_dir): r.record() for r in plan(keys, profile, seeds=n, root=root, **opts)}   # every seed directory found has its plan
     expected = set(saved) or {str(r.out_dir) for r in plan(keys, profile, root=root, **opts)}   # what a missing seed is missing from
     recs = {d: r for d, r in fresh.items() if d in expected or d in found}
-    for d, r in recs.items():   # a real dataset's root: the one the run recorded, when the plan has none
-        given = read_record(Path(d)/'params.json') or {}
-        if 'data_root' in r['params'] and r['params']['data_root'] is None and given.get('data_root'):
-            r = recs[d] = {**r, 'params': {**r['params'], 'data_root': given['data_root']}}
+    unrooted = {d: r for d, r in recs.items() if 'data_root' in r['params'] and r['params']['data_root'] is None}
+    roots, data = data_roots_now(unrooted, everything), {}
+    for d, r in recs.items():   # a real dataset's root where the plan has none (`data_roots_now`), and its annotation now
+        if (got := roots.get((_spec_of(d), r['params'].get('dataset')))) and d in unrooted:
+            params = {**r['params'], 'data_root': got}
+            key = (params['dataset'], got)
+            if key not in data: data[key] = planned_data(profile, params)   # read once per dataset root
+            r = recs[d] = {**r, 'params': params, 'data': data[key]}
         if d in saved: recs[d] = {**r, **{k: saved[d][k] for k in ('state', 'error') if k in saved[d]}}
     return recs, found
 

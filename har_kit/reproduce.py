@@ -371,19 +371,21 @@ def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
 
 def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
                 ) -> list:
-    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'params.json edited' when it no longer matches the parameters the notebook executed (the digest `done` recorded); 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets; 'inputs' when a path it reads (the CAM-PAR run a CFAR run reads) holds something else now; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
+    "Parameters whose value in the run directory's `params.json` differs from the plan's (the device aside); 'params.json edited' when it no longer matches the parameters the notebook executed (the digest `done` recorded); 'data_root unplanned' when it read a dataset root and the plan names none; 'default NAME' when a default the run did not override has changed since (its env.json); 'data' when its env.json records other synthetic sets or another annotation than the plan's root holds now; 'inputs' when a path it reads (the CAM-PAR run a CFAR run reads) holds something else now; 'threads' when it ran with another thread count than planned; 'metrics schema' when an older kit wrote its metrics.json; 'FILE unreadable' for a record that is not a JSON object."
     rec = r.record() if isinstance(r, PlannedRun) else r
     out, nb, planned, data = Path(rec['out_dir']), rec['notebook'], rec['params'], rec.get('data') or {}
     p, e, m = out/'params.json', out/'env.json', out/'metrics.json'
     diff = []
     given = read_record(p, diff)
     if given is not None: diff += param_diff(given, planned)
+    if 'data_root' in diff and 'data_root' in planned and planned['data_root'] is None:   # no root given or found for its dataset
+        diff[diff.index('data_root')] = 'data_root unplanned'
     if given is not None and (ran := done_digest(out)) and ran != params_digest(given):   # what `har-kit run` refuses (`check_run_params`)
         diff.append('params.json edited')
     given, env = given or {}, read_record(e, diff)
     diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
     now = {**data, **input_fingerprints(planned), **mask_input(nb, planned)}   # the planned synthetic sets, what the other paths it reads hold now, the masks
-    if now and env is not None:   # compared on what the plan knows (a real dataset's annotation is checked when the run starts)
+    if now and env is not None:   # compared on what the plan knows (a real dataset's annotation where it names the root; one it cannot read is not compared)
         changed = data_changes({'data': {k: v for k, v in (env.get('data') or {}).items() if k in now}}, now)
         if any(not c.startswith('input ') for c in changed): diff.append('data')     # e.g. the quick sets were resized
         if any(c.startswith('input ') and not c.startswith('input masks') for c in changed): diff.append('inputs')   # e.g. the CAM-PAR run CFAR reads was trained again
@@ -398,6 +400,7 @@ _READ = {'data': 'data: its dataset or synthetic set', 'inputs': 'inputs: a run 
          'masks': 'masks: the person masks it reads were made, made again or edited'}
 _OTHER = {'threads': 'it ran with another intra-op thread count than planned (threads)',
           'metrics schema': 'an earlier kit wrote its metrics.json (metrics schema)',
+          'data_root unplanned': 'no --data-root names the copy of its dataset to judge it by (data_root)',
           'params.json edited': 'params.json edited after the run (it no longer matches the parameters the notebook executed, '
                                 'whose digest done recorded)'}
 

@@ -746,3 +746,63 @@ def test_a_failed_run_is_said_when_it_fails_not_after_the_last(tmp_path, capsys)
     status = execute(runs, jobs=1, run_fn=run_fn, progress=True)
     assert list(status['failed']) == ['r0'] and status['done'] == ['r1']
     assert f"FAILED r0: run {tmp_path/'r0'} failed: cell 3 raised KitError: labels.csv line 4: label 2 (log: {tmp_path/'r0'/'log.txt'})" in seen[0], seen
+
+
+def _rap_copy(base, name, annotation):
+    "A RAP root in the published layout (images folder, annotation file) whose annotation holds `annotation`: its path."
+    r = base/name
+    (r/'RAP_dataset').mkdir(parents=True); (r/'RAP_dataset'/'x.png').write_bytes(b'x')
+    (r/'RAP_annotation.mat').write_bytes(annotation)
+    return str(r)
+
+
+def _campar_seeds(root, data_root, seeds, n=3):
+    "campar_t2's paper-profile CAM-PAR runs of `seeds`, finished on `data_root` (their env.json recording its annotation)."
+    runs = [r for r in plan(['campar_t2'], 'paper', root=root, data_roots={'rap': data_root}, seeds=n) if r.spec.notebook == 'campar']
+    for r in runs:
+        if r.seed in seeds: _finish(r)
+    return runs
+
+
+def test_the_tables_hold_back_a_seed_trained_on_another_copy_of_the_dataset(tmp_path):
+    "reproduce rap=A (seed 0), then rap=B (--seeds 3): one row pooled A's seed 0 with B's; it is left out, named, and status agrees."
+    import csv, io
+    from har_kit.launch import held_back
+    from har_kit.render import render
+    from har_kit.results import CAMPAR_T2
+    out = tmp_path/'out'
+    A, B = _rap_copy(tmp_path, 'rapA', b'annotation version 1'), _rap_copy(tmp_path, 'rapB', b'annotation version 2 (relabelled)')
+    save_status(_campar_seeds(out, A, {0}, n=1), out, 'paper')
+    runs = _campar_seeds(out, B, {1, 2})
+    save_status(plan(['campar_t2'], 'paper', root=out, data_roots={'rap': B}, seeds=3), out, 'paper')   # the last reproduce's plan
+    held = held_back(['campar_t2'], 'paper', out)
+    camp = {r.out_dir: r for r in runs}
+    assert {d for d in held if d in camp} == {d for d, r in camp.items() if r.seed == 0}, held
+    assert all(held[d].startswith('stale: finished with other parameters (data_root)') for d in held if d in camp), held
+    md = render(CAMPAR_T2, out, 'paper', held=held)['texts']
+    line = next(l for l in md['md'].splitlines() if l.startswith('| baseline | ours, held-out, mean over partitions'))
+    assert '(n=10) — left out: seed0-part0-selheldout' in line and 'stale: finished with other parameters (data_root)' in line, line
+    gone = {r['seed'] for r in csv.DictReader(io.StringIO(md['seeds.csv'])) if r['kind'].startswith('left out: stale')}
+    assert gone and all(s.startswith('seed0-') for s in gone), gone
+    assert status_cli(['--profile', 'paper', '--out', str(out), '--json']) == 0
+    # copy B's annotation edited in place since seeds 1 and 2 trained on it: they are stale too, as reproduce judges them
+    Path(B, 'RAP_annotation.mat').write_bytes(b'annotation version 3')
+    held = held_back(['campar_t2'], 'paper', out)
+    assert set(camp) <= set(held), sorted(set(camp) - set(held))
+    assert {held[d] for d, r in camp.items() if r.seed > 0} == {'stale: what it reads changed since it finished (data: its dataset or synthetic set)'}
+
+
+def test_without_a_saved_plan_seeds_on_two_copies_of_a_dataset_are_none_of_them_current(tmp_path):
+    "No status.json: the seeds' own roots were taken as the plan's, so copies A and B averaged; one root: current until edited in place."
+    from har_kit.launch import held_back
+    out = tmp_path/'out'
+    A, B = _rap_copy(tmp_path, 'rapA', b'annotation version 1'), _rap_copy(tmp_path, 'rapB', b'annotation version 2')
+    runs = _campar_seeds(out, A, {0, 1, 2})
+    assert not set(held_back(['campar_t2'], 'paper', out)) & {r.out_dir for r in runs}   # one copy: every seed current
+    Path(A, 'RAP_annotation.mat').write_bytes(b'annotation version 1, edited')
+    held = held_back(['campar_t2'], 'paper', out)
+    assert {held.get(r.out_dir) for r in runs} == {'stale: what it reads changed since it finished (data: its dataset or synthetic set)'}
+    Path(A, 'RAP_annotation.mat').write_bytes(b'annotation version 1')
+    _campar_seeds(out, B, {1, 2})   # seeds 1 and 2 made again on copy B: which copy counts, no plan says
+    held = held_back(['campar_t2'], 'paper', out)
+    assert {held.get(r.out_dir) for r in runs} == {'stale: no --data-root names the copy of its dataset to judge it by (data_root)'}
