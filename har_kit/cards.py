@@ -15,8 +15,8 @@ from .run_params import notebook_parameters
 
 # %% auto #0
 __all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'FIXED_CHOICES', 'UNUSED', 'SYNTHETIC_CHOICES', 'notebook_defaults', 'run_params',
-           'selection_of', 'mode_order', 'choice_reason', 'fixed_choices', 'table_runs', 'protocol_card',
-           'card_markdown', 'card_notes', 'card_csv']
+           'selection_of', 'mode_order', 'choice_reason', 'fixed_choices', 'dataset_copies', 'table_runs',
+           'protocol_card', 'card_markdown', 'card_notes', 'card_csv']
 
 # %% ../nbs/62_cards.ipynb #c006
 SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
@@ -294,6 +294,24 @@ def _show(v):
 
 def _n_runs(n): return f'{n} run' + ('' if n == 1 else 's')   # '1 run', '3 runs'
 
+def _annotation(run_dir):  # a seed directory
+    "The annotation fingerprint its env.json recorded, short: each file's SHA-256 to 8 digits, '+'-joined; None without one."
+    try: fp = (load_json(Path(run_dir)/'env.json').get('data') or {}).get('annotation')
+    except (KitError, AttributeError): return None   # none recorded, or not a record
+    return '+'.join(str(fp[k])[:8] for k in sorted(fp)) if isinstance(fp, dict) and fp else None
+
+def dataset_copies(runs   # (seed directory, effective parameters) of runs (`table_runs`)
+                  ) -> str:
+    "The copies of a real dataset the runs read, where they read more than one: 'rap: /a (annotation 1a2b3c4d, 1 run), /b (...)'; '' where each dataset is one root and one annotation."
+    seen = {}
+    for d, p in runs:
+        if p.get('data_root'): seen.setdefault(p.get('dataset'), Counter())[(str(p['data_root']), _annotation(d))] += 1
+    return '; '.join(f'{ds}: ' + ', '.join(f'{root} (annotation {fp or "not recorded"}, {_n_runs(n)})' for (root, fp), n in c.most_common())
+                     for ds, c in sorted(seen.items(), key=lambda x: str(x[0])) if len(c) > 1)
+
+_COPIES = ('its runs read different copies of the dataset (another root, or an annotation edited between runs), so its '
+           'numbers do not come from one dataset: rerun them on one (har-kit reproduce --data-root NAME=PATH --force)')
+
 def _values(counter):
     if len(counter) == 1: return _show(next(iter(counter)))
     return ', '.join(f'{_show(v)} ({_n_runs(n)})' for v, n in counter.most_common())
@@ -352,11 +370,14 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
             want = _norm(param, paper.value)
             if paper.across: same, shown = set(got) == set(want), _show(sorted(got))
             else: same, shown = set(got) == {want}, _values(got)
+            copies = dataset_copies([(d, p) for n, _, d, p, _ in runs if n == nb and (not paper.datasets or p.get('dataset') in paper.datasets)]
+                                    ) if param == 'data_root' else ''
+            if copies: same, shown = False, copies   # two copies of a dataset never hide behind one word ('real')
             if not same:
                 rows_differ = not paper.across and any(_norm(param, p[param], profile) != want for p in by_row if param in p)
                 others_differ = paper.across or any(_norm(param, p[param], profile) != want for p in others)
                 why = ([f"this table's rows set it ({_n_runs(len(by_row))}; see the rows, columns or conventions)"] if rows_differ else []) + \
-                      ([choice_reason(profile, nb, param)] if others_differ else [])
+                      ([choice_reason(profile, nb, param)] if others_differ else []) + ([_COPIES] if copies else [])
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason='; '.join(why)))
     data = {}

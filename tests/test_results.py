@@ -647,3 +647,26 @@ def test_a_figure_of_a_table_with_several_selections_says_which_it_plots_and_a_c
     for part in range(2): (run_path(tmp_path, 'paper', sr, 0).parent/f'seed0-part{part}-selheldout'/'done').unlink()
     put('seed0', {}, 0.7)   # one selection only: the plain label
     assert plot_ablation(t, collect(t, tmp_path, 'paper'), 'R').get_legend_handles_labels()[1][1] == OURS_LABEL
+
+
+def test_the_protocol_card_names_each_copy_of_a_real_dataset_the_runs_read(tmp_path):
+    "Three seeds of one paper row, one on RAP copy A: the card said nothing (both roots were 'real'); it lists each root and annotation."
+    from har_kit.cards import card_csv, card_markdown, protocol_card
+    spec = CAMPAR_T2.rows[0].run
+    def seed(s, root, sha):
+        d = _run(tmp_path, 'paper', spec, s, dict(QUICK, dataset='rap', data_root=root), _ped(0.7, 0.6))
+        save_json({'data': {'annotation': {'RAP_annotation.mat': sha}}}, d/'env.json')
+    for s in (1, 2): seed(s, '/data/rapB', 'b' * 64)
+    assert 'data_root' not in {d['parameter'] for d in protocol_card(CAMPAR_T2, tmp_path, 'paper')['differs']}   # one copy: the paper's 'real'
+    seed(0, '/data/rapA', 'a' * 64)
+    card = protocol_card(CAMPAR_T2, tmp_path, 'paper')
+    (root,) = [d for d in card['differs'] if d['parameter'] == 'data_root']
+    assert root['runs'] == 'rap: /data/rapB (annotation bbbbbbbb, 2 runs), /data/rapA (annotation aaaaaaaa, 1 run)', root
+    assert root['reason'].startswith('its runs read different copies of the dataset'), root
+    assert '/data/rapA (annotation aaaaaaaa, 1 run)' in card_markdown(card) and '/data/rapA' in card_csv(card)
+    seed(0, '/data/rapB', 'c' * 64)   # the same root, its annotation edited between the runs
+    (root,) = [d for d in protocol_card(CAMPAR_T2, tmp_path, 'paper')['differs'] if d['parameter'] == 'data_root']
+    assert root['runs'] == 'rap: /data/rapB (annotation bbbbbbbb, 2 runs), /data/rapB (annotation cccccccc, 1 run)', root
+    # a seed held back from the numbers is off the card too: the card describes the runs the numbers come from
+    held = {run_path(tmp_path, 'paper', spec, 0): 'stale: what it reads changed since it finished'}
+    assert 'data_root' not in {d['parameter'] for d in protocol_card(CAMPAR_T2, tmp_path, 'paper', held=held)['differs']}
