@@ -14,9 +14,9 @@ from .results import Table, row_runs, run_dirs
 from .run_params import notebook_parameters
 
 # %% auto #0
-__all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'FIXED_CHOICES', 'UNUSED', 'SYNTHETIC_CHOICES', 'notebook_defaults', 'run_params',
-           'selection_of', 'mode_order', 'choice_reason', 'fixed_choices', 'dataset_copies', 'table_runs',
-           'protocol_card', 'card_markdown', 'card_notes', 'card_csv']
+__all__ = ['SELECTION_MODES', 'CHOICE_REASONS', 'SMOKE_REASON', 'FIXED_CHOICES', 'UNUSED', 'SYNTHETIC_CHOICES',
+           'notebook_defaults', 'run_params', 'selection_of', 'mode_order', 'choice_reason', 'fixed_choices',
+           'dataset_copies', 'table_runs', 'protocol_card', 'card_markdown', 'card_notes', 'card_csv']
 
 # %% ../nbs/62_cards.ipynb #c006
 SELECTION_MODES = {'[15]': '[15] (epoch of best test-split mA: selected on test)',
@@ -103,6 +103,9 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         'optimizer': 'from scratch: Adam with one rate for every layer',
         'train_splits': 'the sample keeps its val split for epoch selection', **_CPU_CAMPAR},
 }
+
+SMOKE_REASON = ("the smoke rehearsal (`har-kit reproduce --profile paper --smoke`): every paper run at toy sizes on CPU, "
+                "which checks that the route runs, not what it scores")
 
 def choice_reason(profile: str,    # the profile
                   notebook: str,   # the section notebook
@@ -341,7 +344,8 @@ def table_runs(table: Table,       # the table
 def protocol_card(table: Table,    # the table, with its declared `protocol`
                   root=None,       # outputs root (None: `outputs_root()`)
                   profile='quick', # the profile whose runs to compare
-                  held=None        # {run directory: why}: runs held back from the numbers (stale, failed, ...), left off the card too
+                  held=None,       # {run directory: why}: runs held back from the numbers (stale, failed, ...), left off the card too
+                  smoke=None       # {notebook: {parameter: value}} a smoke rehearsal changes (`har_kit.reproduce.SMOKE`) when these runs are one
                  ) -> dict:
     "The table's runs against its declared protocol: {'runs', 'done', 'differs': [...], 'open': [...], 'unchecked': [...], 'header'}."
     out = {Path(d).absolute() for d in held or {}}
@@ -377,7 +381,8 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
                 rows_differ = not paper.across and any(_norm(param, p[param], profile) != want for p in by_row if param in p)
                 others_differ = paper.across or any(_norm(param, p[param], profile) != want for p in others)
                 why = ([f"this table's rows set it ({_n_runs(len(by_row))}; see the rows, columns or conventions)"] if rows_differ else []) + \
-                      ([choice_reason(profile, nb, param)] if others_differ else []) + ([_COPIES] if copies else [])
+                      ([SMOKE_REASON if param in (smoke or {}).get(nb, {}) else choice_reason(profile, nb, param)] if others_differ else []) + \
+                      ([_COPIES] if copies else [])
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason='; '.join(why)))
     data = {}

@@ -21,9 +21,10 @@ from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts,
 
 # %% auto #0
 __all__ = ['SACCT_LAG', 'STATES', 'LAUNCHER_OPTIONS', 'status_path', 'job_file', 'job_state', 'job_queued', 'run_states',
-           'make_status', 'save_status', 'data_roots_now', 'todays_runs', 'format_status', 'read_status_runs',
-           'check_out', 'status_cli', 'held_back', 'TablesConfig', 'profile_values', 'config_cli', 'wait_for', 'RunJob',
-           'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'check_launcher_options', 'reproduce_parser', 'cli']
+           'make_status', 'save_status', 'saved_smoke', 'data_roots_now', 'todays_runs', 'format_status',
+           'read_status_runs', 'check_out', 'status_cli', 'held_back', 'TablesConfig', 'profile_values', 'config_cli',
+           'wait_for', 'RunJob', 'RenderJob', 'make_executor', 'submit', 'describe_jobs', 'check_launcher_options',
+           'reproduce_parser', 'cli']
 
 # %% ../nbs/72_launch.ipynb #c006
 def status_path(root,     # outputs root
@@ -176,6 +177,14 @@ def _saved_options(saved,   # the run records of a saved status.json (`read_stat
     smoke = profile == 'paper' and any(2*sum(r['params'].get(k) == v for k, v in SMOKE[r['notebook']].items()) > len(SMOKE[r['notebook']])
                                        for r in saved if r.get('notebook') in SMOKE and isinstance(r.get('params'), dict))
     return dict(smoke=smoke)
+
+def saved_smoke(profile: str,  # the profile
+                root            # outputs root the runs lie under
+               ) -> bool:
+    "Whether the profile's saved plan under `root` (its status.json) is a `--smoke` rehearsal (`_saved_options`): its tables say so."
+    path = status_path(Path(root), profile)
+    try: return path.exists() and _saved_options(read_status_runs(path), profile)['smoke']
+    except KitError: return False   # an unreadable status: `held_back` plans afresh, as here
 
 def _spec_of(d): return str(Path(d).parent) if Path(d).name.startswith('seed') else str(d)   # a seed's run folder (`spec_dir`); a run without seeds: itself
 

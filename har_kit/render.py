@@ -230,6 +230,9 @@ PROFILE_NOTES = {
              'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s: only the orderings are.',
     'sample': 'the real PA100K sample (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), from-scratch weights: far below the paper by design.',
     'paper': 'the real datasets with the papers\' backbones, inputs and schedules.',
+    'paper (smoke)': 'a smoke rehearsal of the paper profile (`har-kit reproduce --profile paper --smoke`): every paper run at '
+                     'toy sizes on CPU, on the data it was given, which checks that the route runs. These numbers are NOT '
+                     'comparable with the paper\'s.',
 }
 
 def _fmt(v, digits=2):
@@ -427,14 +430,15 @@ def render(table: Table,       # the table
            root=None,          # outputs root (None: `outputs_root()`)
            profile='quick',    # the profile whose runs to render
            out=None,           # folder for the files (None: <root>/<profile>/tables)
-           held=None           # {run directory: why it gives no number}: runs held back as not current (`har_kit.launch.held_back`)
+           held=None,          # {run directory: why it gives no number}: runs held back as not current (`har_kit.launch.held_back`)
+           smoke=None          # {notebook: {parameter: value}} of a smoke rehearsal (`har_kit.reproduce.SMOKE`) when the runs are one: said as `paper (smoke)`
           ) -> dict:
     "Render one table (and its protocol card) as Markdown, CSV and LaTeX, and its seeds' numbers as CSV, into `out` (default <root>/<profile>/tables)."
     root = Path(root or outputs_root())
-    cells, card = collect(table, root, profile, held), protocol_card(table, root, profile, held)
-    rows = table_rows(table, cells)
-    texts = {'md': to_markdown(table, rows, profile, card), 'csv': to_csv(table, rows, profile),
-             'tex': to_latex(table, rows, profile, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
+    cells, card = collect(table, root, profile, held), protocol_card(table, root, profile, held, smoke)
+    rows, shown = table_rows(table, cells), f'{profile} (smoke)' if smoke else profile   # the profile as the files say it
+    texts = {'md': to_markdown(table, rows, shown, card), 'csv': to_csv(table, rows, shown),
+             'tex': to_latex(table, rows, shown, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
     out = Path(out or root/profile/'tables')
     with atomic_paths([out/f'{table.key}.{ext}' for ext in texts], sync=False) as tmps:   # one table's files land together:
         for tmp, text in zip(tmps, texts.values()):                                      # a stop or an error part way leaves

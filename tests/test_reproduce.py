@@ -806,3 +806,26 @@ def test_without_a_saved_plan_seeds_on_two_copies_of_a_dataset_are_none_of_them_
     _campar_seeds(out, B, {1, 2})   # seeds 1 and 2 made again on copy B: which copy counts, no plan says
     held = held_back(['campar_t2'], 'paper', out)
     assert {held.get(r.out_dir) for r in runs} == {'stale: no --data-root names the copy of its dataset to judge it by (data_root)'}
+
+
+def test_a_smoke_rehearsals_tables_say_so_and_why_their_sizes_differ(tmp_path):
+    "A --smoke plan's tables (resnet-tiny, 1 epoch, CPU) were captioned as the paper protocol, their card's sizes 'no reason declared'."
+    from har_kit.cards import SMOKE_REASON
+    from har_kit.launch import held_back, saved_smoke
+    from har_kit.render import render
+    from har_kit.results import CAMPAR_T2
+    rap = tmp_path/'RAP'; rap.mkdir()
+    root = tmp_path/'smoke'
+    runs = plan(['campar_t2'], 'paper', root=root, smoke=True, data_roots={'rap': str(rap)})
+    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
+    save_status(runs, root, 'paper')
+    assert saved_smoke('paper', root) and not saved_smoke('paper', tmp_path/'elsewhere')
+    out = render(CAMPAR_T2, root, 'paper', held=held_back(['campar_t2'], 'paper', root), smoke=SMOKE)
+    head = out['texts']['md'].splitlines()[2]
+    assert head.split('. Profile ', 1)[1].startswith('`paper (smoke)`: a smoke rehearsal of the paper profile') and 'NOT comparable' in head, head
+    why = {d['parameter']: d['reason'] for d in out['card']['differs']}
+    assert why['arch'] == SMOKE_REASON and why['epochs'] == SMOKE_REASON, why
+    assert all(l.endswith(',paper (smoke)') for l in out['texts']['csv'].splitlines()[1:])
+    runs = plan(['campar_t2'], 'quick', root=tmp_path/'q')
+    save_status(runs, tmp_path/'q', 'quick')
+    assert not saved_smoke('quick', tmp_path/'q')
