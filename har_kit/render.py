@@ -328,12 +328,16 @@ def table_rows(table: Table,   # the table
                 why = cells.get((base, c, 'missing'), 'not in this mode')   # no Δ: the baseline's reason, in full once per line
                 vs.append(f'baseline: {why if why.split(":")[0] not in bsaid else why.split(":")[0]}'); bsaid.add(why.split(':')[0])
             keys = [((row.key, c) if mode is None else (row.key, c, mode)) for c in table.columns]
-            ns = sorted({cells[k]['n'] for k in keys if 'n' in cells.get(k, {})})
+            ncol = {c: cells[k]['n'] for c, k in zip(table.columns, keys) if 'n' in cells.get(k, {})}
+            less = {}   # the columns with fewer seeds than the line's most, by their count
+            for c, n in ncol.items():
+                if n < max(ncol.values()): less.setdefault(n, []).append(c)
+            count = f'n={max(ncol.values(), default=0)}' + ''.join(f'; {", ".join(cs)}: n={n}' for n, cs in sorted(less.items()))
             tag = f', {"[15]: selected on test" + mode[4:] if mode.startswith("[15]") else mode}' if len(all_modes) > 1 and mode else ''
             alone = lambda c: any(len(k) == 3 and k[:2] == (row.key, c) and k[2].startswith(f'{mode}, partition ') for k in cells)
             if mode and any((row.key, c, mode) in cells and alone(c) for c in table.columns):   # a column of this line averages
                 tag += ", mean over partitions: the kit's addition"   # partitions where its paper ran the one shown alone below
-            out.append([row.label, f'ours{tag} (n={"/".join(map(str, ns)) or 0}){_prior_note(cells, keys, table.columns)}'
+            out.append([row.label, f'ours{tag} ({count}){_prior_note(cells, keys, table.columns)}'
                         f'{_left_out_note(cells, keys, table.columns)}{_excluded_note(cells, keys, table.columns)}'
                         f'{_older_code_note(cells, keys, table.columns)}{_made_with_note(cells, keys, table.columns)}', *ours])
             if reported: out.append([row.label, f'Δ{tag}', *delta])

@@ -450,7 +450,7 @@ def test_a_finished_seed_without_the_columns_number_is_named(tmp_path):
     out = render(CAMPAR_T2, tmp_path, 'quick')
     assert out['cells'][('baseline', 'mA')]['n'] == 1 and out['cells'][('baseline', 'F1')]['n'] == 4
     line = next(l for l in out['texts']['md'].splitlines() if l.startswith('| baseline | ours'))
-    assert ("(n=1/4) — left out of mA: seed1, seed2 (done, but no full.mA of 'baseline' in its metrics.json)"
+    assert ("(n=4; mA: n=1) — left out of mA: seed1, seed2 (done, but no full.mA of 'baseline' in its metrics.json)"
             " — left out of mA: seed3 (done, but full.mA of 'baseline' in its metrics.json is NaN)") in line, line
 
 
@@ -495,7 +495,7 @@ def test_the_kits_addition_is_said_only_on_lines_that_average_partitions(tmp_pat
     for part in range(5): put(sr, f'seed0-part{part}-selheldout', dict(partition=part, selection='held-out'), 0.70 + part / 100)
     put(sr, 'seed0-part0-sel15', dict(partition=0, selection='[15]'), 0.75)
     lines = [l for l in render(t, tmp_path, 'paper')['texts']['md'].splitlines() if l.startswith('| baseline | ours')]
-    assert "| baseline | ours, held-out, mean over partitions: the kit's addition (n=1/5) | 80.00 | 72.00 ± 1.58 |" in lines, lines
+    assert "| baseline | ours, held-out, mean over partitions: the kit's addition (n=5; P: n=1) | 80.00 | 72.00 ± 1.58 |" in lines, lines
     assert '| baseline | ours, [15]: selected on test (n=1) | 80.00 | not in this mode |' in lines, lines
     assert '| baseline | ours, [15]: selected on test, partition 0 alone (n=1) | not in this mode | 75.00 |' in lines, lines
 
