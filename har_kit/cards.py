@@ -92,7 +92,7 @@ CHOICE_REASONS = {  # profile -> parameter (or 'notebook.parameter') -> why that
         **_CPU_CAMPAR},
     'paper': {
         'amp': "GPU speed: bf16 autocast (weights, optimiser state and the losses stay in fp32); CAM-PAR's baseline step "
-               "compiled on an H200: 1.65x TF32's (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "
+               "compiled on an H200 measured 1.65x its TF32 row, a single timing window (outputs/reference/gpu); the papers trained in fp32; `har-kit run NOTEBOOK -p amp none` "
                "runs one without autocast (torch's defaults: matrix products in fp32, cuDNN convolutions in TF32)"},
     'sample': {
         'data_root': 'a sample of PA100K (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), not the full set',

@@ -227,7 +227,9 @@ def _fmt_interval(iv, n=None):  # `paired_interval`'s result; the seeds the two 
 # %% ../nbs/63_render.ipynb #c014
 PROFILE_NOTES = {
     'quick': 'synthetic stand-in data (the kit\'s procedural WIDER-/RAP-/PA100K-like benchmark), small backbone and '
-             'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s: only the orderings are.',
+             'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s, nor are their orderings a test of '
+             'the paper\'s claims: they show the route runs end to end, and an ordering holds for these data only where its '
+             'paired interval excludes 0.',
     'sample': 'the real PA100K sample (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), from-scratch weights: far below the paper by design.',
     'paper': 'the real datasets with the papers\' backbones, inputs and schedules.',
     'paper (smoke)': 'a smoke rehearsal of the paper profile (`har-kit reproduce --profile paper --smoke`): every paper run at '
