@@ -2,7 +2,7 @@
 # Regenerate outputs/reference/ from nothing at the current commit: the quick tables and studies, the real PA-100K
 # sample's table, a model trained on the sample with its predictions and explanation (README's "Use" commands), and
 # the synthetic benchmark's difficulty check.
-# Runs take about 65 min on 2 cores (outputs/reference/timing.md has each make target's time). Afterwards compare with `git diff --stat outputs/reference` and say in the commit which
+# Runs take about 35 min on 2 cores, `make test` included (outputs/reference/timing.md has each make target's time). Afterwards compare with `git diff --stat outputs/reference` and say in the commit which
 # files moved and why (env.json and the use run's wall-clock seconds always do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +34,6 @@ cp outputs/sample/tables/real_pa100k.* outputs/sample/tables/epoch_selection_rea
 cp outputs/use/campar/metrics.json outputs/use/campar/env.json $R/use/
 cp outputs/use/predictions/predictions.csv $R/use/
 cp outputs/use/predictions/explain/0000_001995.png $R/use/explain_001995.png 2>/dev/null || cp "$(ls outputs/use/predictions/explain/*001995*.png | head -1)" $R/use/explain_001995.png
+$T make test       # the test command's time, at this commit, in the README's table
 python3 tools/timing.py && python3 tools/nb2readme.py
 git status --short -- $R README.md

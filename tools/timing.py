@@ -108,15 +108,18 @@ def from_gpu():
     steps = ', '.join(f"{k} {v['seconds']:.0f} s" for k, v in r.get('sections', r.get('steps', {})).items() if v.get('seconds') is not None)
     runs = r.get('merged_from') or [r]   # a merged report: its leases' own durations, not the hours between them
     secs = sum(_ts(m['finished']) - _ts(m['started']) for m in runs if m.get('started') and m.get('finished'))
-    what = f"{len(runs)} runs merged, each start to finish" if r.get('merged_from') else 'start to finish'
+    what = (f"{len(runs)} partial runs (leases) merged, their durations summed (a section can run in several)" if r.get('merged_from')
+            else 'start to finish')
+    made = f"torch {env.get('torch')}, torchvision {env.get('torchvision')}"   # the device image's, not the pins
     rows = [dict(job='`make gpu-check`', seconds=round(secs, 1),
-                 detail=f"{what}; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
+                 detail=f"{what}; {made}; {steps}", machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs",
                  date=_day(_ts(r['started'])), source='outputs/reference/gpu/report.json')]
     p = r.get('projection') or {}
     if p.get('total_hours'):   # the paper profile priced from the check's measured rates: a projection, said so
         rows.append(dict(job='`har-kit reproduce --profile paper` (projected, not run)', seconds=round(p['total_hours'] * 3600, 1),
                          detail=f"{p['total_hours']:.1f} GPU-hours as configured: {len(p.get('runs') or [])} runs, one seed, priced "
-                                "from the GPU check's measured rates (its report says how)",
+                                f"from the GPU check's measured rates ({made}, the rates of the commits its report names: its "
+                                "note says how and what they leave out)",
                          machine=f"{env.get('name', r.get('mode'))}, {env.get('cpus')} CPUs", date=_day(_ts(r['finished'])),
                          source='outputs/reference/gpu/report.json'))
     return rows
