@@ -237,3 +237,17 @@ def test_prefetch_what_if_takes_only_a_checked_faster_rate():
     assert hours(dict(row, e2e_prefetch_images_per_s=500.), True) == hours(row, False)                 # slower: the plain rate
     assert gpu_check._measured_prefetch(dict(configured={'x': row})) and not gpu_check._measured_prefetch(
         dict(configured={'x': dict(row, prefetch_same_batches=False)}))
+
+
+def test_a_record_section_comes_whole_from_one_lease(tmp_path):
+    "The pipeline section is one record, not rows: a lease that measured it replaces an earlier 'not in this checkout' whole (a merge kept that note beside the rates)."
+    import json
+    env = dict(name='NVIDIA H200')
+    none = dict(available=False, note='har_kit.pipeline is not in this checkout')
+    measured = dict(available=True, device='cuda', campar_images_per_s=12580.7)
+    leases = [dict(started=f'2026-01-0{i}T00:00:00+0000', finished=f'2026-01-0{i}T00:05:00+0000', environment=env, pipeline=p)
+              for i, p in ((1, none), (2, measured), (3, none))]
+    paths = [tmp_path/f'{i}.json' for i in range(3)]
+    for p, r in zip(paths, leases): p.write_text(json.dumps(r))
+    assert gpu_check.merge(paths[:2], tmp_path/'a')['pipeline'] == measured
+    assert gpu_check.merge(paths, tmp_path/'b')['pipeline'] == measured   # a later lease without it keeps the measured record

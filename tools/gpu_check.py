@@ -1077,7 +1077,10 @@ def merge(paths, out, note=None):
                     old = rep['sections'].get(n, {})
                     if old and ('state' in sec or 'skipped' in sec): continue   # cut short or not started here: the earlier lease's stands
                     rep['sections'][n] = {**sec, 'seconds': round(old.get('seconds', 0) + sec.get('seconds', 0), 2)} if 'seconds' in sec else sec
-            elif (isinstance(v, dict) and isinstance(rep.get(k), dict) and k != 'environment'):
+            elif isinstance(v, dict) and isinstance(rep.get(k), dict) and not all(isinstance(x, dict) for x in v.values()):
+                if _has_rate(v) or not _has_rate(rep[k]): rep[k] = v   # one record, not rows (the environment, the pipeline):
+                                                                        # a lease's whole, never two leases' keys mixed
+            elif isinstance(v, dict) and isinstance(rep.get(k), dict):
                 for rk, rv in v.items():   # a row this lease skipped or failed keeps the earlier lease's measured one
                     old = rep[k].get(rk)
                     if isinstance(old, dict) and _has_rate(old) and isinstance(rv, dict) and not _has_rate(rv): continue
