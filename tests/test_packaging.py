@@ -64,6 +64,12 @@ def test_readme_numbers_are_the_codes():
     readme, t = (ROOT/'README.md').read_text(), param_table()['paper']
     assert f"count, {t['baseline']:.2f}M, matches" in readme and f"({t['dahar']:.2f}M parameters against" in readme, t
     assert f"holds {round(sum(P.cache_gb(*v) for v in P.PAPER_CACHES.values()))} GB in all" in readme
+    from har_kit.campar import mca_params
+    from har_kit.results import CAMPAR_T1
+    m = {k: f'{v / 1e6:.2f}M' for k, v in mca_params().items()}   # MCA at ResNet-50: the public code's (c5 BN only) and Fig. 5's
+    assert f"rate ({m['latent 128, c5 BN only']} parameters, as the public code)" in readme, m
+    said = ' '.join(str(p.source) for p in CAMPAR_T1.protocol.get('campar', {}).values())
+    assert f"({m['latent 128, c5 BN only']} at ResNet-50; a 1x1 conv on c5 too, as Fig. 5 draws it: {m['latent 128, c5 projected']})" in said, said
 
 
 def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
