@@ -13,11 +13,11 @@ import numpy as np
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'PNG_METADATA', 'CPU_ENV', 'LATER_PARAMS', 'KitError', 'file_stamp',
            'stops_deferred', 'atomic_paths', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable',
-           'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads', 'torch_threads', 'seed_everything',
-           'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared', 'env_folder',
-           'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number', 'is_weights_file',
-           'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'lean_jupyter_imports', 'run_dir',
-           'save_metrics', 'save_figure', 'env_info']
+           'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads', 'torch_threads', 'evaluating',
+           'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared',
+           'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number',
+           'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'lean_jupyter_imports',
+           'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -195,7 +195,17 @@ def torch_threads(n: int | None):  # intra-op threads inside the block (None: le
     try: yield
     finally: torch.set_num_threads(before)
 
-# %% ../nbs/00_core.ipynb #c042
+# %% ../nbs/00_core.ipynb #c043
+@contextlib.contextmanager
+def evaluating(model):  # a torch module, perhaps one a caller is training
+    "Run the block with `model` in eval mode; afterwards each of its modules has the `training` flag it had before."
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield model
+    finally:
+        for m, t in modes: m.training = t
+
+# %% ../nbs/00_core.ipynb #c045
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -207,7 +217,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #c043
+# %% ../nbs/00_core.ipynb #c046
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device` this machine has; else a `KitError` naming the device and what to choose."
     import torch
@@ -238,7 +248,7 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
                        f"or {other}")
     return dev
 
-# %% ../nbs/00_core.ipynb #c045
+# %% ../nbs/00_core.ipynb #c048
 def host_to_device(x,        # a tensor or array in host memory (a tensor already on `device` is returned as it is)
                    device):  # a torch.device or its name
     "`x` on `device` without a host wait: a copy to CUDA goes through pinned memory, queued on the current stream."
@@ -247,14 +257,14 @@ def host_to_device(x,        # a tensor or array in host memory (a tensor alread
     if device.type != 'cuda' or x.device.type != 'cpu': return x.to(device)
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
-# %% ../nbs/00_core.ipynb #c051
+# %% ../nbs/00_core.ipynb #c054
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #c053
+# %% ../nbs/00_core.ipynb #c056
 def shared_sample_root():
     "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE`; None outside a clone."
     if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE'])
@@ -267,7 +277,7 @@ def skipped_shared(path):  # the shared input that is missing (None: outside a c
         raise KitError(f'{path} is missing: CI lays out ../shared beside the clone, so it must be there')
     return f'{path or "../shared/data/pa100k-sample"} not found: skipped'
 
-# %% ../nbs/00_core.ipynb #c057
+# %% ../nbs/00_core.ipynb #c060
 def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
                default,         # () -> the folder when the variable is unset or empty
                writable=False): # True: the caller is about to write there (a read-only folder is refused)
@@ -290,7 +300,7 @@ def check_folder(path,            # a folder that exists or is about to be creat
                        f'{fix} you can write to, or fix its permissions')
     return path
 
-# %% ../nbs/00_core.ipynb #c060
+# %% ../nbs/00_core.ipynb #c063
 def pid_alive(pid):  # a process id
     "Whether a process with this id exists (perhaps another user's)."
     try: os.kill(pid, 0)
@@ -319,24 +329,24 @@ def is_weights_file(weights):  # a `weights` argument
     "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
     return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))
 
-# %% ../nbs/00_core.ipynb #c063
+# %% ../nbs/00_core.ipynb #c066
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c064
+# %% ../nbs/00_core.ipynb #c067
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c065
+# %% ../nbs/00_core.ipynb #c068
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)
     "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `cache/` in the kit's data folder, `data_root()`), checked."
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
-# %% ../nbs/00_core.ipynb #c067
+# %% ../nbs/00_core.ipynb #c070
 DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this data folder records it
 
 @contextlib.contextmanager
@@ -350,12 +360,12 @@ def data_warnings_once(on: bool = True):  # False: every issue every time, whate
         if old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
         else: os.environ[DATA_WARNINGS_ENV] = old
 
-# %% ../nbs/00_core.ipynb #c071
+# %% ../nbs/00_core.ipynb #c074
 def lean_jupyter_imports():
     "In a process the kit owns (the `har-kit` command, a submitted job), before anything imports `jsonschema`: leave out its optional IRI format checker (`rfc3987_syntax`: seconds of grammar building at import, for a format notebooks never use)."
     if 'jsonschema' not in sys.modules: sys.modules.setdefault('rfc3987_syntax', None)
 
-# %% ../nbs/00_core.ipynb #c076
+# %% ../nbs/00_core.ipynb #c079
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -365,7 +375,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c077
+# %% ../nbs/00_core.ipynb #c080
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -379,7 +389,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c078
+# %% ../nbs/00_core.ipynb #c081
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -387,7 +397,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c079
+# %% ../nbs/00_core.ipynb #c082
 PNG_METADATA = {'Software': None}   # no matplotlib version in a PNG: the same figure is the same bytes under any matplotlib
 
 def save_figure(fig,            # a matplotlib Figure
@@ -402,17 +412,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None, metadata=PNG_METADATA)
     return path
 
-# %% ../nbs/00_core.ipynb #c083
+# %% ../nbs/00_core.ipynb #c086
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c084
+# %% ../nbs/00_core.ipynb #c087
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c085
+# %% ../nbs/00_core.ipynb #c088
 CPU_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')  # pick the CPU's maths instructions
 
 def _cpu_model():
@@ -422,7 +432,7 @@ def _cpu_model():
     except OSError: name = None
     return name or platform.processor() or None
 
-# %% ../nbs/00_core.ipynb #c086
+# %% ../nbs/00_core.ipynb #c089
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -448,7 +458,7 @@ def env_info():
         if isinstance(built, dict) and isinstance(built.get('git_commit'), str): info['built_from'] = built
     return info
 
-# %% ../nbs/00_core.ipynb #c090
+# %% ../nbs/00_core.ipynb #c093
 LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
     'train_samples': None,       # a checkpoint without it resumes unchecked
     'phase1': None,              # CFAR phase 2's phase-1 network and labels (`cfar.phase1_digest`): likewise

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .core import LATER_PARAMS, KitError, atomic_write, get_device, is_number, save_json, seed_everything
+from .core import LATER_PARAMS, KitError, atomic_write, evaluating, get_device, is_number, save_json, seed_everything
 from .checkpoints import CheckpointWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (all_mean, all_sum, gather_in_order, is_main_process, rank_seed, rank_world, set_epoch,
                                  setup_device, shard_loader, shard_samples)
@@ -238,9 +238,10 @@ def predict(model,                # contract model: returns {'logits': (N, C), .
             amp='none',           # autocast precision: 'none' | 'bf16' | 'fp16'
             channels_last=False,  # 4-D batches in channels_last memory format
             progress=False):      # tqdm progress bar
-    "`{'scores', 'logits', 'labels'}` as (N, C) numpy arrays; K-crop batches averaged over crops (see above)."
+    "`{'scores', 'logits', 'labels'}` as (N, C) numpy arrays; K-crop batches averaged over crops (see above); `model` ends in the mode it came in."
     dev = device if isinstance(device, torch.device) else get_device(device)
-    return _eval_pass(model.to(dev), loader, dev, amp, channels_last, progress=progress, desc='predict')
+    with evaluating(model.to(dev)):   # a caller's loop that scores between epochs trains on as it was (`evaluating`)
+        return _eval_pass(model, loader, dev, amp, channels_last, progress=progress, desc='predict')
 
 # %% ../nbs/08_engine.ipynb #c036
 _RESUME_FREE = ('epochs', 'device', 'progress', 'log_every', 'resume', 'compile_mode')  # config fields a resume may change

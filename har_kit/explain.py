@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .core import PNG_METADATA, KitError, atomic_path, torch_threads
+from .core import PNG_METADATA, KitError, atomic_path, evaluating, torch_threads
 from .formats import check_images, collect_images, printable
 from .campar import attribute_activation, class_activation_map
 
@@ -112,7 +112,7 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
     paths, lm, out = check_images(collect_images(images)), predictor.loaded, []   # files: each figure is named after one
     for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
         x = predictor.tensor([p]).to(predictor.device)
-        with torch_threads(predictor.threads): maps = model_maps(predictor.model, x)   # as `predict` scored it: the same decisions
+        with torch_threads(predictor.threads), evaluating(predictor.model): maps = model_maps(predictor.model, x)   # as `predict` scored it: the same decisions
         probs = torch.sigmoid(maps['logits'].float())[0].cpu().numpy()
         if not np.isfinite(probs).all():   # as predict refuses them: no figure of a diverged model's decisions
             raise KitError(f'{lm.path or "the model"}: non-finite probabilities (NaN/inf) for {p}: the model diverged or '

@@ -8,7 +8,7 @@ import functools
 from pathlib import Path
 import numpy as np
 
-from .core import UNSPECIFIED, KitError, is_number, load_json
+from .core import UNSPECIFIED, KitError, evaluating, is_number, load_json
 from .formats import dataset_kind
 
 # %% auto #0
@@ -309,7 +309,7 @@ def dataset_metric(dataset: str,                         # dataset kind: 'wider'
     if dataset_kind(dataset).metric == 'mAP': return mean_ap
     return functools.partial(pedestrian_metrics, unspecified='negative') if reads_unspecified_as_negative(dataset, ignore_unspecified) else pedestrian_metrics
 
-# %% ../nbs/05_metrics.ipynb #c064
+# %% ../nbs/05_metrics.ipynb #c065
 def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', 'csv')
                            scores,   # (N, C) scores of the scored split
                            labels,   # (N, C) its labels
@@ -328,7 +328,7 @@ def metrics_by_distraction(dataset,  # dataset kind ('wider', 'rap', 'pa100k', '
         out[k] = {**block, 'n': bins.count(k)}
     return out
 
-# %% ../nbs/05_metrics.ipynb #c069
+# %% ../nbs/05_metrics.ipynb #c070
 def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps (masks, attention, CAMs); torch or numpy
                  target): # (N, 1, H, W) or (N, H, W) target masks in [0, 1], area-resized to (h, w)
     "Per image, the share of the maps' mass on the target, sum(m g) / sum(m), averaged over the K maps: (N,) array."
@@ -343,16 +343,16 @@ def target_share(maps,    # (N, K, h, w) or (N, h, w) non-negative spatial maps 
     g = F.adaptive_avg_pool2d(g.to(m.device), m.shape[-2:])
     return ((m * g).flatten(2).sum(-1) / m.flatten(2).sum(-1).clamp_min(1e-8)).mean(1).cpu().numpy()
 
-# %% ../nbs/05_metrics.ipynb #c073
+# %% ../nbs/05_metrics.ipynb #c074
 def target_mass(model,          # a model returning a dict of outputs (the kit's convention)
                 loader,         # iterable of batches with 4-D 'image' and 'mask' (a loader built with with_mask=True)
                 maps,           # maps(out) -> {name: (N, K, h, w) non-negative maps} picked from the model's output
                 device='cpu'):  # device to run on
-    "Per image, each picked map's share of mass on the target (`target_share`) and the target's area, 'chance': {name: (N,)}."
+    "Per image, each picked map's share of mass on the target (`target_share`) and the target's area, 'chance': {name: (N,)}; `model` ends in the mode it came in."
     import torch
-    model.eval().to(device)
+    model.to(device)
     rows = {}
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         for b in loader:
             if 'mask' not in b: raise KitError("target_mass: the loader's batches have no 'mask': build it with with_mask=True")
             if b['image'].dim() != 4: raise KitError('target_mass: images must be (N, 3, H, W): use a single-crop loader')
@@ -361,7 +361,7 @@ def target_mass(model,          # a model returning a dict of outputs (the kit's
             rows.setdefault('chance', []).append(g.flatten(1).mean(1).numpy())
     return {k: np.concatenate(v) for k, v in rows.items()}
 
-# %% ../nbs/05_metrics.ipynb #c074
+# %% ../nbs/05_metrics.ipynb #c075
 def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
                   levels,       # (N,) distraction level per image (None: unknown, skipped)
                   cap: int = 3):  # levels >= cap share one bin
@@ -370,7 +370,7 @@ def mass_by_level(shares: dict, # name -> (N,) shares, from target_mass
     return {b: dict(n=int((bins == b).sum()), **{k: float(v[bins == b].mean()) for k, v in shares.items()})
             for b in sorted(set(bins) - {'unknown'})}
 
-# %% ../nbs/05_metrics.ipynb #c079
+# %% ../nbs/05_metrics.ipynb #c080
 METRICS_SCHEMA = 3              # version of a variant's metrics.json entry (3: f1_mean_instance on the pedestrian sets); runs written under another are refused
 PROTOCOLS = ('full', 'crops')   # evaluation protocols: the whole patch resized; the mean over five crops (Da-HAR)
 ENTRY_KEYS = {                  # the common keys an entry may hold beside its protocols (each only when measured)
@@ -392,7 +392,7 @@ def _protocol_block(kind, name, m, attributes):  # DatasetKind; protocol; datase
         raise KitError(f'evaluated[{name!r}] scores {len(m[per])} attributes but {len(attributes)} names were given')
     return {**{k: m[k] for k in kind.headline}, 'per_attribute': dict(zip(attributes, m[per]))}
 
-# %% ../nbs/05_metrics.ipynb #c080
+# %% ../nbs/05_metrics.ipynb #c081
 def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'csv'): its metric family and headline keys
                   evaluated: dict,  # protocol ('full', 'crops') -> the dict `dataset_metric(dataset)` returned for it
                   attributes,       # the C attribute names, in the order of the metric's per-attribute lists
@@ -407,7 +407,7 @@ def metrics_entry(dataset: str,     # dataset kind ('wider', 'rap', 'pa100k', 'c
     entry.update({p: _protocol_block(kind, p, m, attributes) for p, m in evaluated.items()})
     return {**entry, **{k: extras[k] for k in ENTRY_KEYS if extras.get(k) is not None}}   # in ENTRY_KEYS' order
 
-# %% ../nbs/05_metrics.ipynb #c084
+# %% ../nbs/05_metrics.ipynb #c085
 def entry_value(entry,  # a variant's entry (`metrics_entry`), or any nested dict
                 path):  # a dotted path: 'full.mAP', 'full.per_attribute.Male', 'by_distractors.3+.mAP'
     "The value at `path` in `entry`, or None where a key along it is absent."
@@ -416,7 +416,7 @@ def entry_value(entry,  # a variant's entry (`metrics_entry`), or any nested dic
         entry = entry[part]
     return entry
 
-# %% ../nbs/05_metrics.ipynb #c086
+# %% ../nbs/05_metrics.ipynb #c087
 def format_number(v):  # a number of metrics.json
     "A metric as printed: whole numbers as they are, then 3 decimals, fewer digits as the number grows."
     if isinstance(v, int): return str(v)
@@ -442,7 +442,7 @@ def entry_line(name,     # the variant's name
     facts += [f'{entry["seconds"]:.0f} s'] if is_number(entry.get('seconds')) else []
     return f'{name:<{width}}  ' + ' | '.join(parts) + (f'  ({", ".join(facts)})' if facts else '')
 
-# %% ../nbs/05_metrics.ipynb #c091
+# %% ../nbs/05_metrics.ipynb #c093
 def read_metrics(run,            # a run (seed) directory holding metrics.json
                  variant=None):  # a variant's key: return its entry (None: the whole file, every entry checked)
     "A run's `metrics.json` (or one variant's entry), refused with a `KitError` when an entry has another schema."

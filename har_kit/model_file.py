@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import KitError, atomic_write, get_device, seed_everything
+from .core import KitError, atomic_write, evaluating, get_device, seed_everything
 from .formats import is_image, synthetic_set
 from .checkpoints import load_checkpoint, save_checkpoint
 from .distributed import is_main_process
@@ -136,18 +136,16 @@ def _check_outputs(model, attributes, input_size, where,   # network; names; (H,
     if low := sorted({str(t.dtype).removeprefix('torch.') for t in model.state_dict().values() if t.dtype in (torch.bfloat16, torch.float16)}):
         raise KitError(f'{where}: the network holds {", ".join(low)} weights; a load rebuilds it in float32, so a model file holds '
                        'float32 weights: save model.float() (autocast trains in bf16 and keeps float32 weights)')
-    was = model.training; model.eval()
     p = next(iter(model.parameters()), None)
     x = torch.zeros(1, 3, *input_size, device=p.device if p is not None else 'cpu')
     try:
-        with torch.no_grad(): out = model(x)
+        with torch.no_grad(), evaluating(model): out = model(x)
     except RuntimeError as e:   # torch's: a size the network cannot take
         raise KitError(f'{where}: the network cannot run on its stored input_size {tuple(input_size)} ({str(e)[:200]}); '
                        'save it with the size it was trained at') from None
     except Exception as e:   # anything else a network (or a predictor over it) raises: its parts do not fit together
         raise KitError(f'{where}: the network fails on one blank image of its input_size {tuple(input_size)} '
                        f'({type(e).__name__}: {str(e)[:200]}); its parts do not fit together: {fix}') from None
-    finally: model.train(was)
     n = out['logits'].shape[-1] if isinstance(out, dict) and isinstance(out.get('logits'), torch.Tensor) else None
     if n != len(attributes):
         raise KitError(f"{where}: the network gives {n} logits but {len(attributes)} attribute names are stored; "
@@ -483,7 +481,7 @@ def selection_study(history,        # epoch records with val_<metric> and <score
         out[rule] = dict(epoch=e, **{k[len(scored) + 1:]: v for k, v in rec.items() if k.startswith(scored + '_')})
     return out
 
-# %% ../nbs/09_model_file.ipynb #c050
+# %% ../nbs/09_model_file.ipynb #c043
 class Recipe:
     "The training contract: `config` (with `seed`; a dataclass unless `params` is defined) and the five methods below."
     select, key, evaluate = 'last', None, None   # epoch kept ('last' or 'best' `key` on 'val'); per-epoch metric on 'val'
@@ -509,7 +507,7 @@ class Recipe:
     def params(self, variant): return dict(dataclasses.asdict(self.config), variant=variant)   # checked on resume
     def trainable(self, model): return model                      # the view the engine trains
 
-# %% ../nbs/09_model_file.ipynb #c051
+# %% ../nbs/09_model_file.ipynb #c044
 def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; the engine's records
     "(epoch, selected value) and the selected weights loaded into `model` (`sel` None: the last epoch)."
     if sel is None: return (history[-1]['epoch'] if history else 0), None
@@ -522,7 +520,7 @@ def _keep_selected(model, sel, history, key, device):  # EpochSelector or None; 
     model.load_state_dict(ck['model'])
     return epoch, value
 
-# %% ../nbs/09_model_file.ipynb #c052
+# %% ../nbs/09_model_file.ipynb #c045
 def _check_selection(recipe, loaders):  # a recipe; its loaders
     "Refuse, before any training, a `select` other than 'last' or 'best', and a 'best' or `watch` that `evaluate` and `key` could not score."
     who = type(recipe).__name__

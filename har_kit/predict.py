@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .core import KitError, atomic_paths, check_writable, get_device, kit_threads, load_json, outputs_root, stops_deferred, to_jsonable, torch_threads
+from .core import KitError, atomic_paths, check_writable, evaluating, get_device, kit_threads, load_json, outputs_root, stops_deferred, to_jsonable, torch_threads
 import PIL.Image
 from PIL.Image import Image as PILImage
 from .formats import DATASET_KINDS, check_images, collect_images, crop_box, exif_orientation, load_rgb, pil_rgb, printable
@@ -196,7 +196,7 @@ def default_variant(path,          # a model file, variant directory or run dire
     return main, (f'{p} holds {len(found)} models ({", ".join(found)}): using {main!r}, the run\'s main method; '
                   '--variant NAME (Python: variant=NAME) picks another')
 
-# %% ../nbs/81_predict.ipynb #c021
+# %% ../nbs/81_predict.ipynb #c022
 def _image_list(images):  # `images` of `Predictor.probabilities` / `predict`: one image or an iterable of them
     "A list of images: one path, one PIL image or one (H, W[, 1 | 3 | 4]) array is a list of one, not its characters or rows."
     shape = tuple(getattr(images, 'shape', ()))   # a numpy array or a tensor
@@ -275,7 +275,7 @@ class Predictor:
             if note: self.notices.append(note)
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, variant, attributes=attributes)
         if isinstance(model, LoadedModel): check_attributes(model.attributes, attributes, model.path)
-        self.model = self.loaded.model.to(self.device).eval()
+        self.model = self.loaded.model.to(self.device)   # in eval mode while it scores, then as it was (a caller's network may be training)
         self.attributes = self.loaded.attributes
         self.thresholds, self.threshold_source = resolve_thresholds(threshold, self.loaded, self.notices)
         synthetic = trained_on_synthetic(self.loaded)
@@ -323,7 +323,7 @@ class Predictor:
             images = [i if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]
             batches = (self.tensor(images[i:i + self.batch_size], boxes[i:i + self.batch_size])
                        for i in range(0, len(images), self.batch_size))
-        with torch_threads(self.threads):
+        with torch_threads(self.threads), evaluating(self.model):
             self.scored_threads = torch.get_num_threads()
             out = [torch.sigmoid(self.model(b.to(self.device))['logits'].float()).cpu() for b in batches]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.attributes)), np.float32)
@@ -360,7 +360,7 @@ class Predictor:
                           'refer to the stored pixels; give boxes in the image as shown', UserWarning, stacklevel=2)
         return records
 
-# %% ../nbs/81_predict.ipynb #c023
+# %% ../nbs/81_predict.ipynb #c025
 def write_predictions(records,          # `Predictor.predict` output
                       predictor: Predictor,  # the `Predictor` that made them (names, thresholds, model path)
                       out_dir):         # folder for predictions.csv and predictions.json
@@ -439,7 +439,7 @@ def format_record(r,          # a record of `Predictor.predict`
     more = f" (the top {top} of {len(r['predicted'])} predicted)" if top and len(r['predicted']) > top else ''
     return f"{printable(r['image'])}: " + (', '.join(f"{a} {r['probabilities'][a]:.2f}" for a in names) or '(no attribute predicted)') + more
 
-# %% ../nbs/81_predict.ipynb #c029
+# %% ../nbs/81_predict.ipynb #c031
 def _predict_parser():
     "The options of `har-kit predict`."
     ap = argparse.ArgumentParser(prog='har-kit predict', description='Predict attributes of images with a saved model '

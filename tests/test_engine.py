@@ -193,6 +193,16 @@ def test_predict_averages_crops():
     assert all(v.shape == (11, 3) and v.dtype == np.float32 for v in p.values())
 
 
+
+def test_predict_gives_the_callers_network_back_in_the_mode_it_came_in():
+    "A user's loop that scores between epochs trains on with BatchNorm and Dropout as they were (a part frozen in eval stays so)."
+    m = Net(bn=True).train(); m.backbone[1].eval()   # the caller froze one BatchNorm
+    modes = [x.training for x in m.modules()]
+    predict(m, DataLoader(Toy(8), 4))
+    assert [x.training for x in m.modules()] == modes
+    m.eval(); predict(m, DataLoader(Toy(8), 4))
+    assert not any(x.training for x in m.modules())
+
 def test_shards_partition_the_global_batch(monkeypatch):
     "With W processes, step t's shards together are exactly the 1-process batch t (what makes DDP == 1 process)."
     def batches(rank, world):

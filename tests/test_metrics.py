@@ -326,3 +326,19 @@ def test_unspecified_labels_read_as_negative_only_where_the_loss_says_so():
     assert reads_unspecified_as_negative('rap', False) and reads_unspecified_as_negative('pa100k', False)
     assert not any(reads_unspecified_as_negative('rap', v) for v in (True, None))
     assert not reads_unspecified_as_negative('wider', False)
+
+
+def test_target_mass_gives_the_callers_network_back_in_the_mode_it_came_in():
+    "Scoring where a network looks between two epochs of a user's loop leaves its BatchNorm and Dropout training."
+    import torch
+    from torch import nn
+    from har_kit.metrics import target_mass
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__(); self.f = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Dropout(0.5))
+        def forward(self, x): return {'map': self.f(x)}
+    m = Net().train(); m.f[3].eval()   # a part the caller froze stays frozen
+    modes = [x.training for x in m.modules()]
+    batch = dict(image=torch.rand(2, 3, 8, 8), mask=torch.ones(2, 1, 8, 8))
+    shares = target_mass(m, [batch], lambda out: {'map': out['map']})
+    assert set(shares) == {'map', 'chance'} and [x.training for x in m.modules()] == modes

@@ -277,6 +277,20 @@ def test_predictor_batches_and_orders(images, model_file):
         assert r['predicted'] == [n for n, q, t in sorted(zip(NAMES, pr, [0.5, 0.3, 0.7, 0.5]), key=lambda z: -z[1]) if q >= t]
 
 
+
+def test_a_predictor_over_a_callers_network_leaves_it_in_the_mode_it_came_in(tmp_path, images, model_file):
+    "A user scoring (and explaining) with the network they are training: it scores in eval mode, then trains on as it was."
+    files = [images/'a.png', images/'b.jpg']
+    lm = load_model(model_file); lm.model.train()
+    p = Predictor(lm, device='cpu')
+    assert lm.model.training
+    np.testing.assert_array_equal(p.probabilities(files), Predictor(model_file, device='cpu').probabilities(files))   # eval mode
+    assert all(m.training for m in lm.model.modules())
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    explain_images(p, files[:1], tmp_path/'x', progress=False)
+    assert all(m.training for m in lm.model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())   # drawn in eval mode: no BatchNorm statistics moved
+
 def test_threshold_specs(tmp_path, model_file):
     lm = load_model(model_file)
     (tmp_path/'t.csv').write_text('attribute,threshold\nhat,0.1\nbag,0.2\nskirt,0.3\nboots,0.4\n')
