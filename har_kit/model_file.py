@@ -395,17 +395,18 @@ def load_model(path_or_run_dir,       # model file, `<run_dir>/<variant>` or a r
     build = _resolve(b, f'{path}: builder')
     try: _check_kwargs(build, kwargs, f'{path}: kwargs')
     except KitError as e: raise KitError(f'{e}; {_saved_by(meta)}') from None
-    _check_rebuild(b, kwargs, blob['state_dict'], path,   # on the meta device: kwargs that would allocate more than the weights hold never build
-                   f'the stored kwargs do not fit its weights (or this har_kit); {_saved_by(meta)}', meta_only=True)
-    try: model = build(**kwargs)
-    except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
-        raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '
-                       f'the stored kwargs do not fit this har_kit; {_saved_by(meta)}') from None
-    try: model.load_state_dict(blob['state_dict'])
-    except RuntimeError as e:
-        raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
-                       f'another version of the architecture; {_saved_by(meta)}') from None
-    model = _with_predictor(model, extra, meta, path, 'save the variant again from its run, with its state in extra')
+    with torch.random.fork_rng(devices=[]):   # a build's random init (its weights are replaced next) leaves the caller's torch draws as they were
+        _check_rebuild(b, kwargs, blob['state_dict'], path,   # on the meta device: kwargs that would allocate more than the weights hold never build
+                       f'the stored kwargs do not fit its weights (or this har_kit); {_saved_by(meta)}', meta_only=True)
+        try: model = build(**kwargs)
+        except (TypeError, ValueError, RuntimeError, KitError) as e:   # RuntimeError: torch's, e.g. a negative size
+            raise KitError(f'{path}: {meta["builder"]}(**kwargs) cannot build its network ({type(e).__name__}: {str(e)[:300]}); '
+                           f'the stored kwargs do not fit this har_kit; {_saved_by(meta)}') from None
+        try: model.load_state_dict(blob['state_dict'])
+        except RuntimeError as e:
+            raise KitError(f'{path}: the weights do not fit {meta["builder"]}(**kwargs) ({str(e)[:300]}); '
+                           f'another version of the architecture; {_saved_by(meta)}') from None
+        model = _with_predictor(model, extra, meta, path, 'save the variant again from its run, with its state in extra')
     if isinstance(map_location, torch.device): model = model.to(map_location)   # after the predictor: its own buffers move too
     _check_outputs(model, meta['attributes'], meta['input_size'], path)
     th = meta.get('thresholds')

@@ -317,7 +317,8 @@ class Predictor:
         self._warn_scenes(given, 4)   # the caller's line (past torch.no_grad's wrapper)
         if all(isinstance(i, (str, os.PathLike)) for i in images):
             lm = self.loaded
-            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std, boxes), self.batch_size)
+            loader = torch.utils.data.DataLoader(_Images(list(images), lm.input_size, lm.mean, lm.std, boxes), self.batch_size,
+                                                 generator=torch.Generator())   # its seed drawn from a generator of its own, not the caller's
             batches = (b for b in tqdm(loader, desc='predict', disable=not progress, leave=False))
         else:   # every array checked before any work, named by its index in `images`
             images = [i if isinstance(i, (str, os.PathLike)) else array_rgb(i, f'images[{k}]') for k, i in enumerate(images)]

@@ -291,6 +291,16 @@ def test_a_predictor_over_a_callers_network_leaves_it_in_the_mode_it_came_in(tmp
     assert all(m.training for m in lm.model.modules())
     assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())   # drawn in eval mode: no BatchNorm statistics moved
 
+
+def test_loading_and_scoring_files_leave_the_callers_torch_draws_as_they_were(images, model_file):
+    "A library call that only reads a model and scores images draws nothing from the global torch generator."
+    state = torch.random.get_rng_state()
+    lm = load_model(model_file)
+    assert torch.equal(torch.random.get_rng_state(), state), 'load_model moved the global torch generator'
+    p = Predictor(lm, device='cpu')
+    p.probabilities([images/'a.png', images/'b.jpg']); p.predict([images], progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state), 'scoring image files moved the global torch generator'
+
 def test_threshold_specs(tmp_path, model_file):
     lm = load_model(model_file)
     (tmp_path/'t.csv').write_text('attribute,threshold\nhat,0.1\nbag,0.2\nskirt,0.3\nboots,0.4\n')
