@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from torchvision.io import decode_jpeg, read_file
 from tqdm import tqdm
 
-from .core import KitError, UNSPECIFIED, atomic_write, check_writable, data_warnings_once, save_json
+from .core import KitError, UNSPECIFIED, atomic_write, check_writable, data_warnings_once, new_temporary, save_json
 from .data import EmptyTestWarning, dataset_issues, dataset_reader, identical_across_splits, unused_images
 from .formats import (DATASET_KINDS, clip_box, csv_annotation_text, default_mask_root, detect_layout,
                              image_file, image_problem, load_grey, load_rgb, mask_path)
@@ -59,7 +59,7 @@ def _crop_names(samples):  # `Sample`s
     base = {f: f'{b}_{tag(f)}' if len(same[b.casefold()]) > 1 else b for f, b in base.items()}
     return {id(s): f'{base[fn(s)]}_t{s.meta.get("target", 0)}.png' for s in samples if s.box is not None}
 
-# %% ../nbs/17_check.ipynb #c012
+# %% ../nbs/17_check.ipynb #c013
 def _csv_rows(data):  # an `AttributeData`
     "`(name, split, labels)` of every sample as the generic format lists it: its file name, or its crop's name; `KitError` when two pictures would get one name."
     crops = _crop_names(data.samples)
@@ -73,7 +73,7 @@ def _csv_rows(data):  # an `AttributeData`
                            'rename one of the files (a crop is named after its scene and target)')
     return rows
 
-# %% ../nbs/17_check.ipynb #c013
+# %% ../nbs/17_check.ipynb #c014
 def _check_unboxed_masks(data, rows, masks):  # dataset; its `_csv_rows`; as `to_csv_dataset`
     "The error `_crop_target` raises for a boxed target's mask, for the first mask of a sample without a box that would be copied (its file as it is) but that training could not use: undecodable, or not its image's size."
     if not masks: return
@@ -103,7 +103,7 @@ def _write_csv_files(data, rows, text, tmp, link, masks, progress):  # dataset; 
             placed.add(name)
     with atomic_write(tmp/'labels.csv', encoding='utf-8', newline='') as f: f.write(text)
 
-# %% ../nbs/17_check.ipynb #c015
+# %% ../nbs/17_check.ipynb #c016
 def check_csv_dest(dest):  # the folder `to_csv_dataset` is asked to write
     "`dest` as a Path when it can become the converted dataset (new or empty folder, writable parent), else a `KitError`."
     dest = Path(dest).expanduser()
@@ -114,7 +114,7 @@ def check_csv_dest(dest):  # the folder `to_csv_dataset` is asked to write
     check_writable([dest], force=True, where='DEST', folders=True)
     return dest
 
-# %% ../nbs/17_check.ipynb #c017
+# %% ../nbs/17_check.ipynb #c018
 def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...)`)
                    dest,            # new folder for the generic dataset (must not exist or be empty)
                    link=False,      # hard-link image files where possible (the same file as the dataset's) instead of copying
@@ -126,20 +126,18 @@ def to_csv_dataset(data,            # any `AttributeData` (e.g. `read_pa100k(...
     text = csv_annotation_text(data.attributes, rows, str(dest/'labels.csv'))   # a name that cannot be written: before any copy
     _check_unboxed_masks(data, rows, masks)                                       # a mask copied as it is: before any copy
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
+    tmp = Path(new_temporary(dest.parent, f'.{dest.name}.tmp-', folder=True))   # the usual permissions (the umask's), as the dataset's
     try:
         _write_csv_files(data, rows, text, tmp, link, masks, progress)
         save_json(dict(converted_from=data.name, root=str(data.root), samples=len(rows), **{k: v for k, v in data.meta.items()
                   if isinstance(v, (str, int, float, bool, type(None)))}), tmp/'converted_from.json')
-        umask = os.umask(0); os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)                     # mkdtemp's folder is private (0700); the dataset is not
         if dest.exists(): dest.rmdir()
         os.rename(tmp, dest)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/17_check.ipynb #c021
+# %% ../nbs/17_check.ipynb #c022
 def _libjpeg_says(path):  # a JPEG file
     "What libjpeg writes to standard error while torchvision decodes the file, on one line: '' for a clean file."
     sys.stderr.flush()
@@ -174,7 +172,7 @@ def _decode_problem(path,         # an image file
         elif clear: notes[path] = ('transparent', 'under 1%' if clear < 0.01 else f'{clear:.0%}')
     return None
 
-# %% ../nbs/17_check.ipynb #c022
+# %% ../nbs/17_check.ipynb #c023
 def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being filled; reader options
     "Read the dataset with the image checks off, recording its layout and every one of the reader's warnings in `rep`."
     reader = dataset_reader(kind)
@@ -186,7 +184,7 @@ def _read_for_check(kind, root, rep, reader_kw):  # kind; root; the report being
     rep['layout'] = lay.record() if lay else {k: v for k, v in data.meta.items() if k in ('layout', 'annotation', 'images')}
     return data
 
-# %% ../nbs/17_check.ipynb #c023
+# %% ../nbs/17_check.ipynb #c024
 def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     "The distinct image paths of `data`, or `sample` of them drawn with seed 0."
     paths = list(dict.fromkeys(s.image for s in data.samples))
@@ -196,7 +194,7 @@ def _images_to_check(data, sample):  # dataset; `check_dataset`'s `sample`
     pick = np.random.default_rng(0).choice(len(paths), size=min(int(sample), len(paths)), replace=False)
     return [paths[i] for i in sorted(pick)]
 
-# %% ../nbs/17_check.ipynb #c024
+# %% ../nbs/17_check.ipynb #c025
 def _box_problems(samples, sizes):  # `Sample`s; (H, W) of the images that decoded
     "What `clip_box` (the loaders' crop) says of each boxed sample's box on its decoded image: (messages of the boxes it cannot crop, [(box, share of its area cut off)] of those it cuts at the image's edge, boxes looked at)."
     out, cut, n = [], [], 0
@@ -218,7 +216,7 @@ def _cut_warning(cut, n):  # `_box_problems`' boxes cut at the edge; boxes looke
     return (f'{len(cut)} of the {n} boxes checked reach past their image and are cut at its edge, the most {where} '
             f'({lost:.0%} of its area outside){hint}')
 
-# %% ../nbs/17_check.ipynb #c025
+# %% ../nbs/17_check.ipynb #c026
 def _mask_problems(data, sizes, rep):  # the dataset as `_read_for_check` read it (masks attached); (H, W) of the images that decoded
     "The masks the readers attached unasked (`rep['masks']`): the messages of those of checked images that do not decode or fit neither their image nor their clipped box (the loaders' rule), which training with masks stops on."
     if not data.meta.get('mask_root'): return []
@@ -235,7 +233,7 @@ def _mask_problems(data, sizes, rep):  # the dataset as `_read_for_check` read i
     rep['masks'] = dict(folder=data.meta['mask_root'], attached=int(data.meta.get('masks_attached', 0)), checked=n, unusable=len(bad))
     return bad
 
-# %% ../nbs/17_check.ipynb #c026
+# %% ../nbs/17_check.ipynb #c027
 UNCERTAIN_READINGS = {  # `read_rap`'s `uncertain` rule for RAP's label 2, as the report says it
     'negative': "read as negative (0), [15]'s reading (counted as negatives above); uncertain='unspecified' (read_rap, or "
                 "check_dataset in Python) keeps them unspecified",
@@ -313,7 +311,7 @@ def check_dataset(kind,           # 'wider', 'rap', 'pa100k' or 'csv'
     rep.update(ok=not rep['errors'], seconds=round(time.time() - t0, 2))
     return rep
 
-# %% ../nbs/17_check.ipynb #c030
+# %% ../nbs/17_check.ipynb #c031
 ISSUE_LABELS = {  # `dataset_issues` keys as the report says them
     'in_two_splits': 'one image listed in two splits', 'same_file_in_two_splits': 'identical bytes under two names in two splits',
     'duplicates': 'entries listed twice in a split', 'all_zero_rows': 'label rows with no positive'}
@@ -347,7 +345,7 @@ def format_check(rep):  # a report from `check_dataset`
     lines.append(f'{"OK" if rep["ok"] else "FAILED"}' + (f' ({", ".join(said)})' if said else '') + f' in {rep["seconds"]:.1f} s')
     return '\n'.join(lines)
 
-# %% ../nbs/17_check.ipynb #c033
+# %% ../nbs/17_check.ipynb #c034
 def _parser():
     "The argument parser of `har-kit data`."
     p = argparse.ArgumentParser(prog='har-kit data', description='Work with datasets on disk.')
@@ -369,7 +367,7 @@ def _parser():
                    'editing one edits the other)')
     return p
 
-# %% ../nbs/17_check.ipynb #c034
+# %% ../nbs/17_check.ipynb #c035
 def check_json_dest(path,         # the --json file of `har-kit data check`
                     root,         # the dataset root being checked
                     force=False): # replace an existing file
@@ -380,7 +378,7 @@ def check_json_dest(path,         # the --json file of `har-kit data check`
     if path.is_dir(): raise KitError(f'--json {path} is a folder: name a file, e.g. {path/"check.json"}')
     return check_writable([path], force, where='--json')[0]
 
-# %% ../nbs/17_check.ipynb #c035
+# %% ../nbs/17_check.ipynb #c036
 def cli(argv=None):  # arguments after `har-kit data`
     "`har-kit data check KIND ROOT [--sample N]` (exit 1 on errors) and `har-kit data convert KIND ROOT DEST` (to csv)."
     p = _parser()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import contextlib, datetime, glob, json, math, os, platform, random, shutil, signal, subprocess, sys, tempfile, threading
+import contextlib, datetime, glob, json, math, os, platform, random, secrets, shutil, signal, subprocess, sys, tempfile, threading
 from importlib import metadata
 from pathlib import Path
 
@@ -12,12 +12,12 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNSPECIFIED', 'MAX_THREADS', 'DATA_WARNINGS_ENV', 'PNG_METADATA', 'CPU_ENV', 'LATER_PARAMS', 'KitError', 'file_stamp',
-           'stops_deferred', 'atomic_paths', 'atomic_path', 'atomic_write', 'check_writable', 'to_jsonable',
-           'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads', 'torch_threads', 'evaluating',
-           'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root', 'skipped_shared',
-           'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries', 'is_number',
-           'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once', 'lean_jupyter_imports',
-           'run_dir', 'save_metrics', 'save_figure', 'env_info']
+           'new_temporary', 'stops_deferred', 'atomic_paths', 'atomic_path', 'atomic_write', 'check_writable',
+           'to_jsonable', 'save_json', 'load_json', 'max_threads', 'available_cpus', 'kit_threads', 'torch_threads',
+           'evaluating', 'seed_everything', 'get_device', 'host_to_device', 'repo_root', 'shared_sample_root',
+           'skipped_shared', 'env_folder', 'check_folder', 'pid_alive', 'temporary_tag', 'sweep_temporaries',
+           'is_number', 'is_weights_file', 'outputs_root', 'data_root', 'cache_root', 'data_warnings_once',
+           'lean_jupyter_imports', 'run_dir', 'save_metrics', 'save_figure', 'env_info']
 
 # %% ../nbs/00_core.ipynb #c005
 UNSPECIFIED = -1  # label value for "unspecified" (WIDER-Attribute's 0); 1 = positive, 0 = negative
@@ -33,16 +33,22 @@ def file_stamp(path):  # a file something is made from
     except OSError: return None
     return [st.st_size, st.st_mtime_ns]
 
-# %% ../nbs/00_core.ipynb #c012
-def _read_umask():
-    "The process umask (os.umask can only be read by setting it, so this runs once, at import)."
-    m = os.umask(0); os.umask(m); return m
-
 # %% ../nbs/00_core.ipynb #c013
-_UMASK = _read_umask()
-def _umask(): return _UMASK
+def new_temporary(parent,        # the folder it goes in (the destination's, so a rename onto the destination is atomic)
+                  prefix,        # the start of its name
+                  suffix='',     # the end of its name
+                  folder=False): # True: a folder
+    "Create a new empty file (or folder) `<prefix><8 random hex digits><suffix>` in `parent`, with the process umask applied by the kernel; return its path."
+    for _ in range(100):
+        p = os.path.join(parent, f'{prefix}{secrets.token_hex(4)}{suffix}')
+        try:
+            if folder: os.mkdir(p, 0o777)
+            else: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o666))
+        except FileExistsError: continue
+        return p
+    raise FileExistsError(f'{parent}: no free temporary name {prefix}XXXXXXXX{suffix} after 100 tries')
 
-# %% ../nbs/00_core.ipynb #c014
+# %% ../nbs/00_core.ipynb #c015
 @contextlib.contextmanager
 def stops_deferred():
     "Within, in the main thread: a Ctrl-C or SIGTERM waits until the block ends (files that land together; a block of milliseconds)."
@@ -61,17 +67,17 @@ def stops_deferred():
 def atomic_paths(paths,      # final destinations, renamed onto in this order
                  sync=True): # sync every written file to disk before the first rename (False: files remade cheaply)
     "Yield temporary paths next to `paths`; when the block succeeds, sync them, then rename them onto `paths` back to back."
-    paths, tmps = [Path(p) for p in paths], []
+    paths, tmps, modes = [Path(p) for p in paths], [], []
     try:
         for p in paths:
             p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f'.{p.name}.', suffix='.tmp', dir=p.parent); os.close(fd); tmps.append(tmp)
+            tmps.append(new_temporary(p.parent, f'.{p.name}.', '.tmp')); modes.append(os.stat(tmps[-1]).st_mode & 0o7777)
         yield [Path(t) for t in tmps]
         if dirs := [str(p) for p in paths if p.is_dir()]:   # a rename onto it would fail after the earlier files landed
             raise KitError(f'{dirs[0]} is a folder where a file is to be written: move it, or write elsewhere; nothing was replaced')
-        for t in tmps:   # every file whole on disk before the first lands (a power loss after a rename leaves whole files)
+        for t, mode in zip(tmps, modes):   # every file whole on disk before the first lands (a power loss after a rename leaves whole files)
             if not os.path.exists(t): continue
-            os.chmod(t, 0o666 & ~_umask())   # mkstemp makes 0600; give the file open()'s mode
+            os.chmod(t, mode)   # open()'s mode, as the file was made with, also when the block replaced the file (a copy keeps its source's)
             if sync:
                 fd = os.open(t, os.O_RDONLY)
                 try: os.fsync(fd)
@@ -88,7 +94,7 @@ def atomic_path(path,        # final destination; the block writes to the yielde
     "Yield a temporary path next to `path`; rename it onto `path` only if the block finishes without error (`atomic_paths` of one)."
     with atomic_paths([path], sync) as (tmp,): yield tmp
 
-# %% ../nbs/00_core.ipynb #c015
+# %% ../nbs/00_core.ipynb #c016
 @contextlib.contextmanager
 def atomic_write(path,      # final destination (like `open(path, mode)`, but all-or-nothing)
                  mode='w',  # a write mode of `open`: 'w', 'wb', ...
@@ -99,7 +105,7 @@ def atomic_write(path,      # final destination (like `open(path, mode)`, but al
             yield f
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/00_core.ipynb #c022
+# %% ../nbs/00_core.ipynb #c023
 def check_writable(files,          # the files a command will write (the first names the place)
                    force=False,    # replace files that exist
                    where='--out',  # the option or parameter that chose them, for messages
@@ -114,7 +120,7 @@ def check_writable(files,          # the files a command will write (the first n
         raise KitError(f'{where} {files[0]}: {parent} is not a writable folder; choose another {where}')
     return files
 
-# %% ../nbs/00_core.ipynb #c026
+# %% ../nbs/00_core.ipynb #c027
 def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
                 where='value'): # names the field in errors
     "Convert numpy and Path values to plain JSON types; raise `KitError` naming the field on NaN/inf."
@@ -132,7 +138,7 @@ def to_jsonable(obj,            # any nesting of dicts/lists/numpy/Path
     if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0: return to_jsonable(obj.item(), where)
     return obj
 
-# %% ../nbs/00_core.ipynb #c027
+# %% ../nbs/00_core.ipynb #c028
 def save_json(obj,   # JSON-able after `to_jsonable`
               path): # destination file
     "Write `obj` as indented JSON, atomically; return the path."
@@ -140,7 +146,7 @@ def save_json(obj,   # JSON-able after `to_jsonable`
     with atomic_write(path) as f: f.write(data + '\n')
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #c028
+# %% ../nbs/00_core.ipynb #c029
 def _article(noun): return ('an ' if noun[0] in 'aeiou' else 'a ') + noun
 
 def load_json(path,          # JSON file written by `save_json` (or by hand)
@@ -157,21 +163,21 @@ def load_json(path,          # JSON file written by `save_json` (or by hand)
                        'delete it and rerun the step that writes it')
     return value
 
-# %% ../nbs/00_core.ipynb #c033
+# %% ../nbs/00_core.ipynb #c034
 MAX_THREADS = 256  # the thread cap on a machine with fewer cores (a larger machine allows its core count)
 
-# %% ../nbs/00_core.ipynb #c034
+# %% ../nbs/00_core.ipynb #c035
 def max_threads():
     "The largest intra-op thread count a run may ask for: `MAX_THREADS`, or the core count when larger."
     return max(MAX_THREADS, os.cpu_count() or 1)
 
-# %% ../nbs/00_core.ipynb #c037
+# %% ../nbs/00_core.ipynb #c038
 def available_cpus():
     "CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is not available)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-# %% ../nbs/00_core.ipynb #c039
+# %% ../nbs/00_core.ipynb #c040
 def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT_THREADS, else 1
     "The intra-op thread count a run uses (`threads`, else `$HAR_KIT_THREADS`, else 1), checked to be 1..`max_threads()`."
     env = os.environ.get('HAR_KIT_THREADS')
@@ -185,7 +191,7 @@ def kit_threads(threads: int | None = None):  # intra-op threads; None: $HAR_KIT
                        + (' or unset it' if threads is None else ''))
     return int(t)
 
-# %% ../nbs/00_core.ipynb #c040
+# %% ../nbs/00_core.ipynb #c041
 @contextlib.contextmanager
 def torch_threads(n: int | None):  # intra-op threads inside the block (None: leave the count as it is)
     "Run the block with `torch.set_num_threads(n)`, restoring the caller's count afterwards."
@@ -195,7 +201,7 @@ def torch_threads(n: int | None):  # intra-op threads inside the block (None: le
     try: yield
     finally: torch.set_num_threads(before)
 
-# %% ../nbs/00_core.ipynb #c043
+# %% ../nbs/00_core.ipynb #c044
 @contextlib.contextmanager
 def evaluating(model):  # a torch module, perhaps one a caller is training
     "Run the block with `model` in eval mode; afterwards each of its modules has the `training` flag it had before."
@@ -205,7 +211,7 @@ def evaluating(model):  # a torch module, perhaps one a caller is training
     finally:
         for m, t in modes: m.training = t
 
-# %% ../nbs/00_core.ipynb #c045
+# %% ../nbs/00_core.ipynb #c046
 def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CUDA)
     "Seed every random generator the kit uses; inside a run, also fix torch's intra-op threads to `$HAR_KIT_THREADS`."
     random.seed(seed); np.random.seed(seed)
@@ -217,7 +223,7 @@ def seed_everything(seed: int = 0):  # seeds python, numpy and torch (CPU and CU
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #c046
+# %% ../nbs/00_core.ipynb #c047
 def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     "Resolve a device name to a `torch.device` this machine has; else a `KitError` naming the device and what to choose."
     import torch
@@ -248,7 +254,7 @@ def get_device(device: str = 'auto'):  # 'auto' (CUDA when present, else CPU), '
                        f"or {other}")
     return dev
 
-# %% ../nbs/00_core.ipynb #c048
+# %% ../nbs/00_core.ipynb #c049
 def host_to_device(x,        # a tensor or array in host memory (a tensor already on `device` is returned as it is)
                    device):  # a torch.device or its name
     "`x` on `device` without a host wait: a copy to CUDA goes through pinned memory, queued on the current stream."
@@ -257,14 +263,14 @@ def host_to_device(x,        # a tensor or array in host memory (a tensor alread
     if device.type != 'cuda' or x.device.type != 'cpu': return x.to(device)
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
-# %% ../nbs/00_core.ipynb #c054
+# %% ../nbs/00_core.ipynb #c055
 def repo_root():
     "The har-kit clone this package was imported from, or None for an installed wheel."
     import har_kit
     root = Path(har_kit.__file__).resolve().parent.parent
     return root if (root/'settings.ini').exists() and (root/'nbs').is_dir() else None
 
-# %% ../nbs/00_core.ipynb #c056
+# %% ../nbs/00_core.ipynb #c057
 def shared_sample_root():
     "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE`; None outside a clone."
     if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE'])
@@ -277,7 +283,7 @@ def skipped_shared(path):  # the shared input that is missing (None: outside a c
         raise KitError(f'{path} is missing: CI lays out ../shared beside the clone, so it must be there')
     return f'{path or "../shared/data/pa100k-sample"} not found: skipped'
 
-# %% ../nbs/00_core.ipynb #c060
+# %% ../nbs/00_core.ipynb #c061
 def env_folder(var,             # the environment variable that may choose the folder ('HAR_KIT_DATA')
                default,         # () -> the folder when the variable is unset or empty
                writable=False): # True: the caller is about to write there (a read-only folder is refused)
@@ -300,7 +306,7 @@ def check_folder(path,            # a folder that exists or is about to be creat
                        f'{fix} you can write to, or fix its permissions')
     return path
 
-# %% ../nbs/00_core.ipynb #c063
+# %% ../nbs/00_core.ipynb #c064
 def pid_alive(pid):  # a process id
     "Whether a process with this id exists (perhaps another user's)."
     try: os.kill(pid, 0)
@@ -329,24 +335,24 @@ def is_weights_file(weights):  # a `weights` argument
     "True when `weights` names a local file (a path with a folder or a .pth / .pt suffix), not a torchvision weights name."
     return isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in ('.pth', '.pt') or os.sep in str(weights))
 
-# %% ../nbs/00_core.ipynb #c066
+# %% ../nbs/00_core.ipynb #c067
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c067
+# %% ../nbs/00_core.ipynb #c068
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
     return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
 
-# %% ../nbs/00_core.ipynb #c068
+# %% ../nbs/00_core.ipynb #c069
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)
     "Directory of what runs rebuild and reuse: decoded datasets (`har_kit.pipeline`) and torch.compile's artifacts (`$HAR_KIT_CACHE`, else `cache/` in the kit's data folder, `data_root()`), checked."
     return env_folder('HAR_KIT_CACHE', lambda: data_root()/'cache', writable)
 
-# %% ../nbs/00_core.ipynb #c070
+# %% ../nbs/00_core.ipynb #c071
 DATA_WARNINGS_ENV = 'HAR_KIT_DATA_WARNINGS'   # 'once': a dataset issue is shown the first time this data folder records it
 
 @contextlib.contextmanager
@@ -360,12 +366,12 @@ def data_warnings_once(on: bool = True):  # False: every issue every time, whate
         if old is None: os.environ.pop(DATA_WARNINGS_ENV, None)
         else: os.environ[DATA_WARNINGS_ENV] = old
 
-# %% ../nbs/00_core.ipynb #c074
+# %% ../nbs/00_core.ipynb #c075
 def lean_jupyter_imports():
     "In a process the kit owns (the `har-kit` command, a submitted job), before anything imports `jsonschema`: leave out its optional IRI format checker (`rfc3987_syntax`: seconds of grammar building at import, for a format notebooks never use)."
     if 'jsonschema' not in sys.modules: sys.modules.setdefault('rfc3987_syntax', None)
 
-# %% ../nbs/00_core.ipynb #c079
+# %% ../nbs/00_core.ipynb #c080
 def _notebook_globals():
     "The namespace of the IPython notebook calling into the kit (the innermost `__main__` frame of a shell), or None."
     f = sys._getframe(1)
@@ -375,7 +381,7 @@ def _notebook_globals():
         f = f.f_back
     return None
 
-# %% ../nbs/00_core.ipynb #c080
+# %% ../nbs/00_core.ipynb #c081
 def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a run)
     "The directory a notebook writes its results to: `out_dir`, else `$HAR_KIT_RUN_DIR`, else one temp dir per notebook."
     d = out_dir or os.environ.get('HAR_KIT_RUN_DIR')
@@ -389,7 +395,7 @@ def run_dir(out_dir=None):  # the notebook's `out_dir` parameter (None outside a
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     return d
 
-# %% ../nbs/00_core.ipynb #c081
+# %% ../nbs/00_core.ipynb #c082
 def save_metrics(metrics: dict,  # flat or nested dict of numbers
                  out_dir=None):   # the run directory (the notebook's `out_dir`; None: a temporary one)
     "Write `metrics.json` atomically into the run directory (NaN/inf refused, with the key named); return its path."
@@ -397,7 +403,7 @@ def save_metrics(metrics: dict,  # flat or nested dict of numbers
         raise KitError('save_metrics needs a non-empty dict of metric names to values')
     return save_json(metrics, run_dir(out_dir)/'metrics.json')
 
-# %% ../nbs/00_core.ipynb #c082
+# %% ../nbs/00_core.ipynb #c083
 PNG_METADATA = {'Software': None}   # no matplotlib version in a PNG: the same figure is the same bytes under any matplotlib
 
 def save_figure(fig,            # a matplotlib Figure
@@ -412,17 +418,17 @@ def save_figure(fig,            # a matplotlib Figure
     with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight' if tight else None, metadata=PNG_METADATA)
     return path
 
-# %% ../nbs/00_core.ipynb #c086
+# %% ../nbs/00_core.ipynb #c087
 def _git(*args, cwd=None):
     try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-# %% ../nbs/00_core.ipynb #c087
+# %% ../nbs/00_core.ipynb #c088
 def _version(pkg):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
-# %% ../nbs/00_core.ipynb #c088
+# %% ../nbs/00_core.ipynb #c089
 CPU_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS')  # pick the CPU's maths instructions
 
 def _cpu_model():
@@ -432,7 +438,7 @@ def _cpu_model():
     except OSError: name = None
     return name or platform.processor() or None
 
-# %% ../nbs/00_core.ipynb #c089
+# %% ../nbs/00_core.ipynb #c090
 def env_info():
     "Versions, device, CPU count and git commit of the current environment, as a JSON-able dict."
     info = dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -458,7 +464,7 @@ def env_info():
         if isinstance(built, dict) and isinstance(built.get('git_commit'), str): info['built_from'] = built
     return info
 
-# %% ../nbs/00_core.ipynb #c093
+# %% ../nbs/00_core.ipynb #c094
 LATER_PARAMS = {  # run parameters recorded since a later version -> the value every run had before (None: not known)
     'train_samples': None,       # a checkpoint without it resumes unchecked
     'phase1': None,              # CFAR phase 2's phase-1 network and labels (`cfar.phase1_digest`): likewise

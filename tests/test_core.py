@@ -125,3 +125,28 @@ def test_a_stop_while_atomic_paths_renames_waits_until_every_file_landed(tmp_pat
                 for t in tmps: t.write_text('new')
     finally: signal.signal(signal.SIGINT, old)
     assert [p.read_text() for p in paths] == ['new'] * 3 and signal.getsignal(signal.SIGINT) is old
+
+
+
+def test_atomic_writes_honour_the_umask_of_the_moment(tmp_path):
+    "The umask was read once at import and every later write chmod'ed to it: a umask tightened after the import was ignored."
+    import os, stat
+    from har_kit.core import atomic_paths, atomic_write, save_json
+    was = os.umask(0o077)   # the user's script makes its outputs private after importing the kit
+    try:
+        with atomic_write(tmp_path/'a.txt') as f: f.write('x')
+        save_json({'a': 1}, tmp_path/'m.json')
+        with atomic_paths([tmp_path/'b.bin']) as (t,): t.write_bytes(b'x'); os.chmod(t, 0o777)   # a writer that changed the mode
+    finally: os.umask(was)
+    assert [oct(stat.S_IMODE(os.stat(tmp_path/n).st_mode)) for n in ('a.txt', 'm.json', 'b.bin')] == [oct(0o600)] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.txt', 'b.bin', 'm.json']   # no temporary left
+
+
+def test_importing_the_kit_never_sets_the_umask():
+    "Reading the umask by setting it to 0 leaves a moment in which another thread's new files are world-writable."
+    import subprocess, sys
+    probe = ("import os; calls = []; real = os.umask\n"
+             "os.umask = lambda m: (calls.append(m), real(m))[1]\n"
+             "import har_kit.core; print(calls)")
+    out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'

@@ -441,6 +441,21 @@ def test_convert_keeps_scenes_with_one_stem_apart_and_copies(tmp_path):
     assert C.cli(['convert', 'wider', str(tmp_path/'nowhere'), str(tmp_path/'o2'), '--link']) == 2
 
 
+
+def test_convert_gives_its_folder_the_umask_mode_without_setting_the_umask(tmp_path, monkeypatch):
+    "The converted dataset's folder read the umask by setting it to 0 for a moment (another thread's new files world-writable meanwhile)."
+    import stat
+    (tmp_path/'s').mkdir(); Image.new('RGB', (20, 30)).save(tmp_path/'s'/'x.png')
+    data = D.AttributeData('wider', tmp_path/'s', ['a', 'b'], [D.Sample(tmp_path/'s'/'x.png', np.array([1, 0], np.int8), 'train',
+                                                                       meta=dict(file_name='x.png'))], meta={})
+    was = os.umask(0o027)
+    try:
+        def umask(m): raise AssertionError(f'os.umask({m:#o}) called')
+        monkeypatch.setattr(os, 'umask', umask)
+        out = C.to_csv_dataset(data, tmp_path/'out', masks=False, progress=False)
+    finally: monkeypatch.undo(); os.umask(was)
+    assert oct(stat.S_IMODE(os.stat(out).st_mode)) == oct(0o750)
+
 @pytest.mark.parametrize('names', [('x.jpg', 'x.JPG'), ('x.jpg', 'x.png', 'x_jpg.jpg')])
 def test_convert_gives_each_scene_crops_of_its_own(tmp_path, names):
     "Scenes whose crop names met before (x.jpg and x.JPG, the suffix lower-cased; x_jpg.jpg beside x.jpg and x.png): each target's crop holds its own scene's pixels."
