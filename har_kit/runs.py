@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_runs.ipynb #c002
 from __future__ import annotations
-import argparse, ast, contextlib, datetime, difflib, errno, fcntl, hashlib, io, json, os, re, shutil, signal, socket, sys, threading, time, warnings
+import argparse, ast, contextlib, datetime, difflib, errno, fcntl, getpass, hashlib, io, json, os, re, shutil, signal, socket, sys, tempfile, threading, time, warnings
 import tokenize
 from pathlib import Path
 
@@ -162,9 +162,17 @@ def kernel_env(out_dir,       # the run directory
     compiled = _compile_cache()
     return {**env, 'TORCHINDUCTOR_CACHE_DIR': compiled} if compiled else env
 
+def _torch_default_cache():
+    "torch's own torch.compile cache folder (`torch._inductor.runtime.cache_dir_utils.default_cache_dir`), worked out without importing torch."
+    try: user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError): user = f'uid_{os.getuid()}' if hasattr(os, 'getuid') else 'unknown_user'
+    return os.path.join(tempfile.gettempdir(), 'torchinductor_' + re.sub(r'[\\/:*?"<>|]', '_', user))
+
 def _compile_cache():
-    "torch.compile's cache folder for the kernels: `$TORCHINDUCTOR_CACHE_DIR`, else `torchinductor/` under the kit's cache when it can be written, else None (torch's own default)."
-    if os.environ.get('TORCHINDUCTOR_CACHE_DIR'): return str(Path(os.environ['TORCHINDUCTOR_CACHE_DIR']).expanduser().resolve())
+    "torch.compile's cache folder for the kernels: `$TORCHINDUCTOR_CACHE_DIR` (unless it is torch's default, see above), else `torchinductor/` under the kit's cache when it can be written, else None (torch's own default)."
+    given = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+    if given and Path(given).expanduser().resolve() != Path(_torch_default_cache()).resolve():   # torchvision's import sets it to
+        return str(Path(given).expanduser().resolve())                                            # torch's default: no one's choice
     try: return str(cache_root(writable=True)/'torchinductor')
     except KitError: return None   # a read-only (or unusable) cache folder: compiles go to torch's per-user temporary folder
 

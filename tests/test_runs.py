@@ -411,3 +411,14 @@ def test_the_log_keeps_no_stale_state_of_a_bar_that_cleared_itself():
     want = 'epoch 1/2: loss 0.1\nepoch 2/2: loss 0.2\nmasks: 100%|'
     for out in (log.getvalue(), shown.getvalue()):
         assert out.startswith(want) and out.count('\n') == 4 and out.endswith('stopped  40%|\n') and 'epoch 1/2:   0%' not in out, out
+
+
+def test_the_compile_cache_is_the_kits_after_torchvision_put_torchs_default_in_the_environment(tmp_path, monkeypatch):
+    "Importing torchvision sets $TORCHINDUCTOR_CACHE_DIR to torch's default (/tmp/torchinductor_<user>), which was taken as the user's choice."
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from har_kit.runs import kernel_env
+    monkeypatch.setenv('HAR_KIT_CACHE', str(tmp_path/'cache'))
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', default_cache_dir())   # as `import torchvision` leaves it
+    assert kernel_env(tmp_path/'r')['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path/'cache'/'torchinductor')
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path/'mine'))   # a folder the user chose is kept
+    assert kernel_env(tmp_path/'r')['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path/'mine')
