@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .core import PNG_METADATA, KitError, atomic_path, evaluating, torch_threads
+from .core import PNG_METADATA, KitError, atomic_path, check_folder, evaluating, torch_threads
 from .formats import check_images, collect_images, printable
 from .campar import attribute_activation, class_activation_map
 
@@ -106,9 +106,10 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
             out_dir,                # folder for one PNG per image
             max_attributes=6,       # attribute panels per figure
             progress=True):         # tqdm progress
-    "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths."
+    "Save one explanation figure per image (`NNNN_<name>.png`, atomically); return the paths. No figure stays open in pyplot, also when one fails."
     import matplotlib.pyplot as plt
     _check_max_attributes(max_attributes)
+    check_folder(out_dir, f'out_dir {out_dir}', 'pass a folder for the figures (new or existing)', writable=True)   # before any image is scored
     paths, lm, out = check_images(collect_images(images)), predictor.loaded, []   # files: each figure is named after one
     for i, p in enumerate(tqdm(paths, desc='explain', disable=not progress, leave=False)):
         x = predictor.tensor([p]).to(predictor.device)
@@ -122,6 +123,8 @@ def explain(predictor,              # a `har_kit.predict.Predictor` (model, thre
         fig = plot_explanation(_display_image(x[0], lm.mean, lm.std), one, probs, probs >= predictor.thresholds,
                                lm.attributes, max_attributes, title=printable(Path(p).name))
         dest = Path(out_dir)/figure_name(i, p)
-        with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight', metadata=PNG_METADATA)   # the colour bar's label whole
-        plt.close(fig); out.append(dest)
+        try:
+            with atomic_path(dest) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight', metadata=PNG_METADATA)   # the colour bar's label whole
+        finally: plt.close(fig)   # a failed save (a full disk, Ctrl-C) leaves no figure open and current in the caller's pyplot
+        out.append(dest)
     return out

@@ -339,6 +339,23 @@ def test_explain_takes_any_path_like(tmp_path, images, model_file):
     with pytest.raises(KitError, match='matches no image'): collect_images([str(tmp_path/'*.tif')])
 
 
+
+def test_a_failing_explain_leaves_no_figure_open_and_names_an_out_dir_that_is_a_file(tmp_path, images, model_file, monkeypatch):
+    "A save that failed (Ctrl-C, a full disk) left its figure open and current in the caller's pyplot; a file as out_dir gave a raw FileExistsError."
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    p, mine = Predictor(model_file), plt.figure()
+    try:
+        (tmp_path/'a-file').write_text('x')
+        with pytest.raises(KitError, match=r'out_dir .*a-file is a file, not a folder'):
+            explain_images(p, [images/'a.png'], tmp_path/'a-file', progress=False)
+        def interrupted(self, *a, **kw): raise KeyboardInterrupt
+        monkeypatch.setattr(Figure, 'savefig', interrupted)
+        with pytest.raises(KeyboardInterrupt): explain_images(p, [images/'a.png'], tmp_path/'x', progress=False)
+        assert plt.get_fignums() == [mine.number] and plt.gcf() is mine
+        assert not (tmp_path/'x').exists() or list((tmp_path/'x').iterdir()) == []
+    finally: plt.close('all')
+
 def test_sixteen_bit_png_is_not_white(tmp_path):
     a = (np.linspace(0, 65535, 600).reshape(20, 30)).astype(np.uint16)
     Image.fromarray(a).save(tmp_path/'g16.png')
