@@ -77,7 +77,8 @@ def _write_torchscript(wrapper, x, tmp, meta):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         traced = torch.jit.trace(wrapper, x)
-        torch.jit.save(traced, str(tmp), _extra_files={'har_kit.json': json.dumps(meta)})
+        with open(tmp, 'wb') as f:   # a file object: the archive's top folder is 'archive', not the temporary file's random name
+            torch.jit.save(traced, f, _extra_files={'har_kit.json': json.dumps(meta)})
 
 def check_destination(out,            # the file to write
                       source=None,    # the model file it is made from (never replaced)

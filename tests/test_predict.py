@@ -510,6 +510,15 @@ def test_export_matches_pytorch(tmp_path, make):
     assert np.abs(torch.jit.load(str(ts['path']))(x).detach().numpy() - ref).max() < 1e-4
 
 
+
+def test_a_torchscript_export_names_its_archive_folder_archive_not_after_its_temporary_file(tmp_path, model_file):
+    "torch.jit.save named the archive's top folder after the random temporary file (.m.ts.pt.<random>.tmp): two exports of one model differed in bytes."
+    import zipfile
+    for out in ('a.ts.pt', 'b.ts.pt'):   # (two fresh processes now write the same bytes; within one, torch's trace counter renames classes)
+        export_model(model_file, tmp_path/out, 'torchscript')
+        with zipfile.ZipFile(tmp_path/out) as z: names = z.namelist()
+        assert {n.split('/')[0] for n in names} == {'archive'} and not any('.tmp' in n or out in n for n in names), names[:3]
+
 def test_non_finite_probabilities_write_nothing(tmp_path, images, model_file, capsys, monkeypatch):
     "NaN probabilities are refused naming the model: no predictions.csv without its JSON, no earlier outputs removed."
     import re
