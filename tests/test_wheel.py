@@ -177,6 +177,8 @@ def test_installed_wheel_rehearses_the_paper_route(installed, tmp_path, monkeypa
         rows = (tables/f'{key}.md').read_text().split('**Protocol card**')[0].split('|---|')[-1]
         assert not any(why in rows for why in ('no run', 'failed:', 'not done')), (key, rows)   # every cell filled
     assert '| Da-HAR (Ours) | ours (n=1) |' in (tables/'dahar_t1.md').read_text()
+    assert 'Profile `paper (smoke)`: a smoke rehearsal' in (tables/'dahar_t1.md').read_text()   # toy sizes, never captioned as the paper's
+    assert all(l.endswith(',paper (smoke)') for l in (tables/'dahar_t1.csv').read_text().splitlines()[1:])
     t2 = (tables/'campar_t2.md').read_text().split('**Protocol card**')[0]
     for row in ('| baseline |', '| + CAM-PAR + fusion + CFAR |'):   # both selection modes, labelled, CFAR included
         ours = [l for l in t2.splitlines() if l.startswith(row) and '| ours' in l]
