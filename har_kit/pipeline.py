@@ -114,11 +114,12 @@ def _reserve(f):  # allocate a memmap's blocks now (it is sparse): None when res
         return f'reserving {f} failed: {errno.errorcode.get(e.errno, e.errno)}, {e.strerror or e}'
     return None
 
-def _decoder_init(fds):  # a decoding process: it closes its copies of its parent's build locks, decodes with one intra-op thread
+def _decoder_init(fds, parent=None):  # a decoding process: it closes its copies of its parent's build locks, decodes with one intra-op thread; parent: the build's pid when forked (None: this process's parent as it starts)
     for fd in fds:
         with contextlib.suppress(OSError): os.close(fd)
     torch.set_num_threads(1)
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent   # the build's pid from the build: one killed before this line ran
+    if os.getppid() != parent: os._exit(1)                # has already left this process to another parent
     def orphaned():   # a build killed outright (SIGTERM, SIGKILL) never closes the pool's queue: this process would wait
         while os.getppid() == parent: time.sleep(1.0)     # forever, holding the arrays' disk space through its copy of
         os._exit(1)                                       # the memory map
@@ -142,7 +143,7 @@ def _fill(d, what, paths, boxes, size, masks, workers, desc):  # -> (pixels' has
     # otherwise (forkserver, Python 3.14's default) shares none, and those numbers would be its own pipes to the pool
     fork = 'fork' in mp.get_all_start_methods()
     ex = ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if fork else None), initializer=_decoder_init,
-                             initargs=(tuple(_HELD) if fork else (),)) if workers > 1 else None
+                             initargs=(tuple(_HELD), os.getpid()) if fork else ((), None)) if workers > 1 else None
     try:
         with tqdm(total=n, desc=desc, unit='img') as bar, torch_threads(1):
             for idx, outs in (ex.map(_decode_chunk, jobs) if ex else map(_decode_chunk, jobs)):

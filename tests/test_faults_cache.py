@@ -32,3 +32,14 @@ def test_a_killed_build_leaves_no_decoding_process(tmp_path, sig=signal.SIGKILL)
             try: k.kill()
             except psutil.NoSuchProcess: pass
         if p.poll() is None: p.kill()
+
+
+def test_a_decoding_process_whose_build_died_before_it_started_leaves_at_once():
+    "The build's pid comes from the build: a process forked just before the build was killed, and scheduled only after, no longer takes its new parent (the reaper) for the build and waits forever."
+    import har_kit.pipeline as P
+    pid = os.fork()
+    if pid == 0:   # the decoding process, told a build pid that is not its parent
+        try: P._decoder_init((), parent=-1); os._exit(0)   # returned: it would have stayed
+        except BaseException: os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
