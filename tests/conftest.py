@@ -10,10 +10,13 @@
 - `slow` marks tests that start kernels or processes; `make test-fast` runs the rest.
 - The session imports jupyter's classes as the kit's own processes do (`har_kit.core.lean_jupyter_imports`: without
   jsonschema's IRI format checker, seconds of import in each worker).
+- The session's data and outputs are its own (`$HAR_KIT_DATA`, `$HAR_KIT_OUTPUTS` in a temporary folder shared by the
+  workers, removed at the end): the synthetic sets are made once per session, and no test writes into the clone's
+  `data/` or a user's folders (caches and mask homes keyed by temporary paths grew there with every run).
 - SIGINT has its normal meaning in the session and the processes it starts, also when the session itself was started
   in the background (`make test &`), which starts it with SIGINT ignored: the tests that interrupt or cancel a job need it.
 """
-import os, signal, tempfile
+import os, shutil, signal, tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,7 @@ LONGEST_FIRST = ('test_wheel.py',        # 100: the wheel, its venv and the pape
                  'test_gpu_check.py',    # 28
                  'test_ddp.py')          # 20
 SHARED = Path(__file__).resolve().parents[1].parent/'shared'
+_HOME = pytest.StashKey[Path]()   # the session's own data and outputs folders: never the clone's data/ or outputs/, nor a user's
 # files whose tests start papermill kernels, subprocesses or process pools: not in `make test-fast`
 SLOW_FILES = {'test_wheel.py', 'test_determinism.py', 'test_runs.py', 'test_ddp.py', 'test_faults_runs.py', 'test_launcher.py',
               'test_packaging.py', 'test_reproduce.py', 'test_gpu_check.py', 'test_faults_cache.py'}
@@ -51,6 +55,15 @@ def shared_path(rel):  # path under ../shared, e.g. 'data/pa100k-sample'
 def pytest_configure(config):
     config.addinivalue_line('markers', 'shared(path): needs PATH under ../shared (skipped when missing, failed in CI)')
     config.addinivalue_line('markers', 'slow: starts kernels or processes (left out of make test-fast)')
+    if not hasattr(config, 'workerinput'):   # the session's first process; its xdist workers and their kernels inherit these
+        home = Path(tempfile.mkdtemp(prefix='har-kit-tests-'))
+        config.stash[_HOME] = home
+        for var, sub in (('HAR_KIT_DATA', 'data'), ('HAR_KIT_OUTPUTS', 'outputs')): os.environ[var] = str(home/sub)
+        os.environ.pop('HAR_KIT_CACHE', None)   # under HAR_KIT_DATA
+
+
+def pytest_unconfigure(config):
+    if (home := config.stash.get(_HOME, None)) is not None: shutil.rmtree(home, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
