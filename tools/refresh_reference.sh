@@ -34,6 +34,7 @@ cp outputs/sample/tables/real_pa100k.* outputs/sample/tables/epoch_selection_rea
 cp outputs/use/campar/metrics.json outputs/use/campar/env.json $R/use/
 cp outputs/use/predictions/predictions.csv $R/use/
 cp outputs/use/predictions/explain/0000_001995.png $R/use/explain_001995.png 2>/dev/null || cp "$(ls outputs/use/predictions/explain/*001995*.png | head -1)" $R/use/explain_001995.png
+python3 tools/timing.py && python3 tools/nb2readme.py   # README includes the new tables: make test checks it is current
 $T make test       # the test command's time, at this commit, in the README's table
 python3 tools/timing.py && python3 tools/nb2readme.py
 git status --short -- $R README.md
