@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import KitError
+from .core import KitError, evaluating
 from .backbones import check_num_attributes, count_params, resnet_taps, resize_bilinear
 from .loading import IMAGENET_MEAN, IMAGENET_STD
 from . import losses
@@ -274,14 +274,14 @@ def positive_angles(model: CamParNet,  # a trained `CamParNet`
                     loader,            # test loader yielding {'image', 'labels'}, single-crop
                     device='cpu'):     # where the model runs
     "θ (degrees) for every positive (image, attribute) pair of `loader`; returns dict(theta, attribute, dropped)."
-    model.eval().to(device)
     thetas, attrs = [], []
-    for batch in loader:
-        x = batch['image']
-        if x.dim() != 4: raise KitError('positive_angles needs single-crop images (N, 3, H, W); use a test transform without crops')
-        th = attribute_angles(model, x.to(device)).cpu()
-        pos = batch['labels'].cpu() == 1   # a cached loader's labels live on the GPU
-        thetas.append(th[pos]); attrs.append(pos.nonzero()[:, 1])
+    with evaluating(model.to(device)):   # in eval mode; the caller's training flags come back afterwards
+        for batch in loader:
+            x = batch['image']
+            if x.dim() != 4: raise KitError('positive_angles needs single-crop images (N, 3, H, W); use a test transform without crops')
+            th = attribute_angles(model, x.to(device)).cpu()
+            pos = batch['labels'].cpu() == 1   # a cached loader's labels live on the GPU
+            thetas.append(th[pos]); attrs.append(pos.nonzero()[:, 1])
     th, at = torch.cat(thetas).numpy(), torch.cat(attrs).numpy()
     keep = np.isfinite(th)
     return dict(theta=th[keep], attribute=at[keep], dropped=int((~keep).sum()))

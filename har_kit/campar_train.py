@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 
-from .core import KitError, get_device
+from .core import KitError, evaluating, get_device
 from .backbones import check_arch
 from .engine import TrainConfig, predict as engine_predict
 from .formats import dataset_kind, dataset_splits, expand_splits
@@ -148,15 +148,15 @@ def head_logits(model: CamParNet,  # a CAM variant
                 loader,            # single-crop loader of dict batches
                 device='cpu'):     # where the model runs
     "Logits of every head in one pass: 'shared', 'specific', 'mean', and '<other>_formula' (the specific-logit formula the model was not trained with), with 'labels'."
-    model.eval().to(device)
     other = f'{_other_formula(model)}_formula'
     acc = {k: [] for k in ('shared', 'specific', other, 'labels')}
-    for batch in loader:
-        f = model.feature_map(batch['image'].to(device))
-        out = model.heads(f)
-        acc['shared'].append(out['logits_shared']); acc['specific'].append(out['logits_specific'])
-        acc[other].append(model.specific_logits(out['cam'], attribute_activation(f, model.classifier.weight), _other_formula(model)))
-        acc['labels'].append(batch['labels'])
+    with evaluating(model.to(device)):   # in eval mode; the caller's training flags come back afterwards
+        for batch in loader:
+            f = model.feature_map(batch['image'].to(device))
+            out = model.heads(f)
+            acc['shared'].append(out['logits_shared']); acc['specific'].append(out['logits_specific'])
+            acc[other].append(model.specific_logits(out['cam'], attribute_activation(f, model.classifier.weight), _other_formula(model)))
+            acc['labels'].append(batch['labels'])
     res = {k: torch.cat(v).float().cpu().numpy() for k, v in acc.items()}
     res['mean'] = (res['shared'] + res['specific']) / 2
     return res

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from fastcore.basics import patch
 
-from .core import KitError, load_json, seed_everything
+from .core import KitError, evaluating, load_json, seed_everything
 from .backbones import check_arch
 from .cfar_factors import check_als_tol, check_confidences, check_p_t, fit_latent_factors
 from .engine import TrainConfig, fit
@@ -352,14 +352,14 @@ def phase1_outputs(model,           # a CAM-PAR variant with 'logits_specific'
                    device='cpu',    # where the model runs
                    progress=False): # a tqdm bar
     "Frozen phase-1 outputs over `loader`: {'l_specific', 'logits', 'labels'} as (N, M) numpy arrays."
-    model = model.to(device).eval()
     acc = dict(l_specific=[], logits=[], labels=[])
-    for b in tqdm(loader, desc='phase 1', leave=False, disable=not progress):
-        out = model(b['image'].to(device))
-        if 'logits_specific' not in out:
-            raise KitError("the phase-1 model has no 'logits_specific' output: CFAR needs a CAM variant ('campar' or 'campar_fusion')")
-        acc['l_specific'].append(out['logits_specific'].float().cpu()); acc['logits'].append(out['logits'].float().cpu())
-        acc['labels'].append(b['labels'].float().cpu())
+    with evaluating(model.to(device)):   # in eval mode; the caller's training flags come back afterwards
+        for b in tqdm(loader, desc='phase 1', leave=False, disable=not progress):
+            out = model(b['image'].to(device))
+            if 'logits_specific' not in out:
+                raise KitError("the phase-1 model has no 'logits_specific' output: CFAR needs a CAM variant ('campar' or 'campar_fusion')")
+            acc['l_specific'].append(out['logits_specific'].float().cpu()); acc['logits'].append(out['logits'].float().cpu())
+            acc['labels'].append(b['labels'].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in acc.items()}
 
 # %% ../nbs/51_cfar.ipynb #c054

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fastcore.basics import patch
 
-from .core import KitError, get_device
+from .core import KitError, evaluating, get_device
 from .backbones import check_arch, count_params
 from .data import load_dataset, samples_digest
 from .synth import check_profile
@@ -295,13 +295,13 @@ def predict_masks(model,                       # a DaHar variant with the masked
     "Masked-attention masks sigma(M) (N, 1, h, w), person masks area-resized to (h, w), images and sample indices."
     if not getattr(model, 'flags', {}).get('masked_attention'):
         raise KitError('predict_masks needs a variant with the masked attention block (coarse_to_fine or dahar)')
-    model.eval().to(device)
     pred, gt, imgs, idx = [], [], [], []
-    for b in loader:
-        if 'mask' not in b: raise KitError("predict_masks: the loader's batches have no 'mask': build it with with_mask=True")
-        m = torch.sigmoid(model(b['image'].to(device))['mask_logits']).float().cpu()
-        pred.append(m); gt.append(F.adaptive_avg_pool2d(b['mask'].float().cpu(), m.shape[-2:]))   # on the CPU, whichever device loaded them
-        imgs.append(b['image'].cpu()); idx.append(b['index'].cpu())
+    with evaluating(model.to(device)):   # in eval mode; the caller's training flags come back afterwards
+        for b in loader:
+            if 'mask' not in b: raise KitError("predict_masks: the loader's batches have no 'mask': build it with with_mask=True")
+            m = torch.sigmoid(model(b['image'].to(device))['mask_logits']).float().cpu()
+            pred.append(m); gt.append(F.adaptive_avg_pool2d(b['mask'].float().cpu(), m.shape[-2:]))   # on the CPU, whichever device loaded them
+            imgs.append(b['image'].cpu()); idx.append(b['index'].cpu())
     return dict(pred=torch.cat(pred), gt=torch.cat(gt), images=torch.cat(imgs), index=torch.cat(idx))
 
 # %% ../nbs/31_dahar.ipynb #c038

@@ -405,6 +405,7 @@ def test_head_rows_read_the_formula_the_variant_was_not_trained_with(trained, ot
     "An Eq. 12 run reads the public formula beside its head, a public run reads Eq. 12: never its own head twice."
     from har_kit.campar import campar_variant, l_specific, l_specific_summed
     from har_kit.campar_train import head_logits, head_rows
+    from har_kit.core import evaluating
     torch.manual_seed(0)
     net = campar_variant('campar', 3, 'resnet-tiny', specific_logit=trained)
     with torch.no_grad(): net.classifier.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))   # a bias tells the two forms apart
@@ -413,7 +414,7 @@ def test_head_rows_read_the_formula_the_variant_was_not_trained_with(trained, ot
               for _ in range(2)]
     p = head_logits(net, loader)
     assert set(p) == {'shared', 'specific', 'mean', f'{other}_formula', 'labels'}
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(net):   # as head_logits reads it (which gives the network back in its own mode)
         f = net.feature_map(loader[0]['image']); out = net.heads(f); a = attribute_activation(f, net.classifier.weight)
         want = l_specific(out['cam'], a, net.classifier.bias) if other == 'eq12' else l_specific_summed(out['cam'], a)
     np.testing.assert_allclose(p[f'{other}_formula'][:4], want.numpy(), atol=1e-5)
@@ -479,3 +480,21 @@ def test_held_out_thresholds_read_unspecified_labels_as_the_loss_does(monkeypatc
     got = T.held_out_thresholds(None, None, 'rap', ignore_unspecified=False)
     np.testing.assert_array_equal(got, choose_thresholds(s, np.where(y == UNSPECIFIED, 0, y), 'balanced_accuracy')['thresholds'])
     assert not np.array_equal(got, choose_thresholds(s, y, 'balanced_accuracy')['thresholds'])
+
+
+def test_the_analysis_passes_give_the_callers_network_back_in_the_mode_it_came_in():
+    "positive_angles, head_logits, predict_masks and phase1_outputs ran in eval mode and left a caller's network there (BatchNorm frozen, Dropout off for its next steps)."
+    from har_kit.campar import campar_variant
+    from har_kit.campar_train import head_logits
+    from har_kit.cfar import phase1_outputs
+    from har_kit.dahar import dahar_variant
+    from har_kit.dahar_train import predict_masks
+    g = torch.Generator().manual_seed(1)
+    batch = lambda h, w: {'image': torch.randn(4, 3, h, w, generator=g), 'labels': torch.randint(0, 2, (4, 3), generator=g).float(),
+                          'mask': torch.rand(4, 1, h, w, generator=g), 'index': torch.arange(4)}
+    cam, dah = campar_variant('campar', 3, 'resnet-tiny'), dahar_variant('dahar', 3, 'resnet-tiny')
+    for net, run in ((cam, lambda: positive_angles(cam, [batch(64, 48)])), (cam, lambda: head_logits(cam, [batch(64, 48)])),
+                     (cam, lambda: phase1_outputs(cam, [batch(64, 48)])), (dah, lambda: predict_masks(dah, [batch(64, 64)]))):
+        net.train(); frozen = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)); frozen.eval()   # the caller's own choice
+        run()
+        assert net.training and not frozen.training and sum(not m.training for m in net.modules()) == 1, run
