@@ -109,9 +109,11 @@ SMOKE_REASON = ("the smoke rehearsal (`har-kit reproduce --profile paper --smoke
 
 def choice_reason(profile: str,    # the profile
                   notebook: str,   # the section notebook
-                  param: str       # the parameter
+                  param: str,      # the parameter
+                  smoke=None       # {notebook: {parameter: value}} a smoke rehearsal changes (`har_kit.reproduce.SMOKE`), when the runs are one
                  ) -> str:
-    "The declared reason a profile departs from the papers on a parameter, or a statement that none is declared."
+    "The declared reason a profile departs from the papers on a parameter (a smoke rehearsal's for the sizes it changes), or a statement that none is declared."
+    if param in (smoke or {}).get(notebook, {}): return SMOKE_REASON
     for table in (CHOICE_REASONS.get(profile, {}), CHOICE_REASONS['*']):
         for k in (f'{notebook}.{param}', param):
             if k in table: return table[k]
@@ -381,7 +383,7 @@ def protocol_card(table: Table,    # the table, with its declared `protocol`
                 rows_differ = not paper.across and any(_norm(param, p[param], profile) != want for p in by_row if param in p)
                 others_differ = paper.across or any(_norm(param, p[param], profile) != want for p in others)
                 why = ([f"this table's rows set it ({_n_runs(len(by_row))}; see the rows, columns or conventions)"] if rows_differ else []) + \
-                      ([SMOKE_REASON if param in (smoke or {}).get(nb, {}) else choice_reason(profile, nb, param)] if others_differ else []) + \
+                      ([choice_reason(profile, nb, param, smoke)] if others_differ else []) + \
                       ([_COPIES] if copies else [])
                 card['differs'].append(dict(notebook=nb, parameter=param, paper=_show(paper.value), source=paper.source,
                                             runs=shown, reason='; '.join(why)))

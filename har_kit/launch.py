@@ -14,7 +14,7 @@ from .run_config import RunConfig, evaluation_split
 from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, earlier_code, execute,
                                missing_roots, plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
 from .render import error_cell
-from .results import STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
+from .results import SEED_DIR, STUDY_TABLES, TABLES, row_runs, run_dirs, spec_dir
 from .run_params import parameter_defaults, section_notebook
 from .runs import (RunFailed, RunInterrupted, check_devices, forward_interrupts, interrupted_exit, is_complete, is_done, params_yaml,
                           read_record, run_status, stop_runs)
@@ -182,11 +182,16 @@ def saved_smoke(profile: str,  # the profile
                 root            # outputs root the runs lie under
                ) -> bool:
     "Whether the profile's saved plan under `root` (its status.json) is a `--smoke` rehearsal (`_saved_options`): its tables say so."
-    path = status_path(Path(root), profile)
-    try: return path.exists() and _saved_options(read_status_runs(path), profile)['smoke']
-    except KitError: return False   # an unreadable status: `held_back` plans afresh, as here
+    return _saved_options(_saved_runs(root, profile), profile)['smoke']
 
-def _spec_of(d): return str(Path(d).parent) if Path(d).name.startswith('seed') else str(d)   # a seed's run folder (`spec_dir`); a run without seeds: itself
+def _saved_runs(root, profile):  # outputs root; the profile
+    "The run records of the profile's saved status.json under `root`; [] without a readable one (then a plan is made afresh)."
+    path = status_path(Path(root), profile)
+    if path.exists():
+        with contextlib.suppress(KitError): return read_status_runs(path)
+    return []
+
+def _spec_of(d): return str(Path(d).parent) if SEED_DIR.fullmatch(Path(d).name) else str(d)   # a seed's run folder (`spec_dir`); a run without seeds: itself
 
 def data_roots_now(recs,      # {run directory: plan record} of runs whose plan names no dataset root
                    saved=()   # the run records of the profile's saved status.json (`read_status_runs`)
@@ -328,10 +333,7 @@ def held_back(tables,         # table keys the rendering reads
              ) -> dict:
     "{run directory: why it gives no number} for the runs the tables read that are not done and current against today's plan, as `har-kit status` judges them (`run_states`): 'stale: finished with other parameters (...)', 'failed: ...', 'running', 'missing (not run)', ...; and the seed folders the plan does not make (left by an earlier version)."
     root, keys = Path(root).absolute(), [k for k in tables if TABLES[k].in_profile(profile)]
-    saved = []
-    if status_path(root, profile).exists():
-        with contextlib.suppress(KitError): saved = read_status_runs(status_path(root, profile))
-    recs, found = todays_runs(keys, profile, root, saved)
+    recs, found = todays_runs(keys, profile, root, _saved_runs(root, profile))
     held = {}
     for rec in run_states(list(recs.values())):
         if rec['state'] == 'done': continue

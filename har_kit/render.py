@@ -16,8 +16,8 @@ from .run_params import code_changed, find_notebook, notebook_record
 # %% auto #0
 __all__ = ['PRIOR_ONLY', 'MADE_WITH', 'PROFILE_NOTES', 'OURS_LABEL', 'missing_reason', 'constant_share', 'older_code',
            'made_with', 'left_out', 'paper_partition', 'error_cell', 'seed_exclusion', 'collect', 'paired_interval',
-           'table_rows', 'header', 'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex', 'render', 'plot_ablation',
-           'plot_per_attribute', 'plot_distraction', 'plot_curves']
+           'profile_label', 'table_rows', 'header', 'to_markdown', 'to_csv', 'to_seeds_csv', 'to_latex', 'render',
+           'plot_ablation', 'plot_per_attribute', 'plot_distraction', 'plot_curves']
 
 # %% ../nbs/63_render.ipynb #c006
 def missing_reason(dirs,         # the seed directories of a run (`run_dirs`)
@@ -225,6 +225,10 @@ def _fmt_interval(iv, n=None):  # `paired_interval`'s result; the seeds the two 
             + (f' (n={iv["n"]})' if n is not None and iv['n'] < n else ''))
 
 # %% ../nbs/63_render.ipynb #c014
+def profile_label(profile, smoke=False):  # the profile; whether its runs are a smoke rehearsal
+    "The profile as tables, figures and CSV lines name it: 'paper (smoke)' for a smoke rehearsal's runs."
+    return f'{profile} (smoke)' if smoke else profile
+
 PROFILE_NOTES = {
     'quick': 'synthetic stand-in data (the kit\'s procedural WIDER-/RAP-/PA100K-like benchmark), small backbone and '
              'input, CPU, few epochs. These numbers are NOT comparable with the paper\'s, nor are their orderings a test of '
@@ -232,7 +236,7 @@ PROFILE_NOTES = {
              'paired interval excludes 0.',
     'sample': 'the real PA100K sample (the images beside the project, or those $HAR_KIT_PA100K_SAMPLE names), from-scratch weights: far below the paper by design.',
     'paper': 'the real datasets with the papers\' backbones, inputs and schedules.',
-    'paper (smoke)': 'a smoke rehearsal of the paper profile (`har-kit reproduce --profile paper --smoke`): every paper run at '
+    profile_label('paper', True): 'a smoke rehearsal of the paper profile (`har-kit reproduce --profile paper --smoke`): every paper run at '
                      'toy sizes on CPU, on the data it was given, which checks that the route runs. These numbers are NOT '
                      'comparable with the paper\'s.',
 }
@@ -442,7 +446,7 @@ def render(table: Table,       # the table
     "Render one table (and its protocol card) as Markdown, CSV and LaTeX, and its seeds' numbers as CSV, into `out` (default <root>/<profile>/tables)."
     root = Path(root or outputs_root())
     cells, card = collect(table, root, profile, held), protocol_card(table, root, profile, held, smoke)
-    rows, shown = table_rows(table, cells), f'{profile} (smoke)' if smoke else profile   # the profile as the files say it
+    rows, shown = table_rows(table, cells), profile_label(profile, bool(smoke))
     texts = {'md': to_markdown(table, rows, shown, card), 'csv': to_csv(table, rows, shown),
              'tex': to_latex(table, rows, shown, card), 'card.csv': card_csv(card), 'seeds.csv': to_seeds_csv(table, cells, root)}
     out = Path(out or root/profile/'tables')
