@@ -77,12 +77,15 @@ def plot_explanation(image,              # (H, W, 3) uint8: the network input sh
     ncols = min(len(panels), 5); nrows = -(-len(panels) // ncols)
     h, w = image.shape[:2]
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, (2.1 * h / w + .5) * nrows + .3), squeeze=False)
-    arts = [_overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name) for ax, (name, m) in zip(axes.flat, panels)]
-    for ax in axes.flat[len(panels):]: ax.axis('off')
-    if title: fig.suptitle(title, fontsize=9, parse_math=False)
-    fig.tight_layout(rect=(0, 0, .9, 1))
-    if any(a is not None for a in arts):   # one scale for every panel: each map is shown relative to its own maximum
-        fig.colorbar(next(a for a in arts if a is not None), cax=fig.add_axes([.92, .15, .015, .7]), label='map / its maximum')
+    try:
+        arts = [_overlay(ax, image, None if m is None else m.reshape(m.shape[-2:]).cpu(), name) for ax, (name, m) in zip(axes.flat, panels)]
+        for ax in axes.flat[len(panels):]: ax.axis('off')
+        if title: fig.suptitle(title, fontsize=9, parse_math=False)
+        fig.tight_layout(rect=(0, 0, .9, 1))
+        if any(a is not None for a in arts):   # one scale for every panel: each map is shown relative to its own maximum
+            fig.colorbar(next(a for a in arts if a is not None), cax=fig.add_axes([.92, .15, .015, .7]), label='map / its maximum')
+    except BaseException:   # a figure half drawn is not left open (and current) in the caller's pyplot
+        plt.close(fig); raise
     return fig
 
 # %% ../nbs/80_explain.ipynb #c009

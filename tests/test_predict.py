@@ -356,6 +356,22 @@ def test_a_failing_explain_leaves_no_figure_open_and_names_an_out_dir_that_is_a_
         assert not (tmp_path/'x').exists() or list((tmp_path/'x').iterdir()) == []
     finally: plt.close('all')
 
+
+def test_a_figure_that_fails_while_drawn_is_closed(monkeypatch):
+    "plot_explanation called by itself (a notebook, a caller's report): a failure part way through drawing left the half-drawn figure open and current."
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from har_kit.explain import plot_explanation
+    mine = plt.figure()
+    try:
+        def interrupted(self, *a, **kw): raise KeyboardInterrupt
+        monkeypatch.setattr(Figure, 'tight_layout', interrupted)
+        maps = dict(global_maps={'mask': torch.rand(1, 4, 2)}, attribute_maps=torch.rand(2, 4, 2), kind='attention')
+        with pytest.raises(KeyboardInterrupt):
+            plot_explanation(np.zeros((8, 4, 3), np.uint8), maps, np.array([.9, .1]), np.array([True, False]), ['hat', 'bag'])
+        assert plt.get_fignums() == [mine.number] and plt.gcf() is mine
+    finally: plt.close('all')
+
 def test_sixteen_bit_png_is_not_white(tmp_path):
     a = (np.linspace(0, 65535, 600).reshape(20, 30)).astype(np.uint16)
     Image.fromarray(a).save(tmp_path/'g16.png')
