@@ -172,7 +172,9 @@ def _check_rebuild(builder, kwargs, state, where,   # registry key; kwargs as st
             want = shapes(build(**kwargs))
     except Exception:
         if meta_only: return
-        try: want = shapes(build(**kwargs))
+        try:
+            with torch.random.fork_rng(devices=[]):   # a real build's random init leaves the caller's torch draws as they were
+                want = shapes(build(**kwargs))
         except (TypeError, ValueError, RuntimeError, KitError) as e:
             raise KitError(f'{where}: {builder}(**kwargs) cannot build a network ({type(e).__name__}: {str(e)[:200]}); {fix}') from None
     have = {k: tuple(v.shape) for k, v in state.items()}

@@ -219,6 +219,9 @@ def test_a_builder_that_cannot_build_on_the_meta_device_saves_and_loads(tmp_path
     with torch.no_grad(): torch.testing.assert_close(load_model(f).model(x)['logits'], net(x)['logits'])
     with pytest.raises(KitError, match='builds another network than the one saved'):   # still checked, built for real
         save_model(tmp_path/'n.pt', net, builder='test_reads_its_init', kwargs={'num_attributes': 5}, attributes=NAMES, **PRE)
+    state = torch.random.get_rng_state()   # the real build's random init draws from a generator of its own
+    save_model(tmp_path/'o.pt', net, builder='test_reads_its_init', kwargs={'num_attributes': 4}, attributes=NAMES, **PRE)
+    assert torch.equal(torch.random.get_rng_state(), state), 'save_model moved the global torch generator'
 
 
 def test_a_rerun_notebook_cell_registers_its_builder_again(monkeypatch):
