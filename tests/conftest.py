@@ -16,7 +16,7 @@
 - SIGINT has its normal meaning in the session and the processes it starts, also when the session itself was started
   in the background (`make test &`), which starts it with SIGINT ignored: the tests that interrupt or cancel a job need it.
 """
-import os, shutil, signal, tempfile
+import importlib, os, shutil, signal, tempfile
 from pathlib import Path
 
 import pytest
@@ -78,6 +78,15 @@ def pytest_runtest_setup(item):
         p = shared_path(m.args[0])
         if p.exists(): continue
         msg = f'{p} is missing: lay out ../shared beside the clone (or set HAR_KIT_PA100K_SAMPLE for the sample)'
+        if os.environ.get('CI'): pytest.fail(f'{msg}; in CI it must be there')
+        pytest.skip(msg)
+
+
+def needs_module(name):  # an optional dependency (settings.ini's dev extras), e.g. 'onnxruntime'
+    "Import it; skip where it is not installed, but fail in CI, where the test command installs the dev extras: a test must not pass by skipping."
+    try: return importlib.import_module(name)
+    except ImportError as e:
+        msg = f"{name} is not installed ({e}): `pip install -e '.[dev]'` (make setup) installs it"
         if os.environ.get('CI'): pytest.fail(f'{msg}; in CI it must be there')
         pytest.skip(msg)
 

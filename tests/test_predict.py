@@ -249,7 +249,7 @@ from har_kit.formats import load_rgb as read_image   # what `Predictor` decodes 
 from har_kit.predict import Predictor, cli, resolve_thresholds, write_predictions
 from har_kit.formats import collect_images
 
-from conftest import shared_path, write_cfar_model
+from conftest import needs_module, shared_path, write_cfar_model
 
 SAMPLE = shared_path('data/pa100k-sample')   # conftest's helper: honours HAR_KIT_PA100K_SAMPLE
 
@@ -514,8 +514,7 @@ def test_model_maps_of_a_plain_classifier():
 @pytest.mark.parametrize('make', [_dahar, _campar])
 def test_export_matches_pytorch(tmp_path, make):
     "ONNX (onnxruntime) and TorchScript against PyTorch on one batch: max |diff| < 1e-4, named input/output."
-    pytest.importorskip('onnxruntime')
-    import onnxruntime as ort
+    ort = needs_module('onnxruntime')
     net, builder, kw = make()
     f = _save(tmp_path/'m.pt', net, builder, kw)
     x = torch.randn(5, 3, 64, 32)
@@ -623,7 +622,7 @@ def test_export_never_replaces_its_model_or_an_existing_file(tmp_path, model_fil
 
 def test_readme_python_snippet_trains_loads_and_predicts(tmp_path, monkeypatch):
     "README's Python route, run as written (in a fresh folder): it ends with a loaded model, predictions and an export."
-    pytest.importorskip('onnx')
+    needs_module('onnx')
     import re
     readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
     code = [b for b in re.findall(r'```python\n(.*?)```', readme, re.S) if 'train_variant(' in b]
