@@ -181,8 +181,14 @@ def _saved_options(saved,   # the run records of a saved status.json (`read_stat
 def saved_smoke(profile: str,  # the profile
                 root            # outputs root the runs lie under
                ) -> bool:
-    "Whether the profile's saved plan under `root` (its status.json) is a `--smoke` rehearsal (`_saved_options`): its tables say so."
-    return _saved_options(_saved_runs(root, profile), profile)['smoke']
+    "Whether the profile's saved plan under `root` (its status.json; without one, the run folders' own params.json) is a `--smoke` rehearsal (`_saved_options`): its tables say so."
+    return _saved_options(_saved_runs(root, profile) or _found_runs(root, profile), profile)['smoke']
+
+def _found_runs(root, profile):  # outputs root; the profile
+    "Run records from the run folders under `<root>/<profile>/<notebook>/` (their params.json): what a root copied without its status.json still says of its plan."
+    base = Path(root)/profile
+    return [dict(notebook=p.relative_to(base).parts[0], params=params) for p in sorted(base.glob('*/*/**/params.json'))
+            if isinstance(params := read_record(p), dict)]
 
 def _saved_runs(root, profile):  # outputs root; the profile
     "The run records of the profile's saved status.json under `root`; [] without a readable one (then a plan is made afresh)."

@@ -2,7 +2,7 @@
 changes only size keys, data roots are checked before any kernel starts, failures are isolated, an interrupted
 reproduce resumes, status is recorded."""
 from types import SimpleNamespace
-import json
+import json, shutil
 import pytest
 from pathlib import Path
 
@@ -821,6 +821,10 @@ def test_a_smoke_rehearsals_tables_say_so_and_why_their_sizes_differ(tmp_path):
     for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
     save_status(runs, root, 'paper')
     assert saved_smoke('paper', root) and not saved_smoke('paper', tmp_path/'elsewhere')
+    shutil.copytree(root, tmp_path/'copied'); status_path(tmp_path/'copied', 'paper').unlink()
+    assert saved_smoke('paper', tmp_path/'copied')   # a rehearsal's runs copied without their status.json: their params say so
+    for r in plan(['campar_t2'], 'paper', root=tmp_path/'real', data_roots={'rap': str(rap)}): _finish(r)
+    assert not saved_smoke('paper', tmp_path/'real')   # the paper profile's own sizes, no status.json either
     out = render(CAMPAR_T2, root, 'paper', held=held_back(['campar_t2'], 'paper', root), smoke=SMOKE)
     head = out['texts']['md'].splitlines()[2]
     assert head.split('. Profile ', 1)[1].startswith('`paper (smoke)`: a smoke rehearsal of the paper profile') and 'NOT comparable' in head, head
