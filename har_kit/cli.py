@@ -47,18 +47,24 @@ def _warnings_as_lines():
     try: yield
     finally: warnings.formatwarning = old
 
+def _escape_unencodable():
+    "stdout and stderr that cannot encode every character (an ASCII or Latin-1 locale, `PYTHONIOENCODING=ascii`) write Δ, ±, ρ as escapes instead of failing."
+    for s in (sys.stdout, sys.stderr):
+        if s is not None and (getattr(s, 'encoding', None) or 'utf-8').lower().replace('-', '').replace('_', '') != 'utf8' and hasattr(s, 'reconfigure'):
+            with contextlib.suppress(ValueError, OSError): s.reconfigure(errors='backslashreplace')
+
 def main(argv=None   # the command line after `har-kit` (None: sys.argv[1:])
         ):
     "Entry point of the `har-kit` console script."
-    if argv is None: lean_jupyter_imports()   # the console script: a process of its own (a caller passing argv keeps its imports)
+    if argv is None: lean_jupyter_imports(); _escape_unencodable()   # the console script: a process of its own (a caller passing argv keeps its imports and streams)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (['-h'], ['--help']): print(usage()); return 0
-    if argv[:1] == ['--version']: print(f'har-kit {__version__}'); return 0
-    if not argv: print(f'har-kit: name a subcommand\n\n{usage()}', file=sys.stderr); return 2
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
+    name, rest = (argv[0], argv[1:]) if argv else ('', [])
     try:
+        if name in ('-h', '--help'): print(usage()); return 0
+        if name == '--version': print(f'har-kit {__version__}'); return 0
+        if not argv: print(f'har-kit: name a subcommand\n\n{usage()}', file=sys.stderr); return 2
+        if name not in SUBCOMMANDS:
+            print(f"har-kit: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr); return 2
         module = importlib.import_module(SUBCOMMANDS[name][0])   # seconds of imports: Ctrl-C here stops too, with a line
         with data_warnings_once(name != 'data'), _warnings_as_lines():   # a dataset's issues once per machine; `har-kit data` lists them every time
             return getattr(module, CLI_FUNCTIONS.get(name, 'cli'))(rest) or 0

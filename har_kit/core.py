@@ -99,7 +99,8 @@ def atomic_path(path,        # final destination; the block writes to the yielde
 def atomic_write(path,      # final destination (like `open(path, mode)`, but all-or-nothing)
                  mode='w',  # a write mode of `open`: 'w', 'wb', ...
                  **kwargs): # passed to `open` (encoding, newline, ...)
-    "Open a temporary file next to `path` for writing; it replaces `path` only when the block succeeds."
+    "Open a temporary file next to `path` for writing; it replaces `path` only when the block succeeds. Text is UTF-8 unless `encoding` says otherwise (never the locale's)."
+    if 'b' not in mode: kwargs.setdefault('encoding', 'utf-8')
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -272,8 +273,8 @@ def repo_root():
 
 # %% ../nbs/00_core.ipynb #c057
 def shared_sample_root():
-    "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE`; None outside a clone."
-    if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE'])
+    "The real PA100K sample beside a clone (`../shared/data/pa100k-sample`), or `$HAR_KIT_PA100K_SAMPLE` (`~` expanded, made absolute, links resolved: one spelling per folder); None outside a clone."
+    if os.environ.get('HAR_KIT_PA100K_SAMPLE'): return Path(os.environ['HAR_KIT_PA100K_SAMPLE']).expanduser().resolve()
     root = repo_root()
     return (root.parent/'shared'/'data'/'pa100k-sample') if root else None
 
@@ -459,7 +460,7 @@ def env_info():
     else:   # an installed wheel: the commit it was built from, stamped by setup.py's build_py (when built in a git checkout)
         import har_kit
         stamp = Path(har_kit.__file__).parent/'BUILD_COMMIT'
-        try: built = json.loads(stamp.read_text())
+        try: built = json.loads(stamp.read_text(encoding='utf-8'))
         except (OSError, ValueError): built = None
         if isinstance(built, dict) and isinstance(built.get('git_commit'), str): info['built_from'] = built
     return info

@@ -39,7 +39,7 @@ def data_warning(message: str,          # the issue: the file, what is wrong, wh
         except KitError: mark = None                   # no usable data folder: warn every time
         if mark is not None:
             if mark.exists(): return
-            try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(message + '\n')
+            try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(message + '\n', encoding='utf-8')
             except OSError: pass                       # a read-only data folder: shown again next time
         print(f'warning: {message} (shown once per kit data folder, $HAR_KIT_DATA; `har-kit data check` lists every issue)', file=sys.stderr)
         return

@@ -292,7 +292,7 @@ def read_mask_log(folder):  # a mask root
     "The records of `folder`'s `log.jsonl` by mask key (the PNG's path under `folder`), the last one of each key; lines cut by an interruption are skipped."
     recs, path = {}, Path(folder)/MASK_LOG
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding='utf-8').splitlines():
             try: r = json.loads(line); recs[r['key']] = r
             except (json.JSONDecodeError, KeyError, TypeError): continue
     return recs
@@ -317,7 +317,7 @@ def read_synth_meta(root):  # a directory written by har_kit.synth.make_syntheti
     p = Path(root)/SYNTH_META
     if not p.exists():
         raise KitError(f'{p}: not found; {root} was not written by har_kit.synth.make_synthetic (real datasets have no sidecar)')
-    try: meta = json.loads(p.read_text())
+    try: meta = json.loads(p.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e: raise KitError(f'{p}: not valid JSON ({e}); regenerate the synthetic set') from None
     if not isinstance(meta, dict) or meta.get('generator') != 'har_kit.synth' or not isinstance(meta.get('images'), dict):
         raise KitError(f'{p}: not a har_kit.synth sidecar (fields generator/images missing); regenerate the set')

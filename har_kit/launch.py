@@ -306,11 +306,12 @@ def status_cli(argv=None   # the command line (None: sys.argv)
     ap.add_argument('--json', action='store_true', help='print the status as JSON')
     a = ap.parse_args(argv)
     try:
-        root = Path(a.out).expanduser().absolute() if a.out else outputs_root()   # only read (see above)
+        root = Path(a.out).expanduser().resolve() if a.out else outputs_root()   # only read (see above); one spelling, as reproduce's
         folder = check_out(root, a.profile, writable=False)
         if not folder.is_dir():
             raise KitError(f'nothing at {folder}: no run of profile {a.profile!r} was started under ' +
-                           (f'--out {root}' if a.out else f'{root} (the default outputs root; pass --out ROOT for another)') +
+                           (f'--out {root}' if a.out else f'{root} ($HAR_KIT_OUTPUTS)' if os.environ.get('HAR_KIT_OUTPUTS') else
+                            f'{root} (the default outputs root; pass --out ROOT for another)') +
                            f'; har-kit reproduce --profile {a.profile}{f" --out {root}" if a.out else ""} starts them')
         p = status_path(root, a.profile)
         runs = read_status_runs(p) if p.exists() else None
@@ -675,7 +676,7 @@ def _read_launcher_config(p):  # the --launcher-config path
     "The options of a YAML/JSON launcher config, or a `KitError` naming the file."
     import yaml
     if not p.is_file(): raise KitError(f'--launcher-config {p}: ' + ('a folder, not a file' if p.is_dir() else 'no such file'))
-    try: opts = yaml.safe_load(p.read_text())
+    try: opts = yaml.safe_load(p.read_text(encoding='utf-8'))
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise KitError(f'--launcher-config {p}: not YAML/JSON ({type(e).__name__}); write key: value lines such as time: 120') from None
     if opts is None: return {}
@@ -860,7 +861,7 @@ def cli(argv=None):  # the command line (None: sys.argv)
                            + "; name each device once, comma-separated ('cuda:0,cuda:1')")
         if a.launcher == 'submitit': _submitit_refusals(a, devices)   # before anything is planned, created or submitted
         if a.json and not a.dry_run: raise KitError('--json lists the plan without running it: add --dry-run (nothing was started)')
-        root = (Path(a.out).expanduser() if a.out else outputs_root(writable=not a.dry_run)).absolute() / ('smoke' if a.smoke else '')   # never beside real paper runs
+        root = (Path(a.out).expanduser().resolve() if a.out else outputs_root(writable=not a.dry_run)) / ('smoke' if a.smoke else '')   # never beside real paper runs
         if not a.dry_run: check_out(root, a.profile, where='--out' if a.out else 'outputs root')
         if a.launcher == 'local': _local_launcher_options(a)
         roots = _parse_roots(a.data_root)

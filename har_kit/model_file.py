@@ -431,7 +431,7 @@ class EpochSelector:
 
     def _landed(self, epoch):  # the epoch being scored
         "The last epoch whose `last.pt` has landed, as the engine's `history.json` (written after it) says; at most `epoch - 1`."
-        try: h = json.loads((self.path.parent.parent/'history.json').read_text())
+        try: h = json.loads((self.path.parent.parent/'history.json').read_text(encoding='utf-8'))
         except (OSError, ValueError): return 0
         last = h[-1].get('epoch') if isinstance(h, list) and h and isinstance(h[-1], dict) else None
         return min(last if isinstance(last, int) else 0, (epoch or 1) - 1)

@@ -452,7 +452,7 @@ def render(table: Table,       # the table
     out = Path(out or root/profile/'tables')
     with atomic_paths([out/f'{table.key}.{ext}' for ext in texts], sync=False) as tmps:   # one table's files land together:
         for tmp, text in zip(tmps, texts.values()):                                      # a stop or an error part way leaves
-            with open(tmp, 'w') as f: f.write(text)                                      # the earlier set whole, never a mix
+            with open(tmp, 'w', encoding='utf-8') as f: f.write(text)                    # the earlier set whole, never a mix
     return dict(texts=texts, cells=cells, rows=rows, card=card)
 
 # %% ../nbs/63_render.ipynb #c033

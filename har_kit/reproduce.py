@@ -16,7 +16,7 @@ from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
 from .render import older_code
 from .run_params import check_parameters, parameter_defaults
-from .runs import (RunBusy, RunInterrupted, data_changes, done_digest, input_fingerprints, is_complete, is_done, mask_input, moved_defaults,
+from .runs import (RunBusy, RunInterrupted, absolute_paths, data_changes, done_digest, input_fingerprints, is_complete, is_done, mask_input, moved_defaults,
                           params_digest, read_record, real_data, run_notebook, run_status, thread_change)
 
 # %% auto #0
@@ -293,7 +293,7 @@ def plan(tables=None,      # table keys; None: the profile's default tables
     if type(seeds) is not int or seeds < 1:
         raise KitError(f'seeds={seeds!r} (--seeds): expected a whole number of seeds per run, at least 1 (it is a least '
                        'number: rows that report a paired difference or an error bar get more)')
-    p = _Plan(profile, Path(root or outputs_root()).absolute(), data_roots or {}, device, smoke)   # kernels start in their run dirs
+    p = _Plan(profile, Path(root or outputs_root()).expanduser().resolve(), data_roots or {}, device, smoke)   # kernels start in their run dirs
     least = _least_seeds(profile, keys)
     for k in keys:
         for row in TABLES[k].rows:
@@ -365,8 +365,8 @@ def describe(runs   # PlannedRuns (`plan`)
 def param_diff(old: dict,   # parameters a run ran with (its `params.json`)
                new: dict    # parameters the plan gives it
               ) -> list:
-    "Parameters whose values differ, the device aside (a run may move between devices and stay the same run)."
-    new = json.loads(json.dumps(new, default=str))   # as params.json stores them
+    "Parameters whose values differ, the device aside (a run may move between devices and stay the same run); a path is compared as the place it names (`absolute_paths`: a link or `~` is not another place)."
+    old, new = absolute_paths(old), absolute_paths(json.loads(json.dumps(new, default=str)))   # as params.json stores them
     return sorted(k for k in set(old) | set(new) if k != 'device' and old.get(k) != new.get(k))
 
 def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as status.json keeps it)
@@ -383,8 +383,10 @@ def stale_params(r   # a planned run, or its record (`PlannedRun.record`, as sta
     if given is not None and (ran := done_digest(out)) and ran != params_digest(given):   # what `har-kit run` refuses (`check_run_params`)
         diff.append('params.json edited')
     given, env = given or {}, read_record(e, diff)
-    diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
     now = {**data, **input_fingerprints(planned), **mask_input(nb, planned)}   # the planned synthetic sets, what the other paths it reads hold now, the masks
+    ran = (env or {}).get('data') or {}
+    diff = [k for k in diff if not (f'input {k}' in now and ran.get(f'input {k}') == now[f'input {k}'])]   # a run it reads, elsewhere (a copied or moved outputs root) but the same run
+    diff += [f'default {k}' for k in moved_defaults(env, {**given, **planned}, parameter_defaults(nb))]   # runs of older kits: the metrics schema below
     if now and env is not None:   # compared on what the plan knows (a real dataset's annotation where it names the root; one it cannot read is not compared)
         changed = data_changes({'data': {k: v for k, v in (env.get('data') or {}).items() if k in now}}, now)
         if any(not c.startswith('input ') for c in changed): diff.append('data')     # e.g. the quick sets were resized
@@ -552,7 +554,7 @@ def render_tables(profile: str,     # the profile to render
                   progress=False    # papermill's progress bar
                  ) -> Path:
     "Run the tables notebook (73_tables) for a profile (always re-rendered); return its run directory."
-    root = Path(root or outputs_root()).absolute()   # the kernel starts in its run directory
+    root = Path(root or outputs_root()).expanduser().resolve()   # the kernel starts in its run directory
     run = root/profile/'tables'/'run'
     if run.is_dir() and not run_status(run)['state'] == 'running':   # rendering stats only: replaced, never kept aside
         shutil.rmtree(run)

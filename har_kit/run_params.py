@@ -94,10 +94,10 @@ def notebook_record(nb):  # the path of the notebook a run executes
     nb = Path(nb)
     code = lambda cells: hashlib.sha256('\n\x00'.join(''.join(c.get('source', '')) for c in cells).encode()).hexdigest()
     try:
-        cells = [c for c in json.loads(nb.read_text())['cells'] if c.get('cell_type') == 'code']
+        cells = [c for c in json.loads(nb.read_text(encoding='utf-8'))['cells'] if c.get('cell_type') == 'code']
         hashes = dict(code_sha256=code(cells), run_code_sha256=code(c for c in cells if DEMO_TAG not in c.get('metadata', {}).get('tags', [])))
     except (ValueError, KeyError, TypeError, AttributeError):   # not notebook JSON: the whole text
-        hashes = dict(code_sha256=hashlib.sha256(nb.read_text(errors='replace').encode()).hexdigest())
+        hashes = dict(code_sha256=hashlib.sha256(nb.read_text(encoding='utf-8', errors='replace').encode()).hexdigest())
     return dict(section=nb.stem.split('_', 1)[-1], file=nb.name, sha256=hashlib.sha256(nb.read_bytes()).hexdigest(), **hashes)
 
 def code_changed(was,   # the notebook record a run's env.json holds (`notebook_record`), or None

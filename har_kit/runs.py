@@ -76,7 +76,7 @@ def run_lock(out_dir):  # the run directory (created if needed)
     finally: os.close(fd)
 
 def _holder(lock_path):
-    try: h = json.loads(Path(lock_path).read_text() or '{}')
+    try: h = json.loads(Path(lock_path).read_text(encoding='utf-8') or '{}')
     except (OSError, json.JSONDecodeError): h = {}
     return f"pid {h.get('pid', '?')} on {h.get('host', '?')}, started {h.get('started', '?')}"
 
@@ -328,7 +328,7 @@ def thread_change(env,      # a run's env.json record, or None
 def done_digest(out_dir  # a run directory
                ) -> str | None:
     "The digest (`params_digest`) of the parameters the notebook executed, as the run's `done` recorded it; None without a readable `done`, or for one written before digests were recorded."
-    try: lines = (Path(out_dir)/'done').read_text().splitlines()[1:]
+    try: lines = (Path(out_dir)/'done').read_text(encoding='utf-8').splitlines()[1:]
     except (OSError, UnicodeDecodeError): return None
     return next((l.split()[1] for l in lines if l.startswith('params-sha256 ') and len(l.split()) > 1), None)
 
@@ -439,7 +439,7 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
 # %% ../nbs/70_runs.ipynb #c037
 def _cell_of(nb_path):
     "Execution count of the last cell a partly executed notebook started (papermill marks even a dying cell 'completed')."
-    try: cells = json.loads(Path(nb_path).read_text())['cells']
+    try: cells = json.loads(Path(nb_path).read_text(encoding='utf-8'))['cells']
     except (OSError, json.JSONDecodeError, KeyError): return None
     started = [c for c in cells if c.get('cell_type') == 'code' and c.get('metadata', {}).get('papermill', {}).get('start_time')]
     if not started: return None
@@ -448,7 +448,7 @@ def _cell_of(nb_path):
 def timing_summary(notebook_path, # an executed notebook
                    started=None):  # time.time() when the runner started it
     "Seconds for kernel start, the first cell that imports, and each executed cell, from papermill's cell metadata."
-    cells = json.loads(Path(notebook_path).read_text())['cells']
+    cells = json.loads(Path(notebook_path).read_text(encoding='utf-8'))['cells']
     parse = lambda t: datetime.datetime.fromisoformat(t.replace('Z', '+00:00')).timestamp() if t else None
     rows = []
     for i, c in enumerate(cells):
@@ -485,7 +485,7 @@ def _finish_notebook(out, started, log):
     "Rename the executed notebook into place (if it is whole) and write `timing.json` (over all sessions of the run) and the log's totals."
     running, final = out/'notebook.running.ipynb', out/'notebook.ipynb'
     if not running.exists(): return
-    try: json.loads(running.read_text())
+    try: json.loads(running.read_text(encoding='utf-8'))
     except (json.JSONDecodeError, OSError): return            # torn: leave it under its temporary name
     os.replace(running, final)
     try:
@@ -509,7 +509,7 @@ def batch_copy(nb,    # the notebook
                dest,  # where to write the copy
                ) -> int:
     "Write `nb` to `dest` with each `demo`-tagged code cell replaced by a one-line note; return how many were replaced."
-    d = json.loads(Path(nb).read_text())
+    d = json.loads(Path(nb).read_text(encoding='utf-8'))
     n = 0
     for c in d['cells']:
         if c.get('cell_type') == 'code' and DEMO_TAG in c.get('metadata', {}).get('tags', []):
@@ -554,7 +554,11 @@ class Echo:
     def _show(self, text):
         if not text or self.stream is None: return
         with contextlib.suppress(OSError, ValueError):   # a closed terminal or pipe must not stop the run
-            self.stream.write(text); self.stream.flush(); self.end = text[-1]
+            try: self.stream.write(text)
+            except UnicodeEncodeError:   # a stream that cannot show a character (an ASCII locale): escaped, not dropped
+                enc = getattr(self.stream, 'encoding', None) or 'ascii'
+                self.stream.write(text.encode(enc, 'backslashreplace').decode(enc))
+            self.stream.flush(); self.end = text[-1]
 
     def write(self, text):  # a chunk of the kernel's stream
         self.log.write(self.logged.feed(text))
@@ -591,7 +595,7 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
     started = time.time()
     source = nb if demos else out/'.batch-source.ipynb'
     skipped = 0 if demos else batch_copy(nb, source)
-    with open(out/'log.txt', 'a') as log, contextlib.ExitStack() as cleanup:
+    with open(out/'log.txt', 'a', encoding='utf-8') as log, contextlib.ExitStack() as cleanup:
         if not demos: cleanup.callback(lambda: source.unlink(missing_ok=True))
         streams = tuple(Echo(log, s if echo else None) for s in (sys.stdout, sys.stderr))
         def drain(): [s.close() for s in streams]   # a held last line or bar goes out before the run's closing line
@@ -646,8 +650,8 @@ def _names_path(name, value):  # a parameter and its value
 
 def absolute_paths(params: dict  # checked parameters
                   ) -> dict:
-    "`params` with every path the run reads (`_names_path`), `~` expanded, made absolute against the current directory."
-    def absolute(v): p = Path(v).expanduser(); return str(p if p.is_absolute() else p.resolve())
+    "`params` with every path the run reads (`_names_path`), `~` expanded, made absolute against the current directory, links and `..` resolved: one spelling per place, so a run's folder and its record do not depend on how the path was typed."
+    def absolute(v): return str(Path(v).expanduser().resolve())
     return {k: absolute(v) if _names_path(k, v) else v for k, v in params.items()}
 
 # %% ../nbs/70_runs.ipynb #c051
@@ -839,7 +843,7 @@ def run_status(out_dir,  # a run directory
     holder = _is_locked(out) if out.is_dir() else None
     if holder: return dict(state='running', error=None, holder=holder)
     if is_done(out):
-        when, damage = (out/'done').read_text().partition('\n')[0].strip(), run_damage(out)
+        when, damage = (out/'done').read_text(encoding='utf-8').partition('\n')[0].strip(), run_damage(out)
         if damage: return dict(state='damaged', error=f'marked done but {", ".join(damage)}: rerun it (`har-kit reproduce`, or the '
                                'same `har-kit run`, resumes it from its checkpoints)', time=when, missing=damage)
         return dict(state='done', error=None, time=when, metrics=str(out/'metrics.json'))
@@ -872,7 +876,7 @@ def run_report(out,              # a done run directory
                skipped=False):   # True: it was done before this command
     "What `har-kit run` prints about a finished run: done or skipped, the model lines, where its files are."
     out = Path(out)
-    when = (out/'done').read_text().partition('\n')[0].strip()
+    when = (out/'done').read_text(encoding='utf-8').partition('\n')[0].strip()
     head = (f'skipped: already done ({out}, finished {when}); pass --force to rerun it (the old run is moved aside)'
             if skipped else f'done -> {out}')
     try: lines = metrics_summary(load_json(out/'metrics.json', dict))

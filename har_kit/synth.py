@@ -269,12 +269,12 @@ def ensure_synthetic(kind,              # 'wider' | 'rap' | 'pa100k'
     n = PROFILES[profile][kind]
     marker = synth_marker(kind, n, seed, distractors)
     if (dest / 'done').exists():
-        if (dest / 'done').read_text() == marker: return dest
+        if (dest / 'done').read_text(encoding='utf-8') == marker: return dest
         stale = _temporary(dest, 'old')    # swept as a temporary, on this machine, if killed mid-delete
         try: os.rename(dest, stale)        # another generator version: move it aside (atomic), then regenerate
         except OSError: pass               # a concurrent caller moved it first
         shutil.rmtree(stale, ignore_errors=True)
-        if (dest / 'done').exists() and (dest / 'done').read_text() == marker: return dest
+        if (dest / 'done').exists() and (dest / 'done').read_text(encoding='utf-8') == marker: return dest
     if dest.exists() and any(dest.iterdir()):
         raise KitError(f'{dest} exists but has no `done` marker (an interrupted or foreign directory): delete it and rerun')
     if root is None: data_root(writable=True)   # generating: a read-only $HAR_KIT_DATA is named before any work

@@ -1,5 +1,5 @@
 "Packaging: settings.ini and environment.yml list the same requirements; the console script is wired."
-import configparser, re, subprocess, sys
+import configparser, os, re, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,41 @@ def test_python_m_runs_the_console_script():
     assert r.returncode == 0 and r.stdout.startswith('har-kit '), (r.returncode, r.stdout, r.stderr)
     r = subprocess.run([sys.executable, '-m', 'har_kit.cli', 'nope'], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "unknown subcommand 'nope'" in r.stderr, (r.returncode, r.stderr)
+
+
+def _cli(*args, env=None, **kw):  # the console script in a process of its own
+    return subprocess.run([sys.executable, '-m', 'har_kit.cli', *args], text=True, cwd=ROOT, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_the_command_in_an_ascii_locale_escapes_what_it_cannot_print():
+    "PYTHONIOENCODING=ascii (or an old Latin-1 locale): `har-kit params campar` and `reproduce --help` ended in a UnicodeEncodeError traceback on ρ and ±."
+    for args in (('params', 'campar'), ('reproduce', '--help')):
+        r = _cli(*args, env={'PYTHONIOENCODING': 'ascii'}, capture_output=True)
+        assert r.returncode == 0 and 'Traceback' not in r.stderr and r.stdout.isascii(), (args, r.stderr[-500:])
+    assert '\\u03c1' in _cli('params', 'campar', env={'PYTHONIOENCODING': 'ascii'}, capture_output=True).stdout   # ρ, escaped
+
+
+def test_the_kits_text_files_are_utf8_whatever_the_locale(tmp_path):
+    "With PYTHONUTF8=0 under the C locale, reading a notebook (`har-kit run`'s batch copy, its record) was a UnicodeDecodeError traceback that left a half-started run folder, and a table's Δ could not be written."
+    code = ('import sys; from pathlib import Path; from har_kit.core import atomic_write; from har_kit.runs import batch_copy; '
+            'from har_kit.run_params import notebook_record; '
+            f'd = Path({str(tmp_path)!r}); batch_copy({str(ROOT/"nbs"/"41_campar.ipynb")!r}, d/"b.ipynb"); notebook_record(d/"b.ipynb"); '
+            'f = atomic_write(d/"t.md"); t = f.__enter__(); t.write("\\u0394 mA \\u00b1 0.1\\n"); f.__exit__(None, None, None); '
+            'print(sys.flags.utf8_mode, (d/"t.md").read_bytes())')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, 'PYTHONUTF8': '0', 'LC_ALL': 'C', 'LANG': 'C'})
+    assert r.returncode == 0, r.stderr[-800:]
+    assert r.stdout.split(' ', 1) == ['0', "b'\\xce\\x94 mA \\xc2\\xb1 0.1\\n'\n"], r.stdout   # not in UTF-8 mode, UTF-8 written
+
+
+def test_help_and_version_into_a_closed_pipe_end_quietly():
+    "`har-kit --version | (exec <&-; ...)`: the top-level help and version were printed outside the BrokenPipeError handling (a traceback)."
+    for args in (('--version',), ('--help',)):
+        read, write = os.pipe()
+        os.close(read)   # the reader is gone before the command writes: every write fails, whatever the timing
+        try: r = _cli(*args, stdout=write, stderr=subprocess.PIPE)
+        finally: os.close(write)
+        assert r.returncode == 0 and r.stderr == '', (args, r.stderr[-500:])
 
 
 def test_readme_is_rendered_from_index():

@@ -834,3 +834,32 @@ def test_a_smoke_rehearsals_tables_say_so_and_why_their_sizes_differ(tmp_path):
     runs = plan(['campar_t2'], 'quick', root=tmp_path/'q')
     save_status(runs, tmp_path/'q', 'quick')
     assert not saved_smoke('quick', tmp_path/'q')
+
+
+def test_a_place_spelled_another_way_is_the_same_place(tmp_path, monkeypatch):
+    "One outputs root reached through a link, a copy of it, a sample root given relative or through a link: the runs stay done (every CFAR run read as stale by its campar_run string; every sample run stale the moment it finished)."
+    from har_kit.core import shared_sample_root
+    from har_kit.launch import make_status
+    from har_kit.reproduce import param_diff, stale_params
+    from har_kit.runs import absolute_paths
+    q = tmp_path/'q'
+    runs = plan(['campar_t2'], 'quick', root=q)
+    for r in sorted(runs, key=lambda r: r.spec.notebook != 'campar'): _finish(r)
+    assert make_status(runs, 'quick')['counts']['done'] == len(runs)
+    (tmp_path/'qlink').symlink_to(q)
+    shutil.copytree(q, tmp_path/'q2')
+    for root in (tmp_path/'qlink', tmp_path/'q2'):
+        again = plan(['campar_t2'], 'quick', root=root)
+        assert {str(r.out_dir) for r in again} == {str(r.out_dir).replace(str(q), str(root.resolve())) for r in runs}   # one spelling of the root
+        assert {r.name: stale_params(r) for r in again if stale_params(r)} == {}, root
+    camp0 = next(r for r in plan(['campar_t2'], 'quick', root=tmp_path/'q2') if r.spec.notebook == 'campar' and r.seed == 0)
+    (camp0.out_dir/'done').write_text((camp0.out_dir/'done').read_text() + 'trained again\n')   # the copy's CAM-PAR run is another run now
+    cfar0 = next(r for r in plan(['campar_t2'], 'quick', root=tmp_path/'q2') if r.spec.notebook == 'cfar' and r.seed == 0)
+    assert stale_params(cfar0) == ['campar_run', 'inputs']   # elsewhere and another run: both said
+    sample = tmp_path/'sample'; sample.mkdir(); (tmp_path/'slink').symlink_to(sample)
+    monkeypatch.chdir(tmp_path)
+    for spelled in ('sample', './sample/', str(tmp_path/'slink'), str(tmp_path/'x'/'..'/'sample')):
+        monkeypatch.setenv('HAR_KIT_PA100K_SAMPLE', spelled)
+        assert shared_sample_root() == sample.resolve(), spelled
+        assert param_diff({'data_root': str(sample)}, {'data_root': spelled}) == [], spelled
+        assert absolute_paths({'data_root': spelled}) == {'data_root': str(sample.resolve())}   # `har-kit run`'s folder and record too

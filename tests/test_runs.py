@@ -422,3 +422,14 @@ def test_the_compile_cache_is_the_kits_after_torchvision_put_torchs_default_in_t
     assert kernel_env(tmp_path/'r')['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path/'cache'/'torchinductor')
     monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path/'mine'))   # a folder the user chose is kept
     assert kernel_env(tmp_path/'r')['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path/'mine')
+
+
+def test_a_run_shown_on_an_ascii_stream_escapes_what_it_cannot_show():
+    "A run's live output on a stream that cannot encode Δ (an ASCII locale, a caller's Python) dropped the whole chunk: the line was missing on screen, kept only in log.txt."
+    import io
+    from har_kit.runs import Echo
+    log, raw = io.StringIO(), io.BytesIO()
+    shown = io.TextIOWrapper(raw, encoding='ascii')
+    e = Echo(log, shown)
+    e.write('mA 0.71 (\u0394 +0.02)\n'); e.close(); shown.flush()
+    assert log.getvalue() == 'mA 0.71 (\u0394 +0.02)\n' and raw.getvalue() == b'mA 0.71 (\\u0394 +0.02)\n', raw.getvalue()
