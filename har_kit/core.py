@@ -111,9 +111,11 @@ def check_writable(files,          # the files a command will write (the first n
                    force=False,    # replace files that exist
                    where='--out',  # the option or parameter that chose them, for messages
                    folders=False): # True: they are folders to fill (an existing one is the caller's to judge)
-    "Refuse, before any work, existing `files` (unless `force`), a folder where a file is to be written, and a place that is not a writable folder."
-    files = [Path(f).expanduser() for f in files]
-    for f in files:
+    "Refuse, before any work, existing `files` (unless `force`), a folder where a file is to be written (one that exists, or a name ending in '/'), and a place that is not a writable folder."
+    typed, files = list(files), [Path(f).expanduser() for f in files]
+    for t, f in zip(typed, files):
+        if not folders and isinstance(t, str) and t.endswith(('/', os.sep)):   # Path() drops the '/' that says a folder was meant
+            raise KitError(f'{where} {t} names a folder (it ends in /): name the file to write (e.g. {f/"<name>"}), or choose another {where}')
         if f.is_dir() and not folders: raise KitError(f'{where} {f} is a folder: name the file to write (e.g. {f/"<name>"}), or choose another {where}')
         if f.exists() and not force: raise KitError(f'{f} exists: pass --force (Python: force=True) to replace it, or choose another {where}')
     parent = next(p for p in [files[0].parent, *files[0].parent.parents] if p.exists())

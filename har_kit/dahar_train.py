@@ -17,7 +17,7 @@ from .data import load_dataset, samples_digest
 from .synth import check_profile
 from .distributed import setup_device
 from .engine import TrainConfig, predict
-from .formats import dataset_kind, masks_fingerprint
+from .formats import dataset_kind, expand_splits, masks_fingerprint
 from .loading import DAHAR_INPUT, IMAGENET_MEAN, IMAGENET_STD, SampleCache, dahar_sizes, dahar_transforms, make_loader
 from .losses import pos_ratio
 from .pipeline import cached_loader, check_pipeline, dahar_batches
@@ -148,7 +148,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
                   with_mask: bool = False,     # training (and validation) batches carry the person mask
                   cache=None):                 # a `SampleCache` the loaders share (`SampleCache.of(cfg.cache_mb)`), or None
     "Loaders 'train', 'val' (when a val split exists and is not trained on), 'full' (256 resize) and 'crops' (five-crop)."
-    aspect, tr, ev, bs = dataset_kind(data.name).aspect, cfg.train_splits, cfg.eval_split, cfg.batch_size   # height / width
+    aspect, tr, ev, bs = dataset_kind(data.name).aspect, expand_splits(cfg.train_splits, data.splits), cfg.eval_split, cfg.batch_size   # height / width; 'trainval' read as `data.split` reads it
     missing = [s for s in [*tr, ev] if s not in data.splits]
     if missing: raise KitError(f'{data.name} at {data.root}: no split(s) {missing} (available: {data.splits}); fix train_splits / eval_split')
     if cfg.pipeline == 'device': return _device_loaders(data, cfg, with_mask, aspect)
@@ -162,7 +162,7 @@ def dahar_loaders(data,                        # har_kit.data.AttributeData
 
 # %% ../nbs/31_dahar.ipynb #c018
 def _device_loaders(data, cfg, with_mask, aspect):  # `dahar_loaders` from the decoded cache, augmented on cfg.device
-    tr, ev, bs, n = cfg.train_splits, cfg.eval_split, cfg.batch_size, data.name
+    tr, ev, bs, n = expand_splits(cfg.train_splits, data.splits), cfg.eval_split, cfg.batch_size, data.name
     # one cache per dataset and size (`pool_rows`): every split list, partition and seed reads the same copy
     kw = dict(device=get_device(cfg.device), workers=cfg.num_workers, mask_from_box=cfg.mask_supervision == 'box', pool=data, name=n)
     test = lambda **k: cached_loader(data.split(ev), dahar_batches(False, aspect, cfg.scale, **k), 4 * bs, False, **kw)

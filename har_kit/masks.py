@@ -21,6 +21,7 @@ from .formats import (DATASET_KINDS, MASK_LOG, SYNTH_META, default_mask_root, lo
 from .mask_sources import (MASK_SOURCES, MaskSource, check_maskrcnn_weights, check_source, mask_source, read_mask, sample_key,
                                   short_hash, target_of, write_mask)
 from .run_config import RunConfig
+from .synth import check_profile
 
 # %% auto #0
 __all__ = ['MasksConfig', 'MaskSet', 'mask_cache_dir', 'make_masks', 'attach_masks', 'mask_iou', 'mask_quality',
@@ -48,6 +49,7 @@ class MasksConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.dataset not in DATASET_KINDS: raise KitError(f'dataset={self.dataset!r}: choose one of {", ".join(DATASET_KINDS)}')
+        if self.data_root is None: check_profile(self.profile)   # the synthetic set it reads
         check_source(self.source)
         try: check_arch(self.fig4_arch, self.fig4_weights)   # Fig. 4's backbone, as the sections check theirs
         except KitError as e: raise KitError(f'fig4_arch / fig4_weights: {e}') from None

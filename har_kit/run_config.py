@@ -123,7 +123,8 @@ class RunConfig:
         splits = dataset_splits(kind.name, getattr(self, 'data_root', None)) if kind is not None else ()
         if not splits: return   # a file that cannot tell: its reader says why
         for name in ('train_splits', 'eval_split'):
-            bad = [s for s in expand_splits(getattr(self, name, None) or [], splits) if s not in splits]
+            v = getattr(self, name, None)
+            bad = [s for s in expand_splits([] if v is None else v, splits) if s not in splits]   # '' is a name no dataset has
             if bad:
                 raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(splits)}, not {bad[0]!r}"
                                + (' (RAP v1 has no val split)' if kind.name == 'rap' else '')
@@ -149,8 +150,13 @@ class RunConfig:
 def check_train_splits(train_splits,         # a split name or a list of them (parameter `train_splits`)
                        eval_split='test',    # the split the run scores
                        where='train_splits'):  # the parameter, for the message
-    "The training split names as a list; `KitError` when there are none or when they include `eval_split`."
-    names = [train_splits] if isinstance(train_splits, str) else list(train_splits or [])
+    "The training split names as a list; `KitError` when they are not names, when there are none, when they include `eval_split`, or when `eval_split` is 'trainval' (train + val: never a scored split)."
+    names = [train_splits] if isinstance(train_splits, str) else list(train_splits or []) if isinstance(train_splits, (list, tuple, type(None))) else None
+    if names is None or not all(isinstance(s, str) and s for s in names):
+        raise KitError(f"{where}={train_splits!r}: pass a list of split names, e.g. ['train'] or ['train', 'val']")
+    if eval_split == 'trainval':
+        raise KitError("eval_split='trainval' would score train + val, the images a run trains on: score 'test' (or 'val' where the "
+                       'dataset has one)')
     if not names:
         raise KitError(f"{where}=[] would train on every split, {eval_split!r} included: name the split(s) to train on, "
                        "e.g. ['train'] or ['train', 'val']")

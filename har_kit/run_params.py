@@ -15,7 +15,7 @@ __all__ = ['PAPER_SECTIONS', 'DEMO_TAG', 'SHAPES', 'NON_EMPTY', 'PLACES', 'RUN_C
            'section_names', 'describe_sections', 'find_notebook', 'run_name', 'section_notebook', 'notebook_record',
            'code_changed', 'Unparsed', 'notebook_parameters', 'parameter_defaults', 'check_parameter',
            'check_parameters', 'config_class', 'check_config', 'list_parameters', 'load_yaml', 'parse_value',
-           'path_parameter', 'parse_params']
+           'path_parameter', 'empty_path', 'parse_params']
 
 # %% ../nbs/60_run_params.ipynb #c005
 def notebooks_dir():
@@ -140,7 +140,7 @@ def parameter_defaults(notebook   # path, file name or section name
 
 # %% ../nbs/60_run_params.ipynb #c024
 SHAPES = {'input_size': ('C', 'H', 'W')}   # a list of exactly these sizes, each a whole number 1..4096
-NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile')
+NON_EMPTY = ('variants', 'device', 'fuse_at', 'dataset', 'arch', 'loss', 'optimizer', 'profile', 'eval_split')
 PLACES = ('_root', '_dir', '_directory', '_run')  # name endings of parameters that name a file-system place: a path string or None
 _PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
 
@@ -298,16 +298,22 @@ def _hashes(v):  # a parsed value
     if isinstance(v, dict): return sum(_hashes(k) + _hashes(x) for k, x in v.items())
     return sum(map(_hashes, v)) if isinstance(v, (list, tuple)) else 0
 
+def empty_path(name,   # a path parameter (`path_parameter`)
+               text):  # its value as typed (-p, a parameters file)
+    "Refuse empty text for a path: `-p data_root \"$RAP_ROOT\"` with the variable unset would run on the default (the synthetic stand-in, no weights) without a word."
+    if not text.strip():
+        raise KitError(f"{name}={text!r}: empty (an unset shell variable?); pass a path, or null for the notebook's default")
+
 def parse_params(notebook,  # notebook name or path (its defaults decide how text is read)
                  pairs,     # [(name, text), ...] from `-p NAME VALUE`
                  ) -> dict:
-    "Command-line `-p` pairs to values: verbatim text for string defaults and for paths (`path_parameter`; None, null or nothing: None), YAML for the rest, refused where YAML would drop a comment; a name given twice is refused."
+    "Command-line `-p` pairs to values: verbatim text for string defaults and for paths (`path_parameter`; None or null: None; empty text is refused, e.g. an unset shell variable), YAML for the rest, refused where YAML would drop a comment; a name given twice is refused."
     twice = sorted({n for n, _ in pairs or [] if [m for m, _ in pairs].count(n) > 1})
     if twice: raise KitError(f'-p {", ".join(twice)} given more than once: give each parameter once')
     declared = notebook_parameters(notebook)
     def read(n, text):
         if isinstance(declared.get(n), str) and not isinstance(declared.get(n), Unparsed): return text
-        if path_parameter(n): return None if text.strip().lower() in ('', 'none', 'null') else text.strip()   # '~' and ' #' kept
+        if path_parameter(n): return empty_path(n, text) or (None if text.strip().lower() in ('none', 'null') else text.strip())   # '~' and ' #' kept
         v = parse_value(text)
         if text.count('#') > _hashes(v):
             raise KitError(f"-p {n} {text!r}: YAML reads the text from its ' #' as a comment and would drop it (leaving {v!r}); "

@@ -12,7 +12,7 @@ from .core import (LATER_PARAMS, KitError, atomic_write, cache_root, check_folde
                           outputs_root, save_json, to_jsonable)
 from .formats import data_fingerprint, detect_layout, file_sha256, mask_folder, mask_roots, masks_fingerprint
 from .metrics import entry_line, format_number
-from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_parameters, code_changed, find_notebook, notebook_parameters, notebook_record,
+from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_parameters, code_changed, empty_path, find_notebook, notebook_parameters, notebook_record,
                                 describe_sections, load_yaml, notebooks_dir, parameter_defaults, parameters_cells, section_notebook, parse_params, parse_value,
                                 list_parameters, path_parameter, config_class, run_name)
 
@@ -945,7 +945,7 @@ def coerce_value(value,    # a value from -p (after `parse_params`) or from a pa
     "`value` read as the parameter means it: comma-separated text as a list, 'None' as None, '1e-4' as a number; a path as typed."
     if isinstance(default, str) and not isinstance(default, Unparsed): return value
     if name is not None and path_parameter(name) and isinstance(value, str):   # a folder may be named 2024
-        return None if value.strip().lower() in ('', 'none', 'null') else value.strip()
+        return empty_path(name, value) or (None if value.strip().lower() in ('none', 'null') else value.strip())
     if isinstance(default, bool) and not isinstance(value, bool) and value in (0, 1, '0', '1'): return bool(int(value))   # -p fig5 1, as yes / true
     if not isinstance(value, str): return value
     text = value.strip()

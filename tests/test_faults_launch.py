@@ -136,6 +136,8 @@ def test_config_into_a_folder_asks_for_a_file_name(tmp_path, capsys):
         assert config_cli(['dahar', '--out', str(tmp_path), *force]) == 2
         err = capsys.readouterr().err
         assert 'is a folder: name the file to write' in err and 'Traceback' not in err, err
+    assert config_cli(['dahar', '--out', f'{tmp_path}/new-folder/']) == 2   # a folder not made yet: it wrote a file named new-folder
+    assert 'names a folder (it ends in /): name the file to write' in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

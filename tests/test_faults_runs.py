@@ -941,3 +941,36 @@ def test_a_selection_without_its_evaluation_split_is_refused_before_the_kernel(p
     "The dataset kind names its splits, so these no longer wait for the data to load inside the kernel."
     with pytest.raises(KitError, match=re.escape(message)): check_parameters('campar', params)
     assert check_parameters('campar', {**params, 'train_splits': ['train'], 'val_fraction': 0.1, 'dataset': 'rap'})
+
+
+@pytest.mark.parametrize('nb, params, match', [
+    ('dahar', {'eval_split': 'trainval'}, "eval_split='trainval' would score train \\+ val"),   # scored the images it trained on
+    ('dahar', {'dataset': 'rap', 'train_splits': ['train'], 'eval_split': 'trainval'}, "eval_split='trainval'"),
+    ('dahar', {'eval_split': ''}, "'eval_split': must not be empty"),   # failed in the kernel, leaving a failed run folder
+    ('cfar', {'train_splits': 2}, "'train_splits'=2: pass a list of split names"),   # a raw TypeError traceback
+    ('cfar', {'train_splits': True}, "'train_splits'=True: pass a list"),
+    ('cfar', {'train_splits': ''}, "'train_splits'='': pass a list"),   # failed in the kernel
+    ('masks', {'profile': 'huge'}, "profile='huge': the synthetic sets come in"),   # failed in the kernel (cell 35)
+])
+def test_split_and_profile_names_are_checked_before_the_kernel(nb, params, match):
+    "A reviewer's fuzzing: each of these passed every check and failed inside the kernel (or crashed the command); now refused with the parameter named."
+    with pytest.raises(KitError, match=match): check_parameters(nb, params)
+
+
+def test_an_empty_path_is_refused_not_read_as_the_default():
+    "`-p data_root \"$RAP_ROOT\"` with the variable unset trained on the synthetic stand-in (and `-p weights \"\"` from scratch) without a word; null still means the default."
+    from har_kit.run_params import parse_params
+    from har_kit.runs import coerce_value
+    for name in ('data_root', 'weights'):
+        with pytest.raises(KitError, match=rf"{name}='': empty \(an unset shell variable\?\)"): parse_params('dahar', [(name, '')])
+        with pytest.raises(KitError, match=rf"{name}='  ': empty"): coerce_value('  ', None, name)   # a -f file's value
+    assert parse_params('dahar', [('data_root', 'null'), ('weights', 'None')]) == {'data_root': None, 'weights': None}
+
+
+def test_dahar_trains_on_trainval_as_the_checks_read_it(tmp_path):
+    "train_splits=['trainval'] passed the checks (train + val) and then failed in the loaders, which compared the raw name."
+    from har_kit.data import read_wider, tiny_fixture
+    from har_kit.dahar_train import DaHarConfig, dahar_loaders
+    data = read_wider(tiny_fixture('wider', tmp_path/'w'))
+    loaders = dahar_loaders(data, DaHarConfig(train_splits=['trainval'], batch_size=2))
+    assert len(loaders['train'].dataset) == len(data.split('train', 'val')) and 'val' not in loaders   # val is trained on: not held out
