@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_formats.ipynb #c002
 from __future__ import annotations
-import contextlib, csv, functools, glob, hashlib, io, json, math, os, re, warnings
+import contextlib, contextvars, csv, functools, glob, hashlib, io, json, math, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,13 @@ __all__ = ['WIDER_ATTRIBUTES', 'WIDER_IMBALANCE', 'PA100K_ATTRIBUTES', 'RAP_ATTR
            'LAYOUTS', 'MASK_DIR', 'SYNTH_META', 'MASK_LOG', 'IMAGE_SUFFIXES', 'PA100K_SPLITS', 'RAP_PARTITIONS',
            'FIXTURE_ATTRIBUTES', 'DatasetKind', 'expand_splits', 'dataset_kind', 'check_data_root', 'Layout',
            'detect_layout', 'explicit_layout', 'layout_paths', 'file_sha256', 'data_fingerprint', 'image_file',
-           'default_mask_root', 'mask_home', 'mask_roots', 'mask_folder', 'masks_fingerprint', 'mask_path',
-           'read_mask_log', 'log_box', 'mask_record_change', 'read_synth_meta', 'write_synth_meta', 'target_meta',
-           'synth_target_meta', 'synthetic_set', 'clip_box', 'crop_box', 'box_mask', 'is_image', 'image_problem',
-           'exif_orientation', 'pil_rgb', 'load_rgb', 'image_size', 'printable', 'collect_images', 'check_images',
-           'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation', 'write_wider_annotation',
-           'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'dataset_splits', 'write_fixture']
+           'default_mask_root', 'mask_home', 'mask_roots', 'mask_folder', 'fingerprints_once', 'masks_fingerprint',
+           'mask_path', 'read_mask_log', 'log_box', 'mask_record_change', 'read_synth_meta', 'write_synth_meta',
+           'target_meta', 'synth_target_meta', 'synthetic_set', 'clip_box', 'crop_box', 'box_mask', 'is_image',
+           'image_problem', 'exif_orientation', 'pil_rgb', 'load_rgb', 'image_size', 'printable', 'collect_images',
+           'check_images', 'save_image', 'load_grey', 'write_pa100k_annotation', 'write_rap_annotation',
+           'write_wider_annotation', 'csv_records', 'csv_annotation_text', 'write_csv_annotation', 'dataset_splits',
+           'write_fixture']
 
 # %% ../nbs/02_formats.ipynb #c005
 WIDER_ATTRIBUTES = ['Male', 'longHair', 'sunglass', 'Hat', 'Tshiirt', 'longSleeve', 'formal', 'shorts', 'jeans',
@@ -267,15 +268,28 @@ def _walk_pngs(folder):
         seen.add(real)
         yield from (os.path.join(d, f) for f in files if f.endswith('.png'))
 
+_FINGERPRINTS = contextvars.ContextVar('har_kit_mask_fingerprints', default=None)   # {folder: fingerprint} inside `fingerprints_once`
+
+@contextlib.contextmanager
+def fingerprints_once():
+    "Within the block (or a function it decorates), each mask folder is walked and fingerprinted once: one command judging many runs that read the same folder (`har-kit status` on the paper plan: 18 Da-HAR runs, two folders of up to 57k masks) reads it once, not once per run."
+    token = _FINGERPRINTS.set({})
+    try: yield
+    finally: _FINGERPRINTS.reset(token)
+
 def masks_fingerprint(folder,      # a mask folder (`mask_folder`)
                       files=None):  # the masks below it to hash (e.g. a split's); None: every PNG below it
     "A 16-hex-digit hash of the relative name and the bytes of every PNG below `folder` (or of `files`): it changes when a mask is made again with other pixels, edited, added or removed; not when the folder is copied or moved, nor when `har-kit masks` only rewrites its report."
-    rows = []
+    memo, key = _FINGERPRINTS.get(), os.path.realpath(folder)
+    if files is None and memo is not None and key in memo: return memo[key]
+    rows, top = [], os.path.join(str(folder), '')
     for p in (_walk_pngs(folder) if files is None else map(str, files)):
-        try: st = os.stat(p); digest = _mask_sha256(os.path.realpath(p), st.st_size, st.st_mtime_ns)
+        try: st = os.stat(p); digest = _mask_sha256(p, st.st_size, st.st_mtime_ns)   # one stat per mask, bytes read once per process
         except OSError as e: raise KitError(f'{p}: cannot read this mask ({e.strerror or e}); fix or remove it, then run again') from None
-        rows.append(f'{os.path.relpath(p, folder)}|{digest}')
-    return hashlib.sha256('\n'.join(sorted(rows)).encode()).hexdigest()[:16]
+        rows.append(f'{p[len(top):] if p.startswith(top) else os.path.relpath(p, folder)}|{digest}')
+    fp = hashlib.sha256('\n'.join(sorted(rows)).encode()).hexdigest()[:16]
+    if files is None and memo is not None: memo[key] = fp
+    return fp
 
 # %% ../nbs/02_formats.ipynb #c037
 def mask_path(mask_root,       # folder of a dataset's masks (see `default_mask_root`)

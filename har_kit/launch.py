@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import KitError, atomic_write, check_folder, check_writable, is_number, lean_jupyter_imports, load_json, outputs_root, save_json
-from .formats import check_data_root, dataset_splits
+from .formats import check_data_root, dataset_splits, fingerprints_once
 from .run_config import RunConfig, evaluation_split
 from .reproduce import (PROFILES, PlannedRun, check_planned, check_roots, default_tables, describe, earlier_code, execute,
                                missing_roots, plan, planned_tables, profile_params, render_tables, run_planned, stale_params, stale_why, table_keys)
@@ -88,6 +88,7 @@ def _refused(err):  # an error recorded for a run that has no directory
     "True when it says why the run was refused (a parameter the notebook does not take), not that it was never started."
     return bool(err) and not err.startswith('not started') and 'interrupted: not started' not in err   # the latter: status.json of older kits
 
+@fingerprints_once()   # each mask folder read once per call, not once per Da-HAR run
 def run_states(runs,         # PlannedRuns, or the run records of a saved status
                errors=None   # {run name: error} of this session (errors raised before a run directory existed)
               ) -> list:
@@ -557,6 +558,7 @@ class _SubmitRefused(KitError):
 
 def _tables_dir(root, profile): return Path(root)/profile/'tables'   # the tables job's record: `job_file` of it, <root>/<profile>/tables.job.json
 
+@fingerprints_once()
 def submit(runs,           # PlannedRuns, dependencies first
            executor,       # `make_executor(...)`; None in a dry run
            profile=None,   # with `root` and `render`: also submit the tables job, after all runs

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import KitError, available_cpus, get_device, outputs_root, shared_sample_root
-from .formats import detect_layout
+from .formats import detect_layout, fingerprints_once
 from .metrics import read_metrics
 from .synth import PROFILES as SETS, synth_marker
 from .results import PAPER_TABLES, STUDY_TABLES, TABLES, RunSpec, row_runs, run_path, spec_dir
@@ -488,7 +488,7 @@ def execute(runs,            # PlannedRuns, dependencies first (`plan`)
     # SIGTERM; busy: another process holds the run (or one it needs), e.g. a second reproduce on the same outputs
     needed = {d for r in runs for d in r.deps}   # first what other runs wait for, then the runs that train most models
     pending = sorted(runs, key=lambda r: (r.out_dir not in needed, -len(r.params.get('variants') or [None])))
-    stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}   # a damaged run too: other parameters need --force
+    with fingerprints_once(): stale = {r.out_dir: stale_params(r) for r in runs if is_done(r.out_dir)}   # a damaged run too: other parameters need --force
     finished, planned = set(), {r.out_dir for r in runs}   # done with the planned parameters and complete, and so is everything it
     for r in runs:   # reads (dependencies first): a run whose dependency reruns here (--force, damaged) is not finished, it runs after it
         if r.out_dir in stale and not stale[r.out_dir] and is_complete(r.out_dir) and all(d in finished or (d not in planned and is_complete(d)) for d in r.deps):

@@ -863,3 +863,26 @@ def test_a_place_spelled_another_way_is_the_same_place(tmp_path, monkeypatch):
         assert shared_sample_root() == sample.resolve(), spelled
         assert param_diff({'data_root': str(sample)}, {'data_root': spelled}) == [], spelled
         assert absolute_paths({'data_root': spelled}) == {'data_root': str(sample.resolve())}   # `har-kit run`'s folder and record too
+
+
+def test_one_status_reads_a_mask_folder_once(tmp_path, monkeypatch):
+    "`har-kit status` fingerprinted a mask folder once per Da-HAR run reading it (the paper plan: 18 walks of up to 57k masks per call, and again after every finished run)."
+    import har_kit.formats as F
+    from har_kit.launch import run_states
+    masks = tmp_path/'masks'; (masks/'sub').mkdir(parents=True)
+    for n in ('a_0.png', 'sub/b_0.png'): (masks/n).write_bytes(b'png ' + n.encode())
+    runs = [r for r in plan(['dahar_t1'], 'quick', root=tmp_path/'o') if r.spec.notebook == 'dahar']
+    for r in runs: r.params['mask_dir'] = str(masks); _finish(r)
+    walks = []
+    real = F._walk_pngs
+    monkeypatch.setattr(F, '_walk_pngs', lambda folder: walks.append(folder) or real(folder))
+    from har_kit.runs import mask_input
+    assert len(runs) > 1 and mask_input('dahar', runs[0].params)['input masks']   # each run reads the folder
+    walks.clear()
+    run_states(runs)
+    assert len(walks) == 1, walks
+    with F.fingerprints_once():
+        fp = F.masks_fingerprint(masks)
+        (masks/'a_0.png').write_bytes(b'edited')
+        assert F.masks_fingerprint(masks) == fp   # one snapshot per command
+    assert F.masks_fingerprint(masks) != fp and F._FINGERPRINTS.get() is None   # outside it, every call reads the folder
