@@ -50,9 +50,10 @@ def _mask_resized(mask, xyxy, shape, size):  # 'box' or a mask file; the target'
 def decode_resized(path,        # image file
                    box,         # (x, y, w, h) target box, or None for the whole image
                    size,        # (H, W) of the fixed resize
-                   mask=None):  # mask file, 'box' (the box is the mask), or None
+                   mask=None,   # mask file, 'box' (the box is the mask), or None
+                   image=None): # `path` already decoded (`_rgb`): a scene's next target reuses it
     "The sample's fixed resize as uint8 (H, W, 3), and its mask (H, W) or None: the loader's pixels."
-    img = _rgb(path); shape = tuple(img.shape[-2:])
+    img = _rgb(path) if image is None else image; shape = tuple(img.shape[-2:])
     x0, y0, x1, y1 = xyxy = clip_box(box, shape, str(path))[0]
     m = None if mask is None else _mask_resized(mask, xyxy, shape, size)
     img = TF.resize(tv_tensors.Image(img[:, y0:y1, x0:x1]), list(size)).as_subclass(torch.Tensor).permute(1, 2, 0).contiguous().numpy()
@@ -95,7 +96,12 @@ def _mask_of(path, box, size, mask):  # a target's resized mask, without decodin
 
 def _decode_chunk(job):  # (indices, array name, paths, boxes, size, masks): one intra-op thread (`_fill` sets it)
     idx, what, paths, boxes, size, masks = job
-    if what == 'images': return idx, [decode_resized(p, b, size)[0] for p, b in zip(paths, boxes)]
+    if what == 'images':
+        last, out = (None, None), []   # a WIDER scene decoded once for its targets, which lie together (`pool_rows` sorts by image)
+        for p, b in zip(paths, boxes):
+            if last[0] != p: last = (p, _rgb(p))
+            out.append(decode_resized(p, b, size, image=last[1])[0])
+        return idx, out
     return idx, [_mask_of(p, b, size, m) for p, b, m in zip(paths, boxes, masks)]
 
 # %% ../nbs/16_pipeline.ipynb #c017

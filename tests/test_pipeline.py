@@ -731,3 +731,16 @@ def test_a_sample_without_its_mask_is_named(sets):
     s = sets['pa100k'].samples[:3]
     with pytest.raises(KitError, match=r"no mask for .*masks\[0\] is None.*'box'.*masks=None"):
         P.decoded_cache([x.image for x in s], [x.box for x in s], (32, 24), masks=[None, 'box', 'box'], name='m')
+
+
+def test_a_scene_is_decoded_once_for_its_targets(sets, monkeypatch):
+    "The cache build decoded a WIDER scene once per target (a 1024x683 scene: 4.6 ms of each target's 6.6 ms); the pixels stay each target's own."
+    ss = sorted(sets['wider'].samples, key=lambda s: s.image)
+    scenes = [s.image for s in ss]
+    assert len(set(scenes)) < len(scenes)   # the fixture has scenes of several targets
+    want = [P.decode_resized(s.image, s.box, (32, 32))[0] for s in ss]
+    decodes, rgb = [], P._rgb
+    monkeypatch.setattr(P, '_rgb', lambda p: decodes.append(p) or rgb(p))
+    idx, got = P._decode_chunk((list(range(len(ss))), 'images', scenes, [s.box for s in ss], (32, 32), None))
+    assert len(decodes) == len(set(scenes)) and idx == list(range(len(ss)))
+    for a, b in zip(got, want): np.testing.assert_array_equal(a, b)
