@@ -5,6 +5,7 @@
 # %% ../nbs/41_campar.ipynb #c002
 from __future__ import annotations
 import dataclasses
+import math
 
 import numpy as np
 from scipy.special import expit
@@ -22,16 +23,16 @@ from .run_config import SELECTIONS, RunConfig, check_train_splits, evaluation_sp
 from .model_file import selection_study as _selection_study   # the run parameter `selection_study` is a switch
 from .data import load_dataset, samples_digest
 from .synth import check_profile
-from .loading import SampleCache, campar_transforms, make_loader
+from .loading import CAMPAR_RESIZE, SampleCache, campar_sizes, campar_transforms, make_loader
 from .pipeline import campar_batches, cached_loader, check_pipeline
 from .metrics import dataset_metric, metrics_by_distraction, metric_labels, metrics_entry, choose_thresholds, target_mass, mass_by_level
 from .campar import (SPECIFIC_LOGITS, VARIANTS, CamParNet, CamParLoss, attribute_activation, campar_model_file, campar_variant,
                             check_fuse_at, check_predict, check_specific_logit, positive_angles)
 
 # %% auto #0
-__all__ = ['PLATEAU_MONITORS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval', 'carve_validation', 'metric_row',
-           'campar_loaders', 'head_logits', 'cam_mass', 'head_rows', 'evaluate_variant', 'held_out_thresholds',
-           'CamParConfig', 'CamParRecipe']
+__all__ = ['PLATEAU_MONITORS', 'CAMPAR_MIN_CELLS', 'campar_train_config', 'FusionAtBackboneLr', 'split_train_eval',
+           'carve_validation', 'metric_row', 'campar_loaders', 'head_logits', 'cam_mass', 'head_rows',
+           'evaluate_variant', 'held_out_thresholds', 'check_campar_input_size', 'CamParConfig', 'CamParRecipe']
 
 # %% ../nbs/41_campar.ipynb #c006
 PLATEAU_MONITORS = {'eval_loss': 'val_loss', 'train_loss': 'loss'}   # plateau_on -> engine monitor name
@@ -64,7 +65,7 @@ class FusionAtBackboneLr(nn.Module):
     def forward(self, x):  # images (N, 3, H, W)
         return self.model(x)
 
-# %% ../nbs/41_campar.ipynb #c015
+# %% ../nbs/41_campar.ipynb #c014
 def split_train_eval(data,                    # an `AttributeData`
                      train_splits,            # e.g. ['train'], ['train', 'val'] or ['trainval']
                      selection='held-out',    # '[15]' or 'held-out' (see above)
@@ -78,7 +79,7 @@ def split_train_eval(data,                    # an `AttributeData`
     if where is None: return train, None, None
     return (*carve_validation(train, val_fraction, seed), f'carved {val_fraction:g} of {"+".join(names)}')
 
-# %% ../nbs/41_campar.ipynb #c016
+# %% ../nbs/41_campar.ipynb #c015
 def carve_validation(samples,   # training samples
                      fraction,  # share held out, in (0, 1)
                      seed=0):   # seed of the draw
@@ -92,7 +93,7 @@ def carve_validation(samples,   # training samples
     pick = set(np.random.default_rng(seed).permutation(len(samples))[:n_val].tolist())
     return [s for i, s in enumerate(samples) if i not in pick], [s for i, s in enumerate(samples) if i in pick]
 
-# %% ../nbs/41_campar.ipynb #c023
+# %% ../nbs/41_campar.ipynb #c022
 def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or 'csv'
                scores,                             # (N, M) probabilities of the scored split
                labels,                             # (N, M) its labels in {1, 0, UNSPECIFIED}
@@ -105,7 +106,7 @@ def metric_row(dataset: str,                       # 'rap', 'pa100k', 'wider' or
           if levels is not None and any(l is not None for l in levels) else None)
     return metrics_entry(dataset, {'full': dataset_metric(dataset, ignore_unspecified)(scores, labels)}, attributes, by_distractors=by, **extras)
 
-# %% ../nbs/41_campar.ipynb #c027
+# %% ../nbs/41_campar.ipynb #c026
 def campar_loaders(train,                 # training samples (the first value of `split_train_eval`)
                    eval_samples,          # samples scored after every epoch, or None
                    test,                  # the test split's samples
@@ -128,7 +129,7 @@ def campar_loaders(train,                 # training samples (the first value of
         loaders['test_masks'] = make_loader(test, campar_transforms(False, scale), shuffle=False, with_mask=True, **kw)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c028
+# %% ../nbs/41_campar.ipynb #c027
 def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed, device, pool):
     # one cache of the dataset's images (`pool_rows`): every selection, carve, partition and seed reads the same copy
     pool = pool if pool is not None else [*train, *(eval_samples or ()), *test]
@@ -140,7 +141,7 @@ def _device_loaders(train, eval_samples, test, scale, batch_size, workers, seed,
     if all(s.mask is not None for s in test): loaders['test_masks'] = ev(test, with_mask=True)
     return loaders
 
-# %% ../nbs/41_campar.ipynb #c034
+# %% ../nbs/41_campar.ipynb #c033
 def _other_formula(model): return next(k for k in SPECIFIC_LOGITS if k != model.specific_logit)   # the formula it was not trained with
 
 @torch.no_grad()
@@ -161,12 +162,12 @@ def head_logits(model: CamParNet,  # a CAM variant
     res['mean'] = (res['shared'] + res['specific']) / 2
     return res
 
-# %% ../nbs/41_campar.ipynb #c035
+# %% ../nbs/41_campar.ipynb #c034
 def cam_mass(out: dict):  # a CAM variant's output (with 'cam', (N, M, h, w))
     "The map `target_mass` scores for a CAM variant: the M CAMs of an image summed, {'attention': (N, 1, h, w)}."
     return {'attention': out['cam'].sum(1, keepdim=True)}
 
-# %% ../nbs/41_campar.ipynb #c037
+# %% ../nbs/41_campar.ipynb #c036
 def head_rows(model: CamParNet,                   # a CAM variant
               loader,                             # the test loader
               dataset: str,                       # dataset kind: its metric and headline keys
@@ -181,7 +182,7 @@ def head_rows(model: CamParNet,                   # a CAM variant
     rows[other][f'corr_with_{model.specific_logit}'] = float(np.corrcoef(p[other].ravel(), p['specific'].ravel())[0, 1])
     return rows
 
-# %% ../nbs/41_campar.ipynb #c039
+# %% ../nbs/41_campar.ipynb #c038
 def evaluate_variant(model: CamParNet,                  # a trained variant (from `train_variant`)
                      dataset: str,                      # dataset kind: its metric and headline keys
                      loaders: dict,                     # 'test' and, on sets with masks, 'test_masks' (`campar_loaders`)
@@ -207,7 +208,7 @@ def evaluate_variant(model: CamParNet,                  # a trained variant (fro
     return metric_row(dataset, t['scores'], t['labels'], attributes, levels, ignore_unspecified, target_mass_by_distractors=mass,
                       params_M=sum(p.numel() for p in model.parameters()) / 1e6, extra=extra, **facts), th
 
-# %% ../nbs/41_campar.ipynb #c042
+# %% ../nbs/41_campar.ipynb #c041
 def held_out_thresholds(model: nn.Module,                  # a trained variant
                         loader,                            # the held-out ('val') loader; never the test split
                         dataset: str,                      # dataset kind
@@ -217,7 +218,21 @@ def held_out_thresholds(model: nn.Module,                  # a trained variant
     v = engine_predict(model, loader, device)
     return choose_thresholds(v['scores'], metric_labels(dataset, v['labels'], ignore_unspecified), 'balanced_accuracy')['thresholds']
 
-# %% ../nbs/41_campar.ipynb #c045
+# %% ../nbs/41_campar.ipynb #c044
+CAMPAR_MIN_CELLS = 2   # least cells each way of the stride-32 map (ResNet's c5) at the network input `scale` gives
+
+def check_campar_input_size(scale):  # a run's `scale` (CAM-PAR's or CFAR's), already a positive number
+    "Refuse a `scale` whose network input (`campar_sizes`) leaves the stride-32 map under `CAMPAR_MIN_CELLS` cells either way."
+    h, w = campar_sizes(scale)[0]
+    if min(math.ceil(h / 32), math.ceil(w / 32)) < CAMPAR_MIN_CELLS:
+        px = 32 * (CAMPAR_MIN_CELLS - 1) + 1
+        least = math.ceil((px - 0.5) / min(CAMPAR_RESIZE) * 1000) / 1000   # `campar_sizes` rounds
+        raise KitError(f"scale={scale!r}: the network input would be {h} x {w} px (the thesis's {CAMPAR_RESIZE[0]} x {CAMPAR_RESIZE[1]} "
+                       f'times scale), {math.ceil(h / 32)} x {math.ceil(w / 32)} cells at ResNet\'s stride 32; CAM-PAR trains on '
+                       f'inputs of at least {CAMPAR_MIN_CELLS} x {CAMPAR_MIN_CELLS} cells there ({px} px each way): pass scale >= {least} '
+                       '(the quick profile: 0.1875)')
+
+# %% ../nbs/41_campar.ipynb #c047
 @dataclasses.dataclass
 class CamParConfig(RunConfig):
     "One CAM-PAR run's parameters as one value: `41_campar`'s `parameters` cell (same names, same defaults), checked."
@@ -276,6 +291,7 @@ class CamParConfig(RunConfig):
         if self.logit_bn and self.batch_size < 2:   # the last incomplete batch is dropped, so only batch_size 1 certainly fails
             raise KitError(f'logit_bn=True with batch_size={self.batch_size}: BatchNorm1d on the logits normalises over the batch and '
                            'needs more than one image per batch in training; use batch_size >= 2, or logit_bn=False')
+        check_campar_input_size(self.scale)
         if self.data_root is None: check_profile(self.profile)
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)
         self.train_config()   # the optimizer and the plateau monitor, checked now
@@ -303,7 +319,7 @@ class CamParConfig(RunConfig):
         kw = {'partition': self.partition} if self.dataset == 'rap' else {}   # the synthetic RAP set has five partitions too
         return load_dataset(self.dataset, root=self.data_root, profile=self.profile, **kw)
 
-# %% ../nbs/41_campar.ipynb #c047
+# %% ../nbs/41_campar.ipynb #c049
 class CamParRecipe(Recipe):
     "CAM-PAR's recipe for `har_kit.model_file.train_variant`: Table 2's variants trained as [15], the epoch selected, scored."
     select = 'best'
@@ -344,7 +360,7 @@ class CamParRecipe(Recipe):
                                            c.cache_mb, pipeline=c.pipeline, device=c.device, pool=self.data)
         return self._loaders
 
-# %% ../nbs/41_campar.ipynb #c048
+# %% ../nbs/41_campar.ipynb #c050
 @patch
 def params(self: CamParRecipe, variant):  # a key of `har_kit.campar.VARIANTS`
     "What the checkpoints are checked against on resume."

@@ -22,7 +22,7 @@ from .engine import TrainConfig, fit
 from .model_file import Recipe, model_digest
 from .run_config import RunConfig, check_range, check_train_splits, check_type, declared_type, declares_none
 from .campar import VARIANTS as CAMPAR_VARIANTS, campar_model_file
-from .campar_train import CamParConfig, metric_row
+from .campar_train import CamParConfig, check_campar_input_size, metric_row
 from .data import data_warning, load_dataset
 from .synth import check_profile
 from . import losses
@@ -400,6 +400,7 @@ class CFARRunConfig(RunConfig):
         check_p_t(self.p_t); check_als_tol(self.als_tol, none_ok=False)   # what the ALS fit would refuse after phase 1 (`50_cfar_factors`), now
         super().__post_init__()   # the parameters' ranges (`RunConfig`: phase2_epochs at least 1, phase2_lr above 0, ...)
         check_arch(self.arch, self.weights)
+        check_campar_input_size(self.scale)   # phase 1's input, trained here or by campar_run (which had to pass it too)
         if self.data_root is None: check_profile(self.profile)
         cams = [v for v, spec in CAMPAR_VARIANTS.items() if spec['cam']]   # CFAR reads the CAM-specific logits (Eq. 12)
         if self.phase1_variant not in cams:
@@ -503,7 +504,7 @@ def phase1_labels(kept):  # `phase1_selection`'s record (or {})
     return {k: v for k, v in dict(selection=kept.get('selection_mode'), selected_on=kept.get('selected_on'),
                                   phase1_epoch=kept.get('epoch')).items() if v is not None}
 
-# %% ../nbs/51_cfar.ipynb #c075
+# %% ../nbs/51_cfar.ipynb #c059
 PHASE1_FROM_RUN = ('variants', 'dataset', 'data_root', 'profile', 'partition', 'train_splits', 'arch', 'weights', 'scale',
                    'epochs', 'batch_size', 'sample_weighting', 'ignore_unspecified', 'seed', 'device', 'cache_mb')   # set by CFAR's own
 PHASE1_LAST_EPOCH = ('selection', 'val_fraction', 'selection_study', 'bench')   # an inline phase 1 holds nothing out: its last epoch
@@ -524,7 +525,7 @@ def check_phase1_params(params):  # a run's `phase1_params`: {CAM-PAR parameter:
             raise KitError(f"CFARRunConfig 'phase1_params': no CAM-PAR parameter {k!r}: use names `har-kit params campar` lists ("
                            + ', '.join(n for n in known if n not in PHASE1_FROM_RUN + PHASE1_LAST_EPOCH) + ')')
 
-# %% ../nbs/51_cfar.ipynb #c059
+# %% ../nbs/51_cfar.ipynb #c062
 def _recorded_ignore_unspecified(meta):  # a CAM-PAR run's `_meta`
     "The `ignore_unspecified` a CAM-PAR run trained with: `_meta.ignore_unspecified`, or for a run of an earlier kit the label it wrote in `_meta.unspecified` (None: neither)."
     if isinstance(meta.get('ignore_unspecified'), bool): return meta['ignore_unspecified']
@@ -594,7 +595,7 @@ def check_phase1_run(campar_run,   # a `har-kit run campar` directory
                            f'{there}, this data\'s {here}): the annotation changed since it trained, so its training images may '
                            'be in this test split; rerun that CAM-PAR run on the data as it is now, then this one')
 
-# %% ../nbs/51_cfar.ipynb #c060
+# %% ../nbs/51_cfar.ipynb #c063
 def _selection_record(meta, entry):  # a CAM-PAR run's `_meta`; its variant's entry
     x = entry.get('extra') or {}
     label = meta.get('selection')
@@ -614,7 +615,7 @@ def phase1_selection(campar_run,  # a `har-kit run campar` directory
     m = load_json(run/'metrics.json', dict) if (run/'metrics.json').is_file() else {}
     return _selection_record(m.get('_meta') or {}, m.get(str(variant)) or {})
 
-# %% ../nbs/51_cfar.ipynb #c066
+# %% ../nbs/51_cfar.ipynb #c069
 def plot_dictionary(cfar: CFAR,          # a fitted CFAR
                     attributes=None,     # attribute names (None: indices)
                     max_attributes=51):  # columns shown

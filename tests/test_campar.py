@@ -451,6 +451,16 @@ def test_logit_bn_with_a_batch_of_one_is_refused_before_a_kernel(tmp_path):
     assert CamParConfig(batch_size=2, logit_bn=True).batch_size == 2 and CamParConfig(batch_size=1).batch_size == 1
 
 
+@pytest.mark.parametrize('scale, size', [(0.01, '3 x 2'), (0.05, '13 x 10'), (0.125, '32 x 24'), (0.169, '43 x 32')])
+def test_a_scale_giving_a_tiny_input_is_refused_naming_scale_and_the_size(scale, size):
+    "scale=0.01 trained 3 x 2 px inputs (a one-cell CAM) and exited 0, and a batch of one was a raw torch error: inputs under "
+    "2 x 2 cells at ResNet's stride 32 (33 px each way) are a KitError before any work; the profiles' scales pass."
+    from har_kit.run_params import check_parameters
+    with pytest.raises(KitError, match=f'scale={scale}: the network input would be {size} px'): CamParConfig(scale=scale)
+    with pytest.raises(KitError, match=r'pass scale >= 0.17 '): check_parameters('campar', {'scale': scale, 'variants': ['campar']})
+    for ok in (0.17, 0.1875, 0.25, 0.375, 1.0): CamParConfig(scale=ok)   # the least; quick; smoke and the default; sample; paper
+
+
 @pytest.mark.slow   # a papermill kernel: not in make test-fast
 def test_bench_runs_with_the_default_small_arch(tmp_path):
     "bench=True times each variant against the plain backbone of the run's own arch (resnet-tiny here), logit_bn too."

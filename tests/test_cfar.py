@@ -402,3 +402,11 @@ def test_fitting_in_a_kernel_without_ipywidgets_says_nothing_of_ipywidgets():
             'print([str(x.message)[:60] for x in w if issubclass(x.category, TqdmWarning)])\n')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0 and r.stdout.strip() == '[]', (r.stdout, r.stderr[-2000:])
+
+
+def test_a_scale_giving_a_tiny_input_is_refused_before_phase1(tmp_path):
+    "CFAR's phase 1 is CAM-PAR at this scale: CAM-PAR's least input (33 px each way) is refused by CFAR's own config, naming "
+    "scale (not phase1_params), with or without a campar_run."
+    for kw in ({}, {'campar_run': str(tmp_path)}):
+        with pytest.raises(KitError, match=r'^scale=0.05: the network input would be 13 x 10 px'): cfar.CFARRunConfig(scale=0.05, **kw)
+    for ok in (0.1875, 0.25, 0.375, 1.0): cfar.CFARRunConfig(scale=ok)
