@@ -291,6 +291,10 @@ class CamParConfig(RunConfig):
         if self.logit_bn and self.batch_size < 2:   # the last incomplete batch is dropped, so only batch_size 1 certainly fails
             raise KitError(f'logit_bn=True with batch_size={self.batch_size}: BatchNorm1d on the logits normalises over the batch and '
                            'needs more than one image per batch in training; use batch_size >= 2, or logit_bn=False')
+        if self.batch_size < 2 and (fused := [v for v in self.variants if VARIANTS[v]['fusion']]):   # as logit_bn's, a raw torch error
+            raise KitError(f"variants {fused} with batch_size={self.batch_size}: the MCA fusion's squeeze (BatchNorm2d on each image's "
+                           'pooled vector, Sec. 4.2) needs more than one image per batch in training; use batch_size >= 2, or variants '
+                           'without fusion')
         check_campar_input_size(self.scale)
         if self.data_root is None: check_profile(self.profile)
         self.variants, self.train_splits = list(self.variants), check_train_splits(self.train_splits)

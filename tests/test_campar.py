@@ -451,6 +451,13 @@ def test_logit_bn_with_a_batch_of_one_is_refused_before_a_kernel(tmp_path):
     assert CamParConfig(batch_size=2, logit_bn=True).batch_size == 2 and CamParConfig(batch_size=1).batch_size == 1
 
 
+def test_a_fusion_variant_with_a_batch_of_one_is_refused_before_a_kernel():
+    "MCA's squeeze normalises each image's pooled vector over the batch: batch_size 1 was a raw torch ValueError at any scale."
+    with pytest.raises(KitError, match=r"variants \['campar_fusion'\] with batch_size=1: .*use batch_size >= 2"):
+        CamParConfig(variants=['campar', 'campar_fusion'], batch_size=1)
+    CamParConfig(variants=['campar', 'campar_fusion'], batch_size=2)
+
+
 @pytest.mark.parametrize('scale, size', [(0.01, '3 x 2'), (0.05, '13 x 10'), (0.125, '32 x 24'), (0.169, '43 x 32')])
 def test_a_scale_giving_a_tiny_input_is_refused_naming_scale_and_the_size(scale, size):
     "scale=0.01 trained 3 x 2 px inputs (a one-cell CAM) and exited 0, and a batch of one was a raw torch error: inputs under "
