@@ -13,6 +13,7 @@ from torch import nn
 
 from .core import KitError, evaluating
 from .backbones import check_num_attributes, count_params, resnet_taps, resize_bilinear
+from .dahar import check_flag, check_width   # the builders' argument checks, shared with Da-HAR's
 from .loading import IMAGENET_MEAN, IMAGENET_STD
 from . import losses
 
@@ -97,8 +98,10 @@ class MCAFusion(nn.Module):
                  align_corners: bool = False):     # bilinear re-sampling as F.interpolate's flag (public code: True)
         super().__init__()
         check_fuse_at(fuse_at)
+        project_deepest, align_corners = check_flag(project_deepest, 'project_deepest'), check_flag(align_corners, 'align_corners')
+        out_channels, latent = check_width(out_channels, 'MCAFusion: out_channels'), check_width(latent, 'latent')
         self.in_channels, self.fuse_at, self.project_deepest = list(in_channels), fuse_at, project_deepest
-        self.align_corners = bool(align_corners)
+        self.align_corners = align_corners
         self.out_channels = out_channels or self.in_channels[-1]
         if not project_deepest and self.out_channels != self.in_channels[-1]:
             raise KitError(f'project_deepest=False keeps the deepest stage at its {self.in_channels[-1]} channels: '
@@ -163,6 +166,8 @@ class CamParNet(nn.Module):
                  specific_logit: str = 'eq12'):    # 'eq12' (the thesis) or 'public' (the public code's summed classifier)
         super().__init__()
         check_predict(predict); check_specific_logit(specific_logit)
+        cam, logit_bn, logit_bn_shared, detach_cam = (check_flag(v, k) for k, v in dict(
+            cam=cam, logit_bn=logit_bn, logit_bn_shared=logit_bn_shared, detach_cam=detach_cam).items())
         self.backbone, self.fusion, self.cam, self.predict, self.detach_cam = backbone, fusion, cam, predict, detach_cam
         self.specific_logit = specific_logit
         n_fused = len(fusion.in_channels) if fusion is not None else 1
@@ -220,9 +225,13 @@ def campar_variant(name: str = 'campar_fusion',  # a key of `VARIANTS` (default:
                    last_stride: int = 2,         # 1 = finer c5 (not used by the thesis)
                    specific_logit: str = 'eq12'):  # 'eq12' (the thesis) or 'public' (the public code's formula)
     "Build one Table 2 variant; its build parameters are kept in `model.build_params` (see `variant_kwargs`)."
-    if name not in VARIANTS:
+    if not isinstance(name, str) or name not in VARIANTS:
         raise KitError(f'unknown CAM-PAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
     num_attributes = check_num_attributes(num_attributes)   # a numpy count (labels.shape[1]) too; JSON in the model file
+    logit_bn, logit_bn_shared, project_deepest, align_corners, detach_cam = (check_flag(v, k) for k, v in dict(   # kept in
+        logit_bn=logit_bn, logit_bn_shared=logit_bn_shared, project_deepest=project_deepest, align_corners=align_corners,   # build_params
+        detach_cam=detach_cam).items())   # and the model file, whether or not this variant builds what they switch
+    latent = check_width(latent, 'latent')
     v = VARIANTS[name]
     backbone = resnet_taps(arch, weights=weights, last_stride=last_stride)
     fusion = MCAFusion(backbone.channels[-3:], latent=latent, fuse_at=fuse_at, project_deepest=project_deepest,
@@ -241,7 +250,7 @@ class CamParLoss(nn.Module):
     def __init__(self, ignore_unspecified: bool = False,  # True: unspecified entries leave the loss; False: read as negative
                  pos_ratio=None):                          # (M,) positive ratios ρ_j for [15]'s weighting (`losses.sample_weights_15`), or None
         super().__init__()
-        self.ignore_unspecified = ignore_unspecified
+        self.ignore_unspecified = check_flag(ignore_unspecified, 'ignore_unspecified')
         self.pos_ratio = None if pos_ratio is None else np.asarray(pos_ratio, dtype=np.float32)
 
     def forward(self, out: dict,    # the model's outputs: 'logits_shared' and, for CAM variants, 'logits_specific'

@@ -4,21 +4,23 @@
 
 # %% ../nbs/30_dahar_model.ipynb #c002
 from __future__ import annotations
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .core import KitError
+from .core import KitError, is_number
 from .backbones import resnet_taps, resize_bilinear
 from .backbones import check_num_attributes, count_params
 from .losses import batch_labels, bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
 # %% auto #0
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'PAPER_LATENCY_MS', 'LOSSES', 'init_new_block', 'SelfMaskBlock',
-           'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table',
-           'DaHarLoss']
+           'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'check_flag', 'check_width', 'check_weight',
+           'DaHar', 'dahar_variant', 'param_table', 'DaHarLoss']
 
 # %% ../nbs/30_dahar_model.ipynb #c005
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -150,7 +152,25 @@ class MaskedAttentionBlock(nn.Module):
         logits, a, s = self.attention(self.blocks(_reweight(x, torch.sigmoid(mask_logits), self.mode)))
         return logits, a, s, mask_logits
 
-# %% ../nbs/30_dahar_model.ipynb #c030
+# %% ../nbs/30_dahar_model.ipynb #c031
+def check_flag(v,      # a switch argument
+               where): # how the message names it
+    "`v` as a bool, or the KitError of anything else (the string 'False', 0, None): a switch is True or False."
+    if not isinstance(v, (bool, np.bool_)): raise KitError(f'{where} must be True or False, got {v!r}')
+    return bool(v)
+
+def check_width(v,      # a channel width argument; None: the builder's default
+                where): # how the message names it
+    "`v` (an int, or None), or the KitError of a width that is not a positive whole number (`check_num_attributes`' rule)."
+    return None if v is None else check_num_attributes(v, where)
+
+def check_weight(v,      # a loss weight
+                 where): # how the message names it
+    "`v` as a float, or the KitError of a weight that is not a finite number >= 0."
+    if not (is_number(v) and math.isfinite(v) and v >= 0): raise KitError(f'{where} must be a finite number >= 0, got {v!r}')
+    return float(v)
+
+# %% ../nbs/30_dahar_model.ipynb #c033
 class DaHar(nn.Module):
     "Da-HAR (Fig. 3): backbone with optional self-mask blocks + GAP/fc (main), optional fusion + optional masked attention + SRN attention (side); logits averaged."
     def __init__(self, backbone: nn.Module,               # har_kit.backbones.ResNetTaps (.stem, .stages, .channels)
@@ -172,6 +192,10 @@ class DaHar(nn.Module):
         if not all(hasattr(backbone, a) for a in ('stem', 'stages', 'channels')):
             raise KitError('DaHar: backbone needs .stem, .stages and .channels; build it with har_kit.backbones.resnet_taps')
         num_attributes = check_num_attributes(num_attributes, 'DaHar: num_attributes')
+        fusion, self_mask, masked_attention, reduce_side = (check_flag(v, f'DaHar: {k}') for k, v in dict(
+            fusion=fusion, self_mask=self_mask, masked_attention=masked_attention, reduce_side=reduce_side).items())
+        fusion_channels, attention_hidden = (check_width(v, f'DaHar: {k}') for k, v in dict(
+            fusion_channels=fusion_channels, attention_hidden=attention_hidden).items())
         chans = list(backbone.channels)
         bad = [i for i in (*self_mask_after, *fusion_levels, side_level) if not 0 <= i < len(chans)]
         if bad: raise KitError(f'DaHar: stage indices {bad} outside 0..{len(chans) - 1} (self_mask_after / fusion_levels / side_level)')
@@ -210,7 +234,7 @@ class DaHar(nn.Module):
         if len(side) == 4: out['mask_logits'] = side[3]
         return out
 
-# %% ../nbs/30_dahar_model.ipynb #c031
+# %% ../nbs/30_dahar_model.ipynb #c034
 READINGS = {  # the widths the paper leaves open: reading -> DaHar arguments (see "How big is Da-HAR?")
     'paper':      dict(block='basic', self_mask_after=(0, 1, 2, 3), reduce_side=True),    # matches 52.4M (default)
     'bottleneck': dict(block='bottleneck', self_mask_after=(0, 1, 2), reduce_side=False), # the alternative reading weighed below
@@ -232,15 +256,15 @@ def dahar_variant(name: str = 'dahar',         # a key of VARIANTS
                   reading: str | None = None,  # a key of READINGS (None: the variant's own, else 'paper')
                   **kwargs):                   # further DaHar arguments (fusion_channels, self_mask_after, ...)
     "Build the named Table 3 variant on a fresh `resnet_taps(arch, weights)` backbone; every argument is JSON-able."
-    if name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
+    if not isinstance(name, str) or name not in VARIANTS: raise KitError(f'unknown Da-HAR variant {name!r}: choose one of {", ".join(VARIANTS)}')
     num_attributes = check_num_attributes(num_attributes)   # a numpy count (labels.shape[1]) too: JSON in the model file
     flags = dict(VARIANTS[name]); own = flags.pop('reading', None)
     if own and reading not in (None, own): raise KitError(f'variant {name!r} is the {own!r} reading; reading={reading!r} contradicts it')
     reading = reading or own or 'paper'
-    if reading not in READINGS: raise KitError(f'reading={reading!r}: choose one of {", ".join(READINGS)}')
+    if not isinstance(reading, str) or reading not in READINGS: raise KitError(f'reading={reading!r}: choose one of {", ".join(READINGS)}')
     return DaHar(resnet_taps(arch, weights=weights), num_attributes, **{**READINGS[reading], **flags, **kwargs})
 
-# %% ../nbs/30_dahar_model.ipynb #c037
+# %% ../nbs/30_dahar_model.ipynb #c040
 PAPER_PARAMS_M = {'baseline': 45.4, 'dahar': 52.4}  # Computational Complexity Analysis (ResNet-101, 14 attributes)
 PAPER_LATENCY_MS = {'baseline': 22.28, 'dahar': 24.04}  # the same section: one image on an NVIDIA 1080Ti
 
@@ -251,7 +275,7 @@ def param_table(num_attributes: int = 14,     # C attributes (WIDER: 14)
     with torch.device('meta'):
         return {r: {v: count_params(dahar_variant(v, num_attributes, arch, reading=r)) / 1e6 for v in names} for r in READINGS}
 
-# %% ../nbs/30_dahar_model.ipynb #c041
+# %% ../nbs/30_dahar_model.ipynb #c044
 LOSSES = ('bce', 'weighted', 'mixed')
 
 class DaHarLoss(nn.Module):
@@ -266,10 +290,9 @@ class DaHarLoss(nn.Module):
         if kind not in LOSSES: raise KitError(f'kind={kind!r} (the run parameter `loss`): choose one of {", ".join(LOSSES)}')
         if kind != 'bce' and pos_ratio is None:
             raise KitError(f'kind={kind!r} needs pos_ratio (the positive ratio of each attribute in the training split)')
-        if not 0.0 <= mix <= 1.0: raise KitError(f'mix={mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')
-        if mask_weight < 0 or branch_weight < 0: raise KitError('mask_weight and branch_weight must be >= 0')
-        self.kind, self.mix, self.ignore_unspecified = kind, float(mix), bool(ignore_unspecified)
-        self.mask_weight, self.branch_weight = float(mask_weight), float(branch_weight)
+        if not (is_number(mix) and 0.0 <= mix <= 1.0): raise KitError(f'mix={mix!r} must lie in [0, 1] (1 = BCE, 0 = weighted BCE)')
+        self.kind, self.mix, self.ignore_unspecified = kind, float(mix), check_flag(ignore_unspecified, 'ignore_unspecified')
+        self.mask_weight, self.branch_weight = check_weight(mask_weight, 'mask_weight'), check_weight(branch_weight, 'branch_weight')
         self.register_buffer('pos_ratio', torch.as_tensor(np.asarray([] if pos_ratio is None else pos_ratio, dtype=np.float32)))
 
     def classification(self, logits,  # (N, C) logits

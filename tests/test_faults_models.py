@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from har_kit import campar, campar_train, cfar
+from har_kit import campar, campar_train, cfar, dahar
 from har_kit.core import KitError
 
 torch.set_num_threads(1)
@@ -170,3 +170,26 @@ def test_saving_a_bf16_network_names_its_dtype_not_its_input_size(tmp_path):
         save_model(tmp_path/'m.pt', campar_variant(**kw).to(torch.bfloat16), builder='campar_variant', kwargs=kw,
                    attributes=list('abc'), input_size=(64, 48), mean=(0.5,) * 3, std=(0.25,) * 3)
     assert not (tmp_path/'m.pt').exists()
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: campar.campar_variant('campar_fusion', 3, 'resnet-tiny', logit_bn='False'), "logit_bn must be True or False, got 'False'"),
+    (lambda: campar.campar_variant('campar', 3, 'resnet-tiny', project_deepest='False'), "project_deepest must be True or False"),
+    (lambda: campar.campar_variant('campar', 3, 'resnet-tiny', align_corners=0), 'align_corners must be True or False, got 0'),
+    (lambda: campar.campar_variant('campar', 3, 'resnet-tiny', detach_cam='no'), "detach_cam must be True or False, got 'no'"),
+    (lambda: campar.campar_variant('campar_fusion', 3, 'resnet-tiny', latent=0), 'latent must be a positive int, got 0'),
+    (lambda: campar.MCAFusion([4, 8, 16], latent=-4), 'latent must be a positive int, got -4'),
+    (lambda: campar.MCAFusion([4, 8, 16], out_channels=2.5), 'out_channels must be a positive int, got 2.5'),
+    (lambda: campar.campar_variant(['campar'], 3, 'resnet-tiny'), r"unknown CAM-PAR variant \['campar'\]"),
+    (lambda: campar.CamParLoss(ignore_unspecified='False'), "ignore_unspecified must be True or False"),
+    (lambda: dahar.dahar_variant('dahar', 3, 'resnet-tiny', fusion='False'), "DaHar: fusion must be True or False"),
+    (lambda: dahar.dahar_variant('dahar', 3, 'resnet-tiny', fusion_channels=0), 'DaHar: fusion_channels must be a positive int, got 0'),
+    (lambda: dahar.dahar_variant('dahar', 3, 'resnet-tiny', attention_hidden=-1), 'DaHar: attention_hidden must be a positive int'),
+    (lambda: dahar.dahar_variant(['dahar'], 3, 'resnet-tiny'), r"unknown Da-HAR variant \['dahar'\]"),
+    (lambda: dahar.DaHarLoss(mask_weight=float('nan')), 'mask_weight must be a finite number >= 0, got nan'),
+    (lambda: dahar.DaHarLoss(branch_weight=float('inf')), 'branch_weight must be a finite number >= 0, got inf'),
+])
+def test_the_builders_refuse_string_switches_and_non_positive_widths(call, match):
+    "logit_bn='False' built the BatchNorm (and was stored as a string), fusion='False' gave fusion on, a width of 0 silently read as the "
+    "default, -4 / 2.5 reached torch's own errors, mask_weight=nan was accepted and a list as the variant name was a TypeError."
+    with pytest.raises(KitError, match=match): call()
