@@ -4,18 +4,21 @@
 
 # %% ../nbs/03_backbones.ipynb #c002
 from __future__ import annotations
-import functools, hashlib, numbers
+import functools, hashlib, math, numbers
 from pathlib import Path
 import torch
 from torch import nn
 import torchvision
 from torchvision.models import resnet as tvr
 
-from .core import KitError, is_weights_file
+import numpy
+
+from .core import KitError, is_number, is_weights_file
 
 # %% auto #0
 __all__ = ['TORCHVISION_ARCHES', 'SMALL_ARCHES', 'ResNetTaps', 'taps_from_torchvision', 'resolve_weights', 'load_weights_file',
-           'check_arch', 'resnet_taps', 'count_params', 'check_num_attributes', 'bilinear_matrix', 'resize_bilinear']
+           'check_arch', 'resnet_taps', 'count_params', 'check_num_attributes', 'check_flag', 'check_width',
+           'check_weight', 'bilinear_matrix', 'resize_bilinear']
 
 # %% ../nbs/03_backbones.ipynb #c004
 TORCHVISION_ARCHES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -161,6 +164,24 @@ def check_num_attributes(n,                        # an attribute count: the hea
     "`n` as an int, or the KitError of a count that is not a positive whole number (True, 2.5, '5'); a numpy count (labels.shape[1]) passes."
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise KitError(f'{where} must be a positive int, got {n!r}')
     return int(n)
+
+# %% ../nbs/03_backbones.ipynb #c031b
+def check_flag(v,      # a switch argument
+               where): # how the message names it
+    "`v` as a bool, or the KitError of anything else (the string 'False', 0, None): a switch is True or False."
+    if not isinstance(v, (bool, numpy.bool_)): raise KitError(f'{where} must be True or False, got {v!r}')
+    return bool(v)
+
+def check_width(v,      # a channel width argument; None: the builder's default
+                where): # how the message names it
+    "`v` (an int, or None), or the KitError of a width that is not a positive whole number (`check_num_attributes`' rule)."
+    return None if v is None else check_num_attributes(v, where)
+
+def check_weight(v,      # a loss weight
+                 where): # how the message names it
+    "`v` as a float, or the KitError of a weight that is not a finite number >= 0."
+    if not (is_number(v) and math.isfinite(v) and v >= 0): raise KitError(f'{where} must be a finite number >= 0, got {v!r}')
+    return float(v)
 
 # %% ../nbs/03_backbones.ipynb #c038
 import torch.nn.functional as F

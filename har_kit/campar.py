@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import KitError, evaluating
-from .backbones import check_num_attributes, count_params, resnet_taps, resize_bilinear
-from .dahar import check_flag, check_width   # the builders' argument checks, shared with Da-HAR's
+from .backbones import check_flag, check_num_attributes, check_width, count_params, resnet_taps, resize_bilinear
 from .loading import IMAGENET_MEAN, IMAGENET_STD
 from . import losses
 

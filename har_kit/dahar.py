@@ -4,8 +4,6 @@
 
 # %% ../nbs/30_dahar_model.ipynb #c002
 from __future__ import annotations
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,13 +12,13 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .core import KitError, is_number
 from .backbones import resnet_taps, resize_bilinear
-from .backbones import check_num_attributes, count_params
+from .backbones import check_flag, check_num_attributes, check_weight, check_width, count_params
 from .losses import batch_labels, bce_loss, mask_loss, mixed_loss, weighted_bce_loss
 
 # %% auto #0
 __all__ = ['BLOCKS', 'READINGS', 'VARIANTS', 'PAPER_PARAMS_M', 'PAPER_LATENCY_MS', 'LOSSES', 'init_new_block', 'SelfMaskBlock',
-           'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'check_flag', 'check_width', 'check_weight',
-           'DaHar', 'dahar_variant', 'param_table', 'DaHarLoss']
+           'FusionBlock', 'ConfidenceAttention', 'MaskedAttentionBlock', 'DaHar', 'dahar_variant', 'param_table',
+           'DaHarLoss']
 
 # %% ../nbs/30_dahar_model.ipynb #c005
 def init_new_block(module: nn.Module,  # a block Da-HAR adds to the backbone
@@ -151,24 +149,6 @@ class MaskedAttentionBlock(nn.Module):
         mask_logits = self.mask(x)
         logits, a, s = self.attention(self.blocks(_reweight(x, torch.sigmoid(mask_logits), self.mode)))
         return logits, a, s, mask_logits
-
-# %% ../nbs/30_dahar_model.ipynb #c031
-def check_flag(v,      # a switch argument
-               where): # how the message names it
-    "`v` as a bool, or the KitError of anything else (the string 'False', 0, None): a switch is True or False."
-    if not isinstance(v, (bool, np.bool_)): raise KitError(f'{where} must be True or False, got {v!r}')
-    return bool(v)
-
-def check_width(v,      # a channel width argument; None: the builder's default
-                where): # how the message names it
-    "`v` (an int, or None), or the KitError of a width that is not a positive whole number (`check_num_attributes`' rule)."
-    return None if v is None else check_num_attributes(v, where)
-
-def check_weight(v,      # a loss weight
-                 where): # how the message names it
-    "`v` as a float, or the KitError of a weight that is not a finite number >= 0."
-    if not (is_number(v) and math.isfinite(v) and v >= 0): raise KitError(f'{where} must be a finite number >= 0, got {v!r}')
-    return float(v)
 
 # %% ../nbs/30_dahar_model.ipynb #c033
 class DaHar(nn.Module):
