@@ -426,7 +426,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
     p.add_argument('--no-train-step', action='store_true', help='time inference only')
     p.add_argument('--data', choices=list(PIPELINES), help='benchmark the data pipeline of this paper instead of models')
     p.add_argument('--data-root', type=Path, help='--data: a real dataset root (default: synthetic pedestrian-sized JPEGs)')
-    p.add_argument('--dataset', default='pa100k', help='--data: the dataset kind of --data-root (default %(default)s)')
+    p.add_argument('--dataset', help='--data: the dataset kind of --data-root (default pa100k)')
     p.add_argument('--workers', type=int, nargs='+', help='--data: worker counts (default 0, 1, 2, 4, ... up to the CPUs - 1)')
     p.add_argument('--batches', type=int, default=8, help='--data: batches per timed loader epoch, at least 4 per worker and a whole number per worker (default %(default)s)')
     p.add_argument('--rounds', type=int, default=3, help='--data: timed loader epochs per worker count, after an untimed one (default %(default)s)')
@@ -435,6 +435,10 @@ def cli(argv=None):  # arguments after `har-kit bench`
     a = p.parse_args(argv)
     if a.num_attributes < 1: raise KitError(f'--num-attributes {a.num_attributes}: the classifier needs at least 1 attribute')
     _at_least(a.iters, 1, 'iters', 'timed repeats'); _at_least(a.warmup, 0, 'warmup', 'untimed repeats'); _at_least(a.batch_size, 1, 'batch_size', 'images per batch')
+    if (a.dataset or a.data_root) and not a.data:
+        raise KitError(f'--{"dataset" if a.dataset else "data-root"} names the images --data reads: add --data campar or --data dahar, or drop it')
+    if a.dataset and not a.data_root:
+        raise KitError(f'--dataset {a.dataset} names the kind of --data-root: pass --data-root too (without it --data reads synthetic JPEGs)')
     if a.data:
         _at_least(a.batches, 1, 'batches', 'timed batches'); _at_least(a.images, 1, 'images', 'synthetic images to write')
         _at_least(a.rounds, 1, 'rounds', 'timed epochs per worker count')
@@ -447,7 +451,7 @@ def cli(argv=None):  # arguments after `har-kit bench`
     if a.data:
         samples, bs = None, (a.batch_size if a.batch_size > 1 else 32)
         if a.data_root:
-            samples = data.load_dataset(a.dataset, a.data_root).split('train')   # the batches read are drawn from all of it
+            samples = data.load_dataset(a.dataset or 'pa100k', a.data_root).split('train')   # the batches read are drawn from all of it
         res = data_bench(a.data, samples, a.workers, bs, a.batches, a.images, a.device, model_iters=min(a.iters, 5), model_warmup=min(a.warmup, 1),
                          rounds=a.rounds)
         print(format_data(res))

@@ -214,6 +214,8 @@ def test_data_bench_removes_its_synthetic_images_also_when_stopped(monkeypatch, 
     (['--input-size', '3', '0', '32'], 'input_size=(3, 0, 32) (--input-size C H W)'),
     (['--model', 'builtins:dict', '--baseline', 'resnet-tiny'], 'builtins:dict: a dict, not a torch.nn.Module'),
     (['--model', 'torch.nn:Identity', '--baseline', 'resnet-tiny'], 'torch.nn:Identity: no parameter to train'),
+    (['--data', 'campar', '--dataset', 'rpa'], '--dataset rpa names the kind of --data-root: pass --data-root too'),   # was ignored
+    (['--dataset', 'rap'], '--dataset names the images --data reads: add --data campar or --data dahar'),   # timed models instead
 ])
 def test_bench_cli_names_the_flag_of_a_bad_value(tmp_path, args, says, capsys):
     "Refused before any timing, with the flag named: nothing is written."
