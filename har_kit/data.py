@@ -19,10 +19,11 @@ from .matfile import load_mat, mat_field, mat_index, mat_int_matrix, mat_strings
 from .synth import ensure_synthetic
 
 # %% auto #0
-__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CSV_SPLITS', 'DataWarning', 'EmptyTestWarning',
-           'data_warning', 'Sample', 'AttributeData', 'samples_digest', 'fill_masks', 'require_images',
-           'identical_across_splits', 'dataset_issues', 'warn_issues', 'unused_images', 'tiny_fixture', 'read_pa100k',
-           'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats', 'read_csv_dataset', 'load_dataset']
+__all__ = ['PA100K_HOW', 'RAP_HOW', 'UNCERTAIN_RULES', 'WIDER_HOW', 'CODING_CHECK_FROM', 'CSV_SPLITS', 'DataWarning',
+           'EmptyTestWarning', 'data_warning', 'Sample', 'AttributeData', 'samples_digest', 'fill_masks',
+           'require_images', 'identical_across_splits', 'dataset_issues', 'warn_issues', 'unused_images',
+           'tiny_fixture', 'read_pa100k', 'read_rap', 'read_wider', 'dataset_reader', 'attribute_stats',
+           'read_csv_dataset', 'load_dataset']
 
 # %% ../nbs/14_data.ipynb #c006
 class DataWarning(UserWarning):
@@ -485,7 +486,7 @@ def _load_json(path):  # an annotation file
     except json.JSONDecodeError as e: raise KitError(f'{path}: not valid JSON ({e}). {WIDER_HOW}') from None
 
 # %% ../nbs/14_data.ipynb #c072
-def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` entry; its name for messages; ...
+def _wider_targets(im, w, C, images, unspecified, scene_map, codes):  # one `images` entry; its name for messages; ...; codes: (2, C) counts of -1 and 0, added to
     "The `Sample`s of one WIDER image entry (targets whose box has no area are skipped) and how many were dropped."
     fn = im.get('file_name') if isinstance(im, dict) else None
     if not isinstance(fn, str) or not fn: raise KitError(f'{w}.file_name is missing or empty')
@@ -503,6 +504,7 @@ def _wider_targets(im, w, C, images, unspecified, scene_map):  # one `images` en
         if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b):
             raise KitError(f'{wt}.bbox must be [x, y, w, h] (4 finite numbers), found {b!r}')
         if b[2] <= 0 or b[3] <= 0: dropped += 1; continue
+        codes[0] += np.equal(a, -1); codes[1] += np.equal(a, 0)
         y = _unspecified_policy(np.array([_WIDER_MAP[v] for v in a], np.int8), unspecified)
         sid = im.get('scene_id')
         out.append(Sample(image, y, split, box=tuple(float(v) for v in b),
@@ -525,6 +527,19 @@ def _outside_boxes(samples):  # `Sample`s; those with a box are checked
     return out
 
 # %% ../nbs/14_data.ipynb #c074
+CODING_CHECK_FROM = 500   # targets from which `_check_wider_coding` judges (a small set's counts say little)
+
+def _check_wider_coding(codes,   # (2, C): per attribute, how many targets hold -1 and how many 0
+                        attrs,   # the attribute names
+                        root):   # the dataset folder, for the message
+    "Warn when 0 (read as unspecified) outnumbers -1 (read as negative) in most attributes: a copy coded 1 / 0 / -1 (the csv kind's positive / negative / unspecified) reads with negatives and unspecified swapped, and passes every other check."
+    if codes is None or codes.sum() == 0 or codes.sum(0).max(initial=0) < CODING_CHECK_FROM: return
+    more = [a for a, neg, uns in zip(attrs, *codes) if uns > neg]
+    if 2 * len(more) > len(attrs):
+        data_warning(f'{root}: in {len(more)} of {len(attrs)} attributes the code 0 (read as unspecified) outnumbers -1 (read as '
+                     f'negative), e.g. {", ".join(more[:3])}; in WIDER-Attribute as published, negatives outnumber unspecified labels. '
+                     'WIDER codes 1 / -1 / 0 = positive / negative / unspecified: if this copy codes 1 / 0 / -1, swap 0 and -1 in its JSON')
+
 def read_wider(root,                 # dataset folder (layout detected: see `har_kit.formats.LAYOUTS`)
                unspecified='keep',   # WIDER's 0: 'keep' as UNSPECIFIED (Da-HAR ignores it) or 'negative' (the literature)
                files=None,           # the two annotation files under root; None: detected
@@ -535,7 +550,7 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
     _unspecified_policy(np.zeros(1, np.int8), unspecified)
     lay = _layout('wider', root, files, image_dir)
     root = lay.root
-    attrs, scene_map, samples, dropped = None, {}, [], 0
+    attrs, scene_map, samples, dropped, codes = None, {}, [], 0, None
     for path in lay.files:
         try:
             obj = _load_json(path)
@@ -544,17 +559,19 @@ def read_wider(root,                 # dataset folder (layout detected: see `har
             names = _wider_attr_names(obj['attribute_id_map'], str(path))
             if attrs is not None and names != attrs: raise KitError(f'{path}: attribute_id_map differs from that of {lay.files[0].name}')
             attrs = names
+            codes = np.zeros((2, len(attrs)), np.int64) if codes is None else codes
             sm = obj.get('scene_id_map') or {}
             if not isinstance(sm, dict):
                 raise KitError(f'{path}: scene_id_map must be an object {{"<scene id>": "<scene name>", ...}}, found a {type(sm).__name__}. {WIDER_HOW}')
             scene_map.update({str(k): v for k, v in sm.items()})
             if not isinstance(obj['images'], list): raise KitError(f'{path}: images must be a list')
             for i, im in enumerate(obj['images']):
-                ss, d = _wider_targets(im, f'{path}: images[{i}]', len(attrs), lay.images, unspecified, scene_map)
+                ss, d = _wider_targets(im, f'{path}: images[{i}]', len(attrs), lay.images, unspecified, scene_map, codes)
                 samples += ss; dropped += d
         except RecursionError:   # lists or objects nested deeper than Python's recursion limit (the format is 6 levels deep)
             raise KitError(f'{path}: JSON nested hundreds of levels deep, which no WIDER-Attribute annotation is. {WIDER_HOW}') from None
     if dropped: data_warning(f'{root}: dropped {dropped} target(s) whose bbox has zero or negative width or height (bbox is [x, y, w, h])')
+    _check_wider_coding(codes, attrs, root)
     if check_images and (out := _outside_boxes(samples)):   # the loaders could not crop them
         gone = set(map(id, out)); samples = [s for s in samples if id(s) not in gone]; dropped += len(out)
         f = out[0]

@@ -649,3 +649,22 @@ def test_data_check_reports_raps_uncertain_labels_and_the_rule_read_by(tmp_path,
     rep = check_dataset('rap', root, progress=False, uncertain='unspecified')
     assert rep['uncertain']['rule'] == 'unspecified' and 'kept unspecified' in rep['uncertain']['reading']
     assert [(a['unspecified'], a['uncertain']) for a in rep['attributes'][:3]] == [(2, 2), (0, 0), (1, 1)]
+
+
+def test_a_wider_copy_coded_1_0_minus1_is_named(tmp_path, monkeypatch):
+    "A WIDER-Attribute copy coded 1 / 0 / -1 (the csv kind's coding) read with negatives and unspecified swapped, data check OK, no word."
+    import warnings
+    import har_kit.data as D
+    from har_kit.check import check_dataset
+    root = D.tiny_fixture('wider', tmp_path/'w', n=60)
+    monkeypatch.setattr(D, 'CODING_CHECK_FROM', 10)   # the fixture's 120 targets stand for a real set's thousands
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter('always'); D.read_wider(root)
+    assert not [w for w in got if 'outnumbers -1' in str(w.message)]   # as published: no word
+    for f in Path(root).rglob('*.json'):
+        o = json.loads(f.read_text())
+        for im in o['images']:
+            for t in im['targets']: t['attribute'] = [{-1: 0, 0: -1}.get(v, v) for v in t['attribute']]
+        f.write_text(json.dumps(o))
+    rep = check_dataset('wider', root, progress=False)
+    assert any('the code 0 (read as unspecified) outnumbers -1' in w and 'swap 0 and -1' in w for w in rep['warnings']), rep['warnings']
