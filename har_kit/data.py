@@ -224,7 +224,7 @@ def require_images(samples,    # `Sample`s whose image files must be usable
     bad = [(p, q) for p in paths if (q := image_problem(p))]
     missing = [p for p, q in bad if q == 'missing']
     if missing:
-        first = ', '.join(str(p.name) for p in missing[:5])
+        first = ', '.join(os.path.relpath(p, image_dir) for p in missing[:5])   # as the annotation lists them: a prefix or a folder level shows
         alt = next(((p, a) for p in missing[:100] if (a := _spelt_otherwise(p))), None)
         hint = (f'{alt[0].name!r} is on disk as {alt[1].name!r}: the same letters in another Unicode form (NFC/NFD); write the '
                 "annotation's names as the files spell them (unicodedata.normalize). " if alt else '')

@@ -154,7 +154,8 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint} {k.how}')
 
 def _holds_any(folder):  # an existing folder
-    with os.scandir(folder) as it: return next(it, None) is not None
+    "Whether it holds anything but what file managers leave behind (.DS_Store and other dot files, __MACOSX)."
+    with os.scandir(folder) as it: return any(not e.name.startswith('.') and e.name != '__MACOSX' for e in it)
 
 def _layout_at(kind, root):  # a dataset kind; an existing folder
     "The first of `kind`'s layouts present under `root` (one with images first), else None; a `KitError` when two present annotations differ."

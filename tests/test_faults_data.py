@@ -668,3 +668,23 @@ def test_a_wider_copy_coded_1_0_minus1_is_named(tmp_path, monkeypatch):
         f.write_text(json.dumps(o))
     rep = check_dataset('wider', root, progress=False)
     assert any('the code 0 (read as unspecified) outnumbers -1' in w and 'swap 0 and -1' in w for w in rep['warnings']), rep['warnings']
+
+
+def test_a_leftover_folder_of_file_manager_litter_does_not_win_the_layout(tmp_path):
+    "A PA-100K copy with its images in data/ and a leftover data/release_data/release_data/ holding only .DS_Store was read from the empty folder: every image 'missing'."
+    from har_kit.data import tiny_fixture
+    root = tiny_fixture('pa100k', tmp_path/'p')
+    before = read_pa100k(root)
+    leftover = root/'data'/'release_data'/'release_data'; leftover.mkdir(parents=True)
+    (leftover/'.DS_Store').write_bytes(b'\0\0\0\1Bud1'); (leftover/'__MACOSX').mkdir()
+    d = read_pa100k(root)
+    assert d.meta['images'] == before.meta['images'] == str(root/'data') and len(d.samples) == len(before.samples)
+
+
+def test_missing_images_are_named_as_the_annotation_lists_them(tmp_path):
+    "Names with a folder level or prefix the image folder lacks were shown by their base name alone, a file plainly there."
+    from har_kit.data import tiny_fixture
+    root = tiny_fixture('wider', tmp_path/'w', n=6)
+    img = root/'Image'; (root/'Image2').mkdir(); (img).rename(root/'Image2'/'Image'); (root/'Image2').rename(img)   # Image/Image/train/...
+    with pytest.raises(KitError, match=r'missing under .*Image \(first: train/'):
+        read_wider(root)
