@@ -151,7 +151,12 @@ def detect_layout(kind,  # 'wider', 'rap', 'pa100k' or 'csv'
     other = next((o for o in LAYOUTS if o != kind and _layout_at(o, root) is not None), None)
     hint = (f' It holds a {other} layout: if that is the dataset, read it as the kind {other!r} (har-kit run: -p dataset '
             f'{other}; har-kit data check {other} ROOT; kind={other!r} in Python).' if other else '')
-    raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint} {k.how}')
+    pkl = next(iter(sorted(root.glob('dataset*.pkl'))), None)
+    pkl = (f' {pkl.name} looks like Rethinking_of_PAR\'s preprocessed output ([15]\'s dataset/preprocess scripts): the kit reads '
+           'the original annotation it was made from (or the csv kind).' if pkl else '')
+    raise KitError(f'{root}: no known {kind} layout found. Looked for {tried}. Found: {_listing(root)}.{hint}{pkl} Rename or link '
+                   f'your folders and files to one of these layouts (e.g. `ln -s YOUR_IMAGE_FOLDER {LAYOUTS[kind][-1][2]}`); in Python, '
+                   f'the readers also take the annotation and the image folder explicitly. {k.how}')
 
 def _holds_any(folder):  # an existing folder
     "Whether it holds anything but what file managers leave behind (.DS_Store and other dot files, __MACOSX)."

@@ -21,10 +21,15 @@ def load_mat(path, # .mat file
     import scipy.io
     path = Path(path)
     if not path.exists(): raise KitError(f'{path}: file not found. {how}')
+    v73 = KitError(f'{path}: an HDF5 file (MATLAB v7.3, or written by h5py), which the kit does not read; re-save it as MATLAB v7 '
+                   f"in MATLAB (load('{path.name}'); save('{path.name}', '-v7')) or in GNU Octave, free: octave --eval "
+                   f"\"load('{path.name}'); save('-v7', '{path.name}')\"")
+    try:
+        with open(path, 'rb') as f: head = f.read(520)
+    except OSError as e: raise KitError(f'{path}: cannot read it ({e.strerror or e}). {how}') from None
+    if any(head[i:i + 8] == b'\x89HDF\r\n\x1a\n' for i in (0, 512)): raise v73   # MATLAB's 512-byte header, or none
     try: m = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
-    except NotImplementedError:
-        raise KitError(f'{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it in MATLAB with '
-                       f"load('{path.name}'); save('{path.name}', '-v7')") from None
+    except NotImplementedError: raise v73 from None
     except Exception as e: raise KitError(f'{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}). {how}') from None
     return {k: v for k, v in m.items() if not k.startswith('__')}
 

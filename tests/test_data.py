@@ -211,6 +211,8 @@ def test_rap_errors(tmp_path):
 def test_mat_v73_refused(tmp_path):
     (tmp_path/'data').mkdir(); (tmp_path/'annotation.mat').write_bytes(b'MATLAB 7.3 MAT-file, HDF5 schema 1.00 .'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(512))
     with pytest.raises(KitError, match='v7.3'): D.read_pa100k(tmp_path)
+    (tmp_path/'annotation.mat').write_bytes(b'\x89HDF\r\n\x1a\n' + bytes(600))   # h5py's, no MATLAB header: was 'Unknown mat file type'
+    with pytest.raises(KitError, match=r'an HDF5 file \(MATLAB v7.3, or written by h5py\).*GNU Octave'): D.read_pa100k(tmp_path)
 
 
 # ---------------------------------------------------------------- WIDER-Attribute

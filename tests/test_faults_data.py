@@ -688,3 +688,10 @@ def test_missing_images_are_named_as_the_annotation_lists_them(tmp_path):
     img = root/'Image'; (root/'Image2').mkdir(); (img).rename(root/'Image2'/'Image'); (root/'Image2').rename(img)   # Image/Image/train/...
     with pytest.raises(KitError, match=r'missing under .*Image \(first: train/'):
         read_wider(root)
+
+
+def test_an_unknown_layout_says_how_to_fix_it_and_names_rethinking_of_pars_pickle(tmp_path):
+    "A root holding [15]'s preprocessed dataset_all.pkl, or the images under another folder name, was refused without a way out."
+    (tmp_path/'images').mkdir(); (tmp_path/'dataset_all.pkl').write_bytes(b'\x80\x04.')
+    with pytest.raises(KitError, match=r"dataset_all.pkl looks like Rethinking_of_PAR's preprocessed output.*ln -s YOUR_IMAGE_FOLDER data"):
+        read_pa100k(tmp_path)
