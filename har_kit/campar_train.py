@@ -237,7 +237,7 @@ def check_campar_input_size(scale):  # a run's `scale` (CAM-PAR's or CFAR's), al
 class CamParConfig(RunConfig):
     "One CAM-PAR run's parameters as one value: `41_campar`'s `parameters` cell (same names, same defaults), checked."
     variants: list = dataclasses.field(default_factory=lambda: ['baseline', 'campar'])  # rows of Table 2 (`har_kit.campar.VARIANTS`)
-    dataset: str = 'rap'                # dataset kind: 'rap', 'pa100k', or 'wider' (scored by mAP)
+    dataset: str = 'rap'                # dataset kind: 'rap', 'pa100k', 'csv' (your own, with data_root), or 'wider' (scored by mAP)
     data_root: str | None = None        # None: the cached synthetic set in the real format; else the real dataset root
     profile: str = 'tiny'               # synthetic profile (ignored for a real data_root)
     partition: int = 0                  # RAP v1 partition 0..4 (ignored for other kinds)
@@ -271,7 +271,7 @@ class CamParConfig(RunConfig):
     pipeline: str = 'loader'            # 'loader' (per-sample transforms) or 'device' (decoded cache, batches augmented on `device`)
     bench: bool = False                 # complexity benchmark (params, latency) against the plain backbone
     device: str = 'cpu'                 # 'cpu', 'cuda', 'auto'
-    amp: str = 'none'                   # autocast on CUDA: 'none', 'bf16' or 'fp16'
+    amp: str = 'none'                   # autocast (on CPU too, with a note): 'none', 'bf16' or 'fp16'
     channels_last: bool = False         # channels_last memory format
     compile_mode: str = 'none'          # torch.compile mode of training: 'none', 'default', 'reduce-overhead'
 

@@ -74,7 +74,7 @@ DATASET_KINDS = {
     'csv': DatasetKind('csv', 'read_csv_dataset', 2, 'mA', _PED, None,
         "The kit's generic format: ROOT/labels.csv (columns image, split, then one column per attribute holding "
         '1, 0 or -1: positive, negative, unspecified; not WIDER-Attribute\'s coding, whose -1 is negative and 0 unspecified) and ROOT/images/<image>; `har-kit data convert KIND ROOT DEST` (`har_kit.check.to_csv_dataset` in '
-        'Python) converts any dataset into it.'),
+        'Python) converts WIDER-Attribute, RAP or PA-100K into it.'),
 }
 
 def expand_splits(names,      # split names as a run gives them (`train_splits`), or one name

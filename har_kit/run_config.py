@@ -128,7 +128,9 @@ class RunConfig:
             if bad:
                 raise KitError(f"{type(self).__name__} {name!r}: {kind.name} has the splits {', '.join(splits)}, not {bad[0]!r}"
                                + (' (RAP v1 has no val split)' if kind.name == 'rap' else '')
-                               + (f' (the split column of {self.data_root})' if not kind.splits else ''))
+                               + (f' (the split column of {self.data_root})' if not kind.splits else '')
+                               + ('; pass -p train_splits trainval' if name == 'train_splits' and 'trainval' in splits else
+                                  f"; name {'some' if name == 'train_splits' else 'one'} of them with -p {name}"))
 
     def _bad(self, name): return lambda what: KitError(f'{type(self).__name__} {name!r}: {what}')
 

@@ -974,3 +974,16 @@ def test_dahar_trains_on_trainval_as_the_checks_read_it(tmp_path):
     data = read_wider(tiny_fixture('wider', tmp_path/'w'))
     loaders = dahar_loaders(data, DaHarConfig(train_splits=['trainval'], batch_size=2))
     assert len(loaders['train'].dataset) == len(data.split('train', 'val')) and 'val' not in loaders   # val is trained on: not held out
+
+
+def test_a_csv_set_of_trainval_and_test_says_which_train_splits_to_pass(tmp_path):
+    "A csv set split trainval / test, run with the default train_splits: the refusal named the splits there but not the parameter value to pass."
+    from PIL import Image
+    from har_kit.campar_train import CamParConfig
+    from har_kit.formats import write_csv_annotation
+    (tmp_path/'images').mkdir()
+    for i in range(6): Image.new('RGB', (8, 16)).save(tmp_path/'images'/f'{i}.jpg')
+    write_csv_annotation(tmp_path/'labels.csv', ['a', 'b'], [(f'{i}.jpg', 'trainval' if i < 4 else 'test', (1, 0)) for i in range(6)])
+    with pytest.raises(KitError, match="has the splits trainval, test, not 'train'.*; pass -p train_splits trainval$"):
+        CamParConfig(dataset='csv', data_root=str(tmp_path))
+    assert CamParConfig(dataset='csv', data_root=str(tmp_path), train_splits=['trainval']).train_splits == ['trainval']
