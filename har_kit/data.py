@@ -355,7 +355,9 @@ def read_pa100k(root,                # dataset folder (layout detected: see `har
         labels = mat_int_matrix(m[f'{sp}_label'], f'{path}: {sp}_label', {0, 1})
         if not names and labels.shape[0] == 0: continue   # an empty split, 0 x 26 or MATLAB's [] (0 x 0): `_finish` says so
         if labels.shape[1] != len(attrs):
-            raise KitError(f'{path}: {sp}_label has {labels.shape[1]} columns but attributes lists {len(attrs)} names{note}')
+            turned = labels.shape[0] == len(attrs) and labels.shape[1] == len(names)   # an h5py round trip stores MATLAB's matrices turned
+            raise KitError(f'{path}: {sp}_label has {labels.shape[1]} columns but attributes lists {len(attrs)} names{note}'
+                           + (f'; it is {labels.shape[0]} x {labels.shape[1]}, images x attributes turned: save its transpose' if turned else ''))
         if labels.shape[0] != len(names):
             raise KitError(f'{path}: {sp}_images_name has {len(names)} entries but {sp}_label has {labels.shape[0]} rows; '
                            f'names and labels must agree row for row (the file is damaged: get a clean copy){note}')

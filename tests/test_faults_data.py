@@ -695,3 +695,12 @@ def test_an_unknown_layout_says_how_to_fix_it_and_names_rethinking_of_pars_pickl
     (tmp_path/'images').mkdir(); (tmp_path/'dataset_all.pkl').write_bytes(b'\x80\x04.')
     with pytest.raises(KitError, match=r"dataset_all.pkl looks like Rethinking_of_PAR's preprocessed output.*ln -s YOUR_IMAGE_FOLDER data"):
         read_pa100k(tmp_path)
+
+
+def test_a_turned_label_matrix_is_named_as_turned(tmp_path):
+    "An h5py round trip stores train_label as attributes x images: the refusal said only 'N columns', not that the matrix is turned."
+    root = _pa(tmp_path, n=40)
+    m = sio.loadmat(root/'annotation.mat')
+    _edit_pa(root, train_label=m['train_label'].T)
+    with pytest.raises(KitError, match=r'train_label has \d+ columns but attributes lists (\d+) names; it is \1 x \d+, images x attributes turned'):
+        read_pa100k(root)
