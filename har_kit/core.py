@@ -342,13 +342,13 @@ def is_weights_file(weights):  # a `weights` argument
 def outputs_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory that holds every run (`$HAR_KIT_OUTPUTS`, else `<repo>/outputs`, else `./outputs`), absolute and checked."
     root = repo_root()
-    return env_folder('HAR_KIT_OUTPUTS', lambda: root/'outputs' if root else (Path.cwd()/'outputs').resolve(), writable)
+    return env_folder('HAR_KIT_OUTPUTS', lambda: (root/'outputs' if root else Path.cwd()/'outputs').resolve(), writable)   # one spelling: a linked outputs/ too
 
 # %% ../nbs/00_core.ipynb #c068
 def data_root(writable: bool = False):  # True: the caller is about to write there (a read-only folder is refused)
     "Directory for generated datasets and caches (`$HAR_KIT_DATA`, else `<repo>/data`, else `./har-kit-data`), absolute and checked."
     root = repo_root()
-    return env_folder('HAR_KIT_DATA', lambda: root/'data' if root else (Path.cwd()/'har-kit-data').resolve(), writable)
+    return env_folder('HAR_KIT_DATA', lambda: (root/'data' if root else Path.cwd()/'har-kit-data').resolve(), writable)
 
 # %% ../nbs/00_core.ipynb #c069
 def cache_root(writable: bool = False):  # True: a cache is about to be built there (a read-only folder is refused)

@@ -219,11 +219,11 @@ def todays_runs(keys,           # table keys
                 saved=()        # the run records of the profile's saved status.json (`read_status_runs`), if any
                ) -> tuple:
     "({run directory: today's plan record}, {seed directories found}) for the tables' runs: the seeds the saved status planned and those found, `--smoke` as it was (`_saved_options`), each real dataset's root as `data_roots_now` finds it, with what its annotation holds now; a saved record's state and error of a run refused before its directory existed are kept."
-    root = Path(root).absolute()
+    root = Path(root).expanduser().resolve()   # as `plan` spells it, and so the run folders a saved status names
     specs = {s.key(): s for k in keys for row in TABLES[k].rows for s in row_runs(row)}
     if not specs: return {}, set()
     bases = {str(spec_dir(root, profile, s)) for s in specs.values()}
-    found = {str(d.absolute()) for s in specs.values() for d in run_dirs(root, profile, s)}
+    found = {str(d.resolve()) for s in specs.values() for d in run_dirs(root, profile, s)}
     opts = _saved_options(saved, profile)   # only what the saved plan knows and today's cannot: its parameters are not used
     everything, saved = saved, {r['out_dir']: r for r in saved if str(Path(r['out_dir']).parent) in bases and 'params' in r and 'notebook' in r}
     n = max([int(m.group(1)) + 1 for d in found | set(saved) if (m := re.match(r'seed(\d+)', Path(d).name))] or [1])

@@ -153,7 +153,8 @@ def check_train_splits(train_splits,         # a split name or a list of them (p
                        eval_split='test',    # the split the run scores
                        where='train_splits'):  # the parameter, for the message
     "The training split names as a list; `KitError` when they are not names, when there are none, when they include `eval_split`, or when `eval_split` is 'trainval' (train + val: never a scored split)."
-    names = [train_splits] if isinstance(train_splits, str) else list(train_splits or []) if isinstance(train_splits, (list, tuple, type(None))) else None
+    names = ([train_splits] if isinstance(train_splits, str) else [] if train_splits is None else None if isinstance(train_splits, (dict, bytes))
+             else list(train_splits) if hasattr(train_splits, '__iter__') else None)   # a list, a tuple, an array of names
     if names is None or not all(isinstance(s, str) and s for s in names):
         raise KitError(f"{where}={train_splits!r}: pass a list of split names, e.g. ['train'] or ['train', 'val']")
     if eval_split == 'trainval':

@@ -19,9 +19,9 @@ from .run_params import (DEMO_TAG, PLACES, Unparsed, check_parameter, check_para
 # %% auto #0
 __all__ = ['SAVE_EVERY', 'READS_OTHER_RUNS', 'SESSION_KEYS', 'RunBusy', 'run_lock', 'read_record', 'RunFailed', 'is_done',
            'run_damage', 'is_complete', 'kernel_env', 'stop_runs', 'reading_inputs', 'forward_interrupts',
-           'stop_signal', 'interrupted_exit', 'RunInterrupted', 'params_digest', 'real_data', 'moved_defaults',
-           'data_changes', 'thread_change', 'done_digest', 'check_run_params', 'timing_summary', 'batch_copy',
-           'LiveLines', 'Echo', 'absolute_paths', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir',
+           'stop_signal', 'interrupted_exit', 'RunInterrupted', 'absolute_paths', 'params_digest', 'real_data',
+           'moved_defaults', 'data_changes', 'thread_change', 'done_digest', 'check_run_params', 'timing_summary',
+           'batch_copy', 'LiveLines', 'Echo', 'input_fingerprints', 'mask_input', 'no_masks', 'default_run_dir',
            'run_dir_for', 'check_devices', 'run_notebook', 'run_status', 'metrics_summary', 'run_report',
            'parameter_docs', 'params_yaml', 'coerce_value', 'reading_defaults', 'read_params_file', 'cli_params', 'cli',
            'params_cli']
@@ -284,6 +284,17 @@ def _engine():
     papermill_engines.register('har-kit', Engine)
     return 'har-kit'
 
+# %% ../nbs/70_runs.ipynb #c050
+def _names_path(name, value):  # a parameter and its value
+    "Whether the value is a file-system path the run reads: a place (`run_params.PLACES`) or a `*weights` file."
+    return isinstance(value, str) and bool(value) and path_parameter(name) and (name.endswith(PLACES) or is_weights_file(value))
+
+def absolute_paths(params: dict  # checked parameters
+                  ) -> dict:
+    "`params` with every path the run reads (`_names_path`), `~` expanded, made absolute against the current directory, links and `..` resolved: one spelling per place, so a run's folder and its record do not depend on how the path was typed."
+    def absolute(v): return str(Path(v).expanduser().resolve())
+    return {k: absolute(v) if _names_path(k, v) else v for k, v in params.items()}
+
 # %% ../nbs/70_runs.ipynb #c031
 def _same(a, b): return to_jsonable(a) == to_jsonable(b)   # 1 == 1.0: a run recorded before floats were widened matches
 
@@ -383,7 +394,8 @@ def _prepare(out, params, force, data=None, defaults=None, threads=None, noteboo
                            'force=True (--force) to move it aside')
         # each side's value as it runs: given, else the default it ran with (the old run's, from its env.json) or runs with now
         then = env['defaults'] if isinstance((env or {}).get('defaults'), dict) else (defaults or {})
-        diff = sorted(k for k in set(old) | set(params) if _differs(_as_run(old, k, then), _as_run(params, k, defaults or {})))
+        placed = absolute_paths(old)   # a path as the place it names, as `params` has it (a run recorded through a link resumes)
+        diff = sorted(k for k in set(old) | set(params) if _differs(_as_run(placed, k, then), _as_run(params, k, defaults or {})))
         if diff and (done or diff != ['device']):   # an unfinished run may move to another device (see above)
             what = 'a run' if done else 'an unfinished run (failed or stopped, never done: nothing in it is a result)'
             raise KitError(f'{out} holds {what} with other parameters (differs in: '
@@ -642,17 +654,6 @@ def _execute(nb, out, params, env, kernel_name, progress, timeout, demos=False, 
         _KERNELS.pop(str(out), None); _CELLS.discard(str(out))
         if _STOPPING.is_set(): raise halt()     # a cell may have swallowed the interrupt: never marked done
         drain(); _finish_notebook(out, started, log)
-
-# %% ../nbs/70_runs.ipynb #c050
-def _names_path(name, value):  # a parameter and its value
-    "Whether the value is a file-system path the run reads: a place (`run_params.PLACES`) or a `*weights` file."
-    return isinstance(value, str) and bool(value) and path_parameter(name) and (name.endswith(PLACES) or is_weights_file(value))
-
-def absolute_paths(params: dict  # checked parameters
-                  ) -> dict:
-    "`params` with every path the run reads (`_names_path`), `~` expanded, made absolute against the current directory, links and `..` resolved: one spelling per place, so a run's folder and its record do not depend on how the path was typed."
-    def absolute(v): return str(Path(v).expanduser().resolve())
-    return {k: absolute(v) if _names_path(k, v) else v for k, v in params.items()}
 
 # %% ../nbs/70_runs.ipynb #c051
 def input_fingerprints(params: dict  # checked parameters, paths absolute (`absolute_paths`)

@@ -852,6 +852,10 @@ def test_a_place_spelled_another_way_is_the_same_place(tmp_path, monkeypatch):
         again = plan(['campar_t2'], 'quick', root=root)
         assert {str(r.out_dir) for r in again} == {str(r.out_dir).replace(str(q), str(root.resolve())) for r in runs}   # one spelling of the root
         assert {r.name: stale_params(r) for r in again if stale_params(r)} == {}, root
+    from har_kit.launch import read_status_runs, save_status, todays_runs
+    save_status([r for r in runs if r.seed == 0], q, 'quick')   # the saved plan, read through the link: its seeds and records count
+    recs, found = todays_runs(['campar_t2'], 'quick', tmp_path/'qlink', read_status_runs(status_path(q, 'quick')))
+    assert set(recs) == {str(r.out_dir) for r in runs} and found == set(recs)
     camp0 = next(r for r in plan(['campar_t2'], 'quick', root=tmp_path/'q2') if r.spec.notebook == 'campar' and r.seed == 0)
     (camp0.out_dir/'done').write_text((camp0.out_dir/'done').read_text() + 'trained again\n')   # the copy's CAM-PAR run is another run now
     cfar0 = next(r for r in plan(['campar_t2'], 'quick', root=tmp_path/'q2') if r.spec.notebook == 'cfar' and r.seed == 0)
@@ -863,6 +867,10 @@ def test_a_place_spelled_another_way_is_the_same_place(tmp_path, monkeypatch):
         assert shared_sample_root() == sample.resolve(), spelled
         assert param_diff({'data_root': str(sample)}, {'data_root': spelled}) == [], spelled
         assert absolute_paths({'data_root': spelled}) == {'data_root': str(sample.resolve())}   # `har-kit run`'s folder and record too
+    from har_kit.runs import _prepare
+    run = tmp_path/'run'; run.mkdir()   # an unfinished run that recorded its dataset through the link (a kit before this one)
+    (run/'params.json').write_text(json.dumps({'data_root': str(tmp_path/'slink'), 'epochs': 2}))
+    assert _prepare(run, absolute_paths({'data_root': str(tmp_path/'slink'), 'epochs': 2}), False) == 'run'   # resumes
 
 
 def test_one_status_reads_a_mask_folder_once(tmp_path, monkeypatch):
